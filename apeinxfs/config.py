@@ -1,0 +1,97 @@
+"""Configuration: the embedded defaults (defaults.toml) merged with an optional TOML file.
+
+Produces a frozen `Config`: the kernel's config plus the daemon's own settings. GPUs
+come from NVML when an NVIDIA driver is present (drivers/nvml.py), else simulated ones.
+Unknown keys are refused at start, naming the key.
+"""
+import os
+import tomllib
+from importlib import resources
+
+import attrs
+
+from .drivers import nvml
+from .kernel.config import GpuConfig, KernelConfig, ModelConfig
+from .kernel.errors import Invalid
+
+SECTIONS = {
+    "daemon": {"node", "max_waiters", "state_dir"},
+    "kv": {"page_mib"},
+    "scheduler": {"policy"},
+    "gpus": {"simulated", "memory_mib", "kv_mib", "kv_fraction", "slots"},
+}
+
+
+@attrs.frozen
+class Config:
+    """The daemon's settings and the kernel's boot config."""
+
+    kernel: KernelConfig
+    state_dir: str
+    max_waiters: int
+    gpu_source: str
+
+
+def default_state_dir() -> str:
+    """/var/lib/apeinxfs for root, else $XDG_STATE_HOME/apeinxfs."""
+    if os.geteuid() == 0:
+        return "/var/lib/apeinxfs"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "apeinxfs")
+
+
+def load(path: str | None = None, state_dir: str | None = None, use_nvml: bool = True) -> Config:
+    """Defaults, overridden by the TOML file at `path`, then by `state_dir`."""
+    raw = tomllib.loads(resources.files("apeinxfs").joinpath("defaults.toml").read_text())
+    if path:
+        raw = merge(raw, read_toml(path))
+    return build(raw, state_dir, use_nvml)
+
+
+def read_toml(path: str) -> dict:
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise Invalid(f"config {path}: {exc}") from None
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Override `base` section by section; a `models` list replaces the default one."""
+    merged = dict(base)
+    for section, value in override.items():
+        if section not in SECTIONS and section != "models":
+            raise Invalid(f"config: unknown section [{section}]")
+        if section == "models":
+            merged["models"] = value
+            continue
+        unknown = set(value) - SECTIONS[section]
+        if unknown:
+            raise Invalid(f"config: unknown key {section}.{sorted(unknown)[0]}")
+        merged[section] = {**base.get(section, {}), **value}
+    return merged
+
+
+def build(raw: dict, state_dir: str | None, use_nvml: bool) -> Config:
+    daemon = raw["daemon"]
+    gpus, source = _gpus(raw["gpus"], use_nvml)
+    try:
+        models = [ModelConfig(**m) for m in raw["models"]]
+        kernel = KernelConfig(models=models, gpus=gpus, page_mib=raw["kv"]["page_mib"],
+                              policy=raw["scheduler"]["policy"], node=daemon["node"])
+    except TypeError as exc:
+        raise Invalid(f"config: {exc}") from None
+    return Config(kernel=kernel, state_dir=state_dir or daemon.get("state_dir") or default_state_dir(),
+                  max_waiters=daemon["max_waiters"], gpu_source=source)
+
+
+def _gpus(section: dict, use_nvml: bool) -> tuple[list[GpuConfig], str]:
+    found, why = nvml.discover() if use_nvml else ([], "NVML not asked for")
+    if found:
+        gpus = [GpuConfig(index=g.index, name=g.name, memory_mib=g.memory_mib, simulated=False,
+                          kv_mib=max(1, int(g.memory_mib * section["kv_fraction"])), slots=section["slots"])
+                for g in found]
+        return gpus, f"{len(gpus)} NVIDIA GPU(s) found through NVML"
+    gpus = [GpuConfig(index=i, memory_mib=section["memory_mib"], kv_mib=section["kv_mib"], slots=section["slots"])
+            for i in range(section["simulated"])]
+    return gpus, f"no NVIDIA GPU ({why}): {len(gpus)} simulated GPU(s) from config"

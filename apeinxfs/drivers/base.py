@@ -1,0 +1,31 @@
+"""The driver interface: how an engine turns the kernel's batches into kernel events.
+
+The daemon runs `await driver.serve(gpu, host)` once per GPU. The driver asks the host
+for the batch the kernel has placed on that GPU, runs one engine step, and reports what
+each task produced as a `Step` event (or a `Failed` one). The kernel decides what runs;
+the driver only runs it. Drivers may keep engine connections, never kernel state.
+"""
+from typing import Protocol
+
+from ..kernel.events import Failed, Step
+
+
+class Host(Protocol):
+    """What the daemon offers a driver."""
+
+    async def next_batch(self, gpu: int) -> list:
+        """The tasks running on `gpu`; waits while there are none."""
+
+    def deliver(self, event: Step | Failed) -> None:
+        """Journal and apply one engine result."""
+
+
+class Driver(Protocol):
+    """One engine's driver, built from the models it serves (`{name: ModelConfig}`)."""
+
+    name: str
+
+    def __init__(self, models: dict): ...
+
+    async def serve(self, gpu: int, host: Host) -> None:
+        """Run batches on `gpu` until cancelled."""

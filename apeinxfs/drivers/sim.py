@@ -1,0 +1,87 @@
+"""The `sim` driver: a model of an LLM engine that takes real time and makes real text.
+
+It behaves like a continuous-batching engine: a step decodes one token for each sequence
+in the GPU's batch and takes `decode_step_ms` plus `batch_step_ms` for each extra
+sequence; a sequence new to the batch (or resumed after preemption, which recomputes) is
+first prefilled at `prefill_tokens_per_s`. KV grows by one token per step and the kernel
+accounts it. The text comes from a deterministic generator seeded by the prompt, so the
+same prompt gives the same words, like greedy decoding.
+"""
+import hashlib
+
+import attrs
+import trio
+
+from ..kernel.errors import Invalid
+from ..kernel.events import Chunk, Step
+
+WORDS = (
+    "the a of to and in is that it for on with as was by this be are at from or an "
+    "model token memory page cache kernel task queue batch prompt context engine GPU "
+    "fair share weight tenant budget trace replay stream wait schedule decode prefill "
+    "attention layer head value key vector tensor matrix compute latency throughput "
+    "request response system process file mount read write open close signal state "
+    "runs serves holds keeps grows moves waits yields returns counts measures splits "
+    "quickly slowly fairly cleanly again always never often first next last every "
+    "small large full empty warm cold new old fast slow long short clear real"
+).split()
+
+
+@attrs.frozen
+class EngineModel:
+    """Speeds of the simulated engine for one model (its `[models.options]`)."""
+
+    prefill_tokens_per_s: float = 8000.0
+    decode_step_ms: float = 20.0
+    batch_step_ms: float = 0.5
+    seed: int = 0
+
+    def __attrs_post_init__(self):
+        if self.prefill_tokens_per_s <= 0 or self.decode_step_ms < 0 or self.batch_step_ms < 0:
+            raise Invalid("sim options: rates must be positive and step times not negative")
+
+    def step_seconds(self, batch_size: int, prefill_tokens: int) -> float:
+        """Time of one step: decode grows with the batch, prefill with its tokens."""
+        decode = self.decode_step_ms + self.batch_step_ms * (batch_size - 1)
+        return decode / 1000 + prefill_tokens / self.prefill_tokens_per_s
+
+
+def word(seed: int, prompt: str, index: int) -> str:
+    """Token `index` of the text generated for `prompt`: a word with its leading space."""
+    digest = hashlib.blake2b(f"{seed}\0{prompt}\0{index}".encode(), digest_size=4).digest()
+    value = int.from_bytes(digest, "little")
+    text = WORDS[value % len(WORDS)]
+    if index == 0 or value % 13 == 0:
+        text = text.capitalize()
+    return (" " if index else "") + text + ("." if value % 11 == 0 else "")
+
+
+class SimDriver:
+    """Drives the batch on one GPU with the speeds of each task's model."""
+
+    name = "sim"
+
+    def __init__(self, models: dict):
+        try:
+            self.engines = {name: EngineModel(**m.options) for name, m in models.items()}
+        except TypeError as exc:
+            raise Invalid(f"sim options: {exc}") from None
+
+    def plan(self, batch: list) -> tuple[float, list[Chunk]]:
+        """The duration of the next step and what it yields for each task."""
+        chunks, prefill = [], 0
+        for task in batch:
+            engine = self.engines[task.model]
+            fill = 0 if task.prefilled else task.context_tokens
+            prefill += fill
+            text = word(engine.seed, task.spec.prompt, task.tokens_out)
+            chunks.append(Chunk(pid=task.pid, text=text, tokens=1, prefill=fill))
+        slowest = max((self.engines[t.model] for t in batch), key=lambda e: e.decode_step_ms)
+        return slowest.step_seconds(len(batch), prefill), chunks
+
+    async def serve(self, gpu: int, host) -> None:
+        while True:
+            batch = await host.next_batch(gpu)
+            seconds, chunks = self.plan(batch)
+            await trio.sleep(seconds)
+            host.deliver(Step(gpu=gpu, chunks=chunks))

@@ -1,0 +1,185 @@
+"""The FUSE adapter: pyfuse3 Operations mapped onto the node tree (nodes/).
+
+Thin on purpose: inodes and file handles in, node methods called, attributes out. The
+one error boundary of the daemon lives here: ApeinxError becomes FUSEError(errno), any
+other exception is logged and becomes EIO, so no request can take the mount down.
+Blocking reads wait in short slices and give up with EINTR once the reader has a
+signal pending (pyfuse3 has no interrupt hook).
+"""
+import errno
+import functools
+import itertools
+import logging
+import os
+import stat
+import time
+
+import pyfuse3
+import trio
+
+from .kernel.errors import ApeinxError, TooMany
+from .nodes.base import Caller, Dir, SnapshotHandle
+
+log = logging.getLogger(__name__)
+
+ATTR_TIMEOUT_S = 1.0
+WAIT_SLICE_S = 0.2
+QUIET_SIGNALS = {17, 18, 23, 28}  # SIGCHLD SIGCONT SIGURG SIGWINCH: ignored by default
+
+
+def guarded(method):
+    """Turn refusals into their errno and bugs into EIO; never let one escape."""
+    @functools.wraps(method)
+    async def wrapper(self, *args):
+        try:
+            return await method(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except ApeinxError as exc:
+            log.debug("%s refused: %s", method.__name__, exc.reason)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except Exception:
+            log.exception("bug in %s%r", method.__name__, args[:2])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper
+
+
+def signal_pending(pid: int) -> bool:
+    """Whether thread `pid` has a signal pending that would end its read (or is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            fields = dict(line.split(":", 1) for line in status)
+    except OSError:
+        return True
+    mask = {k: int(fields[k], 16) for k in ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")}
+    pending = (mask["SigPnd"] | mask["ShdPnd"]) & ~mask["SigBlk"] & ~mask["SigIgn"]
+    quiet = sum(1 << (s - 1) for s in QUIET_SIGNALS) & ~mask["SigCgt"]
+    return bool(pending & ~quiet)
+
+
+def request_timeout_s() -> float | None:
+    """The kernel's FUSE request timeout, if one is set: blocking reads stay below it."""
+    limits = []
+    for name in ("default_request_timeout", "max_request_timeout"):
+        try:
+            with open(f"/proc/sys/fs/fuse/{name}") as file:
+                limits.append(int(file.read()))
+        except (OSError, ValueError):
+            pass
+    limits = [x for x in limits if x > 0]
+    return min(limits) if limits else None
+
+
+class Operations(pyfuse3.Operations):
+    """pyfuse3's request handlers over a `nodes.tree.Tree`."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, tree):
+        super().__init__()
+        self.tree = tree
+        self.rt = tree.rt
+        self.owner = (os.getuid(), os.getgid())
+        self.handles: dict[int, object] = {}
+        self.listings: dict[int, list] = {}
+        self._fh = itertools.count(1)
+        limit = request_timeout_s()
+        self.max_block_s = None if limit is None else max(1.0, limit - 2.0)
+
+    def attributes(self, node) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        is_dir = isinstance(node, Dir)
+        entry.st_ino, entry.st_mode = node.inode, node.mode
+        entry.st_nlink = 2 if is_dir else 1
+        entry.st_size = 0 if is_dir else self.tree.size(node)
+        entry.st_uid, entry.st_gid = self.owner
+        entry.st_blksize, entry.st_blocks = 4096, (entry.st_size + 511) // 512
+        entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
+        entry.attr_timeout = entry.entry_timeout = ATTR_TIMEOUT_S
+        return entry
+
+    @guarded
+    async def lookup(self, parent_inode, name, ctx=None):
+        return self.attributes(self.tree.lookup(parent_inode, os.fsdecode(name)))
+
+    @guarded
+    async def getattr(self, inode, ctx=None):
+        return self.attributes(self.tree.node(inode))
+
+    @guarded
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        """Truncation of a ctl file is a no-op: commands are not stored."""
+        return self.attributes(self.tree.node(inode))
+
+    @guarded
+    async def opendir(self, inode, ctx):
+        node = self.tree.node(inode)
+        if not isinstance(node, Dir):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        fh = next(self._fh)
+        self.listings[fh] = node.entries()
+        return fh
+
+    @guarded
+    async def readdir(self, fh, start_id, token):
+        listing = self.listings[fh]
+        for index in range(start_id, len(listing)):
+            name, node = listing[index]
+            if not pyfuse3.readdir_reply(token, name.encode(), self.attributes(node), index + 1):
+                break
+
+    @guarded
+    async def releasedir(self, fh):
+        self.listings.pop(fh, None)
+
+    @guarded
+    async def open(self, inode, flags, ctx):
+        node = self.tree.node(inode)
+        if isinstance(node, Dir):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        mode = flags & os.O_ACCMODE
+        handle = node.open(Caller(ctx.uid, ctx.gid, ctx.pid), writing=mode != os.O_RDONLY,
+                           reading=mode != os.O_WRONLY)
+        if isinstance(handle, SnapshotHandle):
+            handle.data = self.tree.render(node)
+        fh = next(self._fh)
+        self.handles[fh] = handle
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+
+    @guarded
+    async def read(self, fh, off, size):
+        handle = self.handles[fh]
+        started = time.monotonic()
+
+        async def waiter(key, caller):
+            await self.rt.wait_for(key, WAIT_SLICE_S)
+            if signal_pending(caller.pid):
+                raise pyfuse3.FUSEError(errno.EINTR)
+            if self.max_block_s and time.monotonic() - started > self.max_block_s:
+                raise TooMany("blocked read would pass the kernel's FUSE request timeout")
+        return await handle.read(off, size, waiter)
+
+    @guarded
+    async def write(self, fh, off, buf):
+        return self.handles[fh].write(buf)
+
+    @guarded
+    async def flush(self, fh):
+        self.handles[fh].flush()
+
+    @guarded
+    async def release(self, fh):
+        self.handles.pop(fh, None)
+
+    @guarded
+    async def statfs(self, ctx):
+        stats = pyfuse3.StatvfsData()
+        stats.f_bsize = stats.f_frsize = 4096
+        stats.f_namemax = 255
+        stats.f_files = len(self.rt.kernel.tasks)
+        return stats
+
+    @guarded
+    async def forget(self, inode_list):
+        """Inodes are computed, not stored: nothing to forget."""

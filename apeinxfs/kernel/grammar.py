@@ -1,0 +1,166 @@
+"""The text grammar of the ctl files: submit lines (three forms), kill and task ctl lines.
+
+Pure functions from one decoded line to a validated record (kernel/spec.py), raising
+Invalid with a reason a person can act on. No state: nothing here knows which models,
+tenants or pids exist.
+"""
+import json
+import re
+
+from .errors import Invalid
+from .spec import TaskCommand, TaskSpec
+
+SUBMIT_KEYS = {"name", "max_tokens", "prio", "model", "tenant", "deadline", "prompt"}
+_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)?")
+_UNIT_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000}
+_INT = re.compile(r"[+-]?\d{1,12}")
+
+
+def parse_duration_us(text: str) -> int:
+    """`30`, `30s`, `500ms`, `2m`, `1.5h` -> microseconds (a bare number is seconds)."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise Invalid(f"bad duration {text!r}: use 30, 30s, 500ms or 2m")
+    value = float(match.group(1)) * _UNIT_US[match.group(2) or "s"]
+    if not 0 < value < 1e15:
+        raise Invalid(f"duration {text!r} out of range")
+    return max(1, round(value))
+
+
+def parse_int(text: str, what: str) -> int:
+    """A decimal integer, or Invalid naming `what`."""
+    if not _INT.fullmatch(text):
+        raise Invalid(f"{what} must be an integer, not {text[:40]!r}")
+    return int(text)
+
+
+def parse_submit(line: str) -> TaskSpec:
+    """One submit line in any of the three forms of SPEC.md."""
+    line = line.strip()
+    if line.startswith("{"):
+        return _from_json(line)
+    first = line.split(None, 1)[0]
+    if "=" in first:
+        return _from_pairs(split_pairs(line))
+    return _from_seed(line.split())
+
+
+def _from_seed(fields: list[str]) -> TaskSpec:
+    if len(fields) not in (3, 4):
+        raise Invalid("expected NAME TOKENS PRIORITY [DEADLINE] or key=value pairs or a JSON object")
+    deadline = parse_duration_us(fields[3]) if len(fields) == 4 else None
+    return TaskSpec(name=fields[0], max_tokens=parse_int(fields[1], "TOKENS"),
+                    prio=parse_int(fields[2], "PRIORITY"), deadline_us=deadline)
+
+
+def _from_pairs(pairs: dict[str, str]) -> TaskSpec:
+    kwargs = {}
+    for key, value in pairs.items():
+        if key in ("max_tokens", "prio"):
+            kwargs[key] = parse_int(value, key)
+        elif key == "deadline":
+            kwargs["deadline_us"] = parse_duration_us(value)
+        else:
+            kwargs[key] = value
+    kwargs.setdefault("name", "task")
+    return TaskSpec(**kwargs)
+
+
+def _from_json(line: str) -> TaskSpec:
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise Invalid(f"bad JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise Invalid("a JSON submit must be one object")
+    _reject_unknown(obj)
+    if "deadline" in obj:
+        obj["deadline_us"] = _json_deadline(obj.pop("deadline"))
+    obj.setdefault("name", "task")
+    return TaskSpec(**obj)
+
+
+def _json_deadline(value) -> int:
+    if isinstance(value, str):
+        return parse_duration_us(value)
+    if type(value) in (int, float) and 0 < value < 1e9:
+        return max(1, round(value * 1_000_000))
+    raise Invalid("deadline must be a number of seconds or a duration like \"30s\"")
+
+
+def _reject_unknown(keys) -> None:
+    unknown = sorted(set(keys) - SUBMIT_KEYS)
+    if unknown:
+        raise Invalid(f"unknown key {unknown[0]!r}: known keys are {', '.join(sorted(SUBMIT_KEYS))}")
+
+
+def split_pairs(line: str) -> dict[str, str]:
+    """`a=1 b="x y"` -> {'a': '1', 'b': 'x y'}, with \\n \\t \\" \\\\ escapes in quotes."""
+    pairs, pos = {}, 0
+    while pos < len(line):
+        if line[pos].isspace():
+            pos += 1
+            continue
+        key, value, pos = _one_pair(line, pos)
+        if key in pairs:
+            raise Invalid(f"key {key!r} given twice")
+        pairs[key] = value
+    _reject_unknown(pairs)
+    return pairs
+
+
+def _one_pair(line: str, pos: int) -> tuple[str, str, int]:
+    eq = line.find("=", pos)
+    space = re.search(r"\s", line[pos:])
+    if eq < 0 or (space and pos + space.start() < eq):
+        raise Invalid(f"expected key=value at {line[pos:pos + 20]!r}")
+    key, pos = line[pos:eq], eq + 1
+    if pos < len(line) and line[pos] == '"':
+        value, pos = _quoted(line, pos + 1)
+    else:
+        end = re.compile(r"\s|$").search(line, pos).start()
+        value, pos = line[pos:end], end
+        if '"' in value:
+            raise Invalid(f"stray quote in value of {key!r}")
+    return key, value, pos
+
+
+def _quoted(line: str, pos: int) -> tuple[str, int]:
+    out = []
+    while pos < len(line):
+        char = line[pos]
+        if char == '"':
+            if pos + 1 < len(line) and not line[pos + 1].isspace():
+                raise Invalid("a closing quote must end the value")
+            return "".join(out), pos + 1
+        if char == "\\":
+            escape = line[pos + 1:pos + 2]
+            if escape not in _ESCAPES:
+                raise Invalid(f"unknown escape \\{escape} (use \\n \\t \\\" \\\\)")
+            out.append(_ESCAPES[escape])
+            pos += 2
+            continue
+        out.append(char)
+        pos += 1
+    raise Invalid("unterminated quoted value")
+
+
+def parse_pid(line: str) -> int:
+    """A line naming one pid, as written to /ctl/kill."""
+    fields = line.split()
+    if len(fields) != 1:
+        raise Invalid("expected one PID")
+    pid = parse_int(fields[0], "PID")
+    if pid <= 0:
+        raise Invalid("PID must be positive")
+    return pid
+
+
+def parse_task_command(line: str) -> TaskCommand:
+    """A line written to /tasks/PID/ctl."""
+    fields = line.split()
+    if not fields or len(fields) > 2:
+        raise Invalid("expected kill | stop | cont | prio N")
+    arg = parse_int(fields[1], "prio") if len(fields) == 2 else None
+    return TaskCommand(verb=fields[0], arg=arg)

@@ -1,0 +1,319 @@
+"""The kernel: applies events to tasks, the run queue, the GPUs' KV pools and the trace.
+
+`check(event)` says whether an event would be refused (raising the errno'd error);
+`apply(event, now_us)` changes state and never refuses. The daemon journals between the
+two. Given the same events with the same times, the same state and trace result: no
+clock, randomness or I/O inside.
+"""
+import heapq
+
+import attrs
+
+from . import events as ev
+from .config import KernelConfig
+from .errors import Busy, Invalid, NoSpace, NotFound
+from .kvmem import KVPool, estimate_prompt_tokens, pages_for
+from .pressure import StallClock
+from .sched import POLICIES, RunQueue, prio_weight, vruntime_delta
+from .task import State, Task
+from .trace import TraceLog
+
+TENANTS = ("default",)
+
+
+@attrs.define
+class Gpu:
+    """A GPU as the kernel sees it: its config, KV pool and the tasks in its batch."""
+
+    config: object
+    pool: KVPool
+    running: dict = attrs.Factory(dict)
+
+    @property
+    def free_slots(self) -> int:
+        return self.config.slots - len(self.running)
+
+
+@attrs.define
+class Counters:
+    """Monotonic totals for /metrics."""
+
+    submitted: int = 0
+    rejected: int = 0
+    dispatched: int = 0
+    preempted: int = 0
+    steps: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    evictions: int = 0
+    oom_kills: int = 0
+    exits: dict = attrs.Factory(dict)
+
+
+class Kernel:
+    """One node's kernel state."""
+
+    def __init__(self, config: KernelConfig):
+        self.config = config
+        self.models = {m.name: m for m in config.models}
+        self.gpus = [Gpu(g, KVPool(config.page_bytes, g.kv_mib * (1 << 20) // config.page_bytes))
+                     for g in config.gpus]
+        self.tasks: dict[int, Task] = {}
+        self.runq = RunQueue(POLICIES[config.policy]())
+        self.trace = TraceLog(config.node)
+        self.counters = Counters()
+        self.kv_some, self.kv_full = StallClock(), StallClock()
+        self.now_us = 0
+        self.next_pid = 1
+        self._deadlines: list[tuple[int, int]] = []
+        self.changed: set = set()
+        self.state_counts: dict = {}
+
+    # -- refusals -----------------------------------------------------------------
+
+    def check(self, event) -> None:
+        """Raise the error that refuses `event`, or return if it would be accepted."""
+        checker = getattr(self, f"_check_{type(event).__name__.lower()}", None)
+        if checker:
+            checker(event)
+
+    def _check_submit(self, event: ev.Submit) -> None:
+        spec = event.spec
+        model = self.models.get(spec.model or self.config.models[0].name)
+        if model is None:
+            raise NotFound(f"unknown model {spec.model!r}: see /models")
+        if spec.tenant not in TENANTS:
+            raise NotFound(f"unknown tenant {spec.tenant!r}")
+        context = estimate_prompt_tokens(spec.prompt) + spec.max_tokens
+        if context > model.context:
+            raise Invalid(f"prompt plus max_tokens ({context}) exceeds the context of {model.name} ({model.context})")
+        need = pages_for(context, model.token_bytes, self.config.page_bytes)
+        largest = max(g.pool.pages_total for g in self.gpus)
+        if need > largest:
+            raise NoSpace(f"needs {need} KV pages of {self.config.page_mib} MiB; the largest GPU pool has {largest}")
+
+    def _check_kill(self, event: ev.Kill) -> None:
+        self._live_task(event.pid)
+
+    def _check_control(self, event: ev.Control) -> None:
+        task = self._live_task(event.pid)
+        verb = event.command.verb
+        if verb == "stop" and task.state is State.STOPPED:
+            raise Busy(f"task {task.pid} is already stopped")
+        if verb == "cont" and task.state is not State.STOPPED:
+            raise Busy(f"task {task.pid} is not stopped (state {task.state})")
+
+    def _live_task(self, pid: int) -> Task:
+        task = self.tasks.get(pid)
+        if task is None:
+            raise NotFound(f"no task {pid}")
+        if task.done:
+            raise Busy(f"task {pid} has already exited ({task.exit})")
+        return task
+
+    # -- applying events ------------------------------------------------------------
+
+    def apply(self, event, now_us: int):
+        """Apply one accepted event at time `now_us`; a Submit returns the new pid."""
+        self.now_us = max(self.now_us, now_us)
+        result = getattr(self, f"_apply_{type(event).__name__.lower()}")(event)
+        self._expire_deadlines()
+        self._schedule()
+        return result
+
+    def _apply_submit(self, event: ev.Submit) -> int:
+        spec, pid = event.spec, self.next_pid
+        self.next_pid += 1
+        deadline = self.now_us + spec.deadline_us if spec.deadline_us else None
+        task = Task(pid=pid, spec=spec, model=spec.model or self.config.models[0].name, uid=event.uid,
+                    submitted_us=self.now_us, tokens_in=estimate_prompt_tokens(spec.prompt),
+                    weight=prio_weight(spec.prio), deadline_at_us=deadline)
+        self.tasks[pid] = task
+        self.state_counts[State.NEW] = self.state_counts.get(State.NEW, 0) + 1
+        self.counters.submitted += 1
+        self._emit("submit", task, f"name={spec.name} max_tokens={spec.max_tokens} prio={spec.prio} uid={event.uid}")
+        if deadline:
+            heapq.heappush(self._deadlines, (deadline, pid))
+            self.changed.add("deadline")
+        self._enqueue(task, new=True)
+        return pid
+
+    def _apply_kill(self, event: ev.Kill) -> None:
+        self._exit(self.tasks[event.pid], "killed", f"by uid {event.uid}")
+
+    def _apply_control(self, event: ev.Control) -> None:
+        task, command = self.tasks[event.pid], event.command
+        if command.verb == "kill":
+            self._exit(task, "killed", f"by uid {event.uid}")
+        elif command.verb == "stop":
+            self._leave(task)
+            self._set_state(task, State.STOPPED)
+            self._emit("stop", task, f"by uid {event.uid}")
+        elif command.verb == "cont":
+            self._emit("cont", task, f"by uid {event.uid}")
+            self._enqueue(task)
+        else:
+            self._reprioritise(task, command.arg)
+
+    def _reprioritise(self, task: Task, prio: int) -> None:
+        queued = task.runnable
+        self.runq.remove(task)
+        task.spec = attrs.evolve(task.spec, prio=prio)
+        task.weight = prio_weight(prio)
+        if queued:
+            self.runq.push(task)
+        self._emit("prio", task, f"prio={prio} weight={task.weight}")
+
+    def _apply_step(self, event: ev.Step) -> None:
+        gpu = self.gpus[event.gpu]
+        self.counters.steps += 1
+        for chunk in event.chunks:
+            task = gpu.running.get(chunk.pid)
+            if task is not None:
+                self._serve(task, gpu, chunk)
+
+    def _serve(self, task: Task, gpu: Gpu, chunk: ev.Chunk) -> None:
+        if chunk.prefill:
+            task.prefilled = True
+        if chunk.tokens and task.first_token_us is None:
+            task.first_token_us = self.now_us
+            self._emit("first_token", task, f"ttft_us={self.now_us - task.submitted_us}", gpu.config.index)
+        task.output += chunk.text.encode()
+        task.tokens_out += chunk.tokens
+        self.counters.tokens_out += chunk.tokens
+        task.vruntime += vruntime_delta(chunk.tokens, task.weight)
+        self._touch(task)
+        if task.tokens_out >= task.spec.max_tokens:
+            self._exit(task, "done", f"tokens_out={task.tokens_out}")
+        elif not self._grow_kv(task, gpu):
+            self._preempt(task, "kv-full: no free page to grow its context")
+
+    def _apply_failed(self, event: ev.Failed) -> None:
+        task = self.tasks.get(event.pid)
+        if task is not None and not task.done:
+            self._exit(task, f"failed: {event.reason}", event.reason)
+
+    def _apply_rejected(self, event: ev.Rejected) -> None:
+        self.counters.rejected += 1
+        self.trace.emit(self.now_us, "reject", None, f"{event.path}: {event.reason} (uid {event.uid})")
+
+    def _apply_tick(self, event: ev.Tick) -> None:
+        """Nothing but time: apply() expires deadlines and schedules."""
+
+    def _apply_restart(self, event: ev.Restart) -> None:
+        self.trace.emit(self.now_us, "restart", None, f"daemon restarted with {len(self.tasks)} tasks")
+        for gpu in self.gpus:
+            for task in list(gpu.running.values()):
+                self._leave(task)
+                self._emit("requeue", task, f"was running on gpu {gpu.config.index} when the daemon stopped; "
+                                            f"resumes after token {task.tokens_out}")
+                self._enqueue(task)
+
+    # -- mechanisms ---------------------------------------------------------------------
+
+    def _enqueue(self, task: Task, new: bool = False) -> None:
+        self._set_state(task, State.PREEMPTED if task.state is State.PREEMPTED else State.QUEUED)
+        self.runq.push(task, new=new)
+
+    def _leave(self, task: Task) -> None:
+        """Take the task off its GPU (freeing its KV) or out of the queue."""
+        self.runq.remove(task)
+        if task.gpu is not None:
+            gpu = self.gpus[task.gpu]
+            gpu.running.pop(task.pid, None)
+            gpu.pool.free(task.kv_pages)
+            self.changed.add(("gpu", task.gpu))
+            task.kv_pages, task.gpu, task.prefilled = 0, None, False
+
+    def _exit(self, task: Task, how: str, detail: str) -> None:
+        self._leave(task)
+        task.exit, task.exited_us = how, self.now_us
+        self._set_state(task, State.EXITED)
+        kind = how.split(":")[0]
+        self.counters.exits[kind] = self.counters.exits.get(kind, 0) + 1
+        self.counters.tokens_in += task.tokens_in
+        self._emit("exit", task, f"{how}; {detail}")
+
+    def _preempt(self, task: Task, reason: str) -> None:
+        self.counters.preempted += 1
+        self._emit("preempt", task, reason, task.gpu)
+        self._leave(task)
+        self._set_state(task, State.PREEMPTED)
+        self.runq.push(task)
+
+    def _grow_kv(self, task: Task, gpu: Gpu) -> bool:
+        need = self._pages(task, task.context_tokens + 1) - task.kv_pages
+        if need <= 0:
+            return True
+        if not gpu.pool.alloc(need):
+            return False
+        task.kv_pages += need
+        return True
+
+    def _pages(self, task: Task, tokens: int) -> int:
+        return pages_for(tokens, self.models[task.model].token_bytes, self.config.page_bytes)
+
+    def _expire_deadlines(self) -> None:
+        while self._deadlines and self._deadlines[0][0] <= self.now_us:
+            _, pid = heapq.heappop(self._deadlines)
+            task = self.tasks[pid]
+            if not task.done:
+                self._exit(task, "expired", "deadline passed")
+
+    def _schedule(self) -> None:
+        kv_blocked = False
+        while (task := self.runq.peek()) is not None:
+            gpu = self._place(task)
+            if gpu is None:
+                kv_blocked = any(g.free_slots for g in self.gpus)
+                break
+            self.runq.pop()
+            self._dispatch(task, gpu)
+        self.runq.advance(t.vruntime for g in self.gpus for t in g.running.values())
+        self.kv_some.set(self.now_us, kv_blocked)
+        self.kv_full.set(self.now_us, kv_blocked and not any(g.running for g in self.gpus))
+
+    def _place(self, task: Task) -> Gpu | None:
+        """The GPU with a free slot and room for the task's context, most free pages first."""
+        need = self._pages(task, task.context_tokens + 1)
+        fits = [g for g in self.gpus if g.free_slots and g.pool.pages_free >= need]
+        return max(fits, key=lambda g: (g.pool.pages_free, -g.config.index), default=None)
+
+    def _dispatch(self, task: Task, gpu: Gpu) -> None:
+        task.gpu = gpu.config.index
+        gpu.running[task.pid] = task
+        self._grow_kv(task, gpu)
+        self._set_state(task, State.RUNNING)
+        self.counters.dispatched += 1
+        self.changed.add(("gpu", task.gpu))
+        self._emit("dispatch", task, f"vruntime={task.vruntime} queued={len(self.runq)}", task.gpu)
+
+    def _set_state(self, task: Task, state: State) -> None:
+        self.state_counts[task.state] -= 1
+        self.state_counts[state] = self.state_counts.get(state, 0) + 1
+        task.state = state
+        self._touch(task)
+
+    def _touch(self, task: Task) -> None:
+        task.version += 1
+        self.changed.add(task.pid)
+
+    def _emit(self, kind: str, task: Task, detail: str, gpu=None) -> None:
+        self.trace.emit(self.now_us, kind, task, detail, gpu)
+        self.changed.add("trace")
+
+    # -- views for drivers and the tree -----------------------------------------------------
+
+    def batch(self, gpu: int) -> list[Task]:
+        """The tasks running on GPU `gpu`, in dispatch order."""
+        return list(self.gpus[gpu].running.values())
+
+    def next_deadline_us(self) -> int | None:
+        while self._deadlines and self.tasks[self._deadlines[0][1]].done:
+            heapq.heappop(self._deadlines)
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def take_changed(self) -> set:
+        """What changed since the last call: pids, 'trace', ('gpu', N)."""
+        changed, self.changed = self.changed, set()
+        return changed

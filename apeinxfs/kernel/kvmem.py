@@ -1,0 +1,54 @@
+"""KV-cache accounting in pages: bytes per token from a model's shape, one pool per GPU.
+
+Pages are counted, not placed: the engine owns the real memory and this module keeps
+the kernel's books so admission, placement and pressure can be decided. Eviction, the
+prefix cache and the OOM killer build on these pools in a later issue.
+"""
+import math
+import re
+
+import attrs
+
+from .errors import Invalid
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype_bytes: int) -> int:
+    """K and V for every layer: 2 x layers x kv_heads x head_dim x dtype bytes."""
+    return 2 * layers * kv_heads * head_dim * dtype_bytes
+
+
+def pages_for(tokens: int, token_bytes: int, page_bytes: int) -> int:
+    """Pages needed to hold the KV of `tokens` tokens."""
+    return math.ceil(tokens * token_bytes / page_bytes)
+
+
+def estimate_prompt_tokens(prompt: str) -> int:
+    """Tokens a prompt will take before the engine says: words and marks, plus BOS."""
+    return 1 + len(_TOKEN.findall(prompt))
+
+
+@attrs.define
+class KVPool:
+    """One GPU's KV pages: how many exist and how many are handed out."""
+
+    page_bytes: int
+    pages_total: int
+    pages_used: int = 0
+
+    @property
+    def pages_free(self) -> int:
+        return self.pages_total - self.pages_used
+
+    def alloc(self, pages: int) -> bool:
+        """Take `pages` if they are free; say whether it worked."""
+        if pages > self.pages_free:
+            return False
+        self.pages_used += pages
+        return True
+
+    def free(self, pages: int) -> None:
+        if pages > self.pages_used:
+            raise Invalid(f"freeing {pages} pages but only {self.pages_used} are used")
+        self.pages_used -= pages

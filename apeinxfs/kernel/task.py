@@ -1,0 +1,63 @@
+"""A task: one inference request's state, counters, output and own trace lines.
+
+Mutable on purpose (the kernel updates it in place on every step); only the kernel
+writes to it. `slots` keep 100,000 of them small.
+"""
+import enum
+
+import attrs
+
+from .spec import TaskSpec
+
+
+class State(enum.Enum):
+    """Task states of SPEC.md, with their /proc-style letter."""
+
+    NEW = ("N", "new")
+    QUEUED = ("Q", "queued")
+    RUNNING = ("R", "running")
+    PREEMPTED = ("P", "preempted")
+    STOPPED = ("T", "stopped")
+    EXITED = ("Z", "exited")
+
+    def __str__(self) -> str:
+        return f"{self.value[0]} ({self.value[1]})"
+
+
+@attrs.define(slots=True, eq=False)
+class Task:
+    """One task. `exit` is the `wait` line once it has ended, else None."""
+
+    pid: int
+    spec: TaskSpec
+    model: str
+    uid: int
+    submitted_us: int
+    tokens_in: int
+    weight: int
+    deadline_at_us: int | None
+    state: State = State.NEW
+    vruntime: int = 0
+    tokens_out: int = 0
+    kv_pages: int = 0
+    gpu: int | None = None
+    prefilled: bool = False
+    first_token_us: int | None = None
+    exit: str | None = None
+    exited_us: int | None = None
+    version: int = 0
+    output: bytearray = attrs.Factory(bytearray)
+    events: bytearray = attrs.Factory(bytearray)
+
+    @property
+    def context_tokens(self) -> int:
+        """Tokens the engine holds KV for: the prompt plus what was generated."""
+        return self.tokens_in + self.tokens_out
+
+    @property
+    def done(self) -> bool:
+        return self.state is State.EXITED
+
+    @property
+    def runnable(self) -> bool:
+        return self.state in (State.QUEUED, State.PREEMPTED)

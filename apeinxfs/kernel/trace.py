@@ -1,0 +1,39 @@
+"""The trace: CSV lines with a strictly increasing seq, kept whole and per task.
+
+`/trace/events` serves `buffer`; each task keeps its own lines for `/tasks/PID/events`.
+The trace is an output of the kernel, rebuilt by replaying the journal, so its seqs are
+the same after a restart.
+"""
+HEADER = b"seq,time_us,type,pid,tenant,model,gpu,node,detail\n"
+
+
+def quote(text: str) -> str:
+    """A CSV field that is always quoted, on one line."""
+    one_line = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    return '"' + one_line.replace('"', '""') + '"'
+
+
+class TraceLog:
+    """The event log of one kernel."""
+
+    def __init__(self, node: str):
+        self.node = node
+        self.seq = 0
+        self.lines = 0
+        self.buffer = bytearray(HEADER)
+
+    def emit(self, time_us: int, kind: str, task=None, detail: str = "", gpu=None) -> None:
+        """Append one line; it also goes to the task's own events."""
+        self.seq += 1
+        if task is None:
+            who = ",,"
+        else:
+            who = f"{task.pid},{task.spec.tenant},{task.model}"
+        line = (f"{self.seq},{time_us},{kind},{who},{'' if gpu is None else gpu},"
+                f"{self.node},{quote(detail)}\n").encode()
+        self.buffer += line
+        self.lines += 1
+        if task is not None:
+            if not task.events:
+                task.events += HEADER
+            task.events += line

@@ -1,0 +1,194 @@
+"""Mount lifecycle: arguments, stale-mount recovery, daemonising, signals, clean unmount.
+
+`apeinxfs MOUNTPOINT [-o OPTS] [-f] [--config FILE] [--state-dir DIR]`; mount.fuse3
+runs `apeinxfs /ai -o rw,dev,suid`. Without -f the command returns only once the
+mount is up (the child reports through a pipe). SIGTERM, SIGINT and SIGHUP unmount
+cleanly. What is mounted is fs.py's adapter over the tree of nodes/.
+"""
+import argparse
+import errno
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import attrs
+import pyfuse3
+import trio
+
+from . import config as config_mod
+from .fs import Operations
+from .journal import Journal
+from .kernel.errors import ApeinxError, Invalid
+from .nodes.tree import Tree
+from .runtime import Runtime
+
+log = logging.getLogger("apeinxfs")
+
+FUSE_PASSTHROUGH = {"allow_other", "allow_root", "default_permissions", "rw", "ro", "dev", "nodev",
+                    "suid", "nosuid", "exec", "noexec", "atime", "noatime", "async", "sync", "dirsync"}
+OWN_OPTIONS = {"config", "state_dir", "debug"}
+
+
+@attrs.frozen
+class MountArgs:
+    """What the command line asks for."""
+
+    mountpoint: str
+    foreground: bool
+    config: str | None
+    state_dir: str | None
+    fuse_options: frozenset
+    debug: bool
+
+
+def parse_args(argv: list[str]) -> MountArgs:
+    parser = argparse.ArgumentParser(prog="apeinxfs", description="Mount the apeinxfs AI kernel tree.")
+    parser.add_argument("mountpoint")
+    parser.add_argument("-o", dest="options", action="append", default=[], help="mount options, comma separated")
+    parser.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    parser.add_argument("--config", help="TOML config file (every key optional)")
+    parser.add_argument("--state-dir", help="where the journal lives")
+    parser.add_argument("--debug", action="store_true", help="log every refusal")
+    args = parser.parse_args(argv)
+    own, fuse = _split_options(",".join(args.options))
+    return MountArgs(mountpoint=os.path.abspath(args.mountpoint), foreground=args.foreground,
+                     config=args.config or own.get("config"), state_dir=args.state_dir or own.get("state_dir"),
+                     fuse_options=frozenset(fuse), debug=args.debug or "debug" in own)
+
+
+def _split_options(text: str) -> tuple[dict, set]:
+    own, fuse = {}, set()
+    for option in filter(None, text.split(",")):
+        key, _, value = option.partition("=")
+        if key in OWN_OPTIONS:
+            own[key] = value
+        elif key in FUSE_PASSTHROUGH:
+            fuse.add(option)
+        else:
+            raise Invalid(f"unknown mount option {option!r}")
+    return own, fuse
+
+
+def recover_stale(mountpoint: str) -> None:
+    """Unmount a dead FUSE mount (ENOTCONN) left by a crash; refuse a live one."""
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise Invalid(f"mountpoint {mountpoint}: {exc.strerror}") from None
+        log.warning("recovering a stale mount at %s", mountpoint)
+        subprocess.run(["fusermount3", "-u", "-z", mountpoint], check=False)
+        return
+    if os.path.ismount(mountpoint) and _is_apeinxfs(mountpoint):
+        raise Invalid(f"apeinxfs is already mounted at {mountpoint}")
+
+
+def _is_apeinxfs(mountpoint: str) -> bool:
+    with open("/proc/mounts") as mounts:
+        return any(line.split()[1:3] == [mountpoint, "fuse.apeinxfs"] for line in mounts)
+
+
+def lock_state_dir(state_dir: str) -> int:
+    """One daemon per state directory."""
+    os.makedirs(state_dir, exist_ok=True)
+    fd = os.open(os.path.join(state_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise Invalid(f"another apeinxfs daemon uses {state_dir}") from None
+    return fd
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = parse_args(argv)
+        config = config_mod.load(args.config, args.state_dir)
+        recover_stale(args.mountpoint)
+    except ApeinxError as exc:
+        print(f"apeinxfs: {exc}", file=sys.stderr)
+        return 1
+    if args.foreground:
+        _log_to(None, args.debug)
+        return serve(args, config, ready_fd=None)
+    return _daemonise(args, config)
+
+
+def _daemonise(args: MountArgs, config) -> int:
+    read_end, write_end = os.pipe()
+    if os.fork():
+        os.close(write_end)
+        report = os.read(read_end, 4096).decode(errors="replace")
+        if report.startswith("ok"):
+            return 0
+        print(f"apeinxfs: {report.strip() or 'the daemon died before mounting'}", file=sys.stderr)
+        return 1
+    os.close(read_end)
+    os.setsid()
+    _log_to(os.path.join(config.state_dir, "apeinxfs.log"), args.debug)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os._exit(serve(args, config, ready_fd=write_end))
+
+
+def _log_to(path: str | None, debug: bool) -> None:
+    if path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    handler = logging.FileHandler(path) if path else logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True)
+
+
+def serve(args: MountArgs, config, ready_fd: int | None) -> int:
+    """Boot the kernel from the journal, mount, serve until unmounted or signalled."""
+    try:
+        lock_state_dir(config.state_dir)
+        runtime = Runtime(config, Journal(os.path.join(config.state_dir, "journal.db")))
+        rows = runtime.recover()
+        ops = Operations(Tree(runtime))
+        pyfuse3.init(ops, args.mountpoint, _fuse_options(args))
+    except Exception as exc:  # report any start failure to the waiting parent
+        _report(ready_fd, f"cannot mount {args.mountpoint}: {exc}")
+        log.exception("start failed")
+        return 1
+    log.info("mounted %s; %s; replayed %d journal rows; state in %s",
+             args.mountpoint, config.gpu_source, rows, config.state_dir)
+    return trio.run(_run_mounted, runtime, config, ready_fd)
+
+
+def _fuse_options(args: MountArgs) -> set:
+    options = set(pyfuse3.default_options) | {"fsname=apeinxfs", "subtype=apeinxfs"}
+    return options | set(args.fuse_options - {"rw"})
+
+
+def _report(fd: int | None, message: str) -> None:
+    if fd is not None:
+        os.write(fd, message.encode() + b"\n")
+        os.close(fd)
+
+
+async def _run_mounted(runtime: Runtime, config, ready_fd) -> int:
+    signalled = False
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runtime.run)
+            async def on_signal(task_status=trio.TASK_STATUS_IGNORED):
+                nonlocal signalled
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                    task_status.started()
+                    async for signum in signals:
+                        log.info("signal %d: unmounting", signum)
+                        signalled = True
+                        pyfuse3.terminate()
+            await nursery.start(on_signal)
+            _report(ready_fd, "ok")
+            await pyfuse3.main(min_tasks=4, max_tasks=config.max_waiters + 64)
+            nursery.cancel_scope.cancel()
+    finally:
+        pyfuse3.close(unmount=signalled)
+        runtime.journal.close()
+        log.info("unmounted")
+    return 0

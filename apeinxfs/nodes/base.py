@@ -1,0 +1,220 @@
+"""The kinds of node in the tree and their open-file handles, with no FUSE in sight.
+
+- `Show`: a seq_file-like text, rendered by a function at open (a snapshot).
+- `Log`: a growing byte buffer (output, trace); reads are live, size is bytes so far.
+- `Blocking`: a pipe-like reader (stream, wait) that waits for the kernel to change.
+- `Command`: a ctl file; complete lines run inside write(2), replies are read back.
+- `Dir`: a directory of named children.
+Nodes are cheap views built on demand; the FUSE adapter (fs.py) only maps inodes and
+file handles onto these methods.
+"""
+import re
+import stat
+import time
+
+import attrs
+
+from ..kernel.errors import ApeinxError, Denied, Invalid
+
+LINE_MAX = (1 << 20) + 4096
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+DIR_MODE = stat.S_IFDIR | 0o555
+
+
+@attrs.frozen
+class Caller:
+    """Who opened a file: kept from the open request, since reads and writes have no ctx."""
+
+    uid: int = 0
+    gid: int = 0
+    pid: int = 0
+
+
+@attrs.define(eq=False)
+class Node:
+    """Something with an inode and a mode."""
+
+    mode: int = stat.S_IFREG | 0o444
+    inode: int = 0
+
+    def size(self) -> int:
+        return 0
+
+    def open(self, caller: Caller, writing: bool, reading: bool):
+        raise Denied("not a file")
+
+
+@attrs.define(eq=False)
+class Dir(Node):
+    """A directory with a fixed set of children (`children`: name -> Node)."""
+
+    mode: int = DIR_MODE
+    children: dict = attrs.Factory(dict)
+
+    def child(self, name: str) -> Node | None:
+        return self.children.get(name)
+
+    def entries(self) -> list[tuple[str, Node]]:
+        return list(self.children.items())
+
+
+@attrs.define(eq=False)
+class Show(Node):
+    """Text rendered by `show()`; `epoch()` names a state whose change voids a snapshot."""
+
+    show: object = None
+    epoch: object = None
+
+    def render(self) -> bytes:
+        text = self.show()
+        return text.encode() if isinstance(text, str) else bytes(text)
+
+    def open(self, caller, writing, reading):
+        if writing:
+            raise Denied("read-only file")
+        return SnapshotHandle(self)
+
+
+@attrs.define(eq=False)
+class Log(Node):
+    """A growing buffer: `source()` returns it; reads see bytes appended after open."""
+
+    source: object = None
+
+    def size(self) -> int:
+        return len(self.source())
+
+    def open(self, caller, writing, reading):
+        if writing:
+            raise Denied("read-only file")
+        return LogHandle(self)
+
+
+@attrs.define(eq=False)
+class Blocking(Node):
+    """A pipe-like file: `poll(offset)` returns bytes, b'' at end, or None to wait on `key`."""
+
+    poll: object = None
+    key: object = None
+    length: object = None
+
+    def size(self) -> int:
+        return self.length()
+
+    def open(self, caller, writing, reading):
+        if writing:
+            raise Denied("read-only file")
+        return BlockingHandle(self, caller)
+
+
+@attrs.define(eq=False)
+class Command(Node):
+    """A ctl file: `run(lines, caller)` acts on complete lines and returns reply lines."""
+
+    mode: int = stat.S_IFREG | 0o222
+    run: object = None
+
+    def open(self, caller, writing, reading):
+        if reading and not self.mode & 0o444:
+            raise Denied("write-only file: write commands to it")
+        return CommandHandle(self, caller)
+
+
+class Handle:
+    """An open file. Subclasses override what they support."""
+
+    node: Node
+
+    async def read(self, offset: int, size: int, waiter) -> bytes:
+        raise Denied("not open for reading")
+
+    def write(self, data: bytes) -> int:
+        raise Denied("not open for writing")
+
+    def flush(self) -> None:
+        """Nothing pending by default."""
+
+
+@attrs.define(eq=False)
+class SnapshotHandle(Handle):
+    node: Show
+    data: bytes = b""
+
+    async def read(self, offset, size, waiter):
+        return self.data[offset:offset + size]
+
+
+@attrs.define(eq=False)
+class LogHandle(Handle):
+    node: Log
+
+    async def read(self, offset, size, waiter):
+        return bytes(self.node.source()[offset:offset + size])
+
+
+@attrs.define(eq=False)
+class BlockingHandle(Handle):
+    node: Blocking
+    caller: Caller
+
+    async def read(self, offset, size, waiter):
+        while (data := self.node.poll(offset)) is None:
+            await waiter(self.node.key, self.caller)
+        return data[:size]
+
+
+@attrs.define(eq=False)
+class CommandHandle(Handle):
+    """Buffers partial lines; each write runs its complete lines and resets the reply."""
+
+    node: Command
+    caller: Caller
+    pending: bytearray = attrs.Factory(bytearray)
+    reply: bytes = b""
+
+    async def read(self, offset, size, waiter):
+        data, self.reply = self.reply[:size], self.reply[size:]
+        return data
+
+    def write(self, data: bytes) -> int:
+        self.pending += data
+        cut = self.pending.rfind(b"\n") + 1
+        if not cut and len(self.pending) > LINE_MAX:
+            self.pending.clear()
+            raise Invalid(f"line longer than {LINE_MAX} bytes")
+        lines, self.pending[:cut] = bytes(self.pending[:cut]), b""
+        if lines:
+            self._run(lines.split(b"\n")[:-1])
+        return len(data)
+
+    def flush(self) -> None:
+        """An unterminated last line runs at close; its error goes to close(2)."""
+        if self.pending:
+            lines, self.pending = [bytes(self.pending)], bytearray()
+            self._run(lines)
+
+    def _run(self, raw_lines: list[bytes]) -> None:
+        self.reply = b""
+        try:
+            replies = self.node.run(raw_lines, self.caller)
+        except ApeinxError as exc:
+            self.reply = "".join(f"error: {r}\n" for r in exc.replies).encode()
+            raise
+        self.reply = "".join(f"{r}\n" for r in replies).encode()
+
+
+def decode_line(raw: bytes) -> str:
+    """A line as text: UTF-8, no NUL or control characters except tab."""
+    try:
+        line = raw.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError:
+        raise Invalid("line is not valid UTF-8") from None
+    if len(raw) > LINE_MAX:
+        raise Invalid(f"line longer than {LINE_MAX} bytes")
+    if _CONTROL.search(line):
+        raise Invalid("line holds control characters")
+    return line
+
+
+def now_ns() -> int:
+    return time.time_ns()

@@ -1,0 +1,37 @@
+"""/metrics: the kernel's counters and gauges in Prometheus text format 0.0.4."""
+from ..kernel.task import State
+
+
+def _family(name: str, kind: str, help_text: str, samples) -> str:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    for labels, value in samples:
+        label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        lines.append(f"{name}{{{label_text}}} {value}" if label_text else f"{name} {value}")
+    return "\n".join(lines) + "\n"
+
+
+def show(rt) -> str:
+    kernel, counters = rt.kernel, rt.kernel.counters
+    gpus = kernel.gpus
+    families = [
+        ("apeinx_tasks", "gauge", "Tasks by state.",
+         [({"state": s.value[1]}, kernel.state_counts.get(s, 0)) for s in State]),
+        ("apeinx_submits_total", "counter", "Tasks accepted.", [({}, counters.submitted)]),
+        ("apeinx_rejected_writes_total", "counter", "Writes refused with an errno.", [({}, counters.rejected)]),
+        ("apeinx_task_exits_total", "counter", "Tasks that ended, by how.",
+         [({"how": how}, n) for how, n in sorted(counters.exits.items())]),
+        ("apeinx_dispatches_total", "counter", "Tasks placed on a GPU.", [({}, counters.dispatched)]),
+        ("apeinx_preemptions_total", "counter", "Running tasks sent back to the queue.", [({}, counters.preempted)]),
+        ("apeinx_engine_steps_total", "counter", "Engine steps applied.", [({}, counters.steps)]),
+        ("apeinx_tokens_generated_total", "counter", "Output tokens produced.", [({}, counters.tokens_out)]),
+        ("apeinx_kv_pages", "gauge", "KV pages per GPU pool.",
+         [({"gpu": g.config.index, "kind": k}, v) for g in gpus
+          for k, v in (("total", g.pool.pages_total), ("used", g.pool.pages_used))]),
+        ("apeinx_batch_size", "gauge", "Sequences in each GPU's batch.",
+         [({"gpu": g.config.index}, len(g.running)) for g in gpus]),
+        ("apeinx_kv_stall_seconds_total", "counter", "Time some runnable task waited for KV pages.",
+         [({}, f"{kernel.kv_some.snapshot(rt.clock.now_us()).total_us / 1e6:.6f}")]),
+        ("apeinx_trace_events_total", "counter", "Lines written to the trace.", [({}, kernel.trace.seq)]),
+        ("apeinx_blocked_readers", "gauge", "Readers blocked in stream or wait.", [({}, rt.waiters)]),
+    ]
+    return "".join(_family(*f) for f in families)

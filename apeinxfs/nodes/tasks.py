@@ -1,0 +1,104 @@
+"""/tasks and /tasks/PID/*: one directory per task, its files and what they show.
+
+Inodes of a task's files are computed from its pid (no table grows with the task count):
+PID_BASE + pid * SLOTS + slot. `status` follows /proc/PID/status; `output`, `events`
+grow like logs; `stream` and `wait` block like pipes until the kernel changes.
+"""
+import stat
+
+import attrs
+
+from . import ctl
+from .base import Blocking, Command, Dir, Log, Show
+
+PID_BASE = 1 << 20
+SLOTS = 16
+FILES = ("status", "ctl", "prompt", "output", "stream", "wait", "events")
+REPLAY_SLOT = 15
+
+
+def inode_of(pid: int, slot: int) -> int:
+    return PID_BASE + pid * SLOTS + slot
+
+
+def status(task) -> str:
+    """Key:<TAB>value lines in SPEC.md's order, then extras."""
+    deadline = "-" if task.deadline_at_us is None else f"{(task.deadline_at_us - task.submitted_us) / 1e6:g}s"
+    rows = [("Name", task.spec.name), ("Pid", task.pid), ("PPid", 0), ("Tenant", task.spec.tenant),
+            ("Uid", task.uid), ("Model", task.model), ("State", task.state), ("Prio", task.spec.prio),
+            ("Weight", task.weight), ("Vruntime", task.vruntime), ("TokensIn", task.tokens_in),
+            ("TokensOut", task.tokens_out), ("TokensMax", task.spec.max_tokens), ("KVPages", task.kv_pages),
+            ("Exit", task.exit or "-"), ("Gpu", "-" if task.gpu is None else task.gpu),
+            ("Deadline", deadline), ("SubmittedUs", task.submitted_us),
+            ("FirstTokenUs", "-" if task.first_token_us is None else task.first_token_us - task.submitted_us)]
+    return "".join(f"{key}:\t{value}\n" for key, value in rows)
+
+
+def wait_line(task) -> bytes | None:
+    return None if task.exit is None else (task.exit + "\n").encode()
+
+
+def stream_poll(task, offset: int) -> bytes | None:
+    """Bytes from `offset`; b'' once the task has exited and all is read; None to wait."""
+    if offset < len(task.output):
+        return bytes(task.output[offset:])
+    return b"" if task.done else None
+
+
+def wait_poll(task, offset: int) -> bytes | None:
+    line = wait_line(task)
+    return None if line is None else line[offset:]
+
+
+def _files(rt, task) -> dict:
+    """The nodes of a task's files, by name."""
+    pid = task.pid
+    epoch = lambda: task.state  # noqa: E731 - a snapshot is voided when the state changes
+    return {
+        "status": Show(show=lambda: status(task), epoch=epoch),
+        "ctl": Command(mode=stat.S_IFREG | 0o222, run=ctl.task_ctl(rt, pid)),
+        "prompt": Show(show=lambda: task.spec.prompt),
+        "output": Log(source=lambda: task.output),
+        "stream": Blocking(poll=lambda off: stream_poll(task, off), key=pid, length=lambda: len(task.output)),
+        "wait": Blocking(poll=lambda off: wait_poll(task, off), key=pid,
+                         length=lambda: len(wait_line(task) or b"")),
+        "events": Log(source=lambda: task.events),
+    }
+
+
+@attrs.define(eq=False)
+class TaskDir(Dir):
+    """/tasks/PID: its files are built when asked for."""
+
+    rt: object = None
+    task: object = None
+
+    def child(self, name):
+        if name not in FILES:
+            return None
+        node = _files(self.rt, self.task)[name]
+        node.inode = inode_of(self.task.pid, FILES.index(name) + 1)
+        return node
+
+    def entries(self):
+        return [(name, self.child(name)) for name in FILES]
+
+    def by_slot(self, slot: int):
+        return self.child(FILES[slot - 1]) if 1 <= slot <= len(FILES) else None
+
+
+@attrs.define(eq=False)
+class TasksDir(Dir):
+    """/tasks: one directory per task, in pid order."""
+
+    rt: object = None
+
+    def task_dir(self, task) -> TaskDir:
+        return TaskDir(inode=inode_of(task.pid, 0), rt=self.rt, task=task)
+
+    def child(self, name):
+        task = self.rt.kernel.tasks.get(int(name)) if name.isascii() and name.isdigit() and len(name) < 16 else None
+        return self.task_dir(task) if task else None
+
+    def entries(self):
+        return [(str(pid), self.task_dir(task)) for pid, task in self.rt.kernel.tasks.items()]

@@ -1,0 +1,119 @@
+"""The tree, defined in one place, and how inodes find their nodes.
+
+`build_root` lists every path of the mount and the function that renders or runs it:
+to find where a file comes from, look here. `Tree` maps inodes to nodes (static ones are
+numbered at boot; a task's are computed from its pid) and keeps rendered snapshots
+consistent between getattr and read, so `cp` copies every byte.
+"""
+import stat
+import time
+from functools import partial
+
+from ..kernel.errors import NotFound
+from . import ctl, memory, metrics, models, readme, replay
+from .base import Command, Dir, Log, Show
+from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, TaskDir, TasksDir, inode_of
+
+SNAPSHOT_TTL_S = 1.0
+SNAPSHOT_MAX = 4096
+
+
+class ReplayDir(Dir):
+    """/replay: one timeline file per task."""
+
+    def __init__(self, rt):
+        super().__init__()
+        self.rt = rt
+
+    def timeline(self, task) -> Show:
+        return Show(show=lambda: replay.show(task), epoch=lambda: task.state, inode=inode_of(task.pid, REPLAY_SLOT))
+
+    def child(self, name):
+        task = self.rt.kernel.tasks.get(int(name)) if name.isascii() and name.isdigit() and len(name) < 16 else None
+        return self.timeline(task) if task else None
+
+    def entries(self):
+        return [(str(pid), self.timeline(task)) for pid, task in self.rt.kernel.tasks.items()]
+
+
+def build_root(rt) -> Dir:
+    """Every path of the mount, and where its content comes from."""
+    kernel = rt.kernel
+    return Dir(children={
+        "README": Show(show=readme.show),
+        "ctl": Dir(children={
+            "submit": Command(mode=stat.S_IFREG | 0o666, run=ctl.submit(rt)),
+            "kill": Command(run=ctl.kill(rt)),
+        }),
+        "tasks": TasksDir(rt=rt),
+        "models": Dir(children={name: Dir(children={
+            "status": Show(show=partial(models.status, kernel, name)),
+            "config": Show(show=partial(models.config, kernel, name)),
+        }) for name in kernel.models}),
+        "memory": Dir(children={
+            "meminfo": Show(show=partial(memory.meminfo, kernel)),
+            "pressure": Show(show=lambda: memory.pressure(kernel, rt.clock.now_us())),
+        }),
+        "trace": Dir(children={"events": Log(source=lambda: kernel.trace.buffer)}),
+        "replay": ReplayDir(rt),
+        "metrics": Show(show=partial(metrics.show, rt)),
+    })
+
+
+class Tree:
+    """Inode -> node, and the snapshot cache of rendered files."""
+
+    def __init__(self, rt):
+        self.rt = rt
+        self.static: dict[int, object] = {}
+        self.root = build_root(rt)
+        self._number(self.root)
+        self._snapshots: dict[int, tuple] = {}
+
+    def _number(self, node) -> None:
+        node.inode = len(self.static) + 1
+        self.static[node.inode] = node
+        if isinstance(node, Dir) and not isinstance(node, (TasksDir, ReplayDir)):
+            for _name, child in node.entries():
+                self._number(child)
+
+    def node(self, inode: int):
+        """The node of `inode`, or NotFound (a task that no longer exists)."""
+        if inode < PID_BASE:
+            if inode in self.static:
+                return self.static[inode]
+            raise NotFound(f"no inode {inode}")
+        pid, slot = divmod(inode - PID_BASE, SLOTS)
+        task = self.rt.kernel.tasks.get(pid)
+        if task is None:
+            raise NotFound(f"no task {pid}")
+        if slot == REPLAY_SLOT:
+            return self.root.children["replay"].timeline(task)
+        task_dir = TaskDir(inode=inode_of(pid, 0), rt=self.rt, task=task)
+        node = task_dir if slot == 0 else task_dir.by_slot(slot)
+        if node is None:
+            raise NotFound(f"no inode {inode}")
+        return node
+
+    def lookup(self, parent_inode: int, name: str):
+        parent = self.node(parent_inode)
+        child = parent.child(name) if isinstance(parent, Dir) else None
+        if child is None:
+            raise NotFound(f"no such entry {name!r}")
+        return child
+
+    def render(self, node: Show) -> bytes:
+        """The node's text, reused for up to 1 s while its epoch is unchanged."""
+        epoch = node.epoch() if node.epoch else None
+        now = time.monotonic()
+        cached = self._snapshots.get(node.inode)
+        if cached and cached[1] == epoch and now - cached[2] < SNAPSHOT_TTL_S:
+            return cached[0]
+        data = node.render()
+        if len(self._snapshots) >= SNAPSHOT_MAX:
+            self._snapshots.pop(next(iter(self._snapshots)))
+        self._snapshots[node.inode] = (data, epoch, now)
+        return data
+
+    def size(self, node) -> int:
+        return len(self.render(node)) if isinstance(node, Show) else node.size()

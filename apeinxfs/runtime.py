@@ -1,0 +1,133 @@
+"""The daemon's heart: one kernel, its journal, the drivers, and wake-ups for readers.
+
+Every state change goes through `commit`: check with the kernel (refusals raise), append
+to the journal (durable before return), apply, then wake whoever waits on what changed.
+`recover` rebuilds the kernel from the journal at start. The FUSE tree (nodes/) and the
+drivers only ever talk to the kernel through this object.
+"""
+import logging
+import time
+
+import trio
+
+from . import drivers
+from .journal import Journal
+from .kernel import Kernel
+from .kernel.errors import ApeinxError, TooMany
+from .kernel.events import Rejected, Restart, Tick
+
+log = logging.getLogger(__name__)
+
+
+class WallClock:
+    """Microseconds of wall time that advance with trio's clock (autojump in tests)."""
+
+    def __init__(self):
+        self._anchor_us = None
+        self._anchor_trio = None
+
+    def now_us(self) -> int:
+        try:
+            trio_now = trio.current_time()
+        except RuntimeError:  # outside trio.run: recovery at start
+            return time.time_ns() // 1000
+        if self._anchor_trio is None:
+            self._anchor_us, self._anchor_trio = time.time_ns() // 1000, trio_now
+        return self._anchor_us + int((trio_now - self._anchor_trio) * 1e6)
+
+
+class Notifier:
+    """Wake-ups by key: a pid, 'trace', 'deadline' or ('gpu', N)."""
+
+    def __init__(self):
+        self._events: dict = {}
+
+    async def wait(self, key, timeout: float | None = None) -> None:
+        event = self._events.setdefault(key, trio.Event())
+        with trio.move_on_after(timeout if timeout is not None else float("inf")):
+            await event.wait()
+
+    def wake(self, keys) -> None:
+        for key in keys:
+            event = self._events.pop(key, None)
+            if event is not None:
+                event.set()
+
+
+class Runtime:
+    """The kernel inside the daemon."""
+
+    def __init__(self, config, journal: Journal, clock=None):
+        self.config = config
+        self.kernel = Kernel(config.kernel)
+        self.journal = journal
+        self.clock = clock or WallClock()
+        self.notifier = Notifier()
+        self.waiters = 0
+
+    def recover(self) -> int:
+        """Replay the journal into the kernel; mark the restart. Returns rows replayed."""
+        rows = 0
+        for _seq, time_us, event in self.journal.replay():
+            self.kernel.apply(event, time_us)
+            rows += 1
+        self.kernel.take_changed()
+        if rows:
+            self.commit([Restart()])
+        return rows
+
+    def commit(self, events: list) -> list:
+        """Check, journal, apply; results in order. Raises the first refusal, changing nothing."""
+        for event in events:
+            self.kernel.check(event)
+        now = self.clock.now_us()
+        self.journal.append([(now, e) for e in events])
+        results = [self.kernel.apply(e, now) for e in events]
+        self.notifier.wake(self.kernel.take_changed())
+        return results
+
+    def reject(self, path: str, error: ApeinxError, uid: int) -> None:
+        """Record a refused write in the journal and trace."""
+        self.commit([Rejected(path=path, reason=error.reason, uid=uid)])
+
+    # -- blocking readers ------------------------------------------------------------
+
+    async def wait_for(self, key, timeout: float) -> None:
+        """Wait up to `timeout` s for `key` to change; EAGAIN when too many wait."""
+        if self.waiters >= self.config.max_waiters:
+            raise TooMany(f"too many blocked readers ({self.waiters}); try again")
+        self.waiters += 1
+        try:
+            await self.notifier.wait(key, timeout)
+        finally:
+            self.waiters -= 1
+
+    # -- the driver host ---------------------------------------------------------------
+
+    async def next_batch(self, gpu: int) -> list:
+        while not (batch := self.kernel.batch(gpu)):
+            await self.notifier.wait(("gpu", gpu))
+        return batch
+
+    def deliver(self, event) -> None:
+        self.commit([event])
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Run the drivers on every GPU and the deadline timer until cancelled."""
+        models = self.kernel.models
+        async with trio.open_nursery() as nursery:
+            for driver_name in sorted({m.driver for m in models.values()}):
+                driver = drivers.load(driver_name)({n: m for n, m in models.items() if m.driver == driver_name})
+                for gpu in range(len(self.kernel.gpus)):
+                    nursery.start_soon(driver.serve, gpu, self)
+            nursery.start_soon(self._deadline_timer)
+            task_status.started()
+
+    async def _deadline_timer(self) -> None:
+        while True:
+            due = self.kernel.next_deadline_us()
+            delay = None if due is None else (due - self.clock.now_us()) / 1e6
+            if delay is not None and delay <= 0:
+                self.commit([Tick()])
+                continue
+            await self.notifier.wait("deadline", delay)
