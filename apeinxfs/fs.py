@@ -87,6 +87,14 @@ class Operations(pyfuse3.Operations):
         limit = request_timeout_s()
         self.max_block_s = None if limit is None else max(1.0, limit - 2.0)
 
+    def invalidate_stale(self, changed) -> None:
+        """After a commit: the kernel forgets cached sizes of snapshots that went stale."""
+        for inode in self.tree.drop_stale(changed):
+            try:
+                pyfuse3.invalidate_inode(inode, attr_only=True)
+            except OSError:  # ENOENT: the kernel holds nothing for it
+                pass
+
     def attributes(self, node) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
         is_dir = isinstance(node, Dir)

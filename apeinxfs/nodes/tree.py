@@ -3,7 +3,9 @@
 `build_root` lists every path of the mount and the function that renders or runs it:
 to find where a file comes from, look here. `Tree` maps inodes to nodes (static ones are
 numbered at boot; a task's are computed from its pid) and keeps rendered snapshots
-consistent between getattr and read, so `cp` copies every byte.
+consistent between getattr and read, so `cp` copies every byte: a snapshot lives as long
+as the kernel may cache its size (the attr timeout), unless the task's state changes,
+and then the kernel's cached attributes are invalidated too (fs.py).
 """
 import stat
 import time
@@ -12,10 +14,11 @@ from functools import partial
 from ..kernel.errors import NotFound
 from . import ctl, memory, metrics, models, readme, replay
 from .base import Command, Dir, Log, Show
-from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, TaskDir, TasksDir, inode_of
+from .tasks import FILES, PID_BASE, REPLAY_SLOT, SLOTS, TaskDir, TasksDir, inode_of
 
 SNAPSHOT_TTL_S = 1.0
 SNAPSHOT_MAX = 4096
+SNAPSHOT_SLOTS = (FILES.index("status") + 1, REPLAY_SLOT)
 
 
 class ReplayDir(Dir):
@@ -103,7 +106,7 @@ class Tree:
         return child
 
     def render(self, node: Show) -> bytes:
-        """The node's text, reused for up to 1 s while its epoch is unchanged."""
+        """The node's text, reused for the attr timeout while its epoch is unchanged."""
         epoch = node.epoch() if node.epoch else None
         now = time.monotonic()
         cached = self._snapshots.get(node.inode)
@@ -114,6 +117,17 @@ class Tree:
             self._snapshots.pop(next(iter(self._snapshots)))
         self._snapshots[node.inode] = (data, epoch, now)
         return data
+
+    def drop_stale(self, changed) -> list[int]:
+        """Forget snapshots of tasks whose state changed; return their inodes."""
+        stale = []
+        for pid in (key for key in changed if isinstance(key, int)):
+            for slot in SNAPSHOT_SLOTS:
+                cached = self._snapshots.get(inode_of(pid, slot))
+                if cached and cached[1] is not self.rt.kernel.tasks[pid].state:
+                    del self._snapshots[inode_of(pid, slot)]
+                    stale.append(inode_of(pid, slot))
+        return stale
 
     def size(self, node) -> int:
         return len(self.render(node)) if isinstance(node, Show) else node.size()
