@@ -30,6 +30,7 @@ log = logging.getLogger("apeinxfs")
 FUSE_PASSTHROUGH = {"allow_other", "allow_root", "default_permissions", "rw", "ro", "dev", "nodev",
                     "suid", "nosuid", "exec", "noexec", "atime", "noatime", "async", "sync", "dirsync"}
 OWN_OPTIONS = {"config", "state_dir", "debug"}
+FSTAB_ONLY = {"defaults", "auto", "noauto", "user", "users", "nofail", "_netdev"}
 
 
 @attrs.frozen
@@ -67,6 +68,8 @@ def _split_options(text: str) -> tuple[dict, set]:
             own[key] = value
         elif key in FUSE_PASSTHROUGH:
             fuse.add(option)
+        elif key in FSTAB_ONLY or key.startswith("x-"):
+            continue
         else:
             raise Invalid(f"unknown mount option {option!r}")
     return own, fuse
