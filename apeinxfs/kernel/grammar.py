@@ -40,7 +40,7 @@ def parse_submit(line: str) -> TaskSpec:
     line = line.strip()
     if line.startswith("{"):
         return _from_json(line)
-    first = line.split(None, 1)[0]
+    first = (line.split(None, 1) or [""])[0]
     if "=" in first:
         return _from_pairs(split_pairs(line))
     return _from_seed(line.split())
@@ -69,7 +69,7 @@ def _from_pairs(pairs: dict[str, str]) -> TaskSpec:
 
 def _from_json(line: str) -> TaskSpec:
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:
         raise Invalid(f"bad JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -79,6 +79,16 @@ def _from_json(line: str) -> TaskSpec:
         obj["deadline_us"] = _json_deadline(obj.pop("deadline"))
     obj.setdefault("name", "task")
     return TaskSpec(**obj)
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object whose keys are each given once, as in the key=value form."""
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise Invalid(f"key {key!r} given twice")
+        obj[key] = value
+    return obj
 
 
 def _json_deadline(value) -> int:

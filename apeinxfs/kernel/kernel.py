@@ -11,7 +11,7 @@ import attrs
 
 from . import events as ev
 from .config import KernelConfig
-from .errors import Busy, Invalid, NoSpace, NotFound
+from .errors import ApeinxError, Busy, Invalid, NoSpace, NotFound
 from .kvmem import KVPool, estimate_prompt_tokens, pages_for
 from .pressure import StallClock
 from .sched import POLICIES, RunQueue, prio_weight, vruntime_delta
@@ -114,12 +114,25 @@ class Kernel:
     # -- applying events ------------------------------------------------------------
 
     def apply(self, event, now_us: int):
-        """Apply one accepted event at time `now_us`; a Submit returns the new pid."""
+        """Apply one accepted event at time `now_us`; a Submit returns the new pid.
+
+        A kill or control made moot by an earlier event of the same commit (a second
+        `cont`, a kill of a task that has exited since its check) changes nothing.
+        """
         self.now_us = max(self.now_us, now_us)
-        result = getattr(self, f"_apply_{type(event).__name__.lower()}")(event)
+        result = None if self._moot(event) else getattr(self, f"_apply_{type(event).__name__.lower()}")(event)
         self._expire_deadlines()
         self._schedule()
         return result
+
+    def _moot(self, event) -> bool:
+        if not isinstance(event, (ev.Kill, ev.Control)):
+            return False
+        try:
+            self.check(event)
+        except ApeinxError:
+            return True
+        return False
 
     def _apply_submit(self, event: ev.Submit) -> int:
         spec, pid = event.spec, self.next_pid

@@ -21,7 +21,7 @@ class StallClock:
     stalled: bool = False
     since_us: int = 0
     total_us: int = 0
-    period_start_us: int = 0
+    period_start_us: int | None = None  # None until the first time is seen
     period_stall_us: int = 0
     avgs: list = attrs.Factory(lambda: [0.0, 0.0, 0.0])
 
@@ -32,7 +32,7 @@ class StallClock:
 
     def advance(self, now_us: int) -> None:
         """Account time up to `now_us` in the current state."""
-        if self.period_start_us == 0:
+        if self.period_start_us is None:
             self.period_start_us = self.since_us = now_us
         while now_us > self.since_us:
             end = min(now_us, self.period_start_us + PERIOD_US)

@@ -1,0 +1,262 @@
+"""Tier 2: the pyfuse3 adapter (fs.py) called directly, with a stand-in ctx and no /dev/fuse.
+
+Checks the request handlers map onto the tree, that refusals leave as FUSEError with
+SPEC's errno and that a bug becomes EIO instead of an escaping exception. A real mount
+and real shell tools are tiers 3-4.
+"""
+import errno
+import os
+import stat
+import types
+
+import pyfuse3
+import pytest
+import trio
+
+from apeinxfs.fs import Operations
+from apeinxfs.nodes.readme import TEXT as README
+from apeinxfs.nodes.tree import Tree
+from test_journal_runtime import open_runtime, submit
+
+ROOT = 1
+NO_SUCH_PID = (1 << 22) + 1  # above the largest pid_max: /proc has no such process
+
+
+def ctx(pid: int | None = None):
+    """What pyfuse3 passes as ctx: the caller's uid, gid, pid and umask."""
+    return types.SimpleNamespace(uid=1000, gid=1000, pid=os.getpid() if pid is None else pid, umask=0o022)
+
+
+@pytest.fixture
+def ops(tmp_path):
+    with open_runtime(tmp_path) as runtime:
+        yield Operations(Tree(runtime))
+
+
+async def inode_of(ops, path: str) -> int:
+    inode = ROOT
+    for name in filter(None, path.split("/")):
+        inode = (await ops.lookup(inode, name.encode(), ctx())).st_ino
+    return inode
+
+
+async def open_path(ops, path: str, flags=os.O_RDONLY, caller=None) -> int:
+    info = await ops.open(await inode_of(ops, path), flags, caller or ctx())
+    assert info.direct_io and not info.keep_cache
+    return info.fh
+
+
+async def read_all(ops, fh: int) -> bytes:
+    data, chunk = b"", b"x"
+    while chunk:
+        chunk = await ops.read(fh, len(data), 7)
+        data += chunk
+    return data
+
+
+async def fuse_errno(call) -> int:
+    """The errno of the FUSEError that awaiting `call()` raises."""
+    with pytest.raises(pyfuse3.FUSEError) as caught:
+        await call()
+    return caught.value.errno
+
+
+# -- attributes -------------------------------------------------------------------------------------
+
+
+async def test_lookup_and_getattr(ops):
+    """lookup and getattr agree on a file's inode, mode and rendered size."""
+    entry = await ops.lookup(ROOT, b"README", ctx())
+    again = await ops.getattr(entry.st_ino, ctx())
+    assert stat.S_ISREG(entry.st_mode) and entry.st_mode & 0o777 == 0o444
+    assert entry.st_size == again.st_size == len(README.encode())
+    assert entry.attr_timeout <= 1 and entry.st_ino == again.st_ino
+
+
+async def test_directory_attributes(ops):
+    """Directories are S_IFDIR 0555 with two links."""
+    entry = await ops.getattr(await inode_of(ops, "/tasks"), ctx())
+    assert stat.S_ISDIR(entry.st_mode) and entry.st_nlink == 2
+
+
+async def test_log_size_is_bytes_so_far(ops):
+    """trace/events reports its current length, so tail -f sees it grow."""
+    inode = await inode_of(ops, "/trace/events")
+    before = (await ops.getattr(inode, ctx())).st_size
+    submit(ops.rt)
+    assert (await ops.getattr(inode, ctx())).st_size == len(ops.rt.kernel.trace.buffer) > before
+
+
+@pytest.mark.parametrize("parent,name", [("/", b"nope"), ("/tasks", b"1"), ("/tasks", b"\xff"), ("/README", b"x")])
+async def test_lookup_unknown_is_enoent(ops, parent, name):
+    """Unknown names, tasks that do not exist and non-UTF-8 names are ENOENT."""
+    parent_inode = await inode_of(ops, parent)
+    assert await fuse_errno(lambda: ops.lookup(parent_inode, name, ctx())) == errno.ENOENT
+
+
+async def test_getattr_of_gone_inode_is_enoent(ops):
+    """A task inode whose pid never existed is ENOENT."""
+    assert await fuse_errno(lambda: ops.getattr((1 << 20) + 999 * 16, ctx())) == errno.ENOENT
+
+
+async def test_setattr_is_a_no_op(ops):
+    """setattr (truncate on a ctl file) succeeds and returns the attributes."""
+    inode = await inode_of(ops, "/ctl/submit")
+    assert (await ops.setattr(inode, None, None, None, ctx())).st_ino == inode
+
+
+async def test_statfs(ops):
+    """statfs answers (df works) with a 4 KiB block size."""
+    assert (await ops.statfs(ctx())).f_bsize == 4096
+
+
+# -- directories -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def listed(monkeypatch):
+    """Collects what readdir replies; `room` entries fit before the buffer is full."""
+    got = types.SimpleNamespace(entries=[], room=1000)
+
+    def reply(token, name, attr, next_id):
+        if got.room == 0:
+            return False
+        got.room -= 1
+        got.entries.append((name, attr.st_ino, next_id))
+        return True
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    return got
+
+
+async def test_readdir_lists_the_root(ops, listed):
+    """readdir of / lists SPEC's top entries with increasing next_ids."""
+    fh = await ops.opendir(ROOT, ctx())
+    await ops.readdir(fh, 0, None)
+    await ops.releasedir(fh)
+    assert [n for n, _, _ in listed.entries] == [b"README", b"ctl", b"tasks", b"models", b"memory",
+                                                 b"trace", b"replay", b"metrics"]
+    assert [i for _, _, i in listed.entries] == list(range(1, 9))
+
+
+async def test_readdir_resumes_where_the_buffer_filled(ops, listed):
+    """When the reply buffer fills, a second readdir from the last next_id gives the rest."""
+    for _ in range(3):
+        submit(ops.rt)
+    fh = await ops.opendir(await inode_of(ops, "/tasks"), ctx())
+    listed.room = 2
+    await ops.readdir(fh, 0, None)
+    listed.room = 1000
+    await ops.readdir(fh, listed.entries[-1][2], None)
+    assert [n for n, _, _ in listed.entries] == [b"1", b"2", b"3"]
+
+
+async def test_opendir_of_a_file_is_enotdir(ops):
+    """opendir on a regular file is ENOTDIR."""
+    inode = await inode_of(ops, "/README")
+    assert await fuse_errno(lambda: ops.opendir(inode, ctx())) == errno.ENOTDIR
+
+
+# -- files ------------------------------------------------------------------------------------------
+
+
+async def test_open_read_release(ops):
+    """README reads whole in small pieces at increasing offsets."""
+    fh = await open_path(ops, "/README")
+    assert await read_all(ops, fh) == README.encode()
+    await ops.release(fh)
+    assert fh not in ops.handles
+
+
+async def test_open_a_directory_is_eisdir(ops):
+    """open on a directory is EISDIR."""
+    assert await fuse_errno(lambda: ops.open(ROOT, os.O_RDONLY, ctx())) == errno.EISDIR
+
+
+async def test_submit_write_and_reply(ops):
+    """A write to ctl/submit returns its length; a read on the same fd gives the pid."""
+    fh = await open_path(ops, "/ctl/submit", os.O_RDWR)
+    assert await ops.write(fh, 0, b"job1 10 5\n") == 10
+    assert await ops.read(fh, 10, 100) == b"1\n"
+    await ops.flush(fh)
+    await ops.release(fh)
+    assert ops.rt.kernel.tasks[1].uid == 1000
+
+
+@pytest.mark.parametrize("line,code", [(b"job1 10 high\n", errno.EINVAL), (b"name=j model=nope\n", errno.ENOENT),
+                                       (b"job1 100000000 5\n", errno.EINVAL)])
+async def test_refused_write_carries_the_errno(ops, line, code):
+    """A refused submit fails the write itself with SPEC's errno and explains on the fd."""
+    fh = await open_path(ops, "/ctl/submit", os.O_RDWR)
+    assert await fuse_errno(lambda: ops.write(fh, 0, line)) == code
+    assert (await ops.read(fh, 0, 100)).startswith(b"error: ")
+    assert ops.rt.kernel.tasks == {}
+
+
+async def test_task_ctl_errnos(ops):
+    """cont on a running task is EBUSY; killing a task twice is EBUSY the second time."""
+    submit(ops.rt)
+    fh = await open_path(ops, "/tasks/1/ctl", os.O_WRONLY)
+    assert await fuse_errno(lambda: ops.write(fh, 0, b"cont\n")) == errno.EBUSY
+    assert await ops.write(fh, 0, b"kill\n") == 5
+    assert await fuse_errno(lambda: ops.write(fh, 0, b"kill\n")) == errno.EBUSY
+
+
+async def test_flush_runs_an_unterminated_line(ops):
+    """A last line without newline runs at flush, and its refusal reaches close(2)."""
+    fh = await open_path(ops, "/ctl/submit", os.O_WRONLY)
+    await ops.write(fh, 0, b"late 5 5")
+    await ops.flush(fh)
+    assert ops.rt.kernel.tasks[1].spec.name == "late"
+    await ops.write(fh, 0, b"bad line")
+    assert await fuse_errno(lambda: ops.flush(fh)) == errno.EINVAL
+
+
+@pytest.mark.parametrize("path,flags", [("/ctl/kill", os.O_RDWR), ("/README", os.O_WRONLY)])
+async def test_open_against_mode_is_eacces(ops, path, flags):
+    """Reading a write-only ctl file or writing a read-only one is EACCES."""
+    inode = await inode_of(ops, path)
+    assert await fuse_errno(lambda: ops.open(inode, flags, ctx())) == errno.EACCES
+
+
+async def test_unexpected_exception_becomes_eio(ops, monkeypatch):
+    """A bug inside a handler comes out as EIO, not as an exception that kills the mount."""
+    def broken(inode):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(ops.tree, "node", broken)
+    assert await fuse_errno(lambda: ops.getattr(ROOT, ctx())) == errno.EIO
+    assert await fuse_errno(lambda: ops.read(12345, 0, 10)) == errno.EIO
+
+
+# -- blocking reads -----------------------------------------------------------------------------------
+
+
+async def test_wait_blocks_until_the_task_ends(ops, autojump_clock):
+    """A read of wait blocks while the task runs and returns `done` when it ends."""
+    pid = submit(ops.rt, tokens=5)
+    fh = await open_path(ops, f"/tasks/{pid}/wait")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ops.rt.run)
+        with trio.fail_after(60):
+            assert await ops.read(fh, 0, 100) == b"done\n"
+        nursery.cancel_scope.cancel()
+    assert ops.rt.waiters == 0
+
+
+async def test_stream_reads_to_eof(ops, autojump_clock):
+    """stream gives the whole output as it is generated, then EOF."""
+    pid = submit(ops.rt, tokens=6, prompt="tell me")
+    fh = await open_path(ops, f"/tasks/{pid}/stream")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ops.rt.run)
+        with trio.fail_after(60):
+            text = await read_all(ops, fh)
+        nursery.cancel_scope.cancel()
+    assert text == bytes(ops.rt.kernel.tasks[pid].output) and len(text.split()) == 6
+
+
+async def test_blocked_reader_with_signal_gets_eintr(ops, autojump_clock):
+    """A blocked read whose caller is gone (or has a signal pending) ends with EINTR."""
+    pid = submit(ops.rt, tokens=5)
+    fh = await open_path(ops, f"/tasks/{pid}/wait", caller=ctx(pid=NO_SUCH_PID))
+    with trio.fail_after(60):
+        assert await fuse_errno(lambda: ops.read(fh, 0, 100)) == errno.EINTR
