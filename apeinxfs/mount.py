@@ -30,6 +30,7 @@ log = logging.getLogger("apeinxfs")
 FUSE_PASSTHROUGH = {"allow_other", "allow_root", "default_permissions", "rw", "ro", "dev", "nodev",
                     "suid", "nosuid", "exec", "noexec", "atime", "noatime", "async", "sync", "dirsync"}
 OWN_OPTIONS = {"config", "state_dir", "debug"}
+SHUTDOWN_GRACE_S = 1.0  # on a signal, requests in flight get this long; blocked readers are then cancelled
 FSTAB_ONLY = {"defaults", "auto", "noauto", "user", "users", "nofail", "_netdev"}
 
 
@@ -78,7 +79,7 @@ def _split_options(text: str) -> tuple[dict, set]:
 def recover_stale(mountpoint: str) -> None:
     """Unmount a dead FUSE mount (ENOTCONN) left by a crash; refuse a live one."""
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)  # not stat: the kernel answers that from its attr cache for a while
     except OSError as exc:
         if exc.errno != errno.ENOTCONN:
             raise Invalid(f"mountpoint {mountpoint}: {exc.strerror}") from None
@@ -179,6 +180,7 @@ async def _run_mounted(runtime: Runtime, config, ready_fd) -> int:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
+            serving = trio.CancelScope()
             async def on_signal(task_status=trio.TASK_STATUS_IGNORED):
                 nonlocal signalled
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -187,9 +189,11 @@ async def _run_mounted(runtime: Runtime, config, ready_fd) -> int:
                         log.info("signal %d: unmounting", signum)
                         signalled = True
                         pyfuse3.terminate()
+                        serving.deadline = min(serving.deadline, trio.current_time() + SHUTDOWN_GRACE_S)
             await nursery.start(on_signal)
             _report(ready_fd, "ok")
-            await pyfuse3.main(min_tasks=4, max_tasks=config.max_waiters + 64)
+            with serving:
+                await pyfuse3.main(min_tasks=4, max_tasks=config.max_waiters + 64)
             nursery.cancel_scope.cancel()
     finally:
         pyfuse3.close(unmount=signalled)

@@ -2,7 +2,9 @@
 
 `Daemon` runs `apeinxfs MOUNTPOINT -f` as a child process, waits until the mount is
 live (polling every 50 ms, failing early if the child died), and on stop unmounts with
-`fusermount3 -u -z` and ends the child by its pid. Nothing is killed by name.
+`fusermount3 -u -z` and ends the child by its pid. `start_detached` instead runs a
+command that mounts and returns (`mount -t fuse`, `apeinxfs` without -f) and adopts the
+daemon it leaves behind, found by its argv in /proc. Nothing is killed by name.
 """
 import os
 import shutil
@@ -31,6 +33,57 @@ def is_mounted(path: str) -> bool:
         return any(line.split()[1] == path for line in mounts)
 
 
+def poll_until(predicate, timeout: float, what: str):
+    """Call `predicate` every 50 ms until it returns something true; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.05)
+    return result
+
+
+def is_live(path: str) -> bool:
+    """Mounted and answering: a stale (ENOTCONN) mount left by a crash is not live."""
+    try:
+        os.statvfs(path)  # not stat: the kernel answers that from its attr cache for a while
+    except OSError:
+        return False
+    return is_mounted(path)
+
+
+def find_daemon_pid(mountpoint: str) -> int | None:
+    """The apeinxfs process whose argv names `mountpoint` exactly (found, never killed, by argv)."""
+    wanted = os.fsencode(mountpoint)
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as file:
+                argv = file.read().split(b"\0")
+        except OSError:
+            continue
+        if wanted in argv and any(b"apeinxfs" in arg for arg in argv):
+            return int(entry)
+    return None
+
+
+def pid_running(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie (orphans are not reaped in every container)."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_pid_gone(pid: int, timeout: float) -> bool:
+    """Poll until `pid` has exited; say whether it did within `timeout` seconds."""
+    try:
+        poll_until(lambda: not pid_running(pid), timeout, f"pid {pid} exits")
+    except AssertionError:
+        return False
+    return True
+
+
 class Daemon:
     """One daemon process serving `mountpoint` from `state_dir`."""
 
@@ -38,23 +91,40 @@ class Daemon:
         self.mountpoint, self.state_dir = str(mountpoint), str(state_dir)
         self.config_text, self.extra_args = config_text, list(extra_args)
         self.proc = None
+        self.detached_pid = None
         os.makedirs(self.mountpoint, exist_ok=True)
         os.makedirs(self.state_dir, exist_ok=True)
 
+    def config_path(self) -> str | None:
+        """Write `config_text` into the state dir and return its path (None: no config)."""
+        if self.config_text is None:
+            return None
+        path = os.path.join(self.state_dir, "test-config.toml")
+        with open(path, "w") as file:
+            file.write(self.config_text)
+        return path
+
     def command(self) -> list[str]:
         cmd = APEINXFS + [self.mountpoint, "-f", "--state-dir", self.state_dir]
-        if self.config_text is not None:
-            path = os.path.join(self.state_dir, "test-config.toml")
-            with open(path, "w") as file:
-                file.write(self.config_text)
-            cmd += ["--config", path]
+        config = self.config_path()
+        if config is not None:
+            cmd += ["--config", config]
         return cmd + self.extra_args
+
+    def start_detached(self, argv: list[str], env: dict | None = None, timeout: float = 20.0) -> "Daemon":
+        """Run `argv`, which mounts and returns; adopt the daemon it leaves, by pid."""
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+        self.detached_pid = find_daemon_pid(self.mountpoint)
+        if done.returncode != 0 or self.detached_pid is None:
+            self.stop()
+            raise RuntimeError(f"{argv} exited {done.returncode}, daemon pid {self.detached_pid}: {done.stderr}")
+        return self
 
     def start(self, timeout: float = 20.0) -> "Daemon":
         log = open(os.path.join(self.state_dir, "daemon.log"), "ab")
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
-        while not is_mounted(self.mountpoint):
+        while not is_live(self.mountpoint):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}: {self.log_tail()}")
             if time.monotonic() > deadline:
@@ -82,9 +152,27 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.detached_pid is not None and not wait_pid_gone(self.detached_pid, timeout):
+            os.kill(self.detached_pid, signal.SIGKILL)
 
     def path(self, *parts) -> str:
         return os.path.join(self.mountpoint, *parts)
+
+    def submit(self, line: str) -> int:
+        """Submit one line on a read-write fd and return the pid the reply names."""
+        with open(self.path("ctl", "submit"), "r+b", buffering=0) as ctl:
+            ctl.write(line.encode() + b"\n")
+            return int(ctl.read(64))
+
+    def status(self, pid: int) -> dict:
+        """The task's status file as a dict of key -> value."""
+        with open(self.path("tasks", str(pid), "status")) as file:
+            return dict(line.rstrip("\n").split(":\t", 1) for line in file)
+
+    def blocked_readers(self) -> int:
+        """The apeinx_blocked_readers gauge of /metrics (readers waiting in stream or wait)."""
+        with open(self.path("metrics")) as file:
+            return next(int(line.split()[1]) for line in file if line.startswith("apeinx_blocked_readers "))
 
     def __enter__(self):
         return self.start()

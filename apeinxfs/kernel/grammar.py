@@ -122,8 +122,8 @@ def split_pairs(line: str) -> dict[str, str]:
 
 def _one_pair(line: str, pos: int) -> tuple[str, str, int]:
     eq = line.find("=", pos)
-    space = re.search(r"\s", line[pos:])
-    if eq < 0 or (space and pos + space.start() < eq):
+    space = re.compile(r"\s").search(line, pos)  # not line[pos:]: a copy per pair is quadratic
+    if eq < 0 or (space and space.start() < eq):
         raise Invalid(f"expected key=value at {line[pos:pos + 20]!r}")
     key, pos = line[pos:eq], eq + 1
     if pos < len(line) and line[pos] == '"':

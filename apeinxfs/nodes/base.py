@@ -177,14 +177,19 @@ class CommandHandle(Handle):
         return data
 
     def write(self, data: bytes) -> int:
+        """Run the complete lines; a refused write leaves none of its bytes buffered, as write(2) failed."""
+        kept = len(self.pending)
         self.pending += data
         cut = self.pending.rfind(b"\n") + 1
-        if not cut and len(self.pending) > LINE_MAX:
-            self.pending.clear()
-            raise Invalid(f"line longer than {LINE_MAX} bytes")
-        lines, self.pending[:cut] = bytes(self.pending[:cut]), b""
-        if lines:
-            self._run(lines.split(b"\n")[:-1])
+        try:
+            if not cut and len(self.pending) > LINE_MAX:
+                self._run([bytes(self.pending)])  # decode_line refuses it, and the refusal is journaled
+            elif cut:
+                self._run(bytes(self.pending[:cut]).split(b"\n")[:-1])
+        except ApeinxError:
+            del self.pending[kept:]
+            raise
+        del self.pending[:cut]
         return len(data)
 
     def flush(self) -> None:
@@ -205,12 +210,12 @@ class CommandHandle(Handle):
 
 def decode_line(raw: bytes) -> str:
     """A line as text: UTF-8, no NUL or control characters except tab."""
+    if len(raw) > LINE_MAX:
+        raise Invalid(f"line longer than {LINE_MAX} bytes")
     try:
         line = raw.decode("utf-8").rstrip("\r")
     except UnicodeDecodeError:
         raise Invalid("line is not valid UTF-8") from None
-    if len(raw) > LINE_MAX:
-        raise Invalid(f"line longer than {LINE_MAX} bytes")
     if _CONTROL.search(line):
         raise Invalid("line holds control characters")
     return line

@@ -50,19 +50,23 @@ def wait_poll(task, offset: int) -> bytes | None:
     return None if line is None else line[offset:]
 
 
+def epoch(task) -> tuple:
+    """What voids a snapshot of the task's status or timeline when it changes."""
+    return (task.state, task.spec.prio)
+
+
 def _files(rt, task) -> dict:
-    """The nodes of a task's files, by name."""
+    """Builders of the nodes of a task's files, by name: only the one asked for is built."""
     pid = task.pid
-    epoch = lambda: task.state  # noqa: E731 - a snapshot is voided when the state changes
     return {
-        "status": Show(show=lambda: status(task), epoch=epoch),
-        "ctl": Command(mode=stat.S_IFREG | 0o222, run=ctl.task_ctl(rt, pid)),
-        "prompt": Show(show=lambda: task.spec.prompt),
-        "output": Log(source=lambda: task.output),
-        "stream": Blocking(poll=lambda off: stream_poll(task, off), key=pid, length=lambda: len(task.output)),
-        "wait": Blocking(poll=lambda off: wait_poll(task, off), key=pid,
-                         length=lambda: len(wait_line(task) or b"")),
-        "events": Log(source=lambda: task.events),
+        "status": lambda: Show(show=lambda: status(task), epoch=lambda: epoch(task)),
+        "ctl": lambda: Command(mode=stat.S_IFREG | 0o222, run=ctl.task_ctl(rt, pid)),
+        "prompt": lambda: Show(show=lambda: task.spec.prompt),
+        "output": lambda: Log(source=lambda: task.output),
+        "stream": lambda: Blocking(poll=lambda off: stream_poll(task, off), key=pid, length=lambda: len(task.output)),
+        "wait": lambda: Blocking(poll=lambda off: wait_poll(task, off), key=pid,
+                                 length=lambda: len(wait_line(task) or b"")),
+        "events": lambda: Log(source=lambda: task.events),
     }
 
 
@@ -76,7 +80,7 @@ class TaskDir(Dir):
     def child(self, name):
         if name not in FILES:
             return None
-        node = _files(self.rt, self.task)[name]
+        node = _files(self.rt, self.task)[name]()
         node.inode = inode_of(self.task.pid, FILES.index(name) + 1)
         return node
 

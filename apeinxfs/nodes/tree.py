@@ -14,7 +14,7 @@ from functools import partial
 from ..kernel.errors import NotFound
 from . import ctl, memory, metrics, models, readme, replay
 from .base import Command, Dir, Log, Show
-from .tasks import FILES, PID_BASE, REPLAY_SLOT, SLOTS, TaskDir, TasksDir, inode_of
+from .tasks import FILES, PID_BASE, REPLAY_SLOT, SLOTS, TaskDir, TasksDir, epoch, inode_of
 
 SNAPSHOT_TTL_S = 1.0
 SNAPSHOT_MAX = 4096
@@ -29,7 +29,7 @@ class ReplayDir(Dir):
         self.rt = rt
 
     def timeline(self, task) -> Show:
-        return Show(show=lambda: replay.show(task), epoch=lambda: task.state, inode=inode_of(task.pid, REPLAY_SLOT))
+        return Show(show=lambda: replay.show(task), epoch=lambda: epoch(task), inode=inode_of(task.pid, REPLAY_SLOT))
 
     def child(self, name):
         task = self.rt.kernel.tasks.get(int(name)) if name.isascii() and name.isdigit() and len(name) < 16 else None
@@ -107,15 +107,15 @@ class Tree:
 
     def render(self, node: Show) -> bytes:
         """The node's text, reused for the attr timeout while its epoch is unchanged."""
-        epoch = node.epoch() if node.epoch else None
+        current = node.epoch() if node.epoch else None
         now = time.monotonic()
         cached = self._snapshots.get(node.inode)
-        if cached and cached[1] == epoch and now - cached[2] < SNAPSHOT_TTL_S:
+        if cached and cached[1] == current and now - cached[2] < SNAPSHOT_TTL_S:
             return cached[0]
         data = node.render()
         if len(self._snapshots) >= SNAPSHOT_MAX:
             self._snapshots.pop(next(iter(self._snapshots)))
-        self._snapshots[node.inode] = (data, epoch, now)
+        self._snapshots[node.inode] = (data, current, now)
         return data
 
     def drop_stale(self, changed) -> list[int]:
@@ -124,7 +124,7 @@ class Tree:
         for pid in (key for key in changed if isinstance(key, int)):
             for slot in SNAPSHOT_SLOTS:
                 cached = self._snapshots.get(inode_of(pid, slot))
-                if cached and cached[1] is not self.rt.kernel.tasks[pid].state:
+                if cached and cached[1] != epoch(self.rt.kernel.tasks[pid]):
                     del self._snapshots[inode_of(pid, slot)]
                     stale.append(inode_of(pid, slot))
         return stale

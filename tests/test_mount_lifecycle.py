@@ -1,0 +1,157 @@
+"""Tier 3: the mount's life cycle on a real FUSE mount, driven as an admin would.
+
+Covers `mount -t fuse`, the daemonised command, umount, SIGTERM/SIGINT, a stale mount
+left by kill -9, statfs, and shutdown with a reader blocked in `wait`. Not the tree's
+contents (test_shell.py) nor concurrency (test_concurrency.py).
+
+util-linux `mount` strips PATH from the helper's environment (sanitize_env), so the
+mount(8) test names the program by its absolute path; the `apeinxfs` name form is
+tested through mount.fuse3, the helper mount(8) runs, with the venv first on PATH.
+"""
+import errno
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from daemon import FAST_CONFIG, Daemon, is_mounted, poll_until, wait_pid_gone
+
+pytestmark = pytest.mark.mount
+
+VENV_BIN = os.path.dirname(sys.executable)
+SLOW_CONFIG = FAST_CONFIG.replace("decode_step_ms = 2", "decode_step_ms = 50")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mount(8) of a FUSE type needs root")
+
+
+@pytest.fixture
+def unstarted(tmp_path):
+    """A Daemon not yet started, stopped (unmounted, its pid ended) afterwards."""
+    daemon = Daemon(tmp_path / "ai", tmp_path / "state")
+    yield daemon
+    daemon.stop()
+
+
+def path_env() -> dict:
+    return {**os.environ, "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", "")}
+
+
+def mount_type(mountpoint: str) -> str | None:
+    with open("/proc/mounts") as mounts:
+        return next((line.split()[2] for line in mounts if line.split()[1] == mountpoint), None)
+
+
+def mount_options(daemon: Daemon) -> str:
+    return f"state_dir={daemon.state_dir},config={daemon.config_path()}"
+
+
+def assert_ready_now(daemon: Daemon) -> None:
+    """Right after the mounting command returned: no polling, the tree answers."""
+    with open(daemon.path("README")) as readme:
+        assert readme.read().startswith("apeinxfs")
+    assert mount_type(daemon.mountpoint) == "fuse.apeinxfs"
+
+
+def assert_unmounts_and_exits(daemon: Daemon, command: list[str]) -> None:
+    subprocess.run(command + [daemon.mountpoint], check=True, timeout=30)
+    assert not is_mounted(daemon.mountpoint)
+    assert wait_pid_gone(daemon.detached_pid, 10), "daemon still running after unmount"
+
+
+@needs_root
+def test_mount_t_fuse_returns_once_ready_and_umount_ends_the_daemon(unstarted):
+    """`mount -t fuse` returns with the tree already served; `umount` ends the daemon."""
+    program = os.path.join(VENV_BIN, "apeinxfs")
+    unstarted.start_detached(["mount", "-t", "fuse", program, unstarted.mountpoint, "-o", mount_options(unstarted)],
+                             env=path_env())
+    assert_ready_now(unstarted)
+    assert_unmounts_and_exits(unstarted, ["umount"])
+
+
+def test_mount_helper_runs_apeinxfs_by_name_from_path(unstarted):
+    """mount.fuse3 with source `apeinxfs` finds the program on PATH and mounts it."""
+    argv = ["mount.fuse3", "apeinxfs", unstarted.mountpoint, "-o", mount_options(unstarted)]
+    unstarted.start_detached(argv, env=path_env())
+    assert_ready_now(unstarted)
+    assert_unmounts_and_exits(unstarted, ["fusermount3", "-u"])
+
+
+def test_daemonised_command_returns_zero_once_mounted(unstarted):
+    """`apeinxfs MNT --state-dir DIR` without -f exits 0 with the mount already live."""
+    argv = [os.path.join(VENV_BIN, "apeinxfs"), unstarted.mountpoint, "--state-dir", unstarted.state_dir,
+            "--config", unstarted.config_path()]
+    unstarted.start_detached(argv, env=path_env())
+    assert_ready_now(unstarted)
+    assert os.listdir(unstarted.path("tasks")) == []
+    assert_unmounts_and_exits(unstarted, ["umount"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_unmounts_cleanly_and_state_survives(unstarted, signum):
+    """SIGTERM or SIGINT unmounts, the daemon exits 0, and a restart still lists the task."""
+    unstarted.start()
+    pid = unstarted.submit("keepme 5 5")
+    unstarted.proc.send_signal(signum)
+    assert unstarted.proc.wait(timeout=15) == 0
+    assert not is_mounted(unstarted.mountpoint)
+    unstarted.start()
+    assert str(pid) in os.listdir(unstarted.path("tasks"))
+    assert unstarted.status(pid)["Name"] == "keepme"
+
+
+def test_stale_mount_after_kill9_is_recovered_by_next_start(unstarted):
+    """A crash leaves an ENOTCONN mount; the next start replaces it and keeps the tasks."""
+    unstarted.start()
+    pid = unstarted.submit("survivor 5 5")
+    unstarted.kill9()
+    assert is_mounted(unstarted.mountpoint)
+    with pytest.raises(OSError) as stale:
+        os.statvfs(unstarted.mountpoint)
+    assert stale.value.errno == errno.ENOTCONN
+    unstarted.start()
+    assert unstarted.status(pid)["Name"] == "survivor"
+
+
+def test_mount_is_fuse_apeinxfs_and_statfs_works(daemon):
+    """/proc/mounts names the type fuse.apeinxfs; `df` and `stat -f` succeed (statfs)."""
+    assert mount_type(daemon.mountpoint) == "fuse.apeinxfs"
+    df = subprocess.run(["df", daemon.mountpoint], capture_output=True, text=True, timeout=10)
+    assert df.returncode == 0 and df.stdout.splitlines()[1].split()[0] == "apeinxfs"
+    stat_f = subprocess.run(["stat", "-f", daemon.mountpoint], capture_output=True, text=True, timeout=10)
+    assert stat_f.returncode == 0 and "Namelen: 255" in stat_f.stdout
+
+
+@pytest.fixture
+def blocked_wait(tmp_path):
+    """A slow daemon, a long task, and a `cat wait` on it blocked in read(2)."""
+    with Daemon(tmp_path / "ai", tmp_path / "state", config_text=SLOW_CONFIG) as slow:
+        pid = slow.submit("forever 5000 5")
+        cat = subprocess.Popen(["cat", slow.path("tasks", str(pid), "wait")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            poll_until(slow.blocked_readers, 10, "cat blocked in wait")
+            yield slow, cat
+        finally:
+            cat.kill()
+            cat.wait()
+
+
+def test_umount_with_blocked_reader_answers_and_then_succeeds(blocked_wait):
+    """umount with a reader blocked in `wait` returns (busy) instead of hanging; once the reader is interrupted it unmounts."""
+    slow, cat = blocked_wait
+    busy = subprocess.run(["umount", slow.mountpoint], capture_output=True, text=True, timeout=10)
+    assert busy.returncode != 0 and "busy" in busy.stderr
+    cat.send_signal(signal.SIGINT)
+    assert cat.wait(timeout=10) == -signal.SIGINT
+    subprocess.run(["umount", slow.mountpoint], check=True, timeout=10)
+    assert slow.proc.wait(timeout=10) == 0
+
+
+def test_sigterm_with_blocked_reader_exits_and_ends_the_read(blocked_wait):
+    """SIGTERM while a reader is blocked in `wait` still unmounts and exits 0; the read fails instead of hanging."""
+    slow, cat = blocked_wait
+    slow.proc.send_signal(signal.SIGTERM)
+    assert slow.proc.wait(timeout=15) == 0
+    assert not is_mounted(slow.mountpoint)
+    assert cat.wait(timeout=10) != 0
