@@ -18,7 +18,7 @@ import pyfuse3
 import trio
 
 from .kernel.errors import ApeinxError, TooMany
-from .nodes.base import Caller, Dir, SnapshotHandle
+from .nodes.base import Blocking, Caller, Dir, Log, SnapshotHandle
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,9 @@ class Operations(pyfuse3.Operations):
         entry.st_uid, entry.st_gid = self.owner
         entry.st_blksize, entry.st_blocks = 4096, (entry.st_size + 511) // 512
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
-        entry.attr_timeout = entry.entry_timeout = ATTR_TIMEOUT_S
+        entry.entry_timeout = ATTR_TIMEOUT_S
+        growing = isinstance(node, (Log, Blocking))  # tail -f polls fstat: give it the live size
+        entry.attr_timeout = 0 if growing else ATTR_TIMEOUT_S
         return entry
 
     @guarded
