@@ -18,7 +18,7 @@ import pyfuse3
 import trio
 
 from .kernel.errors import ApeinxError, TooMany
-from .nodes.base import Blocking, Caller, Dir, Log, SnapshotHandle
+from .nodes.base import Caller, Dir, SnapshotHandle
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +87,6 @@ class Operations(pyfuse3.Operations):
         limit = request_timeout_s()
         self.max_block_s = None if limit is None else max(1.0, limit - 2.0)
 
-    def invalidate_stale(self, changed) -> None:
-        """After a commit: the kernel forgets cached sizes of snapshots that went stale."""
-        for inode in self.tree.drop_stale(changed):
-            try:
-                pyfuse3.invalidate_inode(inode, attr_only=True)
-            except OSError:  # ENOENT: the kernel holds nothing for it
-                pass
-
     def attributes(self, node) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
         is_dir = isinstance(node, Dir)
@@ -105,8 +97,7 @@ class Operations(pyfuse3.Operations):
         entry.st_blksize, entry.st_blocks = 4096, (entry.st_size + 511) // 512
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
         entry.entry_timeout = ATTR_TIMEOUT_S
-        growing = isinstance(node, (Log, Blocking))  # tail -f polls fstat: give it the live size
-        entry.attr_timeout = 0 if growing else ATTR_TIMEOUT_S
+        entry.attr_timeout = ATTR_TIMEOUT_S if is_dir else 0  # sizes change: the kernel must ask
         return entry
 
     @guarded
@@ -152,7 +143,7 @@ class Operations(pyfuse3.Operations):
         handle = node.open(Caller(ctx.uid, ctx.gid, ctx.pid), writing=mode != os.O_RDONLY,
                            reading=mode != os.O_WRONLY)
         if isinstance(handle, SnapshotHandle):
-            handle.data = self.tree.render(node)
+            handle.data = self.tree.open_snapshot(node)
         fh = next(self._fh)
         self.handles[fh] = handle
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
@@ -180,7 +171,9 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def release(self, fh):
-        self.handles.pop(fh, None)
+        handle = self.handles.pop(fh, None)
+        if isinstance(handle, SnapshotHandle):
+            self.tree.close_snapshot(handle.node.inode)
 
     @guarded
     async def statfs(self, ctx):

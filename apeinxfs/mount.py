@@ -154,7 +154,6 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
         rows = runtime.recover()
         ops = Operations(Tree(runtime))
         pyfuse3.init(ops, args.mountpoint, _fuse_options(args))
-        runtime.listeners.append(ops.invalidate_stale)
     except Exception as exc:  # report any start failure to the waiting parent
         _report(ready_fd, f"cannot mount {args.mountpoint}: {exc}")
         log.exception("start failed")

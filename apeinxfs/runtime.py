@@ -64,7 +64,6 @@ class Runtime:
         self.clock = clock or WallClock()
         self.notifier = Notifier()
         self.waiters = 0
-        self.listeners: list = []
 
     def recover(self) -> int:
         """Replay the journal into the kernel; mark the restart. Returns rows replayed."""
@@ -84,10 +83,7 @@ class Runtime:
         now = self.clock.now_us()
         self.journal.append([(now, e) for e in events])
         results = [self.kernel.apply(e, now) for e in events]
-        changed = self.kernel.take_changed()
-        self.notifier.wake(changed)
-        for listener in self.listeners:
-            listener(changed)
+        self.notifier.wake(self.kernel.take_changed())
         return results
 
     def reject(self, path: str, error: ApeinxError, uid: int) -> None:

@@ -192,14 +192,15 @@ def test_trace_log_grows(tree):
     assert node.size() > before
 
 
-def test_snapshot_is_voided_by_a_state_change(tree):
-    """A status snapshot is reused while the state holds, then re-rendered once it changes."""
+def test_open_snapshot_fixes_the_size_until_closed(tree):
+    """While a status file is open its size is its snapshot's; after close it is fresh again."""
     submit(tree.rt)
     node = resolve(tree, "/tasks/1/status")
-    first = tree.render(node)
-    assert tree.size(node) == len(first)
+    first = tree.open_snapshot(node)
     tree.rt.commit([Kill(pid=1)])
-    assert tree.render(node) != first and b"Z (exited)" in tree.render(node)
+    assert tree.size(node) == len(first) and b"Z (exited)" not in tree.render(node)
+    tree.close_snapshot(node.inode)
+    assert b"Z (exited)" in tree.render(node)
 
 
 # -- command handles --------------------------------------------------------------------------------------

@@ -60,10 +60,9 @@ class Dir(Node):
 
 @attrs.define(eq=False)
 class Show(Node):
-    """Text rendered by `show()`; `epoch()` names a state whose change voids a snapshot."""
+    """Text rendered by `show()` when the file is opened (a snapshot, like seq_file)."""
 
     show: object = None
-    epoch: object = None
 
     def render(self) -> bytes:
         text = self.show()

@@ -50,16 +50,11 @@ def wait_poll(task, offset: int) -> bytes | None:
     return None if line is None else line[offset:]
 
 
-def epoch(task) -> tuple:
-    """What voids a snapshot of the task's status or timeline when it changes."""
-    return (task.state, task.spec.prio)
-
-
 def _files(rt, task) -> dict:
     """Builders of the nodes of a task's files, by name: only the one asked for is built."""
     pid = task.pid
     return {
-        "status": lambda: Show(show=lambda: status(task), epoch=lambda: epoch(task)),
+        "status": lambda: Show(show=lambda: status(task)),
         "ctl": lambda: Command(mode=stat.S_IFREG | 0o222, run=ctl.task_ctl(rt, pid)),
         "prompt": lambda: Show(show=lambda: task.spec.prompt),
         "output": lambda: Log(source=lambda: task.output),

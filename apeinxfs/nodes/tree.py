@@ -2,23 +2,19 @@
 
 `build_root` lists every path of the mount and the function that renders or runs it:
 to find where a file comes from, look here. `Tree` maps inodes to nodes (static ones are
-numbered at boot; a task's are computed from its pid) and keeps rendered snapshots
-consistent between getattr and read, so `cp` copies every byte: a snapshot lives as long
-as the kernel may cache its size (the attr timeout), unless the task's state changes,
-and then the kernel's cached attributes are invalidated too (fs.py).
+numbered at boot; a task's are computed from its pid) and keeps getattr consistent with
+reads: while a file is open, its size is that of the snapshot it reads, so `cp` and
+sendfile copy every byte; otherwise every getattr renders afresh (files have no attr
+cache, see fs.py), so nothing read is ever stale.
 """
 import stat
-import time
 from functools import partial
 
 from ..kernel.errors import NotFound
 from . import ctl, memory, metrics, models, readme, replay
 from .base import Command, Dir, Log, Show
-from .tasks import FILES, PID_BASE, REPLAY_SLOT, SLOTS, TaskDir, TasksDir, epoch, inode_of
+from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, TaskDir, TasksDir, inode_of
 
-SNAPSHOT_TTL_S = 1.0
-SNAPSHOT_MAX = 4096
-SNAPSHOT_SLOTS = (FILES.index("status") + 1, REPLAY_SLOT)
 
 
 class ReplayDir(Dir):
@@ -29,7 +25,7 @@ class ReplayDir(Dir):
         self.rt = rt
 
     def timeline(self, task) -> Show:
-        return Show(show=lambda: replay.show(task), epoch=lambda: epoch(task), inode=inode_of(task.pid, REPLAY_SLOT))
+        return Show(show=lambda: replay.show(task), inode=inode_of(task.pid, REPLAY_SLOT))
 
     def child(self, name):
         task = self.rt.kernel.tasks.get(int(name)) if name.isascii() and name.isdigit() and len(name) < 16 else None
@@ -71,7 +67,7 @@ class Tree:
         self.static: dict[int, object] = {}
         self.root = build_root(rt)
         self._number(self.root)
-        self._snapshots: dict[int, tuple] = {}
+        self._pinned: dict[int, tuple[bytes, int]] = {}
 
     def _number(self, node) -> None:
         node.inode = len(self.static) + 1
@@ -105,29 +101,22 @@ class Tree:
             raise NotFound(f"no such entry {name!r}")
         return child
 
-    def render(self, node: Show) -> bytes:
-        """The node's text, reused for the attr timeout while its epoch is unchanged."""
-        current = node.epoch() if node.epoch else None
-        now = time.monotonic()
-        cached = self._snapshots.get(node.inode)
-        if cached and cached[1] == current and now - cached[2] < SNAPSHOT_TTL_S:
-            return cached[0]
+    def open_snapshot(self, node: Show) -> bytes:
+        """Render for a new open file; its size is what getattr reports until it closes."""
         data = node.render()
-        if len(self._snapshots) >= SNAPSHOT_MAX:
-            self._snapshots.pop(next(iter(self._snapshots)))
-        self._snapshots[node.inode] = (data, current, now)
+        count = self._pinned.get(node.inode, (b"", 0))[1]
+        self._pinned[node.inode] = (data, count + 1)
         return data
 
-    def drop_stale(self, changed) -> list[int]:
-        """Forget snapshots of tasks whose state changed; return their inodes."""
-        stale = []
-        for pid in (key for key in changed if isinstance(key, int)):
-            for slot in SNAPSHOT_SLOTS:
-                cached = self._snapshots.get(inode_of(pid, slot))
-                if cached and cached[1] != epoch(self.rt.kernel.tasks[pid]):
-                    del self._snapshots[inode_of(pid, slot)]
-                    stale.append(inode_of(pid, slot))
-        return stale
+    def close_snapshot(self, inode: int) -> None:
+        data, count = self._pinned.pop(inode, (b"", 1))
+        if count > 1:
+            self._pinned[inode] = (data, count - 1)
+
+    def render(self, node: Show) -> bytes:
+        """What an open file of `node` would read now, or is reading if one is open."""
+        pinned = self._pinned.get(node.inode)
+        return pinned[0] if pinned else node.render()
 
     def size(self, node) -> int:
         return len(self.render(node)) if isinstance(node, Show) else node.size()
