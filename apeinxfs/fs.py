@@ -18,7 +18,7 @@ import pyfuse3
 import trio
 
 from .kernel.errors import ApeinxError, TooMany
-from .nodes.base import Caller, Dir, SnapshotHandle
+from .nodes.base import Caller, Dir, SnapshotHandle, permits
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,13 @@ def signal_pending(pid: int) -> bool:
     pending = (mask["SigPnd"] | mask["ShdPnd"]) & ~mask["SigBlk"] & ~mask["SigIgn"]
     quiet = sum(1 << (s - 1) for s in QUIET_SIGNALS) & ~mask["SigCgt"]
     return bool(pending & ~quiet)
+
+
+def supplementary_groups(pid: int) -> set:
+    try:
+        return pyfuse3.get_sup_groups(pid)
+    except OSError:  # the caller is gone
+        return set()
 
 
 def request_timeout_s() -> float | None:
@@ -100,8 +107,22 @@ class Operations(pyfuse3.Operations):
         entry.attr_timeout = ATTR_TIMEOUT_S if is_dir else 0  # sizes change: the kernel must ask
         return entry
 
+    def check(self, node, ctx, want: int) -> None:
+        """The mount has no default_permissions (it costs a getattr per open): modes are checked here."""
+        caller = Caller(ctx.uid, ctx.gid, ctx.pid)
+        if not permits(node.mode, self.owner, caller, want, lambda: supplementary_groups(ctx.pid)):
+            raise pyfuse3.FUSEError(errno.EACCES)
+
+    @guarded
+    async def access(self, inode, mode, ctx):
+        self.check(self.tree.node(inode), ctx, mode)
+        return True
+
     @guarded
     async def lookup(self, parent_inode, name, ctx=None):
+        parent = self.tree.node(parent_inode)
+        if ctx is not None and isinstance(parent, Dir):
+            self.check(parent, ctx, os.X_OK)
         return self.attributes(self.tree.lookup(parent_inode, os.fsdecode(name)))
 
     @guarded
@@ -118,6 +139,7 @@ class Operations(pyfuse3.Operations):
         node = self.tree.node(inode)
         if not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        self.check(node, ctx, os.R_OK)
         fh = next(self._fh)
         self.listings[fh] = node.entries()
         return fh
@@ -140,6 +162,7 @@ class Operations(pyfuse3.Operations):
         if isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.EISDIR)
         mode = flags & os.O_ACCMODE
+        self.check(node, ctx, {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}.get(mode, os.R_OK | os.W_OK))
         handle = node.open(Caller(ctx.uid, ctx.gid, ctx.pid), writing=mode != os.O_RDONLY,
                            reading=mode != os.O_WRONLY)
         if isinstance(handle, SnapshotHandle):

@@ -164,8 +164,8 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
 
 
 def _fuse_options(args: MountArgs) -> set:
-    options = set(pyfuse3.default_options) | {"fsname=apeinxfs", "subtype=apeinxfs"}
-    return options | set(args.fuse_options - {"rw"})
+    """No default_permissions unless asked for: fs.py checks modes itself, saving a getattr per open."""
+    return {"fsname=apeinxfs", "subtype=apeinxfs"} | set(args.fuse_options - {"rw"})
 
 
 def _report(fd: int | None, message: str) -> None:

@@ -13,6 +13,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -274,3 +275,28 @@ def test_task_ctl_stop_cont_and_prio_show_in_status(slow):
     assert slow.status(pid)["State"][0] in "QRP"
     assert sh(f"echo 'prio 9' > {ctl}").returncode == 0
     assert slow.status(pid)["Prio"] == "9"
+
+
+# -- other users (allow_other; modes are checked by the daemon) ---------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setpriv to another uid needs root")
+def test_other_user_reads_but_cannot_write_read_only_files(tmp_path):
+    """With allow_other, uid 65534 reads README and status but gets EACCES writing status."""
+    public = tempfile.mkdtemp(prefix="apeinx-perm-")  # pytest's tmp_path is private to root
+    os.chmod(public, 0o755)
+    try:
+        check_other_user(Daemon(os.path.join(public, "ai"), tmp_path / "state", extra_args=["-o", "allow_other"]))
+    finally:
+        shutil.rmtree(public)
+
+
+def check_other_user(daemon: Daemon) -> None:
+    with daemon as mounted:
+        pid = mounted.submit("shared 3 5")
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c"]
+        read = subprocess.run(as_nobody + [f"cat {mounted.path('tasks', str(pid), 'status')}"], capture_output=True, text=True)
+        assert read.returncode == 0 and "Name:\tshared" in read.stdout
+        write = subprocess.run(as_nobody + [f"echo x | cat > {mounted.path('tasks', str(pid), 'status')}"],
+                               capture_output=True, text=True)
+        assert write.returncode != 0 and "Permission denied" in write.stderr

@@ -8,6 +8,7 @@
 Nodes are cheap views built on demand; the FUSE adapter (fs.py) only maps inodes and
 file handles onto these methods.
 """
+import os
 import re
 import stat
 import time
@@ -205,6 +206,21 @@ class CommandHandle(Handle):
             self.reply = "".join(f"error: {r}\n" for r in exc.replies).encode()
             raise
         self.reply = "".join(f"{r}\n" for r in replies).encode()
+
+
+def permits(mode: int, owner: tuple[int, int], caller: Caller, want: int, groups=tuple) -> bool:
+    """Unix permission check of `want` (os.R_OK|W_OK|X_OK bits) for `caller`; root may read and write.
+
+    `groups()` gives the caller's supplementary groups, asked for only when needed."""
+    if caller.uid == 0:
+        return not want & os.X_OK or bool(mode & 0o111) or stat.S_ISDIR(mode)
+    if caller.uid == owner[0]:
+        granted = (mode >> 6) & 7
+    elif caller.gid == owner[1] or owner[1] in groups():
+        granted = (mode >> 3) & 7
+    else:
+        granted = mode & 7
+    return want & granted == want
 
 
 def decode_line(raw: bytes) -> str:
