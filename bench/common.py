@@ -1,0 +1,161 @@
+"""What the benchmark scripts share: mounts to measure, timing loops and the verdict line.
+
+- `apeinxfs_mount(config)`: a real daemon (tests/daemon.py's Daemon) in a temporary
+  directory; with BENCH_PROFILE=DIR set it runs under cProfile and prints its hottest
+  functions when it stops (the profile is kept as DIR/NAME.prof).
+- `minimal_mount()`: bench/minimal_fs.py, the pyfuse3 floor that read rates are compared to.
+- `count_runs`, `rate`, `median`, `verdict`: measure, summarise, print a `PASS`/`MISS` line.
+Benchmarks only: nothing here asserts on time, and tests do not import it.
+"""
+import contextlib
+import os
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH_DIR)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+
+from daemon import Daemon, is_mounted  # noqa: E402 - tests/ is put on the path just above
+
+# Tasks that do not finish during a run, so the queue keeps what was submitted.
+QUEUE_CONFIG = """
+[gpus]
+simulated = 2
+slots = 8
+[[models]]
+name = "sim"
+[models.options]
+decode_step_ms = 1000
+"""
+SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+
+
+class ProfiledDaemon(Daemon):
+    """A Daemon run under cProfile, writing its profile to `profile_path` at exit."""
+
+    def __init__(self, mountpoint, state_dir, config_text, profile_path):
+        super().__init__(mountpoint, state_dir, config_text)
+        self.profile_path = profile_path
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        return cmd[:1] + ["-m", "cProfile", "-o", self.profile_path] + cmd[1:]
+
+
+@contextlib.contextmanager
+def apeinxfs_mount(config_text: str | None = None, name: str = "apeinxfs"):
+    """A live apeinxfs mount with the embedded defaults or `config_text`."""
+    with tempfile.TemporaryDirectory(prefix="apeinx-bench-") as tmp:
+        daemon = make_daemon(tmp, config_text, name)
+        with daemon:
+            yield daemon
+        if isinstance(daemon, ProfiledDaemon):
+            print_profile(daemon.profile_path)
+
+
+def make_daemon(tmp: str, config_text: str | None, name: str) -> Daemon:
+    """A Daemon under `tmp`, profiled into $BENCH_PROFILE/NAME.prof when that is set."""
+    mnt, state = os.path.join(tmp, "ai"), os.path.join(tmp, "state")
+    profile_dir = os.environ.get("BENCH_PROFILE")
+    if not profile_dir:
+        return Daemon(mnt, state, config_text)
+    os.makedirs(profile_dir, exist_ok=True)
+    return ProfiledDaemon(mnt, state, config_text, os.path.join(os.path.abspath(profile_dir), f"{name}.prof"))
+
+
+def print_profile(path: str, limit: int = 25) -> None:
+    """The daemon's hottest functions by own time, then by cumulative time."""
+    for order in ("tottime", "cumulative"):
+        print(f"--- daemon profile {path}, by {order}")
+        pstats.Stats(path, stream=sys.stdout).strip_dirs().sort_stats(order).print_stats(limit)
+
+
+@contextlib.contextmanager
+def minimal_mount():
+    """bench/minimal_fs.py mounted in a temporary directory; yields its 64-byte file's path."""
+    with tempfile.TemporaryDirectory(prefix="minimal-bench-") as mnt:
+        proc = subprocess.Popen([sys.executable, os.path.join(BENCH_DIR, "minimal_fs.py"), mnt])
+        try:
+            wait_mounted(mnt, proc)
+            yield os.path.join(mnt, "file")
+        finally:
+            if is_mounted(mnt):
+                subprocess.run(["fusermount3", "-u", "-z", mnt], check=False)
+            end_process(proc)
+
+
+def wait_mounted(mountpoint: str, proc, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not is_mounted(mountpoint):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{mountpoint} did not mount (exit status {proc.poll()})")
+        time.sleep(0.05)
+
+
+def end_process(proc, timeout: float = 10.0) -> None:
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def read_all(path: str) -> int:
+    """open, read to EOF, close; the number of bytes read."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        total = 0
+        while chunk := os.read(fd, 65536):
+            total += len(chunk)
+        return total
+    finally:
+        os.close(fd)
+
+
+def count_runs(action, seconds: float) -> tuple[int, float]:
+    """(times `action()` ran, seconds it took) in a loop of about `seconds`."""
+    count, start = 0, time.perf_counter()
+    while (now := time.perf_counter()) - start < seconds:
+        action()
+        count += 1
+    return count, now - start
+
+
+def rate(action, seconds: float = SECONDS) -> float:
+    """How many times per second `action()` runs, over about `seconds`."""
+    count, elapsed = count_runs(action, seconds)
+    return count / elapsed
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def verdict(what: str, measured: float, target: float, unit: str = "", higher_is_better: bool = True) -> None:
+    """Print `PASS|MISS what: measured (target >= or < target)`: the line bench/run sums up."""
+    passed = measured >= target if higher_is_better else measured < target
+    sign = ">=" if higher_is_better else "<"
+    print(f"{'PASS' if passed else 'MISS'} {what}: {measured:,.2f}{unit} (target {sign} {target:,}{unit})",
+          flush=True)
+    return passed
+
+
+def submit_lines(daemon, lines: list[str]) -> float:
+    """Write `lines` to /ctl/submit in one write(2); the seconds it took."""
+    data = "".join(line + "\n" for line in lines).encode()
+    fd = os.open(daemon.path("ctl", "submit"), os.O_WRONLY)
+    try:
+        start = time.perf_counter()
+        written = os.write(fd, data)
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(fd)
+    if written != len(data):
+        raise RuntimeError(f"short write to /ctl/submit: {written} of {len(data)} bytes")
+    return elapsed
