@@ -208,13 +208,13 @@ class Kernel:
 
     def _apply_rejected(self, event: ev.Rejected) -> None:
         self.counters.rejected += 1
-        self.trace.emit(self.now_us, "reject", None, f"{event.path}: {event.reason} (uid {event.uid})")
+        self._emit("reject", None, f"{event.path}: {event.reason} (uid {event.uid})")
 
     def _apply_tick(self, event: ev.Tick) -> None:
         """Nothing but time: apply() expires deadlines and schedules."""
 
     def _apply_restart(self, event: ev.Restart) -> None:
-        self.trace.emit(self.now_us, "restart", None, f"daemon restarted with {len(self.tasks)} tasks")
+        self._emit("restart", None, f"daemon restarted with {len(self.tasks)} tasks")
         for gpu in self.gpus:
             for task in list(gpu.running.values()):
                 self._leave(task)
@@ -311,7 +311,7 @@ class Kernel:
         task.version += 1
         self.changed.add(task.pid)
 
-    def _emit(self, kind: str, task: Task, detail: str, gpu=None) -> None:
+    def _emit(self, kind: str, task: Task | None, detail: str, gpu=None) -> None:
         self.trace.emit(self.now_us, kind, task, detail, gpu)
         self.changed.add("trace")
 
