@@ -4,8 +4,9 @@ It behaves like a continuous-batching engine: a step decodes one token for each 
 in the GPU's batch and takes `decode_step_ms` plus `batch_step_ms` for each extra
 sequence; a sequence new to the batch (or resumed after preemption, which recomputes) is
 first prefilled at `prefill_tokens_per_s`. KV grows by one token per step and the kernel
-accounts it. The text comes from a deterministic generator seeded by the prompt, so the
-same prompt gives the same words, like greedy decoding.
+accounts it. The text comes from a deterministic generator seeded by the prompt (or, for
+a task with none, its name), so the same prompt gives the same words, like greedy
+decoding.
 """
 import hashlib
 
@@ -74,7 +75,7 @@ class SimDriver:
             engine = self.engines[task.model]
             fill = 0 if task.prefilled else task.context_tokens
             prefill += fill
-            text = word(engine.seed, task.spec.prompt, task.tokens_out)
+            text = word(engine.seed, task.spec.prompt or task.spec.name, task.tokens_out)
             chunks.append(Chunk(pid=task.pid, text=text, tokens=1, prefill=fill))
         slowest = max((self.engines[t.model] for t in batch), key=lambda e: e.decode_step_ms)
         return slowest.step_seconds(len(batch), prefill), chunks
