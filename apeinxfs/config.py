@@ -11,15 +11,17 @@ from importlib import resources
 import attrs
 
 from .drivers import nvml
-from .kernel.config import GpuConfig, KernelConfig, ModelConfig
+from .kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig, TenantConfig
 from .kernel.errors import Invalid
 
 SECTIONS = {
     "daemon": {"node", "max_waiters", "state_dir"},
     "kv": {"page_mib"},
-    "scheduler": {"policy"},
+    "scheduler": {"policy", "input_cost", "output_cost", "preempt_gap", "slice_tokens", "deadline_boost_s",
+                  "pressure_cost"},
     "gpus": {"simulated", "memory_mib", "kv_mib", "kv_fraction", "slots"},
 }
+LISTS = ("models", "tenants")
 
 
 @attrs.frozen
@@ -60,10 +62,10 @@ def merge(base: dict, override: dict) -> dict:
     """Override `base` section by section; a `models` list replaces the default one."""
     merged = dict(base)
     for section, value in override.items():
-        if section not in SECTIONS and section != "models":
+        if section not in SECTIONS and section not in LISTS:
             raise Invalid(f"config: unknown section [{section}]")
-        if section == "models":
-            merged["models"] = value
+        if section in LISTS:
+            merged[section] = value
             continue
         unknown = set(value) - SECTIONS[section]
         if unknown:
@@ -77,8 +79,9 @@ def build(raw: dict, state_dir: str | None, use_nvml: bool) -> Config:
     gpus, source = _gpus(raw["gpus"], use_nvml)
     try:
         models = [ModelConfig(**m) for m in raw["models"]]
+        tenants = [TenantConfig(**t) for t in raw.get("tenants") or [{"name": "default"}]]
         kernel = KernelConfig(models=models, gpus=gpus, page_mib=raw["kv"]["page_mib"],
-                              policy=raw["scheduler"]["policy"], node=daemon["node"])
+                              sched=SchedConfig(**raw["scheduler"]), tenants=tenants, node=daemon["node"])
     except TypeError as exc:
         raise Invalid(f"config: {exc}") from None
     return Config(kernel=kernel, state_dir=state_dir or daemon.get("state_dir") or default_state_dir(),

@@ -12,7 +12,7 @@ import io
 import pytest
 
 from apeinxfs.kernel import Kernel
-from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig
+from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.events import Chunk, Control, Failed, Kill, Rejected, Restart, Step, Submit, Tick
 from apeinxfs.kernel.spec import TaskCommand, TaskSpec
@@ -24,7 +24,7 @@ STEP_US = 20_000
 
 def kernel_config(gpus=1, kv_mib=4, slots=2, policy="fair", context=32768) -> KernelConfig:
     """Small pools: `kv_mib` pages of 8 tokens on each of `gpus` GPUs."""
-    return KernelConfig(models=[ModelConfig(name="sim", context=context)], page_mib=1, policy=policy,
+    return KernelConfig(models=[ModelConfig(name="sim", context=context)], page_mib=1, sched=SchedConfig(policy=policy),
                         gpus=[GpuConfig(index=i, kv_mib=kv_mib, slots=slots) for i in range(gpus)])
 
 

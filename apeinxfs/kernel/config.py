@@ -55,6 +55,37 @@ class GpuConfig:
     simulated: bool = True
 
 
+def _weight(_inst, attribute, value):
+    if type(value) is not int or not 1 <= value <= 10000:
+        raise Invalid(f"{attribute.name} must be an integer in 1..10000 (cgroup weight), not {value!r}")
+
+
+@attrs.frozen
+class TenantConfig:
+    """A tenant: a name and its cgroup-style weight (1..10000, default 100)."""
+
+    name: str
+    weight: int = attrs.field(default=100, validator=_weight)
+
+
+def _non_negative(_inst, attribute, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise Invalid(f"{attribute.name} must be a number >= 0, not {value!r}")
+
+
+@attrs.frozen
+class SchedConfig:
+    """Scheduler knobs: policy, token costs, preemption threshold and hysteresis."""
+
+    policy: str = attrs.field(default="fair", validator=_one_of(POLICIES))
+    input_cost: float = attrs.field(default=1.0, validator=_non_negative)
+    output_cost: float = attrs.field(default=2.0, validator=_non_negative)
+    preempt_gap: float = attrs.field(default=3.0, validator=_non_negative)
+    slice_tokens: int = attrs.field(default=256, validator=_positive)
+    deadline_boost_s: float = attrs.field(default=5.0, validator=_non_negative)
+    pressure_cost: float = attrs.field(default=1.0, validator=_non_negative)
+
+
 @attrs.frozen
 class KernelConfig:
     """Everything the kernel needs to boot."""
@@ -62,17 +93,23 @@ class KernelConfig:
     models: tuple = attrs.field(converter=tuple)
     gpus: tuple = attrs.field(converter=tuple)
     page_mib: int = attrs.field(default=64, validator=_positive)
-    policy: str = attrs.field(default="fair", validator=_one_of(POLICIES))
+    sched: SchedConfig = attrs.Factory(SchedConfig)
+    tenants: tuple = attrs.field(default=(TenantConfig("default"),), converter=tuple)
     node: str = "local"
+
+    @property
+    def policy(self) -> str:
+        return self.sched.policy
 
     def __attrs_post_init__(self):
         if not self.models:
             raise Invalid("at least one model is needed")
         if not self.gpus:
             raise Invalid("at least one GPU, real or simulated, is needed")
-        names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise Invalid("model names must be unique")
+        for kind, items in (("model", self.models), ("tenant", self.tenants)):
+            names = [item.name for item in items]
+            if len(set(names)) != len(names):
+                raise Invalid(f"{kind} names must be unique")
 
     @property
     def page_bytes(self) -> int:

@@ -10,7 +10,7 @@ import re
 from .errors import Invalid
 from .spec import TaskCommand, TaskSpec
 
-SUBMIT_KEYS = {"name", "max_tokens", "prio", "model", "tenant", "deadline", "prompt"}
+SUBMIT_KEYS = {"name", "max_tokens", "prio", "model", "tenant", "deadline", "prompt", "parent"}
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)?")
 _UNIT_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000}
@@ -57,7 +57,7 @@ def _from_seed(fields: list[str]) -> TaskSpec:
 def _from_pairs(pairs: dict[str, str]) -> TaskSpec:
     kwargs = {}
     for key, value in pairs.items():
-        if key in ("max_tokens", "prio"):
+        if key in ("max_tokens", "prio", "parent"):
             kwargs[key] = parse_int(value, key)
         elif key == "deadline":
             kwargs["deadline_us"] = parse_duration_us(value)

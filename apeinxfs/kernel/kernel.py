@@ -18,7 +18,6 @@ from .sched import POLICIES, RunQueue, prio_weight, vruntime_delta
 from .task import State, Task
 from .trace import TraceLog
 
-TENANTS = ("default",)
 
 
 @attrs.define
@@ -56,6 +55,7 @@ class Kernel:
     def __init__(self, config: KernelConfig):
         self.config = config
         self.models = {m.name: m for m in config.models}
+        self.tenants = {t.name: t for t in config.tenants}
         self.gpus = [Gpu(g, KVPool(config.page_bytes, g.kv_mib * (1 << 20) // config.page_bytes))
                      for g in config.gpus]
         self.tasks: dict[int, Task] = {}
@@ -82,7 +82,7 @@ class Kernel:
         model = self.models.get(spec.model or self.config.models[0].name)
         if model is None:
             raise NotFound(f"unknown model {spec.model!r}: see /models")
-        if spec.tenant not in TENANTS:
+        if spec.tenant not in self.tenants:
             raise NotFound(f"unknown tenant {spec.tenant!r}")
         context = estimate_prompt_tokens(spec.prompt) + spec.max_tokens
         if context > model.context:

@@ -55,6 +55,8 @@ class TaskSpec:
     tenant: str = attrs.field(default="default", validator=_check_name("tenant"))
     deadline_us: int | None = attrs.field(default=None, validator=_check_deadline)
     prompt: str = attrs.field(default="", validator=_check_prompt)
+    parent: int | None = attrs.field(default=None, validator=attrs.validators.optional(
+        _check_int("parent", 1, 2**62)))
 
 
 def _check_verb(_inst, _attr, value):
