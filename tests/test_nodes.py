@@ -85,10 +85,10 @@ def test_directory_listings(tree):
     submit(tree.rt)
     submit(tree.rt)
     assert [n for n, _ in resolve(tree, "/").entries()] == ["README", "ctl", "tasks", "models", "memory",
-                                                            "trace", "replay", "metrics"]
+                                                            "trace", "replay", "sched", "metrics"]
     assert [n for n, _ in resolve(tree, "/tasks").entries()] == ["1", "2"]
     assert [n for n, _ in resolve(tree, "/tasks/2").entries()] == ["status", "ctl", "prompt", "output",
-                                                                   "stream", "wait", "events"]
+                                                                   "stream", "wait", "events", "children"]
     assert [n for n, _ in resolve(tree, "/replay").entries()] == ["1", "2"]
 
 

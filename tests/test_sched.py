@@ -1,22 +1,37 @@
-"""Tier 1: the run queue and its policies (kernel/sched.py) on bare tasks, without a kernel.
+"""Tier 1: accounts and run queues (kernel/sched.py) on bare tasks, without a kernel.
 
-How the kernel uses the queue (dispatch, preemption) is in test_kernel.py.
+How the kernel uses them (dispatch, preemption, hierarchy) is in test_fairness_kernel.py.
 """
 import pytest
 
-from apeinxfs.kernel.sched import (NICE_0_WEIGHT, SLICE_TOKENS, FairPolicy, GreedyPolicy, RunQueue,
-                                   prio_weight, vruntime_delta)
+from apeinxfs.kernel.sched import (NICE_0_WEIGHT, Accounts, LazyHeap, make_queue, prio_weight,
+                                   vruntime_delta)
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.kernel.task import Task
 
 
-def task(pid: int, prio: int = 5, vruntime: int = 0) -> Task:
-    return Task(pid=pid, spec=TaskSpec(name=f"t{pid}", prio=prio), model="sim", uid=0, submitted_us=0,
-                tokens_in=1, weight=prio_weight(prio), deadline_at_us=None, vruntime=vruntime)
+def task(pid: int, tenant: str = "a", prio: int = 5, submitted: int = 0, agent: int | None = None,
+         deadline: int | None = None) -> Task:
+    return Task(pid=pid, spec=TaskSpec(name=f"t{pid}", prio=prio), model="sim", tenant=tenant, uid=0,
+                submitted_us=submitted, tokens_in=1, weight=prio_weight(prio), deadline_at_us=deadline,
+                agent=agent or pid)
 
 
-def drain(queue: RunQueue) -> list[int]:
-    return [queue.pop().pid for _ in range(len(queue))]
+def queue_with(policy: str, tasks, accounts=None):
+    accounts = accounts or Accounts({"a": 100, "b": 100})
+    queue = make_queue(policy, accounts, boost_us=1_000_000)
+    for t in tasks:
+        accounts.count(t, "runnable", +1)
+        queue.push(t)
+    return queue, accounts
+
+
+def drain(queue) -> list[int]:
+    order = []
+    while (t := queue.peek(0)) is not None:
+        order.append(t.pid)
+        queue.remove(t)
+    return order
 
 
 def test_prio_5_is_nice_0():
@@ -30,11 +45,6 @@ def test_weights_are_geometric(prio):
     assert prio_weight(prio + 1) / prio_weight(prio) == pytest.approx(1.25, rel=0.01)
 
 
-def test_weight_table():
-    """The ends of the table: prio 0 is 336 and prio 9 is 2500."""
-    assert [prio_weight(p) for p in (0, 9)] == [336, 2500]
-
-
 def test_vruntime_delta_is_inverse_to_weight():
     """A nice-0 token costs 1024 units; a heavier task pays less per token."""
     assert vruntime_delta(1, 1024) == 1024
@@ -42,77 +52,75 @@ def test_vruntime_delta_is_inverse_to_weight():
     assert heavy < nice0 < light
 
 
-def test_fair_serves_least_vruntime_first():
-    """Under fair, the task with the least vruntime comes out first, pid breaking ties."""
-    queue = RunQueue(FairPolicy())
-    for pid, vruntime in ((1, 3000), (2, 1000), (3, 2000), (4, 1000)):
-        queue.push(task(pid, vruntime=vruntime))
-    assert drain(queue) == [2, 4, 3, 1]
+def test_lazy_heap_skips_stale_and_discarded_entries():
+    """A re-prioritised key is ordered by its newest priority; a discarded one is gone."""
+    heap = LazyHeap()
+    for key, prio in (("x", 3), ("y", 2), ("z", 1)):
+        heap.set(key, prio)
+    heap.set("z", 9)
+    heap.discard("y")
+    assert heap.peek() == "x" and heap.ordered() == ["x", "z"] and len(heap) == 2
 
 
-def test_fair_newcomer_starts_one_slice_late():
-    """A new task enters at min_vruntime plus one weighted slice, so it cannot starve others."""
-    queue = RunQueue(FairPolicy())
-    queue.min_vruntime = 50_000
-    newcomer = task(1)
-    queue.push(newcomer, new=True)
-    assert newcomer.vruntime == 50_000 + vruntime_delta(SLICE_TOKENS, 1024)
-
-
-def test_fair_sleeper_credit_is_bounded():
-    """A returning task keeps at most one slice of credit below min_vruntime."""
-    queue = RunQueue(FairPolicy())
-    queue.min_vruntime = 500_000
-    sleeper = task(1, vruntime=0)
-    queue.push(sleeper)
-    assert sleeper.vruntime == 500_000 - vruntime_delta(SLICE_TOKENS, 1024)
+def test_fcfs_serves_arrival_order():
+    """fcfs: earliest submission first, whatever the priority."""
+    queue, _ = queue_with("fcfs", [task(1, prio=1, submitted=30), task(2, prio=9, submitted=20), task(3, submitted=10)])
+    assert drain(queue) == [3, 2, 1]
 
 
 def test_greedy_serves_highest_prio_first():
-    """Under greedy, higher prio runs first, then first come (lower pid)."""
-    queue = RunQueue(GreedyPolicy())
-    for pid, prio in ((1, 2), (2, 9), (3, 5), (4, 9)):
-        queue.push(task(pid, prio=prio))
-    assert drain(queue) == [2, 4, 3, 1]
-    assert queue.peek() is None
+    """greedy: highest prio first, then pid."""
+    queue, _ = queue_with("greedy", [task(1, prio=1), task(2, prio=9), task(3, prio=9)])
+    assert drain(queue) == [2, 3, 1]
 
 
-def test_lazy_deletion():
-    """A removed task is never peeked or popped, though its heap entry stays behind."""
-    queue = RunQueue(FairPolicy())
-    first, second = task(1, vruntime=10), task(2, vruntime=20)
-    queue.push(first)
-    queue.push(second)
-    queue.remove(first)
-    assert len(queue) == 1
-    assert queue.peek() is second
-    assert drain(queue) == [2]
+def test_fair_serves_least_counter_tenant_first():
+    """vtc/fair: the tenant with the lower counter goes first, whatever the pids."""
+    queue, accounts = queue_with("vtc", [task(1, "a"), task(2, "b")])
+    accounts.charge(task(9, "a"), 50)
+    queue.rekey(task(1, "a"))
+    assert queue.peek(0).pid == 2
 
 
-def test_repush_uses_the_new_key():
-    """A task pushed again after its vruntime changed is ordered by the new key only."""
-    queue = RunQueue(FairPolicy())
-    moving, still = task(1, vruntime=10), task(2, vruntime=20)
-    queue.push(moving)
-    queue.push(still)
-    queue.remove(moving)
-    moving.vruntime = 30
-    queue.push(moving)
-    assert drain(queue) == [2, 1]
+def test_charge_divides_by_weight():
+    """A tenant of weight 200 advances half as fast as one of weight 100 for the same cost."""
+    accounts = Accounts({"light": 100, "heavy": 200})
+    accounts.charge(task(1, "light"), 10)
+    accounts.charge(task(2, "heavy"), 10)
+    assert (accounts.tenants["light"].counter, accounts.tenants["heavy"].counter) == (10.0, 5.0)
 
 
-def test_min_vruntime_only_moves_forward():
-    """advance raises min_vruntime to the least live vruntime but never lowers it."""
-    queue = RunQueue(FairPolicy())
-    queue.advance([5000, 7000])
-    assert queue.min_vruntime == 5000
-    queue.advance([100])
-    assert queue.min_vruntime == 5000
+def test_lift_raises_a_returning_tenant_to_the_least_active_counter():
+    """An idle tenant that becomes active is lifted to the least counter among active ones."""
+    accounts = Accounts({"a": 100, "b": 100, "c": 100})
+    accounts.count(task(1, "a"), "running", +1)
+    accounts.charge(task(1, "a"), 500)
+    lifts = accounts.count(task(2, "b"), "runnable", +1)
+    assert accounts.tenants["b"].counter == 500 and [e.name for e, _ in lifts] == ["b"]
 
 
-def test_tasks_lists_in_run_order():
-    """tasks() lists queued tasks in the order they would run."""
-    queue = RunQueue(GreedyPolicy())
-    for pid, prio in ((1, 1), (2, 8)):
-        queue.push(task(pid, prio=prio))
-    assert [t.pid for t in queue.tasks()] == [2, 1]
+def test_no_lift_for_an_entity_already_ahead():
+    """A tenant whose counter is above the active ones keeps it (no credit, no penalty)."""
+    accounts = Accounts({"a": 100, "b": 100})
+    accounts.charge(task(2, "b"), 900)
+    accounts.count(task(1, "a"), "running", +1)
+    assert accounts.count(task(2, "b"), "runnable", +1) == []
+    assert accounts.tenants["b"].counter == 900
+
+
+def test_fair_deadline_boost_goes_first():
+    """fair: a task within the boost window of its deadline is served before a lower counter."""
+    queue, accounts = queue_with("fair", [task(1, "a"), task(2, "b", deadline=1_500_000)])
+    accounts.charge(task(9, "b"), 100)
+    queue.rekey(task(2, "b"))
+    assert queue.peek(600_000).pid == 2 and queue.reason == "deadline boost"
+    assert queue.peek(0).pid == 1
+
+
+def test_agents_share_within_a_tenant():
+    """Within one tenant, the agent (root task) with the lower counter goes first."""
+    t1, t2, t3 = task(1, "a", agent=1), task(2, "a", agent=1), task(3, "a", agent=3)
+    queue, accounts = queue_with("vtc", [t1, t2, t3])
+    accounts.charge(t1, 10)
+    queue.rekey(t1)
+    assert queue.peek(0).pid == 3

@@ -72,6 +72,14 @@ class Rejected:
 
 
 @attrs.frozen
+class SetPolicy:
+    """Switch the scheduling policy (a write to /sched/policy)."""
+
+    policy: str
+    uid: int = 0
+
+
+@attrs.frozen
 class Tick:
     """Time passed: deadlines up to now are checked."""
 
@@ -81,7 +89,7 @@ class Restart:
     """The daemon started again on this journal: running tasks go back to the queue."""
 
 
-KINDS = {cls.__name__.lower(): cls for cls in (Submit, Kill, Control, Step, Failed, Rejected, Tick, Restart)}
+KINDS = {cls.__name__.lower(): cls for cls in (Submit, Kill, Control, Step, Failed, Rejected, SetPolicy, Tick, Restart)}
 
 
 def to_row(event) -> tuple[str, str]:

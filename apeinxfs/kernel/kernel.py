@@ -14,7 +14,7 @@ from .config import KernelConfig
 from .errors import ApeinxError, Busy, Invalid, NoSpace, NotFound
 from .kvmem import KVPool, estimate_prompt_tokens, pages_for
 from .pressure import StallClock
-from .sched import POLICIES, RunQueue, prio_weight, vruntime_delta
+from .sched import POLICIES, Accounts, make_queue, prio_weight, vruntime_delta
 from .task import State, Task
 from .trace import TraceLog
 
@@ -46,6 +46,10 @@ class Counters:
     tokens_out: int = 0
     evictions: int = 0
     oom_kills: int = 0
+    decisions: int = 0
+    fair_preemptions: int = 0
+    lifts: int = 0
+    boosts: int = 0
     exits: dict = attrs.Factory(dict)
 
 
@@ -59,7 +63,8 @@ class Kernel:
         self.gpus = [Gpu(g, KVPool(config.page_bytes, g.kv_mib * (1 << 20) // config.page_bytes))
                      for g in config.gpus]
         self.tasks: dict[int, Task] = {}
-        self.runq = RunQueue(POLICIES[config.policy]())
+        self.accounts = Accounts({t.name: t.weight for t in config.tenants})
+        self.runq = self._make_queue(config.sched.policy)
         self.trace = TraceLog(config.node)
         self.counters = Counters()
         self.kv_some, self.kv_full = StallClock(), StallClock()
@@ -82,8 +87,10 @@ class Kernel:
         model = self.models.get(spec.model or self.config.models[0].name)
         if model is None:
             raise NotFound(f"unknown model {spec.model!r}: see /models")
-        if spec.tenant not in self.tenants:
-            raise NotFound(f"unknown tenant {spec.tenant!r}")
+        parent = self._check_parent(spec)
+        tenant = self._tenant_of(spec, parent)
+        if tenant not in self.tenants:
+            raise NotFound(f"unknown tenant {tenant!r}")
         context = estimate_prompt_tokens(spec.prompt) + spec.max_tokens
         if context > model.context:
             raise Invalid(f"prompt plus max_tokens ({context}) exceeds the context of {model.name} ({model.context})")
@@ -91,6 +98,21 @@ class Kernel:
         largest = max(g.pool.pages_total for g in self.gpus)
         if need > largest:
             raise NoSpace(f"needs {need} KV pages of {self.config.page_mib} MiB; the largest GPU pool has {largest}")
+
+    def _check_parent(self, spec) -> Task | None:
+        if spec.parent is None:
+            return None
+        parent = self._live_task(spec.parent)
+        if spec.tenant is not None and spec.tenant != parent.tenant:
+            raise Invalid(f"a child runs in its parent's tenant {parent.tenant!r}, not {spec.tenant!r}")
+        return parent
+
+    def _tenant_of(self, spec, parent: Task | None) -> str:
+        return parent.tenant if parent else spec.tenant or "default"
+
+    def _check_setpolicy(self, event: ev.SetPolicy) -> None:
+        if event.policy not in POLICIES:
+            raise Invalid(f"unknown policy {event.policy!r}: one of {', '.join(POLICIES)}")
 
     def _check_kill(self, event: ev.Kill) -> None:
         self._live_task(event.pid)
@@ -138,9 +160,13 @@ class Kernel:
         spec, pid = event.spec, self.next_pid
         self.next_pid += 1
         deadline = self.now_us + spec.deadline_us if spec.deadline_us else None
+        parent = self.tasks.get(spec.parent)
         task = Task(pid=pid, spec=spec, model=spec.model or self.config.models[0].name, uid=event.uid,
-                    submitted_us=self.now_us, tokens_in=estimate_prompt_tokens(spec.prompt),
-                    weight=prio_weight(spec.prio), deadline_at_us=deadline)
+                    tenant=self._tenant_of(spec, parent), submitted_us=self.now_us,
+                    tokens_in=estimate_prompt_tokens(spec.prompt), weight=prio_weight(spec.prio),
+                    deadline_at_us=deadline, parent=spec.parent, agent=parent.agent if parent else pid)
+        if parent:
+            parent.children.append(pid)
         self.tasks[pid] = task
         self.state_counts[State.NEW] = self.state_counts.get(State.NEW, 0) + 1
         self.counters.submitted += 1
@@ -148,7 +174,7 @@ class Kernel:
         if deadline:
             heapq.heappush(self._deadlines, (deadline, pid))
             self.changed.add("deadline")
-        self._enqueue(task, new=True)
+        self._enqueue(task)
         return pid
 
     def _apply_kill(self, event: ev.Kill) -> None:
@@ -169,11 +195,10 @@ class Kernel:
             self._reprioritise(task, command.arg)
 
     def _reprioritise(self, task: Task, prio: int) -> None:
-        queued = task.runnable
         self.runq.remove(task)
         task.spec = attrs.evolve(task.spec, prio=prio)
         task.weight = prio_weight(prio)
-        if queued:
+        if task.runnable:
             self.runq.push(task)
         self._emit("prio", task, f"prio={prio} weight={task.weight}")
 
@@ -194,7 +219,7 @@ class Kernel:
         task.output += chunk.text.encode()
         task.tokens_out += chunk.tokens
         self.counters.tokens_out += chunk.tokens
-        task.vruntime += vruntime_delta(chunk.tokens, task.weight)
+        self._charge(task, gpu, chunk)
         self._touch(task)
         if task.tokens_out >= task.spec.max_tokens:
             self._exit(task, "done", f"tokens_out={task.tokens_out}")
@@ -224,13 +249,24 @@ class Kernel:
 
     # -- mechanisms ---------------------------------------------------------------------
 
-    def _enqueue(self, task: Task, new: bool = False) -> None:
+    def _enqueue(self, task: Task) -> None:
         self._set_state(task, State.PREEMPTED if task.state is State.PREEMPTED else State.QUEUED)
-        self.runq.push(task, new=new)
+        self._count(task, "runnable", +1)
+        self.runq.push(task)
+
+    def _count(self, task: Task, field: str, delta: int) -> None:
+        for entity, before in self.accounts.count(task, field, delta):
+            self.counters.lifts += 1
+            self._emit("lift", task, f"{entity.name} counter {before:.1f} -> {entity.counter:.1f}: "
+                                     "active again, raised to the least active counter")
 
     def _leave(self, task: Task) -> None:
         """Take the task off its GPU (freeing its KV) or out of the queue."""
-        self.runq.remove(task)
+        if task.runnable:
+            self.runq.remove(task)
+            self._count(task, "runnable", -1)
+        if task.state is State.RUNNING:
+            self._count(task, "running", -1)
         if task.gpu is not None:
             gpu = self.gpus[task.gpu]
             gpu.running.pop(task.pid, None)
@@ -246,13 +282,18 @@ class Kernel:
         self.counters.exits[kind] = self.counters.exits.get(kind, 0) + 1
         self.counters.tokens_in += task.tokens_in
         self._emit("exit", task, f"{how}; {detail}")
+        self._wake_ancestors(task)
+        if how == "killed":
+            for child in task.children:
+                if not self.tasks[child].done:
+                    self._exit(self.tasks[child], "killed", f"its parent {task.pid} was killed")
 
     def _preempt(self, task: Task, reason: str) -> None:
         self.counters.preempted += 1
         self._emit("preempt", task, reason, task.gpu)
         self._leave(task)
         self._set_state(task, State.PREEMPTED)
-        self.runq.push(task)
+        self._enqueue(task)
 
     def _grow_kv(self, task: Task, gpu: Gpu) -> bool:
         need = self._pages(task, task.context_tokens + 1) - task.kv_pages
@@ -274,17 +315,52 @@ class Kernel:
                 self._exit(task, "expired", "deadline passed")
 
     def _schedule(self) -> None:
-        kv_blocked = False
-        while (task := self.runq.peek()) is not None:
-            gpu = self._place(task)
-            if gpu is None:
-                kv_blocked = any(g.free_slots for g in self.gpus)
-                break
-            self.runq.pop()
-            self._dispatch(task, gpu)
-        self.runq.advance(t.vruntime for g in self.gpus for t in g.running.values())
+        kv_blocked = self._fill_slots()
+        if self.runq.preempts and self._rebalance():
+            kv_blocked = self._fill_slots()
         self.kv_some.set(self.now_us, kv_blocked)
         self.kv_full.set(self.now_us, kv_blocked and not any(g.running for g in self.gpus))
+
+    def _fill_slots(self) -> bool:
+        """Dispatch from the queue while the head fits; say whether KV (not slots) stopped it."""
+        while (task := self.runq.peek(self.now_us)) is not None:
+            gpu = self._place(task)
+            if gpu is None:
+                return any(g.free_slots for g in self.gpus)
+            self._dispatch(task, gpu, self.runq.reason)
+        return False
+
+    def _rebalance(self) -> bool:
+        """fair: preempt one running task that is unfair to the queue's head, if any."""
+        head = self.runq.peek(self.now_us)
+        victim = self._fair_victim(head) if head is not None else None
+        if victim is None:
+            return False
+        self.counters.fair_preemptions += 1
+        mine, theirs = self.accounts.tenant(head), self.accounts.tenant(victim)
+        self._preempt(victim, f"fair: tenant {theirs.name} (counter {theirs.counter:.1f}, {theirs.running} running) "
+                              f"is ahead of {mine.name} (counter {mine.counter:.1f}, {mine.running} running) "
+                              f"waiting with pid {head.pid}")
+        return True
+
+    def _fair_victim(self, head: Task) -> Task | None:
+        """A running task of the tenant most over its share, whose counter is past the gap or the head's."""
+        sched, mine = self.config.sched, self.accounts.tenant(head)
+        active = [t for t in self.accounts.tenants.values() if t.active]
+        slots = sum(g.config.slots for g in self.gpus)
+        share = {t.name: slots * t.weight / sum(a.weight for a in active) for t in active}
+        gap = sched.preempt_gap * sched.slice_tokens
+        best, best_key = None, None
+        for task in (t for g in self.gpus for t in g.running.values()):
+            theirs = self.accounts.tenant(task)
+            if theirs is mine or task.run_tokens < sched.min_run_tokens:
+                continue
+            ahead, over = theirs.counter - mine.counter, theirs.running - share[theirs.name]
+            unfair = ahead > gap or (ahead >= 0 and over >= 1 and mine.running + 1 <= share[mine.name])
+            key = (over, theirs.counter, -task.context_tokens, task.pid)
+            if unfair and (best_key is None or key > best_key):
+                best, best_key = task, key
+        return best
 
     def _place(self, task: Task) -> Gpu | None:
         """The GPU with a free slot and room for the task's context, most free pages first."""
@@ -292,14 +368,52 @@ class Kernel:
         fits = [g for g in self.gpus if g.free_slots and g.pool.pages_free >= need]
         return max(fits, key=lambda g: (g.pool.pages_free, -g.config.index), default=None)
 
-    def _dispatch(self, task: Task, gpu: Gpu) -> None:
+    def _dispatch(self, task: Task, gpu: Gpu, reason: str) -> None:
+        self._count(task, "running", +1)
+        self.runq.remove(task)
+        self._count(task, "runnable", -1)
+        self.counters.decisions += 1
+        if reason == "deadline boost":
+            self.counters.boosts += 1
+        task.run_tokens = 0
         task.gpu = gpu.config.index
         gpu.running[task.pid] = task
         self._grow_kv(task, gpu)
         self._set_state(task, State.RUNNING)
         self.counters.dispatched += 1
         self.changed.add(("gpu", task.gpu))
-        self._emit("dispatch", task, f"vruntime={task.vruntime} queued={len(self.runq)}", task.gpu)
+        tenant = self.accounts.tenant(task)
+        self._emit("dispatch", task, f"{self.runq.name}: {reason}; tenant counter={tenant.counter:.1f} "
+                                     f"vruntime={task.vruntime} queued={len(self.runq)}", task.gpu)
+
+    def _charge(self, task: Task, gpu: Gpu, chunk: ev.Chunk) -> None:
+        """VTC cost of what was served: input and output tokens apart, output dearer under KV pressure."""
+        sched = self.config.sched
+        pressure = 1 + sched.pressure_cost * task.kv_pages / max(1, gpu.pool.pages_total)
+        self.accounts.charge(task, sched.input_cost * chunk.prefill + sched.output_cost * chunk.tokens * pressure)
+        task.vruntime += vruntime_delta(chunk.tokens, task.weight)
+        task.run_tokens += chunk.tokens
+        self.runq.rekey(task)
+
+    def _make_queue(self, policy: str):
+        return make_queue(policy, self.accounts, int(self.config.sched.deadline_boost_s * 1e6))
+
+    def _apply_setpolicy(self, event: ev.SetPolicy) -> None:
+        """Switch policy live: the same runnable tasks, re-queued in pid order."""
+        old, self.runq = self.runq, self._make_queue(event.policy)
+        for task in sorted(old.tasks(), key=lambda t: t.pid):
+            self.runq.push(task)
+        self._emit("policy", None, f"{old.name} -> {event.policy} by uid {event.uid}")
+
+    def _wake_ancestors(self, task: Task) -> None:
+        """A parent's `wait` covers its tree: wake every ancestor's readers."""
+        while task.parent is not None:
+            task = self.tasks[task.parent]
+            self.changed.add(task.pid)
+
+    def tree_done(self, task: Task) -> bool:
+        """Whether the task and all its descendants have exited."""
+        return task.done and all(self.tree_done(self.tasks[c]) for c in task.children)
 
     def _set_state(self, task: Task, state: State) -> None:
         self.state_counts[task.state] -= 1

@@ -1,16 +1,22 @@
-"""The run queue and its policies: Token Fair (CFS-like vruntime in tokens) and greedy.
+"""Scheduling: entity accounts (virtual token counters) and the run queues of the policies.
 
-A policy only orders runnable tasks; the kernel decides when and where they run. Adding
-a policy means one class with `place` (where a task enters the queue) and `key` (its
-order). The queue is a min-heap with lazy deletion, so push, remove and pop are O(log n).
+- `Accounts`: a counter per tenant and per agent (a root task and its children), charged
+  cost * 100 / weight as tokens are served (VTC: input and output tokens cost apart). An
+  entity that becomes active again is lifted to the least counter of its active siblings,
+  so idle time is not banked.
+- `FlatQueue`: fcfs (arrival order) and greedy (highest prio, then arrival).
+- `FairQueue`: least counter first at each level: tenant, then agent, then task (its
+  vruntime); `fair` adds a deadline boost (and the kernel's preemption), `vtc` does not.
+Every queue keeps lazy-deletion heaps, so push, remove, re-key and peek are O(log n).
+The kernel decides when and where tasks run; a queue only says which is next, and why.
 """
 import heapq
 
-from .task import Task
+import attrs
 
 NICE_0_WEIGHT = 1024
 VSCALE = 1024
-SLICE_TOKENS = 64
+COUNTER_SCALE = 100
 
 
 def prio_weight(prio: int) -> int:
@@ -23,79 +29,194 @@ def vruntime_delta(tokens: int, weight: int) -> int:
     return tokens * VSCALE * NICE_0_WEIGHT // weight
 
 
-class FairPolicy:
-    """Token Fair: least virtual tokens first; newcomers start one weighted slice late."""
+class LazyHeap:
+    """A priority map: set/discard a key's priority, peek the least; stale entries skipped."""
 
-    name = "fair"
-
-    def place(self, task: Task, min_vruntime: int, new: bool) -> None:
-        lag = vruntime_delta(SLICE_TOKENS, task.weight)
-        floor = min_vruntime + lag if new else min_vruntime - lag
-        task.vruntime = max(task.vruntime, floor)
-
-    def key(self, task: Task) -> tuple:
-        return (task.vruntime, task.pid)
-
-
-class GreedyPolicy:
-    """The seed's baseline: highest priority first, then first come."""
-
-    name = "greedy"
-
-    def place(self, task: Task, min_vruntime: int, new: bool) -> None:
-        task.vruntime = max(task.vruntime, min_vruntime)
-
-    def key(self, task: Task) -> tuple:
-        return (-task.spec.prio, task.pid)
-
-
-POLICIES = {cls.name: cls for cls in (FairPolicy, GreedyPolicy)}
-
-
-class RunQueue:
-    """Runnable tasks ordered by the policy's key; min_vruntime only moves forward."""
-
-    def __init__(self, policy):
-        self.policy = policy
-        self.min_vruntime = 0
-        self._heap: list[tuple] = []
-        self._keys: dict[int, tuple] = {}
-        self._tasks: dict[int, Task] = {}
+    def __init__(self):
+        self._heap: list = []
+        self._prio: dict = {}
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._prio)
 
-    def push(self, task: Task, new: bool = False) -> None:
-        self.policy.place(task, self.min_vruntime, new)
-        key = self.policy.key(task)
-        self._keys[task.pid], self._tasks[task.pid] = key, task
-        heapq.heappush(self._heap, key + (task.pid,))
+    def set(self, key, prio) -> None:
+        if self._prio.get(key) != prio:
+            self._prio[key] = prio
+            heapq.heappush(self._heap, (prio, key))
 
-    def remove(self, task: Task) -> None:
-        self._keys.pop(task.pid, None)
-        self._tasks.pop(task.pid, None)
+    def discard(self, key) -> None:
+        self._prio.pop(key, None)
 
-    def peek(self) -> Task | None:
+    def peek(self):
         while self._heap:
-            entry = self._heap[0]
-            if self._keys.get(entry[-1]) == entry[:-1]:
-                return self._tasks[entry[-1]]
+            prio, key = self._heap[0]
+            if self._prio.get(key) == prio:
+                return key
             heapq.heappop(self._heap)
         return None
 
-    def pop(self) -> Task:
-        task = self.peek()
-        heapq.heappop(self._heap)
-        self.remove(task)
-        return task
+    def ordered(self) -> list:
+        return sorted(self._prio, key=self._prio.__getitem__)
 
-    def advance(self, running_vruntimes) -> None:
-        """Move min_vruntime up to the least vruntime of running and queued tasks."""
-        head = self.peek()
-        candidates = list(running_vruntimes) + ([head.vruntime] if head else [])
-        if candidates:
-            self.min_vruntime = max(self.min_vruntime, min(candidates))
 
-    def tasks(self) -> list[Task]:
-        """Queued tasks in the order they would run."""
-        return sorted(self._tasks.values(), key=self.policy.key)
+@attrs.define
+class Entity:
+    """A tenant or an agent: its weight, virtual counter and tasks below it."""
+
+    name: str
+    weight: int
+    counter: float = 0.0
+    runnable: int = 0
+    running: int = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.runnable or self.running)
+
+    @property
+    def state(self) -> str:
+        return "running" if self.running else "queued" if self.runnable else "idle"
+
+
+class Accounts:
+    """Counters of every tenant and agent, kept whatever the policy."""
+
+    def __init__(self, tenants: dict[str, int]):
+        self.tenants = {name: Entity(name, weight) for name, weight in tenants.items()}
+        self.agents: dict[int, Entity] = {}
+        self.agents_of: dict[str, list[Entity]] = {name: [] for name in tenants}
+
+    def tenant(self, task) -> Entity:
+        return self.tenants[task.tenant]
+
+    def agent(self, task) -> Entity:
+        agent = self.agents.get(task.agent)
+        if agent is None:
+            agent = self.agents[task.agent] = Entity(str(task.agent), task.weight)
+            self.agents_of[task.tenant].append(agent)
+        return agent
+
+    def charge(self, task, cost: float) -> None:
+        for entity in (self.tenant(task), self.agent(task)):
+            entity.counter += cost * COUNTER_SCALE / entity.weight
+
+    def count(self, task, field: str, delta: int) -> list[tuple[Entity, float]]:
+        """Add `delta` to runnable/running of the task's entities; return the lifts made."""
+        lifts = []
+        for entity, siblings in ((self.tenant(task), self.tenants.values()),
+                                 (self.agent(task), self.agents_of[task.tenant])):
+            if delta > 0 and not entity.active:
+                lifts += self._lift(entity, siblings)
+            setattr(entity, field, getattr(entity, field) + delta)
+        return lifts
+
+    @staticmethod
+    def _lift(entity: Entity, siblings) -> list[tuple[Entity, float]]:
+        floor = min((s.counter for s in siblings if s.active and s is not entity), default=None)
+        if floor is None or floor <= entity.counter:
+            return []
+        before, entity.counter = entity.counter, floor
+        return [(entity, before)]
+
+
+class FlatQueue:
+    """One heap over all runnable tasks, ordered by `key`."""
+
+    preempts = False
+
+    def __init__(self, name: str, key, why: str):
+        self.name, self._key, self._why = name, key, why
+        self._heap, self._tasks = LazyHeap(), {}
+        self.reason = ""
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def push(self, task) -> None:
+        self._tasks[task.pid] = task
+        self._heap.set(task.pid, self._key(task))
+
+    def remove(self, task) -> None:
+        if self._tasks.pop(task.pid, None) is not None:
+            self._heap.discard(task.pid)
+
+    def rekey(self, task) -> None:
+        """Counters do not order a flat queue."""
+
+    def peek(self, now_us: int):
+        pid = self._heap.peek()
+        self.reason = self._why
+        return None if pid is None else self._tasks[pid]
+
+    def tasks(self) -> list:
+        return [self._tasks[pid] for pid in self._heap.ordered()]
+
+
+class FairQueue:
+    """Least counter first: tenant, then agent within it, then task within that."""
+
+    def __init__(self, name: str, accounts: Accounts, boost_us: int | None, preempts: bool):
+        self.name, self.accounts, self.boost_us, self.preempts = name, accounts, boost_us, preempts
+        self._tenants, self._agents, self._tasks = LazyHeap(), {}, {}
+        self._deadlines, self._members = LazyHeap(), {}
+        self.reason = ""
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def push(self, task) -> None:
+        self._members[task.pid] = task
+        self._tasks.setdefault(task.agent, LazyHeap()).set(task.pid, (task.vruntime, task.pid))
+        if task.deadline_at_us is not None:
+            self._deadlines.set(task.pid, (task.deadline_at_us, task.pid))
+        self.rekey(task)
+
+    def remove(self, task) -> None:
+        if self._members.pop(task.pid, None) is None:
+            return
+        self._deadlines.discard(task.pid)
+        tasks = self._tasks[task.agent]
+        tasks.discard(task.pid)
+        if not tasks:
+            agents = self._agents[task.tenant]
+            agents.discard(task.agent)
+            if not agents:
+                self._tenants.discard(task.tenant)
+
+    def rekey(self, task) -> None:
+        """Re-order the task's tenant and agent after their counters changed."""
+        tasks = self._tasks.get(task.agent)
+        if not tasks:
+            return
+        agent, tenant = self.accounts.agent(task), self.accounts.tenant(task)
+        self._agents.setdefault(task.tenant, LazyHeap()).set(task.agent, (agent.counter, task.agent))
+        self._tenants.set(task.tenant, (tenant.counter, task.tenant))
+
+    def peek(self, now_us: int):
+        urgent = self._deadlines.peek() if self.boost_us is not None else None
+        if urgent is not None and self._members[urgent].deadline_at_us - now_us <= self.boost_us:
+            self.reason = "deadline boost"
+            return self._members[urgent]
+        tenant = self._tenants.peek()
+        if tenant is None:
+            return None
+        agent = self._agents[tenant].peek()
+        self.reason = f"least counter: tenant {tenant} of {len(self._tenants)} backlogged"
+        return self._members[self._tasks[agent].peek()]
+
+    def tasks(self) -> list:
+        return sorted(self._members.values(), key=lambda t: (self.accounts.tenant(t).counter, t.pid))
+
+
+def make_queue(policy: str, accounts: Accounts, boost_us: int):
+    """The run queue of `policy`: fair | vtc | fcfs | greedy."""
+    if policy == "fair":
+        return FairQueue("fair", accounts, boost_us, preempts=True)
+    if policy == "vtc":
+        return FairQueue("vtc", accounts, None, preempts=False)
+    if policy == "fcfs":
+        return FlatQueue("fcfs", lambda t: (t.submitted_us, t.pid), "fcfs: earliest arrival")
+    return FlatQueue("greedy", lambda t: (-t.spec.prio, t.pid), "greedy: highest priority")
+
+
+POLICIES = ("fair", "vtc", "fcfs", "greedy")

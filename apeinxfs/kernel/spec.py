@@ -52,7 +52,7 @@ class TaskSpec:
                                   validator=_check_int("max_tokens", 1, TOKENS_MAX))
     prio: int = attrs.field(default=DEFAULT_PRIO, validator=_check_int("prio", 0, 9))
     model: str | None = attrs.field(default=None, validator=attrs.validators.optional(_check_name("model")))
-    tenant: str = attrs.field(default="default", validator=_check_name("tenant"))
+    tenant: str | None = attrs.field(default=None, validator=attrs.validators.optional(_check_name("tenant")))
     deadline_us: int | None = attrs.field(default=None, validator=_check_deadline)
     prompt: str = attrs.field(default="", validator=_check_prompt)
     parent: int | None = attrs.field(default=None, validator=attrs.validators.optional(

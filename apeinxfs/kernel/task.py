@@ -31,6 +31,7 @@ class Task:
     pid: int
     spec: TaskSpec
     model: str
+    tenant: str
     uid: int
     submitted_us: int
     tokens_in: int
@@ -45,6 +46,10 @@ class Task:
     first_token_us: int | None = None
     exit: str | None = None
     exited_us: int | None = None
+    parent: int | None = None
+    agent: int = 0
+    children: list = attrs.Factory(list)
+    run_tokens: int = 0
     version: int = 0
     output: bytearray = attrs.Factory(bytearray)
     events: bytearray = attrs.Factory(bytearray)

@@ -28,7 +28,7 @@ class TraceLog:
         if task is None:
             who = ",,"
         else:
-            who = f"{task.pid},{task.spec.tenant},{task.model}"
+            who = f"{task.pid},{task.tenant},{task.model}"
         line = (f"{self.seq},{time_us},{kind},{who},{'' if gpu is None else gpu},"
                 f"{self.node},{quote(detail)}\n").encode()
         self.buffer += line

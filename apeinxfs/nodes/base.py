@@ -76,6 +76,17 @@ class Show(Node):
 
 
 @attrs.define(eq=False)
+class Setting(Show):
+    """A cgroup-style knob: reads show the value, writes (`run`, as a Command) set it."""
+
+    mode: int = stat.S_IFREG | 0o644
+    run: object = None
+
+    def open(self, caller, writing, reading):
+        return CommandHandle(self, caller) if writing else SnapshotHandle(self)
+
+
+@attrs.define(eq=False)
 class Log(Node):
     """A growing buffer: `source()` returns it; reads see bytes appended after open."""
 

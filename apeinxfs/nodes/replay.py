@@ -5,7 +5,7 @@ import io
 
 def show(task) -> str:
     rows = list(csv.DictReader(io.StringIO(task.events.decode())))
-    head = f"pid {task.pid} {task.spec.name} model={task.model} tenant={task.spec.tenant} exit={task.exit or '-'}\n"
+    head = f"pid {task.pid} {task.spec.name} model={task.model} tenant={task.tenant} exit={task.exit or '-'}\n"
     if not rows:
         return head
     start = int(rows[0]["time_us"])

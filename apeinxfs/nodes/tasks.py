@@ -13,7 +13,7 @@ from .base import Blocking, Command, Dir, Log, Show
 
 PID_BASE = 1 << 20
 SLOTS = 16
-FILES = ("status", "ctl", "prompt", "output", "stream", "wait", "events")
+FILES = ("status", "ctl", "prompt", "output", "stream", "wait", "events", "children")
 REPLAY_SLOT = 15
 
 
@@ -24,7 +24,7 @@ def inode_of(pid: int, slot: int) -> int:
 def status(task) -> str:
     """Key:<TAB>value lines in SPEC.md's order, then extras."""
     deadline = "-" if task.deadline_at_us is None else f"{(task.deadline_at_us - task.submitted_us) / 1e6:g}s"
-    rows = [("Name", task.spec.name), ("Pid", task.pid), ("PPid", 0), ("Tenant", task.spec.tenant),
+    rows = [("Name", task.spec.name), ("Pid", task.pid), ("PPid", task.parent or 0), ("Tenant", task.tenant),
             ("Uid", task.uid), ("Model", task.model), ("State", task.state), ("Prio", task.spec.prio),
             ("Weight", task.weight), ("Vruntime", task.vruntime), ("TokensIn", task.tokens_in),
             ("TokensOut", task.tokens_out), ("TokensMax", task.spec.max_tokens), ("KVPages", task.kv_pages),
@@ -34,8 +34,9 @@ def status(task) -> str:
     return "".join(f"{key}:\t{value}\n" for key, value in rows)
 
 
-def wait_line(task) -> bytes | None:
-    return None if task.exit is None else (task.exit + "\n").encode()
+def wait_line(kernel, task) -> bytes | None:
+    """The task's exit line once it and all its children (an agent's tree) have exited."""
+    return (task.exit + "\n").encode() if kernel.tree_done(task) else None
 
 
 def stream_poll(task, offset: int) -> bytes | None:
@@ -45,8 +46,8 @@ def stream_poll(task, offset: int) -> bytes | None:
     return b"" if task.done else None
 
 
-def wait_poll(task, offset: int) -> bytes | None:
-    line = wait_line(task)
+def wait_poll(kernel, task, offset: int) -> bytes | None:
+    line = wait_line(kernel, task)
     return None if line is None else line[offset:]
 
 
@@ -59,9 +60,10 @@ def _files(rt, task) -> dict:
         "prompt": lambda: Show(show=lambda: task.spec.prompt),
         "output": lambda: Log(source=lambda: task.output),
         "stream": lambda: Blocking(poll=lambda off: stream_poll(task, off), key=pid, length=lambda: len(task.output)),
-        "wait": lambda: Blocking(poll=lambda off: wait_poll(task, off), key=pid,
-                                 length=lambda: len(wait_line(task) or b"")),
+        "wait": lambda: Blocking(poll=lambda off: wait_poll(rt.kernel, task, off), key=pid,
+                                 length=lambda: len(wait_line(rt.kernel, task) or b"")),
         "events": lambda: Log(source=lambda: task.events),
+        "children": lambda: Show(show=lambda: "".join(f"{child}\n" for child in task.children)),
     }
 
 

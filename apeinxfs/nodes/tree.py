@@ -11,8 +11,8 @@ import stat
 from functools import partial
 
 from ..kernel.errors import NotFound
-from . import ctl, memory, metrics, models, readme, replay
-from .base import Command, Dir, Log, Show
+from . import ctl, memory, metrics, models, readme, replay, sched
+from .base import Command, Dir, Log, Setting, Show
 from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, TaskDir, TasksDir, inode_of
 
 
@@ -55,6 +55,11 @@ def build_root(rt) -> Dir:
         }),
         "trace": Dir(children={"events": Log(source=lambda: kernel.trace.buffer)}),
         "replay": ReplayDir(rt),
+        "sched": Dir(children={
+            "policy": Setting(show=partial(sched.policy, kernel), run=sched.set_policy(rt)),
+            "runqueue": Show(show=partial(sched.runqueue, kernel)),
+            "stat": Show(show=partial(sched.stat, kernel)),
+        }),
         "metrics": Show(show=partial(metrics.show, rt)),
     })
 

@@ -1,0 +1,211 @@
+"""The KV memory manager: one page pool per GPU, each task's pages, the shared prefix cache.
+
+A task on a GPU holds references to shared prefix blocks (the full blocks of its prompt,
+`tokens_per_page` tokens each, keyed by a hash chain so prompts that start alike share
+their first blocks' pages) and private pages for the rest of its context. A block no task
+references stays cached until its page is needed, then goes least recently used first.
+Books: a pool's used pages are its tasks' private pages plus its cached blocks.
+
+This module decides how many pages, which blocks, what to evict and whether preempting a
+task should swap or recompute. Which task to preempt, the OOM killer and the trace are the
+kernel's. Pure: no clock, randomness or I/O; LRU order is the order of calls.
+See docs/memory.md for the formulas and a worked example.
+"""
+import functools
+import hashlib
+import json
+from collections import OrderedDict
+
+import attrs
+
+from .config import MIB
+from .kvmem import KVPool, estimate_prompt_tokens, pages_for, prompt_pieces
+
+SWAP_GBPS = 16.0  # host link speed for swapping KV out and in, unless a model sets `swap_gbps`
+PREFILL_TOKENS_PER_S = 8000.0  # recompute speed, unless a model sets `prefill_tokens_per_s`
+BOS = "<s>"  # the token estimate_prompt_tokens adds; not a piece the tokenizer can produce
+
+
+def cacheable_blocks(prompt_tokens: int, tokens_per_page: int) -> int:
+    """Full prompt blocks that can be shared; the last prompt token is always computed."""
+    return (prompt_tokens - 1) // tokens_per_page if tokens_per_page else 0
+
+
+@functools.lru_cache(maxsize=1024)
+def prompt_chain(model: str, tokens_per_page: int, prompt: str) -> tuple[bytes, ...]:
+    """The key of each cacheable block: h_i = blake2b(h_{i-1} + block i's tokens), h_0 from the model."""
+    tokens = [BOS, *prompt_pieces(prompt)]
+    digest = hashlib.blake2b(model.encode(), digest_size=16).digest()
+    chain = []
+    for start in range(0, cacheable_blocks(len(tokens), tokens_per_page) * tokens_per_page, tokens_per_page):
+        block = json.dumps(tokens[start:start + tokens_per_page]).encode()
+        digest = hashlib.blake2b(digest + block, digest_size=16).digest()
+        chain.append(digest)
+    return tuple(chain)
+
+
+class PrefixCache:
+    """One GPU's shared prompt blocks: refcounts, and the unreferenced ones in LRU order."""
+
+    def __init__(self):
+        self.refs: dict[bytes, int] = {}
+        self.idle: OrderedDict[bytes, None] = OrderedDict()  # refs == 0, least recently used first
+        self.hits = self.misses = self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def leading(self, chain) -> int:
+        """How many blocks from the chain's start are cached: the prefill they save."""
+        hits = 0
+        while hits < len(chain) and chain[hits] in self.refs:
+            hits += 1
+        return hits
+
+    def lookup(self, chain) -> tuple[int, int, int]:
+        """(leading hits, blocks cached anywhere in the chain, of those the idle ones)."""
+        cached = [key for key in chain if key in self.refs]
+        return self.leading(chain), len(cached), sum(key in self.idle for key in cached)
+
+    def hold(self, key: bytes) -> None:
+        """One more reference to `key`, cached from now on if it was not."""
+        self.refs[key] = self.refs.get(key, 0) + 1
+        self.idle.pop(key, None)
+
+    def drop(self, chain) -> None:
+        """Release references, the chain's tail first so its deepest blocks are evicted first."""
+        for key in reversed(chain):
+            self.refs[key] -= 1
+            if not self.refs[key]:
+                self.idle[key] = None
+
+    def evict(self, count: int) -> int:
+        """Forget up to `count` idle blocks, least recently used first; how many went."""
+        gone = min(count, len(self.idle))
+        for _ in range(gone):
+            key, _ = self.idle.popitem(last=False)
+            del self.refs[key]
+        self.evictions += gone
+        return gone
+
+
+@attrs.define
+class Lease:
+    """What a task on a GPU holds: references to shared blocks and its private pages."""
+
+    gpu: int
+    blocks: tuple
+    private: int
+
+
+class KVManager:
+    """The pools, prefix caches and leases of every GPU; `on_evict(gpu, pages, task)` hears evictions."""
+
+    def __init__(self, config, on_evict):
+        self.page_bytes = config.page_bytes
+        self.models = {m.name: m for m in config.models}
+        self.pools = [KVPool(config.page_bytes, g.kv_mib * MIB // config.page_bytes) for g in config.gpus]
+        self.caches = [PrefixCache() for _ in config.gpus]
+        self.leases: dict[int, Lease] = {}
+        self.on_evict = on_evict
+
+    def tokens_per_page(self, model) -> int:
+        return self.page_bytes // model.token_bytes
+
+    def _pages(self, model, tokens: int, blocks: int) -> int:
+        """Pages for `tokens` tokens of which the first `blocks` blocks are shared ones."""
+        return blocks + pages_for(tokens - blocks * self.tokens_per_page(model), model.token_bytes, self.page_bytes)
+
+    def admit_pages(self, spec, model) -> int:
+        """The most pages a task of `spec` can ever hold: its prompt plus all it may generate."""
+        prompt = estimate_prompt_tokens(spec.prompt)
+        return self._pages(model, prompt + spec.max_tokens, cacheable_blocks(prompt, self.tokens_per_page(model)))
+
+    def _chain(self, task) -> tuple:
+        return prompt_chain(task.model, self.tokens_per_page(self.models[task.model]), task.spec.prompt)
+
+    def _private_need(self, task, blocks: int) -> int:
+        """Private pages for the context and the next token, beside `blocks` shared blocks."""
+        return self._pages(self.models[task.model], task.context_tokens + 1, blocks) - blocks
+
+    def place(self, task, gpu: int) -> tuple | None:
+        """Whether the task fits on `gpu` now (evicting idle blocks if need be): a score, most
+        prefix hits then most room to spare first, or None if it does not fit."""
+        pool, cache, chain = self.pools[gpu], self.caches[gpu], self._chain(task)
+        if pool.pages_total < self.admit_pages(task.spec, self.models[task.model]):
+            return None
+        hits, cached, idle = cache.lookup(chain)
+        need = len(chain) - cached + self._private_need(task, len(chain))
+        room = pool.pages_free + len(cache.idle) - idle
+        return (hits, room - need, -gpu) if need <= room else None
+
+    def attach(self, task, gpu: int) -> int:
+        """Give the task its pages on `gpu` (place() said they fit); the prefill tokens still to compute."""
+        pool, cache, chain = self.pools[gpu], self.caches[gpu], self._chain(task)
+        hits, cached, _ = cache.lookup(chain)
+        for key in chain:
+            if key in cache.refs:
+                cache.hold(key)
+        private = self._private_need(task, len(chain))
+        if not self._take(gpu, len(chain) - cached + private, task):
+            raise RuntimeError(f"attach of task {task.pid} to gpu {gpu} without room: place() first")
+        for key in chain:
+            if key not in cache.refs:
+                cache.hold(key)
+        cache.hits, cache.misses = cache.hits + hits, cache.misses + len(chain) - hits
+        self.leases[task.pid] = Lease(gpu, chain, private)
+        task.kv_pages = len(chain) + private
+        task.cached_tokens = max(task.cached_tokens, hits * self.tokens_per_page(self.models[task.model]))
+        return task.context_tokens - task.cached_tokens
+
+    def grow(self, task) -> bool:
+        """Pages for the task's context and next token, evicting idle blocks if need be; whether it got them."""
+        lease = self.leases[task.pid]
+        need = self._private_need(task, len(lease.blocks)) - lease.private
+        if need > 0 and not self._take(lease.gpu, need, task):
+            return False
+        if need > 0:
+            lease.private += need
+            task.kv_pages += need
+        return True
+
+    def _take(self, gpu: int, pages: int, task) -> bool:
+        """Allocate `pages` on `gpu`, evicting idle blocks first; all or nothing."""
+        pool, cache = self.pools[gpu], self.caches[gpu]
+        short = pages - pool.pages_free
+        if short > 0:
+            gone = cache.evict(short)
+            pool.free(gone)
+            self.on_evict(gpu, gone, task)
+        return pool.alloc(pages)
+
+    def release(self, task) -> None:
+        """The task leaves its GPU: private pages freed, its blocks stay cached unreferenced."""
+        lease = self.leases.pop(task.pid, None)
+        if lease is not None:
+            self.caches[lease.gpu].drop(lease.blocks)
+            self.pools[lease.gpu].free(lease.private)
+        task.kv_pages = task.cached_tokens = 0
+
+    def preempt_mode(self, task) -> tuple[str, float, float]:
+        """('swap' or 'recompute', swap seconds, recompute seconds): the cheaper way to give the
+        task its KV back. Swap moves the context out and back in; recompute prefills it again."""
+        model = self.models[task.model]
+        gbps = float(model.options.get("swap_gbps", SWAP_GBPS))
+        rate = float(model.options.get("prefill_tokens_per_s", PREFILL_TOKENS_PER_S))
+        swap_s = 2 * task.context_tokens * model.token_bytes / (gbps * 1e9)
+        recompute_s = task.context_tokens / rate
+        return ("swap" if swap_s < recompute_s else "recompute"), swap_s, recompute_s
+
+    def swapped_out(self, task) -> None:
+        """The task's KV went to host memory: it comes back whole at the next attach, no prefill."""
+        task.cached_tokens = task.context_tokens
+
+    def largest(self, gpu: int) -> int:
+        """The pid holding the most pages on `gpu` (the newest on a tie): the OOM killer's pick."""
+        return max((len(lease.blocks) + lease.private, pid)
+                   for pid, lease in self.leases.items() if lease.gpu == gpu)[1]
+
+    def private_pages(self, gpu: int) -> int:
+        """Pages of `gpu` its tasks hold privately (the rest of its used pages are cached blocks)."""
+        return sum(lease.private for lease in self.leases.values() if lease.gpu == gpu)

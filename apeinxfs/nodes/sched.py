@@ -1,0 +1,32 @@
+"""/sched/{policy,runqueue,stat}: the scheduler's policy knob, its entities and counters."""
+from ..kernel.events import SetPolicy
+from .ctl import run_lines
+
+
+def policy(kernel) -> str:
+    return kernel.runq.name + "\n"
+
+
+def set_policy(rt):
+    """Writes mirror reads: `echo vtc > /sched/policy`."""
+    return lambda lines, caller: run_lines(
+        rt, "/sched/policy", lines, caller, lambda line, c: SetPolicy(policy=line.strip(), uid=c.uid))
+
+
+def runqueue(kernel) -> str:
+    """Tenants, then active agents: entity, counter, weight, state (running | queued | idle)."""
+    accounts = kernel.accounts
+    rows = [(f"tenant/{t.name}", t) for t in accounts.tenants.values()]
+    rows += [(f"agent/{a.name}", a) for a in accounts.agents.values() if a.active]
+    return "entity counter weight state\n" + "".join(
+        f"{name} {e.counter:.1f} {e.weight} {e.state}\n" for name, e in rows)
+
+
+def stat(kernel) -> str:
+    """Flat keyed, cgroup style."""
+    c = kernel.counters
+    rows = [("policy", kernel.runq.name), ("queued", len(kernel.runq)),
+            ("running", sum(len(g.running) for g in kernel.gpus)), ("decisions", c.decisions),
+            ("preemptions", c.preempted), ("fair_preemptions", c.fair_preemptions),
+            ("lifts", c.lifts), ("deadline_boosts", c.boosts)]
+    return "".join(f"{k} {v}\n" for k, v in rows)
