@@ -215,8 +215,8 @@ def make_queue(policy: str, accounts: Accounts, boost_us: int):
     if policy == "vtc":
         return FairQueue("vtc", accounts, None, preempts=False)
     if policy == "fcfs":
-        return FlatQueue("fcfs", lambda t: (t.submitted_us, t.pid), "fcfs: earliest arrival")
-    return FlatQueue("greedy", lambda t: (-t.spec.prio, t.pid), "greedy: highest priority")
+        return FlatQueue("fcfs", lambda t: (t.submitted_us, t.pid), "earliest arrival")
+    return FlatQueue("greedy", lambda t: (-t.spec.prio, t.pid), "highest priority")
 
 
 POLICIES = ("fair", "vtc", "fcfs", "greedy")
