@@ -300,3 +300,26 @@ def check_other_user(daemon: Daemon) -> None:
         write = subprocess.run(as_nobody + [f"echo x | cat > {mounted.path('tasks', str(pid), 'status')}"],
                                capture_output=True, text=True)
         assert write.returncode != 0 and "Permission denied" in write.stderr
+
+
+# -- scheduler knobs and agents ----------------------------------------------------------------------
+
+
+def test_sched_policy_writes_mirror_reads(daemon):
+    """`echo vtc > sched/policy` switches live and reads back; a bad policy is EINVAL with the reason."""
+    policy = daemon.path("sched", "policy")
+    assert cat(policy) == "fair\n"
+    assert sh(f"echo vtc > {policy}").returncode == 0
+    assert cat(policy) == "vtc\n"
+    refused = sh(f"printf 'lottery\\n' | cat > {policy}")
+    assert refused.returncode != 0 and "Invalid argument" in refused.stderr
+    assert "policy" in cat(daemon.path("sched", "stat")) and "tenant/default" in cat(daemon.path("sched", "runqueue"))
+
+
+def test_parent_wait_covers_its_children(daemon):
+    """A child submitted with parent=PID is listed in children, and the parent's wait ends after it."""
+    parent = daemon.submit("agent 1 5")
+    child = daemon.submit(f"name=sub max_tokens=300 parent={parent}")
+    assert cat(daemon.path("tasks", str(parent), "children")) == f"{child}\n"
+    assert cat(task_file(daemon, parent, "wait")) == "done\n"
+    assert daemon.status(child)["Exit"] == "done" and daemon.status(child)["PPid"] == str(parent)
