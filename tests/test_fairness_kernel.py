@@ -144,3 +144,14 @@ def test_every_dispatch_names_its_policy_and_reason():
     k = kernel(policy="greedy", slots=1)
     submit(k, "a")
     assert "greedy: highest priority" in k.trace.buffer.decode()
+
+
+def test_tokens_of_a_running_task_reorder_its_tenant_in_the_queue():
+    """vtc: as a's running task is served, a's counter passes b's, so b's task is next, not a's queued one."""
+    k = kernel(policy="vtc", slots=1)
+    submit(k, "a", tokens=50)
+    submit(k, "a", tokens=50)
+    late = submit(k, "b", tokens=50)
+    for i in range(1, 5):
+        step(k, i * STEP_US)
+    assert k.runq.peek(5 * STEP_US).pid == late

@@ -169,6 +169,8 @@ class FairQueue:
         self._tasks.setdefault(task.agent, LazyHeap()).set(task.pid, (task.vruntime, task.pid))
         if task.deadline_at_us is not None:
             self._deadlines.set(task.pid, (task.deadline_at_us, task.pid))
+        agent = self.accounts.agent(task)
+        self._agents.setdefault(task.tenant, LazyHeap()).set(task.agent, (agent.counter, task.agent))
         self.rekey(task)
 
     def remove(self, task) -> None:
@@ -184,13 +186,13 @@ class FairQueue:
                 self._tenants.discard(task.tenant)
 
     def rekey(self, task) -> None:
-        """Re-order the task's tenant and agent after their counters changed."""
-        tasks = self._tasks.get(task.agent)
-        if not tasks:
+        """Re-order the task's tenant (and agent) after their counters changed, if they have queued work."""
+        agents = self._agents.get(task.tenant)
+        if not agents:
             return
-        agent, tenant = self.accounts.agent(task), self.accounts.tenant(task)
-        self._agents.setdefault(task.tenant, LazyHeap()).set(task.agent, (agent.counter, task.agent))
-        self._tenants.set(task.tenant, (tenant.counter, task.tenant))
+        self._tenants.set(task.tenant, (self.accounts.tenant(task).counter, task.tenant))
+        if self._tasks.get(task.agent):
+            agents.set(task.agent, (self.accounts.agent(task).counter, task.agent))
 
     def peek(self, now_us: int):
         urgent = self._deadlines.peek() if self.boost_us is not None else None
