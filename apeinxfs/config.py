@@ -17,7 +17,7 @@ from .kernel.errors import Invalid
 SECTIONS = {
     "daemon": {"node", "max_waiters", "state_dir"},
     "kv": {"page_mib"},
-    "scheduler": {"policy", "input_cost", "output_cost", "preempt_gap", "slice_tokens", "min_run_tokens", "deadline_boost_s",
+    "scheduler": {"policy", "input_cost", "output_cost", "preempt_gap", "slice_tokens", "min_run_tokens", "kv_preempt_limit", "deadline_boost_s",
                   "pressure_cost"},
     "gpus": {"simulated", "memory_mib", "kv_mib", "kv_fraction", "slots"},
 }

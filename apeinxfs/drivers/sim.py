@@ -2,11 +2,12 @@
 
 It behaves like a continuous-batching engine: a step decodes one token for each sequence
 in the GPU's batch and takes `decode_step_ms` plus `batch_step_ms` for each extra
-sequence; a sequence new to the batch (or resumed after preemption, which recomputes) is
-first prefilled at `prefill_tokens_per_s`. KV grows by one token per step and the kernel
-accounts it. The text comes from a deterministic generator seeded by the prompt (or, for
-a task with none, its name), so the same prompt gives the same words, like greedy
-decoding.
+sequence; a sequence new to the batch (or resumed after preemption) is first prefilled at
+`prefill_tokens_per_s`, all but the tokens whose KV the kernel found in place
+(`cached_tokens`: shared prefix blocks, or a context swapped back in). KV grows by one
+token per step and the kernel accounts it. The text comes from a deterministic generator
+seeded by the prompt (or, for a task with none, its name), so the same prompt gives the
+same words, like greedy decoding.
 """
 import hashlib
 
@@ -36,9 +37,10 @@ class EngineModel:
     decode_step_ms: float = 20.0
     batch_step_ms: float = 0.5
     seed: int = 0
+    swap_gbps: float = 16.0  # the host link the kernel weighs swap against recompute by (memory.py)
 
     def __attrs_post_init__(self):
-        if self.prefill_tokens_per_s <= 0 or self.decode_step_ms < 0 or self.batch_step_ms < 0:
+        if min(self.prefill_tokens_per_s, self.swap_gbps) <= 0 or self.decode_step_ms < 0 or self.batch_step_ms < 0:
             raise Invalid("sim options: rates must be positive and step times not negative")
 
     def step_seconds(self, batch_size: int, prefill_tokens: int) -> float:
@@ -73,7 +75,7 @@ class SimDriver:
         chunks, prefill = [], 0
         for task in batch:
             engine = self.engines[task.model]
-            fill = 0 if task.prefilled else task.context_tokens
+            fill = 0 if task.prefilled else task.context_tokens - task.cached_tokens
             prefill += fill
             text = word(engine.seed, task.spec.prompt or task.spec.name, task.tokens_out)
             chunks.append(Chunk(pid=task.pid, text=text, tokens=1, prefill=fill))

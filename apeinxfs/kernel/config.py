@@ -83,6 +83,7 @@ class SchedConfig:
     preempt_gap: float = attrs.field(default=3.0, validator=_non_negative)
     slice_tokens: int = attrs.field(default=256, validator=_positive)
     min_run_tokens: int = attrs.field(default=16, validator=_non_negative)
+    kv_preempt_limit: int = attrs.field(default=3, validator=_non_negative)
     deadline_boost_s: float = attrs.field(default=5.0, validator=_non_negative)
     pressure_cost: float = attrs.field(default=1.0, validator=_non_negative)
 

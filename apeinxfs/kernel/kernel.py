@@ -12,7 +12,8 @@ import attrs
 from . import events as ev
 from .config import KernelConfig
 from .errors import ApeinxError, Busy, Invalid, NoSpace, NotFound
-from .kvmem import KVPool, estimate_prompt_tokens, pages_for
+from .kvmem import KVPool, estimate_prompt_tokens
+from .memory import KVManager
 from .pressure import StallClock
 from .sched import POLICIES, Accounts, make_queue, prio_weight, vruntime_delta
 from .task import State, Task
@@ -60,8 +61,8 @@ class Kernel:
         self.config = config
         self.models = {m.name: m for m in config.models}
         self.tenants = {t.name: t for t in config.tenants}
-        self.gpus = [Gpu(g, KVPool(config.page_bytes, g.kv_mib * (1 << 20) // config.page_bytes))
-                     for g in config.gpus]
+        self.kv = KVManager(config, self._evicted)
+        self.gpus = [Gpu(g, pool) for g, pool in zip(config.gpus, self.kv.pools)]
         self.tasks: dict[int, Task] = {}
         self.accounts = Accounts({t.name: t.weight for t in config.tenants})
         self.runq = self._make_queue(config.sched.policy)
@@ -94,7 +95,7 @@ class Kernel:
         context = estimate_prompt_tokens(spec.prompt) + spec.max_tokens
         if context > model.context:
             raise Invalid(f"prompt plus max_tokens ({context}) exceeds the context of {model.name} ({model.context})")
-        need = pages_for(context, model.token_bytes, self.config.page_bytes)
+        need = self.kv.admit_pages(spec, model)
         largest = max(g.pool.pages_total for g in self.gpus)
         if need > largest:
             raise NoSpace(f"needs {need} KV pages of {self.config.page_mib} MiB; the largest GPU pool has {largest}")
@@ -223,8 +224,8 @@ class Kernel:
         self._touch(task)
         if task.tokens_out >= task.spec.max_tokens:
             self._exit(task, "done", f"tokens_out={task.tokens_out}")
-        elif not self._grow_kv(task, gpu):
-            self._preempt(task, "kv-full: no free page to grow its context")
+        else:
+            self._grow_kv(task, gpu)
 
     def _apply_failed(self, event: ev.Failed) -> None:
         task = self.tasks.get(event.pid)
@@ -270,9 +271,9 @@ class Kernel:
         if task.gpu is not None:
             gpu = self.gpus[task.gpu]
             gpu.running.pop(task.pid, None)
-            gpu.pool.free(task.kv_pages)
+            self.kv.release(task)
             self.changed.add(("gpu", task.gpu))
-            task.kv_pages, task.gpu, task.prefilled = 0, None, False
+            task.gpu, task.prefilled = None, False
 
     def _exit(self, task: Task, how: str, detail: str) -> None:
         self._leave(task)
@@ -295,17 +296,59 @@ class Kernel:
         self._set_state(task, State.PREEMPTED)
         self._enqueue(task)
 
-    def _grow_kv(self, task: Task, gpu: Gpu) -> bool:
-        need = self._pages(task, task.context_tokens + 1) - task.kv_pages
-        if need <= 0:
-            return True
-        if not gpu.pool.alloc(need):
-            return False
-        task.kv_pages += need
-        return True
+    # -- KV memory: see memory.py; the kernel picks victims and writes the trace ---------------
 
-    def _pages(self, task: Task, tokens: int) -> int:
-        return pages_for(tokens, self.models[task.model].token_bytes, self.config.page_bytes)
+    def _attach_kv(self, task: Task, gpu: Gpu) -> None:
+        """Pages for the task on `gpu`, prefix hits shared; with nothing left to prefill it is ready."""
+        if self.kv.attach(task, gpu.config.index) == 0:
+            task.prefilled = True
+
+    def _grow_kv(self, task: Task, gpu: Gpu) -> None:
+        """A page for the next token: evict idle prefix blocks, else preempt, else the OOM killer."""
+        while not self.kv.grow(task):
+            if not self._reclaim(task, gpu):
+                return
+
+    def _reclaim(self, task: Task, gpu: Gpu) -> bool:
+        """Free pages on `gpu` for `task`: preempt the scheduler's victim or, if it names none,
+        OOM-kill the largest consumer. Whether `task` is still running."""
+        victim = self._kv_victim(gpu, task)
+        if victim is not None:
+            self._kv_preempt(victim, task, gpu.config.index)
+        else:
+            victim = self.tasks[self.kv.largest(gpu.config.index)]
+            self._oom_kill(victim, task, gpu.config.index)
+        return victim is not task
+
+    def _kv_preempt(self, victim: Task, task: Task, gpu: int) -> None:
+        victim.kv_preemptions += 1
+        self._preempt_costed(victim, f"kv-full: pid {task.pid} needs a page on gpu {gpu}")
+
+    def _preempt_costed(self, victim: Task, why: str) -> None:
+        """Preempt by swap or recompute, whichever the model says is cheaper."""
+        mode, swap_s, recompute_s = self.kv.preempt_mode(victim)
+        self._preempt(victim, f"{why}; mode={mode} (swap {swap_s * 1e3:.3f} ms, recompute {recompute_s * 1e3:.3f} ms)")
+        if mode == "swap":
+            self.kv.swapped_out(victim)
+
+    def _oom_kill(self, victim: Task, task: Task, gpu: int) -> None:
+        self.counters.oom_kills += 1
+        self._emit("oom_kill", victim, f"pid {task.pid} needs a page on gpu {gpu}, nothing left to evict or "
+                                       f"preempt; killed the largest consumer ({victim.kv_pages} pages)", gpu)
+        self._exit(victim, "oom-killed", f"KV OOM killer on gpu {gpu}")
+
+    def _kv_victim(self, gpu: Gpu, task: Task) -> Task | None:
+        """Whom to preempt for KV on `gpu`: the task of the tenant furthest ahead, losing the least
+        work, among those preempted for KV fewer than kv_preempt_limit times; None when all have
+        been (preemption is thrashing), and then the OOM killer acts."""
+        limit = self.config.sched.kv_preempt_limit
+        ready = [t for t in gpu.running.values() if t.kv_preemptions < limit]
+        return max(ready, key=lambda t: (self.accounts.tenant(t).counter, -t.context_tokens, t.pid), default=None)
+
+    def _evicted(self, gpu: int, pages: int, task: Task) -> None:
+        self.counters.evictions += pages
+        self._emit("evict", task, f"{pages} idle prefix pages, least recently used first, for pid {task.pid}; "
+                                  f"{len(self.kv.caches[gpu])} blocks cached", gpu)
 
     def _expire_deadlines(self) -> None:
         while self._deadlines and self._deadlines[0][0] <= self.now_us:
@@ -338,7 +381,7 @@ class Kernel:
             return False
         self.counters.fair_preemptions += 1
         mine, theirs = self.accounts.tenant(head), self.accounts.tenant(victim)
-        self._preempt(victim, f"fair: tenant {theirs.name} (counter {theirs.counter:.1f}, {theirs.running} running) "
+        self._preempt_costed(victim, f"fair: tenant {theirs.name} (counter {theirs.counter:.1f}, {theirs.running} running) "
                               f"is ahead of {mine.name} (counter {mine.counter:.1f}, {mine.running} running) "
                               f"waiting with pid {head.pid}")
         return True
@@ -363,10 +406,10 @@ class Kernel:
         return best
 
     def _place(self, task: Task) -> Gpu | None:
-        """The GPU with a free slot and room for the task's context, most free pages first."""
-        need = self._pages(task, task.context_tokens + 1)
-        fits = [g for g in self.gpus if g.free_slots and g.pool.pages_free >= need]
-        return max(fits, key=lambda g: (g.pool.pages_free, -g.config.index), default=None)
+        """The GPU with a free slot and room for the task's context: most prefix hits, then most room."""
+        scores = [(score, g) for g in self.gpus
+                  if g.free_slots and (score := self.kv.place(task, g.config.index)) is not None]
+        return max(scores, key=lambda pair: pair[0], default=(None, None))[1]
 
     def _dispatch(self, task: Task, gpu: Gpu, reason: str) -> None:
         self._count(task, "running", +1)
@@ -378,7 +421,7 @@ class Kernel:
         task.run_tokens = 0
         task.gpu = gpu.config.index
         gpu.running[task.pid] = task
-        self._grow_kv(task, gpu)
+        self._attach_kv(task, gpu)
         self._set_state(task, State.RUNNING)
         self.counters.dispatched += 1
         self.changed.add(("gpu", task.gpu))

@@ -1,8 +1,8 @@
 """KV-cache accounting in pages: bytes per token from a model's shape, one pool per GPU.
 
 Pages are counted, not placed: the engine owns the real memory and this module keeps
-the kernel's books so admission, placement and pressure can be decided. Eviction, the
-prefix cache and the OOM killer build on these pools in a later issue.
+the kernel's books so admission, placement and pressure can be decided. The prefix
+cache and eviction build on these pools in memory.py.
 """
 import math
 import re
@@ -24,9 +24,14 @@ def pages_for(tokens: int, token_bytes: int, page_bytes: int) -> int:
     return math.ceil(tokens * token_bytes / page_bytes)
 
 
+def prompt_pieces(prompt: str) -> list[str]:
+    """The prompt cut the way the estimate counts it: words and punctuation marks."""
+    return _TOKEN.findall(prompt)
+
+
 def estimate_prompt_tokens(prompt: str) -> int:
     """Tokens a prompt will take before the engine says: words and marks, plus BOS."""
-    return 1 + len(_TOKEN.findall(prompt))
+    return 1 + len(prompt_pieces(prompt))
 
 
 @attrs.define

@@ -118,8 +118,11 @@ class KVManager:
 
     def admit_pages(self, spec, model) -> int:
         """The most pages a task of `spec` can ever hold: its prompt plus all it may generate."""
-        prompt = estimate_prompt_tokens(spec.prompt)
-        return self._pages(model, prompt + spec.max_tokens, cacheable_blocks(prompt, self.tokens_per_page(model)))
+        return self._worst(model, estimate_prompt_tokens(spec.prompt), spec.max_tokens)
+
+    def _worst(self, model, prompt_tokens: int, max_tokens: int) -> int:
+        blocks = cacheable_blocks(prompt_tokens, self.tokens_per_page(model))
+        return self._pages(model, prompt_tokens + max_tokens, blocks)
 
     def _chain(self, task) -> tuple:
         return prompt_chain(task.model, self.tokens_per_page(self.models[task.model]), task.spec.prompt)
@@ -132,7 +135,7 @@ class KVManager:
         """Whether the task fits on `gpu` now (evicting idle blocks if need be): a score, most
         prefix hits then most room to spare first, or None if it does not fit."""
         pool, cache, chain = self.pools[gpu], self.caches[gpu], self._chain(task)
-        if pool.pages_total < self.admit_pages(task.spec, self.models[task.model]):
+        if pool.pages_total < self._worst(self.models[task.model], task.tokens_in, task.spec.max_tokens):
             return None
         hits, cached, idle = cache.lookup(chain)
         need = len(chain) - cached + self._private_need(task, len(chain))
@@ -141,17 +144,13 @@ class KVManager:
 
     def attach(self, task, gpu: int) -> int:
         """Give the task its pages on `gpu` (place() said they fit); the prefill tokens still to compute."""
-        pool, cache, chain = self.pools[gpu], self.caches[gpu], self._chain(task)
+        cache, chain = self.caches[gpu], self._chain(task)
         hits, cached, _ = cache.lookup(chain)
-        for key in chain:
-            if key in cache.refs:
-                cache.hold(key)
+        for key in chain:  # held before the eviction below, so none of them is evicted
+            cache.hold(key)
         private = self._private_need(task, len(chain))
         if not self._take(gpu, len(chain) - cached + private, task):
             raise RuntimeError(f"attach of task {task.pid} to gpu {gpu} without room: place() first")
-        for key in chain:
-            if key not in cache.refs:
-                cache.hold(key)
         cache.hits, cache.misses = cache.hits + hits, cache.misses + len(chain) - hits
         self.leases[task.pid] = Lease(gpu, chain, private)
         task.kv_pages = len(chain) + private
@@ -162,19 +161,19 @@ class KVManager:
         """Pages for the task's context and next token, evicting idle blocks if need be; whether it got them."""
         lease = self.leases[task.pid]
         need = self._private_need(task, len(lease.blocks)) - lease.private
-        if need > 0 and not self._take(lease.gpu, need, task):
+        if need <= 0:
+            return True
+        if not self._take(lease.gpu, need, task):
             return False
-        if need > 0:
-            lease.private += need
-            task.kv_pages += need
+        lease.private += need
+        task.kv_pages += need
         return True
 
     def _take(self, gpu: int, pages: int, task) -> bool:
         """Allocate `pages` on `gpu`, evicting idle blocks first; all or nothing."""
         pool, cache = self.pools[gpu], self.caches[gpu]
-        short = pages - pool.pages_free
-        if short > 0:
-            gone = cache.evict(short)
+        gone = cache.evict(pages - pool.pages_free) if pages > pool.pages_free else 0
+        if gone:
             pool.free(gone)
             self.on_evict(gpu, gone, task)
         return pool.alloc(pages)

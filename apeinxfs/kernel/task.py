@@ -43,6 +43,7 @@ class Task:
     kv_pages: int = 0
     gpu: int | None = None
     prefilled: bool = False
+    cached_tokens: int = 0  # context tokens whose KV is in place without prefill (prefix hits, swap)
     first_token_us: int | None = None
     exit: str | None = None
     exited_us: int | None = None
@@ -50,6 +51,7 @@ class Task:
     agent: int = 0
     children: list = attrs.Factory(list)
     run_tokens: int = 0
+    kv_preemptions: int = 0
     version: int = 0
     output: bytearray = attrs.Factory(bytearray)
     events: bytearray = attrs.Factory(bytearray)

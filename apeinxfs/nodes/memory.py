@@ -1,4 +1,9 @@
-"""/memory/meminfo and /memory/pressure: the KV cache as /proc/meminfo and PSI show it."""
+"""/memory: the KV cache as /proc/meminfo and PSI show it, and per-GPU pool and prefix files.
+
+`meminfo` sums every GPU pool; `gpuN/pool` and `gpuN/prefix` are one GPU's books and its
+prefix cache, `prefix` the cache over all GPUs, in cgroup v2's flat keyed format (`key
+value` lines). What the numbers mean is docs/memory.md; this module only renders them.
+"""
 from ..kernel.task import State
 
 
@@ -8,13 +13,14 @@ def _kib(pages: int, page_bytes: int) -> int:
 
 def meminfo(kernel) -> str:
     """KV pages over all GPU pools, /proc/meminfo layout."""
-    pools = [g.pool for g in kernel.gpus]
+    pools, caches = kernel.kv.pools, kernel.kv.caches
     page = kernel.config.page_bytes
     total, free = sum(p.pages_total for p in pools), sum(p.pages_free for p in pools)
     sizes = [("KVTotal", _kib(total, page)), ("KVFree", _kib(free, page)), ("KVUsed", _kib(total - free, page)),
-             ("KVPageSize", page // 1024), ("PrefixCached", 0)]
+             ("KVPageSize", page // 1024), ("PrefixCached", _kib(sum(len(c) for c in caches), page))]
     counts = [("KVPagesTotal", total), ("KVPagesFree", free), ("KVPagesUsed", total - free),
-              ("PrefixHits", 0), ("PrefixMisses", 0), ("Evictions", kernel.counters.evictions),
+              ("PrefixHits", sum(c.hits for c in caches)), ("PrefixMisses", sum(c.misses for c in caches)),
+              ("Evictions", kernel.counters.evictions),
               ("OOMKills", kernel.counters.oom_kills), ("Preemptions", kernel.counters.preempted),
               ("TasksRunning", kernel.state_counts.get(State.RUNNING, 0)),
               ("TasksWaiting", kernel.state_counts.get(State.QUEUED, 0)
@@ -26,3 +32,25 @@ def meminfo(kernel) -> str:
 def pressure(kernel, now_us: int) -> str:
     """Time runnable tasks spent stalled for lack of KV pages, PSI format."""
     return kernel.kv_some.line("some", now_us) + kernel.kv_full.line("full", now_us)
+
+
+def _flat(pairs) -> str:
+    return "".join(f"{key} {value}\n" for key, value in pairs)
+
+
+def pool(kernel, gpu: int) -> str:
+    """One GPU's pool: pages in all, used (private to tasks + cached blocks), free; its tasks."""
+    kv, books = kernel.kv, kernel.kv.pools[gpu]
+    return _flat([("page_bytes", books.page_bytes), ("pages_total", books.pages_total),
+                  ("pages_used", books.pages_used), ("pages_free", books.pages_free),
+                  ("pages_private", kv.private_pages(gpu)), ("pages_cached", len(kv.caches[gpu])),
+                  ("tasks", len(kernel.gpus[gpu].running))])
+
+
+def prefix(caches) -> str:
+    """Prefix cache counters over `caches`: blocks held, referenced or idle, hits, misses, evictions."""
+    blocks, idle = sum(len(c) for c in caches), sum(len(c.idle) for c in caches)
+    hits, misses = sum(c.hits for c in caches), sum(c.misses for c in caches)
+    return _flat([("blocks", blocks), ("referenced", blocks - idle), ("idle", idle), ("hits", hits),
+                  ("misses", misses), ("hit_rate", f"{hits / (hits + misses) if hits + misses else 0:.4f}"),
+                  ("evictions", sum(c.evictions for c in caches))])

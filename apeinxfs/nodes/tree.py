@@ -52,6 +52,11 @@ def build_root(rt) -> Dir:
         "memory": Dir(children={
             "meminfo": Show(show=partial(memory.meminfo, kernel)),
             "pressure": Show(show=lambda: memory.pressure(kernel, rt.clock.now_us())),
+            "prefix": Show(show=partial(memory.prefix, kernel.kv.caches)),
+            **{f"gpu{g}": Dir(children={
+                "pool": Show(show=partial(memory.pool, kernel, g)),
+                "prefix": Show(show=partial(memory.prefix, kernel.kv.caches[g:g + 1])),
+            }) for g in range(len(kernel.gpus))},
         }),
         "trace": Dir(children={"events": Log(source=lambda: kernel.trace.buffer)}),
         "replay": ReplayDir(rt),
