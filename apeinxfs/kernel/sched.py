@@ -84,7 +84,8 @@ class Accounts:
     def __init__(self, tenants: dict[str, int]):
         self.tenants = {name: Entity(name, weight) for name, weight in tenants.items()}
         self.agents: dict[int, Entity] = {}
-        self.agents_of: dict[str, list[Entity]] = {name: [] for name in tenants}
+        self.active_tenants: set[str] = set()
+        self.active_agents: dict[str, set[int]] = {name: set() for name in tenants}
 
     def tenant(self, task) -> Entity:
         return self.tenants[task.tenant]
@@ -93,7 +94,6 @@ class Accounts:
         agent = self.agents.get(task.agent)
         if agent is None:
             agent = self.agents[task.agent] = Entity(str(task.agent), task.weight)
-            self.agents_of[task.tenant].append(agent)
         return agent
 
     def charge(self, task, cost: float) -> None:
@@ -103,16 +103,19 @@ class Accounts:
     def count(self, task, field: str, delta: int) -> list[tuple[Entity, float]]:
         """Add `delta` to runnable/running of the task's entities; return the lifts made."""
         lifts = []
-        for entity, siblings in ((self.tenant(task), self.tenants.values()),
-                                 (self.agent(task), self.agents_of[task.tenant])):
+        for entity, key, active, peers in (
+                (self.tenant(task), task.tenant, self.active_tenants, self.tenants),
+                (self.agent(task), task.agent, self.active_agents[task.tenant], self.agents)):
             if delta > 0 and not entity.active:
-                lifts += self._lift(entity, siblings)
+                lifts += self._lift(entity, (peers[k] for k in active))
             setattr(entity, field, getattr(entity, field) + delta)
+            (active.add if entity.active else active.discard)(key)
         return lifts
 
     @staticmethod
-    def _lift(entity: Entity, siblings) -> list[tuple[Entity, float]]:
-        floor = min((s.counter for s in siblings if s.active and s is not entity), default=None)
+    def _lift(entity: Entity, active_peers) -> list[tuple[Entity, float]]:
+        """Raise a newly active entity to the least counter of its active peers."""
+        floor = min((peer.counter for peer in active_peers), default=None)
         if floor is None or floor <= entity.counter:
             return []
         before, entity.counter = entity.counter, floor
