@@ -2,8 +2,8 @@
 
 - `Accounts`: a counter per tenant and per agent (a root task and its children), charged
   cost * 100 / weight as tokens are served (VTC: input and output tokens cost apart). An
-  entity that becomes active again is lifted to the least counter of its active siblings,
-  so idle time is not banked.
+  entity that becomes active again is lifted to the least counter of its active siblings
+  (kept in a heap), so idle time is not banked.
 - `FlatQueue`: fcfs (arrival order) and greedy (highest prio, then arrival).
 - `FairQueue`: least counter first at each level: tenant, then agent, then task (its
   vruntime); `fair` adds a deadline boost (and the kernel's preemption), `vtc` does not.
@@ -84,8 +84,8 @@ class Accounts:
     def __init__(self, tenants: dict[str, int]):
         self.tenants = {name: Entity(name, weight) for name, weight in tenants.items()}
         self.agents: dict[int, Entity] = {}
-        self.active_tenants: set[str] = set()
-        self.active_agents: dict[str, set[int]] = {name: set() for name in tenants}
+        self.active_tenants = LazyHeap()
+        self.active_agents = {name: LazyHeap() for name in tenants}
 
     def tenant(self, task) -> Entity:
         return self.tenants[task.tenant]
@@ -96,26 +96,34 @@ class Accounts:
             agent = self.agents[task.agent] = Entity(str(task.agent), task.weight)
         return agent
 
+    def _levels(self, task):
+        """(entity, its key, the heap of its active peers, all peers) for tenant and agent."""
+        return ((self.tenant(task), task.tenant, self.active_tenants, self.tenants),
+                (self.agent(task), task.agent, self.active_agents[task.tenant], self.agents))
+
     def charge(self, task, cost: float) -> None:
-        for entity in (self.tenant(task), self.agent(task)):
+        for entity, key, active, _ in self._levels(task):
             entity.counter += cost * COUNTER_SCALE / entity.weight
+            if entity.active:
+                active.set(key, (entity.counter, key))
 
     def count(self, task, field: str, delta: int) -> list[tuple[Entity, float]]:
         """Add `delta` to runnable/running of the task's entities; return the lifts made."""
         lifts = []
-        for entity, key, active, peers in (
-                (self.tenant(task), task.tenant, self.active_tenants, self.tenants),
-                (self.agent(task), task.agent, self.active_agents[task.tenant], self.agents)):
+        for entity, key, active, peers in self._levels(task):
             if delta > 0 and not entity.active:
-                lifts += self._lift(entity, (peers[k] for k in active))
+                least = active.peek()
+                lifts += self._lift(entity, None if least is None else peers[least].counter)
             setattr(entity, field, getattr(entity, field) + delta)
-            (active.add if entity.active else active.discard)(key)
+            if entity.active:
+                active.set(key, (entity.counter, key))
+            else:
+                active.discard(key)
         return lifts
 
     @staticmethod
-    def _lift(entity: Entity, active_peers) -> list[tuple[Entity, float]]:
-        """Raise a newly active entity to the least counter of its active peers."""
-        floor = min((peer.counter for peer in active_peers), default=None)
+    def _lift(entity: Entity, floor: float | None) -> list[tuple[Entity, float]]:
+        """Raise a newly active entity to `floor`, the least counter of its active peers."""
         if floor is None or floor <= entity.counter:
             return []
         before, entity.counter = entity.counter, floor
