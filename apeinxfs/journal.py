@@ -1,12 +1,28 @@
 """The append-only journal of kernel inputs, in SQLite (WAL) in the state directory.
 
 A row is committed before the write(2) that caused it returns, so every acknowledged
-write survives kill -9. Rows are (seq, time_us, kind, body); replaying them in seq order
-through the kernel rebuilds all state. This module stores and reads rows; it does not
-interpret them (kernel/events.py does).
+write survives kill -9 (a journal opened with `rows_per_commit` > 1, as `apeinxfs sim`
+does, commits that many rows at a time instead, and all at close). Rows are (seq,
+time_us, kind, body); replaying them in seq order through the kernel rebuilds all state.
+
+Beside them it keeps what `apeinxfs replay --verify` (verify.py) checks a replay
+against: a `boot` row per daemon start (the kernel config, JSON) and, per applied journal
+row, a `trace` row: the trace lines its apply emitted and a CRC of the row as applied.
+Trace rows wait in memory until FLUSH_ROWS of them are pending, then go in the
+transaction of the next append (and all at close): a one-row commit then writes one page,
+not two, and a crash loses the trace rows of at most the last FLUSH_ROWS rows and the last
+transaction, never a journal row.
+
+This module stores and reads rows; it does not interpret them (kernel/events.py does) and
+does not run the kernel. `NullJournal` keeps nothing, for runs no one will replay.
 """
+import contextlib
+import json
 import os
 import sqlite3
+import zlib
+
+import attrs
 
 from .kernel.events import from_row, to_row
 
@@ -17,34 +33,171 @@ CREATE TABLE IF NOT EXISTS journal (
     kind TEXT NOT NULL,
     body TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS boot (
+    boot INTEGER PRIMARY KEY,
+    after_row INTEGER NOT NULL,  -- the last journal row written before this boot
+    config TEXT NOT NULL         -- the KernelConfig booted, attrs.asdict as JSON
+);
+CREATE TABLE IF NOT EXISTS trace (
+    row INTEGER PRIMARY KEY,     -- the journal row (its seq) whose apply emitted these lines
+    crc INTEGER NOT NULL,        -- row_crc of that row's kind and body when it was applied
+    lines TEXT NOT NULL          -- the trace lines it emitted, each ending in a newline ('' for none)
+);
 """
+LAST = (1 << 63) - 1  # the largest seq SQLite holds: "to the end"
+FLUSH_ROWS = 32
+
+
+@attrs.frozen
+class Boot:
+    """One daemon start: its rows (after_row, upto], the last of them with a trace row, its kernel config."""
+
+    after_row: int
+    upto: int
+    traced_to: int
+    config: dict
+
+
+def row_crc(kind: str, body: str) -> int:
+    """A journal row's checksum, so that a row altered after it was applied is told apart."""
+    return zlib.crc32(f"{kind}\n{body}".encode())
+
+
+class Emitted:
+    """`with Emitted(trace) as emitted:` sets `emitted.text` to the trace text written inside the block.
+
+    `row` is the journal row (seq, time_us, kind, body) applied inside it, when there is one.
+    """
+
+    def __init__(self, trace, row: tuple = ()):
+        self.trace, self.row, self.text = trace, row, ""
+
+    def __enter__(self) -> "Emitted":
+        self._start = len(self.trace.buffer)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.text = self.trace.buffer[self._start:].decode()
 
 
 class Journal:
-    """An open journal file; one writer (the daemon) at a time."""
+    """An open journal file; one writer (the daemon) at a time, or read-only readers."""
 
-    def __init__(self, path: str):
-        self.path = path
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+    def __init__(self, path: str, readonly: bool = False, rows_per_commit: int = 1):
+        self.path, self.rows_per_commit = path, rows_per_commit
+        if readonly:
+            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        else:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        self.last_seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
+        self._booted = False
+        self._uncommitted: list[tuple] = []
+        self._appended: list[tuple] = []
+        self._pending: list[Emitted] = []
 
-    def append(self, stamped: list[tuple[int, object]]) -> None:
-        """Commit (time_us, event) pairs as one transaction."""
-        rows = [(t,) + to_row(e) for t, e in stamped]
+    def boot(self, kernel_config) -> None:
+        """Record a daemon start with `kernel_config`; trace rows are kept from now on."""
+        config = json.dumps(attrs.asdict(kernel_config), separators=(",", ":"), default=str)
+        self.db.execute("INSERT INTO boot (after_row, config) VALUES (?, ?)", (self.last_seq, config))
+        self._booted = True
+
+    def append(self, stamped: list[tuple[int, object]]) -> range:
+        """Journal (time_us, event) pairs, committed in one transaction (or rows_per_commit); their seqs."""
+        seqs = range(self.last_seq + 1, self.last_seq + 1 + len(stamped))
+        rows = [(seq, t) + to_row(e) for seq, (t, e) in zip(seqs, stamped)]
+        if len(self._uncommitted) + len(rows) >= self.rows_per_commit:
+            self._commit(self._uncommitted + rows, FLUSH_ROWS)  # raises: nothing was journaled
+            self._uncommitted = []
+        else:
+            self._uncommitted += rows
+        self.last_seq, self._appended = seqs.stop - 1, rows
+        return seqs
+
+    def _commit(self, rows: list[tuple], trace_rows_at_least: int) -> None:
+        """One transaction: journal `rows`, and the trace rows pending if there are enough."""
         with self.db:
             self.db.execute("BEGIN")
-            self.db.executemany("INSERT INTO journal (time_us, kind, body) VALUES (?, ?, ?)", rows)
+            self.db.executemany("INSERT INTO journal (seq, time_us, kind, body) VALUES (?, ?, ?, ?)", rows)
+            if len(self._pending) >= trace_rows_at_least:
+                self._write_pending()
+
+    def recording(self, seq: int, trace) -> Emitted:
+        """A context in which what `trace` gets becomes the trace row of row `seq`, just appended."""
+        emitted = Emitted(trace, self._appended[seq - self._appended[0][0]])
+        if self._booted:
+            self._pending.append(emitted)
+        return emitted
+
+    def _write_pending(self) -> None:
+        rows = [(e.row[0], row_crc(e.row[2], e.row[3]), e.text) for e in self._pending]
+        self.db.executemany("INSERT INTO trace (row, crc, lines) VALUES (?, ?, ?)", rows)
+        self._pending = []
+
+    def rows(self, after: int = 0, upto: int = LAST):
+        """Yield raw (seq, time_us, kind, body) rows with after < seq <= upto, in order."""
+        query = "SELECT seq, time_us, kind, body FROM journal WHERE seq > ? AND seq <= ? ORDER BY seq"
+        yield from self.db.execute(query, (after, upto))
 
     def replay(self):
         """Yield (seq, time_us, event) in order."""
-        for seq, time_us, kind, body in self.db.execute("SELECT seq, time_us, kind, body FROM journal ORDER BY seq"):
+        for seq, time_us, kind, body in self.rows():
             yield seq, time_us, from_row(kind, body)
 
+    def boots(self) -> list[Boot]:
+        """The recorded daemon starts, oldest first (none in a journal older than the boot table)."""
+        if not self._has_table("boot"):
+            return []
+        rows = self.db.execute("SELECT after_row, config FROM boot ORDER BY boot").fetchall()
+        ends = [after for after, _ in rows[1:]] + [LAST]
+        return [Boot(after, upto, self._last_traced(after, upto), json.loads(config))
+                for (after, config), upto in zip(rows, ends)]
+
+    def _last_traced(self, after: int, upto: int) -> int:
+        query = "SELECT coalesce(max(row), ?) FROM trace WHERE row > ? AND row <= ?"
+        return self.db.execute(query, (after, after, upto)).fetchone()[0]
+
+    def traces(self, after: int = 0, upto: int = LAST):
+        """Yield trace rows (row, crc, lines) with after < row <= upto, in order."""
+        query = "SELECT row, crc, lines FROM trace WHERE row > ? AND row <= ? ORDER BY row"
+        yield from self.db.execute(query, (after, upto))
+
+    def _has_table(self, name: str) -> bool:
+        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        return self.db.execute(query, (name,)).fetchone() is not None
+
     def __len__(self) -> int:
-        return self.db.execute("SELECT count(*) FROM journal").fetchone()[0]
+        return self.db.execute("SELECT count(*) FROM journal").fetchone()[0] + len(self._uncommitted)
 
     def close(self) -> None:
+        """Commit the rows and trace rows still pending, then close."""
+        if self._uncommitted or self._pending:
+            self._commit(self._uncommitted, 1)
+            self._uncommitted = []
         self.db.close()
+
+
+class NullJournal:
+    """A journal that keeps nothing and counts its rows: for runs no one will replay (`apeinxfs sim`)."""
+
+    def __init__(self):
+        self.last_seq = 0
+
+    def boot(self, kernel_config) -> None:
+        """Nothing to record."""
+
+    def append(self, stamped: list) -> range:
+        self.last_seq += len(stamped)
+        return range(self.last_seq - len(stamped) + 1, self.last_seq + 1)
+
+    def recording(self, seq: int, trace) -> contextlib.nullcontext:
+        return contextlib.nullcontext()
+
+    def __len__(self) -> int:
+        return self.last_seq
+
+    def close(self) -> None:
+        """Nothing to close."""

@@ -1,7 +1,8 @@
 """The daemon's heart: one kernel, its journal, the drivers, and wake-ups for readers.
 
 Every state change goes through `commit`: check with the kernel (refusals raise), append
-to the journal (durable before return), apply, then wake whoever waits on what changed.
+to the journal (durable before return), apply (the journal keeps the trace lines each
+event emits, for `apeinxfs replay --verify`), then wake whoever waits on what changed.
 `recover` rebuilds the kernel from the journal at start. The FUSE tree (nodes/) and the
 drivers only ever talk to the kernel through this object.
 """
@@ -61,6 +62,7 @@ class Runtime:
         self.config = config
         self.kernel = Kernel(config.kernel)
         self.journal = journal
+        journal.boot(config.kernel)
         self.clock = clock or WallClock()
         self.notifier = Notifier()
         self.waiters = 0
@@ -81,8 +83,10 @@ class Runtime:
         for event in events:
             self.kernel.check(event)
         now = self.clock.now_us()
-        self.journal.append([(now, e) for e in events])
-        results = [self.kernel.apply(e, now) for e in events]
+        results = []
+        for seq, event in zip(self.journal.append([(now, e) for e in events]), events):
+            with self.journal.recording(seq, self.kernel.trace):
+                results.append(self.kernel.apply(event, now))
         self.notifier.wake(self.kernel.take_changed())
         return results
 

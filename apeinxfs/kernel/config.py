@@ -116,3 +116,12 @@ class KernelConfig:
     @property
     def page_bytes(self) -> int:
         return self.page_mib * MIB
+
+
+NESTED_LISTS = {"models": ModelConfig, "gpus": GpuConfig, "tenants": TenantConfig}
+
+
+def kernel_config_from_dict(data: dict) -> KernelConfig:
+    """The KernelConfig that `attrs.asdict` turned into `data` (the journal's boot record)."""
+    lists = {key: [record(**item) for item in data[key]] for key, record in NESTED_LISTS.items() if key in data}
+    return KernelConfig(**{**data, **lists, "sched": SchedConfig(**data.get("sched", {}))})

@@ -17,7 +17,7 @@ import attrs
 import trio
 import trio.testing
 
-from ..journal import Journal
+from ..journal import Journal, NullJournal
 from ..kernel.errors import ApeinxError, Invalid
 from ..kernel.events import Submit
 from ..kernel.task import State
@@ -68,53 +68,11 @@ class MeteredNotifier(Notifier):
         super().wake(keys)
 
 
-class BatchedJournal(Journal):
-    """journal.db in a state directory, written BATCH_ROWS rows per transaction and at close.
-
-    The rows and their order are those of the daemon's journal; only the moment they
-    reach the disk differs, which nothing reads before the run ends.
-    """
-
-    def __init__(self, path: str):
-        super().__init__(path)
-        self.pending: list = []
-
-    def append(self, stamped: list) -> None:
-        self.pending += stamped
-        if len(self.pending) >= BATCH_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            super().append(self.pending)
-            self.pending = []
-
-    def close(self) -> None:
-        self.flush()
-        super().close()
-
-
-class DiscardedJournal:
-    """Without --state-dir nothing will replay the run, so its inputs are counted, not kept."""
-
-    def __init__(self):
-        self.rows = 0
-
-    def append(self, stamped: list) -> None:
-        self.rows += len(stamped)
-
-    def __len__(self) -> int:
-        return self.rows
-
-    def close(self) -> None:
-        """Nothing to close."""
-
-
 def open_journal(options: Options):
     """A fresh journal.db in the state directory (refusing a used one), else a discarded one."""
     if options.state_dir is None:
-        return DiscardedJournal()
-    journal = BatchedJournal(os.path.join(options.state_dir, "journal.db"))
+        return NullJournal()
+    journal = Journal(os.path.join(options.state_dir, "journal.db"), rows_per_commit=BATCH_ROWS)
     if len(journal):
         journal.close()
         raise Invalid(f"--state-dir {options.state_dir} already holds a journal; give an empty directory")

@@ -1,0 +1,236 @@
+"""Tier 1-2: `apeinxfs replay --verify` (verify.py) on journals written by a Runtime in tmp_path.
+
+A mixed workload (every submit form, kills, stop/cont/prio, refused writes, engine steps
+under trio's autojump clock, a restart) verifies; one altered, deleted or crash-lost row
+is named or tolerated as it should be; the per-boot kernel config and the boot-record
+round trip are checked. No FUSE here: tests/test_verify_mount.py runs a real daemon.
+"""
+import json
+import os
+import sqlite3
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from apeinxfs import config as config_mod
+from apeinxfs import simulate, verify
+from apeinxfs.journal import FLUSH_ROWS, Journal
+from apeinxfs.kernel.config import kernel_config_from_dict
+from apeinxfs.kernel.errors import ApeinxError
+from apeinxfs.kernel.events import Tick
+from apeinxfs.nodes import ctl, sched
+from apeinxfs.nodes.base import Caller
+from apeinxfs.runtime import Runtime
+from test_journal_runtime import ONE_GPU, open_runtime, run_until_done
+
+AGENTS_CSV = os.path.join(os.path.dirname(__file__), "..", "examples", "workloads", "agents.csv")
+USER = Caller(uid=1000)
+SUBMITS = [b"seed 6 5", b"seedline 4 2 30s", b'name=pairs max_tokens=5 prompt="hello there" prio=7',
+           b'{"name": "json", "max_tokens": 3, "prompt": "from json", "deadline": 60}',
+           b"long 20000 5", b"short 400 5 50ms"]
+
+
+def write(command, *lines: bytes) -> list[str]:
+    """Run a ctl command as uid 1000; a refusal (journaled as a reject) comes back as its reason."""
+    try:
+        return command(list(lines), USER)
+    except ApeinxError as exc:
+        return [exc.reason]
+
+
+async def mixed_workload(rt) -> None:
+    """Submits of all three forms and a child, refusals, stop/cont/prio, kills, policy switches, steps to the end."""
+    pids = [int(p) for p in write(ctl.submit(rt), *SUBMITS)]
+    pids += [int(p) for p in write(ctl.submit(rt), f"name=child max_tokens=4 parent={pids[2]}".encode())]
+    write(ctl.submit(rt), b"bad line with too many fields here")
+    write(sched.set_policy(rt), b"vtc")
+    write(sched.set_policy(rt), b"no-such-policy")
+    write(ctl.kill(rt), b"999")
+    write(ctl.task_ctl(rt, pids[0]), b"stop")
+    write(ctl.task_ctl(rt, pids[0]), b"prio 9")
+    write(ctl.task_ctl(rt, pids[0]), b"stop")  # already stopped: refused
+    write(ctl.task_ctl(rt, pids[0]), b"cont")
+    write(ctl.kill(rt), str(pids[4]).encode())
+    write(sched.set_policy(rt), b"fair")
+    await run_until_done(rt, pids)
+
+
+def state_dir(tmp_path) -> str:
+    return str(tmp_path / "state")
+
+
+def run_verify(tmp_path) -> verify.Report:
+    journal = verify.open_journal(state_dir(tmp_path))
+    try:
+        return verify.verify(journal)
+    finally:
+        journal.close()
+
+
+def journal_rows(tmp_path, table: str = "journal") -> int:
+    with sqlite3.connect(tmp_path / "state" / "journal.db") as db:
+        return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def alter(tmp_path, sql: str, *args) -> None:
+    with sqlite3.connect(tmp_path / "state" / "journal.db") as db:
+        assert db.execute(sql, args).rowcount == 1
+
+
+def row_of(tmp_path, kind: str, contains: str) -> int:
+    with sqlite3.connect(tmp_path / "state" / "journal.db") as db:
+        query = "SELECT min(seq) FROM journal WHERE kind = ? AND instr(body, ?) > 0"
+        return db.execute(query, (kind, contains)).fetchone()[0]
+
+
+@pytest.fixture
+def journaled(tmp_path) -> int:
+    """tmp_path/state after a mixed workload, a restart with a task running, more work; its trace line count."""
+    async def two_boots():
+        with open_runtime(tmp_path) as first:
+            await mixed_workload(first)
+            write(ctl.submit(first), b"across 8 5")  # running when the daemon stops: requeued at restart
+        with open_runtime(tmp_path) as second:
+            second.recover()
+            await mixed_workload(second)
+            return second.kernel.trace.lines
+    return trio.run(two_boots, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# -- passing ---------------------------------------------------------------------------------------
+
+
+def test_mixed_workload_with_a_restart_verifies(tmp_path, journaled):
+    """Every row of a mixed two-boot journal is replayed and checked, and every trace line matches."""
+    report = run_verify(tmp_path)
+    assert report.divergence is None
+    assert report.events == report.checked == journal_rows(tmp_path) > 30
+    assert report.lines == journaled
+
+
+def test_command_line_says_ok_and_exits_zero(tmp_path, journaled, capsys):
+    """`replay --verify` prints the OK line and exits 0; --json prints the same report as JSON."""
+    assert verify.main(["--verify", state_dir(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith(f"OK: {journal_rows(tmp_path)} events, {journaled} trace lines")
+    assert verify.main(["--verify", "--json", state_dir(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["divergence"] is None and report["lines"] == journaled
+
+
+def test_each_boot_replays_under_its_own_config(tmp_path):
+    """A restart with two GPUs instead of one re-runs the whole journal under the new config, as the daemon did."""
+    two_gpus = ONE_GPU.replace("simulated = 1", "simulated = 2")
+    for toml in (ONE_GPU, two_gpus):
+        with open_runtime(tmp_path, toml) as rt:
+            rt.recover()
+            write(ctl.submit(rt), *[f"t{i} 50 5".encode() for i in range(12)])
+    report = run_verify(tmp_path)
+    assert report.divergence is None and report.checked == journal_rows(tmp_path) == 12 + 1 + 12
+
+
+def test_sim_run_verifies_and_an_altered_step_is_named(tmp_path, capsys):
+    """The state directory of `apeinxfs sim --state-dir` verifies whole; editing one step's text names that row."""
+    assert simulate.main([AGENTS_CSV, "--gpus", "2", "--state-dir", state_dir(tmp_path), "--report", "json"]) == 0
+    capsys.readouterr()
+    report = run_verify(tmp_path)
+    assert report.divergence is None and report.checked == report.events == journal_rows(tmp_path) > 100
+    row = row_of(tmp_path, "step", '"text":"')
+    alter(tmp_path, "UPDATE journal SET body = replace(body, '\"text\":\"', '\"text\":\"X') WHERE seq = ?", row)
+    assert run_verify(tmp_path).divergence.seq == row
+
+
+def test_rows_of_a_crash_are_replayed_unchecked(tmp_path):
+    """Trace rows lost in a crash leave their journal rows unchecked but the verification passes."""
+    (tmp_path / "config.toml").write_text(ONE_GPU)
+    config = config_mod.load(str(tmp_path / "config.toml"), state_dir(tmp_path), use_nvml=False)
+    crashed = Runtime(config, Journal(str(tmp_path / "state" / "journal.db")))
+    write(ctl.submit(crashed), b"a 5 5")
+    write(ctl.kill(crashed), b"1")
+    crashed.journal.db.close()  # as at kill -9: Journal.close never writes the pending trace rows
+    with open_runtime(tmp_path) as restarted:
+        restarted.recover()
+        write(ctl.submit(restarted), b"b 5 5")
+    report = run_verify(tmp_path)
+    assert report.divergence is None
+    assert (report.events, report.checked) == (4, 2)
+    assert "2 events have no trace row" in str(report)
+
+
+def test_trace_rows_go_in_batches_with_a_later_commit_and_at_close(tmp_path):
+    """Trace rows wait until FLUSH_ROWS are pending, then go with the next commit; close writes the rest."""
+    with open_runtime(tmp_path) as rt:
+        for _ in range(FLUSH_ROWS):
+            rt.commit([Tick()])
+        assert journal_rows(tmp_path, "trace") == 0
+        rt.commit([Tick()])
+        assert journal_rows(tmp_path, "trace") == FLUSH_ROWS
+    assert journal_rows(tmp_path, "trace") == journal_rows(tmp_path) == FLUSH_ROWS + 1
+
+
+def test_boot_record_round_trips_the_kernel_config(tmp_path):
+    """The config a Runtime records at boot comes back equal through kernel_config_from_dict."""
+    with open_runtime(tmp_path) as rt:
+        booted = rt.config.kernel
+    journal = verify.open_journal(state_dir(tmp_path))
+    recorded = journal.boots()[0].config
+    journal.close()
+    assert kernel_config_from_dict(recorded) == booted
+    assert kernel_config_from_dict(attrs.asdict(booted)) == booted
+
+
+def test_replay_prints_the_rebuilt_trace_and_a_timeline(tmp_path, journaled, capsys):
+    """`replay STATE_DIR` prints the whole rebuilt trace; with a PID, that task's timeline."""
+    assert verify.main([state_dir(tmp_path)]) == 0
+    trace = capsys.readouterr().out
+    assert trace.startswith("seq,time_us,type,") and len(trace.splitlines()) == journaled + 1
+    assert verify.main([state_dir(tmp_path), "3"]) == 0
+    assert capsys.readouterr().out.startswith("pid 3 pairs model=sim tenant=default exit=done\n")
+
+
+# -- failing ---------------------------------------------------------------------------------------
+
+
+def test_altered_submit_is_named_with_both_lines(tmp_path, journaled):
+    """A submit whose max_tokens was edited diverges at its own row, showing the recorded and the new line."""
+    row = row_of(tmp_path, "submit", '"name":"pairs"')
+    alter(tmp_path, "UPDATE journal SET body = replace(body, '\"max_tokens\":5', '\"max_tokens\":6') WHERE seq = ?",
+          row)
+    divergence = run_verify(tmp_path).divergence
+    assert (divergence.seq, divergence.kind) == (row, "submit")
+    assert "max_tokens=5" in divergence.expected and "max_tokens=6" in divergence.got
+
+
+def test_altered_step_text_is_named(tmp_path, journaled, capsys):
+    """A step whose chunk text was edited (no trace line changes) diverges at its row by its CRC; exit 1."""
+    row = row_of(tmp_path, "step", '"text":"')
+    alter(tmp_path, "UPDATE journal SET body = replace(body, '\"text\":\"', '\"text\":\"X') WHERE seq = ?", row)
+    assert verify.main(["--verify", state_dir(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"DIVERGED at journal row {row} (step, time_us ") and "altered row" in out
+
+
+def test_deleted_row_is_named(tmp_path, journaled):
+    """A row deleted from the middle of the journal is named as missing."""
+    alter(tmp_path, "DELETE FROM journal WHERE seq = 5")
+    divergence = run_verify(tmp_path).divergence
+    assert (divergence.seq, divergence.kind) == (5, "missing")
+
+
+def test_unreadable_row_is_named(tmp_path, journaled):
+    """A row that no longer parses diverges at that row with the error instead of crashing verify."""
+    alter(tmp_path, "UPDATE journal SET body = '{' WHERE seq = 2")
+    divergence = run_verify(tmp_path).divergence
+    assert divergence.seq == 2 and divergence.got.startswith("JSONDecodeError")
+
+
+def test_journal_without_boot_record_cannot_be_verified(tmp_path, capsys):
+    """A journal with rows but no boot record, or no journal at all, exits 2 with a reason on stderr."""
+    assert verify.main(["--verify", state_dir(tmp_path)]) == 2
+    assert "no journal at" in capsys.readouterr().err
+    journal = Journal(str(tmp_path / "state" / "journal.db"))
+    journal.append([(1, Tick())])
+    journal.close()
+    assert verify.main(["--verify", state_dir(tmp_path)]) == 2
+    assert "no boot record" in capsys.readouterr().err
