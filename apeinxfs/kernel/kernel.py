@@ -389,17 +389,15 @@ class Kernel:
     def _fair_victim(self, head: Task) -> Task | None:
         """A running task of the tenant most over its share, whose counter is past the gap or the head's."""
         sched, mine = self.config.sched, self.accounts.tenant(head)
-        active = [t for t in self.accounts.tenants.values() if t.active]
-        slots = sum(g.config.slots for g in self.gpus)
-        share = {t.name: slots * t.weight / sum(a.weight for a in active) for t in active}
+        slots, total = sum(g.config.slots for g in self.gpus), self.accounts.active_weight
         gap = sched.preempt_gap * sched.slice_tokens
         best, best_key = None, None
         for task in (t for g in self.gpus for t in g.running.values()):
             theirs = self.accounts.tenant(task)
             if theirs is mine or task.run_tokens < sched.min_run_tokens:
                 continue
-            ahead, over = theirs.counter - mine.counter, theirs.running - share[theirs.name]
-            unfair = ahead > gap or (ahead >= 0 and over >= 1 and mine.running + 1 <= share[mine.name])
+            ahead, over = theirs.counter - mine.counter, theirs.running - slots * theirs.weight / total
+            unfair = ahead > gap or (ahead > 0 and over >= 1 and mine.running + 1 <= slots * mine.weight / total)
             key = (over, theirs.counter, -task.context_tokens, task.pid)
             if unfair and (best_key is None or key > best_key):
                 best, best_key = task, key

@@ -43,6 +43,13 @@ class LazyHeap:
         if self._prio.get(key) != prio:
             self._prio[key] = prio
             heapq.heappush(self._heap, (prio, key))
+            if len(self._heap) > 2 * len(self._prio) + 64:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Drop stale entries (amortised O(1) per set), so a heap that is rarely peeked stays small."""
+        self._heap = [(prio, key) for key, prio in self._prio.items()]
+        heapq.heapify(self._heap)
 
     def discard(self, key) -> None:
         self._prio.pop(key, None)
@@ -86,6 +93,7 @@ class Accounts:
         self.agents: dict[int, Entity] = {}
         self.active_tenants = LazyHeap()
         self.active_agents = {name: LazyHeap() for name in tenants}
+        self.active_weight = 0  # the active tenants' weights summed: what a slot share divides by
 
     def tenant(self, task) -> Entity:
         return self.tenants[task.tenant]
@@ -109,7 +117,8 @@ class Accounts:
 
     def count(self, task, field: str, delta: int) -> list[tuple[Entity, float]]:
         """Add `delta` to runnable/running of the task's entities; return the lifts made."""
-        lifts = []
+        lifts, tenant = [], self.tenant(task)
+        was_active = tenant.active
         for entity, key, active, peers in self._levels(task):
             if delta > 0 and not entity.active:
                 least = active.peek()
@@ -119,6 +128,8 @@ class Accounts:
                 active.set(key, (entity.counter, key))
             else:
                 active.discard(key)
+        if tenant.active != was_active:
+            self.active_weight += tenant.weight if tenant.active else -tenant.weight
         return lifts
 
     @staticmethod

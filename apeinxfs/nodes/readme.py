@@ -15,11 +15,15 @@ apeinxfs - an AI kernel whose API is this tree (see apeinxfs(5) for the full pag
   tasks/PID/wait      blocks until the task ends; then: done | killed | oom-killed |
                       expired | failed: REASON
   tasks/PID/events    this task's trace lines
+  tasks/PID/children  pids of the tasks submitted with parent=PID, one per line
   models/NAME/        status, config
   memory/meminfo      KV cache, /proc/meminfo layout
   memory/pressure     KV stall time, PSI format
   trace/events        CSV: seq,time_us,type,pid,tenant,model,gpu,node,detail
   replay/PID          one task's timeline rebuilt from the trace
+  sched/policy        rw: fair | vtc | fcfs | greedy (writes mirror reads; switches live)
+  sched/runqueue      entity counter weight state: tenant/NAME rows, agent/PID rows
+  sched/stat          policy queued running decisions preemptions ... ("key value")
   metrics             Prometheus text format
 
 Submit lines (several per write; lines split across writes are joined):
@@ -27,6 +31,7 @@ Submit lines (several per write; lines split across writes are joined):
   name=job1 max_tokens=64 prio=5 model=M tenant=T deadline=30s prompt="hi\\nthere"
   {"name": "job1", "prompt": "...", "max_tokens": 64, "prio": 5}
   prio 0..9 (higher first, default 5); deadline 30 | 30s | 500ms | 2m.
+  parent=PID: a child of task PID (its tenant; killed with it; PID's wait covers it).
 
 Errors fail the write(2): EINVAL malformed, ENOENT unknown pid/model/tenant,
 ENOSPC can never fit in KV memory, EBUSY wrong task state. The reason is replied on
