@@ -155,3 +155,22 @@ def test_tokens_of_a_running_task_reorder_its_tenant_in_the_queue():
     for i in range(1, 5):
         step(k, i * STEP_US)
     assert k.runq.peek(5 * STEP_US).pid == late
+
+
+def test_active_weight_is_the_sum_of_active_tenants_weights():
+    """Accounts.active_weight follows tenants becoming active and idle."""
+    k = kernel(slots=1)
+    submit(k, "a", tokens=3)
+    submit(k, "b", tokens=3)
+    assert k.accounts.active_weight == 200
+    run_until_idle(k)
+    assert k.accounts.active_weight == 0 == sum(t.weight for t in k.accounts.tenants.values() if t.active)
+
+
+def test_a_heap_charged_every_token_stays_bounded():
+    """LazyHeap compacts stale entries: one key set 10,000 times keeps a small heap."""
+    from apeinxfs.kernel.sched import LazyHeap
+    heap = LazyHeap()
+    for counter in range(10_000):
+        heap.set("tenant", (counter, "tenant"))
+    assert len(heap._heap) <= 2 * len(heap) + 64 and heap.peek() == "tenant"

@@ -243,10 +243,9 @@ class Kernel:
         self._emit("restart", None, f"daemon restarted with {len(self.tasks)} tasks")
         for gpu in self.gpus:
             for task in list(gpu.running.values()):
-                self._leave(task)
                 self._emit("requeue", task, f"was running on gpu {gpu.config.index} when the daemon stopped; "
                                             f"resumes after token {task.tokens_out}")
-                self._enqueue(task)
+                self._requeue(task, State.QUEUED)
 
     # -- mechanisms ---------------------------------------------------------------------
 
@@ -292,9 +291,14 @@ class Kernel:
     def _preempt(self, task: Task, reason: str) -> None:
         self.counters.preempted += 1
         self._emit("preempt", task, reason, task.gpu)
+        self._requeue(task, State.PREEMPTED)
+
+    def _requeue(self, task: Task, state: State) -> None:
+        """From a GPU back to the queue without its tenant or agent going idle (so no lift)."""
+        self._count(task, "runnable", +1)
         self._leave(task)
-        self._set_state(task, State.PREEMPTED)
-        self._enqueue(task)
+        self._set_state(task, state)
+        self.runq.push(task)
 
     # -- KV memory: see memory.py; the kernel picks victims and writes the trace ---------------
 
