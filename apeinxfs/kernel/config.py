@@ -3,6 +3,8 @@
 Frozen attrs records with validators; apeinxfs/config.py builds them from TOML. Driver
 knobs live in each model's `options` and are the driver's to validate.
 """
+import functools
+
 import attrs
 
 from .errors import Invalid
@@ -38,7 +40,7 @@ class ModelConfig:
     dtype: str = attrs.field(default="fp16", validator=_one_of(DTYPE_BYTES))
     options: dict = attrs.field(factory=dict, converter=dict)
 
-    @property
+    @functools.cached_property
     def token_bytes(self) -> int:
         return bytes_per_token(self.layers, self.kv_heads, self.head_dim, DTYPE_BYTES[self.dtype])
 

@@ -206,10 +206,14 @@ class Kernel:
     def _apply_step(self, event: ev.Step) -> None:
         gpu = self.gpus[event.gpu]
         self.counters.steps += 1
+        served = {}
         for chunk in event.chunks:
             task = gpu.running.get(chunk.pid)
             if task is not None:
                 self._serve(task, gpu, chunk)
+                served[task.tenant, task.agent] = task
+        for task in served.values():  # once per tenant and agent, not per token
+            self.runq.rekey(task)
 
     def _serve(self, task: Task, gpu: Gpu, chunk: ev.Chunk) -> None:
         if chunk.prefill:
@@ -438,7 +442,6 @@ class Kernel:
         self.accounts.charge(task, sched.input_cost * chunk.prefill + sched.output_cost * chunk.tokens * pressure)
         task.vruntime += vruntime_delta(chunk.tokens, task.weight)
         task.run_tokens += chunk.tokens
-        self.runq.rekey(task)
 
     def _make_queue(self, policy: str):
         return make_queue(policy, self.accounts, int(self.config.sched.deadline_boost_s * 1e6))

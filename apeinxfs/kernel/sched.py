@@ -94,6 +94,7 @@ class Accounts:
         self.active_tenants = LazyHeap()
         self.active_agents = {name: LazyHeap() for name in tenants}
         self.active_weight = 0  # the active tenants' weights summed: what a slot share divides by
+        self._charged: dict = {}  # (heap id, key) -> (entity, key, heap) charged since the last count()
 
     def tenant(self, task) -> Entity:
         return self.tenants[task.tenant]
@@ -110,13 +111,20 @@ class Accounts:
                 (self.agent(task), task.agent, self.active_agents[task.tenant], self.agents))
 
     def charge(self, task, cost: float) -> None:
+        """Add to the counters; the active heaps are brought up to date lazily, before a lift."""
         for entity, key, active, _ in self._levels(task):
             entity.counter += cost * COUNTER_SCALE / entity.weight
+            self._charged[id(active), key] = (entity, key, active)
+
+    def _settle(self) -> None:
+        for entity, key, active in self._charged.values():
             if entity.active:
                 active.set(key, (entity.counter, key))
+        self._charged.clear()
 
     def count(self, task, field: str, delta: int) -> list[tuple[Entity, float]]:
         """Add `delta` to runnable/running of the task's entities; return the lifts made."""
+        self._settle()
         lifts, tenant = [], self.tenant(task)
         was_active = tenant.active
         for entity, key, active, peers in self._levels(task):
