@@ -3,7 +3,8 @@
 `check(event)` says whether an event would be refused (raising the errno'd error);
 `apply(event, now_us)` changes state and never refuses. The daemon journals between the
 two. Given the same events with the same times, the same state and trace result: no
-clock, randomness or I/O inside.
+clock, randomness or I/O inside. Who runs next is sched.py's; taking slots and pages back
+(fair preemption, KV reclaim, the OOM killer) is reclaim.py's; KV books are memory.py's.
 """
 import heapq
 
@@ -15,6 +16,7 @@ from .errors import ApeinxError, Busy, Invalid, NoSpace, NotFound
 from .kvmem import KVPool, estimate_prompt_tokens
 from .memory import KVManager
 from .pressure import StallClock
+from .reclaim import Reclaim
 from .sched import POLICIES, Accounts, make_queue, prio_weight, vruntime_delta
 from .task import State, Task
 from .trace import TraceLog
@@ -54,7 +56,7 @@ class Counters:
     exits: dict = attrs.Factory(dict)
 
 
-class Kernel:
+class Kernel(Reclaim):
     """One node's kernel state."""
 
     def __init__(self, config: KernelConfig):
@@ -304,60 +306,6 @@ class Kernel:
         self._set_state(task, state)
         self.runq.push(task)
 
-    # -- KV memory: see memory.py; the kernel picks victims and writes the trace ---------------
-
-    def _attach_kv(self, task: Task, gpu: Gpu) -> None:
-        """Pages for the task on `gpu`, prefix hits shared; with nothing left to prefill it is ready."""
-        if self.kv.attach(task, gpu.config.index) == 0:
-            task.prefilled = True
-
-    def _grow_kv(self, task: Task, gpu: Gpu) -> None:
-        """A page for the next token: evict idle prefix blocks, else preempt, else the OOM killer."""
-        while not self.kv.grow(task):
-            if not self._reclaim(task, gpu):
-                return
-
-    def _reclaim(self, task: Task, gpu: Gpu) -> bool:
-        """Free pages on `gpu` for `task`: preempt the scheduler's victim or, if it names none,
-        OOM-kill the largest consumer. Whether `task` is still running."""
-        victim = self._kv_victim(gpu, task)
-        if victim is not None:
-            self._kv_preempt(victim, task, gpu.config.index)
-        else:
-            victim = self.tasks[self.kv.largest(gpu.config.index)]
-            self._oom_kill(victim, task, gpu.config.index)
-        return victim is not task
-
-    def _kv_preempt(self, victim: Task, task: Task, gpu: int) -> None:
-        victim.kv_preemptions += 1
-        self._preempt_costed(victim, f"kv-full: pid {task.pid} needs a page on gpu {gpu}")
-
-    def _preempt_costed(self, victim: Task, why: str) -> None:
-        """Preempt by swap or recompute, whichever the model says is cheaper."""
-        mode, swap_s, recompute_s = self.kv.preempt_mode(victim)
-        self._preempt(victim, f"{why}; mode={mode} (swap {swap_s * 1e3:.3f} ms, recompute {recompute_s * 1e3:.3f} ms)")
-        if mode == "swap":
-            self.kv.swapped_out(victim)
-
-    def _oom_kill(self, victim: Task, task: Task, gpu: int) -> None:
-        self.counters.oom_kills += 1
-        self._emit("oom_kill", victim, f"pid {task.pid} needs a page on gpu {gpu}, nothing left to evict or "
-                                       f"preempt; killed the largest consumer ({victim.kv_pages} pages)", gpu)
-        self._exit(victim, "oom-killed", f"KV OOM killer on gpu {gpu}")
-
-    def _kv_victim(self, gpu: Gpu, task: Task) -> Task | None:
-        """Whom to preempt for KV on `gpu`: the task of the tenant furthest ahead, losing the least
-        work, among those preempted for KV fewer than kv_preempt_limit times; None when all have
-        been (preemption is thrashing), and then the OOM killer acts."""
-        limit = self.config.sched.kv_preempt_limit
-        ready = [t for t in gpu.running.values() if t.kv_preemptions < limit]
-        return max(ready, key=lambda t: (self.accounts.tenant(t).counter, -t.context_tokens, t.pid), default=None)
-
-    def _evicted(self, gpu: int, pages: int, task: Task) -> None:
-        self.counters.evictions += pages
-        self._emit("evict", task, f"{pages} idle prefix pages, least recently used first, for pid {task.pid}; "
-                                  f"{len(self.kv.caches[gpu])} blocks cached", gpu)
-
     def _expire_deadlines(self) -> None:
         while self._deadlines and self._deadlines[0][0] <= self.now_us:
             _, pid = heapq.heappop(self._deadlines)
@@ -380,36 +328,6 @@ class Kernel:
                 return any(g.free_slots for g in self.gpus)
             self._dispatch(task, gpu, self.runq.reason)
         return False
-
-    def _rebalance(self) -> bool:
-        """fair: preempt one running task that is unfair to the queue's head, if any."""
-        head = self.runq.peek(self.now_us)
-        victim = self._fair_victim(head) if head is not None else None
-        if victim is None:
-            return False
-        self.counters.fair_preemptions += 1
-        mine, theirs = self.accounts.tenant(head), self.accounts.tenant(victim)
-        self._preempt_costed(victim, f"fair: tenant {theirs.name} (counter {theirs.counter:.1f}, {theirs.running} running) "
-                              f"is ahead of {mine.name} (counter {mine.counter:.1f}, {mine.running} running) "
-                              f"waiting with pid {head.pid}")
-        return True
-
-    def _fair_victim(self, head: Task) -> Task | None:
-        """A running task of the tenant most over its share, whose counter is past the gap or the head's."""
-        sched, mine = self.config.sched, self.accounts.tenant(head)
-        slots, total = sum(g.config.slots for g in self.gpus), self.accounts.active_weight
-        gap = sched.preempt_gap * sched.slice_tokens
-        best, best_key = None, None
-        for task in (t for g in self.gpus for t in g.running.values()):
-            theirs = self.accounts.tenant(task)
-            if theirs is mine or task.run_tokens < sched.min_run_tokens:
-                continue
-            ahead, over = theirs.counter - mine.counter, theirs.running - slots * theirs.weight / total
-            unfair = ahead > gap or (ahead > 0 and over >= 1 and mine.running + 1 <= slots * mine.weight / total)
-            key = (over, theirs.counter, -task.context_tokens, task.pid)
-            if unfair and (best_key is None or key > best_key):
-                best, best_key = task, key
-        return best
 
     def _place(self, task: Task) -> Gpu | None:
         """The GPU with a free slot and room for the task's context: most prefix hits, then most room."""
