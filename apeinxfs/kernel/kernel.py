@@ -73,6 +73,7 @@ class Kernel(Reclaim):
         self.kv_some, self.kv_full = StallClock(), StallClock()
         self.now_us = 0
         self.next_pid = 1
+        self.version = 0  # events applied: what a rendered file depends on, unless it reads the clock
         self._deadlines: list[tuple[int, int]] = []
         self.changed: set = set()
         self.state_counts: dict = {}
@@ -145,6 +146,7 @@ class Kernel(Reclaim):
         `cont`, a kill of a task that has exited since its check) changes nothing.
         """
         self.now_us = max(self.now_us, now_us)
+        self.version += 1
         result = None if self._moot(event) else getattr(self, f"_apply_{type(event).__name__.lower()}")(event)
         self._expire_deadlines()
         self._schedule()

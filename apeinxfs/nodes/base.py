@@ -61,9 +61,12 @@ class Dir(Node):
 
 @attrs.define(eq=False)
 class Show(Node):
-    """Text rendered by `show()` when the file is opened (a snapshot, like seq_file)."""
+    """Text rendered by `show()` when the file is opened (a snapshot, like seq_file).
+
+    `volatile` text depends on the clock too, not only on kernel state, so it is never reused."""
 
     show: object = None
+    volatile: bool = False
 
     def render(self) -> bytes:
         text = self.show()

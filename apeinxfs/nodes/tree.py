@@ -15,6 +15,8 @@ from . import ctl, memory, metrics, models, readme, replay, sched
 from .base import Command, Dir, Log, Setting, Show
 from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, TaskDir, TasksDir, inode_of
 
+RENDERED_MAX = 4096
+
 
 
 class ReplayDir(Dir):
@@ -51,7 +53,7 @@ def build_root(rt) -> Dir:
         }) for name in kernel.models}),
         "memory": Dir(children={
             "meminfo": Show(show=partial(memory.meminfo, kernel)),
-            "pressure": Show(show=lambda: memory.pressure(kernel, rt.clock.now_us())),
+            "pressure": Show(show=lambda: memory.pressure(kernel, rt.clock.now_us()), volatile=True),
             "prefix": Show(show=partial(memory.prefix, kernel.kv.caches)),
             **{f"gpu{g}": Dir(children={
                 "pool": Show(show=partial(memory.pool, kernel, g)),
@@ -65,7 +67,7 @@ def build_root(rt) -> Dir:
             "runqueue": Show(show=partial(sched.runqueue, kernel)),
             "stat": Show(show=partial(sched.stat, kernel)),
         }),
-        "metrics": Show(show=partial(metrics.show, rt)),
+        "metrics": Show(show=partial(metrics.show, rt), volatile=True),
     })
 
 
@@ -78,6 +80,7 @@ class Tree:
         self.root = build_root(rt)
         self._number(self.root)
         self._pinned: dict[int, tuple[bytes, int]] = {}
+        self._rendered: dict[int, tuple[int, bytes]] = {}
 
     def _number(self, node) -> None:
         node.inode = len(self.static) + 1
@@ -113,7 +116,7 @@ class Tree:
 
     def open_snapshot(self, node: Show) -> bytes:
         """Render for a new open file; its size is what getattr reports until it closes."""
-        data = node.render()
+        data = self._current(node)
         count = self._pinned.get(node.inode, (b"", 0))[1]
         self._pinned[node.inode] = (data, count + 1)
         return data
@@ -126,7 +129,19 @@ class Tree:
     def render(self, node: Show) -> bytes:
         """What an open file of `node` would read now, or is reading if one is open."""
         pinned = self._pinned.get(node.inode)
-        return pinned[0] if pinned else node.render()
+        return pinned[0] if pinned else self._current(node)
+
+    def _current(self, node: Show) -> bytes:
+        """The node's text now: rendered again only once an event has changed the kernel."""
+        if node.volatile:
+            return node.render()
+        version, cached = self._rendered.get(node.inode, (None, None))
+        if version != self.rt.kernel.version:
+            if len(self._rendered) >= RENDERED_MAX:
+                self._rendered.clear()
+            cached = node.render()
+            self._rendered[node.inode] = (self.rt.kernel.version, cached)
+        return cached
 
     def size(self, node) -> int:
         return len(self.render(node)) if isinstance(node, Show) else node.size()
