@@ -11,11 +11,9 @@ import functools
 import itertools
 import logging
 import os
-import stat
 import time
 
 import pyfuse3
-import trio
 
 from .kernel.errors import ApeinxError, TooMany
 from .nodes.base import BlockingHandle, Caller, Dir, SnapshotHandle, permits
