@@ -82,6 +82,10 @@ class Runtime:
         """Check, journal, apply; results in order. Raises the first refusal, changing nothing."""
         for event in events:
             self.kernel.check(event)
+        return self.commit_checked(events)
+
+    def commit_checked(self, events: list) -> list:
+        """Journal and apply events the caller has just checked (no await in between)."""
         now = self.clock.now_us()
         results = []
         for seq, event in zip(self.journal.append([(now, e) for e in events]), events):

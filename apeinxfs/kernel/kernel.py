@@ -390,7 +390,6 @@ class Kernel(Reclaim):
         self._touch(task)
 
     def _touch(self, task: Task) -> None:
-        task.version += 1
         self.changed.add(task.pid)
 
     def _emit(self, kind: str, task: Task | None, detail: str, gpu=None) -> None:

@@ -52,7 +52,6 @@ class Task:
     children: list = attrs.Factory(list)
     run_tokens: int = 0
     kv_preemptions: int = 0
-    version: int = 0
     output: bytearray = attrs.Factory(bytearray)
     events: bytearray = attrs.Factory(bytearray)
 

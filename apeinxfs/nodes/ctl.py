@@ -25,7 +25,7 @@ def run_lines(rt, path: str, raw_lines: list[bytes], caller, to_event) -> list[s
             errors.append((number, exc))
     if errors:
         _refuse(rt, path, errors, caller, len(raw_lines))
-    return [str(r) if r is not None else "ok" for r in rt.commit(events)] if events else []
+    return [str(r) if r is not None else "ok" for r in rt.commit_checked(events)] if events else []
 
 
 def _refuse(rt, path, errors, caller, count) -> None:
