@@ -20,18 +20,10 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH_DIR)
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-from daemon import Daemon, is_mounted  # noqa: E402 - tests/ is put on the path just above
+from daemon import Daemon, is_mounted, sim_config  # noqa: E402 - tests/ is put on the path just above
 
 # Tasks that do not finish during a run, so the queue keeps what was submitted.
-QUEUE_CONFIG = """
-[gpus]
-simulated = 2
-slots = 8
-[[models]]
-name = "sim"
-[models.options]
-decode_step_ms = 1000
-"""
+QUEUE_CONFIG = sim_config(1000)
 SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 

@@ -15,17 +15,24 @@ import time
 
 FUSE_READY = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
 APEINXFS = [sys.executable, "-m", "apeinxfs.cli"]
-FAST_CONFIG = """
+
+
+def sim_config(decode_step_ms: float) -> str:
+    """A TOML config: 2 simulated GPUs of 8 slots, a sim model stepping every `decode_step_ms`."""
+    return f"""
 [gpus]
 simulated = 2
 slots = 8
 [[models]]
 name = "sim"
 [models.options]
-decode_step_ms = 2
+decode_step_ms = {decode_step_ms}
 batch_step_ms = 0.1
 prefill_tokens_per_s = 100000
 """
+
+
+FAST_CONFIG = sim_config(2)
 
 
 def is_mounted(path: str) -> bool:

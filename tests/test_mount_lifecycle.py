@@ -16,12 +16,12 @@ import sys
 
 import pytest
 
-from daemon import FAST_CONFIG, Daemon, is_mounted, poll_until, wait_pid_gone
+from daemon import Daemon, is_mounted, poll_until, sim_config, wait_pid_gone
 
 pytestmark = pytest.mark.mount
 
 VENV_BIN = os.path.dirname(sys.executable)
-SLOW_CONFIG = FAST_CONFIG.replace("decode_step_ms = 2", "decode_step_ms = 50")
+SLOW_CONFIG = sim_config(50)
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mount(8) of a FUSE type needs root")
 
 

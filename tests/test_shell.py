@@ -18,11 +18,11 @@ import time
 
 import pytest
 
-from daemon import FAST_CONFIG, Daemon, poll_until
+from daemon import FAST_CONFIG, Daemon, poll_until, sim_config
 
 pytestmark = pytest.mark.mount
 
-SLOW_CONFIG = FAST_CONFIG.replace("decode_step_ms = 2", "decode_step_ms = 50")
+SLOW_CONFIG = sim_config(50)
 SMALL_KV_CONFIG = FAST_CONFIG.replace("slots = 8", "slots = 8\nkv_mib = 256")
 LONG_TASK = "long 5000 5"  # 250 s at 50 ms a token: never ends within a test
 
