@@ -21,7 +21,7 @@ from apeinxfs.journal import Journal
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.errors import Invalid
 from apeinxfs.kernel.kvmem import _TOKEN, estimate_prompt_tokens
-from apeinxfs.sim import fairness, workload
+from apeinxfs.sim import engine, fairness, workload
 from apeinxfs.kernel.spec import PROMPT_MAX
 from apeinxfs.sim.report import percentile, shares
 
@@ -186,6 +186,28 @@ def test_runs_are_repeatable(tmp_path):
     for report in (first, second):
         del report["wall_seconds"], report["speed"]
     assert first == second and first["completed"] == 100
+
+
+def test_timers_due_at_one_instant_fire_in_the_order_they_were_set():
+    """In a run, trio's deadline ties go by the order deadlines were set, not by id() (an address)."""
+    fired = []
+
+    class Scope:  # what trio's deadline heap asks of a cancel scope
+        _registered_deadline = 1.0
+
+        def __init__(self, name):
+            self.name = name
+
+        def _cancel(self, reason):
+            fired.append(self.name)
+
+    first, second = sorted((Scope("a"), Scope("b")), key=id, reverse=True)  # set in descending id order
+    with engine._ordered_deadlines():
+        deadlines = trio._core._run.Deadlines()
+        for scope in (first, second):
+            deadlines.add(1.0, scope)
+        deadlines.expire(1.0)
+    assert fired == [first.name, second.name]
 
 
 def test_until_counts_only_what_was_served_by_then(tmp_path):

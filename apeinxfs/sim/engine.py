@@ -7,6 +7,7 @@ submits each request at its arrival time and stops when every task has exited or
 daemon would see. A meter watches every change the Runtime announces (fairness.py).
 """
 import contextlib
+import heapq
 import itertools
 import math
 import os
@@ -89,7 +90,7 @@ def simulate(workload: Workload, options: Options) -> Outcome:
     feeder = Feeder(runtime, workload)
     started = time.perf_counter()
     try:
-        with _seeded_trio():
+        with _seeded_trio(), _ordered_deadlines():
             end_us = trio.run(_main, runtime, feeder, options.until,
                               clock=trio.testing.MockClock(autojump_threshold=0))
         wall = time.perf_counter() - started
@@ -122,6 +123,30 @@ def _seeded_trio():
         yield
     finally:
         rng.setstate(state)
+
+
+@contextlib.contextmanager
+def _ordered_deadlines():
+    """Make trio wake timers due at the same virtual instant in the order they were set.
+
+    trio breaks such a tie (a GPU's step ending as a request arrives) by id() of the cancel
+    scopes, a memory address, so which event commits first could differ from one process to
+    another. For the run, its deadline heap gets a counter as the tie-breaker instead.
+    """
+    deadlines = getattr(trio._core._run, "Deadlines", None)
+    if deadlines is None or not hasattr(deadlines, "add"):
+        yield
+        return
+    order, trio_add = itertools.count(), deadlines.add
+
+    def add(self, deadline: float, cancel_scope) -> None:
+        heapq.heappush(self._heap, (deadline, next(order), cancel_scope))
+        self._active += 1
+    deadlines.add = add
+    try:
+        yield
+    finally:
+        deadlines.add = trio_add
 
 
 async def _main(runtime: Runtime, feeder: "Feeder", until: float | None) -> int:
