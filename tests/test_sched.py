@@ -56,8 +56,8 @@ def test_lazy_heap_skips_stale_and_discarded_entries():
     """A re-prioritised key is ordered by its newest priority; a discarded one is gone."""
     heap = LazyHeap()
     for key, prio in (("x", 3), ("y", 2), ("z", 1)):
-        heap.set(key, prio)
-    heap.set("z", 9)
+        heap.set(key, (prio, key))
+    heap.set("z", (9, "z"))
     heap.discard("y")
     assert heap.peek() == "x" and heap.ordered() == ["x", "z"] and len(heap) == 2
 

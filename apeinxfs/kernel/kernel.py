@@ -338,9 +338,8 @@ class Kernel(Reclaim):
         return max(scores, key=lambda pair: pair[0], default=(None, None))[1]
 
     def _dispatch(self, task: Task, gpu: Gpu, reason: str) -> None:
-        self._count(task, "running", +1)
         self.runq.remove(task)
-        self._count(task, "runnable", -1)
+        self.accounts.start(task)
         self.counters.decisions += 1
         if reason == "deadline boost":
             self.counters.boosts += 1

@@ -29,41 +29,47 @@ def vruntime_delta(tokens: int, weight: int) -> int:
     return tokens * VSCALE * NICE_0_WEIGHT // weight
 
 
-class LazyHeap:
-    """A priority map: set/discard a key's priority, peek the least; stale entries skipped."""
+class LazyHeap(dict):
+    """A priority map (a dict of key -> priority) that also peeks the least key: `set` and
+    `discard` change it, leaving stale heap entries that `peek` skips.
+
+    A priority is a tuple ending with its key, so no two keys tie. The heap holds the
+    priority tuples themselves (flat, so cheap to compare); an entry is current while it is
+    the very tuple last set for its key. Change priorities only through `set`: assigning an
+    item would bypass the heap."""
+
+    __slots__ = ("_heap",)
 
     def __init__(self):
+        super().__init__()
         self._heap: list = []
-        self._prio: dict = {}
 
-    def __len__(self) -> int:
-        return len(self._prio)
-
-    def set(self, key, prio) -> None:
-        if self._prio.get(key) != prio:
-            self._prio[key] = prio
-            heapq.heappush(self._heap, (prio, key))
-            if len(self._heap) > 2 * len(self._prio) + 64:
+    def set(self, key, prio: tuple) -> None:
+        if self.get(key) != prio:
+            self[key] = prio
+            heapq.heappush(self._heap, prio)
+            if len(self._heap) > 2 * len(self) + 64:
                 self._compact()
 
     def _compact(self) -> None:
         """Drop stale entries (amortised O(1) per set), so a heap that is rarely peeked stays small."""
-        self._heap = [(prio, key) for key, prio in self._prio.items()]
+        self._heap = list(self.values())
         heapq.heapify(self._heap)
 
     def discard(self, key) -> None:
-        self._prio.pop(key, None)
+        self.pop(key, None)
 
     def peek(self):
-        while self._heap:
-            prio, key = self._heap[0]
-            if self._prio.get(key) == prio:
-                return key
-            heapq.heappop(self._heap)
+        heap = self._heap
+        while heap:
+            prio = heap[0]
+            if self.get(prio[-1]) is prio:
+                return prio[-1]
+            heapq.heappop(heap)
         return None
 
     def ordered(self) -> list:
-        return sorted(self._prio, key=self._prio.__getitem__)
+        return sorted(self, key=self.__getitem__)
 
 
 @attrs.define
@@ -94,7 +100,8 @@ class Accounts:
         self.active_tenants = LazyHeap()
         self.active_agents = {name: LazyHeap() for name in tenants}
         self.active_weight = 0  # the active tenants' weights summed: what a slot share divides by
-        self._charged: dict = {}  # (heap id, key) -> (entity, key, heap) charged since the last count()
+        self._levels_of: dict[int, tuple] = {}  # agent -> its _levels
+        self._charged: dict = {}  # id(entity) -> its level, for entities charged since the last settle
 
     def tenant(self, task) -> Entity:
         return self.tenants[task.tenant]
@@ -106,39 +113,58 @@ class Accounts:
         return agent
 
     def _levels(self, task):
-        """(entity, its key, the heap of its active peers, all peers) for tenant and agent."""
-        return ((self.tenant(task), task.tenant, self.active_tenants, self.tenants),
+        """(entity, its key, the heap of its active peers, all peers) for tenant and agent.
+
+        Built once per agent: every task of an agent (a root task and its children) is of its tenant."""
+        levels = self._levels_of.get(task.agent)
+        if levels is None:
+            levels = self._levels_of[task.agent] = (
+                (self.tenant(task), task.tenant, self.active_tenants, self.tenants),
                 (self.agent(task), task.agent, self.active_agents[task.tenant], self.agents))
+        return levels
 
     def charge(self, task, cost: float) -> None:
         """Add to the counters; the active heaps are brought up to date lazily, before a lift."""
-        for entity, key, active, _ in self._levels(task):
+        for level in self._levels(task):
+            entity = level[0]
             entity.counter += cost * COUNTER_SCALE / entity.weight
-            self._charged[id(active), key] = (entity, key, active)
+            self._charged[id(entity)] = level
 
     def _settle(self) -> None:
-        for entity, key, active in self._charged.values():
+        for entity, key, active, _ in self._charged.values():
             if entity.active:
                 active.set(key, (entity.counter, key))
         self._charged.clear()
 
     def count(self, task, field: str, delta: int) -> list[tuple[Entity, float]]:
-        """Add `delta` to runnable/running of the task's entities; return the lifts made."""
-        self._settle()
-        lifts, tenant = [], self.tenant(task)
+        """Add `delta` to runnable/running of the task's entities; return the lifts made.
+
+        An active heap is read only to lift an entity that becomes active, so it is settled
+        then; an entity active before and after keeps its entry (current, or in `_charged`)."""
+        levels, lifts = self._levels(task), []
+        tenant = levels[0][0]
         was_active = tenant.active
-        for entity, key, active, peers in self._levels(task):
+        for entity, key, active, peers in levels:
             if delta > 0 and not entity.active:
+                self._settle()
                 least = active.peek()
                 lifts += self._lift(entity, None if least is None else peers[least].counter)
-            setattr(entity, field, getattr(entity, field) + delta)
-            if entity.active:
+                setattr(entity, field, getattr(entity, field) + delta)
                 active.set(key, (entity.counter, key))
             else:
-                active.discard(key)
+                setattr(entity, field, getattr(entity, field) + delta)
+                if not entity.active:
+                    active.discard(key)
         if tenant.active != was_active:
             self.active_weight += tenant.weight if tenant.active else -tenant.weight
         return lifts
+
+    def start(self, task) -> None:
+        """The task goes from runnable to running: its tenant and agent stay active, so no lift
+        and no heap changes."""
+        for entity, _key, _active, _peers in self._levels(task):
+            entity.runnable -= 1
+            entity.running += 1
 
     @staticmethod
     def _lift(entity: Entity, floor: float | None) -> list[tuple[Entity, float]]:
@@ -196,7 +222,10 @@ class FairQueue:
 
     def push(self, task) -> None:
         self._members[task.pid] = task
-        self._tasks.setdefault(task.agent, LazyHeap()).set(task.pid, (task.vruntime, task.pid))
+        tasks = self._tasks.get(task.agent)
+        if tasks is None:
+            tasks = self._tasks[task.agent] = LazyHeap()
+        tasks.set(task.pid, (task.vruntime, task.pid))
         if task.deadline_at_us is not None:
             self._deadlines.set(task.pid, (task.deadline_at_us, task.pid))
         agent = self.accounts.agent(task)
@@ -209,7 +238,8 @@ class FairQueue:
         self._deadlines.discard(task.pid)
         tasks = self._tasks[task.agent]
         tasks.discard(task.pid)
-        if not tasks:
+        if not tasks:  # the agent has nothing queued: it leaves its tenant's heap
+            del self._tasks[task.agent]
             agents = self._agents[task.tenant]
             agents.discard(task.agent)
             if not agents:
@@ -225,16 +255,16 @@ class FairQueue:
             agents.set(task.agent, (self.accounts.agent(task).counter, task.agent))
 
     def peek(self, now_us: int):
-        urgent = self._deadlines.peek() if self.boost_us is not None else None
-        if urgent is not None and self._members[urgent].deadline_at_us - now_us <= self.boost_us:
-            self.reason = "deadline boost"
-            return self._members[urgent]
+        if self.boost_us is not None and (urgent := self._deadlines.peek()) is not None:
+            task = self._members[urgent]
+            if task.deadline_at_us - now_us <= self.boost_us:
+                self.reason = "deadline boost"
+                return task
         tenant = self._tenants.peek()
         if tenant is None:
             return None
-        agent = self._agents[tenant].peek()
         self.reason = f"least counter: tenant {tenant} of {len(self._tenants)} backlogged"
-        return self._members[self._tasks[agent].peek()]
+        return self._members[self._tasks[self._agents[tenant].peek()].peek()]
 
     def tasks(self) -> list:
         return sorted(self._members.values(), key=lambda t: (self.accounts.tenant(t).counter, t.pid))
