@@ -333,9 +333,8 @@ class Kernel(Reclaim):
 
     def _place(self, task: Task) -> Gpu | None:
         """The GPU with a free slot and room for the task's context: most prefix hits, then most room."""
-        scores = [(score, g) for g in self.gpus
-                  if g.free_slots and (score := self.kv.place(task, g.config.index)) is not None]
-        return max(scores, key=lambda pair: pair[0], default=(None, None))[1]
+        best = self.kv.best_fit(task, [g.config.index for g in self.gpus if len(g.running) < g.config.slots])
+        return None if best is None else self.gpus[best]
 
     def _dispatch(self, task: Task, gpu: Gpu, reason: str) -> None:
         self.runq.remove(task)

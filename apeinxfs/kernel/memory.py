@@ -64,6 +64,8 @@ class PrefixCache:
 
     def lookup(self, chain) -> tuple[int, int, int]:
         """(leading hits, blocks cached anywhere in the chain, of those the idle ones)."""
+        if not chain:
+            return 0, 0, 0
         cached = [key for key in chain if key in self.refs]
         return self.leading(chain), len(cached), sum(key in self.idle for key in cached)
 
@@ -108,53 +110,77 @@ class KVManager:
         self.caches = [PrefixCache() for _ in config.gpus]
         self.leases: dict[int, Lease] = {}
         self.on_evict = on_evict
-
-    def tokens_per_page(self, model) -> int:
-        return self.page_bytes // model.token_bytes
+        self.per_page = {m.name: config.page_bytes // m.token_bytes for m in config.models}  # tokens per page
+        self._last_demand: tuple = (None, 0, None)  # (task, its tokens_out, _demand's answer)
 
     def _pages(self, model, tokens: int, blocks: int) -> int:
         """Pages for `tokens` tokens of which the first `blocks` blocks are shared ones."""
-        return blocks + pages_for(tokens - blocks * self.tokens_per_page(model), model.token_bytes, self.page_bytes)
+        return blocks + pages_for(tokens - blocks * self.per_page[model.name], model.token_bytes, self.page_bytes)
 
     def admit_pages(self, spec, model) -> int:
         """The most pages a task of `spec` can ever hold: its prompt plus all it may generate."""
         return self._worst(model, estimate_prompt_tokens(spec.prompt), spec.max_tokens)
 
     def _worst(self, model, prompt_tokens: int, max_tokens: int) -> int:
-        blocks = cacheable_blocks(prompt_tokens, self.tokens_per_page(model))
+        blocks = cacheable_blocks(prompt_tokens, self.per_page[model.name])
         return self._pages(model, prompt_tokens + max_tokens, blocks)
 
-    def _chain(self, task) -> tuple:
-        return prompt_chain(task.model, self.tokens_per_page(self.models[task.model]), task.spec.prompt)
+    def _worst_of(self, task) -> int:
+        return self._worst(self.models[task.model], task.tokens_in, task.spec.max_tokens)
+
+    def _demand(self, task) -> tuple[tuple, int]:
+        """What the task needs on any GPU: its prompt's block chain, and private pages beside it.
+
+        The last answer is kept while the task's context is unchanged: placement asks, then attach."""
+        last_task, last_tokens, demand = self._last_demand
+        if last_task is task and last_tokens == task.tokens_out:
+            return demand
+        chain = prompt_chain(task.model, self.per_page[task.model], task.spec.prompt)
+        private = self._private_need(task, len(chain))
+        self._last_demand = (task, task.tokens_out, (chain, private))
+        return chain, private
 
     def _private_need(self, task, blocks: int) -> int:
         """Private pages for the context and the next token, beside `blocks` shared blocks."""
-        return self._pages(self.models[task.model], task.context_tokens + 1, blocks) - blocks
+        return self._pages(self.models[task.model], task.tokens_in + task.tokens_out + 1, blocks) - blocks
 
     def place(self, task, gpu: int) -> tuple | None:
         """Whether the task fits on `gpu` now (evicting idle blocks if need be): a score, most
         prefix hits then most room to spare first, or None if it does not fit."""
-        pool, cache, chain = self.pools[gpu], self.caches[gpu], self._chain(task)
-        if pool.pages_total < self._worst(self.models[task.model], task.tokens_in, task.spec.max_tokens):
+        return self._fit(gpu, self._demand(task), self._worst_of(task))
+
+    def best_fit(self, task, gpus: list[int]) -> int | None:
+        """Of `gpus`, the one where place() scores the task highest, or None if it fits on none;
+        what the task needs is worked out once, not once per GPU."""
+        if not gpus:
+            return None
+        demand, worst = self._demand(task), self._worst_of(task)
+        scored = [(score, gpu) for gpu in gpus if (score := self._fit(gpu, demand, worst)) is not None]
+        return max(scored)[1] if scored else None
+
+    def _fit(self, gpu: int, demand: tuple[tuple, int], worst: int) -> tuple | None:
+        """place()'s score on `gpu` for a task of `demand` that may grow to `worst` pages."""
+        pool, cache, (chain, private) = self.pools[gpu], self.caches[gpu], demand
+        if pool.pages_total < worst:
             return None
         hits, cached, idle = cache.lookup(chain)
-        need = len(chain) - cached + self._private_need(task, len(chain))
+        need = len(chain) - cached + private
         room = pool.pages_free + len(cache.idle) - idle
         return (hits, room - need, -gpu) if need <= room else None
 
     def attach(self, task, gpu: int) -> int:
         """Give the task its pages on `gpu` (place() said they fit); the prefill tokens still to compute."""
-        cache, chain = self.caches[gpu], self._chain(task)
+        cache, (chain, private) = self.caches[gpu], self._demand(task)
         hits, cached, _ = cache.lookup(chain)
         for key in chain:  # held before the eviction below, so none of them is evicted
             cache.hold(key)
-        private = self._private_need(task, len(chain))
         if not self._take(gpu, len(chain) - cached + private, task):
             raise RuntimeError(f"attach of task {task.pid} to gpu {gpu} without room: place() first")
         cache.hits, cache.misses = cache.hits + hits, cache.misses + len(chain) - hits
         self.leases[task.pid] = Lease(gpu, chain, private)
         task.kv_pages = len(chain) + private
-        task.cached_tokens = max(task.cached_tokens, hits * self.tokens_per_page(self.models[task.model]))
+        if hits:
+            task.cached_tokens = max(task.cached_tokens, hits * self.per_page[task.model])
         return task.context_tokens - task.cached_tokens
 
     def grow(self, task) -> bool:
@@ -171,9 +197,8 @@ class KVManager:
 
     def _take(self, gpu: int, pages: int, task) -> bool:
         """Allocate `pages` on `gpu`, evicting idle blocks first; all or nothing."""
-        pool, cache = self.pools[gpu], self.caches[gpu]
-        gone = cache.evict(pages - pool.pages_free) if pages > pool.pages_free else 0
-        if gone:
+        pool, short = self.pools[gpu], pages - self.pools[gpu].pages_free
+        if short > 0 and (gone := self.caches[gpu].evict(short)):
             pool.free(gone)
             self.on_evict(gpu, gone, task)
         return pool.alloc(pages)
