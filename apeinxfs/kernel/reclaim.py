@@ -36,19 +36,20 @@ class Reclaim:
 
     def _fair_victim(self, head: Task) -> Task | None:
         """A running task of the tenant most over its share, whose counter is past the gap or the head's."""
-        sched, mine = self.config.sched, self.accounts.tenant(head)
+        sched, mine, tenants = self.config.sched, self.accounts.tenant(head), self.accounts.tenants
         slots, total = sum(g.config.slots for g in self.gpus), self.accounts.active_weight
-        gap = sched.preempt_gap * sched.slice_tokens
+        gap, min_run = sched.preempt_gap * sched.slice_tokens, sched.min_run_tokens
+        mine_under = mine.running + 1 <= slots * mine.weight / total
         best, best_key = None, None
-        for task in (t for g in self.gpus for t in g.running.values()):
-            theirs = self.accounts.tenant(task)
-            if theirs is mine or task.run_tokens < sched.min_run_tokens:
-                continue
-            ahead, over = theirs.counter - mine.counter, theirs.running - slots * theirs.weight / total
-            unfair = ahead > gap or (ahead > 0 and over >= 1 and mine.running + 1 <= slots * mine.weight / total)
-            key = (over, theirs.counter, -task.context_tokens, task.pid)
-            if unfair and (best_key is None or key > best_key):
-                best, best_key = task, key
+        for gpu in self.gpus:
+            for task in gpu.running.values():
+                if task.run_tokens < min_run or (theirs := tenants[task.tenant]) is mine:
+                    continue
+                ahead, over = theirs.counter - mine.counter, theirs.running - slots * theirs.weight / total
+                unfair = ahead > gap or (ahead > 0 and over >= 1 and mine_under)
+                key = (over, theirs.counter, -task.context_tokens, task.pid)
+                if unfair and (best_key is None or key > best_key):
+                    best, best_key = task, key
         return best
 
     def _attach_kv(self, task: Task, gpu: Gpu) -> None:

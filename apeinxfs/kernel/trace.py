@@ -9,6 +9,8 @@ HEADER = b"seq,time_us,type,pid,tenant,model,gpu,node,detail\n"
 
 def quote(text: str) -> str:
     """A CSV field that is always quoted, on one line."""
+    if '"' not in text and "\\" not in text and "\n" not in text and "\r" not in text:
+        return '"' + text + '"'  # nothing to escape: most lines, and a scan is cheaper than four replaces
     one_line = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
     return '"' + one_line.replace('"', '""') + '"'
 
@@ -25,12 +27,11 @@ class TraceLog:
     def emit(self, time_us: int, kind: str, task=None, detail: str = "", gpu=None) -> None:
         """Append one line; it also goes to the task's own events."""
         self.seq += 1
+        seq, gpu, detail = self.seq, "" if gpu is None else gpu, quote(detail)
         if task is None:
-            who = ",,"
+            line = f"{seq},{time_us},{kind},,,,{gpu},{self.node},{detail}\n".encode()
         else:
-            who = f"{task.pid},{task.tenant},{task.model}"
-        line = (f"{self.seq},{time_us},{kind},{who},{'' if gpu is None else gpu},"
-                f"{self.node},{quote(detail)}\n").encode()
+            line = f"{seq},{time_us},{kind},{task.pid},{task.tenant},{task.model},{gpu},{self.node},{detail}\n".encode()
         self.buffer += line
         self.lines += 1
         if task is not None:
