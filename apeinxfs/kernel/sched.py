@@ -215,7 +215,7 @@ class FairQueue:
         self.name, self.accounts, self.boost_us, self.preempts = name, accounts, boost_us, preempts
         self._tenants, self._agents, self._tasks = LazyHeap(), {}, {}
         self._deadlines, self._members = LazyHeap(), {}
-        self.reason = ""
+        self._chosen: tuple = (None, 0)  # (tenant, tenants backlogged) of the last peek; tenant None: a boost
 
     def __len__(self) -> int:
         return len(self._members)
@@ -258,13 +258,19 @@ class FairQueue:
         if self.boost_us is not None and (urgent := self._deadlines.peek()) is not None:
             task = self._members[urgent]
             if task.deadline_at_us - now_us <= self.boost_us:
-                self.reason = "deadline boost"
+                self._chosen = (None, 0)
                 return task
         tenant = self._tenants.peek()
         if tenant is None:
             return None
-        self.reason = f"least counter: tenant {tenant} of {len(self._tenants)} backlogged"
+        self._chosen = (tenant, len(self._tenants))
         return self._members[self._tasks[self._agents[tenant].peek()].peek()]
+
+    @property
+    def reason(self) -> str:
+        """Why the last peek chose its task: worded only when asked (at a dispatch), not at every peek."""
+        tenant, backlogged = self._chosen
+        return "deadline boost" if tenant is None else f"least counter: tenant {tenant} of {backlogged} backlogged"
 
     def tasks(self) -> list:
         return sorted(self._members.values(), key=lambda t: (self.accounts.tenant(t).counter, t.pid))
