@@ -112,6 +112,20 @@ def test_eviction_is_least_recently_used_and_tail_first():
     assert kv.grow(big) and list(cache.idle) == [a1, a0, c0] and evictions == [(0, 1, 4)]
 
 
+def test_grow_holds_exactly_the_pages_the_context_needs():
+    """Token by token, grow leaves a task the pages for its context and next token, no more, no fewer,
+    also when a page does not hold a whole number of tokens."""
+    odd = KernelConfig(models=[ModelConfig(name="sim", layers=3)], page_mib=1, gpus=[GpuConfig(index=0, kv_mib=64)])
+    for kv in (manager(kv_mib=64)[0], KVManager(odd, lambda *_: None)):
+        grown = task(1, words("s", 40), max_tokens=300)
+        kv.attach(grown, 0)
+        blocks = len(kv.leases[1].blocks)
+        for tokens_out in range(300):
+            grown.tokens_out = tokens_out
+            assert kv.grow(grown)
+            assert grown.kv_pages - blocks == kv._private_need(grown, blocks), tokens_out
+
+
 def test_grow_fails_without_evicting_referenced_blocks():
     """When only referenced blocks remain, grow says no and evicts nothing."""
     kv, evictions = manager(kv_mib=4)

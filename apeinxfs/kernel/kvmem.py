@@ -4,7 +4,6 @@ Pages are counted, not placed: the engine owns the real memory and this module k
 the kernel's books so admission, placement and pressure can be decided. The prefix
 cache and eviction build on these pools in memory.py.
 """
-import math
 import re
 
 import attrs
@@ -20,8 +19,13 @@ def bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype_bytes: int)
 
 
 def pages_for(tokens: int, token_bytes: int, page_bytes: int) -> int:
-    """Pages needed to hold the KV of `tokens` tokens."""
-    return math.ceil(tokens * token_bytes / page_bytes)
+    """Pages needed to hold the KV of `tokens` tokens (exact integer ceiling division)."""
+    return -(-tokens * token_bytes // page_bytes)
+
+
+def tokens_in(pages: int, token_bytes: int, page_bytes: int) -> int:
+    """Tokens whose KV fits in `pages` pages: the most for which pages_for gives no more."""
+    return pages * page_bytes // token_bytes
 
 
 def prompt_pieces(prompt: str) -> list[str]:

@@ -19,7 +19,7 @@ from collections import OrderedDict
 import attrs
 
 from .config import MIB
-from .kvmem import KVPool, estimate_prompt_tokens, pages_for, prompt_pieces
+from .kvmem import KVPool, estimate_prompt_tokens, pages_for, prompt_pieces, tokens_in
 
 SWAP_GBPS = 16.0  # host link speed for swapping KV out and in, unless a model sets `swap_gbps`
 PREFILL_TOKENS_PER_S = 8000.0  # recompute speed, unless a model sets `prefill_tokens_per_s`
@@ -93,11 +93,13 @@ class PrefixCache:
 
 @attrs.define
 class Lease:
-    """What a task on a GPU holds: references to shared blocks and its private pages."""
+    """What a task on a GPU holds: references to shared blocks and its private pages, and how
+    many context tokens they hold (so growing by a token that fits is one comparison)."""
 
     gpu: int
     blocks: tuple
     private: int
+    holds: int
 
 
 class KVManager:
@@ -177,7 +179,7 @@ class KVManager:
         if not self._take(gpu, len(chain) - cached + private, task):
             raise RuntimeError(f"attach of task {task.pid} to gpu {gpu} without room: place() first")
         cache.hits, cache.misses = cache.hits + hits, cache.misses + len(chain) - hits
-        self.leases[task.pid] = Lease(gpu, chain, private)
+        self.leases[task.pid] = Lease(gpu, chain, private, self._holds(task, len(chain), private))
         task.kv_pages = len(chain) + private
         if hits:
             task.cached_tokens = max(task.cached_tokens, hits * self.per_page[task.model])
@@ -186,14 +188,20 @@ class KVManager:
     def grow(self, task) -> bool:
         """Pages for the task's context and next token, evicting idle blocks if need be; whether it got them."""
         lease = self.leases[task.pid]
-        need = self._private_need(task, len(lease.blocks)) - lease.private
-        if need <= 0:
+        if task.tokens_in + task.tokens_out < lease.holds:  # the next token fits in what it holds
             return True
+        need = self._private_need(task, len(lease.blocks)) - lease.private
         if not self._take(lease.gpu, need, task):
             return False
         lease.private += need
+        lease.holds = self._holds(task, len(lease.blocks), lease.private)
         task.kv_pages += need
         return True
+
+    def _holds(self, task, blocks: int, private: int) -> int:
+        """Context tokens that `blocks` shared blocks and `private` pages hold (what _pages inverts)."""
+        model = self.models[task.model]
+        return blocks * self.per_page[task.model] + tokens_in(private, model.token_bytes, self.page_bytes)
 
     def _take(self, gpu: int, pages: int, task) -> bool:
         """Allocate `pages` on `gpu`, evicting idle blocks first; all or nothing."""
