@@ -180,6 +180,9 @@ class Journal:
         self.db.close()
 
 
+NOT_RECORDED = contextlib.nullcontext()  # reusable: entering it does nothing
+
+
 class NullJournal:
     """A journal that keeps nothing and counts its rows: for runs no one will replay (`apeinxfs sim`)."""
 
@@ -194,7 +197,7 @@ class NullJournal:
         return range(self.last_seq - len(stamped) + 1, self.last_seq + 1)
 
     def recording(self, seq: int, trace) -> contextlib.nullcontext:
-        return contextlib.nullcontext()
+        return NOT_RECORDED
 
     def __len__(self) -> int:
         return self.last_seq

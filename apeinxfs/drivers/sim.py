@@ -9,6 +9,7 @@ token per step and the kernel accounts it. The text comes from a deterministic g
 seeded by the prompt (or, for a task with none, its name), so the same prompt gives the
 same words, like greedy decoding.
 """
+import functools
 import hashlib
 
 import attrs
@@ -49,10 +50,19 @@ class EngineModel:
         return decode / 1000 + prefill_tokens / self.prefill_tokens_per_s
 
 
+@functools.lru_cache(maxsize=1024)
+def _seeded(seed: int, prompt: str):
+    """A blake2b fed with what every word of `prompt` hashes first: copied per word, not rehashed."""
+    return hashlib.blake2b(f"{seed}\0{prompt}\0".encode(), digest_size=4)
+
+
 def word(seed: int, prompt: str, index: int) -> str:
-    """Token `index` of the text generated for `prompt`: a word with its leading space."""
-    digest = hashlib.blake2b(f"{seed}\0{prompt}\0{index}".encode(), digest_size=4).digest()
-    value = int.from_bytes(digest, "little")
+    """Token `index` of the text generated for `prompt`: a word with its leading space.
+
+    Chosen by blake2b(f"{seed}\\0{prompt}\\0{index}"), 4 bytes, little-endian."""
+    hasher = _seeded(seed, prompt).copy()
+    hasher.update(str(index).encode())
+    value = int.from_bytes(hasher.digest(), "little")
     text = WORDS[value % len(WORDS)]
     if index == 0 or value % 13 == 0:
         text = text.capitalize()
@@ -72,14 +82,15 @@ class SimDriver:
 
     def plan(self, batch: list) -> tuple[float, list[Chunk]]:
         """The duration of the next step and what it yields for each task."""
-        chunks, prefill = [], 0
+        chunks, prefill, slowest = [], 0, None
         for task in batch:
             engine = self.engines[task.model]
+            if slowest is None or engine.decode_step_ms > slowest.decode_step_ms:
+                slowest = engine
             fill = 0 if task.prefilled else task.context_tokens - task.cached_tokens
             prefill += fill
             text = word(engine.seed, task.spec.prompt or task.spec.name, task.tokens_out)
             chunks.append(Chunk(pid=task.pid, text=text, tokens=1, prefill=fill))
-        slowest = max((self.engines[t.model] for t in batch), key=lambda e: e.decode_step_ms)
         return slowest.step_seconds(len(batch), prefill), chunks
 
     async def serve(self, gpu: int, host) -> None:

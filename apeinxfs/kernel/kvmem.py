@@ -4,6 +4,7 @@ Pages are counted, not placed: the engine owns the real memory and this module k
 the kernel's books so admission, placement and pressure can be decided. The prefix
 cache and eviction build on these pools in memory.py.
 """
+import functools
 import re
 
 import attrs
@@ -33,8 +34,11 @@ def prompt_pieces(prompt: str) -> list[str]:
     return _TOKEN.findall(prompt)
 
 
+@functools.lru_cache(maxsize=1024)
 def estimate_prompt_tokens(prompt: str) -> int:
-    """Tokens a prompt will take before the engine says: words and marks, plus BOS."""
+    """Tokens a prompt will take before the engine says: words and marks, plus BOS.
+
+    Remembered for recent prompts: a submit asks at its check, its admission and its apply."""
     return 1 + len(prompt_pieces(prompt))
 
 
