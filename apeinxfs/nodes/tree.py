@@ -81,6 +81,7 @@ class Tree:
         self._number(self.root)
         self._pinned: dict[int, tuple[bytes, int]] = {}
         self._rendered: dict[int, tuple[int, bytes]] = {}
+        self._task_nodes: dict[int, tuple] = {}  # inode -> (task, node) of task files built so far
 
     def _number(self, node) -> None:
         node.inode = len(self.static) + 1
@@ -99,6 +100,15 @@ class Tree:
         task = self.rt.kernel.tasks.get(pid)
         if task is None:
             raise NotFound(f"no task {pid}")
+        built, node = self._task_nodes.get(inode, (None, None))
+        if built is not task:  # built for this very task, or built now
+            if len(self._task_nodes) >= RENDERED_MAX:
+                self._task_nodes.clear()
+            node = self._build_task_node(inode, task, pid, slot)
+            self._task_nodes[inode] = (task, node)
+        return node
+
+    def _build_task_node(self, inode: int, task, pid: int, slot: int):
         if slot == REPLAY_SLOT:
             return self.root.children["replay"].timeline(task)
         task_dir = TaskDir(inode=inode_of(pid, 0), rt=self.rt, task=task)
