@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 ATTR_TIMEOUT_S = 1.0
 WAIT_SLICE_S = 0.2
 QUIET_SIGNALS = {17, 18, 23, 28}  # SIGCHLD SIGCONT SIGURG SIGWINCH: ignored by default
+NEEDS = {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}  # access mode -> permission it needs (O_RDWR: both)
 
 
 def guarded(method):
@@ -162,7 +163,7 @@ class Operations(pyfuse3.Operations):
         if isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.EISDIR)
         mode = flags & os.O_ACCMODE
-        self.check(node, ctx, {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}.get(mode, os.R_OK | os.W_OK))
+        self.check(node, ctx, NEEDS.get(mode, os.R_OK | os.W_OK))
         handle = node.open(Caller(ctx.uid, ctx.gid, ctx.pid), writing=mode != os.O_RDONLY,
                            reading=mode != os.O_WRONLY)
         if isinstance(handle, SnapshotHandle):

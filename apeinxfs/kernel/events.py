@@ -92,9 +92,12 @@ class Restart:
 KINDS = {cls.__name__.lower(): cls for cls in (Submit, Kill, Control, Step, Failed, Rejected, SetPolicy, Tick, Restart)}
 
 
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps(..., separators=) builds one per call
+
+
 def to_row(event) -> tuple[str, str]:
     """(kind, JSON body) for the journal."""
-    return type(event).__name__.lower(), json.dumps(attrs.asdict(event), separators=(",", ":"))
+    return type(event).__name__.lower(), _COMPACT_JSON.encode(attrs.asdict(event))
 
 
 def from_row(kind: str, body: str):
