@@ -79,10 +79,9 @@ class Runtime:
         return rows
 
     def commit(self, events: list) -> list:
-        """Check, journal, apply; results in order. Raises the first refusal, changing nothing."""
-        for event in events:
-            self.kernel.check(event)
-        return self.commit_checked(events)
+        """Admit, journal, apply; results in order. Raises the first refusal, changing nothing."""
+        now, batch = self.clock.now_us(), {}
+        return self.commit_checked([self.kernel.admit(event, now, batch) for event in events])
 
     def commit_checked(self, events: list) -> list:
         """Journal and apply events the caller has just checked (no await in between)."""
@@ -94,9 +93,10 @@ class Runtime:
         self.notifier.wake(self.kernel.take_changed())
         return results
 
-    def reject(self, path: str, error: ApeinxError, uid: int) -> None:
-        """Record a refused write in the journal and trace."""
-        self.commit([Rejected(path=path, reason=error.reason, uid=uid)])
+    def reject(self, path: str, error: ApeinxError, uid: int, pid: int = 0, tenant: str | None = None) -> None:
+        """Record a refused write in the journal and trace (and, for a denial, the audit trail)."""
+        self.commit([Rejected(path=path, reason=error.reason, uid=uid, errno=error.errno, denial=error.denial,
+                              caller_pid=pid, caller_tenant=tenant)])
 
     # -- blocking readers ------------------------------------------------------------
 

@@ -9,14 +9,17 @@ import json
 import attrs
 
 from .spec import TaskCommand, TaskSpec
+from .tenant_config import TenantConfig, tenant_from_dict
 
 
 @attrs.frozen
 class Submit:
-    """A new task from a submit line, by Unix user `uid`."""
+    """A new task from a submit line, by Unix user `uid`; `note` says what a policy rule changed."""
 
     spec: TaskSpec
     uid: int = 0
+    caller_pid: int = 0
+    note: str = ""
 
 
 @attrs.frozen
@@ -25,6 +28,8 @@ class Kill:
 
     pid: int
     uid: int = 0
+    caller_pid: int = 0
+    caller_tenant: str | None = None
 
 
 @attrs.frozen
@@ -34,6 +39,8 @@ class Control:
     pid: int
     command: TaskCommand
     uid: int = 0
+    caller_pid: int = 0
+    caller_tenant: str | None = None
 
 
 @attrs.frozen
@@ -69,6 +76,10 @@ class Rejected:
     path: str
     reason: str
     uid: int = 0
+    errno: int = 0
+    denial: bool = False  # refused for who the caller is (role, namespace, policy, quota): audited
+    caller_pid: int = 0
+    caller_tenant: str | None = None
 
 
 @attrs.frozen
@@ -77,6 +88,40 @@ class SetPolicy:
 
     policy: str
     uid: int = 0
+    caller_pid: int = 0
+    caller_tenant: str | None = None
+
+
+@attrs.frozen
+class SetTenant:
+    """Create a tenant or replace its settings (/ctl/tenants, /tenants/NAME/*); `what` was written."""
+
+    tenant: TenantConfig
+    what: str
+    uid: int = 0
+    caller_pid: int = 0
+    caller_tenant: str | None = None
+
+
+@attrs.frozen
+class RemoveTenant:
+    """Remove a tenant that has no live tasks."""
+
+    name: str
+    uid: int = 0
+    caller_pid: int = 0
+    caller_tenant: str | None = None
+
+
+@attrs.frozen
+class SetRules:
+    """Policy rules (canonical texts) to append, or to replace the whole list with."""
+
+    rules: tuple[str, ...] = attrs.field(converter=tuple)
+    replace: bool = False
+    uid: int = 0
+    caller_pid: int = 0
+    caller_tenant: str | None = None
 
 
 @attrs.frozen
@@ -89,7 +134,8 @@ class Restart:
     """The daemon started again on this journal: running tasks go back to the queue."""
 
 
-KINDS = {cls.__name__.lower(): cls for cls in (Submit, Kill, Control, Step, Failed, Rejected, SetPolicy, Tick, Restart)}
+KINDS = {cls.__name__.lower(): cls for cls in (Submit, Kill, Control, Step, Failed, Rejected, SetPolicy, Tick, Restart,
+                                                SetTenant, RemoveTenant, SetRules)}
 
 
 def to_row(event) -> tuple[str, str]:
@@ -101,9 +147,11 @@ def from_row(kind: str, body: str):
     """The record a journal row holds."""
     data = json.loads(body)
     if kind == "submit":
-        return Submit(spec=TaskSpec(**data["spec"]), uid=data["uid"])
+        return Submit(**{**data, "spec": TaskSpec(**data["spec"])})
     if kind == "control":
-        return Control(pid=data["pid"], command=TaskCommand(**data["command"]), uid=data["uid"])
+        return Control(**{**data, "command": TaskCommand(**data["command"])})
+    if kind == "settenant":
+        return SetTenant(**{**data, "tenant": tenant_from_dict(data["tenant"])})
     if kind == "step":
         return Step(gpu=data["gpu"], chunks=[Chunk(**c) for c in data["chunks"]])
     return KINDS[kind](**data)

@@ -12,13 +12,13 @@ from .spec import TaskCommand, TaskSpec
 
 SUBMIT_KEYS = {"name", "max_tokens", "prio", "model", "tenant", "deadline", "prompt", "parent"}
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)?")
-_UNIT_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h|d)?")
+_UNIT_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 _INT = re.compile(r"[+-]?\d{1,12}")
 
 
 def parse_duration_us(text: str) -> int:
-    """`30`, `30s`, `500ms`, `2m`, `1.5h` -> microseconds (a bare number is seconds)."""
+    """`30`, `30s`, `500ms`, `2m`, `1.5h`, `1d` -> microseconds (a bare number is seconds)."""
     match = _DURATION.fullmatch(text.strip())
     if not match:
         raise Invalid(f"bad duration {text!r}: use 30, 30s, 500ms or 2m")

@@ -15,7 +15,8 @@ import time
 
 import attrs
 
-from ..kernel.errors import ApeinxError, Denied, Invalid
+from ..kernel.access import Identity
+from ..kernel.errors import ApeinxError, Denied, Hidden, Invalid
 
 LINE_MAX = (1 << 20) + 4096
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -24,11 +25,28 @@ DIR_MODE = stat.S_IFDIR | 0o555
 
 @attrs.frozen
 class Caller:
-    """Who opened a file: kept from the open request, since reads and writes have no ctx."""
+    """Who opened a file, with the role and tenant access.py gave it: kept from the open
+    request, since reads and writes have no ctx. Built without a role, it is root."""
 
     uid: int = 0
     gid: int = 0
     pid: int = 0
+    role: str = "admin"
+    tenant: str | None = "default"
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.uid, self.role, self.tenant)
+
+    def may(self, node: "Node", want: int) -> None:
+        """Raise ENOENT if `node` is another tenant's, EACCES if the role falls short of `want`."""
+        identity = self.identity
+        if not identity.sees(node.tenant):
+            raise Hidden(f"no such entry for uid {self.uid}")
+        if want & os.W_OK:
+            identity.require(node.write_role, "writing this file")
+        if want & os.R_OK:
+            identity.require(node.read_role, "reading this file")
 
 
 @attrs.define(eq=False)
@@ -37,11 +55,15 @@ class Node:
 
     mode: int = stat.S_IFREG | 0o444
     inode: int = 0
+    tenant: str | None = None  # whose it is: other tenants' callers do not see it
+    owner: tuple | None = None  # (uid, gid) shown by getattr; None: the daemon's
+    read_role: str = "none"  # the least role that may read it (access.RANKS)
+    write_role: str = "user"
 
     def size(self) -> int:
         return 0
 
-    def open(self, caller: Caller, writing: bool, reading: bool):
+    def open(self, caller: Caller, writing: bool, reading: bool, truncating: bool = False):
         raise Denied("not a file")
 
 
@@ -72,7 +94,7 @@ class Show(Node):
         text = self.show()
         return text.encode() if isinstance(text, str) else bytes(text)
 
-    def open(self, caller, writing, reading):
+    def open(self, caller, writing, reading, truncating=False):
         if writing:
             raise Denied("read-only file")
         return SnapshotHandle(self)
@@ -85,7 +107,7 @@ class Setting(Show):
     mode: int = stat.S_IFREG | 0o644
     run: object = None
 
-    def open(self, caller, writing, reading):
+    def open(self, caller, writing, reading, truncating=False):
         return CommandHandle(self, caller) if writing else SnapshotHandle(self)
 
 
@@ -98,7 +120,7 @@ class Log(Node):
     def size(self) -> int:
         return len(self.source())
 
-    def open(self, caller, writing, reading):
+    def open(self, caller, writing, reading, truncating=False):
         if writing:
             raise Denied("read-only file")
         return LogHandle(self)
@@ -115,7 +137,7 @@ class Blocking(Node):
     def size(self) -> int:
         return self.length()
 
-    def open(self, caller, writing, reading):
+    def open(self, caller, writing, reading, truncating=False):
         if writing:
             raise Denied("read-only file")
         return BlockingHandle(self, caller)
@@ -128,7 +150,7 @@ class Command(Node):
     mode: int = stat.S_IFREG | 0o222
     run: object = None
 
-    def open(self, caller, writing, reading):
+    def open(self, caller, writing, reading, truncating=False):
         if reading and not self.mode & 0o444:
             raise Denied("write-only file: write commands to it")
         return CommandHandle(self, caller)
@@ -215,26 +237,14 @@ class CommandHandle(Handle):
     def _run(self, raw_lines: list[bytes]) -> None:
         self.reply = b""
         try:
-            replies = self.node.run(raw_lines, self.caller)
+            replies = self._command(raw_lines)
         except ApeinxError as exc:
             self.reply = "".join(f"error: {r}\n" for r in exc.replies).encode()
             raise
         self.reply = "".join(f"{r}\n" for r in replies).encode()
 
-
-def permits(mode: int, owner: tuple[int, int], caller: Caller, want: int, groups=tuple) -> bool:
-    """Unix permission check of `want` (os.R_OK|W_OK|X_OK bits) for `caller`; root may read and write.
-
-    `groups()` gives the caller's supplementary groups, asked for only when needed."""
-    if caller.uid == 0:
-        return not want & os.X_OK or bool(mode & 0o111) or stat.S_ISDIR(mode)
-    if caller.uid == owner[0]:
-        granted = (mode >> 6) & 7
-    elif caller.gid == owner[1] or owner[1] in groups():
-        granted = (mode >> 3) & 7
-    else:
-        granted = mode & 7
-    return want & granted == want
+    def _command(self, raw_lines: list[bytes]) -> list[str]:
+        return self.node.run(raw_lines, self.caller)
 
 
 def decode_line(raw: bytes) -> str:

@@ -4,6 +4,7 @@ Inodes of a task's files are computed from its pid (no table grows with the task
 PID_BASE + pid * SLOTS + slot. `status` follows /proc/PID/status; `output`, `events`
 grow like logs; `stream` and `wait` block like pipes until the kernel changes.
 """
+import os
 import stat
 
 import attrs
@@ -15,6 +16,7 @@ PID_BASE = 1 << 20
 SLOTS = 16
 FILES = ("status", "ctl", "prompt", "output", "stream", "wait", "events", "children")
 REPLAY_SLOT = 15
+PRIVATE = stat.S_IFREG | 0o440  # prompt, output, stream, events: the owner and the tenant's group
 
 
 def inode_of(pid: int, slot: int) -> int:
@@ -51,18 +53,26 @@ def wait_poll(kernel, task, offset: int) -> bytes | None:
     return None if line is None else line[offset:]
 
 
+def owner_of(rt, task) -> tuple[int, int]:
+    """(uid, gid) its files show: whoever submitted it, and its tenant's first gid (else the daemon's)."""
+    tenant = rt.kernel.tenants.get(task.tenant)
+    gids = tenant.members.gids if tenant else ()
+    return task.uid, gids[0] if gids else os.getgid()
+
+
 def _files(rt, task) -> dict:
     """Builders of the nodes of a task's files, by name: only the one asked for is built."""
     pid = task.pid
     return {
         "status": lambda: Show(show=lambda: status(task)),
-        "ctl": lambda: Command(mode=stat.S_IFREG | 0o222, run=ctl.task_ctl(rt, pid)),
-        "prompt": lambda: Show(show=lambda: task.spec.prompt),
-        "output": lambda: Log(source=lambda: task.output),
-        "stream": lambda: Blocking(poll=lambda off: stream_poll(task, off), key=pid, length=lambda: len(task.output)),
+        "ctl": lambda: Command(mode=stat.S_IFREG | 0o220, run=ctl.task_ctl(rt, pid)),
+        "prompt": lambda: Show(mode=PRIVATE, show=lambda: task.spec.prompt),
+        "output": lambda: Log(mode=PRIVATE, source=lambda: task.output),
+        "stream": lambda: Blocking(mode=PRIVATE, poll=lambda off: stream_poll(task, off), key=pid,
+                                   length=lambda: len(task.output)),
         "wait": lambda: Blocking(poll=lambda off: wait_poll(rt.kernel, task, off), key=pid,
                                  length=lambda: len(wait_line(rt.kernel, task) or b"")),
-        "events": lambda: Log(source=lambda: task.events),
+        "events": lambda: Log(mode=PRIVATE, source=lambda: task.events),
         "children": lambda: Show(show=lambda: "".join(f"{child}\n" for child in task.children)),
     }
 
@@ -79,6 +89,7 @@ class TaskDir(Dir):
             return None
         node = _files(self.rt, self.task)[name]()
         node.inode = inode_of(self.task.pid, FILES.index(name) + 1)
+        node.tenant, node.owner = self.task.tenant, self.owner
         return node
 
     def entries(self):
@@ -95,7 +106,8 @@ class TasksDir(Dir):
     rt: object = None
 
     def task_dir(self, task) -> TaskDir:
-        return TaskDir(inode=inode_of(task.pid, 0), rt=self.rt, task=task)
+        return TaskDir(inode=inode_of(task.pid, 0), rt=self.rt, task=task, tenant=task.tenant,
+                       owner=owner_of(self.rt, task))
 
     def child(self, name):
         task = self.rt.kernel.tasks.get(int(name)) if name.isascii() and name.isdigit() and len(name) < 16 else None

@@ -11,12 +11,13 @@ import stat
 from functools import partial
 
 from ..kernel.errors import NotFound
-from . import ctl, memory, metrics, models, readme, replay, sched
+from . import billing, ctl, memory, metrics, models, policy, readme, replay, sched
 from .base import Command, Dir, Log, Setting, Show
-from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, TaskDir, TasksDir, inode_of
+from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, TasksDir, inode_of, owner_of
+from .tenants import TENANT_BASE, TenantsDir, tenants_ctl
 
 RENDERED_MAX = 4096
-
+ADMIN_READS = stat.S_IFREG | 0o400  # the whole trace, the audit trail, every tenant's bill: admins only
 
 
 class ReplayDir(Dir):
@@ -27,7 +28,8 @@ class ReplayDir(Dir):
         self.rt = rt
 
     def timeline(self, task) -> Show:
-        return Show(show=lambda: replay.show(task), inode=inode_of(task.pid, REPLAY_SLOT))
+        return Show(show=lambda: replay.show(task), inode=inode_of(task.pid, REPLAY_SLOT), tenant=task.tenant,
+                    owner=owner_of(self.rt, task))
 
     def child(self, name):
         task = self.rt.kernel.tasks.get(int(name)) if name.isascii() and name.isdigit() and len(name) < 16 else None
@@ -45,6 +47,8 @@ def build_root(rt) -> Dir:
         "ctl": Dir(children={
             "submit": Command(mode=stat.S_IFREG | 0o666, run=ctl.submit(rt)),
             "kill": Command(run=ctl.kill(rt)),
+            "tenants": Command(mode=stat.S_IFREG | 0o200, run=tenants_ctl(rt), write_role="admin"),
+            "policy": policy.RulesFile(rt=rt, show=partial(policy.show, kernel), write_role="admin"),
         }),
         "tasks": TasksDir(rt=rt),
         "models": Dir(children={name: Dir(children={
@@ -60,13 +64,18 @@ def build_root(rt) -> Dir:
                 "prefix": Show(show=partial(memory.prefix, kernel.kv.caches[g:g + 1])),
             }) for g in range(len(kernel.gpus))},
         }),
-        "trace": Dir(children={"events": Log(source=lambda: kernel.trace.buffer)}),
+        "trace": Dir(children={
+            "events": Log(mode=ADMIN_READS, source=lambda: kernel.trace.buffer, read_role="admin"),
+            "audit": Log(mode=ADMIN_READS, source=lambda: kernel.audit.buffer, read_role="admin"),
+        }),
         "replay": ReplayDir(rt),
         "sched": Dir(children={
-            "policy": Setting(show=partial(sched.policy, kernel), run=sched.set_policy(rt)),
+            "policy": Setting(show=partial(sched.policy, kernel), run=sched.set_policy(rt), write_role="admin"),
             "runqueue": Show(show=partial(sched.runqueue, kernel)),
             "stat": Show(show=partial(sched.stat, kernel)),
         }),
+        "tenants": TenantsDir(rt=rt),
+        "billing": Show(mode=ADMIN_READS, show=partial(billing.show, kernel), read_role="admin"),
         "metrics": Show(show=partial(metrics.show, rt), volatile=True),
     })
 
@@ -85,12 +94,14 @@ class Tree:
     def _number(self, node) -> None:
         node.inode = len(self.static) + 1
         self.static[node.inode] = node
-        if isinstance(node, Dir) and not isinstance(node, (TasksDir, ReplayDir)):
+        if isinstance(node, Dir) and not isinstance(node, (TasksDir, ReplayDir, TenantsDir)):
             for _name, child in node.entries():
                 self._number(child)
 
     def node(self, inode: int):
         """The node of `inode`, or NotFound (a task that no longer exists)."""
+        if TENANT_BASE <= inode < PID_BASE:
+            return self.root.children["tenants"].by_inode(inode)
         if inode < PID_BASE:
             if inode in self.static:
                 return self.static[inode]
@@ -101,7 +112,7 @@ class Tree:
             raise NotFound(f"no task {pid}")
         if slot == REPLAY_SLOT:
             return self.root.children["replay"].timeline(task)
-        task_dir = TaskDir(inode=inode_of(pid, 0), rt=self.rt, task=task)
+        task_dir = self.root.children["tasks"].task_dir(task)
         node = task_dir if slot == 0 else task_dir.by_slot(slot)
         if node is None:
             raise NotFound(f"no inode {inode}")
