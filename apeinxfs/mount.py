@@ -164,8 +164,11 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
 
 
 def _fuse_options(args: MountArgs) -> set:
-    """No default_permissions unless asked for: fs.py checks modes itself, saving a getattr per open."""
-    return {"fsname=apeinxfs", "subtype=apeinxfs"} | set(args.fuse_options - {"rw"})
+    """No default_permissions: fs.py checks roles and tenants itself (kernel/access.py). Mounted by
+    root, allow_other lets every user reach the tree, each seeing its own tenant; a user's own
+    mount stays private unless it asks for allow_other (which needs user_allow_other in fuse.conf)."""
+    shared = {"allow_other"} if os.geteuid() == 0 else set()
+    return {"fsname=apeinxfs", "subtype=apeinxfs"} | shared | set(args.fuse_options - {"rw"})
 
 
 def _report(fd: int | None, message: str) -> None:
