@@ -18,6 +18,7 @@ from apeinxfs.kernel.events import Chunk, Rejected, RemoveTenant, Restart, SetRu
 from apeinxfs.kernel.ledger import Limit, TokenLedger
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.kernel.tenant_config import TenantConfig, set_in_group, show_group, tenant_from_dict
+from apeinxfs.nodes.tasks import status
 
 S = 1_000_000
 PRICE = {"input_per_1k": "0.5", "output_per_1k": "1.5", "gpu_second": "0.01", "kv_page_second": "0.001"}
@@ -307,3 +308,12 @@ def test_denials_are_audited_and_other_refusals_are_not():
     kernel.apply(Rejected(path="/ctl/submit", reason="bad line", uid=1001), 0)
     lines = kernel.audit.buffer.decode().splitlines()
     assert len(lines) == 2 and ",1001,0,,/ctl/submit,denied," in lines[1]
+
+
+def test_status_shows_the_sandbox_of_the_task_s_tenant():
+    """A task's status ends with its tenant's sandbox limits, when the tenant has any."""
+    sandbox = tenant_from_dict({"name": "a", "sandbox": {"max_tokens": 64, "max_wall": "10m"}}).sandbox
+    kernel = Kernel(config(TenantConfig("a")))
+    pid = admit(kernel, tenant="a")
+    assert status(kernel.tasks[pid], sandbox).splitlines()[-1] == "Sandbox:\tmax_tokens=64 max_wall=600s models=*"
+    assert "Sandbox" not in status(kernel.tasks[pid])

@@ -9,6 +9,7 @@ import stat
 
 import attrs
 
+from ..kernel.tenant_config import Sandbox, show_group
 from . import ctl
 from .base import Blocking, Command, Dir, Log, Show
 
@@ -23,8 +24,8 @@ def inode_of(pid: int, slot: int) -> int:
     return PID_BASE + pid * SLOTS + slot
 
 
-def status(task) -> str:
-    """Key:<TAB>value lines in SPEC.md's order, then extras."""
+def status(task, sandbox=None) -> str:
+    """Key:<TAB>value lines in SPEC.md's order, then extras (the tenant's sandbox, if it has one)."""
     deadline = "-" if task.deadline_at_us is None else f"{(task.deadline_at_us - task.submitted_us) / 1e6:g}s"
     rows = [("Name", task.spec.name), ("Pid", task.pid), ("PPid", task.parent or 0), ("Tenant", task.tenant),
             ("Uid", task.uid), ("Model", task.model), ("State", task.state), ("Prio", task.spec.prio),
@@ -33,6 +34,8 @@ def status(task) -> str:
             ("Exit", task.exit or "-"), ("Gpu", "-" if task.gpu is None else task.gpu),
             ("Deadline", deadline), ("SubmittedUs", task.submitted_us),
             ("FirstTokenUs", "-" if task.first_token_us is None else task.first_token_us - task.submitted_us)]
+    if sandbox is not None:
+        rows.append(("Sandbox", " ".join(line.replace(" ", "=") for line in show_group(sandbox).splitlines())))
     return "".join(f"{key}:\t{value}\n" for key, value in rows)
 
 
@@ -53,6 +56,11 @@ def wait_poll(kernel, task, offset: int) -> bytes | None:
     return None if line is None else line[offset:]
 
 
+def _sandbox(rt, task):
+    tenant = rt.kernel.tenants.get(task.tenant)
+    return tenant.sandbox if tenant is not None and tenant.sandbox != Sandbox() else None
+
+
 def owner_of(rt, task) -> tuple[int, int]:
     """(uid, gid) its files show: whoever submitted it, and its tenant's first gid (else the daemon's)."""
     tenant = rt.kernel.tenants.get(task.tenant)
@@ -64,7 +72,7 @@ def _files(rt, task) -> dict:
     """Builders of the nodes of a task's files, by name: only the one asked for is built."""
     pid = task.pid
     return {
-        "status": lambda: Show(show=lambda: status(task)),
+        "status": lambda: Show(show=lambda: status(task, _sandbox(rt, task))),
         "ctl": lambda: Command(mode=stat.S_IFREG | 0o220, run=ctl.task_ctl(rt, pid)),
         "prompt": lambda: Show(mode=PRIVATE, show=lambda: task.spec.prompt),
         "output": lambda: Log(mode=PRIVATE, source=lambda: task.output),
