@@ -212,6 +212,8 @@ class Operations(pyfuse3.Operations):
     @guarded
     async def release(self, fh):
         handle = self.handles.pop(fh, None)
+        if handle is not None:
+            handle.release()
         if isinstance(handle, SnapshotHandle):
             self.tree.close_snapshot(handle.node.inode)
 

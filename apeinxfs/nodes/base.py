@@ -170,6 +170,9 @@ class Handle:
     def flush(self) -> None:
         """Nothing pending by default."""
 
+    def release(self) -> None:
+        """The last close; nothing to do by default (errors here reach no one)."""
+
 
 @attrs.define(eq=False)
 class SnapshotHandle(Handle):

@@ -75,19 +75,23 @@ def _weight_change(tenant, line):
     return attrs.evolve(tenant, weight=parse_int(line, "weight"))
 
 
+def _group_file(rt, name: str, group: str):
+    """The builder of /tenants/NAME/GROUP: the group's KEY VALUE lines, written by admins."""
+    return lambda: Setting(mode=ADMIN_WRITES, show=lambda: show_group(getattr(_tenant(rt, name), group)),
+                           run=settings_writer(rt, name, group, _group_change(group)), write_role="admin")
+
+
 def _files(rt, name: str) -> dict:
     """Builders of a tenant's files, by name."""
     kernel = rt.kernel
-    files = {"weight": lambda: Setting(mode=ADMIN_WRITES, show=lambda: f"{_tenant(rt, name).weight}\n",
-                                       run=settings_writer(rt, name, "weight", _weight_change), write_role="admin")}
-    for group in GROUPS:
-        files[group] = (lambda g: lambda: Setting(
-            mode=ADMIN_WRITES, show=lambda: show_group(getattr(_tenant(rt, g[0]), g[1])),
-            run=settings_writer(rt, name, group, _group_change(group)), write_role="admin"))((name, group))
-    files["usage"] = lambda: Show(show=lambda: usage(kernel, name, rt.clock.now_us()), volatile=True)
-    files["events"] = lambda: Log(source=lambda: kernel.trace.of_tenant(name))
-    files["bill"] = lambda: Show(show=lambda: billing.show(kernel, name))
-    return files
+    return {
+        "weight": lambda: Setting(mode=ADMIN_WRITES, show=lambda: f"{_tenant(rt, name).weight}\n",
+                                  run=settings_writer(rt, name, "weight", _weight_change), write_role="admin"),
+        **{group: _group_file(rt, name, group) for group in GROUPS},
+        "usage": lambda: Show(show=lambda: usage(kernel, name, rt.clock.now_us()), volatile=True),
+        "events": lambda: Log(source=lambda: kernel.trace.of_tenant(name)),
+        "bill": lambda: Show(show=lambda: billing.show(kernel, name)),
+    }
 
 
 @attrs.define(eq=False)
@@ -161,10 +165,7 @@ def tenants_ctl(rt):
 
 def _new_tenant(text: str) -> TenantConfig:
     name, _, rest = text.strip().partition(" ")
-    pairs = split_pairs(rest) if rest.strip() else {}
-    unknown = set(pairs) - {"weight", *Members.KEYS}
-    if unknown:
-        raise Invalid(f"unknown key {sorted(unknown)[0]!r}: weight, {', '.join(Members.KEYS)}")
+    pairs = split_pairs(rest, known={"weight", *Members.KEYS}) if rest.strip() else {}
     members = {key: Members.KEYS[key][1](value, key) for key, value in pairs.items() if key != "weight"}
     weight = parse_int(pairs["weight"], "weight") if "weight" in pairs else 100
     return TenantConfig(name=name, weight=weight, members=members)
