@@ -13,34 +13,35 @@ from .tenant_config import TenantConfig, tenant_from_dict
 
 
 @attrs.frozen
-class Submit:
+class ByCaller:
+    """Who caused an event: the caller's uid, its process id and tenant (for the trace and audit)."""
+
+    uid: int = attrs.field(default=0, kw_only=True)
+    caller_pid: int = attrs.field(default=0, kw_only=True)
+    caller_tenant: str | None = attrs.field(default=None, kw_only=True)
+
+
+@attrs.frozen
+class Submit(ByCaller):
     """A new task from a submit line, by Unix user `uid`; `note` says what a policy rule changed."""
 
     spec: TaskSpec
-    uid: int = 0
-    caller_pid: int = 0
     note: str = ""
 
 
 @attrs.frozen
-class Kill:
+class Kill(ByCaller):
     """Kill task `pid` (/ctl/kill or `kill` in its ctl file)."""
 
     pid: int
-    uid: int = 0
-    caller_pid: int = 0
-    caller_tenant: str | None = None
 
 
 @attrs.frozen
-class Control:
+class Control(ByCaller):
     """A stop / cont / prio command for task `pid`."""
 
     pid: int
     command: TaskCommand
-    uid: int = 0
-    caller_pid: int = 0
-    caller_tenant: str | None = None
 
 
 @attrs.frozen
@@ -70,58 +71,43 @@ class Failed:
 
 
 @attrs.frozen
-class Rejected:
+class Rejected(ByCaller):
     """A write that was refused: recorded so the trace keeps the reason across restarts."""
 
     path: str
     reason: str
-    uid: int = 0
     errno: int = 0
     denial: bool = False  # refused for who the caller is (role, namespace, policy, quota): audited
-    caller_pid: int = 0
-    caller_tenant: str | None = None
 
 
 @attrs.frozen
-class SetPolicy:
+class SetPolicy(ByCaller):
     """Switch the scheduling policy (a write to /sched/policy)."""
 
     policy: str
-    uid: int = 0
-    caller_pid: int = 0
-    caller_tenant: str | None = None
 
 
 @attrs.frozen
-class SetTenant:
+class SetTenant(ByCaller):
     """Create a tenant or replace its settings (/ctl/tenants, /tenants/NAME/*); `what` was written."""
 
     tenant: TenantConfig
     what: str
-    uid: int = 0
-    caller_pid: int = 0
-    caller_tenant: str | None = None
 
 
 @attrs.frozen
-class RemoveTenant:
+class RemoveTenant(ByCaller):
     """Remove a tenant that has no live tasks."""
 
     name: str
-    uid: int = 0
-    caller_pid: int = 0
-    caller_tenant: str | None = None
 
 
 @attrs.frozen
-class SetRules:
+class SetRules(ByCaller):
     """Policy rules (canonical texts) to append, or to replace the whole list with."""
 
     rules: tuple[str, ...] = attrs.field(converter=tuple)
     replace: bool = False
-    uid: int = 0
-    caller_pid: int = 0
-    caller_tenant: str | None = None
 
 
 @attrs.frozen

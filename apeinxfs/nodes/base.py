@@ -82,6 +82,31 @@ class Dir(Node):
 
 
 @attrs.define(eq=False)
+class BuiltDir(Dir):
+    """A directory of the files in `names`, built when asked for (`build(name)`) at inodes
+    computed from its own (its inode + 1 + the name's index), with its tenant and owner."""
+
+    names: tuple = ()
+
+    def build(self, name: str) -> Node:
+        raise NotImplementedError
+
+    def child(self, name):
+        if name not in self.names:
+            return None
+        node = self.build(name)
+        node.inode = self.inode + 1 + self.names.index(name)
+        node.tenant, node.owner = self.tenant, self.owner
+        return node
+
+    def entries(self):
+        return [(name, self.child(name)) for name in self.names]
+
+    def by_slot(self, slot: int):
+        return self.child(self.names[slot - 1]) if 1 <= slot <= len(self.names) else None
+
+
+@attrs.define(eq=False)
 class Show(Node):
     """Text rendered by `show()` when the file is opened (a snapshot, like seq_file).
 

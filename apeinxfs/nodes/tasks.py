@@ -11,7 +11,7 @@ import attrs
 
 from ..kernel.tenant_config import Sandbox, show_group
 from . import ctl
-from .base import Blocking, Command, Dir, Log, Show
+from .base import Blocking, BuiltDir, Command, Dir, Log, Show
 
 PID_BASE = 1 << 20
 SLOTS = 16
@@ -86,25 +86,15 @@ def _files(rt, task) -> dict:
 
 
 @attrs.define(eq=False)
-class TaskDir(Dir):
+class TaskDir(BuiltDir):
     """/tasks/PID: its files are built when asked for."""
 
+    names: tuple = FILES
     rt: object = None
     task: object = None
 
-    def child(self, name):
-        if name not in FILES:
-            return None
-        node = _files(self.rt, self.task)[name]()
-        node.inode = inode_of(self.task.pid, FILES.index(name) + 1)
-        node.tenant, node.owner = self.task.tenant, self.owner
-        return node
-
-    def entries(self):
-        return [(name, self.child(name)) for name in FILES]
-
-    def by_slot(self, slot: int):
-        return self.child(FILES[slot - 1]) if 1 <= slot <= len(FILES) else None
+    def build(self, name):
+        return _files(self.rt, self.task)[name]()
 
 
 @attrs.define(eq=False)

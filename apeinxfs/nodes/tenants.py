@@ -17,7 +17,7 @@ from ..kernel.grammar import parse_int, split_pairs
 from ..kernel.tenancy import budget_limit, quota_limit
 from ..kernel.tenant_config import Members, TenantConfig, set_in_group, show_group
 from . import billing
-from .base import Dir, Log, Setting, Show
+from .base import BuiltDir, Dir, Log, Setting, Show
 from .ctl import by, run_lines
 
 TENANT_BASE = 1 << 19
@@ -95,25 +95,15 @@ def _files(rt, name: str) -> dict:
 
 
 @attrs.define(eq=False)
-class TenantDir(Dir):
+class TenantDir(BuiltDir):
     """/tenants/NAME: its files are built when asked for, each scoped to the tenant."""
 
+    names: tuple = FILES
     rt: object = None
     name: str = ""
-    number: int = 0
 
-    def child(self, name):
-        if name not in FILES:
-            return None
-        node = _files(self.rt, self.name)[name]()
-        node.inode, node.tenant = inode_of(self.number, FILES.index(name) + 1), self.name
-        return node
-
-    def entries(self):
-        return [(name, self.child(name)) for name in FILES]
-
-    def by_slot(self, slot: int):
-        return self.child(FILES[slot - 1]) if 1 <= slot <= len(FILES) else None
+    def build(self, name):
+        return _files(self.rt, self.name)[name]()
 
 
 @attrs.define(eq=False)
@@ -129,7 +119,7 @@ class TenantsDir(Dir):
             self.numbers[name] = len(self.names)
             self.names.append(name)
         number = self.numbers[name]
-        return TenantDir(inode=inode_of(number, 0), rt=self.rt, name=name, number=number, tenant=name)
+        return TenantDir(inode=inode_of(number, 0), rt=self.rt, name=name, tenant=name)
 
     def child(self, name):
         return self.tenant_dir(name) if name in self.rt.kernel.tenants else None
