@@ -55,6 +55,7 @@ def _from_seed(fields: list[str]) -> TaskSpec:
 
 
 def _from_pairs(pairs: dict[str, str]) -> TaskSpec:
+    _reject_unknown(pairs)
     kwargs = {}
     for key, value in pairs.items():
         if key in ("max_tokens", "prio", "parent"):
@@ -116,7 +117,6 @@ def split_pairs(line: str) -> dict[str, str]:
         if key in pairs:
             raise Invalid(f"key {key!r} given twice")
         pairs[key] = value
-    _reject_unknown(pairs)
     return pairs
 
 
