@@ -59,6 +59,7 @@ class Node:
     owner: tuple | None = None  # (uid, gid) shown by getattr; None: the daemon's
     read_role: str = "none"  # the least role that may read it (access.RANKS)
     write_role: str = "user"
+    path: str = ""  # where it is in the tree, for the audit trail
 
     def size(self) -> int:
         return 0

@@ -103,6 +103,7 @@ class TenantDir(Dir):
             return None
         node = _files(self.rt, self.name)[name]()
         node.inode, node.tenant = inode_of(self.number, FILES.index(name) + 1), self.name
+        node.path = f"/tenants/{self.name}/{name}"
         return node
 
     def entries(self):

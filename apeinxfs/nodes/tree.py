@@ -29,7 +29,7 @@ class ReplayDir(Dir):
 
     def timeline(self, task) -> Show:
         return Show(show=lambda: replay.show(task), inode=inode_of(task.pid, REPLAY_SLOT), tenant=task.tenant,
-                    owner=owner_of(self.rt, task))
+                    owner=owner_of(self.rt, task), path=f"/replay/{task.pid}")
 
     def child(self, name):
         task = self.rt.kernel.tasks.get(int(name)) if name.isascii() and name.isdigit() and len(name) < 16 else None
@@ -91,12 +91,12 @@ class Tree:
         self._pinned: dict[int, tuple[bytes, int]] = {}
         self._rendered: dict[int, tuple[int, bytes]] = {}
 
-    def _number(self, node) -> None:
-        node.inode = len(self.static) + 1
+    def _number(self, node, path: str = "") -> None:
+        node.inode, node.path = len(self.static) + 1, path or "/"
         self.static[node.inode] = node
         if isinstance(node, Dir) and not isinstance(node, (TasksDir, ReplayDir, TenantsDir)):
-            for _name, child in node.entries():
-                self._number(child)
+            for name, child in node.entries():
+                self._number(child, f"{path}/{name}")
 
     def node(self, inode: int):
         """The node of `inode`, or NotFound (a task that no longer exists)."""
