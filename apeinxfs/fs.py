@@ -218,6 +218,8 @@ class Operations(pyfuse3.Operations):
         handle = self.handles.pop(fh, None)
         if isinstance(handle, SnapshotHandle):
             self.tree.close_snapshot(handle.node.inode)
+        elif handle is not None:
+            handle.release()
 
     @guarded
     async def statfs(self, ctx):

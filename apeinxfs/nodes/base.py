@@ -171,6 +171,9 @@ class Handle:
     def flush(self) -> None:
         """Nothing pending by default."""
 
+    def release(self) -> None:
+        """The last close: nothing to finish by default (an error here reaches no one)."""
+
 
 @attrs.define(eq=False)
 class SnapshotHandle(Handle):
