@@ -180,7 +180,7 @@ class Operations(pyfuse3.Operations):
         try:
             self.check(node, caller, {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}.get(mode, os.R_OK | os.W_OK))
         except Denied as exc:  # a role refused at open (a viewer's submit): a denial, so audited
-            self.rt.reject(node.path, exc, caller.uid, caller.pid, caller.tenant)
+            self.rt.reject(self.tree.path_of(node), exc, caller.uid, caller.pid, caller.tenant)
             raise
         handle = node.open(caller, writing=mode != os.O_RDONLY, reading=mode != os.O_WRONLY,
                            truncating=bool(flags & os.O_TRUNC))
@@ -216,10 +216,10 @@ class Operations(pyfuse3.Operations):
     @guarded
     async def release(self, fh):
         handle = self.handles.pop(fh, None)
+        if handle is not None:
+            handle.release()
         if isinstance(handle, SnapshotHandle):
             self.tree.close_snapshot(handle.node.inode)
-        elif handle is not None:
-            handle.release()
 
     @guarded
     async def statfs(self, ctx):

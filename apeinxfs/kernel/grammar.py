@@ -55,7 +55,6 @@ def _from_seed(fields: list[str]) -> TaskSpec:
 
 
 def _from_pairs(pairs: dict[str, str]) -> TaskSpec:
-    _reject_unknown(pairs)
     kwargs = {}
     for key, value in pairs.items():
         if key in ("max_tokens", "prio", "parent"):
@@ -100,14 +99,14 @@ def _json_deadline(value) -> int:
     raise Invalid("deadline must be a number of seconds or a duration like \"30s\"")
 
 
-def _reject_unknown(keys) -> None:
-    unknown = sorted(set(keys) - SUBMIT_KEYS)
+def _reject_unknown(keys, known=SUBMIT_KEYS) -> None:
+    unknown = sorted(set(keys) - set(known))
     if unknown:
-        raise Invalid(f"unknown key {unknown[0]!r}: known keys are {', '.join(sorted(SUBMIT_KEYS))}")
+        raise Invalid(f"unknown key {unknown[0]!r}: known keys are {', '.join(sorted(known))}")
 
 
-def split_pairs(line: str) -> dict[str, str]:
-    """`a=1 b="x y"` -> {'a': '1', 'b': 'x y'}, with \\n \\t \\" \\\\ escapes in quotes."""
+def split_pairs(line: str, known=SUBMIT_KEYS) -> dict[str, str]:
+    """`a=1 b="x y"` -> {'a': '1', 'b': 'x y'}, with \\n \\t \\" \\\\ escapes in quotes; keys among `known`."""
     pairs, pos = {}, 0
     while pos < len(line):
         if line[pos].isspace():
@@ -117,6 +116,7 @@ def split_pairs(line: str) -> dict[str, str]:
         if key in pairs:
             raise Invalid(f"key {key!r} given twice")
         pairs[key] = value
+    _reject_unknown(pairs, known)
     return pairs
 
 

@@ -59,7 +59,6 @@ class Node:
     owner: tuple | None = None  # (uid, gid) shown by getattr; None: the daemon's
     read_role: str = "none"  # the least role that may read it (access.RANKS)
     write_role: str = "user"
-    path: str = ""  # where it is in the tree, for the audit trail
 
     def size(self) -> int:
         return 0
@@ -172,7 +171,7 @@ class Handle:
         """Nothing pending by default."""
 
     def release(self) -> None:
-        """The last close: nothing to finish by default (an error here reaches no one)."""
+        """The last close; nothing to do by default (errors here reach no one)."""
 
 
 @attrs.define(eq=False)

@@ -3,8 +3,7 @@
 Reading prints each rule's canonical text, one per line, in order; writing that text
 back restores them (writes mirror reads). Opening with O_TRUNC (`>` in a shell) replaces
 the list: the first write on that descriptor replaces, later ones append, and one that
-writes nothing before its last close empties it (at release, which FUSE sends just after
-close returns). `>>` appends. Blank lines and `#` comments are
+writes nothing before its last close empties it. `>>` appends. Blank lines and `#` comments are
 skipped. Admins only; every change is journaled and audited.
 """
 import stat
@@ -63,7 +62,8 @@ class RulesHandle(CommandHandle):
         return replies
 
     def release(self) -> None:
-        """Opened with O_TRUNC and closed with nothing written: the list is emptied. Not at flush: a
-        shell's `>` flushes once (closing its dup'd fd) before writing, which left no rules meanwhile."""
+        """Opened with O_TRUNC and closed without a rule written (`: > ctl/policy`): empty the list.
+
+        Not at flush: a shell's `>` flushes once before writing, when it moves the fd."""
         if self.replacing:
             self._run([])

@@ -88,7 +88,7 @@ class TaskDir(Dir):
         if name not in FILES:
             return None
         node = _files(self.rt, self.task)[name]()
-        node.inode, node.path = inode_of(self.task.pid, FILES.index(name) + 1), f"/tasks/{self.task.pid}/{name}"
+        node.inode = inode_of(self.task.pid, FILES.index(name) + 1)
         node.tenant, node.owner = self.task.tenant, self.owner
         return node
 

@@ -103,7 +103,6 @@ class TenantDir(Dir):
             return None
         node = _files(self.rt, self.name)[name]()
         node.inode, node.tenant = inode_of(self.number, FILES.index(name) + 1), self.name
-        node.path = f"/tenants/{self.name}/{name}"
         return node
 
     def entries(self):
@@ -162,10 +161,7 @@ def tenants_ctl(rt):
 
 def _new_tenant(text: str) -> TenantConfig:
     name, _, rest = text.strip().partition(" ")
-    pairs = split_pairs(rest) if rest.strip() else {}
-    unknown = set(pairs) - {"weight", *Members.KEYS}
-    if unknown:
-        raise Invalid(f"unknown key {sorted(unknown)[0]!r}: weight, {', '.join(Members.KEYS)}")
+    pairs = split_pairs(rest, known={"weight", *Members.KEYS}) if rest.strip() else {}
     members = {key: Members.KEYS[key][1](value, key) for key, value in pairs.items() if key != "weight"}
     weight = parse_int(pairs["weight"], "weight") if "weight" in pairs else 100
     return TenantConfig(name=name, weight=weight, members=members)
