@@ -286,6 +286,7 @@ def test_audit_records_admin_acts_and_denials_with_their_uid(mounted, users):
     pid, tenants, policy = parked_task(mounted, alice), mounted.path("ctl", "tenants"), mounted.path("ctl", "policy")
     assert probe(bob, "write", mounted.path("ctl", "kill"), f"{pid}\n")["errno"] == "ENOENT"
     assert submit_as(mounted, vera, "name=peek max_tokens=3")["errno"] == "EACCES"
+    assert probe(vera, "write", mounted.path("tasks", str(pid), "ctl"), "stop\n")["errno"] == "EACCES"
     assert probe(bob, "write", tenants, "add sneaky\n")["errno"] == "EACCES"
     for path, line in ((tenants, "add audited weight=300\n"), (tenants, "remove audited\n"),
                        (policy, "allow tenant=a\n"), (mounted.path("tasks", str(pid), "ctl"), "kill\n")):
@@ -299,6 +300,7 @@ def test_audit_records_admin_acts_and_denials_with_their_uid(mounted, users):
             (bob.uid, "b", "/ctl/kill", "denied", f"no task {pid}"),
             (bob.uid, "b", "/ctl/tenants", "denied", f"uid {bob.uid} is user of tenant b: writing this file needs admin"),
             (vera.uid, "a", "/ctl/submit", "denied", f"uid {vera.uid} is viewer of tenant a: writing this file needs user"),
+            (vera.uid, "a", f"/tasks/{pid}/ctl", "denied", f"uid {vera.uid} is viewer of tenant a: writing this file needs user"),
             } <= rows
 
 
@@ -311,6 +313,8 @@ def test_a_tenant_added_at_runtime_takes_its_members_at_once(mounted, users):
     assert mounted.status(pid)["Tenant"] == "e"
     assert probe(uma, "read", mounted.path("tenants", "e", "weight"))["data"] == "300\n"
     assert probe(uma, "write", mounted.path("tenants", "e", "weight"), "400\n")["errno"] == "EACCES"
+    assert (uma.uid, "e", "/tenants/e/weight", "denied",
+            f"uid {uma.uid} is user of tenant e: writing this file needs admin") in audit_rows(mounted)
     wait_exited(mounted, pid)
     assert probe(adam, "write", tenants, "remove e\n")["errno"] is None
     assert "e" not in os.listdir(mounted.path("tenants"))
