@@ -244,9 +244,9 @@ def test_budget_overdraw_stops_at_ten_percent_and_is_paid_back(mounted, users):
     assert "1001 more would pass 1000 (1000 + 10% overdraw, 100 of it paying back" in refused["data"], refused
     assert window_index() == window + 1
 
-    paid = poll_until(lambda: (u := probe(cora, "read", mounted.path("tenants", "c", "usage"))["data"])
-                      and "budget_debt 0\n" in u and u, 2 * BUDGET_WINDOW_S, "the window after begins")
-    assert "budget_used 0\n" in paid and "budget_remaining 1000\n" in paid
+    poll_until(lambda: usage(mounted, "c")["budget_debt"] == "0", 2 * BUDGET_WINDOW_S, "the window after begins")
+    paid = probe(cora, "read", mounted.path("tenants", "c", "usage"))["data"]  # her own tenant's file
+    assert "budget_used 0\nbudget_debt 0\nbudget_remaining 1000\n" in paid
 
 
 def policy_acts(daemon) -> set:
