@@ -177,7 +177,11 @@ class Operations(pyfuse3.Operations):
         if isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.EISDIR)
         mode, caller = flags & os.O_ACCMODE, self.caller(ctx)
-        self.check(node, caller, {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}.get(mode, os.R_OK | os.W_OK))
+        try:
+            self.check(node, caller, {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}.get(mode, os.R_OK | os.W_OK))
+        except Denied as exc:  # a role refused at open (a viewer's submit): a denial, so audited
+            self.rt.reject(self.tree.path_of(node), exc, caller.uid, caller.pid, caller.tenant)
+            raise
         handle = node.open(caller, writing=mode != os.O_RDONLY, reading=mode != os.O_WRONLY,
                            truncating=bool(flags & os.O_TRUNC))
         if isinstance(handle, SnapshotHandle):

@@ -107,6 +107,7 @@ def lock_state_dir(state_dir: str) -> int:
 
 
 def main(argv: list[str]) -> int:
+    os.umask(0o077)  # the journal and log hold every tenant's prompts and outputs: the owner's alone
     try:
         args = parse_args(argv)
         config = config_mod.load(args.config, args.state_dir)

@@ -13,6 +13,7 @@ from functools import partial
 from ..kernel.errors import NotFound
 from . import billing, ctl, memory, metrics, models, policy, readme, replay, sched
 from .base import Command, Dir, Log, Setting, Show
+from . import tasks, tenants
 from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, TasksDir, inode_of, owner_of
 from .tenants import TENANT_BASE, TenantsDir, tenants_ctl
 
@@ -86,17 +87,27 @@ class Tree:
     def __init__(self, rt):
         self.rt = rt
         self.static: dict[int, object] = {}
+        self.paths: dict[int, str] = {}
         self.root = build_root(rt)
         self._number(self.root)
         self._pinned: dict[int, tuple[bytes, int]] = {}
         self._rendered: dict[int, tuple[int, bytes]] = {}
 
-    def _number(self, node) -> None:
+    def _number(self, node, path: str = "/") -> None:
         node.inode = len(self.static) + 1
-        self.static[node.inode] = node
+        self.static[node.inode], self.paths[node.inode] = node, path
         if isinstance(node, Dir) and not isinstance(node, (TasksDir, ReplayDir, TenantsDir)):
-            for _name, child in node.entries():
-                self._number(child)
+            for name, child in node.entries():
+                self._number(child, f"{path.rstrip('/')}/{name}")
+
+    def path_of(self, node) -> str:
+        """Where a file is, for the audit trail: static ones by name, a task's or tenant's from its inode."""
+        if node.inode in self.paths:
+            return self.paths[node.inode]
+        if TENANT_BASE <= node.inode < PID_BASE:
+            return f"/tenants/{node.tenant}/{tenants.FILES[(node.inode - TENANT_BASE) % tenants.SLOTS - 1]}"
+        pid, slot = divmod(node.inode - PID_BASE, SLOTS)
+        return f"/replay/{pid}" if slot == REPLAY_SLOT else f"/tasks/{pid}/{tasks.FILES[slot - 1]}"
 
     def node(self, inode: int):
         """The node of `inode`, or NotFound (a task that no longer exists)."""
