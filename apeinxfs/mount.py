@@ -19,6 +19,7 @@ import pyfuse3
 import trio
 
 from . import config as config_mod
+from .drivers import nvml
 from .fs import Operations
 from .journal import Journal
 from .kernel.errors import ApeinxError, Invalid
@@ -153,6 +154,7 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
         lock_state_dir(config.state_dir)
         runtime = Runtime(config, Journal(os.path.join(config.state_dir, "journal.db")))
         rows = runtime.recover()
+        runtime.readings = nvml.open_readings(config.kernel.gpus)
         ops = Operations(Tree(runtime))
         pyfuse3.init(ops, args.mountpoint, _fuse_options(args))
     except Exception as exc:  # report any start failure to the waiting parent
@@ -201,5 +203,7 @@ async def _run_mounted(runtime: Runtime, config, ready_fd) -> int:
     finally:
         pyfuse3.close(unmount=signalled)
         runtime.journal.close()
+        if runtime.readings is not None:
+            runtime.readings.close()
         log.info("unmounted")
     return 0

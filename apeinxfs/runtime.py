@@ -66,6 +66,7 @@ class Runtime:
         self.clock = clock or WallClock()
         self.notifier = Notifier()
         self.waiters = 0
+        self.readings = None  # drivers/nvml.Readings of the real GPUs, set by the daemon (mount.py)
 
     def recover(self) -> int:
         """Replay the journal into the kernel; mark the restart. Returns rows replayed."""

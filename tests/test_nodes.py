@@ -84,7 +84,7 @@ def test_directory_listings(tree):
     """Listings name SPEC's entries; /tasks and /replay list one entry per pid."""
     submit(tree.rt)
     submit(tree.rt)
-    assert [n for n, _ in resolve(tree, "/").entries()] == ["README", "ctl", "tasks", "models", "memory",
+    assert [n for n, _ in resolve(tree, "/").entries()] == ["README", "ctl", "tasks", "models", "memory", "gpus",
                                                             "trace", "replay", "sched", "tenants", "billing", "metrics"]
     assert [n for n, _ in resolve(tree, "/tasks").entries()] == ["1", "2"]
     assert [n for n, _ in resolve(tree, "/tasks/2").entries()] == ["status", "ctl", "prompt", "output",

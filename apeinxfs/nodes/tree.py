@@ -11,7 +11,7 @@ import stat
 from functools import partial
 
 from ..kernel.errors import NotFound
-from . import billing, ctl, memory, metrics, models, policy, readme, replay, sched
+from . import billing, ctl, gpus, memory, metrics, models, policy, readme, replay, sched
 from .base import Command, Dir, Log, Setting, Show
 from . import tasks, tenants
 from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, TasksDir, inode_of, owner_of
@@ -65,6 +65,9 @@ def build_root(rt) -> Dir:
                 "prefix": Show(show=partial(memory.prefix, kernel.kv.caches[g:g + 1])),
             }) for g in range(len(kernel.gpus))},
         }),
+        "gpus": Dir(children={str(g): Dir(children={
+            name: Show(show=render, volatile=True) for name, render in gpus.files(rt, g).items()
+        }) for g in range(len(kernel.gpus))}),
         "trace": Dir(children={
             "events": Log(mode=ADMIN_READS, source=lambda: kernel.trace.buffer, read_role="admin"),
             "audit": Log(mode=ADMIN_READS, source=lambda: kernel.audit.buffer, read_role="admin"),
