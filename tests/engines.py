@@ -40,7 +40,7 @@ def free_port() -> int:
 class LlamaServer:
     """One llama-server process serving `model` with `slots` parallel slots."""
 
-    def __init__(self, binary: Path, model: Path, log: Path, slots: int = 4, slot_context: int = 1024,
+    def __init__(self, binary: Path, model: Path, log: Path, slots: int = 4, slot_context: int = 4096,
                  port: int | None = None):
         self.binary, self.model, self.log, self.slots = binary, model, log, slots
         self.context = slots * slot_context
@@ -111,6 +111,6 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def llama_server(llama_server_binary, tiny_model, tmp_path):
-    """A running llama-server with 4 slots on the tiny model, stopped afterwards."""
+    """A running llama-server with 4 slots of 4096 tokens on the tiny model, stopped afterwards."""
     with LlamaServer(llama_server_binary, tiny_model, tmp_path / "llama-server.log") as server:
         yield server
