@@ -112,7 +112,8 @@ async def read_request(stream) -> dict:
     while b"\r\n\r\n" not in data:
         data += await stream.receive_some()
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    headers = dict(line.lower().split(b":", 1) for line in head.split(b"\r\n")[1:])
+    length = int(headers[b"content-length"])
     while len(body) < length:
         body += await stream.receive_some()
     return json.loads(body)

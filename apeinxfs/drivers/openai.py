@@ -12,6 +12,8 @@ Options of a model (`[models.options]`): url (required), engine_model (the name 
 default the model's), api ("completions" or "chat"), timeout_s (60: the longest silence
 of an engine), retries (3), backoff_s (0.2). Engine metrics are not scraped here yet.
 """
+import functools
+
 import attrs
 import httpx
 import trio
@@ -107,31 +109,30 @@ class OpenAIDriver:
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=None)) as client, \
                 trio.open_nursery() as nursery:
             nursery.start_soon(outbox.deliver_forever)
+            start = functools.partial(nursery.start_soon, self._run, client, outbox)
             batch = await host.next_batch(gpu)
             while True:
-                self._follow(batch, streams, lambda task: nursery.start_soon(self._run, client, task, streams, outbox))
+                self._follow(batch, streams, start)
                 batch = await host.batch_changed(gpu)
 
     @staticmethod
     def _follow(batch: list, streams: dict, start) -> None:
-        """Start a stream for each task new to the batch; cancel those of tasks that left it."""
+        """Start a stream for each task new to the batch; cancel those of tasks that left it.
+
+        A stream that ended stays listed until its task leaves, so it is never started twice.
+        """
         for task in batch:
             if task.pid not in streams:
                 streams[task.pid] = trio.CancelScope()
-                start(task)
+                start(task, streams[task.pid])
         for pid in streams.keys() - {task.pid for task in batch}:
             streams.pop(pid).cancel()
 
-    async def _run(self, client, task, streams: dict, outbox: Outbox) -> None:
-        scope = streams[task.pid]
-        try:
-            with scope:
-                reason = await self._attempts(client, task, outbox)
-                if reason is not None and task.state is State.RUNNING:
-                    outbox.fail(task.pid, reason)
-        finally:
-            if streams.get(task.pid) is scope:
-                del streams[task.pid]
+    async def _run(self, client, outbox: Outbox, task, scope: trio.CancelScope) -> None:
+        with scope:
+            reason = await self._attempts(client, task, outbox)
+            if reason is not None and task.state is State.RUNNING:
+                outbox.fail(task.pid, reason)
 
     async def _attempts(self, client, task, outbox: Outbox) -> str | None:
         """Stream the task, retrying while the engine is unreachable; the failure's reason, if any."""
