@@ -74,10 +74,13 @@ def test_endpoint_needs_url_and_resumes_after_the_text_so_far():
 
 
 class FakeEngine:
-    """A tiny OpenAI-compatible server: streams max_tokens words `delay` s apart (or stops at `stop_after`)."""
+    """A tiny OpenAI-compatible server: streams max_tokens words `delay` s apart.
 
-    def __init__(self, delay: float = 0.0, stop_after: int | None = None):
-        self.delay, self.stop_after = delay, stop_after
+    `stop_after` N: it ends the text early (finish_reason stop); `cut_after` N: it hangs up.
+    """
+
+    def __init__(self, delay: float = 0.0, stop_after: int | None = None, cut_after: int | None = None):
+        self.delay, self.stop_after, self.cut_after = delay, stop_after, cut_after
         self.bodies, self.closed_early = [], 0
         self.port = None
 
@@ -92,6 +95,8 @@ class FakeEngine:
         try:
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
             produced = await self.words(stream, body["max_tokens"])
+            if self.cut_after is not None:
+                return
             finish = "length" if produced == body["max_tokens"] else "stop"
             await send_event(stream, {"choices": [{"text": "", "finish_reason": finish}],
                                       "usage": {"prompt_tokens": 3, "completion_tokens": produced}})
@@ -100,7 +105,7 @@ class FakeEngine:
             self.closed_early += 1
 
     async def words(self, stream, count: int) -> int:
-        count = min(count, self.stop_after or count)
+        count = min(count, self.stop_after or count, self.cut_after or count)
         for index in range(count):
             await send_event(stream, {"choices": [{"text": f" w{index}", "finish_reason": None}]})
             await trio.sleep(self.delay)
@@ -169,6 +174,14 @@ async def test_engine_stopping_early_ends_the_task_done(tmp_path, nursery):
     engine = await FakeEngine(stop_after=2).start(nursery)
     [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 10}])
     assert (task.exit, task.tokens_out) == ("done", 2)
+
+
+async def test_engine_hanging_up_mid_stream_fails_the_task(tmp_path, nursery):
+    """A stream that ends without a finish_reason fails its task, saying how far it got."""
+    engine = await FakeEngine(cut_after=2).start(nursery)
+    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 10}])
+    assert task.exit == f"failed: engine at http://127.0.0.1:{engine.port}: stream ended after 2 tokens without a finish_reason"
+    assert task.tokens_out == 2
 
 
 async def test_kill_closes_the_engine_stream(tmp_path, nursery):
