@@ -49,9 +49,10 @@ class LlamaServer:
         self.process = None
 
     def command(self) -> list[str]:
+        """One thread: on a busy 2-core machine ggml's spinning threads run 5-50x slower with two."""
         return [str(self.binary), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
                 "-np", str(self.slots), "-c", str(self.context), "--metrics", "--slots", "--no-webui",
-                "-t", "2", "--cache-ram", "0", "--no-warmup"]
+                "-t", "1", "-tb", "1", "--cache-ram", "0", "--no-warmup"]
 
     def start(self, timeout: float = 60.0) -> "LlamaServer":
         """Start it and wait until GET /health says ok."""
@@ -81,6 +82,11 @@ class LlamaServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+    def crash(self) -> None:
+        """kill -9, as an engine dies: llama-server ignores SIGTERM while it streams."""
+        self.process.kill()
+        self.process.wait()
 
     def get(self, path: str):
         """GET `path` on the server; the httpx response."""
