@@ -1,7 +1,8 @@
 """Smoke tests of the real engine the suite builds: llama-server on the tiny model.
 
 They check what the openai driver relies on, straight over HTTP: streaming completions
-that run to max_tokens with usage in the last chunk, four slots, Prometheus metrics.
+that run to max_tokens with usage in the last chunk, four slots, Prometheus metrics; and
+the driver in a Runtime (no mount) on the chat API, which the daemon tests do not use.
 """
 import json
 
@@ -9,6 +10,7 @@ import httpx
 import pytest
 
 from engines import llama_server, llama_server_binary, tiny_model  # noqa: F401 (fixtures)
+from test_openai_driver import run_tasks
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -34,3 +36,10 @@ def test_four_slots_and_llamacpp_metrics(llama_server):
     stream_completion(llama_server.url, {"prompt": "a small model", "max_tokens": 4})
     assert len(llama_server.get("/slots").json()) == 4
     assert "llamacpp:tokens_predicted_total" in llama_server.get("/metrics").text
+
+
+async def test_driver_streams_a_chat_completion_to_done(llama_server, tmp_path):
+    """Through /v1/chat/completions the task gets the engine's text and exactly max_tokens tokens."""
+    [task] = await run_tasks(tmp_path, llama_server.port, [{"name": "chat", "prompt": "hi", "max_tokens": 40}],
+                             api="chat")
+    assert (task.exit, task.tokens_out) == ("done", 40) and task.output

@@ -13,6 +13,7 @@ default the model's), api ("completions" or "chat"), timeout_s (60: the longest 
 of an engine), retries (3), backoff_s (0.2). Engine metrics are not scraped here yet.
 """
 import functools
+import logging
 
 import attrs
 import httpx
@@ -22,6 +23,8 @@ from ..kernel.errors import Invalid
 from ..kernel.events import Chunk, Failed, Step
 from ..kernel.task import State
 from . import sse
+
+logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per task in the daemon's log
 
 APIS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 
