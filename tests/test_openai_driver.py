@@ -61,9 +61,12 @@ def test_tally_reads_chat_deltas_and_running_usage():
 
 
 def test_endpoint_needs_url_and_resumes_after_the_text_so_far():
-    """A model without options.url is refused; a resumed task asks for the rest after its output."""
+    """A model without options.url or with bad retries is refused; a resumed task asks for the rest after its output."""
     model = type("Model", (), {"name": "m", "options": {}})
     with pytest.raises(Invalid, match="options.url"):
+        openai.Endpoint.of(model)
+    model.options = {"url": "http://e:8000/", "retries": -1}
+    with pytest.raises(Invalid, match="retries"):
         openai.Endpoint.of(model)
     model.options = {"url": "http://e:8000/", "engine_model": "llama"}
     task = type("Task", (), {"spec": TaskSpec(name="t", prompt="Once", max_tokens=10), "tokens_out": 4,

@@ -44,9 +44,9 @@ class Endpoint:
     url: str = attrs.field(converter=lambda url: str(url).rstrip("/"))
     engine_model: str
     api: str = attrs.field(default="completions", validator=attrs.validators.in_(APIS))
-    timeout_s: float = 60.0
-    retries: int = 3
-    backoff_s: float = 0.2
+    timeout_s: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    retries: int = attrs.field(default=3, validator=attrs.validators.ge(0))
+    backoff_s: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
 
     @classmethod
     def of(cls, model) -> "Endpoint":
@@ -84,8 +84,8 @@ class Outbox:
         self.chunks.append(chunk)
         self.ready.set()
 
-    def fail(self, pid: int, reason: str) -> None:
-        self.failures.append(Failed(pid=pid, reason=reason))
+    def fail(self, task, reason: str) -> None:
+        self.failures.append((task, Failed(pid=task.pid, reason=reason)))
         self.ready.set()
 
     async def deliver_forever(self) -> None:
@@ -95,8 +95,9 @@ class Outbox:
             chunks, failures, self.chunks, self.failures = self.chunks, self.failures, [], []
             if chunks:
                 self.host.deliver(Step(gpu=self.gpu, chunks=chunks))
-            for failure in failures:
-                self.host.deliver(failure)
+            for task, failure in failures:
+                if task.state is State.RUNNING:  # not if killed or preempted meanwhile
+                    self.host.deliver(failure)
 
 
 class OpenAIDriver:
@@ -134,8 +135,8 @@ class OpenAIDriver:
     async def _run(self, client, outbox: Outbox, task, scope: trio.CancelScope) -> None:
         with scope:
             reason = await self._attempts(client, task, outbox)
-            if reason is not None and task.state is State.RUNNING:
-                outbox.fail(task.pid, reason)
+            if reason is not None:
+                outbox.fail(task, reason)
 
     async def _attempts(self, client, task, outbox: Outbox) -> str | None:
         """Stream the task, retrying while the engine is unreachable; the failure's reason, if any."""
