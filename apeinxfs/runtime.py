@@ -118,6 +118,10 @@ class Runtime:
             await self.notifier.wait(("gpu", gpu))
         return batch
 
+    async def batch_changed(self, gpu: int) -> list:
+        await self.notifier.wait(("gpu", gpu))
+        return self.kernel.batch(gpu)
+
     def deliver(self, event) -> None:
         self.commit([event])
 

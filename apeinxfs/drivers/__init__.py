@@ -7,7 +7,7 @@ import importlib
 
 from ..kernel.errors import Invalid
 
-KNOWN = {"sim": "apeinxfs.drivers.sim:SimDriver"}
+KNOWN = {"sim": "apeinxfs.drivers.sim:SimDriver", "openai": "apeinxfs.drivers.openai:OpenAIDriver"}
 
 
 def load(name: str):

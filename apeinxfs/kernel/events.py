@@ -46,12 +46,17 @@ class Control(ByCaller):
 
 @attrs.frozen
 class Chunk:
-    """What one engine step did for one task: prefilled `prefill` tokens, produced `text`."""
+    """What one engine step did for one task: prefilled `prefill` tokens, produced `text`.
+
+    `final`: the engine ended the sequence (end of text, a stop word, its own limit), so the
+    task is done with the tokens it has, even short of max_tokens.
+    """
 
     pid: int
     text: str
     tokens: int
     prefill: int = 0
+    final: bool = False
 
 
 @attrs.frozen

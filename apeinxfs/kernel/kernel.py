@@ -248,7 +248,7 @@ class Kernel(Reclaim, Tenancy):
         self._meter_serve(task, chunk.tokens)
         self._charge(task, gpu, chunk)
         self._touch(task)
-        if task.tokens_out >= task.spec.max_tokens:
+        if task.tokens_out >= task.spec.max_tokens or chunk.final:
             self._exit(task, "done", f"tokens_out={task.tokens_out}")
         else:
             self._grow_kv(task, gpu)

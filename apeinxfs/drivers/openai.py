@@ -1,0 +1,182 @@
+"""The `openai` driver: runs the kernel's tasks on an OpenAI-compatible HTTP engine.
+
+vLLM, SGLang, llama.cpp's llama-server, TGI and Ollama all serve streaming
+/v1/completions and /v1/chat/completions. For each task the kernel places on a GPU this
+driver opens one streaming request (the engine batches them itself), turns its
+server-sent events into kernel chunks (sse.py) and delivers them; when the kernel takes a
+task off the GPU (kill, stop, preemption) it closes that stream, and the engine frees the
+slot. A task placed again after preemption resumes: its prompt plus the text so far, for
+the tokens still owed. Connection failures are retried with exponential backoff, then the
+task fails with `engine at URL unreachable: ...`; a stream that breaks fails its task.
+Options of a model (`[models.options]`): url (required), engine_model (the name sent;
+default the model's), api ("completions" or "chat"), timeout_s (60: the longest silence
+of an engine), retries (3), backoff_s (0.2). Engine metrics are not scraped here yet.
+"""
+import functools
+import logging
+
+import attrs
+import httpx
+import trio
+
+from ..kernel.errors import Invalid
+from ..kernel.events import Chunk, Failed, Step
+from ..kernel.task import State
+from . import sse
+
+logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per task in the daemon's log
+
+APIS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+
+
+class Unreachable(Exception):
+    """The engine could not be reached or is not ready (worth retrying)."""
+
+
+class Broken(Exception):
+    """The engine answered but the request failed (not retried)."""
+
+
+@attrs.frozen
+class Endpoint:
+    """Where and how to reach the engine for one model."""
+
+    url: str = attrs.field(converter=lambda url: str(url).rstrip("/"))
+    engine_model: str
+    api: str = attrs.field(default="completions", validator=attrs.validators.in_(APIS))
+    timeout_s: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    retries: int = attrs.field(default=3, validator=attrs.validators.ge(0))
+    backoff_s: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
+
+    @classmethod
+    def of(cls, model) -> "Endpoint":
+        """The endpoint a model's options describe."""
+        options = {"engine_model": model.name, **model.options}
+        if "url" not in options:
+            raise Invalid(f"model {model.name}: the openai driver needs options.url")
+        try:
+            return cls(**options)
+        except (TypeError, ValueError) as exc:
+            raise Invalid(f"model {model.name}: openai options: {exc}") from None
+
+    def request(self, task) -> tuple[str, dict]:
+        """URL and body of the streaming request for what `task` still owes."""
+        prompt, so_far = task.spec.prompt or task.spec.name, task.output.decode(errors="replace")
+        body = {"model": self.engine_model, "max_tokens": task.spec.max_tokens - task.tokens_out,
+                "stream": True, "stream_options": {"include_usage": True}}
+        if self.api == "chat":
+            said = [{"role": "assistant", "content": so_far}] if so_far else []
+            body["messages"] = [{"role": "user", "content": prompt}, *said]
+        else:
+            body["prompt"] = prompt + so_far
+        return self.url + APIS[self.api], body
+
+
+class Outbox:
+    """Chunks and failures of one GPU, delivered together: one kernel step per scheduling round."""
+
+    def __init__(self, host, gpu: int):
+        self.host, self.gpu = host, gpu
+        self.chunks, self.failures = [], []
+        self.ready = trio.Event()
+
+    def put(self, chunk: Chunk) -> None:
+        self.chunks.append(chunk)
+        self.ready.set()
+
+    def fail(self, task, reason: str) -> None:
+        self.failures.append((task, Failed(pid=task.pid, reason=reason)))
+        self.ready.set()
+
+    async def deliver_forever(self) -> None:
+        while True:
+            await self.ready.wait()
+            self.ready = trio.Event()
+            chunks, failures, self.chunks, self.failures = self.chunks, self.failures, [], []
+            if chunks:
+                self.host.deliver(Step(gpu=self.gpu, chunks=chunks))
+            for task, failure in failures:
+                if task.state is State.RUNNING:  # not if killed or preempted meanwhile
+                    self.host.deliver(failure)
+
+
+class OpenAIDriver:
+    """One streaming request per running task, opened and closed as the kernel's batch changes."""
+
+    name = "openai"
+
+    def __init__(self, models: dict):
+        self.endpoints = {name: Endpoint.of(model) for name, model in models.items()}
+
+    async def serve(self, gpu: int, host) -> None:
+        outbox, streams = Outbox(host, gpu), {}
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=None)) as client, \
+                trio.open_nursery() as nursery:
+            nursery.start_soon(outbox.deliver_forever)
+            start = functools.partial(nursery.start_soon, self._run, client, outbox)
+            batch = await host.next_batch(gpu)
+            while True:
+                self._follow(batch, streams, start)
+                batch = await host.batch_changed(gpu)
+
+    @staticmethod
+    def _follow(batch: list, streams: dict, start) -> None:
+        """Start a stream for each task new to the batch; cancel those of tasks that left it.
+
+        A stream that ended stays listed until its task leaves, so it is never started twice.
+        """
+        for task in batch:
+            if task.pid not in streams:
+                streams[task.pid] = trio.CancelScope()
+                start(task, streams[task.pid])
+        for pid in streams.keys() - {task.pid for task in batch}:
+            streams.pop(pid).cancel()
+
+    async def _run(self, client, outbox: Outbox, task, scope: trio.CancelScope) -> None:
+        with scope:
+            reason = await self._attempts(client, task, outbox)
+            if reason is not None:
+                outbox.fail(task, reason)
+
+    async def _attempts(self, client, task, outbox: Outbox) -> str | None:
+        """Stream the task, retrying while the engine is unreachable; the failure's reason, if any."""
+        endpoint = self.endpoints[task.model]
+        for attempt in range(endpoint.retries + 1):
+            if attempt:
+                await trio.sleep(endpoint.backoff_s * 2 ** (attempt - 1))
+            try:
+                return await self._stream(client, endpoint, task, outbox)
+            except Unreachable as exc:
+                last = exc
+            except Broken as exc:
+                return f"engine at {endpoint.url}: {exc}"
+        return f"engine at {endpoint.url} unreachable: {last}"
+
+    async def _stream(self, client, endpoint: Endpoint, task, outbox: Outbox) -> None:
+        url, body = endpoint.request(task)
+        tally = sse.Tally(task.pid)
+        try:
+            async with client.stream("POST", url, json=body, timeout=endpoint.timeout_s) as response:
+                await _check(response)
+                async for event in sse.events(response.aiter_lines()):
+                    if (chunk := tally.chunk(event)) is not None:
+                        outbox.put(chunk)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise Unreachable(_words(exc)) from None
+        except (httpx.HTTPError, sse.ProtocolError) as exc:
+            raise Broken(f"stream broke after {tally.tokens} tokens: {_words(exc)}") from None
+        if tally.finish_reason is None:
+            raise Broken(f"stream ended after {tally.tokens} tokens without a finish_reason")
+        outbox.put(Chunk(pid=task.pid, text="", tokens=0, final=True))
+
+
+async def _check(response) -> None:
+    """Raise unless the engine accepted the request: 5xx (loading, overloaded) may pass, 4xx will not."""
+    if response.status_code == 200:
+        return
+    detail = f"HTTP {response.status_code}: {(await response.aread())[:300].decode(errors='replace')}"
+    raise Unreachable(detail) if response.status_code >= 500 else Broken(detail)
+
+
+def _words(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
