@@ -2,6 +2,8 @@
 
 A real GPU is checked by scripts/gpu-check on a machine that has one.
 """
+import os
+import subprocess
 import types
 
 import pytest
@@ -71,3 +73,14 @@ def test_real_gpu_files_show_nvml_readings(tmp_path):
         tree = Tree(runtime)
         assert [text(tree, f"/gpus/0/{name}") for name in ("name", "source", "temperature", "power")] == [
             "H100\n", "nvml\n", "61\n", "300\n"]
+
+
+@pytest.mark.mount
+def test_gpu_check_mounts_prints_the_gpu_and_runs_a_task():
+    """scripts/gpu-check prints /gpus/0/* (simulated here), runs one task to done and unmounts."""
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "gpu-check")
+    result = subprocess.run(["/bin/sh", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "source:      simulated " in lines and "--- task 1: done" in lines
+    assert not any("apeinxfs-gpu-check" in line for line in open("/proc/mounts"))
