@@ -83,4 +83,5 @@ def test_gpu_check_mounts_prints_the_gpu_and_runs_a_task():
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "source:      simulated " in lines and "--- task 1: done" in lines
-    assert not any("apeinxfs-gpu-check" in line for line in open("/proc/mounts"))
+    mountpoint = next(line.split()[-1] for line in lines if line.startswith("mounted at "))
+    assert not any(line.split()[1] == mountpoint for line in open("/proc/mounts"))
