@@ -4,11 +4,14 @@ Every state change goes through `commit`: check with the kernel (refusals raise)
 to the journal (durable before return), apply (the journal keeps the trace lines each
 event emits, for `apeinxfs replay --verify`), then wake whoever waits on what changed.
 `recover` rebuilds the kernel from the journal at start. The FUSE tree (nodes/) and the
-drivers only ever talk to the kernel through this object.
+drivers only ever talk to the kernel through this object. Beside the kernel it keeps what
+is observed, not decided: the engines' own metrics (`engine_metrics`, by model), which
+are never journaled.
 """
 import logging
 import time
 
+import attrs
 import trio
 
 from . import drivers
@@ -67,6 +70,8 @@ class Runtime:
         self.notifier = Notifier()
         self.waiters = 0
         self.readings = None  # drivers/nvml.Readings of the real GPUs, set by the daemon (mount.py)
+        self.engine_metrics: dict = {}  # model -> drivers/metrics.Observation, the last scrape of its engine
+        self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
 
     def recover(self) -> int:
         """Replay the journal into the kernel; mark the restart. Returns rows replayed."""
@@ -125,6 +130,17 @@ class Runtime:
     def deliver(self, event) -> None:
         self.commit([event])
 
+    def observe(self, model: str, observation) -> None:
+        """Keep the engine's latest metrics for `model`, stamped now (for models of the kernel only)."""
+        if model in self.kernel.models:
+            self.engine_metrics[model] = attrs.evolve(observation, at_us=self.clock.now_us())
+            self.observed += 1
+
+    @property
+    def version(self) -> tuple[int, int]:
+        """Changes whenever the kernel or an observation does: the key of rendered files."""
+        return self.kernel.version, self.observed
+
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Run the drivers on every GPU and the deadline timer until cancelled."""
         models = self.kernel.models
@@ -133,6 +149,8 @@ class Runtime:
                 driver = drivers.load(driver_name)({n: m for n, m in models.items() if m.driver == driver_name})
                 for gpu in range(len(self.kernel.gpus)):
                     nursery.start_soon(driver.serve, gpu, self)
+                if hasattr(driver, "observe"):
+                    nursery.start_soon(driver.observe, self)
             nursery.start_soon(self._deadline_timer)
             task_status.started()
 

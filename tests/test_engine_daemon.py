@@ -2,7 +2,8 @@
 
 One simulated GPU with 4 slots sends each running task to the engine's 4 slots as a
 streaming /v1/completions request. The counts we compare come from the engine's own
-Prometheus /metrics and /slots. llama-server is built once per machine (tests/engines.py).
+Prometheus /metrics and /slots, which the daemon also scrapes into /models/tiny/engine and
+meminfo. llama-server is built once per machine (tests/engines.py).
 """
 import os
 
@@ -106,3 +107,29 @@ def test_engine_death_fails_tasks_and_a_restarted_engine_serves(mounted, llama_s
     with LlamaServer(llama_server_binary, tiny_model, tmp_path / "again.log", port=llama_server.port):
         again = mounted.submit("name=again model=tiny max_tokens=50 prompt=\"hello\"")
         assert wait_line(mounted, again) == "done" and mounted.status(again)["TokensOut"] == "50"
+
+
+def engine_file(daemon: Daemon) -> dict:
+    """/models/tiny/engine as a dict."""
+    with open(daemon.path("models", "tiny", "engine")) as file:
+        return dict(line.rstrip("\n").split(" ", 1) for line in file)
+
+
+def meminfo(daemon: Daemon) -> dict:
+    with open(daemon.path("memory", "meminfo")) as file:
+        return {line.split(":")[0]: line.split()[1] for line in file}
+
+
+def test_engine_kv_usage_shows_while_tasks_run(mounted, llama_server):
+    """While 4 tasks run, /models/tiny/engine and meminfo show the engine's own non-zero KV tokens and usage."""
+    pids = [mounted.submit(f"name=kv{n} model=tiny max_tokens=3000 prompt=\"fill the cache {n}\"") for n in range(4)]
+    busy = poll_until(lambda: (e := engine_file(mounted))["requests_running"] == "4" and int(e["kv_tokens"]) > 400
+                      and e, 30, "the engine's metrics show 4 requests holding KV")
+    assert busy["source"] == f"{llama_server.url}/metrics" and busy["engine"] == "llamacpp"
+    assert busy["kv_capacity_tokens"] == str(llama_server.context) and float(busy["kv_usage_pct"]) > 0
+    info = meminfo(mounted)
+    assert int(info["EngineKVTokens"]) > 0 and int(info["EngineKVUsage"]) > 0 and info["Engines"] == "1"
+    for pid in pids:
+        with open(mounted.path("tasks", str(pid), "ctl"), "w") as ctl:
+            ctl.write("kill\n")
+    poll_until(lambda: engine_file(mounted)["kv_tokens"] == "0", 20, "no KV held once the tasks are killed")

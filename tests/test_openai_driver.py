@@ -94,6 +94,9 @@ class FakeEngine:
 
     async def handle(self, stream) -> None:
         body = await read_request(stream)
+        if body is None:  # GET /metrics: this engine has none
+            await stream.send_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            return
         self.bodies.append(body)
         try:
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
@@ -115,12 +118,15 @@ class FakeEngine:
         return count
 
 
-async def read_request(stream) -> dict:
+async def read_request(stream) -> dict | None:
+    """The JSON body of a POST; None for a request without one (a GET)."""
     data = b""
     while b"\r\n\r\n" not in data:
         data += await stream.receive_some()
     head, _, body = data.partition(b"\r\n\r\n")
     headers = dict(line.lower().split(b":", 1) for line in head.split(b"\r\n")[1:])
+    if b"content-length" not in headers:
+        return None
     length = int(headers[b"content-length"])
     while len(body) < length:
         body += await stream.receive_some()

@@ -10,7 +10,8 @@ the tokens still owed. Connection failures are retried with exponential backoff,
 task fails with `engine at URL unreachable: ...`; a stream that breaks fails its task.
 Options of a model (`[models.options]`): url (required), engine_model (the name sent;
 default the model's), api ("completions" or "chat"), timeout_s (60: the longest silence
-of an engine), retries (3), backoff_s (0.2). Engine metrics are not scraped here yet.
+of an engine), retries (3), backoff_s (0.2), metrics_s (1.0: seconds between scrapes of the
+engine's /metrics, see scrape.py; 0: none).
 """
 import functools
 import logging
@@ -22,7 +23,7 @@ import trio
 from ..kernel.errors import Invalid
 from ..kernel.events import Chunk, Failed, Step
 from ..kernel.task import State
-from . import sse
+from . import scrape, sse
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per task in the daemon's log
 
@@ -47,6 +48,7 @@ class Endpoint:
     timeout_s: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
     retries: int = attrs.field(default=3, validator=attrs.validators.ge(0))
     backoff_s: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
+    metrics_s: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
 
     @classmethod
     def of(cls, model) -> "Endpoint":
@@ -119,6 +121,13 @@ class OpenAIDriver:
                 self._follow(batch, streams, start)
                 batch = await host.batch_changed(gpu)
 
+    async def observe(self, host) -> None:
+        """Scrape each model's engine metrics every `metrics_s` seconds into the host, until cancelled."""
+        async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
+            for name, endpoint in self.endpoints.items():
+                if endpoint.metrics_s:
+                    nursery.start_soon(scrape.watch, client, name, endpoint.url, endpoint.metrics_s, host)
+
     @staticmethod
     def _follow(batch: list, streams: dict, start) -> None:
         """Start a stream for each task new to the batch; cancel those of tasks that left it.
@@ -162,9 +171,9 @@ class OpenAIDriver:
                     if (chunk := tally.chunk(event)) is not None:
                         outbox.put(chunk)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise Unreachable(_words(exc)) from None
+            raise Unreachable(scrape.describe(exc)) from None
         except (httpx.HTTPError, sse.ProtocolError) as exc:
-            raise Broken(f"stream broke after {tally.tokens} tokens: {_words(exc)}") from None
+            raise Broken(f"stream broke after {tally.tokens} tokens: {scrape.describe(exc)}") from None
         if tally.finish_reason is None:
             raise Broken(f"stream ended after {tally.tokens} tokens without a finish_reason")
         outbox.put(Chunk(pid=task.pid, text="", tokens=0, final=True))
@@ -176,7 +185,3 @@ async def _check(response) -> None:
         return
     detail = f"HTTP {response.status_code}: {(await response.aread())[:300].decode(errors='replace')}"
     raise Unreachable(detail) if response.status_code >= 500 else Broken(detail)
-
-
-def _words(exc: Exception) -> str:
-    return str(exc) or type(exc).__name__

@@ -18,7 +18,7 @@ apeinxfs - an AI kernel whose API is this tree (see apeinxfs(5) for the full pag
                       expired | failed: REASON
   tasks/PID/events    this task's trace lines
   tasks/PID/children  pids of the tasks submitted with parent=PID, one per line
-  models/NAME/        status, config
+  models/NAME/        status, config, engine (its engine's own KV and queue metrics)
   memory/meminfo      KV cache, /proc/meminfo layout
   memory/pressure     KV stall time, PSI format
   trace/events        CSV: seq,time_us,type,pid,tenant,model,gpu,node,detail (admins)

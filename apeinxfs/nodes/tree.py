@@ -55,9 +55,11 @@ def build_root(rt) -> Dir:
         "models": Dir(children={name: Dir(children={
             "status": Show(show=partial(models.status, kernel, name)),
             "config": Show(show=partial(models.config, kernel, name)),
+            "engine": Show(show=lambda name=name: models.engine(rt.engine_metrics.get(name), rt.clock.now_us()),
+                           volatile=True),
         }) for name in kernel.models}),
         "memory": Dir(children={
-            "meminfo": Show(show=partial(memory.meminfo, kernel)),
+            "meminfo": Show(show=lambda: memory.meminfo(kernel, rt.engine_metrics.values())),
             "pressure": Show(show=lambda: memory.pressure(kernel, rt.clock.now_us()), volatile=True),
             "prefix": Show(show=partial(memory.prefix, kernel.kv.caches)),
             **{f"gpu{g}": Dir(children={
@@ -157,15 +159,15 @@ class Tree:
         return pinned[0] if pinned else self._current(node)
 
     def _current(self, node: Show) -> bytes:
-        """The node's text now: rendered again only once an event has changed the kernel."""
+        """The node's text now: rendered again only once an event (or an engine scrape) changed something."""
         if node.volatile:
             return node.render()
         version, cached = self._rendered.get(node.inode, (None, None))
-        if version != self.rt.kernel.version:
+        if version != self.rt.version:
             if len(self._rendered) >= RENDERED_MAX:
                 self._rendered.clear()
             cached = node.render()
-            self._rendered[node.inode] = (self.rt.kernel.version, cached)
+            self._rendered[node.inode] = (self.rt.version, cached)
         return cached
 
     def size(self, node) -> int:
