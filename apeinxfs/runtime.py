@@ -14,7 +14,7 @@ import time
 import attrs
 import trio
 
-from . import drivers
+from .enginehost import DriverGroups
 from .journal import Journal
 from .kernel import Kernel
 from .kernel.errors import ApeinxError, TooMany
@@ -116,16 +116,7 @@ class Runtime:
         finally:
             self.waiters -= 1
 
-    # -- the driver host ---------------------------------------------------------------
-
-    async def next_batch(self, gpu: int) -> list:
-        while not (batch := self.kernel.batch(gpu)):
-            await self.notifier.wait(("gpu", gpu))
-        return batch
-
-    async def batch_changed(self, gpu: int) -> list:
-        await self.notifier.wait(("gpu", gpu))
-        return self.kernel.batch(gpu)
+    # -- what drivers report (through enginehost.ModelHost) -----------------------------
 
     def deliver(self, event) -> None:
         self.commit([event])
@@ -136,21 +127,23 @@ class Runtime:
             self.engine_metrics[model] = attrs.evolve(observation, at_us=self.clock.now_us())
             self.observed += 1
 
+    def forget_engines(self) -> None:
+        """Drop the observations of models that no longer exist."""
+        for model in self.engine_metrics.keys() - self.kernel.models.keys():
+            del self.engine_metrics[model]
+            self.observed += 1
+
     @property
     def version(self) -> tuple[int, int]:
         """Changes whenever the kernel or an observation does: the key of rendered files."""
         return self.kernel.version, self.observed
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Run the drivers on every GPU and the deadline timer until cancelled."""
-        models = self.kernel.models
+        """Run the models' drivers on every GPU (enginehost.py) and the deadline timer until cancelled."""
         async with trio.open_nursery() as nursery:
-            for driver_name in sorted({m.driver for m in models.values()}):
-                driver = drivers.load(driver_name)({n: m for n, m in models.items() if m.driver == driver_name})
-                for gpu in range(len(self.kernel.gpus)):
-                    nursery.start_soon(driver.serve, gpu, self)
-                if hasattr(driver, "observe"):
-                    nursery.start_soon(driver.observe, self)
+            groups = DriverGroups(self, nursery)
+            groups.sync()  # builds the drivers now: a bad configuration fails here, before the mount
+            nursery.start_soon(groups.follow)
             nursery.start_soon(self._deadline_timer)
             task_status.started()
 

@@ -5,6 +5,7 @@ streaming /v1/completions request. The counts we compare come from the engine's 
 Prometheus /metrics and /slots, which the daemon also scrapes into /models/tiny/engine and
 meminfo. llama-server is built once per machine (tests/engines.py).
 """
+import errno
 import os
 
 import pytest
@@ -133,3 +134,34 @@ def test_engine_kv_usage_shows_while_tasks_run(mounted, llama_server):
         with open(mounted.path("tasks", str(pid), "ctl"), "w") as ctl:
             ctl.write("kill\n")
     poll_until(lambda: engine_file(mounted)["kv_tokens"] == "0", 20, "no KV held once the tasks are killed")
+
+
+def ctl_write(path: str, line: str) -> None:
+    """One write(2) of `line` to a ctl file; its errno, if refused, raises OSError."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def test_a_model_added_live_runs_on_the_engine_and_survives_a_remount(llama_server, tmp_path):
+    """/ctl/models adds the engine's model to a sim-only daemon: it serves tasks, survives a remount, and
+    `remove` is EBUSY while a task lives, then takes it away."""
+    add = f"add tiny driver=openai url={llama_server.url} context=4096 layers=2 kv_heads=4 head_dim=16\n"
+    before = predicted_total(llama_server)
+    with Daemon(tmp_path / "ai", tmp_path / "state") as daemon:  # the default test config: one sim model
+        ctl_write(daemon.path("ctl", "models"), add)
+        assert sorted(os.listdir(daemon.path("models"))) == ["sim", "tiny"]
+        pid = daemon.submit('name=live model=tiny max_tokens=50 prompt="hello"')
+        assert wait_line(daemon, pid) == "done" and daemon.status(pid)["TokensOut"] == "50"
+        assert predicted_total(llama_server) - before == 50
+    with Daemon(tmp_path / "ai", tmp_path / "state") as daemon:
+        assert sorted(os.listdir(daemon.path("models"))) == ["sim", "tiny"]
+        pid = daemon.submit('name=again model=tiny max_tokens=3000 prompt="more"')
+        with pytest.raises(OSError) as busy:
+            ctl_write(daemon.path("ctl", "models"), "remove tiny\n")
+        assert busy.value.errno == errno.EBUSY
+        assert wait_line(daemon, pid) == "done" and predicted_total(llama_server) - before == 3050
+        ctl_write(daemon.path("ctl", "models"), "remove tiny\n")
+        assert os.listdir(daemon.path("models")) == ["sim"]

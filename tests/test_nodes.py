@@ -60,7 +60,7 @@ def refusal(call) -> ApeinxError:
 
 @pytest.mark.parametrize("path,kind", [
     ("/", Dir), ("/README", Show), ("/ctl/submit", Command), ("/ctl/kill", Command), ("/tasks", Dir),
-    ("/models/sim/status", Show), ("/models/sim/config", Show), ("/memory/meminfo", Show),
+    ("/models", Dir), ("/memory/meminfo", Show),
     ("/memory/pressure", Show), ("/trace/events", Log), ("/replay", Dir), ("/metrics", Show),
 ])
 def test_static_paths_resolve(tree, path, kind):

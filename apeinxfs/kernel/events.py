@@ -8,6 +8,7 @@ import json
 
 import attrs
 
+from .config import ModelConfig
 from .spec import TaskCommand, TaskSpec
 from .tenant_config import TenantConfig, tenant_from_dict
 
@@ -108,6 +109,21 @@ class RemoveTenant(ByCaller):
 
 
 @attrs.frozen
+class SetModel(ByCaller):
+    """Add a model at runtime (/ctl/models); `what` was written. Its driver starts on every GPU."""
+
+    model: ModelConfig
+    what: str
+
+
+@attrs.frozen
+class RemoveModel(ByCaller):
+    """Remove a model that has no live tasks; its driver stops."""
+
+    name: str
+
+
+@attrs.frozen
 class SetRules(ByCaller):
     """Policy rules (canonical texts) to append, or to replace the whole list with."""
 
@@ -126,12 +142,12 @@ class Restart:
 
 
 KINDS = {cls.__name__.lower(): cls for cls in (Submit, Kill, Control, Step, Failed, Rejected, SetPolicy, Tick, Restart,
-                                                SetTenant, RemoveTenant, SetRules)}
+                                                SetTenant, RemoveTenant, SetRules, SetModel, RemoveModel)}
 
 
 def to_row(event) -> tuple[str, str]:
-    """(kind, JSON body) for the journal."""
-    return type(event).__name__.lower(), json.dumps(attrs.asdict(event), separators=(",", ":"))
+    """(kind, JSON body) for the journal; decimals (a model's prices) as their exact text."""
+    return type(event).__name__.lower(), json.dumps(attrs.asdict(event), separators=(",", ":"), default=str)
 
 
 def from_row(kind: str, body: str):
@@ -143,6 +159,8 @@ def from_row(kind: str, body: str):
         return Control(**{**data, "command": TaskCommand(**data["command"])})
     if kind == "settenant":
         return SetTenant(**{**data, "tenant": tenant_from_dict(data["tenant"])})
+    if kind == "setmodel":
+        return SetModel(**{**data, "model": ModelConfig(**data["model"])})
     if kind == "step":
         return Step(gpu=data["gpu"], chunks=[Chunk(**c) for c in data["chunks"]])
     return KINDS[kind](**data)

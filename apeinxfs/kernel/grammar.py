@@ -106,7 +106,7 @@ def _reject_unknown(keys, known=SUBMIT_KEYS) -> None:
 
 
 def split_pairs(line: str, known=SUBMIT_KEYS) -> dict[str, str]:
-    """`a=1 b="x y"` -> {'a': '1', 'b': 'x y'}, with \\n \\t \\" \\\\ escapes in quotes; keys among `known`."""
+    """`a=1 b="x y"` -> {'a': '1', 'b': 'x y'}, with \\n \\t \\" \\\\ escapes in quotes; keys among `known` (None: any)."""
     pairs, pos = {}, 0
     while pos < len(line):
         if line[pos].isspace():
@@ -116,7 +116,8 @@ def split_pairs(line: str, known=SUBMIT_KEYS) -> dict[str, str]:
         if key in pairs:
             raise Invalid(f"key {key!r} given twice")
         pairs[key] = value
-    _reject_unknown(pairs, known)
+    if known is not None:
+        _reject_unknown(pairs, known)
     return pairs
 
 

@@ -4,7 +4,8 @@
 `apply(event, now_us)` changes state and never refuses. The daemon journals between the
 two. Given the same events with the same times, the same state and trace result: no
 clock, randomness or I/O inside. Who runs next is sched.py's; taking slots and pages back
-(fair preemption, KV reclaim, the OOM killer) is reclaim.py's; KV books are memory.py's.
+(fair preemption, KV reclaim, the OOM killer) is reclaim.py's; KV books are memory.py's;
+tenants are tenancy.py's and models added at runtime modeladmin.py's.
 """
 import heapq
 
@@ -17,6 +18,7 @@ from .config import KernelConfig
 from .errors import ApeinxError, Busy, Invalid, NoSpace, NotFound
 from .kvmem import KVPool, estimate_prompt_tokens
 from .memory import KVManager
+from .modeladmin import ModelAdmin
 from .pressure import StallClock
 from .reclaim import Reclaim
 from .sched import POLICIES, Accounts, make_queue, prio_weight, vruntime_delta
@@ -58,7 +60,7 @@ class Counters:
     exits: dict = attrs.Factory(dict)
 
 
-class Kernel(Reclaim, Tenancy):
+class Kernel(Reclaim, Tenancy, ModelAdmin):
     """One node's kernel state."""
 
     def __init__(self, config: KernelConfig):

@@ -4,7 +4,8 @@
 - `Log`: a growing byte buffer (output, trace); reads are live, size is bytes so far.
 - `Blocking`: a pipe-like reader (stream, wait) that waits for the kernel to change.
 - `Command`: a ctl file; complete lines run inside write(2), replies are read back.
-- `Dir`: a directory of named children.
+- `Dir`: a directory of named children; `BuiltDir` builds its files when asked for, and
+  `NamedDirs` holds one `BuiltDir` per name that exists now (tenants, models).
 Nodes are cheap views built on demand; the FUSE adapter (fs.py) only maps inodes and
 file handles onto these methods.
 """
@@ -16,7 +17,7 @@ import time
 import attrs
 
 from ..kernel.access import Identity
-from ..kernel.errors import ApeinxError, Denied, Hidden, Invalid
+from ..kernel.errors import ApeinxError, Denied, Hidden, Invalid, NotFound
 
 LINE_MAX = (1 << 20) + 4096
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -104,6 +105,60 @@ class BuiltDir(Dir):
 
     def by_slot(self, slot: int):
         return self.child(self.names[slot - 1]) if 1 <= slot <= len(self.names) else None
+
+
+@attrs.define(eq=False)
+class NamedDirs(Dir):
+    """A directory of one `BuiltDir` per name in `current()` (a tenant, a model). A name is
+    numbered the first time it is seen and keeps its inodes, `base + number x slots + slot`
+    (slot 0: its directory, 1..: its files), even if it goes and comes back; inodes of a name
+    that does not exist now are ENOENT. Subclasses say which names exist and build the dir."""
+
+    base: int = 0
+    limit: int = 0  # the first inode past this directory's range
+    slots: int = 16
+    numbers: dict = attrs.Factory(dict)
+    names: list = attrs.Factory(list)
+
+    def current(self):
+        """The names that exist now (anything with `in`)."""
+        raise NotImplementedError
+
+    def make(self, name: str, inode: int) -> BuiltDir:
+        raise NotImplementedError
+
+    def named(self, name: str) -> BuiltDir:
+        if name not in self.numbers:
+            self.numbers[name] = len(self.names)
+            self.names.append(name)
+        return self.make(name, self.base + self.numbers[name] * self.slots)
+
+    def child(self, name):
+        return self.named(name) if name in self.current() else None
+
+    def entries(self):
+        return [(name, self.named(name)) for name in self.current()]
+
+    def owns(self, inode: int) -> bool:
+        return self.base <= inode < self.limit
+
+    def by_inode(self, inode: int) -> Node:
+        """The directory or file at `inode`, or NotFound."""
+        number, slot = divmod(inode - self.base, self.slots)
+        name = self.names[number] if number < len(self.names) else None
+        node = None
+        if name in self.current():
+            directory = self.named(name)
+            node = directory if slot == 0 else directory.by_slot(slot)
+        if node is None:
+            raise NotFound(f"no inode {inode}")
+        return node
+
+    def name_of(self, inode: int) -> str:
+        """`NAME/FILE` of a file's inode (for the audit trail)."""
+        number, slot = divmod(inode - self.base, self.slots)
+        name = self.names[number]
+        return f"{name}/{self.named(name).names[slot - 1]}"
 
 
 @attrs.define(eq=False)

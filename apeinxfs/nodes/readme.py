@@ -7,6 +7,7 @@ apeinxfs - an AI kernel whose API is this tree (see apeinxfs(5) for the full pag
   ctl/submit          w: one task per line; open rw, write, read back "PID" or "error: ..."
   ctl/kill            w: PID
   ctl/tenants         w (admins): add NAME [weight=N] [uids=..] [gids=..] [viewer_uids=..] | remove NAME
+  ctl/models          w (admins): add NAME driver=D url=.. [context=N] [layers=..] [OPTION=..] | remove NAME
   ctl/policy          rw (admins write): deny|allow|limit rules, first match wins (> replaces, >> appends)
   tasks/PID/status    Key:<TAB>value (Name Pid PPid Tenant Uid Model State Prio Weight
                       Vruntime TokensIn TokensOut TokensMax KVPages Exit ...)

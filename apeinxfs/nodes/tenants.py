@@ -5,7 +5,7 @@ Each tenant directory holds its settings (weight, members, quota, budget, sandbo
 (`usage`), its tasks' trace lines (`events`) and its bill (`bill`). Only admins and the
 tenant's own users and viewers see a tenant's directory. /ctl/tenants adds and removes
 tenants. Every write becomes a SetTenant or RemoveTenant event (journaled and audited).
-Inodes are computed: TENANT_BASE + number * SLOTS + slot, numbers given on first sight.
+Inodes are computed: TENANT_BASE + number * SLOTS + slot, numbers given on first sight (NamedDirs).
 """
 import stat
 
@@ -17,18 +17,15 @@ from ..kernel.grammar import parse_int, split_pairs
 from ..kernel.tenancy import budget_limit, quota_limit
 from ..kernel.tenant_config import Members, TenantConfig, set_in_group, show_group
 from . import billing
-from .base import BuiltDir, Dir, Log, Setting, Show
+from .base import BuiltDir, Log, NamedDirs, Setting, Show
 from .ctl import by, run_lines
+from .tasks import PID_BASE
 
 TENANT_BASE = 1 << 19
 SLOTS = 16
 GROUPS = ("members", "quota", "budget", "sandbox")
 FILES = ("weight", *GROUPS, "usage", "events", "bill")
 ADMIN_WRITES = stat.S_IFREG | 0o644
-
-
-def inode_of(number: int, slot: int) -> int:
-    return TENANT_BASE + number * SLOTS + slot
 
 
 def usage(kernel, name: str, now_us: int) -> str:
@@ -107,36 +104,19 @@ class TenantDir(BuiltDir):
 
 
 @attrs.define(eq=False)
-class TenantsDir(Dir):
+class TenantsDir(NamedDirs):
     """/tenants: one directory per tenant, in the order they were defined."""
 
+    base: int = TENANT_BASE
+    limit: int = PID_BASE
+    slots: int = SLOTS
     rt: object = None
-    numbers: dict = attrs.Factory(dict)
-    names: list = attrs.Factory(list)
 
-    def tenant_dir(self, name: str) -> TenantDir:
-        if name not in self.numbers:
-            self.numbers[name] = len(self.names)
-            self.names.append(name)
-        number = self.numbers[name]
-        return TenantDir(inode=inode_of(number, 0), rt=self.rt, name=name, tenant=name)
+    def current(self):
+        return self.rt.kernel.tenants
 
-    def child(self, name):
-        return self.tenant_dir(name) if name in self.rt.kernel.tenants else None
-
-    def entries(self):
-        return [(name, self.tenant_dir(name)) for name in self.rt.kernel.tenants]
-
-    def by_inode(self, inode: int):
-        number, slot = divmod(inode - TENANT_BASE, SLOTS)
-        name = self.names[number] if number < len(self.names) else None
-        if name not in self.rt.kernel.tenants:
-            raise NotFound(f"no inode {inode}")
-        directory = self.tenant_dir(name)
-        node = directory if slot == 0 else directory.by_slot(slot)
-        if node is None:
-            raise NotFound(f"no inode {inode}")
-        return node
+    def make(self, name, inode):
+        return TenantDir(inode=inode, rt=self.rt, name=name, tenant=name)
 
 
 def tenants_ctl(rt):

@@ -11,11 +11,12 @@ import stat
 from functools import partial
 
 from ..kernel.errors import NotFound
-from . import billing, ctl, gpus, memory, metrics, models, policy, readme, replay, sched
-from .base import Command, Dir, Log, Setting, Show
-from . import tasks, tenants
+from . import billing, ctl, gpus, memory, metrics, policy, readme, replay, sched
+from .base import Command, Dir, Log, NamedDirs, Setting, Show
+from . import tasks
+from .models import ModelsDir, models_ctl
 from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, TasksDir, inode_of, owner_of
-from .tenants import TENANT_BASE, TenantsDir, tenants_ctl
+from .tenants import TenantsDir, tenants_ctl
 
 RENDERED_MAX = 4096
 ADMIN_READS = stat.S_IFREG | 0o400  # the whole trace, the audit trail, every tenant's bill: admins only
@@ -49,15 +50,11 @@ def build_root(rt) -> Dir:
             "submit": Command(mode=stat.S_IFREG | 0o666, run=ctl.submit(rt)),
             "kill": Command(run=ctl.kill(rt)),
             "tenants": Command(mode=stat.S_IFREG | 0o200, run=tenants_ctl(rt), write_role="admin"),
+            "models": Command(mode=stat.S_IFREG | 0o200, run=models_ctl(rt), write_role="admin"),
             "policy": policy.RulesFile(rt=rt, show=partial(policy.show, kernel), write_role="admin"),
         }),
         "tasks": TasksDir(rt=rt),
-        "models": Dir(children={name: Dir(children={
-            "status": Show(show=partial(models.status, kernel, name)),
-            "config": Show(show=partial(models.config, kernel, name)),
-            "engine": Show(show=lambda name=name: models.engine(rt.engine_metrics.get(name), rt.clock.now_us()),
-                           volatile=True),
-        }) for name in kernel.models}),
+        "models": ModelsDir(rt=rt),
         "memory": Dir(children={
             "meminfo": Show(show=lambda: memory.meminfo(kernel, rt.engine_metrics.values())),
             "pressure": Show(show=lambda: memory.pressure(kernel, rt.clock.now_us()), volatile=True),
@@ -94,6 +91,7 @@ class Tree:
         self.static: dict[int, object] = {}
         self.paths: dict[int, str] = {}
         self.root = build_root(rt)
+        self.named = [self.root.children["models"], self.root.children["tenants"]]
         self._number(self.root)
         self._pinned: dict[int, tuple[bytes, int]] = {}
         self._rendered: dict[int, tuple[int, bytes]] = {}
@@ -101,23 +99,23 @@ class Tree:
     def _number(self, node, path: str = "/") -> None:
         node.inode = len(self.static) + 1
         self.static[node.inode], self.paths[node.inode] = node, path
-        if isinstance(node, Dir) and not isinstance(node, (TasksDir, ReplayDir, TenantsDir)):
+        if isinstance(node, Dir) and not isinstance(node, (TasksDir, ReplayDir, NamedDirs)):
             for name, child in node.entries():
                 self._number(child, f"{path.rstrip('/')}/{name}")
 
     def path_of(self, node) -> str:
-        """Where a file is, for the audit trail: static ones by name, a task's or tenant's from its inode."""
+        """Where a file is, for the audit trail: static ones by name, a task's, tenant's or model's from its inode."""
         if node.inode in self.paths:
             return self.paths[node.inode]
-        if TENANT_BASE <= node.inode < PID_BASE:
-            return f"/tenants/{node.tenant}/{tenants.FILES[(node.inode - TENANT_BASE) % tenants.SLOTS - 1]}"
+        if (named := self._named(node.inode)) is not None:
+            return f"{self.paths[named.inode]}/{named.name_of(node.inode)}"
         pid, slot = divmod(node.inode - PID_BASE, SLOTS)
         return f"/replay/{pid}" if slot == REPLAY_SLOT else f"/tasks/{pid}/{tasks.FILES[slot - 1]}"
 
     def node(self, inode: int):
         """The node of `inode`, or NotFound (a task that no longer exists)."""
-        if TENANT_BASE <= inode < PID_BASE:
-            return self.root.children["tenants"].by_inode(inode)
+        if (named := self._named(inode)) is not None:
+            return named.by_inode(inode)
         if inode < PID_BASE:
             if inode in self.static:
                 return self.static[inode]
@@ -133,6 +131,10 @@ class Tree:
         if node is None:
             raise NotFound(f"no inode {inode}")
         return node
+
+    def _named(self, inode: int) -> NamedDirs | None:
+        """The /models or /tenants directory whose computed inodes hold `inode`, if any."""
+        return next((named for named in self.named if named.owns(inode)), None)
 
     def lookup(self, parent_inode: int, name: str):
         parent = self.node(parent_inode)
