@@ -79,11 +79,13 @@ def test_endpoint_needs_url_and_resumes_after_the_text_so_far():
 class FakeEngine:
     """A tiny OpenAI-compatible server: streams max_tokens words `delay` s apart.
 
-    `stop_after` N: it ends the text early (finish_reason stop); `cut_after` N: it hangs up.
+    `stop_after` N: it ends the text early (finish_reason stop); `cut_after` N: it hangs up;
+    `drop_first` N: it hangs up on the first N requests without answering.
     """
 
-    def __init__(self, delay: float = 0.0, stop_after: int | None = None, cut_after: int | None = None):
-        self.delay, self.stop_after, self.cut_after = delay, stop_after, cut_after
+    def __init__(self, delay: float = 0.0, stop_after: int | None = None, cut_after: int | None = None,
+                 drop_first: int = 0):
+        self.delay, self.stop_after, self.cut_after, self.drop_first = delay, stop_after, cut_after, drop_first
         self.bodies, self.closed_early = [], 0
         self.port = None
 
@@ -98,6 +100,8 @@ class FakeEngine:
             await stream.send_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
             return
         self.bodies.append(body)
+        if len(self.bodies) <= self.drop_first:
+            return
         try:
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
             produced = await self.words(stream, body["max_tokens"])
@@ -183,6 +187,13 @@ async def test_engine_stopping_early_ends_the_task_done(tmp_path, nursery):
     engine = await FakeEngine(stop_after=2).start(nursery)
     [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 10}])
     assert (task.exit, task.tokens_out) == ("done", 2)
+
+
+async def test_engine_hanging_up_before_answering_is_retried(tmp_path, nursery):
+    """A request the engine hangs up on unanswered (a kept-alive connection it had closed) is sent again."""
+    engine = await FakeEngine(drop_first=1).start(nursery)
+    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 3}], backoff_s=0.01)
+    assert (task.exit, task.tokens_out, len(engine.bodies)) == ("done", 3, 2)
 
 
 async def test_engine_hanging_up_mid_stream_fails_the_task(tmp_path, nursery):

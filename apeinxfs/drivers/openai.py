@@ -28,6 +28,8 @@ from . import scrape, sse
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per task in the daemon's log
 
 APIS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+# Idle connections are dropped before an engine would close them (llama-server's cpp-httplib: after 5 s).
+LIMITS = httpx.Limits(max_connections=None, keepalive_expiry=2.0)
 
 
 class Unreachable(Exception):
@@ -112,7 +114,7 @@ class OpenAIDriver:
 
     async def serve(self, gpu: int, host) -> None:
         outbox, streams = Outbox(host, gpu), {}
-        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=None)) as client, \
+        async with httpx.AsyncClient(limits=LIMITS) as client, \
                 trio.open_nursery() as nursery:
             nursery.start_soon(outbox.deliver_forever)
             start = functools.partial(nursery.start_soon, self._run, client, outbox)
@@ -163,20 +165,28 @@ class OpenAIDriver:
 
     async def _stream(self, client, endpoint: Endpoint, task, outbox: Outbox) -> None:
         url, body = endpoint.request(task)
-        tally = sse.Tally(task.pid)
+        tally, answered = sse.Tally(task.pid), False
         try:
             async with client.stream("POST", url, json=body, timeout=endpoint.timeout_s) as response:
+                answered = True
                 await _check(response)
                 async for event in sse.events(response.aiter_lines()):
                     if (chunk := tally.chunk(event)) is not None:
                         outbox.put(chunk)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise Unreachable(scrape.describe(exc)) from None
         except (httpx.HTTPError, sse.ProtocolError) as exc:
-            raise Broken(f"stream broke after {tally.tokens} tokens: {scrape.describe(exc)}") from None
+            raise _failure(exc, answered, tally.tokens) from None
         if tally.finish_reason is None:
             raise Broken(f"stream ended after {tally.tokens} tokens without a finish_reason")
         outbox.put(Chunk(pid=task.pid, text="", tokens=0, final=True))
+
+
+def _failure(exc: Exception, answered: bool, tokens: int) -> Exception:
+    """Unreachable (retried) if the request never reached the engine: no connection, or a kept-alive one
+    that the engine had closed (it hangs up before answering); Broken otherwise."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) or (
+            not answered and isinstance(exc, httpx.RemoteProtocolError)):
+        return Unreachable(scrape.describe(exc))
+    return Broken(f"stream broke after {tokens} tokens: {scrape.describe(exc)}")
 
 
 async def _check(response) -> None:
