@@ -14,6 +14,7 @@ import os
 import time
 
 import pyfuse3
+import trio
 
 from .kernel.access import identify
 from .kernel.errors import ApeinxError, Denied, TooMany
@@ -195,12 +196,17 @@ class Operations(pyfuse3.Operations):
         handle = self.handles[fh]
         if not isinstance(handle, BlockingHandle):
             return await handle.read(off, size, None)
-        started = time.monotonic()
+        started, checked = time.monotonic(), trio.current_time()
 
         async def waiter(key, caller):
+            """Wait for `key`; every WAIT_SLICE_S (not at each wake-up: a stream wakes per token) see
+            whether the reader has a signal pending."""
+            nonlocal checked
             await self.rt.wait_for(key, WAIT_SLICE_S)
-            if signal_pending(caller.pid):
-                raise pyfuse3.FUSEError(errno.EINTR)
+            if trio.current_time() - checked >= WAIT_SLICE_S:
+                checked = trio.current_time()
+                if signal_pending(caller.pid):
+                    raise pyfuse3.FUSEError(errno.EINTR)
             if self.max_block_s and time.monotonic() - started > self.max_block_s:
                 raise TooMany("blocked read would pass the kernel's FUSE request timeout")
         return await handle.read(off, size, waiter)

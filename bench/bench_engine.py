@@ -5,7 +5,7 @@ slots, one thread) serves both paths, one request at a time, alternating:
 
 - straight: an httpx streaming client POSTs /v1/completions with the body the openai
   driver sends (same prompt, max_tokens, `stream_options`) and reads the server-sent
-  events;
+  events, on a new connection each time (llama-server closes one after each stream);
 - apeinxfs: a daemon whose one model is that engine (`openai` driver, engine metrics
   scraped every second as usual); the client submits on /ctl/submit (rw fd, reads back
   the pid) and reads /tasks/PID/stream to EOF the way `cat` does (64 KiB reads).
@@ -35,6 +35,7 @@ PROMPT = "the kernel reads a file"
 TOKENS = int(os.environ.get("BENCH_ENGINE_TOKENS", "1000"))
 REQUESTS = 5 * ROUNDS
 TTFT_TARGET_MS = 2.0
+FRESH_CONNECTIONS = httpx.Limits(max_keepalive_connections=0)  # llama-server closes one after each stream
 RATE_TARGET = 0.95
 
 
@@ -120,7 +121,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="apeinx-bench-engine-") as tmp:
         model = tinymodel.write(Path(tmp) / "tiny.gguf", seed=0)
         with LlamaServer(binary, model, Path(tmp) / "llama-server.log") as server, \
-                apeinxfs_mount(daemon_config(server.url), name="engine") as daemon, httpx.Client(timeout=60, limits=httpx.Limits(keepalive_expiry=2.0)) as client:
+                apeinxfs_mount(daemon_config(server.url), name="engine") as daemon, \
+                httpx.Client(timeout=60, limits=FRESH_CONNECTIONS) as client:
             results = measure(client, server.url, daemon)
     report(results)
     return 0

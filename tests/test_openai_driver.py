@@ -60,6 +60,34 @@ def test_tally_reads_chat_deltas_and_running_usage():
     assert tally.chunk({"choices": [{"delta": {"role": "assistant"}}]}) is None
 
 
+class Recorder:
+    """A driver host that keeps what is delivered."""
+
+    def __init__(self):
+        self.events = []
+
+    def deliver(self, event) -> None:
+        self.events.append(event)
+
+
+async def test_outbox_sends_a_first_token_at_once_and_the_rest_a_round_at_a_time(autojump_clock):
+    """A task's first chunk is delivered inside put(); later ones wait for a round, one merged chunk per task."""
+    host = Recorder()
+    outbox = openai.Outbox(host, gpu=0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(outbox.deliver_forever)
+        outbox.put(Chunk(1, "a", 1, prefill=4), first=True)
+        assert [step.chunks for step in host.events] == [(Chunk(1, "a", 1, prefill=4),)]
+        for text in ("b", "c", "d"):
+            outbox.put(Chunk(1, text, 1))
+        outbox.put(Chunk(2, "x", 1, prefill=3), first=True)
+        outbox.put(Chunk(1, "", 0, final=True))
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert [step.chunks for step in host.events[1:]] == [(Chunk(1, "bcd", 3), Chunk(2, "x", 1, prefill=3)),
+                                                         (Chunk(1, "", 0, final=True),)]
+
+
 def test_endpoint_needs_url_and_resumes_after_the_text_so_far():
     """A model without options.url or with bad retries is refused; a resumed task asks for the rest after its output."""
     model = type("Model", (), {"name": "m", "options": {}})
@@ -192,7 +220,7 @@ async def test_engine_stopping_early_ends_the_task_done(tmp_path, nursery):
 async def test_engine_hanging_up_before_answering_is_retried(tmp_path, nursery):
     """A request the engine hangs up on unanswered (a kept-alive connection it had closed) is sent again."""
     engine = await FakeEngine(drop_first=1).start(nursery)
-    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 3}], backoff_s=0.01)
+    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 3}], backoff_s=60)  # no backoff
     assert (task.exit, task.tokens_out, len(engine.bodies)) == ("done", 3, 2)
 
 

@@ -6,7 +6,8 @@ driver opens one streaming request (the engine batches them itself), turns its
 server-sent events into kernel chunks (sse.py) and delivers them; when the kernel takes a
 task off the GPU (kill, stop, preemption) it closes that stream, and the engine frees the
 slot. A task placed again after preemption resumes: its prompt plus the text so far, for
-the tokens still owed. Connection failures are retried with exponential backoff, then the
+the tokens still owed. Tokens are delivered a round (ROUND_S) at a time, a task's first at
+once (Outbox). Connection failures are retried with exponential backoff, then the
 task fails with `engine at URL unreachable: ...`; a stream that breaks fails its task.
 Options of a model (`[models.options]`): url (required), engine_model (the name sent;
 default the model's), api ("completions" or "chat"), timeout_s (60: the longest silence
@@ -28,12 +29,19 @@ from . import scrape, sse
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per task in the daemon's log
 
 APIS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
-# Idle connections are dropped before an engine would close them (llama-server's cpp-httplib: after 5 s).
+ROUND_S = 0.01  # the shortest time between two steps of one GPU's outbox (a fast engine's tokens come 5-20 at a time)
+# Idle connections are dropped before an engine would close them (llama-server's cpp-httplib: after 5 s;
+# it also closes one after each stream, though it says keep-alive: see Stale).
 LIMITS = httpx.Limits(max_connections=None, keepalive_expiry=2.0)
 
 
 class Unreachable(Exception):
     """The engine could not be reached or is not ready (worth retrying)."""
+
+
+class Stale(Unreachable):
+    """The engine hung up before answering on a kept-alive connection it had closed (llama-server closes
+    one after each stream): worth retrying at once."""
 
 
 class Broken(Exception):
@@ -77,16 +85,27 @@ class Endpoint:
 
 
 class Outbox:
-    """Chunks and failures of one GPU, delivered together: one kernel step per scheduling round."""
+    """Chunks and failures of one GPU, delivered together: one kernel step per round of at least
+    ROUND_S, with one chunk per task, so a fast engine's tokens are journaled and read a few at a
+    time (each step is a journal commit and a wake-up of every reader). A task's first token goes
+    at once, with whatever else waits: time to first token is what a reader of a new task feels."""
 
     def __init__(self, host, gpu: int):
         self.host, self.gpu = host, gpu
         self.chunks, self.failures = [], []
         self.ready = trio.Event()
 
-    def put(self, chunk: Chunk) -> None:
+    def put(self, chunk: Chunk, first: bool = False) -> None:
         self.chunks.append(chunk)
-        self.ready.set()
+        if first:
+            self._deliver_chunks()
+        else:
+            self.ready.set()
+
+    def _deliver_chunks(self) -> None:
+        chunks, self.chunks = self.chunks, []
+        if chunks:
+            self.host.deliver(Step(gpu=self.gpu, chunks=merged(chunks)))
 
     def fail(self, task, reason: str) -> None:
         self.failures.append((task, Failed(pid=task.pid, reason=reason)))
@@ -96,12 +115,22 @@ class Outbox:
         while True:
             await self.ready.wait()
             self.ready = trio.Event()
-            chunks, failures, self.chunks, self.failures = self.chunks, self.failures, [], []
-            if chunks:
-                self.host.deliver(Step(gpu=self.gpu, chunks=chunks))
+            self._deliver_chunks()
+            failures, self.failures = self.failures, []
             for task, failure in failures:
                 if task.state is State.RUNNING:  # not if killed or preempted meanwhile
                     self.host.deliver(failure)
+            await trio.sleep(ROUND_S)
+
+
+def merged(chunks: list[Chunk]) -> list[Chunk]:
+    """One chunk per task, in order of first appearance: its texts joined, tokens and prefill summed."""
+    by_task: dict[int, list[Chunk]] = {}
+    for chunk in chunks:
+        by_task.setdefault(chunk.pid, []).append(chunk)
+    return [Chunk(pid=pid, text="".join(c.text for c in group), tokens=sum(c.tokens for c in group),
+                  prefill=sum(c.prefill for c in group), final=any(c.final for c in group))
+            for pid, group in by_task.items()]
 
 
 class OpenAIDriver:
@@ -151,14 +180,13 @@ class OpenAIDriver:
 
     async def _attempts(self, client, task, outbox: Outbox) -> str | None:
         """Stream the task, retrying while the engine is unreachable; the failure's reason, if any."""
-        endpoint = self.endpoints[task.model]
+        endpoint, delay = self.endpoints[task.model], 0.0
         for attempt in range(endpoint.retries + 1):
-            if attempt:
-                await trio.sleep(endpoint.backoff_s * 2 ** (attempt - 1))
+            await trio.sleep(delay)
             try:
                 return await self._stream(client, endpoint, task, outbox)
             except Unreachable as exc:
-                last = exc
+                last, delay = exc, 0.0 if isinstance(exc, Stale) else endpoint.backoff_s * 2 ** attempt
             except Broken as exc:
                 return f"engine at {endpoint.url}: {exc}"
         return f"engine at {endpoint.url} unreachable: {last}"
@@ -172,7 +200,7 @@ class OpenAIDriver:
                 await _check(response)
                 async for event in sse.events(response.aiter_lines()):
                     if (chunk := tally.chunk(event)) is not None:
-                        outbox.put(chunk)
+                        outbox.put(chunk, first=tally.tokens == chunk.tokens > 0)
         except (httpx.HTTPError, sse.ProtocolError) as exc:
             raise _failure(exc, answered, tally.tokens) from None
         if tally.finish_reason is None:
@@ -181,11 +209,12 @@ class OpenAIDriver:
 
 
 def _failure(exc: Exception, answered: bool, tokens: int) -> Exception:
-    """Unreachable (retried) if the request never reached the engine: no connection, or a kept-alive one
-    that the engine had closed (it hangs up before answering); Broken otherwise."""
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) or (
-            not answered and isinstance(exc, httpx.RemoteProtocolError)):
+    """Unreachable (retried) if the request never reached the engine: no connection, or Stale, a
+    kept-alive one the engine had closed (it hangs up before answering); Broken otherwise."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return Unreachable(scrape.describe(exc))
+    if not answered and isinstance(exc, httpx.RemoteProtocolError):
+        return Stale(scrape.describe(exc))
     return Broken(f"stream broke after {tokens} tokens: {scrape.describe(exc)}")
 
 
