@@ -182,7 +182,8 @@ class OpenAIDriver:
         """Stream the task, retrying while the engine is unreachable; the failure's reason, if any."""
         endpoint, delay = self.endpoints[task.model], 0.0
         for attempt in range(endpoint.retries + 1):
-            await trio.sleep(delay)
+            if delay:  # no checkpoint before the first try: time to first token starts here
+                await trio.sleep(delay)
             try:
                 return await self._stream(client, endpoint, task, outbox)
             except Unreachable as exc:
