@@ -81,7 +81,8 @@ async def test_vllm_metrics_reach_the_models_engine_file_and_meminfo(tmp_path, n
 
 async def test_llamacpp_without_kv_gauge_is_completed_from_slots(tmp_path, nursery):
     """llama-server's /metrics has no KV gauge, so the scraper also reads /slots for it."""
-    pages = {"/metrics": (DATA / "llamacpp-metrics.txt").read_text(), "/slots": (DATA / "llamacpp-slots.json").read_text()}
+    pages = {"/metrics": (DATA / "llamacpp-metrics.txt").read_text(),
+             "/slots": (DATA / "llamacpp-slots.json").read_text()}
     server = await MetricsServer(pages).start(nursery)
     engine = flat((await observed(tmp_path, server))["/models/tiny/engine"])
     assert (engine["engine"], engine["kv_tokens"], engine["kv_capacity_tokens"]) == ("llamacpp", "1682", "16384")

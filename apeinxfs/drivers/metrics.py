@@ -3,11 +3,13 @@
 `parse` reads the Prometheus text exposition format into samples; `read` recognises the
 engine by its names and takes what the kernel's views want from it:
 
-| engine | KV in use (0..1) | KV tokens, capacity | running, waiting |
-|---|---|---|---|
-| vLLM | `vllm:kv_cache_usage_perc` (older: `gpu_cache_usage_perc`) | usage x `cache_config_info`'s num_gpu_blocks x block_size | `num_requests_running`, `num_requests_waiting` |
-| SGLang | `sglang:token_usage` | `num_used_tokens`, `max_total_num_tokens` | `num_running_reqs`, `num_queue_reqs` |
-| llama.cpp | `llamacpp:kv_cache_usage_ratio` (older builds) or /slots | `kv_cache_tokens` (older builds) or /slots | `requests_processing`, `requests_deferred` |
+- vLLM: usage `vllm:kv_cache_usage_perc` (older: `gpu_cache_usage_perc`); tokens = usage x
+  capacity, capacity = `vllm:cache_config_info`'s num_gpu_blocks x block_size; requests
+  `num_requests_running`, `num_requests_waiting`.
+- SGLang: usage `sglang:token_usage`; tokens `num_used_tokens`, capacity
+  `max_total_num_tokens`; requests `num_running_reqs`, `num_queue_reqs`.
+- llama.cpp: usage `llamacpp:kv_cache_usage_ratio` and tokens `kv_cache_tokens` (older
+  builds) or /slots; requests `requests_processing`, `requests_deferred`.
 
 Current llama-server builds export no KV gauge: `with_slots` takes it from GET /slots (the
 tokens held by the slots that are processing a request, over all slots' n_ctx; an idle

@@ -43,7 +43,8 @@ def _engine_families(observations: dict) -> list:
     readings = {model: o.reading for model, o in sorted(observations.items()) if o.reading is not None}
 
     def samples(field, **labels):
-        return [({"model": m, **labels}, getattr(r, field)) for m, r in readings.items() if getattr(r, field) is not None]
+        return [({"model": m, **labels}, getattr(r, field)) for m, r in readings.items()
+                if getattr(r, field) is not None]
     return [("apeinx_engine_kv_usage_ratio", "gauge", "KV cache in use, as the engine reports it (0..1).",
              samples("kv_usage")),
             ("apeinx_engine_kv_tokens", "gauge", "Tokens in the engine's KV cache.", samples("kv_tokens")),
