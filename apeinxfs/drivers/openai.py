@@ -14,15 +14,15 @@ of an engine), retries (3), backoff_s (0.2). Engine metrics are not scraped here
 """
 import functools
 import logging
+import typing
 
 import attrs
 import httpx
 import trio
 
 from ..kernel.errors import Invalid
-from ..kernel.events import Chunk, Failed, Step
-from ..kernel.task import State
-from . import sse
+from ..kernel.events import Chunk
+from . import flow, sse
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per task in the daemon's log
 
@@ -38,26 +38,36 @@ class Broken(Exception):
 
 
 @attrs.frozen
-class Endpoint:
-    """Where and how to reach the engine for one model."""
+class Connection:
+    """Where an HTTP engine is and how patiently to reach it: the options every HTTP driver has.
 
+    A subclass adds its protocol's options and `request`, `tally` and `events` (see Endpoint).
+    """
+
+    driver: typing.ClassVar[str] = "openai"
     url: str = attrs.field(converter=lambda url: str(url).rstrip("/"))
     engine_model: str
-    api: str = attrs.field(default="completions", validator=attrs.validators.in_(APIS))
     timeout_s: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
     retries: int = attrs.field(default=3, validator=attrs.validators.ge(0))
     backoff_s: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
 
     @classmethod
-    def of(cls, model) -> "Endpoint":
+    def of(cls, model) -> "Connection":
         """The endpoint a model's options describe."""
         options = {"engine_model": model.name, **model.options}
         if "url" not in options:
-            raise Invalid(f"model {model.name}: the openai driver needs options.url")
+            raise Invalid(f"model {model.name}: the {cls.driver} driver needs options.url")
         try:
             return cls(**options)
         except (TypeError, ValueError) as exc:
-            raise Invalid(f"model {model.name}: openai options: {exc}") from None
+            raise Invalid(f"model {model.name}: {cls.driver} options: {exc}") from None
+
+
+@attrs.frozen
+class Endpoint(Connection):
+    """An OpenAI-compatible engine for one model: what to ask it and how to read its answer."""
+
+    api: str = attrs.field(default="completions", validator=attrs.validators.in_(APIS))
 
     def request(self, task) -> tuple[str, dict]:
         """URL and body of the streaming request for what `task` still owes."""
@@ -71,74 +81,48 @@ class Endpoint:
             body["prompt"] = prompt + so_far
         return self.url + APIS[self.api], body
 
+    def tally(self, pid: int) -> sse.Tally:
+        """A fresh count of what one stream produces for task `pid`."""
+        return sse.Tally(pid)
 
-class Outbox:
-    """Chunks and failures of one GPU, delivered together: one kernel step per scheduling round."""
-
-    def __init__(self, host, gpu: int):
-        self.host, self.gpu = host, gpu
-        self.chunks, self.failures = [], []
-        self.ready = trio.Event()
-
-    def put(self, chunk: Chunk) -> None:
-        self.chunks.append(chunk)
-        self.ready.set()
-
-    def fail(self, task, reason: str) -> None:
-        self.failures.append((task, Failed(pid=task.pid, reason=reason)))
-        self.ready.set()
-
-    async def deliver_forever(self) -> None:
-        while True:
-            await self.ready.wait()
-            self.ready = trio.Event()
-            chunks, failures, self.chunks, self.failures = self.chunks, self.failures, [], []
-            if chunks:
-                self.host.deliver(Step(gpu=self.gpu, chunks=chunks))
-            for task, failure in failures:
-                if task.state is State.RUNNING:  # not if killed or preempted meanwhile
-                    self.host.deliver(failure)
+    def events(self, response):
+        """The JSON events of the engine's answer."""
+        return sse.events(response.aiter_lines())
 
 
 class OpenAIDriver:
     """One streaming request per running task, opened and closed as the kernel's batch changes."""
 
     name = "openai"
+    endpoint = Endpoint
 
     def __init__(self, models: dict):
-        self.endpoints = {name: Endpoint.of(model) for name, model in models.items()}
+        self.endpoints = {name: self.endpoint.of(model) for name, model in models.items()}
 
     async def serve(self, gpu: int, host) -> None:
-        outbox, streams = Outbox(host, gpu), {}
+        outbox, streams = flow.Outbox(host, gpu), {}
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=None)) as client, \
                 trio.open_nursery() as nursery:
             nursery.start_soon(outbox.deliver_forever)
-            start = functools.partial(nursery.start_soon, self._run, client, outbox)
+            start = functools.partial(self._start, nursery, client, outbox)
             batch = await host.next_batch(gpu)
             while True:
-                self._follow(batch, streams, start)
+                flow.follow(batch, streams, start)
                 batch = await host.batch_changed(gpu)
 
-    @staticmethod
-    def _follow(batch: list, streams: dict, start) -> None:
-        """Start a stream for each task new to the batch; cancel those of tasks that left it.
+    def _start(self, nursery, client, outbox: flow.Outbox, task) -> trio.CancelScope:
+        """Stream `task` in the background; cancelling the scope closes its stream."""
+        scope = trio.CancelScope()
+        nursery.start_soon(self._run, client, outbox, task, scope)
+        return scope
 
-        A stream that ended stays listed until its task leaves, so it is never started twice.
-        """
-        for task in batch:
-            if task.pid not in streams:
-                streams[task.pid] = trio.CancelScope()
-                start(task, streams[task.pid])
-        for pid in streams.keys() - {task.pid for task in batch}:
-            streams.pop(pid).cancel()
-
-    async def _run(self, client, outbox: Outbox, task, scope: trio.CancelScope) -> None:
+    async def _run(self, client, outbox: flow.Outbox, task, scope: trio.CancelScope) -> None:
         with scope:
             reason = await self._attempts(client, task, outbox)
             if reason is not None:
                 outbox.fail(task, reason)
 
-    async def _attempts(self, client, task, outbox: Outbox) -> str | None:
+    async def _attempts(self, client, task, outbox: flow.Outbox) -> str | None:
         """Stream the task, retrying while the engine is unreachable; the failure's reason, if any."""
         endpoint = self.endpoints[task.model]
         for attempt in range(endpoint.retries + 1):
@@ -152,20 +136,20 @@ class OpenAIDriver:
                 return f"engine at {endpoint.url}: {exc}"
         return f"engine at {endpoint.url} unreachable: {last}"
 
-    async def _stream(self, client, endpoint: Endpoint, task, outbox: Outbox) -> None:
+    async def _stream(self, client, endpoint: Endpoint, task, outbox: flow.Outbox) -> None:
         url, body = endpoint.request(task)
-        tally = sse.Tally(task.pid)
+        tally = endpoint.tally(task.pid)
         try:
             async with client.stream("POST", url, json=body, timeout=endpoint.timeout_s) as response:
                 await _check(response)
-                async for event in sse.events(response.aiter_lines()):
+                async for event in endpoint.events(response):
                     if (chunk := tally.chunk(event)) is not None:
                         outbox.put(chunk)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise Unreachable(_words(exc)) from None
         except (httpx.HTTPError, sse.ProtocolError) as exc:
             raise Broken(f"stream broke after {tally.tokens} tokens: {_words(exc)}") from None
-        if tally.finish_reason is None:
+        if not tally.finished:
             raise Broken(f"stream ended after {tally.tokens} tokens without a finish_reason")
         outbox.put(Chunk(pid=task.pid, text="", tokens=0, final=True))
 
