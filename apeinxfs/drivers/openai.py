@@ -100,27 +100,17 @@ class OpenAIDriver:
         self.endpoints = {name: self.endpoint.of(model) for name, model in models.items()}
 
     async def serve(self, gpu: int, host) -> None:
-        outbox, streams = flow.Outbox(host, gpu), {}
-        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=None)) as client, \
-                trio.open_nursery() as nursery:
-            nursery.start_soon(outbox.deliver_forever)
-            start = functools.partial(self._start, nursery, client, outbox)
-            batch = await host.next_batch(gpu)
-            while True:
-                flow.follow(batch, streams, start)
-                batch = await host.batch_changed(gpu)
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=None)) as client:
+            await flow.run_jobs(host, gpu, functools.partial(self._start, client))
 
-    def _start(self, nursery, client, outbox: flow.Outbox, task) -> trio.CancelScope:
+    def _start(self, client, nursery, outbox: flow.Outbox, task) -> trio.CancelScope:
         """Stream `task` in the background; cancelling the scope closes its stream."""
-        scope = trio.CancelScope()
-        nursery.start_soon(self._run, client, outbox, task, scope)
-        return scope
+        return flow.spawn(nursery, self._run, client, outbox, task)
 
-    async def _run(self, client, outbox: flow.Outbox, task, scope: trio.CancelScope) -> None:
-        with scope:
-            reason = await self._attempts(client, task, outbox)
-            if reason is not None:
-                outbox.fail(task, reason)
+    async def _run(self, client, outbox: flow.Outbox, task) -> None:
+        reason = await self._attempts(client, task, outbox)
+        if reason is not None:
+            outbox.fail(task, reason)
 
     async def _attempts(self, client, task, outbox: flow.Outbox) -> str | None:
         """Stream the task, retrying while the engine is unreachable; the failure's reason, if any."""
