@@ -170,6 +170,8 @@ async def test_concurrent_tasks_all_complete_one_generation_at_a_time(tmp_path, 
 
 async def test_kill_stops_the_generation_at_the_next_token(tmp_path, fake):
     """Killing a task mid-generation closes its generator, and no token of it is delivered afterwards."""
+    fake.delay = 0.01  # 40 s for the whole budget: only a stopped generation closes within the 5 s below
+
     async def kill_after_some_tokens(rt, pids):
         while rt.kernel.tasks[pids[0]].tokens_out < 5:
             await rt.wait_for(pids[0], 1.0)
@@ -216,3 +218,17 @@ async def test_missing_llama_cpp_python_says_how_to_install_it(monkeypatch):
         llamacpp.metadata.PackageNotFoundError(name)))
     with pytest.raises(llamacpp.Unavailable, match=r"pip install 'apeinxfs\[llamacpp\]'"):
         llamacpp.open_llama(llamacpp.Options(model_path="/m.gguf", n_ctx=64))
+
+
+async def test_daemon_shutdown_stops_a_running_generation(tmp_path, fake):
+    """Cancelling the runtime (unmount, SIGTERM) mid-generation stops the worker thread instead of waiting it out."""
+    fake.delay = 0.01  # 40 s for the whole budget
+    with open_runtime(tmp_path, CONFIG) as rt:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(rt.run)
+                pid = rt.commit([Submit(spec=TaskSpec(name="a", max_tokens=4000), uid=1000)])[0]
+                while rt.kernel.tasks[pid].tokens_out < 5:
+                    await rt.wait_for(pid, 1.0)
+                nursery.cancel_scope.cancel()
+    assert (fake.closed, fake.busy) == (1, 0)
