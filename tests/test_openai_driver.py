@@ -15,6 +15,7 @@ from apeinxfs.kernel.errors import Invalid
 from apeinxfs.kernel.events import Chunk, Kill, Submit
 from apeinxfs.kernel.spec import TaskSpec
 from engines import free_port
+from fakehttp import read_request, send_event
 from test_journal_runtime import open_runtime
 
 
@@ -93,7 +94,7 @@ class FakeEngine:
         return self
 
     async def handle(self, stream) -> None:
-        body = await read_request(stream)
+        body = (await read_request(stream)).body
         self.bodies.append(body)
         try:
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
@@ -113,22 +114,6 @@ class FakeEngine:
             await send_event(stream, {"choices": [{"text": f" w{index}", "finish_reason": None}]})
             await trio.sleep(self.delay)
         return count
-
-
-async def read_request(stream) -> dict:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += await stream.receive_some()
-    head, _, body = data.partition(b"\r\n\r\n")
-    headers = dict(line.lower().split(b":", 1) for line in head.split(b"\r\n")[1:])
-    length = int(headers[b"content-length"])
-    while len(body) < length:
-        body += await stream.receive_some()
-    return json.loads(body)
-
-
-async def send_event(stream, event: dict) -> None:
-    await stream.send_all(f"data: {json.dumps(event)}\n\n".encode())
 
 
 def engine_config(port: int, **options) -> str:

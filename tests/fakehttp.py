@@ -1,0 +1,38 @@
+"""The few lines of HTTP/1.1 a fake engine in a test needs: read one request, send server-sent events.
+
+Fake engines (test_openai_driver.py, test_triton_driver.py) serve these with
+`trio.serve_tcp` on 127.0.0.1 and answer with `connection: close`, so one request per
+connection and no keep-alive to handle. Not an HTTP server: nothing here checks much.
+"""
+import json
+
+import attrs
+
+
+@attrs.frozen
+class Request:
+    """One request as a fake engine sees it."""
+
+    method: str
+    path: str
+    body: dict
+
+
+async def read_request(stream) -> Request:
+    """Read one request with a JSON body from a trio stream."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive_some()
+    head, _, body = data.partition(b"\r\n\r\n")
+    request_line, *header_lines = head.split(b"\r\n")
+    headers = dict(line.lower().split(b":", 1) for line in header_lines)
+    length = int(headers[b"content-length"])
+    while len(body) < length:
+        body += await stream.receive_some()
+    method, path, _ = request_line.decode().split(" ", 2)
+    return Request(method, path, json.loads(body))
+
+
+async def send_event(stream, event: dict) -> None:
+    """One server-sent event whose data is `event` as JSON."""
+    await stream.send_all(f"data: {json.dumps(event)}\n\n".encode())
