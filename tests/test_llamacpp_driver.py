@@ -28,8 +28,8 @@ class FakeLlama:
     count seen, `closed` the generations whose generator was closed.
     """
 
-    def __init__(self, script: list[int] = (), delay: float = 0.0):
-        self.script, self.delay = list(script), delay
+    def __init__(self, script: list[int] = (), delay: float = 0.0, n_ctx: int = 8192):
+        self.script, self.delay, self.context_size = list(script), delay, n_ctx
         self.busy = self.most_busy = self.closed = 0
         self.contexts = []
 
@@ -38,6 +38,9 @@ class FakeLlama:
 
     def detokenize(self, tokens: list[int]) -> bytes:
         return bytes(token - 1 for token in tokens)
+
+    def n_ctx(self) -> int:
+        return self.context_size
 
     def token_eos(self) -> int:
         return EOS
@@ -95,6 +98,14 @@ def test_generate_stops_between_tokens_and_closes_the_generation():
             stop.set()
     llamacpp.generate(llama, llamacpp.Job(7, b"p", 1000), stop, emit)
     assert len(chunks) == 3 and llama.closed == 1
+
+
+def test_a_job_that_does_not_fit_in_n_ctx_fails_before_generating():
+    """Prompt tokens plus the tokens owed beyond n_ctx fail at once, saying by how much, instead of filling up."""
+    llama = FakeLlama(n_ctx=10)
+    with pytest.raises(ValueError, match="context full: 4 tokens of prompt and 7 to generate exceed n_ctx 10"):
+        run_generate(llama, b"four", budget=7)
+    assert llama.contexts == []
 
 
 def test_empty_prompt_starts_from_the_beginning_of_sequence_token():

@@ -18,12 +18,13 @@ plus the text so far, for the tokens still owed (re-tokenized, so not always the
 Counts are the model's: each chunk is one sampled token, the prompt's token count
 (`Llama.tokenize`) comes as the first chunk's prefill, and the model's end-of-sequence
 token ends the task `done` short of max_tokens. Text is the tokens' bytes decoded as
-UTF-8 across token boundaries, bad bytes replaced. Failures (model file missing, context
-full) fail the task with `failed: llama.cpp: ...`; the daemon serves on.
+UTF-8 across token boundaries, bad bytes replaced. Failures (model file missing, a prompt
+whose real token count leaves no room for the tokens owed in n_ctx) fail the task with
+`failed: llama.cpp: ...`; the daemon serves on.
 
 Options (`[models.options]`): model_path (required, a GGUF file), n_ctx (the model's
-`context`), n_threads (llama.cpp's default), seed (llama.cpp's default, random: give one
-for repeatable text). llama-cpp-python is an optional extra (`pip install
+`context`), n_threads (llama.cpp's default), seed (unset or 0: random; give one for
+repeatable text). llama-cpp-python is an optional extra (`pip install
 'apeinxfs[llamacpp]'`, installed by scripts/setup without compiling llama.cpp); it loads
 the shared libraries scripts/build-llama-server built, from
 ~/.cache/apeinxfs/llama.cpp/VERSION/bin (or $APEINXFS_CACHE/...), unless
@@ -136,6 +137,9 @@ def generate(llama, job: Job, stop: threading.Event, emit) -> None:
     """In a worker thread: decode `job` a token at a time and `emit` a chunk for each, until its
     budget is spent, the model ends the text, or `stop` is set (looked at between tokens)."""
     context = llama.tokenize(job.text) or [llama.token_bos()]
+    if len(context) + job.budget > llama.n_ctx():
+        raise ValueError(f"context full: {len(context)} tokens of prompt and {job.budget} to generate "
+                         f"exceed n_ctx {llama.n_ctx()}")
     pieces = Pieces(llama, job, len(context))
     with contextlib.closing(llama.generate(context)) as tokens:
         for token in tokens:

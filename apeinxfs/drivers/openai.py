@@ -126,7 +126,7 @@ class OpenAIDriver:
                 return f"engine at {endpoint.url}: {exc}"
         return f"engine at {endpoint.url} unreachable: {last}"
 
-    async def _stream(self, client, endpoint: Endpoint, task, outbox: flow.Outbox) -> None:
+    async def _stream(self, client, endpoint: Connection, task, outbox: flow.Outbox) -> None:
         url, body = endpoint.request(task)
         tally = endpoint.tally(task.pid)
         try:
