@@ -14,8 +14,8 @@ import trio
 
 from apeinxfs.drivers import llamacpp
 from apeinxfs.kernel.errors import Invalid
-from apeinxfs.kernel.events import Chunk, Kill, Submit
-from apeinxfs.kernel.spec import TaskSpec
+from apeinxfs.kernel.events import Chunk, Control, Kill, Submit
+from apeinxfs.kernel.spec import TaskCommand, TaskSpec
 from test_journal_runtime import open_runtime
 
 EOS = 0
@@ -196,6 +196,26 @@ async def test_kill_stops_the_generation_at_the_next_token(tmp_path, fake):
 
     [task] = await run_tasks(tmp_path, [{"name": "a", "max_tokens": 4000}], kill_after_some_tokens)
     assert task.exit == "killed" and fake.busy == 0 and 5 <= task.tokens_out < 4000
+
+
+async def test_stopped_task_resumes_after_its_text_for_the_tokens_still_owed(tmp_path, fake):
+    """stop ends the generation; cont runs it again on the prompt plus the output so far, up to max_tokens in all."""
+    fake.delay = 0.01
+
+    async def stop_then_cont(rt, pids):
+        while rt.kernel.tasks[pids[0]].tokens_out < 3:
+            await rt.wait_for(pids[0], 1.0)
+        rt.commit([Control(pid=pids[0], command=TaskCommand("stop"), uid=1000)])
+        with trio.fail_after(5):
+            while fake.busy:
+                await trio.sleep(0.01)
+        rt.commit([Control(pid=pids[0], command=TaskCommand("cont"), uid=1000)])
+
+    [task] = await run_tasks(tmp_path, [{"name": "a", "prompt": "go", "max_tokens": 40}], stop_then_cont)
+    first, again = fake.contexts
+    assert (task.exit, task.tokens_out, bytes(task.output)) == ("done", 40, b"x" * 40)
+    assert first == [ord("g") + 1, ord("o") + 1] and again == first + [ord("x") + 1] * (len(again) - 2)
+    assert 3 <= len(again) - 2 < 40
 
 
 async def test_a_model_that_cannot_load_fails_the_task_and_the_next_one_runs(tmp_path, monkeypatch):
