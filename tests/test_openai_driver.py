@@ -15,6 +15,7 @@ from apeinxfs.kernel.errors import Invalid
 from apeinxfs.kernel.events import Chunk, Kill, Submit
 from apeinxfs.kernel.spec import TaskSpec
 from engines import free_port
+from fakehttp import read_request, send_event
 from test_journal_runtime import open_runtime
 
 
@@ -60,34 +61,6 @@ def test_tally_reads_chat_deltas_and_running_usage():
     assert tally.chunk({"choices": [{"delta": {"role": "assistant"}}]}) is None
 
 
-class Recorder:
-    """A driver host that keeps what is delivered."""
-
-    def __init__(self):
-        self.events = []
-
-    def deliver(self, event) -> None:
-        self.events.append(event)
-
-
-async def test_outbox_sends_a_first_token_at_once_and_the_rest_a_round_at_a_time(autojump_clock):
-    """A task's first chunk is delivered inside put(); later ones wait for a round, one merged chunk per task."""
-    host = Recorder()
-    outbox = openai.Outbox(host, gpu=0)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(outbox.deliver_forever)
-        outbox.put(Chunk(1, "a", 1, prefill=4), first=True)
-        assert [step.chunks for step in host.events] == [(Chunk(1, "a", 1, prefill=4),)]
-        for text in ("b", "c", "d"):
-            outbox.put(Chunk(1, text, 1))
-        outbox.put(Chunk(2, "x", 1, prefill=3), first=True)
-        outbox.put(Chunk(1, "", 0, final=True))
-        await trio.sleep(1)
-        nursery.cancel_scope.cancel()
-    assert [step.chunks for step in host.events[1:]] == [(Chunk(1, "bcd", 3), Chunk(2, "x", 1, prefill=3)),
-                                                         (Chunk(1, "", 0, final=True),)]
-
-
 def test_endpoint_needs_url_and_resumes_after_the_text_so_far():
     """A model without options.url or with bad retries is refused; a resumed task asks for the rest after its output."""
     model = type("Model", (), {"name": "m", "options": {}})
@@ -123,10 +96,11 @@ class FakeEngine:
         return self
 
     async def handle(self, stream) -> None:
-        body = await read_request(stream)
-        if body is None:  # GET /metrics: this engine has none
+        request = await read_request(stream)
+        if request.body is None:  # GET /metrics: this engine has none
             await stream.send_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
             return
+        body = request.body
         self.bodies.append(body)
         if len(self.bodies) <= self.drop_first:
             return
@@ -148,25 +122,6 @@ class FakeEngine:
             await send_event(stream, {"choices": [{"text": f" w{index}", "finish_reason": None}]})
             await trio.sleep(self.delay)
         return count
-
-
-async def read_request(stream) -> dict | None:
-    """The JSON body of a POST; None for a request without one (a GET)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += await stream.receive_some()
-    head, _, body = data.partition(b"\r\n\r\n")
-    headers = dict(line.lower().split(b":", 1) for line in head.split(b"\r\n")[1:])
-    if b"content-length" not in headers:
-        return None
-    length = int(headers[b"content-length"])
-    while len(body) < length:
-        body += await stream.receive_some()
-    return json.loads(body)
-
-
-async def send_event(stream, event: dict) -> None:
-    await stream.send_all(f"data: {json.dumps(event)}\n\n".encode())
 
 
 def engine_config(port: int, **options) -> str:

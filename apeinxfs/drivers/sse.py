@@ -76,6 +76,11 @@ class Tally:
     prompt_tokens: int | None = None
     finish_reason: str | None = None
 
+    @property
+    def finished(self) -> bool:
+        """Whether the engine said why the stream ended (else it was cut short)."""
+        return self.finish_reason is not None
+
     def chunk(self, event: dict) -> Chunk | None:
         """The chunk for one event, or None when it adds nothing."""
         choices = event.get("choices") or []
