@@ -5,14 +5,16 @@ come from NVML when an NVIDIA driver is present (drivers/nvml.py), else simulate
 Unknown keys are refused at start, naming the key.
 """
 import os
+import time
 import tomllib
 from importlib import resources
 
 import attrs
 
 from .drivers import nvml
-from .kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig, TenantConfig
+from .kernel.config import AccessConfig, GpuConfig, KernelConfig, ModelConfig, SchedConfig
 from .kernel.errors import Invalid
+from .kernel.tenant_config import parse_seconds, tenant_from_dict
 
 SECTIONS = {
     "daemon": {"node", "max_waiters", "state_dir"},
@@ -20,6 +22,8 @@ SECTIONS = {
     "scheduler": {"policy", "input_cost", "output_cost", "preempt_gap", "slice_tokens", "min_run_tokens", "kv_preempt_limit", "deadline_boost_s",
                   "pressure_cost"},
     "gpus": {"simulated", "memory_mib", "kv_mib", "kv_fraction", "slots"},
+    "access": {"admin_uids", "admin_gids", "unmapped"},
+    "billing": {"period"},
 }
 LISTS = ("models", "tenants")
 
@@ -79,9 +83,13 @@ def build(raw: dict, state_dir: str | None, use_nvml: bool) -> Config:
     gpus, source = _gpus(raw["gpus"], use_nvml)
     try:
         models = [ModelConfig(**m) for m in raw["models"]]
-        tenants = [TenantConfig(**t) for t in raw.get("tenants") or [{"name": "default"}]]
+        tenants = [tenant_from_dict(t) for t in raw.get("tenants") or [{"name": "default"}]]
+        period = raw["billing"]["period"]
         kernel = KernelConfig(models=models, gpus=gpus, page_mib=raw["kv"]["page_mib"],
-                              sched=SchedConfig(**raw["scheduler"]), tenants=tenants, node=daemon["node"])
+                              sched=SchedConfig(**raw["scheduler"]), tenants=tenants, node=daemon["node"],
+                              access=AccessConfig(**raw["access"], owner_uid=os.getuid()),
+                              billing_period_s=parse_seconds(period, "billing.period") if isinstance(period, str)
+                              else period, utc_offset_s=time.localtime().tm_gmtoff)
     except TypeError as exc:
         raise Invalid(f"config: {exc}") from None
     return Config(kernel=kernel, state_dir=state_dir or daemon.get("state_dir") or default_state_dir(),

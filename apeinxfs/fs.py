@@ -14,9 +14,11 @@ import os
 import time
 
 import pyfuse3
+import trio
 
-from .kernel.errors import ApeinxError, TooMany
-from .nodes.base import BlockingHandle, Caller, Dir, SnapshotHandle, permits
+from .kernel.access import identify
+from .kernel.errors import ApeinxError, Denied, TooMany
+from .nodes.base import BlockingHandle, Caller, Dir, SnapshotHandle
 
 log = logging.getLogger(__name__)
 
@@ -99,36 +101,47 @@ class Operations(pyfuse3.Operations):
         entry.st_ino, entry.st_mode = node.inode, node.mode
         entry.st_nlink = 2 if is_dir else 1
         entry.st_size = 0 if is_dir else self.tree.size(node)
-        entry.st_uid, entry.st_gid = self.owner
+        entry.st_uid, entry.st_gid = node.owner or self.owner
         entry.st_blksize, entry.st_blocks = 4096, (entry.st_size + 511) // 512
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
         entry.entry_timeout = ATTR_TIMEOUT_S
         entry.attr_timeout = ATTR_TIMEOUT_S if is_dir else 0  # sizes change: the kernel must ask
         return entry
 
-    def check(self, node, ctx, want: int) -> None:
-        """The mount has no default_permissions (it costs a getattr per open): modes are checked here."""
-        if ctx.uid == 0 and not want & os.X_OK:
-            return  # root reads and writes anything
-        caller = Caller(ctx.uid, ctx.gid, ctx.pid)
-        if not permits(node.mode, self.owner, caller, want, lambda: supplementary_groups(ctx.pid)):
-            raise pyfuse3.FUSEError(errno.EACCES)
+    def caller(self, ctx) -> Caller:
+        """Who sent the request: its role and tenant (access.py), from uid, gid and groups."""
+        kernel = self.rt.kernel
+        who = identify(kernel.tenants, kernel.config.access, ctx.uid, ctx.gid, lambda: supplementary_groups(ctx.pid))
+        return Caller(ctx.uid, ctx.gid, ctx.pid, who.role, who.tenant)
+
+    def node_for(self, inode: int, ctx):
+        """The node of `inode` if the caller may see it (another tenant's is ENOENT)."""
+        node = self.tree.node(inode)
+        if ctx is not None and node.tenant is not None:
+            self.caller(ctx).may(node, 0)
+        return node
+
+    def check(self, node, caller: Caller, want: int) -> None:
+        """The mount has no default_permissions: roles and tenants (access.py) are checked here."""
+        caller.may(node, want)
+        if want & os.X_OK and not (node.mode & 0o111 or isinstance(node, Dir)):
+            raise Denied("not executable")
 
     @guarded
     async def access(self, inode, mode, ctx):
-        self.check(self.tree.node(inode), ctx, mode)
+        self.check(self.tree.node(inode), self.caller(ctx), mode)
         return True
 
     @guarded
     async def lookup(self, parent_inode, name, ctx=None):
-        parent = self.tree.node(parent_inode)
-        if ctx is not None and isinstance(parent, Dir):
-            self.check(parent, ctx, os.X_OK)
-        return self.attributes(self.tree.lookup(parent_inode, os.fsdecode(name)))
+        child = self.tree.lookup(parent_inode, os.fsdecode(name))
+        if ctx is not None and child.tenant is not None:
+            self.caller(ctx).may(child, 0)
+        return self.attributes(child)
 
     @guarded
     async def getattr(self, inode, ctx=None):
-        return self.attributes(self.tree.node(inode))
+        return self.attributes(self.node_for(inode, ctx))
 
     @guarded
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -140,9 +153,12 @@ class Operations(pyfuse3.Operations):
         node = self.tree.node(inode)
         if not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        self.check(node, ctx, os.R_OK)
+        caller = self.caller(ctx)
+        self.check(node, caller, os.R_OK)
         fh = next(self._fh)
-        self.listings[fh] = node.entries()
+        entries = node.entries()
+        self.listings[fh] = entries if caller.role == "admin" else [
+            (name, child) for name, child in entries if caller.identity.sees(child.tenant)]
         return fh
 
     @guarded
@@ -162,10 +178,14 @@ class Operations(pyfuse3.Operations):
         node = self.tree.node(inode)
         if isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        mode = flags & os.O_ACCMODE
-        self.check(node, ctx, NEEDS.get(mode, os.R_OK | os.W_OK))
-        handle = node.open(Caller(ctx.uid, ctx.gid, ctx.pid), writing=mode != os.O_RDONLY,
-                           reading=mode != os.O_WRONLY)
+        mode, caller = flags & os.O_ACCMODE, self.caller(ctx)
+        try:
+            self.check(node, caller, NEEDS.get(mode, os.R_OK | os.W_OK))
+        except Denied as exc:  # a role refused at open (a viewer's submit): a denial, so audited
+            self.rt.reject(self.tree.path_of(node), exc, caller.uid, caller.pid, caller.tenant)
+            raise
+        handle = node.open(caller, writing=mode != os.O_RDONLY, reading=mode != os.O_WRONLY,
+                           truncating=bool(flags & os.O_TRUNC))
         if isinstance(handle, SnapshotHandle):
             handle.data = self.tree.open_snapshot(node)
         fh = next(self._fh)
@@ -177,12 +197,17 @@ class Operations(pyfuse3.Operations):
         handle = self.handles[fh]
         if not isinstance(handle, BlockingHandle):
             return await handle.read(off, size, None)
-        started = time.monotonic()
+        started, checked = time.monotonic(), trio.current_time()
 
         async def waiter(key, caller):
+            """Wait for `key`; every WAIT_SLICE_S (not at each wake-up: a stream wakes per token) see
+            whether the reader has a signal pending."""
+            nonlocal checked
             await self.rt.wait_for(key, WAIT_SLICE_S)
-            if signal_pending(caller.pid):
-                raise pyfuse3.FUSEError(errno.EINTR)
+            if trio.current_time() - checked >= WAIT_SLICE_S:
+                checked = trio.current_time()
+                if signal_pending(caller.pid):
+                    raise pyfuse3.FUSEError(errno.EINTR)
             if self.max_block_s and time.monotonic() - started > self.max_block_s:
                 raise TooMany("blocked read would pass the kernel's FUSE request timeout")
         return await handle.read(off, size, waiter)
@@ -198,6 +223,8 @@ class Operations(pyfuse3.Operations):
     @guarded
     async def release(self, fh):
         handle = self.handles.pop(fh, None)
+        if handle is not None:
+            handle.release()
         if isinstance(handle, SnapshotHandle):
             self.tree.close_snapshot(handle.node.inode)
 

@@ -19,6 +19,7 @@ import pyfuse3
 import trio
 
 from . import config as config_mod
+from .drivers import nvml
 from .fs import Operations
 from .journal import Journal
 from .kernel.errors import ApeinxError, Invalid
@@ -107,6 +108,7 @@ def lock_state_dir(state_dir: str) -> int:
 
 
 def main(argv: list[str]) -> int:
+    os.umask(0o077)  # the journal and log hold every tenant's prompts and outputs: the owner's alone
     try:
         args = parse_args(argv)
         config = config_mod.load(args.config, args.state_dir)
@@ -152,6 +154,7 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
         lock_state_dir(config.state_dir)
         runtime = Runtime(config, Journal(os.path.join(config.state_dir, "journal.db")))
         rows = runtime.recover()
+        runtime.readings = nvml.open_readings(config.kernel.gpus)
         ops = Operations(Tree(runtime))
         pyfuse3.init(ops, args.mountpoint, _fuse_options(args))
     except Exception as exc:  # report any start failure to the waiting parent
@@ -164,8 +167,11 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
 
 
 def _fuse_options(args: MountArgs) -> set:
-    """No default_permissions unless asked for: fs.py checks modes itself, saving a getattr per open."""
-    return {"fsname=apeinxfs", "subtype=apeinxfs"} | set(args.fuse_options - {"rw"})
+    """No default_permissions: fs.py checks roles and tenants itself (kernel/access.py). Mounted by
+    root, allow_other lets every user reach the tree, each seeing its own tenant; a user's own
+    mount stays private unless it asks for allow_other (which needs user_allow_other in fuse.conf)."""
+    shared = {"allow_other"} if os.geteuid() == 0 else set()
+    return {"fsname=apeinxfs", "subtype=apeinxfs"} | shared | set(args.fuse_options - {"rw"})
 
 
 def _report(fd: int | None, message: str) -> None:
@@ -197,5 +203,7 @@ async def _run_mounted(runtime: Runtime, config, ready_fd) -> int:
     finally:
         pyfuse3.close(unmount=signalled)
         runtime.journal.close()
+        if runtime.readings is not None:
+            runtime.readings.close()
         log.info("unmounted")
     return 0

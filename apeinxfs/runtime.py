@@ -4,14 +4,17 @@ Every state change goes through `commit`: check with the kernel (refusals raise)
 to the journal (durable before return), apply (the journal keeps the trace lines each
 event emits, for `apeinxfs replay --verify`), then wake whoever waits on what changed.
 `recover` rebuilds the kernel from the journal at start. The FUSE tree (nodes/) and the
-drivers only ever talk to the kernel through this object.
+drivers only ever talk to the kernel through this object. Beside the kernel it keeps what
+is observed, not decided: the engines' own metrics (`engine_metrics`, by model), which
+are never journaled.
 """
 import logging
 import time
 
+import attrs
 import trio
 
-from . import drivers
+from .enginehost import DriverGroups
 from .journal import Journal
 from .kernel import Kernel
 from .kernel.errors import ApeinxError, TooMany
@@ -66,6 +69,9 @@ class Runtime:
         self.clock = clock or WallClock()
         self.notifier = Notifier()
         self.waiters = 0
+        self.readings = None  # drivers/nvml.Readings of the real GPUs, set by the daemon (mount.py)
+        self.engine_metrics: dict = {}  # model -> drivers/metrics.Observation, the last scrape of its engine
+        self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
 
     def recover(self) -> int:
         """Replay the journal into the kernel; mark the restart. Returns rows replayed."""
@@ -79,10 +85,9 @@ class Runtime:
         return rows
 
     def commit(self, events: list) -> list:
-        """Check, journal, apply; results in order. Raises the first refusal, changing nothing."""
-        for event in events:
-            self.kernel.check(event)
-        return self.commit_checked(events)
+        """Admit, journal, apply; results in order. Raises the first refusal, changing nothing."""
+        now, batch = self.clock.now_us(), {}
+        return self.commit_checked([self.kernel.admit(event, now, batch) for event in events])
 
     def commit_checked(self, events: list) -> list:
         """Journal and apply events the caller has just checked (no await in between)."""
@@ -94,9 +99,10 @@ class Runtime:
         self.notifier.wake(self.kernel.take_changed())
         return results
 
-    def reject(self, path: str, error: ApeinxError, uid: int) -> None:
-        """Record a refused write in the journal and trace."""
-        self.commit([Rejected(path=path, reason=error.reason, uid=uid)])
+    def reject(self, path: str, error: ApeinxError, uid: int, pid: int = 0, tenant: str | None = None) -> None:
+        """Record a refused write in the journal and trace (and, for a denial, the audit trail)."""
+        self.commit([Rejected(path=path, reason=error.reason, uid=uid, errno=error.errno, denial=error.denial,
+                              caller_pid=pid, caller_tenant=tenant)])
 
     # -- blocking readers ------------------------------------------------------------
 
@@ -110,24 +116,34 @@ class Runtime:
         finally:
             self.waiters -= 1
 
-    # -- the driver host ---------------------------------------------------------------
-
-    async def next_batch(self, gpu: int) -> list:
-        while not (batch := self.kernel.batch(gpu)):
-            await self.notifier.wait(("gpu", gpu))
-        return batch
+    # -- what drivers report (through enginehost.ModelHost) -----------------------------
 
     def deliver(self, event) -> None:
         self.commit([event])
 
+    def observe(self, model: str, observation) -> None:
+        """Keep the engine's latest metrics for `model`, stamped now (for models of the kernel only)."""
+        if model in self.kernel.models:
+            self.engine_metrics[model] = attrs.evolve(observation, at_us=self.clock.now_us())
+            self.observed += 1
+
+    def forget_engines(self) -> None:
+        """Drop the observations of models that no longer exist."""
+        for model in self.engine_metrics.keys() - self.kernel.models.keys():
+            del self.engine_metrics[model]
+            self.observed += 1
+
+    @property
+    def version(self) -> tuple[int, int]:
+        """Changes whenever the kernel or an observation does: the key of rendered files."""
+        return self.kernel.version, self.observed
+
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Run the drivers on every GPU and the deadline timer until cancelled."""
-        models = self.kernel.models
+        """Run the models' drivers on every GPU (enginehost.py) and the deadline timer until cancelled."""
         async with trio.open_nursery() as nursery:
-            for driver_name in sorted({m.driver for m in models.values()}):
-                driver = drivers.load(driver_name)({n: m for n, m in models.items() if m.driver == driver_name})
-                for gpu in range(len(self.kernel.gpus)):
-                    nursery.start_soon(driver.serve, gpu, self)
+            groups = DriverGroups(self, nursery)
+            groups.sync()  # builds the drivers now: a bad configuration fails here, before the mount
+            nursery.start_soon(groups.follow)
             nursery.start_soon(self._deadline_timer)
             task_status.started()
 

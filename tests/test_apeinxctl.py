@@ -92,10 +92,13 @@ def test_replay_without_pid_prints_the_trace(daemon):
     assert ",submit," in lines[1]
 
 
-def test_billing_says_it_arrives_with_tenants(daemon):
-    """billing prints its placeholder and exits 0 while there are no tenants."""
-    result = ctl(daemon.mountpoint, "billing")
-    assert (result.returncode, result.stdout) == (0, "no tenants yet: billing arrives with tenants\n")
+def test_billing_prints_the_bill_csv(daemon):
+    """billing prints /billing: a CSV header, then a row of the default tenant once a task has run."""
+    submit(daemon, "billed", "3", "5")
+    assert ctl(daemon.mountpoint, "wait", "1").returncode == 0
+    lines = ctl(daemon.mountpoint, "billing").stdout.splitlines()
+    assert lines[0] == "period_start,tenant,model,tokens_in,tokens_out,gpu_seconds,kv_page_seconds,cost"
+    assert lines[1].split(",")[1:5] == ["default", "sim", "1", "3"]
 
 
 @pytest.mark.parametrize("args, errno_text", [

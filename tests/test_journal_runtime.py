@@ -123,7 +123,7 @@ def test_refused_commit_journals_nothing(rt):
 def test_reject_is_journaled(rt):
     """reject records the refusal so the trace keeps its reason across restarts."""
     rt.reject("/ctl/kill", NotFound("no task 99"), uid=1000)
-    assert [e for _, _, e in rt.journal.replay()] == [Rejected(path="/ctl/kill", reason="no task 99", uid=1000)]
+    assert [e for _, _, e in rt.journal.replay()] == [Rejected(path="/ctl/kill", reason="no task 99", uid=1000, errno=errno.ENOENT)]
     assert rt.kernel.trace.buffer.endswith(b'"/ctl/kill: no task 99 (uid 1000)"\n')
 
 
@@ -140,7 +140,7 @@ def test_recover_rebuilds_tasks_and_trace(tmp_path):
         assert len(second.journal) == 4
     assert new_trace.startswith(old_trace)
     assert trace_types(new_trace).count("restart") == 1
-    assert trace_types(HEADER + new_trace[len(old_trace):])[:2] == ["restart", "requeue"]
+    assert trace_types(HEADER + new_trace[len(old_trace):])[:3] == ["restart", "bill", "requeue"]
     for pid in (done, running):
         assert (new_tasks[pid].output, new_tasks[pid].exit) == (old_tasks[pid].output, old_tasks[pid].exit)
 

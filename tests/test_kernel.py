@@ -117,7 +117,7 @@ def test_steps_run_a_task_to_done():
     assert (task.state, task.exit, task.tokens_out) == (State.EXITED, "done", 3)
     assert task.output == b" w0 w1 w2"
     assert task.first_token_us == STEP_US and task.exited_us == 3 * STEP_US
-    assert trace_types(kernel, pid) == ["submit", "dispatch", "first_token", "exit"]
+    assert trace_types(kernel, pid) == ["submit", "dispatch", "first_token", "bill", "exit"]
 
 
 def test_step_for_a_task_not_on_that_gpu_is_ignored():

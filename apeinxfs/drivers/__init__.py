@@ -7,7 +7,8 @@ import importlib
 
 from ..kernel.errors import Invalid
 
-KNOWN = {"sim": "apeinxfs.drivers.sim:SimDriver"}
+KNOWN = {"sim": "apeinxfs.drivers.sim:SimDriver", "openai": "apeinxfs.drivers.openai:OpenAIDriver",
+         "llamacpp": "apeinxfs.drivers.llamacpp:LlamaCppDriver", "triton": "apeinxfs.drivers.triton:TritonDriver"}
 
 
 def load(name: str):

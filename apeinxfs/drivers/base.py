@@ -1,13 +1,17 @@
 """The driver interface: how an engine turns the kernel's batches into kernel events.
 
 The daemon runs `await driver.serve(gpu, host)` once per GPU. The driver asks the host
-for the batch the kernel has placed on that GPU, runs one engine step, and reports what
-each task produced as a `Step` event (or a `Failed` one). The kernel decides what runs;
+for the batch the kernel has placed on that GPU, runs it (a step at a time, like sim.py,
+or one engine request per task that it follows with `batch_changed`, like openai.py), and
+reports what each task produced as a `Step` event (or a `Failed` one). The kernel decides what runs;
 the driver only runs it. Drivers may keep engine connections, never kernel state.
+A driver that can read its engine's own metrics also has `observe(host)`, run once per
+driver: it reports them with `host.observe(model, metrics.Observation)`, outside the kernel.
 """
 from typing import Protocol
 
 from ..kernel.events import Failed, Step
+from .metrics import Observation
 
 
 class Host(Protocol):
@@ -16,8 +20,14 @@ class Host(Protocol):
     async def next_batch(self, gpu: int) -> list:
         """The tasks running on `gpu`; waits while there are none."""
 
+    async def batch_changed(self, gpu: int) -> list:
+        """Wait until tasks join or leave `gpu`, then return its batch (maybe empty)."""
+
     def deliver(self, event: Step | Failed) -> None:
         """Journal and apply one engine result."""
+
+    def observe(self, model: str, observation: Observation) -> None:
+        """Keep the latest engine metrics of `model` (for /models/NAME/engine and meminfo; never journaled)."""
 
 
 class Driver(Protocol):
@@ -29,3 +39,5 @@ class Driver(Protocol):
 
     async def serve(self, gpu: int, host: Host) -> None:
         """Run batches on `gpu` until cancelled."""
+
+    # optional: async def observe(self, host: Host) -> None: report engine metrics until cancelled

@@ -3,6 +3,7 @@
 Frozen attrs records with validators; apeinxfs/config.py builds them from TOML. Driver
 knobs live in each model's `options` and are the driver's to validate.
 """
+import decimal
 import functools
 
 import attrs
@@ -10,6 +11,7 @@ import attrs
 from .errors import Invalid
 from .kvmem import bytes_per_token
 from .sched import POLICIES
+from .tenant_config import TenantConfig, tenant_from_dict
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
 MIB = 1 << 20
@@ -27,6 +29,31 @@ def _one_of(choices):
     return check
 
 
+def _price(value) -> decimal.Decimal:
+    """A price as an exact decimal (TOML floats go through their shortest text form)."""
+    try:
+        price = decimal.Decimal(str(value))
+    except decimal.InvalidOperation:
+        raise Invalid(f"a price must be a number, not {value!r}") from None
+    if not price.is_finite() or price < 0:
+        raise Invalid(f"a price must be a number >= 0, not {value!r}")
+    return price
+
+
+@attrs.frozen
+class Price:
+    """What a model costs: per 1k input and output tokens, per GPU-second, per KV page-second."""
+
+    input_per_1k: decimal.Decimal = attrs.field(default=decimal.Decimal(0), converter=_price)
+    output_per_1k: decimal.Decimal = attrs.field(default=decimal.Decimal(0), converter=_price)
+    gpu_second: decimal.Decimal = attrs.field(default=decimal.Decimal(0), converter=_price)
+    kv_page_second: decimal.Decimal = attrs.field(default=decimal.Decimal(0), converter=_price)
+
+
+def _price_table(value) -> Price:
+    return value if isinstance(value, Price) else Price(**value)
+
+
 @attrs.frozen
 class ModelConfig:
     """A model: its driver, context length and KV shape (for bytes per token)."""
@@ -39,6 +66,7 @@ class ModelConfig:
     head_dim: int = attrs.field(default=128, validator=_positive)
     dtype: str = attrs.field(default="fp16", validator=_one_of(DTYPE_BYTES))
     options: dict = attrs.field(factory=dict, converter=dict)
+    price: Price = attrs.field(factory=Price, converter=_price_table)
 
     @functools.cached_property
     def token_bytes(self) -> int:
@@ -55,19 +83,6 @@ class GpuConfig:
     kv_mib: int = attrs.field(default=16384, validator=_positive)
     slots: int = attrs.field(default=8, validator=_positive)
     simulated: bool = True
-
-
-def _weight(_inst, attribute, value):
-    if type(value) is not int or not 1 <= value <= 10000:
-        raise Invalid(f"{attribute.name} must be an integer in 1..10000 (cgroup weight), not {value!r}")
-
-
-@attrs.frozen
-class TenantConfig:
-    """A tenant: a name and its cgroup-style weight (1..10000, default 100)."""
-
-    name: str
-    weight: int = attrs.field(default=100, validator=_weight)
 
 
 def _non_negative(_inst, attribute, value):
@@ -90,6 +105,23 @@ class SchedConfig:
     pressure_cost: float = attrs.field(default=1.0, validator=_non_negative)
 
 
+ROLES = ("user", "viewer", "none")
+
+
+@attrs.frozen
+class AccessConfig:
+    """Who is an admin besides root and the daemon's owner, and what callers in no tenant may do."""
+
+    admin_uids: tuple = attrs.field(default=(), converter=tuple)
+    admin_gids: tuple = attrs.field(default=(), converter=tuple)
+    unmapped: str = attrs.field(default="user", validator=_one_of(ROLES))
+    owner_uid: int = 0
+
+
+def _tenants(value) -> tuple:
+    return tuple(t if isinstance(t, TenantConfig) else tenant_from_dict(t) for t in value)
+
+
 @attrs.frozen
 class KernelConfig:
     """Everything the kernel needs to boot."""
@@ -98,8 +130,11 @@ class KernelConfig:
     gpus: tuple = attrs.field(converter=tuple)
     page_mib: int = attrs.field(default=64, validator=_positive)
     sched: SchedConfig = attrs.Factory(SchedConfig)
-    tenants: tuple = attrs.field(default=(TenantConfig("default"),), converter=tuple)
+    tenants: tuple = attrs.field(default=(TenantConfig("default"),), converter=_tenants)
     node: str = "local"
+    access: AccessConfig = attrs.Factory(AccessConfig)
+    billing_period_s: int = attrs.field(default=86400, validator=_positive)
+    utc_offset_s: int = 0  # the daemon's time zone at boot: policy `time=` windows are local time
 
     @property
     def policy(self) -> str:
@@ -121,9 +156,11 @@ class KernelConfig:
 
 
 NESTED_LISTS = {"models": ModelConfig, "gpus": GpuConfig, "tenants": TenantConfig}
+NESTED = {"sched": SchedConfig, "access": AccessConfig}
 
 
 def kernel_config_from_dict(data: dict) -> KernelConfig:
     """The KernelConfig that `attrs.asdict` turned into `data` (the journal's boot record)."""
     lists = {key: [record(**item) for item in data[key]] for key, record in NESTED_LISTS.items() if key in data}
-    return KernelConfig(**{**data, **lists, "sched": SchedConfig(**data.get("sched", {}))})
+    nested = {key: record(**data[key]) for key, record in NESTED.items() if key in data}
+    return KernelConfig(**{**data, **lists, **nested})

@@ -11,6 +11,7 @@ class ApeinxError(Exception):
     """A refused request: `errno` says the class, `reason` says why in words."""
 
     errno = errno.EIO
+    denial = False  # refused because of who asked (role, namespace, policy, quota): audited
 
     def __init__(self, reason: str, replies: list[str] | None = None):
         super().__init__(reason)
@@ -33,16 +34,36 @@ class NotFound(ApeinxError):
     errno = errno.ENOENT
 
 
+class Hidden(NotFound):
+    """Another tenant's task or tenant: it does not exist for this caller (a namespace)."""
+
+    denial = True
+
+
 class Denied(ApeinxError):
     """The caller may not do this."""
 
     errno = errno.EACCES
+    denial = True
+
+
+class OverQuota(ApeinxError):
+    """A tenant's quota or token budget is exhausted."""
+
+    errno = errno.EDQUOT
+    denial = True
 
 
 class NoSpace(ApeinxError):
     """The request can never fit in KV memory."""
 
     errno = errno.ENOSPC
+
+
+class Exists(ApeinxError):
+    """The thing to add is already there."""
+
+    errno = errno.EEXIST
 
 
 class Busy(ApeinxError):

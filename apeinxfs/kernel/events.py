@@ -8,42 +8,56 @@ import json
 
 import attrs
 
+from .config import ModelConfig
 from .spec import TaskCommand, TaskSpec
+from .tenant_config import TenantConfig, tenant_from_dict
 
 
 @attrs.frozen
-class Submit:
-    """A new task from a submit line, by Unix user `uid`."""
+class ByCaller:
+    """Who caused an event: the caller's uid, its process id and tenant (for the trace and audit)."""
+
+    uid: int = attrs.field(default=0, kw_only=True)
+    caller_pid: int = attrs.field(default=0, kw_only=True)
+    caller_tenant: str | None = attrs.field(default=None, kw_only=True)
+
+
+@attrs.frozen
+class Submit(ByCaller):
+    """A new task from a submit line, by Unix user `uid`; `note` says what a policy rule changed."""
 
     spec: TaskSpec
-    uid: int = 0
+    note: str = ""
 
 
 @attrs.frozen
-class Kill:
+class Kill(ByCaller):
     """Kill task `pid` (/ctl/kill or `kill` in its ctl file)."""
 
     pid: int
-    uid: int = 0
 
 
 @attrs.frozen
-class Control:
+class Control(ByCaller):
     """A stop / cont / prio command for task `pid`."""
 
     pid: int
     command: TaskCommand
-    uid: int = 0
 
 
 @attrs.frozen
 class Chunk:
-    """What one engine step did for one task: prefilled `prefill` tokens, produced `text`."""
+    """What one engine step did for one task: prefilled `prefill` tokens, produced `text`.
+
+    `final`: the engine ended the sequence (end of text, a stop word, its own limit), so the
+    task is done with the tokens it has, even short of max_tokens.
+    """
 
     pid: int
     text: str
     tokens: int
     prefill: int = 0
+    final: bool = False
 
 
 @attrs.frozen
@@ -63,20 +77,58 @@ class Failed:
 
 
 @attrs.frozen
-class Rejected:
+class Rejected(ByCaller):
     """A write that was refused: recorded so the trace keeps the reason across restarts."""
 
     path: str
     reason: str
-    uid: int = 0
+    errno: int = 0
+    denial: bool = False  # refused for who the caller is (role, namespace, policy, quota): audited
 
 
 @attrs.frozen
-class SetPolicy:
+class SetPolicy(ByCaller):
     """Switch the scheduling policy (a write to /sched/policy)."""
 
     policy: str
-    uid: int = 0
+
+
+@attrs.frozen
+class SetTenant(ByCaller):
+    """Create a tenant or replace its settings (/ctl/tenants, /tenants/NAME/*); `what` was written."""
+
+    tenant: TenantConfig
+    what: str
+
+
+@attrs.frozen
+class RemoveTenant(ByCaller):
+    """Remove a tenant that has no live tasks."""
+
+    name: str
+
+
+@attrs.frozen
+class SetModel(ByCaller):
+    """Add a model at runtime (/ctl/models); `what` was written. Its driver starts on every GPU."""
+
+    model: ModelConfig
+    what: str
+
+
+@attrs.frozen
+class RemoveModel(ByCaller):
+    """Remove a model that has no live tasks; its driver stops."""
+
+    name: str
+
+
+@attrs.frozen
+class SetRules(ByCaller):
+    """Policy rules (canonical texts) to append, or to replace the whole list with."""
+
+    rules: tuple[str, ...] = attrs.field(converter=tuple)
+    replace: bool = False
 
 
 @attrs.frozen
@@ -89,14 +141,15 @@ class Restart:
     """The daemon started again on this journal: running tasks go back to the queue."""
 
 
-KINDS = {cls.__name__.lower(): cls for cls in (Submit, Kill, Control, Step, Failed, Rejected, SetPolicy, Tick, Restart)}
+KINDS = {cls.__name__.lower(): cls for cls in (Submit, Kill, Control, Step, Failed, Rejected, SetPolicy, Tick, Restart,
+                                                SetTenant, RemoveTenant, SetRules, SetModel, RemoveModel)}
 
 
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps(..., separators=) builds one per call
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), default=str)  # json.dumps(..., separators=) builds one per call
 
 
 def to_row(event) -> tuple[str, str]:
-    """(kind, JSON body) for the journal."""
+    """(kind, JSON body) for the journal; decimals (a model's prices) as their exact text."""
     return type(event).__name__.lower(), _COMPACT_JSON.encode(attrs.asdict(event))
 
 
@@ -104,9 +157,13 @@ def from_row(kind: str, body: str):
     """The record a journal row holds."""
     data = json.loads(body)
     if kind == "submit":
-        return Submit(spec=TaskSpec(**data["spec"]), uid=data["uid"])
+        return Submit(**{**data, "spec": TaskSpec(**data["spec"])})
     if kind == "control":
-        return Control(pid=data["pid"], command=TaskCommand(**data["command"]), uid=data["uid"])
+        return Control(**{**data, "command": TaskCommand(**data["command"])})
+    if kind == "settenant":
+        return SetTenant(**{**data, "tenant": tenant_from_dict(data["tenant"])})
+    if kind == "setmodel":
+        return SetModel(**{**data, "model": ModelConfig(**data["model"])})
     if kind == "step":
         return Step(gpu=data["gpu"], chunks=[Chunk(**c) for c in data["chunks"]])
     return KINDS[kind](**data)

@@ -12,13 +12,13 @@ from .spec import TaskCommand, TaskSpec
 
 SUBMIT_KEYS = {"name", "max_tokens", "prio", "model", "tenant", "deadline", "prompt", "parent"}
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)?")
-_UNIT_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h|d)?")
+_UNIT_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 _INT = re.compile(r"[+-]?\d{1,12}")
 
 
 def parse_duration_us(text: str) -> int:
-    """`30`, `30s`, `500ms`, `2m`, `1.5h` -> microseconds (a bare number is seconds)."""
+    """`30`, `30s`, `500ms`, `2m`, `1.5h`, `1d` -> microseconds (a bare number is seconds)."""
     match = _DURATION.fullmatch(text.strip())
     if not match:
         raise Invalid(f"bad duration {text!r}: use 30, 30s, 500ms or 2m")
@@ -99,14 +99,14 @@ def _json_deadline(value) -> int:
     raise Invalid("deadline must be a number of seconds or a duration like \"30s\"")
 
 
-def _reject_unknown(keys) -> None:
-    unknown = sorted(set(keys) - SUBMIT_KEYS)
+def _reject_unknown(keys, known=SUBMIT_KEYS) -> None:
+    unknown = sorted(set(keys) - set(known))
     if unknown:
-        raise Invalid(f"unknown key {unknown[0]!r}: known keys are {', '.join(sorted(SUBMIT_KEYS))}")
+        raise Invalid(f"unknown key {unknown[0]!r}: known keys are {', '.join(sorted(known))}")
 
 
-def split_pairs(line: str) -> dict[str, str]:
-    """`a=1 b="x y"` -> {'a': '1', 'b': 'x y'}, with \\n \\t \\" \\\\ escapes in quotes."""
+def split_pairs(line: str, known=SUBMIT_KEYS) -> dict[str, str]:
+    """`a=1 b="x y"` -> {'a': '1', 'b': 'x y'}, with \\n \\t \\" \\\\ escapes in quotes; keys among `known` (None: any)."""
     pairs, pos = {}, 0
     while pos < len(line):
         if line[pos].isspace():
@@ -116,7 +116,8 @@ def split_pairs(line: str) -> dict[str, str]:
         if key in pairs:
             raise Invalid(f"key {key!r} given twice")
         pairs[key] = value
-    _reject_unknown(pairs)
+    if known is not None:
+        _reject_unknown(pairs, known)
     return pairs
 
 

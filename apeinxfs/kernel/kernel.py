@@ -4,23 +4,27 @@
 `apply(event, now_us)` changes state and never refuses. The daemon journals between the
 two. Given the same events with the same times, the same state and trace result: no
 clock, randomness or I/O inside. Who runs next is sched.py's; taking slots and pages back
-(fair preemption, KV reclaim, the OOM killer) is reclaim.py's; KV books are memory.py's.
+(fair preemption, KV reclaim, the OOM killer) is reclaim.py's; KV books are memory.py's;
+tenants are tenancy.py's and models added at runtime modeladmin.py's.
 """
 import heapq
 
 import attrs
 
 from . import events as ev
+from .audit import AuditLog
+from .billing import BillBook
 from .config import KernelConfig
 from .errors import ApeinxError, Busy, Invalid, NoSpace, NotFound
 from .kvmem import KVPool, estimate_prompt_tokens
 from .memory import KVManager
+from .modeladmin import ModelAdmin
 from .pressure import StallClock
 from .reclaim import Reclaim
 from .sched import POLICIES, Accounts, make_queue, prio_weight, vruntime_delta
 from .task import State, Task
+from .tenancy import Tenancy, TenantUsage
 from .trace import TraceLog
-
 
 
 @attrs.define
@@ -56,7 +60,7 @@ class Counters:
     exits: dict = attrs.Factory(dict)
 
 
-class Kernel(Reclaim):
+class Kernel(Reclaim, Tenancy, ModelAdmin):
     """One node's kernel state."""
 
     def __init__(self, config: KernelConfig):
@@ -77,6 +81,10 @@ class Kernel(Reclaim):
         self._deadlines: list[tuple[int, int]] = []
         self.changed: set = set()
         self.state_counts: dict = {}
+        self.usage = {t.name: TenantUsage() for t in config.tenants}
+        self.rules: tuple = ()
+        self.bills = BillBook(config.billing_period_s)
+        self.audit = AuditLog()
 
     # -- refusals -----------------------------------------------------------------
 
@@ -176,17 +184,28 @@ class Kernel(Reclaim):
         self.state_counts[State.NEW] = self.state_counts.get(State.NEW, 0) + 1
         self.counters.submitted += 1
         self._emit("submit", task, f"name={spec.name} max_tokens={spec.max_tokens} prio={spec.prio} uid={event.uid}")
+        self._admitted(task, event)
         if deadline:
-            heapq.heappush(self._deadlines, (deadline, pid))
-            self.changed.add("deadline")
+            self._add_deadline(deadline, pid)
         self._enqueue(task)
         return pid
 
+    def _add_deadline(self, at_us: int, pid: int) -> None:
+        heapq.heappush(self._deadlines, (at_us, pid))
+        self.changed.add("deadline")
+
     def _apply_kill(self, event: ev.Kill) -> None:
+        self._audit_others(event, self.tasks[event.pid], "kill")
         self._exit(self.tasks[event.pid], "killed", f"by uid {event.uid}")
+
+    def _audit_others(self, event, task: Task, what: str) -> None:
+        """Acting on another user's task is an administrative act."""
+        if event.uid != task.uid:
+            self.audit.record(self.now_us, event, what, "ok", f"task {task.pid} of uid {task.uid}, tenant {task.tenant}")
 
     def _apply_control(self, event: ev.Control) -> None:
         task, command = self.tasks[event.pid], event.command
+        self._audit_others(event, task, command.verb)
         if command.verb == "kill":
             self._exit(task, "killed", f"by uid {event.uid}")
         elif command.verb == "stop":
@@ -228,9 +247,10 @@ class Kernel(Reclaim):
         task.output += chunk.text.encode()
         task.tokens_out += chunk.tokens
         self.counters.tokens_out += chunk.tokens
+        self._meter_serve(task, chunk.tokens)
         self._charge(task, gpu, chunk)
         self._touch(task)
-        if task.tokens_out >= task.spec.max_tokens:
+        if task.tokens_out >= task.spec.max_tokens or chunk.final:
             self._exit(task, "done", f"tokens_out={task.tokens_out}")
         else:
             self._grow_kv(task, gpu)
@@ -242,6 +262,8 @@ class Kernel(Reclaim):
 
     def _apply_rejected(self, event: ev.Rejected) -> None:
         self.counters.rejected += 1
+        if event.denial:
+            self.audit.record(self.now_us, event, event.path, "denied", event.reason)
         self._emit("reject", None, f"{event.path}: {event.reason} (uid {event.uid})")
 
     def _apply_tick(self, event: ev.Tick) -> None:
@@ -251,6 +273,7 @@ class Kernel(Reclaim):
         self._emit("restart", None, f"daemon restarted with {len(self.tasks)} tasks")
         for gpu in self.gpus:
             for task in list(gpu.running.values()):
+                self._meter_end(task, task.meter.last_us)  # the time the daemon was down is not billed
                 self._emit("requeue", task, f"was running on gpu {gpu.config.index} when the daemon stopped; "
                                             f"resumes after token {task.tokens_out}")
                 self._requeue(task, State.QUEUED)
@@ -276,15 +299,19 @@ class Kernel(Reclaim):
         if task.state is State.RUNNING:
             self._count(task, "running", -1)
         if task.gpu is not None:
+            if task.meter is not None:
+                self._meter_end(task)
             gpu = self.gpus[task.gpu]
             gpu.running.pop(task.pid, None)
             self.kv.release(task)
             self.changed.add(("gpu", task.gpu))
             task.gpu, task.prefilled = None, False
+            self._release_held(task.tenant)
 
     def _exit(self, task: Task, how: str, detail: str) -> None:
         self._leave(task)
         task.exit, task.exited_us = how, self.now_us
+        self._gone(task)
         self._set_state(task, State.EXITED)
         kind = how.split(":")[0]
         self.counters.exits[kind] = self.counters.exits.get(kind, 0) + 1
@@ -313,7 +340,8 @@ class Kernel(Reclaim):
             _, pid = heapq.heappop(self._deadlines)
             task = self.tasks[pid]
             if not task.done:
-                self._exit(task, "expired", "deadline passed")
+                own = task.deadline_at_us is not None and task.deadline_at_us <= self.now_us
+                self._exit(task, "expired", "deadline passed" if own else f"tenant {task.tenant}'s sandbox max_wall passed")
 
     def _schedule(self) -> None:
         kv_blocked = self._fill_slots()
@@ -325,6 +353,8 @@ class Kernel(Reclaim):
     def _fill_slots(self) -> bool:
         """Dispatch from the queue while the head fits; say whether KV (not slots) stopped it."""
         while (task := self.runq.peek(self.now_us)) is not None:
+            if self._held_back(task):
+                continue
             gpu = self._place(task)
             if gpu is None:
                 return any(g.free_slots for g in self.gpus)
@@ -346,6 +376,7 @@ class Kernel(Reclaim):
         task.gpu = gpu.config.index
         gpu.running[task.pid] = task
         self._attach_kv(task, gpu)
+        self._meter_start(task)
         self._set_state(task, State.RUNNING)
         self.counters.dispatched += 1
         self.changed.add(("gpu", task.gpu))
@@ -370,6 +401,7 @@ class Kernel(Reclaim):
         for task in sorted(old.tasks(), key=lambda t: t.pid):
             self.runq.push(task)
         self._emit("policy", None, f"{old.name} -> {event.policy} by uid {event.uid}")
+        self.audit.record(self.now_us, event, "sched/policy", "ok", f"{old.name} -> {event.policy}")
 
     def _wake_ancestors(self, task: Task) -> None:
         """A parent's `wait` covers its tree: wake every ancestor's readers."""

@@ -106,6 +106,16 @@ class Accounts:
     def tenant(self, task) -> Entity:
         return self.tenants[task.tenant]
 
+    def set_tenant(self, name: str, weight: int) -> None:
+        """Add a tenant, or give one a new weight (its counter so far stands)."""
+        entity = self.tenants.get(name)
+        if entity is None:
+            self.tenants[name], self.active_agents[name] = Entity(name, weight), LazyHeap()
+            return
+        if entity.active:
+            self.active_weight += weight - entity.weight
+        entity.weight = weight
+
     def agent(self, task) -> Entity:
         agent = self.agents.get(task.agent)
         if agent is None:

@@ -17,7 +17,7 @@ DEFAULT_PRIO = 5
 CTL_VERBS = ("kill", "stop", "cont", "prio")
 
 
-def _check_name(what):
+def check_name(what):
     def check(_inst, _attr, value):
         if not isinstance(value, str) or not value or len(value) > NAME_MAX:
             raise Invalid(f"{what} must be 1..{NAME_MAX} characters")
@@ -47,12 +47,12 @@ def _check_deadline(_inst, _attr, value):
 class TaskSpec:
     """What a submit line asks for; the model and tenant are resolved by the kernel."""
 
-    name: str = attrs.field(validator=_check_name("name"))
+    name: str = attrs.field(validator=check_name("name"))
     max_tokens: int = attrs.field(default=DEFAULT_MAX_TOKENS,
                                   validator=_check_int("max_tokens", 1, TOKENS_MAX))
     prio: int = attrs.field(default=DEFAULT_PRIO, validator=_check_int("prio", 0, 9))
-    model: str | None = attrs.field(default=None, validator=attrs.validators.optional(_check_name("model")))
-    tenant: str | None = attrs.field(default=None, validator=attrs.validators.optional(_check_name("tenant")))
+    model: str | None = attrs.field(default=None, validator=attrs.validators.optional(check_name("model")))
+    tenant: str | None = attrs.field(default=None, validator=attrs.validators.optional(check_name("tenant")))
     deadline_us: int | None = attrs.field(default=None, validator=_check_deadline)
     prompt: str = attrs.field(default="", validator=_check_prompt)
     parent: int | None = attrs.field(default=None, validator=attrs.validators.optional(

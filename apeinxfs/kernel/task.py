@@ -56,6 +56,8 @@ class Task:
     children: list = attrs.Factory(list)
     run_tokens: int = 0
     kv_preemptions: int = 0
+    started_us: int | None = None  # first dispatch: the prompt is charged then
+    meter: object = None  # billing.Meter of the segment running now
     output: bytearray = attrs.Factory(bytearray)
     events: bytearray = attrs.Factory(bytearray)
 

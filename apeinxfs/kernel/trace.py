@@ -1,6 +1,7 @@
 """The trace: CSV lines with a strictly increasing seq, kept whole and per task.
 
-`/trace/events` serves `buffer`; each task keeps its own lines for `/tasks/PID/events`.
+`/trace/events` serves `buffer`; each task keeps its own lines for `/tasks/PID/events`,
+and each tenant its tasks' lines for `/tenants/NAME/events`.
 The trace is an output of the kernel, rebuilt by replaying the journal, so its seqs are
 the same after a restart.
 """
@@ -23,6 +24,7 @@ class TraceLog:
         self.seq = 0
         self.lines = 0
         self.buffer = bytearray(HEADER)
+        self.by_tenant: dict[str, bytearray] = {}
 
     def emit(self, time_us: int, kind: str, task=None, detail: str = "", gpu=None) -> None:
         """Append one line; it also goes to the task's own events."""
@@ -38,3 +40,11 @@ class TraceLog:
             if not task.events:
                 task.events += HEADER
             task.events += line
+            self.of_tenant(task.tenant).extend(line)
+
+    def of_tenant(self, tenant: str) -> bytearray:
+        """The lines of `tenant`'s tasks (a header alone if none yet)."""
+        lines = self.by_tenant.get(tenant)
+        if lines is None:
+            lines = self.by_tenant[tenant] = bytearray(HEADER)
+        return lines

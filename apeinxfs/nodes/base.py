@@ -4,7 +4,8 @@
 - `Log`: a growing byte buffer (output, trace); reads are live, size is bytes so far.
 - `Blocking`: a pipe-like reader (stream, wait) that waits for the kernel to change.
 - `Command`: a ctl file; complete lines run inside write(2), replies are read back.
-- `Dir`: a directory of named children.
+- `Dir`: a directory of named children; `BuiltDir` builds its files when asked for, and
+  `NamedDirs` holds one `BuiltDir` per name that exists now (tenants, models).
 Nodes are cheap views built on demand; the FUSE adapter (fs.py) only maps inodes and
 file handles onto these methods.
 """
@@ -15,7 +16,8 @@ import time
 
 import attrs
 
-from ..kernel.errors import ApeinxError, Denied, Invalid
+from ..kernel.access import Identity
+from ..kernel.errors import ApeinxError, Denied, Hidden, Invalid, NotFound
 
 LINE_MAX = (1 << 20) + 4096
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -24,11 +26,28 @@ DIR_MODE = stat.S_IFDIR | 0o555
 
 @attrs.frozen
 class Caller:
-    """Who opened a file: kept from the open request, since reads and writes have no ctx."""
+    """Who opened a file, with the role and tenant access.py gave it: kept from the open
+    request, since reads and writes have no ctx. Built without a role, it is root."""
 
     uid: int = 0
     gid: int = 0
     pid: int = 0
+    role: str = "admin"
+    tenant: str | None = "default"
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.uid, self.role, self.tenant)
+
+    def may(self, node: "Node", want: int) -> None:
+        """Raise ENOENT if `node` is another tenant's, EACCES if the role falls short of `want`."""
+        identity = self.identity
+        if not identity.sees(node.tenant):
+            raise Hidden(f"no such entry for uid {self.uid}")
+        if want & os.W_OK:
+            identity.require(node.write_role, "writing this file")
+        if want & os.R_OK:
+            identity.require(node.read_role, "reading this file")
 
 
 @attrs.define(eq=False)
@@ -37,11 +56,15 @@ class Node:
 
     mode: int = stat.S_IFREG | 0o444
     inode: int = 0
+    tenant: str | None = None  # whose it is: other tenants' callers do not see it
+    owner: tuple | None = None  # (uid, gid) shown by getattr; None: the daemon's
+    read_role: str = "none"  # the least role that may read it (access.RANKS)
+    write_role: str = "user"
 
     def size(self) -> int:
         return 0
 
-    def open(self, caller: Caller, writing: bool, reading: bool):
+    def open(self, caller: Caller, writing: bool, reading: bool, truncating: bool = False):
         raise Denied("not a file")
 
 
@@ -60,6 +83,85 @@ class Dir(Node):
 
 
 @attrs.define(eq=False)
+class BuiltDir(Dir):
+    """A directory of the files in `names`, built when asked for (`build(name)`) at inodes
+    computed from its own (its inode + 1 + the name's index), with its tenant and owner."""
+
+    names: tuple = ()
+
+    def build(self, name: str) -> Node:
+        raise NotImplementedError
+
+    def child(self, name):
+        if name not in self.names:
+            return None
+        node = self.build(name)
+        node.inode = self.inode + 1 + self.names.index(name)
+        node.tenant, node.owner = self.tenant, self.owner
+        return node
+
+    def entries(self):
+        return [(name, self.child(name)) for name in self.names]
+
+    def by_slot(self, slot: int):
+        return self.child(self.names[slot - 1]) if 1 <= slot <= len(self.names) else None
+
+
+@attrs.define(eq=False)
+class NamedDirs(Dir):
+    """A directory of one `BuiltDir` per name in `current()` (a tenant, a model). A name is
+    numbered the first time it is seen and keeps its inodes, `base + number x slots + slot`
+    (slot 0: its directory, 1..: its files), even if it goes and comes back; inodes of a name
+    that does not exist now are ENOENT. Subclasses say which names exist and build the dir."""
+
+    base: int = 0
+    limit: int = 0  # the first inode past this directory's range
+    slots: int = 16
+    numbers: dict = attrs.Factory(dict)
+    names: list = attrs.Factory(list)
+
+    def current(self):
+        """The names that exist now (anything with `in`)."""
+        raise NotImplementedError
+
+    def make(self, name: str, inode: int) -> BuiltDir:
+        raise NotImplementedError
+
+    def named(self, name: str) -> BuiltDir:
+        if name not in self.numbers:
+            self.numbers[name] = len(self.names)
+            self.names.append(name)
+        return self.make(name, self.base + self.numbers[name] * self.slots)
+
+    def child(self, name):
+        return self.named(name) if name in self.current() else None
+
+    def entries(self):
+        return [(name, self.named(name)) for name in self.current()]
+
+    def owns(self, inode: int) -> bool:
+        return self.base <= inode < self.limit
+
+    def by_inode(self, inode: int) -> Node:
+        """The directory or file at `inode`, or NotFound."""
+        number, slot = divmod(inode - self.base, self.slots)
+        name = self.names[number] if number < len(self.names) else None
+        node = None
+        if name in self.current():
+            directory = self.named(name)
+            node = directory if slot == 0 else directory.by_slot(slot)
+        if node is None:
+            raise NotFound(f"no inode {inode}")
+        return node
+
+    def name_of(self, inode: int) -> str:
+        """`NAME/FILE` of a file's inode (for the audit trail)."""
+        number, slot = divmod(inode - self.base, self.slots)
+        name = self.names[number]
+        return f"{name}/{self.named(name).names[slot - 1]}"
+
+
+@attrs.define(eq=False)
 class Show(Node):
     """Text rendered by `show()` when the file is opened (a snapshot, like seq_file).
 
@@ -72,7 +174,7 @@ class Show(Node):
         text = self.show()
         return text.encode() if isinstance(text, str) else bytes(text)
 
-    def open(self, caller, writing, reading):
+    def open(self, caller, writing, reading, truncating=False):
         if writing:
             raise Denied("read-only file")
         return SnapshotHandle(self)
@@ -85,7 +187,7 @@ class Setting(Show):
     mode: int = stat.S_IFREG | 0o644
     run: object = None
 
-    def open(self, caller, writing, reading):
+    def open(self, caller, writing, reading, truncating=False):
         return CommandHandle(self, caller) if writing else SnapshotHandle(self)
 
 
@@ -98,7 +200,7 @@ class Log(Node):
     def size(self) -> int:
         return len(self.source())
 
-    def open(self, caller, writing, reading):
+    def open(self, caller, writing, reading, truncating=False):
         if writing:
             raise Denied("read-only file")
         return LogHandle(self)
@@ -115,7 +217,7 @@ class Blocking(Node):
     def size(self) -> int:
         return self.length()
 
-    def open(self, caller, writing, reading):
+    def open(self, caller, writing, reading, truncating=False):
         if writing:
             raise Denied("read-only file")
         return BlockingHandle(self, caller)
@@ -128,7 +230,7 @@ class Command(Node):
     mode: int = stat.S_IFREG | 0o222
     run: object = None
 
-    def open(self, caller, writing, reading):
+    def open(self, caller, writing, reading, truncating=False):
         if reading and not self.mode & 0o444:
             raise Denied("write-only file: write commands to it")
         return CommandHandle(self, caller)
@@ -147,6 +249,9 @@ class Handle:
 
     def flush(self) -> None:
         """Nothing pending by default."""
+
+    def release(self) -> None:
+        """The last close; nothing to do by default (errors here reach no one)."""
 
 
 @attrs.define(eq=False)
@@ -215,26 +320,14 @@ class CommandHandle(Handle):
     def _run(self, raw_lines: list[bytes]) -> None:
         self.reply = b""
         try:
-            replies = self.node.run(raw_lines, self.caller)
+            replies = self._command(raw_lines)
         except ApeinxError as exc:
             self.reply = "".join(f"error: {r}\n" for r in exc.replies).encode()
             raise
         self.reply = "".join(f"{r}\n" for r in replies).encode()
 
-
-def permits(mode: int, owner: tuple[int, int], caller: Caller, want: int, groups=tuple) -> bool:
-    """Unix permission check of `want` (os.R_OK|W_OK|X_OK bits) for `caller`; root may read and write.
-
-    `groups()` gives the caller's supplementary groups, asked for only when needed."""
-    if caller.uid == 0:
-        return not want & os.X_OK or bool(mode & 0o111) or stat.S_ISDIR(mode)
-    if caller.uid == owner[0]:
-        granted = (mode >> 6) & 7
-    elif caller.gid == owner[1] or owner[1] in groups():
-        granted = (mode >> 3) & 7
-    else:
-        granted = mode & 7
-    return want & granted == want
+    def _command(self, raw_lines: list[bytes]) -> list[str]:
+        return self.node.run(raw_lines, self.caller)
 
 
 def decode_line(raw: bytes) -> str:

@@ -5,22 +5,22 @@ parsed and checked first; if any is refused, nothing is applied, the refusal is 
 (so the trace keeps its reason) and the write fails with the first line's errno, with an
 `error: ...` reply for each refused line.
 """
-from ..kernel.errors import ApeinxError
+import attrs
+
+from ..kernel.errors import ApeinxError, Denied, Hidden
 from ..kernel.events import Control, Kill, Submit
 from ..kernel.grammar import parse_pid, parse_submit, parse_task_command
 from .base import decode_line
 
 
 def run_lines(rt, path: str, raw_lines: list[bytes], caller, to_event) -> list[str]:
-    """Parse and check every line, then commit them together; replies in order."""
-    events, errors = [], []
+    """Parse and admit every line (each counting those before it), then commit them together."""
+    events, errors, batch, now = [], [], {}, rt.clock.now_us()
     for number, raw in enumerate(raw_lines, 1):
         try:
             line = decode_line(raw)
             if line.strip():
-                event = to_event(line, caller)
-                rt.kernel.check(event)
-                events.append(event)
+                events.append(rt.kernel.admit(to_event(line, caller), now, batch))
         except ApeinxError as exc:
             errors.append((number, exc))
     if errors:
@@ -32,27 +32,61 @@ def _refuse(rt, path, errors, caller, count) -> None:
     where = (lambda n: f"line {n}: ") if count > 1 else (lambda n: "")
     replies = [f"{where(n)}{exc.reason}" for n, exc in errors]
     first = errors[0][1]
-    rt.reject(path, first, caller.uid)
+    rt.reject(path, first, caller.uid, caller.pid, caller.tenant)
     raise type(first)(replies[0], replies)
 
 
 def submit(rt):
-    """/ctl/submit: one task per line, replies are pids."""
-    return lambda lines, caller: run_lines(
-        rt, "/ctl/submit", lines, caller, lambda line, c: Submit(spec=parse_submit(line), uid=c.uid))
+    """/ctl/submit: one task per line, replies are pids; a task goes into its caller's tenant."""
+    def to_event(line, caller):
+        caller.identity.require("user", "submitting")
+        return Submit(spec=in_tenant(rt, parse_submit(line), caller), uid=caller.uid, caller_pid=caller.pid)
+    return lambda lines, caller: run_lines(rt, "/ctl/submit", lines, caller, to_event)
+
+
+def in_tenant(rt, spec, caller):
+    """The spec with its tenant: the caller's, unless an admin names one; a child's is its parent's."""
+    identity = caller.identity
+    if spec.parent is not None:
+        visible_task(rt, spec.parent, caller)
+        return spec
+    if spec.tenant is None:
+        if caller.tenant is None:
+            raise Denied(f"uid {caller.uid} belongs to no tenant: ask an admin to add it to one")
+        return attrs.evolve(spec, tenant=caller.tenant)
+    if not identity.admin and spec.tenant != caller.tenant:
+        raise Hidden(f"no tenant {spec.tenant!r} for uid {caller.uid}")
+    return spec
+
+
+def visible_task(rt, pid: int, caller):
+    """Task `pid` if it exists for the caller; another tenant's is as if it did not exist."""
+    task = rt.kernel.tasks.get(pid)
+    if task is not None and not caller.identity.sees(task.tenant):
+        raise Hidden(f"no task {pid}")
+    return task
+
+
+def by(caller) -> dict:
+    return {"uid": caller.uid, "caller_pid": caller.pid, "caller_tenant": caller.tenant}
 
 
 def kill(rt):
-    """/ctl/kill: one pid per line."""
-    return lambda lines, caller: run_lines(
-        rt, "/ctl/kill", lines, caller, lambda line, c: Kill(pid=parse_pid(line), uid=c.uid))
+    """/ctl/kill: one pid per line, of the caller's tenant (any, for an admin)."""
+    def to_event(line, caller):
+        caller.identity.require("user", "killing a task")
+        pid = parse_pid(line)
+        visible_task(rt, pid, caller)
+        return Kill(pid=pid, **by(caller))
+    return lambda lines, caller: run_lines(rt, "/ctl/kill", lines, caller, to_event)
 
 
 def task_ctl(rt, pid: int):
     """/tasks/PID/ctl: kill | stop | cont | prio N."""
     def to_event(line, caller):
+        caller.identity.require("user", "controlling a task")
         command = parse_task_command(line)
         if command.verb == "kill":
-            return Kill(pid=pid, uid=caller.uid)
-        return Control(pid=pid, command=command, uid=caller.uid)
+            return Kill(pid=pid, **by(caller))
+        return Control(pid=pid, command=command, **by(caller))
     return lambda lines, caller: run_lines(rt, f"/tasks/{pid}/ctl", lines, caller, to_event)

@@ -1,9 +1,12 @@
 """/memory: the KV cache as /proc/meminfo and PSI show it, and per-GPU pool and prefix files.
 
-`meminfo` sums every GPU pool; `gpuN/pool` and `gpuN/prefix` are one GPU's books and its
-prefix cache, `prefix` the cache over all GPUs, in cgroup v2's flat keyed format (`key
-value` lines). What the numbers mean is docs/memory.md; this module only renders them.
+`meminfo` sums every GPU pool, then adds what the engines themselves say of their KV
+caches (the last scrape of each, drivers/metrics.py, summed over engines); `gpuN/pool` and
+`gpuN/prefix` are one GPU's books and its prefix cache, `prefix` the cache over all GPUs,
+in cgroup v2's flat keyed format (`key value` lines). What the numbers mean is
+docs/memory.md; this module only renders them.
 """
+from ..drivers.metrics import combine
 from ..kernel.task import State
 
 
@@ -11,8 +14,8 @@ def _kib(pages: int, page_bytes: int) -> int:
     return pages * page_bytes // 1024
 
 
-def meminfo(kernel) -> str:
-    """KV pages over all GPU pools, /proc/meminfo layout."""
+def meminfo(kernel, observations=()) -> str:
+    """KV pages over all GPU pools, then the engines' own KV figures; /proc/meminfo layout."""
     pools, caches = kernel.kv.pools, kernel.kv.caches
     page = kernel.config.page_bytes
     total, free = sum(p.pages_total for p in pools), sum(p.pages_free for p in pools)
@@ -26,7 +29,16 @@ def meminfo(kernel) -> str:
               ("TasksWaiting", kernel.state_counts.get(State.QUEUED, 0)
                + kernel.state_counts.get(State.PREEMPTED, 0))]
     return ("".join(f"{key + ':':<16}{value:>8} kB\n" for key, value in sizes)
-            + "".join(f"{key + ':':<16}{value:>8}\n" for key, value in counts))
+            + "".join(f"{key + ':':<16}{value:>8}\n" for key, value in counts + _engines(observations)))
+
+
+def _engines(observations) -> list[tuple[str, int]]:
+    """The engines' KV usage (percent), tokens, capacity and requests, over those whose last scrape read."""
+    readings = [o.reading for o in observations if o.reading is not None]
+    total = combine(readings)
+    return [("EngineKVUsage", round(100 * total.kv_usage) if total.kv_usage is not None else 0),
+            ("EngineKVTokens", total.kv_tokens), ("EngineKVLimit", total.kv_capacity),
+            ("EngineRunning", total.running), ("EngineWaiting", total.waiting), ("Engines", len(readings))]
 
 
 def pressure(kernel, now_us: int) -> str:

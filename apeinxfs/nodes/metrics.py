@@ -1,4 +1,4 @@
-"""/metrics: the kernel's counters and gauges in Prometheus text format 0.0.4."""
+"""/metrics: the kernel's counters and gauges in Prometheus text format 0.0.4, then the engines' own."""
 from ..kernel.task import State
 
 
@@ -33,5 +33,20 @@ def show(rt) -> str:
          [({}, f"{kernel.kv_some.snapshot(rt.clock.now_us()).total_us / 1e6:.6f}")]),
         ("apeinx_trace_events_total", "counter", "Lines written to the trace.", [({}, kernel.trace.seq)]),
         ("apeinx_blocked_readers", "gauge", "Readers blocked in stream or wait.", [({}, rt.waiters)]),
+        *_engine_families(rt.engine_metrics),
     ]
     return "".join(_family(*f) for f in families)
+
+
+def _engine_families(observations: dict) -> list:
+    """What each model's engine said at its last scrape (models whose engine gave no number are left out)."""
+    readings = {model: o.reading for model, o in sorted(observations.items()) if o.reading is not None}
+
+    def samples(field, **labels):
+        return [({"model": m, **labels}, getattr(r, field)) for m, r in readings.items()
+                if getattr(r, field) is not None]
+    return [("apeinx_engine_kv_usage_ratio", "gauge", "KV cache in use, as the engine reports it (0..1).",
+             samples("kv_usage")),
+            ("apeinx_engine_kv_tokens", "gauge", "Tokens in the engine's KV cache.", samples("kv_tokens")),
+            ("apeinx_engine_requests", "gauge", "Requests the engine runs or queues.",
+             samples("running", state="running") + samples("waiting", state="waiting"))]

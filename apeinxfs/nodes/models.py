@@ -1,4 +1,27 @@
-"""/models/NAME/{status,config}: each model's live use and its configuration."""
+"""/models/NAME/{status,config,engine} and /ctl/models: models as directories, added and removed live.
+
+`status` is the model's live use, `config` its configuration; `engine` shows the last
+scrape of the model's engine (drivers/scrape.py, kept on the Runtime, not in the kernel):
+flat keyed, `-` where the engine does not say, and `source none` for a model whose driver
+reads no engine metrics (sim). /ctl/models adds (`SetModel`) and removes (`RemoveModel`)
+models, admins only; the runtime starts and stops their drivers. Inodes are computed
+(NamedDirs): MODEL_BASE + number * SLOTS + slot.
+"""
+import attrs
+
+from .. import drivers
+from ..kernel.config import ModelConfig
+from ..kernel.errors import Invalid
+from ..kernel.events import RemoveModel, SetModel
+from ..kernel.grammar import parse_int, split_pairs
+from .base import BuiltDir, NamedDirs, Show
+from .ctl import by, run_lines
+from .tenants import TENANT_BASE
+
+MODEL_BASE = 1 << 18
+SLOTS = 8
+FILES = ("status", "config", "engine")
+SHAPE = ("context", "layers", "kv_heads", "head_dim")
 
 
 def status(kernel, name: str) -> str:
@@ -18,3 +41,91 @@ def config(kernel, name: str) -> str:
             ("kv_bytes_per_token", model.token_bytes), ("tokens_per_page", page // model.token_bytes)]
     rows += sorted(model.options.items())
     return "".join(f"{k} {v}\n" for k, v in rows)
+
+
+def _value(value) -> str:
+    return "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def engine(observation, now_us: int) -> str:
+    """The model's engine metrics at its last scrape (`observation`, None if never), flat keyed."""
+    if observation is None:
+        return "source none\n"
+    reading, scraped = observation.reading, observation.reading or observation.error
+    usage = reading and reading.kv_usage
+    rows = [("source", observation.source), ("engine", reading and reading.engine),
+            ("scraped_age_s", (now_us - observation.at_us) / 1e6 if scraped else None),
+            ("kv_usage_pct", usage * 100 if usage is not None else None),
+            ("kv_tokens", reading and reading.kv_tokens), ("kv_capacity_tokens", reading and reading.kv_capacity),
+            ("requests_running", reading and reading.running), ("requests_waiting", reading and reading.waiting),
+            ("error", observation.error)]
+    return "".join(f"{key} {_value(value)}\n" for key, value in rows)
+
+
+@attrs.define(eq=False)
+class ModelDir(BuiltDir):
+    """/models/NAME: status, config, engine."""
+
+    names: tuple = FILES
+    rt: object = None
+    name: str = ""
+
+    def build(self, file):
+        rt, name = self.rt, self.name
+        if file == "engine":
+            return Show(show=lambda: engine(rt.engine_metrics.get(name), rt.clock.now_us()), volatile=True)
+        return Show(show=lambda: (status if file == "status" else config)(rt.kernel, name))
+
+
+@attrs.define(eq=False)
+class ModelsDir(NamedDirs):
+    """/models: one directory per model, the configured ones first, then those added live."""
+
+    base: int = MODEL_BASE
+    limit: int = TENANT_BASE
+    slots: int = SLOTS
+    rt: object = None
+
+    def current(self):
+        return self.rt.kernel.models
+
+    def make(self, name, inode):
+        return ModelDir(inode=inode, rt=self.rt, name=name)
+
+
+def models_ctl(rt):
+    """/ctl/models: `add NAME driver=D [context=N] [layers=..] [kv_heads=..] [head_dim=..] [dtype=..] [OPTION=V..]`,
+    `remove NAME`. Other keys are the driver's options (url=, engine_model=, ...), checked by building it."""
+    def to_event(line, caller):
+        caller.identity.require("admin", "model administration")
+        verb, _, rest = line.strip().partition(" ")
+        if verb == "add" and rest.strip():
+            return SetModel(model=new_model(rest), what=f"add {rest.strip()}", **by(caller))
+        if verb == "remove" and rest.strip():
+            return RemoveModel(name=rest.strip(), **by(caller))
+        raise Invalid("expected `add NAME driver=D [url=U] [context=N] [layers=N] [kv_heads=N] [head_dim=N] "
+                      "[dtype=T] [OPTION=VALUE...]` or `remove NAME`")
+    return lambda lines, caller: run_lines(rt, "/ctl/models", lines, caller, to_event)
+
+
+def new_model(text: str) -> ModelConfig:
+    """The model an `add` line describes; Invalid unless its driver accepts it as it is."""
+    name, _, rest = text.strip().partition(" ")
+    pairs = split_pairs(rest, known=None)
+    if "driver" not in pairs:
+        raise Invalid("driver= is required (e.g. driver=openai url=http://127.0.0.1:8080)")
+    shape = {key: parse_int(pairs.pop(key), key) for key in SHAPE if key in pairs}
+    model = ModelConfig(name=name, driver=pairs.pop("driver"), dtype=pairs.pop("dtype", "fp16"), **shape,
+                        options={key: _scalar(value) for key, value in pairs.items()})
+    drivers.load(model.driver)({name: model})  # the driver refuses options it does not take (Invalid)
+    return model
+
+
+def _scalar(text: str):
+    """An option's value as TOML would give it: an integer, a number, or text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

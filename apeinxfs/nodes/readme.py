@@ -6,6 +6,9 @@ apeinxfs - an AI kernel whose API is this tree (see apeinxfs(5) for the full pag
   README              this text
   ctl/submit          w: one task per line; open rw, write, read back "PID" or "error: ..."
   ctl/kill            w: PID
+  ctl/tenants         w (admins): add NAME [weight=N] [uids=..] [gids=..] [viewer_uids=..] | remove NAME
+  ctl/models          w (admins): add NAME driver=D url=.. [context=N] [layers=..] [OPTION=..] | remove NAME
+  ctl/policy          rw (admins write): deny|allow|limit rules, first match wins (> replaces, >> appends)
   tasks/PID/status    Key:<TAB>value (Name Pid PPid Tenant Uid Model State Prio Weight
                       Vruntime TokensIn TokensOut TokensMax KVPages Exit ...)
   tasks/PID/ctl       w: kill | stop | cont | prio N
@@ -16,14 +19,18 @@ apeinxfs - an AI kernel whose API is this tree (see apeinxfs(5) for the full pag
                       expired | failed: REASON
   tasks/PID/events    this task's trace lines
   tasks/PID/children  pids of the tasks submitted with parent=PID, one per line
-  models/NAME/        status, config
+  models/NAME/        status, config, engine (its engine's own KV and queue metrics)
   memory/meminfo      KV cache, /proc/meminfo layout
   memory/pressure     KV stall time, PSI format
-  trace/events        CSV: seq,time_us,type,pid,tenant,model,gpu,node,detail
+  trace/events        CSV: seq,time_us,type,pid,tenant,model,gpu,node,detail (admins)
+  trace/audit         CSV: seq,time_us,uid,pid,tenant,action,result,detail (admins)
   replay/PID          one task's timeline rebuilt from the trace
   sched/policy        rw: fair | vtc | fcfs | greedy (writes mirror reads; switches live)
   sched/runqueue      entity counter weight state: tenant/NAME rows, agent/PID rows
   sched/stat          policy queued running decisions preemptions ... ("key value")
+  tenants/NAME/       weight members quota budget sandbox (KEY VALUE, max = unlimited,
+                      writes mirror reads, admins write); usage events bill
+  billing             CSV per period, tenant, model: tokens, gpu/kv-page seconds, cost (admins)
   metrics             Prometheus text format
 
 Submit lines (several per write; lines split across writes are joined):
@@ -33,9 +40,10 @@ Submit lines (several per write; lines split across writes are joined):
   prio 0..9 (higher first, default 5); deadline 30 | 30s | 500ms | 2m.
   parent=PID: a child of task PID (its tenant; killed with it; PID's wait covers it).
 
-Errors fail the write(2): EINVAL malformed, ENOENT unknown pid/model/tenant,
-ENOSPC can never fit in KV memory, EBUSY wrong task state. The reason is replied on
-the same fd and written to trace/events.
+Errors fail the write(2): EINVAL malformed, ENOENT unknown pid/model/tenant (or
+another tenant's), EACCES your role may not (or a policy rule denies), EDQUOT quota or
+budget exhausted, ENOSPC can never fit in KV memory, EBUSY wrong task state. The reason
+is replied on the same fd and written to trace/events.
 """
 
 

@@ -4,25 +4,28 @@ Inodes of a task's files are computed from its pid (no table grows with the task
 PID_BASE + pid * SLOTS + slot. `status` follows /proc/PID/status; `output`, `events`
 grow like logs; `stream` and `wait` block like pipes until the kernel changes.
 """
+import os
 import stat
 
 import attrs
 
+from ..kernel.tenant_config import Sandbox, show_group
 from . import ctl
-from .base import Blocking, Command, Dir, Log, Show
+from .base import Blocking, BuiltDir, Command, Dir, Log, Show
 
 PID_BASE = 1 << 20
 SLOTS = 16
 FILES = ("status", "ctl", "prompt", "output", "stream", "wait", "events", "children")
 REPLAY_SLOT = 15
+PRIVATE = stat.S_IFREG | 0o440  # prompt, output, stream, events: the owner and the tenant's group
 
 
 def inode_of(pid: int, slot: int) -> int:
     return PID_BASE + pid * SLOTS + slot
 
 
-def status(task) -> str:
-    """Key:<TAB>value lines in SPEC.md's order, then extras."""
+def status(task, sandbox=None) -> str:
+    """Key:<TAB>value lines in SPEC.md's order, then extras (the tenant's sandbox, if it has one)."""
     deadline = "-" if task.deadline_at_us is None else f"{(task.deadline_at_us - task.submitted_us) / 1e6:g}s"
     rows = [("Name", task.spec.name), ("Pid", task.pid), ("PPid", task.parent or 0), ("Tenant", task.tenant),
             ("Uid", task.uid), ("Model", task.model), ("State", task.state), ("Prio", task.spec.prio),
@@ -31,6 +34,8 @@ def status(task) -> str:
             ("Exit", task.exit or "-"), ("Gpu", "-" if task.gpu is None else task.gpu),
             ("Deadline", deadline), ("SubmittedUs", task.submitted_us),
             ("FirstTokenUs", "-" if task.first_token_us is None else task.first_token_us - task.submitted_us)]
+    if sandbox is not None:
+        rows.append(("Sandbox", " ".join(line.replace(" ", "=") for line in show_group(sandbox).splitlines())))
     return "".join(f"{key}:\t{value}\n" for key, value in rows)
 
 
@@ -51,41 +56,45 @@ def wait_poll(kernel, task, offset: int) -> bytes | None:
     return None if line is None else line[offset:]
 
 
+def _sandbox(rt, task):
+    tenant = rt.kernel.tenants.get(task.tenant)
+    return tenant.sandbox if tenant is not None and tenant.sandbox != Sandbox() else None
+
+
+def owner_of(rt, task) -> tuple[int, int]:
+    """(uid, gid) its files show: whoever submitted it, and its tenant's first gid (else the daemon's)."""
+    tenant = rt.kernel.tenants.get(task.tenant)
+    gids = tenant.members.gids if tenant else ()
+    return task.uid, gids[0] if gids else os.getgid()
+
+
 def _files(rt, task) -> dict:
     """Builders of the nodes of a task's files, by name: only the one asked for is built."""
     pid = task.pid
     return {
-        "status": lambda: Show(show=lambda: status(task)),
-        "ctl": lambda: Command(mode=stat.S_IFREG | 0o222, run=ctl.task_ctl(rt, pid)),
-        "prompt": lambda: Show(show=lambda: task.spec.prompt),
-        "output": lambda: Log(source=lambda: task.output),
-        "stream": lambda: Blocking(poll=lambda off: stream_poll(task, off), key=pid, length=lambda: len(task.output)),
+        "status": lambda: Show(show=lambda: status(task, _sandbox(rt, task))),
+        "ctl": lambda: Command(mode=stat.S_IFREG | 0o220, run=ctl.task_ctl(rt, pid)),
+        "prompt": lambda: Show(mode=PRIVATE, show=lambda: task.spec.prompt),
+        "output": lambda: Log(mode=PRIVATE, source=lambda: task.output),
+        "stream": lambda: Blocking(mode=PRIVATE, poll=lambda off: stream_poll(task, off), key=pid,
+                                   length=lambda: len(task.output)),
         "wait": lambda: Blocking(poll=lambda off: wait_poll(rt.kernel, task, off), key=pid,
                                  length=lambda: len(wait_line(rt.kernel, task) or b"")),
-        "events": lambda: Log(source=lambda: task.events),
+        "events": lambda: Log(mode=PRIVATE, source=lambda: task.events),
         "children": lambda: Show(show=lambda: "".join(f"{child}\n" for child in task.children)),
     }
 
 
 @attrs.define(eq=False)
-class TaskDir(Dir):
+class TaskDir(BuiltDir):
     """/tasks/PID: its files are built when asked for."""
 
+    names: tuple = FILES
     rt: object = None
     task: object = None
 
-    def child(self, name):
-        if name not in FILES:
-            return None
-        node = _files(self.rt, self.task)[name]()
-        node.inode = inode_of(self.task.pid, FILES.index(name) + 1)
-        return node
-
-    def entries(self):
-        return [(name, self.child(name)) for name in FILES]
-
-    def by_slot(self, slot: int):
-        return self.child(FILES[slot - 1]) if 1 <= slot <= len(FILES) else None
+    def build(self, name):
+        return _files(self.rt, self.task)[name]()
 
 
 @attrs.define(eq=False)
@@ -95,7 +104,8 @@ class TasksDir(Dir):
     rt: object = None
 
     def task_dir(self, task) -> TaskDir:
-        return TaskDir(inode=inode_of(task.pid, 0), rt=self.rt, task=task)
+        return TaskDir(inode=inode_of(task.pid, 0), rt=self.rt, task=task, tenant=task.tenant,
+                       owner=owner_of(self.rt, task))
 
     def child(self, name):
         task = self.rt.kernel.tasks.get(int(name)) if name.isascii() and name.isdigit() and len(name) < 16 else None

@@ -11,12 +11,15 @@ import stat
 from functools import partial
 
 from ..kernel.errors import NotFound
-from . import ctl, memory, metrics, models, readme, replay, sched
-from .base import Command, Dir, Log, Setting, Show
-from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, TaskDir, TasksDir, inode_of
+from . import billing, ctl, gpus, memory, metrics, policy, readme, replay, sched
+from .base import Command, Dir, Log, NamedDirs, Setting, Show
+from . import tasks
+from .models import ModelsDir, models_ctl
+from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, TasksDir, inode_of, owner_of
+from .tenants import TenantsDir, tenants_ctl
 
 RENDERED_MAX = 4096
-
+ADMIN_READS = stat.S_IFREG | 0o400  # the whole trace, the audit trail, every tenant's bill: admins only
 
 
 class ReplayDir(Dir):
@@ -27,7 +30,8 @@ class ReplayDir(Dir):
         self.rt = rt
 
     def timeline(self, task) -> Show:
-        return Show(show=lambda: replay.show(task), inode=inode_of(task.pid, REPLAY_SLOT))
+        return Show(show=lambda: replay.show(task), inode=inode_of(task.pid, REPLAY_SLOT), tenant=task.tenant,
+                    owner=owner_of(self.rt, task))
 
     def child(self, name):
         task = self.rt.kernel.tasks.get(int(name)) if name.isascii() and name.isdigit() and len(name) < 16 else None
@@ -45,14 +49,14 @@ def build_root(rt) -> Dir:
         "ctl": Dir(children={
             "submit": Command(mode=stat.S_IFREG | 0o666, run=ctl.submit(rt)),
             "kill": Command(run=ctl.kill(rt)),
+            "tenants": Command(mode=stat.S_IFREG | 0o200, run=tenants_ctl(rt), write_role="admin"),
+            "models": Command(mode=stat.S_IFREG | 0o200, run=models_ctl(rt), write_role="admin"),
+            "policy": policy.RulesFile(rt=rt, show=partial(policy.show, kernel), write_role="admin"),
         }),
         "tasks": TasksDir(rt=rt),
-        "models": Dir(children={name: Dir(children={
-            "status": Show(show=partial(models.status, kernel, name)),
-            "config": Show(show=partial(models.config, kernel, name)),
-        }) for name in kernel.models}),
+        "models": ModelsDir(rt=rt),
         "memory": Dir(children={
-            "meminfo": Show(show=partial(memory.meminfo, kernel)),
+            "meminfo": Show(show=lambda: memory.meminfo(kernel, rt.engine_metrics.values())),
             "pressure": Show(show=lambda: memory.pressure(kernel, rt.clock.now_us()), volatile=True),
             "prefix": Show(show=partial(memory.prefix, kernel.kv.caches)),
             **{f"gpu{g}": Dir(children={
@@ -60,13 +64,21 @@ def build_root(rt) -> Dir:
                 "prefix": Show(show=partial(memory.prefix, kernel.kv.caches[g:g + 1])),
             }) for g in range(len(kernel.gpus))},
         }),
-        "trace": Dir(children={"events": Log(source=lambda: kernel.trace.buffer)}),
+        "gpus": Dir(children={str(g): Dir(children={
+            name: Show(show=render, volatile=True) for name, render in gpus.files(rt, g).items()
+        }) for g in range(len(kernel.gpus))}),
+        "trace": Dir(children={
+            "events": Log(mode=ADMIN_READS, source=lambda: kernel.trace.buffer, read_role="admin"),
+            "audit": Log(mode=ADMIN_READS, source=lambda: kernel.audit.buffer, read_role="admin"),
+        }),
         "replay": ReplayDir(rt),
         "sched": Dir(children={
-            "policy": Setting(show=partial(sched.policy, kernel), run=sched.set_policy(rt)),
+            "policy": Setting(show=partial(sched.policy, kernel), run=sched.set_policy(rt), write_role="admin"),
             "runqueue": Show(show=partial(sched.runqueue, kernel)),
             "stat": Show(show=partial(sched.stat, kernel)),
         }),
+        "tenants": TenantsDir(rt=rt),
+        "billing": Show(mode=ADMIN_READS, show=partial(billing.show, kernel), read_role="admin"),
         "metrics": Show(show=partial(metrics.show, rt), volatile=True),
     })
 
@@ -77,21 +89,34 @@ class Tree:
     def __init__(self, rt):
         self.rt = rt
         self.static: dict[int, object] = {}
+        self.paths: dict[int, str] = {}
         self.root = build_root(rt)
+        self.named = [self.root.children["models"], self.root.children["tenants"]]
         self._number(self.root)
         self._pinned: dict[int, tuple[bytes, int]] = {}
         self._rendered: dict[int, tuple[int, bytes]] = {}
         self._task_nodes: dict[int, tuple] = {}  # inode -> (task, node) of task files built so far
 
-    def _number(self, node) -> None:
+    def _number(self, node, path: str = "/") -> None:
         node.inode = len(self.static) + 1
-        self.static[node.inode] = node
-        if isinstance(node, Dir) and not isinstance(node, (TasksDir, ReplayDir)):
-            for _name, child in node.entries():
-                self._number(child)
+        self.static[node.inode], self.paths[node.inode] = node, path
+        if isinstance(node, Dir) and not isinstance(node, (TasksDir, ReplayDir, NamedDirs)):
+            for name, child in node.entries():
+                self._number(child, f"{path.rstrip('/')}/{name}")
+
+    def path_of(self, node) -> str:
+        """Where a file is, for the audit trail: static ones by name, a task's, tenant's or model's from its inode."""
+        if node.inode in self.paths:
+            return self.paths[node.inode]
+        if (named := self._named(node.inode)) is not None:
+            return f"{self.paths[named.inode]}/{named.name_of(node.inode)}"
+        pid, slot = divmod(node.inode - PID_BASE, SLOTS)
+        return f"/replay/{pid}" if slot == REPLAY_SLOT else f"/tasks/{pid}/{tasks.FILES[slot - 1]}"
 
     def node(self, inode: int):
         """The node of `inode`, or NotFound (a task that no longer exists)."""
+        if (named := self._named(inode)) is not None:
+            return named.by_inode(inode)
         if inode < PID_BASE:
             if inode in self.static:
                 return self.static[inode]
@@ -111,11 +136,15 @@ class Tree:
     def _build_task_node(self, inode: int, task, pid: int, slot: int):
         if slot == REPLAY_SLOT:
             return self.root.children["replay"].timeline(task)
-        task_dir = TaskDir(inode=inode_of(pid, 0), rt=self.rt, task=task)
+        task_dir = self.root.children["tasks"].task_dir(task)
         node = task_dir if slot == 0 else task_dir.by_slot(slot)
         if node is None:
             raise NotFound(f"no inode {inode}")
         return node
+
+    def _named(self, inode: int) -> NamedDirs | None:
+        """The /models or /tenants directory whose computed inodes hold `inode`, if any."""
+        return next((named for named in self.named if named.owns(inode)), None)
 
     def lookup(self, parent_inode: int, name: str):
         parent = self.node(parent_inode)
@@ -142,15 +171,15 @@ class Tree:
         return pinned[0] if pinned else self._current(node)
 
     def _current(self, node: Show) -> bytes:
-        """The node's text now: rendered again only once an event has changed the kernel."""
+        """The node's text now: rendered again only once an event (or an engine scrape) changed something."""
         if node.volatile:
             return node.render()
         version, cached = self._rendered.get(node.inode, (None, None))
-        if version != self.rt.kernel.version:
+        if version != self.rt.version:
             if len(self._rendered) >= RENDERED_MAX:
                 self._rendered.clear()
             cached = node.render()
-            self._rendered[node.inode] = (self.rt.kernel.version, cached)
+            self._rendered[node.inode] = (self.rt.version, cached)
         return cached
 
     def size(self, node) -> int:

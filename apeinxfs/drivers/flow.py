@@ -1,0 +1,111 @@
+"""What drivers that run one job per task share: following the kernel's batch, delivering per round.
+
+`run_jobs` follows one GPU's batch for ever: it starts a job for each task the kernel
+places there and cancels the jobs of tasks it takes off (kill, stop, preemption);
+`Outbox` gathers what the jobs of the GPU produce and delivers it as one kernel `Step`
+per round of at least ROUND_S, one merged chunk per task, with failures after; a task's
+first token goes at once. Used by openai.py (a stream per task), triton.py (through
+openai.py) and llamacpp.py (a generation per task). No engine I/O here.
+"""
+import functools
+
+import trio
+
+from ..kernel.events import Chunk, Failed, Step
+from ..kernel.task import State
+
+ROUND_S = 0.01  # the shortest time between two steps of one GPU's outbox (a fast engine's tokens come 5-20 at a time)
+
+
+async def run_jobs(host, gpu: int, start) -> None:
+    """Follow `gpu`'s batch until cancelled: `start(nursery, outbox, task)` begins a task's job
+    and returns something whose `cancel()` ends it, called when the task leaves the batch."""
+    outbox, jobs = Outbox(host, gpu), {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(outbox.deliver_forever)
+        begin = functools.partial(start, nursery, outbox)
+        batch = await host.next_batch(gpu)
+        while True:
+            follow(batch, jobs, begin)
+            outbox.placed(jobs.keys())
+            batch = await host.batch_changed(gpu)
+
+
+def spawn(nursery, job, *args) -> trio.CancelScope:
+    """Run `job(*args)` in the background under a cancel scope of its own, which it returns."""
+    scope = trio.CancelScope()
+
+    async def scoped():
+        with scope:
+            await job(*args)
+    nursery.start_soon(scoped)
+    return scope
+
+
+def follow(batch: list, jobs: dict, start) -> None:
+    """Start a job (`start(task)` returns something with `cancel()`) for each task new to the
+    batch; cancel the jobs of tasks that left it.
+
+    A job that ended stays listed until its task leaves, so it is never started twice.
+    """
+    for task in batch:
+        if task.pid not in jobs:
+            jobs[task.pid] = start(task)
+    for pid in jobs.keys() - {task.pid for task in batch}:
+        jobs.pop(pid).cancel()
+
+
+class Outbox:
+    """Chunks and failures of one GPU, delivered together: one kernel step per round of at least
+    ROUND_S, with one chunk per task, so a fast engine's tokens are journaled and read a few at a
+    time (each step is a journal commit and a wake-up of every reader). A task's first token since
+    it was placed goes at once, with whatever else waits: time to first token is what a reader of
+    a new task feels. A failure is delivered only if its task still runs by then."""
+
+    def __init__(self, host, gpu: int):
+        self.host, self.gpu = host, gpu
+        self.chunks, self.failures = [], []
+        self.flowing: set[int] = set()  # tasks whose first token since they were placed went out
+        self.ready = trio.Event()
+
+    def put(self, chunk: Chunk) -> None:
+        self.chunks.append(chunk)
+        if chunk.tokens and chunk.pid not in self.flowing:
+            self.flowing.add(chunk.pid)
+            self._deliver_chunks()
+        else:
+            self.ready.set()
+
+    def placed(self, pids) -> None:
+        """Forget the tasks no longer placed here: placed again, their next token is a first one."""
+        self.flowing &= set(pids)
+
+    def fail(self, task, reason: str) -> None:
+        self.failures.append((task, Failed(pid=task.pid, reason=reason)))
+        self.ready.set()
+
+    async def deliver_forever(self) -> None:
+        while True:
+            await self.ready.wait()
+            self.ready = trio.Event()
+            self._deliver_chunks()
+            failures, self.failures = self.failures, []
+            for task, failure in failures:
+                if task.state is State.RUNNING:  # not if killed or preempted meanwhile
+                    self.host.deliver(failure)
+            await trio.sleep(ROUND_S)
+
+    def _deliver_chunks(self) -> None:
+        chunks, self.chunks = self.chunks, []
+        if chunks:
+            self.host.deliver(Step(gpu=self.gpu, chunks=merged(chunks)))
+
+
+def merged(chunks: list[Chunk]) -> list[Chunk]:
+    """One chunk per task, in order of first appearance: its texts joined, tokens and prefill summed."""
+    by_task: dict[int, list[Chunk]] = {}
+    for chunk in chunks:
+        by_task.setdefault(chunk.pid, []).append(chunk)
+    return [Chunk(pid=pid, text="".join(c.text for c in group), tokens=sum(c.tokens for c in group),
+                  prefill=sum(c.prefill for c in group), final=any(c.final for c in group))
+            for pid, group in by_task.items()]

@@ -1,0 +1,231 @@
+"""The `llamacpp` driver: runs the kernel's tasks in this process with llama-cpp-python.
+
+Each model gets one `llama_cpp.Llama`, loaded on its first task, and its generations run
+in a worker thread (trio.to_thread), one at a time: a llama.cpp context is not
+thread-safe, and llama-cpp-python's high-level API holds one sequence per Llama.
+
+Tasks of a model are served ONE AT A TIME, first come first served, not round-robin:
+switching a Llama to another sequence drops the KV of the one before, so every turn of a
+round-robin would prefill that task's whole context again (or copy its KV state out and
+back), and one Llama per slot would hold a KV cache per slot (and, offloaded, the
+weights again). A task waiting for its turn holds its batch slot and gets no tokens; the
+kernel's scheduler still decides which tasks hold slots, and one slot per GPU makes it
+decide the order too. A task that leaves the batch (kill, stop, preemption) stops at the
+next token its generation produces (a prompt's prefill runs to its end first) or never
+starts; no chunk of it is delivered after that. Placed again, it resumes with its prompt
+plus the text so far, for the tokens still owed (re-tokenized, so not always the same ids).
+
+Counts are the model's: each chunk is one sampled token, the prompt's token count
+(`Llama.tokenize`) comes as the first chunk's prefill, and the model's end-of-sequence
+token ends the task `done` short of max_tokens. Text is the tokens' bytes decoded as
+UTF-8 across token boundaries, bad bytes replaced. Failures (model file missing, a prompt
+whose real token count leaves no room for the tokens owed in n_ctx) fail the task with
+`failed: llama.cpp: ...`; the daemon serves on.
+
+Options (`[models.options]`): model_path (required, a GGUF file), n_ctx (the model's
+`context`), n_threads (llama.cpp's default), seed (unset or 0: random; give one for
+repeatable text). llama-cpp-python is an optional extra (`pip install
+'apeinxfs[llamacpp]'`, installed by scripts/setup without compiling llama.cpp); it loads
+the shared libraries scripts/build-llama-server built, from
+~/.cache/apeinxfs/llama.cpp/VERSION/bin (or $APEINXFS_CACHE/...), unless
+LLAMA_CPP_LIB_PATH names others.
+"""
+import codecs
+import contextlib
+import functools
+import os
+import threading
+from importlib import metadata
+from pathlib import Path
+
+import attrs
+import trio
+
+from ..kernel.errors import Invalid
+from ..kernel.events import Chunk
+from . import flow
+
+
+class Unavailable(Exception):
+    """llama-cpp-python or its libraries cannot be loaded."""
+
+
+def _positive_or_none(_inst, attribute, value) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, not {value}")
+
+
+@attrs.frozen
+class Options:
+    """How to load one model's Llama (its `[models.options]`)."""
+
+    model_path: str = attrs.field(converter=str)
+    n_ctx: int = attrs.field(validator=_positive_or_none)
+    n_threads: int | None = attrs.field(default=None, validator=_positive_or_none)
+    seed: int | None = None
+
+    @classmethod
+    def of(cls, model) -> "Options":
+        options = {"n_ctx": model.context, **model.options}
+        if "model_path" not in options:
+            raise Invalid(f"model {model.name}: the llamacpp driver needs options.model_path")
+        try:
+            return cls(**options)
+        except (TypeError, ValueError) as exc:
+            raise Invalid(f"model {model.name}: llamacpp options: {exc}") from None
+
+    def llama_arguments(self) -> dict:
+        """Keyword arguments of `llama_cpp.Llama`, leaving unset ones to llama.cpp."""
+        return {key: value for key, value in attrs.asdict(self).items() if value is not None}
+
+
+def library_dir() -> Path:
+    """Where scripts/build-llama-server put llama.cpp's libraries for the installed llama-cpp-python."""
+    cache = Path(os.environ.get("APEINXFS_CACHE") or Path.home() / ".cache" / "apeinxfs")
+    return cache / "llama.cpp" / metadata.version("llama_cpp_python") / "bin"
+
+
+def open_llama(options: Options):
+    """A `llama_cpp.Llama` for `options`, on the cached libraries unless LLAMA_CPP_LIB_PATH is set."""
+    try:
+        os.environ.setdefault("LLAMA_CPP_LIB_PATH", str(library_dir()))
+        import llama_cpp
+    except (ImportError, OSError, metadata.PackageNotFoundError) as exc:
+        raise Unavailable(f"cannot load llama-cpp-python ({exc}); install the extra: "
+                          f"pip install 'apeinxfs[llamacpp]'; libraries from "
+                          f"LLAMA_CPP_LIB_PATH={os.environ.get('LLAMA_CPP_LIB_PATH')}") from None
+    return llama_cpp.Llama(verbose=False, **options.llama_arguments())
+
+
+@attrs.frozen
+class Job:
+    """What a worker thread needs of a task, copied in trio's thread: the kernel's task is not shared."""
+
+    pid: int
+    text: bytes  # the prompt and the output so far
+    budget: int  # tokens still owed
+
+    @classmethod
+    def of(cls, task) -> "Job":
+        prompt = (task.spec.prompt or task.spec.name).encode()
+        return cls(task.pid, prompt + bytes(task.output), task.spec.max_tokens - task.tokens_out)
+
+
+class Pieces:
+    """Sampled token ids to chunks: one token each, UTF-8 text joined across tokens, the prompt's count first."""
+
+    def __init__(self, llama, job: Job, prompt_tokens: int):
+        self.llama, self.job, self.prefill = llama, job, prompt_tokens
+        self.tokens, self.ended = 0, False
+        self.text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    @property
+    def done(self) -> bool:
+        return self.ended or self.tokens >= self.job.budget
+
+    def chunk(self, token: int) -> Chunk:
+        self.ended = token == self.llama.token_eos()
+        self.tokens += not self.ended
+        piece = b"" if self.ended else self.llama.detokenize([token])
+        chunk = Chunk(self.job.pid, self.text.decode(piece, final=self.done), int(not self.ended),
+                      prefill=self.prefill, final=self.ended)
+        self.prefill = 0
+        return chunk
+
+
+def generate(llama, job: Job, stop: threading.Event, emit) -> None:
+    """In a worker thread: decode `job` a token at a time and `emit` a chunk for each, until its
+    budget is spent, the model ends the text, or `stop` is set (looked at between tokens)."""
+    context = llama.tokenize(job.text) or [llama.token_bos()]
+    if len(context) + job.budget > llama.n_ctx():
+        raise ValueError(f"context full: {len(context)} tokens of prompt and {job.budget} to generate "
+                         f"exceed n_ctx {llama.n_ctx()}")
+    pieces = Pieces(llama, job, len(context))
+    with contextlib.closing(llama.generate(context)) as tokens:
+        for token in tokens:
+            if stop.is_set():
+                return
+            emit(pieces.chunk(token))
+            if pieces.done:
+                return
+
+
+class Engine:
+    """One model: its Llama, loaded on first use, and the lock its tasks take turns by (trio's is FIFO)."""
+
+    def __init__(self, options: Options):
+        self.options = options
+        self.llama = None
+        self.turn = trio.Lock()
+
+    async def run(self, job: Job, stop: threading.Event, emit) -> str | None:
+        """Generate `job` when its turn comes; why it failed, if it did."""
+        async with self.turn:
+            if not stop.is_set():
+                return await in_thread(functools.partial(self._generate, job, stop, emit), stop)
+        return None
+
+    def _generate(self, job: Job, stop: threading.Event, emit) -> str | None:
+        try:
+            if self.llama is None:
+                self.llama = open_llama(self.options)
+            generate(self.llama, job, stop, emit)
+        except Exception as exc:  # the engine's failure is the task's, not the daemon's
+            return f"llama.cpp: {exc}"
+        return None
+
+
+async def in_thread(work, stop: threading.Event):
+    """`work()` run in a worker thread; if trio cancels the caller, set `stop` and wait for it to end."""
+    async def stop_when_cancelled():
+        try:
+            await trio.sleep_forever()
+        finally:
+            stop.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_when_cancelled)
+        result = await trio.to_thread.run_sync(work)
+        nursery.cancel_scope.cancel()
+    return result
+
+
+class Turn:
+    """One task's generation: `cancel()` stops it at its next token, or before it starts."""
+
+    def __init__(self):
+        self.scope, self.stop = trio.CancelScope(), threading.Event()
+
+    def cancel(self) -> None:
+        self.stop.set()
+        self.scope.cancel()
+
+    def emitter(self, outbox: flow.Outbox):
+        """A thread-safe `emit(chunk)`: the chunk reaches `outbox` in trio's thread, unless cancelled by then."""
+        def put(chunk: Chunk) -> None:
+            if not self.stop.is_set():
+                outbox.put(chunk)
+        return functools.partial(trio.lowlevel.current_trio_token().run_sync_soon, put)
+
+
+class LlamaCppDriver:
+    """Each model's tasks take turns on the model's one in-process Llama."""
+
+    name = "llamacpp"
+
+    def __init__(self, models: dict):
+        self.engines = {name: Engine(Options.of(model)) for name, model in models.items()}
+
+    async def serve(self, gpu: int, host) -> None:
+        await flow.run_jobs(host, gpu, self._start)
+
+    def _start(self, nursery, outbox: flow.Outbox, task) -> Turn:
+        turn = Turn()
+        nursery.start_soon(self._run, outbox, task, turn)
+        return turn
+
+    async def _run(self, outbox: flow.Outbox, task, turn: Turn) -> None:
+        with turn.scope:
+            reason = await self.engines[task.model].run(Job.of(task), turn.stop, turn.emitter(outbox))
+            if reason is not None:
+                outbox.fail(task, reason)

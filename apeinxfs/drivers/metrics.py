@@ -1,0 +1,196 @@
+"""Engine metrics, without I/O: an engine's Prometheus text (and llama.cpp's /slots) as one `Reading`.
+
+`parse` reads the Prometheus text exposition format into samples; `read` recognises the
+engine by its names and takes what the kernel's views want from it:
+
+- vLLM: usage `vllm:kv_cache_usage_perc` (older: `gpu_cache_usage_perc`); tokens = usage x
+  capacity, capacity = `vllm:cache_config_info`'s num_gpu_blocks x block_size; requests
+  `num_requests_running`, `num_requests_waiting`.
+- SGLang: usage `sglang:token_usage`; tokens `num_used_tokens`, capacity
+  `max_total_num_tokens`; requests `num_running_reqs`, `num_queue_reqs`.
+- llama.cpp: usage `llamacpp:kv_cache_usage_ratio` and tokens `kv_cache_tokens` (older
+  builds) or /slots; requests `requests_processing`, `requests_deferred`.
+
+Current llama-server builds export no KV gauge: `with_slots` takes it from GET /slots (the
+tokens held by the slots that are processing a request, over all slots' n_ctx; an idle
+slot's tokens are a cache the next request may overwrite, like vLLM's free cached blocks).
+Several series of one gauge are summed (vLLM's data-parallel `engine`s, SGLang's
+`dp_rank`s; a usage is averaged), except the copies SGLang prints per tensor, pipeline and
+expert rank of one engine, which count once. No HTTP here: see scrape.py.
+"""
+import math
+import re
+
+import attrs
+
+REPLICA_LABELS = frozenset({"tp_rank", "pp_rank", "moe_ep_rank"})
+_SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?[ \t]+(\S+)(?:[ \t]+-?\d+)?[ \t]*")
+_LABEL = re.compile(r'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\]|\\.)*)"[ \t]*(?:,|$)')
+_UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
+
+
+class Unreadable(Exception):
+    """The text is not the Prometheus exposition format, or /slots is not llama.cpp's."""
+
+
+@attrs.frozen
+class Sample:
+    """One line of the exposition: a metric name, its labels, its value."""
+
+    name: str
+    labels: dict
+    value: float
+
+
+@attrs.frozen
+class Reading:
+    """What an engine says of itself at one scrape; None where it does not say."""
+
+    engine: str
+    kv_usage: float | None = None
+    kv_tokens: int | None = None
+    kv_capacity: int | None = None
+    running: int | None = None
+    waiting: int | None = None
+
+
+@attrs.frozen
+class Observation:
+    """The last scrape of one model's engine: where from, what it read (or why not), when."""
+
+    source: str
+    reading: Reading | None = None
+    error: str | None = None
+    at_us: int = 0
+
+
+def parse(text: str) -> list[Sample]:
+    """The samples of a Prometheus text exposition; comments and HELP/TYPE lines are skipped."""
+    samples = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            samples.append(_sample(line, number))
+    return samples
+
+
+def _sample(line: str, number: int) -> Sample:
+    match = _SAMPLE.fullmatch(line.strip())
+    try:
+        return Sample(match[1], _labels(match[2] or ""), float(match[3]))
+    except (TypeError, ValueError):
+        raise Unreadable(f"line {number} is not a Prometheus sample: {line[:120]!r}") from None
+
+
+def _labels(text: str) -> dict:
+    labels, at = {}, 0
+    while at < len(text.rstrip(" \t,")):
+        match = _LABEL.match(text, at)
+        if match is None:
+            raise ValueError(text)
+        labels[match[1]] = re.sub(r"\\[\\\"n]", lambda m: _UNESCAPE[m[0]], match[2])
+        at = match.end()
+    return labels
+
+
+class Gauges:
+    """The samples of one scrape by name, with the sums and means the readers need."""
+
+    def __init__(self, samples: list[Sample]):
+        self.by_name: dict[str, dict] = {}
+        for sample in samples:
+            engine = tuple(sorted((k, v) for k, v in sample.labels.items() if k not in REPLICA_LABELS))
+            series = self.by_name.setdefault(sample.name, {})
+            series[engine] = max(series.get(engine, -math.inf), sample.value)
+
+    def values(self, name: str) -> list[float]:
+        return [v for v in self.by_name.get(name, {}).values() if math.isfinite(v)]
+
+    def total(self, name: str) -> int | None:
+        values = self.values(name)
+        return round(sum(values)) if values else None
+
+    def mean(self, name: str) -> float | None:
+        values = self.values(name)
+        return sum(values) / len(values) if values else None
+
+    def label_rows(self, name: str) -> list[dict]:
+        return [dict(labels) for labels in self.by_name.get(name, {})]
+
+
+def engine_of(samples: list[Sample]) -> str:
+    """vllm, sglang or llamacpp: the first of their prefixes found; else `unknown`."""
+    prefixes = {sample.name.partition(":")[0] for sample in samples if ":" in sample.name}
+    return next((engine for engine in READERS if engine in prefixes), "unknown")
+
+
+def read(samples: list[Sample]) -> Reading:
+    """What the engine of these samples says of its KV cache and requests."""
+    engine = engine_of(samples)
+    return READERS[engine](Gauges(samples)) if engine in READERS else Reading(engine)
+
+
+def _vllm(gauges: Gauges) -> Reading:
+    usage = _first(gauges.mean("vllm:kv_cache_usage_perc"), gauges.mean("vllm:gpu_cache_usage_perc"))
+    capacity = _vllm_capacity(gauges)
+    tokens = round(usage * capacity) if usage is not None and capacity else None
+    return Reading("vllm", usage, tokens, capacity, gauges.total("vllm:num_requests_running"),
+                   gauges.total("vllm:num_requests_waiting"))
+
+
+def _vllm_capacity(gauges: Gauges) -> int | None:
+    """Tokens in all engines' KV caches: num_gpu_blocks x block_size of each `cache_config_info`."""
+    sizes = [_int(row.get("num_gpu_blocks")) * _int(row.get("block_size"))
+             for row in gauges.label_rows("vllm:cache_config_info")]
+    return sum(sizes) if sizes and all(sizes) else None
+
+
+def _sglang(gauges: Gauges) -> Reading:
+    return Reading("sglang", gauges.mean("sglang:token_usage"), gauges.total("sglang:num_used_tokens"),
+                   gauges.total("sglang:max_total_num_tokens"), gauges.total("sglang:num_running_reqs"),
+                   gauges.total("sglang:num_queue_reqs"))
+
+
+def _llamacpp(gauges: Gauges) -> Reading:
+    usage, tokens = gauges.mean("llamacpp:kv_cache_usage_ratio"), gauges.total("llamacpp:kv_cache_tokens")
+    capacity = round(tokens / usage) if usage and tokens is not None else None
+    return Reading("llamacpp", usage, tokens, capacity, gauges.total("llamacpp:requests_processing"),
+                   gauges.total("llamacpp:requests_deferred"))
+
+
+READERS = {"vllm": _vllm, "sglang": _sglang, "llamacpp": _llamacpp}
+
+
+def wants_slots(reading: Reading) -> bool:
+    """Whether the KV figures must come from llama-server's /slots (its /metrics has none)."""
+    return reading.engine == "llamacpp" and reading.kv_usage is None
+
+
+def with_slots(reading: Reading, slots) -> Reading:
+    """The reading with llama-server's /slots (its JSON) as the KV figures."""
+    if not isinstance(slots, list) or not all(isinstance(s, dict) and "n_ctx" in s for s in slots):
+        raise Unreadable("/slots is not a list of llama.cpp slots")
+    capacity = sum(_int(s["n_ctx"]) for s in slots)
+    tokens = sum(_int(s.get("n_prompt_tokens")) for s in slots if s.get("is_processing"))
+    return attrs.evolve(reading, kv_tokens=tokens, kv_capacity=capacity,
+                        kv_usage=tokens / capacity if capacity else None)
+
+
+def combine(readings: list[Reading]) -> Reading:
+    """All engines as one: tokens, capacity and requests summed; usage weighted by capacity when all say it."""
+    usages = [r for r in readings if r.kv_usage is not None]
+    weights = [r.kv_capacity for r in usages]
+    usage = (sum(r.kv_usage * w for r, w in zip(usages, weights)) / sum(weights) if usages and all(weights)
+             else sum(r.kv_usage for r in usages) / len(usages) if usages else None)
+    return Reading("all", usage, *(sum(getattr(r, key) or 0 for r in readings)
+                                   for key in ("kv_tokens", "kv_capacity", "running", "waiting")))
+
+
+def _first(*values):
+    return next((v for v in values if v is not None), None)
+
+
+def _int(value) -> int:
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0

@@ -1,0 +1,185 @@
+"""The `openai` driver: runs the kernel's tasks on an OpenAI-compatible HTTP engine.
+
+vLLM, SGLang, llama.cpp's llama-server, TGI and Ollama all serve streaming
+/v1/completions and /v1/chat/completions. For each task the kernel places on a GPU this
+driver opens one streaming request (the engine batches them itself), turns its
+server-sent events into kernel chunks (sse.py) and hands them to the GPU's outbox
+(flow.py: a task's first token at once, later ones a round at a time); when the kernel
+takes a task off the GPU (kill, stop, preemption) it closes that stream, and the engine
+frees the slot. A task placed again after preemption resumes: its prompt plus the text so
+far, for the tokens still owed. Connection failures are retried with exponential backoff
+(a kept-alive connection the engine had closed at once), then the task fails with `engine
+at URL unreachable: ...`; a stream that breaks fails its task. `observe` scrapes the
+engines' /metrics (scrape.py). The HTTP side (Connection, OpenAIDriver) is shared with
+triton.py, which brings its own protocol.
+Options of a model (`[models.options]`): url (required), engine_model (the name sent;
+default the model's), api ("completions" or "chat"), timeout_s (60: the longest silence
+of an engine), retries (3), backoff_s (0.2), metrics_s (1.0: seconds between scrapes of the
+engine's /metrics; 0: none).
+"""
+import functools
+import logging
+import typing
+
+import attrs
+import httpx
+import trio
+
+from ..kernel.errors import Invalid
+from ..kernel.events import Chunk
+from . import flow, scrape, sse
+
+logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per task in the daemon's log
+
+APIS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+# Idle connections are dropped before an engine would close them (llama-server's cpp-httplib: after 5 s;
+# it also closes one after each stream, though it says keep-alive: see Stale).
+LIMITS = httpx.Limits(max_connections=None, keepalive_expiry=2.0)
+
+
+class Unreachable(Exception):
+    """The engine could not be reached or is not ready (worth retrying)."""
+
+
+class Stale(Unreachable):
+    """The engine hung up before answering on a kept-alive connection it had closed (llama-server closes
+    one after each stream): worth retrying at once."""
+
+
+class Broken(Exception):
+    """The engine answered but the request failed (not retried)."""
+
+
+@attrs.frozen
+class Connection:
+    """Where an HTTP engine is and how patiently to reach it: the options every HTTP driver has.
+
+    A subclass adds its protocol's options and `request`, `tally` and `events` (see Endpoint).
+    `metrics_s` is 0 (no scraping) unless the protocol's engines export metrics that
+    metrics.py reads, as the openai one's do; there it is an option.
+    """
+
+    driver: typing.ClassVar[str] = "openai"
+    metrics_s: typing.ClassVar[float] = 0.0
+    url: str = attrs.field(converter=lambda url: str(url).rstrip("/"))
+    engine_model: str
+    timeout_s: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    retries: int = attrs.field(default=3, validator=attrs.validators.ge(0))
+    backoff_s: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
+
+    @classmethod
+    def of(cls, model) -> "Connection":
+        """The endpoint a model's options describe."""
+        options = {"engine_model": model.name, **model.options}
+        if "url" not in options:
+            raise Invalid(f"model {model.name}: the {cls.driver} driver needs options.url")
+        try:
+            return cls(**options)
+        except (TypeError, ValueError) as exc:
+            raise Invalid(f"model {model.name}: {cls.driver} options: {exc}") from None
+
+
+@attrs.frozen
+class Endpoint(Connection):
+    """An OpenAI-compatible engine for one model: what to ask it and how to read its answer."""
+
+    api: str = attrs.field(default="completions", validator=attrs.validators.in_(APIS))
+    metrics_s: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
+
+    def request(self, task) -> tuple[str, dict]:
+        """URL and body of the streaming request for what `task` still owes."""
+        prompt, so_far = task.spec.prompt or task.spec.name, task.output.decode(errors="replace")
+        body = {"model": self.engine_model, "max_tokens": task.spec.max_tokens - task.tokens_out,
+                "stream": True, "stream_options": {"include_usage": True}}
+        if self.api == "chat":
+            said = [{"role": "assistant", "content": so_far}] if so_far else []
+            body["messages"] = [{"role": "user", "content": prompt}, *said]
+        else:
+            body["prompt"] = prompt + so_far
+        return self.url + APIS[self.api], body
+
+    def tally(self, pid: int) -> sse.Tally:
+        """A fresh count of what one stream produces for task `pid`."""
+        return sse.Tally(pid)
+
+    def events(self, response):
+        """The JSON events of the engine's answer."""
+        return sse.events(response.aiter_lines())
+
+
+class OpenAIDriver:
+    """One streaming request per running task, opened and closed as the kernel's batch changes."""
+
+    name = "openai"
+    endpoint = Endpoint
+
+    def __init__(self, models: dict):
+        self.endpoints = {name: self.endpoint.of(model) for name, model in models.items()}
+
+    async def serve(self, gpu: int, host) -> None:
+        async with httpx.AsyncClient(limits=LIMITS) as client:
+            await flow.run_jobs(host, gpu, functools.partial(self._start, client))
+
+    def _start(self, client, nursery, outbox: flow.Outbox, task) -> trio.CancelScope:
+        """Stream `task` in the background; cancelling the scope closes its stream."""
+        return flow.spawn(nursery, self._run, client, outbox, task)
+
+    async def observe(self, host) -> None:
+        """Scrape each model's engine metrics every `metrics_s` seconds into the host, until cancelled."""
+        async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
+            for name, endpoint in self.endpoints.items():
+                if endpoint.metrics_s:
+                    nursery.start_soon(scrape.watch, client, name, endpoint.url, endpoint.metrics_s, host)
+
+    async def _run(self, client, outbox: flow.Outbox, task) -> None:
+        reason = await self._attempts(client, task, outbox)
+        if reason is not None:
+            outbox.fail(task, reason)
+
+    async def _attempts(self, client, task, outbox: flow.Outbox) -> str | None:
+        """Stream the task, retrying while the engine is unreachable; the failure's reason, if any."""
+        endpoint, delay = self.endpoints[task.model], 0.0
+        for attempt in range(endpoint.retries + 1):
+            if delay:  # no checkpoint before the first try: time to first token starts here
+                await trio.sleep(delay)
+            try:
+                return await self._stream(client, endpoint, task, outbox)
+            except Unreachable as exc:
+                last, delay = exc, 0.0 if isinstance(exc, Stale) else endpoint.backoff_s * 2 ** attempt
+            except Broken as exc:
+                return f"engine at {endpoint.url}: {exc}"
+        return f"engine at {endpoint.url} unreachable: {last}"
+
+    async def _stream(self, client, endpoint: Connection, task, outbox: flow.Outbox) -> None:
+        url, body = endpoint.request(task)
+        tally, answered = endpoint.tally(task.pid), False
+        try:
+            async with client.stream("POST", url, json=body, timeout=endpoint.timeout_s) as response:
+                answered = True
+                await _check(response)
+                async for event in endpoint.events(response):
+                    if (chunk := tally.chunk(event)) is not None:
+                        outbox.put(chunk)
+        except (httpx.HTTPError, sse.ProtocolError) as exc:
+            raise _failure(exc, answered, tally.tokens) from None
+        if not tally.finished:
+            raise Broken(f"stream ended after {tally.tokens} tokens without a finish_reason")
+        outbox.put(Chunk(pid=task.pid, text="", tokens=0, final=True))
+
+
+def _failure(exc: Exception, answered: bool, tokens: int) -> Exception:
+    """Unreachable (retried) if the request never reached the engine: no connection, or Stale, a
+    kept-alive one the engine had closed (it hangs up before answering); Broken otherwise."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return Unreachable(scrape.describe(exc))
+    if not answered and isinstance(exc, httpx.RemoteProtocolError):
+        return Stale(scrape.describe(exc))
+    return Broken(f"stream broke after {tokens} tokens: {scrape.describe(exc)}")
+
+
+async def _check(response) -> None:
+    """Raise unless the engine accepted the request: 5xx (loading, overloaded) may pass, 4xx will not."""
+    if response.status_code == 200:
+        return
+    detail = f"HTTP {response.status_code}: {(await response.aread())[:300].decode(errors='replace')}"
+    raise Unreachable(detail) if response.status_code >= 500 else Broken(detail)

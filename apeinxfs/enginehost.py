@@ -1,0 +1,88 @@
+"""Running the drivers inside the daemon: which driver object serves which models, and what it sees.
+
+The configured models are grouped by driver (one driver object per driver name, as
+before: the sim driver steps all its models' tasks on a GPU together); a model added live
+(/ctl/models) gets a driver object of its own. Each group runs its driver's `serve` on
+every GPU, and its `observe` if it has one, through a `ModelHost`: the runtime as that
+driver sees it, showing only its own models' tasks (a GPU's batch may mix drivers). When
+the models change, `DriverGroups.sync` stops the groups whose models changed or went and
+starts new ones; a restarted driver picks up its models' running tasks again (the openai
+driver resumes each after the text it has). Drivers are built at once, so a bad option in
+the configuration fails the daemon's start, and /ctl/models builds one before it commits.
+"""
+import trio
+
+from . import drivers
+
+
+class ModelHost:
+    """The driver host (drivers/base.Host) for the drivers of `models`: their tasks only."""
+
+    def __init__(self, rt, models: dict):
+        self.rt, self.models = rt, models
+
+    def _mine(self, gpu: int) -> list:
+        return [task for task in self.rt.kernel.batch(gpu) if task.model in self.models]
+
+    async def next_batch(self, gpu: int) -> list:
+        while not (batch := self._mine(gpu)):
+            await self.rt.notifier.wait(("gpu", gpu))
+        return batch
+
+    async def batch_changed(self, gpu: int) -> list:
+        await self.rt.notifier.wait(("gpu", gpu))
+        return self._mine(gpu)
+
+    def deliver(self, event) -> None:
+        self.rt.deliver(event)
+
+    def observe(self, model: str, observation) -> None:
+        self.rt.observe(model, observation)
+
+
+def groups_of(models: dict, configured: set) -> dict:
+    """{key: {name: ModelConfig}}: the configured models by driver name, each model added live alone."""
+    groups = {}
+    for name, model in models.items():
+        key = ("config", model.driver) if name in configured else ("added", name)
+        groups.setdefault(key, {})[name] = model
+    return groups
+
+
+class DriverGroups:
+    """The driver groups running in `nursery`, kept in step with the kernel's models."""
+
+    def __init__(self, rt, nursery):
+        self.rt, self.nursery = rt, nursery
+        self.configured = {model.name for model in rt.config.kernel.models}
+        self.running: dict = {}  # key -> ({name: ModelConfig}, CancelScope)
+
+    def sync(self) -> None:
+        """Stop the groups whose models changed or went, start the missing ones."""
+        wanted = groups_of(self.rt.kernel.models, self.configured)
+        for key in [key for key, (models, _) in self.running.items() if wanted.get(key) != models]:
+            self.running.pop(key)[1].cancel()
+        for key, models in wanted.items():
+            if key not in self.running:
+                self.running[key] = (models, self._start(models))
+        self.rt.forget_engines()
+
+    def _start(self, models: dict) -> trio.CancelScope:
+        driver = drivers.load(next(iter(models.values())).driver)(models)
+        scope = trio.CancelScope()
+        self.nursery.start_soon(self._serve, driver, ModelHost(self.rt, models), scope)
+        return scope
+
+    async def _serve(self, driver, host: ModelHost, scope: trio.CancelScope) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                for gpu in range(len(self.rt.kernel.gpus)):
+                    nursery.start_soon(driver.serve, gpu, host)
+                if hasattr(driver, "observe"):
+                    nursery.start_soon(driver.observe, host)
+
+    async def follow(self) -> None:
+        """Sync whenever the models change (/ctl/models), until cancelled."""
+        while True:
+            self.sync()
+            await self.rt.notifier.wait("models")

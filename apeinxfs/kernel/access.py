@@ -1,0 +1,67 @@
+"""Who a caller is: its role (admin, user, viewer, none) and tenant, from its Unix ids.
+
+- admin: root, the daemon's owner, and the uids/gids of [access]; may do anything and
+  sees every tenant.
+- user: a uid or gid in a tenant's `members` (uids, gids); submits into that tenant and
+  acts on its tasks.
+- viewer: a uid or gid in a tenant's viewer_uids/viewer_gids; reads that tenant only.
+- anyone else: [access] unmapped (user, viewer or none) in the tenant "default".
+A non-admin sees only its own tenant, like a PID namespace: others' tasks are ENOENT.
+Pure functions of the kernel's tenants and the access config; fs.py asks once per open.
+"""
+import attrs
+
+from .errors import Denied
+
+RANKS = {"none": 0, "viewer": 1, "user": 2, "admin": 3}
+
+
+@attrs.frozen
+class Identity:
+    """A caller as the kernel sees it."""
+
+    uid: int
+    role: str
+    tenant: str | None
+
+    @property
+    def admin(self) -> bool:
+        return self.role == "admin"
+
+    def sees(self, tenant: str | None) -> bool:
+        """Whether things of `tenant` (None: of no tenant) exist for this caller."""
+        return tenant is None or self.admin or (self.tenant == tenant and self.role != "none")
+
+    def require(self, role: str, what: str) -> None:
+        """Raise EACCES, saying who and what, unless this caller has at least `role`."""
+        if RANKS[self.role] < RANKS[role]:
+            where = f" of tenant {self.tenant}" if self.tenant else ""
+            raise Denied(f"uid {self.uid} is {self.role}{where}: {what} needs {role}")
+
+
+def identify(tenants, access, uid: int, gid: int, groups) -> Identity:
+    """The caller's identity; `groups()` (supplementary gids) is asked only if a gid could matter."""
+    gids = {gid} | (set(groups()) if _uses_gids(tenants, access) else set())
+    if uid in (0, access.owner_uid) or uid in access.admin_uids or gids & set(access.admin_gids):
+        return Identity(uid, "admin", _member_tenant(tenants, uid, gids, "uids", "gids") or _default(tenants))
+    for kind, uid_key, gid_key in (("user", "uids", "gids"), ("viewer", "viewer_uids", "viewer_gids")):
+        tenant = _member_tenant(tenants, uid, gids, uid_key, gid_key)
+        if tenant:
+            return Identity(uid, kind, tenant)
+    return Identity(uid, access.unmapped, _default(tenants))
+
+
+def _member_tenant(tenants, uid, gids, uid_key, gid_key) -> str | None:
+    for tenant in tenants.values():
+        members = tenant.members
+        if uid in getattr(members, uid_key) or gids & set(getattr(members, gid_key)):
+            return tenant.name
+    return None
+
+
+def _uses_gids(tenants, access) -> bool:
+    return bool(access.admin_gids) or any(t.members.gids or t.members.viewer_gids for t in tenants.values())
+
+
+def _default(tenants) -> str | None:
+    return "default" if "default" in tenants else None

@@ -1,0 +1,252 @@
+"""Tenancy: admission by policy, sandbox, quota and budget; holds; metering; tenant admin.
+
+- Admission (`admit`): the policy rules decide first (deny: EACCES naming the rule; limit:
+  the submit is clamped and says so); then the tenant's sandbox (allowed models EACCES,
+  max_tokens EINVAL), then its quota (live tasks, tokens per window, KV pages) and budget
+  (tokens per window plus overdraw), all EDQUOT with the numbers. A write of many lines is
+  admitted as a whole: each line counts the ones before it (`batch`).
+- Holds: a tenant at its GPU-slot or KV-page quota has its queued tasks held back (out of
+  the run queue, still queued) until one of its running tasks leaves a GPU.
+- Metering: ledgers are charged as tokens are served; billing.py books each GPU segment.
+- Admin events: SetTenant, RemoveTenant, SetRules; each is audited.
+A mixin of `Kernel` (kernel.py), like reclaim.py.
+"""
+from __future__ import annotations
+
+import attrs
+
+from . import events as ev
+from .billing import Meter, segment_usage
+from .errors import Busy, Denied, Exists, Invalid, NotFound, OverQuota
+from .kvmem import estimate_prompt_tokens
+from .ledger import Limit, TokenLedger
+from .policy import Request, evaluate, parse_rule
+
+MINUTE_US = 60_000_000
+
+
+@attrs.define
+class TenantUsage:
+    """What a tenant holds and has used: live tasks, reserved tokens, ledgers, held tasks."""
+
+    live: int = 0
+    reserved: int = 0  # tokens its live tasks may still be charged (prompts not yet run + max_tokens - out)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    overdraws: int = 0
+    quota: TokenLedger = attrs.Factory(TokenLedger)
+    budget: TokenLedger = attrs.Factory(TokenLedger)
+    held: list = attrs.Factory(list)
+
+
+def quota_limit(tenant) -> Limit:
+    return Limit(tenant.quota.tokens, tenant.quota.window)
+
+
+def budget_limit(tenant) -> Limit:
+    return Limit(tenant.budget.tokens, tenant.budget.window, tenant.budget.overdraw)
+
+
+class Tenancy:
+    """Admission, holds, metering and tenant administration."""
+
+    # -- admission ----------------------------------------------------------------------
+
+    def admit(self, event, now_us: int, batch: dict | None = None):
+        """check(event), and for a submit the policy, sandbox, quota and budget; returns the event to journal."""
+        self.check(event)
+        if not isinstance(event, ev.Submit):
+            return event
+        event = self._apply_policy(event, now_us)
+        tenant = self.tenants[self._tenant_of(event.spec, self.tasks.get(event.spec.parent))]
+        held = self._check_sandbox_and_quota(event.spec, tenant, now_us, batch or {})
+        if batch is not None:
+            batch[tenant.name] = held
+        return event
+
+    def _apply_policy(self, event: ev.Submit, now_us: int) -> ev.Submit:
+        spec = event.spec
+        request = Request(tenant=self._tenant_of(spec, self.tasks.get(spec.parent)), model=self._model_of(spec),
+                          tokens=spec.max_tokens, prio=spec.prio, uid=event.uid, minute=self._minute(now_us))
+        decision = evaluate(self.rules, request)
+        if not decision.allowed:
+            raise Denied(decision.reason)
+        if (decision.max_tokens, decision.prio) == (spec.max_tokens, spec.prio):
+            return event
+        note = (f"policy rule {decision.rule} ({decision.text}): max_tokens {spec.max_tokens} -> "
+                f"{decision.max_tokens}, prio {spec.prio} -> {decision.prio}")
+        return attrs.evolve(event, spec=attrs.evolve(spec, max_tokens=decision.max_tokens, prio=decision.prio),
+                            note=note)
+
+    def _minute(self, now_us: int) -> int:
+        return (now_us // MINUTE_US + self.config.utc_offset_s // 60) % 1440
+
+    def _model_of(self, spec) -> str:
+        return spec.model or self.config.models[0].name
+
+    def _check_sandbox_and_quota(self, spec, tenant, now_us: int, batch: dict) -> tuple[int, int]:
+        """Refuse what the tenant's sandbox or quotas forbid; (tasks, tokens) this batch then holds."""
+        box, model = tenant.sandbox, self._model_of(spec)
+        if box.models and model not in box.models:
+            raise Denied(f"tenant {tenant.name}'s sandbox allows models {', '.join(box.models)}, not {model}")
+        if box.max_tokens is not None and spec.max_tokens > box.max_tokens:
+            raise Invalid(f"max_tokens {spec.max_tokens} is over tenant {tenant.name}'s sandbox limit {box.max_tokens}")
+        tasks, tokens = batch.get(tenant.name, (0, 0))
+        usage, want = self.usage[tenant.name], estimate_prompt_tokens(spec.prompt) + spec.max_tokens
+        if tenant.quota.tasks is not None and usage.live + tasks >= tenant.quota.tasks:
+            raise OverQuota(f"tenant {tenant.name} has {usage.live + tasks} live tasks; its quota allows {tenant.quota.tasks}")
+        for name, ledger, limit in (("quota", usage.quota, quota_limit(tenant)),
+                                    ("budget", usage.budget, budget_limit(tenant))):
+            why = ledger.refusal(limit, now_us, usage.reserved + tokens, want)
+            if why:
+                raise OverQuota(f"tenant {tenant.name} token {name}: {why}")
+        self._check_kv_quota(spec, tenant)
+        return tasks + 1, tokens + want
+
+    def _check_kv_quota(self, spec, tenant) -> None:
+        need, limit = self.kv.admit_pages(spec, self.models[self._model_of(spec)]), tenant.quota.kv_pages
+        if limit is not None and need > limit:
+            raise OverQuota(f"the task may need {need} KV pages; tenant {tenant.name}'s kv_pages quota is {limit}")
+
+    # -- what admission leaves behind ------------------------------------------------------
+
+    def _admitted(self, task, event: ev.Submit) -> None:
+        """Count the new task against its tenant; say so if it borrows against the budget."""
+        tenant, usage = self.tenants[task.tenant], self.usage[task.tenant]
+        want = task.tokens_in + task.spec.max_tokens
+        if usage.budget.overdrawn(budget_limit(tenant), self.now_us, usage.reserved, want):
+            usage.overdraws += 1
+            self._emit("overdraw", task, f"tenant {task.tenant} borrows against its budget: "
+                                         f"{usage.budget.used} used, {usage.reserved} reserved, {want} asked")
+        usage.live += 1
+        usage.reserved += want
+        if event.note:
+            self._emit("limit", task, event.note)
+        if tenant.sandbox.max_wall is not None:
+            self._add_deadline(self.now_us + tenant.sandbox.max_wall * 1_000_000, task.pid)
+
+    def _gone(self, task) -> None:
+        """An exited task releases what it had reserved and no longer counts as live."""
+        usage = self.usage[task.tenant]
+        unserved = task.spec.max_tokens - task.tokens_out + (task.tokens_in if task.started_us is None else 0)
+        usage.reserved -= unserved
+        usage.live -= 1
+
+    # -- holds (GPU-slot and KV-page quotas) ----------------------------------------------------
+
+    def _held_back(self, task) -> bool:
+        """Hold the queue's head back if its tenant is at its gpu or kv_pages quota."""
+        quota = self.tenants[task.tenant].quota
+        if quota.gpu is None and quota.kv_pages is None:
+            return False
+        why = self._hold_reason(task, quota)
+        if why is None:
+            return False
+        self.runq.remove(task)
+        held = self.usage[task.tenant].held
+        if not held:
+            self._emit("hold", task, why)
+        held.append(task)
+        return True
+
+    def _hold_reason(self, task, quota) -> str | None:
+        running = self.accounts.tenants[task.tenant].running
+        if quota.gpu is not None:
+            cap = max(1, sum(g.config.slots for g in self.gpus) * quota.gpu // 100)
+            if running >= cap:
+                return f"tenant {task.tenant} runs {running} of the {cap} batch slots its gpu quota ({quota.gpu}%) allows"
+        if quota.kv_pages is not None and running:
+            held = sum(t.kv_pages for g in self.gpus for t in g.running.values() if t.tenant == task.tenant)
+            need = self.kv.admit_pages(task.spec, self.models[task.model])
+            if held + need > quota.kv_pages:
+                return f"tenant {task.tenant} holds {held} KV pages, the task may need {need}; its quota is {quota.kv_pages}"
+        return None
+
+    def _release_held(self, tenant: str) -> None:
+        usage = self.usage.get(tenant)
+        if usage is None or not usage.held:
+            return
+        held, usage.held = usage.held, []
+        for task in held:
+            if task.runnable:
+                self.runq.push(task)
+
+    # -- metering --------------------------------------------------------------------------------
+
+    def _meter_start(self, task) -> None:
+        """A segment begins; the first one charges the prompt's tokens."""
+        task.meter = Meter(start_us=self.now_us, mark_us=self.now_us, last_us=self.now_us)
+        if task.started_us is None:
+            task.started_us = self.now_us
+            task.meter.tokens_in = task.tokens_in
+            self._charge_tokens(task, task.tokens_in)
+            self.usage[task.tenant].tokens_in += task.tokens_in
+
+    def _meter_serve(self, task, tokens: int) -> None:
+        meter = task.meter
+        meter.advance(self.now_us, task.kv_pages)
+        meter.last_us = self.now_us
+        meter.tokens_out += tokens
+        self._charge_tokens(task, tokens)
+        self.usage[task.tenant].tokens_out += tokens
+
+    def _charge_tokens(self, task, tokens: int) -> None:
+        tenant, usage = self.tenants[task.tenant], self.usage[task.tenant]
+        usage.quota.charge(quota_limit(tenant), self.now_us, tokens)
+        usage.budget.charge(budget_limit(tenant), self.now_us, tokens)
+        usage.reserved -= tokens
+
+    def _meter_end(self, task, end_us: int | None = None) -> None:
+        """Book the segment (up to `end_us`, default now) and trace its `bill` line."""
+        meter, task.meter = task.meter, None
+        end = self.now_us if end_us is None else end_us
+        meter.advance(end, task.kv_pages)
+        usage = segment_usage(meter, end)
+        self.bills.book(self.now_us, task.tenant, task.model, usage)
+        self._emit("bill", task, usage.detail(), task.gpu)
+
+    # -- tenant administration -------------------------------------------------------------------
+
+    def _check_settenant(self, event: ev.SetTenant) -> None:
+        name, adding = event.tenant.name, event.what.startswith("add ")
+        if adding and name in self.tenants:
+            raise Exists(f"tenant {name} exists: change it through /tenants/{name}/")
+        if not adding and name not in self.tenants:
+            raise NotFound(f"unknown tenant {name!r}")
+
+    def _check_removetenant(self, event: ev.RemoveTenant) -> None:
+        if event.name not in self.tenants:
+            raise NotFound(f"unknown tenant {event.name!r}")
+        if event.name == "default":
+            raise Busy("tenant default cannot be removed (callers in no tenant land there)")
+        if self.usage[event.name].live:
+            raise Busy(f"tenant {event.name} has {self.usage[event.name].live} live tasks; kill them first")
+
+    def _check_setrules(self, event: ev.SetRules) -> None:
+        for number, text in enumerate(event.rules, 1):
+            try:
+                parse_rule(text)
+            except Invalid as exc:
+                raise Invalid(f"rule {number}: {exc.reason}") from None
+
+    def _apply_settenant(self, event: ev.SetTenant) -> None:
+        tenant = event.tenant
+        self.tenants[tenant.name] = tenant
+        self.usage.setdefault(tenant.name, TenantUsage())
+        self.accounts.set_tenant(tenant.name, tenant.weight)
+        self.audit.record(self.now_us, event, "tenant", "ok", f"{tenant.name}: {event.what}")
+        self._emit("tenant", None, f"{tenant.name}: {event.what} by uid {event.uid}")
+        self._release_held(tenant.name)
+
+    def _apply_removetenant(self, event: ev.RemoveTenant) -> None:
+        del self.tenants[event.name]
+        self.audit.record(self.now_us, event, "tenant", "ok", f"remove {event.name}")
+        self._emit("tenant", None, f"remove {event.name} by uid {event.uid}")
+
+    def _apply_setrules(self, event: ev.SetRules) -> None:
+        rules = tuple(parse_rule(text) for text in event.rules)
+        self.rules = rules if event.replace else self.rules + rules
+        verb = "replace with" if event.replace else "append"
+        detail = f"{verb} {len(rules)} rule(s): " + "; ".join(r.text for r in rules)
+        self.audit.record(self.now_us, event, "policy", "ok", detail)
+        self._emit("policy_rules", None, f"{detail} by uid {event.uid}")

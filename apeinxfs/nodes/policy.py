@@ -1,0 +1,69 @@
+"""/ctl/policy: the ordered DENY / ALLOW / LIMIT rules of kernel/policy.py, read and written.
+
+Reading prints each rule's canonical text, one per line, in order; writing that text
+back restores them (writes mirror reads). Opening with O_TRUNC (`>` in a shell) replaces
+the list: the first write on that descriptor replaces, later ones append, and one that
+writes nothing before its last close empties it. `>>` appends. Blank lines and `#` comments are
+skipped. Admins only; every change is journaled and audited.
+"""
+import stat
+
+import attrs
+
+from ..kernel.events import SetRules
+from ..kernel.policy import parse_rule
+from .base import CommandHandle, Setting, SnapshotHandle
+from .ctl import by, run_lines
+
+MODE = stat.S_IFREG | 0o644
+
+
+def show(kernel) -> str:
+    return "".join(f"{rule.text}\n" for rule in kernel.rules)
+
+
+def rules_command(rt, raw_lines: list[bytes], caller, replace: bool) -> list[str]:
+    """Append the lines' rules (all or none), or replace the list with them."""
+    lines = [raw for raw in raw_lines if not raw.lstrip().startswith(b"#")]
+    replacing = [replace]
+
+    def to_event(line, c):
+        c.identity.require("admin", "changing the policy")
+        event = SetRules(rules=(parse_rule(line).text,), replace=replacing[0], **by(c))
+        replacing[0] = False
+        return event
+    if replace and not any(raw.strip() for raw in lines):
+        caller.identity.require("admin", "changing the policy")
+        rt.commit([SetRules(rules=(), replace=True, **by(caller))])
+        return []
+    return run_lines(rt, "/ctl/policy", lines, caller, to_event)
+
+
+@attrs.define(eq=False)
+class RulesFile(Setting):
+    """The policy file: a Setting whose handle knows whether it replaces or appends."""
+
+    mode: int = MODE
+    rt: object = None
+
+    def open(self, caller, writing, reading, truncating=False):
+        return RulesHandle(self, caller, replacing=truncating) if writing else SnapshotHandle(self)
+
+
+@attrs.define(eq=False)
+class RulesHandle(CommandHandle):
+    """Runs the rules written; the first write after an O_TRUNC open replaces the list."""
+
+    replacing: bool = False
+
+    def _command(self, raw_lines: list[bytes]) -> list[str]:
+        replies = rules_command(self.node.rt, raw_lines, self.caller, self.replacing)
+        self.replacing = False
+        return replies
+
+    def release(self) -> None:
+        """Opened with O_TRUNC and closed without a rule written (`: > ctl/policy`): empty the list.
+
+        Not at flush: a shell's `>` flushes once before writing, when it moves the fd."""
+        if self.replacing:
+            self._run([])

@@ -1,0 +1,132 @@
+"""Time to first token and tokens per second on a real llama-server: straight, and through apeinxfs.
+
+One llama-server (tests/engines.py: built once per machine, the suite's tiny model, 4
+slots, one thread) serves both paths, one request at a time, alternating:
+
+- straight: an httpx streaming client POSTs /v1/completions with the body the openai
+  driver sends (same prompt, max_tokens, `stream_options`) and reads the server-sent
+  events, on a new connection each time (llama-server closes one after each stream);
+- apeinxfs: a daemon whose one model is that engine (`openai` driver, engine metrics
+  scraped every second as usual); the client submits on /ctl/submit (rw fd, reads back
+  the pid) and reads /tasks/PID/stream to EOF the way `cat` does (64 KiB reads).
+
+Time to first token runs from just before the request (the submit's write(2)) to the
+first text received; tokens per second is tokens / (time of the last text - start), what
+a reader gets. 5 x BENCH_ROUNDS requests per path (after one warm-up each), alternating so
+machine load falls on both alike. Targets (issue 4): apeinxfs adds < 2 ms to the p50
+time to first token and keeps >= 95% of the tokens per second (median over requests).
+BENCH_ENGINE_TOKENS (default 1000): max_tokens of every request.
+"""
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from common import ROUNDS, apeinxfs_mount, median, verdict
+
+import tinymodel
+from engines import LlamaServer, build_llama_server
+
+PROMPT = "the kernel reads a file"
+TOKENS = int(os.environ.get("BENCH_ENGINE_TOKENS", "1000"))
+REQUESTS = 5 * ROUNDS
+TTFT_TARGET_MS = 2.0
+FRESH_CONNECTIONS = httpx.Limits(max_keepalive_connections=0)  # llama-server closes one after each stream
+RATE_TARGET = 0.95
+
+
+def daemon_config(url: str) -> str:
+    return f"""
+[gpus]
+simulated = 1
+slots = 4
+[[models]]
+name = "tiny"
+driver = "openai"
+context = 4096
+layers = 2
+kv_heads = 4
+head_dim = 16
+[models.options]
+url = "{url}"
+"""
+
+
+def straight(client: httpx.Client, url: str) -> tuple[float, float, int]:
+    """(seconds to the first text, seconds to the last, tokens) of one streaming request to the engine."""
+    body = {"model": "tiny", "prompt": PROMPT, "max_tokens": TOKENS, "stream": True,
+            "stream_options": {"include_usage": True}}
+    start, first, last, tokens = time.perf_counter(), None, None, 0
+    with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line[6:])
+            if any(choice.get("text") for choice in event.get("choices") or []):
+                last = time.perf_counter()
+                first = first or last
+            tokens = (event.get("usage") or {}).get("completion_tokens", tokens)
+    return first - start, last - start, tokens
+
+
+def through(daemon) -> tuple[float, float, int]:
+    """The same through the mount: submit, then read the task's stream to EOF like `cat`."""
+    start = time.perf_counter()
+    with open(daemon.path("ctl", "submit"), "r+b", buffering=0) as ctl:
+        ctl.write(f'name=bench model=tiny max_tokens={TOKENS} prompt="{PROMPT}"\n'.encode())
+        pid = int(ctl.read(64))
+    first = last = None
+    fd = os.open(daemon.path("tasks", str(pid), "stream"), os.O_RDONLY)
+    try:
+        while os.read(fd, 65536):
+            last = time.perf_counter()
+            first = first or last
+    finally:
+        os.close(fd)
+    tokens = int(daemon.status(pid)["TokensOut"])
+    return first - start, last - start, tokens
+
+
+def measure(client, url: str, daemon) -> dict:
+    """Alternating requests, one warm-up each; {path: [(ttft_s, end_s, tokens), ...]}."""
+    results = {"straight": [], "apeinxfs": []}
+    runs = {"straight": lambda: straight(client, url), "apeinxfs": lambda: through(daemon)}
+    for number in range(REQUESTS + 1):
+        for path in (("straight", "apeinxfs") if number % 2 else ("apeinxfs", "straight")):
+            result = runs[path]()
+            if result[2] != TOKENS:
+                raise RuntimeError(f"{path}: {result[2]} tokens, not {TOKENS}")
+            if number:
+                results[path].append(result)
+    return results
+
+
+def report(results: dict) -> None:
+    ttft = {path: statistics.median(r[0] for r in rows) * 1000 for path, rows in results.items()}
+    rate = {path: median([r[2] / r[1] for r in rows]) for path, rows in results.items()}
+    for path in results:
+        print(f"{path:>9}: p50 time to first token {ttft[path]:.2f} ms, {rate[path]:,.0f} tokens/s "
+              f"({len(results[path])} requests of {TOKENS} tokens)")
+    verdict("apeinxfs adds to the p50 time to first token", ttft["apeinxfs"] - ttft["straight"], TTFT_TARGET_MS,
+            " ms", higher_is_better=False)
+    verdict("tokens per second through apeinxfs / straight", rate["apeinxfs"] / rate["straight"], RATE_TARGET)
+
+
+def main() -> int:
+    binary = build_llama_server()
+    with tempfile.TemporaryDirectory(prefix="apeinx-bench-engine-") as tmp:
+        model = tinymodel.write(Path(tmp) / "tiny.gguf", seed=0)
+        with LlamaServer(binary, model, Path(tmp) / "llama-server.log") as server, \
+                apeinxfs_mount(daemon_config(server.url), name="engine") as daemon, \
+                httpx.Client(timeout=60, limits=FRESH_CONNECTIONS) as client:
+            results = measure(client, server.url, daemon)
+    report(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

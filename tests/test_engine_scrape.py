@@ -1,0 +1,106 @@
+"""Tier 2: the openai driver scrapes its engine's metrics into the Runtime, and the tree shows them.
+
+`MetricsServer` is a few-line HTTP server on 127.0.0.1 that answers GET with fixed bodies
+(the samples of tests/data); the driver's `observe` runs on trio's real clock. The same
+against a real llama-server through a mount is in test_engine_daemon.py.
+"""
+from pathlib import Path
+
+import trio
+
+from apeinxfs.drivers.openai import OpenAIDriver
+from apeinxfs.nodes.tree import Tree
+from test_journal_runtime import open_runtime
+from test_nodes import text
+from test_openai_driver import engine_config
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+class MetricsServer:
+    """Answers `GET PATH` with `pages[PATH]` (200) or 404; counts the requests per path."""
+
+    def __init__(self, pages: dict):
+        self.pages, self.hits, self.port = pages, {}, None
+
+    async def start(self, nursery) -> "MetricsServer":
+        listeners = await nursery.start(trio.serve_tcp, self.handle, 0)
+        self.port = listeners[0].socket.getsockname()[1]
+        return self
+
+    async def handle(self, stream) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some()
+        path = request.split(b" ")[1].decode()
+        self.hits[path] = self.hits.get(path, 0) + 1
+        body = self.pages.get(path, "").encode()
+        status = "200 OK" if path in self.pages else "404 Not Found"
+        await stream.send_all(f"HTTP/1.1 {status}\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+                              + body)
+
+
+async def observed(tmp_path, server: MetricsServer, want_scrapes: int = 2) -> dict:
+    """Run the openai driver's scraper on `server` until it has scraped `want_scrapes` times; the tree's files."""
+    with open_runtime(tmp_path, engine_config(server.port, metrics_s=0.02)) as rt:
+        driver = OpenAIDriver(rt.kernel.models)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(driver.observe, rt)
+            with trio.fail_after(10):
+                while server.hits.get("/metrics", 0) < want_scrapes:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        tree = Tree(rt)
+        return {path: text(tree, path) for path in ("/models/tiny/engine", "/memory/meminfo", "/metrics")}
+
+
+def flat(content: str) -> dict:
+    return dict(line.split(" ", 1) for line in content.splitlines())
+
+
+def meminfo(content: str) -> dict:
+    return {line.split(":")[0]: line.split()[1] for line in content.splitlines()}
+
+
+async def test_vllm_metrics_reach_the_models_engine_file_and_meminfo(tmp_path, nursery):
+    """A vLLM engine's KV usage, tokens and queues appear in /models/NAME/engine, meminfo's Engine keys and /metrics."""
+    server = await MetricsServer({"/metrics": (DATA / "vllm-metrics.txt").read_text()}).start(nursery)
+    files = await observed(tmp_path, server)
+    engine = flat(files["/models/tiny/engine"])
+    assert engine["source"] == f"http://127.0.0.1:{server.port}/metrics" and engine["engine"] == "vllm"
+    assert (engine["kv_usage_pct"], engine["kv_tokens"], engine["kv_capacity_tokens"]) == ("37.50", "240000", "640000")
+    assert (engine["requests_running"], engine["requests_waiting"], engine["error"]) == ("21", "3", "-")
+    assert 0 <= float(engine["scraped_age_s"]) < 5
+    info = meminfo(files["/memory/meminfo"])
+    assert (info["EngineKVUsage"], info["EngineKVTokens"], info["EngineKVLimit"]) == ("38", "240000", "640000")
+    assert (info["EngineRunning"], info["EngineWaiting"], info["Engines"]) == ("21", "3", "1")
+    exposition = files["/metrics"].splitlines()
+    assert 'apeinx_engine_kv_usage_ratio{model="tiny"} 0.375' in exposition
+    assert 'apeinx_engine_requests{model="tiny",state="waiting"} 3' in exposition
+
+
+async def test_llamacpp_without_kv_gauge_is_completed_from_slots(tmp_path, nursery):
+    """llama-server's /metrics has no KV gauge, so the scraper also reads /slots for it."""
+    pages = {"/metrics": (DATA / "llamacpp-metrics.txt").read_text(),
+             "/slots": (DATA / "llamacpp-slots.json").read_text()}
+    server = await MetricsServer(pages).start(nursery)
+    engine = flat((await observed(tmp_path, server))["/models/tiny/engine"])
+    assert (engine["engine"], engine["kv_tokens"], engine["kv_capacity_tokens"]) == ("llamacpp", "1682", "16384")
+    assert server.hits["/slots"] >= 1
+
+
+async def test_an_engine_without_metrics_says_why(tmp_path, nursery):
+    """A 404 on /metrics shows as the engine file's error, with no numbers, and adds nothing to meminfo."""
+    server = await MetricsServer({}).start(nursery)
+    files = await observed(tmp_path, server)
+    engine = flat(files["/models/tiny/engine"])
+    assert engine["error"].startswith("Client error '404 Not Found'") and engine["kv_tokens"] == "-"
+    assert meminfo(files["/memory/meminfo"])["Engines"] == "0"
+
+
+def test_a_sim_model_has_no_engine_metrics(tmp_path):
+    """The sim driver reads no engine: its engine file says `source none`, meminfo's Engine keys are 0."""
+    with open_runtime(tmp_path) as rt:
+        tree = Tree(rt)
+        assert text(tree, "/models/sim/engine") == "source none\n"
+        assert meminfo(text(tree, "/memory/meminfo"))["EngineKVUsage"] == "0"

@@ -1,0 +1,86 @@
+"""Tier 1: drivers/flow.py, what the openai, triton and llamacpp drivers share: batch following and the outbox.
+
+Fake hosts and tasks on trio's autojump clock; the drivers themselves are tested in
+their own files.
+"""
+import trio
+import trio.testing
+
+from apeinxfs.drivers import flow
+from apeinxfs.kernel.events import Chunk, Failed
+from apeinxfs.kernel.task import State
+
+
+class Recorder:
+    """A driver host that keeps what is delivered and hands out batches sent to `batches`."""
+
+    def __init__(self):
+        self.events = []
+        self.send_batch, self.batches = trio.open_memory_channel(0)
+
+    def deliver(self, event) -> None:
+        self.events.append(event)
+
+    async def next_batch(self, gpu: int) -> list:
+        return await self.batches.receive()
+
+    batch_changed = next_batch
+
+    def steps(self) -> list:
+        return [step.chunks for step in self.events]
+
+
+class FakeTask:
+    """The little of a kernel task that flow.py looks at."""
+
+    def __init__(self, pid: int, state: State = State.RUNNING):
+        self.pid, self.state = pid, state
+
+
+async def test_outbox_sends_a_first_token_at_once_and_the_rest_a_round_at_a_time(autojump_clock):
+    """A task's first chunk with tokens is delivered inside put(); later ones wait for a round, merged per task."""
+    host = Recorder()
+    outbox = flow.Outbox(host, gpu=0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(outbox.deliver_forever)
+        outbox.put(Chunk(1, "a", 1, prefill=4))
+        assert host.steps() == [(Chunk(1, "a", 1, prefill=4),)]
+        for text in ("b", "c", "d"):
+            outbox.put(Chunk(1, text, 1))
+        outbox.put(Chunk(2, "x", 1, prefill=3))
+        outbox.put(Chunk(1, "", 0, final=True))
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert host.steps()[1:] == [(Chunk(1, "bcd", 3), Chunk(2, "x", 1, prefill=3)), (Chunk(1, "", 0, final=True),)]
+
+
+async def test_a_task_placed_again_gets_its_next_token_at_once(autojump_clock):
+    """run_jobs forgets a task that left the batch, so its first token after it is placed again goes at once."""
+    host, delivered_at_once = Recorder(), []
+
+    def start(nursery, outbox, task):
+        outbox.put(Chunk(task.pid, "t", 1))
+        delivered_at_once.append(len(host.events))
+        return trio.CancelScope()
+    task = FakeTask(1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flow.run_jobs, host, 0, start)
+        for batch in ([task], [], [task]):
+            await host.send_batch.send(batch)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert delivered_at_once == [1, 2] and host.steps() == [(Chunk(1, "t", 1),), (Chunk(1, "t", 1),)]
+
+
+async def test_failures_are_delivered_only_while_their_task_runs(autojump_clock):
+    """A job's failure reaches the host after the round's chunks, unless its task was killed or preempted meanwhile."""
+    host = Recorder()
+    outbox = flow.Outbox(host, gpu=0)
+    running, killed = FakeTask(1), FakeTask(2, State.EXITED)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(outbox.deliver_forever)
+        outbox.fail(running, "engine gone")
+        outbox.fail(killed, "engine gone")
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert host.events == [Failed(pid=1, reason="engine gone")]

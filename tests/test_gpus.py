@@ -1,0 +1,87 @@
+"""Tiers 1-2: GPUs through NVML with no NVIDIA driver (this machine), a fake NVML, and /gpus/N/.
+
+A real GPU is checked by scripts/gpu-check on a machine that has one.
+"""
+import os
+import subprocess
+import types
+
+import pytest
+
+from apeinxfs.drivers import nvml
+from apeinxfs.nodes.tree import Tree
+from test_journal_runtime import open_runtime, submit
+from test_nodes import text
+
+
+class NotSupported(Exception):
+    """What NVML raises for a reading a GPU cannot give."""
+
+
+def fake_pynvml(power_mw=None):
+    """A stand-in pynvml with one 80 GiB GPU at 40% and 61 C; power as given (None: unsupported)."""
+    def power(_handle):
+        if power_mw is None:
+            raise NotSupported("power")
+        return power_mw
+    return types.SimpleNamespace(
+        nvmlInit=lambda: None, nvmlShutdown=lambda: None, NVML_TEMPERATURE_GPU=0,
+        nvmlDeviceGetHandleByIndex=lambda index: index,
+        nvmlDeviceGetMemoryInfo=lambda _h: types.SimpleNamespace(total=80 << 30, used=3 << 30),
+        nvmlDeviceGetUtilizationRates=lambda _h: types.SimpleNamespace(gpu=40),
+        nvmlDeviceGetTemperature=lambda _h, _sensor: 61, nvmlDeviceGetPowerUsage=power)
+
+
+def test_discover_without_an_nvidia_driver_says_why():
+    """On a machine without an NVIDIA driver, discovery finds nothing and says NVML is unavailable."""
+    found, why = nvml.discover()
+    if found:
+        pytest.skip(f"this machine has an NVIDIA GPU ({why}): scripts/gpu-check covers it")
+    assert found == [] and why.startswith("NVML unavailable")
+
+
+def test_readings_convert_units_and_mark_what_nvml_cannot_read():
+    """Memory in MiB, power in watts, and an unsupported sensor as None."""
+    assert nvml.Readings(fake_pynvml(power_mw=215_500)).read(0) == nvml.Reading(81920, 3072, 40, 61, 215.5)
+    assert nvml.Readings(fake_pynvml()).read(0).power_w is None
+
+
+def test_simulated_gpus_need_no_readings():
+    """With only simulated GPUs no NVML session is opened."""
+    from apeinxfs.kernel.config import GpuConfig
+    assert nvml.open_readings([GpuConfig(index=0)]) is None
+
+
+def test_simulated_gpu_files_come_from_the_kernels_books(tmp_path):
+    """A simulated GPU's files: memory used is its KV pages in use, utilization its busy slots, the rest '-'."""
+    with open_runtime(tmp_path) as runtime:
+        tree = Tree(runtime)
+        submit(runtime)
+        gpu = runtime.kernel.tasks[1].gpu
+        pool, config = runtime.kernel.kv.pools[gpu], runtime.kernel.gpus[gpu].config
+        used = (pool.pages_total - pool.pages_free) * runtime.kernel.config.page_mib
+        assert text(tree, f"/gpus/{gpu}/memory") == f"total_mib {config.memory_mib}\nused_mib {used}\n"
+        assert text(tree, f"/gpus/{gpu}/utilization") == f"{100 // config.slots}\n"
+        assert (text(tree, f"/gpus/{gpu}/source"), text(tree, f"/gpus/{gpu}/power")) == ("simulated\n", "-\n")
+
+
+def test_real_gpu_files_show_nvml_readings(tmp_path):
+    """A GPU marked real reads NVML at each read."""
+    with open_runtime(tmp_path) as runtime:
+        runtime.kernel.gpus[0].config = runtime.kernel.gpus[0].config.__class__(index=0, name="H100", simulated=False)
+        runtime.readings = nvml.Readings(fake_pynvml(power_mw=300_000))
+        tree = Tree(runtime)
+        assert [text(tree, f"/gpus/0/{name}") for name in ("name", "source", "temperature", "power")] == [
+            "H100\n", "nvml\n", "61\n", "300\n"]
+
+
+@pytest.mark.mount
+def test_gpu_check_mounts_prints_the_gpu_and_runs_a_task():
+    """scripts/gpu-check prints /gpus/0/* (simulated here), runs one task to done and unmounts."""
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "gpu-check")
+    result = subprocess.run(["/bin/sh", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "source:      simulated " in lines and "--- task 1: done" in lines
+    mountpoint = next(line.split()[-1] for line in lines if line.startswith("mounted at "))
+    assert not any(line.split()[1] == mountpoint for line in open("/proc/mounts"))

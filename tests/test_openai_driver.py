@@ -1,0 +1,210 @@
+"""Tiers 1-2: the openai driver's protocol (drivers/sse.py) and the driver in a Runtime.
+
+The protocol tests feed recorded event shapes of llama.cpp, vLLM and chat streams. The
+runtime tests run the real kernel and driver against `FakeEngine`, a few-line
+OpenAI-compatible streaming server on 127.0.0.1, on trio's real clock (sockets and an
+autojump clock do not mix). The real engine is in test_engine_daemon.py.
+"""
+import json
+
+import pytest
+import trio
+
+from apeinxfs.drivers import openai, sse
+from apeinxfs.kernel.errors import Invalid
+from apeinxfs.kernel.events import Chunk, Kill, Submit
+from apeinxfs.kernel.spec import TaskSpec
+from engines import free_port
+from fakehttp import read_request, send_event
+from test_journal_runtime import open_runtime
+
+
+async def lines_of(text: str):
+    for line in text.split("\n"):
+        yield line
+
+
+async def collect(text: str) -> list[dict]:
+    return [event async for event in sse.events(lines_of(text))]
+
+
+async def test_sse_joins_data_lines_skips_comments_and_stops_at_done():
+    """Multi-line data is one event, ': ping' comments are skipped, nothing after [DONE] is read."""
+    stream = ': ping\n\ndata: {"a":\ndata: 1}\n\nevent: x\ndata: {"b": 2}\n\ndata: [DONE]\n\ndata: {"c": 3}\n\n'
+    assert await collect(stream) == [{"a": 1}, {"b": 2}]
+
+
+async def test_sse_error_event_raises_protocol_error():
+    """An engine's {"error": ...} event fails the stream with the engine's words."""
+    with pytest.raises(sse.ProtocolError, match="context too long"):
+        await collect('data: {"error": {"message": "context too long"}}\n\n')
+
+
+def test_tally_counts_chunks_then_trusts_final_usage():
+    """One token per text chunk, corrected by the final usage; the prompt count comes as prefill once."""
+    tally = sse.Tally(pid=7)
+    first = tally.chunk({"choices": [{"text": "Hel", "finish_reason": None}]})
+    second = tally.chunk({"choices": [{"text": "lo", "finish_reason": None}]})
+    last = tally.chunk({"choices": [{"text": "", "finish_reason": "length"}],
+                        "usage": {"prompt_tokens": 5, "completion_tokens": 3}})
+    assert (first, second) == (Chunk(7, "Hel", 1), Chunk(7, "lo", 1))
+    assert last == Chunk(7, "", 1, prefill=5) and tally.finish_reason == "length" and tally.tokens == 3
+
+
+def test_tally_reads_chat_deltas_and_running_usage():
+    """Chat deltas give the text; a cumulative usage on every chunk (vLLM) is not double counted."""
+    tally = sse.Tally(pid=1)
+    chunks = [tally.chunk({"choices": [{"delta": {"content": word}}],
+                           "usage": {"prompt_tokens": 4, "completion_tokens": n}})
+              for n, word in enumerate(["a", " b", " c"], start=1)]
+    assert [(c.text, c.tokens, c.prefill) for c in chunks] == [("a", 1, 4), (" b", 1, 0), (" c", 1, 0)]
+    assert tally.chunk({"choices": [{"delta": {"role": "assistant"}}]}) is None
+
+
+def test_endpoint_needs_url_and_resumes_after_the_text_so_far():
+    """A model without options.url or with bad retries is refused; a resumed task asks for the rest after its output."""
+    model = type("Model", (), {"name": "m", "options": {}})
+    with pytest.raises(Invalid, match="options.url"):
+        openai.Endpoint.of(model)
+    model.options = {"url": "http://e:8000/", "retries": -1}
+    with pytest.raises(Invalid, match="retries"):
+        openai.Endpoint.of(model)
+    model.options = {"url": "http://e:8000/", "engine_model": "llama"}
+    task = type("Task", (), {"spec": TaskSpec(name="t", prompt="Once", max_tokens=10), "tokens_out": 4,
+                             "output": bytearray(b" upon a time")})
+    url, body = openai.Endpoint.of(model).request(task)
+    assert url == "http://e:8000/v1/completions"
+    assert (body["prompt"], body["max_tokens"], body["model"]) == ("Once upon a time", 6, "llama")
+
+
+class FakeEngine:
+    """A tiny OpenAI-compatible server: streams max_tokens words `delay` s apart.
+
+    `stop_after` N: it ends the text early (finish_reason stop); `cut_after` N: it hangs up;
+    `drop_first` N: it hangs up on the first N requests without answering.
+    """
+
+    def __init__(self, delay: float = 0.0, stop_after: int | None = None, cut_after: int | None = None,
+                 drop_first: int = 0):
+        self.delay, self.stop_after, self.cut_after, self.drop_first = delay, stop_after, cut_after, drop_first
+        self.bodies, self.closed_early = [], 0
+        self.port = None
+
+    async def start(self, nursery) -> "FakeEngine":
+        listeners = await nursery.start(trio.serve_tcp, self.handle, 0)
+        self.port = listeners[0].socket.getsockname()[1]
+        return self
+
+    async def handle(self, stream) -> None:
+        request = await read_request(stream)
+        if request.body is None:  # GET /metrics: this engine has none
+            await stream.send_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            return
+        body = request.body
+        self.bodies.append(body)
+        if len(self.bodies) <= self.drop_first:
+            return
+        try:
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+            produced = await self.words(stream, body["max_tokens"])
+            if self.cut_after is not None:
+                return
+            finish = "length" if produced == body["max_tokens"] else "stop"
+            await send_event(stream, {"choices": [{"text": "", "finish_reason": finish}],
+                                      "usage": {"prompt_tokens": 3, "completion_tokens": produced}})
+            await stream.send_all(b"data: [DONE]\n\n")
+        except trio.BrokenResourceError:
+            self.closed_early += 1
+
+    async def words(self, stream, count: int) -> int:
+        count = min(count, self.stop_after or count, self.cut_after or count)
+        for index in range(count):
+            await send_event(stream, {"choices": [{"text": f" w{index}", "finish_reason": None}]})
+            await trio.sleep(self.delay)
+        return count
+
+
+def engine_config(port: int, **options) -> str:
+    extra = "".join(f"{key} = {json.dumps(value)}\n" for key, value in options.items())
+    return f"""
+[gpus]
+simulated = 1
+slots = 4
+[[models]]
+name = "tiny"
+driver = "openai"
+context = 4096
+[models.options]
+url = "http://127.0.0.1:{port}"
+{extra}"""
+
+
+async def run_tasks(tmp_path, port: int, specs: list[dict], during=None, **options) -> list:
+    """Run `specs` through a Runtime with the openai driver on `port`; the tasks once all have ended."""
+    with open_runtime(tmp_path, engine_config(port, **options)) as rt:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rt.run)
+            pids = [rt.commit([Submit(spec=TaskSpec(**spec), uid=1000)])[0] for spec in specs]
+            if during is not None:
+                await during(rt, pids)
+            with trio.fail_after(20):
+                for pid in pids:
+                    while not rt.kernel.tasks[pid].done:
+                        await rt.wait_for(pid, 1.0)
+            nursery.cancel_scope.cancel()
+        return [rt.kernel.tasks[pid] for pid in pids]
+
+
+async def test_tasks_stream_from_the_engine_to_done(tmp_path, nursery):
+    """Two tasks get the engine's words and token counts, and exit done."""
+    engine = await FakeEngine().start(nursery)
+    tasks = await run_tasks(tmp_path, engine.port, [{"name": "a", "prompt": "hi", "max_tokens": 5},
+                                                    {"name": "b", "max_tokens": 3}])
+    assert [t.output.decode() for t in tasks] == [" w0 w1 w2 w3 w4", " w0 w1 w2"]
+    assert [(t.exit, t.tokens_out) for t in tasks] == [("done", 5), ("done", 3)]
+    assert sorted(b["prompt"] for b in engine.bodies) == ["b", "hi"]
+
+
+async def test_engine_stopping_early_ends_the_task_done(tmp_path, nursery):
+    """An engine that stops (end of text) before max_tokens leaves the task done with its tokens."""
+    engine = await FakeEngine(stop_after=2).start(nursery)
+    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 10}])
+    assert (task.exit, task.tokens_out) == ("done", 2)
+
+
+async def test_engine_hanging_up_before_answering_is_retried(tmp_path, nursery):
+    """A request the engine hangs up on unanswered (a kept-alive connection it had closed) is sent again."""
+    engine = await FakeEngine(drop_first=1).start(nursery)
+    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 3}], backoff_s=60)  # no backoff
+    assert (task.exit, task.tokens_out, len(engine.bodies)) == ("done", 3, 2)
+
+
+async def test_engine_hanging_up_mid_stream_fails_the_task(tmp_path, nursery):
+    """A stream that ends without a finish_reason fails its task, saying how far it got."""
+    engine = await FakeEngine(cut_after=2).start(nursery)
+    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 10}])
+    assert task.exit == f"failed: engine at http://127.0.0.1:{engine.port}: stream ended after 2 tokens without a finish_reason"
+    assert task.tokens_out == 2
+
+
+async def test_kill_closes_the_engine_stream(tmp_path, nursery):
+    """Killing a task mid-stream closes its HTTP stream: the engine sees the client go."""
+    engine = await FakeEngine(delay=0.02).start(nursery)
+
+    async def kill_after_some_tokens(rt, pids):
+        while rt.kernel.tasks[pids[0]].tokens_out < 3:
+            await rt.wait_for(pids[0], 1.0)
+        rt.commit([Kill(pid=pids[0], uid=1000)])
+        with trio.fail_after(5):
+            while not engine.closed_early:
+                await trio.sleep(0.01)
+
+    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 1000}], kill_after_some_tokens)
+    assert task.exit == "killed" and engine.closed_early == 1
+
+
+async def test_unreachable_engine_fails_the_task_after_retries(tmp_path):
+    """With nothing listening, the task fails with the engine's URL and 'unreachable' after its retries."""
+    port = free_port()
+    [task] = await run_tasks(tmp_path, port, [{"name": "a", "max_tokens": 5}], retries=2, backoff_s=0.01)
+    assert task.exit.startswith(f"failed: engine at http://127.0.0.1:{port} unreachable: ")

@@ -1,0 +1,155 @@
+"""Tier 2: the tenant files, /ctl/tenants, /ctl/policy and the per-caller checks, without FUSE.
+
+Callers are built with the role and tenant fs.py would give them; the same through a real
+mount as other Unix users is test_tenants_mount.py.
+"""
+import csv
+import errno
+import io
+import os
+
+import pytest
+
+from apeinxfs.nodes.base import Caller
+from test_journal_runtime import open_runtime
+from test_nodes import refusal, resolve, text
+from apeinxfs.nodes.tree import Tree
+
+ADMIN = Caller(uid=0, pid=10)
+ALICE = Caller(uid=1001, gid=1001, pid=11, role="user", tenant="a")
+BOB = Caller(uid=1002, gid=1002, pid=12, role="user", tenant="b")
+VIEWER = Caller(uid=1005, gid=1005, pid=13, role="viewer", tenant="a")
+
+
+@pytest.fixture
+def tree(tmp_path):
+    with open_runtime(tmp_path) as runtime:
+        tree = Tree(runtime)
+        write(tree, "/ctl/tenants", b"add a weight=100 uids=1001 viewer_uids=1005\nadd b weight=300 uids=1002\n")
+        yield tree
+
+
+def write(tree, path: str, data: bytes, caller=ADMIN, truncating=False):
+    """Open `path` for writing as `caller`, write `data`, close; the handle."""
+    handle = resolve(tree, path).open(caller, writing=True, reading=False, truncating=truncating)
+    handle.write(data)
+    handle.flush()
+    handle.release()
+    return handle
+
+
+def submit(tree, caller, line=b"job 50 5\n") -> int:
+    handle = resolve(tree, "/ctl/submit").open(caller, writing=True, reading=True)
+    handle.write(line)
+    return int(handle.reply)
+
+
+def audit(tree) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(tree.rt.kernel.audit.buffer.decode())))
+
+
+# -- tenants ----------------------------------------------------------------------------------------
+
+def test_added_tenants_get_directories_whose_settings_read_back(tree):
+    """`add` creates /tenants/NAME; its files show the settings in KEY VALUE form."""
+    assert [name for name, _ in resolve(tree, "/tenants").entries()] == ["default", "a", "b"]
+    assert text(tree, "/tenants/b/weight") == "300\n"
+    assert text(tree, "/tenants/a/members").splitlines() == ["uids 1001", "gids -", "viewer_uids 1005",
+                                                            "viewer_gids -"]
+
+
+def test_lines_of_one_write_to_a_settings_file_all_apply(tree):
+    """Two KEY VALUE lines in one write both take effect (each builds on the one before)."""
+    write(tree, "/tenants/a/quota", b"tokens 5000\nwindow 2m\n")
+    assert text(tree, "/tenants/a/quota").splitlines()[:2] == ["tokens 5000", "window 120s"]
+
+
+def test_what_a_settings_file_shows_can_be_written_back(tree):
+    """Writing a file's own text back changes nothing (writes mirror reads)."""
+    write(tree, "/tenants/a/budget", b"tokens 900\noverdraw 5\n")
+    before = tree.rt.kernel.tenants["a"]
+    write(tree, "/tenants/a/budget", text(tree, "/tenants/a/budget").encode())
+    assert tree.rt.kernel.tenants["a"] == before
+
+
+def test_only_admins_change_tenants(tree):
+    """A user's write to a tenant file or /ctl/tenants is EACCES, and audited as a denial."""
+    assert refusal(lambda: write(tree, "/tenants/a/quota", b"tasks 1\n", caller=ALICE)).errno == errno.EACCES
+    assert refusal(lambda: write(tree, "/ctl/tenants", b"add c\n", caller=ALICE)).errno == errno.EACCES
+    assert [(row["uid"], row["result"]) for row in audit(tree)][-2:] == [("1001", "denied"), ("1001", "denied")]
+
+
+def test_removing_a_tenant_with_live_tasks_is_busy(tree):
+    """`remove` of a tenant with a live task fails EBUSY; once it exits, the tenant goes."""
+    pid = submit(tree, ALICE)
+    assert refusal(lambda: write(tree, "/ctl/tenants", b"remove a\n")).errno == errno.EBUSY
+    write(tree, "/ctl/kill", f"{pid}\n".encode())
+    write(tree, "/ctl/tenants", b"remove a\n")
+    assert "a" not in [name for name, _ in resolve(tree, "/tenants").entries()]
+
+
+# -- namespaces and roles -----------------------------------------------------------------------------
+
+def test_a_user_submits_into_its_own_tenant_only(tree):
+    """A user's task lands in its tenant; naming another tenant is ENOENT, as if it did not exist."""
+    pid = submit(tree, ALICE)
+    assert tree.rt.kernel.tasks[pid].tenant == "a"
+    assert refusal(lambda: submit(tree, ALICE, b"name=x tenant=b\n")).errno == errno.ENOENT
+
+
+def test_another_tenants_task_is_hidden_and_cannot_be_killed(tree):
+    """Bob cannot see Alice's task directory (ENOENT) nor kill it by pid (ENOENT)."""
+    pid = submit(tree, ALICE)
+    task_dir = resolve(tree, f"/tasks/{pid}")
+    assert refusal(lambda: BOB.may(task_dir, 0)).errno == errno.ENOENT
+    assert refusal(lambda: write(tree, "/ctl/kill", f"{pid}\n".encode(), caller=BOB)).errno == errno.ENOENT
+    assert not tree.rt.kernel.tasks[pid].done
+    ALICE.may(task_dir, os.R_OK)
+
+
+def test_a_viewer_reads_but_cannot_submit(tree):
+    """A viewer may read its tenant's files but any write is EACCES."""
+    submit(tree, ALICE)
+    VIEWER.may(resolve(tree, "/tasks/1/prompt"), os.R_OK)
+    assert refusal(lambda: VIEWER.may(resolve(tree, "/ctl/submit"), os.W_OK)).errno == errno.EACCES
+    assert refusal(lambda: submit(tree, VIEWER)).errno == errno.EACCES
+
+
+def test_the_whole_trace_and_the_bill_are_for_admins(tree):
+    """trace/events, trace/audit and billing refuse a user's read with EACCES."""
+    for path in ("/trace/events", "/trace/audit", "/billing"):
+        assert refusal(lambda: ALICE.may(resolve(tree, path), os.R_OK)).errno == errno.EACCES
+        ADMIN.may(resolve(tree, path), os.R_OK)
+
+
+# -- the policy file ----------------------------------------------------------------------------------
+
+def test_policy_file_appends_replaces_and_reads_back(tree):
+    """`>>` appends, `>` replaces, a read shows the canonical rules."""
+    write(tree, "/ctl/policy", b"DENY model=big\n# a comment\n\n")
+    write(tree, "/ctl/policy", b"allow tenant=a\n")
+    assert text(tree, "/ctl/policy") == "deny model=big\nallow tenant=a\n"
+    write(tree, "/ctl/policy", b"limit tokens>100 max_tokens=100\n", truncating=True)
+    assert text(tree, "/ctl/policy") == "limit tokens>100 max_tokens=100\n"
+
+
+def test_truncating_without_writing_empties_the_policy(tree):
+    """`: > ctl/policy` (an O_TRUNC open closed with nothing written) leaves no rules."""
+    write(tree, "/ctl/policy", b"deny model=big\n")
+    write(tree, "/ctl/policy", b"", truncating=True)
+    assert text(tree, "/ctl/policy") == ""
+
+
+def test_a_bad_rule_refuses_the_whole_write(tree):
+    """A write with one malformed rule is EINVAL naming the line, and no rule of it is added."""
+    error = refusal(lambda: write(tree, "/ctl/policy", b"deny model=big\ndeny tokens>=lots\n"))
+    assert error.errno == errno.EINVAL and error.reason.startswith("line 2:")
+    assert text(tree, "/ctl/policy") == ""
+
+
+def test_a_deny_rule_refuses_a_submit_naming_the_rule(tree):
+    """A user's submit matched by a deny rule fails EACCES with the rule's number and text."""
+    write(tree, "/ctl/policy", b"deny tenant=a model=sim\n")
+    error = refusal(lambda: submit(tree, ALICE))
+    assert error.errno == errno.EACCES and error.reason == "denied by policy rule 1: deny tenant=a model=sim"
+    assert audit(tree)[-1]["detail"] == error.reason

@@ -1,0 +1,109 @@
+"""Real Unix users for tests that act as someone else against a live mount.
+
+`UnixUsers` creates users (useradd: no home, nologin shell, a user group) with the uids it
+is given, and `close` deletes them (userdel) whatever happened. `run_as` runs a command as
+one of them through setpriv with no supplementary groups; `probe` runs PROBE (a few lines
+of the system Python, which every user may run) to open, write, read or list a path and
+report the errno name and any reply as JSON. Needs root. Not a fixture: tests/ wires it.
+"""
+import json
+import os
+import pwd
+import subprocess
+import tempfile
+
+import attrs
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # the venv's interpreter lives under /root, out of other users' reach
+
+PROBE = r"""
+import errno, json, os, sys
+op, path, text = sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else ""
+result = {"errno": None, "data": ""}
+def failed(exc):
+    result["errno"] = result["errno"] or errno.errorcode[exc.errno]
+try:
+    if op in ("send", "write"):
+        fd = os.open(path, os.O_RDWR if op == "send" else os.O_WRONLY)
+        try:
+            os.write(fd, text.encode())
+        except OSError as exc:
+            failed(exc)
+        if op == "send":
+            result["data"] = os.read(fd, 1 << 16).decode()
+        os.close(fd)
+    elif op == "read":
+        with open(path) as file:
+            result["data"] = file.read()
+    elif op == "list":
+        result["data"] = sorted(os.listdir(path))
+    elif op == "stat":
+        info = os.stat(path)
+        result["data"] = [oct(info.st_mode & 0o7777), info.st_uid, info.st_gid]
+except OSError as exc:
+    failed(exc)
+print(json.dumps(result))
+"""
+
+
+@attrs.frozen
+class User:
+    name: str
+    uid: int
+    gid: int
+
+
+def run_as(user: User, argv: list[str], timeout: float = 20.0) -> subprocess.CompletedProcess:
+    """Run `argv` as `user` (real and effective uid and gid, no supplementary groups)."""
+    prefix = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"]
+    return subprocess.run(prefix + argv, capture_output=True, text=True, timeout=timeout, cwd="/")
+
+
+def probe(user: User, op: str, path: str, text: str = "") -> dict:
+    """As `user`: op is send (O_RDWR write, then read the reply), write (O_WRONLY), read, list or
+    stat; returns {"errno": NAME or None, "data": reply, text, names or [mode, uid, gid]}."""
+    done = run_as(user, [SYSTEM_PYTHON, "-c", PROBE, op, path, text])
+    if done.returncode != 0:
+        raise AssertionError(f"probe {op} {path} as {user.name} failed: {done.stderr}")
+    return json.loads(done.stdout)
+
+
+class UnixUsers:
+    """Users created for one test module, deleted on close."""
+
+    def __init__(self):
+        self.created: list[User] = []
+
+    def add(self, name: str, uid: int) -> User:
+        """Create `name` with `uid`; refuse a uid that belongs to someone else."""
+        try:
+            holder = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            holder = None
+        if holder not in (None, name):
+            raise RuntimeError(f"uid {uid} already belongs to {holder}")
+        if holder == name:  # left by a run that died before its teardown
+            subprocess.run(["userdel", name], check=True, capture_output=True)
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group",
+                        "--uid", str(uid), name], check=True, capture_output=True)
+        user = User(name, uid, pwd.getpwnam(name).pw_gid)
+        self.created.append(user)
+        return user
+
+    def close(self) -> None:
+        """Delete every user created (and its user group), even if some deletions fail."""
+        failures = []
+        for user in reversed(self.created):
+            done = subprocess.run(["userdel", user.name], capture_output=True, text=True)
+            if done.returncode != 0:
+                failures.append(f"{user.name}: {done.stderr.strip()}")
+        self.created.clear()
+        if failures:
+            raise RuntimeError("userdel failed: " + "; ".join(failures))
+
+
+def shared_dir(prefix: str) -> str:
+    """A fresh directory under /tmp that every user may traverse (pytest's tmp_path is 0700)."""
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    os.chmod(path, 0o755)
+    return path
