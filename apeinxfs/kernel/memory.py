@@ -115,6 +115,13 @@ class KVManager:
         self.per_page = {m.name: config.page_bytes // m.token_bytes for m in config.models}  # tokens per page
         self._last_demand: tuple = (None, 0, None)  # (task, its tokens_out, _demand's answer)
 
+    def add_model(self, model) -> None:
+        """A model added at runtime (/ctl/models): its shape, and its tokens per page."""
+        self.models[model.name], self.per_page[model.name] = model, self.page_bytes // model.token_bytes
+
+    def remove_model(self, name: str) -> None:
+        del self.models[name], self.per_page[name]
+
     def _pages(self, model, tokens: int, blocks: int) -> int:
         """Pages for `tokens` tokens of which the first `blocks` blocks are shared ones."""
         return blocks + pages_for(tokens - blocks * self.per_page[model.name], model.token_bytes, self.page_bytes)

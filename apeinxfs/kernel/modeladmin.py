@@ -35,11 +35,13 @@ class ModelAdmin:
 
     def _apply_setmodel(self, event: ev.SetModel) -> None:
         model = event.model
-        self.models[model.name] = self.kv.models[model.name] = model
+        self.models[model.name] = model
+        self.kv.add_model(model)
         self._model_changed(event, event.what)
 
     def _apply_removemodel(self, event: ev.RemoveModel) -> None:
-        del self.models[event.name], self.kv.models[event.name]
+        del self.models[event.name]
+        self.kv.remove_model(event.name)
         self._model_changed(event, f"remove {event.name}")
 
     def _model_changed(self, event, what: str) -> None:
