@@ -13,6 +13,7 @@ import pytest
 from apeinxfs.nodes.base import Caller
 from test_journal_runtime import open_runtime
 from test_nodes import refusal, resolve, text
+from apeinxfs.nodes.tasks import FILES, inode_of
 from apeinxfs.nodes.tree import Tree
 
 ADMIN = Caller(uid=0, pid=10)
@@ -105,6 +106,16 @@ def test_another_tenants_task_is_hidden_and_cannot_be_killed(tree):
     assert refusal(lambda: write(tree, "/ctl/kill", f"{pid}\n".encode(), caller=BOB)).errno == errno.ENOENT
     assert not tree.rt.kernel.tasks[pid].done
     ALICE.may(task_dir, os.R_OK)
+
+
+def test_a_task_file_node_kept_by_the_tree_follows_its_tenants_gid(tree):
+    """A task file's node, kept once built, shows the tenant's new first gid after a members change."""
+    pid = submit(tree, ALICE)
+    inode = inode_of(pid, FILES.index("output") + 1)
+    node = tree.node(inode)
+    assert (node.tenant, tree.node(inode) is node) == ("a", True)
+    write(tree, "/tenants/a/members", b"gids 4242\n")
+    assert (tree.node(inode).owner, tree.node(inode).tenant) == ((1001, 4242), "a")
 
 
 def test_a_viewer_reads_but_cannot_submit(tree):

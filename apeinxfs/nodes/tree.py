@@ -126,7 +126,7 @@ class Tree:
         if task is None:
             raise NotFound(f"no task {pid}")
         built, node = self._task_nodes.get(inode, (None, None))
-        if built is not task:  # built for this very task, or built now
+        if built is not task or node.owner != owner_of(self.rt, task):  # a new task, or its tenant's gids changed
             if len(self._task_nodes) >= RENDERED_MAX:
                 self._task_nodes.clear()
             node = self._build_task_node(inode, task, pid, slot)
