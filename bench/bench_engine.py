@@ -29,7 +29,7 @@ import httpx
 from common import ROUNDS, apeinxfs_mount, median, verdict
 
 import tinymodel
-from engines import LlamaServer, build_llama_server
+from engines import LlamaServer, build_llama_server, openai_daemon_config
 
 PROMPT = "the kernel reads a file"
 TOKENS = int(os.environ.get("BENCH_ENGINE_TOKENS", "1000"))
@@ -37,23 +37,6 @@ REQUESTS = 5 * ROUNDS
 TTFT_TARGET_MS = 2.0
 FRESH_CONNECTIONS = httpx.Limits(max_keepalive_connections=0)  # llama-server closes one after each stream
 RATE_TARGET = 0.95
-
-
-def daemon_config(url: str) -> str:
-    return f"""
-[gpus]
-simulated = 1
-slots = 4
-[[models]]
-name = "tiny"
-driver = "openai"
-context = 4096
-layers = 2
-kv_heads = 4
-head_dim = 16
-[models.options]
-url = "{url}"
-"""
 
 
 def straight(client: httpx.Client, url: str) -> tuple[float, float, int]:
@@ -121,7 +104,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="apeinx-bench-engine-") as tmp:
         model = tinymodel.write(Path(tmp) / "tiny.gguf", seed=0)
         with LlamaServer(binary, model, Path(tmp) / "llama-server.log") as server, \
-                apeinxfs_mount(daemon_config(server.url), name="engine") as daemon, \
+                apeinxfs_mount(openai_daemon_config(server.url), name="engine") as daemon, \
                 httpx.Client(timeout=60, limits=FRESH_CONNECTIONS) as client:
             results = measure(client, server.url, daemon)
     report(results)

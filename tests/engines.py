@@ -22,6 +22,25 @@ REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "scripts" / "build-llama-server"
 
 
+def openai_daemon_config(url: str, **options) -> str:
+    """A daemon TOML: one simulated GPU of 4 slots running the tiny model on the engine at `url`."""
+    extra = "".join(f"{key} = {value}\n" for key, value in options.items())
+    return f"""
+[gpus]
+simulated = 1
+slots = 4
+[[models]]
+name = "tiny"
+driver = "openai"
+context = 4096
+layers = 2
+kv_heads = 4
+head_dim = 16
+[models.options]
+url = "{url}"
+""" + extra
+
+
 def build_llama_server() -> Path:
     """The llama-server binary, built now if this machine has none yet; skips if it cannot be."""
     done = subprocess.run([BUILD], capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable})

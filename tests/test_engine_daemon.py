@@ -11,29 +11,14 @@ import os
 import pytest
 
 from daemon import Daemon, poll_until
-from engines import LlamaServer, llama_server, llama_server_binary, tiny_model  # noqa: F401 (fixtures)
+from engines import (LlamaServer, llama_server, llama_server_binary, openai_daemon_config,  # noqa: F401 (fixtures)
+                     tiny_model)
 
 pytestmark = [pytest.mark.mount, pytest.mark.engine, pytest.mark.slow]
 
 
-
 def config_for(url: str) -> str:
-    return f"""
-[gpus]
-simulated = 1
-slots = 4
-[[models]]
-name = "tiny"
-driver = "openai"
-context = 4096
-layers = 2
-kv_heads = 4
-head_dim = 16
-[models.options]
-url = "{url}"
-retries = 2
-backoff_s = 0.1
-"""
+    return openai_daemon_config(url, retries=2, backoff_s=0.1)
 
 
 @pytest.fixture
