@@ -17,6 +17,7 @@ from apeinxfs.kernel.errors import Invalid
 from apeinxfs.kernel.events import Chunk, Control, Kill, Submit
 from apeinxfs.kernel.spec import TaskCommand, TaskSpec
 from test_journal_runtime import open_runtime
+import runtasks
 
 EOS = 0
 
@@ -157,18 +158,7 @@ def fake(monkeypatch):
 
 async def run_tasks(tmp_path, specs: list[dict], during=None) -> list:
     """Run `specs` through a Runtime with the llamacpp driver; the tasks once all have ended."""
-    with open_runtime(tmp_path, CONFIG) as rt:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(rt.run)
-            pids = [rt.commit([Submit(spec=TaskSpec(**spec), uid=1000)])[0] for spec in specs]
-            if during is not None:
-                await during(rt, pids)
-            with trio.fail_after(20):
-                for pid in pids:
-                    while not rt.kernel.tasks[pid].done:
-                        await rt.wait_for(pid, 1.0)
-            nursery.cancel_scope.cancel()
-        return [rt.kernel.tasks[pid] for pid in pids]
+    return await runtasks.run_tasks(tmp_path, CONFIG, specs, during)
 
 
 async def test_concurrent_tasks_all_complete_one_generation_at_a_time(tmp_path, fake):

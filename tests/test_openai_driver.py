@@ -12,11 +12,11 @@ import trio
 
 from apeinxfs.drivers import openai, sse
 from apeinxfs.kernel.errors import Invalid
-from apeinxfs.kernel.events import Chunk, Kill, Submit
+from apeinxfs.kernel.events import Chunk, Kill
 from apeinxfs.kernel.spec import TaskSpec
 from engines import free_port
 from fakehttp import read_request, send_event
-from test_journal_runtime import open_runtime
+import runtasks
 
 
 async def lines_of(text: str):
@@ -141,18 +141,7 @@ url = "http://127.0.0.1:{port}"
 
 async def run_tasks(tmp_path, port: int, specs: list[dict], during=None, **options) -> list:
     """Run `specs` through a Runtime with the openai driver on `port`; the tasks once all have ended."""
-    with open_runtime(tmp_path, engine_config(port, **options)) as rt:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(rt.run)
-            pids = [rt.commit([Submit(spec=TaskSpec(**spec), uid=1000)])[0] for spec in specs]
-            if during is not None:
-                await during(rt, pids)
-            with trio.fail_after(20):
-                for pid in pids:
-                    while not rt.kernel.tasks[pid].done:
-                        await rt.wait_for(pid, 1.0)
-            nursery.cancel_scope.cancel()
-        return [rt.kernel.tasks[pid] for pid in pids]
+    return await runtasks.run_tasks(tmp_path, engine_config(port, **options), specs, during)
 
 
 async def test_tasks_stream_from_the_engine_to_done(tmp_path, nursery):

@@ -14,10 +14,10 @@ import trio
 
 from apeinxfs.drivers import triton
 from apeinxfs.kernel.errors import Invalid
-from apeinxfs.kernel.events import Chunk, Kill, Submit
+from apeinxfs.kernel.events import Chunk, Kill
 from apeinxfs.kernel.spec import TaskSpec
 from fakehttp import read_request, send_event
-from test_journal_runtime import open_runtime
+import runtasks
 
 
 def response(text: str, input_tokens: int = 6, output_tokens: int = 1) -> dict:
@@ -135,18 +135,8 @@ retries = 0
 
 async def run_tasks(tmp_path, url: str, specs: list[dict], during=None, **options) -> list:
     """Run `specs` through a Runtime with the triton driver at `url`; the tasks once all have ended."""
-    with open_runtime(tmp_path, config(url, **options)) as rt:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(rt.run)
-            pids = [rt.commit([Submit(spec=TaskSpec(model="ensemble", **spec), uid=1000)])[0] for spec in specs]
-            if during is not None:
-                await during(rt, pids)
-            with trio.fail_after(20):
-                for pid in pids:
-                    while not rt.kernel.tasks[pid].done:
-                        await rt.wait_for(pid, 1.0)
-            nursery.cancel_scope.cancel()
-        return [rt.kernel.tasks[pid] for pid in pids]
+    return await runtasks.run_tasks(tmp_path, config(url, **options), [{"model": "ensemble", **s} for s in specs],
+                                    during)
 
 
 ASK = {"name": "ml", "prompt": "What is machine learning?", "max_tokens": 4}
