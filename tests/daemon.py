@@ -6,6 +6,7 @@ live (polling every 50 ms, failing early if the child died), and on stop unmount
 command that mounts and returns (`mount -t fuse`, `apeinxfs` without -f) and adopts the
 daemon it leaves behind, found by its argv in /proc. Nothing is killed by name.
 """
+import json
 import os
 import shutil
 import signal
@@ -33,6 +34,16 @@ prefill_tokens_per_s = 100000
 
 
 FAST_CONFIG = sim_config(2)
+TINY_SHAPE = {"layers": 2, "kv_heads": 4, "head_dim": 16}  # the KV shape of tests/tinymodel.py's model
+
+
+def engine_config(driver: str, name: str = "tiny", context: int = 4096, shape: dict | None = None,
+                  **options) -> str:
+    """A TOML config: one simulated GPU of 4 slots and one model on `driver`, with its `options`."""
+    lines = [f"{key} = {json.dumps(value)}" for key, value in {"context": context, **(shape or {})}.items()]
+    lines += ["[models.options]"] + [f"{key} = {json.dumps(value)}" for key, value in options.items()]
+    head = f'[gpus]\nsimulated = 1\nslots = 4\n[[models]]\nname = "{name}"\ndriver = "{driver}"\n'
+    return head + "\n".join(lines) + "\n"
 
 
 def is_mounted(path: str) -> bool:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 import tinymodel
+from daemon import TINY_SHAPE, engine_config
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "scripts" / "build-llama-server"
@@ -24,21 +25,7 @@ BUILD = REPO / "scripts" / "build-llama-server"
 
 def openai_daemon_config(url: str, **options) -> str:
     """A daemon TOML: one simulated GPU of 4 slots running the tiny model on the engine at `url`."""
-    extra = "".join(f"{key} = {value}\n" for key, value in options.items())
-    return f"""
-[gpus]
-simulated = 1
-slots = 4
-[[models]]
-name = "tiny"
-driver = "openai"
-context = 4096
-layers = 2
-kv_heads = 4
-head_dim = 16
-[models.options]
-url = "{url}"
-""" + extra
+    return engine_config("openai", shape=TINY_SHAPE, url=url, **options)
 
 
 def build_llama_server() -> Path:

@@ -18,6 +18,7 @@ from apeinxfs.kernel.events import Chunk, Control, Kill, Submit
 from apeinxfs.kernel.spec import TaskCommand, TaskSpec
 from test_journal_runtime import open_runtime
 import runtasks
+from daemon import engine_config
 
 EOS = 0
 
@@ -135,17 +136,7 @@ def test_job_resumes_after_the_text_so_far():
     assert llamacpp.Job.of(task) == llamacpp.Job(3, b"Once upon", 6)
 
 
-CONFIG = """
-[gpus]
-simulated = 1
-slots = 4
-[[models]]
-name = "tiny"
-driver = "llamacpp"
-context = 4096
-[models.options]
-model_path = "/nowhere/tiny.gguf"
-"""
+CONFIG = engine_config("llamacpp", model_path="/nowhere/tiny.gguf")
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from apeinxfs.drivers import llamacpp
-from daemon import Daemon, poll_until
+from daemon import TINY_SHAPE, Daemon, engine_config, poll_until
 from engines import llama_server_binary, tiny_model  # noqa: F401 (fixtures)
 from test_engine_daemon import read_all, wait_line
 
@@ -23,22 +23,8 @@ CONTEXT = 16384  # past the model's trained 4096, so a long generation lasts lon
 
 
 def config_for(model_path) -> str:
-    return f"""
-[gpus]
-simulated = 1
-slots = 4
-[[models]]
-name = "tiny"
-driver = "llamacpp"
-context = {CONTEXT}
-layers = 2
-kv_heads = 4
-head_dim = 16
-[models.options]
-model_path = "{model_path}"
-n_threads = 1
-seed = {SEED}
-"""
+    return engine_config("llamacpp", context=CONTEXT, shape=TINY_SHAPE, model_path=str(model_path), n_threads=1,
+                         seed=SEED)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ runtime tests run the real kernel and driver against `FakeEngine`, a few-line
 OpenAI-compatible streaming server on 127.0.0.1, on trio's real clock (sockets and an
 autojump clock do not mix). The real engine is in test_engine_daemon.py.
 """
-import json
 
 import pytest
 import trio
@@ -16,6 +15,7 @@ from apeinxfs.kernel.events import Chunk, Kill
 from apeinxfs.kernel.spec import TaskSpec
 from engines import free_port
 from fakehttp import read_request, send_event
+import daemon
 import runtasks
 
 
@@ -125,18 +125,7 @@ class FakeEngine:
 
 
 def engine_config(port: int, **options) -> str:
-    extra = "".join(f"{key} = {json.dumps(value)}\n" for key, value in options.items())
-    return f"""
-[gpus]
-simulated = 1
-slots = 4
-[[models]]
-name = "tiny"
-driver = "openai"
-context = 4096
-[models.options]
-url = "http://127.0.0.1:{port}"
-{extra}"""
+    return daemon.engine_config("openai", url=f"http://127.0.0.1:{port}", **options)
 
 
 async def run_tasks(tmp_path, port: int, specs: list[dict], during=None, **options) -> list:

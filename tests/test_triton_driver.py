@@ -18,6 +18,7 @@ from apeinxfs.kernel.events import Chunk, Kill
 from apeinxfs.kernel.spec import TaskSpec
 from fakehttp import read_request, send_event
 import runtasks
+from daemon import engine_config
 
 
 def response(text: str, input_tokens: int = 6, output_tokens: int = 1) -> dict:
@@ -118,19 +119,7 @@ def test_tally_takes_the_engines_counts_or_one_token_per_response():
 
 
 def config(url: str, **options) -> str:
-    extra = "".join(f"{key} = {json.dumps(value)}\n" for key, value in options.items())
-    return f"""
-[gpus]
-simulated = 1
-slots = 4
-[[models]]
-name = "ensemble"
-driver = "triton"
-context = 4096
-[models.options]
-url = "{url}"
-retries = 0
-{extra}"""
+    return engine_config("triton", name="ensemble", url=url, **{"retries": 0, **options})
 
 
 async def run_tasks(tmp_path, url: str, specs: list[dict], during=None, **options) -> list:
