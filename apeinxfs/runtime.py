@@ -18,9 +18,11 @@ from .enginehost import DriverGroups
 from .journal import Journal
 from .kernel import Kernel
 from .kernel.errors import ApeinxError, TooMany
-from .kernel.events import Rejected, Restart, Tick
+from .kernel.config import MIB
+from .kernel.events import GpuMemory, Rejected, Restart, Tick
 
 log = logging.getLogger(__name__)
+GPU_SAMPLE_S = 2.0  # how often real GPUs' free memory is read for placement
 
 
 class WallClock:
@@ -145,6 +147,8 @@ class Runtime:
             groups.sync()  # builds the drivers now: a bad configuration fails here, before the mount
             nursery.start_soon(groups.follow)
             nursery.start_soon(self._deadline_timer)
+            if self.readings is not None:
+                nursery.start_soon(self._sample_gpu_memory)
             task_status.started()
 
     async def _deadline_timer(self) -> None:
@@ -155,3 +159,24 @@ class Runtime:
                 self.commit([Tick()])
                 continue
             await self.notifier.wait("deadline", delay)
+
+    async def _sample_gpu_memory(self) -> None:
+        """Read the real GPUs' free memory every GPU_SAMPLE_S; journal a change the kernel should see."""
+        real = [g.config.index for g in self.kernel.gpus if not g.config.simulated]
+        while True:
+            try:
+                changed = [e for e in map(self._free_memory, real) if e is not None]
+            except Exception as exc:  # the NVIDIA driver went away: placement keeps the last reading
+                log.warning("NVML reading failed, GPU memory no longer followed: %s", exc)
+                return
+            if changed:
+                self.commit(changed)
+            await trio.sleep(GPU_SAMPLE_S)
+
+    def _free_memory(self, gpu: int) -> GpuMemory | None:
+        """A GpuMemory event if `gpu`'s free memory moved by 1/64 of its pool (at least a page)."""
+        reading = self.readings.read(gpu)
+        free_mib = reading.memory_total_mib - reading.memory_used_mib
+        pages, last = free_mib * MIB // self.kernel.kv.page_bytes, self.kernel.kv.real_free[gpu]
+        step = max(1, self.kernel.kv.pools[gpu].pages_total // 64)
+        return GpuMemory(gpu=gpu, free_mib=free_mib) if last is None or abs(pages - last) >= step else None

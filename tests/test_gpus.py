@@ -2,13 +2,21 @@
 
 A real GPU is checked by scripts/gpu-check on a machine that has one.
 """
+import errno
 import os
 import subprocess
 import types
 
 import pytest
+import trio
 
 from apeinxfs.drivers import nvml
+from apeinxfs.kernel import Kernel
+from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig
+from apeinxfs.kernel.errors import ApeinxError
+from apeinxfs.kernel.events import GpuMemory, Submit
+from apeinxfs.kernel.spec import TaskSpec
+from apeinxfs.kernel.task import State
 from apeinxfs.nodes.tree import Tree
 from test_journal_runtime import open_runtime, submit
 from test_nodes import text
@@ -18,8 +26,9 @@ class NotSupported(Exception):
     """What NVML raises for a reading a GPU cannot give."""
 
 
-def fake_pynvml(power_mw=None):
-    """A stand-in pynvml with one 80 GiB GPU at 40% and 61 C; power as given (None: unsupported)."""
+def fake_pynvml(power_mw=None, used=lambda: 3 << 30):
+    """A stand-in pynvml with one 80 GiB GPU at 40% and 61 C; power as given (None: unsupported),
+    bytes used as `used()` says at each reading."""
     def power(_handle):
         if power_mw is None:
             raise NotSupported("power")
@@ -27,7 +36,7 @@ def fake_pynvml(power_mw=None):
     return types.SimpleNamespace(
         nvmlInit=lambda: None, nvmlShutdown=lambda: None, NVML_TEMPERATURE_GPU=0,
         nvmlDeviceGetHandleByIndex=lambda index: index,
-        nvmlDeviceGetMemoryInfo=lambda _h: types.SimpleNamespace(total=80 << 30, used=3 << 30),
+        nvmlDeviceGetMemoryInfo=lambda _h: types.SimpleNamespace(total=80 << 30, used=used()),
         nvmlDeviceGetUtilizationRates=lambda _h: types.SimpleNamespace(gpu=40),
         nvmlDeviceGetTemperature=lambda _h, _sensor: 61, nvmlDeviceGetPowerUsage=power)
 
@@ -65,14 +74,64 @@ def test_simulated_gpu_files_come_from_the_kernels_books(tmp_path):
         assert (text(tree, f"/gpus/{gpu}/source"), text(tree, f"/gpus/{gpu}/power")) == ("simulated\n", "-\n")
 
 
+def mark_real(runtime) -> None:
+    """Make the runtime's GPU 0 a real one, as NVML discovery would."""
+    runtime.kernel.gpus[0].config = GpuConfig(index=0, name="H100", simulated=False)
+
+
 def test_real_gpu_files_show_nvml_readings(tmp_path):
     """A GPU marked real reads NVML at each read."""
     with open_runtime(tmp_path) as runtime:
-        runtime.kernel.gpus[0].config = runtime.kernel.gpus[0].config.__class__(index=0, name="H100", simulated=False)
+        mark_real(runtime)
         runtime.readings = nvml.Readings(fake_pynvml(power_mw=300_000))
         tree = Tree(runtime)
         assert [text(tree, f"/gpus/0/{name}") for name in ("name", "source", "temperature", "power")] == [
             "H100\n", "nvml\n", "61\n", "300\n"]
+
+
+def real_gpu_kernel() -> Kernel:
+    """A kernel on one real 64 MiB-KV GPU with 1 MiB pages (8 tokens of the default model each)."""
+    return Kernel(KernelConfig(models=[ModelConfig(name="sim")], page_mib=1,
+                               gpus=[GpuConfig(index=0, kv_mib=64, slots=4, simulated=False)]))
+
+
+def test_real_free_memory_caps_placement_and_counts_as_kv_pressure():
+    """A task waits, stalled for KV, while NVML reads less than a page free, and runs once 16 MiB are."""
+    kernel = real_gpu_kernel()
+    kernel.apply(GpuMemory(gpu=0, free_mib=0), 0)
+    pid = kernel.apply(Submit(spec=TaskSpec(name="t", max_tokens=16)), 1)
+    assert kernel.tasks[pid].state == State.QUEUED and kernel.kv_some.stalled
+    kernel.apply(GpuMemory(gpu=0, free_mib=16), 2)
+    assert kernel.tasks[pid].state == State.RUNNING and not kernel.kv_some.stalled
+    assert b"gpu-memory" in kernel.trace.buffer and b"16 MiB free: new tasks may take 16 pages" in kernel.trace.buffer
+
+
+def test_gpu_memory_of_a_simulated_gpu_is_refused():
+    """Only a real GPU's memory can be read: a GpuMemory event for a simulated one is EINVAL."""
+    kernel = Kernel(KernelConfig(models=[ModelConfig(name="sim")], gpus=[GpuConfig(index=0)]))
+    with pytest.raises(ApeinxError) as caught:
+        kernel.check(GpuMemory(gpu=0, free_mib=100))
+    assert caught.value.errno == errno.EINVAL
+
+
+async def test_runtime_journals_real_free_memory_when_it_moves(tmp_path, autojump_clock):
+    """The daemon reads NVML every 2 s, journals free memory only when it moves by a step, and gpu0/pool shows it."""
+    used = [3 << 30]
+    with open_runtime(tmp_path) as runtime:
+        mark_real(runtime)
+        runtime.readings = nvml.Readings(fake_pynvml(used=lambda: used[0]))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runtime.run)
+            await trio.sleep(1)
+            used[0] += 1 << 20  # jitter of 1 MiB: not journaled
+            await trio.sleep(4)
+            used[0] += 40 << 30
+            await trio.sleep(4)
+            nursery.cancel_scope.cancel()
+        events = [e for _, _, e in runtime.journal.replay() if isinstance(e, GpuMemory)]
+        pool = dict(line.split() for line in text(Tree(runtime), "/memory/gpu0/pool").splitlines())
+    assert [e.free_mib for e in events] == [77 << 10, (37 << 10) - 1]
+    assert pool["pages_real_free"] == str(((37 << 10) - 1) // runtime.kernel.config.page_mib)
 
 
 @pytest.mark.mount

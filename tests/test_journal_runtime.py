@@ -17,8 +17,8 @@ from apeinxfs import config as config_mod
 from apeinxfs.drivers.sim import WORDS, word
 from apeinxfs.journal import Journal
 from apeinxfs.kernel.errors import ApeinxError, NotFound
-from apeinxfs.kernel.events import (Chunk, Control, Failed, Kill, Rejected, Restart, Step, Submit,
-                                    Tick)
+from apeinxfs.kernel.events import (Chunk, Control, Failed, GpuMemory, Kill, Rejected, Restart, Step,
+                                    Submit, Tick)
 from apeinxfs.kernel.spec import TaskCommand, TaskSpec
 from apeinxfs.kernel.trace import HEADER
 from apeinxfs.runtime import Runtime
@@ -74,6 +74,7 @@ ALL_KINDS = [
     Rejected(path="/ctl/submit", reason="bad", uid=9),
     Tick(),
     Restart(),
+    GpuMemory(gpu=0, free_mib=40960),
 ]
 
 

@@ -132,6 +132,14 @@ class SetRules(ByCaller):
 
 
 @attrs.frozen
+class GpuMemory:
+    """NVML read a real GPU's free memory: new tasks are placed there only into what is really free."""
+
+    gpu: int
+    free_mib: int
+
+
+@attrs.frozen
 class Tick:
     """Time passed: deadlines up to now are checked."""
 
@@ -142,7 +150,7 @@ class Restart:
 
 
 KINDS = {cls.__name__.lower(): cls for cls in (Submit, Kill, Control, Step, Failed, Rejected, SetPolicy, Tick, Restart,
-                                                SetTenant, RemoveTenant, SetRules, SetModel, RemoveModel)}
+                                                SetTenant, RemoveTenant, SetRules, SetModel, RemoveModel, GpuMemory)}
 
 
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), default=str)  # json.dumps(..., separators=) builds one per call

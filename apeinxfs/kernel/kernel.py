@@ -14,7 +14,7 @@ import attrs
 from . import events as ev
 from .audit import AuditLog
 from .billing import BillBook
-from .config import KernelConfig
+from .config import MIB, KernelConfig
 from .errors import ApeinxError, Busy, Invalid, NoSpace, NotFound
 from .kvmem import KVPool, estimate_prompt_tokens
 from .memory import KVManager
@@ -125,6 +125,10 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
     def _check_setpolicy(self, event: ev.SetPolicy) -> None:
         if event.policy not in POLICIES:
             raise Invalid(f"unknown policy {event.policy!r}: one of {', '.join(POLICIES)}")
+
+    def _check_gpumemory(self, event: ev.GpuMemory) -> None:
+        if not 0 <= event.gpu < len(self.gpus) or self.gpus[event.gpu].config.simulated or event.free_mib < 0:
+            raise Invalid(f"no real GPU {event.gpu} to read {event.free_mib} MiB free on")
 
     def _check_kill(self, event: ev.Kill) -> None:
         self._live_task(event.pid)
@@ -268,6 +272,10 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
 
     def _apply_tick(self, event: ev.Tick) -> None:
         """Nothing but time: apply() expires deadlines and schedules."""
+
+    def _apply_gpumemory(self, event: ev.GpuMemory) -> None:
+        pages = self.kv.set_real_free(event.gpu, event.free_mib * MIB)
+        self._emit("gpu-memory", None, f"{event.free_mib} MiB free: new tasks may take {pages} pages here", event.gpu)
 
     def _apply_restart(self, event: ev.Restart) -> None:
         self._emit("restart", None, f"daemon restarted with {len(self.tasks)} tasks")

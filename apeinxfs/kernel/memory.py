@@ -110,6 +110,7 @@ class KVManager:
         self.models = {m.name: m for m in config.models}
         self.pools = [KVPool(config.page_bytes, g.kv_mib * MIB // config.page_bytes) for g in config.gpus]
         self.caches = [PrefixCache() for _ in config.gpus]
+        self.real_free: list[int | None] = [None] * len(config.gpus)  # pages NVML says are free, real GPUs
         self.leases: dict[int, Lease] = {}
         self.on_evict = on_evict
         self.per_page = {m.name: config.page_bytes // m.token_bytes for m in config.models}  # tokens per page
@@ -118,6 +119,11 @@ class KVManager:
     def add_model(self, model) -> None:
         """A model added at runtime (/ctl/models): its shape, and its tokens per page."""
         self.models[model.name], self.per_page[model.name] = model, self.page_bytes // model.token_bytes
+
+    def set_real_free(self, gpu: int, free_bytes: int) -> int:
+        """What NVML read as free on a real `gpu` now caps placements there; the pages that allows."""
+        self.real_free[gpu] = free_bytes // self.page_bytes
+        return self.real_free[gpu]
 
     def remove_model(self, name: str) -> None:
         del self.models[name], self.per_page[name]
@@ -168,13 +174,16 @@ class KVManager:
         return max(scored)[1] if scored else None
 
     def _fit(self, gpu: int, demand: tuple[tuple, int], worst: int) -> tuple | None:
-        """place()'s score on `gpu` for a task of `demand` that may grow to `worst` pages."""
+        """place()'s score on `gpu` for a task of `demand` that may grow to `worst` pages. On a real
+        GPU the room is also capped by the memory NVML last read as free (set_real_free)."""
         pool, cache, (chain, private) = self.pools[gpu], self.caches[gpu], demand
         if pool.pages_total < worst:
             return None
         hits, cached, idle = cache.lookup(chain)
         need = len(chain) - cached + private
         room = pool.pages_free + len(cache.idle) - idle
+        if self.real_free[gpu] is not None:
+            room = min(room, self.real_free[gpu])
         return (hits, room - need, -gpu) if need <= room else None
 
     def attach(self, task, gpu: int) -> int:

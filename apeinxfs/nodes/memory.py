@@ -51,10 +51,12 @@ def _flat(pairs) -> str:
 
 
 def pool(kernel, gpu: int) -> str:
-    """One GPU's pool: pages in all, used (private to tasks + cached blocks), free; its tasks."""
+    """One GPU's pool: pages in all, used (private to tasks + cached blocks), free, the pages that
+    the GPU's real free memory (NVML) has room for (`-` on a simulated GPU); its tasks."""
     kv, books = kernel.kv, kernel.kv.pools[gpu]
+    real_free = "-" if kv.real_free[gpu] is None else kv.real_free[gpu]
     return _flat([("page_bytes", books.page_bytes), ("pages_total", books.pages_total),
-                  ("pages_used", books.pages_used), ("pages_free", books.pages_free),
+                  ("pages_used", books.pages_used), ("pages_free", books.pages_free), ("pages_real_free", real_free),
                   ("pages_private", kv.private_pages(gpu)), ("pages_cached", len(kv.caches[gpu])),
                   ("tasks", len(kernel.gpus[gpu].running))])
 
