@@ -157,6 +157,16 @@ def test_seq_continues_across_restarts(tmp_path):
     assert trace_types(runtime.kernel.trace.buffer).count("restart") == 2
 
 
+def test_recover_restores_a_tenant_the_config_no_longer_has(tmp_path):
+    """A restart whose config dropped a tenant with journaled tasks keeps the tasks and restores the tenant."""
+    with open_runtime(tmp_path, ONE_GPU + '[[tenants]]\nname = "default"\n[[tenants]]\nname = "b"\n') as rt:
+        pid = submit(rt, tenant="b")
+    with open_runtime(tmp_path) as rt:
+        rt.recover()
+        assert rt.kernel.tasks[pid].tenant == "b" and rt.kernel.tenants["b"].weight == 100
+        assert b"b: restored with default settings" in rt.kernel.trace.buffer
+
+
 def test_recover_of_an_empty_journal(rt):
     """An empty journal replays no rows and writes no restart."""
     assert rt.recover() == 0

@@ -21,6 +21,7 @@ from .errors import Busy, Denied, Exists, Invalid, NotFound, OverQuota
 from .kvmem import estimate_prompt_tokens
 from .ledger import Limit, TokenLedger
 from .policy import Request, evaluate, parse_rule
+from .tenant_config import TenantConfig
 
 MINUTE_US = 60_000_000
 
@@ -112,6 +113,8 @@ class Tenancy:
 
     def _admitted(self, task, event: ev.Submit) -> None:
         """Count the new task against its tenant; say so if it borrows against the budget."""
+        if task.tenant not in self.tenants:
+            self._restore_tenant(task.tenant)
         tenant, usage = self.tenants[task.tenant], self.usage[task.tenant]
         want = task.tokens_in + task.spec.max_tokens
         if usage.budget.overdrawn(budget_limit(tenant), self.now_us, usage.reserved, want):
@@ -124,6 +127,14 @@ class Tenancy:
             self._emit("limit", task, event.note)
         if tenant.sandbox.max_wall is not None:
             self._add_deadline(self.now_us + tenant.sandbox.max_wall * 1_000_000, task.pid)
+
+    def _restore_tenant(self, name: str) -> None:
+        """A journaled task's tenant that the config no longer has (a restart after the config
+        changed): it comes back with default settings, so no task is lost, and the trace says so."""
+        self.tenants[name] = TenantConfig(name=name)
+        self.usage.setdefault(name, TenantUsage())
+        self.accounts.set_tenant(name, self.tenants[name].weight)
+        self._emit("tenant", None, f"{name}: restored with default settings: the journal has its tasks, the config not")
 
     def _gone(self, task) -> None:
         """An exited task releases what it had reserved and no longer counts as live."""
