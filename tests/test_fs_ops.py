@@ -178,7 +178,6 @@ async def test_submit_write_and_reply(ops):
     fh = await open_path(ops, "/ctl/submit", os.O_RDWR)
     assert await ops.write(fh, 0, b"job1 10 5\n") == 10
     assert await ops.read(fh, 10, 100) == b"1\n"
-    await ops.flush(fh)
     await ops.release(fh)
     assert ops.rt.kernel.tasks[1].uid == 1000
 
@@ -202,14 +201,25 @@ async def test_task_ctl_errnos(ops):
     assert await fuse_errno(lambda: ops.write(fh, 0, b"kill\n")) == errno.EBUSY
 
 
-async def test_flush_runs_an_unterminated_line(ops):
-    """A last line without newline runs at flush, and its refusal reaches close(2)."""
+async def test_flush_is_enosys(ops):
+    """FLUSH is ENOSYS (the kernel then stops sending it), and runs nothing pending."""
     fh = await open_path(ops, "/ctl/submit", os.O_WRONLY)
     await ops.write(fh, 0, b"late 5 5")
-    await ops.flush(fh)
-    assert ops.rt.kernel.tasks[1].spec.name == "late"
-    await ops.write(fh, 0, b"bad line")
-    assert await fuse_errno(lambda: ops.flush(fh)) == errno.EINVAL
+    assert await fuse_errno(lambda: ops.flush(fh)) == errno.ENOSYS
+    assert ops.rt.kernel.tasks == {}
+
+
+async def test_release_runs_an_unterminated_line(ops):
+    """A last line without newline runs at release; a refused one fails the release (heard by no one) and is traced."""
+    late = await open_path(ops, "/ctl/submit", os.O_WRONLY)
+    await ops.write(late, 0, b"late 5 5")
+    await ops.release(late)
+    bad = await open_path(ops, "/ctl/submit", os.O_WRONLY)
+    await ops.write(bad, 0, b"bad line")
+    assert await fuse_errno(lambda: ops.release(bad)) == errno.EINVAL
+    assert [task.spec.name for task in ops.rt.kernel.tasks.values()] == ["late"]
+    assert ops.rt.kernel.counters.rejected == 1
+    assert ops.handles == {}
 
 
 @pytest.mark.parametrize("path,flags", [("/ctl/kill", os.O_RDWR), ("/README", os.O_WRONLY)])
