@@ -13,6 +13,7 @@ import pyfuse3
 import pytest
 import trio
 
+from apeinxfs import fs
 from apeinxfs.fs import Operations
 from apeinxfs.nodes.readme import TEXT as README
 from apeinxfs.nodes.tree import Tree
@@ -155,6 +156,33 @@ async def test_opendir_of_a_file_is_enotdir(ops):
     """opendir on a regular file is ENOTDIR."""
     inode = await inode_of(ops, "/README")
     assert await fuse_errno(lambda: ops.opendir(inode, ctx())) == errno.ENOTDIR
+
+
+# -- callers ----------------------------------------------------------------------------------------
+
+
+async def add_tenant(ops, line: bytes) -> None:
+    """Write one `add ...` line to /ctl/tenants as root."""
+    fh = await open_path(ops, "/ctl/tenants", os.O_WRONLY, caller=types.SimpleNamespace(uid=0, gid=0, pid=1))
+    await ops.write(fh, 0, line + b"\n")
+    await ops.release(fh)
+
+
+async def test_caller_follows_a_tenant_change(ops):
+    """A kept caller is not reused once the kernel changes: a uid just added to a tenant is in it at once."""
+    assert (ops.caller(ctx()).role, ops.caller(ctx()).tenant) == ("user", "default")
+    await add_tenant(ops, b"add a weight=100 viewer_uids=1000")
+    assert (ops.caller(ctx()).role, ops.caller(ctx()).tenant) == ("viewer", "a")
+
+
+async def test_caller_rereads_groups_where_gids_count(ops, monkeypatch):
+    """Where a gid grants a role, every request reads the caller's supplementary groups again."""
+    groups = {4242}
+    monkeypatch.setattr(fs, "supplementary_groups", lambda pid: set(groups))
+    await add_tenant(ops, b"add g weight=100 gids=4242")
+    assert ops.caller(ctx()).tenant == "g"
+    groups.clear()
+    assert ops.caller(ctx()).tenant == "default"
 
 
 # -- files ------------------------------------------------------------------------------------------

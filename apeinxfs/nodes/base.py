@@ -34,9 +34,10 @@ class Caller:
     pid: int = 0
     role: str = "admin"
     tenant: str | None = "default"
+    identity: Identity = attrs.field(init=False, eq=False, repr=False)
 
-    @property
-    def identity(self) -> Identity:
+    @identity.default
+    def _identity(self) -> Identity:
         return Identity(self.uid, self.role, self.tenant)
 
     def may(self, node: "Node", want: int) -> None:
