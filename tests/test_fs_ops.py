@@ -13,6 +13,7 @@ import pyfuse3
 import pytest
 import trio
 
+from apeinxfs import fs
 from apeinxfs.fs import Operations
 from apeinxfs.nodes.readme import TEXT as README
 from apeinxfs.nodes.tree import Tree
@@ -157,6 +158,33 @@ async def test_opendir_of_a_file_is_enotdir(ops):
     assert await fuse_errno(lambda: ops.opendir(inode, ctx())) == errno.ENOTDIR
 
 
+# -- callers ----------------------------------------------------------------------------------------
+
+
+async def add_tenant(ops, line: bytes) -> None:
+    """Write one `add ...` line to /ctl/tenants as root."""
+    fh = await open_path(ops, "/ctl/tenants", os.O_WRONLY, caller=types.SimpleNamespace(uid=0, gid=0, pid=1))
+    await ops.write(fh, 0, line + b"\n")
+    await ops.release(fh)
+
+
+async def test_caller_follows_a_tenant_change(ops):
+    """A kept caller is not reused once the kernel changes: a uid just added to a tenant is in it at once."""
+    assert (ops.caller(ctx()).role, ops.caller(ctx()).tenant) == ("user", "default")
+    await add_tenant(ops, b"add a weight=100 viewer_uids=1000")
+    assert (ops.caller(ctx()).role, ops.caller(ctx()).tenant) == ("viewer", "a")
+
+
+async def test_caller_rereads_groups_where_gids_count(ops, monkeypatch):
+    """Where a gid grants a role, every request reads the caller's supplementary groups again."""
+    groups = {4242}
+    monkeypatch.setattr(fs, "supplementary_groups", lambda pid: set(groups))
+    await add_tenant(ops, b"add g weight=100 gids=4242")
+    assert ops.caller(ctx()).tenant == "g"
+    groups.clear()
+    assert ops.caller(ctx()).tenant == "default"
+
+
 # -- files ------------------------------------------------------------------------------------------
 
 
@@ -178,7 +206,6 @@ async def test_submit_write_and_reply(ops):
     fh = await open_path(ops, "/ctl/submit", os.O_RDWR)
     assert await ops.write(fh, 0, b"job1 10 5\n") == 10
     assert await ops.read(fh, 10, 100) == b"1\n"
-    await ops.flush(fh)
     await ops.release(fh)
     assert ops.rt.kernel.tasks[1].uid == 1000
 
@@ -202,14 +229,25 @@ async def test_task_ctl_errnos(ops):
     assert await fuse_errno(lambda: ops.write(fh, 0, b"kill\n")) == errno.EBUSY
 
 
-async def test_flush_runs_an_unterminated_line(ops):
-    """A last line without newline runs at flush, and its refusal reaches close(2)."""
+async def test_flush_is_enosys(ops):
+    """FLUSH is ENOSYS (the kernel then stops sending it), and runs nothing pending."""
     fh = await open_path(ops, "/ctl/submit", os.O_WRONLY)
     await ops.write(fh, 0, b"late 5 5")
-    await ops.flush(fh)
-    assert ops.rt.kernel.tasks[1].spec.name == "late"
-    await ops.write(fh, 0, b"bad line")
-    assert await fuse_errno(lambda: ops.flush(fh)) == errno.EINVAL
+    assert await fuse_errno(lambda: ops.flush(fh)) == errno.ENOSYS
+    assert ops.rt.kernel.tasks == {}
+
+
+async def test_release_runs_an_unterminated_line(ops):
+    """A last line without newline runs at release; a refused one fails the release (heard by no one) and is traced."""
+    late = await open_path(ops, "/ctl/submit", os.O_WRONLY)
+    await ops.write(late, 0, b"late 5 5")
+    await ops.release(late)
+    bad = await open_path(ops, "/ctl/submit", os.O_WRONLY)
+    await ops.write(bad, 0, b"bad line")
+    assert await fuse_errno(lambda: ops.release(bad)) == errno.EINVAL
+    assert [task.spec.name for task in ops.rt.kernel.tasks.values()] == ["late"]
+    assert ops.rt.kernel.counters.rejected == 1
+    assert ops.handles == {}
 
 
 @pytest.mark.parametrize("path,flags", [("/ctl/kill", os.O_RDWR), ("/README", os.O_WRONLY)])

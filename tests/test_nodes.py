@@ -249,12 +249,12 @@ async def test_unknown_model_is_enoent(tree):
     assert refusal(lambda: open_ctl(tree).write(b"name=j model=gpt9\n")).errno == errno.ENOENT
 
 
-def test_unterminated_line_runs_at_flush(tree):
-    """A last line without newline waits for flush (close) and then runs."""
+def test_unterminated_line_runs_at_release(tree):
+    """A last line without newline waits for the last close (release) and then runs."""
     handle = open_ctl(tree)
     handle.write(b"late 5 5")
     assert tree.rt.kernel.tasks == {}
-    handle.flush()
+    handle.release()
     assert tree.rt.kernel.tasks[1].spec.name == "late"
 
 

@@ -34,7 +34,6 @@ def write(tree, path: str, data: bytes, caller=ADMIN, truncating=False):
     """Open `path` for writing as `caller`, write `data`, close; the handle."""
     handle = resolve(tree, path).open(caller, writing=True, reading=False, truncating=truncating)
     handle.write(data)
-    handle.flush()
     handle.release()
     return handle
 

@@ -7,7 +7,8 @@
 - viewer: a uid or gid in a tenant's viewer_uids/viewer_gids; reads that tenant only.
 - anyone else: [access] unmapped (user, viewer or none) in the tenant "default".
 A non-admin sees only its own tenant, like a PID namespace: others' tasks are ENOENT.
-Pure functions of the kernel's tenants and the access config; fs.py asks once per open.
+Pure functions of the kernel's tenants and the access config; fs.py asks once per request
+(and keeps the answer while the kernel is unchanged, unless supplementary groups count).
 """
 import attrs
 
@@ -41,7 +42,7 @@ class Identity:
 
 def identify(tenants, access, uid: int, gid: int, groups) -> Identity:
     """The caller's identity; `groups()` (supplementary gids) is asked only if a gid could matter."""
-    gids = {gid} | (set(groups()) if _uses_gids(tenants, access) else set())
+    gids = {gid} | (set(groups()) if uses_gids(tenants, access) else set())
     if uid in (0, access.owner_uid) or uid in access.admin_uids or gids & set(access.admin_gids):
         return Identity(uid, "admin", _member_tenant(tenants, uid, gids, "uids", "gids") or _default(tenants))
     for kind, uid_key, gid_key in (("user", "uids", "gids"), ("viewer", "viewer_uids", "viewer_gids")):
@@ -59,7 +60,8 @@ def _member_tenant(tenants, uid, gids, uid_key, gid_key) -> str | None:
     return None
 
 
-def _uses_gids(tenants, access) -> bool:
+def uses_gids(tenants, access) -> bool:
+    """Whether any gid grants a role: if not, identities depend on uid and gid alone."""
     return bool(access.admin_gids) or any(t.members.gids or t.members.viewer_gids for t in tenants.values())
 
 

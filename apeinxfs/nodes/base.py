@@ -34,9 +34,10 @@ class Caller:
     pid: int = 0
     role: str = "admin"
     tenant: str | None = "default"
+    identity: Identity = attrs.field(init=False, eq=False, repr=False)
 
-    @property
-    def identity(self) -> Identity:
+    @identity.default
+    def _identity(self) -> Identity:
         return Identity(self.uid, self.role, self.tenant)
 
     def may(self, node: "Node", want: int) -> None:
@@ -247,9 +248,6 @@ class Handle:
     def write(self, data: bytes) -> int:
         raise Denied("not open for writing")
 
-    def flush(self) -> None:
-        """Nothing pending by default."""
-
     def release(self) -> None:
         """The last close; nothing to do by default (errors here reach no one)."""
 
@@ -311,8 +309,9 @@ class CommandHandle(Handle):
         del self.pending[:cut]
         return len(data)
 
-    def flush(self) -> None:
-        """An unterminated last line runs at close; its error goes to close(2)."""
+    def release(self) -> None:
+        """An unterminated last line runs at the last close. FUSE sends no flush (fs.py), so its
+        refusal reaches no caller: like any refusal it is journaled, traced and audited."""
         if self.pending:
             lines, self.pending = [bytes(self.pending)], bytearray()
             self._run(lines)

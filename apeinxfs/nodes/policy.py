@@ -62,8 +62,10 @@ class RulesHandle(CommandHandle):
         return replies
 
     def release(self) -> None:
-        """Opened with O_TRUNC and closed without a rule written (`: > ctl/policy`): empty the list.
-
-        Not at flush: a shell's `>` flushes once before writing, when it moves the fd."""
-        if self.replacing:
-            self._run([])
+        """Run an unterminated last line; then, if opened with O_TRUNC and no rule was written
+        (`: > ctl/policy`, or the line was refused), empty the list."""
+        try:
+            super().release()
+        finally:
+            if self.replacing:
+                self._run([])

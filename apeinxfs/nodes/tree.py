@@ -115,12 +115,16 @@ class Tree:
 
     def node(self, inode: int):
         """The node of `inode`, or NotFound (a task that no longer exists)."""
+        if (node := self.static.get(inode)) is not None:
+            return node
+        if inode >= PID_BASE:
+            return self._task_node(inode)
         if (named := self._named(inode)) is not None:
             return named.by_inode(inode)
-        if inode < PID_BASE:
-            if inode in self.static:
-                return self.static[inode]
-            raise NotFound(f"no inode {inode}")
+        raise NotFound(f"no inode {inode}")
+
+    def _task_node(self, inode: int):
+        """A task's directory or file, built once per task (and again if its owner changes)."""
         pid, slot = divmod(inode - PID_BASE, SLOTS)
         task = self.rt.kernel.tasks.get(pid)
         if task is None:
