@@ -77,8 +77,12 @@ class StepLoop:
         return self.clock.us
 
     def _next_instant(self) -> int | None:
-        due = (self.steps[0][0] if self.steps else None, self.feeder.next_arrival_us(), self.kernel.next_deadline_us())
-        return min((at for at in due if at is not None), default=None)
+        """The earliest of the next step's end, the next arrival and the next deadline."""
+        at = self.steps[0][0] if self.steps else None
+        for other in (self.feeder.next_arrival_us(), self.kernel.next_deadline_us()):
+            if other is not None and (at is None or other < at):
+                at = other
+        return at
 
     def _instant(self, at: int) -> None:
         self.clock.us = at
