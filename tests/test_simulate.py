@@ -1,8 +1,8 @@
 """Tier 1: `apeinxfs sim` (simulate.py, sim/): workload files, runs on the virtual clock, reports.
 
-No FUSE: the simulator runs the kernel, Runtime and sim driver in-process under trio's
-MockClock. `simulate_report` and `shares` are meant for the fairness tests of the
-policies too (they compare the shares of service between tenants).
+No FUSE: the simulator runs the kernel, Runtime and sim driver in-process on the virtual
+clock of its event loop (sim/loop.py). `simulate_report` and `shares` are meant for the
+fairness tests of the policies too (they compare the shares of service between tenants).
 """
 import contextlib
 import csv
@@ -12,11 +12,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import trio
 
 from apeinxfs import config as config_mod
 from apeinxfs import simulate
-from apeinxfs.drivers.sim import SimDriver
 from apeinxfs.journal import Journal
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.errors import Invalid
@@ -188,26 +186,20 @@ def test_runs_are_repeatable(tmp_path):
     assert first == second and first["completed"] == 100
 
 
-def test_timers_due_at_one_instant_fire_in_the_order_they_were_set():
-    """In a run, trio's deadline ties go by the order deadlines were set, not by id() (an address)."""
-    fired = []
+def ttfts(trace_path: Path) -> dict[str, int]:
+    with open(trace_path) as file:
+        return {r["pid"]: int(r["detail"].split("=")[1]) for r in csv.DictReader(file) if r["type"] == "first_token"}
 
-    class Scope:  # what trio's deadline heap asks of a cancel scope
-        _registered_deadline = 1.0
 
-        def __init__(self, name):
-            self.name = name
-
-        def _cancel(self, reason):
-            fired.append(self.name)
-
-    first, second = sorted((Scope("a"), Scope("b")), key=id, reverse=True)  # set in descending id order
-    with engine._ordered_deadlines():
-        deadlines = trio._core._run.Deadlines()
-        for scope in (first, second):
-            deadlines.add(1.0, scope)
-        deadlines.expire(1.0)
-    assert fired == [first.name, second.name]
+def test_a_request_arriving_as_a_step_ends_is_in_the_next_step(tmp_path):
+    """At one instant the arrival is submitted before the step is delivered, so the GPU's next step serves it."""
+    path, trace = write(tmp_path, HEADER + "0,a,x,1,3,,,,\n0.020125,a,y,1,2,,,,\n"), tmp_path / "trace.csv"
+    for gpus, ttft_y in ((1, 20625), (2, 20125)):  # a step: 20 ms, + 0.5 ms a second sequence, + 125 µs a prefill
+        simulate_report(path, "--gpus", gpus, "--trace", trace)
+        with open(trace) as file:
+            rows = [(r["time_us"], r["type"], r["pid"]) for r in csv.DictReader(file)]
+        assert rows[2:5] == [("20125", "submit", "2"), ("20125", "dispatch", "2"), ("20125", "first_token", "1")]
+        assert ttfts(trace)["2"] == ttft_y, gpus
 
 
 def test_until_counts_only_what_was_served_by_then(tmp_path):
@@ -288,10 +280,10 @@ def test_command_line_errors_name_the_line(tmp_path, capsys):
 
 
 def test_a_run_where_nothing_moves_stops_with_an_error(tmp_path, capsys, monkeypatch):
-    """If the engine never delivers a step, the run stops an hour of virtual time after the last arrival."""
-    monkeypatch.setattr(SimDriver, "serve", lambda self, gpu, host: trio.sleep_forever())
+    """If no GPU ever has a batch to step, the run stops after the last arrival instead of hanging."""
+    monkeypatch.setattr(Kernel, "batch", lambda self, gpu: [])
     assert simulate.main([str(write(tmp_path, SMALL))]) == 1
-    assert "simulation stalled at 3601.5 s: 4 tasks made no progress" in capsys.readouterr().err
+    assert "simulation stalled at 1.5 s: 4 tasks are left" in capsys.readouterr().err
 
 
 def test_table_shows_tenants_and_speed(tmp_path, capsys):

@@ -82,15 +82,15 @@ class SimDriver:
 
     def plan(self, batch: list) -> tuple[float, list[Chunk]]:
         """The duration of the next step and what it yields for each task."""
-        chunks, prefill, slowest = [], 0, None
+        engines, chunks, prefill, slowest = self.engines, [], 0, None
         for task in batch:
-            engine = self.engines[task.model]
+            engine = engines[task.model]
             if slowest is None or engine.decode_step_ms > slowest.decode_step_ms:
                 slowest = engine
             fill = 0 if task.prefilled else task.context_tokens - task.cached_tokens
             prefill += fill
-            text = word(engine.seed, task.spec.prompt or task.spec.name, task.tokens_out)
-            chunks.append(Chunk(pid=task.pid, text=text, tokens=1, prefill=fill))
+            spec = task.spec
+            chunks.append(Chunk(task.pid, word(engine.seed, spec.prompt or spec.name, task.tokens_out), 1, fill))
         return slowest.step_seconds(len(batch), prefill), chunks
 
     async def serve(self, gpu: int, host) -> None:
