@@ -35,10 +35,6 @@ class Gpu:
     pool: KVPool
     running: dict = attrs.Factory(dict)
 
-    @property
-    def free_slots(self) -> int:
-        return self.config.slots - len(self.running)
-
 
 @attrs.define
 class Counters:
@@ -69,6 +65,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         self.tenants = {t.name: t for t in config.tenants}
         self.kv = KVManager(config, self._evicted)
         self.gpus = [Gpu(g, pool) for g, pool in zip(config.gpus, self.kv.pools)]
+        self._open_gpus = {g.index for g in config.gpus}  # those with a free batch slot
         self.tasks: dict[int, Task] = {}
         self.accounts = Accounts({t.name: t.weight for t in config.tenants})
         self.runq = self._make_queue(config.sched.policy)
@@ -303,6 +300,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
                 self._meter_end(task)
             gpu = self.gpus[task.gpu]
             gpu.running.pop(task.pid, None)
+            self._open_gpus.add(task.gpu)
             self.kv.release(task)
             self.changed.add(("gpu", task.gpu))
             task.gpu, task.prefilled = None, False
@@ -357,13 +355,13 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
                 continue
             gpu = self._place(task)
             if gpu is None:
-                return any(g.free_slots for g in self.gpus)
+                return bool(self._open_gpus)
             self._dispatch(task, gpu, self.runq.reason)
         return False
 
     def _place(self, task: Task) -> Gpu | None:
         """The GPU with a free slot and room for the task's context: most prefix hits, then most room."""
-        best = self.kv.best_fit(task, [g.config.index for g in self.gpus if len(g.running) < g.config.slots])
+        best = self.kv.best_fit(task, self._open_gpus)
         return None if best is None else self.gpus[best]
 
     def _dispatch(self, task: Task, gpu: Gpu, reason: str) -> None:
@@ -375,6 +373,8 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         task.run_tokens = 0
         task.gpu = gpu.config.index
         gpu.running[task.pid] = task
+        if len(gpu.running) == gpu.config.slots:
+            self._open_gpus.discard(task.gpu)
         self._attach_kv(task, gpu)
         self._meter_start(task)
         self._set_state(task, State.RUNNING)

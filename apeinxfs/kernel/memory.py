@@ -134,20 +134,19 @@ class KVManager:
         blocks = cacheable_blocks(prompt_tokens, self.per_page[model.name])
         return self._pages(model, prompt_tokens + max_tokens, blocks)
 
-    def _worst_of(self, task) -> int:
-        return self._worst(self.models[task.model], task.tokens_in, task.spec.max_tokens)
-
-    def _demand(self, task) -> tuple[tuple, int]:
-        """What the task needs on any GPU: its prompt's block chain, and private pages beside it.
+    def _demand(self, task) -> tuple[tuple, int, int]:
+        """What the task needs on any GPU: its prompt's block chain, private pages beside it, and
+        the most pages it may ever hold (its prompt plus all it may generate).
 
         The last answer is kept while the task's context is unchanged: placement asks, then attach."""
         last_task, last_tokens, demand = self._last_demand
         if last_task is task and last_tokens == task.tokens_out:
             return demand
+        model = self.models[task.model]
         chain = prompt_chain(task.model, self.per_page[task.model], task.spec.prompt)
-        private = self._private_need(task, len(chain))
-        self._last_demand = (task, task.tokens_out, (chain, private))
-        return chain, private
+        demand = (chain, self._private_need(task, len(chain)), self._worst(model, task.tokens_in, task.spec.max_tokens))
+        self._last_demand = (task, task.tokens_out, demand)
+        return demand
 
     def _private_need(self, task, blocks: int) -> int:
         """Private pages for the context and the next token, beside `blocks` shared blocks."""
@@ -156,20 +155,20 @@ class KVManager:
     def place(self, task, gpu: int) -> tuple | None:
         """Whether the task fits on `gpu` now (evicting idle blocks if need be): a score, most
         prefix hits then most room to spare first, or None if it does not fit."""
-        return self._fit(gpu, self._demand(task), self._worst_of(task))
+        return self._fit(gpu, self._demand(task))
 
-    def best_fit(self, task, gpus: list[int]) -> int | None:
+    def best_fit(self, task, gpus) -> int | None:
         """Of `gpus`, the one where place() scores the task highest, or None if it fits on none;
         what the task needs is worked out once, not once per GPU."""
         if not gpus:
             return None
-        demand, worst = self._demand(task), self._worst_of(task)
-        scored = [(score, gpu) for gpu in gpus if (score := self._fit(gpu, demand, worst)) is not None]
+        demand = self._demand(task)
+        scored = [(score, gpu) for gpu in gpus if (score := self._fit(gpu, demand)) is not None]
         return max(scored)[1] if scored else None
 
-    def _fit(self, gpu: int, demand: tuple[tuple, int], worst: int) -> tuple | None:
-        """place()'s score on `gpu` for a task of `demand` that may grow to `worst` pages."""
-        pool, cache, (chain, private) = self.pools[gpu], self.caches[gpu], demand
+    def _fit(self, gpu: int, demand: tuple[tuple, int, int]) -> tuple | None:
+        """place()'s score on `gpu` for a task of `demand`."""
+        pool, cache, (chain, private, worst) = self.pools[gpu], self.caches[gpu], demand
         if pool.pages_total < worst:
             return None
         hits, cached, idle = cache.lookup(chain)
@@ -179,7 +178,7 @@ class KVManager:
 
     def attach(self, task, gpu: int) -> int:
         """Give the task its pages on `gpu` (place() said they fit); the prefill tokens still to compute."""
-        cache, (chain, private) = self.caches[gpu], self._demand(task)
+        cache, (chain, private, _worst) = self.caches[gpu], self._demand(task)
         hits, cached, _ = cache.lookup(chain)
         for key in chain:  # held before the eviction below, so none of them is evicted
             cache.hold(key)

@@ -31,7 +31,7 @@ def vruntime_delta(tokens: int, weight: int) -> int:
 
 class LazyHeap(dict):
     """A priority map (a dict of key -> priority) that also peeks the least key: `set` and
-    `discard` change it, leaving stale heap entries that `peek` skips.
+    `pop(key, None)` change it, leaving stale heap entries that `peek` skips.
 
     A priority is a tuple ending with its key, so no two keys tie. The heap holds the
     priority tuples themselves (flat, so cheap to compare); an entry is current while it is
@@ -55,9 +55,6 @@ class LazyHeap(dict):
         """Drop stale entries (amortised O(1) per set), so a heap that is rarely peeked stays small."""
         self._heap = list(self.values())
         heapq.heapify(self._heap)
-
-    def discard(self, key) -> None:
-        self.pop(key, None)
 
     def peek(self):
         heap = self._heap
@@ -164,7 +161,7 @@ class Accounts:
             else:
                 setattr(entity, field, getattr(entity, field) + delta)
                 if not entity.active:
-                    active.discard(key)
+                    active.pop(key, None)
         if tenant.active != was_active:
             self.active_weight += tenant.weight if tenant.active else -tenant.weight
         return lifts
@@ -204,7 +201,7 @@ class FlatQueue:
 
     def remove(self, task) -> None:
         if self._tasks.pop(task.pid, None) is not None:
-            self._heap.discard(task.pid)
+            self._heap.pop(task.pid, None)
 
     def rekey(self, task) -> None:
         """Counters do not order a flat queue."""
@@ -245,15 +242,15 @@ class FairQueue:
     def remove(self, task) -> None:
         if self._members.pop(task.pid, None) is None:
             return
-        self._deadlines.discard(task.pid)
+        self._deadlines.pop(task.pid, None)
         tasks = self._tasks[task.agent]
-        tasks.discard(task.pid)
+        tasks.pop(task.pid, None)
         if not tasks:  # the agent has nothing queued: it leaves its tenant's heap
             del self._tasks[task.agent]
             agents = self._agents[task.tenant]
-            agents.discard(task.agent)
+            agents.pop(task.agent, None)
             if not agents:
-                self._tenants.discard(task.tenant)
+                self._tenants.pop(task.tenant, None)
 
     def rekey(self, task) -> None:
         """Re-order the task's tenant (and agent) after their counters changed, if they have queued work."""

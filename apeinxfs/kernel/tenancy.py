@@ -40,11 +40,11 @@ class TenantUsage:
 
 
 def quota_limit(tenant) -> Limit:
-    return Limit(tenant.quota.tokens, tenant.quota.window)
+    return tenant.quota.limit
 
 
 def budget_limit(tenant) -> Limit:
-    return Limit(tenant.budget.tokens, tenant.budget.window, tenant.budget.overdraw)
+    return tenant.budget.limit
 
 
 class Tenancy:
