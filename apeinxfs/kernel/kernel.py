@@ -350,13 +350,14 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
 
     def _fill_slots(self) -> bool:
         """Dispatch from the queue while the head fits; say whether KV (not slots) stopped it."""
-        while (task := self.runq.peek(self.now_us)) is not None:
+        runq, now_us = self.runq, self.now_us
+        while (task := runq.peek(now_us)) is not None:
             if self._held_back(task):
                 continue
             gpu = self._place(task)
             if gpu is None:
                 return bool(self._open_gpus)
-            self._dispatch(task, gpu, self.runq.reason)
+            self._dispatch(task, gpu, runq.reason)
         return False
 
     def _place(self, task: Task) -> Gpu | None:
@@ -380,7 +381,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         self._set_state(task, State.RUNNING)
         self.counters.dispatched += 1
         self.changed.add(("gpu", task.gpu))
-        tenant = self.accounts.tenant(task)
+        tenant = self.accounts.tenants[task.tenant]
         self._emit("dispatch", task, f"{self.runq.name}: {reason}; tenant counter={tenant.counter:.1f} "
                                      f"vruntime={task.vruntime} queued={len(self.runq)}", task.gpu)
 

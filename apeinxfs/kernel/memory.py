@@ -142,9 +142,10 @@ class KVManager:
         last_task, last_tokens, demand = self._last_demand
         if last_task is task and last_tokens == task.tokens_out:
             return demand
-        model = self.models[task.model]
         chain = prompt_chain(task.model, self.per_page[task.model], task.spec.prompt)
-        demand = (chain, self._private_need(task, len(chain)), self._worst(model, task.tokens_in, task.spec.max_tokens))
+        blocks = len(chain)  # cacheable_blocks(task.tokens_in): the chain covers the prompt's full blocks
+        worst = self._pages(self.models[task.model], task.tokens_in + task.spec.max_tokens, blocks)
+        demand = (chain, self._private_need(task, blocks), worst)
         self._last_demand = (task, task.tokens_out, demand)
         return demand
 
@@ -211,7 +212,8 @@ class KVManager:
 
     def _take(self, gpu: int, pages: int, task) -> bool:
         """Allocate `pages` on `gpu`, evicting idle blocks first; all or nothing."""
-        pool, short = self.pools[gpu], pages - self.pools[gpu].pages_free
+        pool = self.pools[gpu]
+        short = pages - pool.pages_free
         if short > 0 and (gone := self.caches[gpu].evict(short)):
             pool.free(gone)
             self.on_evict(gpu, gone, task)

@@ -235,8 +235,10 @@ class FairQueue:
         tasks.set(task.pid, (task.vruntime, task.pid))
         if task.deadline_at_us is not None:
             self._deadlines.set(task.pid, (task.deadline_at_us, task.pid))
-        agent = self.accounts.agent(task)
-        self._agents.setdefault(task.tenant, LazyHeap()).set(task.agent, (agent.counter, task.agent))
+        agents = self._agents.get(task.tenant)
+        if agents is None:
+            agents = self._agents[task.tenant] = LazyHeap()
+        agents.set(task.agent, (self.accounts.agent(task).counter, task.agent))
         self.rekey(task)
 
     def remove(self, task) -> None:
