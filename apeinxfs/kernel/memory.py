@@ -163,9 +163,12 @@ class KVManager:
         what the task needs is worked out once, not once per GPU."""
         if not gpus:
             return None
-        demand = self._demand(task)
-        scored = [(score, gpu) for gpu in gpus if (score := self._fit(gpu, demand)) is not None]
-        return max(scored)[1] if scored else None
+        best, best_score, demand = None, None, self._demand(task)
+        for gpu in gpus:
+            score = self._fit(gpu, demand)
+            if score is not None and (best_score is None or score > best_score):
+                best, best_score = gpu, score
+        return best
 
     def _fit(self, gpu: int, demand: tuple[tuple, int, int]) -> tuple | None:
         """place()'s score on `gpu` for a task of `demand`."""
@@ -180,14 +183,16 @@ class KVManager:
     def attach(self, task, gpu: int) -> int:
         """Give the task its pages on `gpu` (place() said they fit); the prefill tokens still to compute."""
         cache, (chain, private, _worst) = self.caches[gpu], self._demand(task)
+        blocks = len(chain)
         hits, cached, _ = cache.lookup(chain)
         for key in chain:  # held before the eviction below, so none of them is evicted
             cache.hold(key)
-        if not self._take(gpu, len(chain) - cached + private, task):
+        if not self._take(gpu, blocks - cached + private, task):
             raise RuntimeError(f"attach of task {task.pid} to gpu {gpu} without room: place() first")
-        cache.hits, cache.misses = cache.hits + hits, cache.misses + len(chain) - hits
-        self.leases[task.pid] = Lease(gpu, chain, private, self._holds(task, len(chain), private))
-        task.kv_pages = len(chain) + private
+        cache.hits += hits
+        cache.misses += blocks - hits
+        self.leases[task.pid] = Lease(gpu, chain, private, self._holds(task, blocks, private))
+        task.kv_pages = blocks + private
         if hits:
             task.cached_tokens = max(task.cached_tokens, hits * self.per_page[task.model])
         return task.context_tokens - task.cached_tokens
@@ -211,10 +216,11 @@ class KVManager:
         return blocks * self.per_page[task.model] + tokens_in(private, model.token_bytes, self.page_bytes)
 
     def _take(self, gpu: int, pages: int, task) -> bool:
-        """Allocate `pages` on `gpu`, evicting idle blocks first; all or nothing."""
+        """Allocate `pages` on `gpu`, evicting idle blocks if they are short; all or nothing."""
         pool = self.pools[gpu]
-        short = pages - pool.pages_free
-        if short > 0 and (gone := self.caches[gpu].evict(short)):
+        if pool.alloc(pages):
+            return True
+        if gone := self.caches[gpu].evict(pages - pool.pages_free):
             pool.free(gone)
             self.on_evict(gpu, gone, task)
         return pool.alloc(pages)
