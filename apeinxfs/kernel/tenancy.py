@@ -179,14 +179,16 @@ class Tenancy:
         task.meter = meter = Meter(now, now, now)  # start, mark, last
         if task.started_us is None:
             task.started_us, meter.tokens_in = now, task.tokens_in
-            self._charge_tokens(task, task.tokens_in).tokens_in += task.tokens_in
+            usage = self._charge_tokens(task, task.tokens_in)
+            usage.tokens_in += task.tokens_in
 
     def _meter_serve(self, task, tokens: int) -> None:
         meter = task.meter
         meter.advance(self.now_us, task.kv_pages)
         meter.last_us = self.now_us
         meter.tokens_out += tokens
-        self._charge_tokens(task, tokens).tokens_out += tokens
+        usage = self._charge_tokens(task, tokens)
+        usage.tokens_out += tokens
 
     def _charge_tokens(self, task, tokens: int) -> TenantUsage:
         """Charge the tenant's quota and budget ledgers; its usage record."""
