@@ -52,13 +52,13 @@ def test_vruntime_delta_is_inverse_to_weight():
     assert heavy < nice0 < light
 
 
-def test_lazy_heap_skips_stale_and_discarded_entries():
-    """A re-prioritised key is ordered by its newest priority; a discarded one is gone."""
+def test_lazy_heap_skips_stale_and_popped_entries():
+    """A re-prioritised key is ordered by its newest priority; a popped one is gone."""
     heap = LazyHeap()
     for key, prio in (("x", 3), ("y", 2), ("z", 1)):
         heap.set(key, (prio, key))
     heap.set("z", (9, "z"))
-    heap.discard("y")
+    heap.pop("y", None)
     assert heap.peek() == "x" and heap.ordered() == ["x", "z"] and len(heap) == 2
 
 

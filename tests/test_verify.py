@@ -95,7 +95,7 @@ def journaled(tmp_path) -> int:
         with open_runtime(tmp_path) as second:
             second.recover()
             await mixed_workload(second)
-            return second.kernel.trace.lines
+            return second.kernel.trace.seq  # one seq per line
     return trio.run(two_boots, clock=trio.testing.MockClock(autojump_threshold=0))
 
 

@@ -35,10 +35,6 @@ class Gpu:
     pool: KVPool
     running: dict = attrs.Factory(dict)
 
-    @property
-    def free_slots(self) -> int:
-        return self.config.slots - len(self.running)
-
 
 @attrs.define
 class Counters:
@@ -69,6 +65,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         self.tenants = {t.name: t for t in config.tenants}
         self.kv = KVManager(config, self._evicted)
         self.gpus = [Gpu(g, pool) for g, pool in zip(config.gpus, self.kv.pools)]
+        self._open_gpus = {g.index for g in config.gpus}  # those with a free batch slot
         self.tasks: dict[int, Task] = {}
         self.accounts = Accounts({t.name: t.weight for t in config.tenants})
         self.runq = self._make_queue(config.sched.policy)
@@ -311,6 +308,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
                 self._meter_end(task)
             gpu = self.gpus[task.gpu]
             gpu.running.pop(task.pid, None)
+            self._open_gpus.add(task.gpu)
             self.kv.release(task)
             self.changed.add(("gpu", task.gpu))
             task.gpu, task.prefilled = None, False
@@ -360,18 +358,19 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
 
     def _fill_slots(self) -> bool:
         """Dispatch from the queue while the head fits; say whether KV (not slots) stopped it."""
-        while (task := self.runq.peek(self.now_us)) is not None:
+        runq, now_us = self.runq, self.now_us
+        while (task := runq.peek(now_us)) is not None:
             if self._held_back(task):
                 continue
             gpu = self._place(task)
             if gpu is None:
-                return any(g.free_slots for g in self.gpus)
-            self._dispatch(task, gpu, self.runq.reason)
+                return bool(self._open_gpus)
+            self._dispatch(task, gpu, runq.reason)
         return False
 
     def _place(self, task: Task) -> Gpu | None:
         """The GPU with a free slot and room for the task's context: most prefix hits, then most room."""
-        best = self.kv.best_fit(task, [g.config.index for g in self.gpus if len(g.running) < g.config.slots])
+        best = self.kv.best_fit(task, self._open_gpus)
         return None if best is None else self.gpus[best]
 
     def _dispatch(self, task: Task, gpu: Gpu, reason: str) -> None:
@@ -383,12 +382,14 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         task.run_tokens = 0
         task.gpu = gpu.config.index
         gpu.running[task.pid] = task
+        if len(gpu.running) == gpu.config.slots:
+            self._open_gpus.discard(task.gpu)
         self._attach_kv(task, gpu)
         self._meter_start(task)
         self._set_state(task, State.RUNNING)
         self.counters.dispatched += 1
         self.changed.add(("gpu", task.gpu))
-        tenant = self.accounts.tenant(task)
+        tenant = self.accounts.tenants[task.tenant]
         self._emit("dispatch", task, f"{self.runq.name}: {reason}; tenant counter={tenant.counter:.1f} "
                                      f"vruntime={task.vruntime} queued={len(self.runq)}", task.gpu)
 

@@ -49,8 +49,10 @@ class TokenLedger:
         return max(0, limit.tokens - self.debt)
 
     def charge(self, limit: Limit, now_us: int, tokens: int) -> None:
-        self.used, self.debt = self.view(limit, now_us)
-        self.window_index = limit.index(now_us)
+        index = limit.index(now_us)
+        if index != self.window_index:  # a new window: carry the debt over (view() says how)
+            self.used, self.debt = self.view(limit, now_us)
+            self.window_index = index
         self.used += tokens
 
     def refusal(self, limit: Limit, now_us: int, reserved: int, want: int) -> str | None:

@@ -140,20 +140,20 @@ class KVManager:
         blocks = cacheable_blocks(prompt_tokens, self.per_page[model.name])
         return self._pages(model, prompt_tokens + max_tokens, blocks)
 
-    def _worst_of(self, task) -> int:
-        return self._worst(self.models[task.model], task.tokens_in, task.spec.max_tokens)
-
-    def _demand(self, task) -> tuple[tuple, int]:
-        """What the task needs on any GPU: its prompt's block chain, and private pages beside it.
+    def _demand(self, task) -> tuple[tuple, int, int]:
+        """What the task needs on any GPU: its prompt's block chain, private pages beside it, and
+        the most pages it may ever hold (its prompt plus all it may generate).
 
         The last answer is kept while the task's context is unchanged: placement asks, then attach."""
         last_task, last_tokens, demand = self._last_demand
         if last_task is task and last_tokens == task.tokens_out:
             return demand
         chain = prompt_chain(task.model, self.per_page[task.model], task.spec.prompt)
-        private = self._private_need(task, len(chain))
-        self._last_demand = (task, task.tokens_out, (chain, private))
-        return chain, private
+        blocks = len(chain)  # cacheable_blocks(task.tokens_in): the chain covers the prompt's full blocks
+        worst = self._pages(self.models[task.model], task.tokens_in + task.spec.max_tokens, blocks)
+        demand = (chain, self._private_need(task, blocks), worst)
+        self._last_demand = (task, task.tokens_out, demand)
+        return demand
 
     def _private_need(self, task, blocks: int) -> int:
         """Private pages for the context and the next token, beside `blocks` shared blocks."""
@@ -162,21 +162,24 @@ class KVManager:
     def place(self, task, gpu: int) -> tuple | None:
         """Whether the task fits on `gpu` now (evicting idle blocks if need be): a score, most
         prefix hits then most room to spare first, or None if it does not fit."""
-        return self._fit(gpu, self._demand(task), self._worst_of(task))
+        return self._fit(gpu, self._demand(task))
 
-    def best_fit(self, task, gpus: list[int]) -> int | None:
+    def best_fit(self, task, gpus) -> int | None:
         """Of `gpus`, the one where place() scores the task highest, or None if it fits on none;
         what the task needs is worked out once, not once per GPU."""
         if not gpus:
             return None
-        demand, worst = self._demand(task), self._worst_of(task)
-        scored = [(score, gpu) for gpu in gpus if (score := self._fit(gpu, demand, worst)) is not None]
-        return max(scored)[1] if scored else None
+        best, best_score, demand = None, None, self._demand(task)
+        for gpu in gpus:
+            score = self._fit(gpu, demand)
+            if score is not None and (best_score is None or score > best_score):
+                best, best_score = gpu, score
+        return best
 
-    def _fit(self, gpu: int, demand: tuple[tuple, int], worst: int) -> tuple | None:
-        """place()'s score on `gpu` for a task of `demand` that may grow to `worst` pages. On a real
-        GPU the room is also capped by the memory NVML last read as free (set_real_free)."""
-        pool, cache, (chain, private) = self.pools[gpu], self.caches[gpu], demand
+    def _fit(self, gpu: int, demand: tuple[tuple, int, int]) -> tuple | None:
+        """place()'s score on `gpu` for a task of `demand`. On a real GPU the room is also capped
+        by the memory NVML last read as free (set_real_free)."""
+        pool, cache, (chain, private, worst) = self.pools[gpu], self.caches[gpu], demand
         if pool.pages_total < worst:
             return None
         hits, cached, idle = cache.lookup(chain)
@@ -188,15 +191,17 @@ class KVManager:
 
     def attach(self, task, gpu: int) -> int:
         """Give the task its pages on `gpu` (place() said they fit); the prefill tokens still to compute."""
-        cache, (chain, private) = self.caches[gpu], self._demand(task)
+        cache, (chain, private, _worst) = self.caches[gpu], self._demand(task)
+        blocks = len(chain)
         hits, cached, _ = cache.lookup(chain)
         for key in chain:  # held before the eviction below, so none of them is evicted
             cache.hold(key)
-        if not self._take(gpu, len(chain) - cached + private, task):
+        if not self._take(gpu, blocks - cached + private, task):
             raise RuntimeError(f"attach of task {task.pid} to gpu {gpu} without room: place() first")
-        cache.hits, cache.misses = cache.hits + hits, cache.misses + len(chain) - hits
-        self.leases[task.pid] = Lease(gpu, chain, private, self._holds(task, len(chain), private))
-        task.kv_pages = len(chain) + private
+        cache.hits += hits
+        cache.misses += blocks - hits
+        self.leases[task.pid] = Lease(gpu, chain, private, self._holds(task, blocks, private))
+        task.kv_pages = blocks + private
         if hits:
             task.cached_tokens = max(task.cached_tokens, hits * self.per_page[task.model])
         return task.context_tokens - task.cached_tokens
@@ -220,9 +225,11 @@ class KVManager:
         return blocks * self.per_page[task.model] + tokens_in(private, model.token_bytes, self.page_bytes)
 
     def _take(self, gpu: int, pages: int, task) -> bool:
-        """Allocate `pages` on `gpu`, evicting idle blocks first; all or nothing."""
-        pool, short = self.pools[gpu], pages - self.pools[gpu].pages_free
-        if short > 0 and (gone := self.caches[gpu].evict(short)):
+        """Allocate `pages` on `gpu`, evicting idle blocks if they are short; all or nothing."""
+        pool = self.pools[gpu]
+        if pool.alloc(pages):
+            return True
+        if gone := self.caches[gpu].evict(pages - pool.pages_free):
             pool.free(gone)
             self.on_evict(gpu, gone, task)
         return pool.alloc(pages)

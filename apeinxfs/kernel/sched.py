@@ -31,7 +31,7 @@ def vruntime_delta(tokens: int, weight: int) -> int:
 
 class LazyHeap(dict):
     """A priority map (a dict of key -> priority) that also peeks the least key: `set` and
-    `discard` change it, leaving stale heap entries that `peek` skips.
+    `pop(key, None)` change it, leaving stale heap entries that `peek` skips.
 
     A priority is a tuple ending with its key, so no two keys tie. The heap holds the
     priority tuples themselves (flat, so cheap to compare); an entry is current while it is
@@ -55,9 +55,6 @@ class LazyHeap(dict):
         """Drop stale entries (amortised O(1) per set), so a heap that is rarely peeked stays small."""
         self._heap = list(self.values())
         heapq.heapify(self._heap)
-
-    def discard(self, key) -> None:
-        self.pop(key, None)
 
     def peek(self):
         heap = self._heap
@@ -164,7 +161,7 @@ class Accounts:
             else:
                 setattr(entity, field, getattr(entity, field) + delta)
                 if not entity.active:
-                    active.discard(key)
+                    active.pop(key, None)
         if tenant.active != was_active:
             self.active_weight += tenant.weight if tenant.active else -tenant.weight
         return lifts
@@ -191,9 +188,8 @@ class FlatQueue:
     preempts = False
 
     def __init__(self, name: str, key, why: str):
-        self.name, self._key, self._why = name, key, why
+        self.name, self._key, self.reason = name, key, why  # the same reason for every task
         self._heap, self._tasks = LazyHeap(), {}
-        self.reason = ""
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -204,14 +200,13 @@ class FlatQueue:
 
     def remove(self, task) -> None:
         if self._tasks.pop(task.pid, None) is not None:
-            self._heap.discard(task.pid)
+            self._heap.pop(task.pid, None)
 
     def rekey(self, task) -> None:
         """Counters do not order a flat queue."""
 
     def peek(self, now_us: int):
         pid = self._heap.peek()
-        self.reason = self._why
         return None if pid is None else self._tasks[pid]
 
     def tasks(self) -> list:
@@ -219,41 +214,62 @@ class FlatQueue:
 
 
 class FairQueue:
-    """Least counter first: tenant, then agent within it, then task within that."""
+    """Least counter first: tenant, then agent within it, then task within that.
+
+    An agent's queued tasks are the task itself while it is the only one (most agents: a
+    root task without children), else a LazyHeap of them by vruntime."""
 
     def __init__(self, name: str, accounts: Accounts, boost_us: int | None, preempts: bool):
         self.name, self.accounts, self.boost_us, self.preempts = name, accounts, boost_us, preempts
-        self._tenants, self._agents, self._tasks = LazyHeap(), {}, {}
+        self._tenants, self._agents, self._tasks = LazyHeap(), {}, {}  # _tasks: agent -> Task | LazyHeap
         self._deadlines, self._members = LazyHeap(), {}
-        self._chosen: tuple = (None, 0)  # (tenant, tenants backlogged) of the last peek; tenant None: a boost
+        self._chosen = None  # the tenant whose task the last peek chose; None: a deadline boost
 
     def __len__(self) -> int:
         return len(self._members)
 
     def push(self, task) -> None:
         self._members[task.pid] = task
-        tasks = self._tasks.get(task.agent)
-        if tasks is None:
-            tasks = self._tasks[task.agent] = LazyHeap()
-        tasks.set(task.pid, (task.vruntime, task.pid))
+        self._queue_in_agent(task)
         if task.deadline_at_us is not None:
             self._deadlines.set(task.pid, (task.deadline_at_us, task.pid))
-        agent = self.accounts.agent(task)
-        self._agents.setdefault(task.tenant, LazyHeap()).set(task.agent, (agent.counter, task.agent))
+        agents = self._agents.get(task.tenant)
+        if agents is None:
+            agents = self._agents[task.tenant] = LazyHeap()
+        agents.set(task.agent, (self.accounts.agent(task).counter, task.agent))
         self.rekey(task)
+
+    def _queue_in_agent(self, task) -> None:
+        """Add the task to its agent's queued tasks."""
+        tasks = self._tasks.get(task.agent)
+        if tasks is None:
+            self._tasks[task.agent] = task
+            return
+        if type(tasks) is not LazyHeap:  # a second task: the agent's tasks need a heap
+            alone, tasks = tasks, LazyHeap()
+            tasks.set(alone.pid, (alone.vruntime, alone.pid))
+            self._tasks[task.agent] = tasks
+        tasks.set(task.pid, (task.vruntime, task.pid))
 
     def remove(self, task) -> None:
         if self._members.pop(task.pid, None) is None:
             return
-        self._deadlines.discard(task.pid)
-        tasks = self._tasks[task.agent]
-        tasks.discard(task.pid)
-        if not tasks:  # the agent has nothing queued: it leaves its tenant's heap
-            del self._tasks[task.agent]
+        self._deadlines.pop(task.pid, None)
+        if self._unqueue_from_agent(task):  # the agent has nothing queued: it leaves its tenant's heap
             agents = self._agents[task.tenant]
-            agents.discard(task.agent)
+            agents.pop(task.agent, None)
             if not agents:
-                self._tenants.discard(task.tenant)
+                self._tenants.pop(task.tenant, None)
+
+    def _unqueue_from_agent(self, task) -> bool:
+        """Take the task out of its agent's queued tasks; whether none are left."""
+        tasks = self._tasks[task.agent]
+        if tasks is not task:
+            tasks.pop(task.pid, None)
+            if tasks:
+                return False
+        del self._tasks[task.agent]
+        return True
 
     def rekey(self, task) -> None:
         """Re-order the task's tenant (and agent) after their counters changed, if they have queued work."""
@@ -261,26 +277,27 @@ class FairQueue:
         if not agents:
             return
         self._tenants.set(task.tenant, (self.accounts.tenant(task).counter, task.tenant))
-        if self._tasks.get(task.agent):
+        if task.agent in self._tasks:
             agents.set(task.agent, (self.accounts.agent(task).counter, task.agent))
 
     def peek(self, now_us: int):
         if self.boost_us is not None and (urgent := self._deadlines.peek()) is not None:
             task = self._members[urgent]
             if task.deadline_at_us - now_us <= self.boost_us:
-                self._chosen = (None, 0)
+                self._chosen = None
                 return task
-        tenant = self._tenants.peek()
+        tenant = self._chosen = self._tenants.peek()
         if tenant is None:
             return None
-        self._chosen = (tenant, len(self._tenants))
-        return self._members[self._tasks[self._agents[tenant].peek()].peek()]
+        tasks = self._tasks[self._agents[tenant].peek()]
+        return tasks if type(tasks) is not LazyHeap else self._members[tasks.peek()]
 
     @property
     def reason(self) -> str:
-        """Why the last peek chose its task: worded only when asked (at a dispatch), not at every peek."""
-        tenant, backlogged = self._chosen
-        return "deadline boost" if tenant is None else f"least counter: tenant {tenant} of {backlogged} backlogged"
+        """Why the last peek chose its task: worded only when asked (at a dispatch, before the queue
+        changes), not at every peek."""
+        tenant = self._chosen
+        return "deadline boost" if tenant is None else f"least counter: tenant {tenant} of {len(self._tenants)} backlogged"
 
     def tasks(self) -> list:
         return sorted(self._members.values(), key=lambda t: (self.accounts.tenant(t).counter, t.pid))

@@ -41,11 +41,11 @@ class TenantUsage:
 
 
 def quota_limit(tenant) -> Limit:
-    return Limit(tenant.quota.tokens, tenant.quota.window)
+    return tenant.quota.limit
 
 
 def budget_limit(tenant) -> Limit:
-    return Limit(tenant.budget.tokens, tenant.budget.window, tenant.budget.overdraw)
+    return tenant.budget.limit
 
 
 class Tenancy:
@@ -186,26 +186,28 @@ class Tenancy:
 
     def _meter_start(self, task) -> None:
         """A segment begins; the first one charges the prompt's tokens."""
-        task.meter = Meter(start_us=self.now_us, mark_us=self.now_us, last_us=self.now_us)
+        now = self.now_us
+        task.meter = meter = Meter(now, now, now)  # start, mark, last
         if task.started_us is None:
-            task.started_us = self.now_us
-            task.meter.tokens_in = task.tokens_in
-            self._charge_tokens(task, task.tokens_in)
-            self.usage[task.tenant].tokens_in += task.tokens_in
+            task.started_us, meter.tokens_in = now, task.tokens_in
+            usage = self._charge_tokens(task, task.tokens_in)
+            usage.tokens_in += task.tokens_in
 
     def _meter_serve(self, task, tokens: int) -> None:
         meter = task.meter
         meter.advance(self.now_us, task.kv_pages)
         meter.last_us = self.now_us
         meter.tokens_out += tokens
-        self._charge_tokens(task, tokens)
-        self.usage[task.tenant].tokens_out += tokens
+        usage = self._charge_tokens(task, tokens)
+        usage.tokens_out += tokens
 
-    def _charge_tokens(self, task, tokens: int) -> None:
+    def _charge_tokens(self, task, tokens: int) -> TenantUsage:
+        """Charge the tenant's quota and budget ledgers; its usage record."""
         tenant, usage = self.tenants[task.tenant], self.usage[task.tenant]
-        usage.quota.charge(quota_limit(tenant), self.now_us, tokens)
-        usage.budget.charge(budget_limit(tenant), self.now_us, tokens)
+        usage.quota.charge(tenant.quota.limit, self.now_us, tokens)
+        usage.budget.charge(tenant.budget.limit, self.now_us, tokens)
         usage.reserved -= tokens
+        return usage
 
     def _meter_end(self, task, end_us: int | None = None) -> None:
         """Book the segment (up to `end_us`, default now) and trace its `bill` line."""

@@ -6,10 +6,13 @@ parses. Config TOML and the journal build the same records with `tenant_from_dic
 What the settings do (admission, holds, ledgers) is tenancy.py's; who a caller is,
 access.py's.
 """
+import functools
+
 import attrs
 
 from .errors import Invalid
 from .grammar import parse_duration_us, parse_int
+from .ledger import Limit
 from .spec import check_name
 
 US = 1_000_000
@@ -105,6 +108,11 @@ class Quota:
             "tasks": (show_limit, parse_limit), "kv_pages": (show_limit, parse_limit),
             "gpu": (show_limit, parse_limit)}
 
+    @functools.cached_property
+    def limit(self) -> Limit:
+        """The token ledger's terms (built once per record: every token served is charged)."""
+        return Limit(self.tokens, self.window)
+
 
 @attrs.frozen
 class Budget:
@@ -116,6 +124,11 @@ class Budget:
 
     KEYS = {"tokens": (show_limit, parse_limit), "window": (show_seconds, parse_seconds),
             "overdraw": (str, lambda text, what: parse_int(text, what))}
+
+    @functools.cached_property
+    def limit(self) -> Limit:
+        """The token ledger's terms (built once per record: every token served is charged)."""
+        return Limit(self.tokens, self.window, self.overdraw)
 
 
 @attrs.frozen

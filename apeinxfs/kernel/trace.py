@@ -5,6 +5,8 @@ and each tenant its tasks' lines for `/tenants/NAME/events`.
 The trace is an output of the kernel, rebuilt by replaying the journal, so its seqs are
 the same after a restart.
 """
+import collections
+
 HEADER = b"seq,time_us,type,pid,tenant,model,gpu,node,detail\n"
 
 
@@ -22,29 +24,25 @@ class TraceLog:
     def __init__(self, node: str):
         self.node = node
         self.seq = 0
-        self.lines = 0
         self.buffer = bytearray(HEADER)
-        self.by_tenant: dict[str, bytearray] = {}
+        self.by_tenant: dict[str, bytearray] = collections.defaultdict(lambda: bytearray(HEADER))
 
     def emit(self, time_us: int, kind: str, task=None, detail: str = "", gpu=None) -> None:
-        """Append one line; it also goes to the task's own events."""
+        """Append one line; it also goes to the task's own events and its tenant's."""
         self.seq += 1
-        seq, gpu, detail = self.seq, "" if gpu is None else gpu, quote(detail)
+        gpu = "" if gpu is None else gpu
         if task is None:
-            line = f"{seq},{time_us},{kind},,,,{gpu},{self.node},{detail}\n".encode()
-        else:
-            line = f"{seq},{time_us},{kind},{task.pid},{task.tenant},{task.model},{gpu},{self.node},{detail}\n".encode()
+            self.buffer += f"{self.seq},{time_us},{kind},,,,{gpu},{self.node},{quote(detail)}\n".encode()
+            return
+        line = (f"{self.seq},{time_us},{kind},{task.pid},{task.tenant},{task.model},{gpu},{self.node},"
+                f"{quote(detail)}\n").encode()
         self.buffer += line
-        self.lines += 1
-        if task is not None:
-            if not task.events:
-                task.events += HEADER
-            task.events += line
-            self.of_tenant(task.tenant).extend(line)
+        events = task.events
+        if not events:
+            events += HEADER
+        events += line
+        self.by_tenant[task.tenant] += line
 
     def of_tenant(self, tenant: str) -> bytearray:
         """The lines of `tenant`'s tasks (a header alone if none yet)."""
-        lines = self.by_tenant.get(tenant)
-        if lines is None:
-            lines = self.by_tenant[tenant] = bytearray(HEADER)
-        return lines
+        return self.by_tenant[tenant]
