@@ -4,7 +4,7 @@ For driver tests (openai, triton, llamacpp) that need the whole daemon path but 
 """
 import trio
 
-from apeinxfs.kernel.events import Submit
+from apeinxfs.kernel.events import Kill, Submit
 from apeinxfs.kernel.spec import TaskSpec
 from test_journal_runtime import open_runtime
 
@@ -23,3 +23,16 @@ async def run_tasks(tmp_path, config_text: str, specs: list[dict], during=None) 
                         await rt.wait_for(pid, 1.0)
             nursery.cancel_scope.cancel()
         return [rt.kernel.tasks[pid] for pid in pids]
+
+
+def kill_once_served(server, tokens: int = 3):
+    """A `during` for run_tasks: kill the first task once it has `tokens` tokens, then wait (5 s at
+    most) until `server` (a fake engine) has seen its client close the stream early."""
+    async def during(rt, pids):
+        while rt.kernel.tasks[pids[0]].tokens_out < tokens:
+            await rt.wait_for(pids[0], 1.0)
+        rt.commit([Kill(pid=pids[0], uid=1000)])
+        with trio.fail_after(5):
+            while not server.closed_early:
+                await trio.sleep(0.01)
+    return during

@@ -11,7 +11,7 @@ import trio
 
 from apeinxfs.drivers import openai, sse
 from apeinxfs.kernel.errors import Invalid
-from apeinxfs.kernel.events import Chunk, Kill
+from apeinxfs.kernel.events import Chunk
 from apeinxfs.kernel.spec import TaskSpec
 from engines import free_port
 from fakehttp import read_request, send_event
@@ -169,15 +169,7 @@ async def test_kill_closes_the_engine_stream(tmp_path, nursery):
     """Killing a task mid-stream closes its HTTP stream: the engine sees the client go."""
     engine = await FakeEngine(delay=0.02).start(nursery)
 
-    async def kill_after_some_tokens(rt, pids):
-        while rt.kernel.tasks[pids[0]].tokens_out < 3:
-            await rt.wait_for(pids[0], 1.0)
-        rt.commit([Kill(pid=pids[0], uid=1000)])
-        with trio.fail_after(5):
-            while not engine.closed_early:
-                await trio.sleep(0.01)
-
-    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 1000}], kill_after_some_tokens)
+    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 1000}], runtasks.kill_once_served(engine))
     assert task.exit == "killed" and engine.closed_early == 1
 
 

@@ -14,7 +14,7 @@ import trio
 
 from apeinxfs.drivers import triton
 from apeinxfs.kernel.errors import Invalid
-from apeinxfs.kernel.events import Chunk, Kill
+from apeinxfs.kernel.events import Chunk
 from apeinxfs.kernel.spec import TaskSpec
 from fakehttp import read_request, send_event
 import runtasks
@@ -173,13 +173,5 @@ async def test_kill_closes_the_triton_stream(tmp_path, nursery):
     """Killing a task mid-stream closes its HTTP stream: the server sees the client go."""
     fake = await TritonFake(delay=0.02, repeat=250).start(nursery)
 
-    async def kill_after_some_tokens(rt, pids):
-        while rt.kernel.tasks[pids[0]].tokens_out < 3:
-            await rt.wait_for(pids[0], 1.0)
-        rt.commit([Kill(pid=pids[0], uid=1000)])
-        with trio.fail_after(5):
-            while not fake.closed_early:
-                await trio.sleep(0.01)
-
-    [task] = await run_tasks(tmp_path, fake.url, [{**ASK, "max_tokens": 1000}], kill_after_some_tokens)
+    [task] = await run_tasks(tmp_path, fake.url, [{**ASK, "max_tokens": 1000}], runtasks.kill_once_served(fake))
     assert task.exit == "killed" and fake.closed_early == 1 and task.tokens_out < 1000
