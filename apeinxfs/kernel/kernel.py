@@ -34,6 +34,11 @@ class Gpu:
     config: object
     pool: KVPool
     running: dict = attrs.Factory(dict)
+    key: tuple = attrs.field(init=False)  # ("gpu", N): what take_changed() reports when its batch changes
+
+    @key.default
+    def _key(self) -> tuple:
+        return ("gpu", self.config.index)
 
 
 @attrs.define
@@ -49,11 +54,15 @@ class Counters:
     tokens_out: int = 0
     evictions: int = 0
     oom_kills: int = 0
-    decisions: int = 0
     fair_preemptions: int = 0
     lifts: int = 0
     boosts: int = 0
     exits: dict = attrs.Factory(dict)
+
+    @property
+    def decisions(self) -> int:
+        """Scheduling decisions made: each is a dispatch (sched/stat's name for it)."""
+        return self.dispatched
 
 
 class Kernel(Reclaim, Tenancy, ModelAdmin):
@@ -66,6 +75,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         self.kv = KVManager(config, self._evicted)
         self.gpus = [Gpu(g, pool) for g, pool in zip(config.gpus, self.kv.pools)]
         self._open_gpus = {g.index for g in config.gpus}  # those with a free batch slot
+        self._preemptible: dict[int, Task] = {}  # running tasks past min_run_tokens: fair preemption's candidates
         self.tasks: dict[int, Task] = {}
         self.accounts = Accounts({t.name: t.weight for t in config.tenants})
         self.runq = self._make_queue(config.sched.policy)
@@ -77,7 +87,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         self.version = 0  # events applied: what a rendered file depends on, unless it reads the clock
         self._deadlines: list[tuple[int, int]] = []
         self.changed: set = set()
-        self.state_counts: dict = {}
+        self.state_counts: dict = dict.fromkeys(State, 0)
         self.usage = {t.name: TenantUsage() for t in config.tenants}
         self.rules: tuple = ()
         self.bills = BillBook(config.billing_period_s)
@@ -182,7 +192,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         if parent:
             parent.children.append(pid)
         self.tasks[pid] = task
-        self.state_counts[State.NEW] = self.state_counts.get(State.NEW, 0) + 1
+        self.state_counts[State.NEW] += 1
         self.counters.submitted += 1
         self._emit("submit", task, f"name={spec.name} max_tokens={spec.max_tokens} prio={spec.prio} uid={event.uid}")
         self._admitted(task, event)
@@ -308,9 +318,10 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
                 self._meter_end(task)
             gpu = self.gpus[task.gpu]
             gpu.running.pop(task.pid, None)
+            self._preemptible.pop(task.pid, None)
             self._open_gpus.add(task.gpu)
             self.kv.release(task)
-            self.changed.add(("gpu", task.gpu))
+            self.changed.add(gpu.key)
             task.gpu, task.prefilled = None, False
             self._release_held(task.tenant)
 
@@ -362,36 +373,31 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         while (task := runq.peek(now_us)) is not None:
             if self._held_back(task):
                 continue
-            gpu = self._place(task)
+            gpu = self.kv.seat(task, self._open_gpus)  # KV pages where most prefix hits, then most room
             if gpu is None:
                 return bool(self._open_gpus)
-            self._dispatch(task, gpu, runq.reason)
+            self._dispatch(task, self.gpus[gpu], runq.reason)
         return False
 
-    def _place(self, task: Task) -> Gpu | None:
-        """The GPU with a free slot and room for the task's context: most prefix hits, then most room."""
-        best = self.kv.best_fit(task, self._open_gpus)
-        return None if best is None else self.gpus[best]
-
     def _dispatch(self, task: Task, gpu: Gpu, reason: str) -> None:
-        self.runq.remove(task)
+        runq, index = self.runq, gpu.config.index
+        runq.remove(task)
         self.accounts.start(task)
-        self.counters.decisions += 1
+        self.counters.dispatched += 1
         if reason == "deadline boost":
             self.counters.boosts += 1
-        task.run_tokens = 0
-        task.gpu = gpu.config.index
+        task.gpu, task.run_tokens = index, 0
+        self._count_run(task, 0)
         gpu.running[task.pid] = task
         if len(gpu.running) == gpu.config.slots:
-            self._open_gpus.discard(task.gpu)
-        self._attach_kv(task, gpu)
+            self._open_gpus.discard(index)
+        task.prefilled = task.cached_tokens >= task.tokens_in + task.tokens_out  # seated with nothing to prefill
         self._meter_start(task)
         self._set_state(task, State.RUNNING)
-        self.counters.dispatched += 1
-        self.changed.add(("gpu", task.gpu))
-        tenant = self.accounts.tenants[task.tenant]
-        self._emit("dispatch", task, f"{self.runq.name}: {reason}; tenant counter={tenant.counter:.1f} "
-                                     f"vruntime={task.vruntime} queued={len(self.runq)}", task.gpu)
+        self.changed.add(gpu.key)
+        counter = self.accounts.tenants[task.tenant].counter
+        self._emit("dispatch", task, f"{runq.name}: {reason}; tenant counter={counter:.1f} "
+                                     f"vruntime={task.vruntime} queued={len(runq)}", index)
 
     def _charge(self, task: Task, gpu: Gpu, chunk: ev.Chunk) -> None:
         """VTC cost of what was served: input and output tokens apart, output dearer under KV pressure."""
@@ -399,7 +405,13 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         pressure = 1 + sched.pressure_cost * task.kv_pages / max(1, gpu.pool.pages_total)
         self.accounts.charge(task, sched.input_cost * chunk.prefill + sched.output_cost * chunk.tokens * pressure)
         task.vruntime += vruntime_delta(chunk.tokens, task.weight)
-        task.run_tokens += chunk.tokens
+        self._count_run(task, chunk.tokens)
+
+    def _count_run(self, task: Task, tokens: int) -> None:
+        """Tokens served since the task's dispatch; past min_run_tokens it may be preempted for fairness."""
+        task.run_tokens += tokens
+        if task.run_tokens >= self.config.sched.min_run_tokens:
+            self._preemptible[task.pid] = task
 
     def _make_queue(self, policy: str):
         return make_queue(policy, self.accounts, int(self.config.sched.deadline_boost_s * 1e6))
@@ -424,9 +436,9 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
 
     def _set_state(self, task: Task, state: State) -> None:
         self.state_counts[task.state] -= 1
-        self.state_counts[state] = self.state_counts.get(state, 0) + 1
+        self.state_counts[state] += 1
         task.state = state
-        self._touch(task)
+        self.changed.add(task.pid)  # _touch, inline: every dispatch and exit passes here
 
     def _touch(self, task: Task) -> None:
         self.changed.add(task.pid)

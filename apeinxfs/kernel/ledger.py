@@ -19,9 +19,14 @@ class Limit:
     tokens: int | None
     window: int
     overdraw: int = 0
+    window_us: int = attrs.field(init=False, eq=False, repr=False)
+
+    @window_us.default
+    def _window_us(self) -> int:
+        return self.window * US
 
     def index(self, now_us: int) -> int:
-        return now_us // (self.window * US)
+        return now_us // self.window_us
 
     def resets_in_s(self, now_us: int) -> float:
         return ((self.index(now_us) + 1) * self.window * US - now_us) / US
@@ -49,7 +54,7 @@ class TokenLedger:
         return max(0, limit.tokens - self.debt)
 
     def charge(self, limit: Limit, now_us: int, tokens: int) -> None:
-        index = limit.index(now_us)
+        index = now_us // limit.window_us  # limit.index(now_us), on every token served
         if index != self.window_index:  # a new window: carry the debt over (view() says how)
             self.used, self.debt = self.view(limit, now_us)
             self.window_index = index

@@ -23,6 +23,7 @@ from .kvmem import KVPool, estimate_prompt_tokens, pages_for, prompt_pieces, tok
 
 SWAP_GBPS = 16.0  # host link speed for swapping KV out and in, unless a model sets `swap_gbps`
 PREFILL_TOKENS_PER_S = 8000.0  # recompute speed, unless a model sets `prefill_tokens_per_s`
+NO_BLOCKS = (0, 0, 0)  # PrefixCache.lookup of an empty chain
 BOS = "<s>"  # the token estimate_prompt_tokens adds; not a piece the tokenizer can produce
 
 
@@ -114,7 +115,6 @@ class KVManager:
         self.leases: dict[int, Lease] = {}
         self.on_evict = on_evict
         self.per_page = {m.name: config.page_bytes // m.token_bytes for m in config.models}  # tokens per page
-        self._last_demand: tuple = (None, 0, None)  # (task, its tokens_out, _demand's answer)
 
     def add_model(self, model) -> None:
         """A model added at runtime (/ctl/models): its shape, and its tokens per page."""
@@ -142,18 +142,12 @@ class KVManager:
 
     def _demand(self, task) -> tuple[tuple, int, int]:
         """What the task needs on any GPU: its prompt's block chain, private pages beside it, and
-        the most pages it may ever hold (its prompt plus all it may generate).
-
-        The last answer is kept while the task's context is unchanged: placement asks, then attach."""
-        last_task, last_tokens, demand = self._last_demand
-        if last_task is task and last_tokens == task.tokens_out:
-            return demand
-        chain = prompt_chain(task.model, self.per_page[task.model], task.spec.prompt)
+        the most pages it may ever hold (its prompt plus all it may generate)."""
+        model, per_page = self.models[task.model], self.per_page[task.model]
+        chain = prompt_chain(task.model, per_page, task.spec.prompt)
         blocks = len(chain)  # cacheable_blocks(task.tokens_in): the chain covers the prompt's full blocks
-        worst = self._pages(self.models[task.model], task.tokens_in + task.spec.max_tokens, blocks)
-        demand = (chain, self._private_need(task, blocks), worst)
-        self._last_demand = (task, task.tokens_out, demand)
-        return demand
+        worst = self._pages(model, task.tokens_in + task.spec.max_tokens, blocks)
+        return chain, self._pages(model, task.tokens_in + task.tokens_out + 1, blocks) - blocks, worst
 
     def _private_need(self, task, blocks: int) -> int:
         """Private pages for the context and the next token, beside `blocks` shared blocks."""
@@ -164,9 +158,9 @@ class KVManager:
         prefix hits then most room to spare first, or None if it does not fit."""
         return self._fit(gpu, self._demand(task))
 
-    def best_fit(self, task, gpus) -> int | None:
-        """Of `gpus`, the one where place() scores the task highest, or None if it fits on none;
-        what the task needs is worked out once, not once per GPU."""
+    def seat(self, task, gpus) -> int | None:
+        """Attach the task on the one of `gpus` where place() scores it highest; that GPU, or None
+        if it fits on none. What the task needs is worked out once, not once per GPU."""
         if not gpus:
             return None
         best, best_score, demand = None, None, self._demand(task)
@@ -174,6 +168,8 @@ class KVManager:
             score = self._fit(gpu, demand)
             if score is not None and (best_score is None or score > best_score):
                 best, best_score = gpu, score
+        if best is not None:
+            self._attach(task, best, demand)
         return best
 
     def _fit(self, gpu: int, demand: tuple[tuple, int, int]) -> tuple | None:
@@ -182,7 +178,7 @@ class KVManager:
         pool, cache, (chain, private, worst) = self.pools[gpu], self.caches[gpu], demand
         if pool.pages_total < worst:
             return None
-        hits, cached, idle = cache.lookup(chain)
+        hits, cached, idle = cache.lookup(chain) if chain else NO_BLOCKS
         need = len(chain) - cached + private
         room = pool.pages_free + len(cache.idle) - idle
         if self.real_free[gpu] is not None:
@@ -191,20 +187,29 @@ class KVManager:
 
     def attach(self, task, gpu: int) -> int:
         """Give the task its pages on `gpu` (place() said they fit); the prefill tokens still to compute."""
-        cache, (chain, private, _worst) = self.caches[gpu], self._demand(task)
-        blocks = len(chain)
-        hits, cached, _ = cache.lookup(chain)
-        for key in chain:  # held before the eviction below, so none of them is evicted
-            cache.hold(key)
-        if not self._take(gpu, blocks - cached + private, task):
+        return self._attach(task, gpu, self._demand(task))
+
+    def _attach(self, task, gpu: int, demand: tuple[tuple, int, int]) -> int:
+        chain, private, _worst = demand
+        hits, cached = self._hold(gpu, chain) if chain else (0, 0)
+        if not self._take(gpu, len(chain) - cached + private, task):
             raise RuntimeError(f"attach of task {task.pid} to gpu {gpu} without room: place() first")
-        cache.hits += hits
-        cache.misses += blocks - hits
-        self.leases[task.pid] = Lease(gpu, chain, private, self._holds(task, blocks, private))
-        task.kv_pages = blocks + private
+        self.leases[task.pid] = Lease(gpu, chain, private, self._holds(task, len(chain), private))
+        task.kv_pages = len(chain) + private
         if hits:
             task.cached_tokens = max(task.cached_tokens, hits * self.per_page[task.model])
-        return task.context_tokens - task.cached_tokens
+        return task.tokens_in + task.tokens_out - task.cached_tokens
+
+    def _hold(self, gpu: int, chain: tuple) -> tuple[int, int]:
+        """References to the chain's blocks on `gpu` (before any eviction, so none of them is
+        evicted), counted as prefix hits and misses; (leading hits, blocks that were cached)."""
+        cache = self.caches[gpu]
+        hits, cached, _ = cache.lookup(chain)
+        for key in chain:
+            cache.hold(key)
+        cache.hits += hits
+        cache.misses += len(chain) - hits
+        return hits, cached
 
     def grow(self, task) -> bool:
         """Pages for the task's context and next token, evicting idle blocks if need be; whether it got them."""

@@ -23,6 +23,8 @@ class Reclaim:
 
     def _rebalance(self) -> bool:
         """fair: preempt one running task that is unfair to the queue's head, if any."""
+        if not self._preemptible:  # none has run min_run_tokens yet
+            return False
         head = self.runq.peek(self.now_us)
         victim = self._fair_victim(head) if head is not None else None
         if victim is None:
@@ -38,24 +40,18 @@ class Reclaim:
         """A running task of the tenant most over its share, whose counter is past the gap or the head's."""
         sched, mine, tenants = self.config.sched, self.accounts.tenant(head), self.accounts.tenants
         slots, total = sum(g.config.slots for g in self.gpus), self.accounts.active_weight
-        gap, min_run = sched.preempt_gap * sched.slice_tokens, sched.min_run_tokens
+        gap = sched.preempt_gap * sched.slice_tokens
         mine_under = mine.running + 1 <= slots * mine.weight / total
         best, best_key = None, None
-        for gpu in self.gpus:
-            for task in gpu.running.values():
-                if task.run_tokens < min_run or (theirs := tenants[task.tenant]) is mine:
-                    continue
-                ahead, over = theirs.counter - mine.counter, theirs.running - slots * theirs.weight / total
-                unfair = ahead > gap or (ahead > 0 and over >= 1 and mine_under)
-                key = (over, theirs.counter, -task.context_tokens, task.pid)
-                if unfair and (best_key is None or key > best_key):
-                    best, best_key = task, key
+        for task in self._preemptible.values():
+            if (theirs := tenants[task.tenant]) is mine:
+                continue
+            ahead, over = theirs.counter - mine.counter, theirs.running - slots * theirs.weight / total
+            unfair = ahead > gap or (ahead > 0 and over >= 1 and mine_under)
+            key = (over, theirs.counter, -task.context_tokens, task.pid)
+            if unfair and (best_key is None or key > best_key):
+                best, best_key = task, key
         return best
-
-    def _attach_kv(self, task: Task, gpu: Gpu) -> None:
-        """Pages for the task on `gpu`, prefix hits shared; with nothing left to prefill it is ready."""
-        if self.kv.attach(task, gpu.config.index) == 0:
-            task.prefilled = True
 
     def _grow_kv(self, task: Task, gpu: Gpu) -> None:
         """A page for the next token: evict idle prefix blocks, else preempt, else the OOM killer."""

@@ -169,9 +169,10 @@ class Accounts:
     def start(self, task) -> None:
         """The task goes from runnable to running: its tenant and agent stay active, so no lift
         and no heap changes."""
-        for entity, _key, _active, _peers in self._levels(task):
-            entity.runnable -= 1
-            entity.running += 1
+        levels = self._levels(task)
+        tenant, agent = levels[0][0], levels[1][0]
+        tenant.runnable, tenant.running = tenant.runnable - 1, tenant.running + 1
+        agent.runnable, agent.running = agent.runnable - 1, agent.running + 1
 
     @staticmethod
     def _lift(entity: Entity, floor: float | None) -> list[tuple[Entity, float]]:
