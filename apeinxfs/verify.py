@@ -192,7 +192,7 @@ def timeline(journal: Journal, pid: int | None) -> str:
         return kernel.trace.buffer.decode()
     if pid not in kernel.tasks:
         raise CannotReplay(f"no task {pid} in the journal")
-    return show(kernel.tasks[pid])
+    return show(kernel, kernel.tasks[pid])
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

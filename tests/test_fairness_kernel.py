@@ -68,7 +68,7 @@ def test_killing_a_parent_kills_its_tree():
     grandchild = submit(k, parent=child)
     k.apply(Kill(pid=root), 0)
     assert [k.tasks[p].exit for p in (root, child, grandchild)] == ["killed"] * 3
-    assert "its parent 1 was killed" in k.tasks[child].events.decode()
+    assert "its parent 1 was killed" in k.trace.of_task(k.tasks[child]).decode()
 
 
 def test_tree_is_done_only_when_every_descendant_is():
@@ -105,7 +105,7 @@ def test_fair_preempts_the_tenant_holding_more_than_its_share():
         now += STEP_US
         assert now < 10 * STEP_US, "b never got a slot"
     preempted = [p for p in (first, second) if k.tasks[p].state is State.PREEMPTED]
-    assert len(preempted) == 1 and "fair: tenant a" in k.tasks[preempted[0]].events.decode()
+    assert len(preempted) == 1 and "fair: tenant a" in k.trace.of_task(k.tasks[preempted[0]]).decode()
     assert k.tasks[preempted[0]].run_tokens >= 2
 
 

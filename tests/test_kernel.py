@@ -374,6 +374,22 @@ def test_trace_seq_strictly_increasing():
     assert times == sorted(times)
 
 
+def test_task_and_tenant_trace_views_are_the_whole_trace_filtered():
+    """Each task's and tenant's lines, read between events and after, are the whole trace's lines of it, in order."""
+    kernel = Kernel(kernel_config(slots=1))
+    kernel.apply(Submit(spec=TaskSpec(name="a", max_tokens=3, prompt='say "hi"\nthen stop')), 0)
+    early = bytes(kernel.trace.of_tenant("default"))  # read once mid-run: later reads copy only the new lines
+    submit(kernel, name="b", tokens=3)
+    run_until_idle(kernel)
+    rows = trace_rows(kernel)
+    for pid in kernel.tasks:
+        own = list(csv.DictReader(io.StringIO(kernel.trace.of_task(kernel.tasks[pid]).decode())))
+        assert own == [r for r in rows if r["pid"] == str(pid)] and len(own) >= 5
+    tenant = list(csv.DictReader(io.StringIO(kernel.trace.of_tenant("default").decode())))
+    assert early.count(b"\n") == 3 and tenant == [r for r in rows if r["tenant"] == "default"]
+    assert tenant[0]["detail"].startswith("name=a") and kernel.trace.of_tenant("nobody") == b"seq,time_us,type,pid,tenant,model,gpu,node,detail\n"
+
+
 def test_same_events_give_identical_state():
     """Replaying the applied events into a fresh kernel gives byte-identical trace and outputs."""
     original, applied = scenario()
@@ -383,8 +399,8 @@ def test_same_events_give_identical_state():
     assert replica.trace.buffer == original.trace.buffer
     assert {p: bytes(t.output) for p, t in replica.tasks.items()} == \
         {p: bytes(t.output) for p, t in original.tasks.items()}
-    assert {p: bytes(t.events) for p, t in replica.tasks.items()} == \
-        {p: bytes(t.events) for p, t in original.tasks.items()}
+    assert {p: replica.trace.of_task(t) for p, t in replica.tasks.items()} == \
+        {p: original.trace.of_task(t) for p, t in original.tasks.items()}
 
 
 def test_take_changed_reports_and_clears():

@@ -3,8 +3,8 @@ import csv
 import io
 
 
-def show(task) -> str:
-    rows = list(csv.DictReader(io.StringIO(task.events.decode())))
+def show(kernel, task) -> str:
+    rows = list(csv.DictReader(io.StringIO(kernel.trace.of_task(task).decode())))
     head = f"pid {task.pid} {task.spec.name} model={task.model} tenant={task.tenant} exit={task.exit or '-'}\n"
     if not rows:
         return head

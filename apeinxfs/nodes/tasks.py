@@ -80,7 +80,7 @@ def _files(rt, task) -> dict:
                                    length=lambda: len(task.output)),
         "wait": lambda: Blocking(poll=lambda off: wait_poll(rt.kernel, task, off), key=pid,
                                  length=lambda: len(wait_line(rt.kernel, task) or b"")),
-        "events": lambda: Log(mode=PRIVATE, source=lambda: task.events),
+        "events": lambda: Log(mode=PRIVATE, source=lambda: rt.kernel.trace.of_task(task)),
         "children": lambda: Show(show=lambda: "".join(f"{child}\n" for child in task.children)),
     }
 

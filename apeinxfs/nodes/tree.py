@@ -30,7 +30,7 @@ class ReplayDir(Dir):
         self.rt = rt
 
     def timeline(self, task) -> Show:
-        return Show(show=lambda: replay.show(task), inode=inode_of(task.pid, REPLAY_SLOT), tenant=task.tenant,
+        return Show(show=lambda: replay.show(self.rt.kernel, task), inode=inode_of(task.pid, REPLAY_SLOT), tenant=task.tenant,
                     owner=owner_of(self.rt, task))
 
     def child(self, name):
