@@ -4,7 +4,6 @@ Mutable on purpose (the kernel updates it in place on every step); only the kern
 writes to it. `slots` keep 100,000 of them small.
 """
 import enum
-from array import array
 
 import attrs
 
@@ -60,7 +59,7 @@ class Task:
     started_us: int | None = None  # first dispatch: the prompt is charged then
     meter: object = None  # billing.Meter of the segment running now
     output: bytearray = attrs.Factory(bytearray)
-    trace_starts: array = attrs.Factory(lambda: array("q"))  # where its trace lines start (trace.py)
+    trace_last: int = 0  # the seq of its last trace line (trace.py chains its lines back from it)
 
     @property
     def context_tokens(self) -> int:

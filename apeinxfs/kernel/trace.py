@@ -1,8 +1,10 @@
 """The trace: CSV lines with a strictly increasing seq, kept whole and per task.
 
 `/trace/events` serves `buffer`. A task's lines (`/tasks/PID/events`) and a tenant's
-(`/tenants/NAME/events`) are kept as where they start in `buffer`, 8 bytes a line, and
-copied out when read: most are never read, and a copy per view made every line cost three.
+(`/tenants/NAME/events`) are chains through it: for each line, by seq, the seq of the same
+task's and the same tenant's line before it (arrays of 8-byte ints, appended to at the end
+of the trace; a task holds only its last line's seq). They are copied out when read: most
+are never read, and a copy of each line per view made every line cost three copies.
 The trace is an output of the kernel, rebuilt by replaying the journal, so its seqs are
 the same after a restart.
 """
@@ -25,30 +27,6 @@ def escape(text: str) -> str:
     return one_line.replace('"', '""')
 
 
-class Lines:
-    """Some of the trace's lines, as where each starts in the trace's buffer; read as a CSV
-    text of their own, copied out of the buffer a line at a time as they are read."""
-
-    __slots__ = ("starts", "_text", "_copied")
-
-    def __init__(self):
-        self.starts = array("q")
-        self._text, self._copied = bytearray(HEADER), 0  # the header and the lines copied out so far
-
-    def text(self, buffer: bytearray) -> bytearray:
-        """The header and the lines; those copied out before are not copied again."""
-        for index in range(self._copied, len(self.starts)):
-            start = self.starts[index]
-            self._text += buffer[start:buffer.index(b"\n", start) + 1]
-        self._copied = len(self.starts)
-        return self._text
-
-
-def lines_at(buffer: bytearray, starts) -> bytes:
-    """The header and the lines that start at `starts` in `buffer`, as one text."""
-    return HEADER + b"".join(buffer[start:buffer.index(b"\n", start) + 1] for start in starts)
-
-
 class TraceLog:
     """The event log of one kernel."""
 
@@ -56,24 +34,50 @@ class TraceLog:
         self.node = node
         self.seq = 0
         self.buffer = bytearray(HEADER)
-        self._tenants: dict[str, Lines] = collections.defaultdict(Lines)
+        self._starts = array("q", [0])  # by seq: where the line starts in `buffer` (seq 0: none)
+        self._task_prev = array("q", [0])  # by seq: the seq of the same task's line before, 0 if none
+        self._tenant_prev = array("q", [0])  # by seq: the same for its tenant
+        self._tenant_last: dict[str, int] = {}  # tenant -> the seq of its last line
+        self._tenant_text: dict[str, tuple[bytearray, int]] = {}  # tenant -> (its lines read so far, last seq)
 
     def emit(self, time_us: int, kind: str, task=None, detail: str = "", gpu=None) -> None:
-        """Append one line; it is also one of the task's own lines and its tenant's."""
+        """Append one line; it is also the task's last line and its tenant's."""
         self.seq = seq = self.seq + 1
         gpu = "" if gpu is None else gpu
+        self._starts.append(len(self.buffer))
         if task is None:
             self.buffer += f'{seq},{time_us},{kind},,,,{gpu},{self.node},"{escape(detail)}"\n'.encode()
+            self._task_prev.append(0)
+            self._tenant_prev.append(0)
             return
-        start, buffer = len(self.buffer), self.buffer
-        buffer += f'{seq},{time_us},{kind},{task.pid},{task.tenant},{task.model},{gpu},{self.node},"{escape(detail)}"\n'.encode()
-        task.trace_starts.append(start)
-        self._tenants[task.tenant].starts.append(start)
+        self.buffer += f'{seq},{time_us},{kind},{task.pid},{task.tenant},{task.model},{gpu},{self.node},"{escape(detail)}"\n'.encode()
+        self._task_prev.append(task.trace_last)
+        task.trace_last = seq
+        self._tenant_prev.append(self._tenant_last.get(task.tenant, 0))
+        self._tenant_last[task.tenant] = seq
 
     def of_task(self, task) -> bytes:
         """The task's lines (a header alone if none yet): a few, copied at every read."""
-        return lines_at(self.buffer, task.trace_starts)
+        return HEADER + b"".join(map(self._line, self._chain(task.trace_last, self._task_prev)))
 
     def of_tenant(self, tenant: str) -> bytearray:
-        """The lines of `tenant`'s tasks (a header alone if none yet)."""
-        return self._tenants[tenant].text(self.buffer)
+        """The lines of `tenant`'s tasks (a header alone if none yet); those read before are not copied again."""
+        text, copied = self._tenant_text.get(tenant) or (bytearray(HEADER), 0)
+        last = self._tenant_last.get(tenant, 0)
+        text += b"".join(map(self._line, self._chain(last, self._tenant_prev, after=copied)))
+        self._tenant_text[tenant] = (text, last)
+        return text
+
+    @staticmethod
+    def _chain(last: int, prev: array, after: int = 0) -> list[int]:
+        """The seqs of a chain that ends at `last`, oldest first, from the first one after seq `after`."""
+        seqs = []
+        while last > after:
+            seqs.append(last)
+            last = prev[last]
+        seqs.reverse()
+        return seqs
+
+    def _line(self, seq: int) -> bytes:
+        start = self._starts[seq]
+        return self.buffer[start:self._starts[seq + 1] if seq < self.seq else len(self.buffer)]
