@@ -54,8 +54,8 @@ def _price_table(value) -> Price:
     return value if isinstance(value, Price) else Price(**value)
 
 
-@attrs.frozen
-class ModelConfig:
+@attrs.frozen(slots=False)  # a slotted attrs class with a cached_property gets a __getattr__, and then
+class ModelConfig:  # every attribute read of it takes CPython's slow generic path
     """A model: its driver, context length and KV shape (for bytes per token)."""
 
     name: str

@@ -94,8 +94,8 @@ class Members:
             "viewer_uids": (show_list, parse_ids), "viewer_gids": (show_list, parse_ids)}
 
 
-@attrs.frozen
-class Quota:
+@attrs.frozen(slots=False)  # a slotted attrs class with a cached_property gets a __getattr__, and then
+class Quota:  # every attribute read of it takes CPython's slow generic path
     """Hard limits: tokens per window, live tasks, KV pages held, percent of batch slots."""
 
     tokens: int | None = attrs.field(default=None, validator=_limit(1, 10**12))
@@ -114,8 +114,8 @@ class Quota:
         return Limit(self.tokens, self.window)
 
 
-@attrs.frozen
-class Budget:
+@attrs.frozen(slots=False)  # a slotted attrs class with a cached_property gets a __getattr__, and then
+class Budget:  # every attribute read of it takes CPython's slow generic path
     """Tokens per window that may be overdrawn by `overdraw` percent, paid back in the next window."""
 
     tokens: int | None = attrs.field(default=None, validator=_limit(1, 10**15))
