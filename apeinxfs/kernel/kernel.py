@@ -127,7 +127,11 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         return parent
 
     def _tenant_of(self, spec, parent: Task | None) -> str:
-        return parent.tenant if parent else spec.tenant or "default"
+        """The task's tenant, as the tenant's own name object where it has one: the many lookups
+        by it then match by identity, not by comparing a string parsed for this one task."""
+        name = parent.tenant if parent else spec.tenant or "default"
+        known = self.tenants.get(name)
+        return known.name if known is not None else name
 
     def _check_setpolicy(self, event: ev.SetPolicy) -> None:
         if event.policy not in POLICIES:
