@@ -97,6 +97,8 @@ class FakeEngine:
 
     async def handle(self, stream) -> None:
         request = await read_request(stream)
+        if request is None:  # a spare connection closed unused
+            return
         if request.body is None:  # GET /metrics: this engine has none
             await stream.send_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
             return

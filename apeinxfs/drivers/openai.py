@@ -27,7 +27,7 @@ import trio
 
 from ..kernel.errors import Invalid
 from ..kernel.events import Chunk
-from . import flow, scrape, sse
+from . import flow, scrape, spares, sse
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per task in the daemon's log
 
@@ -117,7 +117,7 @@ class OpenAIDriver:
         self.endpoints = {name: self.endpoint.of(model) for name, model in models.items()}
 
     async def serve(self, gpu: int, host) -> None:
-        async with httpx.AsyncClient(limits=LIMITS) as client:
+        async with spares.client(limits=LIMITS) as client:
             await flow.run_jobs(host, gpu, functools.partial(self._start, client))
 
     def _start(self, client, nursery, outbox: flow.Outbox, task) -> trio.CancelScope:
@@ -169,10 +169,11 @@ class OpenAIDriver:
 
 def _failure(exc: Exception, answered: bool, tokens: int) -> Exception:
     """Unreachable (retried) if the request never reached the engine: no connection, or Stale, a
-    kept-alive one the engine had closed (it hangs up before answering); Broken otherwise."""
+    kept-alive or spare one the engine had closed (it hangs up or resets before answering); Broken
+    otherwise."""
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return Unreachable(scrape.describe(exc))
-    if not answered and isinstance(exc, httpx.RemoteProtocolError):
+    if not answered and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
         return Stale(scrape.describe(exc))
     return Broken(f"stream broke after {tokens} tokens: {scrape.describe(exc)}")
 

@@ -1,0 +1,151 @@
+"""httpx clients whose engine connections are opened ahead, and whose requests go out in one send.
+
+A request to an engine pays for its TCP connection on the time to first token (in this
+daemon's one thread, trio's connect takes 0.3-1 ms, while the reader's FUSE requests wait),
+and keep-alive does not spare it: llama-server closes each connection after a stream. So
+`client()` gives an ordinary `httpx.AsyncClient` (proxies from the environment included)
+whose direct connections come from a `SpareBackend`: httpcore's trio backend with, per
+engine address, one connection already open (`Keeper`). A request takes it instead of
+connecting; the keeper opens the next one REFILL_S later, off the path of the first token,
+and renews a spare that waited SPARE_S (engines drop idle connections after 5 s). A spare
+the engine closed anyway (readable: EOF) is dropped and the request connects; one it
+closes just as the request goes out fails before any answer, which the openai driver
+retries at once (openai.Stale). Streams hold a request's writes until it reads
+(`Coalescing`): headers and body leave in one send, at one trio checkpoint.
+Proxied URLs keep httpx's own transports (mounted from the environment), with their own
+backend: only the client's default transport gets spares. Not an HTTP client: httpx is.
+"""
+import contextlib
+
+import httpcore
+import httpx
+import trio
+
+SPARE_S = 2.0  # the longest a spare waits for a request before it is renewed (engines drop idle ones after 5 s)
+REFILL_S = 0.05  # after a spare is taken, the wait before the next is opened: its connect is off the first token's path
+RETRY_S = 2.0  # after a failed connect, the wait before the keeper tries again (the engine may be down)
+FLUSH_BYTES = 65536  # a request body larger than this goes out in pieces as it is written
+
+
+@contextlib.asynccontextmanager
+async def client(**options):
+    """An httpx.AsyncClient(**options) whose direct connections are opened ahead; spares close with it."""
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(**options) as http:
+        install(http, SpareBackend(nursery))
+        try:
+            yield http
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def install(http: httpx.AsyncClient, backend: httpcore.AsyncNetworkBackend) -> None:
+    """Make `backend` the network backend of the client's default transport (not of its proxy mounts).
+
+    httpx has no public way to give its default transport a backend without losing the proxies
+    it mounts from the environment, so this sets the pool's; it fails loudly if httpx changes."""
+    pool = getattr(http._transport, "_pool", None)
+    if type(pool) is not httpcore.AsyncConnectionPool or not hasattr(pool, "_network_backend"):
+        raise TypeError(f"httpx {httpx.__version__}: the default transport's pool is {type(pool).__name__}")
+    pool._network_backend = backend
+
+
+class SpareBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's trio backend, with a spare connection per address kept by keepers in `nursery`."""
+
+    def __init__(self, nursery):
+        self.nursery, self.inner = nursery, httpcore.TrioBackend()
+        self.keepers: dict[tuple[str, int], Keeper] = {}
+
+    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        if local_address is None and not socket_options and (spare := await self._keeper(host, port).take()):
+            return spare
+        return Coalescing(await self.inner.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        return Coalescing(await self.inner.connect_unix_socket(path, timeout, socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+    def _keeper(self, host: str, port: int) -> "Keeper":
+        if (keeper := self.keepers.get((host, port))) is None:
+            keeper = self.keepers[host, port] = Keeper(lambda: self.inner.connect_tcp(host, port, RETRY_S))
+            self.nursery.start_soon(keeper.keep)
+        return keeper
+
+
+class Keeper:
+    """The spare connection of one address (`connect()` opens one): open, renewed every SPARE_S,
+    opened again REFILL_S after it is taken."""
+
+    def __init__(self, connect):
+        self.connect = connect
+        self.spare: Coalescing | None = None
+        self.taken = trio.Event()
+
+    async def take(self) -> "Coalescing | None":
+        """The spare if the engine has not hung up on it, else None."""
+        spare, self.spare = self.spare, None
+        self.taken.set()
+        if spare is not None and spare.get_extra_info("is_readable"):  # idle yet readable: EOF, the engine closed it
+            await spare.aclose()
+            return None
+        return spare
+
+    async def keep(self) -> None:
+        """Keep a spare open until cancelled."""
+        try:
+            while True:
+                fresh = await self._open()
+                await self._drop()  # the one it renews, if not taken meanwhile
+                self.spare, self.taken = fresh, trio.Event()
+                with trio.move_on_after(SPARE_S):
+                    await self.taken.wait()
+                if self.spare is None:
+                    await trio.sleep(REFILL_S)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._drop()
+
+    async def _open(self) -> "Coalescing":
+        while True:
+            try:
+                return Coalescing(await self.connect())
+            except (httpcore.ConnectError, httpcore.ConnectTimeout, OSError):
+                await trio.sleep(RETRY_S)
+
+    async def _drop(self) -> None:
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            await spare.aclose()
+
+
+class Coalescing(httpcore.AsyncNetworkStream):
+    """A network stream that holds writes (up to FLUSH_BYTES) until the next read: a request's
+    headers and body go out in one send. Closing drops what is held: nobody waits for its answer."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream):
+        self.inner, self.held, self.write_timeout = inner, b"", None
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.held, self.write_timeout = self.held + buffer, timeout
+        if len(self.held) >= FLUSH_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        held, self.held = self.held, b""
+        await self.inner.write(held, self.write_timeout)
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self.held:
+            await self.flush()
+        return await self.inner.read(max_bytes, timeout)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> "Coalescing":
+        return Coalescing(await self.inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str):
+        return self.inner.get_extra_info(info)
