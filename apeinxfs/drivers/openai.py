@@ -35,6 +35,10 @@ APIS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 # Idle connections are dropped before an engine would close them (llama-server's cpp-httplib: after 5 s;
 # it also closes one after each stream, though it says keep-alive: see Stale).
 LIMITS = httpx.Limits(max_connections=None, keepalive_expiry=2.0)
+# Once a task's first token went out, its stream pauses this long, then reads at most this often: its reader (opening
+# the stream, reading) gets the daemon's one thread before the tokens behind it, and later tokens come several per
+# read (the outbox holds them for a round anyway).
+PACE_S = flow.ROUND_S / 2
 
 
 class Unreachable(Exception):
@@ -154,12 +158,13 @@ class OpenAIDriver:
         url, body = endpoint.request(task)
         tally, answered = endpoint.tally(task.pid), False
         try:
-            async with client.stream("POST", url, json=body, timeout=endpoint.timeout_s) as response:
+            async with spares.stream(client, url, body, endpoint.timeout_s) as response:
                 answered = True
                 await _check(response)
                 async for event in endpoint.events(response):
-                    if (chunk := tally.chunk(event)) is not None:
-                        outbox.put(chunk)
+                    if (chunk := tally.chunk(event)) is not None and outbox.put(chunk):
+                        spares.pace(response, PACE_S)
+                        await trio.sleep(PACE_S)
         except (httpx.HTTPError, sse.ProtocolError) as exc:
             raise _failure(exc, answered, tally.tokens) from None
         if not tally.finished:

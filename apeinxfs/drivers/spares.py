@@ -1,4 +1,4 @@
-"""httpx clients whose engine connections are opened ahead, and whose requests go out in one send.
+"""httpx for engines: connections opened ahead, requests sent in one write, straight to the transport.
 
 A request to an engine pays for its TCP connection on the time to first token (in this
 daemon's one thread, trio's connect takes 0.3-1 ms, while the reader's FUSE requests wait),
@@ -11,11 +11,16 @@ and renews a spare that waited SPARE_S (engines drop idle connections after 5 s)
 the engine closed anyway (readable: EOF) is dropped and the request connects; one it
 closes just as the request goes out fails before any answer, which the openai driver
 retries at once (openai.Stale). Streams hold a request's writes until it reads
-(`Coalescing`): headers and body leave in one send, at one trio checkpoint.
+(`Coalescing`): headers and body leave in one send, at one trio checkpoint; once `pace`d
+(a stream whose tokens flow), they read at most once per interval, several tokens a read.
 Proxied URLs keep httpx's own transports (mounted from the environment), with their own
-backend: only the client's default transport gets spares. Not an HTTP client: httpx is.
+backend: only the client's default transport gets spares. `stream` hands a request to the
+transport the client picks for its URL, without the client's cookies, authentication,
+redirects and event hooks (an engine needs none; they cost the daemon's one thread ~0.4 ms
+a request, half of it before the request leaves). Not an HTTP client: httpx is.
 """
 import contextlib
+import functools
 
 import httpcore
 import httpx
@@ -36,6 +41,28 @@ async def client(**options):
             yield http
         finally:
             nursery.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def stream(http: httpx.AsyncClient, url: str, body: dict, timeout: float):
+    """POST `body` as JSON to `url` through the transport `http` has for it; yields the streaming response."""
+    request = httpx.Request("POST", parsed(url), json=body, extensions={"timeout": httpx.Timeout(timeout).as_dict()})
+    response = await http._transport_for_url(request.url).handle_async_request(request)
+    response.request = request
+    try:
+        yield response
+    finally:
+        await response.aclose()
+
+
+def pace(response: httpx.Response, interval_s: float) -> None:
+    """From now on, read `response`'s connection at most once per `interval_s` (if it is one of ours)."""
+    stream = response.extensions.get("network_stream")
+    if isinstance(stream, Coalescing):
+        stream.pace_s, stream.last_read = interval_s, trio.current_time()
+
+
+parsed = functools.lru_cache(maxsize=256)(httpx.URL)  # an engine's few URLs, parsed once
 
 
 def install(http: httpx.AsyncClient, backend: httpcore.AsyncNetworkBackend) -> None:
@@ -122,10 +149,12 @@ class Keeper:
 
 class Coalescing(httpcore.AsyncNetworkStream):
     """A network stream that holds writes (up to FLUSH_BYTES) until the next read: a request's
-    headers and body go out in one send. Closing drops what is held: nobody waits for its answer."""
+    headers and body go out in one send. Closing drops what is held: nobody waits for its answer.
+    With `pace_s` set, a read waits until `pace_s` after the previous one began."""
 
     def __init__(self, inner: httpcore.AsyncNetworkStream):
         self.inner, self.held, self.write_timeout = inner, b"", None
+        self.pace_s, self.last_read = 0.0, 0.0
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self.held, self.write_timeout = self.held + buffer, timeout
@@ -139,6 +168,9 @@ class Coalescing(httpcore.AsyncNetworkStream):
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         if self.held:
             await self.flush()
+        if self.pace_s:
+            await trio.sleep_until(self.last_read + self.pace_s)
+            self.last_read = trio.current_time()
         return await self.inner.read(max_bytes, timeout)
 
     async def aclose(self) -> None:
