@@ -7,10 +7,12 @@ server-sent events into kernel chunks (sse.py) and hands them to the GPU's outbo
 (flow.py: a task's first token at once, later ones a round at a time); when the kernel
 takes a task off the GPU (kill, stop, preemption) it closes that stream, and the engine
 frees the slot. A task placed again after preemption resumes: its prompt plus the text so
-far, for the tokens still owed. Connection failures are retried with exponential backoff
-(a kept-alive connection the engine had closed at once), then the task fails with `engine
-at URL unreachable: ...`; a stream that breaks fails its task. `observe` scrapes the
-engines' /metrics (scrape.py). The HTTP side (Connection, OpenAIDriver) is shared with
+far, for the tokens still owed. Requests go through spares.py (httpx with connections
+opened ahead, straight to the transport); once a stream's first token went out, its reads
+are paced. Connection failures are retried with exponential backoff (a kept-alive or
+spare connection the engine had dropped at once), then the task fails with `engine at URL
+unreachable: ...`; a stream that breaks fails its task. `observe` scrapes the engines'
+/metrics (scrape.py). The HTTP side (Connection, OpenAIDriver) is shared with
 triton.py, which brings its own protocol.
 Options of a model (`[models.options]`): url (required), engine_model (the name sent;
 default the model's), api ("completions" or "chat"), timeout_s (60: the longest silence
