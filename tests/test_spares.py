@@ -58,7 +58,7 @@ async def test_a_request_goes_out_on_the_spare_opened_ahead(nursery):
     """After a first request, the keeper opens a spare to that address, and the next request is sent on it."""
     server = await Server().start(nursery)
     url = f"http://127.0.0.1:{server.port}/v1/completions"
-    async with spares.client() as http:
+    async with spares.client(spares.SpareBackend()) as http:
         assert (await post(http, url))[1] == b"ok"
         keeper = backend_of(http).keepers["127.0.0.1", server.port]
         await until(lambda: keeper.spare is not None)
@@ -71,7 +71,7 @@ async def test_a_spare_the_engine_closed_is_dropped_and_the_request_connects(nur
     """A spare the engine hung up on (EOF waiting on it) is not used: the request gets a connection of its own."""
     server = await Server(hang_up={2}).start(nursery)  # 1: the first request's, 2: the first spare
     url = f"http://127.0.0.1:{server.port}/v1/completions"
-    async with spares.client() as http:
+    async with spares.client(spares.SpareBackend()) as http:
         await post(http, url)
         keeper = backend_of(http).keepers["127.0.0.1", server.port]
         await until(lambda: keeper.spare is not None and keeper.spare.get_extra_info("is_readable"))
@@ -84,14 +84,39 @@ async def test_a_spare_is_renewed_before_engines_drop_idle_ones(nursery, monkeyp
     """A spare nobody takes is replaced every SPARE_S, the old one closed: one connection open at a time."""
     monkeypatch.setattr(spares, "SPARE_S", 0.05)
     server = await Server().start(nursery)
-    async with trio.open_nursery() as keepers:
-        backend = spares.SpareBackend(keepers)
-        backend._keeper("127.0.0.1", server.port)
+    async with spares.client(spares.SpareBackend()) as http:
+        backend_of(http)._keeper("127.0.0.1", server.port)
         await until(lambda: server.accepted >= 4)
         await trio.sleep(0.01)
         assert server.open == 1
-        keepers.cancel_scope.cancel()
     await until(lambda: server.open == 0)
+
+
+async def test_clients_sharing_a_backend_share_one_spare_per_address(nursery):
+    """Clients on one backend (a driver's GPUs) share one spare per address; when the client whose nursery runs
+    its keeper closes, the spare closes and another client's next request starts a keeper of its own."""
+    server = await Server().start(nursery)
+    url, backend = f"http://127.0.0.1:{server.port}/v1/completions", spares.SpareBackend()
+    close_first, first_closed = trio.Event(), trio.Event()
+
+    async def first_client(task_status=trio.TASK_STATUS_IGNORED):
+        async with spares.client(backend) as http:
+            await post(http, url)
+            task_status.started()
+            await close_first.wait()
+        first_closed.set()
+    await nursery.start(first_client)
+    async with spares.client(backend) as second:
+        keeper = backend.keepers["127.0.0.1", server.port]
+        await until(lambda: keeper.spare is not None)
+        spare = keeper.spare
+        assert (await post(second, url))[0] is spare  # the first client's keeper serves the second
+        close_first.set()
+        await first_closed.wait()
+        await until(lambda: server.open == 0)
+        assert backend.keepers == {}
+        await post(second, url)
+        assert backend.keepers["127.0.0.1", server.port].nursery is backend.nurseries[0]
 
 
 async def test_proxied_urls_keep_httpx_proxy_transport(nursery, monkeypatch):
@@ -100,7 +125,7 @@ async def test_proxied_urls_keep_httpx_proxy_transport(nursery, monkeypatch):
     for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
-    async with spares.client() as http:
+    async with spares.client(spares.SpareBackend()) as http:
         assert (await post(http, "http://engine.invalid:8000/v1/completions"))[1] == b"ok"
         assert backend_of(http).keepers == {}
     assert [(r.path, r.body) for r in proxy.requests] == [("http://engine.invalid:8000/v1/completions",

@@ -121,9 +121,10 @@ class OpenAIDriver:
 
     def __init__(self, models: dict):
         self.endpoints = {name: self.endpoint.of(model) for name, model in models.items()}
+        self.spares = spares.SpareBackend()  # shared by the GPUs: one spare connection per engine, not per GPU
 
     async def serve(self, gpu: int, host) -> None:
-        async with spares.client(limits=LIMITS) as client:
+        async with spares.client(self.spares, limits=LIMITS) as client:
             await flow.run_jobs(host, gpu, functools.partial(self._start, client))
 
     def _start(self, client, nursery, outbox: flow.Outbox, task) -> trio.CancelScope:

@@ -33,14 +33,16 @@ FLUSH_BYTES = 65536  # a request body larger than this goes out in pieces as it 
 
 
 @contextlib.asynccontextmanager
-async def client(**options):
-    """An httpx.AsyncClient(**options) whose direct connections are opened ahead; spares close with it."""
+async def client(backend: "SpareBackend", **options):
+    """An httpx.AsyncClient(**options) whose direct connections come from `backend` (which several clients
+    may share: one spare per address for all); the keepers it hosts close with it."""
     async with trio.open_nursery() as nursery, httpx.AsyncClient(**options) as http:
-        install(http, SpareBackend(nursery))
+        install(http, backend)
+        backend.nurseries.append(nursery)
         try:
             yield http
         finally:
-            nursery.cancel_scope.cancel()
+            backend.leave(nursery)
 
 
 @contextlib.asynccontextmanager
@@ -77,11 +79,18 @@ def install(http: httpx.AsyncClient, backend: httpcore.AsyncNetworkBackend) -> N
 
 
 class SpareBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's trio backend, with a spare connection per address kept by keepers in `nursery`."""
+    """httpcore's trio backend, with a spare connection per address, kept by a keeper running in the
+    first of `nurseries` (those of the clients using this backend)."""
 
-    def __init__(self, nursery):
-        self.nursery, self.inner = nursery, httpcore.TrioBackend()
+    def __init__(self):
+        self.inner, self.nurseries = httpcore.TrioBackend(), []
         self.keepers: dict[tuple[str, int], Keeper] = {}
+
+    def leave(self, nursery) -> None:
+        """A client closes: stop the keepers in its nursery (the next request elsewhere starts new ones)."""
+        self.nurseries.remove(nursery)
+        self.keepers = {address: k for address, k in self.keepers.items() if k.nursery is not nursery}
+        nursery.cancel_scope.cancel()
 
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         if local_address is None and not socket_options and (spare := await self._keeper(host, port).take()):
@@ -96,17 +105,18 @@ class SpareBackend(httpcore.AsyncNetworkBackend):
 
     def _keeper(self, host: str, port: int) -> "Keeper":
         if (keeper := self.keepers.get((host, port))) is None:
-            keeper = self.keepers[host, port] = Keeper(lambda: self.inner.connect_tcp(host, port, RETRY_S))
-            self.nursery.start_soon(keeper.keep)
+            keeper = Keeper(lambda: self.inner.connect_tcp(host, port, RETRY_S), self.nurseries[0])
+            self.keepers[host, port] = keeper
+            keeper.nursery.start_soon(keeper.keep)
         return keeper
 
 
 class Keeper:
-    """The spare connection of one address (`connect()` opens one): open, renewed every SPARE_S,
-    opened again REFILL_S after it is taken."""
+    """The spare connection of one address (`connect()` opens one), kept by `keep` in `nursery`: open,
+    renewed every SPARE_S, opened again REFILL_S after it is taken."""
 
-    def __init__(self, connect):
-        self.connect = connect
+    def __init__(self, connect, nursery):
+        self.connect, self.nursery = connect, nursery
         self.spare: Coalescing | None = None
         self.taken = trio.Event()
 
