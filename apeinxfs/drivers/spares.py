@@ -4,8 +4,9 @@ A request to an engine pays for its TCP connection on the time to first token (i
 daemon's one thread, trio's connect takes 0.3-1 ms, while the reader's FUSE requests wait),
 and keep-alive does not spare it: llama-server closes each connection after a stream. So
 `client()` gives an ordinary `httpx.AsyncClient` (proxies from the environment included)
-whose direct connections come from a `SpareBackend`: httpcore's trio backend with, per
-engine address, one connection already open (`Keeper`). A request takes it instead of
+whose direct connections come from a `SpareBackend` (one per driver, shared by the
+clients of its GPUs): httpcore's trio backend with, per engine address, one connection
+already open (`Keeper`). A request takes it instead of
 connecting; the keeper opens the next one REFILL_S later, off the path of the first token,
 and renews a spare that waited SPARE_S (engines drop idle connections after 5 s). A spare
 the engine closed anyway (readable: EOF) is dropped and the request connects; one it
