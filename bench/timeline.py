@@ -95,26 +95,33 @@ class TimelineDaemon(Daemon):
 
 
 def report(out: str, requests: list[dict]) -> None:
-    """Per step, the p50 (over requests) of its first stamp after each request's start, in ms."""
+    """Per step, the p50 (over requests) of its Nth stamp after each request's start, in ms (steps seen in
+    fewer than half the requests left out); BENCH_TIMELINE=raw also prints each request's own line."""
     with open(out) as file:
         stamps = json.load(file)
     steps: dict[str, list] = {}
     for request in requests:
-        start, end = request["start"], request["end"]
-        seen, counts = {}, {}
-        for label, ns in stamps:
-            if start <= ns <= end:
-                counts[label] = counts.get(label, 0) + 1
-                seen[label if counts[label] == 1 else f"{label}#{counts[label]}"] = ns
-        seen.update({k: v for k, v in request.items() if k not in ("start", "end")})
+        seen = steps_of(stamps, request)
         if os.environ.get("BENCH_TIMELINE") == "raw":
-            print(" ".join(f"{label}={(ns - start) / 1e6:.2f}" for label, ns in sorted(seen.items(), key=lambda i: i[1])))
-        for label, ns in seen.items():
-            steps.setdefault(label, []).append((ns - start) / 1e6)
+            print(" ".join(f"{label}={ms:.2f}" for label, ms in sorted(seen.items(), key=lambda item: item[1])))
+        for label, ms in seen.items():
+            steps.setdefault(label, []).append(ms)
     print(f"--- timeline, p50 ms after the submit's write(2) ({len(requests)} requests; label#N: the Nth)")
-    common = {label: times for label, times in steps.items() if len(times) * 2 > len(requests)}  # not the rare
+    common = {label: times for label, times in steps.items() if len(times) * 2 > len(requests)}
     for label, times in sorted(common.items(), key=lambda item: statistics.median(item[1])):
         print(f"  {statistics.median(times):7.2f}  {label} ({len(times)})")
+
+
+def steps_of(stamps: list, request: dict) -> dict:
+    """{label or label#N: ms after the request's start} of the daemon's stamps during it, and the client's."""
+    start, end = request["start"], request["end"]
+    seen, counts = {}, {}
+    for label, ns in stamps:
+        if start <= ns <= end:
+            counts[label] = counts.get(label, 0) + 1
+            seen[label if counts[label] == 1 else f"{label}#{counts[label]}"] = ns
+    seen.update({label: ns for label, ns in request.items() if label not in ("start", "end")})
+    return {label: (ns - start) / 1e6 for label, ns in seen.items()}
 
 
 if __name__ == "__main__":

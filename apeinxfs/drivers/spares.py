@@ -4,21 +4,24 @@ A request to an engine pays for its TCP connection on the time to first token (i
 daemon's one thread, trio's connect takes 0.3-1 ms, while the reader's FUSE requests wait),
 and keep-alive does not spare it: llama-server closes each connection after a stream. So
 `client()` gives an ordinary `httpx.AsyncClient` (proxies from the environment included)
-whose direct connections come from a `SpareBackend` (one per driver, shared by the
-clients of its GPUs): httpcore's trio backend with, per engine address, one connection
-already open (`Keeper`). A request takes it instead of
-connecting; the keeper opens the next one REFILL_S later, off the path of the first token,
-and renews a spare that waited SPARE_S (engines drop idle connections after 5 s). A spare
-the engine closed anyway (readable: EOF) is dropped and the request connects; one it
-closes just as the request goes out fails before any answer, which the openai driver
-retries at once (openai.Stale). Streams hold a request's writes until it reads
-(`Coalescing`): headers and body leave in one send, at one trio checkpoint; once `pace`d
-(a stream whose tokens flow), they read at most once per interval, several tokens a read.
-Proxied URLs keep httpx's own transports (mounted from the environment), with their own
-backend: only the client's default transport gets spares. `stream` hands a request to the
-transport the client picks for its URL, without the client's cookies, authentication,
-redirects and event hooks (an engine needs none; they cost the daemon's one thread ~0.4 ms
-a request, half of it before the request leaves). Not an HTTP client: httpx is.
+whose direct connections come from a `SpareBackend` (one per driver, shared by the clients
+of its GPUs): httpcore's trio backend with, per engine address, one connection already open
+(`Keeper`). A request takes it instead of connecting; the keeper opens the next one REFILL_S
+later, off the path of the first token, and renews a spare that waited SPARE_S (engines
+drop idle connections after 5 s). A spare the engine closed anyway (readable: EOF) is
+dropped and the request connects; one it closes just as the request goes out fails before
+any answer, which the openai driver retries at once (openai.Stale). Proxied URLs keep
+httpx's own transports (mounted from the environment) and their backend: only the client's
+default transport gets spares.
+
+Streams hold a request's writes until it reads (`Coalescing`): headers and body leave in
+one send, at one trio checkpoint; once `pace`d (a stream whose tokens flow), they read at
+most once per interval, several tokens a read. `stream` hands a request to the transport
+the client picks for its URL, without the client's default headers, cookies,
+authentication, redirects and event hooks (an engine needs none; they cost the daemon's one
+thread ~0.4 ms a request, half of it before the request leaves). httpx has no public API
+for either hook (the default transport's backend, the transport for a URL): both use its
+private attributes, checked where they are set. Not an HTTP client: httpx is.
 """
 import contextlib
 import functools
@@ -72,10 +75,13 @@ def install(http: httpx.AsyncClient, backend: httpcore.AsyncNetworkBackend) -> N
     """Make `backend` the network backend of the client's default transport (not of its proxy mounts).
 
     httpx has no public way to give its default transport a backend without losing the proxies
-    it mounts from the environment, so this sets the pool's; it fails loudly if httpx changes."""
+    it mounts from the environment, so this sets the pool's; it fails loudly (at the driver's
+    start) if httpx changes, as it does if the client lacks what `stream` uses."""
     pool = getattr(http._transport, "_pool", None)
     if type(pool) is not httpcore.AsyncConnectionPool or not hasattr(pool, "_network_backend"):
         raise TypeError(f"httpx {httpx.__version__}: the default transport's pool is {type(pool).__name__}")
+    if not callable(getattr(http, "_transport_for_url", None)):  # what `stream` uses
+        raise TypeError(f"httpx {httpx.__version__}: AsyncClient has no _transport_for_url")
     pool._network_backend = backend
 
 
