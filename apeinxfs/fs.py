@@ -19,11 +19,12 @@ import trio
 
 from .kernel.access import identify, uses_gids
 from .kernel.errors import ApeinxError, Denied, TooMany
-from .nodes.base import BlockingHandle, Caller, Dir, SnapshotHandle
+from .nodes.base import BlockingHandle, Caller, Command, Dir, SnapshotHandle
 
 log = logging.getLogger(__name__)
 
 ATTR_TIMEOUT_S = 1.0
+STATIC_S = 60.0  # how long the kernel may keep boot-time names (and their attributes if constant): fewer requests
 WAIT_SLICE_S = 0.2
 QUIET_SIGNALS = {17, 18, 23, 28}  # SIGCHLD SIGCONT SIGURG SIGWINCH: ignored by default
 CALLERS_MAX = 4096  # callers kept at once (all are dropped when the kernel changes)
@@ -108,8 +109,10 @@ class Operations(pyfuse3.Operations):
         entry.st_uid, entry.st_gid = node.owner or self.owner
         entry.st_blksize, entry.st_blocks = 4096, (entry.st_size + 511) // 512
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
-        entry.entry_timeout = ATTR_TIMEOUT_S
-        entry.attr_timeout = ATTR_TIMEOUT_S if is_dir else 0  # sizes change: the kernel must ask
+        static = node.inode in self.tree.static  # a name made at boot, which never goes
+        entry.entry_timeout = STATIC_S if static else ATTR_TIMEOUT_S
+        entry.attr_timeout = STATIC_S if static and isinstance(node, (Dir, Command)) else (  # never change
+            ATTR_TIMEOUT_S if is_dir else 0)  # sizes change: the kernel must ask
         return entry
 
     def caller(self, ctx) -> Caller:

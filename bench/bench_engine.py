@@ -15,7 +15,8 @@ first text received; tokens per second is tokens / (time of the last text - star
 a reader gets. 5 x BENCH_ROUNDS requests per path (after one warm-up each), alternating so
 machine load falls on both alike. Targets (issue 4): apeinxfs adds < 2 ms to the p50
 time to first token and keeps >= 95% of the tokens per second (median over requests).
-BENCH_ENGINE_TOKENS (default 1000): max_tokens of every request.
+BENCH_ENGINE_TOKENS (default 1000): max_tokens of every request. BENCH_TIMELINE=1: the daemon
+runs with stamps (timeline.py) and a timeline of the apeinxfs path's steps is printed.
 """
 import json
 import os
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 import httpx
+import timeline
 from common import ROUNDS, apeinxfs_mount, median, verdict
 
 import tinymodel
@@ -56,35 +58,45 @@ def straight(client: httpx.Client, url: str) -> tuple[float, float, int]:
     return first - start, last - start, tokens
 
 
-def through(daemon) -> tuple[float, float, int]:
-    """The same through the mount: submit, then read the task's stream to EOF like `cat`."""
+def through(daemon, stamps: dict) -> tuple[float, float, int]:
+    """The same through the mount: submit, then read the task's stream to EOF like `cat`. Fills
+    `stamps` (perf_counter_ns of each step, for timeline.py)."""
     start = time.perf_counter()
+    stamps["start"] = time.perf_counter_ns()
     with open(daemon.path("ctl", "submit"), "r+b", buffering=0) as ctl:
         ctl.write(f'name=bench model=tiny max_tokens={TOKENS} prompt="{PROMPT}"\n'.encode())
+        stamps["client.written"] = time.perf_counter_ns()
         pid = int(ctl.read(64))
+        stamps["client.pid_read"] = time.perf_counter_ns()
     first = last = None
     fd = os.open(daemon.path("tasks", str(pid), "stream"), os.O_RDONLY)
+    stamps["client.stream_open"] = time.perf_counter_ns()
     try:
         while os.read(fd, 65536):
             last = time.perf_counter()
-            first = first or last
+            if first is None:
+                first = last
+                stamps["client.first_read"] = stamps["end"] = time.perf_counter_ns()
     finally:
         os.close(fd)
     tokens = int(daemon.status(pid)["TokensOut"])
     return first - start, last - start, tokens
 
 
-def measure(client, url: str, daemon) -> dict:
-    """Alternating requests, one warm-up each; {path: [(ttft_s, end_s, tokens), ...]}."""
+def measure(client, url: str, daemon, stamps: list) -> dict:
+    """Alternating requests, one warm-up each; {path: [(ttft_s, end_s, tokens), ...]}; the apeinxfs
+    path's client stamps appended to `stamps`."""
     results = {"straight": [], "apeinxfs": []}
-    runs = {"straight": lambda: straight(client, url), "apeinxfs": lambda: through(daemon)}
+    runs = {"straight": lambda: straight(client, url), "apeinxfs": lambda: through(daemon, stamps[-1])}
     for number in range(REQUESTS + 1):
+        stamps.append({})
         for path in (("straight", "apeinxfs") if number % 2 else ("apeinxfs", "straight")):
             result = runs[path]()
             if result[2] != TOKENS:
                 raise RuntimeError(f"{path}: {result[2]} tokens, not {TOKENS}")
             if number:
                 results[path].append(result)
+    del stamps[0]  # the warm-up's
     return results
 
 
@@ -102,11 +114,14 @@ def report(results: dict) -> None:
 def main() -> int:
     binary = build_llama_server()
     with tempfile.TemporaryDirectory(prefix="apeinx-bench-engine-") as tmp:
-        model = tinymodel.write(Path(tmp) / "tiny.gguf", seed=0)
+        model, stamps = tinymodel.write(Path(tmp) / "tiny.gguf", seed=0), []
+        timeline_out = str(Path(tmp) / "timeline.json") if os.environ.get("BENCH_TIMELINE") else None
         with LlamaServer(binary, model, Path(tmp) / "llama-server.log") as server, \
-                apeinxfs_mount(openai_daemon_config(server.url), name="engine") as daemon, \
+                apeinxfs_mount(openai_daemon_config(server.url), name="engine", timeline=timeline_out) as daemon, \
                 httpx.Client(timeout=60, limits=FRESH_CONNECTIONS) as client:
-            results = measure(client, server.url, daemon)
+            results = measure(client, server.url, daemon, stamps)
+        if timeline_out:
+            timeline.report(timeline_out, stamps)
     report(results)
     return 0
 

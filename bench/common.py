@@ -41,19 +41,24 @@ class ProfiledDaemon(Daemon):
 
 
 @contextlib.contextmanager
-def apeinxfs_mount(config_text: str | None = None, name: str = "apeinxfs"):
-    """A live apeinxfs mount with the embedded defaults or `config_text`."""
+def apeinxfs_mount(config_text: str | None = None, name: str = "apeinxfs", timeline: str | None = None):
+    """A live apeinxfs mount with the embedded defaults or `config_text`; with `timeline` a path, a daemon
+    that writes its stamps there (timeline.py)."""
     with tempfile.TemporaryDirectory(prefix="apeinx-bench-") as tmp:
-        daemon = make_daemon(tmp, config_text, name)
+        daemon = make_daemon(tmp, config_text, name, timeline)
         with daemon:
             yield daemon
         if isinstance(daemon, ProfiledDaemon):
             print_profile(daemon.profile_path)
 
 
-def make_daemon(tmp: str, config_text: str | None, name: str) -> Daemon:
-    """A Daemon under `tmp`, profiled into $BENCH_PROFILE/NAME.prof when that is set."""
+def make_daemon(tmp: str, config_text: str | None, name: str, timeline: str | None = None) -> Daemon:
+    """A Daemon under `tmp`, profiled into $BENCH_PROFILE/NAME.prof when that is set, with stamps
+    (timeline.py) written to `timeline` if given."""
     mnt, state = os.path.join(tmp, "ai"), os.path.join(tmp, "state")
+    if timeline:
+        from timeline import TimelineDaemon
+        return TimelineDaemon(mnt, state, config_text, timeline)
     profile_dir = os.environ.get("BENCH_PROFILE")
     if not profile_dir:
         return Daemon(mnt, state, config_text)

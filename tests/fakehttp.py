@@ -2,7 +2,8 @@
 
 Fake engines (test_openai_driver.py, test_triton_driver.py) serve these with
 `trio.serve_tcp` on 127.0.0.1 and answer with `connection: close`, so one request per
-connection and no keep-alive to handle. Not an HTTP server: nothing here checks much.
+connection and no keep-alive to handle; a connection closed before its request (a client's
+spare, spares.py) has none. Not an HTTP server: nothing here checks much.
 """
 import json
 
@@ -18,11 +19,13 @@ class Request:
     body: dict | None  # None for a request without one (a GET)
 
 
-async def read_request(stream) -> Request:
-    """Read one request, with its JSON body if it has one, from a trio stream."""
+async def read_request(stream) -> Request | None:
+    """Read one request, with its JSON body if it has one, from a trio stream; None if it closes first."""
     data = b""
     while b"\r\n\r\n" not in data:
-        data += await stream.receive_some()
+        if not (more := await stream.receive_some()):
+            return None
+        data += more
     head, _, body = data.partition(b"\r\n\r\n")
     request_line, *header_lines = head.split(b"\r\n")
     headers = dict(line.lower().split(b":", 1) for line in header_lines)

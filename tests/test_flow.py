@@ -38,15 +38,15 @@ class FakeTask:
 
 
 async def test_outbox_sends_a_first_token_at_once_and_the_rest_a_round_at_a_time(autojump_clock):
-    """A task's first chunk with tokens is delivered inside put(); later ones wait for a round, merged per task."""
+    """A task's first chunk with tokens is delivered inside put() (which says so); later ones wait for a round,
+    merged per task."""
     host = Recorder()
     outbox = flow.Outbox(host, gpu=0)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(outbox.deliver_forever)
-        outbox.put(Chunk(1, "a", 1, prefill=4))
+        assert outbox.put(Chunk(1, "a", 1, prefill=4)) is True
         assert host.steps() == [(Chunk(1, "a", 1, prefill=4),)]
-        for text in ("b", "c", "d"):
-            outbox.put(Chunk(1, text, 1))
+        assert [outbox.put(Chunk(1, text, 1)) for text in ("b", "c", "d")] == [False] * 3
         outbox.put(Chunk(2, "x", 1, prefill=3))
         outbox.put(Chunk(1, "", 0, final=True))
         await trio.sleep(1)

@@ -5,6 +5,8 @@ runtime tests run the real kernel and driver against `FakeEngine`, a few-line
 OpenAI-compatible streaming server on 127.0.0.1, on trio's real clock (sockets and an
 autojump clock do not mix). The real engine is in test_engine_daemon.py.
 """
+import socket
+import struct
 
 import pytest
 import trio
@@ -81,12 +83,13 @@ class FakeEngine:
     """A tiny OpenAI-compatible server: streams max_tokens words `delay` s apart.
 
     `stop_after` N: it ends the text early (finish_reason stop); `cut_after` N: it hangs up;
-    `drop_first` N: it hangs up on the first N requests without answering.
+    `drop_first` N: it hangs up on the first N requests without answering (`reset`: with a TCP reset).
     """
 
     def __init__(self, delay: float = 0.0, stop_after: int | None = None, cut_after: int | None = None,
-                 drop_first: int = 0):
+                 drop_first: int = 0, reset: bool = False):
         self.delay, self.stop_after, self.cut_after, self.drop_first = delay, stop_after, cut_after, drop_first
+        self.reset = reset
         self.bodies, self.closed_early = [], 0
         self.port = None
 
@@ -97,12 +100,16 @@ class FakeEngine:
 
     async def handle(self, stream) -> None:
         request = await read_request(stream)
+        if request is None:  # a spare connection closed unused
+            return
         if request.body is None:  # GET /metrics: this engine has none
             await stream.send_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
             return
         body = request.body
         self.bodies.append(body)
         if len(self.bodies) <= self.drop_first:
+            if self.reset:  # linger 0: close(2) sends RST
+                stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return
         try:
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
@@ -153,6 +160,13 @@ async def test_engine_stopping_early_ends_the_task_done(tmp_path, nursery):
 async def test_engine_hanging_up_before_answering_is_retried(tmp_path, nursery):
     """A request the engine hangs up on unanswered (a kept-alive connection it had closed) is sent again."""
     engine = await FakeEngine(drop_first=1).start(nursery)
+    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 3}], backoff_s=60)  # no backoff
+    assert (task.exit, task.tokens_out, len(engine.bodies)) == ("done", 3, 2)
+
+
+async def test_engine_resetting_a_connection_before_answering_is_retried(tmp_path, nursery):
+    """A request the engine resets unanswered (a spare connection it had dropped) is sent again at once."""
+    engine = await FakeEngine(drop_first=1, reset=True).start(nursery)
     [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 3}], backoff_s=60)  # no backoff
     assert (task.exit, task.tokens_out, len(engine.bodies)) == ("done", 3, 2)
 

@@ -56,6 +56,8 @@ class TritonFake:
 
     async def handle(self, stream) -> None:
         request = await read_request(stream)
+        if request is None:  # a spare connection closed unused
+            return
         self.requests.append(request)
         try:
             if self.status != 200:

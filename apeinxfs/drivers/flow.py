@@ -68,13 +68,15 @@ class Outbox:
         self.flowing: set[int] = set()  # tasks whose first token since they were placed went out
         self.ready = trio.Event()
 
-    def put(self, chunk: Chunk) -> None:
+    def put(self, chunk: Chunk) -> bool:
+        """Queue `chunk`; True if it went out at once (its task's first token)."""
         self.chunks.append(chunk)
         if chunk.tokens and chunk.pid not in self.flowing:
             self.flowing.add(chunk.pid)
             self._deliver_chunks()
-        else:
-            self.ready.set()
+            return True
+        self.ready.set()
+        return False
 
     def placed(self, pids) -> None:
         """Forget the tasks no longer placed here: placed again, their next token is a first one."""

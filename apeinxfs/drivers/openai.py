@@ -7,10 +7,12 @@ server-sent events into kernel chunks (sse.py) and hands them to the GPU's outbo
 (flow.py: a task's first token at once, later ones a round at a time); when the kernel
 takes a task off the GPU (kill, stop, preemption) it closes that stream, and the engine
 frees the slot. A task placed again after preemption resumes: its prompt plus the text so
-far, for the tokens still owed. Connection failures are retried with exponential backoff
-(a kept-alive connection the engine had closed at once), then the task fails with `engine
-at URL unreachable: ...`; a stream that breaks fails its task. `observe` scrapes the
-engines' /metrics (scrape.py). The HTTP side (Connection, OpenAIDriver) is shared with
+far, for the tokens still owed. Requests go through spares.py (httpx with connections
+opened ahead, straight to the transport); once a stream's first token went out, its reads
+are paced. Connection failures are retried with exponential backoff (a kept-alive or
+spare connection the engine had dropped at once), then the task fails with `engine at URL
+unreachable: ...`; a stream that breaks fails its task. `observe` scrapes the engines'
+/metrics (scrape.py). The HTTP side (Connection, OpenAIDriver) is shared with
 triton.py, which brings its own protocol.
 Options of a model (`[models.options]`): url (required), engine_model (the name sent;
 default the model's), api ("completions" or "chat"), timeout_s (60: the longest silence
@@ -27,7 +29,7 @@ import trio
 
 from ..kernel.errors import Invalid
 from ..kernel.events import Chunk
-from . import flow, scrape, sse
+from . import flow, scrape, spares, sse
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per task in the daemon's log
 
@@ -35,6 +37,10 @@ APIS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 # Idle connections are dropped before an engine would close them (llama-server's cpp-httplib: after 5 s;
 # it also closes one after each stream, though it says keep-alive: see Stale).
 LIMITS = httpx.Limits(max_connections=None, keepalive_expiry=2.0)
+# Once a task's first token went out, its stream pauses this long, then reads at most this often: its reader (opening
+# the stream, reading) gets the daemon's one thread before the tokens behind it, and later tokens come several per
+# read (the outbox holds them for a round anyway).
+PACE_S = flow.ROUND_S / 2
 
 
 class Unreachable(Exception):
@@ -115,9 +121,10 @@ class OpenAIDriver:
 
     def __init__(self, models: dict):
         self.endpoints = {name: self.endpoint.of(model) for name, model in models.items()}
+        self.spares = spares.SpareBackend()  # shared by the GPUs: one spare connection per engine, not per GPU
 
     async def serve(self, gpu: int, host) -> None:
-        async with httpx.AsyncClient(limits=LIMITS) as client:
+        async with spares.client(self.spares, limits=LIMITS) as client:
             await flow.run_jobs(host, gpu, functools.partial(self._start, client))
 
     def _start(self, client, nursery, outbox: flow.Outbox, task) -> trio.CancelScope:
@@ -154,12 +161,13 @@ class OpenAIDriver:
         url, body = endpoint.request(task)
         tally, answered = endpoint.tally(task.pid), False
         try:
-            async with client.stream("POST", url, json=body, timeout=endpoint.timeout_s) as response:
+            async with spares.stream(client, url, body, endpoint.timeout_s) as response:
                 answered = True
                 await _check(response)
                 async for event in endpoint.events(response):
-                    if (chunk := tally.chunk(event)) is not None:
-                        outbox.put(chunk)
+                    if (chunk := tally.chunk(event)) is not None and outbox.put(chunk):
+                        spares.pace(response, PACE_S)
+                        await trio.sleep(PACE_S)
         except (httpx.HTTPError, sse.ProtocolError) as exc:
             raise _failure(exc, answered, tally.tokens) from None
         if not tally.finished:
@@ -169,10 +177,11 @@ class OpenAIDriver:
 
 def _failure(exc: Exception, answered: bool, tokens: int) -> Exception:
     """Unreachable (retried) if the request never reached the engine: no connection, or Stale, a
-    kept-alive one the engine had closed (it hangs up before answering); Broken otherwise."""
+    kept-alive or spare one the engine had closed (it hangs up or resets before answering); Broken
+    otherwise."""
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return Unreachable(scrape.describe(exc))
-    if not answered and isinstance(exc, httpx.RemoteProtocolError):
+    if not answered and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
         return Stale(scrape.describe(exc))
     return Broken(f"stream broke after {tokens} tokens: {scrape.describe(exc)}")
 

@@ -1,0 +1,200 @@
+"""httpx for engines: connections opened ahead, requests sent in one write, straight to the transport.
+
+A request to an engine pays for its TCP connection on the time to first token (in this
+daemon's one thread, trio's connect takes 0.3-1 ms, while the reader's FUSE requests wait),
+and keep-alive does not spare it: llama-server closes each connection after a stream. So
+`client()` gives an ordinary `httpx.AsyncClient` (proxies from the environment included)
+whose direct connections come from a `SpareBackend` (one per driver, shared by the clients
+of its GPUs): httpcore's trio backend with, per engine address, one connection already open
+(`Keeper`). A request takes it instead of connecting; the keeper opens the next one REFILL_S
+later, off the path of the first token, and renews a spare that waited SPARE_S (engines
+drop idle connections after 5 s). A spare the engine closed anyway (readable: EOF) is
+dropped and the request connects; one it closes just as the request goes out fails before
+any answer, which the openai driver retries at once (openai.Stale). Proxied URLs keep
+httpx's own transports (mounted from the environment) and their backend: only the client's
+default transport gets spares.
+
+Streams hold a request's writes until it reads (`Coalescing`): headers and body leave in
+one send, at one trio checkpoint; once `pace`d (a stream whose tokens flow), they read at
+most once per interval, several tokens a read. `stream` hands a request to the transport
+the client picks for its URL, without the client's default headers, cookies,
+authentication, redirects and event hooks (an engine needs none; they cost the daemon's one
+thread ~0.4 ms a request, half of it before the request leaves). httpx has no public API
+for either hook (the default transport's backend, the transport for a URL): both use its
+private attributes, checked where they are set. Not an HTTP client: httpx is.
+"""
+import contextlib
+import functools
+
+import httpcore
+import httpx
+import trio
+
+SPARE_S = 2.0  # the longest a spare waits for a request before it is renewed (engines drop idle ones after 5 s)
+REFILL_S = 0.05  # after a spare is taken, the wait before the next is opened: its connect is off the first token's path
+RETRY_S = 2.0  # after a failed connect, the wait before the keeper tries again (the engine may be down)
+FLUSH_BYTES = 65536  # a request body larger than this goes out in pieces as it is written
+
+
+@contextlib.asynccontextmanager
+async def client(backend: "SpareBackend", **options):
+    """An httpx.AsyncClient(**options) whose direct connections come from `backend` (which several clients
+    may share: one spare per address for all); the keepers it hosts close with it."""
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(**options) as http:
+        install(http, backend)
+        backend.nurseries.append(nursery)
+        try:
+            yield http
+        finally:
+            backend.leave(nursery)
+
+
+@contextlib.asynccontextmanager
+async def stream(http: httpx.AsyncClient, url: str, body: dict, timeout: float):
+    """POST `body` as JSON to `url` through the transport `http` has for it; yields the streaming response."""
+    request = httpx.Request("POST", parsed(url), json=body, extensions={"timeout": httpx.Timeout(timeout).as_dict()})
+    response = await http._transport_for_url(request.url).handle_async_request(request)
+    response.request = request
+    try:
+        yield response
+    finally:
+        await response.aclose()
+
+
+def pace(response: httpx.Response, interval_s: float) -> None:
+    """From now on, read `response`'s connection at most once per `interval_s` (if it is one of ours)."""
+    stream = response.extensions.get("network_stream")
+    if isinstance(stream, Coalescing):
+        stream.pace_s, stream.last_read = interval_s, trio.current_time()
+
+
+parsed = functools.lru_cache(maxsize=256)(httpx.URL)  # an engine's few URLs, parsed once
+
+
+def install(http: httpx.AsyncClient, backend: httpcore.AsyncNetworkBackend) -> None:
+    """Make `backend` the network backend of the client's default transport (not of its proxy mounts).
+
+    httpx has no public way to give its default transport a backend without losing the proxies
+    it mounts from the environment, so this sets the pool's; it fails loudly (at the driver's
+    start) if httpx changes, as it does if the client lacks what `stream` uses."""
+    pool = getattr(http._transport, "_pool", None)
+    if type(pool) is not httpcore.AsyncConnectionPool or not hasattr(pool, "_network_backend"):
+        raise TypeError(f"httpx {httpx.__version__}: the default transport's pool is {type(pool).__name__}")
+    if not callable(getattr(http, "_transport_for_url", None)):  # what `stream` uses
+        raise TypeError(f"httpx {httpx.__version__}: AsyncClient has no _transport_for_url")
+    pool._network_backend = backend
+
+
+class SpareBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's trio backend, with a spare connection per address, kept by a keeper running in the
+    first of `nurseries` (those of the clients using this backend)."""
+
+    def __init__(self):
+        self.inner, self.nurseries = httpcore.TrioBackend(), []
+        self.keepers: dict[tuple[str, int], Keeper] = {}
+
+    def leave(self, nursery) -> None:
+        """A client closes: stop the keepers in its nursery (the next request elsewhere starts new ones)."""
+        self.nurseries.remove(nursery)
+        self.keepers = {address: k for address, k in self.keepers.items() if k.nursery is not nursery}
+        nursery.cancel_scope.cancel()
+
+    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        if local_address is None and not socket_options and (spare := await self._keeper(host, port).take()):
+            return spare
+        return Coalescing(await self.inner.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        return Coalescing(await self.inner.connect_unix_socket(path, timeout, socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+    def _keeper(self, host: str, port: int) -> "Keeper":
+        if (keeper := self.keepers.get((host, port))) is None:
+            keeper = Keeper(lambda: self.inner.connect_tcp(host, port, RETRY_S), self.nurseries[0])
+            self.keepers[host, port] = keeper
+            keeper.nursery.start_soon(keeper.keep)
+        return keeper
+
+
+class Keeper:
+    """The spare connection of one address (`connect()` opens one), kept by `keep` in `nursery`: open,
+    renewed every SPARE_S, opened again REFILL_S after it is taken."""
+
+    def __init__(self, connect, nursery):
+        self.connect, self.nursery = connect, nursery
+        self.spare: Coalescing | None = None
+        self.taken = trio.Event()
+
+    async def take(self) -> "Coalescing | None":
+        """The spare if the engine has not hung up on it, else None."""
+        spare, self.spare = self.spare, None
+        self.taken.set()
+        if spare is not None and spare.get_extra_info("is_readable"):  # idle yet readable: EOF, the engine closed it
+            await spare.aclose()
+            return None
+        return spare
+
+    async def keep(self) -> None:
+        """Keep a spare open until cancelled."""
+        try:
+            while True:
+                fresh = await self._open()
+                await self._drop()  # the one it renews, if not taken meanwhile
+                self.spare, self.taken = fresh, trio.Event()
+                with trio.move_on_after(SPARE_S):
+                    await self.taken.wait()
+                if self.spare is None:
+                    await trio.sleep(REFILL_S)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._drop()
+
+    async def _open(self) -> "Coalescing":
+        while True:
+            try:
+                return Coalescing(await self.connect())
+            except (httpcore.ConnectError, httpcore.ConnectTimeout, OSError):
+                await trio.sleep(RETRY_S)
+
+    async def _drop(self) -> None:
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            await spare.aclose()
+
+
+class Coalescing(httpcore.AsyncNetworkStream):
+    """A network stream that holds writes (up to FLUSH_BYTES) until the next read: a request's
+    headers and body go out in one send. Closing drops what is held: nobody waits for its answer.
+    With `pace_s` set, a read waits until `pace_s` after the previous one began."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream):
+        self.inner, self.held, self.write_timeout = inner, b"", None
+        self.pace_s, self.last_read = 0.0, 0.0
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.held, self.write_timeout = self.held + buffer, timeout
+        if len(self.held) >= FLUSH_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        held, self.held = self.held, b""
+        await self.inner.write(held, self.write_timeout)
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self.held:
+            await self.flush()
+        if self.pace_s:
+            await trio.sleep_until(self.last_read + self.pace_s)
+            self.last_read = trio.current_time()
+        return await self.inner.read(max_bytes, timeout)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> "Coalescing":
+        return Coalescing(await self.inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str):
+        return self.inner.get_extra_info(info)
