@@ -121,6 +121,7 @@ class KernelBench:
         made, first = kernel.counters.decisions - before, kernel.next_pid - 1
         for i in range(first, first + made):
             kernel.apply(Submit(spec=spec(i)), self.step * STEP_US)
+        kernel.take_changed()  # as the runtime does after every commit (else the set grows forever)
         return made, elapsed
 
     def batch(self) -> tuple[float, float]:
