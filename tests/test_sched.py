@@ -2,6 +2,8 @@
 
 How the kernel uses them (dispatch, preemption, hierarchy) is in test_fairness_kernel.py.
 """
+import random
+
 import pytest
 
 from apeinxfs.kernel.sched import (NICE_0_WEIGHT, Accounts, LazyHeap, make_queue, prio_weight,
@@ -60,6 +62,23 @@ def test_lazy_heap_skips_stale_and_popped_entries():
     heap.set("z", (9, "z"))
     heap.pop("y", None)
     assert heap.peek() == "x" and heap.ordered() == ["x", "z"] and len(heap) == 2
+
+
+def test_lazy_heap_peeks_the_least_current_priority_through_any_order_of_changes():
+    """Random sets (in order, which go to the sorted run, and out of it), pops and peeks agree with a plain min()."""
+    rng, heap, truth = random.Random(7), LazyHeap(), {}
+    for step in range(20_000):
+        key = rng.randrange(300)
+        if rng.random() < 0.2:
+            heap.pop(key, None)
+            truth.pop(key, None)
+        else:
+            prio = (step if rng.random() < 0.6 else rng.randrange(step + 1), key)
+            heap.set(key, prio)
+            truth[key] = prio
+        if rng.random() < 0.5:
+            assert heap.peek() == (min(truth.values())[-1] if truth else None)
+    assert heap.ordered() == sorted(truth, key=truth.__getitem__) and len(heap._run) > 0
 
 
 def test_fcfs_serves_arrival_order():

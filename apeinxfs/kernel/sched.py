@@ -10,6 +10,7 @@
 Every queue keeps lazy-deletion heaps, so push, remove, re-key and peek are O(log n).
 The kernel decides when and where tasks run; a queue only says which is next, and why.
 """
+import collections
 import heapq
 
 import attrs
@@ -31,39 +32,48 @@ def vruntime_delta(tokens: int, weight: int) -> int:
 
 class LazyHeap(dict):
     """A priority map (a dict of key -> priority) that also peeks the least key: `set` and
-    `pop(key, None)` change it, leaving stale heap entries that `peek` skips.
+    `pop(key, None)` change it, leaving stale entries that `peek` skips.
 
-    A priority is a tuple ending with its key, so no two keys tie. The heap holds the
-    priority tuples themselves (flat, so cheap to compare); an entry is current while it is
-    the very tuple last set for its key. Change priorities only through `set`: assigning an
-    item would bypass the heap."""
+    A priority is a tuple ending with its key, so no two keys tie. Priorities are kept as
+    the tuples themselves (flat, so cheap to compare), in a heap or, when one is set no lower
+    than the last set (arrivals in order, an entity served to the back of a fair queue), at
+    the end of a sorted run beside it, which takes no comparisons to push or pop. An entry is
+    current while it is the very tuple last set for its key. Change priorities only through
+    `set`: assigning an item would bypass the heap."""
 
-    __slots__ = ("_heap",)
+    __slots__ = ("_heap", "_run")
 
     def __init__(self):
         super().__init__()
         self._heap: list = []
+        self._run: collections.deque = collections.deque()  # non-decreasing priorities
 
     def set(self, key, prio: tuple) -> None:
         if self.get(key) != prio:
             self[key] = prio
-            heapq.heappush(self._heap, prio)
-            if len(self._heap) > 2 * len(self) + 64:
+            run = self._run
+            if not run or prio >= run[-1]:
+                run.append(prio)
+            else:
+                heapq.heappush(self._heap, prio)
+            if len(self._heap) + len(run) > 2 * len(self) + 64:
                 self._compact()
 
     def _compact(self) -> None:
         """Drop stale entries (amortised O(1) per set), so a heap that is rarely peeked stays small."""
         self._heap = list(self.values())
         heapq.heapify(self._heap)
+        self._run.clear()
 
     def peek(self):
-        heap = self._heap
-        while heap:
-            prio = heap[0]
-            if self.get(prio[-1]) is prio:
-                return prio[-1]
+        heap, run = self._heap, self._run
+        while run and self.get(run[0][-1]) is not run[0]:
+            run.popleft()
+        while heap and self.get(heap[0][-1]) is not heap[0]:
             heapq.heappop(heap)
-        return None
+        if not heap:
+            return run[0][-1] if run else None
+        return heap[0][-1] if not run or heap[0] < run[0] else run[0][-1]
 
     def ordered(self) -> list:
         return sorted(self, key=self.__getitem__)
