@@ -23,7 +23,7 @@ from .pressure import StallClock
 from .reclaim import Reclaim
 from .sched import POLICIES, Accounts, make_queue, prio_weight, vruntime_delta
 from .task import State, Task
-from .tenancy import Tenancy, TenantUsage
+from .tenancy import Tenancy
 from .trace import TraceLog
 
 
@@ -71,7 +71,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
     def __init__(self, config: KernelConfig):
         self.config = config
         self.models = {m.name: m for m in config.models}
-        self.tenants = {t.name: t for t in config.tenants}
+        self.tenants, self.usage = {}, {}
         self.kv = KVManager(config, self._evicted)
         self.gpus = [Gpu(g, pool) for g, pool in zip(config.gpus, self.kv.pools)]
         self._open_gpus = {g.index for g in config.gpus}  # those with a free batch slot
@@ -88,7 +88,8 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         self._deadlines: list[tuple[int, int]] = []
         self.changed: set = set()
         self.state_counts: dict = dict.fromkeys(State, 0)
-        self.usage = {t.name: TenantUsage() for t in config.tenants}
+        for tenant in config.tenants:
+            self._install(tenant)
         self.rules: tuple = ()
         self.bills = BillBook(config.billing_period_s)
         self.audit = AuditLog()

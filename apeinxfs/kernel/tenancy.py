@@ -38,6 +38,10 @@ class TenantUsage:
     quota: TokenLedger = attrs.Factory(TokenLedger)
     budget: TokenLedger = attrs.Factory(TokenLedger)
     held: list = attrs.Factory(list)
+    # Of the tenant's config (Tenancy._install), what every dispatch reads: its ledgers' terms
+    # (quota, budget), and whether a gpu or kv_pages quota may hold its tasks back.
+    limits: tuple = ()
+    capped: bool = False
 
 
 def quota_limit(tenant) -> Limit:
@@ -131,10 +135,16 @@ class Tenancy:
     def _restore_tenant(self, name: str) -> None:
         """A journaled task's tenant that the config no longer has (a restart after the config
         changed): it comes back with default settings, so no task is lost, and the trace says so."""
-        self.tenants[name] = TenantConfig(name=name)
-        self.usage.setdefault(name, TenantUsage())
+        self._install(TenantConfig(name=name))
         self.accounts.set_tenant(name, self.tenants[name].weight)
         self._emit("tenant", None, f"{name}: restored with default settings: the journal has its tasks, the config not")
+
+    def _install(self, tenant) -> None:
+        """Make `tenant` the config of its name; its usage record (kept, or new) takes what dispatches read of it."""
+        self.tenants[tenant.name] = tenant
+        usage = self.usage.setdefault(tenant.name, TenantUsage())
+        usage.limits = (tenant.quota.limit, tenant.budget.limit)
+        usage.capped = tenant.quota.gpu is not None or tenant.quota.kv_pages is not None
 
     def _gone(self, task) -> None:
         """An exited task releases what it had reserved and no longer counts as live."""
@@ -147,10 +157,9 @@ class Tenancy:
 
     def _held_back(self, task) -> bool:
         """Hold the queue's head back if its tenant is at its gpu or kv_pages quota."""
-        quota = self.tenants[task.tenant].quota
-        if quota.gpu is None and quota.kv_pages is None:
+        if not self.usage[task.tenant].capped:
             return False
-        why = self._hold_reason(task, quota)
+        why = self._hold_reason(task, self.tenants[task.tenant].quota)
         if why is None:
             return False
         self.runq.remove(task)
@@ -203,9 +212,10 @@ class Tenancy:
 
     def _charge_tokens(self, task, tokens: int) -> TenantUsage:
         """Charge the tenant's quota and budget ledgers; its usage record."""
-        tenant, usage = self.tenants[task.tenant], self.usage[task.tenant]
-        usage.quota.charge(tenant.quota.limit, self.now_us, tokens)
-        usage.budget.charge(tenant.budget.limit, self.now_us, tokens)
+        usage = self.usage[task.tenant]
+        quota, budget = usage.limits
+        usage.quota.charge(quota, self.now_us, tokens)
+        usage.budget.charge(budget, self.now_us, tokens)
         usage.reserved -= tokens
         return usage
 
@@ -244,8 +254,7 @@ class Tenancy:
 
     def _apply_settenant(self, event: ev.SetTenant) -> None:
         tenant = event.tenant
-        self.tenants[tenant.name] = tenant
-        self.usage.setdefault(tenant.name, TenantUsage())
+        self._install(tenant)
         self.accounts.set_tenant(tenant.name, tenant.weight)
         self.audit.record(self.now_us, event, "tenant", "ok", f"{tenant.name}: {event.what}")
         self._emit("tenant", None, f"{tenant.name}: {event.what} by uid {event.uid}")
