@@ -66,14 +66,20 @@ class LazyHeap(dict):
         self._run.clear()
 
     def peek(self):
-        heap, run = self._heap, self._run
-        while run and self.get(run[0][-1]) is not run[0]:
+        run, heap, least = self._run, self._heap, None
+        while run:  # the run's first current priority
+            if self.get(run[0][-1]) is run[0]:
+                least = run[0]
+                break
             run.popleft()
-        while heap and self.get(heap[0][-1]) is not heap[0]:
+        while heap:  # the heap's, if less
+            top = heap[0]
+            if self.get(top[-1]) is top:
+                if least is None or top < least:
+                    least = top
+                break
             heapq.heappop(heap)
-        if not heap:
-            return run[0][-1] if run else None
-        return heap[0][-1] if not run or heap[0] < run[0] else run[0][-1]
+        return None if least is None else least[-1]
 
     def ordered(self) -> list:
         return sorted(self, key=self.__getitem__)
@@ -194,34 +200,46 @@ class Accounts:
 
 
 class FlatQueue:
-    """One heap over all runnable tasks, ordered by `key`."""
+    """Runnable tasks by `level` (greedy: prio, highest first; fcfs: one level), each level a
+    LazyHeap ordered by `key`: a task's level is found among a few, and within it tasks mostly
+    arrive in order (pid, arrival), so they join the heap's sorted run rather than its heap."""
 
     preempts = False
 
-    def __init__(self, name: str, key, why: str):
-        self.name, self._key, self.reason = name, key, why  # the same reason for every task
-        self._heap, self._tasks = LazyHeap(), {}
+    def __init__(self, name: str, key, why: str, level=lambda task: 0):
+        self.name, self._key, self._level, self.reason = name, key, level, why  # the same reason for every task
+        self._levels, self._by_level = LazyHeap(), {}  # the levels with queued tasks; level -> LazyHeap of them
+        self._tasks = {}  # pid -> (task, its level)
 
     def __len__(self) -> int:
         return len(self._tasks)
 
     def push(self, task) -> None:
-        self._tasks[task.pid] = task
-        self._heap.set(task.pid, self._key(task))
+        level = self._level(task)
+        self._tasks[task.pid] = task, level
+        heap = self._by_level.get(level)
+        if heap is None:
+            heap = self._by_level[level] = LazyHeap()
+        heap.set(task.pid, self._key(task))
+        self._levels.set(level, (level,))
 
     def remove(self, task) -> None:
-        if self._tasks.pop(task.pid, None) is not None:
-            self._heap.pop(task.pid, None)
+        queued = self._tasks.pop(task.pid, None)
+        if queued is not None:
+            heap = self._by_level[queued[1]]
+            heap.pop(task.pid, None)
+            if not heap:
+                self._levels.pop(queued[1], None)
 
     def rekey(self, task) -> None:
         """Counters do not order a flat queue."""
 
     def peek(self, now_us: int):
-        pid = self._heap.peek()
-        return None if pid is None else self._tasks[pid]
+        level = self._levels.peek()
+        return None if level is None else self._tasks[self._by_level[level].peek()][0]
 
     def tasks(self) -> list:
-        return [self._tasks[pid] for pid in self._heap.ordered()]
+        return [self._tasks[pid][0] for level in self._levels.ordered() for pid in self._by_level[level].ordered()]
 
 
 class FairQueue:
@@ -322,7 +340,7 @@ def make_queue(policy: str, accounts: Accounts, boost_us: int):
         return FairQueue("vtc", accounts, None, preempts=False)
     if policy == "fcfs":
         return FlatQueue("fcfs", lambda t: (t.submitted_us, t.pid), "earliest arrival")
-    return FlatQueue("greedy", lambda t: (-t.spec.prio, t.pid), "highest priority")
+    return FlatQueue("greedy", lambda t: (t.pid,), "highest priority", level=lambda t: -t.spec.prio)
 
 
 POLICIES = ("fair", "vtc", "fcfs", "greedy")
