@@ -136,6 +136,19 @@ def test_fair_deadline_boost_goes_first():
     assert queue.peek(0).pid == 1
 
 
+def test_fair_deadline_boost_comes_on_time_whatever_was_queued_and_removed_before():
+    """fair: with the earliest deadline dispatched, the next one is still boosted exactly from its deadline less boost_us."""
+    urgent, later = task(2, "b", deadline=3_000_000), task(3, "b", deadline=5_000_000)
+    queue, accounts = queue_with("fair", [task(1, "a"), urgent, later])
+    accounts.charge(task(9, "b"), 100)
+    queue.rekey(urgent)
+    assert queue.peek(2_000_000) is urgent and queue.reason == "deadline boost"
+    queue.remove(urgent)
+    assert queue.peek(3_999_999).pid == 1 and queue.peek(4_000_000) is later
+    queue.push(task(4, "b", deadline=1_500_000))  # an earlier deadline arrives
+    assert queue.peek(500_000).pid == 4
+
+
 def test_agents_share_within_a_tenant():
     """Within one tenant, the agent (root task) with the lower counter goes first."""
     t1, t2, t3 = task(1, "a", agent=1), task(2, "a", agent=1), task(3, "a", agent=3)

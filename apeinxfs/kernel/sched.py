@@ -18,6 +18,7 @@ import attrs
 NICE_0_WEIGHT = 1024
 VSCALE = 1024
 COUNTER_SCALE = 100
+NEVER = float("inf")
 
 
 def prio_weight(prio: int) -> int:
@@ -253,6 +254,7 @@ class FairQueue:
         self._tenants, self._agents, self._tasks = LazyHeap(), {}, {}  # _tasks: agent -> Task | LazyHeap
         self._deadlines, self._members = LazyHeap(), {}
         self._chosen = None  # the tenant whose task the last peek chose; None: a deadline boost
+        self._boost_at = NEVER  # no deadline boost before then (the earliest deadline seen, less boost_us)
 
     def __len__(self) -> int:
         return len(self._members)
@@ -262,6 +264,8 @@ class FairQueue:
         self._queue_in_agent(task)
         if task.deadline_at_us is not None:
             self._deadlines.set(task.pid, (task.deadline_at_us, task.pid))
+            if self.boost_us is not None:
+                self._boost_at = min(self._boost_at, task.deadline_at_us - self.boost_us)
         agents = self._agents.get(task.tenant)
         if agents is None:
             agents = self._agents[task.tenant] = LazyHeap()
@@ -310,16 +314,21 @@ class FairQueue:
             agents.set(task.agent, (self.accounts.agent(task).counter, task.agent))
 
     def peek(self, now_us: int):
-        if self.boost_us is not None and (urgent := self._deadlines.peek()) is not None:
-            task = self._members[urgent]
-            if task.deadline_at_us - now_us <= self.boost_us:
-                self._chosen = None
-                return task
+        if now_us >= self._boost_at and (urgent := self._boosted(now_us)) is not None:
+            self._chosen = None
+            return urgent
         tenant = self._chosen = self._tenants.peek()
         if tenant is None:
             return None
         tasks = self._tasks[self._agents[tenant].peek()]
         return tasks if type(tasks) is not LazyHeap else self._members[tasks.peek()]
+
+    def _boosted(self, now_us: int):
+        """The queued task with the earliest deadline if it is within boost_us, else None (and
+        no boost is looked for again until that deadline is)."""
+        urgent = self._deadlines.peek()
+        self._boost_at = NEVER if urgent is None else self._deadlines[urgent][0] - self.boost_us
+        return self._members[urgent] if now_us >= self._boost_at else None
 
     @property
     def reason(self) -> str:
