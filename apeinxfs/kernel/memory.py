@@ -147,7 +147,7 @@ class KVManager:
         chain = prompt_chain(task.model, per_page, task.spec.prompt)
         blocks = len(chain)  # cacheable_blocks(task.tokens_in): the chain covers the prompt's full blocks
         worst = self._pages(model, task.tokens_in + task.spec.max_tokens, blocks)
-        return chain, self._pages(model, task.tokens_in + task.tokens_out + 1, blocks) - blocks, worst
+        return chain, self._private_need(task, blocks), worst
 
     def _private_need(self, task, blocks: int) -> int:
         """Private pages for the context and the next token, beside `blocks` shared blocks."""
