@@ -56,7 +56,7 @@ class KVPool:
 
     def alloc(self, pages: int) -> bool:
         """Take `pages` if they are free; say whether it worked."""
-        if pages > self.pages_free:
+        if self.pages_used + pages > self.pages_total:  # pages_free, without a property call on the dispatch path
             return False
         self.pages_used += pages
         return True
