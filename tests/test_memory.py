@@ -123,7 +123,7 @@ def test_grow_holds_exactly_the_pages_the_context_needs():
         for tokens_out in range(300):
             grown.tokens_out = tokens_out
             assert kv.grow(grown)
-            assert grown.kv_pages - blocks == kv._private_need(grown, blocks), tokens_out
+            assert grown.kv_pages - blocks == kv._private_need(grown, blocks, kv.models["sim"]), tokens_out
 
 
 def test_grow_fails_without_evicting_referenced_blocks():
@@ -136,12 +136,21 @@ def test_grow_fails_without_evicting_referenced_blocks():
     assert not kv.grow(hungry) and evictions == [] and len(kv.caches[0]) == 2
 
 
-def test_place_prefers_prefix_hits_then_room_and_needs_a_pool_for_the_worst_case():
-    """A GPU that caches the prompt's prefix wins; a pool too small for the whole context never fits."""
+def test_place_prefers_prefix_hits_then_room():
+    """A GPU that caches the prompt's prefix wins."""
     kv, _ = manager(gpus=2)
     kv.attach(task(1, words("s", 16)), 1)
     assert kv.place(task(2, words("s", 16)), 1) > kv.place(task(2, words("s", 16)), 0)
+
+
+def test_a_pool_too_small_for_the_whole_context_never_fits():
+    """Where pools differ in size, a task that may grow past the smaller one is placed only on the larger."""
+    mixed = KernelConfig(models=[ModelConfig(name="sim")], page_mib=1,
+                         gpus=[GpuConfig(index=0, kv_mib=16), GpuConfig(index=1, kv_mib=64)])
+    kv = KVManager(mixed, lambda *_: None)
     assert kv.place(task(3, max_tokens=16 * TPP), 0) is None
+    assert kv.place(task(3, max_tokens=16 * TPP), 1) is not None
+    assert kv.place(task(4, max_tokens=15 * TPP), 0) is not None
 
 
 def test_preempt_mode_is_the_cheaper_of_swap_and_recompute():

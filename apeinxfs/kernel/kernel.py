@@ -374,13 +374,13 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
 
     def _fill_slots(self) -> bool:
         """Dispatch from the queue while the head fits; say whether KV (not slots) stopped it."""
-        runq, now_us = self.runq, self.now_us
-        while (task := runq.peek(now_us)) is not None:
+        runq, now_us, open_gpus = self.runq, self.now_us, self._open_gpus
+        while open_gpus and (task := runq.peek(now_us)) is not None:  # no peek once the slots are full
             if self._held_back(task):
                 continue
-            gpu = self.kv.seat(task, self._open_gpus)  # KV pages where most prefix hits, then most room
+            gpu = self.kv.seat(task, open_gpus)  # KV pages where most prefix hits, then most room
             if gpu is None:
-                return bool(self._open_gpus)
+                return True
             self._dispatch(task, self.gpus[gpu], runq.reason)
         return False
 
@@ -402,7 +402,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         self.changed.add(gpu.key)
         counter = self.accounts.tenants[task.tenant].counter
         self._emit("dispatch", task, f"{runq.name}: {reason}; tenant counter={counter:.1f} "
-                                     f"vruntime={task.vruntime} queued={len(runq)}", index)
+                                     f"vruntime={task.vruntime} queued={len(runq)}", index, plain=True)
 
     def _charge(self, task: Task, gpu: Gpu, chunk: ev.Chunk) -> None:
         """VTC cost of what was served: input and output tokens apart, output dearer under KV pressure."""
@@ -448,8 +448,8 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
     def _touch(self, task: Task) -> None:
         self.changed.add(task.pid)
 
-    def _emit(self, kind: str, task: Task | None, detail: str, gpu=None) -> None:
-        self.trace.emit(self.now_us, kind, task, detail, gpu)
+    def _emit(self, kind: str, task: Task | None, detail: str, gpu=None, plain: bool = False) -> None:
+        self.trace.emit(self.now_us, kind, task, detail, gpu, plain)
         self.changed.add("trace")
 
     # -- views for drivers and the tree -----------------------------------------------------

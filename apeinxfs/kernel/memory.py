@@ -111,6 +111,7 @@ class KVManager:
         self.models = {m.name: m for m in config.models}
         self.pools = [KVPool(config.page_bytes, g.kv_mib * MIB // config.page_bytes) for g in config.gpus]
         self.caches = [PrefixCache() for _ in config.gpus]
+        self._mixed_pools = len({pool.pages_total for pool in self.pools}) > 1  # see _demand
         self.real_free: list[int | None] = [None] * len(config.gpus)  # pages NVML says are free, real GPUs
         self.leases: dict[int, Lease] = {}
         self.on_evict = on_evict
@@ -142,16 +143,18 @@ class KVManager:
 
     def _demand(self, task) -> tuple[tuple, int, int]:
         """What the task needs on any GPU: its prompt's block chain, private pages beside it, and
-        the most pages it may ever hold (its prompt plus all it may generate)."""
+        the most pages it may ever hold (its prompt plus all it may generate). That last one is
+        worked out only where pools differ in size: admission refused any task that fits in none,
+        so when they are all alike every task fits in each (0 then stands for "fits")."""
         model, per_page = self.models[task.model], self.per_page[task.model]
-        chain = prompt_chain(task.model, per_page, task.spec.prompt)
-        blocks = len(chain)  # cacheable_blocks(task.tokens_in): the chain covers the prompt's full blocks
-        worst = self._pages(model, task.tokens_in + task.spec.max_tokens, blocks)
-        return chain, self._private_need(task, blocks), worst
+        full_blocks = task.tokens_in > per_page  # cacheable_blocks(task.tokens_in) > 0, without the call
+        chain = prompt_chain(task.model, per_page, task.spec.prompt) if full_blocks else ()
+        worst = self._worst(model, task.tokens_in, task.spec.max_tokens) if self._mixed_pools else 0
+        return chain, self._private_need(task, len(chain), model), worst
 
-    def _private_need(self, task, blocks: int) -> int:
+    def _private_need(self, task, blocks: int, model) -> int:
         """Private pages for the context and the next token, beside `blocks` shared blocks."""
-        return self._pages(self.models[task.model], task.tokens_in + task.tokens_out + 1, blocks) - blocks
+        return self._pages(model, task.tokens_in + task.tokens_out + 1, blocks) - blocks
 
     def place(self, task, gpu: int) -> tuple | None:
         """Whether the task fits on `gpu` now (evicting idle blocks if need be): a score, most
@@ -180,7 +183,7 @@ class KVManager:
             return None
         hits, cached, idle = cache.lookup(chain) if chain else NO_BLOCKS
         need = len(chain) - cached + private
-        room = pool.pages_free + len(cache.idle) - idle
+        room = pool.pages_total - pool.pages_used + len(cache.idle) - idle  # pages_free, without a property call
         if self.real_free[gpu] is not None:
             room = min(room, self.real_free[gpu])
         return (hits, room - need, -gpu) if need <= room else None
@@ -192,7 +195,8 @@ class KVManager:
     def _attach(self, task, gpu: int, demand: tuple[tuple, int, int]) -> int:
         chain, private, _worst = demand
         hits, cached = self._hold(gpu, chain) if chain else (0, 0)
-        if not self._take(gpu, len(chain) - cached + private, task):
+        pages = len(chain) - cached + private
+        if not (self.pools[gpu].alloc(pages) or self._take(gpu, pages, task)):  # most often free: no eviction
             raise RuntimeError(f"attach of task {task.pid} to gpu {gpu} without room: place() first")
         self.leases[task.pid] = Lease(gpu, chain, private, self._holds(task, len(chain), private))
         task.kv_pages = len(chain) + private
@@ -216,7 +220,7 @@ class KVManager:
         lease = self.leases[task.pid]
         if task.tokens_in + task.tokens_out < lease.holds:  # the next token fits in what it holds
             return True
-        need = self._private_need(task, len(lease.blocks)) - lease.private
+        need = self._private_need(task, len(lease.blocks), self.models[task.model]) - lease.private
         if not self._take(lease.gpu, need, task):
             return False
         lease.private += need

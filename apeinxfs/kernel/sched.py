@@ -186,8 +186,7 @@ class Accounts:
     def start(self, task) -> None:
         """The task goes from runnable to running: its tenant and agent stay active, so no lift
         and no heap changes."""
-        levels = self._levels(task)
-        tenant, agent = levels[0][0], levels[1][0]
+        tenant, agent = self.tenants[task.tenant], self.agents[task.agent]  # both counted when it was queued
         tenant.runnable, tenant.running = tenant.runnable - 1, tenant.running + 1
         agent.runnable, agent.running = agent.runnable - 1, agent.running + 1
 

@@ -33,6 +33,7 @@ class TraceLog:
     def __init__(self, node: str):
         self.node = node
         self.seq = 0
+        self._time_us, self._time_text = None, ""  # the time of the last line, and as text
         self.buffer = bytearray(HEADER)
         self._starts = array("q", [0])  # by seq: where the line starts in `buffer` (seq 0: none)
         self._task_prev = array("q", [0])  # by seq: the seq of the same task's line before, 0 if none
@@ -40,17 +41,21 @@ class TraceLog:
         self._tenant_last: dict[str, int] = {}  # tenant -> the seq of its last line
         self._tenant_text: dict[str, tuple[bytearray, int]] = {}  # tenant -> (its lines read so far, last seq)
 
-    def emit(self, time_us: int, kind: str, task=None, detail: str = "", gpu=None) -> None:
-        """Append one line; it is also the task's last line and its tenant's."""
+    def emit(self, time_us: int, kind: str, task=None, detail: str = "", gpu=None, plain: bool = False) -> None:
+        """Append one line; it is also the task's last line and its tenant's. `plain`: the detail
+        is the kernel's own words, names and numbers, which never need escaping."""
         self.seq = seq = self.seq + 1
+        if time_us != self._time_us:  # the lines of one event share its time: worded once (an int costs a µs)
+            self._time_us, self._time_text = time_us, str(time_us)
         gpu = "" if gpu is None else gpu
+        detail = detail if plain else escape(detail)
         self._starts.append(len(self.buffer))
         if task is None:
-            self.buffer += f'{seq},{time_us},{kind},,,,{gpu},{self.node},"{escape(detail)}"\n'.encode()
+            self.buffer += f'{seq},{self._time_text},{kind},,,,{gpu},{self.node},"{detail}"\n'.encode()
             self._task_prev.append(0)
             self._tenant_prev.append(0)
             return
-        self.buffer += f'{seq},{time_us},{kind},{task.pid},{task.tenant},{task.model},{gpu},{self.node},"{escape(detail)}"\n'.encode()
+        self.buffer += f'{seq},{self._time_text},{kind},{task.pid},{task.tenant},{task.model},{gpu},{self.node},"{detail}"\n'.encode()
         self._task_prev.append(task.trace_last)
         task.trace_last = seq
         self._tenant_prev.append(self._tenant_last.get(task.tenant, 0))
