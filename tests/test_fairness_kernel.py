@@ -109,6 +109,14 @@ def test_fair_preempts_the_tenant_holding_more_than_its_share():
     assert k.tasks[preempted[0]].run_tokens >= 2
 
 
+def test_with_no_minimum_run_a_task_is_a_candidate_from_its_dispatch():
+    """With min_run_tokens 0 a running task may be preempted for fairness before it serves a token; with 2, not yet."""
+    for min_run, candidates in ((0, {1, 2}), (2, set())):
+        k = kernel(slots=2, min_run=min_run)
+        submit(k, "a"), submit(k, "a")
+        assert set(k._preemptible) == candidates
+
+
 def test_vtc_never_preempts():
     """vtc keeps a's two tasks running although b waits."""
     k = kernel(policy="vtc", slots=2)

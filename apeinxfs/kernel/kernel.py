@@ -87,6 +87,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         self.version = 0  # events applied: what a rendered file depends on, unless it reads the clock
         self._deadlines: list[tuple[int, int]] = []
         self.changed: set = set()
+        self._trace_seen = 0  # the trace seq take_changed() last reported
         self.state_counts: dict = dict.fromkeys(State, 0)
         for tenant in config.tenants:
             self._install(tenant)
@@ -376,7 +377,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         """Dispatch from the queue while the head fits; say whether KV (not slots) stopped it."""
         runq, now_us, open_gpus = self.runq, self.now_us, self._open_gpus
         while open_gpus and (task := runq.peek(now_us)) is not None:  # no peek once the slots are full
-            if self._held_back(task):
+            if self.usage[task.tenant].capped and self._held_back(task):  # only a capped tenant may be held
                 continue
             gpu = self.kv.seat(task, open_gpus)  # KV pages where most prefix hits, then most room
             if gpu is None:
@@ -392,7 +393,8 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         if reason == "deadline boost":
             self.counters.boosts += 1
         task.gpu, task.run_tokens = index, 0
-        self._count_run(task, 0)
+        if not self.config.sched.min_run_tokens:  # _count_run(task, 0), without the call
+            self._preemptible[task.pid] = task
         gpu.running[task.pid] = task
         if len(gpu.running) == gpu.config.slots:
             self._open_gpus.discard(index)
@@ -401,8 +403,8 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         self._set_state(task, State.RUNNING)
         self.changed.add(gpu.key)
         counter = self.accounts.tenants[task.tenant].counter
-        self._emit("dispatch", task, f"{runq.name}: {reason}; tenant counter={counter:.1f} "
-                                     f"vruntime={task.vruntime} queued={len(runq)}", index, plain=True)
+        self.trace.emit(self.now_us, "dispatch", task, f"{runq.name}: {reason}; tenant counter={counter:.1f} "
+                        f"vruntime={task.vruntime} queued={len(runq)}", index, plain=True)  # _emit, without the call
 
     def _charge(self, task: Task, gpu: Gpu, chunk: ev.Chunk) -> None:
         """VTC cost of what was served: input and output tokens apart, output dearer under KV pressure."""
@@ -448,9 +450,8 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
     def _touch(self, task: Task) -> None:
         self.changed.add(task.pid)
 
-    def _emit(self, kind: str, task: Task | None, detail: str, gpu=None, plain: bool = False) -> None:
-        self.trace.emit(self.now_us, kind, task, detail, gpu, plain)
-        self.changed.add("trace")
+    def _emit(self, kind: str, task: Task | None, detail: str, gpu=None) -> None:
+        self.trace.emit(self.now_us, kind, task, detail, gpu)
 
     # -- views for drivers and the tree -----------------------------------------------------
 
@@ -464,6 +465,9 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         return self._deadlines[0][0] if self._deadlines else None
 
     def take_changed(self) -> set:
-        """What changed since the last call: pids, 'trace', ('gpu', N)."""
+        """What changed since the last call: pids, 'trace' (if it has new lines), ('gpu', N)."""
         changed, self.changed = self.changed, set()
+        if self.trace.seq != self._trace_seen:
+            self._trace_seen = self.trace.seq
+            changed.add("trace")
         return changed

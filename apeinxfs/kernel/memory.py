@@ -153,8 +153,10 @@ class KVManager:
         return chain, self._private_need(task, len(chain), model), worst
 
     def _private_need(self, task, blocks: int, model) -> int:
-        """Private pages for the context and the next token, beside `blocks` shared blocks."""
-        return self._pages(model, task.tokens_in + task.tokens_out + 1, blocks) - blocks
+        """Private pages for the context and the next token, beside `blocks` shared blocks:
+        _pages(model, context + 1, blocks) - blocks."""
+        shared = blocks * self.per_page[model.name]
+        return pages_for(task.tokens_in + task.tokens_out + 1 - shared, model.token_bytes, self.page_bytes)
 
     def place(self, task, gpu: int) -> tuple | None:
         """Whether the task fits on `gpu` now (evicting idle blocks if need be): a score, most

@@ -156,9 +156,7 @@ class Tenancy:
     # -- holds (GPU-slot and KV-page quotas) ----------------------------------------------------
 
     def _held_back(self, task) -> bool:
-        """Hold the queue's head back if its tenant is at its gpu or kv_pages quota."""
-        if not self.usage[task.tenant].capped:
-            return False
+        """Hold the queue's head back if its (capped) tenant is at its gpu or kv_pages quota."""
         why = self._hold_reason(task, self.tenants[task.tenant].quota)
         if why is None:
             return False
