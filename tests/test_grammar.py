@@ -159,9 +159,9 @@ def test_range_edges_are_accepted():
 
 
 @pytest.mark.parametrize("line", ['name="a b"', 'name="a/b"', "name=" + "n" * 65, 'tenant=""',
-                                  'model="x\\ty"'])
+                                  'model="x\\ty"', "tenant=a,b"])
 def test_bad_names(line):
-    """Names with spaces, slashes or control characters, empty or over 64 chars are EINVAL."""
+    """Names with spaces, slashes, commas or control characters, empty or over 64 chars are EINVAL."""
     refused(line)
 
 

@@ -21,8 +21,8 @@ def check_name(what):
     def check(_inst, _attr, value):
         if not isinstance(value, str) or not value or len(value) > NAME_MAX:
             raise Invalid(f"{what} must be 1..{NAME_MAX} characters")
-        if any(c.isspace() or not c.isprintable() or c in '"\\/' for c in value):
-            raise Invalid(f"{what} {value!r} may not hold spaces, quotes, slashes or control characters")
+        if any(c.isspace() or not c.isprintable() or c in '"\\/,' for c in value):  # names are trace CSV columns
+            raise Invalid(f"{what} {value!r} may not hold spaces, quotes, commas, slashes or control characters")
     return check
 
 
