@@ -2,7 +2,7 @@
 
 Run as a script, it is the daemon (`apeinxfs.cli`) with stamps added from outside (no stamp
 code in apeinxfs itself): every FUSE request's start and end, and the openai driver's steps
-(task seen, request sent ahead, TCP connect, response headers, first token put, step applied, readers woken).
+(task seen, TCP connect, response headers, first token put, step applied, readers woken).
 Stamps are `time.perf_counter_ns()` (CLOCK_MONOTONIC, shared by all processes) and written
 to $BENCH_TIMELINE_OUT when the daemon exits. `TimelineDaemon` starts it; `report` lines
 them up with the client's own stamps per request and prints each step's p50 in ms after
@@ -61,13 +61,12 @@ def instrument() -> None:
     """Add the stamps to the daemon's classes (before anything runs)."""
     import httpcore
     from apeinxfs import fs, runtime
-    from apeinxfs.drivers import flow, openai, spares
+    from apeinxfs.drivers import flow, openai
     for op in FUSE_OPS:
         wrap_async(fs.Operations, op, "fuse." + op)
     wrap_sync(openai.OpenAIDriver, "_start", "driver.task_seen")
     wrap_sync(openai.Endpoint, "request", "driver.request_built")
     wrap_sync(openai.Endpoint, "events", "driver.headers")
-    wrap_sync(spares.Coalescing, "send_now", "net.send_ahead")
     wrap_async(httpcore.AsyncConnectionPool, "handle_async_request", "httpcore.request", end=False)
     from httpcore._backends import trio as trio_backend
     wrap_async(httpcore.TrioBackend, "connect_tcp", "net.connect")

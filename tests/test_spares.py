@@ -46,7 +46,7 @@ async def until(predicate, timeout: float = 5.0) -> None:
 
 async def post(http, url: str):
     """One request through spares.stream: (the network stream it went on, the answer's body)."""
-    async with spares.stream(http, spares.request(url, {"prompt": "hi"}, 5)) as response:
+    async with spares.stream(http, url, {"prompt": "hi"}, 5) as response:
         return response.extensions["network_stream"], await response.aread()
 
 

@@ -128,8 +128,7 @@ class OpenAIDriver:
             await flow.run_jobs(host, gpu, functools.partial(self._start, client))
 
     def _start(self, client, nursery, outbox: flow.Outbox, task) -> trio.CancelScope:
-        """Send `task`'s request now if it can go without a checkpoint (spares.send_ahead), then stream
-        it in the background; cancelling the scope closes its stream."""
+        """Stream `task` in the background; cancelling the scope closes its stream."""
         return flow.spawn(nursery, self._run, client, outbox, task)
 
     async def observe(self, host) -> None:
@@ -139,36 +138,30 @@ class OpenAIDriver:
                 if endpoint.metrics_s:
                     nursery.start_soon(scrape.watch, client, name, endpoint.url, endpoint.metrics_s, host)
 
-    def _request(self, task):
-        endpoint = self.endpoints[task.model]
-        return spares.request(*endpoint.request(task), endpoint.timeout_s)
-
     async def _run(self, client, outbox: flow.Outbox, task) -> None:
-        request = self._request(task)
-        reason = await self._attempts(client, task, outbox, spares.send_ahead(client, request) or request)
+        reason = await self._attempts(client, task, outbox)
         if reason is not None:
             outbox.fail(task, reason)
 
-    async def _attempts(self, client, task, outbox: flow.Outbox, request) -> str | None:
-        """Stream the task (`request` first: maybe one sent ahead), retrying while the engine is
-        unreachable; the failure's reason, if any."""
+    async def _attempts(self, client, task, outbox: flow.Outbox) -> str | None:
+        """Stream the task, retrying while the engine is unreachable; the failure's reason, if any."""
         endpoint, delay = self.endpoints[task.model], 0.0
         for attempt in range(endpoint.retries + 1):
             if delay:  # no checkpoint before the first try: time to first token starts here
                 await trio.sleep(delay)
             try:
-                return await self._stream(client, endpoint, task, outbox, request)
+                return await self._stream(client, endpoint, task, outbox)
             except Unreachable as exc:
                 last, delay = exc, 0.0 if isinstance(exc, Stale) else endpoint.backoff_s * 2 ** attempt
             except Broken as exc:
                 return f"engine at {endpoint.url}: {exc}"
-            request = self._request(task)
         return f"engine at {endpoint.url} unreachable: {last}"
 
-    async def _stream(self, client, endpoint: Connection, task, outbox: flow.Outbox, request) -> None:
+    async def _stream(self, client, endpoint: Connection, task, outbox: flow.Outbox) -> None:
+        url, body = endpoint.request(task)
         tally, answered = endpoint.tally(task.pid), False
         try:
-            async with spares.stream(client, request) as response:
+            async with spares.stream(client, url, body, endpoint.timeout_s) as response:
                 answered = True
                 await _check(response)
                 async for event in endpoint.events(response):

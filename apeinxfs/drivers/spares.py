@@ -14,16 +14,6 @@ any answer, which the openai driver retries at once (openai.Stale). Proxied URLs
 httpx's own transports (mounted from the environment) and their backend: only the client's
 default transport gets spares.
 
-`send_ahead` puts a request on the wire at once, with no trio checkpoint: a
-non-blocking send of its bytes (encoded as httpcore's h11 would) on the spare of its
-address, from a synchronous caller (the openai driver, in the trio step in which the
-kernel places the task, before the daemon answers whoever placed it). Its answer is read
-later through `stream(..., sent=...)`: a pool of the backend's own (`ahead`, no kept-alive
-connections) whose next connection is that spare, where httpcore's writes of the request
-are dropped as already sent (`Coalescing.ahead`). Where it cannot (a proxied or https URL,
-no spare ready, an error) the request takes the ordinary path; a spare whose send failed
-fails its request before any answer, which the openai driver retries at once.
-
 Streams hold a request's writes until it reads (`Coalescing`): headers and body leave in
 one send, at one trio checkpoint; once `pace`d (a stream whose tokens flow), they read at
 most once per interval, several tokens a read. `stream` hands a request to the transport
@@ -34,11 +24,8 @@ for either hook (the default transport's backend, the transport for a URL): both
 private attributes, checked where they are set. Not an HTTP client: httpx is.
 """
 import contextlib
-import contextvars
 import functools
-import os
 
-import h11
 import httpcore
 import httpx
 import trio
@@ -47,7 +34,6 @@ SPARE_S = 2.0  # the longest a spare waits for a request before it is renewed (e
 REFILL_S = 0.05  # after a spare is taken, the wait before the next is opened: its connect is off the first token's path
 RETRY_S = 2.0  # after a failed connect, the wait before the keeper tries again (the engine may be down)
 FLUSH_BYTES = 65536  # a request body larger than this goes out in pieces as it is written
-NO_KEEPALIVE = httpx.Limits(max_connections=None, max_keepalive_connections=0)  # the pool of requests sent ahead
 
 
 @contextlib.asynccontextmanager
@@ -63,26 +49,11 @@ async def client(backend: "SpareBackend", **options):
             backend.leave(nursery)
 
 
-def request(url: str, body: dict, timeout: float) -> httpx.Request:
-    """A POST of `body` as JSON to `url`, waiting at most `timeout` s for any read or write."""
-    return httpx.Request("POST", parsed(url), json=body, extensions={"timeout": httpx.Timeout(timeout).as_dict()})
-
-
 @contextlib.asynccontextmanager
-async def stream(http: httpx.AsyncClient, request: "httpx.Request | Sent"):
-    """Send `request` through the transport `http` has for its URL, or, for one `Sent` ahead, read its
-    answer on the stream it went on; yields the streaming response."""
-    sent = request if isinstance(request, Sent) else None
-    request, transport = (sent.request, sent.backend.ahead) if sent else (request, http._transport_for_url(request.url))
-    token = SENT.set(sent)
-    try:
-        if sent is not None:  # the thread serves others (the reader's FUSE requests) until the engine answers
-            await trio.lowlevel.wait_readable(sent.network_stream.get_extra_info("socket"))
-        response = await transport.handle_async_request(request)
-    finally:
-        SENT.reset(token)
-        if sent is not None:
-            sent.close()  # if the pool never took its stream (cancelled first): the engine sees the client go
+async def stream(http: httpx.AsyncClient, url: str, body: dict, timeout: float):
+    """POST `body` as JSON to `url` through the transport `http` has for it; yields the streaming response."""
+    request = httpx.Request("POST", parsed(url), json=body, extensions={"timeout": httpx.Timeout(timeout).as_dict()})
+    response = await http._transport_for_url(request.url).handle_async_request(request)
     response.request = request
     try:
         yield response
@@ -100,62 +71,18 @@ def pace(response: httpx.Response, interval_s: float) -> None:
 parsed = functools.lru_cache(maxsize=256)(httpx.URL)  # an engine's few URLs, parsed once
 
 
-def send_ahead(http: httpx.AsyncClient, request: httpx.Request) -> "Sent | None":
-    """Put `request` on the wire now, on the spare of its address, without a checkpoint; None (nothing
-    sent) for a proxied or https URL or when no spare is ready."""
-    if request.url.scheme != "http" or http._transport_for_url(request.url) is not http._transport:
-        return None
-    backend: SpareBackend = pool_of(http._transport)._network_backend
-    keeper = backend.keepers.get((request.url.raw_host.decode("ascii"), request.url.port or 80))
-    if keeper is None or (spare := keeper.take_ready()) is None:
-        return None
-    spare.send_now(wire_bytes(request))
-    return Sent(backend, request, spare)
-
-
-def wire_bytes(request: httpx.Request) -> bytes:
-    """The request as httpcore's HTTP/1.1 connection writes it (h11, a body of known length)."""
-    head = h11.Request(method=request.method, target=request.url.raw_path, headers=request.headers.raw)
-    return h11.Connection(our_role=h11.CLIENT).send(head) + request.content
-
-
-class Sent:
-    """A request sent ahead and the stream it went on, until `stream` reads its answer."""
-
-    def __init__(self, backend: "SpareBackend", request: httpx.Request, network_stream: "Coalescing"):
-        self.backend, self.request, self.network_stream = backend, request, network_stream
-        self.taken = False
-
-    def take(self) -> "Coalescing":
-        self.taken = True
-        return self.network_stream
-
-    def close(self) -> None:
-        """Hang up on the engine if the pool never took the stream."""
-        if not self.taken:
-            self.network_stream.get_extra_info("socket").close()
-
-
-SENT: contextvars.ContextVar = contextvars.ContextVar("SENT", default=None)  # the request `stream` reads the answer of
-
-
 def install(http: httpx.AsyncClient, backend: httpcore.AsyncNetworkBackend) -> None:
-    """Make `backend` the network backend of the client's default transport (not of its proxy mounts)."""
-    if not callable(getattr(http, "_transport_for_url", None)):  # what `stream` uses
-        raise TypeError(f"httpx {httpx.__version__}: AsyncClient has no _transport_for_url")
-    pool_of(http._transport)._network_backend = backend
-
-
-def pool_of(transport: httpx.AsyncHTTPTransport) -> httpcore.AsyncConnectionPool:
-    """The httpcore pool of an httpx transport, whose network backend `install` sets.
+    """Make `backend` the network backend of the client's default transport (not of its proxy mounts).
 
     httpx has no public way to give its default transport a backend without losing the proxies
-    it mounts from the environment, so this reaches the pool's; it fails loudly (at the driver's
-    start) if httpx changes."""
-    pool = getattr(transport, "_pool", None)
+    it mounts from the environment, so this sets the pool's; it fails loudly (at the driver's
+    start) if httpx changes, as it does if the client lacks what `stream` uses."""
+    pool = getattr(http._transport, "_pool", None)
     if type(pool) is not httpcore.AsyncConnectionPool or not hasattr(pool, "_network_backend"):
         raise TypeError(f"httpx {httpx.__version__}: the default transport's pool is {type(pool).__name__}")
-    return pool
+    if not callable(getattr(http, "_transport_for_url", None)):  # what `stream` uses
+        raise TypeError(f"httpx {httpx.__version__}: AsyncClient has no _transport_for_url")
+    pool._network_backend = backend
 
 
 class SpareBackend(httpcore.AsyncNetworkBackend):
@@ -165,8 +92,6 @@ class SpareBackend(httpcore.AsyncNetworkBackend):
     def __init__(self):
         self.inner, self.nurseries = httpcore.TrioBackend(), []
         self.keepers: dict[tuple[str, int], Keeper] = {}
-        self.ahead = httpx.AsyncHTTPTransport(verify=False, limits=NO_KEEPALIVE)  # plain http only
-        pool_of(self.ahead)._network_backend = SentBackend()
 
     def leave(self, nursery) -> None:
         """A client closes: stop the keepers in its nursery (the next request elsewhere starts new ones)."""
@@ -193,19 +118,6 @@ class SpareBackend(httpcore.AsyncNetworkBackend):
         return keeper
 
 
-class SentBackend(httpcore.AsyncNetworkBackend):
-    """The network of `SpareBackend.ahead`: its one connection is the stream of the request sent ahead."""
-
-    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        return SENT.get().take()
-
-    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
-        raise httpcore.ConnectError("requests sent ahead are on TCP")
-
-    async def sleep(self, seconds: float) -> None:
-        await trio.sleep(seconds)
-
-
 class Keeper:
     """The spare connection of one address (`connect()` opens one), kept by `keep` in `nursery`: open,
     renewed every SPARE_S, opened again REFILL_S after it is taken."""
@@ -214,14 +126,6 @@ class Keeper:
         self.connect, self.nursery = connect, nursery
         self.spare: Coalescing | None = None
         self.taken = trio.Event()
-
-    def take_ready(self) -> "Coalescing | None":
-        """The spare if one waits and the engine has not hung up on it (else None, and it stays for `take`)."""
-        if self.spare is None or self.spare.get_extra_info("is_readable"):
-            return None
-        spare, self.spare = self.spare, None
-        self.taken.set()
-        return spare
 
     async def take(self) -> "Coalescing | None":
         """The spare if the engine has not hung up on it, else None."""
@@ -263,20 +167,11 @@ class Keeper:
 class Coalescing(httpcore.AsyncNetworkStream):
     """A network stream that holds writes (up to FLUSH_BYTES) until the next read: a request's
     headers and body go out in one send. Closing drops what is held: nobody waits for its answer.
-    With `pace_s` set, a read waits until `pace_s` after the previous one began. `send_now` sends
-    at once (what the socket takes); the same bytes written later are dropped (`ahead`)."""
+    With `pace_s` set, a read waits until `pace_s` after the previous one began."""
 
     def __init__(self, inner: httpcore.AsyncNetworkStream):
         self.inner, self.held, self.write_timeout = inner, b"", None
         self.pace_s, self.last_read = 0.0, 0.0
-        self.ahead = b""  # sent by send_now, not yet written by the HTTP connection
-
-    def send_now(self, data: bytes) -> None:
-        """Send what the socket takes of `data` without blocking; a failure shows at the next read or write."""
-        try:
-            self.ahead = data[:os.write(self.get_extra_info("socket").fileno(), data)]
-        except OSError:  # EAGAIN (nothing sent) or the engine hung up: the HTTP connection's own send fails
-            self.ahead = b""
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self.held, self.write_timeout = self.held + buffer, timeout
@@ -285,15 +180,7 @@ class Coalescing(httpcore.AsyncNetworkStream):
 
     async def flush(self) -> None:
         held, self.held = self.held, b""
-        await self.inner.write(self._unsent(held), self.write_timeout)
-
-    def _unsent(self, held: bytes) -> bytes:
-        """`held` less what send_now sent of it; a WriteError if it is not what was sent."""
-        sent = self.ahead[:len(held)]
-        if not held.startswith(sent):
-            raise httpcore.WriteError("the request differs from the one sent ahead")
-        self.ahead = self.ahead[len(sent):]
-        return held[len(sent):]
+        await self.inner.write(held, self.write_timeout)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         if self.held:
