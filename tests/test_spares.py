@@ -5,25 +5,20 @@ stream on the autojump clock; no engine, no mount. The openai driver's retry of 
 the engine dropped is in test_openai_driver.py.
 """
 import httpcore
-import httpx
-import pytest
 import trio
 
 from apeinxfs.drivers import spares
 from fakehttp import read_request
 
 ANSWER = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-KEPT_ANSWER = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
 
 class Server:
     """Answers each request `ok`; counts connections accepted and open; hangs up unasked on those listed
-    in `hang_up` (1 = the first accepted), and after reading the request on those in `unanswered`;
-    with `keep_alive`, keeps a connection open for more requests until the client closes it."""
+    in `hang_up` (1 = the first accepted)."""
 
-    def __init__(self, hang_up=(), unanswered=(), keep_alive=False):
-        self.hang_up, self.unanswered, self.keep_alive = set(hang_up), set(unanswered), keep_alive
-        self.accepted, self.open, self.requests, self.port = 0, 0, [], None
+    def __init__(self, hang_up=()):
+        self.hang_up, self.accepted, self.open, self.requests, self.port = set(hang_up), 0, 0, [], None
 
     async def start(self, nursery) -> "Server":
         listeners = await nursery.start(trio.serve_tcp, self.handle, 0)
@@ -32,16 +27,13 @@ class Server:
 
     async def handle(self, stream) -> None:
         self.accepted += 1
-        number = self.accepted
-        if number in self.hang_up:
+        if self.accepted in self.hang_up:
             return
         self.open += 1
         try:
-            while (request := await read_request(stream)) is not None and number not in self.unanswered:
+            if (request := await read_request(stream)) is not None:
                 self.requests.append(request)
-                await stream.send_all(KEPT_ANSWER if self.keep_alive else ANSWER)
-                if not self.keep_alive:
-                    break
+                await stream.send_all(ANSWER)
         finally:
             self.open -= 1
 
@@ -73,40 +65,6 @@ async def test_a_request_goes_out_on_the_spare_opened_ahead(nursery):
         spare = keeper.spare
         assert await post(http, url) == (spare, b"ok")
     assert [r.body for r in server.requests] == [{"prompt": "hi"}] * 2
-
-
-async def spare_ready(http, port: int):
-    """The spare of 127.0.0.1:`port` once the keeper has opened it."""
-    keeper = backend_of(http).keepers["127.0.0.1", port]
-    await until(lambda: keeper.spare is not None)
-    return keeper.spare
-
-
-async def test_a_request_on_a_spare_skips_the_pool_and_closes_its_connection_after(nursery):
-    """A request that takes a spare runs on a connection of its own, not the pool's, closed once read even
-    where the engine would keep it alive."""
-    server = await Server(keep_alive=True).start(nursery)
-    url = f"http://127.0.0.1:{server.port}/v1/completions"
-    async with spares.client(spares.SpareBackend()) as http:
-        await post(http, url)  # through the pool, which connects and starts the keeper
-        pooled = len(http._transport._pool.connections)
-        spare = await spare_ready(http, server.port)
-        assert await post(http, url) == (spare, b"ok")
-        assert len(http._transport._pool.connections) == pooled
-        assert spare.get_extra_info("socket").fileno() == -1  # closed: nobody else will use it
-    assert len(server.requests) == 2
-
-
-async def test_an_engine_hanging_up_on_a_request_sent_on_a_spare_raises_httpx_error(nursery):
-    """A spare the engine drops after reading the request fails with httpx's RemoteProtocolError, which
-    the openai driver retries at once (as it does for the pool's connections)."""
-    server = await Server(unanswered={2}).start(nursery)  # 1: the first request's, 2: the first spare
-    url = f"http://127.0.0.1:{server.port}/v1/completions"
-    async with spares.client(spares.SpareBackend()) as http:
-        await post(http, url)
-        await spare_ready(http, server.port)
-        with pytest.raises(httpx.RemoteProtocolError):
-            await post(http, url)
 
 
 async def test_a_spare_the_engine_closed_is_dropped_and_the_request_connects(nursery):

@@ -19,15 +19,9 @@ one send, at one trio checkpoint; once `pace`d (a stream whose tokens flow), the
 most once per interval, several tokens a read. `stream` hands a request to the transport
 the client picks for its URL, without the client's default headers, cookies,
 authentication, redirects and event hooks (an engine needs none; they cost the daemon's one
-thread ~0.4 ms a request, half of it before the request leaves). A plain-http request that
-would go to the default transport takes the spare itself and runs on one httpcore HTTP/1.1
-connection (`on`), without the pool (~0.3 ms of CPU before a first token: its bookkeeping,
-locks and checkpoints, and closing the connection the engine dropped after the previous
-stream); the connection is closed after its stream. Without a spare ready (the first
-request to an address, a burst) the request goes through the pool, which connects.
-httpx has no public API for these hooks (the default transport's backend, the transport
-for a URL, a transport on one connection): they use its private attributes, checked where
-they are set. Not an HTTP client: httpx is.
+thread ~0.4 ms a request, half of it before the request leaves). httpx has no public API
+for either hook (the default transport's backend, the transport for a URL): both use its
+private attributes, checked where they are set. Not an HTTP client: httpx is.
 """
 import contextlib
 import functools
@@ -57,40 +51,14 @@ async def client(backend: "SpareBackend", **options):
 
 @contextlib.asynccontextmanager
 async def stream(http: httpx.AsyncClient, url: str, body: dict, timeout: float):
-    """POST `body` as JSON to `url`, on the spare of its address if one is ready, else through the
-    transport `http` has for it; yields the streaming response."""
+    """POST `body` as JSON to `url` through the transport `http` has for it; yields the streaming response."""
     request = httpx.Request("POST", parsed(url), json=body, extensions={"timeout": httpx.Timeout(timeout).as_dict()})
-    transport = http._transport_for_url(request.url)
-    connection = await spare_connection(transport._pool._network_backend, request.url) \
-        if transport is http._transport else None
+    response = await http._transport_for_url(request.url).handle_async_request(request)
+    response.request = request
     try:
-        response = await (transport if connection is None else on(connection)).handle_async_request(request)
-        response.request = request
-        try:
-            yield response
-        finally:
-            await response.aclose()
+        yield response
     finally:
-        if connection is not None:  # not kept: the spares are
-            await connection.aclose()
-
-
-async def spare_connection(backend: "SpareBackend", url: httpx.URL) -> httpcore.AsyncHTTP11Connection | None:
-    """An HTTP/1.1 connection on the spare of `url`'s address, if it is plain http and a spare is ready
-    (the pool's first connect to an address starts its keeper)."""
-    port = url.port or 80
-    keeper = backend.keepers.get((url.raw_host.decode("ascii"), port)) if url.scheme == "http" else None
-    spare = None if keeper is None else await keeper.take()
-    return None if spare is None else httpcore.AsyncHTTP11Connection(httpcore.Origin(b"http", url.raw_host, port), spare)
-
-
-def on(connection: httpcore.AsyncHTTP11Connection) -> httpx.AsyncHTTPTransport:
-    """An httpx transport whose pool is one connection: httpx's request and exception mapping and response
-    stream around it, without the pool's work (~0.3 ms of CPU before a first token; its
-    handle_async_request uses nothing of the transport but `_pool`)."""
-    transport = httpx.AsyncHTTPTransport.__new__(httpx.AsyncHTTPTransport)
-    transport._pool = connection
-    return transport
+        await response.aclose()
 
 
 def pace(response: httpx.Response, interval_s: float) -> None:
