@@ -37,9 +37,9 @@ class FakeTask:
         self.pid, self.state = pid, state
 
 
-async def test_outbox_sends_a_first_token_at_once_and_the_rest_a_round_at_a_time(autojump_clock):
-    """A task's first chunk with tokens is delivered inside put() (which says so); later ones wait for a round,
-    merged per task."""
+async def test_outbox_sends_a_first_token_and_a_final_chunk_at_once_and_the_rest_a_round_at_a_time(autojump_clock):
+    """A task's first chunk with tokens and its final chunk are delivered inside put() (which says so), the final
+    one with what waits; the others wait for a round, merged per task."""
     host = Recorder()
     outbox = flow.Outbox(host, gpu=0)
     async with trio.open_nursery() as nursery:
@@ -47,11 +47,15 @@ async def test_outbox_sends_a_first_token_at_once_and_the_rest_a_round_at_a_time
         assert outbox.put(Chunk(1, "a", 1, prefill=4)) is True
         assert host.steps() == [(Chunk(1, "a", 1, prefill=4),)]
         assert [outbox.put(Chunk(1, text, 1)) for text in ("b", "c", "d")] == [False] * 3
-        outbox.put(Chunk(2, "x", 1, prefill=3))
-        outbox.put(Chunk(1, "", 0, final=True))
+        assert len(host.steps()) == 1
+        assert outbox.put(Chunk(2, "x", 1, prefill=3)) is True
+        assert outbox.put(Chunk(1, "e", 1)) is False
         await trio.sleep(1)
+        assert outbox.put(Chunk(1, "f", 1)) is False
+        assert outbox.put(Chunk(1, "", 0, final=True)) is True
+        assert host.steps()[1:] == [(Chunk(1, "bcd", 3), Chunk(2, "x", 1, prefill=3)), (Chunk(1, "e", 1),),
+                                    (Chunk(1, "f", 1, final=True),)]
         nursery.cancel_scope.cancel()
-    assert host.steps()[1:] == [(Chunk(1, "bcd", 3), Chunk(2, "x", 1, prefill=3)), (Chunk(1, "", 0, final=True),)]
 
 
 async def test_a_task_placed_again_gets_its_next_token_at_once(autojump_clock):

@@ -4,7 +4,7 @@
 places there and cancels the jobs of tasks it takes off (kill, stop, preemption);
 `Outbox` gathers what the jobs of the GPU produce and delivers it as one kernel `Step`
 per round of at least ROUND_S, one merged chunk per task, with failures after; a task's
-first token goes at once. Used by openai.py (a stream per task), triton.py (through
+first token and its final chunk go at once. Used by openai.py (a stream per task), triton.py (through
 openai.py) and llamacpp.py (a generation per task). No engine I/O here.
 """
 import functools
@@ -60,7 +60,8 @@ class Outbox:
     ROUND_S, with one chunk per task, so a fast engine's tokens are journaled and read a few at a
     time (each step is a journal commit and a wake-up of every reader). A task's first token since
     it was placed goes at once, with whatever else waits: time to first token is what a reader of
-    a new task feels. A failure is delivered only if its task still runs by then."""
+    a new task feels. So does its final chunk (the end of its stream), with what waits: a reader
+    of `wait` or of the stream to its end should not wait a round more. A failure is delivered only if its task still runs by then."""
 
     def __init__(self, host, gpu: int):
         self.host, self.gpu = host, gpu
@@ -69,9 +70,9 @@ class Outbox:
         self.ready = trio.Event()
 
     def put(self, chunk: Chunk) -> bool:
-        """Queue `chunk`; True if it went out at once (its task's first token)."""
+        """Queue `chunk`; True if it went out at once (its task's first token, or its final chunk)."""
         self.chunks.append(chunk)
-        if chunk.tokens and chunk.pid not in self.flowing:
+        if chunk.final or (chunk.tokens and chunk.pid not in self.flowing):
             self.flowing.add(chunk.pid)
             self._deliver_chunks()
             return True
