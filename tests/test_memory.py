@@ -119,7 +119,7 @@ def test_grow_holds_exactly_the_pages_the_context_needs():
     for kv in (manager(kv_mib=64)[0], KVManager(odd, lambda *_: None)):
         grown = task(1, words("s", 40), max_tokens=300)
         kv.attach(grown, 0)
-        blocks = len(kv.leases[1].blocks)
+        blocks = len(grown.kv_blocks)
         for tokens_out in range(300):
             grown.tokens_out = tokens_out
             assert kv.grow(grown)
@@ -177,9 +177,8 @@ def assert_books(kernel) -> None:
     for index, gpu in enumerate(kernel.gpus):
         assert gpu.pool.pages_used == kv.private_pages(index) + len(kv.caches[index]) <= gpu.pool.pages_total
         for t in gpu.running.values():
-            lease = kv.leases[t.pid]
-            assert t.kv_pages == len(lease.blocks) + lease.private and lease.gpu == index
-    assert sum(len(g.running) for g in kernel.gpus) == len(kv.leases)
+            assert t.kv_pages == len(t.kv_blocks) + t.kv_private and t.kv_gpu == index
+    assert sum(len(g.running) for g in kernel.gpus) == len(kv.holders)
     assert all(t.kv_pages <= used for t in kernel.tasks.values())
     assert all(t.kv_pages == 0 for t in kernel.tasks.values() if t.state is not State.RUNNING)
 

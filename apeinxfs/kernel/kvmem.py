@@ -24,11 +24,6 @@ def pages_for(tokens: int, token_bytes: int, page_bytes: int) -> int:
     return -(-tokens * token_bytes // page_bytes)
 
 
-def tokens_in(pages: int, token_bytes: int, page_bytes: int) -> int:
-    """Tokens whose KV fits in `pages` pages: the most for which pages_for gives no more."""
-    return pages * page_bytes // token_bytes
-
-
 def prompt_pieces(prompt: str) -> list[str]:
     """The prompt cut the way the estimate counts it: words and punctuation marks."""
     return _TOKEN.findall(prompt)

@@ -16,10 +16,8 @@ import hashlib
 import json
 from collections import OrderedDict
 
-import attrs
-
 from .config import MIB
-from .kvmem import KVPool, estimate_prompt_tokens, pages_for, prompt_pieces, tokens_in
+from .kvmem import KVPool, estimate_prompt_tokens, pages_for, prompt_pieces
 
 SWAP_GBPS = 16.0  # host link speed for swapping KV out and in, unless a model sets `swap_gbps`
 PREFILL_TOKENS_PER_S = 8000.0  # recompute speed, unless a model sets `prefill_tokens_per_s`
@@ -92,17 +90,6 @@ class PrefixCache:
         return gone
 
 
-@attrs.define
-class Lease:
-    """What a task on a GPU holds: references to shared blocks and its private pages, and how
-    many context tokens they hold (so growing by a token that fits is one comparison)."""
-
-    gpu: int
-    blocks: tuple
-    private: int
-    holds: int
-
-
 class KVManager:
     """The pools, prefix caches and leases of every GPU; `on_evict(gpu, pages, task)` hears evictions."""
 
@@ -113,7 +100,7 @@ class KVManager:
         self.caches = [PrefixCache() for _ in config.gpus]
         self._mixed_pools = len({pool.pages_total for pool in self.pools}) > 1  # see _demand
         self.real_free: list[int | None] = [None] * len(config.gpus)  # pages NVML says are free, real GPUs
-        self.leases: dict[int, Lease] = {}
+        self.holders: dict[int, object] = {}  # pid -> the task, for tasks holding pages (their kv_* fields)
         self.on_evict = on_evict
         self.per_page = {m.name: config.page_bytes // m.token_bytes for m in config.models}  # tokens per page
 
@@ -200,8 +187,9 @@ class KVManager:
         pages = len(chain) - cached + private
         if not (self.pools[gpu].alloc(pages) or self._take(gpu, pages, task)):  # most often free: no eviction
             raise RuntimeError(f"attach of task {task.pid} to gpu {gpu} without room: place() first")
-        self.leases[task.pid] = Lease(gpu, chain, private, self._holds(task, len(chain), private))
-        task.kv_pages = len(chain) + private
+        task.kv_gpu, task.kv_blocks, task.kv_private = gpu, chain, private
+        task.kv_holds, task.kv_pages = self._holds(task, len(chain), private), len(chain) + private
+        self.holders[task.pid] = task
         if hits:
             task.cached_tokens = max(task.cached_tokens, hits * self.per_page[task.model])
         return task.tokens_in + task.tokens_out - task.cached_tokens
@@ -219,21 +207,22 @@ class KVManager:
 
     def grow(self, task) -> bool:
         """Pages for the task's context and next token, evicting idle blocks if need be; whether it got them."""
-        lease = self.leases[task.pid]
-        if task.tokens_in + task.tokens_out < lease.holds:  # the next token fits in what it holds
+        if task.tokens_in + task.tokens_out < task.kv_holds:  # the next token fits in what it holds
             return True
-        need = self._private_need(task, len(lease.blocks), self.models[task.model]) - lease.private
-        if not self._take(lease.gpu, need, task):
+        blocks = len(task.kv_blocks)
+        need = self._private_need(task, blocks, self.models[task.model]) - task.kv_private
+        if not self._take(task.kv_gpu, need, task):
             return False
-        lease.private += need
-        lease.holds = self._holds(task, len(lease.blocks), lease.private)
+        task.kv_private += need
+        task.kv_holds = self._holds(task, blocks, task.kv_private)
         task.kv_pages += need
         return True
 
     def _holds(self, task, blocks: int, private: int) -> int:
-        """Context tokens that `blocks` shared blocks and `private` pages hold (what _pages inverts)."""
+        """Context tokens that `blocks` shared blocks and `private` pages hold (what _pages inverts:
+        the private pages hold the most tokens for which pages_for gives no more)."""
         model = self.models[task.model]
-        return blocks * self.per_page[task.model] + tokens_in(private, model.token_bytes, self.page_bytes)
+        return blocks * self.per_page[task.model] + private * self.page_bytes // model.token_bytes
 
     def _take(self, gpu: int, pages: int, task) -> bool:
         """Allocate `pages` on `gpu`, evicting idle blocks if they are short; all or nothing."""
@@ -247,10 +236,10 @@ class KVManager:
 
     def release(self, task) -> None:
         """The task leaves its GPU: private pages freed, its blocks stay cached unreferenced."""
-        lease = self.leases.pop(task.pid, None)
-        if lease is not None:
-            self.caches[lease.gpu].drop(lease.blocks)
-            self.pools[lease.gpu].free(lease.private)
+        if self.holders.pop(task.pid, None) is not None:
+            self.caches[task.kv_gpu].drop(task.kv_blocks)
+            self.pools[task.kv_gpu].free(task.kv_private)
+            task.kv_gpu, task.kv_blocks, task.kv_private, task.kv_holds = None, (), 0, 0
         task.kv_pages = task.cached_tokens = 0
 
     def preempt_mode(self, task) -> tuple[str, float, float]:
@@ -269,9 +258,8 @@ class KVManager:
 
     def largest(self, gpu: int) -> int:
         """The pid holding the most pages on `gpu` (the newest on a tie): the OOM killer's pick."""
-        return max((len(lease.blocks) + lease.private, pid)
-                   for pid, lease in self.leases.items() if lease.gpu == gpu)[1]
+        return max((len(t.kv_blocks) + t.kv_private, pid) for pid, t in self.holders.items() if t.kv_gpu == gpu)[1]
 
     def private_pages(self, gpu: int) -> int:
         """Pages of `gpu` its tasks hold privately (the rest of its used pages are cached blocks)."""
-        return sum(lease.private for lease in self.leases.values() if lease.gpu == gpu)
+        return sum(t.kv_private for t in self.holders.values() if t.kv_gpu == gpu)

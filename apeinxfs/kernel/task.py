@@ -48,6 +48,11 @@ class Task:
     gpu: int | None = None
     prefilled: bool = False
     cached_tokens: int = 0  # context tokens whose KV is in place without prefill (prefix hits, swap)
+    # Its KV lease while it holds pages (memory.py writes these, on the task: no object per dispatch):
+    kv_gpu: int | None = None  # the GPU of its pages
+    kv_blocks: tuple = ()  # the shared prefix blocks it references there
+    kv_private: int = 0  # its private pages
+    kv_holds: int = 0  # the context tokens those hold (so growing by a token that fits is one comparison)
     first_token_us: int | None = None
     exit: str | None = None
     exited_us: int | None = None
