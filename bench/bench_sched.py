@@ -21,7 +21,11 @@ generated token; one in ten has a 1 h deadline, which never comes near).
    1,000 cycles.
 Each figure is the best of BENCH_ROUNDS rounds (default 3) of BENCH_SECONDS / BENCH_ROUNDS
 each (default 2 s in all), a round's figure being the median of its batches: load from
-other processes on a shared machine only ever slows a batch or a round down.
+other processes on a shared machine only ever slows a batch or a round down. The rounds
+are taken in BENCH_ROUNDS passes over every policy and N, each on a kernel and queue built
+afresh, so that one measure's rounds lie about a minute apart: a burst of load from
+elsewhere (on this VM's host they last seconds) then slows one round of a measure, which
+the best of rounds drops, and not all three rounds of one policy.
 Growth: per-decision time at 100,000 over that at 1,000. O(log n) gives about
 log(100k)/log(1k) = 1.67x; O(n) would give 100x.
 Targets at N = 10,000, judged on the slowest policy: >= 100,000 decisions/s, for the
@@ -174,11 +178,6 @@ class QueueBench:
         return median(b[0] for b in batches), median(b[1] for b in batches)
 
 
-def best_of_rounds(bench) -> tuple[float, ...]:
-    """Field by field, the best of ROUNDS rounds of SECONDS / ROUNDS each: load from other
-    processes on a shared machine only ever slows a round down."""
-    rounds = [bench.round(SECONDS / ROUNDS) for _ in range(ROUNDS)]
-    return tuple(max(column) for column in zip(*rounds))
 
 
 class Rates(NamedTuple):
@@ -190,11 +189,22 @@ class Rates(NamedTuple):
     queue_cycle: float  # peek + remove + charge + push, per second
 
 
-def measure(policy: str, queued: int) -> Rates:
-    """Every rate for `policy` with `queued` tasks waiting."""
-    kernel_rates = best_of_rounds(KernelBench(policy, queued))
+def one_round(policy: str, queued: int) -> Rates:
+    """Every rate for `policy` with `queued` tasks waiting, from one round of each bench built afresh."""
+    kernel_rates = KernelBench(policy, queued).round(SECONDS / ROUNDS)
     gc.collect()
-    return Rates(*kernel_rates, *best_of_rounds(QueueBench(policy, queued)))
+    return Rates(*kernel_rates, *QueueBench(policy, queued).round(SECONDS / ROUNDS))
+
+
+def measure() -> dict:
+    """{(policy, N): Rates}, field by field the best of ROUNDS rounds, one round of each in every
+    pass (see the module docstring)."""
+    rounds = {(policy, queued): [] for policy in POLICIES for queued in SIZES}
+    for number in range(1, ROUNDS + 1):
+        for policy, queued in rounds:
+            rounds[policy, queued].append(one_round(policy, queued))
+        print(f"pass {number} of {ROUNDS} done", flush=True)
+    return {key: Rates(*(max(column) for column in zip(*taken))) for key, taken in rounds.items()}
 
 
 def profile(policy: str = "fair", queued: int = 10_000) -> None:
@@ -229,14 +239,12 @@ def report(results: dict) -> None:
 
 def main() -> int:
     print(f"{TENANTS:,} tenants, {GPUS} GPUs x {SLOTS} slots; each figure the best of {ROUNDS} rounds of "
-          f"{SECONDS / ROUNDS:.2g} s; decisions per second, and microseconds per decision")
+          f"{SECONDS / ROUNDS:.2g} s, taken in {ROUNDS} passes; decisions per second, and microseconds per decision")
+    results = measure()
     print(f"{'policy':8} {'queued':>8} {'kernel':>8} {'us':>6} {'+exits':>8} {'queue':>9} {'us':>5} {'cycle':>8}")
-    results = {}
-    for policy in POLICIES:
-        for queued in SIZES:
-            r = results[policy, queued] = measure(policy, queued)
-            print(f"{policy:8} {queued:>8,} {r.kernel:>8,.0f} {1e6 / r.kernel:>6.2f} {r.with_exits:>8,.0f} "
-                  f"{r.queue:>9,.0f} {1e6 / r.queue:>5.2f} {r.queue_cycle:>8,.0f}", flush=True)
+    for (policy, queued), r in results.items():
+        print(f"{policy:8} {queued:>8,} {r.kernel:>8,.0f} {1e6 / r.kernel:>6.2f} {r.with_exits:>8,.0f} "
+              f"{r.queue:>9,.0f} {1e6 / r.queue:>5.2f} {r.queue_cycle:>8,.0f}")
     report(results)
     if os.environ.get("BENCH_PROFILE"):
         profile()
