@@ -23,7 +23,7 @@ Each figure is the best of BENCH_ROUNDS rounds (default 3) of BENCH_SECONDS / BE
 each (default 2 s in all), a round's figure being the median of its batches: load from
 other processes on a shared machine only ever slows a batch or a round down. The rounds
 are taken in BENCH_ROUNDS passes over every policy and N, each on a kernel and queue built
-afresh, so that one measure's rounds lie about a minute apart: a burst of load from
+afresh, so that one measure's rounds lie about 40 s apart: a burst of load from
 elsewhere (on this VM's host they last seconds) then slows one round of a measure, which
 the best of rounds drops, and not all three rounds of one policy.
 Growth: per-decision time at 100,000 over that at 1,000. O(log n) gives about
@@ -176,8 +176,6 @@ class QueueBench:
         while time.perf_counter() - start < seconds:
             batches.append(self.batch())
         return median(b[0] for b in batches), median(b[1] for b in batches)
-
-
 
 
 class Rates(NamedTuple):

@@ -4,8 +4,8 @@
 places there and cancels the jobs of tasks it takes off (kill, stop, preemption);
 `Outbox` gathers what the jobs of the GPU produce and delivers it as one kernel `Step`
 per round of at least ROUND_S, one merged chunk per task, with failures after; a task's
-first token and its final chunk go at once. Used by openai.py (a stream per task), triton.py (through
-openai.py) and llamacpp.py (a generation per task). No engine I/O here.
+first token and its final chunk go at once. Used by openai.py (a stream per task),
+triton.py (through openai.py) and llamacpp.py (a generation per task). No engine I/O here.
 """
 import functools
 
@@ -61,7 +61,8 @@ class Outbox:
     time (each step is a journal commit and a wake-up of every reader). A task's first token since
     it was placed goes at once, with whatever else waits: time to first token is what a reader of
     a new task feels. So does its final chunk (the end of its stream), with what waits: a reader
-    of `wait` or of the stream to its end should not wait a round more. A failure is delivered only if its task still runs by then."""
+    of `wait` or of the stream to its end should not wait a round more. A failure is delivered
+    only if its task still runs by then."""
 
     def __init__(self, host, gpu: int):
         self.host, self.gpu = host, gpu
