@@ -2,11 +2,13 @@
 
 Run as a script, it is the daemon (`apeinxfs.cli`) with stamps added from outside (no stamp
 code in apeinxfs itself): every FUSE request's start and end, and the openai driver's steps
-(task seen, TCP connect, response headers, first token put, step applied, readers woken).
-Stamps are `time.perf_counter_ns()` (CLOCK_MONOTONIC, shared by all processes) and written
-to $BENCH_TIMELINE_OUT when the daemon exits. `TimelineDaemon` starts it; `report` lines
+(task seen, request built, TCP connect and each read and write, response headers, each
+event decoded and counted, first token put), the journal's appends, the kernel's applies
+and the runtime's commits. Stamps are `time.perf_counter_ns()` (CLOCK_MONOTONIC, shared
+by all processes) and written to $BENCH_TIMELINE_OUT when the daemon exits. `TimelineDaemon` starts it; `report` lines
 them up with the client's own stamps per request and prints each step's p50 in ms after
-the submit's write(2). Benchmarks only: bench_engine.py uses it when BENCH_TIMELINE is set.
+the request's start (before the open of /ctl/submit). Benchmarks only: bench_engine.py
+uses it when BENCH_TIMELINE is set.
 """
 import atexit
 import functools
@@ -60,8 +62,9 @@ def wrap_sync(owner, name: str, label: str, when=lambda *a, **k: True) -> None:
 def instrument() -> None:
     """Add the stamps to the daemon's classes (before anything runs)."""
     import httpcore
-    from apeinxfs import fs, runtime
-    from apeinxfs.drivers import flow, openai
+    from apeinxfs import fs, journal, runtime
+    from apeinxfs.drivers import flow, openai, sse
+    from apeinxfs.kernel import kernel
     for op in FUSE_OPS:
         wrap_async(fs.Operations, op, "fuse." + op)
     wrap_sync(openai.OpenAIDriver, "_start", "driver.task_seen")
@@ -74,6 +77,10 @@ def instrument() -> None:
     wrap_async(trio_backend.TrioStream, "read", "net.read")
     wrap_sync(flow.Outbox, "put", "outbox.first_token", when=lambda box, chunk: chunk.tokens)
     wrap_sync(runtime.Runtime, "commit_checked", "runtime.committed")
+    wrap_sync(sse, "decode", "sse.decoded")
+    wrap_sync(sse.Tally, "chunk", "tally.chunk")
+    wrap_sync(journal.Journal, "append", "journal.appended")
+    wrap_sync(kernel.Kernel, "apply", "kernel.applied")
 
 
 def dump(path: str) -> None:
@@ -106,7 +113,7 @@ def report(out: str, requests: list[dict]) -> None:
             print(" ".join(f"{label}={ms:.2f}" for label, ms in sorted(seen.items(), key=lambda item: item[1])))
         for label, ms in seen.items():
             steps.setdefault(label, []).append(ms)
-    print(f"--- timeline, p50 ms after the submit's write(2) ({len(requests)} requests; label#N: the Nth)")
+    print(f"--- timeline, p50 ms after the request's start, before the open of /ctl/submit ({len(requests)} requests; label#N: the Nth)")
     common = {label: times for label, times in steps.items() if len(times) * 2 > len(requests)}
     for label, times in sorted(common.items(), key=lambda item: statistics.median(item[1])):
         print(f"  {statistics.median(times):7.2f}  {label} ({len(times)})")

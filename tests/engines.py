@@ -47,16 +47,18 @@ class LlamaServer:
     """One llama-server process serving `model` with `slots` parallel slots."""
 
     def __init__(self, binary: Path, model: Path, log: Path, slots: int = 4, slot_context: int = 4096,
-                 port: int | None = None):
-        self.binary, self.model, self.log, self.slots = binary, model, log, slots
+                 port: int | None = None, cpus: set[int] | None = None):
+        self.binary, self.model, self.log, self.slots, self.cpus = binary, model, log, slots, cpus
         self.context = slots * slot_context
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = None
 
     def command(self) -> list[str]:
-        """One thread: on a busy 2-core machine ggml's spinning threads run 5-50x slower with two."""
-        return [str(self.binary), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
+        """One thread: on a busy 2-core machine ggml's spinning threads run 5-50x slower with two. With
+        `cpus`, all its threads run on those CPUs only (taskset)."""
+        pinned = ["taskset", "-c", ",".join(map(str, sorted(self.cpus)))] if self.cpus else []
+        return pinned + [str(self.binary), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
                 "-np", str(self.slots), "-c", str(self.context), "--metrics", "--slots", "--no-webui",
                 "-t", "1", "-tb", "1", "--cache-ram", "0", "--no-warmup"]
 
