@@ -7,8 +7,9 @@ slots, one thread) serves both paths, one request at a time, alternating:
   driver sends (same prompt, max_tokens, `stream_options`) and reads the server-sent
   events, on a new connection each time (llama-server closes one after each stream);
 - apeinxfs: a daemon whose one model is that engine (`openai` driver, engine metrics
-  scraped every second as usual); the client submits on /ctl/submit (rw fd, reads back
-  the pid) and reads /tasks/PID/stream to EOF the way `cat` does (64 KiB reads).
+  scraped every second as usual); the client submits on /ctl/submit (an O_RDWR fd:
+  write(2) the line, read(2) the pid back; no fstat, which Python's open() adds) and reads
+  /tasks/PID/stream to EOF the way `cat` does (64 KiB reads).
 
 Placement: the engine gets a CPU of its own (the last; taskset) and the client and daemon
 the others, as on a GPU machine, where the engine computes on the GPU and not on the cores
@@ -70,11 +71,14 @@ def through(daemon, stamps: dict) -> tuple[float, float, int]:
     `stamps` (perf_counter_ns of each step, for timeline.py)."""
     start = time.perf_counter()
     stamps["start"] = time.perf_counter_ns()
-    with open(daemon.path("ctl", "submit"), "r+b", buffering=0) as ctl:
-        ctl.write(f'name=bench model=tiny max_tokens={TOKENS} prompt="{PROMPT}"\n'.encode())
+    ctl = os.open(daemon.path("ctl", "submit"), os.O_RDWR)  # system calls only, as a C client or a shell would
+    try:
+        os.write(ctl, f'name=bench model=tiny max_tokens={TOKENS} prompt="{PROMPT}"\n'.encode())
         stamps["client.written"] = time.perf_counter_ns()
-        pid = int(ctl.read(64))
+        pid = int(os.read(ctl, 64))
         stamps["client.pid_read"] = time.perf_counter_ns()
+    finally:
+        os.close(ctl)
     first = last = None
     fd = os.open(daemon.path("tasks", str(pid), "stream"), os.O_RDONLY)
     stamps["client.stream_open"] = time.perf_counter_ns()
