@@ -19,9 +19,10 @@ this 2-core VM the Linux scheduler then moves llama-server's busy threads, the r
 the daemon between the two cores, and the reader's FUSE round trips take 2-3x as long.
 
 Time to first token runs from just before the request (straight: the POST; apeinxfs: the
-open of /ctl/submit for the submit's write) to the first text received; tokens per second is tokens / (time of the last text - start), what
-a reader gets. 5 x BENCH_ROUNDS requests per path (after one warm-up each), alternating so
-machine load falls on both alike. Targets (issue 4): apeinxfs adds < 2 ms to the p50
+open of /ctl/submit for the submit's write) to the first text received; tokens per second
+is tokens / (time of the last text - start), what a reader gets. 5 x BENCH_ROUNDS
+requests per path (after one warm-up each), alternating so machine load falls on both
+alike. Targets (issue 4): apeinxfs adds < 2 ms to the p50
 time to first token and keeps >= 95% of the tokens per second (median over requests).
 BENCH_ENGINE_TOKENS (default 1000): max_tokens of every request. BENCH_TIMELINE=1: the daemon
 runs with stamps (timeline.py) and a timeline of the apeinxfs path's steps is printed.

@@ -5,10 +5,10 @@ code in apeinxfs itself): every FUSE request's start and end, and the openai dri
 (task seen, request built, TCP connect and each read and write, response headers, each
 event decoded and counted, first token put), the journal's appends, the kernel's applies
 and the runtime's commits. Stamps are `time.perf_counter_ns()` (CLOCK_MONOTONIC, shared
-by all processes) and written to $BENCH_TIMELINE_OUT when the daemon exits. `TimelineDaemon` starts it; `report` lines
-them up with the client's own stamps per request and prints each step's p50 in ms after
-the request's start (before the open of /ctl/submit). Benchmarks only: bench_engine.py
-uses it when BENCH_TIMELINE is set.
+by all processes) and written to $BENCH_TIMELINE_OUT when the daemon exits.
+`TimelineDaemon` starts it; `report` lines them up with the client's own stamps per
+request and prints each step's p50 in ms after the request's start (before the open of
+/ctl/submit). Benchmarks only: bench_engine.py uses it when BENCH_TIMELINE is set.
 """
 import atexit
 import functools
@@ -113,7 +113,8 @@ def report(out: str, requests: list[dict]) -> None:
             print(" ".join(f"{label}={ms:.2f}" for label, ms in sorted(seen.items(), key=lambda item: item[1])))
         for label, ms in seen.items():
             steps.setdefault(label, []).append(ms)
-    print(f"--- timeline, p50 ms after the request's start, before the open of /ctl/submit ({len(requests)} requests; label#N: the Nth)")
+    print(f"--- timeline, p50 ms after the request's start, before the open of /ctl/submit "
+          f"({len(requests)} requests; label#N: the Nth)")
     common = {label: times for label, times in steps.items() if len(times) * 2 > len(requests)}
     for label, times in sorted(common.items(), key=lambda item: statistics.median(item[1])):
         print(f"  {statistics.median(times):7.2f}  {label} ({len(times)})")

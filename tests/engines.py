@@ -59,8 +59,8 @@ class LlamaServer:
         `cpus`, all its threads run on those CPUs only (taskset)."""
         pinned = ["taskset", "-c", ",".join(map(str, sorted(self.cpus)))] if self.cpus else []
         return pinned + [str(self.binary), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
-                "-np", str(self.slots), "-c", str(self.context), "--metrics", "--slots", "--no-webui",
-                "-t", "1", "-tb", "1", "--cache-ram", "0", "--no-warmup"]
+                         "-np", str(self.slots), "-c", str(self.context), "--metrics", "--slots", "--no-webui",
+                         "-t", "1", "-tb", "1", "--cache-ram", "0", "--no-warmup"]
 
     def start(self, timeout: float = 60.0) -> "LlamaServer":
         """Start it and wait until GET /health says ok."""
