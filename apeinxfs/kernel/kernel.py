@@ -16,6 +16,7 @@ from .audit import AuditLog
 from .billing import BillBook
 from .config import MIB, KernelConfig
 from .errors import ApeinxError, Busy, Invalid, NoSpace, NotFound
+from .invariants import check_invariants
 from .kvmem import KVPool, estimate_prompt_tokens
 from .memory import KVManager
 from .modeladmin import ModelAdmin
@@ -87,6 +88,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         self.version = 0  # events applied: what a rendered file depends on, unless it reads the clock
         self._deadlines: list[tuple[int, int]] = []
         self.changed: set = set()
+        self._woken: set[int] = set()  # pids _wake_ancestors added to `changed`, with all their ancestors
         self._trace_seen = 0  # the trace seq take_changed() last reported
         self.state_counts: dict = dict.fromkeys(State, 0)
         for tenant in config.tenants:
@@ -332,6 +334,21 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
             self._release_held(task.tenant)
 
     def _exit(self, task: Task, how: str, detail: str) -> None:
+        self._end(task, how, detail)
+        if how == "killed":
+            self._kill_children(task)
+
+    def _kill_children(self, root: Task) -> None:
+        """Kill the live children of a killed task, and theirs, parents first and in submit order:
+        a depth-first walk with its own stack, as a user can make a tree as deep as they like."""
+        stack = list(reversed(root.children))
+        while stack:
+            task = self.tasks[stack.pop()]
+            if not task.done:
+                self._end(task, "killed", f"its parent {task.parent} was killed")
+                stack.extend(reversed(task.children))
+
+    def _end(self, task: Task, how: str, detail: str) -> None:
         self._leave(task)
         task.exit, task.exited_us = how, self.now_us
         self._gone(task)
@@ -341,10 +358,6 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         self.counters.tokens_in += task.tokens_in
         self._emit("exit", task, f"{how}; {detail}")
         self._wake_ancestors(task)
-        if how == "killed":
-            for child in task.children:
-                if not self.tasks[child].done:
-                    self._exit(self.tasks[child], "killed", f"its parent {task.pid} was killed")
 
     def _preempt(self, task: Task, reason: str) -> None:
         self.counters.preempted += 1
@@ -432,14 +445,23 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         self.audit.record(self.now_us, event, "sched/policy", "ok", f"{old.name} -> {event.policy}")
 
     def _wake_ancestors(self, task: Task) -> None:
-        """A parent's `wait` covers its tree: wake every ancestor's readers."""
-        while task.parent is not None:
+        """A parent's `wait` covers its tree: wake every ancestor's readers. The walk stops at an
+        ancestor woken since the last take_changed (its own ancestors were woken with it), so
+        the exits of a deep chain cost O(1) each, not O(depth)."""
+        while task.parent is not None and task.parent not in self._woken:
+            self._woken.add(task.parent)
+            self.changed.add(task.parent)
             task = self.tasks[task.parent]
-            self.changed.add(task.pid)
 
     def tree_done(self, task: Task) -> bool:
-        """Whether the task and all its descendants have exited."""
-        return task.done and all(self.tree_done(self.tasks[c]) for c in task.children)
+        """Whether the task and all its descendants have exited (an explicit stack: any depth)."""
+        stack = [task]
+        while stack:
+            task = stack.pop()
+            if not task.done:
+                return False
+            stack.extend(self.tasks[child] for child in task.children)
+        return True
 
     def _set_state(self, task: Task, state: State) -> None:
         self.state_counts[task.state] -= 1
@@ -452,6 +474,10 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
 
     def _emit(self, kind: str, task: Task | None, detail: str, gpu=None) -> None:
         self.trace.emit(self.now_us, kind, task, detail, gpu)
+
+    def check_invariants(self) -> None:
+        """Raise InvariantError naming every redundant index that disagrees with its source (invariants.py)."""
+        check_invariants(self)
 
     # -- views for drivers and the tree -----------------------------------------------------
 
@@ -466,7 +492,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
 
     def take_changed(self) -> set:
         """What changed since the last call: pids, 'trace' (if it has new lines), ('gpu', N)."""
-        changed, self.changed = self.changed, set()
+        changed, self.changed, self._woken = self.changed, set(), set()
         if self.trace.seq != self._trace_seen:
             self._trace_seen = self.trace.seq
             changed.add("trace")
