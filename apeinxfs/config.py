@@ -17,7 +17,7 @@ from .kernel.errors import Invalid
 from .kernel.tenant_config import parse_seconds, tenant_from_dict
 
 SECTIONS = {
-    "daemon": {"node", "max_waiters", "state_dir"},
+    "daemon": {"node", "max_waiters", "state_dir", "check_invariants"},
     "kv": {"page_mib"},
     "scheduler": {"policy", "input_cost", "output_cost", "preempt_gap", "slice_tokens", "min_run_tokens", "kv_preempt_limit", "deadline_boost_s",
                   "pressure_cost"},
@@ -36,6 +36,7 @@ class Config:
     state_dir: str
     max_waiters: int
     gpu_source: str
+    check_invariants: bool = False  # check the kernel's invariants after every commit (slower: for tests)
 
 
 def default_state_dir() -> str:
@@ -93,7 +94,14 @@ def build(raw: dict, state_dir: str | None, use_nvml: bool) -> Config:
     except TypeError as exc:
         raise Invalid(f"config: {exc}") from None
     return Config(kernel=kernel, state_dir=state_dir or daemon.get("state_dir") or default_state_dir(),
-                  max_waiters=daemon["max_waiters"], gpu_source=source)
+                  max_waiters=daemon["max_waiters"], gpu_source=source,
+                  check_invariants=_boolean(daemon["check_invariants"], "daemon.check_invariants"))
+
+
+def _boolean(value, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid(f"config: {key} must be true or false, not {value!r}")
+    return value
 
 
 def _gpus(section: dict, use_nvml: bool) -> tuple[list[GpuConfig], str]:

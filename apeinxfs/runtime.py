@@ -15,11 +15,12 @@ import attrs
 import trio
 
 from .enginehost import DriverGroups
-from .journal import Journal
+from .journal import LAST, Journal
 from .kernel import Kernel
 from .kernel.errors import ApeinxError, TooMany
 from .kernel.config import MIB
 from .kernel.events import GpuMemory, Rejected, Restart, Tick
+from .recovery import rebuild
 
 log = logging.getLogger(__name__)
 GPU_SAMPLE_S = 2.0  # how often real GPUs' free memory is read for placement
@@ -71,17 +72,20 @@ class Runtime:
         self.clock = clock or WallClock()
         self.notifier = Notifier()
         self.waiters = 0
+        self.quarantined: dict = {}  # journal seq -> recovery.Quarantined: rows recover() went on without
         self.readings = None  # drivers/nvml.Readings of the real GPUs, set by the daemon (mount.py)
         self.engine_metrics: dict = {}  # model -> drivers/metrics.Observation, the last scrape of its engine
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
 
     def recover(self) -> int:
-        """Replay the journal into the kernel; mark the restart. Returns rows replayed."""
-        rows = 0
-        for _seq, time_us, event in self.journal.replay():
-            self.kernel.apply(event, time_us)
-            rows += 1
+        """Replay the journal into the kernel, quarantining any row that cannot be applied
+        (recovery.py); mark the restart. Returns rows replayed."""
+        self.kernel = rebuild(lambda: Kernel(self.config.kernel), self.journal.rows, LAST, self.quarantined,
+                              self.kernel)
         self.kernel.take_changed()
+        if self.config.check_invariants:
+            self.kernel.check_invariants()
+        rows = len(self.journal)
         if rows:
             self.commit([Restart()])
         return rows
@@ -98,6 +102,8 @@ class Runtime:
         for seq, event in zip(self.journal.append([(now, e) for e in events]), events):
             with self.journal.recording(seq, self.kernel.trace):
                 results.append(self.kernel.apply(event, now))
+        if self.config.check_invariants:
+            self.kernel.check_invariants()
         self.notifier.wake(self.kernel.take_changed())
         return results
 

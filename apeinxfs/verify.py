@@ -22,7 +22,8 @@ import attrs
 from .journal import LAST, Emitted, Journal, row_crc
 from .kernel import Kernel
 from .kernel.config import kernel_config_from_dict
-from .kernel.events import from_row
+from .kernel.invariants import InvariantError
+from .recovery import RowFailed, apply_row, rebuild
 from .nodes.replay import show
 
 NO_LINE = "(no line)"
@@ -59,8 +60,13 @@ class Report:
     checked: int = 0
     lines: int = 0
     divergence: Divergence | None = None
+    quarantined: list[str] = attrs.Factory(list)  # rows recovery goes on without (recovery.py)
 
     def __str__(self) -> str:
+        return self._verdict() + "".join(f"\nQUARANTINED {q}: replayed without it, as the daemon starts"
+                                         for q in self.quarantined)
+
+    def _verdict(self) -> str:
         if self.divergence:
             return f"{self.divergence}\n({self.checked} events matched before it)"
         text = f"OK: {self.events} events, {self.lines} trace lines, identical"
@@ -74,41 +80,44 @@ class Report:
 # -- replaying rows ----------------------------------------------------------------------------
 
 
-def apply_row(kernel: Kernel, seq: int, time_us: int, kind: str, body: str) -> list[str]:
-    """Apply one raw journal row; the trace lines it emitted. A row the kernel cannot take diverges."""
+def apply_checked(kernel: Kernel, row: tuple, quarantined: dict) -> list[str]:
+    """Apply one raw journal row (a quarantined one only traces that it is) and check the kernel's
+    invariants; the trace lines it emitted. Raises RowFailed if the row raises, Diverged if an
+    invariant breaks."""
+    with Emitted(kernel.trace) as emitted:
+        apply_row(kernel, row, quarantined)
     try:
-        event = from_row(kind, body)
-        with Emitted(kernel.trace) as emitted:
-            kernel.apply(event, time_us)
-    except Exception as exc:  # a bad row can fail anywhere: in JSON, a record's validator, the kernel
-        raise Diverged(Divergence(seq, kind, time_us, "a row the kernel applies",
-                                  f"{type(exc).__name__}: {exc}")) from None
+        kernel.check_invariants()
+    except InvariantError as broken:
+        raise Diverged(Divergence(row[0], row[2], row[1], "kernel invariants that hold", str(broken))) from None
     return emitted.text.splitlines()
 
 
-def replayed(kernel: Kernel, journal: Journal, after: int, upto: int):
-    """Apply rows after < seq <= upto to `kernel`; yield (seq, time_us, kind, body, lines) for each."""
-    want = after + 1
-    for seq, time_us, kind, body in journal.rows(after, upto):
-        if seq != want:
-            raise missing(want)
-        yield seq, time_us, kind, body, apply_row(kernel, seq, time_us, kind, body)
-        want += 1
+def contiguous(journal: Journal):
+    """journal.rows, raising Diverged at the first missing row."""
+    def rows(after: int, upto: int):
+        want = after + 1
+        for row in journal.rows(after, upto):
+            if row[0] != want:
+                raise missing(want)
+            yield row
+            want += 1
+    return rows
 
 
 def missing(seq: int) -> Diverged:
     return Diverged(Divergence(seq, "missing", None, "a journal row", "none"))
 
 
-def boot_kernel(journal: Journal, config: dict, after: int) -> Kernel:
-    """A kernel booted with `config` that has applied rows 1..after, as the daemon did at that boot."""
+def boot_kernel(journal: Journal, config: dict, after: int, quarantined: dict) -> Kernel:
+    """A kernel booted with `config` that has applied rows 1..after as the daemon's recovery did
+    at that boot: a row that raises is quarantined (recovery.py) and added to `quarantined`."""
     try:
-        kernel = Kernel(kernel_config_from_dict(config))
+        kernel_config = kernel_config_from_dict(config)
+        kernel = Kernel(kernel_config)
     except Exception as exc:  # a config from another version, or an edited one
         raise CannotReplay(f"cannot boot the recorded kernel config: {exc}") from None
-    for _ in replayed(kernel, journal, 0, after):
-        pass
-    return kernel
+    return rebuild(lambda: Kernel(kernel_config), contiguous(journal), after, quarantined, kernel, apply_checked)
 
 
 # -- verifying ---------------------------------------------------------------------------------
@@ -117,14 +126,15 @@ def boot_kernel(journal: Journal, config: dict, after: int) -> Kernel:
 def verify(journal: Journal) -> Report:
     """Replay every row under its boot's config and compare each row's trace with the recorded one."""
     boots = recorded_boots(journal)
-    report, kernel, config = Report(events=boots[0].after_row), None, None
+    report, kernel, config, quarantined = Report(events=boots[0].after_row), None, None, {}
     try:
         for boot in boots:
             if boot.config != config:
-                kernel, config = boot_kernel(journal, boot.config, boot.after_row), boot.config
-            check_boot(kernel, journal, boot, report)
+                kernel, config = boot_kernel(journal, boot.config, boot.after_row, quarantined), boot.config
+            kernel = check_boot(kernel, journal, boot, report, quarantined)
     except Diverged as diverged:
         report.divergence = diverged.args[0]
+    report.quarantined = [str(q) for q in sorted(quarantined.values(), key=lambda q: q.seq)]
     return report
 
 
@@ -135,11 +145,22 @@ def recorded_boots(journal: Journal) -> list:
     return boots
 
 
-def check_boot(kernel: Kernel, journal: Journal, boot, report: Report) -> None:
-    """Replay one boot's rows; compare each up to `boot.traced_to` with its trace row."""
+def check_boot(kernel: Kernel, journal: Journal, boot, report: Report, quarantined: dict) -> Kernel:
+    """Replay one boot's rows; compare each up to `boot.traced_to` with its trace row. A row the
+    daemon applied and traced must apply again; one it did not (lost in a crash, or written
+    without a trace) is quarantined if it raises, as the next start's recovery does. The kernel."""
     traces = journal.traces(boot.after_row, boot.traced_to)
-    for seq, time_us, kind, body, lines in replayed(kernel, journal, boot.after_row, boot.upto):
+    for row in contiguous(journal)(boot.after_row, boot.upto):
+        seq, time_us, kind, body = row
         report.events += 1
+        try:
+            lines = apply_checked(kernel, row, quarantined)
+        except RowFailed as failed:
+            if seq <= boot.traced_to:
+                raise Diverged(Divergence(seq, kind, time_us, "a row the kernel applies", failed.args[0].reason)) from None
+            quarantined[seq] = failed.args[0]
+            kernel = boot_kernel(journal, boot.config, seq, quarantined)
+            continue
         if seq <= boot.traced_to:
             if difference := compare(next(traces, None), seq, row_crc(kind, body), lines):
                 raise Diverged(Divergence(seq, kind, time_us, *difference))
@@ -147,6 +168,7 @@ def check_boot(kernel: Kernel, journal: Journal, boot, report: Report) -> None:
             report.lines += len(lines)
     if (left := next(traces, None)) is not None:  # traced rows that the journal no longer has
         raise missing(left[0])
+    return kernel
 
 
 def compare(trace, seq: int, crc: int, lines: list[str]) -> tuple[str, str] | None:
@@ -180,7 +202,7 @@ def open_journal(state_dir: str) -> Journal:
 def rebuilt(journal: Journal) -> Kernel:
     """The kernel as the last boot would rebuild it now: its config, every row."""
     try:
-        return boot_kernel(journal, recorded_boots(journal)[-1].config, LAST)
+        return boot_kernel(journal, recorded_boots(journal)[-1].config, LAST, {})
     except Diverged as diverged:
         raise CannotReplay(str(diverged.args[0])) from None
 

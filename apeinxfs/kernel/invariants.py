@@ -150,10 +150,10 @@ def check_usage(kernel, live: list):
         unserved = task.spec.max_tokens - task.tokens_out + (task.tokens_in if task.started_us is None else 0)
         tenant = want.setdefault(task.tenant, [0, 0])
         tenant[0], tenant[1] = tenant[0] + 1, tenant[1] + unserved
-        if task.tenant not in kernel.tenants:
-            yield f"task {task.pid}: live in tenant {task.tenant}, which does not exist"
+        if task.tenant not in kernel.tenants or task.tenant not in kernel.usage:
+            yield f"task {task.pid}: live in tenant {task.tenant}, which does not exist or has no usage"
     for name, usage in kernel.usage.items():
-        if [usage.live, usage.reserved] != want.pop(name):
+        if [usage.live, usage.reserved] != want[name]:
             yield f"tenant {name}: live {usage.live}, reserved {usage.reserved}; its tasks' are {want[name]}"
         if any(task.tenant != name for task in usage.held):
             yield f"tenant {name}: holds another tenant's task"
