@@ -147,27 +147,32 @@ def recorded_boots(journal: Journal) -> list:
 
 def check_boot(kernel: Kernel, journal: Journal, boot, report: Report, quarantined: dict) -> Kernel:
     """Replay one boot's rows; compare each up to `boot.traced_to` with its trace row. A row the
-    daemon applied and traced must apply again; one it did not (lost in a crash, or written
-    without a trace) is quarantined if it raises, as the next start's recovery does. The kernel."""
+    daemon applied and traced must apply again; one without a trace row (lost in a crash before
+    the daemon applied it, or written by hand) is quarantined if it raises, as the next start's
+    recovery does. The kernel, rebuilt if a row was quarantined."""
     traces = journal.traces(boot.after_row, boot.traced_to)
+    trace = next(traces, None)
     for row in contiguous(journal)(boot.after_row, boot.upto):
         seq, time_us, kind, body = row
         report.events += 1
+        traced = trace is not None and trace[0] == seq
         try:
             lines = apply_checked(kernel, row, quarantined)
         except RowFailed as failed:
-            if seq <= boot.traced_to:
+            if traced:
                 raise Diverged(Divergence(seq, kind, time_us, "a row the kernel applies", failed.args[0].reason)) from None
             quarantined[seq] = failed.args[0]
             kernel = boot_kernel(journal, boot.config, seq, quarantined)
             continue
         if seq <= boot.traced_to:
-            if difference := compare(next(traces, None), seq, row_crc(kind, body), lines):
+            if difference := compare(trace if traced else None, seq, row_crc(kind, body), lines):
                 raise Diverged(Divergence(seq, kind, time_us, *difference))
             report.checked += 1
             report.lines += len(lines)
-    if (left := next(traces, None)) is not None:  # traced rows that the journal no longer has
-        raise missing(left[0])
+        if traced:
+            trace = next(traces, None)
+    if trace is not None:  # traced rows that the journal no longer has
+        raise missing(trace[0])
     return kernel
 
 

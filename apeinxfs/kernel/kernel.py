@@ -141,6 +141,10 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         if event.policy not in POLICIES:
             raise Invalid(f"unknown policy {event.policy!r}: one of {', '.join(POLICIES)}")
 
+    def _check_step(self, event: ev.Step) -> None:
+        if not 0 <= event.gpu < len(self.gpus):
+            raise Invalid(f"no GPU {event.gpu} to step: there are {len(self.gpus)}")
+
     def _check_gpumemory(self, event: ev.GpuMemory) -> None:
         if not 0 <= event.gpu < len(self.gpus) or self.gpus[event.gpu].config.simulated or event.free_mib < 0:
             raise Invalid(f"no real GPU {event.gpu} to read {event.free_mib} MiB free on")
