@@ -5,10 +5,12 @@
 
 `--verify` boots a kernel from each boot record in the journal (journal.py), applies every
 journal row in order, and compares the trace lines each row emits, and the row's CRC, with
-what the daemon recorded when it applied that row: exit 0 when all are identical, 1 naming
-the first divergent row, 2 when the journal cannot be verified at all. Rows with no trace
-row (journaled before the journal kept them, not yet written by a live daemon, or lost in
-a crash) are replayed but not compared. It opens the journal read-only, in one snapshot,
+what the daemon recorded when it applied that row, and checks the kernel's invariants
+after each: exit 0 when all are identical, 1 naming the first divergent row, 2 when the
+journal cannot be verified at all. Rows with no trace row (journaled before the journal
+kept them, not yet written by a live daemon, or lost in a crash) are replayed but not
+compared; one of them that raises is quarantined as the daemon's recovery does
+(recovery.py), and reported. It opens the journal read-only, in one snapshot,
 so it runs beside a live daemon. It changes nothing, and it is not the daemon's recovery
 (runtime.py), though it replays the same way.
 """
