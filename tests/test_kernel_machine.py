@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from kernel_machine import KernelMachine
+from kernel_machine import PROMPTS, KernelMachine
 
 pytestmark = pytest.mark.invariants_every(0)  # the machine checks the invariants after each rule itself
 
@@ -18,3 +18,14 @@ def test_random_event_sequences_keep_the_books_and_replay_the_same():
     """200 sequences of 50 rules: no checked event raises, invariants hold after each, replay gives the same trace."""
     run_state_machine_as_test(KernelMachine, settings=settings(
         max_examples=200, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]))
+
+
+def test_a_model_whose_token_needs_more_than_a_page_runs():
+    """Found by the machine: a model with more KV per token than a page has no shareable prefix blocks
+    (it used to divide the prompt into blocks of zero tokens at dispatch)."""
+    machine = KernelMachine()
+    machine.add_or_remove_model(layers=300)
+    machine.submit([(None, None, 2, 5, PROMPTS[1], None, "extra")])
+    machine.step(gpu=0, tokens=1, final=False, skip=9, rounds=2)
+    assert [t.exit for t in machine.kernel.tasks.values()] == ["done"]
+    machine.teardown()
