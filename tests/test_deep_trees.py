@@ -64,6 +64,7 @@ def test_a_leafs_exit_wakes_every_ancestors_wait():
 
 
 @pytest.mark.mount
+@pytest.mark.slow
 def test_a_3000_deep_chain_on_a_mount_is_killed_remounted_and_verified(tmp_path):
     """echo ROOT > ctl/kill kills a 3,000-deep chain, `cat wait` says killed, the daemon stays up, a
     remount on the same state dir keeps it all, and `apeinxfs replay --verify` passes."""
