@@ -109,6 +109,9 @@ class Operations(pyfuse3.Operations):
         entry.st_uid, entry.st_gid = node.owner or self.owner
         entry.st_blksize, entry.st_blocks = 4096, (entry.st_size + 511) // 512
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
+        if node.tenant is not None:  # seen by some callers only: the kernel's caches are shared by all
+            entry.entry_timeout = entry.attr_timeout = 0
+            return entry
         static = node.inode in self.tree.static  # a name made at boot, which never goes
         entry.entry_timeout = STATIC_S if static else ATTR_TIMEOUT_S
         entry.attr_timeout = STATIC_S if static and isinstance(node, (Dir, Command)) else (  # never change
