@@ -39,6 +39,9 @@ class ModelHost:
     def observe(self, model: str, observation) -> None:
         self.rt.observe(model, observation)
 
+    def health(self, model: str, state: str, error: str | None = None) -> None:
+        self.rt.health(model, state, error)
+
 
 def groups_of(models: dict, configured: set) -> dict:
     """{key: {name: ModelConfig}}: the configured models by driver name, each model added live alone."""
@@ -69,6 +72,8 @@ class DriverGroups:
 
     def _start(self, models: dict) -> trio.CancelScope:
         driver = drivers.load(next(iter(models.values())).driver)(models)
+        for name in models:  # until the driver's first check says otherwise
+            self.rt.health(name, "starting")
         scope = trio.CancelScope()
         self.nursery.start_soon(self._serve, driver, ModelHost(self.rt, models), scope)
         return scope
