@@ -76,7 +76,7 @@ async def test_lookup_and_getattr(ops):
 
 async def test_boot_time_names_stay_cached_and_task_files_do_not(ops):
     """Boot-time names are cached long, with their attributes where those never change (/ctl, /ctl/submit), a
-    rendered file's size never; a task's names not at all (other tenants' callers must not see them)."""
+    rendered file's size never; a task's names only briefly."""
     ctl = await ops.lookup(ROOT, b"ctl", ctx())
     ctl_submit = await ops.lookup(ctl.st_ino, b"submit", ctx())
     assert ctl.entry_timeout == ctl.attr_timeout == fs.STATIC_S > 1
@@ -85,7 +85,7 @@ async def test_boot_time_names_stay_cached_and_task_files_do_not(ops):
     assert (readme.entry_timeout, readme.attr_timeout) == (fs.STATIC_S, 0)
     pid = submit(ops.rt)
     task = await ops.lookup(await inode_of(ops, "/tasks"), str(pid).encode(), ctx())
-    assert task.entry_timeout == task.attr_timeout == 0
+    assert task.entry_timeout == task.attr_timeout == fs.ATTR_TIMEOUT_S
 
 
 async def test_directory_attributes(ops):

@@ -2,17 +2,23 @@
 cache another tenant's task for a caller.
 
 A fair preemption's line names the tenant and pid it made room for; in the preempted
-task's and its tenant's views those read "another tenant". Through FUSE, a node that only
-some callers see is answered with entry and attribute timeouts of 0. The same on a live
-mount, as two tenants' Unix users, is test_isolation_mount.py.
+task's and its tenant's views those read "another tenant". Through FUSE, once not every
+caller sees every task, a task's names are answered with an entry timeout of 0. The same
+on a live mount, as two tenants' Unix users, is test_isolation_mount.py.
 """
 import csv
 import io
 
+import attrs
+
+from apeinxfs import fs
+from apeinxfs.kernel.config import AccessConfig
+from apeinxfs.kernel.events import SetTenant
 from apeinxfs.kernel.task import State
+from apeinxfs.kernel.tenant_config import TenantConfig
 from apeinxfs.kernel.trace import TraceLog
 from test_fairness_kernel import kernel, submit
-from test_fs_ops import ctx, inode_of, ops  # noqa: F401 (ops is a fixture)
+from test_fs_ops import ROOT, ctx, inode_of, ops  # noqa: F401 (ops is a fixture)
 from test_fs_ops import submit as submit_task
 from test_kernel import STEP_US, step
 
@@ -66,14 +72,21 @@ class _Task:
         self.pid, self.tenant, self.model, self.trace_last = pid, tenant, "sim", 0
 
 
-async def test_tenant_nodes_are_never_cached_by_the_kernel(ops):
-    """A task's directory and files, seen by some callers only, get entry and attr timeouts of 0."""
+async def test_with_two_tenants_a_tasks_names_are_never_cached_by_the_kernel(ops):
+    """A task's directory and files, seen by some callers only, get entry timeout 0 once a second tenant exists."""
     pid = submit_task(ops.rt)
     tasks = await inode_of(ops, "/tasks")
+    assert (await ops.lookup(tasks, str(pid).encode(), ctx())).entry_timeout == fs.ATTR_TIMEOUT_S  # all see all
+    ops.rt.commit([SetTenant(tenant=TenantConfig("b", members={"uids": (1002,)}), what="add b")])
     task = await ops.lookup(tasks, str(pid).encode(), ctx())
     status = await ops.lookup(task.st_ino, b"status", ctx())
-    again = await ops.getattr(task.st_ino, ctx())
-    assert task.entry_timeout == task.attr_timeout == status.entry_timeout == status.attr_timeout == 0
-    assert again.attr_timeout == 0
-    listing = await ops.lookup(await inode_of(ops, "/tenants"), b"default", ctx())
-    assert listing.entry_timeout == listing.attr_timeout == 0
+    tenant = await ops.lookup(await inode_of(ops, "/tenants"), b"default", ctx())
+    assert task.entry_timeout == status.entry_timeout == tenant.entry_timeout == 0
+    assert (await ops.lookup(ROOT, b"ctl", ctx())).entry_timeout == fs.STATIC_S  # seen by all: cached
+
+
+def test_only_one_tenant_everyone_may_see_lets_the_kernel_cache_task_names(ops):
+    """One tenant, default, shared by unmapped users or viewers: all see all; not so with role none or two tenants."""
+    assert ops.all_see_all()
+    ops.rt.kernel.config = attrs.evolve(ops.rt.kernel.config, access=AccessConfig(unmapped="none"))
+    assert not ops.all_see_all()
