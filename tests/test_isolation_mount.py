@@ -6,14 +6,12 @@ per-caller answer), and when one of Alice's tasks is preempted to make room for 
 task's and tenant's events say "another tenant", never Bob's tenant or pid; the whole
 trace, an admin's, names both.
 """
-import os
-import shutil
 import subprocess
 
 import pytest
 
-from daemon import FUSE_READY, Daemon, poll_until
-from unixusers import UnixUsers, run_as, shared_dir
+from daemon import poll_until
+from unixusers import module_users, run_as, shared_mount
 from test_tenants_mount import submitted
 
 pytestmark = pytest.mark.mount
@@ -39,15 +37,8 @@ LONG = "name=long max_tokens=30000"
 @pytest.fixture(scope="module")
 def users():
     """Alice and Bob, deleted afterwards whatever happened."""
-    if os.geteuid() != 0:
-        pytest.skip("creating Unix users and mounting with allow_other need root")
-    if not FUSE_READY:
-        pytest.skip("no /dev/fuse or fusermount3 on this machine")
-    created = UnixUsers()
-    try:
-        yield {name: created.add(f"apxi_{name}", uid) for name, uid in USERS.items()}
-    finally:
-        created.close()
+    with module_users("apxi", USERS) as created:
+        yield created
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +46,8 @@ def mounted(users, tmp_path_factory):
     """The daemon with tenants a (alice) and b (bob), in a directory every user may traverse."""
     tenants = "".join(f'[[tenants]]\nname = "{tenant}"\n[tenants.members]\nuids = [{users[name].uid}]\n'
                       for tenant, name in (("a", "alice"), ("b", "bob")))
-    top = shared_dir("apeinx-isolation-")
-    try:
-        with Daemon(os.path.join(top, "ai"), tmp_path_factory.mktemp("state"), CONFIG + tenants) as daemon:
-            yield daemon
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
+    with shared_mount("apeinx-isolation-", tmp_path_factory.mktemp("state"), CONFIG + tenants) as daemon:
+        yield daemon
 
 
 def as_user(user, command: str) -> str:

@@ -4,15 +4,21 @@
 is given, and `close` deletes them (userdel) whatever happened. `run_as` runs a command as
 one of them through setpriv with no supplementary groups; `probe` runs PROBE (a few lines
 of the system Python, which every user may run) to open, write, read or list a path and
-report the errno name and any reply as JSON. Needs root. Not a fixture: tests/ wires it.
+report the errno name and any reply as JSON. `module_users` and `shared_mount` are the
+bodies of a module's users and mount fixtures. Needs root.
 """
+import contextlib
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import tempfile
 
 import attrs
+import pytest
+
+from daemon import FUSE_READY, Daemon
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # the venv's interpreter lives under /root, out of other users' reach
 
@@ -107,3 +113,30 @@ def shared_dir(prefix: str) -> str:
     path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     os.chmod(path, 0o755)
     return path
+
+
+@contextlib.contextmanager
+def module_users(prefix: str, uids: dict):
+    """{name: User} of users PREFIX_NAME with these uids, deleted afterwards whatever happened; skips
+    (saying so loudly) unless root may create them and mount a FUSE file system for them."""
+    if os.geteuid() != 0:
+        print("\n*** not root: cannot create users or mount allow_other: TENANT MOUNT TESTS ARE SKIPPED ***\n")
+        pytest.skip("creating Unix users and mounting with allow_other need root")
+    if not FUSE_READY:
+        pytest.skip("no /dev/fuse or fusermount3 on this machine")
+    created = UnixUsers()
+    try:
+        yield {name: created.add(f"{prefix}_{name}", uid) for name, uid in uids.items()}
+    finally:
+        created.close()
+
+
+@contextlib.contextmanager
+def shared_mount(prefix: str, state_dir, config_text: str):
+    """A Daemon mounted at `ai` in a fresh shared_dir (every user may traverse it), all removed afterwards."""
+    top = shared_dir(prefix)
+    try:
+        with Daemon(os.path.join(top, "ai"), state_dir, config_text) as daemon:
+            yield daemon
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
