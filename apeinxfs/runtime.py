@@ -5,8 +5,8 @@ to the journal (durable before return), apply (the journal keeps the trace lines
 event emits, for `apeinxfs replay --verify`), then wake whoever waits on what changed.
 `recover` rebuilds the kernel from the journal at start. The FUSE tree (nodes/) and the
 drivers only ever talk to the kernel through this object. Beside the kernel it keeps what
-is observed, not decided: the engines' own metrics (`engine_metrics`, by model) and
-health (`engine_health`, by model: drivers/health.py), which are never journaled.
+is observed, not decided: the engines' own metrics (`engine_metrics`, by model), which
+are never journaled.
 """
 import logging
 import time
@@ -14,7 +14,7 @@ import time
 import attrs
 import trio
 
-from .drivers import health
+from .drivers import enginestate
 from .enginehost import DriverGroups
 from .journal import Journal
 from .kernel import Kernel
@@ -74,7 +74,7 @@ class Runtime:
         self.waiters = 0
         self.readings = None  # drivers/nvml.Readings of the real GPUs, set by the daemon (mount.py)
         self.engine_metrics: dict = {}  # model -> drivers/metrics.Observation, the last scrape of its engine
-        self.engine_health: dict = {}  # model -> drivers/health.Health, what its driver's checks last found
+        self.engine_states: dict = {}  # model -> drivers/enginestate.EngineState, what its driver's checks found (observed)
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
 
     def recover(self) -> int:
@@ -131,16 +131,16 @@ class Runtime:
             self.engine_metrics[model] = attrs.evolve(observation, at_us=self.clock.now_us())
             self.observed += 1
 
-    def health(self, model: str, state: str, error: str | None = None) -> None:
+    def report_state(self, model: str, state: str, error: str | None = None) -> None:
         """Keep what a check of `model`'s engine found (for models of the kernel only)."""
         if model in self.kernel.models:
-            before = self.engine_health.get(model)
-            self.engine_health[model] = health.advance(before, state, error, self.clock.now_us())
-            self.observed += self.engine_health[model] != before
+            before = self.engine_states.get(model)
+            self.engine_states[model] = enginestate.advance(before, state, error, self.clock.now_us())
+            self.observed += self.engine_states[model] != before
 
     def forget_engines(self) -> None:
-        """Drop the observations and health of models that no longer exist."""
-        for seen in (self.engine_metrics, self.engine_health):
+        """Drop the observations and states of models that no longer exist."""
+        for seen in (self.engine_metrics, self.engine_states):
             for model in seen.keys() - self.kernel.models.keys():
                 del seen[model]
                 self.observed += 1

@@ -20,7 +20,7 @@ Counts are the model's: each chunk is one sampled token, the prompt's token coun
 token ends the task `done` short of max_tokens. Text is the tokens' bytes decoded as
 UTF-8 across token boundaries, bad bytes replaced. Failures (model file missing, a prompt
 whose real token count leaves no room for the tokens owed in n_ctx) fail the task with
-`failed: llama.cpp: ...`; the daemon serves on. Health (health.py): ready while the
+`failed: llama.cpp: ...`; the daemon serves on. Health (enginestate.py): ready while the
 model file is there and its last load (if any) worked; failed, with the error, if not.
 
 Options (`[models.options]`): model_path (required, a GGUF file), n_ctx (the model's
@@ -220,9 +220,9 @@ class LlamaCppDriver:
     async def serve(self, gpu: int, host) -> None:
         for name, engine in self.engines.items():  # a Llama loads on its first task: until then, its file says
             if os.path.isfile(engine.options.model_path):
-                host.health(name, "ready")
+                host.report_state(name, "ready")
             else:
-                host.health(name, "failed", f"model_path {engine.options.model_path}: no such file")
+                host.report_state(name, "failed", f"model_path {engine.options.model_path}: no such file")
         await flow.run_jobs(host, gpu, self._start)
 
     def _start(self, nursery, outbox: flow.Outbox, task) -> Turn:
@@ -237,6 +237,6 @@ class LlamaCppDriver:
             if reason is not None:
                 outbox.fail(task, reason)
             if engine.llama is not None:
-                outbox.host.health(task.model, "ready")
+                outbox.host.report_state(task.model, "ready")
             elif reason is not None:  # its load failed
-                outbox.host.health(task.model, "failed", reason)
+                outbox.host.report_state(task.model, "failed", reason)

@@ -12,7 +12,7 @@ opened ahead, straight to the transport); once a stream's first token went out, 
 are paced. Connection failures are retried with exponential backoff (a kept-alive or
 spare connection the engine had dropped at once), then the task fails with `engine at URL
 unreachable: ...`; a stream that breaks fails its task. `observe` scrapes the engines'
-/metrics (scrape.py). Requests are health checks too (health.py): an accepted one says
+/metrics (scrape.py). Requests are health checks too (enginestate.py): an accepted one says
 ready; retries spent, unreachable (starting, after HTTP 503); HTTP 404, failed. The HTTP
 side (Connection, OpenAIDriver) is shared with triton.py, which brings its own protocol.
 Options of a model (`[models.options]`): url (required), engine_model (the name sent;
@@ -164,9 +164,9 @@ class OpenAIDriver:
                 last, delay = exc, 0.0 if isinstance(exc, Stale) else endpoint.backoff_s * 2 ** attempt
             except Broken as exc:
                 if isinstance(exc, NotServed):
-                    outbox.host.health(task.model, "failed", f"{endpoint.url}: {exc}")
+                    outbox.host.report_state(task.model, "failed", f"{endpoint.url}: {exc}")
                 return f"engine at {endpoint.url}: {exc}"
-        outbox.host.health(task.model, "starting" if isinstance(last, Loading) else "unreachable", f"{endpoint.url}: {last}")
+        outbox.host.report_state(task.model, "starting" if isinstance(last, Loading) else "unreachable", f"{endpoint.url}: {last}")
         return f"engine at {endpoint.url} unreachable: {last}"
 
     async def _stream(self, client, endpoint: Connection, task, outbox: flow.Outbox) -> None:
@@ -176,7 +176,7 @@ class OpenAIDriver:
             async with spares.stream(client, url, body, endpoint.timeout_s) as response:
                 answered = True
                 await _check(response)
-                outbox.host.health(task.model, "ready")
+                outbox.host.report_state(task.model, "ready")
                 async for event in endpoint.events(response):
                     if (chunk := tally.chunk(event)) is not None and outbox.put(chunk):
                         spares.pace(response, PACE_S)

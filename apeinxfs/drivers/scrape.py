@@ -5,7 +5,7 @@ GET /slots) and hands each `Observation` to the host (`host.observe(model, obser
 which keeps it beside the kernel: observations are not kernel state and are never
 journaled. A failed scrape is an observation too (its error, no reading), so
 /models/NAME/engine says why there are no numbers. Each scrape is also a health check
-(health.py): an engine that answers is ready, even without metrics; HTTP 503 means it is
+(enginestate.py): an engine that answers is ready, even without metrics; HTTP 503 means it is
 still loading (starting); no answer, unreachable. Parsing is metrics.py's.
 """
 import httpx
@@ -20,7 +20,7 @@ async def watch(client: httpx.AsyncClient, model: str, url: str, interval_s: flo
     while True:
         observation, state = await scrape(client, url, timeout_s=max(2.0, 2 * interval_s))
         host.observe(model, observation)
-        host.health(model, state, None if state == "ready" else f"{observation.source}: {observation.error}")
+        host.report_state(model, state, None if state == "ready" else f"{observation.source}: {observation.error}")
         await trio.sleep(interval_s)
 
 

@@ -95,7 +95,7 @@ class SimDriver:
 
     async def serve(self, gpu: int, host) -> None:
         for name in self.engines:  # a simulated engine is ready once its driver runs
-            host.health(name, "ready")
+            host.report_state(name, "ready")
         while True:
             batch = await host.next_batch(gpu)
             seconds, chunks = self.plan(batch)

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from apeinxfs.drivers import health, scrape
+from apeinxfs.drivers import enginestate, scrape
 from daemon import TINY_SHAPE, Daemon, engine_config, poll_until
 from engines import free_port, llama_server, llama_server_binary, openai_daemon_config, tiny_model  # noqa: F401
 
@@ -19,18 +19,18 @@ S = 1_000_000
 
 def test_a_state_keeps_its_since_until_it_changes():
     """Checks that find the same state keep `since` (and take the latest error); another state starts anew."""
-    first = health.advance(None, "unreachable", "refused", 5 * S)
-    again = health.advance(first, "unreachable", "timed out", 9 * S)
-    back = health.advance(again, "ready", None, 12 * S)
+    first = enginestate.advance(None, "unreachable", "refused", 5 * S)
+    again = enginestate.advance(first, "unreachable", "timed out", 9 * S)
+    back = enginestate.advance(again, "ready", None, 12 * S)
     assert (again.since_us, again.error) == (5 * S, "timed out")
     assert (back.state, back.since_us, back.error) == ("ready", 12 * S, None)
 
 
 def test_status_rows_say_the_state_since_when_in_utc_and_the_last_error():
     """Since is ISO 8601 UTC; LastError `-` when there is none; no report yet reads `starting`."""
-    rows = dict(health.rows(health.Health("unreachable", 1_700_000_000 * S, "connection refused")))
+    rows = dict(enginestate.rows(enginestate.EngineState("unreachable", 1_700_000_000 * S, "connection refused")))
     assert rows == {"State": "unreachable", "Since": "2023-11-14T22:13:20Z", "LastError": "connection refused"}
-    assert dict(health.rows(None)) == {"State": "starting", "Since": "-", "LastError": "-"}
+    assert dict(enginestate.rows(None)) == {"State": "starting", "Since": "-", "LastError": "-"}
 
 
 def test_a_scrapes_failure_says_loading_unreachable_or_answered():

@@ -1,9 +1,9 @@
 """A model's engine as its driver last found it: ready, starting, unreachable or failed.
 
-Drivers report what each check found (`host.health(model, state, error)`): a scrape of the
-engine's metrics, a request's answer, the loading of a model. `advance` keeps the state,
-the last error and since when the state holds (a check that finds the same state keeps
-its `since`). Observed, like engine metrics: never journaled, and the kernel does not
+Drivers report what each check found (`host.report_state(model, state, error)`): a
+scrape of the engine's metrics, a request's answer, the loading of a model. `advance`
+keeps the state, the last error and since when the state holds (a check that finds the
+same state keeps its `since`). Observed, like engine metrics: never journaled, and the kernel does not
 schedule by it. Not here: which answer means which state (each driver's own).
 
 - ready: the engine answered the last check (a sim model: from its start).
@@ -19,7 +19,7 @@ STATES = ("ready", "starting", "unreachable", "failed")
 
 
 @attrs.frozen
-class Health:
+class EngineState:
     """One model's engine state, since when it holds (µs), and the last error while not ready."""
 
     state: str = attrs.field(validator=attrs.validators.in_(STATES))
@@ -27,16 +27,16 @@ class Health:
     error: str | None = None
 
 
-def advance(previous: Health | None, state: str, error: str | None, now_us: int) -> Health:
-    """The health after a check found `state` (with `error`, if it failed) at `now_us`."""
+def advance(previous: EngineState | None, state: str, error: str | None, now_us: int) -> EngineState:
+    """The state after a check found `state` (with `error`, if it failed) at `now_us`."""
     if previous is not None and previous.state == state:
         return attrs.evolve(previous, error=error)
-    return Health(state, now_us, error)
+    return EngineState(state, now_us, error)
 
 
-def rows(health: Health | None) -> list[tuple[str, str]]:
+def rows(engine: EngineState | None) -> list[tuple[str, str]]:
     """State, Since (UTC) and LastError rows of /models/NAME/status; `starting` before any report."""
-    if health is None:
+    if engine is None:
         return [("State", "starting"), ("Since", "-"), ("LastError", "-")]
-    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(health.since_us / 1e6))
-    return [("State", health.state), ("Since", since), ("LastError", health.error or "-")]
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(engine.since_us / 1e6))
+    return [("State", engine.state), ("Since", since), ("LastError", engine.error or "-")]
