@@ -120,7 +120,9 @@ class Operations(pyfuse3.Operations):
         """Whether every caller sees every task: one tenant, `default`, where unmapped callers are
         users or viewers. Otherwise a task's names are never cached (entry timeout 0): the kernel's
         dentry cache is shared by all callers, so each path walk must ask the daemon, which answers
-        ENOENT to another tenant's caller (its attributes are reached only through such a walk)."""
+        ENOENT to another tenant's caller (its attributes are reached only through such a walk). Names
+        cached just before a second tenant came stay for at most ATTR_TIMEOUT_S, and every caller
+        could see them until then."""
         kernel = self.rt.kernel
         return len(kernel.tenants) == 1 and "default" in kernel.tenants and kernel.config.access.unmapped != "none"
 
