@@ -16,8 +16,9 @@ import trio
 
 from .enginehost import DriverGroups
 from .journal import Journal
+from .readers import Readers
 from .kernel import Kernel
-from .kernel.errors import ApeinxError, TooMany
+from .kernel.errors import ApeinxError
 from .kernel.config import MIB
 from .kernel.events import GpuMemory, Rejected, Restart, Tick
 
@@ -70,7 +71,7 @@ class Runtime:
         journal.boot(config.kernel)
         self.clock = clock or WallClock()
         self.notifier = Notifier()
-        self.waiters = 0
+        self.readers = Readers(self.notifier, config.max_waiters, config.max_waiters_per_uid)
         self.readings = None  # drivers/nvml.Readings of the real GPUs, set by the daemon (mount.py)
         self.engine_metrics: dict = {}  # model -> drivers/metrics.Observation, the last scrape of its engine
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
@@ -109,14 +110,9 @@ class Runtime:
     # -- blocking readers ------------------------------------------------------------
 
     async def wait_for(self, key, timeout: float) -> None:
-        """Wait up to `timeout` s for `key` to change; EAGAIN when too many wait."""
-        if self.waiters >= self.config.max_waiters:
-            raise TooMany(f"too many blocked readers ({self.waiters}); try again")
-        self.waiters += 1
-        try:
-            await self.notifier.wait(key, timeout)
-        finally:
-            self.waiters -= 1
+        """Wait up to `timeout` s for `key` to change. Readers of the tree wait through
+        `readers` (readers.py) instead, which caps them and watches for their signals."""
+        await self.notifier.wait(key, timeout)
 
     # -- what drivers report (through enginehost.ModelHost) -----------------------------
 
@@ -141,12 +137,14 @@ class Runtime:
         return self.kernel.version, self.observed
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Run the models' drivers on every GPU (enginehost.py) and the deadline timer until cancelled."""
+        """Run the models' drivers on every GPU (enginehost.py), the deadline timer and the blocked
+        readers' signal watcher until cancelled."""
         async with trio.open_nursery() as nursery:
             groups = DriverGroups(self, nursery)
             groups.sync()  # builds the drivers now: a bad configuration fails here, before the mount
             nursery.start_soon(groups.follow)
             nursery.start_soon(self._deadline_timer)
+            nursery.start_soon(self.readers.watch)
             if self.readings is not None:
                 nursery.start_soon(self._sample_gpu_memory)
             task_status.started()

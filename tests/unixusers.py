@@ -53,10 +53,15 @@ class User:
     gid: int
 
 
+def as_user(user: User, argv: list[str]) -> list[str]:
+    """`argv` run through setpriv as `user` (real and effective uid and gid, no supplementary
+    groups); setpriv execs it, so the process started has the command's own pid."""
+    return ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"] + argv
+
+
 def run_as(user: User, argv: list[str], timeout: float = 20.0) -> subprocess.CompletedProcess:
-    """Run `argv` as `user` (real and effective uid and gid, no supplementary groups)."""
-    prefix = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"]
-    return subprocess.run(prefix + argv, capture_output=True, text=True, timeout=timeout, cwd="/")
+    """Run `argv` as `user` and wait for it."""
+    return subprocess.run(as_user(user, argv), capture_output=True, text=True, timeout=timeout, cwd="/")
 
 
 def probe(user: User, op: str, path: str, text: str = "") -> dict:
