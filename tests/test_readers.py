@@ -2,6 +2,7 @@
 (trio, virtual clock, a stand-in for /proc), a real thread's status file, and on a live mount
 real `cat` processes: Ctrl-C ends one of many, and a second user gets a slot past the first's cap.
 """
+import collections
 import errno
 import os
 import shutil
@@ -15,7 +16,7 @@ import trio
 from hypothesis import given, strategies as st
 
 from apeinxfs.kernel.errors import TooMany
-from apeinxfs.readers import SLICE_S, Interrupted, Readers, StatusFile, signal_pending
+from apeinxfs.readers import SCAN_CHUNK, SLICE_S, Interrupted, Readers, StatusFile, signal_pending
 from apeinxfs.runtime import Notifier
 from daemon import Daemon, poll_until, sim_config
 from unixusers import UnixUsers, as_user, probe, run_as, shared_dir
@@ -55,7 +56,7 @@ class Probes:
     """A stand-in for StatusFile: pids in `signalled` read as signalled; checks and open files counted."""
 
     signalled: set = attrs.Factory(set)
-    checks: int = 0
+    checks: collections.Counter = attrs.Factory(collections.Counter)  # pid -> times checked
     open: int = 0
 
     def __call__(self, pid: int) -> "FakeStatus":
@@ -69,7 +70,7 @@ class FakeStatus:
     pid: int
 
     def signalled(self) -> bool:
-        self.probes.checks += 1
+        self.probes.checks[self.pid] += 1
         return self.pid in self.probes.signalled
 
     def close(self) -> None:
@@ -184,11 +185,31 @@ async def test_watcher_makes_no_checks_while_no_one_waits(autojump_clock):
     async with trio.open_nursery() as nursery:
         nursery.start_soon(readers.watch)
         await trio.sleep(100)
-        assert probes.checks == 0
+        assert not probes.checks
         nursery.start_soon(blocked_read, readers, 7, 1)
         await trio.sleep(10.5 * SLICE_S)
         nursery.cancel_scope.cancel()
-    assert probes.checks == 1 + 10  # the check at admission, then one per pass
+    assert probes.checks == {1: 1 + 10}  # the check at admission, then one per pass
+
+
+async def test_a_pass_checks_every_reader_chunk_by_chunk(autojump_clock):
+    """More readers than a chunk: every one is checked once per slice, and a signalled one ends."""
+    readers, probes = registry(total=1000, per_uid=1000)
+    count = 3 * SCAN_CHUNK + 5
+    results = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(readers.watch)
+        for pid in range(count):
+            nursery.start_soon(lambda pid=pid: run_into(results, blocked_read(readers, "never", pid)))
+        await trio.sleep(3.01 * SLICE_S)  # past the pass that began when the first one came
+        probes.checks.clear()
+        await trio.sleep(5 * SLICE_S)
+        assert len(probes.checks) == count and set(probes.checks.values()) == {5}
+        assert results == []
+        probes.signalled.add(count - 1)
+        await trio.sleep(SLICE_S)
+        nursery.cancel_scope.cancel()
+    assert len(results) == 1 and isinstance(results[0][0], Interrupted)
 
 
 async def test_reader_gone_at_admission_ends_at_once(autojump_clock):
