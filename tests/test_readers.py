@@ -15,7 +15,8 @@ import pytest
 import trio
 from hypothesis import given, strategies as st
 
-from apeinxfs.kernel.errors import TooMany
+from apeinxfs import config
+from apeinxfs.kernel.errors import Invalid, TooMany
 from apeinxfs.readers import SCAN_CHUNK, SLICE_S, Interrupted, Readers, StatusFile, signal_pending
 from apeinxfs.runtime import Notifier
 from daemon import Daemon, poll_until, sim_config
@@ -92,6 +93,19 @@ def test_per_uid_cap_leaves_slots_to_another_uid():
     readers.admit(1001, 4)
     assert len(readers) == 3 and readers.by_uid == {1000: 2, 1001: 1}
     readers.check()
+
+
+@pytest.mark.parametrize("text, cap", [("", 300), ("[daemon]\nmax_waiters_per_uid = 2\n", 2),
+                                       ("[daemon]\nmax_waiters_per_uid = 0\n", None)])
+def test_per_uid_cap_is_a_config_key(tmp_path, text, cap):
+    """daemon.max_waiters_per_uid comes from the config (300 by default); below 1 is refused, naming the key."""
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    if cap is None:
+        with pytest.raises(Invalid, match="daemon.max_waiters_per_uid"):
+            config.load(str(path), str(tmp_path), use_nvml=False)
+    else:
+        assert config.load(str(path), str(tmp_path), use_nvml=False).max_waiters_per_uid == cap
 
 
 def test_total_cap_is_eagain_for_everyone():
