@@ -44,7 +44,7 @@ class WallClock:
 
 
 class Notifier:
-    """Wake-ups by key: a pid, 'trace', 'deadline' or ('gpu', N)."""
+    """Wake-ups by key: a pid, ('done', pid), 'trace', 'deadline' or ('gpu', N)."""
 
     def __init__(self):
         self._events: dict = {}
@@ -99,8 +99,17 @@ class Runtime:
         for seq, event in zip(self.journal.append([(now, e) for e in events]), events):
             with self.journal.recording(seq, self.kernel.trace):
                 results.append(self.kernel.apply(event, now))
-        self.notifier.wake(self.kernel.take_changed())
+        self._wake(self.kernel.take_changed())
         return results
+
+    def _wake(self, changed: set) -> None:
+        """Wake whoever waits on what changed; a changed pid whose task's tree has ended (or
+        is gone) also wakes ('done', pid), the key of `wait` readers, who so sleep through
+        every token."""
+        tasks = self.kernel.tasks
+        self.notifier.wake(changed)
+        self.notifier.wake([("done", key) for key in changed if isinstance(key, int)
+                            and ((task := tasks.get(key)) is None or self.kernel.tree_done(task))])
 
     def reject(self, path: str, error: ApeinxError, uid: int, pid: int = 0, tenant: str | None = None) -> None:
         """Record a refused write in the journal and trace (and, for a denial, the audit trail)."""

@@ -20,6 +20,8 @@ from apeinxfs.kernel.errors import Invalid, TooMany
 from apeinxfs.readers import SCAN_CHUNK, SLICE_S, Interrupted, Readers, StatusFile, signal_pending
 from apeinxfs.runtime import Notifier
 from daemon import Daemon, poll_until, sim_config
+from test_fs_ops import open_path, ops  # noqa: F401 - ops is a fixture
+from test_journal_runtime import submit
 from unixusers import UnixUsers, as_user, probe, run_as, shared_dir
 
 CALLER = attrs.make_class("Caller", ["uid", "pid"])
@@ -351,3 +353,22 @@ def test_second_uid_gets_a_slot_when_the_first_is_at_its_cap(tmp_path, users, to
             assert all(cat.poll() is None for cat in cats)
         finally:
             end_all(cats)
+
+
+# -- what wakes a reader -----------------------------------------------------------------------------
+
+
+async def test_wait_reader_sleeps_through_every_token(ops, autojump_clock):
+    """A `wait` read on a task of 50 tokens looks at its task twice: when it blocks and when the task ends."""
+    pid = submit(ops.rt, tokens=50)
+    fh = await open_path(ops, f"/tasks/{pid}/wait")
+    looks = collections.Counter()
+    node = ops.handles[fh].node
+    poll = node.poll
+    node.poll = lambda offset: looks.update([offset]) or poll(offset)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ops.rt.run)
+        with trio.fail_after(60):
+            assert await ops.read(fh, 0, 100) == b"done\n"
+        nursery.cancel_scope.cancel()
+    assert looks == {0: 2} and len(ops.rt.kernel.tasks[pid].output.split()) == 50
