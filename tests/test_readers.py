@@ -22,7 +22,7 @@ from apeinxfs.runtime import Notifier
 from daemon import Daemon, poll_until, sim_config
 from test_fs_ops import open_path, ops  # noqa: F401 - ops is a fixture
 from test_journal_runtime import submit
-from unixusers import UnixUsers, as_user, probe, run_as, shared_dir
+from unixusers import as_user, probe, run_as, shared_dir, users_of_test
 
 CALLER = attrs.make_class("Caller", ["uid", "pid"])
 
@@ -248,6 +248,11 @@ async def test_read_past_its_deadline_is_eagain(autojump_clock):
 CATCHES_USR1 = "import signal, sys, time; signal.signal(signal.SIGUSR1, print); print(flush=True); time.sleep(60)"
 
 
+def process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as file:
+        return file.read().rpartition(")")[2].split()[0]
+
+
 def test_status_file_sees_a_real_pending_signal_and_a_gone_thread():
     """A stopped process with a caught signal pending reads as signalled; before, not; once reaped, as gone."""
     child = subprocess.Popen([sys.executable, "-c", CATCHES_USR1], stdout=subprocess.PIPE)
@@ -256,6 +261,7 @@ def test_status_file_sees_a_real_pending_signal_and_a_gone_thread():
         status = StatusFile(child.pid)
         assert not status.signalled()
         child.send_signal(signal.SIGSTOP)
+        poll_until(lambda: process_state(child.pid) == "T", 5, "child stopped")
         child.send_signal(signal.SIGUSR1)
         assert poll_until(status.signalled, 5, "SIGUSR1 pending")
     finally:
@@ -306,14 +312,7 @@ READERS_USERS = {"ann": 23101, "ben": 23102}
 @pytest.fixture
 def users():
     """Two Unix users of one tenant, deleted afterwards whatever happened."""
-    if os.geteuid() != 0:
-        print("\n*** not root: cannot create users or mount allow_other: PER-UID CAP MOUNT TEST IS SKIPPED ***\n")
-        pytest.skip("creating Unix users and mounting with allow_other need root")
-    created = UnixUsers()
-    try:
-        yield {name: created.add(f"apxr_{name}", uid) for name, uid in READERS_USERS.items()}
-    finally:
-        created.close()
+    yield from users_of_test("apxr_", READERS_USERS, "PER-UID CAP MOUNT TEST IS")
 
 
 @pytest.fixture
