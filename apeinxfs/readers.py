@@ -3,8 +3,8 @@
 pyfuse3 has no FUSE interrupt hook, so the daemon learns of Ctrl-C on a blocked `cat` by
 reading the reader's /proc/PID/status. `Readers` admits blocked readers under a total cap
 and a per-uid cap (TooMany, EAGAIN, with the reason, past either) and runs one watcher task
-that checks every blocked reader in one pass per SLICE_S, interrupting those whose thread
-has a signal pending or is gone. A reader itself sleeps on the runtime's Notifier with no
+that checks every blocked reader once per SLICE_S (SCAN_CHUNK at a time, the chunks spread
+over the slice), interrupting those whose thread has a signal pending or is gone. A reader itself sleeps on the runtime's Notifier with no
 timeout of its own: it wakes only when its key changes or the watcher interrupts it. Each
 reader's status file is kept open and re-read with pread (7 us of CPU a check here, against
 10 us for open, read and close). Not here: what a reader waits for (nodes/), the FUSE
@@ -53,14 +53,18 @@ def _mask(status: bytes, name: bytes) -> int:
 
 
 class StatusFile:
-    """/proc/PID/status of a reader's thread, kept open (fd None: the thread was gone at open).
-    The fd stays bound to that thread: a reused pid reads as gone, never as someone else."""
+    """A status file (/proc/PID/status of a reader's thread), kept open; fd None: it was gone
+    at open. The fd stays bound to that thread: a reused pid reads as gone, never as another."""
 
-    def __init__(self, pid: int):
+    def __init__(self, path: str):
         try:
-            self.fd = os.open(f"/proc/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             self.fd = None
+
+    @classmethod
+    def of_thread(cls, pid: int) -> "StatusFile":
+        return cls(f"/proc/{pid}/status")
 
     def signalled(self) -> bool:
         """Whether the thread has a signal pending that ends its read, or is gone."""
@@ -98,7 +102,7 @@ class Reader:
 class Readers:
     """The registry of blocked readers: caps at admission, one signal watcher for them all."""
 
-    def __init__(self, notifier, total: int, per_uid: int, probe=StatusFile):
+    def __init__(self, notifier, total: int, per_uid: int, probe=StatusFile.of_thread):
         self.notifier = notifier
         self.total, self.per_uid = total, per_uid
         self.probe = probe  # pid -> an object with signalled() and close()

@@ -17,7 +17,7 @@ from hypothesis import given, strategies as st
 
 from apeinxfs import config
 from apeinxfs.kernel.errors import Invalid, TooMany
-from apeinxfs.readers import SCAN_CHUNK, SLICE_S, Interrupted, Readers, StatusFile, signal_pending
+from apeinxfs.readers import SCAN_CHUNK, SLICE_S, STATUS_BYTES, Interrupted, Readers, StatusFile, signal_pending
 from apeinxfs.runtime import Notifier
 from daemon import Daemon, poll_until, sim_config
 from test_fs_ops import open_path, ops  # noqa: F401 - ops is a fixture
@@ -258,7 +258,7 @@ def test_status_file_sees_a_real_pending_signal_and_a_gone_thread():
     child = subprocess.Popen([sys.executable, "-c", CATCHES_USR1], stdout=subprocess.PIPE)
     try:
         child.stdout.readline()
-        status = StatusFile(child.pid)
+        status = StatusFile.of_thread(child.pid)
         assert not status.signalled()
         child.send_signal(signal.SIGSTOP)
         poll_until(lambda: process_state(child.pid) == "T", 5, "child stopped")
@@ -268,6 +268,18 @@ def test_status_file_sees_a_real_pending_signal_and_a_gone_thread():
         child.kill()
         child.wait()
     assert status.signalled()
+    status.close()
+
+
+def test_status_file_reads_past_a_long_groups_line(tmp_path):
+    """A status whose signal lines lie beyond the first read (thousands of groups) is read up to them:
+    nothing pending there reads as not signalled (a status cut short would read as gone)."""
+    groups = " ".join(str(gid) for gid in range(100_000, 103_000))
+    text = status_text().replace(b"State:", f"Groups:\t{groups}\nState:".encode())
+    path = tmp_path / "status"
+    path.write_bytes(text)
+    status = StatusFile(str(path))
+    assert len(text) > 4 * STATUS_BYTES and not status.signalled()
     status.close()
 
 
