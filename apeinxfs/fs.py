@@ -4,8 +4,9 @@ Thin on purpose: inodes and file handles in, node methods called, attributes out
 one error boundary of the daemon lives here: ApeinxError becomes FUSEError(errno), any
 other exception is logged and becomes EIO, so no request can take the mount down.
 Blocking reads wait through the runtime's `readers` (readers.py), which caps them and ends
-them with EINTR once the reader has a signal pending (pyfuse3 has no interrupt hook). FLUSH is answered ENOSYS, which turns it
-off for the mount: close(2) costs no round trip, and handles act at release instead.
+them with EINTR once the reader has a signal pending (pyfuse3 has no interrupt hook).
+FLUSH is answered ENOSYS, which turns it off for the mount: close(2) costs no round
+trip, and handles act at release instead.
 """
 import errno
 import functools
