@@ -138,11 +138,11 @@ class Runtime:
         while True:
             if self.health.fault is None:
                 await self.notifier.wait("health")
-            elif self.health.recover(self.kernel, self.journal, self.clock.now_us()):
+                continue
+            await trio.sleep(PROBE_S)  # not at once: what just failed would most often fail again
+            if self.health.recover(self.kernel, self.journal, self.clock.now_us()):
                 log.warning("recovered: the journal can be written again")
                 self._wake_all()
-            else:
-                await trio.sleep(PROBE_S)
 
     # -- blocking readers ------------------------------------------------------------
 

@@ -301,8 +301,8 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
                 self._requeue(task, State.QUEUED)
 
     def _apply_journalfailed(self, event: ev.JournalFailed) -> None:
-        self._emit("degraded", None, f"{errno.errorcode.get(event.errno, event.errno)}: {event.reason}; "
-                                     "state changes are refused and running tasks paused until it can be written")
+        self._emit("degraded", None, f"{event.reason}; state changes are refused and running tasks paused "
+                                     "until it can be written")
 
     def _apply_journalrecovered(self, event: ev.JournalRecovered) -> None:
         self._emit("recovered", None, f"the journal can be written again after "
