@@ -14,11 +14,13 @@ import sqlite3
 import pytest
 import trio
 
+from apeinxfs import config as config_mod
 from apeinxfs import health
 from apeinxfs.drivers.sim import word
 from apeinxfs.journal import Journal
 from apeinxfs.kernel.errors import Degraded
 from apeinxfs.kernel.events import JournalFailed, JournalRecovered, Tick
+from apeinxfs.kernel.trace import TraceLog
 from apeinxfs.runtime import PROBE_S
 from apeinxfs.verify import verify
 from test_journal_runtime import open_runtime, submit
@@ -117,6 +119,22 @@ def test_each_storage_fault_has_its_errno(tmp_path, fault, code):
     assert caught.value.reason.startswith("the journal cannot be written: ") and errno.errorcode[code] in caught.value.reason
     assert journal.last_seq == 0 and len(journal) == 0
     journal.close()
+
+
+def test_close_on_a_failing_disk_raises_after_closing_and_keeps_every_row(tmp_path):
+    """Trace rows still pending at close on a failing disk: Degraded, the file closed, every journal row kept."""
+    journal = Journal(str(tmp_path / "j.db"))
+    journal.boot(config_mod.load(None, str(tmp_path), use_nvml=False).kernel)
+    seq = journal.append([(1, Tick())])[0]
+    with journal.recording(seq, TraceLog("local")):
+        pass
+    journal.db = FailingDb(journal.db)
+    journal.db.fault = full_error
+    with pytest.raises(Degraded):
+        journal.close()
+    with pytest.raises(sqlite3.ProgrammingError):  # closed
+        journal.db.execute("SELECT 1")
+    assert len(Journal(str(tmp_path / "j.db"), readonly=True)) == 1
 
 
 # -- the runtime ---------------------------------------------------------------------------------------

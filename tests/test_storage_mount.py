@@ -122,3 +122,24 @@ def test_a_full_state_dir_degrades_and_recovers_without_restart(small_state, tmp
         assert set(acked) <= rebuilt(journal).tasks.keys()  # what a restart would have
     finally:
         journal.close()
+
+
+def test_a_daemon_stopped_while_degraded_restarts_with_everything_acknowledged(small_state, tmp_path):
+    """Unmounted while the disk is full, the daemon exits cleanly; on a larger disk a new one has every
+    acknowledged task, takes submits, and replay --verify passes."""
+    daemon = Daemon(tmp_path / "ai", small_state).start()
+    acked = []
+    try:
+        assert submit_until_refused(daemon, acked).errno == errno.ENOSPC
+        fill_up(small_state / "filler")
+    finally:
+        daemon.stop()
+    assert daemon.proc.returncode == 0
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_state)], check=True)
+    with Daemon(tmp_path / "ai", small_state) as again:
+        listed = set(map(int, os.listdir(again.path("tasks"))))
+        assert set(acked) <= listed and reads_answer(again)["State"] == "ok"
+        acked.append(submit(again, "name=after max_tokens=3"))
+    verified = subprocess.run(APEINXFS + ["replay", "--verify", str(small_state)], capture_output=True, text=True,
+                              timeout=120)
+    assert verified.returncode == 0 and verified.stdout.startswith("OK:"), verified.stdout + verified.stderr
