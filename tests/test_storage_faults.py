@@ -3,8 +3,9 @@
 Faults are injected two ways: SQLite's own `max_page_count`, which makes a real write fail
 with SQLITE_FULL, and a connection stand-in whose writes raise what a failing disk makes
 SQLite or the OS raise (EROFS, EIO). The runtime goes degraded, refuses state changes with
-the errno, pauses the sim driver's tasks under trio's autojump clock, and resumes by
-itself once writes work; `replay --verify` (verify.py) then passes.
+the errno, pauses the sim driver's tasks under trio's autojump clock (and the openai
+driver's streams, against test_openai_driver's fake engine on the real clock), and
+resumes by itself once writes work; `replay --verify` (verify.py) then passes.
 """
 import csv
 import errno
@@ -24,6 +25,8 @@ from apeinxfs.kernel.trace import TraceLog
 from apeinxfs.runtime import PROBE_S
 from apeinxfs.verify import verify
 from test_journal_runtime import open_runtime, submit
+from test_openai_driver import FakeEngine, engine_config
+import runtasks
 
 
 def readonly_error() -> sqlite3.OperationalError:
@@ -204,6 +207,33 @@ async def test_running_tasks_pause_while_degraded_and_resume_by_themselves(tmp_p
         assert kinds.index(JournalFailed) + 1 == kinds.index(JournalRecovered)
     report = verified(tmp_path)
     assert report.divergence is None and report.events == len(kinds)
+
+
+async def test_an_engine_stream_stops_while_degraded_and_resumes_after_the_text_it_has(tmp_path, nursery):
+    """The openai driver's stream is closed while the journal cannot be written; after recovery one new
+    request asks for what the task still owes, after the text journaled, and the task ends done."""
+    engine = await FakeEngine(delay=0.02).start(nursery)
+    paused = {}
+
+    async def fail_the_journal_for_a_while(rt, pids):
+        task = rt.kernel.tasks[pids[0]]
+        while task.tokens_out < 5:
+            await rt.wait_for(pids[0], 1.0)
+        rt.journal.db = FailingDb(rt.journal.db)
+        rt.journal.db.fault = full_error
+        with trio.fail_after(5):
+            while not engine.closed_early:
+                await trio.sleep(0.01)
+        paused.update(tokens=task.tokens_out, text=task.output.decode())
+        await trio.sleep(0.5)
+        assert (task.tokens_out, len(engine.bodies)) == (paused["tokens"], 1)
+        rt.journal.db.fault = None
+
+    [task] = await runtasks.run_tasks(tmp_path, engine_config(engine.port), [{"name": "a", "max_tokens": 60}],
+                                      fail_the_journal_for_a_while)
+    assert (task.exit, task.tokens_out) == ("done", 60) and len(engine.bodies) == 2
+    assert engine.bodies[1]["max_tokens"] == 60 - paused["tokens"]
+    assert engine.bodies[1]["prompt"] == "a" + paused["text"]
 
 
 async def test_a_deadline_that_falls_while_degraded_waits_for_recovery(tmp_path, autojump_clock):
