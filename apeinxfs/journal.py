@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS trace (
 """
 LAST = (1 << 63) - 1  # the largest seq SQLite holds: "to the end"
 FLUSH_ROWS = 32
-SQLITE_ERRNO = {sqlite3.SQLITE_FULL: errno.ENOSPC, sqlite3.SQLITE_READONLY: errno.EROFS, sqlite3.SQLITE_IOERR: errno.EIO}
+SQLITE_ERRNO = {sqlite3.SQLITE_FULL: errno.ENOSPC, sqlite3.SQLITE_READONLY: errno.EROFS,  # by primary result code
+                sqlite3.SQLITE_IOERR: errno.EIO}
 STORAGE_FAULTS = (sqlite3.OperationalError, OSError)  # what a write the storage refused raises
 
 
@@ -159,7 +160,7 @@ class Journal:
 
     def keep_trace(self, seq: int, emitted: Emitted) -> Emitted:
         """Make what `emitted` captures the trace row of row `seq`, just appended: also an event's
-        trace captured when it was applied, before its row could be journaled (runtime.py)."""
+        trace captured when it was applied, before its row could be journaled (health.py)."""
         emitted.row = self._appended[seq - self._appended[0][0]]
         if self._booted:
             self._pending.append(emitted)

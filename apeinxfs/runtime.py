@@ -5,8 +5,8 @@ to the journal (durable before return), apply (the journal keeps the trace lines
 event emits, for `apeinxfs replay --verify`), then wake whoever waits on what changed.
 `recover` rebuilds the kernel from the journal at start. A journal write that fails makes
 the daemon degraded rather than dead (health.py): state changes are refused with the
-storage's errno, drivers get no batches, and every PROBE_S it tries to write again. The FUSE tree (nodes/) and the
-drivers only ever talk to the kernel through this object. Beside the kernel it keeps what
+storage's errno, drivers get no batches, and every PROBE_S it tries to write again. The
+FUSE tree (nodes/) and the drivers only ever talk to the kernel through this object. Beside the kernel it keeps what
 is observed, not decided: the engines' own metrics (`engine_metrics`, by model), which
 are never journaled.
 """

@@ -119,7 +119,8 @@ def test_each_storage_fault_has_its_errno(tmp_path, fault, code):
     with pytest.raises(Degraded) as caught:
         journal.append([(1, Tick())])
     assert caught.value.errno == code
-    assert caught.value.reason.startswith("the journal cannot be written: ") and errno.errorcode[code] in caught.value.reason
+    reason = caught.value.reason
+    assert reason.startswith("the journal cannot be written: ") and errno.errorcode[code] in reason
     assert journal.last_seq == 0 and len(journal) == 0
     journal.close()
 
@@ -171,7 +172,8 @@ def test_a_refusal_keeps_its_own_errno_while_degraded(rt):
 
 async def test_running_tasks_pause_while_degraded_and_resume_by_themselves(tmp_path, autojump_clock):
     """The driver gets no batch while the journal cannot be written, and no token is lost: the text
-    is the sim's, in order; the daemon recovers within PROBE_S of the journal working, and the episode replays identically."""
+    is the sim's, in order; the daemon recovers within PROBE_S of the journal working, and the episode
+    replays identically."""
     prompts = ["first prompt", "second prompt"]
     with open_runtime(tmp_path) as rt:
         rt.journal.db = FailingDb(rt.journal.db)

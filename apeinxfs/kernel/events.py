@@ -152,7 +152,7 @@ class Restart:
 @attrs.frozen
 class JournalFailed:
     """The journal could not be written (`errno`, `reason`): the daemon went degraded. Applied when
-    it happened, journaled once the journal can be written again (runtime.py), at its own time."""
+    it happened, journaled once the journal can be written again (health.py), at its own time."""
 
     errno: int
     reason: str
