@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from daemon import poll_until
-from unixusers import module_users, run_as, shared_mount
+from unixusers import run_as, shared_mount, users_of_test
 from test_tenants_mount import submitted
 
 pytestmark = pytest.mark.mount
@@ -37,8 +37,7 @@ LONG = "name=long max_tokens=30000"
 @pytest.fixture(scope="module")
 def users():
     """Alice and Bob, deleted afterwards whatever happened."""
-    with module_users("apxi", USERS) as created:
-        yield created
+    yield from users_of_test("apxi_", USERS, "ISOLATION MOUNT TESTS ARE")
 
 
 @pytest.fixture(scope="module")

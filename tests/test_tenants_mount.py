@@ -13,7 +13,7 @@ import time
 import pytest
 
 from daemon import poll_until, sim_config
-from unixusers import module_users, probe, run_as, shared_mount
+from unixusers import probe, run_as, shared_mount, users_of_test
 
 pytestmark = pytest.mark.mount
 
@@ -67,8 +67,7 @@ overdraw = 10
 @pytest.fixture(scope="module")
 def users():
     """The test's Unix users, deleted afterwards whatever happened."""
-    with module_users("apxt", USERS) as created:
-        yield created
+    yield from users_of_test("apxt_", USERS, "TENANT MOUNT TESTS ARE")
 
 
 @pytest.fixture(scope="module")
