@@ -9,6 +9,7 @@ is a no-op. Real-mount and fuzz checks: tests/test_fuzz.py.
 import errno
 import logging
 import os
+import subprocess
 import types
 
 import pytest
@@ -17,6 +18,7 @@ from apeinxfs.kernel import grammar
 from apeinxfs.kernel.errors import Invalid
 from apeinxfs.kernel.tenant_config import Quota, set_in_group
 from apeinxfs.nodes.base import LINE_MAX
+from apeinxfs.nodes.ctl import REFUSED_MAX
 from test_fs_ops import ctx, fuse_errno, inode_of, open_path, ops  # noqa: F401  (ops: a fixture)
 
 SURROGATE_LINE = b'{"name":"x","max_tokens":5,"prompt":"\\ud800"}\n'
@@ -102,6 +104,16 @@ async def test_one_refused_line_applies_none(ops):
     assert names(ops) == []
 
 
+async def test_a_flood_of_junk_lines_stops_at_refused_max(ops):
+    """A megabyte of junk lines is checked only up to REFUSED_MAX refusals: a short reply, no task."""
+    fh = await open_path(ops, "/ctl/submit", os.O_RDWR)
+    assert await fuse_errno(lambda: ops.write(fh, 0, b"ok 5 5\n\n" + b"x\n" * (1 << 19))) == errno.EINVAL
+    reply = (await ops.read(fh, 0, 1 << 16)).decode().splitlines()
+    assert len(reply) == REFUSED_MAX + 1 and reply[0].startswith("error: line 3: ")
+    assert reply[-1] == f"error: lines {REFUSED_MAX + 3}..{(1 << 19) + 2}: not checked ({REFUSED_MAX} lines refused already)"
+    assert names(ops) == []
+
+
 async def test_an_over_long_tail_refuses_the_whole_write(ops):
     """Complete good lines followed by an unterminated line over the limit: nothing is applied."""
     fh = await open_path(ops, "/ctl/submit", os.O_WRONLY)
@@ -162,3 +174,44 @@ async def test_other_truncations_are_refused(ops):
     submit, readme = await inode_of(ops, "/ctl/submit"), await inode_of(ops, "/README")
     assert await fuse_errno(lambda: ops.setattr(submit, attr(5), fields("size"), None, ctx())) == errno.EPERM
     assert await fuse_errno(lambda: ops.setattr(readme, attr(0), fields("size"), None, ctx())) == errno.EACCES
+
+
+# -- tiers 3-4: a real mount and shell tools ------------------------------------------------------
+
+def shell(command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.mount
+def test_chmod_chown_touch_fail_and_echo_still_submits(daemon):
+    """On the mount, chmod, chown and touch of tree files fail with EPERM; `echo x > ctl/submit`,
+    `truncate -s 0` and `: >` of a ctl file still work."""
+    submit = daemon.path("ctl", "submit")
+    for command in (f"chmod 600 {submit}", f"chown 1:1 {daemon.path('README')}", f"touch {submit}",
+                    f"chmod 700 {daemon.path('tasks')}"):
+        done = shell(command)
+        assert done.returncode != 0 and "Operation not permitted" in done.stderr, (command, done.stderr)
+    assert os.stat(submit).st_mode & 0o777 == 0o666
+    for command in (f"echo 'shell 5 5' > {submit}", f"truncate -s 0 {submit}", f": > {submit}"):
+        assert shell(command).returncode == 0, command
+    assert "Operation not permitted" in shell(f"truncate -s 3 {submit}").stderr
+    assert [daemon.status(int(pid))["Name"] for pid in os.listdir(daemon.path("tasks"))] == ["shell"]
+
+
+@pytest.mark.mount
+def test_a_line_over_the_limit_is_einval_for_cat_and_python(daemon, tmp_path):
+    """A 3 MiB line fails with EINVAL through cat and through a Python file (whose write(2) first
+    returns a short count; the rest it writes is refused); nothing runs, and the fd submits next."""
+    big = tmp_path / "big"
+    big.write_bytes(b" " * (3 << 20) + b"big 5 5\n")
+    done = shell(f"cat {big} > {daemon.path('ctl', 'submit')}")
+    assert done.returncode != 0 and "Invalid argument" in done.stderr, done.stderr
+    with open(daemon.path("ctl", "submit"), "r+b") as ctl:
+        with pytest.raises(OSError) as refused:
+            ctl.write(big.read_bytes())
+            ctl.flush()
+        assert refused.value.errno == errno.EINVAL
+        ctl.write(GOOD)
+        ctl.flush()
+        assert ctl.read(64).strip().isdigit()
+    assert [daemon.status(int(pid))["Name"] for pid in os.listdir(daemon.path("tasks"))] == ["good"]

@@ -297,7 +297,9 @@ class CommandHandle(Handle):
 
     def write(self, data: bytes) -> int:
         """Run the complete lines, all or none; a line over LINE_MAX refuses the whole write. Any
-        refusal or bug empties the buffer, so the descriptor starts afresh at the next write."""
+        refusal or bug empties the buffer, so the descriptor starts afresh at the next write. The
+        reply is this write's, empty if it ran no line."""
+        self.reply = b""
         self._refuse_rest(data)
         self.pending += data
         cut = self.pending.rfind(b"\n") + 1
