@@ -153,8 +153,6 @@ def known(test):
     return test
 
 
-KNOWN = known
-
 
 def writable_paths(node, path: str = "") -> set[str]:
     """Every file of the tree that takes writes, with pids and tenant names as PID and NAME."""
@@ -166,6 +164,14 @@ def writable_paths(node, path: str = "") -> set[str]:
 
 
 # -- one example, whatever the tier ------------------------------------------------------------------
+
+# (file, data) written with O_TRUNC after an input to a target, so that the next input's good line works
+REPAIRS = {
+    "/ctl/policy": [("/ctl/policy", b"")],  # nothing written: no rules (a deny rule would refuse all)
+    "/ctl/tenants": [("/ctl/tenants", b"add fz\n"), ("/tenants/fz/members", b"uids -\ngids -\n")],
+    "/tenants/NAME/members": [("/tenants/fz/members", b"uids -\ngids -\n")],  # root a member: fz's quota
+}
+
 
 def fuzz_one(world, target: str, writes: list[bytes]) -> None:
     """Write the input as a stream of writes, then a blank and a good line on the same descriptor."""
@@ -211,6 +217,7 @@ class World:
         self.table: Counter = Counter()
         self.acknowledged: set[int] = set()
         self.serial = itertools.count(1)
+        self.last_target = None
         self.live_pid = self.submit(LIVE_TASK)
 
     def submit(self, line: bytes) -> int:
@@ -225,24 +232,15 @@ class World:
         return target.replace("PID", str(self.live_pid)).replace("NAME", "fz")
 
     def repair(self, target: str) -> None:
-        """Undo what an input may have done that would make the good line of another fail: a
-        killed live task, tenant fz removed or root made its member, a deny rule."""
+        """Undo what the last input may have done that would make the good line of this one fail:
+        a killed live task, a deny rule, tenant fz removed or root made its member."""
         if not self.live():
             self.live_pid = self.submit(LIVE_TASK)
-        for path, data in self.repairs(target):
+        for path, data in REPAIRS.get(self.last_target, []):
             fd = self.open(path, os.O_TRUNC)
             self.write(fd, data)
             self.close(fd)
-
-    def repairs(self, target: str) -> list[tuple[str, bytes]]:
-        """(file, lines) to write (with O_TRUNC) before an input to `target`."""
-        if target == "/ctl/policy":
-            return [("/ctl/policy", b"")]  # O_TRUNC and nothing written: no rules
-        if target == "/ctl/tenants" and not self.exists_path("/tenants/fz"):
-            return [("/ctl/tenants", b"add fz\n")]
-        if target in ("/ctl/tenants", "/tenants/NAME/members"):
-            return [("/tenants/fz/members", b"uids -\ngids -\n")]
-        return []
+        self.last_target = target
 
     def said_why(self, reply: bytes | None) -> bool:
         """Whether the refusal of the last write says why: an `error: REASON` reply."""
@@ -275,20 +273,16 @@ class NodesWorld(World):
         request.close()
         raise AssertionError(f"{method.__name__} waited")
 
-    def inode(self, path: str):
+    def inode(self, path: str) -> int:
         inode = 1
         for name in filter(None, path.split("/")):
-            entry = self.call(self.ops.lookup, inode, name.encode(), admin_ctx())
-            if isinstance(entry, pyfuse3.FUSEError):
-                return None
-            inode = entry.st_ino
+            inode = self.call(self.ops.lookup, inode, name.encode(), admin_ctx()).st_ino
         return inode
 
-    def open(self, path: str, flags: int = 0):
-        readable = self.ops.tree.node(self.inode(path)).mode & 0o444
-        info = self.call(self.ops.open, self.inode(path), (os.O_RDWR if readable else os.O_WRONLY) | flags,
-                         admin_ctx())
-        return info.fh
+    def open(self, path: str, flags: int = 0) -> int:
+        inode = self.inode(path)
+        readable = self.ops.tree.node(inode).mode & 0o444
+        return self.call(self.ops.open, inode, (os.O_RDWR if readable else os.O_WRONLY) | flags, admin_ctx()).fh
 
     def write(self, fh, data: bytes):
         done = self.call(self.ops.write, fh, 0, data)
@@ -310,9 +304,6 @@ class NodesWorld(World):
     def missing(self, pids: set[int]) -> set[int]:
         return pids - self.ops.rt.kernel.tasks.keys()
 
-    def exists_path(self, path: str) -> bool:
-        return self.inode(path) is not None
-
 
 @pytest.fixture(scope="module")
 def nodes_world(tmp_path_factory):
@@ -327,7 +318,7 @@ def test_targets_are_every_writable_file(nodes_world):
 
 @settings(max_examples=1500, **CHECKS)
 @given(case=CASES)
-@KNOWN
+@known
 def test_nodes_tier_fuzz(nodes_world, case):
     """Many inputs to every writable file through Operations: errno from the table, a reason, a usable handle."""
     fuzz_one(nodes_world, *case)
@@ -398,9 +389,6 @@ class MountWorld(World):
     def missing(self, pids: set[int]) -> set[int]:
         return pids - {int(name) for name in os.listdir(self.daemon.path("tasks"))}
 
-    def exists_path(self, path: str) -> bool:
-        return os.path.exists(self.daemon.mountpoint + path)
-
 
 @pytest.fixture(scope="module")
 def mount_world(tmp_path_factory):
@@ -414,7 +402,7 @@ def mount_world(tmp_path_factory):
 @pytest.mark.mount
 @settings(max_examples=200, **CHECKS)
 @given(case=CASES)
-@KNOWN
+@known
 def test_mount_tier_fuzz(mount_world, case):
     """A bounded number of inputs through real descriptors: the same checks, and the daemon stays up."""
     fuzz_one(mount_world, *case)
