@@ -215,3 +215,18 @@ def test_a_line_over_the_limit_is_einval_for_cat_and_python(daemon, tmp_path):
         ctl.flush()
         assert ctl.read(64).strip().isdigit()
     assert [daemon.status(int(pid))["Name"] for pid in os.listdir(daemon.path("tasks"))] == ["good"]
+
+
+@pytest.mark.mount
+def test_lone_surrogate_on_a_real_fd(daemon):
+    """Issue 14's line: EINVAL with its reason on the fd, which then submits a good line."""
+    fd = os.open(daemon.path("ctl", "submit"), os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as refused:
+            os.write(fd, SURROGATE_LINE)
+        assert refused.value.errno == errno.EINVAL
+        assert os.read(fd, 4096).startswith(b"error: lone surrogate")
+        assert os.write(fd, GOOD) == len(GOOD) and os.read(fd, 64).strip().isdigit()
+    finally:
+        os.close(fd)
+    assert daemon.proc.poll() is None and "Traceback" not in daemon.log_tail()

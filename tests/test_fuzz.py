@@ -28,26 +28,12 @@ from apeinxfs.fs import Operations
 from apeinxfs.nodes.base import Command, Dir, Setting
 from apeinxfs.nodes.tree import Tree
 from daemon import Daemon
-from test_bad_input import HUGE, JSON_LINE, JUNK, NUMBER, PID, QUOTED, SUBMIT_TEXT, TASK_COMMAND, VALID, WORD, lines_of
+from test_bad_input import (HUGE, JSON_LINE, JUNK, LIVE_TASK, NUMBER, PID, QUOTED, SLOW_CONFIG, SUBMIT_TEXT, TASK_COMMAND,
+                            VALID, WORD, lines_of)
 from test_journal_runtime import open_runtime
 
 ALLOWED = {errno.EINVAL, errno.ENOENT, errno.EACCES, errno.EDQUOT, errno.EEXIST, errno.ENOSPC, errno.EBUSY}
-CONFIG = """
-[gpus]
-simulated = 2
-slots = 8
-kv_mib = 512
-[[models]]
-name = "sim"
-context = 32768
-[models.options]
-decode_step_ms = 200
-[[tenants]]
-name = "default"
-[[tenants]]
-name = "fz"
-"""
-LIVE_TASK = b"live 3000 5\n"
+CONFIG = SLOW_CONFIG + '[[tenants]]\nname = "default"\n[[tenants]]\nname = "fz"\n'  # fz: whose files are fuzzed
 CHECKS = dict(deadline=None, suppress_health_check=list(HealthCheck))
 
 
