@@ -144,8 +144,8 @@ async def test_readdir_lists_the_root(ops, listed):
     await ops.releasedir(fh)
     assert [n for n, _, _ in listed.entries] == [b"README", b"ctl", b"tasks", b"models", b"memory", b"gpus",
                                                  b"trace", b"replay", b"sched", b"tenants", b"billing",
-                                                 b"metrics"]
-    assert [i for _, _, i in listed.entries] == list(range(1, 13))
+                                                 b"metrics", b"health"]
+    assert [i for _, _, i in listed.entries] == list(range(1, 14))
 
 
 async def test_readdir_resumes_where_the_buffer_filled(ops, listed):
@@ -286,7 +286,7 @@ async def test_wait_blocks_until_the_task_ends(ops, autojump_clock):
         with trio.fail_after(60):
             assert await ops.read(fh, 0, 100) == b"done\n"
         nursery.cancel_scope.cancel()
-    assert ops.rt.waiters == 0
+    assert len(ops.rt.readers) == 0
 
 
 async def test_stream_reads_to_eof(ops, autojump_clock):
