@@ -127,8 +127,8 @@ def new_model(text: str) -> ModelConfig:
 
 
 def _scalar(text: str):
-    """An option's value as TOML would give it: an integer, a number, or text."""
-    for kind in (int, float):
+    """An option's value as TOML would give it: an integer, a number (ASCII digits only), or text."""
+    for kind in (int, float) if text.isascii() else ():
         try:
             return kind(text)
         except ValueError:
