@@ -115,10 +115,21 @@ class Operations(pyfuse3.Operations):
         entry.st_blksize, entry.st_blocks = 4096, (entry.st_size + 511) // 512
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
         static = node.inode in self.tree.static  # a name made at boot, which never goes
-        entry.entry_timeout = STATIC_S if static else ATTR_TIMEOUT_S
+        private = node.tenant is not None and not self.all_see_all()
+        entry.entry_timeout = STATIC_S if static else 0 if private else ATTR_TIMEOUT_S
         entry.attr_timeout = STATIC_S if static and isinstance(node, (Dir, Command)) else (  # never change
             ATTR_TIMEOUT_S if is_dir else 0)  # sizes change: the kernel must ask
         return entry
+
+    def all_see_all(self) -> bool:
+        """Whether every caller sees every task: one tenant, `default`, where unmapped callers are
+        users or viewers. Otherwise a task's names are never cached (entry timeout 0): the kernel's
+        dentry cache is shared by all callers, so each path walk must ask the daemon, which answers
+        ENOENT to another tenant's caller (its attributes are reached only through such a walk). Names
+        cached just before a second tenant came stay for at most ATTR_TIMEOUT_S, and every caller
+        could see them until then."""
+        kernel = self.rt.kernel
+        return len(kernel.tenants) == 1 and "default" in kernel.tenants and kernel.config.access.unmapped != "none"
 
     def caller(self, ctx) -> Caller:
         """Who sent the request: its role and tenant (access.py), from uid, gid and groups. Kept per

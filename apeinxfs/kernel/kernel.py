@@ -80,7 +80,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         self.tasks: dict[int, Task] = {}
         self.accounts = Accounts({t.name: t.weight for t in config.tenants})
         self.runq = self._make_queue(config.sched.policy)
-        self.trace = TraceLog(config.node)
+        self.trace = TraceLog(config.node, self.tasks)
         self.counters = Counters()
         self.kv_some, self.kv_full = StallClock(), StallClock()
         self.now_us = 0
