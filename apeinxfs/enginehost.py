@@ -9,6 +9,8 @@ the models change, `DriverGroups.sync` stops the groups whose models changed or 
 starts new ones; a restarted driver picks up its models' running tasks again (the openai
 driver resumes each after the text it has). Drivers are built at once, so a bad option in
 the configuration fails the daemon's start, and /ctl/models builds one before it commits.
+While the daemon is degraded (health.py) every batch looks empty: the drivers stop their
+jobs, and start them again, after the text each task has, when it recovers.
 """
 import trio
 
@@ -22,6 +24,9 @@ class ModelHost:
         self.rt, self.models = rt, models
 
     def _mine(self, gpu: int) -> list:
+        """Its tasks in `gpu`'s batch; none while degraded (health.py): they pause where they are."""
+        if self.rt.health.fault is not None:
+            return []
         return [task for task in self.rt.kernel.batch(gpu) if task.model in self.models]
 
     async def next_batch(self, gpu: int) -> list:
@@ -38,6 +43,9 @@ class ModelHost:
 
     def observe(self, model: str, observation) -> None:
         self.rt.observe(model, observation)
+
+    def report_state(self, model: str, state: str, error: str | None = None) -> None:
+        self.rt.report_state(model, state, error)
 
 
 def groups_of(models: dict, configured: set) -> dict:
@@ -69,6 +77,8 @@ class DriverGroups:
 
     def _start(self, models: dict) -> trio.CancelScope:
         driver = drivers.load(next(iter(models.values())).driver)(models)
+        for name in models:  # until the driver's first check says otherwise
+            self.rt.report_state(name, "starting")
         scope = trio.CancelScope()
         self.nursery.start_soon(self._serve, driver, ModelHost(self.rt, models), scope)
         return scope

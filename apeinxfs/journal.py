@@ -13,10 +13,15 @@ transaction of the next append (and all at close): a one-row commit then writes 
 not two, and a crash loses the trace rows of at most the last FLUSH_ROWS rows and the last
 transaction, never a journal row.
 
+A write the storage refuses (a full disk, an I/O error, a read-only file system) raises
+`Degraded` with the storage's errno and changes nothing: the transaction is rolled back,
+and the connection stays usable for the next try (runtime.py decides what the daemon does).
+
 This module stores and reads rows; it does not interpret them (kernel/events.py does) and
 does not run the kernel. `NullJournal` keeps nothing, for runs no one will replay.
 """
 import contextlib
+import errno
 import json
 import os
 import sqlite3
@@ -24,6 +29,7 @@ import zlib
 
 import attrs
 
+from .kernel.errors import Degraded
 from .kernel.events import from_row, to_row
 
 SCHEMA = """
@@ -46,6 +52,9 @@ CREATE TABLE IF NOT EXISTS trace (
 """
 LAST = (1 << 63) - 1  # the largest seq SQLite holds: "to the end"
 FLUSH_ROWS = 32
+SQLITE_ERRNO = {sqlite3.SQLITE_FULL: errno.ENOSPC, sqlite3.SQLITE_READONLY: errno.EROFS,  # by primary result code
+                sqlite3.SQLITE_IOERR: errno.EIO}
+STORAGE_FAULTS = (sqlite3.OperationalError, OSError)  # what a write the storage refused raises
 
 
 @attrs.frozen
@@ -56,6 +65,15 @@ class Boot:
     upto: int
     traced_to: int
     config: dict
+
+
+def storage_fault(exc: Exception) -> Degraded:
+    """A failed journal write as the daemon reports it: the storage's errno and what it said."""
+    if isinstance(exc, OSError):
+        code, said = exc.errno or errno.EIO, exc.strerror or str(exc)
+    else:
+        code, said = SQLITE_ERRNO.get(getattr(exc, "sqlite_errorcode", 0) & 0xFF, errno.EIO), str(exc)
+    return Degraded(code, f"the journal cannot be written: {said} ({errno.errorcode.get(code, code)})")
 
 
 def row_crc(kind: str, body: str) -> int:
@@ -110,7 +128,7 @@ class Journal:
         seqs = range(self.last_seq + 1, self.last_seq + 1 + len(stamped))
         rows = [(seq, t) + to_row(e) for seq, (t, e) in zip(seqs, stamped)]
         if len(self._uncommitted) + len(rows) >= self.rows_per_commit:
-            self._commit(self._uncommitted + rows, FLUSH_ROWS)  # raises: nothing was journaled
+            self._commit(self._uncommitted + rows, FLUSH_ROWS)  # raises Degraded: nothing was journaled
             self._uncommitted = []
         else:
             self._uncommitted += rows
@@ -119,23 +137,38 @@ class Journal:
 
     def _commit(self, rows: list[tuple], trace_rows_at_least: int) -> None:
         """One transaction: journal `rows`, and the trace rows pending if there are enough."""
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.executemany("INSERT INTO journal (seq, time_us, kind, body) VALUES (?, ?, ?, ?)", rows)
-            if len(self._pending) >= trace_rows_at_least:
-                self._write_pending()
+        traced = list(self._pending) if len(self._pending) >= trace_rows_at_least else []
+        try:
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.executemany("INSERT INTO journal (seq, time_us, kind, body) VALUES (?, ?, ?, ?)", rows)
+                self._write_trace(traced)
+        except STORAGE_FAULTS as exc:
+            self._roll_back()
+            raise storage_fault(exc) from exc
+        del self._pending[:len(traced)]
+
+    def _roll_back(self) -> None:
+        """End a transaction the failure left open (SQLite may have rolled it back itself already)."""
+        if self.db.in_transaction:
+            with contextlib.suppress(*STORAGE_FAULTS):
+                self.db.rollback()
 
     def recording(self, seq: int, trace) -> Emitted:
         """A context in which what `trace` gets becomes the trace row of row `seq`, just appended."""
-        emitted = Emitted(trace, self._appended[seq - self._appended[0][0]])
+        return self.keep_trace(seq, Emitted(trace))
+
+    def keep_trace(self, seq: int, emitted: Emitted) -> Emitted:
+        """Make what `emitted` captures the trace row of row `seq`, just appended: also an event's
+        trace captured when it was applied, before its row could be journaled (health.py)."""
+        emitted.row = self._appended[seq - self._appended[0][0]]
         if self._booted:
             self._pending.append(emitted)
         return emitted
 
-    def _write_pending(self) -> None:
-        rows = [(e.row[0], row_crc(e.row[2], e.row[3]), e.text) for e in self._pending]
+    def _write_trace(self, emitted: list[Emitted]) -> None:
+        rows = [(e.row[0], row_crc(e.row[2], e.row[3]), e.text) for e in emitted]
         self.db.executemany("INSERT INTO trace (row, crc, lines) VALUES (?, ?, ?)", rows)
-        self._pending = []
 
     def rows(self, after: int = 0, upto: int = LAST):
         """Yield raw (seq, time_us, kind, body) rows with after < seq <= upto, in order."""
@@ -174,10 +207,12 @@ class Journal:
 
     def close(self) -> None:
         """Commit the rows and trace rows still pending, then close."""
-        if self._uncommitted or self._pending:
-            self._commit(self._uncommitted, 1)
-            self._uncommitted = []
-        self.db.close()
+        try:
+            if self._uncommitted or self._pending:
+                self._commit(self._uncommitted, 1)
+                self._uncommitted = []
+        finally:
+            self.db.close()
 
 
 NOT_RECORDED = contextlib.nullcontext()  # reusable: entering it does nothing

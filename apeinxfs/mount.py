@@ -22,7 +22,7 @@ from . import config as config_mod
 from .drivers import nvml
 from .fs import Operations
 from .journal import Journal
-from .kernel.errors import ApeinxError, Invalid
+from .kernel.errors import ApeinxError, Degraded, Invalid
 from .nodes.tree import Tree
 from .runtime import Runtime
 
@@ -202,7 +202,10 @@ async def _run_mounted(runtime: Runtime, config, ready_fd) -> int:
             nursery.cancel_scope.cancel()
     finally:
         pyfuse3.close(unmount=signalled)
-        runtime.journal.close()
+        try:
+            runtime.journal.close()
+        except Degraded as exc:  # every row is in; only the trace rows of the last few are lost
+            log.error("closing the journal: %s", exc.reason)
         if runtime.readings is not None:
             runtime.readings.close()
         log.info("unmounted")

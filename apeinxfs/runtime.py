@@ -3,27 +3,34 @@
 Every state change goes through `commit`: check with the kernel (refusals raise), append
 to the journal (durable before return), apply (the journal keeps the trace lines each
 event emits, for `apeinxfs replay --verify`), then wake whoever waits on what changed.
-`recover` rebuilds the kernel from the journal at start. The FUSE tree (nodes/) and the
-drivers only ever talk to the kernel through this object. Beside the kernel it keeps what
+`recover` rebuilds the kernel from the journal at start. A journal write that fails makes
+the daemon degraded rather than dead (health.py): state changes are refused with the
+storage's errno, drivers get no batches, and every PROBE_S it tries to write again. The
+FUSE tree (nodes/) and the drivers only ever talk to the kernel through this object. Beside the kernel it keeps what
 is observed, not decided: the engines' own metrics (`engine_metrics`, by model), which
 are never journaled.
 """
+import contextlib
 import logging
 import time
 
 import attrs
 import trio
 
+from .drivers import enginestate
 from .enginehost import DriverGroups
+from .health import Health
 from .journal import LAST, Journal
+from .readers import Readers
 from .kernel import Kernel
-from .kernel.errors import ApeinxError, TooMany
+from .kernel.errors import ApeinxError, Degraded
 from .kernel.config import MIB
 from .kernel.events import GpuMemory, Rejected, Restart, Tick
 from .recovery import rebuild
 
 log = logging.getLogger(__name__)
 GPU_SAMPLE_S = 2.0  # how often real GPUs' free memory is read for placement
+PROBE_S = 1.0  # how often a degraded daemon tries to write its journal again
 
 
 class WallClock:
@@ -44,7 +51,7 @@ class WallClock:
 
 
 class Notifier:
-    """Wake-ups by key: a pid, 'trace', 'deadline' or ('gpu', N)."""
+    """Wake-ups by key: a pid, ('done', pid), 'trace', 'deadline' or ('gpu', N)."""
 
     def __init__(self):
         self._events: dict = {}
@@ -71,10 +78,12 @@ class Runtime:
         journal.boot(config.kernel)
         self.clock = clock or WallClock()
         self.notifier = Notifier()
-        self.waiters = 0
+        self.health = Health()
+        self.readers = Readers(self.notifier, config.max_waiters, config.max_waiters_per_uid)
         self.quarantined: dict = {}  # journal seq -> recovery.Quarantined: rows recover() went on without
         self.readings = None  # drivers/nvml.Readings of the real GPUs, set by the daemon (mount.py)
         self.engine_metrics: dict = {}  # model -> drivers/metrics.Observation, the last scrape of its engine
+        self.engine_states: dict = {}  # model -> drivers/enginestate.EngineState, what its driver's checks found (observed)
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
 
     def recover(self) -> int:
@@ -96,38 +105,77 @@ class Runtime:
         return self.commit_checked([self.kernel.admit(event, now, batch) for event in events])
 
     def commit_checked(self, events: list) -> list:
-        """Journal and apply events the caller has just checked (no await in between)."""
+        """Journal and apply events the caller has just checked (no await in between).
+        Raises Degraded, changing nothing, while the journal cannot be written or if this write fails."""
+        self.health.refuse()
         now = self.clock.now_us()
+        try:
+            seqs = self.journal.append([(now, e) for e in events])
+        except Degraded as error:
+            self._degrade(error, now)
+            raise
         results = []
-        for seq, event in zip(self.journal.append([(now, e) for e in events]), events):
+        for seq, event in zip(seqs, events):
             with self.journal.recording(seq, self.kernel.trace):
                 results.append(self.kernel.apply(event, now))
         if self.config.check_invariants:
             self.kernel.check_invariants()
-        self.notifier.wake(self.kernel.take_changed())
+        self._wake(self.kernel.take_changed())
         return results
 
+    def _wake(self, changed: set) -> None:
+        """Wake whoever waits on what changed; a changed pid whose task's tree has ended (or
+        is gone) also wakes ('done', pid), the key of `wait` readers, who so sleep through
+        every token."""
+        tasks = self.kernel.tasks
+        self.notifier.wake(changed)
+        self.notifier.wake([("done", key) for key in changed if isinstance(key, int)
+                            and ((task := tasks.get(key)) is None or self.kernel.tree_done(task))])
+
     def reject(self, path: str, error: ApeinxError, uid: int, pid: int = 0, tenant: str | None = None) -> None:
-        """Record a refused write in the journal and trace (and, for a denial, the audit trail)."""
-        self.commit([Rejected(path=path, reason=error.reason, uid=uid, errno=error.errno, denial=error.denial,
-                              caller_pid=pid, caller_tenant=tenant)])
+        """Record a refused write in the journal and trace (and, for a denial, the audit trail);
+        while the journal cannot be written the refusal stands unrecorded."""
+        with contextlib.suppress(Degraded):
+            self.commit([Rejected(path=path, reason=error.reason, uid=uid, errno=error.errno, denial=error.denial,
+                                  caller_pid=pid, caller_tenant=tenant)])
+
+    # -- a journal that cannot be written (health.py) ------------------------------------
+
+    def _degrade(self, error: Degraded, now_us: int) -> None:
+        log.error("degraded: %s; state changes are refused until the journal can be written", error.reason)
+        self.health.fail(self.kernel, error, now_us)
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        """Wake what depends on health: the GPUs' drivers (batches stop or resume), the timers, readers."""
+        gpus = {("gpu", gpu) for gpu in range(len(self.kernel.gpus))}
+        self._wake(self.kernel.take_changed() | gpus | {"health", "deadline"})
+
+    async def _probe_journal(self) -> None:
+        """While degraded, try every PROBE_S to journal the episode; once that works, resume."""
+        while True:
+            if self.health.fault is None:
+                await self.notifier.wait("health")
+                continue
+            await trio.sleep(PROBE_S)  # not at once: what just failed would most often fail again
+            if self.health.recover(self.kernel, self.journal, self.clock.now_us()):
+                log.warning("recovered: the journal can be written again")
+                self._wake_all()
 
     # -- blocking readers ------------------------------------------------------------
 
     async def wait_for(self, key, timeout: float) -> None:
-        """Wait up to `timeout` s for `key` to change; EAGAIN when too many wait."""
-        if self.waiters >= self.config.max_waiters:
-            raise TooMany(f"too many blocked readers ({self.waiters}); try again")
-        self.waiters += 1
-        try:
-            await self.notifier.wait(key, timeout)
-        finally:
-            self.waiters -= 1
+        """Wait up to `timeout` s for `key` to change. Readers of the tree wait through
+        `readers` (readers.py) instead, which caps them and watches for their signals."""
+        await self.notifier.wait(key, timeout)
 
     # -- what drivers report (through enginehost.ModelHost) -----------------------------
 
-    def deliver(self, event) -> None:
-        self.commit([event])
+    def deliver(self, *events) -> None:
+        """Commit what a driver, the clock or NVML reports. While degraded it is dropped: the kernel
+        is unchanged (no token counted), and the driver makes it again once batches resume."""
+        with contextlib.suppress(Degraded):
+            self.commit(list(events))
 
     def observe(self, model: str, observation) -> None:
         """Keep the engine's latest metrics for `model`, stamped now (for models of the kernel only)."""
@@ -135,11 +183,19 @@ class Runtime:
             self.engine_metrics[model] = attrs.evolve(observation, at_us=self.clock.now_us())
             self.observed += 1
 
+    def report_state(self, model: str, state: str, error: str | None = None) -> None:
+        """Keep what a check of `model`'s engine found (for models of the kernel only)."""
+        if model in self.kernel.models:
+            before = self.engine_states.get(model)
+            self.engine_states[model] = enginestate.advance(before, state, error, self.clock.now_us())
+            self.observed += self.engine_states[model] != before
+
     def forget_engines(self) -> None:
-        """Drop the observations of models that no longer exist."""
-        for model in self.engine_metrics.keys() - self.kernel.models.keys():
-            del self.engine_metrics[model]
-            self.observed += 1
+        """Drop the observations and states of models that no longer exist."""
+        for seen in (self.engine_metrics, self.engine_states):
+            for model in seen.keys() - self.kernel.models.keys():
+                del seen[model]
+                self.observed += 1
 
     @property
     def version(self) -> tuple[int, int]:
@@ -147,22 +203,25 @@ class Runtime:
         return self.kernel.version, self.observed
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Run the models' drivers on every GPU (enginehost.py) and the deadline timer until cancelled."""
+        """Run the models' drivers on every GPU (enginehost.py), the deadline timer and the blocked
+        readers' signal watcher until cancelled."""
         async with trio.open_nursery() as nursery:
             groups = DriverGroups(self, nursery)
             groups.sync()  # builds the drivers now: a bad configuration fails here, before the mount
             nursery.start_soon(groups.follow)
             nursery.start_soon(self._deadline_timer)
+            nursery.start_soon(self._probe_journal)
+            nursery.start_soon(self.readers.watch)
             if self.readings is not None:
                 nursery.start_soon(self._sample_gpu_memory)
             task_status.started()
 
     async def _deadline_timer(self) -> None:
         while True:
-            due = self.kernel.next_deadline_us()
+            due = None if self.health.fault else self.kernel.next_deadline_us()  # degraded: waits for recovery
             delay = None if due is None else (due - self.clock.now_us()) / 1e6
             if delay is not None and delay <= 0:
-                self.commit([Tick()])
+                self.deliver(Tick())
                 continue
             await self.notifier.wait("deadline", delay)
 
@@ -176,7 +235,7 @@ class Runtime:
                 log.warning("NVML reading failed, GPU memory no longer followed: %s", exc)
                 return
             if changed:
-                self.commit(changed)
+                self.deliver(*changed)
             await trio.sleep(GPU_SAMPLE_S)
 
     def _free_memory(self, gpu: int) -> GpuMemory | None:

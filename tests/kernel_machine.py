@@ -159,6 +159,14 @@ class KernelMachine(RuleBasedStateMachine):
     def gpu_memory(self, gpu, free_mib):
         self.commit(ev.GpuMemory(gpu=gpu, free_mib=free_mib))
 
+    @rule(errno=st.sampled_from((5, 28, 30)))
+    def journal_episode(self, errno):
+        """The journal cannot be written for a while, then can: the degraded episode as it is journaled."""
+        since = self.now_us
+        self.commit(ev.JournalFailed(errno=errno, reason="the journal cannot be written"))
+        self.now_us += 100 * MS
+        self.commit(ev.JournalRecovered(errno=errno, since_us=since))
+
     @rule()
     def restart(self):
         """The daemon restarts: the journal so far rebuilds the same trace; running tasks are requeued."""

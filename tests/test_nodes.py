@@ -85,7 +85,8 @@ def test_directory_listings(tree):
     submit(tree.rt)
     submit(tree.rt)
     assert [n for n, _ in resolve(tree, "/").entries()] == ["README", "ctl", "tasks", "models", "memory", "gpus",
-                                                            "trace", "replay", "sched", "tenants", "billing", "metrics"]
+                                                            "trace", "replay", "sched", "tenants", "billing", "metrics",
+                                                            "health"]
     assert [n for n, _ in resolve(tree, "/tasks").entries()] == ["1", "2"]
     assert [n for n, _ in resolve(tree, "/tasks/2").entries()] == ["status", "ctl", "prompt", "output",
                                                                    "stream", "wait", "events", "children"]
@@ -297,7 +298,7 @@ async def test_wait_blocks_until_exit(tree):
         woken.append(key)
         step_all(tree.rt)
     assert await handle.read(0, 100, waiter) == b"done\n"
-    assert woken == [1, 1, 1]
+    assert woken == [("done", 1)] * 3
 
 
 async def test_stream_yields_text_then_eof(tree):

@@ -8,13 +8,12 @@ tools' messages or from a probe (unixusers.PROBE) that prints the errno name and
 """
 import csv
 import os
-import shutil
 import time
 
 import pytest
 
-from daemon import FUSE_READY, Daemon, poll_until, sim_config
-from unixusers import UnixUsers, probe, run_as, shared_dir
+from daemon import poll_until, sim_config
+from unixusers import probe, run_as, shared_mount, users_of_test
 
 pytestmark = pytest.mark.mount
 
@@ -68,27 +67,14 @@ overdraw = 10
 @pytest.fixture(scope="module")
 def users():
     """The test's Unix users, deleted afterwards whatever happened."""
-    if os.geteuid() != 0:
-        print("\n*** not root: cannot create users or mount allow_other: TENANT MOUNT TESTS ARE SKIPPED ***\n")
-        pytest.skip("creating Unix users and mounting with allow_other need root")
-    if not FUSE_READY:
-        pytest.skip("no /dev/fuse or fusermount3 on this machine")
-    created = UnixUsers()
-    try:
-        yield {name: created.add(f"apxt_{name}", uid) for name, uid in USERS.items()}
-    finally:
-        created.close()
+    yield from users_of_test("apxt_", USERS, "TENANT MOUNT TESTS ARE")
 
 
 @pytest.fixture(scope="module")
 def mounted(users, tmp_path_factory):
     """The daemon, mounted in a directory every user may traverse, removed afterwards."""
-    top = shared_dir("apeinx-tenants-")
-    try:
-        with Daemon(os.path.join(top, "ai"), tmp_path_factory.mktemp("state"), tenants_config(users)) as daemon:
-            yield daemon
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
+    with shared_mount("apeinx-tenants-", tmp_path_factory.mktemp("state"), tenants_config(users)) as daemon:
+        yield daemon
 
 
 def submit_as(daemon, user, line: str) -> dict:

@@ -47,6 +47,12 @@ class Denied(ApeinxError):
     denial = True
 
 
+class NotPermitted(ApeinxError):
+    """An operation the file system never allows (chmod, chown, utime on its files)."""
+
+    errno = errno.EPERM
+
+
 class OverQuota(ApeinxError):
     """A tenant's quota or token budget is exhausted."""
 
@@ -76,3 +82,13 @@ class TooMany(ApeinxError):
     """Too many blocked readers; try again later."""
 
     errno = errno.EAGAIN
+
+
+class Degraded(ApeinxError):
+    """The journal cannot be written (disk full, I/O error, read-only): state changes wait until it can.
+
+    Its errno is the storage's own (ENOSPC, EIO, EROFS), not the class's."""
+
+    def __init__(self, os_errno: int, reason: str):
+        super().__init__(reason)
+        self.errno = os_errno

@@ -149,8 +149,26 @@ class Restart:
     """The daemon started again on this journal: running tasks go back to the queue."""
 
 
+@attrs.frozen
+class JournalFailed:
+    """The journal could not be written (`errno`, `reason`): the daemon went degraded. Applied when
+    it happened, journaled once the journal can be written again (health.py), at its own time."""
+
+    errno: int
+    reason: str
+
+
+@attrs.frozen
+class JournalRecovered:
+    """The journal can be written again after failing since `since_us`: the daemon resumes."""
+
+    errno: int
+    since_us: int
+
+
 KINDS = {cls.__name__.lower(): cls for cls in (Submit, Kill, Control, Step, Failed, Rejected, SetPolicy, Tick, Restart,
-                                                SetTenant, RemoveTenant, SetRules, SetModel, RemoveModel, GpuMemory)}
+                                                SetTenant, RemoveTenant, SetRules, SetModel, RemoveModel, GpuMemory,
+                                                JournalFailed, JournalRecovered)}
 
 
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), default=str)  # json.dumps(..., separators=) builds one per call

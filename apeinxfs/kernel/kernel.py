@@ -7,6 +7,7 @@ clock, randomness or I/O inside. Who runs next is sched.py's; taking slots and p
 (fair preemption, KV reclaim, the OOM killer) is reclaim.py's; KV books are memory.py's;
 tenants are tenancy.py's and models added at runtime modeladmin.py's.
 """
+import errno
 import heapq
 
 import attrs
@@ -80,7 +81,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         self.tasks: dict[int, Task] = {}
         self.accounts = Accounts({t.name: t.weight for t in config.tenants})
         self.runq = self._make_queue(config.sched.policy)
-        self.trace = TraceLog(config.node)
+        self.trace = TraceLog(config.node, self.tasks)
         self.counters = Counters()
         self.kv_some, self.kv_full = StallClock(), StallClock()
         self.now_us = 0
@@ -304,6 +305,15 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
                 self._emit("requeue", task, f"was running on gpu {gpu.config.index} when the daemon stopped; "
                                             f"resumes after token {task.tokens_out}")
                 self._requeue(task, State.QUEUED)
+
+    def _apply_journalfailed(self, event: ev.JournalFailed) -> None:
+        self._emit("degraded", None, f"{event.reason}; state changes are refused and running tasks paused "
+                                     "until it can be written")
+
+    def _apply_journalrecovered(self, event: ev.JournalRecovered) -> None:
+        self._emit("recovered", None, f"the journal can be written again after "
+                                      f"{(self.now_us - event.since_us) / 1e6:.3f}s of "
+                                      f"{errno.errorcode.get(event.errno, event.errno)}; running tasks resume")
 
     # -- mechanisms ---------------------------------------------------------------------
 

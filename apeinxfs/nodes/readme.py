@@ -32,6 +32,8 @@ apeinxfs - an AI kernel whose API is this tree (see apeinxfs(5) for the full pag
                       writes mirror reads, admins write); usage events bill
   billing             CSV per period, tenant, model: tokens, gpu/kv-page seconds, cost (admins)
   metrics             Prometheus text format
+  health              State: ok | degraded (then Errno, Reason, Since): whether the journal
+                      can be written; degraded, state changes fail with Errno and tasks pause
 
 Submit lines (several per write; lines split across writes are joined):
   NAME TOKENS PRIORITY [DEADLINE]                      job1 1000 5 30s

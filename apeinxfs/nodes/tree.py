@@ -10,6 +10,7 @@ cache, see fs.py), so nothing read is ever stale.
 import stat
 from functools import partial
 
+from .. import health
 from ..kernel.errors import NotFound
 from . import billing, ctl, gpus, memory, metrics, policy, readme, replay, sched
 from .base import Command, Dir, Log, NamedDirs, Setting, Show
@@ -80,6 +81,7 @@ def build_root(rt) -> Dir:
         "tenants": TenantsDir(rt=rt),
         "billing": Show(mode=ADMIN_READS, show=partial(billing.show, kernel), read_role="admin"),
         "metrics": Show(show=partial(metrics.show, rt), volatile=True),
+        "health": Show(show=partial(health.show, rt.health), volatile=True),
     })
 
 

@@ -97,7 +97,7 @@ class StepLoop:
 
     def _end_step(self, step: Step) -> None:
         """Deliver the step, then plan the GPU's next one at once (as `SimDriver.serve` does)."""
-        self.rt.deliver(step)
+        self.rt.commit([step])  # not deliver(): a journal that cannot be written ends the run
         self._start(step.gpu)
 
     def _start_idle(self) -> None:
