@@ -11,11 +11,11 @@ from apeinxfs import config as config_mod
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig
 from apeinxfs.kernel.errors import ApeinxError
-from apeinxfs.kernel.events import RemoveTenant, SetTenant, Submit
+from apeinxfs.kernel.events import Control, RemoveTenant, SetTenant, Submit
 from apeinxfs.kernel.invariants import InvariantError
-from apeinxfs.kernel.spec import TaskSpec
+from apeinxfs.kernel.spec import TaskCommand, TaskSpec
 from apeinxfs.kernel.task import State
-from apeinxfs.kernel.tenant_config import TenantConfig
+from apeinxfs.kernel.tenant_config import Quota, TenantConfig
 from apeinxfs.nodes import sched
 from test_journal_runtime import open_runtime
 from test_kernel import step
@@ -116,3 +116,17 @@ def test_daemon_with_the_key_checks_after_every_commit(tmp_path, flag):
         else:
             rt.commit([SetTenant(tenant=TenantConfig("t"), what="add t")])
             assert "t" in rt.kernel.tenants
+
+
+def test_a_held_task_reprioritised_is_held_again():
+    """Found by the soak: a task held at its tenant's gpu quota, given a new prio, returns to the run queue
+    with a stale held entry; the books still agree and the hold is made again, so it does not run."""
+    kernel = Kernel(KernelConfig(models=[ModelConfig(name="sim")], page_mib=1,
+                                 gpus=[GpuConfig(index=0, kv_mib=64, slots=4)],
+                                 tenants=[TenantConfig("default", quota=Quota(gpu=25))]))
+    first, second = submit(kernel), submit(kernel)
+    assert kernel.usage["default"].held == [kernel.tasks[second]]
+    kernel.apply(Control(pid=second, command=TaskCommand("prio", 9), uid=1000), 1)
+    kernel.check_invariants()
+    assert kernel.tasks[second].state is State.QUEUED and kernel.tasks[first].state is State.RUNNING
+    assert len(kernel.runq) == 0

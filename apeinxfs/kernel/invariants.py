@@ -109,11 +109,17 @@ def check_kv(kv, running: list):
 
 
 def check_queue(kernel, runnable: list):
-    """The run queue holds the runnable tasks that are not held back, and its heaps agree with it."""
-    held = {task.pid for usage in kernel.usage.values() for task in usage.held if task.state in RUNNABLE}
+    """The run queue holds only runnable tasks, each once, and every runnable task is in it or held
+    back by its tenant; its heaps agree with it. (A held task that is stopped and continued, or
+    re-prioritised, goes back in the queue while its stale entry stays in the held list: the hold
+    is decided again when it reaches the head, and a release pushes it again, which changes nothing.)"""
+    held = {task.pid for usage in kernel.usage.values() for task in usage.held}
     queued = [task.pid for task in kernel.runq.tasks()]
-    if len(queued) != len(kernel.runq) or set(queued) != {task.pid for task in runnable} - held:
-        yield f"run queue {sorted(queued)} is not the runnable tasks less the held ones {sorted(held)}"
+    runnable_pids = {task.pid for task in runnable}
+    if len(queued) != len(kernel.runq) or len(set(queued)) != len(queued) or not set(queued) <= runnable_pids:
+        yield f"run queue {sorted(queued)} is not a set of runnable tasks {sorted(runnable_pids)}"
+    if not runnable_pids <= set(queued) | held:
+        yield f"runnable tasks {sorted(runnable_pids - set(queued) - held)} are neither in the run queue nor held"
     yield from kernel.runq.index_problems()
 
 
