@@ -129,8 +129,9 @@ class Runtime:
         every token."""
         tasks = self.kernel.tasks
         self.notifier.wake(changed)
-        self.notifier.wake([("done", key) for key in changed if isinstance(key, int)
-                            and ((task := tasks.get(key)) is None or self.kernel.tree_done(task))])
+        pids = [key for key in changed if isinstance(key, int)]
+        done = self.kernel.trees_done([pid for pid in pids if pid in tasks])
+        self.notifier.wake([("done", pid) for pid in pids if pid not in tasks or pid in done])
 
     def reject(self, path: str, error: ApeinxError, uid: int, pid: int = 0, tenant: str | None = None) -> None:
         """Record a refused write in the journal and trace (and, for a denial, the audit trail);

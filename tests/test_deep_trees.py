@@ -96,3 +96,14 @@ def submit_chain(daemon: Daemon, depth: int) -> list[int]:
 
 def cat(daemon: Daemon, *path: str) -> str:
     return subprocess.run(["cat", daemon.path(*path)], capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+@pytest.mark.invariants_every(0)
+def test_trees_done_of_a_whole_killed_chain_walks_it_once():
+    """Which of a killed 100,000-deep chain's pids have ended trees (what the daemon wakes `wait` readers
+    with) is all of them, found in one walk rather than one per pid (quadratic); a live chain's, none."""
+    kernel = one_gpu_kernel()
+    pids, live = chain(kernel, KERNEL_DEPTH), chain(kernel, 3)
+    assert kernel.trees_done(pids + live) == set()
+    kernel.apply(Kill(pid=pids[0], uid=1000), 1)
+    assert kernel.trees_done(pids + live) == set(pids)

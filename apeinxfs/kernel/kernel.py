@@ -477,6 +477,26 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
             stack.extend(self.tasks[child] for child in task.children)
         return True
 
+    def trees_done(self, pids) -> set[int]:
+        """Those of `pids` whose task and all its descendants have exited: tree_done of each, with
+        every subtree walked at most once however many of the pids share it (a kill of a deep
+        chain changes every pid of it at once)."""
+        done: dict[int, bool] = {}
+        for root in pids:
+            stack = [(root, False)]
+            while stack:
+                pid, children_known = stack.pop()
+                task = self.tasks[pid]
+                if children_known:
+                    done[pid] = all(done[child] for child in task.children)
+                elif pid not in done:
+                    if task.done:
+                        stack.append((pid, True))
+                        stack.extend((child, False) for child in task.children if child not in done)
+                    else:
+                        done[pid] = False
+        return {pid for pid in pids if done[pid]}
+
     def _set_state(self, task: Task, state: State) -> None:
         self.state_counts[task.state] -= 1
         self.state_counts[state] += 1
