@@ -46,6 +46,12 @@ def replay(events: list) -> Kernel:
     return kernel
 
 
+def ended(kernel: Kernel, pid: int) -> bool:
+    """Whether task `pid` and all its descendants have exited (recursive: the reference, for small trees)."""
+    task = kernel.tasks[pid]
+    return task.done and all(ended(kernel, child) for child in task.children)
+
+
 optional = st.none() | st.integers(1, 40)
 submits = st.tuples(st.sampled_from((None, None, *TENANTS)), st.none() | st.integers(0, 10**6), st.integers(1, 40),
                     st.integers(0, 9), st.sampled_from(PROMPTS), st.none() | st.integers(1, 400),
@@ -178,6 +184,12 @@ class KernelMachine(RuleBasedStateMachine):
     @invariant()
     def books_agree(self):
         self.kernel.check_invariants()
+
+    @invariant()
+    def trees_done_is_each_tree_ended(self):
+        """Kernel.trees_done (one walk for many pids) agrees with a plain recursive walk of each tree."""
+        pids = list(self.kernel.tasks)
+        assert self.kernel.trees_done(pids) == {pid for pid in pids if ended(self.kernel, pid)}
 
     def teardown(self):
         """The same events, replayed through the journal codec, give the same trace line for line."""

@@ -468,14 +468,8 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
             task = self.tasks[task.parent]
 
     def tree_done(self, task: Task) -> bool:
-        """Whether the task and all its descendants have exited (an explicit stack: any depth)."""
-        stack = [task]
-        while stack:
-            task = stack.pop()
-            if not task.done:
-                return False
-            stack.extend(self.tasks[child] for child in task.children)
-        return True
+        """Whether the task and all its descendants have exited."""
+        return task.pid in self.trees_done([task.pid])
 
     def trees_done(self, pids) -> set[int]:
         """Those of `pids` whose task and all its descendants have exited: tree_done of each, with
