@@ -24,8 +24,17 @@ SECTIONS = {
     "gpus": {"simulated", "memory_mib", "kv_mib", "kv_fraction", "slots"},
     "access": {"admin_uids", "admin_gids", "unmapped"},
     "billing": {"period"},
+    "retention": {"trace_bytes", "trace_file_bytes"},
 }
 LISTS = ("models", "tenants")
+
+
+@attrs.frozen
+class Retention:
+    """What the daemon keeps, `[retention]`: the trace archive's files (archive.py) by size, in bytes."""
+
+    trace_file_bytes: int = attrs.field(default=64 << 20, validator=attrs.validators.gt(0))
+    trace_bytes: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # all files together; 0: no limit
 
 
 @attrs.frozen
@@ -36,6 +45,7 @@ class Config:
     state_dir: str
     max_waiters: int
     gpu_source: str
+    retention: Retention = Retention()
 
 
 def default_state_dir() -> str:
@@ -90,10 +100,11 @@ def build(raw: dict, state_dir: str | None, use_nvml: bool) -> Config:
                               access=AccessConfig(**raw["access"], owner_uid=os.getuid()),
                               billing_period_s=parse_seconds(period, "billing.period") if isinstance(period, str)
                               else period, utc_offset_s=time.localtime().tm_gmtoff)
-    except TypeError as exc:
+        retention = Retention(**raw.get("retention", {}))
+    except (TypeError, ValueError) as exc:
         raise Invalid(f"config: {exc}") from None
     return Config(kernel=kernel, state_dir=state_dir or daemon.get("state_dir") or default_state_dir(),
-                  max_waiters=daemon["max_waiters"], gpu_source=source)
+                  max_waiters=daemon["max_waiters"], gpu_source=source, retention=retention)
 
 
 def _gpus(section: dict, use_nvml: bool) -> tuple[list[GpuConfig], str]:

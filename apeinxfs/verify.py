@@ -22,7 +22,7 @@ import attrs
 from .journal import LAST, Emitted, Journal, row_crc
 from .kernel import Kernel
 from .kernel.config import kernel_config_from_dict
-from .kernel.events import from_row
+from .kernel.events import stamped_of_row
 from .nodes.replay import show
 
 NO_LINE = "(no line)"
@@ -75,11 +75,12 @@ class Report:
 
 
 def apply_row(kernel: Kernel, seq: int, time_us: int, kind: str, body: str) -> list[str]:
-    """Apply one raw journal row; the trace lines it emitted. A row the kernel cannot take diverges."""
+    """Apply one raw journal row (each step of a steps row); the trace lines it emitted. A row the
+    kernel cannot take diverges."""
     try:
-        event = from_row(kind, body)
         with Emitted(kernel.trace) as emitted:
-            kernel.apply(event, time_us)
+            for at_us, event in stamped_of_row(time_us, kind, body):
+                kernel.apply(event, at_us)
     except Exception as exc:  # a bad row can fail anywhere: in JSON, a record's validator, the kernel
         raise Diverged(Divergence(seq, kind, time_us, "a row the kernel applies",
                                   f"{type(exc).__name__}: {exc}")) from None

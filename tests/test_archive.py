@@ -1,0 +1,146 @@
+"""Tier 1-2: the trace archive (archive.py) on its own and behind a Runtime, without FUSE.
+
+Files rotate by size and are gzip-compressed, the oldest go beyond the byte cap, a new
+Archive on the same directory carries on after its last line (a torn one is cut), one
+ahead of the journal is cut back, and a runtime restarted on its journal archives each
+line exactly once.
+"""
+import gzip
+import os
+
+from apeinxfs import config as config_mod
+from apeinxfs.archive import Archive
+from apeinxfs.journal import Journal
+from apeinxfs.kernel.events import Kill
+from apeinxfs.kernel.trace import HEADER, TraceLog
+from apeinxfs.runtime import Runtime
+from test_journal_runtime import ONE_GPU, submit
+
+
+def trace_of(lines: int, start: int = 0) -> TraceLog:
+    trace = TraceLog("n")
+    grow(trace, lines, start)
+    return trace
+
+
+def grow(trace: TraceLog, lines: int, start: int = 0) -> None:
+    for index in range(start, start + lines):
+        trace.emit(1000 + index, "tick", None, f"line {index} " + "x" * 40)
+
+
+def archived(archive: Archive) -> bytes:
+    return b"".join(archive.lines())
+
+
+def body(trace: TraceLog) -> bytes:
+    return bytes(trace.buffer[len(HEADER):])
+
+
+def names(directory) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+def test_files_rotate_by_size_and_full_ones_are_compressed(tmp_path):
+    """Appends in batches past trace_file_bytes start new files; the full ones become .gz, each a CSV with
+    its header, and together they hold every line once, in order."""
+    archive, trace = Archive(str(tmp_path), file_bytes=2000), TraceLog("n")
+    for batch in range(20):
+        grow(trace, 10, batch * 10)
+        if archive.append(trace):
+            archive.compress_full()
+    files = names(tmp_path)
+    assert len(files) > 5 and all(name.endswith(".csv.gz") for name in files[:-1]) and files[-1].endswith(".csv")
+    assert files[0] == "events-000000000001.csv.gz"
+    with gzip.open(tmp_path / files[1], "rb") as file:
+        assert file.readline() == HEADER and file.readline().startswith(files[1][7:19].lstrip("0").encode() + b",")
+    assert archived(archive) == body(trace)
+
+
+def test_the_oldest_files_go_beyond_the_byte_cap(tmp_path):
+    """With trace_bytes set, the files together stay within it and what is left is the newest lines."""
+    archive, trace = Archive(str(tmp_path), file_bytes=2000, total_bytes=3000), TraceLog("n")
+    for batch in range(30):
+        grow(trace, 10, batch * 10)
+        if archive.append(trace):
+            archive.compress_full()
+    sizes = [os.path.getsize(tmp_path / name) for name in names(tmp_path)]
+    assert sum(sizes[:-1]) <= 3000 and not names(tmp_path)[0].startswith("events-000000000001")
+    kept = archived(archive)
+    assert kept and body(trace).endswith(kept) and len(kept) < len(body(trace))
+
+
+def test_a_new_archive_carries_on_after_its_last_line_without_duplicates(tmp_path):
+    """Reopened on the same directory, it knows its last seq and appends only the lines after it."""
+    trace = trace_of(50)
+    Archive(str(tmp_path), file_bytes=1 << 20).append(trace)
+    again = Archive(str(tmp_path), file_bytes=1 << 20)
+    assert again.seq == 50
+    grow(trace, 5, 50)
+    again.append(trace)
+    assert archived(again) == body(trace)
+
+
+def test_a_line_torn_by_a_crash_is_cut_and_written_again(tmp_path):
+    """A last line without its newline (a write cut short) is dropped at start and rewritten whole."""
+    trace = trace_of(10)
+    Archive(str(tmp_path), file_bytes=1 << 20).append(trace)
+    path = tmp_path / names(tmp_path)[0]
+    path.write_bytes(path.read_bytes()[:-7])
+    again = Archive(str(tmp_path), file_bytes=1 << 20)
+    assert again.seq == 9
+    again.append(trace)
+    assert archived(again) == body(trace)
+
+
+def test_an_archive_ahead_of_the_journal_is_cut_back(tmp_path):
+    """After a power cut took the journal's last commits, catch_up drops the lines the replay did not
+    rebuild; the lines the daemon then makes for those seqs are written in their place."""
+    Archive(str(tmp_path), file_bytes=1 << 20).append(trace_of(30))
+    rebuilt = trace_of(20)
+    archive = Archive(str(tmp_path), file_bytes=1 << 20)
+    archive.catch_up(rebuilt)
+    assert archive.seq == 20
+    grow(rebuilt, 5, start=200)  # seqs 21..25 again, other lines than the ones cut
+    archive.append(rebuilt)
+    assert archived(archive) == body(rebuilt)
+
+
+def test_a_task_s_lines_are_found_by_pid(tmp_path):
+    """of_task picks a pid's lines (pid column) out of compressed and plain files alike."""
+    with runtime(tmp_path, file_bytes=600) as rt:
+        pids = [submit(rt, name=f"j{i}") for i in range(6)]
+        rt.commit([Kill(pid=pids[2])])
+        rt.archive.compress_full()
+        found, kept = rt.archive.of_task(pids[2]), rt.kernel.trace.of_task(rt.kernel.tasks[pids[2]])
+    assert any(name.endswith(".gz") for name in names(tmp_path / "state" / "trace"))
+    assert found == kept and b",exit," in found and found.count(b"\n") > 3
+
+
+def test_a_restarted_runtime_archives_each_line_once(tmp_path):
+    """Lines archived before a restart are not written again; the archive equals the rebuilt trace."""
+    with runtime(tmp_path) as first:
+        for index in range(5):
+            submit(first, name=f"a{index}")
+    with runtime(tmp_path) as second:
+        assert second.recover() > 0
+        submit(second, name="after")
+        assert archived(second.archive) == body(second.kernel.trace)
+
+
+class runtime:
+    """A Runtime with a journal and an archive in tmp_path/state; both closed after."""
+
+    def __init__(self, tmp_path, file_bytes: int = 1 << 20):
+        path = tmp_path / "config.toml"
+        path.write_text(ONE_GPU)
+        self.config = config_mod.load(str(path), str(tmp_path / "state"), use_nvml=False)
+        self.state, self.file_bytes = tmp_path / "state", file_bytes
+
+    def __enter__(self) -> Runtime:
+        archive = Archive(str(self.state / "trace"), self.file_bytes)
+        self.rt = Runtime(self.config, Journal(str(self.state / "journal.db")), archive=archive)
+        return self.rt
+
+    def __exit__(self, *exc):
+        self.rt.journal.close()
+        self.rt.archive.close()
