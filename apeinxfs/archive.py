@@ -50,10 +50,7 @@ class Archive:
         self._file = None
 
     def files(self) -> list[tuple[int, str]]:
-        """(first seq, path) of every file, oldest first (a .csv before its .gz)."""
-        found = [(int(m.group(1)), bool(m.group(2)), name) for name in os.listdir(self.directory)
-                 if (m := NAME.match(name))]
-        return [(first, os.path.join(self.directory, name)) for first, _, name in sorted(found)]
+        return files(self.directory)
 
     def _last_seq(self, newest: tuple[int, str]) -> int:
         """The seq of the newest file's last whole line (a line torn by a crash is cut off)."""
@@ -122,6 +119,8 @@ class Archive:
         for first, path in self.files():
             if first != self.first and not path.endswith(".gz"):
                 compress(path)
+            elif path.endswith(".gz") and os.path.exists(path[:-3]):  # a crash before the .csv went
+                os.unlink(path[:-3])
         self._trim()
 
     def _trim(self) -> None:
@@ -143,20 +142,38 @@ class Archive:
     # -- reading ----------------------------------------------------------------------------------
 
     def lines(self):
-        """Every archived line (bytes, with its newline), oldest first."""
-        for _, path in self.files():
-            opener = gzip.open if path.endswith(".gz") else open
-            try:
-                with opener(path, "rb") as file:
-                    next(file, None)  # the header
-                    yield from file
-            except FileNotFoundError:  # trimmed or compressed meanwhile: its lines are gone or in the .gz
-                continue
+        return lines(self.directory)
 
     def of_task(self, pid: int) -> bytes:
-        """Task `pid`'s archived lines, with the header (the header alone if none)."""
+        """Task `pid`'s archived lines, with the header (the header alone if none): a scan of every file."""
         prefix = re.compile(rb"^\d+,\d+,[^,]*,%d," % pid)
         return HEADER + b"".join(line for line in self.lines() if prefix.match(line))
+
+
+# -- reading, without an Archive (it changes nothing: `apeinxfs replay` reads beside a daemon) ---------
+
+
+def files(directory: str) -> list[tuple[int, str]]:
+    """(first seq, path) of every archive file in `directory`, oldest first; of a .csv and its .gz (a
+    crash between compressing and removing the .csv) only the .gz, which is whole."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    found = dict(sorted((int(m.group(1)), name) for name in names if (m := NAME.match(name))))
+    return [(first, os.path.join(directory, name)) for first, name in found.items()]
+
+
+def lines(directory: str):
+    """Every archived line (bytes, with its newline), oldest first."""
+    for _, path in files(directory):
+        opener = gzip.open if path.endswith(".gz") else open
+        try:
+            with opener(path, "rb") as file:
+                next(file, None)  # the header
+                yield from file
+        except FileNotFoundError:  # trimmed or compressed meanwhile: its lines are gone or in the .gz
+            continue
 
 
 def write_all(file, data: bytes) -> None:

@@ -144,3 +144,16 @@ class runtime:
     def __exit__(self, *exc):
         self.rt.journal.close()
         self.rt.archive.close()
+
+
+def test_a_crash_while_compressing_leaves_no_line_twice(tmp_path):
+    """A .csv left beside its whole .gz is read once and removed by the next compress_full."""
+    archive, trace = Archive(str(tmp_path), file_bytes=500), trace_of(40)
+    archive.append(trace)
+    full = tmp_path / names(tmp_path)[0]
+    archive.compress_full()
+    full.write_bytes(HEADER + body(trace))  # the .csv as it was before the crash removed it
+    again = Archive(str(tmp_path), file_bytes=500)
+    assert archived(again) == body(trace) and again.seq == 40
+    again.compress_full()
+    assert not full.exists() and archived(again) == body(trace)
