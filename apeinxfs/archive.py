@@ -145,9 +145,7 @@ class Archive:
         return lines(self.directory)
 
     def of_task(self, pid: int) -> bytes:
-        """Task `pid`'s archived lines, with the header (the header alone if none): a scan of every file."""
-        prefix = re.compile(rb"^\d+,\d+,[^,]*,%d," % pid)
-        return HEADER + b"".join(line for line in self.lines() if prefix.match(line))
+        return task_lines(self.directory, pid)
 
 
 # -- reading, without an Archive (it changes nothing: `apeinxfs replay` reads beside a daemon) ---------
@@ -204,3 +202,9 @@ def compress(path: str) -> None:
             shutil.copyfileobj(source, sink, 1 << 20)
         os.replace(target + ".tmp", target)
     os.unlink(path)
+
+
+def task_lines(directory: str, pid: int) -> bytes:
+    """Task `pid`'s archived lines, with the header (the header alone if none): a scan of every file."""
+    prefix = re.compile(rb"^\d+,\d+,[^,]*,%d," % pid)
+    return HEADER + b"".join(line for line in lines(directory) if prefix.match(line))

@@ -7,12 +7,19 @@ line exactly once.
 """
 import gzip
 import os
+import shutil
+
+import pytest
 
 from apeinxfs import config as config_mod
-from apeinxfs.archive import Archive
+from apeinxfs import verify
+from apeinxfs.archive import Archive, lines
 from apeinxfs.journal import Journal
+from apeinxfs.kernel.errors import NotFound
 from apeinxfs.kernel.events import Kill
 from apeinxfs.kernel.trace import HEADER, TraceLog
+from apeinxfs.nodes.tasks import REPLAY_SLOT, inode_of
+from apeinxfs.nodes.tree import Tree
 from apeinxfs.runtime import Runtime
 from test_journal_runtime import ONE_GPU, submit
 
@@ -131,6 +138,7 @@ class runtime:
     """A Runtime with a journal and an archive in tmp_path/state; both closed after."""
 
     def __init__(self, tmp_path, file_bytes: int = 1 << 20):
+        tmp_path.mkdir(exist_ok=True)
         path = tmp_path / "config.toml"
         path.write_text(ONE_GPU)
         self.config = config_mod.load(str(path), str(tmp_path / "state"), use_nvml=False)
@@ -157,3 +165,72 @@ def test_a_crash_while_compressing_leaves_no_line_twice(tmp_path):
     assert archived(again) == body(trace) and again.seq == 40
     again.compress_full()
     assert not full.exists() and archived(again) == body(trace)
+
+
+# -- read by `apeinxfs replay` and /replay/PID --------------------------------------------------------
+
+
+def verify_state(tmp_path) -> verify.Report:
+    journal = verify.open_journal(str(tmp_path / "state"))
+    try:
+        return verify.verify(journal, str(tmp_path / "state" / "trace"))
+    finally:
+        journal.close()
+
+
+def some_tasks(tmp_path, count: int = 5) -> list[int]:
+    with runtime(tmp_path, file_bytes=800) as rt:
+        pids = [submit(rt, name=f"v{index}") for index in range(count)]
+        rt.commit([Kill(pid=pids[1])])
+        rt.archive.compress_full()
+    return pids
+
+
+def test_verify_compares_the_archive_line_by_line(tmp_path):
+    """replay --verify passes and counts every archived line; a line repeated or changed is named."""
+    some_tasks(tmp_path)
+    report = verify_state(tmp_path)
+    assert report.divergence is None and report.archived == sum(1 for _ in lines(str(tmp_path / "state" / "trace")))
+    assert "lines of the trace archive identical" in str(report)
+    newest = tmp_path / "state" / "trace" / names(tmp_path / "state" / "trace")[-1]
+    text = newest.read_bytes()
+    head, first, *rest = text.splitlines(keepends=True)
+    newest.write_bytes(text + rest[-1])  # past the journal's last line: as a live daemon's, not compared
+    assert verify_state(tmp_path).divergence is None
+    newest.write_bytes(head + first + first + b"".join(rest))  # a line written twice
+    repeated = verify_state(tmp_path).divergence
+    assert repeated is not None and repeated.expected == first.decode().rstrip("\n") + " (in the trace archive)"
+    newest.write_bytes(text.replace(b",exit,", b",exit,X", 1))
+    divergence = verify_state(tmp_path).divergence
+    assert divergence is not None and divergence.expected.endswith("(in the trace archive)")
+    assert ",exit,X" in divergence.expected and ",exit," in divergence.got
+
+
+def test_a_task_the_journal_does_not_hold_is_shown_from_the_archive(tmp_path, capsys):
+    """`apeinxfs replay STATE_DIR PID` falls back to the archive (as after compaction), else says so."""
+    some_tasks(tmp_path / "older")
+    some_tasks(tmp_path, count=2)
+    shutil.rmtree(tmp_path / "state" / "trace")
+    shutil.copytree(tmp_path / "older" / "state" / "trace", tmp_path / "state" / "trace")
+    assert verify.main([str(tmp_path / "state"), "4"]) == 0
+    assert capsys.readouterr().out.startswith("pid 4 v3 model=sim tenant=default exit=-\n")
+    assert verify.main([str(tmp_path / "state"), "9"]) == 2
+    assert "no task 9 in the journal or the trace archive" in capsys.readouterr().err
+
+
+def test_replay_of_a_task_the_kernel_no_longer_holds_comes_from_the_archive(tmp_path):
+    """/replay/PID of a task gone from the kernel (as a reaped one) shows the same timeline from the
+    archive, by name and by inode; a pid never used is ENOENT."""
+    with runtime(tmp_path, file_bytes=800) as rt:
+        pids = [submit(rt, name=f"r{index}") for index in range(4)]
+        rt.commit([Kill(pid=pids[2])])
+        tree = Tree(rt)
+        before = tree.root.children["replay"].child(str(pids[2])).render()
+        del rt.kernel.tasks[pids[2]]  # what reaping (issue 15 item 1) will do
+        by_name = tree.root.children["replay"].child(str(pids[2]))
+        by_inode = tree.node(inode_of(pids[2], REPLAY_SLOT))
+        assert by_name.render() == by_inode.render() == before
+        assert before.startswith(f"pid {pids[2]} r2 model=sim tenant=default exit=killed\n".encode())
+        assert tree.root.children["replay"].child("99") is None
+        with pytest.raises(NotFound):
+            tree.node(inode_of(99, REPLAY_SLOT))
