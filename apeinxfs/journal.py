@@ -276,6 +276,14 @@ class NullJournal:
     def recording(self, seq: int, trace) -> contextlib.nullcontext:
         return NOT_RECORDED
 
+    deferred_since_us = None  # nothing waits: a deferred step is dropped at once
+
+    def defer(self, time_us: int, step, emitted) -> None:
+        """Nothing to keep."""
+
+    def flush(self) -> None:
+        """Nothing waits."""
+
     def __len__(self) -> int:
         return self.last_seq
 
