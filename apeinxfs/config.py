@@ -17,7 +17,7 @@ from .kernel.errors import Invalid
 from .kernel.tenant_config import parse_seconds, tenant_from_dict
 
 SECTIONS = {
-    "daemon": {"node", "max_waiters", "state_dir"},
+    "daemon": {"node", "max_waiters", "max_waiters_per_uid", "state_dir"},
     "kv": {"page_mib"},
     "scheduler": {"policy", "input_cost", "output_cost", "preempt_gap", "slice_tokens", "min_run_tokens", "kv_preempt_limit", "deadline_boost_s",
                   "pressure_cost"},
@@ -27,6 +27,11 @@ SECTIONS = {
     "retention": {"trace_bytes", "trace_file_bytes"},
 }
 LISTS = ("models", "tenants")
+
+
+def _positive(_config, attribute, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise Invalid(f"config: daemon.{attribute.name} must be a positive integer, not {value!r}")
 
 
 @attrs.frozen
@@ -44,6 +49,7 @@ class Config:
     kernel: KernelConfig
     state_dir: str
     max_waiters: int
+    max_waiters_per_uid: int = attrs.field(validator=_positive)
     gpu_source: str
     retention: Retention = Retention()
 
@@ -104,7 +110,8 @@ def build(raw: dict, state_dir: str | None, use_nvml: bool) -> Config:
     except (TypeError, ValueError) as exc:
         raise Invalid(f"config: {exc}") from None
     return Config(kernel=kernel, state_dir=state_dir or daemon.get("state_dir") or default_state_dir(),
-                  max_waiters=daemon["max_waiters"], gpu_source=source, retention=retention)
+                  max_waiters=daemon["max_waiters"],
+                  max_waiters_per_uid=daemon["max_waiters_per_uid"], gpu_source=source, retention=retention)
 
 
 def _gpus(section: dict, use_nvml: bool) -> tuple[list[GpuConfig], str]:

@@ -3,14 +3,16 @@
 Thin on purpose: inodes and file handles in, node methods called, attributes out. The
 one error boundary of the daemon lives here: ApeinxError becomes FUSEError(errno), any
 other exception is logged and becomes EIO, so no request can take the mount down.
-Blocking reads wait in short slices and give up with EINTR once the reader has a
-signal pending (pyfuse3 has no interrupt hook). FLUSH is answered ENOSYS, which turns it
-off for the mount: close(2) costs no round trip, and handles act at release instead.
+Blocking reads wait through the runtime's `readers` (readers.py), which caps them and ends
+them with EINTR once the reader has a signal pending (pyfuse3 has no interrupt hook).
+FLUSH is answered ENOSYS, which turns it off for the mount: close(2) costs no round
+trip, and handles act at release instead.
 """
 import errno
 import functools
 import itertools
 import logging
+import math
 import os
 import time
 
@@ -18,15 +20,13 @@ import pyfuse3
 import trio
 
 from .kernel.access import identify, uses_gids
-from .kernel.errors import ApeinxError, Denied, TooMany
+from .kernel.errors import ApeinxError, Denied
 from .nodes.base import BlockingHandle, Caller, Command, Dir, SnapshotHandle
 
 log = logging.getLogger(__name__)
 
 ATTR_TIMEOUT_S = 1.0
 STATIC_S = 60.0  # how long the kernel may keep boot-time names (and their attributes if constant): fewer requests
-WAIT_SLICE_S = 0.2
-QUIET_SIGNALS = {17, 18, 23, 28}  # SIGCHLD SIGCONT SIGURG SIGWINCH: ignored by default
 CALLERS_MAX = 4096  # callers kept at once (all are dropped when the kernel changes)
 NEEDS = {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}  # access mode -> permission it needs (O_RDWR: both)
 
@@ -46,19 +46,6 @@ def guarded(method):
             log.exception("bug in %s%r", method.__name__, args[:2])
             raise pyfuse3.FUSEError(errno.EIO) from None
     return wrapper
-
-
-def signal_pending(pid: int) -> bool:
-    """Whether thread `pid` has a signal pending that would end its read (or is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            fields = dict(line.split(":", 1) for line in status)
-    except OSError:
-        return True
-    mask = {k: int(fields[k], 16) for k in ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")}
-    pending = (mask["SigPnd"] | mask["ShdPnd"]) & ~mask["SigBlk"] & ~mask["SigIgn"]
-    quiet = sum(1 << (s - 1) for s in QUIET_SIGNALS) & ~mask["SigCgt"]
-    return bool(pending & ~quiet)
 
 
 def supplementary_groups(pid: int) -> set:
@@ -212,20 +199,9 @@ class Operations(pyfuse3.Operations):
         handle = self.handles[fh]
         if not isinstance(handle, BlockingHandle):
             return await handle.read(off, size, None)
-        started, checked = time.monotonic(), trio.current_time()
-
-        async def waiter(key, caller):
-            """Wait for `key`; every WAIT_SLICE_S (not at each wake-up: a stream wakes per token) see
-            whether the reader has a signal pending."""
-            nonlocal checked
-            await self.rt.wait_for(key, WAIT_SLICE_S)
-            if trio.current_time() - checked >= WAIT_SLICE_S:
-                checked = trio.current_time()
-                if signal_pending(caller.pid):
-                    raise pyfuse3.FUSEError(errno.EINTR)
-            if self.max_block_s and time.monotonic() - started > self.max_block_s:
-                raise TooMany("blocked read would pass the kernel's FUSE request timeout")
-        return await handle.read(off, size, waiter)
+        deadline = trio.current_time() + self.max_block_s if self.max_block_s else math.inf
+        with self.rt.readers.waiting(deadline) as waiter:
+            return await handle.read(off, size, waiter)
 
     @guarded
     async def write(self, fh, off, buf):

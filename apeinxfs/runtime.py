@@ -25,8 +25,9 @@ import trio
 from .enginehost import DriverGroups
 from .health import Health
 from .journal import Emitted, Journal
+from .readers import Readers
 from .kernel import Kernel
-from .kernel.errors import ApeinxError, Degraded, TooMany
+from .kernel.errors import ApeinxError, Degraded
 from .kernel.config import MIB
 from .kernel.events import GpuMemory, Rejected, Restart, Step, Tick
 
@@ -54,7 +55,7 @@ class WallClock:
 
 
 class Notifier:
-    """Wake-ups by key: a pid, 'trace', 'deadline' or ('gpu', N)."""
+    """Wake-ups by key: a pid, ('done', pid), 'trace', 'deadline' or ('gpu', N)."""
 
     def __init__(self):
         self._events: dict = {}
@@ -83,7 +84,7 @@ class Runtime:
         self.clock = clock or WallClock()
         self.notifier = Notifier()
         self.health = Health()
-        self.waiters = 0
+        self.readers = Readers(self.notifier, config.max_waiters, config.max_waiters_per_uid)
         self.readings = None  # drivers/nvml.Readings of the real GPUs, set by the daemon (mount.py)
         self.engine_metrics: dict = {}  # model -> drivers/metrics.Observation, the last scrape of its engine
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
@@ -121,7 +122,7 @@ class Runtime:
             with self.journal.recording(seq, self.kernel.trace):
                 results.append(self.kernel.apply(event, now))
         self._archive()
-        self.notifier.wake(self.kernel.take_changed())
+        self._wake(self.kernel.take_changed())
         return results
 
     def _archive(self) -> None:
@@ -138,6 +139,15 @@ class Runtime:
             self.archive_failing = True
             return
         self.archive_failing = False
+
+    def _wake(self, changed: set) -> None:
+        """Wake whoever waits on what changed; a changed pid whose task's tree has ended (or
+        is gone) also wakes ('done', pid), the key of `wait` readers, who so sleep through
+        every token."""
+        tasks = self.kernel.tasks
+        self.notifier.wake(changed)
+        self.notifier.wake([("done", key) for key in changed if isinstance(key, int)
+                            and ((task := tasks.get(key)) is None or self.kernel.tree_done(task))])
 
     def reject(self, path: str, error: ApeinxError, uid: int, pid: int = 0, tenant: str | None = None) -> None:
         """Record a refused write in the journal and trace (and, for a denial, the audit trail);
@@ -156,7 +166,7 @@ class Runtime:
     def _wake_all(self) -> None:
         """Wake what depends on health: the GPUs' drivers (batches stop or resume), the timers, readers."""
         gpus = {("gpu", gpu) for gpu in range(len(self.kernel.gpus))}
-        self.notifier.wake(self.kernel.take_changed() | gpus | {"health", "deadline"})
+        self._wake(self.kernel.take_changed() | gpus | {"health", "deadline"})
 
     async def _probe_journal(self) -> None:
         """While degraded, try every PROBE_S to journal the episode; once that works, resume."""
@@ -173,14 +183,9 @@ class Runtime:
     # -- blocking readers ------------------------------------------------------------
 
     async def wait_for(self, key, timeout: float) -> None:
-        """Wait up to `timeout` s for `key` to change; EAGAIN when too many wait."""
-        if self.waiters >= self.config.max_waiters:
-            raise TooMany(f"too many blocked readers ({self.waiters}); try again")
-        self.waiters += 1
-        try:
-            await self.notifier.wait(key, timeout)
-        finally:
-            self.waiters -= 1
+        """Wait up to `timeout` s for `key` to change. Readers of the tree wait through
+        `readers` (readers.py) instead, which caps them and watches for their signals."""
+        await self.notifier.wait(key, timeout)
 
     # -- what drivers report (through enginehost.ModelHost) -----------------------------
 
@@ -209,7 +214,7 @@ class Runtime:
             self._flush_progress(now)
         if self.health.fault is None:
             self._archive()
-        self.notifier.wake(self.kernel.take_changed() | ({"progress"} if first else set()))
+        self._wake(self.kernel.take_changed() | ({"progress"} if first else set()))
 
     def _flush_progress(self, now_us: int) -> None:
         """Journal the steps waiting; if that fails, go degraded (they wait for the recovery)."""
@@ -249,7 +254,8 @@ class Runtime:
         return self.kernel.version, self.observed
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Run the models' drivers on every GPU (enginehost.py) and the deadline timer until cancelled."""
+        """Run the models' drivers on every GPU (enginehost.py), the deadline timer and the blocked
+        readers' signal watcher until cancelled."""
         async with trio.open_nursery() as nursery:
             groups = DriverGroups(self, nursery)
             groups.sync()  # builds the drivers now: a bad configuration fails here, before the mount
@@ -259,6 +265,7 @@ class Runtime:
             nursery.start_soon(self._progress_timer)
             if self.archive is not None:
                 nursery.start_soon(self._compress_archive)
+            nursery.start_soon(self.readers.watch)
             if self.readings is not None:
                 nursery.start_soon(self._sample_gpu_memory)
             task_status.started()

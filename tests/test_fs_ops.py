@@ -292,7 +292,7 @@ async def test_wait_blocks_until_the_task_ends(ops, autojump_clock):
         with trio.fail_after(60):
             assert await ops.read(fh, 0, 100) == b"done\n"
         nursery.cancel_scope.cancel()
-    assert ops.rt.waiters == 0
+    assert len(ops.rt.readers) == 0
 
 
 async def test_stream_reads_to_eof(ops, autojump_clock):

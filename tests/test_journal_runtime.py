@@ -16,7 +16,7 @@ import trio
 from apeinxfs import config as config_mod
 from apeinxfs.drivers.sim import WORDS, word
 from apeinxfs.journal import Journal
-from apeinxfs.kernel.errors import ApeinxError, NotFound
+from apeinxfs.kernel.errors import NotFound
 from apeinxfs.kernel.events import (Chunk, Control, Failed, GpuMemory, Kill, Rejected, Restart, Step,
                                     Submit, Tick)
 from apeinxfs.kernel.spec import TaskCommand, TaskSpec
@@ -171,14 +171,6 @@ def test_recover_of_an_empty_journal(rt):
     """An empty journal replays no rows and writes no restart."""
     assert rt.recover() == 0
     assert len(rt.journal) == 0
-
-
-async def test_too_many_waiters_is_eagain(rt):
-    """Past max_waiters, a blocked reader gets EAGAIN at once instead of waiting."""
-    rt.waiters = rt.config.max_waiters
-    with pytest.raises(ApeinxError) as caught:
-        await rt.wait_for(1, 10.0)
-    assert caught.value.errno == errno.EAGAIN
 
 
 # -- the driver loop under a virtual clock -------------------------------------------------------------

@@ -298,7 +298,7 @@ async def test_wait_blocks_until_exit(tree):
         woken.append(key)
         step_all(tree.rt)
     assert await handle.read(0, 100, waiter) == b"done\n"
-    assert woken == [1, 1, 1]
+    assert woken == [("done", 1)] * 3
 
 
 async def test_stream_yields_text_then_eof(tree):

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from daemon import FUSE_READY, Daemon, poll_until, sim_config
-from unixusers import UnixUsers, probe, run_as, shared_dir
+from daemon import Daemon, poll_until, sim_config
+from unixusers import probe, run_as, shared_dir, users_of_test
 
 pytestmark = pytest.mark.mount
 
@@ -68,16 +68,7 @@ overdraw = 10
 @pytest.fixture(scope="module")
 def users():
     """The test's Unix users, deleted afterwards whatever happened."""
-    if os.geteuid() != 0:
-        print("\n*** not root: cannot create users or mount allow_other: TENANT MOUNT TESTS ARE SKIPPED ***\n")
-        pytest.skip("creating Unix users and mounting with allow_other need root")
-    if not FUSE_READY:
-        pytest.skip("no /dev/fuse or fusermount3 on this machine")
-    created = UnixUsers()
-    try:
-        yield {name: created.add(f"apxt_{name}", uid) for name, uid in USERS.items()}
-    finally:
-        created.close()
+    yield from users_of_test("apxt_", USERS, "TENANT MOUNT TESTS ARE")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,9 @@
 is given, and `close` deletes them (userdel) whatever happened. `run_as` runs a command as
 one of them through setpriv with no supplementary groups; `probe` runs PROBE (a few lines
 of the system Python, which every user may run) to open, write, read or list a path and
-report the errno name and any reply as JSON. Needs root. Not a fixture: tests/ wires it.
+report the errno name and any reply as JSON; `as_user` is the argv that runs a command as
+one of them. Needs root. Not a fixture: `users_of_test` is the body a test module's
+fixture yields from.
 """
 import json
 import os
@@ -13,6 +15,9 @@ import subprocess
 import tempfile
 
 import attrs
+import pytest
+
+from daemon import FUSE_READY
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # the venv's interpreter lives under /root, out of other users' reach
 
@@ -53,10 +58,15 @@ class User:
     gid: int
 
 
+def as_user(user: User, argv: list[str]) -> list[str]:
+    """`argv` run through setpriv as `user` (real and effective uid and gid, no supplementary
+    groups); setpriv execs it, so the process started has the command's own pid."""
+    return ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"] + argv
+
+
 def run_as(user: User, argv: list[str], timeout: float = 20.0) -> subprocess.CompletedProcess:
-    """Run `argv` as `user` (real and effective uid and gid, no supplementary groups)."""
-    prefix = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"]
-    return subprocess.run(prefix + argv, capture_output=True, text=True, timeout=timeout, cwd="/")
+    """Run `argv` as `user` and wait for it."""
+    return subprocess.run(as_user(user, argv), capture_output=True, text=True, timeout=timeout, cwd="/")
 
 
 def probe(user: User, op: str, path: str, text: str = "") -> dict:
@@ -107,3 +117,18 @@ def shared_dir(prefix: str) -> str:
     path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     os.chmod(path, 0o755)
     return path
+
+
+def users_of_test(prefix: str, uids: dict[str, int], what: str):
+    """A fixture's body: skip (saying so loudly, as `what`) unless root with FUSE; else the users
+    PREFIX+name with these uids, by name, deleted afterwards whatever happened."""
+    if os.geteuid() != 0:
+        print(f"\n*** not root: cannot create users or mount allow_other: {what} SKIPPED ***\n")
+        pytest.skip("creating Unix users and mounting with allow_other need root")
+    if not FUSE_READY:
+        pytest.skip("no /dev/fuse or fusermount3 on this machine")
+    created = UnixUsers()
+    try:
+        yield {name: created.add(prefix + name, uid) for name, uid in uids.items()}
+    finally:
+        created.close()

@@ -2,7 +2,8 @@
 
 Inodes of a task's files are computed from its pid (no table grows with the task count):
 PID_BASE + pid * SLOTS + slot. `status` follows /proc/PID/status; `output`, `events`
-grow like logs; `stream` and `wait` block like pipes until the kernel changes.
+grow like logs; `stream` and `wait` block like pipes until the kernel changes: `stream`
+wakes at each change of its task, `wait` only once the task's tree has ended.
 """
 import os
 import stat
@@ -78,7 +79,7 @@ def _files(rt, task) -> dict:
         "output": lambda: Log(mode=PRIVATE, source=lambda: task.output),
         "stream": lambda: Blocking(mode=PRIVATE, poll=lambda off: stream_poll(task, off), key=pid,
                                    length=lambda: len(task.output)),
-        "wait": lambda: Blocking(poll=lambda off: wait_poll(rt.kernel, task, off), key=pid,
+        "wait": lambda: Blocking(poll=lambda off: wait_poll(rt.kernel, task, off), key=("done", pid),
                                  length=lambda: len(wait_line(rt.kernel, task) or b"")),
         "events": lambda: Log(mode=PRIVATE, source=lambda: rt.kernel.trace.of_task(task)),
         "children": lambda: Show(show=lambda: "".join(f"{child}\n" for child in task.children)),
