@@ -15,13 +15,14 @@ from apeinxfs import config as config_mod
 from apeinxfs import verify
 from apeinxfs.archive import Archive, lines
 from apeinxfs.journal import Journal
-from apeinxfs.kernel.errors import NotFound
+from apeinxfs.kernel.errors import Degraded, NotFound
 from apeinxfs.kernel.events import Kill
 from apeinxfs.kernel.trace import HEADER, TraceLog
 from apeinxfs.nodes.tasks import REPLAY_SLOT, inode_of
 from apeinxfs.nodes.tree import Tree
 from apeinxfs.runtime import Runtime
 from test_journal_runtime import ONE_GPU, submit
+from test_storage_faults import FailingDb, full_error
 
 
 def trace_of(lines: int, start: int = 0) -> TraceLog:
@@ -234,3 +235,20 @@ def test_replay_of_a_task_the_kernel_no_longer_holds_comes_from_the_archive(tmp_
         assert tree.root.children["replay"].child("99") is None
         with pytest.raises(NotFound):
             tree.node(inode_of(99, REPLAY_SLOT))
+
+
+def test_nothing_is_archived_while_degraded_and_all_of_it_after(tmp_path):
+    """The `degraded` line of an episode not yet journaled stays out of the archive; once the journal
+    works again the archive catches up and equals the trace."""
+    with runtime(tmp_path) as rt:
+        rt.journal.db = FailingDb(rt.journal.db)
+        submit(rt, name="before")
+        rt.journal.db.fault = full_error
+        with pytest.raises(Degraded):
+            submit(rt, name="refused")
+        assert b",degraded," in body(rt.kernel.trace) and b",degraded," not in archived(rt.archive)
+        rt.journal.db.fault = None
+        assert rt.health.recover(rt.kernel, rt.journal, rt.clock.now_us())
+        submit(rt, name="after")
+        assert archived(rt.archive) == body(rt.kernel.trace)
+    assert verify_state(tmp_path).divergence is None

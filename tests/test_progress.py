@@ -6,11 +6,12 @@ any commit; a crash loses only the steps waiting, and the restarted task carries
 its last journaled token to the same text; `replay --verify` passes throughout.
 """
 import json
+import sqlite3
 
 import trio
 
 from apeinxfs.drivers.sim import word
-from apeinxfs.kernel.events import Control
+from apeinxfs.kernel.events import Chunk, Control, Step, to_row
 from apeinxfs.kernel.spec import TaskCommand
 from apeinxfs.runtime import PROGRESS_S
 from test_journal_runtime import open_runtime, submit
@@ -113,3 +114,16 @@ async def test_steps_of_an_idle_engine_are_journaled_by_the_timer(tmp_path, auto
             nursery.cancel_scope.cancel()
         assert not rt.kernel.tasks[pid].done
     assert flushed_after_us <= PROGRESS_S * 1e6 + 25_000  # one 20 ms step late at most
+
+
+def test_a_journal_with_one_row_per_step_still_replays(tmp_path):
+    """`step` rows of journals written before steps rows existed are replayed as they were."""
+    with open_runtime(tmp_path) as rt:
+        pid = submit(rt, name="old", tokens=3, prompt="legacy")
+    kind, body = to_row(Step(gpu=0, chunks=[Chunk(pid=pid, text=" w", tokens=1, prefill=6)]))
+    with sqlite3.connect(tmp_path / "state" / "journal.db") as db:
+        db.execute("INSERT INTO journal (time_us, kind, body) SELECT max(time_us), ?, ? FROM journal", (kind, body))
+    with open_runtime(tmp_path) as restarted:
+        restarted.recover()
+        assert (restarted.kernel.tasks[pid].output, restarted.kernel.tasks[pid].tokens_out) == (b" w", 1)
+    assert verified(tmp_path).divergence is None
