@@ -62,6 +62,9 @@ class Archive:
             size = file.seek(0, os.SEEK_END)
             file.seek(max(0, size - TAIL_BYTES))
             tail = file.read()
+            if b"\n" not in tail:  # a last line longer than the tail: read it all
+                file.seek(0)
+                tail = file.read()
             whole = tail[:tail.rfind(b"\n") + 1]
             if len(whole) < len(tail):
                 file.truncate(size - len(tail) + len(whole))
