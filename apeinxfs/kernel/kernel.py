@@ -407,10 +407,14 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
                         f"vruntime={task.vruntime} queued={len(runq)}", index, plain=True)  # _emit, without the call
 
     def _charge(self, task: Task, gpu: Gpu, chunk: ev.Chunk) -> None:
-        """VTC cost of what was served: input and output tokens apart, output dearer under KV pressure."""
+        """VTC cost of what was served: input and output tokens apart, output dearer under KV pressure.
+
+        Only the prompt's prefill is charged: a prefill after the task's first token recomputes
+        a context dropped by a preemption the task did not ask for, and was paid for once."""
         sched = self.config.sched
         pressure = 1 + sched.pressure_cost * task.kv_pages / max(1, gpu.pool.pages_total)
-        self.accounts.charge(task, sched.input_cost * chunk.prefill + sched.output_cost * chunk.tokens * pressure)
+        prefill = chunk.prefill if task.tokens_out == chunk.tokens else 0  # nothing generated before this chunk
+        self.accounts.charge(task, sched.input_cost * prefill + sched.output_cost * chunk.tokens * pressure)
         task.vruntime += vruntime_delta(chunk.tokens, task.weight)
         self._count_run(task, chunk.tokens)
 

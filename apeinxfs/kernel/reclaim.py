@@ -2,7 +2,8 @@
 
 - Fairness (policy `fair`): `_rebalance` preempts one running task that is unfair to the
   queue's head: its tenant holds more than its weighted share of slots while the head's
-  holds less, or its counter is more than preempt_gap slices ahead.
+  holds less, or its counter is more than preempt_gap slices ahead (slices of a tenant of
+  the active tenants' mean weight, so only the weights' ratios matter).
 - Memory: when a task cannot grow, memory.py evicts idle prefix blocks; then `_reclaim`
   preempts the kernel's victim by swap or recompute, whichever the model says is cheaper,
   and once preemption thrashes (kv_preempt_limit) the OOM killer ends the largest consumer.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .sched import COUNTER_SCALE
 from .task import Task
 
 if TYPE_CHECKING:
@@ -40,7 +42,7 @@ class Reclaim:
         """A running task of the tenant most over its share, whose counter is past the gap or the head's."""
         sched, mine, tenants = self.config.sched, self.accounts.tenant(head), self.accounts.tenants
         slots, total = sum(g.config.slots for g in self.gpus), self.accounts.active_weight
-        gap = sched.preempt_gap * sched.slice_tokens
+        gap = self._preempt_gap(total)
         mine_under = mine.running + 1 <= slots * mine.weight / total
         best, best_key = None, None
         for task in self._preemptible.values():
@@ -52,6 +54,13 @@ class Reclaim:
             if unfair and (best_key is None or key > best_key):
                 best, best_key = task, key
         return best
+
+    def _preempt_gap(self, active_weight: int) -> float:
+        """The gap rule's threshold in counter units: preempt_gap slices of service to a tenant of the
+        active tenants' mean weight. Weights are ratios (cgroup v2): scaling them all scales every
+        counter step and this threshold alike, so 1:2:3:4 preempts as 100:200:300:400 does."""
+        sched, active = self.config.sched, len(self.accounts.active_tenants)
+        return sched.preempt_gap * sched.slice_tokens * COUNTER_SCALE * active / active_weight
 
     def _grow_kv(self, task: Task, gpu: Gpu) -> None:
         """A page for the next token: evict idle prefix blocks, else preempt, else the OOM killer."""

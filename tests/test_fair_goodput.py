@@ -1,0 +1,80 @@
+"""Tier 1: fairness that does not waste the machine, with explicit events and times.
+
+The gap rule in weight-normalised units (only the weights' ratios matter), a tenant's
+preempted task resuming before its new work, and no input charge for recomputing a
+context a preemption dropped. The whole overloaded workload is measured through
+`apeinxfs sim` in test_fair_overload.py.
+"""
+from apeinxfs.kernel import Kernel
+from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig, TenantConfig
+from apeinxfs.kernel.events import Submit
+from apeinxfs.kernel.spec import TaskSpec
+from apeinxfs.kernel.task import State
+from test_kernel import STEP_US, run_until_idle, step
+
+
+def kernel(weights=(100, 100), slots=1, model=None, **sched) -> Kernel:
+    """One GPU with ample KV, tenants a and b of `weights`, a gap of one 4-token slice."""
+    return Kernel(KernelConfig(
+        models=[model or ModelConfig(name="sim")], page_mib=1, gpus=[GpuConfig(index=0, kv_mib=1024, slots=slots)],
+        tenants=[TenantConfig("a", weights[0]), TenantConfig("b", weights[1])],
+        sched=SchedConfig(min_run_tokens=2, slice_tokens=4, preempt_gap=1, **sched)))
+
+
+def submit(k, tenant, tokens=40, now=0, words=10) -> int:
+    event = Submit(spec=TaskSpec(name="t", max_tokens=tokens, tenant=tenant, prompt=" ".join(["w"] * words)))
+    k.check(event)
+    return k.apply(event, now)
+
+
+def decisions(k) -> list[tuple]:
+    """(time, type, pid) of every dispatch and preemption in the trace."""
+    rows = [line.split(",") for line in k.trace.buffer.decode().splitlines()[1:]]
+    return [(r[1], r[2], r[3]) for r in rows if r[2] in ("dispatch", "preempt")]
+
+
+def test_weights_scaled_together_preempt_alike():
+    """Tenants of weights 1:3 and 100:300 see the same dispatches and preemptions at the same times."""
+    runs = []
+    for weights in ((1, 3), (100, 300)):
+        k = kernel(weights, slots=2)
+        for i in range(3):
+            submit(k, "a", words=60 * i + 5), submit(k, "b", words=5)
+        run_until_idle(k, check_books=False)  # prompts of 'w's share cached blocks
+        runs.append(decisions(k))
+        assert k.counters.fair_preemptions > 0
+    assert runs[0] == runs[1]
+
+
+def run_until(k, now, done) -> int:
+    while not done():
+        step(k, now)
+        now += STEP_US
+        assert now < 200 * STEP_US, "never happened"
+    return now
+
+
+def test_a_preempted_task_resumes_before_its_tenants_new_work():
+    """a's served task 1, preempted for b, gets a's next slot before a's queued, never-served task 2."""
+    k = kernel()
+    first, second = submit(k, "a"), submit(k, "a")
+    other = submit(k, "b")
+    now = run_until(k, STEP_US, lambda: k.tasks[first].state is State.PREEMPTED)
+    assert k.tasks[other].state is State.RUNNING
+    run_until(k, now, lambda: k.tasks[other].state is not State.RUNNING)
+    assert k.tasks[first].state is State.RUNNING and k.tasks[second].state is State.QUEUED
+
+
+def test_recomputing_a_preempted_context_is_not_charged_as_input():
+    """A task preempted by recompute pays only its generated token on the step that prefills its context again."""
+    k = kernel(model=ModelConfig(name="sim", options={"swap_gbps": 1e-6}))  # swap so slow that recompute wins
+    first = submit(k, "a", words=100)
+    submit(k, "b")
+    now = run_until(k, STEP_US, lambda: k.tasks[first].state is State.PREEMPTED)
+    assert "mode=recompute" in k.trace.of_task(k.tasks[first]).decode()
+    now = run_until(k, now, lambda: k.tasks[first].state is State.RUNNING)
+    task, tenant = k.tasks[first], k.accounts.tenants["a"]
+    before, pages, pool = tenant.counter, task.kv_pages, k.gpus[0].pool.pages_total
+    assert not task.prefilled and task.context_tokens > 100
+    step(k, now)
+    assert tenant.counter - before == 2 * (1 + pages / pool)
