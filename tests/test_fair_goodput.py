@@ -78,3 +78,63 @@ def test_recomputing_a_preempted_context_is_not_charged_as_input():
     assert not task.prefilled and task.context_tokens > 100
     step(k, now)
     assert tenant.counter - before == 2 * (1 + pages / pool)
+
+
+def small_pool(watermark=0.25, slots=2) -> Kernel:
+    """One GPU of `slots` slots and 20 one-MiB pages (8 tokens each)."""
+    return Kernel(KernelConfig(
+        models=[ModelConfig(name="sim")], page_mib=1, gpus=[GpuConfig(index=0, kv_mib=20, slots=slots)],
+        tenants=[TenantConfig("a"), TenantConfig("b")],
+        sched=SchedConfig(min_run_tokens=2, kv_watermark=watermark)))
+
+
+def submit_tokens(k, tenant, prompt_tokens, tokens=10, now=0) -> int:
+    """A task whose prompt is `prompt_tokens` tokens (BOS included), sharing no block with another."""
+    words = [f"p{len(k.tasks)}"] + ["x"] * (prompt_tokens - 2)
+    event = Submit(spec=TaskSpec(name="t", max_tokens=tokens, tenant=tenant, prompt=" ".join(words)))
+    k.check(event)
+    return k.apply(event, now)
+
+
+def test_a_new_task_leaves_the_watermark_free_on_a_busy_gpu():
+    """With 6 of 20 pages held, an 11-page task would leave 3 free, under the watermark of 5: it waits
+    (without a watermark it starts); alone on the GPU a task may eat into the watermark."""
+    for watermark, state in ((0.25, State.QUEUED), (0.0, State.RUNNING)):
+        k = small_pool(watermark)
+        first = submit_tokens(k, "a", 40)
+        assert k.tasks[first].kv_pages == 6
+        assert k.tasks[submit_tokens(k, "a", 80)].state is state
+    alone = small_pool(0.25)
+    big = submit_tokens(alone, "a", 130)
+    assert alone.tasks[big].state is State.RUNNING and alone.gpus[0].pool.pages_free < 5
+
+
+def test_fair_preempts_only_when_the_head_then_fits():
+    """b's head of 15 pages would not fit where one of a's 7-page tasks leaves: nothing is preempted
+    for it; b's head of 6 pages would, and one of a's tasks is preempted."""
+    for head_tokens, preempted in ((120, 0), (40, 1)):
+        k = small_pool(watermark=0.0)
+        submit_tokens(k, "a", 40, tokens=12), submit_tokens(k, "a", 40, tokens=12)
+        waiting = submit_tokens(k, "b", head_tokens, tokens=2)
+        for i in range(1, 4):
+            step(k, i * STEP_US)
+        assert k.counters.fair_preemptions == preempted
+        assert (k.tasks[waiting].state is State.RUNNING) == bool(preempted)
+
+
+def test_at_most_one_fair_preemption_between_engine_steps():
+    """b, lifted level with a, waits for a step to fall behind; then its arrivals in that instant take one
+    of a's four slots, not one each; the next step allows another."""
+    k = kernel(slots=4)
+    for _ in range(4):
+        submit(k, "a", tokens=100)
+    for i in range(1, 4):
+        step(k, i * STEP_US)
+    submit(k, "b", tokens=100, now=3 * STEP_US)
+    step(k, 4 * STEP_US)
+    assert k.counters.fair_preemptions == 1
+    for _ in range(2):
+        submit(k, "b", tokens=100, now=4 * STEP_US)
+    assert k.counters.fair_preemptions == 1
+    step(k, 5 * STEP_US)
+    assert k.counters.fair_preemptions == 2

@@ -76,6 +76,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         self.gpus = [Gpu(g, pool) for g, pool in zip(config.gpus, self.kv.pools)]
         self._open_gpus = {g.index for g in config.gpus}  # those with a free batch slot
         self._preemptible: dict[int, Task] = {}  # running tasks past min_run_tokens: fair preemption's candidates
+        self._fair_preempt_step = -1  # counters.steps at the last fair preemption: one per step at most
         self.tasks: dict[int, Task] = {}
         self.accounts = Accounts({t.name: t.weight for t in config.tenants})
         self.runq = self._make_queue(config.sched.policy)

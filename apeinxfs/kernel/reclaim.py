@@ -24,14 +24,16 @@ class Reclaim:
     """Preemption for fairness and for KV memory, and the KV OOM killer."""
 
     def _rebalance(self) -> bool:
-        """fair: preempt one running task that is unfair to the queue's head, if any."""
-        if not self._preemptible:  # none has run min_run_tokens yet
-            return False
+        """fair: preempt one running task that is unfair to the queue's head, if any and if the head
+        then fits in its KV."""
+        if not self._preemptible or self.counters.steps == self._fair_preempt_step:  # none has run
+            return False  # min_run_tokens yet, or the last one's slot has not been served a step yet
         head = self.runq.peek(self.now_us)
         victim = self._fair_victim(head) if head is not None else None
-        if victim is None:
+        if victim is None or not self.kv.fits_instead(head, victim):  # a slot the head cannot use is no help
             return False
         self.counters.fair_preemptions += 1
+        self._fair_preempt_step = self.counters.steps
         mine, theirs = self.accounts.tenant(head), self.accounts.tenant(victim)
         self._preempt_costed(victim, f"fair: tenant {theirs.name} (counter {theirs.counter:.1f}, {theirs.running} running) "
                               f"is ahead of {mine.name} (counter {mine.counter:.1f}, {mine.running} running) "
