@@ -5,8 +5,12 @@ preempted task resuming before its new work, and no input charge for recomputing
 context a preemption dropped. The whole overloaded workload is measured through
 `apeinxfs sim` in test_fair_overload.py.
 """
+import pytest
+
+from apeinxfs import config as config_mod
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig, TenantConfig
+from apeinxfs.kernel.errors import Invalid
 from apeinxfs.kernel.events import Submit
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.kernel.task import State
@@ -138,3 +142,14 @@ def test_at_most_one_fair_preemption_between_engine_steps():
     assert k.counters.fair_preemptions == 1
     step(k, 5 * STEP_US)
     assert k.counters.fair_preemptions == 2
+
+
+def test_kv_watermark_is_a_config_key_from_0_up_to_1(tmp_path):
+    """`[scheduler] kv_watermark` reaches the kernel's config (default 0.05); 1 or a negative part is EINVAL."""
+    path = tmp_path / "config.toml"
+    path.write_text("[scheduler]\nkv_watermark = 0.1\n")
+    assert config_mod.load(str(path), str(tmp_path), use_nvml=False).kernel.sched.kv_watermark == 0.1
+    assert config_mod.load(None, str(tmp_path), use_nvml=False).kernel.sched.kv_watermark == 0.05
+    for bad in (1, -0.1, "x"):
+        with pytest.raises(Invalid, match="kv_watermark must be a number from 0"):
+            SchedConfig(kv_watermark=bad)
