@@ -6,8 +6,7 @@
 
 This module is the command line only: the workload format is sim/workload.py, the run
 sim/engine.py, the numbers sim/report.py and sim/fairness.py, the picture sim/plot.py;
-docs/simulator.md says
-what each option and each number means.
+docs/simulator.md says what each option and each number means.
 """
 import argparse
 import json

@@ -175,20 +175,22 @@ class KVManager:
 
     def _fit(self, gpu: int, demand: tuple[tuple, int, int, bool], freed: int = 0) -> tuple | None:
         """place()'s score on `gpu` for a task of `demand`, with `freed` more pages free than now.
-        On a real GPU the room is also capped by the memory NVML last read as free (set_real_free). A new task on a GPU where tasks
-        hold pages must leave `watermark` of the pool free for their growth: admitting work the
-        running tasks will push out again is thrash. A resumed task need not: it is owed its place."""
+        On a real GPU the room is also capped by the memory NVML last read as free (set_real_free).
+        A new task on a GPU where tasks hold pages must leave `watermark` of the pool free for
+        their growth: admitting work the running tasks will push out again is thrash. A resumed
+        task need not: it is owed its place."""
         pool, cache, (chain, private, worst, new) = self.pools[gpu], self.caches[gpu], demand
         if pool.pages_total < worst:
             return None
         hits, cached, idle = cache.lookup(chain) if chain else NO_BLOCKS
         need = len(chain) - cached + private
-        room = pool.pages_total - pool.pages_used + len(cache.idle) - idle + freed  # pages_free, without a property call
+        room = pool.pages_total - pool.pages_used + len(cache.idle) - idle + freed  # pages_free, without a call
         if self.real_free[gpu] is not None:
             room = min(room, self.real_free[gpu])
         spare = room - need
-        if spare < 0 or new and spare < self.watermark * pool.pages_total and pool.pages_used > len(cache.idle):
-            return None  # pages used beyond idle blocks: a task holds some
+        busy = pool.pages_used > len(cache.idle)  # used pages beyond the idle blocks: tasks hold them
+        if spare < 0 or new and busy and spare < self.watermark * pool.pages_total:
+            return None
         return hits, spare, -gpu
 
     def attach(self, task, gpu: int) -> int:

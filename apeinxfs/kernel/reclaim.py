@@ -26,8 +26,10 @@ class Reclaim:
     def _rebalance(self) -> bool:
         """fair: preempt one running task that is unfair to the queue's head, if any and if the head
         then fits in its KV."""
-        if not self._preemptible or self.counters.steps == self._fair_preempt_step:  # none has run
-            return False  # min_run_tokens yet, or the last one's slot has not been served a step yet
+        if not self._preemptible:  # none has run min_run_tokens yet
+            return False
+        if self.counters.steps == self._fair_preempt_step:  # the last one's slot is not served yet
+            return False
         head = self.runq.peek(self.now_us)
         victim = self._fair_victim(head) if head is not None else None
         if victim is None or not self.kv.fits_instead(head, victim):  # a slot the head cannot use is no help

@@ -2,8 +2,9 @@
 
 Two panels over virtual time, one line per tenant in each: its share of all service in the
 trailing fairness window (`--window`), and the time to first token of its requests, drawn
-at the time each first token came. People compare policies by looking at them side by side. Reads a finished
-run (engine.Outcome: the meter's samples and the kernel's tasks); no plotting library.
+at the time each first token came. People compare policies by looking at them side by
+side. Reads a finished run (engine.Outcome: the meter's samples and the kernel's tasks);
+draws nothing else and needs no plotting library.
 """
 from xml.sax.saxutils import escape
 
@@ -17,10 +18,9 @@ TICKS = 5
 
 def share_series(meter) -> dict[str, list[tuple[float, float]]]:
     """Per tenant: (time s, its part of all service served in the window up to then)."""
-    span = SAMPLES_PER_WINDOW
     series: dict = {tenant: [] for tenant in meter.tenants}
     for k in range(1, len(meter.times)):
-        before, after = meter.values[max(0, k - span)], meter.values[k]
+        before, after = meter.values[max(0, k - SAMPLES_PER_WINDOW)], meter.values[k]
         total = sum(after) - sum(before)
         for i, tenant in enumerate(meter.tenants):
             series[tenant].append((meter.times[k] / 1e6, (after[i] - before[i]) / total if total else 0.0))
@@ -39,10 +39,9 @@ def ttft_series(tasks, tenants: list[str]) -> dict[str, list[tuple[float, float]
 def render(outcome, title: str, subtitle: str) -> str:
     """The SVG document of a finished run."""
     meter, end_s = outcome.meter, outcome.end_us / 1e6
-    tenants = meter.tenants
+    ttfts = ttft_series(outcome.runtime.kernel.tasks.values(), meter.tenants)
     panels = [("share", f"share of service (last {outcome.options.window:g} s)", share_series(meter), 1.0),
-              ("ttft", "time to first token (s), at the first token", ttft_series(outcome.runtime.kernel.tasks.values(),
-                                                                          tenants), None)]
+              ("ttft", "time to first token (s), at the first token", ttfts, _nice_max(ttfts))]
     height = TOP + len(panels) * (PANEL_HEIGHT + GAP)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
              f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="11">',
@@ -51,8 +50,8 @@ def render(outcome, title: str, subtitle: str) -> str:
              f'<text x="{WIDTH / 2}" y="38" text-anchor="middle">{escape(subtitle)}</text>']
     for n, (name, label, series, y_max) in enumerate(panels):
         top = TOP + n * (PANEL_HEIGHT + GAP)
-        parts += _panel(name, label, series, top, end_s, y_max or _nice_max(series))
-    parts.append(_legend(tenants, outcome.workload.weights))
+        parts += _panel(name, label, series, top, end_s, y_max)
+    parts.append(_legend(meter.tenants, outcome.workload.weights))
     return "\n".join(parts + ["</svg>"]) + "\n"
 
 
