@@ -18,11 +18,11 @@ from test_kernel import STEP_US, run_until_idle, step
 
 
 def kernel(weights=(100, 100), slots=1, model=None, **sched) -> Kernel:
-    """One GPU with ample KV, tenants a and b of `weights`, a gap of one 4-token slice."""
+    """One GPU with ample KV, tenants a and b of `weights`; by default a gap of one 4-token slice."""
     return Kernel(KernelConfig(
         models=[model or ModelConfig(name="sim")], page_mib=1, gpus=[GpuConfig(index=0, kv_mib=1024, slots=slots)],
         tenants=[TenantConfig("a", weights[0]), TenantConfig("b", weights[1])],
-        sched=SchedConfig(min_run_tokens=2, slice_tokens=4, preempt_gap=1, **sched)))
+        sched=SchedConfig(**{"min_run_tokens": 2, "slice_tokens": 4, "preempt_gap": 1, **sched})))
 
 
 def submit(k, tenant, tokens=40, now=0, words=10) -> int:
@@ -89,7 +89,7 @@ def small_pool(watermark=0.25, slots=2) -> Kernel:
     return Kernel(KernelConfig(
         models=[ModelConfig(name="sim")], page_mib=1, gpus=[GpuConfig(index=0, kv_mib=20, slots=slots)],
         tenants=[TenantConfig("a"), TenantConfig("b")],
-        sched=SchedConfig(min_run_tokens=2, kv_watermark=watermark)))
+        sched=SchedConfig(min_run_tokens=2, slice_tokens=4, kv_watermark=watermark)))
 
 
 def submit_tokens(k, tenant, prompt_tokens, tokens=10, now=0) -> int:
@@ -134,11 +134,11 @@ def test_at_most_one_fair_preemption_between_engine_steps():
         submit(k, "a", tokens=100)
     for i in range(1, 4):
         step(k, i * STEP_US)
-    submit(k, "b", tokens=100, now=3 * STEP_US)
+    submit(k, "b", tokens=100, now=3 * STEP_US, words=1)  # short prompts: b stays behind as it is served
     step(k, 4 * STEP_US)
     assert k.counters.fair_preemptions == 1
     for _ in range(2):
-        submit(k, "b", tokens=100, now=4 * STEP_US)
+        submit(k, "b", tokens=100, now=4 * STEP_US, words=1)
     assert k.counters.fair_preemptions == 1
     step(k, 5 * STEP_US)
     assert k.counters.fair_preemptions == 2
@@ -153,3 +153,17 @@ def test_kv_watermark_is_a_config_key_from_0_up_to_1(tmp_path):
     for bad in (1, -0.1, "x"):
         with pytest.raises(Invalid, match="kv_watermark must be a number from 0"):
             SchedConfig(kv_watermark=bad)
+
+
+def test_the_share_rule_waits_until_the_holder_is_a_slice_ahead():
+    """a holds both slots, one over its share, while b waits: a yields one only once a slice (20) ahead,
+    so counters crossing back and forth within a slice do not pass a slot back and forth."""
+    k = kernel(slots=2, slice_tokens=20, preempt_gap=10)
+    submit(k, "a", tokens=100, words=1), submit(k, "a", tokens=100, words=1)
+    submit(k, "b", tokens=100, words=1)
+    aheads, now = [], STEP_US
+    while not k.counters.fair_preemptions:
+        step(k, now)
+        aheads.append(k.accounts.tenants["a"].counter - k.accounts.tenants["b"].counter)
+        now += STEP_US
+    assert len(aheads) > 3 and aheads[-1] > 20 >= max(aheads[:-1])

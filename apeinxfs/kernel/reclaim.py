@@ -2,8 +2,9 @@
 
 - Fairness (policy `fair`): `_rebalance` preempts one running task that is unfair to the
   queue's head: its tenant holds more than its weighted share of slots while the head's
-  holds less, or its counter is more than preempt_gap slices ahead (slices of a tenant of
-  the active tenants' mean weight, so only the weights' ratios matter).
+  holds less and it is a slice ahead, or its counter is more than preempt_gap slices ahead
+  (slices of service to a tenant of the active tenants' mean weight, so only the weights'
+  ratios matter).
 - Memory: when a task cannot grow, memory.py evicts idle prefix blocks; then `_reclaim`
   preempts the kernel's victim by swap or recompute, whichever the model says is cheaper,
   and once preemption thrashes (kv_preempt_limit) the OOM killer ends the largest consumer.
@@ -43,28 +44,30 @@ class Reclaim:
         return True
 
     def _fair_victim(self, head: Task) -> Task | None:
-        """A running task of the tenant most over its share, whose counter is past the gap or the head's."""
-        sched, mine, tenants = self.config.sched, self.accounts.tenant(head), self.accounts.tenants
+        """A running task of the tenant most over its share, whose counter is past the gap, or a
+        slice past the head's while the head's tenant is under its share."""
+        mine, tenants = self.accounts.tenant(head), self.accounts.tenants
         slots, total = sum(g.config.slots for g in self.gpus), self.accounts.active_weight
-        gap = self._preempt_gap(total)
+        piece = self._slice(total)
+        gap = self.config.sched.preempt_gap * piece
         mine_under = mine.running + 1 <= slots * mine.weight / total
         best, best_key = None, None
         for task in self._preemptible.values():
             if (theirs := tenants[task.tenant]) is mine:
                 continue
             ahead, over = theirs.counter - mine.counter, theirs.running - slots * theirs.weight / total
-            unfair = ahead > gap or (ahead > 0 and over >= 1 and mine_under)
+            unfair = ahead > gap or (ahead > piece and over >= 1 and mine_under)
             key = (over, theirs.counter, -task.context_tokens, task.pid)
             if unfair and (best_key is None or key > best_key):
                 best, best_key = task, key
         return best
 
-    def _preempt_gap(self, active_weight: int) -> float:
-        """The gap rule's threshold in counter units: preempt_gap slices of service to a tenant of the
-        active tenants' mean weight. Weights are ratios (cgroup v2): scaling them all scales every
-        counter step and this threshold alike, so 1:2:3:4 preempts as 100:200:300:400 does."""
-        sched, active = self.config.sched, len(self.accounts.active_tenants)
-        return sched.preempt_gap * sched.slice_tokens * COUNTER_SCALE * active / active_weight
+    def _slice(self, active_weight: int) -> float:
+        """A slice in counter units: slice_tokens of service to a tenant of the active tenants' mean
+        weight. Weights are ratios (cgroup v2): scaling them all scales every counter step and the
+        slice alike, so 1:2:3:4 preempts as 100:200:300:400 does."""
+        active = len(self.accounts.active_tenants)
+        return self.config.sched.slice_tokens * COUNTER_SCALE * active / active_weight
 
     def _grow_kv(self, task: Task, gpu: Gpu) -> None:
         """A page for the next token: evict idle prefix blocks, else preempt, else the OOM killer."""
