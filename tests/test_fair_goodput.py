@@ -167,3 +167,21 @@ def test_the_share_rule_waits_until_the_holder_is_a_slice_ahead():
         aheads.append(k.accounts.tenants["a"].counter - k.accounts.tenants["b"].counter)
         now += STEP_US
     assert len(aheads) > 3 and aheads[-1] > 20 >= max(aheads[:-1])
+
+
+def test_the_worked_example_of_docs_scheduler_md():
+    """alice (100) runs 4 tasks, bob (300) arrives at 0.5 s: the share rule takes 3 slots at 0.82, 0.84 and
+    0.86 s, and at 0.92 s the counters are 403.7 and 270.0, as docs/scheduler.md says."""
+    k = Kernel(KernelConfig(models=[ModelConfig(name="sim")], page_mib=1,
+                            gpus=[GpuConfig(index=0, kv_mib=100, slots=4)],
+                            tenants=[TenantConfig("alice", 100), TenantConfig("bob", 300)]))
+    prompt = " ".join(f"w{i}" for i in range(10))
+    for start, end, tenant in ((0, 500_000, "alice"), (500_000, 920_000, "bob")):
+        for _ in range(4):
+            k.apply(Submit(spec=TaskSpec(name="t", max_tokens=200, tenant=tenant, prompt=prompt)), start)
+        for now in range(start + STEP_US, end + 1, STEP_US):
+            step(k, now)
+    times = [d[0] for d in decisions(k) if d[1] == "preempt"]
+    assert times == ["820000", "840000", "860000"] and k.counters.dispatched == 7
+    counters = {name: round(t.counter, 1) for name, t in k.accounts.tenants.items()}
+    assert counters == {"alice": 403.7, "bob": 270.0}
