@@ -14,7 +14,7 @@ import logging
 
 import attrs
 
-from .kernel.events import from_row
+from .kernel.events import stamped_of_row
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ def apply_row(kernel, row: tuple, quarantined: dict) -> None:
                           f"journal row {seq} ({kind}) skipped: {quarantined[seq].reason}")
         return
     try:
-        kernel.apply(from_row(kind, body), time_us)
+        for at_us, event in stamped_of_row(time_us, kind, body):  # a steps row holds several
+            kernel.apply(event, at_us)
     except Exception as exc:  # anything: JSON, a record's validator, a kernel bug, RecursionError
         raise RowFailed(Quarantined(seq, kind, time_us, f"{type(exc).__name__}: {exc}")) from exc
 
