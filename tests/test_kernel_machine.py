@@ -6,10 +6,14 @@ policy rules, policies, models, engine steps and failures, journal failures, GPU
 readings, deadlines and restarts through the journal codec. bench/soak_kernel.py runs it
 for longer.
 """
+import errno
+
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
+from apeinxfs.kernel.errors import ApeinxError
+from apeinxfs.kernel.tenant_config import TenantConfig, set_in_group
 from kernel_machine import PROMPTS, KernelMachine
 
 pytestmark = pytest.mark.invariants_every(0)  # the machine checks the invariants after each rule itself
@@ -30,3 +34,13 @@ def test_a_model_whose_token_needs_more_than_a_page_runs():
     machine.step(gpu=0, tokens=1, final=False, skip=9, rounds=2)
     assert [t.exit for t in machine.kernel.tasks.values()] == ["done"]
     machine.teardown()
+
+
+@pytest.mark.parametrize("group", ["quota", "budget"])
+def test_a_ledger_window_of_max_is_refused(group):
+    """Found by the fuzz tier beside the machine: `window max` parsed, was journaled, and raised in apply
+    (a window of None); it is refused with EINVAL before anything is journaled."""
+    record = getattr(TenantConfig("t"), group)
+    with pytest.raises(ApeinxError, match="window must be a duration of 1s..366d, not max") as refused:
+        set_in_group(record, "window max")
+    assert refused.value.errno == errno.EINVAL
