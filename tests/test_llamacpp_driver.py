@@ -27,13 +27,17 @@ class FakeLlama:
     """Tokens are bytes (id = byte + 1, EOS = 0); it generates `script` ids, then the byte 'x' for ever.
 
     `delay` s per token; `busy` counts generations running at once, `most_busy` the highest
-    count seen, `closed` the generations whose generator was closed.
+    count seen, `closed` the generations whose generator was closed; `seeds` and `samplings`
+    what each generation was given.
     """
 
     def __init__(self, script: list[int] = (), delay: float = 0.0, n_ctx: int = 8192):
         self.script, self.delay, self.context_size = list(script), delay, n_ctx
         self.busy = self.most_busy = self.closed = 0
-        self.contexts = []
+        self.contexts, self.seeds, self.samplings = [], [], []
+
+    def set_seed(self, seed: int) -> None:
+        self.seeds.append(seed)
 
     def tokenize(self, text: bytes) -> list[int]:
         return [byte + 1 for byte in text]
@@ -50,8 +54,9 @@ class FakeLlama:
     def token_bos(self) -> int:
         return 256
 
-    def generate(self, tokens: list[int]):
+    def generate(self, tokens: list[int], **sampling):
         self.contexts.append(list(tokens))
+        self.samplings.append(sampling)
         self.busy += 1
         self.most_busy = max(self.most_busy, self.busy)
         try:

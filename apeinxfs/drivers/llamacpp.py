@@ -22,9 +22,14 @@ UTF-8 across token boundaries, bad bytes replaced. Failures (model file missing,
 whose real token count leaves no room for the tokens owed in n_ctx) fail the task with
 `failed: llama.cpp: ...`; the daemon serves on.
 
+A task's sampling keys are llama.cpp's: temperature (as `temp`), top_p, top_k,
+presence_penalty and frequency_penalty go to `Llama.generate`, its seed is set before it
+runs, and its stop strings end the text before them (text that may begin one is held back
+until it cannot).
+
 Options (`[models.options]`): model_path (required, a GGUF file), n_ctx (the model's
 `context`), n_threads (llama.cpp's default), seed (unset or 0: random; give one for
-repeatable text). llama-cpp-python is an optional extra (`pip install
+repeatable text; a task's own seed wins). llama-cpp-python is an optional extra (`pip install
 'apeinxfs[llamacpp]'`, installed by scripts/setup without compiling llama.cpp); it loads
 the shared libraries scripts/build-llama-server built, from
 ~/.cache/apeinxfs/llama.cpp/VERSION/bin (or $APEINXFS_CACHE/...), unless
@@ -44,6 +49,11 @@ import trio
 from ..kernel.errors import Invalid
 from ..kernel.events import Chunk
 from . import flow
+
+
+GENERATE_NAMES = {"temperature": "temp", "top_p": "top_p", "top_k": "top_k",
+                  "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty"}
+RANDOM_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: a random seed for each generation
 
 
 class Unavailable(Exception):
@@ -104,11 +114,39 @@ class Job:
     pid: int
     text: bytes  # the prompt and the output so far
     budget: int  # tokens still owed
+    sampling: dict = attrs.field(factory=dict)  # keyword arguments of Llama.generate
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, task) -> "Job":
-        prompt = (task.spec.prompt or task.spec.name).encode()
-        return cls(task.pid, prompt + bytes(task.output), task.spec.max_tokens - task.tokens_out)
+        prompt, fields = (task.spec.prompt or task.spec.name).encode(), task.spec.sampling_fields
+        sampling = {GENERATE_NAMES[key]: value for key, value in fields.items() if key in GENERATE_NAMES}
+        return cls(task.pid, prompt + bytes(task.output), task.spec.max_tokens - task.tokens_out, sampling,
+                   fields.get("seed"), tuple(fields.get("stop", ())))
+
+
+class StopScan:
+    """Generated text in, text to deliver out: what may begin a stop string is held back until it
+    cannot; at a stop string the text ends before it and `hit` is set."""
+
+    def __init__(self, stops: tuple[str, ...] = ()):
+        self.stops, self.held, self.hit = stops, "", False
+
+    def feed(self, text: str) -> str:
+        held = self.held + text
+        found = [at for at in (held.find(stop) for stop in self.stops) if at >= 0]
+        if found:
+            self.hit, self.held = True, ""
+            return held[:min(found)]
+        keep = max((n for stop in self.stops for n in range(1, len(stop)) if held.endswith(stop[:n])), default=0)
+        self.held = held[len(held) - keep:]
+        return held[:len(held) - keep]
+
+    def flush(self) -> str:
+        """What is held back, once the text ends without a stop string."""
+        held, self.held = self.held, ""
+        return held
 
 
 class Pieces:
@@ -118,17 +156,21 @@ class Pieces:
         self.llama, self.job, self.prefill = llama, job, prompt_tokens
         self.tokens, self.ended = 0, False
         self.text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stops = StopScan(job.stop)
 
     @property
     def done(self) -> bool:
         return self.ended or self.tokens >= self.job.budget
 
     def chunk(self, token: int) -> Chunk:
-        self.ended = token == self.llama.token_eos()
-        self.tokens += not self.ended
-        piece = b"" if self.ended else self.llama.detokenize([token])
-        chunk = Chunk(self.job.pid, self.text.decode(piece, final=self.done), int(not self.ended),
-                      prefill=self.prefill, final=self.ended)
+        eos = token == self.llama.token_eos()
+        self.tokens += not eos
+        piece = b"" if eos else self.llama.detokenize([token])
+        text = self.stops.feed(self.text.decode(piece, final=eos or self.tokens >= self.job.budget))
+        self.ended = eos or self.stops.hit
+        if self.done:
+            text += self.stops.flush()
+        chunk = Chunk(self.job.pid, text, int(not eos), prefill=self.prefill, final=self.ended)
         self.prefill = 0
         return chunk
 
@@ -141,7 +183,7 @@ def generate(llama, job: Job, stop: threading.Event, emit) -> None:
         raise ValueError(f"context full: {len(context)} tokens of prompt and {job.budget} to generate "
                          f"exceed n_ctx {llama.n_ctx()}")
     pieces = Pieces(llama, job, len(context))
-    with contextlib.closing(llama.generate(context)) as tokens:
+    with contextlib.closing(llama.generate(context, **job.sampling)) as tokens:
         for token in tokens:
             if stop.is_set():
                 return
@@ -169,6 +211,7 @@ class Engine:
         try:
             if self.llama is None:
                 self.llama = open_llama(self.options)
+            self.llama.set_seed(job.seed if job.seed is not None else self.options.seed or RANDOM_SEED)
             generate(self.llama, job, stop, emit)
         except Exception as exc:  # the engine's failure is the task's, not the daemon's
             return f"llama.cpp: {exc}"
