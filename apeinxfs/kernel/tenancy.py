@@ -21,6 +21,7 @@ from .errors import Busy, Denied, Exists, Invalid, NotFound, OverQuota
 from .kvmem import estimate_prompt_tokens
 from .ledger import Limit, TokenLedger
 from .policy import Request, evaluate, parse_rule
+from .sampling import Sampling, number_text
 from .tenant_config import TenantConfig
 
 MINUTE_US = 60_000_000
@@ -42,6 +43,10 @@ class TenantUsage:
     # (quota, budget), and whether a gpu or kv_pages quota may hold its tasks back.
     limits: tuple = ()
     capped: bool = False
+
+
+def _shown_temperature(value: float | None) -> str:
+    return "unset" if value is None else number_text(value)
 
 
 def quota_limit(tenant) -> Limit:
@@ -71,15 +76,20 @@ class Tenancy:
 
     def _apply_policy(self, event: ev.Submit, now_us: int) -> ev.Submit:
         spec = event.spec
+        temperature = spec.sampling.temperature if spec.sampling else None
         request = Request(tenant=self._tenant_of(spec, self.tasks.get(spec.parent)), model=self._model_of(spec),
-                          tokens=spec.max_tokens, prio=spec.prio, uid=event.uid, minute=self._minute(now_us))
+                          tokens=spec.max_tokens, prio=spec.prio, uid=event.uid, minute=self._minute(now_us),
+                          temperature=temperature)
         decision = evaluate(self.rules, request)
         if not decision.allowed:
             raise Denied(decision.reason)
-        if (decision.max_tokens, decision.prio) == (spec.max_tokens, spec.prio):
+        if (decision.max_tokens, decision.prio, decision.temperature) == (spec.max_tokens, spec.prio, temperature):
             return event
         note = (f"policy rule {decision.rule} ({decision.text}): max_tokens {spec.max_tokens} -> "
                 f"{decision.max_tokens}, prio {spec.prio} -> {decision.prio}")
+        if decision.temperature != temperature:
+            note += f", temperature {_shown_temperature(temperature)} -> {number_text(decision.temperature)}"
+            spec = attrs.evolve(spec, sampling=attrs.evolve(spec.sampling or Sampling(), temperature=decision.temperature))
         return attrs.evolve(event, spec=attrs.evolve(spec, max_tokens=decision.max_tokens, prio=decision.prio),
                             note=note)
 
