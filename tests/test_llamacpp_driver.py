@@ -134,6 +134,23 @@ def test_options_need_model_path_and_default_n_ctx_to_the_models_context():
     assert llamacpp.Options.of(model).llama_arguments() == {"model_path": "/m.gguf", "n_ctx": 2048, "seed": 3}
 
 
+def test_n_gpu_layers_needs_a_build_that_offloads(monkeypatch):
+    """n_gpu_layers is refused, saying why, where llama.cpp cannot offload, and passed to Llama where it can;
+    0 needs no GPU, and below -1 is no layer count."""
+    model = type("Model", (), {"name": "m", "context": 64, "options": {"model_path": "/m.gguf", "n_gpu_layers": 99}})
+    monkeypatch.setattr(llamacpp, "gpu_offload_supported", lambda: False)
+    with pytest.raises(Invalid, match="model m: n_gpu_layers 99 needs llama.cpp built with GPU support"):
+        llamacpp.Options.of(model)
+    model.options = {"model_path": "/m.gguf", "n_gpu_layers": 0}
+    assert llamacpp.Options.of(model).n_gpu_layers == 0
+    model.options = {"model_path": "/m.gguf", "n_gpu_layers": -2}
+    with pytest.raises(Invalid, match=r"n_gpu_layers must be an integer, -1 \(all\) or more"):
+        llamacpp.Options.of(model)
+    monkeypatch.setattr(llamacpp, "gpu_offload_supported", lambda: True)
+    model.options = {"model_path": "/m.gguf", "n_gpu_layers": -1}
+    assert llamacpp.Options.of(model).llama_arguments()["n_gpu_layers"] == -1
+
+
 def test_job_resumes_after_the_text_so_far():
     """A task placed again asks for its prompt plus its output, for the tokens still owed."""
     task = type("Task", (), {"pid": 3, "spec": TaskSpec(name="t", prompt="Once", max_tokens=10), "tokens_out": 4,

@@ -29,11 +29,14 @@ until it cannot).
 
 Options (`[models.options]`): model_path (required, a GGUF file), n_ctx (the model's
 `context`), n_threads (llama.cpp's default), seed (unset or 0: random; give one for
-repeatable text; a task's own seed wins). llama-cpp-python is an optional extra (`pip install
+repeatable text; a task's own seed wins), n_gpu_layers (0: none; -1 or more than the model
+has: all; refused with the reason, when the model is loaded from the configuration or
+added, unless the libraries were built with GPU support:
+`llama_supports_gpu_offload()`). llama-cpp-python is an optional extra (`pip install
 'apeinxfs[llamacpp]'`, installed by scripts/setup without compiling llama.cpp); it loads
 the shared libraries scripts/build-llama-server built, from
-~/.cache/apeinxfs/llama.cpp/VERSION/bin (or $APEINXFS_CACHE/...), unless
-LLAMA_CPP_LIB_PATH names others.
+~/.cache/apeinxfs/llama.cpp/VERSION-cuda/bin if it made a CUDA build there, else
+VERSION/bin (under $APEINXFS_CACHE if set), unless LLAMA_CPP_LIB_PATH names others.
 """
 import codecs
 import contextlib
@@ -65,6 +68,11 @@ def _positive_or_none(_inst, attribute, value) -> None:
         raise ValueError(f"{attribute.name} must be positive, not {value}")
 
 
+def _layers(_inst, attribute, value) -> None:
+    if value is not None and (type(value) is not int or value < -1):
+        raise ValueError(f"{attribute.name} must be an integer, -1 (all) or more, not {value!r}")
+
+
 @attrs.frozen
 class Options:
     """How to load one model's Llama (its `[models.options]`)."""
@@ -73,6 +81,7 @@ class Options:
     n_ctx: int = attrs.field(validator=_positive_or_none)
     n_threads: int | None = attrs.field(default=None, validator=_positive_or_none)
     seed: int | None = None
+    n_gpu_layers: int | None = attrs.field(default=None, validator=_layers)
 
     @classmethod
     def of(cls, model) -> "Options":
@@ -80,23 +89,41 @@ class Options:
         if "model_path" not in options:
             raise Invalid(f"model {model.name}: the llamacpp driver needs options.model_path")
         try:
-            return cls(**options)
+            made = cls(**options)
         except (TypeError, ValueError) as exc:
             raise Invalid(f"model {model.name}: llamacpp options: {exc}") from None
+        if made.n_gpu_layers:
+            _check_gpu_offload(model.name, made.n_gpu_layers)
+        return made
 
     def llama_arguments(self) -> dict:
         """Keyword arguments of `llama_cpp.Llama`, leaving unset ones to llama.cpp."""
         return {key: value for key, value in attrs.asdict(self).items() if value is not None}
 
 
+def _check_gpu_offload(model: str, layers: int) -> None:
+    """Refuse n_gpu_layers where llama.cpp cannot offload: it would run on the CPU without a word."""
+    try:
+        supported = gpu_offload_supported()
+    except Unavailable as exc:
+        raise Invalid(f"model {model}: n_gpu_layers {layers}: {exc}") from None
+    if not supported:
+        raise Invalid(f"model {model}: n_gpu_layers {layers} needs llama.cpp built with GPU support, and the "
+                      f"libraries at {os.environ.get('LLAMA_CPP_LIB_PATH')} have none (scripts/build-llama-server "
+                      f"builds them with CUDA where nvcc is)")
+
+
 def library_dir() -> Path:
-    """Where scripts/build-llama-server put llama.cpp's libraries for the installed llama-cpp-python."""
+    """Where scripts/build-llama-server put llama.cpp's libraries for the installed llama-cpp-python:
+    its CUDA build's if there is one, else its CPU build's."""
     cache = Path(os.environ.get("APEINXFS_CACHE") or Path.home() / ".cache" / "apeinxfs")
-    return cache / "llama.cpp" / metadata.version("llama_cpp_python") / "bin"
+    version = metadata.version("llama_cpp_python")
+    cuda = cache / "llama.cpp" / f"{version}-cuda" / "bin"
+    return cuda if cuda.is_dir() else cache / "llama.cpp" / version / "bin"
 
 
-def open_llama(options: Options):
-    """A `llama_cpp.Llama` for `options`, on the cached libraries unless LLAMA_CPP_LIB_PATH is set."""
+def load_llama_cpp():
+    """The llama_cpp module, on the cached libraries unless LLAMA_CPP_LIB_PATH is set."""
     try:
         os.environ.setdefault("LLAMA_CPP_LIB_PATH", str(library_dir()))
         import llama_cpp
@@ -104,7 +131,17 @@ def open_llama(options: Options):
         raise Unavailable(f"cannot load llama-cpp-python ({exc}); install the extra: "
                           f"pip install 'apeinxfs[llamacpp]'; libraries from "
                           f"LLAMA_CPP_LIB_PATH={os.environ.get('LLAMA_CPP_LIB_PATH')}") from None
-    return llama_cpp.Llama(verbose=False, **options.llama_arguments())
+    return llama_cpp
+
+
+def gpu_offload_supported() -> bool:
+    """Whether the loaded llama.cpp can put layers on a GPU (built with CUDA, Metal, Vulkan...)."""
+    return bool(load_llama_cpp().llama_supports_gpu_offload())
+
+
+def open_llama(options: Options):
+    """A `llama_cpp.Llama` for `options`."""
+    return load_llama_cpp().Llama(verbose=False, **options.llama_arguments())
 
 
 @attrs.frozen
