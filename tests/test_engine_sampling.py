@@ -5,12 +5,12 @@ on llama-server (tests/engines.py) through the openai driver, one after another 
 no batch neighbour changes the arithmetic.
 """
 import errno
-import os
 
 import pytest
 
 from daemon import Daemon
 from engines import llama_server, llama_server_binary, openai_daemon_config, tiny_model  # noqa: F401 (fixtures)
+from test_shell import write_rw
 
 pytestmark = [pytest.mark.mount, pytest.mark.engine, pytest.mark.slow]
 
@@ -23,23 +23,9 @@ def mounted(llama_server, tmp_path):
         yield daemon
 
 
-def submit_on_one_fd(daemon: Daemon, line: str) -> tuple[int | None, bytes]:
-    """Write one line on a read-write ctl/submit fd: (the write's errno or None, the fd's reply)."""
-    fd = os.open(daemon.path("ctl", "submit"), os.O_RDWR)
-    try:
-        try:
-            os.write(fd, line.encode() + b"\n")
-            failed = None
-        except OSError as exc:
-            failed = exc.errno
-        return failed, os.read(fd, 4096)
-    finally:
-        os.close(fd)
-
-
 def run_to_end(daemon: Daemon, line: str) -> tuple[int, str, bytes]:
     """Submit `line`, wait for the task: its pid, its wait line and its output."""
-    failed, reply = submit_on_one_fd(daemon, line)
+    failed, reply = write_rw(daemon.path("ctl", "submit"), line)
     assert failed is None, reply
     pid = int(reply)
     with open(daemon.path("tasks", str(pid), "wait")) as wait, \
@@ -71,6 +57,6 @@ def test_a_stop_string_ends_the_task_done_before_it(mounted):
 
 def test_temperature_minus_1_is_einval_naming_the_range_on_the_same_fd(mounted):
     """A bad temperature fails the write with EINVAL, and the fd's reply names the range."""
-    failed, reply = submit_on_one_fd(mounted, '{"prompt": "x", "temperature": -1}')
+    failed, reply = write_rw(mounted.path("ctl", "submit"), '{"prompt": "x", "temperature": -1}')
     assert failed == errno.EINVAL
     assert reply == b"error: temperature must be a number in 0..2, not -1\n"
