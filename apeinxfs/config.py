@@ -20,7 +20,7 @@ SECTIONS = {
     "daemon": {"node", "max_waiters", "max_waiters_per_uid", "state_dir"},
     "kv": {"page_mib"},
     "scheduler": {"policy", "input_cost", "output_cost", "preempt_gap", "slice_tokens", "min_run_tokens", "kv_preempt_limit", "deadline_boost_s",
-                  "pressure_cost"},
+                  "pressure_cost", "kv_watermark"},
     "gpus": {"simulated", "memory_mib", "kv_mib", "kv_fraction", "slots"},
     "access": {"admin_uids", "admin_gids", "unmapped"},
     "billing": {"period"},

@@ -44,6 +44,9 @@ class ModelHost:
     def observe(self, model: str, observation) -> None:
         self.rt.observe(model, observation)
 
+    def report_state(self, model: str, state: str, error: str | None = None) -> None:
+        self.rt.report_state(model, state, error)
+
 
 def groups_of(models: dict, configured: set) -> dict:
     """{key: {name: ModelConfig}}: the configured models by driver name, each model added live alone."""
@@ -74,6 +77,8 @@ class DriverGroups:
 
     def _start(self, models: dict) -> trio.CancelScope:
         driver = drivers.load(next(iter(models.values())).driver)(models)
+        for name in models:  # until the driver's first check says otherwise
+            self.rt.report_state(name, "starting")
         scope = trio.CancelScope()
         self.nursery.start_soon(self._serve, driver, ModelHost(self.rt, models), scope)
         return scope

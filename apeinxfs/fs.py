@@ -2,11 +2,11 @@
 
 Thin on purpose: inodes and file handles in, node methods called, attributes out. The
 one error boundary of the daemon lives here: ApeinxError becomes FUSEError(errno), any
-other exception is logged and becomes EIO, so no request can take the mount down.
-Blocking reads wait through the runtime's `readers` (readers.py), which caps them and ends
-them with EINTR once the reader has a signal pending (pyfuse3 has no interrupt hook).
-FLUSH is answered ENOSYS, which turns it off for the mount: close(2) costs no round
-trip, and handles act at release instead.
+other exception is logged (one line, rate-limited per uid) and becomes EIO, so no request
+can take the mount down. Blocking reads wait through the runtime's `readers` (readers.py),
+which caps them and ends them with EINTR once the reader has a signal pending (pyfuse3
+has no interrupt hook). FLUSH is answered ENOSYS, which turns it off for the mount:
+close(2) costs no round trip, and handles act at release instead.
 """
 import errno
 import functools
@@ -15,13 +15,15 @@ import logging
 import math
 import os
 import time
+import traceback
 
 import pyfuse3
 import trio
 
 from .kernel.access import identify, uses_gids
-from .kernel.errors import ApeinxError, Denied
-from .nodes.base import BlockingHandle, Caller, Command, Dir, SnapshotHandle
+from .kernel.errors import ApeinxError, Denied, NotPermitted
+from .nodes.base import BlockingHandle, Caller, Command, Dir, Setting, SnapshotHandle
+from .ratelog import RateLog
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,8 @@ def guarded(method):
         except ApeinxError as exc:
             log.debug("%s refused: %s", method.__name__, exc.reason)
             raise pyfuse3.FUSEError(exc.errno) from None
-        except Exception:
-            log.exception("bug in %s%r", method.__name__, args[:2])
+        except Exception as exc:
+            self.log_bug(method.__name__, args, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
     return wrapper
 
@@ -86,6 +88,22 @@ class Operations(pyfuse3.Operations):
         self._callers_version = None
         limit = request_timeout_s()
         self.max_block_s = None if limit is None else max(1.0, limit - 2.0)
+        self.bug_log = RateLog(log)
+
+    def log_bug(self, method: str, args: tuple, exc: Exception) -> None:
+        """One line per bug, where it was raised, rate-limited per uid: a user who makes every
+        write fail cannot fill the disk with the log."""
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        self.bug_log.log(f"uid {self.uid_of(args)}", logging.ERROR, "bug in %s: %s: %r at %s:%d", method,
+                         type(exc).__name__, str(exc)[:200], os.path.basename(where.filename), where.lineno)
+
+    def uid_of(self, args: tuple):
+        """The uid behind a request: its ctx's, or the opener's of its file handle (None: unknown)."""
+        ctx = next((arg for arg in args if hasattr(arg, "uid")), None)
+        if ctx is not None:
+            return ctx.uid
+        handle = self.handles.get(args[0]) if args and isinstance(args[0], int) else None
+        return getattr(getattr(handle, "caller", None), "uid", None)
 
     def attributes(self, node) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
@@ -97,10 +115,21 @@ class Operations(pyfuse3.Operations):
         entry.st_blksize, entry.st_blocks = 4096, (entry.st_size + 511) // 512
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
         static = node.inode in self.tree.static  # a name made at boot, which never goes
-        entry.entry_timeout = STATIC_S if static else ATTR_TIMEOUT_S
+        private = node.tenant is not None and not self.all_see_all()
+        entry.entry_timeout = STATIC_S if static else 0 if private else ATTR_TIMEOUT_S
         entry.attr_timeout = STATIC_S if static and isinstance(node, (Dir, Command)) else (  # never change
             ATTR_TIMEOUT_S if is_dir else 0)  # sizes change: the kernel must ask
         return entry
+
+    def all_see_all(self) -> bool:
+        """Whether every caller sees every task: one tenant, `default`, where unmapped callers are
+        users or viewers. Otherwise a task's names are never cached (entry timeout 0): the kernel's
+        dentry cache is shared by all callers, so each path walk must ask the daemon, which answers
+        ENOENT to another tenant's caller (its attributes are reached only through such a walk). Names
+        cached just before a second tenant came stay for at most ATTR_TIMEOUT_S, and every caller
+        could see them until then."""
+        kernel = self.rt.kernel
+        return len(kernel.tenants) == 1 and "default" in kernel.tenants and kernel.config.access.unmapped != "none"
 
     def caller(self, ctx) -> Caller:
         """Who sent the request: its role and tenant (access.py), from uid, gid and groups. Kept per
@@ -147,8 +176,24 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def setattr(self, inode, attr, fields, fh, ctx):
-        """Truncation of a ctl file is a no-op: commands are not stored."""
-        return self.attributes(self.tree.node(inode))
+        """Truncation to 0 of a file the caller may write is a no-op (commands are not stored), so
+        `truncate -s 0` works; modes, owners and times are the daemon's to say: EPERM."""
+        node = self.node_for(inode, ctx)
+        if fields.update_mode or fields.update_uid or fields.update_gid:
+            raise NotPermitted("modes and owners are fixed on this file system")
+        if fields.update_size:  # truncate(2) sets the mtime too: times are refused only on their own
+            self.truncate(node, attr.st_size, self.caller(ctx))
+        elif fields.update_atime or fields.update_mtime or fields.update_ctime:
+            raise NotPermitted("times are fixed on this file system")
+        return self.attributes(node)
+
+    def truncate(self, node, size: int, caller: Caller) -> None:
+        """Allow truncation to 0 of a file the caller may write; it does nothing."""
+        if size != 0:
+            raise NotPermitted("only truncation to size 0 is allowed, and it does nothing")
+        if not isinstance(node, (Command, Setting)):
+            raise Denied("read-only file")
+        caller.may(node, os.W_OK)
 
     @guarded
     async def opendir(self, inode, ctx):

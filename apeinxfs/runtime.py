@@ -17,6 +17,7 @@ import time
 import attrs
 import trio
 
+from .drivers import enginestate
 from .enginehost import DriverGroups
 from .health import Health
 from .journal import Journal
@@ -80,6 +81,7 @@ class Runtime:
         self.readers = Readers(self.notifier, config.max_waiters, config.max_waiters_per_uid)
         self.readings = None  # drivers/nvml.Readings of the real GPUs, set by the daemon (mount.py)
         self.engine_metrics: dict = {}  # model -> drivers/metrics.Observation, the last scrape of its engine
+        self.engine_states: dict = {}  # model -> drivers/enginestate.EngineState, what its driver's checks found (observed)
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
 
     def recover(self) -> int:
@@ -175,11 +177,19 @@ class Runtime:
             self.engine_metrics[model] = attrs.evolve(observation, at_us=self.clock.now_us())
             self.observed += 1
 
+    def report_state(self, model: str, state: str, error: str | None = None) -> None:
+        """Keep what a check of `model`'s engine found (for models of the kernel only)."""
+        if model in self.kernel.models:
+            before = self.engine_states.get(model)
+            self.engine_states[model] = enginestate.advance(before, state, error, self.clock.now_us())
+            self.observed += self.engine_states[model] != before
+
     def forget_engines(self) -> None:
-        """Drop the observations of models that no longer exist."""
-        for model in self.engine_metrics.keys() - self.kernel.models.keys():
-            del self.engine_metrics[model]
-            self.observed += 1
+        """Drop the observations and states of models that no longer exist."""
+        for seen in (self.engine_metrics, self.engine_states):
+            for model in seen.keys() - self.kernel.models.keys():
+                del seen[model]
+                self.observed += 1
 
     @property
     def version(self) -> tuple[int, int]:

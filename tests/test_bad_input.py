@@ -67,8 +67,9 @@ class Outcome:
 
     @property
     def tail(self) -> bytes:
-        """What write(2) accepted after its last newline: run (or refused) at the last close."""
-        return self.data[:self.written].split(b"\n")[-1]
+        """What write(2) accepted after its last newline: run (or refused) at the last close, unless
+        a later piece of the write was refused (a short count), which dropped it from the buffer."""
+        return b"" if self.refusals else self.data[:self.written].split(b"\n")[-1]
 
     def complete_lines(self) -> list[bytes]:
         """Lines ended by a newline inside what write(2) accepted."""

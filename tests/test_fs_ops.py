@@ -114,12 +114,6 @@ async def test_getattr_of_gone_inode_is_enoent(ops):
     assert await fuse_errno(lambda: ops.getattr((1 << 20) + 999 * 16, ctx())) == errno.ENOENT
 
 
-async def test_setattr_is_a_no_op(ops):
-    """setattr (truncate on a ctl file) succeeds and returns the attributes."""
-    inode = await inode_of(ops, "/ctl/submit")
-    assert (await ops.setattr(inode, None, None, None, ctx())).st_ino == inode
-
-
 async def test_statfs(ops):
     """statfs answers (df works) with a 4 KiB block size."""
     assert (await ops.statfs(ctx())).f_bsize == 4096

@@ -5,11 +5,14 @@ left by kill -9, statfs, and shutdown with a reader blocked in `wait`. Not the t
 contents (test_shell.py) nor concurrency (test_concurrency.py).
 
 util-linux `mount` strips PATH from the helper's environment (sanitize_env), so mount(8)
-finds `apeinxfs` only in the system PATH: scripts/setup links /usr/local/bin/apeinxfs to
-the venv's program when run as root. The mount.fuse3 form is tested with PATH set.
+finds `apeinxfs` only in the system PATH, where scripts/setup links it unless another
+checkout's link is there. The `mount -t fuse` test looks which program mount(8) would run:
+this checkout's is named `apeinxfs`; otherwise the test names this checkout's by its path.
+The mount.fuse3 form is tested with PATH set.
 """
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,16 +62,23 @@ def assert_unmounts_and_exits(daemon: Daemon, command: list[str]) -> None:
     assert wait_pid_gone(daemon.detached_pid, 10), "daemon still running after unmount"
 
 
-SYSTEM_APEINXFS = "/usr/local/bin/apeinxfs"
-linked = pytest.mark.skipif(os.path.realpath(SYSTEM_APEINXFS) != os.path.realpath(os.path.join(VENV_BIN, "apeinxfs")),
-                            reason=f"{SYSTEM_APEINXFS} is not this venv's apeinxfs: run scripts/setup as root")
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # the helper's shell's, PATH stripped
+
+
+def mount_source() -> str:
+    """The source for `mount -t fuse`: `apeinxfs` where mount(8) would run this checkout's, else its path."""
+    mine, found = os.path.join(VENV_BIN, "apeinxfs"), shutil.which("apeinxfs", path=SYSTEM_PATH)
+    return "apeinxfs" if found and os.path.realpath(found) == os.path.realpath(mine) else mine
 
 
 @needs_root
-@linked
 def test_mount_t_fuse_returns_once_ready_and_umount_ends_the_daemon(unstarted):
-    """`mount -t fuse apeinxfs MNT` returns with the tree already served; `umount` ends the daemon."""
-    unstarted.start_detached(["mount", "-t", "fuse", "apeinxfs", unstarted.mountpoint, "-o", mount_options(unstarted)])
+    """`mount -t fuse SOURCE MNT`, SOURCE this checkout's program, returns with the tree served; `umount` ends it."""
+    source = mount_source()
+    unstarted.start_detached(["mount", "-t", "fuse", source, unstarted.mountpoint, "-o", mount_options(unstarted)])
+    with open(f"/proc/{unstarted.detached_pid}/cmdline", "rb") as cmdline:
+        program = cmdline.read().split(b"\0")
+    assert any(os.path.realpath(VENV_BIN) in os.path.realpath(part.decode()) for part in program if part), program
     assert_ready_now(unstarted)
     assert_unmounts_and_exits(unstarted, ["umount"])
 

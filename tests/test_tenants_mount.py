@@ -8,13 +8,12 @@ tools' messages or from a probe (unixusers.PROBE) that prints the errno name and
 """
 import csv
 import os
-import shutil
 import time
 
 import pytest
 
-from daemon import Daemon, poll_until, sim_config
-from unixusers import probe, run_as, shared_dir, users_of_test
+from daemon import poll_until, sim_config
+from unixusers import probe, run_as, shared_mount, users_of_test
 
 pytestmark = pytest.mark.mount
 
@@ -74,12 +73,8 @@ def users():
 @pytest.fixture(scope="module")
 def mounted(users, tmp_path_factory):
     """The daemon, mounted in a directory every user may traverse, removed afterwards."""
-    top = shared_dir("apeinx-tenants-")
-    try:
-        with Daemon(os.path.join(top, "ai"), tmp_path_factory.mktemp("state"), tenants_config(users)) as daemon:
-            yield daemon
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
+    with shared_mount("apeinx-tenants-", tmp_path_factory.mktemp("state"), tenants_config(users)) as daemon:
+        yield daemon
 
 
 def submit_as(daemon, user, line: str) -> dict:

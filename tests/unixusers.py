@@ -5,19 +5,21 @@ is given, and `close` deletes them (userdel) whatever happened. `run_as` runs a 
 one of them through setpriv with no supplementary groups; `probe` runs PROBE (a few lines
 of the system Python, which every user may run) to open, write, read or list a path and
 report the errno name and any reply as JSON; `as_user` is the argv that runs a command as
-one of them. Needs root. Not a fixture: `users_of_test` is the body a test module's
-fixture yields from.
+one of them. Needs root. Not fixtures: `users_of_test` is the body a test module's users
+fixture yields from, `shared_mount` a daemon every user may reach.
 """
+import contextlib
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import tempfile
 
 import attrs
 import pytest
 
-from daemon import FUSE_READY
+from daemon import FUSE_READY, Daemon
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # the venv's interpreter lives under /root, out of other users' reach
 
@@ -132,3 +134,14 @@ def users_of_test(prefix: str, uids: dict[str, int], what: str):
         yield {name: created.add(prefix + name, uid) for name, uid in uids.items()}
     finally:
         created.close()
+
+
+@contextlib.contextmanager
+def shared_mount(prefix: str, state_dir, config_text: str):
+    """A Daemon mounted at `ai` in a fresh shared_dir (every user may traverse it), all removed afterwards."""
+    top = shared_dir(prefix)
+    try:
+        with Daemon(os.path.join(top, "ai"), state_dir, config_text) as daemon:
+            yield daemon
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

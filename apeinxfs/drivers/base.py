@@ -7,6 +7,7 @@ reports what each task produced as a `Step` event (or a `Failed` one). The kerne
 the driver only runs it. Drivers may keep engine connections, never kernel state.
 A driver that can read its engine's own metrics also has `observe(host)`, run once per
 driver: it reports them with `host.observe(model, metrics.Observation)`, outside the kernel.
+Every driver says how its engines answer with `host.report_state(model, state, error)` (enginestate.py).
 """
 from typing import Protocol
 
@@ -28,6 +29,9 @@ class Host(Protocol):
 
     def observe(self, model: str, observation: Observation) -> None:
         """Keep the latest engine metrics of `model` (for /models/NAME/engine and meminfo; never journaled)."""
+
+    def report_state(self, model: str, state: str, error: str | None = None) -> None:
+        """Say what a check of `model`'s engine found: ready, starting, unreachable or failed (enginestate.py)."""
 
 
 class Driver(Protocol):

@@ -20,7 +20,8 @@ Counts are the model's: each chunk is one sampled token, the prompt's token coun
 token ends the task `done` short of max_tokens. Text is the tokens' bytes decoded as
 UTF-8 across token boundaries, bad bytes replaced. Failures (model file missing, a prompt
 whose real token count leaves no room for the tokens owed in n_ctx) fail the task with
-`failed: llama.cpp: ...`; the daemon serves on.
+`failed: llama.cpp: ...`; the daemon serves on. Health (enginestate.py): ready while the
+model file is there and its last load (if any) worked; failed, with the error, if not.
 
 A task's sampling keys are llama.cpp's: temperature (as `temp`), top_p, top_k,
 presence_penalty and frequency_penalty go to `Llama.generate`, its seed is set before it
@@ -297,6 +298,11 @@ class LlamaCppDriver:
         self.engines = {name: Engine(Options.of(model)) for name, model in models.items()}
 
     async def serve(self, gpu: int, host) -> None:
+        for name, engine in self.engines.items():  # a Llama loads on its first task: until then, its file says
+            if os.path.isfile(engine.options.model_path):
+                host.report_state(name, "ready")
+            else:
+                host.report_state(name, "failed", f"model_path {engine.options.model_path}: no such file")
         await flow.run_jobs(host, gpu, self._start)
 
     def _start(self, nursery, outbox: flow.Outbox, task) -> Turn:
@@ -306,6 +312,11 @@ class LlamaCppDriver:
 
     async def _run(self, outbox: flow.Outbox, task, turn: Turn) -> None:
         with turn.scope:
-            reason = await self.engines[task.model].run(Job.of(task), turn.stop, turn.emitter(outbox))
+            engine = self.engines[task.model]
+            reason = await engine.run(Job.of(task), turn.stop, turn.emitter(outbox))
             if reason is not None:
                 outbox.fail(task, reason)
+            if engine.llama is not None:
+                outbox.host.report_state(task.model, "ready")
+            elif reason is not None:  # its load failed
+                outbox.host.report_state(task.model, "failed", reason)

@@ -12,8 +12,9 @@ opened ahead, straight to the transport); once a stream's first token went out, 
 are paced. Connection failures are retried with exponential backoff (a kept-alive or
 spare connection the engine had dropped at once), then the task fails with `engine at URL
 unreachable: ...`; a stream that breaks fails its task. `observe` scrapes the engines'
-/metrics (scrape.py). The HTTP side (Connection, OpenAIDriver) is shared with
-triton.py, which brings its own protocol.
+/metrics (scrape.py). Requests are health checks too (enginestate.py): an accepted one says
+ready; retries spent, unreachable (starting, after HTTP 503); HTTP 404, failed. The HTTP
+side (Connection, OpenAIDriver) is shared with triton.py, which brings its own protocol.
 Options of a model (`[models.options]`): url (required), engine_model (the name sent;
 default the model's), api ("completions" or "chat"), timeout_s (60: the longest silence
 of an engine), retries (3), backoff_s (0.2), metrics_s (1.0: seconds between scrapes of the
@@ -53,8 +54,16 @@ class Stale(Unreachable):
     one after each stream): worth retrying at once."""
 
 
+class Loading(Unreachable):
+    """The engine answered HTTP 503: it is starting (loading its model) or overloaded."""
+
+
 class Broken(Exception):
     """The engine answered but the request failed (not retried)."""
+
+
+class NotServed(Broken):
+    """The engine answered HTTP 404: it does not serve this model (or this API)."""
 
 
 @attrs.frozen
@@ -155,7 +164,10 @@ class OpenAIDriver:
             except Unreachable as exc:
                 last, delay = exc, 0.0 if isinstance(exc, Stale) else endpoint.backoff_s * 2 ** attempt
             except Broken as exc:
+                if isinstance(exc, NotServed):
+                    outbox.host.report_state(task.model, "failed", f"{endpoint.url}: {exc}")
                 return f"engine at {endpoint.url}: {exc}"
+        outbox.host.report_state(task.model, "starting" if isinstance(last, Loading) else "unreachable", f"{endpoint.url}: {last}")
         return f"engine at {endpoint.url} unreachable: {last}"
 
     async def _stream(self, client, endpoint: Connection, task, outbox: flow.Outbox) -> None:
@@ -165,6 +177,7 @@ class OpenAIDriver:
             async with spares.stream(client, url, body, endpoint.timeout_s) as response:
                 answered = True
                 await _check(response)
+                outbox.host.report_state(task.model, "ready")
                 async for event in endpoint.events(response):
                     if (chunk := tally.chunk(event)) is not None and outbox.put(chunk):
                         spares.pace(response, PACE_S)
@@ -192,4 +205,5 @@ async def _check(response) -> None:
     if response.status_code == 200:
         return
     detail = f"HTTP {response.status_code}: {(await response.aread())[:300].decode(errors='replace')}"
-    raise Unreachable(detail) if response.status_code >= 500 else Broken(detail)
+    failures = {503: Loading, 404: NotServed}
+    raise failures.get(response.status_code, Unreachable if response.status_code >= 500 else Broken)(detail)

@@ -4,7 +4,9 @@
 GET /slots) and hands each `Observation` to the host (`host.observe(model, observation)`),
 which keeps it beside the kernel: observations are not kernel state and are never
 journaled. A failed scrape is an observation too (its error, no reading), so
-/models/NAME/engine says why there are no numbers. Parsing is metrics.py's.
+/models/NAME/engine says why there are no numbers. Each scrape is also a health check
+(enginestate.py): an engine that answers is ready, even without metrics; HTTP 503 means it is
+still loading (starting); no answer, unreachable. Parsing is metrics.py's.
 """
 import httpx
 import trio
@@ -16,12 +18,14 @@ async def watch(client: httpx.AsyncClient, model: str, url: str, interval_s: flo
     """Scrape the engine at `url` for `model` every `interval_s` seconds, until cancelled."""
     host.observe(model, metrics.Observation(source=f"{url}/metrics"))  # not scraped yet
     while True:
-        host.observe(model, await scrape(client, url, timeout_s=max(2.0, 2 * interval_s)))
+        observation, state = await scrape(client, url, timeout_s=max(2.0, 2 * interval_s))
+        host.observe(model, observation)
+        host.report_state(model, state, None if state == "ready" else f"{observation.source}: {observation.error}")
         await trio.sleep(interval_s)
 
 
-async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> metrics.Observation:
-    """One scrape of the engine at `url`: its reading, or the reason there is none."""
+async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple[metrics.Observation, str]:
+    """One scrape of the engine at `url`: its reading, or the reason there is none; and the engine's state."""
     source = f"{url}/metrics"
     try:
         response = await client.get(source, timeout=timeout_s)
@@ -30,8 +34,15 @@ async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> metri
         if metrics.wants_slots(reading):
             reading = await _with_slots(client, url, reading, timeout_s)
     except (httpx.HTTPError, metrics.Unreadable) as exc:
-        return metrics.Observation(source=source, error=describe(exc))
-    return metrics.Observation(source=source, reading=reading)
+        return metrics.Observation(source=source, error=describe(exc)), state_of(exc)
+    return metrics.Observation(source=source, reading=reading), "ready"
+
+
+def state_of(exc: Exception) -> str:
+    """What a failed scrape says of the engine: loading (HTTP 503), not there (no answer), else it answered."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return "starting" if exc.response.status_code == 503 else "ready"
+    return "unreachable" if isinstance(exc, httpx.TransportError) else "ready"
 
 
 async def _with_slots(client, url: str, reading: metrics.Reading, timeout_s: float) -> metrics.Reading:

@@ -101,6 +101,8 @@ class SimDriver:
         return slowest.step_seconds(len(batch), prefill), chunks
 
     async def serve(self, gpu: int, host) -> None:
+        for name in self.engines:  # a simulated engine is ready once its driver runs
+            host.report_state(name, "ready")
         while True:
             batch = await host.next_batch(gpu)
             seconds, chunks = self.plan(batch)

@@ -47,6 +47,12 @@ class Denied(ApeinxError):
     denial = True
 
 
+class NotPermitted(ApeinxError):
+    """An operation the file system never allows (chmod, chown, utime on its files)."""
+
+    errno = errno.EPERM
+
+
 class OverQuota(ApeinxError):
     """A tenant's quota or token budget is exhausted."""
 

@@ -13,9 +13,9 @@ from .spec import TaskCommand, TaskSpec
 
 SUBMIT_KEYS = {"name", "max_tokens", "prio", "model", "tenant", "deadline", "prompt", "parent", *SAMPLING_KEYS}
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h|d)?")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(us|ms|s|m|h|d)?")  # ASCII digits only: \\d takes any script's
 _UNIT_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
-_INT = re.compile(r"[+-]?\d{1,12}")
+_INT = re.compile(r"[+-]?[0-9]{1,12}")
 _NUMBER = re.compile(r"[+-]?[0-9]{1,12}(\.[0-9]{1,12})?([eE][+-]?[0-9]{1,3})?")
 
 
@@ -96,6 +96,7 @@ def _from_json(line: str) -> TaskSpec:
         obj = json.loads(line, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:
         raise Invalid(f"bad JSON: {exc}") from None
+    _require_unicode(obj)
     if not isinstance(obj, dict):
         raise Invalid("a JSON submit must be one object")
     _reject_unknown(obj)
@@ -103,6 +104,17 @@ def _from_json(line: str) -> TaskSpec:
         obj["deadline_us"] = _json_deadline(obj.pop("deadline"))
     obj.setdefault("name", "task")
     return TaskSpec(**_with_sampling(obj))
+
+
+def _require_unicode(obj) -> None:
+    """JSON's \\uD800-\\uDFFF escapes can make lone surrogates, which are not text: Invalid."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise Invalid(f"lone surrogate {exc.object[exc.start:exc.end]!r} in a JSON string: "
+                      "text must be valid Unicode (escape a pair, or write the character itself)") from None
+    except RecursionError:
+        raise Invalid("bad JSON: nested too deeply") from None
 
 
 def _unique_keys(pairs: list) -> dict:

@@ -4,7 +4,10 @@
   the submit is clamped and says so); then the tenant's sandbox (allowed models EACCES,
   max_tokens EINVAL), then its quota (live tasks, tokens per window, KV pages) and budget
   (tokens per window plus overdraw), all EDQUOT with the numbers. A write of many lines is
-  admitted as a whole: each line counts the ones before it (`batch`).
+  admitted as a whole: each line counts the ones before it (`batch`). A child (`parent=`)
+  is admitted in its parent's tenant. A task's prio change is held to the rules as a submit
+  asking for that prio would be, but refused (EACCES naming the rule), not clamped: the
+  caller asked for one value. A task's model and tenant never change after its submit.
 - Holds: a tenant at its GPU-slot or KV-page quota has its queued tasks held back (out of
   the run queue, still queued) until one of its running tasks leaves a GPU.
 - Metering: ledgers are charged as tokens are served; billing.py books each GPU segment.
@@ -65,6 +68,8 @@ class Tenancy:
     def admit(self, event, now_us: int, batch: dict | None = None):
         """check(event), and for a submit the policy, sandbox, quota and budget; returns the event to journal."""
         self.check(event)
+        if isinstance(event, ev.Control) and event.command.verb == "prio":
+            self._check_prio_policy(event, now_us)
         if not isinstance(event, ev.Submit):
             return event
         event = self._apply_policy(event, now_us)
@@ -77,10 +82,8 @@ class Tenancy:
     def _apply_policy(self, event: ev.Submit, now_us: int) -> ev.Submit:
         spec = event.spec
         temperature = spec.sampling.temperature if spec.sampling else None
-        request = Request(tenant=self._tenant_of(spec, self.tasks.get(spec.parent)), model=self._model_of(spec),
-                          tokens=spec.max_tokens, prio=spec.prio, uid=event.uid, minute=self._minute(now_us),
-                          temperature=temperature)
-        decision = evaluate(self.rules, request)
+        decision = self._decide(self._tenant_of(spec, self.tasks.get(spec.parent)), self._model_of(spec),
+                                spec.max_tokens, spec.prio, event.uid, now_us, temperature)
         if not decision.allowed:
             raise Denied(decision.reason)
         if (decision.max_tokens, decision.prio, decision.temperature) == (spec.max_tokens, spec.prio, temperature):
@@ -92,6 +95,21 @@ class Tenancy:
             spec = attrs.evolve(spec, sampling=attrs.evolve(spec.sampling or Sampling(), temperature=decision.temperature))
         return attrs.evolve(event, spec=attrs.evolve(spec, max_tokens=decision.max_tokens, prio=decision.prio),
                             note=note)
+
+    def _check_prio_policy(self, event: ev.Control, now_us: int) -> None:
+        """Refuse a prio change that a deny rule matches or that is over a limit rule's max_prio."""
+        task, prio = self.tasks[event.pid], event.command.arg
+        decision = self._decide(task.tenant, task.model, task.spec.max_tokens, prio, event.uid, now_us)
+        if not decision.allowed:
+            raise Denied(f"prio {prio} {decision.reason}")
+        if decision.prio < prio:
+            raise Denied(f"prio {prio} is over max_prio={decision.prio} of policy rule {decision.rule}: {decision.text}")
+
+    def _decide(self, tenant: str, model: str, tokens: int, prio: int, uid: int, now_us: int,
+                temperature: float | None = None):
+        """The policy's Decision on a request with these values, at `now_us`."""
+        return evaluate(self.rules, Request(tenant=tenant, model=model, tokens=tokens, prio=prio, uid=uid,
+                                            minute=self._minute(now_us), temperature=temperature))
 
     def _minute(self, now_us: int) -> int:
         return (now_us // MINUTE_US + self.config.utc_offset_s // 60) % 1440

@@ -7,8 +7,14 @@ of the trace; a task holds only its last line's seq). They are copied out when r
 are never read, and a copy of each line per view made every line cost three copies.
 The trace is an output of the kernel, rebuilt by replaying the journal, so its seqs are
 the same after a restart.
+
+The task and tenant views are what a tenant's users read, so a line there names no other
+tenant: in its detail, another tenant's name becomes "another tenant" and `pid N` of
+another tenant's task "another tenant's task" (a fair preemption names whom it made room
+for). The whole trace (/trace/events, admins only) keeps every name.
 """
 import collections
+import re
 from array import array
 
 HEADER = b"seq,time_us,type,pid,tenant,model,gpu,node,detail\n"
@@ -30,8 +36,9 @@ def escape(text: str) -> str:
 class TraceLog:
     """The event log of one kernel."""
 
-    def __init__(self, node: str):
+    def __init__(self, node: str, tasks: dict | None = None):
         self.node = node
+        self.tasks = {} if tasks is None else tasks  # pid -> task: whose a pid in a detail is
         self.seq = 0
         self._time_us, self._time_text = None, ""  # the time of the last line, and as text
         self.buffer = bytearray(HEADER)
@@ -40,6 +47,7 @@ class TraceLog:
         self._tenant_prev = array("q", [0])  # by seq: the same for its tenant
         self._tenant_last: dict[str, int] = {}  # tenant -> the seq of its last line
         self._tenant_text: dict[str, tuple[bytearray, int]] = {}  # tenant -> (its lines read so far, last seq)
+        self._others: dict[str, tuple[int, re.Pattern]] = {}  # tenant -> (tenants known, what to redact for it)
 
     def emit(self, time_us: int, kind: str, task=None, detail: str = "", gpu=None, plain: bool = False) -> None:
         """Append one line; it is also the task's last line and its tenant's. `plain`: the detail
@@ -63,13 +71,13 @@ class TraceLog:
 
     def of_task(self, task) -> bytes:
         """The task's lines (a header alone if none yet): a few, copied at every read."""
-        return HEADER + b"".join(map(self._line, self._chain(task.trace_last, self._task_prev)))
+        return HEADER + b"".join(map(self._redactor(task.tenant), self._chain(task.trace_last, self._task_prev)))
 
     def of_tenant(self, tenant: str) -> bytearray:
         """The lines of `tenant`'s tasks (a header alone if none yet); those read before are not copied again."""
         text, copied = self._tenant_text.get(tenant) or (bytearray(HEADER), 0)
         last = self._tenant_last.get(tenant, 0)
-        text += b"".join(map(self._line, self._chain(last, self._tenant_prev, after=copied)))
+        text += b"".join(map(self._redactor(tenant), self._chain(last, self._tenant_prev, after=copied)))
         self._tenant_text[tenant] = (text, last)
         return text
 
@@ -86,3 +94,28 @@ class TraceLog:
     def _line(self, seq: int) -> bytes:
         start = self._starts[seq]
         return self.buffer[start:self._starts[seq + 1] if seq < self.seq else len(self.buffer)]
+
+    def _redactor(self, tenant: str):
+        """seq -> its line as `tenant`'s users may read it: other tenants and their pids unnamed."""
+        pattern = self._pattern(tenant)
+
+        def redacted(match: re.Match) -> bytes:
+            if match[1] is None:
+                return b"another tenant"
+            task = self.tasks.get(int(match[1]))
+            return match[0] if task is None or task.tenant == tenant else b"another tenant's task"
+
+        def line(seq: int) -> bytes:
+            head, _, detail = self._line(seq).partition(b',"')  # no column before the detail holds `,"`
+            return head + b',"' + pattern.sub(redacted, detail)
+        return line
+
+    def _pattern(self, tenant: str) -> re.Pattern:
+        """`pid N`, and the names of the other tenants that have tasks, as whole words."""
+        known, pattern = self._others.get(tenant, (-1, None))
+        if known != len(self._tenant_last):
+            others = sorted((name.encode() for name in self._tenant_last if name != tenant), key=len, reverse=True)
+            names = b"|".join(map(re.escape, others)) or b"(?!)"
+            pattern = re.compile(rb"(?<![^\s(])(?:pid[ =]([0-9]+)|(?:" + names + rb"))(?=$|[\s),;:'\"])")
+            self._others[tenant] = (len(self._tenant_last), pattern)
+        return pattern

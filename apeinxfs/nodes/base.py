@@ -20,6 +20,7 @@ from ..kernel.access import Identity
 from ..kernel.errors import ApeinxError, Denied, Hidden, Invalid, NotFound
 
 LINE_MAX = (1 << 20) + 4096
+REST_REFUSED = f"rest of a line longer than {LINE_MAX} bytes, refused with it"
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 DIR_MODE = stat.S_IFDIR | 0o555
 
@@ -288,26 +289,42 @@ class CommandHandle(Handle):
     caller: Caller
     pending: bytearray = attrs.Factory(bytearray)
     reply: bytes = b""
+    refused_rest: bytes | None = None  # the piece of an unterminated over-long line that was refused
 
     async def read(self, offset, size, waiter):
         data, self.reply = self.reply[:size], self.reply[size:]
         return data
 
     def write(self, data: bytes) -> int:
-        """Run the complete lines; a refused write leaves none of its bytes buffered, as write(2) failed."""
-        kept = len(self.pending)
+        """Run the complete lines, all or none; a line over LINE_MAX refuses the whole write. Any
+        refusal or bug empties the buffer, so the descriptor starts afresh at the next write. The
+        reply is this write's, empty if it ran no line."""
+        self.reply = b""
+        self._refuse_rest(data)
         self.pending += data
         cut = self.pending.rfind(b"\n") + 1
+        lines = bytes(self.pending[:cut]).split(b"\n")[:-1]
+        tail_too_long = len(self.pending) - cut > LINE_MAX
         try:
-            if not cut and len(self.pending) > LINE_MAX:
-                self._run([bytes(self.pending)])  # decode_line refuses it, and the refusal is journaled
-            elif cut:
-                self._run(bytes(self.pending[:cut]).split(b"\n")[:-1])
-        except ApeinxError:
-            del self.pending[kept:]
+            if lines or tail_too_long:
+                self._run(lines + [bytes(self.pending[cut:])] if tail_too_long else lines)
+        except BaseException:
+            self.pending.clear()
+            self.refused_rest = bytes(data) if tail_too_long else None
             raise
         del self.pending[:cut]
         return len(data)
+
+    def _refuse_rest(self, data: bytes) -> None:
+        """Refuse the rest of an over-long line. FUSE splits a write(2) into requests of about
+        1 MiB, and a refused one after the first makes write(2) return a short count: the caller
+        then writes the rest, which starts with the refused piece (or is the start of it)."""
+        refused, self.refused_rest = self.refused_rest, None
+        common = min(len(refused or b""), len(data))
+        if refused is not None and common and data[:common] == refused[:common]:
+            self.refused_rest = refused
+            self.reply = f"error: {REST_REFUSED}\n".encode()
+            raise Invalid(REST_REFUSED)
 
     def release(self) -> None:
         """An unterminated last line runs at the last close. FUSE sends no flush (fs.py), so its
@@ -322,6 +339,9 @@ class CommandHandle(Handle):
             replies = self._command(raw_lines)
         except ApeinxError as exc:
             self.reply = "".join(f"error: {r}\n" for r in exc.replies).encode()
+            raise
+        except Exception:
+            self.reply = b"error: internal error in the daemon (logged)\n"
             raise
         self.reply = "".join(f"{r}\n" for r in replies).encode()
 

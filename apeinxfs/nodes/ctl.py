@@ -3,7 +3,7 @@
 Each turns complete lines into kernel events. A write is all or nothing: every line is
 parsed and checked first; if any is refused, nothing is applied, the refusal is journaled
 (so the trace keeps its reason) and the write fails with the first line's errno, with an
-`error: ...` reply for each refused line.
+`error: ...` reply for each refused line (the first REFUSED_MAX of them).
 """
 import attrs
 
@@ -12,17 +12,25 @@ from ..kernel.events import Control, Kill, Submit
 from ..kernel.grammar import parse_pid, parse_submit, parse_task_command
 from .base import decode_line
 
+REFUSED_MAX = 20  # refused lines checked and reported per write
+
 
 def run_lines(rt, path: str, raw_lines: list[bytes], caller, to_event) -> list[str]:
-    """Parse and admit every line (each counting those before it), then commit them together."""
+    """Parse and admit every line (each counting those before it), then commit them together.
+    Checking stops at the REFUSED_MAX-th refused line: the write fails anyway, and a megabyte
+    of junk lines must not cost seconds and a reply of tens of megabytes."""
     events, errors, batch, now = [], [], {}, rt.clock.now_us()
     for number, raw in enumerate(raw_lines, 1):
+        if not raw:  # an empty line, skipped without decoding: a flood of newlines stays cheap
+            continue
         try:
             line = decode_line(raw)
             if line.strip():
                 events.append(rt.kernel.admit(to_event(line, caller), now, batch))
         except ApeinxError as exc:
             errors.append((number, exc))
+            if len(errors) == REFUSED_MAX:
+                break
     if errors:
         _refuse(rt, path, errors, caller, len(raw_lines))
     return [str(r) if r is not None else "ok" for r in rt.commit_checked(events)] if events else []
@@ -31,6 +39,8 @@ def run_lines(rt, path: str, raw_lines: list[bytes], caller, to_event) -> list[s
 def _refuse(rt, path, errors, caller, count) -> None:
     where = (lambda n: f"line {n}: ") if count > 1 else (lambda n: "")
     replies = [f"{where(n)}{exc.reason}" for n, exc in errors]
+    if len(errors) == REFUSED_MAX and errors[-1][0] < count:
+        replies.append(f"lines {errors[-1][0] + 1}..{count}: not checked ({REFUSED_MAX} lines refused already)")
     first = errors[0][1]
     rt.reject(path, first, caller.uid, caller.pid, caller.tenant)
     raise type(first)(replies[0], replies)

@@ -1,6 +1,7 @@
 """/models/NAME/{status,config,engine} and /ctl/models: models as directories, added and removed live.
 
-`status` is the model's live use, `config` its configuration; `engine` shows the last
+`status` is the model's engine state (ready, starting, unreachable, failed: what its
+driver's checks found, drivers/enginestate.py) and live use, `config` its configuration; `engine` shows the last
 scrape of the model's engine (drivers/scrape.py, kept on the Runtime, not in the kernel):
 flat keyed, `-` where the engine does not say, and `source none` for a model whose driver
 reads no engine metrics (sim). /ctl/models adds (`SetModel`) and removes (`RemoveModel`)
@@ -10,6 +11,7 @@ models, admins only; the runtime starts and stops their drivers. Inodes are comp
 import attrs
 
 from .. import drivers
+from ..drivers import enginestate
 from ..kernel.config import ModelConfig
 from ..kernel.errors import Invalid
 from ..kernel.events import RemoveModel, SetModel
@@ -24,11 +26,12 @@ FILES = ("status", "config", "engine")
 SHAPE = ("context", "layers", "kv_heads", "head_dim")
 
 
-def status(kernel, name: str) -> str:
+def status(kernel, name: str, engine=None) -> str:
+    """Key:<TAB>value lines: the model's driver, its engine's state (drivers/enginestate.py), its tasks."""
     running = sum(1 for g in kernel.gpus for t in g.running.values() if t.model == name)
     queued = sum(1 for t in kernel.runq.tasks() if t.model == name)
     model = kernel.models[name]
-    rows = [("Name", name), ("Driver", model.driver), ("State", "ready"), ("Running", running),
+    rows = [("Name", name), ("Driver", model.driver), *enginestate.rows(engine), ("Running", running),
             ("Queued", queued), ("Gpus", ",".join(str(g.config.index) for g in kernel.gpus))]
     return "".join(f"{k}:\t{v}\n" for k, v in rows)
 
@@ -74,7 +77,9 @@ class ModelDir(BuiltDir):
         rt, name = self.rt, self.name
         if file == "engine":
             return Show(show=lambda: engine(rt.engine_metrics.get(name), rt.clock.now_us()), volatile=True)
-        return Show(show=lambda: (status if file == "status" else config)(rt.kernel, name))
+        if file == "status":
+            return Show(show=lambda: status(rt.kernel, name, rt.engine_states.get(name)))
+        return Show(show=lambda: config(rt.kernel, name))
 
 
 @attrs.define(eq=False)
@@ -122,8 +127,8 @@ def new_model(text: str) -> ModelConfig:
 
 
 def _scalar(text: str):
-    """An option's value as TOML would give it: an integer, a number, or text."""
-    for kind in (int, float):
+    """An option's value as TOML would give it: an integer, a number (ASCII digits only), or text."""
+    for kind in (int, float) if text.isascii() else ():
         try:
             return kind(text)
         except ValueError:
