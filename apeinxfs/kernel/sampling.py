@@ -29,8 +29,11 @@ def number_text(value) -> str:
 
 
 def _to_float(value):
-    """JSON's and the parser's int or float as a float; anything else is left for the validator to name."""
-    return float(value) if type(value) in (int, float) else value
+    """JSON's and the parser's int or float as a float; anything else (an int too large for a float too)
+    is left for the validator to name."""
+    if type(value) is int and abs(value) <= 2**53:
+        return float(value)
+    return value
 
 
 def _check_float(_inst, attribute, value) -> None:
@@ -47,8 +50,11 @@ def _check_int(_inst, attribute, value) -> None:
 
 
 def _shown(value) -> str:
-    """A refused value for a reason: numbers as written, anything else quoted and cut at 40 characters."""
-    return number_text(value) if type(value) in (int, float) else repr(str(value)[:40])
+    """A refused value for a reason: numbers as written (a long one cut), anything else quoted and cut at
+    40 characters."""
+    if type(value) is float:
+        return number_text(value)
+    return str(value)[:40] if type(value) is int else repr(str(value)[:40])
 
 
 def _to_stops(value):
