@@ -85,6 +85,24 @@ def test_n_gpu_layers_is_what_this_build_can_do(llama_cpp, tiny_model):  # noqa:
         assert llamacpp.open_llama(llamacpp.Options.of(model)).n_ctx() == 256
 
 
+def test_sampling_keys_reach_llama_cpp(mounted):
+    """temperature 0 and seed 7 twice give the same text; seeds 7 and 8 at temperature 1.5 differ; stop=e ends
+    the text before its first e, done short of max_tokens."""
+    def run(line: str) -> tuple[int, str, bytes]:
+        pid = mounted.submit(line)
+        exit_line = wait_line(mounted, pid)
+        with open(mounted.path("tasks", str(pid), "output"), "rb") as output:
+            return pid, exit_line, output.read()
+    same = 'name=d model=tiny max_tokens=64 prompt="the kernel" temperature=0 seed=7'
+    first, second = run(same), run(same)
+    assert first[1:] == second[1:] and first[2]
+    hot = 'name=h model=tiny max_tokens=48 prompt="a small model" temperature=1.5 seed=%d'
+    texts = [run(hot % seed)[2] for seed in (7, 7, 8)]
+    assert texts[0] == texts[1] != texts[2]
+    pid, exit_line, text = run('name=s model=tiny max_tokens=400 prompt="the kernel" temperature=0 stop=e')
+    assert exit_line == "done" and text and b"e" not in text and int(mounted.status(pid)["TokensOut"]) < 400
+
+
 def test_concurrent_tasks_all_complete(mounted):
     """Four tasks submitted at once, on four slots, all end done with their tokens (the model takes them in turn)."""
     pids = [mounted.submit(f'name=t{n} model=tiny max_tokens=500 prompt="task {n}"') for n in range(4)]
