@@ -21,6 +21,7 @@ from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.nodes.tasks import status
 from test_journal_runtime import open_runtime
 from test_llamacpp_driver import FakeLlama
+from test_openai_driver import FakeEngine, run_tasks
 from test_tenancy import admit, config, trace_rows
 
 SET = Sampling(temperature=0.0, top_p=0.9, top_k=40, seed=7, stop=("###", "\n"), presence_penalty=-0.5,
@@ -188,6 +189,17 @@ def test_openai_request_carries_the_sampling_keys():
         "presence_penalty": -0.5, "frequency_penalty": 1.5}
     _, plain = endpoint.request(task_of(TaskSpec(name="a")))
     assert not set(SET.fields) & set(plain)
+
+
+async def test_openai_driver_sends_them_over_http_and_none_for_a_plain_task(tmp_path, nursery):
+    """Through a Runtime and a fake engine on 127.0.0.1, the streamed request of a task with sampling keys
+    carries them; a task without keeps the engine's defaults."""
+    engine = await FakeEngine().start(nursery)
+    await run_tasks(tmp_path, engine.port, [{"name": "s", "max_tokens": 2, "sampling": SET},
+                                            {"name": "p", "max_tokens": 2}])
+    bodies = {body["prompt"]: body for body in engine.bodies}
+    assert {key: bodies["s"][key] for key in SET.fields} == SET.fields
+    assert not set(SET.fields) & set(bodies["p"])
 
 
 def test_triton_request_names_seed_and_stop_as_the_ensemble_does_and_beats_extra():
