@@ -9,6 +9,8 @@ import errno
 import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from apeinxfs.drivers import llamacpp, openai, sim, triton
 from apeinxfs.kernel import Kernel
@@ -95,6 +97,22 @@ def test_bad_values_are_einval_naming_the_range(line, reason):
     with pytest.raises(Invalid) as caught:
         parse_submit(line)
     assert caught.value.errno == errno.EINVAL and reason in caught.value.reason
+
+
+STOP_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="|", exclude_categories=["C", "Z"])
+                    | st.sampled_from(" \t\n"), min_size=1, max_size=8)
+SAMPLINGS = st.builds(
+    Sampling, temperature=st.none() | st.floats(0, 2), top_p=st.none() | st.floats(0, 1),
+    top_k=st.none() | st.integers(1, 100_000), seed=st.none() | st.integers(0, 2**32 - 1),
+    stop=st.lists(STOP_TEXT, max_size=4), presence_penalty=st.none() | st.floats(-2, 2),
+    frequency_penalty=st.none() | st.floats(-2, 2))
+
+
+@given(SAMPLINGS)
+def test_any_sampling_reads_back_from_its_text(sampling):
+    """Whatever the values (full float precision, blanks and quotes in stop strings), the text parses back equal."""
+    line = "name=a " + (sampling.text if sampling.fields else "")  # none set: the text is `-`
+    assert (parse_submit(line).sampling or Sampling()) == sampling
 
 
 def test_text_reads_back_as_the_same_record():
