@@ -18,7 +18,8 @@ side (Connection, OpenAIDriver) is shared with triton.py, which brings its own p
 Options of a model (`[models.options]`): url (required), engine_model (the name sent;
 default the model's), api ("completions" or "chat"), timeout_s (60: the longest silence
 of an engine), retries (3), backoff_s (0.2), metrics_s (1.0: seconds between scrapes of the
-engine's /metrics; 0: none).
+engine's /metrics; 0: none). A task's sampling keys (temperature, top_p, top_k, seed, stop,
+presence_penalty, frequency_penalty) go in its request under their own names.
 """
 import functools
 import logging
@@ -105,7 +106,7 @@ class Endpoint(Connection):
         """URL and body of the streaming request for what `task` still owes."""
         prompt, so_far = task.spec.prompt or task.spec.name, task.output.decode(errors="replace")
         body = {"model": self.engine_model, "max_tokens": task.spec.max_tokens - task.tokens_out,
-                "stream": True, "stream_options": {"include_usage": True}}
+                "stream": True, "stream_options": {"include_usage": True}, **task.spec.sampling_fields}
         if self.api == "chat":
             said = [{"role": "assistant", "content": so_far}] if so_far else []
             body["messages"] = [{"role": "user", "content": prompt}, *said]
