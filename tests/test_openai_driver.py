@@ -94,8 +94,8 @@ class FakeEngine:
         self.bodies, self.closed_early = [], 0
         self.port = None
 
-    async def start(self, nursery) -> "FakeEngine":
-        listeners = await nursery.start(trio.serve_tcp, self.handle, 0)
+    async def start(self, nursery, port: int = 0) -> "FakeEngine":
+        listeners = await nursery.start(trio.serve_tcp, self.handle, port)
         self.port = listeners[0].socket.getsockname()[1]
         return self
 
@@ -206,3 +206,17 @@ async def test_unreachable_engine_fails_the_task_after_engine_wait_s(tmp_path):
                              retries=2, backoff_s=0.01)
     assert task.exit.startswith("failed: tiny's engine down for ")
     assert f"unreachable: http://127.0.0.1:{port}" in task.exit
+
+
+async def test_engine_without_metrics_is_probed_while_down_and_its_task_resumes(tmp_path, nursery):
+    """With metrics_s = 0, the engine its task found unreachable is probed until it answers; the held task
+    then runs to done."""
+    port = free_port()
+
+    async def during(rt, pids):
+        while "tiny" not in rt.kernel.engines.down:
+            await rt.wait_for("trace", 1.0)
+        await FakeEngine().start(nursery, port)
+    [task] = await run_tasks(tmp_path, port, [{"name": "a", "max_tokens": 5}], during, metrics_s=0, retries=1,
+                             backoff_s=0.01)
+    assert (task.exit, task.tokens_out) == ("done", 5)
