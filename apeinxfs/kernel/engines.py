@@ -108,7 +108,10 @@ class EngineWatch:
                              f"{outage.reason}", f"waited engine_wait_s={self.models[task.model].engine_wait_s:g}")
 
     def _count_engine_stalls(self) -> None:
-        self.engines.clock.set(self.now_us, self.engines.waiting() > 0)
+        """Keep the stall clock; nothing to do (at every event) while no task is or was stalled."""
+        book = self.engines
+        if book.stalled or book.clock.stalled:
+            book.clock.set(self.now_us, book.waiting() > 0)
 
     def _apply_interrupted(self, event: ev.Interrupted) -> None:
         task = self.tasks.get(event.pid)
