@@ -20,10 +20,11 @@ SECTIONS = {
     "daemon": {"node", "max_waiters", "max_waiters_per_uid", "state_dir"},
     "kv": {"page_mib"},
     "scheduler": {"policy", "input_cost", "output_cost", "preempt_gap", "slice_tokens", "min_run_tokens", "kv_preempt_limit", "deadline_boost_s",
-                  "pressure_cost"},
+                  "pressure_cost", "kv_watermark"},
     "gpus": {"simulated", "memory_mib", "kv_mib", "kv_fraction", "slots"},
     "access": {"admin_uids", "admin_gids", "unmapped"},
     "billing": {"period"},
+    "retention": {"trace_bytes", "trace_file_bytes"},
 }
 LISTS = ("models", "tenants")
 
@@ -31,6 +32,14 @@ LISTS = ("models", "tenants")
 def _positive(_config, attribute, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise Invalid(f"config: daemon.{attribute.name} must be a positive integer, not {value!r}")
+
+
+@attrs.frozen
+class Retention:
+    """What the daemon keeps, `[retention]`: the trace archive's files (archive.py) by size, in bytes."""
+
+    trace_file_bytes: int = attrs.field(default=64 << 20, validator=attrs.validators.gt(0))
+    trace_bytes: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # all files together; 0: no limit
 
 
 @attrs.frozen
@@ -42,6 +51,7 @@ class Config:
     max_waiters: int
     max_waiters_per_uid: int = attrs.field(validator=_positive)
     gpu_source: str
+    retention: Retention = Retention()
 
 
 def default_state_dir() -> str:
@@ -96,11 +106,12 @@ def build(raw: dict, state_dir: str | None, use_nvml: bool) -> Config:
                               access=AccessConfig(**raw["access"], owner_uid=os.getuid()),
                               billing_period_s=parse_seconds(period, "billing.period") if isinstance(period, str)
                               else period, utc_offset_s=time.localtime().tm_gmtoff)
-    except TypeError as exc:
+        retention = Retention(**raw.get("retention", {}))
+    except (TypeError, ValueError) as exc:
         raise Invalid(f"config: {exc}") from None
     return Config(kernel=kernel, state_dir=state_dir or daemon.get("state_dir") or default_state_dir(),
                   max_waiters=daemon["max_waiters"],
-                  max_waiters_per_uid=daemon["max_waiters_per_uid"], gpu_source=source)
+                  max_waiters_per_uid=daemon["max_waiters_per_uid"], gpu_source=source, retention=retention)
 
 
 def _gpus(section: dict, use_nvml: bool) -> tuple[list[GpuConfig], str]:

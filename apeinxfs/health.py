@@ -6,7 +6,8 @@ of the commit that needed it happened, and the daemon goes degraded instead of d
 the drivers get no batches, so running tasks pause where the kernel has them and no token
 is made that could not be journaled. The kernel applies a `JournalFailed` event then,
 which writes the `degraded` trace line; that event is journaled, at the time it was
-applied and with the trace it emitted, in the first transaction that works again,
+applied and with the trace it emitted, in the first transaction that works again, after
+the engine steps applied before it and still waiting (runtime.py `progress`) and
 together with the `JournalRecovered` that ends the episode: nothing was journaled in
 between, so a replay emits the same lines with the same seqs. A daemon that stops while
 degraded never journals the episode (there was nothing else to keep from it).

@@ -4,6 +4,9 @@ A row is committed before the write(2) that caused it returns, so every acknowle
 write survives kill -9 (a journal opened with `rows_per_commit` > 1, as `apeinxfs sim`
 does, commits that many rows at a time instead, and all at close). Rows are (seq,
 time_us, kind, body); replaying them in seq order through the kernel rebuilds all state.
+Engine steps already applied can be `defer`red: they wait in memory and go, as one
+`steps` row (kernel/events.py), at the head of the next append, or of a `flush` (runtime.py
+says when); a crash loses them, and only them.
 
 Beside them it keeps what `apeinxfs replay --verify` (verify.py) checks a replay
 against: a `boot` row per daemon start (the kernel config, JSON) and, per applied journal
@@ -30,7 +33,7 @@ import zlib
 import attrs
 
 from .kernel.errors import Degraded
-from .kernel.events import from_row, to_row
+from .kernel.events import Step, stamped_of_row, steps_to_row, to_row
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -97,6 +100,13 @@ class Emitted:
     def __exit__(self, *exc) -> None:
         self.text = self.trace.buffer[self._start:].decode()
 
+    @classmethod
+    def joined(cls, row: tuple, parts: list["Emitted"]) -> "Emitted":
+        """What `parts` captured, one after the other, as the trace of journal row `row`."""
+        emitted = cls(None, row)
+        emitted.text = "".join(part.text for part in parts)
+        return emitted
+
 
 class Journal:
     """An open journal file; one writer (the daemon) at a time, or read-only readers."""
@@ -116,6 +126,8 @@ class Journal:
         self._uncommitted: list[tuple] = []
         self._appended: list[tuple] = []
         self._pending: list[Emitted] = []
+        self._deferred: list[tuple[int, object]] = []  # (time_us, Step) applied, not yet in a row
+        self._deferred_trace: list[Emitted] = []  # what each of them emitted
 
     def boot(self, kernel_config) -> None:
         """Record a daemon start with `kernel_config`; trace rows are kept from now on."""
@@ -124,16 +136,35 @@ class Journal:
         self._booted = True
 
     def append(self, stamped: list[tuple[int, object]]) -> range:
-        """Journal (time_us, event) pairs, committed in one transaction (or rows_per_commit); their seqs."""
-        seqs = range(self.last_seq + 1, self.last_seq + 1 + len(stamped))
-        rows = [(seq, t) + to_row(e) for seq, (t, e) in zip(seqs, stamped)]
+        """Journal (time_us, event) pairs after the deferred steps, committed in one transaction (or
+        rows_per_commit); their seqs. A Step is a steps row of its own."""
+        groups = ([self._deferred] if self._deferred else []) + [[pair] for pair in stamped]
+        rows = [(seq,) + encoded(group) for seq, group in enumerate(groups, self.last_seq + 1)]
         if len(self._uncommitted) + len(rows) >= self.rows_per_commit:
             self._commit(self._uncommitted + rows, FLUSH_ROWS)  # raises Degraded: nothing was journaled
             self._uncommitted = []
         else:
             self._uncommitted += rows
-        self.last_seq, self._appended = seqs.stop - 1, rows
-        return seqs
+        self.last_seq, self._appended = self.last_seq + len(rows), rows
+        if self._deferred:
+            self._keep(Emitted.joined(rows[0], self._deferred_trace))
+            self._deferred, self._deferred_trace = [], []
+        return range(self.last_seq + 1 - len(stamped), self.last_seq + 1)
+
+    def defer(self, time_us: int, step, emitted: Emitted) -> None:
+        """Keep `step`, applied at `time_us` emitting what `emitted` captured, for the next append."""
+        self._deferred.append((time_us, step))
+        self._deferred_trace.append(emitted)
+
+    @property
+    def deferred_since_us(self) -> int | None:
+        """When the oldest deferred step was applied; None when none waits."""
+        return self._deferred[0][0] if self._deferred else None
+
+    def flush(self) -> None:
+        """Journal the deferred steps now, if any (raises Degraded, keeping them, when that fails)."""
+        if self._deferred:
+            self.append([])
 
     def _commit(self, rows: list[tuple], trace_rows_at_least: int) -> None:
         """One transaction: journal `rows`, and the trace rows pending if there are enough."""
@@ -162,6 +193,9 @@ class Journal:
         """Make what `emitted` captures the trace row of row `seq`, just appended: also an event's
         trace captured when it was applied, before its row could be journaled (health.py)."""
         emitted.row = self._appended[seq - self._appended[0][0]]
+        return self._keep(emitted)
+
+    def _keep(self, emitted: Emitted) -> Emitted:
         if self._booted:
             self._pending.append(emitted)
         return emitted
@@ -176,9 +210,10 @@ class Journal:
         yield from self.db.execute(query, (after, upto))
 
     def replay(self):
-        """Yield (seq, time_us, event) in order."""
+        """Yield (seq, time_us, event) in order: each step of a steps row with that row's seq."""
         for seq, time_us, kind, body in self.rows():
-            yield seq, time_us, from_row(kind, body)
+            for at_us, event in stamped_of_row(time_us, kind, body):
+                yield seq, at_us, event
 
     def boots(self) -> list[Boot]:
         """The recorded daemon starts, oldest first (none in a journal older than the boot table)."""
@@ -206,13 +241,20 @@ class Journal:
         return self.db.execute("SELECT count(*) FROM journal").fetchone()[0] + len(self._uncommitted)
 
     def close(self) -> None:
-        """Commit the rows and trace rows still pending, then close."""
+        """Commit the deferred steps, the rows and the trace rows still pending, then close."""
         try:
+            self.flush()
             if self._uncommitted or self._pending:
                 self._commit(self._uncommitted, 1)
                 self._uncommitted = []
         finally:
             self.db.close()
+
+
+def encoded(group: list[tuple[int, object]]) -> tuple[int, str, str]:
+    """(time_us, kind, body) of one row: steps, or one other event."""
+    time_us, event = group[0]
+    return steps_to_row(group) if type(event) is Step else (time_us,) + to_row(event)
 
 
 NOT_RECORDED = contextlib.nullcontext()  # reusable: entering it does nothing
@@ -233,6 +275,14 @@ class NullJournal:
 
     def recording(self, seq: int, trace) -> contextlib.nullcontext:
         return NOT_RECORDED
+
+    deferred_since_us = None  # nothing waits: a deferred step is dropped at once
+
+    def defer(self, time_us: int, step, emitted) -> None:
+        """Nothing to keep."""
+
+    def flush(self) -> None:
+        """Nothing waits."""
 
     def __len__(self) -> int:
         return self.last_seq

@@ -21,6 +21,7 @@ import trio
 from . import config as config_mod
 from .drivers import nvml
 from .fs import Operations
+from .archive import Archive
 from .journal import Journal
 from .kernel.errors import ApeinxError, Degraded, Invalid
 from .nodes.tree import Tree
@@ -152,7 +153,9 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
     """Boot the kernel from the journal, mount, serve until unmounted or signalled."""
     try:
         lock_state_dir(config.state_dir)
-        runtime = Runtime(config, Journal(os.path.join(config.state_dir, "journal.db")))
+        archive = Archive(os.path.join(config.state_dir, "trace"), config.retention.trace_file_bytes,
+                          config.retention.trace_bytes)
+        runtime = Runtime(config, Journal(os.path.join(config.state_dir, "journal.db")), archive=archive)
         rows = runtime.recover()
         runtime.readings = nvml.open_readings(config.kernel.gpus)
         ops = Operations(Tree(runtime))
@@ -206,6 +209,7 @@ async def _run_mounted(runtime: Runtime, config, ready_fd) -> int:
             runtime.journal.close()
         except Degraded as exc:  # every row is in; only the trace rows of the last few are lost
             log.error("closing the journal: %s", exc.reason)
+        runtime.archive.close()
         if runtime.readings is not None:
             runtime.readings.close()
         log.info("unmounted")

@@ -3,6 +3,11 @@
 Every state change goes through `commit`: check with the kernel (refusals raise), append
 to the journal (durable before return), apply (the journal keeps the trace lines each
 event emits, for `apeinxfs replay --verify`), then wake whoever waits on what changed.
+An engine `Step` is applied at once and journaled later (`progress`): with the next
+commit, at once if it emitted a trace line (a first token, an exit, a dispatch, a
+preemption), or PROGRESS_S after the oldest step waiting, whichever comes first. So a
+crash loses at most PROGRESS_S of tokens and no trace line, and never an acknowledged write.
+After each commit the trace's new lines go to the trace archive (archive.py), when it has one.
 `recover` rebuilds the kernel from the journal at start. A journal write that fails makes
 the daemon degraded rather than dead (health.py): state changes are refused with the
 storage's errno, drivers get no batches, and every PROBE_S it tries to write again. The
@@ -20,16 +25,17 @@ import trio
 from .drivers import enginestate
 from .enginehost import DriverGroups
 from .health import Health
-from .journal import Journal
+from .journal import Emitted, Journal
 from .readers import Readers
 from .kernel import Kernel
 from .kernel.errors import ApeinxError, Degraded
 from .kernel.config import MIB
-from .kernel.events import EngineHealth, GpuMemory, Rejected, Restart, Tick
+from .kernel.events import EngineHealth, GpuMemory, Rejected, Restart, Step, Tick
 
 log = logging.getLogger(__name__)
 GPU_SAMPLE_S = 2.0  # how often real GPUs' free memory is read for placement
 PROBE_S = 1.0  # how often a degraded daemon tries to write its journal again
+PROGRESS_S = 0.1  # the longest an applied engine step waits to be journaled
 
 
 class WallClock:
@@ -70,10 +76,11 @@ class Notifier:
 class Runtime:
     """The kernel inside the daemon."""
 
-    def __init__(self, config, journal: Journal, clock=None):
+    def __init__(self, config, journal: Journal, clock=None, archive=None):
         self.config = config
         self.kernel = Kernel(config.kernel)
-        self.journal = journal
+        self.journal, self.archive = journal, archive
+        self.archive_failing = False  # the last archive write failed (logged once until one works)
         journal.boot(config.kernel)
         self.clock = clock or WallClock()
         self.notifier = Notifier()
@@ -91,6 +98,8 @@ class Runtime:
             self.kernel.apply(event, time_us)
             rows += 1
         self.kernel.take_changed()
+        if self.archive is not None:
+            self.archive.catch_up(self.kernel.trace)
         if rows:
             self.commit([Restart()])
         return rows
@@ -114,8 +123,24 @@ class Runtime:
         for seq, event in zip(seqs, events):
             with self.journal.recording(seq, self.kernel.trace):
                 results.append(self.kernel.apply(event, now))
+        self._archive()
         self._wake(self.kernel.take_changed())
         return results
+
+    def _archive(self) -> None:
+        """Append the trace's new lines to the archive: call it only when every line is of a journaled
+        event (after a commit, not while degraded); a full file is compressed in a thread."""
+        if self.archive is None:
+            return
+        try:
+            if self.archive.append(self.kernel.trace):
+                self.notifier.wake({"archive"})
+        except OSError as exc:  # the lines stay in the trace and go with the next commit that can write them
+            if not self.archive_failing:
+                log.error("trace archive: cannot write %s: %s", self.archive.directory, exc)
+            self.archive_failing = True
+            return
+        self.archive_failing = False
 
     def _wake(self, changed: set) -> None:
         """Wake whoever waits on what changed; a changed pid whose task's tree has ended (or
@@ -154,6 +179,7 @@ class Runtime:
             await trio.sleep(PROBE_S)  # not at once: what just failed would most often fail again
             if self.health.recover(self.kernel, self.journal, self.clock.now_us()):
                 log.warning("recovered: the journal can be written again")
+                self._archive()
                 self._wake_all()
 
     # -- blocking readers ------------------------------------------------------------
@@ -166,10 +192,51 @@ class Runtime:
     # -- what drivers report (through enginehost.ModelHost) -----------------------------
 
     def deliver(self, *events) -> None:
-        """Commit what a driver, the clock or NVML reports. While degraded it is dropped: the kernel
-        is unchanged (no token counted), and the driver makes it again once batches resume."""
+        """Commit what a driver, the clock or NVML reports (engine steps through `progress`). While
+        degraded it is dropped: the kernel is unchanged (no token counted), and the driver makes it
+        again once batches resume."""
         with contextlib.suppress(Degraded):
-            self.commit(list(events))
+            if all(type(event) is Step for event in events):
+                for step in events:
+                    self.progress(step)
+            else:
+                self.commit(list(events))
+
+    def progress(self, step: Step) -> None:
+        """Apply an engine step now and journal it later: at once if it emitted a trace line or the
+        oldest step waiting is PROGRESS_S old, else with the next commit or flush.
+        Raises Degraded, changing nothing, while the journal cannot be written."""
+        self.health.refuse()
+        now = self.clock.now_us()
+        with Emitted(self.kernel.trace) as emitted:
+            self.kernel.apply(step, now)
+        first = self.journal.deferred_since_us is None
+        self.journal.defer(now, step, emitted)
+        if emitted.text or now - self.journal.deferred_since_us >= PROGRESS_S * 1e6:
+            self._flush_progress(now)
+        if self.health.fault is None:
+            self._archive()
+        self._wake(self.kernel.take_changed() | ({"progress"} if first else set()))
+
+    def _flush_progress(self, now_us: int) -> None:
+        """Journal the steps waiting; if that fails, go degraded (they wait for the recovery)."""
+        try:
+            self.journal.flush()
+        except Degraded as error:
+            self._degrade(error, now_us)
+
+    async def _progress_timer(self) -> None:
+        """Journal steps that have waited PROGRESS_S when no commit has taken them along."""
+        while True:
+            since = None if self.health.fault else self.journal.deferred_since_us
+            if since is None:
+                await self.notifier.wait("progress")
+                continue
+            now = self.clock.now_us()
+            if now - since >= PROGRESS_S * 1e6:
+                self._flush_progress(now)
+            else:
+                await trio.sleep((since - now) / 1e6 + PROGRESS_S)
 
     def observe(self, model: str, observation) -> None:
         """Keep the engine's latest metrics for `model`, stamped now (for models of the kernel only)."""
@@ -211,10 +278,23 @@ class Runtime:
             nursery.start_soon(groups.follow)
             nursery.start_soon(self._deadline_timer)
             nursery.start_soon(self._probe_journal)
+            nursery.start_soon(self._progress_timer)
+            if self.archive is not None:
+                nursery.start_soon(self._compress_archive)
             nursery.start_soon(self.readers.watch)
             if self.readings is not None:
                 nursery.start_soon(self._sample_gpu_memory)
             task_status.started()
+
+    async def _compress_archive(self) -> None:
+        """Compress the archive's full files in a thread: at start (a crash may have left some), then
+        whenever one fills."""
+        while True:
+            try:
+                await trio.to_thread.run_sync(self.archive.compress_full)
+            except OSError as exc:  # the lines are still in the .csv; a later try may work
+                log.error("trace archive: cannot compress: %s", exc)
+            await self.notifier.wait("archive")
 
     async def _deadline_timer(self) -> None:
         while True:

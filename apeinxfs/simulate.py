@@ -2,19 +2,20 @@
 
     apeinxfs sim WORKLOAD.csv [--policy P] [--gpus N] [--slots N] [--kv-tokens N]
                  [--page-tokens N] [--step-ms MS] [--until S] [--window S]
-                 [--report table|json] [--trace FILE] [--state-dir DIR]
+                 [--report table|json] [--trace FILE] [--state-dir DIR] [--plot FILE.svg]
 
 This module is the command line only: the workload format is sim/workload.py, the run
-sim/engine.py, the numbers sim/report.py and sim/fairness.py; docs/simulator.md says
-what each option and each number means.
+sim/engine.py, the numbers sim/report.py and sim/fairness.py, the picture sim/plot.py;
+docs/simulator.md says what each option and each number means.
 """
 import argparse
 import json
+import os
 import sys
 
 from .kernel.errors import ApeinxError
 from .kernel.sched import POLICIES
-from .sim import engine, report, workload
+from .sim import engine, plot, report, workload
 from .sim.config import Options
 
 
@@ -36,6 +37,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--report", choices=("table", "json"), default="table", help="output format")
     parser.add_argument("--trace", metavar="FILE", help="write the trace CSV (as /ai/trace/events) to this file")
     parser.add_argument("--state-dir", metavar="DIR", help="keep the journal here (for apeinxfs replay --verify)")
+    parser.add_argument("--plot", metavar="FILE", help="draw each tenant's service share and TTFT over time (SVG)")
     return parser.parse_args(argv)
 
 
@@ -50,12 +52,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         chosen = options(args)
         outcome = engine.simulate(workload.load(args.workload), chosen)
+        result = report.build(outcome)
+        if args.plot:
+            _draw(args.plot, outcome, os.path.basename(args.workload), report.setup_line(result))
     except (ApeinxError, OSError, engine.Stalled) as exc:
         print(f"apeinxfs sim: {exc}", file=sys.stderr)
         return 1
-    result = report.build(outcome)
     print(json.dumps(result, indent=2) if args.report == "json" else report.table(result).rstrip("\n"))
     return 0
+
+
+def _draw(path: str, outcome, title: str, subtitle: str) -> None:
+    with open(path, "w") as file:
+        file.write(plot.render(outcome, title, subtitle))
 
 
 if __name__ == "__main__":

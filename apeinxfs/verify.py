@@ -8,9 +8,13 @@ journal row in order, and compares the trace lines each row emits, and the row's
 what the daemon recorded when it applied that row: exit 0 when all are identical, 1 naming
 the first divergent row, 2 when the journal cannot be verified at all. Rows with no trace
 row (journaled before the journal kept them, not yet written by a live daemon, or lost in
-a crash) are replayed but not compared. It opens the journal read-only, in one snapshot,
-so it runs beside a live daemon. It changes nothing, and it is not the daemon's recovery
-(runtime.py), though it replays the same way.
+a crash) are replayed but not compared. The lines replayed are also compared with the
+trace archive (archive.py, STATE_DIR/trace/) from its first line on: a line changed,
+missing or written twice there diverges too; lines it has beyond the journal (a live
+daemon's) are not compared. A task the journal does not hold is shown from the archive.
+It opens the journal read-only, in one snapshot, so it runs beside a live daemon. It
+changes nothing, and it is not the daemon's recovery (runtime.py), though it replays the
+same way.
 """
 import argparse
 import json
@@ -19,11 +23,12 @@ import sys
 
 import attrs
 
+from . import archive
 from .journal import LAST, Emitted, Journal, row_crc
 from .kernel import Kernel
 from .kernel.config import kernel_config_from_dict
-from .kernel.events import from_row
-from .nodes.replay import show
+from .kernel.events import stamped_of_row
+from .nodes.replay import archived, show, show_archived
 
 NO_LINE = "(no line)"
 
@@ -58,12 +63,15 @@ class Report:
     events: int = 0
     checked: int = 0
     lines: int = 0
+    archived: int = 0
     divergence: Divergence | None = None
 
     def __str__(self) -> str:
         if self.divergence:
             return f"{self.divergence}\n({self.checked} events matched before it)"
         text = f"OK: {self.events} events, {self.lines} trace lines, identical"
+        if self.archived:
+            text += f"; {self.archived} lines of the trace archive identical"
         unchecked = self.events - self.checked
         if unchecked:
             text += (f"; {unchecked} events have no trace row (journaled before the journal kept them, "
@@ -75,11 +83,12 @@ class Report:
 
 
 def apply_row(kernel: Kernel, seq: int, time_us: int, kind: str, body: str) -> list[str]:
-    """Apply one raw journal row; the trace lines it emitted. A row the kernel cannot take diverges."""
+    """Apply one raw journal row (each step of a steps row); the trace lines it emitted. A row the
+    kernel cannot take diverges."""
     try:
-        event = from_row(kind, body)
         with Emitted(kernel.trace) as emitted:
-            kernel.apply(event, time_us)
+            for at_us, event in stamped_of_row(time_us, kind, body):
+                kernel.apply(event, at_us)
     except Exception as exc:  # a bad row can fail anywhere: in JSON, a record's validator, the kernel
         raise Diverged(Divergence(seq, kind, time_us, "a row the kernel applies",
                                   f"{type(exc).__name__}: {exc}")) from None
@@ -114,18 +123,48 @@ def boot_kernel(journal: Journal, config: dict, after: int) -> Kernel:
 # -- verifying ---------------------------------------------------------------------------------
 
 
-def verify(journal: Journal) -> Report:
-    """Replay every row under its boot's config and compare each row's trace with the recorded one."""
+def verify(journal: Journal, archive_dir: str | None = None) -> Report:
+    """Replay every row under its boot's config and compare each row's trace with the recorded one,
+    and with the archive in `archive_dir` if given."""
     boots = recorded_boots(journal)
     report, kernel, config = Report(events=boots[0].after_row), None, None
+    archived_lines = ArchiveCheck(archive_dir)
     try:
         for boot in boots:
             if boot.config != config:
                 kernel, config = boot_kernel(journal, boot.config, boot.after_row), boot.config
-            check_boot(kernel, journal, boot, report)
+            check_boot(kernel, journal, boot, report, archived_lines)
     except Diverged as diverged:
         report.divergence = diverged.args[0]
+    report.archived = archived_lines.compared
     return report
+
+
+class ArchiveCheck:
+    """The trace archive's lines, compared in order with the lines the replay emits."""
+
+    def __init__(self, directory: str | None):
+        self._lines = archive.lines(directory) if directory else iter(())
+        self.compared = 0
+        self._next = self._take()
+
+    def _take(self) -> tuple[int, str] | None:
+        """(seq, line) of the next archived line; None past the last."""
+        line = next(self._lines, None)
+        return None if line is None else (int(line.split(b",", 1)[0]), line.decode().rstrip("\n"))
+
+    def check(self, seq: int, kind: str, time_us: int, lines: list[str]) -> None:
+        """Compare journal row `seq`'s replayed `lines` with the archive's; lines before its first are not."""
+        for line in lines:
+            if self._next is None:
+                return
+            line_seq = int(line.split(",", 1)[0])
+            if not self.compared and line_seq < self._next[0]:  # older files were dropped (retention)
+                continue
+            if (line_seq, line) != self._next:
+                raise Diverged(Divergence(seq, kind, time_us, f"{self._next[1]} (in the trace archive)", line))
+            self.compared += 1
+            self._next = self._take()
 
 
 def recorded_boots(journal: Journal) -> list:
@@ -135,8 +174,8 @@ def recorded_boots(journal: Journal) -> list:
     return boots
 
 
-def check_boot(kernel: Kernel, journal: Journal, boot, report: Report) -> None:
-    """Replay one boot's rows; compare each up to `boot.traced_to` with its trace row."""
+def check_boot(kernel: Kernel, journal: Journal, boot, report: Report, archived_lines: ArchiveCheck) -> None:
+    """Replay one boot's rows; compare each up to `boot.traced_to` with its trace row, all with the archive."""
     traces = journal.traces(boot.after_row, boot.traced_to)
     for seq, time_us, kind, body, lines in replayed(kernel, journal, boot.after_row, boot.upto):
         report.events += 1
@@ -145,6 +184,7 @@ def check_boot(kernel: Kernel, journal: Journal, boot, report: Report) -> None:
                 raise Diverged(Divergence(seq, kind, time_us, *difference))
             report.checked += 1
             report.lines += len(lines)
+        archived_lines.check(seq, kind, time_us, lines)
     if (left := next(traces, None)) is not None:  # traced rows that the journal no longer has
         raise missing(left[0])
 
@@ -185,14 +225,17 @@ def rebuilt(journal: Journal) -> Kernel:
         raise CannotReplay(str(diverged.args[0])) from None
 
 
-def timeline(journal: Journal, pid: int | None) -> str:
-    """The whole rebuilt trace, or task `pid`'s timeline as /replay/PID shows it."""
+def timeline(journal: Journal, pid: int | None, archive_dir: str) -> str:
+    """The whole rebuilt trace, or task `pid`'s timeline as /replay/PID shows it (from the archive
+    for a task the journal no longer holds)."""
     kernel = rebuilt(journal)
     if pid is None:
         return kernel.trace.buffer.decode()
-    if pid not in kernel.tasks:
-        raise CannotReplay(f"no task {pid} in the journal")
-    return show(kernel, kernel.tasks[pid])
+    if pid in kernel.tasks:
+        return show(kernel, kernel.tasks[pid])
+    if (task := archived(pid, archive.task_lines(archive_dir, pid))) is not None:
+        return show_archived(task)
+    raise CannotReplay(f"no task {pid} in the journal or the trace archive")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -214,12 +257,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    journal = open_journal(args.state_dir)
+    journal, archive_dir = open_journal(args.state_dir), os.path.join(args.state_dir, "trace")
     try:
         if not args.verify:
-            sys.stdout.write(timeline(journal, args.pid))
+            sys.stdout.write(timeline(journal, args.pid, archive_dir))
             return 0
-        report = verify(journal)
+        report = verify(journal, archive_dir)
     finally:
         journal.close()
     print(json.dumps({"ok": report.divergence is None, **attrs.asdict(report)}) if args.json else report)

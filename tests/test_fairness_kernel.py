@@ -95,7 +95,7 @@ def test_a_returning_tenant_is_lifted_and_the_trace_says_so():
 
 def test_fair_preempts_the_tenant_holding_more_than_its_share():
     """Tenant a holds both slots; b arrives; after a's hysteresis one of a's tasks is preempted for b."""
-    k = kernel(slots=2, min_run=2)
+    k = kernel(slots=2, min_run=2, slice_tokens=4)  # the share rule needs a a slice (4) ahead
     first, second = submit(k, "a", tokens=100), submit(k, "a", tokens=100)
     late = submit(k, "b", tokens=100)
     assert k.tasks[late].state is State.QUEUED

@@ -79,6 +79,9 @@ def alter(tmp_path, sql: str, *args) -> None:
         assert db.execute(sql, args).rowcount == 1
 
 
+ALTER_STEP_TEXT = "UPDATE journal SET body = replace(body, ',\"', ',\"X') WHERE seq = ?"  # each text of a steps row
+
+
 def row_of(tmp_path, kind: str, contains: str) -> int:
     with sqlite3.connect(tmp_path / "state" / "journal.db") as db:
         query = "SELECT min(seq) FROM journal WHERE kind = ? AND instr(body, ?) > 0"
@@ -136,8 +139,8 @@ def test_sim_run_verifies_and_an_altered_step_is_named(tmp_path, capsys):
     capsys.readouterr()
     report = run_verify(tmp_path)
     assert report.divergence is None and report.checked == report.events == journal_rows(tmp_path) > 100
-    row = row_of(tmp_path, "step", '"text":"')
-    alter(tmp_path, "UPDATE journal SET body = replace(body, '\"text\":\"', '\"text\":\"X') WHERE seq = ?", row)
+    row = row_of(tmp_path, "steps", ',"')
+    alter(tmp_path, ALTER_STEP_TEXT, row)
     assert run_verify(tmp_path).divergence.seq == row
 
 
@@ -204,11 +207,11 @@ def test_altered_submit_is_named_with_both_lines(tmp_path, journaled):
 
 def test_altered_step_text_is_named(tmp_path, journaled, capsys):
     """A step whose chunk text was edited (no trace line changes) diverges at its row by its CRC; exit 1."""
-    row = row_of(tmp_path, "step", '"text":"')
-    alter(tmp_path, "UPDATE journal SET body = replace(body, '\"text\":\"', '\"text\":\"X') WHERE seq = ?", row)
+    row = row_of(tmp_path, "steps", ',"')
+    alter(tmp_path, ALTER_STEP_TEXT, row)
     assert verify.main(["--verify", state_dir(tmp_path)]) == 1
     out = capsys.readouterr().out
-    assert out.startswith(f"DIVERGED at journal row {row} (step, time_us ") and "altered row" in out
+    assert out.startswith(f"DIVERGED at journal row {row} (steps, time_us ") and "altered row" in out
 
 
 def test_deleted_row_is_named(tmp_path, journaled):

@@ -98,6 +98,11 @@ class GpuConfig:
     simulated: bool = True
 
 
+def _fraction(_inst, attribute, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+        raise Invalid(f"{attribute.name} must be a number from 0 up to (not including) 1, not {value!r}")
+
+
 @attrs.frozen
 class SchedConfig:
     """Scheduler knobs: policy, token costs, preemption threshold and hysteresis."""
@@ -111,6 +116,7 @@ class SchedConfig:
     kv_preempt_limit: int = attrs.field(default=3, validator=_non_negative)
     deadline_boost_s: float = attrs.field(default=5.0, validator=_non_negative)
     pressure_cost: float = attrs.field(default=1.0, validator=_non_negative)
+    kv_watermark: float = attrs.field(default=0.05, validator=_fraction)
 
 
 ROLES = ("user", "viewer", "none")

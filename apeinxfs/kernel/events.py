@@ -1,8 +1,10 @@
 """The kernel's inputs: every state change is one of these records, applied in order.
 
-Each record is journaled before it is applied (see journal.py), so replaying the journal
-rebuilds the same state and the same trace. `to_row`/`from_row` are the journal's
-encoding: a kind name and a JSON body.
+Each record is journaled (see journal.py; engine steps in a batch at most PROGRESS_S
+after they were applied, runtime.py), so replaying the journal rebuilds the same state and
+the same trace. `to_row`/`from_row` are the journal's encoding: a kind name and a JSON
+body; `steps_to_row`/`stamped_of_row` that of a `steps` row, several steps with their
+times in one compact row.
 """
 import json
 
@@ -196,6 +198,38 @@ _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), default=str)  # json.dum
 def to_row(event) -> tuple[str, str]:
     """(kind, JSON body) for the journal; decimals (a model's prices) as their exact text."""
     return type(event).__name__.lower(), _COMPACT_JSON.encode(attrs.asdict(event))
+
+
+_STEPS_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+CHUNK_DEFAULTS = (None, None, 1, 0, 0)  # a chunk's fields in a steps row: pid, text, tokens, prefill, final
+
+
+def steps_to_row(stamped: list[tuple[int, Step]]) -> tuple[int, str, str]:
+    """(time_us, "steps", body): engine steps in one row, at the first one's time. The body is
+    [[µs after it, gpu, [[pid, text, tokens, prefill, final], ...]], ...], each chunk without the
+    trailing fields that have their usual value (1 token, no prefill, not final)."""
+    first = stamped[0][0]
+    body = [[time_us - first, step.gpu, [_chunk_fields(chunk) for chunk in step.chunks]] for time_us, step in stamped]
+    return first, "steps", _STEPS_JSON.encode(body)
+
+
+def _chunk_fields(chunk: Chunk) -> list:
+    fields = [chunk.pid, chunk.text, chunk.tokens, chunk.prefill, int(chunk.final)]
+    while len(fields) > 2 and fields[-1] == CHUNK_DEFAULTS[len(fields) - 1]:
+        fields.pop()
+    return fields
+
+
+def stamped_of_row(time_us: int, kind: str, body: str) -> list[tuple[int, object]]:
+    """The (time_us, event) pairs a journal row holds: one, or a steps row's steps."""
+    if kind != "steps":
+        return [(time_us, from_row(kind, body))]
+    return [(time_us + after, Step(gpu=gpu, chunks=[_chunk(*fields) for fields in chunks]))
+            for after, gpu, chunks in json.loads(body)]
+
+
+def _chunk(pid: int, text: str, tokens: int = 1, prefill: int = 0, final: int = 0) -> Chunk:
+    return Chunk(pid=pid, text=text, tokens=tokens, prefill=prefill, final=bool(final))
 
 
 def from_row(kind: str, body: str):

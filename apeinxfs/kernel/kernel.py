@@ -78,6 +78,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin, EngineWatch):
         self.gpus = [Gpu(g, pool) for g, pool in zip(config.gpus, self.kv.pools)]
         self._open_gpus = {g.index for g in config.gpus}  # those with a free batch slot
         self._preemptible: dict[int, Task] = {}  # running tasks past min_run_tokens: fair preemption's candidates
+        self._fair_preempt_step = -1  # counters.steps at the last fair preemption: one per step at most
         self.tasks: dict[int, Task] = {}
         self.accounts = Accounts({t.name: t.weight for t in config.tenants})
         self.runq = self._make_queue(config.sched.policy)
@@ -424,10 +425,14 @@ class Kernel(Reclaim, Tenancy, ModelAdmin, EngineWatch):
                         f"vruntime={task.vruntime} queued={len(runq)}", index, plain=True)  # _emit, without the call
 
     def _charge(self, task: Task, gpu: Gpu, chunk: ev.Chunk) -> None:
-        """VTC cost of what was served: input and output tokens apart, output dearer under KV pressure."""
+        """VTC cost of what was served: input and output tokens apart, output dearer under KV pressure.
+
+        Only the prompt's prefill is charged: a prefill after the task's first token recomputes
+        a context dropped by a preemption the task did not ask for, and was paid for once."""
         sched = self.config.sched
         pressure = 1 + sched.pressure_cost * task.kv_pages / max(1, gpu.pool.pages_total)
-        self.accounts.charge(task, sched.input_cost * chunk.prefill + sched.output_cost * chunk.tokens * pressure)
+        prefill = chunk.prefill if task.tokens_out == chunk.tokens else 0  # nothing generated before this chunk
+        self.accounts.charge(task, sched.input_cost * prefill + sched.output_cost * chunk.tokens * pressure)
         task.vruntime += vruntime_delta(chunk.tokens, task.weight)
         self._count_run(task, chunk.tokens)
 

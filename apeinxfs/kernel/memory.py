@@ -103,6 +103,7 @@ class KVManager:
         self.holders: dict[int, object] = {}  # pid -> the task, for tasks holding pages (their kv_* fields)
         self.on_evict = on_evict
         self.per_page = {m.name: config.page_bytes // m.token_bytes for m in config.models}  # tokens per page
+        self.watermark = config.sched.kv_watermark  # the part of a busy pool a new task must leave free
 
     def add_model(self, model) -> None:
         """A model added at runtime (/ctl/models): its shape, and its tokens per page."""
@@ -128,16 +129,17 @@ class KVManager:
         blocks = cacheable_blocks(prompt_tokens, self.per_page[model.name])
         return self._pages(model, prompt_tokens + max_tokens, blocks)
 
-    def _demand(self, task) -> tuple[tuple, int, int]:
-        """What the task needs on any GPU: its prompt's block chain, private pages beside it, and
-        the most pages it may ever hold (its prompt plus all it may generate). That last one is
-        worked out only where pools differ in size: admission refused any task that fits in none,
-        so when they are all alike every task fits in each (0 then stands for "fits")."""
+    def _demand(self, task) -> tuple[tuple, int, int, bool]:
+        """What the task needs on any GPU: its prompt's block chain, private pages beside it, the
+        most pages it may ever hold (its prompt plus all it may generate), and whether it is new
+        (nothing generated yet: it must leave the watermark free). The most pages is worked out
+        only where pools differ in size: admission refused any task that fits in none, so when
+        they are all alike every task fits in each (0 then stands for "fits")."""
         model, per_page = self.models[task.model], self.per_page[task.model]
         full_blocks = task.tokens_in > per_page  # cacheable_blocks(task.tokens_in) > 0, without the call
         chain = prompt_chain(task.model, per_page, task.spec.prompt) if full_blocks else ()
         worst = self._worst(model, task.tokens_in, task.spec.max_tokens) if self._mixed_pools else 0
-        return chain, self._private_need(task, len(chain), model), worst
+        return chain, self._private_need(task, len(chain), model), worst, task.tokens_out == 0
 
     def _private_need(self, task, blocks: int, model) -> int:
         """Private pages for the context and the next token, beside `blocks` shared blocks:
@@ -164,25 +166,39 @@ class KVManager:
             self._attach(task, best, demand)
         return best
 
-    def _fit(self, gpu: int, demand: tuple[tuple, int, int]) -> tuple | None:
-        """place()'s score on `gpu` for a task of `demand`. On a real GPU the room is also capped
-        by the memory NVML last read as free (set_real_free)."""
-        pool, cache, (chain, private, worst) = self.pools[gpu], self.caches[gpu], demand
+    def fits_instead(self, task, victim) -> bool:
+        """Whether `task` would fit on `victim`'s GPU once the victim has left it (its private
+        pages freed, the blocks only it references idle): whether preempting it makes room."""
+        cache = self.caches[victim.kv_gpu]
+        freed = victim.kv_private + sum(cache.refs[key] == 1 for key in victim.kv_blocks)
+        return self._fit(victim.kv_gpu, self._demand(task), freed) is not None
+
+    def _fit(self, gpu: int, demand: tuple[tuple, int, int, bool], freed: int = 0) -> tuple | None:
+        """place()'s score on `gpu` for a task of `demand`, with `freed` more pages free than now.
+        On a real GPU the room is also capped by the memory NVML last read as free (set_real_free).
+        A new task on a GPU where tasks hold pages must leave `watermark` of the pool free for
+        their growth: admitting work the running tasks will push out again is thrash. A resumed
+        task need not: it is owed its place."""
+        pool, cache, (chain, private, worst, new) = self.pools[gpu], self.caches[gpu], demand
         if pool.pages_total < worst:
             return None
         hits, cached, idle = cache.lookup(chain) if chain else NO_BLOCKS
         need = len(chain) - cached + private
-        room = pool.pages_total - pool.pages_used + len(cache.idle) - idle  # pages_free, without a property call
+        room = pool.pages_total - pool.pages_used + len(cache.idle) - idle + freed  # pages_free, without a call
         if self.real_free[gpu] is not None:
             room = min(room, self.real_free[gpu])
-        return (hits, room - need, -gpu) if need <= room else None
+        spare = room - need
+        busy = pool.pages_used > len(cache.idle)  # used pages beyond the idle blocks: tasks hold them
+        if spare < 0 or new and busy and spare < self.watermark * pool.pages_total:
+            return None
+        return hits, spare, -gpu
 
     def attach(self, task, gpu: int) -> int:
         """Give the task its pages on `gpu` (place() said they fit); the prefill tokens still to compute."""
         return self._attach(task, gpu, self._demand(task))
 
-    def _attach(self, task, gpu: int, demand: tuple[tuple, int, int]) -> int:
-        chain, private, _worst = demand
+    def _attach(self, task, gpu: int, demand: tuple[tuple, int, int, bool]) -> int:
+        chain, private, _worst, _new = demand
         hits, cached = self._hold(gpu, chain) if chain else (0, 0)
         pages = len(chain) - cached + private
         if not (self.pools[gpu].alloc(pages) or self._take(gpu, pages, task)):  # most often free: no eviction

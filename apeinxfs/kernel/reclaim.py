@@ -2,7 +2,9 @@
 
 - Fairness (policy `fair`): `_rebalance` preempts one running task that is unfair to the
   queue's head: its tenant holds more than its weighted share of slots while the head's
-  holds less, or its counter is more than preempt_gap slices ahead.
+  holds less and it is a slice ahead, or its counter is more than preempt_gap slices ahead
+  (slices of service to a tenant of the active tenants' mean weight, so only the weights'
+  ratios matter).
 - Memory: when a task cannot grow, memory.py evicts idle prefix blocks; then `_reclaim`
   preempts the kernel's victim by swap or recompute, whichever the model says is cheaper,
   and once preemption thrashes (kv_preempt_limit) the OOM killer ends the largest consumer.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .sched import COUNTER_SCALE
 from .task import Task
 
 if TYPE_CHECKING:
@@ -22,14 +25,18 @@ class Reclaim:
     """Preemption for fairness and for KV memory, and the KV OOM killer."""
 
     def _rebalance(self) -> bool:
-        """fair: preempt one running task that is unfair to the queue's head, if any."""
+        """fair: preempt one running task that is unfair to the queue's head, if any and if the head
+        then fits in its KV."""
         if not self._preemptible:  # none has run min_run_tokens yet
+            return False
+        if self.counters.steps == self._fair_preempt_step:  # the last one's slot is not served yet
             return False
         head = self.runq.peek(self.now_us)
         victim = self._fair_victim(head) if head is not None else None
-        if victim is None:
+        if victim is None or not self.kv.fits_instead(head, victim):  # a slot the head cannot use is no help
             return False
         self.counters.fair_preemptions += 1
+        self._fair_preempt_step = self.counters.steps
         mine, theirs = self.accounts.tenant(head), self.accounts.tenant(victim)
         self._preempt_costed(victim, f"fair: tenant {theirs.name} (counter {theirs.counter:.1f}, {theirs.running} running) "
                               f"is ahead of {mine.name} (counter {mine.counter:.1f}, {mine.running} running) "
@@ -37,21 +44,30 @@ class Reclaim:
         return True
 
     def _fair_victim(self, head: Task) -> Task | None:
-        """A running task of the tenant most over its share, whose counter is past the gap or the head's."""
-        sched, mine, tenants = self.config.sched, self.accounts.tenant(head), self.accounts.tenants
+        """A running task of the tenant most over its share, whose counter is past the gap, or a
+        slice past the head's while the head's tenant is under its share."""
+        mine, tenants = self.accounts.tenant(head), self.accounts.tenants
         slots, total = sum(g.config.slots for g in self.gpus), self.accounts.active_weight
-        gap = sched.preempt_gap * sched.slice_tokens
+        piece = self._slice(total)
+        gap = self.config.sched.preempt_gap * piece
         mine_under = mine.running + 1 <= slots * mine.weight / total
         best, best_key = None, None
         for task in self._preemptible.values():
             if (theirs := tenants[task.tenant]) is mine:
                 continue
             ahead, over = theirs.counter - mine.counter, theirs.running - slots * theirs.weight / total
-            unfair = ahead > gap or (ahead > 0 and over >= 1 and mine_under)
+            unfair = ahead > gap or (ahead > piece and over >= 1 and mine_under)
             key = (over, theirs.counter, -task.context_tokens, task.pid)
             if unfair and (best_key is None or key > best_key):
                 best, best_key = task, key
         return best
+
+    def _slice(self, active_weight: int) -> float:
+        """A slice in counter units: slice_tokens of service to a tenant of the active tenants' mean
+        weight. Weights are ratios (cgroup v2): scaling them all scales every counter step and the
+        slice alike, so 1:2:3:4 preempts as 100:200:300:400 does."""
+        active = len(self.accounts.active_tenants)
+        return self.config.sched.slice_tokens * COUNTER_SCALE * active / active_weight
 
     def _grow_kv(self, task: Task, gpu: Gpu) -> None:
         """A page for the next token: evict idle prefix blocks, else preempt, else the OOM killer."""

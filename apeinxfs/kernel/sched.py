@@ -15,6 +15,8 @@ import heapq
 
 import attrs
 
+from .task import State
+
 NICE_0_WEIGHT = 1024
 VSCALE = 1024
 COUNTER_SCALE = 100
@@ -245,13 +247,17 @@ class FlatQueue:
 class FairQueue:
     """Least counter first: tenant, then agent within it, then task within that.
 
-    An agent's queued tasks are the task itself while it is the only one (most agents: a
-    root task without children), else a LazyHeap of them by vruntime."""
+    A tenant's preempted tasks go before its agents' new work, oldest first: they hold
+    service already paid for (swapped KV, tokens generated), and a tenant that always started
+    new requests instead would spread its share over ever more unfinished ones. An agent's
+    queued tasks are the task itself while it is the only one (most agents: a root task
+    without children), else a LazyHeap of them by vruntime."""
 
     def __init__(self, name: str, accounts: Accounts, boost_us: int | None, preempts: bool):
         self.name, self.accounts, self.boost_us, self.preempts = name, accounts, boost_us, preempts
         self._tenants, self._agents, self._tasks = LazyHeap(), {}, {}  # _tasks: agent -> Task | LazyHeap
         self._deadlines, self._members = LazyHeap(), {}
+        self._resumes: dict[str, LazyHeap] = {}  # tenant -> its preempted tasks, by pid
         self._chosen = None  # the tenant whose task the last peek chose; None: a deadline boost
         self._boost_at = NEVER  # no deadline boost before then (the earliest deadline seen, less boost_us)
 
@@ -260,15 +266,18 @@ class FairQueue:
 
     def push(self, task) -> None:
         self._members[task.pid] = task
-        self._queue_in_agent(task)
         if task.deadline_at_us is not None:
             self._deadlines.set(task.pid, (task.deadline_at_us, task.pid))
             if self.boost_us is not None:
                 self._boost_at = min(self._boost_at, task.deadline_at_us - self.boost_us)
-        agents = self._agents.get(task.tenant)
-        if agents is None:
-            agents = self._agents[task.tenant] = LazyHeap()
-        agents.set(task.agent, (self.accounts.agent(task).counter, task.agent))
+        if task.state is State.PREEMPTED:
+            self._resumes.setdefault(task.tenant, LazyHeap()).set(task.pid, (task.pid,))
+        else:
+            self._queue_in_agent(task)
+            agents = self._agents.get(task.tenant)
+            if agents is None:
+                agents = self._agents[task.tenant] = LazyHeap()
+            agents.set(task.agent, (self.accounts.agent(task).counter, task.agent))
         self.rekey(task)
 
     def _queue_in_agent(self, task) -> None:
@@ -287,11 +296,17 @@ class FairQueue:
         if self._members.pop(task.pid, None) is None:
             return
         self._deadlines.pop(task.pid, None)
-        if self._unqueue_from_agent(task):  # the agent has nothing queued: it leaves its tenant's heap
-            agents = self._agents[task.tenant]
-            agents.pop(task.agent, None)
-            if not agents:
-                self._tenants.pop(task.tenant, None)
+        resumes = self._resumes.get(task.tenant)
+        if resumes and task.pid in resumes:
+            resumes.pop(task.pid)
+        elif self._unqueue_from_agent(task):  # the agent has nothing queued: it leaves its tenant's heap
+            self._agents[task.tenant].pop(task.agent, None)
+        if not self._queued(task.tenant):
+            self._tenants.pop(task.tenant, None)
+
+    def _queued(self, tenant: str) -> bool:
+        """Whether the tenant has a task in the queue: a preempted one or an agent's."""
+        return bool(self._resumes.get(tenant) or self._agents.get(tenant))
 
     def _unqueue_from_agent(self, task) -> bool:
         """Take the task out of its agent's queued tasks; whether none are left."""
@@ -305,12 +320,11 @@ class FairQueue:
 
     def rekey(self, task) -> None:
         """Re-order the task's tenant (and agent) after their counters changed, if they have queued work."""
-        agents = self._agents.get(task.tenant)
-        if not agents:
+        if not self._queued(task.tenant):
             return
         self._tenants.set(task.tenant, (self.accounts.tenant(task).counter, task.tenant))
         if task.agent in self._tasks:
-            agents.set(task.agent, (self.accounts.agent(task).counter, task.agent))
+            self._agents[task.tenant].set(task.agent, (self.accounts.agent(task).counter, task.agent))
 
     def peek(self, now_us: int):
         if now_us >= self._boost_at and (urgent := self._boosted(now_us)) is not None:
@@ -319,6 +333,9 @@ class FairQueue:
         tenant = self._chosen = self._tenants.peek()
         if tenant is None:
             return None
+        resumes = self._resumes.get(tenant)
+        if resumes:
+            return self._members[resumes.peek()]
         tasks = self._tasks[self._agents[tenant].peek()]
         return tasks if type(tasks) is not LazyHeap else self._members[tasks.peek()]
 

@@ -69,6 +69,10 @@ class TraceLog:
         self._tenant_prev.append(self._tenant_last.get(task.tenant, 0))
         self._tenant_last[task.tenant] = seq
 
+    def lines_after(self, seq: int) -> bytes:
+        """The lines after seq `seq`, in order (what the trace archive has not written yet)."""
+        return bytes(self.buffer[self._starts[seq + 1]:]) if seq < self.seq else b""
+
     def of_task(self, task) -> bytes:
         """The task's lines (a header alone if none yet): a few, copied at every read."""
         return HEADER + b"".join(map(self._redactor(task.tenant), self._chain(task.trace_last, self._task_prev)))

@@ -8,7 +8,7 @@ sendfile copy every byte; otherwise every getattr renders afresh (files have no 
 cache, see fs.py), so nothing read is ever stale.
 """
 import stat
-from functools import partial
+from functools import lru_cache, partial
 
 from .. import health
 from ..kernel.errors import NotFound
@@ -24,19 +24,34 @@ ADMIN_READS = stat.S_IFREG | 0o400  # the whole trace, the audit trail, every te
 
 
 class ReplayDir(Dir):
-    """/replay: one timeline file per task."""
+    """/replay: one timeline file per task; one the kernel no longer holds is read from the trace archive."""
 
     def __init__(self, rt):
         super().__init__()
         self.rt = rt
+        self._read_archived = lru_cache(maxsize=256)(self._archived_task)  # a gone task's lines are final
 
     def timeline(self, task) -> Show:
         return Show(show=lambda: replay.show(self.rt.kernel, task), inode=inode_of(task.pid, REPLAY_SLOT), tenant=task.tenant,
                     owner=owner_of(self.rt, task))
 
     def child(self, name):
-        task = self.rt.kernel.tasks.get(int(name)) if name.isascii() and name.isdigit() and len(name) < 16 else None
-        return self.timeline(task) if task else None
+        if not (name.isascii() and name.isdigit() and len(name) < 16):
+            return None
+        task = self.rt.kernel.tasks.get(int(name))
+        return self.timeline(task) if task else self.archived(int(name))
+
+    def archived(self, pid: int) -> Show | None:
+        """The timeline of task `pid`, gone from the kernel, from its archived lines; None if it has none."""
+        task = self._read_archived(pid) if 0 < pid < self.rt.kernel.next_pid else None
+        if task is None:
+            return None
+        return Show(show=lambda: replay.show_archived(task), inode=inode_of(pid, REPLAY_SLOT), tenant=task.tenant,
+                    owner=owner_of(self.rt, task))
+
+    def _archived_task(self, pid: int):
+        archive = self.rt.archive
+        return None if archive is None else replay.archived(pid, archive.of_task(pid))
 
     def entries(self):
         return [(str(pid), self.timeline(task)) for pid, task in self.rt.kernel.tasks.items()]
@@ -130,6 +145,8 @@ class Tree:
         pid, slot = divmod(inode - PID_BASE, SLOTS)
         task = self.rt.kernel.tasks.get(pid)
         if task is None:
+            if slot == REPLAY_SLOT and (archived := self.root.children["replay"].archived(pid)) is not None:
+                return archived
             raise NotFound(f"no task {pid}")
         built, node = self._task_nodes.get(inode, (None, None))
         if built is not task or node.owner != owner_of(self.rt, task):  # a new task, or its tenant's gids changed

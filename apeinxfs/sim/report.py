@@ -121,10 +121,15 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}s"
 
 
+def setup_line(r: dict) -> str:
+    """The simulated node in one line: policy, GPUs, slots, KV pool and step."""
+    return (f"policy {r['policy']}: {r['gpus']} GPU(s) x {r['slots']} slots, KV {r['kv_tokens']} tokens per GPU "
+            f"in pages of {r['page_tokens']}, decode step {r['step_ms']} ms")
+
+
 def _header(r: dict) -> list[str]:
     speed = "-" if r["speed"] is None else f"{r['speed']:.0f}x"
-    return [f"policy {r['policy']}: {r['gpus']} GPU(s) x {r['slots']} slots, KV {r['kv_tokens']} tokens per GPU "
-            f"in pages of {r['page_tokens']}, decode step {r['step_ms']} ms",
+    return [setup_line(r),
             f"simulated {r['sim_seconds']:.1f} s in {r['wall_seconds']:.2f} s of wall time: {speed} "
             f"(simulated seconds per wall second), {r['steps']} engine steps", ""]
 

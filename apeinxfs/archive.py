@@ -1,0 +1,213 @@
+"""The trace archive: every trace line of a journaled event, in rotated files under STATE_DIR/trace/.
+
+The files hold the CSV of /trace/events (each starts with its header): the one being
+written is `events-<FIRST>.csv`, FIRST the seq of its first line (12 digits, so names sort
+in seq order). Past `retention.trace_file_bytes` the next lines start a new file, and the
+full one becomes `events-<FIRST>.csv.gz` (`compress_full`, slow enough to run off the
+trio thread; a crash in it leaves the .csv, compressed again at the next start). Then the
+oldest files go until all of them take at most `retention.trace_bytes` (0: no limit); the
+one being written always stays.
+
+The runtime calls `append(trace)` after each journal commit, with the kernel's trace; only
+lines of journaled events are ever in the trace then (runtime.py), so the archive is never
+ahead of the journal after a crash: at the next start the journal's replay rebuilds the
+same lines with the same seqs, and `append` adds those after the archive's last seq, read
+back from its files, so no line is written twice. It can be ahead only after a power
+cut took the journal's last commits but not the file's (neither is synced): then `catch_up`
+cuts the lines the replay did not rebuild, as far as the file being written has them.
+
+This module writes and reads the files; it does not decide what is in the trace
+(kernel/trace.py) nor when lines are journaled (runtime.py).
+"""
+import gzip
+import logging
+import os
+import re
+import shutil
+
+from .kernel.trace import HEADER
+
+log = logging.getLogger(__name__)
+NAME = re.compile(r"^events-(\d{12})\.csv(\.gz)?$")
+TAIL_BYTES = 1 << 16  # read from the end of the file to find its last line
+
+
+def file_name(first_seq: int, compressed: bool = False) -> str:
+    return f"events-{first_seq:012d}.csv" + (".gz" if compressed else "")
+
+
+class Archive:
+    """STATE_DIR/trace/ for one daemon: `seq` is the last line in it."""
+
+    def __init__(self, directory: str, file_bytes: int, total_bytes: int = 0):
+        self.directory, self.file_bytes, self.total_bytes = directory, file_bytes, total_bytes
+        os.makedirs(directory, exist_ok=True)
+        files = self.files()
+        self.seq = self._last_seq(files[-1]) if files else 0
+        self.first = self.seq + 1  # the first seq of the file being written: a new one, unless
+        if files and not files[-1][1].endswith(".gz") and os.path.getsize(files[-1][1]) < file_bytes:
+            self.first = files[-1][0]  # the newest has room
+        self._file = None
+
+    def files(self) -> list[tuple[int, str]]:
+        return files(self.directory)
+
+    def _last_seq(self, newest: tuple[int, str]) -> int:
+        """The seq of the newest file's last whole line (a line torn by a crash is cut off)."""
+        first, path = newest
+        if path.endswith(".gz"):  # a crash between compressing and starting the next file
+            with gzip.open(path, "rb") as file:
+                return last_seq_in(file.read(), first)
+        with open(path, "r+b") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(0, size - TAIL_BYTES))
+            tail = file.read()
+            if b"\n" not in tail:  # a last line longer than the tail: read it all
+                file.seek(0)
+                tail = file.read()
+            whole = tail[:tail.rfind(b"\n") + 1]
+            if len(whole) < len(tail):
+                file.truncate(size - len(tail) + len(whole))
+        return last_seq_in(whole, first)
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def append(self, trace) -> bool:
+        """Write the lines of `trace` (kernel/trace.TraceLog) after `seq`; True when a file just filled
+        (`compress_full` has work)."""
+        if trace.seq <= self.seq:
+            return False
+        file = self._writing()
+        write_all(file, trace.lines_after(self.seq))
+        self.seq = trace.seq
+        if file.tell() < self.file_bytes:
+            return False
+        file.close()
+        self._file, self.first = None, self.seq + 1
+        return True
+
+    def _writing(self):
+        if self._file is None:
+            path = os.path.join(self.directory, file_name(self.first))
+            self._file = open(path, "ab", buffering=0)
+            if self._file.tell() == 0:
+                self._file.write(HEADER)
+        return self._file
+
+    def catch_up(self, trace) -> None:
+        """At start, after the journal's replay: cut lines the replay did not rebuild, then add the new ones."""
+        if self.seq > trace.seq:
+            log.warning("trace archive ahead of the journal (seq %d > %d): cutting the lines after it",
+                        self.seq, trace.seq)
+            self._cut_after(trace.seq)
+        if self.append(trace):
+            self.compress_full()
+
+    def _cut_after(self, seq: int) -> None:
+        """Drop the lines after `seq` from the file being written (compressed files are left as they are)."""
+        path = os.path.join(self.directory, file_name(self.first))
+        if not os.path.exists(path):  # the lines are in compressed files: they stay
+            return
+        with open(path, "r+b") as file:
+            header, *lines = file.read().splitlines(keepends=True)
+            kept = header + b"".join(line for line in lines if int(line.split(b",", 1)[0]) <= seq)
+            file.seek(0)
+            file.write(kept)
+            file.truncate()
+        self.seq = last_seq_in(kept, self.first)
+
+    def compress_full(self) -> None:
+        """gzip every full file (all .csv but the one being written), then drop the oldest files over
+        `total_bytes`. Safe in a thread beside `append`, which touches only the file being written."""
+        for first, path in self.files():
+            if first != self.first and not path.endswith(".gz"):
+                compress(path)
+            elif path.endswith(".gz") and os.path.exists(path[:-3]):  # a crash before the .csv went
+                os.unlink(path[:-3])
+        self._trim()
+
+    def _trim(self) -> None:
+        if not self.total_bytes:
+            return
+        files = [(path, os.path.getsize(path)) for _, path in self.files()]
+        total = sum(size for _, size in files)
+        for path, size in files[:-1]:
+            if total <= self.total_bytes:
+                break
+            os.unlink(path)
+            total -= size
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def lines(self):
+        return lines(self.directory)
+
+    def of_task(self, pid: int) -> bytes:
+        return task_lines(self.directory, pid)
+
+
+# -- reading, without an Archive (it changes nothing: `apeinxfs replay` reads beside a daemon) ---------
+
+
+def files(directory: str) -> list[tuple[int, str]]:
+    """(first seq, path) of every archive file in `directory`, oldest first; of a .csv and its .gz (a
+    crash between compressing and removing the .csv) only the .gz, which is whole."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    found = dict(sorted((int(m.group(1)), name) for name in names if (m := NAME.match(name))))
+    return [(first, os.path.join(directory, name)) for first, name in found.items()]
+
+
+def lines(directory: str):
+    """Every archived line (bytes, with its newline), oldest first."""
+    for _, path in files(directory):
+        opener = gzip.open if path.endswith(".gz") else open
+        try:
+            with opener(path, "rb") as file:
+                next(file, None)  # the header
+                yield from file
+        except FileNotFoundError:  # trimmed or compressed meanwhile: its lines are gone or in the .gz
+            continue
+
+
+def write_all(file, data: bytes) -> None:
+    """Write `data` to the unbuffered `file`, or none of it: raises OSError (a full disk) after cutting
+    what got written, so that the next try writes the lines whole."""
+    start, view = file.tell(), memoryview(data)
+    try:
+        while view:
+            view = view[file.write(view):]
+    except OSError:
+        file.truncate(start)
+        file.seek(start)
+        raise
+
+
+def last_seq_in(text: bytes, first: int) -> int:
+    """The seq of the last line of a file's `text` (first - 1 if it has only the header)."""
+    lines = text.rstrip(b"\n").rsplit(b"\n", 1)
+    last = lines[-1]
+    return int(last.split(b",", 1)[0]) if last and last[:1].isdigit() else first - 1
+
+
+def compress(path: str) -> None:
+    """`path` -> `path`.gz, atomically: a crash leaves the .csv whole (and maybe a .tmp, redone later)."""
+    target = path + ".gz"
+    if not os.path.exists(target):
+        with open(path, "rb") as source, gzip.open(target + ".tmp", "wb") as sink:
+            shutil.copyfileobj(source, sink, 1 << 20)
+        os.replace(target + ".tmp", target)
+    os.unlink(path)
+
+
+def task_lines(directory: str, pid: int) -> bytes:
+    """Task `pid`'s archived lines, with the header (the header alone if none): a scan of every file."""
+    prefix = re.compile(rb"^\d+,\d+,[^,]*,%d," % pid)
+    return HEADER + b"".join(line for line in lines(directory) if prefix.match(line))
