@@ -1,10 +1,15 @@
-"""Tier 1: engine outages in the kernel (kernel/engines.py): down engines get no dispatch, their
-queued tasks stall up to engine_wait_s, interrupted tasks resume from their text, all replayable."""
+"""Tiers 1-2: engine outages in the kernel (kernel/engines.py): down engines get no dispatch, their
+queued tasks stall up to engine_wait_s, interrupted tasks resume from their text, all replayable;
+and in a Runtime, a model the journal left down is tried again at the next start."""
+import trio
+
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig
-from apeinxfs.kernel.events import Chunk, EngineHealth, Interrupted, Kill, Step, Submit, Tick, from_row, to_row
-from apeinxfs.kernel.spec import TaskSpec
+from apeinxfs.kernel.events import (Chunk, Control, EngineHealth, Interrupted, Kill, Step, Submit, Tick, from_row,
+                                     to_row)
+from apeinxfs.kernel.spec import TaskCommand, TaskSpec
 from apeinxfs.kernel.task import State
+from test_journal_runtime import open_runtime, submit
 
 SECOND = 1_000_000
 
@@ -87,6 +92,30 @@ def test_killed_stalled_task_does_not_expire_or_count():
     assert d.kernel.tasks[pid].exit == "killed"
 
 
+def test_a_prio_change_keeps_a_stalled_task_waiting_from_its_first_stall():
+    """A stalled task whose prio changes stays stalled, with no second `stall` line, and gives up on time."""
+    d = Driven(wait_s=10.0)
+    d.apply(EngineHealth(model="llm", up=False, reason="refused"), 0)
+    pid = d.submit("llm", 0)
+    d.apply(Control(pid=pid, command=TaskCommand("prio", 3), uid=1), 5 * SECOND)
+    assert d.kernel.engines.waiting("llm") == 1 and len(d.kinds("stall")) == 1
+    d.apply(Tick(), 10 * SECOND)
+    assert d.kernel.tasks[pid].exit.startswith("failed: llm's engine down for 10s")
+
+
+def test_a_task_stopped_past_its_wait_stalls_afresh_when_continued():
+    """A stalled task stopped when its wait ends does not fail; continued, it waits engine_wait_s again."""
+    d = Driven(wait_s=10.0)
+    d.apply(EngineHealth(model="llm", up=False, reason="refused"), 0)
+    pid = d.submit("llm", 0)
+    d.apply(Control(pid=pid, command=TaskCommand("stop"), uid=1), SECOND)
+    d.apply(Tick(), 10 * SECOND)
+    d.apply(Control(pid=pid, command=TaskCommand("cont"), uid=1), 12 * SECOND)
+    assert not d.kernel.tasks[pid].done and d.kernel.next_deadline_us() == 22 * SECOND
+    d.apply(Tick(), 22 * SECOND)
+    assert d.kernel.tasks[pid].exit.startswith("failed: llm's engine down for 22s")
+
+
 def test_interrupted_task_resumes_from_its_text():
     """An interrupted task goes back to the queue with its output and is dispatched again to go on."""
     d = Driven()
@@ -146,3 +175,21 @@ def test_replay_through_the_journal_codec_gives_the_same_trace():
         replayed.apply(from_row(*to_row(event)), now_us)
     assert replayed.trace.buffer == d.kernel.trace.buffer
     assert [replayed.tasks[p].exit for p in (a, b, c)] == [d.kernel.tasks[p].exit for p in (a, b, c)]
+
+
+async def test_a_model_left_down_by_the_journal_is_tried_again_at_start(tmp_path, autojump_clock):
+    """A model down when the daemon stopped is up again once its driver starts, and its stalled task runs."""
+    with open_runtime(tmp_path) as rt:
+        rt.commit([EngineHealth(model="sim", up=False, reason="unreachable: refused")])
+        pid = submit(rt)
+        assert rt.kernel.engines.waiting() == 1
+    with open_runtime(tmp_path) as rt:
+        rt.recover()
+        assert "sim" in rt.kernel.engines.down
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rt.run)
+            with trio.fail_after(60):
+                while not rt.kernel.tasks[pid].done:
+                    await rt.wait_for(pid, 1.0)
+            nursery.cancel_scope.cancel()
+        assert rt.kernel.tasks[pid].exit == "done" and not rt.kernel.engines.down

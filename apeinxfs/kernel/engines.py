@@ -83,10 +83,14 @@ class EngineWatch:
             self.runq.push(task)
 
     def _stall(self, task) -> None:
-        """Take the queue's head out of the queue: its model's engine is down."""
+        """Take the queue's head out of the queue: its model's engine is down. A task queued again while
+        it waits (a prio change, a stop and cont) keeps waiting from when it first stalled."""
         book, model = self.engines, self.models[task.model]
         self.runq.remove(task)
-        book.stalled.setdefault(task.model, {})[task.pid] = task
+        waiting = book.stalled.setdefault(task.model, {})
+        if task.pid in book.stall_of:
+            return
+        waiting[task.pid] = task
         book.stalls += 1
         book.stall_of[task.pid] = book.stalls
         heapq.heappush(book.waits, (self.now_us + int(model.engine_wait_s * 1e6), task.pid, book.stalls))
@@ -100,9 +104,11 @@ class EngineWatch:
         while book.waits and book.waits[0][0] <= self.now_us:
             _, pid, number = heapq.heappop(book.waits)
             task = self.tasks[pid]
-            if book.stall_of.get(pid) != number or not task.runnable:
+            if book.stall_of.get(pid) != number:  # released since, maybe stalled again
                 continue
             del book.stall_of[pid], book.stalled[task.model][pid]
+            if not task.runnable:  # killed, or stopped: a `cont` stalls it afresh
+                continue
             outage = book.down[task.model]
             self._exit(task, f"failed: {task.model}'s engine down for {_seconds(self.now_us - outage.since_us)}s: "
                              f"{outage.reason}", f"waited engine_wait_s={self.models[task.model].engine_wait_s:g}")
