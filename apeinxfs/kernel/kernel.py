@@ -5,7 +5,8 @@
 two. Given the same events with the same times, the same state and trace result: no
 clock, randomness or I/O inside. Who runs next is sched.py's; taking slots and pages back
 (fair preemption, KV reclaim, the OOM killer) is reclaim.py's; KV books are memory.py's;
-tenants are tenancy.py's and models added at runtime modeladmin.py's.
+tenants are tenancy.py's, models added at runtime modeladmin.py's and engine outages
+engines.py's.
 """
 import errno
 import heapq
