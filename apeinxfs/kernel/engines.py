@@ -87,10 +87,9 @@ class EngineWatch:
         it waits (a prio change, a stop and cont) keeps waiting from when it first stalled."""
         book, model = self.engines, self.models[task.model]
         self.runq.remove(task)
-        waiting = book.stalled.setdefault(task.model, {})
         if task.pid in book.stall_of:
             return
-        waiting[task.pid] = task
+        book.stalled.setdefault(task.model, {})[task.pid] = task
         book.stalls += 1
         book.stall_of[task.pid] = book.stalls
         heapq.heappush(book.waits, (self.now_us + int(model.engine_wait_s * 1e6), task.pid, book.stalls))
@@ -103,10 +102,11 @@ class EngineWatch:
         book = self.engines
         while book.waits and book.waits[0][0] <= self.now_us:
             _, pid, number = heapq.heappop(book.waits)
-            task = self.tasks[pid]
             if book.stall_of.get(pid) != number:  # released since, maybe stalled again
                 continue
-            del book.stall_of[pid], book.stalled[task.model][pid]
+            del book.stall_of[pid]
+            task = self.tasks[pid]
+            del book.stalled[task.model][pid]
             if not task.runnable:  # killed, or stopped: a `cont` stalls it afresh
                 continue
             outage = book.down[task.model]
