@@ -36,7 +36,7 @@ def test_a_five_second_engine_outage_loses_no_task(llama_server_binary, tiny_mod
     server = LlamaServer(llama_server_binary, tiny_model, tmp_path / "first.log", slots=4).start()
     try:
         with Daemon(tmp_path / "ai", tmp_path / "state",
-                    config_text=openai_daemon_config(server.url, retries=2, backoff_s=0.1)) as daemon:
+                    config_text=openai_daemon_config(server.url)) as daemon:  # default retries, backoff, waits
             pids = [daemon.submit(f'name=t{n} model=tiny max_tokens={TOKENS} prompt="task {n} goes on"')
                     for n in range(TASKS)]
             time.sleep(0.5)
