@@ -25,9 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "scripts" / "build-llama-server"
 
 
-def openai_daemon_config(url: str, **options) -> str:
-    """A daemon TOML: one simulated GPU of 4 slots running the tiny model on the engine at `url`."""
-    return engine_config("openai", shape=TINY_SHAPE, url=url, **options)
+def openai_daemon_config(url: str, model: dict | None = None, **options) -> str:
+    """A daemon TOML: one simulated GPU of 4 slots running the tiny model on the engine at `url`
+    (`model`: more keys of its model table)."""
+    return engine_config("openai", shape={**TINY_SHAPE, **(model or {})}, url=url, **options)
 
 
 def build_llama_server(pytestconfig=None) -> Path:

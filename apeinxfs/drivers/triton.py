@@ -9,8 +9,8 @@ and, unless token_counts is off, `return_num_input_tokens` / `return_num_output_
 `num_output_tokens` the tokens of that response and `num_input_tokens` the prompt's
 count (the first chunk's prefill). Without counts, a response with text is one token.
 A stream that ends cleanly ends the task `done` (TensorRT-LLM's end_id can end it short
-of max_tokens); an `{"error": "..."}` response, an HTTP error or a stream cut short fails
-it. With `stream = false` it POSTs /generate instead and takes the one JSON answer,
+of max_tokens); an `{"error": "..."}` response or an HTTP error fails it, a connection cut
+midway interrupts it (it resumes from its text, as with openai.py). With `stream = false` it POSTs /generate instead and takes the one JSON answer,
 which then needs token_counts. Killing, stopping or preempting a task closes its stream:
 Triton's HTTP frontend cancels a generate request whose client went away.
 

@@ -21,7 +21,7 @@ apeinxfs - an AI kernel whose API is this tree (see apeinxfs(5) for the full pag
   tasks/PID/children  pids of the tasks submitted with parent=PID, one per line
   models/NAME/        status, config, engine (its engine's own KV and queue metrics)
   memory/meminfo      KV cache, /proc/meminfo layout
-  memory/pressure     KV stall time, PSI format
+  memory/pressure     KV and down-engine stall time, PSI format
   trace/events        CSV: seq,time_us,type,pid,tenant,model,gpu,node,detail (admins)
   trace/audit         CSV: seq,time_us,uid,pid,tenant,action,result,detail (admins)
   replay/PID          one task's timeline rebuilt from the trace
