@@ -128,7 +128,8 @@ def _gpus(section: dict, use_nvml: bool) -> tuple[list[GpuConfig], str]:
         gpus = [GpuConfig(index=g.index, name=g.name, memory_mib=g.memory_mib, simulated=False,
                           kv_mib=max(1, int(g.memory_mib * section["kv_fraction"])), slots=section["slots"])
                 for g in found]
-        return gpus, f"{len(gpus)} NVIDIA GPU(s) found through NVML"
+        which = ", ".join(f"{g.index} {g.name} ({g.memory_mib} MiB)" for g in found)
+        return gpus, f"{len(gpus)} NVIDIA GPU(s) found through NVML: {which}"
     gpus = [GpuConfig(index=i, memory_mib=section["memory_mib"], kv_mib=section["kv_mib"], slots=section["slots"])
             for i in range(section["simulated"])]
     return gpus, f"no NVIDIA GPU ({why}): {len(gpus)} simulated GPU(s) from config"

@@ -47,6 +47,9 @@ class ModelHost:
     def report_state(self, model: str, state: str, error: str | None = None) -> None:
         self.rt.report_state(model, state, error)
 
+    def engine_down(self, model: str) -> bool:
+        return model in self.rt.kernel.engines.down
+
 
 def groups_of(models: dict, configured: set) -> dict:
     """{key: {name: ModelConfig}}: the configured models by driver name, each model added live alone."""

@@ -30,7 +30,7 @@ from .readers import Readers
 from .kernel import Kernel
 from .kernel.errors import ApeinxError, Degraded
 from .kernel.config import MIB
-from .kernel.events import GpuMemory, Rejected, Restart, Step, Tick
+from .kernel.events import EngineHealth, GpuMemory, Rejected, Restart, Step, Tick
 from .recovery import rebuild
 
 log = logging.getLogger(__name__)
@@ -257,6 +257,12 @@ class Runtime:
             before = self.engine_states.get(model)
             self.engine_states[model] = enginestate.advance(before, state, error, self.clock.now_us())
             self.observed += self.engine_states[model] != before
+            self._follow_outage(model, enginestate.outage(self.engine_states[model]))
+
+    def _follow_outage(self, model: str, reason: str | None) -> None:
+        """Journal an EngineHealth event when the engine's outage begins or ends as the kernel knows it."""
+        if (reason is not None) != (model in self.kernel.engines.down):
+            self.deliver(EngineHealth(model=model, up=reason is None, reason=reason or ""))
 
     def forget_engines(self) -> None:
         """Drop the observations and states of models that no longer exist."""

@@ -200,7 +200,8 @@ def check_boot(kernel: Kernel, journal: Journal, boot, report: Report, quarantin
             lines = apply_checked(kernel, row, quarantined)
         except RowFailed as failed:
             if traced:
-                raise Diverged(Divergence(seq, kind, time_us, "a row the kernel applies", failed.args[0].reason)) from None
+                reason = failed.args[0].reason
+                raise Diverged(Divergence(seq, kind, time_us, "a row the kernel applies", reason)) from None
             quarantined[seq] = failed.args[0]
             kernel = boot_kernel(journal, boot.config, seq, quarantined)
             continue

@@ -6,6 +6,8 @@ build's own words, where it cannot be built. `LlamaServer` runs one on 127.0.0.1
 metrics and parallel slots, and stops it by pid. Test modules import the fixtures they use.
 Nothing here fakes an engine: for the protocol alone, see the driver's own tests.
 """
+import collections
+import contextlib
 import os
 import socket
 import subprocess
@@ -23,17 +25,30 @@ REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "scripts" / "build-llama-server"
 
 
-def openai_daemon_config(url: str, **options) -> str:
-    """A daemon TOML: one simulated GPU of 4 slots running the tiny model on the engine at `url`."""
-    return engine_config("openai", shape=TINY_SHAPE, url=url, **options)
+def openai_daemon_config(url: str, model: dict | None = None, **options) -> str:
+    """A daemon TOML: one simulated GPU of 4 slots running the tiny model on the engine at `url`
+    (`model`: more keys of its model table)."""
+    return engine_config("openai", shape={**TINY_SHAPE, **(model or {})}, url=url, **options)
 
 
-def build_llama_server() -> Path:
-    """The llama-server binary, built now if this machine has none yet; skips if it cannot be."""
-    done = subprocess.run([BUILD], capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable})
-    if done.returncode != 0:
-        pytest.skip(f"cannot build llama-server here: {done.stderr.strip()[-2000:]}")
-    return Path(done.stdout.strip().splitlines()[-1])
+def build_llama_server(pytestconfig=None) -> Path:
+    """The llama-server binary, built now if this machine has none yet; skips if it cannot be.
+
+    The build's progress (stderr) goes to the terminal as it comes, past pytest's capture
+    when `pytestconfig` is given (as capsys.disabled() does): a first build takes minutes."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager") if pytestconfig else None
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        build = subprocess.Popen([BUILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, "PYTHON": sys.executable})
+        said = collections.deque(maxlen=60)
+        for line in build.stderr:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            said.append(line)
+        path, status = build.stdout.read(), build.wait()
+    if status != 0:
+        pytest.skip(f"cannot build llama-server here: {''.join(said).strip()[-2000:]}")
+    return Path(path.strip().splitlines()[-1])
 
 
 def free_port() -> int:
@@ -112,9 +127,9 @@ class LlamaServer:
 
 
 @pytest.fixture(scope="session")
-def llama_server_binary() -> Path:
-    """llama-server, built once per machine (minutes when the cache is cold)."""
-    return build_llama_server()
+def llama_server_binary(pytestconfig) -> Path:
+    """llama-server, built once per machine (minutes when the cache is cold, with its progress shown)."""
+    return build_llama_server(pytestconfig)
 
 
 @pytest.fixture(scope="session")

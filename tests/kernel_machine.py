@@ -173,6 +173,16 @@ class KernelMachine(RuleBasedStateMachine):
         self.now_us += 100 * MS
         self.commit(ev.JournalRecovered(errno=errno, since_us=since))
 
+    @rule(model=st.sampled_from(("sim", "extra")), up=st.booleans())
+    def engine_health(self, model, up):
+        """A model's engine goes down (its queued tasks stall) or comes back."""
+        self.commit(ev.EngineHealth(model=model, up=up, reason="" if up else "connection refused"))
+
+    @rule(index=st.integers(0, 10**6))
+    def interrupted(self, index):
+        """A task's stream breaks midway: it goes back to the queue with what it has."""
+        self.commit(ev.Interrupted(pid=self.pid(index), reason="stream broke"))
+
     @rule()
     def restart(self):
         """The daemon restarts: the journal so far rebuilds the same trace; running tasks are requeued."""

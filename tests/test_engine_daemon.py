@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.mount, pytest.mark.engine, pytest.mark.slow]
 
 
 def config_for(url: str) -> str:
-    return openai_daemon_config(url, retries=2, backoff_s=0.1)
+    return openai_daemon_config(url, model={"engine_wait_s": 2}, retries=2, backoff_s=0.1)
 
 
 @pytest.fixture
@@ -81,15 +81,17 @@ def test_kill_mid_stream_frees_the_engine_slot(mounted, llama_server):
     assert int(mounted.status(pid)["TokensOut"]) < 4000
 
 
-def test_engine_death_fails_tasks_and_a_restarted_engine_serves(mounted, llama_server, llama_server_binary, tiny_model,
-                                                                tmp_path):
-    """Killing the engine fails the running task and new ones; the daemon serves on; a new engine runs tasks."""
+def test_engine_death_fails_tasks_after_engine_wait_s_and_a_restarted_engine_serves(
+        mounted, llama_server, llama_server_binary, tiny_model, tmp_path):
+    """Killing the engine for good holds the running task and new ones for engine_wait_s (2 s here), then
+    fails them naming the outage; the daemon serves on; a new engine runs tasks."""
     running = mounted.submit("name=doomed model=tiny max_tokens=4000 prompt=\"go on\"")
     poll_until(lambda: int(mounted.status(running)["TokensOut"]) > 0, 20, "tokens flowing")
     llama_server.crash()
-    assert wait_line(mounted, running).startswith(f"failed: engine at {llama_server.url}")
+    assert wait_line(mounted, running).startswith("failed: tiny's engine down for ")
     orphan = mounted.submit("name=orphan model=tiny max_tokens=10")
-    assert wait_line(mounted, orphan).startswith(f"failed: engine at {llama_server.url} unreachable: ")
+    assert wait_line(mounted, orphan).startswith("failed: tiny's engine down for ")
+    assert f"unreachable: {llama_server.url}" in wait_line(mounted, orphan)
     with LlamaServer(llama_server_binary, tiny_model, tmp_path / "again.log", port=llama_server.port):
         again = mounted.submit("name=again model=tiny max_tokens=50 prompt=\"hello\"")
         assert wait_line(mounted, again) == "done" and mounted.status(again)["TokensOut"] == "50"

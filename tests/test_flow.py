@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from apeinxfs.drivers import flow
-from apeinxfs.kernel.events import Chunk, Failed
+from apeinxfs.kernel.events import Chunk, Failed, Interrupted
 from apeinxfs.kernel.task import State
 
 
@@ -88,3 +88,24 @@ async def test_failures_are_delivered_only_while_their_task_runs(autojump_clock)
         await trio.sleep(1)
         nursery.cancel_scope.cancel()
     assert host.events == [Failed(pid=1, reason="engine gone")]
+
+
+async def test_an_interrupted_job_starts_again_when_its_task_is_placed_again_at_once(autojump_clock):
+    """A job that ended with Interrupted is started anew for its task, even when the kernel placed the task back in
+    the same batch before run_jobs looked (a batch that looks unchanged)."""
+    host, started = Recorder(), []
+    task = FakeTask(1)
+
+    def start(nursery, outbox, placed):
+        started.append(placed.pid)
+        if len(started) == 1:
+            outbox.end(placed, Interrupted(pid=placed.pid, reason="stream broke"))
+        return trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flow.run_jobs, host, 0, start)
+        await host.send_batch.send([task])
+        await trio.sleep(1)  # the interruption is delivered; the kernel places the task again at once
+        await host.send_batch.send([task])
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert host.events == [Interrupted(pid=1, reason="stream broke")] and started == [1, 1]

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from apeinxfs.fs import Operations
+from apeinxfs.kernel.sampling import KEYS as SAMPLING_KEYS
 from apeinxfs.nodes.base import Command, Dir, Setting
 from apeinxfs.nodes.tree import Tree
 from daemon import Daemon
@@ -63,6 +64,10 @@ SUBMIT_EXTRA = st.one_of(
     st.builds("{} {} {}".format, WORD, ODD_NUMBERS, ODD_NUMBERS),
     st.builds("name=n max_tokens={} deadline={}".format, ODD_NUMBERS, ODD_NUMBERS),
     st.integers(500, 50_000).map(lambda depth: '{"name": "d", "prompt": ' + "{" * depth + "}" * depth + "}"),
+    st.builds("name=n {}={}".format, st.sampled_from(SAMPLING_KEYS),
+              st.one_of(VALUE, ODD_NUMBERS, st.sampled_from(["1e999", "nan", "-0", "a|", "|", "0.5"]))),
+    st.builds('{{"name": "n", "{}": {}}}'.format, st.sampled_from(SAMPLING_KEYS),
+              st.one_of(HUGE_NUMBER, st.sampled_from(["NaN", "-1e999", "[]", "[1]", "{}", "true", '"x"', "0.5"]))),
 )
 
 
@@ -88,7 +93,7 @@ MODEL_LINE = words(st.sampled_from(["add", "remove"]), st.sampled_from(["fzm", "
     lambda line: not re.search(r"\bsim\b", line.replace("driver=sim", "")))  # never `remove sim`: the tests need it
 RULE_LINE = words(st.sampled_from(["deny", "allow", "limit", "DENY"]),
                   st.builds("{}{}{}".format, st.sampled_from(["tenant", "model", "tokens", "prio", "time", "uid",
-                                                              "max_tokens", "max_prio", "x", ""]),
+                                                              "max_tokens", "max_prio", "max_temperature", "x", ""]),
                             st.sampled_from(["=", "!=", "<", ">=", ""]), st.one_of(VALUE, ODD_NUMBERS)))
 GOOD_SETTING = {"members": b"viewer_uids -\n", "quota": b"tasks max\n", "budget": b"tokens max\n",
                 "sandbox": b"max_tokens max\n"}

@@ -10,6 +10,7 @@ import types
 import pytest
 import trio
 
+from apeinxfs import config as config_mod
 from apeinxfs.drivers import nvml
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig
@@ -47,6 +48,16 @@ def test_discover_without_an_nvidia_driver_says_why():
     if found:
         pytest.skip(f"this machine has an NVIDIA GPU ({why}): scripts/gpu-check covers it")
     assert found == [] and why.startswith("NVML unavailable")
+
+
+def test_discovered_gpus_are_named_in_the_mount_line(tmp_path, monkeypatch):
+    """With NVML, the config's GPU source (the daemon's log line at mount) says which GPUs it found."""
+    found = [nvml.FoundGpu(0, "NVIDIA H100 80GB HBM3", 81559), nvml.FoundGpu(1, "NVIDIA H100 80GB HBM3", 81559)]
+    monkeypatch.setattr(nvml, "discover", lambda: (found, "2 GPU(s)"))
+    config = config_mod.load(None, str(tmp_path), use_nvml=True)
+    assert config.gpu_source == ("2 NVIDIA GPU(s) found through NVML: 0 NVIDIA H100 80GB HBM3 (81559 MiB), "
+                                 "1 NVIDIA H100 80GB HBM3 (81559 MiB)")
+    assert [gpu.name for gpu in config.kernel.gpus] == ["NVIDIA H100 80GB HBM3"] * 2
 
 
 def test_readings_convert_units_and_mark_what_nvml_cannot_read():

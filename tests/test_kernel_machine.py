@@ -2,9 +2,9 @@
 
 The machine (tests/kernel_machine.py) admits and applies submits with and without parents,
 kills, stop/cont/prio, tenant add/set/remove with weights, quotas, budgets and sandboxes,
-policy rules, policies, models, engine steps and failures, journal failures, GPU memory
-readings, deadlines and restarts through the journal codec. bench/soak_kernel.py runs it
-for longer.
+policy rules, policies, models, engine steps, failures, outages and interruptions, journal
+failures, GPU memory readings, deadlines and restarts through the journal codec.
+bench/soak_kernel.py runs it for longer.
 """
 import errno
 

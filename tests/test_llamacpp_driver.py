@@ -27,13 +27,17 @@ class FakeLlama:
     """Tokens are bytes (id = byte + 1, EOS = 0); it generates `script` ids, then the byte 'x' for ever.
 
     `delay` s per token; `busy` counts generations running at once, `most_busy` the highest
-    count seen, `closed` the generations whose generator was closed.
+    count seen, `closed` the generations whose generator was closed; `seeds` and `samplings`
+    what each generation was given.
     """
 
     def __init__(self, script: list[int] = (), delay: float = 0.0, n_ctx: int = 8192):
         self.script, self.delay, self.context_size = list(script), delay, n_ctx
         self.busy = self.most_busy = self.closed = 0
-        self.contexts = []
+        self.contexts, self.seeds, self.samplings = [], [], []
+
+    def set_seed(self, seed: int) -> None:
+        self.seeds.append(seed)
 
     def tokenize(self, text: bytes) -> list[int]:
         return [byte + 1 for byte in text]
@@ -50,8 +54,9 @@ class FakeLlama:
     def token_bos(self) -> int:
         return 256
 
-    def generate(self, tokens: list[int]):
+    def generate(self, tokens: list[int], **sampling):
         self.contexts.append(list(tokens))
+        self.samplings.append(sampling)
         self.busy += 1
         self.most_busy = max(self.most_busy, self.busy)
         try:
@@ -127,6 +132,23 @@ def test_options_need_model_path_and_default_n_ctx_to_the_models_context():
         llamacpp.Options.of(model)
     model.options = {"model_path": "/m.gguf", "seed": 3}
     assert llamacpp.Options.of(model).llama_arguments() == {"model_path": "/m.gguf", "n_ctx": 2048, "seed": 3}
+
+
+def test_n_gpu_layers_needs_a_build_that_offloads(monkeypatch):
+    """n_gpu_layers is refused, saying why, where llama.cpp cannot offload, and passed to Llama where it can;
+    0 needs no GPU, and below -1 is no layer count."""
+    model = type("Model", (), {"name": "m", "context": 64, "options": {"model_path": "/m.gguf", "n_gpu_layers": 99}})
+    monkeypatch.setattr(llamacpp, "gpu_offload_supported", lambda: False)
+    with pytest.raises(Invalid, match="model m: n_gpu_layers 99 needs llama.cpp built with GPU support"):
+        llamacpp.Options.of(model)
+    model.options = {"model_path": "/m.gguf", "n_gpu_layers": 0}
+    assert llamacpp.Options.of(model).n_gpu_layers == 0
+    model.options = {"model_path": "/m.gguf", "n_gpu_layers": -2}
+    with pytest.raises(Invalid, match=r"n_gpu_layers must be an integer, -1 \(all\) or more"):
+        llamacpp.Options.of(model)
+    monkeypatch.setattr(llamacpp, "gpu_offload_supported", lambda: True)
+    model.options = {"model_path": "/m.gguf", "n_gpu_layers": -1}
+    assert llamacpp.Options.of(model).llama_arguments()["n_gpu_layers"] == -1
 
 
 def test_job_resumes_after_the_text_so_far():

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from apeinxfs.drivers import llamacpp
+from apeinxfs.kernel.errors import Invalid
 from daemon import TINY_SHAPE, Daemon, engine_config, poll_until
 from engines import llama_server_binary, tiny_model  # noqa: F401 (fixtures)
 from test_engine_daemon import read_all, wait_line
@@ -70,6 +71,36 @@ def test_stream_prints_llama_cpps_tokens_and_wait_says_done(mounted, llama_cpp, 
     assert wait_line(mounted, pid) == "done"
     assert mounted.status(pid)["TokensOut"] == "2000"
     assert len(reads) > 1 and b"".join(reads).decode() == direct_generation(llama_cpp, tiny_model, prompt, 2000)
+
+
+def test_n_gpu_layers_is_what_this_build_can_do(llama_cpp, tiny_model):  # noqa: F811
+    """With the real libraries: n_gpu_layers is refused with the reason by a build without GPU offload, and a
+    model with it loads by one with (scripts/gpu-check runs a task on it)."""
+    model = type("Model", (), {"name": "tiny", "context": 256,
+                               "options": {"model_path": str(tiny_model), "n_gpu_layers": 99}})
+    if not llama_cpp.llama_supports_gpu_offload():
+        with pytest.raises(Invalid, match="n_gpu_layers 99 needs llama.cpp built with GPU support"):
+            llamacpp.Options.of(model)
+    else:
+        assert llamacpp.open_llama(llamacpp.Options.of(model)).n_ctx() == 256
+
+
+def test_sampling_keys_reach_llama_cpp(mounted):
+    """temperature 0 and seed 7 twice give the same text; seeds 7 and 8 at temperature 1.5 differ; stop=e ends
+    the text before its first e, done short of max_tokens."""
+    def run(line: str) -> tuple[int, str, bytes]:
+        pid = mounted.submit(line)
+        exit_line = wait_line(mounted, pid)
+        with open(mounted.path("tasks", str(pid), "output"), "rb") as output:
+            return pid, exit_line, output.read()
+    same = 'name=d model=tiny max_tokens=64 prompt="the kernel" temperature=0 seed=7'
+    first, second = run(same), run(same)
+    assert first[1:] == second[1:] and first[2]
+    hot = 'name=h model=tiny max_tokens=48 prompt="a small model" temperature=1.5 seed=%d'
+    texts = [run(hot % seed)[2] for seed in (7, 7, 8)]
+    assert texts[0] == texts[1] != texts[2]
+    pid, exit_line, text = run('name=s model=tiny max_tokens=400 prompt="the kernel" temperature=0 stop=e')
+    assert exit_line == "done" and text and b"e" not in text and int(mounted.status(pid)["TokensOut"]) < 400
 
 
 def test_concurrent_tasks_all_complete(mounted):

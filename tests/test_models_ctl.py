@@ -9,7 +9,7 @@ import errno
 
 import trio
 
-from apeinxfs.kernel.events import from_row, to_row
+from apeinxfs.kernel.events import EngineHealth, from_row, to_row
 from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.tree import Tree
 from test_journal_runtime import open_runtime, submit
@@ -142,3 +142,20 @@ async def test_a_model_added_while_running_gets_its_driver(tmp_path, autojump_cl
                     await rt.wait_for(again, 1.0)
             assert rt.kernel.models.keys() == {"sim"} and rt.kernel.tasks[again].exit == "done"
             nursery.cancel_scope.cancel()
+
+
+def test_add_takes_the_outage_options_and_the_tree_shows_stalled_tasks(tmp_path):
+    """`engine_wait_s=` and `resume_limit=` are the model's (config shows them); while its engine is down a task
+    of it is counted as stalled in its status and in memory/pressure; a bad value is EINVAL naming the key."""
+    with open_runtime(tmp_path) as rt:
+        tree = Tree(rt)
+        write(tree, "/ctl/models", OPENAI_ADD.replace(b"retries=0", b"engine_wait_s=2.5 resume_limit=1 retries=0"))
+        config = dict(line.split(" ", 1) for line in text(tree, "/models/llama/config").splitlines())
+        assert (config["engine_wait_s"], config["resume_limit"]) == ("2.5", "1")
+        assert "retries" in rt.kernel.models["llama"].options and "resume_limit" not in rt.kernel.models["llama"].options
+        rt.commit([EngineHealth(model="llama", up=False, reason="unreachable: refused")])
+        submit(rt, "held", model="llama")
+        assert "Stalled:\t1\n" in text(tree, "/models/llama/status")
+        assert text(tree, "/memory/pressure").splitlines()[2].endswith(" stalled=1")
+        bad = refusal(lambda: write(tree, "/ctl/models", b"add other driver=sim resume_limit=-1\n"))
+        assert bad.errno == errno.EINVAL and "resume_limit" in bad.reason

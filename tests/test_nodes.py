@@ -152,11 +152,12 @@ def test_meminfo_values_follow_the_pools(tree):
 
 
 def test_pressure_psi_lines(tree):
-    """pressure is a `some` and a `full` PSI line."""
+    """pressure is a `some` and a `full` PSI line, then an `engine` one with the tasks stalled for a down engine."""
     lines = text(tree, "/memory/pressure").splitlines()
     pattern = r"avg10=\d+\.\d\d avg60=\d+\.\d\d avg300=\d+\.\d\d total=\d+"
-    assert [line.split()[0] for line in lines] == ["some", "full"]
-    assert all(re.fullmatch(r"(some|full) " + pattern, line) for line in lines)
+    assert [line.split()[0] for line in lines] == ["some", "full", "engine"]
+    assert all(re.fullmatch(r"(some|full) " + pattern, line) for line in lines[:2])
+    assert re.fullmatch("engine " + pattern + " stalled=0", lines[2])
 
 
 def test_metrics_exposition(tree):

@@ -82,19 +82,20 @@ def test_endpoint_needs_url_and_resumes_after_the_text_so_far():
 class FakeEngine:
     """A tiny OpenAI-compatible server: streams max_tokens words `delay` s apart.
 
-    `stop_after` N: it ends the text early (finish_reason stop); `cut_after` N: it hangs up;
-    `drop_first` N: it hangs up on the first N requests without answering (`reset`: with a TCP reset).
+    `stop_after` N: it ends the text early (finish_reason stop); `cut_after` N: it hangs up (on the
+    first `cuts` requests; all if None); `drop_first` N: it hangs up on the first N requests without
+    answering (`reset`: with a TCP reset).
     """
 
     def __init__(self, delay: float = 0.0, stop_after: int | None = None, cut_after: int | None = None,
-                 drop_first: int = 0, reset: bool = False):
+                 drop_first: int = 0, reset: bool = False, cuts: int | None = None):
         self.delay, self.stop_after, self.cut_after, self.drop_first = delay, stop_after, cut_after, drop_first
-        self.reset = reset
+        self.reset, self.cuts = reset, cuts
         self.bodies, self.closed_early = [], 0
         self.port = None
 
-    async def start(self, nursery) -> "FakeEngine":
-        listeners = await nursery.start(trio.serve_tcp, self.handle, 0)
+    async def start(self, nursery, port: int = 0) -> "FakeEngine":
+        listeners = await nursery.start(trio.serve_tcp, self.handle, port)
         self.port = listeners[0].socket.getsockname()[1]
         return self
 
@@ -113,8 +114,9 @@ class FakeEngine:
             return
         try:
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
-            produced = await self.words(stream, body["max_tokens"])
-            if self.cut_after is not None:
+            cut = self.cut_after is not None and (self.cuts is None or len(self.bodies) <= self.cuts)
+            produced = await self.words(stream, body["max_tokens"], cut)
+            if cut:
                 return
             finish = "length" if produced == body["max_tokens"] else "stop"
             await send_event(stream, {"choices": [{"text": "", "finish_reason": finish}],
@@ -123,21 +125,22 @@ class FakeEngine:
         except trio.BrokenResourceError:
             self.closed_early += 1
 
-    async def words(self, stream, count: int) -> int:
-        count = min(count, self.stop_after or count, self.cut_after or count)
+    async def words(self, stream, count: int, cut: bool) -> int:
+        count = min(count, self.stop_after or count, self.cut_after if cut else count)
         for index in range(count):
             await send_event(stream, {"choices": [{"text": f" w{index}", "finish_reason": None}]})
             await trio.sleep(self.delay)
         return count
 
 
-def engine_config(port: int, **options) -> str:
-    return daemon.engine_config("openai", url=f"http://127.0.0.1:{port}", **options)
+def engine_config(port: int, model: dict | None = None, **options) -> str:
+    return daemon.engine_config("openai", url=f"http://127.0.0.1:{port}", shape=model, **options)
 
 
-async def run_tasks(tmp_path, port: int, specs: list[dict], during=None, **options) -> list:
-    """Run `specs` through a Runtime with the openai driver on `port`; the tasks once all have ended."""
-    return await runtasks.run_tasks(tmp_path, engine_config(port, **options), specs, during)
+async def run_tasks(tmp_path, port: int, specs: list[dict], during=None, model: dict | None = None, **options) -> list:
+    """Run `specs` through a Runtime with the openai driver on `port` (`model`: keys of the model's table);
+    the tasks once all have ended."""
+    return await runtasks.run_tasks(tmp_path, engine_config(port, model, **options), specs, during)
 
 
 async def test_tasks_stream_from_the_engine_to_done(tmp_path, nursery):
@@ -171,12 +174,20 @@ async def test_engine_resetting_a_connection_before_answering_is_retried(tmp_pat
     assert (task.exit, task.tokens_out, len(engine.bodies)) == ("done", 3, 2)
 
 
-async def test_engine_hanging_up_mid_stream_fails_the_task(tmp_path, nursery):
-    """A stream that ends without a finish_reason fails its task, saying how far it got."""
+async def test_engine_hanging_up_mid_stream_resumes_the_task(tmp_path, nursery):
+    """A stream that ends without a finish_reason is asked again for the rest, after the text so far."""
+    engine = await FakeEngine(cut_after=2, cuts=1).start(nursery)
+    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "prompt": "Go", "max_tokens": 5}])
+    assert (task.exit, task.tokens_out, bytes(task.output)) == ("done", 5, b" w0 w1 w0 w1 w2")
+    assert [(b["prompt"], b["max_tokens"]) for b in engine.bodies] == [("Go", 5), ("Go w0 w1", 3)]
+
+
+async def test_engine_hanging_up_every_stream_fails_the_task_past_resume_limit(tmp_path, nursery):
+    """A task whose every stream breaks fails after resume_limit resumes, saying how far the last got."""
     engine = await FakeEngine(cut_after=2).start(nursery)
-    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 10}])
+    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 10}], model={"resume_limit": 2})
     assert task.exit == f"failed: engine at http://127.0.0.1:{engine.port}: stream ended after 2 tokens without a finish_reason"
-    assert task.tokens_out == 2
+    assert task.tokens_out == 6 and len(engine.bodies) == 3
 
 
 async def test_kill_closes_the_engine_stream(tmp_path, nursery):
@@ -187,8 +198,25 @@ async def test_kill_closes_the_engine_stream(tmp_path, nursery):
     assert task.exit == "killed" and engine.closed_early == 1
 
 
-async def test_unreachable_engine_fails_the_task_after_retries(tmp_path):
-    """With nothing listening, the task fails with the engine's URL and 'unreachable' after its retries."""
+async def test_unreachable_engine_fails_the_task_after_engine_wait_s(tmp_path):
+    """With nothing listening, the task's retries mark the engine down, and the task, held, fails after
+    engine_wait_s naming the engine's URL and 'unreachable'."""
     port = free_port()
-    [task] = await run_tasks(tmp_path, port, [{"name": "a", "max_tokens": 5}], retries=2, backoff_s=0.01)
-    assert task.exit.startswith(f"failed: engine at http://127.0.0.1:{port} unreachable: ")
+    [task] = await run_tasks(tmp_path, port, [{"name": "a", "max_tokens": 5}], model={"engine_wait_s": 0.5},
+                             retries=2, backoff_s=0.01)
+    assert task.exit.startswith("failed: tiny's engine down for ")
+    assert f"unreachable: http://127.0.0.1:{port}" in task.exit
+
+
+async def test_engine_without_metrics_is_probed_while_down_and_its_task_resumes(tmp_path, nursery):
+    """With metrics_s = 0, the engine its task found unreachable is probed until it answers; the held task
+    then runs to done."""
+    port = free_port()
+
+    async def during(rt, pids):
+        while "tiny" not in rt.kernel.engines.down:
+            await rt.wait_for("trace", 1.0)
+        await FakeEngine().start(nursery, port)
+    [task] = await run_tasks(tmp_path, port, [{"name": "a", "max_tokens": 5}], during, metrics_s=0, retries=1,
+                             backoff_s=0.01)
+    assert (task.exit, task.tokens_out) == ("done", 5)

@@ -56,7 +56,7 @@ def test_verify_reports_the_quarantined_row_and_passes(tmp_path, capsys):
 
 
 def test_a_traced_row_that_no_longer_applies_diverges(tmp_path):
-    """A row the daemon applied and traced, edited afterwards into one that raises, is a divergence, not a quarantine."""
+    """A row the daemon applied and traced, edited afterwards into one that raises, diverges: no quarantine."""
     with open_runtime(tmp_path) as rt:
         submit(rt, "a")
         rt.commit([Tick()])

@@ -33,6 +33,9 @@ class Host(Protocol):
     def report_state(self, model: str, state: str, error: str | None = None) -> None:
         """Say what a check of `model`'s engine found: ready, starting, unreachable or failed (enginestate.py)."""
 
+    def engine_down(self, model: str) -> bool:
+        """Whether the kernel holds `model`'s engine down (no task of it is dispatched; kernel/engines.py)."""
+
 
 class Driver(Protocol):
     """One engine's driver, built from the models it serves (`{name: ModelConfig}`)."""

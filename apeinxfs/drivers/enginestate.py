@@ -3,8 +3,10 @@
 Drivers report what each check found (`host.report_state(model, state, error)`): a
 scrape of the engine's metrics, a request's answer, the loading of a model. `advance`
 keeps the state, the last error and since when the state holds (a check that finds the
-same state keeps its `since`). Observed, like engine metrics: never journaled, and the kernel does not
-schedule by it. Not here: which answer means which state (each driver's own).
+same state keeps its `since`). Observed, like engine metrics: never journaled; but when the `outage`
+it means begins or ends, the daemon journals an `EngineHealth` event, and the kernel dispatches
+nothing to a model whose engine is down (kernel/engines.py). Not here: which answer means which
+state (each driver's own).
 
 - ready: the engine answered the last check (a sim model: from its start).
 - starting: no check has answered yet, or the engine says it is loading (HTTP 503).
@@ -32,6 +34,14 @@ def advance(previous: EngineState | None, state: str, error: str | None, now_us:
     if previous is not None and previous.state == state:
         return attrs.evolve(previous, error=error)
     return EngineState(state, now_us, error)
+
+
+def outage(engine: EngineState | None) -> str | None:
+    """Why nothing should be dispatched to the engine now, or None: it is unreachable, or it said it
+    is loading (HTTP 503). `failed` is not an outage: its tasks fail at once with the engine's reason."""
+    if engine is not None and (engine.state == "unreachable" or engine.state == "starting" and engine.error):
+        return f"{engine.state}: {engine.error}"
+    return None
 
 
 def rows(engine: EngineState | None) -> list[tuple[str, str]]:

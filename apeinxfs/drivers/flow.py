@@ -3,7 +3,8 @@
 `run_jobs` follows one GPU's batch for ever: it starts a job for each task the kernel
 places there and cancels the jobs of tasks it takes off (kill, stop, preemption);
 `Outbox` gathers what the jobs of the GPU produce and delivers it as one kernel `Step`
-per round of at least ROUND_S, one merged chunk per task, with failures after; a task's
+per round of at least ROUND_S, one merged chunk per task, with failures and interruptions
+(engines that went away midway: the kernel resumes those tasks) after; a task's
 first token and its final chunk go at once. Used by openai.py (a stream per task),
 triton.py (through openai.py) and llamacpp.py (a generation per task). No engine I/O here.
 """
@@ -11,7 +12,7 @@ import functools
 
 import trio
 
-from ..kernel.events import Chunk, Failed, Step
+from ..kernel.events import Chunk, Failed, Interrupted, Step
 from ..kernel.task import State
 
 ROUND_S = 0.01  # the shortest time between two steps of one GPU's outbox (a fast engine's tokens come 5-20 at a time)
@@ -26,7 +27,7 @@ async def run_jobs(host, gpu: int, start) -> None:
         begin = functools.partial(start, nursery, outbox)
         batch = await host.next_batch(gpu)
         while True:
-            follow(batch, jobs, begin)
+            follow(batch, jobs, begin, outbox.take_interrupted())
             outbox.placed(jobs.keys())
             batch = await host.batch_changed(gpu)
 
@@ -42,12 +43,16 @@ def spawn(nursery, job, *args) -> trio.CancelScope:
     return scope
 
 
-def follow(batch: list, jobs: dict, start) -> None:
+def follow(batch: list, jobs: dict, start, interrupted=()) -> None:
     """Start a job (`start(task)` returns something with `cancel()`) for each task new to the
     batch; cancel the jobs of tasks that left it.
 
-    A job that ended stays listed until its task leaves, so it is never started twice.
+    A job that ended stays listed until its task leaves, so it is never started twice; unless it
+    ended `interrupted` (its Interrupted delivered): the kernel may have placed its task here
+    again at once, and the task resumes in a new job.
     """
+    for pid in interrupted:
+        jobs.pop(pid, None)
     for task in batch:
         if task.pid not in jobs:
             jobs[task.pid] = start(task)
@@ -61,12 +66,13 @@ class Outbox:
     time (each step is a journal commit and a wake-up of every reader). A task's first token since
     it was placed goes at once, with whatever else waits: time to first token is what a reader of
     a new task feels. So does its final chunk (the end of its stream), with what waits: a reader
-    of `wait` or of the stream to its end should not wait a round more. A failure is delivered
-    only if its task still runs by then."""
+    of `wait` or of the stream to its end should not wait a round more. A failure or interruption
+    is delivered only if its task still runs by then."""
 
     def __init__(self, host, gpu: int):
         self.host, self.gpu = host, gpu
         self.chunks, self.failures = [], []
+        self.interrupted: set[int] = set()  # tasks whose Interrupted went out since run_jobs last looked
         self.flowing: set[int] = set()  # tasks whose first token since they were placed went out
         self.ready = trio.Event()
 
@@ -85,8 +91,16 @@ class Outbox:
         self.flowing &= set(pids)
 
     def fail(self, task, reason: str) -> None:
-        self.failures.append((task, Failed(pid=task.pid, reason=reason)))
+        self.end(task, Failed(pid=task.pid, reason=reason))
+
+    def end(self, task, event: Failed | Interrupted) -> None:
+        """Deliver how `task`'s job ended short of its end (Failed, or Interrupted: it resumes later)."""
+        self.failures.append((task, event))
         self.ready.set()
+
+    def take_interrupted(self) -> set[int]:
+        interrupted, self.interrupted = self.interrupted, set()
+        return interrupted
 
     async def deliver_forever(self) -> None:
         while True:
@@ -97,6 +111,8 @@ class Outbox:
             for task, failure in failures:
                 if task.state is State.RUNNING:  # not if killed or preempted meanwhile
                     self.host.deliver(failure)
+                    if isinstance(failure, Interrupted):
+                        self.interrupted.add(task.pid)
             await trio.sleep(ROUND_S)
 
     def _deliver_chunks(self) -> None:

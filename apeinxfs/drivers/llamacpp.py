@@ -23,13 +23,21 @@ whose real token count leaves no room for the tokens owed in n_ctx) fail the tas
 `failed: llama.cpp: ...`; the daemon serves on. Health (enginestate.py): ready while the
 model file is there and its last load (if any) worked; failed, with the error, if not.
 
+A task's sampling keys are llama.cpp's: temperature (as `temp`), top_p, top_k,
+presence_penalty and frequency_penalty go to `Llama.generate`, its seed is set before it
+runs, and its stop strings end the text before them (text that may begin one is held back
+until it cannot).
+
 Options (`[models.options]`): model_path (required, a GGUF file), n_ctx (the model's
 `context`), n_threads (llama.cpp's default), seed (unset or 0: random; give one for
-repeatable text). llama-cpp-python is an optional extra (`pip install
+repeatable text; a task's own seed wins), n_gpu_layers (0: none; -1 or more than the model
+has: all; refused with the reason, when the model is loaded from the configuration or
+added, unless the libraries were built with GPU support:
+`llama_supports_gpu_offload()`). llama-cpp-python is an optional extra (`pip install
 'apeinxfs[llamacpp]'`, installed by scripts/setup without compiling llama.cpp); it loads
 the shared libraries scripts/build-llama-server built, from
-~/.cache/apeinxfs/llama.cpp/VERSION/bin (or $APEINXFS_CACHE/...), unless
-LLAMA_CPP_LIB_PATH names others.
+~/.cache/apeinxfs/llama.cpp/VERSION-cuda/bin if it made a CUDA build there, else
+VERSION/bin (under $APEINXFS_CACHE if set), unless LLAMA_CPP_LIB_PATH names others.
 """
 import codecs
 import contextlib
@@ -47,6 +55,11 @@ from ..kernel.events import Chunk
 from . import flow
 
 
+GENERATE_NAMES = {"temperature": "temp", "top_p": "top_p", "top_k": "top_k",
+                  "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty"}
+RANDOM_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: a random seed for each generation
+
+
 class Unavailable(Exception):
     """llama-cpp-python or its libraries cannot be loaded."""
 
@@ -54,6 +67,11 @@ class Unavailable(Exception):
 def _positive_or_none(_inst, attribute, value) -> None:
     if value is not None and value <= 0:
         raise ValueError(f"{attribute.name} must be positive, not {value}")
+
+
+def _layers(_inst, attribute, value) -> None:
+    if value is not None and (type(value) is not int or value < -1):
+        raise ValueError(f"{attribute.name} must be an integer, -1 (all) or more, not {value!r}")
 
 
 @attrs.frozen
@@ -64,6 +82,7 @@ class Options:
     n_ctx: int = attrs.field(validator=_positive_or_none)
     n_threads: int | None = attrs.field(default=None, validator=_positive_or_none)
     seed: int | None = None
+    n_gpu_layers: int | None = attrs.field(default=None, validator=_layers)
 
     @classmethod
     def of(cls, model) -> "Options":
@@ -71,23 +90,41 @@ class Options:
         if "model_path" not in options:
             raise Invalid(f"model {model.name}: the llamacpp driver needs options.model_path")
         try:
-            return cls(**options)
+            made = cls(**options)
         except (TypeError, ValueError) as exc:
             raise Invalid(f"model {model.name}: llamacpp options: {exc}") from None
+        if made.n_gpu_layers:
+            _check_gpu_offload(model.name, made.n_gpu_layers)
+        return made
 
     def llama_arguments(self) -> dict:
         """Keyword arguments of `llama_cpp.Llama`, leaving unset ones to llama.cpp."""
         return {key: value for key, value in attrs.asdict(self).items() if value is not None}
 
 
+def _check_gpu_offload(model: str, layers: int) -> None:
+    """Refuse n_gpu_layers where llama.cpp cannot offload: it would run on the CPU without a word."""
+    try:
+        supported = gpu_offload_supported()
+    except Unavailable as exc:
+        raise Invalid(f"model {model}: n_gpu_layers {layers}: {exc}") from None
+    if not supported:
+        raise Invalid(f"model {model}: n_gpu_layers {layers} needs llama.cpp built with GPU support, and the "
+                      f"libraries at {os.environ.get('LLAMA_CPP_LIB_PATH')} have none (scripts/build-llama-server "
+                      f"builds them with CUDA where nvcc is)")
+
+
 def library_dir() -> Path:
-    """Where scripts/build-llama-server put llama.cpp's libraries for the installed llama-cpp-python."""
+    """Where scripts/build-llama-server put llama.cpp's libraries for the installed llama-cpp-python:
+    its CUDA build's if there is one, else its CPU build's."""
     cache = Path(os.environ.get("APEINXFS_CACHE") or Path.home() / ".cache" / "apeinxfs")
-    return cache / "llama.cpp" / metadata.version("llama_cpp_python") / "bin"
+    version = metadata.version("llama_cpp_python")
+    cuda = cache / "llama.cpp" / f"{version}-cuda" / "bin"
+    return cuda if cuda.is_dir() else cache / "llama.cpp" / version / "bin"
 
 
-def open_llama(options: Options):
-    """A `llama_cpp.Llama` for `options`, on the cached libraries unless LLAMA_CPP_LIB_PATH is set."""
+def load_llama_cpp():
+    """The llama_cpp module, on the cached libraries unless LLAMA_CPP_LIB_PATH is set."""
     try:
         os.environ.setdefault("LLAMA_CPP_LIB_PATH", str(library_dir()))
         import llama_cpp
@@ -95,7 +132,17 @@ def open_llama(options: Options):
         raise Unavailable(f"cannot load llama-cpp-python ({exc}); install the extra: "
                           f"pip install 'apeinxfs[llamacpp]'; libraries from "
                           f"LLAMA_CPP_LIB_PATH={os.environ.get('LLAMA_CPP_LIB_PATH')}") from None
-    return llama_cpp.Llama(verbose=False, **options.llama_arguments())
+    return llama_cpp
+
+
+def gpu_offload_supported() -> bool:
+    """Whether the loaded llama.cpp can put layers on a GPU (built with CUDA, Metal, Vulkan...)."""
+    return bool(load_llama_cpp().llama_supports_gpu_offload())
+
+
+def open_llama(options: Options):
+    """A `llama_cpp.Llama` for `options`."""
+    return load_llama_cpp().Llama(verbose=False, **options.llama_arguments())
 
 
 @attrs.frozen
@@ -105,11 +152,39 @@ class Job:
     pid: int
     text: bytes  # the prompt and the output so far
     budget: int  # tokens still owed
+    sampling: dict = attrs.field(factory=dict)  # keyword arguments of Llama.generate
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, task) -> "Job":
-        prompt = (task.spec.prompt or task.spec.name).encode()
-        return cls(task.pid, prompt + bytes(task.output), task.spec.max_tokens - task.tokens_out)
+        prompt, fields = (task.spec.prompt or task.spec.name).encode(), task.spec.sampling_fields
+        sampling = {GENERATE_NAMES[key]: value for key, value in fields.items() if key in GENERATE_NAMES}
+        return cls(task.pid, prompt + bytes(task.output), task.spec.max_tokens - task.tokens_out, sampling,
+                   fields.get("seed"), tuple(fields.get("stop", ())))
+
+
+class StopScan:
+    """Generated text in, text to deliver out: what may begin a stop string is held back until it
+    cannot; at a stop string the text ends before it and `hit` is set."""
+
+    def __init__(self, stops: tuple[str, ...] = ()):
+        self.stops, self.held, self.hit = stops, "", False
+
+    def feed(self, text: str) -> str:
+        held = self.held + text
+        found = [at for at in (held.find(stop) for stop in self.stops) if at >= 0]
+        if found:
+            self.hit, self.held = True, ""
+            return held[:min(found)]
+        keep = max((n for stop in self.stops for n in range(1, len(stop)) if held.endswith(stop[:n])), default=0)
+        self.held = held[len(held) - keep:]
+        return held[:len(held) - keep]
+
+    def flush(self) -> str:
+        """What is held back, once the text ends without a stop string."""
+        held, self.held = self.held, ""
+        return held
 
 
 class Pieces:
@@ -119,17 +194,21 @@ class Pieces:
         self.llama, self.job, self.prefill = llama, job, prompt_tokens
         self.tokens, self.ended = 0, False
         self.text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stops = StopScan(job.stop)
 
     @property
     def done(self) -> bool:
         return self.ended or self.tokens >= self.job.budget
 
     def chunk(self, token: int) -> Chunk:
-        self.ended = token == self.llama.token_eos()
-        self.tokens += not self.ended
-        piece = b"" if self.ended else self.llama.detokenize([token])
-        chunk = Chunk(self.job.pid, self.text.decode(piece, final=self.done), int(not self.ended),
-                      prefill=self.prefill, final=self.ended)
+        eos = token == self.llama.token_eos()
+        self.tokens += not eos
+        piece = b"" if eos else self.llama.detokenize([token])
+        text = self.stops.feed(self.text.decode(piece, final=eos or self.tokens >= self.job.budget))
+        self.ended = eos or self.stops.hit
+        if self.done:
+            text += self.stops.flush()
+        chunk = Chunk(self.job.pid, text, int(not eos), prefill=self.prefill, final=self.ended)
         self.prefill = 0
         return chunk
 
@@ -142,7 +221,7 @@ def generate(llama, job: Job, stop: threading.Event, emit) -> None:
         raise ValueError(f"context full: {len(context)} tokens of prompt and {job.budget} to generate "
                          f"exceed n_ctx {llama.n_ctx()}")
     pieces = Pieces(llama, job, len(context))
-    with contextlib.closing(llama.generate(context)) as tokens:
+    with contextlib.closing(llama.generate(context, **job.sampling)) as tokens:
         for token in tokens:
             if stop.is_set():
                 return
@@ -170,6 +249,7 @@ class Engine:
         try:
             if self.llama is None:
                 self.llama = open_llama(self.options)
+            self.llama.set_seed(job.seed if job.seed is not None else self.options.seed or RANDOM_SEED)
             generate(self.llama, job, stop, emit)
         except Exception as exc:  # the engine's failure is the task's, not the daemon's
             return f"llama.cpp: {exc}"

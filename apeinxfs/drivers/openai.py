@@ -10,15 +10,18 @@ frees the slot. A task placed again after preemption resumes: its prompt plus th
 far, for the tokens still owed. Requests go through spares.py (httpx with connections
 opened ahead, straight to the transport); once a stream's first token went out, its reads
 are paced. Connection failures are retried with exponential backoff (a kept-alive or
-spare connection the engine had dropped at once), then the task fails with `engine at URL
-unreachable: ...`; a stream that breaks fails its task. `observe` scrapes the engines'
-/metrics (scrape.py). Requests are health checks too (enginestate.py): an accepted one says
+spare connection the engine had dropped at once), then the engine is reported unreachable
+and the task interrupted (`Interrupted`: the kernel holds it until the engine is back and
+resumes it from its text, kernel/engines.py), as is a task whose stream breaks; a request the
+engine refuses (HTTP 4xx) fails its task. `observe` scrapes the engines' /metrics (scrape.py),
+or, for an engine without metrics_s, probes it while the kernel holds it down. Requests are health checks too (enginestate.py): an accepted one says
 ready; retries spent, unreachable (starting, after HTTP 503); HTTP 404, failed. The HTTP
 side (Connection, OpenAIDriver) is shared with triton.py, which brings its own protocol.
 Options of a model (`[models.options]`): url (required), engine_model (the name sent;
 default the model's), api ("completions" or "chat"), timeout_s (60: the longest silence
 of an engine), retries (3), backoff_s (0.2), metrics_s (1.0: seconds between scrapes of the
-engine's /metrics; 0: none).
+engine's /metrics; 0: none). A task's sampling keys (temperature, top_p, top_k, seed, stop,
+presence_penalty, frequency_penalty) go in its request under their own names.
 """
 import functools
 import logging
@@ -29,7 +32,7 @@ import httpx
 import trio
 
 from ..kernel.errors import Invalid
-from ..kernel.events import Chunk
+from ..kernel.events import Chunk, Failed, Interrupted
 from . import flow, scrape, spares, sse
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per task in the daemon's log
@@ -42,6 +45,7 @@ LIMITS = httpx.Limits(max_connections=None, keepalive_expiry=2.0)
 # the stream, reading) gets the daemon's one thread before the tokens behind it, and later tokens come several per
 # read (the outbox holds them for a round anyway).
 PACE_S = flow.ROUND_S / 2
+PROBE_S = 1.0  # how often an engine without metrics_s is checked while the kernel holds it down
 
 
 class Unreachable(Exception):
@@ -63,6 +67,10 @@ class Broken(Exception):
 
 class NotServed(Broken):
     """The engine answered HTTP 404: it does not serve this model (or this API)."""
+
+
+class StreamBroke(Broken):
+    """The engine accepted the request but its answer stopped midway: the task resumes from its text."""
 
 
 @attrs.frozen
@@ -105,7 +113,7 @@ class Endpoint(Connection):
         """URL and body of the streaming request for what `task` still owes."""
         prompt, so_far = task.spec.prompt or task.spec.name, task.output.decode(errors="replace")
         body = {"model": self.engine_model, "max_tokens": task.spec.max_tokens - task.tokens_out,
-                "stream": True, "stream_options": {"include_usage": True}}
+                "stream": True, "stream_options": {"include_usage": True}, **task.spec.sampling_fields}
         if self.api == "chat":
             said = [{"role": "assistant", "content": so_far}] if so_far else []
             body["messages"] = [{"role": "user", "content": prompt}, *said]
@@ -141,19 +149,23 @@ class OpenAIDriver:
         return flow.spawn(nursery, self._run, client, outbox, task)
 
     async def observe(self, host) -> None:
-        """Scrape each model's engine metrics every `metrics_s` seconds into the host, until cancelled."""
+        """Scrape each model's engine metrics every `metrics_s` seconds into the host (or, without
+        metrics_s, probe it every PROBE_S while the kernel holds it down), until cancelled."""
         async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
             for name, endpoint in self.endpoints.items():
                 if endpoint.metrics_s:
                     nursery.start_soon(scrape.watch, client, name, endpoint.url, endpoint.metrics_s, host)
+                else:
+                    nursery.start_soon(scrape.probe, client, name, endpoint.url, PROBE_S, host)
 
     async def _run(self, client, outbox: flow.Outbox, task) -> None:
-        reason = await self._attempts(client, task, outbox)
-        if reason is not None:
-            outbox.fail(task, reason)
+        ending = await self._attempts(client, task, outbox)
+        if ending is not None:
+            outbox.end(task, ending)
 
-    async def _attempts(self, client, task, outbox: flow.Outbox) -> str | None:
-        """Stream the task, retrying while the engine is unreachable; the failure's reason, if any."""
+    async def _attempts(self, client, task, outbox: flow.Outbox) -> Failed | Interrupted | None:
+        """Stream the task, retrying while the engine is unreachable; how it ended if not done: Interrupted
+        (resumed later from its text) if the engine went away, Failed if it refused the request."""
         endpoint, delay = self.endpoints[task.model], 0.0
         for attempt in range(endpoint.retries + 1):
             if delay:  # no checkpoint before the first try: time to first token starts here
@@ -165,9 +177,10 @@ class OpenAIDriver:
             except Broken as exc:
                 if isinstance(exc, NotServed):
                     outbox.host.report_state(task.model, "failed", f"{endpoint.url}: {exc}")
-                return f"engine at {endpoint.url}: {exc}"
+                ending = Interrupted if isinstance(exc, StreamBroke) else Failed
+                return ending(pid=task.pid, reason=f"engine at {endpoint.url}: {exc}")
         outbox.host.report_state(task.model, "starting" if isinstance(last, Loading) else "unreachable", f"{endpoint.url}: {last}")
-        return f"engine at {endpoint.url} unreachable: {last}"
+        return Interrupted(pid=task.pid, reason=f"engine at {endpoint.url} unreachable: {last}")
 
     async def _stream(self, client, endpoint: Connection, task, outbox: flow.Outbox) -> None:
         url, body = endpoint.request(task)
@@ -184,19 +197,20 @@ class OpenAIDriver:
         except (httpx.HTTPError, sse.ProtocolError) as exc:
             raise _failure(exc, answered, tally.tokens) from None
         if not tally.finished:
-            raise Broken(f"stream ended after {tally.tokens} tokens without a finish_reason")
+            raise StreamBroke(f"stream ended after {tally.tokens} tokens without a finish_reason")
         outbox.put(Chunk(pid=task.pid, text="", tokens=0, final=True))
 
 
 def _failure(exc: Exception, answered: bool, tokens: int) -> Exception:
     """Unreachable (retried) if the request never reached the engine: no connection, or Stale, a
-    kept-alive or spare one the engine had closed (it hangs up or resets before answering); Broken
-    otherwise."""
+    kept-alive or spare one the engine had closed (it hangs up or resets before answering); StreamBroke
+    (resumed) if the connection failed midway; Broken (the task fails) for an error the engine sent."""
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return Unreachable(scrape.describe(exc))
     if not answered and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
         return Stale(scrape.describe(exc))
-    return Broken(f"stream broke after {tokens} tokens: {scrape.describe(exc)}")
+    broke = Broken if isinstance(exc, sse.ProtocolError) else StreamBroke  # the engine's own error is its word
+    return broke(f"stream broke after {tokens} tokens: {scrape.describe(exc)}")
 
 
 async def _check(response) -> None:

@@ -6,7 +6,8 @@ which keeps it beside the kernel: observations are not kernel state and are neve
 journaled. A failed scrape is an observation too (its error, no reading), so
 /models/NAME/engine says why there are no numbers. Each scrape is also a health check
 (enginestate.py): an engine that answers is ready, even without metrics; HTTP 503 means it is
-still loading (starting); no answer, unreachable. Parsing is metrics.py's.
+still loading (starting); no answer, unreachable. An engine not scraped is `probe`d instead while
+the kernel holds it down (kernel/engines.py). Parsing is metrics.py's.
 """
 import httpx
 import trio
@@ -36,6 +37,22 @@ async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple
     except (httpx.HTTPError, metrics.Unreadable) as exc:
         return metrics.Observation(source=source, error=describe(exc)), state_of(exc)
     return metrics.Observation(source=source, reading=reading), "ready"
+
+
+async def probe(client: httpx.AsyncClient, model: str, url: str, interval_s: float, host) -> None:
+    """For an engine not scraped: every `interval_s` seconds while the kernel holds `model` down
+    (`host.engine_down`), check whether the engine at `url` answers again (GET /health; any answer
+    but 503 will do), until cancelled. No request is sent to a down engine otherwise."""
+    while True:
+        await trio.sleep(interval_s)
+        if host.engine_down(model):
+            try:
+                (await client.get(f"{url}/health", timeout=max(2.0, 2 * interval_s))).raise_for_status()
+            except httpx.HTTPError as exc:
+                state = state_of(exc)
+                host.report_state(model, state, None if state == "ready" else f"{url}/health: {describe(exc)}")
+            else:
+                host.report_state(model, "ready")
 
 
 def state_of(exc: Exception) -> str:

@@ -6,8 +6,9 @@ sequence; a sequence new to the batch (or resumed after preemption) is first pre
 `prefill_tokens_per_s`, all but the tokens whose KV the kernel found in place
 (`cached_tokens`: shared prefix blocks, or a context swapped back in). KV grows by one
 token per step and the kernel accounts it. The text comes from a deterministic generator
-seeded by the prompt (or, for a task with none, its name), so the same prompt gives the
-same words, like greedy decoding.
+seeded by the prompt (or, for a task with none, its name) and a seed: the task's `seed`
+if it gave one, else the model's `seed` option; so the same prompt and seed give the same
+words, and another seed other words. Other sampling keys change nothing here.
 """
 import functools
 import hashlib
@@ -69,6 +70,13 @@ def word(seed: int, prompt: str, index: int) -> str:
     return (" " if index else "") + text + ("." if value % 11 == 0 else "")
 
 
+def _next_word(engine: EngineModel, task) -> str:
+    """The task's next word: seeded by its own `seed` if it gave one, else by its model's."""
+    spec = task.spec
+    seed = spec.sampling.seed if spec.sampling and spec.sampling.seed is not None else engine.seed
+    return word(seed, spec.prompt or spec.name, task.tokens_out)
+
+
 class SimDriver:
     """Drives the batch on one GPU with the speeds of each task's model."""
 
@@ -89,8 +97,7 @@ class SimDriver:
                 slowest = engine
             fill = 0 if task.prefilled else task.context_tokens - task.cached_tokens
             prefill += fill
-            spec = task.spec
-            chunks.append(Chunk(task.pid, word(engine.seed, spec.prompt or spec.name, task.tokens_out), 1, fill))
+            chunks.append(Chunk(task.pid, _next_word(engine, task), 1, fill))
         return slowest.step_seconds(len(batch), prefill), chunks
 
     async def serve(self, gpu: int, host) -> None:

@@ -9,8 +9,8 @@ and, unless token_counts is off, `return_num_input_tokens` / `return_num_output_
 `num_output_tokens` the tokens of that response and `num_input_tokens` the prompt's
 count (the first chunk's prefill). Without counts, a response with text is one token.
 A stream that ends cleanly ends the task `done` (TensorRT-LLM's end_id can end it short
-of max_tokens); an `{"error": "..."}` response, an HTTP error or a stream cut short fails
-it. With `stream = false` it POSTs /generate instead and takes the one JSON answer,
+of max_tokens); an `{"error": "..."}` response or an HTTP error fails it, a connection cut
+midway interrupts it (it resumes from its text, as with openai.py). With `stream = false` it POSTs /generate instead and takes the one JSON answer,
 which then needs token_counts. Killing, stopping or preempting a task closes its stream:
 Triton's HTTP frontend cancels a generate request whose client went away.
 
@@ -19,7 +19,9 @@ The HTTP side (connections, retries with backoff, timeouts, the `failed: engine 
 request and answer. Options (`[models.options]`): url (required, Triton's HTTP port,
 e.g. http://127.0.0.1:8000), engine_model (the Triton model; default the model's name;
 TensorRT-LLM's is usually `ensemble`), stream (true), token_counts (true), extra (a
-table of more request fields, e.g. `{temperature = 0.7, end_id = 2}`), timeout_s,
+table of more request fields, e.g. `{temperature = 0.7, end_id = 2}`; a task's own sampling
+keys override it: temperature, top_p, top_k, presence_penalty, frequency_penalty, and seed
+as `random_seed`, stop as `stop_words`), timeout_s,
 retries, backoff_s (as openai; not metrics_s: Triton's own metrics, on another port,
 are not read, so `observe` scrapes nothing). Triton's generate extension is provisional.
 
@@ -34,6 +36,8 @@ import attrs
 
 from ..kernel.events import Chunk
 from . import openai, sse
+
+SAMPLING_NAMES = {"seed": "random_seed", "stop": "stop_words"}  # the ensemble's inputs; the rest keep their names
 
 
 @attrs.define
@@ -79,7 +83,8 @@ class TritonEndpoint(openai.Connection):
         """URL and body of the request for what `task` still owes."""
         text = (task.spec.prompt or task.spec.name) + task.output.decode(errors="replace")
         body = {"text_input": text, "max_tokens": task.spec.max_tokens - task.tokens_out, "stream": self.stream,
-                "exclude_input_in_output": True, **self.extra}
+                "exclude_input_in_output": True, **self.extra,
+                **{SAMPLING_NAMES.get(key, key): value for key, value in task.spec.sampling_fields.items()}}
         if self.token_counts:
             body |= {"return_num_input_tokens": True, "return_num_output_tokens": True}
         route = "generate_stream" if self.stream else "generate"

@@ -22,6 +22,16 @@ def _positive(_inst, attribute, value):
         raise Invalid(f"{attribute.name} must be a positive integer, not {value!r}")
 
 
+def _non_negative(_inst, attribute, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise Invalid(f"{attribute.name} must be a number >= 0, not {value!r}")
+
+
+def _count(_inst, attribute, value):
+    if type(value) is not int or value < 0:
+        raise Invalid(f"{attribute.name} must be an integer >= 0, not {value!r}")
+
+
 def _one_of(choices):
     def check(_inst, attribute, value):
         if value not in choices:
@@ -67,6 +77,9 @@ class ModelConfig:  # every attribute read of it takes CPython's slow generic pa
     dtype: str = attrs.field(default="fp16", validator=_one_of(DTYPE_BYTES))
     options: dict = attrs.field(factory=dict, converter=dict)
     price: Price = attrs.field(factory=Price, converter=_price_table)
+    # While its engine is unreachable (engines.py): how long its queued tasks wait, how often one resumes
+    engine_wait_s: float = attrs.field(default=300.0, validator=_non_negative)
+    resume_limit: int = attrs.field(default=3, validator=_count)
 
     @functools.cached_property
     def token_bytes(self) -> int:
@@ -83,11 +96,6 @@ class GpuConfig:
     kv_mib: int = attrs.field(default=16384, validator=_positive)
     slots: int = attrs.field(default=8, validator=_positive)
     simulated: bool = True
-
-
-def _non_negative(_inst, attribute, value):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise Invalid(f"{attribute.name} must be a number >= 0, not {value!r}")
 
 
 def _fraction(_inst, attribute, value):

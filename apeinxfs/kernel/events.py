@@ -79,6 +79,25 @@ class Failed:
 
 
 @attrs.frozen
+class Interrupted:
+    """Task `pid`'s engine stopped serving it midway (its stream broke, its engine went away): it goes
+    back to the queue with the text it has and resumes from there (engines.py)."""
+
+    pid: int
+    reason: str
+
+
+@attrs.frozen
+class EngineHealth:
+    """Model `model`'s engine became reachable (`up`) or not (`reason`): while it is down nothing
+    of that model is dispatched and its queued tasks wait (engines.py)."""
+
+    model: str
+    up: bool
+    reason: str = ""
+
+
+@attrs.frozen
 class Rejected(ByCaller):
     """A write that was refused: recorded so the trace keeps the reason across restarts."""
 
@@ -170,7 +189,7 @@ class JournalRecovered:
 
 KINDS = {cls.__name__.lower(): cls for cls in (Submit, Kill, Control, Step, Failed, Rejected, SetPolicy, Tick, Restart,
                                                 SetTenant, RemoveTenant, SetRules, SetModel, RemoveModel, GpuMemory,
-                                                JournalFailed, JournalRecovered)}
+                                                JournalFailed, JournalRecovered, Interrupted, EngineHealth)}
 
 
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), default=str)  # json.dumps(..., separators=) builds one per call

@@ -8,13 +8,15 @@ import json
 import re
 
 from .errors import Invalid
+from .sampling import FLOAT_RANGES, KEYS as SAMPLING_KEYS, Sampling
 from .spec import TaskCommand, TaskSpec
 
-SUBMIT_KEYS = {"name", "max_tokens", "prio", "model", "tenant", "deadline", "prompt", "parent"}
+SUBMIT_KEYS = {"name", "max_tokens", "prio", "model", "tenant", "deadline", "prompt", "parent", *SAMPLING_KEYS}
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(us|ms|s|m|h|d)?")  # ASCII digits only: \\d takes any script's
 _UNIT_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 _INT = re.compile(r"[+-]?[0-9]{1,12}")
+_NUMBER = re.compile(r"[+-]?[0-9]{1,12}(\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?")  # a float's repr fits
 
 
 def parse_duration_us(text: str) -> int:
@@ -35,6 +37,13 @@ def parse_int(text: str, what: str) -> int:
     return int(text)
 
 
+def parse_number(text: str, what: str) -> float:
+    """A decimal number (`0`, `0.7`, `-1.5`, `1e-05`, ASCII digits only), or Invalid naming `what`."""
+    if not _NUMBER.fullmatch(text):
+        raise Invalid(f"{what} must be a number, not {text[:40]!r}")
+    return float(text)
+
+
 def parse_submit(line: str) -> TaskSpec:
     """One submit line in any of the three forms of SPEC.md."""
     line = line.strip()
@@ -42,7 +51,7 @@ def parse_submit(line: str) -> TaskSpec:
         return _from_json(line)
     first = (line.split(None, 1) or [""])[0]
     if "=" in first:
-        return _from_pairs(split_pairs(line))
+        return _from_pairs(split_pairs(line, repeatable=("stop",)))
     return _from_seed(line.split())
 
 
@@ -61,10 +70,25 @@ def _from_pairs(pairs: dict[str, str]) -> TaskSpec:
             kwargs[key] = parse_int(value, key)
         elif key == "deadline":
             kwargs["deadline_us"] = parse_duration_us(value)
+        elif key in SAMPLING_KEYS:
+            kwargs[key] = _sampling_value(key, value)
         else:
             kwargs[key] = value
     kwargs.setdefault("name", "task")
-    return TaskSpec(**kwargs)
+    return TaskSpec(**_with_sampling(kwargs))
+
+
+def _sampling_value(key: str, value: str):
+    """A sampling key's value of the key=value form: stop strings split at `|`, numbers parsed."""
+    if key == "stop":
+        return value.split("|")
+    return parse_number(value, key) if key in FLOAT_RANGES else parse_int(value, key)
+
+
+def _with_sampling(kwargs: dict) -> dict:
+    """TaskSpec's keyword arguments with the sampling keys among them gathered into one Sampling."""
+    sampling = {key: kwargs.pop(key) for key in SAMPLING_KEYS if key in kwargs}
+    return {**kwargs, "sampling": Sampling(**sampling)}
 
 
 def _from_json(line: str) -> TaskSpec:
@@ -79,7 +103,7 @@ def _from_json(line: str) -> TaskSpec:
     if "deadline" in obj:
         obj["deadline_us"] = _json_deadline(obj.pop("deadline"))
     obj.setdefault("name", "task")
-    return TaskSpec(**obj)
+    return TaskSpec(**_with_sampling(obj))
 
 
 def _require_unicode(obj) -> None:
@@ -117,17 +141,19 @@ def _reject_unknown(keys, known=SUBMIT_KEYS) -> None:
         raise Invalid(f"unknown key {unknown[0]!r}: known keys are {', '.join(sorted(known))}")
 
 
-def split_pairs(line: str, known=SUBMIT_KEYS) -> dict[str, str]:
-    """`a=1 b="x y"` -> {'a': '1', 'b': 'x y'}, with \\n \\t \\" \\\\ escapes in quotes; keys among `known` (None: any)."""
+def split_pairs(line: str, known=SUBMIT_KEYS, repeatable=()) -> dict[str, str]:
+    """`a=1 b="x y"` -> {'a': '1', 'b': 'x y'}, with \\n \\t \\" \\\\ escapes in quotes; keys among `known` (None: any).
+
+    A key in `repeatable` may be given again: its values are joined with `|`."""
     pairs, pos = {}, 0
     while pos < len(line):
         if line[pos].isspace():
             pos += 1
             continue
         key, value, pos = _one_pair(line, pos)
-        if key in pairs:
+        if key in pairs and key not in repeatable:
             raise Invalid(f"key {key!r} given twice")
-        pairs[key] = value
+        pairs[key] = f"{pairs[key]}|{value}" if key in pairs else value
     if known is not None:
         _reject_unknown(pairs, known)
     return pairs

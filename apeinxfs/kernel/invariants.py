@@ -63,12 +63,13 @@ def check_trees(kernel, live: list):
         if task.parent is not None and (parent is None or task.pid not in parent.children):
             yield f"task {task.pid}: parent {task.parent} does not list it as a child"
         if parent is not None and (task.agent, task.tenant) != (parent.agent, parent.tenant):
-            yield f"task {task.pid}: agent/tenant {task.agent}/{task.tenant}, its parent's {parent.agent}/{parent.tenant}"
+            yield (f"task {task.pid}: agent/tenant {task.agent}/{task.tenant}, "
+                   f"its parent's {parent.agent}/{parent.tenant}")
         for child in task.children:
             if child not in tasks or tasks[child].parent != task.pid:
                 yield f"task {task.pid}: child {child} does not name it as parent"
     if not kernel._woken <= kernel.changed:
-        yield f"tasks {sorted(kernel._woken - kernel.changed)}: their ancestors were woken but they are not in `changed`"
+        yield f"tasks {sorted(kernel._woken - kernel.changed)}: ancestors woken, but not in `changed` themselves"
 
 
 def check_gpus(kernel, running: list):
@@ -95,7 +96,8 @@ def check_kv(kv, running: list):
     private, refs = collections.Counter(), [collections.Counter() for _ in kv.pools]
     for task in kv.holders.values():
         if task.kv_pages != len(task.kv_blocks) + task.kv_private or task.kv_gpu != task.gpu:
-            yield f"task {task.pid}: lease of {task.kv_pages} pages on gpu {task.kv_gpu} is not its blocks and private pages"
+            yield (f"task {task.pid}: lease of {task.kv_pages} pages on gpu {task.kv_gpu} "
+                   "is not its blocks and private pages")
         private[task.kv_gpu] += task.kv_private
         refs[task.kv_gpu].update(task.kv_blocks)
     for gpu, (pool, cache) in enumerate(zip(kv.pools, kv.caches)):
@@ -109,17 +111,20 @@ def check_kv(kv, running: list):
 
 
 def check_queue(kernel, runnable: list):
-    """The run queue holds only runnable tasks, each once, and every runnable task is in it or held
-    back by its tenant; its heaps agree with it. (A held task that is stopped and continued, or
-    re-prioritised, goes back in the queue while its stale entry stays in the held list: the hold
-    is decided again when it reaches the head, and a release pushes it again, which changes nothing.)"""
+    """The run queue holds only runnable tasks, each once, and every runnable task is in it, held
+    back by its tenant or stalled for its model's engine; its heaps agree with it. (A held task
+    that is stopped and continued, or re-prioritised, goes back in the queue while its stale entry
+    stays in the held list: the hold is decided again when it reaches the head, and a release
+    pushes it again, which changes nothing.)"""
     held = {task.pid for usage in kernel.usage.values() for task in usage.held}
+    held |= {pid for stalled in kernel.engines.stalled.values() for pid in stalled}  # waiting for a down engine
     queued = [task.pid for task in kernel.runq.tasks()]
     runnable_pids = {task.pid for task in runnable}
     if len(queued) != len(kernel.runq) or len(set(queued)) != len(queued) or not set(queued) <= runnable_pids:
         yield f"run queue {sorted(queued)} is not a set of runnable tasks {sorted(runnable_pids)}"
     if not runnable_pids <= set(queued) | held:
-        yield f"runnable tasks {sorted(runnable_pids - set(queued) - held)} are neither in the run queue nor held"
+        missing = sorted(runnable_pids - set(queued) - held)
+        yield f"runnable tasks {missing} are not in the run queue, held or stalled"
     yield from kernel.runq.index_problems()
 
 

@@ -5,7 +5,8 @@
 two. Given the same events with the same times, the same state and trace result: no
 clock, randomness or I/O inside. Who runs next is sched.py's; taking slots and pages back
 (fair preemption, KV reclaim, the OOM killer) is reclaim.py's; KV books are memory.py's;
-tenants are tenancy.py's and models added at runtime modeladmin.py's.
+tenants are tenancy.py's, models added at runtime modeladmin.py's and engine outages
+engines.py's.
 """
 import errno
 import heapq
@@ -16,6 +17,7 @@ from . import events as ev
 from .audit import AuditLog
 from .billing import BillBook
 from .config import MIB, KernelConfig
+from .engines import EngineBook, EngineWatch
 from .errors import ApeinxError, Busy, Invalid, NoSpace, NotFound
 from .invariants import check_invariants
 from .kvmem import KVPool, estimate_prompt_tokens
@@ -67,7 +69,7 @@ class Counters:
         return self.dispatched
 
 
-class Kernel(Reclaim, Tenancy, ModelAdmin):
+class Kernel(Reclaim, Tenancy, ModelAdmin, EngineWatch):
     """One node's kernel state."""
 
     def __init__(self, config: KernelConfig):
@@ -85,6 +87,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         self.trace = TraceLog(config.node, self.tasks)
         self.counters = Counters()
         self.kv_some, self.kv_full = StallClock(), StallClock()
+        self.engines = EngineBook()  # down engines, stalled tasks, resumes (engines.py)
         self.now_us = 0
         self.next_pid = 1
         self.version = 0  # events applied: what a rendered file depends on, unless it reads the clock
@@ -182,7 +185,9 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         self.version += 1
         result = None if self._moot(event) else getattr(self, f"_apply_{type(event).__name__.lower()}")(event)
         self._expire_deadlines()
+        self._expire_engine_waits()
         self._schedule()
+        self._count_engine_stalls()
         return result
 
     def _moot(self, event) -> bool:
@@ -407,6 +412,9 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
         while open_gpus and (task := runq.peek(now_us)) is not None:  # no peek once the slots are full
             if self.usage[task.tenant].capped and self._held_back(task):  # only a capped tenant may be held
                 continue
+            if task.model in self.engines.down:  # its engine is down: it waits out of the queue (engines.py)
+                self._stall(task)
+                continue
             gpu = self.kv.seat(task, open_gpus)  # KV pages where most prefix hits, then most room
             if gpu is None:
                 return True
@@ -521,7 +529,8 @@ class Kernel(Reclaim, Tenancy, ModelAdmin):
     def next_deadline_us(self) -> int | None:
         while self._deadlines and self.tasks[self._deadlines[0][1]].done:
             heapq.heappop(self._deadlines)
-        return self._deadlines[0][0] if self._deadlines else None
+        own, engine_wait = self._deadlines[0][0] if self._deadlines else None, self.engines.next_wait_us()
+        return min((at for at in (own, engine_wait) if at is not None), default=None)
 
     def take_changed(self) -> set:
         """What changed since the last call: pids, 'trace' (if it has new lines), ('gpu', N)."""

@@ -16,13 +16,14 @@ from typing import ClassVar
 import attrs
 
 from .errors import Invalid
+from .sampling import DEFAULT_TEMPERATURE, FLOAT_RANGES, number_text
 from .spec import NAME_MAX, TOKENS_MAX
 
 ACTIONS = ("deny", "allow", "limit")
 COMPARISONS = {"=": operator.eq, "!=": operator.ne, "<": operator.lt,
                "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 NUMBER_RANGES = {"tokens": (0, TOKENS_MAX), "prio": (0, 9)}
-LIMIT_RANGES = {"max_tokens": (1, TOKENS_MAX), "max_prio": (0, 9)}
+LIMIT_RANGES = {"max_tokens": (1, TOKENS_MAX), "max_prio": (0, 9), "max_temperature": FLOAT_RANGES["temperature"]}
 REPEATS = {"tokens": 2, "prio": 2}  # a range: tokens>=100 tokens<1000; any other key once
 _TIMES = {1: "once", 2: "twice"}
 UID_MAX = 2**32 - 1
@@ -30,6 +31,7 @@ MINUTES_PER_DAY = 24 * 60
 _WORD = re.compile(r"([^=!<>]+)(!=|<=|>=|=|<|>)(.*)", re.S)
 _NAME = re.compile(r"[A-Za-z0-9_.-]+|\*")
 _NUMBER = re.compile(r"[0-9]{1,12}")
+_DECIMAL = re.compile(r"[0-9]{1,3}(\.[0-9]{1,6})?")
 _CLOCK = re.compile(r"([0-9]{1,2}):([0-9]{2})")
 
 
@@ -43,6 +45,7 @@ class Request:
     prio: int
     uid: int
     minute: int  # 0..1439
+    temperature: float | None = None  # None: the engine's default
 
 
 @attrs.frozen
@@ -123,6 +126,7 @@ class Decision:
     text: str | None  # that rule's canonical text
     max_tokens: int
     prio: int
+    temperature: float | None = None
 
     @property
     def reason(self) -> str:
@@ -141,11 +145,12 @@ class Rule:
     conds: tuple[Condition, ...] = ()
     max_tokens: int | None = None
     max_prio: int | None = None
+    max_temperature: float | None = None
 
     @property
     def text(self) -> str:
-        """Canonical: lower-case action, conditions as written, then max_tokens, then max_prio."""
-        limits = [f"{key}={getattr(self, key)}" for key in LIMIT_RANGES if getattr(self, key) is not None]
+        """Canonical: lower-case action, conditions as written, then max_tokens, max_prio, max_temperature."""
+        limits = [f"{key}={_limit_text(getattr(self, key))}" for key in LIMIT_RANGES if getattr(self, key) is not None]
         return " ".join([self.action, *(cond.text for cond in self.conds), *limits])
 
     def matches(self, request: Request) -> bool:
@@ -155,7 +160,8 @@ class Rule:
         """The Decision of this rule, the `index`th, for a request it matches."""
         return Decision(allowed=self.action != "deny", rule=index, text=self.text,
                         max_tokens=_clamp(request.tokens, self.max_tokens),
-                        prio=_clamp(request.prio, self.max_prio))
+                        prio=_clamp(request.prio, self.max_prio),
+                        temperature=_clamp_temperature(request.temperature, self.max_temperature))
 
 
 def evaluate(rules: Sequence[Rule], request: Request) -> Decision:
@@ -163,7 +169,8 @@ def evaluate(rules: Sequence[Rule], request: Request) -> Decision:
     for index, rule in enumerate(rules, start=1):
         if rule.matches(request):
             return rule.decide(index, request)
-    return Decision(allowed=True, rule=None, text=None, max_tokens=request.tokens, prio=request.prio)
+    return Decision(allowed=True, rule=None, text=None, max_tokens=request.tokens, prio=request.prio,
+                    temperature=request.temperature)
 
 
 def parse_rule(line: str) -> Rule:
@@ -218,7 +225,7 @@ def _parse_cond(word: str) -> Condition:
     key, op, value = _split_word(word)
     if key not in _CONDITIONS:
         raise Invalid(f"unknown key {_shown(key)} in {_shown(word)}: "
-                      f"expected one of {', '.join(_CONDITIONS)}, max_tokens, max_prio")
+                      f"expected one of {', '.join(_CONDITIONS)}, {', '.join(LIMIT_RANGES)}")
     ops, build = _CONDITIONS[key]
     if op not in ops:
         raise Invalid(f"{_shown(word)}: {key} takes {' or '.join(ops)}, not {op}")
@@ -228,22 +235,23 @@ def _parse_cond(word: str) -> Condition:
 def _parse_limits(action: str, words: list[str]) -> dict[str, int]:
     """The trailing max_tokens=N / max_prio=N words, as keyword arguments of Rule."""
     if action != "limit" and words:
-        raise Invalid(f"{_shown(words[0])}: only a limit rule takes max_tokens= or max_prio=")
+        raise Invalid(f"{_shown(words[0])}: only a limit rule takes max_tokens=, max_prio= or max_temperature=")
     if action == "limit" and not words:
-        raise Invalid("a limit rule needs max_tokens=N or max_prio=N (or both) after its conditions")
+        raise Invalid("a limit rule needs max_tokens=N, max_prio=N or max_temperature=X (or several) after its conditions")
     limits = {}
     for word in words:
         key, value = _split_limit(word)
         if key in limits:
             raise Invalid(f"{_shown(word)}: {key} given twice")
-        limits[key] = _number(word, value, *LIMIT_RANGES[key])
+        parse = _decimal if key == "max_temperature" else _number
+        limits[key] = parse(word, value, *LIMIT_RANGES[key])
     return limits
 
 
 def _split_limit(word: str) -> tuple[str, str]:
     key, op, value = _split_word(word)
     if key not in LIMIT_RANGES:
-        raise Invalid(f"{_shown(word)} after a limit: conditions come first, then max_tokens=N or max_prio=N")
+        raise Invalid(f"{_shown(word)} after a limit: conditions come first, then max_tokens=N, max_prio=N, max_temperature=X")
     if op != "=":
         raise Invalid(f"{_shown(word)}: {key} takes =, not {op}")
     return key, value
@@ -253,6 +261,13 @@ def _number(word: str, text: str, low: int, high: int) -> int:
     if not _NUMBER.fullmatch(text) or not low <= int(text) <= high:
         raise Invalid(f"bad number {_shown(text)} in {_shown(word)}: expected an integer {low}..{high}")
     return int(text)
+
+
+def _decimal(word: str, text: str, low: float, high: float) -> float:
+    if not _DECIMAL.fullmatch(text) or not low <= float(text) <= high:
+        raise Invalid(f"bad number {_shown(text)} in {_shown(word)}: "
+                      f"expected a number {number_text(low)}..{number_text(high)}")
+    return float(text)
 
 
 def _names(word: str, text: str) -> tuple[str, ...]:
@@ -273,6 +288,17 @@ def _minute(word: str, text: str) -> int:
 
 def _clamp(value: int, bound: int | None) -> int:
     return value if bound is None else min(value, bound)
+
+
+def _clamp_temperature(value: float | None, bound: float | None) -> float | None:
+    """At most `bound`; an unset temperature counts as DEFAULT_TEMPERATURE, so a bound below that sets it."""
+    if bound is None or (value is None and bound >= DEFAULT_TEMPERATURE):
+        return value
+    return min(DEFAULT_TEMPERATURE if value is None else value, bound)
+
+
+def _limit_text(value) -> str:
+    return number_text(value) if isinstance(value, float) else str(value)
 
 
 def _clock_text(minute: int) -> str:

@@ -7,6 +7,7 @@ model, enough KV memory) is the kernel's question, not this module's.
 import attrs
 
 from .errors import Invalid
+from .sampling import Sampling, sampling_of
 
 NAME_MAX = 64
 PROMPT_MAX = 1 << 20
@@ -57,6 +58,12 @@ class TaskSpec:
     prompt: str = attrs.field(default="", validator=_check_prompt)
     parent: int | None = attrs.field(default=None, validator=attrs.validators.optional(
         _check_int("parent", 1, 2**62)))
+    sampling: Sampling | None = attrs.field(default=None, converter=sampling_of)
+
+    @property
+    def sampling_fields(self) -> dict:
+        """The sampling keys set for this task, by their submit names: what a driver sends."""
+        return self.sampling.fields if self.sampling else {}
 
 
 def _check_verb(_inst, _attr, value):

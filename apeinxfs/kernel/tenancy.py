@@ -24,6 +24,7 @@ from .errors import Busy, Denied, Exists, Invalid, NotFound, OverQuota
 from .kvmem import estimate_prompt_tokens
 from .ledger import Limit, TokenLedger
 from .policy import Request, evaluate, parse_rule
+from .sampling import Sampling, number_text
 from .tenant_config import TenantConfig
 
 MINUTE_US = 60_000_000
@@ -45,6 +46,10 @@ class TenantUsage:
     # (quota, budget), and whether a gpu or kv_pages quota may hold its tasks back.
     limits: tuple = ()
     capped: bool = False
+
+
+def _shown_temperature(value: float | None) -> str:
+    return "unset" if value is None else number_text(value)
 
 
 def quota_limit(tenant) -> Limit:
@@ -76,14 +81,18 @@ class Tenancy:
 
     def _apply_policy(self, event: ev.Submit, now_us: int) -> ev.Submit:
         spec = event.spec
+        temperature = spec.sampling.temperature if spec.sampling else None
         decision = self._decide(self._tenant_of(spec, self.tasks.get(spec.parent)), self._model_of(spec),
-                                spec.max_tokens, spec.prio, event.uid, now_us)
+                                spec.max_tokens, spec.prio, event.uid, now_us, temperature)
         if not decision.allowed:
             raise Denied(decision.reason)
-        if (decision.max_tokens, decision.prio) == (spec.max_tokens, spec.prio):
+        if (decision.max_tokens, decision.prio, decision.temperature) == (spec.max_tokens, spec.prio, temperature):
             return event
         note = (f"policy rule {decision.rule} ({decision.text}): max_tokens {spec.max_tokens} -> "
                 f"{decision.max_tokens}, prio {spec.prio} -> {decision.prio}")
+        if decision.temperature != temperature:
+            note += f", temperature {_shown_temperature(temperature)} -> {number_text(decision.temperature)}"
+            spec = attrs.evolve(spec, sampling=attrs.evolve(spec.sampling or Sampling(), temperature=decision.temperature))
         return attrs.evolve(event, spec=attrs.evolve(spec, max_tokens=decision.max_tokens, prio=decision.prio),
                             note=note)
 
@@ -96,10 +105,11 @@ class Tenancy:
         if decision.prio < prio:
             raise Denied(f"prio {prio} is over max_prio={decision.prio} of policy rule {decision.rule}: {decision.text}")
 
-    def _decide(self, tenant: str, model: str, tokens: int, prio: int, uid: int, now_us: int):
+    def _decide(self, tenant: str, model: str, tokens: int, prio: int, uid: int, now_us: int,
+                temperature: float | None = None):
         """The policy's Decision on a request with these values, at `now_us`."""
         return evaluate(self.rules, Request(tenant=tenant, model=model, tokens=tokens, prio=prio, uid=uid,
-                                            minute=self._minute(now_us)))
+                                            minute=self._minute(now_us), temperature=temperature))
 
     def _minute(self, now_us: int) -> int:
         return (now_us // MINUTE_US + self.config.utc_offset_s // 60) % 1440

@@ -20,7 +20,7 @@ from ..kernel.access import Identity
 from ..kernel.errors import ApeinxError, Denied, Hidden, Invalid, NotFound
 
 LINE_MAX = (1 << 20) + 4096
-REST_REFUSED = f"rest of a line longer than {LINE_MAX} bytes, refused with it"
+OVER_LONG = bytes(LINE_MAX + 1)  # stands for the rest of a line already refused as too long
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 DIR_MODE = stat.S_IFDIR | 0o555
 
@@ -323,8 +323,7 @@ class CommandHandle(Handle):
         common = min(len(refused or b""), len(data))
         if refused is not None and common and data[:common] == refused[:common]:
             self.refused_rest = refused
-            self.reply = f"error: {REST_REFUSED}\n".encode()
-            raise Invalid(REST_REFUSED)
+            self._run([OVER_LONG])  # refused, journaled and traced as the line's first piece was
 
     def release(self) -> None:
         """An unterminated last line runs at the last close. FUSE sends no flush (fs.py), so its

@@ -24,6 +24,7 @@ MODEL_BASE = 1 << 18
 SLOTS = 8
 FILES = ("status", "config", "engine")
 SHAPE = ("context", "layers", "kv_heads", "head_dim")
+OUTAGE = ("engine_wait_s", "resume_limit")  # the kernel's, not the driver's (kernel/engines.py)
 
 
 def status(kernel, name: str, engine=None) -> str:
@@ -32,7 +33,7 @@ def status(kernel, name: str, engine=None) -> str:
     queued = sum(1 for t in kernel.runq.tasks() if t.model == name)
     model = kernel.models[name]
     rows = [("Name", name), ("Driver", model.driver), *enginestate.rows(engine), ("Running", running),
-            ("Queued", queued), ("Gpus", ",".join(str(g.config.index) for g in kernel.gpus))]
+            ("Queued", queued), ("Stalled", kernel.engines.waiting(name)), ("Gpus", ",".join(str(g.config.index) for g in kernel.gpus))]
     return "".join(f"{k}:\t{v}\n" for k, v in rows)
 
 
@@ -41,7 +42,8 @@ def config(kernel, name: str) -> str:
     page = kernel.config.page_bytes
     rows = [("driver", model.driver), ("context", model.context), ("layers", model.layers),
             ("kv_heads", model.kv_heads), ("head_dim", model.head_dim), ("dtype", model.dtype),
-            ("kv_bytes_per_token", model.token_bytes), ("tokens_per_page", page // model.token_bytes)]
+            ("kv_bytes_per_token", model.token_bytes), ("tokens_per_page", page // model.token_bytes),
+            ("engine_wait_s", f"{model.engine_wait_s:g}"), ("resume_limit", model.resume_limit)]
     rows += sorted(model.options.items())
     return "".join(f"{k} {v}\n" for k, v in rows)
 
@@ -99,7 +101,8 @@ class ModelsDir(NamedDirs):
 
 
 def models_ctl(rt):
-    """/ctl/models: `add NAME driver=D [context=N] [layers=..] [kv_heads=..] [head_dim=..] [dtype=..] [OPTION=V..]`,
+    """/ctl/models: `add NAME driver=D [context=N] [layers=..] [kv_heads=..] [head_dim=..] [dtype=..]
+    [engine_wait_s=S] [resume_limit=N] [OPTION=V..]`,
     `remove NAME`. Other keys are the driver's options (url=, engine_model=, ...), checked by building it."""
     def to_event(line, caller):
         caller.identity.require("admin", "model administration")
@@ -120,7 +123,8 @@ def new_model(text: str) -> ModelConfig:
     if "driver" not in pairs:
         raise Invalid("driver= is required (e.g. driver=openai url=http://127.0.0.1:8080)")
     shape = {key: parse_int(pairs.pop(key), key) for key in SHAPE if key in pairs}
-    model = ModelConfig(name=name, driver=pairs.pop("driver"), dtype=pairs.pop("dtype", "fp16"), **shape,
+    outages = {key: _scalar(pairs.pop(key)) for key in OUTAGE if key in pairs}
+    model = ModelConfig(name=name, driver=pairs.pop("driver"), dtype=pairs.pop("dtype", "fp16"), **shape, **outages,
                         options={key: _scalar(value) for key, value in pairs.items()})
     drivers.load(model.driver)({name: model})  # the driver refuses options it does not take (Invalid)
     return model

@@ -21,7 +21,7 @@ apeinxfs - an AI kernel whose API is this tree (see apeinxfs(5) for the full pag
   tasks/PID/children  pids of the tasks submitted with parent=PID, one per line
   models/NAME/        status, config, engine (its engine's own KV and queue metrics)
   memory/meminfo      KV cache, /proc/meminfo layout
-  memory/pressure     KV stall time, PSI format
+  memory/pressure     KV and down-engine stall time, PSI format
   trace/events        CSV: seq,time_us,type,pid,tenant,model,gpu,node,detail (admins)
   trace/audit         CSV: seq,time_us,uid,pid,tenant,action,result,detail (admins)
   replay/PID          one task's timeline rebuilt from the trace
@@ -41,6 +41,9 @@ Submit lines (several per write; lines split across writes are joined):
   {"name": "job1", "prompt": "...", "max_tokens": 64, "prio": 5}
   prio 0..9 (higher first, default 5); deadline 30 | 30s | 500ms | 2m.
   parent=PID: a child of task PID (its tenant; killed with it; PID's wait covers it).
+  Sampling (key=value, JSON): temperature 0..2, top_p 0..1, top_k 1..100000,
+  seed 0..4294967295, stop=A|B (or repeated; JSON: a list; at most 4),
+  presence_penalty, frequency_penalty -2..2. Unset: the engine's default.
 
 Errors fail the write(2): EINVAL malformed, ENOENT unknown pid/model/tenant (or
 another tenant's), EACCES your role may not (or a policy rule denies), EDQUOT quota or

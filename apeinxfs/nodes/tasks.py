@@ -34,7 +34,8 @@ def status(task, sandbox=None) -> str:
             ("TokensOut", task.tokens_out), ("TokensMax", task.spec.max_tokens), ("KVPages", task.kv_pages),
             ("Exit", task.exit or "-"), ("Gpu", "-" if task.gpu is None else task.gpu),
             ("Deadline", deadline), ("SubmittedUs", task.submitted_us),
-            ("FirstTokenUs", "-" if task.first_token_us is None else task.first_token_us - task.submitted_us)]
+            ("FirstTokenUs", "-" if task.first_token_us is None else task.first_token_us - task.submitted_us),
+            ("Sampling", task.spec.sampling.text if task.spec.sampling else "-")]
     if sandbox is not None:
         rows.append(("Sandbox", " ".join(line.replace(" ", "=") for line in show_group(sandbox).splitlines())))
     return "".join(f"{key}:\t{value}\n" for key, value in rows)
