@@ -17,7 +17,7 @@ from .kernel.errors import Invalid
 from .kernel.tenant_config import parse_seconds, tenant_from_dict
 
 SECTIONS = {
-    "daemon": {"node", "max_waiters", "max_waiters_per_uid", "state_dir"},
+    "daemon": {"node", "max_waiters", "max_waiters_per_uid", "state_dir", "check_invariants"},
     "kv": {"page_mib"},
     "scheduler": {"policy", "input_cost", "output_cost", "preempt_gap", "slice_tokens", "min_run_tokens", "kv_preempt_limit", "deadline_boost_s",
                   "pressure_cost", "kv_watermark"},
@@ -51,6 +51,7 @@ class Config:
     max_waiters: int
     max_waiters_per_uid: int = attrs.field(validator=_positive)
     gpu_source: str
+    check_invariants: bool = False  # check the kernel's invariants after every commit (slower: for tests)
     retention: Retention = Retention()
 
 
@@ -111,7 +112,14 @@ def build(raw: dict, state_dir: str | None, use_nvml: bool) -> Config:
         raise Invalid(f"config: {exc}") from None
     return Config(kernel=kernel, state_dir=state_dir or daemon.get("state_dir") or default_state_dir(),
                   max_waiters=daemon["max_waiters"],
-                  max_waiters_per_uid=daemon["max_waiters_per_uid"], gpu_source=source, retention=retention)
+                  max_waiters_per_uid=daemon["max_waiters_per_uid"], gpu_source=source, retention=retention,
+                  check_invariants=_boolean(daemon["check_invariants"], "daemon.check_invariants"))
+
+
+def _boolean(value, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid(f"config: {key} must be true or false, not {value!r}")
+    return value
 
 
 def _gpus(section: dict, use_nvml: bool) -> tuple[list[GpuConfig], str]:

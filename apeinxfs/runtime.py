@@ -25,12 +25,13 @@ import trio
 from .drivers import enginestate
 from .enginehost import DriverGroups
 from .health import Health
-from .journal import Emitted, Journal
+from .journal import LAST, Emitted, Journal
 from .readers import Readers
 from .kernel import Kernel
 from .kernel.errors import ApeinxError, Degraded
 from .kernel.config import MIB
 from .kernel.events import EngineHealth, GpuMemory, Rejected, Restart, Step, Tick
+from .recovery import rebuild
 
 log = logging.getLogger(__name__)
 GPU_SAMPLE_S = 2.0  # how often real GPUs' free memory is read for placement
@@ -86,20 +87,23 @@ class Runtime:
         self.notifier = Notifier()
         self.health = Health()
         self.readers = Readers(self.notifier, config.max_waiters, config.max_waiters_per_uid)
+        self.quarantined: dict = {}  # journal seq -> recovery.Quarantined: rows recover() went on without
         self.readings = None  # drivers/nvml.Readings of the real GPUs, set by the daemon (mount.py)
         self.engine_metrics: dict = {}  # model -> drivers/metrics.Observation, the last scrape of its engine
         self.engine_states: dict = {}  # model -> drivers/enginestate.EngineState, what its driver's checks found (observed)
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
 
     def recover(self) -> int:
-        """Replay the journal into the kernel; mark the restart. Returns rows replayed."""
-        rows = 0
-        for _seq, time_us, event in self.journal.replay():
-            self.kernel.apply(event, time_us)
-            rows += 1
+        """Replay the journal into the kernel, quarantining any row that cannot be applied
+        (recovery.py); mark the restart. Returns rows replayed."""
+        self.kernel = rebuild(lambda: Kernel(self.config.kernel), self.journal.rows, LAST, self.quarantined,
+                              self.kernel)
         self.kernel.take_changed()
+        if self.config.check_invariants:
+            self.kernel.check_invariants()
         if self.archive is not None:
             self.archive.catch_up(self.kernel.trace)
+        rows = len(self.journal)
         if rows:
             self.commit([Restart()])
         return rows
@@ -123,6 +127,8 @@ class Runtime:
         for seq, event in zip(seqs, events):
             with self.journal.recording(seq, self.kernel.trace):
                 results.append(self.kernel.apply(event, now))
+        if self.config.check_invariants:
+            self.kernel.check_invariants()
         self._archive()
         self._wake(self.kernel.take_changed())
         return results
@@ -148,8 +154,9 @@ class Runtime:
         every token."""
         tasks = self.kernel.tasks
         self.notifier.wake(changed)
-        self.notifier.wake([("done", key) for key in changed if isinstance(key, int)
-                            and ((task := tasks.get(key)) is None or self.kernel.tree_done(task))])
+        pids = [key for key in changed if isinstance(key, int)]
+        done = self.kernel.trees_done([pid for pid in pids if pid in tasks])
+        self.notifier.wake([("done", pid) for pid in pids if pid not in tasks or pid in done])
 
     def reject(self, path: str, error: ApeinxError, uid: int, pid: int = 0, tenant: str | None = None) -> None:
         """Record a refused write in the journal and trace (and, for a denial, the audit trail);

@@ -5,16 +5,17 @@
 
 `--verify` boots a kernel from each boot record in the journal (journal.py), applies every
 journal row in order, and compares the trace lines each row emits, and the row's CRC, with
-what the daemon recorded when it applied that row: exit 0 when all are identical, 1 naming
-the first divergent row, 2 when the journal cannot be verified at all. Rows with no trace
-row (journaled before the journal kept them, not yet written by a live daemon, or lost in
-a crash) are replayed but not compared. The lines replayed are also compared with the
-trace archive (archive.py, STATE_DIR/trace/) from its first line on: a line changed,
-missing or written twice there diverges too; lines it has beyond the journal (a live
-daemon's) are not compared. A task the journal does not hold is shown from the archive.
-It opens the journal read-only, in one snapshot, so it runs beside a live daemon. It
-changes nothing, and it is not the daemon's recovery (runtime.py), though it replays the
-same way.
+what the daemon recorded when it applied that row, and checks the kernel's invariants
+after each: exit 0 when all are identical, 1 naming the first divergent row, 2 when the
+journal cannot be verified at all. Rows with no trace row (journaled before the journal
+kept them, not yet written by a live daemon, or lost in a crash) are replayed but not
+compared; one of them that raises is quarantined as the daemon's recovery does
+(recovery.py), and reported. The lines replayed are also compared with the trace archive
+(archive.py, STATE_DIR/trace/) from its first line on: a line changed, missing or written
+twice there diverges too; lines it has beyond the journal (a live daemon's) are not
+compared. A task the journal does not hold is shown from the archive. It opens the
+journal read-only, in one snapshot, so it runs beside a live daemon. It changes nothing,
+and it is not the daemon's recovery (runtime.py), though it replays the same way.
 """
 import argparse
 import json
@@ -27,8 +28,9 @@ from . import archive
 from .journal import LAST, Emitted, Journal, row_crc
 from .kernel import Kernel
 from .kernel.config import kernel_config_from_dict
-from .kernel.events import stamped_of_row
+from .kernel.invariants import InvariantError
 from .nodes.replay import archived, show, show_archived
+from .recovery import RowFailed, apply_row, rebuild
 
 NO_LINE = "(no line)"
 
@@ -65,8 +67,13 @@ class Report:
     lines: int = 0
     archived: int = 0
     divergence: Divergence | None = None
+    quarantined: list[str] = attrs.Factory(list)  # rows recovery goes on without (recovery.py)
 
     def __str__(self) -> str:
+        return self._verdict() + "".join(f"\nQUARANTINED {q}: replayed without it, as the daemon starts"
+                                         for q in self.quarantined)
+
+    def _verdict(self) -> str:
         if self.divergence:
             return f"{self.divergence}\n({self.checked} events matched before it)"
         text = f"OK: {self.events} events, {self.lines} trace lines, identical"
@@ -82,42 +89,44 @@ class Report:
 # -- replaying rows ----------------------------------------------------------------------------
 
 
-def apply_row(kernel: Kernel, seq: int, time_us: int, kind: str, body: str) -> list[str]:
-    """Apply one raw journal row (each step of a steps row); the trace lines it emitted. A row the
-    kernel cannot take diverges."""
+def apply_checked(kernel: Kernel, row: tuple, quarantined: dict) -> list[str]:
+    """Apply one raw journal row (a quarantined one only traces that it is) and check the kernel's
+    invariants; the trace lines it emitted. Raises RowFailed if the row raises, Diverged if an
+    invariant breaks."""
+    with Emitted(kernel.trace) as emitted:
+        apply_row(kernel, row, quarantined)
     try:
-        with Emitted(kernel.trace) as emitted:
-            for at_us, event in stamped_of_row(time_us, kind, body):
-                kernel.apply(event, at_us)
-    except Exception as exc:  # a bad row can fail anywhere: in JSON, a record's validator, the kernel
-        raise Diverged(Divergence(seq, kind, time_us, "a row the kernel applies",
-                                  f"{type(exc).__name__}: {exc}")) from None
+        kernel.check_invariants()
+    except InvariantError as broken:
+        raise Diverged(Divergence(row[0], row[2], row[1], "kernel invariants that hold", str(broken))) from None
     return emitted.text.splitlines()
 
 
-def replayed(kernel: Kernel, journal: Journal, after: int, upto: int):
-    """Apply rows after < seq <= upto to `kernel`; yield (seq, time_us, kind, body, lines) for each."""
-    want = after + 1
-    for seq, time_us, kind, body in journal.rows(after, upto):
-        if seq != want:
-            raise missing(want)
-        yield seq, time_us, kind, body, apply_row(kernel, seq, time_us, kind, body)
-        want += 1
+def contiguous(journal: Journal):
+    """journal.rows, raising Diverged at the first missing row."""
+    def rows(after: int, upto: int):
+        want = after + 1
+        for row in journal.rows(after, upto):
+            if row[0] != want:
+                raise missing(want)
+            yield row
+            want += 1
+    return rows
 
 
 def missing(seq: int) -> Diverged:
     return Diverged(Divergence(seq, "missing", None, "a journal row", "none"))
 
 
-def boot_kernel(journal: Journal, config: dict, after: int) -> Kernel:
-    """A kernel booted with `config` that has applied rows 1..after, as the daemon did at that boot."""
+def boot_kernel(journal: Journal, config: dict, after: int, quarantined: dict) -> Kernel:
+    """A kernel booted with `config` that has applied rows 1..after as the daemon's recovery did
+    at that boot: a row that raises is quarantined (recovery.py) and added to `quarantined`."""
     try:
-        kernel = Kernel(kernel_config_from_dict(config))
+        kernel_config = kernel_config_from_dict(config)
+        kernel = Kernel(kernel_config)
     except Exception as exc:  # a config from another version, or an edited one
         raise CannotReplay(f"cannot boot the recorded kernel config: {exc}") from None
-    for _ in replayed(kernel, journal, 0, after):
-        pass
-    return kernel
+    return rebuild(lambda: Kernel(kernel_config), contiguous(journal), after, quarantined, kernel, apply_checked)
 
 
 # -- verifying ---------------------------------------------------------------------------------
@@ -127,16 +136,17 @@ def verify(journal: Journal, archive_dir: str | None = None) -> Report:
     """Replay every row under its boot's config and compare each row's trace with the recorded one,
     and with the archive in `archive_dir` if given."""
     boots = recorded_boots(journal)
-    report, kernel, config = Report(events=boots[0].after_row), None, None
+    report, kernel, config, quarantined = Report(events=boots[0].after_row), None, None, {}
     archived_lines = ArchiveCheck(archive_dir)
     try:
         for boot in boots:
             if boot.config != config:
-                kernel, config = boot_kernel(journal, boot.config, boot.after_row), boot.config
-            check_boot(kernel, journal, boot, report, archived_lines)
+                kernel, config = boot_kernel(journal, boot.config, boot.after_row, quarantined), boot.config
+            kernel = check_boot(kernel, journal, boot, report, quarantined, archived_lines)
     except Diverged as diverged:
         report.divergence = diverged.args[0]
     report.archived = archived_lines.compared
+    report.quarantined = [str(q) for q in sorted(quarantined.values(), key=lambda q: q.seq)]
     return report
 
 
@@ -174,19 +184,38 @@ def recorded_boots(journal: Journal) -> list:
     return boots
 
 
-def check_boot(kernel: Kernel, journal: Journal, boot, report: Report, archived_lines: ArchiveCheck) -> None:
-    """Replay one boot's rows; compare each up to `boot.traced_to` with its trace row, all with the archive."""
+def check_boot(kernel: Kernel, journal: Journal, boot, report: Report, quarantined: dict,
+               archived_lines: ArchiveCheck) -> Kernel:
+    """Replay one boot's rows; compare each up to `boot.traced_to` with its trace row, all with the
+    archive. A row the daemon applied and traced must apply again; one without a trace row (lost
+    in a crash before the daemon applied it, or written by hand) is quarantined if it raises, as
+    the next start's recovery does. The kernel, rebuilt if a row was quarantined."""
     traces = journal.traces(boot.after_row, boot.traced_to)
-    for seq, time_us, kind, body, lines in replayed(kernel, journal, boot.after_row, boot.upto):
+    trace = next(traces, None)
+    for row in contiguous(journal)(boot.after_row, boot.upto):
+        seq, time_us, kind, body = row
         report.events += 1
+        traced = trace is not None and trace[0] == seq
+        try:
+            lines = apply_checked(kernel, row, quarantined)
+        except RowFailed as failed:
+            if traced:
+                reason = failed.args[0].reason
+                raise Diverged(Divergence(seq, kind, time_us, "a row the kernel applies", reason)) from None
+            quarantined[seq] = failed.args[0]
+            kernel = boot_kernel(journal, boot.config, seq, quarantined)
+            continue
         if seq <= boot.traced_to:
-            if difference := compare(next(traces, None), seq, row_crc(kind, body), lines):
+            if difference := compare(trace if traced else None, seq, row_crc(kind, body), lines):
                 raise Diverged(Divergence(seq, kind, time_us, *difference))
             report.checked += 1
             report.lines += len(lines)
         archived_lines.check(seq, kind, time_us, lines)
-    if (left := next(traces, None)) is not None:  # traced rows that the journal no longer has
-        raise missing(left[0])
+        if traced:
+            trace = next(traces, None)
+    if trace is not None:  # traced rows that the journal no longer has
+        raise missing(trace[0])
+    return kernel
 
 
 def compare(trace, seq: int, crc: int, lines: list[str]) -> tuple[str, str] | None:
@@ -220,7 +249,7 @@ def open_journal(state_dir: str) -> Journal:
 def rebuilt(journal: Journal) -> Kernel:
     """The kernel as the last boot would rebuild it now: its config, every row."""
     try:
-        return boot_kernel(journal, recorded_boots(journal)[-1].config, LAST)
+        return boot_kernel(journal, recorded_boots(journal)[-1].config, LAST, {})
     except Diverged as diverged:
         raise CannotReplay(str(diverged.args[0])) from None
 

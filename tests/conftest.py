@@ -1,6 +1,9 @@
 """Shared fixtures: a real mounted daemon per test (tier 3-4) with fast sim speeds."""
+import itertools
+
 import pytest
 
+from apeinxfs.kernel import Kernel
 from daemon import FUSE_READY, Daemon
 
 
@@ -18,3 +21,27 @@ def daemon(tmp_path):
     """A live mount at tmp_path/ai with its own state directory; unmounted afterwards."""
     with Daemon(tmp_path / "ai", tmp_path / "state") as running:
         yield running
+
+
+# Modules that run whole `apeinxfs sim` workloads (thousands of events, a thousand live tasks):
+# there a check after every event would make each test tens of times slower.
+SAMPLED_MODULES = {"test_fairness_sim.py": 50, "test_simulate.py": 50}
+
+
+@pytest.fixture(autouse=True)
+def kernel_invariants(request, monkeypatch):
+    """Every in-process kernel checks its invariants after every event it applies, or after every
+    Nth in a test marked invariants_every(N) or in SAMPLED_MODULES (N = 0: the test checks itself)."""
+    marker = request.node.get_closest_marker("invariants_every")
+    every = marker.args[0] if marker else SAMPLED_MODULES.get(request.path.name, 1)
+    if not every:
+        return
+    apply, applied = Kernel.apply, itertools.count(1)
+
+    def apply_and_check(kernel, event, now_us):
+        result = apply(kernel, event, now_us)
+        if next(applied) % every == 0:
+            kernel.check_invariants()
+        return result
+
+    monkeypatch.setattr(Kernel, "apply", apply_and_check)

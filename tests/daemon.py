@@ -46,6 +46,13 @@ def engine_config(driver: str, name: str = "tiny", context: int = 4096, shape: d
     return head + "\n".join(lines) + "\n"
 
 
+def checking_invariants(config_text: str) -> str:
+    """The config with `check_invariants = true` in its [daemon] section (added if it has none)."""
+    if "[daemon]\n" in config_text:
+        return config_text.replace("[daemon]\n", "[daemon]\ncheck_invariants = true\n", 1)
+    return config_text + "\n[daemon]\ncheck_invariants = true\n"
+
+
 def is_mounted(path: str) -> bool:
     with open("/proc/mounts") as mounts:
         return any(line.split()[1] == path for line in mounts)
@@ -114,12 +121,13 @@ class Daemon:
         os.makedirs(self.state_dir, exist_ok=True)
 
     def config_path(self) -> str | None:
-        """Write `config_text` into the state dir and return its path (None: no config)."""
+        """Write `config_text`, with daemon.check_invariants on, into the state dir and return its
+        path (None: no config)."""
         if self.config_text is None:
             return None
         path = os.path.join(self.state_dir, "test-config.toml")
         with open(path, "w") as file:
-            file.write(self.config_text)
+            file.write(checking_invariants(self.config_text))
         return path
 
     def command(self) -> list[str]:

@@ -19,6 +19,7 @@ from .billing import BillBook
 from .config import MIB, KernelConfig
 from .engines import EngineBook, EngineWatch
 from .errors import ApeinxError, Busy, Invalid, NoSpace, NotFound
+from .invariants import check_invariants
 from .kvmem import KVPool, estimate_prompt_tokens
 from .memory import KVManager
 from .modeladmin import ModelAdmin
@@ -92,6 +93,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin, EngineWatch):
         self.version = 0  # events applied: what a rendered file depends on, unless it reads the clock
         self._deadlines: list[tuple[int, int]] = []
         self.changed: set = set()
+        self._woken: set[int] = set()  # pids _wake_ancestors added to `changed`, with all their ancestors
         self._trace_seen = 0  # the trace seq take_changed() last reported
         self.state_counts: dict = dict.fromkeys(State, 0)
         for tenant in config.tenants:
@@ -143,6 +145,10 @@ class Kernel(Reclaim, Tenancy, ModelAdmin, EngineWatch):
     def _check_setpolicy(self, event: ev.SetPolicy) -> None:
         if event.policy not in POLICIES:
             raise Invalid(f"unknown policy {event.policy!r}: one of {', '.join(POLICIES)}")
+
+    def _check_step(self, event: ev.Step) -> None:
+        if not 0 <= event.gpu < len(self.gpus):
+            raise Invalid(f"no GPU {event.gpu} to step: there are {len(self.gpus)}")
 
     def _check_gpumemory(self, event: ev.GpuMemory) -> None:
         if not 0 <= event.gpu < len(self.gpus) or self.gpus[event.gpu].config.simulated or event.free_mib < 0:
@@ -348,6 +354,21 @@ class Kernel(Reclaim, Tenancy, ModelAdmin, EngineWatch):
             self._release_held(task.tenant)
 
     def _exit(self, task: Task, how: str, detail: str) -> None:
+        self._end(task, how, detail)
+        if how == "killed":
+            self._kill_children(task)
+
+    def _kill_children(self, root: Task) -> None:
+        """Kill the live children of a killed task, and theirs, parents first and in submit order:
+        a depth-first walk with its own stack, as a user can make a tree as deep as they like."""
+        stack = list(reversed(root.children))
+        while stack:
+            task = self.tasks[stack.pop()]
+            if not task.done:
+                self._end(task, "killed", f"its parent {task.parent} was killed")
+                stack.extend(reversed(task.children))
+
+    def _end(self, task: Task, how: str, detail: str) -> None:
         self._leave(task)
         task.exit, task.exited_us = how, self.now_us
         self._gone(task)
@@ -357,10 +378,6 @@ class Kernel(Reclaim, Tenancy, ModelAdmin, EngineWatch):
         self.counters.tokens_in += task.tokens_in
         self._emit("exit", task, f"{how}; {detail}")
         self._wake_ancestors(task)
-        if how == "killed":
-            for child in task.children:
-                if not self.tasks[child].done:
-                    self._exit(self.tasks[child], "killed", f"its parent {task.pid} was killed")
 
     def _preempt(self, task: Task, reason: str) -> None:
         self.counters.preempted += 1
@@ -455,14 +472,37 @@ class Kernel(Reclaim, Tenancy, ModelAdmin, EngineWatch):
         self.audit.record(self.now_us, event, "sched/policy", "ok", f"{old.name} -> {event.policy}")
 
     def _wake_ancestors(self, task: Task) -> None:
-        """A parent's `wait` covers its tree: wake every ancestor's readers."""
-        while task.parent is not None:
+        """A parent's `wait` covers its tree: wake every ancestor's readers. The walk stops at an
+        ancestor woken since the last take_changed (its own ancestors were woken with it), so
+        the exits of a deep chain cost O(1) each, not O(depth)."""
+        while task.parent is not None and task.parent not in self._woken:
+            self._woken.add(task.parent)
+            self.changed.add(task.parent)
             task = self.tasks[task.parent]
-            self.changed.add(task.pid)
 
     def tree_done(self, task: Task) -> bool:
         """Whether the task and all its descendants have exited."""
-        return task.done and all(self.tree_done(self.tasks[c]) for c in task.children)
+        return task.pid in self.trees_done([task.pid])
+
+    def trees_done(self, pids) -> set[int]:
+        """Those of `pids` whose task and all its descendants have exited: tree_done of each, with
+        every subtree walked at most once however many of the pids share it (a kill of a deep
+        chain changes every pid of it at once)."""
+        done: dict[int, bool] = {}
+        for root in pids:
+            stack = [(root, False)]
+            while stack:
+                pid, children_known = stack.pop()
+                task = self.tasks[pid]
+                if children_known:
+                    done[pid] = all(done[child] for child in task.children)
+                elif pid not in done:
+                    if task.done:
+                        stack.append((pid, True))
+                        stack.extend((child, False) for child in task.children if child not in done)
+                    else:
+                        done[pid] = False
+        return {pid for pid in pids if done[pid]}
 
     def _set_state(self, task: Task, state: State) -> None:
         self.state_counts[task.state] -= 1
@@ -475,6 +515,10 @@ class Kernel(Reclaim, Tenancy, ModelAdmin, EngineWatch):
 
     def _emit(self, kind: str, task: Task | None, detail: str, gpu=None) -> None:
         self.trace.emit(self.now_us, kind, task, detail, gpu)
+
+    def check_invariants(self) -> None:
+        """Raise InvariantError naming every redundant index that disagrees with its source (invariants.py)."""
+        check_invariants(self)
 
     # -- views for drivers and the tree -----------------------------------------------------
 
@@ -490,7 +534,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin, EngineWatch):
 
     def take_changed(self) -> set:
         """What changed since the last call: pids, 'trace' (if it has new lines), ('gpu', N)."""
-        changed, self.changed = self.changed, set()
+        changed, self.changed, self._woken = self.changed, set(), set()
         if self.trace.seq != self._trace_seen:
             self._trace_seen = self.trace.seq
             changed.add("trace")

@@ -136,7 +136,7 @@ class KVManager:
         only where pools differ in size: admission refused any task that fits in none, so when
         they are all alike every task fits in each (0 then stands for "fits")."""
         model, per_page = self.models[task.model], self.per_page[task.model]
-        full_blocks = task.tokens_in > per_page  # cacheable_blocks(task.tokens_in) > 0, without the call
+        full_blocks = 0 < per_page < task.tokens_in  # cacheable_blocks(task.tokens_in) > 0, without the call
         chain = prompt_chain(task.model, per_page, task.spec.prompt) if full_blocks else ()
         worst = self._worst(model, task.tokens_in, task.spec.max_tokens) if self._mixed_pools else 0
         return chain, self._private_need(task, len(chain), model), worst, task.tokens_out == 0

@@ -132,6 +132,15 @@ class Accounts:
             self.active_weight += weight - entity.weight
         entity.weight = weight
 
+    def remove_tenant(self, name: str) -> None:
+        """Forget a removed tenant (it has no live tasks) and its agents."""
+        entity = self.tenants.pop(name)
+        del self.active_agents[name]
+        for agent, levels in list(self._levels_of.items()):
+            if levels[0][0] is entity:
+                del self._levels_of[agent]
+                self.agents.pop(agent, None)
+
     def agent(self, task) -> Entity:
         agent = self.agents.get(task.agent)
         if agent is None:
@@ -242,6 +251,14 @@ class FlatQueue:
 
     def tasks(self) -> list:
         return [self._tasks[pid][0] for level in self._levels.ordered() for pid in self._by_level[level].ordered()]
+
+    def index_problems(self):
+        """Yield what disagrees between the queued tasks and the per-level heaps (for invariants.py)."""
+        by_level = {pid: level for level, heap in self._by_level.items() for pid in heap}
+        if by_level != {pid: level for pid, (_task, level) in self._tasks.items()}:
+            yield f"{self.name} queue: its level heaps do not hold exactly its tasks"
+        if set(self._levels) != {level for level, heap in self._by_level.items() if heap}:
+            yield f"{self.name} queue: its levels are not those with queued tasks"
 
 
 class FairQueue:
@@ -355,6 +372,33 @@ class FairQueue:
 
     def tasks(self) -> list:
         return sorted(self._members.values(), key=lambda t: (self.accounts.tenant(t).counter, t.pid))
+
+    def index_problems(self):
+        """Yield what disagrees between the queued tasks and the tenant, agent, task, resume and
+        deadline heaps (for invariants.py)."""
+        members = self._members.values()
+        resumed = {tenant: set(heap) for tenant, heap in self._resumes.items() if heap}
+        if resumed != _group((task.tenant, task.pid) for task in members if task.state is State.PREEMPTED):
+            yield f"{self.name} queue: its resume heaps are not its preempted members"
+        new = [task for task in members if task.state is not State.PREEMPTED]
+        queued = {agent: set(tasks) if type(tasks) is LazyHeap else {tasks.pid} for agent, tasks in self._tasks.items()}
+        if queued != _group((task.agent, task.pid) for task in new):
+            yield f"{self.name} queue: its agents' queued tasks are not its members"
+        by_tenant = {tenant: set(heap) for tenant, heap in self._agents.items() if heap}
+        if by_tenant != _group((task.tenant, task.agent) for task in new):
+            yield f"{self.name} queue: its tenants' agent heaps are not the agents with queued tasks"
+        if set(self._tenants) != set(by_tenant) | set(resumed):
+            yield f"{self.name} queue: its tenant heap is not the tenants with queued tasks"
+        if set(self._deadlines) != {t.pid for t in members if t.deadline_at_us is not None}:
+            yield f"{self.name} queue: its deadline heap is not its members with a deadline"
+
+
+def _group(pairs) -> dict:
+    """{key: {value, ...}} of (key, value) pairs."""
+    groups: dict = collections.defaultdict(set)
+    for key, value in pairs:
+        groups[key].add(value)
+    return groups
 
 
 def make_queue(policy: str, accounts: Accounts, boost_us: int):

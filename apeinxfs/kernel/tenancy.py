@@ -288,6 +288,7 @@ class Tenancy:
 
     def _apply_removetenant(self, event: ev.RemoveTenant) -> None:
         del self.tenants[event.name]
+        self.accounts.remove_tenant(event.name)
         self.audit.record(self.now_us, event, "tenant", "ok", f"remove {event.name}")
         self._emit("tenant", None, f"remove {event.name} by uid {event.uid}")
 

@@ -26,6 +26,12 @@ def _limit(low: int, high: int):
     return check
 
 
+def _window(_inst, attribute, value):
+    """A ledger's window: seconds in 1..366 days; never `max` (a ledger needs one to reset)."""
+    if type(value) is not int or not 1 <= value <= 366 * 86400:
+        raise Invalid(f"{attribute.name} must be a duration of 1s..366d, not {'max' if value is None else repr(value)}")
+
+
 def _ids(value) -> tuple:
     ids = tuple(value)
     if any(type(i) is not int or not 0 <= i < 2**32 for i in ids):
@@ -99,7 +105,7 @@ class Quota:  # every attribute read of it takes CPython's slow generic path
     """Hard limits: tokens per window, live tasks, KV pages held, percent of batch slots."""
 
     tokens: int | None = attrs.field(default=None, validator=_limit(1, 10**12))
-    window: int = attrs.field(default=60, validator=_limit(1, 366 * 86400))
+    window: int = attrs.field(default=60, validator=_window)
     tasks: int | None = attrs.field(default=None, validator=_limit(1, 10**7))
     kv_pages: int | None = attrs.field(default=None, validator=_limit(1, 10**9))
     gpu: int | None = attrs.field(default=None, validator=_limit(1, 100))
@@ -119,7 +125,7 @@ class Budget:  # every attribute read of it takes CPython's slow generic path
     """Tokens per window that may be overdrawn by `overdraw` percent, paid back in the next window."""
 
     tokens: int | None = attrs.field(default=None, validator=_limit(1, 10**15))
-    window: int = attrs.field(default=86400, validator=_limit(1, 366 * 86400))
+    window: int = attrs.field(default=86400, validator=_window)
     overdraw: int = attrs.field(default=10, validator=_limit(0, 100))
 
     KEYS = {"tokens": (show_limit, parse_limit), "window": (show_seconds, parse_seconds),

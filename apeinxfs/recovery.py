@@ -1,0 +1,68 @@
+"""Rebuilding a kernel from journal rows, so that no single row can stop a daemon from starting.
+
+Every event is checked before it is journaled, and applying a checked event does not
+raise. If one row still does (a kernel bug, a row written by another version, an edited
+file), recovery must not replay it into the same failure at every start: that row is
+quarantined. The kernel is rebuilt from the first row without it (its apply may have
+left half-done changes), a `quarantine` trace line stands in its place, and recovery
+carries on. The daemon (runtime.py) and `apeinxfs replay --verify` (verify.py) rebuild
+through the same function, so both quarantine the same rows and emit the same lines.
+
+Pure apart from logging: rows come from a function; nothing is written.
+"""
+import logging
+
+import attrs
+
+from .kernel.events import stamped_of_row
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Quarantined:
+    """A journal row whose decode or apply raised: recovery goes on without it."""
+
+    seq: int
+    kind: str
+    time_us: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"journal row {self.seq} ({self.kind}, time_us {self.time_us}): {self.reason}"
+
+
+class RowFailed(Exception):
+    """Raised with the Quarantined record of the row whose decode or apply raised."""
+
+
+def apply_row(kernel, row: tuple, quarantined: dict) -> None:
+    """Apply one raw journal row (seq, time_us, kind, body); a quarantined one only traces that it is."""
+    seq, time_us, kind, body = row
+    if seq in quarantined:
+        kernel.trace.emit(max(kernel.now_us, time_us), "quarantine", None,
+                          f"journal row {seq} ({kind}) skipped: {quarantined[seq].reason}")
+        return
+    try:
+        for at_us, event in stamped_of_row(time_us, kind, body):  # a steps row holds several
+            kernel.apply(event, at_us)
+    except Exception as exc:  # anything: JSON, a record's validator, a kernel bug, RecursionError
+        raise RowFailed(Quarantined(seq, kind, time_us, f"{type(exc).__name__}: {exc}")) from exc
+
+
+def rebuild(fresh_kernel, rows, upto: int, quarantined: dict, kernel=None, apply=apply_row):
+    """A kernel that has applied rows 1..upto (`rows(after, upto)` yields them) with `apply`,
+    starting from `kernel` or `fresh_kernel()`. A row that raises joins `quarantined` (seq ->
+    Quarantined, kept by the caller) and the kernel is rebuilt from a fresh one; each bad row
+    costs one rebuild."""
+    while True:
+        kernel = kernel if kernel is not None else fresh_kernel()
+        try:
+            for row in rows(0, upto):
+                apply(kernel, row, quarantined)
+            return kernel
+        except RowFailed as failed:
+            record = failed.args[0]
+            log.error("quarantined %s; rebuilding the kernel without it", record)
+            quarantined[record.seq] = record
+            kernel = None

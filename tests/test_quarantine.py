@@ -1,0 +1,70 @@
+"""Tier 2: a journal row whose apply raises is quarantined at recovery, not replayed into a crash.
+
+The row is crafted through the journal codec (a step naming a GPU that does not exist,
+which `Kernel.check` now refuses, appended without a check, as a bug or an edited file
+would leave it): the daemon starts with the rest of its state, traces `quarantine` with
+the reason, starts the same way again, and `apeinxfs replay --verify` reports the row.
+"""
+import json
+import sqlite3
+
+from apeinxfs import verify
+from apeinxfs.kernel.events import Kill, Step, Tick
+from test_journal_runtime import open_runtime, submit
+
+
+def crash_after_bad_row(tmp_path) -> tuple[list[int], int]:
+    """A first boot submits two tasks, then a row that cannot apply is journaled unchecked; (pids, its seq)."""
+    with open_runtime(tmp_path) as first:
+        pids = [submit(first, "a"), submit(first, "b")]
+        (seq,) = first.journal.append([(first.clock.now_us(), Step(gpu=99, chunks=[]))])
+    return pids, seq
+
+
+def quarantine_lines(rt) -> list[str]:
+    return [line for line in rt.kernel.trace.buffer.decode().splitlines() if ",quarantine," in line]
+
+
+def test_recovery_quarantines_the_row_and_keeps_the_rest(tmp_path):
+    """The restart quarantines the row (a trace line with the reason), keeps both tasks, takes new
+    writes, and the next start does the same."""
+    pids, seq = crash_after_bad_row(tmp_path)
+    with open_runtime(tmp_path) as second:
+        second.recover()
+        assert list(second.quarantined) == [seq] and "IndexError" in second.quarantined[seq].reason
+        assert set(pids) <= second.kernel.tasks.keys()
+        (line,) = quarantine_lines(second)
+        assert f"journal row {seq} (steps) skipped: IndexError" in line
+        second.commit([Kill(pid=pids[0], uid=1000)])
+    with open_runtime(tmp_path) as third:
+        third.recover()
+        assert list(third.quarantined) == [seq] and len(quarantine_lines(third)) == 1
+        assert third.kernel.tasks[pids[0]].exit == "killed" and not third.kernel.tasks[pids[1]].done
+
+
+def test_verify_reports_the_quarantined_row_and_passes(tmp_path, capsys):
+    """replay --verify replays as recovery did, matches every traced row, and names the quarantined one."""
+    _, seq = crash_after_bad_row(tmp_path)
+    with open_runtime(tmp_path) as second:
+        second.recover()
+    assert verify.main(["--verify", str(tmp_path / "state")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK: ") and f"QUARANTINED journal row {seq} (steps, time_us " in out
+    assert verify.main(["--verify", "--json", str(tmp_path / "state")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and len(report["quarantined"]) == 1 and "IndexError" in report["quarantined"][0]
+
+
+def test_a_traced_row_that_no_longer_applies_diverges(tmp_path):
+    """A row the daemon applied and traced, edited afterwards into one that raises, diverges: no quarantine."""
+    with open_runtime(tmp_path) as rt:
+        submit(rt, "a")
+        rt.commit([Tick()])
+        seq = rt.journal.last_seq
+    with sqlite3.connect(tmp_path / "state" / "journal.db") as db:
+        db.execute("UPDATE journal SET body = ? WHERE seq = ?", ('{"when": 1}', seq))
+    journal = verify.open_journal(str(tmp_path / "state"))
+    report = verify.verify(journal)
+    journal.close()
+    assert report.divergence.seq == seq and report.divergence.got.startswith("TypeError")
+    assert report.quarantined == []
