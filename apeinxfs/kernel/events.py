@@ -193,8 +193,9 @@ class JournalRecovered:
     since_us: int
 
 
-Event = (Submit | Kill | Control | Step | Failed | Rejected | SetPolicy | Tick | Restart | SetTenant | RemoveTenant
-         | SetRules | SetModel | RemoveModel | GpuMemory | JournalFailed | JournalRecovered | Interrupted | EngineHealth)
+Event = (Submit | Kill | Control | Step | Failed | Rejected | SetPolicy | Tick | Restart | SetTenant
+         | RemoveTenant | SetRules | SetModel | RemoveModel | GpuMemory | JournalFailed | JournalRecovered
+         | Interrupted | EngineHealth)
 KINDS: dict[str, type[Event]] = {cls.__name__.lower(): cls for cls in typing.get_args(Event)}
 
 

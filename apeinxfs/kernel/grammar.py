@@ -6,7 +6,8 @@ tenants or pids exist.
 """
 import json
 import re
-from typing import Any, Collection, Iterable
+from collections.abc import Collection, Iterable
+from typing import Any
 
 from .errors import Invalid
 from .sampling import FLOAT_RANGES, KEYS as SAMPLING_KEYS, Sampling, SamplingValue

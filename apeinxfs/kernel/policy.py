@@ -21,9 +21,10 @@ from .spec import NAME_MAX, TOKENS_MAX
 
 ACTIONS = ("deny", "allow", "limit")
 COMPARISONS: dict[str, Callable[[int, int], bool]] = {"=": operator.eq, "!=": operator.ne, "<": operator.lt,
-               "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+                                                      "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 NUMBER_RANGES = {"tokens": (0, TOKENS_MAX), "prio": (0, 9)}
-LIMIT_RANGES: dict[str, tuple[float, float]] = {"max_tokens": (1, TOKENS_MAX), "max_prio": (0, 9), "max_temperature": FLOAT_RANGES["temperature"]}
+LIMIT_RANGES: dict[str, tuple[float, float]] = {"max_tokens": (1, TOKENS_MAX), "max_prio": (0, 9),
+                                                "max_temperature": FLOAT_RANGES["temperature"]}
 REPEATS = {"tokens": 2, "prio": 2}  # a range: tokens>=100 tokens<1000; any other key once
 _TIMES = {1: "once", 2: "twice"}
 UID_MAX = 2**32 - 1

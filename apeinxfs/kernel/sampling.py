@@ -6,7 +6,8 @@ gives the set keys back in the key=value submit form, which parses to an equal r
 Not here: the submit grammar (grammar.py), what a driver sends (each driver maps `fields`
 to its engine's names), policy clamps (policy.py).
 """
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import attrs
 

@@ -4,7 +4,8 @@ These are frozen attrs records whose validators raise Invalid, so a TaskSpec tha
 exists is a TaskSpec that is well formed. Whether it fits the running system (a known
 model, enough KV memory) is the kernel's question, not this module's.
 """
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 

@@ -102,8 +102,9 @@ class Members:
     viewer_uids: tuple[int, ...] = attrs.field(default=(), converter=_ids)
     viewer_gids: tuple[int, ...] = attrs.field(default=(), converter=_ids)
 
-    KEYS: ClassVar[dict[str, KeyFormat]] = {"uids": (show_list, parse_ids), "gids": (show_list, parse_ids),
-            "viewer_uids": (show_list, parse_ids), "viewer_gids": (show_list, parse_ids)}
+    KEYS: ClassVar[dict[str, KeyFormat]] = {
+        "uids": (show_list, parse_ids), "gids": (show_list, parse_ids),
+        "viewer_uids": (show_list, parse_ids), "viewer_gids": (show_list, parse_ids)}
 
 
 @attrs.frozen(slots=False)  # a slotted attrs class with a cached_property gets a __getattr__, and then
@@ -116,9 +117,10 @@ class Quota:  # every attribute read of it takes CPython's slow generic path
     kv_pages: int | None = attrs.field(default=None, validator=_limit(1, 10**9))
     gpu: int | None = attrs.field(default=None, validator=_limit(1, 100))
 
-    KEYS: ClassVar[dict[str, KeyFormat]] = {"tokens": (show_limit, parse_limit), "window": (show_seconds, parse_seconds),
-            "tasks": (show_limit, parse_limit), "kv_pages": (show_limit, parse_limit),
-            "gpu": (show_limit, parse_limit)}
+    KEYS: ClassVar[dict[str, KeyFormat]] = {
+        "tokens": (show_limit, parse_limit), "window": (show_seconds, parse_seconds),
+        "tasks": (show_limit, parse_limit), "kv_pages": (show_limit, parse_limit),
+        "gpu": (show_limit, parse_limit)}
 
     @functools.cached_property
     def limit(self) -> Limit:
@@ -134,8 +136,9 @@ class Budget:  # every attribute read of it takes CPython's slow generic path
     window: int = attrs.field(default=86400, validator=_limit(1, 366 * 86400))
     overdraw: int = attrs.field(default=10, validator=_limit(0, 100))
 
-    KEYS: ClassVar[dict[str, KeyFormat]] = {"tokens": (show_limit, parse_limit), "window": (show_seconds, parse_seconds),
-            "overdraw": (str, lambda text, what: parse_int(text, what))}
+    KEYS: ClassVar[dict[str, KeyFormat]] = {
+        "tokens": (show_limit, parse_limit), "window": (show_seconds, parse_seconds),
+        "overdraw": (str, lambda text, what: parse_int(text, what))}
 
     @functools.cached_property
     def limit(self) -> Limit:
@@ -151,8 +154,9 @@ class Sandbox:
     max_wall: int | None = attrs.field(default=None, validator=_limit(1, 366 * 86400))
     models: tuple[str, ...] = attrs.field(default=(), converter=_names)
 
-    KEYS: ClassVar[dict[str, KeyFormat]] = {"max_tokens": (show_limit, parse_limit), "max_wall": (show_seconds, parse_seconds),
-            "models": (show_names, parse_names)}
+    KEYS: ClassVar[dict[str, KeyFormat]] = {
+        "max_tokens": (show_limit, parse_limit), "max_wall": (show_seconds, parse_seconds),
+        "models": (show_names, parse_names)}
 
 
 G = TypeVar("G", Members, Quota, Budget, Sandbox)  # one of the groups
