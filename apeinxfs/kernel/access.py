@@ -10,9 +10,13 @@ A non-admin sees only its own tenant, like a PID namespace: others' tasks are EN
 Pure functions of the kernel's tenants and the access config; fs.py asks once per request
 (and keeps the answer while the kernel is unchanged, unless supplementary groups count).
 """
+from collections.abc import Callable, Iterable, Mapping
+
 import attrs
 
+from .config import AccessConfig
 from .errors import Denied
+from .tenant_config import TenantConfig
 
 RANKS = {"none": 0, "viewer": 1, "user": 2, "admin": 3}
 
@@ -40,7 +44,8 @@ class Identity:
             raise Denied(f"uid {self.uid} is {self.role}{where}: {what} needs {role}")
 
 
-def identify(tenants, access, uid: int, gid: int, groups) -> Identity:
+def identify(tenants: Mapping[str, TenantConfig], access: AccessConfig, uid: int, gid: int,
+             groups: Callable[[], Iterable[int]]) -> Identity:
     """The caller's identity; `groups()` (supplementary gids) is asked only if a gid could matter."""
     gids = {gid} | (set(groups()) if uses_gids(tenants, access) else set())
     if uid in (0, access.owner_uid) or uid in access.admin_uids or gids & set(access.admin_gids):
@@ -52,7 +57,8 @@ def identify(tenants, access, uid: int, gid: int, groups) -> Identity:
     return Identity(uid, access.unmapped, _default(tenants))
 
 
-def _member_tenant(tenants, uid, gids, uid_key, gid_key) -> str | None:
+def _member_tenant(tenants: Mapping[str, TenantConfig], uid: int, gids: set[int],
+                   uid_key: str, gid_key: str) -> str | None:
     for tenant in tenants.values():
         members = tenant.members
         if uid in getattr(members, uid_key) or gids & set(getattr(members, gid_key)):
@@ -60,10 +66,10 @@ def _member_tenant(tenants, uid, gids, uid_key, gid_key) -> str | None:
     return None
 
 
-def uses_gids(tenants, access) -> bool:
+def uses_gids(tenants: Mapping[str, TenantConfig], access: AccessConfig) -> bool:
     """Whether any gid grants a role: if not, identities depend on uid and gid alone."""
     return bool(access.admin_gids) or any(t.members.gids or t.members.viewer_gids for t in tenants.values())
 
 
-def _default(tenants) -> str | None:
+def _default(tenants: Mapping[str, TenantConfig]) -> str | None:
     return "default" if "default" in tenants else None

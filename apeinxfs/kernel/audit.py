@@ -5,6 +5,7 @@ changes, kills of another user's task, refused writes that were denials), so, li
 trace, it is rebuilt by replaying the journal and its seqs survive restarts. Served at
 /trace/audit to admins.
 """
+from .events import ByCaller
 from .trace import quote
 
 HEADER = b"seq,time_us,uid,pid,tenant,action,result,detail\n"
@@ -13,11 +14,11 @@ HEADER = b"seq,time_us,uid,pid,tenant,action,result,detail\n"
 class AuditLog:
     """Who (uid, the caller's pid, its tenant) did what, and how it ended."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.seq = 0
         self.buffer = bytearray(HEADER)
 
-    def record(self, time_us: int, event, action: str, result: str, detail: str) -> None:
+    def record(self, time_us: int, event: ByCaller, action: str, result: str, detail: str) -> None:
         """Append one line; the event says who (uid, caller_pid, caller_tenant)."""
         self.seq += 1
         self.buffer += (f"{self.seq},{time_us},{event.uid},{event.caller_pid},{event.caller_tenant or ''},"

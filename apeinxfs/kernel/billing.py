@@ -8,8 +8,12 @@ with the same quantities, so a bill can be recomputed from the trace alone. Cost
 exact decimals from the model's price table and are rounded to the cent per row.
 """
 import decimal
+from typing import TYPE_CHECKING
 
 import attrs
+
+if TYPE_CHECKING:
+    from .config import Price
 
 US = 1_000_000
 CENT = decimal.Decimal("0.01")
@@ -47,8 +51,8 @@ class Usage:
         self.gpu_us += other.gpu_us
         self.page_us += other.page_us
 
-    def cost(self, price) -> decimal.Decimal:
-        """Exact cost under `price` (a kernel.config.Price), rounded half up to the cent."""
+    def cost(self, price: "Price") -> decimal.Decimal:
+        """Exact cost under `price`, rounded half up to the cent."""
         exact = (self.tokens_in * price.input_per_1k / 1000 + self.tokens_out * price.output_per_1k / 1000
                  + self.gpu_us * price.gpu_second / US + self.page_us * price.kv_page_second / US)
         return exact.quantize(CENT, rounding=decimal.ROUND_HALF_UP)
@@ -64,7 +68,7 @@ def segment_usage(meter: Meter, end_us: int) -> Usage:
 class BillBook:
     """Usage per (period start in seconds, tenant, model), in the order first booked."""
 
-    def __init__(self, period_s: int):
+    def __init__(self, period_s: int) -> None:
         self.period_s = period_s
         self.rows: dict[tuple[int, str, str], Usage] = {}
 

@@ -5,41 +5,44 @@ knobs live in each model's `options` and are the driver's to validate.
 """
 import decimal
 import functools
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
 
 import attrs
 
 from .errors import Invalid
 from .kvmem import bytes_per_token
 from .sched import POLICIES
+from .spec import Validator
 from .tenant_config import TenantConfig, tenant_from_dict
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
 MIB = 1 << 20
 
 
-def _positive(_inst, attribute, value):
+def _positive(_inst: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if type(value) is not int or value <= 0:
         raise Invalid(f"{attribute.name} must be a positive integer, not {value!r}")
 
 
-def _non_negative(_inst, attribute, value):
+def _non_negative(_inst: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
         raise Invalid(f"{attribute.name} must be a number >= 0, not {value!r}")
 
 
-def _count(_inst, attribute, value):
+def _count(_inst: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if type(value) is not int or value < 0:
         raise Invalid(f"{attribute.name} must be an integer >= 0, not {value!r}")
 
 
-def _one_of(choices):
-    def check(_inst, attribute, value):
+def _one_of(choices: Collection[str]) -> Validator:
+    def check(_inst: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
         if value not in choices:
             raise Invalid(f"{attribute.name} must be one of {', '.join(sorted(choices))}, not {value!r}")
     return check
 
 
-def _price(value) -> decimal.Decimal:
+def _price(value: decimal.Decimal | float | str) -> decimal.Decimal:
     """A price as an exact decimal (TOML floats go through their shortest text form)."""
     try:
         price = decimal.Decimal(str(value))
@@ -60,7 +63,12 @@ class Price:
     kv_page_second: decimal.Decimal = attrs.field(default=decimal.Decimal(0), converter=_price)
 
 
-def _price_table(value) -> Price:
+def _options(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A model's driver options, as a dict of their own (the driver checks them)."""
+    return dict(value)
+
+
+def _price_table(value: Price | Mapping[str, Any]) -> Price:
     return value if isinstance(value, Price) else Price(**value)
 
 
@@ -75,7 +83,7 @@ class ModelConfig:  # every attribute read of it takes CPython's slow generic pa
     kv_heads: int = attrs.field(default=8, validator=_positive)
     head_dim: int = attrs.field(default=128, validator=_positive)
     dtype: str = attrs.field(default="fp16", validator=_one_of(DTYPE_BYTES))
-    options: dict = attrs.field(factory=dict, converter=dict)
+    options: dict[str, Any] = attrs.field(factory=dict, converter=_options)
     price: Price = attrs.field(factory=Price, converter=_price_table)
     # While its engine is unreachable (engines.py): how long its queued tasks wait, how often one resumes
     engine_wait_s: float = attrs.field(default=300.0, validator=_non_negative)
@@ -98,7 +106,7 @@ class GpuConfig:
     simulated: bool = True
 
 
-def _fraction(_inst, attribute, value):
+def _fraction(_inst: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
         raise Invalid(f"{attribute.name} must be a number from 0 up to (not including) 1, not {value!r}")
 
@@ -126,13 +134,13 @@ ROLES = ("user", "viewer", "none")
 class AccessConfig:
     """Who is an admin besides root and the daemon's owner, and what callers in no tenant may do."""
 
-    admin_uids: tuple = attrs.field(default=(), converter=tuple)
-    admin_gids: tuple = attrs.field(default=(), converter=tuple)
+    admin_uids: tuple[int, ...] = attrs.field(default=(), converter=tuple[int, ...])
+    admin_gids: tuple[int, ...] = attrs.field(default=(), converter=tuple[int, ...])
     unmapped: str = attrs.field(default="user", validator=_one_of(ROLES))
     owner_uid: int = 0
 
 
-def _tenants(value) -> tuple:
+def _tenants(value: Iterable[TenantConfig | Mapping[str, Any]]) -> tuple[TenantConfig, ...]:
     return tuple(t if isinstance(t, TenantConfig) else tenant_from_dict(t) for t in value)
 
 
@@ -140,11 +148,11 @@ def _tenants(value) -> tuple:
 class KernelConfig:
     """Everything the kernel needs to boot."""
 
-    models: tuple = attrs.field(converter=tuple)
-    gpus: tuple = attrs.field(converter=tuple)
+    models: tuple[ModelConfig, ...] = attrs.field(converter=tuple[ModelConfig, ...])
+    gpus: tuple[GpuConfig, ...] = attrs.field(converter=tuple[GpuConfig, ...])
     page_mib: int = attrs.field(default=64, validator=_positive)
     sched: SchedConfig = attrs.Factory(SchedConfig)
-    tenants: tuple = attrs.field(default=(TenantConfig("default"),), converter=_tenants)
+    tenants: tuple[TenantConfig, ...] = attrs.field(default=(TenantConfig("default"),), converter=_tenants)
     node: str = "local"
     access: AccessConfig = attrs.Factory(AccessConfig)
     billing_period_s: int = attrs.field(default=86400, validator=_positive)
@@ -154,7 +162,7 @@ class KernelConfig:
     def policy(self) -> str:
         return self.sched.policy
 
-    def __attrs_post_init__(self):
+    def __attrs_post_init__(self) -> None:
         if not self.models:
             raise Invalid("at least one model is needed")
         if not self.gpus:
@@ -173,7 +181,7 @@ NESTED_LISTS = {"models": ModelConfig, "gpus": GpuConfig, "tenants": TenantConfi
 NESTED = {"sched": SchedConfig, "access": AccessConfig}
 
 
-def kernel_config_from_dict(data: dict) -> KernelConfig:
+def kernel_config_from_dict(data: Mapping[str, Any]) -> KernelConfig:
     """The KernelConfig that `attrs.asdict` turned into `data` (the journal's boot record)."""
     lists = {key: [record(**item) for item in data[key]] for key, record in NESTED_LISTS.items() if key in data}
     nested = {key: record(**data[key]) for key, record in NESTED.items() if key in data}

@@ -7,6 +7,8 @@ body; `steps_to_row`/`stamped_of_row` that of a `steps` row, several steps with 
 times in one compact row.
 """
 import json
+import typing
+from collections.abc import Iterable
 
 import attrs
 
@@ -62,12 +64,16 @@ class Chunk:
     final: bool = False
 
 
+def _chunks(chunks: Iterable[Chunk]) -> tuple[Chunk, ...]:
+    return tuple(chunks)
+
+
 @attrs.frozen
 class Step:
     """One engine step on GPU `gpu`: a chunk per task in the batch."""
 
     gpu: int
-    chunks: tuple[Chunk, ...] = attrs.field(converter=tuple)
+    chunks: tuple[Chunk, ...] = attrs.field(converter=_chunks)
 
 
 @attrs.frozen
@@ -148,7 +154,7 @@ class RemoveModel(ByCaller):
 class SetRules(ByCaller):
     """Policy rules (canonical texts) to append, or to replace the whole list with."""
 
-    rules: tuple[str, ...] = attrs.field(converter=tuple)
+    rules: tuple[str, ...] = attrs.field(converter=tuple[str, ...])
     replace: bool = False
 
 
@@ -187,15 +193,16 @@ class JournalRecovered:
     since_us: int
 
 
-KINDS = {cls.__name__.lower(): cls for cls in (Submit, Kill, Control, Step, Failed, Rejected, SetPolicy, Tick, Restart,
-                                                SetTenant, RemoveTenant, SetRules, SetModel, RemoveModel, GpuMemory,
-                                                JournalFailed, JournalRecovered, Interrupted, EngineHealth)}
+Event = (Submit | Kill | Control | Step | Failed | Rejected | SetPolicy | Tick | Restart | SetTenant
+         | RemoveTenant | SetRules | SetModel | RemoveModel | GpuMemory | JournalFailed | JournalRecovered
+         | Interrupted | EngineHealth)
+KINDS: dict[str, type[Event]] = {cls.__name__.lower(): cls for cls in typing.get_args(Event)}
 
 
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), default=str)  # json.dumps(..., separators=) builds one per call
 
 
-def to_row(event) -> tuple[str, str]:
+def to_row(event: Event) -> tuple[str, str]:
     """(kind, JSON body) for the journal; decimals (a model's prices) as their exact text."""
     return type(event).__name__.lower(), _COMPACT_JSON.encode(attrs.asdict(event))
 
@@ -213,14 +220,14 @@ def steps_to_row(stamped: list[tuple[int, Step]]) -> tuple[int, str, str]:
     return first, "steps", _STEPS_JSON.encode(body)
 
 
-def _chunk_fields(chunk: Chunk) -> list:
-    fields = [chunk.pid, chunk.text, chunk.tokens, chunk.prefill, int(chunk.final)]
+def _chunk_fields(chunk: Chunk) -> list[int | str]:
+    fields: list[int | str] = [chunk.pid, chunk.text, chunk.tokens, chunk.prefill, int(chunk.final)]
     while len(fields) > 2 and fields[-1] == CHUNK_DEFAULTS[len(fields) - 1]:
         fields.pop()
     return fields
 
 
-def stamped_of_row(time_us: int, kind: str, body: str) -> list[tuple[int, object]]:
+def stamped_of_row(time_us: int, kind: str, body: str) -> list[tuple[int, Event]]:
     """The (time_us, event) pairs a journal row holds: one, or a steps row's steps."""
     if kind != "steps":
         return [(time_us, from_row(kind, body))]
@@ -232,7 +239,7 @@ def _chunk(pid: int, text: str, tokens: int = 1, prefill: int = 0, final: int = 
     return Chunk(pid=pid, text=text, tokens=tokens, prefill=prefill, final=bool(final))
 
 
-def from_row(kind: str, body: str):
+def from_row(kind: str, body: str) -> Event:
     """The record a journal row holds."""
     data = json.loads(body)
     if kind == "submit":

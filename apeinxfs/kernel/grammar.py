@@ -6,9 +6,11 @@ tenants or pids exist.
 """
 import json
 import re
+from collections.abc import Collection, Iterable
+from typing import Any
 
 from .errors import Invalid
-from .sampling import FLOAT_RANGES, KEYS as SAMPLING_KEYS, Sampling
+from .sampling import FLOAT_RANGES, KEYS as SAMPLING_KEYS, Sampling, SamplingValue
 from .spec import TaskCommand, TaskSpec
 
 SUBMIT_KEYS = {"name", "max_tokens", "prio", "model", "tenant", "deadline", "prompt", "parent", *SAMPLING_KEYS}
@@ -17,6 +19,11 @@ _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(us|ms|s|m|h|d)?")  # ASCII digits
 _UNIT_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 _INT = re.compile(r"[+-]?[0-9]{1,12}")
 _NUMBER = re.compile(r"[+-]?[0-9]{1,12}(\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?")  # a float's repr fits
+_VALUE_END = re.compile(r"\s|$")
+
+# TaskSpec's keyword arguments as read from a line or a JSON object: any type until its
+# validators have checked them (they raise Invalid naming the key).
+SpecArgs = dict[str, Any]
 
 
 def parse_duration_us(text: str) -> int:
@@ -64,7 +71,7 @@ def _from_seed(fields: list[str]) -> TaskSpec:
 
 
 def _from_pairs(pairs: dict[str, str]) -> TaskSpec:
-    kwargs = {}
+    kwargs: SpecArgs = {}
     for key, value in pairs.items():
         if key in ("max_tokens", "prio", "parent"):
             kwargs[key] = parse_int(value, key)
@@ -78,14 +85,14 @@ def _from_pairs(pairs: dict[str, str]) -> TaskSpec:
     return TaskSpec(**_with_sampling(kwargs))
 
 
-def _sampling_value(key: str, value: str):
+def _sampling_value(key: str, value: str) -> SamplingValue:
     """A sampling key's value of the key=value form: stop strings split at `|`, numbers parsed."""
     if key == "stop":
         return value.split("|")
     return parse_number(value, key) if key in FLOAT_RANGES else parse_int(value, key)
 
 
-def _with_sampling(kwargs: dict) -> dict:
+def _with_sampling(kwargs: SpecArgs) -> SpecArgs:
     """TaskSpec's keyword arguments with the sampling keys among them gathered into one Sampling."""
     sampling = {key: kwargs.pop(key) for key in SAMPLING_KEYS if key in kwargs}
     return {**kwargs, "sampling": Sampling(**sampling)}
@@ -106,7 +113,7 @@ def _from_json(line: str) -> TaskSpec:
     return TaskSpec(**_with_sampling(obj))
 
 
-def _require_unicode(obj) -> None:
+def _require_unicode(obj: object) -> None:
     """JSON's \\uD800-\\uDFFF escapes can make lone surrogates, which are not text: Invalid."""
     try:
         json.dumps(obj, ensure_ascii=False).encode()
@@ -117,9 +124,9 @@ def _require_unicode(obj) -> None:
         raise Invalid("bad JSON: nested too deeply") from None
 
 
-def _unique_keys(pairs: list) -> dict:
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     """A JSON object whose keys are each given once, as in the key=value form."""
-    obj = {}
+    obj: dict[str, object] = {}
     for key, value in pairs:
         if key in obj:
             raise Invalid(f"key {key!r} given twice")
@@ -127,25 +134,27 @@ def _unique_keys(pairs: list) -> dict:
     return obj
 
 
-def _json_deadline(value) -> int:
+def _json_deadline(value: object) -> int:
     if isinstance(value, str):
         return parse_duration_us(value)
-    if type(value) in (int, float) and 0 < value < 1e9:
+    if (type(value) is int or type(value) is float) and 0 < value < 1e9:
         return max(1, round(value * 1_000_000))
     raise Invalid("deadline must be a number of seconds or a duration like \"30s\"")
 
 
-def _reject_unknown(keys, known=SUBMIT_KEYS) -> None:
+def _reject_unknown(keys: Iterable[str], known: Collection[str] = SUBMIT_KEYS) -> None:
     unknown = sorted(set(keys) - set(known))
     if unknown:
         raise Invalid(f"unknown key {unknown[0]!r}: known keys are {', '.join(sorted(known))}")
 
 
-def split_pairs(line: str, known=SUBMIT_KEYS, repeatable=()) -> dict[str, str]:
+def split_pairs(line: str, known: Collection[str] | None = SUBMIT_KEYS,
+                repeatable: Collection[str] = ()) -> dict[str, str]:
     """`a=1 b="x y"` -> {'a': '1', 'b': 'x y'}, with \\n \\t \\" \\\\ escapes in quotes; keys among `known` (None: any).
 
     A key in `repeatable` may be given again: its values are joined with `|`."""
-    pairs, pos = {}, 0
+    pairs: dict[str, str] = {}
+    pos = 0
     while pos < len(line):
         if line[pos].isspace():
             pos += 1
@@ -168,7 +177,9 @@ def _one_pair(line: str, pos: int) -> tuple[str, str, int]:
     if pos < len(line) and line[pos] == '"':
         value, pos = _quoted(line, pos + 1)
     else:
-        end = re.compile(r"\s|$").search(line, pos).start()
+        end_match = _VALUE_END.search(line, pos)
+        assert end_match is not None  # `$` matches at the end of the line at the latest
+        end = end_match.start()
         value, pos = line[pos:end], end
         if '"' in value:
             raise Invalid(f"stray quote in value of {key!r}")
@@ -176,7 +187,7 @@ def _one_pair(line: str, pos: int) -> tuple[str, str, int]:
 
 
 def _quoted(line: str, pos: int) -> tuple[str, int]:
-    out = []
+    out: list[str] = []
     while pos < len(line):
         char = line[pos]
         if char == '"':

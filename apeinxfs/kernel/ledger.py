@@ -46,12 +46,12 @@ class TokenLedger:
         if index == self.window_index:
             return self.used, self.debt
         if index == self.window_index + 1 and limit.tokens is not None:
-            return 0, max(0, self.used - self.allowance(limit))
+            return 0, max(0, self.used - self.allowance(limit.tokens))
         return 0, 0
 
-    def allowance(self, limit: Limit) -> int:
-        """What the current window may use before overdrawing: the limit less the debt."""
-        return max(0, limit.tokens - self.debt)
+    def allowance(self, tokens: int) -> int:
+        """What the current window may use before overdrawing: the limit's `tokens` less the debt."""
+        return max(0, tokens - self.debt)
 
     def charge(self, limit: Limit, now_us: int, tokens: int) -> None:
         index = now_us // limit.window_us  # limit.index(now_us), on every token served

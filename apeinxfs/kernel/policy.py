@@ -10,8 +10,8 @@ clock (the caller passes the minute of the day). Not here: skipping blank lines 
 import collections
 import operator
 import re
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import attrs
 
@@ -20,10 +20,11 @@ from .sampling import DEFAULT_TEMPERATURE, FLOAT_RANGES, number_text
 from .spec import NAME_MAX, TOKENS_MAX
 
 ACTIONS = ("deny", "allow", "limit")
-COMPARISONS = {"=": operator.eq, "!=": operator.ne, "<": operator.lt,
-               "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+COMPARISONS: dict[str, Callable[[int, int], bool]] = {"=": operator.eq, "!=": operator.ne, "<": operator.lt,
+                                                      "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 NUMBER_RANGES = {"tokens": (0, TOKENS_MAX), "prio": (0, 9)}
-LIMIT_RANGES = {"max_tokens": (1, TOKENS_MAX), "max_prio": (0, 9), "max_temperature": FLOAT_RANGES["temperature"]}
+LIMIT_RANGES: dict[str, tuple[float, float]] = {"max_tokens": (1, TOKENS_MAX), "max_prio": (0, 9),
+                                                "max_temperature": FLOAT_RANGES["temperature"]}
 REPEATS = {"tokens": 2, "prio": 2}  # a range: tokens>=100 tokens<1000; any other key once
 _TIMES = {1: "once", 2: "twice"}
 UID_MAX = 2**32 - 1
@@ -131,7 +132,7 @@ class Decision:
     @property
     def reason(self) -> str:
         """`denied by policy rule 3: deny model=big`; `allowed: no policy rule matched` without a match."""
-        if self.rule is None:
+        if self.rule is None or self.text is None:  # both None together
             return "allowed: no policy rule matched"
         verb = {"deny": "denied", "allow": "allowed", "limit": "limited"}[self.text.split()[0]]
         return f"{verb} by policy rule {self.rule}: {self.text}"
@@ -197,7 +198,7 @@ def _shown(text: str) -> str:
 
 
 def _key_of(word: str) -> str:
-    return re.match(r"[^=!<>]*", word).group()
+    return re.split(r"[=!<>]", word, maxsplit=1)[0]
 
 
 def _split_word(word: str) -> tuple[str, str, str]:
@@ -205,11 +206,11 @@ def _split_word(word: str) -> tuple[str, str, str]:
     match = _WORD.fullmatch(word)
     if not match:
         raise Invalid(f"expected KEY=VALUE or KEY OP N, not {_shown(word)}")
-    return match.groups()
+    return match[1], match[2], match[3]
 
 
 def _parse_conds(words: list[str]) -> tuple[Condition, ...]:
-    seen = collections.Counter()
+    seen: collections.Counter[str] = collections.Counter()
     conds = []
     for word in words:
         cond = _parse_cond(word)
@@ -232,13 +233,13 @@ def _parse_cond(word: str) -> Condition:
     return build(word, key, op, value)
 
 
-def _parse_limits(action: str, words: list[str]) -> dict[str, int]:
-    """The trailing max_tokens=N / max_prio=N words, as keyword arguments of Rule."""
+def _parse_limits(action: str, words: list[str]) -> dict[str, Any]:
+    """The trailing max_tokens=N / max_prio=N words, as keyword arguments of Rule (an int or float by key)."""
     if action != "limit" and words:
         raise Invalid(f"{_shown(words[0])}: only a limit rule takes max_tokens=, max_prio= or max_temperature=")
     if action == "limit" and not words:
         raise Invalid("a limit rule needs max_tokens=N, max_prio=N or max_temperature=X (or several) after its conditions")
-    limits = {}
+    limits: dict[str, float] = {}
     for word in words:
         key, value = _split_limit(word)
         if key in limits:
@@ -257,7 +258,7 @@ def _split_limit(word: str) -> tuple[str, str]:
     return key, value
 
 
-def _number(word: str, text: str, low: int, high: int) -> int:
+def _number(word: str, text: str, low: float, high: float) -> int:
     if not _NUMBER.fullmatch(text) or not low <= int(text) <= high:
         raise Invalid(f"bad number {_shown(text)} in {_shown(word)}: expected an integer {low}..{high}")
     return int(text)
@@ -297,7 +298,7 @@ def _clamp_temperature(value: float | None, bound: float | None) -> float | None
     return min(DEFAULT_TEMPERATURE if value is None else value, bound)
 
 
-def _limit_text(value) -> str:
+def _limit_text(value: float) -> str:
     return number_text(value) if isinstance(value, float) else str(value)
 
 
@@ -327,7 +328,7 @@ def _time_cond(word: str, _key: str, _op: str, value: str) -> TimeCond:
     return window
 
 
-_CONDITIONS = {
+_CONDITIONS: dict[str, tuple[tuple[str, ...], Callable[[str, str, str, str], Condition]]] = {
     "tenant": (("=", "!="), _name_cond),
     "model": (("=", "!="), _name_cond),
     "tokens": (tuple(COMPARISONS), _number_cond),

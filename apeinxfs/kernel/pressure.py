@@ -23,7 +23,7 @@ class StallClock:
     total_us: int = 0
     period_start_us: int | None = None  # None until the first time is seen
     period_stall_us: int = 0
-    avgs: list = attrs.Factory(lambda: [0.0, 0.0, 0.0])
+    avgs: list[float] = attrs.Factory(lambda: [0.0, 0.0, 0.0])
 
     def set(self, now_us: int, stalled: bool) -> None:
         """Record the state from `now_us` on."""
@@ -47,6 +47,7 @@ class StallClock:
             self.period_stall_us += span_us
 
     def _close_period(self, now_us: int) -> None:
+        assert self.period_start_us is not None  # advance() sets it before any period closes
         share = self.period_stall_us / PERIOD_US
         self.avgs = [a * d + share * (1 - d) for a, d in zip(self.avgs, DECAY)]
         self.period_start_us += PERIOD_US
@@ -57,6 +58,7 @@ class StallClock:
 
     def _skip_periods(self, count: int) -> None:
         """`count` whole periods in one unchanged state, folded in closed form."""
+        assert self.period_start_us is not None  # advance() sets it before any period closes
         share = 1.0 if self.stalled else 0.0
         self.avgs = [share + (a - share) * d ** count for a, d in zip(self.avgs, DECAY)]
         span = count * PERIOD_US

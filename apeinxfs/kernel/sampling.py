@@ -6,6 +6,9 @@ gives the set keys back in the key=value submit form, which parses to an equal r
 Not here: the submit grammar (grammar.py), what a driver sends (each driver maps `fields`
 to its engine's names), policy clamps (policy.py).
 """
+from collections.abc import Sequence
+from typing import Any
+
 import attrs
 
 from .errors import Invalid
@@ -19,16 +22,18 @@ FLOAT_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0),
                 "presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0)}
 INT_RANGES = {"top_k": (1, TOP_K_MAX), "seed": (0, SEED_MAX)}
 KEYS = ("temperature", "top_p", "top_k", "seed", "stop", "presence_penalty", "frequency_penalty")
+# A set key's value as a driver sends it: a number, or the stop strings as a list.
+SamplingValue = float | int | list[str]
 _QUOTES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t"}
 
 
-def number_text(value) -> str:
+def number_text(value: float) -> str:
     """A number as the grammar reads it back: `0`, `0.7`, `1e-05`, never `0.0`."""
     short = format(value, "g")
     return short if float(short) == value else repr(value)
 
 
-def _to_float(value):
+def _to_float(value: object) -> object:
     """JSON's and the parser's int or float as a float; anything else (an int too large for a float too)
     is left for the validator to name."""
     if type(value) is int and abs(value) <= 2**53:
@@ -36,20 +41,20 @@ def _to_float(value):
     return value
 
 
-def _check_float(_inst, attribute, value) -> None:
+def _check_float(_inst: object, attribute: "attrs.Attribute[float | None]", value: Any) -> None:
     low, high = FLOAT_RANGES[attribute.name]
     if value is not None and not (type(value) is float and low <= value <= high):  # NaN fails too
         raise Invalid(f"{attribute.name} must be a number in {number_text(low)}..{number_text(high)}, "
                       f"not {_shown(value)}")
 
 
-def _check_int(_inst, attribute, value) -> None:
+def _check_int(_inst: object, attribute: "attrs.Attribute[int | None]", value: Any) -> None:
     low, high = INT_RANGES[attribute.name]
     if value is not None and not (type(value) is int and low <= value <= high):
         raise Invalid(f"{attribute.name} must be an integer in {low}..{high}, not {_shown(value)}")
 
 
-def _shown(value) -> str:
+def _shown(value: object) -> str:
     """A refused value for a reason: numbers as written (a long one cut), anything else quoted and cut at
     40 characters."""
     if type(value) is float:
@@ -57,14 +62,14 @@ def _shown(value) -> str:
     return str(value)[:40] if type(value) is int else repr(str(value)[:40])
 
 
-def _to_stops(value):
+def _to_stops(value: str | Sequence[str]) -> object:
     """One string or a list of them, as a tuple; anything else is left for the validator to name."""
     if isinstance(value, str):
         return (value,)
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
-def _check_stops(_inst, _attribute, value) -> None:
+def _check_stops(_inst: object, _attribute: object, value: Any) -> None:
     if not isinstance(value, tuple) or len(value) > STOP_MAX:
         raise Invalid(f"stop must be a list of at most {STOP_MAX} strings")
     for stop in value:
@@ -74,7 +79,7 @@ def _check_stops(_inst, _attribute, value) -> None:
             raise Invalid(f"stop string {stop[:40]!r} may hold no control characters but newline and tab")
 
 
-def _float_field():
+def _float_field() -> float | None:
     return attrs.field(default=None, converter=_to_float, validator=_check_float)
 
 
@@ -91,7 +96,7 @@ class Sampling:
     frequency_penalty: float | None = _float_field()
 
     @property
-    def fields(self) -> dict:
+    def fields(self) -> dict[str, SamplingValue]:
         """The keys that are set, by their submit names (stop as a list): what a driver sends."""
         return {key: list(value) if key == "stop" else value
                 for key in KEYS if (value := getattr(self, key)) not in (None, ())}
@@ -103,7 +108,7 @@ class Sampling:
         return " ".join(pairs) or "-"
 
 
-def _value_text(value) -> str:
+def _value_text(value: SamplingValue) -> str:
     if isinstance(value, list):
         return _quoted("|".join(value))
     return number_text(value) if isinstance(value, float) else str(value)
@@ -116,7 +121,7 @@ def _quoted(text: str) -> str:
     return '"' + "".join(_QUOTES.get(c, c) for c in text) + '"'
 
 
-def sampling_of(value) -> "Sampling | None":
+def sampling_of(value: "Sampling | dict[str, Any] | None") -> "Sampling | None":
     """A TaskSpec's sampling from a record or a journal's dict; None when nothing is set."""
     if isinstance(value, dict):
         value = Sampling(**value)

@@ -4,10 +4,13 @@ These are frozen attrs records whose validators raise Invalid, so a TaskSpec tha
 exists is a TaskSpec that is well formed. Whether it fits the running system (a known
 model, enough KV memory) is the kernel's question, not this module's.
 """
+from collections.abc import Callable
+from typing import Any
+
 import attrs
 
 from .errors import Invalid
-from .sampling import Sampling, sampling_of
+from .sampling import Sampling, SamplingValue, sampling_of
 
 NAME_MAX = 64
 PROMPT_MAX = 1 << 20
@@ -17,9 +20,13 @@ DEFAULT_MAX_TOKENS = 256
 DEFAULT_PRIO = 5
 CTL_VERBS = ("kill", "stop", "cont", "prio")
 
+# An attrs validator: (instance, attribute, value), raising Invalid. It is called with values of any
+# type (a journal row, a JSON submit), so its value is typed as such.
+Validator = Callable[[Any, Any, Any], None]
 
-def check_name(what):
-    def check(_inst, _attr, value):
+
+def check_name(what: str) -> Validator:
+    def check(_inst: object, _attr: object, value: Any) -> None:
         if not isinstance(value, str) or not value or len(value) > NAME_MAX:
             raise Invalid(f"{what} must be 1..{NAME_MAX} characters")
         if any(c.isspace() or not c.isprintable() or c in '"\\/,' for c in value):  # names are trace CSV columns
@@ -27,19 +34,19 @@ def check_name(what):
     return check
 
 
-def _check_int(what, low, high):
-    def check(_inst, _attr, value):
+def _check_int(what: str, low: int, high: int) -> Validator:
+    def check(_inst: object, _attr: object, value: Any) -> None:
         if type(value) is not int or not low <= value <= high:
             raise Invalid(f"{what} must be an integer in {low}..{high}, not {value!r}")
     return check
 
 
-def _check_prompt(_inst, _attr, value):
+def _check_prompt(_inst: object, _attr: object, value: Any) -> None:
     if not isinstance(value, str) or len(value.encode()) > PROMPT_MAX:
         raise Invalid(f"prompt must be text of at most {PROMPT_MAX} bytes")
 
 
-def _check_deadline(_inst, _attr, value):
+def _check_deadline(_inst: object, _attr: object, value: Any) -> None:
     if value is not None and (type(value) is not int or not 0 < value <= DEADLINE_MAX_US):
         raise Invalid("deadline must be positive and at most 30 days")
 
@@ -61,12 +68,12 @@ class TaskSpec:
     sampling: Sampling | None = attrs.field(default=None, converter=sampling_of)
 
     @property
-    def sampling_fields(self) -> dict:
+    def sampling_fields(self) -> dict[str, SamplingValue]:
         """The sampling keys set for this task, by their submit names: what a driver sends."""
         return self.sampling.fields if self.sampling else {}
 
 
-def _check_verb(_inst, _attr, value):
+def _check_verb(_inst: object, _attr: object, value: Any) -> None:
     if value not in CTL_VERBS:
         raise Invalid(f"unknown command {value!r}: expected one of {', '.join(CTL_VERBS)}")
 
@@ -78,7 +85,7 @@ class TaskCommand:
     verb: str = attrs.field(validator=_check_verb)
     arg: int | None = attrs.field(default=None)
 
-    def __attrs_post_init__(self):
+    def __attrs_post_init__(self) -> None:
         if (self.verb == "prio") != (self.arg is not None):
             raise Invalid("prio takes one integer 0..9; other commands take none")
         if self.arg is not None:
