@@ -38,7 +38,7 @@ def _limit(low: int, high: int) -> Validator:
     return check
 
 
-def _window(_inst: object, attribute: attrs.Attribute[int], value: int | None) -> None:
+def _window(_inst: object, attribute: "attrs.Attribute[int]", value: int | None) -> None:
     """A ledger's window: seconds in 1..366 days; never `max` (a ledger needs one to reset)."""
     if type(value) is not int or not 1 <= value <= 366 * 86400:
         raise Invalid(f"{attribute.name} must be a duration of 1s..366d, not {'max' if value is None else repr(value)}")
