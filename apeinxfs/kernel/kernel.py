@@ -10,6 +10,8 @@ engines.py's.
 """
 import errno
 import heapq
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -101,14 +103,45 @@ class Kernel(Reclaim, Tenancy, ModelAdmin, EngineWatch):
         self.rules: tuple = ()
         self.bills = BillBook(config.billing_period_s)
         self.audit = AuditLog()
+        self.handlers = self._handlers()
+
+    def _handlers(self) -> dict[type, tuple[Callable[[Any], None], Callable[[Any], Any]]]:
+        """{event type: (its check, its apply)}, one entry per kind of events.py (a test says so)."""
+        accept = self._accept
+        return {
+            ev.Submit: (self._check_submit, self._apply_submit),
+            ev.Kill: (self._check_kill, self._apply_kill),
+            ev.Control: (self._check_control, self._apply_control),
+            ev.Step: (self._check_step, self._apply_step),
+            ev.Failed: (accept, self._apply_failed),
+            ev.Interrupted: (accept, self._apply_interrupted),
+            ev.EngineHealth: (accept, self._apply_enginehealth),
+            ev.Rejected: (accept, self._apply_rejected),
+            ev.SetPolicy: (self._check_setpolicy, self._apply_setpolicy),
+            ev.SetTenant: (self._check_settenant, self._apply_settenant),
+            ev.RemoveTenant: (self._check_removetenant, self._apply_removetenant),
+            ev.SetModel: (self._check_setmodel, self._apply_setmodel),
+            ev.RemoveModel: (self._check_removemodel, self._apply_removemodel),
+            ev.SetRules: (self._check_setrules, self._apply_setrules),
+            ev.GpuMemory: (self._check_gpumemory, self._apply_gpumemory),
+            ev.Tick: (accept, self._apply_tick),
+            ev.Restart: (accept, self._apply_restart),
+            ev.JournalFailed: (accept, self._apply_journalfailed),
+            ev.JournalRecovered: (accept, self._apply_journalrecovered),
+        }
 
     # -- refusals -----------------------------------------------------------------
 
     def check(self, event) -> None:
-        """Raise the error that refuses `event`, or return if it would be accepted."""
-        checker = getattr(self, f"_check_{type(event).__name__.lower()}", None)
-        if checker:
-            checker(event)
+        """Raise the error that refuses `event`, or return if it would be accepted; an object
+        that is no kind of event is refused with EINVAL."""
+        handler = self.handlers.get(type(event))
+        if handler is None:
+            raise Invalid(f"{type(event).__name__} is not a kernel event: one of {', '.join(ev.KINDS)}")
+        handler[0](event)
+
+    def _accept(self, event: Any) -> None:
+        """The check of an event that reports what happened (an engine's step, a failure, time): never refused."""
 
     def _check_submit(self, event: ev.Submit) -> None:
         spec = event.spec
@@ -183,7 +216,7 @@ class Kernel(Reclaim, Tenancy, ModelAdmin, EngineWatch):
         """
         self.now_us = max(self.now_us, now_us)
         self.version += 1
-        result = None if self._moot(event) else getattr(self, f"_apply_{type(event).__name__.lower()}")(event)
+        result = None if self._moot(event) else self.handlers[type(event)][1](event)
         self._expire_deadlines()
         self._expire_engine_waits()
         self._schedule()
