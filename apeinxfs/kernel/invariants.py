@@ -140,7 +140,7 @@ def check_accounts(kernel, runnable: list, running: list):
         have = {name: (e.runnable, e.running) for name, e in entities.items() if e.runnable or e.running}
         if have != want:
             yield f"{level} counts (runnable, running) {have} are not their tasks' {want}"
-        active = accounts.active_tenants.keys() if level == "tenant" else \
+        active = set(accounts.active_tenants) if level == "tenant" else \
             {agent for heap in accounts.active_agents.values() for agent in heap}
         if active != want.keys():
             yield f"active {level} heap {sorted(active)} is not the active {level}s {sorted(want)}"

@@ -11,10 +11,10 @@ Every queue keeps lazy-deletion heaps, so push, remove, re-key and peek are O(lo
 The kernel decides when and where tasks run; a queue only says which is next, and why.
 """
 import collections
-import heapq
 
 import attrs
 
+from .lazyheap import LazyHeap
 from .task import State
 
 NICE_0_WEIGHT = 1024
@@ -31,61 +31,6 @@ def prio_weight(prio: int) -> int:
 def vruntime_delta(tokens: int, weight: int) -> int:
     """Virtual runtime for `tokens` served at `weight`, in 1/1024 of a nice-0 token."""
     return tokens * VSCALE * NICE_0_WEIGHT // weight
-
-
-class LazyHeap(dict):
-    """A priority map (a dict of key -> priority) that also peeks the least key: `set` and
-    `pop(key, None)` change it, leaving stale entries that `peek` skips.
-
-    A priority is a tuple ending with its key, so no two keys tie. Priorities are kept as
-    the tuples themselves (flat, so cheap to compare), in a heap or, when one is set no lower
-    than the last set (arrivals in order, an entity served to the back of a fair queue), at
-    the end of a sorted run beside it, which takes no comparisons to push or pop. An entry is
-    current while it is the very tuple last set for its key. Change priorities only through
-    `set`: assigning an item would bypass the heap."""
-
-    __slots__ = ("_heap", "_run")
-
-    def __init__(self):
-        super().__init__()
-        self._heap: list = []
-        self._run: collections.deque = collections.deque()  # non-decreasing priorities
-
-    def set(self, key, prio: tuple) -> None:
-        if self.get(key) != prio:
-            self[key] = prio
-            run = self._run
-            if not run or prio >= run[-1]:
-                run.append(prio)
-            else:
-                heapq.heappush(self._heap, prio)
-            if len(self._heap) + len(run) > 2 * len(self) + 64:
-                self._compact()
-
-    def _compact(self) -> None:
-        """Drop stale entries (amortised O(1) per set), so a heap that is rarely peeked stays small."""
-        self._heap = list(self.values())
-        heapq.heapify(self._heap)
-        self._run.clear()
-
-    def peek(self):
-        run, heap, least = self._run, self._heap, None
-        while run:  # the run's first current priority
-            if self.get(run[0][-1]) is run[0]:
-                least = run[0]
-                break
-            run.popleft()
-        while heap:  # the heap's, if less
-            top = heap[0]
-            if self.get(top[-1]) is top:
-                if least is None or top < least:
-                    least = top
-                break
-            heapq.heappop(heap)
-        return None if least is None else least[-1]
-
-    def ordered(self) -> list:
-        return sorted(self, key=self.__getitem__)
 
 
 @attrs.define
@@ -189,7 +134,7 @@ class Accounts:
             else:
                 setattr(entity, field, getattr(entity, field) + delta)
                 if not entity.active:
-                    active.pop(key, None)
+                    active.discard(key)
         if tenant.active != was_active:
             self.active_weight += tenant.weight if tenant.active else -tenant.weight
         return lifts
@@ -238,9 +183,9 @@ class FlatQueue:
         queued = self._tasks.pop(task.pid, None)
         if queued is not None:
             heap = self._by_level[queued[1]]
-            heap.pop(task.pid, None)
+            heap.discard(task.pid)
             if not heap:
-                self._levels.pop(queued[1], None)
+                self._levels.discard(queued[1])
 
     def rekey(self, task) -> None:
         """Counters do not order a flat queue."""
@@ -312,14 +257,14 @@ class FairQueue:
     def remove(self, task) -> None:
         if self._members.pop(task.pid, None) is None:
             return
-        self._deadlines.pop(task.pid, None)
+        self._deadlines.discard(task.pid)
         resumes = self._resumes.get(task.tenant)
         if resumes and task.pid in resumes:
-            resumes.pop(task.pid)
+            resumes.discard(task.pid)
         elif self._unqueue_from_agent(task):  # the agent has nothing queued: it leaves its tenant's heap
-            self._agents[task.tenant].pop(task.agent, None)
+            self._agents[task.tenant].discard(task.agent)
         if not self._queued(task.tenant):
-            self._tenants.pop(task.tenant, None)
+            self._tenants.discard(task.tenant)
 
     def _queued(self, tenant: str) -> bool:
         """Whether the tenant has a task in the queue: a preempted one or an agent's."""
@@ -329,7 +274,7 @@ class FairQueue:
         """Take the task out of its agent's queued tasks; whether none are left."""
         tasks = self._tasks[task.agent]
         if tasks is not task:
-            tasks.pop(task.pid, None)
+            tasks.discard(task.pid)
             if tasks:
                 return False
         del self._tasks[task.agent]
@@ -360,7 +305,7 @@ class FairQueue:
         """The queued task with the earliest deadline if it is within boost_us, else None (and
         no boost is looked for again until that deadline is)."""
         urgent = self._deadlines.peek()
-        self._boost_at = NEVER if urgent is None else self._deadlines[urgent][0] - self.boost_us
+        self._boost_at = NEVER if urgent is None else self._deadlines.prio(urgent)[0] - self.boost_us
         return self._members[urgent] if now_us >= self._boost_at else None
 
     @property
