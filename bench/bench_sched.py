@@ -122,7 +122,7 @@ class KernelBench:
         self.clock.on, start = True, time.perf_counter()
         kernel.apply(event, self.step * STEP_US)
         elapsed, self.clock.on = time.perf_counter() - start, False
-        made, first = kernel.counters.decisions - before, kernel.next_pid - 1
+        made, first = kernel.counters.decisions - before, kernel.tasks.next_pid - 1
         for i in range(first, first + made):
             kernel.apply(Submit(spec=spec(i)), self.step * STEP_US)
         kernel.take_changed()  # as the runtime does after every commit (else the set grows forever)

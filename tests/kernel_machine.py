@@ -87,7 +87,7 @@ class KernelMachine(RuleBasedStateMachine):
     def pid(self, index: int) -> int:
         """Mostly a live task's pid; one in four times any pid up to one past the last."""
         live = [pid for pid, task in self.kernel.tasks.items() if not task.done]
-        return live[index % len(live)] if live and index % 4 else index % self.kernel.next_pid + 1
+        return live[index % len(live)] if live and index % 4 else index % self.kernel.tasks.next_pid + 1
 
     @rule(dt=st.integers(0, 30 * MS))
     def advance(self, dt):
@@ -141,7 +141,7 @@ class KernelMachine(RuleBasedStateMachine):
     @rule(tenant=tenants)
     def set_tenant(self, tenant):
         """Add the tenant if it is missing, else replace its settings."""
-        verb = "set" if tenant.name in self.kernel.tenants else "add"
+        verb = "set" if tenant.name in self.kernel.tenancy.tenants else "add"
         self.commit(ev.SetTenant(tenant=tenant, what=f"{verb} {tenant.name}", uid=0))
 
     @rule(name=st.sampled_from(TENANTS[1:]))

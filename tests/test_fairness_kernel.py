@@ -114,7 +114,7 @@ def test_with_no_minimum_run_a_task_is_a_candidate_from_its_dispatch():
     for min_run, candidates in ((0, {1, 2}), (2, set())):
         k = kernel(slots=2, min_run=min_run)
         submit(k, "a"), submit(k, "a")
-        assert set(k._preemptible) == candidates
+        assert set(k.reclaim.preemptible) == candidates
 
 
 def test_vtc_never_preempts():

@@ -359,7 +359,7 @@ def test_scenario_keeps_its_books():
     kernel = Kernel(original.config)
     for event, now in applied:
         kernel.apply(event, now)
-        assert {s: n for s, n in kernel.state_counts.items() if n} == recount(kernel)
+        assert {s: n for s, n in kernel.tasks.state_counts.items() if n} == recount(kernel)
         assert_books(kernel)
     assert kernel.tasks[6].exit == "expired" and kernel.tasks[4].exit == "killed"
     assert kernel.counters.preempted and "requeue" in trace_types(kernel)

@@ -43,10 +43,11 @@ def check_tasks(kernel, live: list):
     it has exited, and a GPU while it runs. (Exited tasks never change: only live ones are read.)"""
     counts = collections.Counter(task.state for task in live)
     counts[State.EXITED] = len(kernel.tasks) - len(live)
-    if {state: n for state, n in kernel.state_counts.items() if n} != {state: n for state, n in counts.items() if n}:
-        yield f"state counts {kernel.state_counts} are not the tasks' {dict(counts)}"
-    if kernel.tasks and max(kernel.tasks) >= kernel.next_pid:
-        yield f"next pid {kernel.next_pid} is not past the largest, {max(kernel.tasks)}"
+    table = kernel.tasks
+    if {state: n for state, n in table.state_counts.items() if n} != {state: n for state, n in counts.items() if n}:
+        yield f"state counts {table.state_counts} are not the tasks' {dict(counts)}"
+    if table and max(table) >= table.next_pid:
+        yield f"next pid {table.next_pid} is not past the largest, {max(table)}"
     for task in live:
         if task.exit is not None or (task.gpu is not None) != (task.state is State.RUNNING):
             yield f"task {task.pid}: state {task.state} but exit {task.exit!r} and gpu {task.gpu}"
@@ -68,12 +69,13 @@ def check_trees(kernel, live: list):
         for child in task.children:
             if child not in tasks or tasks[child].parent != task.pid:
                 yield f"task {task.pid}: child {child} does not name it as parent"
-    if not kernel._woken <= kernel.changed:
-        yield f"tasks {sorted(kernel._woken - kernel.changed)}: ancestors woken, but not in `changed` themselves"
+    if unreported := tasks.woken_unreported():
+        yield f"tasks {sorted(unreported)}: ancestors woken, but not in `changed` themselves"
 
 
 def check_gpus(kernel, running: list):
-    """A running task is in its GPU's batch and nothing else is; open GPUs have a free slot."""
+    """A running task is in its GPU's batch and nothing else is; no batch is over its slots; the
+    tasks fairness may preempt are running."""
     on_gpus = {pid: gpu.config.index for gpu in kernel.gpus for pid in gpu.running}
     if on_gpus != {task.pid: task.gpu for task in running}:
         yield f"GPU batches {sorted(on_gpus.items())} are not the running tasks and their GPUs"
@@ -81,11 +83,12 @@ def check_gpus(kernel, running: list):
         for pid, task in gpu.running.items():
             if kernel.tasks.get(pid) is not task:
                 yield f"gpu {gpu.config.index}: batch entry {pid} is not task {pid}"
-    open_gpus = {gpu.config.index for gpu in kernel.gpus if len(gpu.running) < gpu.config.slots}
-    if kernel._open_gpus != open_gpus:
-        yield f"open GPUs {sorted(kernel._open_gpus)} are not those with a free slot, {sorted(open_gpus)}"
-    if not kernel._preemptible.keys() <= on_gpus.keys():
-        yield f"preemptible {sorted(kernel._preemptible.keys() - on_gpus.keys())} are not running"
+    for gpu in kernel.gpus:
+        if len(gpu.running) > gpu.config.slots:
+            yield f"gpu {gpu.config.index}: {len(gpu.running)} tasks in a batch of {gpu.config.slots} slots"
+    preemptible = kernel.reclaim.preemptible
+    if not preemptible.keys() <= on_gpus.keys():
+        yield f"preemptible {sorted(preemptible.keys() - on_gpus.keys())} are not running"
 
 
 def check_kv(kv, running: list):
@@ -116,8 +119,8 @@ def check_queue(kernel, runnable: list):
     that is stopped and continued, or re-prioritised, goes back in the queue while its stale entry
     stays in the held list: the hold is decided again when it reaches the head, and a release
     pushes it again, which changes nothing.)"""
-    held = {task.pid for usage in kernel.usage.values() for task in usage.held}
-    held |= {pid for stalled in kernel.engines.stalled.values() for pid in stalled}  # waiting for a down engine
+    held = {task.pid for usage in kernel.tenancy.usage.values() for task in usage.held}
+    held |= {pid for stalled in kernel.engines.book.stalled.values() for pid in stalled}  # waiting for a down engine
     queued = [task.pid for task in kernel.runq.tasks()]
     runnable_pids = {task.pid for task in runnable}
     if len(queued) != len(kernel.runq) or len(set(queued)) != len(queued) or not set(queued) <= runnable_pids:
@@ -132,8 +135,9 @@ def check_accounts(kernel, runnable: list, running: list):
     """Each tenant's and agent's runnable/running counts are its tasks'; the active heaps hold the
     active entities; the active weight is theirs summed; the tenants are the kernel's."""
     accounts = kernel.accounts
-    if accounts.tenants.keys() != kernel.tenants.keys():
-        yield f"scheduler tenants {sorted(accounts.tenants)} are not the tenants {sorted(kernel.tenants)}"
+    tenants = kernel.tenancy.tenants
+    if accounts.tenants.keys() != tenants.keys():
+        yield f"scheduler tenants {sorted(accounts.tenants)} are not the tenants {sorted(tenants)}"
     for level, entities in (("tenant", accounts.tenants), ("agent", accounts.agents)):
         key = attrgetter(level)
         want = _pairs(collections.Counter(map(key, runnable)), collections.Counter(map(key, running)))
@@ -156,14 +160,15 @@ def _pairs(runnable: collections.Counter, running: collections.Counter) -> dict:
 
 def check_usage(kernel, live: list):
     """A tenant's live count and reserved tokens are its live tasks'; held tasks are its own."""
-    want = {name: [0, 0] for name in kernel.usage}
+    tenants, usages = kernel.tenancy.tenants, kernel.tenancy.usage
+    want = {name: [0, 0] for name in usages}
     for task in live:
         unserved = task.spec.max_tokens - task.tokens_out + (task.tokens_in if task.started_us is None else 0)
         tenant = want.setdefault(task.tenant, [0, 0])
         tenant[0], tenant[1] = tenant[0] + 1, tenant[1] + unserved
-        if task.tenant not in kernel.tenants or task.tenant not in kernel.usage:
+        if task.tenant not in tenants or task.tenant not in usages:
             yield f"task {task.pid}: live in tenant {task.tenant}, which does not exist or has no usage"
-    for name, usage in kernel.usage.items():
+    for name, usage in usages.items():
         if [usage.live, usage.reserved] != want[name]:
             yield f"tenant {name}: live {usage.live}, reserved {usage.reserved}; its tasks' are {want[name]}"
         if any(task.tenant != name for task in usage.held):
@@ -172,7 +177,7 @@ def check_usage(kernel, live: list):
 
 def check_deadlines(kernel, live: list):
     """Every live task with a deadline has it in the deadline heap."""
-    due = set(kernel._deadlines)
+    due = kernel.tasks.deadline_entries()
     for task in live:
         if task.deadline_at_us is not None and (task.deadline_at_us, task.pid) not in due:
             yield f"task {task.pid}: deadline {task.deadline_at_us} is not in the deadline heap"

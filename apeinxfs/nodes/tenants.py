@@ -30,7 +30,7 @@ ADMIN_WRITES = stat.S_IFREG | 0o644
 
 def usage(kernel, name: str, now_us: int) -> str:
     """What the tenant holds and has used, flat keyed."""
-    tenant, used = kernel.tenants[name], kernel.usage[name]
+    tenant, used = kernel.tenancy.tenants[name], kernel.tenancy.usage[name]
     entity = kernel.accounts.tenants.get(name)
     quota_used, _ = used.quota.view(quota_limit(tenant), now_us)
     budget_used, debt = used.budget.view(budget_limit(tenant), now_us)
@@ -58,7 +58,7 @@ def settings_writer(rt, name: str, file: str, change):
 
 
 def _tenant(rt, name: str) -> TenantConfig:
-    tenant = rt.kernel.tenants.get(name)
+    tenant = rt.kernel.tenancy.tenants.get(name)
     if tenant is None:
         raise NotFound(f"no tenant {name!r}")
     return tenant
@@ -113,7 +113,7 @@ class TenantsDir(NamedDirs):
     rt: object = None
 
     def current(self):
-        return self.rt.kernel.tenants
+        return self.rt.kernel.tenancy.tenants
 
     def make(self, name, inode):
         return TenantDir(inode=inode, rt=self.rt, name=name, tenant=name)
