@@ -308,7 +308,7 @@ def test_preemption_when_the_pool_is_full():
     assert kernel.counters.preempted >= 1
     assert "preempt" in trace_types(kernel)
     assert [kernel.tasks[p].exit for p in pids] == ["done", "done"]
-    assert kernel.kv_some.snapshot(kernel.now_us).total_us > 0
+    assert kernel.moves.kv_some.snapshot(kernel.now_us).total_us > 0
 
 
 # -- restart, trace, determinism ------------------------------------------------------------------

@@ -28,7 +28,7 @@ from .invariants import check_invariants
 from .kvmem import estimate_prompt_tokens
 from .memory import KVManager
 from .models import Models
-from .pressure import StallClock
+from .moves import Moves
 from .reclaim import Reclaim
 from .runqueue import RunQueue
 from .sched import POLICIES, Accounts, prio_weight
@@ -44,7 +44,7 @@ class Kernel:
     """One node's kernel: its components, and the events that move tasks between them."""
 
     def __init__(self, config: KernelConfig):
-        self.config, self.now_us, self.version = config, 0, 0  # version: events applied
+        self.config, self.version = config, 0  # version: events applied
         self.changed: set[object] = set()
         self._trace_seen = 0  # the trace seq take_changed() last reported
         self.tasks = TaskTable(self.changed)
@@ -54,13 +54,20 @@ class Kernel:
         self.trace, self.audit = TraceLog(config.node, self.tasks), AuditLog()
         self.bills, self.counters = BillBook(config.billing_period_s), Counters()
         self.accounts = Accounts({t.name: t.weight for t in config.tenants})
-        self.runq = RunQueue(config.sched, self.accounts, self.counters, self)
+        self.moves = moves = Moves(self.tasks, self.kv, self.gpus, self.counters, self.trace, self.changed)
+        self.runq = moves.runq = RunQueue(config.sched, self.accounts, self.counters, moves)
         self.tenancy = Tenancy(config, self.models, self.kv, self.accounts, self.gpus, self.tasks,
-                               (self.audit, self.bills), self)
-        self.engines = EngineWatch(self.models, self.tasks, self)
-        self.reclaim = Reclaim(config.sched, self.accounts, self.gpus, self.kv, self.tasks, self.counters, self)
-        self.kv_some, self.kv_full = StallClock(), StallClock()
+                               (self.audit, self.bills), moves)
+        self.engines = EngineWatch(self.models, self.tasks, moves)
+        self.reclaim = Reclaim(config.sched, self.accounts, self.gpus, self.kv, self.tasks, self.counters, moves)
+        moves.attach(self.tenancy, self.engines, self.reclaim)
+        self.emit = moves.emit
         self.handlers = self._handlers()
+
+    @property
+    def now_us(self) -> int:
+        """The time of the latest event applied."""
+        return self.moves.now_us
 
     def _handlers(self) -> dict[type, Handler]:
         """{event type: (its check, its apply)}, one entry per kind of events.py (a test says so)."""
@@ -69,7 +76,7 @@ class Kernel:
             ev.Submit: (self._check_submit, self._apply_submit),
             ev.Kill: (lambda e: self.tasks.live(e.pid), self._apply_kill),
             ev.Control: (self._check_control, self._apply_control),
-            ev.Step: (lambda e: self._check_gpu(e.gpu, "to step"), self._apply_step),
+            ev.Step: (lambda e: self._check_gpu(e.gpu, "to step"), self.moves.step),
             ev.Failed: (accept, self._apply_failed),
             ev.Interrupted: (accept, self.engines.interrupted),
             ev.EngineHealth: (accept, self.engines.health),
@@ -82,7 +89,7 @@ class Kernel:
             ev.SetRules: (tenancy.check_rules, tenancy.set_rules),
             ev.GpuMemory: (self._check_gpumemory, self._apply_gpumemory),
             ev.Tick: (accept, accept),  # nothing but time: apply() expires deadlines and schedules
-            ev.Restart: (accept, self._apply_restart),
+            ev.Restart: (accept, self.moves.restart),
             ev.JournalFailed: (accept, lambda e: self.emit("degraded", None, f"{e.reason}; state changes are "
                                                            "refused and running tasks paused until it can be written")),
             ev.JournalRecovered: (accept, self._apply_journalrecovered),
@@ -151,14 +158,12 @@ class Kernel:
         A kill or control made moot by an earlier event of the same commit (a second
         `cont`, a kill of a task that has exited since its check) changes nothing.
         """
-        self.now_us = max(self.now_us, now_us)
+        self.moves.now_us = max(self.moves.now_us, now_us)
         self.version += 1
         result = None if self._moot(event) else self.handlers[type(event)][1](event)
-        for task in self.tasks.due(self.now_us):
-            own = task.deadline_at_us is not None and task.deadline_at_us <= self.now_us
-            self.exit(task, "expired", "deadline passed" if own else f"tenant {task.tenant}'s sandbox max_wall passed")
+        self.moves.expire_deadlines()
         self.engines.expire()
-        self._schedule()
+        self.moves.schedule()
         self.engines.count_stalls()
         return result
 
@@ -186,12 +191,12 @@ class Kernel:
         for deadline in (self.tenancy.admitted(task, event.note), task.deadline_at_us):
             if deadline is not None:
                 self.tasks.add_deadline(deadline, pid)
-        self._enqueue(task)
+        self.moves.enqueue(task)
         return pid
 
     def _apply_kill(self, event: ev.Kill) -> None:
         self._audit_others(event, self.tasks[event.pid], "kill")
-        self.exit(self.tasks[event.pid], "killed", f"by uid {event.uid}")
+        self.moves.exit(self.tasks[event.pid], "killed", f"by uid {event.uid}")
 
     def _audit_others(self, event: ev.Kill | ev.Control, task: Task, what: str) -> None:
         """Acting on another user's task is an administrative act."""
@@ -202,52 +207,22 @@ class Kernel:
         task, command = self.tasks[event.pid], event.command
         self._audit_others(event, task, command.verb)
         if command.verb == "kill":
-            self.exit(task, "killed", f"by uid {event.uid}")
+            self.moves.exit(task, "killed", f"by uid {event.uid}")
         elif command.verb == "stop":
-            self._leave(task)
+            self.moves.leave(task)
             self.tasks.set_state(task, State.STOPPED)
             self.emit("stop", task, f"by uid {event.uid}")
         elif command.verb == "cont":
             self.emit("cont", task, f"by uid {event.uid}")
-            self._enqueue(task)
+            self.moves.enqueue(task)
         else:
             self.runq.reprioritise(task, int(command.arg or 0))
             self.emit("prio", task, f"prio={task.spec.prio} weight={task.weight}")
 
-    def _apply_step(self, event: ev.Step) -> None:
-        gpu = self.gpus[event.gpu]
-        self.counters.steps += 1
-        served = {}
-        for chunk in event.chunks:
-            task = gpu.running.get(chunk.pid)
-            if task is not None:
-                self._serve(task, gpu, chunk)
-                served[task.tenant, task.agent] = task
-        for task in served.values():  # once per tenant and agent, not per token
-            self.runq.rekey(task)
-
-    def _serve(self, task: Task, gpu: Gpu, chunk: ev.Chunk) -> None:
-        if chunk.prefill:
-            task.prefilled = True
-        if chunk.tokens and task.first_token_us is None:
-            task.first_token_us = self.now_us
-            self.emit("first_token", task, f"ttft_us={self.now_us - task.submitted_us}", gpu.config.index)
-        task.output += chunk.text.encode()
-        task.tokens_out += chunk.tokens
-        self.counters.tokens_out += chunk.tokens
-        self.tenancy.meter_serve(task, chunk.tokens)
-        self.runq.charge(task, gpu, chunk)
-        self.reclaim.ran(task, chunk.tokens)
-        self.changed.add(task.pid)
-        if task.tokens_out >= task.spec.max_tokens or chunk.final:
-            self.exit(task, "done", f"tokens_out={task.tokens_out}")
-        else:
-            self.reclaim.grow_kv(task, gpu)
-
     def _apply_failed(self, event: ev.Failed) -> None:
         task = self.tasks.get(event.pid)
         if task is not None and not task.done:
-            self.exit(task, f"failed: {event.reason}", event.reason)
+            self.moves.exit(task, f"failed: {event.reason}", event.reason)
 
     def _apply_rejected(self, event: ev.Rejected) -> None:
         self.counters.rejected += 1
@@ -258,16 +233,6 @@ class Kernel:
     def _apply_gpumemory(self, event: ev.GpuMemory) -> None:
         pages = self.kv.set_real_free(event.gpu, event.free_mib * MIB)
         self.emit("gpu-memory", None, f"{event.free_mib} MiB free: new tasks may take {pages} pages here", event.gpu)
-
-    def _apply_restart(self, event: ev.Restart) -> None:
-        self.emit("restart", None, f"daemon restarted with {len(self.tasks)} tasks")
-        for gpu in self.gpus:
-            for task in list(gpu.running.values()):
-                assert task.meter is not None, "a task on a GPU is metered"
-                self.tenancy.meter_end(task, task.meter.last_us)  # the time the daemon was down is not billed
-                self.emit("requeue", task, f"was running on gpu {gpu.config.index} when the daemon stopped; "
-                                           f"resumes after token {task.tokens_out}")
-                self.requeue(task, State.QUEUED)
 
     def _apply_journalrecovered(self, event: ev.JournalRecovered) -> None:
         self.emit("recovered", None, f"the journal can be written again after "
@@ -294,109 +259,6 @@ class Kernel:
         self.audit.record(self.now_us, event, "models", "ok", what)
         self.emit("model", None, f"{what} by uid {event.uid}")
         self.changed.add("models")
-
-    # -- a task's moves (also the components' Host, seams.py) --------------------------------
-
-    def emit(self, kind: str, task: Task | None, detail: str, gpu: int | None = None) -> None:
-        self.trace.emit(self.now_us, kind, task, detail, gpu)
-
-    def _enqueue(self, task: Task) -> None:
-        self.tasks.set_state(task, State.PREEMPTED if task.state is State.PREEMPTED else State.QUEUED)
-        self.runq.enqueue(task)
-
-    def unqueue(self, task: Task) -> None:
-        self.runq.remove(task)
-
-    def queue(self, task: Task) -> None:
-        self.runq.push(task)
-
-    def _leave(self, task: Task) -> None:
-        """Take the task off its GPU (freeing its KV) or out of the queue."""
-        if task.runnable:
-            self.runq.remove(task)
-            self.runq.count(task, "runnable", -1)
-        if task.state is State.RUNNING:
-            self.runq.count(task, "running", -1)
-        if task.gpu is not None:
-            if task.meter is not None:
-                self.tenancy.meter_end(task)
-            gpu = self.gpus[task.gpu]
-            gpu.running.pop(task.pid, None)
-            self.reclaim.left(task)
-            self.kv.release(task)
-            self.changed.add(gpu.key)
-            task.gpu, task.prefilled = None, False
-            self.tenancy.release_held(task.tenant)
-
-    def exit(self, task: Task, how: str, detail: str) -> None:
-        self._end(task, how, detail)
-        if how == "killed":
-            for child in self.tasks.live_descendants(task):
-                self._end(child, "killed", f"its parent {child.parent} was killed")
-
-    def _end(self, task: Task, how: str, detail: str) -> None:
-        self._leave(task)
-        task.exit, task.exited_us = how, self.now_us
-        self.tenancy.gone(task)
-        self.tasks.set_state(task, State.EXITED)
-        kind = how.split(":")[0]
-        self.counters.exits[kind] = self.counters.exits.get(kind, 0) + 1
-        self.counters.tokens_in += task.tokens_in
-        self.emit("exit", task, f"{how}; {detail}")
-        self.tasks.wake_ancestors(task)
-
-    def preempt(self, task: Task, reason: str) -> None:
-        self.counters.preempted += 1
-        self.emit("preempt", task, reason, task.gpu)
-        self.requeue(task, State.PREEMPTED)
-
-    def requeue(self, task: Task, state: State) -> None:
-        """From a GPU back to the queue without its tenant or agent going idle (so no lift)."""
-        self.runq.count(task, "runnable", +1)
-        self._leave(task)
-        self.tasks.set_state(task, state)
-        self.runq.push(task)
-
-    # -- dispatch -------------------------------------------------------------------------------
-
-    def _schedule(self) -> None:
-        kv_blocked = self._fill_slots()
-        if self.runq.preempts and self.reclaim.rebalance(lambda: self.runq.peek(self.now_us)):
-            kv_blocked = self._fill_slots()
-        self.kv_some.set(self.now_us, kv_blocked)
-        self.kv_full.set(self.now_us, kv_blocked and not any(g.running for g in self.gpus))
-
-    def _fill_slots(self) -> bool:
-        """Dispatch from the queue while the head fits; say whether KV (not slots) stopped it."""
-        while (open_gpus := [g.config.index for g in self.gpus if g.open]) and \
-                (task := self.runq.peek(self.now_us)) is not None:  # no peek once the slots are full
-            if self.tenancy.held_back(task):  # its tenant is at a gpu or kv_pages quota
-                continue
-            if self.engines.is_down(task.model):  # it waits out of the queue (engines.py)
-                self.engines.stall(task)
-                continue
-            gpu = self.kv.seat(task, open_gpus)  # KV pages where most prefix hits, then most room
-            if gpu is None:
-                return True
-            self._dispatch(task, self.gpus[gpu])
-        return False
-
-    def _dispatch(self, task: Task, gpu: Gpu) -> None:
-        reason = self.runq.reason
-        self.runq.start(task)
-        self.counters.dispatched += 1
-        if reason == "deadline boost":
-            self.counters.boosts += 1
-        task.gpu, task.run_tokens = gpu.config.index, 0
-        self.reclaim.ran(task, 0)
-        gpu.running[task.pid] = task
-        task.prefilled = task.cached_tokens >= task.tokens_in + task.tokens_out  # seated with nothing to prefill
-        self.tenancy.meter_start(task)
-        self.tasks.set_state(task, State.RUNNING)
-        self.changed.add(gpu.key)
-        counter = self.accounts.tenant(task).counter
-        self.emit("dispatch", task, f"{self.runq.name}: {reason}; tenant counter={counter:.1f} "
-                                    f"vruntime={task.vruntime} queued={len(self.runq)}", gpu.config.index)
 
     # -- views for drivers and the tree -----------------------------------------------------
 

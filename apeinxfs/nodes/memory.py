@@ -45,7 +45,7 @@ def pressure(kernel, now_us: int) -> str:
     """Time runnable tasks spent stalled for lack of KV pages, PSI format; then for a down engine
     (kernel/engines.py), with the tasks stalled so now."""
     engines = kernel.engines
-    return (kernel.kv_some.line("some", now_us) + kernel.kv_full.line("full", now_us)
+    return (kernel.moves.kv_some.line("some", now_us) + kernel.moves.kv_full.line("full", now_us)
             + engines.clock.line("engine", now_us).replace("\n", f" stalled={engines.waiting()}\n"))
 
 

@@ -30,7 +30,7 @@ def show(rt) -> str:
         ("apeinx_batch_size", "gauge", "Sequences in each GPU's batch.",
          [({"gpu": g.config.index}, len(g.running)) for g in gpus]),
         ("apeinx_kv_stall_seconds_total", "counter", "Time some runnable task waited for KV pages.",
-         [({}, f"{kernel.kv_some.snapshot(rt.clock.now_us()).total_us / 1e6:.6f}")]),
+         [({}, f"{kernel.moves.kv_some.snapshot(rt.clock.now_us()).total_us / 1e6:.6f}")]),
         ("apeinx_trace_events_total", "counter", "Lines written to the trace.", [({}, kernel.trace.seq)]),
         ("apeinx_blocked_readers", "gauge", "Readers blocked in stream or wait.", [({}, len(rt.readers))]),
         *_engine_families(rt.engine_metrics),
