@@ -197,9 +197,9 @@ class KernelMachine(RuleBasedStateMachine):
 
     @invariant()
     def trees_done_is_each_tree_ended(self):
-        """Kernel.trees_done (one walk for many pids) agrees with a plain recursive walk of each tree."""
+        """TaskTable.trees_done (one walk for many pids) agrees with a plain recursive walk of each tree."""
         pids = list(self.kernel.tasks)
-        assert self.kernel.trees_done(pids) == {pid for pid in pids if ended(self.kernel, pid)}
+        assert self.kernel.tasks.trees_done(pids) == {pid for pid in pids if ended(self.kernel, pid)}
 
     def teardown(self):
         """The same events, replayed through the journal codec, give the same trace line for line."""

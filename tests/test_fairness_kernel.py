@@ -77,9 +77,9 @@ def test_tree_is_done_only_when_every_descendant_is():
     root = submit(k, "a", tokens=1)
     child = submit(k, parent=root, tokens=5)
     step(k, STEP_US)
-    assert k.tasks[root].done and not k.tree_done(k.tasks[root])
+    assert k.tasks[root].done and not k.tasks.tree_done(k.tasks[root])
     run_until_idle(k, 2 * STEP_US)
-    assert k.tree_done(k.tasks[root]) and k.tasks[child].exit == "done"
+    assert k.tasks.tree_done(k.tasks[root]) and k.tasks[child].exit == "done"
 
 
 def test_a_returning_tenant_is_lifted_and_the_trace_says_so():

@@ -13,7 +13,7 @@ counters. `Kernel` holds them, moves a task between them (queue, GPU, exit) and 
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from . import events as ev
@@ -37,7 +37,7 @@ from .tasktable import TaskTable
 from .tenancy import Tenancy
 from .trace import TraceLog
 
-Handler = tuple[Callable[[Any], None], Callable[[Any], Any]]
+Handler = tuple[Callable[[Any], object], Callable[[Any], Any]]
 
 
 class Kernel:
@@ -49,7 +49,7 @@ class Kernel:
         self._trace_seen = 0  # the trace seq take_changed() last reported
         self.tasks = TaskTable(self.changed)
         self.models = Models(config.models)
-        self.kv = KVManager(config, lambda gpu, pages, task: self.reclaim.evicted(gpu, pages, task))
+        self.kv = KVManager(config, self._evicted)
         self.gpus = [Gpu(g, pool) for g, pool in zip(config.gpus, self.kv.pools)]
         self.trace, self.audit = TraceLog(config.node, self.tasks), AuditLog()
         self.bills, self.counters = BillBook(config.billing_period_s), Counters()
@@ -63,6 +63,9 @@ class Kernel:
         moves.attach(self.tenancy, self.engines, self.reclaim)
         self.emit = moves.emit
         self.handlers = self._handlers()
+
+    def _evicted(self, gpu: int, pages: int, task: Task) -> None:
+        self.reclaim.evicted(gpu, pages, task)
 
     @property
     def now_us(self) -> int:
@@ -283,11 +286,3 @@ class Kernel:
             self._trace_seen = self.trace.seq
             changed.add("trace")
         return changed
-
-    def tree_done(self, task: Task) -> bool:
-        """Whether the task and all its descendants have exited."""
-        return self.tasks.tree_done(task)
-
-    def trees_done(self, pids: Iterable[int]) -> set[int]:
-        """Those of `pids` whose trees have all exited (TaskTable.trees_done)."""
-        return self.tasks.trees_done(pids)

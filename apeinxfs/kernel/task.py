@@ -4,10 +4,14 @@ Mutable on purpose (the kernel updates it in place on every step); only the kern
 writes to it. `slots` keep 100,000 of them small.
 """
 import enum
+from typing import TYPE_CHECKING
 
 import attrs
 
 from .spec import TaskSpec
+
+if TYPE_CHECKING:
+    from .billing import Meter
 
 
 class State(enum.Enum):
@@ -62,7 +66,7 @@ class Task:
     run_tokens: int = 0
     kv_preemptions: int = 0
     started_us: int | None = None  # first dispatch: the prompt is charged then
-    meter: object = None  # billing.Meter of the segment running now
+    meter: "Meter | None" = None  # the billing segment running now
     output: bytearray = attrs.Factory(bytearray)
     trace_last: int = 0  # the seq of its last trace line (trace.py chains its lines back from it)
 

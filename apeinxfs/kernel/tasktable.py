@@ -130,7 +130,7 @@ class TaskTable(Mapping[int, Task]):
         """Those of `pids` whose task and all its descendants have exited: tree_done of each, with
         every subtree walked at most once however many of the pids share it (a kill of a deep
         chain changes every pid of it at once)."""
-        pids, done = list(pids), {}
+        pids, done = list(pids), dict[int, bool]()
         for root in pids:
             stack = [(root, False)]
             while stack:

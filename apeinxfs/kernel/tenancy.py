@@ -41,7 +41,7 @@ from .task import Task
 from .tenant_config import Quota, TenantConfig
 
 if TYPE_CHECKING:
-    from .kernel import Gpu
+    from .gpus import Gpu
 
 MINUTE_US = 60_000_000
 
@@ -121,7 +121,7 @@ class Tenancy:
         note = (f"policy rule {decision.rule} ({decision.text}): max_tokens {spec.max_tokens} -> "
                 f"{decision.max_tokens}, prio {spec.prio} -> {decision.prio}")
         if decision.temperature != temperature:
-            note += f", temperature {_shown_temperature(temperature)} -> {number_text(decision.temperature)}"
+            note += f", temperature {_shown_temperature(temperature)} -> {_shown_temperature(decision.temperature)}"
             spec = attrs.evolve(spec, sampling=attrs.evolve(spec.sampling or Sampling(), temperature=decision.temperature))
         return attrs.evolve(event, spec=attrs.evolve(spec, max_tokens=decision.max_tokens, prio=decision.prio),
                             note=note)

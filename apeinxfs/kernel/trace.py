@@ -13,9 +13,16 @@ tenant: in its detail, another tenant's name becomes "another tenant" and `pid N
 another tenant's task "another tenant's task" (a fair preemption names whom it made room
 for). The whole trace (/trace/events, admins only) keeps every name.
 """
+from __future__ import annotations
+
 import collections
 import re
 from array import array
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .task import Task
 
 HEADER = b"seq,time_us,type,pid,tenant,model,gpu,node,detail\n"
 
@@ -36,7 +43,7 @@ def escape(text: str) -> str:
 class TraceLog:
     """The event log of one kernel."""
 
-    def __init__(self, node: str, tasks: dict | None = None):
+    def __init__(self, node: str, tasks: Mapping[int, Task] | None = None):
         self.node = node
         self.tasks = {} if tasks is None else tasks  # pid -> task: whose a pid in a detail is
         self.seq = 0

@@ -43,7 +43,7 @@ def status(task, sandbox=None) -> str:
 
 def wait_line(kernel, task) -> bytes | None:
     """The task's exit line once it and all its children (an agent's tree) have exited."""
-    return (task.exit + "\n").encode() if kernel.tree_done(task) else None
+    return (task.exit + "\n").encode() if kernel.tasks.tree_done(task) else None
 
 
 def stream_poll(task, offset: int) -> bytes | None:
