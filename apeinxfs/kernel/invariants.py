@@ -14,9 +14,15 @@ right task runs), only that the books agree with each other.
 from __future__ import annotations
 
 import collections
+from collections.abc import Hashable, Iterator
 from operator import attrgetter
+from typing import TYPE_CHECKING
 
-from .task import State
+from .memory import KVManager
+from .task import State, Task
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
 
 RUNNABLE = (State.QUEUED, State.PREEMPTED)
 
@@ -25,7 +31,7 @@ class InvariantError(AssertionError):
     """Redundant kernel state disagrees with its source; the message lists every disagreement."""
 
 
-def check_invariants(kernel) -> None:
+def check_invariants(kernel: Kernel) -> None:
     """Raise InvariantError if any component's books disagree with the tasks."""
     live = [task for task in kernel.tasks.values() if task.state is not State.EXITED]
     runnable = [task for task in live if task.state in RUNNABLE]
@@ -38,7 +44,7 @@ def check_invariants(kernel) -> None:
                              + "\n  ".join(problems))
 
 
-def check_tasks(kernel, live: list):
+def check_tasks(kernel: Kernel, live: list[Task]) -> Iterator[str]:
     """State counts are the tasks' states; pids are below next_pid; a task has an exit line once
     it has exited, and a GPU while it runs. (Exited tasks never change: only live ones are read.)"""
     counts = collections.Counter(task.state for task in live)
@@ -53,7 +59,7 @@ def check_tasks(kernel, live: list):
             yield f"task {task.pid}: state {task.state} but exit {task.exit!r} and gpu {task.gpu}"
 
 
-def check_trees(kernel, live: list):
+def check_trees(kernel: Kernel, live: list[Task]) -> Iterator[str]:
     """Parent and children links agree; a child is in its parent's tenant and agent; a root is its
     own agent; woken ancestors are in `changed`. (A link is made when a live task is submitted.)"""
     tasks = kernel.tasks
@@ -73,7 +79,7 @@ def check_trees(kernel, live: list):
         yield f"tasks {sorted(unreported)}: ancestors woken, but not in `changed` themselves"
 
 
-def check_gpus(kernel, running: list):
+def check_gpus(kernel: Kernel, running: list[Task]) -> Iterator[str]:
     """A running task is in its GPU's batch and nothing else is; no batch is over its slots; the
     tasks fairness may preempt are running."""
     on_gpus = {pid: gpu.config.index for gpu in kernel.gpus for pid in gpu.running}
@@ -91,16 +97,18 @@ def check_gpus(kernel, running: list):
         yield f"preemptible {sorted(preemptible.keys() - on_gpus.keys())} are not running"
 
 
-def check_kv(kv, running: list):
+def check_kv(kv: KVManager, running: list[Task]) -> Iterator[str]:
     """Leases are the running tasks'; a pool's used pages are its private pages plus cached blocks;
     block refcounts are the leases' references; the idle blocks are those with none."""
     if kv.holders.keys() != {task.pid for task in running}:
         yield f"KV leases {sorted(kv.holders)} are not the running tasks"
-    private, refs = collections.Counter(), [collections.Counter() for _ in kv.pools]
+    private: collections.Counter[int] = collections.Counter()
+    refs: list[collections.Counter[bytes]] = [collections.Counter() for _ in kv.pools]
     for task in kv.holders.values():
-        if task.kv_pages != len(task.kv_blocks) + task.kv_private or task.kv_gpu != task.gpu:
+        if task.kv_pages != len(task.kv_blocks) + task.kv_private or task.kv_gpu is None or task.kv_gpu != task.gpu:
             yield (f"task {task.pid}: lease of {task.kv_pages} pages on gpu {task.kv_gpu} "
                    "is not its blocks and private pages")
+            continue
         private[task.kv_gpu] += task.kv_private
         refs[task.kv_gpu].update(task.kv_blocks)
     for gpu, (pool, cache) in enumerate(zip(kv.pools, kv.caches)):
@@ -113,7 +121,7 @@ def check_kv(kv, running: list):
             yield f"gpu {gpu}: idle blocks are not the cached blocks nobody references"
 
 
-def check_queue(kernel, runnable: list):
+def check_queue(kernel: Kernel, runnable: list[Task]) -> Iterator[str]:
     """The run queue holds only runnable tasks, each once, and every runnable task is in it, held
     back by its tenant or stalled for its model's engine; its heaps agree with it. (A held task
     that is stopped and continued, or re-prioritised, goes back in the queue while its stale entry
@@ -131,7 +139,7 @@ def check_queue(kernel, runnable: list):
     yield from kernel.runq.index_problems()
 
 
-def check_accounts(kernel, runnable: list, running: list):
+def check_accounts(kernel: Kernel, runnable: list[Task], running: list[Task]) -> Iterator[str]:
     """Each tenant's and agent's runnable/running counts are its tasks'; the active heaps hold the
     active entities; the active weight is theirs summed; the tenants are the kernel's."""
     accounts = kernel.accounts
@@ -147,18 +155,19 @@ def check_accounts(kernel, runnable: list, running: list):
         active = set(accounts.active_tenants) if level == "tenant" else \
             {agent for heap in accounts.active_agents.values() for agent in heap}
         if active != want.keys():
-            yield f"active {level} heap {sorted(active)} is not the active {level}s {sorted(want)}"
+            yield f"active {level} heap {sorted(active, key=str)} is not the active {level}s {sorted(want, key=str)}"
     weight = sum(accounts.tenants[name].weight for name in accounts.active_tenants if name in accounts.tenants)
     if accounts.active_weight != weight:
         yield f"active weight {accounts.active_weight} is not the active tenants' {weight}"
 
 
-def _pairs(runnable: collections.Counter, running: collections.Counter) -> dict:
+def _pairs(runnable: collections.Counter[Hashable],
+           running: collections.Counter[Hashable]) -> dict[Hashable, tuple[int, int]]:
     """{key: (runnable, running)} of every key in either."""
     return {key: (runnable[key], running[key]) for key in runnable.keys() | running.keys()}
 
 
-def check_usage(kernel, live: list):
+def check_usage(kernel: Kernel, live: list[Task]) -> Iterator[str]:
     """A tenant's live count and reserved tokens are its live tasks'; held tasks are its own."""
     tenants, usages = kernel.tenancy.tenants, kernel.tenancy.usage
     want = {name: [0, 0] for name in usages}
@@ -175,7 +184,7 @@ def check_usage(kernel, live: list):
             yield f"tenant {name}: holds another tenant's task"
 
 
-def check_deadlines(kernel, live: list):
+def check_deadlines(kernel: Kernel, live: list[Task]) -> Iterator[str]:
     """Every live task with a deadline has it in the deadline heap."""
     due = kernel.tasks.deadline_entries()
     for task in live:

@@ -54,7 +54,7 @@ class Task:
     cached_tokens: int = 0  # context tokens whose KV is in place without prefill (prefix hits, swap)
     # Its KV lease while it holds pages (memory.py writes these, on the task: no object per dispatch):
     kv_gpu: int | None = None  # the GPU of its pages
-    kv_blocks: tuple = ()  # the shared prefix blocks it references there
+    kv_blocks: tuple[bytes, ...] = ()  # the shared prefix blocks it references there
     kv_private: int = 0  # its private pages
     kv_holds: int = 0  # the context tokens those hold (so growing by a token that fits is one comparison)
     first_token_us: int | None = None
@@ -62,7 +62,7 @@ class Task:
     exited_us: int | None = None
     parent: int | None = None
     agent: int = 0
-    children: list = attrs.Factory(list)
+    children: list[int] = attrs.Factory(list)
     run_tokens: int = 0
     kv_preemptions: int = 0
     started_us: int | None = None  # first dispatch: the prompt is charged then
