@@ -151,8 +151,7 @@ class KVManager:
         only where pools differ in size: admission refused any task that fits in none, so when
         they are all alike every task fits in each (0 then stands for "fits")."""
         model, per_page = self.models[task.model], self.per_page[task.model]
-        full_blocks = 0 < per_page < task.tokens_in  # cacheable_blocks(task.tokens_in) > 0, without the call
-        chain = prompt_chain(task.model, per_page, task.spec.prompt) if full_blocks else ()
+        chain = prompt_chain(task.model, per_page, task.spec.prompt) if cacheable_blocks(task.tokens_in, per_page) else ()
         worst = self._worst(model, task.tokens_in, task.spec.max_tokens) if self._mixed_pools else 0
         return chain, self._private_need(task, len(chain), model), worst, task.tokens_out == 0
 
@@ -200,7 +199,7 @@ class KVManager:
             return None
         hits, cached, idle = cache.lookup(chain) if chain else NO_BLOCKS
         need = len(chain) - cached + private
-        room = pool.pages_total - pool.pages_used + len(cache.idle) - idle + freed  # pages_free, without a call
+        room = pool.pages_free + len(cache.idle) - idle + freed
         real_free = self.real_free[gpu]
         if real_free is not None:
             room = min(room, real_free)

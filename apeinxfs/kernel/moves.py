@@ -123,17 +123,20 @@ class Moves:
 
     def _fill_slots(self) -> bool:
         """Dispatch from the queue while the head fits; say whether KV (not slots) stopped it."""
-        while (open_gpus := [g.config.index for g in self.gpus if g.open]) and \
-                (task := self.runq.peek(self.now_us)) is not None:  # no peek once the slots are full
+        open_gpus = [g.config.index for g in self.gpus if g.open]  # only a dispatch here fills one
+        while open_gpus and (task := self.runq.peek(self.now_us)) is not None:  # no peek once the slots are full
             if self.tenancy.held_back(task):  # its tenant is at a gpu or kv_pages quota
                 continue
             if self.engines.is_down(task.model):  # it waits out of the queue (engines.py)
                 self.engines.stall(task)
                 continue
-            gpu = self.kv.seat(task, open_gpus)  # KV pages where most prefix hits, then most room
-            if gpu is None:
+            index = self.kv.seat(task, open_gpus)  # KV pages where most prefix hits, then most room
+            if index is None:
                 return True
-            self._dispatch(task, self.gpus[gpu])
+            gpu = self.gpus[index]
+            self._dispatch(task, gpu)
+            if not gpu.open:
+                open_gpus.remove(index)
         return False
 
     def _dispatch(self, task: Task, gpu: Gpu) -> None:

@@ -27,10 +27,6 @@ class State(enum.Enum):
     def __str__(self) -> str:
         return f"{self.value[0]} ({self.value[1]})"
 
-    # Members are singletons: hash by identity, in C (Enum's own hashes the name in Python,
-    # and the kernel counts states in a dict at every state change).
-    __hash__ = object.__hash__
-
 
 @attrs.define(slots=True, eq=False)
 class Task:

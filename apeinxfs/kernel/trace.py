@@ -47,8 +47,6 @@ class TraceLog:
         self.node = node
         self.tasks = {} if tasks is None else tasks  # pid -> task: whose a pid in a detail is
         self.seq = 0
-        self._time_us: int | None = None
-        self._time_text = ""  # the time of the last line, and as text
         self.buffer = bytearray(HEADER)
         self._starts = array("q", [0])  # by seq: where the line starts in `buffer` (seq 0: none)
         self._task_prev = array("q", [0])  # by seq: the seq of the same task's line before, 0 if none
@@ -60,17 +58,15 @@ class TraceLog:
     def emit(self, time_us: int, kind: str, task: Task | None = None, detail: str = "", gpu: int | None = None) -> None:
         """Append one line; it is also the task's last line and its tenant's."""
         self.seq = seq = self.seq + 1
-        if time_us != self._time_us:  # the lines of one event share its time: worded once (an int costs a µs)
-            self._time_us, self._time_text = time_us, str(time_us)
         gpu_text = "" if gpu is None else gpu
         detail = escape(detail)
         self._starts.append(len(self.buffer))
         if task is None:
-            self.buffer += f'{seq},{self._time_text},{kind},,,,{gpu_text},{self.node},"{detail}"\n'.encode()
+            self.buffer += f'{seq},{time_us},{kind},,,,{gpu_text},{self.node},"{detail}"\n'.encode()
             self._task_prev.append(0)
             self._tenant_prev.append(0)
             return
-        self.buffer += f'{seq},{self._time_text},{kind},{task.pid},{task.tenant},{task.model},{gpu_text},{self.node},"{detail}"\n'.encode()
+        self.buffer += f'{seq},{time_us},{kind},{task.pid},{task.tenant},{task.model},{gpu_text},{self.node},"{detail}"\n'.encode()
         self._task_prev.append(task.trace_last)
         task.trace_last = seq
         self._tenant_prev.append(self._tenant_last.get(task.tenant, 0))
