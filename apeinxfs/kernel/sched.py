@@ -72,6 +72,10 @@ class Accounts:
         self._levels_of: dict[int, tuple[Level, Level]] = {}  # agent -> its _levels
         self._charged: dict[int, Level] = {}  # id(entity) -> its level, for entities charged since the last settle
 
+    def of_tenant(self, name: str) -> Entity | None:
+        """Tenant `name`'s counter and counts, or None if the scheduler has no such tenant."""
+        return self.tenants.get(name)
+
     def tenant(self, task: Task) -> Entity:
         return self.tenants[task.tenant]
 

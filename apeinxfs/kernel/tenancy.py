@@ -90,6 +90,14 @@ class Tenancy:
         for tenant in config.tenants:
             self.install(tenant)
 
+    def config_of(self, name: str) -> TenantConfig | None:
+        """Tenant `name`'s config, or None if there is no such tenant."""
+        return self.tenants.get(name)
+
+    def usage_of(self, name: str) -> TenantUsage:
+        """What tenant `name` holds and has used."""
+        return self.usage[name]
+
     def tenant_of(self, spec: TaskSpec, parent: Task | None) -> str:
         """The tenant a submit runs in: its parent's, else its own, else `default`."""
         return parent.tenant if parent else spec.tenant or "default"

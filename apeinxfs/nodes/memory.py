@@ -25,9 +25,9 @@ def meminfo(kernel, observations=()) -> str:
               ("PrefixHits", sum(c.hits for c in caches)), ("PrefixMisses", sum(c.misses for c in caches)),
               ("Evictions", kernel.counters.evictions),
               ("OOMKills", kernel.counters.oom_kills), ("Preemptions", kernel.counters.preempted),
-              ("TasksRunning", kernel.tasks.state_counts.get(State.RUNNING, 0)),
-              ("TasksWaiting", kernel.tasks.state_counts.get(State.QUEUED, 0)
-               + kernel.tasks.state_counts.get(State.PREEMPTED, 0))]
+              ("TasksRunning", kernel.tasks.count(State.RUNNING)),
+              ("TasksWaiting", kernel.tasks.count(State.QUEUED)
+               + kernel.tasks.count(State.PREEMPTED))]
     return ("".join(f"{key + ':':<16}{value:>8} kB\n" for key, value in sizes)
             + "".join(f"{key + ':':<16}{value:>8}\n" for key, value in counts + _engines(observations)))
 

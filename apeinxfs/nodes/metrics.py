@@ -15,7 +15,7 @@ def show(rt) -> str:
     gpus = kernel.gpus
     families = [
         ("apeinx_tasks", "gauge", "Tasks by state.",
-         [({"state": s.value[1]}, kernel.tasks.state_counts.get(s, 0)) for s in State]),
+         [({"state": s.value[1]}, kernel.tasks.count(s)) for s in State]),
         ("apeinx_submits_total", "counter", "Tasks accepted.", [({}, counters.submitted)]),
         ("apeinx_rejected_writes_total", "counter", "Writes refused with an errno.", [({}, counters.rejected)]),
         ("apeinx_task_exits_total", "counter", "Tasks that ended, by how.",

@@ -59,13 +59,13 @@ def wait_poll(kernel, task, offset: int) -> bytes | None:
 
 
 def _sandbox(rt, task):
-    tenant = rt.kernel.tenancy.tenants.get(task.tenant)
+    tenant = rt.kernel.tenancy.config_of(task.tenant)
     return tenant.sandbox if tenant is not None and tenant.sandbox != Sandbox() else None
 
 
 def owner_of(rt, task) -> tuple[int, int]:
     """(uid, gid) its files show: whoever submitted it, and its tenant's first gid (else the daemon's)."""
-    tenant = rt.kernel.tenancy.tenants.get(task.tenant)
+    tenant = rt.kernel.tenancy.config_of(task.tenant)
     gids = tenant.members.gids if tenant else ()
     return task.uid, gids[0] if gids else os.getgid()
 
