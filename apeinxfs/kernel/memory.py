@@ -13,11 +13,12 @@ See docs/memory.md for the formulas and a worked example.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from .config import MIB, KernelConfig, ModelConfig
 from .kvmem import KVPool, estimate_prompt_tokens, pages_for, prompt_pieces
@@ -296,3 +297,26 @@ class KVManager:
     def private_pages(self, gpu: int) -> int:
         """Pages of `gpu` its tasks hold privately (the rest of its used pages are cached blocks)."""
         return sum(t.kv_private for t in self.holders.values() if t.kv_gpu == gpu)
+
+    def index_problems(self, running: list[Task]) -> Iterator[str]:
+        """What disagrees among the KV books (for invariants.py): leases are the running tasks'; a pool's used pages are its private pages plus cached blocks;
+        block refcounts are the leases' references; the idle blocks are those with none."""
+        if self.holders.keys() != {task.pid for task in running}:
+            yield f"KV leases {sorted(self.holders)} are not the running tasks"
+        private: collections.Counter[int] = collections.Counter()
+        refs: list[collections.Counter[bytes]] = [collections.Counter() for _ in self.pools]
+        for task in self.holders.values():
+            if task.kv_pages != len(task.kv_blocks) + task.kv_private or task.kv_gpu is None or task.kv_gpu != task.gpu:
+                yield (f"task {task.pid}: lease of {task.kv_pages} pages on gpu {task.kv_gpu} "
+                       "is not its blocks and private pages")
+                continue
+            private[task.kv_gpu] += task.kv_private
+            refs[task.kv_gpu].update(task.kv_blocks)
+        for gpu, (pool, cache) in enumerate(zip(self.pools, self.caches)):
+            if pool.pages_used != private[gpu] + len(cache.refs) or pool.pages_used > pool.pages_total:
+                yield (f"gpu {gpu}: {pool.pages_used} pages used of {pool.pages_total}, but {private[gpu]} private "
+                       f"+ {len(cache.refs)} cached")
+            if {key: n for key, n in cache.refs.items() if n} != dict(refs[gpu]):
+                yield f"gpu {gpu}: prefix block refcounts are not the leases' references"
+            if set(cache.idle) != {key for key, n in cache.refs.items() if n == 0}:
+                yield f"gpu {gpu}: idle blocks are not the cached blocks nobody references"

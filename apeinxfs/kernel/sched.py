@@ -13,7 +13,7 @@ The kernel decides when and where tasks run; a queue only says which is next, an
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs

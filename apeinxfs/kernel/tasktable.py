@@ -8,6 +8,7 @@ walk keeps its own stack. What a task does on a GPU or in the queue is not here.
 """
 from __future__ import annotations
 
+import collections
 import heapq
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -88,10 +89,6 @@ class TaskTable(Mapping[int, Task]):
             heapq.heappop(self._deadlines)
         return self._deadlines[0][0] if self._deadlines else None
 
-    def deadline_entries(self) -> set[tuple[int, int]]:
-        """The heap's (time, pid) entries (for the invariants)."""
-        return set(self._deadlines)
-
     # -- trees ------------------------------------------------------------------------------
 
     def live_descendants(self, root: Task) -> Iterator[Task]:
@@ -118,10 +115,6 @@ class TaskTable(Mapping[int, Task]):
         """The kernel reported what changed: ancestors may be woken again."""
         self._woken.clear()
 
-    def woken_unreported(self) -> set[int]:
-        """Woken ancestors that are not in `changed` (for the invariants: none should be)."""
-        return self._woken - self._changed
-
     def tree_done(self, task: Task) -> bool:
         """Whether the task and all its descendants have exited."""
         return task.pid in self.trees_done([task.pid])
@@ -145,3 +138,48 @@ class TaskTable(Mapping[int, Task]):
                     else:
                         done[pid] = False
         return {pid for pid in pids if done[pid]}
+
+    # -- invariants ---------------------------------------------------------------------------
+
+    def index_problems(self, live: list[Task]) -> Iterator[str]:
+        """What disagrees among the books kept beside the tasks (for invariants.py): state counts are
+        the tasks' states; pids are below next_pid; a task has an exit line once
+        it has exited, and a GPU while it runs. (Exited tasks never change: only live ones are read.)"""
+        counts = collections.Counter(task.state for task in live)
+        counts[State.EXITED] = len(self._tasks) - len(live)
+        table = self
+        if {state: n for state, n in table.state_counts.items() if n} != {state: n for state, n in counts.items() if n}:
+            yield f"state counts {table.state_counts} are not the tasks' {dict(counts)}"
+        if table and max(table) >= table.next_pid:
+            yield f"next pid {table.next_pid} is not past the largest, {max(table)}"
+        for task in live:
+            if task.exit is not None or (task.gpu is not None) != (task.state is State.RUNNING):
+                yield f"task {task.pid}: state {task.state} but exit {task.exit!r} and gpu {task.gpu}"
+        yield from self._tree_problems(live)
+        yield from self._deadline_problems(live)
+
+    def _tree_problems(self, live: list[Task]) -> Iterator[str]:
+        """Parent and children links agree; a child is in its parent's tenant and agent; a root is its
+        own agent; woken ancestors are in `changed`. (A link is made when a live task is submitted.)"""
+        tasks = self._tasks
+        for task in live:
+            parent = tasks.get(task.parent) if task.parent is not None else None
+            if task.parent is None and task.agent != task.pid:
+                yield f"task {task.pid}: a root task but agent {task.agent}"
+            if task.parent is not None and (parent is None or task.pid not in parent.children):
+                yield f"task {task.pid}: parent {task.parent} does not list it as a child"
+            if parent is not None and (task.agent, task.tenant) != (parent.agent, parent.tenant):
+                yield (f"task {task.pid}: agent/tenant {task.agent}/{task.tenant}, "
+                       f"its parent's {parent.agent}/{parent.tenant}")
+            for child in task.children:
+                if child not in tasks or tasks[child].parent != task.pid:
+                    yield f"task {task.pid}: child {child} does not name it as parent"
+        if unreported := self._woken - self._changed:
+            yield f"tasks {sorted(unreported)}: ancestors woken, but not in `changed` themselves"
+
+    def _deadline_problems(self, live: list[Task]) -> Iterator[str]:
+        """Every live task with a deadline has it in the deadline heap."""
+        due = set(self._deadlines)
+        for task in live:
+            if task.deadline_at_us is not None and (task.deadline_at_us, task.pid) not in due:
+                yield f"task {task.pid}: deadline {task.deadline_at_us} is not in the deadline heap"

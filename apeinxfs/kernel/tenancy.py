@@ -18,7 +18,7 @@ the trace through the kernel's `Host` seam (seams.py).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -340,3 +340,19 @@ class Tenancy:
         detail = f"{verb} {len(rules)} rule(s): " + "; ".join(r.text for r in rules)
         self._audit.record(self._host.now_us, event, "policy", "ok", detail)
         self._host.emit("policy_rules", None, f"{detail} by uid {event.uid}")
+
+    def index_problems(self, live: list[Task]) -> Iterator[str]:
+        """What disagrees between the usage records and the tasks (for invariants.py): a tenant's live count and reserved tokens are its live tasks'; held tasks are its own."""
+        tenants, usages = self.tenants, self.usage
+        want = {name: [0, 0] for name in usages}
+        for task in live:
+            unserved = task.spec.max_tokens - task.tokens_out + (task.tokens_in if task.started_us is None else 0)
+            tenant = want.setdefault(task.tenant, [0, 0])
+            tenant[0], tenant[1] = tenant[0] + 1, tenant[1] + unserved
+            if task.tenant not in tenants or task.tenant not in usages:
+                yield f"task {task.pid}: live in tenant {task.tenant}, which does not exist or has no usage"
+        for name, usage in usages.items():
+            if [usage.live, usage.reserved] != want[name]:
+                yield f"tenant {name}: live {usage.live}, reserved {usage.reserved}; its tasks' are {want[name]}"
+            if any(task.tenant != name for task in usage.held):
+                yield f"tenant {name}: holds another tenant's task"

@@ -15,7 +15,6 @@ for). The whole trace (/trace/events, admins only) keeps every name.
 """
 from __future__ import annotations
 
-import collections
 import re
 from array import array
 from collections.abc import Callable, Mapping
