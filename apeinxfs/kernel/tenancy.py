@@ -58,10 +58,6 @@ class TenantUsage:
     quota: TokenLedger = attrs.Factory(TokenLedger)
     budget: TokenLedger = attrs.Factory(TokenLedger)
     held: list[Task] = attrs.Factory(list)
-    # Of the tenant's config (Tenancy.install), what every dispatch reads: its ledgers' terms
-    # (quota, budget), and whether a gpu or kv_pages quota may hold its tasks back.
-    limits: tuple[Limit, ...] = ()
-    capped: bool = False
 
 
 def _shown_temperature(value: float | None) -> str:
@@ -204,11 +200,9 @@ class Tenancy:
         self._host.emit("tenant", None, f"{name}: restored with default settings: the journal has its tasks, the config not")
 
     def install(self, tenant: TenantConfig) -> None:
-        """Make `tenant` the config of its name; its usage record (kept, or new) takes what dispatches read of it."""
+        """Make `tenant` the config of its name; its usage record is kept, or made."""
         self.tenants[tenant.name] = tenant
-        usage = self.usage.setdefault(tenant.name, TenantUsage())
-        usage.limits = (tenant.quota.limit, tenant.budget.limit)
-        usage.capped = tenant.quota.gpu is not None or tenant.quota.kv_pages is not None
+        self.usage.setdefault(tenant.name, TenantUsage())
 
     def gone(self, task: Task) -> None:
         """An exited task releases what it had reserved and no longer counts as live."""
@@ -221,9 +215,10 @@ class Tenancy:
 
     def held_back(self, task: Task) -> bool:
         """Hold the queue's head back if its tenant is at its gpu or kv_pages quota."""
-        if not self.usage[task.tenant].capped:
+        quota = self.tenants[task.tenant].quota
+        if quota.gpu is None and quota.kv_pages is None:
             return False
-        why = self._hold_reason(task, self.tenants[task.tenant].quota)
+        why = self._hold_reason(task, quota)
         if why is None:
             return False
         self._host.unqueue(task)
@@ -278,10 +273,9 @@ class Tenancy:
 
     def _charge_tokens(self, task: Task, tokens: int) -> TenantUsage:
         """Charge the tenant's quota and budget ledgers; its usage record."""
-        usage, now = self.usage[task.tenant], self._host.now_us
-        quota, budget = usage.limits
-        usage.quota.charge(quota, now, tokens)
-        usage.budget.charge(budget, now, tokens)
+        usage, tenant, now = self.usage[task.tenant], self.tenants[task.tenant], self._host.now_us
+        usage.quota.charge(quota_limit(tenant), now, tokens)
+        usage.budget.charge(budget_limit(tenant), now, tokens)
         usage.reserved -= tokens
         return usage
 
