@@ -55,12 +55,12 @@ class Kernel:
         self.bills, self.counters = BillBook(config.billing_period_s), Counters()
         self.accounts = Accounts({t.name: t.weight for t in config.tenants})
         self.moves = moves = Moves(self.tasks, self.kv, self.gpus, self.counters, self.trace, self.changed)
-        self.runq = moves.runq = RunQueue(config.sched, self.accounts, self.counters, moves)
+        self.runq = RunQueue(config.sched, self.accounts, self.counters, moves)
         self.tenancy = Tenancy(config, self.models, self.kv, self.accounts, self.gpus, self.tasks,
                                (self.audit, self.bills), moves)
         self.engines = EngineWatch(self.models, self.tasks, moves)
         self.reclaim = Reclaim(config.sched, self.accounts, self.gpus, self.kv, self.tasks, self.counters, moves)
-        moves.attach(self.tenancy, self.engines, self.reclaim)
+        moves.attach(self.runq, self.tenancy, self.engines, self.reclaim)
         self.emit = moves.emit
         self.handlers = self._handlers()
 

@@ -30,11 +30,11 @@ if TYPE_CHECKING:
 class Moves:
     """A task's moves, and filling free batch slots from the queue."""
 
-    tenancy: Tenancy  # these four are built after it, given it as their Host
+    # The components built after it, given it as their Host (attach).
+    runq: RunQueue
+    tenancy: Tenancy
     engines: EngineWatch
     reclaim: Reclaim
-
-    runq: RunQueue
 
     def __init__(self, tasks: TaskTable, kv: KVManager, gpus: Sequence[Gpu],
                  counters: Counters, trace: TraceLog, changed: set[object]):
@@ -43,26 +43,31 @@ class Moves:
         self.now_us = 0
         self.kv_some, self.kv_full = StallClock(), StallClock()  # KV blocked a dispatch: some / all GPUs idle
 
-    def attach(self, tenancy: Tenancy, engines: EngineWatch, reclaim: Reclaim) -> None:
+    def attach(self, runq: RunQueue, tenancy: Tenancy, engines: EngineWatch, reclaim: Reclaim) -> None:
         """The components that call back through this one (built after it)."""
-        self.tenancy, self.engines, self.reclaim = tenancy, engines, reclaim
+        self.runq, self.tenancy, self.engines, self.reclaim = runq, tenancy, engines, reclaim
 
     def expire_deadlines(self) -> None:
+        """End the live tasks whose own deadline or tenant's sandbox max_wall has passed."""
         for task in self.tasks.due(self.now_us):
             own = task.deadline_at_us is not None and task.deadline_at_us <= self.now_us
             self.exit(task, "expired", "deadline passed" if own else f"tenant {task.tenant}'s sandbox max_wall passed")
 
     def emit(self, kind: str, task: Task | None, detail: str, gpu: int | None = None) -> None:
+        """A trace line at the current time."""
         self.trace.emit(self.now_us, kind, task, detail, gpu)
 
     def enqueue(self, task: Task) -> None:
+        """A new or continued task becomes runnable (a preempted one stays so) and joins the queue."""
         self.tasks.set_state(task, State.PREEMPTED if task.state is State.PREEMPTED else State.QUEUED)
         self.runq.enqueue(task)
 
     def unqueue(self, task: Task) -> None:
+        """Out of the queue, still runnable and counted (held back, or stalled for its engine)."""
         self.runq.remove(task)
 
     def queue(self, task: Task) -> None:
+        """Back in the queue, as counted already (released, or its engine is up)."""
         self.runq.push(task)
 
     def leave(self, task: Task) -> None:
@@ -84,6 +89,7 @@ class Moves:
             self.tenancy.release_held(task.tenant)
 
     def exit(self, task: Task, how: str, detail: str) -> None:
+        """End a live task (`how`: its wait line); a kill also ends its live descendants."""
         self._end(task, how, detail)
         if how == "killed":
             for child in self.tasks.live_descendants(task):
@@ -101,6 +107,7 @@ class Moves:
         self.tasks.wake_ancestors(task)
 
     def preempt(self, task: Task, reason: str) -> None:
+        """A running task back to the queue, preempted, with a `preempt` trace line."""
         self.counters.preempted += 1
         self.emit("preempt", task, reason, task.gpu)
         self.requeue(task, State.PREEMPTED)
@@ -115,6 +122,7 @@ class Moves:
     # -- dispatch -------------------------------------------------------------------------------
 
     def schedule(self) -> None:
+        """Fill free batch slots from the queue (again after a fair preemption); keep the KV stall clocks."""
         kv_blocked = self._fill_slots()
         if self.runq.preempts and self.reclaim.rebalance(lambda: self.runq.peek(self.now_us)):
             kv_blocked = self._fill_slots()
@@ -157,6 +165,7 @@ class Moves:
                                     f"vruntime={task.vruntime} queued={len(self.runq)}", gpu.config.index)
 
     def step(self, event: ev.Step) -> None:
+        """Serve each chunk whose task is still in that GPU's batch; then re-order the served tenants."""
         gpu = self.gpus[event.gpu]
         self.counters.steps += 1
         served = {}
@@ -187,6 +196,7 @@ class Moves:
             self.reclaim.grow_kv(task, gpu)
 
     def restart(self, event: ev.Restart) -> None:
+        """The daemon restarted: what was running goes back to the queue, billed up to its last token."""
         self.emit("restart", None, f"daemon restarted with {len(self.tasks)} tasks")
         for gpu in self.gpus:
             for task in list(gpu.running.values()):
