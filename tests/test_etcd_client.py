@@ -175,20 +175,23 @@ async def test_election_hands_over_on_resign_and_on_lease_expiry(cluster):
 
 @pytest.mark.slow
 async def test_quorum_loss_fails_fast_with_eagain_and_loses_nothing(cluster):
-    """With two of three members killed a put fails with EAGAIN and a reason instead of hanging; once
-    they are back, puts work again and every acknowledged put is there."""
-    async with Etcd(cluster.endpoints) as etcd:
+    """With two of three members killed a put, and a watch on the survivor, fail with EAGAIN and a reason
+    instead of hanging; once the members are back, puts work again and every acknowledged put is there."""
+    async with Etcd(cluster.endpoints) as etcd, Etcd(cluster.endpoints[2:]) as survivor:
         acknowledged = {f"k{i}".encode(): await etcd.put(f"k{i}".encode(), b"v") for i in range(20)}
         cluster.kill(0)
         await etcd.put(b"one-down", b"still a quorum")
-        cluster.kill(1)
-        started = time.monotonic()
-        with pytest.raises(Unavailable) as refused:
-            await etcd.put(b"no-quorum", b"x")
-        took = time.monotonic() - started
-        print(f"put without quorum refused after {took:.1f}s: {refused.value.reason}")
-        assert refused.value.errno == errno.EAGAIN and "etcd" in refused.value.reason
-        assert took < 15  # refused, not hung: the client's own bound is 8 s
+        async with survivor.watch(b"k", prefix=True) as events:
+            cluster.kill(1)
+            started = time.monotonic()
+            with pytest.raises(Unavailable) as refused:
+                await etcd.put(b"no-quorum", b"x")
+            took = time.monotonic() - started
+            print(f"put without quorum refused after {took:.1f}s: {refused.value.reason}")
+            assert refused.value.errno == errno.EAGAIN and "etcd" in refused.value.reason
+            assert took < 15  # refused, not hung: the client's own bound is 8 s
+            with trio.fail_after(30), pytest.raises(Unavailable, match="no leader"):
+                await events.__anext__()  # the survivor ends the stream (hasleader), no member takes it
         cluster.start(0, wait=False)
         cluster.start(1)
         await etcd.put(b"after", b"quorum is back")
