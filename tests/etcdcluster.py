@@ -3,7 +3,7 @@
 `EtcdCluster(root)` runs Debian's `etcd` binary (package etcd-server, installed by
 scripts/setup) as child processes with their data directories under `root`, waits until
 every member answers /health, and offers `kill(i)` (SIGKILL by pid), `start(i)` (the
-same member again, on its old ports and data) and `stop()` (all, by pid). Leaving the
+same member again, on its old ports and data), `leader_index()` and `stop()` (all, by pid). Leaving the
 `with` block always stops every member it started. `etcd_binary()` skips the calling
 test loudly where no etcd is installed. Nothing is killed by name; no service is used.
 """
@@ -84,6 +84,10 @@ class EtcdMember:
         except (httpx.HTTPError, ValueError):
             return False
 
+    def status(self) -> dict:
+        """The member's /v3/maintenance/status: its own id (header.member_id) and its leader's."""
+        return httpx.post(f"{self.client_url}/v3/maintenance/status", json={}, timeout=5.0).json()
+
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
 
@@ -130,6 +134,13 @@ class EtcdCluster:
         member.start(self.binary, self.initial_cluster)
         if wait:
             self.wait_healthy([member])
+
+    def leader_index(self) -> int:
+        """The index of the member that leads the cluster now (asked of the first running member)."""
+        running = [member for member in self.members if member.process is not None]
+        leader_id = running[0].status()["leader"]
+        return next(i for i, member in enumerate(self.members)
+                    if member in running and member.status()["header"]["member_id"] == leader_id)
 
     def stop(self) -> None:
         """Kill every member by pid; remove the data directories if this cluster made their root."""

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from apeinxfs.cluster.etcd import Etcd
-from apeinxfs.cluster.etcd_records import Compacted, EtcdError, LeaseGone, Txn, Unavailable, prefix_end
+from apeinxfs.cluster.etcd_records import Compacted, LeaseGone, NotLeader, Txn, Unavailable, prefix_end
 from etcdcluster import EtcdCluster, free_ports
 
 TRICKY = [b"", b"\x00", b"\xff\xff\xff", bytes(range(256)), "caf\u00e9 \u2603".encode(), b"\x80not utf-8\xc3"]
@@ -108,6 +108,21 @@ async def test_keep_alive_holds_a_lease_and_raises_once_it_is_gone(cluster):
         await etcd.revoke(lease.id)  # already gone: no error
 
 
+async def test_writes_go_on_when_the_leader_is_killed(cluster):
+    """Killing the etcd leader stalls writes only until another member leads: a put and a repeatable txn
+    sent through a follower (which forwards to the dead leader first) succeed."""
+    leader = cluster.leader_index()
+    others = [url for i, url in enumerate(cluster.endpoints) if i != leader]
+    async with Etcd(others + [cluster.endpoints[leader]]) as etcd:
+        await etcd.put(b"before", b"1")
+        cluster.kill(leader)
+        revision = await etcd.put(b"after", b"2")
+        assert (await etcd.get(b"after")).mod_revision == revision
+        guarded = Txn().when(b"after", "mod_revision", "==", revision).put(b"after", b"3")
+        assert (await etcd.txn(guarded, repeatable=True)).succeeded
+        assert (await etcd.get(b"before")).value == b"1" and (await etcd.get(b"after")).value == b"3"
+
+
 @pytest.mark.slow
 async def test_watch_sees_changes_in_order_across_a_member_kill(cluster):
     """A prefix watch yields puts and deletes in revision order, and goes on from the next revision on
@@ -146,6 +161,7 @@ async def test_election_hands_over_on_resign_and_on_lease_expiry(cluster):
     """Of two campaigners one leads; the second leads once the first resigns, a third once the second's
     lease expires; a stale leader's proclaim is refused."""
     async with Etcd(cluster.endpoints) as etcd:
+        assert await etcd.leader(b"el") is None
         lease_a, lease_b, lease_c = await etcd.grant(30), await etcd.grant(2), await etcd.grant(30)
         leader_a = await etcd.campaign(b"el", lease_a.id, b"a")
         assert (await etcd.leader(b"el")).value == b"a"
@@ -169,7 +185,7 @@ async def test_election_hands_over_on_resign_and_on_lease_expiry(cluster):
                 assert (await etcd.leader(b"el")).value == b"b"
                 nursery.start_soon(campaign, b"c", lease_c.id)  # b's lease, no longer kept, expires
         assert (await etcd.leader(b"el")).value == b"c" and won[b"c"].lease == lease_c.id
-        with pytest.raises(EtcdError, match="not leader"):
+        with pytest.raises(NotLeader, match="not leader"):
             await etcd.proclaim(leader_a, b"stale")
 
 
@@ -177,7 +193,7 @@ async def test_election_hands_over_on_resign_and_on_lease_expiry(cluster):
 async def test_quorum_loss_fails_fast_with_eagain_and_loses_nothing(cluster):
     """With two of three members killed a put, and a watch on the survivor, fail with EAGAIN and a reason
     instead of hanging; once the members are back, puts work again and every acknowledged put is there."""
-    async with Etcd(cluster.endpoints) as etcd, Etcd(cluster.endpoints[2:]) as survivor:
+    async with Etcd(cluster.endpoints) as etcd, Etcd(cluster.endpoints[2:], timeout=3.0) as survivor:
         acknowledged = {f"k{i}".encode(): await etcd.put(f"k{i}".encode(), b"v") for i in range(20)}
         cluster.kill(0)
         await etcd.put(b"one-down", b"still a quorum")

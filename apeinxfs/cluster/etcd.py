@@ -8,13 +8,16 @@
         leader = await etcd.campaign(b"leader", lease.id, b"node-a")
 
 Every request carries `Grpc-Metadata-hasleader: true`, so a member without a leader refuses
-at once ("no leader") instead of waiting. A request goes to the member that answered last;
-when that member cannot be reached, or says it has no leader, the next one is tried, round
-after round, until `timeout` seconds have passed: then `Unavailable` (EAGAIN, with the
-reason). A request that reached a member whose answer was lost (the member died, or etcd
-timed the proposal out) is retried elsewhere only where repeating it is harmless (reads,
-lease refreshes, campaign); a put, delete or txn then fails with `Unavailable` saying that
-its outcome is unknown. Other refusals from etcd raise `EtcdError` with etcd's words.
+at once ("etcdserver: no leader") instead of waiting. A request goes to the member that
+answered last; when that member cannot be reached, or says it has no leader, the next one
+is tried, round after round, until `timeout` seconds have passed: then `Unavailable`
+(EAGAIN, with the reason). A request that reached a member whose answer was lost (the
+member died, or etcd timed the proposal out, as it does for 7 s after the leader dies) may
+have taken effect. Where repeating it is harmless (reads, put, delete, lease calls,
+campaign, a txn the caller marks `repeatable`) each attempt gets `attempt_timeout` seconds
+and it is sent again to the next member; any other txn, and proclaim, then fail with
+`Unavailable` saying that the outcome is unknown. Other refusals raise `EtcdError` (or its
+subclasses LeaseGone, NotLeader) with etcd's words.
 Records, errors and the wire encoding: etcd_records.py; watches: etcd_watch.py.
 """
 import math
@@ -24,8 +27,8 @@ import attrs
 import httpx
 import trio
 
-from .etcd_records import (API, HEADERS, EtcdError, KeyValue, LeaderKey, Lease, LeaseGone, MemberFailed, Txn,
-                           TxnResult, Unavailable, answer_of, b64, header_revision, put_op, range_body)
+from .etcd_records import (API, HEADERS, EtcdError, KeyValue, LeaderKey, Lease, LeaseGone, MemberFailed, NotLeader,
+                           Txn, TxnResult, Unavailable, answer_of, b64, header_revision, put_op, range_body)
 from .etcd_watch import Watch
 
 RETRY_PAUSE_S = 0.2  # between rounds over every member (an election takes about one election timeout)
@@ -43,11 +46,13 @@ class RangeResult:
 class Etcd:
     """A client of one etcd cluster, given every member's client URL; an async context manager."""
 
-    def __init__(self, endpoints: list[str], timeout: float = 8.0, connect_timeout: float = 1.0):
+    def __init__(self, endpoints: list[str], timeout: float = 8.0, attempt_timeout: float = 2.0,
+                 connect_timeout: float = 1.0):
         if not endpoints:
             raise EtcdError("etcd: no endpoints given")
         self.endpoints = [url.rstrip("/") for url in endpoints]
         self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
         self.current = 0
         # Deadlines are trio's (the caller's or `timeout`); httpx only bounds a connect. No proxies.
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=connect_timeout), trust_env=False)
@@ -64,22 +69,31 @@ class Etcd:
         return self.endpoints[self.current]
 
     async def on_members(self, attempt: Callable[[str], Awaitable[Answer]], what: str, retry_sent: bool,
-                         timeout: float | None = None) -> Answer:
+                         timeout: float | None = None, patience: float | None = None) -> Answer:
         """`attempt(url)` on the current member, then on the next ones, round after round, until one
-        succeeds or `timeout` (default: the client's) runs out, then Unavailable."""
-        last = "no member tried"
+        succeeds or `timeout` (default: the client's) runs out, then Unavailable. An attempt that may be
+        repeated (`retry_sent`) is given up after `patience` s (default: the client's `attempt_timeout`)."""
+        failures: dict[str, str] = {}  # each member's last failure, for the reason
+        if patience is None:
+            patience = self.attempt_timeout if retry_sent else math.inf
         with trio.move_on_after(self.timeout if timeout is None else timeout):
             while True:
                 for _ in self.endpoints:
                     try:
-                        return await attempt(self.endpoint)
+                        return await self.try_member(attempt, patience)
                     except MemberFailed as failed:
-                        last = f"{self.endpoint}: {failed}"
+                        failures[self.endpoint] = str(failed)
                         if failed.sent and not retry_sent:
-                            raise Unavailable(f"etcd: {what}: outcome unknown, {last}") from None
+                            raise Unavailable(f"etcd: {what}: outcome unknown, {self.endpoint}: {failed}") from None
                     self.current = (self.current + 1) % len(self.endpoints)
                 await trio.sleep(RETRY_PAUSE_S)
-        raise Unavailable(f"etcd: {what}: no quorum within {timeout or self.timeout:g}s (last: {last})")
+        tried = "; ".join(f"{url}: {why}" for url, why in failures.items()) or "no member tried"
+        raise Unavailable(f"etcd: {what}: no quorum within {timeout or self.timeout:g}s ({tried})")
+
+    async def try_member(self, attempt: Callable[[str], Awaitable[Answer]], patience: float) -> Answer:
+        with trio.move_on_after(patience):
+            return await attempt(self.endpoint)
+        raise MemberFailed(f"no answer within {patience:g}s", sent=True)
 
     async def post(self, url: str, path: str, body: dict) -> dict:
         """One request to the member at `url`; transport failures become MemberFailed."""
@@ -91,9 +105,10 @@ class Etcd:
             raise MemberFailed(f"connection lost: {exc!r}", sent=True) from None
         return answer_of(response)
 
-    async def call(self, path: str, body: dict, retry_sent: bool = False, timeout: float | None = None) -> dict:
+    async def call(self, path: str, body: dict, retry_sent: bool = False, timeout: float | None = None,
+                   patience: float | None = None) -> dict:
         """POST `body` to `path` on the first member able to answer (see the module's docstring)."""
-        return await self.on_members(lambda url: self.post(url, path, body), path, retry_sent, timeout)
+        return await self.on_members(lambda url: self.post(url, path, body), path, retry_sent, timeout, patience)
 
     # Keys
 
@@ -109,16 +124,22 @@ class Etcd:
         return found[0] if found else None
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
-        """Store `value` at `key` (attached to `lease` if not 0); the new revision."""
-        return header_revision(await self.call("/kv/put", put_op(key, value, lease)))
+        """Store `value` at `key` (attached to `lease` if not 0); the new revision. Retried when its
+        outcome is unknown: the key ends up holding `value` either way (at one or two revisions)."""
+        return header_revision(await self.call("/kv/put", put_op(key, value, lease), retry_sent=True))
 
     async def delete(self, key: bytes, prefix: bool = False) -> int:
-        """Delete `key` (or every key under it with `prefix`); how many were deleted."""
-        return int((await self.call("/kv/deleterange", range_body(key, prefix))).get("deleted", 0))
+        """Delete `key` (or every key under it with `prefix`); how many were deleted (by the last
+        attempt, when one whose outcome was unknown was retried)."""
+        answer = await self.call("/kv/deleterange", range_body(key, prefix), retry_sent=True)
+        return int(answer.get("deleted", 0))
 
-    async def txn(self, txn: Txn) -> TxnResult:
-        """Run `txn` atomically: its success ops if every guard holds, else its failure ops."""
-        return TxnResult.from_json(await self.call("/kv/txn", txn.to_json()))
+    async def txn(self, txn: Txn, repeatable: bool = False) -> TxnResult:
+        """Run `txn` atomically: its success ops if every guard holds, else its failure ops. When its
+        outcome is unknown it fails with Unavailable, unless `repeatable` says its guards make a second
+        run harmless (e.g. compare on a mod_revision that its own put changes): then it is run again,
+        and a failed result may mean that the first run succeeded."""
+        return TxnResult.from_json(await self.call("/kv/txn", txn.to_json(), retry_sent=repeatable))
 
     async def compact(self, revision: int) -> None:
         """Forget the history before `revision` (watches from earlier revisions get Compacted)."""
@@ -174,11 +195,11 @@ class Etcd:
         (or resign once leader) to withdraw. Retried on another member with the same lease, the
         campaign finds its own key again."""
         body = {"name": b64(name), "lease": str(lease_id), "value": b64(value)}
-        answer = await self.call("/election/campaign", body, retry_sent=True, timeout=math.inf)
+        answer = await self.call("/election/campaign", body, retry_sent=True, timeout=math.inf, patience=math.inf)
         return LeaderKey.from_json(answer["leader"])
 
     async def proclaim(self, leader: LeaderKey, value: bytes) -> None:
-        """Publish a new `value` as the leader; EtcdError "not leader" if leadership was lost."""
+        """Publish a new `value` as the leader; NotLeader if leadership was lost."""
         await self.call("/election/proclaim", {"leader": leader.to_json(), "value": b64(value)})
 
     async def leader(self, name: bytes) -> KeyValue | None:
@@ -186,10 +207,8 @@ class Etcd:
         try:
             return KeyValue.from_json((await self.call("/election/leader", {"name": b64(name)},
                                                        retry_sent=True))["kv"])
-        except EtcdError as refused:
-            if "election: no leader" in refused.reason:
-                return None
-            raise
+        except NotLeader:
+            return None
 
     async def resign(self, leader: LeaderKey) -> None:
         """Give up leadership (the next candidate leads); the lease itself stays."""

@@ -32,6 +32,10 @@ class LeaseGone(EtcdError):
     errno = errno.ENOENT
 
 
+class NotLeader(EtcdError):
+    """An election has no leader, or the given leader key no longer leads it."""
+
+
 class Compacted(EtcdError):
     """A watch asked for revisions etcd has compacted away; `revision` is the oldest still kept."""
 
@@ -42,6 +46,7 @@ class Compacted(EtcdError):
 
 API = "/v3"
 HEADERS = {"Grpc-Metadata-hasleader": "true"}  # a member without a leader refuses at once
+NO_LEADER = "etcdserver: no leader"  # that refusal (an election's own "election: no leader" is NotLeader)
 
 
 class MemberFailed(Exception):
@@ -56,12 +61,14 @@ def refusal(status: int, error: dict) -> Exception:
     """What an error answer from the gateway means: a member fault (MemberFailed) or etcd's refusal."""
     message = error.get("message") or str(error.get("error", error))
     code = int(error.get("code", error.get("grpc_code", 2)))
-    if "no leader" in message:
+    if message == NO_LEADER:
         return MemberFailed(message, sent=False)  # refused before proposing: safe anywhere
     if code in (4, 14) or status == 503:  # DEADLINE_EXCEEDED, UNAVAILABLE: proposed, outcome unknown
         return MemberFailed(message, sent=True)
     if "lease not found" in message:
         return LeaseGone(f"etcd: {message}")
+    if message in ("election: no leader", "election: not leader"):
+        return NotLeader(f"etcd: {message}")
     return EtcdError(f"etcd: {message} (HTTP {status}, gRPC code {code})")
 
 
