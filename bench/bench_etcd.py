@@ -109,8 +109,9 @@ def main() -> int:
         client, wall = time.process_time() - client_before, time.monotonic() - wall
     print(f"3-member etcd on 127.0.0.1, {ROUNDS} rounds of {SECONDS:g} s per measure, medians:")
     report(rates)
-    print(f"CPU over {wall:.0f} s: this client {client:.1f} s, the three etcd members {members:.1f} s "
-          f"({os.cpu_count()} CPUs)")
+    requests = sum(sum(found) for found in rates.values()) * SECONDS
+    print(f"CPU over {wall:.0f} s: this client {client:.1f} s ({client / requests * 1e3:.2f} ms a request), "
+          f"the three etcd members {members:.1f} s ({members / requests * 1e3:.2f} ms), {os.cpu_count()} CPUs")
     return 0
 
 
