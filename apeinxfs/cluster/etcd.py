@@ -54,8 +54,10 @@ class Etcd:
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.current = 0
-        # Deadlines are trio's (the caller's or `timeout`); httpx only bounds a connect. No proxies.
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=connect_timeout), trust_env=False)
+        # Deadlines are trio's (the caller's or `timeout`); httpx only bounds a connect. No proxies, and
+        # no cap on connections: every open watch and waiting campaign holds one.
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=connect_timeout), trust_env=False,
+                                      limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
 
     async def __aenter__(self) -> "Etcd":
         return self
@@ -78,21 +80,25 @@ class Etcd:
             patience = self.attempt_timeout if retry_sent else math.inf
         with trio.move_on_after(self.timeout if timeout is None else timeout):
             while True:
-                for _ in self.endpoints:
+                first, count = self.current, len(self.endpoints)  # from the member that answered last
+                for index in ((first + offset) % count for offset in range(count)):
                     try:
-                        return await self.try_member(attempt, patience)
+                        return await self.try_member(attempt, index, patience)
                     except MemberFailed as failed:
-                        failures[self.endpoint] = str(failed)
+                        failures[self.endpoints[index]] = str(failed)
                         if failed.sent and not retry_sent:
-                            raise Unavailable(f"etcd: {what}: outcome unknown, {self.endpoint}: {failed}") from None
-                    self.current = (self.current + 1) % len(self.endpoints)
+                            raise Unavailable(f"etcd: {what}: outcome unknown, {self.endpoints[index]}: "
+                                              f"{failed}") from None
                 await trio.sleep(RETRY_PAUSE_S)
         tried = "; ".join(f"{url}: {why}" for url, why in failures.items()) or "no member tried"
         raise Unavailable(f"etcd: {what}: no quorum within {timeout or self.timeout:g}s ({tried})")
 
-    async def try_member(self, attempt: Callable[[str], Awaitable[Answer]], patience: float) -> Answer:
+    async def try_member(self, attempt: Callable[[str], Awaitable[Answer]], index: int, patience: float) -> Answer:
+        """`attempt` on member `index`, which becomes the current member if it answers."""
         with trio.move_on_after(patience):
-            return await attempt(self.endpoint)
+            answer = await attempt(self.endpoints[index])
+            self.current = index
+            return answer
         raise MemberFailed(f"no answer within {patience:g}s", sent=True)
 
     async def post(self, url: str, path: str, body: dict) -> dict:
