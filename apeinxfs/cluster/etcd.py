@@ -75,23 +75,27 @@ class Etcd:
         """`attempt(url)` on the current member, then on the next ones, round after round, until one
         succeeds or `timeout` (default: the client's) runs out, then Unavailable. An attempt that may be
         repeated (`retry_sent`) is given up after `patience` s (default: the client's `attempt_timeout`)."""
-        failures: dict[str, str] = {}  # each member's last failure, for the reason
+        deadline = self.timeout if timeout is None else timeout
         if patience is None:
             patience = self.attempt_timeout if retry_sent else math.inf
-        with trio.move_on_after(self.timeout if timeout is None else timeout):
+        failures: dict[str, str] = {}  # each member's last failure, for the reason
+        with trio.move_on_after(deadline):
             while True:
                 first, count = self.current, len(self.endpoints)  # from the member that answered last
                 for index in ((first + offset) % count for offset in range(count)):
+                    url = self.endpoints[index]
+                    failures[url] = "no answer"  # while the attempt is in flight
                     try:
                         return await self.try_member(attempt, index, patience)
                     except MemberFailed as failed:
-                        failures[self.endpoints[index]] = str(failed)
+                        failures[url] = str(failed)
                         if failed.sent and not retry_sent:
-                            raise Unavailable(f"etcd: {what}: outcome unknown, {self.endpoints[index]}: "
-                                              f"{failed}") from None
+                            raise Unavailable(f"etcd: {what}: outcome unknown, {url}: {failed}") from None
                 await trio.sleep(RETRY_PAUSE_S)
-        tried = "; ".join(f"{url}: {why}" for url, why in failures.items()) or "no member tried"
-        raise Unavailable(f"etcd: {what}: no quorum within {timeout or self.timeout:g}s ({tried})")
+        if not retry_sent and failures.get(url) == "no answer":
+            raise Unavailable(f"etcd: {what}: outcome unknown, no answer from {url} within {deadline:g}s")
+        tried = "; ".join(f"{member}: {why}" for member, why in failures.items())
+        raise Unavailable(f"etcd: {what}: no quorum within {deadline:g}s ({tried})")
 
     async def try_member(self, attempt: Callable[[str], Awaitable[Answer]], index: int, patience: float) -> Answer:
         """`attempt` on member `index`, which becomes the current member if it answers."""

@@ -17,17 +17,21 @@ for hours). Not for election observation (the Observe stream): watch the electio
 """
 import collections
 import json
+from typing import TYPE_CHECKING
 
 import httpx
 
 from .etcd_records import (API, HEADERS, Compacted, EtcdError, Event, MemberFailed, answer_of, header_revision,
                            range_body, refusal)
 
+if TYPE_CHECKING:
+    from .etcd import Etcd  # which imports this module
+
 
 class Watch:
     """The events on a key or prefix from a revision on, across member failures; see the module."""
 
-    def __init__(self, etcd, key: bytes, prefix: bool, start_revision: int | None, prev_kv: bool):
+    def __init__(self, etcd: "Etcd", key: bytes, prefix: bool, start_revision: int | None, prev_kv: bool):
         self.etcd = etcd
         self.key, self.prefix, self.prev_kv = key, prefix, prev_kv
         self.next_revision = start_revision  # None: from the revision the first stream starts at
