@@ -3,7 +3,8 @@
 `EtcdCluster(root)` runs Debian's `etcd` binary (package etcd-server, installed by
 scripts/setup) as child processes with their data directories under `root`, waits until
 every member answers /health, and offers `kill(i)` (SIGKILL by pid), `start(i)` (the
-same member again, on its old ports and data), `leader_index()` and `stop()` (all, by pid). Leaving the
+same member again, on its old ports and data), `pause(i)` / `resume(i)` (SIGSTOP and
+SIGCONT), `leader_index()` and `stop()` (all, by pid). Leaving the
 `with` block always stops every member it started. `etcd_binary()` skips the calling
 test loudly where no etcd is installed. Nothing is killed by name; no service is used.
 """
@@ -127,6 +128,13 @@ class EtcdCluster:
     def kill(self, index: int) -> None:
         """SIGKILL member `index` (by its pid)."""
         self.members[index].kill()
+
+    def pause(self, index: int) -> None:
+        """SIGSTOP member `index`: it keeps its connections but answers nothing (SIGKILL still ends it)."""
+        os.kill(self.members[index].process.pid, signal.SIGSTOP)
+
+    def resume(self, index: int) -> None:
+        os.kill(self.members[index].process.pid, signal.SIGCONT)
 
     def start(self, index: int, wait: bool = True) -> None:
         """Start member `index` again on its ports and data; with `wait`, until it is healthy."""

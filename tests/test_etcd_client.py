@@ -147,6 +147,25 @@ async def test_writes_go_on_when_the_leader_is_killed(cluster):
         assert (await etcd.get(b"before")).value == b"1" and (await etcd.get(b"after")).value == b"3"
 
 
+async def test_a_stopped_member_costs_one_attempt_and_leaves_a_txn_unknown(cluster):
+    """With the first member SIGSTOPped a put moves on after the attempt timeout, while a txn sent to it
+    fails with EAGAIN saying its outcome is unknown (it may yet apply) instead of hanging."""
+    follower = (cluster.leader_index() + 1) % 3
+    ordered = [cluster.endpoints[follower]] + [u for i, u in enumerate(cluster.endpoints) if i != follower]
+    async with Etcd(ordered, timeout=4.0, attempt_timeout=1.0) as etcd:
+        await etcd.put(b"s", b"0")
+        cluster.pause(follower)
+        try:
+            with pytest.raises(Unavailable, match="outcome unknown, no answer from") as unknown:
+                await etcd.txn(Txn().put(b"s", b"txn"))
+            assert unknown.value.errno == errno.EAGAIN
+            etcd.current = 0  # start at the stopped member again
+            revision = await etcd.put(b"s", b"put")
+            assert etcd.endpoint != ordered[0] and (await etcd.get(b"s")).mod_revision == revision
+        finally:
+            cluster.resume(follower)
+
+
 @pytest.mark.slow
 async def test_watch_sees_changes_in_order_across_a_member_kill(cluster):
     """A prefix watch yields puts and deletes in revision order, and goes on from the next revision on
