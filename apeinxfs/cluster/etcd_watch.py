@@ -99,7 +99,10 @@ class Watch:
             raise MemberFailed("the watch stream ended", sent=False) from None
         except httpx.TransportError as exc:
             raise MemberFailed(f"the watch stream broke: {exc!r}", sent=False) from None
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except ValueError:  # a line cut off where the stream broke
+            raise MemberFailed(f"the watch stream broke inside a line: {line[:80]!r}", sent=False) from None
 
     def handle(self, answer: dict) -> None:
         """Queue the events of one answer and advance `next_revision`; raise what an error means."""
