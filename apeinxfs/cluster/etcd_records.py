@@ -2,8 +2,9 @@
 
 The JSON gateway's encoding lives here and nowhere else: keys and values are base64,
 int64 fields are strings, and fields at their zero value are left out of answers (a
-failed txn has no `succeeded`, a PUT event no `type`, a range with no match no `kvs`).
-Not the transport (etcd.py) nor the watch stream (etcd_watch.py).
+failed txn has no `succeeded`, a PUT event no `type`, a range with no match no `kvs`);
+so does what its error answers mean (`refusal`: a member fault to route around, or
+etcd's refusal to raise). Not the transport (etcd.py) nor the watch stream (etcd_watch.py).
 """
 import base64
 import errno
