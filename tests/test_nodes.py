@@ -64,7 +64,7 @@ def refusal(call) -> ApeinxError:
     ("/memory/pressure", Show), ("/trace/events", Log), ("/replay", Dir), ("/metrics", Show),
 ])
 def test_static_paths_resolve(tree, path, kind):
-    """every static path of the man page resolves to its kind of node, and its inode finds it again."""
+    """Every static path of the man page resolves to its kind of node, and its inode finds it again."""
     node = resolve(tree, path)
     assert isinstance(node, kind)
     assert tree.node(node.inode) is node
