@@ -11,8 +11,8 @@ least that often). No I/O here: openai.py applies the interval (spares.pace).
 import attrs
 
 MIN_S = 0.005
-MAX_S = 0.05
-TOKENS_PER_READ = 5
+MAX_S = 0.1
+TOKENS_PER_READ = 10
 
 
 @attrs.define
