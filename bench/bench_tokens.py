@@ -41,7 +41,7 @@ PROMPT = "the kernel reads a file"
 STREAM_TOKENS = int(os.environ.get("BENCH_TOKENS_STREAM", "600"))
 FIRST_TOKENS = 32
 MEMINFO_TOKENS = 1900  # each of the 16 streams: longer than the measure at 16 at once (slots of 2048)  # max_tokens of each of the 4 tasks started at once
-SLOW_SHAPE = {"embd": 640, "layers": 6, "heads": 8, "ff": 2560, "context": 4096}
+SLOW_SHAPE = {"embd": 640, "layers": 6, "heads": 8, "ff": 2048, "context": 4096}
 CPU_TARGET_MS, TTFB_TARGET, MEMINFO_TARGET_MS = 0.2, 2.0, 10.0
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
