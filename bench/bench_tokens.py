@@ -2,18 +2,18 @@
 
 Three figures, each next to the engine's own, measured in the same run, the two paths alternating:
 
-- CPU per token: one stream of TOKENS tokens through apeinxfs, read to EOF like `cat`; the
+- CPU per token: one stream of STREAM_TOKENS tokens through apeinxfs, read to EOF like `cat`; the
   daemon's CPU time (utime+stime of /proc/PID/stat) over the stream, less what it spends idle
   for as long (scrapes, timers: measured just before), over the tokens. The engine runs a
-  larger random model (SLOW_SHAPE) on one thread, about 100 tokens/s on this machine, so tokens
-  arrive one per read, the costly case. Its ratio: the daemon's CPU per token over the engine's
+  larger random model (SLOW_SHAPE) on one thread, about 100 tokens/s on this machine: a token
+  every 10 ms, one per read unless the driver waits for more. Its ratio: the daemon's CPU per token over the engine's
   own seconds per token (straight, same run). Target: at most 0.2 ms per token.
 - Time to first byte of 4 at once: 4 processes each submit on /ctl/submit, open /tasks/PID/stream
   and read its first byte, released together; against 4 straight streaming requests released
   together (4 processes too) on the tiny model (fast: thousands of tokens/s). Ratio of the medians over
   requests. Target: 2x.
 - meminfo under 16 streams: the p99 time to `cat /ai/memory/meminfo` (open, read to EOF, close)
-  while 16 tasks stream to 16 readers, over the same with the daemon idle, on the tiny model
+  while 16 tasks stream to 16 `cat` processes, over the same with the daemon idle, on the tiny model
   (16 slots). Target: p99 under 10 ms.
 
 Placement as bench_engine.py: the engine on a CPU of its own (the last), the daemon and the
@@ -39,8 +39,8 @@ from engines import LlamaServer, build_llama_server, openai_daemon_config
 
 PROMPT = "the kernel reads a file"
 STREAM_TOKENS = int(os.environ.get("BENCH_TOKENS_STREAM", "600"))
-FIRST_TOKENS = 32
-MEMINFO_TOKENS = 1900  # each of the 16 streams: longer than the measure at 16 at once (slots of 2048)  # max_tokens of each of the 4 tasks started at once
+FIRST_TOKENS = 32  # max_tokens of each of the 4 tasks started at once
+MEMINFO_TOKENS = 1900  # each of the 16 streams: longer than the measure at 16 at once (slots of 2048)
 SLOW_SHAPE = {"embd": 640, "layers": 6, "heads": 8, "ff": 2048, "context": 4096}
 CPU_TARGET_MS, TTFB_TARGET, MEMINFO_TARGET_MS = 0.2, 2.0, 10.0
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
@@ -189,8 +189,8 @@ def rounds(measure, binary: Path, tmp: Path, shape: dict | None, slots: int) -> 
         return [measure(daemon, server.url) for _ in range(ROUNDS)]
 
 
-def summary(what: str, results: list[tuple[float, float]], unit: str, scale: float = 1.0) -> float:
-    """Print each round's pair and their ratio's range; the median of the first of each pair."""
+def summary(what: str, results: list[tuple[float, float]], unit: str, scale: float = 1.0) -> tuple[float, float]:
+    """Print each round's pair and their ratio's range; (the median of the first of each pair, of the ratios)."""
     ratios = [ours / theirs for ours, theirs in results]
     pairs = ", ".join(f"{ours * scale:.3f}/{theirs * scale:.3f}" for ours, theirs in results)
     print(f"{what} ({unit}, apeinxfs/engine per round): {pairs}; ratio {min(ratios):.3f}-{max(ratios):.3f}")

@@ -57,4 +57,5 @@ async def test_events_that_arrive_in_one_read_become_one_step_with_exact_text_an
     assert chunks[0].text == " w0"
     assert (burst.text, burst.tokens) == ("".join(f" w{index}" for index in range(1, BURST)), BURST - 1)
     assert len(chunks) <= 3  # the first token, the burst, the end (usage and final, maybe with the burst)
-    assert (task.exit, task.tokens_out, task.output.decode()) == ("done", BURST, "".join(f" w{i}" for i in range(BURST)))
+    words = "".join(f" w{index}" for index in range(BURST))
+    assert (task.exit, task.tokens_out, task.output.decode()) == ("done", BURST, words)
