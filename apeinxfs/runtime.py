@@ -4,9 +4,10 @@ Every state change goes through `commit`: check with the kernel (refusals raise)
 to the journal (durable before return), apply (the journal keeps the trace lines each
 event emits, for `apeinxfs replay --verify`), then wake whoever waits on what changed.
 An engine `Step` is applied at once and journaled later (`progress`): with the next
-commit, at once if it emitted a trace line (a first token, an exit, a dispatch, a
-preemption), or PROGRESS_S after the oldest step waiting, whichever comes first. So a
-crash loses at most PROGRESS_S of tokens and no trace line, and never an acknowledged write.
+commit, or one scheduling round later (once the readers it woke have their bytes) if it
+emitted a trace line (a first token, an exit, a dispatch, a preemption) or the oldest
+step waiting is PROGRESS_S old, whichever comes first. So a crash loses at most PROGRESS_S of
+tokens and no trace line but of that round, and never an acknowledged write.
 After each commit the trace's new lines go to the trace archive (archive.py), when it has one.
 `recover` rebuilds the kernel from the journal at start. A journal write that fails makes
 the daemon degraded rather than dead (health.py): state changes are refused with the
@@ -92,6 +93,7 @@ class Runtime:
         self.engine_metrics: dict = {}  # model -> drivers/metrics.Observation, the last scrape of its engine
         self.engine_states: dict = {}  # model -> drivers/enginestate.EngineState, what its driver's checks found (observed)
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
+        self.journal_due = False  # the steps waiting are to be journaled next round (a trace line, or PROGRESS_S)
 
     def recover(self) -> int:
         """Replay the journal into the kernel, quarantining any row that cannot be applied
@@ -210,8 +212,8 @@ class Runtime:
                 self.commit(list(events))
 
     def progress(self, step: Step) -> None:
-        """Apply an engine step now and journal it later: at once if it emitted a trace line or the
-        oldest step waiting is PROGRESS_S old, else with the next commit or flush.
+        """Apply an engine step now and journal it later: the next scheduling round if it emitted a trace
+        line or the oldest step waiting is PROGRESS_S old (`_progress_timer`), else with the next commit.
         Raises Degraded, changing nothing, while the journal cannot be written."""
         self.health.refuse()
         now = self.clock.now_us()
@@ -219,31 +221,38 @@ class Runtime:
             self.kernel.apply(step, now)
         first = self.journal.deferred_since_us is None
         self.journal.defer(now, step, emitted)
-        if emitted.text or now - self.journal.deferred_since_us >= PROGRESS_S * 1e6:
-            self._flush_progress(now)
+        due = bool(emitted.text) or now - self.journal.deferred_since_us >= PROGRESS_S * 1e6
+        self.journal_due |= due
         if self.health.fault is None:
             self._archive()
-        self._wake(self.kernel.take_changed() | ({"progress"} if first else set()))
+        self._wake(self.kernel.take_changed() | ({"progress"} if first or due else set()))
 
     def _flush_progress(self, now_us: int) -> None:
         """Journal the steps waiting; if that fails, go degraded (they wait for the recovery)."""
+        self.journal_due = False
         try:
             self.journal.flush()
         except Degraded as error:
             self._degrade(error, now_us)
 
     async def _progress_timer(self) -> None:
-        """Journal steps that have waited PROGRESS_S when no commit has taken them along."""
+        """Journal the steps waiting when one emitted a trace line or the oldest is PROGRESS_S old, and no
+        commit has taken them along: one scheduling round after `progress` said so, once the readers that
+        step woke have their bytes (no journal write sits between a reader and its tokens)."""
         while True:
             since = None if self.health.fault else self.journal.deferred_since_us
             if since is None:
                 await self.notifier.wait("progress")
                 continue
+            if self.journal_due:
+                await trio.sleep(0)
+                self._flush_progress(self.clock.now_us())
+                continue
             now = self.clock.now_us()
             if now - since >= PROGRESS_S * 1e6:
                 self._flush_progress(now)
             else:
-                await trio.sleep((since - now) / 1e6 + PROGRESS_S)
+                await self.notifier.wait("progress", (since - now) / 1e6 + PROGRESS_S)
 
     def observe(self, model: str, observation) -> None:
         """Keep the engine's latest metrics for `model`, stamped now (for models of the kernel only)."""

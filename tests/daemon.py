@@ -47,7 +47,10 @@ def engine_config(driver: str, name: str = "tiny", context: int = 4096, shape: d
 
 
 def checking_invariants(config_text: str) -> str:
-    """The config with `check_invariants = true` in its [daemon] section (added if it has none)."""
+    """The config with `check_invariants = true` in its [daemon] section (added if it has none), unless
+    it sets check_invariants itself (a benchmark measuring the daemon as deployed)."""
+    if "check_invariants =" in config_text:
+        return config_text
     if "[daemon]\n" in config_text:
         return config_text.replace("[daemon]\n", "[daemon]\ncheck_invariants = true\n", 1)
     return config_text + "\n[daemon]\ncheck_invariants = true\n"

@@ -1,10 +1,10 @@
-"""Acceptance: random and malformed writes to every writable file (SPEC.md, "Errors").
+"""Acceptance: random and malformed writes to every writable file (docs/apeinxfs.5.md, ERRORS).
 
 Hypothesis writes thousands of lines (binary, invalid UTF-8, huge, unterminated,
 unicode, control characters, key=value and JSON with wrong types, bad seed forms, pids
 that do not exist) to /ctl/submit, /ctl/kill and /tasks/PID/ctl of a live and an exited
 task, each with os.open/os.write/os.close. Every write either succeeds (and then each
-non-blank submit line is exactly one new task) or fails with an errno SPEC.md names;
+non-blank submit line is exactly one new task) or fails with an errno docs/apeinxfs.5.md names;
 close never fails: an unterminated last line runs at the last close, and the trace alone
 says whether it was refused. Every refusal leaves one `reject` line in the trace; the
 daemon never dies. Not covered:
@@ -156,7 +156,7 @@ def probe(tmp_path_factory):
 
 
 def check(probe: Probe, target: str, data: bytes, rw: bool = False) -> int:
-    """Write `data` to `target`; the outcome must be success or a SPEC errno, and fully accounted.
+    """Write `data` to `target`; the outcome must be success or an errno the man page names, and fully accounted.
     Returns how many refusals (`reject` trace lines) it caused."""
     outcome = attempt(probe.path_of(target), data, rw)
     submits, rejects = probe.record(outcome)
@@ -263,7 +263,7 @@ HUGE = st.one_of(
 @settings(max_examples=2500, **CHECKS)
 @given(data=st.one_of(lines_of(SUBMIT_TEXT), lines_of(VALID), JUNK), rw=st.booleans())
 def test_submit_refuses_malformed_lines(probe, data, rw):
-    """Random submit writes either add one task per non-blank line or fail with a SPEC errno."""
+    """Random submit writes either add one task per non-blank line or fail with an errno the man page names."""
     check(probe, "submit", data, rw)
 
 
@@ -277,7 +277,7 @@ def test_kill_refuses_bad_pids(probe, data):
 @settings(max_examples=1500, **CHECKS)
 @given(target=st.sampled_from(["live", "exited"]), data=st.one_of(lines_of(TASK_COMMAND), JUNK))
 def test_task_ctl_refuses_bad_commands(probe, target, data):
-    """Writes to a live or an exited task's ctl act or fail with a SPEC errno (EBUSY once exited)."""
+    """Writes to a live or an exited task's ctl act or fail with an errno the man page names (EBUSY once exited)."""
     refusals = check(probe, target, data)
     if target == "exited":
         assert refusals or not data.decode(errors="replace").strip(), "an exited task took a command"

@@ -1,4 +1,4 @@
-"""Acceptance: state survives kill -9 and a clean remount (SPEC.md: "nothing lost").
+"""Acceptance: state survives kill -9 and a clean remount (docs/apeinxfs.5.md: nothing acknowledged is lost).
 
 A writer submits 1,000 tasks while the daemon runs them; the daemon is killed with
 SIGKILL mid-run and restarted on the same state directory and (stale) mountpoint. The

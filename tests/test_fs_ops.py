@@ -1,7 +1,7 @@
 """Tier 2: the pyfuse3 adapter (fs.py) called directly, with a stand-in ctx and no /dev/fuse.
 
 Checks the request handlers map onto the tree, that refusals leave as FUSEError with
-SPEC's errno and that a bug becomes EIO instead of an escaping exception. A real mount
+the man page's errno and that a bug becomes EIO instead of an escaping exception. A real mount
 and real shell tools are tiers 3-4.
 """
 import errno
@@ -138,7 +138,7 @@ def listed(monkeypatch):
 
 
 async def test_readdir_lists_the_root(ops, listed):
-    """readdir of / lists SPEC's top entries with increasing next_ids."""
+    """readdir of / lists the man page's top entries with increasing next_ids."""
     fh = await ops.opendir(ROOT, ctx())
     await ops.readdir(fh, 0, None)
     await ops.releasedir(fh)
@@ -221,7 +221,7 @@ async def test_submit_write_and_reply(ops):
 @pytest.mark.parametrize("line,code", [(b"job1 10 high\n", errno.EINVAL), (b"name=j model=nope\n", errno.ENOENT),
                                        (b"job1 100000000 5\n", errno.EINVAL)])
 async def test_refused_write_carries_the_errno(ops, line, code):
-    """A refused submit fails the write itself with SPEC's errno and explains on the fd."""
+    """A refused submit fails the write itself with the man page's errno and explains on the fd."""
     fh = await open_path(ops, "/ctl/submit", os.O_RDWR)
     assert await fuse_errno(lambda: ops.write(fh, 0, line)) == code
     assert (await ops.read(fh, 0, 100)).startswith(b"error: ")

@@ -47,7 +47,7 @@ def test_seed_form_refusals(line):
 @pytest.mark.parametrize("text,micros", [("30", 30_000_000), ("30s", 30_000_000), ("500ms", 500_000),
                                          ("2m", 120_000_000), ("1.5h", 5_400_000_000), ("250us", 250)])
 def test_durations(text, micros):
-    """Every SPEC duration form converts to microseconds."""
+    """Every duration form of docs/apeinxfs.5.md converts to microseconds."""
     assert parse_duration_us(text) == micros
 
 
@@ -66,7 +66,7 @@ def test_deadline_over_thirty_days_is_refused():
 
 
 def test_key_value_form():
-    """Every key of SPEC's key=value form lands in its field."""
+    """Every key of the man page's key=value form lands in its field."""
     spec = parse_submit('name=job1 max_tokens=64 prio=7 model=M tenant=T deadline=500ms prompt="hi"')
     assert spec == TaskSpec(name="job1", max_tokens=64, prio=7, model="M", tenant="T",
                             deadline_us=500_000, prompt="hi")

@@ -1,6 +1,6 @@
 """Tier 2: the node tree (nodes/) over a real Runtime, without FUSE.
 
-Paths resolve through `Tree.lookup`, files render in SPEC's formats, and ctl handles buffer,
+Paths resolve through `Tree.lookup`, files render in the man page's formats, and ctl handles buffer,
 run and refuse lines as a write(2) would. The pyfuse3 adapter on top is test_fs_ops.py.
 """
 import errno
@@ -64,7 +64,7 @@ def refusal(call) -> ApeinxError:
     ("/memory/pressure", Show), ("/trace/events", Log), ("/replay", Dir), ("/metrics", Show),
 ])
 def test_static_paths_resolve(tree, path, kind):
-    """Every static path of SPEC resolves to its kind of node, and its inode finds it again."""
+    """Every static path of the man page resolves to its kind of node, and its inode finds it again."""
     node = resolve(tree, path)
     assert isinstance(node, kind)
     assert tree.node(node.inode) is node
@@ -81,7 +81,7 @@ def test_task_paths_resolve_by_computed_inode(tree, name, kind):
 
 
 def test_directory_listings(tree):
-    """Listings name SPEC's entries; /tasks and /replay list one entry per pid."""
+    """Listings name the man page's entries; /tasks and /replay list one entry per pid."""
     submit(tree.rt)
     submit(tree.rt)
     assert [n for n, _ in resolve(tree, "/").entries()] == ["README", "ctl", "tasks", "models", "memory", "gpus",
@@ -111,7 +111,7 @@ def test_inode_of_a_vanished_task_is_enoent(tree):
 
 
 def test_status_keys_in_order_with_tabs(tree):
-    """status has SPEC's keys first and in order, each `Key:<TAB>value`."""
+    """status has the man page's keys first and in order, each `Key:<TAB>value`."""
     submit(tree.rt, name="job1", tokens=1000, prompt="hello there")
     lines = text(tree, "/tasks/1/status").splitlines()
     assert all(re.fullmatch(r"[A-Za-z]+:\t\S.*", line) for line in lines)

@@ -33,7 +33,7 @@ import trio
 
 from ..kernel.errors import Invalid
 from ..kernel.events import Chunk, Failed, Interrupted
-from . import flow, scrape, spares, sse
+from . import flow, pacing, scrape, spares, sse
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per task in the daemon's log
 
@@ -41,10 +41,9 @@ APIS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 # Idle connections are dropped before an engine would close them (llama-server's cpp-httplib: after 5 s;
 # it also closes one after each stream, though it says keep-alive: see Stale).
 LIMITS = httpx.Limits(max_connections=None, keepalive_expiry=2.0)
-# Once a task's first token went out, its stream pauses this long, then reads at most this often: its reader (opening
-# the stream, reading) gets the daemon's one thread before the tokens behind it, and later tokens come several per
-# read (the outbox holds them for a round anyway).
-PACE_S = flow.ROUND_S / 2
+# Once a task's first token went out, its stream pauses this long: its reader (opening the stream, reading) gets the
+# daemon's one thread before the tokens behind it. Later reads are spaced by pacing.py: several tokens per read.
+PACE_S = pacing.MIN_S
 PROBE_S = 1.0  # how often an engine without metrics_s is checked while the kernel holds it down
 
 
@@ -190,15 +189,27 @@ class OpenAIDriver:
                 answered = True
                 await _check(response)
                 outbox.host.report_state(task.model, "ready")
-                async for event in endpoint.events(response):
-                    if (chunk := tally.chunk(event)) is not None and outbox.put(chunk):
-                        spares.pace(response, PACE_S)
-                        await trio.sleep(PACE_S)
+                await _follow(endpoint.events(response), response, tally, outbox)
         except (httpx.HTTPError, sse.ProtocolError) as exc:
             raise _failure(exc, answered, tally.tokens) from None
         if not tally.finished:
             raise StreamBroke(f"stream ended after {tally.tokens} tokens without a finish_reason")
         outbox.put(Chunk(pid=task.pid, text="", tokens=0, final=True))
+
+
+async def _follow(events, response, tally: sse.Tally, outbox: flow.Outbox) -> None:
+    """Hand each event's chunk to the outbox; once the first token went out, pause PACE_S (its reader
+    goes first), then read the stream a few tokens at a time (pacing.py)."""
+    pace = None
+    async for event in events:
+        if (chunk := tally.chunk(event)) is None:
+            continue
+        if outbox.put(chunk):
+            pace = pace or pacing.Pace(trio.current_time(), tally.tokens)
+            spares.pace(response, PACE_S)
+            await trio.sleep(PACE_S)
+        elif pace is not None:
+            spares.pace(response, pace.interval_s(tally.tokens, trio.current_time()))
 
 
 def _failure(exc: Exception, answered: bool, tokens: int) -> Exception:

@@ -62,10 +62,12 @@ async def stream(http: httpx.AsyncClient, url: str, body: dict, timeout: float):
 
 
 def pace(response: httpx.Response, interval_s: float) -> None:
-    """From now on, read `response`'s connection at most once per `interval_s` (if it is one of ours)."""
+    """From now on, read `response`'s connection at most once per `interval_s` (if it is one of ours); the
+    first call starts the clock, later ones only change the interval."""
     stream = response.extensions.get("network_stream")
     if isinstance(stream, Coalescing):
-        stream.pace_s, stream.last_read = interval_s, trio.current_time()
+        stream.last_read = stream.last_read if stream.pace_s else trio.current_time()
+        stream.pace_s = interval_s
 
 
 parsed = functools.lru_cache(maxsize=256)(httpx.URL)  # an engine's few URLs, parsed once

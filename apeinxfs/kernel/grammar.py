@@ -52,7 +52,7 @@ def parse_number(text: str, what: str) -> float:
 
 
 def parse_submit(line: str) -> TaskSpec:
-    """One submit line in any of the three forms of SPEC.md."""
+    """One submit line in any of the three forms of docs/apeinxfs.5.md."""
     line = line.strip()
     if line.startswith("{"):
         return _from_json(line)

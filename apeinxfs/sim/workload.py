@@ -167,7 +167,7 @@ def prompt(request: Request, groups: dict) -> str:
     (numbered by `groups`, which this call extends): `gN y y ...`. The rest starts with a
     word naming the row, `rLINE x x ...`, so no other prompt has those tokens in those
     places (the prefix cache hashes chains of blocks: after the first difference, every
-    later block differs too). One-letter words keep a long prompt under SPEC's 1 MiB.
+    later block differs too). One-letter words keep a long prompt under the 1 MiB prompt limit of docs/apeinxfs.5.md.
     """
     shared = max(request.prefix_tokens - 1, 0)
     own = request.prompt_tokens - 1 - shared

@@ -1,0 +1,221 @@
+"""What tokens cost the daemon's one thread, against a real llama-server's own numbers (issue 16 item 4).
+
+Three figures, each next to the engine's own, measured in the same run, the two paths alternating:
+
+- CPU per token: one stream of STREAM_TOKENS tokens through apeinxfs, read to EOF like `cat`; the
+  daemon's CPU time (utime+stime of /proc/PID/stat) over the stream, less what it spends idle
+  for as long (scrapes, timers: measured just before), over the tokens. The engine runs a
+  larger random model (SLOW_SHAPE) on one thread, about 100 tokens/s on this machine: a token
+  every 10 ms, one per read unless the driver waits for more. Its ratio: the daemon's CPU per token over the engine's
+  own seconds per token (straight, same run). Target: at most 0.2 ms per token.
+- Time to first byte of 4 at once: 4 processes each submit on /ctl/submit, open /tasks/PID/stream
+  and read its first byte, released together; against 4 straight streaming requests released
+  together (4 processes too) on the tiny model (fast: thousands of tokens/s). Ratio of the medians over
+  requests. Target: 2x.
+- meminfo under 16 streams: the p99 time to `cat /ai/memory/meminfo` (open, read to EOF, close)
+  while 16 tasks stream to 16 `cat` processes, over the same with the daemon idle, on the tiny model
+  (16 slots). Target: p99 under 10 ms.
+
+Placement as bench_engine.py: the engine on a CPU of its own (the last), the daemon and the
+client on the others. BENCH_ROUNDS (default 3) rounds of each; ranges over rounds printed.
+BENCH_TOKENS_STREAM (default 600): tokens of the long stream.
+"""
+import http.client
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+from common import ROUNDS, apeinxfs_mount, read_all, verdict
+
+import tinymodel
+from engines import LlamaServer, build_llama_server, openai_daemon_config
+
+PROMPT = "the kernel reads a file"
+STREAM_TOKENS = int(os.environ.get("BENCH_TOKENS_STREAM", "600"))
+FIRST_TOKENS = 32  # max_tokens of each of the 4 tasks started at once
+MEMINFO_TOKENS = 1900  # each of the 16 streams: longer than the measure at 16 at once (slots of 2048)
+SLOW_SHAPE = {"embd": 640, "layers": 6, "heads": 8, "ff": 2048, "context": 4096}
+CPU_TARGET_MS, TTFB_TARGET, MEMINFO_TARGET_MS = 0.2, 2.0, 10.0
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process `pid`, in seconds."""
+    with open(f"/proc/{pid}/stat") as file:
+        fields = file.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * TICK_S
+
+
+def straight(url: str, tokens: int) -> tuple[float, float, int]:
+    """(seconds to the first text, to the end, tokens) of one streaming request straight to the engine
+    (http.client: a new connection, little client CPU, as a reader of the mount costs little)."""
+    body = json.dumps({"model": "tiny", "prompt": PROMPT, "max_tokens": tokens, "stream": True,
+                       "stream_options": {"include_usage": True}})
+    start, first, count = time.perf_counter(), None, 0
+    connection = http.client.HTTPConnection(urllib.parse.urlsplit(url).netloc, timeout=120)
+    try:
+        connection.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        for line in connection.getresponse():
+            if line.startswith(b"data: {"):
+                event = json.loads(line[6:])
+                if first is None and any(c.get("text") for c in event.get("choices") or []):
+                    first = time.perf_counter()
+                count = (event.get("usage") or {}).get("completion_tokens", count)
+    finally:
+        connection.close()
+    return first - start, time.perf_counter() - start, count
+
+
+def submit(daemon, tokens: int) -> int:
+    """Submit a task of `tokens` with write(2) and read(2) on one O_RDWR fd; its pid."""
+    ctl = os.open(daemon.path("ctl", "submit"), os.O_RDWR)
+    try:
+        os.write(ctl, f'name=bench model=tiny max_tokens={tokens} prompt="{PROMPT}"\n'.encode())
+        return int(os.read(ctl, 64))
+    finally:
+        os.close(ctl)
+
+
+def through(daemon, tokens: int, to_end: bool = True) -> tuple[float, float, int]:
+    """The same through the mount: submit, open the stream, read its first byte (and to EOF if `to_end`)."""
+    start = time.perf_counter()
+    pid = submit(daemon, tokens)
+    fd = os.open(daemon.path("tasks", str(pid), "stream"), os.O_RDONLY)
+    try:
+        os.read(fd, 65536)
+        first = time.perf_counter()
+        while to_end and os.read(fd, 65536):
+            pass
+    finally:
+        os.close(fd)
+    return first - start, time.perf_counter() - start, pid
+
+
+def together(action, count: int) -> list:
+    """Run `action()` in `count` processes (forked: no GIL between them, as `count` shells) released at once;
+    their results."""
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(count), context.SimpleQueue()
+
+    def one(index):
+        barrier.wait()
+        results.put((index, action()))
+    processes = [context.Process(target=one, args=(n,)) for n in range(count)]
+    for process in processes:
+        process.start()
+    gathered = dict(results.get() for _ in processes)
+    for process in processes:
+        process.join()
+    return [gathered[n] for n in range(count)]
+
+
+def cpu_per_token(daemon, url: str) -> tuple[float, float]:
+    """(daemon CPU ms per token of one long stream, less idle; the engine's own ms per token straight)."""
+    pid = daemon.proc.pid
+    before = cpu_seconds(pid)
+    _, engine_s, engine_tokens = straight(url, STREAM_TOKENS)  # the daemon idles meanwhile, as long
+    idle = cpu_seconds(pid) - before
+    before = cpu_seconds(pid)
+    _, stream_s, task = through(daemon, STREAM_TOKENS)
+    busy = cpu_seconds(pid) - before
+    tokens = int(daemon.status(task)["TokensOut"])
+    spent = busy - idle * stream_s / engine_s
+    return spent * 1000 / tokens, engine_s * 1000 / engine_tokens
+
+
+def first_bytes(daemon, url: str) -> tuple[float, float]:
+    """(median seconds to the first byte of 4 tasks started at once through the mount, the same of 4
+    straight requests to the engine)."""
+    mounted = together(lambda: through(daemon, FIRST_TOKENS)[0], 4)
+    engine = together(lambda: straight(url, FIRST_TOKENS)[0], 4)
+    return statistics.median(mounted), statistics.median(engine)
+
+
+def meminfo_p99(daemon, seconds: float = 2.0) -> float:
+    """p99 ms of `cat /ai/memory/meminfo` over `seconds`."""
+    path, times, end = daemon.path("memory", "meminfo"), [], time.perf_counter() + seconds
+    while (start := time.perf_counter()) < end:
+        read_all(path)
+        times.append((time.perf_counter() - start) * 1000)
+        time.sleep(0.002)
+    return statistics.quantiles(times, n=100)[98]
+
+
+def meminfo_under_streams(daemon, url: str) -> tuple[float, float]:
+    """(p99 ms of meminfo while 16 tasks stream to 16 readers, the same idle); the tasks are killed after."""
+    idle = meminfo_p99(daemon)
+    pids = [submit(daemon, MEMINFO_TOKENS) for _ in range(16)]
+    readers = [subprocess.Popen(["cat", daemon.path("tasks", str(pid), "stream")], stdout=subprocess.DEVNULL)
+               for pid in pids]  # processes of their own: the GIL of this one is not in the measure
+    time.sleep(0.5)  # all 16 streaming
+    busy = meminfo_p99(daemon)
+    with open(daemon.path("ctl", "kill"), "w") as kill:
+        for pid in pids:
+            try:
+                kill.write(f"{pid}\n")
+                kill.flush()
+            except OSError:  # it ended already
+                pass
+    for reader in readers:
+        reader.wait()
+    return busy, idle
+
+
+def config(url: str, slots: int) -> str:
+    """The tiny model's daemon config with `slots` slots, without the tests' invariant checks (as deployed)."""
+    return openai_daemon_config(url).replace("slots = 4", f"slots = {slots}") + "[daemon]\ncheck_invariants = false\n"
+
+
+def rounds(measure, binary: Path, tmp: Path, shape: dict | None, slots: int) -> list[tuple[float, float]]:
+    """ROUNDS results of `measure(daemon, url)` against one engine on the model of `shape` (one warm-up)."""
+    saved = dict(tinymodel.SHAPE)
+    tinymodel.SHAPE.update(shape or {})
+    try:
+        model = tinymodel.write(tmp / f"model-{slots}.gguf", seed=0)
+    finally:
+        tinymodel.SHAPE.clear()
+        tinymodel.SHAPE.update(saved)
+    with LlamaServer(binary, model, tmp / "llama-server.log", slots=slots, slot_context=2048,
+                     cpus={max(os.sched_getaffinity(0))}) as server, \
+            apeinxfs_mount(config(server.url, slots), name=f"tokens-{measure.__name__}") as daemon:
+        measure(daemon, server.url)
+        return [measure(daemon, server.url) for _ in range(ROUNDS)]
+
+
+def summary(what: str, results: list[tuple[float, float]], unit: str, scale: float = 1.0) -> tuple[float, float]:
+    """Print each round's pair and their ratio's range; (the median of the first of each pair, of the ratios)."""
+    ratios = [ours / theirs for ours, theirs in results]
+    pairs = ", ".join(f"{ours * scale:.3f}/{theirs * scale:.3f}" for ours, theirs in results)
+    print(f"{what} ({unit}, apeinxfs/engine per round): {pairs}; ratio {min(ratios):.3f}-{max(ratios):.3f}")
+    return statistics.median(ours * scale for ours, _ in results), statistics.median(ratios)
+
+
+def main() -> int:
+    binary = build_llama_server()
+    cpus = set(os.sched_getaffinity(0))
+    if len(cpus) > 1:
+        os.sched_setaffinity(0, cpus - {max(cpus)})  # the daemon, started later, inherits it
+    with tempfile.TemporaryDirectory(prefix="apeinx-bench-tokens-") as tmp:
+        cpu = rounds(cpu_per_token, binary, Path(tmp), SLOW_SHAPE, 4)
+        first = rounds(first_bytes, binary, Path(tmp), None, 4)
+        meminfo = rounds(meminfo_under_streams, binary, Path(tmp), None, 16)
+    ms, ratio = summary("daemon CPU per token / engine's ms per token", cpu, "ms")
+    print(f"     the daemon spends {ratio:.1%} of the engine's time per token on it")
+    verdict("daemon CPU per token of one ~100 tokens/s stream", ms, CPU_TARGET_MS, " ms", higher_is_better=False)
+    _, ratio = summary("first byte of 4 at once / the engine's first token", first, "ms", 1000)
+    verdict("first byte of 4 tasks at once over the engine's own time to first token", ratio, TTFB_TARGET,
+            "x", higher_is_better=False)
+    p99, ratio = summary("meminfo p99 with 16 streams / idle", meminfo, "ms")
+    verdict("p99 of cat meminfo with 16 streams", p99, MEMINFO_TARGET_MS, " ms", higher_is_better=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
