@@ -129,7 +129,7 @@ class Operations(pyfuse3.Operations):
         cached just before a second tenant came stay for at most ATTR_TIMEOUT_S, and every caller
         could see them until then."""
         kernel = self.rt.kernel
-        return len(kernel.tenants) == 1 and "default" in kernel.tenants and kernel.config.access.unmapped != "none"
+        return len(kernel.tenancy.tenants) == 1 and "default" in kernel.tenancy.tenants and kernel.config.access.unmapped != "none"
 
     def caller(self, ctx) -> Caller:
         """Who sent the request: its role and tenant (access.py), from uid, gid and groups. Kept per
@@ -139,9 +139,9 @@ class Operations(pyfuse3.Operations):
             self._callers, self._callers_version = {}, kernel.version
         if (caller := self._callers.get(key)) is None:
             access = kernel.config.access
-            who = identify(kernel.tenants, access, ctx.uid, ctx.gid, lambda: supplementary_groups(ctx.pid))
+            who = identify(kernel.tenancy.tenants, access, ctx.uid, ctx.gid, lambda: supplementary_groups(ctx.pid))
             caller = Caller(ctx.uid, ctx.gid, ctx.pid, who.role, who.tenant)
-            if not uses_gids(kernel.tenants, access):
+            if not uses_gids(kernel.tenancy.tenants, access):
                 self._callers[key] = caller
         return caller
 

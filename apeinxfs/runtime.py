@@ -157,7 +157,7 @@ class Runtime:
         tasks = self.kernel.tasks
         self.notifier.wake(changed)
         pids = [key for key in changed if isinstance(key, int)]
-        done = self.kernel.trees_done([pid for pid in pids if pid in tasks])
+        done = self.kernel.tasks.trees_done([pid for pid in pids if pid in tasks])
         self.notifier.wake([("done", pid) for pid in pids if pid not in tasks or pid in done])
 
     def reject(self, path: str, error: ApeinxError, uid: int, pid: int = 0, tenant: str | None = None) -> None:

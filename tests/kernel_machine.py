@@ -87,7 +87,7 @@ class KernelMachine(RuleBasedStateMachine):
     def pid(self, index: int) -> int:
         """Mostly a live task's pid; one in four times any pid up to one past the last."""
         live = [pid for pid, task in self.kernel.tasks.items() if not task.done]
-        return live[index % len(live)] if live and index % 4 else index % self.kernel.next_pid + 1
+        return live[index % len(live)] if live and index % 4 else index % self.kernel.tasks.next_pid + 1
 
     @rule(dt=st.integers(0, 30 * MS))
     def advance(self, dt):
@@ -141,7 +141,7 @@ class KernelMachine(RuleBasedStateMachine):
     @rule(tenant=tenants)
     def set_tenant(self, tenant):
         """Add the tenant if it is missing, else replace its settings."""
-        verb = "set" if tenant.name in self.kernel.tenants else "add"
+        verb = "set" if tenant.name in self.kernel.tenancy.tenants else "add"
         self.commit(ev.SetTenant(tenant=tenant, what=f"{verb} {tenant.name}", uid=0))
 
     @rule(name=st.sampled_from(TENANTS[1:]))
@@ -197,9 +197,9 @@ class KernelMachine(RuleBasedStateMachine):
 
     @invariant()
     def trees_done_is_each_tree_ended(self):
-        """Kernel.trees_done (one walk for many pids) agrees with a plain recursive walk of each tree."""
+        """TaskTable.trees_done (one walk for many pids) agrees with a plain recursive walk of each tree."""
         pids = list(self.kernel.tasks)
-        assert self.kernel.trees_done(pids) == {pid for pid in pids if ended(self.kernel, pid)}
+        assert self.kernel.tasks.trees_done(pids) == {pid for pid in pids if ended(self.kernel, pid)}
 
     def teardown(self):
         """The same events, replayed through the journal codec, give the same trace line for line."""

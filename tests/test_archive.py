@@ -227,7 +227,7 @@ def test_replay_of_a_task_the_kernel_no_longer_holds_comes_from_the_archive(tmp_
         rt.commit([Kill(pid=pids[2])])
         tree = Tree(rt)
         before = tree.root.children["replay"].child(str(pids[2])).render()
-        del rt.kernel.tasks[pids[2]]  # what reaping (issue 15 item 1) will do
+        rt.kernel.tasks.reap(pids[2])
         by_name = tree.root.children["replay"].child(str(pids[2]))
         by_inode = tree.node(inode_of(pids[2], REPLAY_SLOT))
         assert by_name.render() == by_inode.render() == before

@@ -104,6 +104,6 @@ def test_trees_done_of_a_whole_killed_chain_walks_it_once():
     with) is all of them, found in one walk rather than one per pid (quadratic); a live chain's, none."""
     kernel = one_gpu_kernel()
     pids, live = chain(kernel, KERNEL_DEPTH), chain(kernel, 3)
-    assert kernel.trees_done(pids + live) == set()
+    assert kernel.tasks.trees_done(pids + live) == set()
     kernel.apply(Kill(pid=pids[0], uid=1000), 1)
-    assert kernel.trees_done(pids + live) == set(pids)
+    assert kernel.tasks.trees_done(pids + live) == set(pids)

@@ -77,9 +77,9 @@ def test_tree_is_done_only_when_every_descendant_is():
     root = submit(k, "a", tokens=1)
     child = submit(k, parent=root, tokens=5)
     step(k, STEP_US)
-    assert k.tasks[root].done and not k.tree_done(k.tasks[root])
+    assert k.tasks[root].done and not k.tasks.tree_done(k.tasks[root])
     run_until_idle(k, 2 * STEP_US)
-    assert k.tree_done(k.tasks[root]) and k.tasks[child].exit == "done"
+    assert k.tasks.tree_done(k.tasks[root]) and k.tasks[child].exit == "done"
 
 
 def test_a_returning_tenant_is_lifted_and_the_trace_says_so():
@@ -114,7 +114,7 @@ def test_with_no_minimum_run_a_task_is_a_candidate_from_its_dispatch():
     for min_run, candidates in ((0, {1, 2}), (2, set())):
         k = kernel(slots=2, min_run=min_run)
         submit(k, "a"), submit(k, "a")
-        assert set(k._preemptible) == candidates
+        assert set(k.reclaim.preemptible) == candidates
 
 
 def test_vtc_never_preempts():
@@ -177,8 +177,8 @@ def test_active_weight_is_the_sum_of_active_tenants_weights():
 
 def test_a_heap_charged_every_token_stays_bounded():
     """LazyHeap compacts stale entries: one key set 10,000 times keeps a small heap."""
-    from apeinxfs.kernel.sched import LazyHeap
+    from apeinxfs.kernel.lazyheap import LazyHeap
     heap = LazyHeap()
     for counter in range(10_000):
         heap.set("tenant", (counter, "tenant"))
-    assert len(heap._heap) + len(heap._run) <= 2 * len(heap) + 64 and heap.peek() == "tenant"
+    assert heap.stale_entries() <= len(heap) + 64 and heap.peek() == "tenant"

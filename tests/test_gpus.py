@@ -111,9 +111,9 @@ def test_real_free_memory_caps_placement_and_counts_as_kv_pressure():
     kernel = real_gpu_kernel()
     kernel.apply(GpuMemory(gpu=0, free_mib=0), 0)
     pid = kernel.apply(Submit(spec=TaskSpec(name="t", max_tokens=16)), 1)
-    assert kernel.tasks[pid].state == State.QUEUED and kernel.kv_some.stalled
+    assert kernel.tasks[pid].state == State.QUEUED and kernel.moves.kv_some.stalled
     kernel.apply(GpuMemory(gpu=0, free_mib=16), 2)
-    assert kernel.tasks[pid].state == State.RUNNING and not kernel.kv_some.stalled
+    assert kernel.tasks[pid].state == State.RUNNING and not kernel.moves.kv_some.stalled
     assert b"gpu-memory" in kernel.trace.buffer and b"16 MiB free: new tasks may take 16 pages" in kernel.trace.buffer
 
 

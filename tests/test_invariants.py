@@ -51,17 +51,17 @@ def running(kernel):
 
 
 CORRUPTIONS = {
-    "state counts": lambda k: k.state_counts.__setitem__(State.QUEUED, 99),
+    "state counts": lambda k: k.tasks.state_counts.__setitem__(State.QUEUED, 99),
     "run queue": lambda k: k.runq.remove(queued(k)),
     "GPU batches": lambda k: k.gpus[0].running.pop(running(k).pid),
-    "open GPUs": lambda k: k._open_gpus.add(0),
+    "preemptible": lambda k: k.reclaim.preemptible.__setitem__(queued(k).pid, queued(k)),
     "pages used": lambda k: k.kv.pools[0].alloc(1),
     "prefix block refcounts": lambda k: k.kv.caches[0].hold(running(k).kv_blocks[0]),
     "tenant counts": lambda k: setattr(k.accounts.tenants["b"], "runnable", 7),
     "active weight": lambda k: setattr(k.accounts, "active_weight", 1),
-    "reserved": lambda k: setattr(k.usage["b"], "reserved", 0),
+    "reserved": lambda k: setattr(k.tenancy.usage["b"], "reserved", 0),
     "child": lambda k: k.tasks[1].children.append(3),
-    "deadline heap": lambda k: k._deadlines.clear(),
+    "deadline heap": lambda k: k.tasks._deadlines.clear(),
     "scheduler tenants": lambda k: k.accounts.set_tenant("ghost", 100),
 }
 
@@ -109,13 +109,13 @@ def test_config_key_is_a_boolean(tmp_path):
 def test_daemon_with_the_key_checks_after_every_commit(tmp_path, flag):
     """With check_invariants = true a commit over corrupted books raises InvariantError; with false it goes through."""
     with open_runtime(tmp_path, f"[daemon]\ncheck_invariants = {flag}\n") as rt:
-        rt.kernel.state_counts[State.STOPPED] = 5
+        rt.kernel.tasks.state_counts[State.STOPPED] = 5
         if flag == "true":
             with pytest.raises(InvariantError, match="state counts"):
                 rt.commit([SetTenant(tenant=TenantConfig("t"), what="add t")])
         else:
             rt.commit([SetTenant(tenant=TenantConfig("t"), what="add t")])
-            assert "t" in rt.kernel.tenants
+            assert "t" in rt.kernel.tenancy.tenants
 
 
 def test_a_held_task_reprioritised_is_held_again():
@@ -125,7 +125,7 @@ def test_a_held_task_reprioritised_is_held_again():
                                  gpus=[GpuConfig(index=0, kv_mib=64, slots=4)],
                                  tenants=[TenantConfig("default", quota=Quota(gpu=25))]))
     first, second = submit(kernel), submit(kernel)
-    assert kernel.usage["default"].held == [kernel.tasks[second]]
+    assert kernel.tenancy.usage["default"].held == [kernel.tasks[second]]
     kernel.apply(Control(pid=second, command=TaskCommand("prio", 9), uid=1000), 1)
     kernel.check_invariants()
     assert kernel.tasks[second].state is State.QUEUED and kernel.tasks[first].state is State.RUNNING

@@ -163,7 +163,7 @@ def test_recover_restores_a_tenant_the_config_no_longer_has(tmp_path):
         pid = submit(rt, tenant="b")
     with open_runtime(tmp_path) as rt:
         rt.recover()
-        assert rt.kernel.tasks[pid].tenant == "b" and rt.kernel.tenants["b"].weight == 100
+        assert rt.kernel.tasks[pid].tenant == "b" and rt.kernel.tenancy.tenants["b"].weight == 100
         assert b"b: restored with default settings" in rt.kernel.trace.buffer
 
 

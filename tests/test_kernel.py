@@ -308,7 +308,7 @@ def test_preemption_when_the_pool_is_full():
     assert kernel.counters.preempted >= 1
     assert "preempt" in trace_types(kernel)
     assert [kernel.tasks[p].exit for p in pids] == ["done", "done"]
-    assert kernel.kv_some.snapshot(kernel.now_us).total_us > 0
+    assert kernel.moves.kv_some.snapshot(kernel.now_us).total_us > 0
 
 
 # -- restart, trace, determinism ------------------------------------------------------------------
@@ -359,7 +359,7 @@ def test_scenario_keeps_its_books():
     kernel = Kernel(original.config)
     for event, now in applied:
         kernel.apply(event, now)
-        assert {s: n for s, n in kernel.state_counts.items() if n} == recount(kernel)
+        assert {s: n for s, n in kernel.tasks.state_counts.items() if n} == recount(kernel)
         assert_books(kernel)
     assert kernel.tasks[6].exit == "expired" and kernel.tasks[4].exit == "killed"
     assert kernel.counters.preempted and "requeue" in trace_types(kernel)

@@ -54,23 +54,23 @@ def test_vruntime_delta_is_inverse_to_weight():
     assert heavy < nice0 < light
 
 
-def test_lazy_heap_skips_stale_and_popped_entries():
-    """A re-prioritised key is ordered by its newest priority; a popped one is gone."""
+def test_lazy_heap_skips_stale_and_discarded_entries():
+    """A re-prioritised key is ordered by its newest priority; a discarded one is gone."""
     heap = LazyHeap()
     for key, prio in (("x", 3), ("y", 2), ("z", 1)):
         heap.set(key, (prio, key))
     heap.set("z", (9, "z"))
-    heap.pop("y", None)
+    heap.discard("y")
     assert heap.peek() == "x" and heap.ordered() == ["x", "z"] and len(heap) == 2
 
 
 def test_lazy_heap_peeks_the_least_current_priority_through_any_order_of_changes():
-    """Random sets (in order, which go to the sorted run, and out of it), pops and peeks agree with a plain min()."""
+    """Random sets (in order, which go to the sorted run, and out of it), discards and peeks agree with a plain min()."""
     rng, heap, truth = random.Random(7), LazyHeap(), {}
     for step in range(20_000):
         key = rng.randrange(300)
         if rng.random() < 0.2:
-            heap.pop(key, None)
+            heap.discard(key)
             truth.pop(key, None)
         else:
             prio = (step if rng.random() < 0.6 else rng.randrange(step + 1), key)

@@ -290,7 +290,7 @@ def test_tenants_are_added_changed_and_removed_with_audit_lines():
     audit = list(csv.DictReader(io.StringIO(kernel.audit.buffer.decode())))
     assert [(a["uid"], a["pid"], a["action"], a["result"]) for a in audit] == [("0", "42", "tenant", "ok"),
                                                                                ("0", "0", "tenant", "ok")]
-    assert "x" not in kernel.tenants
+    assert "x" not in kernel.tenancy.tenants
 
 
 def test_a_tenant_with_live_tasks_cannot_be_removed():

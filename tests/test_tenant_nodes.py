@@ -67,9 +67,9 @@ def test_lines_of_one_write_to_a_settings_file_all_apply(tree):
 def test_what_a_settings_file_shows_can_be_written_back(tree):
     """Writing a file's own text back changes nothing (writes mirror reads)."""
     write(tree, "/tenants/a/budget", b"tokens 900\noverdraw 5\n")
-    before = tree.rt.kernel.tenants["a"]
+    before = tree.rt.kernel.tenancy.tenants["a"]
     write(tree, "/tenants/a/budget", text(tree, "/tenants/a/budget").encode())
-    assert tree.rt.kernel.tenants["a"] == before
+    assert tree.rt.kernel.tenancy.tenants["a"] == before
 
 
 def test_only_admins_change_tenants(tree):

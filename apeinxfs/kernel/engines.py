@@ -10,17 +10,22 @@ again its stalled tasks go back to the queue. `Interrupted(pid, reason)` (a stre
 broke, an engine that went away midway) puts a running task back in the queue with the
 text it has, like a preemption, so it resumes from there; past the model's `resume_limit`
 interruptions it fails with the reason. Every change is a trace line (`engine`, `stall`,
-`resume`); all times are event times, so replay gives the same result. A mixin of `Kernel`
-(kernel.py) over an `EngineBook`; it uses the kernel's `_exit`, `_requeue`, `_emit` and run
-queue. Not here: how the daemon decides an engine is down (runtime.py, drivers/enginestate.py).
+`resume`); all times are event times, so replay gives the same result. `EngineWatch` owns
+the `EngineBook` and moves tasks through the kernel's `Host` seam (seams.py). Not here: how
+the daemon decides an engine is down (runtime.py, drivers/enginestate.py).
 """
+from __future__ import annotations
+
 import heapq
+from collections.abc import KeysView, Mapping
 
 import attrs
 
 from . import events as ev
+from .models import Models
 from .pressure import StallClock
-from .task import State
+from .seams import Host
+from .task import State, Task
 
 
 @attrs.frozen
@@ -35,12 +40,12 @@ class Outage:
 class EngineBook:
     """Down models, their stalled tasks, when each stalled task gives up, each task's resumes."""
 
-    down: dict = attrs.Factory(dict)  # model -> Outage
-    stalled: dict = attrs.Factory(dict)  # model -> {pid: task} taken out of the queue while it is down
-    waits: list = attrs.Factory(list)  # heap of (give-up time µs, pid, stall number)
-    stall_of: dict = attrs.Factory(dict)  # pid -> its current stall number (older heap entries are stale)
+    down: dict[str, Outage] = attrs.Factory(dict)  # model -> Outage
+    stalled: dict[str, dict[int, Task]] = attrs.Factory(dict)  # model -> tasks taken out of the queue while down
+    waits: list[tuple[int, int, int]] = attrs.Factory(list)  # heap of (give-up time µs, pid, stall number)
+    stall_of: dict[int, int] = attrs.Factory(dict)  # pid -> its current stall number (older heap entries are stale)
     stalls: int = 0
-    resumes: dict = attrs.Factory(dict)  # pid -> interruptions it resumed from
+    resumes: dict[int, int] = attrs.Factory(dict)  # pid -> interruptions it resumed from
     clock: StallClock = attrs.Factory(StallClock)  # time in which some runnable task waited for a down engine
 
     def waiting(self, model: str | None = None) -> int:
@@ -60,75 +65,95 @@ def _seconds(us: int) -> str:
 class EngineWatch:
     """Effects of EngineHealth and Interrupted, the stalling of a down model's tasks and their expiry."""
 
-    def _apply_enginehealth(self, event: ev.EngineHealth) -> None:
-        model, book = self.models.get(event.model), self.engines
+    def __init__(self, models: Models, tasks: Mapping[int, Task], host: Host):
+        self.book, self._models, self._tasks, self._host = EngineBook(), models, tasks, host
+
+    def is_down(self, model: str) -> bool:
+        return model in self.book.down
+
+    @property
+    def down(self) -> KeysView[str]:
+        """The models whose engine is down now."""
+        return self.book.down.keys()
+
+    @property
+    def clock(self) -> StallClock:
+        """Time in which some runnable task waited for a down engine."""
+        return self.book.clock
+
+    def waiting(self, model: str | None = None) -> int:
+        """Tasks stalled now (for `model`, or for all)."""
+        return self.book.waiting(model)
+
+    def health(self, event: ev.EngineHealth) -> None:
+        model, book, host = self._models.get(event.model), self.book, self._host
         if model is None or (event.model in book.down) != event.up:  # unknown, or no change
             return
         if event.up:
             outage = book.down.pop(event.model)
             waiting = book.stalled.pop(event.model, {})
-            self._emit("engine", None, f"{event.model} up after {_seconds(self.now_us - outage.since_us)}s; "
-                                       f"{sum(t.runnable for t in waiting.values())} stalled tasks queued again")
+            host.emit("engine", None, f"{event.model} up after {_seconds(host.now_us - outage.since_us)}s; "
+                                      f"{sum(t.runnable for t in waiting.values())} stalled tasks queued again")
             for task in waiting.values():
                 self._unstall(task)
         else:
-            book.down[event.model] = Outage(self.now_us, event.reason)
-            self._emit("engine", None, f"{event.model} down: {event.reason}; its tasks are not dispatched "
-                                       f"and wait up to {model.engine_wait_s:g}s")
+            book.down[event.model] = Outage(host.now_us, event.reason)
+            host.emit("engine", None, f"{event.model} down: {event.reason}; its tasks are not dispatched "
+                                      f"and wait up to {model.engine_wait_s:g}s")
 
-    def _unstall(self, task) -> None:
-        self.engines.stall_of.pop(task.pid, None)
+    def _unstall(self, task: Task) -> None:
+        self.book.stall_of.pop(task.pid, None)
         if task.runnable:
-            self.runq.remove(task)  # a stopped and continued task is queued already
-            self.runq.push(task)
+            self._host.unqueue(task)  # a stopped and continued task is queued already
+            self._host.queue(task)
 
-    def _stall(self, task) -> None:
+    def stall(self, task: Task) -> None:
         """Take the queue's head out of the queue: its model's engine is down. A task queued again while
         it waits (a prio change, a stop and cont) keeps waiting from when it first stalled."""
-        book, model = self.engines, self.models[task.model]
-        self.runq.remove(task)
+        book, model, host = self.book, self._models[task.model], self._host
+        host.unqueue(task)
         if task.pid in book.stall_of:
             return
         book.stalled.setdefault(task.model, {})[task.pid] = task
         book.stalls += 1
         book.stall_of[task.pid] = book.stalls
-        heapq.heappush(book.waits, (self.now_us + int(model.engine_wait_s * 1e6), task.pid, book.stalls))
-        self.changed.add("deadline")
-        self._emit("stall", task, f"{task.model}'s engine is down ({book.down[task.model].reason}); "
-                                  f"waits up to {model.engine_wait_s:g}s")
+        heapq.heappush(book.waits, (host.now_us + int(model.engine_wait_s * 1e6), task.pid, book.stalls))
+        host.changed.add("deadline")
+        host.emit("stall", task, f"{task.model}'s engine is down ({book.down[task.model].reason}); "
+                                 f"waits up to {model.engine_wait_s:g}s")
 
-    def _expire_engine_waits(self) -> None:
+    def expire(self) -> None:
         """Fail the stalled tasks whose engine_wait_s has passed."""
-        book = self.engines
-        while book.waits and book.waits[0][0] <= self.now_us:
+        book, host = self.book, self._host
+        while book.waits and book.waits[0][0] <= host.now_us:
             _, pid, number = heapq.heappop(book.waits)
             if book.stall_of.get(pid) != number:  # released since, maybe stalled again
                 continue
             del book.stall_of[pid]
-            task = self.tasks[pid]
+            task = self._tasks[pid]
             del book.stalled[task.model][pid]
             if not task.runnable:  # killed, or stopped: a `cont` stalls it afresh
                 continue
             outage = book.down[task.model]
-            self._exit(task, f"failed: {task.model}'s engine down for {_seconds(self.now_us - outage.since_us)}s: "
-                             f"{outage.reason}", f"waited engine_wait_s={self.models[task.model].engine_wait_s:g}")
+            host.exit(task, f"failed: {task.model}'s engine down for {_seconds(host.now_us - outage.since_us)}s: "
+                            f"{outage.reason}", f"waited engine_wait_s={self._models[task.model].engine_wait_s:g}")
 
-    def _count_engine_stalls(self) -> None:
+    def count_stalls(self) -> None:
         """Keep the stall clock; nothing to do (at every event) while no task is or was stalled."""
-        book = self.engines
+        book = self.book
         if book.stalled or book.clock.stalled:
-            book.clock.set(self.now_us, book.waiting() > 0)
+            book.clock.set(self._host.now_us, book.waiting() > 0)
 
-    def _apply_interrupted(self, event: ev.Interrupted) -> None:
-        task = self.tasks.get(event.pid)
+    def interrupted(self, event: ev.Interrupted) -> None:
+        task, host = self._tasks.get(event.pid), self._host
         if task is None or task.state is not State.RUNNING:  # killed, stopped or preempted meanwhile
             return
-        book, limit = self.engines, self.models[task.model].resume_limit
+        book, limit = self.book, self._models[task.model].resume_limit
         count = book.resumes.get(task.pid, 0) + 1
         if count > limit:
-            self._exit(task, f"failed: {event.reason}", f"interrupted {count} times; resume_limit={limit}")
+            host.exit(task, f"failed: {event.reason}", f"interrupted {count} times; resume_limit={limit}")
             return
         book.resumes[task.pid] = count
-        self._emit("resume", task, f"{event.reason}; resumes after token {task.tokens_out} "
-                                   f"(resume {count} of {limit})", task.gpu)
-        self._requeue(task, State.PREEMPTED)
+        host.emit("resume", task, f"{event.reason}; resumes after token {task.tokens_out} "
+                                  f"(resume {count} of {limit})", task.gpu)
+        host.requeue(task, State.PREEMPTED)

@@ -51,7 +51,7 @@ class KVPool:
 
     def alloc(self, pages: int) -> bool:
         """Take `pages` if they are free; say whether it worked."""
-        if self.pages_used + pages > self.pages_total:  # pages_free, without a property call on the dispatch path
+        if pages > self.pages_free:
             return False
         self.pages_used += pages
         return True

@@ -11,13 +11,23 @@ task should swap or recompute. Which task to preempt, the OOM killer and the tra
 kernel's. Pure: no clock, randomness or I/O; LRU order is the order of calls.
 See docs/memory.md for the formulas and a worked example.
 """
+from __future__ import annotations
+
+import collections
 import functools
 import hashlib
 import json
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 
-from .config import MIB
+from .config import MIB, KernelConfig, ModelConfig
 from .kvmem import KVPool, estimate_prompt_tokens, pages_for, prompt_pieces
+from .spec import TaskSpec
+from .task import Task
+
+Chain = tuple[bytes, ...]  # the keys of a prompt's cacheable blocks
+Demand = tuple[Chain, int, int, bool]  # _demand: (chain, private pages, worst pages, new task)
+Score = tuple[int, int, int]  # place(): (prefix hits, spare pages, -gpu)
 
 SWAP_GBPS = 16.0  # host link speed for swapping KV out and in, unless a model sets `swap_gbps`
 PREFILL_TOKENS_PER_S = 8000.0  # recompute speed, unless a model sets `prefill_tokens_per_s`
@@ -43,10 +53,16 @@ def prompt_chain(model: str, tokens_per_page: int, prompt: str) -> tuple[bytes, 
     return tuple(chain)
 
 
+def _lease_gpu(task: Task) -> int:
+    """The GPU of the pages a task holds (it holds some)."""
+    assert task.kv_gpu is not None, f"task {task.pid} holds no KV pages"
+    return task.kv_gpu
+
+
 class PrefixCache:
     """One GPU's shared prompt blocks: refcounts, and the unreferenced ones in LRU order."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.refs: dict[bytes, int] = {}
         self.idle: OrderedDict[bytes, None] = OrderedDict()  # refs == 0, least recently used first
         self.hits = self.misses = self.evictions = 0
@@ -54,14 +70,14 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self.refs)
 
-    def leading(self, chain) -> int:
+    def leading(self, chain: Chain) -> int:
         """How many blocks from the chain's start are cached: the prefill they save."""
         hits = 0
         while hits < len(chain) and chain[hits] in self.refs:
             hits += 1
         return hits
 
-    def lookup(self, chain) -> tuple[int, int, int]:
+    def lookup(self, chain: Chain) -> tuple[int, int, int]:
         """(leading hits, blocks cached anywhere in the chain, of those the idle ones)."""
         if not chain:
             return 0, 0, 0
@@ -73,7 +89,7 @@ class PrefixCache:
         self.refs[key] = self.refs.get(key, 0) + 1
         self.idle.pop(key, None)
 
-    def drop(self, chain) -> None:
+    def drop(self, chain: Chain) -> None:
         """Release references, the chain's tail first so its deepest blocks are evicted first."""
         for key in reversed(chain):
             self.refs[key] -= 1
@@ -93,66 +109,65 @@ class PrefixCache:
 class KVManager:
     """The pools, prefix caches and leases of every GPU; `on_evict(gpu, pages, task)` hears evictions."""
 
-    def __init__(self, config, on_evict):
+    def __init__(self, config: KernelConfig, on_evict: Callable[[int, int, Task], None]) -> None:
         self.page_bytes = config.page_bytes
         self.models = {m.name: m for m in config.models}
         self.pools = [KVPool(config.page_bytes, g.kv_mib * MIB // config.page_bytes) for g in config.gpus]
         self.caches = [PrefixCache() for _ in config.gpus]
         self._mixed_pools = len({pool.pages_total for pool in self.pools}) > 1  # see _demand
         self.real_free: list[int | None] = [None] * len(config.gpus)  # pages NVML says are free, real GPUs
-        self.holders: dict[int, object] = {}  # pid -> the task, for tasks holding pages (their kv_* fields)
+        self.holders: dict[int, Task] = {}  # pid -> the task, for tasks holding pages (their kv_* fields)
         self.on_evict = on_evict
         self.per_page = {m.name: config.page_bytes // m.token_bytes for m in config.models}  # tokens per page
         self.watermark = config.sched.kv_watermark  # the part of a busy pool a new task must leave free
 
-    def add_model(self, model) -> None:
+    def add_model(self, model: ModelConfig) -> None:
         """A model added at runtime (/ctl/models): its shape, and its tokens per page."""
         self.models[model.name], self.per_page[model.name] = model, self.page_bytes // model.token_bytes
 
     def set_real_free(self, gpu: int, free_bytes: int) -> int:
         """What NVML read as free on a real `gpu` now caps placements there; the pages that allows."""
-        self.real_free[gpu] = free_bytes // self.page_bytes
-        return self.real_free[gpu]
+        pages = self.real_free[gpu] = free_bytes // self.page_bytes
+        return pages
 
     def remove_model(self, name: str) -> None:
         del self.models[name], self.per_page[name]
 
-    def _pages(self, model, tokens: int, blocks: int) -> int:
+    def _pages(self, model: ModelConfig, tokens: int, blocks: int) -> int:
         """Pages for `tokens` tokens of which the first `blocks` blocks are shared ones."""
         return blocks + pages_for(tokens - blocks * self.per_page[model.name], model.token_bytes, self.page_bytes)
 
-    def admit_pages(self, spec, model) -> int:
+    def admit_pages(self, spec: TaskSpec, model: ModelConfig) -> int:
         """The most pages a task of `spec` can ever hold: its prompt plus all it may generate."""
         return self._worst(model, estimate_prompt_tokens(spec.prompt), spec.max_tokens)
 
-    def _worst(self, model, prompt_tokens: int, max_tokens: int) -> int:
+    def _worst(self, model: ModelConfig, prompt_tokens: int, max_tokens: int) -> int:
         blocks = cacheable_blocks(prompt_tokens, self.per_page[model.name])
         return self._pages(model, prompt_tokens + max_tokens, blocks)
 
-    def _demand(self, task) -> tuple[tuple, int, int, bool]:
+    def _demand(self, task: Task) -> Demand:
         """What the task needs on any GPU: its prompt's block chain, private pages beside it, the
         most pages it may ever hold (its prompt plus all it may generate), and whether it is new
         (nothing generated yet: it must leave the watermark free). The most pages is worked out
         only where pools differ in size: admission refused any task that fits in none, so when
         they are all alike every task fits in each (0 then stands for "fits")."""
         model, per_page = self.models[task.model], self.per_page[task.model]
-        full_blocks = 0 < per_page < task.tokens_in  # cacheable_blocks(task.tokens_in) > 0, without the call
-        chain = prompt_chain(task.model, per_page, task.spec.prompt) if full_blocks else ()
+        chain = prompt_chain(task.model, per_page, task.spec.prompt) if cacheable_blocks(task.tokens_in, per_page) else ()
         worst = self._worst(model, task.tokens_in, task.spec.max_tokens) if self._mixed_pools else 0
         return chain, self._private_need(task, len(chain), model), worst, task.tokens_out == 0
 
-    def _private_need(self, task, blocks: int, model) -> int:
+    def _private_need(self, task: Task, blocks: int, model: ModelConfig) -> int:
         """Private pages for the context and the next token, beside `blocks` shared blocks:
         _pages(model, context + 1, blocks) - blocks."""
         shared = blocks * self.per_page[model.name]
         return pages_for(task.tokens_in + task.tokens_out + 1 - shared, model.token_bytes, self.page_bytes)
 
-    def place(self, task, gpu: int) -> tuple | None:
+    def place(self, task: Task, gpu: int) -> Score | None:
         """Whether the task fits on `gpu` now (evicting idle blocks if need be): a score, most
         prefix hits then most room to spare first, or None if it does not fit."""
         return self._fit(gpu, self._demand(task))
 
-    def seat(self, task, gpus) -> int | None:
+    def seat(self, task: Task, gpus: Iterable[int]) -> int | None:
         """Attach the task on the one of `gpus` where place() scores it highest; that GPU, or None
         if it fits on none. What the task needs is worked out once, not once per GPU."""
         if not gpus:
@@ -166,14 +181,15 @@ class KVManager:
             self._attach(task, best, demand)
         return best
 
-    def fits_instead(self, task, victim) -> bool:
+    def fits_instead(self, task: Task, victim: Task) -> bool:
         """Whether `task` would fit on `victim`'s GPU once the victim has left it (its private
         pages freed, the blocks only it references idle): whether preempting it makes room."""
-        cache = self.caches[victim.kv_gpu]
+        gpu = _lease_gpu(victim)
+        cache = self.caches[gpu]
         freed = victim.kv_private + sum(cache.refs[key] == 1 for key in victim.kv_blocks)
-        return self._fit(victim.kv_gpu, self._demand(task), freed) is not None
+        return self._fit(gpu, self._demand(task), freed) is not None
 
-    def _fit(self, gpu: int, demand: tuple[tuple, int, int, bool], freed: int = 0) -> tuple | None:
+    def _fit(self, gpu: int, demand: Demand, freed: int = 0) -> Score | None:
         """place()'s score on `gpu` for a task of `demand`, with `freed` more pages free than now.
         On a real GPU the room is also capped by the memory NVML last read as free (set_real_free).
         A new task on a GPU where tasks hold pages must leave `watermark` of the pool free for
@@ -184,20 +200,21 @@ class KVManager:
             return None
         hits, cached, idle = cache.lookup(chain) if chain else NO_BLOCKS
         need = len(chain) - cached + private
-        room = pool.pages_total - pool.pages_used + len(cache.idle) - idle + freed  # pages_free, without a call
-        if self.real_free[gpu] is not None:
-            room = min(room, self.real_free[gpu])
+        room = pool.pages_free + len(cache.idle) - idle + freed
+        real_free = self.real_free[gpu]
+        if real_free is not None:
+            room = min(room, real_free)
         spare = room - need
         busy = pool.pages_used > len(cache.idle)  # used pages beyond the idle blocks: tasks hold them
         if spare < 0 or new and busy and spare < self.watermark * pool.pages_total:
             return None
         return hits, spare, -gpu
 
-    def attach(self, task, gpu: int) -> int:
+    def attach(self, task: Task, gpu: int) -> int:
         """Give the task its pages on `gpu` (place() said they fit); the prefill tokens still to compute."""
         return self._attach(task, gpu, self._demand(task))
 
-    def _attach(self, task, gpu: int, demand: tuple[tuple, int, int, bool]) -> int:
+    def _attach(self, task: Task, gpu: int, demand: Demand) -> int:
         chain, private, _worst, _new = demand
         hits, cached = self._hold(gpu, chain) if chain else (0, 0)
         pages = len(chain) - cached + private
@@ -210,7 +227,7 @@ class KVManager:
             task.cached_tokens = max(task.cached_tokens, hits * self.per_page[task.model])
         return task.tokens_in + task.tokens_out - task.cached_tokens
 
-    def _hold(self, gpu: int, chain: tuple) -> tuple[int, int]:
+    def _hold(self, gpu: int, chain: Chain) -> tuple[int, int]:
         """References to the chain's blocks on `gpu` (before any eviction, so none of them is
         evicted), counted as prefix hits and misses; (leading hits, blocks that were cached)."""
         cache = self.caches[gpu]
@@ -221,26 +238,26 @@ class KVManager:
         cache.misses += len(chain) - hits
         return hits, cached
 
-    def grow(self, task) -> bool:
+    def grow(self, task: Task) -> bool:
         """Pages for the task's context and next token, evicting idle blocks if need be; whether it got them."""
         if task.tokens_in + task.tokens_out < task.kv_holds:  # the next token fits in what it holds
             return True
         blocks = len(task.kv_blocks)
         need = self._private_need(task, blocks, self.models[task.model]) - task.kv_private
-        if not self._take(task.kv_gpu, need, task):
+        if not self._take(_lease_gpu(task), need, task):
             return False
         task.kv_private += need
         task.kv_holds = self._holds(task, blocks, task.kv_private)
         task.kv_pages += need
         return True
 
-    def _holds(self, task, blocks: int, private: int) -> int:
+    def _holds(self, task: Task, blocks: int, private: int) -> int:
         """Context tokens that `blocks` shared blocks and `private` pages hold (what _pages inverts:
         the private pages hold the most tokens for which pages_for gives no more)."""
         model = self.models[task.model]
         return blocks * self.per_page[task.model] + private * self.page_bytes // model.token_bytes
 
-    def _take(self, gpu: int, pages: int, task) -> bool:
+    def _take(self, gpu: int, pages: int, task: Task) -> bool:
         """Allocate `pages` on `gpu`, evicting idle blocks if they are short; all or nothing."""
         pool = self.pools[gpu]
         if pool.alloc(pages):
@@ -250,15 +267,16 @@ class KVManager:
             self.on_evict(gpu, gone, task)
         return pool.alloc(pages)
 
-    def release(self, task) -> None:
+    def release(self, task: Task) -> None:
         """The task leaves its GPU: private pages freed, its blocks stay cached unreferenced."""
         if self.holders.pop(task.pid, None) is not None:
-            self.caches[task.kv_gpu].drop(task.kv_blocks)
-            self.pools[task.kv_gpu].free(task.kv_private)
+            gpu = _lease_gpu(task)
+            self.caches[gpu].drop(task.kv_blocks)
+            self.pools[gpu].free(task.kv_private)
             task.kv_gpu, task.kv_blocks, task.kv_private, task.kv_holds = None, (), 0, 0
         task.kv_pages = task.cached_tokens = 0
 
-    def preempt_mode(self, task) -> tuple[str, float, float]:
+    def preempt_mode(self, task: Task) -> tuple[str, float, float]:
         """('swap' or 'recompute', swap seconds, recompute seconds): the cheaper way to give the
         task its KV back. Swap moves the context out and back in; recompute prefills it again."""
         model = self.models[task.model]
@@ -268,7 +286,7 @@ class KVManager:
         recompute_s = task.context_tokens / rate
         return ("swap" if swap_s < recompute_s else "recompute"), swap_s, recompute_s
 
-    def swapped_out(self, task) -> None:
+    def swapped_out(self, task: Task) -> None:
         """The task's KV went to host memory: it comes back whole at the next attach, no prefill."""
         task.cached_tokens = task.context_tokens
 
@@ -279,3 +297,26 @@ class KVManager:
     def private_pages(self, gpu: int) -> int:
         """Pages of `gpu` its tasks hold privately (the rest of its used pages are cached blocks)."""
         return sum(t.kv_private for t in self.holders.values() if t.kv_gpu == gpu)
+
+    def index_problems(self, running: list[Task]) -> Iterator[str]:
+        """What disagrees among the KV books (for invariants.py): leases are the running tasks'; a pool's used pages are its private pages plus cached blocks;
+        block refcounts are the leases' references; the idle blocks are those with none."""
+        if self.holders.keys() != {task.pid for task in running}:
+            yield f"KV leases {sorted(self.holders)} are not the running tasks"
+        private: collections.Counter[int] = collections.Counter()
+        refs: list[collections.Counter[bytes]] = [collections.Counter() for _ in self.pools]
+        for task in self.holders.values():
+            if task.kv_pages != len(task.kv_blocks) + task.kv_private or task.kv_gpu is None or task.kv_gpu != task.gpu:
+                yield (f"task {task.pid}: lease of {task.kv_pages} pages on gpu {task.kv_gpu} "
+                       "is not its blocks and private pages")
+                continue
+            private[task.kv_gpu] += task.kv_private
+            refs[task.kv_gpu].update(task.kv_blocks)
+        for gpu, (pool, cache) in enumerate(zip(self.pools, self.caches)):
+            if pool.pages_used != private[gpu] + len(cache.refs) or pool.pages_used > pool.pages_total:
+                yield (f"gpu {gpu}: {pool.pages_used} pages used of {pool.pages_total}, but {private[gpu]} private "
+                       f"+ {len(cache.refs)} cached")
+            if {key: n for key, n in cache.refs.items() if n} != dict(refs[gpu]):
+                yield f"gpu {gpu}: prefix block refcounts are not the leases' references"
+            if set(cache.idle) != {key for key, n in cache.refs.items() if n == 0}:
+                yield f"gpu {gpu}: idle blocks are not the cached blocks nobody references"

@@ -10,12 +10,20 @@
 Every queue keeps lazy-deletion heaps, so push, remove, re-key and peek are O(log n).
 The kernel decides when and where tasks run; a queue only says which is next, and why.
 """
+from __future__ import annotations
+
 import collections
-import heapq
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import attrs
 
-from .task import State
+from .lazyheap import LazyHeap
+from .task import State, Task
+
+# A level of a task's accounts: (its tenant or agent, that entity's key, the heap of its active
+# peers, all its peers by key).
+Level = tuple["Entity", Any, LazyHeap, Mapping[Any, "Entity"]]
 
 NICE_0_WEIGHT = 1024
 VSCALE = 1024
@@ -31,61 +39,6 @@ def prio_weight(prio: int) -> int:
 def vruntime_delta(tokens: int, weight: int) -> int:
     """Virtual runtime for `tokens` served at `weight`, in 1/1024 of a nice-0 token."""
     return tokens * VSCALE * NICE_0_WEIGHT // weight
-
-
-class LazyHeap(dict):
-    """A priority map (a dict of key -> priority) that also peeks the least key: `set` and
-    `pop(key, None)` change it, leaving stale entries that `peek` skips.
-
-    A priority is a tuple ending with its key, so no two keys tie. Priorities are kept as
-    the tuples themselves (flat, so cheap to compare), in a heap or, when one is set no lower
-    than the last set (arrivals in order, an entity served to the back of a fair queue), at
-    the end of a sorted run beside it, which takes no comparisons to push or pop. An entry is
-    current while it is the very tuple last set for its key. Change priorities only through
-    `set`: assigning an item would bypass the heap."""
-
-    __slots__ = ("_heap", "_run")
-
-    def __init__(self):
-        super().__init__()
-        self._heap: list = []
-        self._run: collections.deque = collections.deque()  # non-decreasing priorities
-
-    def set(self, key, prio: tuple) -> None:
-        if self.get(key) != prio:
-            self[key] = prio
-            run = self._run
-            if not run or prio >= run[-1]:
-                run.append(prio)
-            else:
-                heapq.heappush(self._heap, prio)
-            if len(self._heap) + len(run) > 2 * len(self) + 64:
-                self._compact()
-
-    def _compact(self) -> None:
-        """Drop stale entries (amortised O(1) per set), so a heap that is rarely peeked stays small."""
-        self._heap = list(self.values())
-        heapq.heapify(self._heap)
-        self._run.clear()
-
-    def peek(self):
-        run, heap, least = self._run, self._heap, None
-        while run:  # the run's first current priority
-            if self.get(run[0][-1]) is run[0]:
-                least = run[0]
-                break
-            run.popleft()
-        while heap:  # the heap's, if less
-            top = heap[0]
-            if self.get(top[-1]) is top:
-                if least is None or top < least:
-                    least = top
-                break
-            heapq.heappop(heap)
-        return None if least is None else least[-1]
-
-    def ordered(self) -> list:
-        return sorted(self, key=self.__getitem__)
 
 
 @attrs.define
@@ -110,16 +63,20 @@ class Entity:
 class Accounts:
     """Counters of every tenant and agent, kept whatever the policy."""
 
-    def __init__(self, tenants: dict[str, int]):
+    def __init__(self, tenants: dict[str, int]) -> None:
         self.tenants = {name: Entity(name, weight) for name, weight in tenants.items()}
         self.agents: dict[int, Entity] = {}
         self.active_tenants = LazyHeap()
         self.active_agents = {name: LazyHeap() for name in tenants}
         self.active_weight = 0  # the active tenants' weights summed: what a slot share divides by
-        self._levels_of: dict[int, tuple] = {}  # agent -> its _levels
-        self._charged: dict = {}  # id(entity) -> its level, for entities charged since the last settle
+        self._levels_of: dict[int, tuple[Level, Level]] = {}  # agent -> its _levels
+        self._charged: dict[int, Level] = {}  # id(entity) -> its level, for entities charged since the last settle
 
-    def tenant(self, task) -> Entity:
+    def of_tenant(self, name: str) -> Entity | None:
+        """Tenant `name`'s counter and counts, or None if the scheduler has no such tenant."""
+        return self.tenants.get(name)
+
+    def tenant(self, task: Task) -> Entity:
         return self.tenants[task.tenant]
 
     def set_tenant(self, name: str, weight: int) -> None:
@@ -141,13 +98,13 @@ class Accounts:
                 del self._levels_of[agent]
                 self.agents.pop(agent, None)
 
-    def agent(self, task) -> Entity:
+    def agent(self, task: Task) -> Entity:
         agent = self.agents.get(task.agent)
         if agent is None:
             agent = self.agents[task.agent] = Entity(str(task.agent), task.weight)
         return agent
 
-    def _levels(self, task):
+    def _levels(self, task: Task) -> tuple[Level, Level]:
         """(entity, its key, the heap of its active peers, all peers) for tenant and agent.
 
         Built once per agent: every task of an agent (a root task and its children) is of its tenant."""
@@ -158,7 +115,7 @@ class Accounts:
                 (self.agent(task), task.agent, self.active_agents[task.tenant], self.agents))
         return levels
 
-    def charge(self, task, cost: float) -> None:
+    def charge(self, task: Task, cost: float) -> None:
         """Add to the counters; the active heaps are brought up to date lazily, before a lift."""
         for level in self._levels(task):
             entity = level[0]
@@ -171,7 +128,7 @@ class Accounts:
                 active.set(key, (entity.counter, key))
         self._charged.clear()
 
-    def count(self, task, field: str, delta: int) -> list[tuple[Entity, float]]:
+    def count(self, task: Task, field: str, delta: int) -> list[tuple[Entity, float]]:
         """Add `delta` to runnable/running of the task's entities; return the lifts made.
 
         An active heap is read only to lift an entity that becomes active, so it is settled
@@ -189,12 +146,12 @@ class Accounts:
             else:
                 setattr(entity, field, getattr(entity, field) + delta)
                 if not entity.active:
-                    active.pop(key, None)
+                    active.discard(key)
         if tenant.active != was_active:
             self.active_weight += tenant.weight if tenant.active else -tenant.weight
         return lifts
 
-    def start(self, task) -> None:
+    def start(self, task: Task) -> None:
         """The task goes from runnable to running: its tenant and agent stay active, so no lift
         and no heap changes."""
         tenant, agent = self.tenants[task.tenant], self.agents[task.agent]  # both counted when it was queued
@@ -217,15 +174,16 @@ class FlatQueue:
 
     preempts = False
 
-    def __init__(self, name: str, key, why: str, level=lambda task: 0):
+    def __init__(self, name: str, key: Callable[[Task], tuple[Any, ...]], why: str,
+                 level: Callable[[Task], int] = lambda task: 0) -> None:
         self.name, self._key, self._level, self.reason = name, key, level, why  # the same reason for every task
-        self._levels, self._by_level = LazyHeap(), {}  # the levels with queued tasks; level -> LazyHeap of them
-        self._tasks = {}  # pid -> (task, its level)
+        self._levels, self._by_level = LazyHeap(), dict[int, LazyHeap]()  # the levels with queued tasks; level -> LazyHeap of them
+        self._tasks: dict[int, tuple[Task, int]] = {}  # pid -> (task, its level)
 
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def push(self, task) -> None:
+    def push(self, task: Task) -> None:
         level = self._level(task)
         self._tasks[task.pid] = task, level
         heap = self._by_level.get(level)
@@ -234,25 +192,25 @@ class FlatQueue:
         heap.set(task.pid, self._key(task))
         self._levels.set(level, (level,))
 
-    def remove(self, task) -> None:
+    def remove(self, task: Task) -> None:
         queued = self._tasks.pop(task.pid, None)
         if queued is not None:
             heap = self._by_level[queued[1]]
-            heap.pop(task.pid, None)
+            heap.discard(task.pid)
             if not heap:
-                self._levels.pop(queued[1], None)
+                self._levels.discard(queued[1])
 
-    def rekey(self, task) -> None:
+    def rekey(self, task: Task) -> None:
         """Counters do not order a flat queue."""
 
-    def peek(self, now_us: int):
+    def peek(self, now_us: int) -> Task | None:
         level = self._levels.peek()
         return None if level is None else self._tasks[self._by_level[level].peek()][0]
 
-    def tasks(self) -> list:
+    def tasks(self) -> list[Task]:
         return [self._tasks[pid][0] for level in self._levels.ordered() for pid in self._by_level[level].ordered()]
 
-    def index_problems(self):
+    def index_problems(self) -> Iterator[str]:
         """Yield what disagrees between the queued tasks and the per-level heaps (for invariants.py)."""
         by_level = {pid: level for level, heap in self._by_level.items() for pid in heap}
         if by_level != {pid: level for pid, (_task, level) in self._tasks.items()}:
@@ -270,10 +228,11 @@ class FairQueue:
     queued tasks are the task itself while it is the only one (most agents: a root task
     without children), else a LazyHeap of them by vruntime."""
 
-    def __init__(self, name: str, accounts: Accounts, boost_us: int | None, preempts: bool):
+    def __init__(self, name: str, accounts: Accounts, boost_us: int | None, preempts: bool) -> None:
         self.name, self.accounts, self.boost_us, self.preempts = name, accounts, boost_us, preempts
-        self._tenants, self._agents, self._tasks = LazyHeap(), {}, {}  # _tasks: agent -> Task | LazyHeap
-        self._deadlines, self._members = LazyHeap(), {}
+        self._tenants, self._agents = LazyHeap(), dict[str, LazyHeap]()  # tenant -> its agents with queued tasks
+        self._tasks: dict[int, Task | LazyHeap] = {}  # agent -> its one queued task, or a heap of them
+        self._deadlines, self._members = LazyHeap(), dict[int, Task]()
         self._resumes: dict[str, LazyHeap] = {}  # tenant -> its preempted tasks, by pid
         self._chosen = None  # the tenant whose task the last peek chose; None: a deadline boost
         self._boost_at = NEVER  # no deadline boost before then (the earliest deadline seen, less boost_us)
@@ -281,7 +240,7 @@ class FairQueue:
     def __len__(self) -> int:
         return len(self._members)
 
-    def push(self, task) -> None:
+    def push(self, task: Task) -> None:
         self._members[task.pid] = task
         if task.deadline_at_us is not None:
             self._deadlines.set(task.pid, (task.deadline_at_us, task.pid))
@@ -297,45 +256,45 @@ class FairQueue:
             agents.set(task.agent, (self.accounts.agent(task).counter, task.agent))
         self.rekey(task)
 
-    def _queue_in_agent(self, task) -> None:
+    def _queue_in_agent(self, task: Task) -> None:
         """Add the task to its agent's queued tasks."""
         tasks = self._tasks.get(task.agent)
         if tasks is None:
             self._tasks[task.agent] = task
             return
-        if type(tasks) is not LazyHeap:  # a second task: the agent's tasks need a heap
+        if not isinstance(tasks, LazyHeap):  # a second task: the agent's tasks need a heap
             alone, tasks = tasks, LazyHeap()
             tasks.set(alone.pid, (alone.vruntime, alone.pid))
             self._tasks[task.agent] = tasks
         tasks.set(task.pid, (task.vruntime, task.pid))
 
-    def remove(self, task) -> None:
+    def remove(self, task: Task) -> None:
         if self._members.pop(task.pid, None) is None:
             return
-        self._deadlines.pop(task.pid, None)
+        self._deadlines.discard(task.pid)
         resumes = self._resumes.get(task.tenant)
         if resumes and task.pid in resumes:
-            resumes.pop(task.pid)
+            resumes.discard(task.pid)
         elif self._unqueue_from_agent(task):  # the agent has nothing queued: it leaves its tenant's heap
-            self._agents[task.tenant].pop(task.agent, None)
+            self._agents[task.tenant].discard(task.agent)
         if not self._queued(task.tenant):
-            self._tenants.pop(task.tenant, None)
+            self._tenants.discard(task.tenant)
 
     def _queued(self, tenant: str) -> bool:
         """Whether the tenant has a task in the queue: a preempted one or an agent's."""
         return bool(self._resumes.get(tenant) or self._agents.get(tenant))
 
-    def _unqueue_from_agent(self, task) -> bool:
+    def _unqueue_from_agent(self, task: Task) -> bool:
         """Take the task out of its agent's queued tasks; whether none are left."""
         tasks = self._tasks[task.agent]
-        if tasks is not task:
-            tasks.pop(task.pid, None)
+        if isinstance(tasks, LazyHeap):
+            tasks.discard(task.pid)
             if tasks:
                 return False
         del self._tasks[task.agent]
         return True
 
-    def rekey(self, task) -> None:
+    def rekey(self, task: Task) -> None:
         """Re-order the task's tenant (and agent) after their counters changed, if they have queued work."""
         if not self._queued(task.tenant):
             return
@@ -343,7 +302,7 @@ class FairQueue:
         if task.agent in self._tasks:
             self._agents[task.tenant].set(task.agent, (self.accounts.agent(task).counter, task.agent))
 
-    def peek(self, now_us: int):
+    def peek(self, now_us: int) -> Task | None:
         if now_us >= self._boost_at and (urgent := self._boosted(now_us)) is not None:
             self._chosen = None
             return urgent
@@ -354,13 +313,13 @@ class FairQueue:
         if resumes:
             return self._members[resumes.peek()]
         tasks = self._tasks[self._agents[tenant].peek()]
-        return tasks if type(tasks) is not LazyHeap else self._members[tasks.peek()]
+        return tasks if not isinstance(tasks, LazyHeap) else self._members[tasks.peek()]
 
-    def _boosted(self, now_us: int):
+    def _boosted(self, now_us: int) -> Task | None:
         """The queued task with the earliest deadline if it is within boost_us, else None (and
         no boost is looked for again until that deadline is)."""
         urgent = self._deadlines.peek()
-        self._boost_at = NEVER if urgent is None else self._deadlines[urgent][0] - self.boost_us
+        self._boost_at = NEVER if urgent is None else self._deadlines.prio(urgent)[0] - self.boost_us
         return self._members[urgent] if now_us >= self._boost_at else None
 
     @property
@@ -370,10 +329,10 @@ class FairQueue:
         tenant = self._chosen
         return "deadline boost" if tenant is None else f"least counter: tenant {tenant} of {len(self._tenants)} backlogged"
 
-    def tasks(self) -> list:
+    def tasks(self) -> list[Task]:
         return sorted(self._members.values(), key=lambda t: (self.accounts.tenant(t).counter, t.pid))
 
-    def index_problems(self):
+    def index_problems(self) -> Iterator[str]:
         """Yield what disagrees between the queued tasks and the tenant, agent, task, resume and
         deadline heaps (for invariants.py)."""
         members = self._members.values()
@@ -381,7 +340,7 @@ class FairQueue:
         if resumed != _group((task.tenant, task.pid) for task in members if task.state is State.PREEMPTED):
             yield f"{self.name} queue: its resume heaps are not its preempted members"
         new = [task for task in members if task.state is not State.PREEMPTED]
-        queued = {agent: set(tasks) if type(tasks) is LazyHeap else {tasks.pid} for agent, tasks in self._tasks.items()}
+        queued = {agent: set(tasks) if isinstance(tasks, LazyHeap) else {tasks.pid} for agent, tasks in self._tasks.items()}
         if queued != _group((task.agent, task.pid) for task in new):
             yield f"{self.name} queue: its agents' queued tasks are not its members"
         by_tenant = {tenant: set(heap) for tenant, heap in self._agents.items() if heap}
@@ -393,15 +352,15 @@ class FairQueue:
             yield f"{self.name} queue: its deadline heap is not its members with a deadline"
 
 
-def _group(pairs) -> dict:
+def _group(pairs: Iterable[tuple[Any, Any]]) -> dict[Any, set[Any]]:
     """{key: {value, ...}} of (key, value) pairs."""
-    groups: dict = collections.defaultdict(set)
+    groups: dict[Any, set[Any]] = collections.defaultdict(set)
     for key, value in pairs:
         groups[key].add(value)
     return groups
 
 
-def make_queue(policy: str, accounts: Accounts, boost_us: int):
+def make_queue(policy: str, accounts: Accounts, boost_us: int) -> FairQueue | FlatQueue:
     """The run queue of `policy`: fair | vtc | fcfs | greedy."""
     if policy == "fair":
         return FairQueue("fair", accounts, boost_us, preempts=True)

@@ -4,10 +4,14 @@ Mutable on purpose (the kernel updates it in place on every step); only the kern
 writes to it. `slots` keep 100,000 of them small.
 """
 import enum
+from typing import TYPE_CHECKING
 
 import attrs
 
 from .spec import TaskSpec
+
+if TYPE_CHECKING:
+    from .billing import Meter
 
 
 class State(enum.Enum):
@@ -22,10 +26,6 @@ class State(enum.Enum):
 
     def __str__(self) -> str:
         return f"{self.value[0]} ({self.value[1]})"
-
-    # Members are singletons: hash by identity, in C (Enum's own hashes the name in Python,
-    # and the kernel counts states in a dict at every state change).
-    __hash__ = object.__hash__
 
 
 @attrs.define(slots=True, eq=False)
@@ -50,7 +50,7 @@ class Task:
     cached_tokens: int = 0  # context tokens whose KV is in place without prefill (prefix hits, swap)
     # Its KV lease while it holds pages (memory.py writes these, on the task: no object per dispatch):
     kv_gpu: int | None = None  # the GPU of its pages
-    kv_blocks: tuple = ()  # the shared prefix blocks it references there
+    kv_blocks: tuple[bytes, ...] = ()  # the shared prefix blocks it references there
     kv_private: int = 0  # its private pages
     kv_holds: int = 0  # the context tokens those hold (so growing by a token that fits is one comparison)
     first_token_us: int | None = None
@@ -58,11 +58,11 @@ class Task:
     exited_us: int | None = None
     parent: int | None = None
     agent: int = 0
-    children: list = attrs.Factory(list)
+    children: list[int] = attrs.Factory(list)
     run_tokens: int = 0
     kv_preemptions: int = 0
     started_us: int | None = None  # first dispatch: the prompt is charged then
-    meter: object = None  # billing.Meter of the segment running now
+    meter: "Meter | None" = None  # the billing segment running now
     output: bytearray = attrs.Factory(bytearray)
     trace_last: int = 0  # the seq of its last trace line (trace.py chains its lines back from it)
 

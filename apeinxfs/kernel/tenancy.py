@@ -12,20 +12,36 @@
   the run queue, still queued) until one of its running tasks leaves a GPU.
 - Metering: ledgers are charged as tokens are served; billing.py books each GPU segment.
 - Admin events: SetTenant, RemoveTenant, SetRules; each is audited.
-A mixin of `Kernel` (kernel.py), like reclaim.py.
+`Tenancy` owns the tenants' configs, their usage records and the policy rules; the kernel
+asks it at a submit, a dispatch, a step and an exit, and it moves held tasks and writes
+the trace through the kernel's `Host` seam (seams.py).
 """
 from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
 from . import events as ev
-from .billing import Meter, segment_usage
+from .audit import AuditLog
+from .billing import BillBook, Meter, segment_usage
+from .config import KernelConfig
 from .errors import Busy, Denied, Exists, Invalid, NotFound, OverQuota
 from .kvmem import estimate_prompt_tokens
 from .ledger import Limit, TokenLedger
-from .policy import Request, evaluate, parse_rule
+from .memory import KVManager
+from .models import Models
+from .policy import Decision, Request, Rule, evaluate, parse_rule
 from .sampling import Sampling, number_text
-from .tenant_config import TenantConfig
+from .sched import Accounts
+from .seams import Host
+from .spec import TaskSpec
+from .task import Task
+from .tenant_config import Quota, TenantConfig
+
+if TYPE_CHECKING:
+    from .gpus import Gpu
 
 MINUTE_US = 60_000_000
 
@@ -41,39 +57,57 @@ class TenantUsage:
     overdraws: int = 0
     quota: TokenLedger = attrs.Factory(TokenLedger)
     budget: TokenLedger = attrs.Factory(TokenLedger)
-    held: list = attrs.Factory(list)
-    # Of the tenant's config (Tenancy._install), what every dispatch reads: its ledgers' terms
-    # (quota, budget), and whether a gpu or kv_pages quota may hold its tasks back.
-    limits: tuple = ()
-    capped: bool = False
+    held: list[Task] = attrs.Factory(list)
 
 
 def _shown_temperature(value: float | None) -> str:
     return "unset" if value is None else number_text(value)
 
 
-def quota_limit(tenant) -> Limit:
+def quota_limit(tenant: TenantConfig) -> Limit:
     return tenant.quota.limit
 
 
-def budget_limit(tenant) -> Limit:
+def budget_limit(tenant: TenantConfig) -> Limit:
     return tenant.budget.limit
 
 
 class Tenancy:
-    """Admission, holds, metering and tenant administration."""
+    """Tenants' configs, usage and policy rules: admission, holds, metering and administration."""
+
+    def __init__(self, config: KernelConfig, models: Models, kv: KVManager, accounts: Accounts,
+                 gpus: Sequence[Gpu], tasks: Mapping[int, Task], records: tuple[AuditLog, BillBook], host: Host):
+        self.tenants: dict[str, TenantConfig] = {}
+        self.usage: dict[str, TenantUsage] = {}
+        self.rules: tuple[Rule, ...] = ()
+        self._config, self._models, self._kv, self._accounts = config, models, kv, accounts
+        self._gpus, self._tasks, self._host = gpus, tasks, host
+        self._audit, self._bills = records
+        for tenant in config.tenants:
+            self.install(tenant)
+
+    def config_of(self, name: str) -> TenantConfig | None:
+        """Tenant `name`'s config, or None if there is no such tenant."""
+        return self.tenants.get(name)
+
+    def usage_of(self, name: str) -> TenantUsage:
+        """What tenant `name` holds and has used."""
+        return self.usage[name]
+
+    def tenant_of(self, spec: TaskSpec, parent: Task | None) -> str:
+        """The tenant a submit runs in: its parent's, else its own, else `default`."""
+        return parent.tenant if parent else spec.tenant or "default"
 
     # -- admission ----------------------------------------------------------------------
 
-    def admit(self, event, now_us: int, batch: dict | None = None):
-        """check(event), and for a submit the policy, sandbox, quota and budget; returns the event to journal."""
-        self.check(event)
+    def admit(self, event: ev.Event, now_us: int, batch: dict[str, tuple[int, int]] | None) -> ev.Event:
+        """For a submit, the policy, sandbox, quota and budget; for a prio change, the policy; the event to journal."""
         if isinstance(event, ev.Control) and event.command.verb == "prio":
             self._check_prio_policy(event, now_us)
         if not isinstance(event, ev.Submit):
             return event
         event = self._apply_policy(event, now_us)
-        tenant = self.tenants[self._tenant_of(event.spec, self.tasks.get(event.spec.parent))]
+        tenant = self.tenants[self.tenant_of(event.spec, self._tasks.get(event.spec.parent or 0))]
         held = self._check_sandbox_and_quota(event.spec, tenant, now_us, batch or {})
         if batch is not None:
             batch[tenant.name] = held
@@ -82,7 +116,7 @@ class Tenancy:
     def _apply_policy(self, event: ev.Submit, now_us: int) -> ev.Submit:
         spec = event.spec
         temperature = spec.sampling.temperature if spec.sampling else None
-        decision = self._decide(self._tenant_of(spec, self.tasks.get(spec.parent)), self._model_of(spec),
+        decision = self._decide(self.tenant_of(spec, self._tasks.get(spec.parent or 0)), self._models.name_of(spec),
                                 spec.max_tokens, spec.prio, event.uid, now_us, temperature)
         if not decision.allowed:
             raise Denied(decision.reason)
@@ -91,14 +125,14 @@ class Tenancy:
         note = (f"policy rule {decision.rule} ({decision.text}): max_tokens {spec.max_tokens} -> "
                 f"{decision.max_tokens}, prio {spec.prio} -> {decision.prio}")
         if decision.temperature != temperature:
-            note += f", temperature {_shown_temperature(temperature)} -> {number_text(decision.temperature)}"
+            note += f", temperature {_shown_temperature(temperature)} -> {_shown_temperature(decision.temperature)}"
             spec = attrs.evolve(spec, sampling=attrs.evolve(spec.sampling or Sampling(), temperature=decision.temperature))
         return attrs.evolve(event, spec=attrs.evolve(spec, max_tokens=decision.max_tokens, prio=decision.prio),
                             note=note)
 
     def _check_prio_policy(self, event: ev.Control, now_us: int) -> None:
         """Refuse a prio change that a deny rule matches or that is over a limit rule's max_prio."""
-        task, prio = self.tasks[event.pid], event.command.arg
+        task, prio = self._tasks[event.pid], int(event.command.arg or 0)
         decision = self._decide(task.tenant, task.model, task.spec.max_tokens, prio, event.uid, now_us)
         if not decision.allowed:
             raise Denied(f"prio {prio} {decision.reason}")
@@ -106,20 +140,18 @@ class Tenancy:
             raise Denied(f"prio {prio} is over max_prio={decision.prio} of policy rule {decision.rule}: {decision.text}")
 
     def _decide(self, tenant: str, model: str, tokens: int, prio: int, uid: int, now_us: int,
-                temperature: float | None = None):
+                temperature: float | None = None) -> Decision:
         """The policy's Decision on a request with these values, at `now_us`."""
         return evaluate(self.rules, Request(tenant=tenant, model=model, tokens=tokens, prio=prio, uid=uid,
                                             minute=self._minute(now_us), temperature=temperature))
 
     def _minute(self, now_us: int) -> int:
-        return (now_us // MINUTE_US + self.config.utc_offset_s // 60) % 1440
+        return (now_us // MINUTE_US + self._config.utc_offset_s // 60) % 1440
 
-    def _model_of(self, spec) -> str:
-        return spec.model or self.config.models[0].name
-
-    def _check_sandbox_and_quota(self, spec, tenant, now_us: int, batch: dict) -> tuple[int, int]:
+    def _check_sandbox_and_quota(self, spec: TaskSpec, tenant: TenantConfig, now_us: int,
+                                 batch: dict[str, tuple[int, int]]) -> tuple[int, int]:
         """Refuse what the tenant's sandbox or quotas forbid; (tasks, tokens) this batch then holds."""
-        box, model = tenant.sandbox, self._model_of(spec)
+        box, model = tenant.sandbox, self._models.name_of(spec)
         if box.models and model not in box.models:
             raise Denied(f"tenant {tenant.name}'s sandbox allows models {', '.join(box.models)}, not {model}")
         if box.max_tokens is not None and spec.max_tokens > box.max_tokens:
@@ -136,45 +168,43 @@ class Tenancy:
         self._check_kv_quota(spec, tenant)
         return tasks + 1, tokens + want
 
-    def _check_kv_quota(self, spec, tenant) -> None:
-        need, limit = self.kv.admit_pages(spec, self.models[self._model_of(spec)]), tenant.quota.kv_pages
+    def _check_kv_quota(self, spec: TaskSpec, tenant: TenantConfig) -> None:
+        need, limit = self._kv.admit_pages(spec, self._models[self._models.name_of(spec)]), tenant.quota.kv_pages
         if limit is not None and need > limit:
             raise OverQuota(f"the task may need {need} KV pages; tenant {tenant.name}'s kv_pages quota is {limit}")
 
     # -- what admission leaves behind ------------------------------------------------------
 
-    def _admitted(self, task, event: ev.Submit) -> None:
-        """Count the new task against its tenant; say so if it borrows against the budget."""
+    def admitted(self, task: Task, note: str) -> int | None:
+        """Count the new task against its tenant, saying so if it borrows against the budget;
+        the deadline its tenant's sandbox max_wall sets, if any."""
         if task.tenant not in self.tenants:
             self._restore_tenant(task.tenant)
-        tenant, usage = self.tenants[task.tenant], self.usage[task.tenant]
+        tenant, usage, host = self.tenants[task.tenant], self.usage[task.tenant], self._host
         want = task.tokens_in + task.spec.max_tokens
-        if usage.budget.overdrawn(budget_limit(tenant), self.now_us, usage.reserved, want):
+        if usage.budget.overdrawn(budget_limit(tenant), host.now_us, usage.reserved, want):
             usage.overdraws += 1
-            self._emit("overdraw", task, f"tenant {task.tenant} borrows against its budget: "
-                                         f"{usage.budget.used} used, {usage.reserved} reserved, {want} asked")
+            host.emit("overdraw", task, f"tenant {task.tenant} borrows against its budget: "
+                                        f"{usage.budget.used} used, {usage.reserved} reserved, {want} asked")
         usage.live += 1
         usage.reserved += want
-        if event.note:
-            self._emit("limit", task, event.note)
-        if tenant.sandbox.max_wall is not None:
-            self._add_deadline(self.now_us + tenant.sandbox.max_wall * 1_000_000, task.pid)
+        if note:
+            host.emit("limit", task, note)
+        return None if tenant.sandbox.max_wall is None else host.now_us + tenant.sandbox.max_wall * 1_000_000
 
     def _restore_tenant(self, name: str) -> None:
         """A journaled task's tenant that the config no longer has (a restart after the config
         changed): it comes back with default settings, so no task is lost, and the trace says so."""
-        self._install(TenantConfig(name=name))
-        self.accounts.set_tenant(name, self.tenants[name].weight)
-        self._emit("tenant", None, f"{name}: restored with default settings: the journal has its tasks, the config not")
+        self.install(TenantConfig(name=name))
+        self._accounts.set_tenant(name, self.tenants[name].weight)
+        self._host.emit("tenant", None, f"{name}: restored with default settings: the journal has its tasks, the config not")
 
-    def _install(self, tenant) -> None:
-        """Make `tenant` the config of its name; its usage record (kept, or new) takes what dispatches read of it."""
+    def install(self, tenant: TenantConfig) -> None:
+        """Make `tenant` the config of its name; its usage record is kept, or made."""
         self.tenants[tenant.name] = tenant
-        usage = self.usage.setdefault(tenant.name, TenantUsage())
-        usage.limits = (tenant.quota.limit, tenant.budget.limit)
-        usage.capped = tenant.quota.gpu is not None or tenant.quota.kv_pages is not None
+        self.usage.setdefault(tenant.name, TenantUsage())
 
-    def _gone(self, task) -> None:
+    def gone(self, task: Task) -> None:
         """An exited task releases what it had reserved and no longer counts as live."""
         usage = self.usage[task.tenant]
         unserved = task.spec.max_tokens - task.tokens_out + (task.tokens_in if task.started_us is None else 0)
@@ -183,87 +213,92 @@ class Tenancy:
 
     # -- holds (GPU-slot and KV-page quotas) ----------------------------------------------------
 
-    def _held_back(self, task) -> bool:
-        """Hold the queue's head back if its (capped) tenant is at its gpu or kv_pages quota."""
-        why = self._hold_reason(task, self.tenants[task.tenant].quota)
+    def held_back(self, task: Task) -> bool:
+        """Hold the queue's head back if its tenant is at its gpu or kv_pages quota."""
+        quota = self.tenants[task.tenant].quota
+        if quota.gpu is None and quota.kv_pages is None:
+            return False
+        why = self._hold_reason(task, quota)
         if why is None:
             return False
-        self.runq.remove(task)
+        self._host.unqueue(task)
         held = self.usage[task.tenant].held
         if not held:
-            self._emit("hold", task, why)
+            self._host.emit("hold", task, why)
         held.append(task)
         return True
 
-    def _hold_reason(self, task, quota) -> str | None:
-        running = self.accounts.tenants[task.tenant].running
+    def _hold_reason(self, task: Task, quota: Quota) -> str | None:
+        running = self._accounts.tenants[task.tenant].running
         if quota.gpu is not None:
-            cap = max(1, sum(g.config.slots for g in self.gpus) * quota.gpu // 100)
+            cap = max(1, sum(g.config.slots for g in self._gpus) * quota.gpu // 100)
             if running >= cap:
                 return f"tenant {task.tenant} runs {running} of the {cap} batch slots its gpu quota ({quota.gpu}%) allows"
         if quota.kv_pages is not None and running:
-            held = sum(t.kv_pages for g in self.gpus for t in g.running.values() if t.tenant == task.tenant)
-            need = self.kv.admit_pages(task.spec, self.models[task.model])
+            held = sum(t.kv_pages for g in self._gpus for t in g.running.values() if t.tenant == task.tenant)
+            need = self._kv.admit_pages(task.spec, self._models[task.model])
             if held + need > quota.kv_pages:
                 return f"tenant {task.tenant} holds {held} KV pages, the task may need {need}; its quota is {quota.kv_pages}"
         return None
 
-    def _release_held(self, tenant: str) -> None:
+    def release_held(self, tenant: str) -> None:
+        """Its held tasks back to the run queue: one of its tasks left a GPU, or its quota changed."""
         usage = self.usage.get(tenant)
         if usage is None or not usage.held:
             return
         held, usage.held = usage.held, []
         for task in held:
             if task.runnable:
-                self.runq.push(task)
+                self._host.queue(task)
 
     # -- metering --------------------------------------------------------------------------------
 
-    def _meter_start(self, task) -> None:
+    def meter_start(self, task: Task) -> None:
         """A segment begins; the first one charges the prompt's tokens."""
-        now = self.now_us
+        now = self._host.now_us
         task.meter = meter = Meter(now, now, now)  # start, mark, last
         if task.started_us is None:
             task.started_us, meter.tokens_in = now, task.tokens_in
             usage = self._charge_tokens(task, task.tokens_in)
             usage.tokens_in += task.tokens_in
 
-    def _meter_serve(self, task, tokens: int) -> None:
-        meter = task.meter
-        meter.advance(self.now_us, task.kv_pages)
-        meter.last_us = self.now_us
+    def meter_serve(self, task: Task, tokens: int) -> None:
+        meter, now = task.meter, self._host.now_us
+        assert meter is not None, "a served task is metered from its dispatch"
+        meter.advance(now, task.kv_pages)
+        meter.last_us = now
         meter.tokens_out += tokens
         usage = self._charge_tokens(task, tokens)
         usage.tokens_out += tokens
 
-    def _charge_tokens(self, task, tokens: int) -> TenantUsage:
+    def _charge_tokens(self, task: Task, tokens: int) -> TenantUsage:
         """Charge the tenant's quota and budget ledgers; its usage record."""
-        usage = self.usage[task.tenant]
-        quota, budget = usage.limits
-        usage.quota.charge(quota, self.now_us, tokens)
-        usage.budget.charge(budget, self.now_us, tokens)
+        usage, tenant, now = self.usage[task.tenant], self.tenants[task.tenant], self._host.now_us
+        usage.quota.charge(quota_limit(tenant), now, tokens)
+        usage.budget.charge(budget_limit(tenant), now, tokens)
         usage.reserved -= tokens
         return usage
 
-    def _meter_end(self, task, end_us: int | None = None) -> None:
+    def meter_end(self, task: Task, end_us: int | None = None) -> None:
         """Book the segment (up to `end_us`, default now) and trace its `bill` line."""
-        meter, task.meter = task.meter, None
-        end = self.now_us if end_us is None else end_us
+        meter, task.meter, now = task.meter, None, self._host.now_us
+        assert meter is not None, "a task on a GPU is metered"
+        end = now if end_us is None else end_us
         meter.advance(end, task.kv_pages)
         usage = segment_usage(meter, end)
-        self.bills.book(self.now_us, task.tenant, task.model, usage)
-        self._emit("bill", task, usage.detail(), task.gpu)
+        self._bills.book(now, task.tenant, task.model, usage)
+        self._host.emit("bill", task, usage.detail(), task.gpu)
 
     # -- tenant administration -------------------------------------------------------------------
 
-    def _check_settenant(self, event: ev.SetTenant) -> None:
+    def check_set(self, event: ev.SetTenant) -> None:
         name, adding = event.tenant.name, event.what.startswith("add ")
         if adding and name in self.tenants:
             raise Exists(f"tenant {name} exists: change it through /tenants/{name}/")
         if not adding and name not in self.tenants:
             raise NotFound(f"unknown tenant {name!r}")
 
-    def _check_removetenant(self, event: ev.RemoveTenant) -> None:
+    def check_remove(self, event: ev.RemoveTenant) -> None:
         if event.name not in self.tenants:
             raise NotFound(f"unknown tenant {event.name!r}")
         if event.name == "default":
@@ -271,31 +306,47 @@ class Tenancy:
         if self.usage[event.name].live:
             raise Busy(f"tenant {event.name} has {self.usage[event.name].live} live tasks; kill them first")
 
-    def _check_setrules(self, event: ev.SetRules) -> None:
+    def check_rules(self, event: ev.SetRules) -> None:
         for number, text in enumerate(event.rules, 1):
             try:
                 parse_rule(text)
             except Invalid as exc:
                 raise Invalid(f"rule {number}: {exc.reason}") from None
 
-    def _apply_settenant(self, event: ev.SetTenant) -> None:
+    def set(self, event: ev.SetTenant) -> None:
         tenant = event.tenant
-        self._install(tenant)
-        self.accounts.set_tenant(tenant.name, tenant.weight)
-        self.audit.record(self.now_us, event, "tenant", "ok", f"{tenant.name}: {event.what}")
-        self._emit("tenant", None, f"{tenant.name}: {event.what} by uid {event.uid}")
-        self._release_held(tenant.name)
+        self.install(tenant)
+        self._accounts.set_tenant(tenant.name, tenant.weight)
+        self._audit.record(self._host.now_us, event, "tenant", "ok", f"{tenant.name}: {event.what}")
+        self._host.emit("tenant", None, f"{tenant.name}: {event.what} by uid {event.uid}")
+        self.release_held(tenant.name)
 
-    def _apply_removetenant(self, event: ev.RemoveTenant) -> None:
+    def remove(self, event: ev.RemoveTenant) -> None:
         del self.tenants[event.name]
-        self.accounts.remove_tenant(event.name)
-        self.audit.record(self.now_us, event, "tenant", "ok", f"remove {event.name}")
-        self._emit("tenant", None, f"remove {event.name} by uid {event.uid}")
+        self._accounts.remove_tenant(event.name)
+        self._audit.record(self._host.now_us, event, "tenant", "ok", f"remove {event.name}")
+        self._host.emit("tenant", None, f"remove {event.name} by uid {event.uid}")
 
-    def _apply_setrules(self, event: ev.SetRules) -> None:
+    def set_rules(self, event: ev.SetRules) -> None:
         rules = tuple(parse_rule(text) for text in event.rules)
         self.rules = rules if event.replace else self.rules + rules
         verb = "replace with" if event.replace else "append"
         detail = f"{verb} {len(rules)} rule(s): " + "; ".join(r.text for r in rules)
-        self.audit.record(self.now_us, event, "policy", "ok", detail)
-        self._emit("policy_rules", None, f"{detail} by uid {event.uid}")
+        self._audit.record(self._host.now_us, event, "policy", "ok", detail)
+        self._host.emit("policy_rules", None, f"{detail} by uid {event.uid}")
+
+    def index_problems(self, live: list[Task]) -> Iterator[str]:
+        """What disagrees between the usage records and the tasks (for invariants.py): a tenant's live count and reserved tokens are its live tasks'; held tasks are its own."""
+        tenants, usages = self.tenants, self.usage
+        want = {name: [0, 0] for name in usages}
+        for task in live:
+            unserved = task.spec.max_tokens - task.tokens_out + (task.tokens_in if task.started_us is None else 0)
+            tenant = want.setdefault(task.tenant, [0, 0])
+            tenant[0], tenant[1] = tenant[0] + 1, tenant[1] + unserved
+            if task.tenant not in tenants or task.tenant not in usages:
+                yield f"task {task.pid}: live in tenant {task.tenant}, which does not exist or has no usage"
+        for name, usage in usages.items():
+            if [usage.live, usage.reserved] != want[name]:
+                yield f"tenant {name}: live {usage.live}, reserved {usage.reserved}; its tasks' are {want[name]}"
+            if any(task.tenant != name for task in usage.held):
+                yield f"tenant {name}: holds another tenant's task"

@@ -25,9 +25,9 @@ def meminfo(kernel, observations=()) -> str:
               ("PrefixHits", sum(c.hits for c in caches)), ("PrefixMisses", sum(c.misses for c in caches)),
               ("Evictions", kernel.counters.evictions),
               ("OOMKills", kernel.counters.oom_kills), ("Preemptions", kernel.counters.preempted),
-              ("TasksRunning", kernel.state_counts.get(State.RUNNING, 0)),
-              ("TasksWaiting", kernel.state_counts.get(State.QUEUED, 0)
-               + kernel.state_counts.get(State.PREEMPTED, 0))]
+              ("TasksRunning", kernel.tasks.count(State.RUNNING)),
+              ("TasksWaiting", kernel.tasks.count(State.QUEUED)
+               + kernel.tasks.count(State.PREEMPTED))]
     return ("".join(f"{key + ':':<16}{value:>8} kB\n" for key, value in sizes)
             + "".join(f"{key + ':':<16}{value:>8}\n" for key, value in counts + _engines(observations)))
 
@@ -45,7 +45,7 @@ def pressure(kernel, now_us: int) -> str:
     """Time runnable tasks spent stalled for lack of KV pages, PSI format; then for a down engine
     (kernel/engines.py), with the tasks stalled so now."""
     engines = kernel.engines
-    return (kernel.kv_some.line("some", now_us) + kernel.kv_full.line("full", now_us)
+    return (kernel.moves.kv_some.line("some", now_us) + kernel.moves.kv_full.line("full", now_us)
             + engines.clock.line("engine", now_us).replace("\n", f" stalled={engines.waiting()}\n"))
 
 

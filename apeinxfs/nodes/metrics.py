@@ -15,7 +15,7 @@ def show(rt) -> str:
     gpus = kernel.gpus
     families = [
         ("apeinx_tasks", "gauge", "Tasks by state.",
-         [({"state": s.value[1]}, kernel.state_counts.get(s, 0)) for s in State]),
+         [({"state": s.value[1]}, kernel.tasks.count(s)) for s in State]),
         ("apeinx_submits_total", "counter", "Tasks accepted.", [({}, counters.submitted)]),
         ("apeinx_rejected_writes_total", "counter", "Writes refused with an errno.", [({}, counters.rejected)]),
         ("apeinx_task_exits_total", "counter", "Tasks that ended, by how.",
@@ -30,7 +30,7 @@ def show(rt) -> str:
         ("apeinx_batch_size", "gauge", "Sequences in each GPU's batch.",
          [({"gpu": g.config.index}, len(g.running)) for g in gpus]),
         ("apeinx_kv_stall_seconds_total", "counter", "Time some runnable task waited for KV pages.",
-         [({}, f"{kernel.kv_some.snapshot(rt.clock.now_us()).total_us / 1e6:.6f}")]),
+         [({}, f"{kernel.moves.kv_some.snapshot(rt.clock.now_us()).total_us / 1e6:.6f}")]),
         ("apeinx_trace_events_total", "counter", "Lines written to the trace.", [({}, kernel.trace.seq)]),
         ("apeinx_blocked_readers", "gauge", "Readers blocked in stream or wait.", [({}, len(rt.readers))]),
         *_engine_families(rt.engine_metrics),

@@ -19,7 +19,7 @@ MODE = stat.S_IFREG | 0o644
 
 
 def show(kernel) -> str:
-    return "".join(f"{rule.text}\n" for rule in kernel.rules)
+    return "".join(f"{rule.text}\n" for rule in kernel.tenancy.rules)
 
 
 def rules_command(rt, raw_lines: list[bytes], caller, replace: bool) -> list[str]:

@@ -43,7 +43,7 @@ def status(task, sandbox=None) -> str:
 
 def wait_line(kernel, task) -> bytes | None:
     """The task's exit line once it and all its children (an agent's tree) have exited."""
-    return (task.exit + "\n").encode() if kernel.tree_done(task) else None
+    return (task.exit + "\n").encode() if kernel.tasks.tree_done(task) else None
 
 
 def stream_poll(task, offset: int) -> bytes | None:
@@ -59,13 +59,13 @@ def wait_poll(kernel, task, offset: int) -> bytes | None:
 
 
 def _sandbox(rt, task):
-    tenant = rt.kernel.tenants.get(task.tenant)
+    tenant = rt.kernel.tenancy.config_of(task.tenant)
     return tenant.sandbox if tenant is not None and tenant.sandbox != Sandbox() else None
 
 
 def owner_of(rt, task) -> tuple[int, int]:
     """(uid, gid) its files show: whoever submitted it, and its tenant's first gid (else the daemon's)."""
-    tenant = rt.kernel.tenants.get(task.tenant)
+    tenant = rt.kernel.tenancy.config_of(task.tenant)
     gids = tenant.members.gids if tenant else ()
     return task.uid, gids[0] if gids else os.getgid()
 

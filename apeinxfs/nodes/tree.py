@@ -43,7 +43,7 @@ class ReplayDir(Dir):
 
     def archived(self, pid: int) -> Show | None:
         """The timeline of task `pid`, gone from the kernel, from its archived lines; None if it has none."""
-        task = self._read_archived(pid) if 0 < pid < self.rt.kernel.next_pid else None
+        task = self._read_archived(pid) if 0 < pid < self.rt.kernel.tasks.next_pid else None
         if task is None:
             return None
         return Show(show=lambda: replay.show_archived(task), inode=inode_of(pid, REPLAY_SLOT), tenant=task.tenant,

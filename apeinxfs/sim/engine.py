@@ -111,7 +111,7 @@ class Feeder:
 
     def left(self) -> int:
         """Requests still to arrive and accepted tasks that have not exited."""
-        exited = self.runtime.kernel.state_counts.get(State.EXITED, 0)
+        exited = self.runtime.kernel.tasks.count(State.EXITED)
         return len(self.arrivals) - self.submitted + len(self.pids) - exited
 
     def submit(self, request) -> None:

@@ -1,0 +1,207 @@
+"""Moves: a task's way between the run queue, the GPUs' batches and its exit.
+
+`Moves` owns the GPUs' batches and the KV stall clocks, and the kernel's time and set of
+what changed; it queues, dispatches, serves, preempts, requeues and ends tasks, calling
+the components that keep books of each move (the task table, run queue, KV manager,
+tenancy, reclaim, engine outages, the trace). It is the `Host` (seams.py) those components
+call back through. Which task runs next is the run queue's; whom to preempt, reclaim's.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from . import events as ev
+from .counters import Counters
+from .gpus import Gpu
+from .memory import KVManager
+from .pressure import StallClock
+from .runqueue import RunQueue
+from .task import State, Task
+from .tasktable import TaskTable
+from .trace import TraceLog
+
+if TYPE_CHECKING:
+    from .engines import EngineWatch
+    from .reclaim import Reclaim
+    from .tenancy import Tenancy
+
+
+class Moves:
+    """A task's moves, and filling free batch slots from the queue."""
+
+    # The components built after it, given it as their Host (attach).
+    runq: RunQueue
+    tenancy: Tenancy
+    engines: EngineWatch
+    reclaim: Reclaim
+
+    def __init__(self, tasks: TaskTable, kv: KVManager, gpus: Sequence[Gpu],
+                 counters: Counters, trace: TraceLog, changed: set[object]):
+        self.tasks, self.kv, self.gpus = tasks, kv, gpus
+        self.counters, self.trace, self.changed = counters, trace, changed
+        self.now_us = 0
+        self.kv_some, self.kv_full = StallClock(), StallClock()  # KV blocked a dispatch: some / all GPUs idle
+
+    def attach(self, runq: RunQueue, tenancy: Tenancy, engines: EngineWatch, reclaim: Reclaim) -> None:
+        """The components that call back through this one (built after it)."""
+        self.runq, self.tenancy, self.engines, self.reclaim = runq, tenancy, engines, reclaim
+
+    def expire_deadlines(self) -> None:
+        """End the live tasks whose own deadline or tenant's sandbox max_wall has passed."""
+        for task in self.tasks.due(self.now_us):
+            own = task.deadline_at_us is not None and task.deadline_at_us <= self.now_us
+            self.exit(task, "expired", "deadline passed" if own else f"tenant {task.tenant}'s sandbox max_wall passed")
+
+    def emit(self, kind: str, task: Task | None, detail: str, gpu: int | None = None) -> None:
+        """A trace line at the current time."""
+        self.trace.emit(self.now_us, kind, task, detail, gpu)
+
+    def enqueue(self, task: Task) -> None:
+        """A new or continued task becomes runnable (a preempted one stays so) and joins the queue."""
+        self.tasks.set_state(task, State.PREEMPTED if task.state is State.PREEMPTED else State.QUEUED)
+        self.runq.enqueue(task)
+
+    def unqueue(self, task: Task) -> None:
+        """Out of the queue, still runnable and counted (held back, or stalled for its engine)."""
+        self.runq.remove(task)
+
+    def queue(self, task: Task) -> None:
+        """Back in the queue, as counted already (released, or its engine is up)."""
+        self.runq.push(task)
+
+    def leave(self, task: Task) -> None:
+        """Take the task off its GPU (freeing its KV) or out of the queue."""
+        if task.runnable:
+            self.runq.remove(task)
+            self.runq.count(task, "runnable", -1)
+        if task.state is State.RUNNING:
+            self.runq.count(task, "running", -1)
+        if task.gpu is not None:
+            if task.meter is not None:
+                self.tenancy.meter_end(task)
+            gpu = self.gpus[task.gpu]
+            gpu.running.pop(task.pid, None)
+            self.reclaim.left(task)
+            self.kv.release(task)
+            self.changed.add(gpu.key)
+            task.gpu, task.prefilled = None, False
+            self.tenancy.release_held(task.tenant)
+
+    def exit(self, task: Task, how: str, detail: str) -> None:
+        """End a live task (`how`: its wait line); a kill also ends its live descendants."""
+        self._end(task, how, detail)
+        if how == "killed":
+            for child in self.tasks.live_descendants(task):
+                self._end(child, "killed", f"its parent {child.parent} was killed")
+
+    def _end(self, task: Task, how: str, detail: str) -> None:
+        self.leave(task)
+        task.exit, task.exited_us = how, self.now_us
+        self.tenancy.gone(task)
+        self.tasks.set_state(task, State.EXITED)
+        kind = how.split(":")[0]
+        self.counters.exits[kind] = self.counters.exits.get(kind, 0) + 1
+        self.counters.tokens_in += task.tokens_in
+        self.emit("exit", task, f"{how}; {detail}")
+        self.tasks.wake_ancestors(task)
+
+    def preempt(self, task: Task, reason: str) -> None:
+        """A running task back to the queue, preempted, with a `preempt` trace line."""
+        self.counters.preempted += 1
+        self.emit("preempt", task, reason, task.gpu)
+        self.requeue(task, State.PREEMPTED)
+
+    def requeue(self, task: Task, state: State) -> None:
+        """From a GPU back to the queue without its tenant or agent going idle (so no lift)."""
+        self.runq.count(task, "runnable", +1)
+        self.leave(task)
+        self.tasks.set_state(task, state)
+        self.runq.push(task)
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def schedule(self) -> None:
+        """Fill free batch slots from the queue (again after a fair preemption); keep the KV stall clocks."""
+        kv_blocked = self._fill_slots()
+        if self.runq.preempts and self.reclaim.rebalance(lambda: self.runq.peek(self.now_us)):
+            kv_blocked = self._fill_slots()
+        self.kv_some.set(self.now_us, kv_blocked)
+        self.kv_full.set(self.now_us, kv_blocked and not any(g.running for g in self.gpus))
+
+    def _fill_slots(self) -> bool:
+        """Dispatch from the queue while the head fits; say whether KV (not slots) stopped it."""
+        open_gpus = [g.config.index for g in self.gpus if g.open]  # only a dispatch here fills one
+        while open_gpus and (task := self.runq.peek(self.now_us)) is not None:  # no peek once the slots are full
+            if self.tenancy.held_back(task):  # its tenant is at a gpu or kv_pages quota
+                continue
+            if self.engines.is_down(task.model):  # it waits out of the queue (engines.py)
+                self.engines.stall(task)
+                continue
+            index = self.kv.seat(task, open_gpus)  # KV pages where most prefix hits, then most room
+            if index is None:
+                return True
+            gpu = self.gpus[index]
+            self._dispatch(task, gpu)
+            if not gpu.open:
+                open_gpus.remove(index)
+        return False
+
+    def _dispatch(self, task: Task, gpu: Gpu) -> None:
+        reason = self.runq.reason
+        self.runq.start(task)
+        self.counters.dispatched += 1
+        if reason == "deadline boost":
+            self.counters.boosts += 1
+        task.gpu, task.run_tokens = gpu.config.index, 0
+        self.reclaim.ran(task, 0)
+        gpu.running[task.pid] = task
+        task.prefilled = task.cached_tokens >= task.tokens_in + task.tokens_out  # seated with nothing to prefill
+        self.tenancy.meter_start(task)
+        self.tasks.set_state(task, State.RUNNING)
+        self.changed.add(gpu.key)
+        counter = self.runq.accounts.tenant(task).counter
+        self.emit("dispatch", task, f"{self.runq.name}: {reason}; tenant counter={counter:.1f} "
+                                    f"vruntime={task.vruntime} queued={len(self.runq)}", gpu.config.index)
+
+    def step(self, event: ev.Step) -> None:
+        """Serve each chunk whose task is still in that GPU's batch; then re-order the served tenants."""
+        gpu = self.gpus[event.gpu]
+        self.counters.steps += 1
+        served = {}
+        for chunk in event.chunks:
+            task = gpu.running.get(chunk.pid)
+            if task is not None:
+                self._serve(task, gpu, chunk)
+                served[task.tenant, task.agent] = task
+        for task in served.values():  # once per tenant and agent, not per token
+            self.runq.rekey(task)
+
+    def _serve(self, task: Task, gpu: Gpu, chunk: ev.Chunk) -> None:
+        if chunk.prefill:
+            task.prefilled = True
+        if chunk.tokens and task.first_token_us is None:
+            task.first_token_us = self.now_us
+            self.emit("first_token", task, f"ttft_us={self.now_us - task.submitted_us}", gpu.config.index)
+        task.output += chunk.text.encode()
+        task.tokens_out += chunk.tokens
+        self.counters.tokens_out += chunk.tokens
+        self.tenancy.meter_serve(task, chunk.tokens)
+        self.runq.charge(task, gpu, chunk)
+        self.reclaim.ran(task, chunk.tokens)
+        self.changed.add(task.pid)
+        if task.tokens_out >= task.spec.max_tokens or chunk.final:
+            self.exit(task, "done", f"tokens_out={task.tokens_out}")
+        else:
+            self.reclaim.grow_kv(task, gpu)
+
+    def restart(self, event: ev.Restart) -> None:
+        """The daemon restarted: what was running goes back to the queue, billed up to its last token."""
+        self.emit("restart", None, f"daemon restarted with {len(self.tasks)} tasks")
+        for gpu in self.gpus:
+            for task in list(gpu.running.values()):
+                assert task.meter is not None, "a task on a GPU is metered"
+                self.tenancy.meter_end(task, task.meter.last_us)  # the time the daemon was down is not billed
+                self.emit("requeue", task, f"was running on gpu {gpu.config.index} when the daemon stopped; "
+                                           f"resumes after token {task.tokens_out}")
+                self.requeue(task, State.QUEUED)

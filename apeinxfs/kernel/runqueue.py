@@ -1,0 +1,113 @@
+"""The run queue in force: the policy's queue (sched.py) over the tenants' and agents' accounts.
+
+`RunQueue` owns the queue of the policy in force (replaced, same tasks, on a policy switch)
+and charges the accounts: it says which runnable task is next and why, counts tasks in and
+out of their tenant and agent (lifting an entity that becomes active, with a `lift` trace
+line), and charges what was served. Which GPU a task runs on, and when, is the kernel's.
+"""
+from __future__ import annotations
+
+import attrs
+
+from . import events as ev
+from .config import SchedConfig
+from .counters import Counters
+from .gpus import Gpu
+from .sched import Accounts, FairQueue, FlatQueue, make_queue, prio_weight, vruntime_delta
+from .seams import Host
+from .task import Task
+
+
+class RunQueue:
+    """Who runs next under the policy in force, and the accounts that decide it."""
+
+    def __init__(self, sched: SchedConfig, accounts: Accounts, counters: Counters, host: Host):
+        self.accounts, self._sched, self._counters, self._host = accounts, sched, counters, host
+        self._queue = self._make(sched.policy)
+
+    def _make(self, policy: str) -> FairQueue | FlatQueue:
+        return make_queue(policy, self.accounts, int(self._sched.deadline_boost_s * 1e6))
+
+    @property
+    def name(self) -> str:
+        """The policy in force."""
+        return self._queue.name
+
+    @property
+    def preempts(self) -> bool:
+        """Whether the policy preempts for fairness (`fair`)."""
+        return self._queue.preempts
+
+    @property
+    def reason(self) -> str:
+        """Why the last peek chose its task."""
+        return self._queue.reason
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def peek(self, now_us: int) -> Task | None:
+        """The task that runs next, at `now_us` (deadlines may boost one)."""
+        return self._queue.peek(now_us)
+
+    def tasks(self) -> list[Task]:
+        """The queued tasks, in the policy's order."""
+        return self._queue.tasks()
+
+    def push(self, task: Task) -> None:
+        """Queue a runnable task (again), its counts unchanged: held, stalled or re-prioritised."""
+        self._queue.push(task)
+
+    def remove(self, task: Task) -> None:
+        """Take a task out of the queue, if it is there, its counts unchanged."""
+        self._queue.remove(task)
+
+    def enqueue(self, task: Task) -> None:
+        """A task becomes runnable: counted with its tenant and agent, then queued."""
+        self.count(task, "runnable", +1)
+        self._queue.push(task)
+
+    def count(self, task: Task, field: str, delta: int) -> None:
+        """Add `delta` to the runnable or running count of the task's tenant and agent."""
+        for entity, before in self.accounts.count(task, field, delta):
+            self._counters.lifts += 1
+            self._host.emit("lift", task, f"{entity.name} counter {before:.1f} -> {entity.counter:.1f}: "
+                                          "active again, raised to the least active counter")
+
+    def start(self, task: Task) -> None:
+        """The queue's head is dispatched: out of the queue, from runnable to running."""
+        self._queue.remove(task)
+        self.accounts.start(task)
+
+    def reprioritise(self, task: Task, prio: int) -> None:
+        self._queue.remove(task)
+        task.spec = attrs.evolve(task.spec, prio=prio)
+        task.weight = prio_weight(prio)
+        if task.runnable:
+            self._queue.push(task)
+
+    def charge(self, task: Task, gpu: Gpu, chunk: ev.Chunk) -> None:
+        """VTC cost of what was served: input and output tokens apart, output dearer under KV pressure.
+
+        Only the prompt's prefill is charged: a prefill after the task's first token recomputes
+        a context dropped by a preemption the task did not ask for, and was paid for once."""
+        sched = self._sched
+        pressure = 1 + sched.pressure_cost * task.kv_pages / max(1, gpu.pool.pages_total)
+        prefill = chunk.prefill if task.tokens_out == chunk.tokens else 0  # nothing generated before this chunk
+        self.accounts.charge(task, sched.input_cost * prefill + sched.output_cost * chunk.tokens * pressure)
+        task.vruntime += vruntime_delta(chunk.tokens, task.weight)
+
+    def rekey(self, task: Task) -> None:
+        """Re-order the task's tenant and agent after a charge."""
+        self._queue.rekey(task)
+
+    def set_policy(self, policy: str) -> str:
+        """Switch to `policy`'s queue: the same runnable tasks, re-queued in pid order; the old policy's name."""
+        old, self._queue = self._queue, self._make(policy)
+        for task in sorted(old.tasks(), key=lambda t: t.pid):
+            self._queue.push(task)
+        return old.name
+
+    def index_problems(self) -> list[str]:
+        """What disagrees between the queued tasks and the queue's heaps (for invariants.py)."""
+        return list(self._queue.index_problems())

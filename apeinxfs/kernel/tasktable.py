@@ -1,0 +1,185 @@
+"""The task table: every task by pid, their state counts, trees, deadlines and wake-ups.
+
+`TaskTable` is a read-only mapping pid -> Task (exited tasks stay, for `wait` and /tasks);
+it owns the next pid, the count of tasks in each state (changed only by `set_state`), the
+heap of deadlines and the walk of a task tree (a kill's descendants, whether a tree is
+done, the ancestors a `wait` wakes). Trees can be as deep as a user makes them, so every
+walk keeps its own stack. What a task does on a GPU or in the queue is not here.
+"""
+from __future__ import annotations
+
+import collections
+import heapq
+from collections.abc import Iterable, Iterator, Mapping
+
+from .errors import Busy, NotFound
+from .task import State, Task
+
+
+class TaskTable(Mapping[int, Task]):
+    """Tasks by pid, with the books kept beside them."""
+
+    def __init__(self, changed: set[object]):
+        self._tasks: dict[int, Task] = {}
+        self._changed = changed  # the kernel's: what take_changed() reports
+        self._woken: set[int] = set()  # pids wake_ancestors added to `changed`, with all their ancestors
+        self._deadlines: list[tuple[int, int]] = []  # heap of (time µs, pid)
+        self.next_pid = 1
+        self.state_counts: dict[State, int] = dict.fromkeys(State, 0)
+
+    def __getitem__(self, pid: int) -> Task:
+        return self._tasks[pid]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._tasks)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def get(self, pid: int, default: Task | None = None) -> Task | None:  # type: ignore[override]
+        return self._tasks.get(pid, default)
+
+    def add(self, task: Task) -> None:
+        """A new task, in state NEW, with the next pid."""
+        self._tasks[task.pid] = task
+        self.next_pid = task.pid + 1
+        self.state_counts[task.state] += 1
+
+    def reap(self, pid: int) -> None:
+        """Forget an exited task (its pid is not used again; the trace archive still has its lines)."""
+        task = self._tasks.pop(pid)
+        assert task.done, f"task {pid} is live"
+        self.state_counts[State.EXITED] -= 1
+
+    def live(self, pid: int) -> Task:
+        """The task `pid` if it has not exited; NotFound or Busy saying why not."""
+        task = self._tasks.get(pid)
+        if task is None:
+            raise NotFound(f"no task {pid}")
+        if task.done:
+            raise Busy(f"task {pid} has already exited ({task.exit})")
+        return task
+
+    def count(self, state: State) -> int:
+        """Tasks in `state` now."""
+        return self.state_counts[state]
+
+    def set_state(self, task: Task, state: State) -> None:
+        self.state_counts[task.state] -= 1
+        self.state_counts[state] += 1
+        task.state = state
+        self._changed.add(task.pid)
+
+    # -- deadlines ------------------------------------------------------------------------
+
+    def add_deadline(self, at_us: int, pid: int) -> None:
+        heapq.heappush(self._deadlines, (at_us, pid))
+        self._changed.add("deadline")
+
+    def due(self, now_us: int) -> Iterator[Task]:
+        """The live tasks whose deadline entry has come, taken off the heap one at a time."""
+        while self._deadlines and self._deadlines[0][0] <= now_us:
+            task = self._tasks[heapq.heappop(self._deadlines)[1]]
+            if not task.done:
+                yield task
+
+    def next_deadline_us(self) -> int | None:
+        """The earliest deadline of a live task, if any (entries of exited tasks are dropped here)."""
+        while self._deadlines and self._tasks[self._deadlines[0][1]].done:
+            heapq.heappop(self._deadlines)
+        return self._deadlines[0][0] if self._deadlines else None
+
+    # -- trees ------------------------------------------------------------------------------
+
+    def live_descendants(self, root: Task) -> Iterator[Task]:
+        """The live tasks below `root`, parents first and in submit order, found as they are
+        yielded: a depth-first walk with its own stack that does not enter a subtree whose root
+        has exited by the time it is reached (a killer ends each before asking for the next)."""
+        stack = list(reversed(root.children))
+        while stack:
+            task = self._tasks[stack.pop()]
+            if not task.done:
+                yield task
+                stack.extend(reversed(task.children))
+
+    def wake_ancestors(self, task: Task) -> None:
+        """A parent's `wait` covers its tree: wake every ancestor's readers. The walk stops at an
+        ancestor woken since the last `changes_taken` (its own ancestors were woken with it), so
+        the exits of a deep chain cost O(1) each, not O(depth)."""
+        while task.parent is not None and task.parent not in self._woken:
+            self._woken.add(task.parent)
+            self._changed.add(task.parent)
+            task = self._tasks[task.parent]
+
+    def changes_taken(self) -> None:
+        """The kernel reported what changed: ancestors may be woken again."""
+        self._woken.clear()
+
+    def tree_done(self, task: Task) -> bool:
+        """Whether the task and all its descendants have exited."""
+        return task.pid in self.trees_done([task.pid])
+
+    def trees_done(self, pids: Iterable[int]) -> set[int]:
+        """Those of `pids` whose task and all its descendants have exited: tree_done of each, with
+        every subtree walked at most once however many of the pids share it (a kill of a deep
+        chain changes every pid of it at once)."""
+        pids, done = list(pids), dict[int, bool]()
+        for root in pids:
+            stack = [(root, False)]
+            while stack:
+                pid, children_known = stack.pop()
+                task = self._tasks[pid]
+                if children_known:
+                    done[pid] = all(done[child] for child in task.children)
+                elif pid not in done:
+                    if task.done:
+                        stack.append((pid, True))
+                        stack.extend((child, False) for child in task.children if child not in done)
+                    else:
+                        done[pid] = False
+        return {pid for pid in pids if done[pid]}
+
+    # -- invariants ---------------------------------------------------------------------------
+
+    def index_problems(self, live: list[Task]) -> Iterator[str]:
+        """What disagrees among the books kept beside the tasks (for invariants.py): state counts are
+        the tasks' states; pids are below next_pid; a task has an exit line once
+        it has exited, and a GPU while it runs. (Exited tasks never change: only live ones are read.)"""
+        counts = collections.Counter(task.state for task in live)
+        counts[State.EXITED] = len(self._tasks) - len(live)
+        table = self
+        if {state: n for state, n in table.state_counts.items() if n} != {state: n for state, n in counts.items() if n}:
+            yield f"state counts {table.state_counts} are not the tasks' {dict(counts)}"
+        if table and max(table) >= table.next_pid:
+            yield f"next pid {table.next_pid} is not past the largest, {max(table)}"
+        for task in live:
+            if task.exit is not None or (task.gpu is not None) != (task.state is State.RUNNING):
+                yield f"task {task.pid}: state {task.state} but exit {task.exit!r} and gpu {task.gpu}"
+        yield from self._tree_problems(live)
+        yield from self._deadline_problems(live)
+
+    def _tree_problems(self, live: list[Task]) -> Iterator[str]:
+        """Parent and children links agree; a child is in its parent's tenant and agent; a root is its
+        own agent; woken ancestors are in `changed`. (A link is made when a live task is submitted.)"""
+        tasks = self._tasks
+        for task in live:
+            parent = tasks.get(task.parent) if task.parent is not None else None
+            if task.parent is None and task.agent != task.pid:
+                yield f"task {task.pid}: a root task but agent {task.agent}"
+            if task.parent is not None and (parent is None or task.pid not in parent.children):
+                yield f"task {task.pid}: parent {task.parent} does not list it as a child"
+            if parent is not None and (task.agent, task.tenant) != (parent.agent, parent.tenant):
+                yield (f"task {task.pid}: agent/tenant {task.agent}/{task.tenant}, "
+                       f"its parent's {parent.agent}/{parent.tenant}")
+            for child in task.children:
+                if child not in tasks or tasks[child].parent != task.pid:
+                    yield f"task {task.pid}: child {child} does not name it as parent"
+        if unreported := self._woken - self._changed:
+            yield f"tasks {sorted(unreported)}: ancestors woken, but not in `changed` themselves"
+
+    def _deadline_problems(self, live: list[Task]) -> Iterator[str]:
+        """Every live task with a deadline has it in the deadline heap."""
+        due = set(self._deadlines)
+        for task in live:
+            if task.deadline_at_us is not None and (task.deadline_at_us, task.pid) not in due:
+                yield f"task {task.pid}: deadline {task.deadline_at_us} is not in the deadline heap"
