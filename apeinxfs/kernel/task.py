@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 class State(enum.Enum):
-    """Task states of SPEC.md, with their /proc-style letter."""
+    """Task states of docs/apeinxfs.5.md, with their /proc-style letter."""
 
     NEW = ("N", "new")
     QUEUED = ("Q", "queued")

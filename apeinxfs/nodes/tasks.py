@@ -26,7 +26,7 @@ def inode_of(pid: int, slot: int) -> int:
 
 
 def status(task, sandbox=None) -> str:
-    """Key:<TAB>value lines in SPEC.md's order, then extras (the tenant's sandbox, if it has one)."""
+    """Key:<TAB>value lines in the order of docs/apeinxfs.5.md, then extras (the tenant's sandbox, if it has one)."""
     deadline = "-" if task.deadline_at_us is None else f"{(task.deadline_at_us - task.submitted_us) / 1e6:g}s"
     rows = [("Name", task.spec.name), ("Pid", task.pid), ("PPid", task.parent or 0), ("Tenant", task.tenant),
             ("Uid", task.uid), ("Model", task.model), ("State", task.state), ("Prio", task.spec.prio),
