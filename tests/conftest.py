@@ -23,17 +23,12 @@ def daemon(tmp_path):
         yield running
 
 
-# Modules that run whole `apeinxfs sim` workloads (thousands of events, a thousand live tasks):
-# there a check after every event would make each test tens of times slower.
-SAMPLED_MODULES = {"test_fairness_sim.py": 50, "test_simulate.py": 50}
-
-
 @pytest.fixture(autouse=True)
 def kernel_invariants(request, monkeypatch):
     """Every in-process kernel checks its invariants after every event it applies, or after every
-    Nth in a test marked invariants_every(N) or in SAMPLED_MODULES (N = 0: the test checks itself)."""
+    Nth in a test marked invariants_every(N) (N = 0: the test checks them itself)."""
     marker = request.node.get_closest_marker("invariants_every")
-    every = marker.args[0] if marker else SAMPLED_MODULES.get(request.path.name, 1)
+    every = marker.args[0] if marker else 1
     if not every:
         return
     apply, applied = Kernel.apply, itertools.count(1)
