@@ -20,7 +20,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH_DIR)
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-from daemon import Daemon, is_mounted, sim_config  # noqa: E402 - tests/ is put on the path just above
+from daemon import Daemon, checking_invariants, is_mounted, sim_config  # noqa: E402 - tests/ is put on the path just above
 
 # Tasks that do not finish during a run, so the queue keeps what was submitted.
 QUEUE_CONFIG = sim_config(1000)
@@ -56,6 +56,7 @@ def make_daemon(tmp: str, config_text: str | None, name: str, timeline: str | No
     """A Daemon under `tmp`, profiled into $BENCH_PROFILE/NAME.prof when that is set, with stamps
     (timeline.py) written to `timeline` if given."""
     mnt, state = os.path.join(tmp, "ai"), os.path.join(tmp, "state")
+    config_text = None if config_text is None else as_deployed(config_text)
     if timeline:
         from timeline import TimelineDaemon
         return TimelineDaemon(mnt, state, config_text, timeline)
@@ -64,6 +65,14 @@ def make_daemon(tmp: str, config_text: str | None, name: str, timeline: str | No
         return Daemon(mnt, state, config_text)
     os.makedirs(profile_dir, exist_ok=True)
     return ProfiledDaemon(mnt, state, config_text, os.path.join(os.path.abspath(profile_dir), f"{name}.prof"))
+
+
+def as_deployed(config_text: str) -> str:
+    """The config with daemon.check_invariants off unless it says otherwise: tests/daemon.py turns the
+    checks on for tests, and a benchmark measures the daemon as deployed."""
+    if "check_invariants =" in config_text:
+        return config_text
+    return checking_invariants(config_text).replace("check_invariants = true", "check_invariants = false", 1)
 
 
 def print_profile(path: str, limit: int = 25) -> None:
