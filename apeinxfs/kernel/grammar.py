@@ -95,7 +95,7 @@ def _sampling_value(key: str, value: str) -> SamplingValue:
 def _with_sampling(kwargs: SpecArgs) -> SpecArgs:
     """TaskSpec's keyword arguments with the sampling keys among them gathered into one Sampling."""
     sampling = {key: kwargs.pop(key) for key in SAMPLING_KEYS if key in kwargs}
-    return {**kwargs, "sampling": Sampling(**sampling)}
+    return {**kwargs, "sampling": Sampling(**sampling) if sampling else None}
 
 
 def _from_json(line: str) -> TaskSpec:

@@ -125,5 +125,5 @@ def sampling_of(value: "Sampling | dict[str, Any] | None") -> "Sampling | None":
     """A TaskSpec's sampling from a record or a journal's dict; None when nothing is set."""
     if isinstance(value, dict):
         value = Sampling(**value)
-    return value if value != Sampling() else None
+    return value if value is not None and value.fields else None
 
