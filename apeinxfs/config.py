@@ -24,7 +24,7 @@ SECTIONS = {
     "gpus": {"simulated", "memory_mib", "kv_mib", "kv_fraction", "slots"},
     "access": {"admin_uids", "admin_gids", "unmapped"},
     "billing": {"period"},
-    "retention": {"trace_bytes", "trace_file_bytes"},
+    "retention": {"trace_bytes", "trace_file_bytes", "snapshot_rows", "snapshot_s"},
 }
 LISTS = ("models", "tenants")
 
@@ -36,10 +36,13 @@ def _positive(_config, attribute, value) -> None:
 
 @attrs.frozen
 class Retention:
-    """What the daemon keeps, `[retention]`: the trace archive's files (archive.py) by size, in bytes."""
+    """What the daemon keeps, `[retention]`: the trace archive's files (archive.py) by size, in bytes;
+    how often a snapshot lets the journal drop its older rows (compaction.py)."""
 
     trace_file_bytes: int = attrs.field(default=64 << 20, validator=attrs.validators.gt(0))
     trace_bytes: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # all files together; 0: no limit
+    snapshot_rows: int = attrs.field(default=20000, validator=attrs.validators.gt(0))  # journal rows between snapshots
+    snapshot_s: float = attrs.field(default=300.0, validator=attrs.validators.gt(0))  # ... or seconds, if a row came
 
 
 @attrs.frozen

@@ -166,6 +166,14 @@ class Journal:
         if self._deferred:
             self.append([])
 
+    def flush_all(self) -> None:
+        """Journal the deferred steps and write every trace row pending (before a snapshot: compaction
+        must not meet a trace row written after the rows it drops)."""
+        self.flush()
+        if self._uncommitted or self._pending:
+            self._commit(self._uncommitted, 1)
+            self._uncommitted = []
+
     def _commit(self, rows: list[tuple], trace_rows_at_least: int) -> None:
         """One transaction: journal `rows`, and the trace rows pending if there are enough."""
         traced = list(self._pending) if len(self._pending) >= trace_rows_at_least else []
@@ -237,18 +245,49 @@ class Journal:
         query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
         return self.db.execute(query, (name,)).fetchone() is not None
 
+    def first_seq(self) -> int:
+        """The seq of the first row the journal holds: 1 unless rows were compacted (`compact`)."""
+        return self.db.execute("SELECT coalesce(min(seq), ?) FROM journal", (self.last_seq + 1,)).fetchone()[0]
+
     def __len__(self) -> int:
         return self.db.execute("SELECT count(*) FROM journal").fetchone()[0] + len(self._uncommitted)
 
     def close(self) -> None:
         """Commit the deferred steps, the rows and the trace rows still pending, then close."""
         try:
-            self.flush()
-            if self._uncommitted or self._pending:
-                self._commit(self._uncommitted, 1)
-                self._uncommitted = []
+            self.flush_all()
         finally:
             self.db.close()
+
+
+COMPACT_ROWS = 5000  # rows deleted per transaction: the daemon's own writes wait at most that long
+
+
+def compact(path: str, upto: int) -> None:
+    """Delete the journal rows up to `upto` (never the last), their trace rows and the boot rows no
+    later row needs, then shrink the WAL. On a connection of its own: it runs in a thread beside
+    the daemon's writes, which wait for each of its transactions (SQLite's busy timeout)."""
+    db = sqlite3.connect(path, isolation_level=None, timeout=60)
+    try:
+        while db.execute("DELETE FROM journal WHERE seq IN (SELECT seq FROM journal WHERE seq <= ? AND seq < "
+                         "(SELECT max(seq) FROM journal) ORDER BY seq LIMIT ?)", (upto, COMPACT_ROWS)).rowcount:
+            db.execute("DELETE FROM trace WHERE row IN (SELECT row FROM trace WHERE row <= ? ORDER BY row LIMIT ?)",
+                       (upto, COMPACT_ROWS))
+        db.execute("DELETE FROM trace WHERE row <= ?", (upto,))
+        db.execute("DELETE FROM boot WHERE boot < (SELECT max(boot) FROM boot WHERE after_row <= ?)", (upto,))
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+
+
+def make_durable(path: str) -> None:
+    """Copy every committed row into the database file and sync it (rows are committed without a sync:
+    synchronous=NORMAL), so that a snapshot written next is never ahead of the journal after a power cut."""
+    db = sqlite3.connect(path, isolation_level=None, timeout=60)
+    try:
+        db.execute("PRAGMA wal_checkpoint(FULL)")
+    finally:
+        db.close()
 
 
 def encoded(group: list[tuple[int, object]]) -> tuple[int, str, str]:

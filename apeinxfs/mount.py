@@ -22,6 +22,7 @@ from . import config as config_mod
 from .drivers import nvml
 from .fs import Operations
 from .archive import Archive
+from .compaction import Snapshotter
 from .journal import Journal
 from .kernel.errors import ApeinxError, Degraded, Invalid
 from .nodes.tree import Tree
@@ -156,6 +157,8 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
         archive = Archive(os.path.join(config.state_dir, "trace"), config.retention.trace_file_bytes,
                           config.retention.trace_bytes)
         runtime = Runtime(config, Journal(os.path.join(config.state_dir, "journal.db")), archive=archive)
+        runtime.snapshotter = Snapshotter(runtime, os.path.join(config.state_dir, "snapshots"),
+                                          config.retention.snapshot_rows, config.retention.snapshot_s)
         rows = runtime.recover()
         runtime.readings = nvml.open_readings(config.kernel.gpus)
         ops = Operations(Tree(runtime))

@@ -94,12 +94,15 @@ class Runtime:
         self.engine_states: dict = {}  # model -> drivers/enginestate.EngineState, what its driver's checks found (observed)
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
         self.journal_due = False  # the steps waiting are to be journaled next round (a trace line, or PROGRESS_S)
+        self.snapshotter = None  # compaction.Snapshotter, set by the daemon (mount.py): snapshots and compaction
 
     def recover(self) -> int:
-        """Replay the journal into the kernel, quarantining any row that cannot be applied
-        (recovery.py); mark the restart. Returns rows replayed."""
-        self.kernel = rebuild(lambda: Kernel(self.config.kernel), self.journal.rows, LAST, self.quarantined,
-                              self.kernel)
+        """Replay the journal into the kernel, from the newest usable snapshot if the daemon keeps them
+        (compaction.py), quarantining any row that cannot be applied (recovery.py); mark the restart.
+        Returns the journal's rows."""
+        start = self.snapshotter.start() if self.snapshotter else None
+        fresh, after = (start.fresh, start.seq) if start else (lambda: Kernel(self.config.kernel), 0)
+        self.kernel = rebuild(fresh, lambda _after, upto: self.journal.rows(after, upto), LAST, self.quarantined)
         self.kernel.take_changed()
         if self.config.check_invariants:
             self.kernel.check_invariants()
@@ -300,6 +303,8 @@ class Runtime:
             nursery.start_soon(self.readers.watch)
             if self.readings is not None:
                 nursery.start_soon(self._sample_gpu_memory)
+            if self.snapshotter is not None:
+                nursery.start_soon(self.snapshotter.run)
             task_status.started()
 
     async def _compress_archive(self) -> None:

@@ -1,0 +1,155 @@
+"""Snapshots and compaction in the daemon: start from the newest usable snapshot, write new ones.
+
+Every `retention.snapshot_rows` journal rows, or `retention.snapshot_s` seconds after the
+last snapshot if any row came since, the daemon encodes the kernel's state at its last
+journal row (on the trio thread: the state must not change while it is read), then in a
+worker thread makes the journal durable up to that row, writes the snapshot file
+(snapshots.py), keeps the newest KEEP of them and deletes the journal rows, trace rows and
+boot rows behind the older one kept (journal.compact): a damaged newest snapshot can
+still fall back to the one before it and replay the rows after that.
+
+At start (`start`) the newest snapshot that reads whole, was written with the same kernel
+config and layout, and whose rows after it the journal still holds, is the kernel the
+journal's tail is replayed into. When rows were compacted and no snapshot is usable, the
+daemon refuses to start, saying why for each, rather than start from nothing.
+
+Decoding a snapshot and replaying rows is recovery (recovery.py); the file format is
+snapshots.py's; `apeinxfs replay --verify` starts from snapshots through `usable_start`.
+"""
+import json
+import logging
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from . import snapshots
+from .journal import compact, make_durable
+from .kernel import Kernel
+from .kernel import state
+from .kernel.config import KernelConfig
+from .kernel.errors import Degraded
+
+log = logging.getLogger(__name__)
+POLL_S = 1.0  # how often the daemon looks whether a snapshot is due
+
+
+class CannotStart(Exception):
+    """Rows were compacted behind snapshots and none of them can be used: the state is not rebuilt."""
+
+
+def boot_config(config: KernelConfig) -> dict:
+    """`config` as the journal's boot rows and the snapshots' headers hold it (JSON of attrs.asdict)."""
+    return json.loads(json.dumps(attrs.asdict(config), default=str))
+
+
+def unusable(snapshot: snapshots.Snapshot, config: dict, layout: dict, first_row: int, last_row: int) -> str:
+    """Why a snapshot cannot start a kernel of `config` and `layout` on rows first_row..last_row; '' if it can."""
+    if snapshot.seq < first_row - 1:
+        return f"{snapshot.path}: the journal rows after it (from {snapshot.seq + 1}) were compacted"
+    if snapshot.seq > last_row:
+        return f"{snapshot.path}: it is of row {snapshot.seq}, past the journal's last row {last_row}"
+    if snapshot.config != config:
+        changed = sorted(key for key in config.keys() | snapshot.config.keys()
+                         if config.get(key) != snapshot.config.get(key))
+        return f"{snapshot.path}: written with another kernel config (it differs in {', '.join(changed)})"
+    if difference := state.layout_difference(snapshot.layout, layout):
+        return f"{snapshot.path}: written by an apeinxfs whose kernel keeps other state: {difference}"
+    return ""
+
+
+@attrs.frozen
+class Start:
+    """Where a rebuild starts: a kernel that has applied rows 1..seq (`fresh()` gives a new one each call)."""
+
+    fresh: Callable[[], Kernel]
+    seq: int
+    snapshot: snapshots.Snapshot | None = None
+
+
+def usable_start(directory: str, config: KernelConfig, first_row: int, last_row: int,
+                 problems: list[str]) -> Start | None:
+    """The newest snapshot in `directory` that starts a kernel of `config` on the rows the journal holds,
+    decoded; why each newer one could not goes into `problems`. None if none can."""
+    wanted, layout = boot_config(config), state.layout(config)
+    for snapshot in snapshots.usable(directory, problems):
+        if why := unusable(snapshot, wanted, layout, first_row, last_row):
+            problems.append(why)
+            continue
+        try:
+            data = snapshot.state()
+            kernels = [state.decode(data)]
+        except (snapshots.Damaged, state.LayoutError) as exc:
+            problems.append(f"{snapshot.path}: {exc}")
+            continue
+        return Start(lambda: kernels.pop() if kernels else state.decode(data), snapshot.seq, snapshot)
+    return None
+
+
+class Snapshotter:
+    """The daemon's snapshots: where they are, how often, and the last one written."""
+
+    def __init__(self, runtime, directory: str, every_rows: int, every_s: float):
+        self.runtime, self.directory = runtime, directory
+        self.every_rows, self.every_s = every_rows, every_s
+        self.seq = 0  # the journal row of the newest snapshot
+        self.taken_at = None  # trio time of the last snapshot written, or of the start
+        self.layout = state.layout(runtime.config.kernel)
+
+    def start(self) -> Start:
+        """Where recovery starts: the newest usable snapshot, else row 0 if the journal holds all rows.
+        Raises CannotStart when rows were compacted and no snapshot can be used."""
+        config, journal, problems = self.runtime.config.kernel, self.runtime.journal, []
+        first = journal.first_seq()
+        start = usable_start(self.directory, config, first, journal.last_seq, problems)
+        for problem in problems:
+            log.error("snapshot not used: %s", problem)
+        if start is None and first > 1:
+            raise CannotStart(f"journal rows 1..{first - 1} were compacted into snapshots in {self.directory}, and "
+                              f"none can be used: {'; '.join(problems) or 'there are none'}")
+        start = start or Start(lambda: Kernel(config), 0)
+        self.seq = start.seq
+        if start.snapshot is not None:
+            log.info("starting from %s (journal row %d)", start.snapshot.path, start.seq)
+        return start
+
+    def due(self, now: float) -> bool:
+        """Whether a snapshot is to be written now (trio time `now`)."""
+        rows = self.runtime.journal.last_seq - self.seq
+        if self.taken_at is None:
+            self.taken_at = now
+        return rows > 0 and (rows >= self.every_rows or now - self.taken_at >= self.every_s)
+
+    async def run(self) -> None:
+        """Write a snapshot whenever one is due, until cancelled."""
+        while True:
+            await trio.sleep(min(POLL_S, self.every_s))
+            if self.due(trio.current_time()) and self.runtime.health.fault is None:
+                await self.take()
+
+    async def take(self) -> None:
+        """Encode the state at the last journal row now; write it and compact in a thread."""
+        runtime = self.runtime
+        try:
+            runtime.journal.flush_all()  # the steps applied but not journaled yet: the state holds them
+        except Degraded:
+            return  # the next commit or the progress timer makes the daemon degraded
+        seq, kernel = runtime.journal.last_seq, runtime.kernel
+        data = state.encode(kernel)
+        header = (seq, kernel.now_us, kernel.trace.seq, boot_config(runtime.config.kernel), self.layout)
+        try:
+            await trio.to_thread.run_sync(self.write_and_compact, header, data)
+        except OSError as exc:  # a full disk: the journal keeps its rows, and the next try may work
+            log.error("snapshot of journal row %d not written: %s", seq, exc)
+            return
+        self.seq, self.taken_at = seq, trio.current_time()
+
+    def write_and_compact(self, header: tuple, data: bytes) -> None:
+        """Make the journal durable, write the snapshot, keep KEEP, drop the rows behind the oldest kept."""
+        journal_path = self.runtime.journal.path
+        make_durable(journal_path)
+        path = snapshots.write(self.directory, *header, data)
+        kept = snapshots.prune(self.directory)
+        log.info("snapshot %s: %d bytes of state", path, len(data))
+        if len(kept) >= snapshots.KEEP:
+            compact(journal_path, kept[-1])

@@ -1,0 +1,285 @@
+"""Tiers 1-2: snapshots of the kernel's state, their files, and the journal compacted behind them.
+
+The codec (kernel/state.py) restores the very state, bills and budget windows included; a
+file (snapshots.py) that is truncated or altered is told apart; the runtime (compaction.py)
+starts from the newest usable snapshot, falls back to the one before a damaged one, ignores
+a temp file a crash left, and refuses to start, saying why, when rows were compacted and
+no snapshot can be used. No FUSE here (test_snapshots_mount.py mounts).
+"""
+import itertools
+import os
+import pickle
+import sqlite3
+
+import pytest
+import trio
+
+from apeinxfs import snapshots
+from apeinxfs.compaction import CannotStart, Snapshotter
+from apeinxfs.journal import Journal
+from apeinxfs.kernel import Kernel
+from apeinxfs.kernel.events import Chunk, Restart, Step, Submit, Tick
+from apeinxfs.kernel.spec import TaskSpec
+from apeinxfs.kernel.state import LayoutError, decode, encode, layout, layout_difference
+from apeinxfs.nodes import billing
+from apeinxfs.recovery import apply_row
+from kernel_state import state_difference
+from test_journal_runtime import open_runtime
+
+TENANTS = """
+[billing]
+period = "1s"
+[[tenants]]
+name = "default"
+[[tenants]]
+name = "metered"
+[tenants.budget]
+tokens = 40
+window = "2s"
+overdraw = 10
+[tenants.quota]
+tokens = 30
+window = "1s"
+"""
+ONE_GPU_TENANTS = """
+[gpus]
+simulated = 1
+slots = 4
+[[models]]
+name = "sim"
+""" + TENANTS
+
+
+def work(rt, rounds: int) -> None:
+    """`rounds` times: two submits (one metered), engine steps that end them, and a second of time."""
+    for _ in range(rounds):
+        for tenant in ("default", "metered"):
+            rt.commit([Submit(spec=TaskSpec(name="job", max_tokens=3, prompt="hello there", tenant=tenant), uid=0)])
+        for _ in range(3):
+            batch = rt.kernel.batch(0)
+            rt.commit([Step(gpu=0, chunks=[Chunk(pid=t.pid, text=" w", tokens=1, prefill=0 if t.prefilled else 5)
+                                           for t in batch])])
+        rt.clock_us += 1_000_000
+        rt.commit([Tick()])
+
+
+class Clock:
+    """A clock the test moves (`rt.clock_us`)."""
+
+    def __init__(self, rt):
+        self.rt = rt
+
+    def now_us(self) -> int:
+        return self.rt.clock_us
+
+
+def daemon_like(tmp_path, every_rows: int = 10**9):
+    """A runtime on tmp_path/state with snapshots in tmp_path/state/snapshots, as the daemon builds it."""
+    context = open_runtime(tmp_path, ONE_GPU_TENANTS)
+    rt = context.__enter__()
+    rt.clock_us, rt.clock = 1_000_000, None
+    rt.clock = Clock(rt)
+    rt.snapshotter = Snapshotter(rt, str(tmp_path / "state" / "snapshots"), every_rows, 3600)
+    rt.close = lambda: context.__exit__(None, None, None)
+    return rt
+
+
+def restarted(tmp_path, old):
+    """A new runtime on the same state directory that recovered, its clock going on from `old`'s."""
+    old.close()
+    rt = daemon_like(tmp_path)
+    rt.clock_us = old.clock_us
+    rt.recover()
+    return rt
+
+
+def snapshot(rt) -> None:
+    trio.run(rt.snapshotter.take)
+
+
+def copy_journal(journal: Journal, path) -> Journal:
+    """A read-only copy of the journal's committed rows as they are now (SQLite's backup)."""
+    copy = sqlite3.connect(str(path))
+    journal.db.backup(copy)
+    copy.close()
+    return Journal(str(path), readonly=True)
+
+
+def replay(config, *rows) -> Kernel:
+    """A fresh kernel of `config` that applied each of the journal rows in `rows`, one source after the other."""
+    kernel = Kernel(config)
+    for row in itertools.chain(*rows):
+        apply_row(kernel, row, {})
+    kernel.take_changed()
+    return kernel
+
+
+# -- the codec -----------------------------------------------------------------------------------
+
+
+def test_a_restored_kernel_is_the_same_kernel(tmp_path):
+    """decode(encode(kernel)) holds the same state field by field, bills and budget ledgers included."""
+    rt = daemon_like(tmp_path)
+    work(rt, 4)
+    restored = decode(encode(rt.kernel))
+    assert state_difference(rt.kernel, restored) == ""
+    assert billing.show(restored) == billing.show(rt.kernel) and "metered" in billing.show(restored)
+    restored.check_invariants()
+    rt.close()
+
+
+def test_state_loading_refuses_a_class_outside_the_kernel():
+    """Bytes that name a class outside the kernel package (here os.system) are refused, never built."""
+    class Evil:
+        def __reduce__(self):
+            return os.system, ("true",)
+    with pytest.raises(LayoutError, match="names posix.system, which is not the kernel's"):
+        decode(pickle.dumps(Evil()))
+    with pytest.raises(LayoutError, match="does not load"):
+        decode(encode(Kernel(layout_config()))[:-40])
+
+
+def layout_config():
+    from kernel_machine import kernel_config
+    return kernel_config()
+
+
+def test_a_layout_of_other_fields_is_named():
+    """A snapshot whose classes kept other fields than the code now does is told apart, by class and field."""
+    now = layout(layout_config())
+    assert "apeinxfs.kernel.task.Task" in now and "apeinxfs.kernel.tasktable.TaskTable" in now
+    written = {**now, "apeinxfs.kernel.task.Task": [f for f in now["apeinxfs.kernel.task.Task"] if f != "vruntime"]}
+    assert layout_difference(written, now) == "apeinxfs.kernel.task.Task (fields added: vruntime; gone: none)"
+    assert layout_difference(now, now) == ""
+
+
+# -- the files -----------------------------------------------------------------------------------
+
+
+def write_one(directory, seq=7, state=b"state " * 100) -> str:
+    return snapshots.write(str(directory), seq, 1, 2, {"node": "n"}, {"C": ["f"]}, state)
+
+
+def test_a_snapshot_file_reads_back_whole(tmp_path):
+    """A written snapshot's header and state read back as written; no temp file is left."""
+    path = write_one(tmp_path)
+    snap = snapshots.Snapshot.read(path)
+    assert (snap.seq, snap.trace_seq, snap.config, snap.state()) == (7, 2, {"node": "n"}, b"state " * 100)
+    assert os.listdir(tmp_path) == ["snapshot-000000000007.snap"]
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda data: data[:-3], "bytes of state where the header says"),
+    (lambda data: data[:-3] + b"xyz", "does not match its checksum"),
+    (lambda data: data.replace(b'"seq":7', b'"seq":8', 1), "header does not match its checksum"),
+    (lambda data: data[:30], "not a snapshot of this version"),
+])
+def test_a_damaged_snapshot_file_is_told_apart(tmp_path, damage, reason):
+    """A truncated file, altered state or an altered header raises Damaged saying which."""
+    path = write_one(tmp_path)
+    with open(path, "rb") as file:
+        data = file.read()
+    with open(path, "wb") as file:
+        file.write(damage(data))
+    with pytest.raises(snapshots.Damaged, match=reason):
+        snapshots.Snapshot.read(path).state()
+
+
+def test_prune_keeps_the_two_newest_and_drops_temp_files(tmp_path):
+    """Three snapshots and a crash's temp file: the two newest stay, by seq."""
+    for seq in (3, 12, 9):
+        write_one(tmp_path, seq)
+    (tmp_path / "snapshot-000000000020.snap.tmp").write_bytes(b"half")
+    assert snapshots.prune(str(tmp_path)) == [12, 9]
+    assert sorted(os.listdir(tmp_path)) == ["snapshot-000000000009.snap", "snapshot-000000000012.snap"]
+
+
+# -- the runtime: compaction and restart -------------------------------------------------------------
+
+
+def test_compaction_keeps_the_rows_after_the_older_snapshot(tmp_path):
+    """After two snapshots, the rows (and trace rows) up to the older one are gone, the rest stay."""
+    rt = daemon_like(tmp_path)
+    work(rt, 2)
+    snapshot(rt)
+    first = rt.snapshotter.seq
+    assert rt.journal.first_seq() == 1  # one snapshot: nothing to fall back to yet, nothing dropped
+    work(rt, 2)
+    snapshot(rt)
+    assert rt.journal.first_seq() == first + 1
+    rt.close()
+    journal = Journal(str(tmp_path / "state" / "journal.db"), readonly=True)
+    assert next(journal.traces())[0] == first + 1
+    assert len(journal.boots()) == 1
+    journal.db.close()
+
+
+def test_restart_from_a_snapshot_is_a_full_replay(tmp_path):
+    """Bills, budget and quota windows and every other field are the same after a restart from a
+    snapshot (rows compacted) as after replaying the whole journal, the restart's row included."""
+    rt = daemon_like(tmp_path)
+    work(rt, 3)
+    snapshot(rt)
+    work(rt, 2)
+    whole = copy_journal(rt.journal, tmp_path / "whole.db")
+    snapshot(rt)
+    work(rt, 1)
+    assert rt.journal.first_seq() > 1
+    again = restarted(tmp_path, rt)
+    replayed = replay(again.config.kernel, whole.rows(), again.journal.rows(whole.last_seq))
+    assert state_difference(replayed, again.kernel) == ""
+    assert billing.show(again.kernel) == billing.show(replayed)
+    whole.db.close()
+    again.close()
+
+
+def test_a_damaged_newest_snapshot_falls_back_to_the_one_before(tmp_path):
+    """Newest snapshot truncated: the restart starts from the older one, replays the rows after it,
+    and holds the state the daemon had."""
+    rt = daemon_like(tmp_path)
+    for _ in range(3):
+        work(rt, 2)
+        snapshot(rt)
+    work(rt, 1)
+    expected = decode(encode(rt.kernel))
+    newest, older = snapshots.paths(str(tmp_path / "state" / "snapshots"))
+    with open(newest, "r+b") as file:
+        file.truncate(os.path.getsize(newest) - 10)
+    again = restarted(tmp_path, rt)
+    assert again.snapshotter.seq == snapshots.Snapshot.read(older).seq
+    expected.apply(Restart(), again.clock_us)
+    expected.take_changed()
+    assert state_difference(expected, again.kernel) == ""
+    again.close()
+
+
+def test_no_usable_snapshot_after_compaction_refuses_to_start(tmp_path):
+    """Rows compacted and every snapshot damaged: recovery refuses, naming each snapshot and why."""
+    rt = daemon_like(tmp_path)
+    for _ in range(2):
+        work(rt, 1)
+        snapshot(rt)
+    for path in snapshots.paths(str(tmp_path / "state" / "snapshots")):
+        with open(path, "r+b") as file:
+            file.truncate(100)
+    rt.close()
+    again = daemon_like(tmp_path)
+    with pytest.raises(CannotStart, match=r"journal rows 1\.\.\d+ were compacted .* none can be used: .*snapshot-"):
+        again.recover()
+    again.close()
+
+
+def test_a_temp_file_left_by_a_crash_is_ignored(tmp_path):
+    """A crash while writing leaves a .tmp: the restart uses the whole snapshot, and the next write removes it."""
+    rt = daemon_like(tmp_path)
+    work(rt, 2)
+    snapshot(rt)
+    seq = rt.snapshotter.seq
+    work(rt, 1)
+    directory = tmp_path / "state" / "snapshots"
+    (directory / f"snapshot-{rt.journal.last_seq:012d}.snap.tmp").write_bytes(b"apeinxfs-snapshot 1 torn")
+    again = restarted(tmp_path, rt)
+    assert again.snapshotter.seq == seq
+    snapshot(again)
+    assert not [name for name in os.listdir(directory) if name.endswith(".tmp")]
+    again.close()
