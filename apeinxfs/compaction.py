@@ -14,11 +14,11 @@ journal's tail is replayed into. When rows were compacted and no snapshot is usa
 daemon refuses to start, saying why for each, rather than start from nothing.
 
 Decoding a snapshot and replaying rows is recovery (recovery.py); the file format is
-snapshots.py's; `apeinxfs replay --verify` starts from snapshots through `usable_start`.
+snapshots.py's; `apeinxfs replay --verify` starts from snapshots through `starts` too.
 """
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
 import trio
@@ -67,13 +67,17 @@ class Start:
     snapshot: snapshots.Snapshot | None = None
 
 
-def usable_start(directory: str, config: KernelConfig, first_row: int, last_row: int,
-                 problems: list[str]) -> Start | None:
-    """The newest snapshot in `directory` that starts a kernel of `config` on the rows the journal holds,
-    decoded; why each newer one could not goes into `problems`. None if none can."""
-    wanted, layout = boot_config(config), state.layout(config)
+def starts(directory: str, config_after: Callable[[int], KernelConfig | None], first_row: int, last_row: int,
+           problems: list[str]) -> Iterator[Start]:
+    """Each snapshot in `directory`, newest first, that starts a kernel on the journal's rows first_row..last_row,
+    decoded: the rows after it ran with `config_after(seq)` (None: with more than one config) and it was written
+    with that config. Why each other one cannot goes into `problems`."""
     for snapshot in snapshots.usable(directory, problems):
-        if why := unusable(snapshot, wanted, layout, first_row, last_row):
+        config = config_after(snapshot.seq)
+        if config is None:
+            problems.append(f"{snapshot.path}: the kernel config changed at a boot after it")
+            continue
+        if why := unusable(snapshot, boot_config(config), state.layout(config), first_row, last_row):
             problems.append(why)
             continue
         try:
@@ -82,8 +86,8 @@ def usable_start(directory: str, config: KernelConfig, first_row: int, last_row:
         except (snapshots.Damaged, state.LayoutError) as exc:
             problems.append(f"{snapshot.path}: {exc}")
             continue
-        return Start(lambda: kernels.pop() if kernels else state.decode(data), snapshot.seq, snapshot)
-    return None
+        yield Start(lambda data=data, kernels=kernels: kernels.pop() if kernels else state.decode(data),
+                    snapshot.seq, snapshot)
 
 
 class Snapshotter:
@@ -101,7 +105,7 @@ class Snapshotter:
         Raises CannotStart when rows were compacted and no snapshot can be used."""
         config, journal, problems = self.runtime.config.kernel, self.runtime.journal, []
         first = journal.first_seq()
-        start = usable_start(self.directory, config, first, journal.last_seq, problems)
+        start = next(starts(self.directory, lambda _seq: config, first, journal.last_seq, problems), None)
         for problem in problems:
             log.error("snapshot not used: %s", problem)
         if start is None and first > 1:

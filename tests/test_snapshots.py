@@ -14,7 +14,9 @@ import sqlite3
 import pytest
 import trio
 
-from apeinxfs import snapshots
+from apeinxfs import snapshots, verify
+from apeinxfs.archive import Archive
+from apeinxfs.archive import files as archive_files
 from apeinxfs.compaction import CannotStart, Snapshotter
 from apeinxfs.journal import Journal
 from apeinxfs.kernel import Kernel
@@ -283,3 +285,84 @@ def test_a_temp_file_left_by_a_crash_is_ignored(tmp_path):
     snapshot(again)
     assert not [name for name in os.listdir(directory) if name.endswith(".tmp")]
     again.close()
+
+
+# -- replay --verify and replay after compaction ------------------------------------------------------
+
+
+def archived_runtime(tmp_path):
+    """daemon_like, with the trace archive in tmp_path/state/trace as the daemon has it."""
+    rt = daemon_like(tmp_path)
+    rt.archive = Archive(str(tmp_path / "state" / "trace"), 1 << 20)
+    return rt
+
+
+def compacted(tmp_path):
+    """A state directory whose journal was compacted behind two of three snapshots; closed. Its whole trace."""
+    rt = archived_runtime(tmp_path)
+    for _ in range(3):
+        work(rt, 2)
+        snapshot(rt)
+    work(rt, 1)
+    trace = bytes(rt.kernel.trace.buffer).decode()
+    rt.close()
+    rt.archive.close()
+    return trace
+
+
+def verified(tmp_path) -> verify.Report:
+    state = tmp_path / "state"
+    journal = verify.open_journal(str(state))
+    try:
+        return verify.verify(journal, str(state / "trace"), str(state / "snapshots"))
+    finally:
+        journal.close()
+
+
+def test_verify_replays_from_the_oldest_and_newest_snapshot_after_compaction(tmp_path):
+    """Compacted: verify starts from both kept snapshots, checks every row after them and the archive."""
+    compacted(tmp_path)
+    report = verified(tmp_path)
+    assert report.divergence is None and report.checked == report.events > 0 and report.archived > 0
+    names = sorted(os.listdir(tmp_path / "state" / "snapshots"))
+    assert report.origins == [f"{name} (row {int(name[9:21])})" for name in names]
+    assert "replayed from snapshot-" in str(report)
+
+
+def test_verify_names_a_row_altered_after_the_snapshot(tmp_path):
+    """A journal row after the snapshots altered: verify names it."""
+    compacted(tmp_path)
+    db = sqlite3.connect(str(tmp_path / "state" / "journal.db"))
+    seq = db.execute("SELECT max(seq) FROM journal WHERE kind = 'submit'").fetchone()[0]
+    db.execute("UPDATE journal SET body = replace(body, '\"max_tokens\":3', '\"max_tokens\":2') WHERE seq = ?", (seq,))
+    db.commit()
+    db.close()
+    assert verified(tmp_path).divergence.seq == seq
+
+
+def test_verify_compares_the_snapshot_trace_with_the_archive(tmp_path):
+    """An archived line from before the snapshots altered: verify says the snapshot's line differs."""
+    compacted(tmp_path)
+    path = archive_files(str(tmp_path / "state" / "trace"))[0][1]
+    with open(path, "rb") as file:
+        text = file.read()
+    with open(path, "wb") as file:
+        file.write(text.replace(b"name=job", b"name=jab", 1))
+    divergence = verified(tmp_path).divergence
+    assert divergence.kind == "snapshot" and "name=jab" in divergence.expected
+
+
+def test_verify_without_a_usable_snapshot_after_compaction_cannot_replay(tmp_path):
+    """Every snapshot damaged after compaction: verify cannot replay, and says which and why."""
+    compacted(tmp_path)
+    for path in snapshots.paths(str(tmp_path / "state" / "snapshots")):
+        os.truncate(path, 50)
+    with pytest.raises(verify.CannotReplay, match=r"rows 1\.\.\d+ were compacted, and no snapshot can be used"):
+        verified(tmp_path)
+
+
+def test_replay_prints_the_whole_trace_from_the_archive_and_the_snapshot(tmp_path, capsys):
+    """`apeinxfs replay STATE_DIR` after compaction prints the trace the daemon had, line for line."""
+    trace = compacted(tmp_path)
+    assert verify.main([str(tmp_path / "state")]) == 0
+    assert capsys.readouterr().out == trace
