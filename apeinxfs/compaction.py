@@ -1,16 +1,19 @@
 """Snapshots and compaction in the daemon: start from the newest usable snapshot, write new ones.
 
 Every `retention.snapshot_rows` journal rows, or `retention.snapshot_s` seconds after the
-last snapshot if any row came since, the daemon encodes the kernel's state at its last
-journal row (on the trio thread: the state must not change while it is read), then in a
-worker thread makes the journal durable up to that row, writes the snapshot file
-(snapshots.py), keeps the newest KEEP of them and deletes the journal rows, trace rows and
-boot rows behind the older one kept (journal.compact): a damaged newest snapshot can
-still fall back to the one before it and replay the rows after that.
+last snapshot if any row came since, the daemon forks: the child encodes the kernel's
+state at the last journal row from its copy-on-write image of the daemon's memory (the
+daemon's trio thread stops only for the fork, however large the state) and writes the
+snapshot's temp file (snapshots.py). A worker thread meanwhile makes the journal durable
+up to that row, waits for the child, publishes the file, keeps the newest KEEP snapshots
+and deletes the journal rows, trace rows and boot rows behind the older one kept
+(journal.compact): a damaged newest snapshot can still fall back to the one before it and
+replay the rows after that.
 
 At start (`start`) the newest snapshot that reads whole, was written with the same kernel
-config and layout, and whose rows after it the journal still holds, is the kernel the
-journal's tail is replayed into. When rows were compacted and no snapshot is usable, the
+config (but for LIVE_KEYS, which the restored kernel takes from the config now: admins,
+the local time zone) and layout, and whose rows after it the journal still holds, is the
+kernel the journal's tail is replayed into. When rows were compacted and no snapshot is usable, the
 daemon refuses to start, saying why for each, rather than start from nothing.
 
 Decoding a snapshot and replaying rows is recovery (recovery.py); the file format is
@@ -18,13 +21,15 @@ snapshots.py's; `apeinxfs replay --verify` starts from snapshots through `starts
 """
 import json
 import logging
+import os
+import signal
 from collections.abc import Callable, Iterator
 
 import attrs
 import trio
 
 from . import snapshots
-from .journal import compact, make_durable
+from .journal import STORAGE_FAULTS, compact, make_durable
 from .kernel import Kernel
 from .kernel import state
 from .kernel.config import KernelConfig
@@ -32,6 +37,7 @@ from .kernel.errors import Degraded
 
 log = logging.getLogger(__name__)
 POLL_S = 1.0  # how often the daemon looks whether a snapshot is due
+LIVE_KEYS = frozenset({"access", "utc_offset_s"})  # kernel config read where used, never built into state
 
 
 class CannotStart(Exception):
@@ -43,15 +49,30 @@ def boot_config(config: KernelConfig) -> dict:
     return json.loads(json.dumps(attrs.asdict(config), default=str))
 
 
+def structural(config: dict) -> dict:
+    """A boot config without LIVE_KEYS: what a snapshot's state was built from."""
+    return {key: value for key, value in config.items() if key not in LIVE_KEYS}
+
+
+def rebound(kernel: Kernel, config: KernelConfig) -> Kernel:
+    """`kernel`, holding `config` wherever it held the config it was snapshotted with (the kernel's and its
+    components' references to it), so that what changed in LIVE_KEYS takes effect."""
+    old = kernel.config
+    for holder in [kernel, *vars(kernel).values()]:
+        for name, value in getattr(holder, "__dict__", {}).items():
+            if value is old:
+                setattr(holder, name, config)
+    return kernel
+
+
 def unusable(snapshot: snapshots.Snapshot, config: dict, layout: dict, first_row: int, last_row: int) -> str:
     """Why a snapshot cannot start a kernel of `config` and `layout` on rows first_row..last_row; '' if it can."""
     if snapshot.seq < first_row - 1:
         return f"{snapshot.path}: the journal rows after it (from {snapshot.seq + 1}) were compacted"
     if snapshot.seq > last_row:
         return f"{snapshot.path}: it is of row {snapshot.seq}, past the journal's last row {last_row}"
-    if snapshot.config != config:
-        changed = sorted(key for key in config.keys() | snapshot.config.keys()
-                         if config.get(key) != snapshot.config.get(key))
+    written, now = structural(snapshot.config), structural(config)
+    if changed := sorted(key for key in written.keys() | now.keys() if written.get(key) != now.get(key)):
         return f"{snapshot.path}: written with another kernel config (it differs in {', '.join(changed)})"
     if difference := state.layout_difference(snapshot.layout, layout):
         return f"{snapshot.path}: written by an apeinxfs whose kernel keeps other state: {difference}"
@@ -86,8 +107,8 @@ def starts(directory: str, config_after: Callable[[int], KernelConfig | None], f
         except (snapshots.Damaged, state.LayoutError) as exc:
             problems.append(f"{snapshot.path}: {exc}")
             continue
-        yield Start(lambda data=data, kernels=kernels: kernels.pop() if kernels else state.decode(data),
-                    snapshot.seq, snapshot)
+        yield Start(lambda data=data, kernels=kernels, config=config:
+                    rebound(kernels.pop() if kernels else state.decode(data), config), snapshot.seq, snapshot)
 
 
 class Snapshotter:
@@ -132,28 +153,74 @@ class Snapshotter:
                 await self.take()
 
     async def take(self) -> None:
-        """Encode the state at the last journal row now; write it and compact in a thread."""
+        """Write a snapshot of the state at the last journal row, and compact behind the older one kept.
+
+        The state is encoded by a forked child, from the memory the daemon had at the fork (copied on
+        write, so the daemon goes on at once); a worker thread makes the journal durable, waits for the
+        child and publishes its file, then prunes and compacts."""
         runtime = self.runtime
         try:
             runtime.journal.flush_all()  # the steps applied but not journaled yet: the state holds them
         except Degraded:
             return  # the next commit or the progress timer makes the daemon degraded
         seq, kernel = runtime.journal.last_seq, runtime.kernel
-        data = state.encode(kernel)
         header = (seq, kernel.now_us, kernel.trace.seq, boot_config(runtime.config.kernel), self.layout)
         try:
-            await trio.to_thread.run_sync(self.write_and_compact, header, data)
-        except OSError as exc:  # a full disk: the journal keeps its rows, and the next try may work
+            child = fork_writer(self.directory, header, kernel)
+            await trio.to_thread.run_sync(self.publish_and_compact, child, seq)
+        except STORAGE_FAULTS as exc:  # a full disk, no memory to fork: the rows stay; the next try may work
             log.error("snapshot of journal row %d not written: %s", seq, exc)
             return
         self.seq, self.taken_at = seq, trio.current_time()
 
-    def write_and_compact(self, header: tuple, data: bytes) -> None:
-        """Make the journal durable, write the snapshot, keep KEEP, drop the rows behind the oldest kept."""
+    def close(self) -> None:
+        """At unmount, a last snapshot (encoded here: nothing else runs now), so the next start replays
+        no rows; skipped while degraded, and on failure only logged (the rows are all in the journal)."""
+        runtime = self.runtime
+        if runtime.health.fault is not None or runtime.journal.last_seq == self.seq:
+            return
+        try:
+            runtime.journal.flush_all()
+            seq, kernel = runtime.journal.last_seq, runtime.kernel
+            header = (seq, kernel.now_us, kernel.trace.seq, boot_config(runtime.config.kernel), self.layout)
+            snapshots.write_temp(self.directory, *header, state.encode(kernel))
+            self.publish(seq)
+        except (Degraded, *STORAGE_FAULTS) as exc:
+            log.error("no snapshot at unmount: %s", exc)
+
+    def publish_and_compact(self, child: int, seq: int) -> None:
+        """Wait for the child that writes the snapshot, make the journal durable up to its row, publish it,
+        keep KEEP snapshots and drop the rows behind the oldest kept."""
+        status = os.waitpid(child, 0)[1]
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise OSError(f"the snapshot writer (pid {child}) failed with status {status}: see the log")
+        self.publish(seq)
+
+    def publish(self, seq: int) -> None:
+        """Make the journal durable, publish the written snapshot of row `seq`, keep KEEP, compact."""
         journal_path = self.runtime.journal.path
         make_durable(journal_path)
-        path = snapshots.write(self.directory, *header, data)
+        path = snapshots.publish(os.path.join(self.directory, f"snapshot-{seq:012d}.snap.tmp"))
         kept = snapshots.prune(self.directory)
-        log.info("snapshot %s: %d bytes of state", path, len(data))
+        log.info("snapshot %s: %d bytes", path, os.path.getsize(path))
         if len(kept) >= snapshots.KEEP:
             compact(journal_path, kept[-1])
+
+
+def fork_writer(directory: str, header: tuple, kernel: Kernel) -> int:
+    """Fork a child that encodes `kernel` as it is now into the temp file of a snapshot with `header`
+    (snapshots.write_temp), then exits 0 (1 on failure, logged); the child's pid."""
+    child = os.fork()
+    if child:
+        return child
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)  # the daemon's signals are its own: this child ends with them
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        snapshots.write_temp(directory, *header, state.encode(kernel))
+        code = 0
+    except BaseException:  # anything: the daemon hears the status; the reason goes to the log
+        log.exception("snapshot writer failed")
+    finally:
+        os._exit(code)

@@ -208,6 +208,7 @@ async def _run_mounted(runtime: Runtime, config, ready_fd) -> int:
             nursery.cancel_scope.cancel()
     finally:
         pyfuse3.close(unmount=signalled)
+        runtime.snapshotter.close()
         try:
             runtime.journal.close()
         except Degraded as exc:  # every row is in; only the trace rows of the last few are lost

@@ -5,8 +5,9 @@ is one header line, `apeinxfs-snapshot 1 <crc32 of the header> <header JSON>`, t
 state (kernel/state.py) compressed with zlib. The header holds SEQ, the kernel config it
 was booted with (as the journal's boot rows hold it), the kernel's layout, the trace's
 last seq and the compressed state's length and crc32. A file is written as `.tmp`, fsynced,
-renamed, and the directory fsynced: a crash leaves the old files whole and at most a
-`.tmp`, which nothing reads and the next write removes.
+renamed, and the directory fsynced (`write`; or `write_temp` in one process, `publish` in
+another): a crash leaves the old files whole and at most a `.tmp`, which nothing reads and
+the next `prune` removes.
 
 `Snapshot.read` raises `Damaged` for a file that is truncated, altered, or of another
 version: a reader then falls back to the one before it (`usable`). This module reads and
@@ -86,19 +87,31 @@ def parse_header(path: str, line: bytes) -> dict:
 
 def write(directory: str, seq: int, time_us: int, trace_seq: int, config: dict, layout: dict, state: bytes) -> str:
     """Write the snapshot of `state` at journal row `seq` durably and atomically; its path."""
+    return publish(write_temp(directory, seq, time_us, trace_seq, config, layout, state))
+
+
+def write_temp(directory: str, seq: int, time_us: int, trace_seq: int, config: dict, layout: dict,
+               state: bytes) -> str:
+    """Write the snapshot of `state` at journal row `seq` to its temp file, synced; the temp file's path."""
     os.makedirs(directory, exist_ok=True)
     packed = zlib.compress(state, 1)
     header = json.dumps({"seq": seq, "time_us": time_us, "trace_seq": trace_seq, "config": config,
                          "layout": layout, "length": len(packed), "crc": zlib.crc32(packed)},
                         separators=(",", ":"), default=str)
-    path = os.path.join(directory, f"snapshot-{seq:012d}.snap")
-    with open(path + ".tmp", "wb") as file:
+    temp = os.path.join(directory, f"snapshot-{seq:012d}.snap.tmp")
+    with open(temp, "wb") as file:
         file.write(f"{MAGIC} {zlib.crc32(header.encode()):08x} {header}\n".encode())
         file.write(packed)
         file.flush()
         os.fsync(file.fileno())
-    os.replace(path + ".tmp", path)
-    sync_directory(directory)
+    return temp
+
+
+def publish(temp: str) -> str:
+    """Rename a written temp file to the snapshot it holds, durably; the snapshot's path."""
+    path = temp.removesuffix(".tmp")
+    os.replace(temp, path)
+    sync_directory(os.path.dirname(path))
     return path
 
 

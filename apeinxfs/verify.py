@@ -27,7 +27,7 @@ from collections.abc import Callable
 import attrs
 
 from . import archive
-from .compaction import starts
+from .compaction import rebound, starts, structural
 from .journal import LAST, Emitted, Journal, row_crc
 from .kernel import Kernel
 from .kernel.config import KernelConfig, kernel_config_from_dict
@@ -189,10 +189,12 @@ def replay_origins(journal: Journal, boots: list, snapshot_dir: str | None, skip
 
 
 def config_after(boots: list) -> Callable[[int], KernelConfig | None]:
-    """seq -> the one kernel config the rows after it ran with; None if boots after it ran with several."""
+    """seq -> the kernel config the rows after it ran with first; None if boots after it ran with several
+    that differ in more than LIVE_KEYS (compaction.py)."""
     def config(seq: int) -> KernelConfig | None:
         configs = [boot.config for boot in boots if boot.upto > seq]
-        return kernel_config_from_dict(configs[0]) if configs and configs.count(configs[0]) == len(configs) else None
+        same = configs and all(structural(config) == structural(configs[0]) for config in configs)
+        return kernel_config_from_dict(configs[0]) if same else None
     return config
 
 
@@ -207,6 +209,8 @@ def verify_from(journal: Journal, boots: list, origin: Origin, archive_dir: str 
             if kernel is None:
                 kernel = boot_kernel(journal, origin, boot.after_row, quarantined)
                 archived_lines.check(origin.seq, "snapshot", None, held_lines(kernel))
+            elif origin.seq and structural(boot.config) == structural(origin.config):
+                kernel = rebound(kernel, kernel_config_from_dict(boot.config))  # admins or time zone changed
             elif boot.config != origin.config:
                 origin = beginning(boot.config)  # a snapshot is an origin only while the config stays its own
                 kernel = boot_kernel(journal, origin, boot.after_row, quarantined)

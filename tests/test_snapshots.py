@@ -75,9 +75,9 @@ class Clock:
         return self.rt.clock_us
 
 
-def daemon_like(tmp_path, every_rows: int = 10**9):
+def daemon_like(tmp_path, every_rows: int = 10**9, toml: str = ONE_GPU_TENANTS):
     """A runtime on tmp_path/state with snapshots in tmp_path/state/snapshots, as the daemon builds it."""
-    context = open_runtime(tmp_path, ONE_GPU_TENANTS)
+    context = open_runtime(tmp_path, toml)
     rt = context.__enter__()
     rt.clock_us, rt.clock = 1_000_000, None
     rt.clock = Clock(rt)
@@ -267,6 +267,34 @@ def test_no_usable_snapshot_after_compaction_refuses_to_start(tmp_path):
     rt.close()
     again = daemon_like(tmp_path)
     with pytest.raises(CannotStart, match=r"journal rows 1\.\.\d+ were compacted .* none can be used: .*snapshot-"):
+        again.recover()
+    again.close()
+
+
+def two_snapshots(tmp_path) -> None:
+    """A closed state directory compacted behind the older of two snapshots."""
+    rt = daemon_like(tmp_path)
+    for _ in range(2):
+        work(rt, 1)
+        snapshot(rt)
+    rt.close()
+
+
+def test_new_admins_take_effect_on_a_restored_kernel(tmp_path):
+    """[access] is read where it is used: a snapshot restores under changed admins, and holds the new config."""
+    two_snapshots(tmp_path)
+    again = daemon_like(tmp_path, toml=ONE_GPU_TENANTS + "[access]\nadmin_uids = [4242]\n")
+    again.recover()
+    assert again.kernel.config.access.admin_uids == (4242,) and again.kernel.tenancy._config is again.kernel.config
+    again.close()
+
+
+def test_a_changed_kernel_config_after_compaction_refuses_to_start(tmp_path):
+    """Another GPU count changes what the state was built from: with rows compacted, the start is refused,
+    naming the config keys that differ."""
+    two_snapshots(tmp_path)
+    again = daemon_like(tmp_path, toml=ONE_GPU_TENANTS.replace("simulated = 1", "simulated = 2"))
+    with pytest.raises(CannotStart, match=r"written with another kernel config \(it differs in gpus\)"):
         again.recover()
     again.close()
 
