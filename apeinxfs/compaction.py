@@ -203,8 +203,16 @@ class Snapshotter:
         path = snapshots.publish(os.path.join(self.directory, f"snapshot-{seq:012d}.snap.tmp"))
         kept = snapshots.prune(self.directory)
         log.info("snapshot %s: %d bytes", path, os.path.getsize(path))
-        if len(kept) >= snapshots.KEEP:
+        if len(kept) >= snapshots.KEEP and self.archived_to(kept[-1]):
             compact(journal_path, kept[-1])
+
+    def archived_to(self, seq: int) -> bool:
+        """Whether the trace archive has every line of the snapshot of row `seq` (no archive: nothing to
+        wait for); rows are compacted behind a snapshot only then, for a trace that keeps only its
+        newest lines may no longer hold the others."""
+        archive = self.runtime.archive
+        path = os.path.join(self.directory, f"snapshot-{seq:012d}.snap")
+        return archive is None or archive.seq >= snapshots.Snapshot.read(path).trace_seq
 
 
 def fork_writer(directory: str, header: tuple, kernel: Kernel) -> int:
