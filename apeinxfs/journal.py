@@ -20,6 +20,10 @@ A write the storage refuses (a full disk, an I/O error, a read-only file system)
 `Degraded` with the storage's errno and changes nothing: the transaction is rolled back,
 and the connection stays usable for the next try (runtime.py decides what the daemon does).
 
+Behind a snapshot of the state (compaction.py) `compact` deletes the rows, their trace rows
+and the boot rows no later row needs, from a connection of its own; `first_seq` then says
+where the rows start.
+
 This module stores and reads rows; it does not interpret them (kernel/events.py does) and
 does not run the kernel. `NullJournal` keeps nothing, for runs no one will replay.
 """

@@ -13,7 +13,9 @@ compared; one of them that raises is quarantined as the daemon's recovery does
 (recovery.py), and reported. The lines replayed are also compared with the trace archive
 (archive.py, STATE_DIR/trace/) from its first line on: a line changed, missing or written
 twice there diverges too; lines it has beyond the journal (a live daemon's) are not
-compared. A task the journal does not hold is shown from the archive. It opens the
+compared. A task the journal does not hold is shown from the archive. Where the journal
+was compacted behind snapshots (compaction.py), the replays start from the oldest and
+newest usable snapshot instead of row 1 (and from row 1 too while the journal holds it). It opens the
 journal read-only, in one snapshot, so it runs beside a live daemon. It changes nothing,
 and it is not the daemon's recovery (runtime.py), though it replays the same way.
 """
