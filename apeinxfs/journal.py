@@ -122,6 +122,7 @@ class Journal:
         else:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new file: compaction gives pages back (compact)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
@@ -265,12 +266,14 @@ class Journal:
 
 
 COMPACT_ROWS = 5000  # rows deleted per transaction: the daemon's own writes wait at most that long
+INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 
 
 def compact(path: str, upto: int) -> None:
     """Delete the journal rows up to `upto` (never the last), their trace rows and the boot rows no
-    later row needs, then shrink the WAL. On a connection of its own: it runs in a thread beside
-    the daemon's writes, which wait for each of its transactions (SQLite's busy timeout)."""
+    later row needs, then give the free pages back (the file shrinks) and empty the WAL. On a
+    connection of its own: it runs in a thread beside the daemon's writes, which wait for each of
+    its transactions (SQLite's busy timeout)."""
     db = sqlite3.connect(path, isolation_level=None, timeout=60)
     try:
         while db.execute("DELETE FROM journal WHERE seq IN (SELECT seq FROM journal WHERE seq <= ? AND seq < "
@@ -279,6 +282,10 @@ def compact(path: str, upto: int) -> None:
                        (upto, COMPACT_ROWS))
         db.execute("DELETE FROM trace WHERE row <= ?", (upto,))
         db.execute("DELETE FROM boot WHERE boot < (SELECT max(boot) FROM boot WHERE after_row <= ?)", (upto,))
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:  # a file made before compaction was
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            db.execute("VACUUM")  # once: it rewrites the file, the daemon's writes waiting
+        db.executescript("PRAGMA incremental_vacuum;")  # run to its end (execute would free one page)
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         db.close()

@@ -18,7 +18,7 @@ from apeinxfs import snapshots, verify
 from apeinxfs.archive import Archive
 from apeinxfs.archive import files as archive_files
 from apeinxfs.compaction import CannotStart, Snapshotter
-from apeinxfs.journal import Journal
+from apeinxfs.journal import SCHEMA, Journal, make_durable
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.events import Chunk, Restart, Step, Submit, Tick
 from apeinxfs.kernel.spec import TaskSpec
@@ -214,6 +214,29 @@ def test_compaction_keeps_the_rows_after_the_older_snapshot(tmp_path):
     assert next(journal.traces())[0] == first + 1
     assert len(journal.boots()) == 1
     journal.db.close()
+
+
+def journal_bytes(tmp_path) -> int:
+    """The bytes of journal.db once its WAL is copied in (its WAL apart, which a checkpoint empties)."""
+    make_durable(str(tmp_path / "state" / "journal.db"))
+    return (tmp_path / "state" / "journal.db").stat().st_size
+
+
+@pytest.mark.parametrize("older_file", [False, True])
+def test_compaction_gives_the_pages_back(tmp_path, older_file):
+    """The journal file shrinks after compaction, also one made before compaction was (no auto_vacuum)."""
+    if older_file:
+        (tmp_path / "state").mkdir()
+        sqlite3.connect(str(tmp_path / "state" / "journal.db")).executescript(SCHEMA).close()
+    rt = daemon_like(tmp_path)
+    work(rt, 40)
+    snapshot(rt)
+    rt.journal.flush_all()
+    grown = journal_bytes(tmp_path)
+    work(rt, 1)
+    snapshot(rt)
+    assert journal_bytes(tmp_path) < grown / 4
+    rt.close()
 
 
 def test_restart_from_a_snapshot_is_a_full_replay(tmp_path):
