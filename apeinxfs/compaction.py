@@ -156,41 +156,42 @@ class Snapshotter:
         """Write a snapshot of the state at the last journal row, and compact behind the older one kept.
 
         The state is encoded by a forked child, from the memory the daemon had at the fork (copied on
-        write, so the daemon goes on at once); a worker thread makes the journal durable, waits for the
-        child and publishes its file, then prunes and compacts."""
-        runtime = self.runtime
+        write, so the daemon goes on at once); a worker thread waits for the child, makes the journal
+        durable, publishes the file, then prunes and compacts."""
         try:
-            runtime.journal.flush_all()  # the steps applied but not journaled yet: the state holds them
+            header = self.header()
         except Degraded:
             return  # the next commit or the progress timer makes the daemon degraded
-        seq, kernel = runtime.journal.last_seq, runtime.kernel
-        header = (seq, kernel.now_us, kernel.trace.seq, boot_config(runtime.config.kernel), self.layout)
         try:
-            child = fork_writer(self.directory, header, kernel)
-            await trio.to_thread.run_sync(self.publish_and_compact, child, seq)
-        except STORAGE_FAULTS as exc:  # a full disk, no memory to fork: the rows stay; the next try may work
-            log.error("snapshot of journal row %d not written: %s", seq, exc)
+            child = fork_writer(self.directory, header, self.runtime.kernel)
+            await trio.to_thread.run_sync(self.publish_when_written, child, header[0])
+        except (*STORAGE_FAULTS, snapshots.Damaged) as exc:  # a full disk, no memory to fork: the next try may work
+            log.error("snapshot of journal row %d not written: %s", header[0], exc)
             return
-        self.seq, self.taken_at = seq, trio.current_time()
+        self.taken_at = trio.current_time()
 
     def close(self) -> None:
         """At unmount, a last snapshot (encoded here: nothing else runs now), so the next start replays
         no rows; skipped while degraded, and on failure only logged (the rows are all in the journal)."""
-        runtime = self.runtime
-        if runtime.health.fault is not None or runtime.journal.last_seq == self.seq:
+        if self.runtime.health.fault is not None or self.runtime.journal.last_seq == self.seq:
             return
         try:
-            runtime.journal.flush_all()
-            seq, kernel = runtime.journal.last_seq, runtime.kernel
-            header = (seq, kernel.now_us, kernel.trace.seq, boot_config(runtime.config.kernel), self.layout)
-            snapshots.write_temp(self.directory, *header, state.encode(kernel))
-            self.publish(seq)
-        except (Degraded, *STORAGE_FAULTS) as exc:
+            header = self.header()
+            snapshots.write_temp(self.directory, *header, state.encode(self.runtime.kernel))
+            self.publish(header[0])
+        except (Degraded, snapshots.Damaged, *STORAGE_FAULTS) as exc:
             log.error("no snapshot at unmount: %s", exc)
 
-    def publish_and_compact(self, child: int, seq: int) -> None:
-        """Wait for the child that writes the snapshot, make the journal durable up to its row, publish it,
-        keep KEEP snapshots and drop the rows behind the oldest kept."""
+    def header(self) -> tuple:
+        """Journal what waits (the state holds it; Degraded if that fails); the header of a snapshot of the
+        state now, at the last journal row (its first field)."""
+        runtime = self.runtime
+        runtime.journal.flush_all()
+        kernel, seq = runtime.kernel, runtime.journal.last_seq
+        return seq, kernel.now_us, kernel.trace.seq, boot_config(runtime.config.kernel), self.layout
+
+    def publish_when_written(self, child: int, seq: int) -> None:
+        """Wait for the child writing the snapshot of row `seq`, then publish it."""
         status = os.waitpid(child, 0)[1]
         if os.waitstatus_to_exitcode(status) != 0:
             raise OSError(f"the snapshot writer (pid {child}) failed with status {status}: see the log")
@@ -200,7 +201,8 @@ class Snapshotter:
         """Make the journal durable, publish the written snapshot of row `seq`, keep KEEP, compact."""
         journal_path = self.runtime.journal.path
         make_durable(journal_path)
-        path = snapshots.publish(os.path.join(self.directory, f"snapshot-{seq:012d}.snap.tmp"))
+        path = snapshots.publish(snapshots.path_of(self.directory, seq) + ".tmp")
+        self.seq = seq
         kept = snapshots.prune(self.directory)
         log.info("snapshot %s: %d bytes", path, os.path.getsize(path))
         if len(kept) >= snapshots.KEEP and self.archived_to(kept[-1]):
@@ -210,8 +212,7 @@ class Snapshotter:
         """Whether the trace archive has every line of the snapshot of row `seq` (no archive: nothing to
         wait for); rows are compacted behind a snapshot only then, for a trace that keeps only its
         newest lines may no longer hold the others."""
-        archive = self.runtime.archive
-        path = os.path.join(self.directory, f"snapshot-{seq:012d}.snap")
+        archive, path = self.runtime.archive, snapshots.path_of(self.directory, seq)
         return archive is None or archive.seq >= snapshots.Snapshot.read(path).trace_seq
 
 

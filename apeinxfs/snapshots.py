@@ -98,13 +98,18 @@ def write_temp(directory: str, seq: int, time_us: int, trace_seq: int, config: d
     header = json.dumps({"seq": seq, "time_us": time_us, "trace_seq": trace_seq, "config": config,
                          "layout": layout, "length": len(packed), "crc": zlib.crc32(packed)},
                         separators=(",", ":"), default=str)
-    temp = os.path.join(directory, f"snapshot-{seq:012d}.snap.tmp")
+    temp = path_of(directory, seq) + ".tmp"
     with open(temp, "wb") as file:
         file.write(f"{MAGIC} {zlib.crc32(header.encode()):08x} {header}\n".encode())
         file.write(packed)
         file.flush()
         os.fsync(file.fileno())
     return temp
+
+
+def path_of(directory: str, seq: int) -> str:
+    """The path of the snapshot of journal row `seq` in `directory`."""
+    return os.path.join(directory, f"snapshot-{seq:012d}.snap")
 
 
 def publish(temp: str) -> str:

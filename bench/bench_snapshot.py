@@ -90,8 +90,8 @@ def in_process(config, tasks: int, directory: str) -> float:
     path = snapshots.publish(os.path.join(directory, f"snapshot-{len(events):012d}.snap.tmp"))
     restored, load_s = timed(lambda: decode(snapshots.Snapshot.read(path).state()))
     assert len(restored.tasks) == tasks
-    print(f"{tasks:>6} tasks ({len(events)} events): state {len(data) / 1e6:.1f} MB, file {os.path.getsize(path) / 1e6:.2f}"
-          f" MB; encode {encode_s * 1000:.0f} ms; the daemon's stall, a fork: {fork_s * 1000:.1f} ms, then the child "
+    print(f"{tasks:>6} tasks ({len(events)} events): state {len(data) / 1e6:.1f} MB, "
+          f"file {os.path.getsize(path) / 1e6:.2f} MB; encode {encode_s * 1000:.0f} ms; the daemon's stall, a fork: {fork_s * 1000:.1f} ms, then the child "
           f"encodes and writes in {(fork_s + child_s) * 1000:.0f} ms; load {load_s * 1000:.0f} ms; replaying the "
           f"journal instead {replay_s * 1000:.0f} ms (load/replay {load_s / replay_s:.2f})")
     os.unlink(path)

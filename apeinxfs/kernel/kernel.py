@@ -64,14 +64,6 @@ class Kernel:
         self.emit = moves.emit
         self.handlers = self._handlers()
 
-    def __getstate__(self) -> dict[str, Any]:
-        """What a snapshot keeps (kernel/state.py): everything but the handler table, which is code."""
-        return {name: value for name, value in vars(self).items() if name != "handlers"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        vars(self).update(state)
-        self.handlers = self._handlers()
-
     def _evicted(self, gpu: int, pages: int, task: Task) -> None:
         self.reclaim.evicted(gpu, pages, task)
 

@@ -3,8 +3,8 @@
 Generic over the kernel: the object graph reachable from a `Kernel` is pickled whole, so
 a field a component gains later is in every snapshot without a line here, and the Task
 objects that the task table, the run queue and the GPUs' batches share stay one object
-each. What a component derives from its code rather than its state (the kernel's handler
-table) it drops itself (`Kernel.__getstate__`). Loading builds only classes of the kernel
+each. What the kernel derives from its code rather than its state (its handler table) is
+left out and built again on loading. Loading builds only classes of the kernel
 package and a fixed few of the standard library (`ALLOWED`), nothing else a file names.
 
 `layout` is what a snapshot must agree on with the code that loads it: every kernel class
@@ -42,7 +42,27 @@ class LayoutError(Exception):
 
 def encode(kernel: Kernel) -> bytes:
     """The kernel's state as bytes."""
-    return pickle.dumps(kernel, protocol=PROTOCOL)
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=PROTOCOL)
+    pickler.dispatch_table = {Kernel: _reduce_kernel}
+    pickler.dump(kernel)
+    return buffer.getvalue()
+
+
+def _reduce_kernel(kernel: Kernel) -> tuple[Any, ...]:
+    """A kernel as pickle rebuilds it: a bare Kernel, then its fields but the handler table (code, not
+    state: `_set_kernel_state` builds it again)."""
+    fields = {name: value for name, value in vars(kernel).items() if name != "handlers"}
+    return _bare_kernel, (), fields, None, None, _set_kernel_state
+
+
+def _bare_kernel() -> Kernel:
+    return Kernel.__new__(Kernel)
+
+
+def _set_kernel_state(kernel: Kernel, fields: dict[str, Any]) -> None:
+    vars(kernel).update(fields)
+    kernel.handlers = kernel._handlers()
 
 
 def decode(data: bytes) -> Kernel:
