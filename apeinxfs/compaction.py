@@ -1,7 +1,7 @@
 """Snapshots and compaction in the daemon: start from the newest usable snapshot, write new ones.
 
 Every `retention.snapshot_rows` journal rows, or `retention.snapshot_s` seconds after the
-last snapshot if any row came since, the daemon forks: the child encodes the kernel's
+last snapshot if any row came since (spaced by BUSY_SHARE), the daemon forks: the child encodes the kernel's
 state at the last journal row from its copy-on-write image of the daemon's memory (the
 daemon's trio thread stops only for the fork, however large the state) and writes the
 snapshot's temp file (snapshots.py). A worker thread meanwhile makes the journal durable
@@ -36,7 +36,9 @@ from .kernel.config import KernelConfig
 from .kernel.errors import Degraded
 
 log = logging.getLogger(__name__)
-POLL_S = 1.0  # how often the daemon looks whether a snapshot is due
+POLL_S = 0.25  # how often the daemon looks whether a snapshot is due
+BUSY_SHARE = 0.25  # snapshots take at most this share of the time (their child's, mostly): one after a
+# snapshot that took T seconds waits 3 T at least
 LIVE_KEYS = frozenset({"access", "utc_offset_s"})  # kernel config read where used, never built into state
 
 
@@ -119,6 +121,7 @@ class Snapshotter:
         self.every_rows, self.every_s = every_rows, every_s
         self.seq = 0  # the journal row of the newest snapshot
         self.taken_at = None  # trio time of the last snapshot written, or of the start
+        self.took_s = 0.0  # how long writing it took
         self.layout = state.layout(runtime.config.kernel)
 
     def start(self) -> Start:
@@ -143,7 +146,8 @@ class Snapshotter:
         rows = self.runtime.journal.last_seq - self.seq
         if self.taken_at is None:
             self.taken_at = now
-        return rows > 0 and (rows >= self.every_rows or now - self.taken_at >= self.every_s)
+        rested = now - self.taken_at >= self.took_s * (1 / BUSY_SHARE - 1)
+        return rows > 0 and rested and (rows >= self.every_rows or now - self.taken_at >= self.every_s)
 
     async def run(self) -> None:
         """Write a snapshot whenever one is due, until cancelled."""
@@ -162,13 +166,14 @@ class Snapshotter:
             header = self.header()
         except Degraded:
             return  # the next commit or the progress timer makes the daemon degraded
+        began = trio.current_time()
         try:
             child = fork_writer(self.directory, header, self.runtime.kernel)
             await trio.to_thread.run_sync(self.publish_when_written, child, header[0])
         except (*STORAGE_FAULTS, snapshots.Damaged) as exc:  # a full disk, no memory to fork: the next try may work
             log.error("snapshot of journal row %d not written: %s", header[0], exc)
-            return
         self.taken_at = trio.current_time()
+        self.took_s = self.taken_at - began
 
     def close(self) -> None:
         """At unmount, a last snapshot (encoded here: nothing else runs now), so the next start replays

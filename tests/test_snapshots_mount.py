@@ -47,8 +47,8 @@ def compacted_run(daemon: Daemon, state: str, tasks: int) -> int:
     for snapshots in (1, 2):
         submitted += run_mixed(daemon, submitted, tasks)
         poll_until(lambda: exited(daemon) == submitted, 120, "every task exits")
-        poll_until(lambda: len(snapshot_files(state)) == snapshots, 30, f"snapshot {snapshots}")
-    poll_until(lambda: first_row(state) > 1, 30, "a compacted journal")
+        poll_until(lambda: len(snapshot_files(state)) == snapshots, 90, f"snapshot {snapshots}")
+    poll_until(lambda: first_row(state) > 1, 90, "a compacted journal")
     return submitted
 
 
