@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS trace (
 """
 LAST = (1 << 63) - 1  # the largest seq SQLite holds: "to the end"
 FLUSH_ROWS = 32
+WAL_BYTES = 4 << 20
 SQLITE_ERRNO = {sqlite3.SQLITE_FULL: errno.ENOSPC, sqlite3.SQLITE_READONLY: errno.EROFS,  # by primary result code
                 sqlite3.SQLITE_IOERR: errno.EIO}
 STORAGE_FAULTS = (sqlite3.OperationalError, OSError)  # what a write the storage refused raises
@@ -125,6 +126,7 @@ class Journal:
             self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new file: compaction gives pages back (compact)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute(f"PRAGMA journal_size_limit={WAL_BYTES}")  # the WAL is cut back to this once reset
             self.db.executescript(SCHEMA)
         self.last_seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
         self._booted = False
@@ -286,19 +288,23 @@ def compact(path: str, upto: int) -> None:
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("VACUUM")  # once: it rewrites the file, the daemon's writes waiting
         db.executescript("PRAGMA incremental_vacuum;")  # run to its end (execute would free one page)
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("PRAGMA busy_timeout = 100")  # a reader (replay --verify) holds the WAL: try again next time,
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # for while this waits, the daemon's writes wait too
     finally:
         db.close()
 
 
 def make_durable(path: str) -> None:
-    """Copy every committed row into the database file and sync it (rows are committed without a sync:
-    synchronous=NORMAL), so that a snapshot written next is never ahead of the journal after a power cut."""
-    db = sqlite3.connect(path, isolation_level=None, timeout=60)
-    try:
-        db.execute("PRAGMA wal_checkpoint(FULL)")
-    finally:
-        db.close()
+    """Sync the journal's files: rows are committed without a sync (synchronous=NORMAL), and a snapshot
+    written next must never be ahead of the journal after a power cut. No lock is taken: the daemon's
+    writes and a `replay --verify` beside it go on."""
+    for name in (path, path + "-wal"):
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def encoded(group: list[tuple[int, object]]) -> tuple[int, str, str]:
