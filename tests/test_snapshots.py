@@ -14,12 +14,14 @@ import sqlite3
 import pytest
 import trio
 
+from apeinxfs import config as config_mod
 from apeinxfs import snapshots, verify
 from apeinxfs.archive import Archive
 from apeinxfs.archive import files as archive_files
 from apeinxfs.compaction import CannotStart, Snapshotter
 from apeinxfs.journal import SCHEMA, Journal
 from apeinxfs.kernel import Kernel
+from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.events import Chunk, Restart, Step, Submit, Tick
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.kernel.state import LayoutError, decode, encode, layout, layout_difference
@@ -419,3 +421,12 @@ def test_replay_prints_the_whole_trace_from_the_archive_and_the_snapshot(tmp_pat
     trace = compacted(tmp_path)
     assert verify.main([str(tmp_path / "state")]) == 0
     assert capsys.readouterr().out == trace
+
+
+@pytest.mark.parametrize("line", ["snapshot_rows = 0", "snapshot_s = -1", 'snapshot_rows = "many"'])
+def test_a_bad_snapshot_setting_is_refused_naming_it(tmp_path, line):
+    """[retention] snapshot_rows and snapshot_s must be positive numbers: the config is refused, naming the key."""
+    path = tmp_path / "config.toml"
+    path.write_text(f"[retention]\n{line}\n")
+    with pytest.raises(ApeinxError, match=line.split()[0]):
+        config_mod.load(str(path), str(tmp_path / "state"), use_nvml=False)
