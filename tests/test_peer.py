@@ -1,0 +1,182 @@
+"""Node-to-node traffic between two real daemons on this machine (cluster/peer_server.py and
+peer_client.py): node A's client reads and drives node B's tasks and gets B's refusals as the
+same errors, B's bytes as `cat` reads them on B, and PeerDown, never a hang, once B is gone.
+"""
+import errno
+import os
+import signal
+import socket
+
+import httpx
+import pytest
+import trio
+
+from apeinxfs.cluster.peer_client import Peer
+from apeinxfs.cluster.peer_wire import HEARTBEAT_S, PeerDown, PeerRefused
+from apeinxfs.kernel.errors import Invalid, NotFound
+from apeinxfs.nodes.base import Caller
+from daemon import Daemon, sim_config
+
+pytestmark = pytest.mark.mount
+SLOW_CONFIG = sim_config(20)  # 50 tokens a second: a long task streams for minutes
+LONG_TASK = "long 5000 5"
+CALLER = Caller(uid=os.getuid(), gid=os.getgid(), pid=os.getpid())
+HANG_GUARD_S = 60  # far past every timeout: reaching it means something hangs
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def token_file(directory, token: bytes, mode: int = 0o600) -> str:
+    path = os.path.join(directory, "token")
+    with open(path, "wb") as file:
+        file.write(token + b"\n")
+    os.chmod(path, mode)
+    return path
+
+
+def start_node(root, name: str, token_path: str, monkeypatch) -> tuple[Daemon, str]:
+    """A daemon with a peer server on a free 127.0.0.1 port (the test hook of peer_server), and its URL."""
+    port = free_port()
+    monkeypatch.setenv("APEINXFS_PEER_ADVERTISE", f"127.0.0.1:{port}")
+    monkeypatch.setenv("APEINXFS_PEER_TOKEN_FILE", token_path)
+    return Daemon(root / name / "ai", root / name / "state", SLOW_CONFIG).start(), f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def nodes(tmp_path, monkeypatch):
+    """Daemons A and B, each with a peer server sharing one token; yields (a, b, b's URL, token)."""
+    token = b"s3cret-" + os.urandom(8).hex().encode()
+    path = token_file(tmp_path, token)
+    a, _ = start_node(tmp_path, "a", path, monkeypatch)
+    try:
+        b, b_url = start_node(tmp_path, "b", path, monkeypatch)
+        try:
+            yield a, b, b_url, token
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
+async def cat(path: str) -> bytes:
+    return (await trio.run_process(["cat", path], capture_stdout=True)).stdout
+
+
+async def test_a_live_stream_from_another_node_is_what_cat_reads_there(nodes):
+    """Stream a task running on B from A's client while it runs, kill it through the client, and
+    get exactly the bytes `cat` reads from B's stream, the same status text and the same wait line."""
+    a, b, b_url, token = nodes
+    pid = b.submit(LONG_TASK)
+    received = bytearray()
+    with trio.fail_after(HANG_GUARD_S):
+        async with Peer(b_url, token) as peer, peer.stream(pid, CALLER) as chunks:
+            async for data in chunks:
+                if not received:
+                    assert b.status(pid)["State"] == "R (running)"
+                    assert await peer.kill([pid], CALLER) == ["ok"]
+                received += data
+            assert await peer.wait(pid, CALLER) == (await cat(b.path("tasks", str(pid), "wait"))).decode()
+            assert await peer.status(pid, CALLER) == (await cat(b.path("tasks", str(pid), "status"))).decode()
+    assert bytes(received) == await cat(b.path("tasks", str(pid), "stream"))
+    assert b.status(pid)["Exit"].startswith("killed") and received
+
+
+async def test_output_ranges_and_a_forwarded_submit(nodes):
+    """A submit forwarded to B runs there and answers its pid; its output read by ranges matches B's file."""
+    a, b, b_url, token = nodes
+    with trio.fail_after(HANG_GUARD_S):
+        async with Peer(b_url, token) as peer:
+            [pid] = await peer.submit(["name=forwarded model=sim max_tokens=30"], CALLER)
+            assert await peer.wait(int(pid), CALLER) == "done\n"
+            output = await cat(b.path("tasks", pid, "output"))
+            assert await peer.output(int(pid), CALLER) == output and output
+            assert await peer.output(int(pid), CALLER, 3, 5) == output[3:8]
+            assert await peer.output(int(pid), CALLER, len(output)) == b""
+    assert b.status(int(pid))["Name"] == "forwarded"
+
+
+async def test_refusals_come_back_as_the_same_errors(nodes):
+    """B's refusals reach A's client as the same classes and errnos, with B's reasons."""
+    a, b, b_url, token = nodes
+    async with Peer(b_url, token) as peer:
+        with pytest.raises(NotFound) as unknown:
+            await peer.status(99999, CALLER)
+        with pytest.raises(Invalid) as bad:
+            await peer.submit(["name=x model=sim max_tokens=-3"], CALLER)
+        with pytest.raises(Invalid):
+            await peer.ctl(b.submit("short 5 5"), ["warp 9"], CALLER)
+    assert unknown.value.errno == errno.ENOENT and "99999" in unknown.value.reason
+    assert bad.value.errno == errno.EINVAL and "max_tokens" in bad.value.reason
+
+
+async def test_a_wrong_or_missing_token_is_refused_with_401(nodes):
+    """Without B's token the request is refused with 401, which the client gives as PeerRefused (EACCES)."""
+    a, b, b_url, token = nodes
+    pid = b.submit("short 5 5")
+    async with Peer(b_url, b"not-the-token") as peer:
+        with pytest.raises(PeerRefused) as refused:
+            await peer.status(pid, CALLER)
+    async with httpx.AsyncClient() as http:
+        bare = await http.get(f"{b_url}/v1/tasks/{pid}/status")
+    assert refused.value.errno == errno.EACCES and "token" in refused.value.reason
+    assert bare.status_code == 401 and b"Name" not in bare.content
+
+
+@pytest.mark.slow
+async def test_heartbeats_keep_a_silent_stream_open_and_a_stopped_peer_ends_it(nodes):
+    """A stream of a task stopped (through ctl) stays open on heartbeats past the idle timeout; once
+    B itself is stopped (SIGSTOP), the read fails with PeerDown instead of hanging."""
+    a, b, b_url, token = nodes
+    pid = b.submit(LONG_TASK)
+    outcome = {}
+
+    async def read_to_end(chunks):
+        try:
+            async for _ in chunks:
+                pass
+            outcome["ended"] = True
+        except PeerDown as exc:
+            outcome["down"] = exc
+
+    with trio.fail_after(HANG_GUARD_S):
+        async with Peer(b_url, token, idle_timeout=3 * HEARTBEAT_S) as peer, peer.stream(pid, CALLER) as chunks:
+            await chunks.__anext__()
+            assert await peer.ctl(pid, ["stop"], CALLER) == ["ok"]
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(read_to_end, chunks)
+                    await trio.sleep(2 * peer.idle_timeout)
+                    assert not outcome  # still open: neither ended nor failed
+                    os.kill(b.proc.pid, signal.SIGSTOP)
+            finally:
+                os.kill(b.proc.pid, signal.SIGCONT)
+    assert outcome["down"].errno == errno.EHOSTDOWN and "silent" in outcome["down"].reason
+
+
+async def test_a_killed_peer_gives_ehostdown(nodes):
+    """kill -9 of B ends A's stream of B's task and later requests with PeerDown (EHOSTDOWN)."""
+    a, b, b_url, token = nodes
+    pid = b.submit(LONG_TASK)
+    with trio.fail_after(HANG_GUARD_S):
+        async with Peer(b_url, token) as peer:
+            async with peer.stream(pid, CALLER) as chunks:
+                await chunks.__anext__()
+                b.kill9()
+                with pytest.raises(PeerDown) as during:
+                    async for _ in chunks:
+                        pass
+            with pytest.raises(PeerDown) as after:
+                await peer.status(pid, CALLER)
+    assert during.value.errno == after.value.errno == errno.EHOSTDOWN
+    assert "cannot connect" in after.value.reason
+
+
+def test_a_world_readable_token_file_stops_the_start(tmp_path, monkeypatch):
+    """A daemon asked to serve peers with a token file every user may read refuses to start, saying why."""
+    path = token_file(tmp_path, b"open-secret", mode=0o644)
+    with pytest.raises(RuntimeError, match="readable by every user"):
+        start_node(tmp_path, "c", path, monkeypatch)
