@@ -13,7 +13,8 @@ import trio
 
 from apeinxfs.cluster.peer_client import Peer
 from apeinxfs.cluster.peer_wire import HEARTBEAT_S, PeerDown, PeerRefused
-from apeinxfs.kernel.errors import Invalid, NotFound
+from apeinxfs.cluster.peer_wire import encode_caller
+from apeinxfs.kernel.errors import Denied, Hidden, Invalid, NotFound
 from apeinxfs.nodes.base import Caller
 from daemon import Daemon, sim_config
 
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.mount
 SLOW_CONFIG = sim_config(20)  # 50 tokens a second: a long task streams for minutes
 LONG_TASK = "long 5000 5"
 CALLER = Caller(uid=os.getuid(), gid=os.getgid(), pid=os.getpid())
+CALLER_JSON = encode_caller(CALLER)
 HANG_GUARD_S = 60  # far past every timeout: reaching it means something hangs
 
 
@@ -113,17 +115,39 @@ async def test_refusals_come_back_as_the_same_errors(nodes):
     assert bad.value.errno == errno.EINVAL and "max_tokens" in bad.value.reason
 
 
-async def test_a_wrong_or_missing_token_is_refused_with_401(nodes):
-    """Without B's token the request is refused with 401, which the client gives as PeerRefused (EACCES)."""
+async def test_the_peer_checks_the_caller_as_its_mount_does(nodes):
+    """Another tenant's caller does not see B's task (Hidden, ENOENT); a viewer may not submit there (EACCES)."""
     a, b, b_url, token = nodes
     pid = b.submit("short 5 5")
-    async with Peer(b_url, b"not-the-token") as peer:
-        with pytest.raises(PeerRefused) as refused:
-            await peer.status(pid, CALLER)
-    async with httpx.AsyncClient() as http:
-        bare = await http.get(f"{b_url}/v1/tasks/{pid}/status")
-    assert refused.value.errno == errno.EACCES and "token" in refused.value.reason
-    assert bare.status_code == 401 and b"Name" not in bare.content
+    outsider = Caller(uid=4242, gid=4242, pid=1, role="user", tenant="other")
+    viewer = Caller(uid=4243, gid=4243, pid=1, role="viewer", tenant="default")
+    async with Peer(b_url, token) as peer:
+        with pytest.raises(Hidden):
+            await peer.status(pid, outsider)
+        with pytest.raises(Denied):
+            await peer.submit(["short 5 5"], viewer)
+    assert "4243" in (await cat(b.path("trace", "audit"))).decode()
+
+
+NOT_SERVED = [  # (method, path, headers besides the token, the status expected)
+    ("GET", "/v1/trace/events", {"apeinx-caller": CALLER_JSON}, 404),
+    ("GET", "/v1/tasks/1/prompt", {"apeinx-caller": CALLER_JSON}, 404),
+    ("POST", "/v1/tasks/1/status", {"apeinx-caller": CALLER_JSON}, 400),
+    ("GET", "/v1/ctl/submit", {"apeinx-caller": CALLER_JSON}, 400),
+    ("DELETE", "/v1/tasks/1/status", {"apeinx-caller": CALLER_JSON}, 400),
+    ("GET", "/v1/tasks/1/status", {}, 400),
+    ("GET", "/v1/tasks/1/output", {"apeinx-caller": CALLER_JSON, "range": "bytes=-3"}, 400),
+]
+
+
+async def test_what_the_peer_server_does_not_serve(nodes):
+    """Files outside the peer endpoints, wrong methods, a missing caller or a bad range are refused with an error record."""
+    a, b, b_url, token = nodes
+    b.submit("short 5 5")
+    async with httpx.AsyncClient(headers={"authorization": f"Bearer {token.decode()}"}) as http:
+        for method, path, headers, status in NOT_SERVED:
+            answer = await http.request(method, b_url + path, headers=headers)
+            assert (answer.status_code, answer.json()["errno"] in (errno.ENOENT, errno.EINVAL)) == (status, True), path
 
 
 @pytest.mark.slow

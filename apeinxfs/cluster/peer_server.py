@@ -75,10 +75,6 @@ def from_test_hook() -> Listening | None:
     return prepare(advertise, token_file) if advertise and token_file else None
 
 
-class Unauthorized(Exception):
-    """The request had no token, or a wrong one."""
-
-
 class PeerServer:
     """Serves this node's tree (a nodes.tree.Tree) to peers; `serve` runs it until cancelled."""
 
@@ -109,27 +105,37 @@ class PeerServer:
             await stream.aclose()
 
     async def exchange(self, conn: h11.Connection, stream) -> bool:
-        """One request and its response; whether the connection may carry another."""
+        """One request and its response; whether the connection may carry another. A request
+        without the token is refused before its body is read."""
         request = body = None
         with trio.move_on_after(REQUEST_S) as slow:
             request = await receive(conn, stream)
-            if isinstance(request, h11.Request):
+            if isinstance(request, h11.Request) and self.authorized(request):
                 body = await read_body(conn, stream)
         if not isinstance(request, h11.Request):  # closed, or kept alive idle past REQUEST_S
             return False
-        if body is None:  # too slow or too large: answered, then closed
-            await send_simple(conn, stream, 408 if slow.cancelled_caught else 413, b"", [("connection", "close")])
+        if body is None:  # unauthorized, too slow or too large: answered, then closed
+            await self.refuse(conn, stream, request, slow.cancelled_caught)
             return False
         await self.answer(conn, stream, request, body)
         return conn.our_state is h11.DONE
+
+    def authorized(self, request: h11.Request) -> bool:
+        """Whether the request carries the token (compared in constant time)."""
+        return hmac.compare_digest(dict(request.headers).get(b"authorization", b""), self.expected)
+
+    async def refuse(self, conn, stream, request: h11.Request, slow: bool) -> None:
+        close = [("connection", "close")]
+        if not self.authorized(request):
+            _, record = encode_error(PeerRefused("missing or wrong token: the nodes' token files differ"))
+            await send_simple(conn, stream, 401, record, [("www-authenticate", "Bearer"), *close])
+        else:
+            await send_simple(conn, stream, 408 if slow else 413, b"", close)
 
     async def answer(self, conn, stream, request: h11.Request, body: bytes) -> None:
         """Serve `request`, or send its refusal while no response has started."""
         try:
             await self.dispatch(conn, stream, request, body)
-        except Unauthorized:
-            _, record = encode_error(PeerRefused("missing or wrong token: the nodes' token files differ"))
-            await send_simple(conn, stream, 401, record, [("www-authenticate", "Bearer")])
         except ApeinxError as exc:
             if conn.our_state is not h11.SEND_RESPONSE:
                 raise
@@ -137,14 +143,14 @@ class PeerServer:
 
     async def dispatch(self, conn, stream, request: h11.Request, body: bytes) -> None:
         headers = dict(request.headers)
-        if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
-            raise Unauthorized()
         caller = decode_caller(headers[CALLER_HEADER.encode()].decode("latin-1")
                                if CALLER_HEADER.encode() in headers else None)
         target = urllib.parse.urlsplit(request.target.decode("ascii", "replace"))
         path = target.path.removeprefix(PREFIX)
         if not target.path.startswith(PREFIX) or not PATHS.fullmatch(path):
             raise NotFound(f"no peer endpoint {target.path!r}")
+        if request.method not in (b"GET", b"POST"):
+            raise Invalid(f"method {request.method.decode('latin-1')!r}: peers use GET and POST")
         node = self.resolve(path, caller, os.W_OK if request.method == b"POST" else os.R_OK)
         if (request.method == b"POST") != isinstance(node, Command):
             raise Invalid(f"{request.method.decode()} of {path}: use {'POST' if isinstance(node, Command) else 'GET'}")
