@@ -10,26 +10,21 @@ this process (open, read to EOF, close). Medians are printed, raw and as ratios.
 to watch, with no target (not in bench/run): both sides are Python on the same 2 CPUs.
 """
 import os
-import socket
 import sys
 import tempfile
 import time
 
 import trio
 
+from bench_etcd import cpu_seconds
 from common import ROUNDS, SECONDS, make_daemon, median, rate, read_all, sim_config
+from engines import free_port
 
 from apeinxfs.cluster.peer_client import Peer
 from apeinxfs.nodes.base import Caller
 
 CALLER = Caller(uid=os.getuid(), gid=os.getgid(), pid=os.getpid())
 TOKEN = b"bench-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def peer_rate(url: str, action, workers: int) -> float:
@@ -79,13 +74,6 @@ def report(rates: dict, stream_bytes: int) -> None:
               + " ".join(f"{value:,.0f}" for value in found))
     for name in ("stream fuse", "stream peer"):
         print(f"{name}: {median(rates[name]) * stream_bytes / 1e6:,.1f} MB/s of a {stream_bytes:,}-byte stream")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of process `pid` so far (from /proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as file:
-        fields = file.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_per_request(daemon, pid: int, url: str) -> tuple[float, float]:

@@ -5,18 +5,17 @@ same errors, B's bytes as `cat` reads them on B, and PeerDown, never a hang, onc
 import errno
 import os
 import signal
-import socket
 
 import httpx
 import pytest
 import trio
 
 from apeinxfs.cluster.peer_client import Peer
-from apeinxfs.cluster.peer_wire import HEARTBEAT_S, PeerDown, PeerRefused
-from apeinxfs.cluster.peer_wire import encode_caller
+from apeinxfs.cluster.peer_wire import HEARTBEAT_S, PeerDown, PeerRefused, encode_caller
 from apeinxfs.kernel.errors import Denied, Hidden, Invalid, NotFound
 from apeinxfs.nodes.base import Caller
 from daemon import Daemon, sim_config
+from engines import free_port
 
 pytestmark = pytest.mark.mount
 SLOW_CONFIG = sim_config(20)  # 50 tokens a second: a long task streams for minutes
@@ -24,12 +23,6 @@ LONG_TASK = "long 5000 5"
 CALLER = Caller(uid=os.getuid(), gid=os.getgid(), pid=os.getpid())
 CALLER_JSON = encode_caller(CALLER)
 HANG_GUARD_S = 60  # far past every timeout: reaching it means something hangs
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def token_file(directory, token: bytes, mode: int = 0o600) -> str:
@@ -50,14 +43,14 @@ def start_node(root, name: str, token_path: str, monkeypatch) -> tuple[Daemon, s
 
 @pytest.fixture
 def nodes(tmp_path, monkeypatch):
-    """Daemons A and B, each with a peer server sharing one token; yields (a, b, b's URL, token)."""
+    """Daemons A and B, each with a peer server sharing one token; yields (a, a's URL, b, b's URL, token)."""
     token = b"s3cret-" + os.urandom(8).hex().encode()
     path = token_file(tmp_path, token)
-    a, _ = start_node(tmp_path, "a", path, monkeypatch)
+    a, a_url = start_node(tmp_path, "a", path, monkeypatch)
     try:
         b, b_url = start_node(tmp_path, "b", path, monkeypatch)
         try:
-            yield a, b, b_url, token
+            yield a, a_url, b, b_url, token
         finally:
             b.stop()
     finally:
@@ -71,7 +64,7 @@ async def cat(path: str) -> bytes:
 async def test_a_live_stream_from_another_node_is_what_cat_reads_there(nodes):
     """Stream a task running on B from A's client while it runs, kill it through the client, and
     get exactly the bytes `cat` reads from B's stream, the same status text and the same wait line."""
-    a, b, b_url, token = nodes
+    a, a_url, b, b_url, token = nodes
     pid = b.submit(LONG_TASK)
     received = bytearray()
     with trio.fail_after(HANG_GUARD_S):
@@ -87,23 +80,25 @@ async def test_a_live_stream_from_another_node_is_what_cat_reads_there(nodes):
     assert b.status(pid)["Exit"].startswith("killed") and received
 
 
-async def test_output_ranges_and_a_forwarded_submit(nodes):
-    """A submit forwarded to B runs there and answers its pid; its output read by ranges matches B's file."""
-    a, b, b_url, token = nodes
+async def test_output_ranges_and_forwarded_submits(nodes):
+    """Submits forwarded to A and to B each run on the node asked and answer its pid; the output read
+    by ranges matches that node's file."""
+    a, a_url, b, b_url, token = nodes
     with trio.fail_after(HANG_GUARD_S):
-        async with Peer(b_url, token) as peer:
-            [pid] = await peer.submit(["name=forwarded model=sim max_tokens=30"], CALLER)
-            assert await peer.wait(int(pid), CALLER) == "done\n"
+        async with Peer(a_url, token) as peer_a, Peer(b_url, token) as peer_b:
+            [on_a] = await peer_a.submit(["name=on-a model=sim max_tokens=3"], CALLER)
+            [pid] = await peer_b.submit(["name=forwarded model=sim max_tokens=30"], CALLER)
+            assert await peer_b.wait(int(pid), CALLER) == "done\n"
             output = await cat(b.path("tasks", pid, "output"))
-            assert await peer.output(int(pid), CALLER) == output and output
-            assert await peer.output(int(pid), CALLER, 3, 5) == output[3:8]
-            assert await peer.output(int(pid), CALLER, len(output)) == b""
-    assert b.status(int(pid))["Name"] == "forwarded"
+            assert await peer_b.output(int(pid), CALLER) == output and output
+            assert await peer_b.output(int(pid), CALLER, 3, 5) == output[3:8]
+            assert await peer_b.output(int(pid), CALLER, len(output)) == b""
+    assert b.status(int(pid))["Name"] == "forwarded" and a.status(int(on_a))["Name"] == "on-a"
 
 
 async def test_refusals_come_back_as_the_same_errors(nodes):
     """B's refusals reach A's client as the same classes and errnos, with B's reasons."""
-    a, b, b_url, token = nodes
+    a, a_url, b, b_url, token = nodes
     async with Peer(b_url, token) as peer:
         with pytest.raises(NotFound) as unknown:
             await peer.status(99999, CALLER)
@@ -117,7 +112,7 @@ async def test_refusals_come_back_as_the_same_errors(nodes):
 
 async def test_the_peer_checks_the_caller_as_its_mount_does(nodes):
     """Another tenant's caller does not see B's task (Hidden, ENOENT); a viewer may not submit there (EACCES)."""
-    a, b, b_url, token = nodes
+    a, a_url, b, b_url, token = nodes
     pid = b.submit("short 5 5")
     outsider = Caller(uid=4242, gid=4242, pid=1, role="user", tenant="other")
     viewer = Caller(uid=4243, gid=4243, pid=1, role="viewer", tenant="default")
@@ -142,7 +137,7 @@ NOT_SERVED = [  # (method, path, headers besides the token, the status expected)
 
 async def test_what_the_peer_server_does_not_serve(nodes):
     """Files outside the peer endpoints, wrong methods, a missing caller or a bad range are refused with an error record."""
-    a, b, b_url, token = nodes
+    a, a_url, b, b_url, token = nodes
     b.submit("short 5 5")
     async with httpx.AsyncClient(headers={"authorization": f"Bearer {token.decode()}"}) as http:
         for method, path, headers, status in NOT_SERVED:
@@ -150,11 +145,24 @@ async def test_what_the_peer_server_does_not_serve(nodes):
             assert (answer.status_code, answer.json()["errno"] in (errno.ENOENT, errno.EINVAL)) == (status, True), path
 
 
+async def test_a_wrong_or_missing_token_is_refused_with_401(nodes):
+    """Without B's token the request is refused with 401, which the client gives as PeerRefused (EACCES)."""
+    a, a_url, b, b_url, token = nodes
+    pid = b.submit("short 5 5")
+    async with Peer(b_url, b"not-the-token") as peer:
+        with pytest.raises(PeerRefused) as refused:
+            await peer.status(pid, CALLER)
+    async with httpx.AsyncClient() as http:
+        bare = await http.get(f"{b_url}/v1/tasks/{pid}/status", headers={"apeinx-caller": CALLER_JSON})
+    assert refused.value.errno == errno.EACCES and "token" in refused.value.reason
+    assert bare.status_code == 401 and b"Name" not in bare.content
+
+
 @pytest.mark.slow
 async def test_heartbeats_keep_a_silent_stream_open_and_a_stopped_peer_ends_it(nodes):
     """A stream of a task stopped (through ctl) stays open on heartbeats past the idle timeout; once
     B itself is stopped (SIGSTOP), the read fails with PeerDown instead of hanging."""
-    a, b, b_url, token = nodes
+    a, a_url, b, b_url, token = nodes
     pid = b.submit(LONG_TASK)
     outcome = {}
 
@@ -183,7 +191,7 @@ async def test_heartbeats_keep_a_silent_stream_open_and_a_stopped_peer_ends_it(n
 
 async def test_a_killed_peer_gives_ehostdown(nodes):
     """kill -9 of B ends A's stream of B's task and later requests with PeerDown (EHOSTDOWN)."""
-    a, b, b_url, token = nodes
+    a, a_url, b, b_url, token = nodes
     pid = b.submit(LONG_TASK)
     with trio.fail_after(HANG_GUARD_S):
         async with Peer(b_url, token) as peer:
