@@ -103,9 +103,11 @@ def test_the_token_is_read_stripped_from_a_private_file(tmp_path):
 
 
 @pytest.mark.parametrize("mode, content, reason", [(0o644, b"s3cret", "readable by every user (mode 0644)"),
-                                                   (0o600, b" \n", "empty")])
-def test_a_token_file_every_user_reads_or_an_empty_one_is_refused(tmp_path, mode, content, reason):
-    """A world-readable or empty token file is refused with the reason."""
+                                                   (0o600, b" \n", "empty"),
+                                                   (0o600, b"two words", "printable ASCII without spaces"),
+                                                   (0o600, "s\u00e9cret".encode(), "printable ASCII without spaces")])
+def test_a_token_file_every_user_reads_or_a_bad_token_is_refused(tmp_path, mode, content, reason):
+    """A world-readable token file, or an empty token or one that cannot go in a header, is refused with the reason."""
     path = tmp_path / "token"
     path.write_bytes(content)
     os.chmod(path, mode)

@@ -177,7 +177,7 @@ class PeerServer:
         if isinstance(node, Show):
             await send_simple(conn, stream, 200, self.tree.render(node), TEXT)
         elif isinstance(node, Log):
-            await send_range(conn, stream, bytes(node.source()), dict(request.headers).get(b"range"))
+            await send_range(conn, stream, node.source(), dict(request.headers).get(b"range"))
         elif isinstance(node, Blocking):
             await self.follow(conn, stream, node, parse_int(query.get("offset", ["0"])[0], "offset"))
         else:
@@ -239,14 +239,15 @@ async def send_simple(conn, stream, status: int, body: bytes, headers=()) -> Non
     await send(conn, stream, h11.EndOfMessage())
 
 
-async def send_range(conn, stream, data: bytes, wanted: bytes | None) -> None:
-    """All of `data`, or the range asked for: 206 with Content-Range, 416 past its end."""
+async def send_range(conn, stream, source, wanted: bytes | None) -> None:
+    """All of the buffer `source`, or the range asked for: 206 with Content-Range, 416 past its end."""
+    total = len(source)
     if wanted is None:
-        return await send_simple(conn, stream, 200, data)
-    start, end = byte_range(wanted.decode("latin-1"), len(data))
-    if start >= len(data):
-        return await send_simple(conn, stream, 416, b"", [("content-range", f"bytes */{len(data)}")])
-    await send_simple(conn, stream, 206, data[start:end + 1], [("content-range", f"bytes {start}-{end}/{len(data)}")])
+        return await send_simple(conn, stream, 200, bytes(source))
+    start, end = byte_range(wanted.decode("latin-1"), total)
+    if start >= total:
+        return await send_simple(conn, stream, 416, b"", [("content-range", f"bytes */{total}")])
+    await send_simple(conn, stream, 206, bytes(source[start:end + 1]), [("content-range", f"bytes {start}-{end}/{total}")])
 
 
 def byte_range(text: str, total: int) -> tuple[int, int]:

@@ -14,6 +14,7 @@ Not the server (peer_server.py) nor the client (peer_client.py).
 import errno
 import json
 import os
+import re
 import stat
 
 from ..kernel.access import RANKS
@@ -25,6 +26,7 @@ HEARTBEAT_S = 2.0  # a blocked stream or wait sends a heartbeat frame after this
 FRAME_MAX = 1 << 16  # the most bytes of a file one data frame carries
 HEARTBEAT = b".\n"
 CALLER_HEADER = "apeinx-caller"
+TOKEN_BYTES = re.compile(rb"[\x21-\x7e]+")
 STATUS_OF_ERRNO = {errno.EINVAL: 400, errno.EACCES: 403, errno.EPERM: 403, errno.EDQUOT: 403, errno.ENOENT: 404,
                    errno.EBUSY: 409, errno.EEXIST: 409, errno.EAGAIN: 503}
 
@@ -157,6 +159,8 @@ def read_token(path: str) -> bytes:
                       f"chmod o-r it, as it lets its reader act for any user on every node")
     if not token:
         raise Invalid(f"token file {path} is empty")
+    if not TOKEN_BYTES.fullmatch(token):
+        raise Invalid(f"token file {path}: the token must be printable ASCII without spaces (it goes in a header)")
     return token
 
 
