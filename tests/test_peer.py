@@ -6,22 +6,30 @@ import errno
 import os
 import signal
 
+import types
+
 import httpx
+import pyfuse3
 import pytest
 import trio
 
 from apeinxfs.cluster.peer_client import Peer
 from apeinxfs.cluster.peer_wire import HEARTBEAT_S, PeerDown, PeerRefused, encode_caller
 from apeinxfs.kernel.errors import Denied, Hidden, Invalid, NotFound
+from apeinxfs.fs import Operations
 from apeinxfs.nodes.base import Caller
+from apeinxfs.nodes.remote import remote_file
+from apeinxfs.nodes.tree import Tree
 from daemon import Daemon, sim_config
 from engines import free_port
+from test_journal_runtime import open_runtime
 
 pytestmark = pytest.mark.mount
 SLOW_CONFIG = sim_config(20)  # 50 tokens a second: a long task streams for minutes
 LONG_TASK = "long 5000 5"
 CALLER = Caller(uid=os.getuid(), gid=os.getgid(), pid=os.getpid())
 CALLER_JSON = encode_caller(CALLER)
+ROOT_CTX = types.SimpleNamespace(uid=os.getuid(), gid=os.getgid(), pid=os.getpid(), umask=0o022)  # pyfuse3's ctx
 HANG_GUARD_S = 60  # far past every timeout: reaching it means something hangs
 
 
@@ -205,6 +213,57 @@ async def test_a_killed_peer_gives_ehostdown(nodes):
                 await peer.status(pid, CALLER)
     assert during.value.errno == after.value.errno == errno.EHOSTDOWN
     assert "cannot connect" in after.value.reason
+
+
+REMOTE_INODE = 900_000  # a free inode of the in-process tree, for the remote files
+
+
+async def open_remote(ops, node) -> int:
+    """Open `node`, put in the tree at a free inode, through the FUSE adapter; its file handle."""
+    node.inode = REMOTE_INODE + len(ops.tree.static)
+    ops.tree.static[node.inode] = node
+    return (await ops.open(node.inode, os.O_RDONLY, ROOT_CTX)).fh
+
+
+async def read_from(ops, fh: int, offset: int) -> bytes:
+    """Read through the adapter from `offset` to the end, 4 KiB at a time."""
+    data = b""
+    while chunk := await ops.read(fh, offset + len(data), 4096):
+        data += chunk
+    return data
+
+
+async def test_a_fuse_read_of_a_remote_task_is_served_through_the_peer(nodes, tmp_path):
+    """The FUSE adapter of a node without the task (in process) reads B's task through remote files:
+    status, output and a live stream give what `cat` reads on B; a blocked remote wait admitted as a
+    reader ends with EINTR when its reader is interrupted, as Ctrl-C ends a local one."""
+    a, a_url, b, b_url, token = nodes
+    pid, silent = b.submit(LONG_TASK), b.submit(LONG_TASK)
+    with open_runtime(tmp_path) as runtime, trio.fail_after(HANG_GUARD_S):
+        ops = Operations(Tree(runtime))
+        async with Peer(b_url, token) as peer:
+            fhs = {name: await open_remote(ops, remote_file(peer, pid, name)) for name in ("status", "output", "stream")}
+            first = await ops.read(fhs["stream"], 0, 4096)
+            assert b.status(pid)["State"] == "R (running)" and first
+            await peer.kill([pid], CALLER)
+            streamed = first + await read_from(ops, fhs["stream"], len(first))
+            assert streamed == await cat(b.path("tasks", str(pid), "stream"))
+            assert await read_from(ops, fhs["output"], 0) == await cat(b.path("tasks", str(pid), "output"))
+            assert await read_from(ops, fhs["status"], 0) == await cat(b.path("tasks", str(pid), "status"))
+            wait, ended = await open_remote(ops, remote_file(peer, silent, "wait")), {}
+
+            async def read_wait():
+                try:
+                    ended["read"] = await ops.read(wait, 0, 100)
+                except pyfuse3.FUSEError as exc:
+                    ended["errno"] = exc.errno
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_wait)
+                while not ops.rt.readers.blocked:
+                    await trio.sleep(0.01)
+                next(iter(ops.rt.readers.blocked)).interrupt()
+            await peer.kill([silent], CALLER)
+    assert ended == {"errno": errno.EINTR}
 
 
 def test_a_world_readable_token_file_stops_the_start(tmp_path, monkeypatch):
