@@ -5,6 +5,7 @@ same errors, B's bytes as `cat` reads them on B, and PeerDown, never a hang, onc
 import errno
 import os
 import signal
+import socket
 
 import types
 
@@ -271,3 +272,12 @@ def test_a_world_readable_token_file_stops_the_start(tmp_path, monkeypatch):
     path = token_file(tmp_path, b"open-secret", mode=0o644)
     with pytest.raises(RuntimeError, match="readable by every user"):
         start_node(tmp_path, "c", path, monkeypatch)
+
+
+def test_an_address_in_use_stops_the_start(tmp_path, monkeypatch):
+    """A daemon whose peer address is taken refuses to start, saying it cannot listen there."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        monkeypatch.setenv("APEINXFS_PEER_ADVERTISE", f"127.0.0.1:{taken.getsockname()[1]}")
+        monkeypatch.setenv("APEINXFS_PEER_TOKEN_FILE", token_file(tmp_path, b"s3cret"))
+        with pytest.raises(RuntimeError, match="cannot listen on 127.0.0.1"):
+            Daemon(tmp_path / "ai", tmp_path / "state", SLOW_CONFIG).start()

@@ -39,7 +39,9 @@ class Peer:
         self.url = url.rstrip("/")
         self.timeout, self.idle_timeout = timeout, idle_timeout
         self.follow_timeout = httpx.Timeout(idle_timeout, connect=connect_timeout)
+        # No cap on connections (each open stream or wait holds one; the peer caps its blocked readers).
         self.http = httpx.AsyncClient(base_url=self.url + "/v1/", trust_env=False,
+                                      limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
                                       headers={"authorization": "Bearer " + token.decode()},
                                       timeout=httpx.Timeout(timeout, connect=connect_timeout))
 
@@ -137,7 +139,7 @@ class Peer:
             yield
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise PeerDown(f"peer {self.url}: cannot connect: {exc or type(exc).__name__}") from None
-        except httpx.ReadTimeout:
+        except httpx.TimeoutException:
             raise PeerDown(f"peer {self.url}: silent for {seconds:g}s during {what}") from None
         except httpx.TransportError as exc:
             raise PeerDown(f"peer {self.url}: connection lost during {what}: {exc or type(exc).__name__}") from None
