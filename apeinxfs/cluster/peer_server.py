@@ -100,9 +100,12 @@ class PeerServer:
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             pass
         except Exception as exc:
-            self.bug_log.log("peer", logging.ERROR, "bug serving a peer: %s: %r", type(exc).__name__, str(exc)[:200])
+            self.log_bug(exc)
         finally:
             await stream.aclose()
+
+    def log_bug(self, exc: Exception) -> None:
+        self.bug_log.log("peer", logging.ERROR, "bug serving a peer: %s: %r", type(exc).__name__, str(exc)[:200])
 
     async def exchange(self, conn: h11.Connection, stream) -> bool:
         """One request and its response; whether the connection may carry another. A request
@@ -133,13 +136,19 @@ class PeerServer:
             await send_simple(conn, stream, 408 if slow else 413, b"", close)
 
     async def answer(self, conn, stream, request: h11.Request, body: bytes) -> None:
-        """Serve `request`, or send its refusal while no response has started."""
+        """Serve `request`, or send its refusal while no response has started (a bug: EIO, as
+        the FUSE boundary answers one)."""
         try:
             await self.dispatch(conn, stream, request, body)
         except ApeinxError as exc:
             if conn.our_state is not h11.SEND_RESPONSE:
                 raise
             await send_simple(conn, stream, *encode_error(exc))
+        except Exception as exc:
+            if conn.our_state is not h11.SEND_RESPONSE:
+                raise
+            self.log_bug(exc)
+            await send_simple(conn, stream, *encode_error(ApeinxError("internal error in the peer daemon (logged)")))
 
     async def dispatch(self, conn, stream, request: h11.Request, body: bytes) -> None:
         headers = dict(request.headers)
