@@ -138,9 +138,10 @@ class Moves:
             if self.engines.is_down(task.model):  # it waits out of the queue (engines.py)
                 self.engines.stall(task)
                 continue
-            index = self.kv.seat(task, open_gpus)  # KV pages where most prefix hits, then most room
+            gpus = self.engines.where(task.model, open_gpus)  # its endpoints' GPUs that are up (engines.py)
+            index = self.kv.seat(task, gpus)  # KV pages where most prefix hits, then most room
             if index is None:
-                return True
+                return bool(gpus)  # KV stopped it, or no slot is open where it may run
             gpu = self.gpus[index]
             self._dispatch(task, gpu)
             if not gpu.open:
