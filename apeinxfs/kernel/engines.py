@@ -77,8 +77,9 @@ class EngineWatch:
         self.book, self._models, self._tasks, self._host = EngineBook(), models, tasks, host
         self.kv_reports = KVReports(kv, models, host)  # what each engine says it holds in KV (kvreport.py)
 
-    def is_down(self, model: str) -> bool:
-        return model in self.book.down
+    def is_down(self, model: str, gpus: tuple[int, ...] = ()) -> bool:
+        """Whether the model's engine is down (all its endpoints); with `gpus`, its endpoint on those."""
+        return gpus in self.book.parts.get(model, {}) if gpus else model in self.book.down
 
     @property
     def down(self) -> KeysView[str]:
