@@ -112,7 +112,8 @@ def test_one_endpoint_down_sends_new_tasks_to_the_other_and_all_down_stalls():
     assert "llm at gpus=1 down: unreachable: refused; no task of llm is placed there" in d.lines("engine")[-1]
     assert not d.kernel.engines.is_down("llm")
     d.apply(EngineHealth(model="llm", up=False, reason="unreachable: reset", gpus=(0,)), SECOND)
-    assert d.kernel.engines.is_down("llm") and "llm down: every endpoint down; unreachable: reset" in d.lines("engine")[-1]
+    assert d.kernel.engines.is_down("llm")
+    assert "llm down: every endpoint down; unreachable: reset" in d.lines("engine")[-1]
     stalled = d.submit(now_us=SECOND)
     assert d.kernel.engines.waiting("llm") == 1
     d.apply(EngineHealth(model="llm", up=True, gpus=(1,)), 3 * SECOND)

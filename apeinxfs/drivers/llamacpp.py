@@ -88,7 +88,8 @@ class Options:
     def of(cls, model) -> "Options":
         options = {"n_ctx": model.context, **model.options}
         if getattr(model, "endpoints", ()):
-            raise Invalid(f"model {model.name}: the llamacpp driver runs llama.cpp in the daemon: it takes no endpoints")
+            raise Invalid(f"model {model.name}: the llamacpp driver runs llama.cpp in the daemon: "
+                          "it takes no endpoints")
         if "model_path" not in options:
             raise Invalid(f"model {model.name}: the llamacpp driver needs options.model_path")
         try:

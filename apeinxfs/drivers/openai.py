@@ -145,7 +145,8 @@ class OpenAIDriver:
     endpoint = Endpoint
 
     def __init__(self, models: dict):
-        self.endpoints = {name: self.endpoint.by_gpus(model) for name, model in models.items()}  # name -> {gpus: Endpoint}
+        # name -> {gpus: Endpoint}: one per endpoint of the model, or {(): its url}
+        self.endpoints = {name: self.endpoint.by_gpus(model) for name, model in models.items()}
         self.spares = spares.SpareBackend()  # shared by the GPUs: one spare connection per engine, not per GPU
 
     async def serve(self, gpu: int, host) -> None:

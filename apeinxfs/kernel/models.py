@@ -4,7 +4,8 @@ A model is kernel state (admission checks its context, KV pages come from its sh
 adding or removing one is a journaled event like a tenant's: it survives restarts, and
 replay rebuilds it. `Models` is a read-only mapping of name -> ModelConfig whose only
 changes are `add` and `remove`, each after its check; the first configured model is the
-default. A model's endpoints are bound to GPUs the node has (endpoints.py). Which engine runs a model is the daemon's business (runtime.py starts and stops
+default; a model's endpoints are bound to GPUs the node has (endpoints.py). Which engine runs a
+model is the daemon's business (runtime.py starts and stops
 drivers as `("models")` changes); engine outages are engines.py's.
 """
 from __future__ import annotations

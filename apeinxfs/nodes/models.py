@@ -1,10 +1,11 @@
 """/models/NAME/{status,config,engine} and /ctl/models: models as directories, added and removed live.
 
 `status` is the model's engine state (ready, starting, unreachable, failed: what its
-driver's checks found, drivers/enginestate.py; for a model with endpoints, each one's too) and live use, `config` its configuration; `engine` shows the last
+driver's checks found, drivers/enginestate.py; for a model with endpoints, each one's
+too) and live use, `config` its configuration; `engine` shows the last
 scrape of the model's engine (drivers/scrape.py, kept on the Runtime, not in the kernel):
-flat keyed, `-` where the engine does not say, and `source none` for a model whose driver
-reads no engine metrics (sim). /ctl/models adds (`SetModel`) and removes (`RemoveModel`)
+flat keyed, `-` where the engine does not say (a model's endpoints together: drivers/metrics.py
+`together`), and `source none` for a model whose driver reads no engine metrics (sim). /ctl/models adds (`SetModel`) and removes (`RemoveModel`)
 models, admins only; the runtime starts and stops their drivers. Inodes are computed
 (NamedDirs): MODEL_BASE + number * SLOTS + slot.
 """
