@@ -136,7 +136,7 @@ def test_an_engine_reporting_more_kv_than_the_books_holds_its_gpu_until_they_agr
     first = d.submit()
     assert d.gpu(first) == 0
     d.apply(EngineKV(model="llm", gpus=(0,), tokens=200), SECOND)
-    assert d.kernel.kv.held == {0: "engines report 4 KV pages in use, the books 1"}
+    assert d.kernel.kv.held == {0: "engines report 4 KV pages in use on gpus 0, the books 1"}
     assert "no task is placed here until they agree" in d.lines("engine-kv")[-1]
     assert {d.gpu(d.submit()) for _ in range(3)} == {1}
     d.apply(EngineKV(model="llm", gpus=(0,), tokens=60), 2 * SECOND)
@@ -145,8 +145,9 @@ def test_an_engine_reporting_more_kv_than_the_books_holds_its_gpu_until_they_agr
     assert d.replayed().trace.buffer == d.kernel.trace.buffer
 
 
-def test_one_engine_for_every_gpu_spreads_its_report_over_them():
-    """A model without endpoints reports with no GPUs: its pages are spread over every GPU (rounded up)."""
+def test_one_engine_for_every_gpu_is_compared_with_all_their_books():
+    """A model without endpoints reports with no GPUs: its pages are compared with the books of every GPU
+    together (held all, or none), and the pool shows each GPU's share, rounded up."""
     d = Driven(config(endpoints=(), gpus=2))
     d.apply(EngineKV(model="llm", gpus=(), tokens=300))  # 5 pages: 3 on each GPU, whose books hold none
     assert d.kernel.engines.kv_reports.engine_view(0) == (3, 150) and set(d.kernel.kv.held) == {0, 1}
@@ -154,6 +155,19 @@ def test_one_engine_for_every_gpu_spreads_its_report_over_them():
     assert d.kernel.tasks[waiting].state is State.QUEUED
     d.apply(EngineKV(model="llm", gpus=(), tokens=0), SECOND)
     assert not d.kernel.kv.held and d.kernel.tasks[waiting].state is State.RUNNING
+    d.apply(EngineKV(model="llm", gpus=(), tokens=60), 2 * SECOND)  # its 1 page: the task's, on GPU 0
+    assert not d.kernel.kv.held and d.kernel.engines.kv_reports.engine_view(1) == (1, 30)
+
+
+def test_a_tensor_parallel_endpoint_is_compared_with_its_group_and_holds_it_all():
+    """An endpoint on GPUs 0 and 1 reporting more than their books together holds both; one task's page on
+    GPU 0 is enough for a report of one page."""
+    d = Driven(config(endpoints=[{"url": "http://tp", "gpus": [0, 1]}], gpus=3))
+    task = d.submit()
+    d.apply(EngineKV(model="llm", gpus=(0, 1), tokens=64))
+    assert d.gpu(task) == 0 and not d.kernel.kv.held
+    d.apply(EngineKV(model="llm", gpus=(0, 1), tokens=65), SECOND)
+    assert set(d.kernel.kv.held) == {0, 1} and "on gpus 0,1, the books 1" in d.kernel.kv.held[1]
 
 
 def test_removing_a_model_drops_its_reports_and_releases_its_gpus():

@@ -114,7 +114,7 @@ def test_kv_reports_are_journaled_when_their_pages_change_or_the_gpu_is_held(tmp
         rt.report_kv("llm", (0,), 100)  # 2 pages, the books none
         books = pool(tree, 0)
         assert (books["engine_pages"], books["engine_tokens"], books["pages_used"]) == ("2", "100", "0")
-        assert books["held"] == "engines report 2 KV pages in use, the books 0"
+        assert books["held"] == "engines report 2 KV pages in use on gpus 0, the books 0"
         rt.report_kv("llm", (0,), 120)
         assert len(journaled(rt, EngineKV)) == 3
         rt.report_kv("llm", (0,), 0)

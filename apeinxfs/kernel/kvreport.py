@@ -4,22 +4,24 @@ The kernel counts KV pages (memory.py); the engines hold the real caches. A scra
 (llama.cpp's /slots or metrics, vLLM's kv_cache_usage_perc times its cache config, SGLang's
 used tokens: drivers/metrics.py) says how many tokens its KV cache holds, and the daemon
 journals an `EngineKV(model, gpus, tokens)` when the pages they take change (runtime.py). The
-report of an engine on several GPUs (a tensor-parallel group) is spread evenly over them, its
-pages rounded up on each; the one engine of a model without endpoints (gpus empty) is spread
-over every GPU. On each GPU a report covers, the sum of the engines' reports there is compared
-with the books' used pages (tasks' private pages and cached blocks): while the engines report
-more, the GPU is held (`KVManager.held`, which placement honours: no task is placed there), with
-an `engine-kv` trace line when it is held and when it is released. It is decided again at each
-report of that GPU (so a GPU stays held until a report agrees) and when a model is removed.
+pages an engine reports are compared with the books' used pages (tasks' private pages and
+cached blocks) of its GPUs together: one GPU for an endpoint of one GPU, its group for a
+tensor-parallel engine (which shards its KV over the group, while the books hold each task on
+one GPU of it), every GPU for the one engine of a model without endpoints (gpus empty). While
+an engine reports more, its GPUs are held (`KVManager.held`, which placement honours: no task is
+placed there), with an `engine-kv` trace line when one is held and when it is released. It is
+decided again at each report (so a GPU stays held until a report agrees) and when a model is
+removed; the pool file shows each GPU's share of the reports (`engine_view`, rounded up).
 Pure: no I/O, times and values come from the events.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterator
 
 import attrs
 
 from . import events as ev
+from .endpoints import gpus_text
 from .errors import Invalid
 from .kvmem import pages_for
 from .memory import KVManager
@@ -65,14 +67,13 @@ class KVReports:
             return
         gpus = event.gpus or self._every_gpu()
         self.reports[event.model, gpus] = Report(event.tokens, self.pages_of(event.model, event.tokens))
-        self._decide(gpus)
+        self._decide()
 
     def forget(self, model: str) -> None:
-        """A model removed: its engines' reports go, and the GPUs they covered are decided again."""
-        gone = [key for key in self.reports if key[0] == model]
-        for key in gone:
+        """A model removed: its engines' reports go, and the GPUs they held are decided again."""
+        for key in [key for key in self.reports if key[0] == model]:
             del self.reports[key]
-        self._decide(sorted({gpu for _, gpus in gone for gpu in gpus}))
+        self._decide()
 
     def _every_gpu(self) -> tuple[int, ...]:
         return tuple(range(len(self.kv.pools)))
@@ -83,22 +84,27 @@ class KVReports:
                   for (_, gpus), report in self.reports.items() if gpu in gpus]
         return (sum(p for p, _ in shares), sum(t for _, t in shares)) if shares else None
 
-    def _decide(self, gpus: Iterable[int]) -> None:
-        """Hold each of `gpus` where the engines report more pages in use than the books; release it where not."""
-        held = self.kv.held
-        for gpu in gpus:
-            engine, books = (self.engine_view(gpu) or (0, 0))[0], self.kv.pools[gpu].pages_used
-            if (engine > books) == (gpu in held):
-                continue
-            if engine > books:
-                held[gpu] = f"engines report {engine} KV pages in use, the books {books}"
+    def _decide(self) -> None:
+        """Hold the GPUs of each engine that reports more pages in use than the books of its GPUs together
+        (a tensor-parallel engine shards its KV over them, while the books hold each task on one GPU);
+        release those no engine reports more on."""
+        held, over = self.kv.held, dict[int, str]()
+        for (_, gpus), report in self.reports.items():
+            books = sum(self.kv.pools[gpu].pages_used for gpu in gpus)
+            if report.pages > books:
+                for gpu in gpus:
+                    over.setdefault(gpu, f"engines report {report.pages} KV pages in use on gpus "
+                                         f"{gpus_text(gpus)}, the books {books}")
+        for gpu in sorted(over.keys() ^ held.keys()):
+            if gpu in over:
+                held[gpu] = over[gpu]
                 self._host.emit("engine-kv", None, f"{held[gpu]}: no task is placed here until they agree", gpu)
             else:
                 del held[gpu]
-                self._host.emit("engine-kv", None, f"engines report {engine} KV pages in use, the books {books}: "
+                self._host.emit("engine-kv", None, "the engines' KV reports agree with the books: "
                                                    "tasks are placed here again", gpu)
 
-    def index_problems(self) -> Iterable[str]:
+    def index_problems(self) -> Iterator[str]:
         """What disagrees (for invariants.py): a report of a model not served or of a GPU not there; a
         held GPU that no report covers."""
         count = len(self.kv.pools)
