@@ -1,6 +1,6 @@
 """Tier 4: one model served by two real llama-servers, one per GPU (kernel/endpoints.py, drivers/openai.py):
-tasks are placed on both GPUs; one engine killed with -9, new tasks go to the other; the surviving GPU's
-KV books and its engine's report agree (/memory/gpuN/pool, kernel/kvreport.py).
+tasks are placed on both GPUs; one engine killed with -9 midway, its tasks resume on the other and new tasks
+go there too; the surviving GPU's KV books and its engine's report agree (/memory/gpuN/pool, kernel/kvreport.py).
 
 Small on purpose (this machine has 2 cores): 2 slots per engine, short outputs.
 """
@@ -15,6 +15,7 @@ from engines import LlamaServer, llama_server_binary, tiny_model  # noqa: F401 (
 
 pytestmark = [pytest.mark.mount, pytest.mark.engine, pytest.mark.slow]
 TOKENS = 24
+RIDING = 400  # the tasks running when an engine is killed: long enough to be midway then
 
 
 def two_endpoint_config(urls: list[str]) -> str:
@@ -35,13 +36,21 @@ def pool(daemon: Daemon, gpu: int) -> dict:
     return dict(line.split(" ", 1) for line in read(daemon, "memory", f"gpu{gpu}", "pool").splitlines())
 
 
-def run_all(daemon: Daemon, first: int, count: int) -> list[int]:
-    """Submit `count` tasks and wait until each ends done; their pids."""
-    pids = [daemon.submit(f'name=t{n} model=tiny max_tokens={TOKENS} prompt="task {n} goes on"')
+def submit_all(daemon: Daemon, first: int, count: int, tokens: int = TOKENS) -> list[int]:
+    return [daemon.submit(f'name=t{n} model=tiny max_tokens={tokens} prompt="task {n} goes on"')
             for n in range(first, first + count)]
+
+
+def wait_done(daemon: Daemon, pids: list[int]) -> None:
     for pid in pids:
         with open(daemon.path("tasks", str(pid), "wait")) as wait:
             assert wait.read().strip() == "done", pid
+
+
+def run_all(daemon: Daemon, first: int, count: int) -> list[int]:
+    """Submit `count` short tasks and wait until each ends done; their pids."""
+    pids = submit_all(daemon, first, count)
+    wait_done(daemon, pids)
     return pids
 
 
@@ -59,9 +68,9 @@ def dispatch_gpus(daemon: Daemon, pids: list[int]) -> set[int]:
 
 
 def test_two_engines_as_two_endpoints_one_killed(llama_server_binary, tiny_model, tmp_path):
-    """Tasks go to both engines; after one is killed -9 its endpoint is down (the model is not), new tasks all
-    run on the other GPU, and that GPU's books agree with its engine's report, while two tasks run there and
-    once they are killed."""
+    """Tasks run on both engines; one killed -9 midway: its endpoint is down (the model is not), its tasks
+    resume on the other GPU and all end done; new tasks all run on the other GPU, and that GPU's books agree
+    with its engine's report, while two tasks run there and once they are killed."""
     servers = [LlamaServer(llama_server_binary, tiny_model, tmp_path / f"engine{n}.log", slots=2).start()
                for n in range(2)]
     try:
@@ -69,11 +78,14 @@ def test_two_engines_as_two_endpoints_one_killed(llama_server_binary, tiny_model
                     config_text=two_endpoint_config([s.url for s in servers])) as daemon:
             status = read(daemon, "models", "tiny", "status")
             assert f"Endpoints:\t{servers[0].url} gpus=0 " in status and "Gpus:\t0,1\n" in status
-            before = run_all(daemon, 0, 4)
-            assert dispatch_gpus(daemon, before) == {0, 1}
+            before = submit_all(daemon, 0, 4, RIDING)
+            poll_until(lambda: pool(daemon, 0)["tasks"] == pool(daemon, 1)["tasks"] == "2", 20, "2 tasks on each GPU")
             servers[1].crash()
             poll_until(lambda: f"{servers[1].url} gpus=1 unreachable" in read(daemon, "models", "tiny", "status"),
                        20, "the killed engine's endpoint unreachable")
+            wait_done(daemon, before)
+            assert all(daemon.status(pid)["TokensOut"] == str(RIDING) for pid in before)
+            assert dispatch_gpus(daemon, before) == {0, 1}
             after = run_all(daemon, 4, 4)
             assert dispatch_gpus(daemon, after) == {0}
             assert "State:\tready" in read(daemon, "models", "tiny", "status")  # the model is up: one endpoint is
@@ -90,3 +102,8 @@ def test_two_engines_as_two_endpoints_one_killed(llama_server_binary, tiny_model
         for server in servers:
             server.stop()
     assert "tiny at gpus=1 down: unreachable" in trace and "tiny down:" not in trace
+    rows = list(csv.DictReader(io.StringIO(trace)))
+    resumed = {int(row["pid"]) for row in rows if row["type"] == "resume"}
+    assert resumed and resumed <= set(before)  # the tasks on the killed engine resumed ...
+    last = {int(row["pid"]): int(row["gpu"]) for row in rows if row["type"] == "dispatch"}
+    assert all(last[pid] == 0 for pid in resumed)  # ... on the other GPU
