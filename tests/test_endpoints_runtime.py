@@ -5,17 +5,20 @@ import errno
 
 import pytest
 
+import trio
+
 from apeinxfs import config as config_mod
 from apeinxfs.drivers import openai
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.events import EngineHealth, EngineKV
 from apeinxfs.nodes.tree import Tree
+from test_engine_scrape import DATA, MetricsServer
 from test_journal_runtime import open_runtime
 from test_nodes import refusal, text
 from test_tenant_nodes import write
 
 # 1 MiB pages of 64 tokens of `llm`'s KV (4 x 8 x 128 x 2 x 2 bytes a token)
-TWO_GPUS = """
+TWO_GPUS_AT = """
 [gpus]
 simulated = 2
 slots = 2
@@ -29,10 +32,12 @@ driver = "openai"
 layers = 4
 kv_heads = 8
 head_dim = 128
-endpoints = [{url = "http://127.0.0.1:9", gpus = [0]}, {url = "http://127.0.0.1:10", gpus = [1]}]
+endpoints = [{url = "URL0", gpus = [0]}, {url = "URL1", gpus = [1]}]
 [models.options]
 retries = 0
+metrics_s = 0.02
 """
+TWO_GPUS = TWO_GPUS_AT.replace("URL0", "http://127.0.0.1:9").replace("URL1", "http://127.0.0.1:10")
 
 
 def journaled(rt, kind) -> list:
@@ -120,3 +125,28 @@ def test_kv_reports_are_journaled_when_their_pages_change_or_the_gpu_is_held(tmp
         rt.report_kv("llm", (0,), 0)
         assert pool(tree, 0)["held"] == "-" and pool(tree, 1)["engine_pages"] == "-"
         assert len(journaled(rt, EngineKV)) == 4
+
+
+async def test_each_endpoint_is_scraped_and_its_kv_report_reaches_its_gpu(tmp_path, nursery):
+    """A vLLM engine on GPU 0 and an SGLang one on GPU 1: each scrape's KV tokens (vLLM's usage x its cache
+    config, SGLang's used tokens) reach the kernel as EngineKV of its endpoint's GPU and show in its pool;
+    with nothing in the books both GPUs are held; the engine file shows both endpoints together."""
+    servers = [await MetricsServer({"/metrics": (DATA / name).read_text()}).start(nursery)
+               for name in ("vllm-metrics.txt", "sglang-metrics.txt")]
+    urls = [f"http://127.0.0.1:{server.port}" for server in servers]
+    with open_runtime(tmp_path, TWO_GPUS_AT.replace("URL0", urls[0]).replace("URL1", urls[1])) as rt:
+        driver = openai.OpenAIDriver({"llm": rt.kernel.models["llm"]})
+        async with trio.open_nursery() as scraping:
+            scraping.start_soon(driver.observe, rt)
+            with trio.fail_after(10):
+                while min(server.hits.get("/metrics", 0) for server in servers) < 2:
+                    await trio.sleep(0.01)
+            scraping.cancel_scope.cancel()
+        tree = Tree(rt)
+        reports = {event.gpus: event.tokens for event in journaled(rt, EngineKV)}
+        assert reports == {(0,): 240000, (1,): 123456}
+        assert [pool(tree, gpu)["engine_tokens"] for gpu in (0, 1)] == ["240000", "123456"]
+        assert all(pool(tree, gpu)["held"].startswith("engines report ") for gpu in (0, 1))
+        engine = dict(line.split(" ", 1) for line in text(tree, "/models/llm/engine").splitlines())
+        assert engine["source"] == f"{urls[0]}/metrics,{urls[1]}/metrics" and engine["kv_tokens"] == "363456"
+        assert "State:\tready" in text(tree, "/models/llm/status")
