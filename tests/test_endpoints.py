@@ -6,11 +6,13 @@ import errno
 import pytest
 
 from apeinxfs.kernel import Kernel
-from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig, kernel_config_from_dict
+from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig, kernel_config_from_dict
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.events import Chunk, EngineHealth, EngineKV, RemoveModel, SetModel, Step, Submit, from_row, to_row
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.kernel.task import State
+from apeinxfs.kernel.tenant_config import TenantConfig
+from test_kernel import STEP_US, step
 
 import attrs
 
@@ -186,3 +188,33 @@ def test_a_report_of_a_gpu_not_there_or_negative_tokens_is_refused(event):
     with pytest.raises(ApeinxError) as refused:
         Kernel(config()).check(event)
     assert refused.value.errno == errno.EINVAL and "GPUs 0 to 2" in refused.value.reason
+
+
+def fair_kernel(endpoints) -> Kernel:
+    """Two GPUs of one slot, tenants a and b; `sim` everywhere and `llm` on `endpoints`; a gap of one 4-token slice."""
+    return Kernel(KernelConfig(
+        models=[ModelConfig(name="sim"), ModelConfig(name="llm", endpoints=endpoints)], page_mib=1,
+        gpus=[GpuConfig(index=n, kv_mib=1024, slots=1) for n in range(2)],
+        tenants=[TenantConfig("a", 100), TenantConfig("b", 100)],
+        sched=SchedConfig(min_run_tokens=2, slice_tokens=4, preempt_gap=1)))
+
+
+def preempted_for_b(endpoints) -> list[int]:
+    """a's two tasks run 3 steps on both GPUs, then b's llm task arrives and a step passes: the GPUs of a's
+    tasks preempted for it."""
+    k = fair_kernel(endpoints)
+    for _ in range(2):
+        k.apply(Submit(spec=TaskSpec(name="t", max_tokens=100, tenant="a", model="sim", prompt="w")), 0)
+    for n in range(1, 4):
+        step(k, n * STEP_US)
+    k.apply(Submit(spec=TaskSpec(name="t", max_tokens=100, tenant="b", model="llm", prompt="w")), 3 * STEP_US)
+    step(k, 4 * STEP_US)
+    return [int(line.split(",")[6]) for line in k.trace.buffer.decode().splitlines() if ",preempt," in line]
+
+
+def test_fairness_preempts_only_where_the_waiting_task_may_run():
+    """b's task of a model bound to one GPU gets a fair preemption of a's task there, and none of a's task on
+    the other GPU (its slot would be no help)."""
+    victim_gpu, = preempted_for_b(())
+    assert preempted_for_b([{"url": "http://e", "gpus": [victim_gpu]}]) == [victim_gpu]
+    assert preempted_for_b([{"url": "http://e", "gpus": [1 - victim_gpu]}]) == []

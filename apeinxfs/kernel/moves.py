@@ -124,7 +124,7 @@ class Moves:
     def schedule(self) -> None:
         """Fill free batch slots from the queue (again after a fair preemption); keep the KV stall clocks."""
         kv_blocked = self._fill_slots()
-        if self.runq.preempts and self.reclaim.rebalance(lambda: self.runq.peek(self.now_us)):
+        if self.runq.preempts and self.reclaim.rebalance(lambda: self.runq.peek(self.now_us), self.engines.where):
             kv_blocked = self._fill_slots()
         self.kv_some.set(self.now_us, kv_blocked)
         self.kv_full.set(self.now_us, kv_blocked and not any(g.running for g in self.gpus))
