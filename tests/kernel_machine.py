@@ -27,6 +27,7 @@ PROMPTS = ("", "hello", "one two three four five six seven eight nine ten",
            " ".join(f"w{n}" for n in range(30)))
 RULES = ("deny tokens>30", "limit tenant=a max_tokens=5 max_prio=3", "deny model=extra tenant!=b", "allow prio>=0")
 MS = 1000
+ENDPOINTS = ({"url": "http://127.0.0.1:1", "gpus": [0]}, {"url": "http://127.0.0.1:2", "gpus": [1]})
 
 
 def kernel_config() -> KernelConfig:
@@ -152,13 +153,14 @@ class KernelMachine(RuleBasedStateMachine):
     def set_rules(self, rules, replace):
         self.commit(ev.SetRules(rules=rules, replace=replace, uid=0))
 
-    @rule(layers=st.integers(1, 64) | st.just(300))  # 300: a token's KV is more than a page
-    def add_or_remove_model(self, layers):
-        """Add model `extra` if it is missing, else remove it (refused while it has live tasks)."""
+    @rule(layers=st.integers(1, 64) | st.just(300), split=st.booleans())  # 300: a token's KV is more than a page
+    def add_or_remove_model(self, layers, split):
+        """Add model `extra` if it is missing (`split`: one endpoint per GPU), else remove it (refused while
+        it has live tasks)."""
         if "extra" in self.kernel.models:
             self.commit(ev.RemoveModel(name="extra", uid=0))
         else:
-            model = ModelConfig(name="extra", context=2048, layers=layers)
+            model = ModelConfig(name="extra", context=2048, layers=layers, endpoints=ENDPOINTS if split else ())
             self.commit(ev.SetModel(model=model, what="add extra", uid=0))
 
     @rule(gpu=st.integers(0, 1), free_mib=st.integers(0, 20))
@@ -173,10 +175,18 @@ class KernelMachine(RuleBasedStateMachine):
         self.now_us += 100 * MS
         self.commit(ev.JournalRecovered(errno=errno, since_us=since))
 
-    @rule(model=st.sampled_from(("sim", "extra")), up=st.booleans())
-    def engine_health(self, model, up):
-        """A model's engine goes down (its queued tasks stall) or comes back."""
-        self.commit(ev.EngineHealth(model=model, up=up, reason="" if up else "connection refused"))
+    @rule(model=st.sampled_from(("sim", "extra")), up=st.booleans(), gpus=st.sampled_from(((), (0,), (1,))))
+    def engine_health(self, model, up, gpus):
+        """A model's engine, or one endpoint of it (`gpus`), goes down (its queued tasks stall, or go to the
+        other GPUs) or comes back."""
+        self.commit(ev.EngineHealth(model=model, up=up, reason="" if up else "connection refused", gpus=gpus))
+
+    @rule(model=st.sampled_from(("sim", "extra")), gpus=st.sampled_from(((), (0,), (1,), (0, 1), (2,))),
+          tokens=st.integers(0, 120) | st.just(-1))
+    def engine_kv(self, model, gpus, tokens):
+        """An engine reports the tokens its KV cache holds (GPU 2 and -1 tokens are refused): a GPU where
+        the engines report more pages than the books takes no new task until a report agrees."""
+        self.commit(ev.EngineKV(model=model, gpus=gpus, tokens=tokens))
 
     @rule(index=st.integers(0, 10**6))
     def interrupted(self, index):

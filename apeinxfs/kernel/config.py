@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from .endpoints import EndpointConfig, check_endpoints, check_gpus_exist, endpoints_of, served_gpus
 from .errors import Invalid
 from .kvmem import bytes_per_token
 from .sched import POLICIES
@@ -88,10 +89,20 @@ class ModelConfig:  # every attribute read of it takes CPython's slow generic pa
     # While its engine is unreachable (engines.py): how long its queued tasks wait, how often one resumes
     engine_wait_s: float = attrs.field(default=300.0, validator=_non_negative)
     resume_limit: int = attrs.field(default=3, validator=_count)
+    # One engine per GPU or group of GPUs (endpoints.py); none: one engine (options.url) for every GPU
+    endpoints: tuple[EndpointConfig, ...] = attrs.field(default=(), converter=endpoints_of)
+
+    def __attrs_post_init__(self) -> None:
+        check_endpoints(self.name, self.endpoints, self.options)
 
     @functools.cached_property
     def token_bytes(self) -> int:
         return bytes_per_token(self.layers, self.kv_heads, self.head_dim, DTYPE_BYTES[self.dtype])
+
+    @functools.cached_property
+    def gpu_set(self) -> frozenset[int] | None:
+        """The GPUs its endpoints are bound to; None: every GPU."""
+        return served_gpus(self.endpoints)
 
 
 @attrs.frozen
@@ -171,6 +182,8 @@ class KernelConfig:
             names = [item.name for item in items]
             if len(set(names)) != len(names):
                 raise Invalid(f"{kind} names must be unique")
+        for model in self.models:
+            check_gpus_exist(model.name, model.endpoints, len(self.gpus))
 
     @property
     def page_bytes(self) -> int:

@@ -48,7 +48,7 @@ class Kernel:
         self.changed: set[object] = set()
         self._trace_seen = 0  # the trace seq take_changed() last reported
         self.tasks = TaskTable(self.changed)
-        self.models = Models(config.models)
+        self.models = Models(config.models, len(config.gpus))
         self.kv = KVManager(config, self._evicted)
         self.gpus = [Gpu(g, pool) for g, pool in zip(config.gpus, self.kv.pools)]
         self.trace, self.audit = TraceLog(config.node, self.tasks), AuditLog()
@@ -58,7 +58,7 @@ class Kernel:
         self.runq = RunQueue(config.sched, self.accounts, self.counters, moves)
         self.tenancy = Tenancy(config, self.models, self.kv, self.accounts, self.gpus, self.tasks,
                                (self.audit, self.bills), moves)
-        self.engines = EngineWatch(self.models, self.tasks, moves)
+        self.engines = EngineWatch(self.models, self.tasks, moves, self.kv)
         self.reclaim = Reclaim(config.sched, self.accounts, self.gpus, self.kv, self.tasks, self.counters, moves)
         moves.attach(self.runq, self.tenancy, self.engines, self.reclaim)
         self.emit = moves.emit
@@ -83,6 +83,7 @@ class Kernel:
             ev.Failed: (accept, self._apply_failed),
             ev.Interrupted: (accept, self.engines.interrupted),
             ev.EngineHealth: (accept, self.engines.health),
+            ev.EngineKV: (self.engines.kv_reports.check, self.engines.kv_reports.record),
             ev.Rejected: (accept, self._apply_rejected),
             ev.SetPolicy: (self._check_setpolicy, self._apply_setpolicy),
             ev.SetTenant: (tenancy.check_set, tenancy.set),
@@ -256,6 +257,7 @@ class Kernel:
     def _apply_removemodel(self, event: ev.RemoveModel) -> None:
         self.models.remove(event.name)
         self.kv.remove_model(event.name)
+        self.engines.forget(event.name)
         self._model_changed(event, f"remove {event.name}")
 
     def _model_changed(self, event: ev.SetModel | ev.RemoveModel, what: str) -> None:
