@@ -180,7 +180,7 @@ class TenantView:
     def __init__(self) -> None:
         self.text = bytearray(HEADER)
         self.last = 0  # the seq of the last line added
-        self.dropped = 0  # bytes of its lines dropped
+        self.dropped = 0  # bytes of its lines dropped (lines the ring dropped before a read added them never count)
         self._seqs, self._starts = array("q"), array("q")
 
     def add(self, seqs: list[int], render: Callable[[int], bytearray]) -> None:
