@@ -27,6 +27,8 @@ from array import array
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+import attrs
+
 if TYPE_CHECKING:
     from .task import Task
 
@@ -172,16 +174,17 @@ class TraceLog:
         return pattern
 
 
+@attrs.define
 class TenantView:
     """A tenant's lines as its users read them (redacted), kept from one read to the next: the header,
     then its lines, whose seqs and starts (plus `dropped`) are indexed beside them; the lines the
     trace drops go from here at the next read."""
 
-    def __init__(self) -> None:
-        self.text = bytearray(HEADER)
-        self.last = 0  # the seq of the last line added
-        self.dropped = 0  # bytes of its lines dropped (lines the ring dropped before a read added them never count)
-        self._seqs, self._starts = array("q"), array("q")
+    text: bytearray = attrs.Factory(lambda: bytearray(HEADER))
+    last: int = 0  # the seq of the last line added
+    dropped: int = 0  # bytes of its lines dropped (lines the ring dropped before a read added them never count)
+    _seqs: array[int] = attrs.Factory(lambda: array("q"))
+    _starts: array[int] = attrs.Factory(lambda: array("q"))
 
     def add(self, seqs: list[int], render: Callable[[int], bytearray]) -> None:
         for seq in seqs:
