@@ -351,3 +351,11 @@ def test_the_trace_holds_what_the_archive_lacks(tmp_path):
     finally:
         rt.journal.close()
         archive.close()
+
+
+def test_deadline_entries_of_ended_tasks_do_not_pile_up():
+    """Tasks under a long deadline that end early leave at most a few entries per live task behind."""
+    kernel = retaining(tasks=10, slots=4, kv_mib=64)
+    for round_ in range(100):
+        finish(kernel, 4, now_us=round_ * SECOND_US, deadline_us=3600 * SECOND_US)
+    assert kernel.counters.submitted == 400 and len(kernel.tasks._deadlines) <= 65  # no task is live: the slack of 64, and one

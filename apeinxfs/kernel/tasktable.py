@@ -106,8 +106,13 @@ class TaskTable(Mapping[int, Task]):
     # -- deadlines ------------------------------------------------------------------------
 
     def add_deadline(self, at_us: int, pid: int) -> None:
+        """Add an entry; past two per live task (and some), drop those of ended tasks, which would
+        otherwise stay until their time (a tenant's max_wall) when their tasks end early."""
         heapq.heappush(self._deadlines, (at_us, pid))
         self._changed.add("deadline")
+        if len(self._deadlines) > 2 * (len(self._tasks) - self.state_counts[State.EXITED]) + 64:
+            self._deadlines = [entry for entry in self._deadlines if not self._ended(entry[1])]
+            heapq.heapify(self._deadlines)
 
     def due(self, now_us: int) -> Iterator[Task]:
         """The live tasks whose deadline entry has come, taken off the heap one at a time."""
