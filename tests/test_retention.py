@@ -12,6 +12,8 @@ import io
 
 import attrs
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import invariant, run_state_machine_as_test
 
 from apeinxfs import config as config_mod
 from apeinxfs.kernel import Kernel
@@ -24,6 +26,7 @@ from apeinxfs.kernel.trace import HEADER, TraceLog
 from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.ringlog import RingLog
 from apeinxfs.nodes.tree import Tree
+from kernel_machine import KernelMachine
 from test_journal_runtime import ONE_GPU, open_runtime
 from test_kernel import STEP_US, kernel_config, run_until_idle, step, submit
 from test_nodes import resolve
@@ -150,6 +153,27 @@ def test_a_replay_of_the_same_events_reaps_the_same_tasks():
     assert sorted(replica.tasks) == sorted(original.tasks) and original.counters.reaped > 10
     assert replica.trace.view() == original.trace.view() and replica.counters == original.counters
     assert replica.accounts.agents.keys() == original.accounts.agents.keys()
+
+
+class RetainingMachine(KernelMachine):
+    """The kernel state machine keeping 2 exited tasks, for 50 ms, and 40 trace lines."""
+
+    retention = MemoryRetention(tasks=2, task_age_s=0.05, trace_lines=40)
+
+    @invariant()
+    def kept_within_the_limits(self):
+        """Past `tasks` exited tasks, every one left is a parent of a live task; at most 40 trace lines."""
+        tasks = self.kernel.tasks
+        assert tasks.count(State.EXITED) <= 2 or tasks.oldest_reapable() is None
+        assert self.kernel.trace.seq - self.kernel.trace.first < 40
+
+
+@pytest.mark.invariants_every(0)  # the machine checks the invariants after each rule itself
+def test_random_event_sequences_with_small_retention_keep_the_books_and_replay_the_same():
+    """100 sequences of 50 rules of every event kind, with tasks reaped as they go: invariants hold,
+    the limits are kept, and a replay (at each restart and at the end) gives the same trace."""
+    run_state_machine_as_test(RetainingMachine, settings=settings(
+        max_examples=100, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]))
 
 
 # -- the trace ring -----------------------------------------------------------------------------------

@@ -111,13 +111,16 @@ def test_acceptance_43000_tasks_in_bounded_memory(tmp_path):
         rss_3000, timings["3,000 tasks"] = read_rss(daemon.proc.pid), time.monotonic() - start
         run_round(daemon, "b", 40000)
         rss_43000, timings["40,000 tasks"] = read_rss(daemon.proc.pid), time.monotonic() - start - timings["3,000 tasks"]
+        start_ls = time.monotonic()
         listed = shell(f"ls {daemon.path('tasks')} | wc -l").stdout
+        timings["ls /tasks"] = time.monotonic() - start_ls
         events = shell(f"tail -n +2 {daemon.path('trace', 'events')} | wc -l").stdout
     start = time.monotonic()
     verified = subprocess.run(APEINXFS + ["replay", "--verify", str(state)], capture_output=True, text=True,
                               timeout=3600)
     timings["replay --verify"] = time.monotonic() - start
-    print(f"retention acceptance: RSS {rss_3000 / MIB:.1f} -> {rss_43000 / MIB:.1f} MiB; "
+    journal = sum(path.stat().st_size for path in state.glob("journal.db*"))
+    print(f"retention acceptance: RSS {rss_3000 / MIB:.1f} -> {rss_43000 / MIB:.1f} MiB; journal {journal / MIB:.1f} MiB; "
           + "; ".join(f"{what} {seconds:.1f}s" for what, seconds in timings.items()))
     assert int(listed) <= 1000 and int(events) <= 20000
     assert rss_43000 - rss_3000 < 10 * MIB
