@@ -8,7 +8,8 @@ commit, or one scheduling round later (once the readers it woke have their bytes
 emitted a trace line (a first token, an exit, a dispatch, a preemption) or the oldest
 step waiting is PROGRESS_S old, whichever comes first. So a crash loses at most PROGRESS_S of
 tokens and no trace line but of that round, and never an acknowledged write.
-After each commit the trace's new lines go to the trace archive (archive.py), when it has one.
+After each commit the trace's new lines go to the trace archive (archive.py), when it has one;
+the trace (a ring of `retention.trace_lines`) keeps them in memory until they are there.
 `recover` rebuilds the kernel from the journal at start. A journal write that fails makes
 the daemon degraded rather than dead (health.py): state changes are refused with the
 storage's errno, drivers get no batches, and every PROBE_S it tries to write again. The
@@ -81,8 +82,8 @@ class Runtime:
 
     def __init__(self, config, journal: Journal, clock=None, archive=None):
         self.config = config
-        self.kernel = Kernel(config.kernel)
         self.journal, self.archive = journal, archive
+        self.kernel = self._fresh_kernel()
         self.archive_failing = False  # the last archive write failed (logged once until one works)
         journal.boot(config.kernel)
         self.clock = clock or WallClock()
@@ -101,17 +102,23 @@ class Runtime:
     def recover(self) -> int:
         """Replay the journal into the kernel, quarantining any row that cannot be applied
         (recovery.py); mark the restart. Returns rows replayed."""
-        self.kernel = rebuild(lambda: Kernel(self.config.kernel), self.journal.rows, LAST, self.quarantined,
-                              self.kernel)
+        self.kernel = rebuild(self._fresh_kernel, self.journal.rows, LAST, self.quarantined, self.kernel)
         self.kernel.take_changed()
         if self.config.check_invariants:
             self.kernel.check_invariants()
         if self.archive is not None:
             self.archive.catch_up(self.kernel.trace)
+            self.kernel.trace.release(self.archive.seq)
         rows = len(self.journal)
         if rows:
             self.commit([Restart()])
         return rows
+
+    def _fresh_kernel(self) -> Kernel:
+        """A kernel whose trace keeps the lines the archive has not written yet (trace.py's `hold`)."""
+        kernel = Kernel(self.config.kernel)
+        kernel.trace.hold = None if self.archive is None else self.archive.seq
+        return kernel
 
     def commit(self, events: list) -> list:
         """Admit, journal, apply; results in order. Raises the first refusal, changing nothing."""
@@ -146,6 +153,7 @@ class Runtime:
         try:
             if self.archive.append(self.kernel.trace):
                 self.notifier.wake({"archive"})
+            self.kernel.trace.release(self.archive.seq)
         except OSError as exc:  # the lines stay in the trace and go with the next commit that can write them
             if not self.archive_failing:
                 log.error("trace archive: cannot write %s: %s", self.archive.directory, exc)

@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel import events as ev
-from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig
+from apeinxfs.kernel.config import GpuConfig, KernelConfig, MemoryRetention, ModelConfig, SchedConfig
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.sched import POLICIES
 from apeinxfs.kernel.spec import TaskCommand, TaskSpec
@@ -30,18 +30,18 @@ MS = 1000
 ENDPOINTS = ({"url": "http://127.0.0.1:1", "gpus": [0]}, {"url": "http://127.0.0.1:2", "gpus": [1]})
 
 
-def kernel_config() -> KernelConfig:
+def kernel_config(retention: MemoryRetention = MemoryRetention()) -> KernelConfig:
     """Two small GPUs of 1 MiB pages (8 tokens each): GPU 1 is a real one, so GpuMemory applies to it."""
-    return KernelConfig(models=[ModelConfig(name="sim", context=4096)], page_mib=1,
+    return KernelConfig(models=[ModelConfig(name="sim", context=4096)], page_mib=1, retention=retention,
                         sched=SchedConfig(policy="fair", min_run_tokens=2, deadline_boost_s=0.05),
                         gpus=[GpuConfig(index=0, kv_mib=12, slots=2),
                               GpuConfig(index=1, kv_mib=9, slots=3, simulated=False)],
                         tenants=[TenantConfig("default"), TenantConfig("a", weight=300)], billing_period_s=1)
 
 
-def replay(events: list) -> Kernel:
+def replay(events: list, retention: MemoryRetention = MemoryRetention()) -> Kernel:
     """A fresh kernel that has applied `events` ((time_us, event) pairs) as journal rows."""
-    kernel = Kernel(kernel_config())
+    kernel = Kernel(kernel_config(retention))
     for time_us, event in events:
         kernel.apply(ev.from_row(*ev.to_row(event)), time_us)
     return kernel
@@ -70,9 +70,11 @@ tenants = st.builds(
 class KernelMachine(RuleBasedStateMachine):
     """One kernel, the events it applied, and the clock that stamps them."""
 
+    retention = MemoryRetention()  # what the kernel keeps of exited tasks and trace lines
+
     def __init__(self):
         super().__init__()
-        self.kernel = Kernel(kernel_config())
+        self.kernel = Kernel(kernel_config(self.retention))
         self.events: list = []
         self.now_us = 0
 
@@ -196,7 +198,7 @@ class KernelMachine(RuleBasedStateMachine):
     @rule()
     def restart(self):
         """The daemon restarts: the journal so far rebuilds the same trace; running tasks are requeued."""
-        rebuilt = replay(self.events)
+        rebuilt = replay(self.events, self.retention)
         assert rebuilt.trace.buffer == self.kernel.trace.buffer
         self.kernel = rebuilt
         self.commit(ev.Restart())
@@ -213,4 +215,5 @@ class KernelMachine(RuleBasedStateMachine):
 
     def teardown(self):
         """The same events, replayed through the journal codec, give the same trace line for line."""
-        assert replay(self.events).trace.buffer.decode().splitlines() == self.kernel.trace.buffer.decode().splitlines()
+        assert replay(self.events, self.retention).trace.buffer.decode().splitlines() == \
+            self.kernel.trace.buffer.decode().splitlines()

@@ -138,6 +138,32 @@ class SchedConfig:
     kv_watermark: float = attrs.field(default=0.05, validator=_fraction)
 
 
+def _kept(least: int) -> Validator:
+    def check(_inst: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+        if type(value) is not int or value < least:
+            raise Invalid(f"retention.{attribute.name} must be an integer >= {least}, not {value!r}")
+    return check
+
+
+def _age(_inst: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < float("inf"):
+        raise Invalid(f"retention.{attribute.name} must be a number of seconds >= 0, not {value!r}")
+
+
+@attrs.frozen
+class MemoryRetention:
+    """What the kernel keeps in memory (`[retention]`): exited tasks, by count and by age, and trace lines.
+    What it forgets stays in the trace archive and the bills (retention.py)."""
+
+    tasks: int = attrs.field(default=10000, validator=_kept(0))  # exited tasks kept in /tasks
+    task_age_s: float = attrs.field(default=3600, validator=_age)  # exited tasks older than this go
+    trace_lines: int = attrs.field(default=100000, validator=_kept(1))  # lines of /trace/events and its views
+
+    @property
+    def task_age_us(self) -> int:
+        return int(self.task_age_s * 1_000_000)
+
+
 ROLES = ("user", "viewer", "none")
 
 
@@ -168,6 +194,7 @@ class KernelConfig:
     access: AccessConfig = attrs.Factory(AccessConfig)
     billing_period_s: int = attrs.field(default=86400, validator=_positive)
     utc_offset_s: int = 0  # the daemon's time zone at boot: policy `time=` windows are local time
+    retention: MemoryRetention = attrs.Factory(MemoryRetention)
 
     @property
     def policy(self) -> str:
@@ -191,7 +218,7 @@ class KernelConfig:
 
 
 NESTED_LISTS = {"models": ModelConfig, "gpus": GpuConfig, "tenants": TenantConfig}
-NESTED = {"sched": SchedConfig, "access": AccessConfig}
+NESTED = {"sched": SchedConfig, "access": AccessConfig, "retention": MemoryRetention}
 
 
 def kernel_config_from_dict(data: Mapping[str, Any]) -> KernelConfig:

@@ -193,6 +193,13 @@ class EngineWatch:
         if book.stalled or book.clock.stalled:
             book.clock.set(self._host.now_us, book.waiting() > 0)
 
+    def forget(self, task: Task) -> None:
+        """A reaped task: its resumes, and its stall if it was killed while stalled, go from the books."""
+        book = self.book
+        book.resumes.pop(task.pid, None)
+        if book.stall_of.pop(task.pid, None) is not None:
+            book.stalled[task.model].pop(task.pid, None)
+
     def interrupted(self, event: ev.Interrupted) -> None:
         task, host = self._tasks.get(event.pid), self._host
         if task is None or task.state is not State.RUNNING:  # killed, stopped or preempted meanwhile

@@ -6,9 +6,9 @@ two. Given the same events with the same times, the same state and trace result:
 clock, randomness or I/O inside. Each part owns its state (docs/architecture.md has the
 table): the task table (tasktable.py), the run queue and accounts (runqueue.py, sched.py),
 the KV books (memory.py), tenancy (tenancy.py), models (models.py), engine outages
-(engines.py), preemption and the OOM killer (reclaim.py), the trace, audit log, bills and
-counters. `Kernel` holds them, moves a task between them (queue, GPU, exit) and is the
-`Host` (seams.py) they call back through.
+(engines.py), preemption and the OOM killer (reclaim.py), the reaping of exited tasks
+(retention.py), the trace, audit log, bills and counters. `Kernel` holds them, moves a
+task between them (queue, GPU, exit) and is the `Host` (seams.py) they call back through.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from .memory import KVManager
 from .models import Models
 from .moves import Moves
 from .reclaim import Reclaim
+from .retention import Reaper
 from .runqueue import RunQueue
 from .sched import POLICIES, Accounts, prio_weight
 from .task import State, Task
@@ -51,7 +52,7 @@ class Kernel:
         self.models = Models(config.models, len(config.gpus))
         self.kv = KVManager(config, self._evicted)
         self.gpus = [Gpu(g, pool) for g, pool in zip(config.gpus, self.kv.pools)]
-        self.trace, self.audit = TraceLog(config.node, self.tasks), AuditLog()
+        self.trace, self.audit = TraceLog(config.node, self.tasks, config.retention.trace_lines), AuditLog()
         self.bills, self.counters = BillBook(config.billing_period_s), Counters()
         self.accounts = Accounts({t.name: t.weight for t in config.tenants})
         self.moves = moves = Moves(self.tasks, self.kv, self.gpus, self.counters, self.trace, self.changed)
@@ -61,6 +62,7 @@ class Kernel:
         self.engines = EngineWatch(self.models, self.tasks, moves, self.kv)
         self.reclaim = Reclaim(config.sched, self.accounts, self.gpus, self.kv, self.tasks, self.counters, moves)
         moves.attach(self.runq, self.tenancy, self.engines, self.reclaim)
+        self.reaper = Reaper(config.retention, self.tasks, self.accounts, self.engines, self.counters)
         self.emit = moves.emit
         self.handlers = self._handlers()
 
@@ -169,6 +171,7 @@ class Kernel:
         self.engines.expire()
         self.moves.schedule()
         self.engines.count_stalls()
+        self.reaper.reap(self.now_us)
         return result
 
     def _moot(self, event: ev.Event) -> bool:
@@ -277,7 +280,7 @@ class Kernel:
 
     def next_deadline_us(self) -> int | None:
         own, engine_wait = self.tasks.next_deadline_us(), self.engines.book.next_wait_us()
-        return min((at for at in (own, engine_wait) if at is not None), default=None)
+        return min((at for at in (own, engine_wait, self.reaper.next_us()) if at is not None), default=None)
 
     def take_changed(self) -> set[object]:
         """What changed since the last call: pids, 'trace' (if it has new lines), ('gpu', N)."""
