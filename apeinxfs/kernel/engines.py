@@ -145,7 +145,7 @@ class EngineWatch:
         closed = {gpu for part in down for gpu in part} if down else set()
         return [gpu for gpu in gpus if (served is None or gpu in served) and gpu not in closed]
 
-    def forget(self, model: str) -> None:
+    def forget_model(self, model: str) -> None:
         """A model removed: its endpoints' outages and its engines' KV reports go with it."""
         self.book.parts.pop(model, None)
         self.kv_reports.forget(model)
@@ -193,7 +193,7 @@ class EngineWatch:
         if book.stalled or book.clock.stalled:
             book.clock.set(self._host.now_us, book.waiting() > 0)
 
-    def forget(self, task: Task) -> None:
+    def forget_task(self, task: Task) -> None:
         """A reaped task: its resumes, and its stall if it was killed while stalled, go from the books."""
         book = self.book
         book.resumes.pop(task.pid, None)

@@ -81,7 +81,7 @@ class Kernel:
             ev.Submit: (self._check_submit, self._apply_submit),
             ev.Kill: (lambda e: self.tasks.live(e.pid), self._apply_kill),
             ev.Control: (self._check_control, self._apply_control),
-            ev.Step: (lambda e: self._check_gpu(e.gpu, "to step"), self.moves.step),
+            ev.Step: (lambda e: _check_gpu(len(self.gpus), e.gpu, "to step"), self.moves.step),
             ev.Failed: (accept, self._apply_failed),
             ev.Interrupted: (accept, self.engines.interrupted),
             ev.EngineHealth: (accept, self.engines.health),
@@ -140,10 +140,6 @@ class Kernel:
     def _check_setpolicy(self, event: ev.SetPolicy) -> None:
         if event.policy not in POLICIES:
             raise Invalid(f"unknown policy {event.policy!r}: one of {', '.join(POLICIES)}")
-
-    def _check_gpu(self, gpu: int, what: str) -> None:
-        if not 0 <= gpu < len(self.gpus):
-            raise Invalid(f"no GPU {gpu} {what}: there are {len(self.gpus)}")
 
     def _check_gpumemory(self, event: ev.GpuMemory) -> None:
         if not 0 <= event.gpu < len(self.gpus) or self.gpus[event.gpu].config.simulated or event.free_mib < 0:
@@ -260,7 +256,7 @@ class Kernel:
     def _apply_removemodel(self, event: ev.RemoveModel) -> None:
         self.models.remove(event.name)
         self.kv.remove_model(event.name)
-        self.engines.forget(event.name)
+        self.engines.forget_model(event.name)
         self._model_changed(event, f"remove {event.name}")
 
     def _model_changed(self, event: ev.SetModel | ev.RemoveModel, what: str) -> None:
@@ -291,3 +287,8 @@ class Kernel:
             self._trace_seen = self.trace.seq
             changed.add("trace")
         return changed
+
+
+def _check_gpu(gpus: int, gpu: int, what: str) -> None:
+    if not 0 <= gpu < gpus:
+        raise Invalid(f"no GPU {gpu} {what}: there are {gpus}")

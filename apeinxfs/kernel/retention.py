@@ -37,7 +37,7 @@ class Reaper:
             tasks.reap(oldest.pid)
             if oldest.agent == oldest.pid:  # a root task goes last of its tree: no task of its agent is left
                 self._accounts.forget_agent(oldest.agent)
-            self._engines.forget(oldest)
+            self._engines.forget_task(oldest)
             self._counters.reaped += 1
 
     @staticmethod
