@@ -12,7 +12,7 @@ replay the rows after that.
 
 At start (`start`) the newest snapshot that reads whole, was written with the same kernel
 config (but for LIVE_KEYS, which the restored kernel takes from the config now: admins,
-the local time zone) and layout, and whose rows after it the journal still holds, is the
+the local time zone, retention's limits) and layout, and whose rows after it the journal still holds, is the
 kernel the journal's tail is replayed into. When rows were compacted and no snapshot is usable, the
 daemon refuses to start, saying why for each, rather than start from nothing.
 
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.25  # how often the daemon looks whether a snapshot is due
 BUSY_SHARE = 0.25  # snapshots take at most this share of the time (their child's, mostly): one after a
 # snapshot that took T seconds waits 3 T at least
-LIVE_KEYS = frozenset({"access", "utc_offset_s"})  # kernel config read where used, never built into state
+LIVE_KEYS = frozenset({"access", "utc_offset_s", "retention"})  # kernel config read where used, not built into state
 
 
 class CannotStart(Exception):
@@ -57,13 +57,17 @@ def structural(config: dict) -> dict:
 
 
 def rebound(kernel: Kernel, config: KernelConfig) -> Kernel:
-    """`kernel`, holding `config` wherever it held the config it was snapshotted with (the kernel's and its
-    components' references to it), so that what changed in LIVE_KEYS takes effect."""
+    """`kernel`, holding `config` (and its records) wherever it held the config it was snapshotted with (and
+    its records: the kernel's and its components' references), so that what changed in LIVE_KEYS takes
+    effect; the trace copies its limit."""
     old = kernel.config
+    swaps = {id(old): config} | {id(getattr(old, field.name)): getattr(config, field.name)
+                                 for field in attrs.fields(type(old)) if attrs.has(type(getattr(old, field.name)))}
     for holder in [kernel, *vars(kernel).values()]:
         for name, value in getattr(holder, "__dict__", {}).items():
-            if value is old:
-                setattr(holder, name, config)
+            if id(value) in swaps:
+                setattr(holder, name, swaps[id(value)])
+    kernel.trace.limit = config.retention.trace_lines
     return kernel
 
 
