@@ -107,9 +107,12 @@ def submit(daemon, first: int, count: int) -> None:
             ctl.write(lines.encode())
 
 
-def exited(daemon) -> int:
+def ended(daemon) -> int:
+    """Tasks that have exited, those kept and those retention reaped."""
     with open(daemon.path("metrics")) as file:
-        return int(next(line for line in file if line.startswith('apeinx_tasks{state="exited"}')).split()[1])
+        lines = [line.split() for line in file if line.startswith(('apeinx_tasks{state="exited"}',
+                                                                    "apeinx_tasks_reaped_total "))]
+    return sum(int(value) for _, value in lines)
 
 
 def journal_bytes(state_dir: str) -> int:
@@ -127,7 +130,7 @@ def through_a_daemon() -> tuple[int, float]:
     with apeinxfs_mount(ACCEPTANCE, "snapshot") as daemon:
         for first, count in ((0, FIRST_ROUND), (FIRST_ROUND, DAEMON_TASKS - FIRST_ROUND)):
             submit(daemon, first, count)
-            poll_until(lambda: exited(daemon) >= first + count, 900, "every task exits")
+            poll_until(lambda: ended(daemon) >= first + count, 900, "every task exits")
         time.sleep(2)  # the progress timer's last rows
         size = journal_bytes(daemon.state_dir)
         files = snapshots.paths(os.path.join(daemon.state_dir, "snapshots"))
