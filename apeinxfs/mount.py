@@ -22,6 +22,7 @@ from . import config as config_mod
 from .drivers import nvml
 from .fs import Operations
 from .archive import Archive
+from .cluster.daemon import Cluster
 from .journal import Journal
 from .kernel.errors import ApeinxError, Degraded, Invalid
 from .nodes.tree import Tree
@@ -158,6 +159,7 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
         runtime = Runtime(config, Journal(os.path.join(config.state_dir, "journal.db")), archive=archive)
         rows = runtime.recover()
         runtime.readings = nvml.open_readings(config.kernel.gpus)
+        runtime.cluster = Cluster(config.cluster, runtime) if config.cluster else None
         ops = Operations(Tree(runtime))
         pyfuse3.init(ops, args.mountpoint, _fuse_options(args))
     except Exception as exc:  # report any start failure to the waiting parent

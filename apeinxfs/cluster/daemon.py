@@ -1,0 +1,88 @@
+"""The cluster inside the daemon: membership, the view of every node, pid blocks.
+
+`Cluster(settings, runtime)` is built by mount.py when `[cluster] etcd` is set and run
+by `Runtime.run` beside the drivers: one etcd client, and four tasks: the member (lease,
+epoch, leader campaign; member.py), the publisher of this node's record, the follower
+that keeps `view` (view.py) current through a watch, and the keeper of pid blocks
+(pids.py). None of them blocks the file system: without etcd they note why and retry,
+and local reads and running tasks go on. `nodes_seen(rt)` is what /nodes shows: the
+cluster's view, or on a single node just this node.
+"""
+import logging
+
+import trio
+
+from ..kernel.errors import ApeinxError
+from .etcd import Etcd
+from .etcd_records import EtcdError
+from .member import RETRY_S, Member
+from .pids import take_block, wants_block
+from .records import Keys, NodeView, record_of
+from .settings import ClusterSettings
+from .view import ClusterView
+
+log = logging.getLogger(__name__)
+PID_CHECK_S = 1.0  # how often the pids left are checked when no trace line wakes the keeper first
+
+
+class Cluster:
+    """This node's part in the cluster: its `member`ship and its `view` of every node."""
+
+    def __init__(self, settings: ClusterSettings, runtime):
+        self.settings, self.rt = settings, runtime
+        self.name = runtime.config.kernel.node
+        self.keys = Keys(settings.prefix)
+        self.view = ClusterView(self.keys)
+        self.etcd = Etcd(list(settings.etcd))
+        self.member = Member(self.etcd, self.keys, self.name, settings.lease_s, self.record)
+
+    def record(self, epoch: int):
+        """This node's record now, in `epoch`."""
+        return record_of(self.rt.kernel, epoch, self.rt.clock.now_us(), self.settings.advertise)
+
+    async def run(self) -> None:
+        """Join and follow the cluster until cancelled."""
+        async with self.etcd, trio.open_nursery() as nursery:
+            nursery.start_soon(self.member.run)
+            nursery.start_soon(self.member.publish)
+            nursery.start_soon(self.follow)
+            nursery.start_soon(self.keep_pids)
+
+    async def follow(self) -> None:
+        """Read every key under the prefix, then watch it from the next revision; again after a failure."""
+        while True:
+            try:
+                found = await self.etcd.range(self.keys.all, prefix=True)
+                self.view.load(found.kvs, found.revision)
+                self.member.note(None)
+                async with self.etcd.watch(self.keys.all, prefix=True, start_revision=found.revision + 1) as events:
+                    async for event in events:
+                        self.view.apply(event)
+            except EtcdError as error:  # Unavailable without a quorum, Compacted
+                self.member.note(error)
+                await trio.sleep(RETRY_S)
+
+    async def keep_pids(self) -> None:
+        """Ask for the next pid block once fewer than half a block is left (checked as submits come)."""
+        size = self.settings.pid_block
+        while True:
+            if wants_block(self.rt, size):
+                try:
+                    await take_block(self.rt, self.etcd, self.keys.pids, size)
+                    self.member.note(None)
+                except EtcdError as error:  # Unavailable without a quorum
+                    self.member.note(error)
+                    await trio.sleep(RETRY_S)
+                except ApeinxError as error:  # Degraded without a journal
+                    log.warning("cluster: no pid block: %s", error.reason)
+                    await trio.sleep(RETRY_S)
+                continue
+            await self.rt.wait_for("trace", PID_CHECK_S)
+
+
+def nodes_seen(rt) -> dict[str, NodeView]:
+    """The nodes /nodes shows: the cluster's view; on a single node, this node, up and leading, epoch 0."""
+    if rt.cluster is not None:
+        return rt.cluster.view.nodes()
+    record = record_of(rt.kernel, 0, rt.clock.now_us(), None)
+    return {record.name: NodeView(record, up=True, leader=True)}

@@ -1,0 +1,97 @@
+"""What a node publishes about itself, and where the cluster's keys live in etcd.
+
+`NodeRecord` is one node's published state (JSON in etcd); `record_of` reads it off a
+kernel; `NodeView` is a record as the cluster sees it (up or down, leading or not).
+`Keys` names every key under the configured prefix (docs/cluster.md has the table) and
+tells which a key is. Pure: no etcd calls, no trio.
+"""
+import json
+
+import attrs
+
+from ..kernel.task import State
+
+
+@attrs.frozen
+class NodeRecord:
+    """A node's state as it published it at `seen_us` (wall time, µs), in epoch `epoch`."""
+
+    name: str
+    epoch: int
+    seen_us: int
+    gpus: int = 0
+    slots_free: int = 0
+    kv_pages_free: int = 0
+    queued: int = 0
+    running: int = 0
+    tasks: tuple[int, ...] = attrs.field(default=(), converter=tuple)  # its live pids
+    models: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    advertise: str | None = None  # its address for node-to-node traffic ([cluster] advertise)
+
+    def to_json(self) -> bytes:
+        return json.dumps(attrs.asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "NodeRecord":
+        fields = {field.name for field in attrs.fields(cls)}
+        return cls(**{key: value for key, value in json.loads(data).items() if key in fields})
+
+
+@attrs.frozen
+class NodeView:
+    """A node's last record and what the cluster says of it now."""
+
+    record: NodeRecord
+    up: bool
+    leader: bool
+
+
+def record_of(kernel, epoch: int, seen_us: int, advertise: str | None) -> NodeRecord:
+    """The record a node publishes: its kernel's GPUs, free slots and KV pages, queue and live tasks."""
+    live = sorted(pid for pid, task in kernel.tasks.items() if task.state is not State.EXITED)
+    return NodeRecord(name=kernel.config.node, epoch=epoch, seen_us=seen_us, gpus=len(kernel.gpus),
+                      slots_free=sum(gpu.config.slots - len(gpu.running) for gpu in kernel.gpus),
+                      kv_pages_free=sum(pool.pages_free for pool in kernel.kv.pools),
+                      queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING),
+                      tasks=live, models=sorted(kernel.models), advertise=advertise)
+
+
+@attrs.frozen
+class Keys:
+    """The cluster's etcd keys under `prefix` (bytes; node names are the config's daemon.node)."""
+
+    prefix: str
+
+    def _key(self, *parts: str) -> bytes:
+        return (self.prefix + "/".join(parts)).encode()
+
+    def node(self, name: str) -> bytes:
+        """The node's record (no lease: it stays, with its last state, after the node is gone)."""
+        return self._key("nodes", name)
+
+    def up(self, name: str) -> bytes:
+        """On the node's lease, holding its epoch: there while the node is up."""
+        return self._key("up", name)
+
+    def epoch(self, name: str) -> bytes:
+        """The node's latest epoch (no lease), raised by a guarded txn at every join."""
+        return self._key("epoch", name)
+
+    @property
+    def pids(self) -> bytes:
+        """The first pid no node has been granted yet."""
+        return self._key("pids", "next")
+
+    @property
+    def election(self) -> bytes:
+        """The leader election's name: candidates' keys are under it, on their leases."""
+        return self._key("leader")
+
+    @property
+    def all(self) -> bytes:
+        return self.prefix.encode()
+
+    def kind_of(self, key: bytes) -> tuple[str, str]:
+        """(kind, name) of one of these keys: ("nodes", NAME), ("up", NAME), ("leader", LEASE) ..."""
+        kind, _, name = key[len(self.prefix):].decode(errors="replace").partition("/")
+        return kind, name
