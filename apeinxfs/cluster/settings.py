@@ -20,7 +20,7 @@ MIN_LEASE_S = 2  # etcd refuses shorter TTLs (its minimum is 1.5 election timeou
 
 def _endpoints(value) -> tuple[str, ...]:
     """A non-empty list of http(s)://HOST:PORT URLs, one per etcd member."""
-    if not isinstance(value, list) or not value:
+    if not isinstance(value, (list, tuple)) or not value:
         raise Invalid(f"config: cluster.etcd must be a list of etcd client URLs, not {value!r}")
     for url in value:
         parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None

@@ -72,8 +72,6 @@ def build_root(rt) -> Dir:
         }),
         "tasks": TasksDir(rt=rt),
         "models": ModelsDir(rt=rt),
-        "nodes": NodesDir(rt=rt),
-        "cluster": Show(show=partial(link, rt), volatile=True),
         "memory": Dir(children={
             "meminfo": Show(show=lambda: memory.meminfo(kernel, rt.engine_metrics.values())),
             "pressure": Show(show=lambda: memory.pressure(kernel, rt.clock.now_us()), volatile=True),
@@ -100,6 +98,8 @@ def build_root(rt) -> Dir:
         "billing": Show(mode=ADMIN_READS, show=partial(billing.show, kernel), read_role="admin"),
         "metrics": Show(show=partial(metrics.show, rt), volatile=True),
         "health": Show(show=partial(health.show, rt.health), volatile=True),
+        "nodes": NodesDir(rt=rt),
+        "cluster": Show(show=partial(link, rt), volatile=True),
     })
 
 
