@@ -50,8 +50,11 @@ class Member:
                 await trio.sleep(RETRY_S)
                 continue
             self.note(None)
-            await self.hold(lease)
-            await self.withdraw(lease)
+            try:
+                await self.hold(lease)
+            finally:  # also when the daemon stops: then it is down at once, not a lease later
+                with trio.CancelScope(shield=True):
+                    await self.withdraw(lease)
 
     async def join(self) -> Lease:
         """A new lease and the next epoch, raised in a txn guarded on the epoch key's revision."""
@@ -91,7 +94,7 @@ class Member:
         log.info("cluster: node %s leads (epoch %d)", self.name, self.epoch)
 
     async def withdraw(self, lease: Lease) -> None:
-        """Revoke a lost lease, so its `up` key and candidacy go now rather than at its expiry
+        """Revoke a lease lost or left, so its `up` key and candidacy go now rather than at its expiry
         (after a quorum loss etcd may still hold it); give up after REVOKE_S."""
         with trio.move_on_after(REVOKE_S):
             try:
