@@ -15,11 +15,14 @@ import pytest
 
 from daemon import FAST_CONFIG, FUSE_READY, Daemon, poll_until
 from etcdcluster import EtcdCluster
+from test_storage_mount import submit
 
-pytestmark = pytest.mark.skipif(not FUSE_READY, reason="*** needs /dev/fuse and fusermount3: CLUSTER MOUNT TESTS SKIPPED ***")
+pytestmark = pytest.mark.skipif(not FUSE_READY,
+                                reason="*** needs /dev/fuse and fusermount3: CLUSTER MOUNT TESTS SKIPPED ***")
 NAMES = ("a", "b", "c")
 LEASE_S = 5
 SETTLE_S = 60  # the most any change may take to show (a lease, a watch, an etcd election, a loaded VM)
+SHORT_TASK = "model=sim max_tokens=2 prompt=hi"
 LONG_TASK = "model=sim max_tokens=20000 prompt=stay"  # runs for about 40 s at 2 ms a token
 
 
@@ -52,17 +55,7 @@ def nodes(etcd, tmp_path_factory):
             daemon.stop()
 
 
-def submit(daemon: Daemon, line: str = "model=sim max_tokens=2 prompt=hi") -> int:
-    """Submit one line; its pid, or OSError (os.write: Python's file objects take EAGAIN for 'try later')."""
-    fd = os.open(daemon.path("ctl", "submit"), os.O_RDWR)
-    try:
-        os.write(fd, line.encode() + b"\n")
-        return int(os.read(fd, 64))
-    finally:
-        os.close(fd)
-
-
-def submit_or_none(daemon: Daemon, line: str = "model=sim max_tokens=2 prompt=hi") -> int | None:
+def submit_or_none(daemon: Daemon, line: str = SHORT_TASK) -> int | None:
     """The pid, or None if refused with EAGAIN (a node waiting for its next pid block)."""
     try:
         return submit(daemon, line)
@@ -71,21 +64,25 @@ def submit_or_none(daemon: Daemon, line: str = "model=sim max_tokens=2 prompt=hi
         return None
 
 
-def submit_soon(daemon: Daemon, line: str = "model=sim max_tokens=2 prompt=hi") -> int:
+def submit_soon(daemon: Daemon, line: str = SHORT_TASK) -> int:
     """Submit, trying again while the node waits for its next pid block (a burst can outrun the grants)."""
     return poll_until(lambda: submit_or_none(daemon, line), SETTLE_S, f"a submit on {daemon.mountpoint}")
 
 
-def status(daemon: Daemon, name: str) -> dict:
-    """/nodes/NAME/status as read on `daemon`, key -> value."""
-    with open(daemon.path("nodes", name, "status")) as file:
+def keyed(path: str) -> dict:
+    """A file of `Key:<TAB>value` lines as a dict."""
+    with open(path) as file:
         return dict(line.rstrip("\n").split(":\t", 1) for line in file)
+
+
+def status(daemon: Daemon, name: str) -> dict:
+    """/nodes/NAME/status as read on `daemon`."""
+    return keyed(daemon.path("nodes", name, "status"))
 
 
 def link(daemon: Daemon) -> dict:
     """/cluster as read on `daemon`: its own link to the cluster."""
-    with open(daemon.path("cluster")) as file:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in file)
+    return keyed(daemon.path("cluster"))
 
 
 def listed(daemon: Daemon) -> list[str]:
@@ -141,7 +138,7 @@ def submit_until_refused(daemon: Daemon, most: int) -> tuple[list[int], OSError]
     given = []
     for _ in range(most):
         try:
-            given.append(submit(daemon))
+            given.append(submit(daemon, SHORT_TASK))
         except OSError as refused:
             return given, refused
     raise AssertionError(f"{most} submits, none refused: {given}")

@@ -14,8 +14,8 @@ from collections.abc import Callable
 import trio
 
 from .etcd import Etcd
-from .etcd_records import EtcdError, Lease, LeaseGone, Txn
-from .records import Keys, NodeRecord
+from .etcd_records import EtcdError, Lease, LeaseGone
+from .records import Keys, NodeRecord, unchanged
 
 log = logging.getLogger(__name__)
 PUBLISH_S = 1.0  # how often a node publishes its record
@@ -63,9 +63,8 @@ class Member:
         while True:
             kv = await self.etcd.get(key)
             epoch = (int(kv.value) if kv else 0) + 1
-            guard = Txn().when(key, "mod_revision", "==", kv.mod_revision) if kv else \
-                Txn().when(key, "create_revision", "==", 0)
-            txn = (guard.put(key, str(epoch).encode()).put(self.keys.up(self.name), str(epoch).encode(), lease.id)
+            text = str(epoch).encode()
+            txn = (unchanged(key, kv).put(key, text).put(self.keys.up(self.name), text, lease.id)
                    .put(self.keys.node(self.name), self.record(epoch).to_json()))
             if (await self.etcd.txn(txn, repeatable=True)).succeeded:  # a lost answer retried: epoch + 2
                 self.epoch = epoch

@@ -12,7 +12,7 @@ import logging
 
 from ..kernel.events import PidBlock
 from .etcd import Etcd
-from .etcd_records import Txn
+from .records import unchanged
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +22,8 @@ async def grant_block(etcd: Etcd, key: bytes, floor: int, size: int) -> int:
     while True:
         kv = await etcd.get(key)
         first = max(int(kv.value) if kv else 1, floor)
-        guard = Txn().when(key, "mod_revision", "==", kv.mod_revision) if kv else \
-            Txn().when(key, "create_revision", "==", 0)
         # repeatable: a lost answer retried fails its guard and a block is skipped, never given twice
-        if (await etcd.txn(guard.put(key, str(first + size).encode()), repeatable=True)).succeeded:
+        if (await etcd.txn(unchanged(key, kv).put(key, str(first + size).encode()), repeatable=True)).succeeded:
             return first
 
 

@@ -3,13 +3,14 @@
 `NodeRecord` is one node's published state (JSON in etcd); `record_of` reads it off a
 kernel; `NodeView` is a record as the cluster sees it (up or down, leading or not).
 `Keys` names every key under the configured prefix (docs/cluster.md has the table) and
-tells which a key is. Pure: no etcd calls, no trio.
+tells which a key is; `unchanged` guards a read-modify-write txn. Pure: no etcd calls, no trio.
 """
 import json
 
 import attrs
 
 from ..kernel.task import State
+from .etcd_records import KeyValue, Txn
 
 
 @attrs.frozen
@@ -54,6 +55,13 @@ def record_of(kernel, epoch: int, seen_us: int, advertise: str | None) -> NodeRe
                       kv_pages_free=sum(pool.pages_free for pool in kernel.kv.pools),
                       queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING),
                       tasks=live, models=sorted(kernel.models), advertise=advertise)
+
+
+def unchanged(key: bytes, read: KeyValue | None) -> Txn:
+    """A txn guarded on `key` being as `read` found it: the same revision, or still absent."""
+    if read is None:
+        return Txn().when(key, "create_revision", "==", 0)
+    return Txn().when(key, "mod_revision", "==", read.mod_revision)
 
 
 @attrs.frozen
