@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from daemon import FAST_CONFIG, FUSE_READY, Daemon, poll_until
+from daemon import APEINXFS, FAST_CONFIG, FUSE_READY, Daemon, poll_until
 from etcdcluster import EtcdCluster
 from test_storage_mount import submit
 
@@ -164,9 +164,12 @@ def test_one_etcd_member_killed_submits_go_on_two_killed_they_fail_with_eagain(n
     poll_until(lambda: all_up(nodes), SETTLE_S, "a, b and c up again as seen from every node")
 
 
-def test_a_killed_daemon_shows_down_on_the_others(nodes):
-    """kill -9 of node c's daemon: a and b show c `State: down`, with its last record, and still list it."""
+def test_a_killed_daemon_shows_down_on_the_others_and_its_journal_replays(nodes):
+    """kill -9 of node c's daemon: a and b show c `State: down`, with its last record, and still list it;
+    c's journal, pid blocks included, replays to the same trace (`apeinxfs replay --verify`)."""
     nodes["c"].kill9()
     for seen_on in ("a", "b"):
         poll_until(lambda: status(nodes[seen_on], "c")["State"] == "down", SETTLE_S, f"c down on {seen_on}")
         assert listed(nodes[seen_on]) == list(NAMES) and status(nodes[seen_on], "c")["Leader"] == "no"
+    verified = subprocess.run(APEINXFS + ["replay", "--verify", nodes["c"].state_dir], capture_output=True, text=True)
+    assert verified.returncode == 0 and verified.stdout.startswith("OK:"), verified.stdout + verified.stderr
