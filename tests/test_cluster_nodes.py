@@ -14,7 +14,7 @@ import time
 import pytest
 
 from daemon import APEINXFS, FAST_CONFIG, FUSE_READY, Daemon, poll_until
-from etcdcluster import EtcdCluster
+from etcdcluster import EtcdCluster, free_ports
 from test_storage_mount import submit
 
 pytestmark = pytest.mark.skipif(not FUSE_READY,
@@ -92,6 +92,19 @@ def listed(daemon: Daemon) -> list[str]:
 def all_up(daemons: dict) -> bool:
     return all(listed(d) == list(NAMES) and all(status(d, n)["State"] == "up" for n in NAMES)
                for d in daemons.values())
+
+
+def test_a_node_that_cannot_reach_etcd_mounts_reads_and_refuses_submits_with_eagain(tmp_path):
+    """With no etcd member listening the daemon still mounts; /cluster says why etcd is unavailable,
+    local files read, /nodes lists nothing known yet, and a submit fails with EAGAIN (no pid block)."""
+    with Daemon(tmp_path / "ai", tmp_path / "state", cluster_config("lone", [f"http://127.0.0.1:{free_ports(1)[0]}"])) \
+            as lone:
+        poll_until(lambda: link(lone)["Etcd"] == "unavailable", SETTLE_S, "etcd unavailable in /cluster")
+        assert "cannot connect" in link(lone)["Reason"] and link(lone)["PidsLeft"] == "0"
+        assert listed(lone) == [] and keyed(lone.path("health"))["State"] == "ok"
+        with pytest.raises(OSError) as refused:
+            submit(lone, SHORT_TASK)
+        assert refused.value.errno == errno.EAGAIN
 
 
 def test_every_node_lists_all_three_up_with_the_same_status_and_one_leader(nodes):

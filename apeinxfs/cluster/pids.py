@@ -28,9 +28,10 @@ async def grant_block(etcd: Etcd, key: bytes, floor: int, size: int) -> int:
 
 
 def wants_block(runtime, size: int) -> bool:
-    """Whether the node has fewer than half a block of pids left (always false on a single node)."""
+    """Whether the node has fewer than half a block of pids left (always false on a single node) and
+    could journal a grant (not while degraded: a block granted then would be skipped)."""
     left = runtime.kernel.tasks.pids_left()
-    return left is not None and left < (size + 1) // 2
+    return left is not None and left < (size + 1) // 2 and runtime.health.fault is None
 
 
 async def take_block(runtime, etcd: Etcd, key: bytes, size: int) -> None:
