@@ -32,6 +32,7 @@ class Member:
         self.epoch = 0
         self.leading = False
         self.problem: str | None = None  # why the last etcd call failed, until one works
+        self.writing = trio.Lock()  # a publish and a join's txn never overlap: no record of an old epoch lands last
 
     def note(self, error: EtcdError | None) -> None:
         """Remember (and log once) why the cluster cannot be reached; None once it can."""
@@ -66,10 +67,12 @@ class Member:
             text = str(epoch).encode()
             txn = (unchanged(key, kv).put(key, text).put(self.keys.up(self.name), text, lease.id)
                    .put(self.keys.node(self.name), self.record(epoch).to_json()))
-            if (await self.etcd.txn(txn, repeatable=True)).succeeded:  # a lost answer retried: epoch + 2
-                self.epoch = epoch
-                log.info("cluster: node %s joined with epoch %d (lease %x, %ds)", self.name, epoch, lease.id, lease.ttl)
-                return lease
+            async with self.writing:
+                if (await self.etcd.txn(txn, repeatable=True)).succeeded:  # a lost answer retried: epoch + 2
+                    self.epoch = epoch
+                    log.info("cluster: node %s joined with epoch %d (lease %x, %ds)", self.name, epoch, lease.id,
+                             lease.ttl)
+                    return lease
 
     async def hold(self, lease: Lease) -> None:
         """Keep `lease` alive and campaign for leader on it; return once it is lost."""
@@ -106,7 +109,8 @@ class Member:
         while True:
             if self.epoch:
                 try:
-                    await self.etcd.put(self.keys.node(self.name), self.record(self.epoch).to_json())
+                    async with self.writing:
+                        await self.etcd.put(self.keys.node(self.name), self.record(self.epoch).to_json())
                 except EtcdError as error:
                     self.note(error)
                 else:
