@@ -46,7 +46,7 @@ def test_without_etcd_there_is_no_cluster(tmp_path):
 
 
 def test_cluster_settings_and_their_defaults(tmp_path):
-    """etcd, advertise and token_file are read and normalised; lease_s 15 and blocks of 1000 by default."""
+    """etcd, advertise and token_file are read and normalised; lease_s 15 and blocks of 100,000 by default."""
     token = tmp_path / "token"
     token.write_text("s3cret\n")
     token.chmod(0o600)
@@ -54,7 +54,7 @@ def test_cluster_settings_and_their_defaults(tmp_path):
                             f'token_file = "{token}"')
     assert config.cluster == ClusterSettings(etcd=("http://10.0.0.1:2379", "https://e2:2379"),
                                              advertise="http://10.0.0.1:7070", token_file=str(token))
-    assert (config.cluster.lease_s, config.cluster.pid_block, config.cluster.prefix) == (15, 1000, "apeinxfs/")
+    assert (config.cluster.lease_s, config.cluster.pid_block, config.cluster.prefix) == (15, 100_000, "apeinxfs/")
     assert config.kernel.pid_blocks
 
 

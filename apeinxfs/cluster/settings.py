@@ -85,7 +85,7 @@ class ClusterSettings:
     lease_s: int = attrs.field(default=15, validator=_integer_at_least(MIN_LEASE_S))
     advertise: str | None = attrs.field(default=None, converter=_advertise)
     token_file: str | None = attrs.field(default=None, validator=_token_file)
-    pid_block: int = attrs.field(default=1000, validator=_integer_at_least(1))
+    pid_block: int = attrs.field(default=100_000, validator=_integer_at_least(1))
     prefix: str = attrs.field(default="apeinxfs/", converter=_prefix)
 
 

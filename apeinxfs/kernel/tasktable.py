@@ -69,8 +69,9 @@ class TaskTable(Mapping[int, Task]):
         taken = (batch or {}).get(PIDS_TAKEN, (0, 0))[0]
         left = self.pids_left()
         if left is not None and taken >= left:
-            raise TryAgain(f"node {node} has used up its pids and the cluster has not granted it the next "
-                           f"block yet (etcd unreachable or without a quorum?): try again")
+            short = f"only {left} pids left for this write's lines" if taken else "used up its pids"
+            raise TryAgain(f"node {node} has {short} and the cluster has not granted it the next block yet "
+                           f"(etcd unreachable or without a quorum?): try again{', with fewer lines' if taken else ''}")
         if batch is not None:
             batch[PIDS_TAKEN] = (taken + 1, 0)
 
