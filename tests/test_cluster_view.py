@@ -8,10 +8,12 @@ a real etcd and three daemons is test_cluster_nodes.py.
 import errno
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from apeinxfs import config as config_mod
 from apeinxfs.cluster.etcd_records import Event, KeyValue
-from apeinxfs.cluster.records import Keys, NodeRecord, NodeView
+from apeinxfs.cluster.records import MAX_RANGES, Keys, NodeRecord, NodeView, pid_ranges, pids_of
 from apeinxfs.cluster.settings import ClusterSettings
 from apeinxfs.cluster.view import ClusterView
 from apeinxfs.kernel.errors import ApeinxError
@@ -98,7 +100,7 @@ def kv(key: bytes, value: bytes, revision: int) -> KeyValue:
 
 def test_a_record_round_trips_through_json_and_keys_say_their_kind():
     """A record comes back equal from its JSON; each key names its kind and node."""
-    sent = record("a", 3, gpus=2, slots_free=16, kv_pages_free=380, tasks=(4, 9), models=("sim",),
+    sent = record("a", 3, gpus=2, slots_free=16, kv_pages_free=380, live=2, tasks="4,9", models=("sim",),
                   advertise="http://h:1")
     assert NodeRecord.from_json(sent.to_json()) == sent
     assert [KEYS.kind_of(key) for key in (KEYS.node("a"), KEYS.up("b"), KEYS.epoch("c"), KEYS.pids)] == [
@@ -124,12 +126,24 @@ def test_the_view_follows_ups_downs_and_the_oldest_candidate_leads():
 
 def test_status_and_tasks_render_a_node_as_the_man_page_says():
     """status: Key:<TAB>value lines in order; tasks: one pid a line."""
-    node = NodeView(record("b", 4, gpus=2, slots_free=15, kv_pages_free=300, queued=1, running=1, tasks=(7, 12),
-                           models=("sim", "tiny")), up=False, leader=False)
+    node = NodeView(record("b", 4, gpus=2, slots_free=15, kv_pages_free=300, queued=1, running=1, live=5,
+                           tasks="7,12-14,20", models=("sim", "tiny")), up=False, leader=False)
     assert members.status(node) == ("Name:\tb\nState:\tdown\nEpoch:\t4\nLeader:\tno\nGpus:\t2\nSlotsFree:\t15\n"
-                                    "KVPagesFree:\t300\nQueued:\t1\nTasksRunning:\t1\nModels:\tsim,tiny\n"
-                                    "Advertise:\t-\nLastSeen:\t2025-11-24T16:00:00Z\n")
-    assert members.tasks(node) == "7\n12\n"
+                                    "KVPagesFree:\t300\nQueued:\t1\nTasksRunning:\t1\nTasksLive:\t5\n"
+                                    "Models:\tsim,tiny\nAdvertise:\t-\nLastSeen:\t2025-11-24T16:00:00Z\n")
+    assert members.tasks(node) == "7\n12\n13\n14\n20\n"
+
+
+@given(st.sets(st.integers(1, 300)))
+def test_pids_round_trip_through_their_ranges(pids):
+    """pid_ranges of pids in order gives them back, in order, through pids_of."""
+    assert list(pids_of(pid_ranges(sorted(pids)))) == sorted(pids)
+
+
+def test_ranges_stop_at_max_ranges():
+    """A record holds at most MAX_RANGES ranges: the first ones, in pid order."""
+    text = pid_ranges(list(range(1, 2 * MAX_RANGES + 10, 2)))
+    assert text.count(",") == MAX_RANGES - 1 and list(pids_of(text))[-1] == 2 * MAX_RANGES - 1
 
 
 # -- a single node's tree ----------------------------------------------------------------------------

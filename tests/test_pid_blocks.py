@@ -78,7 +78,7 @@ def test_one_write_cannot_take_more_pids_than_are_left():
     for _ in range(2):
         kernel.admit(Submit(spec=TaskSpec(name="j", max_tokens=2), uid=1000), 0, batch)
     refused = refusal(lambda: kernel.admit(Submit(spec=TaskSpec(name="j", max_tokens=2), uid=1000), 0, batch))
-    assert refused.errno == errno.EAGAIN
+    assert refused.errno == errno.EAGAIN and "only 2 pids left for this write's lines" in refused.reason
 
 
 def test_a_block_must_lie_past_every_pid_given_or_granted():

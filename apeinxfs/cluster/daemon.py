@@ -10,6 +10,7 @@ cluster's view, or on a single node just this node.
 """
 import logging
 
+import attrs
 import trio
 
 from ..kernel.errors import ApeinxError
@@ -17,7 +18,7 @@ from .etcd import Etcd
 from .etcd_records import EtcdError
 from .member import RETRY_S, Member
 from .pids import take_block, wants_block
-from .records import Keys, NodeView, record_of
+from .records import Keys, NodeRecord, NodeView, record_of
 from .settings import ClusterSettings
 from .view import ClusterView
 
@@ -35,10 +36,15 @@ class Cluster:
         self.view = ClusterView(self.keys)
         self.etcd = Etcd(list(settings.etcd))
         self.member = Member(self.etcd, self.keys, self.name, settings.lease_s, self.record)
+        self._read: tuple[int, NodeRecord] | None = None  # (kernel version, the record read off it then)
 
-    def record(self, epoch: int):
-        """This node's record now, in `epoch`."""
-        return record_of(self.rt.kernel, epoch, self.rt.clock.now_us(), self.settings.advertise)
+    def record(self, epoch: int) -> NodeRecord:
+        """This node's record now, in `epoch`; the kernel is read again only once it changed (a read
+        scans the task table for live pids)."""
+        version = self.rt.kernel.version
+        if self._read is None or self._read[0] != version:
+            self._read = version, record_of(self.rt.kernel, epoch, 0, self.settings.advertise)
+        return attrs.evolve(self._read[1], epoch=epoch, seen_us=self.rt.clock.now_us())
 
     async def run(self) -> None:
         """Join and follow the cluster until cancelled."""

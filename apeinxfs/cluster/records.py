@@ -6,11 +6,14 @@ kernel; `NodeView` is a record as the cluster sees it (up or down, leading or no
 tells which a key is; `unchanged` guards a read-modify-write txn. Pure: no etcd calls, no trio.
 """
 import json
+from collections.abc import Iterator
 
 import attrs
 
 from ..kernel.task import State
 from .etcd_records import KeyValue, Txn
+
+MAX_RANGES = 10_000  # pid ranges a record holds at most
 
 
 @attrs.frozen
@@ -25,7 +28,8 @@ class NodeRecord:
     kv_pages_free: int = 0
     queued: int = 0
     running: int = 0
-    tasks: tuple[int, ...] = attrs.field(default=(), converter=tuple)  # its live pids
+    live: int = 0  # its tasks not exited
+    tasks: str = ""  # their pids as ranges, "4-9,12" (pid_ranges: the first MAX_RANGES of them)
     models: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     advertise: str | None = None  # its address for node-to-node traffic ([cluster] advertise)
 
@@ -49,12 +53,34 @@ class NodeView:
 
 def record_of(kernel, epoch: int, seen_us: int, advertise: str | None) -> NodeRecord:
     """The record a node publishes: its kernel's GPUs, free slots and KV pages, queue and live tasks."""
-    live = sorted(pid for pid, task in kernel.tasks.items() if task.state is not State.EXITED)
+    live = len(kernel.tasks) - kernel.tasks.count(State.EXITED)
     return NodeRecord(name=kernel.config.node, epoch=epoch, seen_us=seen_us, gpus=len(kernel.gpus),
                       slots_free=sum(gpu.config.slots - len(gpu.running) for gpu in kernel.gpus),
                       kv_pages_free=sum(pool.pages_free for pool in kernel.kv.pools),
-                      queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING),
-                      tasks=live, models=sorted(kernel.models), advertise=advertise)
+                      queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING), live=live,
+                      tasks=pid_ranges(kernel.tasks.live_pids()) if live else "", models=sorted(kernel.models),
+                      advertise=advertise)
+
+
+def pid_ranges(pids: list[int]) -> str:
+    """Pids in order as "A-B,C" ranges, the first MAX_RANGES of them (so a record stays far below etcd's
+    1.5 MiB request limit)."""
+    ranges: list[list[int]] = []
+    for pid in pids:
+        if ranges and ranges[-1][1] == pid - 1:
+            ranges[-1][1] = pid
+        elif len(ranges) < MAX_RANGES:
+            ranges.append([pid, pid])
+        else:
+            break
+    return ",".join(f"{first}-{last}" if last > first else str(first) for first, last in ranges)
+
+
+def pids_of(ranges: str) -> Iterator[int]:
+    """The pids of pid_ranges' text, in order."""
+    for part in filter(None, ranges.split(",")):
+        first, _, last = part.partition("-")
+        yield from range(int(first), int(last or first) + 1)
 
 
 def unchanged(key: bytes, read: KeyValue | None) -> Txn:

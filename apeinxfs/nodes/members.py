@@ -1,8 +1,8 @@
 """/nodes/NAME/{status,tasks}: every node of the cluster, as each node's published record says.
 
 `status` is `Key:<TAB>value` lines (State up|down, Epoch, Leader yes|no, GPUs, free slots
-and KV pages, queue, running tasks, models, address, LastSeen: when it last published, in
-UTC); `tasks` its live pids, one a line. Both are rendered from the cluster's view (etcd),
+and KV pages, queue, running and live tasks, models, address, LastSeen: when it last
+published, in UTC); `tasks` its live pids, one a line. Both are rendered from the cluster's view (etcd),
 the same on every node once the watch has caught up; a node whose lease is gone stays
 listed, `State: down`, with its last record. On a single node /nodes holds just this node
 (up, leading, epoch 0) from its own kernel (cluster/daemon.nodes_seen). Inodes are computed
@@ -13,7 +13,7 @@ import datetime
 import attrs
 
 from ..cluster.daemon import nodes_seen
-from ..cluster.records import NodeView
+from ..cluster.records import NodeView, pids_of
 from ..kernel.errors import NotFound
 from .base import BuiltDir, NamedDirs, Show
 from .models import MODEL_BASE
@@ -33,6 +33,7 @@ def status(node: NodeView) -> str:
     rows = [("Name", record.name), ("State", "up" if node.up else "down"), ("Epoch", record.epoch),
             ("Leader", "yes" if node.leader else "no"), ("Gpus", record.gpus), ("SlotsFree", record.slots_free),
             ("KVPagesFree", record.kv_pages_free), ("Queued", record.queued), ("TasksRunning", record.running),
+            ("TasksLive", record.live),
             ("Models", ",".join(record.models) or "-"), ("Advertise", record.advertise or "-"),
             ("LastSeen", _utc(record.seen_us))]
     return "".join(f"{key}:\t{value}\n" for key, value in rows)
@@ -54,7 +55,7 @@ def link(rt) -> str:
 
 def tasks(node: NodeView) -> str:
     """The node's live pids (queued, running, stopped), one a line, as it last published them."""
-    return "".join(f"{pid}\n" for pid in node.record.tasks)
+    return "".join(f"{pid}\n" for pid in pids_of(node.record.tasks))
 
 
 @attrs.define(eq=False)
