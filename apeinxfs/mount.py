@@ -22,6 +22,7 @@ from . import config as config_mod
 from .drivers import nvml
 from .fs import Operations
 from .archive import Archive
+from .cluster import peer_server
 from .cluster.daemon import Cluster
 from .journal import Journal
 from .kernel.errors import ApeinxError, Degraded, Invalid
@@ -161,6 +162,7 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
         runtime.readings = nvml.open_readings(config.kernel.gpus)
         runtime.cluster = Cluster(config.cluster, runtime) if config.cluster else None
         ops = Operations(Tree(runtime))
+        peer = peer_server.from_test_hook()  # TO WIRE: [cluster] advertise and token_file (see there)
         pyfuse3.init(ops, args.mountpoint, _fuse_options(args))
     except Exception as exc:  # report any start failure to the waiting parent
         _report(ready_fd, f"cannot mount {args.mountpoint}: {exc}")
@@ -168,7 +170,7 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
         return 1
     log.info("mounted %s; %s; replayed %d journal rows; state in %s",
              args.mountpoint, config.gpu_source, rows, config.state_dir)
-    return trio.run(_run_mounted, runtime, config, ready_fd)
+    return trio.run(_run_mounted, runtime, config, ready_fd, ops.tree, peer)
 
 
 def _fuse_options(args: MountArgs) -> set:
@@ -185,11 +187,13 @@ def _report(fd: int | None, message: str) -> None:
         os.close(fd)
 
 
-async def _run_mounted(runtime: Runtime, config, ready_fd) -> int:
+async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
     signalled = False
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
+            if peer is not None:  # other nodes read and drive this node's tasks (cluster/peer_server.py)
+                await nursery.start(peer_server.PeerServer(tree, peer.token, config.max_waiters).serve, peer)
             serving = trio.CancelScope()
             async def on_signal(task_status=trio.TASK_STATUS_IGNORED):
                 nonlocal signalled

@@ -181,14 +181,20 @@ class Waiter:
     reader: Reader | None = None
 
     async def __call__(self, key, caller) -> None:
+        await self.blocking(caller, lambda: self.readers.notifier.wait(key))
+
+    async def blocking(self, caller, wait):
+        """Await `wait()` as a blocked read does (admitted at the first, ended by Interrupted or
+        TooMany as above); its result. A remote file's read awaits its peer's answer so."""
         if self.reader is None:
             self.reader = self.readers.admit(caller.uid, caller.pid)
-        reader = self.reader
+        reader, result = self.reader, None
         if not reader.interrupted:
             with trio.CancelScope(deadline=self.deadline) as reader.scope:
-                await self.readers.notifier.wait(key)
+                result = await wait()
             reader.scope = None
         if reader.interrupted:
             raise Interrupted("the reader has a signal pending")
         if trio.current_time() >= self.deadline:
             raise TooMany("blocked read would pass the kernel's FUSE request timeout")
+        return result

@@ -316,10 +316,10 @@ def test_sched_policy_writes_mirror_reads(daemon):
     assert "policy" in cat(daemon.path("sched", "stat")) and "tenant/default" in cat(daemon.path("sched", "runqueue"))
 
 
-def test_parent_wait_covers_its_children(daemon):
+def test_parent_wait_covers_its_children(slow):
     """A child submitted with parent=PID is listed in children, and the parent's wait ends after it."""
-    parent = daemon.submit("agent 1 5")
-    child = daemon.submit(f"name=sub max_tokens=300 parent={parent}")
-    assert cat(daemon.path("tasks", str(parent), "children")) == f"{child}\n"
-    assert cat(task_file(daemon, parent, "wait")) == "done\n"
-    assert daemon.status(child)["Exit"] == "done" and daemon.status(child)["PPid"] == str(parent)
+    parent = slow.submit("agent 40 5")  # 2 s at 50 ms a token: still live when the child comes
+    child = slow.submit(f"name=sub max_tokens=60 parent={parent}")
+    assert cat(slow.path("tasks", str(parent), "children")) == f"{child}\n"
+    assert cat(task_file(slow, parent, "wait")) == "done\n"
+    assert slow.status(child)["Exit"] == "done" and slow.status(child)["PPid"] == str(parent)

@@ -1,0 +1,173 @@
+"""What node-to-node requests carry on the wire, both ways: errors, frames, the caller, the token.
+
+- Errors: an `ApeinxError` travels as JSON `{"error": CLASS, "errno": N, "reason": ..., "replies": [...]}`
+  and comes back as the same class (so the FUSE boundary gives the caller the same errno);
+  a class the receiver does not know comes back as `RemoteError` with the sender's errno.
+- Frames: the body of `stream` and `wait` (which block) is a sequence of frames, so a silent
+  task still shows a live peer: `+LEN\\n` then LEN bytes of the file, or `.\\n`, a heartbeat
+  sent after HEARTBEAT_S without news. The body's end is the file's end.
+- The caller: whom a peer acts for (uid, gid, pid, role, tenant), as the asking node found
+  it, in the `Apeinx-Caller` header; the token vouches for the asking node.
+- The token: read from a file nobody but its owner and group may read.
+Not the server (peer_server.py) nor the client (peer_client.py).
+"""
+import errno
+import json
+import os
+import re
+import stat
+
+from ..kernel.access import RANKS
+from ..kernel.errors import (ApeinxError, Busy, Degraded, Denied, Exists, Hidden, Invalid, NoSpace, NotFound,
+                             NotPermitted, OverQuota, TooMany)
+from ..nodes.base import Caller
+
+HEARTBEAT_S = 2.0  # a blocked stream or wait sends a heartbeat frame after this long without news
+FRAME_MAX = 1 << 16  # the most bytes of a file one data frame carries
+HEARTBEAT = b".\n"
+CALLER_HEADER = "apeinx-caller"
+TOKEN_BYTES = re.compile(rb"[\x21-\x7e]+")
+STATUS_OF_ERRNO = {errno.EINVAL: 400, errno.EACCES: 403, errno.EPERM: 403, errno.EDQUOT: 403, errno.ENOENT: 404,
+                   errno.EBUSY: 409, errno.EEXIST: 409, errno.EAGAIN: 503}
+
+
+class PeerDown(ApeinxError):
+    """A peer could not be reached, or went silent or away during a request."""
+
+    errno = errno.EHOSTDOWN
+
+
+class PeerRefused(ApeinxError):
+    """A peer refused the token (HTTP 401): the nodes' token files differ, or none was sent."""
+
+    errno = errno.EACCES
+
+
+class RemoteError(ApeinxError):
+    """A peer's refusal of a class this node does not know: its errno and reason, as sent."""
+
+    def __init__(self, remote_errno: int, reason: str, replies: list[str] | None = None):
+        super().__init__(reason, replies)
+        self.errno = remote_errno
+
+
+ERRORS = {cls.__name__: cls for cls in (Invalid, NotFound, Hidden, Denied, NotPermitted, OverQuota, NoSpace,
+                                        Exists, Busy, TooMany, PeerDown, PeerRefused)}
+
+
+def encode_error(exc: ApeinxError) -> tuple[int, bytes]:
+    """The HTTP status and JSON body that carry `exc` to a peer."""
+    body = {"error": type(exc).__name__, "errno": exc.errno, "reason": exc.reason, "replies": exc.replies}
+    return STATUS_OF_ERRNO.get(exc.errno, 500), json.dumps(body).encode()
+
+
+def decode_error(body: bytes, where: str) -> ApeinxError:
+    """The error a peer's JSON body carries, as its own class where this node knows it (same
+    name and errno), else RemoteError; a body that is not such JSON is an EIO naming `where`."""
+    try:
+        fields = json.loads(body)
+        name, number, reason = fields["error"], fields["errno"], fields["reason"]
+        replies = [str(reply) for reply in fields.get("replies") or [reason]]
+        if not (isinstance(name, str) and isinstance(number, int) and isinstance(reason, str)):
+            raise TypeError(name, number, reason)
+    except (ValueError, KeyError, TypeError):
+        return RemoteError(errno.EIO, f"{where}: an answer that is no error record: {body[:200]!r}")
+    known = ERRORS.get(name)
+    if known is not None and known.errno == number:
+        return known(reason, replies)
+    if name == Degraded.__name__:
+        return Degraded(number, reason)
+    return RemoteError(number, reason, replies)
+
+
+def data_frame(data: bytes) -> bytes:
+    return b"+%d\n" % len(data) + data
+
+
+class FrameReader:
+    """Parses frames from chunks as they come: `feed(chunk)` returns the file's bytes in them
+    (b'' for heartbeats or partial frames); Invalid on a malformed frame header."""
+
+    def __init__(self):
+        self.buffer = bytearray()
+        self.needed = None  # bytes still due of the data frame being read
+
+    def feed(self, chunk: bytes) -> bytes:
+        self.buffer += chunk
+        out = bytearray()
+        while True:
+            if self.needed is None and not self._header():
+                return bytes(out)
+            if len(self.buffer) < self.needed:
+                return bytes(out)
+            out += self.buffer[:self.needed]
+            del self.buffer[:self.needed]
+            self.needed = None
+
+    def _header(self) -> bool:
+        """Consume heartbeats and one data frame's header; False if no whole header is buffered."""
+        while (end := self.buffer.find(b"\n")) >= 0:
+            header = bytes(self.buffer[:end])
+            del self.buffer[:end + 1]
+            if header == b".":
+                continue
+            if not (header[:1] == b"+" and header[1:].isdigit() and len(header) < 16):
+                raise Invalid(f"peer sent a malformed frame header {header[:40]!r}")
+            self.needed = int(header[1:])
+            return True
+        if len(self.buffer) > 16:
+            raise Invalid(f"peer sent a malformed frame header {bytes(self.buffer[:40])!r}")
+        return False
+
+    def at_boundary(self) -> bool:
+        """Whether the body may end here (no frame half read)."""
+        return self.needed is None and not self.buffer
+
+
+def encode_caller(caller: Caller) -> str:
+    return json.dumps({"uid": caller.uid, "gid": caller.gid, "pid": caller.pid, "role": caller.role,
+                       "tenant": caller.tenant})
+
+
+def decode_caller(text: str | None) -> Caller:
+    """The Caller of an `Apeinx-Caller` header; Invalid if it is missing or malformed."""
+    if text is None:
+        raise Invalid(f"no {CALLER_HEADER} header: a peer must say whom it asks for")
+    try:
+        fields = json.loads(text)
+        ids = [fields[key] for key in ("uid", "gid", "pid")]
+        role, tenant = fields["role"], fields["tenant"]
+    except (ValueError, KeyError, TypeError):
+        raise Invalid(f"malformed {CALLER_HEADER} header {text[:100]!r}") from None
+    if not all(type(value) is int and value >= 0 for value in ids) or role not in RANKS or not (
+            tenant is None or isinstance(tenant, str)):
+        raise Invalid(f"malformed {CALLER_HEADER} header {text[:100]!r}")
+    return Caller(*ids, role=role, tenant=tenant)
+
+
+def read_token(path: str) -> bytes:
+    """The shared token in `path` (surrounding whitespace stripped); Invalid if the file is missing,
+    readable by every user, or empty."""
+    try:
+        with open(path, "rb") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            token = file.read().strip()
+    except OSError as exc:
+        raise Invalid(f"token file {path}: {exc.strerror}") from None
+    if mode & stat.S_IROTH:
+        raise Invalid(f"token file {path} is readable by every user (mode {stat.S_IMODE(mode):04o}): "
+                      f"chmod o-r it, as it lets its reader act for any user on every node")
+    if not token:
+        raise Invalid(f"token file {path} is empty")
+    if not TOKEN_BYTES.fullmatch(token):
+        raise Invalid(f"token file {path}: the token must be printable ASCII without spaces (it goes in a header)")
+    return token
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) as (host, port); Invalid if it is not one."""
+    host, _, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Invalid(f"peer address {address!r} is not HOST:PORT")
+    return host, int(port)

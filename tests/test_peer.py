@@ -1,0 +1,283 @@
+"""Node-to-node traffic between two real daemons on this machine (cluster/peer_server.py and
+peer_client.py): node A's client reads and drives node B's tasks and gets B's refusals as the
+same errors, B's bytes as `cat` reads them on B, and PeerDown, never a hang, once B is gone.
+"""
+import errno
+import os
+import signal
+import socket
+
+import types
+
+import httpx
+import pyfuse3
+import pytest
+import trio
+
+from apeinxfs.cluster.peer_client import Peer
+from apeinxfs.cluster.peer_wire import HEARTBEAT_S, PeerDown, PeerRefused, encode_caller
+from apeinxfs.kernel.errors import Denied, Hidden, Invalid, NotFound
+from apeinxfs.fs import Operations
+from apeinxfs.nodes.base import Caller
+from apeinxfs.nodes.remote import remote_file
+from apeinxfs.nodes.tree import Tree
+from daemon import Daemon, sim_config
+from engines import free_port
+from test_journal_runtime import open_runtime
+
+pytestmark = pytest.mark.mount
+SLOW_CONFIG = sim_config(20)  # 50 tokens a second: a long task streams for minutes
+LONG_TASK = "long 5000 5"
+CALLER = Caller(uid=os.getuid(), gid=os.getgid(), pid=os.getpid())
+CALLER_JSON = encode_caller(CALLER)
+ROOT_CTX = types.SimpleNamespace(uid=os.getuid(), gid=os.getgid(), pid=os.getpid(), umask=0o022)  # pyfuse3's ctx
+HANG_GUARD_S = 60  # far past every timeout: reaching it means something hangs
+
+
+def token_file(directory, token: bytes, mode: int = 0o600) -> str:
+    path = os.path.join(directory, "token")
+    with open(path, "wb") as file:
+        file.write(token + b"\n")
+    os.chmod(path, mode)
+    return path
+
+
+def start_node(root, name: str, token_path: str, monkeypatch) -> tuple[Daemon, str]:
+    """A daemon with a peer server on a free 127.0.0.1 port (the test hook of peer_server), and its URL."""
+    port = free_port()
+    monkeypatch.setenv("APEINXFS_PEER_ADVERTISE", f"127.0.0.1:{port}")
+    monkeypatch.setenv("APEINXFS_PEER_TOKEN_FILE", token_path)
+    return Daemon(root / name / "ai", root / name / "state", SLOW_CONFIG).start(), f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def nodes(tmp_path, monkeypatch):
+    """Daemons A and B, each with a peer server sharing one token; yields (a, a's URL, b, b's URL, token)."""
+    token = b"s3cret-" + os.urandom(8).hex().encode()
+    path = token_file(tmp_path, token)
+    a, a_url = start_node(tmp_path, "a", path, monkeypatch)
+    try:
+        b, b_url = start_node(tmp_path, "b", path, monkeypatch)
+        try:
+            yield a, a_url, b, b_url, token
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
+async def cat(path: str) -> bytes:
+    return (await trio.run_process(["cat", path], capture_stdout=True)).stdout
+
+
+async def test_a_live_stream_from_another_node_is_what_cat_reads_there(nodes):
+    """Stream a task running on B from A's client while it runs, kill it through the client, and
+    get exactly the bytes `cat` reads from B's stream, the same status text and the same wait line."""
+    a, a_url, b, b_url, token = nodes
+    pid = b.submit(LONG_TASK)
+    received = bytearray()
+    with trio.fail_after(HANG_GUARD_S):
+        async with Peer(b_url, token) as peer, peer.stream(pid, CALLER) as chunks:
+            async for data in chunks:
+                if not received:
+                    assert b.status(pid)["State"] == "R (running)"
+                    assert await peer.kill([pid], CALLER) == ["ok"]
+                received += data
+            assert await peer.wait(pid, CALLER) == (await cat(b.path("tasks", str(pid), "wait"))).decode()
+            assert await peer.status(pid, CALLER) == (await cat(b.path("tasks", str(pid), "status"))).decode()
+    assert bytes(received) == await cat(b.path("tasks", str(pid), "stream"))
+    assert b.status(pid)["Exit"].startswith("killed") and received
+
+
+async def test_output_ranges_and_forwarded_submits(nodes):
+    """Submits forwarded to A and to B each run on the node asked and answer its pid; the output read
+    by ranges matches that node's file."""
+    a, a_url, b, b_url, token = nodes
+    with trio.fail_after(HANG_GUARD_S):
+        async with Peer(a_url, token) as peer_a, Peer(b_url, token) as peer_b:
+            [on_a] = await peer_a.submit(["name=on-a model=sim max_tokens=3"], CALLER)
+            [pid] = await peer_b.submit(["name=forwarded model=sim max_tokens=30"], CALLER)
+            assert await peer_b.wait(int(pid), CALLER) == "done\n"
+            output = await cat(b.path("tasks", pid, "output"))
+            assert await peer_b.output(int(pid), CALLER) == output and output
+            assert await peer_b.output(int(pid), CALLER, 3, 5) == output[3:8]
+            assert await peer_b.output(int(pid), CALLER, len(output)) == b""
+    assert b.status(int(pid))["Name"] == "forwarded" and a.status(int(on_a))["Name"] == "on-a"
+
+
+async def test_refusals_come_back_as_the_same_errors(nodes):
+    """B's refusals reach A's client as the same classes and errnos, with B's reasons."""
+    a, a_url, b, b_url, token = nodes
+    async with Peer(b_url, token) as peer:
+        with pytest.raises(NotFound) as unknown:
+            await peer.status(99999, CALLER)
+        with pytest.raises(Invalid) as bad:
+            await peer.submit(["name=x model=sim max_tokens=-3"], CALLER)
+        with pytest.raises(Invalid):
+            await peer.ctl(b.submit("short 5 5"), ["warp 9"], CALLER)
+    assert unknown.value.errno == errno.ENOENT and "99999" in unknown.value.reason
+    assert bad.value.errno == errno.EINVAL and "max_tokens" in bad.value.reason
+
+
+async def test_the_peer_checks_the_caller_as_its_mount_does(nodes):
+    """Another tenant's caller does not see B's task (Hidden, ENOENT); a viewer may not submit there (EACCES)."""
+    a, a_url, b, b_url, token = nodes
+    pid = b.submit("short 5 5")
+    outsider = Caller(uid=4242, gid=4242, pid=1, role="user", tenant="other")
+    viewer = Caller(uid=4243, gid=4243, pid=1, role="viewer", tenant="default")
+    async with Peer(b_url, token) as peer:
+        with pytest.raises(Hidden):
+            await peer.status(pid, outsider)
+        with pytest.raises(Denied):
+            await peer.submit(["short 5 5"], viewer)
+    assert "4243" in (await cat(b.path("trace", "audit"))).decode()
+
+
+NOT_SERVED = [  # (method, path, headers besides the token, the status expected)
+    ("GET", "/v1/trace/events", {"apeinx-caller": CALLER_JSON}, 404),
+    ("GET", "/v1/tasks/1/prompt", {"apeinx-caller": CALLER_JSON}, 404),
+    ("POST", "/v1/tasks/1/status", {"apeinx-caller": CALLER_JSON}, 400),
+    ("GET", "/v1/ctl/submit", {"apeinx-caller": CALLER_JSON}, 400),
+    ("DELETE", "/v1/tasks/1/status", {"apeinx-caller": CALLER_JSON}, 400),
+    ("GET", "/v1/tasks/1/status", {}, 400),
+    ("GET", "/v1/tasks/1/output", {"apeinx-caller": CALLER_JSON, "range": "bytes=-3"}, 400),
+]
+
+
+async def test_what_the_peer_server_does_not_serve(nodes):
+    """Files outside the peer endpoints, wrong methods, a missing caller or a bad range are refused with an error record."""
+    a, a_url, b, b_url, token = nodes
+    b.submit("short 5 5")
+    async with httpx.AsyncClient(headers={"authorization": f"Bearer {token.decode()}"}) as http:
+        for method, path, headers, status in NOT_SERVED:
+            answer = await http.request(method, b_url + path, headers=headers)
+            assert (answer.status_code, answer.json()["errno"] in (errno.ENOENT, errno.EINVAL)) == (status, True), path
+
+
+async def test_a_wrong_or_missing_token_is_refused_with_401(nodes):
+    """Without B's token the request is refused with 401, which the client gives as PeerRefused (EACCES)."""
+    a, a_url, b, b_url, token = nodes
+    pid = b.submit("short 5 5")
+    async with Peer(b_url, b"not-the-token") as peer:
+        with pytest.raises(PeerRefused) as refused:
+            await peer.status(pid, CALLER)
+    async with httpx.AsyncClient() as http:
+        bare = await http.get(f"{b_url}/v1/tasks/{pid}/status", headers={"apeinx-caller": CALLER_JSON})
+    assert refused.value.errno == errno.EACCES and "token" in refused.value.reason
+    assert bare.status_code == 401 and b"Name" not in bare.content
+
+
+@pytest.mark.slow
+async def test_heartbeats_keep_a_silent_stream_open_and_a_stopped_peer_ends_it(nodes):
+    """A stream of a task stopped (through ctl) stays open on heartbeats past the idle timeout; once
+    B itself is stopped (SIGSTOP), the read fails with PeerDown instead of hanging."""
+    a, a_url, b, b_url, token = nodes
+    pid = b.submit(LONG_TASK)
+    outcome = {}
+
+    async def read_to_end(chunks):
+        try:
+            async for _ in chunks:
+                pass
+            outcome["ended"] = True
+        except PeerDown as exc:
+            outcome["down"] = exc
+
+    with trio.fail_after(HANG_GUARD_S):
+        async with Peer(b_url, token, idle_timeout=3 * HEARTBEAT_S) as peer, peer.stream(pid, CALLER) as chunks:
+            await chunks.__anext__()
+            assert await peer.ctl(pid, ["stop"], CALLER) == ["ok"]
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(read_to_end, chunks)
+                    await trio.sleep(2 * peer.idle_timeout)
+                    assert not outcome  # still open: neither ended nor failed
+                    os.kill(b.proc.pid, signal.SIGSTOP)
+            finally:
+                os.kill(b.proc.pid, signal.SIGCONT)
+    assert outcome["down"].errno == errno.EHOSTDOWN and "silent" in outcome["down"].reason
+
+
+async def test_a_killed_peer_gives_ehostdown(nodes):
+    """kill -9 of B ends A's stream of B's task and later requests with PeerDown (EHOSTDOWN)."""
+    a, a_url, b, b_url, token = nodes
+    pid = b.submit(LONG_TASK)
+    with trio.fail_after(HANG_GUARD_S):
+        async with Peer(b_url, token) as peer:
+            async with peer.stream(pid, CALLER) as chunks:
+                await chunks.__anext__()
+                b.kill9()
+                with pytest.raises(PeerDown) as during:
+                    async for _ in chunks:
+                        pass
+            with pytest.raises(PeerDown) as after:
+                await peer.status(pid, CALLER)
+    assert during.value.errno == after.value.errno == errno.EHOSTDOWN
+    assert "cannot connect" in after.value.reason
+
+
+REMOTE_INODE = 900_000  # a free inode of the in-process tree, for the remote files
+
+
+async def open_remote(ops, node) -> int:
+    """Open `node`, put in the tree at a free inode, through the FUSE adapter; its file handle."""
+    node.inode = REMOTE_INODE + len(ops.tree.static)
+    ops.tree.static[node.inode] = node
+    return (await ops.open(node.inode, os.O_RDONLY, ROOT_CTX)).fh
+
+
+async def read_from(ops, fh: int, offset: int) -> bytes:
+    """Read through the adapter from `offset` to the end, 4 KiB at a time."""
+    data = b""
+    while chunk := await ops.read(fh, offset + len(data), 4096):
+        data += chunk
+    return data
+
+
+async def test_a_fuse_read_of_a_remote_task_is_served_through_the_peer(nodes, tmp_path):
+    """The FUSE adapter of a node without the task (in process) reads B's task through remote files:
+    status, output and a live stream give what `cat` reads on B; a blocked remote wait admitted as a
+    reader ends with EINTR when its reader is interrupted, as Ctrl-C ends a local one."""
+    a, a_url, b, b_url, token = nodes
+    pid, silent = b.submit(LONG_TASK), b.submit(LONG_TASK)
+    with open_runtime(tmp_path) as runtime, trio.fail_after(HANG_GUARD_S):
+        ops = Operations(Tree(runtime))
+        async with Peer(b_url, token) as peer:
+            fhs = {name: await open_remote(ops, remote_file(peer, pid, name)) for name in ("status", "output", "stream")}
+            first = await ops.read(fhs["stream"], 0, 4096)
+            assert b.status(pid)["State"] == "R (running)" and first
+            await peer.kill([pid], CALLER)
+            streamed = first + await read_from(ops, fhs["stream"], len(first))
+            assert streamed == await cat(b.path("tasks", str(pid), "stream"))
+            assert await read_from(ops, fhs["output"], 0) == await cat(b.path("tasks", str(pid), "output"))
+            assert await read_from(ops, fhs["status"], 0) == await cat(b.path("tasks", str(pid), "status"))
+            wait, ended = await open_remote(ops, remote_file(peer, silent, "wait")), {}
+
+            async def read_wait():
+                try:
+                    ended["read"] = await ops.read(wait, 0, 100)
+                except pyfuse3.FUSEError as exc:
+                    ended["errno"] = exc.errno
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_wait)
+                while not ops.rt.readers.blocked:
+                    await trio.sleep(0.01)
+                next(iter(ops.rt.readers.blocked)).interrupt()
+            await peer.kill([silent], CALLER)
+    assert ended == {"errno": errno.EINTR}
+
+
+def test_a_world_readable_token_file_stops_the_start(tmp_path, monkeypatch):
+    """A daemon asked to serve peers with a token file every user may read refuses to start, saying why."""
+    path = token_file(tmp_path, b"open-secret", mode=0o644)
+    with pytest.raises(RuntimeError, match="readable by every user"):
+        start_node(tmp_path, "c", path, monkeypatch)
+
+
+def test_an_address_in_use_stops_the_start(tmp_path, monkeypatch):
+    """A daemon whose peer address is taken refuses to start, saying it cannot listen there."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        monkeypatch.setenv("APEINXFS_PEER_ADVERTISE", f"127.0.0.1:{taken.getsockname()[1]}")
+        monkeypatch.setenv("APEINXFS_PEER_TOKEN_FILE", token_file(tmp_path, b"s3cret"))
+        with pytest.raises(RuntimeError, match="cannot listen on 127.0.0.1"):
+            Daemon(tmp_path / "ai", tmp_path / "state", SLOW_CONFIG).start()

@@ -1,0 +1,149 @@
+"""The node-to-node wire (cluster/peer_wire.py and the server's ranges), without a daemon: errors
+round-trip as their own class and errno, frames parse however the bytes are cut, the caller
+header and token file are checked.
+"""
+import errno
+import os
+
+import pytest
+from hypothesis import given, strategies as st
+
+from apeinxfs.cluster.peer_server import byte_range
+from apeinxfs.cluster.peer_wire import (ERRORS, HEARTBEAT, FrameReader, RemoteError, data_frame, decode_caller,
+                                        decode_error, encode_caller, encode_error, parse_address, read_token)
+from apeinxfs.kernel.errors import ApeinxError, Degraded, Invalid
+from apeinxfs.nodes.base import Caller
+
+
+@pytest.mark.parametrize("cls", sorted(ERRORS.values(), key=lambda cls: cls.__name__))
+def test_every_known_error_comes_back_as_its_own_class(cls):
+    """Each error class the wire knows decodes to that class, with its errno, reason and replies."""
+    status, body = encode_error(cls("line 2: bad thing", ["line 2: bad thing", "line 3: worse"]))
+    back = decode_error(body, "peer x")
+    assert type(back) is cls and back.errno == cls.errno and status >= 400
+    assert back.reason == "line 2: bad thing" and back.replies == ["line 2: bad thing", "line 3: worse"]
+
+
+def test_degraded_keeps_the_storage_errno():
+    """Degraded carries the storage's own errno (not its class's) across."""
+    back = decode_error(encode_error(Degraded(errno.EROFS, "journal on a read-only disk"))[1], "peer x")
+    assert type(back) is Degraded and back.errno == errno.EROFS and back.reason == "journal on a read-only disk"
+
+
+def test_an_unknown_class_keeps_its_errno():
+    """A refusal of a class this node lacks comes back as RemoteError with the sender's errno and reason."""
+    class Strange(ApeinxError):
+        errno = errno.ENOLINK
+    back = decode_error(encode_error(Strange("link gone"))[1], "peer x")
+    assert type(back) is RemoteError and back.errno == errno.ENOLINK and back.reason == "link gone"
+
+
+def test_a_known_name_with_another_errno_is_not_trusted_as_that_class():
+    """A record naming a known class with a different errno keeps the errno it carries."""
+    back = decode_error(b'{"error": "Invalid", "errno": 5, "reason": "odd"}', "peer x")
+    assert type(back) is RemoteError and back.errno == errno.EIO
+
+
+@pytest.mark.parametrize("body", [b"<html>502</html>", b"{}", b'{"error": 1, "errno": "x", "reason": 2}', b"[]"])
+def test_an_answer_that_is_no_error_record_is_eio_naming_the_peer(body):
+    """A body that is not an error record (a proxy's page, broken JSON) is EIO saying where it came from."""
+    back = decode_error(body, "peer http://b:1")
+    assert back.errno == errno.EIO and back.reason.startswith("peer http://b:1")
+
+
+@given(st.lists(st.one_of(st.binary(max_size=300), st.just(None)), max_size=8), st.data())
+def test_frames_parse_however_the_bytes_are_cut(pieces, data):
+    """Data frames and heartbeats, cut into chunks at any points, give back exactly the data, in order."""
+    wire = b"".join(HEARTBEAT if piece is None else data_frame(piece) for piece in pieces)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=6)))
+    reader, out = FrameReader(), bytearray()
+    for start, end in zip([0, *cuts], [*cuts, len(wire)]):
+        out += reader.feed(wire[start:end])
+    assert bytes(out) == b"".join(piece for piece in pieces if piece is not None)
+    assert reader.at_boundary()
+
+
+def test_a_body_cut_within_a_frame_is_not_at_a_boundary():
+    """A body ending in the middle of a data frame is seen as cut off."""
+    reader = FrameReader()
+    assert reader.feed(data_frame(b"hello")[:-2]) == b""
+    assert not reader.at_boundary()
+
+
+@pytest.mark.parametrize("wire", [b"-5\nhello", b"+x\n", b"+1" + b"0" * 20 + b"\n", b"garbage without newline"])
+def test_a_malformed_frame_header_is_invalid(wire):
+    """A frame header that is neither `+LEN` nor a heartbeat is refused (EINVAL), not guessed at."""
+    with pytest.raises(Invalid):
+        FrameReader().feed(wire)
+
+
+def test_the_caller_round_trips():
+    """The caller header carries uid, gid, pid, role and tenant (or none)."""
+    for caller in (Caller(1000, 100, 4242, role="user", tenant="team-a"), Caller(5, 5, 1, role="viewer", tenant=None)):
+        assert decode_caller(encode_caller(caller)) == caller
+
+
+@pytest.mark.parametrize("text", [None, "", "{", '{"uid": -1, "gid": 0, "pid": 0, "role": "user", "tenant": "a"}',
+                                  '{"uid": 1, "gid": 0, "pid": 0, "role": "god", "tenant": "a"}',
+                                  '{"uid": true, "gid": 0, "pid": 0, "role": "user", "tenant": "a"}',
+                                  '{"uid": 1, "gid": 0, "pid": 0, "role": "user", "tenant": 7}',
+                                  '{"uid": 1, "gid": 0, "role": "user", "tenant": "a"}'])
+def test_a_missing_or_malformed_caller_is_invalid(text):
+    """A request without a well-formed caller is refused with EINVAL."""
+    with pytest.raises(Invalid, match="header"):
+        decode_caller(text)
+
+
+def test_the_token_is_read_stripped_from_a_private_file(tmp_path):
+    """A token file its owner (and group) alone may read gives the token without surrounding whitespace."""
+    path = tmp_path / "token"
+    path.write_bytes(b"  s3cret\n")
+    os.chmod(path, 0o640)
+    assert read_token(str(path)) == b"s3cret"
+
+
+@pytest.mark.parametrize("mode, content, reason", [(0o644, b"s3cret", "readable by every user (mode 0644)"),
+                                                   (0o600, b" \n", "empty"),
+                                                   (0o600, b"two words", "printable ASCII without spaces"),
+                                                   (0o600, "s\u00e9cret".encode(), "printable ASCII without spaces")])
+def test_a_token_file_every_user_reads_or_a_bad_token_is_refused(tmp_path, mode, content, reason):
+    """A world-readable token file, or an empty token or one that cannot go in a header, is refused with the reason."""
+    path = tmp_path / "token"
+    path.write_bytes(content)
+    os.chmod(path, mode)
+    with pytest.raises(Invalid, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        read_token(str(path))
+
+
+def test_a_missing_token_file_is_refused(tmp_path):
+    """A token file that does not exist is refused, naming it."""
+    with pytest.raises(Invalid, match="token file .*No such file"):
+        read_token(str(tmp_path / "absent"))
+
+
+@pytest.mark.parametrize("text, address", [("127.0.0.1:7070", ("127.0.0.1", 7070)), ("[::1]:80", ("::1", 80)),
+                                           ("node-b.example:1", ("node-b.example", 1))])
+def test_addresses_parse(text, address):
+    """HOST:PORT, with an IPv6 host in brackets."""
+    assert parse_address(text) == address
+
+
+@pytest.mark.parametrize("text", ["7070", ":7070", "host:", "host:0", "host:70000", "host:x"])
+def test_bad_addresses_are_invalid(text):
+    """What is not HOST:PORT with a port in 1..65535 is refused."""
+    with pytest.raises(Invalid, match="HOST:PORT"):
+        parse_address(text)
+
+
+@pytest.mark.parametrize("text, total, expected", [("bytes=0-", 10, (0, 9)), ("bytes=3-4", 10, (3, 4)),
+                                                   ("bytes=3-100", 10, (3, 9)), ("bytes=12-", 10, (12, 9))])
+def test_byte_ranges(text, total, expected):
+    """A range is clipped to the data; one starting past the end is left for the caller to answer 416."""
+    assert byte_range(text, total) == expected
+
+
+@pytest.mark.parametrize("text", ["bytes=-5", "bytes=5-2", "items=0-1", "bytes=0-1,4-5"])
+def test_unsupported_ranges_are_invalid(text):
+    """Suffix, reversed, multiple and non-byte ranges are refused (EINVAL)."""
+    with pytest.raises(Invalid, match="range"):
+        byte_range(text, 10)
