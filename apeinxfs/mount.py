@@ -162,7 +162,7 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
         runtime.readings = nvml.open_readings(config.kernel.gpus)
         runtime.cluster = Cluster(config.cluster, runtime) if config.cluster else None
         ops = Operations(Tree(runtime))
-        peer = peer_server.from_test_hook()  # TO WIRE: [cluster] advertise and token_file (see there)
+        peer = peer_server.listening_for(config.cluster)
         pyfuse3.init(ops, args.mountpoint, _fuse_options(args))
     except Exception as exc:  # report any start failure to the waiting parent
         _report(ready_fd, f"cannot mount {args.mountpoint}: {exc}")

@@ -47,15 +47,20 @@ def test_without_etcd_there_is_no_cluster(tmp_path):
     assert config.cluster is None and not config.kernel.pid_blocks
 
 
+def token(tmp_path, mode: int = 0o600) -> str:
+    path = tmp_path / "token"
+    path.write_text("s3cret\n")
+    path.chmod(mode)
+    return str(path)
+
+
 def test_cluster_settings_and_their_defaults(tmp_path):
-    """etcd, advertise and token_file are read and normalised; lease_s 15 and blocks of 100,000 by default."""
-    token = tmp_path / "token"
-    token.write_text("s3cret\n")
-    token.chmod(0o600)
+    """etcd, advertise and token_file are read (URLs without a trailing slash); lease_s 15 and blocks of
+    100,000 by default."""
     config = load(tmp_path, f'etcd = ["http://10.0.0.1:2379/", "https://e2:2379"]\nadvertise = "10.0.0.1:7070"\n'
-                            f'token_file = "{token}"')
+                            f'token_file = "{token(tmp_path)}"')
     assert config.cluster == ClusterSettings(etcd=("http://10.0.0.1:2379", "https://e2:2379"),
-                                             advertise="http://10.0.0.1:7070", token_file=str(token))
+                                             advertise="10.0.0.1:7070", token_file=token(tmp_path))
     assert (config.cluster.lease_s, config.cluster.pid_block, config.cluster.prefix) == (15, 100_000, "apeinxfs/")
     assert config.kernel.pid_blocks
 
@@ -66,9 +71,8 @@ def test_cluster_settings_and_their_defaults(tmp_path):
     ('etcd = ["http://e1"]', "is not an http://HOST:PORT URL"),
     ('etcd = ["http://e1:1"]\nlease_s = 1', "cluster.lease_s must be an integer >= 2"),
     ('etcd = ["http://e1:1"]\npid_block = 0', "cluster.pid_block must be an integer >= 1"),
-    ('etcd = ["http://e1:1"]\nadvertise = "host"', "cluster.advertise must be HOST:PORT"),
-    ('etcd = ["http://e1:1"]\ntoken_file = "relative"', "must be an absolute path"),
-    ('etcd = ["http://e1:1"]\ntoken_file = "/nonexistent/token"', "No such file"),
+    ('etcd = ["http://e1:1"]\nadvertise = "http://host:1"\ntoken_file = "/t"', "cluster.advertise must be HOST:PORT"),
+    ('etcd = ["http://e1:1"]\nadvertise = "host:1"\ntoken_file = "/nonexistent/token"', "No such file"),
     ('etcd = ["http://e1:1"]\nprefix = "x"', "cluster.prefix must be a key prefix"),
     ('etcd = ["http://e1:1"]\nport = 1', "unknown key cluster.port"),
 ])
@@ -78,12 +82,13 @@ def test_bad_cluster_settings_are_refused_naming_the_key(tmp_path, cluster, word
     assert refused.errno == errno.EINVAL and words in refused.reason
 
 
-def test_a_token_file_others_can_read_and_a_node_name_with_a_slash_are_refused(tmp_path):
-    """The shared secret must be its owner's alone; a node's name must do as a directory and a key."""
-    token = tmp_path / "token"
-    token.write_text("s3cret\n")
-    token.chmod(0o644)
-    assert "chmod 600" in refusal(lambda: load(tmp_path, f'etcd = ["http://e1:1"]\ntoken_file = "{token}"')).reason
+def test_a_token_others_can_read_a_lone_advertise_and_a_node_name_with_a_slash_are_refused(tmp_path):
+    """The shared secret must not be world-readable; advertise needs its token file; a node's name must do
+    as a directory and a key."""
+    shared = token(tmp_path, 0o644)
+    assert "chmod o-r" in refusal(lambda: load(tmp_path, f'etcd = ["http://e1:1"]\nadvertise = "h:1"\n'
+                                                         f'token_file = "{shared}"')).reason
+    assert "go together" in refusal(lambda: load(tmp_path, 'etcd = ["http://e1:1"]\nadvertise = "h:1"')).reason
     assert "daemon.node" in refusal(lambda: load(tmp_path, 'etcd = ["http://e1:1"]', node="a/b")).reason
 
 

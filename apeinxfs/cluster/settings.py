@@ -4,14 +4,13 @@ A frozen record whose validators raise Invalid naming the key. Without `etcd` th
 cluster: config.py then builds no `ClusterSettings` and the daemon runs as a single node.
 Nothing here talks to etcd; docs/cluster.md says what each key does.
 """
-import os
 import re
-import stat
 import urllib.parse
 
 import attrs
 
 from ..kernel.errors import Invalid
+from .peer_wire import parse_address, read_token
 
 KEYS = {"etcd", "lease_s", "advertise", "token_file", "pid_block", "prefix"}
 NODE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,62}")
@@ -30,19 +29,14 @@ def _endpoints(value) -> tuple[str, ...]:
 
 
 def _advertise(value) -> str | None:
-    """HOST:PORT or http(s)://HOST:PORT, kept as a URL without a trailing slash."""
+    """HOST:PORT (peer_wire.parse_address), where peers reach this node's peer server."""
     if value is None:
         return None
-    text = value if isinstance(value, str) and "://" in value else f"http://{value}"
     try:
-        parsed = urllib.parse.urlsplit(text)
-        port = parsed.port
-    except (TypeError, ValueError):
-        port = parsed = None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname or port is None \
-            or parsed.path.strip("/"):
-        raise Invalid(f"config: cluster.advertise must be HOST:PORT or http://HOST:PORT, not {value!r}")
-    return text.rstrip("/")
+        parse_address(value if isinstance(value, str) and "/" not in value else "")  # no URL: HOST:PORT
+    except Invalid:
+        raise Invalid(f"config: cluster.advertise must be HOST:PORT, not {value!r}") from None
+    return value
 
 
 def _integer_at_least(least: int):
@@ -53,22 +47,13 @@ def _integer_at_least(least: int):
 
 
 def _token_file(_settings, _attribute, path) -> None:
-    """An absolute path to a non-empty file that only its owner may read: the shared secret."""
+    """A file holding the shared token, as peer_wire.read_token takes it (read again by the peer server)."""
     if path is None:
         return
-    if not isinstance(path, str) or not os.path.isabs(path):
-        raise Invalid(f"config: cluster.token_file must be an absolute path, not {path!r}")
     try:
-        info = os.stat(path)
-        with open(path, "rb") as file:
-            empty = not file.read().strip()
-    except OSError as exc:
-        raise Invalid(f"config: cluster.token_file {path}: {exc.strerror}") from None
-    if empty or not stat.S_ISREG(info.st_mode):
-        raise Invalid(f"config: cluster.token_file {path} must be a file holding the shared token")
-    if info.st_mode & 0o077:
-        raise Invalid(f"config: cluster.token_file {path} is readable by others (mode "
-                      f"{stat.S_IMODE(info.st_mode):o}): chmod 600 it")
+        read_token(path if isinstance(path, str) else "")
+    except Invalid as exc:
+        raise Invalid(f"config: cluster.token_file: {exc.reason}") from None
 
 
 def _prefix(value) -> str:
@@ -83,10 +68,14 @@ class ClusterSettings:
 
     etcd: tuple[str, ...] = attrs.field(converter=_endpoints)
     lease_s: int = attrs.field(default=15, validator=_integer_at_least(MIN_LEASE_S))
-    advertise: str | None = attrs.field(default=None, converter=_advertise)
+    advertise: str | None = attrs.field(default=None, converter=_advertise)  # HOST:PORT
     token_file: str | None = attrs.field(default=None, validator=_token_file)
     pid_block: int = attrs.field(default=100_000, validator=_integer_at_least(1))
     prefix: str = attrs.field(default="apeinxfs/", converter=_prefix)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.advertise is None) != (self.token_file is None):
+            raise Invalid("config: cluster.advertise and cluster.token_file go together (the peer server needs both)")
 
 
 def settings_of(section: dict, node: str) -> ClusterSettings | None:
