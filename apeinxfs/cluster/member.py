@@ -35,7 +35,7 @@ class Member:
         self.writing = trio.Lock()  # a publish and a join's txn never overlap: no record of an old epoch lands last
 
     def note(self, error: EtcdError | None) -> None:
-        """Remember (and log once) why the cluster cannot be reached; None once it can."""
+        """Remember why etcd cannot be reached (logged when the reason changes); None once it can."""
         reason = None if error is None else error.reason
         if reason != self.problem:
             (log.warning if reason else log.info)("cluster: %s", reason or "etcd answers again")

@@ -33,9 +33,8 @@ def status(node: NodeView) -> str:
     rows = [("Name", record.name), ("State", "up" if node.up else "down"), ("Epoch", record.epoch),
             ("Leader", "yes" if node.leader else "no"), ("Gpus", record.gpus), ("SlotsFree", record.slots_free),
             ("KVPagesFree", record.kv_pages_free), ("Queued", record.queued), ("TasksRunning", record.running),
-            ("TasksLive", record.live),
-            ("Models", ",".join(record.models) or "-"), ("Advertise", record.advertise or "-"),
-            ("LastSeen", _utc(record.seen_us))]
+            ("TasksLive", record.live), ("Models", ",".join(record.models) or "-"),
+            ("Advertise", record.advertise or "-"), ("LastSeen", _utc(record.seen_us))]
     return "".join(f"{key}:\t{value}\n" for key, value in rows)
 
 
