@@ -5,8 +5,8 @@ by `Runtime.run` beside the drivers: one etcd client, and four tasks: the member
 epoch, leader campaign; member.py), the publisher of this node's record, the follower
 that keeps `view` (view.py) current through a watch, and the keeper of pid blocks
 (pids.py). None of them blocks the file system: without etcd they note why and retry,
-and local reads and running tasks go on. `nodes_seen(rt)` is what /nodes shows: the
-cluster's view, or on a single node just this node.
+and local reads and running tasks go on. `names_seen(rt)` and `node_seen(rt, name)` are
+what /nodes shows: the cluster's view, or on a single node just this node.
 """
 import logging
 
@@ -86,9 +86,16 @@ class Cluster:
             await self.rt.wait_for("trace", PID_CHECK_S)
 
 
-def nodes_seen(rt) -> dict[str, NodeView]:
-    """The nodes /nodes shows: the cluster's view; on a single node, this node, up and leading, epoch 0."""
+def names_seen(rt) -> list[str]:
+    """The nodes /nodes lists: every node that ever published to the cluster; on a single node, itself."""
+    return sorted(rt.cluster.view.records) if rt.cluster is not None else [rt.kernel.config.node]
+
+
+def node_seen(rt, name: str) -> NodeView | None:
+    """Node `name` as /nodes shows it: from the cluster's view; on a single node, itself from its kernel
+    (up, leading, epoch 0)."""
     if rt.cluster is not None:
-        return rt.cluster.view.nodes()
-    record = record_of(rt.kernel, 0, rt.clock.now_us(), None)
-    return {record.name: NodeView(record, up=True, leader=True)}
+        return rt.cluster.view.node(name)
+    if name != rt.kernel.config.node:
+        return None
+    return NodeView(record_of(rt.kernel, 0, rt.clock.now_us(), None), up=True, leader=True)

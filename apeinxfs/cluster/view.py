@@ -67,8 +67,12 @@ class ClusterView:
         """The node that leads: the candidate with the oldest key; None while nobody campaigns."""
         return min(self.candidates.values())[1] if self.candidates else None
 
+    def node(self, name: str) -> NodeView | None:
+        """Node `name` as the cluster sees it: its last record, up or down, leading or not; None if it
+        never published."""
+        record = self.records.get(name)
+        return None if record is None else NodeView(record, name in self.up, name == self.leader)
+
     def nodes(self) -> dict[str, NodeView]:
-        """Every node that ever published, by name: its last record, up or down, leading or not."""
-        leader = self.leader
-        return {name: NodeView(record, name in self.up, name == leader)
-                for name, record in sorted(self.records.items())}
+        """Every node that ever published, by name (sorted)."""
+        return {name: self.node(name) for name in sorted(self.records)}

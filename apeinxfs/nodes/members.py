@@ -5,14 +5,14 @@ and KV pages, queue, running and live tasks, models, address, LastSeen: when it 
 published, in UTC); `tasks` its live pids, one a line. Both are rendered from the cluster's view (etcd),
 the same on every node once the watch has caught up; a node whose lease is gone stays
 listed, `State: down`, with its last record. On a single node /nodes holds just this node
-(up, leading, epoch 0) from its own kernel (cluster/daemon.nodes_seen). Inodes are computed
+(up, leading, epoch 0) from its own kernel (cluster/daemon.node_seen). Inodes are computed
 (NamedDirs): NODE_BASE + number * SLOTS + slot.
 """
 import datetime
 
 import attrs
 
-from ..cluster.daemon import nodes_seen
+from ..cluster.daemon import names_seen, node_seen
 from ..cluster.records import NodeView, pids_of
 from ..kernel.errors import NotFound
 from .base import BuiltDir, NamedDirs, Show
@@ -70,7 +70,7 @@ class NodeDir(BuiltDir):
         return Show(show=lambda: render(self.seen()), volatile=True)
 
     def seen(self) -> NodeView:
-        node = nodes_seen(self.rt).get(self.name)
+        node = node_seen(self.rt, self.name)
         if node is None:  # its record was deleted from etcd by hand
             raise NotFound(f"node {self.name} is no longer in the cluster")
         return node
@@ -86,7 +86,7 @@ class NodesDir(NamedDirs):
     rt: object = None
 
     def current(self):
-        return nodes_seen(self.rt)
+        return names_seen(self.rt)
 
     def make(self, name, inode):
         return NodeDir(inode=inode, rt=self.rt, name=name)
