@@ -114,3 +114,15 @@ def test_a_replay_of_the_journal_gives_the_same_pids(tmp_path):
     again.recover()
     assert pids == [1001, 1002] and sorted(again.kernel.tasks) == pids and again.kernel.tasks.pids_left() == 1
     again.journal.close()
+
+
+def test_a_node_that_ran_alone_keeps_its_pids_and_its_blocks_start_past_them():
+    """A single node's journal replayed into a cluster node's kernel keeps pids 1..3; none is left, and
+    the first block granted starts past them."""
+    kernel = make_kernel()
+    for _ in range(3):  # replay applies without checking, as recovery does
+        kernel.apply(Submit(spec=TaskSpec(name="j", max_tokens=2), uid=1000), kernel.now_us)
+    assert sorted(kernel.tasks) == [1, 2, 3] and kernel.tasks.pids_left() == 0 and kernel.tasks.pid_floor() == 4
+    assert refusal(lambda: kernel.check(PidBlock(first=3, count=10))).errno == errno.EINVAL
+    grant(kernel, 4, 10)
+    assert submit(kernel) == 4
