@@ -1,14 +1,15 @@
 """The cluster inside the daemon: membership, the view of every node, pid blocks.
 
 `Cluster(settings, runtime)` is built by mount.py when `[cluster] etcd` is set and run
-by `Runtime.run` beside the drivers: one etcd client, and four tasks: the member (lease,
+by `Runtime.run` beside the drivers: one etcd client, and five tasks: the member (lease,
 epoch, leader campaign; member.py), the publisher of this node's record, the follower
-that keeps `view` (view.py) current through a watch, and the keeper of pid blocks
-(pids.py). None of them blocks the file system: without etcd they note why and retry,
+that keeps `view` (view.py) current through a watch, the keeper of pid blocks (pids.py)
+and, on the leader, the compaction of etcd's history. None of them blocks the file system: without etcd they note why and retry,
 and local reads and running tasks go on. `names_seen(rt)` and `node_seen(rt, name)` are
 what /nodes shows: the cluster's view, or on a single node just this node.
 """
 import logging
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -24,6 +25,7 @@ from .view import ClusterView
 
 log = logging.getLogger(__name__)
 PID_CHECK_S = 1.0  # how often the pids left are checked when no trace line wakes the keeper first
+COMPACT_S = 300.0  # the leader compacts etcd's history to the revision it saw this long ago
 
 
 class Cluster:
@@ -53,6 +55,7 @@ class Cluster:
             nursery.start_soon(self.member.publish)
             nursery.start_soon(self.follow)
             nursery.start_soon(self.keep_pids)
+            nursery.start_soon(compact_history, self.etcd, self.member, lambda: self.view.revision, COMPACT_S)
 
     async def follow(self) -> None:
         """Read every key under the prefix, then watch it from the next revision; again after a failure."""
@@ -84,6 +87,21 @@ class Cluster:
                     await trio.sleep(RETRY_S)
                 continue
             await self.rt.wait_for("trace", PID_CHECK_S)
+
+
+async def compact_history(etcd: Etcd, member: Member, seen: Callable[[], int], every_s: float) -> None:
+    """While `member` leads, every `every_s` compact etcd's history up to the revision `seen()` gave
+    `every_s` before: every node puts its record each second, and etcd keeps every revision until
+    compacted (its database would fill its quota). A watch further behind than that reads again."""
+    behind = 0
+    while True:
+        await trio.sleep(every_s)
+        if member.leading and behind:
+            try:
+                await etcd.compact(behind)
+            except EtcdError as error:  # compacted already (a leader before it), or no quorum: next time
+                log.warning("cluster: cannot compact etcd's history to revision %d: %s", behind, error.reason)
+        behind = seen()
 
 
 def names_seen(rt) -> list[str]:
