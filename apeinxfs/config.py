@@ -13,7 +13,7 @@ import attrs
 
 from .cluster import settings as cluster_settings
 from .drivers import nvml
-from .kernel.config import AccessConfig, GpuConfig, KernelConfig, ModelConfig, SchedConfig
+from .kernel.config import AccessConfig, GpuConfig, KernelConfig, MemoryRetention, ModelConfig, SchedConfig
 from .kernel.errors import Invalid
 from .kernel.tenant_config import parse_seconds, tenant_from_dict
 
@@ -25,10 +25,11 @@ SECTIONS = {
     "gpus": {"simulated", "memory_mib", "kv_mib", "kv_fraction", "slots"},
     "access": {"admin_uids", "admin_gids", "unmapped"},
     "billing": {"period"},
-    "retention": {"trace_bytes", "trace_file_bytes"},
+    "retention": {"trace_bytes", "trace_file_bytes", "tasks", "task_age_s", "trace_lines"},
     "cluster": cluster_settings.KEYS,
 }
 LISTS = ("models", "tenants")
+KERNEL_RETENTION = {"tasks", "task_age_s", "trace_lines"}  # the [retention] keys the kernel applies
 
 
 def _positive(_config, attribute, value) -> None:
@@ -38,7 +39,8 @@ def _positive(_config, attribute, value) -> None:
 
 @attrs.frozen
 class Retention:
-    """What the daemon keeps, `[retention]`: the trace archive's files (archive.py) by size, in bytes."""
+    """What the daemon keeps on disk, `[retention]`: the trace archive's files (archive.py) by size, in
+    bytes. (The section's other keys, what stays in memory, are the kernel's MemoryRetention.)"""
 
     trace_file_bytes: int = attrs.field(default=64 << 20, validator=attrs.validators.gt(0))
     trace_bytes: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # all files together; 0: no limit
@@ -106,13 +108,15 @@ def build(raw: dict, state_dir: str | None, use_nvml: bool) -> Config:
         models = [ModelConfig(**m) for m in raw["models"]]
         tenants = [tenant_from_dict(t) for t in raw.get("tenants") or [{"name": "default"}]]
         period = raw["billing"]["period"]
+        kept = raw.get("retention", {})
         kernel = KernelConfig(models=models, gpus=gpus, page_mib=raw["kv"]["page_mib"],
                               sched=SchedConfig(**raw["scheduler"]), tenants=tenants, node=daemon["node"],
                               access=AccessConfig(**raw["access"], owner_uid=os.getuid()),
                               billing_period_s=parse_seconds(period, "billing.period") if isinstance(period, str)
                               else period, utc_offset_s=time.localtime().tm_gmtoff,
-                              pid_blocks=cluster is not None)
-        retention = Retention(**raw.get("retention", {}))
+                              pid_blocks=cluster is not None,
+                              retention=MemoryRetention(**{k: v for k, v in kept.items() if k in KERNEL_RETENTION}))
+        retention = Retention(**{key: value for key, value in kept.items() if key not in KERNEL_RETENTION})
     except (TypeError, ValueError) as exc:
         raise Invalid(f"config: {exc}") from None
     return Config(kernel=kernel, state_dir=state_dir or daemon.get("state_dir") or default_state_dir(),

@@ -41,14 +41,17 @@ class ModelHost:
     def deliver(self, event) -> None:
         self.rt.deliver(event)
 
-    def observe(self, model: str, observation) -> None:
-        self.rt.observe(model, observation)
+    def observe(self, model: str, observation, gpus: tuple = ()) -> None:
+        self.rt.observe(model, observation, gpus)
 
-    def report_state(self, model: str, state: str, error: str | None = None) -> None:
-        self.rt.report_state(model, state, error)
+    def report_state(self, model: str, state: str, error: str | None = None, gpus: tuple = ()) -> None:
+        self.rt.report_state(model, state, error, gpus)
 
-    def engine_down(self, model: str) -> bool:
-        return model in self.rt.kernel.engines.down
+    def report_kv(self, model: str, gpus: tuple, tokens: int) -> None:
+        self.rt.report_kv(model, gpus, tokens)
+
+    def engine_down(self, model: str, gpus: tuple = ()) -> bool:
+        return self.rt.kernel.engines.is_down(model, gpus)
 
 
 def groups_of(models: dict, configured: set) -> dict:

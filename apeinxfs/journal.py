@@ -94,11 +94,14 @@ class Emitted:
         self.trace, self.row, self.text = trace, row, ""
 
     def __enter__(self) -> "Emitted":
-        self._start = len(self.trace.buffer)
+        """Hold the lines the block emits in the trace (a ring: trace.py) until they are copied."""
+        self._seq, self._hold = self.trace.seq, self.trace.hold
+        self.trace.hold = self._seq if self._hold is None else min(self._hold, self._seq)
         return self
 
     def __exit__(self, *exc) -> None:
-        self.text = self.trace.buffer[self._start:].decode()
+        self.text = self.trace.lines_after(self._seq).decode()
+        self.trace.release(self._hold)
 
     @classmethod
     def joined(cls, row: tuple, parts: list["Emitted"]) -> "Emitted":

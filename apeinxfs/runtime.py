@@ -8,13 +8,15 @@ commit, or one scheduling round later (once the readers it woke have their bytes
 emitted a trace line (a first token, an exit, a dispatch, a preemption) or the oldest
 step waiting is PROGRESS_S old, whichever comes first. So a crash loses at most PROGRESS_S of
 tokens and no trace line but of that round, and never an acknowledged write.
-After each commit the trace's new lines go to the trace archive (archive.py), when it has one.
+After each commit the trace's new lines go to the trace archive (archive.py), when it has one;
+the trace (a ring of `retention.trace_lines`) keeps them in memory until they are there.
 `recover` rebuilds the kernel from the journal at start. A journal write that fails makes
 the daemon degraded rather than dead (health.py): state changes are refused with the
 storage's errno, drivers get no batches, and every PROBE_S it tries to write again. The
 FUSE tree (nodes/) and the drivers only ever talk to the kernel through this object. Beside the kernel it keeps what
-is observed, not decided: the engines' own metrics (`engine_metrics`, by model), which
-are never journaled.
+is observed, not decided: the engines' own metrics (`engine_metrics`, by model; by endpoint for a
+model with several), which are never journaled; what they report of their KV caches is, as an
+`EngineKV` event, when it changes (kernel/kvreport.py).
 """
 import contextlib
 import logging
@@ -23,7 +25,7 @@ import time
 import attrs
 import trio
 
-from .drivers import enginestate
+from .drivers import enginestate, metrics
 from .enginehost import DriverGroups
 from .health import Health
 from .journal import LAST, Emitted, Journal
@@ -31,7 +33,7 @@ from .readers import Readers
 from .kernel import Kernel
 from .kernel.errors import ApeinxError, Degraded
 from .kernel.config import MIB
-from .kernel.events import EngineHealth, GpuMemory, Rejected, Restart, Step, Tick
+from .kernel.events import EngineHealth, EngineKV, GpuMemory, Rejected, Restart, Step, Tick
 from .recovery import rebuild
 
 log = logging.getLogger(__name__)
@@ -80,8 +82,8 @@ class Runtime:
 
     def __init__(self, config, journal: Journal, clock=None, archive=None):
         self.config = config
-        self.kernel = Kernel(config.kernel)
         self.journal, self.archive = journal, archive
+        self.kernel = self._fresh_kernel()
         self.archive_failing = False  # the last archive write failed (logged once until one works)
         journal.boot(config.kernel)
         self.clock = clock or WallClock()
@@ -92,6 +94,8 @@ class Runtime:
         self.readings = None  # drivers/nvml.Readings of the real GPUs, set by the daemon (mount.py)
         self.engine_metrics: dict = {}  # model -> drivers/metrics.Observation, the last scrape of its engine
         self.engine_states: dict = {}  # model -> drivers/enginestate.EngineState, what its driver's checks found (observed)
+        self.endpoint_metrics: dict = {}  # (model, gpus) -> the last scrape of one endpoint of a model with endpoints
+        self.endpoint_states: dict = {}  # (model, gpus) -> one endpoint's EngineState (engine_states: the best of them)
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
         self.journal_due = False  # the steps waiting are to be journaled next round (a trace line, or PROGRESS_S)
         self.cluster = None  # cluster/daemon.Cluster when [cluster] names etcd (set by mount.py); None: one node
@@ -99,17 +103,23 @@ class Runtime:
     def recover(self) -> int:
         """Replay the journal into the kernel, quarantining any row that cannot be applied
         (recovery.py); mark the restart. Returns rows replayed."""
-        self.kernel = rebuild(lambda: Kernel(self.config.kernel), self.journal.rows, LAST, self.quarantined,
-                              self.kernel)
+        self.kernel = rebuild(self._fresh_kernel, self.journal.rows, LAST, self.quarantined, self.kernel)
         self.kernel.take_changed()
         if self.config.check_invariants:
             self.kernel.check_invariants()
         if self.archive is not None:
             self.archive.catch_up(self.kernel.trace)
+            self.kernel.trace.release(self.archive.seq)
         rows = len(self.journal)
         if rows:
             self.commit([Restart()])
         return rows
+
+    def _fresh_kernel(self) -> Kernel:
+        """A kernel whose trace keeps the lines the archive has not written yet (trace.py's `hold`)."""
+        kernel = Kernel(self.config.kernel)
+        kernel.trace.hold = None if self.archive is None else self.archive.seq
+        return kernel
 
     def commit(self, events: list) -> list:
         """Admit, journal, apply; results in order. Raises the first refusal, changing nothing."""
@@ -144,6 +154,7 @@ class Runtime:
         try:
             if self.archive.append(self.kernel.trace):
                 self.notifier.wake({"archive"})
+            self.kernel.trace.release(self.archive.seq)
         except OSError as exc:  # the lines stay in the trace and go with the next commit that can write them
             if not self.archive_failing:
                 log.error("trace archive: cannot write %s: %s", self.archive.directory, exc)
@@ -255,30 +266,48 @@ class Runtime:
             else:
                 await self.notifier.wait("progress", (since - now) / 1e6 + PROGRESS_S)
 
-    def observe(self, model: str, observation) -> None:
-        """Keep the engine's latest metrics for `model`, stamped now (for models of the kernel only)."""
+    def observe(self, model: str, observation, gpus: tuple = ()) -> None:
+        """Keep the engine's latest metrics for `model`, stamped now (for models of the kernel only); of one
+        endpoint of it (`gpus`), and the model's as all its endpoints' together."""
         if model in self.kernel.models:
-            self.engine_metrics[model] = attrs.evolve(observation, at_us=self.clock.now_us())
+            stamped = attrs.evolve(observation, at_us=self.clock.now_us())
+            if gpus:
+                self.endpoint_metrics[model, gpus] = stamped
+                stamped = metrics.together([o for (m, _), o in sorted(self.endpoint_metrics.items()) if m == model])
+            self.engine_metrics[model] = stamped
             self.observed += 1
 
-    def report_state(self, model: str, state: str, error: str | None = None) -> None:
-        """Keep what a check of `model`'s engine found (for models of the kernel only)."""
+    def report_state(self, model: str, state: str, error: str | None = None, gpus: tuple = ()) -> None:
+        """Keep what a check of `model`'s engine (of its endpoint on `gpus`) found (for models of the kernel only)."""
         if model in self.kernel.models:
-            before = self.engine_states.get(model)
-            self.engine_states[model] = enginestate.advance(before, state, error, self.clock.now_us())
-            self.observed += self.engine_states[model] != before
-            self._follow_outage(model, enginestate.outage(self.engine_states[model]))
+            states, key = (self.endpoint_states, (model, gpus)) if gpus else (self.engine_states, model)
+            before = states.get(key)
+            states[key] = enginestate.advance(before, state, error, self.clock.now_us())
+            self.observed += states[key] != before
+            if gpus:
+                self.engine_states[model] = enginestate.best(
+                    [seen for (m, _), seen in self.endpoint_states.items() if m == model])
+            self._follow_outage(model, enginestate.outage(states[key]), gpus)
 
-    def _follow_outage(self, model: str, reason: str | None) -> None:
-        """Journal an EngineHealth event when the engine's outage begins or ends as the kernel knows it."""
-        if (reason is not None) != (model in self.kernel.engines.down):
-            self.deliver(EngineHealth(model=model, up=reason is None, reason=reason or ""))
+    def _follow_outage(self, model: str, reason: str | None, gpus: tuple = ()) -> None:
+        """Journal an EngineHealth event when the engine's (endpoint's) outage begins or ends as the kernel knows it."""
+        if (reason is not None) != self.kernel.engines.is_down(model, gpus):
+            self.deliver(EngineHealth(model=model, up=reason is None, reason=reason or "", gpus=gpus))
+
+    def report_kv(self, model: str, gpus: tuple, tokens: int) -> None:
+        """Journal the tokens an engine (of `model`, on `gpus`) reports in its KV cache when the pages they
+        take changed, or while a GPU it is on is held for such a report (kernel/kvreport.py)."""
+        reports = self.kernel.engines.kv_reports
+        if model in self.kernel.models:
+            last, held = reports.last(model, gpus), self.kernel.kv.held.keys()
+            if last is None or (held & set(gpus) if gpus else held) or last.pages != reports.pages_of(model, tokens):
+                self.deliver(EngineKV(model=model, gpus=gpus, tokens=tokens))
 
     def forget_engines(self) -> None:
         """Drop the observations and states of models that no longer exist."""
-        for seen in (self.engine_metrics, self.engine_states):
-            for model in seen.keys() - self.kernel.models.keys():
-                del seen[model]
+        for seen in (self.engine_metrics, self.engine_states, self.endpoint_metrics, self.endpoint_states):
+            for key in [key for key in seen if (key if isinstance(key, str) else key[0]) not in self.kernel.models]:
+                del seen[key]
                 self.observed += 1
 
     @property

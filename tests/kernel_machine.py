@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel import events as ev
-from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig
+from apeinxfs.kernel.config import GpuConfig, KernelConfig, MemoryRetention, ModelConfig, SchedConfig
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.sched import POLICIES
 from apeinxfs.kernel.spec import TaskCommand, TaskSpec
@@ -27,20 +27,21 @@ PROMPTS = ("", "hello", "one two three four five six seven eight nine ten",
            " ".join(f"w{n}" for n in range(30)))
 RULES = ("deny tokens>30", "limit tenant=a max_tokens=5 max_prio=3", "deny model=extra tenant!=b", "allow prio>=0")
 MS = 1000
+ENDPOINTS = ({"url": "http://127.0.0.1:1", "gpus": [0]}, {"url": "http://127.0.0.1:2", "gpus": [1]})
 
 
-def kernel_config() -> KernelConfig:
+def kernel_config(retention: MemoryRetention = MemoryRetention()) -> KernelConfig:
     """Two small GPUs of 1 MiB pages (8 tokens each): GPU 1 is a real one, so GpuMemory applies to it."""
-    return KernelConfig(models=[ModelConfig(name="sim", context=4096)], page_mib=1,
+    return KernelConfig(models=[ModelConfig(name="sim", context=4096)], page_mib=1, retention=retention,
                         sched=SchedConfig(policy="fair", min_run_tokens=2, deadline_boost_s=0.05),
                         gpus=[GpuConfig(index=0, kv_mib=12, slots=2),
                               GpuConfig(index=1, kv_mib=9, slots=3, simulated=False)],
                         tenants=[TenantConfig("default"), TenantConfig("a", weight=300)], billing_period_s=1)
 
 
-def replay(events: list) -> Kernel:
+def replay(events: list, retention: MemoryRetention = MemoryRetention()) -> Kernel:
     """A fresh kernel that has applied `events` ((time_us, event) pairs) as journal rows."""
-    kernel = Kernel(kernel_config())
+    kernel = Kernel(kernel_config(retention))
     for time_us, event in events:
         kernel.apply(ev.from_row(*ev.to_row(event)), time_us)
     return kernel
@@ -69,9 +70,11 @@ tenants = st.builds(
 class KernelMachine(RuleBasedStateMachine):
     """One kernel, the events it applied, and the clock that stamps them."""
 
+    retention = MemoryRetention()  # what the kernel keeps of exited tasks and trace lines
+
     def __init__(self):
         super().__init__()
-        self.kernel = Kernel(kernel_config())
+        self.kernel = Kernel(kernel_config(self.retention))
         self.events: list = []
         self.now_us = 0
 
@@ -152,13 +155,14 @@ class KernelMachine(RuleBasedStateMachine):
     def set_rules(self, rules, replace):
         self.commit(ev.SetRules(rules=rules, replace=replace, uid=0))
 
-    @rule(layers=st.integers(1, 64) | st.just(300))  # 300: a token's KV is more than a page
-    def add_or_remove_model(self, layers):
-        """Add model `extra` if it is missing, else remove it (refused while it has live tasks)."""
+    @rule(layers=st.integers(1, 64) | st.just(300), split=st.booleans())  # 300: a token's KV is more than a page
+    def add_or_remove_model(self, layers, split):
+        """Add model `extra` if it is missing (`split`: one endpoint per GPU), else remove it (refused while
+        it has live tasks)."""
         if "extra" in self.kernel.models:
             self.commit(ev.RemoveModel(name="extra", uid=0))
         else:
-            model = ModelConfig(name="extra", context=2048, layers=layers)
+            model = ModelConfig(name="extra", context=2048, layers=layers, endpoints=ENDPOINTS if split else ())
             self.commit(ev.SetModel(model=model, what="add extra", uid=0))
 
     @rule(gpu=st.integers(0, 1), free_mib=st.integers(0, 20))
@@ -173,10 +177,18 @@ class KernelMachine(RuleBasedStateMachine):
         self.now_us += 100 * MS
         self.commit(ev.JournalRecovered(errno=errno, since_us=since))
 
-    @rule(model=st.sampled_from(("sim", "extra")), up=st.booleans())
-    def engine_health(self, model, up):
-        """A model's engine goes down (its queued tasks stall) or comes back."""
-        self.commit(ev.EngineHealth(model=model, up=up, reason="" if up else "connection refused"))
+    @rule(model=st.sampled_from(("sim", "extra")), up=st.booleans(), gpus=st.sampled_from(((), (0,), (1,))))
+    def engine_health(self, model, up, gpus):
+        """A model's engine, or one endpoint of it (`gpus`), goes down (its queued tasks stall, or go to the
+        other GPUs) or comes back."""
+        self.commit(ev.EngineHealth(model=model, up=up, reason="" if up else "connection refused", gpus=gpus))
+
+    @rule(model=st.sampled_from(("sim", "extra")), gpus=st.sampled_from(((), (0,), (1,), (0, 1), (2,))),
+          tokens=st.integers(0, 120) | st.just(-1))
+    def engine_kv(self, model, gpus, tokens):
+        """An engine reports the tokens its KV cache holds (GPU 2 and -1 tokens are refused): a GPU where
+        the engines report more pages than the books takes no new task until a report agrees."""
+        self.commit(ev.EngineKV(model=model, gpus=gpus, tokens=tokens))
 
     @rule(index=st.integers(0, 10**6))
     def interrupted(self, index):
@@ -186,7 +198,7 @@ class KernelMachine(RuleBasedStateMachine):
     @rule()
     def restart(self):
         """The daemon restarts: the journal so far rebuilds the same trace; running tasks are requeued."""
-        rebuilt = replay(self.events)
+        rebuilt = replay(self.events, self.retention)
         assert rebuilt.trace.buffer == self.kernel.trace.buffer
         self.kernel = rebuilt
         self.commit(ev.Restart())
@@ -203,4 +215,5 @@ class KernelMachine(RuleBasedStateMachine):
 
     def teardown(self):
         """The same events, replayed through the journal codec, give the same trace line for line."""
-        assert replay(self.events).trace.buffer.decode().splitlines() == self.kernel.trace.buffer.decode().splitlines()
+        assert replay(self.events, self.retention).trace.buffer.decode().splitlines() == \
+            self.kernel.trace.buffer.decode().splitlines()

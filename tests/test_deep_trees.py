@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from apeinxfs.kernel import Kernel
-from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig
+from apeinxfs.kernel.config import GpuConfig, KernelConfig, MemoryRetention, ModelConfig
 from apeinxfs.kernel.events import Failed, Kill, Submit
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.nodes.tasks import wait_line
@@ -32,7 +32,8 @@ def chain(kernel: Kernel, depth: int) -> list[int]:
 
 
 def one_gpu_kernel() -> Kernel:
-    return Kernel(KernelConfig(models=[ModelConfig(name="sim")], page_mib=1, gpus=[GpuConfig(index=0, kv_mib=64)]))
+    return Kernel(KernelConfig(models=[ModelConfig(name="sim")], page_mib=1, gpus=[GpuConfig(index=0, kv_mib=64)],
+                               retention=MemoryRetention(tasks=KERNEL_DEPTH)))  # every killed task stays, to be checked
 
 
 @pytest.mark.invariants_every(0)  # O(state) after each of 100,000 submits would be quadratic: checked at the ends

@@ -29,7 +29,7 @@ def test_a_model_whose_token_needs_more_than_a_page_runs():
     """Found by the machine: a model with more KV per token than a page has no shareable prefix blocks
     (it used to divide the prompt into blocks of zero tokens at dispatch)."""
     machine = KernelMachine()
-    machine.add_or_remove_model(layers=300)
+    machine.add_or_remove_model(layers=300, split=False)
     machine.submit([(None, None, 2, 5, PROMPTS[1], None, "extra")])
     machine.step(gpu=0, tokens=1, final=False, skip=9, rounds=2)
     assert [t.exit for t in machine.kernel.tasks.values()] == ["done"]

@@ -8,6 +8,8 @@ the driver only runs it. Drivers may keep engine connections, never kernel state
 A driver that can read its engine's own metrics also has `observe(host)`, run once per
 driver: it reports them with `host.observe(model, metrics.Observation)`, outside the kernel.
 Every driver says how its engines answer with `host.report_state(model, state, error)` (enginestate.py).
+A model with endpoints (kernel/endpoints.py) has one engine per GPU or group of GPUs: the driver sends
+a task placed on a GPU to that GPU's endpoint, and says `gpus=` of the endpoint in what it reports.
 """
 from typing import Protocol
 
@@ -27,14 +29,20 @@ class Host(Protocol):
     def deliver(self, event: Step | Failed) -> None:
         """Journal and apply one engine result."""
 
-    def observe(self, model: str, observation: Observation) -> None:
-        """Keep the latest engine metrics of `model` (for /models/NAME/engine and meminfo; never journaled)."""
+    def observe(self, model: str, observation: Observation, gpus: tuple = ()) -> None:
+        """Keep the latest engine metrics of `model` (of its endpoint on `gpus`, for a model with endpoints:
+        kernel/endpoints.py), for /models/NAME/engine and meminfo; never journaled."""
 
-    def report_state(self, model: str, state: str, error: str | None = None) -> None:
-        """Say what a check of `model`'s engine found: ready, starting, unreachable or failed (enginestate.py)."""
+    def report_state(self, model: str, state: str, error: str | None = None, gpus: tuple = ()) -> None:
+        """Say what a check of `model`'s engine (its endpoint on `gpus`) found: ready, starting, unreachable
+        or failed (enginestate.py)."""
 
-    def engine_down(self, model: str) -> bool:
-        """Whether the kernel holds `model`'s engine down (no task of it is dispatched; kernel/engines.py)."""
+    def report_kv(self, model: str, gpus: tuple, tokens: int) -> None:
+        """Say how many tokens the engine of `model` on `gpus` (empty: its one engine) holds in its KV cache;
+        the daemon journals it when it changes, for the kernel to reconcile its books (kernel/kvreport.py)."""
+
+    def engine_down(self, model: str, gpus: tuple = ()) -> bool:
+        """Whether the kernel holds `model`'s engine (its endpoint on `gpus`) down (kernel/engines.py)."""
 
 
 class Driver(Protocol):

@@ -5,7 +5,8 @@ scrape of the engine's metrics, a request's answer, the loading of a model. `adv
 keeps the state, the last error and since when the state holds (a check that finds the
 same state keeps its `since`). Observed, like engine metrics: never journaled; but when the `outage`
 it means begins or ends, the daemon journals an `EngineHealth` event, and the kernel dispatches
-nothing to a model whose engine is down (kernel/engines.py). Not here: which answer means which
+nothing to a model whose engine is down (kernel/engines.py). A model with several endpoints has a
+state per endpoint, and the best of them as its own (`best`). Not here: which answer means which
 state (each driver's own).
 
 - ready: the engine answered the last check (a sim model: from its start).
@@ -42,6 +43,12 @@ def outage(engine: EngineState | None) -> str | None:
     if engine is not None and (engine.state == "unreachable" or engine.state == "starting" and engine.error):
         return f"{engine.state}: {engine.error}"
     return None
+
+
+def best(endpoints: list[EngineState]) -> EngineState | None:
+    """A model's state from its endpoints' (kernel/endpoints.py): the best of them, in the order of
+    STATES (ready if any is), the longest held on a tie; None if none reported."""
+    return min(endpoints, key=lambda seen: (STATES.index(seen.state), seen.since_us), default=None)
 
 
 def rows(engine: EngineState | None) -> list[tuple[str, str]]:

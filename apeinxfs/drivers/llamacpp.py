@@ -87,6 +87,9 @@ class Options:
     @classmethod
     def of(cls, model) -> "Options":
         options = {"n_ctx": model.context, **model.options}
+        if getattr(model, "endpoints", ()):
+            raise Invalid(f"model {model.name}: the llamacpp driver runs llama.cpp in the daemon: "
+                          "it takes no endpoints")
         if "model_path" not in options:
             raise Invalid(f"model {model.name}: the llamacpp driver needs options.model_path")
         try:

@@ -185,6 +185,18 @@ def combine(readings: list[Reading]) -> Reading:
                                    for key in ("kv_tokens", "kv_capacity", "running", "waiting")))
 
 
+def together(observations: list[Observation]) -> Observation:
+    """A model's endpoints' last scrapes as one: their sources, readings combined (named by their engine
+    when all are one kind), errors joined, the oldest time."""
+    readings = [o.reading for o in observations if o.reading is not None]
+    reading = combine(readings) if readings else None
+    if reading is not None and len({r.engine for r in readings}) == 1:
+        reading = attrs.evolve(reading, engine=readings[0].engine)
+    errors = [f"{o.source}: {o.error}" for o in observations if o.error]
+    return Observation(source=",".join(o.source for o in observations), reading=reading,
+                       error="; ".join(errors) or None, at_us=min(o.at_us for o in observations))
+
+
 def _first(*values):
     return next((v for v in values if v is not None), None)
 

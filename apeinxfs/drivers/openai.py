@@ -17,7 +17,10 @@ engine refuses (HTTP 4xx) fails its task. `observe` scrapes the engines' /metric
 or, for an engine without metrics_s, probes it while the kernel holds it down. Requests are health checks too (enginestate.py): an accepted one says
 ready; retries spent, unreachable (starting, after HTTP 503); HTTP 404, failed. The HTTP
 side (Connection, OpenAIDriver) is shared with triton.py, which brings its own protocol.
-Options of a model (`[models.options]`): url (required), engine_model (the name sent;
+A model with `endpoints` (kernel/endpoints.py) has one engine per GPU or group of GPUs: a task goes to
+the endpoint of the GPU the kernel placed it on, and each endpoint is scraped, checked and reported
+(`gpus=`) on its own; the KV tokens a scrape reads go to the kernel (`host.report_kv`, kernel/kvreport.py).
+Options of a model (`[models.options]`): url (required unless the model has endpoints), engine_model (the name sent;
 default the model's), api ("completions" or "chat"), timeout_s (60: the longest silence
 of an engine), retries (3), backoff_s (0.2), metrics_s (1.0: seconds between scrapes of the
 engine's /metrics; 0: none). A task's sampling keys (temperature, top_p, top_k, seed, stop,
@@ -90,15 +93,21 @@ class Connection:
     backoff_s: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
 
     @classmethod
-    def of(cls, model) -> "Connection":
-        """The endpoint a model's options describe."""
-        options = {"engine_model": model.name, **model.options}
+    def of(cls, model, url: str | None = None) -> "Connection":
+        """The endpoint a model's options describe (at `url`, one of its endpoints', if given)."""
+        options = {"engine_model": model.name, **model.options, **({"url": url} if url else {})}
         if "url" not in options:
-            raise Invalid(f"model {model.name}: the {cls.driver} driver needs options.url")
+            raise Invalid(f"model {model.name}: the {cls.driver} driver needs options.url or endpoints")
         try:
             return cls(**options)
         except (TypeError, ValueError) as exc:
             raise Invalid(f"model {model.name}: {cls.driver} options: {exc}") from None
+
+    @classmethod
+    def by_gpus(cls, model) -> dict:
+        """{GPUs: endpoint}: one per entry of the model's `endpoints` (kernel/endpoints.py), or its options.url
+        for every GPU as {(): endpoint}."""
+        return {each.gpus: cls.of(model, each.url) for each in model.endpoints} or {(): cls.of(model)}
 
 
 @attrs.frozen
@@ -136,7 +145,8 @@ class OpenAIDriver:
     endpoint = Endpoint
 
     def __init__(self, models: dict):
-        self.endpoints = {name: self.endpoint.of(model) for name, model in models.items()}
+        # name -> {gpus: Endpoint}: one per endpoint of the model, or {(): its url}
+        self.endpoints = {name: self.endpoint.by_gpus(model) for name, model in models.items()}
         self.spares = spares.SpareBackend()  # shared by the GPUs: one spare connection per engine, not per GPU
 
     async def serve(self, gpu: int, host) -> None:
@@ -151,11 +161,16 @@ class OpenAIDriver:
         """Scrape each model's engine metrics every `metrics_s` seconds into the host (or, without
         metrics_s, probe it every PROBE_S while the kernel holds it down), until cancelled."""
         async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
-            for name, endpoint in self.endpoints.items():
-                if endpoint.metrics_s:
-                    nursery.start_soon(scrape.watch, client, name, endpoint.url, endpoint.metrics_s, host)
-                else:
-                    nursery.start_soon(scrape.probe, client, name, endpoint.url, PROBE_S, host)
+            for name, endpoints in self.endpoints.items():
+                for gpus, endpoint in endpoints.items():
+                    if endpoint.metrics_s:
+                        nursery.start_soon(scrape.watch, client, name, endpoint.url, endpoint.metrics_s, host, gpus)
+                    else:
+                        nursery.start_soon(scrape.probe, client, name, endpoint.url, PROBE_S, host, gpus)
+
+    def _route(self, model: str, gpu: int) -> tuple[tuple, Connection]:
+        """The endpoint of `model` that serves `gpu` (the kernel places its tasks on those GPUs only), and its GPUs."""
+        return next((gpus, endpoint) for gpus, endpoint in self.endpoints[model].items() if not gpus or gpu in gpus)
 
     async def _run(self, client, outbox: flow.Outbox, task) -> None:
         ending = await self._attempts(client, task, outbox)
@@ -165,30 +180,32 @@ class OpenAIDriver:
     async def _attempts(self, client, task, outbox: flow.Outbox) -> Failed | Interrupted | None:
         """Stream the task, retrying while the engine is unreachable; how it ended if not done: Interrupted
         (resumed later from its text) if the engine went away, Failed if it refused the request."""
-        endpoint, delay = self.endpoints[task.model], 0.0
+        (gpus, endpoint), delay = self._route(task.model, outbox.gpu), 0.0
         for attempt in range(endpoint.retries + 1):
             if delay:  # no checkpoint before the first try: time to first token starts here
                 await trio.sleep(delay)
             try:
-                return await self._stream(client, endpoint, task, outbox)
+                return await self._stream(client, (gpus, endpoint), task, outbox)
             except Unreachable as exc:
                 last, delay = exc, 0.0 if isinstance(exc, Stale) else endpoint.backoff_s * 2 ** attempt
             except Broken as exc:
                 if isinstance(exc, NotServed):
-                    outbox.host.report_state(task.model, "failed", f"{endpoint.url}: {exc}")
+                    outbox.host.report_state(task.model, "failed", f"{endpoint.url}: {exc}", gpus)
                 ending = Interrupted if isinstance(exc, StreamBroke) else Failed
                 return ending(pid=task.pid, reason=f"engine at {endpoint.url}: {exc}")
-        outbox.host.report_state(task.model, "starting" if isinstance(last, Loading) else "unreachable", f"{endpoint.url}: {last}")
+        outbox.host.report_state(task.model, "starting" if isinstance(last, Loading) else "unreachable",
+                                 f"{endpoint.url}: {last}", gpus)
         return Interrupted(pid=task.pid, reason=f"engine at {endpoint.url} unreachable: {last}")
 
-    async def _stream(self, client, endpoint: Connection, task, outbox: flow.Outbox) -> None:
+    async def _stream(self, client, route: tuple[tuple, Connection], task, outbox: flow.Outbox) -> None:
+        gpus, endpoint = route
         url, body = endpoint.request(task)
         tally, answered = endpoint.tally(task.pid), False
         try:
             async with spares.stream(client, url, body, endpoint.timeout_s) as response:
                 answered = True
                 await _check(response)
-                outbox.host.report_state(task.model, "ready")
+                outbox.host.report_state(task.model, "ready", None, gpus)
                 await _follow(endpoint.events(response), response, tally, outbox)
         except (httpx.HTTPError, sse.ProtocolError) as exc:
             raise _failure(exc, answered, tally.tokens) from None

@@ -3,7 +3,8 @@
 `watch` polls one engine's GET /metrics (and, for llama-server builds without a KV gauge,
 GET /slots) and hands each `Observation` to the host (`host.observe(model, observation)`),
 which keeps it beside the kernel: observations are not kernel state and are never
-journaled. A failed scrape is an observation too (its error, no reading), so
+journaled; but the tokens its KV cache holds go to `host.report_kv`, which journals them for the
+kernel's books when they change (kernel/kvreport.py). A failed scrape is an observation too (its error, no reading), so
 /models/NAME/engine says why there are no numbers. Each scrape is also a health check
 (enginestate.py): an engine that answers is ready, even without metrics; HTTP 503 means it is
 still loading (starting); no answer, unreachable. An engine not scraped is `probe`d instead while
@@ -15,13 +16,17 @@ import trio
 from . import metrics
 
 
-async def watch(client: httpx.AsyncClient, model: str, url: str, interval_s: float, host) -> None:
-    """Scrape the engine at `url` for `model` every `interval_s` seconds, until cancelled."""
-    host.observe(model, metrics.Observation(source=f"{url}/metrics"))  # not scraped yet
+async def watch(client: httpx.AsyncClient, model: str, url: str, interval_s: float, host, gpus: tuple = ()) -> None:
+    """Scrape the engine at `url` for `model` (its endpoint on `gpus`; empty: its one engine) every
+    `interval_s` seconds, until cancelled; the KV tokens it reports go to the kernel too."""
+    host.observe(model, metrics.Observation(source=f"{url}/metrics"), gpus)  # not scraped yet
     while True:
         observation, state = await scrape(client, url, timeout_s=max(2.0, 2 * interval_s))
-        host.observe(model, observation)
-        host.report_state(model, state, None if state == "ready" else f"{observation.source}: {observation.error}")
+        host.observe(model, observation, gpus)
+        host.report_state(model, state, None if state == "ready" else f"{observation.source}: {observation.error}",
+                          gpus)
+        if observation.reading is not None and observation.reading.kv_tokens is not None:
+            host.report_kv(model, gpus, observation.reading.kv_tokens)
         await trio.sleep(interval_s)
 
 
@@ -39,20 +44,20 @@ async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple
     return metrics.Observation(source=source, reading=reading), "ready"
 
 
-async def probe(client: httpx.AsyncClient, model: str, url: str, interval_s: float, host) -> None:
-    """For an engine not scraped: every `interval_s` seconds while the kernel holds `model` down
-    (`host.engine_down`), check whether the engine at `url` answers again (GET /health; any answer
-    but 503 will do), until cancelled. No request is sent to a down engine otherwise."""
+async def probe(client: httpx.AsyncClient, model: str, url: str, interval_s: float, host, gpus: tuple = ()) -> None:
+    """For an engine not scraped: every `interval_s` seconds while the kernel holds `model` (its endpoint on
+    `gpus`) down (`host.engine_down`), check whether the engine at `url` answers again (GET /health; any
+    answer but 503 will do), until cancelled. No request is sent to a down engine otherwise."""
     while True:
         await trio.sleep(interval_s)
-        if host.engine_down(model):
+        if host.engine_down(model, gpus):
             try:
                 (await client.get(f"{url}/health", timeout=max(2.0, 2 * interval_s))).raise_for_status()
             except httpx.HTTPError as exc:
                 state = state_of(exc)
-                host.report_state(model, state, None if state == "ready" else f"{url}/health: {describe(exc)}")
+                host.report_state(model, state, None if state == "ready" else f"{url}/health: {describe(exc)}", gpus)
             else:
-                host.report_state(model, "ready")
+                host.report_state(model, "ready", None, gpus)
 
 
 def state_of(exc: Exception) -> str:

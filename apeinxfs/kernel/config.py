@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from .endpoints import EndpointConfig, check_endpoints, check_gpus_exist, endpoints_of, served_gpus
 from .errors import Invalid
 from .kvmem import bytes_per_token
 from .sched import POLICIES
@@ -88,10 +89,20 @@ class ModelConfig:  # every attribute read of it takes CPython's slow generic pa
     # While its engine is unreachable (engines.py): how long its queued tasks wait, how often one resumes
     engine_wait_s: float = attrs.field(default=300.0, validator=_non_negative)
     resume_limit: int = attrs.field(default=3, validator=_count)
+    # One engine per GPU or group of GPUs (endpoints.py); none: one engine (options.url) for every GPU
+    endpoints: tuple[EndpointConfig, ...] = attrs.field(default=(), converter=endpoints_of)
+
+    def __attrs_post_init__(self) -> None:
+        check_endpoints(self.name, self.endpoints, self.options)
 
     @functools.cached_property
     def token_bytes(self) -> int:
         return bytes_per_token(self.layers, self.kv_heads, self.head_dim, DTYPE_BYTES[self.dtype])
+
+    @functools.cached_property
+    def gpu_set(self) -> frozenset[int] | None:
+        """The GPUs its endpoints are bound to; None: every GPU."""
+        return served_gpus(self.endpoints)
 
 
 @attrs.frozen
@@ -127,6 +138,32 @@ class SchedConfig:
     kv_watermark: float = attrs.field(default=0.05, validator=_fraction)
 
 
+def _kept(least: int) -> Validator:
+    def check(_inst: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+        if type(value) is not int or value < least:
+            raise Invalid(f"retention.{attribute.name} must be an integer >= {least}, not {value!r}")
+    return check
+
+
+def _age(_inst: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < float("inf"):
+        raise Invalid(f"retention.{attribute.name} must be a number of seconds >= 0, not {value!r}")
+
+
+@attrs.frozen
+class MemoryRetention:
+    """What the kernel keeps in memory (`[retention]`): exited tasks, by count and by age, and trace lines.
+    What it forgets stays in the trace archive and the bills (retention.py)."""
+
+    tasks: int = attrs.field(default=10000, validator=_kept(0))  # exited tasks kept in /tasks
+    task_age_s: float = attrs.field(default=3600, validator=_age)  # exited tasks older than this go
+    trace_lines: int = attrs.field(default=100000, validator=_kept(1))  # lines of /trace/events and its views
+
+    @property
+    def task_age_us(self) -> int:
+        return int(self.task_age_s * 1_000_000)
+
+
 ROLES = ("user", "viewer", "none")
 
 
@@ -157,6 +194,7 @@ class KernelConfig:
     access: AccessConfig = attrs.Factory(AccessConfig)
     billing_period_s: int = attrs.field(default=86400, validator=_positive)
     utc_offset_s: int = 0  # the daemon's time zone at boot: policy `time=` windows are local time
+    retention: MemoryRetention = attrs.Factory(MemoryRetention)
     pid_blocks: bool = False  # pids come in blocks the cluster grants (PidBlock events); else 1, 2, 3...
 
     @property
@@ -172,6 +210,8 @@ class KernelConfig:
             names = [item.name for item in items]
             if len(set(names)) != len(names):
                 raise Invalid(f"{kind} names must be unique")
+        for model in self.models:
+            check_gpus_exist(model.name, model.endpoints, len(self.gpus))
 
     @property
     def page_bytes(self) -> int:
@@ -179,7 +219,7 @@ class KernelConfig:
 
 
 NESTED_LISTS = {"models": ModelConfig, "gpus": GpuConfig, "tenants": TenantConfig}
-NESTED = {"sched": SchedConfig, "access": AccessConfig}
+NESTED = {"sched": SchedConfig, "access": AccessConfig, "retention": MemoryRetention}
 
 
 def kernel_config_from_dict(data: Mapping[str, Any]) -> KernelConfig:

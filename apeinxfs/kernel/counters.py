@@ -18,6 +18,7 @@ class Counters:
     fair_preemptions: int = 0
     lifts: int = 0
     boosts: int = 0
+    reaped: int = 0  # exited tasks forgotten (retention.py)
     exits: dict[str, int] = attrs.Factory(dict)  # exit kind (done, killed, ...) -> tasks
 
     @property

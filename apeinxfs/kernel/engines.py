@@ -9,7 +9,10 @@ counted from then; past that it fails with the outage's reason. When the engine 
 again its stalled tasks go back to the queue. `Interrupted(pid, reason)` (a stream that
 broke, an engine that went away midway) puts a running task back in the queue with the
 text it has, like a preemption, so it resumes from there; past the model's `resume_limit`
-interruptions it fails with the reason. Every change is a trace line (`engine`, `stall`,
+interruptions it fails with the reason. A model with several endpoints (endpoints.py) has an
+outage per endpoint (`EngineHealth` naming its GPUs): while one is down, the model's tasks
+are placed only on the GPUs of the others (`where`); when all are, the model is down as
+above. Every change is a trace line (`engine`, `stall`,
 `resume`); all times are event times, so replay gives the same result. `EngineWatch` owns
 the `EngineBook` and moves tasks through the kernel's `Host` seam (seams.py). Not here: how
 the daemon decides an engine is down (runtime.py, drivers/enginestate.py).
@@ -22,6 +25,10 @@ from collections.abc import KeysView, Mapping
 import attrs
 
 from . import events as ev
+from .config import ModelConfig
+from .endpoints import gpus_text
+from .kvreport import KVReports
+from .memory import KVManager
 from .models import Models
 from .pressure import StallClock
 from .seams import Host
@@ -41,6 +48,7 @@ class EngineBook:
     """Down models, their stalled tasks, when each stalled task gives up, each task's resumes."""
 
     down: dict[str, Outage] = attrs.Factory(dict)  # model -> Outage
+    parts: dict[str, dict[tuple[int, ...], Outage]] = attrs.Factory(dict)  # model -> its endpoints down, by GPUs
     stalled: dict[str, dict[int, Task]] = attrs.Factory(dict)  # model -> tasks taken out of the queue while down
     waits: list[tuple[int, int, int]] = attrs.Factory(list)  # heap of (give-up time µs, pid, stall number)
     stall_of: dict[int, int] = attrs.Factory(dict)  # pid -> its current stall number (older heap entries are stale)
@@ -65,11 +73,13 @@ def _seconds(us: int) -> str:
 class EngineWatch:
     """Effects of EngineHealth and Interrupted, the stalling of a down model's tasks and their expiry."""
 
-    def __init__(self, models: Models, tasks: Mapping[int, Task], host: Host):
+    def __init__(self, models: Models, tasks: Mapping[int, Task], host: Host, kv: KVManager):
         self.book, self._models, self._tasks, self._host = EngineBook(), models, tasks, host
+        self.kv_reports = KVReports(kv, models, host)  # what each engine says it holds in KV (kvreport.py)
 
-    def is_down(self, model: str) -> bool:
-        return model in self.book.down
+    def is_down(self, model: str, gpus: tuple[int, ...] = ()) -> bool:
+        """Whether the model's engine is down (all its endpoints); with `gpus`, its endpoint on those."""
+        return gpus in self.book.parts.get(model, {}) if gpus else model in self.book.down
 
     @property
     def down(self) -> KeysView[str]:
@@ -86,20 +96,59 @@ class EngineWatch:
         return self.book.waiting(model)
 
     def health(self, event: ev.EngineHealth) -> None:
-        model, book, host = self._models.get(event.model), self.book, self._host
-        if model is None or (event.model in book.down) != event.up:  # unknown, or no change
+        model = self._models.get(event.model)
+        if model is None:
             return
+        if not event.gpus or not model.endpoints:
+            self._model_health(model, event.up, event.reason)
+        elif any(endpoint.gpus == event.gpus for endpoint in model.endpoints):
+            self._endpoint_health(model, event)
+
+    def _endpoint_health(self, model: ModelConfig, event: ev.EngineHealth) -> None:
+        """One endpoint of a model down or up: only its GPUs stop or take new tasks of the model; the
+        model is down when all its endpoints are."""
+        parts, host = self.book.parts.setdefault(model.name, {}), self._host
+        if (event.gpus in parts) != event.up:  # no change
+            return
+        where = f"{model.name} at gpus={gpus_text(event.gpus)}"
         if event.up:
-            outage = book.down.pop(event.model)
-            waiting = book.stalled.pop(event.model, {})
-            host.emit("engine", None, f"{event.model} up after {_seconds(host.now_us - outage.since_us)}s; "
+            outage = parts.pop(event.gpus)
+            host.emit("engine", None, f"{where} up after {_seconds(host.now_us - outage.since_us)}s")
+        else:
+            parts[event.gpus] = Outage(host.now_us, event.reason)
+            host.emit("engine", None, f"{where} down: {event.reason}; no task of {model.name} is placed there")
+        self._model_health(model, len(parts) < len(model.endpoints), f"every endpoint down; {event.reason}")
+
+    def _model_health(self, model: ModelConfig, up: bool, reason: str) -> None:
+        """The model's engine (all its endpoints) down or up: its tasks stall, or go back to the queue."""
+        book, host = self.book, self._host
+        if (model.name in book.down) != up:  # no change
+            return
+        if up:
+            outage = book.down.pop(model.name)
+            waiting = book.stalled.pop(model.name, {})
+            host.emit("engine", None, f"{model.name} up after {_seconds(host.now_us - outage.since_us)}s; "
                                       f"{sum(t.runnable for t in waiting.values())} stalled tasks queued again")
             for task in waiting.values():
                 self._unstall(task)
         else:
-            book.down[event.model] = Outage(host.now_us, event.reason)
-            host.emit("engine", None, f"{event.model} down: {event.reason}; its tasks are not dispatched "
+            book.down[model.name] = Outage(host.now_us, reason)
+            host.emit("engine", None, f"{model.name} down: {reason}; its tasks are not dispatched "
                                       f"and wait up to {model.engine_wait_s:g}s")
+
+    def where(self, model: str, gpus: list[int]) -> list[int]:
+        """Of the open `gpus`, those a task of `model` may be placed on: its endpoints' GPUs (every one for
+        a model without endpoints), less those of its endpoints that are down."""
+        served, down = self._models[model].gpu_set, self.book.parts.get(model)
+        if served is None and not down:
+            return gpus
+        closed = {gpu for part in down for gpu in part} if down else set()
+        return [gpu for gpu in gpus if (served is None or gpu in served) and gpu not in closed]
+
+    def forget_model(self, model: str) -> None:
+        """A model removed: its endpoints' outages and its engines' KV reports go with it."""
+        self.book.parts.pop(model, None)
+        self.kv_reports.forget(model)
 
     def _unstall(self, task: Task) -> None:
         self.book.stall_of.pop(task.pid, None)
@@ -143,6 +192,13 @@ class EngineWatch:
         book = self.book
         if book.stalled or book.clock.stalled:
             book.clock.set(self._host.now_us, book.waiting() > 0)
+
+    def forget_task(self, task: Task) -> None:
+        """A reaped task: its resumes, and its stall if it was killed while stalled, go from the books."""
+        book = self.book
+        book.resumes.pop(task.pid, None)
+        if book.stall_of.pop(task.pid, None) is not None:
+            book.stalled[task.model].pop(task.pid, None)
 
     def interrupted(self, event: ev.Interrupted) -> None:
         task, host = self._tasks.get(event.pid), self._host

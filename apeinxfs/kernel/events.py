@@ -96,11 +96,23 @@ class Interrupted:
 @attrs.frozen
 class EngineHealth:
     """Model `model`'s engine became reachable (`up`) or not (`reason`): while it is down nothing
-    of that model is dispatched and its queued tasks wait (engines.py)."""
+    of that model is dispatched and its queued tasks wait (engines.py). `gpus`: those of the one
+    endpoint it is about, for a model with endpoints (endpoints.py); empty: the model's engine."""
 
     model: str
     up: bool
     reason: str = ""
+    gpus: tuple[int, ...] = attrs.field(default=(), converter=tuple[int, ...])
+
+
+@attrs.frozen
+class EngineKV:
+    """The engine of `model` on GPUs `gpus` (empty: its one engine, on every GPU) reports `tokens`
+    tokens held in its KV cache; the kernel reconciles its books of those GPUs with it (kvreport.py)."""
+
+    model: str
+    gpus: tuple[int, ...] = attrs.field(converter=tuple[int, ...])
+    tokens: int
 
 
 @attrs.frozen
@@ -204,7 +216,7 @@ class JournalRecovered:
 
 Event = (Submit | Kill | Control | Step | Failed | Rejected | SetPolicy | Tick | Restart | SetTenant
          | RemoveTenant | SetRules | SetModel | RemoveModel | GpuMemory | JournalFailed | JournalRecovered
-         | Interrupted | EngineHealth | PidBlock)
+         | Interrupted | EngineHealth | EngineKV | PidBlock)
 KINDS: dict[str, type[Event]] = {cls.__name__.lower(): cls for cls in typing.get_args(Event)}
 
 

@@ -6,9 +6,9 @@ two. Given the same events with the same times, the same state and trace result:
 clock, randomness or I/O inside. Each part owns its state (docs/architecture.md has the
 table): the task table (tasktable.py), the run queue and accounts (runqueue.py, sched.py),
 the KV books (memory.py), tenancy (tenancy.py), models (models.py), engine outages
-(engines.py), preemption and the OOM killer (reclaim.py), the trace, audit log, bills and
-counters. `Kernel` holds them, moves a task between them (queue, GPU, exit) and is the
-`Host` (seams.py) they call back through.
+(engines.py), preemption and the OOM killer (reclaim.py), the reaping of exited tasks
+(retention.py), the trace, audit log, bills and counters. `Kernel` holds them, moves a
+task between them (queue, GPU, exit) and is the `Host` (seams.py) they call back through.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from .memory import KVManager
 from .models import Models
 from .moves import Moves
 from .reclaim import Reclaim
+from .retention import Reaper
 from .runqueue import RunQueue
 from .sched import POLICIES, Accounts, prio_weight
 from .task import State, Task
@@ -48,19 +49,20 @@ class Kernel:
         self.changed: set[object] = set()
         self._trace_seen = 0  # the trace seq take_changed() last reported
         self.tasks = TaskTable(self.changed, config.pid_blocks)
-        self.models = Models(config.models)
+        self.models = Models(config.models, len(config.gpus))
         self.kv = KVManager(config, self._evicted)
         self.gpus = [Gpu(g, pool) for g, pool in zip(config.gpus, self.kv.pools)]
-        self.trace, self.audit = TraceLog(config.node, self.tasks), AuditLog()
+        self.trace, self.audit = TraceLog(config.node, self.tasks, config.retention.trace_lines), AuditLog()
         self.bills, self.counters = BillBook(config.billing_period_s), Counters()
         self.accounts = Accounts({t.name: t.weight for t in config.tenants})
         self.moves = moves = Moves(self.tasks, self.kv, self.gpus, self.counters, self.trace, self.changed)
         self.runq = RunQueue(config.sched, self.accounts, self.counters, moves)
         self.tenancy = Tenancy(config, self.models, self.kv, self.accounts, self.gpus, self.tasks,
                                (self.audit, self.bills), moves)
-        self.engines = EngineWatch(self.models, self.tasks, moves)
+        self.engines = EngineWatch(self.models, self.tasks, moves, self.kv)
         self.reclaim = Reclaim(config.sched, self.accounts, self.gpus, self.kv, self.tasks, self.counters, moves)
         moves.attach(self.runq, self.tenancy, self.engines, self.reclaim)
+        self.reaper = Reaper(config.retention, self.tasks, self.accounts, self.engines, self.counters)
         self.emit = moves.emit
         self.handlers = self._handlers()
 
@@ -79,10 +81,11 @@ class Kernel:
             ev.Submit: (self._check_submit, self._apply_submit),
             ev.Kill: (lambda e: self.tasks.live(e.pid), self._apply_kill),
             ev.Control: (self._check_control, self._apply_control),
-            ev.Step: (lambda e: self._check_gpu(e.gpu, "to step"), self.moves.step),
+            ev.Step: (lambda e: _check_gpu(len(self.gpus), e.gpu, "to step"), self.moves.step),
             ev.Failed: (accept, self._apply_failed),
             ev.Interrupted: (accept, self.engines.interrupted),
             ev.EngineHealth: (accept, self.engines.health),
+            ev.EngineKV: (self.engines.kv_reports.check, self.engines.kv_reports.record),
             ev.Rejected: (accept, self._apply_rejected),
             ev.SetPolicy: (self._check_setpolicy, self._apply_setpolicy),
             ev.SetTenant: (tenancy.check_set, tenancy.set),
@@ -141,10 +144,6 @@ class Kernel:
         if event.policy not in POLICIES:
             raise Invalid(f"unknown policy {event.policy!r}: one of {', '.join(POLICIES)}")
 
-    def _check_gpu(self, gpu: int, what: str) -> None:
-        if not 0 <= gpu < len(self.gpus):
-            raise Invalid(f"no GPU {gpu} {what}: there are {len(self.gpus)}")
-
     def _check_gpumemory(self, event: ev.GpuMemory) -> None:
         if not 0 <= event.gpu < len(self.gpus) or self.gpus[event.gpu].config.simulated or event.free_mib < 0:
             raise Invalid(f"no real GPU {event.gpu} to read {event.free_mib} MiB free on")
@@ -171,6 +170,7 @@ class Kernel:
         self.engines.expire()
         self.moves.schedule()
         self.engines.count_stalls()
+        self.reaper.reap(self.now_us)
         return result
 
     def _moot(self, event: ev.Event) -> bool:
@@ -259,6 +259,7 @@ class Kernel:
     def _apply_removemodel(self, event: ev.RemoveModel) -> None:
         self.models.remove(event.name)
         self.kv.remove_model(event.name)
+        self.engines.forget_model(event.name)
         self._model_changed(event, f"remove {event.name}")
 
     def _model_changed(self, event: ev.SetModel | ev.RemoveModel, what: str) -> None:
@@ -278,7 +279,7 @@ class Kernel:
 
     def next_deadline_us(self) -> int | None:
         own, engine_wait = self.tasks.next_deadline_us(), self.engines.book.next_wait_us()
-        return min((at for at in (own, engine_wait) if at is not None), default=None)
+        return min((at for at in (own, engine_wait, self.reaper.next_us()) if at is not None), default=None)
 
     def take_changed(self) -> set[object]:
         """What changed since the last call: pids, 'trace' (if it has new lines), ('gpu', N)."""
@@ -289,3 +290,8 @@ class Kernel:
             self._trace_seen = self.trace.seq
             changed.add("trace")
         return changed
+
+
+def _check_gpu(gpus: int, gpu: int, what: str) -> None:
+    if not 0 <= gpu < gpus:
+        raise Invalid(f"no GPU {gpu} {what}: there are {gpus}")

@@ -116,6 +116,7 @@ class KVManager:
         self.caches = [PrefixCache() for _ in config.gpus]
         self._mixed_pools = len({pool.pages_total for pool in self.pools}) > 1  # see _demand
         self.real_free: list[int | None] = [None] * len(config.gpus)  # pages NVML says are free, real GPUs
+        self.held: dict[int, str] = {}  # GPU -> why no task is placed there: its engines report more KV (kvreport.py)
         self.holders: dict[int, Task] = {}  # pid -> the task, for tasks holding pages (their kv_* fields)
         self.on_evict = on_evict
         self.per_page = {m.name: config.page_bytes // m.token_bytes for m in config.models}  # tokens per page
@@ -194,9 +195,9 @@ class KVManager:
         On a real GPU the room is also capped by the memory NVML last read as free (set_real_free).
         A new task on a GPU where tasks hold pages must leave `watermark` of the pool free for
         their growth: admitting work the running tasks will push out again is thrash. A resumed
-        task need not: it is owed its place."""
+        task need not: it is owed its place. Nothing fits on a GPU held for its engines' KV reports."""
         pool, cache, (chain, private, worst, new) = self.pools[gpu], self.caches[gpu], demand
-        if pool.pages_total < worst:
+        if pool.pages_total < worst or gpu in self.held:
             return None
         hits, cached, idle = cache.lookup(chain) if chain else NO_BLOCKS
         need = len(chain) - cached + private

@@ -4,7 +4,8 @@ A model is kernel state (admission checks its context, KV pages come from its sh
 adding or removing one is a journaled event like a tenant's: it survives restarts, and
 replay rebuilds it. `Models` is a read-only mapping of name -> ModelConfig whose only
 changes are `add` and `remove`, each after its check; the first configured model is the
-default. Which engine runs a model is the daemon's business (runtime.py starts and stops
+default; a model's endpoints are bound to GPUs the node has (endpoints.py). Which engine runs a
+model is the daemon's business (runtime.py starts and stops
 drivers as `("models")` changes); engine outages are engines.py's.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 
 from .config import ModelConfig
+from .endpoints import check_gpus_exist
 from .errors import Busy, Exists, Invalid, NotFound
 from .spec import TaskSpec, check_name
 from .task import Task
@@ -20,9 +22,10 @@ from .task import Task
 class Models(Mapping[str, ModelConfig]):
     """Name -> ModelConfig of the models served now; the first configured one is the default."""
 
-    def __init__(self, configs: Iterable[ModelConfig]):
+    def __init__(self, configs: Iterable[ModelConfig], gpus: int):
         self._models = {model.name: model for model in configs}
         self.default = next(iter(self._models))
+        self.gpus = gpus  # how many GPUs the node has: a model's endpoints are bound to some of them
 
     def __getitem__(self, name: str) -> ModelConfig:
         return self._models[name]
@@ -44,6 +47,7 @@ class Models(Mapping[str, ModelConfig]):
             raise Invalid(f"model {name!r} cannot be a directory name")
         if name in self._models:
             raise Exists(f"model {name} exists: remove it first to change it")
+        check_gpus_exist(name, model.endpoints, self.gpus)
 
     def check_remove(self, name: str, tasks: Iterable[Task]) -> None:
         """Refuse removing an unknown model, the default, or one with live tasks among `tasks`."""

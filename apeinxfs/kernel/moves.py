@@ -124,7 +124,7 @@ class Moves:
     def schedule(self) -> None:
         """Fill free batch slots from the queue (again after a fair preemption); keep the KV stall clocks."""
         kv_blocked = self._fill_slots()
-        if self.runq.preempts and self.reclaim.rebalance(lambda: self.runq.peek(self.now_us)):
+        if self.runq.preempts and self.reclaim.rebalance(lambda: self.runq.peek(self.now_us), self.engines.where):
             kv_blocked = self._fill_slots()
         self.kv_some.set(self.now_us, kv_blocked)
         self.kv_full.set(self.now_us, kv_blocked and not any(g.running for g in self.gpus))
@@ -138,9 +138,10 @@ class Moves:
             if self.engines.is_down(task.model):  # it waits out of the queue (engines.py)
                 self.engines.stall(task)
                 continue
-            index = self.kv.seat(task, open_gpus)  # KV pages where most prefix hits, then most room
+            gpus = self.engines.where(task.model, open_gpus)  # its endpoints' GPUs that are up (engines.py)
+            index = self.kv.seat(task, gpus)  # KV pages where most prefix hits, then most room
             if index is None:
-                return True
+                return bool(gpus)  # KV stopped it, or no slot is open where it may run
             gpu = self.gpus[index]
             self._dispatch(task, gpu)
             if not gpu.open:

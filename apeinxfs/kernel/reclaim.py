@@ -49,16 +49,18 @@ class Reclaim:
 
     # -- fairness ----------------------------------------------------------------------------
 
-    def rebalance(self, head: Callable[[], Task | None]) -> bool:
+    def rebalance(self, head: Callable[[], Task | None], where: Callable[[str, list[int]], list[int]]) -> bool:
         """fair: preempt one running task that is unfair to the queue's `head`, if any and if the head
-        then fits in its KV."""
+        then fits in its KV, on a GPU its model may run on (`where(model, gpus)`: engines.py)."""
         if not self.preemptible:  # none has run min_run_tokens yet
             return False
         if self._counters.steps == self._fair_preempt_step:  # the last one's slot is not served yet
             return False
         waiting = head()
         victim = self._fair_victim(waiting) if waiting is not None else None
-        if waiting is None or victim is None or not self._kv.fits_instead(waiting, victim):
+        if waiting is None or victim is None or victim.gpu is None:
+            return False
+        if not where(waiting.model, [victim.gpu]) or not self._kv.fits_instead(waiting, victim):
             return False  # a slot the head cannot use is no help
         self._counters.fair_preemptions += 1
         self._fair_preempt_step = self._counters.steps

@@ -98,6 +98,13 @@ class Accounts:
                 del self._levels_of[agent]
                 self.agents.pop(agent, None)
 
+    def forget_agent(self, agent: int) -> None:
+        """Forget an agent none of whose tasks is left (its root task was reaped, after all the others)."""
+        entity = self.agents.pop(agent, None)
+        self._levels_of.pop(agent, None)
+        if entity is not None:
+            self._charged.pop(id(entity), None)
+
     def agent(self, task: Task) -> Entity:
         agent = self.agents.get(task.agent)
         if agent is None:

@@ -28,6 +28,7 @@ class TaskTable(Mapping[int, Task]):
         self._changed = changed  # the kernel's: what take_changed() reports
         self._woken: set[int] = set()  # pids wake_ancestors added to `changed`, with all their ancestors
         self._deadlines: list[tuple[int, int]] = []  # heap of (time µs, pid)
+        self.reapable: list[tuple[int, int]] = []  # heap of (exit time µs, pid): exited, no children left
         self.next_pid = 1
         self.pid_end: int | None = 1 if pid_blocks else None  # the end of the current pid block; None: no blocks
         self._blocks: list[tuple[int, int]] = []  # granted blocks (first, end) after the current one
@@ -94,11 +95,41 @@ class TaskTable(Mapping[int, Task]):
         else:
             self._blocks.append((first, first + count))
 
-    def reap(self, pid: int) -> None:
-        """Forget an exited task (its pid is not used again; the trace archive still has its lines)."""
-        task = self._tasks.pop(pid)
-        assert task.done, f"task {pid} is live"
+    def reap(self, pid: int) -> Task:
+        """Forget an exited task without children left (its pid is not used again; the trace archive
+        still has its lines): it leaves its parent's children, and a parent left without any once it
+        has exited may be reaped next. Its pid and its parent's are in `changed` (their readers wake)."""
+        task = self._tasks[pid]
+        assert task.done and not task.children, f"task {pid} is live or has children"
+        self._unlist(task)
+        del self._tasks[pid]
         self.state_counts[State.EXITED] -= 1
+        self._changed.add(pid)
+        parent = self._tasks.get(task.parent) if task.parent is not None else None
+        if parent is not None:
+            parent.children.remove(pid)
+            self._changed.add(parent.pid)
+            self._may_reap(parent)
+        return task
+
+    def oldest_reapable(self) -> Task | None:
+        """The exited task without children left that exited first (pid order among equals), if any."""
+        return self._tasks[self.reapable[0][1]] if self.reapable else None
+
+    def _unlist(self, task: Task) -> None:
+        """Take the task's entry off the reapable heap: the first one at O(log n), any other at O(n)."""
+        assert task.exited_us is not None, "a reapable task has exited"
+        entry = (task.exited_us, task.pid)
+        if self.reapable[0] == entry:
+            heapq.heappop(self.reapable)
+        else:
+            self.reapable.remove(entry)
+            heapq.heapify(self.reapable)
+
+    def _may_reap(self, task: Task) -> None:
+        if task.done and not task.children:
+            assert task.exited_us is not None
+            heapq.heappush(self.reapable, (task.exited_us, task.pid))
 
     def live(self, pid: int) -> Task:
         """The task `pid` if it has not exited; NotFound or Busy saying why not."""
@@ -118,25 +149,36 @@ class TaskTable(Mapping[int, Task]):
         self.state_counts[state] += 1
         task.state = state
         self._changed.add(task.pid)
+        if state is State.EXITED:
+            self._may_reap(task)
 
     # -- deadlines ------------------------------------------------------------------------
 
     def add_deadline(self, at_us: int, pid: int) -> None:
+        """Add an entry; past two per live task (and some), drop those of ended tasks, which would
+        otherwise stay until their time (a tenant's max_wall) when their tasks end early."""
         heapq.heappush(self._deadlines, (at_us, pid))
         self._changed.add("deadline")
+        if len(self._deadlines) > 2 * (len(self._tasks) - self.state_counts[State.EXITED]) + 64:
+            self._deadlines = [entry for entry in self._deadlines if not self._ended(entry[1])]
+            heapq.heapify(self._deadlines)
 
     def due(self, now_us: int) -> Iterator[Task]:
         """The live tasks whose deadline entry has come, taken off the heap one at a time."""
         while self._deadlines and self._deadlines[0][0] <= now_us:
-            task = self._tasks[heapq.heappop(self._deadlines)[1]]
-            if not task.done:
+            task = self._tasks.get(heapq.heappop(self._deadlines)[1])
+            if task is not None and not task.done:
                 yield task
 
     def next_deadline_us(self) -> int | None:
-        """The earliest deadline of a live task, if any (entries of exited tasks are dropped here)."""
-        while self._deadlines and self._tasks[self._deadlines[0][1]].done:
+        """The earliest deadline of a live task, if any (entries of exited or reaped tasks are dropped here)."""
+        while self._deadlines and self._ended(self._deadlines[0][1]):
             heapq.heappop(self._deadlines)
         return self._deadlines[0][0] if self._deadlines else None
+
+    def _ended(self, pid: int) -> bool:
+        task = self._tasks.get(pid)
+        return task is None or task.done
 
     # -- trees ------------------------------------------------------------------------------
 
@@ -206,6 +248,15 @@ class TaskTable(Mapping[int, Task]):
                 yield f"task {task.pid}: state {task.state} but exit {task.exit!r} and gpu {task.gpu}"
         yield from self._tree_problems(live)
         yield from self._deadline_problems(live)
+        yield from self._reap_problems()
+
+    def _reap_problems(self) -> Iterator[str]:
+        """The reapable heap holds no more entries than exited tasks, and its first is exited without children."""
+        if len(self.reapable) > self.state_counts[State.EXITED]:
+            yield f"{len(self.reapable)} reapable entries but {self.state_counts[State.EXITED]} exited tasks"
+        first = self._tasks.get(self.reapable[0][1]) if self.reapable else None
+        if self.reapable and (first is None or not first.done or first.children):
+            yield f"the first reapable entry {self.reapable[0]} is not an exited task without children"
 
     def _tree_problems(self, live: list[Task]) -> Iterator[str]:
         """Parent and children links agree; a child is in its parent's tenant and agent; a root is its

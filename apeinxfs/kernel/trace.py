@@ -1,4 +1,4 @@
-"""The trace: CSV lines with a strictly increasing seq, kept whole and per task.
+"""The trace: CSV lines with a strictly increasing seq, the newest kept whole and per task.
 
 `/trace/events` serves `buffer`. A task's lines (`/tasks/PID/events`) and a tenant's
 (`/tenants/NAME/events`) are chains through it: for each line, by seq, the seq of the same
@@ -8,6 +8,12 @@ are never read, and a copy of each line per view made every line cost three copi
 The trace is an output of the kernel, rebuilt by replaying the journal, so its seqs are
 the same after a restart.
 
+It is a ring: past `limit` lines (`retention.trace_lines`) the oldest eighth goes, and with
+it the views' oldest lines; `dropped` counts their bytes, so that offsets into
+/trace/events (and a tenant's view) keep counting every line ever written and `tail -f`
+follows across the drops (nodes/ringlog.py). Lines after `hold` are not dropped: the
+daemon holds those not yet in the trace archive (archive.py), where every line stays.
+
 The task and tenant views are what a tenant's users read, so a line there names no other
 tenant: in its detail, another tenant's name becomes "another tenant" and `pid N` of
 another tenant's task "another tenant's task" (a fair preemption names whom it made room
@@ -15,10 +21,13 @@ for). The whole trace (/trace/events, admins only) keeps every name.
 """
 from __future__ import annotations
 
+import bisect
 import re
 from array import array
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
+
+import attrs
 
 if TYPE_CHECKING:
     from .task import Task
@@ -40,66 +49,104 @@ def escape(text: str) -> str:
 
 
 class TraceLog:
-    """The event log of one kernel."""
+    """The event log of one kernel: its newest `limit` lines (at least 7/8 of them once it has that many)."""
 
-    def __init__(self, node: str, tasks: Mapping[int, Task] | None = None):
-        self.node = node
+    def __init__(self, node: str, tasks: Mapping[int, Task] | None = None, limit: int = 100_000):
+        self.node, self.limit = node, limit
         self.tasks = {} if tasks is None else tasks  # pid -> task: whose a pid in a detail is
         self.seq = 0
+        self.first = 1  # the seq of the oldest line kept
+        self.dropped = 0  # bytes of the lines dropped: what /trace/events' offsets count beyond `buffer`
+        self.hold: int | None = None  # lines after this seq stay whatever the limit (not archived yet, being copied)
         self.buffer = bytearray(HEADER)
-        self._starts = array("q", [0])  # by seq: where the line starts in `buffer` (seq 0: none)
-        self._task_prev = array("q", [0])  # by seq: the seq of the same task's line before, 0 if none
-        self._tenant_prev = array("q", [0])  # by seq: the same for its tenant
+        self._starts = array("q")  # by seq - first: where the line starts in `buffer`, plus `dropped`
+        self._task_prev = array("q")  # by seq - first: the seq of the same task's line before, 0 if none
+        self._tenant_prev = array("q")  # by seq - first: the same for its tenant
         self._tenant_last: dict[str, int] = {}  # tenant -> the seq of its last line
-        self._tenant_text: dict[str, tuple[bytearray, int]] = {}  # tenant -> (its lines read so far, last seq)
+        self._tenant_views: dict[str, TenantView] = {}  # tenant -> its lines read so far
         self._others: dict[str, tuple[int, re.Pattern[bytes]]] = {}  # tenant -> (tenants known, what to redact for it)
 
     def emit(self, time_us: int, kind: str, task: Task | None = None, detail: str = "", gpu: int | None = None) -> None:
-        """Append one line; it is also the task's last line and its tenant's."""
+        """Append one line; it is also the task's last line and its tenant's. Past `limit` lines the oldest go."""
         self.seq = seq = self.seq + 1
         gpu_text = "" if gpu is None else gpu
         detail = escape(detail)
-        self._starts.append(len(self.buffer))
+        self._starts.append(len(self.buffer) + self.dropped)
         if task is None:
             self.buffer += f'{seq},{time_us},{kind},,,,{gpu_text},{self.node},"{detail}"\n'.encode()
             self._task_prev.append(0)
             self._tenant_prev.append(0)
+        else:
+            self.buffer += f'{seq},{time_us},{kind},{task.pid},{task.tenant},{task.model},{gpu_text},{self.node},"{detail}"\n'.encode()
+            self._task_prev.append(task.trace_last)
+            task.trace_last = seq
+            self._tenant_prev.append(self._tenant_last.get(task.tenant, 0))
+            self._tenant_last[task.tenant] = seq
+        if seq - self.first >= self.limit:
+            self.trim()
+
+    def trim(self) -> None:
+        """Drop the oldest lines while more than `limit` are kept, down to 7/8 of it (one memmove per
+        eighth of the limit), but none after `hold`."""
+        last = self.seq - self.limit + self.limit // 8  # the last line to drop
+        if self.hold is not None:
+            last = min(last, self.hold)
+        count = last - self.first + 1
+        if count <= 0 or self.seq - self.first < self.limit:
             return
-        self.buffer += f'{seq},{time_us},{kind},{task.pid},{task.tenant},{task.model},{gpu_text},{self.node},"{detail}"\n'.encode()
-        self._task_prev.append(task.trace_last)
-        task.trace_last = seq
-        self._tenant_prev.append(self._tenant_last.get(task.tenant, 0))
-        self._tenant_last[task.tenant] = seq
+        end = self._starts[count] - self.dropped
+        del self.buffer[len(HEADER):end]
+        self.dropped += end - len(HEADER)
+        for index in (self._starts, self._task_prev, self._tenant_prev):
+            del index[:count]
+        self.first = last + 1
+
+    def release(self, seq: int | None) -> None:
+        """Lines after `seq` are kept whatever the limit (None: none are); then trim."""
+        self.hold = seq
+        self.trim()
+
+    def view(self) -> tuple[bytearray, int]:
+        """(/trace/events: the header and the lines kept, bytes of lines dropped before them)."""
+        return self.buffer, self.dropped
 
     def lines_after(self, seq: int) -> bytes:
-        """The lines after seq `seq`, in order (what the trace archive has not written yet)."""
-        return bytes(self.buffer[self._starts[seq + 1]:]) if seq < self.seq else b""
+        """The lines kept after seq `seq`, in order (what the trace archive has not written yet)."""
+        if seq >= self.seq:
+            return b""
+        return bytes(self.buffer[self._starts[max(seq + 1, self.first) - self.first] - self.dropped:])
 
     def of_task(self, task: Task) -> bytes:
-        """The task's lines (a header alone if none yet): a few, copied at every read."""
+        """The task's lines kept (a header alone if none): a few, copied at every read."""
         return HEADER + b"".join(map(self._redactor(task.tenant), self._chain(task.trace_last, self._task_prev)))
 
     def of_tenant(self, tenant: str) -> bytearray:
-        """The lines of `tenant`'s tasks (a header alone if none yet); those read before are not copied again."""
-        text, copied = self._tenant_text.get(tenant) or (bytearray(HEADER), 0)
-        last = self._tenant_last.get(tenant, 0)
-        text += b"".join(map(self._redactor(tenant), self._chain(last, self._tenant_prev, after=copied)))
-        self._tenant_text[tenant] = (text, last)
-        return text
+        """The lines kept of `tenant`'s tasks (a header alone if none yet)."""
+        return self.tenant_view(tenant)[0]
 
-    @staticmethod
-    def _chain(last: int, prev: array[int], after: int = 0) -> list[int]:
-        """The seqs of a chain that ends at `last`, oldest first, from the first one after seq `after`."""
+    def tenant_view(self, tenant: str) -> tuple[bytearray, int]:
+        """(The header and the lines kept of `tenant`'s tasks, bytes of its lines dropped before them): the
+        lines read before are not copied again."""
+        view = self._tenant_views.setdefault(tenant, TenantView())
+        last = self._tenant_last.get(tenant, 0)
+        view.add(self._chain(last, self._tenant_prev, after=view.last), self._redactor(tenant))
+        view.drop_before(self.first)
+        return view.text, view.dropped
+
+    def _chain(self, last: int, prev: array[int], after: int = 0) -> list[int]:
+        """The seqs kept of a chain that ends at `last`, oldest first, from the first one after seq `after`."""
         seqs: list[int] = []
+        after, first = max(after, self.first - 1), self.first
         while last > after:
             seqs.append(last)
-            last = prev[last]
+            last = prev[last - first]
         seqs.reverse()
         return seqs
 
     def _line(self, seq: int) -> bytearray:
-        start = self._starts[seq]
-        return self.buffer[start:self._starts[seq + 1] if seq < self.seq else len(self.buffer)]
+        index = seq - self.first
+        end = self._starts[index + 1] - self.dropped if seq < self.seq else len(self.buffer)
+        return self.buffer[self._starts[index] - self.dropped:end]
 
     def _redactor(self, tenant: str) -> Callable[[int], bytearray]:
         """seq -> its line as `tenant`'s users may read it: other tenants and their pids unnamed."""
@@ -108,8 +155,8 @@ class TraceLog:
         def redacted(match: re.Match[bytes]) -> bytes:
             if match[1] is None:
                 return b"another tenant"
-            task = self.tasks.get(int(match[1]))
-            return bytes(match[0]) if task is None or task.tenant == tenant else b"another tenant's task"
+            task = self.tasks.get(int(match[1]))  # a reaped task's tenant is unknown: it is not named
+            return bytes(match[0]) if task is not None and task.tenant == tenant else b"another tenant's task"
 
         def line(seq: int) -> bytearray:
             head, _, detail = self._line(seq).partition(b',"')  # no column before the detail holds `,"`
@@ -125,3 +172,34 @@ class TraceLog:
             pattern = re.compile(rb"(?<![^\s(])(?:pid[ =]([0-9]+)|(?:" + names + rb"))(?=$|[\s),;:'\"])")
             self._others[tenant] = (len(self._tenant_last), pattern)
         return pattern
+
+
+@attrs.define
+class TenantView:
+    """A tenant's lines as its users read them (redacted), kept from one read to the next: the header,
+    then its lines, whose seqs and starts (plus `dropped`) are indexed beside them; the lines the
+    trace drops go from here at the next read."""
+
+    text: bytearray = attrs.Factory(lambda: bytearray(HEADER))
+    last: int = 0  # the seq of the last line added
+    dropped: int = 0  # bytes of its lines dropped (lines the ring dropped before a read added them never count)
+    _seqs: array[int] = attrs.Factory(lambda: array("q"))
+    _starts: array[int] = attrs.Factory(lambda: array("q"))
+
+    def add(self, seqs: list[int], render: Callable[[int], bytearray]) -> None:
+        for seq in seqs:
+            self._seqs.append(seq)
+            self._starts.append(len(self.text) + self.dropped)
+            self.text += render(seq)
+        if seqs:
+            self.last = seqs[-1]
+
+    def drop_before(self, first: int) -> None:
+        """Drop the lines before seq `first`."""
+        count = bisect.bisect_left(self._seqs, first)
+        if not count:
+            return
+        end = self._starts[count] - self.dropped if count < len(self._seqs) else len(self.text)
+        del self.text[len(HEADER):end]
+        self.dropped += end - len(HEADER)
+        del self._seqs[:count], self._starts[:count]

@@ -55,13 +55,17 @@ def _flat(pairs) -> str:
 
 def pool(kernel, gpu: int) -> str:
     """One GPU's pool: pages in all, used (private to tasks + cached blocks), free, the pages that
-    the GPU's real free memory (NVML) has room for (`-` on a simulated GPU); its tasks."""
+    the GPU's real free memory (NVML) has room for (`-` on a simulated GPU); its tasks; the KV pages
+    and tokens its engines last reported (`-` if none did) and, while the GPU is held for them
+    (kernel/kvreport.py), why: no task is placed there."""
     kv, books = kernel.kv, kernel.kv.pools[gpu]
     real_free = "-" if kv.real_free[gpu] is None else kv.real_free[gpu]
+    engine_pages, engine_tokens = kernel.engines.kv_reports.engine_view(gpu) or ("-", "-")
     return _flat([("page_bytes", books.page_bytes), ("pages_total", books.pages_total),
                   ("pages_used", books.pages_used), ("pages_free", books.pages_free), ("pages_real_free", real_free),
                   ("pages_private", kv.private_pages(gpu)), ("pages_cached", len(kv.caches[gpu])),
-                  ("tasks", len(kernel.gpus[gpu].running))])
+                  ("tasks", len(kernel.gpus[gpu].running)), ("engine_pages", engine_pages),
+                  ("engine_tokens", engine_tokens), ("held", kv.held.get(gpu, "-"))])
 
 
 def prefix(caches) -> str:

@@ -20,6 +20,7 @@ def show(rt) -> str:
         ("apeinx_rejected_writes_total", "counter", "Writes refused with an errno.", [({}, counters.rejected)]),
         ("apeinx_task_exits_total", "counter", "Tasks that ended, by how.",
          [({"how": how}, n) for how, n in sorted(counters.exits.items())]),
+        ("apeinx_tasks_reaped_total", "counter", "Exited tasks forgotten by retention.", [({}, counters.reaped)]),
         ("apeinx_dispatches_total", "counter", "Tasks placed on a GPU.", [({}, counters.dispatched)]),
         ("apeinx_preemptions_total", "counter", "Running tasks sent back to the queue.", [({}, counters.preempted)]),
         ("apeinx_engine_steps_total", "counter", "Engine steps applied.", [({}, counters.steps)]),

@@ -1,10 +1,11 @@
 """/models/NAME/{status,config,engine} and /ctl/models: models as directories, added and removed live.
 
 `status` is the model's engine state (ready, starting, unreachable, failed: what its
-driver's checks found, drivers/enginestate.py) and live use, `config` its configuration; `engine` shows the last
+driver's checks found, drivers/enginestate.py; for a model with endpoints, each one's
+too) and live use, `config` its configuration; `engine` shows the last
 scrape of the model's engine (drivers/scrape.py, kept on the Runtime, not in the kernel):
-flat keyed, `-` where the engine does not say, and `source none` for a model whose driver
-reads no engine metrics (sim). /ctl/models adds (`SetModel`) and removes (`RemoveModel`)
+flat keyed, `-` where the engine does not say (a model's endpoints together: drivers/metrics.py
+`together`), and `source none` for a model whose driver reads no engine metrics (sim). /ctl/models adds (`SetModel`) and removes (`RemoveModel`)
 models, admins only; the runtime starts and stops their drivers. Inodes are computed
 (NamedDirs): MODEL_BASE + number * SLOTS + slot.
 """
@@ -13,6 +14,7 @@ import attrs
 from .. import drivers
 from ..drivers import enginestate
 from ..kernel.config import ModelConfig
+from ..kernel.endpoints import gpus_text
 from ..kernel.errors import Invalid
 from ..kernel.events import RemoveModel, SetModel
 from ..kernel.grammar import parse_int, split_pairs
@@ -27,13 +29,19 @@ SHAPE = ("context", "layers", "kv_heads", "head_dim")
 OUTAGE = ("engine_wait_s", "resume_limit")  # the kernel's, not the driver's (kernel/engines.py)
 
 
-def status(kernel, name: str, engine=None) -> str:
-    """Key:<TAB>value lines: the model's driver, its engine's state (drivers/enginestate.py), its tasks."""
+def status(kernel, name: str, engine=None, endpoint_states=None) -> str:
+    """Key:<TAB>value lines: the model's driver, its engine's state (drivers/enginestate.py), its tasks,
+    its GPUs and, for a model with endpoints, each one's GPUs and state (`endpoint_states`, by (model, gpus))."""
     running = sum(1 for g in kernel.gpus for t in g.running.values() if t.model == name)
     queued = sum(1 for t in kernel.runq.tasks() if t.model == name)
     model = kernel.models[name]
+    gpus = sorted(model.gpu_set) if model.gpu_set is not None else [g.config.index for g in kernel.gpus]
     rows = [("Name", name), ("Driver", model.driver), *enginestate.rows(engine), ("Running", running),
-            ("Queued", queued), ("Stalled", kernel.engines.waiting(name)), ("Gpus", ",".join(str(g.config.index) for g in kernel.gpus))]
+            ("Queued", queued), ("Stalled", kernel.engines.waiting(name)), ("Gpus", gpus_text(gpus))]
+    if model.endpoints:
+        states = [(endpoint_states or {}).get((name, e.gpus)) for e in model.endpoints]
+        rows.append(("Endpoints", "; ".join(f"{e.label} {seen.state if seen else 'starting'}"
+                                            for e, seen in zip(model.endpoints, states))))
     return "".join(f"{k}:\t{v}\n" for k, v in rows)
 
 
@@ -80,7 +88,7 @@ class ModelDir(BuiltDir):
         if file == "engine":
             return Show(show=lambda: engine(rt.engine_metrics.get(name), rt.clock.now_us()), volatile=True)
         if file == "status":
-            return Show(show=lambda: status(rt.kernel, name, rt.engine_states.get(name)))
+            return Show(show=lambda: status(rt.kernel, name, rt.engine_states.get(name), rt.endpoint_states))
         return Show(show=lambda: config(rt.kernel, name))
 
 
@@ -102,7 +110,7 @@ class ModelsDir(NamedDirs):
 
 def models_ctl(rt):
     """/ctl/models: `add NAME driver=D [context=N] [layers=..] [kv_heads=..] [head_dim=..] [dtype=..]
-    [engine_wait_s=S] [resume_limit=N] [OPTION=V..]`,
+    [engine_wait_s=S] [resume_limit=N] [endpoints=URL@GPU,..] [OPTION=V..]`,
     `remove NAME`. Other keys are the driver's options (url=, engine_model=, ...), checked by building it."""
     def to_event(line, caller):
         caller.identity.require("admin", "model administration")
@@ -111,8 +119,8 @@ def models_ctl(rt):
             return SetModel(model=new_model(rest), what=f"add {rest.strip()}", **by(caller))
         if verb == "remove" and rest.strip():
             return RemoveModel(name=rest.strip(), **by(caller))
-        raise Invalid("expected `add NAME driver=D [url=U] [context=N] [layers=N] [kv_heads=N] [head_dim=N] "
-                      "[dtype=T] [OPTION=VALUE...]` or `remove NAME`")
+        raise Invalid("expected `add NAME driver=D [url=U | endpoints=URL@GPU,...] [context=N] [layers=N] [kv_heads=N] "
+                      "[head_dim=N] [dtype=T] [OPTION=VALUE...]` or `remove NAME`")
     return lambda lines, caller: run_lines(rt, "/ctl/models", lines, caller, to_event)
 
 
@@ -124,10 +132,23 @@ def new_model(text: str) -> ModelConfig:
         raise Invalid("driver= is required (e.g. driver=openai url=http://127.0.0.1:8080)")
     shape = {key: parse_int(pairs.pop(key), key) for key in SHAPE if key in pairs}
     outages = {key: _scalar(pairs.pop(key)) for key in OUTAGE if key in pairs}
+    endpoints = endpoints_of_text(pairs.pop("endpoints")) if "endpoints" in pairs else ()
     model = ModelConfig(name=name, driver=pairs.pop("driver"), dtype=pairs.pop("dtype", "fp16"), **shape, **outages,
-                        options={key: _scalar(value) for key, value in pairs.items()})
+                        endpoints=endpoints, options={key: _scalar(value) for key, value in pairs.items()})
     drivers.load(model.driver)({name: model})  # the driver refuses options it does not take (Invalid)
     return model
+
+
+def endpoints_of_text(text: str) -> list[dict]:
+    """`URL@0,URL@1+2` -> [{url, gpus}]: endpoints joined by commas, each its URL, `@`, and its GPUs joined by `+`."""
+    endpoints = []
+    for item in text.split(","):
+        url, at, gpus = item.strip().rpartition("@")
+        if not at or not url:
+            raise Invalid(f"endpoints= takes URL@GPU[+GPU...] joined by commas (endpoints=http://127.0.0.1:8080@0,"
+                          f"http://127.0.0.1:8081@1), not {item.strip()!r}")
+        endpoints.append({"url": url, "gpus": [parse_int(gpu, "an endpoint's GPU") for gpu in gpus.split("+")]})
+    return endpoints
 
 
 def _scalar(text: str):

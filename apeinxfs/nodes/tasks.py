@@ -10,6 +10,7 @@ import stat
 
 import attrs
 
+from ..kernel.errors import NotFound
 from ..kernel.tenant_config import Sandbox, show_group
 from . import ctl
 from .base import Blocking, BuiltDir, Command, Dir, Log, Show
@@ -42,7 +43,10 @@ def status(task, sandbox=None) -> str:
 
 
 def wait_line(kernel, task) -> bytes | None:
-    """The task's exit line once it and all its children (an agent's tree) have exited."""
+    """The task's exit line once it and all its children (an agent's tree) have exited; NotFound once
+    it has been reaped (retention), as `wait` on a reaped process."""
+    if kernel.tasks.get(task.pid) is not task:
+        raise NotFound(f"task {task.pid} has been reaped")
     return (task.exit + "\n").encode() if kernel.tasks.tree_done(task) else None
 
 

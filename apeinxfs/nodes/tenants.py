@@ -17,8 +17,9 @@ from ..kernel.grammar import parse_int, split_pairs
 from ..kernel.tenancy import budget_limit, quota_limit
 from ..kernel.tenant_config import Members, TenantConfig, set_in_group, show_group
 from . import billing
-from .base import BuiltDir, Log, NamedDirs, Setting, Show
+from .base import BuiltDir, NamedDirs, Setting, Show
 from .ctl import by, run_lines
+from .ringlog import RingLog
 from .tasks import PID_BASE
 
 TENANT_BASE = 1 << 19
@@ -86,7 +87,7 @@ def _files(rt, name: str) -> dict:
                                   run=settings_writer(rt, name, "weight", _weight_change), write_role="admin"),
         **{group: _group_file(rt, name, group) for group in GROUPS},
         "usage": lambda: Show(show=lambda: usage(kernel, name, rt.clock.now_us()), volatile=True),
-        "events": lambda: Log(source=lambda: kernel.trace.of_tenant(name)),
+        "events": lambda: RingLog(source=lambda: kernel.trace.tenant_view(name)),
         "bill": lambda: Show(show=lambda: billing.show(kernel, name)),
     }
 

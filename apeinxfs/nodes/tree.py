@@ -17,6 +17,7 @@ from .base import Command, Dir, Log, NamedDirs, Setting, Show
 from . import tasks
 from .members import NodesDir, link
 from .models import ModelsDir, models_ctl
+from .ringlog import RingLog
 from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, TasksDir, inode_of, owner_of
 from .tenants import TenantsDir, tenants_ctl
 
@@ -85,7 +86,7 @@ def build_root(rt) -> Dir:
             name: Show(show=render, volatile=True) for name, render in gpus.files(rt, g).items()
         }) for g in range(len(kernel.gpus))}),
         "trace": Dir(children={
-            "events": Log(mode=ADMIN_READS, source=lambda: kernel.trace.buffer, read_role="admin"),
+            "events": RingLog(mode=ADMIN_READS, source=kernel.trace.view, read_role="admin"),
             "audit": Log(mode=ADMIN_READS, source=lambda: kernel.audit.buffer, read_role="admin"),
         }),
         "replay": ReplayDir(rt),

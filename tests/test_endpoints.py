@@ -1,0 +1,220 @@
+"""Tier 1: a model's endpoints bound to GPUs (kernel/endpoints.py): config checks, placement on the
+endpoints' GPUs, outages per endpoint (kernel/engines.py) and the KV books reconciled with the engines'
+reports (kernel/kvreport.py), all replayable through the journal codec."""
+import errno
+
+import pytest
+
+from apeinxfs.kernel import Kernel
+from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig, kernel_config_from_dict
+from apeinxfs.kernel.errors import ApeinxError
+from apeinxfs.kernel.events import Chunk, EngineHealth, EngineKV, RemoveModel, SetModel, Step, Submit, from_row, to_row
+from apeinxfs.kernel.spec import TaskSpec
+from apeinxfs.kernel.task import State
+from apeinxfs.kernel.tenant_config import TenantConfig
+from test_kernel import STEP_US, step
+
+import attrs
+
+SECOND = 1_000_000
+SPLIT = [{"url": "http://127.0.0.1:8001", "gpus": [0]}, {"url": "http://127.0.0.1:8002", "gpus": [1]}]
+
+
+def config(endpoints=SPLIT, gpus=3, slots=2) -> KernelConfig:
+    """`llm` on endpoints (by default one per GPU 0 and 1) of a node of `gpus` GPUs, and `sim` everywhere;
+    1 MiB pages: 64 tokens of llm's KV each."""
+    return KernelConfig(models=[ModelConfig(name="sim"),
+                                ModelConfig(name="llm", endpoints=endpoints, layers=4, kv_heads=8, head_dim=128)],
+                        page_mib=1,
+                        gpus=[GpuConfig(index=n, kv_mib=64, slots=slots) for n in range(gpus)])
+
+
+class Driven:
+    """A kernel and the events applied to it, for replaying through the journal codec."""
+
+    def __init__(self, kernel_config: KernelConfig):
+        self.kernel, self.log = Kernel(kernel_config), []
+
+    def apply(self, event, now_us: int = 0):
+        self.kernel.check(event)
+        self.log.append((now_us, event))
+        result = self.kernel.apply(event, now_us)
+        self.kernel.check_invariants()
+        return result
+
+    def submit(self, model: str = "llm", now_us: int = 0) -> int:
+        return self.apply(Submit(spec=TaskSpec(name="t", prompt="hello", model=model, max_tokens=8), uid=1), now_us)
+
+    def gpu(self, pid: int):
+        return self.kernel.tasks[pid].gpu
+
+    def lines(self, kind: str) -> list[str]:
+        return [line for line in self.kernel.trace.buffer.decode().splitlines() if f",{kind}," in line]
+
+    def replayed(self) -> Kernel:
+        kernel = Kernel(self.kernel.config)
+        for now_us, event in self.log:
+            kernel.apply(from_row(*to_row(event)), now_us)
+        return kernel
+
+
+@pytest.mark.parametrize("model, reason", [
+    (dict(endpoints=SPLIT, options={"url": "http://x"}), "either options.url"),
+    (dict(endpoints=[{"url": "http://a", "gpus": [0, 1]}, {"url": "http://b", "gpus": [1]}]),
+     "GPU 1 is bound to two endpoints, http://a and http://b"),
+    (dict(endpoints=[{"url": "http://a", "gpus": []}]), "non-empty list of GPU indices"),
+    (dict(endpoints=[{"url": "http://a", "gpus": [0, 0]}]), "list a GPU twice"),
+    (dict(endpoints=[{"url": "http://a"}]), "with those two keys"),
+    (dict(endpoints=[{"url": "", "gpus": [0]}]), "url must be a non-empty text"),
+    (dict(endpoints="http://a"), "endpoints must be a list"),
+])
+def test_bad_endpoints_are_refused_with_the_reason(model, reason):
+    """Endpoints beside a url, a GPU bound twice, and malformed tables are refused with EINVAL and why."""
+    with pytest.raises(ApeinxError) as refused:
+        ModelConfig(name="llm", **model)
+    assert refused.value.errno == errno.EINVAL and reason in refused.value.reason
+
+
+def test_an_endpoint_on_a_gpu_that_does_not_exist_is_refused_at_boot_and_at_runtime():
+    """GPU 2 on a node of 2 GPUs: the boot config and a SetModel (ctl/models add) are both refused, naming it."""
+    with pytest.raises(ApeinxError, match="bound to GPU 1, but there are 1 GPUs"):
+        config(gpus=1)
+    kernel = Kernel(config(gpus=2))
+    extra = ModelConfig(name="extra", endpoints=[{"url": "http://c", "gpus": [2]}])
+    with pytest.raises(ApeinxError, match="endpoint http://c is bound to GPU 2, but there are 2 GPUs"):
+        kernel.check(SetModel(model=extra, what="add extra", uid=0))
+
+
+def test_endpoints_survive_the_boot_record_and_a_setmodel_row():
+    """The boot config and a SetModel go through the journal as dicts and come back equal."""
+    boot = config()
+    assert kernel_config_from_dict(attrs.asdict(boot)) == boot
+    event = SetModel(model=ModelConfig(name="extra", endpoints=SPLIT), what="add extra", uid=0)
+    assert from_row(*to_row(event)) == event
+
+
+def test_a_model_with_endpoints_runs_only_on_their_gpus():
+    """Six tasks of llm on a node of 3 GPUs of 2 slots fill GPUs 0 and 1; GPU 2 takes only sim's."""
+    d = Driven(config())
+    pids = [d.submit() for _ in range(6)]
+    assert sorted(d.gpu(p) for p in pids[:4]) == [0, 0, 1, 1]
+    assert [d.kernel.tasks[p].state for p in pids[4:]] == [State.QUEUED] * 2
+    sim = d.submit("sim")
+    assert d.kernel.tasks[sim].state is State.QUEUED  # behind llm's head, which waits for a slot on its GPUs
+    d.apply(Step(gpu=0, chunks=[Chunk(pid=pids[0], text="x", tokens=8, final=True)]), SECOND)
+    assert d.gpu(pids[4]) == 0
+
+
+def test_one_endpoint_down_sends_new_tasks_to_the_other_and_all_down_stalls():
+    """GPU 1's endpoint down: new llm tasks go to GPU 0 only; both down: the model is down and its tasks
+    stall; one back: they run on its GPU. Each change is an `engine` line, and replay gives the same trace."""
+    d = Driven(config(slots=4))
+    d.apply(EngineHealth(model="llm", up=False, reason="unreachable: refused", gpus=(1,)))
+    assert {d.gpu(d.submit()) for _ in range(3)} == {0}
+    assert "llm at gpus=1 down: unreachable: refused; no task of llm is placed there" in d.lines("engine")[-1]
+    assert not d.kernel.engines.is_down("llm")
+    d.apply(EngineHealth(model="llm", up=False, reason="unreachable: reset", gpus=(0,)), SECOND)
+    assert d.kernel.engines.is_down("llm")
+    assert "llm down: every endpoint down; unreachable: reset" in d.lines("engine")[-1]
+    stalled = d.submit(now_us=SECOND)
+    assert d.kernel.engines.waiting("llm") == 1
+    d.apply(EngineHealth(model="llm", up=True, gpus=(1,)), 3 * SECOND)
+    assert d.gpu(stalled) == 1 and d.kernel.engines.waiting() == 0
+    assert d.replayed().trace.buffer == d.kernel.trace.buffer
+
+
+def test_a_health_event_of_gpus_that_are_no_endpoint_changes_nothing():
+    """EngineHealth naming GPUs no endpoint of the model is bound to is ignored (the model stays up)."""
+    d = Driven(config())
+    d.apply(EngineHealth(model="llm", up=False, reason="refused", gpus=(0, 1)))
+    assert not d.lines("engine") and d.gpu(d.submit()) in (0, 1)
+
+
+def test_an_engine_reporting_more_kv_than_the_books_holds_its_gpu_until_they_agree():
+    """GPU 0's engine reports 200 tokens (4 pages) with one task (1 page) in the books: GPU 0 is held
+    (an `engine-kv` line, the reason in kv.held), new tasks go to GPU 1; a report of 60 tokens
+    (1 page) agrees and releases it."""
+    d = Driven(config(slots=4))
+    first = d.submit()
+    assert d.gpu(first) == 0
+    d.apply(EngineKV(model="llm", gpus=(0,), tokens=200), SECOND)
+    assert d.kernel.kv.held == {0: "engines report 4 KV pages in use on gpus 0, the books 1"}
+    assert "no task is placed here until they agree" in d.lines("engine-kv")[-1]
+    assert {d.gpu(d.submit()) for _ in range(3)} == {1}
+    d.apply(EngineKV(model="llm", gpus=(0,), tokens=60), 2 * SECOND)
+    assert not d.kernel.kv.held and "tasks are placed here again" in d.lines("engine-kv")[-1]
+    assert d.gpu(d.submit()) == 0
+    assert d.replayed().trace.buffer == d.kernel.trace.buffer
+
+
+def test_one_engine_for_every_gpu_is_compared_with_all_their_books():
+    """A model without endpoints reports with no GPUs: its pages are compared with the books of every GPU
+    together (held all, or none), and the pool shows each GPU's share, rounded up."""
+    d = Driven(config(endpoints=(), gpus=2))
+    d.apply(EngineKV(model="llm", gpus=(), tokens=300))  # 5 pages: 3 on each GPU, whose books hold none
+    assert d.kernel.engines.kv_reports.engine_view(0) == (3, 150) and set(d.kernel.kv.held) == {0, 1}
+    waiting = d.submit()
+    assert d.kernel.tasks[waiting].state is State.QUEUED
+    d.apply(EngineKV(model="llm", gpus=(), tokens=0), SECOND)
+    assert not d.kernel.kv.held and d.kernel.tasks[waiting].state is State.RUNNING
+    d.apply(EngineKV(model="llm", gpus=(), tokens=60), 2 * SECOND)  # its 1 page: the task's, on GPU 0
+    assert not d.kernel.kv.held and d.kernel.engines.kv_reports.engine_view(1) == (1, 30)
+
+
+def test_a_tensor_parallel_endpoint_is_compared_with_its_group_and_holds_it_all():
+    """An endpoint on GPUs 0 and 1 reporting more than their books together holds both; one task's page on
+    GPU 0 is enough for a report of one page."""
+    d = Driven(config(endpoints=[{"url": "http://tp", "gpus": [0, 1]}], gpus=3))
+    task = d.submit()
+    d.apply(EngineKV(model="llm", gpus=(0, 1), tokens=64))
+    assert d.gpu(task) == 0 and not d.kernel.kv.held
+    d.apply(EngineKV(model="llm", gpus=(0, 1), tokens=65), SECOND)
+    assert set(d.kernel.kv.held) == {0, 1} and "on gpus 0,1, the books 1" in d.kernel.kv.held[1]
+
+
+def test_removing_a_model_drops_its_reports_and_releases_its_gpus():
+    """The reports of a removed model go, and a GPU held by them only is released."""
+    d = Driven(config())
+    d.apply(EngineKV(model="llm", gpus=(1,), tokens=100))
+    assert 1 in d.kernel.kv.held
+    d.apply(RemoveModel(name="llm", uid=0))
+    assert not d.kernel.kv.held and not d.kernel.engines.kv_reports.reports
+
+
+@pytest.mark.parametrize("event", [EngineKV(model="llm", gpus=(3,), tokens=1), EngineKV(model="llm", gpus=(0,),
+                                                                                          tokens=-5)])
+def test_a_report_of_a_gpu_not_there_or_negative_tokens_is_refused(event):
+    """EngineKV naming a GPU the node lacks, or fewer than 0 tokens, is refused with EINVAL."""
+    with pytest.raises(ApeinxError) as refused:
+        Kernel(config()).check(event)
+    assert refused.value.errno == errno.EINVAL and "GPUs 0 to 2" in refused.value.reason
+
+
+def fair_kernel(endpoints) -> Kernel:
+    """Two GPUs of one slot, tenants a and b; `sim` everywhere and `llm` on `endpoints`; a gap of one 4-token slice."""
+    return Kernel(KernelConfig(
+        models=[ModelConfig(name="sim"), ModelConfig(name="llm", endpoints=endpoints)], page_mib=1,
+        gpus=[GpuConfig(index=n, kv_mib=1024, slots=1) for n in range(2)],
+        tenants=[TenantConfig("a", 100), TenantConfig("b", 100)],
+        sched=SchedConfig(min_run_tokens=2, slice_tokens=4, preempt_gap=1)))
+
+
+def preempted_for_b(endpoints) -> list[int]:
+    """a's two tasks run 3 steps on both GPUs, then b's llm task arrives and a step passes: the GPUs of a's
+    tasks preempted for it."""
+    k = fair_kernel(endpoints)
+    for _ in range(2):
+        k.apply(Submit(spec=TaskSpec(name="t", max_tokens=100, tenant="a", model="sim", prompt="w")), 0)
+    for n in range(1, 4):
+        step(k, n * STEP_US)
+    k.apply(Submit(spec=TaskSpec(name="t", max_tokens=100, tenant="b", model="llm", prompt="w")), 3 * STEP_US)
+    step(k, 4 * STEP_US)
+    return [int(line.split(",")[6]) for line in k.trace.buffer.decode().splitlines() if ",preempt," in line]
+
+
+def test_fairness_preempts_only_where_the_waiting_task_may_run():
+    """b's task of a model bound to one GPU gets a fair preemption of a's task there, and none of a's task on
+    the other GPU (its slot would be no help)."""
+    victim_gpu, = preempted_for_b(())
+    assert preempted_for_b([{"url": "http://e", "gpus": [victim_gpu]}]) == [victim_gpu]
+    assert preempted_for_b([{"url": "http://e", "gpus": [1 - victim_gpu]}]) == []
