@@ -23,6 +23,7 @@ from .drivers import nvml
 from .fs import Operations
 from .archive import Archive
 from .cluster import peer_server
+from .cluster.daemon import Cluster
 from .journal import Journal
 from .kernel.errors import ApeinxError, Degraded, Invalid
 from .nodes.tree import Tree
@@ -159,8 +160,9 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
         runtime = Runtime(config, Journal(os.path.join(config.state_dir, "journal.db")), archive=archive)
         rows = runtime.recover()
         runtime.readings = nvml.open_readings(config.kernel.gpus)
+        runtime.cluster = Cluster(config.cluster, runtime) if config.cluster else None
         ops = Operations(Tree(runtime))
-        peer = peer_server.from_test_hook()  # TO WIRE: [cluster] advertise and token_file (see there)
+        peer = peer_server.listening_for(config.cluster)
         pyfuse3.init(ops, args.mountpoint, _fuse_options(args))
     except Exception as exc:  # report any start failure to the waiting parent
         _report(ready_fd, f"cannot mount {args.mountpoint}: {exc}")

@@ -98,6 +98,7 @@ class Runtime:
         self.endpoint_states: dict = {}  # (model, gpus) -> one endpoint's EngineState (engine_states: the best of them)
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
         self.journal_due = False  # the steps waiting are to be journaled next round (a trace line, or PROGRESS_S)
+        self.cluster = None  # cluster/daemon.Cluster when [cluster] names etcd (set by mount.py); None: one node
 
     def recover(self) -> int:
         """Replay the journal into the kernel, quarantining any row that cannot be applied
@@ -315,8 +316,8 @@ class Runtime:
         return self.kernel.version, self.observed
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Run the models' drivers on every GPU (enginehost.py), the deadline timer and the blocked
-        readers' signal watcher until cancelled."""
+        """Run the models' drivers on every GPU (enginehost.py), the deadline timer, the blocked
+        readers' signal watcher and the cluster's tasks (if any) until cancelled."""
         async with trio.open_nursery() as nursery:
             groups = DriverGroups(self, nursery)
             groups.sync()  # builds the drivers now: a bad configuration fails here, before the mount
@@ -329,6 +330,8 @@ class Runtime:
             nursery.start_soon(self.readers.watch)
             if self.readings is not None:
                 nursery.start_soon(self._sample_gpu_memory)
+            if self.cluster is not None:
+                nursery.start_soon(self.cluster.run)
             task_status.started()
 
     async def _compress_archive(self) -> None:
