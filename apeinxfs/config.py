@@ -11,6 +11,7 @@ from importlib import resources
 
 import attrs
 
+from .cluster import settings as cluster_settings
 from .drivers import nvml
 from .kernel.config import AccessConfig, GpuConfig, KernelConfig, MemoryRetention, ModelConfig, SchedConfig
 from .kernel.errors import Invalid
@@ -26,6 +27,7 @@ SECTIONS = {
     "billing": {"period"},
     "retention": {"trace_bytes", "trace_file_bytes", "tasks", "task_age_s", "trace_lines", "snapshot_rows",
                   "snapshot_s"},
+    "cluster": cluster_settings.KEYS,
 }
 LISTS = ("models", "tenants")
 KERNEL_RETENTION = {"tasks", "task_age_s", "trace_lines"}  # the [retention] keys the kernel applies
@@ -62,6 +64,7 @@ class Config:
     gpu_source: str
     check_invariants: bool = False  # check the kernel's invariants after every commit (slower: for tests)
     retention: Retention = Retention()
+    cluster: cluster_settings.ClusterSettings | None = None  # None: a single node (no [cluster] etcd)
 
 
 def default_state_dir() -> str:
@@ -107,6 +110,7 @@ def merge(base: dict, override: dict) -> dict:
 def build(raw: dict, state_dir: str | None, use_nvml: bool) -> Config:
     daemon = raw["daemon"]
     gpus, source = _gpus(raw["gpus"], use_nvml)
+    cluster = cluster_settings.settings_of(raw.get("cluster", {}), daemon["node"])
     try:
         models = [ModelConfig(**m) for m in raw["models"]]
         tenants = [tenant_from_dict(t) for t in raw.get("tenants") or [{"name": "default"}]]
@@ -117,6 +121,7 @@ def build(raw: dict, state_dir: str | None, use_nvml: bool) -> Config:
                               access=AccessConfig(**raw["access"], owner_uid=os.getuid()),
                               billing_period_s=parse_seconds(period, "billing.period") if isinstance(period, str)
                               else period, utc_offset_s=time.localtime().tm_gmtoff,
+                              pid_blocks=cluster is not None,
                               retention=MemoryRetention(**{k: v for k, v in kept.items() if k in KERNEL_RETENTION}))
         retention = Retention(**{key: value for key, value in kept.items() if key not in KERNEL_RETENTION})
     except (TypeError, ValueError) as exc:
@@ -124,6 +129,7 @@ def build(raw: dict, state_dir: str | None, use_nvml: bool) -> Config:
     return Config(kernel=kernel, state_dir=state_dir or daemon.get("state_dir") or default_state_dir(),
                   max_waiters=daemon["max_waiters"],
                   max_waiters_per_uid=daemon["max_waiters_per_uid"], gpu_source=source, retention=retention,
+                  cluster=cluster,
                   check_invariants=_boolean(daemon["check_invariants"], "daemon.check_invariants"))
 
 

@@ -23,6 +23,7 @@ from .drivers import nvml
 from .fs import Operations
 from .archive import Archive
 from .cluster import peer_server
+from .cluster.daemon import Cluster
 from .compaction import Snapshotter
 from .journal import Journal
 from .kernel.errors import ApeinxError, Degraded, Invalid
@@ -162,8 +163,9 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
                                           config.retention.snapshot_rows, config.retention.snapshot_s)
         rows = runtime.recover()
         runtime.readings = nvml.open_readings(config.kernel.gpus)
+        runtime.cluster = Cluster(config.cluster, runtime) if config.cluster else None
         ops = Operations(Tree(runtime))
-        peer = peer_server.from_test_hook()  # TO WIRE: [cluster] advertise and token_file (see there)
+        peer = peer_server.listening_for(config.cluster)
         pyfuse3.init(ops, args.mountpoint, _fuse_options(args))
     except Exception as exc:  # report any start failure to the waiting parent
         _report(ready_fd, f"cannot mount {args.mountpoint}: {exc}")

@@ -99,6 +99,7 @@ class Runtime:
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
         self.journal_due = False  # the steps waiting are to be journaled next round (a trace line, or PROGRESS_S)
         self.snapshotter = None  # compaction.Snapshotter, set by the daemon (mount.py): snapshots and compaction
+        self.cluster = None  # cluster/daemon.Cluster when [cluster] names etcd (set by mount.py); None: one node
 
     def recover(self) -> int:
         """Replay the journal into the kernel, from the newest usable snapshot if the daemon keeps them
@@ -323,8 +324,8 @@ class Runtime:
         return self.kernel.version, self.observed
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Run the models' drivers on every GPU (enginehost.py), the deadline timer and the blocked
-        readers' signal watcher until cancelled."""
+        """Run the models' drivers on every GPU (enginehost.py), the deadline timer, the blocked
+        readers' signal watcher and the cluster's tasks (if any) until cancelled."""
         async with trio.open_nursery() as nursery:
             groups = DriverGroups(self, nursery)
             groups.sync()  # builds the drivers now: a bad configuration fails here, before the mount
@@ -339,6 +340,8 @@ class Runtime:
                 nursery.start_soon(self._sample_gpu_memory)
             if self.snapshotter is not None:
                 nursery.start_soon(self.snapshotter.run)
+            if self.cluster is not None:
+                nursery.start_soon(self.cluster.run)
             task_status.started()
 
     async def _compress_archive(self) -> None:

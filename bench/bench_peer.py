@@ -1,7 +1,7 @@
 """Node-to-node requests per second and stream bytes per second (apeinxfs/cluster/peer_*.py).
 
-One daemon with a peer server on 127.0.0.1 (its test hook: APEINXFS_PEER_ADVERTISE and
-APEINXFS_PEER_TOKEN_FILE) and one finished task of 5,000 tokens; this process is the
+One daemon, a cluster node (tests/etcdcluster.py's etcd) with a peer server on 127.0.0.1
+(`[cluster]` advertise and token_file), and one finished task of 5,000 tokens; this process is the
 asking node, with peer_client.Peer over one keep-alive connection per worker. Measured,
 interleaved over BENCH_ROUNDS rounds of BENCH_SECONDS each: `status` through the peer
 with 1 and 16 concurrent workers, and the task's whole `stream` through the peer (frames),
@@ -18,7 +18,9 @@ import trio
 
 from bench_etcd import cpu_seconds
 from common import ROUNDS, SECONDS, make_daemon, median, rate, read_all, sim_config
+from daemon import poll_until
 from engines import free_port
+from etcdcluster import EtcdCluster
 
 from apeinxfs.cluster.peer_client import Peer
 from apeinxfs.nodes.base import Caller
@@ -83,13 +85,19 @@ def cpu_per_request(daemon, pid: int, url: str) -> tuple[float, float]:
     return (time.process_time() - client) / requests * 1e3, (cpu_seconds(daemon.proc.pid) - server) / requests * 1e3
 
 
+def peer_config(endpoints: list[str], port: int, token_path: str) -> str:
+    urls = ", ".join(f'"{url}"' for url in endpoints)
+    return (sim_config(0.01) + f'\n[cluster]\netcd = [{urls}]\nadvertise = "127.0.0.1:{port}"\n'
+            f'token_file = "{token_path}"\n')
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="apeinx-bench-peer-") as tmp:
         token_path, port = os.path.join(tmp, "token"), free_port()
         with open(os.open(token_path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as file:
             file.write(TOKEN)
-        os.environ.update(APEINXFS_PEER_ADVERTISE=f"127.0.0.1:{port}", APEINXFS_PEER_TOKEN_FILE=token_path)
-        with make_daemon(tmp, sim_config(0.01), "peer") as daemon:
+        with EtcdCluster() as etcd, make_daemon(tmp, peer_config(etcd.endpoints, port, token_path), "peer") as daemon:
+            poll_until(lambda: "PidsLeft:\t0\n" not in open(daemon.path("cluster")).read(), 60, "a pid block")
             pid = daemon.submit("bench 5000 5")
             stream_bytes = len(open(daemon.path("tasks", str(pid), "stream"), "rb").read())  # blocks until done
             rates: dict = {name: [] for name in measures(daemon, "", pid)}

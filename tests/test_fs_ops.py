@@ -144,8 +144,8 @@ async def test_readdir_lists_the_root(ops, listed):
     await ops.releasedir(fh)
     assert [n for n, _, _ in listed.entries] == [b"README", b"ctl", b"tasks", b"models", b"memory", b"gpus",
                                                  b"trace", b"replay", b"sched", b"tenants", b"billing",
-                                                 b"metrics", b"health"]
-    assert [i for _, _, i in listed.entries] == list(range(1, 14))
+                                                 b"metrics", b"health", b"nodes", b"cluster"]
+    assert [i for _, _, i in listed.entries] == list(range(1, 16))
 
 
 async def test_readdir_resumes_where_the_buffer_filled(ops, listed):

@@ -86,7 +86,7 @@ def test_directory_listings(tree):
     submit(tree.rt)
     assert [n for n, _ in resolve(tree, "/").entries()] == ["README", "ctl", "tasks", "models", "memory", "gpus",
                                                             "trace", "replay", "sched", "tenants", "billing", "metrics",
-                                                            "health"]
+                                                            "health", "nodes", "cluster"]
     assert [n for n, _ in resolve(tree, "/tasks").entries()] == ["1", "2"]
     assert [n for n, _ in resolve(tree, "/tasks/2").entries()] == ["status", "ctl", "prompt", "output",
                                                                    "stream", "wait", "events", "children"]

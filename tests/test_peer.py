@@ -1,6 +1,7 @@
 """Node-to-node traffic between two real daemons on this machine (cluster/peer_server.py and
 peer_client.py): node A's client reads and drives node B's tasks and gets B's refusals as the
 same errors, B's bytes as `cat` reads them on B, and PeerDown, never a hang, once B is gone.
+Both are cluster nodes (`[cluster]` advertise and token_file) on one 3-member etcd.
 """
 import errno
 import os
@@ -21,8 +22,9 @@ from apeinxfs.fs import Operations
 from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.remote import remote_file
 from apeinxfs.nodes.tree import Tree
-from daemon import Daemon, sim_config
+from daemon import Daemon, poll_until, sim_config
 from engines import free_port
+from etcdcluster import EtcdCluster
 from test_journal_runtime import open_runtime
 
 pytestmark = pytest.mark.mount
@@ -42,22 +44,38 @@ def token_file(directory, token: bytes, mode: int = 0o600) -> str:
     return path
 
 
-def start_node(root, name: str, token_path: str, monkeypatch) -> tuple[Daemon, str]:
-    """A daemon with a peer server on a free 127.0.0.1 port (the test hook of peer_server), and its URL."""
+def node_config(root, name: str, token_path: str, endpoints: list[str], port: int) -> str:
+    """A cluster node's config: the slow sim engine, `[cluster]` on `endpoints` with a peer server on
+    127.0.0.1:`port`, and keys of its own under a prefix named after `root` (one per test)."""
+    urls = ", ".join(f'"{url}"' for url in endpoints)
+    return (SLOW_CONFIG + f'\n[daemon]\nnode = "{name}"\n[cluster]\netcd = [{urls}]\nadvertise = "127.0.0.1:{port}"\n'
+            f'token_file = "{token_path}"\nprefix = "peer-{os.path.basename(root)}/"\n')
+
+
+def start_node(root, name: str, token_path: str, endpoints: list[str]) -> tuple[Daemon, str]:
+    """A cluster node with a peer server on a free 127.0.0.1 port, once it has pids to give; and its URL."""
     port = free_port()
-    monkeypatch.setenv("APEINXFS_PEER_ADVERTISE", f"127.0.0.1:{port}")
-    monkeypatch.setenv("APEINXFS_PEER_TOKEN_FILE", token_path)
-    return Daemon(root / name / "ai", root / name / "state", SLOW_CONFIG).start(), f"http://127.0.0.1:{port}"
+    daemon = Daemon(root / name / "ai", root / name / "state", node_config(root, name, token_path, endpoints, port))
+    daemon.start()
+    poll_until(lambda: "PidsLeft:\t0\n" not in open(daemon.path("cluster")).read(), HANG_GUARD_S, "a pid block")
+    return daemon, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory):
+    """One 3-member etcd for the module's cluster nodes (each test's under a prefix of its own)."""
+    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as cluster:
+        yield cluster.endpoints
 
 
 @pytest.fixture
-def nodes(tmp_path, monkeypatch):
+def nodes(tmp_path, etcd):
     """Daemons A and B, each with a peer server sharing one token; yields (a, a's URL, b, b's URL, token)."""
     token = b"s3cret-" + os.urandom(8).hex().encode()
     path = token_file(tmp_path, token)
-    a, a_url = start_node(tmp_path, "a", path, monkeypatch)
+    a, a_url = start_node(tmp_path, "a", path, etcd)
     try:
-        b, b_url = start_node(tmp_path, "b", path, monkeypatch)
+        b, b_url = start_node(tmp_path, "b", path, etcd)
         try:
             yield a, a_url, b, b_url, token
         finally:
@@ -133,24 +151,24 @@ async def test_the_peer_checks_the_caller_as_its_mount_does(nodes):
     assert "4243" in (await cat(b.path("trace", "audit"))).decode()
 
 
-NOT_SERVED = [  # (method, path, headers besides the token, the status expected)
+NOT_SERVED = [  # (method, path, headers besides the token, the status expected); PID: a task of B's
     ("GET", "/v1/trace/events", {"apeinx-caller": CALLER_JSON}, 404),
-    ("GET", "/v1/tasks/1/prompt", {"apeinx-caller": CALLER_JSON}, 404),
-    ("POST", "/v1/tasks/1/status", {"apeinx-caller": CALLER_JSON}, 400),
+    ("GET", "/v1/tasks/PID/prompt", {"apeinx-caller": CALLER_JSON}, 404),
+    ("POST", "/v1/tasks/PID/status", {"apeinx-caller": CALLER_JSON}, 400),
     ("GET", "/v1/ctl/submit", {"apeinx-caller": CALLER_JSON}, 400),
-    ("DELETE", "/v1/tasks/1/status", {"apeinx-caller": CALLER_JSON}, 400),
-    ("GET", "/v1/tasks/1/status", {}, 400),
-    ("GET", "/v1/tasks/1/output", {"apeinx-caller": CALLER_JSON, "range": "bytes=-3"}, 400),
+    ("DELETE", "/v1/tasks/PID/status", {"apeinx-caller": CALLER_JSON}, 400),
+    ("GET", "/v1/tasks/PID/status", {}, 400),
+    ("GET", "/v1/tasks/PID/output", {"apeinx-caller": CALLER_JSON, "range": "bytes=-3"}, 400),
 ]
 
 
 async def test_what_the_peer_server_does_not_serve(nodes):
     """Files outside the peer endpoints, wrong methods, a missing caller or a bad range are refused with an error record."""
     a, a_url, b, b_url, token = nodes
-    b.submit("short 5 5")
+    pid = b.submit("short 5 5")
     async with httpx.AsyncClient(headers={"authorization": f"Bearer {token.decode()}"}) as http:
         for method, path, headers, status in NOT_SERVED:
-            answer = await http.request(method, b_url + path, headers=headers)
+            answer = await http.request(method, b_url + path.replace("PID", str(pid)), headers=headers)
             assert (answer.status_code, answer.json()["errno"] in (errno.ENOENT, errno.EINVAL)) == (status, True), path
 
 
@@ -267,17 +285,16 @@ async def test_a_fuse_read_of_a_remote_task_is_served_through_the_peer(nodes, tm
     assert ended == {"errno": errno.EINTR}
 
 
-def test_a_world_readable_token_file_stops_the_start(tmp_path, monkeypatch):
+def test_a_world_readable_token_file_stops_the_start(tmp_path, etcd):
     """A daemon asked to serve peers with a token file every user may read refuses to start, saying why."""
     path = token_file(tmp_path, b"open-secret", mode=0o644)
     with pytest.raises(RuntimeError, match="readable by every user"):
-        start_node(tmp_path, "c", path, monkeypatch)
+        start_node(tmp_path, "c", path, etcd)
 
 
-def test_an_address_in_use_stops_the_start(tmp_path, monkeypatch):
+def test_an_address_in_use_stops_the_start(tmp_path, etcd):
     """A daemon whose peer address is taken refuses to start, saying it cannot listen there."""
     with socket.create_server(("127.0.0.1", 0)) as taken:
-        monkeypatch.setenv("APEINXFS_PEER_ADVERTISE", f"127.0.0.1:{taken.getsockname()[1]}")
-        monkeypatch.setenv("APEINXFS_PEER_TOKEN_FILE", token_file(tmp_path, b"s3cret"))
+        config = node_config(tmp_path, "c", token_file(tmp_path, b"s3cret"), etcd, taken.getsockname()[1])
         with pytest.raises(RuntimeError, match="cannot listen on 127.0.0.1"):
-            Daemon(tmp_path / "ai", tmp_path / "state", SLOW_CONFIG).start()
+            Daemon(tmp_path / "ai", tmp_path / "state", config).start()

@@ -66,13 +66,12 @@ def prepare(advertise: str, token_file: str) -> Listening:
     return Listening(sock, token)
 
 
-def from_test_hook() -> Listening | None:
-    """TO WIRE at the merge of the membership work (issue 17): becomes
-    `prepare(config.cluster.advertise, config.cluster.token_file)` when both are set. Until then
-    the peer server runs only where the environment names APEINXFS_PEER_ADVERTISE and
-    APEINXFS_PEER_TOKEN_FILE (tests)."""
-    advertise, token_file = os.environ.get("APEINXFS_PEER_ADVERTISE"), os.environ.get("APEINXFS_PEER_TOKEN_FILE")
-    return prepare(advertise, token_file) if advertise and token_file else None
+def listening_for(cluster) -> Listening | None:
+    """The peer server's socket for `[cluster]` advertise and token_file (settings.ClusterSettings);
+    None on a single node or a cluster node without them."""
+    if cluster is None or cluster.advertise is None:
+        return None
+    return prepare(cluster.advertise, cluster.token_file)
 
 
 class PeerServer:

@@ -195,6 +195,7 @@ class KernelConfig:
     billing_period_s: int = attrs.field(default=86400, validator=_positive)
     utc_offset_s: int = 0  # the daemon's time zone at boot: policy `time=` windows are local time
     retention: MemoryRetention = attrs.Factory(MemoryRetention)
+    pid_blocks: bool = False  # pids come in blocks the cluster grants (PidBlock events); else 1, 2, 3...
 
     @property
     def policy(self) -> str:

@@ -84,6 +84,12 @@ class TooMany(ApeinxError):
     errno = errno.EAGAIN
 
 
+class TryAgain(ApeinxError):
+    """Not possible now for want of something the cluster grants (a pid block): try again later."""
+
+    errno = errno.EAGAIN
+
+
 class Degraded(ApeinxError):
     """The journal cannot be written (disk full, I/O error, read-only): state changes wait until it can.
 

@@ -179,6 +179,15 @@ class GpuMemory:
 
 
 @attrs.frozen
+class PidBlock:
+    """The cluster (etcd) granted this node pids `first`..`first + count - 1`, unique cluster-wide:
+    journaled so that a replay gives every task the pid it had (kernel/tasktable.py)."""
+
+    first: int
+    count: int
+
+
+@attrs.frozen
 class Tick:
     """Time passed: deadlines up to now are checked."""
 
@@ -207,7 +216,7 @@ class JournalRecovered:
 
 Event = (Submit | Kill | Control | Step | Failed | Rejected | SetPolicy | Tick | Restart | SetTenant
          | RemoveTenant | SetRules | SetModel | RemoveModel | GpuMemory | JournalFailed | JournalRecovered
-         | Interrupted | EngineHealth | EngineKV)
+         | Interrupted | EngineHealth | EngineKV | PidBlock)
 KINDS: dict[str, type[Event]] = {cls.__name__.lower(): cls for cls in typing.get_args(Event)}
 
 

@@ -48,7 +48,7 @@ class Kernel:
         self.config, self.version = config, 0  # version: events applied
         self.changed: set[object] = set()
         self._trace_seen = 0  # the trace seq take_changed() last reported
-        self.tasks = TaskTable(self.changed)
+        self.tasks = TaskTable(self.changed, config.pid_blocks)
         self.models = Models(config.models, len(config.gpus))
         self.kv = KVManager(config, self._evicted)
         self.gpus = [Gpu(g, pool) for g, pool in zip(config.gpus, self.kv.pools)]
@@ -94,6 +94,7 @@ class Kernel:
             ev.RemoveModel: (lambda e: models.check_remove(e.name, self.tasks.values()), self._apply_removemodel),
             ev.SetRules: (tenancy.check_rules, tenancy.set_rules),
             ev.GpuMemory: (self._check_gpumemory, self._apply_gpumemory),
+            ev.PidBlock: (self.tasks.check_grant, self.moves.grant_pids),
             ev.Tick: (accept, accept),  # nothing but time: apply() expires deadlines and schedules
             ev.Restart: (accept, self.moves.restart),
             ev.JournalFailed: (accept, lambda e: self.emit("degraded", None, f"{e.reason}; state changes are "
@@ -117,6 +118,8 @@ class Kernel:
     def admit(self, event: ev.Event, now_us: int, batch: dict[str, tuple[int, int]] | None = None) -> ev.Event:
         """check(event), and for a submit the policy, sandbox, quota and budget; returns the event to journal."""
         self.check(event)
+        if isinstance(event, ev.Submit):
+            self.tasks.check_pid_left(batch, self.config.node)
         return self.tenancy.admit(event, now_us, batch)
 
     def _check_submit(self, event: ev.Submit) -> None:

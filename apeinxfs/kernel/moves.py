@@ -4,7 +4,7 @@
 what changed; it queues, dispatches, serves, preempts, requeues and ends tasks, calling
 the components that keep books of each move (the task table, run queue, KV manager,
 tenancy, reclaim, engine outages, the trace). It is the `Host` (seams.py) those components
-call back through. Which task runs next is the run queue's; whom to preempt, reclaim's.
+call back through; and it gives new tasks the pid blocks a cluster grants. Which task runs next is the run queue's; whom to preempt, reclaim's.
 """
 from __future__ import annotations
 
@@ -195,6 +195,13 @@ class Moves:
             self.exit(task, "done", f"tokens_out={task.tokens_out}")
         else:
             self.reclaim.grow_kv(task, gpu)
+
+    def grant_pids(self, event: ev.PidBlock) -> None:
+        """Give new tasks the pids of a block the cluster granted; on a single node (a cluster node's
+        journal booted alone) the block is ignored and pids go on as they are."""
+        if self.tasks.pid_end is not None:
+            self.tasks.grant(event.first, event.count)
+            self.emit("pid-block", None, f"pids {event.first}..{event.first + event.count - 1} granted by the cluster")
 
     def restart(self, event: ev.Restart) -> None:
         """The daemon restarted: what was running goes back to the queue, billed up to its last token."""

@@ -1,9 +1,9 @@
 """The task table: every task by pid, their state counts, trees, deadlines and wake-ups.
 
 `TaskTable` is a read-only mapping pid -> Task (exited tasks stay, for `wait` and /tasks);
-it owns the next pid, the count of tasks in each state (changed only by `set_state`), the
-heap of deadlines and the walk of a task tree (a kill's descendants, whether a tree is
-done, the ancestors a `wait` wakes). Trees can be as deep as a user makes them, so every
+it owns the next pid (in a cluster, from the pid blocks the cluster granted), the count
+of tasks in each state (changed only by `set_state`), the heap of deadlines and the walk
+of a task tree (a kill's descendants, whether a tree is done, the ancestors a `wait` wakes). Trees can be as deep as a user makes them, so every
 walk keeps its own stack. What a task does on a GPU or in the queue is not here.
 """
 from __future__ import annotations
@@ -12,20 +12,26 @@ import collections
 import heapq
 from collections.abc import Iterable, Iterator, Mapping
 
-from .errors import Busy, NotFound
+from .errors import Busy, Invalid, NotFound, TryAgain
+from .events import PidBlock
 from .task import State, Task
+
+
+PIDS_TAKEN = "/pids"  # in admit's batch: the pids its submits take, beside tenants' (names without a slash)
 
 
 class TaskTable(Mapping[int, Task]):
     """Tasks by pid, with the books kept beside them."""
 
-    def __init__(self, changed: set[object]):
+    def __init__(self, changed: set[object], pid_blocks: bool = False):
         self._tasks: dict[int, Task] = {}
         self._changed = changed  # the kernel's: what take_changed() reports
         self._woken: set[int] = set()  # pids wake_ancestors added to `changed`, with all their ancestors
         self._deadlines: list[tuple[int, int]] = []  # heap of (time µs, pid)
         self.reapable: list[tuple[int, int]] = []  # heap of (exit time µs, pid): exited, no children left
         self.next_pid = 1
+        self.pid_end: int | None = 1 if pid_blocks else None  # the end of the current pid block; None: no blocks
+        self._blocks: list[tuple[int, int]] = []  # granted blocks (first, end) after the current one
         self.state_counts: dict[State, int] = dict.fromkeys(State, 0)
 
     def __getitem__(self, pid: int) -> Task:
@@ -45,6 +51,49 @@ class TaskTable(Mapping[int, Task]):
         self._tasks[task.pid] = task
         self.next_pid = task.pid + 1
         self.state_counts[task.state] += 1
+        if self._blocks and self.next_pid >= self.pid_end:  # type: ignore[operator]
+            self.next_pid, self.pid_end = self._blocks.pop(0)
+
+    def live_pids(self) -> list[int]:
+        """The pids of the tasks that have not exited, in pid order (one pass over the table)."""
+        return sorted(task.pid for task in self._tasks.values() if task.state is not State.EXITED)
+
+    def pids_left(self) -> int | None:
+        """Pids this node may still give without a new block; None where pids are not in blocks."""
+        if self.pid_end is None:
+            return None
+        return max(0, self.pid_end - self.next_pid) + sum(end - first for first, end in self._blocks)
+
+    def pid_floor(self) -> int:
+        """The lowest first pid a new block may have: past every pid given or granted."""
+        return max([self.next_pid, self.pid_end or 0] + [end for _, end in self._blocks])
+
+    def check_pid_left(self, batch: dict[str, tuple[int, int]] | None, node: str) -> None:
+        """TryAgain if a new task would find no pid left in the node's blocks, after those the submits
+        before it in `batch` (admit's, counted under PIDS_TAKEN) take."""
+        taken = (batch or {}).get(PIDS_TAKEN, (0, 0))[0]
+        left = self.pids_left()
+        if left is not None and taken >= left:
+            short = f"only {left} pids left for this write's lines" if taken else "used up its pids"
+            raise TryAgain(f"node {node} has {short} and the cluster has not granted it the next block yet "
+                           f"(etcd unreachable or without a quorum?): try again{', with fewer lines' if taken else ''}")
+        if batch is not None:
+            batch[PIDS_TAKEN] = (taken + 1, 0)
+
+    def check_grant(self, event: PidBlock) -> None:
+        """Invalid unless pids are in blocks and the block lies past every pid given or granted."""
+        if self.pid_end is None:
+            raise Invalid("pids are not given in blocks on a single node")
+        if event.count < 1 or event.first < self.pid_floor():
+            raise Invalid(f"a pid block must start past pid {self.pid_floor() - 1}, "
+                          f"not at {event.first} ({event.count} pids)")
+
+    def grant(self, first: int, count: int) -> None:
+        """Pids first..first+count-1 are this node's: used at once if the current block is used up."""
+        if self.pid_end is not None and self.next_pid >= self.pid_end:
+            self.next_pid, self.pid_end = first, first + count
+        else:
+            self._blocks.append((first, first + count))
 
     def reap(self, pid: int) -> Task:
         """Forget an exited task without children left (its pid is not used again; the trace archive

@@ -15,6 +15,7 @@ from ..kernel.errors import NotFound
 from . import billing, ctl, gpus, memory, metrics, policy, readme, replay, sched
 from .base import Command, Dir, Log, NamedDirs, Setting, Show
 from . import tasks
+from .members import NodesDir, link
 from .models import ModelsDir, models_ctl
 from .ringlog import RingLog
 from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, TasksDir, inode_of, owner_of
@@ -98,6 +99,8 @@ def build_root(rt) -> Dir:
         "billing": Show(mode=ADMIN_READS, show=partial(billing.show, kernel), read_role="admin"),
         "metrics": Show(show=partial(metrics.show, rt), volatile=True),
         "health": Show(show=partial(health.show, rt.health), volatile=True),
+        "nodes": NodesDir(rt=rt),
+        "cluster": Show(show=partial(link, rt), volatile=True),
     })
 
 
@@ -109,7 +112,7 @@ class Tree:
         self.static: dict[int, object] = {}
         self.paths: dict[int, str] = {}
         self.root = build_root(rt)
-        self.named = [self.root.children["models"], self.root.children["tenants"]]
+        self.named = [self.root.children[name] for name in ("models", "tenants", "nodes")]
         self._number(self.root)
         self._pinned: dict[int, tuple[bytes, int]] = {}
         self._rendered: dict[int, tuple[int, bytes]] = {}
@@ -167,7 +170,7 @@ class Tree:
         return node
 
     def _named(self, inode: int) -> NamedDirs | None:
-        """The /models or /tenants directory whose computed inodes hold `inode`, if any."""
+        """The /models, /tenants or /nodes directory whose computed inodes hold `inode`, if any."""
         return next((named for named in self.named if named.owns(inode)), None)
 
     def lookup(self, parent_inode: int, name: str):

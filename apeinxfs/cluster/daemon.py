@@ -1,0 +1,119 @@
+"""The cluster inside the daemon: membership, the view of every node, pid blocks.
+
+`Cluster(settings, runtime)` is built by mount.py when `[cluster] etcd` is set and run
+by `Runtime.run` beside the drivers: one etcd client, and five tasks: the member (lease,
+epoch, leader campaign; member.py), the publisher of this node's record, the follower
+that keeps `view` (view.py) current through a watch, the keeper of pid blocks (pids.py)
+and, on the leader, the compaction of etcd's history. None of them blocks the file system: without etcd they note why and retry,
+and local reads and running tasks go on. `names_seen(rt)` and `node_seen(rt, name)` are
+what /nodes shows: the cluster's view, or on a single node just this node.
+"""
+import logging
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from ..kernel.errors import ApeinxError
+from .etcd import Etcd
+from .etcd_records import EtcdError
+from .member import RETRY_S, Member
+from .pids import take_block, wants_block
+from .records import Keys, NodeRecord, NodeView, record_of
+from .settings import ClusterSettings
+from .view import ClusterView
+
+log = logging.getLogger(__name__)
+PID_CHECK_S = 1.0  # how often the pids left are checked when no trace line wakes the keeper first
+COMPACT_S = 300.0  # the leader compacts etcd's history to the revision it saw this long ago
+
+
+class Cluster:
+    """This node's part in the cluster: its `member`ship and its `view` of every node."""
+
+    def __init__(self, settings: ClusterSettings, runtime):
+        self.settings, self.rt = settings, runtime
+        self.name = runtime.config.kernel.node
+        self.keys = Keys(settings.prefix)
+        self.view = ClusterView(self.keys)
+        self.etcd = Etcd(list(settings.etcd))
+        self.member = Member(self.etcd, self.keys, self.name, settings.lease_s, self.record)
+        self._read: tuple[int, NodeRecord] | None = None  # (kernel version, the record read off it then)
+
+    def record(self, epoch: int) -> NodeRecord:
+        """This node's record now, in `epoch`; the kernel is read again only once it changed (a read
+        scans the task table for live pids)."""
+        version = self.rt.kernel.version
+        if self._read is None or self._read[0] != version:
+            self._read = version, record_of(self.rt.kernel, epoch, 0, self.settings.advertise)
+        return attrs.evolve(self._read[1], epoch=epoch, seen_us=self.rt.clock.now_us())
+
+    async def run(self) -> None:
+        """Join and follow the cluster until cancelled."""
+        async with self.etcd, trio.open_nursery() as nursery:
+            nursery.start_soon(self.member.run)
+            nursery.start_soon(self.member.publish)
+            nursery.start_soon(self.follow)
+            nursery.start_soon(self.keep_pids)
+            nursery.start_soon(compact_history, self.etcd, self.member, lambda: self.view.revision, COMPACT_S)
+
+    async def follow(self) -> None:
+        """Read every key under the prefix, then watch it from the next revision; again after a failure."""
+        while True:
+            try:
+                found = await self.etcd.range(self.keys.all, prefix=True)
+                self.view.load(found.kvs, found.revision)
+                self.member.note(None)
+                async with self.etcd.watch(self.keys.all, prefix=True, start_revision=found.revision + 1) as events:
+                    async for event in events:
+                        self.view.apply(event)
+            except EtcdError as error:  # Unavailable without a quorum, Compacted
+                self.member.note(error)
+                await trio.sleep(RETRY_S)
+
+    async def keep_pids(self) -> None:
+        """Ask for the next pid block once fewer than half a block is left (checked as submits come)."""
+        size = self.settings.pid_block
+        while True:
+            if wants_block(self.rt, size):
+                try:
+                    await take_block(self.rt, self.etcd, self.keys.pids, size)
+                    self.member.note(None)
+                except EtcdError as error:  # Unavailable without a quorum
+                    self.member.note(error)
+                    await trio.sleep(RETRY_S)
+                except ApeinxError as error:  # Degraded without a journal
+                    log.warning("cluster: no pid block: %s", error.reason)
+                    await trio.sleep(RETRY_S)
+                continue
+            await self.rt.wait_for("trace", PID_CHECK_S)
+
+
+async def compact_history(etcd: Etcd, member: Member, seen: Callable[[], int], every_s: float) -> None:
+    """While `member` leads, every `every_s` compact etcd's history up to the revision `seen()` gave
+    `every_s` before: every node puts its record each second, and etcd keeps every revision until
+    compacted (its database would fill its quota). A watch further behind than that reads again."""
+    behind = 0
+    while True:
+        await trio.sleep(every_s)
+        if member.leading and behind:
+            try:
+                await etcd.compact(behind)
+            except EtcdError as error:  # compacted already (a leader before it), or no quorum: next time
+                log.warning("cluster: cannot compact etcd's history to revision %d: %s", behind, error.reason)
+        behind = seen()
+
+
+def names_seen(rt) -> list[str]:
+    """The nodes /nodes lists: every node that ever published to the cluster; on a single node, itself."""
+    return sorted(rt.cluster.view.records) if rt.cluster is not None else [rt.kernel.config.node]
+
+
+def node_seen(rt, name: str) -> NodeView | None:
+    """Node `name` as /nodes shows it: from the cluster's view; on a single node, itself from its kernel
+    (up, leading, epoch 0)."""
+    if rt.cluster is not None:
+        return rt.cluster.view.node(name)
+    if name != rt.kernel.config.node:
+        return None
+    return NodeView(record_of(rt.kernel, 0, rt.clock.now_us(), None), up=True, leader=True)

@@ -1,0 +1,118 @@
+"""This node's membership: a lease, an epoch, a published record, a candidacy for leader.
+
+`Member.run` joins (a new lease; epoch + 1 by a guarded txn; the `up` key on the lease
+and the record, in that one txn), keeps the lease alive and campaigns for leader, and
+when the lease is lost (etcd expired it while the process was stopped, or no refresh got
+through for a whole TTL) revokes what is left of it and joins again with the next epoch.
+`publish` puts the node's record every PUBLISH_S. Without an etcd quorum every call
+fails with Unavailable (EAGAIN) within the client's timeout: the member notes why and
+tries again; the daemon's local work goes on meanwhile.
+"""
+import logging
+from collections.abc import Callable
+
+import trio
+
+from .etcd import Etcd
+from .etcd_records import EtcdError, Lease, LeaseGone
+from .records import Keys, NodeRecord, unchanged
+
+log = logging.getLogger(__name__)
+PUBLISH_S = 1.0  # how often a node publishes its record
+RETRY_S = 1.0  # the pause before a failed join or revoke is tried again
+REVOKE_S = 2.0  # the most a revoke of a lost lease may take before joining anyway
+
+
+class Member:
+    """One node's membership in the cluster; `epoch` 0 until it first joined."""
+
+    def __init__(self, etcd: Etcd, keys: Keys, name: str, lease_s: int, record: Callable[[int], NodeRecord]):
+        self.etcd, self.keys, self.name, self.lease_s = etcd, keys, name, lease_s
+        self.record = record  # epoch -> this node's record now
+        self.epoch = 0
+        self.leading = False
+        self.problem: str | None = None  # why the last etcd call failed, until one works
+        self.writing = trio.Lock()  # a publish and a join's txn never overlap: no record of an old epoch lands last
+
+    def note(self, error: EtcdError | None) -> None:
+        """Remember why etcd cannot be reached (logged when the reason changes); None once it can."""
+        reason = None if error is None else error.reason
+        if reason != self.problem:
+            (log.warning if reason else log.info)("cluster: %s", reason or "etcd answers again")
+        self.problem = reason
+
+    async def run(self) -> None:
+        """Join, hold the lease, and join again with the next epoch whenever it is lost."""
+        while True:
+            try:
+                lease = await self.join()
+            except EtcdError as error:
+                self.note(error)
+                await trio.sleep(RETRY_S)
+                continue
+            self.note(None)
+            try:
+                await self.hold(lease)
+            finally:  # also when the daemon stops: then it is down at once, not a lease later
+                with trio.CancelScope(shield=True):
+                    await self.withdraw(lease)
+
+    async def join(self) -> Lease:
+        """A new lease and the next epoch, raised in a txn guarded on the epoch key's revision."""
+        lease = await self.etcd.grant(self.lease_s)
+        key = self.keys.epoch(self.name)
+        while True:
+            kv = await self.etcd.get(key)
+            epoch = (int(kv.value) if kv else 0) + 1
+            text = str(epoch).encode()
+            txn = (unchanged(key, kv).put(key, text).put(self.keys.up(self.name), text, lease.id)
+                   .put(self.keys.node(self.name), self.record(epoch).to_json()))
+            async with self.writing:
+                if (await self.etcd.txn(txn, repeatable=True)).succeeded:  # a lost answer retried: epoch + 2
+                    self.epoch = epoch
+                    log.info("cluster: node %s joined with epoch %d (lease %x, %ds)", self.name, epoch, lease.id,
+                             lease.ttl)
+                    return lease
+
+    async def hold(self, lease: Lease) -> None:
+        """Keep `lease` alive and campaign for leader on it; return once it is lost."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.campaign, lease)
+            try:
+                await self.etcd.keep_alive(lease)
+            except LeaseGone as gone:
+                log.warning("cluster: node %s lost its lease (epoch %d): %s", self.name, self.epoch, gone.reason)
+            nursery.cancel_scope.cancel()
+        self.leading = False
+
+    async def campaign(self, lease: Lease) -> None:
+        """Stand for leader on `lease` (etcd's election: the oldest candidate leads) until it leads."""
+        try:
+            await self.etcd.campaign(self.keys.election, lease.id, self.name.encode())
+        except EtcdError as error:  # the lease went: hold() sees it too and joins again
+            log.warning("cluster: campaign of %s ended: %s", self.name, error.reason)
+            return
+        self.leading = True
+        log.info("cluster: node %s leads (epoch %d)", self.name, self.epoch)
+
+    async def withdraw(self, lease: Lease) -> None:
+        """Revoke a lease lost or left, so its `up` key and candidacy go now rather than at its expiry
+        (after a quorum loss etcd may still hold it); give up after REVOKE_S."""
+        with trio.move_on_after(REVOKE_S):
+            try:
+                await self.etcd.revoke(lease.id)
+            except EtcdError as error:
+                self.note(error)
+
+    async def publish(self) -> None:
+        """Put this node's record every PUBLISH_S once joined (without a lease: it outlives the node)."""
+        while True:
+            if self.epoch:
+                try:
+                    async with self.writing:
+                        await self.etcd.put(self.keys.node(self.name), self.record(self.epoch).to_json())
+                except EtcdError as error:
+                    self.note(error)
+                else:
+                    self.note(None)
+            await trio.sleep(PUBLISH_S)

@@ -1,0 +1,41 @@
+"""Pids unique cluster-wide: blocks of them granted from a counter in etcd.
+
+etcd holds the first pid nobody has been granted (`Keys.pids`). `grant_block` moves it on
+by a block in a txn guarded on the counter's revision, never below the node's own pids
+(`floor`: a node that ran alone before keeps its pids). The daemon journals each grant as a
+kernel event (events.PidBlock), so the kernel gives pids from its blocks and a replay gives
+the same ones. `keep_pids` asks for the next block once fewer than half a block is left, so
+submits rarely wait for etcd; without a quorum, a node goes on with the pids it has, and
+once they are used up its submits fail with EAGAIN (kernel/tasktable.py).
+"""
+import logging
+
+from ..kernel.events import PidBlock
+from .etcd import Etcd
+from .records import unchanged
+
+log = logging.getLogger(__name__)
+
+
+async def grant_block(etcd: Etcd, key: bytes, floor: int, size: int) -> int:
+    """The first pid of a block of `size` granted to this node, at `floor` or past it."""
+    while True:
+        kv = await etcd.get(key)
+        first = max(int(kv.value) if kv else 1, floor)
+        # repeatable: a lost answer retried fails its guard and a block is skipped, never given twice
+        if (await etcd.txn(unchanged(key, kv).put(key, str(first + size).encode()), repeatable=True)).succeeded:
+            return first
+
+
+def wants_block(runtime, size: int) -> bool:
+    """Whether the node has fewer than half a block of pids left (always false on a single node) and
+    could journal a grant (not while degraded: a block granted then would be skipped)."""
+    left = runtime.kernel.tasks.pids_left()
+    return left is not None and left < (size + 1) // 2 and runtime.health.fault is None
+
+
+async def take_block(runtime, etcd: Etcd, key: bytes, size: int) -> None:
+    """Be granted a block and journal it (EtcdError without etcd, Degraded if the journal fails)."""
+    first = await grant_block(etcd, key, runtime.kernel.tasks.pid_floor(), size)
+    runtime.commit([PidBlock(first=first, count=size)])  # refused: the block is skipped, another is asked for
+    log.info("cluster: granted pids %d..%d", first, first + size - 1)

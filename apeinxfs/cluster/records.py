@@ -1,0 +1,131 @@
+"""What a node publishes about itself, and where the cluster's keys live in etcd.
+
+`NodeRecord` is one node's published state (JSON in etcd); `record_of` reads it off a
+kernel; `NodeView` is a record as the cluster sees it (up or down, leading or not).
+`Keys` names every key under the configured prefix (docs/cluster.md has the table) and
+tells which a key is; `unchanged` guards a read-modify-write txn. Pure: no etcd calls, no trio.
+"""
+import json
+from collections.abc import Iterator
+
+import attrs
+
+from ..kernel.task import State
+from .etcd_records import KeyValue, Txn
+
+MAX_RANGES = 10_000  # pid ranges a record holds at most
+
+
+@attrs.frozen
+class NodeRecord:
+    """A node's state as it published it at `seen_us` (wall time, µs), in epoch `epoch`."""
+
+    name: str
+    epoch: int
+    seen_us: int
+    gpus: int = 0
+    slots_free: int = 0
+    kv_pages_free: int = 0
+    queued: int = 0
+    running: int = 0
+    live: int = 0  # its tasks not exited
+    tasks: str = ""  # their pids as ranges, "4-9,12" (pid_ranges: the first MAX_RANGES of them)
+    models: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    advertise: str | None = None  # its address for node-to-node traffic ([cluster] advertise)
+
+    def to_json(self) -> bytes:
+        return json.dumps(attrs.asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "NodeRecord":
+        fields = {field.name for field in attrs.fields(cls)}
+        return cls(**{key: value for key, value in json.loads(data).items() if key in fields})
+
+
+@attrs.frozen
+class NodeView:
+    """A node's last record and what the cluster says of it now."""
+
+    record: NodeRecord
+    up: bool
+    leader: bool
+
+
+def record_of(kernel, epoch: int, seen_us: int, advertise: str | None) -> NodeRecord:
+    """The record a node publishes: its kernel's GPUs, free slots and KV pages, queue and live tasks."""
+    live = len(kernel.tasks) - kernel.tasks.count(State.EXITED)
+    return NodeRecord(name=kernel.config.node, epoch=epoch, seen_us=seen_us, gpus=len(kernel.gpus),
+                      slots_free=sum(gpu.config.slots - len(gpu.running) for gpu in kernel.gpus),
+                      kv_pages_free=sum(pool.pages_free for pool in kernel.kv.pools),
+                      queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING), live=live,
+                      tasks=pid_ranges(kernel.tasks.live_pids()) if live else "", models=sorted(kernel.models),
+                      advertise=advertise)
+
+
+def pid_ranges(pids: list[int]) -> str:
+    """Pids in order as "A-B,C" ranges, the first MAX_RANGES of them (so a record stays far below etcd's
+    1.5 MiB request limit)."""
+    ranges: list[list[int]] = []
+    for pid in pids:
+        if ranges and ranges[-1][1] == pid - 1:
+            ranges[-1][1] = pid
+        elif len(ranges) < MAX_RANGES:
+            ranges.append([pid, pid])
+        else:
+            break
+    return ",".join(f"{first}-{last}" if last > first else str(first) for first, last in ranges)
+
+
+def pids_of(ranges: str) -> Iterator[int]:
+    """The pids of pid_ranges' text, in order."""
+    for part in filter(None, ranges.split(",")):
+        first, _, last = part.partition("-")
+        yield from range(int(first), int(last or first) + 1)
+
+
+def unchanged(key: bytes, read: KeyValue | None) -> Txn:
+    """A txn guarded on `key` being as `read` found it: the same revision, or still absent."""
+    if read is None:
+        return Txn().when(key, "create_revision", "==", 0)
+    return Txn().when(key, "mod_revision", "==", read.mod_revision)
+
+
+@attrs.frozen
+class Keys:
+    """The cluster's etcd keys under `prefix` (bytes; node names are the config's daemon.node)."""
+
+    prefix: str
+
+    def _key(self, *parts: str) -> bytes:
+        return (self.prefix + "/".join(parts)).encode()
+
+    def node(self, name: str) -> bytes:
+        """The node's record (no lease: it stays, with its last state, after the node is gone)."""
+        return self._key("nodes", name)
+
+    def up(self, name: str) -> bytes:
+        """On the node's lease, holding its epoch: there while the node is up."""
+        return self._key("up", name)
+
+    def epoch(self, name: str) -> bytes:
+        """The node's latest epoch (no lease), raised by a guarded txn at every join."""
+        return self._key("epoch", name)
+
+    @property
+    def pids(self) -> bytes:
+        """The first pid no node has been granted yet."""
+        return self._key("pids", "next")
+
+    @property
+    def election(self) -> bytes:
+        """The leader election's name: candidates' keys are under it, on their leases."""
+        return self._key("leader")
+
+    @property
+    def all(self) -> bytes:
+        return self.prefix.encode()
+
+    def kind_of(self, key: bytes) -> tuple[str, str]:
+        """(kind, name) of one of these keys: ("nodes", NAME), ("up", NAME), ("leader", LEASE) ..."""
+        kind, _, name = key[len(self.prefix):].decode(errors="replace").partition("/")
+        return kind, name

@@ -1,0 +1,88 @@
+"""The `[cluster]` section of the config: which etcd, the membership lease, this node's address.
+
+A frozen record whose validators raise Invalid naming the key. Without `etcd` there is no
+cluster: config.py then builds no `ClusterSettings` and the daemon runs as a single node.
+Nothing here talks to etcd; docs/cluster.md says what each key does.
+"""
+import re
+import urllib.parse
+
+import attrs
+
+from ..kernel.errors import Invalid
+from .peer_wire import parse_address, read_token
+
+KEYS = {"etcd", "lease_s", "advertise", "token_file", "pid_block", "prefix"}
+NODE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,62}")
+MIN_LEASE_S = 2  # etcd refuses shorter TTLs (its minimum is 1.5 election timeouts)
+
+
+def _endpoints(value) -> tuple[str, ...]:
+    """A non-empty list of http(s)://HOST:PORT URLs, one per etcd member."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise Invalid(f"config: cluster.etcd must be a list of etcd client URLs, not {value!r}")
+    for url in value:
+        parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.port is None:
+            raise Invalid(f"config: cluster.etcd: {url!r} is not an http://HOST:PORT URL")
+    return tuple(url.rstrip("/") for url in value)
+
+
+def _advertise(value) -> str | None:
+    """HOST:PORT (peer_wire.parse_address), where peers reach this node's peer server."""
+    if value is None:
+        return None
+    try:
+        parse_address(value if isinstance(value, str) and "/" not in value else "")  # no URL: HOST:PORT
+    except Invalid:
+        raise Invalid(f"config: cluster.advertise must be HOST:PORT, not {value!r}") from None
+    return value
+
+
+def _integer_at_least(least: int):
+    def check(_settings, attribute, value) -> None:
+        if type(value) is not int or value < least:
+            raise Invalid(f"config: cluster.{attribute.name} must be an integer >= {least}, not {value!r}")
+    return check
+
+
+def _token_file(_settings, _attribute, path) -> None:
+    """A file holding the shared token, as peer_wire.read_token takes it (read again by the peer server)."""
+    if path is None:
+        return
+    try:
+        read_token(path if isinstance(path, str) else "")
+    except Invalid as exc:
+        raise Invalid(f"config: cluster.token_file: {exc.reason}") from None
+
+
+def _prefix(value) -> str:
+    if not isinstance(value, str) or not value.strip("/") or not value.endswith("/"):
+        raise Invalid(f"config: cluster.prefix must be a key prefix ending in '/', not {value!r}")
+    return value
+
+
+@attrs.frozen
+class ClusterSettings:
+    """What `[cluster]` says: etcd's members, the lease, this node's address and token file."""
+
+    etcd: tuple[str, ...] = attrs.field(converter=_endpoints)
+    lease_s: int = attrs.field(default=15, validator=_integer_at_least(MIN_LEASE_S))
+    advertise: str | None = attrs.field(default=None, converter=_advertise)  # HOST:PORT
+    token_file: str | None = attrs.field(default=None, validator=_token_file)
+    pid_block: int = attrs.field(default=100_000, validator=_integer_at_least(1))
+    prefix: str = attrs.field(default="apeinxfs/", converter=_prefix)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.advertise is None) != (self.token_file is None):
+            raise Invalid("config: cluster.advertise and cluster.token_file go together (the peer server needs both)")
+
+
+def settings_of(section: dict, node: str) -> ClusterSettings | None:
+    """The cluster settings of a `[cluster]` section, or None (a single node) without `etcd`. In a
+    cluster the node's name (daemon.node) is a directory of /nodes and part of etcd keys."""
+    if "etcd" not in section:
+        return None
+    if not isinstance(node, str) or not NODE_NAME.fullmatch(node):
+        raise Invalid(f"config: daemon.node {node!r} must be 1-63 letters, digits, '.', '_' or '-' in a cluster")
+    return ClusterSettings(**section)

@@ -1,0 +1,78 @@
+"""The cluster as this node sees it: every node's record, who is up, who leads.
+
+`ClusterView` is rebuilt from a read of the prefix (`load`) and kept current by the
+watch's events (`apply`); daemon.py feeds it. A node is up while its `up/NAME` key (on its
+lease) exists; its record (`nodes/NAME`, no lease) stays after it goes, so a down node is
+listed with its last state. The leader is the election candidate with the oldest key.
+Pure: no etcd calls, no trio. Every node applies the same events in the same order, so
+every node renders the same view once it has caught up.
+"""
+import json
+import logging
+
+from .etcd_records import Event, KeyValue
+from .records import Keys, NodeRecord, NodeView
+
+log = logging.getLogger(__name__)
+
+
+class ClusterView:
+    """Records, up nodes and election candidates, by the keys etcd holds."""
+
+    def __init__(self, keys: Keys):
+        self.keys = keys
+        self.records: dict[str, NodeRecord] = {}
+        self.up: dict[str, int] = {}  # name -> epoch, of the nodes whose lease lives
+        self.candidates: dict[bytes, tuple[int, str]] = {}  # election key -> (create revision, node name)
+        self.revision = 0  # etcd's revision this view has seen up to
+
+    def load(self, kvs: list[KeyValue], revision: int) -> None:
+        """Start again from a read of every key under the prefix at `revision`."""
+        self.records, self.up, self.candidates = {}, {}, {}
+        for kv in kvs:
+            self._put(kv)
+        self.revision = revision
+
+    def apply(self, event: Event) -> None:
+        """Follow one change the watch saw."""
+        if event.kind == "DELETE":
+            self._delete(event.kv.key)
+        else:
+            self._put(event.kv)
+        self.revision = max(self.revision, event.kv.mod_revision)
+
+    def _put(self, kv: KeyValue) -> None:
+        kind, name = self.keys.kind_of(kv.key)
+        try:
+            if kind == "nodes":
+                self.records[name] = NodeRecord.from_json(kv.value)
+            elif kind == "up":
+                self.up[name] = int(kv.value)
+            elif kind == "leader":
+                self.candidates[kv.key] = (kv.create_revision, kv.value.decode())
+        except (ValueError, TypeError, json.JSONDecodeError) as exc:  # another version's record: skipped
+            log.warning("cluster: cannot read %s: %s", kv.key, exc)
+
+    def _delete(self, key: bytes) -> None:
+        kind, name = self.keys.kind_of(key)
+        if kind == "nodes":
+            self.records.pop(name, None)
+        elif kind == "up":
+            self.up.pop(name, None)
+        elif kind == "leader":
+            self.candidates.pop(key, None)
+
+    @property
+    def leader(self) -> str | None:
+        """The node that leads: the candidate with the oldest key; None while nobody campaigns."""
+        return min(self.candidates.values())[1] if self.candidates else None
+
+    def node(self, name: str) -> NodeView | None:
+        """Node `name` as the cluster sees it: its last record, up or down, leading or not; None if it
+        never published."""
+        record = self.records.get(name)
+        return None if record is None else NodeView(record, name in self.up, name == self.leader)
+
+    def nodes(self) -> dict[str, NodeView]:
+        """Every node that ever published, by name (sorted)."""
+        return {name: self.node(name) for name in sorted(self.records)}

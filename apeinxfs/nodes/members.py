@@ -1,0 +1,92 @@
+"""/nodes/NAME/{status,tasks}: every node of the cluster, as each node's published record says.
+
+`status` is `Key:<TAB>value` lines (State up|down, Epoch, Leader yes|no, GPUs, free slots
+and KV pages, queue, running and live tasks, models, address, LastSeen: when it last
+published, in UTC); `tasks` its live pids, one a line. Both are rendered from the cluster's view (etcd),
+the same on every node once the watch has caught up; a node whose lease is gone stays
+listed, `State: down`, with its last record. On a single node /nodes holds just this node
+(up, leading, epoch 0) from its own kernel (cluster/daemon.node_seen). Inodes are computed
+(NamedDirs): NODE_BASE + number * SLOTS + slot.
+"""
+import datetime
+
+import attrs
+
+from ..cluster.daemon import names_seen, node_seen
+from ..cluster.records import NodeView, pids_of
+from ..kernel.errors import NotFound
+from .base import BuiltDir, NamedDirs, Show
+from .models import MODEL_BASE
+
+NODE_BASE = 1 << 17
+SLOTS = 4
+FILES = ("status", "tasks")
+
+
+def _utc(us: int) -> str:
+    return datetime.datetime.fromtimestamp(us / 1e6, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status(node: NodeView) -> str:
+    """The node's state as the cluster sees it, `Key:<TAB>value` lines."""
+    record = node.record
+    rows = [("Name", record.name), ("State", "up" if node.up else "down"), ("Epoch", record.epoch),
+            ("Leader", "yes" if node.leader else "no"), ("Gpus", record.gpus), ("SlotsFree", record.slots_free),
+            ("KVPagesFree", record.kv_pages_free), ("Queued", record.queued), ("TasksRunning", record.running),
+            ("TasksLive", record.live), ("Models", ",".join(record.models) or "-"),
+            ("Advertise", record.advertise or "-"), ("LastSeen", _utc(record.seen_us))]
+    return "".join(f"{key}:\t{value}\n" for key, value in rows)
+
+
+def link(rt) -> str:
+    """/cluster: this node's own link to the cluster (so not the same on every node), `Key:<TAB>value`
+    lines: Node, Mode (cluster or single); in a cluster Etcd (ok or unavailable), Reason (why, or -)
+    and Epoch; PidsLeft (pids it may give before its next block, - on a single node)."""
+    cluster, left = rt.cluster, rt.kernel.tasks.pids_left()
+    rows = [("Node", rt.kernel.config.node), ("Mode", "single" if cluster is None else "cluster")]
+    if cluster is not None:
+        problem = cluster.member.problem
+        rows += [("Etcd", "unavailable" if problem else "ok"), ("Reason", problem or "-"),
+                 ("Epoch", cluster.member.epoch)]
+    rows.append(("PidsLeft", "-" if left is None else left))
+    return "".join(f"{key}:\t{value}\n" for key, value in rows)
+
+
+def tasks(node: NodeView) -> str:
+    """The node's live pids (queued, running, stopped), one a line, as it last published them."""
+    return "".join(f"{pid}\n" for pid in pids_of(node.record.tasks))
+
+
+@attrs.define(eq=False)
+class NodeDir(BuiltDir):
+    """/nodes/NAME: status, tasks; ENOENT once the node is no longer listed."""
+
+    names: tuple = FILES
+    rt: object = None
+    name: str = ""
+
+    def build(self, file):
+        render = status if file == "status" else tasks
+        return Show(show=lambda: render(self.seen()), volatile=True)
+
+    def seen(self) -> NodeView:
+        node = node_seen(self.rt, self.name)
+        if node is None:  # its record was deleted from etcd by hand
+            raise NotFound(f"node {self.name} is no longer in the cluster")
+        return node
+
+
+@attrs.define(eq=False)
+class NodesDir(NamedDirs):
+    """/nodes: one directory per node that ever published, up or down, by name."""
+
+    base: int = NODE_BASE
+    limit: int = MODEL_BASE
+    slots: int = SLOTS
+    rt: object = None
+
+    def current(self):
+        return names_seen(self.rt)
+
+    def make(self, name, inode):
+        return NodeDir(inode=inode, rt=self.rt, name=name)

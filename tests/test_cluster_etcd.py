@@ -1,0 +1,92 @@
+"""Tier 3: the cluster's etcd parts against a real 3-member etcd, in process (no FUSE, no daemon).
+
+Pid blocks granted concurrently never overlap and respect a node's floor; a member joins
+with epoch 1, puts its `up` key on its lease and its record, and when the lease is gone
+joins again with epoch 2; the leader compacts etcd's history. The whole daemon, three of them, is test_cluster_nodes.py.
+"""
+import pytest
+import trio
+
+from apeinxfs.cluster.daemon import compact_history
+from apeinxfs.cluster.etcd import Etcd
+from apeinxfs.cluster.etcd_records import Compacted
+from apeinxfs.cluster.member import Member
+from apeinxfs.cluster.pids import grant_block
+from apeinxfs.cluster.records import Keys, NodeRecord
+from etcdcluster import EtcdCluster
+from test_etcd_client import wait_for
+
+KEYS = Keys("t/")
+
+
+@pytest.fixture(scope="module")
+def etcd_cluster(tmp_path_factory):
+    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as running:
+        yield running
+
+
+async def test_concurrent_pid_grants_never_overlap_and_respect_the_floor(etcd_cluster):
+    """Three nodes asking for blocks of 10 at once get disjoint blocks; a floor of 500 is kept."""
+    blocks = []
+    async with Etcd(etcd_cluster.endpoints) as etcd:
+        async def node(floor: int) -> None:
+            for _ in range(4):
+                blocks.append(range(first := await grant_block(etcd, KEYS.pids, floor, 10), first + 10))
+        async with trio.open_nursery() as nursery:
+            for floor in (1, 1, 1):
+                nursery.start_soon(node, floor)
+        await node(500)
+    pids = [pid for block in blocks for pid in block]
+    assert len(pids) == len(set(pids)) == 160 and all(block.start >= 500 for block in blocks[-4:])
+
+
+async def test_a_member_joins_with_epoch_one_and_again_with_two_once_its_lease_is_gone(etcd_cluster):
+    """Join puts epoch, up (on the lease) and record; a revoked lease makes the member join with epoch 2."""
+    async with Etcd(etcd_cluster.endpoints) as etcd:
+        member = Member(etcd, KEYS, "m", 3, lambda epoch: NodeRecord(name="m", epoch=epoch, seen_us=1))
+
+        async def epoch_is(epoch: int) -> bool:
+            up = await etcd.get(KEYS.up("m"))
+            return member.epoch == epoch and up is not None and up.value == str(epoch).encode()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(member.run)
+            await wait_for(lambda: epoch_is(1), "joined with epoch 1")
+            first = (await etcd.get(KEYS.up("m"))).lease
+            await etcd.revoke(first)
+            await wait_for(lambda: epoch_is(2), "joined again with epoch 2")
+            assert (await etcd.get(KEYS.up("m"))).lease != first
+            assert NodeRecord.from_json((await etcd.get(KEYS.node("m"))).value).epoch == 2
+            assert (await etcd.get(KEYS.epoch("m"))).value == b"2"
+            nursery.cancel_scope.cancel()
+        assert await etcd.get(KEYS.up("m")) is None  # left: its lease revoked on the way out
+
+
+async def test_the_leader_compacts_the_history_it_saw_one_period_before(etcd_cluster):
+    """A leading member's compact_history compacts etcd to the revision seen a period earlier: a watch
+    from before it gets Compacted; a member that does not lead compacts nothing."""
+    keys = Keys("compact/")
+    async with Etcd(etcd_cluster.endpoints) as etcd:
+        member = Member(etcd, keys, "m", 3, lambda epoch: NodeRecord(name="m", epoch=epoch, seen_us=1))
+        first = await etcd.put(b"compact/x", b"1")
+        seen = await etcd.put(b"compact/x", b"2")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(compact_history, etcd, member, lambda: seen, 0.2)
+            await trio.sleep(0.5)
+            async with etcd.watch(b"compact/x", start_revision=first) as events:
+                assert (await events.__anext__()).kv.value == b"1"  # not leading: nothing compacted
+            nursery.start_soon(member.run)
+            await wait_for(lambda: leading(member), "the member leads")
+
+            async def compacted() -> bool:
+                try:
+                    async with etcd.watch(b"compact/x", start_revision=first) as events:
+                        await events.__anext__()
+                except Compacted as error:
+                    return error.revision == seen
+                return False
+            await wait_for(compacted, "history compacted up to the revision seen")
+            nursery.cancel_scope.cancel()
+
+
+async def leading(member: Member) -> bool:
+    return member.leading

@@ -1,0 +1,167 @@
+"""Tiers 1-2: the cluster's pure parts and /nodes, /cluster without etcd or FUSE.
+
+`[cluster]` settings and their refusals, the etcd key layout, a node's record round trip,
+the view that etcd's events build (up, down, leader), the renderers of /nodes/NAME/status
+and tasks, and /nodes and /cluster of a single node through the tree. The same against
+a real etcd and three daemons is test_cluster_nodes.py.
+"""
+import errno
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from apeinxfs import config as config_mod
+from apeinxfs.cluster.etcd_records import Event, KeyValue
+from apeinxfs.cluster.records import MAX_RANGES, Keys, NodeRecord, NodeView, pid_ranges, pids_of
+from apeinxfs.cluster.settings import ClusterSettings
+from apeinxfs.cluster.view import ClusterView
+from apeinxfs.kernel.errors import ApeinxError
+from apeinxfs.nodes import members
+from apeinxfs.nodes.tree import Tree
+from test_journal_runtime import open_runtime, submit
+from test_nodes import resolve, text
+
+KEYS = Keys("apx/")
+ENDPOINTS = ["http://127.0.0.1:2379"]
+
+
+def load(tmp_path, cluster: str, node: str = "a"):
+    path = tmp_path / "config.toml"
+    path.write_text(f'[daemon]\nnode = "{node}"\n[cluster]\n{cluster}\n')
+    return config_mod.load(str(path), str(tmp_path / "state"), use_nvml=False)
+
+
+def refusal(call) -> ApeinxError:
+    with pytest.raises(ApeinxError) as caught:
+        call()
+    return caught.value
+
+
+# -- settings ----------------------------------------------------------------------------------------
+
+
+def test_without_etcd_there_is_no_cluster(tmp_path):
+    """The defaults (lease_s, pid_block, prefix) alone make a single node, pids from 1."""
+    config = load(tmp_path, "lease_s = 9")
+    assert config.cluster is None and not config.kernel.pid_blocks
+
+
+def token(tmp_path, mode: int = 0o600) -> str:
+    path = tmp_path / "token"
+    path.write_text("s3cret\n")
+    path.chmod(mode)
+    return str(path)
+
+
+def test_cluster_settings_and_their_defaults(tmp_path):
+    """etcd, advertise and token_file are read (URLs without a trailing slash); lease_s 15 and blocks of
+    100,000 by default."""
+    config = load(tmp_path, f'etcd = ["http://10.0.0.1:2379/", "https://e2:2379"]\nadvertise = "10.0.0.1:7070"\n'
+                            f'token_file = "{token(tmp_path)}"')
+    assert config.cluster == ClusterSettings(etcd=("http://10.0.0.1:2379", "https://e2:2379"),
+                                             advertise="10.0.0.1:7070", token_file=token(tmp_path))
+    assert (config.cluster.lease_s, config.cluster.pid_block, config.cluster.prefix) == (15, 100_000, "apeinxfs/")
+    assert config.kernel.pid_blocks
+
+
+@pytest.mark.parametrize("cluster, words", [
+    ('etcd = []', "cluster.etcd must be a list"),
+    ('etcd = ["10.0.0.1:2379"]', "is not an http://HOST:PORT URL"),
+    ('etcd = ["http://e1"]', "is not an http://HOST:PORT URL"),
+    ('etcd = ["http://e1:1"]\nlease_s = 1', "cluster.lease_s must be an integer >= 2"),
+    ('etcd = ["http://e1:1"]\npid_block = 0', "cluster.pid_block must be an integer >= 1"),
+    ('etcd = ["http://e1:1"]\nadvertise = "http://host:1"\ntoken_file = "/t"', "cluster.advertise must be HOST:PORT"),
+    ('etcd = ["http://e1:1"]\nadvertise = "host:1"\ntoken_file = "/nonexistent/token"', "No such file"),
+    ('etcd = ["http://e1:1"]\nprefix = "x"', "cluster.prefix must be a key prefix"),
+    ('etcd = ["http://e1:1"]\nport = 1', "unknown key cluster.port"),
+])
+def test_bad_cluster_settings_are_refused_naming_the_key(tmp_path, cluster, words):
+    """Each bad [cluster] value is refused with EINVAL and a reason naming the key."""
+    refused = refusal(lambda: load(tmp_path, cluster))
+    assert refused.errno == errno.EINVAL and words in refused.reason
+
+
+def test_a_token_others_can_read_a_lone_advertise_and_a_node_name_with_a_slash_are_refused(tmp_path):
+    """The shared secret must not be world-readable; advertise needs its token file; a node's name must do
+    as a directory and a key."""
+    shared = token(tmp_path, 0o644)
+    assert "chmod o-r" in refusal(lambda: load(tmp_path, f'etcd = ["http://e1:1"]\nadvertise = "h:1"\n'
+                                                         f'token_file = "{shared}"')).reason
+    assert "go together" in refusal(lambda: load(tmp_path, 'etcd = ["http://e1:1"]\nadvertise = "h:1"')).reason
+    assert "daemon.node" in refusal(lambda: load(tmp_path, 'etcd = ["http://e1:1"]', node="a/b")).reason
+
+
+# -- records, keys and the view ----------------------------------------------------------------------
+
+
+def record(name: str, epoch: int = 1, **fields) -> NodeRecord:
+    return NodeRecord(name=name, epoch=epoch, seen_us=1_764_000_000_000_000, **fields)
+
+
+def kv(key: bytes, value: bytes, revision: int) -> KeyValue:
+    return KeyValue(key=key, value=value, create_revision=revision, mod_revision=revision, version=1)
+
+
+def test_a_record_round_trips_through_json_and_keys_say_their_kind():
+    """A record comes back equal from its JSON; each key names its kind and node."""
+    sent = record("a", 3, gpus=2, slots_free=16, kv_pages_free=380, live=2, tasks="4,9", models=("sim",),
+                  advertise="http://h:1")
+    assert NodeRecord.from_json(sent.to_json()) == sent
+    assert [KEYS.kind_of(key) for key in (KEYS.node("a"), KEYS.up("b"), KEYS.epoch("c"), KEYS.pids)] == [
+        ("nodes", "a"), ("up", "b"), ("epoch", "c"), ("pids", "next")]
+
+
+def test_the_view_follows_ups_downs_and_the_oldest_candidate_leads():
+    """Loaded records with up keys are up; the oldest election key leads; a deleted up key leaves the node
+    listed as down with its last record; a newer candidate leads once the older one's key goes."""
+    view = ClusterView(KEYS)
+    view.load([kv(KEYS.node("a"), record("a").to_json(), 2), kv(KEYS.up("a"), b"1", 2),
+               kv(KEYS.node("b"), record("b").to_json(), 3), kv(KEYS.up("b"), b"1", 3),
+               kv(KEYS.election + b"/1f", b"b", 4), kv(KEYS.election + b"/2e", b"a", 5)], revision=5)
+    assert {name: (node.up, node.leader) for name, node in view.nodes().items()} == {"a": (True, False),
+                                                                                      "b": (True, True)}
+    view.apply(Event("DELETE", kv(KEYS.up("b"), b"", 6), None))
+    view.apply(Event("DELETE", kv(KEYS.election + b"/1f", b"", 7), None))
+    view.apply(Event("PUT", kv(KEYS.node("a"), record("a", 2).to_json(), 8), None))
+    nodes = view.nodes()
+    assert (nodes["b"].up, nodes["b"].leader, nodes["a"].leader, nodes["a"].record.epoch) == (False, False, True, 2)
+    assert view.revision == 8
+
+
+def test_status_and_tasks_render_a_node_as_the_man_page_says():
+    """status: Key:<TAB>value lines in order; tasks: one pid a line."""
+    node = NodeView(record("b", 4, gpus=2, slots_free=15, kv_pages_free=300, queued=1, running=1, live=5,
+                           tasks="7,12-14,20", models=("sim", "tiny")), up=False, leader=False)
+    assert members.status(node) == ("Name:\tb\nState:\tdown\nEpoch:\t4\nLeader:\tno\nGpus:\t2\nSlotsFree:\t15\n"
+                                    "KVPagesFree:\t300\nQueued:\t1\nTasksRunning:\t1\nTasksLive:\t5\n"
+                                    "Models:\tsim,tiny\nAdvertise:\t-\nLastSeen:\t2025-11-24T16:00:00Z\n")
+    assert members.tasks(node) == "7\n12\n13\n14\n20\n"
+
+
+@given(st.sets(st.integers(1, 300)))
+def test_pids_round_trip_through_their_ranges(pids):
+    """pid_ranges of pids in order gives them back, in order, through pids_of."""
+    assert list(pids_of(pid_ranges(sorted(pids)))) == sorted(pids)
+
+
+def test_ranges_stop_at_max_ranges():
+    """A record holds at most MAX_RANGES ranges: the first ones, in pid order."""
+    text = pid_ranges(list(range(1, 2 * MAX_RANGES + 10, 2)))
+    assert text.count(",") == MAX_RANGES - 1 and list(pids_of(text))[-1] == 2 * MAX_RANGES - 1
+
+
+# -- a single node's tree ----------------------------------------------------------------------------
+
+
+def test_a_single_node_lists_itself_up_and_leading(tmp_path):
+    """/nodes of a single node holds just it (epoch 0, leader) with its live tasks; /cluster says single."""
+    with open_runtime(tmp_path) as rt:
+        tree = Tree(rt)
+        pid = submit(rt, tokens=50)
+        assert [name for name, _ in resolve(tree, "/nodes").entries()] == ["local"]
+        status = dict(line.split(":\t") for line in text(tree, "/nodes/local/status").splitlines())
+        assert (status["State"], status["Epoch"], status["Leader"], status["Gpus"]) == ("up", "0", "yes", "1")
+        assert text(tree, "/nodes/local/tasks") == f"{pid}\n"
+        assert text(tree, "/cluster") == "Node:\tlocal\nMode:\tsingle\nPidsLeft:\t-\n"
+        assert refusal(lambda: resolve(tree, "/nodes/other")).errno == errno.ENOENT
