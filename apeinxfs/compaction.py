@@ -1,20 +1,22 @@
 """Snapshots and compaction in the daemon: start from the newest usable snapshot, write new ones.
 
 Every `retention.snapshot_rows` journal rows, or `retention.snapshot_s` seconds after the
-last snapshot if any row came since (spaced by BUSY_SHARE), the daemon forks: the child encodes the kernel's
-state at the last journal row from its copy-on-write image of the daemon's memory (the
-daemon's trio thread stops only for the fork, however large the state) and writes the
-snapshot's temp file (snapshots.py). A worker thread meanwhile makes the journal durable
-up to that row, waits for the child, publishes the file, keeps the newest KEEP snapshots
-and deletes the journal rows, trace rows and boot rows behind the older one kept
+last snapshot if any row came since (spaced by BUSY_SHARE), the daemon forks: the child
+encodes the kernel's state at the last journal row from its copy-on-write image of the
+daemon's memory (the daemon's trio thread stops only for the fork, however large the
+state) and writes the snapshot's temp file (snapshots.py). A worker thread waits for the
+child, syncs the journal's files (so the snapshot is never ahead of the journal on disk),
+publishes the file, keeps the newest KEEP snapshots and, once the trace archive holds the
+older one's lines, deletes the journal rows, trace rows and boot rows behind it
 (journal.compact): a damaged newest snapshot can still fall back to the one before it and
-replay the rows after that.
+replay the rows after that. At unmount `close` writes one in process.
 
 At start (`start`) the newest snapshot that reads whole, was written with the same kernel
 config (but for LIVE_KEYS, which the restored kernel takes from the config now: admins,
-the local time zone, retention's limits) and layout, and whose rows after it the journal still holds, is the
-kernel the journal's tail is replayed into. When rows were compacted and no snapshot is usable, the
-daemon refuses to start, saying why for each, rather than start from nothing.
+the local time zone, retention's limits) and layout, and whose rows after it the journal
+still holds, is the kernel the journal's tail is replayed into. When rows were compacted
+and no snapshot is usable, the daemon refuses to start, saying why for each, rather than
+start from nothing.
 
 Decoding a snapshot and replaying rows is recovery (recovery.py); the file format is
 snapshots.py's; `apeinxfs replay --verify` starts from snapshots through `starts` too.
