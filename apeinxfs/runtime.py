@@ -98,12 +98,18 @@ class Runtime:
         self.endpoint_states: dict = {}  # (model, gpus) -> one endpoint's EngineState (engine_states: the best of them)
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
         self.journal_due = False  # the steps waiting are to be journaled next round (a trace line, or PROGRESS_S)
+        self.snapshotter = None  # compaction.Snapshotter, set by the daemon (mount.py): snapshots and compaction
         self.cluster = None  # cluster/daemon.Cluster when [cluster] names etcd (set by mount.py); None: one node
 
     def recover(self) -> int:
-        """Replay the journal into the kernel, quarantining any row that cannot be applied
-        (recovery.py); mark the restart. Returns rows replayed."""
-        self.kernel = rebuild(self._fresh_kernel, self.journal.rows, LAST, self.quarantined, self.kernel)
+        """Replay the journal into the kernel, from the newest usable snapshot if the daemon keeps them
+        (compaction.py), quarantining any row that cannot be applied (recovery.py); mark the restart.
+        Returns the journal's rows."""
+        fresh, after = self._fresh_kernel, 0
+        if self.snapshotter is not None:
+            start = self.snapshotter.start()
+            fresh, after = (lambda: self._holding(start.fresh())), start.seq
+        self.kernel = rebuild(fresh, lambda _after, upto: self.journal.rows(after, upto), LAST, self.quarantined)
         self.kernel.take_changed()
         if self.config.check_invariants:
             self.kernel.check_invariants()
@@ -116,8 +122,10 @@ class Runtime:
         return rows
 
     def _fresh_kernel(self) -> Kernel:
-        """A kernel whose trace keeps the lines the archive has not written yet (trace.py's `hold`)."""
-        kernel = Kernel(self.config.kernel)
+        return self._holding(Kernel(self.config.kernel))
+
+    def _holding(self, kernel: Kernel) -> Kernel:
+        """`kernel`, its trace keeping the lines the archive has not written yet (trace.py's `hold`)."""
         kernel.trace.hold = None if self.archive is None else self.archive.seq
         return kernel
 
@@ -330,6 +338,8 @@ class Runtime:
             nursery.start_soon(self.readers.watch)
             if self.readings is not None:
                 nursery.start_soon(self._sample_gpu_memory)
+            if self.snapshotter is not None:
+                nursery.start_soon(self.snapshotter.run)
             if self.cluster is not None:
                 nursery.start_soon(self.cluster.run)
             task_status.started()
