@@ -138,10 +138,11 @@ def first_bytes(daemon, url: str) -> tuple[float, float]:
     return statistics.median(mounted), statistics.median(engine)
 
 
-def meminfo_p99(daemon, seconds: float = 2.0) -> float:
-    """p99 ms of `cat /ai/memory/meminfo` over `seconds`."""
+def meminfo_p99(daemon, seconds: float = 2.0, least: int = 100) -> float:
+    """p99 ms of `cat /ai/memory/meminfo` over `seconds`, and at least `least` reads (a stall of the daemon
+    makes a long read, not a measure of one or none)."""
     path, times, end = daemon.path("memory", "meminfo"), [], time.perf_counter() + seconds
-    while (start := time.perf_counter()) < end:
+    while (start := time.perf_counter()) < end or len(times) < least:
         read_all(path)
         times.append((time.perf_counter() - start) * 1000)
         time.sleep(0.002)
