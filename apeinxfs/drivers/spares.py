@@ -8,9 +8,11 @@ whose direct connections come from a `SpareBackend` (one per driver, shared by t
 of its GPUs): httpcore's trio backend with, per engine address, one connection already open
 (`Keeper`). A request takes it instead of connecting; the keeper opens the next one REFILL_S
 later, off the path of the first token, and renews a spare that waited SPARE_S (engines
-drop idle connections after 5 s). A spare the engine closed anyway (readable: EOF) is
-dropped and the request connects; one it closes just as the request goes out fails before
-any answer, which the openai driver retries at once (openai.Stale). Proxied URLs keep
+drop idle connections after 5 s). A connection to an IP address, spare or not, is one
+connect(2) (`connect`), without trio.open_tcp_stream's resolver and nursery. A spare the
+engine closed anyway (readable: EOF) is dropped and the request connects; one it closes
+just as the request goes out fails before any answer, which the openai driver retries at
+once (openai.Stale). Proxied URLs keep
 httpx's own transports (mounted from the environment) and their backend: only the client's
 default transport gets spares.
 
