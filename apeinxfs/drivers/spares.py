@@ -36,6 +36,8 @@ import httpx
 import trio
 from httpcore._backends.trio import TrioStream  # the stream httpcore's trio backend wraps a connection in
 
+from . import bare
+
 SPARE_S = 2.0  # the longest a spare waits for a request before it is renewed (engines drop idle ones after 5 s)
 REFILL_S = 0.05  # after a spare is taken, the wait before the next is opened: its connect is off the first token's path
 RETRY_S = 2.0  # after a failed connect, the wait before the keeper tries again (the engine may be down)
@@ -57,14 +59,22 @@ async def client(backend: "SpareBackend", **options):
 
 @contextlib.asynccontextmanager
 async def stream(http: httpx.AsyncClient, url: str, body: dict, timeout: float):
-    """POST `body` as JSON to `url` through the transport `http` has for it; yields the streaming response."""
-    request = httpx.Request("POST", parsed(url), json=body, extensions={"timeout": httpx.Timeout(timeout).as_dict()})
-    response = await http._transport_for_url(request.url).handle_async_request(request)
-    response.request = request
+    """POST `body` as JSON to `url`: through a bare exchange (bare.py) on a connection of the client's
+    backend where `http` sends it straight (http://, no proxy), else through the transport it has for it;
+    yields the streaming response."""
+    target, response = parsed(url), None
+    transport = http._transport_for_url(target)
     try:
+        if target.scheme == "http" and transport is http._transport:
+            response = await bare.exchange(transport._pool._network_backend, target, body, timeout)
+        else:
+            request = httpx.Request("POST", target, json=body, extensions={"timeout": httpx.Timeout(timeout).as_dict()})
+            response = await transport.handle_async_request(request)
+            response.request = request
         yield response
     finally:
-        await response.aclose()
+        if response is not None:
+            await response.aclose()
 
 
 def pace(response: httpx.Response, interval_s: float) -> None:
