@@ -18,12 +18,13 @@ default transport gets spares.
 
 Streams hold a request's writes until it reads (`Coalescing`): headers and body leave in
 one send, at one trio checkpoint; once `pace`d (a stream whose tokens flow), they read at
-most once per interval, several tokens a read. `stream` hands a request to the transport
-the client picks for its URL, without the client's default headers, cookies,
-authentication, redirects and event hooks (an engine needs none; they cost the daemon's one
-thread ~0.4 ms a request, half of it before the request leaves). httpx has no public API
-for either hook (the default transport's backend, the transport for a URL): both use its
-private attributes, checked where they are set. Not an HTTP client: httpx is.
+most once per interval, several tokens a read. `stream` sends a request the client would
+send straight (http://, no proxy) as a bare exchange (bare.py) on a connection of its
+backend, and any other to the transport the client picks for its URL; either way without
+the client's default headers, cookies, authentication, redirects and event hooks (an engine
+needs none). httpx has no public API for these hooks (the default transport and its
+backend, the transport for a URL): they use its private attributes, checked where they are
+set. Not an HTTP client: httpx is, and bare.py for one kind of request.
 """
 import contextlib
 import functools
