@@ -12,7 +12,8 @@
 `caller` is the nodes.base.Caller the peer acts for. A refusal there comes back as the same
 ApeinxError class (peer_wire). A peer that cannot be reached, does not answer within
 `timeout` (connect: `connect_timeout`), or closes the connection mid-answer gives PeerDown
-(EHOSTDOWN) with the reason; for a command (submit, kill, ctl) whose answer was lost the
+(EHOSTDOWN) with the reason (PeerUnreachable if it could not be connected to: nothing was
+sent); for a command (submit, kill, ctl) whose answer was lost the
 reason says that its outcome is unknown: it is never sent twice. A wrong token gives
 PeerRefused (EACCES). A `stream` or `wait` may idle as long as its task is silent: the
 peer sends a heartbeat every HEARTBEAT_S, so a read idle for `idle_timeout` means a peer
@@ -25,7 +26,8 @@ import httpx
 import trio
 
 from ..nodes.base import Caller
-from .peer_wire import CALLER_HEADER, HEARTBEAT_S, FrameReader, PeerDown, PeerRefused, decode_error, encode_caller
+from .peer_wire import (CALLER_HEADER, HEARTBEAT_S, FrameReader, PeerDown, PeerRefused, PeerUnreachable, decode_error,
+                        encode_caller)
 
 IDLE_TIMEOUT_S = 4 * HEARTBEAT_S  # a stream or wait with no byte for this long: the peer is stopped or cut off
 UNKNOWN = "; its outcome is unknown (it may have run there)"
@@ -138,7 +140,7 @@ class Peer:
         try:
             yield
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise PeerDown(f"peer {self.url}: cannot connect: {exc or type(exc).__name__}") from None
+            raise PeerUnreachable(f"peer {self.url}: cannot connect: {exc or type(exc).__name__}") from None
         except httpx.TimeoutException:
             raise PeerDown(f"peer {self.url}: silent for {seconds:g}s during {what}") from None
         except httpx.TransportError as exc:

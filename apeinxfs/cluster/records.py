@@ -32,6 +32,7 @@ class NodeRecord:
     tasks: str = ""  # their pids as ranges, "4-9,12" (pid_ranges: the first MAX_RANGES of them)
     models: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     advertise: str | None = None  # its address for node-to-node traffic ([cluster] advertise)
+    pid_next: int = 0  # the pid its next task gets: it has given every pid of its blocks below it
 
     def to_json(self) -> bytes:
         return json.dumps(attrs.asdict(self), separators=(",", ":")).encode()
@@ -59,7 +60,7 @@ def record_of(kernel, epoch: int, seen_us: int, advertise: str | None) -> NodeRe
                       kv_pages_free=sum(pool.pages_free for pool in kernel.kv.pools),
                       queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING), live=live,
                       tasks=pid_ranges(kernel.tasks.live_pids()) if live else "", models=sorted(kernel.models),
-                      advertise=advertise)
+                      advertise=advertise, pid_next=kernel.tasks.next_pid)
 
 
 def pid_ranges(pids: list[int]) -> str:
@@ -115,6 +116,10 @@ class Keys:
     def pids(self) -> bytes:
         """The first pid no node has been granted yet."""
         return self._key("pids", "next")
+
+    def block(self, first: int) -> bytes:
+        """Who holds the pid block that starts at `first`: "NAME COUNT" (no lease: pids stay where they are)."""
+        return self._key("blocks", str(first))
 
     @property
     def election(self) -> bytes:
