@@ -101,3 +101,13 @@ def test_kill_and_ctl_from_another_node_act_on_the_task_where_it_runs(nodes):
             kill(other, pid)
         assert cat(other, "tasks", str(pid), "wait") == "killed\n"
         assert keyed(nodes[owner].path("tasks", str(pid), "status"))["Exit"] == "killed"
+
+
+def test_a_killed_node_is_passed_over_and_the_trace_says_so(nodes):
+    """kill -9 of c: before its lease expires it still looks up, so a's placements try it, find it cannot
+    be connected to, place on a or b instead and say so in the `place` line; every submit succeeds."""
+    nodes["c"].kill9()
+    pids = [submit_soon(nodes["a"], MEDIUM_TASK) for _ in range(4)]
+    assert {keyed(nodes["a"].path("tasks", str(pid), "status"))["Node"] for pid in pids} <= {"a", "b"}
+    placed = [line for line in cat(nodes["a"], "trace", "events").splitlines()[-20:] if line.split(",")[2] == "place"]
+    assert any("c unreachable" in line for line in placed), placed
