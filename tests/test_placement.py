@@ -1,10 +1,13 @@
-"""Tier 1: the placement policy (cluster/placement.py) over nodes' records, and the pid-range lookup of
-cluster/routing.py; pure, no etcd."""
+"""Tier 1: the placement policy (cluster/placement.py) over nodes' records, and where cluster/routing.py
+finds a pid; pure, no etcd."""
+import types
+
 from hypothesis import given, strategies as st
 
 from apeinxfs.cluster.placement import pressure, rank
-from apeinxfs.cluster.records import NodeRecord, NodeView, pid_ranges
-from apeinxfs.cluster.routing import holds
+from apeinxfs.cluster.records import Keys, NodeRecord, NodeView, pid_ranges
+from apeinxfs.cluster.routing import Router, holds
+from apeinxfs.cluster.view import ClusterView
 
 SIM = frozenset({"sim"})
 
@@ -58,3 +61,25 @@ def test_pressure_grows_with_each_pending_task(slots_free, queued, pending):
 def test_a_pid_is_held_exactly_when_its_ranges_list_it(pids, pid):
     """routing.holds over pid_ranges' text agrees with membership of the pid set."""
     assert holds(pid_ranges(sorted(pids)), pid) == (pid in pids)
+
+
+def router_over(records: dict, blocks: dict, local_pids=()) -> Router:
+    """A Router of node a over a view holding `records` and `blocks` (no etcd, no peers)."""
+    view = ClusterView(Keys("t/"))
+    view.records, view.blocks, view.up = records, blocks, dict.fromkeys(records, 1)
+    rt = types.SimpleNamespace(kernel=types.SimpleNamespace(tasks=set(local_pids)))
+    settings = types.SimpleNamespace(token_file=None)
+    return Router(types.SimpleNamespace(rt=rt, name="a", settings=settings, view=view))
+
+
+def test_a_pid_is_found_on_its_blocks_holder_once_given_or_where_it_is_published_live():
+    """Block holders answer for pids their record says they gave (exited too); a pid not given yet, or a
+    local one, has no remote owner; a pid from before the cluster is found by the records' live ranges."""
+    records = {"a": NodeRecord("a", 1, 0, pid_next=15), "b": NodeRecord("b", 1, 0, pid_next=110, tasks="3,105"),
+               "c": NodeRecord("c", 1, 0, pid_next=0)}
+    router = router_over(records, {11: (10, "a"), 101: (10, "b"), 201: (10, "c")}, local_pids=[12])
+    assert router.owner(105) == "b" and router.owner(102) == "b" and router.owner(110) is None
+    assert router.owner(12) is None and router.owner(13) is None and router.owner(201) is None
+    assert router.owner(3) == "b" and router.remote_pids() == [3, 105]
+    router.count("c", [201])
+    assert router.owner(201) == "c" and router.pending() == {"c": 1}
