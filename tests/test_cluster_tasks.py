@@ -48,6 +48,11 @@ def listed_tasks(daemon: Daemon) -> set[int]:
     return {int(name) for name in os.listdir(daemon.path("tasks"))}
 
 
+def seen_on(daemon: Daemon, pid: int) -> None:
+    """Wait until `daemon` knows task `pid` of another node (its node publishes its pids every second)."""
+    poll_until(lambda: os.path.exists(daemon.path("tasks", str(pid))), SETTLE_S, f"task {pid} on {daemon.mountpoint}")
+
+
 def kill(daemon: Daemon, pid: int) -> None:
     subprocess.run(["sh", "-c", f"echo {pid} > {daemon.path('ctl', 'kill')}"], check=True)
 
@@ -79,6 +84,7 @@ def test_wait_and_stream_of_a_remote_task_read_from_another_node(nodes):
     pid = submit_soon(nodes["b"], MEDIUM_TASK)
     owner = keyed(nodes["b"].path("tasks", str(pid), "status"))["Node"]
     other = next(name for name in NAMES if name != owner)
+    seen_on(nodes[other], pid)
     assert cat(nodes[other], "tasks", str(pid), "wait") == "done\n"
     streamed = {name: cat(d, "tasks", str(pid), "stream") for name, d in nodes.items()}
     assert len(set(streamed.values())) == 1 and streamed[owner]
@@ -92,6 +98,7 @@ def test_kill_and_ctl_from_another_node_act_on_the_task_where_it_runs(nodes):
     for pid in (first, second):
         owner = keyed(nodes["a"].path("tasks", str(pid), "status"))["Node"]
         other = nodes[next(name for name in NAMES if name != owner)]
+        seen_on(other, pid)
         if pid == first:
             kill(other, pid)
         else:

@@ -74,12 +74,14 @@ def router_over(records: dict, blocks: dict, local_pids=()) -> Router:
 
 def test_a_pid_is_found_on_its_blocks_holder_once_given_or_where_it_is_published_live():
     """Block holders answer for pids their record says they gave (exited too); a pid not given yet, or a
-    local one, has no remote owner; a pid from before the cluster is found by the records' live ranges."""
-    records = {"a": NodeRecord("a", 1, 0, pid_next=15), "b": NodeRecord("b", 1, 0, pid_next=110, tasks="3,105"),
-               "c": NodeRecord("c", 1, 0, pid_next=0)}
+    local one, has no remote owner; a pid from before the cluster is found by the records' live ranges;
+    a live remote task is its published tenant's, an exited one nobody's in particular."""
+    b = NodeRecord("b", 1, 0, pid_next=110, tasks="3,105", tenants={"default": "3", "t2": "105"})
+    records = {"a": NodeRecord("a", 1, 0, pid_next=15), "b": b, "c": NodeRecord("c", 1, 0, pid_next=0)}
     router = router_over(records, {11: (10, "a"), 101: (10, "b"), 201: (10, "c")}, local_pids=[12])
     assert router.owner(105) == "b" and router.owner(102) == "b" and router.owner(110) is None
     assert router.owner(12) is None and router.owner(13) is None and router.owner(201) is None
-    assert router.owner(3) == "b" and router.remote_pids() == [3, 105]
+    assert router.owner(3) == "b" and router.remote_tasks() == [(3, "b", "default"), (105, "b", "t2")]
+    assert router.task_dir(105).tenant == "t2" and router.task_dir(102).tenant is None
     router.count("c", [201])
     assert router.owner(201) == "c" and router.pending() == {"c": 1}

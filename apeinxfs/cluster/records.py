@@ -33,6 +33,7 @@ class NodeRecord:
     models: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     advertise: str | None = None  # its address for node-to-node traffic ([cluster] advertise)
     pid_next: int = 0  # the pid its next task gets: it has given every pid of its blocks below it
+    tenants: dict[str, str] = attrs.field(factory=dict, hash=False)  # tenant -> its live pids, as ranges
 
     def to_json(self) -> bytes:
         return json.dumps(attrs.asdict(self), separators=(",", ":")).encode()
@@ -60,7 +61,17 @@ def record_of(kernel, epoch: int, seen_us: int, advertise: str | None) -> NodeRe
                       kv_pages_free=sum(pool.pages_free for pool in kernel.kv.pools),
                       queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING), live=live,
                       tasks=pid_ranges(kernel.tasks.live_pids()) if live else "", models=sorted(kernel.models),
-                      advertise=advertise, pid_next=kernel.tasks.next_pid)
+                      advertise=advertise, pid_next=kernel.tasks.next_pid,
+                      tenants={tenant: pid_ranges(pids) for tenant, pids in live_by_tenant(kernel).items()} if live else {})
+
+
+def live_by_tenant(kernel) -> dict[str, list[int]]:
+    """Each tenant's live pids, in order."""
+    found: dict[str, list[int]] = {}
+    for task in kernel.tasks.values():
+        if task.state is not State.EXITED:
+            found.setdefault(task.tenant, []).append(task.pid)
+    return {tenant: sorted(pids) for tenant, pids in found.items()}
 
 
 def pid_ranges(pids: list[int]) -> str:

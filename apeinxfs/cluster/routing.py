@@ -5,8 +5,10 @@
   there (the last PLACED_MAX), else the node granted its pid block (view.holder) if its
   record says it gave the pid already, else one whose record lists it live; None if it is
   here or nowhere known.
-- `remote_pids()`: the live pids the up nodes other than this one publish (for `ls /tasks`).
-- `task_dir(pid)`: /tasks/PID of a task on another node, served through its peer.
+- `remote_tasks()`: the live tasks the up nodes other than this one publish, with their
+  tenants (for `ls /tasks`, which shows a caller its tenant's).
+- `task_dir(pid)`: /tasks/PID of a task on another node, served through its peer, of its
+  tenant where its node publishes it live.
 - `route_submit`, `route_kill`, `route_ctl`: a nodes.forwarding.Route for a write to
   ctl/submit, ctl/kill or /tasks/PID/ctl of a remote task.
 A submit write goes, whole, to the best node placement.rank names; a node that cannot be
@@ -86,19 +88,27 @@ class Router:
             name = next((name for name, record in view.records.items() if holds(record.tasks, pid)), None)
         return None if name == self.here else name
 
-    def remote_pids(self) -> list[int]:
-        """Live pids of the up nodes but this one, in order."""
+    def remote_tasks(self) -> list[tuple[int, str, str]]:
+        """(pid, node, tenant) of the live tasks of the up nodes but this one, in pid order."""
         view = self.cluster.view
         found = []
         for name, record in view.records.items():
             if name != self.here and name in view.up:
-                firsts, lasts = spans(record.tasks)
-                found += [pid for first, last in zip(firsts, lasts) for pid in range(first, last + 1)]
+                for tenant, ranges in record.tenants.items():
+                    firsts, lasts = spans(ranges)
+                    found += [(pid, name, tenant) for first, last in zip(firsts, lasts) for pid in range(first, last + 1)]
         return sorted(found)
 
-    def task_dir(self, pid: int) -> RemoteTaskDir | None:
-        name = self.owner(pid)
-        return None if name is None else RemoteTaskDir(pid=pid, node=name, router=self)
+    def task_dir(self, pid: int, node: str | None = None, tenant: str | None = None) -> RemoteTaskDir | None:
+        """/tasks/PID of task `pid` on another node (`node`, else its owner), of `tenant` (else the one its
+        node publishes for it live; None for an exited one: the peer checks its caller all the same)."""
+        node = node or self.owner(pid)
+        if node is None:
+            return None
+        if tenant is None:
+            tenants = self.cluster.view.records[node].tenants if node in self.cluster.view.records else {}
+            tenant = next((name for name, ranges in tenants.items() if holds(ranges, pid)), None)
+        return RemoteTaskDir(pid=pid, node=node, router=self, tenant=tenant)
 
     def peer(self, name: str) -> Peer:
         """The client of node `name`'s peer server; PeerDown if it has none or this node has no token."""

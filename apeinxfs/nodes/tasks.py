@@ -127,8 +127,9 @@ class TasksDir(Dir):
         return None if self.rt.cluster is None else self.rt.cluster.router.task_dir(pid)
 
     def entries(self):
-        local = [(pid, self.task_dir(task)) for pid, task in self.rt.kernel.tasks.items()]
+        found = [(pid, self.task_dir(task)) for pid, task in self.rt.kernel.tasks.items()]
         if self.rt.cluster is not None:  # and the live tasks of the other nodes, in pid order
-            local = sorted(local + [(pid, self.remote_dir(pid)) for pid in self.rt.cluster.router.remote_pids()],
-                           key=lambda entry: entry[0])
-        return [(str(pid), node) for pid, node in local if node is not None]
+            router = self.rt.cluster.router
+            found = sorted(found + [(pid, router.task_dir(pid, node, tenant)) for pid, node, tenant in
+                                    router.remote_tasks()], key=lambda entry: entry[0])
+        return [(str(pid), node) for pid, node in found]
