@@ -5,7 +5,8 @@ import types
 from hypothesis import given, strategies as st
 
 from apeinxfs.cluster.placement import pressure, rank
-from apeinxfs.cluster.records import Keys, NodeRecord, NodeView, pid_ranges
+from apeinxfs.cluster.records import MAX_RANGES, Keys, NodeRecord, NodeView, pid_ranges, tenant_ranges
+from apeinxfs.kernel.task import State
 from apeinxfs.cluster.routing import Router, holds
 from apeinxfs.cluster.view import ClusterView
 
@@ -85,3 +86,14 @@ def test_a_pid_is_found_on_its_blocks_holder_once_given_or_where_it_is_published
     assert router.task_dir(105).tenant == "t2" and router.task_dir(102).tenant is None
     router.count("c", [201])
     assert router.owner(201) == "c" and router.pending() == {"c": 1}
+
+
+def test_each_tenants_live_pids_are_published_within_one_cap_for_all():
+    """Live pids by tenant, exited ones left out; scattered pids of many tenants stop at MAX_RANGES runs in all."""
+    def task(pid, tenant, state=State.RUNNING):
+        return types.SimpleNamespace(pid=pid, tenant=tenant, state=state)
+    small = [task(1, "a"), task(2, "a"), task(3, "b"), task(4, "a", State.EXITED), task(5, "a")]
+    assert tenant_ranges(types.SimpleNamespace(tasks={t.pid: t for t in small})) == {"a": "1-2,5", "b": "3"}
+    scattered = [task(pid, f"t{pid % 3}") for pid in range(1, 4 * MAX_RANGES, 2)]
+    ranges = tenant_ranges(types.SimpleNamespace(tasks={t.pid: t for t in scattered}))
+    assert sum(text.count(",") + 1 for text in ranges.values()) == MAX_RANGES and sorted(ranges) == ["t0", "t1"]

@@ -62,26 +62,31 @@ def record_of(kernel, epoch: int, seen_us: int, advertise: str | None) -> NodeRe
                       queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING), live=live,
                       tasks=pid_ranges(kernel.tasks.live_pids()) if live else "", models=sorted(kernel.models),
                       advertise=advertise, pid_next=kernel.tasks.next_pid,
-                      tenants={tenant: pid_ranges(pids) for tenant, pids in live_by_tenant(kernel).items()} if live else {})
+                      tenants=tenant_ranges(kernel) if live else {})
 
 
-def live_by_tenant(kernel) -> dict[str, list[int]]:
-    """Each tenant's live pids, in order."""
+def tenant_ranges(kernel) -> dict[str, str]:
+    """Each tenant's live pids as ranges, MAX_RANGES of them in all (those past it are not listed)."""
     found: dict[str, list[int]] = {}
     for task in kernel.tasks.values():
         if task.state is not State.EXITED:
             found.setdefault(task.tenant, []).append(task.pid)
-    return {tenant: sorted(pids) for tenant, pids in found.items()}
+    ranges, left = {}, MAX_RANGES
+    for tenant, pids in sorted(found.items()):
+        if left > 0:
+            ranges[tenant] = pid_ranges(sorted(pids), left)
+            left -= ranges[tenant].count(",") + 1
+    return ranges
 
 
-def pid_ranges(pids: list[int]) -> str:
-    """Pids in order as "A-B,C" ranges, the first MAX_RANGES of them (so a record stays far below etcd's
+def pid_ranges(pids: list[int], most: int = MAX_RANGES) -> str:
+    """Pids in order as "A-B,C" ranges, the first `most` of them (so a record stays far below etcd's
     1.5 MiB request limit)."""
     ranges: list[list[int]] = []
     for pid in pids:
         if ranges and ranges[-1][1] == pid - 1:
             ranges[-1][1] = pid
-        elif len(ranges) < MAX_RANGES:
+        elif len(ranges) < most:
             ranges.append([pid, pid])
         else:
             break
