@@ -56,25 +56,31 @@ class NodeView:
 def record_of(kernel, epoch: int, seen_us: int, advertise: str | None) -> NodeRecord:
     """The record a node publishes: its kernel's GPUs, free slots and KV pages, queue and live tasks."""
     live = len(kernel.tasks) - kernel.tasks.count(State.EXITED)
+    by_tenant = live_by_tenant(kernel) if live else {}  # one pass over the task table, only while tasks live
     return NodeRecord(name=kernel.config.node, epoch=epoch, seen_us=seen_us, gpus=len(kernel.gpus),
                       slots_free=sum(gpu.config.slots - len(gpu.running) for gpu in kernel.gpus),
                       kv_pages_free=sum(pool.pages_free for pool in kernel.kv.pools),
                       queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING), live=live,
-                      tasks=pid_ranges(kernel.tasks.live_pids()) if live else "", models=sorted(kernel.models),
-                      advertise=advertise, pid_next=kernel.tasks.next_pid,
-                      tenants=tenant_ranges(kernel) if live else {})
+                      tasks=pid_ranges(sorted(pid for pids in by_tenant.values() for pid in pids)),
+                      models=sorted(kernel.models), advertise=advertise, pid_next=kernel.tasks.next_pid,
+                      tenants=tenant_ranges(by_tenant))
 
 
-def tenant_ranges(kernel) -> dict[str, str]:
-    """Each tenant's live pids as ranges, MAX_RANGES of them in all (those past it are not listed)."""
+def live_by_tenant(kernel) -> dict[str, list[int]]:
+    """Each tenant's live pids, in order."""
     found: dict[str, list[int]] = {}
     for task in kernel.tasks.values():
         if task.state is not State.EXITED:
             found.setdefault(task.tenant, []).append(task.pid)
+    return {tenant: sorted(pids) for tenant, pids in found.items()}
+
+
+def tenant_ranges(by_tenant: dict[str, list[int]]) -> dict[str, str]:
+    """Each tenant's live pids as ranges, MAX_RANGES of them in all (those past it are not listed)."""
     ranges, left = {}, MAX_RANGES
-    for tenant, pids in sorted(found.items()):
+    for tenant, pids in sorted(by_tenant.items()):
         if left > 0:
-            ranges[tenant] = pid_ranges(sorted(pids), left)
+            ranges[tenant] = pid_ranges(pids, left)
             left -= ranges[tenant].count(",") + 1
     return ranges
 

@@ -31,7 +31,7 @@ from ..nodes.remote import RemoteTaskDir
 from .peer_client import Peer
 from .peer_wire import PeerDown, PeerUnreachable, read_token
 from .placement import Choice, rank
-from .records import pid_ranges
+from .records import pid_ranges, pids_of
 
 log = logging.getLogger(__name__)
 PLACED_MAX = 100_000  # pids this node placed elsewhere that it remembers (so their files resolve at once)
@@ -95,8 +95,7 @@ class Router:
         for name, record in view.records.items():
             if name != self.here and name in view.up:
                 for tenant, ranges in record.tenants.items():
-                    firsts, lasts = spans(ranges)
-                    found += [(pid, name, tenant) for first, last in zip(firsts, lasts) for pid in range(first, last + 1)]
+                    found += [(pid, name, tenant) for pid in pids_of(ranges)]
         return sorted(found)
 
     def task_dir(self, pid: int, node: str | None = None, tenant: str | None = None) -> RemoteTaskDir | None:

@@ -81,7 +81,7 @@ def _files(rt, task) -> dict:
     """Builders of the nodes of a task's files, by name: only the one asked for is built."""
     pid = task.pid
     return {
-        "status": lambda: Show(show=lambda: status(task, _sandbox(rt, task), rt.kernel.config.node if rt.cluster else None)),
+        "status": lambda: Show(show=lambda: status(task, _sandbox(rt, task), rt.cluster and rt.kernel.config.node)),
         "ctl": lambda: Command(mode=stat.S_IFREG | 0o220, run=ctl.task_ctl(rt, pid)),
         "prompt": lambda: Show(mode=PRIVATE, show=lambda: task.spec.prompt),
         "output": lambda: Log(mode=PRIVATE, source=lambda: task.output),
