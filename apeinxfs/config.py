@@ -25,7 +25,8 @@ SECTIONS = {
     "gpus": {"simulated", "memory_mib", "kv_mib", "kv_fraction", "slots"},
     "access": {"admin_uids", "admin_gids", "unmapped"},
     "billing": {"period"},
-    "retention": {"trace_bytes", "trace_file_bytes", "tasks", "task_age_s", "trace_lines"},
+    "retention": {"trace_bytes", "trace_file_bytes", "tasks", "task_age_s", "trace_lines", "snapshot_rows",
+                  "snapshot_s"},
     "cluster": cluster_settings.KEYS,
 }
 LISTS = ("models", "tenants")
@@ -40,10 +41,16 @@ def _positive(_config, attribute, value) -> None:
 @attrs.frozen
 class Retention:
     """What the daemon keeps on disk, `[retention]`: the trace archive's files (archive.py) by size, in
-    bytes. (The section's other keys, what stays in memory, are the kernel's MemoryRetention.)"""
+    bytes; how often a snapshot lets the journal drop its older rows (compaction.py). (The section's
+    other keys, what stays in memory, are the kernel's MemoryRetention.)"""
 
     trace_file_bytes: int = attrs.field(default=64 << 20, validator=attrs.validators.gt(0))
     trace_bytes: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # all files together; 0: no limit
+    # a snapshot every snapshot_rows journal rows, or snapshot_s seconds if a row came since
+    snapshot_rows: int = attrs.field(default=2000, validator=[attrs.validators.instance_of(int),
+                                                               attrs.validators.gt(0)])
+    snapshot_s: float = attrs.field(default=300.0, validator=[attrs.validators.instance_of((int, float)),
+                                                              attrs.validators.gt(0)])
 
 
 @attrs.frozen

@@ -20,6 +20,10 @@ A write the storage refuses (a full disk, an I/O error, a read-only file system)
 `Degraded` with the storage's errno and changes nothing: the transaction is rolled back,
 and the connection stays usable for the next try (runtime.py decides what the daemon does).
 
+Behind a snapshot of the state (compaction.py) `compact` deletes the rows, their trace rows
+and the boot rows no later row needs, from a connection of its own; `first_seq` then says
+where the rows start.
+
 This module stores and reads rows; it does not interpret them (kernel/events.py does) and
 does not run the kernel. `NullJournal` keeps nothing, for runs no one will replay.
 """
@@ -55,6 +59,7 @@ CREATE TABLE IF NOT EXISTS trace (
 """
 LAST = (1 << 63) - 1  # the largest seq SQLite holds: "to the end"
 FLUSH_ROWS = 32
+WAL_BYTES = 4 << 20
 SQLITE_ERRNO = {sqlite3.SQLITE_FULL: errno.ENOSPC, sqlite3.SQLITE_READONLY: errno.EROFS,  # by primary result code
                 sqlite3.SQLITE_IOERR: errno.EIO}
 STORAGE_FAULTS = (sqlite3.OperationalError, OSError)  # what a write the storage refused raises
@@ -121,8 +126,10 @@ class Journal:
         else:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new file: compaction gives pages back (compact)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute(f"PRAGMA journal_size_limit={WAL_BYTES}")  # the WAL is cut back to this once reset
             self.db.executescript(SCHEMA)
         self.last_seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
         self._booted = False
@@ -168,6 +175,14 @@ class Journal:
         """Journal the deferred steps now, if any (raises Degraded, keeping them, when that fails)."""
         if self._deferred:
             self.append([])
+
+    def flush_all(self) -> None:
+        """Journal the deferred steps and write every trace row pending (before a snapshot: compaction
+        must not meet a trace row written after the rows it drops)."""
+        self.flush()
+        if self._uncommitted or self._pending:
+            self._commit(self._uncommitted, 1)
+            self._uncommitted = []
 
     def _commit(self, rows: list[tuple], trace_rows_at_least: int) -> None:
         """One transaction: journal `rows`, and the trace rows pending if there are enough."""
@@ -240,18 +255,59 @@ class Journal:
         query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
         return self.db.execute(query, (name,)).fetchone() is not None
 
+    def first_seq(self) -> int:
+        """The seq of the first row the journal holds: 1 unless rows were compacted (`compact`)."""
+        return self.db.execute("SELECT coalesce(min(seq), ?) FROM journal", (self.last_seq + 1,)).fetchone()[0]
+
     def __len__(self) -> int:
         return self.db.execute("SELECT count(*) FROM journal").fetchone()[0] + len(self._uncommitted)
 
     def close(self) -> None:
         """Commit the deferred steps, the rows and the trace rows still pending, then close."""
         try:
-            self.flush()
-            if self._uncommitted or self._pending:
-                self._commit(self._uncommitted, 1)
-                self._uncommitted = []
+            self.flush_all()
         finally:
             self.db.close()
+
+
+COMPACT_ROWS = 5000  # rows deleted per transaction: the daemon's own writes wait at most that long
+INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
+
+
+def compact(path: str, upto: int) -> None:
+    """Delete the journal rows up to `upto` (never the last), their trace rows and the boot rows no
+    later row needs, then give the free pages back (the file shrinks) and empty the WAL. On a
+    connection of its own: it runs in a thread beside the daemon's writes, which wait for each of
+    its transactions (SQLite's busy timeout)."""
+    db = sqlite3.connect(path, isolation_level=None, timeout=60)
+    try:
+        while db.execute("DELETE FROM journal WHERE seq IN (SELECT seq FROM journal WHERE seq <= ? AND seq < "
+                         "(SELECT max(seq) FROM journal) ORDER BY seq LIMIT ?)", (upto, COMPACT_ROWS)).rowcount:
+            db.execute("DELETE FROM trace WHERE row IN (SELECT row FROM trace WHERE row <= ? ORDER BY row LIMIT ?)",
+                       (upto, COMPACT_ROWS))
+        db.execute("DELETE FROM trace WHERE row <= ?", (upto,))
+        db.execute("DELETE FROM boot WHERE boot < (SELECT max(boot) FROM boot WHERE after_row <= ?)", (upto,))
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:  # a file made before compaction was
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            db.execute("VACUUM")  # once: it rewrites the file, the daemon's writes waiting
+        db.executescript("PRAGMA incremental_vacuum;")  # run to its end (execute would free one page)
+        db.execute("PRAGMA busy_timeout = 100")  # a reader (replay --verify) holds the WAL: try again next time,
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # for while this waits, the daemon's writes wait too
+    finally:
+        db.close()
+
+
+def make_durable(path: str) -> None:
+    """Sync the journal's files: rows are committed without a sync (synchronous=NORMAL), and a snapshot
+    written next must never be ahead of the journal after a power cut. No lock is taken: the daemon's
+    writes and a `replay --verify` beside it go on."""
+    for name in (path, path + "-wal"):
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def encoded(group: list[tuple[int, object]]) -> tuple[int, str, str]:

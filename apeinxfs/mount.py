@@ -24,6 +24,7 @@ from .fs import Operations
 from .archive import Archive
 from .cluster import peer_server
 from .cluster.daemon import Cluster
+from .compaction import Snapshotter
 from .journal import Journal
 from .kernel.errors import ApeinxError, Degraded, Invalid
 from .nodes.tree import Tree
@@ -158,6 +159,8 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
         archive = Archive(os.path.join(config.state_dir, "trace"), config.retention.trace_file_bytes,
                           config.retention.trace_bytes)
         runtime = Runtime(config, Journal(os.path.join(config.state_dir, "journal.db")), archive=archive)
+        runtime.snapshotter = Snapshotter(runtime, os.path.join(config.state_dir, "snapshots"),
+                                          config.retention.snapshot_rows, config.retention.snapshot_s)
         rows = runtime.recover()
         runtime.readings = nvml.open_readings(config.kernel.gpus)
         runtime.cluster = Cluster(config.cluster, runtime) if config.cluster else None
@@ -211,6 +214,7 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
             nursery.cancel_scope.cancel()
     finally:
         pyfuse3.close(unmount=signalled)
+        runtime.snapshotter.close()
         try:
             runtime.journal.close()
         except Degraded as exc:  # every row is in; only the trace rows of the last few are lost

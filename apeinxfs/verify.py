@@ -13,22 +13,28 @@ compared; one of them that raises is quarantined as the daemon's recovery does
 (recovery.py), and reported. The lines replayed are also compared with the trace archive
 (archive.py, STATE_DIR/trace/) from its first line on: a line changed, missing or written
 twice there diverges too; lines it has beyond the journal (a live daemon's) are not
-compared. A task the journal does not hold is shown from the archive. It opens the
+compared. A task the journal does not hold is shown from the archive. Where the journal
+was compacted behind snapshots (compaction.py), the replays start from the oldest and
+newest usable snapshot instead of row 1 (and from row 1 too while the journal holds it). It opens the
 journal read-only, in one snapshot, so it runs beside a live daemon. It changes nothing,
 and it is not the daemon's recovery (runtime.py), though it replays the same way.
 """
 import argparse
+import itertools
 import json
 import os
 import sys
+from collections.abc import Callable
 
 import attrs
 
 from . import archive
+from .compaction import rebound, starts, structural
 from .journal import LAST, Emitted, Journal, row_crc
 from .kernel import Kernel
-from .kernel.config import kernel_config_from_dict
+from .kernel.config import KernelConfig, kernel_config_from_dict
 from .kernel.invariants import InvariantError
+from .kernel.trace import HEADER
 from .nodes.replay import archived, show, show_archived
 from .recovery import RowFailed, apply_row, rebuild
 
@@ -68,10 +74,13 @@ class Report:
     archived: int = 0
     divergence: Divergence | None = None
     quarantined: list[str] = attrs.Factory(list)  # rows recovery goes on without (recovery.py)
+    origins: list[str] = attrs.Factory(list)  # where the replays started: row 1, snapshots
+    skipped: list[str] = attrs.Factory(list)  # snapshots not used, and why
 
     def __str__(self) -> str:
-        return self._verdict() + "".join(f"\nQUARANTINED {q}: replayed without it, as the daemon starts"
-                                         for q in self.quarantined)
+        return (self._verdict() + "".join(f"\nQUARANTINED {q}: replayed without it, as the daemon starts"
+                                          for q in self.quarantined)
+                + "".join(f"\nSNAPSHOT NOT USED: {why}" for why in self.skipped))
 
     def _verdict(self) -> str:
         if self.divergence:
@@ -79,6 +88,8 @@ class Report:
         text = f"OK: {self.events} events, {self.lines} trace lines, identical"
         if self.archived:
             text += f"; {self.archived} lines of the trace archive identical"
+        if self.origins != ["row 1"]:
+            text += f"; replayed from {' and from '.join(self.origins)}"
         unchecked = self.events - self.checked
         if unchecked:
             text += (f"; {unchecked} events have no trace row (journaled before the journal kept them, "
@@ -118,36 +129,105 @@ def missing(seq: int) -> Diverged:
     return Diverged(Divergence(seq, "missing", None, "a journal row", "none"))
 
 
-def boot_kernel(journal: Journal, config: dict, after: int, quarantined: dict) -> Kernel:
-    """A kernel booted with `config` that has applied rows 1..after as the daemon's recovery did
-    at that boot: a row that raises is quarantined (recovery.py) and added to `quarantined`."""
+@attrs.frozen
+class Origin:
+    """Where a replay starts: a kernel that has applied rows 1..seq (a fresh one of `config`, or a snapshot's)."""
+
+    name: str
+    config: dict
+    seq: int
+    fresh: Callable[[], Kernel]
+
+
+def beginning(config: dict) -> Origin:
+    """Row 1, with a fresh kernel booted with `config`."""
     try:
         kernel_config = kernel_config_from_dict(config)
-        kernel = Kernel(kernel_config)
+        Kernel(kernel_config)
     except Exception as exc:  # a config from another version, or an edited one
         raise CannotReplay(f"cannot boot the recorded kernel config: {exc}") from None
-    return rebuild(lambda: Kernel(kernel_config), contiguous(journal), after, quarantined, kernel, apply_checked)
+    return Origin("row 1", config, 0, lambda: Kernel(kernel_config))
+
+
+def boot_kernel(journal: Journal, origin: Origin, upto: int, quarantined: dict) -> Kernel:
+    """The origin's kernel after rows origin.seq+1..upto, as the daemon's recovery rebuilt it: a row that
+    raises is quarantined (recovery.py) and added to `quarantined`."""
+    rows = contiguous(journal)
+    return rebuild(origin.fresh, lambda _after, last: rows(origin.seq, last), upto, quarantined, None, apply_checked)
 
 
 # -- verifying ---------------------------------------------------------------------------------
 
 
-def verify(journal: Journal, archive_dir: str | None = None) -> Report:
-    """Replay every row under its boot's config and compare each row's trace with the recorded one,
-    and with the archive in `archive_dir` if given."""
-    boots = recorded_boots(journal)
-    report, kernel, config, quarantined = Report(events=boots[0].after_row), None, None, {}
+def verify(journal: Journal, archive_dir: str | None = None, snapshot_dir: str | None = None) -> Report:
+    """Replay the rows from row 1 if the journal has them all, and from the oldest and newest usable
+    snapshot in `snapshot_dir`, each under its boot's config; compare each row's trace with the recorded
+    one, and with the archive in `archive_dir` if given. The report of the first that diverges, else
+    the first's, naming every origin and each snapshot not used."""
+    boots, skipped = recorded_boots(journal), []
+    origins = replay_origins(journal, boots, snapshot_dir, skipped)
+    reports = []
+    for origin in origins:
+        reports.append(verify_from(journal, boots, origin, archive_dir))
+        if reports[-1].divergence:
+            break
+    report = reports[-1] if reports[-1].divergence else reports[0]
+    report.origins, report.skipped = [origin.name for origin in origins], skipped
+    return report
+
+
+def replay_origins(journal: Journal, boots: list, snapshot_dir: str | None, skipped: list[str]) -> list[Origin]:
+    """Row 1 if the journal holds it; the oldest usable snapshot if not; the newest usable one. CannotReplay
+    when rows were compacted and no snapshot can be used."""
+    first, last = journal.first_seq(), journal.last_seq
+    found = [] if snapshot_dir is None else [
+        Origin(f"{os.path.basename(start.snapshot.path)} (row {start.seq})", start.snapshot.config, start.seq,
+               start.fresh) for start in starts(snapshot_dir, config_after(boots), first, last, skipped)]
+    origins = [beginning(boots[0].config)] if first == 1 else found[-1:]
+    if not origins:
+        raise CannotReplay(f"journal rows 1..{first - 1} were compacted, and no snapshot can be used: "
+                           f"{'; '.join(skipped) or 'there are none'}")
+    return origins + [origin for origin in found[:1] if origin.seq != origins[0].seq]
+
+
+def config_after(boots: list) -> Callable[[int], KernelConfig | None]:
+    """seq -> the kernel config the rows after it ran with first; None if boots after it ran with several
+    that differ in more than LIVE_KEYS (compaction.py)."""
+    def config(seq: int) -> KernelConfig | None:
+        configs = [boot.config for boot in boots if boot.upto > seq]
+        same = configs and all(structural(config) == structural(configs[0]) for config in configs)
+        return kernel_config_from_dict(configs[0]) if same else None
+    return config
+
+
+def verify_from(journal: Journal, boots: list, origin: Origin, archive_dir: str | None) -> Report:
+    """Replay the rows after `origin` under their boot's config and compare them (verify)."""
+    boots = [attrs.evolve(boot, after_row=max(boot.after_row, origin.seq), traced_to=max(boot.traced_to, origin.seq))
+             for boot in boots if boot.upto > origin.seq]
+    report, kernel, quarantined = Report(events=boots[0].after_row - origin.seq), None, {}
     archived_lines = ArchiveCheck(archive_dir)
     try:
         for boot in boots:
-            if boot.config != config:
-                kernel, config = boot_kernel(journal, boot.config, boot.after_row, quarantined), boot.config
-            kernel = check_boot(kernel, journal, boot, report, quarantined, archived_lines)
+            if kernel is None:
+                kernel = boot_kernel(journal, origin, boot.after_row, quarantined)
+                archived_lines.check(origin.seq, "snapshot", None, held_lines(kernel))
+            elif origin.seq and structural(boot.config) == structural(origin.config):
+                kernel = rebound(kernel, kernel_config_from_dict(boot.config))  # admins or time zone changed
+            elif boot.config != origin.config:
+                origin = beginning(boot.config)  # a snapshot is an origin only while the config stays its own
+                kernel = boot_kernel(journal, origin, boot.after_row, quarantined)
+            kernel = check_boot(kernel, journal, boot, report, quarantined, archived_lines,
+                                lambda seq, start=origin: boot_kernel(journal, start, seq, quarantined))
     except Diverged as diverged:
         report.divergence = diverged.args[0]
     report.archived = archived_lines.compared
     report.quarantined = [str(q) for q in sorted(quarantined.values(), key=lambda q: q.seq)]
     return report
+
+
+def held_lines(kernel: Kernel) -> list[str]:
+    """The trace lines a kernel holds (a snapshot's: compared with the archive before its rows are)."""
+    return bytes(kernel.trace.buffer).decode().splitlines()[1:]
 
 
 class ArchiveCheck:
@@ -171,6 +251,10 @@ class ArchiveCheck:
             line_seq = int(line.split(",", 1)[0])
             if not self.compared and line_seq < self._next[0]:  # older files were dropped (retention)
                 continue
+            while not self.compared and self._next is not None and self._next[0] < line_seq:
+                self._next = self._take()  # lines before the first replayed (a snapshot's, not all of which it holds)
+            if self._next is None:
+                return
             if (line_seq, line) != self._next:
                 raise Diverged(Divergence(seq, kind, time_us, f"{self._next[1]} (in the trace archive)", line))
             self.compared += 1
@@ -185,11 +269,12 @@ def recorded_boots(journal: Journal) -> list:
 
 
 def check_boot(kernel: Kernel, journal: Journal, boot, report: Report, quarantined: dict,
-               archived_lines: ArchiveCheck) -> Kernel:
+               archived_lines: ArchiveCheck, reboot: Callable[[int], Kernel]) -> Kernel:
     """Replay one boot's rows; compare each up to `boot.traced_to` with its trace row, all with the
     archive. A row the daemon applied and traced must apply again; one without a trace row (lost
     in a crash before the daemon applied it, or written by hand) is quarantined if it raises, as
-    the next start's recovery does. The kernel, rebuilt if a row was quarantined."""
+    the next start's recovery does (`reboot(seq)` rebuilds the kernel up to it). The kernel, rebuilt if a
+    row was quarantined."""
     traces = journal.traces(boot.after_row, boot.traced_to)
     trace = next(traces, None)
     for row in contiguous(journal)(boot.after_row, boot.upto):
@@ -203,7 +288,7 @@ def check_boot(kernel: Kernel, journal: Journal, boot, report: Report, quarantin
                 reason = failed.args[0].reason
                 raise Diverged(Divergence(seq, kind, time_us, "a row the kernel applies", reason)) from None
             quarantined[seq] = failed.args[0]
-            kernel = boot_kernel(journal, boot.config, seq, quarantined)
+            kernel = reboot(seq)
             continue
         if seq <= boot.traced_to:
             if difference := compare(trace if traced else None, seq, row_crc(kind, body), lines):
@@ -246,20 +331,32 @@ def open_journal(state_dir: str) -> Journal:
     return journal
 
 
-def rebuilt(journal: Journal) -> Kernel:
-    """The kernel as the last boot would rebuild it now: its config, every row."""
+def rebuilt(journal: Journal, snapshot_dir: str | None = None) -> Kernel:
+    """The kernel as the last boot would rebuild it now: from the newest usable snapshot, else from row 1
+    with its config."""
+    boots = recorded_boots(journal)
+    newest = replay_origins(journal, boots, snapshot_dir, [])[-1]
     try:
-        return boot_kernel(journal, recorded_boots(journal)[-1].config, LAST, {})
+        return boot_kernel(journal, newest if newest.seq else beginning(boots[-1].config), LAST, {})
     except Diverged as diverged:
         raise CannotReplay(str(diverged.args[0])) from None
 
 
-def timeline(journal: Journal, pid: int | None, archive_dir: str) -> str:
+def whole_trace(kernel: Kernel, archive_dir: str) -> str:
+    """The trace a rebuilt kernel holds, after the archived lines before its first (a kernel started from
+    a snapshot may not hold them all)."""
+    held = held_lines(kernel)
+    first = int(held[0].split(",", 1)[0]) if held else kernel.trace.seq + 1
+    older = itertools.takewhile(lambda line: int(line.split(b",", 1)[0]) < first, archive.lines(archive_dir))
+    return HEADER.decode() + b"".join(older).decode() + "".join(line + "\n" for line in held)
+
+
+def timeline(journal: Journal, pid: int | None, archive_dir: str, snapshot_dir: str | None = None) -> str:
     """The whole rebuilt trace, or task `pid`'s timeline as /replay/PID shows it (from the archive
-    for a task the journal no longer holds)."""
-    kernel = rebuilt(journal)
+    for a task the rebuilt kernel does not hold)."""
+    kernel = rebuilt(journal, snapshot_dir)
     if pid is None:
-        return kernel.trace.buffer.decode()
+        return whole_trace(kernel, archive_dir)
     if pid in kernel.tasks:
         return show(kernel, kernel.tasks[pid])
     if (task := archived(pid, archive.task_lines(archive_dir, pid))) is not None:
@@ -287,11 +384,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     journal, archive_dir = open_journal(args.state_dir), os.path.join(args.state_dir, "trace")
+    snapshot_dir = os.path.join(args.state_dir, "snapshots")
     try:
         if not args.verify:
-            sys.stdout.write(timeline(journal, args.pid, archive_dir))
+            sys.stdout.write(timeline(journal, args.pid, archive_dir, snapshot_dir))
             return 0
-        report = verify(journal, archive_dir)
+        report = verify(journal, archive_dir, snapshot_dir)
     finally:
         journal.close()
     print(json.dumps({"ok": report.divergence is None, **attrs.asdict(report)}) if args.json else report)

@@ -7,7 +7,9 @@ applied, so any exception is a failure: the proof that applying a checked event 
 raise. After each rule the kernel's invariants are checked; a restart rule rebuilds the
 kernel from the events so far through the journal codec (to_row / from_row), requires the
 same trace, and goes on with the rebuilt kernel after a `Restart`; at the end the whole run
-is replayed the same way. Used by tests/test_kernel_machine.py (bounded) and
+is replayed the same way. A snapshot rule restores the kernel's snapshot encoding
+(kernel/state.py) into a twin that is given every later event too: after each rule the twin
+holds the very same state, field by field, and its invariants hold. Used by tests/test_kernel_machine.py (bounded) and
 bench/soak_kernel.py (long runs).
 """
 from hypothesis import strategies as st
@@ -19,7 +21,9 @@ from apeinxfs.kernel.config import GpuConfig, KernelConfig, MemoryRetention, Mod
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.sched import POLICIES
 from apeinxfs.kernel.spec import TaskCommand, TaskSpec
+from apeinxfs.kernel.state import decode, encode
 from apeinxfs.kernel.tenant_config import Budget, Quota, Sandbox, TenantConfig
+from kernel_state import state_difference
 
 TENANTS = ("default", "a", "b")
 PROMPTS = ("", "hello", "one two three four five six seven eight nine ten",
@@ -77,6 +81,7 @@ class KernelMachine(RuleBasedStateMachine):
         self.kernel = Kernel(kernel_config(self.retention))
         self.events: list = []
         self.now_us = 0
+        self.twin: Kernel | None = None  # restored from a snapshot, then given the same events
 
     def commit(self, event) -> None:
         """Admit `event` as the daemon does (a refusal becomes a Rejected event) and apply it."""
@@ -86,6 +91,8 @@ class KernelMachine(RuleBasedStateMachine):
             event = ev.Rejected(path="machine", reason=refused.reason, errno=refused.errno, denial=refused.denial)
         self.events.append((self.now_us, event))
         self.kernel.apply(event, self.now_us)
+        if self.twin is not None:
+            self.twin.apply(event, self.now_us)
 
     def pid(self, index: int) -> int:
         """Mostly a live task's pid; one in four times any pid up to one past the last."""
@@ -202,6 +209,18 @@ class KernelMachine(RuleBasedStateMachine):
         assert rebuilt.trace.buffer == self.kernel.trace.buffer
         self.kernel = rebuilt
         self.commit(ev.Restart())
+
+    @rule()
+    def snapshot(self):
+        """A snapshot of the kernel now is restored into a twin that goes on with the same events."""
+        self.twin = decode(encode(self.kernel))
+
+    @invariant()
+    def twin_is_the_same(self):
+        """The kernel restored from a snapshot and given the same events since holds the same state."""
+        if self.twin is not None:
+            assert state_difference(self.kernel, self.twin) == ""
+            self.twin.check_invariants()
 
     @invariant()
     def books_agree(self):

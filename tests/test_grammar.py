@@ -191,3 +191,12 @@ def test_pid_lines():
     assert parse_pid(" 42 ") == 42
     for line in ("", "0", "-3", "4 5", "x", "1" * 13):
         refused(line, parse_pid)
+
+
+def test_a_root_task_that_names_no_tenant_gets_the_one_given():
+    """parse_submit's tenant goes to a task that names none and has no parent, in all three forms."""
+    assert parse_submit("job1 10 5", "t1").tenant == "t1"
+    assert parse_submit("name=j tenant=t2", "t1").tenant == "t2"
+    assert parse_submit('{"name": "j", "tenant": null}', "t1").tenant == "t1"
+    assert parse_submit("name=j parent=7", "t1").tenant is None
+    assert parse_submit('{"name": "j", "parent": 7}', "t1").tenant is None

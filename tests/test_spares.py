@@ -5,6 +5,7 @@ stream on the autojump clock; no engine, no mount. The openai driver's retry of 
 the engine dropped is in test_openai_driver.py.
 """
 import httpcore
+import pytest
 import trio
 
 from apeinxfs.drivers import spares
@@ -168,3 +169,17 @@ async def test_a_paced_stream_reads_at_most_once_per_interval(autojump_clock):
         await stream.read(100)
         times.append(trio.current_time() - started)
     assert [round(t, 6) for t in times] == [0.005, 0.01, 0.015]
+
+
+async def test_connect_reaches_an_address_and_maps_a_refusal_to_httpcore(nursery):
+    """connect() opens a connection to an IP address without the resolver; a refused one raises
+    httpcore.ConnectError, which the keeper and the openai driver retry."""
+    server = await Server().start(nursery)
+    stream = await spares.connect("127.0.0.1", server.port, 5)
+    await stream.write(b"GET / HTTP/1.1\r\n\r\n")
+    assert (await stream.read(4096)).startswith(b"HTTP/1.1 200")
+    await stream.aclose()
+    with trio.socket.socket() as unused:  # bound, never listening: connect(2) is refused
+        await unused.bind(("127.0.0.1", 0))
+        with pytest.raises(httpcore.ConnectError):
+            await spares.connect("127.0.0.1", unused.getsockname()[1], 5)

@@ -90,8 +90,8 @@ def test_verify_a_thousand_task_daemon_run(tmp_path):
         live = replay_verify(state)
     after = replay_verify(state)
     assert (live.returncode, after.returncode) == (0, 0), live.stdout + live.stderr + after.stdout + after.stderr
-    assert re.match(r"OK: \d{4,} events, (\d{4,}) trace lines, identical; \1 lines of the trace archive identical\n$",
-                    after.stdout)
+    assert re.match(r"OK: \d{4,} events, (\d{4,}) trace lines, identical; \1 lines of the trace archive identical"
+                    r"; replayed from row 1 and from snapshot-\d{12}\.snap \(row \d+\)\n$", after.stdout)  # at unmount
     row = alter_a_step(state)
     altered = replay_verify(state)
     assert altered.returncode == 1

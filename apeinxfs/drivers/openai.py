@@ -7,9 +7,9 @@ server-sent events into kernel chunks (sse.py) and hands them to the GPU's outbo
 (flow.py: a task's first token at once, later ones a round at a time); when the kernel
 takes a task off the GPU (kill, stop, preemption) it closes that stream, and the engine
 frees the slot. A task placed again after preemption resumes: its prompt plus the text so
-far, for the tokens still owed. Requests go through spares.py (httpx with connections
-opened ahead, straight to the transport); once a stream's first token went out, its reads
-are paced. Connection failures are retried with exponential backoff (a kept-alive or
+far, for the tokens still owed. Requests go through spares.py (connections opened ahead;
+a bare HTTP/1.1 exchange, bare.py, where httpx would send straight, else httpx's
+transport); once a stream's first token went out, its reads are paced. Connection failures are retried with exponential backoff (a kept-alive or
 spare connection the engine had dropped at once), then the engine is reported unreachable
 and the task interrupted (`Interrupted`: the kernel holds it until the engine is back and
 resumes it from its text, kernel/engines.py), as is a task whose stream breaks; a request the

@@ -8,27 +8,36 @@ whose direct connections come from a `SpareBackend` (one per driver, shared by t
 of its GPUs): httpcore's trio backend with, per engine address, one connection already open
 (`Keeper`). A request takes it instead of connecting; the keeper opens the next one REFILL_S
 later, off the path of the first token, and renews a spare that waited SPARE_S (engines
-drop idle connections after 5 s). A spare the engine closed anyway (readable: EOF) is
-dropped and the request connects; one it closes just as the request goes out fails before
-any answer, which the openai driver retries at once (openai.Stale). Proxied URLs keep
+drop idle connections after 5 s). A connection to an IP address, spare or not, is one
+connect(2) (`connect`), without trio.open_tcp_stream's resolver and nursery. A spare the
+engine closed anyway (readable: EOF) is dropped and the request connects; one it closes
+just as the request goes out fails before any answer, which the openai driver retries at
+once (openai.Stale). Proxied URLs keep
 httpx's own transports (mounted from the environment) and their backend: only the client's
 default transport gets spares.
 
 Streams hold a request's writes until it reads (`Coalescing`): headers and body leave in
 one send, at one trio checkpoint; once `pace`d (a stream whose tokens flow), they read at
-most once per interval, several tokens a read. `stream` hands a request to the transport
-the client picks for its URL, without the client's default headers, cookies,
-authentication, redirects and event hooks (an engine needs none; they cost the daemon's one
-thread ~0.4 ms a request, half of it before the request leaves). httpx has no public API
-for either hook (the default transport's backend, the transport for a URL): both use its
-private attributes, checked where they are set. Not an HTTP client: httpx is.
+most once per interval, several tokens a read. `stream` sends a request the client would
+send straight (http://, no proxy) as a bare exchange (bare.py) on a connection of its
+backend, and any other to the transport the client picks for its URL; either way without
+the client's default headers, cookies, authentication, redirects and event hooks (an engine
+needs none). httpx has no public API for these hooks (the default transport and its
+backend, the transport for a URL): they use its private attributes, checked where they are
+set. Not an HTTP client: httpx is, and bare.py for one kind of request.
 """
 import contextlib
 import functools
+import ipaddress
+import math
+import socket
 
 import httpcore
 import httpx
 import trio
+from httpcore._backends.trio import TrioStream  # the stream httpcore's trio backend wraps a connection in
+
+from . import bare
 
 SPARE_S = 2.0  # the longest a spare waits for a request before it is renewed (engines drop idle ones after 5 s)
 REFILL_S = 0.05  # after a spare is taken, the wait before the next is opened: its connect is off the first token's path
@@ -51,14 +60,22 @@ async def client(backend: "SpareBackend", **options):
 
 @contextlib.asynccontextmanager
 async def stream(http: httpx.AsyncClient, url: str, body: dict, timeout: float):
-    """POST `body` as JSON to `url` through the transport `http` has for it; yields the streaming response."""
-    request = httpx.Request("POST", parsed(url), json=body, extensions={"timeout": httpx.Timeout(timeout).as_dict()})
-    response = await http._transport_for_url(request.url).handle_async_request(request)
-    response.request = request
+    """POST `body` as JSON to `url`: through a bare exchange (bare.py) on a connection of the client's
+    backend where `http` sends it straight (http://, no proxy), else through the transport it has for it;
+    yields the streaming response."""
+    target, response = parsed(url), None
+    transport = http._transport_for_url(target)
     try:
+        if target.scheme == "http" and transport is http._transport:
+            response = await bare.exchange(transport._pool._network_backend, target, body, timeout)
+        else:
+            request = httpx.Request("POST", target, json=body, extensions={"timeout": httpx.Timeout(timeout).as_dict()})
+            response = await transport.handle_async_request(request)
+            response.request = request
         yield response
     finally:
-        await response.aclose()
+        if response is not None:
+            await response.aclose()
 
 
 def pace(response: httpx.Response, interval_s: float) -> None:
@@ -104,6 +121,8 @@ class SpareBackend(httpcore.AsyncNetworkBackend):
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         if local_address is None and not socket_options and (spare := await self._keeper(host, port).take()):
             return spare
+        if local_address is None and not socket_options:
+            return Coalescing(await connect(host, port, timeout))
         return Coalescing(await self.inner.connect_tcp(host, port, timeout, local_address, socket_options))
 
     async def connect_unix_socket(self, path, timeout=None, socket_options=None):
@@ -114,10 +133,31 @@ class SpareBackend(httpcore.AsyncNetworkBackend):
 
     def _keeper(self, host: str, port: int) -> "Keeper":
         if (keeper := self.keepers.get((host, port))) is None:
-            keeper = Keeper(lambda: self.inner.connect_tcp(host, port, RETRY_S), self.nurseries[0])
+            keeper = Keeper(lambda: connect(host, port, RETRY_S), self.nurseries[0])
             self.keepers[host, port] = keeper
             keeper.nursery.start_soon(keeper.keep)
         return keeper
+
+
+async def connect(host: str, port: int, timeout: float | None) -> httpcore.AsyncNetworkStream:
+    """A TCP connection to `host`, as httpcore's trio backend makes one; to an IP address, one connect(2)
+    without trio.open_tcp_stream's resolver and happy-eyeballs nursery (a third of its cost here)."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:  # a name: resolved as httpcore does
+        return await httpcore.TrioBackend().connect_tcp(host, port, timeout)
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        with trio.fail_after(math.inf if timeout is None else timeout):
+            await sock.connect((host, port))
+    except BaseException as exc:
+        sock.close()
+        if isinstance(exc, trio.TooSlowError):
+            raise httpcore.ConnectTimeout(f"connect to {host}:{port} timed out") from exc
+        if isinstance(exc, OSError):
+            raise httpcore.ConnectError(exc) from exc
+        raise
+    return TrioStream(trio.SocketStream(sock))  # which sets TCP_NODELAY, as open_tcp_stream's does
 
 
 class Keeper:

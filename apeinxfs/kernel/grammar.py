@@ -51,26 +51,35 @@ def parse_number(text: str, what: str) -> float:
     return float(text)
 
 
-def parse_submit(line: str) -> TaskSpec:
-    """One submit line in any of the three forms of docs/apeinxfs.5.md."""
+def parse_submit(line: str, tenant: str | None = None) -> TaskSpec:
+    """One submit line in any of the three forms of docs/apeinxfs.5.md; a task without a parent that
+    names no tenant gets `tenant` (built once, not again with it: a spec's validators are half a submit's
+    parse)."""
     line = line.strip()
     if line.startswith("{"):
-        return _from_json(line)
+        return _from_json(line, tenant)
     first = (line.split(None, 1) or [""])[0]
     if "=" in first:
-        return _from_pairs(split_pairs(line, repeatable=("stop",)))
-    return _from_seed(line.split())
+        return _from_pairs(split_pairs(line, repeatable=("stop",)), tenant)
+    return _from_seed(line.split(), tenant)
 
 
-def _from_seed(fields: list[str]) -> TaskSpec:
+def _from_seed(fields: list[str], tenant: str | None = None) -> TaskSpec:
     if len(fields) not in (3, 4):
         raise Invalid("expected NAME TOKENS PRIORITY [DEADLINE] or key=value pairs or a JSON object")
     deadline = parse_duration_us(fields[3]) if len(fields) == 4 else None
     return TaskSpec(name=fields[0], max_tokens=parse_int(fields[1], "TOKENS"),
-                    prio=parse_int(fields[2], "PRIORITY"), deadline_us=deadline)
+                    prio=parse_int(fields[2], "PRIORITY"), deadline_us=deadline, tenant=tenant)
 
 
-def _from_pairs(pairs: dict[str, str]) -> TaskSpec:
+def _with_tenant(kwargs: SpecArgs, tenant: str | None) -> SpecArgs:
+    """The arguments with `tenant` unless they name one or a parent (a child runs in its parent's)."""
+    if kwargs.get("tenant") is None and kwargs.get("parent") is None:
+        kwargs["tenant"] = tenant
+    return kwargs
+
+
+def _from_pairs(pairs: dict[str, str], tenant: str | None = None) -> TaskSpec:
     kwargs: SpecArgs = {}
     for key, value in pairs.items():
         if key in ("max_tokens", "prio", "parent"):
@@ -82,7 +91,7 @@ def _from_pairs(pairs: dict[str, str]) -> TaskSpec:
         else:
             kwargs[key] = value
     kwargs.setdefault("name", "task")
-    return TaskSpec(**_with_sampling(kwargs))
+    return TaskSpec(**_with_sampling(_with_tenant(kwargs, tenant)))
 
 
 def _sampling_value(key: str, value: str) -> SamplingValue:
@@ -98,7 +107,7 @@ def _with_sampling(kwargs: SpecArgs) -> SpecArgs:
     return {**kwargs, "sampling": Sampling(**sampling) if sampling else None}
 
 
-def _from_json(line: str) -> TaskSpec:
+def _from_json(line: str, tenant: str | None = None) -> TaskSpec:
     try:
         obj = json.loads(line, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:
@@ -110,7 +119,7 @@ def _from_json(line: str) -> TaskSpec:
     if "deadline" in obj:
         obj["deadline_us"] = _json_deadline(obj.pop("deadline"))
     obj.setdefault("name", "task")
-    return TaskSpec(**_with_sampling(obj))
+    return TaskSpec(**_with_sampling(_with_tenant(obj, tenant)))
 
 
 def _require_unicode(obj: object) -> None:

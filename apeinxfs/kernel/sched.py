@@ -70,7 +70,7 @@ class Accounts:
         self.active_agents = {name: LazyHeap() for name in tenants}
         self.active_weight = 0  # the active tenants' weights summed: what a slot share divides by
         self._levels_of: dict[int, tuple[Level, Level]] = {}  # agent -> its _levels
-        self._charged: dict[int, Level] = {}  # id(entity) -> its level, for entities charged since the last settle
+        self._charged: dict[Any, Level] = {}  # key (a tenant's name, an agent's pid) -> its level, charged since the last settle
 
     def of_tenant(self, name: str) -> Entity | None:
         """Tenant `name`'s counter and counts, or None if the scheduler has no such tenant."""
@@ -127,7 +127,7 @@ class Accounts:
         for level in self._levels(task):
             entity = level[0]
             entity.counter += cost * COUNTER_SCALE / entity.weight
-            self._charged[id(entity)] = level
+            self._charged[level[1]] = level
 
     def _settle(self) -> None:
         for entity, key, active, _ in self._charged.values():
@@ -182,7 +182,7 @@ class FlatQueue:
     preempts = False
 
     def __init__(self, name: str, key: Callable[[Task], tuple[Any, ...]], why: str,
-                 level: Callable[[Task], int] = lambda task: 0) -> None:
+                 level: Callable[[Task], int]) -> None:
         self.name, self._key, self._level, self.reason = name, key, level, why  # the same reason for every task
         self._levels, self._by_level = LazyHeap(), dict[int, LazyHeap]()  # the levels with queued tasks; level -> LazyHeap of them
         self._tasks: dict[int, tuple[Task, int]] = {}  # pid -> (task, its level)
@@ -374,8 +374,26 @@ def make_queue(policy: str, accounts: Accounts, boost_us: int) -> FairQueue | Fl
     if policy == "vtc":
         return FairQueue("vtc", accounts, None, preempts=False)
     if policy == "fcfs":
-        return FlatQueue("fcfs", lambda t: (t.submitted_us, t.pid), "earliest arrival")
-    return FlatQueue("greedy", lambda t: (t.pid,), "highest priority", level=lambda t: -t.spec.prio)
+        return FlatQueue("fcfs", _arrival, "earliest arrival", level=_one_level)
+    return FlatQueue("greedy", _pid, "highest priority", level=_higher_prio_first)
+
+
+# A flat queue's keys and levels are named functions, not lambdas, so that a queue can be
+# pickled into a snapshot (kernel/state.py).
+def _arrival(task: Task) -> tuple[int, int]:
+    return task.submitted_us, task.pid
+
+
+def _pid(task: Task) -> tuple[int]:
+    return (task.pid,)
+
+
+def _one_level(task: Task) -> int:
+    return 0
+
+
+def _higher_prio_first(task: Task) -> int:
+    return -task.spec.prio
 
 
 POLICIES = ("fair", "vtc", "fcfs", "greedy")

@@ -5,8 +5,6 @@ parsed and checked first; if any is refused, nothing is applied, the refusal is 
 (so the trace keeps its reason) and the write fails with the first line's errno, with an
 `error: ...` reply for each refused line (the first REFUSED_MAX of them).
 """
-import attrs
-
 from ..kernel.errors import ApeinxError, Denied, Hidden
 from ..kernel.events import Control, Kill, Submit
 from ..kernel.grammar import parse_pid, parse_submit, parse_task_command
@@ -50,20 +48,20 @@ def submit(rt):
     """/ctl/submit: one task per line, replies are pids; a task goes into its caller's tenant."""
     def to_event(line, caller):
         caller.identity.require("user", "submitting")
-        return Submit(spec=in_tenant(rt, parse_submit(line), caller), uid=caller.uid, caller_pid=caller.pid)
+        return Submit(spec=in_tenant(rt, parse_submit(line, caller.tenant), caller), uid=caller.uid,
+                      caller_pid=caller.pid)
     return lambda lines, caller: run_lines(rt, "/ctl/submit", lines, caller, to_event)
 
 
 def in_tenant(rt, spec, caller):
-    """The spec with its tenant: the caller's, unless an admin names one; a child's is its parent's."""
+    """The spec, parsed with the caller's tenant for one its line does not name (parse_submit), if it may
+    run there: in the caller's tenant, or in one an admin names; a child's is its parent's."""
     identity = caller.identity
     if spec.parent is not None:
         visible_task(rt, spec.parent, caller)
         return spec
     if spec.tenant is None:
-        if caller.tenant is None:
-            raise Denied(f"uid {caller.uid} belongs to no tenant: ask an admin to add it to one")
-        return attrs.evolve(spec, tenant=caller.tenant)
+        raise Denied(f"uid {caller.uid} belongs to no tenant: ask an admin to add it to one")
     if not identity.admin and spec.tenant != caller.tenant:
         raise Hidden(f"no tenant {spec.tenant!r} for uid {caller.uid}")
     return spec

@@ -1,0 +1,246 @@
+"""Snapshots and compaction in the daemon: start from the newest usable snapshot, write new ones.
+
+Every `retention.snapshot_rows` journal rows, or `retention.snapshot_s` seconds after the
+last snapshot if any row came since (spaced by BUSY_SHARE), the daemon forks: the child
+encodes the kernel's state at the last journal row from its copy-on-write image of the
+daemon's memory (the daemon's trio thread stops only for the fork, however large the
+state) and writes the snapshot's temp file (snapshots.py). A worker thread waits for the
+child, syncs the journal's files (so the snapshot is never ahead of the journal on disk),
+publishes the file, keeps the newest KEEP snapshots and, once the trace archive holds the
+older one's lines, deletes the journal rows, trace rows and boot rows behind it
+(journal.compact): a damaged newest snapshot can still fall back to the one before it and
+replay the rows after that. At unmount `close` writes one in process.
+
+At start (`start`) the newest snapshot that reads whole, was written with the same kernel
+config (but for LIVE_KEYS, which the restored kernel takes from the config now: admins,
+the local time zone, retention's limits) and layout, and whose rows after it the journal
+still holds, is the kernel the journal's tail is replayed into. When rows were compacted
+and no snapshot is usable, the daemon refuses to start, saying why for each, rather than
+start from nothing.
+
+Decoding a snapshot and replaying rows is recovery (recovery.py); the file format is
+snapshots.py's; `apeinxfs replay --verify` starts from snapshots through `starts` too.
+"""
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterator
+
+import attrs
+import trio
+
+from . import snapshots
+from .journal import STORAGE_FAULTS, compact, make_durable
+from .kernel import Kernel
+from .kernel import state
+from .kernel.config import KernelConfig
+from .kernel.errors import Degraded
+
+log = logging.getLogger(__name__)
+POLL_S = 0.25  # how often the daemon looks whether a snapshot is due
+BUSY_SHARE = 0.25  # snapshots take at most this share of the time (their child's, mostly): one after a
+# snapshot that took T seconds waits 3 T at least
+LIVE_KEYS = frozenset({"access", "utc_offset_s", "retention"})  # kernel config read where used, not built into state
+
+
+class CannotStart(Exception):
+    """Rows were compacted behind snapshots and none of them can be used: the state is not rebuilt."""
+
+
+def boot_config(config: KernelConfig) -> dict:
+    """`config` as the journal's boot rows and the snapshots' headers hold it (JSON of attrs.asdict)."""
+    return json.loads(json.dumps(attrs.asdict(config), default=str))
+
+
+def structural(config: dict) -> dict:
+    """A boot config without LIVE_KEYS: what a snapshot's state was built from."""
+    return {key: value for key, value in config.items() if key not in LIVE_KEYS}
+
+
+def rebound(kernel: Kernel, config: KernelConfig) -> Kernel:
+    """`kernel`, holding `config` (and its records) wherever it held the config it was snapshotted with (and
+    its records: the kernel's and its components' references), so that what changed in LIVE_KEYS takes
+    effect; the trace copies its limit."""
+    old = kernel.config
+    swaps = {id(old): config} | {id(getattr(old, field.name)): getattr(config, field.name)
+                                 for field in attrs.fields(type(old)) if attrs.has(type(getattr(old, field.name)))}
+    for holder in [kernel, *vars(kernel).values()]:
+        for name, value in getattr(holder, "__dict__", {}).items():
+            if id(value) in swaps:
+                setattr(holder, name, swaps[id(value)])
+    kernel.trace.limit = config.retention.trace_lines
+    return kernel
+
+
+def unusable(snapshot: snapshots.Snapshot, config: dict, layout: dict, first_row: int, last_row: int) -> str:
+    """Why a snapshot cannot start a kernel of `config` and `layout` on rows first_row..last_row; '' if it can."""
+    if snapshot.seq < first_row - 1:
+        return f"{snapshot.path}: the journal rows after it (from {snapshot.seq + 1}) were compacted"
+    if snapshot.seq > last_row:
+        return f"{snapshot.path}: it is of row {snapshot.seq}, past the journal's last row {last_row}"
+    written, now = structural(snapshot.config), structural(config)
+    if changed := sorted(key for key in written.keys() | now.keys() if written.get(key) != now.get(key)):
+        return f"{snapshot.path}: written with another kernel config (it differs in {', '.join(changed)})"
+    if difference := state.layout_difference(snapshot.layout, layout):
+        return f"{snapshot.path}: written by an apeinxfs whose kernel keeps other state: {difference}"
+    return ""
+
+
+@attrs.frozen
+class Start:
+    """Where a rebuild starts: a kernel that has applied rows 1..seq (`fresh()` gives a new one each call)."""
+
+    fresh: Callable[[], Kernel]
+    seq: int
+    snapshot: snapshots.Snapshot | None = None
+
+
+def starts(directory: str, config_after: Callable[[int], KernelConfig | None], first_row: int, last_row: int,
+           problems: list[str]) -> Iterator[Start]:
+    """Each snapshot in `directory`, newest first, that starts a kernel on the journal's rows first_row..last_row,
+    decoded: the rows after it ran with `config_after(seq)` (None: with more than one config) and it was written
+    with that config. Why each other one cannot goes into `problems`."""
+    for snapshot in snapshots.usable(directory, problems):
+        config = config_after(snapshot.seq)
+        if config is None:
+            problems.append(f"{snapshot.path}: the kernel config changed at a boot after it")
+            continue
+        if why := unusable(snapshot, boot_config(config), state.layout(config), first_row, last_row):
+            problems.append(why)
+            continue
+        try:
+            data = snapshot.state()
+            kernels = [state.decode(data)]
+        except (snapshots.Damaged, state.LayoutError) as exc:
+            problems.append(f"{snapshot.path}: {exc}")
+            continue
+        yield Start(lambda data=data, kernels=kernels, config=config:
+                    rebound(kernels.pop() if kernels else state.decode(data), config), snapshot.seq, snapshot)
+
+
+class Snapshotter:
+    """The daemon's snapshots: where they are, how often, and the last one written."""
+
+    def __init__(self, runtime, directory: str, every_rows: int, every_s: float):
+        self.runtime, self.directory = runtime, directory
+        self.every_rows, self.every_s = every_rows, every_s
+        self.seq = 0  # the journal row of the newest snapshot
+        self.taken_at = None  # trio time of the last snapshot written, or of the start
+        self.took_s = 0.0  # how long writing it took
+        self.layout = state.layout(runtime.config.kernel)
+
+    def start(self) -> Start:
+        """Where recovery starts: the newest usable snapshot, else row 0 if the journal holds all rows.
+        Raises CannotStart when rows were compacted and no snapshot can be used."""
+        config, journal, problems = self.runtime.config.kernel, self.runtime.journal, []
+        first = journal.first_seq()
+        start = next(starts(self.directory, lambda _seq: config, first, journal.last_seq, problems), None)
+        for problem in problems:
+            log.error("snapshot not used: %s", problem)
+        if start is None and first > 1:
+            raise CannotStart(f"journal rows 1..{first - 1} were compacted into snapshots in {self.directory}, and "
+                              f"none can be used: {'; '.join(problems) or 'there are none'}")
+        start = start or Start(lambda: Kernel(config), 0)
+        self.seq = start.seq
+        if start.snapshot is not None:
+            log.info("starting from %s (journal row %d)", start.snapshot.path, start.seq)
+        return start
+
+    def due(self, now: float) -> bool:
+        """Whether a snapshot is to be written now (trio time `now`)."""
+        rows = self.runtime.journal.last_seq - self.seq
+        if self.taken_at is None:
+            self.taken_at = now
+        rested = now - self.taken_at >= self.took_s * (1 / BUSY_SHARE - 1)
+        return rows > 0 and rested and (rows >= self.every_rows or now - self.taken_at >= self.every_s)
+
+    async def run(self) -> None:
+        """Write a snapshot whenever one is due, until cancelled."""
+        while True:
+            await trio.sleep(min(POLL_S, self.every_s))
+            if self.due(trio.current_time()) and self.runtime.health.fault is None:
+                await self.take()
+
+    async def take(self) -> None:
+        """Write a snapshot of the state at the last journal row, and compact behind the older one kept.
+
+        The state is encoded by a forked child, from the memory the daemon had at the fork (copied on
+        write, so the daemon goes on at once); a worker thread waits for the child, makes the journal
+        durable, publishes the file, then prunes and compacts."""
+        try:
+            header = self.header()
+        except Degraded:
+            return  # the next commit or the progress timer makes the daemon degraded
+        began = trio.current_time()
+        try:
+            child = fork_writer(self.directory, header, self.runtime.kernel)
+            await trio.to_thread.run_sync(self.publish_when_written, child, header[0])
+        except (*STORAGE_FAULTS, snapshots.Damaged) as exc:  # a full disk, no memory to fork: the next try may work
+            log.error("snapshot of journal row %d not written: %s", header[0], exc)
+        self.taken_at = trio.current_time()
+        self.took_s = self.taken_at - began
+
+    def close(self) -> None:
+        """At unmount, a last snapshot (encoded here: nothing else runs now), so the next start replays
+        no rows; skipped while degraded, and on failure only logged (the rows are all in the journal)."""
+        if self.runtime.health.fault is not None or self.runtime.journal.last_seq == self.seq:
+            return
+        try:
+            header = self.header()
+            snapshots.write_temp(self.directory, *header, state.encode(self.runtime.kernel))
+            self.publish(header[0])
+        except (Degraded, snapshots.Damaged, *STORAGE_FAULTS) as exc:
+            log.error("no snapshot at unmount: %s", exc)
+
+    def header(self) -> tuple:
+        """Journal what waits (the state holds it; Degraded if that fails); the header of a snapshot of the
+        state now, at the last journal row (its first field)."""
+        runtime = self.runtime
+        runtime.journal.flush_all()
+        kernel, seq = runtime.kernel, runtime.journal.last_seq
+        return seq, kernel.now_us, kernel.trace.seq, boot_config(runtime.config.kernel), self.layout
+
+    def publish_when_written(self, child: int, seq: int) -> None:
+        """Wait for the child writing the snapshot of row `seq`, then publish it."""
+        status = os.waitpid(child, 0)[1]
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise OSError(f"the snapshot writer (pid {child}) failed with status {status}: see the log")
+        self.publish(seq)
+
+    def publish(self, seq: int) -> None:
+        """Make the journal durable, publish the written snapshot of row `seq`, keep KEEP, compact."""
+        journal_path = self.runtime.journal.path
+        make_durable(journal_path)
+        path = snapshots.publish(snapshots.path_of(self.directory, seq) + ".tmp")
+        self.seq = seq
+        kept = snapshots.prune(self.directory)
+        log.info("snapshot %s: %d bytes", path, os.path.getsize(path))
+        if len(kept) >= snapshots.KEEP and self.archived_to(kept[-1]):
+            compact(journal_path, kept[-1])
+
+    def archived_to(self, seq: int) -> bool:
+        """Whether the trace archive has every line of the snapshot of row `seq` (no archive: nothing to
+        wait for); rows are compacted behind a snapshot only then, for a trace that keeps only its
+        newest lines may no longer hold the others."""
+        archive, path = self.runtime.archive, snapshots.path_of(self.directory, seq)
+        return archive is None or archive.seq >= snapshots.Snapshot.read(path).trace_seq
+
+
+def fork_writer(directory: str, header: tuple, kernel: Kernel) -> int:
+    """Fork a child that encodes `kernel` as it is now into the temp file of a snapshot with `header`
+    (snapshots.write_temp), then exits 0 (1 on failure, logged); the child's pid."""
+    child = os.fork()
+    if child:
+        return child
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)  # the daemon's signals are its own: this child ends with them
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        snapshots.write_temp(directory, *header, state.encode(kernel))
+        code = 0
+    except BaseException:  # anything: the daemon hears the status; the reason goes to the log
+        log.exception("snapshot writer failed")
+    finally:
+        os._exit(code)

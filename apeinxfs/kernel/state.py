@@ -1,0 +1,140 @@
+"""The kernel's whole state as bytes and back: what a snapshot (snapshots.py) holds.
+
+Generic over the kernel: the object graph reachable from a `Kernel` is pickled whole, so
+a field a component gains later is in every snapshot without a line here, and the Task
+objects that the task table, the run queue and the GPUs' batches share stay one object
+each. What the kernel derives from its code rather than its state (its handler table) is
+left out and built again on loading. Loading builds only classes of the kernel
+package and a fixed few of the standard library (`ALLOWED`), nothing else a file names.
+
+`layout` is what a snapshot must agree on with the code that loads it: every kernel class
+a fresh kernel of that config reaches, and every attrs class of the package, with its
+field names. A snapshot written by code that kept other fields is not loaded (its objects
+would miss attributes, or carry stale ones), and `layout_difference` says which classes
+differ. Pure: no I/O.
+"""
+from __future__ import annotations
+
+import enum
+import importlib
+import io
+import pickle
+import pkgutil
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+
+from .config import KernelConfig
+from .kernel import Kernel
+
+PACKAGE = __name__.rpartition(".")[0]  # apeinxfs.kernel
+ALLOWED = {("builtins", "getattr"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"),
+           ("collections", "OrderedDict"), ("collections", "deque"), ("collections", "defaultdict"),
+           ("array", "_array_reconstructor"), ("array", "array"), ("decimal", "Decimal"), ("re", "_compile"),
+           ("enum", "Enum")}
+PROTOCOL = 5
+
+
+class LayoutError(Exception):
+    """A snapshot's bytes name a class the kernel does not allow, or do not load."""
+
+
+def encode(kernel: Kernel) -> bytes:
+    """The kernel's state as bytes."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=PROTOCOL)
+    pickler.dispatch_table = {Kernel: _reduce_kernel}
+    pickler.dump(kernel)
+    return buffer.getvalue()
+
+
+def _reduce_kernel(kernel: Kernel) -> tuple[Any, ...]:
+    """A kernel as pickle rebuilds it: a bare Kernel, then its fields but the handler table (code, not
+    state: `_set_kernel_state` builds it again)."""
+    fields = {name: value for name, value in vars(kernel).items() if name != "handlers"}
+    return _bare_kernel, (), fields, None, None, _set_kernel_state
+
+
+def _bare_kernel() -> Kernel:
+    return Kernel.__new__(Kernel)
+
+
+def _set_kernel_state(kernel: Kernel, fields: dict[str, Any]) -> None:
+    vars(kernel).update(fields)
+    kernel.handlers = kernel._handlers()
+
+
+def decode(data: bytes) -> Kernel:
+    """The kernel that `encode` turned into `data`; LayoutError if they are not such bytes."""
+    try:
+        kernel = KernelUnpickler(io.BytesIO(data)).load()
+    except LayoutError:
+        raise
+    except Exception as exc:  # truncated or altered bytes that still passed a checksum
+        raise LayoutError(f"the state does not load: {type(exc).__name__}: {exc}") from None
+    if not isinstance(kernel, Kernel):
+        raise LayoutError(f"the state is a {type(kernel).__name__}, not a kernel")
+    return kernel
+
+
+class KernelUnpickler(pickle.Unpickler):
+    """Builds the kernel package's classes and those of ALLOWED, and refuses any other."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module != PACKAGE and not module.startswith(PACKAGE + ".") and (module, name) not in ALLOWED:
+            raise LayoutError(f"the state names {module}.{name}, which is not the kernel's")
+        return super().find_class(module, name)
+
+
+def layout(config: KernelConfig) -> dict[str, list[str]]:
+    """{class: its field names} of every kernel class a fresh kernel of `config` reaches and every
+    attrs class of the kernel package."""
+    classes = {f"{cls.__module__}.{cls.__qualname__}": fields for cls, fields in _reached(Kernel(config))}
+    for found in pkgutil.iter_modules(importlib.import_module(PACKAGE).__path__):
+        for cls in vars(importlib.import_module(f"{PACKAGE}.{found.name}")).values():
+            if attrs.has(cls) and cls.__module__.startswith(PACKAGE):
+                classes[f"{cls.__module__}.{cls.__qualname__}"] = sorted(a.name for a in attrs.fields(cls))
+    return dict(sorted(classes.items()))
+
+
+def _reached(root: object) -> Iterator[tuple[type, list[str]]]:
+    """(class, field names) of each kernel object reachable from `root`, found by a walk with its own stack."""
+    seen, stack = set(), [root]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen or callable(item) or isinstance(item, enum.Enum):
+            continue
+        seen.add(id(item))
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        elif type(item).__module__.startswith(PACKAGE):
+            fields = _fields(item)
+            yield type(item), sorted(fields)
+            stack.extend(fields.values())
+
+
+def _fields(item: object) -> dict[str, Any]:
+    """An object's fields: its __dict__ and its slots (getstate aside: this is what the code keeps)."""
+    slots = [name for cls in type(item).__mro__ for name in getattr(cls, "__slots__", ())]
+    fields = {name: getattr(item, name) for name in slots if name != "__weakref__" and hasattr(item, name)}
+    return {**fields, **getattr(item, "__dict__", {})}
+
+
+def layout_difference(written: dict[str, list[str]], now: dict[str, list[str]]) -> str:
+    """'' when two layouts agree, else which classes differ, in words."""
+    differ = sorted(name for name in written.keys() | now.keys() if written.get(name) != now.get(name))
+    if not differ:
+        return ""
+    shown = ", ".join(_difference(name, written.get(name), now.get(name)) for name in differ[:5])
+    return shown + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
+
+
+def _difference(name: str, written: list[str] | None, now: list[str] | None) -> str:
+    if written is None or now is None:
+        return f"{name} ({'not in the snapshot' if written is None else 'no longer in the kernel'})"
+    added, gone = sorted(set(now) - set(written)), sorted(set(written) - set(now))
+    return f"{name} (fields added: {', '.join(added) or 'none'}; gone: {', '.join(gone) or 'none'})"

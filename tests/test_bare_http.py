@@ -1,0 +1,99 @@
+"""Tier 1: drivers/bare.py, the bare HTTP/1.1 exchange of an engine stream, on a scripted network stream.
+
+The answer comes in the pieces a test chooses (a chunk cut anywhere, a line across reads);
+no socket, no engine. The openai driver's tests run it against fake engines over TCP
+(test_openai_driver.py), and bench_tokens.py against llama-server.
+"""
+import httpcore
+import httpx
+import pytest
+
+from apeinxfs.drivers import bare
+
+URL = httpx.URL("http://127.0.0.1:8080/v1/completions?x=1")
+
+
+class Scripted(httpcore.AsyncNetworkStream):
+    """Gives `pieces` one per read, then b'' (the connection's end), or raises `error` instead of that end."""
+
+    def __init__(self, pieces, error=None):
+        self.pieces, self.error, self.sent, self.closed = list(pieces), error, b"", False
+
+    async def write(self, buffer, timeout=None):
+        self.sent += buffer
+
+    async def read(self, max_bytes, timeout=None):
+        if self.pieces:
+            return self.pieces.pop(0)
+        if self.error is not None:
+            raise self.error
+        return b""
+
+    async def aclose(self):
+        self.closed = True
+
+
+class Backend:
+    def __init__(self, stream):
+        self.stream = stream
+
+    async def connect_tcp(self, host, port, timeout=None):
+        assert (host, port) == ("127.0.0.1", 8080)
+        return self.stream
+
+
+def cut(data: bytes, *at: int) -> list[bytes]:
+    """`data` in pieces cut at the offsets `at`."""
+    bounds = [0, *at, len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def chunked(*pieces: bytes) -> bytes:
+    """`pieces` in HTTP/1.1 chunked encoding, ended."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+
+
+CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+           + chunked(b'data: {"a":1}\n', b"\n", 'data: {"b":"é"}\n\n'.encode()))
+
+
+async def test_the_request_is_one_post_of_json_that_asks_to_close():
+    """One write: the request line with path and query, Host, the JSON's length, Connection: close, the body."""
+    stream = Scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+    response = await bare.exchange(Backend(stream), URL, {"prompt": "é"}, 5)
+    head, _, body = stream.sent.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == b"POST /v1/completions?x=1 HTTP/1.1"
+    assert b"Host: 127.0.0.1:8080" in head and b"Connection: close" in head
+    assert body == '{"prompt":"é"}'.encode() and f"Content-Length: {len(body)}".encode() in head
+    assert (response.status_code, await response.aread()) == (200, b"")
+
+
+@pytest.mark.parametrize("cuts", [(), (5,), (90, 97, 101), tuple(range(1, len(CHUNKED)))])
+async def test_chunked_lines_come_whole_however_the_reads_cut_them(cuts):
+    """Headers, chunk sizes, data and a two-byte character cut across reads anywhere give the same lines."""
+    response = await bare.exchange(Backend(Scripted(cut(CHUNKED, *cuts))), URL, {}, 5)
+    assert response.status_code == 200 and response.headers["content-type"] == "text/event-stream"
+    assert [line async for line in response.aiter_lines()] == ['data: {"a":1}', "", 'data: {"b":"é"}', ""]
+
+
+async def test_a_counted_body_and_one_to_the_end_of_the_connection():
+    """Content-Length reads that many bytes; without it or chunking, the body ends with the connection."""
+    counted = Scripted([b"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\nno", b"ne!extra"])
+    response = await bare.exchange(Backend(counted), URL, {}, 5)
+    assert (response.status_code, await response.aread()) == (404, b"none!")
+    to_end = Scripted([b"HTTP/1.1 200 OK\r\n\r\nline one\r\nline", b" two"])
+    response = await bare.exchange(Backend(to_end), URL, {}, 5)
+    assert [line async for line in response.aiter_lines()] == ["line one", "line two"]
+
+
+async def test_failures_are_httpx_errors_and_close_the_connection():
+    """No answer at all, a reset before it, a cut chunked body: the httpx errors the openai driver tells apart."""
+    silent = Scripted([])
+    with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+        await bare.exchange(Backend(silent), URL, {}, 5)
+    assert silent.closed
+    with pytest.raises(httpx.ReadError):
+        await bare.exchange(Backend(Scripted([], httpcore.ReadError("reset"))), URL, {}, 5)
+    response = await bare.exchange(Backend(Scripted(cut(CHUNKED, 120)[:1])), URL, {}, 5)
+    with pytest.raises(httpx.RemoteProtocolError, match="complete message body"):
+        await response.aread()

@@ -1,0 +1,432 @@
+"""Tiers 1-2: snapshots of the kernel's state, their files, and the journal compacted behind them.
+
+The codec (kernel/state.py) restores the very state, bills and budget windows included; a
+file (snapshots.py) that is truncated or altered is told apart; the runtime (compaction.py)
+starts from the newest usable snapshot, falls back to the one before a damaged one, ignores
+a temp file a crash left, and refuses to start, saying why, when rows were compacted and
+no snapshot can be used. No FUSE here (test_snapshots_mount.py mounts).
+"""
+import itertools
+import os
+import pickle
+import sqlite3
+
+import pytest
+import trio
+
+from apeinxfs import config as config_mod
+from apeinxfs import snapshots, verify
+from apeinxfs.archive import Archive
+from apeinxfs.archive import files as archive_files
+from apeinxfs.compaction import CannotStart, Snapshotter
+from apeinxfs.journal import SCHEMA, Journal
+from apeinxfs.kernel import Kernel
+from apeinxfs.kernel.errors import ApeinxError
+from apeinxfs.kernel.events import Chunk, Restart, Step, Submit, Tick
+from apeinxfs.kernel.spec import TaskSpec
+from apeinxfs.kernel.state import LayoutError, decode, encode, layout, layout_difference
+from apeinxfs.nodes import billing
+from apeinxfs.recovery import apply_row
+from kernel_state import state_difference
+from test_journal_runtime import open_runtime
+
+TENANTS = """
+[billing]
+period = "1s"
+[[tenants]]
+name = "default"
+[[tenants]]
+name = "metered"
+[tenants.budget]
+tokens = 40
+window = "2s"
+overdraw = 10
+[tenants.quota]
+tokens = 30
+window = "1s"
+"""
+ONE_GPU_TENANTS = """
+[gpus]
+simulated = 1
+slots = 4
+[[models]]
+name = "sim"
+""" + TENANTS
+
+
+def work(rt, rounds: int) -> None:
+    """`rounds` times: two submits (one metered), engine steps that end them, and a second of time."""
+    for _ in range(rounds):
+        for tenant in ("default", "metered"):
+            rt.commit([Submit(spec=TaskSpec(name="job", max_tokens=3, prompt="hello there", tenant=tenant), uid=0)])
+        for _ in range(3):
+            batch = rt.kernel.batch(0)
+            rt.commit([Step(gpu=0, chunks=[Chunk(pid=t.pid, text=" w", tokens=1, prefill=0 if t.prefilled else 5)
+                                           for t in batch])])
+        rt.clock_us += 1_000_000
+        rt.commit([Tick()])
+
+
+class Clock:
+    """A clock the test moves (`rt.clock_us`)."""
+
+    def __init__(self, rt):
+        self.rt = rt
+
+    def now_us(self) -> int:
+        return self.rt.clock_us
+
+
+def daemon_like(tmp_path, every_rows: int = 10**9, toml: str = ONE_GPU_TENANTS):
+    """A runtime on tmp_path/state with snapshots in tmp_path/state/snapshots, as the daemon builds it."""
+    context = open_runtime(tmp_path, toml)
+    rt = context.__enter__()
+    rt.clock_us, rt.clock = 1_000_000, None
+    rt.clock = Clock(rt)
+    rt.snapshotter = Snapshotter(rt, str(tmp_path / "state" / "snapshots"), every_rows, 3600)
+    rt.close = lambda: context.__exit__(None, None, None)
+    return rt
+
+
+def restarted(tmp_path, old):
+    """A new runtime on the same state directory that recovered, its clock going on from `old`'s."""
+    old.close()
+    rt = daemon_like(tmp_path)
+    rt.clock_us = old.clock_us
+    rt.recover()
+    return rt
+
+
+def snapshot(rt) -> None:
+    trio.run(rt.snapshotter.take)
+
+
+def copy_journal(journal: Journal, path) -> Journal:
+    """A read-only copy of the journal's committed rows as they are now (SQLite's backup)."""
+    copy = sqlite3.connect(str(path))
+    journal.db.backup(copy)
+    copy.close()
+    return Journal(str(path), readonly=True)
+
+
+def replay(config, *rows) -> Kernel:
+    """A fresh kernel of `config` that applied each of the journal rows in `rows`, one source after the other."""
+    kernel = Kernel(config)
+    for row in itertools.chain(*rows):
+        apply_row(kernel, row, {})
+    kernel.take_changed()
+    return kernel
+
+
+# -- the codec -----------------------------------------------------------------------------------
+
+
+def test_a_restored_kernel_is_the_same_kernel(tmp_path):
+    """decode(encode(kernel)) holds the same state field by field, bills and budget ledgers included."""
+    rt = daemon_like(tmp_path)
+    work(rt, 4)
+    restored = decode(encode(rt.kernel))
+    assert state_difference(rt.kernel, restored) == ""
+    assert billing.show(restored) == billing.show(rt.kernel) and "metered" in billing.show(restored)
+    restored.check_invariants()
+    rt.close()
+
+
+def test_state_loading_refuses_a_class_outside_the_kernel():
+    """Bytes that name a class outside the kernel package (here os.system) are refused, never built."""
+    class Evil:
+        def __reduce__(self):
+            return os.system, ("true",)
+    with pytest.raises(LayoutError, match="names posix.system, which is not the kernel's"):
+        decode(pickle.dumps(Evil()))
+    with pytest.raises(LayoutError, match="does not load"):
+        decode(encode(Kernel(layout_config()))[:-40])
+
+
+def layout_config():
+    from kernel_machine import kernel_config
+    return kernel_config()
+
+
+def test_a_layout_of_other_fields_is_named():
+    """A snapshot whose classes kept other fields than the code now does is told apart, by class and field."""
+    now = layout(layout_config())
+    assert "apeinxfs.kernel.task.Task" in now and "apeinxfs.kernel.tasktable.TaskTable" in now
+    written = {**now, "apeinxfs.kernel.task.Task": [f for f in now["apeinxfs.kernel.task.Task"] if f != "vruntime"]}
+    assert layout_difference(written, now) == "apeinxfs.kernel.task.Task (fields added: vruntime; gone: none)"
+    assert layout_difference(now, now) == ""
+
+
+# -- the files -----------------------------------------------------------------------------------
+
+
+def write_one(directory, seq=7, state=b"state " * 100) -> str:
+    return snapshots.write(str(directory), seq, 1, 2, {"node": "n"}, {"C": ["f"]}, state)
+
+
+def test_a_snapshot_file_reads_back_whole(tmp_path):
+    """A written snapshot's header and state read back as written; no temp file is left."""
+    path = write_one(tmp_path)
+    snap = snapshots.Snapshot.read(path)
+    assert (snap.seq, snap.trace_seq, snap.config, snap.state()) == (7, 2, {"node": "n"}, b"state " * 100)
+    assert os.listdir(tmp_path) == ["snapshot-000000000007.snap"]
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda data: data[:-3], "bytes of state where the header says"),
+    (lambda data: data[:-3] + b"xyz", "does not match its checksum"),
+    (lambda data: data.replace(b'"seq":7', b'"seq":8', 1), "header does not match its checksum"),
+    (lambda data: data[:30], "not a snapshot of this version"),
+])
+def test_a_damaged_snapshot_file_is_told_apart(tmp_path, damage, reason):
+    """A truncated file, altered state or an altered header raises Damaged saying which."""
+    path = write_one(tmp_path)
+    with open(path, "rb") as file:
+        data = file.read()
+    with open(path, "wb") as file:
+        file.write(damage(data))
+    with pytest.raises(snapshots.Damaged, match=reason):
+        snapshots.Snapshot.read(path).state()
+
+
+def test_prune_keeps_the_two_newest_and_drops_temp_files(tmp_path):
+    """Three snapshots and a crash's temp file: the two newest stay, by seq."""
+    for seq in (3, 12, 9):
+        write_one(tmp_path, seq)
+    (tmp_path / "snapshot-000000000020.snap.tmp").write_bytes(b"half")
+    assert snapshots.prune(str(tmp_path)) == [12, 9]
+    assert sorted(os.listdir(tmp_path)) == ["snapshot-000000000009.snap", "snapshot-000000000012.snap"]
+
+
+# -- the runtime: compaction and restart -------------------------------------------------------------
+
+
+def test_compaction_keeps_the_rows_after_the_older_snapshot(tmp_path):
+    """After two snapshots, the rows (and trace rows) up to the older one are gone, the rest stay."""
+    rt = daemon_like(tmp_path)
+    work(rt, 2)
+    snapshot(rt)
+    first = rt.snapshotter.seq
+    assert rt.journal.first_seq() == 1  # one snapshot: nothing to fall back to yet, nothing dropped
+    work(rt, 2)
+    snapshot(rt)
+    assert rt.journal.first_seq() == first + 1
+    rt.close()
+    journal = Journal(str(tmp_path / "state" / "journal.db"), readonly=True)
+    assert next(journal.traces())[0] == first + 1
+    assert len(journal.boots()) == 1
+    journal.db.close()
+
+
+def journal_bytes(tmp_path) -> int:
+    """The bytes of journal.db once its WAL is copied in (its WAL apart, which a checkpoint empties)."""
+    db = sqlite3.connect(str(tmp_path / "state" / "journal.db"))
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    return (tmp_path / "state" / "journal.db").stat().st_size
+
+
+@pytest.mark.parametrize("older_file", [False, True])
+def test_compaction_gives_the_pages_back(tmp_path, older_file):
+    """The journal file shrinks after compaction, also one made before compaction was (no auto_vacuum)."""
+    if older_file:
+        (tmp_path / "state").mkdir()
+        sqlite3.connect(str(tmp_path / "state" / "journal.db")).executescript(SCHEMA).close()
+    rt = daemon_like(tmp_path)
+    work(rt, 40)
+    snapshot(rt)
+    rt.journal.flush_all()
+    grown = journal_bytes(tmp_path)
+    work(rt, 1)
+    snapshot(rt)
+    assert journal_bytes(tmp_path) < grown / 4
+    rt.close()
+
+
+def test_restart_from_a_snapshot_is_a_full_replay(tmp_path):
+    """Bills, budget and quota windows and every other field are the same after a restart from a
+    snapshot (rows compacted) as after replaying the whole journal, the restart's row included."""
+    rt = daemon_like(tmp_path)
+    work(rt, 3)
+    snapshot(rt)
+    work(rt, 2)
+    whole = copy_journal(rt.journal, tmp_path / "whole.db")
+    snapshot(rt)
+    work(rt, 1)
+    assert rt.journal.first_seq() > 1
+    again = restarted(tmp_path, rt)
+    replayed = replay(again.config.kernel, whole.rows(), again.journal.rows(whole.last_seq))
+    assert state_difference(replayed, again.kernel) == ""
+    assert billing.show(again.kernel) == billing.show(replayed)
+    whole.db.close()
+    again.close()
+
+
+def test_a_damaged_newest_snapshot_falls_back_to_the_one_before(tmp_path):
+    """Newest snapshot truncated: the restart starts from the older one, replays the rows after it,
+    and holds the state the daemon had."""
+    rt = daemon_like(tmp_path)
+    for _ in range(3):
+        work(rt, 2)
+        snapshot(rt)
+    work(rt, 1)
+    expected = decode(encode(rt.kernel))
+    newest, older = snapshots.paths(str(tmp_path / "state" / "snapshots"))
+    with open(newest, "r+b") as file:
+        file.truncate(os.path.getsize(newest) - 10)
+    again = restarted(tmp_path, rt)
+    assert again.snapshotter.seq == snapshots.Snapshot.read(older).seq
+    expected.apply(Restart(), again.clock_us)
+    expected.take_changed()
+    assert state_difference(expected, again.kernel) == ""
+    again.close()
+
+
+def test_no_usable_snapshot_after_compaction_refuses_to_start(tmp_path):
+    """Rows compacted and every snapshot damaged: recovery refuses, naming each snapshot and why."""
+    rt = daemon_like(tmp_path)
+    for _ in range(2):
+        work(rt, 1)
+        snapshot(rt)
+    for path in snapshots.paths(str(tmp_path / "state" / "snapshots")):
+        with open(path, "r+b") as file:
+            file.truncate(100)
+    rt.close()
+    again = daemon_like(tmp_path)
+    with pytest.raises(CannotStart, match=r"journal rows 1\.\.\d+ were compacted .* none can be used: .*snapshot-"):
+        again.recover()
+    again.close()
+
+
+def two_snapshots(tmp_path) -> None:
+    """A closed state directory compacted behind the older of two snapshots."""
+    rt = daemon_like(tmp_path)
+    for _ in range(2):
+        work(rt, 1)
+        snapshot(rt)
+    rt.close()
+
+
+def test_new_admins_take_effect_on_a_restored_kernel(tmp_path):
+    """[access] is read where it is used: a snapshot restores under changed admins, and holds the new config."""
+    two_snapshots(tmp_path)
+    again = daemon_like(tmp_path, toml=ONE_GPU_TENANTS + "[access]\nadmin_uids = [4242]\n")
+    again.recover()
+    assert again.kernel.config.access.admin_uids == (4242,) and again.kernel.tenancy._config is again.kernel.config
+    again.close()
+
+
+def test_a_changed_kernel_config_after_compaction_refuses_to_start(tmp_path):
+    """Another GPU count changes what the state was built from: with rows compacted, the start is refused,
+    naming the config keys that differ."""
+    two_snapshots(tmp_path)
+    again = daemon_like(tmp_path, toml=ONE_GPU_TENANTS.replace("simulated = 1", "simulated = 2"))
+    with pytest.raises(CannotStart, match=r"written with another kernel config \(it differs in gpus\)"):
+        again.recover()
+    again.close()
+
+
+def test_a_temp_file_left_by_a_crash_is_ignored(tmp_path):
+    """A crash while writing leaves a .tmp: the restart uses the whole snapshot, and the next write removes it."""
+    rt = daemon_like(tmp_path)
+    work(rt, 2)
+    snapshot(rt)
+    seq = rt.snapshotter.seq
+    work(rt, 1)
+    directory = tmp_path / "state" / "snapshots"
+    (directory / f"snapshot-{rt.journal.last_seq:012d}.snap.tmp").write_bytes(b"apeinxfs-snapshot 1 torn")
+    again = restarted(tmp_path, rt)
+    assert again.snapshotter.seq == seq
+    snapshot(again)
+    assert not [name for name in os.listdir(directory) if name.endswith(".tmp")]
+    again.close()
+
+
+# -- replay --verify and replay after compaction ------------------------------------------------------
+
+
+def archived_runtime(tmp_path):
+    """daemon_like, with the trace archive in tmp_path/state/trace as the daemon has it."""
+    rt = daemon_like(tmp_path)
+    rt.archive = Archive(str(tmp_path / "state" / "trace"), 1 << 20)
+    return rt
+
+
+def compacted(tmp_path):
+    """A state directory whose journal was compacted behind two of three snapshots; closed. Its whole trace."""
+    rt = archived_runtime(tmp_path)
+    for _ in range(3):
+        work(rt, 2)
+        snapshot(rt)
+    work(rt, 1)
+    trace = bytes(rt.kernel.trace.buffer).decode()
+    rt.close()
+    rt.archive.close()
+    return trace
+
+
+def verified(tmp_path) -> verify.Report:
+    state = tmp_path / "state"
+    journal = verify.open_journal(str(state))
+    try:
+        return verify.verify(journal, str(state / "trace"), str(state / "snapshots"))
+    finally:
+        journal.close()
+
+
+def test_verify_replays_from_the_oldest_and_newest_snapshot_after_compaction(tmp_path):
+    """Compacted: verify starts from both kept snapshots, checks every row after them and the archive."""
+    compacted(tmp_path)
+    report = verified(tmp_path)
+    assert report.divergence is None and report.checked == report.events > 0 and report.archived > 0
+    names = sorted(os.listdir(tmp_path / "state" / "snapshots"))
+    assert report.origins == [f"{name} (row {int(name[9:21])})" for name in names]
+    assert "replayed from snapshot-" in str(report)
+
+
+def test_verify_names_a_row_altered_after_the_snapshot(tmp_path):
+    """A journal row after the snapshots altered: verify names it."""
+    compacted(tmp_path)
+    db = sqlite3.connect(str(tmp_path / "state" / "journal.db"))
+    seq = db.execute("SELECT max(seq) FROM journal WHERE kind = 'submit'").fetchone()[0]
+    db.execute("UPDATE journal SET body = replace(body, '\"max_tokens\":3', '\"max_tokens\":2') WHERE seq = ?", (seq,))
+    db.commit()
+    db.close()
+    assert verified(tmp_path).divergence.seq == seq
+
+
+def test_verify_compares_the_snapshot_trace_with_the_archive(tmp_path):
+    """An archived line from before the snapshots altered: verify says the snapshot's line differs."""
+    compacted(tmp_path)
+    path = archive_files(str(tmp_path / "state" / "trace"))[0][1]
+    with open(path, "rb") as file:
+        text = file.read()
+    with open(path, "wb") as file:
+        file.write(text.replace(b"name=job", b"name=jab", 1))
+    divergence = verified(tmp_path).divergence
+    assert divergence.kind == "snapshot" and "name=jab" in divergence.expected
+
+
+def test_verify_without_a_usable_snapshot_after_compaction_cannot_replay(tmp_path):
+    """Every snapshot damaged after compaction: verify cannot replay, and says which and why."""
+    compacted(tmp_path)
+    for path in snapshots.paths(str(tmp_path / "state" / "snapshots")):
+        os.truncate(path, 50)
+    with pytest.raises(verify.CannotReplay, match=r"rows 1\.\.\d+ were compacted, and no snapshot can be used"):
+        verified(tmp_path)
+
+
+def test_replay_prints_the_whole_trace_from_the_archive_and_the_snapshot(tmp_path, capsys):
+    """`apeinxfs replay STATE_DIR` after compaction prints the trace the daemon had, line for line."""
+    trace = compacted(tmp_path)
+    assert verify.main([str(tmp_path / "state")]) == 0
+    assert capsys.readouterr().out == trace
+
+
+@pytest.mark.parametrize("line", ["snapshot_rows = 0", "snapshot_s = -1", 'snapshot_rows = "many"'])
+def test_a_bad_snapshot_setting_is_refused_naming_it(tmp_path, line):
+    """[retention] snapshot_rows and snapshot_s must be positive numbers: the config is refused, naming the key."""
+    path = tmp_path / "config.toml"
+    path.write_text(f"[retention]\n{line}\n")
+    with pytest.raises(ApeinxError, match=line.split()[0]):
+        config_mod.load(str(path), str(tmp_path / "state"), use_nvml=False)
