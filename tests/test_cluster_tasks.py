@@ -110,6 +110,20 @@ def test_kill_and_ctl_from_another_node_act_on_the_task_where_it_runs(nodes):
         assert keyed(nodes[owner].path("tasks", str(pid), "status"))["Exit"] == "killed"
 
 
+def test_a_child_goes_to_its_parents_node(nodes):
+    """A submit with parent=PID written on a goes to the node that runs the parent, wherever that is."""
+    parents = [submit_soon(nodes["a"], LONG_TASK) for _ in range(3)]
+    try:
+        for parent in parents:
+            node = keyed(nodes["a"].path("tasks", str(parent), "status"))["Node"]
+            child = submit_soon(nodes["a"], f"model=sim max_tokens=2 prompt=child parent={parent}")
+            assert keyed(nodes["a"].path("tasks", str(child), "status"))["Node"] == node
+            assert cat(nodes[node], "tasks", str(parent), "children") == f"{child}\n"
+    finally:
+        for parent in parents:
+            kill(nodes["a"], parent)
+
+
 def test_a_killed_node_is_passed_over_and_the_trace_says_so(nodes):
     """kill -9 of c: before its lease expires it still looks up, so a's placements try it, find it cannot
     be connected to, place on a or b instead and say so in the `place` line; every submit succeeds."""

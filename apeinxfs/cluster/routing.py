@@ -49,6 +49,7 @@ def spans(ranges: str) -> tuple[list[int], list[int]]:
 
 
 def holds(ranges: str, pid: int) -> bool:
+    """Whether `pid` is in a record's "A-B,C" ranges."""
     firsts, lasts = spans(ranges)
     index = bisect.bisect_right(firsts, pid) - 1
     return index >= 0 and pid <= lasts[index]
@@ -76,6 +77,7 @@ class Router:
     # -- where tasks live ---------------------------------------------------------------------
 
     def owner(self, pid: int) -> str | None:
+        """The other node that holds task `pid` (see the module's docstring); None: here or nowhere."""
         if pid in self.rt.kernel.tasks:
             return None
         if (name := self.placed.get(pid)) is not None:
@@ -114,7 +116,7 @@ class Router:
         record = self.cluster.view.records.get(name)
         if record is None or not record.advertise or self.token is None:
             raise PeerDown(f"node {name} cannot be reached: " + ("this node has no [cluster] token_file"
-                           if self.token is None else f"it has no [cluster] advertise address"))
+                           if self.token is None else "it has no [cluster] advertise address"))
         url = "http://" + record.advertise
         if (peer := self.peers.get(url)) is None:
             peer = self.peers[url] = Peer(url, self.token)
@@ -132,9 +134,12 @@ class Router:
         except ApeinxError:
             return None
         parents = {self.owner(spec.parent) for spec in specs if spec.parent is not None}
+        if len(parents) == 1:  # None: the parent is here (or nowhere: refused here)
+            return Placing(self, [Choice(parents.pop() or self.here, "the node of the parent task")], lines,
+                           caller).route()
         if parents:
-            node = parents.pop() if len(parents) == 1 else None
-            return Placing(self, [Choice(node or self.here, "the node of the parent task")], lines, caller).route()
+            return Placing(self, [Choice(self.here, "parent tasks on several nodes: placed here")], lines,
+                           caller).route()
         models = frozenset(self.rt.kernel.models.name_of(spec) for spec in specs)
         choices = rank(self.cluster.view.nodes(), models, self.here, self.pending())
         return Placing(self, choices or [Choice(self.here, "no node up with the model is known: placed here")],
