@@ -250,7 +250,7 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def write(self, fh, off, buf):
-        return self.handles[fh].write(buf)
+        return await self.handles[fh].write_async(buf)
 
     async def flush(self, fh):
         """ENOSYS, so the kernel sends no more FLUSH on this mount: each close(2) saves a round trip

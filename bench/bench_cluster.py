@@ -1,27 +1,53 @@
 """What being a cluster node costs a daemon's submits, on a real 3-member etcd.
 
-Two daemons side by side, alike but for `[cluster]`: one single node, one cluster node
+Daemons side by side, alike but for `[cluster]`: one single node, one cluster node
 (tests/etcdcluster.py's etcd on this machine; pids from blocks of 100,000 granted
-through etcd, its record published every second, a watch on every node's). For
-BENCH_ROUNDS rounds, alternating between the two so that load from elsewhere falls on
-both: single-line submits per second for BENCH_SECONDS (one write(2) each, journaled
-before it returns) and a 20,000-line write. Prints medians and the ratio cluster /
-single. Submits make no etcd call (a block is asked for in the background), so the
-ratio should be near 1. A figure to watch, with no target (not in bench/run).
+through etcd, its record published every second, a watch on every node's) that places
+nothing (no peers), and a placing node: one of two cluster nodes that are peers of each
+other, whose submits are placed over both (about half forwarded to the other through
+its peer server). For BENCH_ROUNDS rounds, alternating between them so that load from
+elsewhere falls on all: single-line submits per second for BENCH_SECONDS (one write(2)
+each, journaled before it returns; on the placing node, placements per second) and a
+20,000-line write. Prints medians, the ratios to the single node, and how many of the
+placing node's writes went to its peer. Submits make no etcd call (a block is asked for
+in the background, placement reads the watched records), so the cluster node's ratio
+should be near 1; the placing node's pays an HTTP request per forwarded write. A figure
+to watch, with no target (not in bench/run).
 """
 import os
 import sys
 import tempfile
 
 from common import QUEUE_CONFIG, ROUNDS, SECONDS, count_runs, make_daemon, median, submit_lines
+from daemon import poll_until
+from engines import free_port
 from etcdcluster import EtcdCluster
 
 BULK_LINES = 20_000
+MODES = ("single", "cluster", "placing")
 
 
-def cluster_config(endpoints: list[str]) -> str:
+def cluster_config(endpoints: list[str], name: str = "bench", peers: str = "") -> str:
+    """A cluster node's config; `peers`, if given, is the token file of peers under their own prefix."""
     urls = ", ".join(f'"{url}"' for url in endpoints)
-    return QUEUE_CONFIG + f'\n[daemon]\nnode = "bench"\n[cluster]\netcd = [{urls}]\n'
+    config = QUEUE_CONFIG + f'\n[daemon]\nnode = "{name}"\n[cluster]\netcd = [{urls}]\n'
+    if peers:
+        config += f'advertise = "127.0.0.1:{free_port()}"\ntoken_file = "{peers}"\nprefix = "bench-placed/"\n'
+    return config
+
+
+def token_file(tmp: str) -> str:
+    path = os.path.join(tmp, "token")
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as file:
+        file.write(os.urandom(16).hex())
+    return path
+
+
+def placed_elsewhere(daemon) -> tuple[int, int]:
+    """(writes placed on another node, writes placed) as `daemon`'s trace tells."""
+    with open(daemon.path("trace", "events")) as trace:
+        places = [line for line in trace if line.split(",")[2:3] == ["place"]]
+    return sum(" on node placing:" not in line for line in places), len(places)
 
 
 def one_round(daemon) -> tuple[float, float]:
@@ -35,20 +61,33 @@ def one_round(daemon) -> tuple[float, float]:
 
 
 def main() -> int:
-    rates: dict = {"single": [], "cluster": []}
+    rates: dict = {name: [] for name in MODES}
     with EtcdCluster() as etcd, tempfile.TemporaryDirectory(prefix="apeinx-bench-cluster-") as tmp:
+        token = token_file(tmp)
         daemons = {"single": make_daemon(os.path.join(tmp, "single"), QUEUE_CONFIG, "single"),
-                   "cluster": make_daemon(os.path.join(tmp, "cluster"), cluster_config(etcd.endpoints), "cluster")}
-        with daemons["single"], daemons["cluster"]:
+                   "cluster": make_daemon(os.path.join(tmp, "cluster"), cluster_config(etcd.endpoints), "cluster"),
+                   "placing": make_daemon(os.path.join(tmp, "placing"),
+                                          cluster_config(etcd.endpoints, "placing", token), "placing")}
+        peer = make_daemon(os.path.join(tmp, "peer"), cluster_config(etcd.endpoints, "peer", token), "peer")
+        with daemons["single"], daemons["cluster"], daemons["placing"], peer:
+            wait_for_peer(daemons["placing"])
             for _ in range(ROUNDS):
                 for name, daemon in daemons.items():
                     rates[name].append(one_round(daemon))
             with open(daemons["cluster"].path("cluster")) as link:
                 print(link.read().replace("\n", "; "))
+            elsewhere, placed = placed_elsewhere(daemons["placing"])
     for index, what in enumerate(("single-line submits/s", f"tasks/s of one {BULK_LINES:,}-line write")):
-        single, cluster = (median([r[index] for r in rates[name]]) for name in ("single", "cluster"))
-        print(f"{what}: single node {single:,.0f}, cluster node {cluster:,.0f}, ratio {cluster / single:.2f}")
+        single, cluster, placing = (median([r[index] for r in rates[name]]) for name in MODES)
+        print(f"{what}: single node {single:,.0f}, cluster node {cluster:,.0f} (ratio {cluster / single:.2f}), "
+              f"placing node {placing:,.0f} (ratio {placing / single:.2f})")
+    print(f"the placing node placed {elsewhere:,} of its {placed:,} writes on its peer")
     return 0
+
+
+def wait_for_peer(daemon) -> None:
+    """Until `daemon` sees both placing nodes (else it would place everything on itself)."""
+    poll_until(lambda: sorted(os.listdir(daemon.path("nodes"))) == ["peer", "placing"], 60, "both placing nodes")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,14 @@ def nodes(tmp_path, etcd):
         a.stop()
 
 
+def submit_on(url: str, token: bytes, line: str) -> int:
+    """Submit `line` on the node at `url` itself, through its peer server (a write to its mount is placed
+    on the best node of the cluster, which may be another)."""
+    headers = {"authorization": "Bearer " + token.decode(), "apeinx-caller": CALLER_JSON}
+    reply = httpx.post(f"{url}/v1/ctl/submit", content=f"{line}\n", headers=headers, trust_env=False)
+    return int(reply.text)
+
+
 async def cat(path: str) -> bytes:
     return (await trio.run_process(["cat", path], capture_stdout=True)).stdout
 
@@ -92,7 +100,7 @@ async def test_a_live_stream_from_another_node_is_what_cat_reads_there(nodes):
     """Stream a task running on B from A's client while it runs, kill it through the client, and
     get exactly the bytes `cat` reads from B's stream, the same status text and the same wait line."""
     a, a_url, b, b_url, token = nodes
-    pid = b.submit(LONG_TASK)
+    pid = submit_on(b_url, token, LONG_TASK)
     received = bytearray()
     with trio.fail_after(HANG_GUARD_S):
         async with Peer(b_url, token) as peer, peer.stream(pid, CALLER) as chunks:
@@ -132,7 +140,7 @@ async def test_refusals_come_back_as_the_same_errors(nodes):
         with pytest.raises(Invalid) as bad:
             await peer.submit(["name=x model=sim max_tokens=-3"], CALLER)
         with pytest.raises(Invalid):
-            await peer.ctl(b.submit("short 5 5"), ["warp 9"], CALLER)
+            await peer.ctl(submit_on(b_url, token, "short 5 5"), ["warp 9"], CALLER)
     assert unknown.value.errno == errno.ENOENT and "99999" in unknown.value.reason
     assert bad.value.errno == errno.EINVAL and "max_tokens" in bad.value.reason
 
@@ -140,7 +148,7 @@ async def test_refusals_come_back_as_the_same_errors(nodes):
 async def test_the_peer_checks_the_caller_as_its_mount_does(nodes):
     """Another tenant's caller does not see B's task (Hidden, ENOENT); a viewer may not submit there (EACCES)."""
     a, a_url, b, b_url, token = nodes
-    pid = b.submit("short 5 5")
+    pid = submit_on(b_url, token, "short 5 5")
     outsider = Caller(uid=4242, gid=4242, pid=1, role="user", tenant="other")
     viewer = Caller(uid=4243, gid=4243, pid=1, role="viewer", tenant="default")
     async with Peer(b_url, token) as peer:
@@ -165,7 +173,7 @@ NOT_SERVED = [  # (method, path, headers besides the token, the status expected)
 async def test_what_the_peer_server_does_not_serve(nodes):
     """Files outside the peer endpoints, wrong methods, a missing caller or a bad range are refused with an error record."""
     a, a_url, b, b_url, token = nodes
-    pid = b.submit("short 5 5")
+    pid = submit_on(b_url, token, "short 5 5")
     async with httpx.AsyncClient(headers={"authorization": f"Bearer {token.decode()}"}) as http:
         for method, path, headers, status in NOT_SERVED:
             answer = await http.request(method, b_url + path.replace("PID", str(pid)), headers=headers)
@@ -175,7 +183,7 @@ async def test_what_the_peer_server_does_not_serve(nodes):
 async def test_a_wrong_or_missing_token_is_refused_with_401(nodes):
     """Without B's token the request is refused with 401, which the client gives as PeerRefused (EACCES)."""
     a, a_url, b, b_url, token = nodes
-    pid = b.submit("short 5 5")
+    pid = submit_on(b_url, token, "short 5 5")
     async with Peer(b_url, b"not-the-token") as peer:
         with pytest.raises(PeerRefused) as refused:
             await peer.status(pid, CALLER)
@@ -190,7 +198,7 @@ async def test_heartbeats_keep_a_silent_stream_open_and_a_stopped_peer_ends_it(n
     """A stream of a task stopped (through ctl) stays open on heartbeats past the idle timeout; once
     B itself is stopped (SIGSTOP), the read fails with PeerDown instead of hanging."""
     a, a_url, b, b_url, token = nodes
-    pid = b.submit(LONG_TASK)
+    pid = submit_on(b_url, token, LONG_TASK)
     outcome = {}
 
     async def read_to_end(chunks):
@@ -219,7 +227,7 @@ async def test_heartbeats_keep_a_silent_stream_open_and_a_stopped_peer_ends_it(n
 async def test_a_killed_peer_gives_ehostdown(nodes):
     """kill -9 of B ends A's stream of B's task and later requests with PeerDown (EHOSTDOWN)."""
     a, a_url, b, b_url, token = nodes
-    pid = b.submit(LONG_TASK)
+    pid = submit_on(b_url, token, LONG_TASK)
     with trio.fail_after(HANG_GUARD_S):
         async with Peer(b_url, token) as peer:
             async with peer.stream(pid, CALLER) as chunks:
@@ -257,7 +265,7 @@ async def test_a_fuse_read_of_a_remote_task_is_served_through_the_peer(nodes, tm
     status, output and a live stream give what `cat` reads on B; a blocked remote wait admitted as a
     reader ends with EINTR when its reader is interrupted, as Ctrl-C ends a local one."""
     a, a_url, b, b_url, token = nodes
-    pid, silent = b.submit(LONG_TASK), b.submit(LONG_TASK)
+    pid, silent = submit_on(b_url, token, LONG_TASK), submit_on(b_url, token, LONG_TASK)
     with open_runtime(tmp_path) as runtime, trio.fail_after(HANG_GUARD_S):
         ops = Operations(Tree(runtime))
         async with Peer(b_url, token) as peer:

@@ -1,7 +1,8 @@
 """The cluster inside the daemon: membership, the view of every node, pid blocks.
 
 `Cluster(settings, runtime)` is built by mount.py when `[cluster] etcd` is set and run
-by `Runtime.run` beside the drivers: one etcd client, and five tasks: the member (lease,
+by `Runtime.run` beside the drivers: one etcd client, the `router` (routing.py: where
+tasks live, where writes go, the peers' clients), and five tasks: the member (lease,
 epoch, leader campaign; member.py), the publisher of this node's record, the follower
 that keeps `view` (view.py) current through a watch, the keeper of pid blocks (pids.py)
 and, on the leader, the compaction of etcd's history. None of them blocks the file system: without etcd they note why and retry,
@@ -20,6 +21,7 @@ from .etcd_records import EtcdError
 from .member import RETRY_S, Member
 from .pids import take_block, wants_block
 from .records import Keys, NodeRecord, NodeView, record_of
+from .routing import Router
 from .settings import ClusterSettings
 from .view import ClusterView
 
@@ -39,6 +41,7 @@ class Cluster:
         self.etcd = Etcd(list(settings.etcd))
         self.member = Member(self.etcd, self.keys, self.name, settings.lease_s, self.record)
         self._read: tuple[int, NodeRecord] | None = None  # (kernel version, the record read off it then)
+        self.router = Router(self)  # where tasks live and writes go (routing.py)
 
     def record(self, epoch: int) -> NodeRecord:
         """This node's record now, in `epoch`; the kernel is read again only once it changed (a read
@@ -50,7 +53,7 @@ class Cluster:
 
     async def run(self) -> None:
         """Join and follow the cluster until cancelled."""
-        async with self.etcd, trio.open_nursery() as nursery:
+        async with self.etcd, self.router, trio.open_nursery() as nursery:
             nursery.start_soon(self.member.run)
             nursery.start_soon(self.member.publish)
             nursery.start_soon(self.follow)
@@ -77,7 +80,7 @@ class Cluster:
         while True:
             if wants_block(self.rt, size):
                 try:
-                    await take_block(self.rt, self.etcd, self.keys.pids, size)
+                    await take_block(self.rt, self.etcd, self.keys, size)
                     self.member.note(None)
                 except EtcdError as error:  # Unavailable without a quorum
                     self.member.note(error)

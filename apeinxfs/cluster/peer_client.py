@@ -12,7 +12,8 @@
 `caller` is the nodes.base.Caller the peer acts for. A refusal there comes back as the same
 ApeinxError class (peer_wire). A peer that cannot be reached, does not answer within
 `timeout` (connect: `connect_timeout`), or closes the connection mid-answer gives PeerDown
-(EHOSTDOWN) with the reason; for a command (submit, kill, ctl) whose answer was lost the
+(EHOSTDOWN) with the reason (PeerUnreachable if it could not be connected to: nothing was
+sent); for a command (submit, kill, ctl) whose answer was lost the
 reason says that its outcome is unknown: it is never sent twice. A wrong token gives
 PeerRefused (EACCES). A `stream` or `wait` may idle as long as its task is silent: the
 peer sends a heartbeat every HEARTBEAT_S, so a read idle for `idle_timeout` means a peer
@@ -25,10 +26,12 @@ import httpx
 import trio
 
 from ..nodes.base import Caller
-from .peer_wire import CALLER_HEADER, HEARTBEAT_S, FrameReader, PeerDown, PeerRefused, decode_error, encode_caller
+from .peer_wire import (CALLER_HEADER, HEARTBEAT_S, FrameReader, PeerDown, PeerRefused, PeerUnreachable, decode_error,
+                        encode_caller)
 
 IDLE_TIMEOUT_S = 4 * HEARTBEAT_S  # a stream or wait with no byte for this long: the peer is stopped or cut off
 UNKNOWN = "; its outcome is unknown (it may have run there)"
+LINE_S = 0.001  # a command may take this much longer per line (a 20,000-line submit runs for seconds there)
 
 
 class Peer:
@@ -83,17 +86,22 @@ class Peer:
         return await self.command(f"tasks/{pid}/ctl", lines, caller)
 
     async def command(self, path: str, lines: list[str], caller: Caller) -> list[str]:
+        """The replies to `lines` run as one write there, within `timeout` and LINE_S a line."""
         body = "".join(f"{line}\n" for line in lines).encode()
-        return (await self.request("POST", path, caller, content=body)).text.splitlines()
+        seconds = self.timeout + LINE_S * len(lines)
+        return (await self.request("POST", path, caller, seconds, content=body)).text.splitlines()
 
-    async def request(self, method: str, path: str, caller: Caller, **kwargs) -> httpx.Response:
-        """One request and its whole answer within `timeout` (PeerDown after); refusals raised."""
+    async def request(self, method: str, path: str, caller: Caller, seconds: float | None = None,
+                      **kwargs) -> httpx.Response:
+        """One request and its whole answer within `seconds` (default `timeout`; PeerDown after); refusals raised."""
         what = f"{method} {path}" + (UNKNOWN if method == "POST" else "")
         headers = self.headers(caller, kwargs.pop("headers", {}))
-        with self.translated(what, self.timeout), trio.move_on_after(self.timeout) as late:
-            response = await self.http.request(method, path, headers=headers, **kwargs)
+        seconds = seconds or self.timeout
+        limit = httpx.Timeout(seconds, connect=self.http.timeout.connect)
+        with self.translated(what, seconds), trio.move_on_after(seconds) as late:
+            response = await self.http.request(method, path, headers=headers, timeout=limit, **kwargs)
         if late.cancelled_caught:
-            raise PeerDown(f"peer {self.url}: no answer to {what} within {self.timeout:g}s")
+            raise PeerDown(f"peer {self.url}: no answer to {what} within {seconds:g}s")
         self.check(response)
         return response
 
@@ -138,7 +146,7 @@ class Peer:
         try:
             yield
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise PeerDown(f"peer {self.url}: cannot connect: {exc or type(exc).__name__}") from None
+            raise PeerUnreachable(f"peer {self.url}: cannot connect: {exc or type(exc).__name__}") from None
         except httpx.TimeoutException:
             raise PeerDown(f"peer {self.url}: silent for {seconds:g}s during {what}") from None
         except httpx.TransportError as exc:

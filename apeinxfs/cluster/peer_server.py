@@ -26,6 +26,7 @@ import trio
 from ..kernel.errors import ApeinxError, Denied, Invalid, NotFound, TooMany
 from ..kernel.grammar import parse_int
 from ..nodes.base import Blocking, Command, Dir, Log, Show
+from ..nodes.remote import RemoteTaskDir
 from ..ratelog import RateLog
 from .peer_wire import (CALLER_HEADER, FRAME_MAX, HEARTBEAT, HEARTBEAT_S, PeerRefused, data_frame, decode_caller,
                         encode_error, parse_address, read_token)
@@ -170,7 +171,7 @@ class PeerServer:
         node = self.tree.root
         for name in path.split("/"):
             node = node.child(name) if isinstance(node, Dir) else None
-            if node is None:
+            if node is None or isinstance(node, RemoteTaskDir):  # a peer asks for this node's own tasks only
                 raise NotFound(f"no /{path} on this node")
             if node.tenant is not None:
                 caller.may(node, 0)

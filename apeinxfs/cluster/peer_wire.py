@@ -37,6 +37,10 @@ class PeerDown(ApeinxError):
     errno = errno.EHOSTDOWN
 
 
+class PeerUnreachable(PeerDown):
+    """A peer could not be connected to: nothing was sent, so a command may go elsewhere."""
+
+
 class PeerRefused(ApeinxError):
     """A peer refused the token (HTTP 401): the nodes' token files differ, or none was sent."""
 

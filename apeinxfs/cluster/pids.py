@@ -1,7 +1,8 @@
 """Pids unique cluster-wide: blocks of them granted from a counter in etcd.
 
 etcd holds the first pid nobody has been granted (`Keys.pids`). `grant_block` moves it on
-by a block in a txn guarded on the counter's revision, never below the node's own pids
+by a block in a txn guarded on the counter's revision, which also notes the block's holder
+(`Keys.block`: so any node finds the node of any pid, live or exited), never below the node's own pids
 (`floor`: a node that ran alone before keeps its pids). The daemon journals each grant as a
 kernel event (events.PidBlock), so the kernel gives pids from its blocks and a replay gives
 the same ones. `keep_pids` asks for the next block once fewer than half a block is left, so
@@ -9,21 +10,27 @@ submits rarely wait for etcd; without a quorum, a node goes on with the pids it 
 once they are used up its submits fail with EAGAIN (kernel/tasktable.py).
 """
 import logging
+from collections.abc import Callable
 
 from ..kernel.events import PidBlock
 from .etcd import Etcd
-from .records import unchanged
+from .records import Keys, unchanged
 
 log = logging.getLogger(__name__)
 
 
-async def grant_block(etcd: Etcd, key: bytes, floor: int, size: int) -> int:
-    """The first pid of a block of `size` granted to this node, at `floor` or past it."""
+async def grant_block(etcd: Etcd, key: bytes, floor: int, size: int,
+                      holder: Callable[[int], tuple[bytes, bytes]] | None = None) -> int:
+    """The first pid of a block of `size` granted to this node, at `floor` or past it; `holder(first)`,
+    if given, is a key and value put in the same txn (who holds the block)."""
     while True:
         kv = await etcd.get(key)
         first = max(int(kv.value) if kv else 1, floor)
+        txn = unchanged(key, kv).put(key, str(first + size).encode())
+        if holder is not None:
+            txn = txn.put(*holder(first))
         # repeatable: a lost answer retried fails its guard and a block is skipped, never given twice
-        if (await etcd.txn(unchanged(key, kv).put(key, str(first + size).encode()), repeatable=True)).succeeded:
+        if (await etcd.txn(txn, repeatable=True)).succeeded:
             return first
 
 
@@ -34,8 +41,11 @@ def wants_block(runtime, size: int) -> bool:
     return left is not None and left < (size + 1) // 2 and runtime.health.fault is None
 
 
-async def take_block(runtime, etcd: Etcd, key: bytes, size: int) -> None:
-    """Be granted a block and journal it (EtcdError without etcd, Degraded if the journal fails)."""
-    first = await grant_block(etcd, key, runtime.kernel.tasks.pid_floor(), size)
+async def take_block(runtime, etcd: Etcd, keys: Keys, size: int) -> None:
+    """Be granted a block, noted in etcd as this node's (`Keys.block`), and journal it (EtcdError without
+    etcd, Degraded if the journal fails)."""
+    name = runtime.kernel.config.node
+    first = await grant_block(etcd, keys.pids, runtime.kernel.tasks.pid_floor(), size,
+                              lambda first: (keys.block(first), f"{name} {size}".encode()))
     runtime.commit([PidBlock(first=first, count=size)])  # refused: the block is skipped, another is asked for
     log.info("cluster: granted pids %d..%d", first, first + size - 1)

@@ -32,6 +32,8 @@ class NodeRecord:
     tasks: str = ""  # their pids as ranges, "4-9,12" (pid_ranges: the first MAX_RANGES of them)
     models: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     advertise: str | None = None  # its address for node-to-node traffic ([cluster] advertise)
+    pid_next: int = 0  # the pid its next task gets: it has given every pid of its blocks below it
+    tenants: dict[str, str] = attrs.field(factory=dict, hash=False)  # tenant -> its live pids, as ranges
 
     def to_json(self) -> bytes:
         return json.dumps(attrs.asdict(self), separators=(",", ":")).encode()
@@ -54,22 +56,43 @@ class NodeView:
 def record_of(kernel, epoch: int, seen_us: int, advertise: str | None) -> NodeRecord:
     """The record a node publishes: its kernel's GPUs, free slots and KV pages, queue and live tasks."""
     live = len(kernel.tasks) - kernel.tasks.count(State.EXITED)
+    by_tenant = live_by_tenant(kernel) if live else {}  # one pass over the task table, only while tasks live
     return NodeRecord(name=kernel.config.node, epoch=epoch, seen_us=seen_us, gpus=len(kernel.gpus),
                       slots_free=sum(gpu.config.slots - len(gpu.running) for gpu in kernel.gpus),
                       kv_pages_free=sum(pool.pages_free for pool in kernel.kv.pools),
                       queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING), live=live,
-                      tasks=pid_ranges(kernel.tasks.live_pids()) if live else "", models=sorted(kernel.models),
-                      advertise=advertise)
+                      tasks=pid_ranges(sorted(pid for pids in by_tenant.values() for pid in pids)),
+                      models=sorted(kernel.models), advertise=advertise, pid_next=kernel.tasks.next_pid,
+                      tenants=tenant_ranges(by_tenant))
 
 
-def pid_ranges(pids: list[int]) -> str:
-    """Pids in order as "A-B,C" ranges, the first MAX_RANGES of them (so a record stays far below etcd's
+def live_by_tenant(kernel) -> dict[str, list[int]]:
+    """Each tenant's live pids, in order."""
+    found: dict[str, list[int]] = {}
+    for task in kernel.tasks.values():
+        if task.state is not State.EXITED:
+            found.setdefault(task.tenant, []).append(task.pid)
+    return {tenant: sorted(pids) for tenant, pids in found.items()}
+
+
+def tenant_ranges(by_tenant: dict[str, list[int]]) -> dict[str, str]:
+    """Each tenant's live pids as ranges, MAX_RANGES of them in all (those past it are not listed)."""
+    ranges, left = {}, MAX_RANGES
+    for tenant, pids in sorted(by_tenant.items()):
+        if left > 0:
+            ranges[tenant] = pid_ranges(pids, left)
+            left -= ranges[tenant].count(",") + 1
+    return ranges
+
+
+def pid_ranges(pids: list[int], most: int = MAX_RANGES) -> str:
+    """Pids in order as "A-B,C" ranges, the first `most` of them (so a record stays far below etcd's
     1.5 MiB request limit)."""
     ranges: list[list[int]] = []
     for pid in pids:
         if ranges and ranges[-1][1] == pid - 1:
             ranges[-1][1] = pid
-        elif len(ranges) < MAX_RANGES:
+        elif len(ranges) < most:
             ranges.append([pid, pid])
         else:
             break
@@ -115,6 +138,10 @@ class Keys:
     def pids(self) -> bytes:
         """The first pid no node has been granted yet."""
         return self._key("pids", "next")
+
+    def block(self, first: int) -> bytes:
+        """Who holds the pid block that starts at `first`: "NAME COUNT" (no lease: pids stay where they are)."""
+        return self._key("blocks", str(first))
 
     @property
     def election(self) -> bytes:

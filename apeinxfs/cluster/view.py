@@ -4,9 +4,11 @@
 watch's events (`apply`); daemon.py feeds it. A node is up while its `up/NAME` key (on its
 lease) exists; its record (`nodes/NAME`, no lease) stays after it goes, so a down node is
 listed with its last state. The leader is the election candidate with the oldest key.
+`holder(pid)` names the node granted the pid block of `pid` (`blocks/FIRST` keys).
 Pure: no etcd calls, no trio. Every node applies the same events in the same order, so
 every node renders the same view once it has caught up.
 """
+import bisect
 import json
 import logging
 
@@ -24,11 +26,13 @@ class ClusterView:
         self.records: dict[str, NodeRecord] = {}
         self.up: dict[str, int] = {}  # name -> epoch, of the nodes whose lease lives
         self.candidates: dict[bytes, tuple[int, str]] = {}  # election key -> (create revision, node name)
+        self.blocks: dict[int, tuple[int, str]] = {}  # first pid of a granted block -> (its size, its node)
+        self._firsts: list[int] | None = None  # the blocks' first pids in order, once asked for
         self.revision = 0  # etcd's revision this view has seen up to
 
     def load(self, kvs: list[KeyValue], revision: int) -> None:
         """Start again from a read of every key under the prefix at `revision`."""
-        self.records, self.up, self.candidates = {}, {}, {}
+        self.records, self.up, self.candidates, self.blocks, self._firsts = {}, {}, {}, {}, None
         for kv in kvs:
             self._put(kv)
         self.revision = revision
@@ -50,6 +54,9 @@ class ClusterView:
                 self.up[name] = int(kv.value)
             elif kind == "leader":
                 self.candidates[kv.key] = (kv.create_revision, kv.value.decode())
+            elif kind == "blocks":
+                node, size = kv.value.decode().split()
+                self.blocks[int(name)], self._firsts = (int(size), node), None
         except (ValueError, TypeError, json.JSONDecodeError) as exc:  # another version's record: skipped
             log.warning("cluster: cannot read %s: %s", kv.key, exc)
 
@@ -61,6 +68,16 @@ class ClusterView:
             self.up.pop(name, None)
         elif kind == "leader":
             self.candidates.pop(key, None)
+
+    def holder(self, pid: int) -> str | None:
+        """The node granted the pid block that holds `pid`; None if no block does."""
+        if self._firsts is None:
+            self._firsts = sorted(self.blocks)
+        index = bisect.bisect_right(self._firsts, pid) - 1
+        if index < 0:
+            return None
+        size, node = self.blocks[self._firsts[index]]
+        return node if pid < self._firsts[index] + size else None
 
     @property
     def leader(self) -> str | None:

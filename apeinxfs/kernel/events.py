@@ -188,6 +188,16 @@ class PidBlock:
 
 
 @attrs.frozen
+class Placed(ByCaller):
+    """Where the cluster placed a write's tasks (`pids`, as ranges), on node `node`, and why: a
+    trace line only, since the tasks' own events are on the node that runs them."""
+
+    node: str
+    pids: str
+    reason: str
+
+
+@attrs.frozen
 class Tick:
     """Time passed: deadlines up to now are checked."""
 
@@ -216,7 +226,7 @@ class JournalRecovered:
 
 Event = (Submit | Kill | Control | Step | Failed | Rejected | SetPolicy | Tick | Restart | SetTenant
          | RemoveTenant | SetRules | SetModel | RemoveModel | GpuMemory | JournalFailed | JournalRecovered
-         | Interrupted | EngineHealth | EngineKV | PidBlock)
+         | Interrupted | EngineHealth | EngineKV | PidBlock | Placed)
 KINDS: dict[str, type[Event]] = {cls.__name__.lower(): cls for cls in typing.get_args(Event)}
 
 

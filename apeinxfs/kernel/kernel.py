@@ -94,7 +94,7 @@ class Kernel:
             ev.RemoveModel: (lambda e: models.check_remove(e.name, self.tasks.values()), self._apply_removemodel),
             ev.SetRules: (tenancy.check_rules, tenancy.set_rules),
             ev.GpuMemory: (self._check_gpumemory, self._apply_gpumemory),
-            ev.PidBlock: (self.tasks.check_grant, self.moves.grant_pids),
+            ev.PidBlock: (self.tasks.check_grant, self.moves.grant_pids), ev.Placed: (accept, self.moves.placed),
             ev.Tick: (accept, accept),  # nothing but time: apply() expires deadlines and schedules
             ev.Restart: (accept, self.moves.restart),
             ev.JournalFailed: (accept, lambda e: self.emit("degraded", None, f"{e.reason}; state changes are "

@@ -203,6 +203,10 @@ class Moves:
             self.tasks.grant(event.first, event.count)
             self.emit("pid-block", None, f"pids {event.first}..{event.first + event.count - 1} granted by the cluster")
 
+    def placed(self, event: ev.Placed) -> None:
+        """The cluster placed a write's tasks on a node (a trace line only: the tasks run there)."""
+        self.emit("place", None, f"pids {event.pids} on node {event.node}: {event.reason}")
+
     def restart(self, event: ev.Restart) -> None:
         """The daemon restarted: what was running goes back to the queue, billed up to its last token."""
         self.emit("restart", None, f"daemon restarted with {len(self.tasks)} tasks")

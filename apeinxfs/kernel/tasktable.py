@@ -54,10 +54,6 @@ class TaskTable(Mapping[int, Task]):
         if self._blocks and self.next_pid >= self.pid_end:  # type: ignore[operator]
             self.next_pid, self.pid_end = self._blocks.pop(0)
 
-    def live_pids(self) -> list[int]:
-        """The pids of the tasks that have not exited, in pid order (one pass over the table)."""
-        return sorted(task.pid for task in self._tasks.values() if task.state is not State.EXITED)
-
     def pids_left(self) -> int | None:
         """Pids this node may still give without a new block; None where pids are not in blocks."""
         if self.pid_end is None:

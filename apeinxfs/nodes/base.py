@@ -249,6 +249,10 @@ class Handle:
     def write(self, data: bytes) -> int:
         raise Denied("not open for writing")
 
+    async def write_async(self, data: bytes) -> int:
+        """A write through the mount: `write`, unless the handle may wait (one forwarded to another node)."""
+        return self.write(data)
+
     def release(self) -> None:
         """The last close; nothing to do by default (errors here reach no one)."""
 

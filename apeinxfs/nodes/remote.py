@@ -10,16 +10,22 @@ that caller as its own mount would; its refusals come back as the same errors.
   Ctrl-C within a slice); each read opens the file at its offset on the peer and returns
   the first bytes that come, or b'' at the end. One request (and connection) a read: simple
   and stateless, since a handle cannot close a kept-open stream (`release` is synchronous).
-Not here: which tasks are remote and where (the cluster's membership), ctl writes (a
-handle's `write` is synchronous), the file sizes (0: the files are direct_io).
+`RemoteTaskDir` is /tasks/PID of such a task: those four files and `ctl`, whose writes
+through the mount are forwarded (nodes/forwarding.py); a line run at close, which cannot
+wait for a peer, is refused.
+Not here: which tasks are remote and where (cluster/routing.py), the file sizes (0: the
+files are direct_io).
 """
 import stat
 
 import attrs
 
-from ..kernel.errors import Denied
-from .base import BlockingHandle, Caller, Handle, Node
-from .tasks import PRIVATE
+from ..kernel.errors import Denied, Invalid
+from .base import BlockingHandle, BuiltDir, Caller, Handle, Node
+from .forwarding import Forwarding
+from .tasks import FILES, PRIVATE, inode_of
+
+REMOTE_FILES = ("status", "ctl", "output", "stream", "wait")
 
 @attrs.define(eq=False)
 class RemoteFile(Node):
@@ -34,6 +40,36 @@ class RemoteFile(Node):
             raise Denied("read-only file")
         handle = {"status": RemoteStatus, "output": RemoteOutput}.get(self.name, RemoteBlocking)
         return handle(self, caller)
+
+
+@attrs.define(eq=False)
+class RemoteTaskDir(BuiltDir):
+    """/tasks/PID of task `pid` on node `node`, reached through `router` (cluster/routing.Router);
+    its files sit at the slots of the local ones (tasks.FILES), so inodes find them the same way."""
+
+    names: tuple = FILES
+    pid: int = 0
+    node: str = ""
+    router: object = None
+
+    def __attrs_post_init__(self):
+        self.inode = inode_of(self.pid, 0)
+
+    def child(self, name):
+        return super().child(name) if name in REMOTE_FILES else None
+
+    def entries(self):
+        return [(name, self.child(name)) for name in REMOTE_FILES]
+
+    def build(self, name):
+        if name == "ctl":
+            return Forwarding(mode=stat.S_IFREG | 0o220, run=self.unforwarded,
+                              route=self.router.route_ctl(self.pid, self.node))
+        return remote_file(self.router.peer(self.node), self.pid, name)
+
+    def unforwarded(self, lines, caller):
+        raise Invalid(f"task {self.pid} runs on node {self.node}: a command to its ctl must end with a newline "
+                      f"(it is forwarded as it is written, not at close)")
 
 
 def remote_file(peer, pid: int, name: str) -> RemoteFile:

@@ -26,8 +26,9 @@ def inode_of(pid: int, slot: int) -> int:
     return PID_BASE + pid * SLOTS + slot
 
 
-def status(task, sandbox=None) -> str:
-    """Key:<TAB>value lines in the order of docs/apeinxfs.5.md, then extras (the tenant's sandbox, if it has one)."""
+def status(task, sandbox=None, node: str | None = None) -> str:
+    """Key:<TAB>value lines in the order of docs/apeinxfs.5.md, then extras (the node it runs on, in a
+    cluster; the tenant's sandbox, if it has one)."""
     deadline = "-" if task.deadline_at_us is None else f"{(task.deadline_at_us - task.submitted_us) / 1e6:g}s"
     rows = [("Name", task.spec.name), ("Pid", task.pid), ("PPid", task.parent or 0), ("Tenant", task.tenant),
             ("Uid", task.uid), ("Model", task.model), ("State", task.state), ("Prio", task.spec.prio),
@@ -37,6 +38,8 @@ def status(task, sandbox=None) -> str:
             ("Deadline", deadline), ("SubmittedUs", task.submitted_us),
             ("FirstTokenUs", "-" if task.first_token_us is None else task.first_token_us - task.submitted_us),
             ("Sampling", task.spec.sampling.text if task.spec.sampling else "-")]
+    if node is not None:
+        rows.append(("Node", node))
     if sandbox is not None:
         rows.append(("Sandbox", " ".join(line.replace(" ", "=") for line in show_group(sandbox).splitlines())))
     return "".join(f"{key}:\t{value}\n" for key, value in rows)
@@ -78,7 +81,7 @@ def _files(rt, task) -> dict:
     """Builders of the nodes of a task's files, by name: only the one asked for is built."""
     pid = task.pid
     return {
-        "status": lambda: Show(show=lambda: status(task, _sandbox(rt, task))),
+        "status": lambda: Show(show=lambda: status(task, _sandbox(rt, task), rt.cluster and rt.kernel.config.node)),
         "ctl": lambda: Command(mode=stat.S_IFREG | 0o220, run=ctl.task_ctl(rt, pid)),
         "prompt": lambda: Show(mode=PRIVATE, show=lambda: task.spec.prompt),
         "output": lambda: Log(mode=PRIVATE, source=lambda: task.output),
@@ -114,8 +117,19 @@ class TasksDir(Dir):
                        owner=owner_of(self.rt, task))
 
     def child(self, name):
-        task = self.rt.kernel.tasks.get(int(name)) if name.isascii() and name.isdigit() and len(name) < 16 else None
-        return self.task_dir(task) if task else None
+        if not (name.isascii() and name.isdigit() and len(name) < 16):
+            return None
+        task = self.rt.kernel.tasks.get(int(name))
+        return self.task_dir(task) if task else self.remote_dir(int(name))
+
+    def remote_dir(self, pid: int):
+        """/tasks/PID of a task on another node of the cluster (cluster/routing.py); None if none is known."""
+        return None if self.rt.cluster is None else self.rt.cluster.router.task_dir(pid)
 
     def entries(self):
-        return [(str(pid), self.task_dir(task)) for pid, task in self.rt.kernel.tasks.items()]
+        found = [(pid, self.task_dir(task)) for pid, task in self.rt.kernel.tasks.items()]
+        if self.rt.cluster is not None:  # and the live tasks of the other nodes, in pid order
+            router = self.rt.cluster.router
+            found = sorted(found + [(pid, router.task_dir(pid, node, tenant)) for pid, node, tenant in
+                                    router.remote_tasks()], key=lambda entry: entry[0])
+        return [(str(pid), node) for pid, node in found]

@@ -14,6 +14,7 @@ from .. import health
 from ..kernel.errors import NotFound
 from . import billing, ctl, gpus, memory, metrics, policy, readme, replay, sched
 from .base import Command, Dir, Log, NamedDirs, Setting, Show
+from .forwarding import Forwarding, routed
 from . import tasks
 from .members import NodesDir, link
 from .models import ModelsDir, models_ctl
@@ -65,8 +66,8 @@ def build_root(rt) -> Dir:
     return Dir(children={
         "README": Show(show=readme.show),
         "ctl": Dir(children={
-            "submit": Command(mode=stat.S_IFREG | 0o666, run=ctl.submit(rt)),
-            "kill": Command(run=ctl.kill(rt)),
+            "submit": Forwarding(mode=stat.S_IFREG | 0o666, run=ctl.submit(rt), route=partial(routed, rt, "submit")),
+            "kill": Forwarding(run=ctl.kill(rt), route=partial(routed, rt, "kill")),
             "tenants": Command(mode=stat.S_IFREG | 0o200, run=tenants_ctl(rt), write_role="admin"),
             "models": Command(mode=stat.S_IFREG | 0o200, run=models_ctl(rt), write_role="admin"),
             "policy": policy.RulesFile(rt=rt, show=partial(policy.show, kernel), write_role="admin"),
@@ -151,13 +152,21 @@ class Tree:
         if task is None:
             if slot == REPLAY_SLOT and (archived := self.root.children["replay"].archived(pid)) is not None:
                 return archived
-            raise NotFound(f"no task {pid}")
+            return self._remote_node(pid, slot)
         built, node = self._task_nodes.get(inode, (None, None))
         if built is not task or node.owner != owner_of(self.rt, task):  # a new task, or its tenant's gids changed
             if len(self._task_nodes) >= RENDERED_MAX:
                 self._task_nodes.clear()
             node = self._build_task_node(inode, task, pid, slot)
             self._task_nodes[inode] = (task, node)
+        return node
+
+    def _remote_node(self, pid: int, slot: int):
+        """A directory or file of task `pid` on another node of the cluster, or NotFound."""
+        remote = self.root.children["tasks"].remote_dir(pid) if slot != REPLAY_SLOT else None
+        node = remote if remote is None or slot == 0 else remote.by_slot(slot)
+        if node is None:
+            raise NotFound(f"no task {pid}")
         return node
 
     def _build_task_node(self, inode: int, task, pid: int, slot: int):

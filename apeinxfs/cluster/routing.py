@@ -1,0 +1,221 @@
+"""Which node a task lives on, and where a write's commands run: the I/O around placement.py.
+
+`Router(cluster)` (held as `Cluster.router`) answers, from the cluster's view:
+- `owner(pid)`: the other node that holds task `pid`, live or exited: one this node placed
+  there (the last PLACED_MAX), else the node granted its pid block (view.holder) if its
+  record says it gave the pid already, else one whose record lists it live; None if it is
+  here or nowhere known.
+- `remote_tasks()`: the live tasks the up nodes other than this one publish, with their
+  tenants (for `ls /tasks`, which shows a caller its tenant's).
+- `task_dir(pid)`: /tasks/PID of a task on another node, served through its peer, of its
+  tenant where its node publishes it live.
+- `route_submit`, `route_kill`, `route_ctl`: a nodes.forwarding.Route for a write to
+  ctl/submit, ctl/kill or /tasks/PID/ctl of a remote task.
+A submit write goes, whole, to the best node placement.rank names; a node that cannot be
+connected to (nothing was sent) is passed over for the next, down to this node. Each
+placement is traced (events.Placed: the `place` line). Peers are this module's httpx
+clients, one per address, closed with the router.
+Not here: the policy (placement.py), the wire (peer_client.py), the tree (nodes/).
+"""
+import bisect
+import contextlib
+import functools
+import logging
+from collections import OrderedDict
+
+from ..kernel.errors import ApeinxError, Invalid
+from ..kernel.events import Placed
+from ..kernel.grammar import parse_pid, parse_submit
+from ..nodes.forwarding import Route
+from ..nodes.remote import RemoteTaskDir
+from .peer_client import Peer
+from .peer_wire import PeerDown, PeerUnreachable, read_token
+from .placement import Choice, rank
+from .records import pid_ranges, pids_of
+
+log = logging.getLogger(__name__)
+PLACED_MAX = 100_000  # pids this node placed elsewhere that it remembers (so their files resolve at once)
+
+
+@functools.lru_cache(maxsize=256)
+def spans(ranges: str) -> tuple[list[int], list[int]]:
+    """A record's "A-B,C" pid ranges as (firsts, lasts), for bisect."""
+    firsts, lasts = [], []
+    for part in filter(None, ranges.split(",")):
+        first, _, last = part.partition("-")
+        firsts.append(int(first))
+        lasts.append(int(last or first))
+    return firsts, lasts
+
+
+def holds(ranges: str, pid: int) -> bool:
+    """Whether `pid` is in a record's "A-B,C" ranges."""
+    firsts, lasts = spans(ranges)
+    index = bisect.bisect_right(firsts, pid) - 1
+    return index >= 0 and pid <= lasts[index]
+
+
+class Router:
+    """Where tasks live and where writes go, for `cluster` (daemon.Cluster); an async context manager."""
+
+    def __init__(self, cluster):
+        self.cluster, self.rt = cluster, cluster.rt
+        self.here = cluster.name
+        token_file = cluster.settings.token_file
+        self.token = read_token(token_file) if token_file else None
+        self.peers: dict[str, Peer] = {}
+        self.placed: OrderedDict[int, str] = OrderedDict()
+        self.tally: dict[str, tuple[int, int]] = {}  # node -> (its record's seen_us, tasks placed there since)
+
+    async def __aenter__(self) -> "Router":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for peer in self.peers.values():
+            await peer.http.aclose()
+
+    # -- where tasks live ---------------------------------------------------------------------
+
+    def owner(self, pid: int) -> str | None:
+        """The other node that holds task `pid` (see the module's docstring); None: here or nowhere."""
+        if pid in self.rt.kernel.tasks:
+            return None
+        if (name := self.placed.get(pid)) is not None:
+            return name
+        view = self.cluster.view
+        name = view.holder(pid)
+        if name is not None and pid >= getattr(view.records.get(name), "pid_next", 0):
+            name = None  # not given yet, as far as its last record says
+        if name is None:  # a pid given before its node joined the cluster: listed while live
+            name = next((name for name, record in view.records.items() if holds(record.tasks, pid)), None)
+        return None if name == self.here else name
+
+    def remote_tasks(self) -> list[tuple[int, str, str]]:
+        """(pid, node, tenant) of the live tasks of the up nodes but this one, in pid order."""
+        view = self.cluster.view
+        found = []
+        for name, record in view.records.items():
+            if name != self.here and name in view.up:
+                for tenant, ranges in record.tenants.items():
+                    found += [(pid, name, tenant) for pid in pids_of(ranges)]
+        return sorted(found)
+
+    def task_dir(self, pid: int, node: str | None = None, tenant: str | None = None) -> RemoteTaskDir | None:
+        """/tasks/PID of task `pid` on another node (`node`, else its owner), of `tenant` (else the one its
+        node publishes for it live; None for an exited one: the peer checks its caller all the same)."""
+        node = node or self.owner(pid)
+        if node is None:
+            return None
+        if tenant is None:
+            tenants = self.cluster.view.records[node].tenants if node in self.cluster.view.records else {}
+            tenant = next((name for name, ranges in tenants.items() if holds(ranges, pid)), None)
+        return RemoteTaskDir(pid=pid, node=node, router=self, tenant=tenant)
+
+    def peer(self, name: str) -> Peer:
+        """The client of node `name`'s peer server; PeerDown if it has none or this node has no token."""
+        record = self.cluster.view.records.get(name)
+        if record is None or not record.advertise or self.token is None:
+            raise PeerDown(f"node {name} cannot be reached: " + ("this node has no [cluster] token_file"
+                           if self.token is None else "it has no [cluster] advertise address"))
+        url = "http://" + record.advertise
+        if (peer := self.peers.get(url)) is None:
+            peer = self.peers[url] = Peer(url, self.token)
+        return peer
+
+    # -- where writes go ----------------------------------------------------------------------
+
+    async def route_submit(self, lines: list[str], caller) -> Route | None:
+        """A submit write's route: to its parents' node, else to the best node (None: here, as any
+        write on a node that cannot forward, or with a line this node will refuse)."""
+        if self.token is None:
+            return None
+        try:
+            specs = [parse_submit(line) for line in lines]
+        except ApeinxError:
+            return None
+        parents = {self.owner(spec.parent) for spec in specs if spec.parent is not None}
+        if len(parents) == 1:  # None: the parent is here (or nowhere: refused here)
+            return Placing(self, [Choice(parents.pop() or self.here, "the node of the parent task")], lines,
+                           caller).route()
+        if parents:
+            return Placing(self, [Choice(self.here, "parent tasks on several nodes: placed here")], lines,
+                           caller).route()
+        models = frozenset(self.rt.kernel.models.name_of(spec) for spec in specs)
+        choices = rank(self.cluster.view.nodes(), models, self.here, self.pending())
+        return Placing(self, choices or [Choice(self.here, "no node up with the model is known: placed here")],
+                       lines, caller).route()
+
+    async def route_kill(self, lines: list[str], caller) -> Route | None:
+        """ctl/kill of pids on one other node goes there; of pids on several nodes, EINVAL."""
+        try:
+            owners = {self.owner(parse_pid(line)) for line in lines}
+        except ApeinxError:
+            return None
+        if owners == {None}:
+            return None
+        if len(owners) > 1:
+            raise Invalid(f"these pids live on several nodes ({', '.join(sorted(o or self.here for o in owners))}):"
+                          f" write each node's to ctl/kill separately")
+        peer = self.peer(owners.pop())
+        return Route(remote=lambda: peer.kill([parse_pid(line) for line in lines], caller))
+
+    def route_ctl(self, pid: int, node: str):
+        """The route of /tasks/PID/ctl of task `pid` on `node`."""
+        async def route(lines: list[str], caller) -> Route:
+            peer = self.peer(node)
+            return Route(remote=lambda: peer.ctl(pid, lines, caller))
+        return route
+
+    # -- the tasks placed on each node since its record -------------------------------------------
+
+    def pending(self) -> dict[str, int]:
+        """Tasks placed on each node since the record of it the view holds (which does not count them)."""
+        records = self.cluster.view.records
+        return {name: count for name, (seen_us, count) in self.tally.items()
+                if name in records and records[name].seen_us == seen_us}
+
+    def count(self, node: str, pids: list[int]) -> None:
+        record = self.cluster.view.records.get(node)
+        if record is not None:
+            self.tally[node] = (record.seen_us, self.pending().get(node, 0) + len(pids))
+        if node != self.here:
+            for pid in pids:
+                self.placed[pid] = node
+            while len(self.placed) > PLACED_MAX:
+                self.placed.popitem(last=False)
+
+
+class Placing:
+    """One submit write on its way: tried on each choice in turn, then traced where it ran."""
+
+    def __init__(self, router: Router, choices: list[Choice], lines: list[str], caller):
+        self.router, self.choices, self.lines, self.caller = router, choices, lines, caller
+        self.passed: list[str] = []  # the choices that could not be reached, and why
+        self.chosen = choices[0]
+
+    def route(self) -> Route:
+        return Route(remote=self.run, done=self.done)
+
+    async def run(self) -> list[str] | None:
+        """The replies of the first choice that could be reached; None once this node's turn comes."""
+        for choice in self.choices:
+            self.chosen = choice
+            if choice.node == self.router.here:
+                return None
+            try:
+                return await self.router.peer(choice.node).submit(self.lines, self.caller)
+            except PeerUnreachable as exc:
+                self.passed.append(f"{choice.node} unreachable ({exc.reason})")
+        self.chosen = Choice(self.router.here, "no other node could be reached")
+        return None
+
+    def done(self, replies: list[str]) -> None:
+        pids = [int(reply) for reply in replies if reply.isdigit()]
+        if not pids:
+            return
+        router, node = self.router, self.chosen.node
+        router.count(node, pids)
+        reason = self.chosen.reason + "".join(f"; {passed}" for passed in self.passed)
+        with contextlib.suppress(ApeinxError):  # degraded: the tasks stand, the line is lost
+            router.rt.commit([Placed(node=node, pids=pid_ranges(pids), reason=reason, uid=self.caller.uid,
+                                     caller_pid=self.caller.pid, caller_tenant=self.caller.tenant)])

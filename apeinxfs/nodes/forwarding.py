@@ -1,0 +1,81 @@
+"""ctl files whose writes may run on another node of the cluster (a placed submit, a remote kill).
+
+`Forwarding` is a Command whose `route(lines, caller)` (async) looks at a write's complete
+lines first and returns a `Route`, or None to run them here as any Command does. A Route's
+`remote()` runs the lines on another node and returns the replies (pids, `ok`), or None to
+run them here after all; `done(replies)` is called once they ran, here or there (the
+trace's `place` line). Only the
+FUSE adapter's `write_async` routes: a peer's request (peer_server.py) and a last line run at
+close (`release` is synchronous) run here. A write with a line this node would refuse unread
+(over-long, not UTF-8, control characters) runs here, so the refusal is this node's.
+Not here: where tasks live or where they should run (cluster/routing.py, placement.py).
+"""
+from collections.abc import Awaitable, Callable
+
+import attrs
+
+from ..kernel.errors import ApeinxError
+from .base import LINE_MAX, Command, CommandHandle, decode_line
+
+
+@attrs.frozen
+class Route:
+    """Where a write runs: `remote()` runs it elsewhere and returns the replies, or returns None to
+    run it here; then `done(replies)`."""
+
+    remote: Callable[[], Awaitable[list[str] | None]]
+    done: Callable[[list[str]], None] = lambda replies: None
+
+
+@attrs.define(eq=False)
+class Forwarding(Command):
+    """A Command whose writes through the mount are routed by `route` first."""
+
+    route: object = None
+
+    def open(self, caller, writing, reading, truncating=False):
+        super().open(caller, writing, reading, truncating)  # its refusals
+        return ForwardingHandle(self, caller)
+
+
+@attrs.define(eq=False)
+class ForwardingHandle(CommandHandle):
+    """A CommandHandle of a Forwarding node, whose writes through the mount are routed first."""
+
+    async def write_async(self, data: bytes) -> int:
+        lines, rest = self.routable(data)
+        try:
+            route = await self.node.route(lines, self.caller) if lines else None
+            replies = None if route is None else await route.remote()
+        except ApeinxError as exc:
+            self.pending.clear()
+            self.reply = "".join(f"error: {reply}\n" for reply in exc.replies).encode()
+            raise
+        if replies is None:
+            count = self.write(data)
+        else:
+            self.pending, count = bytearray(rest), len(data)
+            self.reply = "".join(f"{reply}\n" for reply in replies).encode()
+        if route is not None:
+            route.done(self.reply.decode().splitlines())
+        return count
+
+    def routable(self, data: bytes) -> tuple[list[str], bytes]:
+        """The complete lines the pending bytes and `data` make, as text (blank ones dropped), and the
+        bytes after them; no lines when there is none or one this node refuses unread (it runs here then)."""
+        joined = bytes(self.pending) + data
+        cut = joined.rfind(b"\n") + 1
+        if self.refused_rest is not None or len(joined) - cut > LINE_MAX:
+            return [], b""
+        try:
+            lines = [decode_line(raw) for raw in joined[:cut].split(b"\n")[:-1] if raw]
+        except ApeinxError:
+            return [], b""
+        return [line for line in lines if line.strip()], joined[cut:]
+
+
+async def routed(rt, what: str, lines: list[str], caller) -> Route | None:
+    """The route of a write to ctl/`what` (submit, kill): the cluster's (cluster/routing.py); here on a
+    single node."""
+    router = None if rt.cluster is None else rt.cluster.router
+    return None if router is None else await getattr(router, f"route_{what}")(lines, caller)

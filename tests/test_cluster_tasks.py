@@ -1,0 +1,134 @@
+"""Tier 4: three daemons on a real 3-member etcd, peers of each other: submits placed over the nodes,
+and every task's files read and driven from any node with cat, ls and echo.
+
+Nodes a, b, c (own mountpoints and state dirs, `lease_s = 5`, a peer server each on a free
+127.0.0.1 port, one shared token) serve the whole module. Waits poll with generous bounds;
+nothing asserts a duration.
+"""
+import os
+import subprocess
+
+import pytest
+
+from daemon import Daemon, poll_until
+from engines import free_port
+from etcdcluster import EtcdCluster
+from test_cluster_nodes import FUSE_READY, LONG_TASK, NAMES, SETTLE_S, all_up, cluster_config, keyed, submit_soon
+from test_peer import token_file
+
+pytestmark = pytest.mark.skipif(not FUSE_READY,
+                                reason="*** needs /dev/fuse and fusermount3: CLUSTER MOUNT TESTS SKIPPED ***")
+MEDIUM_TASK = "model=sim max_tokens=1500 prompt=medium"  # about 3 s at 2 ms a token
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory):
+    """Daemons a, b, c on one 3-member etcd, each serving peers; stopped by pid at the end."""
+    root = tmp_path_factory.mktemp("placed")
+    token = token_file(root, b"placed-" + os.urandom(8).hex().encode())
+    with EtcdCluster(root / "etcd") as etcd:
+        daemons = {name: Daemon(root / name / "ai", root / name / "state", cluster_config(name, etcd.endpoints)
+                                + f'advertise = "127.0.0.1:{free_port()}"\ntoken_file = "{token}"\n')
+                   for name in NAMES}
+        try:
+            for daemon in daemons.values():
+                daemon.start()
+            poll_until(lambda: all_up(daemons), SETTLE_S, "a, b and c up as seen from every node")
+            yield daemons
+        finally:
+            for daemon in daemons.values():
+                daemon.stop()
+
+
+def cat(daemon: Daemon, *parts) -> str:
+    return subprocess.run(["cat", daemon.path(*parts)], capture_output=True, text=True, check=True).stdout
+
+
+def listed_tasks(daemon: Daemon) -> set[int]:
+    return {int(name) for name in os.listdir(daemon.path("tasks"))}
+
+
+def seen_on(daemon: Daemon, pid: int) -> None:
+    """Wait until `daemon` knows task `pid` of another node (its node publishes its pids every second)."""
+    poll_until(lambda: os.path.exists(daemon.path("tasks", str(pid))), SETTLE_S, f"task {pid} on {daemon.mountpoint}")
+
+
+def kill(daemon: Daemon, pid: int) -> None:
+    subprocess.run(["sh", "-c", f"echo {pid} > {daemon.path('ctl', 'kill')}"], check=True)
+
+
+def test_twelve_submits_on_one_node_are_spread_over_all_three(nodes):
+    """12 long tasks submitted on a run on every node and `ls tasks` lists them on each; the trace of a
+    has a `place` line for each; killed from a, `cat wait` on c prints killed, and their status shows
+    `Node:` and reads the same on every node."""
+    pids = [submit_soon(nodes["a"], LONG_TASK) for _ in range(12)]
+    try:
+        where = {pid: keyed(nodes["a"].path("tasks", str(pid), "status"))["Node"] for pid in pids}
+        assert set(where.values()) == set(NAMES), where
+        for daemon in nodes.values():
+            poll_until(lambda: set(pids) <= listed_tasks(daemon), SETTLE_S, f"every pid in ls on {daemon.mountpoint}")
+        placed = [line for line in cat(nodes["a"], "trace", "events").splitlines() if line.split(",")[2] == "place"]
+        assert len(placed) == 12 and all("pressure" in line for line in placed), placed
+    finally:
+        for pid in pids:
+            kill(nodes["a"], pid)
+    for pid in pids:
+        assert cat(nodes["c"], "tasks", str(pid), "wait") == "killed\n"
+        texts = {cat(d, "tasks", str(pid), "status") for d in nodes.values()}
+        assert len(texts) == 1 and f"Node:\t{where[pid]}\n" in texts.pop()
+
+
+def test_wait_and_stream_of_a_remote_task_read_from_another_node(nodes):
+    """A task submitted on b, read from a node that does not run it: `cat wait` prints done, and `cat
+    stream` and `cat output` give what they give on the node that runs it."""
+    pid = submit_soon(nodes["b"], MEDIUM_TASK)
+    owner = keyed(nodes["b"].path("tasks", str(pid), "status"))["Node"]
+    other = next(name for name in NAMES if name != owner)
+    seen_on(nodes[other], pid)
+    assert cat(nodes[other], "tasks", str(pid), "wait") == "done\n"
+    streamed = {name: cat(d, "tasks", str(pid), "stream") for name, d in nodes.items()}
+    assert len(set(streamed.values())) == 1 and streamed[owner]
+    assert cat(nodes[other], "tasks", str(pid), "output") == streamed[owner]
+
+
+def test_kill_and_ctl_from_another_node_act_on_the_task_where_it_runs(nodes):
+    """`echo PID > ctl/kill` on a node that does not run the task kills it there; `echo stop >
+    tasks/PID/ctl` from another node stops it."""
+    first, second = submit_soon(nodes["a"], LONG_TASK), submit_soon(nodes["a"], LONG_TASK)
+    for pid in (first, second):
+        owner = keyed(nodes["a"].path("tasks", str(pid), "status"))["Node"]
+        other = nodes[next(name for name in NAMES if name != owner)]
+        seen_on(other, pid)
+        if pid == first:
+            kill(other, pid)
+        else:
+            subprocess.run(["sh", "-c", f"echo stop > {other.path('tasks', str(pid), 'ctl')}"], check=True)
+            poll_until(lambda: keyed(nodes[owner].path("tasks", str(pid), "status"))["State"].startswith("T"),
+                       SETTLE_S, f"task {pid} stopped on {owner}")
+            kill(other, pid)
+        assert cat(other, "tasks", str(pid), "wait") == "killed\n"
+        assert keyed(nodes[owner].path("tasks", str(pid), "status"))["Exit"] == "killed"
+
+
+def test_a_child_goes_to_its_parents_node(nodes):
+    """A submit with parent=PID written on a goes to the node that runs the parent, wherever that is."""
+    parents = [submit_soon(nodes["a"], LONG_TASK) for _ in range(3)]
+    try:
+        for parent in parents:
+            node = keyed(nodes["a"].path("tasks", str(parent), "status"))["Node"]
+            child = submit_soon(nodes["a"], f"model=sim max_tokens=2 prompt=child parent={parent}")
+            assert keyed(nodes["a"].path("tasks", str(child), "status"))["Node"] == node
+            assert cat(nodes[node], "tasks", str(parent), "children") == f"{child}\n"
+    finally:
+        for parent in parents:
+            kill(nodes["a"], parent)
+
+
+def test_a_killed_node_is_passed_over_and_the_trace_says_so(nodes):
+    """kill -9 of c: before its lease expires it still looks up, so a's placements try it, find it cannot
+    be connected to, place on a or b instead and say so in the `place` line; every submit succeeds."""
+    nodes["c"].kill9()
+    pids = [submit_soon(nodes["a"], MEDIUM_TASK) for _ in range(4)]
+    assert {keyed(nodes["a"].path("tasks", str(pid), "status"))["Node"] for pid in pids} <= {"a", "b"}
+    placed = [line for line in cat(nodes["a"], "trace", "events").splitlines()[-20:] if line.split(",")[2] == "place"]
+    assert any("c unreachable" in line for line in placed), placed

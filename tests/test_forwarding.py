@@ -1,0 +1,83 @@
+"""Tier 2: ctl files whose writes may run on another node (nodes/forwarding.py), without FUSE or peers:
+what reaches the route, what runs here, and what a write leaves behind."""
+import errno
+
+import pytest
+
+from apeinxfs.kernel.errors import Invalid
+from apeinxfs.nodes.base import LINE_MAX, Caller
+from apeinxfs.nodes.forwarding import Forwarding, Route
+
+CALLER = Caller()
+
+
+class Recorder:
+    """A Forwarding node whose local run and route record what they get; the route answers `answer`."""
+
+    def __init__(self, answer=None, remote_replies=None, refusal=None):
+        self.here, self.routed, self.done = [], [], []
+        self.answer, self.remote_replies, self.refusal = answer, remote_replies, refusal
+        self.node = Forwarding(mode=0o100666, run=self.run, route=self.route)
+
+    def run(self, raw_lines, caller):
+        self.here.append(raw_lines)
+        return [f"here {len(raw_lines)}"]
+
+    async def route(self, lines, caller):
+        self.routed.append(lines)
+        if self.answer is None:
+            return None
+        return Route(remote=self.remote, done=self.done.append)
+
+    async def remote(self):
+        if self.refusal is not None:
+            raise self.refusal
+        return self.remote_replies
+
+    def open(self):
+        return self.node.open(CALLER, writing=True, reading=True)
+
+
+async def test_complete_lines_go_to_the_route_and_a_partial_line_waits_for_the_next_write():
+    """Lines elsewhere: the reply is the remote one, nothing runs here, the unterminated piece waits."""
+    node = Recorder(answer="remote", remote_replies=["7", "8"])
+    handle = node.open()
+    assert await handle.write_async(b"a\n\nb\nc") == 6
+    assert node.routed == [["a", "b"]] and node.here == [] and await handle.read(0, 100, None) == b"7\n8\n"
+    assert node.done == [["7", "8"]] and bytes(handle.pending) == b"c"
+    await handle.write_async(b"d\n")
+    assert node.routed[-1] == ["cd"]
+
+
+async def test_a_route_to_here_runs_the_write_here_and_reports_its_replies():
+    """remote() answering None runs the lines here; done() gets this node's replies."""
+    node = Recorder(answer="here", remote_replies=None)
+    handle = node.open()
+    await handle.write_async(b"x\ny\n")
+    assert node.here == [[b"x", b"y"]] and node.done == [["here 2"]]
+
+
+async def test_no_route_runs_here_without_done():
+    """A route of None (a single node) is a plain Command write."""
+    node = Recorder(answer=None)
+    handle = node.open()
+    await handle.write_async(b"x\n")
+    assert node.here == [[b"x"]] and node.routed == [["x"]] and node.done == []
+
+
+async def test_a_remote_refusal_is_raised_with_its_replies_and_clears_the_buffer():
+    """The remote node's error comes back as it is; the reply says it; nothing is left pending."""
+    node = Recorder(answer="remote", refusal=Invalid("bad line", ["line 1: bad line"]))
+    handle = node.open()
+    with pytest.raises(Invalid) as refused:
+        await handle.write_async(b"a\nrest")
+    assert refused.value.errno == errno.EINVAL and await handle.read(0, 100, None) == b"error: line 1: bad line\n"
+    assert bytes(handle.pending) == b"" and node.done == []
+
+
+@pytest.mark.parametrize("data", [b"\xff\n", b"ok\x01\n", bytes(LINE_MAX + 2)])
+async def test_lines_this_node_refuses_unread_never_reach_the_route(data):
+    """Not UTF-8, control characters, over-long: run here (where ctl.run_lines refuses them), never forwarded."""
+    node = Recorder(answer="remote", remote_replies=["1"])
+    await node.open().write_async(data)
+    assert node.routed == [] and len(node.here) == 1
