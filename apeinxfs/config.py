@@ -47,7 +47,7 @@ class Retention:
     trace_file_bytes: int = attrs.field(default=64 << 20, validator=attrs.validators.gt(0))
     trace_bytes: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # all files together; 0: no limit
     # a snapshot every snapshot_rows journal rows, or snapshot_s seconds if a row came since
-    snapshot_rows: int = attrs.field(default=2000, validator=[attrs.validators.instance_of(int),
+    snapshot_rows: int = attrs.field(default=1000, validator=[attrs.validators.instance_of(int),
                                                                attrs.validators.gt(0)])
     snapshot_s: float = attrs.field(default=300.0, validator=[attrs.validators.instance_of((int, float)),
                                                               attrs.validators.gt(0)])
