@@ -33,6 +33,7 @@ from .taskkeys import TaskKey, of_task
 
 log = logging.getLogger(__name__)
 MOVE_S = 1.0  # how often the leader looks for tasks of nodes gone, and a node for tasks moved to it
+TXN_OPS = 128  # the most operations one txn carries (etcd's --max-txn-ops default)
 TRACE_S = 1.0  # the most the recorder waits for a trace line before looking again
 
 
@@ -76,9 +77,10 @@ class Failover:
                 self.commit([MovedAway(pid=pid, node=key.owner)])
 
     async def record(self) -> None:
-        """The submits and exits of the trace lines since the last look, to etcd in one txn."""
+        """The submits and exits of the trace lines since the last look, to etcd: one txn for up to
+        TXN_OPS of them (a write's lines, most often); the lines are read again if etcd fails."""
         trace = self.rt.kernel.trace
-        lines, self.seq = trace.lines_after(self.seq), trace.seq
+        upto, lines = trace.seq, trace.lines_after(self.seq)
         new: dict[int, TaskKey] = {}
         ended: list[int] = []
         for line in lines.splitlines():
@@ -88,8 +90,12 @@ class Failover:
                 new[int(pid)] = of_task(task, self.here)
             elif kind == b"exit" and new.pop(int(pid), None) is None and int(pid) in self.written:
                 ended.append(int(pid))
-        if new or ended:
-            await self.report(new, ended)
+        news = list(new.items())
+        while news or ended:
+            puts = news[:TXN_OPS]
+            ends, news, ended = ended[:TXN_OPS - len(puts)], news[len(puts):], ended[TXN_OPS - len(puts):]
+            await self.report(dict(puts), ends)
+        self.seq = upto
 
     async def report(self, new: dict[int, TaskKey], ended: list[int]) -> None:
         """Put the keys of `new` tasks and end those of `ended` in one txn; if an end's guard fails (the
