@@ -4,8 +4,8 @@
 - `keep`: once joined (and again after each rejoin) it `fence`s: reads every task key and
   stops, without an exit, each live task here that the leader moved away meanwhile
   (events.MovedAway), and learns the revisions of the keys this node owns. Then it follows
-  the trace: the `submit` and `exit` lines since the last look go to etcd in one txn
-  (`record`): a new task's key (taskkeys.py) is put; an exit deletes the key (or marks a
+  the trace: the `submit` and `exit` lines since the last look (GATHER_S after a line
+  woke it) go to etcd in one txn (`record`): a new task's key (taskkeys.py) is put; an exit deletes the key (or marks a
   moved task's exited), guarded on the key's revision as this node last wrote it, so a
   node whose task was moved reports nothing. A failed guard is dropped.
 - `watch`: every MOVE_S, on the leader, `move` each unfinished task whose owner's `up`
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 MOVE_S = 1.0  # how often the leader looks for tasks of nodes gone, and a node for tasks moved to it
 TXN_OPS = 128  # the most operations one txn carries (etcd's --max-txn-ops default)
 TRACE_S = 1.0  # the most the recorder waits for a trace line before looking again
+GATHER_S = 0.02  # how long the recorder lets trace lines gather before a txn
 
 
 class Failover:
@@ -61,6 +62,7 @@ class Failover:
                 self.member.note(error)
                 await trio.sleep(RETRY_S)
             await self.rt.wait_for("trace", TRACE_S)
+            await trio.sleep(GATHER_S)  # the writes of the next moment go in the same txn
 
     async def fence(self) -> None:
         """Stop the live tasks here that were moved to another node; learn the keys this node owns."""
