@@ -24,6 +24,7 @@ from etcdcluster import EtcdCluster
 from test_cluster_nodes import LEASE_S, all_up, keyed, submit_soon
 
 KILLS = int(os.environ.get("BENCH_KILLS", "10"))
+KEYED_S = 1.0  # c writes its tasks' keys within some 25 ms of their submits: a task younger than that dies with c
 TASK = "model=sim max_tokens=20000 prompt=stay"  # about 40 s: still running when c dies
 
 
@@ -41,6 +42,7 @@ def one_kill(nodes: dict) -> float:
     while len(on_c) < 2:
         pid = submit_soon(nodes["a"], TASK)
         (on_c if node_of(nodes["a"], pid) == "c" else others).append(pid)
+    time.sleep(KEYED_S)
     killed = time.monotonic()
     nodes["c"].kill9()
     poll_until(lambda: all(node_of(nodes["a"], pid) not in (None, "c") for pid in on_c), 120, "c's tasks moved")
@@ -55,11 +57,12 @@ def one_kill(nodes: dict) -> float:
 
 def main() -> int:
     times = []
-    with tempfile.TemporaryDirectory(prefix="apeinx-bench-failover-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="apeinx-bench-failover-", dir=os.environ.get("BENCH_TMP")) as tmp:
         root = pathlib.Path(tmp)
         with EtcdCluster(root / "etcd") as etcd, peered_nodes(root, etcd.endpoints) as nodes:
             for _ in range(KILLS):
                 times.append(one_kill(nodes))
+                print(f"kill {len(times)}: {times[-1]:.1f} s", flush=True)
     print(f"failover over {KILLS} kills (lease_s {LEASE_S}): median {statistics.median(times):.1f} s, "
           f"max {max(times):.1f} s, min {min(times):.1f} s; median / lease_s "
           f"{statistics.median(times) / LEASE_S:.2f}")

@@ -7,11 +7,10 @@ one is continued first, so that it can unmount).
 """
 import contextlib
 import os
-import signal
 
 from daemon import Daemon, poll_until
 from engines import free_port
-from test_cluster_nodes import NAMES, SETTLE_S, all_up, cluster_config
+from test_cluster_nodes import NAMES, SETTLE_S, all_up, cluster_config, stop_all
 from test_peer import token_file
 
 
@@ -28,7 +27,4 @@ def peered_nodes(root, endpoints: list[str]):
         poll_until(lambda: all_up(daemons), SETTLE_S, "a, b and c up as seen from every node")
         yield daemons
     finally:
-        for daemon in daemons.values():
-            if daemon.proc is not None and daemon.proc.poll() is None:
-                os.kill(daemon.proc.pid, signal.SIGCONT)  # a test stopped it: let it unmount
-            daemon.stop()
+        stop_all(daemons)

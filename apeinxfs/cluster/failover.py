@@ -41,7 +41,7 @@ GATHER_S = 0.02  # how long the recorder lets trace lines gather before a txn
 class Failover:
     """This node's part in moving tasks: their keys in etcd, the leader's moves, adoption, fencing."""
 
-    def __init__(self, cluster):
+    def __init__(self, cluster) -> None:
         self.cluster, self.rt, self.here = cluster, cluster.rt, cluster.name
         self.etcd, self.keys, self.member = cluster.etcd, cluster.keys, cluster.member
         self.written: dict[int, tuple[TaskKey, int]] = {}  # pid -> (its key, its revision) as this node wrote it
@@ -61,7 +61,8 @@ class Failover:
             except EtcdError as error:  # no quorum: the same lines next time
                 self.member.note(error)
                 await trio.sleep(RETRY_S)
-            await self.rt.wait_for("trace", TRACE_S)
+            if not fenced or self.rt.kernel.trace.seq == self.seq:  # else lines came meanwhile: at once
+                await self.rt.wait_for("trace", TRACE_S)
             await trio.sleep(GATHER_S)  # the writes of the next moment go in the same txn
 
     async def fence(self) -> None:
@@ -101,7 +102,7 @@ class Failover:
 
     async def report(self, new: dict[int, TaskKey], ended: list[int]) -> None:
         """Put the keys of `new` tasks and end those of `ended` in one txn; if an end's guard fails (the
-        task was moved), each end alone, the failed ones dropped."""
+        task was moved), the puts again alone and each end alone, the failed ones dropped."""
         txn = Txn()
         for pid, key in new.items():
             txn.put(self.keys.task(pid), key.to_json())
@@ -114,6 +115,8 @@ class Failover:
             for pid in ended:
                 if not (await self.etcd.txn(self.end(Txn(), pid))).succeeded:
                     log.warning("cluster: the exit of task %d is not reported: it was moved away", pid)
+                self.written.pop(pid, None)
+            return
         for pid, key in new.items():
             self.written[pid] = key, result.revision
         for pid in ended:
@@ -140,7 +143,7 @@ class Failover:
 
     async def move(self) -> None:
         """Move each unfinished task of a node that is not up to the best up node, in a guarded txn."""
-        view, pending = self.cluster.view, collections.Counter()  # tasks moved to each node in this pass
+        view, pending = self.cluster.view, collections.Counter[str]()  # tasks moved to each node in this pass
         for pid, (key, revision) in list(view.tasks.items()):
             if key.exited or key.owner in view.up:
                 continue
@@ -166,7 +169,7 @@ class Failover:
             self.written[pid] = key, revision
             self.commit([Adopt(pid=pid, spec=key.spec_of(), origin=key.origin, epoch=key.epoch, uid=key.uid)])
 
-    def commit(self, events: list) -> None:
+    def commit(self, events: list[Adopt | MovedAway]) -> None:
         """Commit `events`; a refusal (degraded, an unknown model or tenant here) is logged."""
         try:
             self.rt.commit(events)

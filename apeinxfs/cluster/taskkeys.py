@@ -8,10 +8,12 @@ still finds where it ran. `of_task` reads a key off a kernel task; `spec_of` giv
 spec back. Pure: no etcd calls, no trio (failover.py does the I/O).
 """
 import json
+from typing import Any
 
 import attrs
 
 from ..kernel.spec import TaskSpec
+from ..kernel.task import Task
 
 _JSON = json.JSONEncoder(separators=(",", ":"), default=str)  # a spec's decimals as their text, as the journal
 
@@ -23,7 +25,7 @@ class TaskKey:
     owner: str
     epoch: int
     uid: int
-    spec: dict = attrs.field(hash=False)  # TaskSpec's fields, as the journal writes them
+    spec: dict[str, Any] = attrs.field(hash=False)  # TaskSpec's fields, as the journal writes them
     origin: str = ""  # the node it was moved from, once moved
     exited: bool = False  # a moved task that has exited (a task never moved loses its key instead)
 
@@ -42,7 +44,7 @@ class TaskKey:
         return attrs.evolve(self, owner=node, epoch=self.epoch + 1, origin=self.owner)
 
 
-def of_task(task, owner: str) -> TaskKey:
+def of_task(task: Task, owner: str) -> TaskKey:
     """The key of kernel task `task` submitted on `owner`: its spec in its tenant, without its parent."""
     spec = attrs.evolve(task.spec, parent=None, tenant=task.tenant)
     return TaskKey(owner=owner, epoch=1, uid=task.uid, spec=attrs.asdict(spec))

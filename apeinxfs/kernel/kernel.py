@@ -33,6 +33,7 @@ from .reclaim import Reclaim
 from .retention import Reaper
 from .runqueue import RunQueue
 from .sched import POLICIES, Accounts, prio_weight
+from .spec import TaskSpec
 from .task import State, Task
 from .tasktable import TaskTable
 from .tenancy import Tenancy
@@ -200,7 +201,7 @@ class Kernel:
         self.emit("failover", task, f"moved here from node {event.origin} (its lease expired; epoch {event.epoch}): "
                                     f"restarted from the start, its output was not replicated")
 
-    def _add_task(self, spec, pid: int, uid: int, note: str, adopted: bool) -> Task:
+    def _add_task(self, spec: TaskSpec, pid: int, uid: int, note: str, adopted: bool) -> Task:
         """A new task `pid` of `spec` by `uid`, with its `submit` line, queued."""
         now = self.now_us
         parent = self.tasks.get(spec.parent) if spec.parent is not None else None

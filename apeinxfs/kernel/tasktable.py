@@ -73,7 +73,7 @@ class TaskTable(Mapping[int, Task]):
 
     def _to_give(self, pid: int) -> bool:
         """Whether `pid` is in this node's blocks and not given yet (pids in blocks only)."""
-        return any(first <= pid < end for first, end in [(self.next_pid, self.pid_end), *self._blocks])
+        return any(first <= pid < end for first, end in [(self.next_pid, self.pid_end or 0), *self._blocks])
 
     def check_pid_left(self, batch: dict[str, tuple[int, int]] | None, node: str) -> None:
         """TryAgain if a new task would find no pid left in the node's blocks, after those the submits
