@@ -135,6 +135,13 @@ class KernelMachine(RuleBasedStateMachine):
             self.now_us += 20 * MS
             self.commit(ev.Step(gpu=gpu, chunks=chunks))
 
+    @rule(index=st.integers(0, 10**6), pid=st.integers(1, 10**6))
+    def failover(self, index, pid):
+        """The cluster moves a task away from this node (it ends without an exit line), and offers one of
+        another node's (refused: this kernel gives pids without blocks, so any pid may be its own)."""
+        self.commit(ev.MovedAway(pid=self.pid(index), node="b"))
+        self.commit(ev.Adopt(pid=pid, spec=TaskSpec(name="moved", max_tokens=4), origin="b", epoch=2, uid=1000))
+
     @rule(index=st.integers(0, 10**6))
     def fail(self, index):
         self.commit(ev.Failed(pid=self.pid(index), reason="engine gone"))

@@ -49,10 +49,15 @@ def nodes(etcd, tmp_path_factory):
             daemon.start()
         yield daemons
     finally:
-        for daemon in daemons.values():
-            if daemon.proc is not None and daemon.proc.poll() is None:
-                os.kill(daemon.proc.pid, signal.SIGCONT)  # a test stopped it: let it unmount
-            daemon.stop()
+        stop_all(daemons)
+
+
+def stop_all(daemons: dict) -> None:
+    """Stop each daemon by pid (one a test stopped is continued first, so that it can unmount)."""
+    for daemon in daemons.values():
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            os.kill(daemon.proc.pid, signal.SIGCONT)
+        daemon.stop()
 
 
 def submit_or_none(daemon: Daemon, line: str = SHORT_TASK) -> int | None:

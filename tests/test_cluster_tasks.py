@@ -10,11 +10,10 @@ import subprocess
 
 import pytest
 
+from cluster_peers import peered_nodes
 from daemon import Daemon, poll_until
-from engines import free_port
 from etcdcluster import EtcdCluster
-from test_cluster_nodes import FUSE_READY, LONG_TASK, NAMES, SETTLE_S, all_up, cluster_config, keyed, submit_soon
-from test_peer import token_file
+from test_cluster_nodes import FUSE_READY, LONG_TASK, NAMES, SETTLE_S, keyed, submit_soon
 
 pytestmark = pytest.mark.skipif(not FUSE_READY,
                                 reason="*** needs /dev/fuse and fusermount3: CLUSTER MOUNT TESTS SKIPPED ***")
@@ -25,19 +24,8 @@ MEDIUM_TASK = "model=sim max_tokens=1500 prompt=medium"  # about 3 s at 2 ms a t
 def nodes(tmp_path_factory):
     """Daemons a, b, c on one 3-member etcd, each serving peers; stopped by pid at the end."""
     root = tmp_path_factory.mktemp("placed")
-    token = token_file(root, b"placed-" + os.urandom(8).hex().encode())
-    with EtcdCluster(root / "etcd") as etcd:
-        daemons = {name: Daemon(root / name / "ai", root / name / "state", cluster_config(name, etcd.endpoints)
-                                + f'advertise = "127.0.0.1:{free_port()}"\ntoken_file = "{token}"\n')
-                   for name in NAMES}
-        try:
-            for daemon in daemons.values():
-                daemon.start()
-            poll_until(lambda: all_up(daemons), SETTLE_S, "a, b and c up as seen from every node")
-            yield daemons
-        finally:
-            for daemon in daemons.values():
-                daemon.stop()
+    with EtcdCluster(root / "etcd") as etcd, peered_nodes(root, etcd.endpoints) as daemons:
+        yield daemons
 
 
 def cat(daemon: Daemon, *parts) -> str:

@@ -143,6 +143,14 @@ class Keys:
         """Who holds the pid block that starts at `first`: "NAME COUNT" (no lease: pids stay where they are)."""
         return self._key("blocks", str(first))
 
+    def task(self, pid: int) -> bytes:
+        """Task `pid` of a cluster node while it may need to move (cluster/taskkeys.py: owner, epoch, spec)."""
+        return self._key("tasks", str(pid))
+
+    @property
+    def tasks(self) -> bytes:
+        return self._key("tasks", "")
+
     @property
     def election(self) -> bytes:
         """The leader election's name: candidates' keys are under it, on their leases."""

@@ -1,7 +1,8 @@
 """Which node a task lives on, and where a write's commands run: the I/O around placement.py.
 
 `Router(cluster)` (held as `Cluster.router`) answers, from the cluster's view:
-- `owner(pid)`: the other node that holds task `pid`, live or exited: one this node placed
+- `owner(pid)`: the other node that holds task `pid`, live or exited: the one its task key
+  names once it was moved (failover.py), else one this node placed
   there (the last PLACED_MAX), else the node granted its pid block (view.holder) if its
   record says it gave the pid already, else one whose record lists it live; None if it is
   here or nowhere known.
@@ -78,11 +79,14 @@ class Router:
 
     def owner(self, pid: int) -> str | None:
         """The other node that holds task `pid` (see the module's docstring); None: here or nowhere."""
+        view = self.cluster.view
+        key = view.tasks.get(pid)
+        if key is not None and key[0].origin:  # moved: where its key says, wherever it ran before
+            return None if key[0].owner == self.here else key[0].owner
         if pid in self.rt.kernel.tasks:
             return None
         if (name := self.placed.get(pid)) is not None:
             return name
-        view = self.cluster.view
         name = view.holder(pid)
         if name is not None and pid >= getattr(view.records.get(name), "pid_next", 0):
             name = None  # not given yet, as far as its last record says

@@ -4,7 +4,8 @@
 watch's events (`apply`); daemon.py feeds it. A node is up while its `up/NAME` key (on its
 lease) exists; its record (`nodes/NAME`, no lease) stays after it goes, so a down node is
 listed with its last state. The leader is the election candidate with the oldest key.
-`holder(pid)` names the node granted the pid block of `pid` (`blocks/FIRST` keys).
+`holder(pid)` names the node granted the pid block of `pid` (`blocks/FIRST` keys); `tasks`
+holds the task keys (taskkeys.py) with their revisions, for failover.
 Pure: no etcd calls, no trio. Every node applies the same events in the same order, so
 every node renders the same view once it has caught up.
 """
@@ -14,6 +15,7 @@ import logging
 
 from .etcd_records import Event, KeyValue
 from .records import Keys, NodeRecord, NodeView
+from .taskkeys import TaskKey
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +30,12 @@ class ClusterView:
         self.candidates: dict[bytes, tuple[int, str]] = {}  # election key -> (create revision, node name)
         self.blocks: dict[int, tuple[int, str]] = {}  # first pid of a granted block -> (its size, its node)
         self._firsts: list[int] | None = None  # the blocks' first pids in order, once asked for
+        self.tasks: dict[int, tuple[TaskKey, int]] = {}  # pid -> (its task key, the key's mod revision)
         self.revision = 0  # etcd's revision this view has seen up to
 
     def load(self, kvs: list[KeyValue], revision: int) -> None:
         """Start again from a read of every key under the prefix at `revision`."""
-        self.records, self.up, self.candidates, self.blocks, self._firsts = {}, {}, {}, {}, None
+        self.records, self.up, self.candidates, self.blocks, self._firsts, self.tasks = {}, {}, {}, {}, None, {}
         for kv in kvs:
             self._put(kv)
         self.revision = revision
@@ -57,6 +60,8 @@ class ClusterView:
             elif kind == "blocks":
                 node, size = kv.value.decode().split()
                 self.blocks[int(name)], self._firsts = (int(size), node), None
+            elif kind == "tasks":
+                self.tasks[int(name)] = TaskKey.from_json(kv.value), kv.mod_revision
         except (ValueError, TypeError, json.JSONDecodeError) as exc:  # another version's record: skipped
             log.warning("cluster: cannot read %s: %s", kv.key, exc)
 
@@ -68,6 +73,8 @@ class ClusterView:
             self.up.pop(name, None)
         elif kind == "leader":
             self.candidates.pop(key, None)
+        elif kind == "tasks" and name.isdigit():
+            self.tasks.pop(int(name), None)
 
     def holder(self, pid: int) -> str | None:
         """The node granted the pid block that holds `pid`; None if no block does."""

@@ -198,6 +198,26 @@ class Placed(ByCaller):
 
 
 @attrs.frozen
+class Adopt(ByCaller):
+    """The cluster moved task `pid` here from node `origin`, whose lease expired, in its epoch `epoch`:
+    it starts afresh under the same pid (its output was not replicated), with no parent here."""
+
+    pid: int
+    spec: TaskSpec
+    origin: str
+    epoch: int
+
+
+@attrs.frozen
+class MovedAway:
+    """Live task `pid` was moved to node `node` while this node had lost its lease: it stops here
+    without an exit line (the task's exit is the new node's)."""
+
+    pid: int
+    node: str
+
+
+@attrs.frozen
 class Tick:
     """Time passed: deadlines up to now are checked."""
 
@@ -226,7 +246,7 @@ class JournalRecovered:
 
 Event = (Submit | Kill | Control | Step | Failed | Rejected | SetPolicy | Tick | Restart | SetTenant
          | RemoveTenant | SetRules | SetModel | RemoveModel | GpuMemory | JournalFailed | JournalRecovered
-         | Interrupted | EngineHealth | EngineKV | PidBlock | Placed)
+         | Interrupted | EngineHealth | EngineKV | PidBlock | Placed | Adopt | MovedAway)
 KINDS: dict[str, type[Event]] = {cls.__name__.lower(): cls for cls in typing.get_args(Event)}
 
 
@@ -273,8 +293,8 @@ def _chunk(pid: int, text: str, tokens: int = 1, prefill: int = 0, final: int = 
 def from_row(kind: str, body: str) -> Event:
     """The record a journal row holds."""
     data = json.loads(body)
-    if kind == "submit":
-        return Submit(**{**data, "spec": TaskSpec(**data["spec"])})
+    if kind in ("submit", "adopt"):
+        return KINDS[kind](**{**data, "spec": TaskSpec(**data["spec"])})
     if kind == "control":
         return Control(**{**data, "command": TaskCommand(**data["command"])})
     if kind == "settenant":

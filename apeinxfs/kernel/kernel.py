@@ -33,6 +33,7 @@ from .reclaim import Reclaim
 from .retention import Reaper
 from .runqueue import RunQueue
 from .sched import POLICIES, Accounts, prio_weight
+from .spec import TaskSpec
 from .task import State, Task
 from .tasktable import TaskTable
 from .tenancy import Tenancy
@@ -95,6 +96,8 @@ class Kernel:
             ev.SetRules: (tenancy.check_rules, tenancy.set_rules),
             ev.GpuMemory: (self._check_gpumemory, self._apply_gpumemory),
             ev.PidBlock: (self.tasks.check_grant, self.moves.grant_pids), ev.Placed: (accept, self.moves.placed),
+            ev.Adopt: (self._check_adopt, self._apply_adopt),
+            ev.MovedAway: (lambda e: self.tasks.live(e.pid), self.moves.moved_away),
             ev.Tick: (accept, accept),  # nothing but time: apply() expires deadlines and schedules
             ev.Restart: (accept, self.moves.restart),
             ev.JournalFailed: (accept, lambda e: self.emit("degraded", None, f"{e.reason}; state changes are "
@@ -140,6 +143,14 @@ class Kernel:
         if need > largest:
             raise NoSpace(f"needs {need} KV pages of {self.config.page_mib} MiB; the largest GPU pool has {largest}")
 
+    def _check_adopt(self, event: ev.Adopt) -> None:
+        """Invalid unless pids are in blocks (a cluster node) and `pid` is neither a task here nor one of this
+        node's blocks; then the checks of a submit of its spec."""
+        if not self.tasks.foreign(event.pid):
+            raise Invalid(f"task {event.pid} cannot be adopted here: its pid is this node's (or pids are not in "
+                          f"blocks: a single node)")
+        self._check_submit(ev.Submit(spec=event.spec))
+
     def _check_setpolicy(self, event: ev.SetPolicy) -> None:
         if event.policy not in POLICIES:
             raise Invalid(f"unknown policy {event.policy!r}: one of {', '.join(POLICIES)}")
@@ -182,23 +193,33 @@ class Kernel:
         return False
 
     def _apply_submit(self, event: ev.Submit) -> int:
-        spec, pid, now = event.spec, self.tasks.next_pid, self.now_us
+        task = self._add_task(event.spec, self.tasks.next_pid, event.uid, event.note, adopted=False)
+        return task.pid
+
+    def _apply_adopt(self, event: ev.Adopt) -> None:
+        task = self._add_task(event.spec, event.pid, event.uid, "", adopted=True)
+        self.emit("failover", task, f"moved here from node {event.origin} (its lease expired; epoch {event.epoch}): "
+                                    f"restarted from the start, its output was not replicated")
+
+    def _add_task(self, spec: TaskSpec, pid: int, uid: int, note: str, adopted: bool) -> Task:
+        """A new task `pid` of `spec` by `uid`, with its `submit` line, queued."""
+        now = self.now_us
         parent = self.tasks.get(spec.parent) if spec.parent is not None else None
-        task = Task(pid=pid, spec=spec, model=self.models.name_of(spec), uid=event.uid,
+        task = Task(pid=pid, spec=spec, model=self.models.name_of(spec), uid=uid,
                     tenant=self.tenancy.tenant_of(spec, parent), submitted_us=now,
                     tokens_in=estimate_prompt_tokens(spec.prompt), weight=prio_weight(spec.prio),
                     deadline_at_us=now + spec.deadline_us if spec.deadline_us else None,
                     parent=spec.parent, agent=parent.agent if parent else pid)
         if parent:
             parent.children.append(pid)
-        self.tasks.add(task)
+        self.tasks.add(task, adopted)
         self.counters.submitted += 1
-        self.emit("submit", task, f"name={spec.name} max_tokens={spec.max_tokens} prio={spec.prio} uid={event.uid}")
-        for deadline in (self.tenancy.admitted(task, event.note), task.deadline_at_us):
+        self.emit("submit", task, f"name={spec.name} max_tokens={spec.max_tokens} prio={spec.prio} uid={uid}")
+        for deadline in (self.tenancy.admitted(task, note), task.deadline_at_us):
             if deadline is not None:
                 self.tasks.add_deadline(deadline, pid)
         self.moves.enqueue(task)
-        return pid
+        return task
 
     def _apply_kill(self, event: ev.Kill) -> None:
         self._audit_others(event, self.tasks[event.pid], "kill")

@@ -95,7 +95,12 @@ class Moves:
             for child in self.tasks.live_descendants(task):
                 self._end(child, "killed", f"its parent {child.parent} was killed")
 
-    def _end(self, task: Task, how: str, detail: str) -> None:
+    def moved_away(self, event: ev.MovedAway) -> None:
+        """The cluster moved the task to another node: it ends here with a `failover` line, no `exit` line."""
+        self._end(self.tasks[event.pid], "moved", f"moved to node {event.node} while this node had lost its lease; "
+                                                  f"stopped here, its exit is that node's", line="failover")
+
+    def _end(self, task: Task, how: str, detail: str, line: str = "exit") -> None:
         self.leave(task)
         task.exit, task.exited_us = how, self.now_us
         self.tenancy.gone(task)
@@ -103,7 +108,7 @@ class Moves:
         kind = how.split(":")[0]
         self.counters.exits[kind] = self.counters.exits.get(kind, 0) + 1
         self.counters.tokens_in += task.tokens_in
-        self.emit("exit", task, f"{how}; {detail}")
+        self.emit(line, task, f"{how}; {detail}")
         self.tasks.wake_ancestors(task)
 
     def preempt(self, task: Task, reason: str) -> None:

@@ -46,11 +46,13 @@ class TaskTable(Mapping[int, Task]):
     def get(self, pid: int, default: Task | None = None) -> Task | None:  # type: ignore[override]
         return self._tasks.get(pid, default)
 
-    def add(self, task: Task) -> None:
-        """A new task, in state NEW, with the next pid."""
+    def add(self, task: Task, adopted: bool = False) -> None:
+        """A new task, in state NEW, with the next pid (or, `adopted`, a pid of another node's block)."""
         self._tasks[task.pid] = task
-        self.next_pid = task.pid + 1
         self.state_counts[task.state] += 1
+        if adopted:
+            return
+        self.next_pid = task.pid + 1
         if self._blocks and self.next_pid >= self.pid_end:  # type: ignore[operator]
             self.next_pid, self.pid_end = self._blocks.pop(0)
 
@@ -63,6 +65,15 @@ class TaskTable(Mapping[int, Task]):
     def pid_floor(self) -> int:
         """The lowest first pid a new block may have: past every pid given or granted."""
         return max([self.next_pid, self.pid_end or 0] + [end for _, end in self._blocks])
+
+    def foreign(self, pid: int) -> bool:
+        """Whether `pid` may be adopted: pids are in blocks, and it is no task here nor in this node's
+        blocks (given, in use or to come; blocks are granted once cluster-wide)."""
+        return self.pid_end is not None and pid not in self._tasks and pid >= 1 and not self._to_give(pid)
+
+    def _to_give(self, pid: int) -> bool:
+        """Whether `pid` is in this node's blocks and not given yet (pids in blocks only)."""
+        return any(first <= pid < end for first, end in [(self.next_pid, self.pid_end or 0), *self._blocks])
 
     def check_pid_left(self, batch: dict[str, tuple[int, int]] | None, node: str) -> None:
         """TryAgain if a new task would find no pid left in the node's blocks, after those the submits
@@ -230,15 +241,17 @@ class TaskTable(Mapping[int, Task]):
 
     def index_problems(self, live: list[Task]) -> Iterator[str]:
         """What disagrees among the books kept beside the tasks (for invariants.py): state counts are
-        the tasks' states; pids are below next_pid; a task has an exit line once
+        the tasks' states; pids are below next_pid (in blocks: none is still to be given); a task has an exit line once
         it has exited, and a GPU while it runs. (Exited tasks never change: only live ones are read.)"""
         counts = collections.Counter(task.state for task in live)
         counts[State.EXITED] = len(self._tasks) - len(live)
         table = self
         if {state: n for state, n in table.state_counts.items() if n} != {state: n for state, n in counts.items() if n}:
             yield f"state counts {table.state_counts} are not the tasks' {dict(counts)}"
-        if table and max(table) >= table.next_pid:
+        if self.pid_end is None and table and max(table) >= table.next_pid:
             yield f"next pid {table.next_pid} is not past the largest, {max(table)}"
+        if self.pid_end is not None and (ahead := [pid for pid in table if self._to_give(pid)]):
+            yield f"pids {ahead[:5]} are tasks but still to be given from this node's blocks"
         for task in live:
             if task.exit is not None or (task.gpu is not None) != (task.state is State.RUNNING):
                 yield f"task {task.pid}: state {task.state} but exit {task.exit!r} and gpu {task.gpu}"

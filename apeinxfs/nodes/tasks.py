@@ -120,6 +120,8 @@ class TasksDir(Dir):
         if not (name.isascii() and name.isdigit() and len(name) < 16):
             return None
         task = self.rt.kernel.tasks.get(int(name))
+        if task is not None and task.exit == "moved":  # moved to another node by failover: served from there
+            return self.remote_dir(task.pid) or self.task_dir(task)
         return self.task_dir(task) if task else self.remote_dir(int(name))
 
     def remote_dir(self, pid: int):

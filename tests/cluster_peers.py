@@ -1,0 +1,30 @@
+"""Three daemons a, b, c on one etcd, peers of each other: the setup the cluster tests share.
+
+`peered_nodes(root, endpoints)` starts them (own mountpoints and state dirs under `root`,
+`lease_s = 5`, a peer server each on a free 127.0.0.1 port, one token file), waits until
+each sees all three up, yields them by name, and stops each by pid at the end (a stopped
+one is continued first, so that it can unmount).
+"""
+import contextlib
+import os
+
+from daemon import Daemon, poll_until
+from engines import free_port
+from test_cluster_nodes import NAMES, SETTLE_S, all_up, cluster_config, stop_all
+from test_peer import token_file
+
+
+@contextlib.contextmanager
+def peered_nodes(root, endpoints: list[str]):
+    """Daemons a, b, c on `endpoints`, each serving peers, by name; stopped by pid at the end."""
+    token = token_file(root, b"placed-" + os.urandom(8).hex().encode())
+    daemons = {name: Daemon(root / name / "ai", root / name / "state", cluster_config(name, endpoints)
+                            + f'advertise = "127.0.0.1:{free_port()}"\ntoken_file = "{token}"\n')
+               for name in NAMES}
+    try:
+        for daemon in daemons.values():
+            daemon.start()
+        poll_until(lambda: all_up(daemons), SETTLE_S, "a, b and c up as seen from every node")
+        yield daemons
+    finally:
+        stop_all(daemons)
