@@ -15,11 +15,12 @@ import subprocess
 
 import pytest
 
-from daemon import APEINXFS, Daemon, poll_until
+from daemon import APEINXFS, FAST_CONFIG, Daemon, poll_until
 
 pytestmark = pytest.mark.mount
 
 TASKS = 1000
+WHOLE_JOURNAL = "\n[retention]\nsnapshot_rows = 1000000\n"  # no compaction: verify replays from row 1 too
 BATCH = 50
 
 
@@ -84,7 +85,7 @@ def alter_a_step(state_dir) -> int:
 def test_verify_a_thousand_task_daemon_run(tmp_path):
     """Verify passes beside the live daemon and after it stops, then names the one row altered."""
     state = tmp_path / "state"
-    with Daemon(tmp_path / "ai", state) as daemon:
+    with Daemon(tmp_path / "ai", state, FAST_CONFIG + WHOLE_JOURNAL) as daemon:
         submitted = run_mixed(daemon, 0, TASKS)
         poll_until(lambda: exited(daemon) == submitted, 120, "every task exits")
         live = replay_verify(state)

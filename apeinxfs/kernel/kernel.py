@@ -7,8 +7,9 @@ clock, randomness or I/O inside. Each part owns its state (docs/architecture.md 
 table): the task table (tasktable.py), the run queue and accounts (runqueue.py, sched.py),
 the KV books (memory.py), tenancy (tenancy.py), models (models.py), engine outages
 (engines.py), preemption and the OOM killer (reclaim.py), the reaping of exited tasks
-(retention.py), the trace, audit log, bills and counters. `Kernel` holds them, moves a
-task between them (queue, GPU, exit) and is the `Host` (seams.py) they call back through.
+(retention.py), the checks of a submit (submits.py), the trace, audit log, bills and
+counters. `Kernel` holds them, moves a task between them (queue, GPU, exit) and is the
+`Host` (seams.py) they call back through.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from .billing import BillBook
 from .config import MIB, KernelConfig
 from .counters import Counters
 from .engines import EngineWatch
-from .errors import ApeinxError, Busy, Invalid, NoSpace, NotFound
+from .errors import ApeinxError, Busy, Invalid
 from .gpus import Gpu
 from .invariants import check_invariants
 from .kvmem import estimate_prompt_tokens
@@ -33,6 +34,7 @@ from .reclaim import Reclaim
 from .retention import Reaper
 from .runqueue import RunQueue
 from .sched import POLICIES, Accounts, prio_weight
+from .submits import SubmitChecks
 from .spec import TaskSpec
 from .task import State, Task
 from .tasktable import TaskTable
@@ -64,6 +66,7 @@ class Kernel:
         self.reclaim = Reclaim(config.sched, self.accounts, self.gpus, self.kv, self.tasks, self.counters, moves)
         moves.attach(self.runq, self.tenancy, self.engines, self.reclaim)
         self.reaper = Reaper(config.retention, self.tasks, self.accounts, self.engines, self.counters)
+        self.submits = SubmitChecks(config, self.models, self.tasks, self.tenancy, self.kv, self.gpus)
         self.emit = moves.emit
         self.handlers = self._handlers()
 
@@ -79,7 +82,7 @@ class Kernel:
         """{event type: (its check, its apply)}, one entry per kind of events.py (a test says so)."""
         accept, tenancy, models = self._accept, self.tenancy, self.models
         return {
-            ev.Submit: (self._check_submit, self._apply_submit),
+            ev.Submit: (self.submits.check_submit, self._apply_submit),
             ev.Kill: (lambda e: self.tasks.live(e.pid), self._apply_kill),
             ev.Control: (self._check_control, self._apply_control),
             ev.Step: (lambda e: _check_gpu(len(self.gpus), e.gpu, "to step"), self.moves.step),
@@ -96,7 +99,7 @@ class Kernel:
             ev.SetRules: (tenancy.check_rules, tenancy.set_rules),
             ev.GpuMemory: (self._check_gpumemory, self._apply_gpumemory),
             ev.PidBlock: (self.tasks.check_grant, self.moves.grant_pids), ev.Placed: (accept, self.moves.placed),
-            ev.Adopt: (self._check_adopt, self._apply_adopt),
+            ev.Adopt: (self.submits.check_adopt, self._apply_adopt),
             ev.MovedAway: (lambda e: self.tasks.live(e.pid), self.moves.moved_away),
             ev.Tick: (accept, accept),  # nothing but time: apply() expires deadlines and schedules
             ev.Restart: (accept, self.moves.restart),
@@ -124,32 +127,6 @@ class Kernel:
         if isinstance(event, ev.Submit):
             self.tasks.check_pid_left(batch, self.config.node)
         return self.tenancy.admit(event, now_us, batch)
-
-    def _check_submit(self, event: ev.Submit) -> None:
-        spec = event.spec
-        model = self.models.get(self.models.name_of(spec))
-        if model is None:
-            raise NotFound(f"unknown model {spec.model!r}: see /models")
-        parent = None if spec.parent is None else self.tasks.live(spec.parent)
-        if parent is not None and spec.tenant is not None and spec.tenant != parent.tenant:
-            raise Invalid(f"a child runs in its parent's tenant {parent.tenant!r}, not {spec.tenant!r}")
-        tenant = self.tenancy.tenant_of(spec, parent)
-        if tenant not in self.tenancy.tenants:
-            raise NotFound(f"unknown tenant {tenant!r}")
-        context = estimate_prompt_tokens(spec.prompt) + spec.max_tokens
-        if context > model.context:
-            raise Invalid(f"prompt plus max_tokens ({context}) exceeds the context of {model.name} ({model.context})")
-        need, largest = self.kv.admit_pages(spec, model), max(g.pool.pages_total for g in self.gpus)
-        if need > largest:
-            raise NoSpace(f"needs {need} KV pages of {self.config.page_mib} MiB; the largest GPU pool has {largest}")
-
-    def _check_adopt(self, event: ev.Adopt) -> None:
-        """Invalid unless pids are in blocks (a cluster node) and `pid` is neither a task here nor one of this
-        node's blocks; then the checks of a submit of its spec."""
-        if not self.tasks.foreign(event.pid):
-            raise Invalid(f"task {event.pid} cannot be adopted here: its pid is this node's (or pids are not in "
-                          f"blocks: a single node)")
-        self._check_submit(ev.Submit(spec=event.spec))
 
     def _check_setpolicy(self, event: ev.SetPolicy) -> None:
         if event.policy not in POLICIES:
