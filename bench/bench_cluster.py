@@ -18,7 +18,7 @@ import os
 import sys
 import tempfile
 
-from common import QUEUE_CONFIG, ROUNDS, SECONDS, count_runs, make_daemon, median, submit_lines
+from common import QUEUE_CONFIG, ROUNDS, make_daemon, median, single_line_submits, submit_lines
 from daemon import poll_until
 from engines import free_port
 from etcdcluster import EtcdCluster
@@ -52,11 +52,7 @@ def placed_elsewhere(daemon) -> tuple[int, int]:
 
 def one_round(daemon) -> tuple[float, float]:
     """(single-line submits/s, tasks/s of one BULK_LINES-line write) on `daemon`."""
-    fd = os.open(daemon.path("ctl", "submit"), os.O_WRONLY)
-    try:
-        writes, seconds = count_runs(lambda: os.write(fd, b"one 1000 5\n"), SECONDS)
-    finally:
-        os.close(fd)
+    writes, seconds = single_line_submits(daemon)
     return writes / seconds, BULK_LINES / submit_lines(daemon, [f"bulk{n} 1000 5" for n in range(BULK_LINES)])
 
 

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-from common import QUEUE_CONFIG, ROUNDS, SECONDS, apeinxfs_mount, count_runs, median, rate, submit_lines, verdict
+from common import QUEUE_CONFIG, ROUNDS, SECONDS, apeinxfs_mount, median, rate, single_line_submits, submit_lines, verdict
 
 from apeinxfs import config as config_mod
 from apeinxfs.journal import Journal
@@ -32,11 +32,7 @@ def lines(count: int, prefix: str = "bulk") -> list[str]:
 
 def fuse_rates(daemon) -> tuple[float, float]:
     """(single-line submits/s, bulk tasks/s) through the mount; checks every task arrived."""
-    fd = os.open(daemon.path("ctl", "submit"), os.O_WRONLY)
-    try:
-        writes, seconds = count_runs(lambda: os.write(fd, b"one 1000 5\n"), SECONDS)
-    finally:
-        os.close(fd)
+    writes, seconds = single_line_submits(daemon)
     bulk = median([BULK_LINES / submit_lines(daemon, lines(BULK_LINES)) for _ in range(ROUNDS)])
     expected, found = writes + ROUNDS * BULK_LINES, len(os.listdir(daemon.path("tasks")))
     if found != expected:

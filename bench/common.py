@@ -165,3 +165,12 @@ def submit_lines(daemon, lines: list[str]) -> float:
     if written != len(data):
         raise RuntimeError(f"short write to /ctl/submit: {written} of {len(data)} bytes")
     return elapsed
+
+
+def single_line_submits(daemon) -> tuple[int, float]:
+    """(one-line submits written to /ctl/submit on one fd for SECONDS, the seconds they took)."""
+    fd = os.open(daemon.path("ctl", "submit"), os.O_WRONLY)
+    try:
+        return count_runs(lambda: os.write(fd, b"one 1000 5\n"), SECONDS)
+    finally:
+        os.close(fd)
