@@ -18,7 +18,7 @@ import time
 
 import trio
 
-from common import ROUNDS, SECONDS, median
+from common import ROUNDS, SECONDS, concurrent_rate, median
 from etcdcluster import EtcdCluster
 
 from apeinxfs.cluster.etcd import Etcd
@@ -55,19 +55,7 @@ OPS = {"range": read_one, "put": put_own, "txn": guarded_write}
 
 async def ops_per_second(etcd: Etcd, op, workers: int, revisions: dict) -> float:
     """Completed `op`s per second with `workers` concurrent loops over SECONDS."""
-    done = 0
-
-    async def loop(worker: int) -> None:
-        nonlocal done
-        while True:
-            await op(etcd, worker, revisions)
-            done += 1
-    start = trio.current_time()
-    with trio.move_on_after(SECONDS):
-        async with trio.open_nursery() as nursery:
-            for worker in range(workers):
-                nursery.start_soon(loop, worker)
-    return done / (trio.current_time() - start)
+    return await concurrent_rate(lambda worker: op(etcd, worker, revisions), workers)
 
 
 async def measure(endpoints: list[str]) -> dict:

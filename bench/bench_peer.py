@@ -17,7 +17,7 @@ import time
 import trio
 
 from bench_etcd import cpu_seconds
-from common import ROUNDS, SECONDS, make_daemon, median, rate, read_all, sim_config
+from common import ROUNDS, SECONDS, concurrent_rate, make_daemon, median, rate, read_all, sim_config
 from daemon import poll_until
 from engines import free_port
 from etcdcluster import EtcdCluster
@@ -31,21 +31,9 @@ TOKEN = b"bench-token"
 
 async def peer_rate(url: str, action, workers: int) -> float:
     """Completed `action(peer)`s per second with `workers` concurrent loops over SECONDS."""
-    done = 0
-
-    async def loop(peer) -> None:
-        nonlocal done
-        while True:
-            await action(peer)
-            done += 1
     async with Peer(url, TOKEN) as peer:
         await action(peer)  # the connection is open before the clock starts
-        start = trio.current_time()
-        with trio.move_on_after(SECONDS):
-            async with trio.open_nursery() as nursery:
-                for _ in range(workers):
-                    nursery.start_soon(loop, peer)
-    return done / (trio.current_time() - start)
+        return await concurrent_rate(lambda _worker: action(peer), workers)
 
 
 def measures(daemon, url: str, pid: int) -> dict:

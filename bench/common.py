@@ -16,6 +16,8 @@ import sys
 import tempfile
 import time
 
+import trio
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH_DIR)
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
@@ -174,3 +176,20 @@ def single_line_submits(daemon) -> tuple[int, float]:
         return count_runs(lambda: os.write(fd, b"one 1000 5\n"), SECONDS)
     finally:
         os.close(fd)
+
+
+async def concurrent_rate(action, workers: int) -> float:
+    """Completed `await action(worker)`s per second, with `workers` concurrent loops over SECONDS."""
+    done = 0
+
+    async def loop(worker: int) -> None:
+        nonlocal done
+        while True:
+            await action(worker)
+            done += 1
+    start = trio.current_time()
+    with trio.move_on_after(SECONDS):
+        async with trio.open_nursery() as nursery:
+            for worker in range(workers):
+                nursery.start_soon(loop, worker)
+    return done / (trio.current_time() - start)
