@@ -129,6 +129,17 @@ def test_the_view_follows_ups_downs_and_the_oldest_candidate_leads():
     assert view.revision == 8
 
 
+def test_a_down_nodes_lingering_candidacy_leads_no_one():
+    """A down node whose old election key outlives its up key (a lease not revoked) is not the leader;
+    the oldest up candidate is."""
+    view = ClusterView(KEYS)
+    view.load([kv(KEYS.node("a"), record("a").to_json(), 2), kv(KEYS.up("a"), b"1", 2),
+               kv(KEYS.node("c"), record("c").to_json(), 3), kv(KEYS.election + b"/0c", b"c", 3),
+               kv(KEYS.election + b"/2e", b"a", 5)], revision=5)
+    assert {name: (node.up, node.leader) for name, node in view.nodes().items()} == {"a": (True, True),
+                                                                                      "c": (False, False)}
+
+
 def test_status_and_tasks_render_a_node_as_the_man_page_says():
     """status: Key:<TAB>value lines in order; tasks: one pid a line."""
     node = NodeView(record("b", 4, gpus=2, slots_free=15, kv_pages_free=300, queued=1, running=1, live=5,
