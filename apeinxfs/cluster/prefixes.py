@@ -28,8 +28,12 @@ WRITE_LINES = 64  # a write's lines whose prompts are looked up (a write of 20,0
 
 def summary_of(kv: KVManager, most: int = MOST_KEYS) -> tuple[str, int]:
     """(the Bloom filter of the node's first `most` cached keys, heads first, as base64; how many)."""
-    keys = list(itertools.islice(dict.fromkeys(_heads_first(kv)), most))
-    return _filter(keys), len(keys)
+    keys: dict[bytes, None] = {}
+    for key in _heads_first(kv):
+        if len(keys) == most:
+            break
+        keys[key] = None
+    return _filter(list(keys)), len(keys)
 
 
 def _heads_first(kv: KVManager) -> Iterator[bytes]:
@@ -41,12 +45,12 @@ def _heads_first(kv: KVManager) -> Iterator[bytes]:
     yield from (key for keys in rounds for key in keys if key is not None)
 
 
-def _positions(key: bytes, bits: int) -> Iterator[int]:
-    """The filter bits `key` sets in a filter of `bits` bits (a power of two)."""
-    number = int.from_bytes(key[:2 * HASHES], "big")
-    for _ in range(HASHES):
-        yield number % bits
-        number >>= 16
+def _mask(key: bytes, bits: int) -> int:
+    """The filter bits `key` sets in a filter of `bits` bits (a power of two), as an int."""
+    number, mask = int.from_bytes(key[:2 * HASHES], "big"), 0
+    for shift in range(0, 16 * HASHES, 16):
+        mask |= 1 << (number >> shift) % bits
+    return mask
 
 
 def _filter(keys: Sequence[bytes]) -> str:
@@ -56,21 +60,21 @@ def _filter(keys: Sequence[bytes]) -> str:
     size = 8
     while size * 8 < BITS_PER_KEY * len(keys):
         size *= 2
-    bits = bytearray(size)
+    bits = 0
     for key in keys:
-        for position in _positions(key, size * 8):
-            bits[position // 8] |= 1 << position % 8
-    return base64.b64encode(bytes(bits)).decode()
+        bits |= _mask(key, size * 8)
+    return base64.b64encode(bits.to_bytes(size, "little")).decode()
 
 
 def cached_blocks(summary: str, chain: Chain) -> int:
     """How many of the chain's leading blocks the summary holds (0 for an empty summary)."""
     if not summary or not chain:
         return 0
-    bits = base64.b64decode(summary)
-    held = 0
+    raw = base64.b64decode(summary)
+    bits, held = int.from_bytes(raw, "little"), 0
     for key in chain:
-        if not all(bits[position // 8] >> position % 8 & 1 for position in _positions(key, len(bits) * 8)):
+        mask = _mask(key, len(raw) * 8)
+        if bits & mask != mask:
             break
         held += 1
     return held
