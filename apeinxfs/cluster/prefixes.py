@@ -15,6 +15,7 @@ WRITE_LINES prompts, worked out on the node written to.
 Not here: how placement weighs them (placement.py). Pure: no etcd, no I/O.
 """
 import base64
+import functools
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -23,7 +24,7 @@ from ..kernel.memory import Chain, KVManager, prompt_chain
 MOST_KEYS = 256  # cached block keys a node's summary holds at most
 BITS_PER_KEY = 16  # filter bits a key (a power of two): 7 hashes, at most about 0.07% false positives
 HASHES = 7  # bit positions a key sets, 16-bit slices of its 128-bit key
-WRITE_LINES = 64  # a write's lines whose prompts are looked up (a write of 20,000 lines hashes 64)
+WRITE_LINES = 16  # a write's lines whose prompts are looked up (a write of 20,000 lines hashes 16)
 
 
 def summary_of(kv: KVManager, most: int = MOST_KEYS) -> tuple[str, int]:
@@ -45,6 +46,7 @@ def _heads_first(kv: KVManager) -> Iterator[bytes]:
     yield from (key for keys in rounds for key in keys if key is not None)
 
 
+@functools.lru_cache(maxsize=4096)
 def _mask(key: bytes, bits: int) -> int:
     """The filter bits `key` sets in a filter of `bits` bits (a power of two), as an int."""
     number, mask = int.from_bytes(key[:2 * HASHES], "big"), 0
@@ -70,14 +72,20 @@ def cached_blocks(summary: str, chain: Chain) -> int:
     """How many of the chain's leading blocks the summary holds (0 for an empty summary)."""
     if not summary or not chain:
         return 0
-    raw = base64.b64decode(summary)
-    bits, held = int.from_bytes(raw, "little"), 0
+    bits, size, held = *_decoded(summary), 0
     for key in chain:
-        mask = _mask(key, len(raw) * 8)
+        mask = _mask(key, size)
         if bits & mask != mask:
             break
         held += 1
     return held
+
+
+@functools.lru_cache(maxsize=1024)
+def _decoded(summary: str) -> tuple[int, int]:
+    """A summary's filter as an int, and its size in bits (each record's is read at every placement)."""
+    raw = base64.b64decode(summary)
+    return int.from_bytes(raw, "little"), len(raw) * 8
 
 
 def write_chains(kernel, specs: Iterable) -> list[Chain]:
