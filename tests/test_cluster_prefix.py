@@ -4,7 +4,9 @@ prompt ran on one node, submits sharing its prompt's leading blocks, made on the
 Nodes a, b, c (own mountpoints and state dirs, `lease_s = 5`, a peer server each, one shared
 token; tests/cluster_peers.py) serve the module. The sim model's pages hold 512 tokens, so a
 prompt of 1,600 words has 3 full blocks that later prompts share. Waits poll with generous
-bounds; nothing asserts a duration.
+bounds; nothing asserts a duration. Each task is waited for before the next submit, so node X
+has at most one task of the test's in any record, and never more than a slot or two busier than
+the others (its cached blocks count as 3 free slots).
 """
 import csv
 
@@ -60,5 +62,6 @@ def test_submits_sharing_a_cached_prompt_prefix_go_to_the_node_that_holds_it(nod
             assert node_of(nodes[name], pid) == holder
             line = place_line(nodes[name], pid)
             assert line.startswith(f"pids {pid} on node {holder}: ") and "prefix: 3 blocks cached" in line, line
+            assert cat(nodes[holder], "tasks", str(pid), "wait") == "done\n"  # one at a time: X stays idle
     plain = submit_soon(nodes[others[0]], 'model=sim max_tokens=2 prompt="nothing shared"')
     assert "prefix" not in place_line(nodes[others[0]], plain)
