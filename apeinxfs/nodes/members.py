@@ -2,7 +2,8 @@
 
 `status` is `Key:<TAB>value` lines (State up|down, Epoch, Leader yes|no, GPUs, free slots
 and KV pages, queue, running and live tasks, models, the cached prompt blocks it publishes
-for prefix affinity, address, LastSeen: when it last published, in UTC); `tasks` its live pids, one a line. Both are rendered from the cluster's view (etcd),
+for prefix affinity, address, LastSeen: when it last published, in UTC); `tasks` its live
+pids, one a line. Both are rendered from the cluster's view (etcd),
 the same on every node once the watch has caught up; a node whose lease is gone stays
 listed, `State: down`, with its last record. On a single node /nodes holds just this node
 (up, leading, epoch 0) from its own kernel (cluster/daemon.node_seen). Inodes are computed
