@@ -12,8 +12,8 @@
   key is gone to the best up node (placement.rank) in a txn guarded on the task key's
   revision and on the owner's `up` key being absent (a node that rejoined keeps its
   tasks): owner = the new node, epoch + 1. On every node, `adopt` each task key naming
-  this node that it does not run: events.Adopt starts it afresh under the same pid (the
-  output was not replicated), with a `failover` line.
+  this node that it does not run: events.Adopt starts it under the same pid, from the
+  output it last replicated (replicas.py) or afresh, with a `failover` line.
 Without a quorum the loops note why and try again; a task submitted in the moment
 before its key is written runs here only (it is not moved if this node dies then).
 Not here: the kernel's events (kernel.py), the keys' format (taskkeys.py).
