@@ -156,6 +156,11 @@ class Keys:
     def tasks(self) -> bytes:
         return self._key("tasks", "")
 
+    def output(self, pid: int) -> bytes:
+        """Task `pid`'s replicated output (replicas.py), beside the prefix rather than under it: no node
+        watches it."""
+        return (self.prefix.rstrip("/") + ".out/" + str(pid)).encode()
+
     @property
     def election(self) -> bytes:
         """The leader election's name: candidates' keys are under it, on their leases."""
