@@ -16,7 +16,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from ..kernel.errors import ApeinxError
+from ..kernel.errors import ApeinxError, Degraded
 from .etcd import Etcd
 from .etcd_records import EtcdError
 from .failover import Failover
@@ -25,6 +25,7 @@ from .pids import take_block, wants_block
 from .records import Keys, NodeRecord, NodeView, record_of
 from .routing import Router
 from .settings import ClusterSettings
+from .shared import SharedSettings
 from .view import ClusterView
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Cluster:
         self._read: tuple[int, NodeRecord] | None = None  # (kernel version, the record read off it then)
         self.router = Router(self)  # where tasks live and writes go (routing.py)
         self.failover = Failover(self)  # task keys, the leader's moves, adoption and fencing (failover.py)
+        self.shared = SharedSettings(runtime, self.etcd, self.keys, self.name)  # the settings log (shared.py)
 
     def record(self, epoch: int) -> NodeRecord:
         """This node's record now, in `epoch`; the kernel is read again only once it changed (a read
@@ -63,6 +65,7 @@ class Cluster:
             nursery.start_soon(self.keep_pids)
             nursery.start_soon(self.failover.keep)
             nursery.start_soon(self.failover.watch)
+            nursery.start_soon(self.shared.drain)
             nursery.start_soon(compact_history, self.etcd, self.member, lambda: self.view.revision, COMPACT_S)
 
     async def follow(self) -> None:
@@ -71,12 +74,18 @@ class Cluster:
             try:
                 found = await self.etcd.range(self.keys.all, prefix=True)
                 self.view.load(found.kvs, found.revision)
+                self.shared.load(found.kvs)
                 self.member.note(None)
                 async with self.etcd.watch(self.keys.all, prefix=True, start_revision=found.revision + 1) as events:
                     async for event in events:
                         self.view.apply(event)
+                        if event.kind == "PUT" and self.keys.kind_of(event.kv.key)[0] == "settings":
+                            self.shared.apply(event.kv)
             except EtcdError as error:  # Unavailable without a quorum, Compacted
                 self.member.note(error)
+                await trio.sleep(RETRY_S)
+            except Degraded as error:  # a settings entry could not be journaled: read again later
+                log.warning("cluster: settings not applied: %s", error.reason)
                 await trio.sleep(RETRY_S)
 
     async def keep_pids(self) -> None:

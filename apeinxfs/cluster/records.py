@@ -151,6 +151,10 @@ class Keys:
     def tasks(self) -> bytes:
         return self._key("tasks", "")
 
+    def setting(self, name: str) -> bytes:
+        """An entry of the settings log (cluster/shared.py): put once, ordered by its create revision."""
+        return self._key("settings", name)
+
     @property
     def election(self) -> bytes:
         """The leader election's name: candidates' keys are under it, on their leases."""

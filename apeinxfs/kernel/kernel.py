@@ -34,6 +34,7 @@ from .reclaim import Reclaim
 from .retention import Reaper
 from .runqueue import RunQueue
 from .sched import POLICIES, Accounts, prio_weight
+from .sharedlog import SharedLog
 from .submits import SubmitChecks
 from .spec import TaskSpec
 from .task import State, Task
@@ -68,6 +69,7 @@ class Kernel:
         self.reaper = Reaper(config.retention, self.tasks, self.accounts, self.engines, self.counters)
         self.submits = SubmitChecks(config, self.models, self.tasks, self.tenancy, self.kv, self.gpus)
         self.emit = moves.emit
+        self.shared = SharedLog(self.emit)  # the cluster's settings log applied here (sharedlog.py)
         self.handlers = self._handlers()
 
     def _evicted(self, gpu: int, pages: int, task: Task) -> None:
@@ -101,6 +103,7 @@ class Kernel:
             ev.PidBlock: (self.tasks.check_grant, self.moves.grant_pids), ev.Placed: (accept, self.moves.placed),
             ev.Adopt: (self.submits.check_adopt, self._apply_adopt),
             ev.MovedAway: (lambda e: self.tasks.live(e.pid), self.moves.moved_away),
+            ev.Shared: (self.shared.check, self.shared.apply),
             ev.Tick: (accept, accept),  # nothing but time: apply() expires deadlines and schedules
             ev.Restart: (accept, self.moves.restart),
             ev.JournalFailed: (accept, lambda e: self.emit("degraded", None, f"{e.reason}; state changes are "
