@@ -20,16 +20,18 @@ from ..kernel.errors import ApeinxError, Degraded
 from .etcd import Etcd
 from .etcd_records import EtcdError
 from .failover import Failover
-from .member import RETRY_S, Member
+from .member import PUBLISH_S, RETRY_S, Member
 from .pids import take_block, wants_block
 from .records import Keys, NodeRecord, NodeView, record_of
 from .routing import Router
 from .settings import ClusterSettings
 from .shared import SharedSettings
+from .usage import elsewhere, published
 from .view import ClusterView
 
 log = logging.getLogger(__name__)
 PID_CHECK_S = 1.0  # how often the pids left are checked when no trace line wakes the keeper first
+USAGE_S = 0.05  # the soonest a change of this node's tenants' use is published after the last publish
 COMPACT_S = 300.0  # the leader compacts etcd's history to the revision it saw this long ago
 
 
@@ -56,11 +58,19 @@ class Cluster:
             self._read = version, record_of(self.rt.kernel, epoch, 0, self.settings.advertise)
         return attrs.evolve(self._read[1], epoch=epoch, seen_us=self.rt.clock.now_us())
 
+    async def usage_changed(self) -> None:
+        """Return once this node's tenants' use differs from its last record's (looked at as trace lines
+        come: a submit, an exit), USAGE_S after the last publish at the soonest: the other nodes' admission
+        counts it (usage.py), so the sooner they see it, the less a quota is overdrawn."""
+        await trio.sleep(USAGE_S)
+        while self._read is not None and published(self.rt.kernel) == self._read[1].usage:
+            await self.rt.wait_for("trace", PUBLISH_S)
+
     async def run(self) -> None:
         """Join and follow the cluster until cancelled."""
         async with self.etcd, self.router, trio.open_nursery() as nursery:
             nursery.start_soon(self.member.run)
-            nursery.start_soon(self.member.publish)
+            nursery.start_soon(self.member.publish, self.usage_changed)
             nursery.start_soon(self.follow)
             nursery.start_soon(self.keep_pids)
             nursery.start_soon(self.failover.keep)
@@ -75,18 +85,26 @@ class Cluster:
                 found = await self.etcd.range(self.keys.all, prefix=True)
                 self.view.load(found.kvs, found.revision)
                 self.shared.load(found.kvs)
+                self.rt.elsewhere = elsewhere(self.view.nodes(), self.name)
                 self.member.note(None)
                 async with self.etcd.watch(self.keys.all, prefix=True, start_revision=found.revision + 1) as events:
                     async for event in events:
                         self.view.apply(event)
-                        if event.kind == "PUT" and self.keys.kind_of(event.kv.key)[0] == "settings":
-                            self.shared.apply(event.kv)
+                        self.followed(event)
             except EtcdError as error:  # Unavailable without a quorum, Compacted
                 self.member.note(error)
                 await trio.sleep(RETRY_S)
             except Degraded as error:  # a settings entry could not be journaled: read again later
                 log.warning("cluster: settings not applied: %s", error.reason)
                 await trio.sleep(RETRY_S)
+
+    def followed(self, event) -> None:
+        """What a watch event changes beside the view: a settings entry to apply, the others' tenant use."""
+        kind = self.keys.kind_of(event.kv.key)[0]
+        if kind == "settings" and event.kind == "PUT":
+            self.shared.apply(event.kv)
+        elif kind in ("nodes", "up"):
+            self.rt.elsewhere = elsewhere(self.view.nodes(), self.name)
 
     async def keep_pids(self) -> None:
         """Ask for the next pid block once fewer than half a block is left (checked as submits come)."""

@@ -12,6 +12,7 @@ import attrs
 
 from ..kernel.task import State
 from .etcd_records import KeyValue, Txn
+from .usage import published
 
 MAX_RANGES = 10_000  # pid ranges a record holds at most
 
@@ -34,6 +35,7 @@ class NodeRecord:
     advertise: str | None = None  # its address for node-to-node traffic ([cluster] advertise)
     pid_next: int = 0  # the pid its next task gets: it has given every pid of its blocks below it
     tenants: dict[str, str] = attrs.field(factory=dict, hash=False)  # tenant -> its live pids, as ranges
+    usage: dict[str, list[int]] = attrs.field(factory=dict, hash=False)  # tenant -> its use here (usage.py)
 
     def to_json(self) -> bytes:
         return json.dumps(attrs.asdict(self), separators=(",", ":")).encode()
@@ -63,7 +65,7 @@ def record_of(kernel, epoch: int, seen_us: int, advertise: str | None) -> NodeRe
                       queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING), live=live,
                       tasks=pid_ranges(sorted(pid for pids in by_tenant.values() for pid in pids)),
                       models=sorted(kernel.models), advertise=advertise, pid_next=kernel.tasks.next_pid,
-                      tenants=tenant_ranges(by_tenant))
+                      tenants=tenant_ranges(by_tenant), usage=published(kernel))
 
 
 def live_by_tenant(kernel) -> dict[str, list[int]]:

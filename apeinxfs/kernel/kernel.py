@@ -14,7 +14,7 @@ counters. `Kernel` holds them, moves a task between them (queue, GPU, exit) and 
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import events as ev
@@ -39,7 +39,7 @@ from .submits import SubmitChecks
 from .spec import TaskSpec
 from .task import State, Task
 from .tasktable import TaskTable
-from .tenancy import Tenancy
+from .tenancy import Elsewhere, Tenancy
 from .trace import TraceLog
 
 Handler = tuple[Callable[[Any], object], Callable[[Any], Any]]
@@ -124,12 +124,14 @@ class Kernel:
     def _accept(self, event: Any) -> None:
         """The check of an event that reports what happened (an engine's step, a failure, time): never refused."""
 
-    def admit(self, event: ev.Event, now_us: int, batch: dict[str, tuple[int, int]] | None = None) -> ev.Event:
-        """check(event), and for a submit the policy, sandbox, quota and budget; returns the event to journal."""
+    def admit(self, event: ev.Event, now_us: int, batch: dict[str, tuple[int, int]] | None = None,
+              elsewhere: Mapping[str, Elsewhere] | None = None) -> ev.Event:
+        """check(event), and for a submit the policy, sandbox, quota and budget (with the tenants' use on the
+        cluster's other nodes, `elsewhere`); returns the event to journal."""
         self.check(event)
         if isinstance(event, ev.Submit):
             self.tasks.check_pid_left(batch, self.config.node)
-        return self.tenancy.admit(event, now_us, batch)
+        return self.tenancy.admit(event, now_us, batch, elsewhere or {})
 
     def _check_setpolicy(self, event: ev.SetPolicy) -> None:
         if event.policy not in POLICIES:
