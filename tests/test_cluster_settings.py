@@ -52,6 +52,11 @@ def shows(daemon: Daemon, parts: tuple, text: str) -> bool:
         return False
 
 
+def link(daemon: Daemon) -> dict:
+    """The node's /cluster file as a dict."""
+    return keyed(daemon.path("cluster"))
+
+
 def on_every_node(nodes: dict, parts: tuple, text: str) -> None:
     for daemon in nodes.values():
         poll_until(lambda: shows(daemon, parts, text), SETTLE_S, f"{'/'.join(parts)} = {text!r} on {daemon.mountpoint}")
@@ -103,6 +108,9 @@ def test_two_nodes_adding_the_same_tenant_at_once_agree_on_one(nodes):
     winners = [name for name, refused in outcomes.items() if refused is None]
     assert len(winners) == 1 and errno.EEXIST in outcomes.values(), outcomes
     on_every_node(nodes, ("tenants", "t2", "weight"), "111\n" if winners == ["a"] else "222\n")
+    poll_until(lambda: len({link(daemon)["Settings"] for daemon in nodes.values()}) == 1, SETTLE_S,
+               "every node at the same place in the settings log")
+    assert all(link(daemon)["SettingsRefused"] == "1" for daemon in nodes.values())
 
 
 def test_a_policy_rule_written_on_b_refuses_a_submit_on_c(nodes):
