@@ -15,17 +15,11 @@ import pytest
 
 from cluster_peers import peered_nodes
 from daemon import Daemon, poll_until
-from etcdcluster import EtcdCluster
 from test_cluster_nodes import FUSE_READY, LONG_TASK, NAMES, SETTLE_S, SHORT_TASK, all_up, keyed
+from test_cluster_nodes import etcd  # noqa: F401  (the module's 3-member etcd, a fixture)
 
 pytestmark = pytest.mark.skipif(not FUSE_READY,
                                 reason="*** needs /dev/fuse and fusermount3: CLUSTER MOUNT TESTS SKIPPED ***")
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory):
-    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as cluster:
-        yield cluster
 
 
 @pytest.fixture(scope="module")

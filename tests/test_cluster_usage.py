@@ -53,10 +53,11 @@ def test_tokens_used_elsewhere_count_in_their_window_only():
 
 
 def test_a_record_carries_its_tenants_use_and_the_others_are_summed_over_up_nodes_but_this_one():
-    """published() lists tenants with live tasks or tokens used; elsewhere() adds up the up nodes' rows by
-    window, leaving out down nodes and this node."""
-    kernel = kernel_with(TenantConfig("t"))
+    """published() lists tenants with a limit and live tasks or tokens used; elsewhere() adds up the up
+    nodes' rows by window, leaving out down nodes and this node."""
+    kernel = kernel_with(TenantConfig("t", quota=Quota(tasks=9)))
     submit(kernel, {}, max_tokens=10)
+    kernel.apply(Submit(spec=TaskSpec(name="j", max_tokens=10)), NOW_US)  # default: no limit, not published
     row = published(kernel)["t"]
     assert row[:2] == [1, 10] and list(published(kernel)) == ["t"]
     record = record_of(kernel, 1, 0, None)

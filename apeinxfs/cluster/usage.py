@@ -1,7 +1,8 @@
 """Tenants' use across the cluster: what a node publishes of its own, and what admission counts of the others'.
 
-A node's record (records.py) carries `usage`: for each tenant with live tasks or tokens
-used, `[live, reserved, quota window, quota used, budget window, budget used]` (its ledgers
+A node's record (records.py) carries `usage`: for each tenant with a limit that holds across
+the nodes (`quota tasks`, `quota tokens` or a budget) and live tasks or tokens used,
+`[live, reserved, quota window, quota used, budget window, budget used]` (its ledgers
 as they stand: a window index and the tokens used in it; windows are aligned to the epoch,
 so every node numbers them alike), at most MAX_TENANTS of them. `elsewhere(nodes, here)`
 sums the up nodes' but this one's into kernel/tenancy.Elsewhere records, which
@@ -19,15 +20,22 @@ MAX_TENANTS = 1_000  # tenants a record lists the use of at most (by name: those
 
 
 def published(kernel) -> dict[str, list[int]]:
-    """This node's tenants' use as its record carries it."""
+    """This node's tenants' use as its record carries it: of those with a limit to hold (the others' use
+    changes nothing elsewhere, and a change of it publishes no record early: daemon.py)."""
     rows: dict[str, list[int]] = {}
     for name, used in sorted(kernel.tenancy.usage.items()):
-        if used.live or used.quota.used or used.budget.used:
+        if _limited(kernel.tenancy.config_of(name)) and (used.live or used.quota.used or used.budget.used):
             rows[name] = [used.live, used.reserved, used.quota.window_index, used.quota.used,
                           used.budget.window_index, used.budget.used]
             if len(rows) == MAX_TENANTS:
                 break
     return rows
+
+
+def _limited(tenant) -> bool:
+    """Whether the tenant (None: removed) has a limit that other nodes' use counts against."""
+    return tenant is not None and (tenant.quota.tasks is not None or tenant.quota.tokens is not None
+                                   or tenant.budget.tokens is not None)
 
 
 def elsewhere(nodes: Mapping, here: str) -> dict[str, Elsewhere]:

@@ -7,9 +7,10 @@ clock, randomness or I/O inside. Each part owns its state (docs/architecture.md 
 table): the task table (tasktable.py), the run queue and accounts (runqueue.py, sched.py),
 the KV books (memory.py), tenancy (tenancy.py), models (models.py), engine outages
 (engines.py), preemption and the OOM killer (reclaim.py), the reaping of exited tasks
-(retention.py), the checks of a submit (submits.py), the trace, audit log, bills and
-counters. `Kernel` holds them, moves a task between them (queue, GPU, exit) and is the
-`Host` (seams.py) they call back through.
+(retention.py), the checks of a submit (submits.py), a cluster node's place in the
+settings log (sharedlog.py), the trace, audit log, bills and counters. `Kernel` holds
+them, moves a task between them (queue, GPU, exit) and is the `Host` (seams.py) they call
+back through.
 """
 from __future__ import annotations
 
