@@ -141,9 +141,9 @@ class Runtime:
         """Journal and apply events the caller has just checked (no await in between).
         Raises Degraded, changing nothing, while the journal cannot be written or if this write fails.
         On a cluster node a settings change goes to etcd instead, and comes back through it (cluster/shared.py)."""
+        self.health.refuse()
         if self.cluster is not None and self.cluster.shared.takes(events):
             return self.cluster.shared.take(events)
-        self.health.refuse()
         now = self.clock.now_us()
         try:
             seqs = self.journal.append([(now, e) for e in events])
