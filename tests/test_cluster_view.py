@@ -129,13 +129,24 @@ def test_the_view_follows_ups_downs_and_the_oldest_candidate_leads():
     assert view.revision == 8
 
 
+def test_a_down_nodes_lingering_candidacy_leads_no_one():
+    """A down node whose old election key outlives its up key (a lease not revoked) is not the leader;
+    the oldest up candidate is."""
+    view = ClusterView(KEYS)
+    view.load([kv(KEYS.node("a"), record("a").to_json(), 2), kv(KEYS.up("a"), b"1", 2),
+               kv(KEYS.node("c"), record("c").to_json(), 3), kv(KEYS.election + b"/0c", b"c", 3),
+               kv(KEYS.election + b"/2e", b"a", 5)], revision=5)
+    assert {name: (node.up, node.leader) for name, node in view.nodes().items()} == {"a": (True, True),
+                                                                                      "c": (False, False)}
+
+
 def test_status_and_tasks_render_a_node_as_the_man_page_says():
     """status: Key:<TAB>value lines in order; tasks: one pid a line."""
     node = NodeView(record("b", 4, gpus=2, slots_free=15, kv_pages_free=300, queued=1, running=1, live=5,
-                           tasks="7,12-14,20", models=("sim", "tiny")), up=False, leader=False)
+                           tasks="7,12-14,20", models=("sim", "tiny"), prefix_blocks=9), up=False, leader=False)
     assert members.status(node) == ("Name:\tb\nState:\tdown\nEpoch:\t4\nLeader:\tno\nGpus:\t2\nSlotsFree:\t15\n"
                                     "KVPagesFree:\t300\nQueued:\t1\nTasksRunning:\t1\nTasksLive:\t5\n"
-                                    "Models:\tsim,tiny\nAdvertise:\t-\nLastSeen:\t2025-11-24T16:00:00Z\n")
+                                    "Models:\tsim,tiny\nPrefixBlocks:\t9\nAdvertise:\t-\nLastSeen:\t2025-11-24T16:00:00Z\n")
     assert members.tasks(node) == "7\n12\n13\n14\n20\n"
 
 
