@@ -51,7 +51,8 @@ def node(tmp_path) -> Runtime:
 
 
 def entry(revision: int, node_name: str, *events) -> KeyValue:
-    return KeyValue(f"t/settings/{node_name}-{revision}".encode(), encode(node_name, list(events)), revision, revision, 1)
+    key = f"t/settings/{node_name}-{revision}".encode()
+    return KeyValue(key, encode(node_name, list(events)), revision, revision, 1)
 
 
 def settings_lines(rt: Runtime) -> list[str]:

@@ -2,12 +2,15 @@
 
 `Cluster(settings, runtime)` is built by mount.py when `[cluster] etcd` is set and run
 by `Runtime.run` beside the drivers: one etcd client, the `router` (routing.py: where
-tasks live, where writes go, the peers' clients), and seven tasks: the member (lease,
-epoch, leader campaign; member.py), the publisher of this node's record, the follower
-that keeps `view` (view.py) current through a watch, the keeper of pid blocks (pids.py),
-failover's two loops (failover.py: task keys and fencing; the leader's moves and
-adoption) and, on the leader, the compaction of etcd's history. None of them blocks the file system: without etcd they note why and retry,
-and local reads and running tasks go on. `names_seen(rt)` and `node_seen(rt, name)` are
+tasks live, where writes go, the peers' clients), `shared` (shared.py: the settings log),
+and eight tasks: the member (lease, epoch, leader campaign; member.py), the publisher of
+this node's record (every second, or soon after its limited tenants' use changed), the
+follower that keeps `view` (view.py) current through a watch, applies the settings log's
+entries and sums the other nodes' tenant use for admission (usage.py), the keeper of pid
+blocks (pids.py), failover's two loops (failover.py: task keys and fencing; the leader's
+moves and adoption), the writer of settings changes made at a close (shared.py) and, on
+the leader, the compaction of etcd's history. None of them blocks the file system:
+without etcd they note why and retry, and local reads and running tasks go on. `names_seen(rt)` and `node_seen(rt, name)` are
 what /nodes shows: the cluster's view, or on a single node just this node.
 """
 import logging

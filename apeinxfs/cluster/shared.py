@@ -28,7 +28,8 @@ import attrs
 import trio
 
 from ..kernel.errors import ApeinxError, Invalid, TryAgain
-from ..kernel.events import RemoveModel, RemoveTenant, SetModel, SetPolicy, SetRules, SetTenant, Shared, from_row, to_row
+from ..kernel.events import (RemoveModel, RemoveTenant, SetModel, SetPolicy, SetRules, SetTenant, Shared, from_row,
+                             to_row)
 from ..nodes.base import after_write
 from .etcd_records import KeyValue
 from .records import Keys
