@@ -12,10 +12,11 @@ import pytest
 from apeinxfs import config as config_mod
 from apeinxfs.cluster.daemon import Cluster
 from apeinxfs.cluster.etcd_records import KeyValue, Unavailable
+from apeinxfs.cluster.records import NodeRecord
 from apeinxfs.cluster.shared import MAX_ENTRY, decode, encode
 from apeinxfs.journal import Journal
-from apeinxfs.kernel.errors import ApeinxError, Exists, Invalid
-from apeinxfs.kernel.events import SetPolicy, SetRules, SetTenant, Shared, Submit
+from apeinxfs.kernel.errors import ApeinxError, Busy, Exists, Invalid
+from apeinxfs.kernel.events import RemoveTenant, SetPolicy, SetRules, SetTenant, Shared, Submit
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.kernel.tenant_config import TenantConfig
 from apeinxfs.nodes.base import Caller, Command
@@ -149,3 +150,20 @@ def test_only_settings_changes_are_shared(tmp_path):
     assert rt.commit([SetPolicy(policy="vtc")]) == [None] and rt.kernel.runq.name != "vtc"
     assert shared.receive.receive_nowait() == encode("n1", [SetPolicy(policy="vtc")])
     rt.journal.close()
+
+
+def test_removing_a_tenant_that_another_up_node_runs_tasks_of_is_busy_here(tmp_path):
+    """Node b (up) publishes live pids of t1: `remove t1` is EBUSY naming b before it reaches etcd; b down,
+    or another tenant's pids, do not refuse it."""
+    rt = node(tmp_path)
+    record = NodeRecord(name="b", epoch=1, seen_us=0, tenants={"t1": "5-6"}).to_json()
+    kvs = [KeyValue(b"t/nodes/b", record, 3, 3, 1), KeyValue(b"t/up/b", b"1", 4, 4, 1)]
+    rt.cluster.view.load(kvs, 4)
+    with pytest.raises(Busy) as refused:
+        rt.cluster.shared.take([RemoveTenant(name="t1")])
+    assert refused.value.errno == errno.EBUSY and "live tasks on node b" in refused.value.reason
+    assert rt.cluster.shared.take([RemoveTenant(name="t2")]) == [None]
+    rt.cluster.view.load(kvs[:1], 5)  # b down
+    assert rt.cluster.shared.take([RemoveTenant(name="t1")]) == [None]
+    rt.journal.close()
+

@@ -51,7 +51,7 @@ class Cluster:
         self._read: tuple[int, NodeRecord] | None = None  # (kernel version, the record read off it then)
         self.router = Router(self)  # where tasks live and writes go (routing.py)
         self.failover = Failover(self)  # task keys, the leader's moves, adoption and fencing (failover.py)
-        self.shared = SharedSettings(runtime, self.etcd, self.keys, self.name)  # the settings log (shared.py)
+        self.shared = SharedSettings(runtime, self.etcd, self.keys, self.name, self.view)  # the settings log (shared.py)
 
     def record(self, epoch: int) -> NodeRecord:
         """This node's record now, in `epoch`; the kernel is read again only once it changed (a read

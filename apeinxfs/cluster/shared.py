@@ -27,12 +27,13 @@ from functools import partial
 import attrs
 import trio
 
-from ..kernel.errors import ApeinxError, Invalid, TryAgain
+from ..kernel.errors import ApeinxError, Busy, Invalid, TryAgain
 from ..kernel.events import (RemoveModel, RemoveTenant, SetModel, SetPolicy, SetRules, SetTenant, Shared, from_row,
                              to_row)
 from ..nodes.base import after_write
 from .etcd_records import KeyValue
 from .records import Keys
+from .view import ClusterView
 
 log = logging.getLogger(__name__)
 SETTINGS = (SetTenant, RemoveTenant, SetRules, SetPolicy, SetModel, RemoveModel)
@@ -69,8 +70,8 @@ class Pending:
 class SharedSettings:
     """This node's side of the settings log: what it writes, and each entry applied in order."""
 
-    def __init__(self, runtime, etcd, keys: Keys, name: str):
-        self.rt, self.etcd, self.keys, self.name = runtime, etcd, keys, name
+    def __init__(self, runtime, etcd, keys: Keys, name: str, view: ClusterView):
+        self.rt, self.etcd, self.keys, self.name, self.view = runtime, etcd, keys, name, view
         self.pending: dict[bytes, Pending] = {}
         self.send, self.receive = trio.open_memory_channel[bytes](BACKGROUND)
 
@@ -82,6 +83,7 @@ class SharedSettings:
     def take(self, events: list) -> list:
         """Hand checked settings events to etcd (awaited by the write running now, or in the background);
         their results, as the kernel's would be."""
+        self.check_elsewhere(events)
         entry = encode(self.name, events)
         if not after_write(partial(self.write, entry)):
             try:
@@ -89,6 +91,16 @@ class SharedSettings:
             except trio.WouldBlock:
                 raise TryAgain(f"{BACKGROUND} settings changes wait for etcd already: try again") from None
         return [None] * len(events)
+
+    def check_elsewhere(self, events: list) -> None:
+        """Busy for the removal of a tenant that another up node runs live tasks of, as its record says: that
+        node would refuse it, and keep the tenant (this node's kernel checked only its own tasks)."""
+        for event in events:
+            if isinstance(event, RemoveTenant):
+                busy = [name for name, node in self.view.nodes().items()
+                        if node.up and name != self.name and node.record.tenants.get(event.name)]
+                if busy:
+                    raise Busy(f"tenant {event.name} has live tasks on node {', '.join(busy)}; kill them first")
 
     async def write(self, entry: bytes) -> None:
         """Put `entry` in the log and wait until this node applied it; raise its refusal here."""
