@@ -3,9 +3,11 @@
 - Admission (`admit`): the policy rules decide first (deny: EACCES naming the rule; limit:
   the submit is clamped and says so); then the tenant's sandbox (allowed models EACCES,
   max_tokens EINVAL), then its quota (live tasks, tokens per window, KV pages) and budget
-  (tokens per window plus overdraw), all EDQUOT with the numbers. A write of many lines is
-  admitted as a whole: each line counts the ones before it (`batch`). A child (`parent=`)
-  is admitted in its parent's tenant. A task's prio change is held to the rules as a submit
+  (tokens per window plus overdraw), all EDQUOT with the numbers; on a cluster node the
+  live tasks, reserved tokens and window's tokens of the tenant on other nodes count too
+  (`Elsewhere`, an input of the check). A write of many lines is admitted as a whole:
+  each line counts the ones before it (`batch`). A child (`parent=`) is admitted in its
+  parent's tenant. A task's prio change is held to the rules as a submit
   asking for that prio would be, but refused (EACCES naming the rule), not clamped: the
   caller asked for one value. A task's model and tenant never change after its submit.
 - Holds: a tenant at its GPU-slot or KV-page quota has its queued tasks held back (out of
@@ -64,7 +66,8 @@ class TenantUsage:
 class Elsewhere:
     """A tenant's use on the cluster's other up nodes, as they last published it (cluster/usage.py): its
     live tasks, their reserved tokens, and the tokens used by quota and budget window index. Admission
-    counts it beside this node's own; it is an input of the check only, never applied, so replay is unchanged."""
+    counts it beside this node's own; it is an input of the check only, never applied, so replay is
+    unchanged."""
 
     live: int = 0
     reserved: int = 0
@@ -74,7 +77,6 @@ class Elsewhere:
     def used(self, ledger: str, limit: Limit, now_us: int) -> int:
         """Tokens used elsewhere in the window of `now_us` of the `ledger` ("quota" or "budget")."""
         return getattr(self, ledger).get(limit.index(now_us), 0) if limit.tokens is not None else 0
-
 
 
 def _shown_temperature(value: float | None) -> str:
