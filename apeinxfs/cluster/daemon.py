@@ -10,8 +10,9 @@ entries and sums the other nodes' tenant use for admission (usage.py), the keepe
 blocks (pids.py), failover's two loops (failover.py: task keys and fencing; the leader's
 moves and adoption), the writer of settings changes made at a close (shared.py) and, on
 the leader, the compaction of etcd's history. None of them blocks the file system:
-without etcd they note why and retry, and local reads and running tasks go on. `names_seen(rt)` and `node_seen(rt, name)` are
-what /nodes shows: the cluster's view, or on a single node just this node.
+without etcd they note why and retry, and local reads and running tasks go on.
+`names_seen(rt)` and `node_seen(rt, name)` are what /nodes shows: the cluster's view, or
+on a single node just this node.
 """
 import logging
 from collections.abc import Callable
@@ -51,7 +52,7 @@ class Cluster:
         self._read: tuple[int, NodeRecord] | None = None  # (kernel version, the record read off it then)
         self.router = Router(self)  # where tasks live and writes go (routing.py)
         self.failover = Failover(self)  # task keys, the leader's moves, adoption and fencing (failover.py)
-        self.shared = SharedSettings(runtime, self.etcd, self.keys, self.name, self.view)  # the settings log (shared.py)
+        self.shared = SharedSettings(runtime, self.etcd, self.keys, self.name, self.view)  # the settings log
 
     def record(self, epoch: int) -> NodeRecord:
         """This node's record now, in `epoch`; the kernel is read again only once it changed (a read
