@@ -15,7 +15,8 @@ has live tasks) is refused there as a whole, with a `settings` line saying why.
 The writer waits (nodes/base.after_write) until etcd has the entry and this node applied
 it, and gets this node's outcome: a refusal there is the write's. Without a quorum the put
 fails with Unavailable (EAGAIN) within the etcd client's 8 s; if the watch has not brought
-the entry back WAIT_S after the put, TryAgain (it is in etcd and applies once it does). A
+the entry back WRITE_S after the write began, TryAgain (it is in etcd and applies once it
+does). A
 write not through the mount (a last line run at close) goes to etcd in the background.
 Not here: the watch (daemon.py), the kernel's checks.
 """
@@ -37,7 +38,7 @@ from .view import ClusterView
 
 log = logging.getLogger(__name__)
 SETTINGS = (SetTenant, RemoveTenant, SetRules, SetPolicy, SetModel, RemoveModel)
-WAIT_S = 2.0  # how long a writer waits for its entry to come back through the watch after etcd took it
+WRITE_S = 10.0  # the longest a write waits for etcd to take its entry and this node to apply it
 MAX_ENTRY = 1 << 20  # bytes of one entry at most: etcd refuses requests over 1.5 MiB
 BACKGROUND = 64  # entries waiting to be put in the background at most
 
@@ -104,17 +105,17 @@ class SharedSettings:
 
     async def write(self, entry: bytes) -> None:
         """Put `entry` in the log and wait until this node applied it; raise its refusal here."""
-        key = self.keys.setting(f"{self.name}-{uuid.uuid4().hex[:16]}")
+        key, deadline = self.keys.setting(f"{self.name}-{uuid.uuid4().hex[:16]}"), trio.current_time() + WRITE_S
         pending = self.pending[key] = Pending()
         try:
-            revision = await self.etcd.put(key, entry)
-            with trio.move_on_after(WAIT_S):
+            revision = await self.etcd.put(key, entry)  # Unavailable within the client's 8 s
+            with trio.move_on_at(deadline):
                 await pending.done.wait()
         finally:
             del self.pending[key]
         if not pending.done.is_set():
             raise TryAgain(f"etcd has the change (revision {revision}) but this node has not seen it back within "
-                           f"{WAIT_S:g}s: it applies once its watch catches up")
+                           f"{WRITE_S:g}s of the write: it applies once its watch catches up")
         if pending.refused is not None:
             raise pending.refused
 
