@@ -101,6 +101,7 @@ class Runtime:
         self.journal_due = False  # the steps waiting are to be journaled next round (a trace line, or PROGRESS_S)
         self.snapshotter = None  # compaction.Snapshotter, set by the daemon (mount.py): snapshots and compaction
         self.cluster = None  # cluster/daemon.Cluster when [cluster] names etcd (set by mount.py); None: one node
+        self.elsewhere: dict = {}  # tenant -> kernel/tenancy.Elsewhere, its use on the other nodes (cluster/usage.py)
 
     def recover(self) -> int:
         """Replay the journal into the kernel, from the newest usable snapshot if the daemon keeps them
@@ -134,12 +135,15 @@ class Runtime:
     def commit(self, events: list) -> list:
         """Admit, journal, apply; results in order. Raises the first refusal, changing nothing."""
         now, batch = self.clock.now_us(), {}
-        return self.commit_checked([self.kernel.admit(event, now, batch) for event in events])
+        return self.commit_checked([self.kernel.admit(event, now, batch, self.elsewhere) for event in events])
 
     def commit_checked(self, events: list) -> list:
         """Journal and apply events the caller has just checked (no await in between).
-        Raises Degraded, changing nothing, while the journal cannot be written or if this write fails."""
+        Raises Degraded, changing nothing, while the journal cannot be written or if this write fails.
+        On a cluster node a settings change goes to etcd instead, and comes back through it (cluster/shared.py)."""
         self.health.refuse()
+        if self.cluster is not None and self.cluster.shared.takes(events):
+            return self.cluster.shared.take(events)
         now = self.clock.now_us()
         try:
             seqs = self.journal.append([(now, e) for e in events])

@@ -2,14 +2,18 @@
 
 `Cluster(settings, runtime)` is built by mount.py when `[cluster] etcd` is set and run
 by `Runtime.run` beside the drivers: one etcd client, the `router` (routing.py: where
-tasks live, where writes go, the peers' clients), and eight tasks: the member (lease,
-epoch, leader campaign; member.py), the publisher of this node's record, the follower
-that keeps `view` (view.py) current through a watch, the keeper of pid blocks (pids.py),
-failover's two loops (failover.py: task keys and fencing; the leader's moves and
-adoption), the replication of running tasks' output (replicas.py; unless `replicate_s`
-is 0) and, on the leader, the compaction of etcd's history. None of them blocks the file system: without etcd they note why and retry,
-and local reads and running tasks go on. `names_seen(rt)` and `node_seen(rt, name)` are
-what /nodes shows: the cluster's view, or on a single node just this node.
+tasks live, where writes go, the peers' clients), `shared` (shared.py: the settings log),
+and nine tasks: the member (lease, epoch, leader campaign; member.py), the publisher of
+this node's record (every second, or soon after its limited tenants' use changed), the
+follower that keeps `view` (view.py) current through a watch, applies the settings log's
+entries and sums the other nodes' tenant use for admission (usage.py), the keeper of pid
+blocks (pids.py), failover's two loops (failover.py: task keys and fencing; the leader's
+moves and adoption), the replication of running tasks' output (replicas.py; unless
+`replicate_s` is 0), the writer of settings changes made at a close (shared.py) and, on
+the leader, the compaction of etcd's history. None of them blocks the file system:
+without etcd they note why and retry, and local reads and running tasks go on.
+`names_seen(rt)` and `node_seen(rt, name)` are what /nodes shows: the cluster's view, or
+on a single node just this node.
 """
 import logging
 from collections.abc import Callable
@@ -17,20 +21,23 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from ..kernel.errors import ApeinxError
+from ..kernel.errors import ApeinxError, Degraded
 from .etcd import Etcd
 from .etcd_records import EtcdError
 from .failover import Failover
-from .member import RETRY_S, Member
+from .member import PUBLISH_S, RETRY_S, Member
 from .pids import take_block, wants_block
 from .records import Keys, NodeRecord, NodeView, record_of
 from .replicas import Replicas
 from .routing import Router
 from .settings import ClusterSettings
+from .shared import SharedSettings
+from .usage import elsewhere, published
 from .view import ClusterView
 
 log = logging.getLogger(__name__)
 PID_CHECK_S = 1.0  # how often the pids left are checked when no trace line wakes the keeper first
+USAGE_S = 0.05  # the soonest a change of this node's tenants' use is published after the last publish
 COMPACT_S = 300.0  # the leader compacts etcd's history to the revision it saw this long ago
 
 
@@ -48,6 +55,7 @@ class Cluster:
         self.router = Router(self)  # where tasks live and writes go (routing.py)
         self.failover = Failover(self)  # task keys, the leader's moves, adoption and fencing (failover.py)
         self.replicas = Replicas(self)  # running tasks' output, for a resume after failover (replicas.py)
+        self.shared = SharedSettings(runtime, self.etcd, self.keys, self.name, self.view)  # the settings log
 
     def record(self, epoch: int) -> NodeRecord:
         """This node's record now, in `epoch`; the kernel is read again only once it changed (a read
@@ -57,17 +65,26 @@ class Cluster:
             self._read = version, record_of(self.rt.kernel, epoch, 0, self.settings.advertise)
         return attrs.evolve(self._read[1], epoch=epoch, seen_us=self.rt.clock.now_us())
 
+    async def usage_changed(self) -> None:
+        """Return once this node's tenants' use differs from its last record's (looked at as trace lines
+        come: a submit, an exit), USAGE_S after the last publish at the soonest: the other nodes' admission
+        counts it (usage.py), so the sooner they see it, the less a quota is overdrawn."""
+        await trio.sleep(USAGE_S)
+        while self._read is not None and published(self.rt.kernel) == self._read[1].usage:
+            await self.rt.wait_for("trace", PUBLISH_S)
+
     async def run(self) -> None:
         """Join and follow the cluster until cancelled."""
         async with self.etcd, self.router, trio.open_nursery() as nursery:
             nursery.start_soon(self.member.run)
-            nursery.start_soon(self.member.publish)
+            nursery.start_soon(self.member.publish, self.usage_changed)
             nursery.start_soon(self.follow)
             nursery.start_soon(self.keep_pids)
             nursery.start_soon(self.failover.keep)
             nursery.start_soon(self.failover.watch)
             if self.settings.replicate_s:
                 nursery.start_soon(self.replicas.keep)
+            nursery.start_soon(self.shared.drain)
             nursery.start_soon(compact_history, self.etcd, self.member, lambda: self.view.revision, COMPACT_S)
 
     async def follow(self) -> None:
@@ -76,13 +93,27 @@ class Cluster:
             try:
                 found = await self.etcd.range(self.keys.all, prefix=True)
                 self.view.load(found.kvs, found.revision)
+                self.shared.load(found.kvs)
+                self.rt.elsewhere = elsewhere(self.view.nodes(), self.name)
                 self.member.note(None)
                 async with self.etcd.watch(self.keys.all, prefix=True, start_revision=found.revision + 1) as events:
                     async for event in events:
                         self.view.apply(event)
+                        self.followed(event)
             except EtcdError as error:  # Unavailable without a quorum, Compacted
                 self.member.note(error)
                 await trio.sleep(RETRY_S)
+            except Degraded as error:  # a settings entry could not be journaled: read again later
+                log.warning("cluster: settings not applied: %s", error.reason)
+                await trio.sleep(RETRY_S)
+
+    def followed(self, event) -> None:
+        """What a watch event changes beside the view: a settings entry to apply, the others' tenant use."""
+        kind = self.keys.kind_of(event.kv.key)[0]
+        if kind == "settings" and event.kind == "PUT":
+            self.shared.apply(event.kv)
+        elif kind in ("nodes", "up"):
+            self.rt.elsewhere = elsewhere(self.view.nodes(), self.name)
 
     async def keep_pids(self) -> None:
         """Ask for the next pid block once fewer than half a block is left (checked as submits come)."""

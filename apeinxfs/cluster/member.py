@@ -6,12 +6,13 @@ when the lease is lost (etcd expired it while the process was stopped, or no ref
 through for a whole TTL) revokes what is left of it and joins again with the next epoch.
 A lease it could not revoke (no quorum) is revoked after the next join: etcd extends
 leases when it elects a leader, so the old candidacy would otherwise hold the election.
-`publish` puts the node's record every PUBLISH_S. Without an etcd quorum every call
+`publish` puts the node's record every PUBLISH_S, or sooner when asked. Without an etcd
+quorum every call
 fails with Unavailable (EAGAIN) within the client's timeout: the member notes why and
 tries again; the daemon's local work goes on meanwhile.
 """
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -119,8 +120,9 @@ class Member:
                 self.note(error)
         return False
 
-    async def publish(self) -> None:
-        """Put this node's record every PUBLISH_S once joined (without a lease: it outlives the node)."""
+    async def publish(self, sooner: Callable[[], Awaitable[None]] = trio.sleep_forever) -> None:
+        """Put this node's record every PUBLISH_S once joined (without a lease: it outlives the node), or as
+        soon as `sooner()` returns (its tenants' use changed: daemon.py)."""
         while True:
             if self.epoch:
                 try:
@@ -130,4 +132,5 @@ class Member:
                     self.note(error)
                 else:
                     self.note(None)
-            await trio.sleep(PUBLISH_S)
+            with trio.move_on_after(PUBLISH_S):
+                await sooner()

@@ -13,6 +13,7 @@ import attrs
 from ..kernel.task import State
 from .etcd_records import KeyValue, Txn
 from .prefixes import summary_of
+from .usage import published
 
 MAX_RANGES = 10_000  # pid ranges a record holds at most
 
@@ -37,6 +38,7 @@ class NodeRecord:
     tenants: dict[str, str] = attrs.field(factory=dict, hash=False)  # tenant -> its live pids, as ranges
     prefixes: str = ""  # a Bloom filter of its cached prompt blocks' keys, base64 (prefixes.py)
     prefix_blocks: int = 0  # how many keys that filter holds
+    usage: dict[str, list[int]] = attrs.field(factory=dict, hash=False)  # tenant -> its use here (usage.py)
 
     def to_json(self) -> bytes:
         return json.dumps(attrs.asdict(self), separators=(",", ":")).encode()
@@ -68,7 +70,8 @@ def record_of(kernel, epoch: int, seen_us: int, advertise: str | None) -> NodeRe
                       queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING), live=live,
                       tasks=pid_ranges(sorted(pid for pids in by_tenant.values() for pid in pids)),
                       models=sorted(kernel.models), advertise=advertise, pid_next=kernel.tasks.next_pid,
-                      tenants=tenant_ranges(by_tenant), prefixes=prefixes, prefix_blocks=prefix_blocks)
+                      tenants=tenant_ranges(by_tenant), prefixes=prefixes, prefix_blocks=prefix_blocks,
+                      usage=published(kernel))
 
 
 def live_by_tenant(kernel) -> dict[str, list[int]]:
@@ -160,6 +163,10 @@ class Keys:
         """Task `pid`'s replicated output (replicas.py), beside the prefix rather than under it: no node
         watches it."""
         return (self.prefix.rstrip("/") + ".out/" + str(pid)).encode()
+
+    def setting(self, name: str) -> bytes:
+        """An entry of the settings log (cluster/shared.py): put once, ordered by its create revision."""
+        return self._key("settings", name)
 
     @property
     def election(self) -> bytes:

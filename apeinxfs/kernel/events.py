@@ -221,6 +221,17 @@ class MovedAway:
 
 
 @attrs.frozen
+class Shared:
+    """The cluster's log of settings changes (etcd, cluster/shared.py) is applied here up to its entry at
+    etcd revision `revision`, written on node `node`: journaled with that entry's events, or alone with
+    the reason this node `refused` them. Entries apply in revision order, each once."""
+
+    revision: int
+    node: str
+    refused: str = ""
+
+
+@attrs.frozen
 class Tick:
     """Time passed: deadlines up to now are checked."""
 
@@ -249,7 +260,7 @@ class JournalRecovered:
 
 Event = (Submit | Kill | Control | Step | Failed | Rejected | SetPolicy | Tick | Restart | SetTenant
          | RemoveTenant | SetRules | SetModel | RemoveModel | GpuMemory | JournalFailed | JournalRecovered
-         | Interrupted | EngineHealth | EngineKV | PidBlock | Placed | Adopt | MovedAway)
+         | Interrupted | EngineHealth | EngineKV | PidBlock | Placed | Adopt | MovedAway | Shared)
 KINDS: dict[str, type[Event]] = {cls.__name__.lower(): cls for cls in typing.get_args(Event)}
 
 

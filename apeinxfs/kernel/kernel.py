@@ -7,14 +7,15 @@ clock, randomness or I/O inside. Each part owns its state (docs/architecture.md 
 table): the task table (tasktable.py), the run queue and accounts (runqueue.py, sched.py),
 the KV books (memory.py), tenancy (tenancy.py), models (models.py), engine outages
 (engines.py), preemption and the OOM killer (reclaim.py), the reaping of exited tasks
-(retention.py), the checks of a submit (submits.py), the trace, audit log, bills and
-counters. `Kernel` holds them, moves a task between them (queue, GPU, exit) and is the
-`Host` (seams.py) they call back through.
+(retention.py), the checks of a submit (submits.py), a cluster node's place in the
+settings log (sharedlog.py), the trace, audit log, bills and counters. `Kernel` holds
+them, moves a task between them (queue, GPU, exit) and is the `Host` (seams.py) they call
+back through.
 """
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import events as ev
@@ -34,11 +35,12 @@ from .reclaim import Reclaim
 from .retention import Reaper
 from .runqueue import RunQueue
 from .sched import POLICIES, Accounts, prio_weight
-from .submits import SubmitChecks
+from .sharedlog import SharedLog
+from .submits import SubmitChecks, adoption_words
 from .spec import TaskSpec
 from .task import State, Task
 from .tasktable import TaskTable
-from .tenancy import Tenancy
+from .tenancy import Elsewhere, Tenancy
 from .trace import TraceLog
 
 Handler = tuple[Callable[[Any], object], Callable[[Any], Any]]
@@ -68,6 +70,7 @@ class Kernel:
         self.reaper = Reaper(config.retention, self.tasks, self.accounts, self.engines, self.counters)
         self.submits = SubmitChecks(config, self.models, self.tasks, self.tenancy, self.kv, self.gpus)
         self.emit = moves.emit
+        self.shared = SharedLog(self.emit)  # the cluster's settings log applied here (sharedlog.py)
         self.handlers = self._handlers()
 
     def _evicted(self, gpu: int, pages: int, task: Task) -> None:
@@ -101,6 +104,7 @@ class Kernel:
             ev.PidBlock: (self.tasks.check_grant, self.moves.grant_pids), ev.Placed: (accept, self.moves.placed),
             ev.Adopt: (self.submits.check_adopt, self._apply_adopt),
             ev.MovedAway: (lambda e: self.tasks.live(e.pid), self.moves.moved_away),
+            ev.Shared: (self.shared.check, self.shared.apply),
             ev.Tick: (accept, accept),  # nothing but time: apply() expires deadlines and schedules
             ev.Restart: (accept, self.moves.restart),
             ev.JournalFailed: (accept, lambda e: self.emit("degraded", None, f"{e.reason}; state changes are "
@@ -121,12 +125,14 @@ class Kernel:
     def _accept(self, event: Any) -> None:
         """The check of an event that reports what happened (an engine's step, a failure, time): never refused."""
 
-    def admit(self, event: ev.Event, now_us: int, batch: dict[str, tuple[int, int]] | None = None) -> ev.Event:
-        """check(event), and for a submit the policy, sandbox, quota and budget; returns the event to journal."""
+    def admit(self, event: ev.Event, now_us: int, batch: dict[str, tuple[int, int]] | None = None,
+              elsewhere: Mapping[str, Elsewhere] | None = None) -> ev.Event:
+        """check(event), and for a submit the policy, sandbox, quota and budget (with the tenants' use on the
+        cluster's other nodes, `elsewhere`); returns the event to journal."""
         self.check(event)
         if isinstance(event, ev.Submit):
             self.tasks.check_pid_left(batch, self.config.node)
-        return self.tenancy.admit(event, now_us, batch)
+        return self.tenancy.admit(event, now_us, batch, elsewhere or {})
 
     def _check_setpolicy(self, event: ev.SetPolicy) -> None:
         if event.policy not in POLICIES:
@@ -170,31 +176,28 @@ class Kernel:
         return False
 
     def _apply_submit(self, event: ev.Submit) -> int:
-        task = self._add_task(event.spec, self.tasks.next_pid, event.uid, event.note, adopted=None)
+        task = self._add_task(event.spec, self.tasks.next_pid, event.uid, event.note, adopted=False)
         return task.pid
 
     def _apply_adopt(self, event: ev.Adopt) -> None:
-        task = self._add_task(event.spec, event.pid, event.uid, "", adopted=event)
-        how = (f"resumes after token {event.tokens}, where its output was last replicated" if event.tokens else
-               "restarted from the start, its output was not replicated")
-        self.emit("failover", task, f"moved here from node {event.origin} (its lease expired; epoch {event.epoch}): "
-                                    f"{how}")
+        task = self._add_task(event.spec, event.pid, event.uid, "", True, event.output, event.tokens)
+        self.emit("failover", task, adoption_words(event))
 
-    def _add_task(self, spec: TaskSpec, pid: int, uid: int, note: str, adopted: ev.Adopt | None) -> Task:
+    def _add_task(self, spec: TaskSpec, pid: int, uid: int, note: str, adopted: bool, output: str = "",
+                  out: int = 0) -> Task:
         """A new task `pid` of `spec` by `uid`, with its `submit` line, queued; an adopted one with the
-        output its Adopt carries."""
+        `out` tokens of `output` it had made elsewhere."""
         now = self.now_us
         parent = self.tasks.get(spec.parent) if spec.parent is not None else None
         task = Task(pid=pid, spec=spec, model=self.models.name_of(spec), uid=uid,
                     tenant=self.tenancy.tenant_of(spec, parent), submitted_us=now,
                     tokens_in=estimate_prompt_tokens(spec.prompt), weight=prio_weight(spec.prio),
                     deadline_at_us=now + spec.deadline_us if spec.deadline_us else None,
-                    parent=spec.parent, agent=parent.agent if parent else pid)
-        if adopted:
-            task.output, task.tokens_out = bytearray(adopted.output.encode()), adopted.tokens
+                    parent=spec.parent, agent=parent.agent if parent else pid,
+                    output=bytearray(output.encode()), tokens_out=out)
         if parent:
             parent.children.append(pid)
-        self.tasks.add(task, adopted is not None)
+        self.tasks.add(task, adopted)
         self.counters.submitted += 1
         self.emit("submit", task, f"name={spec.name} max_tokens={spec.max_tokens} prio={spec.prio} uid={uid}")
         for deadline in (self.tenancy.admitted(task, note), task.deadline_at_us):
@@ -244,9 +247,8 @@ class Kernel:
         self.emit("gpu-memory", None, f"{event.free_mib} MiB free: new tasks may take {pages} pages here", event.gpu)
 
     def _apply_journalrecovered(self, event: ev.JournalRecovered) -> None:
-        self.emit("recovered", None, f"the journal can be written again after "
-                                     f"{(self.now_us - event.since_us) / 1e6:.3f}s of "
-                                     f"{errno.errorcode.get(event.errno, event.errno)}; running tasks resume")
+        down_s, name = (self.now_us - event.since_us) / 1e6, errno.errorcode.get(event.errno, event.errno)
+        self.emit("recovered", None, f"the journal can be written again after {down_s:.3f}s of {name}; running tasks resume")
 
     def _apply_setpolicy(self, event: ev.SetPolicy) -> None:
         """Switch policy live: the same runnable tasks, re-queued in pid order."""

@@ -57,3 +57,10 @@ class SubmitChecks:
             raise Invalid(f"task {event.pid} cannot be adopted with {event.tokens} tokens: its max_tokens is "
                           f"{event.spec.max_tokens}")
         self.check_submit(ev.Submit(spec=event.spec))
+
+
+def adoption_words(event: ev.Adopt) -> str:
+    """The detail of an adopted task's `failover` line: whence, and from which token it goes on."""
+    how = (f"resumes after token {event.tokens}, where its output was last replicated" if event.tokens else
+           "restarted from the start, its output was not replicated")
+    return f"moved here from node {event.origin} (its lease expired; epoch {event.epoch}): {how}"

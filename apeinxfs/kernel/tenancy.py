@@ -3,9 +3,11 @@
 - Admission (`admit`): the policy rules decide first (deny: EACCES naming the rule; limit:
   the submit is clamped and says so); then the tenant's sandbox (allowed models EACCES,
   max_tokens EINVAL), then its quota (live tasks, tokens per window, KV pages) and budget
-  (tokens per window plus overdraw), all EDQUOT with the numbers. A write of many lines is
-  admitted as a whole: each line counts the ones before it (`batch`). A child (`parent=`)
-  is admitted in its parent's tenant. A task's prio change is held to the rules as a submit
+  (tokens per window plus overdraw), all EDQUOT with the numbers; on a cluster node the
+  live tasks, reserved tokens and window's tokens of the tenant on other nodes count too
+  (`Elsewhere`, an input of the check). A write of many lines is admitted as a whole:
+  each line counts the ones before it (`batch`). A child (`parent=`) is admitted in its
+  parent's tenant. A task's prio change is held to the rules as a submit
   asking for that prio would be, but refused (EACCES naming the rule), not clamped: the
   caller asked for one value. A task's model and tenant never change after its submit.
 - Holds: a tenant at its GPU-slot or KV-page quota has its queued tasks held back (out of
@@ -60,6 +62,23 @@ class TenantUsage:
     held: list[Task] = attrs.Factory(list)
 
 
+@attrs.frozen
+class Elsewhere:
+    """A tenant's use on the cluster's other up nodes, as they last published it (cluster/usage.py): its
+    live tasks, their reserved tokens, and the tokens used by quota and budget window index. Admission
+    counts it beside this node's own; it is an input of the check only, never applied, so replay is
+    unchanged."""
+
+    live: int = 0
+    reserved: int = 0
+    quota: Mapping[int, int] = attrs.field(factory=dict)  # window index -> tokens used in it
+    budget: Mapping[int, int] = attrs.field(factory=dict)
+
+    def used(self, ledger: str, limit: Limit, now_us: int) -> int:
+        """Tokens used elsewhere in the window of `now_us` of the `ledger` ("quota" or "budget")."""
+        return getattr(self, ledger).get(limit.index(now_us), 0) if limit.tokens is not None else 0
+
+
 def _shown_temperature(value: float | None) -> str:
     return "unset" if value is None else number_text(value)
 
@@ -100,15 +119,18 @@ class Tenancy:
 
     # -- admission ----------------------------------------------------------------------
 
-    def admit(self, event: ev.Event, now_us: int, batch: dict[str, tuple[int, int]] | None) -> ev.Event:
-        """For a submit, the policy, sandbox, quota and budget; for a prio change, the policy; the event to journal."""
+    def admit(self, event: ev.Event, now_us: int, batch: dict[str, tuple[int, int]] | None,
+              elsewhere: Mapping[str, Elsewhere]) -> ev.Event:
+        """For a submit, the policy, sandbox, quota and budget (counting the tenant's use `elsewhere` in the
+        cluster); for a prio change, the policy; the event to journal."""
         if isinstance(event, ev.Control) and event.command.verb == "prio":
             self._check_prio_policy(event, now_us)
         if not isinstance(event, ev.Submit):
             return event
         event = self._apply_policy(event, now_us)
         tenant = self.tenants[self.tenant_of(event.spec, self._tasks.get(event.spec.parent or 0))]
-        held = self._check_sandbox_and_quota(event.spec, tenant, now_us, batch or {})
+        held = self._check_sandbox_and_quota(event.spec, tenant, now_us, batch or {},
+                                             elsewhere.get(tenant.name) or Elsewhere())
         if batch is not None:
             batch[tenant.name] = held
         return event
@@ -149,8 +171,9 @@ class Tenancy:
         return (now_us // MINUTE_US + self._config.utc_offset_s // 60) % 1440
 
     def _check_sandbox_and_quota(self, spec: TaskSpec, tenant: TenantConfig, now_us: int,
-                                 batch: dict[str, tuple[int, int]]) -> tuple[int, int]:
-        """Refuse what the tenant's sandbox or quotas forbid; (tasks, tokens) this batch then holds."""
+                                 batch: dict[str, tuple[int, int]], other: Elsewhere) -> tuple[int, int]:
+        """Refuse what the tenant's sandbox or quotas forbid, here and on `other` nodes; (tasks, tokens)
+        this batch then holds."""
         box, model = tenant.sandbox, self._models.name_of(spec)
         if box.models and model not in box.models:
             raise Denied(f"tenant {tenant.name}'s sandbox allows models {', '.join(box.models)}, not {model}")
@@ -158,13 +181,16 @@ class Tenancy:
             raise Invalid(f"max_tokens {spec.max_tokens} is over tenant {tenant.name}'s sandbox limit {box.max_tokens}")
         tasks, tokens = batch.get(tenant.name, (0, 0))
         usage, want = self.usage[tenant.name], estimate_prompt_tokens(spec.prompt) + spec.max_tokens
-        if tenant.quota.tasks is not None and usage.live + tasks >= tenant.quota.tasks:
-            raise OverQuota(f"tenant {tenant.name} has {usage.live + tasks} live tasks; its quota allows {tenant.quota.tasks}")
+        live, there = usage.live + tasks + other.live, f" ({other.live} on other nodes)" if other.live else ""
+        if tenant.quota.tasks is not None and live >= tenant.quota.tasks:
+            raise OverQuota(f"tenant {tenant.name} has {live} live tasks{there}; its quota allows {tenant.quota.tasks}")
         for name, ledger, limit in (("quota", usage.quota, quota_limit(tenant)),
                                     ("budget", usage.budget, budget_limit(tenant))):
-            why = ledger.refusal(limit, now_us, usage.reserved + tokens, want)
+            away = other.reserved + other.used(name, limit, now_us)
+            why = ledger.refusal(limit, now_us, usage.reserved + tokens + away, want)
             if why:
-                raise OverQuota(f"tenant {tenant.name} token {name}: {why}")
+                there = f" (of the reserved, {away} are used or reserved on other nodes)" if away else ""
+                raise OverQuota(f"tenant {tenant.name} token {name}: {why}{there}")
         self._check_kv_quota(spec, tenant)
         return tasks + 1, tokens + want
 

@@ -9,6 +9,7 @@
 Nodes are cheap views built on demand; the FUSE adapter (fs.py) only maps inodes and
 file handles onto these methods.
 """
+import contextvars
 import os
 import re
 import stat
@@ -23,6 +24,7 @@ LINE_MAX = (1 << 20) + 4096
 OVER_LONG = bytes(LINE_MAX + 1)  # stands for the rest of a line already refused as too long
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 DIR_MODE = stat.S_IFDIR | 0o555
+_AFTER_WRITE: contextvars.ContextVar[list | None] = contextvars.ContextVar("after_write", default=None)
 
 
 @attrs.frozen
@@ -299,6 +301,23 @@ class CommandHandle(Handle):
         data, self.reply = self.reply[:size], self.reply[size:]
         return data
 
+    async def write_async(self, data: bytes) -> int:
+        """`write`, then what its lines left to finish before the write returns (`after_write`: a cluster's
+        settings change waits until etcd has it and this node applied it); its refusal is the write's."""
+        waits: list = []
+        token = _AFTER_WRITE.set(waits)
+        try:
+            count = self.write(data)
+        finally:
+            _AFTER_WRITE.reset(token)
+        try:
+            for wait in waits:
+                await wait()
+        except ApeinxError as exc:
+            self.reply = "".join(f"error: {r}\n" for r in exc.replies).encode()
+            raise
+        return count
+
     def write(self, data: bytes) -> int:
         """Run the complete lines, all or none; a line over LINE_MAX refuses the whole write. Any
         refusal or bug empties the buffer, so the descriptor starts afresh at the next write. The
@@ -350,6 +369,15 @@ class CommandHandle(Handle):
 
     def _command(self, raw_lines: list[bytes]) -> list[str]:
         return self.node.run(raw_lines, self.caller)
+
+
+def after_write(wait) -> bool:
+    """Have the write through the mount running now await `wait()` before it returns; False outside one
+    (a last line run at close, or a peer's request: nothing waits for them)."""
+    waits = _AFTER_WRITE.get()
+    if waits is not None:
+        waits.append(wait)
+    return waits is not None
 
 
 def decode_line(raw: bytes) -> str:

@@ -24,7 +24,7 @@ def run_lines(rt, path: str, raw_lines: list[bytes], caller, to_event) -> list[s
         try:
             line = decode_line(raw)
             if line.strip():
-                events.append(rt.kernel.admit(to_event(line, caller), now, batch))
+                events.append(rt.kernel.admit(to_event(line, caller), now, batch, rt.elsewhere))
         except ApeinxError as exc:
             errors.append((number, exc))
             if len(errors) == REFUSED_MAX:
