@@ -156,16 +156,16 @@ def test_a_replay_of_the_same_events_reaps_the_same_tasks():
 
 
 class RetainingMachine(KernelMachine):
-    """The kernel state machine keeping 2 exited tasks, for 50 ms, and 40 trace lines."""
+    """The kernel state machine keeping 2 exited tasks, for 50 ms, 40 trace lines and 4 audit lines."""
 
-    retention = MemoryRetention(tasks=2, task_age_s=0.05, trace_lines=40)
+    retention = MemoryRetention(tasks=2, task_age_s=0.05, trace_lines=40, audit_lines=4)
 
     @invariant()
     def kept_within_the_limits(self):
-        """Past `tasks` exited tasks, every one left is a parent of a live task; at most 40 trace lines."""
+        """Past `tasks` exited tasks, every one left is a parent of a live task; at most 40 trace lines, 4 audit lines."""
         tasks = self.kernel.tasks
         assert tasks.count(State.EXITED) <= 2 or tasks.oldest_reapable() is None
-        assert self.kernel.trace.seq - self.kernel.trace.first < 40
+        assert self.kernel.trace.seq - self.kernel.trace.first < 40 and self.kernel.audit.seq - self.kernel.audit.first < 4
 
 
 @pytest.mark.invariants_every(0)  # the machine checks the invariants after each rule itself
