@@ -1,8 +1,8 @@
 """Tier 1-2: the audit trail is a ring (kernel/audit.py on kernel/ring.py), archived before it drops.
 
 The kernel's audit keeps its newest `audit_lines` lines, dropping the oldest in chunks but none it
-is told to hold, its seqs going on; a replay and a snapshot of the same events give the same trail;
-`[retention] audit_lines` is validated. Behind a Runtime without FUSE, the audit archive
+is told to hold, its seqs going on; a replay and a snapshot of the same events give the same trail
+(`[retention] audit_lines` is validated in test_retention.py). Behind a Runtime without FUSE, the audit archive
 (STATE_DIR/audit/) holds every line once, across a restart and a failing write, while
 /trace/audit serves the kept lines like /trace/events: `cat` from 0 gets the header and them, a
 follower at the growing size gets each new line once.
@@ -21,7 +21,7 @@ from apeinxfs.journal import Journal
 from apeinxfs.kernel import Kernel, state
 from apeinxfs.kernel.audit import HEADER, AuditLog
 from apeinxfs.kernel.config import MemoryRetention
-from apeinxfs.kernel.errors import Denied, Invalid
+from apeinxfs.kernel.errors import Denied
 from apeinxfs.kernel.events import Rejected
 from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.ringlog import RingLog
@@ -87,27 +87,6 @@ def test_a_replay_and_a_snapshot_of_the_same_denials_keep_the_same_trail():
     restored = state.decode(state.encode(first))
     assert len(seqs_of(first.audit.buffer)) <= 8 and first.audit.seq == 50
     assert first.audit.view() == second.audit.view() == restored.audit.view()
-
-
-@pytest.mark.parametrize("line, reason", [
-    ("audit_lines = 0", "retention.audit_lines must be an integer >= 1, not 0"),
-    ("audit_lines = \"many\"", "retention.audit_lines must be an integer >= 1, not 'many'"),
-])
-def test_bad_audit_lines_are_refused_at_load(tmp_path, line, reason):
-    """A bad audit_lines stops the config from loading, with the key and the reason."""
-    path = tmp_path / "config.toml"
-    path.write_text(f"[retention]\n{line}\n")
-    with pytest.raises(Invalid) as refused:
-        config_mod.load(str(path), str(tmp_path), use_nvml=False)
-    assert reason in refused.value.reason
-
-
-def test_audit_lines_is_the_kernels_and_audit_bytes_the_daemons(tmp_path):
-    """audit_lines goes to the kernel's config (so its boot row), audit_bytes stays the daemon's."""
-    path = tmp_path / "config.toml"
-    path.write_text("[retention]\naudit_lines = 99\naudit_bytes = 5000\n")
-    config = config_mod.load(str(path), str(tmp_path), use_nvml=False)
-    assert config.kernel.retention.audit_lines == 99 and config.retention.audit_bytes == 5000
 
 
 # -- behind a Runtime, with the audit archive --------------------------------------------------------
