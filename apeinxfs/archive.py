@@ -1,17 +1,18 @@
-"""The trace and audit archives: every line of a ring (kernel/ring.py) of journaled events, in rotated files.
+"""The trace and audit archives: every line of a ring (kernel/ring.py) of journaled events, in files.
 
 The trace's are under STATE_DIR/trace/, named `events-...`, the audit trail's under
 STATE_DIR/audit/, named `audit-...` (the `stem`). The files hold the CSV of /trace/events
 or /trace/audit (each starts with its header): the one being written is
-`<STEM>-<FIRST>.csv`, FIRST the seq of its first line (12 digits, so names sort in seq order). Past `retention.trace_file_bytes` the next lines start a new file, and the
-full one becomes `<STEM>-<FIRST>.csv.gz` (`compress_full`, slow enough to run off the
-trio thread; a crash in it leaves the .csv, compressed again at the next start). Then the
-oldest files go until all of them take at most `retention.trace_bytes` (`audit_bytes`; 0: no
-limit); the one being written always stays.
+`<STEM>-<FIRST>.csv`, FIRST the seq of its first line (12 digits, so names sort in seq
+order). Past `retention.trace_file_bytes` the next lines start a new file, and the full
+one becomes `<STEM>-<FIRST>.csv.gz` (`compress_full`, slow enough to run off the trio
+thread; a crash in it leaves the .csv, compressed again at the next start). Then the
+oldest files go until all of them take at most `retention.trace_bytes` (`audit_bytes`; 0:
+no limit); the one being written always stays.
 
-The runtime calls `append(trace)` after each journal commit, with the kernel's trace (and
-the audit archive's with its audit trail: the same goes for it); only lines of journaled
-events are ever in the trace then (runtime.py), so the archive is never
+The runtime calls `append(trace)` after each journal commit, with the kernel's trace (the
+audit archive's with its audit trail, and all that follows holds for it too); only lines
+of journaled events are ever in the trace then (runtime.py), so the archive is never
 ahead of the journal after a crash: at the next start the journal's replay rebuilds the
 same lines with the same seqs, and `append` adds those after the archive's last seq, read
 back from its files, so no line is written twice. It can be ahead only after a power
