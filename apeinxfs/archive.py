@@ -1,15 +1,18 @@
-"""The trace archive: every trace line of a journaled event, in rotated files under STATE_DIR/trace/.
+"""The trace and audit archives: every line of a ring (kernel/ring.py) of journaled events, in files.
 
-The files hold the CSV of /trace/events (each starts with its header): the one being
-written is `events-<FIRST>.csv`, FIRST the seq of its first line (12 digits, so names sort
-in seq order). Past `retention.trace_file_bytes` the next lines start a new file, and the
-full one becomes `events-<FIRST>.csv.gz` (`compress_full`, slow enough to run off the
-trio thread; a crash in it leaves the .csv, compressed again at the next start). Then the
-oldest files go until all of them take at most `retention.trace_bytes` (0: no limit); the
-one being written always stays.
+The trace's are under STATE_DIR/trace/, named `events-...`, the audit trail's under
+STATE_DIR/audit/, named `audit-...` (the `stem`). The files hold the CSV of /trace/events
+or /trace/audit (each starts with its header): the one being written is
+`<STEM>-<FIRST>.csv`, FIRST the seq of its first line (12 digits, so names sort in seq
+order). Past `retention.trace_file_bytes` the next lines start a new file, and the full
+one becomes `<STEM>-<FIRST>.csv.gz` (`compress_full`, slow enough to run off the trio
+thread; a crash in it leaves the .csv, compressed again at the next start). Then the
+oldest files go until all of them take at most `retention.trace_bytes` (`audit_bytes`; 0:
+no limit); the one being written always stays.
 
-The runtime calls `append(trace)` after each journal commit, with the kernel's trace; only
-lines of journaled events are ever in the trace then (runtime.py), so the archive is never
+The runtime calls `append(trace)` after each journal commit, with the kernel's trace (the
+audit archive's with its audit trail, and all that follows holds for it too); only lines
+of journaled events are ever in the trace then (runtime.py), so the archive is never
 ahead of the journal after a crash: at the next start the journal's replay rebuilds the
 same lines with the same seqs, and `append` adds those after the archive's last seq, read
 back from its files, so no line is written twice. It can be ahead only after a power
@@ -17,7 +20,7 @@ cut took the journal's last commits but not the file's (neither is synced): then
 cuts the lines the replay did not rebuild, as far as the file being written has them.
 
 This module writes and reads the files; it does not decide what is in the trace
-(kernel/trace.py) nor when lines are journaled (runtime.py).
+(kernel/trace.py) or the audit trail (kernel/audit.py) nor when lines are journaled (runtime.py).
 """
 import gzip
 import logging
@@ -28,19 +31,21 @@ import shutil
 from .kernel.trace import HEADER
 
 log = logging.getLogger(__name__)
-NAME = re.compile(r"^events-(\d{12})\.csv(\.gz)?$")
+TRACE = "events"  # the trace archive's stem
 TAIL_BYTES = 1 << 16  # read from the end of the file to find its last line
 
 
-def file_name(first_seq: int, compressed: bool = False) -> str:
-    return f"events-{first_seq:012d}.csv" + (".gz" if compressed else "")
+def file_name(first_seq: int, compressed: bool = False, stem: str = TRACE) -> str:
+    return f"{stem}-{first_seq:012d}.csv" + (".gz" if compressed else "")
 
 
 class Archive:
-    """STATE_DIR/trace/ for one daemon: `seq` is the last line in it."""
+    """An archive directory for one daemon (STATE_DIR/trace/ by default): `seq` is the last line in it."""
 
-    def __init__(self, directory: str, file_bytes: int, total_bytes: int = 0):
+    def __init__(self, directory: str, file_bytes: int, total_bytes: int = 0, stem: str = TRACE,
+                 header: bytes = HEADER):
         self.directory, self.file_bytes, self.total_bytes = directory, file_bytes, total_bytes
+        self.stem, self.header = stem, header
         os.makedirs(directory, exist_ok=True)
         files = self.files()
         self.seq = self._last_seq(files[-1]) if files else 0
@@ -50,7 +55,7 @@ class Archive:
         self._file = None
 
     def files(self) -> list[tuple[int, str]]:
-        return files(self.directory)
+        return files(self.directory, self.stem)
 
     def _last_seq(self, newest: tuple[int, str]) -> int:
         """The seq of the newest file's last whole line (a line torn by a crash is cut off)."""
@@ -73,7 +78,7 @@ class Archive:
     # -- writing ----------------------------------------------------------------------------------
 
     def append(self, trace) -> bool:
-        """Write the lines of `trace` (kernel/trace.TraceLog) after `seq`; True when a file just filled
+        """Write the lines of `trace` (a kernel/ring.Ring) after `seq`; True when a file just filled
         (`compress_full` has work)."""
         if trace.seq <= self.seq:
             return False
@@ -88,24 +93,24 @@ class Archive:
 
     def _writing(self):
         if self._file is None:
-            path = os.path.join(self.directory, file_name(self.first))
+            path = os.path.join(self.directory, file_name(self.first, stem=self.stem))
             self._file = open(path, "ab", buffering=0)
             if self._file.tell() == 0:
-                self._file.write(HEADER)
+                self._file.write(self.header)
         return self._file
 
     def catch_up(self, trace) -> None:
         """At start, after the journal's replay: cut lines the replay did not rebuild, then add the new ones."""
         if self.seq > trace.seq:
-            log.warning("trace archive ahead of the journal (seq %d > %d): cutting the lines after it",
-                        self.seq, trace.seq)
+            log.warning("archive %s ahead of the journal (seq %d > %d): cutting the lines after it",
+                        self.directory, self.seq, trace.seq)
             self._cut_after(trace.seq)
         if self.append(trace):
             self.compress_full()
 
     def _cut_after(self, seq: int) -> None:
         """Drop the lines after `seq` from the file being written (compressed files are left as they are)."""
-        path = os.path.join(self.directory, file_name(self.first))
+        path = os.path.join(self.directory, file_name(self.first, stem=self.stem))
         if not os.path.exists(path):  # the lines are in compressed files: they stay
             return
         with open(path, "r+b") as file:
@@ -145,7 +150,7 @@ class Archive:
     # -- reading ----------------------------------------------------------------------------------
 
     def lines(self):
-        return lines(self.directory)
+        return lines(self.directory, self.stem)
 
     def of_task(self, pid: int) -> bytes:
         return task_lines(self.directory, pid)
@@ -154,20 +159,21 @@ class Archive:
 # -- reading, without an Archive (it changes nothing: `apeinxfs replay` reads beside a daemon) ---------
 
 
-def files(directory: str) -> list[tuple[int, str]]:
-    """(first seq, path) of every archive file in `directory`, oldest first; of a .csv and its .gz (a
-    crash between compressing and removing the .csv) only the .gz, which is whole."""
+def files(directory: str, stem: str = TRACE) -> list[tuple[int, str]]:
+    """(first seq, path) of every archive file named `stem`-... in `directory`, oldest first; of a .csv and
+    its .gz (a crash between compressing and removing the .csv) only the .gz, which is whole."""
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
-    found = dict(sorted((int(m.group(1)), name) for name in names if (m := NAME.match(name))))
+    name_re = re.compile(rf"^{re.escape(stem)}-(\d{{12}})\.csv(\.gz)?$")
+    found = dict(sorted((int(m.group(1)), name) for name in names if (m := name_re.match(name))))
     return [(first, os.path.join(directory, name)) for first, name in found.items()]
 
 
-def lines(directory: str):
+def lines(directory: str, stem: str = TRACE):
     """Every archived line (bytes, with its newline), oldest first."""
-    for _, path in files(directory):
+    for _, path in files(directory, stem):
         opener = gzip.open if path.endswith(".gz") else open
         try:
             with opener(path, "rb") as file:

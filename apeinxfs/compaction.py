@@ -61,7 +61,7 @@ def structural(config: dict) -> dict:
 def rebound(kernel: Kernel, config: KernelConfig) -> Kernel:
     """`kernel`, holding `config` (and its records) wherever it held the config it was snapshotted with (and
     its records: the kernel's and its components' references), so that what changed in LIVE_KEYS takes
-    effect; the trace copies its limit."""
+    effect; the trace and audit trail copy their limits."""
     old = kernel.config
     swaps = {id(old): config} | {id(getattr(old, field.name)): getattr(config, field.name)
                                  for field in attrs.fields(type(old)) if attrs.has(type(getattr(old, field.name)))}
@@ -70,6 +70,7 @@ def rebound(kernel: Kernel, config: KernelConfig) -> Kernel:
             if id(value) in swaps:
                 setattr(holder, name, swaps[id(value)])
     kernel.trace.limit = config.retention.trace_lines
+    kernel.audit.limit = config.retention.audit_lines
     return kernel
 
 

@@ -26,11 +26,11 @@ SECTIONS = {
     "access": {"admin_uids", "admin_gids", "unmapped"},
     "billing": {"period"},
     "retention": {"trace_bytes", "trace_file_bytes", "tasks", "task_age_s", "trace_lines", "snapshot_rows",
-                  "snapshot_s"},
+                  "snapshot_s", "audit_lines", "audit_bytes"},
     "cluster": cluster_settings.KEYS,
 }
 LISTS = ("models", "tenants")
-KERNEL_RETENTION = {"tasks", "task_age_s", "trace_lines"}  # the [retention] keys the kernel applies
+KERNEL_RETENTION = {"tasks", "task_age_s", "trace_lines", "audit_lines"}  # the [retention] keys the kernel applies
 
 
 def _positive(_config, attribute, value) -> None:
@@ -40,12 +40,13 @@ def _positive(_config, attribute, value) -> None:
 
 @attrs.frozen
 class Retention:
-    """What the daemon keeps on disk, `[retention]`: the trace archive's files (archive.py) by size, in
+    """What the daemon keeps on disk, `[retention]`: the trace and audit archives' files (archive.py) by size, in
     bytes; how often a snapshot lets the journal drop its older rows (compaction.py). (The section's
     other keys, what stays in memory, are the kernel's MemoryRetention.)"""
 
     trace_file_bytes: int = attrs.field(default=64 << 20, validator=attrs.validators.gt(0))
     trace_bytes: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # all files together; 0: no limit
+    audit_bytes: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # the audit archive's, the same
     # a snapshot every snapshot_rows journal rows, or snapshot_s seconds if a row came since
     snapshot_rows: int = attrs.field(default=1000, validator=[attrs.validators.instance_of(int),
                                                                attrs.validators.gt(0)])

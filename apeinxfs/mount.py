@@ -26,6 +26,7 @@ from .cluster import peer_server
 from .cluster.daemon import Cluster
 from .compaction import Snapshotter
 from .journal import Journal
+from .kernel import audit
 from .kernel.errors import ApeinxError, Degraded, Invalid
 from .nodes.tree import Tree
 from .runtime import Runtime
@@ -158,7 +159,8 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
         lock_state_dir(config.state_dir)
         archive = Archive(os.path.join(config.state_dir, "trace"), config.retention.trace_file_bytes,
                           config.retention.trace_bytes)
-        runtime = Runtime(config, Journal(os.path.join(config.state_dir, "journal.db")), archive=archive)
+        runtime = Runtime(config, Journal(os.path.join(config.state_dir, "journal.db")), archive=archive,
+                          audit_archive=audit_archive(config))
         runtime.snapshotter = Snapshotter(runtime, os.path.join(config.state_dir, "snapshots"),
                                           config.retention.snapshot_rows, config.retention.snapshot_s)
         rows = runtime.recover()
@@ -174,6 +176,12 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
     log.info("mounted %s; %s; replayed %d journal rows; state in %s",
              args.mountpoint, config.gpu_source, rows, config.state_dir)
     return trio.run(_run_mounted, runtime, config, ready_fd, ops.tree, peer)
+
+
+def audit_archive(config) -> Archive:
+    """STATE_DIR/audit/: the audit trail's lines, in files rotated like the trace archive's."""
+    return Archive(os.path.join(config.state_dir, "audit"), config.retention.trace_file_bytes,
+                   config.retention.audit_bytes, stem="audit", header=audit.HEADER)
 
 
 def _fuse_options(args: MountArgs) -> set:
@@ -220,6 +228,7 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
         except Degraded as exc:  # every row is in; only the trace rows of the last few are lost
             log.error("closing the journal: %s", exc.reason)
         runtime.archive.close()
+        runtime.audit_archive.close()
         if runtime.readings is not None:
             runtime.readings.close()
         log.info("unmounted")

@@ -8,8 +8,9 @@ commit, or one scheduling round later (once the readers it woke have their bytes
 emitted a trace line (a first token, an exit, a dispatch, a preemption) or the oldest
 step waiting is PROGRESS_S old, whichever comes first. So a crash loses at most PROGRESS_S of
 tokens and no trace line but of that round, and never an acknowledged write.
-After each commit the trace's new lines go to the trace archive (archive.py), when it has one;
-the trace (a ring of `retention.trace_lines`) keeps them in memory until they are there.
+After each commit the trace's new lines go to the trace archive (archive.py), when it has one,
+and the audit trail's to the audit archive; each (a ring of `retention.trace_lines`, `audit_lines`)
+keeps them in memory until they are there.
 `recover` rebuilds the kernel from the journal at start. A journal write that fails makes
 the daemon degraded rather than dead (health.py): state changes are refused with the
 storage's errno, drivers get no batches, and every PROBE_S it tries to write again. The
@@ -81,11 +82,11 @@ class Notifier:
 class Runtime:
     """The kernel inside the daemon."""
 
-    def __init__(self, config, journal: Journal, clock=None, archive=None):
+    def __init__(self, config, journal: Journal, clock=None, archive=None, audit_archive=None):
         self.config = config
-        self.journal, self.archive = journal, archive
+        self.journal, self.archive, self.audit_archive = journal, archive, audit_archive
         self.kernel = self._fresh_kernel()
-        self.archive_failing = False  # the last archive write failed (logged once until one works)
+        self.archive_failing: set = set()  # the archives whose last write failed (logged once until one works)
         journal.boot(config.kernel)
         self.clock = clock or WallClock()
         self.notifier = Notifier()
@@ -115,9 +116,9 @@ class Runtime:
         self.kernel.take_changed()
         if self.config.check_invariants:
             self.kernel.check_invariants()
-        if self.archive is not None:
-            self.archive.catch_up(self.kernel.trace)
-            self.kernel.trace.release(self.archive.seq)
+        for archive, ring in self._archived(self.kernel):
+            archive.catch_up(ring)
+            ring.release(archive.seq)
         rows = len(self.journal)
         if rows:
             self.commit([Restart()])
@@ -128,9 +129,17 @@ class Runtime:
         return self._holding(Kernel(self.config.kernel))
 
     def _holding(self, kernel: Kernel) -> Kernel:
-        """`kernel`, its trace keeping the lines the archive has not written yet (trace.py's `hold`)."""
-        kernel.trace.hold = None if self.archive is None else self.archive.seq
+        """`kernel`, its trace and audit trail keeping the lines their archives have not written yet (ring.py's
+        `hold`)."""
+        kernel.trace.hold = kernel.audit.hold = None
+        for archive, ring in self._archived(kernel):
+            ring.hold = archive.seq
         return kernel
+
+    def _archived(self, kernel: Kernel) -> list:
+        """(archive, the ring of `kernel` it keeps) for each archive the daemon has."""
+        pairs = ((self.archive, kernel.trace), (self.audit_archive, kernel.audit))
+        return [(archive, ring) for archive, ring in pairs if archive is not None]
 
     def commit(self, events: list) -> list:
         """Admit, journal, apply; results in order. Raises the first refusal, changing nothing."""
@@ -161,20 +170,19 @@ class Runtime:
         return results
 
     def _archive(self) -> None:
-        """Append the trace's new lines to the archive: call it only when every line is of a journaled
-        event (after a commit, not while degraded); a full file is compressed in a thread."""
-        if self.archive is None:
-            return
-        try:
-            if self.archive.append(self.kernel.trace):
-                self.notifier.wake({"archive"})
-            self.kernel.trace.release(self.archive.seq)
-        except OSError as exc:  # the lines stay in the trace and go with the next commit that can write them
-            if not self.archive_failing:
-                log.error("trace archive: cannot write %s: %s", self.archive.directory, exc)
-            self.archive_failing = True
-            return
-        self.archive_failing = False
+        """Append the trace's and audit trail's new lines to their archives: call it only when every line is
+        of a journaled event (after a commit, not while degraded); a full file is compressed in a thread."""
+        for archive, ring in self._archived(self.kernel):
+            try:
+                if archive.append(ring):
+                    self.notifier.wake({"archive"})
+                ring.release(archive.seq)
+            except OSError as exc:  # the lines stay in the ring and go with the next commit that can write them
+                if archive.directory not in self.archive_failing:
+                    log.error("archive: cannot write %s: %s", archive.directory, exc)
+                self.archive_failing.add(archive.directory)
+                continue
+            self.archive_failing.discard(archive.directory)
 
     def _wake(self, changed: set) -> None:
         """Wake whoever waits on what changed; a changed pid whose task's tree has ended (or
@@ -351,13 +359,14 @@ class Runtime:
             task_status.started()
 
     async def _compress_archive(self) -> None:
-        """Compress the archive's full files in a thread: at start (a crash may have left some), then
+        """Compress the archives' full files in a thread: at start (a crash may have left some), then
         whenever one fills."""
         while True:
-            try:
-                await trio.to_thread.run_sync(self.archive.compress_full)
-            except OSError as exc:  # the lines are still in the .csv; a later try may work
-                log.error("trace archive: cannot compress: %s", exc)
+            for archive, _ in self._archived(self.kernel):
+                try:
+                    await trio.to_thread.run_sync(archive.compress_full)
+                except OSError as exc:  # the lines are still in the .csv; a later try may work
+                    log.error("archive: cannot compress %s: %s", archive.directory, exc)
             await self.notifier.wait("archive")
 
     async def _deadline_timer(self) -> None:

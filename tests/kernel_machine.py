@@ -211,9 +211,10 @@ class KernelMachine(RuleBasedStateMachine):
 
     @rule()
     def restart(self):
-        """The daemon restarts: the journal so far rebuilds the same trace; running tasks are requeued."""
+        """The daemon restarts: the journal so far rebuilds the same trace and audit trail; running tasks are
+        requeued."""
         rebuilt = replay(self.events, self.retention)
-        assert rebuilt.trace.buffer == self.kernel.trace.buffer
+        assert rebuilt.trace.buffer == self.kernel.trace.buffer and rebuilt.audit.view() == self.kernel.audit.view()
         self.kernel = rebuilt
         self.commit(ev.Restart())
 

@@ -156,16 +156,16 @@ def test_a_replay_of_the_same_events_reaps_the_same_tasks():
 
 
 class RetainingMachine(KernelMachine):
-    """The kernel state machine keeping 2 exited tasks, for 50 ms, and 40 trace lines."""
+    """The kernel state machine keeping 2 exited tasks, for 50 ms, 40 trace lines and 4 audit lines."""
 
-    retention = MemoryRetention(tasks=2, task_age_s=0.05, trace_lines=40)
+    retention = MemoryRetention(tasks=2, task_age_s=0.05, trace_lines=40, audit_lines=4)
 
     @invariant()
     def kept_within_the_limits(self):
-        """Past `tasks` exited tasks, every one left is a parent of a live task; at most 40 trace lines."""
+        """Past `tasks` exited tasks, every one left is a parent of a live task; at most 40 trace lines, 4 audit lines."""
         tasks = self.kernel.tasks
         assert tasks.count(State.EXITED) <= 2 or tasks.oldest_reapable() is None
-        assert self.kernel.trace.seq - self.kernel.trace.first < 40
+        assert self.kernel.trace.seq - self.kernel.trace.first < 40 and self.kernel.audit.seq - self.kernel.audit.first < 4
 
 
 @pytest.mark.invariants_every(0)  # the machine checks the invariants after each rule itself
@@ -242,6 +242,8 @@ def test_a_reaped_tasks_pid_is_unnamed_in_another_tasks_view():
     ("task_age_s = -3", "retention.task_age_s must be a number of seconds >= 0, not -3"),
     ("trace_lines = 0", "retention.trace_lines must be an integer >= 1, not 0"),
     ("trace_lines = true", "retention.trace_lines must be an integer >= 1, not True"),
+    ("audit_lines = 0", "retention.audit_lines must be an integer >= 1, not 0"),
+    ("audit_lines = \"many\"", "retention.audit_lines must be an integer >= 1, not 'many'"),
     ("lines = 5", "unknown key retention.lines"),
 ])
 def test_bad_retention_values_are_refused_at_load(tmp_path, line, reason):
@@ -254,12 +256,13 @@ def test_bad_retention_values_are_refused_at_load(tmp_path, line, reason):
 
 
 def test_retention_is_in_the_kernel_config_the_boot_row_records(tmp_path):
-    """The kernel's three keys go to its config, which survives the boot row's dict form; the archive's stay the daemon's."""
+    """The kernel's four keys go to its config, which survives the boot row's dict form; the archives' stay the daemon's."""
     path = tmp_path / "config.toml"
-    path.write_text("[retention]\ntasks = 7\ntask_age_s = 1.5\ntrace_lines = 99\ntrace_bytes = 1000\n")
+    path.write_text("[retention]\ntasks = 7\ntask_age_s = 1.5\ntrace_lines = 99\ntrace_bytes = 1000\n"
+                    "audit_lines = 33\naudit_bytes = 5000\n")
     config = config_mod.load(str(path), str(tmp_path), use_nvml=False)
-    assert config.kernel.retention == MemoryRetention(tasks=7, task_age_s=1.5, trace_lines=99)
-    assert config.retention.trace_bytes == 1000
+    assert config.kernel.retention == MemoryRetention(tasks=7, task_age_s=1.5, trace_lines=99, audit_lines=33)
+    assert config.retention.trace_bytes == 1000 and config.retention.audit_bytes == 5000
     assert kernel_config_from_dict(attrs.asdict(config.kernel)).retention == config.kernel.retention
     assert kernel_config_from_dict({k: v for k, v in attrs.asdict(config.kernel).items() if k != "retention"}
                                    ).retention == MemoryRetention()

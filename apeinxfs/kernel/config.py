@@ -152,12 +152,13 @@ def _age(_inst: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
 
 @attrs.frozen
 class MemoryRetention:
-    """What the kernel keeps in memory (`[retention]`): exited tasks, by count and by age, and trace lines.
-    What it forgets stays in the trace archive and the bills (retention.py)."""
+    """What the kernel keeps in memory (`[retention]`): exited tasks, by count and by age, trace and audit
+    lines. What it forgets stays in the trace and audit archives and the bills (retention.py)."""
 
     tasks: int = attrs.field(default=10000, validator=_kept(0))  # exited tasks kept in /tasks
     task_age_s: float = attrs.field(default=3600, validator=_age)  # exited tasks older than this go
     trace_lines: int = attrs.field(default=100000, validator=_kept(1))  # lines of /trace/events and its views
+    audit_lines: int = attrs.field(default=10000, validator=_kept(1))  # lines of /trace/audit
 
     @property
     def task_age_us(self) -> int:

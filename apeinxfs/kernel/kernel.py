@@ -57,8 +57,8 @@ class Kernel:
         self.models = Models(config.models, len(config.gpus))
         self.kv = KVManager(config, self._evicted)
         self.gpus = [Gpu(g, pool) for g, pool in zip(config.gpus, self.kv.pools)]
-        self.trace, self.audit = TraceLog(config.node, self.tasks, config.retention.trace_lines), AuditLog()
-        self.bills, self.counters = BillBook(config.billing_period_s), Counters()
+        self.trace = TraceLog(config.node, self.tasks, config.retention.trace_lines)
+        self.audit, self.bills, self.counters = AuditLog(config.retention.audit_lines), BillBook(config.billing_period_s), Counters()
         self.accounts = Accounts({t.name: t.weight for t in config.tenants})
         self.moves = moves = Moves(self.tasks, self.kv, self.gpus, self.counters, self.trace, self.changed)
         self.runq = RunQueue(config.sched, self.accounts, self.counters, moves)

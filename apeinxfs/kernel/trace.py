@@ -8,11 +8,8 @@ are never read, and a copy of each line per view made every line cost three copi
 The trace is an output of the kernel, rebuilt by replaying the journal, so its seqs are
 the same after a restart.
 
-It is a ring: past `limit` lines (`retention.trace_lines`) the oldest eighth goes, and with
-it the views' oldest lines; `dropped` counts their bytes, so that offsets into
-/trace/events (and a tenant's view) keep counting every line ever written and `tail -f`
-follows across the drops (nodes/ringlog.py). Lines after `hold` are not dropped: the
-daemon holds those not yet in the trace archive (archive.py), where every line stays.
+It is a ring (ring.py) of `retention.trace_lines` lines: with its oldest lines go the views'
+oldest; those not yet in the trace archive (archive.py), where every line stays, are held.
 
 The task and tenant views are what a tenant's users read, so a line there names no other
 tenant: in its detail, another tenant's name becomes "another tenant" and `pid N` of
@@ -28,6 +25,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import attrs
+
+from .ring import Ring
 
 if TYPE_CHECKING:
     from .task import Task
@@ -48,18 +47,15 @@ def escape(text: str) -> str:
     return one_line.replace('"', '""')
 
 
-class TraceLog:
+class TraceLog(Ring):
     """The event log of one kernel: its newest `limit` lines (at least 7/8 of them once it has that many)."""
 
+    HEADER = HEADER
+
     def __init__(self, node: str, tasks: Mapping[int, Task] | None = None, limit: int = 100_000):
-        self.node, self.limit = node, limit
+        super().__init__(limit)
+        self.node = node
         self.tasks = {} if tasks is None else tasks  # pid -> task: whose a pid in a detail is
-        self.seq = 0
-        self.first = 1  # the seq of the oldest line kept
-        self.dropped = 0  # bytes of the lines dropped: what /trace/events' offsets count beyond `buffer`
-        self.hold: int | None = None  # lines after this seq stay whatever the limit (not archived yet, being copied)
-        self.buffer = bytearray(HEADER)
-        self._starts = array("q")  # by seq - first: where the line starts in `buffer`, plus `dropped`
         self._task_prev = array("q")  # by seq - first: the seq of the same task's line before, 0 if none
         self._tenant_prev = array("q")  # by seq - first: the same for its tenant
         self._tenant_last: dict[str, int] = {}  # tenant -> the seq of its last line
@@ -71,50 +67,19 @@ class TraceLog:
         self.seq = seq = self.seq + 1
         gpu_text = "" if gpu is None else gpu
         detail = escape(detail)
-        self._starts.append(len(self.buffer) + self.dropped)
         if task is None:
-            self.buffer += f'{seq},{time_us},{kind},,,,{gpu_text},{self.node},"{detail}"\n'.encode()
             self._task_prev.append(0)
             self._tenant_prev.append(0)
+            self._add(f'{seq},{time_us},{kind},,,,{gpu_text},{self.node},"{detail}"\n'.encode())
         else:
-            self.buffer += f'{seq},{time_us},{kind},{task.pid},{task.tenant},{task.model},{gpu_text},{self.node},"{detail}"\n'.encode()
             self._task_prev.append(task.trace_last)
             task.trace_last = seq
             self._tenant_prev.append(self._tenant_last.get(task.tenant, 0))
             self._tenant_last[task.tenant] = seq
-        if seq - self.first >= self.limit:
-            self.trim()
+            self._add(f'{seq},{time_us},{kind},{task.pid},{task.tenant},{task.model},{gpu_text},{self.node},"{detail}"\n'.encode())
 
-    def trim(self) -> None:
-        """Drop the oldest lines while more than `limit` are kept, down to 7/8 of it (one memmove per
-        eighth of the limit), but none after `hold`."""
-        last = self.seq - self.limit + self.limit // 8  # the last line to drop
-        if self.hold is not None:
-            last = min(last, self.hold)
-        count = last - self.first + 1
-        if count <= 0 or self.seq - self.first < self.limit:
-            return
-        end = self._starts[count] - self.dropped
-        del self.buffer[len(HEADER):end]
-        self.dropped += end - len(HEADER)
-        for index in (self._starts, self._task_prev, self._tenant_prev):
-            del index[:count]
-        self.first = last + 1
-
-    def release(self, seq: int | None) -> None:
-        """Lines after `seq` are kept whatever the limit (None: none are); then trim."""
-        self.hold = seq
-        self.trim()
-
-    def view(self) -> tuple[bytearray, int]:
-        """(/trace/events: the header and the lines kept, bytes of lines dropped before them)."""
-        return self.buffer, self.dropped
-
-    def lines_after(self, seq: int) -> bytes:
-        """The lines kept after seq `seq`, in order (what the trace archive has not written yet)."""
-        if seq >= self.seq:
-            return b""
-        return bytes(self.buffer[self._starts[max(seq + 1, self.first) - self.first] - self.dropped:])
+    def _indexes(self) -> tuple[array[int], ...]:
+        return self._starts, self._task_prev, self._tenant_prev
 
     def of_task(self, task: Task) -> bytes:
         """The task's lines kept (a header alone if none): a few, copied at every read."""

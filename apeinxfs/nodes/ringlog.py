@@ -1,4 +1,4 @@
-"""A log file whose oldest lines are dropped (the trace ring: kernel/trace.py), read like a log.
+"""A log file whose oldest lines are dropped (a ring: kernel/ring.py), read like a log.
 
 Its size counts every byte ever written, the dropped lines too, so it only grows and `tail -f`
 (which reads when st_size grows, and calls a shrunk file truncated) follows it. A read at an
@@ -7,7 +7,7 @@ too, and one inside them reads from the oldest line kept. `cat` reading from 0 g
 and then the lines kept, and the kernel moves its file offset by the bytes returned, not by the
 offsets they stand for: so each handle remembers where its last read ended (as an offset and
 as the position it stood for), and a read that goes on from there goes on from that position.
-The header's length is where lines start. Not here: what is kept (kernel/trace.py).
+The header's length (`header_length`) is where lines start. Not here: what is kept (kernel/ring.py).
 """
 import attrs
 
@@ -19,6 +19,8 @@ from .base import Handle, Log
 class RingLog(Log):
     """A log whose `source()` is (the header and the lines kept, bytes of lines dropped before them)."""
 
+    header_length: int = len(HEADER)  # the trace's, unless told
+
     def size(self) -> int:
         text, dropped = self.source()
         return len(text) + dropped
@@ -29,12 +31,12 @@ class RingLog(Log):
         return RingHandle(self)
 
 
-def kept_index(position: int, dropped: int) -> int:
+def kept_index(position: int, dropped: int, header_length: int) -> int:
     """Where the byte at `position` (counting dropped bytes) is in what is kept; a dropped one's
     is the oldest line kept."""
-    if position < len(HEADER):
+    if position < header_length:
         return position
-    return max(position - dropped, len(HEADER))
+    return max(position - dropped, header_length)
 
 
 @attrs.define(eq=False)
@@ -46,8 +48,9 @@ class RingHandle(Handle):
     async def read(self, offset, size, waiter):
         text, dropped = self.node.source()
         position = self.position_after if offset == self.offset_after else offset
-        start = kept_index(position, dropped)
+        header = self.node.header_length
+        start = kept_index(position, dropped, header)
         data = bytes(text[start:start + size])
         end = start + len(data)
-        self.offset_after, self.position_after = offset + len(data), end if end < len(HEADER) else end + dropped
+        self.offset_after, self.position_after = offset + len(data), end if end < header else end + dropped
         return data

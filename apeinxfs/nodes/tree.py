@@ -11,9 +11,10 @@ import stat
 from functools import lru_cache, partial
 
 from .. import health
+from ..kernel import audit
 from ..kernel.errors import NotFound
 from . import billing, ctl, gpus, memory, metrics, policy, readme, replay, sched
-from .base import Command, Dir, Log, NamedDirs, Setting, Show
+from .base import Command, Dir, NamedDirs, Setting, Show
 from .forwarding import Forwarding, routed
 from . import tasks
 from .members import NodesDir, link
@@ -88,7 +89,8 @@ def build_root(rt) -> Dir:
         }) for g in range(len(kernel.gpus))}),
         "trace": Dir(children={
             "events": RingLog(mode=ADMIN_READS, source=kernel.trace.view, read_role="admin"),
-            "audit": Log(mode=ADMIN_READS, source=lambda: kernel.audit.buffer, read_role="admin"),
+            "audit": RingLog(mode=ADMIN_READS, source=kernel.audit.view, read_role="admin",
+                             header_length=len(audit.HEADER)),
         }),
         "replay": ReplayDir(rt),
         "sched": Dir(children={
