@@ -20,6 +20,7 @@ from ..kernel.errors import ApeinxError
 from .etcd import Etcd
 from .etcd_records import EtcdError
 from .failover import Failover
+from .fencing import Fencing
 from .member import RETRY_S, Member
 from .pids import take_block, wants_block
 from .records import Keys, NodeRecord, NodeView, record_of
@@ -44,6 +45,7 @@ class Cluster:
         self.member = Member(self.etcd, self.keys, self.name, settings.lease_s, self.record)
         self._read: tuple[int, NodeRecord] | None = None  # (kernel version, the record read off it then)
         self.router = Router(self)  # where tasks live and writes go (routing.py)
+        self.fencing = Fencing(runtime, self.member)  # holds the engines once the lease may have expired
         self.failover = Failover(self)  # task keys, the leader's moves, adoption and fencing (failover.py)
 
     def record(self, epoch: int) -> NodeRecord:

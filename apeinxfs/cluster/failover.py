@@ -24,18 +24,21 @@ import logging
 import attrs
 import trio
 
-from ..kernel.errors import ApeinxError
-from ..kernel.events import Adopt, MovedAway
+from ..kernel.errors import ApeinxError, TryAgain
+from ..kernel.events import Adopt, Failed, MovedAway
 from .etcd_records import EtcdError, Txn
 from .member import RETRY_S
 from .placement import rank
+from .records import pid_ranges
 from .taskkeys import TaskKey, of_task
 
 log = logging.getLogger(__name__)
 MOVE_S = 1.0  # how often the leader looks for tasks of nodes gone, and a node for tasks moved to it
 TXN_OPS = 128  # the most operations one txn carries (etcd's --max-txn-ops default)
 TRACE_S = 1.0  # the most the recorder waits for a trace line before looking again
-GATHER_S = 0.02  # how long the recorder lets trace lines gather before a txn
+GATHER_S = 0.02  # how long the recorder lets trace lines gather before a txn when no submit waits for it
+SETTLE_S = 3.0  # the most a submit waits for its tasks' keys (+ SETTLE_LINE_S a line): under the peers' 5 s
+SETTLE_LINE_S = 0.001
 
 
 class Failover:
@@ -46,59 +49,105 @@ class Failover:
         self.etcd, self.keys, self.member = cluster.etcd, cluster.keys, cluster.member
         self.written: dict[int, tuple[TaskKey, int]] = {}  # pid -> (its key, its revision) as this node wrote it
         self.seq = 0  # the trace line recorded up to
+        self.waiting = 0  # submits waiting for their keys (settle): the recorder does not gather then
+        self.doubtful = False  # a txn failed, its outcome maybe unknown: `fence` reads the keys again
 
     async def keep(self) -> None:
         """Fence after each join, and record the trace's submits and exits, until cancelled."""
         fenced, self.seq = 0, self.rt.kernel.trace.seq  # the lines a replay rebuilt were recorded before
+        fencing = self.cluster.fencing
         while True:
+            fencing.check()
             try:
-                if self.member.epoch != fenced:
+                if self.member.epoch != fenced or self.doubtful or (fencing.held and not fencing.expired()):
                     epoch = self.member.epoch
                     await self.fence()
                     fenced = epoch
+                    fencing.release()
                 if fenced:
                     await self.record()
-            except EtcdError as error:  # no quorum: the same lines next time
+            except EtcdError as error:  # no quorum: the same lines next time, after reading the keys again
                 self.member.note(error)
+                self.doubtful = True
                 await trio.sleep(RETRY_S)
             if not fenced or self.rt.kernel.trace.seq == self.seq:  # else lines came meanwhile: at once
                 await self.rt.wait_for("trace", TRACE_S)
-            await trio.sleep(GATHER_S)  # the writes of the next moment go in the same txn
+            if not self.waiting:
+                await trio.sleep(GATHER_S)  # the writes of the next moment go in the same txn
 
     async def fence(self) -> None:
-        """Stop the live tasks here that were moved to another node; learn the keys this node owns."""
+        """Stop the live tasks here that were moved to another node; learn the keys this node owns; end the
+        keys of its tasks that have ended (an exit, or a refused submit, whose txn's outcome was unknown);
+        put those of its live tasks without one (journaled, then kill -9 before their keys were written)."""
+        pending = {pid for kind, pid in self.lines_after(self.seq) if kind == b"submit"}  # the recorder's next
         found = await self.etcd.range(self.keys.tasks, prefix=True)
-        tasks = self.rt.kernel.tasks
+        tasks, keyed, ended = self.rt.kernel.tasks, set(), []
         for kv in found.kvs:
             pid, key = int(kv.key.rsplit(b"/", 1)[1]), TaskKey.from_json(kv.value)
+            keyed.add(pid)
+            task = tasks.get(pid)
             if key.owner == self.here:
                 self.written[pid] = key, kv.mod_revision
-            elif (task := tasks.get(pid)) is not None and not task.done:
+                if not key.exited and pid not in pending and (task.done if task else not key.origin):
+                    ended.append(pid)
+            elif task is not None and not task.done:
                 self.written.pop(pid, None)
                 log.warning("cluster: task %d was moved to node %s while this node had lost its lease: stopped here",
                             pid, key.owner)
                 self.commit([MovedAway(pid=pid, node=key.owner)])
+        unkeyed = {pid: of_task(task, self.here) for pid, task in tasks.items()
+                   if not task.done and pid not in keyed and pid not in pending}
+        await self.report_all(list(unkeyed.items()), ended)
+        self.doubtful = False
+
+    def lines_after(self, seq: int) -> list[tuple[bytes, int]]:
+        """(kind, pid) of the trace lines after `seq`."""
+        found = []
+        for line in self.rt.kernel.trace.lines_after(seq).splitlines():
+            _, _, kind, pid, _ = line.split(b",", 4)
+            found.append((kind, int(pid)))
+        return found
 
     async def record(self) -> None:
         """The submits and exits of the trace lines since the last look, to etcd: one txn for up to
         TXN_OPS of them (a write's lines, most often); the lines are read again if etcd fails."""
-        trace = self.rt.kernel.trace
-        upto, lines = trace.seq, trace.lines_after(self.seq)
+        upto = self.rt.kernel.trace.seq
         new: dict[int, TaskKey] = {}
         ended: list[int] = []
-        for line in lines.splitlines():
-            _, _, kind, pid, _ = line.split(b",", 4)
-            if kind == b"submit" and (task := self.rt.kernel.tasks.get(int(pid))) is not None \
-                    and int(pid) not in self.written:
-                new[int(pid)] = of_task(task, self.here)
-            elif kind == b"exit" and new.pop(int(pid), None) is None and int(pid) in self.written:
-                ended.append(int(pid))
-        news = list(new.items())
+        for kind, pid in self.lines_after(self.seq):
+            if kind == b"submit" and (task := self.rt.kernel.tasks.get(pid)) is not None and pid not in self.written:
+                new[pid] = of_task(task, self.here)
+            elif kind == b"exit" and new.pop(pid, None) is None and pid in self.written:
+                ended.append(pid)
+        await self.report_all(list(new.items()), ended)
+        self.seq = upto
+        self.rt.notifier.wake({"recorded"})
+
+    async def report_all(self, news: list[tuple[int, TaskKey]], ended: list[int]) -> None:
+        """`report` them, TXN_OPS operations a txn."""
         while news or ended:
             puts = news[:TXN_OPS]
             ends, news, ended = ended[:TXN_OPS - len(puts)], news[len(puts):], ended[TXN_OPS - len(puts):]
             await self.report(dict(puts), ends)
-        self.seq = upto
+
+    async def settle(self, pids: list[int]) -> None:
+        """Return once the keys of tasks `pids`, just submitted here, are in etcd (or they have ended), so
+        that failover can move them; else, after SETTLE_S, end them (events.Failed) and raise TryAgain: a
+        submit is acknowledged only once its tasks would survive this node."""
+        upto = self.rt.kernel.trace.seq
+        self.waiting += 1
+        try:
+            with trio.move_on_after(SETTLE_S + SETTLE_LINE_S * len(pids)):
+                while self.seq < upto:
+                    await self.rt.wait_for("recorded", TRACE_S)
+                return
+        finally:
+            self.waiting -= 1
+        why = self.member.problem or "etcd did not answer in time"
+        self.commit([Failed(pid=pid, reason=f"refused at its submit: the cluster did not record it ({why})")
+                     for pid in pids if pid in self.rt.kernel.tasks and not self.rt.kernel.tasks[pid].done])
+        raise TryAgain(f"node {self.here} could not record tasks {pid_ranges(pids)} in etcd within "
+                       f"{SETTLE_S + SETTLE_LINE_S * len(pids):g}s ({why}; no quorum?): they were not run; try again")
 
     async def report(self, new: dict[int, TaskKey], ended: list[int]) -> None:
         """Put the keys of `new` tasks and end those of `ended` in one txn; if an end's guard fails (the
@@ -169,8 +218,10 @@ class Failover:
             self.written[pid] = key, revision
             self.commit([Adopt(pid=pid, spec=key.spec_of(), origin=key.origin, epoch=key.epoch, uid=key.uid)])
 
-    def commit(self, events: list[Adopt | MovedAway]) -> None:
+    def commit(self, events: list[Adopt | MovedAway] | list[Failed]) -> None:
         """Commit `events`; a refusal (degraded, an unknown model or tenant here) is logged."""
+        if not events:
+            return
         try:
             self.rt.commit(events)
         except ApeinxError as error:

@@ -218,6 +218,16 @@ class MovedAway:
 
 
 @attrs.frozen
+class Fence:
+    """A cluster node's engines are `held` (its lease may have expired, so its tasks may have been moved)
+    or released (it checked with etcd which tasks are still its own): while held, no batch goes to an
+    engine, nothing is dispatched, and engine steps change nothing."""
+
+    held: bool
+    reason: str
+
+
+@attrs.frozen
 class Tick:
     """Time passed: deadlines up to now are checked."""
 
@@ -246,7 +256,7 @@ class JournalRecovered:
 
 Event = (Submit | Kill | Control | Step | Failed | Rejected | SetPolicy | Tick | Restart | SetTenant
          | RemoveTenant | SetRules | SetModel | RemoveModel | GpuMemory | JournalFailed | JournalRecovered
-         | Interrupted | EngineHealth | EngineKV | PidBlock | Placed | Adopt | MovedAway)
+         | Interrupted | EngineHealth | EngineKV | PidBlock | Placed | Adopt | MovedAway | Fence)
 KINDS: dict[str, type[Event]] = {cls.__name__.lower(): cls for cls in typing.get_args(Event)}
 
 

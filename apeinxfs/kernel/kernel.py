@@ -101,6 +101,7 @@ class Kernel:
             ev.PidBlock: (self.tasks.check_grant, self.moves.grant_pids), ev.Placed: (accept, self.moves.placed),
             ev.Adopt: (self.submits.check_adopt, self._apply_adopt),
             ev.MovedAway: (lambda e: self.tasks.live(e.pid), self.moves.moved_away),
+            ev.Fence: (accept, self.moves.fence),
             ev.Tick: (accept, accept),  # nothing but time: apply() expires deadlines and schedules
             ev.Restart: (accept, self.moves.restart),
             ev.JournalFailed: (accept, lambda e: self.emit("degraded", None, f"{e.reason}; state changes are "
@@ -272,8 +273,8 @@ class Kernel:
         check_invariants(self)
 
     def batch(self, gpu: int) -> list[Task]:
-        """The tasks running on GPU `gpu`, in dispatch order."""
-        return list(self.gpus[gpu].running.values())
+        """The tasks running on GPU `gpu`, in dispatch order; none while the cluster holds this node (Fence)."""
+        return [] if self.moves.fenced else list(self.gpus[gpu].running.values())
 
     def next_deadline_us(self) -> int | None:
         own, engine_wait = self.tasks.next_deadline_us(), self.engines.book.next_wait_us()
