@@ -72,8 +72,8 @@ class Failover:
                 await trio.sleep(RETRY_S)
             if not fenced or self.rt.kernel.trace.seq == self.seq:  # else lines came meanwhile: at once
                 await self.rt.wait_for("trace", TRACE_S)
-            if not self.waiting:
-                await trio.sleep(GATHER_S)  # the writes of the next moment go in the same txn
+            if not self.waiting:  # the writes of the next moment go in the same txn, unless one waits for it
+                await self.rt.wait_for("settling", GATHER_S)
 
     async def fence(self) -> None:
         """Stop the live tasks here that were moved to another node; learn the keys this node owns; end the
@@ -101,11 +101,12 @@ class Failover:
         self.doubtful = False
 
     def lines_after(self, seq: int) -> list[tuple[bytes, int]]:
-        """(kind, pid) of the trace lines after `seq`."""
+        """(kind, pid) of the trace lines of a task after `seq`."""
         found = []
         for line in self.rt.kernel.trace.lines_after(seq).splitlines():
             _, _, kind, pid, _ = line.split(b",", 4)
-            found.append((kind, int(pid)))
+            if pid:
+                found.append((kind, int(pid)))
         return found
 
     async def record(self) -> None:
@@ -136,6 +137,7 @@ class Failover:
         submit is acknowledged only once its tasks would survive this node."""
         upto = self.rt.kernel.trace.seq
         self.waiting += 1
+        self.rt.notifier.wake({"settling"})
         try:
             with trio.move_on_after(SETTLE_S + SETTLE_LINE_S * len(pids)):
                 while self.seq < upto:
@@ -143,11 +145,12 @@ class Failover:
                 return
         finally:
             self.waiting -= 1
-        why = self.member.problem or "etcd did not answer in time"
+        why, tasks = self.member.problem or "etcd did not answer in time", self.rt.kernel.tasks
         self.commit([Failed(pid=pid, reason=f"refused at its submit: the cluster did not record it ({why})")
-                     for pid in pids if pid in self.rt.kernel.tasks and not self.rt.kernel.tasks[pid].done])
+                     for pid in pids if pid in tasks and not tasks[pid].done])
         raise TryAgain(f"node {self.here} could not record tasks {pid_ranges(pids)} in etcd within "
-                       f"{SETTLE_S + SETTLE_LINE_S * len(pids):g}s ({why}; no quorum?): they were not run; try again")
+                       f"{SETTLE_S + SETTLE_LINE_S * len(pids):.0f}s ({why}; no quorum?): they were not run; "
+                       f"try again")
 
     async def report(self, new: dict[int, TaskKey], ended: list[int]) -> None:
         """Put the keys of `new` tasks and end those of `ended` in one txn; if an end's guard fails (the
