@@ -35,7 +35,6 @@ from .taskkeys import TaskKey, of_task
 log = logging.getLogger(__name__)
 MOVE_S = 1.0  # how often the leader looks for tasks of nodes gone, and a node for tasks moved to it
 TXN_OPS = 128  # the most operations one txn carries (etcd's --max-txn-ops default)
-TXNS_AT_ONCE = 8  # the txns of one look at the trace sent at a time
 TRACE_S = 1.0  # the most the recorder waits for a trace line before looking again
 GATHER_S = 0.02  # how long the recorder lets trace lines gather before a txn when no submit waits for it
 SETTLE_S = 3.0  # the most a submit waits for its tasks' keys (+ SETTLE_LINE_S a line): under the peers' 5 s
@@ -126,24 +125,11 @@ class Failover:
         self.rt.notifier.wake({"recorded"})
 
     async def report_all(self, news: list[tuple[int, TaskKey]], ended: list[int]) -> None:
-        """`report` them, TXN_OPS operations a txn, TXNS_AT_ONCE txns at a time (a bulk write's keys; no two
-        txns name the same task); the first etcd error is raised once every txn has ended."""
-        errors: list[EtcdError] = []
-        limiter = trio.CapacityLimiter(TXNS_AT_ONCE)
-
-        async def report(puts: dict[int, TaskKey], ends: list[int]) -> None:
-            async with limiter:
-                try:
-                    await self.report(puts, ends)
-                except EtcdError as error:
-                    errors.append(error)
-        async with trio.open_nursery() as nursery:
-            while news or ended:
-                puts = news[:TXN_OPS]
-                ends, news, ended = ended[:TXN_OPS - len(puts)], news[len(puts):], ended[TXN_OPS - len(puts):]
-                nursery.start_soon(report, dict(puts), ends)
-        if errors:
-            raise errors[0]
+        """`report` them, TXN_OPS operations a txn."""
+        while news or ended:
+            puts = news[:TXN_OPS]
+            ends, news, ended = ended[:TXN_OPS - len(puts)], news[len(puts):], ended[TXN_OPS - len(puts):]
+            await self.report(dict(puts), ends)
 
     async def settle(self, pids: list[int]) -> None:
         """Return once the keys of tasks `pids`, just submitted here, are in etcd (or they have ended), so
