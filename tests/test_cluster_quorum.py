@@ -13,15 +13,20 @@ with the margin of a settle deadline of 3 s.
 import errno
 import os
 import signal
+import threading
 import time
 
 import pytest
+import trio
 
 from cluster_peers import peered_nodes
+from apeinxfs.cluster.etcd import Etcd
+from apeinxfs.cluster.taskkeys import TaskKey
 from daemon import Daemon, poll_until
 from etcdcluster import EtcdCluster
 from test_cluster_failover import trace_lines, waited
-from test_cluster_nodes import FUSE_READY, LEASE_S, SETTLE_S, all_up, keyed, link, status, submit_soon
+from test_cluster_nodes import (FUSE_READY, LEASE_S, SETTLE_S, all_up, cluster_config, keyed, link, status,
+                                submit_soon)
 
 pytestmark = pytest.mark.skipif(not FUSE_READY,
                                 reason="*** needs /dev/fuse and fusermount3: CLUSTER MOUNT TESTS SKIPPED ***")
@@ -68,34 +73,36 @@ def test_an_answered_submit_is_moved_even_if_its_node_dies_right_after_the_answe
 
 
 def test_a_node_back_from_sigstop_holds_its_engines_before_it_stops_its_moved_tasks(cluster):
-    """SIGSTOP of b, running long tasks, for 3 x lease_s: after SIGCONT its trace has a `fence` line
-    holding its engines (its lease may have expired), then the `failover` lines of its moved tasks, then
-    a `fence` line releasing them; no moved task has an `exit` line on b."""
+    """SIGSTOP for 3 x lease_s of the node running two long tasks: after SIGCONT its trace has a `fence`
+    line holding its engines (its lease may have expired), then the `failover` lines of its moved tasks,
+    then a `fence` line releasing them; no moved task has an `exit` line there."""
     _, nodes = cluster
     pids, error, reply = write_submit(nodes["b"], STAYING_TASK + "\n" + STAYING_TASK + "\n")
     assert error is None and len(pids) == 2, reply
-    assert {keyed(nodes["b"].path("tasks", str(pid), "status"))["Node"] for pid in pids} == {"b"}
-    poll_until(lambda: all(int(nodes["b"].status(pid)["TokensOut"]) > 100 for pid in pids), SETTLE_S, "tokens on b")
-    tokens_before = [int(nodes["b"].status(pid)["TokensOut"]) for pid in pids]
-    os.kill(nodes["b"].proc.pid, signal.SIGSTOP)
+    homes = {keyed(nodes["b"].path("tasks", str(pid), "status"))["Node"] for pid in pids}
+    assert len(homes) == 1, homes  # a write goes whole to one node
+    victim = nodes[homes.pop()]
+    poll_until(lambda: all(int(victim.status(pid)["TokensOut"]) > 100 for pid in pids), SETTLE_S, "tokens made")
+    tokens_before = [int(victim.status(pid)["TokensOut"]) for pid in pids]
+    os.kill(victim.proc.pid, signal.SIGSTOP)
     try:
         time.sleep(3 * LEASE_S)
     finally:
-        os.kill(nodes["b"].proc.pid, signal.SIGCONT)
-    poll_until(lambda: {int(f[3]) for f in trace_lines(nodes["b"], "failover")} >= set(pids), SETTLE_S,
-               "the moved tasks stopped on b")
-    fences = [(int(f[0]), ",".join(f[8:])) for f in trace_lines(nodes["b"], "fence")]
-    held = [seq for seq, detail in fences if "held: the lease of node b" in detail]
-    moved = [int(f[0]) for f in trace_lines(nodes["b"], "failover") if int(f[3]) in pids]
+        os.kill(victim.proc.pid, signal.SIGCONT)
+    poll_until(lambda: {int(f[3]) for f in trace_lines(victim, "failover")} >= set(pids), SETTLE_S,
+               "the moved tasks stopped")
+    fences = [(int(f[0]), ",".join(f[8:])) for f in trace_lines(victim, "fence")]
+    held = [seq for seq, detail in fences if "held: the lease of node" in detail]
+    moved = [int(f[0]) for f in trace_lines(victim, "failover") if int(f[3]) in pids]
     assert held and held[0] < min(moved), (fences, moved)
     poll_until(lambda: any("released" in ",".join(f[8:]) and int(f[0]) > max(moved)
-                           for f in trace_lines(nodes["b"], "fence")), SETTLE_S, "b's engines released")
-    assert not [f for f in trace_lines(nodes["b"], "exit") if int(f[3] or 0) in pids]
-    print("tokens made on b before SIGSTOP and in all:", tokens_before,
-          [int(nodes["b"].status(pid)["TokensOut"]) for pid in pids])
+                           for f in trace_lines(victim, "fence")), SETTLE_S, "the engines released")
+    assert not [f for f in trace_lines(victim, "exit") if int(f[3] or 0) in pids]
+    print("tokens made before SIGSTOP and in all, on the stopped node:", tokens_before,
+          [int(victim.status(pid)["TokensOut"]) for pid in pids])
     for pid in pids:
         os.system(f"echo {pid} > {nodes['a'].path('ctl', 'kill')}")
-    poll_until(lambda: all_up(nodes), SETTLE_S, "b up again")
+    poll_until(lambda: all_up(nodes), SETTLE_S, "every node up again")
 
 
 def test_two_etcd_members_killed_a_submit_fails_with_eagain_and_nothing_acknowledged_is_lost(cluster):
@@ -126,3 +133,46 @@ def test_two_etcd_members_killed_a_submit_fails_with_eagain_and_nothing_acknowle
         assert keyed(nodes["a"].path("tasks", str(pid), "status"))["Pid"] == str(pid)
     for pid in refused:
         assert keyed(nodes["a"].path("tasks", str(pid), "status"))["Exit"].startswith("failed")
+
+
+def task_key(endpoints: list[str], pid: int) -> TaskKey | None:
+    """Task `pid`'s key as etcd holds it (tests' prefix), or None."""
+    async def read() -> TaskKey | None:
+        async with Etcd(endpoints) as etcd:
+            kv = await etcd.get(f"test-cluster/tasks/{pid}".encode())
+            return TaskKey.from_json(kv.value) if kv else None
+    return trio.run(read)
+
+
+def test_a_node_killed_while_a_submit_waits_for_its_key_puts_the_key_at_its_restart(cluster, tmp_path):
+    """Node d (no peers) journals a submit while etcd has no quorum and is killed -9 while the write waits:
+    the write gets no pid; restarted with the quorum back, d puts the task's key (owner d) and runs it."""
+    etcd, _ = cluster
+    d = Daemon(tmp_path / "ai", tmp_path / "state", cluster_config("d", etcd.endpoints))
+    d.start()
+    try:
+        poll_until(lambda: int(link(d)["PidsLeft"]) > 0, SETTLE_S, "d granted pids")
+        etcd.kill(0)
+        etcd.kill(1)
+        answers: list = []
+
+        def write() -> None:
+            try:
+                answers.append(write_submit(d, MOVED_TASK + "\n"))
+            except OSError as cut:  # the reply's read on the dead mount
+                answers.append(([], cut, ""))
+        writer = threading.Thread(target=write)
+        writer.start()
+        poll_until(lambda: [name for name in os.listdir(d.path("tasks"))], SETTLE_S, "the task journaled on d")
+        d.kill9()
+        writer.join()
+        assert answers and not answers[0][0] and answers[0][1].errno in (errno.ENOTCONN, errno.ECONNABORTED), answers
+        etcd.start(0, wait=False)
+        etcd.start(1)
+        d.start()
+        pid = int(poll_until(lambda: os.listdir(d.path("tasks")), SETTLE_S, "the task replayed on d")[0])
+        key = poll_until(lambda: task_key(etcd.endpoints, pid), SETTLE_S, f"the key of task {pid} in etcd")
+        assert key.owner == "d" and key.epoch == 1
+        assert poll_until(lambda: waited(d, pid), SETTLE_S, f"wait of task {pid} on d") == "done\n"
+    finally:
+        d.stop()
