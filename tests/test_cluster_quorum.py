@@ -24,14 +24,12 @@ from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.taskkeys import TaskKey
 from daemon import Daemon, poll_until
 from etcdcluster import EtcdCluster
-from test_cluster_failover import trace_lines, waited
+from test_cluster_failover import FAILOVER_TASK as MOVED_TASK, STAYING_TASK, trace_lines, waited
 from test_cluster_nodes import (FUSE_READY, LEASE_S, SETTLE_S, all_up, cluster_config, keyed, link, status,
                                 submit_soon)
 
 pytestmark = pytest.mark.skipif(not FUSE_READY,
                                 reason="*** needs /dev/fuse and fusermount3: CLUSTER MOUNT TESTS SKIPPED ***")
-MOVED_TASK = "model=sim max_tokens=4000 prompt=moved"  # about 8 s at 2 ms a token
-STAYING_TASK = "model=sim max_tokens=20000 prompt=stay"  # about 40 s: still running after 3 x lease_s
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ tasks live, where writes go, the peers' clients), and seven tasks: the member (l
 epoch, leader campaign; member.py), the publisher of this node's record, the follower
 that keeps `view` (view.py) current through a watch, the keeper of pid blocks (pids.py),
 failover's two loops (failover.py: task keys and fencing; the leader's moves and
-adoption) and, on the leader, the compaction of etcd's history. None of them blocks the file system: without etcd they note why and retry,
+adoption; fencing.py holds the engines once the lease may have expired) and, on the leader, the compaction of etcd's history. None of them blocks the file system: without etcd they note why and retry,
 and local reads and running tasks go on. `names_seen(rt)` and `node_seen(rt, name)` are
 what /nodes shows: the cluster's view, or on a single node just this node.
 """

@@ -1,22 +1,27 @@
 """Failover with fencing: a dead node's unfinished tasks run again elsewhere, and end exactly once.
 
 `Failover(cluster)` (held as `Cluster.failover`) runs two loops on every node:
-- `keep`: once joined (and again after each rejoin) it `fence`s: reads every task key and
-  stops, without an exit, each live task here that the leader moved away meanwhile
-  (events.MovedAway), and learns the revisions of the keys this node owns. Then it follows
-  the trace: the `submit` and `exit` lines since the last look (GATHER_S after a line
-  woke it) go to etcd in one txn (`record`): a new task's key (taskkeys.py) is put; an exit deletes the key (or marks a
-  moved task's exited), guarded on the key's revision as this node last wrote it, so a
-  node whose task was moved reports nothing. A failed guard is dropped.
+- `keep`: once joined (again after each rejoin, after a failed txn, and once a hold may be
+  released) it `fence`s: reads every task key and stops, without an exit, each live task
+  here that the leader moved away meanwhile (events.MovedAway), learns the revisions of the
+  keys this node owns, ends those of its tasks that have ended and puts those of its live
+  tasks that have none; then fencing.py may release the engines. Then it follows the
+  trace: the `submit` and `exit` lines since the last look (GATHER_S after a line woke it,
+  at once when a submit waits) go to etcd in one txn (`record`): a new task's key
+  (taskkeys.py) is put; an exit deletes the key (or marks a moved task's exited), guarded
+  on the key's revision as this node last wrote it, so a node whose task was moved
+  reports nothing. A failed guard is dropped.
+- `settle`, awaited by a submit write that ran here before its reply: returns once its
+  tasks' keys are in etcd; else, after SETTLE_S, ends them (events.Failed) and raises
+  TryAgain (EAGAIN): an acknowledged task can always be moved.
 - `watch`: every MOVE_S, on the leader, `move` each unfinished task whose owner's `up`
   key is gone to the best up node (placement.rank) in a txn guarded on the task key's
   revision and on the owner's `up` key being absent (a node that rejoined keeps its
   tasks): owner = the new node, epoch + 1. On every node, `adopt` each task key naming
   this node that it does not run: events.Adopt starts it afresh under the same pid (the
   output was not replicated), with a `failover` line.
-Without a quorum the loops note why and try again; a task submitted in the moment
-before its key is written runs here only (it is not moved if this node dies then).
-Not here: the kernel's events (kernel.py), the keys' format (taskkeys.py).
+Without a quorum the loops note why and try again, and submits fail with EAGAIN.
+Not here: the kernel's events (kernel.py), the keys' format (taskkeys.py), the hold (fencing.py).
 """
 import collections
 import logging
