@@ -161,14 +161,14 @@ def test_a_node_killed_while_a_submit_waits_for_its_key_puts_the_key_at_its_rest
                 answers.append(([], cut, ""))
         writer = threading.Thread(target=write)
         writer.start()
-        poll_until(lambda: [name for name in os.listdir(d.path("tasks"))], SETTLE_S, "the task journaled on d")
+        poll_until(lambda: trace_lines(d, "submit"), SETTLE_S, "the task journaled on d")  # its own tasks only
         d.kill9()
         writer.join()
         assert answers and not answers[0][0] and answers[0][1].errno in (errno.ENOTCONN, errno.ECONNABORTED), answers
         etcd.start(0, wait=False)
         etcd.start(1)
         d.start()
-        pid = int(poll_until(lambda: os.listdir(d.path("tasks")), SETTLE_S, "the task replayed on d")[0])
+        [pid] = [int(fields[3]) for fields in poll_until(lambda: trace_lines(d, "submit"), SETTLE_S, "d replayed")]
         key = poll_until(lambda: task_key(etcd.endpoints, pid), SETTLE_S, f"the key of task {pid} in etcd")
         assert key.owner == "d" and key.epoch == 1
         assert poll_until(lambda: waited(d, pid), SETTLE_S, f"wait of task {pid} on d") == "done\n"
