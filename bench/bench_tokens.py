@@ -10,15 +10,18 @@ Three figures, each next to the engine's own, measured in the same run, the two 
   own seconds per token (straight, same run). Target: at most 0.2 ms per token.
 - Time to first byte of 4 at once: 4 processes each submit on /ctl/submit, open /tasks/PID/stream
   and read its first byte, released together; against 4 straight streaming requests released
-  together (4 processes too) on the tiny model (fast: thousands of tokens/s). Ratio of the medians over
-  requests. Target: 2x.
+  together (4 processes too) on the tiny model (fast: thousands of tokens/s), FIRST_REPEATS turns of
+  each a round, alternating (the engine's first token takes 3-4 ms: one turn of 4 is too few to tell
+  a median by). Ratio of the medians over requests. Target: 2x. Each round also prints how long the daemon's thread ran, and waited runnable for
+  the CPU, from the release to the median first byte (/proc/PID/schedstat, read by the readers).
 - meminfo under 16 streams: the p99 time to `cat /ai/memory/meminfo` (open, read to EOF, close)
   while 16 tasks stream to 16 `cat` processes, over the same with the daemon idle, on the tiny model
   (16 slots). Target: p99 under 10 ms.
 
 Placement as bench_engine.py: the engine on a CPU of its own (the last), the daemon and the
 client on the others. BENCH_ROUNDS (default 3) rounds of each; ranges over rounds printed.
-BENCH_TOKENS_STREAM (default 600): tokens of the long stream.
+BENCH_TOKENS_STREAM (default 600): tokens of the long stream; BENCH_TOKENS_FIRST_REPEATS (default
+10): turns of 4 at once a round.
 """
 import http.client
 import json
@@ -40,6 +43,7 @@ from engines import LlamaServer, build_llama_server, openai_daemon_config
 PROMPT = "the kernel reads a file"
 STREAM_TOKENS = int(os.environ.get("BENCH_TOKENS_STREAM", "600"))
 FIRST_TOKENS = 32  # max_tokens of each of the 4 tasks started at once
+FIRST_REPEATS = int(os.environ.get("BENCH_TOKENS_FIRST_REPEATS", "10"))  # turns of 4 at once a round, each way
 MEMINFO_TOKENS = 1900  # each of the 16 streams: longer than the measure at 16 at once (slots of 2048)
 SLOW_SHAPE = {"embd": 640, "layers": 6, "heads": 8, "ff": 2048, "context": 4096}
 CPU_TARGET_MS, TTFB_TARGET, MEMINFO_TARGET_MS = 0.2, 2.0, 10.0
@@ -83,14 +87,23 @@ def submit(daemon, tokens: int) -> int:
         os.close(ctl)
 
 
-def through(daemon, tokens: int, to_end: bool = True) -> tuple[float, float, int]:
-    """The same through the mount: submit, open the stream, read its first byte (and to EOF if `to_end`)."""
+def schedstat_ms(pid: int) -> tuple[float, float]:
+    """(ms the main thread of process `pid` has run, has waited runnable for a CPU), from /proc/PID/schedstat."""
+    with open(f"/proc/{pid}/schedstat") as file:
+        ran, waited, _ = file.read().split()
+    return int(ran) / 1e6, int(waited) / 1e6
+
+
+def through(daemon, tokens: int, to_end: bool = True, at_first=lambda: None) -> tuple[float, float, int]:
+    """The same through the mount: submit, open the stream, read its first byte (then call `at_first`), and
+    to EOF if `to_end`."""
     start = time.perf_counter()
     pid = submit(daemon, tokens)
     fd = os.open(daemon.path("tasks", str(pid), "stream"), os.O_RDONLY)
     try:
         os.read(fd, 65536)
         first = time.perf_counter()
+        at_first()
         while to_end and os.read(fd, 65536):
             pass
     finally:
@@ -132,10 +145,35 @@ def cpu_per_token(daemon, url: str) -> tuple[float, float]:
 
 def first_bytes(daemon, url: str) -> tuple[float, float]:
     """(median seconds to the first byte of 4 tasks started at once through the mount, the same of 4
-    straight requests to the engine)."""
-    mounted = together(lambda: through(daemon, FIRST_TOKENS)[0], 4)
-    engine = together(lambda: straight(url, FIRST_TOKENS)[0], 4)
+    straight requests to the engine), over FIRST_REPEATS turns of each, alternating; prints the daemon's
+    median run and wait until the median first byte of a turn."""
+    mounted, engine, daemon_ms = [], [], []
+    for _ in range(FIRST_REPEATS):
+        seconds, ran_waited = four_through(daemon)
+        mounted += seconds
+        daemon_ms.append(ran_waited)
+        engine += together(lambda: straight(url, FIRST_TOKENS)[0], 4)
+    ran, waited = (statistics.median(pair[n] for pair in daemon_ms) for n in (0, 1))
+    print(f"     daemon to the median first byte: ran {ran:.2f} ms, waited for the CPU {waited:.2f} ms "
+          f"(medians of {FIRST_REPEATS} turns)")
     return statistics.median(mounted), statistics.median(engine)
+
+
+def four_through(daemon) -> tuple[list[float], tuple[float, float]]:
+    """(the seconds to the first byte of 4 tasks started at once through the mount; the ms the daemon ran
+    and waited for the CPU from the release to their median first byte)."""
+    mounted = sorted(together(lambda: first_byte_and_daemon(daemon), 4))
+    start = min(marks[0] for _, marks in mounted)  # the daemon's, when the first reader was released
+    middle = [marks[1] for _, marks in mounted[1:3]]  # at the two middle first bytes
+    ran, waited = (statistics.mean(mark[n] for mark in middle) - start[n] for n in (0, 1))
+    return [seconds for seconds, _ in mounted], (ran, waited)
+
+
+def first_byte_and_daemon(daemon) -> tuple[float, list]:
+    """`through`'s first byte of one task, and the daemon's schedstat_ms at its start and at its first byte."""
+    marks = [schedstat_ms(daemon.proc.pid)]
+    seconds = through(daemon, FIRST_TOKENS, at_first=lambda: marks.append(schedstat_ms(daemon.proc.pid)))[0]
+    return seconds, marks
 
 
 def meminfo_p99(daemon, seconds: float = 2.0, least: int = 100) -> float:

@@ -3,7 +3,8 @@
 `peered_nodes(root, endpoints)` starts them (own mountpoints and state dirs under `root`,
 `lease_s = 5`, a peer server each on a free 127.0.0.1 port, one token file), waits until
 each sees all three up, yields them by name, and stops each by pid at the end (a stopped
-one is continued first, so that it can unmount).
+one is continued first, so that it can unmount). `all_running(daemons)` starts again one an
+earlier test left dead, so that one failure does not fail every test after it.
 """
 import contextlib
 import os
@@ -28,3 +29,12 @@ def peered_nodes(root, endpoints: list[str]):
         yield daemons
     finally:
         stop_all(daemons)
+
+
+def all_running(daemons: dict) -> None:
+    """Start again any daemon that is not running (an earlier test failed before restarting it), then
+    wait until each sees all three up."""
+    for daemon in daemons.values():
+        if daemon.proc.poll() is not None:
+            daemon.start()
+    poll_until(lambda: all_up(daemons), SETTLE_S, "a, b and c up as seen from every node")

@@ -8,6 +8,7 @@ SIGCONT), `leader_index()` and `stop()` (all, by pid). Leaving the
 `with` block always stops every member it started. `etcd_binary()` skips the calling
 test loudly where no etcd is installed. Nothing is killed by name; no service is used.
 """
+import contextlib
 import os
 import shutil
 import signal
@@ -135,6 +136,20 @@ class EtcdCluster:
 
     def resume(self, index: int) -> None:
         os.kill(self.members[index].process.pid, signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def down(self, *indices: int):
+        """Members `indices` killed (in that order) for the `with` block; started again at its end, also when
+        it fails, and waited for until healthy."""
+        try:
+            for index in indices:
+                self.kill(index)
+            yield self
+        finally:
+            stopped = [self.members[index] for index in indices if self.members[index].process is None]
+            for member in stopped:
+                member.start(self.binary, self.initial_cluster)
+            self.wait_healthy(stopped)
 
     def start(self, index: int, wait: bool = True) -> None:
         """Start member `index` again on its ports and data; with `wait`, until it is healthy."""

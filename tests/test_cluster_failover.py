@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from cluster_peers import peered_nodes
+from cluster_peers import all_running, peered_nodes
 from daemon import Daemon, poll_until
 from etcdcluster import EtcdCluster
 from test_cluster_nodes import FUSE_READY, LEASE_S, NAMES, SETTLE_S, all_up, keyed, status, submit_soon
@@ -65,6 +65,7 @@ def test_a_killed_nodes_tasks_end_done_elsewhere_exactly_once(nodes):
     """kill -9 of the node running most of 12 tasks: `wait` on a prints done for every one, the moved ones
     with a `failover` line on their new node; the dead node shows `State: down`; restarted, it stops the
     tasks moved away without an exit, and no task has two `exit` lines."""
+    all_running(nodes)
     where = spread(nodes, FAILOVER_TASK, 12)
     victim = victim_of(where)
     moved = [pid for pid, node in where.items() if node == victim]
@@ -86,6 +87,7 @@ def test_a_stopped_node_does_not_run_its_moved_tasks_again_and_rejoins(nodes):
     """SIGSTOP of the node running most of 6 long tasks for 3 x lease_s: its tasks move; after SIGCONT it
     stops them with a `failover` line and rejoins with a higher epoch; killed from a, each task has one
     `exit` line across the nodes, on its new node."""
+    all_running(nodes)
     where = spread(nodes, STAYING_TASK, 6)
     victim = victim_of(where)
     moved = [pid for pid, node in where.items() if node == victim]

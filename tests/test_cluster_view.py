@@ -55,14 +55,14 @@ def token(tmp_path, mode: int = 0o600) -> str:
 
 
 def test_cluster_settings_and_their_defaults(tmp_path):
-    """etcd, advertise and token_file are read (URLs without a trailing slash); lease_s 15 and blocks of
-    100,000 by default."""
+    """etcd, advertise and token_file are read (URLs without a trailing slash); lease_s 15, blocks of
+    100,000 and output replicated every 2 s by default."""
     config = load(tmp_path, f'etcd = ["http://10.0.0.1:2379/", "https://e2:2379"]\nadvertise = "10.0.0.1:7070"\n'
                             f'token_file = "{token(tmp_path)}"')
     assert config.cluster == ClusterSettings(etcd=("http://10.0.0.1:2379", "https://e2:2379"),
                                              advertise="10.0.0.1:7070", token_file=token(tmp_path))
     assert (config.cluster.lease_s, config.cluster.pid_block, config.cluster.prefix) == (15, 100_000, "apeinxfs/")
-    assert config.kernel.pid_blocks
+    assert config.cluster.replicate_s == 2 and config.kernel.pid_blocks
 
 
 @pytest.mark.parametrize("cluster, words", [
@@ -75,6 +75,7 @@ def test_cluster_settings_and_their_defaults(tmp_path):
     ('etcd = ["http://e1:1"]\nadvertise = "host:1"\ntoken_file = "/nonexistent/token"', "No such file"),
     ('etcd = ["http://e1:1"]\nprefix = "x"', "cluster.prefix must be a key prefix"),
     ('etcd = ["http://e1:1"]\nport = 1', "unknown key cluster.port"),
+    ('etcd = ["http://e1:1"]\nreplicate_s = -1', "cluster.replicate_s must be an integer >= 0"),
 ])
 def test_bad_cluster_settings_are_refused_naming_the_key(tmp_path, cluster, words):
     """Each bad [cluster] value is refused with EINVAL and a reason naming the key."""
@@ -129,13 +130,24 @@ def test_the_view_follows_ups_downs_and_the_oldest_candidate_leads():
     assert view.revision == 8
 
 
+def test_a_down_nodes_lingering_candidacy_leads_no_one():
+    """A down node whose old election key outlives its up key (a lease not revoked) is not the leader;
+    the oldest up candidate is."""
+    view = ClusterView(KEYS)
+    view.load([kv(KEYS.node("a"), record("a").to_json(), 2), kv(KEYS.up("a"), b"1", 2),
+               kv(KEYS.node("c"), record("c").to_json(), 3), kv(KEYS.election + b"/0c", b"c", 3),
+               kv(KEYS.election + b"/2e", b"a", 5)], revision=5)
+    assert {name: (node.up, node.leader) for name, node in view.nodes().items()} == {"a": (True, True),
+                                                                                      "c": (False, False)}
+
+
 def test_status_and_tasks_render_a_node_as_the_man_page_says():
     """status: Key:<TAB>value lines in order; tasks: one pid a line."""
     node = NodeView(record("b", 4, gpus=2, slots_free=15, kv_pages_free=300, queued=1, running=1, live=5,
-                           tasks="7,12-14,20", models=("sim", "tiny")), up=False, leader=False)
+                           tasks="7,12-14,20", models=("sim", "tiny"), prefix_blocks=9), up=False, leader=False)
     assert members.status(node) == ("Name:\tb\nState:\tdown\nEpoch:\t4\nLeader:\tno\nGpus:\t2\nSlotsFree:\t15\n"
                                     "KVPagesFree:\t300\nQueued:\t1\nTasksRunning:\t1\nTasksLive:\t5\n"
-                                    "Models:\tsim,tiny\nAdvertise:\t-\nLastSeen:\t2025-11-24T16:00:00Z\n")
+                                    "Models:\tsim,tiny\nPrefixBlocks:\t9\nAdvertise:\t-\nLastSeen:\t2025-11-24T16:00:00Z\n")
     assert members.tasks(node) == "7\n12\n13\n14\n20\n"
 
 

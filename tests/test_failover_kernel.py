@@ -74,3 +74,28 @@ def test_a_task_moved_away_ends_without_an_exit_line_and_replays_the_same():
     for event in events:
         replayed.apply(ev.from_row(*ev.to_row(event)), 0)
     assert replayed.trace.buffer == kernel.trace.buffer
+
+
+def test_an_adopted_task_goes_on_from_its_replicated_output_and_replays_the_same():
+    """Adopted with 2 of its 5 tokens replicated, the task holds that output and counts them, its
+    `failover` line says it resumes after token 2, runs the 3 left to `done`, and a replay agrees."""
+    kernel = make_kernel()
+    event = ev.Adopt(pid=50, spec=TaskSpec(name="moved", max_tokens=5, tenant="default"), origin="n2", epoch=4,
+                     uid=1000, output=" one two", tokens=2)
+    kernel.apply(kernel.admit(event, 0, {}), 0)
+    task = kernel.tasks[50]
+    assert (bytes(task.output), task.tokens_out) == (b" one two", 2)
+    assert "resumes after token 2, where its output was last replicated" in kernel.trace.of_task(task).decode()
+    kernel.check_invariants()
+    replayed = make_kernel()
+    replayed.apply(ev.from_row(*ev.to_row(event)), 0)
+    assert replayed.trace.buffer == kernel.trace.buffer and bytes(replayed.tasks[50].output) == b" one two"
+
+
+def test_a_replica_of_all_its_tokens_or_more_is_refused():
+    """An Adopt claiming more tokens than the task's max_tokens is EINVAL, naming both."""
+    kernel = make_kernel()
+    with pytest.raises(ApeinxError) as refused:
+        kernel.check(ev.Adopt(pid=50, spec=TaskSpec(name="moved", max_tokens=3, tenant="default"), origin="n2",
+                              epoch=4, output="a b c d", tokens=4))
+    assert refused.value.errno == 22 and "4 tokens" in refused.value.reason and "max_tokens is 3" in refused.value.reason

@@ -2,11 +2,12 @@
 
 `Cluster(settings, runtime)` is built by mount.py when `[cluster] etcd` is set and run
 by `Runtime.run` beside the drivers: one etcd client, the `router` (routing.py: where
-tasks live, where writes go, the peers' clients), and seven tasks: the member (lease,
+tasks live, where writes go, the peers' clients), and eight tasks: the member (lease,
 epoch, leader campaign; member.py), the publisher of this node's record, the follower
 that keeps `view` (view.py) current through a watch, the keeper of pid blocks (pids.py),
 failover's two loops (failover.py: task keys and fencing; the leader's moves and
-adoption; fencing.py holds the engines once the lease may have expired) and, on the leader, the compaction of etcd's history. None of them blocks the file system: without etcd they note why and retry,
+adoption; fencing.py holds the engines once the lease may have expired), the replication of
+running tasks' output (replicas.py; unless `replicate_s` is 0) and, on the leader, the compaction of etcd's history. None of them blocks the file system: without etcd they note why and retry,
 and local reads and running tasks go on. `names_seen(rt)` and `node_seen(rt, name)` are
 what /nodes shows: the cluster's view, or on a single node just this node.
 """
@@ -24,6 +25,7 @@ from .fencing import Fencing
 from .member import RETRY_S, Member
 from .pids import take_block, wants_block
 from .records import Keys, NodeRecord, NodeView, record_of
+from .replicas import Replicas
 from .routing import Router
 from .settings import ClusterSettings
 from .view import ClusterView
@@ -47,6 +49,7 @@ class Cluster:
         self.router = Router(self)  # where tasks live and writes go (routing.py)
         self.fencing = Fencing(runtime, self.member)  # holds the engines once the lease may have expired
         self.failover = Failover(self)  # task keys, the leader's moves, adoption and fencing (failover.py)
+        self.replicas = Replicas(self)  # running tasks' output, for a resume after failover (replicas.py)
 
     def record(self, epoch: int) -> NodeRecord:
         """This node's record now, in `epoch`; the kernel is read again only once it changed (a read
@@ -65,6 +68,8 @@ class Cluster:
             nursery.start_soon(self.keep_pids)
             nursery.start_soon(self.failover.keep)
             nursery.start_soon(self.failover.watch)
+            if self.settings.replicate_s:
+                nursery.start_soon(self.replicas.keep)
             nursery.start_soon(compact_history, self.etcd, self.member, lambda: self.view.revision, COMPACT_S)
 
     async def follow(self) -> None:

@@ -47,6 +47,7 @@ class Compacted(EtcdError):
 
 API = "/v3"
 HEADERS = {"Grpc-Metadata-hasleader": "true"}  # a member without a leader refuses at once
+TXN_OPS = 128  # the most operations one txn carries (etcd's --max-txn-ops default)
 NO_LEADER = "etcdserver: no leader"  # that refusal (an election's own "election: no leader" is NotLeader)
 
 

@@ -18,8 +18,8 @@
   key is gone to the best up node (placement.rank) in a txn guarded on the task key's
   revision and on the owner's `up` key being absent (a node that rejoined keeps its
   tasks): owner = the new node, epoch + 1. On every node, `adopt` each task key naming
-  this node that it does not run: events.Adopt starts it afresh under the same pid (the
-  output was not replicated), with a `failover` line.
+  this node that it does not run: events.Adopt starts it under the same pid, from the
+  output it last replicated (replicas.py) or afresh, with a `failover` line.
 Without a quorum the loops note why and try again, and submits fail with EAGAIN.
 Not here: the kernel's events (kernel.py), the keys' format (taskkeys.py), the hold (fencing.py).
 """
@@ -31,15 +31,15 @@ import trio
 
 from ..kernel.errors import ApeinxError, TryAgain
 from ..kernel.events import Adopt, Failed, MovedAway
-from .etcd_records import EtcdError, Txn
+from .etcd_records import TXN_OPS, EtcdError, Txn
 from .member import RETRY_S
 from .placement import rank
 from .records import pid_ranges
+from .replicas import Replica, replica_of
 from .taskkeys import TaskKey, of_task
 
 log = logging.getLogger(__name__)
 MOVE_S = 1.0  # how often the leader looks for tasks of nodes gone, and a node for tasks moved to it
-TXN_OPS = 128  # the most operations one txn carries (etcd's --max-txn-ops default)
 TRACE_S = 1.0  # the most the recorder waits for a trace line before looking again
 GATHER_S = 0.02  # how long the recorder lets trace lines gather before a txn when no submit waits for it
 SETTLE_S = 3.0  # the most a submit waits for its tasks' keys (+ SETTLE_LINE_S a line): under the peers' 5 s
@@ -184,7 +184,7 @@ class Failover:
         task, marking it exited)."""
         key, revision = self.written[pid]
         name = self.keys.task(pid)
-        txn.when(name, "mod_revision", "==", revision)
+        txn.when(name, "mod_revision", "==", revision).delete(self.keys.output(pid))
         return txn.put(name, attrs.evolve(key, exited=True).to_json()) if key.origin else txn.delete(name)
 
     async def watch(self) -> None:
@@ -194,7 +194,7 @@ class Failover:
             try:
                 if self.member.leading:
                     await self.move()
-                self.adopt()
+                await self.adopt()
             except EtcdError as error:
                 self.member.note(error)
 
@@ -217,14 +217,18 @@ class Failover:
                 log.info("cluster: task %d of node %s (down) moved to node %s, epoch %d", pid, key.owner,
                          moved.owner, moved.epoch)
 
-    def adopt(self) -> None:
-        """Start each task moved to this node that it does not run (the same pid, afresh)."""
+    async def adopt(self) -> None:
+        """Start each task moved to this node that it does not run (the same pid), from its replicated
+        output where there is one, else afresh."""
         tasks = self.rt.kernel.tasks
         for pid, (key, revision) in list(self.cluster.view.tasks.items()):
             if key.owner != self.here or key.exited or pid in self.written or (pid in tasks and not tasks[pid].done):
                 continue
+            spec = key.spec_of()
+            replica = await replica_of(self.etcd, self.keys, pid, spec) or Replica(0, "")
             self.written[pid] = key, revision
-            self.commit([Adopt(pid=pid, spec=key.spec_of(), origin=key.origin, epoch=key.epoch, uid=key.uid)])
+            self.commit([Adopt(pid=pid, spec=spec, origin=key.origin, epoch=key.epoch, uid=key.uid,
+                               output=replica.output, tokens=replica.tokens)])
 
     def commit(self, events: list[Adopt | MovedAway] | list[Failed]) -> None:
         """Commit `events`; a refusal (degraded, an unknown model or tenant here) is logged."""

@@ -4,6 +4,8 @@
 and the record, in that one txn), keeps the lease alive and campaigns for leader, and
 when the lease is lost (etcd expired it while the process was stopped, or no refresh got
 through for a whole TTL) revokes what is left of it and joins again with the next epoch.
+A lease it could not revoke (no quorum) is revoked after the next join: etcd extends
+leases when it elects a leader, so the old candidacy would otherwise hold the election.
 `publish` puts the node's record every PUBLISH_S. Without an etcd quorum every call
 fails with Unavailable (EAGAIN) within the client's timeout: the member notes why and
 tries again; the daemon's local work goes on meanwhile.
@@ -35,6 +37,7 @@ class Member:
         self.leading = False
         self.problem: str | None = None  # why the last etcd call failed, until one works
         self.writing = trio.Lock()  # a publish and a join's txn never overlap: no record of an old epoch lands last
+        self.unrevoked: list[Lease] = []  # leases lost and not revoked yet (etcd was unreachable)
 
     def note(self, error: EtcdError | None) -> None:
         """Remember why etcd cannot be reached (logged when the reason changes); None once it can."""
@@ -53,6 +56,7 @@ class Member:
                 await trio.sleep(RETRY_S)
                 continue
             self.note(None)
+            await self.revoke_leftovers()
             try:
                 await self.hold(lease)
             finally:  # also when the daemon stops: then it is down at once, not a lease later
@@ -104,11 +108,22 @@ class Member:
     async def withdraw(self, lease: Lease) -> None:
         """Revoke a lease lost or left, so its `up` key and candidacy go now rather than at its expiry
         (after a quorum loss etcd may still hold it); give up after REVOKE_S."""
+        if not await self.revoked(lease):
+            self.unrevoked.append(lease)
+
+    async def revoke_leftovers(self) -> None:
+        """Revoke the leases lost while etcd could not be reached; keep those it still refuses."""
+        self.unrevoked = [lease for lease in self.unrevoked if not await self.revoked(lease)]
+
+    async def revoked(self, lease: Lease) -> bool:
+        """Revoke `lease`, giving up after REVOKE_S; whether etcd confirmed it."""
         with trio.move_on_after(REVOKE_S):
             try:
                 await self.etcd.revoke(lease.id)
+                return True
             except EtcdError as error:
                 self.note(error)
+        return False
 
     async def publish(self) -> None:
         """Put this node's record every PUBLISH_S once joined (without a lease: it outlives the node)."""

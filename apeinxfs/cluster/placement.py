@@ -1,20 +1,28 @@
 """Where a submit runs in a cluster: the policy, a pure function over the nodes' records.
 
-`rank(nodes, models, here, pending)` orders the nodes that may take a write's tasks, best
-first, each with the reason in words (for the trace's `place` line). A node may take them
-when it is up, holds every model the write names, and is this node or has an address for
-peers. Best is least pressure, then most free KV pages, then this node (no network hop),
-then the name (so every node decides alike on the same records). Pressure is the tasks that
-would wait minus the slots that would stay free, once the tasks placed there since its last
-record (`pending`, which its record does not show yet) took their slots. Prefix affinity
-is not weighed: records carry no prefix hashes.
+`rank(nodes, models, here, pending, chains)` orders the nodes that may take a write's tasks,
+best first, each with the reason in words (for the trace's `place` line). A node may take
+them when it is up, holds every model the write names, and is this node or has an address
+for peers. Best is least weighed pressure, then most prompt blocks cached, then most free
+KV pages, then this node (no network hop), then the name (so every node decides alike on
+the same records). Pressure is the tasks that would wait minus the slots that would stay
+free, once the tasks placed there since its last record (`pending`, which its record does
+not show yet) took their slots. Prefix affinity: the leading blocks of the write's prompt
+`chains` that a node's record says it holds cached (prefixes.py) count as free slots there,
+one a block, at most AFFINITY_SLOTS, and only while its pressure is below 0 (a slot free
+beyond its queue): so affinity never sends work to a node where it would wait, nor to one
+more than AFFINITY_SLOTS slots busier than the least busy.
 Pure: no etcd, no peers, no trio; routing.py does the I/O.
 """
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import attrs
 
+from ..kernel.memory import Chain
+from .prefixes import cached_blocks
 from .records import NodeView
+
+AFFINITY_SLOTS = 4  # free slots that cached leading prompt blocks may count as on a node, at most
 
 
 @attrs.frozen
@@ -37,20 +45,44 @@ def eligible(view: NodeView, models: frozenset[str], here: str) -> bool:
     return view.up and models <= set(record.models) and (record.name == here or bool(record.advertise))
 
 
+def cached(view: NodeView, chains: Sequence[Chain]) -> int:
+    """The leading blocks of the write's prompts the node's record says it holds cached, over them all."""
+    return sum(cached_blocks(view.record.prefixes, chain) for chain in chains) if view.record.prefixes else 0
+
+
+def weighed(view: NodeView, pending: int, blocks: int) -> int:
+    """Pressure less one slot a cached block (at most AFFINITY_SLOTS), only where a slot is free beyond the queue."""
+    load = pressure(view, pending)
+    return load - min(blocks, AFFINITY_SLOTS) if load < 0 else load
+
+
 def rank(nodes: Mapping[str, NodeView], models: frozenset[str], here: str,
-         pending: Mapping[str, int]) -> list[Choice]:
-    """The nodes that may take a write needing `models`, best first; empty if none may."""
+         pending: Mapping[str, int], chains: Sequence[Chain] = ()) -> list[Choice]:
+    """The nodes that may take a write needing `models`, whose prompts' block `chains` are these,
+    best first; empty if none may."""
     fit = [view for view in nodes.values() if eligible(view, models, here)]
+    blocks = {view.record.name: cached(view, chains) for view in fit}
 
     def key(view: NodeView) -> tuple:
         name = view.record.name
-        return pressure(view, pending.get(name, 0)), -view.record.kv_pages_free, name != here, name
+        return (weighed(view, pending.get(name, 0), blocks[name]), -blocks[name], -view.record.kv_pages_free,
+                name != here, name)
     fit.sort(key=key)
-    return [Choice(view.record.name, _reason(view, pending.get(view.record.name, 0), len(fit))) for view in fit]
+    return [Choice(view.record.name, _reason(view, pending.get(view.record.name, 0), blocks[view.record.name],
+                                             len(fit))) for view in fit]
 
 
-def _reason(view: NodeView, pending: int, count: int) -> str:
-    record = view.record
-    return (f"pressure {pressure(view, pending)} (queued {record.queued}, slots free {record.slots_free}, "
-            f"placed since its record {pending}), KV pages free {record.kv_pages_free}; "
-            f"{count} node{'s' if count != 1 else ''} up with the model")
+def _reason(view: NodeView, pending: int, blocks: int, count: int) -> str:
+    record, load = view.record, pressure(view, pending)
+    prefix = ""
+    if blocks:
+        counted = (f"counts as {_many(min(blocks, AFFINITY_SLOTS), 'free slot')}" if load < 0
+                   else "not counted: no slot free")
+        prefix = f", prefix: {_many(blocks, 'block')} cached ({counted})"
+    return (f"pressure {load} (queued {record.queued}, slots free {record.slots_free}, "
+            f"placed since its record {pending}), KV pages free {record.kv_pages_free}{prefix}; "
+            f"{_many(count, 'node')} up with the model")
+
+
+def _many(count: int, thing: str) -> str:
+    return f"{count} {thing}{'s' if count != 1 else ''}"

@@ -12,6 +12,7 @@ import attrs
 
 from ..kernel.task import State
 from .etcd_records import KeyValue, Txn
+from .prefixes import summary_of
 
 MAX_RANGES = 10_000  # pid ranges a record holds at most
 
@@ -34,6 +35,8 @@ class NodeRecord:
     advertise: str | None = None  # its address for node-to-node traffic ([cluster] advertise)
     pid_next: int = 0  # the pid its next task gets: it has given every pid of its blocks below it
     tenants: dict[str, str] = attrs.field(factory=dict, hash=False)  # tenant -> its live pids, as ranges
+    prefixes: str = ""  # a Bloom filter of its cached prompt blocks' keys, base64 (prefixes.py)
+    prefix_blocks: int = 0  # how many keys that filter holds
 
     def to_json(self) -> bytes:
         return json.dumps(attrs.asdict(self), separators=(",", ":")).encode()
@@ -54,16 +57,18 @@ class NodeView:
 
 
 def record_of(kernel, epoch: int, seen_us: int, advertise: str | None) -> NodeRecord:
-    """The record a node publishes: its kernel's GPUs, free slots and KV pages, queue and live tasks."""
+    """The record a node publishes: its kernel's GPUs, free slots and KV pages, queue, live tasks and
+    cached prompt prefixes."""
     live = len(kernel.tasks) - kernel.tasks.count(State.EXITED)
     by_tenant = live_by_tenant(kernel) if live else {}  # one pass over the task table, only while tasks live
+    prefixes, prefix_blocks = summary_of(kernel.kv)
     return NodeRecord(name=kernel.config.node, epoch=epoch, seen_us=seen_us, gpus=len(kernel.gpus),
                       slots_free=sum(gpu.config.slots - len(gpu.running) for gpu in kernel.gpus),
                       kv_pages_free=sum(pool.pages_free for pool in kernel.kv.pools),
                       queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING), live=live,
                       tasks=pid_ranges(sorted(pid for pids in by_tenant.values() for pid in pids)),
                       models=sorted(kernel.models), advertise=advertise, pid_next=kernel.tasks.next_pid,
-                      tenants=tenant_ranges(by_tenant))
+                      tenants=tenant_ranges(by_tenant), prefixes=prefixes, prefix_blocks=prefix_blocks)
 
 
 def live_by_tenant(kernel) -> dict[str, list[int]]:
@@ -150,6 +155,11 @@ class Keys:
     @property
     def tasks(self) -> bytes:
         return self._key("tasks", "")
+
+    def output(self, pid: int) -> bytes:
+        """Task `pid`'s replicated output (replicas.py), beside the prefix rather than under it: no node
+        watches it."""
+        return (self.prefix.rstrip("/") + ".out/" + str(pid)).encode()
 
     @property
     def election(self) -> bytes:

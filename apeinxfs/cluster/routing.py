@@ -32,6 +32,7 @@ from ..nodes.remote import RemoteTaskDir
 from .peer_client import Peer
 from .peer_wire import PeerDown, PeerUnreachable, read_token
 from .placement import Choice, rank
+from .prefixes import write_chains
 from .records import pid_ranges, pids_of
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,8 @@ class Router:
             return Placing(self, [Choice(self.here, "parent tasks on several nodes: placed here")], lines,
                            caller).route()
         models = frozenset(self.rt.kernel.models.name_of(spec) for spec in specs)
-        choices = rank(self.cluster.view.nodes(), models, self.here, self.pending())
+        chains = write_chains(self.rt.kernel, specs)
+        choices = rank(self.cluster.view.nodes(), models, self.here, self.pending(), chains)
         return Placing(self, choices or [Choice(self.here, "no node up with the model is known: placed here")],
                        lines, caller).route()
 

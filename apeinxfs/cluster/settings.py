@@ -12,7 +12,7 @@ import attrs
 from ..kernel.errors import Invalid
 from .peer_wire import parse_address, read_token
 
-KEYS = {"etcd", "lease_s", "advertise", "token_file", "pid_block", "prefix"}
+KEYS = {"etcd", "lease_s", "advertise", "token_file", "pid_block", "prefix", "replicate_s"}
 NODE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,62}")
 MIN_LEASE_S = 2  # etcd refuses shorter TTLs (its minimum is 1.5 election timeouts)
 
@@ -72,6 +72,7 @@ class ClusterSettings:
     token_file: str | None = attrs.field(default=None, validator=_token_file)
     pid_block: int = attrs.field(default=100_000, validator=_integer_at_least(1))
     prefix: str = attrs.field(default="apeinxfs/", converter=_prefix)
+    replicate_s: int = attrs.field(default=2, validator=_integer_at_least(0))  # s between output puts; 0: none
 
     def __attrs_post_init__(self) -> None:
         if (self.advertise is None) != (self.token_file is None):

@@ -3,7 +3,9 @@
 `ClusterView` is rebuilt from a read of the prefix (`load`) and kept current by the
 watch's events (`apply`); daemon.py feeds it. A node is up while its `up/NAME` key (on its
 lease) exists; its record (`nodes/NAME`, no lease) stays after it goes, so a down node is
-listed with its last state. The leader is the election candidate with the oldest key.
+listed with its last state. The leader is the up node whose election key is the oldest: a
+down node's candidacy may outlive its `up` key (a lease it could not revoke without a
+quorum lives on, and etcd extends leases at each of its own elections), and it leads no one.
 `holder(pid)` names the node granted the pid block of `pid` (`blocks/FIRST` keys); `tasks`
 holds the task keys (taskkeys.py) with their revisions, for failover.
 Pure: no etcd calls, no trio. Every node applies the same events in the same order, so
@@ -88,8 +90,9 @@ class ClusterView:
 
     @property
     def leader(self) -> str | None:
-        """The node that leads: the candidate with the oldest key; None while nobody campaigns."""
-        return min(self.candidates.values())[1] if self.candidates else None
+        """The node that leads: the up candidate with the oldest key; None while no up node campaigns."""
+        standing = [candidate for candidate in self.candidates.values() if candidate[1] in self.up]
+        return min(standing)[1] if standing else None
 
     def node(self, name: str) -> NodeView | None:
         """Node `name` as the cluster sees it: its last record, up or down, leading or not; None if it

@@ -200,12 +200,15 @@ class Placed(ByCaller):
 @attrs.frozen
 class Adopt(ByCaller):
     """The cluster moved task `pid` here from node `origin`, whose lease expired, in its epoch `epoch`:
-    it starts afresh under the same pid (its output was not replicated), with no parent here."""
+    it goes on under the same pid, with no parent here, from the `tokens` tokens of `output` that node
+    last replicated (none: it starts afresh)."""
 
     pid: int
     spec: TaskSpec
     origin: str
     epoch: int
+    output: str = ""
+    tokens: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen

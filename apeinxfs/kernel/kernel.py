@@ -86,7 +86,7 @@ class Kernel:
             ev.Kill: (lambda e: self.tasks.live(e.pid), self._apply_kill),
             ev.Control: (self._check_control, self._apply_control),
             ev.Step: (lambda e: _check_gpu(len(self.gpus), e.gpu, "to step"), self.moves.step),
-            ev.Failed: (accept, self._apply_failed),
+            ev.Failed: (accept, self._apply_failed), ev.Fence: (accept, self.moves.fence),
             ev.Interrupted: (accept, self.engines.interrupted),
             ev.EngineHealth: (accept, self.engines.health),
             ev.EngineKV: (self.engines.kv_reports.check, self.engines.kv_reports.record),
@@ -101,7 +101,6 @@ class Kernel:
             ev.PidBlock: (self.tasks.check_grant, self.moves.grant_pids), ev.Placed: (accept, self.moves.placed),
             ev.Adopt: (self.submits.check_adopt, self._apply_adopt),
             ev.MovedAway: (lambda e: self.tasks.live(e.pid), self.moves.moved_away),
-            ev.Fence: (accept, self.moves.fence),
             ev.Tick: (accept, accept),  # nothing but time: apply() expires deadlines and schedules
             ev.Restart: (accept, self.moves.restart),
             ev.JournalFailed: (accept, lambda e: self.emit("degraded", None, f"{e.reason}; state changes are "
@@ -171,16 +170,19 @@ class Kernel:
         return False
 
     def _apply_submit(self, event: ev.Submit) -> int:
-        task = self._add_task(event.spec, self.tasks.next_pid, event.uid, event.note, adopted=False)
+        task = self._add_task(event.spec, self.tasks.next_pid, event.uid, event.note, adopted=None)
         return task.pid
 
     def _apply_adopt(self, event: ev.Adopt) -> None:
-        task = self._add_task(event.spec, event.pid, event.uid, "", adopted=True)
+        task = self._add_task(event.spec, event.pid, event.uid, "", adopted=event)
+        how = (f"resumes after token {event.tokens}, where its output was last replicated" if event.tokens else
+               "restarted from the start, its output was not replicated")
         self.emit("failover", task, f"moved here from node {event.origin} (its lease expired; epoch {event.epoch}): "
-                                    f"restarted from the start, its output was not replicated")
+                                    f"{how}")
 
-    def _add_task(self, spec: TaskSpec, pid: int, uid: int, note: str, adopted: bool) -> Task:
-        """A new task `pid` of `spec` by `uid`, with its `submit` line, queued."""
+    def _add_task(self, spec: TaskSpec, pid: int, uid: int, note: str, adopted: ev.Adopt | None) -> Task:
+        """A new task `pid` of `spec` by `uid`, with its `submit` line, queued; an adopted one with the
+        output its Adopt carries."""
         now = self.now_us
         parent = self.tasks.get(spec.parent) if spec.parent is not None else None
         task = Task(pid=pid, spec=spec, model=self.models.name_of(spec), uid=uid,
@@ -188,9 +190,11 @@ class Kernel:
                     tokens_in=estimate_prompt_tokens(spec.prompt), weight=prio_weight(spec.prio),
                     deadline_at_us=now + spec.deadline_us if spec.deadline_us else None,
                     parent=spec.parent, agent=parent.agent if parent else pid)
+        if adopted:
+            task.output, task.tokens_out = bytearray(adopted.output.encode()), adopted.tokens
         if parent:
             parent.children.append(pid)
-        self.tasks.add(task, adopted)
+        self.tasks.add(task, adopted is not None)
         self.counters.submitted += 1
         self.emit("submit", task, f"name={spec.name} max_tokens={spec.max_tokens} prio={spec.prio} uid={uid}")
         for deadline in (self.tenancy.admitted(task, note), task.deadline_at_us):

@@ -53,4 +53,7 @@ class SubmitChecks:
         if not self._tasks.foreign(event.pid):
             raise Invalid(f"task {event.pid} cannot be adopted here: its pid is this node's (or pids are not in "
                           f"blocks: a single node)")
+        if event.tokens > event.spec.max_tokens:
+            raise Invalid(f"task {event.pid} cannot be adopted with {event.tokens} tokens: its max_tokens is "
+                          f"{event.spec.max_tokens}")
         self.check_submit(ev.Submit(spec=event.spec))

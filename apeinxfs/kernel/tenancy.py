@@ -181,7 +181,7 @@ class Tenancy:
         if task.tenant not in self.tenants:
             self._restore_tenant(task.tenant)
         tenant, usage, host = self.tenants[task.tenant], self.usage[task.tenant], self._host
-        want = task.tokens_in + task.spec.max_tokens
+        want = task.tokens_in + task.spec.max_tokens - task.tokens_out  # an adopted task may have some already
         if usage.budget.overdrawn(budget_limit(tenant), host.now_us, usage.reserved, want):
             usage.overdraws += 1
             host.emit("overdraw", task, f"tenant {task.tenant} borrows against its budget: "

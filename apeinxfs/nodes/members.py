@@ -1,8 +1,9 @@
 """/nodes/NAME/{status,tasks}: every node of the cluster, as each node's published record says.
 
 `status` is `Key:<TAB>value` lines (State up|down, Epoch, Leader yes|no, GPUs, free slots
-and KV pages, queue, running and live tasks, models, address, LastSeen: when it last
-published, in UTC); `tasks` its live pids, one a line. Both are rendered from the cluster's view (etcd),
+and KV pages, queue, running and live tasks, models, the cached prompt blocks it publishes
+for prefix affinity, address, LastSeen: when it last published, in UTC); `tasks` its live
+pids, one a line. Both are rendered from the cluster's view (etcd),
 the same on every node once the watch has caught up; a node whose lease is gone stays
 listed, `State: down`, with its last record. On a single node /nodes holds just this node
 (up, leading, epoch 0) from its own kernel (cluster/daemon.node_seen). Inodes are computed
@@ -34,7 +35,8 @@ def status(node: NodeView) -> str:
             ("Leader", "yes" if node.leader else "no"), ("Gpus", record.gpus), ("SlotsFree", record.slots_free),
             ("KVPagesFree", record.kv_pages_free), ("Queued", record.queued), ("TasksRunning", record.running),
             ("TasksLive", record.live), ("Models", ",".join(record.models) or "-"),
-            ("Advertise", record.advertise or "-"), ("LastSeen", _utc(record.seen_us))]
+            ("PrefixBlocks", record.prefix_blocks), ("Advertise", record.advertise or "-"),
+            ("LastSeen", _utc(record.seen_us))]
     return "".join(f"{key}:\t{value}\n" for key, value in rows)
 
 
