@@ -25,6 +25,8 @@ class ModelHost:
 
     def _mine(self, gpu: int) -> list:
         """Its tasks in `gpu`'s batch; none while degraded (health.py): they pause where they are."""
+        if self.rt.cluster is not None:  # a cluster node whose lease may have expired: held (cluster/fencing.py)
+            self.rt.cluster.fencing.check()
         if self.rt.health.fault is not None:
             return []
         return [task for task in self.rt.kernel.batch(gpu) if task.model in self.models]

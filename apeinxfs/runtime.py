@@ -239,6 +239,8 @@ class Runtime:
         degraded it is dropped: the kernel is unchanged (no token counted), and the driver makes it
         again once batches resume."""
         with contextlib.suppress(Degraded):
+            if self.cluster is not None:  # a lease that may have expired holds the engines first (cluster/fencing.py)
+                self.cluster.fencing.check()
             if all(type(event) is Step for event in events):
                 for step in events:
                     self.progress(step)

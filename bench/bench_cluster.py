@@ -7,23 +7,26 @@ nothing (no peers), and a placing node: one of two cluster nodes that are peers 
 other, whose submits are placed over both (about half forwarded to the other through
 its peer server). For BENCH_ROUNDS rounds, alternating between them so that load from
 elsewhere falls on all: single-line submits per second for BENCH_SECONDS (one write(2)
-each, journaled before it returns; on the placing node, placements per second) and a
-20,000-line write. Prints medians, the ratios to the single node, and how many of the
-placing node's writes went to its peer. Submits make no etcd call (a block is asked for
-in the background, placement reads the watched records), so the cluster node's ratio
-should be near 1; the placing node's pays an HTTP request per forwarded write. A figure
-to watch, with no target (not in bench/run).
+each, journaled before it returns; on the placing node, placements per second), the same
+from WRITERS threads at once, and a 20,000-line write. Prints medians, the ratios to the
+single node, and how many of the placing node's writes went to its peer. A cluster node
+answers a submit once its tasks' keys are in etcd (one txn, shared by the submits waiting
+at that moment), so a write pays a txn; the placing node's also pays an HTTP request per
+forwarded write. A figure to watch, with no target (not in bench/run).
 """
 import os
 import sys
 import tempfile
 
-from common import QUEUE_CONFIG, ROUNDS, make_daemon, median, single_line_submits, submit_lines
+import trio
+
+from common import QUEUE_CONFIG, ROUNDS, concurrent_rate, make_daemon, median, single_line_submits, submit_lines
 from daemon import poll_until
 from engines import free_port
 from etcdcluster import EtcdCluster
 
 BULK_LINES = 20_000
+WRITERS = 8
 MODES = ("single", "cluster", "placing")
 
 
@@ -50,10 +53,24 @@ def placed_elsewhere(daemon) -> tuple[int, int]:
     return sum(" on node placing:" not in line for line in places), len(places)
 
 
-def one_round(daemon) -> tuple[float, float]:
-    """(single-line submits/s, tasks/s of one BULK_LINES-line write) on `daemon`."""
+def one_round(daemon) -> tuple[float, float, float]:
+    """(single-line submits/s, the same from WRITERS threads at once, tasks/s of one BULK_LINES-line write)
+    on `daemon`."""
     writes, seconds = single_line_submits(daemon)
-    return writes / seconds, BULK_LINES / submit_lines(daemon, [f"bulk{n} 1000 5" for n in range(BULK_LINES)])
+    return (writes / seconds, trio.run(concurrent_submits, daemon),
+            BULK_LINES / submit_lines(daemon, [f"bulk{n} 1000 5" for n in range(BULK_LINES)]))
+
+
+async def concurrent_submits(daemon) -> float:
+    """One-line writes per second from WRITERS threads, each on its own fd (a cluster node's waiting
+    submits share a txn)."""
+    fds = [os.open(daemon.path("ctl", "submit"), os.O_WRONLY) for _ in range(WRITERS)]
+    try:
+        return await concurrent_rate(lambda worker: trio.to_thread.run_sync(os.write, fds[worker], b"one 1000 5\n"),
+                                     WRITERS)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def main() -> int:
@@ -73,7 +90,8 @@ def main() -> int:
             with open(daemons["cluster"].path("cluster")) as link:
                 print(link.read().replace("\n", "; "))
             elsewhere, placed = placed_elsewhere(daemons["placing"])
-    for index, what in enumerate(("single-line submits/s", f"tasks/s of one {BULK_LINES:,}-line write")):
+    for index, what in enumerate(("single-line submits/s", f"single-line submits/s from {WRITERS} writers at once",
+                                  f"tasks/s of one {BULK_LINES:,}-line write")):
         single, cluster, placing = (median([r[index] for r in rates[name]]) for name in MODES)
         print(f"{what}: single node {single:,.0f}, cluster node {cluster:,.0f} (ratio {cluster / single:.2f}), "
               f"placing node {placing:,.0f} (ratio {placing / single:.2f})")

@@ -8,7 +8,8 @@ this node's record (every second, or soon after its limited tenants' use changed
 follower that keeps `view` (view.py) current through a watch, applies the settings log's
 entries and sums the other nodes' tenant use for admission (usage.py), the keeper of pid
 blocks (pids.py), failover's two loops (failover.py: task keys and fencing; the leader's
-moves and adoption), the replication of running tasks' output (replicas.py; unless
+moves and adoption; fencing.py holds the engines once the lease may have expired), the
+replication of running tasks' output (replicas.py; unless
 `replicate_s` is 0), the writer of settings changes made at a close (shared.py) and, on
 the leader, the compaction of etcd's history. None of them blocks the file system:
 without etcd they note why and retry, and local reads and running tasks go on.
@@ -25,6 +26,7 @@ from ..kernel.errors import ApeinxError, Degraded
 from .etcd import Etcd
 from .etcd_records import EtcdError
 from .failover import Failover
+from .fencing import Fencing
 from .member import PUBLISH_S, RETRY_S, Member
 from .pids import take_block, wants_block
 from .records import Keys, NodeRecord, NodeView, record_of
@@ -53,6 +55,7 @@ class Cluster:
         self.member = Member(self.etcd, self.keys, self.name, settings.lease_s, self.record)
         self._read: tuple[int, NodeRecord] | None = None  # (kernel version, the record read off it then)
         self.router = Router(self)  # where tasks live and writes go (routing.py)
+        self.fencing = Fencing(runtime, self.member)  # holds the engines once the lease may have expired
         self.failover = Failover(self)  # task keys, the leader's moves, adoption and fencing (failover.py)
         self.replicas = Replicas(self)  # running tasks' output, for a resume after failover (replicas.py)
         self.shared = SharedSettings(runtime, self.etcd, self.keys, self.name, self.view)  # the settings log

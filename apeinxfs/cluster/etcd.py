@@ -169,16 +169,21 @@ class Etcd:
             raise LeaseGone(f"etcd: lease {lease_id:x} has expired")
         return int(answer["TTL"])
 
-    async def keep_alive(self, lease: Lease, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Refresh `lease` every TTL/3 until cancelled. LeaseGone once etcd says it expired, or once a
-        whole TTL passed without a refresh getting through (etcd will have expired it by then)."""
+    async def keep_alive(self, lease: Lease, *, refreshed: Callable[[float], None] = lambda sent: None,
+                         task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Refresh `lease` every TTL/3 until cancelled, calling `refreshed(when)` with the trio time each
+        refresh that got through was sent (etcd cannot expire the lease before that + its TTL). LeaseGone once
+        etcd says it expired, or once a whole TTL passed without a refresh getting through (etcd will have
+        expired it by then)."""
         expires = trio.current_time() + lease.ttl
         task_status.started()
         while True:
             await trio.sleep(lease.ttl / 3)
             try:
+                sent = trio.current_time()
                 expires = trio.current_time() + await self.keepalive_once(
                     lease.id, timeout=max(expires - trio.current_time(), 0.1))
+                refreshed(sent)
             except Unavailable as outage:
                 if trio.current_time() >= expires:
                     raise LeaseGone(f"etcd: lease {lease.id:x} not refreshed for its TTL: {outage}") from None

@@ -1,22 +1,27 @@
 """Failover with fencing: a dead node's unfinished tasks run again elsewhere, and end exactly once.
 
 `Failover(cluster)` (held as `Cluster.failover`) runs two loops on every node:
-- `keep`: once joined (and again after each rejoin) it `fence`s: reads every task key and
-  stops, without an exit, each live task here that the leader moved away meanwhile
-  (events.MovedAway), and learns the revisions of the keys this node owns. Then it follows
-  the trace: the `submit` and `exit` lines since the last look (GATHER_S after a line
-  woke it) go to etcd in one txn (`record`): a new task's key (taskkeys.py) is put; an exit deletes the key (or marks a
-  moved task's exited), guarded on the key's revision as this node last wrote it, so a
-  node whose task was moved reports nothing. A failed guard is dropped.
+- `keep`: once joined (again after each rejoin, after a failed txn, and once a hold may be
+  released) it `fence`s: reads every task key and stops, without an exit, each live task
+  here that the leader moved away meanwhile (events.MovedAway), learns the revisions of the
+  keys this node owns, ends those of its tasks that have ended and puts those of its live
+  tasks that have none; then fencing.py may release the engines. Then it follows the
+  trace: the `submit` and `exit` lines since the last look (GATHER_S after a line woke it,
+  at once when a submit waits) go to etcd in one txn (`record`): a new task's key
+  (taskkeys.py) is put; an exit deletes the key (or marks a moved task's exited), guarded
+  on the key's revision as this node last wrote it, so a node whose task was moved
+  reports nothing. A failed guard is dropped.
+- `settle`, awaited by a submit write that ran here before its reply: returns once its
+  tasks' keys are in etcd; else, after SETTLE_S, ends them (events.Failed) and raises
+  TryAgain (EAGAIN): an acknowledged task can always be moved.
 - `watch`: every MOVE_S, on the leader, `move` each unfinished task whose owner's `up`
   key is gone to the best up node (placement.rank) in a txn guarded on the task key's
   revision and on the owner's `up` key being absent (a node that rejoined keeps its
   tasks): owner = the new node, epoch + 1. On every node, `adopt` each task key naming
   this node that it does not run: events.Adopt starts it under the same pid, from the
   output it last replicated (replicas.py) or afresh, with a `failover` line.
-Without a quorum the loops note why and try again; a task submitted in the moment
-before its key is written runs here only (it is not moved if this node dies then).
-Not here: the kernel's events (kernel.py), the keys' format (taskkeys.py).
+Without a quorum the loops note why and try again, and submits fail with EAGAIN.
+Not here: the kernel's events (kernel.py), the keys' format (taskkeys.py), the hold (fencing.py).
 """
 import collections
 import logging
@@ -24,18 +29,21 @@ import logging
 import attrs
 import trio
 
-from ..kernel.errors import ApeinxError
-from ..kernel.events import Adopt, MovedAway
+from ..kernel.errors import ApeinxError, TryAgain
+from ..kernel.events import Adopt, Failed, MovedAway
 from .etcd_records import TXN_OPS, EtcdError, Txn
 from .member import RETRY_S
 from .placement import rank
+from .records import pid_ranges
 from .replicas import Replica, replica_of
 from .taskkeys import TaskKey, of_task
 
 log = logging.getLogger(__name__)
 MOVE_S = 1.0  # how often the leader looks for tasks of nodes gone, and a node for tasks moved to it
 TRACE_S = 1.0  # the most the recorder waits for a trace line before looking again
-GATHER_S = 0.02  # how long the recorder lets trace lines gather before a txn
+GATHER_S = 0.02  # how long the recorder lets trace lines gather before a txn when no submit waits for it
+SETTLE_S = 3.0  # the most a submit waits for its tasks' keys (+ SETTLE_LINE_S a line): under the peers' 5 s
+SETTLE_LINE_S = 0.001
 
 
 class Failover:
@@ -46,59 +54,108 @@ class Failover:
         self.etcd, self.keys, self.member = cluster.etcd, cluster.keys, cluster.member
         self.written: dict[int, tuple[TaskKey, int]] = {}  # pid -> (its key, its revision) as this node wrote it
         self.seq = 0  # the trace line recorded up to
+        self.waiting = 0  # submits waiting for their keys (settle): the recorder does not gather then
+        self.doubtful = False  # a txn failed, its outcome maybe unknown: `fence` reads the keys again
 
     async def keep(self) -> None:
         """Fence after each join, and record the trace's submits and exits, until cancelled."""
         fenced, self.seq = 0, self.rt.kernel.trace.seq  # the lines a replay rebuilt were recorded before
+        fencing = self.cluster.fencing
         while True:
+            fencing.check()
             try:
-                if self.member.epoch != fenced:
+                if self.member.epoch != fenced or self.doubtful or (fencing.held and not fencing.expired()):
                     epoch = self.member.epoch
                     await self.fence()
                     fenced = epoch
+                    fencing.release()
                 if fenced:
                     await self.record()
-            except EtcdError as error:  # no quorum: the same lines next time
+            except EtcdError as error:  # no quorum: the same lines next time, after reading the keys again
                 self.member.note(error)
+                self.doubtful = True
                 await trio.sleep(RETRY_S)
             if not fenced or self.rt.kernel.trace.seq == self.seq:  # else lines came meanwhile: at once
                 await self.rt.wait_for("trace", TRACE_S)
-            await trio.sleep(GATHER_S)  # the writes of the next moment go in the same txn
+            if not self.waiting:  # the writes of the next moment go in the same txn, unless one waits for it
+                await self.rt.wait_for("settling", GATHER_S)
 
     async def fence(self) -> None:
-        """Stop the live tasks here that were moved to another node; learn the keys this node owns."""
+        """Stop the live tasks here that were moved to another node; learn the keys this node owns; end the
+        keys of its tasks that have ended (an exit, or a refused submit, whose txn's outcome was unknown);
+        put those of its live tasks without one (journaled, then kill -9 before their keys were written)."""
+        pending = {pid for kind, pid in self.lines_after(self.seq) if kind == b"submit"}  # the recorder's next
         found = await self.etcd.range(self.keys.tasks, prefix=True)
-        tasks = self.rt.kernel.tasks
+        tasks, keyed, ended = self.rt.kernel.tasks, set(), []
         for kv in found.kvs:
             pid, key = int(kv.key.rsplit(b"/", 1)[1]), TaskKey.from_json(kv.value)
+            keyed.add(pid)
+            task = tasks.get(pid)
             if key.owner == self.here:
                 self.written[pid] = key, kv.mod_revision
-            elif (task := tasks.get(pid)) is not None and not task.done:
+                if not key.exited and pid not in pending and (task.done if task else not key.origin):
+                    ended.append(pid)
+            elif task is not None and not task.done:
                 self.written.pop(pid, None)
                 log.warning("cluster: task %d was moved to node %s while this node had lost its lease: stopped here",
                             pid, key.owner)
                 self.commit([MovedAway(pid=pid, node=key.owner)])
+        unkeyed = {pid: of_task(task, self.here) for pid, task in tasks.items()
+                   if not task.done and pid not in keyed and pid not in pending}
+        await self.report_all(list(unkeyed.items()), ended)
+        self.doubtful = False
+
+    def lines_after(self, seq: int) -> list[tuple[bytes, int]]:
+        """(kind, pid) of the trace lines of a task after `seq`."""
+        found = []
+        for line in self.rt.kernel.trace.lines_after(seq).splitlines():
+            _, _, kind, pid, _ = line.split(b",", 4)
+            if pid:
+                found.append((kind, int(pid)))
+        return found
 
     async def record(self) -> None:
         """The submits and exits of the trace lines since the last look, to etcd: one txn for up to
         TXN_OPS of them (a write's lines, most often); the lines are read again if etcd fails."""
-        trace = self.rt.kernel.trace
-        upto, lines = trace.seq, trace.lines_after(self.seq)
+        upto = self.rt.kernel.trace.seq
         new: dict[int, TaskKey] = {}
         ended: list[int] = []
-        for line in lines.splitlines():
-            _, _, kind, pid, _ = line.split(b",", 4)
-            if kind == b"submit" and (task := self.rt.kernel.tasks.get(int(pid))) is not None \
-                    and int(pid) not in self.written:
-                new[int(pid)] = of_task(task, self.here)
-            elif kind == b"exit" and new.pop(int(pid), None) is None and int(pid) in self.written:
-                ended.append(int(pid))
-        news = list(new.items())
+        for kind, pid in self.lines_after(self.seq):
+            if kind == b"submit" and (task := self.rt.kernel.tasks.get(pid)) is not None and pid not in self.written:
+                new[pid] = of_task(task, self.here)
+            elif kind == b"exit" and new.pop(pid, None) is None and pid in self.written:
+                ended.append(pid)
+        await self.report_all(list(new.items()), ended)
+        self.seq = upto
+        self.rt.notifier.wake({"recorded"})
+
+    async def report_all(self, news: list[tuple[int, TaskKey]], ended: list[int]) -> None:
+        """`report` them, TXN_OPS operations a txn."""
         while news or ended:
             puts = news[:TXN_OPS]
             ends, news, ended = ended[:TXN_OPS - len(puts)], news[len(puts):], ended[TXN_OPS - len(puts):]
             await self.report(dict(puts), ends)
-        self.seq = upto
+
+    async def settle(self, pids: list[int]) -> None:
+        """Return once the keys of tasks `pids`, just submitted here, are in etcd (or they have ended), so
+        that failover can move them; else, after SETTLE_S, end them (events.Failed) and raise TryAgain: a
+        submit is acknowledged only once its tasks would survive this node."""
+        upto = self.rt.kernel.trace.seq
+        self.waiting += 1
+        self.rt.notifier.wake({"settling"})
+        try:
+            with trio.move_on_after(SETTLE_S + SETTLE_LINE_S * len(pids)):
+                while self.seq < upto:
+                    await self.rt.wait_for("recorded", TRACE_S)
+                return
+        finally:
+            self.waiting -= 1
+        why, tasks = self.member.problem or "etcd did not answer in time", self.rt.kernel.tasks
+        self.commit([Failed(pid=pid, reason=f"refused at its submit: the cluster did not record it ({why})")
+                     for pid in pids if pid in tasks and not tasks[pid].done])
+        raise TryAgain(f"node {self.here} could not record tasks {pid_ranges(pids)} in etcd within "
+                       f"{SETTLE_S + SETTLE_LINE_S * len(pids):.0f}s ({why}; no quorum?): they were not run; "
+                       f"try again")
 
     async def report(self, new: dict[int, TaskKey], ended: list[int]) -> None:
         """Put the keys of `new` tasks and end those of `ended` in one txn; if an end's guard fails (the
@@ -173,8 +230,10 @@ class Failover:
             self.commit([Adopt(pid=pid, spec=spec, origin=key.origin, epoch=key.epoch, uid=key.uid,
                                output=replica.output, tokens=replica.tokens)])
 
-    def commit(self, events: list[Adopt | MovedAway]) -> None:
+    def commit(self, events: list[Adopt | MovedAway] | list[Failed]) -> None:
         """Commit `events`; a refusal (degraded, an unknown model or tenant here) is logged."""
+        if not events:
+            return
         try:
             self.rt.commit(events)
         except ApeinxError as error:

@@ -12,6 +12,7 @@ fails with Unavailable (EAGAIN) within the client's timeout: the member notes wh
 tries again; the daemon's local work goes on meanwhile.
 """
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -33,6 +34,7 @@ class Member:
         self.etcd, self.keys, self.name, self.lease_s = etcd, keys, name, lease_s
         self.record = record  # epoch -> this node's record now
         self.epoch = 0
+        self.expires = math.inf  # trio time before which etcd cannot have expired the lease (fencing.py)
         self.leading = False
         self.problem: str | None = None  # why the last etcd call failed, until one works
         self.writing = trio.Lock()  # a publish and a join's txn never overlap: no record of an old epoch lands last
@@ -64,6 +66,7 @@ class Member:
 
     async def join(self) -> Lease:
         """A new lease and the next epoch, raised in a txn guarded on the epoch key's revision."""
+        asked = trio.current_time()
         lease = await self.etcd.grant(self.lease_s)
         key = self.keys.epoch(self.name)
         while True:
@@ -74,7 +77,7 @@ class Member:
                    .put(self.keys.node(self.name), self.record(epoch).to_json()))
             async with self.writing:
                 if (await self.etcd.txn(txn, repeatable=True)).succeeded:  # a lost answer retried: epoch + 2
-                    self.epoch = epoch
+                    self.epoch, self.expires = epoch, asked + lease.ttl
                     log.info("cluster: node %s joined with epoch %d (lease %x, %ds)", self.name, epoch, lease.id,
                              lease.ttl)
                     return lease
@@ -84,11 +87,14 @@ class Member:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.campaign, lease)
             try:
-                await self.etcd.keep_alive(lease)
+                await self.etcd.keep_alive(lease, refreshed=lambda sent: self.refreshed(sent + lease.ttl))
             except LeaseGone as gone:
                 log.warning("cluster: node %s lost its lease (epoch %d): %s", self.name, self.epoch, gone.reason)
             nursery.cancel_scope.cancel()
         self.leading = False
+
+    def refreshed(self, expires: float) -> None:
+        self.expires = max(self.expires, expires)
 
     async def campaign(self, lease: Lease) -> None:
         """Stand for leader on `lease` (etcd's election: the oldest candidate leads) until it leads."""

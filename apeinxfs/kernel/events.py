@@ -232,6 +232,16 @@ class Shared:
 
 
 @attrs.frozen
+class Fence:
+    """A cluster node's engines are `held` (its lease may have expired, so its tasks may have been moved)
+    or released (it checked with etcd which tasks are still its own): while held, no batch goes to an
+    engine, nothing is dispatched, and engine steps change nothing."""
+
+    held: bool
+    reason: str
+
+
+@attrs.frozen
 class Tick:
     """Time passed: deadlines up to now are checked."""
 
@@ -260,7 +270,8 @@ class JournalRecovered:
 
 Event = (Submit | Kill | Control | Step | Failed | Rejected | SetPolicy | Tick | Restart | SetTenant
          | RemoveTenant | SetRules | SetModel | RemoveModel | GpuMemory | JournalFailed | JournalRecovered
-         | Interrupted | EngineHealth | EngineKV | PidBlock | Placed | Adopt | MovedAway | Shared)
+         | Interrupted | EngineHealth | EngineKV | PidBlock | Placed | Adopt | MovedAway | Shared
+         | Fence)
 KINDS: dict[str, type[Event]] = {cls.__name__.lower(): cls for cls in typing.get_args(Event)}
 
 

@@ -89,7 +89,7 @@ class Kernel:
             ev.Kill: (lambda e: self.tasks.live(e.pid), self._apply_kill),
             ev.Control: (self._check_control, self._apply_control),
             ev.Step: (lambda e: _check_gpu(len(self.gpus), e.gpu, "to step"), self.moves.step),
-            ev.Failed: (accept, self._apply_failed),
+            ev.Failed: (accept, self._apply_failed), ev.Fence: (accept, self.moves.fence),
             ev.Interrupted: (accept, self.engines.interrupted),
             ev.EngineHealth: (accept, self.engines.health),
             ev.EngineKV: (self.engines.kv_reports.check, self.engines.kv_reports.record),
@@ -279,8 +279,8 @@ class Kernel:
         check_invariants(self)
 
     def batch(self, gpu: int) -> list[Task]:
-        """The tasks running on GPU `gpu`, in dispatch order."""
-        return list(self.gpus[gpu].running.values())
+        """The tasks running on GPU `gpu`, in dispatch order; none while the cluster holds this node (Fence)."""
+        return [] if self.moves.fenced else list(self.gpus[gpu].running.values())
 
     def next_deadline_us(self) -> int | None:
         own, engine_wait = self.tasks.next_deadline_us(), self.engines.book.next_wait_us()

@@ -41,6 +41,7 @@ class Moves:
         self.tasks, self.kv, self.gpus = tasks, kv, gpus
         self.counters, self.trace, self.changed = counters, trace, changed
         self.now_us = 0
+        self.fenced = False  # the cluster holds this node's engines (events.Fence)
         self.kv_some, self.kv_full = StallClock(), StallClock()  # KV blocked a dispatch: some / all GPUs idle
 
     def attach(self, runq: RunQueue, tenancy: Tenancy, engines: EngineWatch, reclaim: Reclaim) -> None:
@@ -136,7 +137,7 @@ class Moves:
 
     def _fill_slots(self) -> bool:
         """Dispatch from the queue while the head fits; say whether KV (not slots) stopped it."""
-        open_gpus = [g.config.index for g in self.gpus if g.open]  # only a dispatch here fills one
+        open_gpus = [] if self.fenced else [g.config.index for g in self.gpus if g.open]  # a dispatch fills one
         while open_gpus and (task := self.runq.peek(self.now_us)) is not None:  # no peek once the slots are full
             if self.tenancy.held_back(task):  # its tenant is at a gpu or kv_pages quota
                 continue
@@ -172,6 +173,8 @@ class Moves:
 
     def step(self, event: ev.Step) -> None:
         """Serve each chunk whose task is still in that GPU's batch; then re-order the served tenants."""
+        if self.fenced:  # made before the hold, delivered after it: its tokens may be another node's now
+            return
         gpu = self.gpus[event.gpu]
         self.counters.steps += 1
         served = {}
@@ -207,6 +210,12 @@ class Moves:
         if self.tasks.pid_end is not None:
             self.tasks.grant(event.first, event.count)
             self.emit("pid-block", None, f"pids {event.first}..{event.first + event.count - 1} granted by the cluster")
+
+    def fence(self, event: ev.Fence) -> None:
+        """The cluster holds this node's engines (no batch, no dispatch, steps change nothing), or releases them."""
+        self.fenced = event.held
+        self.emit("fence", None, ("held: " if event.held else "released: ") + event.reason)
+        self.changed.update(("gpu", gpu.config.index) for gpu in self.gpus)  # the drivers look again
 
     def placed(self, event: ev.Placed) -> None:
         """The cluster placed a write's tasks on a node (a trace line only: the tasks run there)."""

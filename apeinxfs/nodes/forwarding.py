@@ -6,7 +6,9 @@ lines first and returns a `Route`, or None to run them here as any Command does.
 run them here after all; `done(replies)` is called once they ran, here or there (the
 trace's `place` line). Only the
 FUSE adapter's `write_async` routes: a peer's request (peer_server.py) and a last line run at
-close (`release` is synchronous) run here. A write with a line this node would refuse unread
+close (`release` is synchronous) run here. Lines that ran here through `write_async` or a
+peer's request are then `settle`d before their reply: a submit's replies wait until the
+cluster has recorded its tasks (cluster/failover.py), or become its refusal. A write with a line this node would refuse unread
 (over-long, not UTF-8, control characters) runs here, so the refusal is this node's.
 Not here: where tasks live or where they should run (cluster/routing.py, placement.py).
 """
@@ -32,6 +34,7 @@ class Forwarding(Command):
     """A Command whose writes through the mount are routed by `route` first."""
 
     route: object = None
+    settle: object = None  # async (replies of lines run here) -> None, raising the write's refusal; or None
 
     def open(self, caller, writing, reading, truncating=False):
         super().open(caller, writing, reading, truncating)  # its refusals
@@ -53,12 +56,24 @@ class ForwardingHandle(CommandHandle):
             raise
         if replies is None:
             count = self.write(data)
+            await self.settle()
         else:
             self.pending, count = bytearray(rest), len(data)
             self.reply = "".join(f"{reply}\n" for reply in replies).encode()
         if route is not None:
             route.done(self.reply.decode().splitlines())
         return count
+
+    async def settle(self) -> None:
+        """Wait for what the lines that ran here need before their reply (a submit's keys in etcd); a
+        refusal then is the write's."""
+        if self.node.settle is None or not self.reply:
+            return
+        try:
+            await self.node.settle(self.reply.decode().splitlines())
+        except ApeinxError as exc:
+            self.reply = "".join(f"error: {reply}\n" for reply in exc.replies).encode()
+            raise
 
     def routable(self, data: bytes) -> tuple[list[str], bytes]:
         """The complete lines the pending bytes and `data` make, as text (blank ones dropped), and the
@@ -72,6 +87,14 @@ class ForwardingHandle(CommandHandle):
         except ApeinxError:
             return [], b""
         return [line for line in lines if line.strip()], joined[cut:]
+
+
+async def recorded(rt, replies: list[str]) -> None:
+    """A submit's replies, once the cluster has recorded its tasks (cluster/failover.py `settle`); at
+    once on a single node."""
+    pids = [int(reply) for reply in replies if reply.isdigit()]
+    if rt.cluster is not None and pids:
+        await rt.cluster.failover.settle(pids)
 
 
 async def routed(rt, what: str, lines: list[str], caller) -> Route | None:
