@@ -72,6 +72,24 @@ def test_exited_tasks_older_than_task_age_go_at_the_tick_after():
     assert pid not in kernel.tasks and kernel.next_deadline_us() is None
 
 
+def test_the_first_exit_to_reap_by_age_is_news_to_the_deadline_timer():
+    """An exit that becomes the oldest reapable task puts "deadline" in the kernel's changes (an idle
+    daemon's timer, waiting for no deadline, must hear of the reap to come); a later one does not."""
+    kernel = retaining(task_age_s=10, slots=1)
+    kernel.take_changed()
+    first, second = finish(kernel, 2)
+    assert kernel.tasks[first].done and kernel.tasks[second].done
+    kernel.take_changed()
+    kernel.apply(Tick(), kernel.next_deadline_us())
+    assert first not in kernel.tasks and second not in kernel.tasks
+    [third] = finish(kernel, 1, now_us=kernel.now_us)
+    assert "deadline" in kernel.take_changed()
+    submit(kernel, now_us=kernel.now_us, name="later", tokens=1)
+    kernel.take_changed()
+    run_until_idle(kernel, kernel.now_us + STEP_US)
+    assert third in kernel.tasks and "deadline" not in kernel.take_changed()
+
+
 def test_a_parent_stays_while_its_children_live_and_goes_right_after_them():
     """With tasks = 0 a parent that exits first stays (listing its child) until the child exits;
     then both go, and the agent's scheduler account with them."""

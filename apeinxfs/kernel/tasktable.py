@@ -134,9 +134,13 @@ class TaskTable(Mapping[int, Task]):
             heapq.heapify(self.reapable)
 
     def _may_reap(self, task: Task) -> None:
+        """List an exited task without children as reapable; as the first, it is the reaper's next
+        deadline (the timer of an idle daemon must hear of it)."""
         if task.done and not task.children:
             assert task.exited_us is not None
             heapq.heappush(self.reapable, (task.exited_us, task.pid))
+            if self.reapable[0] == (task.exited_us, task.pid):
+                self._changed.add("deadline")
 
     def live(self, pid: int) -> Task:
         """The task `pid` if it has not exited; NotFound or Busy saying why not."""
