@@ -3,7 +3,8 @@
 A long task runs on node b or c, which puts its output into etcd every `replicate_s` (2 s by
 default); the test reads that key straight from etcd, kills the node with -9 once it holds
 tokens, and finds the task done on its new node, whose `failover` line says after which token
-it resumed, with the output it had then at the head of its own, and the key gone after the exit.
+it resumed, with the output it had then at the head of its own, the replica gone after the exit,
+and the task's key gone once the new node reaped the task (`task_age_s`).
 Waits poll with generous bounds; nothing asserts a duration.
 """
 import base64
@@ -24,11 +25,13 @@ pytestmark = pytest.mark.skipif(not FUSE_READY,
                                 reason="*** needs /dev/fuse and fusermount3: CLUSTER MOUNT TESTS SKIPPED ***")
 LONG_TASK = "model=sim max_tokens=8000 prompt=resume"  # about 16 s at 2 ms a token
 OUTPUT_PREFIX = "test-cluster.out/"  # Keys.output of the tests' prefix "test-cluster/"
+REAPED_AFTER = "[retention]\ntask_age_s = 20\n"  # long enough for the test's reads of the exited task
 
 
-def replicated(etcd: EtcdCluster, pid: int) -> dict | None:
-    """Task `pid`'s replicated output as etcd holds it, read from the first member that answers."""
-    key = base64.b64encode(f"{OUTPUT_PREFIX}{pid}".encode()).decode()
+def replicated(etcd: EtcdCluster, pid: int, prefix: str = OUTPUT_PREFIX) -> dict | None:
+    """Task `pid`'s replicated output (or the value of another key `prefix` + pid) as etcd holds it, read
+    from the first member that answers."""
+    key = base64.b64encode(f"{prefix}{pid}".encode()).decode()
     for url in etcd.endpoints:
         try:
             kvs = httpx.post(f"{url}/v3/kv/range", json={"key": key}, timeout=5.0).json().get("kvs", [])
@@ -50,8 +53,9 @@ def placed_off(nodes: dict, line: str) -> tuple[int, str]:
 def test_a_killed_nodes_task_resumes_elsewhere_from_its_replicated_output(tmp_path):
     """kill -9 of the node running a long task once etcd holds some of its output: the task ends done
     on another node, its `failover` line says it resumed after at least those tokens, its output begins
-    with what was replicated, it has one `exit` line, and its replica is deleted after the exit."""
-    with EtcdCluster(tmp_path / "etcd") as etcd, peered_nodes(tmp_path, etcd.endpoints) as nodes:
+    with what was replicated, it has one `exit` line, its replica is deleted after the exit, and its key
+    once its new node has reaped it."""
+    with EtcdCluster(tmp_path / "etcd") as etcd, peered_nodes(tmp_path, etcd.endpoints, REAPED_AFTER) as nodes:
         pid, home = placed_off(nodes, LONG_TASK)
         replica = poll_until(lambda: (r := replicated(etcd, pid)) and r["tokens"] >= 200 and r, SETTLE_S,
                              f"task {pid}'s output replicated from {home}")
@@ -65,3 +69,6 @@ def test_a_killed_nodes_task_resumes_elsewhere_from_its_replicated_output(tmp_pa
         assert cat(nodes["a"], "tasks", str(pid), "output").startswith(replica["output"])
         assert exits(survivors, {pid}) == {pid: 1}
         poll_until(lambda: replicated(etcd, pid) is None, SETTLE_S, f"task {pid}'s replica deleted after its exit")
+        assert replicated(etcd, pid, "test-cluster/tasks/")["exited"]  # kept while the task is: where it ran
+        poll_until(lambda: replicated(etcd, pid, "test-cluster/tasks/") is None, SETTLE_S,
+                   f"task {pid}'s key deleted once reaped")

@@ -19,7 +19,9 @@
   revision and on the owner's `up` key being absent (a node that rejoined keeps its
   tasks): owner = the new node, epoch + 1. On every node, `adopt` each task key naming
   this node that it does not run: events.Adopt starts it under the same pid, from the
-  output it last replicated (replicas.py) or afresh, with a `failover` line.
+  output it last replicated (replicas.py) or afresh, with a `failover` line; and `forget`
+  the keys of tasks moved here that exited and were reaped since (they are kept, marked
+  exited, only so that every node finds where such a task ran).
 Without a quorum the loops note why and try again, and submits fail with EAGAIN.
 Not here: the kernel's events (kernel.py), the keys' format (taskkeys.py), the hold (fencing.py).
 """
@@ -195,8 +197,21 @@ class Failover:
                 if self.member.leading:
                     await self.move()
                 await self.adopt()
+                await self.forget()
             except EtcdError as error:
                 self.member.note(error)
+
+    async def forget(self) -> None:
+        """Delete the keys of tasks moved here that exited and were reaped since (retention): nobody needs
+        to find them any more. A txn for each TXN_OPS of them, each guarded on its key's revision."""
+        tasks = self.rt.kernel.tasks
+        gone = [(pid, revision) for pid, (key, revision) in list(self.cluster.view.tasks.items())
+                if key.owner == self.here and key.exited and pid not in tasks]
+        for start in range(0, len(gone), TXN_OPS):
+            txn = Txn()
+            for pid, revision in gone[start:start + TXN_OPS]:
+                txn.when(self.keys.task(pid), "mod_revision", "==", revision).delete(self.keys.task(pid))
+            await self.etcd.txn(txn)
 
     async def move(self) -> None:
         """Move each unfinished task of a node that is not up to the best up node, in a guarded txn."""
