@@ -6,10 +6,13 @@ released, it goes on, and a replay of the journal rows gives the same trace. `Fe
 holds once the clock passes the lease's possible expiry (a jump after SIGSTOP shows at
 once), and releases only while the lease is known alive.
 """
+import errno
+
 import attrs
 
 from apeinxfs.cluster.fencing import Fencing
 from apeinxfs.kernel import events as ev
+from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.events import Chunk, Fence, PidBlock, Step, Submit
 from apeinxfs.kernel.spec import TaskSpec
 from test_pid_blocks import make_kernel
@@ -41,6 +44,29 @@ def test_a_held_kernel_gives_no_batch_drops_steps_and_resumes_when_released():
     for event in events:
         replayed.apply(ev.from_row(*ev.to_row(event)), 0)
     assert replayed.trace.buffer == kernel.trace.buffer
+
+
+def test_a_held_kernel_refuses_kills_and_ends_nothing_by_time_until_released():
+    """Held: a kill or a control is EAGAIN (the task may run elsewhere now), no deadline is due and a
+    passed one ends nothing; released: the deadline ends the task (`expired`), and a kill works again."""
+    kernel = make_kernel()
+    run(kernel, [PidBlock(first=1, count=9), Submit(spec=TaskSpec(name="d", max_tokens=50, deadline_us=1_000_000)),
+                 Submit(spec=TaskSpec(name="k", max_tokens=50)), Fence(held=True, reason="lease may have expired")])
+    for refused in (ev.Kill(pid=2), ev.Control(pid=2, command=ev.TaskCommand(verb="stop"))):
+        try:
+            kernel.check(refused)
+        except ApeinxError as error:
+            assert error.errno == errno.EAGAIN and "may have been moved" in error.reason
+        else:
+            raise AssertionError(f"{refused} accepted while held")
+    assert kernel.next_deadline_us() is None
+    run(kernel, [ev.Tick()], now_us=2_000_000)
+    assert not kernel.tasks[1].done
+    run(kernel, [Fence(held=False, reason="checked with etcd")], now_us=2_000_000)
+    assert kernel.tasks[1].exit == "expired"
+    run(kernel, [ev.Kill(pid=2)], now_us=2_000_000)
+    assert kernel.tasks[2].exit == "killed"
+    kernel.check_invariants()
 
 
 class FakeClock:

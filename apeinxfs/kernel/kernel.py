@@ -86,7 +86,7 @@ class Kernel:
         accept, tenancy, models = self._accept, self.tenancy, self.models
         return {
             ev.Submit: (self.submits.check_submit, self._apply_submit),
-            ev.Kill: (lambda e: self.tasks.live(e.pid), self._apply_kill),
+            ev.Kill: (lambda e: self.moves.live(e.pid), self._apply_kill),
             ev.Control: (self._check_control, self._apply_control),
             ev.Step: (lambda e: _check_gpu(len(self.gpus), e.gpu, "to step"), self.moves.step),
             ev.Failed: (accept, self._apply_failed), ev.Fence: (accept, self.moves.fence),
@@ -143,7 +143,7 @@ class Kernel:
             raise Invalid(f"no real GPU {event.gpu} to read {event.free_mib} MiB free on")
 
     def _check_control(self, event: ev.Control) -> None:
-        task, verb = self.tasks.live(event.pid), event.command.verb
+        task, verb = self.moves.live(event.pid), event.command.verb
         if verb == "stop" and task.state is State.STOPPED:
             raise Busy(f"task {task.pid} is already stopped")
         if verb == "cont" and task.state is not State.STOPPED:
@@ -283,8 +283,8 @@ class Kernel:
         return [] if self.moves.fenced else list(self.gpus[gpu].running.values())
 
     def next_deadline_us(self) -> int | None:
-        own, engine_wait = self.tasks.next_deadline_us(), self.engines.book.next_wait_us()
-        return min((at for at in (own, engine_wait, self.reaper.next_us()) if at is not None), default=None)
+        own, wait = (None, None) if self.moves.fenced else (self.tasks.next_deadline_us(), self.engines.book.next_wait_us())
+        return min((at for at in (own, wait, self.reaper.next_us()) if at is not None), default=None)
 
     def take_changed(self) -> set[object]:
         """What changed since the last call: pids, 'trace' (if it has new lines), ('gpu', N)."""

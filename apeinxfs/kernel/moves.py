@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from . import events as ev
 from .counters import Counters
+from .errors import TryAgain
 from .gpus import Gpu
 from .memory import KVManager
 from .pressure import StallClock
@@ -48,8 +49,20 @@ class Moves:
         """The components that call back through this one (built after it)."""
         self.runq, self.tenancy, self.engines, self.reclaim = runq, tenancy, engines, reclaim
 
+    def live(self, pid: int) -> Task:
+        """Task `pid` for a kill or a control: NotFound or Busy if it is not live (TaskTable.live), and
+        TryAgain while the cluster holds this node (it may have been moved: its exit is not this node's)."""
+        task = self.tasks.live(pid)
+        if self.fenced:
+            raise TryAgain(f"task {pid} cannot be killed or controlled now: this node may have lost its cluster "
+                           f"lease and the task may have been moved; try again in a few seconds")
+        return task
+
     def expire_deadlines(self) -> None:
-        """End the live tasks whose own deadline or tenant's sandbox max_wall has passed."""
+        """End the live tasks whose own deadline or tenant's sandbox max_wall has passed (not while the
+        cluster holds this node: they end at the release, if they are still this node's)."""
+        if self.fenced:
+            return
         for task in self.tasks.due(self.now_us):
             own = task.deadline_at_us is not None and task.deadline_at_us <= self.now_us
             self.exit(task, "expired", "deadline passed" if own else f"tenant {task.tenant}'s sandbox max_wall passed")
@@ -215,7 +228,7 @@ class Moves:
         """The cluster holds this node's engines (no batch, no dispatch, steps change nothing), or releases them."""
         self.fenced = event.held
         self.emit("fence", None, ("held: " if event.held else "released: ") + event.reason)
-        self.changed.update(("gpu", gpu.config.index) for gpu in self.gpus)  # the drivers look again
+        self.changed.update([("gpu", gpu.config.index) for gpu in self.gpus] + ["deadline"])  # drivers, timer look again
 
     def placed(self, event: ev.Placed) -> None:
         """The cluster placed a write's tasks on a node (a trace line only: the tasks run there)."""
