@@ -11,7 +11,7 @@ from apeinxfs.kernel import Kernel
 from apeinxfs.kernel import events as ev
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.spec import TaskSpec
-from test_pid_blocks import grant, make_kernel, submit
+from test_pid_blocks import grant, make_kernel, replayed, submit
 
 
 def adopt(kernel: Kernel, pid: int) -> ev.Adopt:
@@ -70,10 +70,7 @@ def test_a_task_moved_away_ends_without_an_exit_line_and_replays_the_same():
                            epoch=4, uid=1000))
     assert kernel.tasks[1].exit == "moved" and "failover" in kinds(kernel, 1) and "exit" not in kinds(kernel, 1)
     kernel.check_invariants()
-    replayed = make_kernel()
-    for event in events:
-        replayed.apply(ev.from_row(*ev.to_row(event)), 0)
-    assert replayed.trace.buffer == kernel.trace.buffer
+    assert replayed(events).trace.buffer == kernel.trace.buffer
 
 
 def test_an_adopted_task_goes_on_from_its_replicated_output_and_replays_the_same():
@@ -87,9 +84,8 @@ def test_an_adopted_task_goes_on_from_its_replicated_output_and_replays_the_same
     assert (bytes(task.output), task.tokens_out) == (b" one two", 2)
     assert "resumes after token 2, where its output was last replicated" in kernel.trace.of_task(task).decode()
     kernel.check_invariants()
-    replayed = make_kernel()
-    replayed.apply(ev.from_row(*ev.to_row(event)), 0)
-    assert replayed.trace.buffer == kernel.trace.buffer and bytes(replayed.tasks[50].output) == b" one two"
+    again = replayed([event])
+    assert again.trace.buffer == kernel.trace.buffer and bytes(again.tasks[50].output) == b" one two"
 
 
 def test_a_replica_of_all_its_tokens_or_more_is_refused():

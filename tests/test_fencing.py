@@ -15,7 +15,7 @@ from apeinxfs.kernel import events as ev
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.events import Chunk, Fence, PidBlock, Step, Submit
 from apeinxfs.kernel.spec import TaskSpec
-from test_pid_blocks import make_kernel
+from test_pid_blocks import make_kernel, replayed
 
 
 def run(kernel, events, now_us=0):
@@ -40,10 +40,7 @@ def test_a_held_kernel_gives_no_batch_drops_steps_and_resumes_when_released():
     lines = kernel.trace.buffer.decode()
     assert ",fence,," in lines and "held: lease may have expired" in lines and "released: checked" in lines
     kernel.check_invariants()
-    replayed = make_kernel()
-    for event in events:
-        replayed.apply(ev.from_row(*ev.to_row(event)), 0)
-    assert replayed.trace.buffer == kernel.trace.buffer
+    assert replayed(events).trace.buffer == kernel.trace.buffer
 
 
 def test_a_held_kernel_refuses_kills_and_ends_nothing_by_time_until_released():

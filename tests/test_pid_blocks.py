@@ -12,6 +12,7 @@ import pytest
 from apeinxfs import config as config_mod
 from apeinxfs.journal import Journal
 from apeinxfs.kernel import Kernel
+from apeinxfs.kernel import events as ev
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.events import PidBlock, Submit
@@ -22,6 +23,14 @@ from apeinxfs.runtime import Runtime
 def make_kernel(pid_blocks: bool = True) -> Kernel:
     return Kernel(KernelConfig(models=[ModelConfig(name="sim")], gpus=[GpuConfig(index=0)], node="n1",
                                pid_blocks=pid_blocks))
+
+
+def replayed(events: list) -> Kernel:
+    """A fresh make_kernel() that has applied `events` as journal rows (encoded and decoded), at time 0."""
+    kernel = make_kernel()
+    for event in events:
+        kernel.apply(ev.from_row(*ev.to_row(event)), 0)
+    return kernel
 
 
 def submit(kernel: Kernel, batch: dict | None = None) -> int:
