@@ -172,10 +172,8 @@ class EngineWatch:
                                  f"waits up to {model.engine_wait_s:g}s")
 
     def expire(self) -> None:
-        """Fail the stalled tasks whose engine_wait_s has passed (not while the cluster holds this node)."""
+        """Fail the stalled tasks whose engine_wait_s has passed."""
         book, host = self.book, self._host
-        if host.fenced:
-            return
         while book.waits and book.waits[0][0] <= host.now_us:
             _, pid, number = heapq.heappop(book.waits)
             if book.stall_of.get(pid) != number:  # released since, maybe stalled again

@@ -160,8 +160,8 @@ class Kernel:
         self.moves.now_us = max(self.moves.now_us, now_us)
         self.version += 1
         result = None if self._moot(event) else self.handlers[type(event)][1](event)
-        self.moves.expire_deadlines()
-        self.engines.expire()
+        for expire in () if self.moves.fenced else (self.moves.expire_deadlines, self.engines.expire):
+            expire()  # none while the cluster holds this node (Fence): what falls due ends at the release
         self.moves.schedule()
         self.engines.count_stalls()
         self.reaper.reap(self.now_us)

@@ -59,10 +59,7 @@ class Moves:
         return task
 
     def expire_deadlines(self) -> None:
-        """End the live tasks whose own deadline or tenant's sandbox max_wall has passed (not while the
-        cluster holds this node: they end at the release, if they are still this node's)."""
-        if self.fenced:
-            return
+        """End the live tasks whose own deadline or tenant's sandbox max_wall has passed."""
         for task in self.tasks.due(self.now_us):
             own = task.deadline_at_us is not None and task.deadline_at_us <= self.now_us
             self.exit(task, "expired", "deadline passed" if own else f"tenant {task.tenant}'s sandbox max_wall passed")

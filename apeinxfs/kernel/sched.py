@@ -100,10 +100,9 @@ class Accounts:
 
     def forget_agent(self, agent: int) -> None:
         """Forget an agent none of whose tasks is left (its root task was reaped, after all the others)."""
-        entity = self.agents.pop(agent, None)
+        self.agents.pop(agent, None)
         self._levels_of.pop(agent, None)
-        if entity is not None:
-            self._charged.pop(id(entity), None)
+        self._charged.pop(agent, None)  # keyed as charge() keys it: the agent's pid
 
     def agent(self, task: Task) -> Entity:
         agent = self.agents.get(task.agent)

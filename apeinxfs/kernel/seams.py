@@ -17,7 +17,6 @@ class Host(Protocol):
 
     now_us: int
     changed: set[object]
-    fenced: bool  # the cluster holds this node's engines (events.Fence): nothing ends by time meanwhile
 
     def emit(self, kind: str, task: Task | None, detail: str, gpu: int | None = None) -> None:
         """Append a trace line at the current time."""
