@@ -73,7 +73,7 @@ class Cluster:
         come: a submit, an exit), USAGE_S after the last publish at the soonest: the other nodes' admission
         counts it (usage.py), so the sooner they see it, the less a quota is overdrawn."""
         await trio.sleep(USAGE_S)
-        while self._read is not None and published(self.rt.kernel) == self._read[1].usage:
+        while self._read is None or published(self.rt.kernel) == self._read[1].usage:  # none before the join
             await self.rt.wait_for("trace", PUBLISH_S)
 
     async def run(self) -> None:

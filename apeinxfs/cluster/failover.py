@@ -196,17 +196,19 @@ class Failover:
             try:
                 if self.member.leading:
                     await self.move()
-                await self.adopt()
-                await self.forget()
+                mine = [(pid, key, revision) for pid, (key, revision) in list(self.cluster.view.tasks.items())
+                        if key.owner == self.here]  # one look at the keys for both
+                await self.adopt(mine)
+                await self.forget(mine)
             except EtcdError as error:
                 self.member.note(error)
 
-    async def forget(self) -> None:
-        """Delete the keys of tasks moved here that exited and were reaped since (retention): nobody needs
-        to find them any more. A txn for each TXN_OPS of them, each guarded on its key's revision."""
+    async def forget(self, mine: list[tuple[int, TaskKey, int]]) -> None:
+        """Delete the keys of tasks moved here (`mine`: the keys naming this node) that exited and were
+        reaped since (retention): nobody needs to find them any more. A txn for each TXN_OPS of them, each
+        guarded on its key's revision."""
         tasks = self.rt.kernel.tasks
-        gone = [(pid, revision) for pid, (key, revision) in list(self.cluster.view.tasks.items())
-                if key.owner == self.here and key.exited and pid not in tasks]
+        gone = [(pid, revision) for pid, key, revision in mine if key.exited and pid not in tasks]
         for start in range(0, len(gone), TXN_OPS):
             txn = Txn()
             for pid, revision in gone[start:start + TXN_OPS]:
@@ -216,11 +218,12 @@ class Failover:
     async def move(self) -> None:
         """Move each unfinished task of a node that is not up to the best up node, in a guarded txn."""
         view, pending = self.cluster.view, collections.Counter[str]()  # tasks moved to each node in this pass
+        nodes = view.nodes()  # as at the pass's start: its moves are counted in `pending`
         for pid, (key, revision) in list(view.tasks.items()):
             if key.exited or key.owner in view.up:
                 continue
             models = frozenset({self.rt.kernel.models.name_of(key.spec_of())})
-            choices = [c for c in rank(view.nodes(), models, self.here, pending) if c.node != key.owner]
+            choices = [c for c in rank(nodes, models, self.here, pending) if c.node != key.owner]
             if not choices:
                 continue
             name = self.keys.task(pid)
@@ -232,12 +235,12 @@ class Failover:
                 log.info("cluster: task %d of node %s (down) moved to node %s, epoch %d", pid, key.owner,
                          moved.owner, moved.epoch)
 
-    async def adopt(self) -> None:
-        """Start each task moved to this node that it does not run (the same pid), from its replicated
-        output where there is one, else afresh."""
+    async def adopt(self, mine: list[tuple[int, TaskKey, int]]) -> None:
+        """Start each task moved to this node (`mine`: the keys naming it) that it does not run (the same
+        pid), from its replicated output where there is one, else afresh."""
         tasks = self.rt.kernel.tasks
-        for pid, (key, revision) in list(self.cluster.view.tasks.items()):
-            if key.owner != self.here or key.exited or pid in self.written or (pid in tasks and not tasks[pid].done):
+        for pid, key, revision in mine:
+            if key.exited or pid in self.written or (pid in tasks and not tasks[pid].done):
                 continue
             spec = key.spec_of()
             replica = await replica_of(self.etcd, self.keys, pid, spec) or Replica(0, "")

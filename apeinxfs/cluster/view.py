@@ -101,5 +101,6 @@ class ClusterView:
         return None if record is None else NodeView(record, name in self.up, name == self.leader)
 
     def nodes(self) -> dict[str, NodeView]:
-        """Every node that ever published, by name (sorted)."""
-        return {name: self.node(name) for name in sorted(self.records)}
+        """Every node that ever published, by name (sorted); the leader worked out once for all."""
+        leader = self.leader
+        return {name: NodeView(self.records[name], name in self.up, name == leader) for name in sorted(self.records)}
