@@ -109,26 +109,22 @@ def test_two_etcd_members_killed_a_submit_fails_with_eagain_and_nothing_acknowle
     every acknowledged task is there."""
     etcd, nodes = cluster
     acked = [submit_soon(nodes["a"]) for _ in range(4)]
-    etcd.kill(0)
-    acked += [submit_soon(nodes["a"]) for _ in range(4)]  # one member down: submits go on
-    poll_until(lambda: all(int(link(d)["PidsLeft"]) >= 2 for d in nodes.values()), SETTLE_S,
-               "every node holding pids (blocks of 4), so the refusal is for the key, not for a pid")
-    etcd.kill(1)
-    try:
-        lost = time.monotonic()
-        pids, error, reply = write_submit(nodes["a"], MOVED_TASK + "\n")
-        took = time.monotonic() - lost
-        print(f"the first submit after the quorum loss failed after {took:.2f}s: {reply!r}")
-        assert error is not None and error.errno == errno.EAGAIN, (pids, reply)
-        assert "could not record tasks" in reply and "try again" in reply and took < 10
-        refused = [int(f[3]) for name in nodes for f in trace_lines(nodes[name], "exit")
-                   if "refused at its submit" in ",".join(f)]
-        assert refused, "the refused task ended where it was submitted"
-        assert status(nodes["a"], "b")["Name"] == "b" and nodes["a"].status(acked[0])["Pid"] == str(acked[0])
-        poll_until(lambda: link(nodes["a"])["Etcd"] == "unavailable", SETTLE_S, "node a sees no etcd quorum")
-    finally:
-        etcd.start(0, wait=False)
-        etcd.start(1)
+    with etcd.down(0):
+        acked += [submit_soon(nodes["a"]) for _ in range(4)]  # one member down: submits go on
+        poll_until(lambda: all(int(link(d)["PidsLeft"]) >= 2 for d in nodes.values()), SETTLE_S,
+                   "every node holding pids (blocks of 4), so the refusal is for the key, not for a pid")
+        with etcd.down(1):
+            lost = time.monotonic()
+            pids, error, reply = write_submit(nodes["a"], MOVED_TASK + "\n")
+            took = time.monotonic() - lost
+            print(f"the first submit after the quorum loss failed after {took:.2f}s: {reply!r}")
+            assert error is not None and error.errno == errno.EAGAIN, (pids, reply)
+            assert "could not record tasks" in reply and "try again" in reply and took < 10
+            refused = [int(f[3]) for name in nodes for f in trace_lines(nodes[name], "exit")
+                       if "refused at its submit" in ",".join(f)]
+            assert refused, "the refused task ended where it was submitted"
+            assert status(nodes["a"], "b")["Name"] == "b" and nodes["a"].status(acked[0])["Pid"] == str(acked[0])
+            poll_until(lambda: link(nodes["a"])["Etcd"] == "unavailable", SETTLE_S, "node a sees no etcd quorum")
     acked.append(submit_soon(nodes["a"]))
     poll_until(lambda: all_up(nodes), SETTLE_S, "a, b and c up again as seen from every node")
     for pid in acked:
@@ -154,23 +150,20 @@ def test_a_node_killed_while_a_submit_waits_for_its_key_puts_the_key_at_its_rest
     d.start()
     try:
         poll_until(lambda: int(link(d)["PidsLeft"]) > 0, SETTLE_S, "d granted pids")
-        etcd.kill(0)
-        etcd.kill(1)
-        answers: list = []
+        with etcd.down(0, 1):
+            answers: list = []
 
-        def write() -> None:
-            try:
-                answers.append(write_submit(d, MOVED_TASK + "\n"))
-            except OSError as cut:  # the reply's read on the dead mount
-                answers.append(([], cut, ""))
-        writer = threading.Thread(target=write)
-        writer.start()
-        poll_until(lambda: trace_lines(d, "submit"), SETTLE_S, "the task journaled on d")  # its own tasks only
-        d.kill9()
-        writer.join()
-        assert answers and not answers[0][0] and answers[0][1].errno in (errno.ENOTCONN, errno.ECONNABORTED), answers
-        etcd.start(0, wait=False)
-        etcd.start(1)
+            def write() -> None:
+                try:
+                    answers.append(write_submit(d, MOVED_TASK + "\n"))
+                except OSError as cut:  # the reply's read on the dead mount
+                    answers.append(([], cut, ""))
+            writer = threading.Thread(target=write)
+            writer.start()
+            poll_until(lambda: trace_lines(d, "submit"), SETTLE_S, "the task journaled on d")  # its own tasks only
+            d.kill9()
+            writer.join()
+            assert answers and not answers[0][0] and answers[0][1].errno in (errno.ENOTCONN, errno.ECONNABORTED), answers
         d.start()
         [pid] = [int(fields[3]) for fields in poll_until(lambda: trace_lines(d, "submit"), SETTLE_S, "d replayed")]
         key = poll_until(lambda: task_key(etcd.endpoints, pid), SETTLE_S, f"the key of task {pid} in etcd")
