@@ -142,8 +142,7 @@ def beginning(config: dict) -> Start:
 def boot_kernel(journal: Journal, origin: Start, upto: int, quarantined: dict) -> Kernel:
     """The origin's kernel after rows origin.seq+1..upto, as the daemon's recovery rebuilt it: a row that
     raises is quarantined (recovery.py) and added to `quarantined`."""
-    rows = contiguous(journal)
-    return rebuild(origin.fresh, lambda _after, last: rows(origin.seq, last), upto, quarantined, None, apply_checked)
+    return rebuild(origin.fresh, contiguous(journal), origin.seq, upto, quarantined, apply_checked)
 
 
 # -- verifying ---------------------------------------------------------------------------------
