@@ -2,17 +2,23 @@
 
 Pid blocks granted concurrently never overlap and respect a node's floor; a member joins
 with epoch 1, puts its `up` key on its lease and its record, and when the lease is gone
-joins again with epoch 2; the leader compacts etcd's history. The whole daemon, three of them, is test_cluster_nodes.py.
+joins again with epoch 2; the leader compacts etcd's history; a hundred exits, and outputs
+larger as JSON than as text, go in txns etcd takes (cluster/guarded.py). The whole daemon, three of them, is test_cluster_nodes.py.
 """
+from types import SimpleNamespace
+
 import pytest
 import trio
 
 from apeinxfs.cluster.daemon import compact_history
 from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_records import Compacted
+from apeinxfs.cluster.failover import Failover
 from apeinxfs.cluster.member import Member
 from apeinxfs.cluster.pids import grant_block
 from apeinxfs.cluster.records import Keys, NodeRecord
+from apeinxfs.cluster.replicas import Replica, Replicas
+from apeinxfs.cluster.taskkeys import TaskKey
 from etcdcluster import EtcdCluster
 from test_etcd_client import wait_for
 
@@ -90,3 +96,40 @@ async def test_the_leader_compacts_the_history_it_saw_one_period_before(etcd_clu
 
 async def leading(member: Member) -> bool:
     return member.leading
+
+
+def node_parts(etcd: Etcd, keys: Keys, tasks: dict | None = None, failover=None) -> SimpleNamespace:
+    """What Failover and Replicas take of a cluster node (daemon.Cluster), without a daemon."""
+    kernel = SimpleNamespace(tasks=tasks or {})
+    return SimpleNamespace(rt=SimpleNamespace(kernel=kernel), name="a", etcd=etcd, keys=keys, member=None,
+                           failover=failover, settings=SimpleNamespace(replicate_s=1.0))
+
+
+async def test_a_hundred_exits_at_once_end_every_task_key(etcd_cluster):
+    """Failover ends 100 task keys in one report (an exit is a guard and two operations): etcd takes each
+    txn, every key and output goes, and nothing stays in `written`."""
+    keys = Keys("exits/")
+    async with Etcd(etcd_cluster.endpoints) as etcd:
+        failover = Failover(node_parts(etcd, keys))
+        pids = list(range(1, 101))
+        await failover.report_all([(pid, TaskKey(owner="a", epoch=1, uid=0, spec={})) for pid in pids], [])
+        assert sorted(failover.written) == pids
+        await failover.report_all([], pids)
+        assert failover.written == {}
+        assert (await etcd.range(keys.tasks, prefix=True)).kvs == []
+
+
+async def test_outputs_that_grow_in_json_replicate_in_txns_etcd_takes(etcd_cluster):
+    """Four tasks' outputs of 240 KB of 3-byte characters (480 KB each as JSON, 1.9 MB together) are
+    replicated in txns under etcd's request limit, and read back whole."""
+    keys = Keys("grown/")
+    text = "\u5b57" * 80_000
+    async with Etcd(etcd_cluster.endpoints) as etcd:
+        task = SimpleNamespace(done=False, tokens_out=5, spec=SimpleNamespace(max_tokens=10), output=text.encode())
+        failover = Failover(node_parts(etcd, keys))
+        await failover.report_all([(pid, TaskKey(owner="a", epoch=1, uid=0, spec={})) for pid in range(1, 5)], [])
+        replicas = Replicas(node_parts(etcd, keys, {pid: task for pid in range(1, 5)}, failover))
+        await replicas.replicate()
+        assert replicas.sent == {pid: 5 for pid in range(1, 5)}
+        for pid in range(1, 5):
+            assert Replica.from_json((await etcd.get(keys.output(pid))).value) == Replica(5, text)
