@@ -75,9 +75,17 @@ async def test_the_leader_compacts_the_history_it_saw_one_period_before(etcd_clu
         member = Member(etcd, keys, "m", 3, lambda epoch: NodeRecord(name="m", epoch=epoch, seen_us=1))
         first = await etcd.put(b"compact/x", b"1")
         seen = await etcd.put(b"compact/x", b"2")
+        looks = []  # one a pass of the loop, at its end
+
+        def seen_now() -> int:
+            looks.append(seen)
+            return seen
+
+        async def passed_with_a_revision_to_compact() -> bool:
+            return len(looks) >= 2  # the second pass had `seen` from the first, and compacted only if leading
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(compact_history, etcd, member, lambda: seen, 0.2)
-            await trio.sleep(0.5)
+            nursery.start_soon(compact_history, etcd, member, seen_now, 0.2)
+            await wait_for(passed_with_a_revision_to_compact, "a pass of the loop with a revision to compact")
             async with etcd.watch(b"compact/x", start_revision=first) as events:
                 assert (await events.__anext__()).kv.value == b"1"  # not leading: nothing compacted
             nursery.start_soon(member.run)
