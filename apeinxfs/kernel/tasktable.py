@@ -103,12 +103,14 @@ class TaskTable(Mapping[int, Task]):
             self._blocks.append((first, first + count))
 
     def reap(self, pid: int) -> Task:
-        """Forget an exited task without children left (its pid is not used again; the trace archive
-        still has its lines): it leaves its parent's children, and a parent left without any once it
-        has exited may be reaped next. Its pid and its parent's are in `changed` (their readers wake)."""
+        """Forget the oldest reapable task (`oldest_reapable`: retention reaps in that order; its pid is not
+        used again, the trace archive still has its lines): it leaves its parent's children, and a parent
+        left without any once it has exited may be reaped next. Its pid and its parent's are in `changed`
+        (their readers wake)."""
         task = self._tasks[pid]
         assert task.done and not task.children, f"task {pid} is live or has children"
-        self._unlist(task)
+        assert self.reapable and self.reapable[0] == (task.exited_us, pid), f"task {pid} is not the oldest reapable"
+        heapq.heappop(self.reapable)
         del self._tasks[pid]
         self.state_counts[State.EXITED] -= 1
         self._changed.add(pid)
@@ -122,16 +124,6 @@ class TaskTable(Mapping[int, Task]):
     def oldest_reapable(self) -> Task | None:
         """The exited task without children left that exited first (pid order among equals), if any."""
         return self._tasks[self.reapable[0][1]] if self.reapable else None
-
-    def _unlist(self, task: Task) -> None:
-        """Take the task's entry off the reapable heap: the first one at O(log n), any other at O(n)."""
-        assert task.exited_us is not None, "a reapable task has exited"
-        entry = (task.exited_us, task.pid)
-        if self.reapable[0] == entry:
-            heapq.heappop(self.reapable)
-        else:
-            self.reapable.remove(entry)
-            heapq.heapify(self.reapable)
 
     def _may_reap(self, task: Task) -> None:
         """List an exited task without children as reapable; as the first, it is the reaper's next
