@@ -17,7 +17,6 @@ from .events import PidBlock
 from .task import State, Task
 
 
-PIDS_TAKEN = "/pids"  # in admit's batch: the pids its submits take, beside tenants' (names without a slash)
 
 
 class TaskTable(Mapping[int, Task]):
@@ -77,15 +76,13 @@ class TaskTable(Mapping[int, Task]):
 
     def check_pid_left(self, batch: dict[str, tuple[int, int]] | None, node: str) -> None:
         """TryAgain if a new task would find no pid left in the node's blocks, after those the submits
-        before it in `batch` (admit's, counted under PIDS_TAKEN) take."""
-        taken = (batch or {}).get(PIDS_TAKEN, (0, 0))[0]
+        admitted before it in `batch` take (admit's: tenant -> the tasks and tokens its submits hold)."""
+        taken = sum(tasks for tasks, _ in (batch or {}).values())
         left = self.pids_left()
         if left is not None and taken >= left:
             short = f"only {left} pids left for this write's lines" if taken else "used up its pids"
             raise TryAgain(f"node {node} has {short} and the cluster has not granted it the next block yet "
                            f"(etcd unreachable or without a quorum?): try again{', with fewer lines' if taken else ''}")
-        if batch is not None:
-            batch[PIDS_TAKEN] = (taken + 1, 0)
 
     def check_grant(self, event: PidBlock) -> None:
         """Invalid unless pids are in blocks and the block lies past every pid given or granted."""
