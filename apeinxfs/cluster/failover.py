@@ -165,10 +165,10 @@ class Failover:
                        f"{SETTLE_S + SETTLE_LINE_S * len(pids):.0f}s ({why}; no quorum?): they were not run; "
                        f"try again")
 
-    def write(self, write: tuple[int, TaskKey | None]) -> Txn:
+    def write(self, pid_key: tuple[int, TaskKey | None]) -> Txn:
         """The txn of one of report_all's writes: (pid, key) puts task pid's new key; (pid, None) ends it,
         guarded on its key being as this node wrote it: deletes it (or, for a moved task, marks it exited)."""
-        pid, new = write
+        pid, new = pid_key
         name = self.keys.task(pid)
         if new is not None:
             return Txn().put(name, new.to_json())
