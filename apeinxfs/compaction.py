@@ -90,11 +90,25 @@ def unusable(snapshot: snapshots.Snapshot, config: dict, layout: dict, first_row
 
 @attrs.frozen
 class Start:
-    """Where a rebuild starts: a kernel that has applied rows 1..seq (`fresh()` gives a new one each call)."""
+    """Where a rebuild starts: a kernel that has applied rows 1..seq (`fresh()` gives a new one each call),
+    built with the boot config `config` (boot_config's form), from `snapshot` if not from row 1."""
 
     fresh: Callable[[], Kernel]
     seq: int
+    config: dict
     snapshot: snapshots.Snapshot | None = None
+
+    @property
+    def name(self) -> str:
+        """Where it starts, in words: "row 1", or the snapshot's file and row."""
+        return "row 1" if self.snapshot is None else f"{os.path.basename(self.snapshot.path)} (row {self.seq})"
+
+
+def compacted_away(first_row: int, directory: str | None, problems: list[str]) -> str:
+    """Why no kernel can be rebuilt when the journal starts at `first_row` and none of the snapshots in
+    `directory` can be used (`problems` say why each cannot)."""
+    return (f"journal rows 1..{first_row - 1} were compacted into snapshots in {directory}, and none can be used: "
+            f"{'; '.join(problems) or 'there are none'}")
 
 
 def starts(directory: str, config_after: Callable[[int], KernelConfig | None], first_row: int, last_row: int,
@@ -117,7 +131,8 @@ def starts(directory: str, config_after: Callable[[int], KernelConfig | None], f
             problems.append(f"{snapshot.path}: {exc}")
             continue
         yield Start(lambda data=data, kernels=kernels, config=config:
-                    rebound(kernels.pop() if kernels else state.decode(data), config), snapshot.seq, snapshot)
+                    rebound(kernels.pop() if kernels else state.decode(data), config), snapshot.seq, snapshot.config,
+                    snapshot)
 
 
 class Snapshotter:
@@ -140,9 +155,8 @@ class Snapshotter:
         for problem in problems:
             log.error("snapshot not used: %s", problem)
         if start is None and first > 1:
-            raise CannotStart(f"journal rows 1..{first - 1} were compacted into snapshots in {self.directory}, and "
-                              f"none can be used: {'; '.join(problems) or 'there are none'}")
-        start = start or Start(lambda: Kernel(config), 0)
+            raise CannotStart(compacted_away(first, self.directory, problems))
+        start = start or Start(lambda: Kernel(config), 0, boot_config(config))
         self.seq = start.seq
         if start.snapshot is not None:
             log.info("starting from %s (journal row %d)", start.snapshot.path, start.seq)

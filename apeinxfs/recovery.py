@@ -50,19 +50,18 @@ def apply_row(kernel, row: tuple, quarantined: dict) -> None:
         raise RowFailed(Quarantined(seq, kind, time_us, f"{type(exc).__name__}: {exc}")) from exc
 
 
-def rebuild(fresh_kernel, rows, upto: int, quarantined: dict, kernel=None, apply=apply_row):
-    """A kernel that has applied rows 1..upto (`rows(after, upto)` yields them) with `apply`,
-    starting from `kernel` or `fresh_kernel()`. A row that raises joins `quarantined` (seq ->
+def rebuild(fresh_kernel, rows, after: int, upto: int, quarantined: dict, apply=apply_row):
+    """`fresh_kernel()` (a kernel that has applied rows 1..after) after applying rows after+1..upto
+    with `apply` (`rows(after, upto)` yields them). A row that raises joins `quarantined` (seq ->
     Quarantined, kept by the caller) and the kernel is rebuilt from a fresh one; each bad row
     costs one rebuild."""
     while True:
-        kernel = kernel if kernel is not None else fresh_kernel()
+        kernel = fresh_kernel()
         try:
-            for row in rows(0, upto):
+            for row in rows(after, upto):
                 apply(kernel, row, quarantined)
             return kernel
         except RowFailed as failed:
             record = failed.args[0]
             log.error("quarantined %s; rebuilding the kernel without it", record)
             quarantined[record.seq] = record
-            kernel = None

@@ -112,7 +112,7 @@ class Runtime:
         if self.snapshotter is not None:
             start = self.snapshotter.start()
             fresh, after = (lambda: self._holding(start.fresh())), start.seq
-        self.kernel = rebuild(fresh, lambda _after, upto: self.journal.rows(after, upto), LAST, self.quarantined)
+        self.kernel = rebuild(fresh, self.journal.rows, after, LAST, self.quarantined)
         self.kernel.take_changed()
         if self.config.check_invariants:
             self.kernel.check_invariants()

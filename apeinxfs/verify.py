@@ -29,7 +29,7 @@ from collections.abc import Callable
 import attrs
 
 from . import archive
-from .compaction import rebound, starts, structural
+from .compaction import Start, compacted_away, rebound, starts, structural
 from .journal import LAST, Emitted, Journal, row_crc
 from .kernel import Kernel
 from .kernel.config import KernelConfig, kernel_config_from_dict
@@ -129,31 +129,20 @@ def missing(seq: int) -> Diverged:
     return Diverged(Divergence(seq, "missing", None, "a journal row", "none"))
 
 
-@attrs.frozen
-class Origin:
-    """Where a replay starts: a kernel that has applied rows 1..seq (a fresh one of `config`, or a snapshot's)."""
-
-    name: str
-    config: dict
-    seq: int
-    fresh: Callable[[], Kernel]
-
-
-def beginning(config: dict) -> Origin:
-    """Row 1, with a fresh kernel booted with `config`."""
+def beginning(config: dict) -> Start:
+    """Row 1, with a fresh kernel booted with `config` (a boot record's)."""
     try:
         kernel_config = kernel_config_from_dict(config)
         Kernel(kernel_config)
     except Exception as exc:  # a config from another version, or an edited one
         raise CannotReplay(f"cannot boot the recorded kernel config: {exc}") from None
-    return Origin("row 1", config, 0, lambda: Kernel(kernel_config))
+    return Start(lambda: Kernel(kernel_config), 0, config)
 
 
-def boot_kernel(journal: Journal, origin: Origin, upto: int, quarantined: dict) -> Kernel:
+def boot_kernel(journal: Journal, origin: Start, upto: int, quarantined: dict) -> Kernel:
     """The origin's kernel after rows origin.seq+1..upto, as the daemon's recovery rebuilt it: a row that
     raises is quarantined (recovery.py) and added to `quarantined`."""
-    rows = contiguous(journal)
-    return rebuild(origin.fresh, lambda _after, last: rows(origin.seq, last), upto, quarantined, None, apply_checked)
+    return rebuild(origin.fresh, contiguous(journal), origin.seq, upto, quarantined, apply_checked)
 
 
 # -- verifying ---------------------------------------------------------------------------------
@@ -176,17 +165,14 @@ def verify(journal: Journal, archive_dir: str | None = None, snapshot_dir: str |
     return report
 
 
-def replay_origins(journal: Journal, boots: list, snapshot_dir: str | None, skipped: list[str]) -> list[Origin]:
+def replay_origins(journal: Journal, boots: list, snapshot_dir: str | None, skipped: list[str]) -> list[Start]:
     """Row 1 if the journal holds it; the oldest usable snapshot if not; the newest usable one. CannotReplay
     when rows were compacted and no snapshot can be used."""
     first, last = journal.first_seq(), journal.last_seq
-    found = [] if snapshot_dir is None else [
-        Origin(f"{os.path.basename(start.snapshot.path)} (row {start.seq})", start.snapshot.config, start.seq,
-               start.fresh) for start in starts(snapshot_dir, config_after(boots), first, last, skipped)]
+    found = [] if snapshot_dir is None else list(starts(snapshot_dir, config_after(boots), first, last, skipped))
     origins = [beginning(boots[0].config)] if first == 1 else found[-1:]
     if not origins:
-        raise CannotReplay(f"journal rows 1..{first - 1} were compacted, and no snapshot can be used: "
-                           f"{'; '.join(skipped) or 'there are none'}")
+        raise CannotReplay(compacted_away(first, snapshot_dir, skipped))
     return origins + [origin for origin in found[:1] if origin.seq != origins[0].seq]
 
 
@@ -200,7 +186,7 @@ def config_after(boots: list) -> Callable[[int], KernelConfig | None]:
     return config
 
 
-def verify_from(journal: Journal, boots: list, origin: Origin, archive_dir: str | None) -> Report:
+def verify_from(journal: Journal, boots: list, origin: Start, archive_dir: str | None) -> Report:
     """Replay the rows after `origin` under their boot's config and compare them (verify)."""
     boots = [attrs.evolve(boot, after_row=max(boot.after_row, origin.seq), traced_to=max(boot.traced_to, origin.seq))
              for boot in boots if boot.upto > origin.seq]
@@ -210,7 +196,7 @@ def verify_from(journal: Journal, boots: list, origin: Origin, archive_dir: str 
         for boot in boots:
             if kernel is None:
                 kernel = boot_kernel(journal, origin, boot.after_row, quarantined)
-                archived_lines.check(origin.seq, "snapshot", None, held_lines(kernel))
+                archived_lines.check(origin.seq, "snapshot", None, kernel.trace.lines_after(0).decode().splitlines())
             elif origin.seq and structural(boot.config) == structural(origin.config):
                 kernel = rebound(kernel, kernel_config_from_dict(boot.config))  # admins or time zone changed
             elif boot.config != origin.config:
@@ -223,11 +209,6 @@ def verify_from(journal: Journal, boots: list, origin: Origin, archive_dir: str 
     report.archived = archived_lines.compared
     report.quarantined = [str(q) for q in sorted(quarantined.values(), key=lambda q: q.seq)]
     return report
-
-
-def held_lines(kernel: Kernel) -> list[str]:
-    """The trace lines a kernel holds (a snapshot's: compared with the archive before its rows are)."""
-    return bytes(kernel.trace.buffer).decode().splitlines()[1:]
 
 
 class ArchiveCheck:
@@ -345,10 +326,9 @@ def rebuilt(journal: Journal, snapshot_dir: str | None = None) -> Kernel:
 def whole_trace(kernel: Kernel, archive_dir: str) -> str:
     """The trace a rebuilt kernel holds, after the archived lines before its first (a kernel started from
     a snapshot may not hold them all)."""
-    held = held_lines(kernel)
-    first = int(held[0].split(",", 1)[0]) if held else kernel.trace.seq + 1
+    first = kernel.trace.first
     older = itertools.takewhile(lambda line: int(line.split(b",", 1)[0]) < first, archive.lines(archive_dir))
-    return HEADER.decode() + b"".join(older).decode() + "".join(line + "\n" for line in held)
+    return (HEADER + b"".join(older) + kernel.trace.lines_after(0)).decode()
 
 
 def timeline(journal: Journal, pid: int | None, archive_dir: str, snapshot_dir: str | None = None) -> str:

@@ -2,17 +2,23 @@
 
 Pid blocks granted concurrently never overlap and respect a node's floor; a member joins
 with epoch 1, puts its `up` key on its lease and its record, and when the lease is gone
-joins again with epoch 2; the leader compacts etcd's history. The whole daemon, three of them, is test_cluster_nodes.py.
+joins again with epoch 2; the leader compacts etcd's history; a hundred exits, and outputs
+larger as JSON than as text, go in txns etcd takes (cluster/guarded.py). The whole daemon, three of them, is test_cluster_nodes.py.
 """
+from types import SimpleNamespace
+
 import pytest
 import trio
 
 from apeinxfs.cluster.daemon import compact_history
 from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_records import Compacted
+from apeinxfs.cluster.failover import Failover
 from apeinxfs.cluster.member import Member
 from apeinxfs.cluster.pids import grant_block
 from apeinxfs.cluster.records import Keys, NodeRecord
+from apeinxfs.cluster.replicas import Replica, Replicas
+from apeinxfs.cluster.taskkeys import TaskKey
 from etcdcluster import EtcdCluster
 from test_etcd_client import wait_for
 
@@ -69,9 +75,17 @@ async def test_the_leader_compacts_the_history_it_saw_one_period_before(etcd_clu
         member = Member(etcd, keys, "m", 3, lambda epoch: NodeRecord(name="m", epoch=epoch, seen_us=1))
         first = await etcd.put(b"compact/x", b"1")
         seen = await etcd.put(b"compact/x", b"2")
+        looks = []  # one a pass of the loop, at its end
+
+        def seen_now() -> int:
+            looks.append(seen)
+            return seen
+
+        async def passed_with_a_revision_to_compact() -> bool:
+            return len(looks) >= 2  # the second pass had `seen` from the first, and compacted only if leading
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(compact_history, etcd, member, lambda: seen, 0.2)
-            await trio.sleep(0.5)
+            nursery.start_soon(compact_history, etcd, member, seen_now, 0.2)
+            await wait_for(passed_with_a_revision_to_compact, "a pass of the loop with a revision to compact")
             async with etcd.watch(b"compact/x", start_revision=first) as events:
                 assert (await events.__anext__()).kv.value == b"1"  # not leading: nothing compacted
             nursery.start_soon(member.run)
@@ -90,3 +104,40 @@ async def test_the_leader_compacts_the_history_it_saw_one_period_before(etcd_clu
 
 async def leading(member: Member) -> bool:
     return member.leading
+
+
+def node_parts(etcd: Etcd, keys: Keys, tasks: dict | None = None, failover=None) -> SimpleNamespace:
+    """What Failover and Replicas take of a cluster node (daemon.Cluster), without a daemon."""
+    kernel = SimpleNamespace(tasks=tasks or {})
+    return SimpleNamespace(rt=SimpleNamespace(kernel=kernel), name="a", etcd=etcd, keys=keys, member=None,
+                           failover=failover, settings=SimpleNamespace(replicate_s=1.0))
+
+
+async def test_a_hundred_exits_at_once_end_every_task_key(etcd_cluster):
+    """Failover ends 100 task keys in one report (an exit is a guard and two operations): etcd takes each
+    txn, every key and output goes, and nothing stays in `written`."""
+    keys = Keys("exits/")
+    async with Etcd(etcd_cluster.endpoints) as etcd:
+        failover = Failover(node_parts(etcd, keys))
+        pids = list(range(1, 101))
+        await failover.report_all([(pid, TaskKey(owner="a", epoch=1, uid=0, spec={})) for pid in pids], [])
+        assert sorted(failover.written) == pids
+        await failover.report_all([], pids)
+        assert failover.written == {}
+        assert (await etcd.range(keys.tasks, prefix=True)).kvs == []
+
+
+async def test_outputs_that_grow_in_json_replicate_in_txns_etcd_takes(etcd_cluster):
+    """Four tasks' outputs of 240 KB of 3-byte characters (480 KB each as JSON, 1.9 MB together) are
+    replicated in txns under etcd's request limit, and read back whole."""
+    keys = Keys("grown/")
+    text = "\u5b57" * 80_000
+    async with Etcd(etcd_cluster.endpoints) as etcd:
+        task = SimpleNamespace(done=False, tokens_out=5, spec=SimpleNamespace(max_tokens=10), output=text.encode())
+        failover = Failover(node_parts(etcd, keys))
+        await failover.report_all([(pid, TaskKey(owner="a", epoch=1, uid=0, spec={})) for pid in range(1, 5)], [])
+        replicas = Replicas(node_parts(etcd, keys, {pid: task for pid in range(1, 5)}, failover))
+        await replicas.replicate()
+        assert replicas.sent == {pid: 5 for pid in range(1, 5)}
+        for pid in range(1, 5):
+            assert Replica.from_json((await etcd.get(keys.output(pid))).value) == Replica(5, text)

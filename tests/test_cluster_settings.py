@@ -146,18 +146,21 @@ QUOTA_TASK = f"tenant=tq {LONG_TASK}"
 
 def submitted(daemon: Daemon, line: str = QUOTA_TASK) -> tuple[int | None, int | None]:
     """(pid, None) of one write of `line` to ctl/submit, or (None, errno) if refused; a refusal for want
-    of pids (EAGAIN: the node waits for its next block of 4) is tried again."""
-    while True:
-        fd = os.open(daemon.path("ctl", "submit"), os.O_RDWR)
-        try:
-            os.write(fd, line.encode() + b"\n")
-            return int(os.read(fd, 64)), None
-        except OSError as refused:
-            if refused.errno != errno.EAGAIN:
-                return None, refused.errno
-        finally:
-            os.close(fd)
-        time.sleep(0.05)
+    of pids (EAGAIN: the node waits for its next block of 4) is tried again, for SETTLE_S at most."""
+    return poll_until(lambda: submit_once(daemon, line), SETTLE_S,
+                      f"a submit of {line!r} on {daemon.mountpoint} not refused with EAGAIN (no pid block came)")
+
+
+def submit_once(daemon: Daemon, line: str) -> tuple[int | None, int | None] | None:
+    """(pid, None) of one write of `line` to ctl/submit, (None, errno) if refused, None if refused with EAGAIN."""
+    fd = os.open(daemon.path("ctl", "submit"), os.O_RDWR)
+    try:
+        os.write(fd, line.encode() + b"\n")
+        return int(os.read(fd, 64)), None
+    except OSError as refused:
+        return None if refused.errno == errno.EAGAIN else (None, refused.errno)
+    finally:
+        os.close(fd)
 
 
 def kill_all(nodes: dict, pids: list[int]) -> None:

@@ -124,10 +124,12 @@ def test_one_endpoint_down_sends_new_tasks_to_the_other_and_all_down_stalls():
 
 
 def test_a_health_event_of_gpus_that_are_no_endpoint_changes_nothing():
-    """EngineHealth naming GPUs no endpoint of the model is bound to is ignored (the model stays up)."""
+    """EngineHealth naming GPUs no endpoint of the model is bound to is ignored: the model stays up and
+    both endpoints' GPUs still take tasks, two slots each."""
     d = Driven(config())
     d.apply(EngineHealth(model="llm", up=False, reason="refused", gpus=(0, 1)))
-    assert not d.lines("engine") and d.gpu(d.submit()) in (0, 1)
+    assert not d.lines("engine") and not d.kernel.engines.is_down("llm")
+    assert sorted(d.gpu(d.submit()) for _ in range(4)) == [0, 0, 1, 1]
 
 
 def test_an_engine_reporting_more_kv_than_the_books_holds_its_gpu_until_they_agree():

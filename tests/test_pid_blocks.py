@@ -17,6 +17,7 @@ from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.events import PidBlock, Submit
 from apeinxfs.kernel.spec import TaskSpec
+from apeinxfs.kernel.tenant_config import TenantConfig
 from apeinxfs.runtime import Runtime
 
 
@@ -88,6 +89,18 @@ def test_one_write_cannot_take_more_pids_than_are_left():
         kernel.admit(Submit(spec=TaskSpec(name="j", max_tokens=2), uid=1000), 0, batch)
     refused = refusal(lambda: kernel.admit(Submit(spec=TaskSpec(name="j", max_tokens=2), uid=1000), 0, batch))
     assert refused.errno == errno.EAGAIN and "only 2 pids left for this write's lines" in refused.reason
+
+
+def test_a_line_refused_after_the_pid_check_takes_no_pid_of_the_write():
+    """A line the tenant's sandbox refuses takes no pid: the next line of the write gets the last one."""
+    kernel = Kernel(KernelConfig(models=[ModelConfig(name="sim")], gpus=[GpuConfig(index=0)], node="n1",
+                                 pid_blocks=True, tenants=[TenantConfig("default", sandbox={"max_tokens": 5})]))
+    grant(kernel, 1, 1)
+    batch: dict = {}
+    too_long = refusal(lambda: kernel.admit(Submit(spec=TaskSpec(name="j", max_tokens=10), uid=1000), 0, batch))
+    assert too_long.errno == errno.EINVAL and "sandbox limit" in too_long.reason
+    event = kernel.admit(Submit(spec=TaskSpec(name="j", max_tokens=2), uid=1000), 0, batch)
+    assert kernel.apply(event, 0) == 1
 
 
 def test_a_block_must_lie_past_every_pid_given_or_granted():

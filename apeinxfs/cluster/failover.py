@@ -10,7 +10,7 @@
   at once when a submit waits) go to etcd in one txn (`record`): a new task's key
   (taskkeys.py) is put; an exit deletes the key (or marks a moved task's exited), guarded
   on the key's revision as this node last wrote it, so a node whose task was moved
-  reports nothing. A failed guard is dropped.
+  reports nothing. A failed guard is dropped (guarded.py packs the writes into txns).
 - `settle`, awaited by a submit write that ran here before its reply: returns once its
   tasks' keys are in etcd; else, after SETTLE_S, ends them (events.Failed) and raises
   TryAgain (EAGAIN): an acknowledged task can always be moved.
@@ -33,7 +33,8 @@ import trio
 
 from ..kernel.errors import ApeinxError, TryAgain
 from ..kernel.events import Adopt, Failed, MovedAway
-from .etcd_records import TXN_OPS, EtcdError, Txn
+from .etcd_records import EtcdError, Txn
+from .guarded import write_each
 from .member import RETRY_S
 from .placement import rank
 from .records import pid_ranges
@@ -117,8 +118,8 @@ class Failover:
         return found
 
     async def record(self) -> None:
-        """The submits and exits of the trace lines since the last look, to etcd: one txn for up to
-        TXN_OPS of them (a write's lines, most often); the lines are read again if etcd fails."""
+        """The submits and exits of the trace lines since the last look, to etcd (one txn for a write's
+        lines, most often: report_all); the lines are read again if etcd fails."""
         upto = self.rt.kernel.trace.seq
         new: dict[int, TaskKey] = {}
         ended: list[int] = []
@@ -132,11 +133,16 @@ class Failover:
         self.rt.notifier.wake({"recorded"})
 
     async def report_all(self, news: list[tuple[int, TaskKey]], ended: list[int]) -> None:
-        """`report` them, TXN_OPS operations a txn."""
-        while news or ended:
-            puts = news[:TXN_OPS]
-            ends, news, ended = ended[:TXN_OPS - len(puts)], news[len(puts):], ended[TXN_OPS - len(puts):]
-            await self.report(dict(puts), ends)
+        """Put the keys of `news` tasks and end those of `ended`, in as few txns as etcd takes
+        (guarded.write_each); an end whose guard fails (the task was moved) is dropped."""
+        writes = news + [(pid, None) for pid in ended]
+        for (pid, key), revision in await write_each(self.etcd, writes, self.write):
+            if key is not None:
+                self.written[pid] = key, revision
+                continue
+            if revision is None:
+                log.warning("cluster: the exit of task %d is not reported: it was moved away", pid)
+            self.written.pop(pid, None)
 
     async def settle(self, pids: list[int]) -> None:
         """Return once the keys of tasks `pids`, just submitted here, are in etcd (or they have ended), so
@@ -159,34 +165,15 @@ class Failover:
                        f"{SETTLE_S + SETTLE_LINE_S * len(pids):.0f}s ({why}; no quorum?): they were not run; "
                        f"try again")
 
-    async def report(self, new: dict[int, TaskKey], ended: list[int]) -> None:
-        """Put the keys of `new` tasks and end those of `ended` in one txn; if an end's guard fails (the
-        task was moved), the puts again alone and each end alone, the failed ones dropped."""
-        txn = Txn()
-        for pid, key in new.items():
-            txn.put(self.keys.task(pid), key.to_json())
-        for pid in ended:
-            self.end(txn, pid)
-        result = await self.etcd.txn(txn)
-        if not result.succeeded:
-            if new:
-                await self.report(new, [])
-            for pid in ended:
-                if not (await self.etcd.txn(self.end(Txn(), pid))).succeeded:
-                    log.warning("cluster: the exit of task %d is not reported: it was moved away", pid)
-                self.written.pop(pid, None)
-            return
-        for pid, key in new.items():
-            self.written[pid] = key, result.revision
-        for pid in ended:
-            self.written.pop(pid, None)
-
-    def end(self, txn: Txn, pid: int) -> Txn:
-        """`txn` guarded on task `pid`'s key being as this node wrote it, deleting it (or, for a moved
-        task, marking it exited)."""
-        key, revision = self.written[pid]
+    def write(self, pid_key: tuple[int, TaskKey | None]) -> Txn:
+        """The txn of one of report_all's writes: (pid, key) puts task pid's new key; (pid, None) ends it,
+        guarded on its key being as this node wrote it: deletes it (or, for a moved task, marks it exited)."""
+        pid, new = pid_key
         name = self.keys.task(pid)
-        txn.when(name, "mod_revision", "==", revision).delete(self.keys.output(pid))
+        if new is not None:
+            return Txn().put(name, new.to_json())
+        key, revision = self.written[pid]
+        txn = Txn().when(name, "mod_revision", "==", revision).delete(self.keys.output(pid))
         return txn.put(name, attrs.evolve(key, exited=True).to_json()) if key.origin else txn.delete(name)
 
     async def watch(self) -> None:
@@ -205,15 +192,11 @@ class Failover:
 
     async def forget(self, mine: list[tuple[int, TaskKey, int]]) -> None:
         """Delete the keys of tasks moved here (`mine`: the keys naming this node) that exited and were
-        reaped since (retention): nobody needs to find them any more. A txn for each TXN_OPS of them, each
-        guarded on its key's revision."""
+        reaped since (retention): nobody needs to find them any more. Each delete is guarded on its key's
+        revision (guarded.write_each)."""
         tasks = self.rt.kernel.tasks
-        gone = [(pid, revision) for pid, key, revision in mine if key.exited and pid not in tasks]
-        for start in range(0, len(gone), TXN_OPS):
-            txn = Txn()
-            for pid, revision in gone[start:start + TXN_OPS]:
-                txn.when(self.keys.task(pid), "mod_revision", "==", revision).delete(self.keys.task(pid))
-            await self.etcd.txn(txn)
+        gone = [(self.keys.task(pid), revision) for pid, key, revision in mine if key.exited and pid not in tasks]
+        await write_each(self.etcd, gone, deleted_if_unchanged)
 
     async def move(self) -> None:
         """Move each unfinished task of a node that is not up to the best up node, in a guarded txn."""
@@ -257,3 +240,8 @@ class Failover:
         except ApeinxError as error:
             log.warning("cluster: %s refused: %s", type(events[0]).__name__, error.reason)
 
+
+def deleted_if_unchanged(key_revision: tuple[bytes, int]) -> Txn:
+    """A txn deleting the key if its mod_revision is still the one given."""
+    key, revision = key_revision
+    return Txn().when(key, "mod_revision", "==", revision).delete(key)

@@ -107,11 +107,17 @@ def pid_ranges(pids: list[int], most: int = MAX_RANGES) -> str:
     return ",".join(f"{first}-{last}" if last > first else str(first) for first, last in ranges)
 
 
-def pids_of(ranges: str) -> Iterator[int]:
-    """The pids of pid_ranges' text, in order."""
+def bounds_of(ranges: str) -> Iterator[tuple[int, int]]:
+    """(first, last) of each range of pid_ranges' text, in order."""
     for part in filter(None, ranges.split(",")):
         first, _, last = part.partition("-")
-        yield from range(int(first), int(last or first) + 1)
+        yield int(first), int(last or first)
+
+
+def pids_of(ranges: str) -> Iterator[int]:
+    """The pids of pid_ranges' text, in order."""
+    for first, last in bounds_of(ranges):
+        yield from range(first, last + 1)
 
 
 def unchanged(key: bytes, read: KeyValue | None) -> Txn:

@@ -3,12 +3,12 @@ node that adopts the task after a failover goes on from there instead of from th
 
 `Replicas(cluster)` (held as `Cluster.replicas`) runs `keep`: every `replicate_s` it puts, for each
 live task this node owns (failover's `written` keys) whose output grew since, `Keys.output(PID)` =
-`Replica(tokens, output)` as JSON. The puts go in txns of at most TXN_OPS operations and about
-TXN_BYTES, each put guarded on the task's key being as this node wrote it, so a node that lost its
-lease never overwrites what the task's new owner replicates; a txn whose guard fails is sent again
-one put at a time, and the moved task's put dropped. A task's output past MOST_BYTES stays at its
+`Replica(tokens, output)` as JSON. The puts go in as few txns as etcd takes (guarded.py), each
+guarded on the task's key being as this node wrote it, so a node that lost its lease never
+overwrites what the task's new owner replicates; a txn whose guard fails is sent again one put
+at a time, and the moved task's put dropped. A task's output past MOST_BYTES stays at its
 last put (a moved task then goes on from that point). The keys are outside the prefix every node
-watches, so no watch carries them; the key goes with the task's key at its exit (failover.end).
+watches, so no watch carries them; the key goes with the task's key at its exit (failover.write).
 `replica_of(etcd, keys, pid, spec)` reads one back for an adoption: None if there is none, or one
 that cannot be used (no tokens, or all of max_tokens).
 Not here: moving tasks and adopting them (failover.py); the kernel's resume (events.Adopt).
@@ -20,10 +20,10 @@ import attrs
 import trio
 
 from ..kernel.spec import TaskSpec
-from .etcd_records import TXN_OPS, EtcdError, Txn
+from .etcd_records import EtcdError, Txn
+from .guarded import write_each
 
 log = logging.getLogger(__name__)
-TXN_BYTES = 1 << 20  # about the most bytes of output one txn carries (etcd refuses requests over 1.5 MiB)
 MOST_BYTES = 256 << 10  # a task's output past this is not replicated further
 
 
@@ -74,32 +74,18 @@ class Replicas:
         return grown
 
     async def replicate(self) -> None:
-        """Put the grown outputs, a txn for each batch of them."""
-        batch: list[tuple[int, Replica]] = []
-        size = 0
-        for pid, replica in self.grown():
-            batch.append((pid, replica))
-            size += len(replica.output)
-            if len(batch) == TXN_OPS or size >= TXN_BYTES:
-                await self.put(batch)
-                batch, size = [], 0
-        if batch:
-            await self.put(batch)
+        """Put the grown outputs, as few txns as etcd takes (guarded.write_each); a put whose guard
+        failed (the task was moved) is dropped."""
+        for (pid, replica), revision in await write_each(self.etcd, self.grown(), self.guarded):
+            if revision is not None:
+                self.sent[pid] = replica.tokens
 
-    async def put(self, batch: list[tuple[int, Replica]]) -> None:
-        """One txn of `batch`'s puts, each guarded on its task key; one at a time if a guard failed."""
-        if (await self.etcd.txn(self.guarded(Txn(), batch))).succeeded:
-            self.sent.update((pid, replica.tokens) for pid, replica in batch)
-        elif len(batch) > 1:
-            for one in batch:
-                await self.put([one])
-
-    def guarded(self, txn: Txn, batch: list[tuple[int, Replica]]) -> Txn:
-        for pid, replica in batch:
-            if pid in self.failover.written:
-                txn.when(self.keys.task(pid), "mod_revision", "==", self.failover.written[pid][1])
-                txn.put(self.keys.output(pid), replica.to_json())
-        return txn
+    def guarded(self, grown: tuple[int, Replica]) -> Txn:
+        """The put of task pid's replica, guarded on its key being as this node wrote it."""
+        pid, replica = grown
+        revision = self.failover.written[pid][1]
+        return Txn().when(self.keys.task(pid), "mod_revision", "==", revision).put(self.keys.output(pid),
+                                                                                   replica.to_json())
 
 
 async def replica_of(etcd, keys, pid: int, spec: TaskSpec) -> Replica | None:

@@ -33,7 +33,7 @@ from .peer_client import Peer
 from .peer_wire import PeerDown, PeerUnreachable, read_token
 from .placement import Choice, rank
 from .prefixes import write_chains
-from .records import pid_ranges, pids_of
+from .records import bounds_of, pid_ranges, pids_of
 
 log = logging.getLogger(__name__)
 PLACED_MAX = 100_000  # pids this node placed elsewhere that it remembers (so their files resolve at once)
@@ -42,12 +42,8 @@ PLACED_MAX = 100_000  # pids this node placed elsewhere that it remembers (so th
 @functools.lru_cache(maxsize=256)
 def spans(ranges: str) -> tuple[list[int], list[int]]:
     """A record's "A-B,C" pid ranges as (firsts, lasts), for bisect."""
-    firsts, lasts = [], []
-    for part in filter(None, ranges.split(",")):
-        first, _, last = part.partition("-")
-        firsts.append(int(first))
-        lasts.append(int(last or first))
-    return firsts, lasts
+    bounds = list(bounds_of(ranges))
+    return [first for first, _ in bounds], [last for _, last in bounds]
 
 
 def holds(ranges: str, pid: int) -> bool:

@@ -12,10 +12,9 @@ from typing import Any
 
 import attrs
 
+from ..kernel.events import _COMPACT_JSON as JOURNAL_JSON  # a spec's decimals as their text, as the journal writes them
 from ..kernel.spec import TaskSpec
 from ..kernel.task import Task
-
-_JSON = json.JSONEncoder(separators=(",", ":"), default=str)  # a spec's decimals as their text, as the journal
 
 
 @attrs.frozen
@@ -30,7 +29,7 @@ class TaskKey:
     exited: bool = False  # a moved task that has exited (a task never moved loses its key instead)
 
     def to_json(self) -> bytes:
-        return _JSON.encode(attrs.asdict(self)).encode()
+        return JOURNAL_JSON.encode(attrs.asdict(self)).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> "TaskKey":

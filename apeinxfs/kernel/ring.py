@@ -5,6 +5,8 @@ eighth goes (one memmove per eighth of the limit); `dropped` counts their bytes,
 offsets into the file serving it keep counting every line ever written and `tail -f`
 follows across the drops (nodes/ringlog.py). Lines after `hold` are not dropped: the daemon
 holds those not yet in the ring's archive (archive.py), where every line stays.
+`drop_lines` deletes the oldest lines of such a buffer: the ring's trim and a tenant's view of
+the trace (trace.TenantView) both drop through it.
 
 Not here: what a line says (the subclasses), nor writing the archive (archive.py, runtime.py).
 """
@@ -46,9 +48,7 @@ class Ring:
         count = last - self.first + 1
         if count <= 0 or self.seq - self.first < self.limit:
             return
-        end = self._starts[count] - self.dropped
-        del self.buffer[len(self.HEADER):end]
-        self.dropped += end - len(self.HEADER)
+        self.dropped += drop_lines(self.buffer, len(self.HEADER), self._starts, self.dropped, count)
         for index in self._indexes():
             del index[:count]
         self.first = last + 1
@@ -67,3 +67,11 @@ class Ring:
         if seq >= self.seq:
             return b""
         return bytes(self.buffer[self._starts[max(seq + 1, self.first) - self.first] - self.dropped:])
+
+
+def drop_lines(buffer: bytearray, header: int, starts: array[int], dropped: int, count: int) -> int:
+    """Delete the first `count` lines of `buffer` after its `header` bytes, `starts` saying where each line
+    starts (plus `dropped`, the bytes deleted before); the bytes deleted now. The caller drops its indexes."""
+    end = starts[count] - dropped if count < len(starts) else len(buffer)
+    del buffer[header:end]
+    return end - header

@@ -17,7 +17,6 @@ from .events import PidBlock
 from .task import State, Task
 
 
-PIDS_TAKEN = "/pids"  # in admit's batch: the pids its submits take, beside tenants' (names without a slash)
 
 
 class TaskTable(Mapping[int, Task]):
@@ -77,15 +76,13 @@ class TaskTable(Mapping[int, Task]):
 
     def check_pid_left(self, batch: dict[str, tuple[int, int]] | None, node: str) -> None:
         """TryAgain if a new task would find no pid left in the node's blocks, after those the submits
-        before it in `batch` (admit's, counted under PIDS_TAKEN) take."""
-        taken = (batch or {}).get(PIDS_TAKEN, (0, 0))[0]
+        admitted before it in `batch` take (admit's: tenant -> the tasks and tokens its submits hold)."""
+        taken = sum(tasks for tasks, _ in (batch or {}).values())
         left = self.pids_left()
         if left is not None and taken >= left:
             short = f"only {left} pids left for this write's lines" if taken else "used up its pids"
             raise TryAgain(f"node {node} has {short} and the cluster has not granted it the next block yet "
                            f"(etcd unreachable or without a quorum?): try again{', with fewer lines' if taken else ''}")
-        if batch is not None:
-            batch[PIDS_TAKEN] = (taken + 1, 0)
 
     def check_grant(self, event: PidBlock) -> None:
         """Invalid unless pids are in blocks and the block lies past every pid given or granted."""
@@ -103,12 +100,14 @@ class TaskTable(Mapping[int, Task]):
             self._blocks.append((first, first + count))
 
     def reap(self, pid: int) -> Task:
-        """Forget an exited task without children left (its pid is not used again; the trace archive
-        still has its lines): it leaves its parent's children, and a parent left without any once it
-        has exited may be reaped next. Its pid and its parent's are in `changed` (their readers wake)."""
+        """Forget the oldest reapable task (`oldest_reapable`: retention reaps in that order; its pid is not
+        used again, the trace archive still has its lines): it leaves its parent's children, and a parent
+        left without any once it has exited may be reaped next. Its pid and its parent's are in `changed`
+        (their readers wake)."""
         task = self._tasks[pid]
         assert task.done and not task.children, f"task {pid} is live or has children"
-        self._unlist(task)
+        assert self.reapable and self.reapable[0] == (task.exited_us, pid), f"task {pid} is not the oldest reapable"
+        heapq.heappop(self.reapable)
         del self._tasks[pid]
         self.state_counts[State.EXITED] -= 1
         self._changed.add(pid)
@@ -122,16 +121,6 @@ class TaskTable(Mapping[int, Task]):
     def oldest_reapable(self) -> Task | None:
         """The exited task without children left that exited first (pid order among equals), if any."""
         return self._tasks[self.reapable[0][1]] if self.reapable else None
-
-    def _unlist(self, task: Task) -> None:
-        """Take the task's entry off the reapable heap: the first one at O(log n), any other at O(n)."""
-        assert task.exited_us is not None, "a reapable task has exited"
-        entry = (task.exited_us, task.pid)
-        if self.reapable[0] == entry:
-            heapq.heappop(self.reapable)
-        else:
-            self.reapable.remove(entry)
-            heapq.heapify(self.reapable)
 
     def _may_reap(self, task: Task) -> None:
         """List an exited task without children as reapable; as the first, it is the reaper's next

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .ring import Ring
+from .ring import Ring, drop_lines
 
 if TYPE_CHECKING:
     from .task import Task
@@ -164,7 +164,5 @@ class TenantView:
         count = bisect.bisect_left(self._seqs, first)
         if not count:
             return
-        end = self._starts[count] - self.dropped if count < len(self._seqs) else len(self.text)
-        del self.text[len(HEADER):end]
-        self.dropped += end - len(HEADER)
+        self.dropped += drop_lines(self.text, len(HEADER), self._starts, self.dropped, count)
         del self._seqs[:count], self._starts[:count]
