@@ -275,25 +275,12 @@ Event = (Submit | Kill | Control | Step | Failed | Rejected | SetPolicy | Tick |
 KINDS: dict[str, type[Event]] = {cls.__name__.lower(): cls for cls in typing.get_args(Event)}
 
 
-def _plain(value: object) -> object:
-    """What JSON does not encode itself, as attrs.asdict gives it: a record as the dict of its fields (their
-    values encoded in turn), a set as a list; anything else (a Decimal price) as its exact text."""
-    names = _FIELD_NAMES.get(type(value))
-    if names is None and attrs.has(type(value)):
-        names = _FIELD_NAMES[type(value)] = tuple(field.name for field in attrs.fields(type(value)))
-    if names is not None:
-        return {name: getattr(value, name) for name in names}
-    return list(value) if isinstance(value, (set, frozenset)) else str(value)
-
-
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # a record class -> its fields' names, in order
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), default=_plain)  # json.dumps(..., separators=) builds one per call
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), default=str)  # json.dumps(..., separators=) builds one per call
 
 
 def to_row(event: Event) -> tuple[str, str]:
-    """(kind, JSON body) for the journal: the event as attrs.asdict would give it, encoded without that copy;
-    decimals (a model's prices) as their exact text."""
-    return type(event).__name__.lower(), _COMPACT_JSON.encode(event)
+    """(kind, JSON body) for the journal; decimals (a model's prices) as their exact text."""
+    return type(event).__name__.lower(), _COMPACT_JSON.encode(attrs.asdict(event))
 
 
 _STEPS_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
