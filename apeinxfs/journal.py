@@ -191,7 +191,8 @@ class Journal:
             with self.db:
                 self.db.execute("BEGIN")
                 self.db.executemany("INSERT INTO journal (seq, time_us, kind, body) VALUES (?, ?, ?, ?)", rows)
-                self._write_trace(traced)
+                if traced:  # most commits write none: trace rows go FLUSH_ROWS at a time
+                    self._write_trace(traced)
         except STORAGE_FAULTS as exc:
             self._roll_back()
             raise storage_fault(exc) from exc

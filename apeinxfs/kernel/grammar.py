@@ -20,6 +20,8 @@ _UNIT_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_00
 _INT = re.compile(r"[+-]?[0-9]{1,12}")
 _NUMBER = re.compile(r"[+-]?[0-9]{1,12}(\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?")  # a float's repr fits
 _VALUE_END = re.compile(r"\s|$")
+_SPACE = re.compile(r"\s")
+_QUOTE_OR_ESCAPE = re.compile(r'["\\]')
 
 # TaskSpec's keyword arguments as read from a line or a JSON object: any type until its
 # validators have checked them (they raise Invalid naming the key).
@@ -179,7 +181,7 @@ def split_pairs(line: str, known: Collection[str] | None = SUBMIT_KEYS,
 
 def _one_pair(line: str, pos: int) -> tuple[str, str, int]:
     eq = line.find("=", pos)
-    space = re.compile(r"\s").search(line, pos)  # not line[pos:]: a copy per pair is quadratic
+    space = _SPACE.search(line, pos)  # not line[pos:]: a copy per pair is quadratic
     if eq < 0 or (space and space.start() < eq):
         raise Invalid(f"expected key=value at {line[pos:pos + 20]!r}")
     key, pos = line[pos:eq], eq + 1
@@ -196,22 +198,21 @@ def _one_pair(line: str, pos: int) -> tuple[str, str, int]:
 
 
 def _quoted(line: str, pos: int) -> tuple[str, int]:
+    """The value of a quoted one that starts at `pos` (after its quote), and where it ends; the text
+    between a quote or escape and the next is copied whole, not a character at a time."""
     out: list[str] = []
-    while pos < len(line):
-        char = line[pos]
-        if char == '"':
-            if pos + 1 < len(line) and not line[pos + 1].isspace():
+    while (found := _QUOTE_OR_ESCAPE.search(line, pos)) is not None:
+        at = found.start()
+        out.append(line[pos:at])
+        if line[at] == '"':
+            if at + 1 < len(line) and not line[at + 1].isspace():
                 raise Invalid("a closing quote must end the value")
-            return "".join(out), pos + 1
-        if char == "\\":
-            escape = line[pos + 1:pos + 2]
-            if escape not in _ESCAPES:
-                raise Invalid(f"unknown escape \\{escape} (use \\n \\t \\\" \\\\)")
-            out.append(_ESCAPES[escape])
-            pos += 2
-            continue
-        out.append(char)
-        pos += 1
+            return "".join(out), at + 1
+        escape = line[at + 1:at + 2]
+        if escape not in _ESCAPES:
+            raise Invalid(f"unknown escape \\{escape} (use \\n \\t \\\" \\\\)")
+        out.append(_ESCAPES[escape])
+        pos = at + 2
     raise Invalid("unterminated quoted value")
 
 

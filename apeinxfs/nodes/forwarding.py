@@ -1,7 +1,8 @@
 """ctl files whose writes may run on another node of the cluster (a placed submit, a remote kill).
 
 `Forwarding` is a Command whose `route(lines, caller)` (async) looks at a write's complete
-lines first and returns a `Route`, or None to run them here as any Command does. A Route's
+lines first and returns a `Route`, or None to run them here as any Command does; a node without
+a route (a single node's) runs every write here, its lines decoded once (by the Command). A Route's
 `remote()` runs the lines on another node and returns the replies (pids, `ok`), or None to
 run them here after all; `done(replies)` is called once they ran, here or there (the
 trace's `place` line). Only the
@@ -33,7 +34,7 @@ class Route:
 class Forwarding(Command):
     """A Command whose writes through the mount are routed by `route` first."""
 
-    route: object = None
+    route: object = None  # async (lines, caller) -> Route | None; or None: every write runs here
     settle: object = None  # async (replies of lines run here) -> None, raising the write's refusal; or None
 
     def open(self, caller, writing, reading, truncating=False):
@@ -46,6 +47,8 @@ class ForwardingHandle(CommandHandle):
     """A CommandHandle of a Forwarding node, whose writes through the mount are routed first."""
 
     async def write_async(self, data: bytes) -> int:
+        if self.node.route is None:
+            return await self._here(data)
         lines, rest = self.routable(data)
         try:
             route = await self.node.route(lines, self.caller) if lines else None
@@ -55,13 +58,18 @@ class ForwardingHandle(CommandHandle):
             self.reply = "".join(f"error: {reply}\n" for reply in exc.replies).encode()
             raise
         if replies is None:
-            count = self.write(data)
-            await self.settle()
+            count = await self._here(data)
         else:
             self.pending, count = bytearray(rest), len(data)
             self.reply = "".join(f"{reply}\n" for reply in replies).encode()
         if route is not None:
             route.done(self.reply.decode().splitlines())
+        return count
+
+    async def _here(self, data: bytes) -> int:
+        """Run the write here, then settle its replies."""
+        count = self.write(data)
+        await self.settle()
         return count
 
     async def settle(self) -> None:
@@ -89,16 +97,20 @@ class ForwardingHandle(CommandHandle):
         return [line for line in lines if line.strip()], joined[cut:]
 
 
-async def recorded(rt, replies: list[str]) -> None:
-    """A submit's replies, once the cluster has recorded its tasks (cluster/failover.py `settle`); at
-    once on a single node."""
-    pids = [int(reply) for reply in replies if reply.isdigit()]
-    if rt.cluster is not None and pids:
-        await rt.cluster.failover.settle(pids)
+def recording(rt):
+    """The `settle` of ctl/submit: its replies wait until the cluster has recorded its tasks
+    (cluster/failover.py); None on a single node, where they are answered at once."""
+    if rt.cluster is None:
+        return None
+
+    async def recorded(replies: list[str]) -> None:
+        pids = [int(reply) for reply in replies if reply.isdigit()]
+        if pids:
+            await rt.cluster.failover.settle(pids)
+    return recorded
 
 
-async def routed(rt, what: str, lines: list[str], caller) -> Route | None:
-    """The route of a write to ctl/`what` (submit, kill): the cluster's (cluster/routing.py); here on a
-    single node."""
-    router = None if rt.cluster is None else rt.cluster.router
-    return None if router is None else await getattr(router, f"route_{what}")(lines, caller)
+def routing(rt, what: str):
+    """The `route` of ctl/`what` (submit, kill): the cluster's (cluster/routing.py); None on a single node,
+    whose writes all run here."""
+    return None if rt.cluster is None else getattr(rt.cluster.router, f"route_{what}")

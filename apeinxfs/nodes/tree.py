@@ -15,7 +15,7 @@ from ..kernel import audit
 from ..kernel.errors import NotFound
 from . import billing, ctl, gpus, memory, metrics, policy, readme, replay, sched
 from .base import Command, Dir, NamedDirs, Setting, Show
-from .forwarding import Forwarding, recorded, routed
+from .forwarding import Forwarding, recording, routing
 from . import tasks
 from .members import NodesDir, link
 from .models import ModelsDir, models_ctl
@@ -67,9 +67,9 @@ def build_root(rt) -> Dir:
     return Dir(children={
         "README": Show(show=readme.show),
         "ctl": Dir(children={
-            "submit": Forwarding(mode=stat.S_IFREG | 0o666, run=ctl.submit(rt), route=partial(routed, rt, "submit"),
-                                 settle=partial(recorded, rt)),
-            "kill": Forwarding(run=ctl.kill(rt), route=partial(routed, rt, "kill")),
+            "submit": Forwarding(mode=stat.S_IFREG | 0o666, run=ctl.submit(rt), route=routing(rt, "submit"),
+                                 settle=recording(rt)),
+            "kill": Forwarding(run=ctl.kill(rt), route=routing(rt, "kill")),
             "tenants": Command(mode=stat.S_IFREG | 0o200, run=tenants_ctl(rt), write_role="admin"),
             "models": Command(mode=stat.S_IFREG | 0o200, run=models_ctl(rt), write_role="admin"),
             "policy": policy.RulesFile(rt=rt, show=partial(policy.show, kernel), write_role="admin"),
