@@ -37,7 +37,7 @@ import httpx
 import trio
 from httpcore._backends.trio import TrioStream  # the stream httpcore's trio backend wraps a connection in
 
-from . import bare
+from . import bare, pacing
 
 SPARE_S = 2.0  # the longest a spare waits for a request before it is renewed (engines drop idle ones after 5 s)
 REFILL_S = 0.05  # after a spare is taken, the wait before the next is opened: its connect is off the first token's path
@@ -63,28 +63,27 @@ async def stream(http: httpx.AsyncClient, url: str, body: dict, timeout: float):
     """POST `body` as JSON to `url`: through a bare exchange (bare.py) on a connection of the client's
     backend where `http` sends it straight (http://, no proxy), else through the transport it has for it;
     yields the streaming response."""
-    target, response = parsed(url), None
+    target = parsed(url)
     transport = http._transport_for_url(target)
+    if target.scheme == "http" and transport is http._transport:
+        async with bare.exchange(transport._pool._network_backend, target, body, timeout) as response:
+            yield response
+        return
+    request = httpx.Request("POST", target, json=body, extensions={"timeout": httpx.Timeout(timeout).as_dict()})
+    response = await transport.handle_async_request(request)
+    response.request = request
     try:
-        if target.scheme == "http" and transport is http._transport:
-            response = await bare.exchange(transport._pool._network_backend, target, body, timeout)
-        else:
-            request = httpx.Request("POST", target, json=body, extensions={"timeout": httpx.Timeout(timeout).as_dict()})
-            response = await transport.handle_async_request(request)
-            response.request = request
         yield response
     finally:
-        if response is not None:
-            await response.aclose()
+        await response.aclose()
 
 
-def pace(response: httpx.Response, interval_s: float) -> None:
-    """From now on, read `response`'s connection at most once per `interval_s` (if it is one of ours); the
-    first call starts the clock, later ones only change the interval."""
-    stream = response.extensions.get("network_stream")
-    if isinstance(stream, Coalescing):
-        stream.last_read = stream.last_read if stream.pace_s else trio.current_time()
-        stream.pace_s = interval_s
+def pace(response, interval_s: float) -> None:
+    """From now on, read `response`'s connection at most once per `interval_s` (if it is one of ours: a bare
+    exchange's, or a Coalescing stream's); the first call starts the clock, later ones only change the interval."""
+    paced = response if isinstance(response, bare.Response) else response.extensions.get("network_stream")
+    if isinstance(paced, (bare.Response, Coalescing)):
+        paced.reads.pace(interval_s)
 
 
 parsed = functools.lru_cache(maxsize=256)(httpx.URL)  # an engine's few URLs, parsed once
@@ -209,11 +208,11 @@ class Keeper:
 class Coalescing(httpcore.AsyncNetworkStream):
     """A network stream that holds writes (up to FLUSH_BYTES) until the next read: a request's
     headers and body go out in one send. Closing drops what is held: nobody waits for its answer.
-    With `pace_s` set, a read waits until `pace_s` after the previous one began."""
+    Once paced (`reads`), a read waits until the interval after the previous one began."""
 
     def __init__(self, inner: httpcore.AsyncNetworkStream):
         self.inner, self.held, self.write_timeout = inner, b"", None
-        self.pace_s, self.last_read = 0.0, 0.0
+        self.reads = pacing.Reads()
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self.held, self.write_timeout = self.held + buffer, timeout
@@ -227,9 +226,7 @@ class Coalescing(httpcore.AsyncNetworkStream):
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         if self.held:
             await self.flush()
-        if self.pace_s:
-            await trio.sleep_until(self.last_read + self.pace_s)
-            self.last_read = trio.current_time()
+        await self.reads.wait()
         return await self.inner.read(max_bytes, timeout)
 
     async def aclose(self) -> None:
