@@ -14,14 +14,11 @@ URL = httpx.URL("http://127.0.0.1:8080/v1/completions?x=1")
 
 
 class Scripted:
-    """A connection whose socket gives `pieces` one per recv, then b'' (the connection's end), or raises
-    `error` instead of that end; it records what is sent."""
+    """A socket that gives `pieces` one per recv, then b'' (the connection's end), or raises `error` instead
+    of that end; it records what is sent."""
 
     def __init__(self, pieces, error=None):
         self.pieces, self.error, self.sent, self.closed = list(pieces), error, b"", False
-
-    def get_extra_info(self, info):
-        return self if info == "socket" else None
 
     async def send(self, data):
         self.sent += data
@@ -42,7 +39,7 @@ class Backend:
     def __init__(self, stream):
         self.stream = stream
 
-    async def connect_tcp(self, host, port, timeout=None):
+    async def socket(self, host, port, timeout):
         assert (host, port) == ("127.0.0.1", 8080)
         return self.stream
 

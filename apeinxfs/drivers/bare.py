@@ -37,10 +37,10 @@ async def exchange(backend, url: httpx.URL, body: dict, timeout: float):
             f"Accept: */*\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
             "Connection: close\r\n\r\n").encode()
     try:
-        connection = await backend.connect_tcp(url.host, url.port or 80, timeout)
+        sock = await backend.socket(url.host, url.port or 80, timeout)
     except tuple(ERRORS) as exc:
         raise ERRORS[type(exc)](str(exc)) from exc
-    response = Response(connection, timeout)
+    response = Response(sock, timeout)
     try:
         with response.silence:
             await response.send(head + data)
@@ -53,15 +53,14 @@ async def exchange(backend, url: httpx.URL, body: dict, timeout: float):
 
 
 class Response:
-    """The answer on `connection`'s socket: status_code and headers once `read_head` returned, then the
+    """The answer on `socket` (a connected trio socket): status_code and headers once `read_head` returned, then the
     body as httpx's Response gives it (`aiter_lines`, `aread`). `silence` is the exchange's deadline
     scope: set `timeout` ahead while a send or read waits on the engine. `reads` paces the reads (spares.pace)."""
 
-    def __init__(self, connection, timeout: float):
-        self.socket, self.timeout, self.buffer = connection.get_extra_info("socket"), timeout, b""
+    def __init__(self, socket, timeout: float):
+        self.socket, self.timeout, self.buffer = socket, timeout, b""
         self.silence, self.sending, self.reads = trio.CancelScope(), False, pacing.Reads()
         self.status_code, self.headers, self.length, self.ended = 0, {}, 0, False
-        self.extensions = {"network_stream": connection}
         self.next_piece = self._to_end
 
     async def send(self, data: bytes) -> None:
