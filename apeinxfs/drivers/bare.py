@@ -53,9 +53,10 @@ async def exchange(backend, url: httpx.URL, body: dict, timeout: float):
 
 
 class Response:
-    """The answer on `socket` (a connected trio socket): status_code and headers once `read_head` returned, then the
-    body as httpx's Response gives it (`aiter_lines`, `aread`). `silence` is the exchange's deadline
-    scope: set `timeout` ahead while a send or read waits on the engine. `reads` paces the reads (spares.pace)."""
+    """The answer on `socket` (a connected trio socket): status_code and headers once `read_head` returned,
+    then the body as httpx's Response gives it (`aiter_lines`, `aread`). `silence` is the exchange's
+    deadline scope, set `timeout` ahead while a send or read waits on the engine; `reads` paces the reads
+    (spares.pace)."""
 
     def __init__(self, socket, timeout: float):
         self.socket, self.timeout, self.buffer = socket, timeout, b""

@@ -6,15 +6,15 @@ and keep-alive does not spare it: llama-server closes each connection after a st
 `client()` gives an ordinary `httpx.AsyncClient` (proxies from the environment included)
 whose direct connections come from a `SpareBackend` (one per driver, shared by the clients
 of its GPUs): httpcore's trio backend with, per engine address, one connection already open
-(`Keeper`: a connected trio socket). A request takes it instead of connecting; the keeper opens the next one REFILL_S
-later, off the path of the first token, and renews a spare that waited SPARE_S (engines
-drop idle connections after 5 s). A connection to an IP address, spare or not, is one
-connect(2) (`connect`), without trio.open_tcp_stream's resolver and nursery. A spare the
-engine closed anyway (readable: EOF) is dropped and the request connects; one it closes
-just as the request goes out fails before any answer, which the openai driver retries at
-once (openai.Stale). Proxied URLs keep
-httpx's own transports (mounted from the environment) and their backend: only the client's
-default transport gets spares.
+(`Keeper`: a connected trio socket). A request takes it instead of connecting; the keeper
+opens the next one REFILL_S later, off the path of the first token, and renews a spare
+that waited SPARE_S (engines drop idle connections after 5 s). A connection to an IP
+address, spare or not, is one connect(2) (`connect`), without trio.open_tcp_stream's
+resolver and nursery. A spare the engine closed anyway (readable: EOF) is dropped and the
+request connects; one it closes just as the request goes out fails before any answer,
+which the openai driver retries at once (openai.Stale). Proxied URLs keep httpx's own
+transports (mounted from the environment) and their backend: only the client's default
+transport gets spares.
 
 `stream` sends a request the client would send straight (http://, no proxy) as a bare
 exchange (bare.py) on a socket of its backend (`SpareBackend.socket`), and any other to
@@ -22,10 +22,10 @@ the transport the client picks for its URL, whose streams (`SpareBackend.connect
 a request's writes until it reads (`Coalescing`): headers and body leave in one send, at
 one trio checkpoint. Once `pace`d (a stream whose tokens flow), an answer of either kind
 is read at most once per interval (pacing.Reads), several tokens a read. Either way the
-request goes without the client's default headers, cookies, authentication, redirects and event hooks (an engine
-needs none). httpx has no public API for these hooks (the default transport and its
-backend, the transport for a URL): they use its private attributes, checked where they are
-set. Not an HTTP client: httpx is, and bare.py for one kind of request.
+request goes without the client's default headers, cookies, authentication, redirects and
+event hooks (an engine needs none). httpx has no public API for these hooks (the default
+transport and its backend, the transport for a URL): they use its private attributes,
+checked where they are set. Not an HTTP client: httpx is, and bare.py for one kind of request.
 """
 import contextlib
 import functools
