@@ -162,7 +162,7 @@ async def test_a_paced_stream_reads_at_most_once_per_interval(autojump_clock):
     """Once paced, reads begin pace_s apart (the first pace_s after pacing began), however fast data comes."""
     stream = spares.Coalescing(FakeStream())
     await stream.read(100)
-    stream.reads.pace(0.005)
+    stream.reads.pace(lambda: 0.005)
     started = trio.current_time()
     times = []
     for _ in range(3):

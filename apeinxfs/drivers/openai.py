@@ -222,14 +222,12 @@ async def _follow(events, response, tally: sse.Tally, outbox: flow.Outbox) -> No
     pace = None
     async with contextlib.aclosing(events):
         async for event in events:
-            if (chunk := tally.chunk(event)) is None:
+            if (chunk := tally.chunk(event)) is None or not outbox.put(chunk):
                 continue
-            if outbox.put(chunk):
-                pace = pace or pacing.Pace(trio.current_time(), tally.tokens)
-                spares.pace(response, PACE_S)
-                await trio.sleep(PACE_S)
-            elif pace is not None:
-                spares.pace(response, pace.interval_s(tally.tokens, trio.current_time()))
+            if pace is None:
+                pace = pacing.Pace(trio.current_time(), tally.tokens)
+                spares.pace(response, lambda: pace.interval_s(tally.tokens, trio.current_time()))
+            await trio.sleep(PACE_S)
 
 
 def _failure(exc: Exception, answered: bool, tokens: int) -> Exception:

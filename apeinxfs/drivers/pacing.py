@@ -6,9 +6,11 @@ whether it brings one token or twenty. Once a task's first token went out, `Pace
 its reads by the time the engine takes for TOKENS_PER_READ tokens at the rate seen so far,
 kept between MIN_S (a fast engine's tokens still come several per read) and MAX_S (a
 reader never sees a token more than that late, and a slow engine's tokens still come at
-least that often). `Reads` holds a stream to its interval (bare.py and spares.py read through
-one); openai.py sets it (spares.pace). No I/O here.
+least that often). `Reads` holds a stream to its interval, worked out before each read
+(bare.py and spares.py read through one); openai.py paces it (spares.pace). No I/O here.
 """
+import typing
+
 import attrs
 import trio
 
@@ -34,18 +36,17 @@ class Pace:
 
 @attrs.define
 class Reads:
-    """When a stream may read next: once `pace`d, at most once per `interval_s`."""
+    """When a stream may read next: once `pace`d, at most once per interval."""
 
-    interval_s: float = 0.0
+    interval: typing.Callable[[], float] | None = None
     last_s: float = 0.0
 
-    def pace(self, interval_s: float) -> None:
-        """Read at most once per `interval_s` from now on; the first call starts the clock."""
-        self.last_s = self.last_s if self.interval_s else trio.current_time()
-        self.interval_s = interval_s
+    def pace(self, interval: typing.Callable[[], float]) -> None:
+        """From now on, read at most once per `interval()` seconds (asked once a read, not once a token)."""
+        self.interval, self.last_s = interval, trio.current_time()
 
     async def wait(self) -> None:
-        """Before a read: once paced, sleep until `interval_s` after the previous one began."""
-        if self.interval_s:
-            await trio.sleep_until(self.last_s + self.interval_s)
+        """Before a read: once paced, sleep until the interval after the previous one began."""
+        if self.interval is not None:
+            await trio.sleep_until(self.last_s + self.interval())
             self.last_s = trio.current_time()

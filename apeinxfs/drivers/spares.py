@@ -82,12 +82,12 @@ async def transported(transport, url: httpx.URL, body: dict, timeout: float):
         await response.aclose()
 
 
-def pace(response, interval_s: float) -> None:
-    """From now on, read `response`'s connection at most once per `interval_s` (if it is one of ours: a bare
-    exchange's, or a Coalescing stream's); the first call starts the clock, later ones only change the interval."""
+def pace(response, interval) -> None:
+    """From now on, read `response`'s connection at most once per `interval()` seconds, asked before each
+    read (if it is one of ours: a bare exchange's, or a Coalescing stream's)."""
     paced = response if isinstance(response, bare.Response) else response.extensions.get("network_stream")
     if isinstance(paced, (bare.Response, Coalescing)):
-        paced.reads.pace(interval_s)
+        paced.reads.pace(interval)
 
 
 parsed = functools.lru_cache(maxsize=256)(httpx.URL)  # an engine's few URLs, parsed once
