@@ -1,35 +1,37 @@
-"""Tier 1: drivers/bare.py, the bare HTTP/1.1 exchange of an engine stream, on a scripted network stream.
+"""Tier 1: drivers/bare.py, the bare HTTP/1.1 exchange of an engine stream, on a scripted socket.
 
 The answer comes in the pieces a test chooses (a chunk cut anywhere, a line across reads);
-no socket, no engine. The openai driver's tests run it against fake engines over TCP
+no real socket, no engine. The openai driver's tests run it against fake engines over TCP
 (test_openai_driver.py), and bench_tokens.py against llama-server.
 """
-import httpcore
 import httpx
 import pytest
+import trio
 
 from apeinxfs.drivers import bare
 
 URL = httpx.URL("http://127.0.0.1:8080/v1/completions?x=1")
 
 
-class Scripted(httpcore.AsyncNetworkStream):
-    """Gives `pieces` one per read, then b'' (the connection's end), or raises `error` instead of that end."""
+class Scripted:
+    """A socket that gives `pieces` one per recv, then b'' (the connection's end), or raises `error` instead
+    of that end; it records what is sent."""
 
     def __init__(self, pieces, error=None):
         self.pieces, self.error, self.sent, self.closed = list(pieces), error, b"", False
 
-    async def write(self, buffer, timeout=None):
-        self.sent += buffer
+    async def send(self, data):
+        self.sent += data
+        return len(data)
 
-    async def read(self, max_bytes, timeout=None):
+    async def recv(self, max_bytes):
         if self.pieces:
             return self.pieces.pop(0)
         if self.error is not None:
             raise self.error
         return b""
 
-    async def aclose(self):
+    def close(self):
         self.closed = True
 
 
@@ -37,7 +39,7 @@ class Backend:
     def __init__(self, stream):
         self.stream = stream
 
-    async def connect_tcp(self, host, port, timeout=None):
+    async def socket(self, host, port, timeout):
         assert (host, port) == ("127.0.0.1", 8080)
         return self.stream
 
@@ -58,42 +60,64 @@ CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Enco
 
 
 async def test_the_request_is_one_post_of_json_that_asks_to_close():
-    """One write: the request line with path and query, Host, the JSON's length, Connection: close, the body."""
+    """One send: the request line with path and query, Host, the JSON's length, Connection: close, the body."""
     stream = Scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
-    response = await bare.exchange(Backend(stream), URL, {"prompt": "é"}, 5)
-    head, _, body = stream.sent.partition(b"\r\n\r\n")
-    assert head.split(b"\r\n")[0] == b"POST /v1/completions?x=1 HTTP/1.1"
-    assert b"Host: 127.0.0.1:8080" in head and b"Connection: close" in head
-    assert body == '{"prompt":"é"}'.encode() and f"Content-Length: {len(body)}".encode() in head
-    assert (response.status_code, await response.aread()) == (200, b"")
+    async with bare.exchange(Backend(stream), URL, {"prompt": "é"}, 5) as response:
+        head, _, body = stream.sent.partition(b"\r\n\r\n")
+        assert head.split(b"\r\n")[0] == b"POST /v1/completions?x=1 HTTP/1.1"
+        assert b"Host: 127.0.0.1:8080" in head and b"Connection: close" in head
+        assert body == '{"prompt":"é"}'.encode() and f"Content-Length: {len(body)}".encode() in head
+        assert (response.status_code, await response.aread()) == (200, b"")
+    assert stream.closed
 
 
 @pytest.mark.parametrize("cuts", [(), (5,), (90, 97, 101), tuple(range(1, len(CHUNKED)))])
 async def test_chunked_lines_come_whole_however_the_reads_cut_them(cuts):
     """Headers, chunk sizes, data and a two-byte character cut across reads anywhere give the same lines."""
-    response = await bare.exchange(Backend(Scripted(cut(CHUNKED, *cuts))), URL, {}, 5)
-    assert response.status_code == 200 and response.headers["content-type"] == "text/event-stream"
-    assert [line async for line in response.aiter_lines()] == ['data: {"a":1}', "", 'data: {"b":"é"}', ""]
+    async with bare.exchange(Backend(Scripted(cut(CHUNKED, *cuts))), URL, {}, 5) as response:
+        assert response.status_code == 200 and response.headers["content-type"] == "text/event-stream"
+        assert [line async for line in response.aiter_lines()] == ['data: {"a":1}', "", 'data: {"b":"é"}', ""]
 
 
 async def test_a_counted_body_and_one_to_the_end_of_the_connection():
     """Content-Length reads that many bytes; without it or chunking, the body ends with the connection."""
     counted = Scripted([b"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\nno", b"ne!extra"])
-    response = await bare.exchange(Backend(counted), URL, {}, 5)
-    assert (response.status_code, await response.aread()) == (404, b"none!")
+    async with bare.exchange(Backend(counted), URL, {}, 5) as response:
+        assert (response.status_code, await response.aread()) == (404, b"none!")
     to_end = Scripted([b"HTTP/1.1 200 OK\r\n\r\nline one\r\nline", b" two"])
-    response = await bare.exchange(Backend(to_end), URL, {}, 5)
-    assert [line async for line in response.aiter_lines()] == ["line one", "line two"]
+    async with bare.exchange(Backend(to_end), URL, {}, 5) as response:
+        assert [line async for line in response.aiter_lines()] == ["line one", "line two"]
 
 
 async def test_failures_are_httpx_errors_and_close_the_connection():
     """No answer at all, a reset before it, a cut chunked body: the httpx errors the openai driver tells apart."""
     silent = Scripted([])
     with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
-        await bare.exchange(Backend(silent), URL, {}, 5)
+        async with bare.exchange(Backend(silent), URL, {}, 5):
+            pass
     assert silent.closed
     with pytest.raises(httpx.ReadError):
-        await bare.exchange(Backend(Scripted([], httpcore.ReadError("reset"))), URL, {}, 5)
-    response = await bare.exchange(Backend(Scripted(cut(CHUNKED, 120)[:1])), URL, {}, 5)
+        async with bare.exchange(Backend(Scripted([], ConnectionResetError("reset"))), URL, {}, 5):
+            pass
     with pytest.raises(httpx.RemoteProtocolError, match="complete message body"):
-        await response.aread()
+        async with bare.exchange(Backend(Scripted(cut(CHUNKED, 120)[:1])), URL, {}, 5) as response:
+            await response.aread()
+
+
+async def test_an_engine_silent_past_the_timeout_is_a_read_timeout(autojump_clock):
+    """A read that waits longer than the timeout ends the exchange with httpx.ReadTimeout, before or after
+    the headers; time spent between reads does not count."""
+    class Hanging(Scripted):
+        async def recv(self, max_bytes):
+            return await super().recv(max_bytes) if self.pieces else await trio.sleep_forever()
+
+    with pytest.raises(httpx.ReadTimeout):
+        async with bare.exchange(Backend(Hanging([])), URL, {}, 5):
+            pass
+    head = Hanging([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"1\r\na\r\n"])
+    started = trio.current_time()
+    with pytest.raises(httpx.ReadTimeout):
+        async with bare.exchange(Backend(head), URL, {}, 5) as response:
+            await trio.sleep(10)
+            await response.aread()
+    assert trio.current_time() - started == pytest.approx(15) and head.closed

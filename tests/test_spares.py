@@ -46,9 +46,9 @@ async def until(predicate, timeout: float = 5.0) -> None:
 
 
 async def post(http, url: str):
-    """One request through spares.stream: (the network stream it went on, the answer's body)."""
+    """One request through spares.stream: (the socket a bare exchange went on, else None; the answer's body)."""
     async with spares.stream(http, url, {"prompt": "hi"}, 5) as response:
-        return response.extensions["network_stream"], await response.aread()
+        return getattr(response, "socket", None), await response.aread()
 
 
 def backend_of(http) -> spares.SpareBackend:
@@ -75,7 +75,7 @@ async def test_a_spare_the_engine_closed_is_dropped_and_the_request_connects(nur
     async with spares.client(spares.SpareBackend()) as http:
         await post(http, url)
         keeper = backend_of(http).keepers["127.0.0.1", server.port]
-        await until(lambda: keeper.spare is not None and keeper.spare.get_extra_info("is_readable"))
+        await until(lambda: keeper.spare is not None and keeper.spare.is_readable())
         dead = keeper.spare
         stream, body = await post(http, url)
     assert stream is not dead and body == b"ok" and len(server.requests) == 2
@@ -162,7 +162,7 @@ async def test_a_paced_stream_reads_at_most_once_per_interval(autojump_clock):
     """Once paced, reads begin pace_s apart (the first pace_s after pacing began), however fast data comes."""
     stream = spares.Coalescing(FakeStream())
     await stream.read(100)
-    stream.pace_s, stream.last_read = 0.005, trio.current_time()
+    stream.reads.pace(lambda: 0.005)
     started = trio.current_time()
     times = []
     for _ in range(3):
@@ -175,10 +175,9 @@ async def test_connect_reaches_an_address_and_maps_a_refusal_to_httpcore(nursery
     """connect() opens a connection to an IP address without the resolver; a refused one raises
     httpcore.ConnectError, which the keeper and the openai driver retry."""
     server = await Server().start(nursery)
-    stream = await spares.connect("127.0.0.1", server.port, 5)
-    await stream.write(b"GET / HTTP/1.1\r\n\r\n")
-    assert (await stream.read(4096)).startswith(b"HTTP/1.1 200")
-    await stream.aclose()
+    with await spares.connect("127.0.0.1", server.port, 5) as sock:
+        await sock.send(b"GET / HTTP/1.1\r\n\r\n")
+        assert (await sock.recv(4096)).startswith(b"HTTP/1.1 200")
     with trio.socket.socket() as unused:  # bound, never listening: connect(2) is refused
         await unused.bind(("127.0.0.1", 0))
         with pytest.raises(httpcore.ConnectError):

@@ -1,71 +1,87 @@
-"""A bare HTTP/1.1 exchange for an engine stream: one request out, the answer read straight off the connection.
+"""A bare HTTP/1.1 exchange for an engine stream: one request out, the answer read straight off the socket.
 
 httpx's way (a Request, the connection pool, h11, five async generators deep for each line
 of the answer) costs the daemon's one thread about 2.3 ms of CPU for a request of one token
-to llama-server on this machine; a bare exchange about 0.5 ms. `exchange` serves
-spares.stream's direct requests (http://, no proxy): a POST of JSON on a connection from
-the client's network backend (spares: a spare, or one connect(2)), and an answer framed
-by chunked encoding, Content-Length or the connection's end. The connection is never
-kept alive (llama-server closes it after a stream anyway). A failure is raised as httpx
-raises it (ConnectError, ReadError, RemoteProtocolError, ReadTimeout ...), so the openai
-driver tells them apart as before. Not an HTTP client: no redirects, cookies, TLS,
-compression or keep-alive.
+to llama-server on this machine; a bare exchange about 0.5 ms (in process, its events read
+to the end: thread_time over 200 requests). `exchange` serves spares.stream's direct
+requests (http://, no proxy): a POST of JSON on a socket from the client's network backend
+(spares: a spare, or one connect(2)), sent and read on that trio socket itself (no stream
+layers; one deadline scope for the whole exchange, not one per read), and an answer framed
+by chunked encoding, Content-Length or the connection's end, whose lines come from one
+async generator. The connection is never kept alive (llama-server closes it after a stream
+anyway). A failure is raised as httpx raises it (ConnectError, ReadError, WriteError,
+RemoteProtocolError, ReadTimeout ...), so the openai driver tells them apart as before.
+Not an HTTP client: no redirects, cookies, TLS, compression or keep-alive.
 """
 import contextlib
 import json
+import math
 
 import httpcore
 import httpx
+import trio
+
+from . import pacing
 
 READ_BYTES = 65536
 HEAD_MAX = 65536  # an answer's status line and headers longer than this are not an engine's
-ERRORS = {httpcore.ConnectError: httpx.ConnectError, httpcore.ConnectTimeout: httpx.ConnectTimeout,
-          httpcore.ReadError: httpx.ReadError, httpcore.ReadTimeout: httpx.ReadTimeout,
-          httpcore.WriteError: httpx.WriteError, httpcore.WriteTimeout: httpx.WriteTimeout,
-          httpcore.RemoteProtocolError: httpx.RemoteProtocolError}
+ERRORS = {httpcore.ConnectError: httpx.ConnectError, httpcore.ConnectTimeout: httpx.ConnectTimeout}
 
 
-@contextlib.contextmanager
-def as_httpx():
-    """Raise httpcore's network errors (what the backend's streams raise) as httpx's."""
-    try:
-        yield
-    except tuple(ERRORS) as exc:
-        raise ERRORS[type(exc)](str(exc)) from exc
-
-
-async def exchange(backend, url: httpx.URL, body: dict, timeout: float) -> "Response":
-    """POST `body` as JSON to `url` on a connection of `backend`; the answer, once its headers came."""
+@contextlib.asynccontextmanager
+async def exchange(backend, url: httpx.URL, body: dict, timeout: float):
+    """POST `body` as JSON to `url` on a connection of `backend`; yields the answer once its headers came,
+    and closes the connection after. The engine may be silent `timeout` seconds at most on each send or read."""
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
     head = (f"POST {url.raw_path.decode('ascii')} HTTP/1.1\r\nHost: {url.netloc.decode('ascii')}\r\n"
             f"Accept: */*\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
             "Connection: close\r\n\r\n").encode()
-    with as_httpx():
-        stream = await backend.connect_tcp(url.host, url.port or 80, timeout)
-    response = Response(stream, timeout)
     try:
-        with as_httpx():
-            await stream.write(head + data, timeout)
+        sock = await backend.socket(url.host, url.port or 80, timeout)
+    except tuple(ERRORS) as exc:
+        raise ERRORS[type(exc)](str(exc)) from exc
+    response = Response(sock, timeout)
+    try:
+        with response.silence:
+            await response.send(head + data)
             await response.read_head()
-    except BaseException:
-        await response.aclose()
-        raise
-    return response
+            yield response
+    finally:
+        response.socket.close()
+    if response.silence.cancelled_caught:
+        raise (httpx.WriteTimeout if response.sending else httpx.ReadTimeout)(f"the engine was silent {timeout} s")
 
 
 class Response:
-    """The answer on `stream`: status_code and headers once `read_head` returned, then the body as httpx's
-    Response gives it (`aiter_raw`, `aiter_lines`, `aread`); `extensions["network_stream"]` for pacing."""
+    """The answer on `socket` (a connected trio socket): status_code and headers once `read_head` returned,
+    then the body as httpx's Response gives it (`aiter_lines`, `aread`). `silence` is the exchange's
+    deadline scope, set `timeout` ahead while a send or read waits on the engine; `reads` paces the reads
+    (spares.pace)."""
 
-    def __init__(self, stream, timeout: float):
-        self.stream, self.timeout, self.buffer = stream, timeout, b""
-        self.status_code, self.headers = 0, {}
-        self.extensions = {"network_stream": stream}
+    def __init__(self, socket, timeout: float):
+        self.socket, self.timeout, self.buffer = socket, timeout, b""
+        self.silence, self.sending, self.reads = trio.CancelScope(), False, pacing.Reads()
+        self.status_code, self.headers, self.length, self.ended = 0, {}, 0, False
+        self.next_piece = self._to_end
+
+    async def send(self, data: bytes) -> None:
+        self.sending, self.silence.deadline = True, trio.current_time() + self.timeout
+        try:
+            while data:
+                data = data[await self.socket.send(data):]
+        except OSError as exc:
+            raise httpx.WriteError(str(exc)) from exc
+        self.sending, self.silence.deadline = False, math.inf
 
     async def _fill(self) -> bool:
         """Read more into the buffer; False at the connection's end."""
-        with as_httpx():
-            more = await self.stream.read(READ_BYTES, self.timeout)
+        await self.reads.wait()
+        self.silence.deadline = trio.current_time() + self.timeout
+        try:
+            more = await self.socket.recv(READ_BYTES)
+        except OSError as exc:
+            raise httpx.ReadError(str(exc)) from exc
+        self.silence.deadline = math.inf
         self.buffer += more
         return bool(more)
 
@@ -83,24 +99,20 @@ class Response:
             raise httpx.RemoteProtocolError(f"not an HTTP status line: {status[:100]!r}") from None
         fields = (line.partition(":") for line in lines)
         self.headers = {name.strip().lower(): value.strip() for name, _, value in fields}
-
-    def aiter_raw(self):
-        """The body's bytes, a read's worth at a time (an async iterator)."""
         if "chunked" in self.headers.get("transfer-encoding", "").lower():
-            return self._chunked()
-        if "content-length" in self.headers:
-            return self._counted(int(self.headers["content-length"]))
-        return self._to_end()
+            self.next_piece = self._chunks
+        elif "content-length" in self.headers:
+            self.length, self.next_piece = int(self.headers["content-length"]), self._counted
 
-    async def _chunked(self):
-        while True:
-            pieces, done = self._take_chunks()
+    async def _chunks(self) -> bytes:
+        """The data of the next complete chunks; b"" after the last."""
+        while not self.ended:
+            pieces, self.ended = self._take_chunks()
             if pieces:
-                yield b"".join(pieces)
-            if done:
-                return
-            if not await self._fill():
-                raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+                return b"".join(pieces)
+            if not self.ended:
+                await self._fill_or_fail()
+        return b""
 
     def _take_chunks(self) -> tuple[list[bytes], bool]:
         """The data of the complete chunks at the buffer's head, taken off it; whether the last chunk came."""
@@ -120,21 +132,28 @@ class Response:
         self.buffer = self.buffer[at:]
         return pieces, False
 
-    async def _counted(self, length: int):
-        while len(self.buffer) < length:
-            if not await self._fill():
-                raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
-        yield self.buffer[:length]
+    async def _counted(self) -> bytes:
+        """The whole body of Content-Length bytes; b"" after it."""
+        while not self.ended and len(self.buffer) < self.length:
+            await self._fill_or_fail()
+        piece, self.buffer, self.ended = (b"" if self.ended else self.buffer[:self.length]), b"", True
+        return piece
 
-    async def _to_end(self):
-        while self.buffer or await self._fill():
-            piece, self.buffer = self.buffer, b""
-            yield piece
+    async def _to_end(self) -> bytes:
+        """What came until the connection's end; b"" at that end."""
+        if not self.buffer:
+            await self._fill()
+        piece, self.buffer = self.buffer, b""
+        return piece
+
+    async def _fill_or_fail(self) -> None:
+        if not await self._fill():
+            raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
 
     async def aiter_lines(self):
         """The body's lines as text (UTF-8), without their line ends (\\n or \\r\\n)."""
         pending = b""
-        async for piece in self.aiter_raw():
+        while piece := await self.next_piece():
             *lines, pending = (pending + piece).split(b"\n")
             for line in lines:
                 yield line.removesuffix(b"\r").decode("utf-8", "replace")
@@ -142,7 +161,7 @@ class Response:
             yield pending.removesuffix(b"\r").decode("utf-8", "replace")
 
     async def aread(self) -> bytes:
-        return b"".join([piece async for piece in self.aiter_raw()])
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
+        pieces = []
+        while piece := await self.next_piece():
+            pieces.append(piece)
+        return b"".join(pieces)

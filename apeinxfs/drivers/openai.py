@@ -26,6 +26,7 @@ of an engine), retries (3), backoff_s (0.2), metrics_s (1.0: seconds between scr
 engine's /metrics; 0: none). A task's sampling keys (temperature, top_p, top_k, seed, stop,
 presence_penalty, frequency_penalty) go in its request under their own names.
 """
+import contextlib
 import functools
 import logging
 import typing
@@ -216,17 +217,17 @@ class OpenAIDriver:
 
 async def _follow(events, response, tally: sse.Tally, outbox: flow.Outbox) -> None:
     """Hand each event's chunk to the outbox; once the first token went out, pause PACE_S (its reader
-    goes first), then read the stream a few tokens at a time (pacing.py)."""
+    goes first), then read the stream a few tokens at a time (pacing.py). Closes `events` (an async
+    generator) however it ends: left to the garbage collector, trio's would spawn a task for it."""
     pace = None
-    async for event in events:
-        if (chunk := tally.chunk(event)) is None:
-            continue
-        if outbox.put(chunk):
-            pace = pace or pacing.Pace(trio.current_time(), tally.tokens)
-            spares.pace(response, PACE_S)
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if (chunk := tally.chunk(event)) is None or not outbox.put(chunk):
+                continue
+            if pace is None:
+                pace = pacing.Pace(trio.current_time(), tally.tokens)
+                spares.pace(response, lambda: pace.interval_s(tally.tokens, trio.current_time()))
             await trio.sleep(PACE_S)
-        elif pace is not None:
-            spares.pace(response, pace.interval_s(tally.tokens, trio.current_time()))
 
 
 def _failure(exc: Exception, answered: bool, tokens: int) -> Exception:

@@ -6,25 +6,26 @@ and keep-alive does not spare it: llama-server closes each connection after a st
 `client()` gives an ordinary `httpx.AsyncClient` (proxies from the environment included)
 whose direct connections come from a `SpareBackend` (one per driver, shared by the clients
 of its GPUs): httpcore's trio backend with, per engine address, one connection already open
-(`Keeper`). A request takes it instead of connecting; the keeper opens the next one REFILL_S
-later, off the path of the first token, and renews a spare that waited SPARE_S (engines
-drop idle connections after 5 s). A connection to an IP address, spare or not, is one
-connect(2) (`connect`), without trio.open_tcp_stream's resolver and nursery. A spare the
-engine closed anyway (readable: EOF) is dropped and the request connects; one it closes
-just as the request goes out fails before any answer, which the openai driver retries at
-once (openai.Stale). Proxied URLs keep
-httpx's own transports (mounted from the environment) and their backend: only the client's
-default transport gets spares.
+(`Keeper`: a connected trio socket). A request takes it instead of connecting; the keeper
+opens the next one REFILL_S later, off the path of the first token, and renews a spare
+that waited SPARE_S (engines drop idle connections after 5 s). A connection to an IP
+address, spare or not, is one connect(2) (`connect`), without trio.open_tcp_stream's
+resolver and nursery. A spare the engine closed anyway (readable: EOF) is dropped and the
+request connects; one it closes just as the request goes out fails before any answer,
+which the openai driver retries at once (openai.Stale). Proxied URLs keep httpx's own
+transports (mounted from the environment) and their backend: only the client's default
+transport gets spares.
 
-Streams hold a request's writes until it reads (`Coalescing`): headers and body leave in
-one send, at one trio checkpoint; once `pace`d (a stream whose tokens flow), they read at
-most once per interval, several tokens a read. `stream` sends a request the client would
-send straight (http://, no proxy) as a bare exchange (bare.py) on a connection of its
-backend, and any other to the transport the client picks for its URL; either way without
-the client's default headers, cookies, authentication, redirects and event hooks (an engine
-needs none). httpx has no public API for these hooks (the default transport and its
-backend, the transport for a URL): they use its private attributes, checked where they are
-set. Not an HTTP client: httpx is, and bare.py for one kind of request.
+`stream` sends a request the client would send straight (http://, no proxy) as a bare
+exchange (bare.py) on a socket of its backend (`SpareBackend.socket`), and any other to
+the transport the client picks for its URL, whose streams (`SpareBackend.connect_tcp`) hold
+a request's writes until it reads (`Coalescing`): headers and body leave in one send, at
+one trio checkpoint. Once `pace`d (a stream whose tokens flow), an answer of either kind
+is read at most once per interval (pacing.Reads), several tokens a read. Either way the
+request goes without the client's default headers, cookies, authentication, redirects and
+event hooks (an engine needs none). httpx has no public API for these hooks (the default
+transport and its backend, the transport for a URL): they use its private attributes,
+checked where they are set. Not an HTTP client: httpx is, and bare.py for one kind of request.
 """
 import contextlib
 import functools
@@ -37,7 +38,7 @@ import httpx
 import trio
 from httpcore._backends.trio import TrioStream  # the stream httpcore's trio backend wraps a connection in
 
-from . import bare
+from . import bare, pacing
 
 SPARE_S = 2.0  # the longest a spare waits for a request before it is renewed (engines drop idle ones after 5 s)
 REFILL_S = 0.05  # after a spare is taken, the wait before the next is opened: its connect is off the first token's path
@@ -58,33 +59,35 @@ async def client(backend: "SpareBackend", **options):
             backend.leave(nursery)
 
 
-@contextlib.asynccontextmanager
-async def stream(http: httpx.AsyncClient, url: str, body: dict, timeout: float):
-    """POST `body` as JSON to `url`: through a bare exchange (bare.py) on a connection of the client's
-    backend where `http` sends it straight (http://, no proxy), else through the transport it has for it;
-    yields the streaming response."""
-    target, response = parsed(url), None
+def stream(http: httpx.AsyncClient, url: str, body: dict, timeout: float):
+    """POST `body` as JSON to `url`: through a bare exchange (bare.py) on a socket of the client's backend
+    where `http` sends it straight (http://, no proxy), else through the transport it has for it; an async
+    context manager that yields the streaming response."""
+    target = parsed(url)
     transport = http._transport_for_url(target)
+    if target.scheme == "http" and transport is http._transport:
+        return bare.exchange(transport._pool._network_backend, target, body, timeout)
+    return transported(transport, target, body, timeout)
+
+
+@contextlib.asynccontextmanager
+async def transported(transport, url: httpx.URL, body: dict, timeout: float):
+    """POST `body` as JSON to `url` through httpx's `transport`; yields the streaming response."""
+    request = httpx.Request("POST", url, json=body, extensions={"timeout": httpx.Timeout(timeout).as_dict()})
+    response = await transport.handle_async_request(request)
+    response.request = request
     try:
-        if target.scheme == "http" and transport is http._transport:
-            response = await bare.exchange(transport._pool._network_backend, target, body, timeout)
-        else:
-            request = httpx.Request("POST", target, json=body, extensions={"timeout": httpx.Timeout(timeout).as_dict()})
-            response = await transport.handle_async_request(request)
-            response.request = request
         yield response
     finally:
-        if response is not None:
-            await response.aclose()
+        await response.aclose()
 
 
-def pace(response: httpx.Response, interval_s: float) -> None:
-    """From now on, read `response`'s connection at most once per `interval_s` (if it is one of ours); the
-    first call starts the clock, later ones only change the interval."""
-    stream = response.extensions.get("network_stream")
-    if isinstance(stream, Coalescing):
-        stream.last_read = stream.last_read if stream.pace_s else trio.current_time()
-        stream.pace_s = interval_s
+def pace(response, interval) -> None:
+    """From now on, read `response`'s connection at most once per `interval()` seconds, asked before each
+    read (if it is one of ours: a bare exchange's, or a Coalescing stream's)."""
+    paced = response if isinstance(response, bare.Response) else response.extensions.get("network_stream")
+    if isinstance(paced, (bare.Response, Coalescing)):
+        paced.reads.pace(interval)
 
 
 parsed = functools.lru_cache(maxsize=256)(httpx.URL)  # an engine's few URLs, parsed once
@@ -118,11 +121,13 @@ class SpareBackend(httpcore.AsyncNetworkBackend):
         self.keepers = {address: k for address, k in self.keepers.items() if k.nursery is not nursery}
         nursery.cancel_scope.cancel()
 
+    async def socket(self, host: str, port: int, timeout: float | None) -> trio.socket.SocketType:
+        """A connected trio socket to (`host`, `port`): the spare, or one connect(2) (bare.py reads it itself)."""
+        return self._keeper(host, port).take() or await connect(host, port, timeout)
+
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        if local_address is None and not socket_options and (spare := await self._keeper(host, port).take()):
-            return spare
         if local_address is None and not socket_options:
-            return Coalescing(await connect(host, port, timeout))
+            return Coalescing(TrioStream(trio.SocketStream(await self.socket(host, port, timeout))))
         return Coalescing(await self.inner.connect_tcp(host, port, timeout, local_address, socket_options))
 
     async def connect_unix_socket(self, path, timeout=None, socket_options=None):
@@ -139,14 +144,14 @@ class SpareBackend(httpcore.AsyncNetworkBackend):
         return keeper
 
 
-async def connect(host: str, port: int, timeout: float | None) -> httpcore.AsyncNetworkStream:
-    """A TCP connection to `host`, as httpcore's trio backend makes one; to an IP address, one connect(2)
-    without trio.open_tcp_stream's resolver and happy-eyeballs nursery (a third of its cost here)."""
-    try:
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:  # a name: resolved as httpcore does
-        return await httpcore.TrioBackend().connect_tcp(host, port, timeout)
+async def connect(host: str, port: int, timeout: float | None) -> trio.socket.SocketType:
+    """A trio socket connected to `host` as httpcore's trio backend connects (TCP_NODELAY, httpcore's errors);
+    to an IP address, one connect(2) without trio.open_tcp_stream's resolver and happy-eyeballs nursery (a
+    third of its cost here)."""
+    if (family := family_of(host)) is None:  # a name: resolved as httpcore does
+        return (await httpcore.TrioBackend().connect_tcp(host, port, timeout)).get_extra_info("socket")
     sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
     try:
         with trio.fail_after(math.inf if timeout is None else timeout):
             await sock.connect((host, port))
@@ -157,7 +162,16 @@ async def connect(host: str, port: int, timeout: float | None) -> httpcore.Async
         if isinstance(exc, OSError):
             raise httpcore.ConnectError(exc) from exc
         raise
-    return TrioStream(trio.SocketStream(sock))  # which sets TCP_NODELAY, as open_tcp_stream's does
+    return sock
+
+
+@functools.lru_cache(maxsize=256)
+def family_of(host: str) -> int | None:
+    """The address family of an IP address; None for a name."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return None
 
 
 class Keeper:
@@ -166,15 +180,15 @@ class Keeper:
 
     def __init__(self, connect, nursery):
         self.connect, self.nursery = connect, nursery
-        self.spare: Coalescing | None = None
+        self.spare: trio.socket.SocketType | None = None
         self.taken = trio.Event()
 
-    async def take(self) -> "Coalescing | None":
+    def take(self) -> trio.socket.SocketType | None:
         """The spare if the engine has not hung up on it, else None."""
         spare, self.spare = self.spare, None
         self.taken.set()
-        if spare is not None and spare.get_extra_info("is_readable"):  # idle yet readable: EOF, the engine closed it
-            await spare.aclose()
+        if spare is not None and spare.is_readable():  # idle yet readable: EOF, the engine closed it
+            spare.close()
             return None
         return spare
 
@@ -183,37 +197,36 @@ class Keeper:
         try:
             while True:
                 fresh = await self._open()
-                await self._drop()  # the one it renews, if not taken meanwhile
+                self._drop()  # the one it renews, if not taken meanwhile
                 self.spare, self.taken = fresh, trio.Event()
                 with trio.move_on_after(SPARE_S):
                     await self.taken.wait()
                 if self.spare is None:
                     await trio.sleep(REFILL_S)
         finally:
-            with trio.CancelScope(shield=True):
-                await self._drop()
+            self._drop()
 
-    async def _open(self) -> "Coalescing":
+    async def _open(self) -> trio.socket.SocketType:
         while True:
             try:
-                return Coalescing(await self.connect())
+                return await self.connect()
             except (httpcore.ConnectError, httpcore.ConnectTimeout, OSError):
                 await trio.sleep(RETRY_S)
 
-    async def _drop(self) -> None:
+    def _drop(self) -> None:
         spare, self.spare = self.spare, None
         if spare is not None:
-            await spare.aclose()
+            spare.close()
 
 
 class Coalescing(httpcore.AsyncNetworkStream):
     """A network stream that holds writes (up to FLUSH_BYTES) until the next read: a request's
     headers and body go out in one send. Closing drops what is held: nobody waits for its answer.
-    With `pace_s` set, a read waits until `pace_s` after the previous one began."""
+    Once paced (`reads`), a read waits until the interval after the previous one began."""
 
     def __init__(self, inner: httpcore.AsyncNetworkStream):
         self.inner, self.held, self.write_timeout = inner, b"", None
-        self.pace_s, self.last_read = 0.0, 0.0
+        self.reads = pacing.Reads()
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self.held, self.write_timeout = self.held + buffer, timeout
@@ -227,9 +240,7 @@ class Coalescing(httpcore.AsyncNetworkStream):
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         if self.held:
             await self.flush()
-        if self.pace_s:
-            await trio.sleep_until(self.last_read + self.pace_s)
-            self.last_read = trio.current_time()
+        await self.reads.wait()
         return await self.inner.read(max_bytes, timeout)
 
     async def aclose(self) -> None:

@@ -7,6 +7,7 @@ exact by the engine's `usage` wherever it sends one (vLLM with continuous usage 
 every chunk; llama.cpp, SGLang and OpenAI in the last), and the prompt's token count as
 `prefill` once the engine has told it. No HTTP here: see openai.py.
 """
+import contextlib
 import json
 
 import attrs
@@ -37,14 +38,16 @@ class SseDecoder:
 
 
 async def events(lines):
-    """The JSON events of an SSE line stream, up to `[DONE]` or the end of the stream."""
+    """The JSON events of an SSE line stream (an async generator, closed here), up to `[DONE]` or the end
+    of the stream."""
     decoder = SseDecoder()
-    async for line in lines:
-        data = decoder.feed(line)
-        if data == DONE:
-            return
-        if data is not None:
-            yield decode(data)
+    async with contextlib.aclosing(lines):  # not left to the garbage collector (trio's spawns a task for it)
+        async for line in lines:
+            data = decoder.feed(line)
+            if data == DONE:
+                return
+            if data is not None:
+                yield decode(data)
     if (data := decoder.feed("")) not in (None, DONE):
         yield decode(data)
 
