@@ -5,6 +5,7 @@ import pytest
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig
 from apeinxfs.kernel.events import Chunk, Step
+from apeinxfs.kernel.invariants import InvariantError
 from apeinxfs.kernel.moves import BACKFILL_WINDOW
 from apeinxfs.kernel.sched import POLICIES
 from apeinxfs.kernel.state import decode, encode
@@ -99,6 +100,19 @@ def test_the_heads_looked_past_keep_their_order(policy):
                    deadline_us=None if n % 5 else 900_000 + n)
     before = drain_order(kernels[0])
     other = checked_submit(kernels[1], model="b", tenant="y")
-    assert kernels[1].tasks[other].state is State.RUNNING and f"backfill past {before[0]}" in dispatch_lines(kernels[1])[-1]
+    assert kernels[1].tasks[other].state is State.RUNNING
+    assert f"backfill past {before[0]}" in dispatch_lines(kernels[1])[-1]
     assert drain_order(kernels[1]) == drain_order(kernels[0]) == before and len(before) == 10
     assert [t.pid for t in kernels[1].runq.tasks()] == [t.pid for t in kernels[0].runq.tasks()]
+
+
+def test_the_queued_tasks_counted_by_model_are_checked():
+    """The run queue's count of queued tasks by model (which says whether looking past a head can find a
+    task for the open GPUs) is checked against the queue: a wrong count is an invariant broken."""
+    k = two_models()
+    for _ in range(3):
+        checked_submit(k, model="a")
+    assert list(k.runq.queued_models()) == ["a"]
+    k.runq._models["b"] = 1
+    with pytest.raises(InvariantError, match=r"by model \{'a': 1, 'b': 1\} are not the queue's \{'a': 1\}"):
+        k.check_invariants()

@@ -6,9 +6,9 @@ the components that keep books of each move (the task table, run queue, KV manag
 tenancy, reclaim, engine outages, the trace). It is the `Host` (seams.py) those components
 call back through; and it gives new tasks the pid blocks a cluster grants. Which task runs next is the run queue's; whom to preempt, reclaim's.
 
-Backfill: a head none of whose GPUs has an open slot (all full, closed or down) cannot use the open
-ones, so dispatch looks past it, up to BACKFILL_WINDOW heads a pass, to later tasks that can; a head
-stopped by KV still stops the pass. A head looked past leaves the queue and is pushed back at the end
+Backfill: a head none of whose GPUs has an open slot (all full, or their endpoint down) cannot use the
+open ones, so dispatch looks past it, up to BACKFILL_WINDOW heads a pass, to later tasks that can (while
+the queue holds a task of a model that may run on an open GPU); a head stopped by KV still stops the pass. A head looked past leaves the queue and is pushed back at the end
 of the pass, to the very place it had: every queue orders by keys a pass does not change (pid, arrival,
 prio, vruntime, deadline; the tenants' and agents' counters, charged only by a step, which re-keys them).
 """
@@ -156,33 +156,47 @@ class Moves:
     def _fill_slots(self) -> bool:
         """Dispatch from the queue while the head fits, looking past heads none of whose GPUs has an open
         slot (backfill); say whether KV (not slots) stopped it."""
-        open_gpus = [] if self.fenced else [g.config.index for g in self.gpus if g.open]  # a dispatch fills one
-        passed: list[Task] = []  # heads looked past, set aside until the end of this pass
+        passed: list[Task] = []  # heads looked past, out of the queue until the end of this pass
         try:
-            while open_gpus and (task := self.runq.peek(self.now_us)) is not None:  # no peek once the slots are full
-                if self.tenancy.held_back(task):  # its tenant is at a gpu or kv_pages quota
-                    continue
-                if self.engines.is_down(task.model):  # it waits out of the queue (engines.py)
-                    self.engines.stall(task)
-                    continue
-                gpus = self.engines.where(task.model, open_gpus)  # its endpoints' GPUs that are up (engines.py)
-                if not gpus:  # every GPU it may run on is full, closed or down: the open ones are no use to it
-                    if len(passed) == BACKFILL_WINDOW:
-                        return False
-                    self.runq.remove(task)
-                    passed.append(task)
-                    continue
-                index = self.kv.seat(task, gpus)  # KV pages where most prefix hits, then most room
-                if index is None:
-                    return True  # KV stopped it: looking past it would starve large tasks
-                gpu = self.gpus[index]
-                self._dispatch(task, gpu, passed)
-                if not gpu.open:
-                    open_gpus.remove(index)
-            return False
+            return self._fill(passed)
         finally:
             for task in passed:  # back in their places: a queue orders by keys no dispatch changes (see above)
                 self.runq.push(task)
+
+    def _fill(self, passed: list[Task]) -> bool:
+        open_gpus = [] if self.fenced else [g.config.index for g in self.gpus if g.open]  # a dispatch fills one
+        while open_gpus and (task := self.runq.peek(self.now_us)) is not None:  # no peek once the slots are full
+            if self._waits_out(task):
+                continue
+            gpus = self.engines.where(task.model, open_gpus)  # its endpoints' GPUs that are up (engines.py)
+            if not gpus:  # every GPU it may run on is full or down: the open ones are no use to it
+                if len(passed) == BACKFILL_WINDOW or not self._backfillable(open_gpus):
+                    return False
+                self.runq.remove(task)
+                passed.append(task)
+                continue
+            index = self.kv.seat(task, gpus)  # KV pages where most prefix hits, then most room
+            if index is None:
+                return True  # KV stopped it: looking past it would starve large tasks
+            gpu = self.gpus[index]
+            self._dispatch(task, gpu, passed)
+            if not gpu.open:
+                open_gpus.remove(index)
+        return False
+
+    def _waits_out(self, task: Task) -> bool:
+        """Whether the head leaves the queue to wait: its tenant is at a gpu or kv_pages quota (held back),
+        or its model's engine is down (stalled: engines.py)."""
+        if self.tenancy.held_back(task):
+            return True
+        if self.engines.is_down(task.model):
+            self.engines.stall(task)
+            return True
+        return False
+
+    def _backfillable(self, open_gpus: list[int]) -> bool:
+        """Whether the queue holds a task of a model that may run on one of the open GPUs."""
+        return any(self.engines.where(model, open_gpus) for model in self.runq.queued_models())
 
     def _dispatch(self, task: Task, gpu: Gpu, passed: list[Task]) -> None:
         """Seat the task on `gpu`; `passed`: the heads looked past to reach it, still waiting."""
