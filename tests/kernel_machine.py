@@ -43,9 +43,9 @@ def kernel_config(retention: MemoryRetention = MemoryRetention()) -> KernelConfi
                         tenants=[TenantConfig("default"), TenantConfig("a", weight=300)], billing_period_s=1)
 
 
-def replay(events: list, retention: MemoryRetention = MemoryRetention()) -> Kernel:
-    """A fresh kernel that has applied `events` ((time_us, event) pairs) as journal rows."""
-    kernel = Kernel(kernel_config(retention))
+def replay(events: list, retention: MemoryRetention = MemoryRetention(), config=kernel_config) -> Kernel:
+    """A fresh kernel of `config(retention)` that has applied `events` ((time_us, event) pairs) as journal rows."""
+    kernel = Kernel(config(retention))
     for time_us, event in events:
         kernel.apply(ev.from_row(*ev.to_row(event)), time_us)
     return kernel
@@ -75,10 +75,11 @@ class KernelMachine(RuleBasedStateMachine):
     """One kernel, the events it applied, and the clock that stamps them."""
 
     retention = MemoryRetention()  # what the kernel keeps of exited tasks and trace lines
+    config = staticmethod(kernel_config)  # the kernel's config, given `retention`
 
     def __init__(self):
         super().__init__()
-        self.kernel = Kernel(kernel_config(self.retention))
+        self.kernel = Kernel(self.config(self.retention))
         self.events: list = []
         self.now_us = 0
         self.twin: Kernel | None = None  # restored from a snapshot, then given the same events
@@ -213,7 +214,7 @@ class KernelMachine(RuleBasedStateMachine):
     def restart(self):
         """The daemon restarts: the journal so far rebuilds the same trace and audit trail; running tasks are
         requeued."""
-        rebuilt = replay(self.events, self.retention)
+        rebuilt = replay(self.events, self.retention, self.config)
         assert rebuilt.trace.buffer == self.kernel.trace.buffer and rebuilt.audit.view() == self.kernel.audit.view()
         self.kernel = rebuilt
         self.commit(ev.Restart())
@@ -242,5 +243,5 @@ class KernelMachine(RuleBasedStateMachine):
 
     def teardown(self):
         """The same events, replayed through the journal codec, give the same trace line for line."""
-        assert replay(self.events, self.retention).trace.buffer.decode().splitlines() == \
+        assert replay(self.events, self.retention, self.config).trace.buffer.decode().splitlines() == \
             self.kernel.trace.buffer.decode().splitlines()

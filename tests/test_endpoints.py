@@ -94,13 +94,14 @@ def test_endpoints_survive_the_boot_record_and_a_setmodel_row():
 
 
 def test_a_model_with_endpoints_runs_only_on_their_gpus():
-    """Six tasks of llm on a node of 3 GPUs of 2 slots fill GPUs 0 and 1; GPU 2 takes only sim's."""
+    """Six tasks of llm on a node of 3 GPUs of 2 slots fill GPUs 0 and 1; GPU 2 takes only sim's (looking
+    past llm's head, which waits for a slot on its GPUs)."""
     d = Driven(config())
     pids = [d.submit() for _ in range(6)]
     assert sorted(d.gpu(p) for p in pids[:4]) == [0, 0, 1, 1]
     assert [d.kernel.tasks[p].state for p in pids[4:]] == [State.QUEUED] * 2
     sim = d.submit("sim")
-    assert d.kernel.tasks[sim].state is State.QUEUED  # behind llm's head, which waits for a slot on its GPUs
+    assert d.gpu(sim) == 2 and f"backfill past {pids[4]} (its GPUs are full)" in d.lines("dispatch")[-1]
     d.apply(Step(gpu=0, chunks=[Chunk(pid=pids[0], text="x", tokens=8, final=True)]), SECOND)
     assert d.gpu(pids[4]) == 0
 

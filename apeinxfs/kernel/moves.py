@@ -5,6 +5,12 @@ what changed; it queues, dispatches, serves, preempts, requeues and ends tasks, 
 the components that keep books of each move (the task table, run queue, KV manager,
 tenancy, reclaim, engine outages, the trace). It is the `Host` (seams.py) those components
 call back through; and it gives new tasks the pid blocks a cluster grants. Which task runs next is the run queue's; whom to preempt, reclaim's.
+
+Backfill: a head none of whose GPUs has an open slot (all full, or their endpoint down) cannot use the
+open ones, so dispatch looks past it, up to BACKFILL_WINDOW heads a pass, to later tasks that can (while
+the queue holds a task of a model that may run on an open GPU); a head stopped by KV still stops the pass. A head looked past leaves the queue and is pushed back at the end
+of the pass, to the very place it had: every queue orders by keys a pass does not change (pid, arrival,
+prio, vruntime, deadline; the tenants' and agents' counters, charged only by a step, which re-keys them).
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ if TYPE_CHECKING:
     from .engines import EngineWatch
     from .reclaim import Reclaim
     from .tenancy import Tenancy
+
+BACKFILL_WINDOW = 64  # heads a pass may look past (as Slurm's bf_max_job_test): tasks deeper wait as before
 
 
 class Moves:
@@ -146,30 +154,59 @@ class Moves:
         self.kv_full.set(self.now_us, kv_blocked and not any(g.running for g in self.gpus))
 
     def _fill_slots(self) -> bool:
-        """Dispatch from the queue while the head fits; say whether KV (not slots) stopped it."""
+        """Dispatch from the queue while the head fits, looking past heads none of whose GPUs has an open
+        slot (backfill); say whether KV (not slots) stopped it."""
+        passed: list[Task] = []  # heads looked past, out of the queue until the end of this pass
+        try:
+            return self._fill(passed)
+        finally:
+            for task in passed:  # back in their places: a queue orders by keys no dispatch changes (see above)
+                self.runq.push(task)
+
+    def _fill(self, passed: list[Task]) -> bool:
         open_gpus = [] if self.fenced else [g.config.index for g in self.gpus if g.open]  # a dispatch fills one
         while open_gpus and (task := self.runq.peek(self.now_us)) is not None:  # no peek once the slots are full
-            if self.tenancy.held_back(task):  # its tenant is at a gpu or kv_pages quota
-                continue
-            if self.engines.is_down(task.model):  # it waits out of the queue (engines.py)
-                self.engines.stall(task)
+            if self._waits_out(task):
                 continue
             gpus = self.engines.where(task.model, open_gpus)  # its endpoints' GPUs that are up (engines.py)
+            if not gpus:  # every GPU it may run on is full or down: the open ones are no use to it
+                if len(passed) == BACKFILL_WINDOW or not self._backfillable(open_gpus):
+                    return False
+                self.runq.remove(task)
+                passed.append(task)
+                continue
             index = self.kv.seat(task, gpus)  # KV pages where most prefix hits, then most room
             if index is None:
-                return bool(gpus)  # KV stopped it, or no slot is open where it may run
+                return True  # KV stopped it: looking past it would starve large tasks
             gpu = self.gpus[index]
-            self._dispatch(task, gpu)
+            self._dispatch(task, gpu, passed)
             if not gpu.open:
                 open_gpus.remove(index)
         return False
 
-    def _dispatch(self, task: Task, gpu: Gpu) -> None:
+    def _waits_out(self, task: Task) -> bool:
+        """Whether the head leaves the queue to wait: its tenant is at a gpu or kv_pages quota (held back),
+        or its model's engine is down (stalled: engines.py)."""
+        if self.tenancy.held_back(task):
+            return True
+        if self.engines.is_down(task.model):
+            self.engines.stall(task)
+            return True
+        return False
+
+    def _backfillable(self, open_gpus: list[int]) -> bool:
+        """Whether the queue holds a task of a model that may run on one of the open GPUs."""
+        return any(self.engines.where(model, open_gpus) for model in self.runq.queued_models())
+
+    def _dispatch(self, task: Task, gpu: Gpu, passed: list[Task]) -> None:
+        """Seat the task on `gpu`; `passed`: the heads looked past to reach it, still waiting."""
         reason = self.runq.reason
         self.runq.start(task)
         self.counters.dispatched += 1
         if reason == "deadline boost":
             self.counters.boosts += 1
+        if passed:
+            reason = f"backfill past {passed[0].pid} (its GPUs are full), then {reason}"
         task.gpu, task.run_tokens = gpu.config.index, 0
         self.reclaim.ran(task, 0)
         gpu.running[task.pid] = task
@@ -179,7 +216,7 @@ class Moves:
         self.changed.add(gpu.key)
         counter = self.runq.accounts.tenant(task).counter
         self.emit("dispatch", task, f"{self.runq.name}: {reason}; tenant counter={counter:.1f} "
-                                    f"vruntime={task.vruntime} queued={len(self.runq)}", gpu.config.index)
+                                    f"vruntime={task.vruntime} queued={len(self.runq) + len(passed)}", gpu.config.index)
 
     def step(self, event: ev.Step) -> None:
         """Serve each chunk whose task is still in that GPU's batch; then re-order the served tenants."""

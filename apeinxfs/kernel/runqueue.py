@@ -7,6 +7,8 @@ line), and charges what was served. Which GPU a task runs on, and when, is the k
 """
 from __future__ import annotations
 
+from collections.abc import Callable, KeysView
+
 import attrs
 
 from . import events as ev
@@ -24,6 +26,7 @@ class RunQueue:
     def __init__(self, sched: SchedConfig, accounts: Accounts, counters: Counters, host: Host):
         self.accounts, self._sched, self._counters, self._host = accounts, sched, counters, host
         self._queue = self._make(sched.policy)
+        self._models: dict[str, int] = {}  # model -> its tasks in the queue (none: not a key)
 
     def _make(self, policy: str) -> FairQueue | FlatQueue:
         return make_queue(policy, self.accounts, int(self._sched.deadline_boost_s * 1e6))
@@ -54,18 +57,34 @@ class RunQueue:
         """The queued tasks, in the policy's order."""
         return self._queue.tasks()
 
+    def queued_models(self) -> KeysView[str]:
+        """The models that have tasks in the queue."""
+        return self._models.keys()
+
     def push(self, task: Task) -> None:
         """Queue a runnable task (again), its counts unchanged: held, stalled or re-prioritised."""
-        self._queue.push(task)
+        self._change(self._queue.push, task)
 
     def remove(self, task: Task) -> None:
         """Take a task out of the queue, if it is there, its counts unchanged."""
-        self._queue.remove(task)
+        self._change(self._queue.remove, task)
+
+    def _change(self, change: Callable[[Task], None], task: Task) -> None:
+        """Push or remove the task, and count it in or out of its model's queued tasks if that changed the
+        queue (a task pushed again, or removed when it is not there, changes nothing)."""
+        before = len(self._queue)
+        change(task)
+        if delta := len(self._queue) - before:
+            left = self._models.get(task.model, 0) + delta
+            if left:
+                self._models[task.model] = left
+            else:
+                del self._models[task.model]
 
     def enqueue(self, task: Task) -> None:
         """A task becomes runnable: counted with its tenant and agent, then queued."""
         self.count(task, "runnable", +1)
-        self._queue.push(task)
+        self.push(task)
 
     def count(self, task: Task, field: str, delta: int) -> None:
         """Add `delta` to the runnable or running count of the task's tenant and agent."""
@@ -76,15 +95,15 @@ class RunQueue:
 
     def start(self, task: Task) -> None:
         """The queue's head is dispatched: out of the queue, from runnable to running."""
-        self._queue.remove(task)
+        self.remove(task)
         self.accounts.start(task)
 
     def reprioritise(self, task: Task, prio: int) -> None:
-        self._queue.remove(task)
+        self.remove(task)
         task.spec = attrs.evolve(task.spec, prio=prio)
         task.weight = prio_weight(prio)
         if task.runnable:
-            self._queue.push(task)
+            self.push(task)
 
     def charge(self, task: Task, gpu: Gpu, chunk: ev.Chunk) -> None:
         """VTC cost of what was served: input and output tokens apart, output dearer under KV pressure.
@@ -109,5 +128,10 @@ class RunQueue:
         return old.name
 
     def index_problems(self) -> list[str]:
-        """What disagrees between the queued tasks and the queue's heaps (for invariants.py)."""
-        return list(self._queue.index_problems())
+        """What disagrees between the queued tasks and the queue's heaps and counts by model (for invariants.py)."""
+        by_model: dict[str, int] = {}
+        for task in self._queue.tasks():
+            by_model[task.model] = by_model.get(task.model, 0) + 1
+        counted = by_model == self._models
+        return list(self._queue.index_problems()) + ([] if counted else [
+            f"queued tasks by model {self._models} are not the queue's {by_model}"])
