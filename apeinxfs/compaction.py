@@ -16,9 +16,9 @@ config (but for LIVE_KEYS, which the restored kernel takes from the config now: 
 the local time zone, retention's limits) and layout, or a layout that the migrations
 declared for its changes (kernel/migrations.py) bring to the code's, and whose rows after
 it the journal still holds, is the kernel the journal's tail is replayed into; a migrated
-one is said in the log and, once the daemon runs, in a `migrate` trace line. When rows were compacted
-and no snapshot is usable, the daemon refuses to start, saying why for each, rather than
-start from nothing.
+one is said in the log and, once the daemon runs, in a `migrate` trace line (`run`). When
+rows were compacted and no snapshot is usable, the daemon refuses to start, saying why for
+each, rather than start from nothing.
 
 Decoding a snapshot and replaying rows is recovery (recovery.py); the file format is
 snapshots.py's; `apeinxfs replay --verify` starts from snapshots through `starts` too.

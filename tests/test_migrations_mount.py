@@ -89,3 +89,4 @@ def test_a_daemon_starts_from_a_previous_release_snapshot(tmp_path):
         daemon.stop()
     verified = replay_verify(state)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"replayed from snapshot-{row:012d}.snap (row {row})" in verified.stdout
