@@ -13,10 +13,12 @@ replay the rows after that. At unmount `close` writes one in process.
 
 At start (`start`) the newest snapshot that reads whole, was written with the same kernel
 config (but for LIVE_KEYS, which the restored kernel takes from the config now: admins,
-the local time zone, retention's limits) and layout, and whose rows after it the journal
-still holds, is the kernel the journal's tail is replayed into. When rows were compacted
-and no snapshot is usable, the daemon refuses to start, saying why for each, rather than
-start from nothing.
+the local time zone, retention's limits) and layout, or a layout that the migrations
+declared for its changes (kernel/migrations.py) bring to the code's, and whose rows after
+it the journal still holds, is the kernel the journal's tail is replayed into; a migrated
+one is said in the log and, once the daemon runs, in a `migrate` trace line (`run`). When
+rows were compacted and no snapshot is usable, the daemon refuses to start, saying why for
+each, rather than start from nothing.
 
 Decoding a snapshot and replaying rows is recovery (recovery.py); the file format is
 snapshots.py's; `apeinxfs replay --verify` starts from snapshots through `starts` too.
@@ -33,7 +35,8 @@ import trio
 from . import snapshots
 from .journal import STORAGE_FAULTS, compact, make_durable
 from .kernel import Kernel
-from .kernel import state
+from .kernel import events as ev
+from .kernel import migrations, state
 from .kernel.config import KernelConfig
 from .kernel.errors import Degraded
 
@@ -83,8 +86,9 @@ def unusable(snapshot: snapshots.Snapshot, config: dict, layout: dict, first_row
     written, now = structural(snapshot.config), structural(config)
     if changed := sorted(key for key in written.keys() | now.keys() if written.get(key) != now.get(key)):
         return f"{snapshot.path}: written with another kernel config (it differs in {', '.join(changed)})"
-    if difference := state.layout_difference(snapshot.layout, layout):
-        return f"{snapshot.path}: written by an apeinxfs whose kernel keeps other state: {difference}"
+    if difference := migrations.undeclared(snapshot.layout, layout):
+        return (f"{snapshot.path}: written by an apeinxfs whose kernel keeps other state, with no migration "
+                f"declared for: {difference}")
     return ""
 
 
@@ -97,6 +101,7 @@ class Start:
     seq: int
     config: dict
     snapshot: snapshots.Snapshot | None = None
+    migrated: tuple[str, ...] = ()  # the classes whose objects were migrated (kernel/migrations.py)
 
     @property
     def name(self) -> str:
@@ -121,18 +126,19 @@ def starts(directory: str, config_after: Callable[[int], KernelConfig | None], f
         if config is None:
             problems.append(f"{snapshot.path}: the kernel config changed at a boot after it")
             continue
-        if why := unusable(snapshot, boot_config(config), state.layout(config), first_row, last_row):
+        layout = state.layout(config)
+        if why := unusable(snapshot, boot_config(config), layout, first_row, last_row):
             problems.append(why)
             continue
         try:
             data = snapshot.state()
-            kernels = [state.decode(data)]
+            kernels = [migrations.load(data, snapshot.layout, layout)]
         except (snapshots.Damaged, state.LayoutError) as exc:
             problems.append(f"{snapshot.path}: {exc}")
             continue
-        yield Start(lambda data=data, kernels=kernels, config=config:
-                    rebound(kernels.pop() if kernels else state.decode(data), config), snapshot.seq, snapshot.config,
-                    snapshot)
+        yield Start(lambda data=data, kernels=kernels, config=config, layout=layout, written=snapshot.layout:
+                    rebound(kernels.pop() if kernels else migrations.load(data, written, layout), config),
+                    snapshot.seq, snapshot.config, snapshot, tuple(migrations.changed(snapshot.layout, layout)))
 
 
 class Snapshotter:
@@ -145,6 +151,7 @@ class Snapshotter:
         self.taken_at = None  # trio time of the last snapshot written, or of the start
         self.took_s = 0.0  # how long writing it took
         self.layout = state.layout(runtime.config.kernel)
+        self.migrated: ev.Migrated | None = None  # to journal once the daemon runs: the start migrated a snapshot
 
     def start(self) -> Start:
         """Where recovery starts: the newest usable snapshot, else row 0 if the journal holds all rows.
@@ -160,6 +167,10 @@ class Snapshotter:
         self.seq = start.seq
         if start.snapshot is not None:
             log.info("starting from %s (journal row %d)", start.snapshot.path, start.seq)
+        if start.migrated:
+            classes = ", ".join(name.removeprefix(state.PACKAGE + ".") for name in start.migrated)
+            self.migrated = ev.Migrated(snapshot=start.name, classes=classes)
+            log.info("%s was written by an older apeinxfs: migrated %s", start.name, self.migrated.classes)
         return start
 
     def due(self, now: float) -> bool:
@@ -171,7 +182,13 @@ class Snapshotter:
         return rows > 0 and rested and (rows >= self.every_rows or now - self.taken_at >= self.every_s)
 
     async def run(self) -> None:
-        """Write a snapshot whenever one is due, until cancelled."""
+        """Trace a migrated start, then write a snapshot whenever one is due, until cancelled."""
+        if self.migrated is not None:
+            try:
+                self.runtime.commit([self.migrated])
+            except Degraded as exc:
+                log.error("the migration of %s not traced: %s", self.migrated.snapshot, exc)
+            self.migrated = None
         while True:
             await trio.sleep(min(POLL_S, self.every_s))
             if self.due(trio.current_time()) and self.runtime.health.fault is None:

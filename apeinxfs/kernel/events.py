@@ -252,6 +252,15 @@ class Restart:
 
 
 @attrs.frozen
+class Migrated:
+    """The daemon started from `snapshot`, written by an older apeinxfs, whose objects of `classes` it migrated
+    (kernel/migrations.py): only traced."""
+
+    snapshot: str
+    classes: str
+
+
+@attrs.frozen
 class JournalFailed:
     """The journal could not be written (`errno`, `reason`): the daemon went degraded. Applied when
     it happened, journaled once the journal can be written again (health.py), at its own time."""
@@ -268,7 +277,7 @@ class JournalRecovered:
     since_us: int
 
 
-Event = (Submit | Kill | Control | Step | Failed | Rejected | SetPolicy | Tick | Restart | SetTenant
+Event = (Submit | Kill | Control | Step | Failed | Rejected | SetPolicy | Tick | Restart | Migrated | SetTenant
          | RemoveTenant | SetRules | SetModel | RemoveModel | GpuMemory | JournalFailed | JournalRecovered
          | Interrupted | EngineHealth | EngineKV | PidBlock | Placed | Adopt | MovedAway | Shared
          | Fence)

@@ -106,7 +106,7 @@ class Kernel:
             ev.MovedAway: (lambda e: self.tasks.live(e.pid), self.moves.moved_away),
             ev.Shared: (self.shared.check, self.shared.apply),
             ev.Tick: (accept, accept),  # nothing but time: apply() expires deadlines and schedules
-            ev.Restart: (accept, self.moves.restart),
+            ev.Restart: (accept, self.moves.restart), ev.Migrated: (accept, self.moves.migrated),
             ev.JournalFailed: (accept, lambda e: self.emit("degraded", None, f"{e.reason}; state changes are "
                                                            "refused and running tasks paused until it can be written")),
             ev.JournalRecovered: (accept, self._apply_journalrecovered),

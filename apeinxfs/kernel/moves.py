@@ -268,6 +268,10 @@ class Moves:
         """The cluster placed a write's tasks on a node (a trace line only: the tasks run there)."""
         self.emit("place", None, f"pids {event.pids} on node {event.node}: {event.reason}")
 
+    def migrated(self, event: ev.Migrated) -> None:
+        """The daemon started from a snapshot of older code, migrated: one trace line says so."""
+        self.emit("migrate", None, f"{event.snapshot} was written by an older apeinxfs; migrated: {event.classes}")
+
     def restart(self, event: ev.Restart) -> None:
         """The daemon restarted: what was running goes back to the queue, billed up to its last token."""
         self.emit("restart", None, f"daemon restarted with {len(self.tasks)} tasks")

@@ -7,7 +7,8 @@ line), and charges what was served. Which GPU a task runs on, and when, is the k
 """
 from __future__ import annotations
 
-from collections.abc import Callable, KeysView
+import collections
+from collections.abc import Callable, Iterable, KeysView
 
 import attrs
 
@@ -129,9 +130,12 @@ class RunQueue:
 
     def index_problems(self) -> list[str]:
         """What disagrees between the queued tasks and the queue's heaps and counts by model (for invariants.py)."""
-        by_model: dict[str, int] = {}
-        for task in self._queue.tasks():
-            by_model[task.model] = by_model.get(task.model, 0) + 1
+        by_model = count_by_model(self._queue.tasks())
         counted = by_model == self._models
         return list(self._queue.index_problems()) + ([] if counted else [
             f"queued tasks by model {self._models} are not the queue's {by_model}"])
+
+
+def count_by_model(tasks: Iterable[Task]) -> dict[str, int]:
+    """model -> how many of `tasks` are of it (none: not a key): `RunQueue._models` of queued `tasks`."""
+    return dict(collections.Counter(task.model for task in tasks))

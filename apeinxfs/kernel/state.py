@@ -9,9 +9,10 @@ package and a fixed few of the standard library (`ALLOWED`), nothing else a file
 
 `layout` is what a snapshot must agree on with the code that loads it: every kernel class
 a fresh kernel of that config reaches, and every attrs class of the package, with its
-field names. A snapshot written by code that kept other fields is not loaded (its objects
-would miss attributes, or carry stale ones), and `layout_difference` says which classes
-differ. Pure: no I/O.
+field names. A snapshot written by code that kept other fields is loaded only through the
+migrations declared for them (migrations.py, which `decode` takes; `reached` walks the
+loaded objects); else its objects would miss attributes, or carry stale ones, and
+`layout_difference` says which classes differ. Pure: no I/O.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import importlib
 import io
 import pickle
 import pkgutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -51,7 +52,7 @@ def encode(kernel: Kernel) -> bytes:
 
 def _reduce_kernel(kernel: Kernel) -> tuple[Any, ...]:
     """A kernel as pickle rebuilds it: a bare Kernel, then its fields but the handler table (code, not
-    state: `_set_kernel_state` builds it again)."""
+    state: `decode` builds it again)."""
     fields = {name: value for name, value in vars(kernel).items() if name != "handlers"}
     return _bare_kernel, (), fields, None, None, _set_kernel_state
 
@@ -62,11 +63,11 @@ def _bare_kernel() -> Kernel:
 
 def _set_kernel_state(kernel: Kernel, fields: dict[str, Any]) -> None:
     vars(kernel).update(fields)
-    kernel.handlers = kernel._handlers()
 
 
-def decode(data: bytes) -> Kernel:
-    """The kernel that `encode` turned into `data`; LayoutError if they are not such bytes."""
+def decode(data: bytes, migrate: Callable[[Kernel], object] | None = None) -> Kernel:
+    """The kernel that `encode` turned into `data`, brought to the code's layout by `migrate` (migrations.py)
+    if given, its handler table built; LayoutError if they are not such bytes, or do not migrate."""
     try:
         kernel = KernelUnpickler(io.BytesIO(data)).load()
     except LayoutError:
@@ -75,6 +76,12 @@ def decode(data: bytes) -> Kernel:
         raise LayoutError(f"the state does not load: {type(exc).__name__}: {exc}") from None
     if not isinstance(kernel, Kernel):
         raise LayoutError(f"the state is a {type(kernel).__name__}, not a kernel")
+    try:
+        if migrate is not None:
+            migrate(kernel)
+        kernel.handlers = kernel._handlers()  # after migrating: a handler may be of a component it added
+    except Exception as exc:  # a migration that does not fit the state it finds
+        raise LayoutError(f"the state does not migrate: {type(exc).__name__}: {exc}") from None
     return kernel
 
 
@@ -90,16 +97,22 @@ class KernelUnpickler(pickle.Unpickler):
 def layout(config: KernelConfig) -> dict[str, list[str]]:
     """{class: its field names} of every kernel class a fresh kernel of `config` reaches and every
     attrs class of the kernel package."""
-    classes = {f"{cls.__module__}.{cls.__qualname__}": fields for cls, fields in _reached(Kernel(config))}
+    classes = {class_name(type(item)): sorted(fields_of(item)) for item in reached(Kernel(config))}
     for found in pkgutil.iter_modules(importlib.import_module(PACKAGE).__path__):
         for cls in vars(importlib.import_module(f"{PACKAGE}.{found.name}")).values():
             if attrs.has(cls) and cls.__module__.startswith(PACKAGE):
-                classes[f"{cls.__module__}.{cls.__qualname__}"] = sorted(a.name for a in attrs.fields(cls))
+                classes[class_name(cls)] = sorted(a.name for a in attrs.fields(cls))
     return dict(sorted(classes.items()))
 
 
-def _reached(root: object) -> Iterator[tuple[type, list[str]]]:
-    """(class, field names) of each kernel object reachable from `root`, found by a walk with its own stack."""
+def class_name(cls: type) -> str:
+    """A class's name in a layout: module and qualified name."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def reached(root: object) -> Iterator[object]:
+    """Each kernel object reachable from `root`, found by a walk with its own stack; an object's fields are
+    walked after it is yielded (so they are the ones it holds then)."""
     seen, stack = set(), [root]
     while stack:
         item = stack.pop()
@@ -112,12 +125,11 @@ def _reached(root: object) -> Iterator[tuple[type, list[str]]]:
         elif isinstance(item, (list, tuple, set, frozenset)):
             stack.extend(item)
         elif type(item).__module__.startswith(PACKAGE):
-            fields = _fields(item)
-            yield type(item), sorted(fields)
-            stack.extend(fields.values())
+            yield item
+            stack.extend(fields_of(item).values())
 
 
-def _fields(item: object) -> dict[str, Any]:
+def fields_of(item: object) -> dict[str, Any]:
     """An object's fields: its __dict__ and its slots (getstate aside: this is what the code keeps)."""
     slots = [name for cls in type(item).__mro__ for name in getattr(cls, "__slots__", ())]
     fields = {name: getattr(item, name) for name in slots if name != "__weakref__" and hasattr(item, name)}

@@ -1,0 +1,110 @@
+"""Tier 1-2: a snapshot written by older code is loaded through the migrations declared for its changes.
+
+tests/data/layout-7958f78.json is the layout of the previous release (commit 7958f78), whose
+run queue had no `_models`. A kernel encoded as that code would have (its run queue without
+`_models`) loads with `_models` recounted from the queued tasks, the same as the live
+kernel's, and its invariants hold then and after more events. Every difference between
+that layout and the code's is declared or defaulted (the next kernel field added without a
+migration fails here, naming it), and an undeclared change is still refused, named.
+"""
+import json
+import pathlib
+
+import pytest
+
+from apeinxfs import config as config_mod
+from apeinxfs import snapshots
+from apeinxfs.compaction import unusable
+from apeinxfs.kernel import Kernel, migrations
+from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig
+from apeinxfs.kernel.events import Chunk, Step, Submit, Tick
+from apeinxfs.kernel.spec import TaskSpec
+from apeinxfs.kernel.state import LayoutError, encode, layout
+from kernel_state import state_difference
+
+PREVIOUS = json.loads((pathlib.Path(__file__).parent / "data" / "layout-7958f78.json").read_text())
+RUN_QUEUE, TASK = "apeinxfs.kernel.runqueue.RunQueue", "apeinxfs.kernel.task.Task"
+TWO_MODELS = KernelConfig(models=[ModelConfig(name="a"), ModelConfig(name="b")],
+                          gpus=[GpuConfig(index=0, kv_mib=64, slots=1)])
+
+
+def queued_kernel() -> Kernel:
+    """A kernel of two models on one single-slot GPU: the first task runs, four of both models wait in the queue."""
+    kernel = Kernel(TWO_MODELS)
+    for number, model in enumerate("abbab"):
+        kernel.apply(Submit(spec=TaskSpec(name=f"job{number}", max_tokens=3, model=model), uid=0), number)
+    return kernel
+
+
+def as_previous_release(kernel: Kernel) -> bytes:
+    """The kernel's state as the previous release encoded it: its run queue without `_models`."""
+    models = kernel.runq._models
+    del kernel.runq._models
+    try:
+        return encode(kernel)
+    finally:
+        kernel.runq._models = models
+
+
+def test_previous_release_snapshot_loads_with_models_recounted():
+    """The old-layout state loads migrated: `_models` is the live kernel's, the whole state is the same,
+    and the invariants hold then and after more events applied to both."""
+    live = queued_kernel()
+    assert dict(live.runq._models) == {"a": 1, "b": 3}
+    loaded = migrations.load(as_previous_release(live), PREVIOUS, layout(TWO_MODELS))
+    assert loaded.runq._models == live.runq._models and state_difference(live, loaded) == ""
+    loaded.check_invariants()
+    for now_us, event in [(10, Step(gpu=0, chunks=[Chunk(pid=1, text=" w", tokens=3, prefill=4)])), (20, Tick()),
+                          (30, Submit(spec=TaskSpec(name="late", model="a"), uid=0))]:
+        for kernel in (live, loaded):
+            kernel.apply(event, now_us)
+        loaded.check_invariants()
+    assert loaded.runq._models == live.runq._models and state_difference(live, loaded) == ""
+
+
+def test_every_change_since_the_previous_release_is_declared_or_defaulted():
+    """The previous release's layout migrates to the code's: a kernel field added or gone since without a
+    declaration in kernel/migrations.py (or an attrs default) fails here, by class and field."""
+    now = layout(config_mod.load(use_nvml=False).kernel)
+    assert RUN_QUEUE in migrations.changed(PREVIOUS, now)
+    assert migrations.undeclared(PREVIOUS, now) == ""
+
+
+def test_an_attrs_field_added_with_a_default_needs_no_declaration():
+    """Tasks loaded without `vruntime` (an attrs field with a default, never declared) migrate, each given the
+    default."""
+    kernel, now = queued_kernel(), layout(TWO_MODELS)
+    written = {**now, TASK: [f for f in now[TASK] if f != "vruntime"]}
+    assert migrations.undeclared(written, now) == "" and TASK not in migrations.DECLARED
+    for task in kernel.tasks.values():
+        task.vruntime = 7
+        del task.vruntime
+    migrations.migrate(kernel, set(migrations.changed(written, now)))
+    assert [task.vruntime for task in kernel.tasks.values()] == [0] * 5
+
+
+def test_an_undeclared_change_is_refused_naming_its_fields(tmp_path):
+    """A class that gained a field with no declaration nor default, or lost one, is refused, named with the
+    field; a snapshot of that layout cannot start a daemon, saying so."""
+    now, task = layout(TWO_MODELS), TASK
+    written = {**now, task: [f for f in now[task] if f != "uid"] + ["retired"]}
+    assert migrations.undeclared(written, now) == f"{task} (fields added: uid; gone: retired)"
+    path = snapshots.write(str(tmp_path), 5, 1, 0, {}, written, b"state")
+    why = unusable(snapshots.Snapshot.read(path), {}, now, 1, 9)
+    assert why.endswith(f"written by an apeinxfs whose kernel keeps other state, with no migration declared for: "
+                        f"{task} (fields added: uid; gone: retired)")
+
+
+def test_a_class_gone_from_the_code_is_refused():
+    """A class of the snapshot the code no longer has cannot be migrated: it is named."""
+    now = layout(TWO_MODELS)
+    assert migrations.undeclared({**now, "apeinxfs.kernel.old.Gone": ["x"]}, now) == \
+        "apeinxfs.kernel.old.Gone (no longer in the kernel)"
+
+
+def test_a_migration_that_does_not_fit_the_state_is_a_layout_error():
+    """A state whose migration raises (here a run queue with no queue to recount) does not load: LayoutError."""
+    kernel = queued_kernel()
+    del kernel.runq._queue, kernel.runq._models
+    with pytest.raises(LayoutError, match="the state does not migrate: AttributeError"):
+        migrations.load(encode(kernel), PREVIOUS, layout(TWO_MODELS))
