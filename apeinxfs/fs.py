@@ -85,7 +85,7 @@ class Operations(pyfuse3.Operations):
         self.listings: dict[int, list] = {}
         self._fh = itertools.count(1)
         self._callers: dict[tuple, Caller] = {}
-        self._callers_version = None
+        self._callers_rules = None
         limit = request_timeout_s()
         self.max_block_s = None if limit is None else max(1.0, limit - 2.0)
         self.bug_log = RateLog(log)
@@ -133,10 +133,12 @@ class Operations(pyfuse3.Operations):
 
     def caller(self, ctx) -> Caller:
         """Who sent the request: its role and tenant (access.py), from uid, gid and groups. Kept per
-        (uid, gid, pid) while the kernel is unchanged, unless supplementary groups may count."""
+        (uid, gid, pid) while the tenants and access rules are unchanged (all access.identify reads),
+        unless supplementary groups may count."""
         kernel, key = self.rt.kernel, (ctx.uid, ctx.gid, ctx.pid)
-        if self._callers_version != kernel.version or len(self._callers) >= CALLERS_MAX:
-            self._callers, self._callers_version = {}, kernel.version
+        rules = (kernel.config.access, *kernel.tenancy.tenants.values())  # frozen records: == is mostly `is`
+        if self._callers_rules != rules or len(self._callers) >= CALLERS_MAX:
+            self._callers, self._callers_rules = {}, rules
         if (caller := self._callers.get(key)) is None:
             access = kernel.config.access
             who = identify(kernel.tenancy.tenants, access, ctx.uid, ctx.gid, lambda: supplementary_groups(ctx.pid))

@@ -19,6 +19,7 @@ import pyfuse3
 import trio
 
 from . import config as config_mod
+from . import fuselock
 from .drivers import nvml
 from .fs import Operations
 from .archive import Archive
@@ -218,6 +219,7 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
             await nursery.start(on_signal)
             _report(ready_fd, "ok")
             with serving:
+                fuselock.install()
                 await pyfuse3.main(min_tasks=4, max_tasks=config.max_waiters + 64)
             nursery.cancel_scope.cancel()
     finally:

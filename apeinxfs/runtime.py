@@ -68,9 +68,19 @@ class Notifier:
         self._events: dict = {}
 
     async def wait(self, key, timeout: float | None = None) -> None:
-        event = self._events.setdefault(key, trio.Event())
-        with trio.move_on_after(timeout if timeout is not None else float("inf")):
+        """Sleep until `key` is woken or `timeout` s pass. Most waits (readers, drivers, idle timers)
+        have no timeout: they open no cancel scope, a good part of the CPU a wake-up costs."""
+        if (event := self._events.get(key)) is None:
+            event = self._events[key] = trio.Event()
+        if timeout is None:
             await event.wait()
+            return
+        with trio.move_on_after(timeout):
+            await event.wait()
+
+    def awaited(self, key) -> bool:
+        """Whether someone waits on `key` (a wake of it would do something)."""
+        return key in self._events
 
     def wake(self, keys) -> None:
         for key in keys:
@@ -187,12 +197,13 @@ class Runtime:
     def _wake(self, changed: set) -> None:
         """Wake whoever waits on what changed; a changed pid whose task's tree has ended (or
         is gone) also wakes ('done', pid), the key of `wait` readers, who so sleep through
-        every token."""
-        tasks = self.kernel.tasks
+        every token. Only the pids someone waits on so are looked at."""
         self.notifier.wake(changed)
-        pids = [key for key in changed if isinstance(key, int)]
-        done = self.kernel.tasks.trees_done([pid for pid in pids if pid in tasks])
-        self.notifier.wake([("done", pid) for pid in pids if pid not in tasks or pid in done])
+        pids = [key for key in changed if isinstance(key, int) and self.notifier.awaited(("done", key))]
+        if pids:
+            tasks = self.kernel.tasks
+            done = tasks.trees_done([pid for pid in pids if pid in tasks])
+            self.notifier.wake([("done", pid) for pid in pids if pid not in tasks or pid in done])
 
     def reject(self, path: str, error: ApeinxError, uid: int, pid: int = 0, tenant: str | None = None) -> None:
         """Record a refused write in the journal and trace (and, for a denial, the audit trail);
