@@ -1,0 +1,102 @@
+"""Paired A/B of two checkouts' daemons: CPU per task of bench_tokens.py's "4 at once" turns.
+
+    git worktree add /tmp/ref COMMIT && .venv/bin/python bench/bench_ab.py /tmp/ref [THIS]
+
+Both daemons (REF's apeinxfs package and THIS one's, default this checkout) are mounted at
+once on one real llama-server (the tiny model, 4 slots) and served turns of 4 tasks
+submitted at once (as bench_tokens.py's first-byte figure), the two alternating turn by
+turn, so load on a shared machine falls on both alike. A round's figure is each daemon's
+CPU per task: its threads' on-CPU time (/proc/PID/task/*/schedstat, nanoseconds, not
+/proc/PID/stat's 10 ms ticks) over the turns, less its idle rate measured after them.
+Prints each round and the median of THIS over REF: the way to tell whether a CPU cut buys
+the 5% that keeps it (one daemon measured twice differs by less than 2% here; separate runs
+differed by 10-30%). Env: BENCH_AB_TURNS (60 a round), BENCH_AB_TOKENS (max_tokens, 1),
+BENCH_ROUNDS (4). Not part of bench/run: it needs a second checkout.
+"""
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROUNDS, apeinxfs_mount
+
+import bench_tokens
+import tinymodel
+from engines import LlamaServer, build_llama_server
+
+TURNS = int(os.environ.get("BENCH_AB_TURNS", "60"))
+TOKENS = int(os.environ.get("BENCH_AB_TOKENS", "1"))
+IDLE_S = 2.0
+
+
+def on_cpu_s(pid: int) -> float:
+    """Seconds every thread of process `pid` has run."""
+    total = 0
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            with open(f"/proc/{pid}/task/{thread}/schedstat") as file:
+                total += int(file.read().split()[0])
+    return total / 1e9
+
+
+def turn(daemon) -> None:
+    bench_tokens.together(lambda: bench_tokens.through(daemon, TOKENS)[0], 4)
+
+
+def mounted(stack, url: str, checkouts: dict, order: tuple) -> dict:
+    """{name: daemon} of each checkout's apeinxfs, started in `order` (PYTHONSAFEPATH: the cwd is not
+    put before PYTHONPATH)."""
+    os.environ["PYTHONSAFEPATH"] = "1"
+    daemons = {}
+    for name in order:
+        os.environ["PYTHONPATH"] = checkouts[name]
+        daemons[name] = stack.enter_context(apeinxfs_mount(bench_tokens.config(url, 4), name=f"ab-{name}"))
+    return daemons
+
+
+def cpu_per_task(daemons: dict) -> dict:
+    """{name: ms of CPU per task} over TURNS alternating turns of each daemon, less its idle rate."""
+    pids = {name: daemon.proc.pid for name, daemon in daemons.items()}
+    before, start = {name: on_cpu_s(pid) for name, pid in pids.items()}, time.perf_counter()
+    for index in range(TURNS):
+        for name in sorted(daemons, reverse=bool(index % 2)):
+            turn(daemons[name])
+    after, seconds = {name: on_cpu_s(pid) for name, pid in pids.items()}, time.perf_counter() - start
+    time.sleep(IDLE_S)
+    idle = {name: (on_cpu_s(pid) - after[name]) / IDLE_S for name, pid in pids.items()}
+    return {name: (after[name] - before[name] - idle[name] * seconds) * 1000 / (4 * TURNS) for name in pids}
+
+
+def main() -> int:
+    if len(sys.argv) not in (2, 3):
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        return 1
+    checkouts = {"ref": os.path.abspath(sys.argv[1]), "this": os.path.abspath(sys.argv[2] if len(sys.argv) == 3 else ".")}
+    binary, cpus = build_llama_server(), set(os.sched_getaffinity(0))
+    engine_cpus = {max(cpus)} if len(cpus) > 1 else None  # the engine on a CPU of its own, as bench_tokens.py
+    if engine_cpus:
+        os.sched_setaffinity(0, cpus - engine_cpus)
+    ratios = []
+    with tempfile.TemporaryDirectory(prefix="apeinx-bench-ab-") as tmp:
+        model = tinymodel.write(Path(tmp) / "model.gguf", seed=0)
+        with LlamaServer(binary, model, Path(tmp) / "llama-server.log", slots=4, slot_context=2048,
+                         cpus=engine_cpus) as server:
+            for round_ in range(ROUNDS):
+                with contextlib.ExitStack() as stack:
+                    daemons = mounted(stack, server.url, checkouts, ("ref", "this")[::1 if round_ % 2 else -1])
+                    for daemon in daemons.values():
+                        turn(daemon)  # warm: the first turn opens spare connections and caches
+                    ms = cpu_per_task(daemons)
+                ratios.append(ms["this"] / ms["ref"])
+                print(f"round {round_}: CPU per task ref {ms['ref']:.2f} ms, this {ms['this']:.2f} ms: "
+                      f"{ratios[-1]:.3f}", flush=True)
+    print(f"this / ref, daemon CPU per task ({TOKENS} token(s) a task): median {statistics.median(ratios):.3f} "
+          f"(rounds {min(ratios):.3f}-{max(ratios):.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
