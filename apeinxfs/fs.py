@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 ATTR_TIMEOUT_S = 1.0
 STATIC_S = 60.0  # how long the kernel may keep boot-time names (and their attributes if constant): fewer requests
-CALLERS_MAX = 4096  # callers kept at once (all are dropped when the kernel changes)
+CALLERS_MAX = 4096  # callers kept at once (all are dropped when the tenants or access rules change)
 NEEDS = {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}  # access mode -> permission it needs (O_RDWR: both)
 
 
