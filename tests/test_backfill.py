@@ -6,6 +6,7 @@ from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig
 from apeinxfs.kernel.events import Chunk, Step
 from apeinxfs.kernel.invariants import InvariantError
+from apeinxfs.kernel.events import Tick
 from apeinxfs.kernel.moves import BACKFILL_WINDOW
 from apeinxfs.kernel.sched import POLICIES
 from apeinxfs.kernel.state import decode, encode
@@ -85,6 +86,27 @@ def test_dispatch_looks_past_at_most_the_window_of_heads(deep, runs):
     other = checked_submit(k, model="b")
     assert (k.tasks[other].state is State.RUNNING) is runs
     assert len(k.runq) == deep + (not runs)
+
+
+def test_a_pass_that_fills_the_window_rests_backfill():
+    """b's task one deeper than the window: the pass that fills the window in vain rests backfill, so events
+    in the rest take no head out of the queue; once a's head ran and b's task is within the window, it is
+    backfilled at the first event after the rest, not before."""
+    k = two_models(policy="fcfs", slots=1)
+    running = [submit(k, model="a") for _ in range(2)]
+    for _ in range(BACKFILL_WINDOW + 1):
+        submit(k, model="a")
+    other = checked_submit(k, model="b")
+    removed = []
+    remove = k.runq.remove
+    k.runq.remove = lambda task: (removed.append(task.pid), remove(task))[1]
+    k.apply(Tick(), k.now_us + 1)
+    assert removed == [] and k.moves.backfill_after_us > k.now_us
+    k.apply(Step(gpu=0, chunks=[Chunk(pid=running[0], text="x", tokens=1, final=True)]), k.now_us + 1)
+    assert k.tasks[other].state is State.QUEUED and len(removed) == 1  # a's next head took GPU 0
+    k.apply(Tick(), k.moves.backfill_after_us)
+    assert k.tasks[other].state is State.RUNNING and k.tasks[other].gpu == 2
+    k.check_invariants()
 
 
 @pytest.mark.parametrize("policy", POLICIES)

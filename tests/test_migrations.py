@@ -37,13 +37,14 @@ def queued_kernel() -> Kernel:
 
 
 def as_previous_release(kernel: Kernel) -> bytes:
-    """The kernel's state as the previous release encoded it: its run queue without `_models`."""
-    models = kernel.runq._models
-    del kernel.runq._models
+    """The kernel's state as the previous release encoded it: its run queue without `_models`, its moves
+    without `backfill_after_us`."""
+    models, rest = kernel.runq._models, kernel.moves.backfill_after_us
+    del kernel.runq._models, kernel.moves.backfill_after_us
     try:
         return encode(kernel)
     finally:
-        kernel.runq._models = models
+        kernel.runq._models, kernel.moves.backfill_after_us = models, rest
 
 
 def test_previous_release_snapshot_loads_with_models_recounted():

@@ -3,7 +3,8 @@
 The state directory is built as the previous release (7958f78) leaves it: a daemon with
 queued tasks of two models stops (its last snapshot is written at unmount), the journal is
 compacted behind that snapshot (journal.compact, as the daemon does), and the snapshot is
-written again as that release wrote it: its run queue without `_models`, its header with the
+written again as that release wrote it: its run queue without `_models` (and its moves without
+`backfill_after_us`), its header with the
 release's layout (tests/data/layout-7958f78.json). The daemon starts from it, migrated, with
 its invariants checked: the tasks are there (`cat` of their status), the trace says what was
 migrated, a new task runs to its end, and `apeinxfs replay --verify` passes.
@@ -51,7 +52,7 @@ def as_previous_release(state: str) -> int:
     snapshot = snapshots.Snapshot.read(snapshots.paths(os.path.join(state, "snapshots"))[0])
     compact(os.path.join(state, "journal.db"), snapshot.seq)
     kernel = decode(snapshot.state())
-    del kernel.runq._models
+    del kernel.runq._models, kernel.moves.backfill_after_us
     snapshots.write(os.path.dirname(snapshot.path), snapshot.seq, snapshot.time_us, snapshot.trace_seq,
                     snapshot.config, PREVIOUS, encode(kernel))
     return snapshot.seq
@@ -78,7 +79,7 @@ def test_a_daemon_starts_from_a_previous_release_snapshot(tmp_path):
         for pid, model in zip(pids, "abba"):
             status = shell(f"cat {daemon.path('tasks', str(pid), 'status')}")
             assert f"Model:\t{model}\n" in status and "State:\tZ" not in status
-        assert "was written by an older apeinxfs; migrated: runqueue.RunQueue" in \
+        assert "was written by an older apeinxfs; migrated: moves.Moves, runqueue.RunQueue" in \
             shell(f"grep -h ',migrate,' {daemon.path('trace', 'events')}")
         shell(" ".join(f"echo {pid} > {daemon.path('ctl', 'kill')};" for pid in pids))
         pid = int(shell(f"echo 'name=after model=b max_tokens=3' | tee {daemon.path('ctl', 'submit')} >/dev/null; "

@@ -25,6 +25,7 @@ import attrs
 
 from . import state
 from .kernel import Kernel
+from .moves import Moves
 from .runqueue import RunQueue, count_by_model
 
 Layout = dict[str, list[str]]
@@ -44,6 +45,7 @@ def _queued_by_model(run_queue: RunQueue) -> dict[str, int]:
 
 MIGRATIONS: dict[type, Migration] = {
     RunQueue: Migration(added={"_models": _queued_by_model}),  # counts by model of the queued tasks, recounted
+    Moves: Migration(added={"backfill_after_us": lambda _moves: 0}),  # backfill not resting
 }
 DECLARED = {state.class_name(cls): migration for cls, migration in MIGRATIONS.items()}
 

@@ -8,7 +8,8 @@ call back through; and it gives new tasks the pid blocks a cluster grants. Which
 
 Backfill: a head none of whose GPUs has an open slot (all full, or their endpoint down) cannot use the
 open ones, so dispatch looks past it, up to BACKFILL_WINDOW heads a pass, to later tasks that can (while
-the queue holds a task of a model that may run on an open GPU); a head stopped by KV still stops the pass. A head looked past leaves the queue and is pushed back at the end
+the queue holds a task of a model that may run on an open GPU, and not for BACKFILL_REST_US after a pass
+that filled the window); a head stopped by KV still stops the pass. A head looked past leaves the queue and is pushed back at the end
 of the pass, to the very place it had: every queue orders by keys a pass does not change (pid, arrival,
 prio, vruntime, deadline; the tenants' and agents' counters, charged only by a step, which re-keys them).
 """
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from .tenancy import Tenancy
 
 BACKFILL_WINDOW = 64  # heads a pass may look past (as Slurm's bf_max_job_test): tasks deeper wait as before
+BACKFILL_REST_US = 100_000  # after a pass looked past the whole window, no pass looks past a head for this long
 
 
 class Moves:
@@ -52,6 +54,7 @@ class Moves:
         self.now_us = 0
         self.fenced = False  # the cluster holds this node's engines (events.Fence)
         self.kv_some, self.kv_full = StallClock(), StallClock()  # KV blocked a dispatch: some / all GPUs idle
+        self.backfill_after_us = 0  # backfill rests until then (a pass looked past the whole window)
 
     def attach(self, runq: RunQueue, tenancy: Tenancy, engines: EngineWatch, reclaim: Reclaim) -> None:
         """The components that call back through this one (built after it)."""
@@ -170,7 +173,7 @@ class Moves:
                 continue
             gpus = self.engines.where(task.model, open_gpus)  # its endpoints' GPUs that are up (engines.py)
             if not gpus:  # every GPU it may run on is full or down: the open ones are no use to it
-                if len(passed) == BACKFILL_WINDOW or not self._backfillable(open_gpus):
+                if not self._may_look_past(passed, open_gpus):
                     return False
                 self.runq.remove(task)
                 passed.append(task)
@@ -194,9 +197,16 @@ class Moves:
             return True
         return False
 
-    def _backfillable(self, open_gpus: list[int]) -> bool:
-        """Whether the queue holds a task of a model that may run on one of the open GPUs."""
-        return any(self.engines.where(model, open_gpus) for model in self.runq.queued_models())
+    def _may_look_past(self, passed: list[Task], open_gpus: list[int]) -> bool:
+        """Whether the pass may look past one more head: the window has room, backfill is not resting, and
+        the queue holds a task of a model that may run on an open GPU. A pass that fills the window rests
+        backfill for BACKFILL_REST_US: a backlog of a full model deeper than the window would otherwise
+        take out and push back the window's heads at every event, for nothing."""
+        if len(passed) == BACKFILL_WINDOW:
+            self.backfill_after_us = self.now_us + BACKFILL_REST_US
+            return False
+        return self.now_us >= self.backfill_after_us and any(
+            self.engines.where(model, open_gpus) for model in self.runq.queued_models())
 
     def _dispatch(self, task: Task, gpu: Gpu, passed: list[Task]) -> None:
         """Seat the task on `gpu`; `passed`: the heads looked past to reach it, still waiting."""
