@@ -135,14 +135,17 @@ class Failover:
     async def report_all(self, news: list[tuple[int, TaskKey]], ended: list[int]) -> None:
         """Put the keys of `news` tasks and end those of `ended`, in as few txns as etcd takes
         (guarded.write_each); an end whose guard fails (the task was moved) is dropped."""
-        writes = news + [(pid, None) for pid in ended]
-        for (pid, key), revision in await write_each(self.etcd, writes, self.write):
-            if key is not None:
-                self.written[pid] = key, revision
-                continue
-            if revision is None:
-                log.warning("cluster: the exit of task %d is not reported: it was moved away", pid)
-            self.written.pop(pid, None)
+        await write_each(self.etcd, news + [(pid, None) for pid in ended], self.write, self._reported)
+
+    def _reported(self, write: tuple[int, TaskKey | None], revision: int | None) -> None:
+        """Note a key put (its revision) or ended (forgotten) as etcd answered; an end refused was moved away."""
+        pid, key = write
+        if key is not None:
+            self.written[pid] = key, revision
+            return
+        if revision is None:
+            log.warning("cluster: the exit of task %d is not reported: it was moved away", pid)
+        self.written.pop(pid, None)
 
     async def settle(self, pids: list[int]) -> None:
         """Return once the keys of tasks `pids`, just submitted here, are in etcd (or they have ended), so

@@ -17,19 +17,20 @@ TXN_BYTES = 1 << 20  # about the most bytes of values one txn carries
 Item = TypeVar("Item")
 
 
-async def write_each(etcd, items: Iterable[Item], one: Callable[[Item], Txn]) -> list[tuple[Item, int | None]]:
-    """Run `one(item)` for each of `items`, packed into as few txns as etcd takes; (item, the revision its
-    writes were made at, or None where its guards failed) for each, in order."""
-    written: list[tuple[Item, int | None]] = []
+async def write_each(etcd, items: Iterable[Item], one: Callable[[Item], Txn],
+                     done: Callable[[Item, int | None], None] = lambda item, revision: None) -> None:
+    """Run `one(item)` for each of `items`, packed into as few txns as etcd takes, and call `done(item,
+    revision)` for each once its txn is answered (the revision its writes were made at, or None where its
+    guards failed): an EtcdError midway leaves the items answered before it done, not to be sent again."""
     for batch in packed([(item, one(item)) for item in items]):
         result = await etcd.txn(joined(txn for _, txn in batch))
         if result.succeeded or len(batch) == 1:
-            written += [(item, result.revision if result.succeeded else None) for item, _ in batch]
+            for item, _ in batch:
+                done(item, result.revision if result.succeeded else None)
             continue
-        for item, txn in batch:
+        for item, txn in batch:  # one guard failed, which fails the joined txn: each on its own
             result = await etcd.txn(txn)
-            written.append((item, result.revision if result.succeeded else None))
-    return written
+            done(item, result.revision if result.succeeded else None)
 
 
 def packed(parts: list[tuple[Item, Txn]]) -> Iterator[list[tuple[Item, Txn]]]:

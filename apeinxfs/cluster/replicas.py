@@ -76,9 +76,12 @@ class Replicas:
     async def replicate(self) -> None:
         """Put the grown outputs, as few txns as etcd takes (guarded.write_each); a put whose guard
         failed (the task was moved) is dropped."""
-        for (pid, replica), revision in await write_each(self.etcd, self.grown(), self.guarded):
-            if revision is not None:
-                self.sent[pid] = replica.tokens
+        await write_each(self.etcd, self.grown(), self.guarded, self._sent)
+
+    def _sent(self, grown: tuple[int, Replica], revision: int | None) -> None:
+        if revision is not None:
+            pid, replica = grown
+            self.sent[pid] = replica.tokens
 
     def guarded(self, grown: tuple[int, Replica]) -> Txn:
         """The put of task pid's replica, guarded on its key being as this node wrote it."""
