@@ -39,6 +39,10 @@ class MeteredNotifier:
     def __init__(self, meter, kernel, clock: VirtualClock):
         self.meter, self.kernel, self.clock = meter, kernel, clock
 
+    def awaited(self, key) -> bool:
+        """Nobody waits in a run: no wake needs working out for a waiter."""
+        return False
+
     def wake(self, keys) -> None:
         tasks = self.kernel.tasks
         self.meter.observe(self.clock.us, [tasks[key] for key in keys if type(key) is int and key in tasks])
