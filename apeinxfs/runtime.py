@@ -360,7 +360,7 @@ class Runtime:
             nursery.start_soon(self._deadline_timer)
             nursery.start_soon(self._probe_journal)
             nursery.start_soon(self._progress_timer)
-            if self.archive is not None:
+            if self._archived(self.kernel):
                 nursery.start_soon(self._compress_archive)
             nursery.start_soon(self.readers.watch)
             if self.readings is not None:

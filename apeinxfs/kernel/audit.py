@@ -19,9 +19,6 @@ class AuditLog(Ring):
 
     HEADER = HEADER
 
-    def __init__(self, limit: int = 10_000) -> None:
-        super().__init__(limit)
-
     def record(self, time_us: int, event: ByCaller, action: str, result: str, detail: str) -> None:
         """Append one line; the event says who (uid, caller_pid, caller_tenant)."""
         self.seq += 1

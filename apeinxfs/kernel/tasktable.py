@@ -17,8 +17,6 @@ from .events import PidBlock
 from .task import State, Task
 
 
-
-
 class TaskTable(Mapping[int, Task]):
     """Tasks by pid, with the books kept beside them."""
 
