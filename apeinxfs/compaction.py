@@ -108,6 +108,13 @@ class Start:
         """Where it starts, in words: "row 1", or the snapshot's file and row."""
         return "row 1" if self.snapshot is None else f"{os.path.basename(self.snapshot.path)} (row {self.seq})"
 
+    def migration(self) -> list[ev.Migrated]:
+        """The event that traces a migrated start (journaled with the restart), or none."""
+        if not self.migrated:
+            return []
+        return [ev.Migrated(snapshot=self.name, classes=", ".join(name.removeprefix(state.PACKAGE + ".")
+                                                                   for name in self.migrated))]
+
 
 def compacted_away(first_row: int, directory: str | None, problems: list[str]) -> str:
     """Why no kernel can be rebuilt when the journal starts at `first_row` and none of the snapshots in
@@ -151,7 +158,6 @@ class Snapshotter:
         self.taken_at = None  # trio time of the last snapshot written, or of the start
         self.took_s = 0.0  # how long writing it took
         self.layout = state.layout(runtime.config.kernel)
-        self.migrated: ev.Migrated | None = None  # to journal once the daemon runs: the start migrated a snapshot
 
     def start(self) -> Start:
         """Where recovery starts: the newest usable snapshot, else row 0 if the journal holds all rows.
@@ -167,10 +173,8 @@ class Snapshotter:
         self.seq = start.seq
         if start.snapshot is not None:
             log.info("starting from %s (journal row %d)", start.snapshot.path, start.seq)
-        if start.migrated:
-            classes = ", ".join(name.removeprefix(state.PACKAGE + ".") for name in start.migrated)
-            self.migrated = ev.Migrated(snapshot=start.name, classes=classes)
-            log.info("%s was written by an older apeinxfs: migrated %s", start.name, self.migrated.classes)
+        for migrated in start.migration():
+            log.info("%s was written by an older apeinxfs: migrated %s", start.name, migrated.classes)
         return start
 
     def due(self, now: float) -> bool:
@@ -182,13 +186,7 @@ class Snapshotter:
         return rows > 0 and rested and (rows >= self.every_rows or now - self.taken_at >= self.every_s)
 
     async def run(self) -> None:
-        """Trace a migrated start, then write a snapshot whenever one is due, until cancelled."""
-        if self.migrated is not None:
-            try:
-                self.runtime.commit([self.migrated])
-            except Degraded as exc:
-                log.error("the migration of %s not traced: %s", self.migrated.snapshot, exc)
-            self.migrated = None
+        """Write a snapshot whenever one is due, until cancelled."""
         while True:
             await trio.sleep(min(POLL_S, self.every_s))
             if self.due(trio.current_time()) and self.runtime.health.fault is None:

@@ -118,10 +118,10 @@ class Runtime:
         """Replay the journal into the kernel, from the newest usable snapshot if the daemon keeps them
         (compaction.py), quarantining any row that cannot be applied (recovery.py); mark the restart.
         Returns the journal's rows."""
-        fresh, after = self._fresh_kernel, 0
+        fresh, after, migration = self._fresh_kernel, 0, []
         if self.snapshotter is not None:
             start = self.snapshotter.start()
-            fresh, after = (lambda: self._holding(start.fresh())), start.seq
+            fresh, after, migration = (lambda: self._holding(start.fresh())), start.seq, start.migration()
         self.kernel = rebuild(fresh, self.journal.rows, after, LAST, self.quarantined)
         self.kernel.take_changed()
         if self.config.check_invariants:
@@ -131,7 +131,7 @@ class Runtime:
             ring.release(archive.seq)
         rows = len(self.journal)
         if rows:
-            self.commit([Restart()])
+            self.commit([Restart(), *migration])
         give_back_freed_memory()
         return rows
 
