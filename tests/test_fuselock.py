@@ -2,6 +2,7 @@
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 
 from apeinxfs import fuselock
 from apeinxfs.fuselock import HandOffLock
@@ -21,7 +22,7 @@ async def test_waiters_get_the_lock_in_order_of_arrival():
     async with trio.open_nursery() as nursery:
         for name in "abcd":
             nursery.start_soon(take, name)
-            await trio.sleep(0.001)
+            await trio.testing.wait_all_tasks_blocked()
     assert order == list("abcd") and not lock.held and not lock.waiters
 
 
@@ -39,12 +40,12 @@ async def test_a_cancelled_waiter_leaves_the_queue():
     async with trio.open_nursery() as nursery:
         await lock.__aenter__()
         nursery.start_soon(take_in_scope, "cancelled")
-        await trio.sleep(0.001)
+        await trio.testing.wait_all_tasks_blocked()
         nursery.start_soon(take, "next")
-        await trio.sleep(0.001)
+        await trio.testing.wait_all_tasks_blocked()
         assert len(lock.waiters) == 2
         scope.cancel()
-        await trio.sleep(0.001)
+        await trio.testing.wait_all_tasks_blocked()
         assert len(lock.waiters) == 1
         await lock.__aexit__(None, None, None)
     assert got == ["next"] and not lock.held
