@@ -51,6 +51,12 @@ def link(daemon: Daemon) -> dict:
     return keyed(daemon.path("cluster"))
 
 
+def in_step(nodes) -> None:
+    """Wait until every node is at the same place in the settings log."""
+    poll_until(lambda: len({link(daemon)["Settings"] for daemon in nodes.values()}) == 1, SETTLE_S,
+               "every node at the same place in the settings log")
+
+
 def on_every_node(nodes: dict, parts: tuple, text: str) -> None:
     for daemon in nodes.values():
         poll_until(lambda: shows(daemon, parts, text), SETTLE_S, f"{'/'.join(parts)} = {text!r} on {daemon.mountpoint}")
@@ -87,8 +93,10 @@ def test_a_refused_write_is_refused_as_on_one_node_and_reaches_no_node(nodes):
     """A write this node refuses (a tenant that exists, a bad rule) fails with its errno there, as on one
     node, and changes nothing anywhere."""
     assert write_errno(nodes["c"], "add t1 weight=5", "ctl", "tenants") == errno.EEXIST
+    in_step(nodes)  # had the entry been put, every node would have applied it by now
     assert all(cat(daemon, "tenants", "t1", "weight") == "300\n" for daemon in nodes.values())
     assert write_errno(nodes["b"], "deny colour=red", "ctl", "policy") == errno.EINVAL
+    in_step(nodes)
     assert all(cat(daemon, "ctl", "policy") == "" for daemon in nodes.values())
 
 
@@ -102,8 +110,7 @@ def test_two_nodes_adding_the_same_tenant_at_once_agree_on_one(nodes):
     winners = [name for name, refused in outcomes.items() if refused is None]
     assert len(winners) == 1 and errno.EEXIST in outcomes.values(), outcomes
     on_every_node(nodes, ("tenants", "t2", "weight"), "111\n" if winners == ["a"] else "222\n")
-    poll_until(lambda: len({link(daemon)["Settings"] for daemon in nodes.values()}) == 1, SETTLE_S,
-               "every node at the same place in the settings log")
+    in_step(nodes)
     # the later write was refused by every node (1), or by its own before etcd if the first had reached it (0)
     refused = {link(daemon)["SettingsRefused"] for daemon in nodes.values()}
     assert refused in ({"0"}, {"1"}), refused
