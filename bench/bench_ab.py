@@ -75,10 +75,7 @@ def main() -> int:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 1
     checkouts = {"ref": os.path.abspath(sys.argv[1]), "this": os.path.abspath(sys.argv[2] if len(sys.argv) == 3 else ".")}
-    binary, cpus = build_llama_server(), set(os.sched_getaffinity(0))
-    engine_cpus = {max(cpus)} if len(cpus) > 1 else None  # the engine on a CPU of its own, as bench_tokens.py
-    if engine_cpus:
-        os.sched_setaffinity(0, cpus - engine_cpus)
+    binary, engine_cpus = build_llama_server(), bench_tokens.engine_cpu()
     ratios = []
     with tempfile.TemporaryDirectory(prefix="apeinx-bench-ab-") as tmp:
         model = tinymodel.write(Path(tmp) / "model.gguf", seed=0)

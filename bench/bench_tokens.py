@@ -238,12 +238,18 @@ def summary(what: str, results: list[tuple[float, float]], unit: str, scale: flo
     return statistics.median(ours * scale for ours, _ in results), statistics.median(ratios)
 
 
+def engine_cpu() -> set[int] | None:
+    """Give the engine a CPU of its own (the last), if there are several: this process (and the daemons it
+    starts later, which inherit it) leaves it; that CPU, or None."""
+    cpus = set(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    os.sched_setaffinity(0, cpus - {max(cpus)})
+    return {max(cpus)}
+
+
 def main() -> int:
-    binary = build_llama_server()
-    cpus, engine_cpus = set(os.sched_getaffinity(0)), None
-    if len(cpus) > 1:
-        engine_cpus = {max(cpus)}  # chosen before this process leaves it: the engine's CPU is none of the daemon's
-        os.sched_setaffinity(0, cpus - engine_cpus)  # the daemon, started later, inherits it
+    binary, engine_cpus = build_llama_server(), engine_cpu()
     with tempfile.TemporaryDirectory(prefix="apeinx-bench-tokens-") as tmp:
         cpu = rounds(cpu_per_token, binary, Path(tmp), SLOW_SHAPE, 4, engine_cpus)
         first = rounds(first_bytes, binary, Path(tmp), None, 4, engine_cpus)
