@@ -17,9 +17,10 @@ import pytest
 
 from apeinxfs import snapshots
 from apeinxfs.journal import compact
-from apeinxfs.kernel.state import decode, encode
+from apeinxfs.kernel.state import decode
 from daemon import Daemon, poll_until
 from test_migrations import PREVIOUS
+from test_migrations import as_previous_release as encoded_as_previous_release
 from test_verify_mount import replay_verify
 
 pytestmark = pytest.mark.mount
@@ -51,10 +52,8 @@ def as_previous_release(state: str) -> int:
     its row."""
     snapshot = snapshots.Snapshot.read(snapshots.paths(os.path.join(state, "snapshots"))[0])
     compact(os.path.join(state, "journal.db"), snapshot.seq)
-    kernel = decode(snapshot.state())
-    del kernel.runq._models, kernel.moves.backfill_after_us
     snapshots.write(os.path.dirname(snapshot.path), snapshot.seq, snapshot.time_us, snapshot.trace_seq,
-                    snapshot.config, PREVIOUS, encode(kernel))
+                    snapshot.config, PREVIOUS, encoded_as_previous_release(decode(snapshot.state())))
     return snapshot.seq
 
 
