@@ -38,10 +38,18 @@ def dispatch_lines(kernel: Kernel) -> list[str]:
     return [line for line in kernel.trace.buffer.decode().splitlines() if ",dispatch," in line]
 
 
-def drain_order(kernel: Kernel) -> list[int]:
-    """The pids of the queued tasks in the order the queue gives them, taken from a copy of the kernel."""
-    runq, order = decode(encode(kernel)).runq, []
-    while (task := runq.peek(kernel.now_us)) is not None:
+def drain_order(kernel: Kernel, set_aside: int = 0) -> list[int]:
+    """The queued pids in the order a copy of the kernel's queue gives them, after its first `set_aside`
+    heads were taken out and pushed back, as a dispatch pass that looks past them does."""
+    runq, now_us = decode(encode(kernel)).runq, kernel.now_us
+    heads = []
+    while len(heads) < set_aside and (task := runq.peek(now_us)) is not None:
+        runq.remove(task)
+        heads.append(task)
+    for task in heads:
+        runq.push(task)
+    order = []
+    while (task := runq.peek(now_us)) is not None:
         runq.remove(task)
         order.append(task.pid)
     return order

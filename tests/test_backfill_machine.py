@@ -7,9 +7,9 @@ from hypothesis.stateful import invariant, run_state_machine_as_test
 
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, MemoryRetention, ModelConfig, SchedConfig
-from apeinxfs.kernel.state import decode, encode
 from apeinxfs.kernel.tenant_config import TenantConfig
 from kernel_machine import KernelMachine
+from test_backfill import drain_order
 
 pytestmark = pytest.mark.invariants_every(0)  # the machine checks the invariants after each rule itself
 
@@ -26,23 +26,6 @@ def two_model_config(retention: MemoryRetention = MemoryRetention()) -> KernelCo
                         tenants=[TenantConfig("default"), TenantConfig("a", weight=300)], billing_period_s=1)
 
 
-def queue_order(kernel: Kernel, set_aside: int) -> list[int]:
-    """The queued pids in the order a copy of the kernel's queue gives them, after its first `set_aside`
-    heads were taken out and pushed back, as a dispatch pass that looks past them does."""
-    runq, now_us = decode(encode(kernel)).runq, kernel.now_us
-    heads = []
-    while len(heads) < set_aside and (task := runq.peek(now_us)) is not None:
-        runq.remove(task)
-        heads.append(task)
-    for task in heads:
-        runq.push(task)
-    order = []
-    while (task := runq.peek(now_us)) is not None:
-        runq.remove(task)
-        order.append(task.pid)
-    return order
-
-
 class TwoModelMachine(KernelMachine):
     """The kernel machine on two models that share no GPU."""
 
@@ -51,7 +34,7 @@ class TwoModelMachine(KernelMachine):
     @invariant()
     def heads_set_aside_keep_their_places(self):
         """Taking the queue's first heads out and pushing them back leaves the queue's order as it was."""
-        assert queue_order(self.kernel, 4) == queue_order(self.kernel, 0)
+        assert drain_order(self.kernel, 4) == drain_order(self.kernel)
 
 
 def test_random_event_sequences_on_two_models_keep_the_books_and_the_order():
