@@ -37,7 +37,7 @@ from .etcd_records import EtcdError, Txn
 from .guarded import write_each
 from .member import RETRY_S
 from .placement import rank
-from .records import pid_ranges
+from .records import pid_ranges, unchanged_at
 from .replicas import Replica, replica_of
 from .taskkeys import TaskKey, of_task
 
@@ -176,7 +176,7 @@ class Failover:
         if new is not None:
             return Txn().put(name, new.to_json())
         key, revision = self.written[pid]
-        txn = Txn().when(name, "mod_revision", "==", revision).delete(self.keys.output(pid))
+        txn = unchanged_at(name, revision).delete(self.keys.output(pid))
         return txn.put(name, attrs.evolve(key, exited=True).to_json()) if key.origin else txn.delete(name)
 
     async def watch(self) -> None:
@@ -214,7 +214,7 @@ class Failover:
                 continue
             name = self.keys.task(pid)
             moved = key.moved_to(choices[0].node)
-            txn = (Txn().when(name, "mod_revision", "==", revision).when(self.keys.up(key.owner), "version", "==", 0)
+            txn = (unchanged_at(name, revision).when(self.keys.up(key.owner), "version", "==", 0)
                    .put(name, moved.to_json()))
             if (await self.etcd.txn(txn)).succeeded:
                 pending[moved.owner] += 1
@@ -247,4 +247,4 @@ class Failover:
 def deleted_if_unchanged(key_revision: tuple[bytes, int]) -> Txn:
     """A txn deleting the key if its mod_revision is still the one given."""
     key, revision = key_revision
-    return Txn().when(key, "mod_revision", "==", revision).delete(key)
+    return unchanged_at(key, revision).delete(key)

@@ -124,7 +124,12 @@ def unchanged(key: bytes, read: KeyValue | None) -> Txn:
     """A txn guarded on `key` being as `read` found it: the same revision, or still absent."""
     if read is None:
         return Txn().when(key, "create_revision", "==", 0)
-    return Txn().when(key, "mod_revision", "==", read.mod_revision)
+    return unchanged_at(key, read.mod_revision)
+
+
+def unchanged_at(key: bytes, revision: int) -> Txn:
+    """A txn guarded on `key` being still at `revision` (its mod_revision)."""
+    return Txn().when(key, "mod_revision", "==", revision)
 
 
 @attrs.frozen

@@ -22,6 +22,7 @@ import trio
 from ..kernel.spec import TaskSpec
 from .etcd_records import EtcdError, Txn
 from .guarded import write_each
+from .records import unchanged_at
 
 log = logging.getLogger(__name__)
 MOST_BYTES = 256 << 10  # a task's output past this is not replicated further
@@ -87,8 +88,7 @@ class Replicas:
         """The put of task pid's replica, guarded on its key being as this node wrote it."""
         pid, replica = grown
         revision = self.failover.written[pid][1]
-        return Txn().when(self.keys.task(pid), "mod_revision", "==", revision).put(self.keys.output(pid),
-                                                                                   replica.to_json())
+        return unchanged_at(self.keys.task(pid), revision).put(self.keys.output(pid), replica.to_json())
 
 
 async def replica_of(etcd, keys, pid: int, spec: TaskSpec) -> Replica | None:
