@@ -4,9 +4,8 @@ import pytest
 
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig
-from apeinxfs.kernel.events import Chunk, Step
+from apeinxfs.kernel.events import Chunk, Step, Tick
 from apeinxfs.kernel.invariants import InvariantError
-from apeinxfs.kernel.events import Tick
 from apeinxfs.kernel.moves import BACKFILL_WINDOW
 from apeinxfs.kernel.sched import POLICIES
 from apeinxfs.kernel.state import decode, encode
