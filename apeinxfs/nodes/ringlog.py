@@ -11,7 +11,6 @@ The header's length (`header_length`) is where lines start. Not here: what is ke
 """
 import attrs
 
-from ..kernel.trace import HEADER
 from .base import Handle, Log
 
 
@@ -19,7 +18,7 @@ from .base import Handle, Log
 class RingLog(Log):
     """A log whose `source()` is (the header and the lines kept, bytes of lines dropped before them)."""
 
-    header_length: int = len(HEADER)  # the trace's, unless told
+    header_length: int = attrs.field(kw_only=True)  # where lines start: the ring's HEADER, as long
 
     def size(self) -> int:
         text, dropped = self.source()

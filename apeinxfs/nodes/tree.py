@@ -11,7 +11,6 @@ import stat
 from functools import lru_cache, partial
 
 from .. import health
-from ..kernel import audit
 from ..kernel.errors import NotFound
 from . import billing, ctl, gpus, memory, metrics, policy, readme, replay, sched
 from .base import Command, Dir, NamedDirs, Setting, Show
@@ -89,9 +88,10 @@ def build_root(rt) -> Dir:
             name: Show(show=render, volatile=True) for name, render in gpus.files(rt, g).items()
         }) for g in range(len(kernel.gpus))}),
         "trace": Dir(children={
-            "events": RingLog(mode=ADMIN_READS, source=kernel.trace.view, read_role="admin"),
+            "events": RingLog(mode=ADMIN_READS, source=kernel.trace.view, read_role="admin",
+                              header_length=len(kernel.trace.HEADER)),
             "audit": RingLog(mode=ADMIN_READS, source=kernel.audit.view, read_role="admin",
-                             header_length=len(audit.HEADER)),
+                             header_length=len(kernel.audit.HEADER)),
         }),
         "replay": ReplayDir(rt),
         "sched": Dir(children={
