@@ -22,14 +22,10 @@ MAX_TENANTS = 1_000  # tenants a record lists the use of at most (by name: those
 def published(kernel) -> dict[str, list[int]]:
     """This node's tenants' use as its record carries it: of those with a limit to hold (the others' use
     changes nothing elsewhere, and a change of it publishes no record early: daemon.py)."""
-    rows: dict[str, list[int]] = {}
-    for name, used in sorted(kernel.tenancy.usage.items()):
-        if _limited(kernel.tenancy.config_of(name)) and (used.live or used.quota.used or used.budget.used):
-            rows[name] = [used.live, used.reserved, used.quota.window_index, used.quota.used,
-                          used.budget.window_index, used.budget.used]
-            if len(rows) == MAX_TENANTS:
-                break
-    return rows
+    held = [(name, used) for name, used in kernel.tenancy.usage.items()  # cheap test first: most use nothing
+            if (used.live or used.quota.used or used.budget.used) and _limited(kernel.tenancy.config_of(name))]
+    return {name: [used.live, used.reserved, used.quota.window_index, used.quota.used, used.budget.window_index,
+                   used.budget.used] for name, used in sorted(held, key=lambda pair: pair[0])[:MAX_TENANTS]}
 
 
 def _limited(tenant) -> bool:
