@@ -16,6 +16,9 @@ import pytest
 from cluster_peers import peered_nodes
 from daemon import Daemon, poll_until
 from test_cluster_nodes import FUSE_READY, LONG_TASK, NAMES, SETTLE_S, SHORT_TASK, all_up, keyed
+from test_cluster_failover import trace_lines
+from test_cluster_nodes import link
+from test_cluster_tasks import cat, listed_tasks
 from test_cluster_nodes import etcd  # noqa: F401  (the module's 3-member etcd, a fixture)
 
 pytestmark = pytest.mark.skipif(not FUSE_READY,
@@ -34,21 +37,12 @@ def echo(daemon: Daemon, text: str, *parts) -> subprocess.CompletedProcess:
     return subprocess.run(["sh", "-c", f'echo "{text}" > {daemon.path(*parts)}'], capture_output=True, text=True)
 
 
-def cat(daemon: Daemon, *parts) -> str:
-    return subprocess.run(["cat", daemon.path(*parts)], capture_output=True, text=True, check=True).stdout
-
-
 def shows(daemon: Daemon, parts: tuple, text: str) -> bool:
     """Whether the file reads `text` (a missing one does not)."""
     try:
         return cat(daemon, *parts) == text
     except subprocess.CalledProcessError:
         return False
-
-
-def link(daemon: Daemon) -> dict:
-    """The node's /cluster file as a dict."""
-    return keyed(daemon.path("cluster"))
 
 
 def in_step(nodes) -> None:
@@ -85,7 +79,7 @@ def test_a_tenant_added_on_a_is_on_every_node_and_its_write_returns_once_a_appli
     on_every_node(nodes, ("tenants", "t1", "quota"), cat(nodes["b"], "tenants", "t1", "quota"))
     assert "tokens 5000" in cat(nodes["c"], "tenants", "t1", "quota")
     for daemon in nodes.values():
-        lines = [line for line in cat(daemon, "trace", "events").splitlines() if line.split(",")[2] == "settings"]
+        lines = [",".join(fields) for fields in trace_lines(daemon, "settings")]
         assert len(lines) >= 2 and all("applied" in line for line in lines), lines
 
 
@@ -177,7 +171,7 @@ def kill_all(nodes: dict, pids: list[int]) -> None:
         assert echo(nodes["a"], str(pid), "ctl", "kill").returncode == 0
     for name, daemon in nodes.items():
         poll_until(lambda: all(keyed(daemon.path("tasks", str(pid), "status"))["Node"] == name
-                               for pid in set(pids) & {int(n) for n in os.listdir(daemon.path("tasks"))}),
+                               for pid in set(pids) & listed_tasks(daemon)),
                    SETTLE_S, f"{pids} ended as seen on {daemon.mountpoint}")
 
 
@@ -191,7 +185,7 @@ def test_a_task_quota_holds_across_the_nodes_once_their_use_is_published(nodes):
     try:
         assert None not in pids, pids
         for daemon in nodes.values():
-            poll_until(lambda: set(pids) <= {int(n) for n in os.listdir(daemon.path("tasks"))}, SETTLE_S,
+            poll_until(lambda: set(pids) <= listed_tasks(daemon), SETTLE_S,
                        f"the 4 tasks listed on {daemon.mountpoint}")
         assert [submitted(daemon)[1] for daemon in nodes.values()] == [errno.EDQUOT] * 3
     finally:
@@ -212,7 +206,7 @@ def test_a_burst_on_three_nodes_at_once_overdraws_the_task_quota_within_the_boun
             assert {refused for _, refused in results} <= {None, errno.EDQUOT} and 4 <= len(pids) <= 12, results
             over.append(len(pids) - 4)
             for daemon in nodes.values():
-                poll_until(lambda: set(pids) <= {int(n) for n in os.listdir(daemon.path("tasks"))}, SETTLE_S,
+                poll_until(lambda: set(pids) <= listed_tasks(daemon), SETTLE_S,
                            f"the burst's tasks listed on {daemon.mountpoint}")
             assert submitted(nodes["b"])[1] == errno.EDQUOT
         finally:
@@ -230,8 +224,7 @@ def test_a_node_that_was_down_catches_up_and_its_journal_replays_the_same(nodes)
     on_every_node(nodes, ("tenants", "t3", "weight"), "333\n")
 
     def revisions(daemon):
-        return [line.split(",")[-1].split(":")[0] for line in cat(daemon, "trace", "events").splitlines()
-                if line.split(",")[2] == "settings"]
+        return [fields[-1].split(":")[0] for fields in trace_lines(daemon, "settings")]
     assert revisions(nodes["c"]) == revisions(nodes["a"])
 
 
