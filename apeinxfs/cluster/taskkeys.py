@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from ..kernel.events import _COMPACT_JSON as JOURNAL_JSON  # a spec's decimals as their text, as the journal writes them
+from ..kernel.events import JOURNAL_JSON  # a spec's decimals as their text, as the journal writes them
 from ..kernel.spec import TaskSpec
 from ..kernel.task import Task
 

@@ -284,12 +284,12 @@ Event = (Submit | Kill | Control | Step | Failed | Rejected | SetPolicy | Tick |
 KINDS: dict[str, type[Event]] = {cls.__name__.lower(): cls for cls in typing.get_args(Event)}
 
 
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), default=str)  # json.dumps(..., separators=) builds one per call
+JOURNAL_JSON = json.JSONEncoder(separators=(",", ":"), default=str)  # the journal's; json.dumps(..., separators=) builds one per call
 
 
 def to_row(event: Event) -> tuple[str, str]:
     """(kind, JSON body) for the journal; decimals (a model's prices) as their exact text."""
-    return type(event).__name__.lower(), _COMPACT_JSON.encode(attrs.asdict(event))
+    return type(event).__name__.lower(), JOURNAL_JSON.encode(attrs.asdict(event))
 
 
 _STEPS_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
