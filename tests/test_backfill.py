@@ -4,7 +4,7 @@ import pytest
 
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig
-from apeinxfs.kernel.events import Chunk, Step, Tick
+from apeinxfs.kernel.events import Chunk, EngineHealth, Step, Tick
 from apeinxfs.kernel.invariants import InvariantError
 from apeinxfs.kernel.moves import BACKFILL_WINDOW
 from apeinxfs.kernel.sched import POLICIES
@@ -66,6 +66,31 @@ def test_a_task_of_another_model_runs_at_once_while_the_heads_gpus_are_full():
     assert f"backfill past {head} (its GPUs are full), then least counter: tenant default" in dispatch_lines(k)[-1]
     assert "queued=1" in dispatch_lines(k)[-1]
     assert k.runq.peek(k.now_us) is k.tasks[head] and k.counters.dispatched == 3
+
+
+def test_a_tenant_whose_only_queued_task_was_looked_past_is_counted_backlogged():
+    """x's only queued task (of a, whose GPUs are full) is looked past to run y's task of b: the dispatch line
+    counts both x and y backlogged, as x's task still waits in the run queue."""
+    k = two_models()
+    for _ in range(2):
+        checked_submit(k, model="a")
+    head = checked_submit(k, model="a", tenant="x")
+    checked_submit(k, model="b", tenant="y")
+    assert f"backfill past {head} (its GPUs are full), then least counter: tenant y of 2 backlogged;" \
+        in dispatch_lines(k)[-1]
+
+
+def test_a_head_whose_open_gpu_has_its_endpoint_down_is_said_to_be_so():
+    """a's endpoint on GPU 1 is down and GPU 0 is full: b's task runs past a's head, and the dispatch line says
+    a's engine at GPU 1 is down, not that a's GPUs are full."""
+    models = [ModelConfig(name="a", endpoints=[{"url": "http://a0", "gpus": [0]}, {"url": "http://a1", "gpus": [1]}]),
+              ModelConfig(name="b", endpoints=[{"url": "http://b", "gpus": [2]}])]
+    k = Kernel(KernelConfig(models=models, page_mib=1, gpus=[GpuConfig(index=n, kv_mib=64, slots=1) for n in range(3)]))
+    k.apply(EngineHealth(model="a", up=False, reason="unreachable: refused", gpus=(1,)), 0)
+    running, head = checked_submit(k, model="a"), checked_submit(k, model="a")
+    other = checked_submit(k, model="b")
+    assert [k.tasks[p].gpu for p in (running, head, other)] == [0, None, 2] and k.gpus[1].open
+    assert f"backfill past {head} (its engine at gpus=1 is down), then least counter" in dispatch_lines(k)[-1]
 
 
 def test_a_head_stopped_by_kv_still_stops_the_dispatch():

@@ -132,7 +132,7 @@ def test_fair_deadline_boost_goes_first():
     queue, accounts = queue_with("fair", [task(1, "a"), task(2, "b", deadline=1_500_000)])
     accounts.charge(task(9, "b"), 100)
     queue.rekey(task(2, "b"))
-    assert queue.peek(600_000).pid == 2 and queue.reason == "deadline boost"
+    assert queue.peek(600_000).pid == 2 and queue.why(()) == "deadline boost"
     assert queue.peek(0).pid == 1
 
 
@@ -142,7 +142,7 @@ def test_fair_deadline_boost_comes_on_time_whatever_was_queued_and_removed_befor
     queue, accounts = queue_with("fair", [task(1, "a"), urgent, later])
     accounts.charge(task(9, "b"), 100)
     queue.rekey(urgent)
-    assert queue.peek(2_000_000) is urgent and queue.reason == "deadline boost"
+    assert queue.peek(2_000_000) is urgent and queue.why(()) == "deadline boost"
     queue.remove(urgent)
     assert queue.peek(3_999_999).pid == 1 and queue.peek(4_000_000) is later
     queue.push(task(4, "b", deadline=1_500_000))  # an earlier deadline arrives

@@ -139,11 +139,19 @@ class EngineWatch:
     def where(self, model: str, gpus: list[int]) -> list[int]:
         """Of the open `gpus`, those a task of `model` may be placed on: its endpoints' GPUs (every one for
         a model without endpoints), less those of its endpoints that are down."""
-        served, down = self._models[model].gpu_set, self.book.parts.get(model)
-        if served is None and not down:
+        served, closed = self._models[model].gpu_set, self._closed(model)
+        if served is None and not closed:
             return gpus
-        closed = {gpu for part in down for gpu in part} if down else set()
         return [gpu for gpu in gpus if (served is None or gpu in served) and gpu not in closed]
+
+    def down_at(self, model: str, gpus: list[int]) -> list[int]:
+        """Of `gpus`, those of the model's endpoints that are down."""
+        closed = self._closed(model)
+        return [gpu for gpu in gpus if gpu in closed]
+
+    def _closed(self, model: str) -> set[int]:
+        """The GPUs of the model's endpoints that are down."""
+        return {gpu for part in self.book.parts.get(model, ()) for gpu in part}
 
     def forget_model(self, model: str) -> None:
         """A model removed: its endpoints' outages and its engines' KV reports go with it."""

@@ -15,9 +15,9 @@ right task runs), only that the books agree with each other.
 from __future__ import annotations
 
 import collections
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from operator import attrgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .task import State, Task
 
@@ -108,3 +108,9 @@ def _pairs(runnable: collections.Counter[Hashable],
     return {key: (runnable[key], running[key]) for key in runnable.keys() | running.keys()}
 
 
+def grouped(pairs: Iterable[tuple[Any, Any]]) -> dict[Any, set[Any]]:
+    """{key: {value, ...}} of (key, value) pairs: how the run queues' index checks (sched.py) group tasks."""
+    groups: dict[Any, set[Any]] = collections.defaultdict(set)
+    for key, value in pairs:
+        groups[key].add(value)
+    return groups

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from . import events as ev
 from .counters import Counters
+from .endpoints import gpus_text
 from .errors import TryAgain
 from .gpus import Gpu
 from .memory import KVManager
@@ -168,6 +169,7 @@ class Moves:
 
     def _fill(self, passed: list[Task]) -> bool:
         open_gpus = [] if self.fenced else [g.config.index for g in self.gpus if g.open]  # a dispatch fills one
+        past = ""  # why the first head looked past could not use the open GPUs
         while open_gpus and (task := self.runq.peek(self.now_us)) is not None:  # no peek once the slots are full
             if self._waits_out(task):
                 continue
@@ -175,6 +177,7 @@ class Moves:
             if not gpus:  # every GPU it may run on is full or down: the open ones are no use to it
                 if not self._may_look_past(passed, open_gpus):
                     return False
+                past = past or self._why_looked_past(task, open_gpus)
                 self.runq.remove(task)
                 passed.append(task)
                 continue
@@ -182,7 +185,7 @@ class Moves:
             if index is None:
                 return True  # KV stopped it: looking past it would starve large tasks
             gpu = self.gpus[index]
-            self._dispatch(task, gpu, passed)
+            self._dispatch(task, gpu, passed, past)
             if not gpu.open:
                 open_gpus.remove(index)
         return False
@@ -208,15 +211,22 @@ class Moves:
         return self.now_us >= self.backfill_after_us and any(
             self.engines.where(model, open_gpus) for model in self.runq.queued_models())
 
-    def _dispatch(self, task: Task, gpu: Gpu, passed: list[Task]) -> None:
-        """Seat the task on `gpu`; `passed`: the heads looked past to reach it, still waiting."""
-        reason = self.runq.reason
+    def _why_looked_past(self, task: Task, open_gpus: list[int]) -> str:
+        """Why the head cannot use any of the open GPUs, in a dispatch line's words: none is its model's (its
+        GPUs are full), or those that are have their endpoint down."""
+        down = self.engines.down_at(task.model, open_gpus)
+        return f"its engine at gpus={gpus_text(down)} is down" if down else "its GPUs are full"
+
+    def _dispatch(self, task: Task, gpu: Gpu, passed: list[Task], past: str) -> None:
+        """Seat the task on `gpu`; `passed`: the heads looked past to reach it, still waiting; `past`: why the
+        first of them was."""
+        reason = self.runq.why(passed)
         self.runq.start(task)
         self.counters.dispatched += 1
         if reason == "deadline boost":
             self.counters.boosts += 1
         if passed:
-            reason = f"backfill past {passed[0].pid} (its GPUs are full), then {reason}"
+            reason = f"backfill past {passed[0].pid} ({past}), then {reason}"
         task.gpu, task.run_tokens = gpu.config.index, 0
         self.reclaim.ran(task, 0)
         gpu.running[task.pid] = task

@@ -42,10 +42,9 @@ class RunQueue:
         """Whether the policy preempts for fairness (`fair`)."""
         return self._queue.preempts
 
-    @property
-    def reason(self) -> str:
-        """Why the last peek chose its task."""
-        return self._queue.reason
+    def why(self, set_aside: Iterable[Task]) -> str:
+        """Why the last peek chose its task; `set_aside`: queued tasks a dispatch pass holds out of the queue."""
+        return self._queue.why(set_aside)
 
     def __len__(self) -> int:
         return len(self._queue)

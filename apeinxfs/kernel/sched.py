@@ -12,12 +12,12 @@ The kernel decides when and where tasks run; a queue only says which is next, an
 """
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
 
+from .invariants import grouped
 from .lazyheap import LazyHeap
 from .task import State, Task
 
@@ -209,6 +209,10 @@ class FlatQueue:
     def rekey(self, task: Task) -> None:
         """Counters do not order a flat queue."""
 
+    def why(self, set_aside: Iterable[Task]) -> str:
+        """Why the last peek chose its task: the same reason for every task."""
+        return self.reason
+
     def peek(self, now_us: int) -> Task | None:
         level = self._levels.peek()
         return None if level is None else self._tasks[self._by_level[level].peek()][0]
@@ -240,7 +244,7 @@ class FairQueue:
         self._tasks: dict[int, Task | LazyHeap] = {}  # agent -> its one queued task, or a heap of them
         self._deadlines, self._members = LazyHeap(), dict[int, Task]()
         self._resumes: dict[str, LazyHeap] = {}  # tenant -> its preempted tasks, by pid
-        self._chosen = None  # the tenant whose task the last peek chose; None: a deadline boost
+        self._chosen: str | None = None  # the tenant whose task the last peek chose; None: a deadline boost
         self._boost_at = NEVER  # no deadline boost before then (the earliest deadline seen, less boost_us)
 
     def __len__(self) -> int:
@@ -328,12 +332,15 @@ class FairQueue:
         self._boost_at = NEVER if urgent is None else self._deadlines.prio(urgent)[0] - self.boost_us
         return self._members[urgent] if now_us >= self._boost_at else None
 
-    @property
-    def reason(self) -> str:
+    def why(self, set_aside: Iterable[Task]) -> str:
         """Why the last peek chose its task: worded only when asked (at a dispatch, before the queue
-        changes), not at every peek."""
+        changes), not at every peek. `set_aside`: queued tasks a dispatch pass took out of the queue for
+        the while (backfill, kernel/moves.py); their tenants are backlogged too."""
         tenant = self._chosen
-        return "deadline boost" if tenant is None else f"least counter: tenant {tenant} of {len(self._tenants)} backlogged"
+        if tenant is None:
+            return "deadline boost"
+        backlogged = len(self._tenants) + len({t.tenant for t in set_aside if t.tenant not in self._tenants})
+        return f"least counter: tenant {tenant} of {backlogged} backlogged"
 
     def tasks(self) -> list[Task]:
         return sorted(self._members.values(), key=lambda t: (self.accounts.tenant(t).counter, t.pid))
@@ -343,27 +350,19 @@ class FairQueue:
         deadline heaps (for invariants.py)."""
         members = self._members.values()
         resumed = {tenant: set(heap) for tenant, heap in self._resumes.items() if heap}
-        if resumed != _group((task.tenant, task.pid) for task in members if task.state is State.PREEMPTED):
+        if resumed != grouped((task.tenant, task.pid) for task in members if task.state is State.PREEMPTED):
             yield f"{self.name} queue: its resume heaps are not its preempted members"
         new = [task for task in members if task.state is not State.PREEMPTED]
         queued = {agent: set(tasks) if isinstance(tasks, LazyHeap) else {tasks.pid} for agent, tasks in self._tasks.items()}
-        if queued != _group((task.agent, task.pid) for task in new):
+        if queued != grouped((task.agent, task.pid) for task in new):
             yield f"{self.name} queue: its agents' queued tasks are not its members"
         by_tenant = {tenant: set(heap) for tenant, heap in self._agents.items() if heap}
-        if by_tenant != _group((task.tenant, task.agent) for task in new):
+        if by_tenant != grouped((task.tenant, task.agent) for task in new):
             yield f"{self.name} queue: its tenants' agent heaps are not the agents with queued tasks"
         if set(self._tenants) != set(by_tenant) | set(resumed):
             yield f"{self.name} queue: its tenant heap is not the tenants with queued tasks"
         if set(self._deadlines) != {t.pid for t in members if t.deadline_at_us is not None}:
             yield f"{self.name} queue: its deadline heap is not its members with a deadline"
-
-
-def _group(pairs: Iterable[tuple[Any, Any]]) -> dict[Any, set[Any]]:
-    """{key: {value, ...}} of (key, value) pairs."""
-    groups: dict[Any, set[Any]] = collections.defaultdict(set)
-    for key, value in pairs:
-        groups[key].add(value)
-    return groups
 
 
 def make_queue(policy: str, accounts: Accounts, boost_us: int) -> FairQueue | FlatQueue:
