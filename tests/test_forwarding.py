@@ -4,7 +4,7 @@ import errno
 
 import pytest
 
-from apeinxfs.kernel.errors import Invalid
+from apeinxfs.kernel.errors import Invalid, TryAgain
 from apeinxfs.nodes.base import LINE_MAX, Caller
 from apeinxfs.nodes.forwarding import Forwarding, Route
 
@@ -81,3 +81,39 @@ async def test_lines_this_node_refuses_unread_never_reach_the_route(data):
     node = Recorder(answer="remote", remote_replies=["1"])
     await node.open().write_async(data)
     assert node.routed == [] and len(node.here) == 1
+
+
+class Settler:
+    """A Forwarding node with no route whose `settle` records the replies it gets, refusing with `refusal`."""
+
+    def __init__(self, refusal=None):
+        self.settled, self.refusal = [], refusal
+        self.node = Forwarding(mode=0o100666, run=lambda raw_lines, caller: [f"{len(raw) + 1}" for raw in raw_lines],
+                               settle=self.settle)
+
+    async def settle(self, replies):
+        self.settled.append(replies)
+        if self.refusal is not None:
+            raise self.refusal
+
+
+async def test_the_lines_run_here_are_settled_before_the_write_returns_but_not_at_close():
+    """A write through the mount and a peer's request (`write_here`) settle their replies; a last line run
+    at close does not, and a write that ran no line has nothing to settle."""
+    node = Settler()
+    handle = node.node.open(CALLER, writing=True, reading=True)
+    assert await handle.write_async(b"a\nbb\nc") == 6 and node.settled == [["2", "3"]]
+    assert await handle.write_here(b"cc\n") == 3 and node.settled[-1] == ["4"]
+    await handle.write_async(b"partial")
+    handle.release()
+    assert len(node.settled) == 2 and handle.reply == b"8\n"
+
+
+async def test_a_refused_settle_is_the_writes_refusal_and_its_reply():
+    """The settle's refusal fails the write with its errno, and its reasons replace the lines' replies."""
+    node = Settler(refusal=TryAgain("not recorded", ["not recorded: try again"]))
+    handle = node.node.open(CALLER, writing=True, reading=True)
+    with pytest.raises(TryAgain) as refused:
+        await handle.write_async(b"a\n")
+    assert refused.value.errno == errno.EAGAIN and node.settled == [["2"]]
+    assert await handle.read(0, 100, None) == b"error: not recorded: try again\n"

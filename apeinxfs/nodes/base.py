@@ -9,6 +9,7 @@
 Nodes are cheap views built on demand; the FUSE adapter (fs.py) only maps inodes and
 file handles onto these methods.
 """
+import contextlib
 import contextvars
 import os
 import re
@@ -25,6 +26,7 @@ OVER_LONG = bytes(LINE_MAX + 1)  # stands for the rest of a line already refused
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 DIR_MODE = stat.S_IFDIR | 0o555
 _AFTER_WRITE: contextvars.ContextVar[list | None] = contextvars.ContextVar("after_write", default=None)
+BUG = "internal error in the daemon (logged)"  # the reason read back after a write that hit a bug
 
 
 @attrs.frozen
@@ -302,21 +304,31 @@ class CommandHandle(Handle):
         return data
 
     async def write_async(self, data: bytes) -> int:
+        return await self.write_here(data)
+
+    async def write_here(self, data: bytes) -> int:
         """`write`, then what its lines left to finish before the write returns (`after_write`: a cluster's
-        settings change waits until etcd has it and this node applied it); its refusal is the write's."""
+        settings change waits until etcd has it and this node applied it, a submit until etcd has its tasks);
+        a refusal then is the write's."""
         waits: list = []
         token = _AFTER_WRITE.set(waits)
         try:
             count = self.write(data)
         finally:
             _AFTER_WRITE.reset(token)
-        try:
+        with self.refusals():
             for wait in waits:
                 await wait()
-        except ApeinxError as exc:
-            self.reply = "".join(f"error: {r}\n" for r in exc.replies).encode()
-            raise
         return count
+
+    @contextlib.contextmanager
+    def refusals(self):
+        """A refusal raised inside is this write's: its reasons become the reply, and it goes on up."""
+        try:
+            yield
+        except ApeinxError as exc:
+            self.reply = reply_text(exc.replies, refused=True)
+            raise
 
     def write(self, data: bytes) -> int:
         """Run the complete lines, all or none; a line over LINE_MAX refuses the whole write. Any
@@ -360,20 +372,27 @@ class CommandHandle(Handle):
         try:
             replies = self._command(raw_lines)
         except ApeinxError as exc:
-            self.reply = "".join(f"error: {r}\n" for r in exc.replies).encode()
+            self.reply = reply_text(exc.replies, refused=True)
             raise
         except Exception:
-            self.reply = b"error: internal error in the daemon (logged)\n"
+            self.reply = reply_text([BUG], refused=True)
             raise
-        self.reply = "".join(f"{r}\n" for r in replies).encode()
+        self.reply = reply_text(replies)
 
     def _command(self, raw_lines: list[bytes]) -> list[str]:
         return self.node.run(raw_lines, self.caller)
 
 
+def reply_text(replies: list[str], refused: bool = False) -> bytes:
+    """What a writer reads back after a write (docs/apeinxfs.5.md, Replies): a line per reply (a pid,
+    `ok`), or per reason of a refused write (`error: REASON`)."""
+    prefix = "error: " if refused else ""
+    return "".join(f"{prefix}{reply}\n" for reply in replies).encode()
+
+
 def after_write(wait) -> bool:
-    """Have the write through the mount running now await `wait()` before it returns; False outside one
-    (a last line run at close, or a peer's request: nothing waits for them)."""
+    """Have the write running now (`write_here`: through the mount, or a peer's request) await `wait()`
+    before it returns; False outside one (a last line run at close: nothing waits for it)."""
     waits = _AFTER_WRITE.get()
     if waits is not None:
         waits.append(wait)

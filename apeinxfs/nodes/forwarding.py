@@ -7,18 +7,20 @@ a route (a single node's) runs every write here, its lines decoded once (by the 
 run them here after all; `done(replies)` is called once they ran, here or there (the
 trace's `place` line). Only the
 FUSE adapter's `write_async` routes: a peer's request (peer_server.py) and a last line run at
-close (`release` is synchronous) run here. Lines that ran here through `write_async` or a
-peer's request are then `settle`d before their reply: a submit's replies wait until the
-cluster has recorded its tasks (cluster/failover.py), or become its refusal. A write with a line this node would refuse unread
+close (`release` is synchronous) run here. The replies of lines that ran here through
+`write_async` or a peer's request (`write_here`) are then `settle`d, an `after_write` wait: a
+submit's replies wait until the cluster has recorded its tasks (cluster/failover.py), or
+become its refusal. A write with a line this node would refuse unread
 (over-long, not UTF-8, control characters) runs here, so the refusal is this node's.
 Not here: where tasks live or where they should run (cluster/routing.py, placement.py).
 """
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import attrs
 
 from ..kernel.errors import ApeinxError
-from .base import LINE_MAX, Command, CommandHandle, decode_line
+from .base import LINE_MAX, Command, CommandHandle, after_write, decode_line, reply_text
 
 
 @attrs.frozen
@@ -48,40 +50,30 @@ class ForwardingHandle(CommandHandle):
 
     async def write_async(self, data: bytes) -> int:
         if self.node.route is None:
-            return await self._here(data)
+            return await self.write_here(data)
         lines, rest = self.routable(data)
         try:
-            route = await self.node.route(lines, self.caller) if lines else None
-            replies = None if route is None else await route.remote()
-        except ApeinxError as exc:
+            with self.refusals():
+                route = await self.node.route(lines, self.caller) if lines else None
+                replies = None if route is None else await route.remote()
+        except ApeinxError:
             self.pending.clear()
-            self.reply = "".join(f"error: {reply}\n" for reply in exc.replies).encode()
             raise
         if replies is None:
-            count = await self._here(data)
+            count = await self.write_here(data)
         else:
             self.pending, count = bytearray(rest), len(data)
-            self.reply = "".join(f"{reply}\n" for reply in replies).encode()
+            self.reply = reply_text(replies)
         if route is not None:
             route.done(self.reply.decode().splitlines())
         return count
 
-    async def _here(self, data: bytes) -> int:
-        """Run the write here, then settle its replies."""
-        count = self.write(data)
-        await self.settle()
-        return count
-
-    async def settle(self) -> None:
-        """Wait for what the lines that ran here need before their reply (a submit's keys in etcd); a
-        refusal then is the write's."""
-        if self.node.settle is None or not self.reply:
-            return
-        try:
-            await self.node.settle(self.reply.decode().splitlines())
-        except ApeinxError as exc:
-            self.reply = "".join(f"error: {reply}\n" for reply in exc.replies).encode()
-            raise
+    def _command(self, raw_lines: list[bytes]) -> list[str]:
+        """The lines' replies, which the write running now settles before it returns (the node's `settle`)."""
+        replies = super()._command(raw_lines)
+        if self.node.settle is not None and replies:
+            after_write(partial(self.node.settle, replies))
+        return replies
 
     def routable(self, data: bytes) -> tuple[list[str], bytes]:
         """The complete lines the pending bytes and `data` make, as text (blank ones dropped), and the
