@@ -110,10 +110,11 @@ async def test_the_lines_run_here_are_settled_before_the_write_returns_but_not_a
 
 
 async def test_a_refused_settle_is_the_writes_refusal_and_its_reply():
-    """The settle's refusal fails the write with its errno, and its reasons replace the lines' replies."""
+    """The settle's refusal fails the write with its errno, its reasons replace the lines' replies, and the
+    write's partial line is dropped, as any failed write's."""
     node = Settler(refusal=TryAgain("not recorded", ["not recorded: try again"]))
     handle = node.node.open(CALLER, writing=True, reading=True)
     with pytest.raises(TryAgain) as refused:
-        await handle.write_async(b"a\n")
+        await handle.write_async(b"a\npart")
     assert refused.value.errno == errno.EAGAIN and node.settled == [["2"]]
-    assert await handle.read(0, 100, None) == b"error: not recorded: try again\n"
+    assert await handle.read(0, 100, None) == b"error: not recorded: try again\n" and not handle.pending

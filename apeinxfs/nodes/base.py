@@ -323,11 +323,13 @@ class CommandHandle(Handle):
 
     @contextlib.contextmanager
     def refusals(self):
-        """A refusal raised inside is this write's: its reasons become the reply, and it goes on up."""
+        """A refusal raised inside is this write's: its reasons become the reply, its partial line is
+        dropped (as any failed write's), and it goes on up."""
         try:
             yield
         except ApeinxError as exc:
             self.reply = reply_text(exc.replies, refused=True)
+            self.pending.clear()
             raise
 
     def write(self, data: bytes) -> int:

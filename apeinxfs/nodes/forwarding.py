@@ -52,13 +52,9 @@ class ForwardingHandle(CommandHandle):
         if self.node.route is None:
             return await self.write_here(data)
         lines, rest = self.routable(data)
-        try:
-            with self.refusals():
-                route = await self.node.route(lines, self.caller) if lines else None
-                replies = None if route is None else await route.remote()
-        except ApeinxError:
-            self.pending.clear()
-            raise
+        with self.refusals():
+            route = await self.node.route(lines, self.caller) if lines else None
+            replies = None if route is None else await route.remote()
         if replies is None:
             count = await self.write_here(data)
         else:
