@@ -118,5 +118,6 @@ def test_a_killed_node_is_passed_over_and_the_trace_says_so(nodes):
     nodes["c"].kill9()
     pids = [submit_soon(nodes["a"], MEDIUM_TASK) for _ in range(4)]
     assert {keyed(nodes["a"].path("tasks", str(pid), "status"))["Node"] for pid in pids} <= {"a", "b"}
-    placed = [line for line in cat(nodes["a"], "trace", "events").splitlines()[-20:] if line.split(",")[2] == "place"]
-    assert any("c unreachable" in line for line in placed), placed
+    lines = cat(nodes["a"], "trace", "events").splitlines()
+    placed = [line for line in lines if line.split(",")[2] == "place" and any(f"pids {pid} on" in line for pid in pids)]
+    assert len(placed) == 4 and any("c unreachable" in line for line in placed), placed
