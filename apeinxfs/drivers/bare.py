@@ -8,11 +8,11 @@ requests (http://, no proxy): a POST of JSON on a socket from the client's netwo
 (spares: a spare, or one connect(2)), sent and read with the socket's own non-blocking calls
 (no stream layers, not even trio's socket: a call that need not wait returns at once, without
 the scheduler round trio's takes; one deadline scope for the whole exchange, set only while
-a call waits on the engine), and an answer framed
-by chunked encoding, Content-Length or the connection's end, whose lines come from one
-async generator. The connection is never kept alive (llama-server closes it after a stream
-anyway). A failure is raised as httpx raises it (ConnectError, ReadError, WriteError,
-RemoteProtocolError, ReadTimeout ...), so the openai driver tells them apart as before.
+a call waits on the engine), and an answer framed by chunked encoding, Content-Length or the
+connection's end, whose lines come from one async generator. The connection is never kept
+alive (llama-server closes it after a stream anyway). A failure is raised as httpx raises it
+(ConnectError, ReadError, WriteError, RemoteProtocolError, ReadTimeout ...), so the openai
+driver tells them apart as before.
 Not an HTTP client: no redirects, cookies, TLS, compression or keep-alive.
 """
 import contextlib
@@ -55,10 +55,10 @@ async def exchange(backend, url: httpx.URL, body: dict, timeout: float):
 
 
 class Response:
-    """The answer on `socket` (a connected non-blocking stdlib socket): status_code and headers once `read_head` returned,
-    then the body as httpx's Response gives it (`aiter_lines`, `aread`). `silence` is the exchange's
-    deadline scope, set `timeout` ahead while a send or read waits on the engine; `reads` paces the reads
-    (spares.pace)."""
+    """The answer on `socket` (a connected non-blocking stdlib socket): status_code and headers once
+    `read_head` returned, then the body as httpx's Response gives it (`aiter_lines`, `aread`). `silence`
+    is the exchange's deadline scope, set `timeout` ahead while a send or read waits on the engine; `reads`
+    paces the reads (spares.pace)."""
 
     def __init__(self, socket, timeout: float):
         self.socket, self.timeout, self.buffer = socket, timeout, b""
@@ -93,7 +93,7 @@ class Response:
         return bool(more)
 
     async def _wait(self, ready) -> None:
-        """Wait until `ready(socket)` returns (trio.lowlevel.wait_readable or wait_writable), `timeout` seconds at most."""
+        """Wait until `ready(socket)` returns (trio.lowlevel.wait_readable, wait_writable): `timeout` s at most."""
         self.silence.deadline = trio.current_time() + self.timeout
         await ready(self.socket)
         self.silence.deadline = math.inf

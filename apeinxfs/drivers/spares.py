@@ -125,7 +125,7 @@ class SpareBackend(httpcore.AsyncNetworkBackend):
         nursery.cancel_scope.cancel()
 
     async def socket(self, host: str, port: int, timeout: float | None) -> socket.socket:
-        """A connected non-blocking socket to (`host`, `port`): the spare, or one connect(2) (bare.py reads it itself)."""
+        """A connected non-blocking socket to (`host`, `port`): the spare, or one connect(2) (bare.py reads it)."""
         return self._keeper(host, port).take() or await connect(host, port, timeout)
 
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
