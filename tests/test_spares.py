@@ -70,6 +70,23 @@ async def test_a_request_goes_out_on_the_spare_opened_ahead(nursery):
     assert [r.body for r in server.requests] == [{"prompt": "hi"}] * 2
 
 
+async def test_a_connection_httpcore_asks_for_is_the_spare_too(nursery):
+    """A connection httpcore's pool asks the backend for (an https engine's) is the spare, as a trio stream that
+    carries a request and its answer."""
+    server = await Server().start(nursery)
+    async with spares.client(spares.SpareBackend()) as http:
+        await post(http, f"http://127.0.0.1:{server.port}/v1/completions")
+        keeper = backend_of(http).keepers["127.0.0.1", server.port]
+        await until(lambda: keeper.spare is not None)
+        spare = keeper.spare.fileno()
+        stream = await backend_of(http).connect_tcp("127.0.0.1", server.port, 5)
+        assert stream.get_extra_info("socket").fileno() == spare
+        await stream.write(b"POST /v1/completions HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}")
+        assert await stream.read(4096) == ANSWER
+        await stream.aclose()
+    assert [r.body for r in server.requests] == [{"prompt": "hi"}, {}]
+
+
 async def test_a_spare_the_engine_closed_is_dropped_and_the_request_connects(nursery):
     """A spare the engine hung up on (EOF waiting on it) is not used: the request gets a connection of its own."""
     server = await Server(hang_up={2}).start(nursery)  # 1: the first request's, 2: the first spare
