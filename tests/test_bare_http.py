@@ -4,6 +4,8 @@ The answer comes in the pieces a test chooses (a chunk cut anywhere, a line acro
 no real socket, no engine. The openai driver's tests run it against fake engines over TCP
 (test_openai_driver.py), and bench_tokens.py against llama-server.
 """
+import socket
+
 import httpx
 import pytest
 import trio
@@ -14,17 +16,17 @@ URL = httpx.URL("http://127.0.0.1:8080/v1/completions?x=1")
 
 
 class Scripted:
-    """A socket that gives `pieces` one per recv, then b'' (the connection's end), or raises `error` instead
-    of that end; it records what is sent."""
+    """A non-blocking socket that gives `pieces` one per recv, then b'' (the connection's end), or raises
+    `error` instead of that end; it records what is sent."""
 
     def __init__(self, pieces, error=None):
         self.pieces, self.error, self.sent, self.closed = list(pieces), error, b"", False
 
-    async def send(self, data):
+    def send(self, data):
         self.sent += data
         return len(data)
 
-    async def recv(self, max_bytes):
+    def recv(self, max_bytes):
         if self.pieces:
             return self.pieces.pop(0)
         if self.error is not None:
@@ -108,16 +110,30 @@ async def test_an_engine_silent_past_the_timeout_is_a_read_timeout(autojump_cloc
     """A read that waits longer than the timeout ends the exchange with httpx.ReadTimeout, before or after
     the headers; time spent between reads does not count."""
     class Hanging(Scripted):
-        async def recv(self, max_bytes):
-            return await super().recv(max_bytes) if self.pieces else await trio.sleep_forever()
+        """Once its pieces are read, a socket whose engine is silent: recv would block, and waiting for it
+        waits on a real socket nobody writes to."""
 
-    with pytest.raises(httpx.ReadTimeout):
-        async with bare.exchange(Backend(Hanging([])), URL, {}, 5):
-            pass
-    head = Hanging([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"1\r\na\r\n"])
-    started = trio.current_time()
-    with pytest.raises(httpx.ReadTimeout):
-        async with bare.exchange(Backend(head), URL, {}, 5) as response:
-            await trio.sleep(10)
-            await response.aread()
+        def __init__(self, pieces, silent):
+            super().__init__(pieces)
+            self.silent = silent
+
+        def recv(self, max_bytes):
+            if self.pieces:
+                return super().recv(max_bytes)
+            raise BlockingIOError
+
+        def fileno(self):
+            return self.silent.fileno()
+
+    silent, _ = socket.socketpair()
+    with silent, _:
+        with pytest.raises(httpx.ReadTimeout):
+            async with bare.exchange(Backend(Hanging([], silent)), URL, {}, 5):
+                pass
+        head = Hanging([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"1\r\na\r\n"], silent)
+        started = trio.current_time()
+        with pytest.raises(httpx.ReadTimeout):
+            async with bare.exchange(Backend(head), URL, {}, 5) as response:
+                await trio.sleep(10)
+                await response.aread()
     assert trio.current_time() - started == pytest.approx(15) and head.closed

@@ -4,6 +4,8 @@ Real sockets on 127.0.0.1 (`trio.serve_tcp`) on trio's real clock, or a fake net
 stream on the autojump clock; no engine, no mount. The openai driver's retry of a spare
 the engine dropped is in test_openai_driver.py.
 """
+import select
+
 import httpcore
 import pytest
 import trio
@@ -68,6 +70,23 @@ async def test_a_request_goes_out_on_the_spare_opened_ahead(nursery):
     assert [r.body for r in server.requests] == [{"prompt": "hi"}] * 2
 
 
+async def test_a_connection_httpcore_asks_for_is_the_spare_too(nursery):
+    """A connection httpcore's pool asks the backend for (an https engine's) is the spare, as a trio stream that
+    carries a request and its answer."""
+    server = await Server().start(nursery)
+    async with spares.client(spares.SpareBackend()) as http:
+        await post(http, f"http://127.0.0.1:{server.port}/v1/completions")
+        keeper = backend_of(http).keepers["127.0.0.1", server.port]
+        await until(lambda: keeper.spare is not None)
+        spare = keeper.spare.fileno()
+        stream = await backend_of(http).connect_tcp("127.0.0.1", server.port, 5)
+        assert stream.get_extra_info("socket").fileno() == spare
+        await stream.write(b"POST /v1/completions HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}")
+        assert await stream.read(4096) == ANSWER
+        await stream.aclose()
+    assert [r.body for r in server.requests] == [{"prompt": "hi"}, {}]
+
+
 async def test_a_spare_the_engine_closed_is_dropped_and_the_request_connects(nursery):
     """A spare the engine hung up on (EOF waiting on it) is not used: the request gets a connection of its own."""
     server = await Server(hang_up={2}).start(nursery)  # 1: the first request's, 2: the first spare
@@ -75,7 +94,7 @@ async def test_a_spare_the_engine_closed_is_dropped_and_the_request_connects(nur
     async with spares.client(spares.SpareBackend()) as http:
         await post(http, url)
         keeper = backend_of(http).keepers["127.0.0.1", server.port]
-        await until(lambda: keeper.spare is not None and keeper.spare.is_readable())
+        await until(lambda: keeper.spare is not None and spares.ready(keeper.spare, select.POLLIN))
         dead = keeper.spare
         stream, body = await post(http, url)
     assert stream is not dead and body == b"ok" and len(server.requests) == 2
@@ -175,7 +194,7 @@ async def test_connect_reaches_an_address_and_maps_a_refusal_to_httpcore(nursery
     """connect() opens a connection to an IP address without the resolver; a refused one raises
     httpcore.ConnectError, which the keeper and the openai driver retry."""
     server = await Server().start(nursery)
-    with await spares.connect("127.0.0.1", server.port, 5) as sock:
+    with trio.socket.from_stdlib_socket(await spares.connect("127.0.0.1", server.port, 5)) as sock:
         await sock.send(b"GET / HTTP/1.1\r\n\r\n")
         assert (await sock.recv(4096)).startswith(b"HTTP/1.1 200")
     with trio.socket.socket() as unused:  # bound, never listening: connect(2) is refused

@@ -5,12 +5,14 @@ of the answer) costs the daemon's one thread about 2.3 ms of CPU for a request o
 to llama-server on this machine; a bare exchange about 0.5 ms (in process, its events read
 to the end: thread_time over 200 requests). `exchange` serves spares.stream's direct
 requests (http://, no proxy): a POST of JSON on a socket from the client's network backend
-(spares: a spare, or one connect(2)), sent and read on that trio socket itself (no stream
-layers; one deadline scope for the whole exchange, not one per read), and an answer framed
-by chunked encoding, Content-Length or the connection's end, whose lines come from one
-async generator. The connection is never kept alive (llama-server closes it after a stream
-anyway). A failure is raised as httpx raises it (ConnectError, ReadError, WriteError,
-RemoteProtocolError, ReadTimeout ...), so the openai driver tells them apart as before.
+(spares: a spare, or one connect(2)), sent and read with the socket's own non-blocking calls
+(no stream layers, not even trio's socket: a call that need not wait returns at once, without
+the scheduler round trio's takes; one deadline scope for the whole exchange, set only while
+a call waits on the engine), and an answer framed by chunked encoding, Content-Length or the
+connection's end, whose lines come from one async generator. The connection is never kept
+alive (llama-server closes it after a stream anyway). A failure is raised as httpx raises it
+(ConnectError, ReadError, WriteError, RemoteProtocolError, ReadTimeout ...), so the openai
+driver tells them apart as before.
 Not an HTTP client: no redirects, cookies, TLS, compression or keep-alive.
 """
 import contextlib
@@ -53,10 +55,10 @@ async def exchange(backend, url: httpx.URL, body: dict, timeout: float):
 
 
 class Response:
-    """The answer on `socket` (a connected trio socket): status_code and headers once `read_head` returned,
-    then the body as httpx's Response gives it (`aiter_lines`, `aread`). `silence` is the exchange's
-    deadline scope, set `timeout` ahead while a send or read waits on the engine; `reads` paces the reads
-    (spares.pace)."""
+    """The answer on `socket` (a connected non-blocking stdlib socket): status_code and headers once
+    `read_head` returned, then the body as httpx's Response gives it (`aiter_lines`, `aread`). `silence`
+    is the exchange's deadline scope, set `timeout` ahead while a send or read waits on the engine; `reads`
+    paces the reads (spares.pace)."""
 
     def __init__(self, socket, timeout: float):
         self.socket, self.timeout, self.buffer = socket, timeout, b""
@@ -65,25 +67,36 @@ class Response:
         self.next_piece = self._to_end
 
     async def send(self, data: bytes) -> None:
-        self.sending, self.silence.deadline = True, trio.current_time() + self.timeout
+        self.sending = True
         try:
             while data:
-                data = data[await self.socket.send(data):]
+                try:
+                    data = data[self.socket.send(data):]
+                except BlockingIOError:
+                    await self._wait(trio.lowlevel.wait_writable)
         except OSError as exc:
             raise httpx.WriteError(str(exc)) from exc
-        self.sending, self.silence.deadline = False, math.inf
+        self.sending = False
 
     async def _fill(self) -> bool:
         """Read more into the buffer; False at the connection's end."""
         await self.reads.wait()
-        self.silence.deadline = trio.current_time() + self.timeout
-        try:
-            more = await self.socket.recv(READ_BYTES)
-        except OSError as exc:
-            raise httpx.ReadError(str(exc)) from exc
-        self.silence.deadline = math.inf
+        while True:
+            try:
+                more = self.socket.recv(READ_BYTES)
+                break
+            except BlockingIOError:
+                await self._wait(trio.lowlevel.wait_readable)
+            except OSError as exc:
+                raise httpx.ReadError(str(exc)) from exc
         self.buffer += more
         return bool(more)
+
+    async def _wait(self, ready) -> None:
+        """Wait until `ready(socket)` returns (trio.lowlevel.wait_readable, wait_writable): `timeout` s at most."""
+        self.silence.deadline = trio.current_time() + self.timeout
+        await ready(self.socket)
+        self.silence.deadline = math.inf
 
     async def read_head(self) -> None:
         while (end := self.buffer.find(b"\r\n\r\n")) < 0:

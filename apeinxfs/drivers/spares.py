@@ -6,7 +6,7 @@ and keep-alive does not spare it: llama-server closes each connection after a st
 `client()` gives an ordinary `httpx.AsyncClient` (proxies from the environment included)
 whose direct connections come from a `SpareBackend` (one per driver, shared by the clients
 of its GPUs): httpcore's trio backend with, per engine address, one connection already open
-(`Keeper`: a connected trio socket). A request takes it instead of connecting; the keeper
+(`Keeper`: a connected non-blocking socket). A request takes it instead of connecting; the keeper
 opens the next one REFILL_S later, off the path of the first token, and renews a spare
 that waited SPARE_S (engines drop idle connections after 5 s). A connection to an IP
 address, spare or not, is one connect(2) (`connect`), without trio.open_tcp_stream's
@@ -28,9 +28,12 @@ transport and its backend, the transport for a URL): they use its private attrib
 checked where they are set. Not an HTTP client: httpx is, and bare.py for one kind of request.
 """
 import contextlib
+import errno
 import functools
 import ipaddress
 import math
+import os
+import select
 import socket
 
 import httpcore
@@ -121,13 +124,14 @@ class SpareBackend(httpcore.AsyncNetworkBackend):
         self.keepers = {address: k for address, k in self.keepers.items() if k.nursery is not nursery}
         nursery.cancel_scope.cancel()
 
-    async def socket(self, host: str, port: int, timeout: float | None) -> trio.socket.SocketType:
-        """A connected trio socket to (`host`, `port`): the spare, or one connect(2) (bare.py reads it itself)."""
+    async def socket(self, host: str, port: int, timeout: float | None) -> socket.socket:
+        """A connected non-blocking socket to (`host`, `port`): the spare, or one connect(2) (bare.py reads it)."""
         return self._keeper(host, port).take() or await connect(host, port, timeout)
 
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         if local_address is None and not socket_options:
-            return Coalescing(TrioStream(trio.SocketStream(await self.socket(host, port, timeout))))
+            sock = trio.socket.from_stdlib_socket(await self.socket(host, port, timeout))
+            return Coalescing(TrioStream(trio.SocketStream(sock)))
         return Coalescing(await self.inner.connect_tcp(host, port, timeout, local_address, socket_options))
 
     async def connect_unix_socket(self, path, timeout=None, socket_options=None):
@@ -144,17 +148,27 @@ class SpareBackend(httpcore.AsyncNetworkBackend):
         return keeper
 
 
-async def connect(host: str, port: int, timeout: float | None) -> trio.socket.SocketType:
-    """A trio socket connected to `host` as httpcore's trio backend connects (TCP_NODELAY, httpcore's errors);
-    to an IP address, one connect(2) without trio.open_tcp_stream's resolver and happy-eyeballs nursery (a
-    third of its cost here)."""
+async def connect(host: str, port: int, timeout: float | None) -> socket.socket:
+    """A non-blocking stdlib socket connected to `host` as httpcore's trio backend connects (TCP_NODELAY,
+    httpcore's errors); to an IP address, one connect(2) without trio.open_tcp_stream's resolver and
+    happy-eyeballs nursery (a third of its cost here), nor trio's wait where the connection is made at once
+    (to a local engine)."""
     if (family := family_of(host)) is None:  # a name: resolved as httpcore does
-        return (await httpcore.TrioBackend().connect_tcp(host, port, timeout)).get_extra_info("socket")
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        stream = await httpcore.TrioBackend().connect_tcp(host, port, timeout)
+        sock = socket.socket(fileno=stream.get_extra_info("socket").detach())
+        sock.setblocking(False)
+        return sock
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        with trio.fail_after(math.inf if timeout is None else timeout):
-            await sock.connect((host, port))
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        if (error := sock.connect_ex((host, port))) == errno.EINPROGRESS:
+            if not ready(sock, select.POLLOUT):
+                with trio.fail_after(math.inf if timeout is None else timeout):
+                    await trio.lowlevel.wait_writable(sock)
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise OSError(error, os.strerror(error))
     except BaseException as exc:
         sock.close()
         if isinstance(exc, trio.TooSlowError):
@@ -163,6 +177,13 @@ async def connect(host: str, port: int, timeout: float | None) -> trio.socket.So
             raise httpcore.ConnectError(exc) from exc
         raise
     return sock
+
+
+def ready(sock: socket.socket, events: int) -> bool:
+    """Whether `sock` has one of poll's `events` now (POLLIN: readable; POLLOUT: writable), without waiting."""
+    poll = select.poll()
+    poll.register(sock, events)
+    return bool(poll.poll(0))
 
 
 @functools.lru_cache(maxsize=256)
@@ -180,14 +201,14 @@ class Keeper:
 
     def __init__(self, connect, nursery):
         self.connect, self.nursery = connect, nursery
-        self.spare: trio.socket.SocketType | None = None
+        self.spare: socket.socket | None = None
         self.taken = trio.Event()
 
-    def take(self) -> trio.socket.SocketType | None:
+    def take(self) -> socket.socket | None:
         """The spare if the engine has not hung up on it, else None."""
         spare, self.spare = self.spare, None
         self.taken.set()
-        if spare is not None and spare.is_readable():  # idle yet readable: EOF, the engine closed it
+        if spare is not None and ready(spare, select.POLLIN):  # idle yet readable: EOF, the engine closed it
             spare.close()
             return None
         return spare
@@ -206,7 +227,7 @@ class Keeper:
         finally:
             self._drop()
 
-    async def _open(self) -> trio.socket.SocketType:
+    async def _open(self) -> socket.socket:
         while True:
             try:
                 return await self.connect()
