@@ -15,11 +15,12 @@ class Recorder:
     """A driver host that keeps what is delivered and hands out batches sent to `batches`."""
 
     def __init__(self):
-        self.events = []
+        self.events, self.times = [], []  # what was delivered, and when (trio's clock)
         self.send_batch, self.batches = trio.open_memory_channel(0)
 
     def deliver(self, event) -> None:
         self.events.append(event)
+        self.times.append(trio.current_time())
 
     async def next_batch(self, gpu: int) -> list:
         return await self.batches.receive()
@@ -56,6 +57,40 @@ async def test_outbox_sends_a_first_token_and_a_final_chunk_at_once_and_the_rest
         assert host.steps()[1:] == [(Chunk(1, "bcd", 3), Chunk(2, "x", 1, prefill=3)), (Chunk(1, "e", 1),),
                                     (Chunk(1, "f", 1, final=True),)]
         nursery.cancel_scope.cancel()
+
+
+class StepCounter(trio.abc.Instrument):
+    """Counts the scheduling steps of the tasks whose name ends with `name`."""
+
+    def __init__(self, name: str):
+        self.name, self.steps = name, 0
+
+    def after_task_step(self, task) -> None:
+        self.steps += task.name.endswith(self.name)
+
+
+async def test_outbox_delivers_at_once_after_a_quiet_round_and_at_most_once_a_round(autojump_clock):
+    """A chunk put when the last round is ROUND_S old goes out in the next scheduling round, one wake-up of the
+    outbox (a stream read every 100 ms costs it no more); chunks put sooner wait until ROUND_S after the last
+    round."""
+    host, counter = Recorder(), StepCounter("deliver_forever")
+    outbox = flow.Outbox(host, gpu=0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(outbox.deliver_forever)
+        outbox.put(Chunk(1, "a", 1))
+        start = trio.current_time()
+        await trio.sleep(1)
+        trio.lowlevel.add_instrument(counter)
+        outbox.put(Chunk(1, "b", 1))
+        await trio.sleep(1)
+        trio.lowlevel.remove_instrument(counter)
+        for text in ("c", "d"):
+            outbox.put(Chunk(1, text, 1))
+            await trio.sleep(flow.ROUND_S / 4)
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert host.steps() == [(Chunk(1, text, 1),) for text in "abcd"] and counter.steps == 1
+    assert [time - start for time in host.times] == [0, 1, 2, 2 + flow.ROUND_S]
 
 
 async def test_a_task_placed_again_gets_its_next_token_at_once(autojump_clock):

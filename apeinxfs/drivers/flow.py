@@ -9,6 +9,7 @@ first token and its final chunk go at once. Used by openai.py (a stream per task
 triton.py (through openai.py) and llamacpp.py (a generation per task). No engine I/O here.
 """
 import functools
+import math
 
 import trio
 
@@ -103,9 +104,14 @@ class Outbox:
         return interrupted
 
     async def deliver_forever(self) -> None:
+        """Deliver what waits once ROUND_S has passed since the previous round: at once after a quiet
+        round (a stream read every 100 ms costs one wake-up a read), else at the end of the round."""
+        last_s = -math.inf
         while True:
             await self.ready.wait()
-            self.ready = trio.Event()
+            if (rest_s := last_s + ROUND_S - trio.current_time()) > 0:
+                await trio.sleep(rest_s)
+            self.ready, last_s = trio.Event(), trio.current_time()
             self._deliver_chunks()
             failures, self.failures = self.failures, []
             for task, failure in failures:
@@ -113,7 +119,6 @@ class Outbox:
                     self.host.deliver(failure)
                     if isinstance(failure, Interrupted):
                         self.interrupted.add(task.pid)
-            await trio.sleep(ROUND_S)
 
     def _deliver_chunks(self) -> None:
         chunks, self.chunks = self.chunks, []
