@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROUNDS, apeinxfs_mount
+from common import ROUNDS, apeinxfs_mount, cpu_seconds
 
 import bench_tokens
 import tinymodel
@@ -31,15 +31,6 @@ TURNS = int(os.environ.get("BENCH_AB_TURNS", "60"))
 TOKENS = int(os.environ.get("BENCH_AB_TOKENS", "1"))
 IDLE_S = 2.0
 
-
-def on_cpu_s(pid: int) -> float:
-    """Seconds every thread of process `pid` has run."""
-    total = 0
-    for thread in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            with open(f"/proc/{pid}/task/{thread}/schedstat") as file:
-                total += int(file.read().split()[0])
-    return total / 1e9
 
 
 def turn(daemon) -> None:
@@ -60,13 +51,13 @@ def mounted(stack, url: str, checkouts: dict, order: tuple) -> dict:
 def cpu_per_task(daemons: dict) -> dict:
     """{name: ms of CPU per task} over TURNS alternating turns of each daemon, less its idle rate."""
     pids = {name: daemon.proc.pid for name, daemon in daemons.items()}
-    before, start = {name: on_cpu_s(pid) for name, pid in pids.items()}, time.perf_counter()
+    before, start = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.perf_counter()
     for index in range(TURNS):
         for name in sorted(daemons, reverse=bool(index % 2)):
             turn(daemons[name])
-    after, seconds = {name: on_cpu_s(pid) for name, pid in pids.items()}, time.perf_counter() - start
+    after, seconds = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.perf_counter() - start
     time.sleep(IDLE_S)
-    idle = {name: (on_cpu_s(pid) - after[name]) / IDLE_S for name, pid in pids.items()}
+    idle = {name: (cpu_seconds(pid) - after[name]) / IDLE_S for name, pid in pids.items()}
     return {name: (after[name] - before[name] - idle[name] * seconds) * 1000 / (4 * TURNS) for name in pids}
 
 

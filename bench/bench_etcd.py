@@ -18,7 +18,7 @@ import time
 
 import trio
 
-from common import ROUNDS, SECONDS, concurrent_rate, median
+from common import ROUNDS, SECONDS, concurrent_rate, cpu_seconds, median
 from etcdcluster import EtcdCluster
 
 from apeinxfs.cluster.etcd import Etcd
@@ -77,12 +77,6 @@ def report(rates: dict) -> None:
         print(f"{name:6} {workers:7} {median(found):9,.0f} {median(found) / baseline:8.2f}   "
               + " ".join(f"{rate:,.0f}" for rate in found))
 
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of process `pid` so far (from /proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as file:
-        fields = file.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:

@@ -16,8 +16,7 @@ import time
 
 import trio
 
-from bench_etcd import cpu_seconds
-from common import ROUNDS, SECONDS, concurrent_rate, make_daemon, median, rate, read_all, sim_config
+from common import ROUNDS, SECONDS, concurrent_rate, cpu_seconds, make_daemon, median, rate, read_all, sim_config
 from daemon import poll_until
 from engines import free_port
 from etcdcluster import EtcdCluster

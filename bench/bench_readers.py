@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from common import apeinxfs_mount, verdict
+from common import apeinxfs_mount, cpu_seconds, verdict
 from daemon import poll_until, sim_config
 
 TASKS = 30
@@ -60,12 +60,6 @@ def latencies(daemon) -> dict[str, list[float]]:
             times[name].append((time.perf_counter() - start) * 1000)
     return times
 
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` so far."""
-    with open(f"/proc/{pid}/stat") as file:
-        fields = file.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_share(pid: int) -> float:

@@ -3,11 +3,13 @@
 Three figures, each next to the engine's own, measured in the same run, the two paths alternating:
 
 - CPU per token: one stream of STREAM_TOKENS tokens through apeinxfs, read to EOF like `cat`; the
-  daemon's CPU time (utime+stime of /proc/PID/stat) over the stream, less what it spends idle
+  daemon's CPU time (its threads' schedstat, common.cpu_seconds) over the stream, less what it spends idle
   for as long (scrapes, timers: measured just before), over the tokens. The engine runs a
-  larger random model (SLOW_SHAPE) on one thread, about 100 tokens/s on this machine: a token
-  every 10 ms, one per read unless the driver waits for more. Its ratio: the daemon's CPU per token over the engine's
-  own seconds per token (straight, same run). Target: at most 0.2 ms per token.
+  larger random model (SLOW_SHAPE) on one thread, about 100 tokens/s on this machine (65-90 on a
+  slow day; printed): the driver reads the stream every 100 ms at most (drivers/pacing.py), so the
+  daemon's cost per token is its cost per read over the tokens a read brings. Its ratio: the daemon's
+  CPU per token over the engine's own seconds per token (straight, same run). Target: at most 0.2 ms
+  per token.
 - Time to first byte of 4 at once: 4 processes each submit on /ctl/submit, open /tasks/PID/stream
   and read its first byte, released together; against 4 straight streaming requests released
   together (4 processes too) on the tiny model (fast: thousands of tokens/s), FIRST_REPEATS turns of
@@ -35,7 +37,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from common import ROUNDS, apeinxfs_mount, read_all, verdict
+from common import ROUNDS, apeinxfs_mount, cpu_seconds, read_all, verdict
 
 import tinymodel
 from engines import LlamaServer, build_llama_server, openai_daemon_config
@@ -47,14 +49,6 @@ FIRST_REPEATS = int(os.environ.get("BENCH_TOKENS_FIRST_REPEATS", "10"))  # turns
 MEMINFO_TOKENS = 1900  # each of the 16 streams: longer than the measure at 16 at once (slots of 2048)
 SLOW_SHAPE = {"embd": 640, "layers": 6, "heads": 8, "ff": 2048, "context": 4096}
 CPU_TARGET_MS, TTFB_TARGET, MEMINFO_TARGET_MS = 0.2, 2.0, 10.0
-TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of process `pid`, in seconds."""
-    with open(f"/proc/{pid}/stat") as file:
-        fields = file.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_S
 
 
 def straight(url: str, tokens: int) -> tuple[float, float, int]:
@@ -256,7 +250,8 @@ def main() -> int:
         first = rounds(first_bytes, binary, Path(tmp), None, 4, engine_cpus)
         meminfo = rounds(meminfo_under_streams, binary, Path(tmp), None, 16, engine_cpus)
     ms, ratio = summary("daemon CPU per token / engine's ms per token", cpu, "ms")
-    print(f"     the daemon spends {ratio:.1%} of the engine's time per token on it")
+    rates = ", ".join(f"{1000 / theirs:.0f}" for _, theirs in cpu)
+    print(f"     the daemon spends {ratio:.1%} of the engine's time per token on it; the engine's tokens/s: {rates}")
     verdict("daemon CPU per token of one ~100 tokens/s stream", ms, CPU_TARGET_MS, " ms", higher_is_better=False)
     _, ratio = summary("first byte of 4 at once / the engine's first token", first, "ms", 1000)
     verdict("first byte of 4 tasks at once over the engine's own time to first token", ratio, TTFB_TARGET,
