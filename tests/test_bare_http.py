@@ -137,3 +137,32 @@ async def test_an_engine_silent_past_the_timeout_is_a_read_timeout(autojump_cloc
                 await trio.sleep(10)
                 await response.aread()
     assert trio.current_time() - started == pytest.approx(15) and head.closed
+
+
+async def test_an_answer_that_never_runs_dry_lets_other_tasks_run_and_a_cancel_in():
+    """An engine that always has more to read (every recv finds data) holds neither the daemon's other
+    tasks off nor a cancel: its reader yields every few reads."""
+    class Flood(Scripted):
+        """A head, then a line per recv, up to `most` reads (a bound, so that a reader that never yields
+        still ends)."""
+
+        def __init__(self, most):
+            super().__init__([b"HTTP/1.1 200 OK\r\n\r\n"])
+            self.reads, self.most = 0, most
+
+        def recv(self, max_bytes):
+            self.reads += 1
+            return super().recv(max_bytes) if self.pieces else b"data: {}\n" if self.reads < self.most else b""
+
+    flood = Flood(most=100_000)
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            async def cancel_soon():
+                for _ in range(3):
+                    await trio.lowlevel.checkpoint()  # runs only when the reader yields
+                scope.cancel()
+            nursery.start_soon(cancel_soon)
+            async with bare.exchange(Backend(flood), URL, {}, 5) as response:
+                async for _ in response.aiter_lines():
+                    pass
+    assert scope.cancelled_caught and flood.reads < 100 and flood.closed

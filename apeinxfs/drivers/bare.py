@@ -26,6 +26,7 @@ import trio
 from . import pacing
 
 READ_BYTES = 65536
+YIELD_READS = 4  # reads in a row that found data at once, after which a read yields to the other tasks
 HEAD_MAX = 65536  # an answer's status line and headers longer than this are not an engine's
 ERRORS = {httpcore.ConnectError: httpx.ConnectError, httpcore.ConnectTimeout: httpx.ConnectTimeout}
 
@@ -64,7 +65,7 @@ class Response:
         self.socket, self.timeout, self.buffer = socket, timeout, b""
         self.silence, self.sending, self.reads = trio.CancelScope(), False, pacing.Reads()
         self.status_code, self.headers, self.length, self.ended = 0, {}, 0, False
-        self.next_piece = self._to_end
+        self.next_piece, self.unyielded = self._to_end, 0  # unyielded: reads in a row that waited for nothing
 
     async def send(self, data: bytes) -> None:
         self.sending = True
@@ -73,29 +74,43 @@ class Response:
                 try:
                     data = data[self.socket.send(data):]
                 except BlockingIOError:
-                    await self._wait(trio.lowlevel.wait_writable)
+                    await self._wait(trio.lowlevel.wait_writable, httpx.WriteError)
         except OSError as exc:
             raise httpx.WriteError(str(exc)) from exc
         self.sending = False
 
     async def _fill(self) -> bool:
-        """Read more into the buffer; False at the connection's end."""
+        """Read more into the buffer; False at the connection's end. A read that finds data waits for
+        nothing; YIELD_READS of those in a row yield once (a trio checkpoint), so that an answer faster
+        than the daemon parses it can hold neither its loop nor a cancel off (paced reads sleep anyway)."""
         await self.reads.wait()
-        while True:
-            try:
-                more = self.socket.recv(READ_BYTES)
-                break
-            except BlockingIOError:
-                await self._wait(trio.lowlevel.wait_readable)
-            except OSError as exc:
-                raise httpx.ReadError(str(exc)) from exc
+        while (more := self._recv()) is None:
+            await self._wait(trio.lowlevel.wait_readable, httpx.ReadError)
+            self.unyielded = 0
+        self.unyielded += 1
+        if self.unyielded == YIELD_READS:
+            self.unyielded = 0
+            await trio.lowlevel.checkpoint()
         self.buffer += more
         return bool(more)
 
-    async def _wait(self, ready) -> None:
-        """Wait until `ready(socket)` returns (trio.lowlevel.wait_readable, wait_writable): `timeout` s at most."""
+    def _recv(self) -> bytes | None:
+        """What the socket holds now (b"" at the connection's end); None if nothing has come yet."""
+        try:
+            return self.socket.recv(READ_BYTES)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise httpx.ReadError(str(exc)) from exc
+
+    async def _wait(self, ready, failed: type[httpx.TransportError]) -> None:
+        """Wait until `ready(socket)` returns (trio.lowlevel.wait_readable, wait_writable): `timeout` s at most;
+        `failed` (httpx.ReadError, WriteError) if the loop cannot watch the socket."""
         self.silence.deadline = trio.current_time() + self.timeout
-        await ready(self.socket)
+        try:
+            await ready(self.socket)
+        except OSError as exc:  # epoll_ctl refused it (ENOMEM, ENOSPC)
+            raise failed(str(exc)) from exc
         self.silence.deadline = math.inf
 
     async def read_head(self) -> None:

@@ -158,7 +158,10 @@ async def connect(host: str, port: int, timeout: float | None) -> socket.socket:
         sock = socket.socket(fileno=stream.get_extra_info("socket").detach())
         sock.setblocking(False)
         return sock
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:  # out of descriptors, say: the engine cannot be reached from here
+        raise httpcore.ConnectError(exc) from exc
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
