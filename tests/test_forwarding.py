@@ -5,7 +5,7 @@ import errno
 import pytest
 
 from apeinxfs.kernel.errors import Invalid, TryAgain
-from apeinxfs.nodes.base import LINE_MAX, Caller
+from apeinxfs.nodes.base import BUG, LINE_MAX, Caller
 from apeinxfs.nodes.forwarding import Forwarding, Route
 
 CALLER = Caller()
@@ -118,3 +118,13 @@ async def test_a_refused_settle_is_the_writes_refusal_and_its_reply():
         await handle.write_async(b"a\npart")
     assert refused.value.errno == errno.EAGAIN and node.settled == [["2"]]
     assert await handle.read(0, 100, None) == b"error: not recorded: try again\n" and not handle.pending
+
+
+async def test_a_settle_that_hits_a_bug_fails_the_write_with_the_internal_error_reply():
+    """A bug in the wait after a write fails it (fs.py makes it EIO) with the internal-error reply, not the
+    lines' replies, and drops its partial line."""
+    node = Settler(refusal=RuntimeError("a bug"))
+    handle = node.node.open(CALLER, writing=True, reading=True)
+    with pytest.raises(RuntimeError):
+        await handle.write_async(b"a\npart")
+    assert await handle.read(0, 100, None) == f"error: {BUG}\n".encode() and not handle.pending

@@ -323,12 +323,12 @@ class CommandHandle(Handle):
 
     @contextlib.contextmanager
     def refusals(self):
-        """A refusal raised inside is this write's: its reasons become the reply, its partial line is
-        dropped (as any failed write's), and it goes on up."""
+        """A refusal or a bug raised inside is this write's: its reasons (a bug's: BUG) become the reply, its
+        partial line is dropped (as any failed write's), and it goes on up (fs.py makes a bug EIO)."""
         try:
             yield
-        except ApeinxError as exc:
-            self.reply = reply_text(exc.replies, refused=True)
+        except Exception as exc:
+            self.reply = reply_text(exc.replies if isinstance(exc, ApeinxError) else [BUG], refused=True)
             self.pending.clear()
             raise
 
@@ -371,14 +371,8 @@ class CommandHandle(Handle):
 
     def _run(self, raw_lines: list[bytes]) -> None:
         self.reply = b""
-        try:
+        with self.refusals():
             replies = self._command(raw_lines)
-        except ApeinxError as exc:
-            self.reply = reply_text(exc.replies, refused=True)
-            raise
-        except Exception:
-            self.reply = reply_text([BUG], refused=True)
-            raise
         self.reply = reply_text(replies)
 
     def _command(self, raw_lines: list[bytes]) -> list[str]:
