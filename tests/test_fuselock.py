@@ -1,4 +1,6 @@
-"""fuselock.py: the lock pyfuse3's workers take to wait for a request, and its installation."""
+"""fuselock.py: the lock pyfuse3's workers take to wait for a request, their wait, and its installation."""
+import os
+
 import pyfuse3
 import pytest
 import trio
@@ -59,7 +61,36 @@ def restored_pyfuse3_trio():
 
 
 def test_install_gives_pyfuse3_trio_with_the_hand_off_lock(restored_pyfuse3_trio):
-    """After install, pyfuse3's trio makes HandOffLocks and is trio in all else."""
+    """After install, pyfuse3's trio makes HandOffLocks and waits with fuselock's wait_readable, and is trio in
+    all else."""
     fuselock.install()
-    assert pyfuse3.trio.Lock is HandOffLock
-    assert pyfuse3.trio.lowlevel is trio.lowlevel and pyfuse3.trio.open_nursery is trio.open_nursery
+    assert pyfuse3.trio.Lock is HandOffLock and pyfuse3.trio.lowlevel.wait_readable is fuselock.wait_readable
+    assert pyfuse3.trio.open_nursery is trio.open_nursery
+    assert pyfuse3.trio.lowlevel.current_task is trio.lowlevel.current_task
+
+
+async def test_wait_readable_takes_what_is_there_at_once_and_waits_for_what_is_not():
+    """With data waiting, wait_readable returns without letting another task run; without, it waits until
+    data comes; cancelled, it raises even with data waiting."""
+    reader, writer = os.pipe()
+    try:
+        ran = []
+
+        async def other():
+            ran.append("other")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)
+            os.write(writer, b"x")
+            await fuselock.wait_readable(reader)
+            assert ran == []  # no checkpoint: the other task has not run
+        os.read(reader, 1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fuselock.wait_readable, reader)
+            await trio.testing.wait_all_tasks_blocked()
+            os.write(writer, b"y")  # the waiter ends once this comes
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await fuselock.wait_readable(reader)
+        assert scope.cancelled_caught
+    finally:
+        os.close(reader), os.close(writer)
