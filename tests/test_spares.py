@@ -192,12 +192,13 @@ async def test_a_paced_stream_reads_at_most_once_per_interval(autojump_clock):
 
 async def test_connect_reaches_an_address_and_maps_a_refusal_to_httpcore(nursery):
     """connect() opens a connection to an IP address without the resolver; a refused one raises
-    httpcore.ConnectError, which the keeper and the openai driver retry."""
+    httpcore.ConnectError naming the address, which the keeper and the openai driver retry."""
     server = await Server().start(nursery)
     with trio.socket.from_stdlib_socket(await spares.connect("127.0.0.1", server.port, 5)) as sock:
         await sock.send(b"GET / HTTP/1.1\r\n\r\n")
         assert (await sock.recv(4096)).startswith(b"HTTP/1.1 200")
     with trio.socket.socket() as unused:  # bound, never listening: connect(2) is refused
         await unused.bind(("127.0.0.1", 0))
-        with pytest.raises(httpcore.ConnectError):
-            await spares.connect("127.0.0.1", unused.getsockname()[1], 5)
+        port = unused.getsockname()[1]
+        with pytest.raises(httpcore.ConnectError, match=f"cannot connect to 127.0.0.1:{port}: Connection refused"):
+            await spares.connect("127.0.0.1", port, 5)

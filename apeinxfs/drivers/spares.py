@@ -171,7 +171,7 @@ async def connect(host: str, port: int, timeout: float | None) -> socket.socket:
                     await trio.lowlevel.wait_writable(sock)
             error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
-            raise OSError(error, os.strerror(error))
+            raise OSError(error, f"cannot connect to {host}:{port}: {os.strerror(error)}")
     except BaseException as exc:
         sock.close()
         if isinstance(exc, trio.TooSlowError):
