@@ -61,36 +61,65 @@ def restored_pyfuse3_trio():
 
 
 def test_install_gives_pyfuse3_trio_with_the_hand_off_lock(restored_pyfuse3_trio):
-    """After install, pyfuse3's trio makes HandOffLocks and waits with fuselock's wait_readable, and is trio in
-    all else."""
+    """After install, pyfuse3's trio makes HandOffLocks and waits with a ReadyFirst, and is trio in all else."""
     fuselock.install()
-    assert pyfuse3.trio.Lock is HandOffLock and pyfuse3.trio.lowlevel.wait_readable is fuselock.wait_readable
+    assert pyfuse3.trio.Lock is HandOffLock
+    assert isinstance(pyfuse3.trio.lowlevel.wait_readable.__self__, fuselock.ReadyFirst)
     assert pyfuse3.trio.open_nursery is trio.open_nursery
     assert pyfuse3.trio.lowlevel.current_task is trio.lowlevel.current_task
 
 
-async def test_wait_readable_takes_what_is_there_at_once_and_waits_for_what_is_not():
+@pytest.fixture
+def pipe():
+    reader, writer = os.pipe()
+    yield reader, writer
+    os.close(reader), os.close(writer)
+
+
+async def test_wait_readable_takes_what_is_there_at_once_and_waits_for_what_is_not(pipe):
     """With data waiting, wait_readable returns without letting another task run; without, it waits until
     data comes; cancelled, it raises even with data waiting."""
-    reader, writer = os.pipe()
-    try:
-        ran = []
+    reader, writer = pipe
+    waiting, ran = fuselock.ReadyFirst(), []
 
-        async def other():
-            ran.append("other")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(other)
-            os.write(writer, b"x")
-            await fuselock.wait_readable(reader)
-            assert ran == []  # no checkpoint: the other task has not run
-        os.read(reader, 1)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(fuselock.wait_readable, reader)
-            await trio.testing.wait_all_tasks_blocked()
-            os.write(writer, b"y")  # the waiter ends once this comes
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            await fuselock.wait_readable(reader)
-        assert scope.cancelled_caught
-    finally:
-        os.close(reader), os.close(writer)
+    async def other():
+        ran.append("other")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        os.write(writer, b"x")
+        await waiting.wait_readable(reader)
+        assert ran == []  # no checkpoint: the other task has not run
+    os.read(reader, 1)
+    returned = []
+
+    async def waiter():
+        await waiting.wait_readable(reader)
+        returned.append(True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert returned == []  # nothing to read: it waits
+        os.write(writer, b"y")
+    assert returned == [True]
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await waiting.wait_readable(reader)
+    assert scope.cancelled_caught
+
+
+async def test_a_backlog_taken_at_once_still_yields_every_few_takes(pipe):
+    """YIELD_TAKES takes in a row that found data at once let no other task run; the next waits through trio
+    (a checkpoint)."""
+    reader, writer = pipe
+    waiting, ran = fuselock.ReadyFirst(), []
+    os.write(writer, b"x")
+
+    async def other():
+        ran.append("other")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        for _ in range(fuselock.YIELD_TAKES):
+            await waiting.wait_readable(reader)
+        assert ran == []
+        with trio.testing.assert_checkpoints():
+            await waiting.wait_readable(reader)

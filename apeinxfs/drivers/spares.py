@@ -41,6 +41,7 @@ import httpx
 import trio
 from httpcore._backends.trio import TrioStream  # the stream httpcore's trio backend wraps a connection in
 
+from ..polling import ready
 from . import bare, pacing
 
 SPARE_S = 2.0  # the longest a spare waits for a request before it is renewed (engines drop idle ones after 5 s)
@@ -180,13 +181,6 @@ async def connect(host: str, port: int, timeout: float | None) -> socket.socket:
             raise httpcore.ConnectError(exc) from exc
         raise
     return sock
-
-
-def ready(sock: socket.socket, events: int) -> bool:
-    """Whether `sock` has one of poll's `events` now (POLLIN: readable; POLLOUT: writable), without waiting."""
-    poll = select.poll()
-    poll.register(sock, events)
-    return bool(poll.poll(0))
 
 
 @functools.lru_cache(maxsize=256)
