@@ -7,6 +7,7 @@ last ones stop etcd members and a daemon. Waits poll with generous bounds; nothi
 """
 import concurrent.futures
 import errno
+import itertools
 import os
 import subprocess
 import time
@@ -45,10 +46,16 @@ def shows(daemon: Daemon, parts: tuple, text: str) -> bool:
         return False
 
 
+MARKS = itertools.count(1)
+
+
 def in_step(nodes) -> None:
-    """Wait until every node is at the same place in the settings log."""
-    poll_until(lambda: len({link(daemon)["Settings"] for daemon in nodes.values()}) == 1, SETTLE_S,
-               "every node at the same place in the settings log")
+    """Wait until every node has applied the settings log as it is now: a marker entry goes after it (a
+    tenant of its own, added on a) and every node shows the marker (entries apply in the log's order).
+    Equal places alone would not do: an entry put but not yet applied anywhere leaves them equal."""
+    marker = f"mark{next(MARKS)}"
+    assert echo(nodes["a"], f"add {marker} weight=1", "ctl", "tenants").returncode == 0
+    on_every_node(nodes, ("tenants", marker, "weight"), "1\n")
 
 
 def on_every_node(nodes: dict, parts: tuple, text: str) -> None:
