@@ -8,7 +8,6 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import invariant, run_state_machine_as_test
 
-from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, MemoryRetention, ModelConfig, SchedConfig
 from apeinxfs.kernel.moves import Moves
 from apeinxfs.kernel.tenant_config import TenantConfig

@@ -5,6 +5,7 @@ import trio
 
 from apeinxfs.cluster.etcd_records import TXN_OPS, EtcdError, Txn, TxnResult
 from apeinxfs.cluster.guarded import write_each
+from apeinxfs.cluster.records import unchanged_at
 
 
 class FlakyEtcd:
@@ -22,7 +23,7 @@ class FlakyEtcd:
 
 
 def put_of(key: int) -> Txn:
-    return Txn().when(f"k{key}".encode(), "mod_revision", "==", 1).put(f"k{key}".encode(), b"v")
+    return unchanged_at(f"k{key}".encode(), 1).put(f"k{key}".encode(), b"v")
 
 
 def test_an_error_midway_leaves_the_items_answered_before_it_done():
