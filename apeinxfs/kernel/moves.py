@@ -175,7 +175,10 @@ class Moves:
                 continue
             gpus = self.engines.where(task.model, open_gpus)  # its endpoints' GPUs that are up (engines.py)
             if not gpus:  # every GPU it may run on is full or down: the open ones are no use to it
-                if not self._may_look_past(passed, open_gpus):
+                if len(passed) == BACKFILL_WINDOW:  # a full window rests backfill (see _may_look_past)
+                    self.backfill_after_us = self.now_us + BACKFILL_REST_US
+                    return False
+                if not self._may_look_past(open_gpus):
                     return False
                 past = past or self._why_looked_past(task, open_gpus)
                 self.runq.remove(task)
@@ -200,14 +203,11 @@ class Moves:
             return True
         return False
 
-    def _may_look_past(self, passed: list[Task], open_gpus: list[int]) -> bool:
-        """Whether the pass may look past one more head: the window has room, backfill is not resting, and
-        the queue holds a task of a model that may run on an open GPU. A pass that fills the window rests
+    def _may_look_past(self, open_gpus: list[int]) -> bool:
+        """Whether the pass may look past one more head (the window having room): backfill is not resting,
+        and the queue holds a task of a model that may run on an open GPU. A pass that fills the window rests
         backfill for BACKFILL_REST_US: a backlog of a full model deeper than the window would otherwise
         take out and push back the window's heads at every event, for nothing."""
-        if len(passed) == BACKFILL_WINDOW:
-            self.backfill_after_us = self.now_us + BACKFILL_REST_US
-            return False
         return self.now_us >= self.backfill_after_us and any(
             self.engines.where(model, open_gpus) for model in self.runq.queued_models())
 
