@@ -20,6 +20,11 @@ class RingLog(Log):
 
     header_length: int = attrs.field(kw_only=True)  # where lines start: the ring's HEADER, as long
 
+    @classmethod
+    def of(cls, ring, source=None, **fields) -> "RingLog":
+        """The log of `ring` (kernel/ring.py: its view, else `source`), its lines starting after ring.HEADER."""
+        return cls(source=source or ring.view, header_length=len(ring.HEADER), **fields)
+
     def size(self) -> int:
         text, dropped = self.source()
         return len(text) + dropped

@@ -87,7 +87,7 @@ def _files(rt, name: str) -> dict:
                                   run=settings_writer(rt, name, "weight", _weight_change), write_role="admin"),
         **{group: _group_file(rt, name, group) for group in GROUPS},
         "usage": lambda: Show(show=lambda: usage(kernel, name, rt.clock.now_us()), volatile=True),
-        "events": lambda: RingLog(source=lambda: kernel.trace.tenant_view(name), header_length=len(kernel.trace.HEADER)),
+        "events": lambda: RingLog.of(kernel.trace, source=lambda: kernel.trace.tenant_view(name)),
         "bill": lambda: Show(show=lambda: billing.show(kernel, name)),
     }
 

@@ -88,10 +88,8 @@ def build_root(rt) -> Dir:
             name: Show(show=render, volatile=True) for name, render in gpus.files(rt, g).items()
         }) for g in range(len(kernel.gpus))}),
         "trace": Dir(children={
-            "events": RingLog(mode=ADMIN_READS, source=kernel.trace.view, read_role="admin",
-                              header_length=len(kernel.trace.HEADER)),
-            "audit": RingLog(mode=ADMIN_READS, source=kernel.audit.view, read_role="admin",
-                             header_length=len(kernel.audit.HEADER)),
+            "events": RingLog.of(kernel.trace, mode=ADMIN_READS, read_role="admin"),
+            "audit": RingLog.of(kernel.audit, mode=ADMIN_READS, read_role="admin"),
         }),
         "replay": ReplayDir(rt),
         "sched": Dir(children={
