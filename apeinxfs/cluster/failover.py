@@ -158,9 +158,10 @@ class Failover:
             with trio.move_on_after(SETTLE_S + SETTLE_LINE_S * len(pids)):
                 while self.seq < upto:
                     await self.rt.wait_for("recorded", TRACE_S)
-                return
         finally:
             self.waiting -= 1
+        if self.seq >= upto:  # recorded, if only as the deadline cancelled the wait for its wake
+            return
         why, tasks = self.member.problem or "etcd did not answer in time", self.rt.kernel.tasks
         self.commit([Failed(pid=pid, reason=f"refused at its submit: the cluster did not record it ({why})")
                      for pid in pids if pid in tasks and not tasks[pid].done])
