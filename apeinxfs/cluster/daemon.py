@@ -34,7 +34,7 @@ from .replicas import Replicas
 from .routing import Router
 from .settings import ClusterSettings
 from .shared import SharedSettings
-from .usage import elsewhere, published
+from .usage import Elsewheres, published
 from .view import ClusterView
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class Cluster:
         self.failover = Failover(self)  # task keys, the leader's moves, adoption and fencing (failover.py)
         self.replicas = Replicas(self)  # running tasks' output, for a resume after failover (replicas.py)
         self.shared = SharedSettings(runtime, self.etcd, self.keys, self.name, self.view)  # the settings log
+        self.elsewheres = Elsewheres(self.name)  # the other nodes' use by tenant, for admission (usage.py)
 
     def record(self, epoch: int) -> NodeRecord:
         """This node's record now, in `epoch`; the kernel is read again only once it changed (a read
@@ -97,7 +98,7 @@ class Cluster:
                 found = await self.etcd.range(self.keys.all, prefix=True)
                 self.view.load(found.kvs, found.revision)
                 self.shared.load(found.kvs)
-                self.rt.elsewhere = elsewhere(self.view.nodes(), self.name)
+                self.rt.elsewhere = self.elsewheres.load(self.view.nodes())  # then kept current by `followed`
                 self.member.note(None)
                 async with self.etcd.watch(self.keys.all, prefix=True, start_revision=found.revision + 1) as events:
                     async for event in events:
@@ -112,11 +113,11 @@ class Cluster:
 
     def followed(self, event) -> None:
         """What a watch event changes beside the view: a settings entry to apply, the others' tenant use."""
-        kind = self.keys.kind_of(event.kv.key)[0]
+        kind, name = self.keys.kind_of(event.kv.key)
         if kind == "settings" and event.kind == "PUT":
             self.shared.apply(event.kv)
         elif kind in ("nodes", "up"):
-            self.rt.elsewhere = elsewhere(self.view.nodes(), self.name)
+            self.elsewheres.update(name, self.view.node(name))
 
     async def keep_pids(self) -> None:
         """Ask for the next pid block once fewer than half a block is left (checked as submits come)."""
