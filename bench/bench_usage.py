@@ -31,12 +31,12 @@ KEYS = Keys("apeinxfs/")
 def record(node: int, tenants: int, live: int) -> bytes:
     """A node's record with `tenants` tenants' use and live pids, and a full prefix summary."""
     names = [f"team{t:04d}" for t in range(tenants)]
+    ranges = {name: f"{node * 100_000 + t * 10}-{node * 100_000 + t * 10 + live}" for t, name in enumerate(names)}
     return NodeRecord(name=f"n{node:03d}", epoch=3, seen_us=1_765_000_000_000_000, gpus=8, slots_free=4,
                       kv_pages_free=12_000, queued=2, running=60, live=live * tenants,
-                      tasks=",".join(f"{node * 100_000 + t * 10}-{node * 100_000 + t * 10 + live}" for t in range(tenants)),
+                      tasks=",".join(ranges.values()),
                       models=("llama-70b", "sim"), advertise="10.0.0.1:7070", pid_next=node * 100_000 + 99_999,
-                      tenants={name: f"{node * 100_000 + t * 10}-{node * 100_000 + t * 10 + live}"
-                               for t, name in enumerate(names)},
+                      tenants=ranges,
                       prefixes="A" * 684, prefix_blocks=256,
                       usage={name: [live, 100 * live, 29_000_000, 1_234, 480_000, 5_678] for name in names}).to_json()
 

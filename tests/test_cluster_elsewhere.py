@@ -23,9 +23,13 @@ def summed(nodes: dict[str, NodeView], here: str) -> dict[str, Elsewhere]:
             total = totals.setdefault(tenant, [0, 0, {}, {}])
             total[0], total[1] = total[0] + live, total[1] + reserved
             total[2][qw], total[3][bw] = total[2].get(qw, 0) + qu, total[3].get(bw, 0) + bu
-    found = {tenant: Elsewhere(live, reserved, {w: n for w, n in quota.items() if n}, {w: n for w, n in budget.items() if n})
+    found = {tenant: Elsewhere(live, reserved, used_only(quota), used_only(budget))
              for tenant, (live, reserved, quota, budget) in totals.items()}
     return {tenant: use for tenant, use in found.items() if use != Elsewhere()}
+
+
+def used_only(windows: dict[int, int]) -> dict[int, int]:
+    return {window: used for window, used in windows.items() if used}
 
 
 def view(name: str, up: bool, rows: dict) -> NodeView:
