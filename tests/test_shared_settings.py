@@ -41,12 +41,13 @@ class EchoEtcd:
         return self.revision
 
 
-def node(tmp_path) -> Runtime:
-    """A cluster node's runtime (its Cluster built, never run) on a journal under `tmp_path`."""
+def node(tmp_path, more_config: str = "", clock=None) -> Runtime:
+    """A cluster node's runtime (its Cluster built, never run) on a journal under `tmp_path`; `more_config`
+    goes after CONFIG, `clock` (default: the wall's) is the runtime's."""
     path = tmp_path / "config.toml"
-    path.write_text(CONFIG)
+    path.write_text(CONFIG + more_config)
     config = config_mod.load(str(path), str(tmp_path / "state"), use_nvml=False)
-    runtime = Runtime(config, Journal(str(tmp_path / "state" / "journal.db")))
+    runtime = Runtime(config, Journal(str(tmp_path / "state" / "journal.db")), clock=clock)
     runtime.cluster = Cluster(config.cluster, runtime)
     return runtime
 

@@ -16,7 +16,9 @@ member died, or etcd timed the proposal out, as it does for 7 s after the leader
 have taken effect. Where repeating it is harmless (reads, put, delete, lease calls,
 campaign, a txn the caller marks `repeatable`) each attempt gets `attempt_timeout` seconds
 and it is sent again to the next member; any other txn, and proclaim, then fail with
-`Unavailable` saying that the outcome is unknown. Other refusals raise `EtcdError` (or its
+`Unavailable` saying that the outcome is unknown. A repeatable change (not a read) that
+runs out of `timeout` after an attempt went unanswered says so too: it may have taken
+effect. Other refusals raise `EtcdError` (or its
 subclasses LeaseGone, NotLeader) with etcd's words.
 Records, errors and the wire encoding: etcd_records.py; watches: etcd_watch.py.
 """
@@ -32,6 +34,8 @@ from .etcd_records import (API, HEADERS, EtcdError, KeyValue, LeaderKey, Lease, 
 from .etcd_watch import Watch
 
 RETRY_PAUSE_S = 0.2  # between rounds over every member (an election takes about one election timeout)
+READS = frozenset({"/kv/range", "/lease/timetolive", "/election/leader"})  # the calls that change nothing
+UNKNOWN = "outcome unknown (it may have taken effect), "  # a repeatable change whose attempts all went unanswered
 Answer = TypeVar("Answer")
 
 
@@ -79,6 +83,7 @@ class Etcd:
         if patience is None:
             patience = self.attempt_timeout if retry_sent else math.inf
         failures: dict[str, str] = {}  # each member's last failure, for the reason
+        sent = False  # whether an attempt reached a member and its answer was lost: it may have taken effect
         with trio.move_on_after(deadline):
             while True:
                 first, count = self.current, len(self.endpoints)  # from the member that answered last
@@ -88,14 +93,15 @@ class Etcd:
                     try:
                         return await self.try_member(attempt, index, patience)
                     except MemberFailed as failed:
-                        failures[url] = str(failed)
+                        failures[url], sent = str(failed), sent or failed.sent
                         if failed.sent and not retry_sent:
                             raise Unavailable(f"etcd: {what}: outcome unknown, {url}: {failed}") from None
                 await trio.sleep(RETRY_PAUSE_S)
         if not retry_sent and failures.get(url) == "no answer":
             raise Unavailable(f"etcd: {what}: outcome unknown, no answer from {url} within {deadline:g}s")
+        unknown = (sent or failures.get(url) == "no answer") and what not in READS
         tried = "; ".join(f"{member}: {why}" for member, why in failures.items())
-        raise Unavailable(f"etcd: {what}: no quorum within {deadline:g}s ({tried})")
+        raise Unavailable(f"etcd: {what}: {UNKNOWN if unknown else ''}no quorum within {deadline:g}s ({tried})")
 
     async def try_member(self, attempt: Callable[[str], Awaitable[Answer]], index: int, patience: float) -> Answer:
         """`attempt` on member `index`, which becomes the current member if it answers."""

@@ -84,9 +84,10 @@ class Failover:
                 await self.rt.wait_for("settling", GATHER_S)
 
     async def fence(self) -> None:
-        """Stop the live tasks here that were moved to another node; learn the keys this node owns; end the
-        keys of its tasks that have ended (an exit, or a refused submit, whose txn's outcome was unknown);
-        put those of its live tasks without one (journaled, then kill -9 before their keys were written)."""
+        """Stop the live tasks here that were moved to another node; learn the keys this node owns (and forget
+        those gone: an end whose answer was lost); end the keys of its tasks that have ended (an exit, or a
+        refused submit, whose txn's outcome was unknown); put those of its live tasks without one (journaled,
+        then kill -9 before their keys were written)."""
         pending = {pid for kind, pid in self.lines_after(self.seq) if kind == b"submit"}  # the recorder's next
         found = await self.etcd.range(self.keys.tasks, prefix=True)
         tasks, keyed, ended = self.rt.kernel.tasks, set(), []
@@ -98,11 +99,14 @@ class Failover:
                 self.written[pid] = key, kv.mod_revision
                 if not key.exited and pid not in pending and (task.done if task else not key.origin):
                     ended.append(pid)
-            elif task is not None and not task.done:
+            elif task is not None and not task.done and self.written.get(pid, (None, 0))[1] <= kv.mod_revision:
+                # (a task adopted here while this read was on its way has a later key: it stays)
                 self.written.pop(pid, None)
                 log.warning("cluster: task %d was moved to node %s while this node had lost its lease: stopped here",
                             pid, key.owner)
                 self.commit([MovedAway(pid=pid, node=key.owner)])
+        for pid in self.written.keys() - keyed:  # its end landed though its answer was lost: nothing to send again
+            del self.written[pid]
         unkeyed = {pid: of_task(task, self.here) for pid, task in tasks.items()
                    if not task.done and pid not in keyed and pid not in pending}
         await self.report_all(list(unkeyed.items()), ended)
@@ -158,9 +162,10 @@ class Failover:
             with trio.move_on_after(SETTLE_S + SETTLE_LINE_S * len(pids)):
                 while self.seq < upto:
                     await self.rt.wait_for("recorded", TRACE_S)
-                return
         finally:
             self.waiting -= 1
+        if self.seq >= upto:  # recorded, if only as the deadline cancelled the wait for its wake
+            return
         why, tasks = self.member.problem or "etcd did not answer in time", self.rt.kernel.tasks
         self.commit([Failed(pid=pid, reason=f"refused at its submit: the cluster did not record it ({why})")
                      for pid in pids if pid in tasks and not tasks[pid].done])
