@@ -7,6 +7,7 @@ autojump clock do not mix). The real engine is in test_engine_daemon.py.
 """
 import socket
 import struct
+import types
 
 import pytest
 import trio
@@ -15,6 +16,7 @@ from apeinxfs.drivers import openai, sse
 from apeinxfs.kernel.errors import Invalid
 from apeinxfs.kernel.events import Chunk
 from apeinxfs.kernel.spec import TaskSpec
+from apeinxfs.kernel.task import State
 from engines import free_port
 from fakehttp import read_request, send_event
 import daemon
@@ -77,6 +79,41 @@ def test_endpoint_needs_url_and_resumes_after_the_text_so_far():
     url, body = openai.Endpoint.of(model).request(task)
     assert url == "http://e:8000/v1/completions"
     assert (body["prompt"], body["max_tokens"], body["model"]) == ("Once upon a time", 6, "llama")
+
+
+class EndingOutbox:
+    """An outbox whose every chunk goes out at once and leaves `task` in `state` (the kernel's answer)."""
+
+    def __init__(self, task, state: State):
+        self.task, self.state, self.chunks = task, state, []
+
+    def put(self, chunk: Chunk) -> bool:
+        self.chunks.append(chunk)
+        self.task.state = self.state
+        return True
+
+
+async def test_a_stream_ends_at_the_chunk_its_task_ended_on():
+    """Once the kernel ended the task on a chunk sent at once (its last token), the stream is not read further."""
+    async def events():
+        yield {"choices": [{"text": " w0"}]}
+        raise AssertionError("read past the task's end")
+    task = types.SimpleNamespace(state=State.RUNNING)
+    outbox = EndingOutbox(task, State.EXITED)
+    assert await openai._follow(events(), None, sse.Tally(pid=1), outbox, task) is True
+    assert outbox.chunks == [Chunk(1, " w0", 1)]
+
+
+async def test_a_stream_whose_task_runs_on_is_read_to_its_end():
+    """While the task still runs after its first token, the stream is read on to its end."""
+    async def events():
+        yield {"choices": [{"text": " w0"}]}
+        yield {"choices": [{"text": "", "finish_reason": "stop"}], "usage": {"completion_tokens": 1}}
+    task = types.SimpleNamespace(state=State.RUNNING)
+    tally = sse.Tally(pid=1)
+    response = types.SimpleNamespace(extensions={})  # not one of ours: not paced
+    assert await openai._follow(events(), response, tally, EndingOutbox(task, State.RUNNING), task) is False
+    assert tally.finished
 
 
 class FakeEngine:

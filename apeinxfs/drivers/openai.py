@@ -37,6 +37,7 @@ import trio
 
 from ..kernel.errors import Invalid
 from ..kernel.events import Chunk, Failed, Interrupted
+from ..kernel.task import State
 from . import flow, pacing, scrape, spares, sse
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per task in the daemon's log
@@ -207,7 +208,8 @@ class OpenAIDriver:
                 answered = True
                 await _check(response)
                 outbox.host.report_state(task.model, "ready", None, gpus)
-                await _follow(endpoint.events(response), response, tally, outbox)
+                if await _follow(endpoint.events(response), response, tally, outbox, task):
+                    return
         except (httpx.HTTPError, sse.ProtocolError) as exc:
             raise _failure(exc, answered, tally.tokens) from None
         if not tally.finished:
@@ -215,19 +217,24 @@ class OpenAIDriver:
         outbox.put(Chunk(pid=task.pid, text="", tokens=0, final=True))
 
 
-async def _follow(events, response, tally: sse.Tally, outbox: flow.Outbox) -> None:
+async def _follow(events, response, tally: sse.Tally, outbox: flow.Outbox, task) -> bool:
     """Hand each event's chunk to the outbox; once the first token went out, pause PACE_S (its reader
-    goes first), then read the stream a few tokens at a time (pacing.py). Closes `events` (an async
-    generator) however it ends: left to the garbage collector, trio's would spawn a task for it."""
+    goes first), then read the stream a few tokens at a time (pacing.py). True if the kernel ended `task`
+    on a chunk that went out at once (its last token: the rest of the stream is not wanted, and the job
+    ends here rather than cancelled at the batch's next change). Closes `events` (an async generator)
+    however it ends: left to the garbage collector, trio's would spawn a task for it."""
     pace = None
     async with contextlib.aclosing(events):
         async for event in events:
             if (chunk := tally.chunk(event)) is None or not outbox.put(chunk):
                 continue
+            if task.state is not State.RUNNING:
+                return True
             if pace is None:
                 pace = pacing.Pace(trio.current_time(), tally.tokens)
                 spares.pace(response, lambda: pace.interval_s(tally.tokens, trio.current_time()))
             await trio.sleep(PACE_S)
+    return False
 
 
 def _failure(exc: Exception, answered: bool, tokens: int) -> Exception:
