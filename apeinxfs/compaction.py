@@ -102,18 +102,23 @@ class Start:
     config: dict
     snapshot: snapshots.Snapshot | None = None
     migrated: tuple[str, ...] = ()  # the classes whose objects were migrated (kernel/migrations.py)
+    traced: ev.Migrated | None = attrs.field(init=False, default=attrs.Factory(
+        lambda self: self._migrated_event(), takes_self=True))  # built once: logged at start, journaled at restart
 
     @property
     def name(self) -> str:
         """Where it starts, in words: "row 1", or the snapshot's file and row."""
         return "row 1" if self.snapshot is None else f"{os.path.basename(self.snapshot.path)} (row {self.seq})"
 
-    def migration(self) -> list[ev.Migrated]:
-        """The event that traces a migrated start (journaled with the restart), or none."""
+    def _migrated_event(self) -> ev.Migrated | None:
         if not self.migrated:
-            return []
-        return [ev.Migrated(snapshot=self.name, classes=", ".join(name.removeprefix(state.PACKAGE + ".")
-                                                                   for name in self.migrated))]
+            return None
+        return ev.Migrated(snapshot=self.name, classes=", ".join(name.removeprefix(state.PACKAGE + ".")
+                                                                 for name in self.migrated))
+
+    def migration(self) -> list[ev.Migrated]:
+        """The event that traces a migrated start (journaled with the restart), or none: the one `traced` holds."""
+        return [] if self.traced is None else [self.traced]
 
 
 def compacted_away(first_row: int, directory: str | None, problems: list[str]) -> str:
@@ -173,8 +178,8 @@ class Snapshotter:
         self.seq = start.seq
         if start.snapshot is not None:
             log.info("starting from %s (journal row %d)", start.snapshot.path, start.seq)
-        for migrated in start.migration():
-            log.info("%s was written by an older apeinxfs: migrated %s", start.name, migrated.classes)
+        if start.traced is not None:
+            log.info("%s was written by an older apeinxfs: migrated %s", start.name, start.traced.classes)
         return start
 
     def due(self, now: float) -> bool:

@@ -14,7 +14,7 @@ import pytest
 
 from apeinxfs import config as config_mod
 from apeinxfs import snapshots
-from apeinxfs.compaction import unusable
+from apeinxfs.compaction import Start, unusable
 from apeinxfs.kernel import Kernel, migrations
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig
 from apeinxfs.kernel.events import Chunk, Step, Submit, Tick
@@ -109,3 +109,14 @@ def test_a_migration_that_does_not_fit_the_state_is_a_layout_error():
     del kernel.runq._queue, kernel.runq._models
     with pytest.raises(LayoutError, match="the state does not migrate: AttributeError"):
         migrations.load(encode(kernel), PREVIOUS, layout(TWO_MODELS))
+
+
+def test_a_migrated_start_builds_its_trace_event_once():
+    """A start from a migrated snapshot holds one Migrated event, named by the snapshot's file and row and the
+    classes without the package, which each call of migration() gives again; a start from row 1 has none."""
+    snapshot = snapshots.Snapshot("/state/snapshots/snapshot-000000000042.snap", 42, 0, 0, {}, PREVIOUS, 0, 0, 0)
+    start = Start(Kernel, 42, {}, snapshot, (RUN_QUEUE, "apeinxfs.kernel.moves.Moves"))
+    assert start.migration() == [start.traced] and start.migration()[0] is start.migration()[0]
+    assert (start.traced.snapshot, start.traced.classes) == \
+        ("snapshot-000000000042.snap (row 42)", "runqueue.RunQueue, moves.Moves")
+    assert Start(Kernel, 0, {}).migration() == []

@@ -10,6 +10,7 @@ its invariants checked: the tasks are there (`cat` of their status), the trace s
 migrated, a new task runs to its end, and `apeinxfs replay --verify` passes.
 """
 import os
+import pathlib
 import sqlite3
 import subprocess
 
@@ -78,8 +79,11 @@ def test_a_daemon_starts_from_a_previous_release_snapshot(tmp_path):
         for pid, model in zip(pids, "abba"):
             status = shell(f"cat {daemon.path('tasks', str(pid), 'status')}")
             assert f"Model:\t{model}\n" in status and "State:\tZ" not in status
-        assert "was written by an older apeinxfs; migrated: moves.Moves, runqueue.RunQueue" in \
+        start, classes = f"snapshot-{row:012d}.snap (row {row})", "moves.Moves, runqueue.RunQueue"
+        assert f"{start} was written by an older apeinxfs; migrated: {classes}" in \
             shell(f"grep -h ',migrate,' {daemon.path('trace', 'events')}")
+        assert f"{start} was written by an older apeinxfs: migrated {classes}" in \
+            pathlib.Path(state, "daemon.log").read_text()
         shell(" ".join(f"echo {pid} > {daemon.path('ctl', 'kill')};" for pid in pids))
         pid = int(shell(f"echo 'name=after model=b max_tokens=3' | tee {daemon.path('ctl', 'submit')} >/dev/null; "
                         f"ls {daemon.path('tasks')} | sort -n | tail -1"))

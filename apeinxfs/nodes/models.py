@@ -18,8 +18,8 @@ from ..kernel.endpoints import gpus_text
 from ..kernel.errors import Invalid
 from ..kernel.events import RemoveModel, SetModel
 from ..kernel.grammar import parse_int, split_pairs
+from .addremove import AddRemove
 from .base import BuiltDir, NamedDirs, Show
-from .ctl import by, run_lines
 from .tenants import TENANT_BASE
 
 MODEL_BASE = 1 << 18
@@ -112,16 +112,12 @@ def models_ctl(rt):
     """/ctl/models: `add NAME driver=D [context=N] [layers=..] [kv_heads=..] [head_dim=..] [dtype=..]
     [engine_wait_s=S] [resume_limit=N] [endpoints=URL@GPU,..] [OPTION=V..]`,
     `remove NAME`. Other keys are the driver's options (url=, engine_model=, ...), checked by building it."""
-    def to_event(line, caller):
-        caller.identity.require("admin", "model administration")
-        verb, _, rest = line.strip().partition(" ")
-        if verb == "add" and rest.strip():
-            return SetModel(model=new_model(rest), what=f"add {rest.strip()}", **by(caller))
-        if verb == "remove" and rest.strip():
-            return RemoveModel(name=rest.strip(), **by(caller))
-        raise Invalid("expected `add NAME driver=D [url=U | endpoints=URL@GPU,...] [context=N] [layers=N] [kv_heads=N] "
-                      "[head_dim=N] [dtype=T] [OPTION=VALUE...]` or `remove NAME`")
-    return lambda lines, caller: run_lines(rt, "/ctl/models", lines, caller, to_event)
+    return AddRemove(
+        path="/ctl/models", doing="model administration",
+        usage="expected `add NAME driver=D [url=U | endpoints=URL@GPU,...] [context=N] [layers=N] [kv_heads=N] "
+              "[head_dim=N] [dtype=T] [OPTION=VALUE...]` or `remove NAME`",
+        add=lambda rest, **who: SetModel(model=new_model(rest), **who),
+        remove=lambda name, **who: RemoveModel(name=name, **who)).command(rt)
 
 
 def new_model(text: str) -> ModelConfig:

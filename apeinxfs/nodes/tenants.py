@@ -11,12 +11,13 @@ import stat
 
 import attrs
 
-from ..kernel.errors import Invalid, NotFound
+from ..kernel.errors import NotFound
 from ..kernel.events import RemoveTenant, SetTenant
 from ..kernel.grammar import parse_int, split_pairs
 from ..kernel.tenancy import budget_limit, quota_limit
 from ..kernel.tenant_config import Members, TenantConfig, set_in_group, show_group
 from . import billing
+from .addremove import AddRemove
 from .base import BuiltDir, NamedDirs, Setting, Show
 from .ctl import by, run_lines
 from .ringlog import RingLog
@@ -121,17 +122,14 @@ class TenantsDir(NamedDirs):
 
 
 def tenants_ctl(rt):
-    """/ctl/tenants: `add NAME [weight=N] [uids=..] [gids=..] [viewer_uids=..] [viewer_gids=..]`, `remove NAME`."""
-    def to_event(line, caller):
-        caller.identity.require("admin", "tenant administration")
-        verb, _, rest = line.strip().partition(" ")
-        if verb == "add":
-            return SetTenant(tenant=_new_tenant(rest), what=f"add {rest.strip()}", **by(caller))
-        if verb == "remove" and rest.strip():
-            return RemoveTenant(name=rest.strip(), **by(caller))
-        raise Invalid("expected `add NAME [weight=N] [uids=1,2] [gids=..] [viewer_uids=..] [viewer_gids=..]` "
-                      "or `remove NAME`")
-    return lambda lines, caller: run_lines(rt, "/ctl/tenants", lines, caller, to_event)
+    """/ctl/tenants: `add NAME [weight=N] [uids=..] [gids=..] [viewer_uids=..] [viewer_gids=..]`, `remove NAME`.
+    A bare `add` is refused by the tenant's name check."""
+    return AddRemove(
+        path="/ctl/tenants", doing="tenant administration",
+        usage="expected `add NAME [weight=N] [uids=1,2] [gids=..] [viewer_uids=..] [viewer_gids=..]` "
+              "or `remove NAME`",
+        add=lambda rest, **who: SetTenant(tenant=_new_tenant(rest), **who),
+        remove=lambda name, **who: RemoveTenant(name=name, **who), bare_add=True).command(rt)
 
 
 def _new_tenant(text: str) -> TenantConfig:
