@@ -13,7 +13,7 @@ import attrs
 from ..kernel.task import State
 from .etcd_records import KeyValue, Txn
 from .prefixes import summary_of
-from .usage import published
+from .usage import published, valid_usage
 
 MAX_RANGES = 10_000  # pid ranges a record holds at most
 
@@ -45,8 +45,14 @@ class NodeRecord:
 
     @classmethod
     def from_json(cls, data: bytes) -> "NodeRecord":
-        fields = {field.name for field in attrs.fields(cls)}
-        return cls(**{key: value for key, value in json.loads(data).items() if key in fields})
+        """A peer's record; of its use, the rows admission can count (usage.valid_usage)."""
+        fields, loaded = {field.name for field in attrs.fields(cls)}, json.loads(data)
+        if not isinstance(loaded, dict):
+            raise TypeError(f"a record is a JSON object, not {type(loaded).__name__}")
+        found = {key: value for key, value in loaded.items() if key in fields}
+        if "usage" in found:
+            found["usage"] = valid_usage(found.get("name"), found["usage"])
+        return cls(**found)
 
 
 @attrs.frozen
