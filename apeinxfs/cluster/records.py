@@ -51,7 +51,7 @@ class NodeRecord:
             raise TypeError(f"a record is a JSON object, not {type(loaded).__name__}")
         found = {key: value for key, value in loaded.items() if key in fields}
         if "usage" in found:
-            found["usage"] = valid_usage(found.get("name"), found["usage"])
+            found["usage"] = valid_usage(str(found.get("name")), found["usage"])
         return cls(**found)
 
 

@@ -38,9 +38,10 @@ def _limited(tenant) -> bool:
                                    or tenant.budget.tokens is not None)
 
 
-def valid_usage(node: str, usage) -> dict[str, list[int]]:
+def valid_usage(node: str, usage: object) -> dict[str, list[int]]:
     """The rows of a peer's record (`usage` as its JSON has it) that admission can count: six whole numbers,
-    the counts (live, reserved, tokens used) at least 0 (a window index is -1 before the first); the others are left out, with one log line (another version, or a broken peer)."""
+    the counts (live, reserved, tokens used) at least 0 (a window index is -1 before the first); the others
+    are left out, with one log line (another version, or a broken peer)."""
     if not isinstance(usage, dict):
         log.warning("cluster: node %s's record has no usage by tenant (%.40r): not counted", node, usage)
         return {}
@@ -52,7 +53,7 @@ def valid_usage(node: str, usage) -> dict[str, list[int]]:
     return valid
 
 
-def _valid(row) -> bool:
+def _valid(row: object) -> bool:
     return (isinstance(row, list) and len(row) == 6 and all(type(number) is int for number in row)  # no bool
             and min(row[0], row[1], row[3], row[5]) >= 0)
 
