@@ -6,7 +6,7 @@ second on each node. For N = 3, 8, 32, 100 nodes whose records each carry T = 10
 tenants' use (usage.py's rows; 1,000 is MAX_TENANTS), the time a `nodes/NAME` event costs:
 - parse: `ClusterView.apply` (the record's JSON read; the same before and after);
 - baseline: the other nodes' use summed again over every node, as the follower did at each event
-  (`usage.elsewhere(view.nodes(), here)`);
+  before `Elsewheres` (`summed_again`: that code as it was, kept here as the reference);
 - kept: `usage.Elsewheres.update` for the one node, its use changed (every tenant's row) and
   unchanged (a record published again as it was: most puts).
 Each figure is the best of BENCH_ROUNDS rounds of a median over 20-200 events; ratio = baseline / kept.
@@ -21,8 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from apeinxfs.cluster.etcd_records import Event, KeyValue  # noqa: E402 - the checkout is put on the path above
 from apeinxfs.cluster.records import Keys, NodeRecord  # noqa: E402
-from apeinxfs.cluster.usage import Elsewheres, elsewhere  # noqa: E402
+from apeinxfs.cluster.usage import Elsewheres  # noqa: E402
 from apeinxfs.cluster.view import ClusterView  # noqa: E402
+from apeinxfs.kernel.tenancy import Elsewhere  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 KEYS = Keys("apeinxfs/")
@@ -39,6 +40,21 @@ def record(node: int, tenants: int, live: int) -> bytes:
                       tenants=ranges,
                       prefixes="A" * 684, prefix_blocks=256,
                       usage={name: [live, 100 * live, 29_000_000, 1_234, 480_000, 5_678] for name in names}).to_json()
+
+
+def summed_again(nodes, here: str) -> dict[str, Elsewhere]:
+    """The baseline: each tenant's use on the up nodes but `here`, summed over every node's rows afresh."""
+    live: dict[str, list] = {}
+    for name, node in nodes.items():
+        if node.up and name != here:
+            for tenant, (count, reserved, quota_window, quota_used, budget_window, budget_used) \
+                    in node.record.usage.items():
+                total = live.setdefault(tenant, [0, 0, {}, {}])
+                total[0] += count
+                total[1] += reserved
+                total[2][quota_window] = total[2].get(quota_window, 0) + quota_used
+                total[3][budget_window] = total[3].get(budget_window, 0) + budget_used
+    return {tenant: Elsewhere(live=n, reserved=r, quota=q, budget=b) for tenant, (n, r, q, b) in live.items()}
 
 
 def per_event(step, events: int) -> float:
@@ -64,7 +80,7 @@ def measure(nodes: int, tenants: int) -> None:
     events = [Event("PUT", KeyValue(KEYS.node("n001"), value, 1, 11, 2), None) for value in records]
     count = 200 if tenants < 1000 else 20
     parse = per_event(lambda i: view.apply(events[i % 2]), count)
-    baseline = per_event(lambda i: elsewhere(view.nodes(), "n000"), count)
+    baseline = per_event(lambda i: summed_again(view.nodes(), "n000"), count)
 
     def changed(i):
         view.apply(events[i % 2])

@@ -1,7 +1,7 @@
 """Tier 2: what a caller gets when a deadline lands: a submit whose keys were recorded as its settle
 deadline cancelled the wait is answered (cluster/failover.py `settle`); a repeatable etcd change whose
-attempt went unanswered says its outcome is unknown (cluster/etcd.py `on_members`). Trio's MockClock
-jumps to the deadlines; no etcd runs."""
+attempt went unanswered says its outcome is unknown, a read, the watch or a lease's keepalive does not
+(cluster/etcd.py `on_members`). Trio's MockClock jumps to the deadlines; no etcd runs."""
 import pytest
 import trio
 import trio.testing
@@ -81,8 +81,22 @@ def test_a_change_whose_attempts_went_unanswered_says_its_outcome_is_unknown(fir
     assert "/kv/put: outcome unknown (it may have taken effect), no quorum within 8s" in reason
 
 
-def test_a_change_refused_before_it_was_proposed_and_a_read_say_no_quorum_only():
-    """Members that said 'no leader' (nothing proposed) leave no doubt: a put, like a read, had no effect."""
+@pytest.mark.parametrize("what, unknown", [
+    ("/kv/put", True), ("/kv/deleterange", True), ("/kv/txn", True), ("/kv/compaction", True),
+    ("/lease/grant", True), ("/election/campaign", True), ("/election/resign", True),
+    ("/kv/range", False), ("/lease/timetolive", False), ("/election/leader", False), ("watch", False),
+    ("/lease/keepalive", False), ("/lease/revoke", False)])
+def test_only_a_change_whose_effect_matters_says_its_outcome_is_unknown(what, unknown):
+    """Unanswered to the end, a change of keys, leases or the election may have taken effect and says so;
+    a read, the watch and a lease's keepalive or revoke (which the caller counts as failed either way) say
+    no quorum only, so the reason a refused submit quotes does not call their outcome unknown."""
+    reason = run_mocked(given_up, what, None)
+    assert reason.startswith(f"etcd: {what}: " + ("outcome unknown (it may have taken effect), " if unknown else "")
+                             + "no quorum within 8s")
+
+
+def test_a_change_refused_before_it_was_proposed_says_no_quorum_only():
+    """Members that said 'no leader' (nothing proposed) leave no doubt: the put had no effect."""
     no_leader = MemberFailed("etcdserver: no leader", sent=False)
 
     async def refused(what):
@@ -94,4 +108,3 @@ def test_a_change_refused_before_it_was_proposed_and_a_read_say_no_quorum_only()
             return unavailable.value.reason
 
     assert run_mocked(refused, "/kv/put").startswith("etcd: /kv/put: no quorum within 8s")
-    assert "outcome unknown" not in run_mocked(given_up, "/kv/range", None)

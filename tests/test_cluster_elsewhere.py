@@ -1,7 +1,11 @@
 """Tier 1-2: the other nodes' use by tenant kept one node at a time (cluster/usage.Elsewheres) is the sum
-over every up node but this one, whatever order records, ups and downs come in; the follower
+over every up node but this one of the rows a record can count, whatever order records (read from their JSON,
+with all-zero, negative, misshapen or missing rows), deletions, ups and downs come in; the follower
 (daemon.Cluster.followed) keeps Runtime.elsewhere current from the watch's events."""
-from hypothesis import given, settings, strategies as st
+import json
+import logging
+
+from hypothesis import example, given, settings, strategies as st
 
 from apeinxfs.cluster.etcd_records import Event, KeyValue
 from apeinxfs.cluster.records import NodeRecord, NodeView
@@ -10,9 +14,22 @@ from apeinxfs.kernel.tenancy import Elsewhere
 from test_shared_settings import node
 
 NAMES = ["a", "b", "c", "d"]
-row = st.lists(st.integers(0, 5), min_size=6, max_size=6)
-usage = st.dictionaries(st.sampled_from(["t", "u", "v"]), row, max_size=3)
-change = st.tuples(st.sampled_from(NAMES), st.booleans(), usage)  # (node, up, its record's usage)
+ZERO = [0, 0, 3, 0, 3, 0]
+count = st.integers(0, 2)
+good = st.one_of(st.just(ZERO), st.lists(count, min_size=6, max_size=6),
+                 st.tuples(count, count, st.integers(-1, 4), count, st.integers(-1, 4), count).map(list))
+bad = st.one_of(st.lists(count, max_size=8).filter(lambda row: len(row) != 6),  # misshapen
+                st.lists(st.integers(-2, 2), min_size=6, max_size=6).filter(lambda row: min(row) < -1),
+                st.just([1, 0, 3, "x", 3, 0]), st.just([1.0, 0, 3, 0, 3, 0]), st.just(7), st.none())
+usage = st.dictionaries(st.sampled_from(["t", "u", "v"]), st.one_of(good, good, good, bad), max_size=3)
+state = st.sampled_from(["up", "down", "deleted"])  # deleted: its nodes/ key is gone (no record)
+change = st.tuples(st.sampled_from(NAMES), state, usage)  # (node, its state, its record's usage)
+
+
+def countable(row) -> bool:
+    """The reference's rule: six ints (no bool), the counts at least 0 (window indices from -1)."""
+    return (isinstance(row, list) and len(row) == 6 and all(type(n) is int for n in row)
+            and min(row[0], row[1], row[3], row[5]) >= 0)
 
 
 def summed(nodes: dict[str, NodeView], here: str) -> dict[str, Elsewhere]:
@@ -36,18 +53,57 @@ def view(name: str, up: bool, rows: dict) -> NodeView:
     return NodeView(NodeRecord(name=name, epoch=1, seen_us=0, usage=rows), up=up, leader=False)
 
 
-@settings(max_examples=200, deadline=None)
+def read(name: str, up: bool, rows: dict) -> NodeView:
+    """The node as the view holds it once its record's JSON (`rows` as a peer wrote them) is read."""
+    data = json.dumps({"name": name, "epoch": 1, "seen_us": 0, "usage": rows}).encode()
+    return NodeView(NodeRecord.from_json(data), up=up, leader=False)
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.lists(change, max_size=30))
+@example([("b", "up", {"t": ZERO}), ("b", "up", {"t": [1, 0, 3, 0, 3, 0]})])  # a tenant counted at 0 use
+@example([("b", "up", {"t": [2, 0, 3, 0, 3, 0]}), ("c", "up", {"t": [-2, 0, 3, 0, 3, 0]}),
+          ("c", "down", {"t": [-2, 0, 3, 0, 3, 0]}), ("b", "up", {"t": [1, 0, 3, 0, 3, 0]})])  # negatives
+@example([("b", "up", {"t": [1, 0, 3]}), ("b", "up", {"t": [1, 2, 3, 4, 5, 6, 7]}), ("b", "up", {})])  # length
+@example([("b", "up", {"t": [1, 0, 3, 0, 3, 0]}), ("b", "deleted", {}), ("b", "up", {"t": ZERO})])  # deletion
 def test_sums_kept_one_node_at_a_time_equal_the_sum_over_every_node(changes):
-    """After any sequence of records and ups/downs, each applied to the one node it changes, the sums are
-    those of adding up every up node but this one afresh."""
+    """After any sequence of records, deletions and ups/downs, each applied to the one node it changes, the
+    sums are those of adding up every up node's countable rows but this one's afresh."""
     nodes: dict[str, NodeView] = {}
     kept = Elsewheres("a")
     sums = kept.load(nodes)
     for name, up, rows in changes:
-        nodes[name] = view(name, up, rows)
-        kept.update(name, nodes[name])
+        if up == "deleted":
+            nodes.pop(name, None)
+        else:
+            nodes[name] = read(name, up == "up", rows)
+            assert nodes[name].record.usage == {t: row for t, row in rows.items() if countable(row)}
+        kept.update(name, nodes.get(name))
     assert sums == summed(nodes, "a")
+
+
+def test_a_tenant_summed_to_nothing_while_nodes_count_it_stays_countable():
+    """Rows of a record built here (not read from JSON) that cancel (b 2, c -2) or are all zero leave the
+    tenant's sums to the nodes counting it: b's next rows, and c going down, are counted, not KeyError."""
+    kept = Elsewheres("a")
+    sums = kept.load({})
+    kept.update("b", view("b", True, {"t": [2, 0, 3, 0, 3, 0]}))
+    kept.update("c", view("c", True, {"t": [-2, 0, 3, 0, 3, 0]}))
+    kept.update("c", view("c", False, {"t": [-2, 0, 3, 0, 3, 0]}))
+    assert sums == {"t": Elsewhere(live=2)}
+    kept.update("b", view("b", True, {"t": ZERO}))
+    kept.update("b", view("b", True, {"t": [1, 0, 3, 0, 3, 0]}))
+    assert sums == {"t": Elsewhere(live=1)}
+
+
+def test_a_peers_malformed_rows_are_left_out_with_one_log_line(caplog):
+    """A record with a row too short, one of a negative count and one that is not a list keeps its good
+    row; one warning names the node and the rows left out."""
+    rows = {"t": [1, 0, 3, 0, 3, 0], "u": [1, 0, 3], "v": [-1, 0, 3, 0, 3, 0], "w": "x"}
+    with caplog.at_level(logging.WARNING, logger="apeinxfs.cluster.usage"):
+        assert read("b", True, rows).record.usage == {"t": [1, 0, 3, 0, 3, 0]}
+    [line] = caplog.messages
+    assert "node b" in line and "3 malformed usage rows" in line and "u, v, w" in line
 
 
 def test_the_follower_counts_a_records_use_while_its_node_is_up(tmp_path):

@@ -5,7 +5,7 @@ import errno
 import pytest
 
 from apeinxfs.cluster.records import NodeRecord, NodeView, record_of
-from apeinxfs.cluster.usage import elsewhere, published
+from apeinxfs.cluster.usage import Elsewheres, published
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig
 from apeinxfs.kernel.errors import OverQuota
@@ -53,7 +53,7 @@ def test_tokens_used_elsewhere_count_in_their_window_only():
 
 
 def test_a_record_carries_its_tenants_use_and_the_others_are_summed_over_up_nodes_but_this_one():
-    """published() lists tenants with a limit and live tasks or tokens used; elsewhere() adds up the up
+    """published() lists tenants with a limit and live tasks or tokens used; Elsewheres adds up the up
     nodes' rows by window, leaving out down nodes and this node."""
     kernel = kernel_with(TenantConfig("t", quota=Quota(tasks=9)))
     submit(kernel, {}, max_tokens=10)
@@ -68,6 +68,6 @@ def test_a_record_carries_its_tenants_use_and_the_others_are_summed_over_up_node
     nodes = {"a": view("a", True, {"t": [5, 50, 7, 70, 0, 70]}), "b": view("b", True, {"t": [1, 10, 7, 5, 0, 5]}),
              "c": view("c", True, {"t": [2, 20, 8, 3, 0, 3], "u": [1, 1, -1, 0, -1, 0]}),
              "d": view("d", False, {"t": [9, 90, 7, 9, 0, 9]})}
-    seen = elsewhere(nodes, "a")
+    seen = Elsewheres("a").load(nodes)
     assert seen["t"] == Elsewhere(live=3, reserved=30, quota={7: 5, 8: 3}, budget={0: 8})
     assert seen["u"].live == 1 and set(seen) == {"t", "u"}

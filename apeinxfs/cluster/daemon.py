@@ -19,7 +19,6 @@ on a single node just this node.
 import logging
 from collections.abc import Callable
 
-import attrs
 import trio
 
 from ..kernel.errors import ApeinxError, Degraded
@@ -29,7 +28,7 @@ from .failover import Failover
 from .fencing import Fencing
 from .member import PUBLISH_S, RETRY_S, Member
 from .pids import take_block, wants_block
-from .records import Keys, NodeRecord, NodeView, record_of
+from .records import Keys, NodeRecord, NodeView, record_of, scan
 from .replicas import Replicas
 from .routing import Router
 from .settings import ClusterSettings
@@ -40,7 +39,7 @@ from .view import ClusterView
 log = logging.getLogger(__name__)
 PID_CHECK_S = 1.0  # how often the pids left are checked when no trace line wakes the keeper first
 USAGE_S = 0.05  # the soonest a change of this node's tenants' use is published after the last publish
-PUBLISH_US = int(PUBLISH_S * 1_000_000)  # a record reads the kernel whole at most this often (µs)
+PUBLISH_US = int(PUBLISH_S * 1_000_000)  # a record scans the task table for live pids at most this often (µs)
 COMPACT_S = 300.0  # the leader compacts etcd's history to the revision it saw this long ago
 
 
@@ -54,8 +53,9 @@ class Cluster:
         self.view = ClusterView(self.keys)
         self.etcd = Etcd(list(settings.etcd))
         self.member = Member(self.etcd, self.keys, self.name, settings.lease_s, self.record)
-        self._read: tuple[int, NodeRecord] | None = None  # (kernel version, the record read off it then)
-        self._whole = (0, 0)  # (kernel version, clock µs) when the kernel was last read whole for a record
+        self._read: NodeRecord | None = None  # the last record published (or being published)
+        # (kernel version, clock µs, records.scan's live pids) at the last scan of the task table
+        self._scanned: tuple[int, int, tuple[str, dict[str, str]]] = (0, 0, ("", {}))
         self.router = Router(self)  # where tasks live and writes go (routing.py)
         self.fencing = Fencing(runtime, self.member)  # holds the engines once the lease may have expired
         self.failover = Failover(self)  # task keys, the leader's moves, adoption and fencing (failover.py)
@@ -64,24 +64,23 @@ class Cluster:
         self.elsewheres = Elsewheres(self.name)  # the other nodes' use by tenant, for admission (usage.py)
 
     def record(self, epoch: int) -> NodeRecord:
-        """This node's record now, in `epoch`. The kernel is read again once it changed, at most every
-        PUBLISH_S (a read scans the task table for live pids: 36 ms with 10,000 live tasks here); in
-        between, a record published early because its tenants' use changed (`usage_changed`, up to
-        every USAGE_S) is the last read with its tenants' use as it stands."""
+        """This node's record now, in `epoch`, every field read off the kernel as it stands but its live pids
+        (`tasks`, `tenants`): they are scanned again once the kernel changed, at most every PUBLISH_S (the
+        scan reads the whole task table: 8-36 ms with 10,000 live tasks here), so a record published early
+        because its tenants' use changed (`usage_changed`, up to every USAGE_S) lists them as last scanned."""
         kernel, now_us = self.rt.kernel, self.rt.clock.now_us()
-        if self._read is None or (self._whole[0] != kernel.version and now_us >= self._whole[1] + PUBLISH_US):
-            self._read = kernel.version, record_of(kernel, epoch, 0, self.settings.advertise)
-            self._whole = kernel.version, now_us
-        elif self._read[0] != kernel.version:
-            self._read = kernel.version, attrs.evolve(self._read[1], usage=published(kernel))
-        return attrs.evolve(self._read[1], epoch=epoch, seen_us=now_us)
+        version, scanned_us, _ = self._scanned
+        if self._read is None or (version != kernel.version and now_us >= scanned_us + PUBLISH_US):
+            self._scanned = kernel.version, now_us, scan(kernel)
+        self._read = record_of(kernel, epoch, now_us, self.settings.advertise, self._scanned[2])
+        return self._read
 
     async def usage_changed(self) -> None:
         """Return once this node's tenants' use differs from its last record's (looked at as trace lines
         come: a submit, an exit), USAGE_S after the last publish at the soonest: the other nodes' admission
         counts it (usage.py), so the sooner they see it, the less a quota is overdrawn."""
         await trio.sleep(USAGE_S)
-        while self._read is None or published(self.rt.kernel) == self._read[1].usage:  # none before the join
+        while self._read is None or published(self.rt.kernel) == self._read.usage:  # none before the join
             await self.rt.wait_for("trace", PUBLISH_S)
 
     async def run(self) -> None:

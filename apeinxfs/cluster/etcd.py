@@ -16,9 +16,10 @@ member died, or etcd timed the proposal out, as it does for 7 s after the leader
 have taken effect. Where repeating it is harmless (reads, put, delete, lease calls,
 campaign, a txn the caller marks `repeatable`) each attempt gets `attempt_timeout` seconds
 and it is sent again to the next member; any other txn, and proclaim, then fail with
-`Unavailable` saying that the outcome is unknown. A repeatable change (not a read) that
-runs out of `timeout` after an attempt went unanswered says so too: it may have taken
-effect. Other refusals raise `EtcdError` (or its
+`Unavailable` saying that the outcome is unknown. A repeatable change of keys, leases
+or the election (UNKNOWABLE) that runs out of `timeout` after an attempt went unanswered
+says so too: it may have taken effect; a read, the watch, a lease's keepalive or revoke
+says only that there was no quorum. Other refusals raise `EtcdError` (or its
 subclasses LeaseGone, NotLeader) with etcd's words.
 Records, errors and the wire encoding: etcd_records.py; watches: etcd_watch.py.
 """
@@ -34,8 +35,12 @@ from .etcd_records import (API, HEADERS, EtcdError, KeyValue, LeaderKey, Lease, 
 from .etcd_watch import Watch
 
 RETRY_PAUSE_S = 0.2  # between rounds over every member (an election takes about one election timeout)
-READS = frozenset({"/kv/range", "/lease/timetolive", "/election/leader"})  # the calls that change nothing
-UNKNOWN = "outcome unknown (it may have taken effect), "  # a repeatable change whose attempts all went unanswered
+# The changes that may have taken effect, and matter, when an attempt went unanswered (a key or lease may
+# exist or be gone). Not: reads, the watch, and a lease's keepalive or revoke (the caller counts a lease
+# unrefreshed, or lets it expire, either way).
+UNKNOWABLE = frozenset({"/kv/put", "/kv/deleterange", "/kv/txn", "/kv/compaction", "/lease/grant",
+                        "/election/campaign", "/election/resign"})
+UNKNOWN = "outcome unknown (it may have taken effect), "  # such a change whose attempts all went unanswered
 Answer = TypeVar("Answer")
 
 
@@ -99,7 +104,7 @@ class Etcd:
                 await trio.sleep(RETRY_PAUSE_S)
         if not retry_sent and failures.get(url) == "no answer":
             raise Unavailable(f"etcd: {what}: outcome unknown, no answer from {url} within {deadline:g}s")
-        unknown = (sent or failures.get(url) == "no answer") and what not in READS
+        unknown = (sent or failures.get(url) == "no answer") and what in UNKNOWABLE
         tried = "; ".join(f"{member}: {why}" for member, why in failures.items())
         raise Unavailable(f"etcd: {what}: {UNKNOWN if unknown else ''}no quorum within {deadline:g}s ({tried})")
 

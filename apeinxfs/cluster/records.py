@@ -13,7 +13,7 @@ import attrs
 from ..kernel.task import State
 from .etcd_records import KeyValue, Txn
 from .prefixes import summary_of
-from .usage import published
+from .usage import published, valid_usage
 
 MAX_RANGES = 10_000  # pid ranges a record holds at most
 
@@ -45,8 +45,14 @@ class NodeRecord:
 
     @classmethod
     def from_json(cls, data: bytes) -> "NodeRecord":
-        fields = {field.name for field in attrs.fields(cls)}
-        return cls(**{key: value for key, value in json.loads(data).items() if key in fields})
+        """A peer's record; of its use, the rows admission can count (usage.valid_usage)."""
+        fields, loaded = {field.name for field in attrs.fields(cls)}, json.loads(data)
+        if not isinstance(loaded, dict):
+            raise TypeError(f"a record is a JSON object, not {type(loaded).__name__}")
+        found = {key: value for key, value in loaded.items() if key in fields}
+        if "usage" in found:
+            found["usage"] = valid_usage(str(found.get("name")), found["usage"])
+        return cls(**found)
 
 
 @attrs.frozen
@@ -58,20 +64,27 @@ class NodeView:
     leader: bool
 
 
-def record_of(kernel, epoch: int, seen_us: int, advertise: str | None) -> NodeRecord:
+def record_of(kernel, epoch: int, seen_us: int, advertise: str | None,
+              live_pids: tuple[str, dict[str, str]] | None = None) -> NodeRecord:
     """The record a node publishes: its kernel's GPUs, free slots and KV pages, queue, live tasks and
-    cached prompt prefixes."""
-    live = len(kernel.tasks) - kernel.tasks.count(State.EXITED)
-    by_tenant = live_by_tenant(kernel) if live else {}  # one pass over the task table, only while tasks live
+    cached prompt prefixes; its live pids (`tasks`, `tenants`) are `live_pids` if given (a `scan` made
+    before: the one part that reads the whole task table), else scanned now."""
+    tasks, tenants = live_pids if live_pids is not None else scan(kernel)
     prefixes, prefix_blocks = summary_of(kernel.kv)
     return NodeRecord(name=kernel.config.node, epoch=epoch, seen_us=seen_us, gpus=len(kernel.gpus),
                       slots_free=sum(gpu.config.slots - len(gpu.running) for gpu in kernel.gpus),
                       kv_pages_free=sum(pool.pages_free for pool in kernel.kv.pools),
-                      queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING), live=live,
-                      tasks=pid_ranges(sorted(pid for pids in by_tenant.values() for pid in pids)),
+                      queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING),
+                      live=len(kernel.tasks) - kernel.tasks.count(State.EXITED), tasks=tasks,
                       models=sorted(kernel.models), advertise=advertise, pid_next=kernel.tasks.next_pid,
-                      tenants=tenant_ranges(by_tenant), prefixes=prefixes, prefix_blocks=prefix_blocks,
-                      usage=published(kernel))
+                      tenants=tenants, prefixes=prefixes, prefix_blocks=prefix_blocks, usage=published(kernel))
+
+
+def scan(kernel) -> tuple[str, dict[str, str]]:
+    """The live pids of a record, read off the task table: (all as ranges, each tenant's as ranges)."""
+    live = len(kernel.tasks) - kernel.tasks.count(State.EXITED)
+    by_tenant = live_by_tenant(kernel) if live else {}  # one pass over the task table, only while tasks live
+    return pid_ranges(sorted(pid for pids in by_tenant.values() for pid in pids)), tenant_ranges(by_tenant)
 
 
 def live_by_tenant(kernel) -> dict[str, list[int]]:

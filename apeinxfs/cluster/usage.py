@@ -4,19 +4,22 @@ A node's record (records.py) carries `usage`: for each tenant with a limit that 
 the nodes (`quota tasks`, `quota tokens` or a budget) and live tasks or tokens used,
 `[live, reserved, quota window, quota used, budget window, budget used]` (its ledgers
 as they stand: a window index and the tokens used in it; windows are aligned to the epoch,
-so every node numbers them alike), at most MAX_TENANTS of them. `elsewhere(nodes, here)`
-sums the up nodes' but this one's into kernel/tenancy.Elsewhere records (`Elsewheres` keeps
-those sums as each node's record comes), which `Runtime.elsewhere` hands to every admission:
+so every node numbers them alike), at most MAX_TENANTS of them; `valid_usage` keeps of a
+peer's rows only those of that form. `Elsewheres` sums the up nodes' but this one's into
+kernel/tenancy.Elsewhere records, kept as each node's record comes, which
+`Runtime.elsewhere` hands to every admission:
 so a tenant's task quota, token quota and budget hold across the nodes, up to what was
 admitted on several nodes within one propagation delay (docs/cluster.md, Quotas and
 budgets). Not counted elsewhere: a budget's debt carried from the last window, and the
 GPU and KV-page quotas (each node's own GPUs).
 Pure: no etcd, no trio.
 """
+import logging
 from collections.abc import Mapping
 
 from ..kernel.tenancy import Elsewhere
 
+log = logging.getLogger(__name__)
 MAX_TENANTS = 1_000  # tenants a record lists the use of at most (by name: those past it are not counted elsewhere)
 
 
@@ -35,20 +38,36 @@ def _limited(tenant) -> bool:
                                    or tenant.budget.tokens is not None)
 
 
-def elsewhere(nodes: Mapping, here: str) -> dict[str, Elsewhere]:
-    """Each tenant's use on the up nodes of `nodes` (name -> records.NodeView) other than `here`."""
-    return Elsewheres(here).load(nodes)
+def valid_usage(node: str, usage: object) -> dict[str, list[int]]:
+    """The rows of a peer's record (`usage` as its JSON has it) that admission can count: six whole numbers,
+    the counts (live, reserved, tokens used) at least 0 (a window index is -1 before the first); the others
+    are left out, with one log line (another version, or a broken peer)."""
+    if not isinstance(usage, dict):
+        log.warning("cluster: node %s's record has no usage by tenant (%.40r): not counted", node, usage)
+        return {}
+    valid = {tenant: row for tenant, row in usage.items() if _valid(row)}
+    if len(valid) < len(usage):
+        bad = [tenant for tenant in usage if tenant not in valid]
+        log.warning("cluster: node %s's record has %d malformed usage rows (tenants %s): not counted",
+                    node, len(bad), ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else ""))
+    return valid
+
+
+def _valid(row: object) -> bool:
+    return (isinstance(row, list) and len(row) == 6 and all(type(number) is int for number in row)  # no bool
+            and min(row[0], row[1], row[3], row[5]) >= 0)
 
 
 class Elsewheres:
-    """`elsewhere` kept up to date one node at a time: a change of one node's record or of its `up` key costs
-    that node's tenants (their sums and Elsewhere records), not every node's (docs/cluster.md: a sum over
-    32 nodes of 100 tenants each was 5.8 ms a change, and every node sees N changes a second)."""
+    """Each tenant's use on the up nodes other than `here`, kept up to date one node at a time: a change of
+    one node's record or of its `up` key costs that node's tenants (their sums and Elsewhere records), not
+    a sum over every node's (every node sees N changes a second, up to 20 times that while use changes)."""
 
     def __init__(self, here: str):
         self.here = here
         self.counted: dict[str, dict[str, list[int]]] = {}  # node -> the usage rows of its record counted
-        self.totals: dict[str, list] = {}  # tenant -> [live, reserved, {quota window: used}, {budget window: used}]
+        # tenant -> [live, reserved, {quota window: used}, {budget window: used}, how many nodes count it]
+        self.totals: dict[str, list] = {}
         self.by_tenant: dict[str, Elsewhere] = {}  # the sums as admission reads them (Runtime.elsewhere)
 
     def load(self, nodes: Mapping) -> dict[str, Elsewhere]:
@@ -71,27 +90,30 @@ class Elsewheres:
         for tenant, row in before.items():
             _add(self.totals[tenant], row, -1)
         for tenant, row in rows.items():
-            _add(self.totals.setdefault(tenant, [0, 0, {}, {}]), row, 1)
+            _add(self.totals.setdefault(tenant, [0, 0, {}, {}, 0]), row, 1)
         self._refresh(before.keys() | rows.keys())
 
     def _refresh(self, tenants) -> None:
-        """The Elsewhere records of `tenants` from their sums; a tenant of no use left goes."""
+        """The Elsewhere records of `tenants` from their sums (none for a use of nothing, which admission reads
+        alike); a tenant's sums go once no node counts it."""
         for tenant in tenants:
-            live, reserved, quota, budget = self.totals[tenant]
+            live, reserved, quota, budget, nodes = self.totals[tenant]
+            if not nodes:
+                del self.totals[tenant]
             if live or reserved or quota or budget:
                 self.by_tenant[tenant] = Elsewhere(live=live, reserved=reserved, quota=dict(quota),
                                                    budget=dict(budget))
-            else:  # nobody counts it any more (or nothing of it): the same as no entry for admission
-                del self.totals[tenant]
+            else:
                 self.by_tenant.pop(tenant, None)
 
 
 def _add(total: list, row: list[int], sign: int) -> None:
     """Add (`sign` 1) or take away (-1) one node's row of a tenant, `[live, reserved, quota window, used,
-    budget window, used]`, to or from `total`."""
+    budget window, used]`, to or from `total` (and that node to or from those counting it)."""
     count, reserved, quota_window, quota_used, budget_window, budget_used = row
     total[0] += sign * count
     total[1] += sign * reserved
+    total[4] += sign
     _add_used(total[2], quota_window, sign * quota_used)
     _add_used(total[3], budget_window, sign * budget_used)
 
