@@ -104,15 +104,17 @@ async def test_a_stream_ends_at_the_chunk_its_task_ended_on():
     assert outbox.chunks == [Chunk(1, " w0", 1)]
 
 
-async def test_a_stream_whose_task_runs_on_is_read_to_its_end():
-    """While the task still runs after its first token, the stream is read on to its end."""
+@pytest.mark.parametrize("state", [State.RUNNING, State.PREEMPTED, State.STOPPED])
+async def test_a_stream_whose_task_may_run_on_is_read_to_its_end(state):
+    """Unless the task exited on its first token, the stream is read on to its end: a task preempted or
+    stopped may be placed again before its job is cancelled, and must then still have its job."""
     async def events():
         yield {"choices": [{"text": " w0"}]}
         yield {"choices": [{"text": "", "finish_reason": "stop"}], "usage": {"completion_tokens": 1}}
     task = types.SimpleNamespace(state=State.RUNNING)
     tally = sse.Tally(pid=1)
     response = types.SimpleNamespace(extensions={})  # not one of ours: not paced
-    assert await openai._follow(events(), response, tally, EndingOutbox(task, State.RUNNING), task) is False
+    assert await openai._follow(events(), response, tally, EndingOutbox(task, state), task) is False
     assert tally.finished
 
 

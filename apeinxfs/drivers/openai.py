@@ -228,7 +228,7 @@ async def _follow(events, response, tally: sse.Tally, outbox: flow.Outbox, task)
         async for event in events:
             if (chunk := tally.chunk(event)) is None or not outbox.put(chunk):
                 continue
-            if task.state is not State.RUNNING:
+            if task.state is State.EXITED:  # not PREEMPTED or STOPPED: placed again, the job must still be there
                 return True
             if pace is None:
                 pace = pacing.Pace(trio.current_time(), tally.tokens)
