@@ -13,7 +13,8 @@ Three figures, each next to the engine's own, measured in the same run, the two 
   shapes with a wider or narrower feed-forward straight (a stream of STREAM_TOKENS each) and takes the
   one nearest PACED_RATE (all printed); a round whose engine then made tokens/s outside PACED_RANGE is
   tried again, PACED_TRIES in all, keeping the try nearest PACED_RATE (the load moves the rate within a
-  run); the engine's rate of each round is printed. Its ratio: the daemon's CPU per token over the
+  run); the engine's rate of each round (its straight stream's, just before the one through the mount on
+  the same engine) is printed. Its ratio: the daemon's CPU per token over the
   engine's own seconds per token (straight, same run). Target: at most 0.2 ms per token.
 - Time to first byte of 4 at once: 4 processes each submit on /ctl/submit, open /tasks/PID/stream
   and read its first byte, released together; against 4 straight streaming requests released
@@ -267,7 +268,7 @@ def paced_shape(binary: Path, tmp: Path, engine_cpus: set[int] | None) -> dict:
     """SLOW_SHAPE with the feed-forward width whose straight rate is nearest PACED_RATE now: from SLOW_SHAPE's,
     FF_STEP narrower while slower than that, FF_STEP wider while faster, until the side changes (printed)."""
     rates, ff = {}, SLOW_SHAPE["ff"]
-    while ff >= FF_STEP and ff not in rates:
+    while FF_STEP <= ff <= 4 * SLOW_SHAPE["ff"] and ff not in rates:  # 4x: a machine 4x faster than this one
         rates[ff] = straight_rate(binary, tmp, {**SLOW_SHAPE, "ff": ff}, engine_cpus)
         ff += FF_STEP if rates[ff] > PACED_RATE else -FF_STEP
     best = min(rates, key=lambda width: abs(rates[width] - PACED_RATE))
