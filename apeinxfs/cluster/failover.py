@@ -92,7 +92,11 @@ class Failover:
         found = await self.etcd.range(self.keys.tasks, prefix=True)
         tasks, keyed, ended = self.rt.kernel.tasks, set(), []
         for kv in found.kvs:
-            pid, key = int(kv.key.rsplit(b"/", 1)[1]), TaskKey.from_json(kv.value)
+            try:
+                pid, key = int(kv.key.rsplit(b"/", 1)[1]), TaskKey.from_json(kv.value)
+            except (ValueError, TypeError) as exc:  # another version's, or written by hand: not this node's to act on
+                log.warning("cluster: cannot read %s: %s", kv.key, exc)
+                continue
             keyed.add(pid)
             task = tasks.get(pid)
             if key.owner == self.here:

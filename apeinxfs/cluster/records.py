@@ -12,6 +12,7 @@ import attrs
 
 from ..kernel.task import State
 from .etcd_records import KeyValue, Txn
+from .peerdata import Unreadable, loads, record_fields
 from .prefixes import summary_of
 from .usage import published, valid_usage
 
@@ -45,11 +46,12 @@ class NodeRecord:
 
     @classmethod
     def from_json(cls, data: bytes) -> "NodeRecord":
-        """A peer's record; of its use, the rows admission can count (usage.valid_usage)."""
-        fields, loaded = {field.name for field in attrs.fields(cls)}, json.loads(data)
+        """A peer's record, if its fields have the types and bounds its readers need (peerdata.py; else
+        Unreadable); of its use, the rows admission can count (usage.valid_usage)."""
+        fields, loaded = {field.name for field in attrs.fields(cls)}, loads(data)
         if not isinstance(loaded, dict):
-            raise TypeError(f"a record is a JSON object, not {type(loaded).__name__}")
-        found = {key: value for key, value in loaded.items() if key in fields}
+            raise Unreadable(f"a record is a JSON object, not {type(loaded).__name__}")
+        found = record_fields({key: value for key, value in loaded.items() if key in fields})
         if "usage" in found:
             found["usage"] = valid_usage(str(found.get("name")), found["usage"])
         return cls(**found)

@@ -22,6 +22,7 @@ import trio
 from ..kernel.spec import TaskSpec
 from .etcd_records import EtcdError, Txn
 from .guarded import write_each
+from .peerdata import loads
 from .records import unchanged_at
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class Replica:
 
     @classmethod
     def from_json(cls, data: bytes) -> "Replica":
-        fields = json.loads(data)
+        fields = loads(data)
         return cls(tokens=int(fields["tokens"]), output=str(fields["output"]))
 
 

@@ -33,6 +33,7 @@ from ..kernel.events import (RemoveModel, RemoveTenant, SetModel, SetPolicy, Set
                              to_row)
 from ..nodes.base import after_write
 from .etcd_records import KeyValue
+from .peerdata import loads
 from .records import Keys
 from .view import ClusterView
 
@@ -54,10 +55,21 @@ def encode(node: str, events: list) -> bytes:
 def decode(value: bytes) -> tuple[str, list]:
     """(node, events) of an entry; Invalid if this version cannot read it."""
     try:
-        entry = json.loads(value)
+        entry = loads(value)
         return str(entry["node"]), [from_row(kind, body) for kind, body in entry["events"]]
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:  # an event's body nested too deep, too
         raise Invalid(f"unreadable settings entry ({type(exc).__name__}: {exc})") from None
+
+
+def checked(kernel, event) -> None:
+    """Check an entry's event with the kernel: a field of the wrong type (the entry of another version,
+    or one put by hand) is Invalid too, not a TypeError that would stop the daemon at every start."""
+    try:
+        kernel.check(event)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        log.warning("cluster: a settings entry's %s cannot be checked: %s: %s", type(event).__name__,
+                    type(exc).__name__, exc)
+        raise Invalid(f"unreadable settings entry ({type(event).__name__}: {type(exc).__name__}: {exc})") from None
 
 
 @attrs.define
@@ -143,7 +155,7 @@ class SharedSettings:
         try:
             node, events = decode(kv.value)
             for event in events:
-                kernel.check(event)
+                checked(kernel, event)
         except ApeinxError as error:
             refused, events = error, []
         self.rt.commit_checked([*events, Shared(revision=kv.create_revision, node=node,

@@ -7,7 +7,6 @@ exits on its owner; a task that was moved keeps its key, marked exited, so every
 still finds where it ran. `of_task` reads a key off a kernel task; `spec_of` gives the
 spec back. Pure: no etcd calls, no trio (failover.py does the I/O).
 """
-import json
 from typing import Any
 
 import attrs
@@ -15,6 +14,7 @@ import attrs
 from ..kernel.events import JOURNAL_JSON  # a spec's decimals as their text, as the journal writes them
 from ..kernel.spec import TaskSpec
 from ..kernel.task import Task
+from .peerdata import loads, task_key_fields
 
 
 @attrs.frozen
@@ -33,7 +33,7 @@ class TaskKey:
 
     @classmethod
     def from_json(cls, data: bytes) -> "TaskKey":
-        return cls(**json.loads(data))
+        return cls(**task_key_fields(loads(data)))
 
     def spec_of(self) -> TaskSpec:
         return TaskSpec(**self.spec)

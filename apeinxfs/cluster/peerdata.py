@@ -1,0 +1,79 @@
+"""Reading what other nodes put in etcd, so that no value there can take this daemon down.
+
+Records, task keys, settings entries and replicas in etcd were written by a node of this
+version, of another version, or by a person with etcdctl. `loads` reads their JSON (too
+deep a nesting is unreadable, not a RecursionError); `record_fields` checks a node record's
+fields, the types and bounds the readers of a record rely on (routing, placement, /nodes);
+`task_key_fields` a task key's. Whatever fails raises `Unreadable` (a ValueError) naming
+what, which the readers log and skip. Not the records themselves (records.py, taskkeys.py).
+"""
+import json
+import re
+
+MAX_COUNT = 2 ** 63  # counts, times and pids are etcd's int64
+MAX_PIDS = 1_000_000  # live pids a record may name: more is not a node's (listing them would exhaust memory)
+RANGE = re.compile(r"(\d+)(?:-(\d+))?", re.ASCII)
+INTS = frozenset({"epoch", "seen_us", "gpus", "slots_free", "kv_pages_free", "queued", "running", "live",
+                  "pid_next", "prefix_blocks"})
+
+
+class Unreadable(ValueError):
+    """A value in etcd this version cannot read (another version's, or written by hand)."""
+
+
+def loads(data: bytes):
+    """The JSON of a value in etcd; Unreadable if it is not JSON or nested too deep for Python."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise Unreadable(f"not JSON this version reads ({type(exc).__name__})") from None
+
+
+def record_fields(fields: dict) -> dict:
+    """A node record's `fields` (those of this version), if each has the type and bounds its readers need."""
+    for key, value in fields.items():
+        if key in INTS and not (type(value) is int and 0 <= value < MAX_COUNT):
+            raise Unreadable(f"{key} {str(value)[:40]!r} is not a count")
+    for key in ("name", "prefixes") + (("advertise",) if fields.get("advertise") is not None else ()):
+        if key in fields and type(fields[key]) is not str:
+            raise Unreadable(f"{key} {str(fields[key])[:40]!r} is not a string")
+    if not isinstance(fields.get("models", []), list) or not all(type(m) is str for m in fields.get("models", [])):
+        raise Unreadable("models is not a list of names")
+    _live_pids(fields.get("tasks", ""), fields.get("tenants", {}))
+    return fields
+
+
+def _live_pids(tasks, tenants) -> None:
+    """Unreadable unless `tasks` and each of `tenants` are pid ranges, MAX_PIDS of them at most."""
+    if not isinstance(tenants, dict) or not all(type(name) is str for name in tenants):
+        raise Unreadable("tenants is not an object of tenants' pid ranges")
+    listed = sum(pid_count(text, f"tenant {name}'s pids") for name, text in tenants.items())
+    if pid_count(tasks, "tasks") + listed > 2 * MAX_PIDS:
+        raise Unreadable(f"names over {MAX_PIDS} live pids")
+
+
+def pid_count(text, what: str) -> int:
+    """How many pids "A-B,C" ranges name; Unreadable unless they are such ranges, ascending, of MAX_PIDS at most."""
+    if type(text) is not str:
+        raise Unreadable(f"{what} {str(text)[:40]!r} are not pid ranges")
+    count, last = 0, -1
+    for part in filter(None, text.split(",")):
+        found = RANGE.fullmatch(part)
+        first, end = (int(found[1]), int(found[2] or found[1])) if found else (0, -1)
+        if not last < first <= end < MAX_COUNT:
+            raise Unreadable(f"{what}: {part[:40]!r} is not a pid range in order")
+        count, last = count + end - first + 1, end
+        if count > MAX_PIDS:
+            raise Unreadable(f"{what} name over {MAX_PIDS} pids")
+    return count
+
+
+def task_key_fields(fields) -> dict:
+    """A task key's `fields`, if it is an object whose fields have their types."""
+    kinds = {"owner": str, "epoch": int, "uid": int, "spec": dict, "origin": str, "exited": bool}
+    if not isinstance(fields, dict):
+        raise Unreadable("a task key is a JSON object")
+    for key, value in fields.items():
+        if key in kinds and type(value) is not kinds[key]:
+            raise Unreadable(f"a task key's {key} {str(value)[:40]!r} is not a {kinds[key].__name__}")
+    return fields
