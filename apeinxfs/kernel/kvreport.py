@@ -43,6 +43,11 @@ def _share(amount: int, parts: int) -> int:
     return -(-amount // parts)
 
 
+def _beyond(pages: int, gpus: tuple[int, ...], books: int) -> str:
+    return (f"engines report {pages} KV pages in use on gpus {gpus_text(gpus)}, the books {books}: "
+            f"the {pages - books} more count as used here until they agree")
+
+
 class KVReports:
     """The engines' last KV reports by (model, GPUs), and the pages they hold beyond the books of their GPUs."""
 
@@ -96,9 +101,7 @@ class KVReports:
             if report.pages > books:
                 for gpu in gpus:
                     excess[gpu] = excess.get(gpu, 0) + _share(report.pages - books, len(gpus))
-                    why.setdefault(gpu, f"engines report {report.pages} KV pages in use on gpus {gpus_text(gpus)}, "
-                                        f"the books {books}: the {report.pages - books} more count as used here "
-                                        f"until they agree")
+                    why.setdefault(gpu, _beyond(report.pages, gpus, books))
         for gpu in sorted(excess.keys() ^ self.kv.unbooked.keys()):
             self._host.emit("engine-kv", None, why.get(gpu, "the engines' KV reports agree with the books again"), gpu)
         self.kv.unbooked = excess
