@@ -201,8 +201,8 @@ class KernelMachine(RuleBasedStateMachine):
     @rule(model=st.sampled_from(("sim", "extra")), gpus=st.sampled_from(((), (0,), (1,), (0, 1), (2,))),
           tokens=st.integers(0, 120) | st.just(-1))
     def engine_kv(self, model, gpus, tokens):
-        """An engine reports the tokens its KV cache holds (GPU 2 and -1 tokens are refused): a GPU where
-        the engines report more pages than the books takes no new task until a report agrees."""
+        """An engine reports the tokens its KV cache holds (GPU 2 and -1 tokens are refused): the pages it
+        reports beyond the books of its GPUs count as used there until a report agrees."""
         self.commit(ev.EngineKV(model=model, gpus=gpus, tokens=tokens))
 
     @rule(index=st.integers(0, 10**6))

@@ -11,6 +11,7 @@ from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.events import Chunk, EngineHealth, EngineKV, RemoveModel, SetModel, Step, Submit, from_row, to_row
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.kernel.task import State
+from apeinxfs.nodes.memory import pool
 from apeinxfs.kernel.tenant_config import TenantConfig
 from test_kernel import STEP_US, step
 
@@ -133,55 +134,76 @@ def test_a_health_event_of_gpus_that_are_no_endpoint_changes_nothing():
     assert sorted(d.gpu(d.submit()) for _ in range(4)) == [0, 0, 1, 1]
 
 
-def test_an_engine_reporting_more_kv_than_the_books_holds_its_gpu_until_they_agree():
-    """GPU 0's engine reports 200 tokens (4 pages) with one task (1 page) in the books: GPU 0 is held
-    (an `engine-kv` line, the reason in kv.held), new tasks go to GPU 1; a report of 60 tokens
-    (1 page) agrees and releases it."""
-    d = Driven(config(slots=4))
-    first = d.submit()
-    assert d.gpu(first) == 0
-    d.apply(EngineKV(model="llm", gpus=(0,), tokens=200), SECOND)
-    assert d.kernel.kv.held == {0: "engines report 4 KV pages in use on gpus 0, the books 1"}
-    assert "no task is placed here until they agree" in d.lines("engine-kv")[-1]
-    assert {d.gpu(d.submit()) for _ in range(3)} == {1}
-    d.apply(EngineKV(model="llm", gpus=(0,), tokens=60), 2 * SECOND)
-    assert not d.kernel.kv.held and "tasks are placed here again" in d.lines("engine-kv")[-1]
+ONE_GPU = [{"url": "http://127.0.0.1:8001", "gpus": [0]}]
+WHOLE_POOL = 64 * 64  # tokens of llm in GPU 0's 64 pages
+
+
+def test_an_engine_reporting_a_few_pages_beyond_the_books_still_takes_tasks():
+    """GPU 0's engine reports 200 tokens (4 pages) with one task (1 page) in the books: the 3 more count as
+    used there (an `engine-kv` line, the pool file's unbooked_pages), and new tasks are still placed on it;
+    a report that changes only their number adds no line."""
+    d = Driven(config(endpoints=ONE_GPU, slots=4))
     assert d.gpu(d.submit()) == 0
+    d.apply(EngineKV(model="llm", gpus=(0,), tokens=200), SECOND)
+    assert d.kernel.kv.unbooked == {0: 3} and ("engines report 4 KV pages in use on gpus 0, the books 1: the 3 "
+                                               "more count as used here until they agree") in d.lines("engine-kv")[-1]
+    assert "unbooked_pages 3\n" in pool(d.kernel, 0)
+    assert [d.gpu(d.submit()) for _ in range(3)] == [0, 0, 0]
+    d.apply(EngineKV(model="llm", gpus=(0,), tokens=500), 2 * SECOND)  # 8 pages, 4 in the books
+    assert d.kernel.kv.unbooked == {0: 4} and len(d.lines("engine-kv")) == 1
     assert d.replayed().trace.buffer == d.kernel.trace.buffer
+
+
+@pytest.mark.parametrize("running", [0, 1])
+def test_an_engine_reporting_the_whole_pool_beyond_the_books_takes_no_task_until_a_report_agrees(running):
+    """GPU 0's engine reports all 64 pages while the books hold `running` tasks' pages: no room is left, so
+    a new task waits; a report of what the books hold agrees (a line saying so) and the task is placed."""
+    d = Driven(config(endpoints=ONE_GPU, slots=4))
+    for _ in range(running):
+        d.submit()
+    d.apply(EngineKV(model="llm", gpus=(0,), tokens=WHOLE_POOL), SECOND)
+    assert d.kernel.kv.unbooked == {0: 64 - running} and f"unbooked_pages {64 - running}\n" in pool(d.kernel, 0)
+    waiting = d.submit(now_us=SECOND)
+    assert d.kernel.tasks[waiting].state is State.QUEUED
+    d.apply(EngineKV(model="llm", gpus=(0,), tokens=64 * running), 2 * SECOND)
+    assert not d.kernel.kv.unbooked and d.kernel.tasks[waiting].state is State.RUNNING
+    assert "the engines' KV reports agree with the books again" in d.lines("engine-kv")[-1]
+    assert "unbooked_pages 0\n" in pool(d.kernel, 0)
 
 
 def test_one_engine_for_every_gpu_is_compared_with_all_their_books():
     """A model without endpoints reports with no GPUs: its pages are compared with the books of every GPU
-    together (held all, or none), and the pool shows each GPU's share, rounded up."""
+    together, each GPU counting its share of the excess, rounded up, as the pool shows its share of the
+    report; a task is still placed, and once the report is the books' there is no excess."""
     d = Driven(config(endpoints=(), gpus=2))
     d.apply(EngineKV(model="llm", gpus=(), tokens=300))  # 5 pages: 3 on each GPU, whose books hold none
-    assert d.kernel.engines.kv_reports.engine_view(0) == (3, 150) and set(d.kernel.kv.held) == {0, 1}
-    waiting = d.submit()
-    assert d.kernel.tasks[waiting].state is State.QUEUED
-    d.apply(EngineKV(model="llm", gpus=(), tokens=0), SECOND)
-    assert not d.kernel.kv.held and d.kernel.tasks[waiting].state is State.RUNNING
-    d.apply(EngineKV(model="llm", gpus=(), tokens=60), 2 * SECOND)  # its 1 page: the task's, on GPU 0
-    assert not d.kernel.kv.held and d.kernel.engines.kv_reports.engine_view(1) == (1, 30)
+    assert d.kernel.engines.kv_reports.engine_view(0) == (3, 150) and d.kernel.kv.unbooked == {0: 3, 1: 3}
+    placed = d.submit()
+    assert d.kernel.tasks[placed].state is State.RUNNING
+    d.apply(EngineKV(model="llm", gpus=(), tokens=60), SECOND)  # its 1 page: the task's
+    assert not d.kernel.kv.unbooked and d.kernel.engines.kv_reports.engine_view(1) == (1, 30)
 
 
-def test_a_tensor_parallel_endpoint_is_compared_with_its_group_and_holds_it_all():
-    """An endpoint on GPUs 0 and 1 reporting more than their books together holds both; one task's page on
-    GPU 0 is enough for a report of one page."""
+def test_a_tensor_parallel_endpoint_shares_its_excess_over_its_group():
+    """An endpoint on GPUs 0 and 1 is compared with their books together: one task's page on GPU 0 is enough
+    for a report of one page; 5 pages against it put 2 (4 shared, rounded up) on each GPU of the group."""
     d = Driven(config(endpoints=[{"url": "http://tp", "gpus": [0, 1]}], gpus=3))
     task = d.submit()
     d.apply(EngineKV(model="llm", gpus=(0, 1), tokens=64))
-    assert d.gpu(task) == 0 and not d.kernel.kv.held
+    assert d.gpu(task) == 0 and not d.kernel.kv.unbooked
     d.apply(EngineKV(model="llm", gpus=(0, 1), tokens=65), SECOND)
-    assert set(d.kernel.kv.held) == {0, 1} and "on gpus 0,1, the books 1" in d.kernel.kv.held[1]
+    assert d.kernel.kv.unbooked == {0: 1, 1: 1} and "on gpus 0,1, the books 1: the 1 more" in d.lines("engine-kv")[-1]
+    d.apply(EngineKV(model="llm", gpus=(0, 1), tokens=300), 2 * SECOND)
+    assert d.kernel.kv.unbooked == {0: 2, 1: 2}
 
 
-def test_removing_a_model_drops_its_reports_and_releases_its_gpus():
-    """The reports of a removed model go, and a GPU held by them only is released."""
+def test_removing_a_model_drops_its_reports_and_the_pages_beyond_the_books():
+    """The reports of a removed model go, and with them the pages counted used for them only."""
     d = Driven(config())
     d.apply(EngineKV(model="llm", gpus=(1,), tokens=100))
-    assert 1 in d.kernel.kv.held
+    assert d.kernel.kv.unbooked == {1: 2}
     d.apply(RemoveModel(name="llm", uid=0))
-    assert not d.kernel.kv.held and not d.kernel.engines.kv_reports.reports
+    assert not d.kernel.kv.unbooked and not d.kernel.engines.kv_reports.reports
 
 
 @pytest.mark.parametrize("event", [EngineKV(model="llm", gpus=(3,), tokens=1), EngineKV(model="llm", gpus=(0,),

@@ -56,9 +56,9 @@ def run_all(daemon: Daemon, first: int, count: int) -> list[int]:
 
 def reported_while_running(books: dict) -> bool:
     """The engine reports tokens in its KV cache while the books hold pages for the tasks: no more pages than
-    the books (with the tiny model a page holds all their tokens), so the GPU is not held."""
+    the books (with the tiny model a page holds all their tokens), so none count beyond them."""
     return (books["tasks"] == "2" and books["engine_tokens"] not in ("-", "0")
-            and 0 < int(books["engine_pages"]) <= int(books["pages_used"]) and books["held"] == "-")
+            and 0 < int(books["engine_pages"]) <= int(books["pages_used"]) and books["unbooked_pages"] == "0")
 
 
 def dispatch_gpus(daemon: Daemon, pids: list[int]) -> set[int]:
@@ -96,7 +96,7 @@ def test_two_engines_as_two_endpoints_one_killed(llama_server_binary, tiny_model
                 kill.write("".join(f"{pid}\n" for pid in long))
             poll_until(lambda: pool(daemon, 0)["engine_pages"] == pool(daemon, 0)["pages_used"] == "0"
                        and pool(daemon, 0)["engine_tokens"] == "0", 20, "gpu0's books and engine report agree at 0")
-            assert pool(daemon, 0)["held"] == "-"
+            assert pool(daemon, 0)["unbooked_pages"] == "0"
             trace = read(daemon, "trace", "events")
     finally:
         for server in servers:

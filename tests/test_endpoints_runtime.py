@@ -108,9 +108,9 @@ def test_one_endpoint_unreachable_is_journaled_for_its_gpus_and_the_model_stays_
         assert [(e.up, e.gpus) for e in journaled(rt, EngineHealth)] == [(False, (1,)), (True, (1,))]
 
 
-def test_kv_reports_are_journaled_when_their_pages_change_or_the_gpu_is_held(tmp_path):
-    """The first report is journaled; one in the same pages is not; one over the books holds the GPU (pool
-    shows both and why), and while held every report is journaled, until one agrees."""
+def test_kv_reports_are_journaled_when_their_pages_change_or_go_beyond_the_books(tmp_path):
+    """The first report is journaled; one in the same pages is not; one over the books counts the pages
+    beyond them as used (pool shows both), and while it does every report is journaled, until one agrees."""
     with open_runtime(tmp_path, TWO_GPUS) as rt:
         tree = Tree(rt)
         rt.report_kv("llm", (0,), 0)
@@ -119,18 +119,18 @@ def test_kv_reports_are_journaled_when_their_pages_change_or_the_gpu_is_held(tmp
         rt.report_kv("llm", (0,), 100)  # 2 pages, the books none
         books = pool(tree, 0)
         assert (books["engine_pages"], books["engine_tokens"], books["pages_used"]) == ("2", "100", "0")
-        assert books["held"] == "engines report 2 KV pages in use on gpus 0, the books 0"
+        assert books["unbooked_pages"] == "2"
         rt.report_kv("llm", (0,), 120)
         assert len(journaled(rt, EngineKV)) == 3
         rt.report_kv("llm", (0,), 0)
-        assert pool(tree, 0)["held"] == "-" and pool(tree, 1)["engine_pages"] == "-"
+        assert pool(tree, 0)["unbooked_pages"] == "0" and pool(tree, 1)["engine_pages"] == "-"
         assert len(journaled(rt, EngineKV)) == 4
 
 
 async def test_each_endpoint_is_scraped_and_its_kv_report_reaches_its_gpu(tmp_path, nursery):
     """A vLLM engine on GPU 0 and an SGLang one on GPU 1: each scrape's KV tokens (vLLM's usage x its cache
     config, SGLang's used tokens) reach the kernel as EngineKV of its endpoint's GPU and show in its pool;
-    with nothing in the books both GPUs are held; the engine file shows both endpoints together."""
+    with nothing in the books all they report counts as used; the engine file shows both endpoints together."""
     servers = [await MetricsServer({"/metrics": (DATA / name).read_text()}).start(nursery)
                for name in ("vllm-metrics.txt", "sglang-metrics.txt")]
     urls = [f"http://127.0.0.1:{server.port}" for server in servers]
@@ -146,7 +146,7 @@ async def test_each_endpoint_is_scraped_and_its_kv_report_reaches_its_gpu(tmp_pa
         reports = {event.gpus: event.tokens for event in journaled(rt, EngineKV)}
         assert reports == {(0,): 240000, (1,): 123456}
         assert [pool(tree, gpu)["engine_tokens"] for gpu in (0, 1)] == ["240000", "123456"]
-        assert all(pool(tree, gpu)["held"].startswith("engines report ") for gpu in (0, 1))
+        assert all(pool(tree, gpu)["unbooked_pages"] == pool(tree, gpu)["engine_pages"] != "0" for gpu in (0, 1))
         engine = dict(line.split(" ", 1) for line in text(tree, "/models/llm/engine").splitlines())
         assert engine["source"] == f"{urls[0]}/metrics,{urls[1]}/metrics" and engine["kv_tokens"] == "363456"
         assert "State:\tready" in text(tree, "/models/llm/status")

@@ -120,3 +120,14 @@ def test_a_migrated_start_builds_its_trace_event_once():
     assert (start.traced.snapshot, start.traced.classes) == \
         ("snapshot-000000000042.snap (row 42)", "runqueue.RunQueue, moves.Moves")
     assert Start(Kernel, 0, {}).migration() == []
+
+
+def test_a_gpu_held_for_engine_kv_reports_loads_with_no_pages_beyond_the_books():
+    """A snapshot of the previous release's KV books (GPUs `held` for their engines' reports, no `unbooked`)
+    loads with no pages counted beyond the books and no `held`, its invariants holding."""
+    kernel = queued_kernel()
+    del kernel.kv.unbooked
+    kernel.kv.held = {0: "engines report 4 KV pages in use on gpus 0, the books 1"}
+    loaded = migrations.load(encode(kernel), PREVIOUS, layout(TWO_MODELS))
+    assert loaded.kv.unbooked == {} and not hasattr(loaded.kv, "held")
+    loaded.check_invariants()

@@ -1,4 +1,4 @@
-"""The KV books reconciled with what the engines report: `EngineKV` events, and GPUs held from placement.
+"""The KV books reconciled with what the engines report: `EngineKV` events, and the pages they hold beyond the books.
 
 The kernel counts KV pages (memory.py); the engines hold the real caches. A scrape of an engine
 (llama.cpp's /slots or metrics, vLLM's kv_cache_usage_perc times its cache config, SGLang's
@@ -7,11 +7,13 @@ journals an `EngineKV(model, gpus, tokens)` when the pages they take change (run
 pages an engine reports are compared with the books' used pages (tasks' private pages and
 cached blocks) of its GPUs together: one GPU for an endpoint of one GPU, its group for a
 tensor-parallel engine (which shards its KV over the group, while the books hold each task on
-one GPU of it), every GPU for the one engine of a model without endpoints (gpus empty). While
-an engine reports more, its GPUs are held (`KVManager.held`, which placement honours: no task is
-placed there), with an `engine-kv` trace line when one is held and when it is released. It is
-decided again at each report (so a GPU stays held until a report agrees) and when a model is
-removed; the pool file shows each GPU's share of the reports (`engine_view`, rounded up).
+one GPU of it), every GPU for the one engine of a model without endpoints (gpus empty). What an
+engine reports beyond them (another client of the engine, or an engine running ahead of the
+books) counts as used on its GPUs, each its share rounded up (`KVManager.unbooked`, which
+placement takes off a GPU's room), with an `engine-kv` trace line when a GPU's excess appears
+and when it goes. It is decided again at each report (so the excess stands until a report
+changes it) and when a model is removed; the pool file shows each GPU's share of the reports
+(`engine_view`, rounded up) and its unbooked pages.
 Pure: no I/O, times and values come from the events.
 """
 from __future__ import annotations
@@ -41,8 +43,13 @@ def _share(amount: int, parts: int) -> int:
     return -(-amount // parts)
 
 
+def _beyond(pages: int, gpus: tuple[int, ...], books: int) -> str:
+    return (f"engines report {pages} KV pages in use on gpus {gpus_text(gpus)}, the books {books}: "
+            f"the {pages - books} more count as used here until they agree")
+
+
 class KVReports:
-    """The engines' last KV reports by (model, GPUs), and holding the GPUs where they exceed the books."""
+    """The engines' last KV reports by (model, GPUs), and the pages they hold beyond the books of their GPUs."""
 
     def __init__(self, kv: KVManager, models: Models, host: Host):
         self.kv, self._models, self._host = kv, models, host
@@ -70,7 +77,7 @@ class KVReports:
         self._decide()
 
     def forget(self, model: str) -> None:
-        """A model removed: its engines' reports go, and the GPUs they held are decided again."""
+        """A model removed: its engines' reports go, and the pages they held beyond the books with them."""
         for key in [key for key in self.reports if key[0] == model]:
             del self.reports[key]
         self._decide()
@@ -85,32 +92,28 @@ class KVReports:
         return (sum(p for p, _ in shares), sum(t for _, t in shares)) if shares else None
 
     def _decide(self) -> None:
-        """Hold the GPUs of each engine that reports more pages in use than the books of its GPUs together
-        (a tensor-parallel engine shards its KV over them, while the books hold each task on one GPU);
-        release those no engine reports more on."""
-        held, over = self.kv.held, dict[int, str]()
+        """Count as used on its GPUs what each engine reports beyond the books of its GPUs together (a
+        tensor-parallel engine shards its KV over them, while the books hold each task on one GPU),
+        each GPU its share; a trace line where such pages appear or go."""
+        excess, why = dict[int, int](), dict[int, str]()
         for (_, gpus), report in self.reports.items():
             books = sum(self.kv.pools[gpu].pages_used for gpu in gpus)
             if report.pages > books:
                 for gpu in gpus:
-                    over.setdefault(gpu, f"engines report {report.pages} KV pages in use on gpus "
-                                         f"{gpus_text(gpus)}, the books {books}")
-        for gpu in sorted(over.keys() ^ held.keys()):
-            if gpu in over:
-                held[gpu] = over[gpu]
-                self._host.emit("engine-kv", None, f"{held[gpu]}: no task is placed here until they agree", gpu)
-            else:
-                del held[gpu]
-                self._host.emit("engine-kv", None, "the engines' KV reports agree with the books: "
-                                                   "tasks are placed here again", gpu)
+                    excess[gpu] = excess.get(gpu, 0) + _share(report.pages - books, len(gpus))
+                    why.setdefault(gpu, _beyond(report.pages, gpus, books))
+        for gpu in sorted(excess.keys() ^ self.kv.unbooked.keys()):
+            self._host.emit("engine-kv", None, why.get(gpu, "the engines' KV reports agree with the books again"), gpu)
+        self.kv.unbooked = excess
 
     def index_problems(self) -> Iterator[str]:
-        """What disagrees (for invariants.py): a report of a model not served or of a GPU not there; a
-        held GPU that no report covers."""
+        """What disagrees (for invariants.py): a report of a model not served or of a GPU not there;
+        unbooked pages on a GPU that no report covers, or more than its engines report there."""
         count = len(self.kv.pools)
         for model, gpus in self.reports:
             if model not in self._models or not gpus or any(not 0 <= gpu < count for gpu in gpus):
                 yield f"engine KV report of {model} on gpus {list(gpus)}: no such model or GPU"
-        covered = {gpu for _, gpus in self.reports for gpu in gpus}
-        if not self.kv.held.keys() <= covered:
-            yield f"GPUs {sorted(self.kv.held.keys() - covered)} are held with no engine report on them"
+        for gpu, pages in self.kv.unbooked.items():
+            reported = self.engine_view(gpu)
+            if reported is None or not 0 < pages <= reported[0]:
+                yield f"gpu {gpu} counts {pages} pages beyond the books, its engines report {reported}"

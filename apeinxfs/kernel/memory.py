@@ -116,7 +116,7 @@ class KVManager:
         self.caches = [PrefixCache() for _ in config.gpus]
         self._mixed_pools = len({pool.pages_total for pool in self.pools}) > 1  # see _demand
         self.real_free: list[int | None] = [None] * len(config.gpus)  # pages NVML says are free, real GPUs
-        self.held: dict[int, str] = {}  # GPU -> why no task is placed there: its engines report more KV (kvreport.py)
+        self.unbooked: dict[int, int] = {}  # GPU -> pages its engines report beyond the books, counted used (kvreport.py)
         self.holders: dict[int, Task] = {}  # pid -> the task, for tasks holding pages (their kv_* fields)
         self.on_evict = on_evict
         self.per_page = {m.name: config.page_bytes // m.token_bytes for m in config.models}  # tokens per page
@@ -195,13 +195,13 @@ class KVManager:
         On a real GPU the room is also capped by the memory NVML last read as free (set_real_free).
         A new task on a GPU where tasks hold pages must leave `watermark` of the pool free for
         their growth: admitting work the running tasks will push out again is thrash. A resumed
-        task need not: it is owed its place. Nothing fits on a GPU held for its engines' KV reports."""
+        task need not: it is owed its place. The pages a GPU's engines report beyond the books count as used."""
         pool, cache, (chain, private, worst, new) = self.pools[gpu], self.caches[gpu], demand
-        if pool.pages_total < worst or gpu in self.held:
+        if pool.pages_total < worst:
             return None
         hits, cached, idle = cache.lookup(chain) if chain else NO_BLOCKS
         need = len(chain) - cached + private
-        room = pool.pages_free + len(cache.idle) - idle + freed
+        room = pool.pages_free + len(cache.idle) - idle + freed - self.unbooked.get(gpu, 0)
         real_free = self.real_free[gpu]
         if real_free is not None:
             room = min(room, real_free)

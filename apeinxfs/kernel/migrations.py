@@ -25,6 +25,7 @@ import attrs
 
 from . import state
 from .kernel import Kernel
+from .memory import KVManager
 from .moves import Moves
 from .runqueue import RunQueue, count_by_model
 
@@ -46,6 +47,8 @@ def _queued_by_model(run_queue: RunQueue) -> dict[str, int]:
 MIGRATIONS: dict[type, Migration] = {
     RunQueue: Migration(added={"_models": _queued_by_model}),  # counts by model of the queued tasks, recounted
     Moves: Migration(added={"backfill_after_us": lambda _moves: 0}),  # backfill not resting
+    # GPUs held from placement for their engines' KV reports became pages counted used; none until a report changes
+    KVManager: Migration(added={"unbooked": lambda _kv: {}}, gone=frozenset({"held"})),
 }
 DECLARED = {state.class_name(cls): migration for cls, migration in MIGRATIONS.items()}
 

@@ -56,8 +56,8 @@ def _flat(pairs) -> str:
 def pool(kernel, gpu: int) -> str:
     """One GPU's pool: pages in all, used (private to tasks + cached blocks), free, the pages that
     the GPU's real free memory (NVML) has room for (`-` on a simulated GPU); its tasks; the KV pages
-    and tokens its engines last reported (`-` if none did) and, while the GPU is held for them
-    (kernel/kvreport.py), why: no task is placed there."""
+    and tokens its engines last reported (`-` if none did), and the pages they hold beyond the books,
+    which count as used there (kernel/kvreport.py)."""
     kv, books = kernel.kv, kernel.kv.pools[gpu]
     real_free = "-" if kv.real_free[gpu] is None else kv.real_free[gpu]
     engine_pages, engine_tokens = kernel.engines.kv_reports.engine_view(gpu) or ("-", "-")
@@ -65,7 +65,7 @@ def pool(kernel, gpu: int) -> str:
                   ("pages_used", books.pages_used), ("pages_free", books.pages_free), ("pages_real_free", real_free),
                   ("pages_private", kv.private_pages(gpu)), ("pages_cached", len(kv.caches[gpu])),
                   ("tasks", len(kernel.gpus[gpu].running)), ("engine_pages", engine_pages),
-                  ("engine_tokens", engine_tokens), ("held", kv.held.get(gpu, "-"))])
+                  ("engine_tokens", engine_tokens), ("unbooked_pages", kv.unbooked.get(gpu, 0))])
 
 
 def prefix(caches) -> str:
