@@ -11,9 +11,12 @@ import logging
 import pytest
 import trio
 
+from apeinxfs.cluster import peerdata
 from apeinxfs.cluster.etcd_records import Event, KeyValue
-from apeinxfs.cluster.peerdata import MAX_PIDS, Unreadable
+from apeinxfs.cluster.peerdata import MAX_DEPTH, MAX_PIDS, Unreadable
+from apeinxfs.cluster.prefixes import _filter
 from apeinxfs.cluster.records import Keys, NodeRecord
+from apeinxfs.cluster.replicas import Replica
 from apeinxfs.cluster.taskkeys import TaskKey
 from apeinxfs.cluster.view import ClusterView
 from apeinxfs.kernel.events import Shared
@@ -21,7 +24,7 @@ from test_guarded_retry import LostAnswerEtcd
 from test_shared_settings import node
 
 KEYS = Keys("apx/")
-DEEP = b"[" * 100_000
+DEEP = b"[" * 100_000  # past Python's recursion limit, and peerdata's
 GOOD = {"name": "b", "epoch": 1, "seen_us": 1_764_000_000_000_000, "slots_free": 3, "tasks": "4-9,12",
         "models": ["m"], "tenants": {"t": "4-9"}, "advertise": "10.0.0.2:7000"}
 
@@ -97,3 +100,50 @@ def test_a_task_key_of_the_right_shape_reads_back():
     """The check lets a task key as a node writes it through."""
     key = TaskKey(owner="b", epoch=1, uid=0, spec={"name": "j"})
     assert TaskKey.from_json(key.to_json()) == key
+
+
+@pytest.mark.parametrize("kind, body", [("failed", {"pid": 99, "reason": "x"}), ("fence", {"held": True, "reason": "x"})])
+def test_a_settings_entry_of_an_event_that_is_no_settings_change_is_refused(tmp_path, kind, body):
+    """Only settings changes go through the log: an entry holding an engine's or the cluster's own event is
+    refused, and the kernel is not fenced nor a task failed on every node."""
+    rt = node(tmp_path)
+    value = json.dumps({"node": "x", "events": [[kind, json.dumps(body)]]}).encode()
+    rt.cluster.shared.apply(KeyValue(b"t/settings/x-1", value, 101, 101, 1))
+    shared = [row[-1] for row in rt.journal.replay() if isinstance(row[-1], Shared)]
+    assert "not settings changes" in shared[-1].refused and not rt.kernel.moves.fenced
+
+
+def test_nesting_is_bounded_alike_at_any_depth_of_the_caller():
+    """MAX_DEPTH levels read and one more do not, whether the reader is called shallow or 500 frames deep
+    (Python's own limit depends on the caller's stack: nodes would disagree on an entry)."""
+    def at_depth(frames: int, data: bytes):
+        return at_depth(frames - 1, data) if frames else peerdata.loads(data)
+    fits, over = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH, b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1)
+    for frames in (0, 500):
+        assert at_depth(frames, fits) is not None
+        with pytest.raises(Unreadable):
+            at_depth(frames, over)
+    assert peerdata.loads(b'{"a": "[[[[' + b"[" * 100 + b'"}') == {"a": "[[[[" + "[" * 100}  # inside a string
+
+
+@pytest.mark.parametrize("spec", [{}, {"name": 5}, {"name": "j", "sampling": [1]}])
+def test_a_task_key_whose_spec_is_no_tasks_is_unreadable(spec):
+    """A key whose spec could not be built into a task when it is moved or adopted is unreadable when read."""
+    with pytest.raises(Unreadable):
+        TaskKey.from_json(json.dumps({"owner": "b", "epoch": 1, "uid": 0, "spec": spec}).encode())
+
+
+@pytest.mark.parametrize("value", [b'{"tokens": Infinity, "output": ""}', b'{"tokens": 1e400, "output": ""}',
+                                   b'{"tokens": -1, "output": ""}', b'{"tokens": 3, "output": 5}'])
+def test_a_replica_that_is_no_count_and_output_is_unreadable(value):
+    """A replicated output whose tokens are not a count (Infinity overflowed adoption) or whose output is no text."""
+    with pytest.raises(Unreadable):
+        Replica.from_json(value)
+
+
+@pytest.mark.parametrize("prefixes", ["=", "A", "AAAA", "not base64!"])
+def test_a_record_whose_prefix_filter_is_no_filter_is_unreadable(prefixes):
+    """A prefix filter that is not base64 of a power of two of 8 bytes or more would fail every placement."""
+    with pytest.raises(Unreadable):
+        NodeRecord.from_json(json.dumps({**GOOD, "prefixes": prefixes}).encode())
+    assert NodeRecord.from_json(json.dumps({**GOOD, "prefixes": _filter([b"k" * 16])}).encode()).prefixes

@@ -10,8 +10,15 @@ what, which the readers log and skip. Not the records themselves (records.py, ta
 import json
 import re
 
+from ..kernel.errors import ApeinxError
+from ..kernel.spec import TaskSpec
+from .prefixes import readable
+
 MAX_COUNT = 2 ** 63  # counts, times and pids are etcd's int64
 MAX_PIDS = 1_000_000  # live pids a record may name: more is not a node's (listing them would exhaust memory)
+MAX_DEPTH = 64  # nesting of arrays and objects: far over any value a node writes, far under Python's stack
+STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 RANGE = re.compile(r"(\d+)(?:-(\d+))?", re.ASCII)
 INTS = frozenset({"epoch", "seen_us", "gpus", "slots_free", "kv_pages_free", "queued", "running", "live",
                   "pid_next", "prefix_blocks"})
@@ -22,11 +29,34 @@ class Unreadable(ValueError):
 
 
 def loads(data: bytes):
-    """The JSON of a value in etcd; Unreadable if it is not JSON or nested too deep for Python."""
+    """The JSON of a value in etcd; Unreadable if it is not JSON, or nested deeper than MAX_DEPTH (a bound
+    every node draws alike, not Python's stack, whose depth differs between callers)."""
+    if deepest(data) > MAX_DEPTH:
+        raise Unreadable(f"nested deeper than {MAX_DEPTH}")
     try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise Unreadable(f"not JSON this version reads ({type(exc).__name__})") from None
+        return json.loads(data, parse_constant=_no_constant)
+    except ValueError as exc:
+        raise Unreadable(f"not JSON this version reads ({exc})") from None
+
+
+def deepest(data: bytes) -> int:
+    """How deep arrays and objects nest in JSON text `data` (brackets inside strings not counted)."""
+    level = most = 0
+    for bracket in STRING.sub(b"", data).translate(None, NOT_BRACKETS):
+        level += 1 if bracket in b"[{" else -1
+        most = max(most, level)
+    return most
+
+
+def shallow(text: str) -> str:
+    """`text`, JSON held in a value as a string (a settings entry's event), if nested MAX_DEPTH deep at most."""
+    if deepest(text.encode()) > MAX_DEPTH:
+        raise Unreadable(f"an event nested deeper than {MAX_DEPTH}")
+    return text
+
+
+def _no_constant(name: str):
+    raise Unreadable(f"{name} is not a number this version reads")
 
 
 def record_fields(fields: dict) -> dict:
@@ -40,6 +70,8 @@ def record_fields(fields: dict) -> dict:
     if not isinstance(fields.get("models", []), list) or not all(type(m) is str for m in fields.get("models", [])):
         raise Unreadable("models is not a list of names")
     _live_pids(fields.get("tasks", ""), fields.get("tenants", {}))
+    if not readable(fields.get("prefixes", "")):
+        raise Unreadable("prefixes is not a filter of cached blocks")
     return fields
 
 
@@ -76,4 +108,16 @@ def task_key_fields(fields) -> dict:
     for key, value in fields.items():
         if key in kinds and type(value) is not kinds[key]:
             raise Unreadable(f"a task key's {key} {str(value)[:40]!r} is not a {kinds[key].__name__}")
+    try:
+        TaskSpec(**fields.get("spec", {}))  # as spec_of builds it when the task is moved or adopted
+    except (ApeinxError, TypeError, ValueError, AttributeError) as exc:
+        raise Unreadable(f"a task key's spec is not a task's: {str(exc)[:100]}") from None
+    return fields
+
+
+def replica_fields(fields) -> dict:
+    """A replica's `fields`, if its tokens are a count and its output a string."""
+    if not (isinstance(fields, dict) and type(fields.get("tokens")) is int and 0 <= fields["tokens"] < MAX_COUNT
+            and type(fields.get("output")) is str):
+        raise Unreadable("a replica is an object of a count of tokens and an output")
     return fields

@@ -81,6 +81,15 @@ def cached_blocks(summary: str, chain: Chain) -> int:
     return held
 
 
+def readable(summary: str) -> bool:
+    """Whether `summary` is a filter as `_filter` writes it: "" or base64 of 8 bytes or more, a power of two."""
+    try:
+        size = len(base64.b64decode(summary, validate=True))
+    except ValueError:  # binascii.Error
+        return False
+    return size == 0 or size >= 8 and size & (size - 1) == 0
+
+
 @functools.lru_cache(maxsize=1024)
 def _decoded(summary: str) -> tuple[int, int]:
     """A summary's filter as an int, and its size in bits (each record's is read at every placement)."""

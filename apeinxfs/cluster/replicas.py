@@ -22,7 +22,7 @@ import trio
 from ..kernel.spec import TaskSpec
 from .etcd_records import EtcdError, Txn
 from .guarded import write_each
-from .peerdata import loads
+from .peerdata import loads, replica_fields
 from .records import unchanged_at
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class Replica:
 
     @classmethod
     def from_json(cls, data: bytes) -> "Replica":
-        fields = loads(data)
+        fields = replica_fields(loads(data))
         return cls(tokens=int(fields["tokens"]), output=str(fields["output"]))
 
 

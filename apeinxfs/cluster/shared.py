@@ -33,7 +33,7 @@ from ..kernel.events import (RemoveModel, RemoveTenant, SetModel, SetPolicy, Set
                              to_row)
 from ..nodes.base import after_write
 from .etcd_records import KeyValue
-from .peerdata import loads
+from .peerdata import loads, shallow
 from .records import Keys
 from .view import ClusterView
 
@@ -53,12 +53,16 @@ def encode(node: str, events: list) -> bytes:
 
 
 def decode(value: bytes) -> tuple[str, list]:
-    """(node, events) of an entry; Invalid if this version cannot read it."""
+    """(node, events) of an entry; Invalid if this version cannot read it (peerdata.py: an event's body too
+    deep, too), or if an event is not a settings change (only those go through the log)."""
     try:
         entry = loads(value)
-        return str(entry["node"]), [from_row(kind, body) for kind, body in entry["events"]]
-    except (ValueError, TypeError, KeyError, RecursionError) as exc:  # an event's body nested too deep, too
+        events = [from_row(kind, shallow(body)) for kind, body in entry["events"]]
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise Invalid(f"unreadable settings entry ({type(exc).__name__}: {exc})") from None
+    if others := sorted({type(event).__name__ for event in events if not isinstance(event, SETTINGS)}):
+        raise Invalid(f"a settings entry holds {', '.join(others)}: not settings changes")
+    return str(entry["node"]), events
 
 
 def checked(kernel, event) -> None:
