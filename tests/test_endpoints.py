@@ -154,6 +154,15 @@ def test_an_engine_reporting_a_few_pages_beyond_the_books_still_takes_tasks():
     assert d.replayed().trace.buffer == d.kernel.trace.buffer
 
 
+def test_pages_beyond_the_books_on_an_idle_gpu_keep_its_watermark():
+    """With no task of its own, GPU 0's engine reports 60 of its 64 pages: that work grows as tasks do, so a
+    new task must leave the watermark free there too, and waits, where an idle pool would have taken it."""
+    d = Driven(config(endpoints=ONE_GPU, slots=4))
+    d.apply(EngineKV(model="llm", gpus=(0,), tokens=60 * 64), SECOND)
+    assert d.kernel.kv.unbooked == {0: 60}
+    assert d.kernel.tasks[d.submit(now_us=SECOND)].state is State.QUEUED
+
+
 @pytest.mark.parametrize("running", [0, 1])
 def test_an_engine_reporting_the_whole_pool_beyond_the_books_takes_no_task_until_a_report_agrees(running):
     """GPU 0's engine reports all 64 pages while the books hold `running` tasks' pages: no room is left, so

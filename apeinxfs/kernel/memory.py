@@ -195,7 +195,8 @@ class KVManager:
         On a real GPU the room is also capped by the memory NVML last read as free (set_real_free).
         A new task on a GPU where tasks hold pages must leave `watermark` of the pool free for
         their growth: admitting work the running tasks will push out again is thrash. A resumed
-        task need not: it is owed its place. The pages a GPU's engines report beyond the books count as used."""
+        task need not: it is owed its place. The pages a GPU's engines report beyond the books count as used,
+        and as pages in use that grow (the engines' work the books do not know of)."""
         pool, cache, (chain, private, worst, new) = self.pools[gpu], self.caches[gpu], demand
         if pool.pages_total < worst:
             return None
@@ -206,7 +207,7 @@ class KVManager:
         if real_free is not None:
             room = min(room, real_free)
         spare = room - need
-        busy = pool.pages_used > len(cache.idle)  # used pages beyond the idle blocks: tasks hold them
+        busy = pool.pages_used > len(cache.idle) or gpu in self.unbooked  # tasks, or the engines' other work, hold pages
         if spare < 0 or new and busy and spare < self.watermark * pool.pages_total:
             return None
         return hits, spare, -gpu
