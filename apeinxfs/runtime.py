@@ -331,11 +331,11 @@ class Runtime:
 
     def report_kv(self, model: str, gpus: tuple, tokens: int) -> None:
         """Journal the tokens an engine (of `model`, on `gpus`) reports in its KV cache when the pages they
-        take changed, or while a GPU it is on counts pages beyond the books for its reports (kernel/kvreport.py)."""
+        take changed, or when the pages counted beyond the books would change (kernel/kvreport.py `stale`)."""
         reports = self.kernel.engines.kv_reports
         if model in self.kernel.models:
-            last, over = reports.last(model, gpus), self.kernel.kv.unbooked.keys()
-            if last is None or (over & set(gpus) if gpus else over) or last.pages != reports.pages_of(model, tokens):
+            last = reports.last(model, gpus)
+            if last is None or last.pages != reports.pages_of(model, tokens) or reports.stale():
                 self.deliver(EngineKV(model=model, gpus=gpus, tokens=tokens))
 
     def forget_engines(self) -> None:

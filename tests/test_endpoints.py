@@ -154,6 +154,19 @@ def test_an_engine_reporting_a_few_pages_beyond_the_books_still_takes_tasks():
     assert d.replayed().trace.buffer == d.kernel.trace.buffer
 
 
+def test_a_report_goes_stale_when_the_books_move_under_an_excess():
+    """With 3 pages beyond the books, a task placed takes one into the books: the excess decided now would be
+    2, so the report is stale (the daemon journals the next scrape, runtime.report_kv) until one is applied."""
+    d = Driven(config(endpoints=ONE_GPU, slots=4))
+    d.submit()
+    d.apply(EngineKV(model="llm", gpus=(0,), tokens=200), SECOND)
+    reports = d.kernel.engines.kv_reports
+    assert d.kernel.kv.unbooked == {0: 3} and not reports.stale()
+    assert d.gpu(d.submit(now_us=SECOND)) == 0 and reports.stale()
+    d.apply(EngineKV(model="llm", gpus=(0,), tokens=200), 2 * SECOND)
+    assert d.kernel.kv.unbooked == {0: 2} and not reports.stale()
+
+
 def test_pages_beyond_the_books_on_an_idle_gpu_keep_its_watermark():
     """With no task of its own, GPU 0's engine reports 60 of its 64 pages: that work grows as tasks do, so a
     new task must leave the watermark free there too, and waits, where an idle pool would have taken it."""

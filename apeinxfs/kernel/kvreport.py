@@ -91,10 +91,23 @@ class KVReports:
                   for (_, gpus), report in self.reports.items() if gpu in gpus]
         return (sum(p for p, _ in shares), sum(t for _, t in shares)) if shares else None
 
+    def stale(self) -> bool:
+        """Whether the pages counted beyond the books would differ if decided now: the books moved since the
+        last report, or a snapshot of an older version counted none. A report is then worth journaling even
+        where its own pages did not change (runtime.report_kv); else not, however long an excess lasts."""
+        return self._beyond_books()[0] != self.kv.unbooked
+
     def _decide(self) -> None:
-        """Count as used on its GPUs what each engine reports beyond the books of its GPUs together (a
-        tensor-parallel engine shards its KV over them, while the books hold each task on one GPU),
-        each GPU its share; a trace line where such pages appear or go."""
+        """Count as used on its GPUs what each engine reports beyond the books; a trace line where such
+        pages appear or go."""
+        excess, why = self._beyond_books()
+        for gpu in sorted(excess.keys() ^ self.kv.unbooked.keys()):
+            self._host.emit("engine-kv", None, why.get(gpu, "the engines' KV reports agree with the books again"), gpu)
+        self.kv.unbooked = excess
+
+    def _beyond_books(self) -> tuple[dict[int, int], dict[int, str]]:
+        """What each engine reports beyond the books of its GPUs together (a tensor-parallel engine shards its
+        KV over them, while the books hold each task on one GPU), each GPU its share; and in words, by GPU."""
         excess, why = dict[int, int](), dict[int, str]()
         for (_, gpus), report in self.reports.items():
             books = sum(self.kv.pools[gpu].pages_used for gpu in gpus)
@@ -102,9 +115,7 @@ class KVReports:
                 for gpu in gpus:
                     excess[gpu] = excess.get(gpu, 0) + _share(report.pages - books, len(gpus))
                     why.setdefault(gpu, _beyond(report.pages, gpus, books))
-        for gpu in sorted(excess.keys() ^ self.kv.unbooked.keys()):
-            self._host.emit("engine-kv", None, why.get(gpu, "the engines' KV reports agree with the books again"), gpu)
-        self.kv.unbooked = excess
+        return excess, why
 
     def index_problems(self) -> Iterator[str]:
         """What disagrees (for invariants.py): a report of a model not served or of a GPU not there;
