@@ -8,6 +8,7 @@ submitted at once (as bench_tokens.py's first-byte figure), the two alternating 
 turn, so load on a shared machine falls on both alike. A round's figure is each daemon's
 CPU per task: its threads' on-CPU time (/proc/PID/task/*/schedstat, nanoseconds, not
 /proc/PID/stat's 10 ms ticks) over the turns, less its idle rate measured after them.
+Each round also prints both daemons' median first byte (the figure bench_tokens.py judges).
 Prints each round and the median of THIS over REF: the way to tell whether a CPU cut buys
 the 5% that keeps it (one daemon measured twice differs by less than 2% here; separate runs
 differed by 10-30%). Env: BENCH_AB_TURNS (60 a round), BENCH_AB_TOKENS (max_tokens, 1),
@@ -33,8 +34,9 @@ IDLE_S = 2.0
 
 
 
-def turn(daemon) -> None:
-    bench_tokens.together(lambda: bench_tokens.through(daemon, TOKENS)[0], 4)
+def turn(daemon) -> list[float]:
+    """The seconds to the first byte of each of 4 tasks started at once on `daemon`."""
+    return bench_tokens.together(lambda: bench_tokens.through(daemon, TOKENS)[0], 4)
 
 
 def mounted(stack, url: str, checkouts: dict, order: tuple) -> dict:
@@ -48,17 +50,20 @@ def mounted(stack, url: str, checkouts: dict, order: tuple) -> dict:
     return daemons
 
 
-def cpu_per_task(daemons: dict) -> dict:
-    """{name: ms of CPU per task} over TURNS alternating turns of each daemon, less its idle rate."""
+def cpu_per_task(daemons: dict) -> tuple[dict, dict]:
+    """({name: ms of CPU per task}, {name: median ms to a first byte}) over TURNS alternating turns of
+    each daemon, the CPU less its idle rate."""
     pids = {name: daemon.proc.pid for name, daemon in daemons.items()}
+    firsts: dict[str, list[float]] = {name: [] for name in daemons}
     before, start = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.perf_counter()
     for index in range(TURNS):
         for name in sorted(daemons, reverse=bool(index % 2)):
-            turn(daemons[name])
+            firsts[name] += turn(daemons[name])
     after, seconds = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.perf_counter() - start
     time.sleep(IDLE_S)
     idle = {name: (cpu_seconds(pid) - after[name]) / IDLE_S for name, pid in pids.items()}
-    return {name: (after[name] - before[name] - idle[name] * seconds) * 1000 / (4 * TURNS) for name in pids}
+    return ({name: (after[name] - before[name] - idle[name] * seconds) * 1000 / (4 * TURNS) for name in pids},
+            {name: statistics.median(seconds) * 1000 for name, seconds in firsts.items()})
 
 
 def main() -> int:
@@ -67,7 +72,7 @@ def main() -> int:
         return 1
     checkouts = {"ref": os.path.abspath(sys.argv[1]), "this": os.path.abspath(sys.argv[2] if len(sys.argv) == 3 else ".")}
     binary, engine_cpus = build_llama_server(), bench_tokens.engine_cpu()
-    ratios = []
+    ratios, first_ratios = [], []
     with tempfile.TemporaryDirectory(prefix="apeinx-bench-ab-") as tmp:
         model = tinymodel.write(Path(tmp) / "model.gguf", seed=0)
         with LlamaServer(binary, model, Path(tmp) / "llama-server.log", slots=4, slot_context=2048,
@@ -77,12 +82,15 @@ def main() -> int:
                     daemons = mounted(stack, server.url, checkouts, ("ref", "this")[::1 if round_ % 2 else -1])
                     for daemon in daemons.values():
                         turn(daemon)  # warm: the first turn opens spare connections and caches
-                    ms = cpu_per_task(daemons)
+                    ms, first = cpu_per_task(daemons)
                 ratios.append(ms["this"] / ms["ref"])
+                first_ratios.append(first["this"] / first["ref"])
                 print(f"round {round_}: CPU per task ref {ms['ref']:.2f} ms, this {ms['this']:.2f} ms: "
-                      f"{ratios[-1]:.3f}", flush=True)
+                      f"{ratios[-1]:.3f}; median first byte ref {first['ref']:.2f} ms, this {first['this']:.2f} ms: "
+                      f"{first_ratios[-1]:.3f}", flush=True)
     print(f"this / ref, daemon CPU per task ({TOKENS} token(s) a task): median {statistics.median(ratios):.3f} "
-          f"(rounds {min(ratios):.3f}-{max(ratios):.3f})")
+          f"(rounds {min(ratios):.3f}-{max(ratios):.3f}); median first byte: median "
+          f"{statistics.median(first_ratios):.3f} (rounds {min(first_ratios):.3f}-{max(first_ratios):.3f})")
     return 0
 
 
