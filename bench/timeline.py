@@ -2,7 +2,8 @@
 
 Run as a script, it is the daemon (`apeinxfs.cli`) with stamps added from outside (no stamp
 code in apeinxfs itself): every FUSE request's start and end, and the openai driver's steps
-(task seen, request built, TCP connect and each read and write, response headers, each
+(task seen, request built, its connection (a spare or a connect), the bare exchange's send,
+head and each read (drivers/bare.py), response headers, each
 event decoded and counted, first token put), the journal's appends, the kernel's applies
 and the runtime's commits. Stamps are `time.perf_counter_ns()` (CLOCK_MONOTONIC, shared
 by all processes) and written to $BENCH_TIMELINE_OUT when the daemon exits.
@@ -61,20 +62,18 @@ def wrap_sync(owner, name: str, label: str, when=lambda *a, **k: True) -> None:
 
 def instrument() -> None:
     """Add the stamps to the daemon's classes (before anything runs)."""
-    import httpcore
     from apeinxfs import fs, journal, runtime
-    from apeinxfs.drivers import flow, openai, sse
+    from apeinxfs.drivers import bare, flow, openai, spares, sse
     from apeinxfs.kernel import kernel
     for op in FUSE_OPS:
         wrap_async(fs.Operations, op, "fuse." + op)
     wrap_sync(openai.OpenAIDriver, "_start", "driver.task_seen")
     wrap_sync(openai.Endpoint, "request", "driver.request_built")
     wrap_sync(openai.Endpoint, "events", "driver.headers")
-    wrap_async(httpcore.AsyncConnectionPool, "handle_async_request", "httpcore.request", end=False)
-    from httpcore._backends import trio as trio_backend
-    wrap_async(httpcore.TrioBackend, "connect_tcp", "net.connect")
-    wrap_async(trio_backend.TrioStream, "write", "net.write")
-    wrap_async(trio_backend.TrioStream, "read", "net.read")
+    wrap_async(spares.SpareBackend, "socket", "net.connect")  # a spare connection, or one connect(2)
+    wrap_async(bare.Response, "send", "net.write")
+    wrap_async(bare.Response, "read_head", "net.head")
+    wrap_async(bare.Response, "_fill", "net.read")
     wrap_sync(flow.Outbox, "put", "outbox.first_token", when=lambda box, chunk: chunk.tokens)
     wrap_sync(runtime.Runtime, "commit_checked", "runtime.committed")
     wrap_sync(sse, "decode", "sse.decoded")
