@@ -105,7 +105,7 @@ async def test_a_stream_ends_at_the_chunk_its_task_ended_on():
 
 
 @pytest.mark.parametrize("state", [State.RUNNING, State.PREEMPTED, State.STOPPED])
-async def test_a_stream_whose_task_may_run_on_is_read_to_its_end(state):
+async def test_a_stream_whose_task_may_run_on_is_read_to_its_end(state, autojump_clock):
     """Unless the task exited on its first token, the stream is read on to its end: a task preempted or
     stopped may be placed again before its job is cancelled, and must then still have its job."""
     async def events():

@@ -41,10 +41,29 @@ class Server:
             self.open -= 1
 
 
+class Until(trio.abc.Instrument):
+    """Sets `met` once `predicate()` holds, looked at after every step of every task (where state changes)."""
+
+    def __init__(self, predicate):
+        self.predicate, self.met = predicate, trio.Event()
+
+    def after_task_step(self, task) -> None:
+        if self.predicate():
+            self.met.set()
+
+
 async def until(predicate, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
+    """Return at the first task step after which `predicate()` holds, not a polling interval later;
+    `timeout` (real seconds) only bounds a test that would otherwise hang."""
+    if predicate():
+        return
+    instrument = Until(predicate)
+    trio.lowlevel.add_instrument(instrument)
+    try:
+        with trio.fail_after(timeout):
+            await instrument.met.wait()
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
 
 
 async def post(http, url: str):

@@ -58,12 +58,23 @@ class NodeRecord:
 
 
 @attrs.frozen
+class UnreadableSince:
+    """A node's record in etcd is one this version cannot read, since etcd's `revision` (when this view first
+    found it so), for `reason` (the latest one's)."""
+
+    revision: int
+    reason: str
+
+
+@attrs.frozen
 class NodeView:
-    """A node's last record and what the cluster says of it now."""
+    """A node's last record and what the cluster says of it now; `unreadable` unless its record in etcd is
+    the one read (view.py keeps the last one read)."""
 
     record: NodeRecord
     up: bool
     leader: bool
+    unreadable: UnreadableSince | None = None
 
 
 def record_of(kernel, epoch: int, seen_us: int, advertise: str | None,

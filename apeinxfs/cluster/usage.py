@@ -17,6 +17,8 @@ Pure: no etcd, no trio.
 import logging
 from collections.abc import Mapping
 
+import attrs
+
 from ..kernel.tenancy import Elsewhere
 
 log = logging.getLogger(__name__)
@@ -66,8 +68,7 @@ class Elsewheres:
     def __init__(self, here: str):
         self.here = here
         self.counted: dict[str, dict[str, list[int]]] = {}  # node -> the usage rows of its record counted
-        # tenant -> [live, reserved, {quota window: used}, {budget window: used}, how many nodes count it]
-        self.totals: dict[str, list] = {}
+        self.totals: dict[str, Sums] = {}  # tenant -> its sums over the nodes counted
         self.by_tenant: dict[str, Elsewhere] = {}  # the sums as admission reads them (Runtime.elsewhere)
 
     def load(self, nodes: Mapping) -> dict[str, Elsewhere]:
@@ -88,34 +89,47 @@ class Elsewheres:
         if rows:
             self.counted[name] = rows
         for tenant, row in before.items():
-            _add(self.totals[tenant], row, -1)
+            self.totals[tenant].add(row, -1)
         for tenant, row in rows.items():
-            _add(self.totals.setdefault(tenant, [0, 0, {}, {}, 0]), row, 1)
+            if tenant not in self.totals:  # not setdefault: it would build a Sums at every row
+                self.totals[tenant] = Sums()
+            self.totals[tenant].add(row, 1)
         self._refresh(before.keys() | rows.keys())
 
     def _refresh(self, tenants) -> None:
         """The Elsewhere records of `tenants` from their sums (none for a use of nothing, which admission reads
         alike); a tenant's sums go once no node counts it."""
         for tenant in tenants:
-            live, reserved, quota, budget, nodes = self.totals[tenant]
-            if not nodes:
+            sums = self.totals[tenant]
+            if not sums.nodes:
                 del self.totals[tenant]
-            if live or reserved or quota or budget:
-                self.by_tenant[tenant] = Elsewhere(live=live, reserved=reserved, quota=dict(quota),
-                                                   budget=dict(budget))
+            if sums.live or sums.reserved or sums.quota or sums.budget:
+                self.by_tenant[tenant] = Elsewhere(live=sums.live, reserved=sums.reserved, quota=dict(sums.quota),
+                                                   budget=dict(sums.budget))
             else:
                 self.by_tenant.pop(tenant, None)
 
 
-def _add(total: list, row: list[int], sign: int) -> None:
-    """Add (`sign` 1) or take away (-1) one node's row of a tenant, `[live, reserved, quota window, used,
-    budget window, used]`, to or from `total` (and that node to or from those counting it)."""
-    count, reserved, quota_window, quota_used, budget_window, budget_used = row
-    total[0] += sign * count
-    total[1] += sign * reserved
-    total[4] += sign
-    _add_used(total[2], quota_window, sign * quota_used)
-    _add_used(total[3], budget_window, sign * budget_used)
+@attrs.define
+class Sums:
+    """One tenant's use summed over the nodes counting it: live tasks, reserved tokens, tokens used by quota
+    window and by budget window, and how many nodes count it."""
+
+    live: int = 0
+    reserved: int = 0
+    quota: dict[int, int] = attrs.Factory(dict)
+    budget: dict[int, int] = attrs.Factory(dict)
+    nodes: int = 0
+
+    def add(self, row: list[int], sign: int) -> None:
+        """Add (`sign` 1) or take away (-1) one node's row of the tenant, `[live, reserved, quota window, used,
+        budget window, used]` (and that node to or from those counting it)."""
+        live, reserved, quota_window, quota_used, budget_window, budget_used = row
+        self.live += sign * live
+        self.reserved += sign * reserved
+        self.nodes += sign
+        _add_used(self.quota, quota_window, sign * quota_used)
+        _add_used(self.budget, budget_window, sign * budget_used)
 
 
 def _add_used(windows: dict[int, int], window: int, used: int) -> None:

@@ -6,17 +6,24 @@ lease) exists; its record (`nodes/NAME`, no lease) stays after it goes, so a dow
 listed with its last state. The leader is the up node whose election key is the oldest: a
 down node's candidacy may outlive its `up` key (a lease it could not revoke without a
 quorum lives on, and etcd extends leases at each of its own elections), and it leads no one.
+A record this version cannot read (peerdata.py: another version's, or one written by hand)
+leaves the node's last record read in place, marked `unreadable` since the revision at which
+this view first found it so (the node may be mid-upgrade: its last record is the best
+knowledge there is), with one log line when it turns unreadable and one when it is readable
+again. A reload (`load`) does as the watch does, keeping the record read before; a node
+whose record this view never read is not listed.
 `holder(pid)` names the node granted the pid block of `pid` (`blocks/FIRST` keys); `tasks`
 holds the task keys (taskkeys.py) with their revisions, for failover.
 Pure: no etcd calls, no trio. Every node applies the same events in the same order, so
-every node renders the same view once it has caught up.
+every node renders the same view once it has caught up (but for unreadable records: a node
+that started after one turned unreadable never read the record the others kept).
 """
 import bisect
 import json
 import logging
 
 from .etcd_records import Event, KeyValue
-from .records import Keys, NodeRecord, NodeView
+from .records import Keys, NodeRecord, NodeView, UnreadableSince
 from .taskkeys import TaskKey
 
 log = logging.getLogger(__name__)
@@ -28,6 +35,7 @@ class ClusterView:
     def __init__(self, keys: Keys):
         self.keys = keys
         self.records: dict[str, NodeRecord] = {}
+        self.unreadable: dict[str, UnreadableSince] = {}  # node -> why its record in etcd is not the one kept
         self.up: dict[str, int] = {}  # name -> epoch, of the nodes whose lease lives
         self.candidates: dict[bytes, tuple[int, str]] = {}  # election key -> (create revision, node name)
         self.blocks: dict[int, tuple[int, str]] = {}  # first pid of a granted block -> (its size, its node)
@@ -36,10 +44,13 @@ class ClusterView:
         self.revision = 0  # etcd's revision this view has seen up to
 
     def load(self, kvs: list[KeyValue], revision: int) -> None:
-        """Start again from a read of every key under the prefix at `revision`."""
-        self.records, self.up, self.candidates, self.blocks, self._firsts, self.tasks = {}, {}, {}, {}, None, {}
+        """Start again from a read of every key under the prefix at `revision` (an unreadable record leaves
+        the one read before, as on the watch)."""
+        records, marks = self.records, self.unreadable
+        self.records, self.unreadable, self.up, self.candidates, self.blocks, self._firsts, self.tasks = \
+            {}, {}, {}, {}, {}, None, {}
         for kv in kvs:
-            self._put(kv)
+            self._put(kv, records, marks)
         self.revision = revision
 
     def apply(self, event: Event) -> None:
@@ -47,15 +58,15 @@ class ClusterView:
         if event.kind == "DELETE":
             self._delete(event.kv.key)
         else:
-            self._put(event.kv)
+            self._put(event.kv, self.records, self.unreadable)
         self.revision = max(self.revision, event.kv.mod_revision)
 
-    def _put(self, kv: KeyValue) -> None:
+    def _put(self, kv: KeyValue, records: dict[str, NodeRecord], marks: dict[str, UnreadableSince]) -> None:
         kind, name = self.keys.kind_of(kv.key)
+        if kind == "nodes":
+            return self._record(name, kv, records, marks)
         try:
-            if kind == "nodes":
-                self.records[name] = NodeRecord.from_json(kv.value)
-            elif kind == "up":
+            if kind == "up":
                 self.up[name] = int(kv.value)
             elif kind == "leader":
                 self.candidates[kv.key] = (kv.create_revision, kv.value.decode())
@@ -67,10 +78,30 @@ class ClusterView:
         except (ValueError, TypeError, json.JSONDecodeError) as exc:  # another version's record: skipped
             log.warning("cluster: cannot read %s: %s", kv.key, exc)
 
+    def _record(self, name: str, kv: KeyValue, records: dict[str, NodeRecord],
+                marks: dict[str, UnreadableSince]) -> None:
+        """Node `name`'s record from `kv`; if unreadable, its record in `records` (the view's before this
+        change) stays, marked unreadable since the revision of its mark in `marks`, else this one's."""
+        try:
+            self.records[name] = NodeRecord.from_json(kv.value)
+        except (ValueError, TypeError) as exc:  # Unreadable; TypeError: a field it must have is missing
+            if name not in marks:
+                log.warning("cluster: cannot read node %s's record (%s): %s", name,
+                            "its last one read is kept" if name in records else "not listed", exc)
+            since = marks[name].revision if name in marks else kv.mod_revision
+            self.unreadable[name] = UnreadableSince(since, " ".join(str(exc).split()))
+            if name in records:
+                self.records[name] = records[name]
+            return
+        if name in marks:
+            log.warning("cluster: node %s's record is readable again", name)
+            self.unreadable.pop(name, None)
+
     def _delete(self, key: bytes) -> None:
         kind, name = self.keys.kind_of(key)
         if kind == "nodes":
             self.records.pop(name, None)
+            self.unreadable.pop(name, None)
         elif kind == "up":
             self.up.pop(name, None)
         elif kind == "leader":
@@ -98,9 +129,11 @@ class ClusterView:
         """Node `name` as the cluster sees it: its last record, up or down, leading or not; None if it
         never published."""
         record = self.records.get(name)
-        return None if record is None else NodeView(record, name in self.up, name == self.leader)
+        return None if record is None else NodeView(record, name in self.up, name == self.leader,
+                                                    self.unreadable.get(name))
 
     def nodes(self) -> dict[str, NodeView]:
         """Every node that ever published, by name (sorted); the leader worked out once for all."""
         leader = self.leader
-        return {name: NodeView(self.records[name], name in self.up, name == leader) for name in sorted(self.records)}
+        return {name: NodeView(self.records[name], name in self.up, name == leader, self.unreadable.get(name))
+                for name in sorted(self.records)}

@@ -2,7 +2,8 @@
 
 `status` is `Key:<TAB>value` lines (State up|down, Epoch, Leader yes|no, GPUs, free slots
 and KV pages, queue, running and live tasks, models, the cached prompt blocks it publishes
-for prefix affinity, address, LastSeen: when it last published, in UTC); `tasks` its live
+for prefix affinity, address, LastSeen: when it last published, in UTC; Record: ok, or since when
+its record in etcd is one this version cannot read, and why); `tasks` its live
 pids, one a line. Both are rendered from the cluster's view (etcd),
 the same on every node once the watch has caught up; a node whose lease is gone stays
 listed, `State: down`, with its last record. On a single node /nodes holds just this node
@@ -36,8 +37,14 @@ def status(node: NodeView) -> str:
             ("KVPagesFree", record.kv_pages_free), ("Queued", record.queued), ("TasksRunning", record.running),
             ("TasksLive", record.live), ("Models", ",".join(record.models) or "-"),
             ("PrefixBlocks", record.prefix_blocks), ("Advertise", record.advertise or "-"),
-            ("LastSeen", _utc(record.seen_us))]
+            ("LastSeen", _utc(record.seen_us)), ("Record", _readable(node))]
     return "".join(f"{key}:\t{value}\n" for key, value in rows)
+
+
+def _readable(node: NodeView) -> str:
+    """ok while the node's record in etcd is the one shown; else since which etcd revision it is not, and why."""
+    mark = node.unreadable
+    return "ok" if mark is None else f"unreadable since revision {mark.revision}: {mark.reason}"
 
 
 def link(rt) -> str:
