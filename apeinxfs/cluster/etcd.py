@@ -24,6 +24,7 @@ subclasses LeaseGone, NotLeader) with etcd's words.
 Records, errors and the wire encoding: etcd_records.py; watches: etcd_watch.py.
 """
 import math
+import ssl
 from typing import Awaitable, Callable, TypeVar
 
 import attrs
@@ -32,6 +33,7 @@ import trio
 
 from .etcd_records import (API, HEADERS, EtcdError, KeyValue, LeaderKey, Lease, LeaseGone, MemberFailed, NotLeader,
                            Txn, TxnResult, Unavailable, answer_of, b64, header_revision, put_op, range_body)
+from .etcd_tls import client_context, tls_failure
 from .etcd_watch import Watch
 
 RETRY_PAUSE_S = 0.2  # between rounds over every member (an election takes about one election timeout)
@@ -53,20 +55,23 @@ class RangeResult:
 
 
 class Etcd:
-    """A client of one etcd cluster, given every member's client URL; an async context manager."""
+    """A client of one etcd cluster, given every member's client URL; an async context manager. Every
+    https connection uses `tls` (etcd_tls.client_context; by default the system's CAs, no client
+    certificate)."""
 
     def __init__(self, endpoints: list[str], timeout: float = 8.0, attempt_timeout: float = 2.0,
-                 connect_timeout: float = 1.0):
+                 connect_timeout: float = 1.0, tls: ssl.SSLContext | None = None):
         if not endpoints:
             raise EtcdError("etcd: no endpoints given")
         self.endpoints = [url.rstrip("/") for url in endpoints]
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.current = 0
+        self.tls = client_context() if tls is None else tls
         # Deadlines are trio's (the caller's or `timeout`); httpx only bounds a connect. No proxies, and
         # no cap on connections: every open watch and waiting campaign holds one.
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=connect_timeout), trust_env=False,
-                                      limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
+                                      verify=self.tls, limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
 
     async def __aenter__(self) -> "Etcd":
         return self
@@ -120,11 +125,19 @@ class Etcd:
         """One request to the member at `url`; transport failures become MemberFailed."""
         try:
             response = await self.http.post(url + API + path, json=body, headers=HEADERS)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise MemberFailed(f"cannot connect: {exc}", sent=False) from None
         except httpx.TransportError as exc:
-            raise MemberFailed(f"connection lost: {exc!r}", sent=True) from None
+            raise await self.failure(url, exc) from None
         return answer_of(response)
+
+    async def failure(self, url: str, exc: httpx.TransportError) -> MemberFailed:
+        """What a transport failure at `url` means: TLS refused (with why) or no connection, so nothing
+        was sent; or a connection lost, whose request may have taken effect."""
+        tls = await tls_failure(url, exc, self.tls)
+        if tls is not None:
+            return MemberFailed(tls, sent=False)
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+            return MemberFailed(f"cannot connect: {exc}", sent=False)
+        return MemberFailed(f"connection lost: {exc!r}", sent=True)
 
     async def call(self, path: str, body: dict, retry_sent: bool = False, timeout: float | None = None,
                    patience: float | None = None) -> dict:

@@ -23,6 +23,7 @@ import httpx
 
 from .etcd_records import (API, HEADERS, Compacted, EtcdError, Event, MemberFailed, answer_of, header_revision,
                            range_body, refusal)
+from .etcd_tls import tls_failure
 
 if TYPE_CHECKING:
     from .etcd import Etcd  # which imports this module
@@ -76,7 +77,8 @@ class Watch:
         try:
             self.response = await self.etcd.http.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise MemberFailed(f"cannot open a watch: {exc!r}", sent=False) from None
+            tls = await tls_failure(url, exc, self.etcd.tls)
+            raise MemberFailed(tls or f"cannot open a watch: {exc!r}", sent=False) from None
         self.lines = self.response.aiter_lines()
         try:
             if self.response.status_code != 200:
