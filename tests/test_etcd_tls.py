@@ -17,7 +17,7 @@ from apeinxfs.cluster.etcd_records import Unavailable
 from apeinxfs.cluster.etcd_tls import client_context
 from daemon import Daemon, poll_until
 from etcd_pki import make_pki, tls_etcd
-from test_cluster_nodes import SETTLE_S, cluster_config, link, status
+from test_cluster_nodes import SETTLE_S, cluster_config, link, listed, status
 from test_cluster_view import load, refusal
 
 
@@ -139,7 +139,8 @@ def test_a_daemon_reaches_etcd_over_tls_and_publishes_itself(tmp_path, pki, memb
     """A node with etcd_ca, etcd_cert and etcd_key joins: it lists itself up and leading."""
     keys = f'etcd_ca = "{pki("ca.pem")}"\netcd_cert = "{pki("client.pem")}"\netcd_key = "{pki("client.key")}"\n'
     with tls_daemon(tmp_path, "t1", member, keys) as node:
-        poll_until(lambda: status(node, "t1")["State"] == "up", SETTLE_S, "t1 up in its own /nodes")
+        poll_until(lambda: "t1" in listed(node) and status(node, "t1")["State"] == "up", SETTLE_S,
+                   "t1 up in its own /nodes")
         assert status(node, "t1")["Leader"] == "yes" and link(node)["Etcd"] == "ok"
 
 
