@@ -2,7 +2,9 @@
 
 `make_pki(root)` runs the `openssl` CLI to make two CAs ("ca" and "other"), a server
 certificate of "ca" for 127.0.0.1 and localhost (for client use too: etcd's gateway
-presents it to etcd itself), and a client certificate of "ca"; keys are mode 0600.
+presents it to etcd itself), and client certificates of "ca": "client" with a common
+name, "anonymous" without (etcd 3.4's gateway refuses a certificate with a common name
+once authentication is enabled); keys are mode 0600.
 `tls_etcd(root, pki)` runs Debian's etcd on free 127.0.0.1 ports serving https with
 `--client-cert-auth`, waits until it answers /health (with the client certificate),
 yields the member and kills it by pid on leaving. Without `openssl` or
@@ -41,16 +43,18 @@ def openssl(*args: str) -> None:
 
 
 def make_pki(root: Path) -> Pki:
-    """Two CAs (ca, other), a server and a client certificate signed by `ca`, under `root`."""
+    """Two CAs (ca, other), a server and two client certificates signed by `ca`, under `root`."""
     if not shutil.which("openssl"):
         pytest.skip("*** openssl is not installed: ETCD TLS TESTS ARE SKIPPED ***")
     root.mkdir(parents=True, exist_ok=True)
     for ca in ("ca", "other"):
         openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=apeinxfs test {ca}",
                 "-keyout", str(root / f"{ca}.key"), "-out", str(root / f"{ca}.pem"))
-    for name, extensions in (("server", SERVER_EXTENSIONS), ("client", CLIENT_EXTENSIONS)):
+    for name, subject, extensions in (("server", "/CN=apeinxfs test server", SERVER_EXTENSIONS),
+                                      ("client", "/CN=apeinxfs test client", CLIENT_EXTENSIONS),
+                                      ("anonymous", "/O=apeinxfs test", CLIENT_EXTENSIONS)):
         (root / f"{name}.ext").write_text(extensions)
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=apeinxfs test {name}",
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
                 "-keyout", str(root / f"{name}.key"), "-out", str(root / f"{name}.csr"))
         openssl("x509", "-req", "-days", "2", "-in", str(root / f"{name}.csr"), "-CA", str(root / "ca.pem"),
                 "-CAkey", str(root / "ca.key"), "-CAcreateserial", "-extfile", str(root / f"{name}.ext"),

@@ -31,7 +31,7 @@ def client_context(ca: str | None = None, certificate: tuple[str, str] | None = 
     """The SSL context of the etcd client's connections, with the client certificate's (cert, key)
     files if given; Invalid naming the key whose file is bad."""
     try:
-        context = ssl.create_default_context(cafile=_readable("etcd_ca", ca) if ca is not None else None)
+        context = ssl.create_default_context(cafile=readable("etcd_ca", ca) if ca is not None else None)
     except ssl.SSLError as exc:
         raise Invalid(f"config: cluster.etcd_ca: {ca} holds no PEM certificate ({exc.reason or exc})") from None
     if certificate is not None:
@@ -40,8 +40,8 @@ def client_context(ca: str | None = None, certificate: tuple[str, str] | None = 
 
 
 def _load_client_certificate(context: ssl.SSLContext, cert: str, key: str) -> None:
-    _readable("etcd_cert", cert)
-    _private("etcd_key", _readable("etcd_key", key))
+    readable("etcd_cert", cert)
+    private("etcd_key", readable("etcd_key", key))
     try:
         context.load_cert_chain(cert, key)
     except ssl.SSLError as exc:
@@ -49,7 +49,7 @@ def _load_client_certificate(context: ssl.SSLContext, cert: str, key: str) -> No
                       f"and its private key ({exc.reason or exc})") from None
 
 
-def _readable(name: str, path: str) -> str:
+def readable(name: str, path: str) -> str:
     """`path` if it is a file this process can read; else Invalid naming the key `name`."""
     try:
         with open(path, "rb"):
@@ -58,7 +58,7 @@ def _readable(name: str, path: str) -> str:
         raise Invalid(f"config: cluster.{name}: {path}: {exc.strerror}") from None
 
 
-def _private(name: str, path: str) -> None:
+def private(name: str, path: str) -> None:
     """Invalid if every user may read the private key at `path`."""
     mode = os.stat(path).st_mode
     if mode & stat.S_IROTH:

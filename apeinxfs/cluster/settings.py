@@ -1,5 +1,5 @@
-"""The `[cluster]` section of the config: which etcd and how TLS reaches it, the membership lease,
-this node's address.
+"""The `[cluster]` section of the config: which etcd, how TLS and etcd's authentication reach it,
+the membership lease, this node's address.
 
 A frozen record whose validators raise Invalid naming the key. Without `etcd` there is no
 cluster: config.py then builds no `ClusterSettings` and the daemon runs as a single node.
@@ -12,11 +12,12 @@ import urllib.parse
 import attrs
 
 from ..kernel.errors import Invalid
+from .etcd_auth import Credentials, read_password
 from .etcd_tls import client_context
 from .peer_wire import parse_address, read_token
 
 KEYS = {"etcd", "lease_s", "advertise", "token_file", "pid_block", "prefix", "replicate_s",
-        "etcd_ca", "etcd_cert", "etcd_key"}
+        "etcd_ca", "etcd_cert", "etcd_key", "etcd_user", "etcd_password_file"}
 NODE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,62}")
 MIN_LEASE_S = 2  # etcd refuses shorter TTLs (its minimum is 1.5 election timeouts)
 
@@ -65,6 +66,11 @@ def _path(_settings, attribute, value) -> None:
         raise Invalid(f"config: cluster.{attribute.name} must be a file's path, not {value!r}")
 
 
+def _user(_settings, _attribute, value) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise Invalid(f"config: cluster.etcd_user must be the name of a user of etcd, not {value!r}")
+
+
 def _prefix(value) -> str:
     if not isinstance(value, str) or not value.strip("/") or not value.endswith("/"):
         raise Invalid(f"config: cluster.prefix must be a key prefix ending in '/', not {value!r}")
@@ -85,6 +91,8 @@ class ClusterSettings:
     etcd_ca: str | None = attrs.field(default=None, validator=_path)  # CA bundle the members' certificates verify by
     etcd_cert: str | None = attrs.field(default=None, validator=_path)  # this node's client certificate ...
     etcd_key: str | None = attrs.field(default=None, validator=_path)  # ... and its private key
+    etcd_user: str | None = attrs.field(default=None, validator=_user)  # etcd's authentication: the user ...
+    etcd_password_file: str | None = attrs.field(default=None, validator=_path)  # ... and its password's file
 
     def __attrs_post_init__(self) -> None:
         if (self.advertise is None) != (self.token_file is None):
@@ -92,6 +100,10 @@ class ClusterSettings:
         if (self.etcd_cert is None) != (self.etcd_key is None):
             raise Invalid("config: cluster.etcd_cert and cluster.etcd_key go together (a client certificate and its key)")
         self._check_tls()
+        if (self.etcd_user is None) != (self.etcd_password_file is None):
+            raise Invalid("config: cluster.etcd_user and cluster.etcd_password_file go together (a user of etcd "
+                          "and its password)")
+        self.etcd_credentials()
 
     def _check_tls(self) -> None:
         """TLS keys only with https:// members; their files readable and well-formed now, at start."""
@@ -106,6 +118,12 @@ class ClusterSettings:
         """The SSL context of the node's etcd client (etcd_tls.client_context)."""
         certificate = None if self.etcd_cert is None or self.etcd_key is None else (self.etcd_cert, self.etcd_key)
         return client_context(self.etcd_ca, certificate)
+
+    def etcd_credentials(self) -> Credentials | None:
+        """The user of etcd and its password, read from its file now; None without etcd_user."""
+        if self.etcd_user is None or self.etcd_password_file is None:
+            return None
+        return Credentials(self.etcd_user, read_password(self.etcd_password_file))
 
 
 def settings_of(section: dict, node: str) -> ClusterSettings | None:
