@@ -91,6 +91,7 @@ class TlsMember(EtcdMember):
 @contextlib.contextmanager
 def tls_etcd(root: Path, pki: Pki, extra: tuple[str, ...] = ()):
     """A TlsMember under `root`, started and healthy; killed by pid on leaving."""
+    root.mkdir(parents=True, exist_ok=True)
     member = TlsMember(root, pki, extra)
     member.start(etcd_binary(), f"{member.name}={member.peer_url}")
     try:
