@@ -5,7 +5,7 @@ the test enables authentication through the gateway (user root, role root). Chec
 keys and a watch work with the right password; a wrong one is refused in words naming
 the user and the keys to check; a token left unused past its TTL is renewed without the
 caller seeing it; the `[cluster]` keys etcd_user and etcd_password_file and their
-refusals (pure, no etcd).
+refusals (pure, no etcd); a daemon configured with them joins.
 """
 import errno
 
@@ -17,7 +17,9 @@ from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_auth import Credentials
 from apeinxfs.cluster.etcd_records import EtcdError
 from apeinxfs.cluster.etcd_tls import client_context
+from daemon import Daemon, poll_until
 from etcd_pki import make_pki, tls_etcd
+from test_cluster_nodes import SETTLE_S, cluster_config, link, listed, status
 from test_cluster_view import load, refusal
 
 PASSWORD = "s3cret pass"  # a space: a password is not a token
@@ -127,3 +129,16 @@ def test_a_user_without_a_password_file_or_a_missing_file_is_refused(tmp_path):
     missing = 'etcd = ["http://e1:1"]\netcd_user = "apx"\netcd_password_file = "/nonexistent/pw"'
     assert "cluster.etcd_password_file: /nonexistent/pw: No such file" in refusal(lambda: load(tmp_path, missing)).reason
     assert "cluster.etcd_user must be" in refusal(lambda: load(tmp_path, 'etcd = ["http://e1:1"]\netcd_user = 3')).reason
+
+
+def test_a_daemon_with_the_user_and_its_password_file_joins(tmp_path, pki, member):
+    """A node with etcd_user and etcd_password_file (and TLS) lists itself up and leading."""
+    password = tmp_path / "password"
+    password.write_text(PASSWORD + "\n")
+    password.chmod(0o600)
+    keys = (f'etcd_ca = "{pki("ca.pem")}"\netcd_cert = "{pki("anonymous.pem")}"\netcd_key = "{pki("anonymous.key")}"\n'
+            f'etcd_user = "root"\netcd_password_file = "{password}"\n')
+    config = cluster_config("u1", [member.client_url]) + keys
+    with Daemon(tmp_path / "ai", tmp_path / "state", config) as node:
+        poll_until(lambda: "u1" in listed(node) and status(node, "u1")["State"] == "up", SETTLE_S, "u1 up")
+        assert status(node, "u1")["Leader"] == "yes" and link(node)["Etcd"] == "ok"
