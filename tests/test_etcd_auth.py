@@ -108,7 +108,8 @@ def with_password_file(tmp_path, text: bytes, mode: int = 0o600) -> str:
 
 def test_the_user_and_the_password_file_make_the_credentials(tmp_path):
     """etcd_user and etcd_password_file are read; the password is the file's text without its newline."""
-    assert load(tmp_path, with_password_file(tmp_path, b"a b\n")).cluster.etcd_credentials() == Credentials("apx", "a b")
+    cluster = load(tmp_path, with_password_file(tmp_path, b"a b\n")).cluster
+    assert cluster.etcd_credentials() == Credentials("apx", "a b")
     assert "a b" not in repr(Credentials("apx", "a b"))
 
 
@@ -120,15 +121,18 @@ def test_the_user_and_the_password_file_make_the_credentials(tmp_path):
 def test_a_bad_password_file_is_refused_naming_the_key(tmp_path, text, mode, words):
     """A world-readable, empty or non-UTF-8 password file is a config error naming the key."""
     refused = refusal(lambda: load(tmp_path, with_password_file(tmp_path, text, mode)))
-    assert refused.errno == errno.EINVAL and "cluster.etcd_password_file" in refused.reason and words in refused.reason
+    assert refused.errno == errno.EINVAL
+    assert "cluster.etcd_password_file" in refused.reason and words in refused.reason
 
 
 def test_a_user_without_a_password_file_or_a_missing_file_is_refused(tmp_path):
     """etcd_user and etcd_password_file go together; a file that is not there is named."""
-    assert "go together" in refusal(lambda: load(tmp_path, 'etcd = ["http://e1:1"]\netcd_user = "apx"')).reason
-    missing = 'etcd = ["http://e1:1"]\netcd_user = "apx"\netcd_password_file = "/nonexistent/pw"'
-    assert "cluster.etcd_password_file: /nonexistent/pw: No such file" in refusal(lambda: load(tmp_path, missing)).reason
-    assert "cluster.etcd_user must be" in refusal(lambda: load(tmp_path, 'etcd = ["http://e1:1"]\netcd_user = 3')).reason
+    def reason(section: str) -> str:
+        return refusal(lambda: load(tmp_path, 'etcd = ["http://e1:1"]\n' + section)).reason
+    assert "go together" in reason('etcd_user = "apx"')
+    missing = reason('etcd_user = "apx"\netcd_password_file = "/nonexistent/pw"')
+    assert "cluster.etcd_password_file: /nonexistent/pw: No such file" in missing
+    assert "cluster.etcd_user must be" in reason("etcd_user = 3")
 
 
 def test_a_daemon_with_the_user_and_its_password_file_joins(tmp_path, pki, member):

@@ -81,7 +81,8 @@ class Etcd:
         # Deadlines are trio's (the caller's or `timeout`); httpx only bounds a connect. No proxies, and
         # no cap on connections: every open watch and waiting campaign holds one.
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=connect_timeout), trust_env=False,
-                                      verify=self.tls, limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
+                                      verify=self.tls,
+                                      limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
         self.auth = Auth(credentials, lambda url, body: self.send(url, "/auth/authenticate", body, HEADERS))
 
     async def __aenter__(self) -> "Etcd":

@@ -59,7 +59,7 @@ def readable(name: str, path: str) -> str:
 
 
 def private(name: str, path: str) -> None:
-    """Invalid if every user may read the private key at `path`."""
+    """Invalid if every user may read the secret (a private key, a password) at `path`."""
     mode = os.stat(path).st_mode
     if mode & stat.S_IROTH:
         raise Invalid(f"config: cluster.{name}: {path} is readable by every user (mode {stat.S_IMODE(mode):04o}): "

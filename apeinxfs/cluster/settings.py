@@ -98,7 +98,8 @@ class ClusterSettings:
         if (self.advertise is None) != (self.token_file is None):
             raise Invalid("config: cluster.advertise and cluster.token_file go together (the peer server needs both)")
         if (self.etcd_cert is None) != (self.etcd_key is None):
-            raise Invalid("config: cluster.etcd_cert and cluster.etcd_key go together (a client certificate and its key)")
+            raise Invalid("config: cluster.etcd_cert and cluster.etcd_key go together (a client certificate "
+                          "and its key)")
         self._check_tls()
         if (self.etcd_user is None) != (self.etcd_password_file is None):
             raise Invalid("config: cluster.etcd_user and cluster.etcd_password_file go together (a user of etcd "
