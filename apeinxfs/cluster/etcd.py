@@ -21,17 +21,21 @@ or the election (UNKNOWABLE) that runs out of `timeout` after an attempt went un
 says so too: it may have taken effect; a read, the watch, a lease's keepalive or revoke
 says only that there was no quorum. Other refusals raise `EtcdError` (or its
 subclasses LeaseGone, NotLeader) with etcd's words.
-Records, errors and the wire encoding: etcd_records.py; watches: etcd_watch.py.
+Records, errors and the wire encoding: etcd_records.py; watches: etcd_watch.py; TLS:
+etcd_tls.py; etcd's authentication (user, password, token): etcd_auth.py.
 """
 import math
+import ssl
 from typing import Awaitable, Callable, TypeVar
 
 import attrs
 import httpx
 import trio
 
+from .etcd_auth import Auth, Credentials
 from .etcd_records import (API, HEADERS, EtcdError, KeyValue, LeaderKey, Lease, LeaseGone, MemberFailed, NotLeader,
                            Txn, TxnResult, Unavailable, answer_of, b64, header_revision, put_op, range_body)
+from .etcd_tls import client_context, tls_failure
 from .etcd_watch import Watch
 
 RETRY_PAUSE_S = 0.2  # between rounds over every member (an election takes about one election timeout)
@@ -41,7 +45,14 @@ RETRY_PAUSE_S = 0.2  # between rounds over every member (an election takes about
 UNKNOWABLE = frozenset({"/kv/put", "/kv/deleterange", "/kv/txn", "/kv/compaction", "/lease/grant",
                         "/election/campaign", "/election/resign"})
 UNKNOWN = "outcome unknown (it may have taken effect), "  # such a change whose attempts all went unanswered
+NO_ANSWER = "no answer"  # a member's failure while an attempt is in flight there
 Answer = TypeVar("Answer")
+
+
+def in_flight(before: str | None) -> str:
+    """A member's failure while an attempt is in flight: no answer, and why the one before failed (a TLS
+    refusal, say, which the deadline must not hide)."""
+    return NO_ANSWER if before is None else f"{NO_ANSWER} (before: {before})"
 
 
 @attrs.frozen
@@ -53,20 +64,26 @@ class RangeResult:
 
 
 class Etcd:
-    """A client of one etcd cluster, given every member's client URL; an async context manager."""
+    """A client of one etcd cluster, given every member's client URL; an async context manager. Every
+    https connection uses `tls` (etcd_tls.client_context; by default the system's CAs, no client
+    certificate); with `credentials` every request carries a token of etcd's authentication (etcd_auth)."""
 
     def __init__(self, endpoints: list[str], timeout: float = 8.0, attempt_timeout: float = 2.0,
-                 connect_timeout: float = 1.0):
+                 connect_timeout: float = 1.0, tls: ssl.SSLContext | None = None,
+                 credentials: Credentials | None = None):
         if not endpoints:
             raise EtcdError("etcd: no endpoints given")
         self.endpoints = [url.rstrip("/") for url in endpoints]
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.current = 0
+        self.tls = client_context() if tls is None else tls
         # Deadlines are trio's (the caller's or `timeout`); httpx only bounds a connect. No proxies, and
         # no cap on connections: every open watch and waiting campaign holds one.
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=connect_timeout), trust_env=False,
+                                      verify=self.tls,
                                       limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
+        self.auth = Auth(credentials, lambda url, body: self.send(url, "/auth/authenticate", body, HEADERS))
 
     async def __aenter__(self) -> "Etcd":
         return self
@@ -94,7 +111,7 @@ class Etcd:
                 first, count = self.current, len(self.endpoints)  # from the member that answered last
                 for index in ((first + offset) % count for offset in range(count)):
                     url = self.endpoints[index]
-                    failures[url] = "no answer"  # while the attempt is in flight
+                    failures[url] = in_flight(failures.get(url))  # the reason if the deadline cuts the attempt
                     try:
                         return await self.try_member(attempt, index, patience)
                     except MemberFailed as failed:
@@ -102,9 +119,10 @@ class Etcd:
                         if failed.sent and not retry_sent:
                             raise Unavailable(f"etcd: {what}: outcome unknown, {url}: {failed}") from None
                 await trio.sleep(RETRY_PAUSE_S)
-        if not retry_sent and failures.get(url) == "no answer":
-            raise Unavailable(f"etcd: {what}: outcome unknown, no answer from {url} within {deadline:g}s")
-        unknown = (sent or failures.get(url) == "no answer") and what in UNKNOWABLE
+        if not retry_sent and failures[url].startswith(NO_ANSWER):
+            before = failures[url][len(NO_ANSWER):]  # " (before: WHY)" or ""
+            raise Unavailable(f"etcd: {what}: outcome unknown, no answer from {url} within {deadline:g}s{before}")
+        unknown = (sent or failures[url].startswith(NO_ANSWER)) and what in UNKNOWABLE
         tried = "; ".join(f"{member}: {why}" for member, why in failures.items())
         raise Unavailable(f"etcd: {what}: {UNKNOWN if unknown else ''}no quorum within {deadline:g}s ({tried})")
 
@@ -117,14 +135,26 @@ class Etcd:
         raise MemberFailed(f"no answer within {patience:g}s", sent=True)
 
     async def post(self, url: str, path: str, body: dict) -> dict:
-        """One request to the member at `url`; transport failures become MemberFailed."""
+        """One request to the member at `url`, authenticated where the client has credentials."""
+        return await self.auth.authorized(url, lambda headers: self.send(url, path, body, headers))
+
+    async def send(self, url: str, path: str, body: dict, headers: dict) -> dict:
+        """POST `body` to `path` at `url` with `headers`; transport failures become MemberFailed."""
         try:
-            response = await self.http.post(url + API + path, json=body, headers=HEADERS)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise MemberFailed(f"cannot connect: {exc}", sent=False) from None
+            response = await self.http.post(url + API + path, json=body, headers=headers)
         except httpx.TransportError as exc:
-            raise MemberFailed(f"connection lost: {exc!r}", sent=True) from None
+            raise await self.failure(url, exc) from None
         return answer_of(response)
+
+    async def failure(self, url: str, exc: httpx.TransportError) -> MemberFailed:
+        """What a transport failure at `url` means: TLS refused (with why) or no connection, so nothing
+        was sent; or a connection lost, whose request may have taken effect."""
+        tls = await tls_failure(url, exc, self.tls)
+        if tls is not None:
+            return MemberFailed(tls, sent=False)
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+            return MemberFailed(f"cannot connect: {exc}", sent=False)
+        return MemberFailed(f"connection lost: {exc!r}", sent=True)
 
     async def call(self, path: str, body: dict, retry_sent: bool = False, timeout: float | None = None,
                    patience: float | None = None) -> dict:

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from .etcd_records import (API, HEADERS, Compacted, EtcdError, Event, MemberFailed, answer_of, header_revision,
+from .etcd_records import (API, Compacted, EtcdError, Event, MemberFailed, answer_of, header_revision,
                            range_body, refusal)
+from .etcd_tls import tls_failure
 
 if TYPE_CHECKING:
     from .etcd import Etcd  # which imports this module
@@ -71,12 +72,16 @@ class Watch:
         await self.etcd.on_members(self.open_on, "watch", retry_sent=True)
 
     async def open_on(self, url: str) -> None:
+        await self.etcd.auth.authorized(url, lambda headers: self.open_with(url, headers))
+
+    async def open_with(self, url: str, headers: dict) -> None:
         request = self.etcd.http.build_request("POST", url + API + "/watch", json=self.create_request(),
-                                               headers=HEADERS)
+                                               headers=headers)
         try:
             self.response = await self.etcd.http.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise MemberFailed(f"cannot open a watch: {exc!r}", sent=False) from None
+            tls = await tls_failure(url, exc, self.etcd.tls)
+            raise MemberFailed(tls or f"cannot open a watch: {exc!r}", sent=False) from None
         self.lines = self.response.aiter_lines()
         try:
             if self.response.status_code != 200:

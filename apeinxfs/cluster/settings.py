@@ -1,18 +1,23 @@
-"""The `[cluster]` section of the config: which etcd, the membership lease, this node's address.
+"""The `[cluster]` section of the config: which etcd, how TLS and etcd's authentication reach it,
+the membership lease, this node's address.
 
 A frozen record whose validators raise Invalid naming the key. Without `etcd` there is no
 cluster: config.py then builds no `ClusterSettings` and the daemon runs as a single node.
 Nothing here talks to etcd; docs/cluster.md says what each key does.
 """
 import re
+import ssl
 import urllib.parse
 
 import attrs
 
 from ..kernel.errors import Invalid
+from .etcd_auth import Credentials, read_password
+from .etcd_tls import client_context
 from .peer_wire import parse_address, read_token
 
-KEYS = {"etcd", "lease_s", "advertise", "token_file", "pid_block", "prefix", "replicate_s"}
+KEYS = {"etcd", "lease_s", "advertise", "token_file", "pid_block", "prefix", "replicate_s",
+        "etcd_ca", "etcd_cert", "etcd_key", "etcd_user", "etcd_password_file"}
 NODE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,62}")
 MIN_LEASE_S = 2  # etcd refuses shorter TTLs (its minimum is 1.5 election timeouts)
 
@@ -56,6 +61,16 @@ def _token_file(_settings, _attribute, path) -> None:
         raise Invalid(f"config: cluster.token_file: {exc.reason}") from None
 
 
+def _path(_settings, attribute, value) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise Invalid(f"config: cluster.{attribute.name} must be a file's path, not {value!r}")
+
+
+def _user(_settings, _attribute, value) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise Invalid(f"config: cluster.etcd_user must be the name of a user of etcd, not {value!r}")
+
+
 def _prefix(value) -> str:
     if not isinstance(value, str) or not value.strip("/") or not value.endswith("/"):
         raise Invalid(f"config: cluster.prefix must be a key prefix ending in '/', not {value!r}")
@@ -73,10 +88,43 @@ class ClusterSettings:
     pid_block: int = attrs.field(default=100_000, validator=_integer_at_least(1))
     prefix: str = attrs.field(default="apeinxfs/", converter=_prefix)
     replicate_s: int = attrs.field(default=2, validator=_integer_at_least(0))  # s between output puts; 0: none
+    etcd_ca: str | None = attrs.field(default=None, validator=_path)  # CA bundle the members' certificates verify by
+    etcd_cert: str | None = attrs.field(default=None, validator=_path)  # this node's client certificate ...
+    etcd_key: str | None = attrs.field(default=None, validator=_path)  # ... and its private key
+    etcd_user: str | None = attrs.field(default=None, validator=_user)  # etcd's authentication: the user ...
+    etcd_password_file: str | None = attrs.field(default=None, validator=_path)  # ... and its password's file
 
     def __attrs_post_init__(self) -> None:
         if (self.advertise is None) != (self.token_file is None):
             raise Invalid("config: cluster.advertise and cluster.token_file go together (the peer server needs both)")
+        if (self.etcd_cert is None) != (self.etcd_key is None):
+            raise Invalid("config: cluster.etcd_cert and cluster.etcd_key go together (a client certificate "
+                          "and its key)")
+        self._check_tls()
+        if (self.etcd_user is None) != (self.etcd_password_file is None):
+            raise Invalid("config: cluster.etcd_user and cluster.etcd_password_file go together (a user of etcd "
+                          "and its password)")
+        self.etcd_credentials()
+
+    def _check_tls(self) -> None:
+        """TLS keys only with https:// members; their files readable and well-formed now, at start."""
+        given = [name for name in ("etcd_ca", "etcd_cert", "etcd_key") if getattr(self, name) is not None]
+        plain = [url for url in self.etcd if url.startswith("http://")]
+        if given and plain:
+            raise Invalid(f"config: cluster.{given[0]} is set but cluster.etcd has plain http:// URLs ({plain[0]}): "
+                          f"TLS needs https:// URLs")
+        self.etcd_tls()
+
+    def etcd_tls(self) -> ssl.SSLContext:
+        """The SSL context of the node's etcd client (etcd_tls.client_context)."""
+        certificate = None if self.etcd_cert is None or self.etcd_key is None else (self.etcd_cert, self.etcd_key)
+        return client_context(self.etcd_ca, certificate)
+
+    def etcd_credentials(self) -> Credentials | None:
+        """The user of etcd and its password, read from its file now; None without etcd_user."""
+        if self.etcd_user is None or self.etcd_password_file is None:
+            return None
+        return Credentials(self.etcd_user, read_password(self.etcd_password_file))
 
 
 def settings_of(section: dict, node: str) -> ClusterSettings | None:

@@ -1,0 +1,84 @@
+"""etcd's authentication for the etcd client: a user's password, the token it gets, the token's renewal.
+
+`read_password(path)` reads `[cluster] etcd_password_file` (not readable by every user;
+surrounding newlines stripped). `Auth(credentials, login)` holds the token etcd's
+/v3/auth/authenticate gave for the credentials (None: etcd without authentication, no
+header). `authorized(url, send)` runs `send(headers)` with the token in the
+`Authorization` header, authenticating at member `url` first where there is no token
+yet; when etcd answers that the token is invalid (a simple token expires after
+`--auth-token-ttl` unused, 300 s by default) or older than the auth store (a user or
+role changed), it authenticates once more and sends again. Concurrent requests that
+meet the same stale token wait for one authentication. A refused password is an
+EtcdError naming the user and the keys to check. Not TLS (etcd_tls.py), which carries it.
+"""
+from typing import Awaitable, Callable, TypeVar
+
+import attrs
+import trio
+
+from ..kernel.errors import Invalid
+from .etcd_records import HEADERS, EtcdError
+from .etcd_tls import private, readable
+
+STALE_TOKEN = ("invalid auth token", "revision of auth store is old")  # etcd's words: authenticate again
+Answer = TypeVar("Answer")
+
+
+@attrs.frozen
+class Credentials:
+    """A user of etcd and its password (repr leaves the password out)."""
+
+    user: str
+    password: str = attrs.field(repr=False)
+
+
+def read_password(path: str) -> str:
+    """The password in the file at `path`; Invalid naming cluster.etcd_password_file if it cannot do."""
+    private("etcd_password_file", readable("etcd_password_file", path))
+    with open(path, "rb") as file:
+        raw = file.read().strip(b"\r\n")
+    try:
+        password = raw.decode()
+    except UnicodeDecodeError:
+        raise Invalid(f"config: cluster.etcd_password_file: {path} is not UTF-8 text") from None
+    if not password:
+        raise Invalid(f"config: cluster.etcd_password_file: {path} is empty")
+    return password
+
+
+class Auth:
+    """The token of `credentials` (None: no authentication), got through `login(url, body)`, a POST
+    of `body` to /auth/authenticate at member `url` that answers etcd's JSON."""
+
+    def __init__(self, credentials: Credentials | None, login: Callable[[str, dict], Awaitable[dict]]):
+        self.credentials, self.login = credentials, login
+        self.token: str | None = None
+        self.lock = trio.Lock()
+
+    async def authorized(self, url: str, send: Callable[[dict], Awaitable[Answer]]) -> Answer:
+        """`send(headers)` with the token; once more with a new token if etcd calls this one stale."""
+        if self.credentials is None:
+            return await send(HEADERS)
+        token = self.token or await self.renew(url, None)
+        try:
+            return await send(HEADERS | {"Authorization": token})
+        except EtcdError as refused:
+            if not any(words in refused.reason for words in STALE_TOKEN):
+                raise
+        return await send(HEADERS | {"Authorization": await self.renew(url, token)})
+
+    async def renew(self, url: str, stale: str | None) -> str:
+        """A token other than `stale`: the one another request got meanwhile, or a new one from `url`."""
+        async with self.lock:
+            if self.token is None or self.token == stale:
+                self.token = await self.authenticate(url)
+            return self.token
+
+    async def authenticate(self, url: str) -> str:
+        assert self.credentials is not None
+        body = {"name": self.credentials.user, "password": self.credentials.password}
+        try:
+            return str((await self.login(url, body))["token"])
+        except EtcdError as refused:
+            raise EtcdError(f"etcd: authentication as {self.credentials.user!r} failed: {refused.reason} "
+                            f"(check cluster.etcd_user and etcd_password_file)") from None

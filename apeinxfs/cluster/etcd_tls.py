@@ -1,0 +1,112 @@
+"""TLS for the etcd client: the one SSL context every connection of etcd.Etcd uses, and a
+TLS failure in words.
+
+`client_context(ca, (cert, key))` verifies the members against the CA bundle `ca` (None: the
+system's CAs) and presents the client certificate `cert` with its key `key` where given; it
+reads the files at once, so a missing, unreadable or malformed file, or a key readable by
+every user, is an Invalid naming the `[cluster]` key and the path (the daemon refuses to
+start). `tls_failure(url, exc, context)` says why TLS failed under an httpx transport failure,
+or None where it was not TLS: the member's certificate did not verify (unknown CA, wrong
+host name), or the member refused this client's certificate (none, or not of its CA).
+Under TLS 1.3 the member refuses a client certificate after the client's handshake has
+ended, as an alert that httpx may lose (httpcore drops a failed write's error and then
+reads a broken stream); for a stream of an https member that broke without a TLS error,
+`tls_failure` opens a fresh TLS connection to the member and reads its alert, for at most
+PROBE_S. Not etcd's authentication (user and password): that is etcd's own, over this.
+"""
+import os
+import ssl
+import stat
+import urllib.parse
+
+import httpx
+import trio
+
+from ..kernel.errors import Invalid
+
+PROBE_S = 0.5  # the longest a fresh connection waits for a member's TLS alert (it comes at once)
+
+
+def client_context(ca: str | None = None, certificate: tuple[str, str] | None = None) -> ssl.SSLContext:
+    """The SSL context of the etcd client's connections, with the client certificate's (cert, key)
+    files if given; Invalid naming the key whose file is bad."""
+    try:
+        context = ssl.create_default_context(cafile=readable("etcd_ca", ca) if ca is not None else None)
+    except ssl.SSLError as exc:
+        raise Invalid(f"config: cluster.etcd_ca: {ca} holds no PEM certificate ({exc.reason or exc})") from None
+    if certificate is not None:
+        _load_client_certificate(context, *certificate)
+    return context
+
+
+def _load_client_certificate(context: ssl.SSLContext, cert: str, key: str) -> None:
+    readable("etcd_cert", cert)
+    private("etcd_key", readable("etcd_key", key))
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise Invalid(f"config: cluster.etcd_cert and etcd_key: {cert} and {key} are not a PEM certificate "
+                      f"and its private key ({exc.reason or exc})") from None
+
+
+def readable(name: str, path: str) -> str:
+    """`path` if it is a file this process can read; else Invalid naming the key `name`."""
+    try:
+        with open(path, "rb"):
+            return path
+    except OSError as exc:
+        raise Invalid(f"config: cluster.{name}: {path}: {exc.strerror}") from None
+
+
+def private(name: str, path: str) -> None:
+    """Invalid if every user may read the secret (a private key, a password) at `path`."""
+    mode = os.stat(path).st_mode
+    if mode & stat.S_IROTH:
+        raise Invalid(f"config: cluster.{name}: {path} is readable by every user (mode {stat.S_IMODE(mode):04o}): "
+                      f"chmod o-r it, as it lets its reader act as this node towards etcd")
+
+
+async def tls_failure(url: str, exc: httpx.TransportError, context: ssl.SSLContext) -> str | None:
+    """Why TLS failed under `exc` at member `url`, in words that name TLS; None if it was not TLS."""
+    found = ssl_error_in(exc)
+    if found is None and url.startswith("https://") and isinstance(exc, (httpx.ReadError, httpx.WriteError)):
+        found = await alert_of(url, context)
+    return None if found is None else words(found)
+
+
+def ssl_error_in(exc: BaseException | None) -> ssl.SSLError | None:
+    """The TLS error among the causes of `exc` (httpx's errors wrap httpcore's, trio's, then ssl's);
+    not an EOF, which is a connection lost, not refused."""
+    while exc is not None:
+        if isinstance(exc, ssl.SSLError) and not isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+async def alert_of(url: str, context: ssl.SSLContext) -> ssl.SSLError | None:
+    """The TLS error a fresh connection to `url` meets within PROBE_S (the member's refusal of this
+    client's certificate), or None where the member accepts it or cannot be reached."""
+    parts = urllib.parse.urlsplit(url)
+    with trio.move_on_after(PROBE_S):
+        try:
+            stream = await trio.open_ssl_over_tcp_stream(parts.hostname or "", parts.port or 443,
+                                                         ssl_context=context, https_compatible=True)
+            async with stream:
+                await stream.do_handshake()
+                await stream.receive_some()  # the member's alert; an accepting member waits for a request
+        except (OSError, trio.BrokenResourceError) as failed:
+            return ssl_error_in(failed)
+    return None
+
+
+def words(error: ssl.SSLError) -> str:
+    """A TLS error as an operator reads it: which side refused, and OpenSSL's reason."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (f"TLS: the member's certificate failed verification: {error.verify_message} "
+                f"(is cluster.etcd_ca the CA that signed it, for this host name?)")
+    reason = (error.reason or str(error)).lower().replace("_", " ")
+    if "alert" in reason:
+        return (f"TLS: the member refused the connection: {reason} (does cluster.etcd_cert hold a client "
+                f"certificate signed by a CA the member trusts?)")
+    return f"TLS: {reason}"

@@ -1,0 +1,105 @@
+"""A throwaway PKI and a one-member etcd that demands client certificates, for the TLS tests.
+
+`make_pki(root)` runs the `openssl` CLI to make two CAs ("ca" and "other"), a server
+certificate of "ca" for 127.0.0.1 and localhost (for client use too: etcd's gateway
+presents it to etcd itself), and client certificates of "ca": "client" with a common
+name, "anonymous" without (etcd 3.4's gateway refuses a certificate with a common name
+once authentication is enabled); keys are mode 0600.
+`tls_etcd(root, pki)` runs Debian's etcd on free 127.0.0.1 ports serving https with
+`--client-cert-auth`, waits until it answers /health (with the client certificate),
+yields the member and kills it by pid on leaving. Without `openssl` or
+`etcd` the calling test is skipped loudly. Nothing machine-wide changes.
+"""
+import contextlib
+import shutil
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import attrs
+import httpx
+import pytest
+
+from etcdcluster import HEALTH_TIMEOUT_S, EtcdMember, etcd_binary, free_ports
+
+SERVER_EXTENSIONS = "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n"
+CLIENT_EXTENSIONS = "extendedKeyUsage=clientAuth\n"
+
+
+@attrs.frozen
+class Pki:
+    """The files of the test PKI: CA bundles, the server's and the client's certificate and key."""
+
+    root: Path
+
+    def __call__(self, name: str) -> str:
+        """The path of file `name` ("ca.pem", "client.key", ...)."""
+        return str(self.root / name)
+
+
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_pki(root: Path) -> Pki:
+    """Two CAs (ca, other), a server and two client certificates signed by `ca`, under `root`."""
+    if not shutil.which("openssl"):
+        pytest.skip("*** openssl is not installed: ETCD TLS TESTS ARE SKIPPED ***")
+    root.mkdir(parents=True, exist_ok=True)
+    for ca in ("ca", "other"):
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=apeinxfs test {ca}",
+                "-keyout", str(root / f"{ca}.key"), "-out", str(root / f"{ca}.pem"))
+    for name, subject, extensions in (("server", "/CN=apeinxfs test server", SERVER_EXTENSIONS),
+                                      ("client", "/CN=apeinxfs test client", CLIENT_EXTENSIONS),
+                                      ("anonymous", "/O=apeinxfs test", CLIENT_EXTENSIONS)):
+        (root / f"{name}.ext").write_text(extensions)
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
+                "-keyout", str(root / f"{name}.key"), "-out", str(root / f"{name}.csr"))
+        openssl("x509", "-req", "-days", "2", "-in", str(root / f"{name}.csr"), "-CA", str(root / "ca.pem"),
+                "-CAkey", str(root / "ca.key"), "-CAcreateserial", "-extfile", str(root / f"{name}.ext"),
+                "-out", str(root / f"{name}.pem"))
+    for key in root.glob("*.key"):
+        key.chmod(0o600)
+    return Pki(root)
+
+
+class TlsMember(EtcdMember):
+    """A one-member etcd serving its clients over https, requiring a certificate of the test CA."""
+
+    def __init__(self, root: Path, pki: Pki, extra: tuple[str, ...] = ()):
+        super().__init__("tls0", *free_ports(2), root)
+        self.client_url = self.client_url.replace("http://", "https://")
+        self.pki, self.extra = pki, extra
+        self.context = ssl.create_default_context(cafile=pki("ca.pem"))
+        self.context.load_cert_chain(pki("client.pem"), pki("client.key"))
+
+    def command(self, binary: str, initial_cluster: str) -> list[str]:
+        return super().command(binary, initial_cluster) + [
+            "--cert-file", self.pki("server.pem"), "--key-file", self.pki("server.key"),
+            "--trusted-ca-file", self.pki("ca.pem"), "--client-cert-auth", *self.extra]
+
+    def healthy(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            return False
+        try:
+            return httpx.get(f"{self.client_url}/health", verify=self.context, timeout=1.0).json()["health"] == "true"
+        except (httpx.HTTPError, ValueError, KeyError):
+            return False
+
+
+@contextlib.contextmanager
+def tls_etcd(root: Path, pki: Pki, extra: tuple[str, ...] = ()):
+    """A TlsMember under `root`, started and healthy; killed by pid on leaving."""
+    root.mkdir(parents=True, exist_ok=True)
+    member = TlsMember(root, pki, extra)
+    member.start(etcd_binary(), f"{member.name}={member.peer_url}")
+    try:
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        while not member.healthy():
+            if time.monotonic() > deadline:  # a hang guard, not a timing check
+                raise AssertionError(f"TLS etcd not healthy within {HEALTH_TIMEOUT_S}s:\n{member.log_tail()}")
+            time.sleep(0.1)
+        yield member
+    finally:
+        member.kill()

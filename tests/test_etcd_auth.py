@@ -1,0 +1,148 @@
+"""etcd's authentication in the etcd client (apeinxfs/cluster/etcd_auth.py) against a real etcd with auth enabled.
+
+One etcd member over TLS (tests/etcd_pki.py) with `--auth-token-ttl 2` serves the module;
+the test enables authentication through the gateway (user root, role root). Checked:
+keys and a watch work with the right password; a wrong one is refused in words naming
+the user and the keys to check; a token left unused past its TTL is renewed without the
+caller seeing it; the `[cluster]` keys etcd_user and etcd_password_file and their
+refusals (pure, no etcd); a daemon configured with them joins.
+"""
+import errno
+
+import httpx
+import pytest
+import trio
+
+from apeinxfs.cluster.etcd import Etcd
+from apeinxfs.cluster.etcd_auth import Credentials
+from apeinxfs.cluster.etcd_records import EtcdError
+from apeinxfs.cluster.etcd_tls import client_context
+from daemon import Daemon, poll_until
+from etcd_pki import make_pki, tls_etcd
+from test_cluster_nodes import SETTLE_S, cluster_config, link, listed, status
+from test_cluster_view import load, refusal
+
+PASSWORD = "s3cret pass"  # a space: a password is not a token
+TOKEN_TTL_S = 2
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def member(pki, tmp_path_factory):
+    """A TLS member whose tokens expire after TOKEN_TTL_S unused, with root's password and auth enabled."""
+    with tls_etcd(tmp_path_factory.mktemp("etcd-auth"), pki, ("--auth-token-ttl", str(TOKEN_TTL_S))) as running:
+        for path, body in (("user/add", {"name": "root", "password": PASSWORD}), ("role/add", {"name": "root"}),
+                           ("user/grant", {"user": "root", "role": "root"}), ("enable", {})):
+            answer = httpx.post(f"{running.client_url}/v3/auth/{path}", json=body, verify=running.context)
+            assert answer.status_code == 200, (path, answer.text)
+        yield running
+
+
+def client(pki, member, password: str = PASSWORD, **options) -> Etcd:
+    """A client as root with `password`, its certificate without a common name (etcd_pki.py says why)."""
+    tls = client_context(pki("ca.pem"), (pki("anonymous.pem"), pki("anonymous.key")))
+    return Etcd([member.client_url], tls=tls, credentials=Credentials("root", password), **options)
+
+
+async def test_keys_and_a_watch_work_with_the_password(pki, member):
+    """With root's password a put, a get and a watch's event go through."""
+    async with client(pki, member) as etcd:
+        revision = await etcd.put(b"auth/a", b"1")
+        assert (await etcd.get(b"auth/a")).value == b"1"
+        async with etcd.watch(b"auth/", prefix=True, start_revision=revision) as events:
+            with trio.fail_after(10):  # a hang guard
+                event = await events.__anext__()
+        assert (event.kind, event.kv.key, event.kv.value) == ("PUT", b"auth/a", b"1")
+
+
+async def test_without_credentials_etcd_refuses(pki, member):
+    """A client without credentials is refused by etcd, with etcd's words."""
+    tls = client_context(pki("ca.pem"), (pki("anonymous.pem"), pki("anonymous.key")))
+    async with Etcd([member.client_url], tls=tls) as etcd:
+        with pytest.raises(EtcdError) as caught:
+            await etcd.get(b"auth/a")
+    assert "etcdserver: user name is empty" in caught.value.reason
+
+
+async def test_a_wrong_password_is_refused_naming_the_user_and_the_keys(pki, member):
+    """A wrong password fails the call at once with EIO, naming the user and the config keys."""
+    async with client(pki, member, password="wrong") as etcd:
+        with pytest.raises(EtcdError) as caught:
+            await etcd.get(b"auth/a")
+    assert caught.value.errno == errno.EIO
+    assert "authentication as 'root' failed" in caught.value.reason
+    assert "cluster.etcd_user and etcd_password_file" in caught.value.reason
+
+
+async def test_an_expired_token_is_renewed_without_the_caller_seeing_it(pki, member):
+    """A token unused past etcd's --auth-token-ttl is refused by etcd; the client authenticates again and
+    the put, and a watch opened then, succeed."""
+    async with client(pki, member) as etcd:
+        await etcd.put(b"auth/b", b"1")
+        first = etcd.auth.token
+        await trio.sleep(TOKEN_TTL_S + 2)  # etcd's simple token expires meanwhile
+        revision = await etcd.put(b"auth/b", b"2")
+        second = etcd.auth.token
+        assert second != first and (await etcd.get(b"auth/b")).value == b"2"
+        await trio.sleep(TOKEN_TTL_S + 2)
+        async with etcd.watch(b"auth/b", start_revision=revision) as events:
+            with trio.fail_after(10):
+                assert (await events.__anext__()).kv.value == b"2"
+        assert etcd.auth.token not in (first, second)
+
+
+# -- [cluster] settings (pure) ----------------------------------------------------------------------------
+
+
+def with_password_file(tmp_path, text: bytes, mode: int = 0o600) -> str:
+    """A [cluster] section with user apx and a password file holding `text`, of `mode`."""
+    path = tmp_path / "etcd-password"
+    path.write_bytes(text)
+    path.chmod(mode)
+    return f'etcd = ["http://e1:1"]\netcd_user = "apx"\netcd_password_file = "{path}"'
+
+
+def test_the_user_and_the_password_file_make_the_credentials(tmp_path):
+    """etcd_user and etcd_password_file are read; the password is the file's text without its newline."""
+    cluster = load(tmp_path, with_password_file(tmp_path, b"a b\n")).cluster
+    assert cluster.etcd_credentials() == Credentials("apx", "a b")
+    assert "a b" not in repr(Credentials("apx", "a b"))
+
+
+@pytest.mark.parametrize("text, mode, words", [
+    (b"pw\n", 0o644, "is readable by every user"),
+    (b"\n", 0o600, "is empty"),
+    (b"\xff\xfe\n", 0o600, "is not UTF-8 text"),
+])
+def test_a_bad_password_file_is_refused_naming_the_key(tmp_path, text, mode, words):
+    """A world-readable, empty or non-UTF-8 password file is a config error naming the key."""
+    refused = refusal(lambda: load(tmp_path, with_password_file(tmp_path, text, mode)))
+    assert refused.errno == errno.EINVAL
+    assert "cluster.etcd_password_file" in refused.reason and words in refused.reason
+
+
+def test_a_user_without_a_password_file_or_a_missing_file_is_refused(tmp_path):
+    """etcd_user and etcd_password_file go together; a file that is not there is named."""
+    def reason(section: str) -> str:
+        return refusal(lambda: load(tmp_path, 'etcd = ["http://e1:1"]\n' + section)).reason
+    assert "go together" in reason('etcd_user = "apx"')
+    missing = reason('etcd_user = "apx"\netcd_password_file = "/nonexistent/pw"')
+    assert "cluster.etcd_password_file: /nonexistent/pw: No such file" in missing
+    assert "cluster.etcd_user must be" in reason("etcd_user = 3")
+
+
+def test_a_daemon_with_the_user_and_its_password_file_joins(tmp_path, pki, member):
+    """A node with etcd_user and etcd_password_file (and TLS) lists itself up and leading."""
+    password = tmp_path / "password"
+    password.write_text(PASSWORD + "\n")
+    password.chmod(0o600)
+    keys = (f'etcd_ca = "{pki("ca.pem")}"\netcd_cert = "{pki("anonymous.pem")}"\netcd_key = "{pki("anonymous.key")}"\n'
+            f'etcd_user = "root"\netcd_password_file = "{password}"\n')
+    config = cluster_config("u1", [member.client_url]) + keys
+    with Daemon(tmp_path / "ai", tmp_path / "state", config) as node:
+        poll_until(lambda: "u1" in listed(node) and status(node, "u1")["State"] == "up", SETTLE_S, "u1 up")
+        assert status(node, "u1")["Leader"] == "yes" and link(node)["Etcd"] == "ok"

@@ -1,0 +1,151 @@
+"""The etcd client over TLS (apeinxfs/cluster/etcd_tls.py) against a real etcd demanding client certificates.
+
+One etcd member serving https with `--client-cert-auth` and a throwaway PKI made with the
+openssl CLI (tests/etcd_pki.py) serve the module. Checked: keys, leases and a watch work
+with the client certificate; a client without it, and one trusting another CA, are
+refused with reasons that name TLS; the `[cluster]` TLS keys and their refusals (pure, no
+etcd); a daemon whose `[cluster]` reaches etcd over TLS publishes itself, and one without
+its client certificate says in /cluster that TLS refused it.
+"""
+import errno
+
+import pytest
+import trio
+
+from apeinxfs.cluster.etcd import Etcd
+from apeinxfs.cluster.etcd_records import Unavailable
+from apeinxfs.cluster.etcd_tls import client_context
+from daemon import Daemon, poll_until
+from etcd_pki import make_pki, tls_etcd
+from test_cluster_nodes import SETTLE_S, cluster_config, link, listed, status
+from test_cluster_view import load, refusal
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def member(pki, tmp_path_factory):
+    with tls_etcd(tmp_path_factory.mktemp("etcd-tls"), pki) as running:
+        yield running
+
+
+async def refused(member, tls) -> str:
+    """The reason a put through a client with `tls` fails with (Unavailable, after a 1 s timeout)."""
+    async with Etcd([member.client_url], timeout=1.0, tls=tls) as etcd:
+        with pytest.raises(Unavailable) as caught:
+            await etcd.put(b"tls/refused", b"x")
+        with pytest.raises(Unavailable) as watch_caught:
+            async with etcd.watch(b"tls/"):
+                pass
+    assert watch_caught.value.reason.count("TLS: ") == 1  # the watch's reason names TLS as the put's
+    return caught.value.reason
+
+
+async def test_keys_leases_and_a_watch_work_over_tls_with_the_client_certificate(pki, member):
+    """put/get, a lease's keepalive and a watch's events, all over https with the client certificate."""
+    tls = client_context(pki("ca.pem"), (pki("client.pem"), pki("client.key")))
+    async with Etcd([member.client_url], tls=tls) as etcd:
+        revision = await etcd.put(b"tls/a", b"1")
+        assert (await etcd.get(b"tls/a")).value == b"1"
+        lease = await etcd.grant(5)
+        assert await etcd.keepalive_once(lease.id) > 0
+        async with etcd.watch(b"tls/", prefix=True, start_revision=revision) as events:
+            await etcd.put(b"tls/b", b"2", lease=lease.id)
+            with trio.fail_after(10):  # a hang guard
+                seen = [await events.__anext__(), await events.__anext__()]
+        assert [(e.kind, e.kv.key, e.kv.value) for e in seen] == [("PUT", b"tls/a", b"1"), ("PUT", b"tls/b", b"2")]
+
+
+async def test_a_client_without_its_certificate_is_refused_with_a_tls_reason(pki, member):
+    """Trusting the member's CA but presenting no certificate: the member's refusal names TLS and the
+    client certificate, each time (under TLS 1.3 the refusal comes after the handshake)."""
+    for _ in range(3):
+        reason = await refused(member, client_context(pki("ca.pem")))
+        assert "TLS: the member refused the connection" in reason and "cluster.etcd_cert" in reason, reason
+        assert "connection lost" not in reason and "outcome unknown" not in reason, reason
+
+
+async def test_a_client_trusting_another_ca_is_refused_naming_certificate_verification(pki, member):
+    """A member whose certificate another CA signed fails verification, and the reason says so."""
+    reason = await refused(member, client_context(pki("other.pem"), (pki("client.pem"), pki("client.key"))))
+    assert "TLS: the member's certificate failed verification: unable to get local issuer certificate" in reason
+    assert "cluster.etcd_ca" in reason
+
+
+async def test_the_system_cas_do_not_trust_a_private_ca(member):
+    """Without etcd_ca the client verifies by the system's CAs, which do not know the test CA."""
+    async with Etcd([member.client_url], timeout=1.0) as etcd:
+        with pytest.raises(Unavailable, match="TLS: the member's certificate failed verification"):
+            await etcd.get(b"tls/a")
+
+
+# -- [cluster] settings (pure) ----------------------------------------------------------------------------
+
+
+def tls_keys(pki, **paths) -> str:
+    """A [cluster] section with one https member and the TLS keys `paths` (None leaves a key out)."""
+    keys = {"etcd_ca": pki("ca.pem"), "etcd_cert": pki("client.pem"), "etcd_key": pki("client.key")} | paths
+    return 'etcd = ["https://127.0.0.1:2379"]\n' + "".join(f'{key} = "{path}"\n' for key, path in keys.items()
+                                                             if path is not None)
+
+
+def test_tls_keys_are_read_and_make_the_clients_context(tmp_path, pki):
+    """etcd_ca, etcd_cert and etcd_key are read as given; the context verifies and presents the certificate."""
+    cluster = load(tmp_path, tls_keys(pki)).cluster
+    assert (cluster.etcd_ca, cluster.etcd_cert, cluster.etcd_key) == (pki("ca.pem"), pki("client.pem"),
+                                                                      pki("client.key"))
+    assert cluster.etcd_tls().get_ca_certs()[0]["subject"] == ((("commonName", "apeinxfs test ca"),),)
+    assert load(tmp_path, 'etcd = ["https://127.0.0.1:2379"]').cluster.etcd_ca is None  # the system's CAs
+
+
+def test_bad_tls_keys_are_refused_naming_the_key_and_the_file(tmp_path, pki):
+    """A missing or malformed file, a lone cert, a world-readable key, or TLS keys with http:// are config errors."""
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    cases = [
+        (tls_keys(pki, etcd_ca="/nonexistent/ca.pem"), "cluster.etcd_ca: /nonexistent/ca.pem: No such file"),
+        (tls_keys(pki, etcd_ca=str(garbage)), f"cluster.etcd_ca: {garbage} holds no PEM certificate"),
+        (tls_keys(pki, etcd_key="/nonexistent/k"), "cluster.etcd_key: /nonexistent/k: No such file"),
+        (tls_keys(pki, etcd_cert=str(garbage)), "are not a PEM certificate and its private key"),
+        (tls_keys(pki, etcd_key=pki("server.key")), "are not a PEM certificate and its private key"),
+        (tls_keys(pki, etcd_key=None), "cluster.etcd_cert and cluster.etcd_key go together"),
+        ('etcd = ["https://127.0.0.1:2379"]\netcd_ca = 1\n', "cluster.etcd_ca must be a file's path"),
+        (tls_keys(pki).replace("https://", "http://"), "cluster.etcd_ca is set but cluster.etcd has plain http://"),
+    ]
+    for section, words in cases:
+        refused_config = refusal(lambda: load(tmp_path, section))
+        assert refused_config.errno == errno.EINVAL and words in refused_config.reason, (section, refused_config)
+
+
+def test_a_client_key_every_user_can_read_is_refused(tmp_path, pki):
+    """The client's private key must not be world-readable, as the token file must not."""
+    shared = tmp_path / "shared.key"
+    shared.write_bytes(open(pki("client.key"), "rb").read())
+    shared.chmod(0o644)
+    assert "chmod o-r" in refusal(lambda: load(tmp_path, tls_keys(pki, etcd_key=str(shared)))).reason
+
+
+# -- the daemon ------------------------------------------------------------------------------------------
+
+
+def tls_daemon(tmp_path, name: str, member, keys: str) -> Daemon:
+    return Daemon(tmp_path / name / "ai", tmp_path / name / "state", cluster_config(name, [member.client_url]) + keys)
+
+
+def test_a_daemon_reaches_etcd_over_tls_and_publishes_itself(tmp_path, pki, member):
+    """A node with etcd_ca, etcd_cert and etcd_key joins: it lists itself up and leading."""
+    keys = f'etcd_ca = "{pki("ca.pem")}"\netcd_cert = "{pki("client.pem")}"\netcd_key = "{pki("client.key")}"\n'
+    with tls_daemon(tmp_path, "t1", member, keys) as node:
+        poll_until(lambda: "t1" in listed(node) and status(node, "t1")["State"] == "up", SETTLE_S,
+                   "t1 up in its own /nodes")
+        assert status(node, "t1")["Leader"] == "yes" and link(node)["Etcd"] == "ok"
+
+
+def test_a_daemon_without_its_client_certificate_says_tls_refused_it(tmp_path, pki, member):
+    """A node with only etcd_ca is refused by the member; /cluster says etcd is unavailable because of TLS."""
+    with tls_daemon(tmp_path, "t2", member, f'etcd_ca = "{pki("ca.pem")}"\n') as node:
+        poll_until(lambda: link(node)["Etcd"] == "unavailable", SETTLE_S, "etcd unavailable in /cluster")
+        assert "TLS: the member refused the connection" in link(node)["Reason"]
