@@ -79,6 +79,12 @@ class Etcd:
         """The member that answered last (the next request goes there first)."""
         return self.endpoints[self.current]
 
+    def pass_over(self, url: str) -> None:
+        """Member `url` failed a stream: the next request starts at the member after it, if there (a hung
+        member would hold it for an attempt)."""
+        if self.endpoint == url:
+            self.current = (self.current + 1) % len(self.endpoints)
+
     async def on_members(self, attempt: Callable[[str], Awaitable[Answer]], what: str, retry_sent: bool,
                          timeout: float | None = None, patience: float | None = None) -> Answer:
         """`attempt(url)` on the current member, then on the next ones, round after round, until one

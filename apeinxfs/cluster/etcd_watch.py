@@ -6,27 +6,45 @@
 
 The gateway streams a watch as one POST to /v3/watch answered by JSON lines (`created`,
 then batches of `events`). The watch remembers the revision after the last event it
-handed out; when its stream breaks (the member died or restarted) or the member says it
-has lost its leader (the hasleader header makes etcd end the stream then), it connects
-to the next member that answers and asks again from that revision, so no event is lost
-or repeated. When no member answers within the client's timeout it raises Unavailable;
-when etcd has compacted the revisions it needs, the next iteration raises Compacted (read
-the state again, then watch from the read's revision + 1). Not detected: a member that stops answering without
-closing the connection or losing its leader (a watch has no read deadline: it may be idle
-for hours). Not for election observation (the Observe stream): watch the election's prefix.
+handed out; when its stream breaks (the member died or restarted), the member says it
+has lost its leader (the hasleader header makes etcd end the stream then), or the member
+fails the check below, it connects to the next member that answers and asks again from
+that revision, so no event is lost or repeated. When no member answers within the
+client's timeout it raises Unavailable; when etcd has compacted the revisions it needs,
+the next iteration raises Compacted (read the state again, then watch from the read's
+revision + 1).
+
+A member that stops answering without closing the connection (a disk stall, a frozen VM,
+a network that drops packets) would leave the stream silent for ever, and a watch may
+be idle for hours. So while an iteration waits, each WATCH_CHECK_S of silence the watch
+asks the stream's own member for a linearizable count of the watched key, which that
+member answers only if it is running, has a leader and a quorum, and applies; no answer
+within the client's attempt_timeout, or a refusal, counts as a broken stream. A hung
+member is so left within WATCH_CHECK_S + attempt_timeout; an idle member that answers
+keeps the stream. The check runs beside the read, not after a timed-out read: cancelling
+a read of httpx's lines ends the stream. Not for election observation (the Observe
+stream): watch the election's prefix.
 """
 import collections
 import json
+import logging
 from typing import TYPE_CHECKING
 
 import httpx
+import trio
 
-from .etcd_records import (API, HEADERS, Compacted, EtcdError, Event, MemberFailed, answer_of, header_revision,
-                           range_body, refusal)
+from .etcd_records import (API, HEADERS, Compacted, EtcdError, Event, MemberFailed, answer_of, b64,
+                           header_revision, range_body, refusal)
 
 if TYPE_CHECKING:
     from .etcd import Etcd  # which imports this module
 
+log = logging.getLogger(__name__)
+# Seconds of silence after which the stream's member is checked. With the default attempt_timeout (2 s) a
+# hung member is left within 5 s: before the client's timeout (8 s) has run out for any other call, and well
+# within the 10 s a settings write waits for the watch to bring its entry (shared.WRITE_S). An idle watch
+# costs one linearizable read of one key per check (100 idle nodes: about 33 a second to the cluster).
+WATCH_CHECK_S = 3.0
 
 class Watch:
     """The events on a key or prefix from a revision on, across member failures; see the module."""
@@ -40,6 +58,7 @@ class Watch:
         self.lines = None
         self.connections = 0  # streams opened so far (more than 1: it has reconnected)
         self.url: str | None = None  # the member the stream is open on
+        self.checks = 0  # checks of that member answered while the stream was silent
 
     async def __aenter__(self) -> "Watch":
         await self.connect()
@@ -54,9 +73,11 @@ class Watch:
     async def __anext__(self) -> Event:
         while not self.pending:
             try:
-                self.handle(await self.read_line())
-            except MemberFailed:
+                self.handle(await self.next_answer())
+            except MemberFailed as failed:
+                log.info("etcd: the watch leaves %s: %s", self.url, failed)
                 await self.close()
+                self.etcd.pass_over(self.url)
                 await self.connect()
         return self.pending.popleft()
 
@@ -88,6 +109,48 @@ class Watch:
             raise
         self.connections += 1
         self.url = url
+
+    async def next_answer(self) -> dict:
+        """The stream's next answer, its member checked while it is silent; MemberFailed when the stream
+        breaks or the member fails a check (the read is then cancelled, which ends the stream)."""
+        failed: list[MemberFailed] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.check_while_silent, nursery.cancel_scope, failed)
+            try:
+                answer = await self.read_line()
+            except MemberFailed as broken:
+                failed.append(broken)
+            nursery.cancel_scope.cancel()
+        if failed:  # an answer read as the check failed is dropped: the next stream repeats it
+            raise failed[0]
+        return answer
+
+    async def check_while_silent(self, reading: trio.CancelScope, failed: list[MemberFailed]) -> None:
+        """Check the member after each WATCH_CHECK_S until cancelled; at its first failure, note it in
+        `failed` and cancel `reading`."""
+        while True:
+            await trio.sleep(WATCH_CHECK_S)
+            try:
+                await self.check_member()
+            except MemberFailed as failure:
+                failed.append(failure)
+                reading.cancel()
+                return
+            self.checks += 1
+
+    async def check_member(self) -> None:
+        """A linearizable count of the watched key on the stream's own member (not another: `on_members`
+        would move on), which needs it to run, have a leader and a quorum, and apply; MemberFailed if it
+        does not answer within the client's attempt_timeout or refuses."""
+        patience = self.etcd.attempt_timeout
+        with trio.move_on_after(patience):
+            try:
+                await self.etcd.post(self.url, "/kv/range", {"key": b64(self.key), "count_only": True})
+            except EtcdError as refused:
+                raise MemberFailed(f"refused the check of a silent watch: {refused}", sent=False) from None
+            return
+        raise MemberFailed(f"silent for {WATCH_CHECK_S:g}s, then no answer to a check within {patience:g}s",
+                           sent=False)
 
     async def read_line(self) -> dict:
         """The stream's next JSON answer; MemberFailed when the stream breaks or ends."""
