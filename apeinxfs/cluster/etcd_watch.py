@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 # costs one linearizable read of one key per check (100 idle nodes: about 33 a second to the cluster).
 WATCH_CHECK_S = 3.0
 
+
 class Watch:
     """The events on a key or prefix from a revision on, across member failures; see the module."""
 
