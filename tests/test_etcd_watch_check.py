@@ -36,6 +36,14 @@ def silent_member():
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
+@pytest.fixture
+def refusing_member():
+    """The URL of a port bound without listening: every connection is refused at once."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{bound.getsockname()[1]}"
+
+
 async def answer_once(stream: trio.SocketStream, answer: bytes) -> None:
     await stream.receive_some(65536)
     await stream.send_all(answer)
@@ -53,28 +61,62 @@ async def never_a_line():
     yield  # an async generator, as httpx's lines are
 
 
-def silent_stream(etcd: Etcd, url: str) -> etcd_watch.Watch:
-    """A watch whose stream is open on `url` and says nothing."""
-    watch = etcd.watch(b"quiet/", prefix=True, start_revision=7)
-    watch.url, watch.lines = url, never_a_line()
+async def answers_every(seconds: float, count: int):
+    """`count` empty answers, one each `seconds`, then silence (as httpx's lines of a stream)."""
+    for _ in range(count):
+        await trio.sleep(seconds)
+        yield '{"result": {"events": []}}'
+    await trio.sleep_forever()
+
+
+def silent_stream(etcd: Etcd, url: str, nursery: trio.Nursery, lines=None) -> etcd_watch.Watch:
+    """A watch whose stream is open on `url`, reads `lines` (default: it says nothing), and is checked in
+    `nursery`."""
+    watch = etcd.watch(b"quiet/", prefix=True, start_revision=7, nursery=nursery)
+    watch.url, watch.lines = url, never_a_line() if lines is None else lines
+    watch.start_checking()
     return watch
 
 
-async def test_a_check_of_a_member_that_never_answers_fails_within_the_attempt_timeout(silent_member):
+async def test_a_check_of_a_member_that_never_answers_fails_within_the_attempt_timeout(silent_member, nursery):
     """The check sent to a member that takes the connection and answers nothing raises MemberFailed."""
     async with Etcd([silent_member], attempt_timeout=0.3) as etcd:
         with trio.fail_after(HANG_GUARD_S), pytest.raises(MemberFailed, match="no answer to a check within 0.3s"):
-            await silent_stream(etcd, silent_member).check_member()
+            await silent_stream(etcd, silent_member, nursery).check_member()
 
 
-async def test_a_silent_read_ends_when_its_member_fails_the_check(silent_member, monkeypatch):
+async def test_a_silent_read_ends_when_its_member_fails_the_check(silent_member, monkeypatch, nursery):
     """A read of a stream that stays silent is cancelled with MemberFailed once its member fails a check."""
     monkeypatch.setattr(etcd_watch, "WATCH_CHECK_S", 0.2)
     async with Etcd([silent_member], attempt_timeout=0.3) as etcd:
-        watch = silent_stream(etcd, silent_member)
+        watch = silent_stream(etcd, silent_member, nursery)
         with trio.fail_after(HANG_GUARD_S), pytest.raises(MemberFailed, match="silent for 0.2s"):
             await watch.next_answer()
         assert watch.checks == 0
+
+
+async def test_a_stream_that_answers_within_each_check_interval_is_not_checked(refusing_member, nursery,
+                                                                                autojump_clock):
+    """Answers read every 2 s (fake clock) keep a member that would fail any check from being checked;
+    once they stop, the next read fails."""
+    async with Etcd([refusing_member]) as etcd:
+        watch = silent_stream(etcd, refusing_member, nursery, answers_every(2.0, 10))
+        for _ in range(10):
+            assert await watch.next_answer() == {"result": {"events": []}}
+        assert watch.checks == 0
+        with pytest.raises(MemberFailed, match="cannot connect"):
+            await watch.next_answer()
+
+
+async def test_a_check_failed_between_reads_fails_the_next_read(refusing_member, nursery, autojump_clock):
+    """A member that fails a check while nobody reads its stream (fake clock) fails the next read, though the
+    stream has an answer for it."""
+    async with Etcd([refusing_member]) as etcd:
+        watch = silent_stream(etcd, refusing_member, nursery, answers_every(0.0, 2))
+        assert await watch.next_answer() == {"result": {"events": []}}
+        await trio.sleep(10)
+        with pytest.raises(MemberFailed, match="cannot connect"):
+            await watch.next_answer()
 
 
 async def test_a_member_that_refuses_the_check_fails_it(nursery):
@@ -86,7 +128,7 @@ async def test_a_member_that_refuses_the_check_fails_it(nursery):
     url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
     async with Etcd([url]) as etcd:
         with trio.fail_after(HANG_GUARD_S), pytest.raises(MemberFailed, match="refused .* permission denied"):
-            await silent_stream(etcd, url).check_member()
+            await silent_stream(etcd, url, nursery).check_member()
 
 
 async def test_a_member_that_failed_a_stream_is_passed_over_by_the_next_request():
@@ -110,7 +152,7 @@ async def test_a_watch_leaves_a_member_stopped_without_closing_its_connection(cl
     send, receive = trio.open_memory_channel(16)
     async with Etcd(ordered) as etcd, trio.open_nursery() as nursery:
         first = await etcd.put(b"h/before", b"0")
-        async with etcd.watch(b"h/", prefix=True, start_revision=first) as events:
+        async with etcd.watch(b"h/", prefix=True, start_revision=first, nursery=nursery) as events:
             nursery.start_soon(forward, events, send)
             with trio.fail_after(HANG_GUARD_S):
                 assert (await receive.receive())[0].kv.mod_revision == first
@@ -138,7 +180,7 @@ async def test_an_idle_watch_on_a_member_that_answers_stays_on_it(cluster):
     """A watch silent for two checks keeps its stream and member, and still brings the next put."""
     send, receive = trio.open_memory_channel(16)
     async with Etcd(cluster.endpoints) as etcd, trio.open_nursery() as nursery:
-        async with etcd.watch(b"i/", prefix=True) as events:
+        async with etcd.watch(b"i/", prefix=True, nursery=nursery) as events:
             nursery.start_soon(forward, events, send)
             member = events.url
             with trio.fail_after(HANG_GUARD_S):

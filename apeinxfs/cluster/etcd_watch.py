@@ -1,6 +1,6 @@
 """A watch that outlives the member it is connected to (etcd.Etcd.watch makes one).
 
-    async with etcd.watch(b"tasks/", prefix=True, start_revision=rev + 1, prev_kv=True) as events:
+    async with etcd.watch(b"tasks/", prefix=True, start_revision=rev + 1, prev_kv=True, nursery=nursery) as events:
         async for event in events:      # Event(kind="PUT" | "DELETE", kv, prev)
             ...
 
@@ -16,18 +16,22 @@ revision + 1).
 
 A member that stops answering without closing the connection (a disk stall, a frozen VM,
 a network that drops packets) would leave the stream silent for ever, and a watch may
-be idle for hours. So while an iteration waits, each WATCH_CHECK_S of silence the watch
-asks the stream's own member for a linearizable count of the watched key, which that
-member answers only if it is running, has a leader and a quorum, and applies; no answer
-within the client's attempt_timeout, or a refusal, counts as a broken stream. A hung
-member is so left within WATCH_CHECK_S + attempt_timeout; an idle member that answers
-keeps the stream. The check runs beside the read, not after a timed-out read: cancelling
-a read of httpx's lines ends the stream. Not for election observation (the Observe
-stream): watch the election's prefix.
+be idle for hours. So after each WATCH_CHECK_S without an answer read the watch asks the
+stream's own member for a linearizable count of the watched key, which that member
+answers only if it is running, has a leader and a quorum, and applies; no answer within
+the client's attempt_timeout, or a refusal, counts as a broken stream. A hung member is so
+left within WATCH_CHECK_S + attempt_timeout; an idle member that answers keeps the stream.
+The check runs in one task per stream, in the nursery the caller gives (`nursery=`: one
+that outlives the watch, so that the watch's own errors reach the caller unwrapped), and
+ended when the stream closes. The reader notes the time of each answer and reads inside a
+cancel scope; a failed check cancels that scope (cancelling a read of httpx's lines ends
+the stream), so a read costs the check a clock reading and a scope, no task. Not for
+election observation (the Observe stream): watch the election's prefix.
 """
 import collections
 import json
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import httpx
@@ -50,8 +54,9 @@ WATCH_CHECK_S = 3.0
 class Watch:
     """The events on a key or prefix from a revision on, across member failures; see the module."""
 
-    def __init__(self, etcd: "Etcd", key: bytes, prefix: bool, start_revision: int | None, prev_kv: bool):
-        self.etcd = etcd
+    def __init__(self, etcd: "Etcd", key: bytes, prefix: bool, start_revision: int | None, prev_kv: bool,
+                 nursery: trio.Nursery):
+        self.etcd, self.nursery = etcd, nursery
         self.key, self.prefix, self.prev_kv = key, prefix, prev_kv
         self.next_revision = start_revision  # None: from the revision the first stream starts at
         self.pending: collections.deque[Event] = collections.deque()
@@ -60,6 +65,10 @@ class Watch:
         self.connections = 0  # streams opened so far (more than 1: it has reconnected)
         self.url: str | None = None  # the member the stream is open on
         self.checks = 0  # checks of that member answered while the stream was silent
+        self.last_answer = 0.0  # trio time of the stream's latest answer read (or of its opening)
+        self.reading = trio.CancelScope()  # around the stream's current (or next) read: a failed check cancels it
+        self.failure: MemberFailed | None = None  # the check that failed, once one has
+        self.checking = trio.CancelScope()  # around the stream's checker task: closing the stream cancels it
 
     async def __aenter__(self) -> "Watch":
         await self.connect()
@@ -91,6 +100,13 @@ class Watch:
     async def connect(self) -> None:
         """A stream from `next_revision` on the first member that accepts it (Unavailable if none)."""
         await self.etcd.on_members(self.open_on, "watch", retry_sent=True)
+        self.start_checking()
+
+    def start_checking(self) -> None:
+        """Start the open stream's checker in the caller's nursery, the stream counted silent from now."""
+        self.reading, self.failure, self.checking = trio.CancelScope(), None, trio.CancelScope()
+        self.last_answer = trio.current_time()
+        self.nursery.start_soon(self.check_while_silent, self.checking)
 
     async def open_on(self, url: str) -> None:
         request = self.etcd.http.build_request("POST", url + API + "/watch", json=self.create_request(),
@@ -112,32 +128,43 @@ class Watch:
         self.url = url
 
     async def next_answer(self) -> dict:
-        """The stream's next answer, its member checked while it is silent; MemberFailed when the stream
-        breaks or the member fails a check (the read is then cancelled, which ends the stream)."""
-        failed: list[MemberFailed] = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.check_while_silent, nursery.cancel_scope, failed)
-            try:
-                answer = await self.read_line()
-            except MemberFailed as broken:
-                failed.append(broken)
-            nursery.cancel_scope.cancel()
-        if failed:  # an answer read as the check failed is dropped: the next stream repeats it
-            raise failed[0]
+        """The stream's next answer; MemberFailed when the stream breaks or its member fails a check (the
+        read is then cancelled, which ends the stream)."""
+        reading = self.reading
+        with reading:
+            answer = await self.read_line()
+        if reading.cancel_called:  # an answer read as the check failed is dropped: the next stream repeats it
+            raise self.failure
+        self.reading = trio.CancelScope()
+        self.last_answer = trio.current_time()
         return answer
 
-    async def check_while_silent(self, reading: trio.CancelScope, failed: list[MemberFailed]) -> None:
-        """Check the member after each WATCH_CHECK_S until cancelled; at its first failure, note it in
-        `failed` and cancel `reading`."""
-        while True:
-            await trio.sleep(WATCH_CHECK_S)
-            try:
-                await self.check_member()
-            except MemberFailed as failure:
-                failed.append(failure)
-                reading.cancel()
-                return
-            self.checks += 1
+    async def check_while_silent(self, checking: trio.CancelScope) -> None:
+        """Within `checking`, check the member after each WATCH_CHECK_S without an answer read (nor a check
+        answered), until it fails one."""
+        with checking:
+            checked = -math.inf
+            while True:
+                silent_since = max(self.last_answer, checked)
+                await trio.sleep_until(silent_since + WATCH_CHECK_S)
+                if self.last_answer <= silent_since:  # no answer came meanwhile
+                    if not await self.passes_check(silent_since):
+                        return
+                    checked = trio.current_time()
+
+    async def passes_check(self, silent_since: float) -> bool:
+        """Whether the member passes a check, or the stream answers during it; if not, note the failure and
+        cancel the read."""
+        try:
+            await self.check_member()
+        except MemberFailed as failure:
+            if self.last_answer > silent_since:
+                return True
+            self.failure = failure
+            self.reading.cancel()
+            return False
+        self.checks += 1
+        return True
 
     async def check_member(self) -> None:
         """A linearizable count of the watched key on the stream's own member (not another: `on_members`
@@ -185,6 +212,7 @@ class Watch:
             self.pending.append(event)
 
     async def close(self) -> None:
+        self.checking.cancel()
         if self.response is not None:
             await self.response.aclose()
         self.response = self.lines = None
