@@ -86,14 +86,14 @@ async def test_the_leader_compacts_the_history_it_saw_one_period_before(etcd_clu
         async with trio.open_nursery() as nursery:
             nursery.start_soon(compact_history, etcd, member, seen_now, 0.2)
             await wait_for(passed_with_a_revision_to_compact, "a pass of the loop with a revision to compact")
-            async with etcd.watch(b"compact/x", start_revision=first) as events:
+            async with etcd.watch(b"compact/x", start_revision=first, nursery=nursery) as events:
                 assert (await events.__anext__()).kv.value == b"1"  # not leading: nothing compacted
             nursery.start_soon(member.run)
             await wait_for(lambda: leading(member), "the member leads")
 
             async def compacted() -> bool:
                 try:
-                    async with etcd.watch(b"compact/x", start_revision=first) as events:
+                    async with etcd.watch(b"compact/x", start_revision=first, nursery=nursery) as events:
                         await events.__anext__()
                 except Compacted as error:
                     return error.revision == seen

@@ -167,12 +167,12 @@ async def test_a_stopped_member_costs_one_attempt_and_leaves_a_txn_unknown(clust
 
 
 @pytest.mark.slow
-async def test_watch_sees_changes_in_order_across_a_member_kill(cluster):
+async def test_watch_sees_changes_in_order_across_a_member_kill(cluster, nursery):
     """A prefix watch yields puts and deletes in revision order, and goes on from the next revision on
     another member when the one it streams from is killed."""
     async with Etcd(cluster.endpoints) as etcd:
         first = await etcd.put(b"w/before", b"0")
-        async with etcd.watch(b"w/", prefix=True, start_revision=first, prev_kv=True) as events:
+        async with etcd.watch(b"w/", prefix=True, start_revision=first, prev_kv=True, nursery=nursery) as events:
             await etcd.put(b"w/a", b"1")
             await etcd.delete(b"w/a")
             seen = [await events.__anext__() for _ in range(3)]
@@ -188,13 +188,13 @@ async def test_watch_sees_changes_in_order_across_a_member_kill(cluster):
             assert events.connections == 2 and events.url != killed
 
 
-async def test_watch_from_a_compacted_revision_raises_compacted(cluster):
+async def test_watch_from_a_compacted_revision_raises_compacted(cluster, nursery):
     """Watching from before the compaction point raises Compacted with the oldest revision kept."""
     async with Etcd(cluster.endpoints) as etcd:
         first = await etcd.put(b"c/x", b"1")
         last = await etcd.put(b"c/x", b"2")
         await etcd.compact(last)
-        async with etcd.watch(b"c/", prefix=True, start_revision=first) as events:
+        async with etcd.watch(b"c/", prefix=True, start_revision=first, nursery=nursery) as events:
             with pytest.raises(Compacted) as compacted:
                 await events.__anext__()
         assert compacted.value.revision == last
@@ -234,14 +234,14 @@ async def test_election_hands_over_on_resign_and_on_lease_expiry(cluster):
 
 
 @pytest.mark.slow
-async def test_quorum_loss_fails_fast_with_eagain_and_loses_nothing(cluster):
+async def test_quorum_loss_fails_fast_with_eagain_and_loses_nothing(cluster, nursery):
     """With two of three members killed a put, and a watch on the survivor, fail with EAGAIN and a reason
     instead of hanging; once the members are back, puts work again and every acknowledged put is there."""
     async with Etcd(cluster.endpoints) as etcd, Etcd(cluster.endpoints[2:], timeout=3.0) as survivor:
         acknowledged = {f"k{i}".encode(): await etcd.put(f"k{i}".encode(), b"v") for i in range(20)}
         cluster.kill(0)
         await etcd.put(b"one-down", b"still a quorum")
-        async with survivor.watch(b"k", prefix=True) as events:
+        async with survivor.watch(b"k", prefix=True, nursery=nursery) as events:
             cluster.kill(1)
             started = time.monotonic()
             with pytest.raises(Unavailable) as refused:

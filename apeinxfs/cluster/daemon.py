@@ -88,7 +88,7 @@ class Cluster:
         async with self.etcd, self.router, trio.open_nursery() as nursery:
             nursery.start_soon(self.member.run)
             nursery.start_soon(self.member.publish, self.usage_changed)
-            nursery.start_soon(self.follow)
+            nursery.start_soon(self.follow, nursery)
             nursery.start_soon(self.keep_pids)
             nursery.start_soon(self.failover.keep)
             nursery.start_soon(self.failover.watch)
@@ -97,8 +97,10 @@ class Cluster:
             nursery.start_soon(self.shared.drain)
             nursery.start_soon(compact_history, self.etcd, self.member, lambda: self.view.revision, COMPACT_S)
 
-    async def follow(self) -> None:
-        """Read every key under the prefix, then watch it from the next revision; again after a failure."""
+    async def follow(self, nursery: trio.Nursery) -> None:
+        """Read every key under the prefix, then watch it from the next revision; again after a failure.
+        The watch's check runs in `nursery` (the cluster's): one opened here would wrap the errors caught
+        below in exception groups."""
         while True:
             try:
                 found = await self.etcd.range(self.keys.all, prefix=True)
@@ -106,7 +108,8 @@ class Cluster:
                 self.shared.load(found.kvs)
                 self.rt.elsewhere = self.elsewheres.load(self.view.nodes())  # then kept current by `followed`
                 self.member.note(None)
-                async with self.etcd.watch(self.keys.all, prefix=True, start_revision=found.revision + 1) as events:
+                async with self.etcd.watch(self.keys.all, prefix=True, start_revision=found.revision + 1,
+                                           nursery=nursery) as events:
                     async for event in events:
                         self.view.apply(event)
                         self.followed(event)

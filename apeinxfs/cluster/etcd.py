@@ -4,7 +4,7 @@
         await etcd.put(b"k", b"v"); kv = await etcd.get(b"k")
         result = await etcd.txn(Txn().when(b"k", "mod_revision", "==", kv.mod_revision).put(b"k", b"w"))
         lease = await etcd.grant(15); nursery.start_soon(etcd.keep_alive, lease)
-        async with etcd.watch(b"tasks/", prefix=True, start_revision=rev) as events: ...
+        async with etcd.watch(b"tasks/", prefix=True, start_revision=rev, nursery=nursery) as events: ...
         leader = await etcd.campaign(b"leader", lease.id, b"node-a")
 
 Every request carries `Grpc-Metadata-hasleader: true`, so a member without a leader refuses
@@ -95,6 +95,12 @@ class Etcd:
     def endpoint(self) -> str:
         """The member that answered last (the next request goes there first)."""
         return self.endpoints[self.current]
+
+    def pass_over(self, url: str) -> None:
+        """Member `url` failed a stream: the next request starts at the member after it, if there (a hung
+        member would hold it for an attempt)."""
+        if self.endpoint == url:
+            self.current = (self.current + 1) % len(self.endpoints)
 
     async def on_members(self, attempt: Callable[[str], Awaitable[Answer]], what: str, retry_sent: bool,
                          timeout: float | None = None, patience: float | None = None) -> Answer:
@@ -270,7 +276,9 @@ class Etcd:
         """Give up leadership (the next candidate leads); the lease itself stays."""
         await self.call("/election/resign", {"leader": leader.to_json()}, retry_sent=True)
 
-    def watch(self, key: bytes, prefix: bool = False, start_revision: int | None = None, prev_kv: bool = False):
+    def watch(self, key: bytes, prefix: bool = False, start_revision: int | None = None, prev_kv: bool = False, *,
+              nursery: trio.Nursery):
         """The changes to `key` (or under it) from `start_revision` (default: from now), as an async
-        context manager yielding an async iterator of Event; see etcd_watch.Watch."""
-        return Watch(self, key, prefix, start_revision, prev_kv)
+        context manager yielding an async iterator of Event; the check of its member while it is silent runs
+        in `nursery`, one that outlives the watch; see etcd_watch.Watch."""
+        return Watch(self, key, prefix, start_revision, prev_kv, nursery)

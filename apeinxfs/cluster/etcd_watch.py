@@ -1,39 +1,65 @@
 """A watch that outlives the member it is connected to (etcd.Etcd.watch makes one).
 
-    async with etcd.watch(b"tasks/", prefix=True, start_revision=rev + 1, prev_kv=True) as events:
+    async with etcd.watch(b"tasks/", prefix=True, start_revision=rev + 1, prev_kv=True, nursery=nursery) as events:
         async for event in events:      # Event(kind="PUT" | "DELETE", kv, prev)
             ...
 
 The gateway streams a watch as one POST to /v3/watch answered by JSON lines (`created`,
 then batches of `events`). The watch remembers the revision after the last event it
-handed out; when its stream breaks (the member died or restarted) or the member says it
-has lost its leader (the hasleader header makes etcd end the stream then), it connects
-to the next member that answers and asks again from that revision, so no event is lost
-or repeated. When no member answers within the client's timeout it raises Unavailable;
-when etcd has compacted the revisions it needs, the next iteration raises Compacted (read
-the state again, then watch from the read's revision + 1). Not detected: a member that stops answering without
-closing the connection or losing its leader (a watch has no read deadline: it may be idle
-for hours). Not for election observation (the Observe stream): watch the election's prefix.
+handed out; when its stream breaks (the member died or restarted), the member says it
+has lost its leader (the hasleader header makes etcd end the stream then), or the member
+fails the check below, it connects to the next member that answers and asks again from
+that revision, so no event is lost or repeated. When no member answers within the
+client's timeout it raises Unavailable; when etcd has compacted the revisions it needs,
+the next iteration raises Compacted (read the state again, then watch from the read's
+revision + 1).
+
+A member that stops answering without closing the connection (a disk stall, a frozen VM,
+a network that drops packets) would leave the stream silent for ever, and a watch may
+be idle for hours. So after each WATCH_CHECK_S without an answer read the watch asks the
+stream's own member for a linearizable count of the watched key, which that member
+answers only if it is running, has a leader and a quorum, and applies; no answer within
+the client's attempt_timeout, or a refusal, counts as a broken stream. A hung member is so
+left within WATCH_CHECK_S + attempt_timeout; an idle member that answers keeps the stream.
+The check runs in one task per stream, ended when the stream closes, in the nursery the
+caller gives (`nursery=`): one that outlives the watch, so that the watch's own errors
+reach the caller unwrapped, not in an exception group. The reader notes the time of each
+answer and reads inside a cancel scope; a failed check cancels that scope (cancelling a
+read of httpx's lines ends the stream, which is left anyway), so a read costs the check a
+clock reading and a scope (about 5 µs), no task. A check that fails between reads fails
+the next one. Not for election observation (the Observe stream): watch the election's
+prefix.
 """
 import collections
 import json
+import logging
+import math
 from typing import TYPE_CHECKING
 
 import httpx
+import trio
 
-from .etcd_records import (API, Compacted, EtcdError, Event, MemberFailed, answer_of, header_revision,
+from .etcd_records import (API, Compacted, EtcdError, Event, MemberFailed, answer_of, b64, header_revision,
                            range_body, refusal)
 from .etcd_tls import tls_failure
 
 if TYPE_CHECKING:
     from .etcd import Etcd  # which imports this module
 
+log = logging.getLogger(__name__)
+# Seconds of silence after which the stream's member is checked. With the default attempt_timeout (2 s) a
+# hung member is left within 5 s: before the client's timeout (8 s) has run out for any other call, and well
+# within the 10 s a settings write waits for the watch to bring its entry (shared.WRITE_S). An idle watch
+# costs one linearizable read of one key per check (100 idle nodes: about 33 a second to the cluster).
+WATCH_CHECK_S = 3.0
+
 
 class Watch:
     """The events on a key or prefix from a revision on, across member failures; see the module."""
 
-    def __init__(self, etcd: "Etcd", key: bytes, prefix: bool, start_revision: int | None, prev_kv: bool):
-        self.etcd = etcd
+    def __init__(self, etcd: "Etcd", key: bytes, prefix: bool, start_revision: int | None, prev_kv: bool,
+                 nursery: trio.Nursery):
+        self.etcd, self.nursery = etcd, nursery
         self.key, self.prefix, self.prev_kv = key, prefix, prev_kv
         self.next_revision = start_revision  # None: from the revision the first stream starts at
         self.pending: collections.deque[Event] = collections.deque()
@@ -41,6 +67,11 @@ class Watch:
         self.lines = None
         self.connections = 0  # streams opened so far (more than 1: it has reconnected)
         self.url: str | None = None  # the member the stream is open on
+        self.checks = 0  # checks of that member answered while the stream was silent
+        self.last_answer = 0.0  # trio time of the stream's latest answer read (or of its opening)
+        self.reading = trio.CancelScope()  # around the stream's current (or next) read: a failed check cancels it
+        self.failure: MemberFailed | None = None  # the check that failed, once one has
+        self.checking = trio.CancelScope()  # around the stream's checker task: closing the stream cancels it
 
     async def __aenter__(self) -> "Watch":
         await self.connect()
@@ -55,9 +86,11 @@ class Watch:
     async def __anext__(self) -> Event:
         while not self.pending:
             try:
-                self.handle(await self.read_line())
-            except MemberFailed:
+                self.handle(await self.next_answer())
+            except MemberFailed as failed:
+                log.info("etcd: the watch leaves %s: %s", self.url, failed)
                 await self.close()
+                self.etcd.pass_over(self.url)
                 await self.connect()
         return self.pending.popleft()
 
@@ -70,6 +103,13 @@ class Watch:
     async def connect(self) -> None:
         """A stream from `next_revision` on the first member that accepts it (Unavailable if none)."""
         await self.etcd.on_members(self.open_on, "watch", retry_sent=True)
+        self.start_checking()
+
+    def start_checking(self) -> None:
+        """Start the open stream's checker in the caller's nursery, the stream counted silent from now."""
+        self.reading, self.failure, self.checking = trio.CancelScope(), None, trio.CancelScope()
+        self.last_answer = trio.current_time()
+        self.nursery.start_soon(self.check_while_silent, self.checking)
 
     async def open_on(self, url: str) -> None:
         await self.etcd.auth.authorized(url, lambda headers: self.open_with(url, headers))
@@ -93,6 +133,59 @@ class Watch:
             raise
         self.connections += 1
         self.url = url
+
+    async def next_answer(self) -> dict:
+        """The stream's next answer; MemberFailed when the stream breaks or its member fails a check (the
+        read is then cancelled, which ends the stream)."""
+        reading = self.reading
+        with reading:
+            answer = await self.read_line()
+        if reading.cancel_called:  # an answer read as the check failed is dropped: the next stream repeats it
+            raise self.failure
+        self.reading = trio.CancelScope()
+        self.last_answer = trio.current_time()
+        return answer
+
+    async def check_while_silent(self, checking: trio.CancelScope) -> None:
+        """Within `checking`, check the member after each WATCH_CHECK_S without an answer read (nor a check
+        answered), until it fails one."""
+        with checking:
+            checked = -math.inf
+            while True:
+                silent_since = max(self.last_answer, checked)
+                await trio.sleep_until(silent_since + WATCH_CHECK_S)
+                if self.last_answer <= silent_since:  # no answer came meanwhile
+                    if not await self.passes_check(silent_since):
+                        return
+                    checked = trio.current_time()
+
+    async def passes_check(self, silent_since: float) -> bool:
+        """Whether the member passes a check, or the stream answers during it; if not, note the failure and
+        cancel the read."""
+        try:
+            await self.check_member()
+        except MemberFailed as failure:
+            if self.last_answer > silent_since:
+                return True
+            self.failure = failure
+            self.reading.cancel()
+            return False
+        self.checks += 1
+        return True
+
+    async def check_member(self) -> None:
+        """A linearizable count of the watched key on the stream's own member (not another: `on_members`
+        would move on), which needs it to run, have a leader and a quorum, and apply; MemberFailed if it
+        does not answer within the client's attempt_timeout or refuses."""
+        patience = self.etcd.attempt_timeout
+        with trio.move_on_after(patience):
+            try:
+                await self.etcd.post(self.url, "/kv/range", {"key": b64(self.key), "count_only": True})
+            except EtcdError as refused:
+                raise MemberFailed(f"refused the check of a silent watch: {refused}", sent=False) from None
+            return
+        raise MemberFailed(f"silent for {WATCH_CHECK_S:g}s, then no answer to a check within {patience:g}s",
+                           sent=False)
 
     async def read_line(self) -> dict:
         """The stream's next JSON answer; MemberFailed when the stream breaks or ends."""
@@ -126,6 +219,7 @@ class Watch:
             self.pending.append(event)
 
     async def close(self) -> None:
+        self.checking.cancel()
         if self.response is not None:
             await self.response.aclose()
         self.response = self.lines = None

@@ -1,0 +1,193 @@
+"""A watch whose member stops answering without closing its connection (etcd_watch.py's check).
+
+Against a real 3-member etcd (tests/etcdcluster.py): the member a watch streams from is
+stopped with SIGSTOP (it keeps its connections and answers nothing), and the watch must
+go on from another member with nothing lost or repeated; an idle member that answers
+keeps its watch. Without etcd: the check of a member that accepts a connection and never
+answers, or refuses, ends a silent read.
+"""
+import functools
+import socket
+
+import pytest
+import trio
+
+from apeinxfs.cluster import etcd_watch
+from apeinxfs.cluster.etcd import Etcd
+from apeinxfs.cluster.etcd_records import MemberFailed
+from etcdcluster import EtcdCluster
+
+HANG_GUARD_S = 60  # only so that a broken watch fails the test instead of hanging it
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Three etcd members on free ports, data under tmp_path, killed by pid afterwards."""
+    with EtcdCluster(tmp_path / "etcd") as running:
+        yield running
+
+
+@pytest.fixture
+def silent_member():
+    """The URL of a listening socket that nobody accepts from: connections open, nothing is answered."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+@pytest.fixture
+def refusing_member():
+    """The URL of a port bound without listening: every connection is refused at once."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{bound.getsockname()[1]}"
+
+
+async def answer_once(stream: trio.SocketStream, answer: bytes) -> None:
+    await stream.receive_some(65536)
+    await stream.send_all(answer)
+    await stream.aclose()
+
+
+async def forward(events, send: trio.MemorySendChannel) -> None:
+    """Each event of the watch, with the trio time it arrived, into `send`."""
+    async for event in events:
+        await send.send((event, trio.current_time()))
+
+
+async def never_a_line():
+    await trio.sleep_forever()
+    yield  # an async generator, as httpx's lines are
+
+
+async def answers_every(seconds: float, count: int):
+    """`count` empty answers, one each `seconds`, then silence (as httpx's lines of a stream)."""
+    for _ in range(count):
+        await trio.sleep(seconds)
+        yield '{"result": {"events": []}}'
+    await trio.sleep_forever()
+
+
+def silent_stream(etcd: Etcd, url: str, nursery: trio.Nursery, lines=None) -> etcd_watch.Watch:
+    """A watch whose stream is open on `url`, reads `lines` (default: it says nothing), and is checked in
+    `nursery`."""
+    watch = etcd.watch(b"quiet/", prefix=True, start_revision=7, nursery=nursery)
+    watch.url, watch.lines = url, never_a_line() if lines is None else lines
+    watch.start_checking()
+    return watch
+
+
+async def test_a_check_of_a_member_that_never_answers_fails_within_the_attempt_timeout(silent_member, nursery):
+    """The check sent to a member that takes the connection and answers nothing raises MemberFailed."""
+    async with Etcd([silent_member], attempt_timeout=0.3) as etcd:
+        with trio.fail_after(HANG_GUARD_S), pytest.raises(MemberFailed, match="no answer to a check within 0.3s"):
+            await silent_stream(etcd, silent_member, nursery).check_member()
+
+
+async def test_a_silent_read_ends_when_its_member_fails_the_check(silent_member, monkeypatch, nursery):
+    """A read of a stream that stays silent is cancelled with MemberFailed once its member fails a check."""
+    monkeypatch.setattr(etcd_watch, "WATCH_CHECK_S", 0.2)
+    async with Etcd([silent_member], attempt_timeout=0.3) as etcd:
+        watch = silent_stream(etcd, silent_member, nursery)
+        with trio.fail_after(HANG_GUARD_S), pytest.raises(MemberFailed, match="silent for 0.2s"):
+            await watch.next_answer()
+        assert watch.checks == 0
+
+
+async def test_a_stream_that_answers_within_each_check_interval_is_not_checked(refusing_member, nursery,
+                                                                                autojump_clock):
+    """Answers read every 2 s (fake clock) keep a member that would fail any check from being checked;
+    once they stop, the next read fails."""
+    async with Etcd([refusing_member]) as etcd:
+        watch = silent_stream(etcd, refusing_member, nursery, answers_every(2.0, 10))
+        for _ in range(10):
+            assert await watch.next_answer() == {"result": {"events": []}}
+        assert watch.checks == 0
+        with pytest.raises(MemberFailed, match="cannot connect"):
+            await watch.next_answer()
+
+
+async def test_a_check_failed_between_reads_fails_the_next_read(refusing_member, nursery, autojump_clock):
+    """A member that fails a check while nobody reads its stream (fake clock) fails the next read, though the
+    stream has an answer for it."""
+    async with Etcd([refusing_member]) as etcd:
+        watch = silent_stream(etcd, refusing_member, nursery, answers_every(0.0, 2))
+        assert await watch.next_answer() == {"result": {"events": []}}
+        await trio.sleep(10)
+        with pytest.raises(MemberFailed, match="cannot connect"):
+            await watch.next_answer()
+
+
+async def test_a_member_that_refuses_the_check_fails_it(nursery):
+    """A member whose answer to the check is one of etcd's refusals fails the check too."""
+    refusal = b'{"error": "x", "message": "etcdserver: permission denied", "code": 7}'
+    answer = b"HTTP/1.1 403 Forbidden\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(refusal), refusal)
+    serve = functools.partial(trio.serve_tcp, functools.partial(answer_once, answer=answer), 0, host="127.0.0.1")
+    listeners = await nursery.start(serve)
+    url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    async with Etcd([url]) as etcd:
+        with trio.fail_after(HANG_GUARD_S), pytest.raises(MemberFailed, match="refused .* permission denied"):
+            await silent_stream(etcd, url, nursery).check_member()
+
+
+async def test_a_member_that_failed_a_stream_is_passed_over_by_the_next_request():
+    """The member a stream failed on is tried last by the next request (if it was the one to try first)."""
+    async with Etcd(["http://a", "http://b", "http://c"]) as etcd:
+        etcd.pass_over("http://a")
+        assert etcd.endpoint == "http://b"
+        etcd.pass_over("http://a")
+        assert etcd.endpoint == "http://b"
+        etcd.current = 2
+        etcd.pass_over("http://c")
+        assert etcd.endpoint == "http://a"
+
+
+@pytest.mark.slow
+async def test_a_watch_leaves_a_member_stopped_without_closing_its_connection(cluster):
+    """With the watch's member SIGSTOPped, a put made through another member arrives once, from another
+    member, and the next put after it."""
+    follower = (cluster.leader_index() + 1) % 3  # the cluster keeps its leader: nothing ends the stream
+    ordered = [cluster.endpoints[follower]] + [url for i, url in enumerate(cluster.endpoints) if i != follower]
+    send, receive = trio.open_memory_channel(16)
+    async with Etcd(ordered) as etcd, trio.open_nursery() as nursery:
+        first = await etcd.put(b"h/before", b"0")
+        async with etcd.watch(b"h/", prefix=True, start_revision=first, nursery=nursery) as events:
+            nursery.start_soon(forward, events, send)
+            with trio.fail_after(HANG_GUARD_S):
+                assert (await receive.receive())[0].kv.mod_revision == first
+                stopped = events.url
+                cluster.pause(cluster.endpoints.index(stopped))
+                try:
+                    paused_at = trio.current_time()
+                    during = await etcd.put(b"h/during", b"1")
+                    event, arrived = await receive.receive()
+                    after = await etcd.put(b"h/after", b"2")
+                    following, _ = await receive.receive()
+                finally:
+                    cluster.resume(cluster.endpoints.index(stopped))
+            nursery.cancel_scope.cancel()
+    print(f"the watch noticed the stopped member: its event arrived {arrived - paused_at:.1f}s after SIGSTOP "
+          f"(WATCH_CHECK_S {etcd_watch.WATCH_CHECK_S:g}s + attempt_timeout {etcd.attempt_timeout:g}s at most, "
+          f"then the reconnection)")
+    assert (event.kv.key, event.kv.mod_revision) == (b"h/during", during)
+    assert (following.kv.key, following.kv.mod_revision) == (b"h/after", after)
+    assert events.connections == 2 and events.url != stopped
+
+
+@pytest.mark.slow
+async def test_an_idle_watch_on_a_member_that_answers_stays_on_it(cluster):
+    """A watch silent for two checks keeps its stream and member, and still brings the next put."""
+    send, receive = trio.open_memory_channel(16)
+    async with Etcd(cluster.endpoints) as etcd, trio.open_nursery() as nursery:
+        async with etcd.watch(b"i/", prefix=True, nursery=nursery) as events:
+            nursery.start_soon(forward, events, send)
+            member = events.url
+            with trio.fail_after(HANG_GUARD_S):
+                while events.checks < 2:
+                    await trio.sleep(0.1)
+                revision = await etcd.put(b"i/k", b"v")
+                event, _ = await receive.receive()
+            nursery.cancel_scope.cancel()
+    assert (event.kv.key, event.kv.mod_revision) == (b"i/k", revision)
+    assert events.connections == 1 and events.url == member
