@@ -48,12 +48,12 @@ def client(pki, member, password: str = PASSWORD, **options) -> Etcd:
     return Etcd([member.client_url], tls=tls, credentials=Credentials("root", password), **options)
 
 
-async def test_keys_and_a_watch_work_with_the_password(pki, member):
+async def test_keys_and_a_watch_work_with_the_password(pki, member, nursery):
     """With root's password a put, a get and a watch's event go through."""
     async with client(pki, member) as etcd:
         revision = await etcd.put(b"auth/a", b"1")
         assert (await etcd.get(b"auth/a")).value == b"1"
-        async with etcd.watch(b"auth/", prefix=True, start_revision=revision) as events:
+        async with etcd.watch(b"auth/", prefix=True, start_revision=revision, nursery=nursery) as events:
             with trio.fail_after(10):  # a hang guard
                 event = await events.__anext__()
         assert (event.kind, event.kv.key, event.kv.value) == ("PUT", b"auth/a", b"1")
@@ -78,7 +78,7 @@ async def test_a_wrong_password_is_refused_naming_the_user_and_the_keys(pki, mem
     assert "cluster.etcd_user and etcd_password_file" in caught.value.reason
 
 
-async def test_an_expired_token_is_renewed_without_the_caller_seeing_it(pki, member):
+async def test_an_expired_token_is_renewed_without_the_caller_seeing_it(pki, member, nursery):
     """A token unused past etcd's --auth-token-ttl is refused by etcd; the client authenticates again and
     the put, and a watch opened then, succeed."""
     async with client(pki, member) as etcd:
@@ -89,7 +89,7 @@ async def test_an_expired_token_is_renewed_without_the_caller_seeing_it(pki, mem
         second = etcd.auth.token
         assert second != first and (await etcd.get(b"auth/b")).value == b"2"
         await trio.sleep(TOKEN_TTL_S + 2)
-        async with etcd.watch(b"auth/b", start_revision=revision) as events:
+        async with etcd.watch(b"auth/b", start_revision=revision, nursery=nursery) as events:
             with trio.fail_after(10):
                 assert (await events.__anext__()).kv.value == b"2"
         assert etcd.auth.token not in (first, second)

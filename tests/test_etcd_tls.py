@@ -32,19 +32,19 @@ def member(pki, tmp_path_factory):
         yield running
 
 
-async def refused(member, tls) -> str:
+async def refused(member, tls, nursery) -> str:
     """The reason a put through a client with `tls` fails with (Unavailable, after a 1 s timeout)."""
     async with Etcd([member.client_url], timeout=1.0, tls=tls) as etcd:
         with pytest.raises(Unavailable) as caught:
             await etcd.put(b"tls/refused", b"x")
         with pytest.raises(Unavailable) as watch_caught:
-            async with etcd.watch(b"tls/"):
+            async with etcd.watch(b"tls/", nursery=nursery):
                 pass
     assert watch_caught.value.reason.count("TLS: ") == 1  # the watch's reason names TLS as the put's
     return caught.value.reason
 
 
-async def test_keys_leases_and_a_watch_work_over_tls_with_the_client_certificate(pki, member):
+async def test_keys_leases_and_a_watch_work_over_tls_with_the_client_certificate(pki, member, nursery):
     """put/get, a lease's keepalive and a watch's events, all over https with the client certificate."""
     tls = client_context(pki("ca.pem"), (pki("client.pem"), pki("client.key")))
     async with Etcd([member.client_url], tls=tls) as etcd:
@@ -52,25 +52,25 @@ async def test_keys_leases_and_a_watch_work_over_tls_with_the_client_certificate
         assert (await etcd.get(b"tls/a")).value == b"1"
         lease = await etcd.grant(5)
         assert await etcd.keepalive_once(lease.id) > 0
-        async with etcd.watch(b"tls/", prefix=True, start_revision=revision) as events:
+        async with etcd.watch(b"tls/", prefix=True, start_revision=revision, nursery=nursery) as events:
             await etcd.put(b"tls/b", b"2", lease=lease.id)
             with trio.fail_after(10):  # a hang guard
                 seen = [await events.__anext__(), await events.__anext__()]
         assert [(e.kind, e.kv.key, e.kv.value) for e in seen] == [("PUT", b"tls/a", b"1"), ("PUT", b"tls/b", b"2")]
 
 
-async def test_a_client_without_its_certificate_is_refused_with_a_tls_reason(pki, member):
+async def test_a_client_without_its_certificate_is_refused_with_a_tls_reason(pki, member, nursery):
     """Trusting the member's CA but presenting no certificate: the member's refusal names TLS and the
     client certificate, each time (under TLS 1.3 the refusal comes after the handshake)."""
     for _ in range(3):
-        reason = await refused(member, client_context(pki("ca.pem")))
+        reason = await refused(member, client_context(pki("ca.pem")), nursery)
         assert "TLS: the member refused the connection" in reason and "cluster.etcd_cert" in reason, reason
         assert "connection lost" not in reason and "outcome unknown" not in reason, reason
 
 
-async def test_a_client_trusting_another_ca_is_refused_naming_certificate_verification(pki, member):
+async def test_a_client_trusting_another_ca_is_refused_naming_certificate_verification(pki, member, nursery):
     """A member whose certificate another CA signed fails verification, and the reason says so."""
-    reason = await refused(member, client_context(pki("other.pem"), (pki("client.pem"), pki("client.key"))))
+    reason = await refused(member, client_context(pki("other.pem"), (pki("client.pem"), pki("client.key"))), nursery)
     assert "TLS: the member's certificate failed verification: unable to get local issuer certificate" in reason
     assert "cluster.etcd_ca" in reason
 
