@@ -46,7 +46,7 @@ async def test_a_record_turned_unreadable_on_the_watch_keeps_the_last_one_marked
         return cluster.view.revision >= revision
     with caplog.at_level(logging.WARNING, logger="apeinxfs.cluster.view"):
         async with cluster.etcd, trio.open_nursery() as nursery:
-            nursery.start_soon(cluster.follow)
+            nursery.start_soon(cluster.follow, nursery)
             good = await cluster.etcd.put(keys.node("b"), json.dumps(GOOD).encode())
             await wait_for(lambda: seen(good), "the good record")
             first = await cluster.etcd.put(keys.node("b"), WRONG)
