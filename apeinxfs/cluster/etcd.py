@@ -154,10 +154,10 @@ class Etcd:
 
     async def failure(self, url: str, exc: httpx.TransportError) -> MemberFailed:
         """What a transport failure at `url` means: TLS refused (with why) or no connection, so nothing
-        was sent; or a connection lost, whose request may have taken effect."""
+        was sent; or a connection lost (by TLS, say), whose request may have taken effect."""
         tls = await tls_failure(url, exc, self.tls)
         if tls is not None:
-            return MemberFailed(tls, sent=False)
+            return tls
         if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
             return MemberFailed(f"cannot connect: {exc}", sent=False)
         return MemberFailed(f"connection lost: {exc!r}", sent=True)
