@@ -15,10 +15,11 @@ import trio
 
 from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_auth import Credentials
-from apeinxfs.cluster.etcd_records import EtcdError
+from apeinxfs.cluster.etcd_records import EtcdError, Txn
 from apeinxfs.cluster.etcd_tls import client_context
 from daemon import Daemon, poll_until
 from etcd_pki import make_pki, tls_etcd
+from fake_tls import serve
 from test_cluster_nodes import SETTLE_S, cluster_config, link, listed, status
 from test_cluster_view import load, refusal
 
@@ -42,10 +43,17 @@ def member(pki, tmp_path_factory):
         yield running
 
 
-def client(pki, member, password: str = PASSWORD, **options) -> Etcd:
-    """A client as root with `password`, its certificate without a common name (etcd_pki.py says why)."""
+def client(pki, member, password: str = PASSWORD, before: tuple[str, ...] = (), **options) -> Etcd:
+    """A client as root with `password`, its certificate without a common name (etcd_pki.py says why), of
+    the members `before` and then `member`."""
     tls = client_context(pki("ca.pem"), (pki("anonymous.pem"), pki("anonymous.key")))
-    return Etcd([member.client_url], tls=tls, credentials=Credentials("root", password), **options)
+    return Etcd([*before, member.client_url], tls=tls, credentials=Credentials("root", password), **options)
+
+
+async def logging_in(requests: list[bytes]) -> None:
+    """Until a fake member's `requests` hold an authentication."""
+    while b"POST /v3/auth/authenticate HTTP/1.1" not in requests:
+        await trio.sleep(0.01)
 
 
 async def test_keys_and_a_watch_work_with_the_password(pki, member, nursery):
@@ -93,6 +101,26 @@ async def test_an_expired_token_is_renewed_without_the_caller_seeing_it(pki, mem
             with trio.fail_after(10):
                 assert (await events.__anext__()).kv.value == b"2"
         assert etcd.auth.token not in (first, second)
+
+
+async def test_a_login_hanging_at_one_member_holds_no_request_bound_for_another(pki, member, nursery):
+    """A txn's login hangs at a member that never answers; a get meanwhile is served by the healthy member
+    within about attempt_timeout, not at the end of its own timeout."""
+    hung, requests = await serve(nursery, pki, "hang")
+    async with client(pki, member, before=(hung,), timeout=30.0) as etcd, trio.open_nursery() as txn:
+        txn.start_soon(failing, etcd.txn(Txn().put(b"auth/t", b"1")))
+        await logging_in(requests)
+        with trio.fail_after(15):  # a hang guard, well below the client's timeout
+            assert (await etcd.range(b"auth/", prefix=True)).revision > 0
+        txn.cancel_scope.cancel()
+
+
+async def failing(call) -> None:
+    """Await `call`, whose failure is not what a test checks."""
+    try:
+        await call
+    except EtcdError:
+        pass
 
 
 # -- [cluster] settings (pure) ----------------------------------------------------------------------------

@@ -83,7 +83,8 @@ class Etcd:
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=connect_timeout), trust_env=False,
                                       verify=self.tls,
                                       limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
-        self.auth = Auth(credentials, lambda url, body: self.send(url, "/auth/authenticate", body, HEADERS))
+        self.auth = Auth(credentials, lambda url, body: self.send(url, "/auth/authenticate", body, HEADERS),
+                         attempt_timeout)
 
     async def __aenter__(self) -> "Etcd":
         return self

@@ -7,9 +7,11 @@ header). `authorized(url, send)` runs `send(headers)` with the token in the
 `Authorization` header, authenticating at member `url` first where there is no token
 yet; when etcd answers that the token is invalid (a simple token expires after
 `--auth-token-ttl` unused, 300 s by default) or older than the auth store (a user or
-role changed), it authenticates once more and sends again. Concurrent requests that
-meet the same stale token wait for one authentication. A refused password is an
-EtcdError naming the user and the keys to check. Not TLS (etcd_tls.py), which carries it.
+role changed), it authenticates once more and sends again. An authentication gets
+`patience` seconds (the client's attempt_timeout) of its own, whatever the request's;
+requests that need a new token at a member wait for the authentication in flight there,
+if any, and for no other (a login hanging at one member holds no request bound for
+another). A refused password is an EtcdError naming the user and the keys to check. Not TLS (etcd_tls.py), which carries it.
 """
 from typing import Awaitable, Callable, TypeVar
 
@@ -17,7 +19,7 @@ import attrs
 import trio
 
 from ..kernel.errors import Invalid
-from .etcd_records import HEADERS, EtcdError
+from .etcd_records import HEADERS, EtcdError, MemberFailed
 from .etcd_tls import private, readable
 
 STALE_TOKEN = ("invalid auth token", "revision of auth store is old")  # etcd's words: authenticate again
@@ -48,12 +50,13 @@ def read_password(path: str) -> str:
 
 class Auth:
     """The token of `credentials` (None: no authentication), got through `login(url, body)`, a POST
-    of `body` to /auth/authenticate at member `url` that answers etcd's JSON."""
+    of `body` to /auth/authenticate at member `url` that answers etcd's JSON, within `patience` s."""
 
-    def __init__(self, credentials: Credentials | None, login: Callable[[str, dict], Awaitable[dict]]):
-        self.credentials, self.login = credentials, login
+    def __init__(self, credentials: Credentials | None, login: Callable[[str, dict], Awaitable[dict]],
+                 patience: float):
+        self.credentials, self.login, self.patience = credentials, login, patience
         self.token: str | None = None
-        self.lock = trio.Lock()
+        self.logins: dict[str, trio.Event] = {}  # the authentication in flight at each member: set once over
 
     async def authorized(self, url: str, send: Callable[[dict], Awaitable[Answer]]) -> Answer:
         """`send(headers)` with the token; once more with a new token if etcd calls this one stale."""
@@ -68,11 +71,25 @@ class Auth:
         return await send(HEADERS | {"Authorization": await self.renew(url, token)})
 
     async def renew(self, url: str, stale: str | None) -> str:
-        """A token other than `stale`: the one another request got meanwhile, or a new one from `url`."""
-        async with self.lock:
-            if self.token is None or self.token == stale:
+        """A token other than `stale`: the one another request got meanwhile, or a new one from `url` (the
+        authentication in flight there, if one is)."""
+        while self.token is None or self.token == stale:
+            login = self.logins.get(url)
+            if login is None:
+                return await self.log_in(url)
+            await login.wait()
+        return self.token
+
+    async def log_in(self, url: str) -> str:
+        """A new token from member `url`, which those needing one there meanwhile wait for."""
+        self.logins[url] = trio.Event()
+        try:
+            with trio.move_on_after(self.patience):
                 self.token = await self.authenticate(url)
-            return self.token
+                return self.token
+            raise MemberFailed(f"authentication: no answer within {self.patience:g}s", sent=True)
+        finally:
+            self.logins.pop(url).set()
 
     async def authenticate(self, url: str) -> str:
         assert self.credentials is not None
