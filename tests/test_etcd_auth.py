@@ -115,6 +115,16 @@ async def test_a_login_hanging_at_one_member_holds_no_request_bound_for_another(
         txn.cancel_scope.cancel()
 
 
+async def test_a_login_lost_at_one_member_leaves_a_txn_free_to_go_to_the_next(pki, member, nursery):
+    """A member that drops the connection after taking a login: only the login was sent there, so a txn that
+    cannot be repeated goes on to the healthy member and succeeds, not "outcome unknown"."""
+    dropping, requests = await serve(nursery, pki, "drop")
+    async with client(pki, member, before=(dropping,)) as etcd:
+        with trio.fail_after(15):  # a hang guard
+            assert (await etcd.txn(Txn().put(b"auth/lost", b"1"))).succeeded
+    assert set(requests) == {b"POST /v3/auth/authenticate HTTP/1.1"}
+
+
 async def failing(call) -> None:
     """Await `call`, whose failure is not what a test checks."""
     try:

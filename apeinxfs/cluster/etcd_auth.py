@@ -11,7 +11,8 @@ role changed), it authenticates once more and sends again. An authentication get
 `patience` seconds (the client's attempt_timeout) of its own, whatever the request's;
 requests that need a new token at a member wait for the authentication in flight there,
 if any, and for no other (a login hanging at one member holds no request bound for
-another). A refused password is an EtcdError naming the user and the keys to check. Not TLS (etcd_tls.py), which carries it.
+another). A login that fails at a member is a MemberFailed that sent nothing (only the
+login was sent, not the request it precedes). A refused password is an EtcdError naming the user and the keys to check. Not TLS (etcd_tls.py), which carries it.
 """
 from typing import Awaitable, Callable, TypeVar
 
@@ -87,7 +88,7 @@ class Auth:
             with trio.move_on_after(self.patience):
                 self.token = await self.authenticate(url)
                 return self.token
-            raise MemberFailed(f"authentication: no answer within {self.patience:g}s", sent=True)
+            raise MemberFailed(f"authentication: no answer within {self.patience:g}s", sent=False)
         finally:
             self.logins.pop(url).set()
 
@@ -96,6 +97,8 @@ class Auth:
         body = {"name": self.credentials.user, "password": self.credentials.password}
         try:
             return str((await self.login(url, body))["token"])
+        except MemberFailed as failed:  # only the login was sent: the request it precedes was not
+            raise MemberFailed(f"authentication: {failed}", sent=False) from None
         except EtcdError as refused:
             raise EtcdError(f"etcd: authentication as {self.credentials.user!r} failed: {refused.reason} "
                             f"(check cluster.etcd_user and etcd_password_file)") from None
