@@ -86,6 +86,24 @@ async def test_a_wrong_password_is_refused_naming_the_user_and_the_keys(pki, mem
     assert "cluster.etcd_user and etcd_password_file" in caught.value.reason
 
 
+async def test_requests_waiting_for_a_login_refused_get_its_refusal_without_logging_in_again(pki, member):
+    """Five concurrent gets with a wrong password: one login, whose refusal all five get."""
+    async with client(pki, member, password="wrong") as etcd:
+        logins, login = [], etcd.auth.login
+        etcd.auth.login = lambda url, body: logins.append(url) or login(url, body)
+        reasons = []
+
+        async def get() -> None:
+            with pytest.raises(EtcdError) as caught:
+                await etcd.get(b"auth/a")
+            reasons.append(caught.value.reason)
+        async with trio.open_nursery() as gets:
+            for _ in range(5):
+                gets.start_soon(get)
+    assert len(reasons) == 5 and all("authentication as 'root' failed" in reason for reason in reasons), reasons
+    assert logins == [member.client_url]
+
+
 async def test_an_expired_token_is_renewed_without_the_caller_seeing_it(pki, member, nursery):
     """A token unused past etcd's --auth-token-ttl is refused by etcd; the client authenticates again and
     the put, and a watch opened then, succeed."""

@@ -11,8 +11,10 @@ role changed), it authenticates once more and sends again. An authentication get
 `patience` seconds (the client's attempt_timeout) of its own, whatever the request's;
 requests that need a new token at a member wait for the authentication in flight there,
 if any, and for no other (a login hanging at one member holds no request bound for
-another). A login that fails at a member is a MemberFailed that sent nothing (only the
-login was sent, not the request it precedes). A refused password is an EtcdError naming the user and the keys to check. Not TLS (etcd_tls.py), which carries it.
+another); when it fails, they fail with it (a wrong password costs etcd one check, not
+one per waiting request). A login that fails at a member is a MemberFailed that sent
+nothing (only the login was sent, not the request it precedes). A refused password is an
+EtcdError naming the user and the keys to check. Not TLS (etcd_tls.py), which carries it.
 """
 from typing import Awaitable, Callable, TypeVar
 
@@ -49,6 +51,14 @@ def read_password(path: str) -> str:
     return password
 
 
+@attrs.define(eq=False)
+class Login:
+    """One authentication in flight at a member; those needing a token there wait until it is `over`."""
+
+    over: trio.Event = attrs.Factory(trio.Event)
+    failure: EtcdError | MemberFailed | None = None  # why it failed, which its waiters fail with too
+
+
 class Auth:
     """The token of `credentials` (None: no authentication), got through `login(url, body)`, a POST
     of `body` to /auth/authenticate at member `url` that answers etcd's JSON, within `patience` s."""
@@ -57,7 +67,7 @@ class Auth:
                  patience: float):
         self.credentials, self.login, self.patience = credentials, login, patience
         self.token: str | None = None
-        self.logins: dict[str, trio.Event] = {}  # the authentication in flight at each member: set once over
+        self.logins: dict[str, Login] = {}  # the authentication in flight at each member
 
     async def authorized(self, url: str, send: Callable[[dict], Awaitable[Answer]]) -> Answer:
         """`send(headers)` with the token; once more with a new token if etcd calls this one stale."""
@@ -78,19 +88,24 @@ class Auth:
             login = self.logins.get(url)
             if login is None:
                 return await self.log_in(url)
-            await login.wait()
+            await login.over.wait()
+            if login.failure is not None:
+                raise again(login.failure)
         return self.token
 
     async def log_in(self, url: str) -> str:
         """A new token from member `url`, which those needing one there meanwhile wait for."""
-        self.logins[url] = trio.Event()
+        login = self.logins[url] = Login()
         try:
             with trio.move_on_after(self.patience):
                 self.token = await self.authenticate(url)
                 return self.token
             raise MemberFailed(f"authentication: no answer within {self.patience:g}s", sent=False)
+        except (EtcdError, MemberFailed) as failed:
+            login.failure = failed
+            raise
         finally:
-            self.logins.pop(url).set()
+            self.logins.pop(url).over.set()
 
     async def authenticate(self, url: str) -> str:
         assert self.credentials is not None
@@ -102,3 +117,10 @@ class Auth:
         except EtcdError as refused:
             raise EtcdError(f"etcd: authentication as {self.credentials.user!r} failed: {refused.reason} "
                             f"(check cluster.etcd_user and etcd_password_file)") from None
+
+
+def again(failure: EtcdError | MemberFailed) -> EtcdError | MemberFailed:
+    """A login's failure as a new exception, for a request that waited for that login to raise."""
+    if isinstance(failure, MemberFailed):
+        return MemberFailed(str(failure), sent=False)
+    return EtcdError(failure.reason)
