@@ -102,7 +102,8 @@ def test_tls_keys_are_read_and_make_the_clients_context(tmp_path, pki):
 
 
 def test_bad_tls_keys_are_refused_naming_the_key_and_the_file(tmp_path, pki):
-    """A missing or malformed file, a lone cert, a world-readable key, or TLS keys with http:// are config errors."""
+    """A missing or malformed file, a lone cert, a world-readable key, TLS keys with http://, a bad https URL or
+    http:// and https:// members together are config errors."""
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
     cases = [
@@ -114,6 +115,8 @@ def test_bad_tls_keys_are_refused_naming_the_key_and_the_file(tmp_path, pki):
         (tls_keys(pki, etcd_key=None), "cluster.etcd_cert and cluster.etcd_key go together"),
         ('etcd = ["https://127.0.0.1:2379"]\netcd_ca = 1\n', "cluster.etcd_ca must be a file's path"),
         (tls_keys(pki).replace("https://", "http://"), "cluster.etcd_ca is set but cluster.etcd has plain http://"),
+        ('etcd = ["https:/127.0.0.1:2379"]', "is not an http://HOST:PORT or https://HOST:PORT URL"),
+        ('etcd = ["http://e1:1", "https://e2:1"]', "cluster.etcd mixes http:// and https:// URLs"),
     ]
     for section, words in cases:
         refused_config = refusal(lambda: load(tmp_path, section))

@@ -23,13 +23,16 @@ MIN_LEASE_S = 2  # etcd refuses shorter TTLs (its minimum is 1.5 election timeou
 
 
 def _endpoints(value) -> tuple[str, ...]:
-    """A non-empty list of http(s)://HOST:PORT URLs, one per etcd member."""
+    """A non-empty list of http(s)://HOST:PORT URLs, one per etcd member, all http:// or all https://."""
     if not isinstance(value, (list, tuple)) or not value:
         raise Invalid(f"config: cluster.etcd must be a list of etcd client URLs, not {value!r}")
     for url in value:
         parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.port is None:
-            raise Invalid(f"config: cluster.etcd: {url!r} is not an http://HOST:PORT URL")
+            raise Invalid(f"config: cluster.etcd: {url!r} is not an http://HOST:PORT or https://HOST:PORT URL")
+    if len({urllib.parse.urlsplit(url).scheme for url in value}) > 1:
+        raise Invalid(f"config: cluster.etcd mixes http:// and https:// URLs ({', '.join(value)}): the members of "
+                      f"one cluster all serve clients over TLS or none does")
     return tuple(url.rstrip("/") for url in value)
 
 
