@@ -159,7 +159,7 @@ def with_password_file(tmp_path, text: bytes, mode: int = 0o600) -> str:
     path = tmp_path / "etcd-password"
     path.write_bytes(text)
     path.chmod(mode)
-    return f'etcd = ["http://e1:1"]\netcd_user = "apx"\netcd_password_file = "{path}"'
+    return f'etcd = ["https://e1:1"]\netcd_user = "apx"\netcd_password_file = "{path}"'
 
 
 def test_the_user_and_the_password_file_make_the_credentials(tmp_path):
@@ -184,11 +184,19 @@ def test_a_bad_password_file_is_refused_naming_the_key(tmp_path, text, mode, wor
 def test_a_user_without_a_password_file_or_a_missing_file_is_refused(tmp_path):
     """etcd_user and etcd_password_file go together; a file that is not there is named."""
     def reason(section: str) -> str:
-        return refusal(lambda: load(tmp_path, 'etcd = ["http://e1:1"]\n' + section)).reason
+        return refusal(lambda: load(tmp_path, 'etcd = ["https://e1:1"]\n' + section)).reason
     assert "go together" in reason('etcd_user = "apx"')
     missing = reason('etcd_user = "apx"\netcd_password_file = "/nonexistent/pw"')
     assert "cluster.etcd_password_file: /nonexistent/pw: No such file" in missing
     assert "cluster.etcd_user must be" in reason("etcd_user = 3")
+
+
+def test_a_user_with_plain_http_members_is_refused(tmp_path):
+    """etcd_user with http:// members would send the password in clear: a config error saying so."""
+    section = with_password_file(tmp_path, b"pw\n").replace("https://", "http://")
+    refused = refusal(lambda: load(tmp_path, section))
+    assert refused.errno == errno.EINVAL and "cluster.etcd_user is set but cluster.etcd has plain http://" in \
+        refused.reason and "in clear" in refused.reason
 
 
 def test_a_daemon_with_the_user_and_its_password_file_joins(tmp_path, pki, member):

@@ -107,6 +107,10 @@ class ClusterSettings:
         if (self.etcd_user is None) != (self.etcd_password_file is None):
             raise Invalid("config: cluster.etcd_user and cluster.etcd_password_file go together (a user of etcd "
                           "and its password)")
+        if self.etcd_user is not None and self.etcd[0].startswith("http://"):
+            raise Invalid(f"config: cluster.etcd_user is set but cluster.etcd has plain http:// URLs ({self.etcd[0]}): "
+                          f"the password and its token would cross the network in clear; etcd's authentication "
+                          f"needs https:// URLs")
         self.etcd_credentials()
 
     def _check_tls(self) -> None:
