@@ -96,6 +96,9 @@ class ClusterSettings:
     etcd_key: str | None = attrs.field(default=None, validator=_path)  # ... and its private key
     etcd_user: str | None = attrs.field(default=None, validator=_user)  # etcd's authentication: the user ...
     etcd_password_file: str | None = attrs.field(default=None, validator=_path)  # ... and its password's file
+    # Built from the keys above once, at start: the etcd client's SSL context and etcd's credentials (or None).
+    tls: ssl.SSLContext = attrs.field(init=False, eq=False, repr=False)
+    credentials: Credentials | None = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if (self.advertise is None) != (self.token_file is None):
@@ -104,14 +107,7 @@ class ClusterSettings:
             raise Invalid("config: cluster.etcd_cert and cluster.etcd_key go together (a client certificate "
                           "and its key)")
         self._check_tls()
-        if (self.etcd_user is None) != (self.etcd_password_file is None):
-            raise Invalid("config: cluster.etcd_user and cluster.etcd_password_file go together (a user of etcd "
-                          "and its password)")
-        if self.etcd_user is not None and self.etcd[0].startswith("http://"):
-            raise Invalid(f"config: cluster.etcd_user is set but cluster.etcd has plain http:// URLs ({self.etcd[0]}): "
-                          f"the password and its token would cross the network in clear; etcd's authentication "
-                          f"needs https:// URLs")
-        self.etcd_credentials()
+        self._check_auth()
 
     def _check_tls(self) -> None:
         """TLS keys only with https:// members; their files readable and well-formed now, at start."""
@@ -120,14 +116,25 @@ class ClusterSettings:
         if given and plain:
             raise Invalid(f"config: cluster.{given[0]} is set but cluster.etcd has plain http:// URLs ({plain[0]}): "
                           f"TLS needs https:// URLs")
-        self.etcd_tls()
+        object.__setattr__(self, "tls", self._context())  # a frozen record's own field, set once
 
-    def etcd_tls(self) -> ssl.SSLContext:
+    def _check_auth(self) -> None:
+        """etcd's user and password file together, only with https:// members; the password read now, at start."""
+        if (self.etcd_user is None) != (self.etcd_password_file is None):
+            raise Invalid("config: cluster.etcd_user and cluster.etcd_password_file go together (a user of etcd "
+                          "and its password)")
+        if self.etcd_user is not None and self.etcd[0].startswith("http://"):
+            raise Invalid(f"config: cluster.etcd_user is set but cluster.etcd has plain http:// URLs ({self.etcd[0]}): "
+                          f"the password and its token would cross the network in clear; etcd's authentication "
+                          f"needs https:// URLs")
+        object.__setattr__(self, "credentials", self._credentials())  # a frozen record's own field, set once
+
+    def _context(self) -> ssl.SSLContext:
         """The SSL context of the node's etcd client (etcd_tls.client_context)."""
         certificate = None if self.etcd_cert is None or self.etcd_key is None else (self.etcd_cert, self.etcd_key)
         return client_context(self.etcd_ca, certificate)
 
-    def etcd_credentials(self) -> Credentials | None:
+    def _credentials(self) -> Credentials | None:
         """The user of etcd and its password, read from its file now; None without etcd_user."""
         if self.etcd_user is None or self.etcd_password_file is None:
             return None
