@@ -23,7 +23,7 @@ import trio
 
 from ..kernel.errors import Invalid
 from .etcd_records import HEADERS, EtcdError, MemberFailed
-from .etcd_tls import private, readable
+from .etcd_tls import read_private
 
 STALE_TOKEN = ("invalid auth token", "revision of auth store is old")  # etcd's words: authenticate again
 Answer = TypeVar("Answer")
@@ -39,9 +39,7 @@ class Credentials:
 
 def read_password(path: str) -> str:
     """The password in the file at `path`; Invalid naming cluster.etcd_password_file if it cannot do."""
-    private("etcd_password_file", readable("etcd_password_file", path))
-    with open(path, "rb") as file:
-        raw = file.read().strip(b"\r\n")
+    raw = read_private("etcd_password_file", path).strip(b"\r\n")
     try:
         password = raw.decode()
     except UnicodeDecodeError:

@@ -50,7 +50,7 @@ def client_context(ca: str | None = None, certificate: tuple[str, str] | None = 
 
 def _load_client_certificate(context: ssl.SSLContext, cert: str, key: str) -> None:
     readable("etcd_cert", cert)
-    private("etcd_key", readable("etcd_key", key))
+    read_private("etcd_key", key)
     try:
         context.load_cert_chain(cert, key)
     except ssl.SSLError as exc:
@@ -67,12 +67,19 @@ def readable(name: str, path: str) -> str:
         raise Invalid(f"config: cluster.{name}: {path}: {exc.strerror}") from None
 
 
-def private(name: str, path: str) -> None:
-    """Invalid if every user may read the secret (a private key, a password) at `path`."""
-    mode = os.stat(path).st_mode
+def read_private(name: str, path: str) -> bytes:
+    """The secret (a private key, a password) in the file at `path`, its mode taken from the file it reads;
+    Invalid naming the key `name` if it cannot be read, or every user may read it."""
+    try:
+        with open(path, "rb") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            secret = file.read()
+    except OSError as exc:
+        raise Invalid(f"config: cluster.{name}: {path}: {exc.strerror}") from None
     if mode & stat.S_IROTH:
         raise Invalid(f"config: cluster.{name}: {path} is readable by every user (mode {stat.S_IMODE(mode):04o}): "
                       f"chmod o-r it, as it lets its reader act as this node towards etcd")
+    return secret
 
 
 async def tls_failure(url: str, exc: httpx.TransportError, context: ssl.SSLContext) -> MemberFailed | None:
