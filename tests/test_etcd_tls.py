@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from apeinxfs.cluster.etcd import Etcd
-from apeinxfs.cluster.etcd_records import Unavailable
+from apeinxfs.cluster.etcd_records import Txn, Unavailable
 from apeinxfs.cluster.etcd_tls import client_context
 from daemon import Daemon, poll_until
 from etcd_pki import make_pki, tls_etcd
@@ -32,15 +32,23 @@ def member(pki, tmp_path_factory):
         yield running
 
 
+REFUSED_TIMEOUT_S = 4.0  # twice the attempt timeout: a slow first attempt still ends refused, not unanswered
+
+
 async def refused(member, tls, nursery) -> str:
-    """The reason a put through a client with `tls` fails with (Unavailable, after a 1 s timeout)."""
-    async with Etcd([member.client_url], timeout=1.0, tls=tls) as etcd:
+    """The reason a put through a client with `tls` fails with (Unavailable, after REFUSED_TIMEOUT_S); a
+    watch's and a txn's that cannot be repeated name TLS too, the txn's without "outcome unknown"."""
+    async with Etcd([member.client_url], timeout=REFUSED_TIMEOUT_S, tls=tls) as etcd:
         with pytest.raises(Unavailable) as caught:
             await etcd.put(b"tls/refused", b"x")
         with pytest.raises(Unavailable) as watch_caught:
             async with etcd.watch(b"tls/", nursery=nursery):
                 pass
+        with pytest.raises(Unavailable) as txn_caught:
+            await etcd.txn(Txn().put(b"tls/refused", b"x"))
     assert watch_caught.value.reason.count("TLS: ") == 1  # the watch's reason names TLS as the put's
+    assert "TLS: " in txn_caught.value.reason and "outcome unknown" not in txn_caught.value.reason, \
+        txn_caught.value.reason  # nothing was sent, so the txn moved on (here: tried again until its timeout)
     return caught.value.reason
 
 
