@@ -71,13 +71,16 @@ async def test_a_record_turned_unreadable_on_the_watch_keeps_the_last_one_marked
             nursery.cancel_scope.cancel()
 
 
-def test_a_reload_lists_no_node_whose_record_it_never_read():
+def test_a_reload_lists_no_node_whose_record_it_never_read(caplog):
     """A view that first reads a node's record unreadable does not list it, but marks it (logged once)."""
     view = ClusterView(KEYS)
     kv = KeyValue(KEYS.node("b"), WRONG, 7, 7, 1)
-    view.load([kv], 7)
-    view.load([kv], 8)
+    with caplog.at_level(logging.WARNING, logger="apeinxfs.cluster.view"):
+        view.load([kv], 7)
+        view.load([kv], 8)
     assert view.node("b") is None and view.unreadable["b"].revision == 7
+    logged = [record.getMessage() for record in caplog.records if "record" in record.getMessage()]
+    assert len(logged) == 1 and "cannot read node b's record (not listed)" in logged[0], logged
 
 
 def test_a_deleted_record_takes_its_mark_with_it():

@@ -15,10 +15,11 @@ import trio
 
 from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_auth import Credentials
-from apeinxfs.cluster.etcd_records import EtcdError
+from apeinxfs.cluster.etcd_records import EtcdError, Txn
 from apeinxfs.cluster.etcd_tls import client_context
 from daemon import Daemon, poll_until
 from etcd_pki import make_pki, tls_etcd
+from fake_tls import serve
 from test_cluster_nodes import SETTLE_S, cluster_config, link, listed, status
 from test_cluster_view import load, refusal
 
@@ -42,10 +43,17 @@ def member(pki, tmp_path_factory):
         yield running
 
 
-def client(pki, member, password: str = PASSWORD, **options) -> Etcd:
-    """A client as root with `password`, its certificate without a common name (etcd_pki.py says why)."""
+def client(pki, member, password: str = PASSWORD, before: tuple[str, ...] = (), **options) -> Etcd:
+    """A client as root with `password`, its certificate without a common name (etcd_pki.py says why), of
+    the members `before` and then `member`."""
     tls = client_context(pki("ca.pem"), (pki("anonymous.pem"), pki("anonymous.key")))
-    return Etcd([member.client_url], tls=tls, credentials=Credentials("root", password), **options)
+    return Etcd([*before, member.client_url], tls=tls, credentials=Credentials("root", password), **options)
+
+
+async def logging_in(requests: list[bytes]) -> None:
+    """Until a fake member's `requests` hold an authentication."""
+    while b"POST /v3/auth/authenticate HTTP/1.1" not in requests:
+        await trio.sleep(0.01)
 
 
 async def test_keys_and_a_watch_work_with_the_password(pki, member, nursery):
@@ -78,6 +86,24 @@ async def test_a_wrong_password_is_refused_naming_the_user_and_the_keys(pki, mem
     assert "cluster.etcd_user and etcd_password_file" in caught.value.reason
 
 
+async def test_requests_waiting_for_a_login_refused_get_its_refusal_without_logging_in_again(pki, member):
+    """Five concurrent gets with a wrong password: one login, whose refusal all five get."""
+    async with client(pki, member, password="wrong") as etcd:
+        logins, login = [], etcd.auth.login
+        etcd.auth.login = lambda url, body: logins.append(url) or login(url, body)
+        reasons = []
+
+        async def get() -> None:
+            with pytest.raises(EtcdError) as caught:
+                await etcd.get(b"auth/a")
+            reasons.append(caught.value.reason)
+        async with trio.open_nursery() as gets:
+            for _ in range(5):
+                gets.start_soon(get)
+    assert len(reasons) == 5 and all("authentication as 'root' failed" in reason for reason in reasons), reasons
+    assert logins == [member.client_url]
+
+
 async def test_an_expired_token_is_renewed_without_the_caller_seeing_it(pki, member, nursery):
     """A token unused past etcd's --auth-token-ttl is refused by etcd; the client authenticates again and
     the put, and a watch opened then, succeed."""
@@ -95,6 +121,36 @@ async def test_an_expired_token_is_renewed_without_the_caller_seeing_it(pki, mem
         assert etcd.auth.token not in (first, second)
 
 
+async def test_a_login_hanging_at_one_member_holds_no_request_bound_for_another(pki, member, nursery):
+    """A txn's login hangs at a member that never answers; a get meanwhile is served by the healthy member
+    within about attempt_timeout, not at the end of its own timeout."""
+    hung, requests = await serve(nursery, pki, "hang")
+    async with client(pki, member, before=(hung,), timeout=30.0) as etcd, trio.open_nursery() as txn:
+        txn.start_soon(failing, etcd.txn(Txn().put(b"auth/t", b"1")))
+        await logging_in(requests)
+        with trio.fail_after(15):  # a hang guard, well below the client's timeout
+            assert (await etcd.range(b"auth/", prefix=True)).revision > 0
+        txn.cancel_scope.cancel()
+
+
+async def test_a_login_lost_at_one_member_leaves_a_txn_free_to_go_to_the_next(pki, member, nursery):
+    """A member that drops the connection after taking a login: only the login was sent there, so a txn that
+    cannot be repeated goes on to the healthy member and succeeds, not "outcome unknown"."""
+    dropping, requests = await serve(nursery, pki, "drop")
+    async with client(pki, member, before=(dropping,)) as etcd:
+        with trio.fail_after(15):  # a hang guard
+            assert (await etcd.txn(Txn().put(b"auth/lost", b"1"))).succeeded
+    assert set(requests) == {b"POST /v3/auth/authenticate HTTP/1.1"}
+
+
+async def failing(call) -> None:
+    """Await `call`, whose failure is not what a test checks."""
+    try:
+        await call
+    except EtcdError:
+        pass
+
+
 # -- [cluster] settings (pure) ----------------------------------------------------------------------------
 
 
@@ -103,14 +159,21 @@ def with_password_file(tmp_path, text: bytes, mode: int = 0o600) -> str:
     path = tmp_path / "etcd-password"
     path.write_bytes(text)
     path.chmod(mode)
-    return f'etcd = ["http://e1:1"]\netcd_user = "apx"\netcd_password_file = "{path}"'
+    return f'etcd = ["https://e1:1"]\netcd_user = "apx"\netcd_password_file = "{path}"'
 
 
 def test_the_user_and_the_password_file_make_the_credentials(tmp_path):
     """etcd_user and etcd_password_file are read; the password is the file's text without its newline."""
     cluster = load(tmp_path, with_password_file(tmp_path, b"a b\n")).cluster
-    assert cluster.etcd_credentials() == Credentials("apx", "a b")
+    assert cluster.credentials == Credentials("apx", "a b")
     assert "a b" not in repr(Credentials("apx", "a b"))
+
+
+def test_the_password_is_read_once_at_start(tmp_path):
+    """The settings hold the password read when the config was: its file gone afterwards changes nothing."""
+    cluster = load(tmp_path, with_password_file(tmp_path, b"pw\n")).cluster
+    (tmp_path / "etcd-password").unlink()
+    assert cluster.credentials == Credentials("apx", "pw")
 
 
 @pytest.mark.parametrize("text, mode, words", [
@@ -128,11 +191,19 @@ def test_a_bad_password_file_is_refused_naming_the_key(tmp_path, text, mode, wor
 def test_a_user_without_a_password_file_or_a_missing_file_is_refused(tmp_path):
     """etcd_user and etcd_password_file go together; a file that is not there is named."""
     def reason(section: str) -> str:
-        return refusal(lambda: load(tmp_path, 'etcd = ["http://e1:1"]\n' + section)).reason
+        return refusal(lambda: load(tmp_path, 'etcd = ["https://e1:1"]\n' + section)).reason
     assert "go together" in reason('etcd_user = "apx"')
     missing = reason('etcd_user = "apx"\netcd_password_file = "/nonexistent/pw"')
     assert "cluster.etcd_password_file: /nonexistent/pw: No such file" in missing
     assert "cluster.etcd_user must be" in reason("etcd_user = 3")
+
+
+def test_a_user_with_plain_http_members_is_refused(tmp_path):
+    """etcd_user with http:// members would send the password in clear: a config error saying so."""
+    section = with_password_file(tmp_path, b"pw\n").replace("https://", "http://")
+    refused = refusal(lambda: load(tmp_path, section))
+    assert refused.errno == errno.EINVAL and "cluster.etcd_user is set but cluster.etcd has plain http://" in \
+        refused.reason and "in clear" in refused.reason
 
 
 def test_a_daemon_with_the_user_and_its_password_file_joins(tmp_path, pki, member):

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from apeinxfs.cluster.etcd import Etcd
-from apeinxfs.cluster.etcd_records import Unavailable
+from apeinxfs.cluster.etcd_records import Txn, Unavailable
 from apeinxfs.cluster.etcd_tls import client_context
 from daemon import Daemon, poll_until
 from etcd_pki import make_pki, tls_etcd
@@ -32,15 +32,23 @@ def member(pki, tmp_path_factory):
         yield running
 
 
+REFUSED_TIMEOUT_S = 4.0  # twice the attempt timeout: a slow first attempt still ends refused, not unanswered
+
+
 async def refused(member, tls, nursery) -> str:
-    """The reason a put through a client with `tls` fails with (Unavailable, after a 1 s timeout)."""
-    async with Etcd([member.client_url], timeout=1.0, tls=tls) as etcd:
+    """The reason a put through a client with `tls` fails with (Unavailable, after REFUSED_TIMEOUT_S); a
+    watch's and a txn's that cannot be repeated name TLS too, the txn's without "outcome unknown"."""
+    async with Etcd([member.client_url], timeout=REFUSED_TIMEOUT_S, tls=tls) as etcd:
         with pytest.raises(Unavailable) as caught:
             await etcd.put(b"tls/refused", b"x")
         with pytest.raises(Unavailable) as watch_caught:
             async with etcd.watch(b"tls/", nursery=nursery):
                 pass
+        with pytest.raises(Unavailable) as txn_caught:
+            await etcd.txn(Txn().put(b"tls/refused", b"x"))
     assert watch_caught.value.reason.count("TLS: ") == 1  # the watch's reason names TLS as the put's
+    assert "TLS: " in txn_caught.value.reason and "outcome unknown" not in txn_caught.value.reason, \
+        txn_caught.value.reason  # nothing was sent, so the txn moved on (here: tried again until its timeout)
     return caught.value.reason
 
 
@@ -97,12 +105,13 @@ def test_tls_keys_are_read_and_make_the_clients_context(tmp_path, pki):
     cluster = load(tmp_path, tls_keys(pki)).cluster
     assert (cluster.etcd_ca, cluster.etcd_cert, cluster.etcd_key) == (pki("ca.pem"), pki("client.pem"),
                                                                       pki("client.key"))
-    assert cluster.etcd_tls().get_ca_certs()[0]["subject"] == ((("commonName", "apeinxfs test ca"),),)
+    assert cluster.tls.get_ca_certs()[0]["subject"] == ((("commonName", "apeinxfs test ca"),),)
     assert load(tmp_path, 'etcd = ["https://127.0.0.1:2379"]').cluster.etcd_ca is None  # the system's CAs
 
 
 def test_bad_tls_keys_are_refused_naming_the_key_and_the_file(tmp_path, pki):
-    """A missing or malformed file, a lone cert, a world-readable key, or TLS keys with http:// are config errors."""
+    """A missing or malformed file, a lone cert, a world-readable key, TLS keys with http://, a bad https URL or
+    http:// and https:// members together are config errors."""
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
     cases = [
@@ -114,6 +123,8 @@ def test_bad_tls_keys_are_refused_naming_the_key_and_the_file(tmp_path, pki):
         (tls_keys(pki, etcd_key=None), "cluster.etcd_cert and cluster.etcd_key go together"),
         ('etcd = ["https://127.0.0.1:2379"]\netcd_ca = 1\n', "cluster.etcd_ca must be a file's path"),
         (tls_keys(pki).replace("https://", "http://"), "cluster.etcd_ca is set but cluster.etcd has plain http://"),
+        ('etcd = ["https:/127.0.0.1:2379"]', "is not an http://HOST:PORT or https://HOST:PORT URL"),
+        ('etcd = ["http://e1:1", "https://e2:1"]', "cluster.etcd mixes http:// and https:// URLs"),
     ]
     for section, words in cases:
         refused_config = refusal(lambda: load(tmp_path, section))

@@ -51,7 +51,7 @@ class Cluster:
         self.name = runtime.config.kernel.node
         self.keys = Keys(settings.prefix)
         self.view = ClusterView(self.keys)
-        self.etcd = Etcd(list(settings.etcd), tls=settings.etcd_tls(), credentials=settings.etcd_credentials())
+        self.etcd = Etcd(list(settings.etcd), tls=settings.tls, credentials=settings.credentials)
         self.member = Member(self.etcd, self.keys, self.name, settings.lease_s, self.record)
         self._read: NodeRecord | None = None  # the last record published (or being published)
         # (kernel version, clock µs, records.scan's live pids) at the last scan of the task table

@@ -83,7 +83,8 @@ class Etcd:
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=connect_timeout), trust_env=False,
                                       verify=self.tls,
                                       limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
-        self.auth = Auth(credentials, lambda url, body: self.send(url, "/auth/authenticate", body, HEADERS))
+        self.auth = Auth(credentials, lambda url, body: self.send(url, "/auth/authenticate", body, HEADERS),
+                         attempt_timeout)
 
     async def __aenter__(self) -> "Etcd":
         return self
@@ -154,10 +155,10 @@ class Etcd:
 
     async def failure(self, url: str, exc: httpx.TransportError) -> MemberFailed:
         """What a transport failure at `url` means: TLS refused (with why) or no connection, so nothing
-        was sent; or a connection lost, whose request may have taken effect."""
+        was sent; or a connection lost (by TLS, say), whose request may have taken effect."""
         tls = await tls_failure(url, exc, self.tls)
         if tls is not None:
-            return MemberFailed(tls, sent=False)
+            return tls
         if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
             return MemberFailed(f"cannot connect: {exc}", sent=False)
         return MemberFailed(f"connection lost: {exc!r}", sent=True)

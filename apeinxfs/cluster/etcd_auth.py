@@ -7,8 +7,13 @@ header). `authorized(url, send)` runs `send(headers)` with the token in the
 `Authorization` header, authenticating at member `url` first where there is no token
 yet; when etcd answers that the token is invalid (a simple token expires after
 `--auth-token-ttl` unused, 300 s by default) or older than the auth store (a user or
-role changed), it authenticates once more and sends again. Concurrent requests that
-meet the same stale token wait for one authentication. A refused password is an
+role changed), it authenticates once more and sends again. An authentication gets
+`patience` seconds (the client's attempt_timeout) of its own, whatever the request's;
+requests that need a new token at a member wait for the authentication in flight there,
+if any, and for no other (a login hanging at one member holds no request bound for
+another); when it fails, they fail with it (a wrong password costs etcd one check, not
+one per waiting request). A login that fails at a member is a MemberFailed that sent
+nothing (only the login was sent, not the request it precedes). A refused password is an
 EtcdError naming the user and the keys to check. Not TLS (etcd_tls.py), which carries it.
 """
 from typing import Awaitable, Callable, TypeVar
@@ -17,8 +22,8 @@ import attrs
 import trio
 
 from ..kernel.errors import Invalid
-from .etcd_records import HEADERS, EtcdError
-from .etcd_tls import private, readable
+from .etcd_records import HEADERS, EtcdError, MemberFailed
+from .etcd_tls import read_private
 
 STALE_TOKEN = ("invalid auth token", "revision of auth store is old")  # etcd's words: authenticate again
 Answer = TypeVar("Answer")
@@ -34,9 +39,7 @@ class Credentials:
 
 def read_password(path: str) -> str:
     """The password in the file at `path`; Invalid naming cluster.etcd_password_file if it cannot do."""
-    private("etcd_password_file", readable("etcd_password_file", path))
-    with open(path, "rb") as file:
-        raw = file.read().strip(b"\r\n")
+    raw = read_private("etcd_password_file", path).strip(b"\r\n")
     try:
         password = raw.decode()
     except UnicodeDecodeError:
@@ -46,14 +49,23 @@ def read_password(path: str) -> str:
     return password
 
 
+@attrs.define(eq=False)
+class Login:
+    """One authentication in flight at a member; those needing a token there wait until it is `over`."""
+
+    over: trio.Event = attrs.Factory(trio.Event)
+    failure: EtcdError | MemberFailed | None = None  # why it failed, which its waiters fail with too
+
+
 class Auth:
     """The token of `credentials` (None: no authentication), got through `login(url, body)`, a POST
-    of `body` to /auth/authenticate at member `url` that answers etcd's JSON."""
+    of `body` to /auth/authenticate at member `url` that answers etcd's JSON, within `patience` s."""
 
-    def __init__(self, credentials: Credentials | None, login: Callable[[str, dict], Awaitable[dict]]):
-        self.credentials, self.login = credentials, login
+    def __init__(self, credentials: Credentials | None, login: Callable[[str, dict], Awaitable[dict]],
+                 patience: float):
+        self.credentials, self.login, self.patience = credentials, login, patience
         self.token: str | None = None
-        self.lock = trio.Lock()
+        self.logins: dict[str, Login] = {}  # the authentication in flight at each member
 
     async def authorized(self, url: str, send: Callable[[dict], Awaitable[Answer]]) -> Answer:
         """`send(headers)` with the token; once more with a new token if etcd calls this one stale."""
@@ -68,17 +80,45 @@ class Auth:
         return await send(HEADERS | {"Authorization": await self.renew(url, token)})
 
     async def renew(self, url: str, stale: str | None) -> str:
-        """A token other than `stale`: the one another request got meanwhile, or a new one from `url`."""
-        async with self.lock:
-            if self.token is None or self.token == stale:
+        """A token other than `stale`: the one another request got meanwhile, or a new one from `url` (the
+        authentication in flight there, if one is)."""
+        while self.token is None or self.token == stale:
+            login = self.logins.get(url)
+            if login is None:
+                return await self.log_in(url)
+            await login.over.wait()
+            if login.failure is not None:
+                raise again(login.failure)
+        return self.token
+
+    async def log_in(self, url: str) -> str:
+        """A new token from member `url`, which those needing one there meanwhile wait for."""
+        login = self.logins[url] = Login()
+        try:
+            with trio.move_on_after(self.patience):
                 self.token = await self.authenticate(url)
-            return self.token
+                return self.token
+            raise MemberFailed(f"authentication: no answer within {self.patience:g}s", sent=False)
+        except (EtcdError, MemberFailed) as failed:
+            login.failure = failed
+            raise
+        finally:
+            self.logins.pop(url).over.set()
 
     async def authenticate(self, url: str) -> str:
         assert self.credentials is not None
         body = {"name": self.credentials.user, "password": self.credentials.password}
         try:
             return str((await self.login(url, body))["token"])
+        except MemberFailed as failed:  # only the login was sent: the request it precedes was not
+            raise MemberFailed(f"authentication: {failed}", sent=False) from None
         except EtcdError as refused:
             raise EtcdError(f"etcd: authentication as {self.credentials.user!r} failed: {refused.reason} "
                             f"(check cluster.etcd_user and etcd_password_file)") from None
+
+
+def again(failure: EtcdError | MemberFailed) -> EtcdError | MemberFailed:
+    """A login's failure as a new exception, for a request that waited for that login to raise."""
+    if isinstance(failure, MemberFailed):
+        return MemberFailed(str(failure), sent=False)
+    return EtcdError(failure.reason)

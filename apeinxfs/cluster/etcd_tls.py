@@ -5,14 +5,19 @@ TLS failure in words.
 system's CAs) and presents the client certificate `cert` with its key `key` where given; it
 reads the files at once, so a missing, unreadable or malformed file, or a key readable by
 every user, is an Invalid naming the `[cluster]` key and the path (the daemon refuses to
-start). `tls_failure(url, exc, context)` says why TLS failed under an httpx transport failure,
-or None where it was not TLS: the member's certificate did not verify (unknown CA, wrong
-host name), or the member refused this client's certificate (none, or not of its CA).
-Under TLS 1.3 the member refuses a client certificate after the client's handshake has
-ended, as an alert that httpx may lose (httpcore drops a failed write's error and then
-reads a broken stream); for a stream of an https member that broke without a TLS error,
-`tls_failure` opens a fresh TLS connection to the member and reads its alert, for at most
-PROBE_S. Not etcd's authentication (user and password): that is etcd's own, over this.
+start). `tls_failure(url, exc, context)` says what TLS did under an httpx transport failure,
+as a MemberFailed (None where it was not TLS): nothing was sent where the handshake failed
+(the member's certificate did not verify: unknown CA, wrong host name) or where the member
+refused this client's certificate (none, or not of its CA); any other TLS error breaking a
+written request (a damaged record) leaves its outcome unknown. Under TLS 1.3 the member
+refuses a client certificate after the client's handshake has ended, as an alert that
+httpx may lose (httpcore drops a failed write's error and then reads a broken stream); for
+a stream of an https member that broke without a TLS error, `tls_failure` opens a fresh TLS
+connection to the member and reads its alert, for at most PROBE_S; only an alert refusing
+the client's certificate counts there (a verification failure on the fresh connection says
+nothing of the first). That probe costs up to PROBE_S whenever a live member breaks an https
+connection without a TLS error. Not etcd's authentication (user and password): that is
+etcd's own, over this.
 """
 import os
 import ssl
@@ -23,8 +28,12 @@ import httpx
 import trio
 
 from ..kernel.errors import Invalid
+from .etcd_records import MemberFailed
 
 PROBE_S = 0.5  # the longest a fresh connection waits for a member's TLS alert (it comes at once)
+# The words of the alerts by which a member refuses this client's certificate (OpenSSL's reasons).
+CERTIFICATE_ALERTS = ("certificate required", "bad certificate", "unknown ca", "certificate expired",
+                      "certificate revoked", "unsupported certificate")
 
 
 def client_context(ca: str | None = None, certificate: tuple[str, str] | None = None) -> ssl.SSLContext:
@@ -41,7 +50,7 @@ def client_context(ca: str | None = None, certificate: tuple[str, str] | None = 
 
 def _load_client_certificate(context: ssl.SSLContext, cert: str, key: str) -> None:
     readable("etcd_cert", cert)
-    private("etcd_key", readable("etcd_key", key))
+    read_private("etcd_key", key)
     try:
         context.load_cert_chain(cert, key)
     except ssl.SSLError as exc:
@@ -58,20 +67,48 @@ def readable(name: str, path: str) -> str:
         raise Invalid(f"config: cluster.{name}: {path}: {exc.strerror}") from None
 
 
-def private(name: str, path: str) -> None:
-    """Invalid if every user may read the secret (a private key, a password) at `path`."""
-    mode = os.stat(path).st_mode
+def read_private(name: str, path: str) -> bytes:
+    """The secret (a private key, a password) in the file at `path`, its mode taken from the file it reads;
+    Invalid naming the key `name` if it cannot be read, or every user may read it."""
+    try:
+        with open(path, "rb") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            secret = file.read()
+    except OSError as exc:
+        raise Invalid(f"config: cluster.{name}: {path}: {exc.strerror}") from None
     if mode & stat.S_IROTH:
         raise Invalid(f"config: cluster.{name}: {path} is readable by every user (mode {stat.S_IMODE(mode):04o}): "
                       f"chmod o-r it, as it lets its reader act as this node towards etcd")
+    return secret
 
 
-async def tls_failure(url: str, exc: httpx.TransportError, context: ssl.SSLContext) -> str | None:
-    """Why TLS failed under `exc` at member `url`, in words that name TLS; None if it was not TLS."""
+async def tls_failure(url: str, exc: httpx.TransportError, context: ssl.SSLContext) -> MemberFailed | None:
+    """What TLS says of transport failure `exc` at member `url`, in words that name TLS; None if nothing.
+    Nothing was sent where the handshake failed, or where the member's alert refused this client's
+    certificate (on `exc`, or on a fresh connection when an https stream broke without a TLS error); any
+    other TLS error breaking a written request (a damaged record, say) may have left it taken effect."""
     found = ssl_error_in(exc)
-    if found is None and url.startswith("https://") and isinstance(exc, (httpx.ReadError, httpx.WriteError)):
-        found = await alert_of(url, context)
-    return None if found is None else words(found)
+    if isinstance(exc, httpx.ConnectError) and found is not None:
+        return MemberFailed(words(found), sent=False)
+    if not isinstance(exc, (httpx.ReadError, httpx.WriteError)):
+        return None
+    if found is None and url.startswith("https://"):
+        probed = await alert_of(url, context)
+        found = probed if refuses_certificate(probed) else None  # nothing else there tells of this connection
+    if found is None:
+        return None
+    if refuses_certificate(found):
+        return MemberFailed(words(found), sent=False)
+    return MemberFailed(f"connection lost: {words(found)}", sent=True)
+
+
+def refuses_certificate(error: ssl.SSLError | None) -> bool:
+    """Whether `error` is the member's alert refusing this client's certificate (never a failed verification
+    of the member's own certificate, which this side decides)."""
+    if error is None or isinstance(error, ssl.SSLCertVerificationError):
+        return False
+    reason = reason_of(error)
+    return "alert" in reason and any(about in reason for about in CERTIFICATE_ALERTS)
 
 
 def ssl_error_in(exc: BaseException | None) -> ssl.SSLError | None:
@@ -105,8 +142,13 @@ def words(error: ssl.SSLError) -> str:
     if isinstance(error, ssl.SSLCertVerificationError):
         return (f"TLS: the member's certificate failed verification: {error.verify_message} "
                 f"(is cluster.etcd_ca the CA that signed it, for this host name?)")
-    reason = (error.reason or str(error)).lower().replace("_", " ")
+    reason = reason_of(error)
     if "alert" in reason:
         return (f"TLS: the member refused the connection: {reason} (does cluster.etcd_cert hold a client "
                 f"certificate signed by a CA the member trusts?)")
     return f"TLS: {reason}"
+
+
+def reason_of(error: ssl.SSLError) -> str:
+    """OpenSSL's reason of `error` in lower-case words ("sslv3 alert bad certificate")."""
+    return (error.reason or str(error)).lower().replace("_", " ")

@@ -120,8 +120,8 @@ class Watch:
         try:
             self.response = await self.etcd.http.send(request, stream=True)
         except httpx.TransportError as exc:
-            tls = await tls_failure(url, exc, self.etcd.tls)
-            raise MemberFailed(tls or f"cannot open a watch: {exc!r}", sent=False) from None
+            tls = await tls_failure(url, exc, self.etcd.tls)  # nothing is changed by a watch: never sent
+            raise MemberFailed(str(tls) if tls else f"cannot open a watch: {exc!r}", sent=False) from None
         self.lines = self.response.aiter_lines()
         try:
             if self.response.status_code != 200:

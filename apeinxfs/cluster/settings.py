@@ -23,13 +23,16 @@ MIN_LEASE_S = 2  # etcd refuses shorter TTLs (its minimum is 1.5 election timeou
 
 
 def _endpoints(value) -> tuple[str, ...]:
-    """A non-empty list of http(s)://HOST:PORT URLs, one per etcd member."""
+    """A non-empty list of http(s)://HOST:PORT URLs, one per etcd member, all http:// or all https://."""
     if not isinstance(value, (list, tuple)) or not value:
         raise Invalid(f"config: cluster.etcd must be a list of etcd client URLs, not {value!r}")
     for url in value:
         parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.port is None:
-            raise Invalid(f"config: cluster.etcd: {url!r} is not an http://HOST:PORT URL")
+            raise Invalid(f"config: cluster.etcd: {url!r} is not an http://HOST:PORT or https://HOST:PORT URL")
+    if len({urllib.parse.urlsplit(url).scheme for url in value}) > 1:
+        raise Invalid(f"config: cluster.etcd mixes http:// and https:// URLs ({', '.join(value)}): the members of "
+                      f"one cluster all serve clients over TLS or none does")
     return tuple(url.rstrip("/") for url in value)
 
 
@@ -93,6 +96,9 @@ class ClusterSettings:
     etcd_key: str | None = attrs.field(default=None, validator=_path)  # ... and its private key
     etcd_user: str | None = attrs.field(default=None, validator=_user)  # etcd's authentication: the user ...
     etcd_password_file: str | None = attrs.field(default=None, validator=_path)  # ... and its password's file
+    # Built from the keys above once, at start: the etcd client's SSL context and etcd's credentials (or None).
+    tls: ssl.SSLContext = attrs.field(init=False, eq=False, repr=False)
+    credentials: Credentials | None = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if (self.advertise is None) != (self.token_file is None):
@@ -101,10 +107,7 @@ class ClusterSettings:
             raise Invalid("config: cluster.etcd_cert and cluster.etcd_key go together (a client certificate "
                           "and its key)")
         self._check_tls()
-        if (self.etcd_user is None) != (self.etcd_password_file is None):
-            raise Invalid("config: cluster.etcd_user and cluster.etcd_password_file go together (a user of etcd "
-                          "and its password)")
-        self.etcd_credentials()
+        self._check_auth()
 
     def _check_tls(self) -> None:
         """TLS keys only with https:// members; their files readable and well-formed now, at start."""
@@ -113,14 +116,25 @@ class ClusterSettings:
         if given and plain:
             raise Invalid(f"config: cluster.{given[0]} is set but cluster.etcd has plain http:// URLs ({plain[0]}): "
                           f"TLS needs https:// URLs")
-        self.etcd_tls()
+        object.__setattr__(self, "tls", self._context())  # a frozen record's own field, set once
 
-    def etcd_tls(self) -> ssl.SSLContext:
+    def _check_auth(self) -> None:
+        """etcd's user and password file together, only with https:// members; the password read now, at start."""
+        if (self.etcd_user is None) != (self.etcd_password_file is None):
+            raise Invalid("config: cluster.etcd_user and cluster.etcd_password_file go together (a user of etcd "
+                          "and its password)")
+        if self.etcd_user is not None and self.etcd[0].startswith("http://"):
+            raise Invalid(f"config: cluster.etcd_user is set but cluster.etcd has plain http:// URLs ({self.etcd[0]}): "
+                          f"the password and its token would cross the network in clear; etcd's authentication "
+                          f"needs https:// URLs")
+        object.__setattr__(self, "credentials", self._credentials())  # a frozen record's own field, set once
+
+    def _context(self) -> ssl.SSLContext:
         """The SSL context of the node's etcd client (etcd_tls.client_context)."""
         certificate = None if self.etcd_cert is None or self.etcd_key is None else (self.etcd_cert, self.etcd_key)
         return client_context(self.etcd_ca, certificate)
 
-    def etcd_credentials(self) -> Credentials | None:
+    def _credentials(self) -> Credentials | None:
         """The user of etcd and its password, read from its file now; None without etcd_user."""
         if self.etcd_user is None or self.etcd_password_file is None:
             return None

@@ -80,22 +80,28 @@ class ClusterView:
 
     def _record(self, name: str, kv: KeyValue, records: dict[str, NodeRecord],
                 marks: dict[str, UnreadableSince]) -> None:
-        """Node `name`'s record from `kv`; if unreadable, its record in `records` (the view's before this
-        change) stays, marked unreadable since the revision of its mark in `marks`, else this one's."""
+        """Node `name`'s record from `kv` (its mark, in `marks` before this change, dropped); if unreadable,
+        see _mark_unreadable."""
         try:
             self.records[name] = NodeRecord.from_json(kv.value)
         except (ValueError, TypeError) as exc:  # Unreadable; TypeError: a field it must have is missing
-            if name not in marks:
-                log.warning("cluster: cannot read node %s's record (%s): %s", name,
-                            "its last one read is kept" if name in records else "not listed", exc)
-            since = marks[name].revision if name in marks else kv.mod_revision
-            self.unreadable[name] = UnreadableSince(since, " ".join(str(exc).split()))
-            if name in records:
-                self.records[name] = records[name]
-            return
+            return self._mark_unreadable(name, kv, exc, records, marks)
         if name in marks:
             log.warning("cluster: node %s's record is readable again", name)
             self.unreadable.pop(name, None)
+
+    def _mark_unreadable(self, name: str, kv: KeyValue, exc: Exception, records: dict[str, NodeRecord],
+                         marks: dict[str, UnreadableSince]) -> None:
+        """Node `name`'s record in `kv` is unreadable (`exc`): its record in `records` (the view's before this
+        change) stays, marked unreadable since the revision of its mark in `marks`, else this one's; the first
+        mark is logged."""
+        if name not in marks:
+            log.warning("cluster: cannot read node %s's record (%s): %s", name,
+                        "its last one read is kept" if name in records else "not listed", exc)
+        since = marks[name].revision if name in marks else kv.mod_revision
+        self.unreadable[name] = UnreadableSince(since, " ".join(str(exc).split()))
+        if name in records:
+            self.records[name] = records[name]
 
     def _delete(self, key: bytes) -> None:
         kind, name = self.keys.kind_of(key)
