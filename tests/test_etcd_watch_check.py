@@ -17,7 +17,7 @@ from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_records import MemberFailed
 from etcdcluster import EtcdCluster
 
-HANG_GUARD_S = 60  # only so that a broken watch fails the test instead of hanging it
+HANG_GUARD_S = 60  # only so that a broken watch fails the test instead of hanging it (virtual s on a MockClock)
 
 
 @pytest.fixture
@@ -101,11 +101,12 @@ async def test_a_stream_that_answers_within_each_check_interval_is_not_checked(r
     once they stop, the next read fails."""
     async with Etcd([refusing_member]) as etcd:
         watch = silent_stream(etcd, refusing_member, nursery, answers_every(2.0, 10))
-        for _ in range(10):
-            assert await watch.next_answer() == {"result": {"events": []}}
-        assert watch.checks == 0
-        with pytest.raises(MemberFailed, match="cannot connect"):
-            await watch.next_answer()
+        with trio.fail_after(HANG_GUARD_S):
+            for _ in range(10):
+                assert await watch.next_answer() == {"result": {"events": []}}
+            assert watch.checks == 0
+            with pytest.raises(MemberFailed, match="cannot connect"):
+                await watch.next_answer()
 
 
 async def test_a_check_failed_between_reads_fails_the_next_read(refusing_member, nursery, autojump_clock):
@@ -113,10 +114,11 @@ async def test_a_check_failed_between_reads_fails_the_next_read(refusing_member,
     stream has an answer for it."""
     async with Etcd([refusing_member]) as etcd:
         watch = silent_stream(etcd, refusing_member, nursery, answers_every(0.0, 2))
-        assert await watch.next_answer() == {"result": {"events": []}}
-        await trio.sleep(10)
-        with pytest.raises(MemberFailed, match="cannot connect"):
-            await watch.next_answer()
+        with trio.fail_after(HANG_GUARD_S):
+            assert await watch.next_answer() == {"result": {"events": []}}
+            await trio.sleep(10)
+            with pytest.raises(MemberFailed, match="cannot connect"):
+                await watch.next_answer()
 
 
 async def test_a_member_that_refuses_the_check_fails_it(nursery):
