@@ -67,7 +67,7 @@ class Watch:
         self.lines = None
         self.connections = 0  # streams opened so far (more than 1: it has reconnected)
         self.url: str | None = None  # the member the stream is open on
-        self.checks = 0  # checks of that member answered while the stream was silent
+        self.checks = 0  # checks of the open stream's member answered while it was silent (tests read it)
         self.last_answer = 0.0  # trio time of the stream's latest answer read (or of its opening)
         self.reading = trio.CancelScope()  # around the stream's current (or next) read: a failed check cancels it
         self.failure: MemberFailed | None = None  # the check that failed, once one has
@@ -107,7 +107,7 @@ class Watch:
 
     def start_checking(self) -> None:
         """Start the open stream's checker in the caller's nursery, the stream counted silent from now."""
-        self.reading, self.failure, self.checking = trio.CancelScope(), None, trio.CancelScope()
+        self.reading, self.failure, self.checking, self.checks = trio.CancelScope(), None, trio.CancelScope(), 0
         self.last_answer = trio.current_time()
         self.nursery.start_soon(self.check_while_silent, self.checking)
 
