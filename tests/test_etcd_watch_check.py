@@ -69,11 +69,18 @@ async def answers_every(seconds: float, count: int):
     await trio.sleep_forever()
 
 
+def watch_on(etcd: Etcd, url: str, nursery: trio.Nursery) -> etcd_watch.Watch:
+    """A watch whose stream is on `url` as far as its check knows, with no checker started."""
+    watch = etcd.watch(b"quiet/", prefix=True, start_revision=7, nursery=nursery)
+    watch.url = url
+    return watch
+
+
 def silent_stream(etcd: Etcd, url: str, nursery: trio.Nursery, lines=None) -> etcd_watch.Watch:
     """A watch whose stream is open on `url`, reads `lines` (default: it says nothing), and is checked in
     `nursery`."""
-    watch = etcd.watch(b"quiet/", prefix=True, start_revision=7, nursery=nursery)
-    watch.url, watch.lines = url, never_a_line() if lines is None else lines
+    watch = watch_on(etcd, url, nursery)
+    watch.lines = never_a_line() if lines is None else lines
     watch.start_checking()
     return watch
 
@@ -82,7 +89,7 @@ async def test_a_check_of_a_member_that_never_answers_fails_within_the_attempt_t
     """The check sent to a member that takes the connection and answers nothing raises MemberFailed."""
     async with Etcd([silent_member], attempt_timeout=0.3) as etcd:
         with trio.fail_after(HANG_GUARD_S), pytest.raises(MemberFailed, match="no answer to a check within 0.3s"):
-            await silent_stream(etcd, silent_member, nursery).check_member()
+            await watch_on(etcd, silent_member, nursery).check_member()
 
 
 async def test_a_silent_read_ends_when_its_member_fails_the_check(silent_member, monkeypatch, nursery):
@@ -130,7 +137,7 @@ async def test_a_member_that_refuses_the_check_fails_it(nursery):
     url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
     async with Etcd([url]) as etcd:
         with trio.fail_after(HANG_GUARD_S), pytest.raises(MemberFailed, match="refused .* permission denied"):
-            await silent_stream(etcd, url, nursery).check_member()
+            await watch_on(etcd, url, nursery).check_member()
 
 
 async def test_a_member_that_failed_a_stream_is_passed_over_by_the_next_request():
