@@ -14,7 +14,7 @@ import trio
 
 from apeinxfs.cluster import etcd_watch
 from apeinxfs.cluster.etcd import Etcd
-from apeinxfs.cluster.etcd_records import MemberFailed
+from apeinxfs.cluster.etcd_records import EtcdError, MemberFailed
 from etcdcluster import EtcdCluster
 
 HANG_GUARD_S = 60  # only so that a broken watch fails the test instead of hanging it (virtual s on a MockClock)
@@ -61,12 +61,33 @@ async def never_a_line():
     yield  # an async generator, as httpx's lines are
 
 
-async def answers_every(seconds: float, count: int):
-    """`count` empty answers, one each `seconds`, then silence (as httpx's lines of a stream)."""
-    for _ in range(count):
-        await trio.sleep(seconds)
+async def answers_after(*gaps: float):
+    """An empty answer after each gap in seconds, then silence (as httpx's lines of a stream)."""
+    for gap in gaps:
+        await trio.sleep(gap)
         yield '{"result": {"events": []}}'
     await trio.sleep_forever()
+
+
+def answers_every(seconds: float, count: int):
+    """`count` empty answers, one each `seconds`, then silence."""
+    return answers_after(*[seconds] * count)
+
+
+class CountedMember:
+    """The stream's member as the check sees it (in place of `Etcd.post`): it counts the checks sent to it
+    and answers each after `delay` seconds, with a refusal if `refuses`."""
+
+    def __init__(self, delay: float, refuses: bool):
+        self.delay, self.refuses, self.checks = delay, refuses, 0
+
+    async def post(self, url: str, path: str, body: dict) -> dict:
+        assert (path, body.get("count_only")) == ("/kv/range", True)
+        self.checks += 1
+        await trio.sleep(self.delay)
+        if self.refuses:
+            raise EtcdError("etcdserver: the counted member refuses")
+        return {"count": "0"}
 
 
 def watch_on(etcd: Etcd, url: str, nursery: trio.Nursery) -> etcd_watch.Watch:
@@ -102,18 +123,36 @@ async def test_a_silent_read_ends_when_its_member_fails_the_check(silent_member,
         assert watch.checks == 0
 
 
-async def test_a_stream_that_answers_within_each_check_interval_is_not_checked(refusing_member, nursery,
-                                                                                autojump_clock):
-    """Answers read every 2 s (fake clock) keep a member that would fail any check from being checked;
-    once they stop, the next read fails."""
-    async with Etcd([refusing_member]) as etcd:
-        watch = silent_stream(etcd, refusing_member, nursery, answers_every(2.0, 10))
+async def test_a_stream_that_answers_within_each_check_interval_is_not_checked(nursery, autojump_clock):
+    """Answers read every 2 s (fake clock) keep a member that would fail any check from being sent one;
+    once they stop, it is sent one, and the next read fails."""
+    member = CountedMember(delay=0.0, refuses=True)
+    async with Etcd(["http://counted"]) as etcd:
+        etcd.post = member.post
+        watch = silent_stream(etcd, "http://counted", nursery, answers_every(2.0, 10))
         with trio.fail_after(HANG_GUARD_S):
             for _ in range(10):
                 assert await watch.next_answer() == {"result": {"events": []}}
-            assert watch.checks == 0
-            with pytest.raises(MemberFailed, match="cannot connect"):
+            assert member.checks == 0
+            with pytest.raises(MemberFailed, match="refused the check"):
                 await watch.next_answer()
+        assert member.checks == 1
+
+
+async def test_an_answer_read_during_a_check_that_fails_keeps_the_stream(nursery, autojump_clock):
+    """A check sent after 3 s of silence that fails 1.5 s later (fake clock) does not end a stream that
+    answered meanwhile: its next answer is read, and the check after it ends the stream."""
+    member = CountedMember(delay=1.5, refuses=True)
+    async with Etcd(["http://counted"]) as etcd:
+        etcd.post = member.post
+        watch = silent_stream(etcd, "http://counted", nursery, answers_after(4.0, 2.0))
+        with trio.fail_after(HANG_GUARD_S):
+            assert await watch.next_answer() == {"result": {"events": []}}  # at 4 s, the check sent at 3 s
+            assert await watch.next_answer() == {"result": {"events": []}}  # at 6 s, after it failed at 4.5 s
+            assert member.checks == 1
+            with pytest.raises(MemberFailed, match="refused the check"):
+                await watch.next_answer()  # the check sent at 9 s fails at 10.5 s
+        assert (member.checks, trio.current_time()) == (2, pytest.approx(10.5))
 
 
 async def test_a_check_failed_between_reads_fails_the_next_read(refusing_member, nursery, autojump_clock):
