@@ -7,10 +7,12 @@ keeps its watch. Without etcd: the check of a member that accepts a connection a
 answers, or refuses, ends a silent read.
 """
 import functools
+import math
 import socket
 
 import pytest
 import trio
+import trio.testing
 
 from apeinxfs.cluster import etcd_watch
 from apeinxfs.cluster.etcd import Etcd
@@ -239,3 +241,26 @@ async def test_an_idle_watch_on_a_member_that_answers_stays_on_it(cluster):
             nursery.cancel_scope.cancel()
     assert (event.kv.key, event.kv.mod_revision) == (b"i/k", revision)
     assert events.connections == 1 and events.url == member
+
+
+@pytest.mark.slow
+async def test_a_watch_closed_or_left_by_an_exception_mid_check_leaves_no_checker(cluster, monkeypatch):
+    """Once a watch closes, and once an `async with` is left by an exception while its member is being
+    checked, the nursery the watch was given has no task left."""
+    monkeypatch.setattr(etcd_watch, "WATCH_CHECK_S", 0.05)
+    member = CountedMember(delay=math.inf, refuses=False)  # every check hangs
+    async with Etcd(cluster.endpoints) as etcd, trio.open_nursery() as nursery:
+        with trio.fail_after(HANG_GUARD_S):
+            async with etcd.watch(b"c/", prefix=True, nursery=nursery):
+                assert len(nursery.child_tasks) == 1
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(nursery.child_tasks) == 0
+            etcd.post = member.post
+            with pytest.raises(KeyError):
+                async with etcd.watch(b"c/", prefix=True, nursery=nursery):
+                    while not member.checks:
+                        await trio.sleep(0.01)
+                    raise KeyError("the caller's own failure")
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(nursery.child_tasks) == 0
+        nursery.cancel_scope.cancel()
