@@ -264,3 +264,26 @@ async def test_a_watch_closed_or_left_by_an_exception_mid_check_leaves_no_checke
             await trio.testing.wait_all_tasks_blocked()
             assert len(nursery.child_tasks) == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_after_a_check_timed_out_checks_wait_twice_as_long_until_one_is_prompt(nursery, autojump_clock):
+    """A member answering checks in 2.5 s (fake clock, attempt_timeout 2 s) fails the first check only; a
+    prompt answer brings the patience back to 2 s; a member that never answers fails within 4 s at most."""
+    member = CountedMember(delay=2.5, refuses=False)
+    async with Etcd(["http://counted"]) as etcd:
+        etcd.post = member.post
+        watch = watch_on(etcd, "http://counted", nursery)
+        with trio.fail_after(HANG_GUARD_S):
+            with pytest.raises(MemberFailed, match="no answer to a check within 2s"):
+                await watch.check_member()
+            await watch.check_member()  # as the next member's stream would be checked
+            await watch.check_member()
+            member.delay = 0.1
+            await watch.check_member()
+            member.delay = 2.5
+            with pytest.raises(MemberFailed, match="no answer to a check within 2s"):
+                await watch.check_member()
+            member.delay = math.inf
+            with pytest.raises(MemberFailed, match="no answer to a check within 4s"):
+                await watch.check_member()
+        assert member.checks == 6
