@@ -7,17 +7,19 @@ keeps its watch. Without etcd: the check of a member that accepts a connection a
 answers, or refuses, ends a silent read.
 """
 import functools
+import math
 import socket
 
 import pytest
 import trio
+import trio.testing
 
 from apeinxfs.cluster import etcd_watch
 from apeinxfs.cluster.etcd import Etcd
-from apeinxfs.cluster.etcd_records import MemberFailed
+from apeinxfs.cluster.etcd_records import EtcdError, MemberFailed
 from etcdcluster import EtcdCluster
 
-HANG_GUARD_S = 60  # only so that a broken watch fails the test instead of hanging it
+HANG_GUARD_S = 60  # only so that a broken watch fails the test instead of hanging it (virtual s on a MockClock)
 
 
 @pytest.fixture
@@ -61,19 +63,47 @@ async def never_a_line():
     yield  # an async generator, as httpx's lines are
 
 
-async def answers_every(seconds: float, count: int):
-    """`count` empty answers, one each `seconds`, then silence (as httpx's lines of a stream)."""
-    for _ in range(count):
-        await trio.sleep(seconds)
+async def answers_after(*gaps: float):
+    """An empty answer after each gap in seconds, then silence (as httpx's lines of a stream)."""
+    for gap in gaps:
+        await trio.sleep(gap)
         yield '{"result": {"events": []}}'
     await trio.sleep_forever()
+
+
+def answers_every(seconds: float, count: int):
+    """`count` empty answers, one each `seconds`, then silence."""
+    return answers_after(*[seconds] * count)
+
+
+class CountedMember:
+    """The stream's member as the check sees it (in place of `Etcd.post`): it counts the checks sent to it
+    and answers each after `delay` seconds, with a refusal if `refuses`."""
+
+    def __init__(self, delay: float, refuses: bool):
+        self.delay, self.refuses, self.checks = delay, refuses, 0
+
+    async def post(self, url: str, path: str, body: dict) -> dict:
+        assert (path, body.get("count_only")) == ("/kv/range", True)
+        self.checks += 1
+        await trio.sleep(self.delay)
+        if self.refuses:
+            raise EtcdError("etcdserver: the counted member refuses")
+        return {"count": "0"}
+
+
+def watch_on(etcd: Etcd, url: str, nursery: trio.Nursery) -> etcd_watch.Watch:
+    """A watch whose stream is on `url` as far as its check knows, with no checker started."""
+    watch = etcd.watch(b"quiet/", prefix=True, start_revision=7, nursery=nursery)
+    watch.url = url
+    return watch
 
 
 def silent_stream(etcd: Etcd, url: str, nursery: trio.Nursery, lines=None) -> etcd_watch.Watch:
     """A watch whose stream is open on `url`, reads `lines` (default: it says nothing), and is checked in
     `nursery`."""
-    watch = etcd.watch(b"quiet/", prefix=True, start_revision=7, nursery=nursery)
-    watch.url, watch.lines = url, never_a_line() if lines is None else lines
+    watch = watch_on(etcd, url, nursery)
+    watch.lines = never_a_line() if lines is None else lines
     watch.start_checking()
     return watch
 
@@ -82,7 +112,7 @@ async def test_a_check_of_a_member_that_never_answers_fails_within_the_attempt_t
     """The check sent to a member that takes the connection and answers nothing raises MemberFailed."""
     async with Etcd([silent_member], attempt_timeout=0.3) as etcd:
         with trio.fail_after(HANG_GUARD_S), pytest.raises(MemberFailed, match="no answer to a check within 0.3s"):
-            await silent_stream(etcd, silent_member, nursery).check_member()
+            await watch_on(etcd, silent_member, nursery).check_member()
 
 
 async def test_a_silent_read_ends_when_its_member_fails_the_check(silent_member, monkeypatch, nursery):
@@ -95,17 +125,36 @@ async def test_a_silent_read_ends_when_its_member_fails_the_check(silent_member,
         assert watch.checks == 0
 
 
-async def test_a_stream_that_answers_within_each_check_interval_is_not_checked(refusing_member, nursery,
-                                                                                autojump_clock):
-    """Answers read every 2 s (fake clock) keep a member that would fail any check from being checked;
-    once they stop, the next read fails."""
-    async with Etcd([refusing_member]) as etcd:
-        watch = silent_stream(etcd, refusing_member, nursery, answers_every(2.0, 10))
-        for _ in range(10):
-            assert await watch.next_answer() == {"result": {"events": []}}
-        assert watch.checks == 0
-        with pytest.raises(MemberFailed, match="cannot connect"):
-            await watch.next_answer()
+async def test_a_stream_that_answers_within_each_check_interval_is_not_checked(nursery, autojump_clock):
+    """Answers read every 2 s (fake clock) keep a member that would fail any check from being sent one;
+    once they stop, it is sent one, and the next read fails."""
+    member = CountedMember(delay=0.0, refuses=True)
+    async with Etcd(["http://counted"]) as etcd:
+        etcd.post = member.post
+        watch = silent_stream(etcd, "http://counted", nursery, answers_every(2.0, 10))
+        with trio.fail_after(HANG_GUARD_S):
+            for _ in range(10):
+                assert await watch.next_answer() == {"result": {"events": []}}
+            assert member.checks == 0
+            with pytest.raises(MemberFailed, match="refused the check"):
+                await watch.next_answer()
+        assert member.checks == 1
+
+
+async def test_an_answer_read_during_a_check_that_fails_keeps_the_stream(nursery, autojump_clock):
+    """A check sent after 3 s of silence that fails 1.5 s later (fake clock) does not end a stream that
+    answered meanwhile: its next answer is read, and the check after it ends the stream."""
+    member = CountedMember(delay=1.5, refuses=True)
+    async with Etcd(["http://counted"]) as etcd:
+        etcd.post = member.post
+        watch = silent_stream(etcd, "http://counted", nursery, answers_after(4.0, 2.0))
+        with trio.fail_after(HANG_GUARD_S):
+            assert await watch.next_answer() == {"result": {"events": []}}  # at 4 s, the check sent at 3 s
+            assert await watch.next_answer() == {"result": {"events": []}}  # at 6 s, after it failed at 4.5 s
+            assert member.checks == 1
+            with pytest.raises(MemberFailed, match="refused the check"):
+                await watch.next_answer()  # the check sent at 9 s fails at 10.5 s
+        assert (member.checks, trio.current_time()) == (2, pytest.approx(10.5))
 
 
 async def test_a_check_failed_between_reads_fails_the_next_read(refusing_member, nursery, autojump_clock):
@@ -113,10 +162,11 @@ async def test_a_check_failed_between_reads_fails_the_next_read(refusing_member,
     stream has an answer for it."""
     async with Etcd([refusing_member]) as etcd:
         watch = silent_stream(etcd, refusing_member, nursery, answers_every(0.0, 2))
-        assert await watch.next_answer() == {"result": {"events": []}}
-        await trio.sleep(10)
-        with pytest.raises(MemberFailed, match="cannot connect"):
-            await watch.next_answer()
+        with trio.fail_after(HANG_GUARD_S):
+            assert await watch.next_answer() == {"result": {"events": []}}
+            await trio.sleep(10)
+            with pytest.raises(MemberFailed, match="cannot connect"):
+                await watch.next_answer()
 
 
 async def test_a_member_that_refuses_the_check_fails_it(nursery):
@@ -128,7 +178,7 @@ async def test_a_member_that_refuses_the_check_fails_it(nursery):
     url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
     async with Etcd([url]) as etcd:
         with trio.fail_after(HANG_GUARD_S), pytest.raises(MemberFailed, match="refused .* permission denied"):
-            await silent_stream(etcd, url, nursery).check_member()
+            await watch_on(etcd, url, nursery).check_member()
 
 
 async def test_a_member_that_failed_a_stream_is_passed_over_by_the_next_request():
@@ -191,3 +241,49 @@ async def test_an_idle_watch_on_a_member_that_answers_stays_on_it(cluster):
             nursery.cancel_scope.cancel()
     assert (event.kv.key, event.kv.mod_revision) == (b"i/k", revision)
     assert events.connections == 1 and events.url == member
+
+
+@pytest.mark.slow
+async def test_a_watch_closed_or_left_by_an_exception_mid_check_leaves_no_checker(cluster, monkeypatch):
+    """Once a watch closes, and once an `async with` is left by an exception while its member is being
+    checked, the nursery the watch was given has no task left."""
+    monkeypatch.setattr(etcd_watch, "WATCH_CHECK_S", 0.05)
+    member = CountedMember(delay=math.inf, refuses=False)  # every check hangs
+    async with Etcd(cluster.endpoints) as etcd, trio.open_nursery() as nursery:
+        with trio.fail_after(HANG_GUARD_S):
+            async with etcd.watch(b"c/", prefix=True, nursery=nursery):
+                assert len(nursery.child_tasks) == 1
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(nursery.child_tasks) == 0
+            etcd.post = member.post
+            with pytest.raises(KeyError):
+                async with etcd.watch(b"c/", prefix=True, nursery=nursery):
+                    while not member.checks:
+                        await trio.sleep(0.01)
+                    raise KeyError("the caller's own failure")
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(nursery.child_tasks) == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_after_a_check_timed_out_checks_wait_twice_as_long_until_one_is_prompt(nursery, autojump_clock):
+    """A member answering checks in 2.5 s (fake clock, attempt_timeout 2 s) fails the first check only; a
+    prompt answer brings the patience back to 2 s; a member that never answers fails within 4 s at most."""
+    member = CountedMember(delay=2.5, refuses=False)
+    async with Etcd(["http://counted"]) as etcd:
+        etcd.post = member.post
+        watch = watch_on(etcd, "http://counted", nursery)
+        with trio.fail_after(HANG_GUARD_S):
+            with pytest.raises(MemberFailed, match="no answer to a check within 2s"):
+                await watch.check_member()
+            await watch.check_member()  # as the next member's stream would be checked
+            await watch.check_member()
+            member.delay = 0.1
+            await watch.check_member()
+            member.delay = 2.5
+            with pytest.raises(MemberFailed, match="no answer to a check within 2s"):
+                await watch.check_member()
+            member.delay = math.inf
+            with pytest.raises(MemberFailed, match="no answer to a check within 4s"):
+                await watch.check_member()
+        assert member.checks == 6

@@ -20,7 +20,11 @@ be idle for hours. So after each WATCH_CHECK_S without an answer read the watch 
 stream's own member for a linearizable count of the watched key, which that member
 answers only if it is running, has a leader and a quorum, and applies; no answer within
 the client's attempt_timeout, or a refusal, counts as a broken stream. A hung member is so
-left within WATCH_CHECK_S + attempt_timeout; an idle member that answers keeps the stream.
+left within WATCH_CHECK_S + attempt_timeout (5 s); an idle member that answers keeps the stream.
+A loaded cluster may answer checks later than attempt_timeout without being hung: after a
+check that timed out, the watch's checks wait twice attempt_timeout, until one is answered
+within attempt_timeout, so an idle watch on such a cluster moves once, not every 5 s, and a
+hung member is then left within WATCH_CHECK_S + 2 x attempt_timeout (7 s).
 The check runs in one task per stream, ended when the stream closes, in the nursery the
 caller gives (`nursery=`): one that outlives the watch, so that the watch's own errors
 reach the caller unwrapped, not in an exception group. The reader notes the time of each
@@ -48,10 +52,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 # Seconds of silence after which the stream's member is checked. With the default attempt_timeout (2 s) a
-# hung member is left within 5 s: before the client's timeout (8 s) has run out for any other call, and well
-# within the 10 s a settings write waits for the watch to bring its entry (shared.WRITE_S). An idle watch
-# costs one linearizable read of one key per check (100 idle nodes: about 33 a second to the cluster).
+# hung member is left within 5 s (7 s after a check timed out: PATIENCE_AFTER_TIMEOUT): before the client's
+# timeout (8 s) has run out for any other call, and within the 10 s a settings write waits for the watch to
+# bring its entry (shared.WRITE_S). An idle watch costs one linearizable read of one key per check (100 idle
+# nodes: about 33 a second to the cluster).
 WATCH_CHECK_S = 3.0
+# After a check timed out, how many times attempt_timeout the watch's checks wait for their answer, until one
+# comes within attempt_timeout: members of a loaded cluster that answer in 2-4 s are left once, not each check.
+PATIENCE_AFTER_TIMEOUT = 2
 
 
 class Watch:
@@ -67,11 +75,12 @@ class Watch:
         self.lines = None
         self.connections = 0  # streams opened so far (more than 1: it has reconnected)
         self.url: str | None = None  # the member the stream is open on
-        self.checks = 0  # checks of that member answered while the stream was silent
+        self.checks = 0  # checks of the open stream's member answered while it was silent (tests read it)
         self.last_answer = 0.0  # trio time of the stream's latest answer read (or of its opening)
         self.reading = trio.CancelScope()  # around the stream's current (or next) read: a failed check cancels it
         self.failure: MemberFailed | None = None  # the check that failed, once one has
         self.checking = trio.CancelScope()  # around the stream's checker task: closing the stream cancels it
+        self.check_patience = etcd.attempt_timeout  # how long a check waits for its answer (see check_member)
 
     async def __aenter__(self) -> "Watch":
         await self.connect()
@@ -107,7 +116,7 @@ class Watch:
 
     def start_checking(self) -> None:
         """Start the open stream's checker in the caller's nursery, the stream counted silent from now."""
-        self.reading, self.failure, self.checking = trio.CancelScope(), None, trio.CancelScope()
+        self.reading, self.failure, self.checking, self.checks = trio.CancelScope(), None, trio.CancelScope(), 0
         self.last_answer = trio.current_time()
         self.nursery.start_soon(self.check_while_silent, self.checking)
 
@@ -176,14 +185,18 @@ class Watch:
     async def check_member(self) -> None:
         """A linearizable count of the watched key on the stream's own member (not another: `on_members`
         would move on), which needs it to run, have a leader and a quorum, and apply; MemberFailed if it
-        does not answer within the client's attempt_timeout or refuses."""
-        patience = self.etcd.attempt_timeout
+        refuses or does not answer within `check_patience`: attempt_timeout, PATIENCE_AFTER_TIMEOUT times
+        that after a check timed out, until one is answered within attempt_timeout."""
+        patience, sent_at = self.check_patience, trio.current_time()
         with trio.move_on_after(patience):
             try:
                 await self.etcd.post(self.url, "/kv/range", {"key": b64(self.key), "count_only": True})
             except EtcdError as refused:
                 raise MemberFailed(f"refused the check of a silent watch: {refused}", sent=False) from None
+            if trio.current_time() - sent_at <= self.etcd.attempt_timeout:
+                self.check_patience = self.etcd.attempt_timeout
             return
+        self.check_patience = PATIENCE_AFTER_TIMEOUT * self.etcd.attempt_timeout
         raise MemberFailed(f"silent for {WATCH_CHECK_S:g}s, then no answer to a check within {patience:g}s",
                            sent=False)
 
