@@ -9,7 +9,6 @@ refusals (pure, no etcd); a daemon configured with them joins.
 """
 import errno
 
-import httpx
 import pytest
 import trio
 
@@ -18,7 +17,7 @@ from apeinxfs.cluster.etcd_auth import Credentials
 from apeinxfs.cluster.etcd_records import EtcdError, Txn
 from apeinxfs.cluster.etcd_tls import client_context
 from daemon import Daemon, poll_until
-from etcd_pki import make_pki, tls_etcd
+from etcd_pki import enable_auth, make_pki, tls_etcd
 from fake_tls import serve
 from test_cluster_nodes import SETTLE_S, cluster_config, link, listed, status
 from test_cluster_view import load, refusal
@@ -36,10 +35,7 @@ def pki(tmp_path_factory):
 def member(pki, tmp_path_factory):
     """A TLS member whose tokens expire after TOKEN_TTL_S unused, with root's password and auth enabled."""
     with tls_etcd(tmp_path_factory.mktemp("etcd-auth"), pki, ("--auth-token-ttl", str(TOKEN_TTL_S))) as running:
-        for path, body in (("user/add", {"name": "root", "password": PASSWORD}), ("role/add", {"name": "root"}),
-                           ("user/grant", {"user": "root", "role": "root"}), ("enable", {})):
-            answer = httpx.post(f"{running.client_url}/v3/auth/{path}", json=body, verify=running.context)
-            assert answer.status_code == 200, (path, answer.text)
+        enable_auth(running, PASSWORD)
         yield running
 
 
