@@ -10,33 +10,27 @@ not permission-checked (`bare` may do them; it reads no key). A daemon configure
 `apx` joins, leads and runs a task. This is what docs/cluster.md's "etcd's
 authentication" states.
 """
-import base64
+import logging
+from types import SimpleNamespace
 
 import pytest
 import trio
 
 from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_auth import Credentials
-from apeinxfs.cluster.etcd_records import Compacted, EtcdError, Txn
+from apeinxfs.cluster.compaction import REMEDY, Compaction
+from apeinxfs.cluster.etcd_records import Compacted, EtcdError, Txn, b64, prefix_end
 from apeinxfs.cluster.etcd_tls import client_context
 from apeinxfs.cluster.records import Keys
 from daemon import Daemon, poll_until
 from etcd_pki import enable_auth, gateway, make_pki, tls_etcd
+from test_etcd_client import wait_for
 from test_cluster_nodes import SETTLE_S, cluster_config, link, listed, status, submit_or_none
 
 PREFIX = "test-cluster/"  # cluster_config's
 KEYS = Keys(PREFIX)
 PASSWORD = "apx pass"
 DENIED = "etcdserver: permission denied"
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """etcd's range end of every key starting with `prefix` (its last byte + 1)."""
-    return prefix[:-1] + bytes([prefix[-1] + 1])
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +141,35 @@ async def test_a_user_without_a_role_may_compact_and_hold_leases_but_reads_no_ke
         assert DENIED in await refused(etcd.range(KEYS.all, prefix=True))
 
 
+async def test_a_refused_compaction_is_shown_and_logged_once_until_it_works_again(pki, member, caplog):
+    """Compaction.run as a leader whose compactions etcd refuses (here: a future revision; a permission refusal
+    on an etcd that wants root goes the same way): its state says refused, with etcd's words and the remedy,
+    one warning for many refusals; once etcd compacts again the state says the revision, one line more."""
+    caplog.set_level(logging.WARNING, logger="apeinxfs.cluster.compaction")
+    compaction, passes = Compaction(), []
+    async with client(pki, member) as etcd, trio.open_nursery() as nursery:
+        revision = await etcd.put(KEYS.node("r"), b"1")
+        target = [revision + 10**6]
+
+        def seen() -> int:
+            passes.append(target[0])
+            return target[0]
+
+        async def passed(count: int) -> bool:
+            return len(passes) >= count
+        nursery.start_soon(compaction.run, etcd, SimpleNamespace(leading=True), seen, 0.05)
+        await wait_for(lambda: passed(6), "six passes")
+        assert compaction.state.startswith("refused: ") and "future revision" in compaction.state
+        assert compaction.state.endswith(REMEDY)
+        target[0] = revision
+        first_good = len(passes)
+        await wait_for(lambda: passed(first_good + 2), "a pass compacting to a revision etcd has")
+        nursery.cancel_scope.cancel()
+    assert compaction.state == f"revision {revision}"
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2 and "refused to compact" in lines[0] and "compacted again" in lines[1], lines
+
+
 def test_a_daemon_running_as_apx_joins_leads_and_runs_a_task(tmp_path, pki, member):
     """A node with etcd_user apx (the two prefixes only) is up and leading, /ai/cluster says Etcd ok, and a
     task submitted there exits."""
@@ -162,3 +185,4 @@ def test_a_daemon_running_as_apx_joins_leads_and_runs_a_task(tmp_path, pki, memb
                                f"task {pid} exited")
         assert exit_line == "done", exit_line
         assert link(node)["Etcd"] == "ok" and link(node)["Reason"] == "-"
+        assert link(node)["Compaction"] == "-"  # nothing compacted in its first COMPACT_S
