@@ -6,9 +6,10 @@ One TLS member (tests/etcd_pki.py) with authentication enabled holds, beside roo
 and user `bare` with no role at all. Checked on etcd 3.4: every call the daemon makes
 (keys, txn, leases, the election, the watch and its check, compaction) goes through as
 `apx`; a key beside the prefixes is refused; compaction, lease grants and keepalives are
-not permission-checked (`bare` may do them; it reads no key). A daemon configured as
-`apx` joins, leads and runs a task. This is what docs/cluster.md's "etcd's
-authentication" states.
+not permission-checked (`bare` may do them; it reads no key). A compaction etcd refuses
+is shown in the leader's Compaction state and logged once (cluster/compaction.py). A
+daemon configured as `apx` joins, leads and runs a task. This is what docs/cluster.md's
+"A least-privilege user" states.
 """
 import logging
 from types import SimpleNamespace
