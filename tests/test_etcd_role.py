@@ -17,16 +17,15 @@ from types import SimpleNamespace
 import pytest
 import trio
 
-from apeinxfs.cluster.etcd import Etcd
-from apeinxfs.cluster.etcd_auth import Credentials
 from apeinxfs.cluster.compaction import REMEDY, Compaction
+from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_records import Compacted, EtcdError, Txn, b64, prefix_end
-from apeinxfs.cluster.etcd_tls import client_context
 from apeinxfs.cluster.records import Keys
 from daemon import Daemon, poll_until
 from etcd_pki import enable_auth, gateway, make_pki, tls_etcd
-from test_etcd_client import wait_for
 from test_cluster_nodes import SETTLE_S, cluster_config, link, listed, status, submit_or_none
+from test_etcd_auth import auth_keys, client as auth_client
+from test_etcd_client import wait_for
 
 PREFIX = "test-cluster/"  # cluster_config's
 KEYS = Keys(PREFIX)
@@ -56,8 +55,7 @@ def member(pki, tmp_path_factory):
 
 
 def client(pki, member, user: str = "apx") -> Etcd:
-    tls = client_context(pki("ca.pem"), (pki("anonymous.pem"), pki("anonymous.key")))
-    return Etcd([member.client_url], tls=tls, credentials=Credentials(user, PASSWORD))
+    return auth_client(pki, member, PASSWORD, user=user)
 
 
 async def refused(call) -> str:
@@ -174,12 +172,8 @@ async def test_a_refused_compaction_is_shown_and_logged_once_until_it_works_agai
 def test_a_daemon_running_as_apx_joins_leads_and_runs_a_task(tmp_path, pki, member):
     """A node with etcd_user apx (the two prefixes only) is up and leading, /ai/cluster says Etcd ok, and a
     task submitted there exits."""
-    password = tmp_path / "password"
-    password.write_text(PASSWORD + "\n")
-    password.chmod(0o600)
-    keys = (f'etcd_ca = "{pki("ca.pem")}"\netcd_cert = "{pki("anonymous.pem")}"\netcd_key = "{pki("anonymous.key")}"\n'
-            f'etcd_user = "apx"\netcd_password_file = "{password}"\n')
-    with Daemon(tmp_path / "ai", tmp_path / "state", cluster_config("r1", [member.client_url]) + keys) as node:
+    config = cluster_config("r1", [member.client_url]) + auth_keys(tmp_path, pki, "apx", PASSWORD)
+    with Daemon(tmp_path / "ai", tmp_path / "state", config) as node:
         poll_until(lambda: "r1" in listed(node) and status(node, "r1")["Leader"] == "yes", SETTLE_S, "r1 leading")
         pid = poll_until(lambda: submit_or_none(node), SETTLE_S, "a submit")
         exit_line = poll_until(lambda: node.status(pid)["Exit"] != "-" and node.status(pid)["Exit"], SETTLE_S,
