@@ -103,3 +103,20 @@ def tls_etcd(root: Path, pki: Pki, extra: tuple[str, ...] = ()):
         yield member
     finally:
         member.kill()
+
+
+def gateway(member: TlsMember, path: str, body: dict, token: str | None = None) -> dict:
+    """POST `body` to the member's gateway at /v3/`path` with the test's certificate (and `token`, if given);
+    its JSON answer, asserting HTTP 200 (for setting up users and roles)."""
+    headers = {} if token is None else {"Authorization": token}
+    answer = httpx.post(f"{member.client_url}/v3/{path}", json=body, headers=headers, verify=member.context)
+    assert answer.status_code == 200, (path, answer.text)
+    return answer.json()
+
+
+def enable_auth(member: TlsMember, root_password: str) -> None:
+    """Add user root with `root_password` and role root, and enable etcd's authentication."""
+    for path, body in (("auth/user/add", {"name": "root", "password": root_password}),
+                       ("auth/role/add", {"name": "root"}), ("auth/user/grant", {"user": "root", "role": "root"}),
+                       ("auth/enable", {})):
+        gateway(member, path, body)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import trio
 
-from apeinxfs.cluster.daemon import compact_history
+from apeinxfs.cluster.compaction import Compaction
 from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_records import Compacted
 from apeinxfs.cluster.failover import Failover
@@ -68,7 +68,7 @@ async def test_a_member_joins_with_epoch_one_and_again_with_two_once_its_lease_i
 
 
 async def test_the_leader_compacts_the_history_it_saw_one_period_before(etcd_cluster):
-    """A leading member's compact_history compacts etcd to the revision seen a period earlier: a watch
+    """A leading member's Compaction.run compacts etcd to the revision seen a period earlier: a watch
     from before it gets Compacted; a member that does not lead compacts nothing."""
     keys = Keys("compact/")
     async with Etcd(etcd_cluster.endpoints) as etcd:
@@ -84,7 +84,7 @@ async def test_the_leader_compacts_the_history_it_saw_one_period_before(etcd_clu
         async def passed_with_a_revision_to_compact() -> bool:
             return len(looks) >= 2  # the second pass had `seen` from the first, and compacted only if leading
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(compact_history, etcd, member, seen_now, 0.2)
+            nursery.start_soon(Compaction().run, etcd, member, seen_now, 0.2)
             await wait_for(passed_with_a_revision_to_compact, "a pass of the loop with a revision to compact")
             async with etcd.watch(b"compact/x", start_revision=first, nursery=nursery) as events:
                 assert (await events.__anext__()).kv.value == b"1"  # not leading: nothing compacted

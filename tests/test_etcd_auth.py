@@ -9,7 +9,6 @@ refusals (pure, no etcd); a daemon configured with them joins.
 """
 import errno
 
-import httpx
 import pytest
 import trio
 
@@ -18,7 +17,7 @@ from apeinxfs.cluster.etcd_auth import Credentials
 from apeinxfs.cluster.etcd_records import EtcdError, Txn
 from apeinxfs.cluster.etcd_tls import client_context
 from daemon import Daemon, poll_until
-from etcd_pki import make_pki, tls_etcd
+from etcd_pki import enable_auth, make_pki, tls_etcd
 from fake_tls import serve
 from test_cluster_nodes import SETTLE_S, cluster_config, link, listed, status
 from test_cluster_view import load, refusal
@@ -36,18 +35,16 @@ def pki(tmp_path_factory):
 def member(pki, tmp_path_factory):
     """A TLS member whose tokens expire after TOKEN_TTL_S unused, with root's password and auth enabled."""
     with tls_etcd(tmp_path_factory.mktemp("etcd-auth"), pki, ("--auth-token-ttl", str(TOKEN_TTL_S))) as running:
-        for path, body in (("user/add", {"name": "root", "password": PASSWORD}), ("role/add", {"name": "root"}),
-                           ("user/grant", {"user": "root", "role": "root"}), ("enable", {})):
-            answer = httpx.post(f"{running.client_url}/v3/auth/{path}", json=body, verify=running.context)
-            assert answer.status_code == 200, (path, answer.text)
+        enable_auth(running, PASSWORD)
         yield running
 
 
-def client(pki, member, password: str = PASSWORD, before: tuple[str, ...] = (), **options) -> Etcd:
-    """A client as root with `password`, its certificate without a common name (etcd_pki.py says why), of
-    the members `before` and then `member`."""
+def client(pki, member, password: str = PASSWORD, before: tuple[str, ...] = (), user: str = "root",
+           **options) -> Etcd:
+    """A client as `user` (root) with `password`, its certificate without a common name (etcd_pki.py says why),
+    of the members `before` and then `member`."""
     tls = client_context(pki("ca.pem"), (pki("anonymous.pem"), pki("anonymous.key")))
-    return Etcd([*before, member.client_url], tls=tls, credentials=Credentials("root", password), **options)
+    return Etcd([*before, member.client_url], tls=tls, credentials=Credentials(user, password), **options)
 
 
 async def logging_in(requests: list[bytes]) -> None:
@@ -206,14 +203,19 @@ def test_a_user_with_plain_http_members_is_refused(tmp_path):
         refused.reason and "in clear" in refused.reason
 
 
+def auth_keys(tmp_path, pki, user: str, password: str) -> str:
+    """[cluster] keys for TLS with the anonymous certificate and etcd's user `user`, whose `password` is
+    written to a file (mode 0600) under `tmp_path`."""
+    path = tmp_path / "password"
+    path.write_text(password + "\n")
+    path.chmod(0o600)
+    return (f'etcd_ca = "{pki("ca.pem")}"\netcd_cert = "{pki("anonymous.pem")}"\netcd_key = "{pki("anonymous.key")}"\n'
+            f'etcd_user = "{user}"\netcd_password_file = "{path}"\n')
+
+
 def test_a_daemon_with_the_user_and_its_password_file_joins(tmp_path, pki, member):
     """A node with etcd_user and etcd_password_file (and TLS) lists itself up and leading."""
-    password = tmp_path / "password"
-    password.write_text(PASSWORD + "\n")
-    password.chmod(0o600)
-    keys = (f'etcd_ca = "{pki("ca.pem")}"\netcd_cert = "{pki("anonymous.pem")}"\netcd_key = "{pki("anonymous.key")}"\n'
-            f'etcd_user = "root"\netcd_password_file = "{password}"\n')
-    config = cluster_config("u1", [member.client_url]) + keys
+    config = cluster_config("u1", [member.client_url]) + auth_keys(tmp_path, pki, "root", PASSWORD)
     with Daemon(tmp_path / "ai", tmp_path / "state", config) as node:
         poll_until(lambda: "u1" in listed(node) and status(node, "u1")["State"] == "up", SETTLE_S, "u1 up")
         assert status(node, "u1")["Leader"] == "yes" and link(node)["Etcd"] == "ok"

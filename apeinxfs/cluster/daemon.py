@@ -11,17 +11,17 @@ blocks (pids.py), failover's two loops (failover.py: task keys and fencing; the 
 moves and adoption; fencing.py holds the engines once the lease may have expired), the
 replication of running tasks' output (replicas.py; unless
 `replicate_s` is 0), the writer of settings changes made at a close (shared.py) and, on
-the leader, the compaction of etcd's history. None of them blocks the file system:
+the leader, the compaction of etcd's history (compaction.py). None of them blocks the file system:
 without etcd they note why and retry, and local reads and running tasks go on.
 `names_seen(rt)` and `node_seen(rt, name)` are what /nodes shows: the cluster's view, or
 on a single node just this node.
 """
 import logging
-from collections.abc import Callable
 
 import trio
 
 from ..kernel.errors import ApeinxError, Degraded
+from .compaction import Compaction
 from .etcd import Etcd
 from .etcd_records import EtcdError
 from .failover import Failover
@@ -62,6 +62,7 @@ class Cluster:
         self.replicas = Replicas(self)  # running tasks' output, for a resume after failover (replicas.py)
         self.shared = SharedSettings(runtime, self.etcd, self.keys, self.name, self.view)  # the settings log
         self.elsewheres = Elsewheres(self.name)  # the other nodes' use by tenant, for admission (usage.py)
+        self.compaction = Compaction()  # the leader's compaction of etcd's history (compaction.py)
 
     def record(self, epoch: int) -> NodeRecord:
         """This node's record now, in `epoch`, every field read off the kernel as it stands but its live pids
@@ -95,7 +96,7 @@ class Cluster:
             if self.settings.replicate_s:
                 nursery.start_soon(self.replicas.keep)
             nursery.start_soon(self.shared.drain)
-            nursery.start_soon(compact_history, self.etcd, self.member, lambda: self.view.revision, COMPACT_S)
+            nursery.start_soon(self.compaction.run, self.etcd, self.member, lambda: self.view.revision, COMPACT_S)
 
     async def follow(self, nursery: trio.Nursery) -> None:
         """Read every key under the prefix, then watch it from the next revision; again after a failure.
@@ -144,21 +145,6 @@ class Cluster:
                     await trio.sleep(RETRY_S)
                 continue
             await self.rt.wait_for("trace", PID_CHECK_S)
-
-
-async def compact_history(etcd: Etcd, member: Member, seen: Callable[[], int], every_s: float) -> None:
-    """While `member` leads, every `every_s` compact etcd's history up to the revision `seen()` gave
-    `every_s` before: every node puts its record each second, and etcd keeps every revision until
-    compacted (its database would fill its quota). A watch further behind than that reads again."""
-    behind = 0
-    while True:
-        await trio.sleep(every_s)
-        if member.leading and behind:
-            try:
-                await etcd.compact(behind)
-            except EtcdError as error:  # compacted already (a leader before it), or no quorum: next time
-                log.warning("cluster: cannot compact etcd's history to revision %d: %s", behind, error.reason)
-        behind = seen()
 
 
 def names_seen(rt) -> list[str]:

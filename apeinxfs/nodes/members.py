@@ -51,7 +51,8 @@ def link(rt) -> str:
     """/cluster: this node's own link to the cluster (so not the same on every node), `Key:<TAB>value`
     lines: Node, Mode (cluster or single); in a cluster Etcd (ok or unavailable), Reason (why, or -),
     Epoch, Settings and SettingsRefused (the etcd revision of the last entry of the settings log applied
-    here, and how many this node refused: cluster/shared.py); PidsLeft (pids it may give before its
+    here, and how many this node refused: cluster/shared.py), Compaction (the leader's compaction of etcd's
+    history: cluster/compaction.py); PidsLeft (pids it may give before its
     next block, - on a single node)."""
     cluster, left = rt.cluster, rt.kernel.tasks.pids_left()
     rows = [("Node", rt.kernel.config.node), ("Mode", "single" if cluster is None else "cluster")]
@@ -59,7 +60,7 @@ def link(rt) -> str:
         problem = cluster.member.problem
         rows += [("Etcd", "unavailable" if problem else "ok"), ("Reason", problem or "-"),
                  ("Epoch", cluster.member.epoch), ("Settings", rt.kernel.shared.revision),
-                 ("SettingsRefused", rt.kernel.shared.refused)]
+                 ("SettingsRefused", rt.kernel.shared.refused), ("Compaction", cluster.compaction.state)]
     rows.append(("PidsLeft", "-" if left is None else left))
     return "".join(f"{key}:\t{value}\n" for key, value in rows)
 
