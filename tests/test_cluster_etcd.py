@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import trio
 
-from apeinxfs.cluster.compaction import Compaction
+from apeinxfs.cluster.history import Compaction
 from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_records import Compacted
 from apeinxfs.cluster.failover import Failover

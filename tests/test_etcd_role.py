@@ -7,7 +7,7 @@ and user `bare` with no role at all. Checked on etcd 3.4: every call the daemon 
 (keys, txn, leases, the election, the watch and its check, compaction) goes through as
 `apx`; a key beside the prefixes is refused; compaction, lease grants and keepalives are
 not permission-checked (`bare` may do them; it reads no key). A compaction etcd refuses
-is shown in the leader's Compaction state and logged once (cluster/compaction.py). A
+is shown in the leader's Compaction state and logged once (cluster/history.py). A
 daemon configured as `apx` joins, leads and runs a task. This is what docs/cluster.md's
 "A least-privilege user" states.
 """
@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import trio
 
-from apeinxfs.cluster.compaction import REMEDY, Compaction
+from apeinxfs.cluster.history import REMEDY, Compaction
 from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_records import Compacted, EtcdError, Txn, b64, prefix_end
 from apeinxfs.cluster.records import Keys
@@ -144,7 +144,7 @@ async def test_a_refused_compaction_is_shown_and_logged_once_until_it_works_agai
     """Compaction.run as a leader whose compactions etcd refuses (here: a future revision; a permission refusal
     on an etcd that wants root goes the same way): its state says refused, with etcd's words and the remedy,
     one warning for many refusals; once etcd compacts again the state says the revision, one line more."""
-    caplog.set_level(logging.WARNING, logger="apeinxfs.cluster.compaction")
+    caplog.set_level(logging.WARNING, logger="apeinxfs.cluster.history")
     compaction, passes = Compaction(), []
     async with client(pki, member) as etcd, trio.open_nursery() as nursery:
         revision = await etcd.put(KEYS.node("r"), b"1")

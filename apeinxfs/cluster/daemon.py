@@ -11,7 +11,7 @@ blocks (pids.py), failover's two loops (failover.py: task keys and fencing; the 
 moves and adoption; fencing.py holds the engines once the lease may have expired), the
 replication of running tasks' output (replicas.py; unless
 `replicate_s` is 0), the writer of settings changes made at a close (shared.py) and, on
-the leader, the compaction of etcd's history (compaction.py). None of them blocks the file system:
+the leader, the compaction of etcd's history (history.py). None of them blocks the file system:
 without etcd they note why and retry, and local reads and running tasks go on.
 `names_seen(rt)` and `node_seen(rt, name)` are what /nodes shows: the cluster's view, or
 on a single node just this node.
@@ -21,7 +21,7 @@ import logging
 import trio
 
 from ..kernel.errors import ApeinxError, Degraded
-from .compaction import Compaction
+from .history import Compaction
 from .etcd import Etcd
 from .etcd_records import EtcdError
 from .failover import Failover
@@ -62,7 +62,7 @@ class Cluster:
         self.replicas = Replicas(self)  # running tasks' output, for a resume after failover (replicas.py)
         self.shared = SharedSettings(runtime, self.etcd, self.keys, self.name, self.view)  # the settings log
         self.elsewheres = Elsewheres(self.name)  # the other nodes' use by tenant, for admission (usage.py)
-        self.compaction = Compaction()  # the leader's compaction of etcd's history (compaction.py)
+        self.compaction = Compaction()  # the leader's compaction of etcd's history (history.py)
 
     def record(self, epoch: int) -> NodeRecord:
         """This node's record now, in `epoch`, every field read off the kernel as it stands but its live pids

@@ -52,7 +52,7 @@ def link(rt) -> str:
     lines: Node, Mode (cluster or single); in a cluster Etcd (ok or unavailable), Reason (why, or -),
     Epoch, Settings and SettingsRefused (the etcd revision of the last entry of the settings log applied
     here, and how many this node refused: cluster/shared.py), Compaction (the leader's compaction of etcd's
-    history: cluster/compaction.py); PidsLeft (pids it may give before its
+    history: cluster/history.py); PidsLeft (pids it may give before its
     next block, - on a single node)."""
     cluster, left = rt.cluster, rt.kernel.tasks.pids_left()
     rows = [("Node", rt.kernel.config.node), ("Mode", "single" if cluster is None else "cluster")]
