@@ -105,11 +105,10 @@ def tls_etcd(root: Path, pki: Pki, extra: tuple[str, ...] = ()):
         member.kill()
 
 
-def gateway(member: TlsMember, path: str, body: dict, token: str | None = None) -> dict:
-    """POST `body` to the member's gateway at /v3/`path` with the test's certificate (and `token`, if given);
-    its JSON answer, asserting HTTP 200 (for setting up users and roles)."""
-    headers = {} if token is None else {"Authorization": token}
-    answer = httpx.post(f"{member.client_url}/v3/{path}", json=body, headers=headers, verify=member.context)
+def gateway(member: TlsMember, path: str, body: dict) -> dict:
+    """POST `body` to the member's gateway at /v3/`path` with the test's certificate; its JSON answer,
+    asserting HTTP 200 (for setting up users and roles, before authentication is enabled)."""
+    answer = httpx.post(f"{member.client_url}/v3/{path}", json=body, verify=member.context)
     assert answer.status_code == 200, (path, answer.text)
     return answer.json()
 

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import pytest
 import trio
 
-from apeinxfs.cluster.history import Compaction
 from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_records import Compacted
 from apeinxfs.cluster.failover import Failover
+from apeinxfs.cluster.history import Compaction
 from apeinxfs.cluster.member import Member
 from apeinxfs.cluster.pids import grant_block
 from apeinxfs.cluster.records import Keys, NodeRecord
@@ -69,7 +69,8 @@ async def test_a_member_joins_with_epoch_one_and_again_with_two_once_its_lease_i
 
 async def test_the_leader_compacts_the_history_it_saw_one_period_before(etcd_cluster):
     """A leading member's Compaction.run compacts etcd to the revision seen a period earlier: a watch
-    from before it gets Compacted; a member that does not lead compacts nothing."""
+    from before it gets Compacted, and its state says the revision, also once etcd has it compacted
+    already (the next passes); a member that does not lead compacts nothing."""
     keys = Keys("compact/")
     async with Etcd(etcd_cluster.endpoints) as etcd:
         member = Member(etcd, keys, "m", 3, lambda epoch: NodeRecord(name="m", epoch=epoch, seen_us=1))
@@ -81,10 +82,14 @@ async def test_the_leader_compacts_the_history_it_saw_one_period_before(etcd_clu
             looks.append(seen)
             return seen
 
+        async def passed(count: int) -> bool:
+            return len(looks) >= count
+
         async def passed_with_a_revision_to_compact() -> bool:
             return len(looks) >= 2  # the second pass had `seen` from the first, and compacted only if leading
+        compaction = Compaction()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(Compaction().run, etcd, member, seen_now, 0.2)
+            nursery.start_soon(compaction.run, etcd, member, seen_now, 0.2)
             await wait_for(passed_with_a_revision_to_compact, "a pass of the loop with a revision to compact")
             async with etcd.watch(b"compact/x", start_revision=first, nursery=nursery) as events:
                 assert (await events.__anext__()).kv.value == b"1"  # not leading: nothing compacted
@@ -99,7 +104,10 @@ async def test_the_leader_compacts_the_history_it_saw_one_period_before(etcd_clu
                     return error.revision == seen
                 return False
             await wait_for(compacted, "history compacted up to the revision seen")
+            again = len(looks) + 2
+            await wait_for(lambda: passed(again), "two passes more, compacting what etcd compacted already")
             nursery.cancel_scope.cancel()
+        assert compaction.state == f"revision {seen}"
 
 
 async def leading(member: Member) -> bool:

@@ -6,6 +6,7 @@ and tasks, and /nodes and /cluster of a single node through the tree. The same a
 a real etcd and three daemons is test_cluster_nodes.py.
 """
 import errno
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -178,3 +179,14 @@ def test_a_single_node_lists_itself_up_and_leading(tmp_path):
         assert text(tree, "/nodes/local/tasks") == f"{pid}\n"
         assert text(tree, "/cluster") == "Node:\tlocal\nMode:\tsingle\nPidsLeft:\t-\n"
         assert refusal(lambda: resolve(tree, "/nodes/other")).errno == errno.ENOENT
+
+
+def test_the_compaction_row_is_the_leaders_and_last(tmp_path):
+    """/cluster's last row (members.link) is the leader's Compaction state; a node that no longer leads shows - (its state
+    from when it led is not the cluster's any more)."""
+    with open_runtime(tmp_path) as rt:
+        member = SimpleNamespace(problem=None, epoch=2, leading=True)
+        rt.cluster = SimpleNamespace(member=member, compaction=SimpleNamespace(state="revision 881"))
+        assert members.link(rt).splitlines()[-2:] == ["PidsLeft:\t-", "Compaction:\trevision 881"]
+        member.leading = False
+        assert members.link(rt).splitlines()[-1] == "Compaction:\t-"

@@ -21,11 +21,11 @@ import logging
 import trio
 
 from ..kernel.errors import ApeinxError, Degraded
-from .history import Compaction
 from .etcd import Etcd
 from .etcd_records import EtcdError
 from .failover import Failover
 from .fencing import Fencing
+from .history import Compaction
 from .member import PUBLISH_S, RETRY_S, Member
 from .pids import take_block, wants_block
 from .records import Keys, NodeRecord, NodeView, record_of, scan

@@ -5,9 +5,9 @@ second: uncompacted, etcd's database grows until its quota (2 GiB by default) re
 every write and the cluster stops. `Compaction.run(etcd, member, seen, every_s)`: while
 `member` leads, every `every_s` compact the history up to the revision `seen()` gave
 `every_s` before. `state` is /ai/cluster's `Compaction` row: `-` (not leading, or nothing
-compacted yet), `revision R` (compacted up to R last time), or `refused: REASON; REMEDY`
-while etcd refuses (a user without the root role on etcd versions that want it for
-compaction, say): one log line when a refusal starts or its reason changes, one when
+compacted yet), `revision R` (compacted up to R last time), or `refused: REASON` while etcd
+refuses, with REMEDY where the reason is a permission (a user without the root role on etcd
+versions that want it for compaction): one log line when a refusal starts or its reason changes, one when
 compaction works again, not one every `every_s`. History compacted further already (by
 auto-compaction, or a leader before) counts as compacted; no quorum is /ai/cluster's
 `Etcd` row, not this one. Not here: the election (member.py).
@@ -23,6 +23,7 @@ from .member import Member
 
 log = logging.getLogger(__name__)
 COMPACTED_ALREADY = "required revision has been compacted"  # etcd's words: history is shorter than asked
+PERMISSION = "permission denied"  # etcd's words for a user whose roles do not allow the call
 REMEDY = ("etcd's history is not compacted and its database grows until its quota refuses every write: give "
           "cluster.etcd_user the root role, or run etcd with --auto-compaction-mode=revision "
           "--auto-compaction-retention=N (docs/cluster.md, etcd's authentication)")
@@ -37,8 +38,9 @@ class Compaction:
 
     @property
     def state(self) -> str:
+        """/ai/cluster's Compaction row (while this node leads)."""
         if self.refusal is not None:
-            return f"refused: {self.refusal}; {REMEDY}"
+            return f"refused: {advised(self.refusal)}"
         return "-" if self.compacted is None else f"revision {self.compacted}"
 
     async def run(self, etcd: Etcd, member: Member, seen: Callable[[], int], every_s: float) -> None:
@@ -64,11 +66,16 @@ class Compaction:
                 self.refused(revision, error.reason)
                 return
         if self.refusal is not None:
-            log.warning("cluster: etcd's history is compacted again (to revision %d)", revision)
+            log.info("cluster: etcd's history is compacted again (to revision %d)", revision)
         self.compacted, self.refusal = revision, None
 
     def refused(self, revision: int, reason: str) -> None:
+        """Note etcd's refusal to compact to `revision`, logged when it is new or its reason changed."""
         if reason != self.refusal:
-            log.warning("cluster: etcd refused to compact its history to revision %d: %s; %s", revision, reason,
-                        REMEDY)
+            log.warning("cluster: etcd refused to compact its history to revision %d: %s", revision, advised(reason))
         self.refusal = reason
+
+
+def advised(reason: str) -> str:
+    """etcd's refusal, with what to do where it is a permission the user lacks."""
+    return f"{reason}; {REMEDY}" if PERMISSION in reason else reason

@@ -51,17 +51,19 @@ def link(rt) -> str:
     """/cluster: this node's own link to the cluster (so not the same on every node), `Key:<TAB>value`
     lines: Node, Mode (cluster or single); in a cluster Etcd (ok or unavailable), Reason (why, or -),
     Epoch, Settings and SettingsRefused (the etcd revision of the last entry of the settings log applied
-    here, and how many this node refused: cluster/shared.py), Compaction (the leader's compaction of etcd's
-    history: cluster/history.py); PidsLeft (pids it may give before its
-    next block, - on a single node)."""
+    here, and how many this node refused: cluster/shared.py); PidsLeft (pids it may give before its next
+    block, - on a single node); in a cluster Compaction (the leader's compaction of etcd's history:
+    cluster/history.py; - on a node that does not lead)."""
     cluster, left = rt.cluster, rt.kernel.tasks.pids_left()
     rows = [("Node", rt.kernel.config.node), ("Mode", "single" if cluster is None else "cluster")]
     if cluster is not None:
         problem = cluster.member.problem
         rows += [("Etcd", "unavailable" if problem else "ok"), ("Reason", problem or "-"),
                  ("Epoch", cluster.member.epoch), ("Settings", rt.kernel.shared.revision),
-                 ("SettingsRefused", rt.kernel.shared.refused), ("Compaction", cluster.compaction.state)]
+                 ("SettingsRefused", rt.kernel.shared.refused)]
     rows.append(("PidsLeft", "-" if left is None else left))
+    if cluster is not None:  # last: the rows before it kept their lines when it came
+        rows.append(("Compaction", cluster.compaction.state if cluster.member.leading else "-"))
     return "".join(f"{key}:\t{value}\n" for key, value in rows)
 
 
