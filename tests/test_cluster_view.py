@@ -182,8 +182,8 @@ def test_a_single_node_lists_itself_up_and_leading(tmp_path):
 
 
 def test_the_compaction_row_is_the_leaders_and_last(tmp_path):
-    """/cluster's last row (members.link) is the leader's Compaction state; a node that no longer leads shows - (its state
-    from when it led is not the cluster's any more)."""
+    """/cluster's last row (members.link) is the leader's Compaction state; a node that no longer leads
+    shows - (its state from when it led is not the cluster's any more)."""
     with open_runtime(tmp_path) as rt:
         member = SimpleNamespace(problem=None, epoch=2, leading=True)
         rt.cluster = SimpleNamespace(member=member, compaction=SimpleNamespace(state="revision 881"))
