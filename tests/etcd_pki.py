@@ -42,6 +42,12 @@ def openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> Pki:
+    """One throwaway PKI for the whole run (five RSA keys: a few seconds of openssl)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
 def make_pki(root: Path) -> Pki:
     """Two CAs (ca, other), a server and two client certificates signed by `ca`, under `root`."""
     if not shutil.which("openssl"):

@@ -17,18 +17,14 @@ from apeinxfs.cluster.etcd_auth import Credentials
 from apeinxfs.cluster.etcd_records import EtcdError, Txn
 from apeinxfs.cluster.etcd_tls import client_context
 from daemon import Daemon, poll_until
-from etcd_pki import enable_auth, make_pki, tls_etcd
+from etcd_pki import enable_auth, pki, tls_etcd  # noqa: F401 - pki: a fixture
 from fake_tls import serve
 from test_cluster_nodes import SETTLE_S, cluster_config, link, listed, status
 from test_cluster_view import load, refusal
+from test_etcd_client import wait_for
 
 PASSWORD = "s3cret pass"  # a space: a password is not a token
 TOKEN_TTL_S = 2
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +43,11 @@ def client(pki, member, password: str = PASSWORD, before: tuple[str, ...] = (), 
     return Etcd([*before, member.client_url], tls=tls, credentials=Credentials(user, password), **options)
 
 
-async def logging_in(requests: list[bytes]) -> None:
-    """Until a fake member's `requests` hold an authentication."""
-    while b"POST /v3/auth/authenticate HTTP/1.1" not in requests:
-        await trio.sleep(0.01)
+def logging_in(requests: list[bytes]):
+    """A wait_for condition: a fake member's `requests` hold an authentication."""
+    async def logged_in() -> bool:
+        return b"POST /v3/auth/authenticate HTTP/1.1" in requests
+    return logged_in
 
 
 async def test_keys_and_a_watch_work_with_the_password(pki, member, nursery):
@@ -124,7 +121,7 @@ async def test_a_login_hanging_at_one_member_holds_no_request_bound_for_another(
     hung, requests = await serve(nursery, pki, "hang")
     async with client(pki, member, before=(hung,), timeout=30.0) as etcd, trio.open_nursery() as txn:
         txn.start_soon(failing, etcd.txn(Txn().put(b"auth/t", b"1")))
-        await logging_in(requests)
+        await wait_for(logging_in(requests), "a login at the hung member")
         with trio.fail_after(15):  # a hang guard, well below the client's timeout
             assert (await etcd.range(b"auth/", prefix=True)).revision > 0
         txn.cancel_scope.cancel()

@@ -22,7 +22,7 @@ from apeinxfs.cluster.etcd_records import Compacted, EtcdError, Txn, b64, prefix
 from apeinxfs.cluster.history import REMEDY, Compaction
 from apeinxfs.cluster.records import Keys
 from daemon import Daemon, poll_until
-from etcd_pki import enable_auth, gateway, make_pki, tls_etcd
+from etcd_pki import enable_auth, gateway, pki, tls_etcd  # noqa: F401 - pki: a fixture
 from test_cluster_nodes import SETTLE_S, cluster_config, link, listed, status, submit_or_none
 from test_etcd_auth import auth_keys, client as auth_client
 from test_etcd_client import wait_for
@@ -31,11 +31,6 @@ PREFIX = "test-cluster/"  # cluster_config's
 KEYS = Keys(PREFIX)
 PASSWORD = "apx pass"
 DENIED = "etcdserver: permission denied"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,9 @@ from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_records import Txn, Unavailable
 from apeinxfs.cluster.etcd_tls import client_context
 from daemon import Daemon, poll_until
-from etcd_pki import make_pki, tls_etcd
+from etcd_pki import pki, tls_etcd  # noqa: F401 - pki: a fixture
 from test_cluster_nodes import SETTLE_S, cluster_config, link, listed, status
 from test_cluster_view import load, refusal
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")

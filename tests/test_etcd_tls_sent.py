@@ -12,13 +12,8 @@ import trio
 from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_records import Txn, Unavailable
 from apeinxfs.cluster.etcd_tls import client_context
-from etcd_pki import make_pki
+from etcd_pki import pki  # noqa: F401 - pki: a fixture
 from fake_tls import serve
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 async def test_a_txn_broken_by_a_damaged_record_after_it_was_sent_is_of_unknown_outcome(pki, nursery):

@@ -38,14 +38,6 @@ def silent_member():
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
-@pytest.fixture
-def refusing_member():
-    """The URL of a port bound without listening: every connection is refused at once."""
-    with socket.socket() as bound:
-        bound.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{bound.getsockname()[1]}"
-
-
 async def answer_once(stream: trio.SocketStream, answer: bytes) -> None:
     await stream.receive_some(65536)
     await stream.send_all(answer)
@@ -157,15 +149,18 @@ async def test_an_answer_read_during_a_check_that_fails_keeps_the_stream(nursery
         assert (member.checks, trio.current_time()) == (2, pytest.approx(10.5))
 
 
-async def test_a_check_failed_between_reads_fails_the_next_read(refusing_member, nursery, autojump_clock):
-    """A member that fails a check while nobody reads its stream (fake clock) fails the next read, though the
+async def test_a_check_failed_between_reads_fails_the_next_read(nursery, autojump_clock):
+    """A member that fails a check while nobody reads its stream (fake clock; the member is a stand-in, as a
+    real socket's connect would be a wait the fake clock jumps over) fails the next read, though the
     stream has an answer for it."""
-    async with Etcd([refusing_member]) as etcd:
-        watch = silent_stream(etcd, refusing_member, nursery, answers_every(0.0, 2))
+    member = CountedMember(delay=0.0, refuses=True)
+    async with Etcd(["http://counted"]) as etcd:
+        etcd.post = member.post
+        watch = silent_stream(etcd, "http://counted", nursery, answers_every(0.0, 2))
         with trio.fail_after(HANG_GUARD_S):
             assert await watch.next_answer() == {"result": {"events": []}}
             await trio.sleep(10)
-            with pytest.raises(MemberFailed, match="cannot connect"):
+            with pytest.raises(MemberFailed, match="refused the check"):
                 await watch.next_answer()
 
 
