@@ -23,7 +23,8 @@ import trio
 
 from ..kernel.errors import Invalid
 from .etcd_records import HEADERS, EtcdError, MemberFailed
-from .etcd_tls import read_private
+from .etcd_tls import ETCD_GRANT
+from .secretfile import read_private
 
 STALE_TOKEN = ("invalid auth token", "revision of auth store is old")  # etcd's words: authenticate again
 Answer = TypeVar("Answer")
@@ -39,7 +40,7 @@ class Credentials:
 
 def read_password(path: str) -> str:
     """The password in the file at `path`; Invalid naming cluster.etcd_password_file if it cannot do."""
-    raw = read_private("etcd_password_file", path).strip(b"\r\n")
+    raw = read_private(path, f"config: cluster.etcd_password_file: {path}", ETCD_GRANT).strip(b"\r\n")
     try:
         password = raw.decode()
     except UnicodeDecodeError:

@@ -19,9 +19,7 @@ nothing of the first). That probe costs up to PROBE_S whenever a live member bre
 connection without a TLS error. Not etcd's authentication (user and password): that is
 etcd's own, over this.
 """
-import os
 import ssl
-import stat
 import urllib.parse
 
 import httpx
@@ -29,7 +27,9 @@ import trio
 
 from ..kernel.errors import Invalid
 from .etcd_records import MemberFailed
+from .secretfile import read_private
 
+ETCD_GRANT = "act as this node towards etcd"  # what a world-readable key or password would let its reader do
 PROBE_S = 0.5  # the longest a fresh connection waits for a member's TLS alert (it comes at once)
 # The words of the alerts by which a member refuses this client's certificate (OpenSSL's reasons).
 CERTIFICATE_ALERTS = ("certificate required", "bad certificate", "unknown ca", "certificate expired",
@@ -50,7 +50,7 @@ def client_context(ca: str | None = None, certificate: tuple[str, str] | None = 
 
 def _load_client_certificate(context: ssl.SSLContext, cert: str, key: str) -> None:
     readable("etcd_cert", cert)
-    read_private("etcd_key", key)
+    read_private(key, f"config: cluster.etcd_key: {key}", ETCD_GRANT)
     try:
         context.load_cert_chain(cert, key)
     except ssl.SSLError as exc:
@@ -65,21 +65,6 @@ def readable(name: str, path: str) -> str:
             return path
     except OSError as exc:
         raise Invalid(f"config: cluster.{name}: {path}: {exc.strerror}") from None
-
-
-def read_private(name: str, path: str) -> bytes:
-    """The secret (a private key, a password) in the file at `path`, its mode taken from the file it reads;
-    Invalid naming the key `name` if it cannot be read, or every user may read it."""
-    try:
-        with open(path, "rb") as file:
-            mode = os.fstat(file.fileno()).st_mode
-            secret = file.read()
-    except OSError as exc:
-        raise Invalid(f"config: cluster.{name}: {path}: {exc.strerror}") from None
-    if mode & stat.S_IROTH:
-        raise Invalid(f"config: cluster.{name}: {path} is readable by every user (mode {stat.S_IMODE(mode):04o}): "
-                      f"chmod o-r it, as it lets its reader act as this node towards etcd")
-    return secret
 
 
 async def tls_failure(url: str, exc: httpx.TransportError, context: ssl.SSLContext) -> MemberFailed | None:

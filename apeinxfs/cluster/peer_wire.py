@@ -13,14 +13,13 @@ Not the server (peer_server.py) nor the client (peer_client.py).
 """
 import errno
 import json
-import os
 import re
-import stat
 
 from ..kernel.access import RANKS
 from ..kernel.errors import (ApeinxError, Busy, Degraded, Denied, Exists, Hidden, Invalid, NoSpace, NotFound,
                              NotPermitted, OverQuota, TooMany)
 from ..nodes.base import Caller
+from .secretfile import read_private
 
 HEARTBEAT_S = 2.0  # a blocked stream or wait sends a heartbeat frame after this long without news
 FRAME_MAX = 1 << 16  # the most bytes of a file one data frame carries
@@ -152,15 +151,7 @@ def decode_caller(text: str | None) -> Caller:
 def read_token(path: str) -> bytes:
     """The shared token in `path` (surrounding whitespace stripped); Invalid if the file is missing,
     readable by every user, or empty."""
-    try:
-        with open(path, "rb") as file:
-            mode = os.fstat(file.fileno()).st_mode
-            token = file.read().strip()
-    except OSError as exc:
-        raise Invalid(f"token file {path}: {exc.strerror}") from None
-    if mode & stat.S_IROTH:
-        raise Invalid(f"token file {path} is readable by every user (mode {stat.S_IMODE(mode):04o}): "
-                      f"chmod o-r it, as it lets its reader act for any user on every node")
+    token = read_private(path, f"token file {path}", "act for any user on every node").strip()
     if not token:
         raise Invalid(f"token file {path} is empty")
     if not TOKEN_BYTES.fullmatch(token):
