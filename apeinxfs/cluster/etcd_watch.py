@@ -45,7 +45,6 @@ import trio
 
 from .etcd_records import (API, Compacted, EtcdError, Event, MemberFailed, answer_of, b64, header_revision,
                            range_body, refusal)
-from .etcd_tls import tls_failure
 
 if TYPE_CHECKING:
     from .etcd import Etcd  # which imports this module
@@ -129,8 +128,8 @@ class Watch:
         try:
             self.response = await self.etcd.http.send(request, stream=True)
         except httpx.TransportError as exc:
-            tls = await tls_failure(url, exc, self.etcd.tls)  # nothing is changed by a watch: never sent
-            raise MemberFailed(str(tls) if tls else f"cannot open a watch: {exc!r}", sent=False) from None
+            failed = await self.etcd.failure(url, exc)  # its words; nothing is changed by a watch: never sent
+            raise MemberFailed(f"cannot open a watch: {failed}", sent=False) from None
         self.lines = self.response.aiter_lines()
         try:
             if self.response.status_code != 200:
