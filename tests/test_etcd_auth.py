@@ -214,5 +214,7 @@ def test_a_daemon_with_the_user_and_its_password_file_joins(tmp_path, pki, membe
     """A node with etcd_user and etcd_password_file (and TLS) lists itself up and leading."""
     config = cluster_config("u1", [member.client_url]) + auth_keys(tmp_path, pki, "root", PASSWORD)
     with Daemon(tmp_path / "ai", tmp_path / "state", config) as node:
-        poll_until(lambda: "u1" in listed(node) and status(node, "u1")["State"] == "up", SETTLE_S, "u1 up")
+        poll_until(lambda: "u1" in listed(node) and status(node, "u1")["Leader"] == "yes", SETTLE_S,
+                   "u1 up and leading")  # up comes before the election is won
+        assert status(node, "u1")["State"] == "up"
         assert status(node, "u1")["Leader"] == "yes" and link(node)["Etcd"] == "ok"
