@@ -6,8 +6,8 @@ handshake or a refused client certificate), no connection, "no leader", or no an
 Checked: one round in which every member refused by TLS ends the call at once (each member
 tried once), naming each member and its words, also where the refusal met the login of
 etcd's authentication and where requests waited for that login; a round with any other
-failure goes on until the deadline. Trio's MockClock jumps to the deadlines; nothing is
-sent anywhere.
+failure goes on until the deadline; a member's campaign refused so stands again after a
+pause. Trio's MockClock jumps to the deadlines; nothing is sent anywhere.
 """
 import collections
 
@@ -17,7 +17,9 @@ import trio.testing
 
 from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_auth import Credentials
-from apeinxfs.cluster.etcd_records import MemberFailed, Unavailable
+from apeinxfs.cluster.etcd_records import Lease, MemberFailed, Unavailable
+from apeinxfs.cluster.member import RETRY_S, Member
+from apeinxfs.cluster.records import Keys
 from test_etcd_client import reasons_of_gets
 
 MEMBERS = ["https://127.0.0.1:1", "https://127.0.0.1:2", "https://127.0.0.1:3"]
@@ -99,3 +101,32 @@ def test_logins_every_member_refused_by_tls_fail_the_calls_at_once_also_those_th
                                      f"{MEMBERS[0]}: authentication: {BAD_CERTIFICATE}" in reason
                                      for reason in reasons), reasons
     assert logins == MEMBERS
+
+
+class CampaignRefusedEtcd:
+    """A client whose campaign every member refuses by TLS `refusals` times, then wins."""
+
+    def __init__(self, refusals: int):
+        self.refusals, self.campaigns = refusals, 0
+
+    async def campaign(self, name: bytes, lease_id: int, value: bytes) -> None:
+        self.campaigns += 1
+        if self.campaigns <= self.refusals:
+            raise Unavailable(f"etcd: /election/campaign: {REFUSED} ({MEMBERS[0]}: {BAD_CERTIFICATE})")
+
+
+async def campaigned(etcd: CampaignRefusedEtcd) -> tuple[Member, float]:
+    """A member's campaign through `etcd`, and the (mock) time it took."""
+    member = Member(etcd, Keys("t/"), "n1", 5, record=None)  # type: ignore[arg-type]
+    await member.campaign(Lease(1, 5))
+    return member, trio.current_time()
+
+
+def test_a_campaign_every_member_refused_by_tls_is_noted_and_stood_again_after_a_pause():
+    """Two refusals (a certificate mended meanwhile), then the member leads; the reason was noted, and each
+    try came RETRY_S after the last, not at once."""
+    etcd = CampaignRefusedEtcd(refusals=2)
+    member, took = run_mocked(campaigned, etcd)
+    assert member.leading and etcd.campaigns == 3
+    assert REFUSED in member.problem
+    assert took == 2 * RETRY_S  # virtual time: a pause before each try again, no busy loop
