@@ -7,21 +7,21 @@ name, "anonymous" without (etcd 3.4's gateway refuses a certificate with a commo
 once authentication is enabled); keys are mode 0600.
 `tls_etcd(root, pki)` runs Debian's etcd on free 127.0.0.1 ports serving https with
 `--client-cert-auth`, waits until it answers /health (with the client certificate),
-yields the member and kills it by pid on leaving. Without `openssl` or
+yields the member and kills it by pid on leaving; `tls_keys(pki)` is the `[cluster]`
+TLS keys' text for a daemon. Without `openssl` or
 `etcd` the calling test is skipped loudly. Nothing machine-wide changes.
 """
 import contextlib
 import shutil
 import ssl
 import subprocess
-import time
 from pathlib import Path
 
 import attrs
 import httpx
 import pytest
 
-from etcdcluster import HEALTH_TIMEOUT_S, EtcdMember, etcd_binary, free_ports
+from etcdcluster import EtcdMember, etcd_binary, free_ports, wait_healthy
 
 SERVER_EXTENSIONS = "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n"
 CLIENT_EXTENSIONS = "extendedKeyUsage=clientAuth\n"
@@ -77,21 +77,14 @@ class TlsMember(EtcdMember):
         super().__init__("tls0", *free_ports(2), root)
         self.client_url = self.client_url.replace("http://", "https://")
         self.pki, self.extra = pki, extra
-        self.context = ssl.create_default_context(cafile=pki("ca.pem"))
-        self.context.load_cert_chain(pki("client.pem"), pki("client.key"))
+        context = ssl.create_default_context(cafile=pki("ca.pem"))
+        context.load_cert_chain(pki("client.pem"), pki("client.key"))
+        self.verify = context  # /health and the gateway's answers, with the client certificate
 
     def command(self, binary: str, initial_cluster: str) -> list[str]:
         return super().command(binary, initial_cluster) + [
             "--cert-file", self.pki("server.pem"), "--key-file", self.pki("server.key"),
             "--trusted-ca-file", self.pki("ca.pem"), "--client-cert-auth", *self.extra]
-
-    def healthy(self) -> bool:
-        if self.process is None or self.process.poll() is not None:
-            return False
-        try:
-            return httpx.get(f"{self.client_url}/health", verify=self.context, timeout=1.0).json()["health"] == "true"
-        except (httpx.HTTPError, ValueError, KeyError):
-            return False
 
 
 @contextlib.contextmanager
@@ -101,20 +94,23 @@ def tls_etcd(root: Path, pki: Pki, extra: tuple[str, ...] = ()):
     member = TlsMember(root, pki, extra)
     member.start(etcd_binary(), f"{member.name}={member.peer_url}")
     try:
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        while not member.healthy():
-            if time.monotonic() > deadline:  # a hang guard, not a timing check
-                raise AssertionError(f"TLS etcd not healthy within {HEALTH_TIMEOUT_S}s:\n{member.log_tail()}")
-            time.sleep(0.1)
+        wait_healthy([member])
         yield member
     finally:
         member.kill()
 
 
+def tls_keys(pki: Pki, cert: str = "client", **paths: str | None) -> str:
+    """The `[cluster]` TLS keys: etcd_ca the test CA, etcd_cert and etcd_key client certificate `cert`
+    ("client", "anonymous") and its key, each as `paths` changes it (None leaves the key out)."""
+    keys = {"etcd_ca": pki("ca.pem"), "etcd_cert": pki(f"{cert}.pem"), "etcd_key": pki(f"{cert}.key")} | paths
+    return "".join(f'{key} = "{path}"\n' for key, path in keys.items() if path is not None)
+
+
 def gateway(member: TlsMember, path: str, body: dict) -> dict:
     """POST `body` to the member's gateway at /v3/`path` with the test's certificate; its JSON answer,
     asserting HTTP 200 (for setting up users and roles, before authentication is enabled)."""
-    answer = httpx.post(f"{member.client_url}/v3/{path}", json=body, verify=member.context)
+    answer = httpx.post(f"{member.client_url}/v3/{path}", json=body, verify=member.verify)
     assert answer.status_code == 200, (path, answer.text)
     return answer.json()
 

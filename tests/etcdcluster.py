@@ -5,14 +5,16 @@ scripts/setup) as child processes with their data directories under `root`, wait
 every member answers /health, and offers `kill(i)` (SIGKILL by pid), `start(i)` (the
 same member again, on its old ports and data), `pause(i)` / `resume(i)` (SIGSTOP and
 SIGCONT), `leader_index()` and `stop()` (all, by pid). Leaving the
-`with` block always stops every member it started. `etcd_binary()` skips the calling
-test loudly where no etcd is installed. Nothing is killed by name; no service is used.
+`with` block always stops every member it started. `wait_healthy(members)` waits until
+each answers /health (an https member, tests/etcd_pki.py, verified by its `verify`).
+`etcd_binary()` skips the calling test loudly where no etcd is installed. Nothing is killed by name; no service is used.
 """
 import contextlib
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -55,6 +57,7 @@ class EtcdMember:
         self.data_dir = root / f"{name}.etcd"
         self.log_path = root / f"{name}.log"
         self.process: subprocess.Popen | None = None
+        self.verify: ssl.SSLContext | bool = True  # how /health's answer is verified (https members: their CA)
 
     def command(self, binary: str, initial_cluster: str) -> list[str]:
         """etcd's arguments; heartbeat and election timeout are etcd's defaults (100 ms, 1 s)."""
@@ -82,7 +85,8 @@ class EtcdMember:
         if self.process is None or self.process.poll() is not None:
             return False
         try:
-            return httpx.get(f"{self.client_url}/health", timeout=1.0).json().get("health") == "true"
+            answer = httpx.get(f"{self.client_url}/health", verify=self.verify, timeout=1.0)
+            return answer.json().get("health") == "true"
         except (httpx.HTTPError, ValueError):
             return False
 
@@ -117,7 +121,7 @@ class EtcdCluster:
         try:
             for member in self.members:
                 member.start(self.binary, self.initial_cluster)
-            self.wait_healthy(self.members)
+            wait_healthy(self.members)
         except BaseException:
             self.stop()
             raise
@@ -149,14 +153,14 @@ class EtcdCluster:
             stopped = [self.members[index] for index in indices if self.members[index].process is None]
             for member in stopped:
                 member.start(self.binary, self.initial_cluster)
-            self.wait_healthy(stopped)
+            wait_healthy(stopped)
 
     def start(self, index: int, wait: bool = True) -> None:
         """Start member `index` again on its ports and data; with `wait`, until it is healthy."""
         member = self.members[index]
         member.start(self.binary, self.initial_cluster)
         if wait:
-            self.wait_healthy([member])
+            wait_healthy([member])
 
     def leader_index(self) -> int:
         """The index of the member that leads the cluster now (asked of the first running member)."""
@@ -172,10 +176,12 @@ class EtcdCluster:
         if self.own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def wait_healthy(self, members: list[EtcdMember]) -> None:
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        while not all(member.healthy() for member in members):
-            if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {m.name}\n{m.log_tail()}" for m in members)
-                raise AssertionError(f"etcd not healthy within {HEALTH_TIMEOUT_S}s:\n{logs}")
-            time.sleep(0.1)
+def wait_healthy(members: list[EtcdMember]) -> None:
+    """Wait until every one of `members` answers /health; fail with their logs after HEALTH_TIMEOUT_S (a hang
+    guard, not a timing check)."""
+    deadline = time.monotonic() + HEALTH_TIMEOUT_S
+    while not all(member.healthy() for member in members):
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {m.name}\n{m.log_tail()}" for m in members)
+            raise AssertionError(f"etcd not healthy within {HEALTH_TIMEOUT_S}s:\n{logs}")
+        time.sleep(0.1)

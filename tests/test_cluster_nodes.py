@@ -94,6 +94,14 @@ def listed(daemon: Daemon) -> list[str]:
     return subprocess.run(["ls", daemon.path("nodes")], capture_output=True, text=True, check=True).stdout.split()
 
 
+def joins_and_leads(daemon: Daemon, name: str) -> None:
+    """Wait until `daemon` lists itself, node `name`, up and leading (up comes before the election is won), with
+    etcd ok in its /cluster."""
+    poll_until(lambda: name in listed(daemon) and status(daemon, name)["Leader"] == "yes", SETTLE_S,
+               f"{name} up and leading in its own /nodes")
+    assert status(daemon, name)["State"] == "up" and link(daemon)["Etcd"] == "ok"
+
+
 def all_up(daemons: dict) -> bool:
     return all(listed(d) == list(NAMES) and all(status(d, n)["State"] == "up" for n in NAMES)
                for d in daemons.values())

@@ -16,12 +16,12 @@ from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_auth import Credentials
 from apeinxfs.cluster.etcd_records import EtcdError, Txn
 from apeinxfs.cluster.etcd_tls import client_context
-from daemon import Daemon, poll_until
-from etcd_pki import enable_auth, pki, tls_etcd  # noqa: F401 - pki: a fixture
+from daemon import Daemon
+from etcd_pki import enable_auth, pki, tls_etcd, tls_keys  # noqa: F401 - pki: a fixture
 from fake_tls import serve
-from test_cluster_nodes import SETTLE_S, cluster_config, link, listed, status
+from test_cluster_nodes import cluster_config, joins_and_leads
 from test_cluster_view import load, refusal
-from test_etcd_client import wait_for
+from test_etcd_client import reasons_of_gets, wait_for
 
 PASSWORD = "s3cret pass"  # a space: a password is not a token
 TOKEN_TTL_S = 2
@@ -85,15 +85,7 @@ async def test_requests_waiting_for_a_login_refused_get_its_refusal_without_logg
     async with client(pki, member, password="wrong") as etcd:
         logins, login = [], etcd.auth.login
         etcd.auth.login = lambda url, body: logins.append(url) or login(url, body)
-        reasons = []
-
-        async def get() -> None:
-            with pytest.raises(EtcdError) as caught:
-                await etcd.get(b"auth/a")
-            reasons.append(caught.value.reason)
-        async with trio.open_nursery() as gets:
-            for _ in range(5):
-                gets.start_soon(get)
+        reasons = await reasons_of_gets(etcd, b"auth/a", 5)
     assert len(reasons) == 5 and all("authentication as 'root' failed" in reason for reason in reasons), reasons
     assert logins == [member.client_url]
 
@@ -206,15 +198,11 @@ def auth_keys(tmp_path, pki, user: str, password: str) -> str:
     path = tmp_path / "password"
     path.write_text(password + "\n")
     path.chmod(0o600)
-    return (f'etcd_ca = "{pki("ca.pem")}"\netcd_cert = "{pki("anonymous.pem")}"\netcd_key = "{pki("anonymous.key")}"\n'
-            f'etcd_user = "{user}"\netcd_password_file = "{path}"\n')
+    return tls_keys(pki, "anonymous") + f'etcd_user = "{user}"\netcd_password_file = "{path}"\n'
 
 
 def test_a_daemon_with_the_user_and_its_password_file_joins(tmp_path, pki, member):
     """A node with etcd_user and etcd_password_file (and TLS) lists itself up and leading."""
     config = cluster_config("u1", [member.client_url]) + auth_keys(tmp_path, pki, "root", PASSWORD)
     with Daemon(tmp_path / "ai", tmp_path / "state", config) as node:
-        poll_until(lambda: "u1" in listed(node) and status(node, "u1")["Leader"] == "yes", SETTLE_S,
-                   "u1 up and leading")  # up comes before the election is won
-        assert status(node, "u1")["State"] == "up"
-        assert status(node, "u1")["Leader"] == "yes" and link(node)["Etcd"] == "ok"
+        joins_and_leads(node, "u1")

@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from apeinxfs.cluster.etcd import Etcd
-from apeinxfs.cluster.etcd_records import (Compacted, Event, LeaseGone, MemberFailed, NotLeader, Txn, TxnResult,
-                                           Unavailable, prefix_end, refusal)
+from apeinxfs.cluster.etcd_records import (Compacted, EtcdError, Event, LeaseGone, MemberFailed, NotLeader, Txn,
+                                           TxnResult, Unavailable, prefix_end, refusal)
 from etcdcluster import EtcdCluster, free_ports
 
 TRICKY = [b"", b"\x00", b"\xff\xff\xff", bytes(range(256)), "caf\u00e9 \u2603".encode(), b"\x80not utf-8\xc3"]
@@ -32,6 +32,25 @@ async def wait_for(predicate, what: str, timeout: float = 15.0):
             await trio.sleep(0.1)
         return
     raise AssertionError(f"not within {timeout}s: {what}")
+
+
+async def reason_of(call, kind: type[EtcdError] = EtcdError) -> str:
+    """The reason of the `kind` of EtcdError that awaiting `call` must fail with."""
+    with pytest.raises(kind) as caught:
+        await call
+    return caught.value.reason
+
+
+async def reasons_of_gets(etcd: Etcd, key: bytes, count: int, kind: type[EtcdError] = EtcdError) -> list[str]:
+    """The reasons of `count` concurrent gets of `key` through `etcd`, each of which must fail with `kind`."""
+    reasons: list[str] = []
+
+    async def get() -> None:
+        reasons.append(await reason_of(etcd.get(key), kind))
+    async with trio.open_nursery() as gets:
+        for _ in range(count):
+            gets.start_soon(get)
+    return reasons
 
 
 def test_prefix_end_follows_etcds_rule():

@@ -11,16 +11,18 @@ Every request carries `Grpc-Metadata-hasleader: true`, so a member without a lea
 at once ("etcdserver: no leader") instead of waiting. A request goes to the member that
 answered last; when that member cannot be reached, or says it has no leader, the next one
 is tried, round after round, until `timeout` seconds have passed: then `Unavailable`
-(EAGAIN, with the reason). A request that reached a member whose answer was lost (the
-member died, or etcd timed the proposal out, as it does for 7 s after the leader dies) may
-have taken effect. Where repeating it is harmless (reads, put, delete, lease calls,
-campaign, a txn the caller marks `repeatable`) each attempt gets `attempt_timeout` seconds
-and it is sent again to the next member; any other txn, and proclaim, then fail with
-`Unavailable` saying that the outcome is unknown. A repeatable change of keys, leases
-or the election (UNKNOWABLE) that runs out of `timeout` after an attempt went unanswered
-says so too: it may have taken effect; a read, the watch, a lease's keepalive or revoke
-says only that there was no quorum. Other refusals raise `EtcdError` (or its
-subclasses LeaseGone, NotLeader) with etcd's words.
+(EAGAIN, with the reason); at once after a round in which every member refused this client
+by TLS before anything was sent (etcd_tls.py: a wrong CA or client certificate stays wrong,
+so later rounds would only hide the reason until the deadline). A request that reached a
+member whose answer was lost (the member died, or etcd timed the proposal out, as it does
+for 7 s after the leader dies) may have taken effect. Where repeating it is harmless
+(reads, put, delete, lease calls, campaign, a txn the caller marks `repeatable`) each
+attempt gets `attempt_timeout` seconds and it is sent again to the next member; any other
+txn, and proclaim, then fail with `Unavailable` saying that the outcome is unknown. A
+repeatable change of keys, leases or the election (UNKNOWABLE) that runs out of `timeout`
+after an attempt went unanswered says so too: it may have taken effect; a read, the watch,
+a lease's keepalive or revoke says only that there was no quorum. Other refusals raise
+`EtcdError` (or its subclasses LeaseGone, NotLeader) with etcd's words.
 Records, errors and the wire encoding: etcd_records.py; watches: etcd_watch.py; TLS:
 etcd_tls.py; etcd's authentication (user, password, token): etcd_auth.py.
 """
@@ -53,6 +55,11 @@ def in_flight(before: str | None) -> str:
     """A member's failure while an attempt is in flight: no answer, and why the one before failed (a TLS
     refusal, say, which the deadline must not hide)."""
     return NO_ANSWER if before is None else f"{NO_ANSWER} (before: {before})"
+
+
+def tried(failures: dict[str, str]) -> str:
+    """Each member's last failure, for a reason: "URL: WHY; URL: WHY"."""
+    return "; ".join(f"{member}: {why}" for member, why in failures.items())
 
 
 @attrs.frozen
@@ -106,8 +113,9 @@ class Etcd:
     async def on_members(self, attempt: Callable[[str], Awaitable[Answer]], what: str, retry_sent: bool,
                          timeout: float | None = None, patience: float | None = None) -> Answer:
         """`attempt(url)` on the current member, then on the next ones, round after round, until one
-        succeeds or `timeout` (default: the client's) runs out, then Unavailable. An attempt that may be
-        repeated (`retry_sent`) is given up after `patience` s (default: the client's `attempt_timeout`)."""
+        succeeds or `timeout` (default: the client's) runs out, then Unavailable; at once after a round in which
+        every member refused this client by TLS. An attempt that may be repeated (`retry_sent`) is given up
+        after `patience` s (default: the client's `attempt_timeout`)."""
         deadline = self.timeout if timeout is None else timeout
         if patience is None:
             patience = self.attempt_timeout if retry_sent else math.inf
@@ -116,6 +124,7 @@ class Etcd:
         with trio.move_on_after(deadline):
             while True:
                 first, count = self.current, len(self.endpoints)  # from the member that answered last
+                refused = 0  # members that refused this client by TLS in this round
                 for index in ((first + offset) % count for offset in range(count)):
                     url = self.endpoints[index]
                     failures[url] = in_flight(failures.get(url))  # the reason if the deadline cuts the attempt
@@ -123,15 +132,18 @@ class Etcd:
                         return await self.try_member(attempt, index, patience)
                     except MemberFailed as failed:
                         failures[url], sent = str(failed), sent or failed.sent
+                        refused += failed.tls_refused
                         if failed.sent and not retry_sent:
                             raise Unavailable(f"etcd: {what}: outcome unknown, {url}: {failed}") from None
+                if refused == count:  # a wrong CA or certificate: no later round would fare better
+                    raise Unavailable(f"etcd: {what}: every member refused this client by TLS ({tried(failures)})")
                 await trio.sleep(RETRY_PAUSE_S)
         if not retry_sent and failures[url].startswith(NO_ANSWER):
             before = failures[url][len(NO_ANSWER):]  # " (before: WHY)" or ""
             raise Unavailable(f"etcd: {what}: outcome unknown, no answer from {url} within {deadline:g}s{before}")
         unknown = (sent or failures[url].startswith(NO_ANSWER)) and what in UNKNOWABLE
-        tried = "; ".join(f"{member}: {why}" for member, why in failures.items())
-        raise Unavailable(f"etcd: {what}: {UNKNOWN if unknown else ''}no quorum within {deadline:g}s ({tried})")
+        raise Unavailable(f"etcd: {what}: {UNKNOWN if unknown else ''}no quorum within {deadline:g}s "
+                          f"({tried(failures)})")
 
     async def try_member(self, attempt: Callable[[str], Awaitable[Answer]], index: int, patience: float) -> Answer:
         """`attempt` on member `index`, which becomes the current member if it answers."""

@@ -13,8 +13,10 @@ requests that need a new token at a member wait for the authentication in flight
 if any, and for no other (a login hanging at one member holds no request bound for
 another); when it fails, they fail with it (a wrong password costs etcd one check, not
 one per waiting request). A login that fails at a member is a MemberFailed that sent
-nothing (only the login was sent, not the request it precedes). A refused password is an
-EtcdError naming the user and the keys to check. Not TLS (etcd_tls.py), which carries it.
+nothing (only the login was sent, not the request it precedes); refused by TLS, it stays a
+TLS refusal, so a call whose logins every member refused by TLS fails at once (etcd.py). A
+refused password is an EtcdError naming the user and the keys to check. Not TLS
+(etcd_tls.py), which carries it.
 """
 from typing import Awaitable, Callable, TypeVar
 
@@ -112,7 +114,7 @@ class Auth:
         try:
             return str((await self.login(url, body))["token"])
         except MemberFailed as failed:  # only the login was sent: the request it precedes was not
-            raise MemberFailed(f"authentication: {failed}", sent=False) from None
+            raise failed.unsent("authentication: ") from None
         except EtcdError as refused:
             raise EtcdError(f"etcd: authentication as {self.credentials.user!r} failed: {refused.reason} "
                             f"(check cluster.etcd_user and etcd_password_file)") from None
@@ -121,5 +123,5 @@ class Auth:
 def again(failure: EtcdError | MemberFailed) -> EtcdError | MemberFailed:
     """A login's failure as a new exception, for a request that waited for that login to raise."""
     if isinstance(failure, MemberFailed):
-        return MemberFailed(str(failure), sent=False)
+        return failure.unsent("")
     return EtcdError(failure.reason)

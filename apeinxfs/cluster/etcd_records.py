@@ -52,11 +52,18 @@ NO_LEADER = "etcdserver: no leader"  # that refusal (an election's own "election
 
 
 class MemberFailed(Exception):
-    """One member could not serve a request; `sent` if the request may have taken effect there."""
+    """One member could not serve a request; `sent` if the request may have taken effect there; `tls_refused`
+    if TLS refused this client there before anything was sent (a wrong CA, no client certificate or one the
+    member does not trust: trying again does not help, unlike a member down or without a leader)."""
 
-    def __init__(self, reason: str, sent: bool):
+    def __init__(self, reason: str, sent: bool, tls_refused: bool = False):
         super().__init__(reason)
-        self.sent = sent
+        self.sent, self.tls_refused = sent, tls_refused
+
+    def unsent(self, context: str) -> "MemberFailed":
+        """This failure after `context` ("authentication: "), of a request that was not sent: the member failed
+        what had to come first (a login, opening a stream). A TLS refusal stays one."""
+        return MemberFailed(f"{context}{self}", sent=False, tls_refused=self.tls_refused)
 
 
 def refusal(status: int, error: dict) -> Exception:

@@ -8,16 +8,17 @@ every user, is an Invalid naming the `[cluster]` key and the path (the daemon re
 start). `tls_failure(url, exc, context)` says what TLS did under an httpx transport failure,
 as a MemberFailed (None where it was not TLS): nothing was sent where the handshake failed
 (the member's certificate did not verify: unknown CA, wrong host name) or where the member
-refused this client's certificate (none, or not of its CA); any other TLS error breaking a
-written request (a damaged record) leaves its outcome unknown. Under TLS 1.3 the member
-refuses a client certificate after the client's handshake has ended, as an alert that
-httpx may lose (httpcore drops a failed write's error and then reads a broken stream); for
-a stream of an https member that broke without a TLS error, `tls_failure` opens a fresh TLS
-connection to the member and reads its alert, for at most PROBE_S; only an alert refusing
-the client's certificate counts there (a verification failure on the fresh connection says
-nothing of the first). That probe costs up to PROBE_S whenever a live member breaks an https
-connection without a TLS error. Not etcd's authentication (user and password): that is
-etcd's own, over this.
+refused this client's certificate (none, or not of its CA): a refusal (`tls_refused`) that
+trying again does not mend, so a call fails once every member refused it (etcd.py). Any
+other TLS error breaking a written request (a damaged record) leaves its outcome unknown.
+Under TLS 1.3 the member refuses a client certificate after the client's handshake has
+ended, as an alert that httpx may lose (httpcore drops a failed write's error and then
+reads a broken stream); for a stream of an https member that broke without a TLS error,
+`tls_failure` opens a fresh TLS connection to the member and reads its alert, for at most
+PROBE_S; only an alert refusing the client's certificate counts there (a verification
+failure on the fresh connection says nothing of the first). That probe costs up to PROBE_S
+whenever a live member breaks an https connection without a TLS error. Not etcd's
+authentication (user and password): that is etcd's own, over this.
 """
 import ssl
 import urllib.parse
@@ -74,7 +75,7 @@ async def tls_failure(url: str, exc: httpx.TransportError, context: ssl.SSLConte
     other TLS error breaking a written request (a damaged record, say) may have left it taken effect."""
     found = ssl_error_in(exc)
     if isinstance(exc, httpx.ConnectError) and found is not None:
-        return MemberFailed(words(found), sent=False)
+        return MemberFailed(words(found), sent=False, tls_refused=True)
     if not isinstance(exc, (httpx.ReadError, httpx.WriteError)):
         return None
     if found is None and url.startswith("https://"):
@@ -83,7 +84,7 @@ async def tls_failure(url: str, exc: httpx.TransportError, context: ssl.SSLConte
     if found is None:
         return None
     if refuses_certificate(found):
-        return MemberFailed(words(found), sent=False)
+        return MemberFailed(words(found), sent=False, tls_refused=True)
     return MemberFailed(f"connection lost: {words(found)}", sent=True)
 
 

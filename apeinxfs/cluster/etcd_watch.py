@@ -9,10 +9,10 @@ then batches of `events`). The watch remembers the revision after the last event
 handed out; when its stream breaks (the member died or restarted), the member says it
 has lost its leader (the hasleader header makes etcd end the stream then), or the member
 fails the check below, it connects to the next member that answers and asks again from
-that revision, so no event is lost or repeated. When no member answers within the
-client's timeout it raises Unavailable; when etcd has compacted the revisions it needs,
-the next iteration raises Compacted (read the state again, then watch from the read's
-revision + 1).
+that revision, so no event is lost or repeated. When no member answers within the client's
+timeout it raises Unavailable (at once when every member refused it by TLS); when etcd has
+compacted the revisions it needs, the next iteration raises Compacted (read the state
+again, then watch from the read's revision + 1).
 
 A member that stops answering without closing the connection (a disk stall, a frozen VM,
 a network that drops packets) would leave the stream silent for ever, and a watch may
@@ -129,7 +129,7 @@ class Watch:
             self.response = await self.etcd.http.send(request, stream=True)
         except httpx.TransportError as exc:
             failed = await self.etcd.failure(url, exc)  # its words; nothing is changed by a watch: never sent
-            raise MemberFailed(f"cannot open a watch: {failed}", sent=False) from None
+            raise failed.unsent("cannot open a watch: ") from None
         self.lines = self.response.aiter_lines()
         try:
             if self.response.status_code != 200:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from .etcd import Etcd
-from .etcd_records import EtcdError, Lease, LeaseGone
+from .etcd_records import EtcdError, Lease, LeaseGone, Unavailable
 from .records import Keys, NodeRecord, unchanged
 
 log = logging.getLogger(__name__)
@@ -97,12 +97,19 @@ class Member:
         self.expires = max(self.expires, expires)
 
     async def campaign(self, lease: Lease) -> None:
-        """Stand for leader on `lease` (etcd's election: the oldest candidate leads) until it leads."""
-        try:
-            await self.etcd.campaign(self.keys.election, lease.id, self.name.encode())
-        except EtcdError as error:  # the lease went: hold() sees it too and joins again
-            log.warning("cluster: campaign of %s ended: %s", self.name, error.reason)
-            return
+        """Stand for leader on `lease` (etcd's election: the oldest candidate leads) until it leads; when every
+        member refused it by TLS (the one Unavailable of a call without deadline), note why and stand again
+        after RETRY_S: the lease may outlive a refusal that is mended meanwhile."""
+        while True:
+            try:
+                await self.etcd.campaign(self.keys.election, lease.id, self.name.encode())
+                break
+            except Unavailable as refused:
+                self.note(refused)
+                await trio.sleep(RETRY_S)
+            except EtcdError as error:  # the lease went: hold() sees it too and joins again
+                log.warning("cluster: campaign of %s ended: %s", self.name, error.reason)
+                return
         self.leading = True
         log.info("cluster: node %s leads (epoch %d)", self.name, self.epoch)
 
