@@ -5,7 +5,6 @@ the gateway's encoding, the failover between members, leases, watches, elections
 fail-fast behaviour without a quorum are checked against etcd itself, never a fake.
 """
 import errno
-import time
 
 import pytest
 import trio
@@ -262,13 +261,10 @@ async def test_quorum_loss_fails_fast_with_eagain_and_loses_nothing(cluster, nur
         await etcd.put(b"one-down", b"still a quorum")
         async with survivor.watch(b"k", prefix=True, nursery=nursery) as events:
             cluster.kill(1)
-            started = time.monotonic()
-            with pytest.raises(Unavailable) as refused:
+            with trio.fail_after(60), pytest.raises(Unavailable) as refused:  # a hang guard only
                 await etcd.put(b"no-quorum", b"x")
-            took = time.monotonic() - started
-            print(f"put without quorum refused after {took:.1f}s: {refused.value.reason}")
-            assert refused.value.errno == errno.EAGAIN and "etcd" in refused.value.reason
-            assert took < 15  # refused, not hung: the client's own bound is 8 s
+            assert refused.value.errno == errno.EAGAIN  # refused by the client's own bound, not hung:
+            assert f"no quorum within {etcd.timeout:g}s" in refused.value.reason
             with trio.fail_after(30), pytest.raises(Unavailable, match="no leader"):
                 await events.__anext__()  # the survivor ends the stream (hasleader), no member takes it
         cluster.start(0, wait=False)
