@@ -7,6 +7,7 @@ fields, the types and bounds the readers of a record rely on (routing, placement
 `task_key_fields` a task key's. Whatever fails raises `Unreadable` (a ValueError) naming
 what, which the readers log and skip. Not the records themselves (records.py, taskkeys.py).
 """
+import itertools
 import json
 import re
 
@@ -17,8 +18,9 @@ from .prefixes import readable
 MAX_COUNT = 2 ** 63  # counts, times and pids are etcd's int64
 MAX_PIDS = 1_000_000  # live pids a record may name: more is not a node's (listing them would exhaust memory)
 MAX_DEPTH = 64  # nesting of arrays and objects: far over any value a node writes, far under Python's stack
-STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes and all (unrolled: a run of plain bytes a step)
 NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+STEPS = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 RANGE = re.compile(r"(\d+)(?:-(\d+))?", re.ASCII)
 INTS = frozenset({"epoch", "seen_us", "gpus", "slots_free", "kv_pages_free", "queued", "running", "live",
                   "pid_next", "prefix_blocks"})
@@ -31,7 +33,7 @@ class Unreadable(ValueError):
 def loads(data: bytes):
     """The JSON of a value in etcd; Unreadable if it is not JSON, or nested deeper than MAX_DEPTH (a bound
     every node draws alike, not Python's stack, whose depth differs between callers)."""
-    if deepest(data) > MAX_DEPTH:
+    if too_deep(data):
         raise Unreadable(f"nested deeper than {MAX_DEPTH}")
     try:
         return json.loads(data, parse_constant=_no_constant)
@@ -39,18 +41,21 @@ def loads(data: bytes):
         raise Unreadable(f"not JSON this version reads ({exc})") from None
 
 
+def too_deep(data: bytes) -> bool:
+    """Whether JSON text `data` nests deeper than MAX_DEPTH: never with MAX_DEPTH opening brackets or fewer in
+    all (strings included; counted in C, as most records have), else as `deepest` finds."""
+    return data.count(b"[") + data.count(b"{") > MAX_DEPTH and deepest(data) > MAX_DEPTH
+
+
 def deepest(data: bytes) -> int:
     """How deep arrays and objects nest in JSON text `data` (brackets inside strings not counted)."""
-    level = most = 0
-    for bracket in STRING.sub(b"", data).translate(None, NOT_BRACKETS):
-        level += 1 if bracket in b"[{" else -1
-        most = max(most, level)
-    return most
+    brackets = STRING.sub(b"", data).translate(None, NOT_BRACKETS)
+    return max(itertools.accumulate(map(STEPS.__getitem__, brackets), initial=0))
 
 
 def shallow(text: str) -> str:
     """`text`, JSON held in a value as a string (a settings entry's event), if nested MAX_DEPTH deep at most."""
-    if deepest(text.encode()) > MAX_DEPTH:
+    if too_deep(text.encode()):
         raise Unreadable(f"an event nested deeper than {MAX_DEPTH}")
     return text
 
