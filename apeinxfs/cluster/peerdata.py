@@ -9,6 +9,7 @@ what, which the readers log and skip. Not the records themselves (records.py, ta
 """
 import itertools
 import json
+import operator
 import re
 
 from ..kernel.errors import ApeinxError
@@ -22,6 +23,9 @@ STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes and 
 NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 STEPS = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 RANGE = re.compile(r"(\d+)(?:-(\d+))?", re.ASCII)
+RANGE_BYTES = b"0123456789,-"
+FIRST, LAST = operator.itemgetter(0), operator.itemgetter(-1)
+LISTS_FROM = 100  # characters of pid ranges (about 10 ranges) from which reading them as JSON lists costs less
 INTS = frozenset({"epoch", "seen_us", "gpus", "slots_free", "kv_pages_free", "queued", "running", "live",
                   "pid_next", "prefix_blocks"})
 
@@ -93,6 +97,32 @@ def pid_count(text, what: str) -> int:
     """How many pids "A-B,C" ranges name; Unreadable unless they are such ranges, ascending, of MAX_PIDS at most."""
     if type(text) is not str:
         raise Unreadable(f"{what} {str(text)[:40]!r} are not pid ranges")
+    count = _counted_as_lists(text) if len(text) >= LISTS_FROM else None
+    return _counted_by_parts(text, what) if count is None else count
+
+
+def _counted_as_lists(text: str) -> int | None:
+    """pid_count of ranges as pid_ranges writes them, read in C as JSON lists ("4-9,12" as [[4,9],[12]]); None
+    for any text it does not find readable and in bounds so (a leading zero, an empty part, a refusal), which
+    _counted_by_parts reads and names the fault of."""
+    if text.encode().translate(None, RANGE_BYTES):
+        return None
+    try:
+        ranges = json.loads("[[" + text.replace(",", "],[").replace("-", ",") + "]]")
+    except ValueError:
+        return None
+    if not 1 <= min(map(len, ranges)) <= max(map(len, ranges)) <= 2:
+        return None
+    firsts, ends = list(map(FIRST, ranges)), list(map(LAST, ranges))
+    if not (all(map(operator.le, firsts, ends)) and all(map(operator.lt, ends, firsts[1:])) and ends[-1] < MAX_COUNT):
+        return None
+    count = sum(ends) - sum(firsts) + len(ranges)
+    return count if count <= MAX_PIDS else None
+
+
+def _counted_by_parts(text: str, what: str) -> int:
+    """pid_count a part at a time, naming the first part that is no range in order, or where the count
+    passes MAX_PIDS."""
     count, last = 0, -1
     for part in filter(None, text.split(",")):
         found = RANGE.fullmatch(part)
