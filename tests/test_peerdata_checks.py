@@ -12,6 +12,7 @@ from hypothesis import example, given, settings, strategies as st
 
 from apeinxfs.cluster import peerdata
 from apeinxfs.cluster.peerdata import MAX_COUNT, MAX_DEPTH, MAX_PIDS, Unreadable
+from apeinxfs.cluster.records import NodeRecord
 
 REFERENCE_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
@@ -114,3 +115,15 @@ def test_a_record_read_through_the_quick_checks_keeps_every_field():
     tasks = ",".join(f"{1000 + 10 * i}-{1002 + 10 * i}" for i in range(10_000))
     value = {"tasks": tasks, "tenants": {"t": tasks}, "usage": {f"u{i}": [1, 2, 3, 4, 5, 6] for i in range(1000)}}
     assert peerdata.record_fields(peerdata.loads(json.dumps(value).encode())) == value
+
+
+@pytest.mark.parametrize("tasks, tenants", [("4-9,12", {"t": "4-9,12"}), ("4-9,12", {"t": "4-9"}), ("9-4", {"t": "4-9,12"}),
+                                            ("4-9,12", {"t": "9-4"}), ("4-9,12", ["t"]), (4, {"t": "4-9,12"}),
+                                            ("4-9,12", {"t": 4}), ("4-9,12", {})])
+def test_a_record_read_after_another_is_read_as_if_alone(tasks, tenants):
+    """A record read with its node's last record (whose pids are not checked again) is read or refused, with the
+    same reason, as when read alone."""
+    before = NodeRecord.from_json(json.dumps({"name": "b", "epoch": 1, "seen_us": 1, "tasks": "4-9,12",
+                                              "tenants": {"t": "4-9,12"}}).encode())
+    value = json.dumps({"name": "b", "epoch": 1, "seen_us": 2, "tasks": tasks, "tenants": tenants}).encode()
+    assert outcome(NodeRecord.from_json, value, before) == outcome(NodeRecord.from_json, value)

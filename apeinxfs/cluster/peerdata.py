@@ -68,8 +68,9 @@ def _no_constant(name: str):
     raise Unreadable(f"{name} is not a number this version reads")
 
 
-def record_fields(fields: dict) -> dict:
-    """A node record's `fields` (those of this version), if each has the type and bounds its readers need."""
+def record_fields(fields: dict, known_pids: tuple[str, dict] | None = None) -> dict:
+    """A node record's `fields` (those of this version), if each has the type and bounds its readers need; the
+    live pids (`tasks`, `tenants`) not again if they are `known_pids`, the node's last record's, found readable."""
     for key, value in fields.items():
         if key in INTS and not (type(value) is int and 0 <= value < MAX_COUNT):
             raise Unreadable(f"{key} {str(value)[:40]!r} is not a count")
@@ -78,7 +79,9 @@ def record_fields(fields: dict) -> dict:
             raise Unreadable(f"{key} {str(fields[key])[:40]!r} is not a string")
     if not isinstance(fields.get("models", []), list) or not all(type(m) is str for m in fields.get("models", [])):
         raise Unreadable("models is not a list of names")
-    _live_pids(fields.get("tasks", ""), fields.get("tenants", {}))
+    live_pids = fields.get("tasks", ""), fields.get("tenants", {})
+    if live_pids != known_pids:  # most records list their pids as the last one did (records.py: as last scanned)
+        _live_pids(*live_pids)
     if not readable(fields.get("prefixes", "")):
         raise Unreadable("prefixes is not a filter of cached blocks")
     return fields
