@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SIZES = [(ranges, tenants) for ranges in (10, 1_000, 10_000) for tenants in (10, 1_000)]
 HERE = os.path.abspath(__file__)
 

@@ -84,9 +84,9 @@ def test_the_nesting_bound_refuses_what_the_plain_walk_finds_too_deep(data):
 LONG = ",".join(map(str, range(1, 40)))  # ranges long enough to be read as JSON lists (peerdata.LISTS_FROM)
 EDGES = ["", ",,4-9,,12,", "0-0", "007-9", "1-2-3", f"1-{MAX_PIDS},{MAX_PIDS + 1}", f"1-{MAX_PIDS},{MAX_PIDS + 2}",
          f"0-{MAX_PIDS},x", f"5-{MAX_COUNT}", f"1,{MAX_COUNT}", f"1,{MAX_COUNT - 1}"]
-LONG_EDGES = [f"{LONG},{tail}" for tail in ("", "50,,60", "50-50", "50-49", "050", "50-60-70", "50-x", f"{MAX_COUNT}",
-                                            f"{MAX_COUNT - 1}", f"50-{MAX_PIDS}", f"50-{MAX_PIDS + 100}", "39", "²", " 50",
-                                            "5e1", "50.0", "[50]")]
+LONG_EDGES = [f"{LONG},{tail}" for tail in (
+    "", "50,,60", "50-50", "50-49", "050", "50-60-70", "50-x", f"{MAX_COUNT}", f"{MAX_COUNT - 1}", f"50-{MAX_PIDS}",
+    f"50-{MAX_PIDS + 100}", "39", "²", " 50", "5e1", "50.0", "[50]")]
 
 
 @pytest.mark.parametrize("text", EDGES + LONG_EDGES)
@@ -117,9 +117,9 @@ def test_a_record_read_through_the_quick_checks_keeps_every_field():
     assert peerdata.record_fields(peerdata.loads(json.dumps(value).encode())) == value
 
 
-@pytest.mark.parametrize("tasks, tenants", [("4-9,12", {"t": "4-9,12"}), ("4-9,12", {"t": "4-9"}), ("9-4", {"t": "4-9,12"}),
-                                            ("4-9,12", {"t": "9-4"}), ("4-9,12", ["t"]), (4, {"t": "4-9,12"}),
-                                            ("4-9,12", {"t": 4}), ("4-9,12", {})])
+@pytest.mark.parametrize("tasks, tenants", [
+    ("4-9,12", {"t": "4-9,12"}), ("4-9,12", {"t": "4-9"}), ("9-4", {"t": "4-9,12"}), ("4-9,12", {"t": "9-4"}),
+    ("4-9,12", ["t"]), (4, {"t": "4-9,12"}), ("4-9,12", {"t": 4}), ("4-9,12", {})])
 def test_a_record_read_after_another_is_read_as_if_alone(tasks, tenants):
     """A record read with its node's last record (whose pids are not checked again) is read or refused, with the
     same reason, as when read alone."""

@@ -19,7 +19,7 @@ from .prefixes import readable
 MAX_COUNT = 2 ** 63  # counts, times and pids are etcd's int64
 MAX_PIDS = 1_000_000  # live pids a record may name: more is not a node's (listing them would exhaust memory)
 MAX_DEPTH = 64  # nesting of arrays and objects: far over any value a node writes, far under Python's stack
-STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes and all (unrolled: a run of plain bytes a step)
+STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes and all (a run of plain bytes a step)
 PLAIN_STRING = re.compile(rb'"[^"]*"')  # a JSON string where no backslash escapes a quote
 NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 NOT_QUOTES_OR_BRACKETS = bytes(sorted(set(range(256)) - set(b'"[]{}')))
