@@ -6,6 +6,9 @@ deep a nesting is unreadable, not a RecursionError); `record_fields` checks a no
 fields, the types and bounds the readers of a record rely on (routing, placement, /nodes);
 `task_key_fields` a task key's. Whatever fails raises `Unreadable` (a ValueError) naming
 what, which the readers log and skip. Not the records themselves (records.py, taskkeys.py).
+The checks run on the watch path (every peer's record, up to 20 times a second each), so they are
+written for speed: bench/bench_peerdata.py measures them, tests/test_peerdata_checks.py holds them
+to plain references of the same rules.
 """
 import itertools
 import json
@@ -49,7 +52,7 @@ def loads(data: bytes):
 
 def too_deep(data: bytes) -> bool:
     """Whether JSON text `data` nests deeper than MAX_DEPTH: never with MAX_DEPTH opening brackets or fewer in
-    all (strings included; counted in C, as most records have), else as `deepest` finds."""
+    all, strings included (a count in C: most records), else as `deepest` finds."""
     return data.count(b"[") + data.count(b"{") > MAX_DEPTH and deepest(data) > MAX_DEPTH
 
 
