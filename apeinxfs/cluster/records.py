@@ -45,13 +45,15 @@ class NodeRecord:
         return json.dumps(attrs.asdict(self), separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> "NodeRecord":
+    def from_json(cls, data: bytes, before: "NodeRecord | None" = None) -> "NodeRecord":
         """A peer's record, if its fields have the types and bounds its readers need (peerdata.py; else
-        Unreadable); of its use, the rows admission can count (usage.valid_usage)."""
+        Unreadable); of its use, the rows admission can count (usage.valid_usage). `before`: the node's last
+        record read, whose live pids are not checked again."""
         fields, loaded = {field.name for field in attrs.fields(cls)}, loads(data)
         if not isinstance(loaded, dict):
             raise Unreadable(f"a record is a JSON object, not {type(loaded).__name__}")
-        found = record_fields({key: value for key, value in loaded.items() if key in fields})
+        known_pids = None if before is None else (before.tasks, before.tenants)
+        found = record_fields({key: value for key, value in loaded.items() if key in fields}, known_pids)
         if "usage" in found:
             found["usage"] = valid_usage(str(found.get("name")), found["usage"])
         return cls(**found)
