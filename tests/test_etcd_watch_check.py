@@ -190,8 +190,8 @@ async def test_a_member_that_failed_a_stream_is_passed_over_by_the_next_request(
 
 @pytest.mark.slow
 async def test_a_watch_leaves_a_member_stopped_without_closing_its_connection(cluster):
-    """With the watch's member SIGSTOPped, a put made through another member arrives once, from another
-    member, and the next put after it."""
+    """With the watch's member SIGSTOPped, a put made through another member arrives from another member,
+    none of its revisions lost or repeated, and the next put after it."""
     follower = (cluster.leader_index() + 1) % 3  # the cluster keeps its leader: nothing ends the stream
     ordered = [cluster.endpoints[follower]] + [url for i, url in enumerate(cluster.endpoints) if i != follower]
     send, receive = trio.open_memory_channel(16)
