@@ -3,7 +3,9 @@
 Pure tier (files of a throwaway PKI, time passed in): TlsFiles looks at its files no more
 than once per CHECK_S, takes a renewed set that loads, and keeps the last good context,
 saying and logging why once, while a set does not load (a certificate without its key yet,
-a half-written key, a key readable by every user). Against real etcd members serving https
+a half-written key, a key readable by every user); after a refused login, Auth reads its
+password file again (a fake login that refuses all but one password); the transport of a
+replaced context is closed once its last stream ends (a fake transport that answers). Against real etcd members serving https
 with `--client-cert-auth` (tests/etcd_pki.py): a client whose certificate is renewed under
 it goes on without a restart, its open watch included; new connections take the files on
 disk (a certificate of a CA the member does not trust is refused, then a renewed good one
@@ -22,8 +24,9 @@ import pytest
 import trio
 
 from apeinxfs.cluster.etcd import Etcd
-from apeinxfs.cluster.etcd_records import Unavailable
-from apeinxfs.cluster.etcd_renew import CHECK_S, TlsFiles
+from apeinxfs.cluster.etcd_auth import Auth, Credentials
+from apeinxfs.cluster.etcd_records import EtcdError, Unavailable
+from apeinxfs.cluster.etcd_renew import CHECK_S, Renewing, TlsFiles
 from daemon import Daemon, poll_until
 from etcd_pki import enable_auth, gateway, pki, sign, tls_etcd  # noqa: F401 - pki: a fixture
 from test_cluster_nodes import SETTLE_S, cluster_config, joins_and_leads, link
@@ -110,11 +113,40 @@ def test_a_damaged_renewed_key_is_not_taken(renewals, tmp_path, damage, words):
     assert files.context is good and words in files.failure
 
 
-def test_without_files_nothing_is_looked_at(renewals):
-    """A fixed context (no files) stays; /ai/cluster's row says -."""
+def test_without_files_nothing_is_looked_at():
+    """Without TLS files (the system's CAs) the context stays; /ai/cluster's row says -."""
     files = TlsFiles.load()
     context = files.context
     assert files.current(1e9) is context and files.state == "-" and files.paths == ()
+
+
+class Answering(httpx.AsyncBaseTransport):
+    """A transport that answers every request 200 with a body, and knows whether it was closed."""
+
+    def __init__(self, context):
+        self.context, self.closed = context, False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert not self.closed
+        return httpx.Response(200, stream=httpx.ByteStream(b"answer"))
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_a_replaced_transport_is_closed_once_its_last_stream_ends(renewals, tmp_path):
+    """Renewed files: the next request goes through a transport of the new context; the one before is closed
+    when the stream open on it ends, not before."""
+    files, made = files_of(renewals, tmp_path), []
+    transport = Renewing(files, lambda context: made.append(Answering(context)) or made[-1])
+    async with httpx.AsyncClient(transport=transport) as client:
+        async with client.stream("POST", "https://m/watch") as open_stream:
+            install(renewals, tmp_path, "renewed")
+            files.check(trio.current_time())
+            assert (await client.post("https://m/put")).content == b"answer"
+            assert [one.context for one in made] == [made[0].context, files.context] and not made[0].closed
+            await open_stream.aread()
+        assert made[0].closed and not made[1].closed
 
 
 # -- against real etcd ------------------------------------------------------------------------------------
@@ -177,6 +209,43 @@ async def test_a_half_written_key_is_not_taken_and_the_old_context_keeps_working
         await trio.sleep(CHECK_S)
         await etcd.put(b"renew/half", b"2")
         assert etcd.tls.context is not good and etcd.tls.state == "ok"
+
+
+# -- the password file read again (pure: a fake etcd login) ----------------------------------------------------
+
+
+def fake_etcd(password: list[str]):
+    """A login that, as etcd's /auth/authenticate, gives a token for `password[0]` and refuses any other."""
+    async def login(url: str, body: dict) -> dict:
+        if body["password"] != password[0]:
+            raise EtcdError("etcd: etcdserver: authentication failed, invalid user ID or password")
+        return {"token": f"token of {body['password']}"}
+    return login
+
+
+def password_file(tmp_path, text: str, mode: int = 0o600) -> str:
+    path = tmp_path / "password"
+    path.write_text(text + "\n")
+    path.chmod(mode)
+    return str(path)
+
+
+async def test_after_a_refusal_the_next_login_reads_the_password_file_again(tmp_path, caplog):
+    """Refused with the old password, a login after the file changed uses the new one and logs so once; one
+    before it changed, or a file readable by every user (logged once), keeps the old one."""
+    in_etcd = ["new"]
+    auth = Auth(Credentials("u", "old", password_file(tmp_path, "old")), fake_etcd(in_etcd), 2.0)
+    with caplog.at_level(logging.INFO, logger="apeinxfs.cluster.etcd_auth"):
+        for _ in range(2):
+            assert "authentication failed" in await reason_of(auth.log_in("https://m"), EtcdError)
+        password_file(tmp_path, "new", 0o644)
+        for _ in range(2):
+            assert "authentication failed" in await reason_of(auth.log_in("https://m"), EtcdError)
+        password_file(tmp_path, "new")
+        assert await auth.log_in("https://m") == "token of new"
+    said = [record.getMessage() for record in caplog.records]
+    assert len([line for line in said if "is readable by every user" in line]) == 1
+    assert len([line for line in said if "holds a new etcd password" in line]) == 1
 
 
 # -- a daemon's password, changed in etcd and then in its file -----------------------------------------------
