@@ -6,14 +6,13 @@ cluster: config.py then builds no `ClusterSettings` and the daemon runs as a sin
 Nothing here talks to etcd; docs/cluster.md says what each key does.
 """
 import re
-import ssl
 import urllib.parse
 
 import attrs
 
 from ..kernel.errors import Invalid
 from .etcd_auth import Credentials, read_password
-from .etcd_tls import client_context
+from .etcd_renew import TlsFiles
 from .peer_wire import parse_address, read_token
 
 KEYS = {"etcd", "lease_s", "advertise", "token_file", "pid_block", "prefix", "replicate_s",
@@ -96,8 +95,9 @@ class ClusterSettings:
     etcd_key: str | None = attrs.field(default=None, validator=_path)  # ... and its private key
     etcd_user: str | None = attrs.field(default=None, validator=_user)  # etcd's authentication: the user ...
     etcd_password_file: str | None = attrs.field(default=None, validator=_path)  # ... and its password's file
-    # Built from the keys above once, at start: the etcd client's SSL context and etcd's credentials (or None).
-    tls: ssl.SSLContext = attrs.field(init=False, eq=False, repr=False)
+    # Built from the keys above at start: the etcd client's TLS files (loaded again once renewed: etcd_renew.py)
+    # and etcd's credentials (or None; the password file read again once etcd refuses it: etcd_auth.py).
+    tls: TlsFiles = attrs.field(init=False, eq=False, repr=False)
     credentials: Credentials | None = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -129,16 +129,16 @@ class ClusterSettings:
                           f"needs https:// URLs")
         object.__setattr__(self, "credentials", self._credentials())  # a frozen record's own field, set once
 
-    def _context(self) -> ssl.SSLContext:
-        """The SSL context of the node's etcd client (etcd_tls.client_context)."""
+    def _context(self) -> TlsFiles:
+        """The TLS files of the node's etcd client, read now (etcd_renew.TlsFiles)."""
         certificate = None if self.etcd_cert is None or self.etcd_key is None else (self.etcd_cert, self.etcd_key)
-        return client_context(self.etcd_ca, certificate)
+        return TlsFiles.load(self.etcd_ca, certificate)
 
     def _credentials(self) -> Credentials | None:
         """The user of etcd and its password, read from its file now; None without etcd_user."""
         if self.etcd_user is None or self.etcd_password_file is None:
             return None
-        return Credentials(self.etcd_user, read_password(self.etcd_password_file))
+        return Credentials(self.etcd_user, read_password(self.etcd_password_file), self.etcd_password_file)
 
 
 def settings_of(section: dict, node: str) -> ClusterSettings | None:

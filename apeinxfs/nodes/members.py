@@ -53,7 +53,8 @@ def link(rt) -> str:
     Epoch, Settings and SettingsRefused (the etcd revision of the last entry of the settings log applied
     here, and how many this node refused: cluster/shared.py); PidsLeft (pids it may give before its next
     block, - on a single node); in a cluster Compaction (the leader's compaction of etcd's history:
-    cluster/history.py; - on a node that does not lead)."""
+    cluster/history.py; - on a node that does not lead) and TlsRenewal (whether the etcd client's TLS files
+    on disk are in use, or why a renewed set is not taken: cluster/etcd_renew.py; - without TLS files)."""
     cluster, left = rt.cluster, rt.kernel.tasks.pids_left()
     rows = [("Node", rt.kernel.config.node), ("Mode", "single" if cluster is None else "cluster")]
     if cluster is not None:
@@ -64,6 +65,7 @@ def link(rt) -> str:
     rows.append(("PidsLeft", "-" if left is None else left))
     if cluster is not None:  # last: the rows before it kept their lines when it came
         rows.append(("Compaction", cluster.compaction.state if cluster.member.leading else "-"))
+        rows.append(("TlsRenewal", cluster.etcd.tls.state))
     return "".join(f"{key}:\t{value}\n" for key, value in rows)
 
 
