@@ -177,8 +177,8 @@ def test_an_unreadable_usage_key_is_not_counted_and_logged(caplog):
     sums = kept.load({"b": view("b", True, {})})
     with caplog.at_level(logging.WARNING, logger="apeinxfs.cluster.usage"):
         kept.key_changed("b/t", b"[1,0,3,0,3,0]", {"b": view("b", True, {})}.get)
-        for name, data in [("b/u", b"{"), ("b/v", b"[1,2]"), ("b/w", b"[" + b"1," * 100_000 + b"1]"), ("b", b"[1,0,3,0,3,0]"),
-                           ("b/x", b"[1,0,3,0,3,%d]" % 2 ** 63)]:
+        for name, data in [("b/u", b"{"), ("b/v", b"[1,2]"), ("b/w", b"[" + b"1," * 100_000 + b"1]"),
+                           ("b", b"[1,0,3,0,3,0]"), ("b/x", b"[1,0,3,0,3,%d]" % 2 ** 63)]:
             kept.key_changed(name, data, {"b": view("b", True, {})}.get)
         assert sums == {"t": Elsewhere(live=1)}
         kept.key_changed("b/t", b"[true,0,3,0,3,0]", {"b": view("b", True, {})}.get)

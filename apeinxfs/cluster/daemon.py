@@ -5,9 +5,9 @@ by `Runtime.run` beside the drivers: one etcd client, the `router` (routing.py: 
 tasks live, where writes go, the peers' clients), `shared` (shared.py: the settings log),
 and nine tasks: the member (lease, epoch, leader campaign; member.py; on its lease, this
 node's usage keys, put soon after its limited tenants' use changed: usagekeys.py), the
-publisher of this node's record (every second), the follower that keeps `view` (view.py) current through a watch, applies the settings log's
-entries and sums the other nodes' tenant use for admission (usage.py), the keeper of pid
-blocks (pids.py), failover's two loops (failover.py: task keys and fencing; the leader's
+publisher of this node's record (every second), the follower that keeps `view` (view.py)
+current through a watch, applies the settings log's entries and sums the other nodes'
+tenant use for admission (usage.py), the keeper of pid blocks (pids.py), failover's two loops (failover.py: task keys and fencing; the leader's
 moves and adoption; fencing.py holds the engines once the lease may have expired), the
 replication of running tasks' output (replicas.py; unless
 `replicate_s` is 0), the writer of settings changes made at a close (shared.py) and, on
