@@ -147,7 +147,8 @@ key_change = st.tuples(st.sampled_from(NAMES), st.sampled_from(["t", "u", "v"]),
           ("b", "u", b"[5,0,3,0,3,0]"), ("b", "up", {})])  # a key before the record; changed while down
 def test_sums_from_usage_keys_or_else_records_equal_the_sum_over_every_node(changes):
     """With usage keys put, replaced by unreadable values and deleted among records and ups/downs, the sums
-    are those of every up node's readable key rows, or its record's rows while it has no readable key."""
+    are those of every up node's readable key rows, or its record's rows while it has no readable key (and
+    the kept parts agree after every change)."""
     nodes: dict[str, NodeView] = {}
     keyed: dict[str, dict[str, list]] = {}
     kept = Elsewheres("a")
@@ -165,6 +166,7 @@ def test_sums_from_usage_keys_or_else_records_equal_the_sum_over_every_node(chan
             name, up, rows = one
             nodes.pop(name, None) if up == "deleted" else nodes.__setitem__(name, read(name, up == "up", rows))
             kept.update(name, nodes.get(name))
+        kept.check_invariants()
     as_keyed = {name: attrs.evolve(view, record=attrs.evolve(view.record, usage=keyed.get(name) or view.record.usage))
                 for name, view in nodes.items()}
     assert sums == summed(as_keyed, "a")

@@ -127,6 +127,17 @@ class Elsewheres:
         elif node and node != self.here:
             self.update(node, node_of(node))  # its first key, or its last one gone: it changes where its rows are
 
+    def check_invariants(self) -> None:
+        """The nodes counted from their keys count exactly their keys' rows, and each tenant's sums are those of
+        the rows counted (the kept parts checked against what they are kept from)."""
+        for name in self.from_keys:
+            assert self.counted.get(name, {}) == self.keyed.get(name), f"node {name}'s key rows not as counted"
+        sums: dict[str, Sums] = {}
+        for rows in self.counted.values():
+            for tenant, row in rows.items():
+                sums.setdefault(tenant, Sums()).add(row, 1)
+        assert sums == self.totals, "the sums are not those of the rows counted"
+
     def _keep_key(self, name: str, value: bytes | None) -> tuple[str, str]:
         """Keep the row of usage key `name` holding `value` (None: none) in `keyed`; (node, tenant), ("", "")
         for a key that names none."""
