@@ -5,6 +5,7 @@ with all-zero, negative, misshapen or missing rows), deletions, ups and downs co
 import json
 import logging
 
+import attrs
 from hypothesis import example, given, settings, strategies as st
 
 from apeinxfs.cluster.etcd_records import Event, KeyValue
@@ -132,3 +133,57 @@ def test_the_follower_counts_a_records_use_while_its_node_is_up(tmp_path):
     assert seen("PUT", "up/n1", b"1") == {"t": (2, 20)}
     assert seen("PUT", "nodes/n2", record("n2", 3)) == {"t": (3, 30)}
     assert seen("DELETE", "up/n2") == {}
+
+
+value = st.one_of(good.map(lambda row: json.dumps(row).encode()), bad.map(lambda row: json.dumps(row).encode()),
+                  st.just(b"{not json"), st.just(b"[" + b"1," * 200 + b"1]"), st.none())  # None: deleted
+key_change = st.tuples(st.sampled_from(NAMES), st.sampled_from(["t", "u", "v"]), value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(change, key_change), max_size=40))
+@example([("b", "up", {"t": [1, 0, 3, 0, 3, 0]}), ("b", "t", b"[2,0,3,0,3,0]"), ("b", "t", None)])  # keys, then none
+@example([("b", "u", b"[2,0,3,0,3,0]"), ("b", "up", {"t": [1, 0, 3, 0, 3, 0]}), ("b", "down", {}),
+          ("b", "u", b"[5,0,3,0,3,0]"), ("b", "up", {})])  # a key before the record; changed while down
+def test_sums_from_usage_keys_or_else_records_equal_the_sum_over_every_node(changes):
+    """With usage keys put, replaced by unreadable values and deleted among records and ups/downs, the sums
+    are those of every up node's readable key rows, or its record's rows while it has no readable key (and
+    the kept parts agree after every change)."""
+    nodes: dict[str, NodeView] = {}
+    keyed: dict[str, dict[str, list]] = {}
+    kept = Elsewheres("a")
+    sums = kept.load(nodes)
+    for one in changes:
+        if isinstance(one[1], str) and one[1] in ("t", "u", "v"):
+            name, tenant, data = one
+            row = json.loads(data) if data is not None and data.startswith(b"[") else None
+            rows = keyed.setdefault(name, {})
+            rows.pop(tenant, None)
+            if countable(row) and len(data) <= 256:
+                rows[tenant] = row
+            kept.key_changed(f"{name}/{tenant}", data, nodes.get)
+        else:
+            name, up, rows = one
+            nodes.pop(name, None) if up == "deleted" else nodes.__setitem__(name, read(name, up == "up", rows))
+            kept.update(name, nodes.get(name))
+        kept.check_invariants()
+    as_keyed = {name: attrs.evolve(view, record=attrs.evolve(view.record, usage=keyed.get(name) or view.record.usage))
+                for name, view in nodes.items()}
+    assert sums == summed(as_keyed, "a")
+
+
+def test_an_unreadable_usage_key_is_not_counted_and_logged(caplog):
+    """Bad JSON, a row of the wrong form, a huge value and a key naming no tenant are each one warning; the
+    node's good key still counts, and a bad value over a good one takes that one away."""
+    kept = Elsewheres("a")
+    sums = kept.load({"b": view("b", True, {})})
+    with caplog.at_level(logging.WARNING, logger="apeinxfs.cluster.usage"):
+        kept.key_changed("b/t", b"[1,0,3,0,3,0]", {"b": view("b", True, {})}.get)
+        for name, data in [("b/u", b"{"), ("b/v", b"[1,2]"), ("b/w", b"[" + b"1," * 100_000 + b"1]"),
+                           ("b", b"[1,0,3,0,3,0]"), ("b/x", b"[1,0,3,0,3,%d]" % 2 ** 63)]:
+            kept.key_changed(name, data, {"b": view("b", True, {})}.get)
+        assert sums == {"t": Elsewhere(live=1)}
+        kept.key_changed("b/t", b"[true,0,3,0,3,0]", {"b": view("b", True, {})}.get)
+    assert sums == {}
+    assert len(caplog.messages) == 6 and all("not counted" in line for line in caplog.messages)
+    assert "b/w" in caplog.messages[2] and "bytes" in caplog.messages[2]

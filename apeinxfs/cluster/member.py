@@ -6,7 +6,8 @@ when the lease is lost (etcd expired it while the process was stopped, or no ref
 through for a whole TTL) revokes what is left of it and joins again with the next epoch.
 A lease it could not revoke (no quorum) is revoked after the next join: etcd extends
 leases when it elects a leader, so the old candidacy would otherwise hold the election.
-`publish` puts the node's record every PUBLISH_S, or sooner when asked. Without an etcd
+While it holds a lease it also runs `leased(lease)` (the daemon's: its usage keys, usagekeys.py),
+cancelled when the lease is lost. `publish` puts the node's record every PUBLISH_S. Without an etcd
 quorum every call
 fails with Unavailable (EAGAIN) within the client's timeout: the member notes why and
 tries again; the daemon's local work goes on meanwhile.
@@ -30,9 +31,11 @@ REVOKE_S = 2.0  # the most a revoke of a lost lease may take before joining anyw
 class Member:
     """One node's membership in the cluster; `epoch` 0 until it first joined."""
 
-    def __init__(self, etcd: Etcd, keys: Keys, name: str, lease_s: int, record: Callable[[int], NodeRecord]):
+    def __init__(self, etcd: Etcd, keys: Keys, name: str, lease_s: int, record: Callable[[int], NodeRecord],
+                 leased: Callable[[Lease], Awaitable[None]] | None = None):
         self.etcd, self.keys, self.name, self.lease_s = etcd, keys, name, lease_s
         self.record = record  # epoch -> this node's record now
+        self.leased = leased or _idle  # what runs while a lease is held, on it
         self.epoch = 0
         self.expires = math.inf  # trio time before which etcd cannot have expired the lease (fencing.py)
         self.leading = False
@@ -83,9 +86,10 @@ class Member:
                     return lease
 
     async def hold(self, lease: Lease) -> None:
-        """Keep `lease` alive and campaign for leader on it; return once it is lost."""
+        """Keep `lease` alive, campaign for leader and run `leased` on it; return once it is lost."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.campaign, lease)
+            nursery.start_soon(self.leased, lease)
             try:
                 await self.etcd.keep_alive(lease, refreshed=lambda sent: self.refreshed(sent + lease.ttl))
             except LeaseGone as gone:
@@ -133,9 +137,8 @@ class Member:
                 self.note(error)
         return False
 
-    async def publish(self, sooner: Callable[[], Awaitable[None]] = trio.sleep_forever) -> None:
-        """Put this node's record every PUBLISH_S once joined (without a lease: it outlives the node), or as
-        soon as `sooner()` returns (its tenants' use changed: daemon.py)."""
+    async def publish(self) -> None:
+        """Put this node's record every PUBLISH_S once joined (without a lease: it outlives the node)."""
         while True:
             if self.epoch:
                 try:
@@ -145,5 +148,9 @@ class Member:
                     self.note(error)
                 else:
                     self.note(None)
-            with trio.move_on_after(PUBLISH_S):
-                await sooner()
+            await trio.sleep(PUBLISH_S)
+
+
+async def _idle(lease: Lease) -> None:
+    """Nothing to run on a lease."""
+    await trio.sleep_forever()

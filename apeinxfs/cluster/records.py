@@ -14,7 +14,7 @@ from ..kernel.task import State
 from .etcd_records import KeyValue, Txn
 from .peerdata import Unreadable, loads, record_fields
 from .prefixes import summary_of
-from .usage import published, valid_usage
+from .usage import valid_usage
 
 MAX_RANGES = 10_000  # pid ranges a record holds at most
 
@@ -39,7 +39,8 @@ class NodeRecord:
     tenants: dict[str, str] = attrs.field(factory=dict, hash=False)  # tenant -> its live pids, as ranges
     prefixes: str = ""  # a Bloom filter of its cached prompt blocks' keys, base64 (prefixes.py)
     prefix_blocks: int = 0  # how many keys that filter holds
-    usage: dict[str, list[int]] = attrs.field(factory=dict, hash=False)  # tenant -> its use here (usage.py)
+    # tenant -> its use here, as a node of an older version publishes it; this one's is in usage keys (usage.py)
+    usage: dict[str, list[int]] = attrs.field(factory=dict, hash=False)
 
     def to_json(self) -> bytes:
         return json.dumps(attrs.asdict(self), separators=(",", ":")).encode()
@@ -82,8 +83,9 @@ class NodeView:
 def record_of(kernel, epoch: int, seen_us: int, advertise: str | None,
               live_pids: tuple[str, dict[str, str]] | None = None) -> NodeRecord:
     """The record a node publishes: its kernel's GPUs, free slots and KV pages, queue, live tasks and
-    cached prompt prefixes; its live pids (`tasks`, `tenants`) are `live_pids` if given (a `scan` made
-    before: the one part that reads the whole task table), else scanned now."""
+    cached prompt prefixes (its tenants' use goes in usage keys: usagekeys.py); its live pids (`tasks`,
+    `tenants`) are `live_pids` if given (a `scan` made before: the one part that reads the whole task table),
+    else scanned now."""
     tasks, tenants = live_pids if live_pids is not None else scan(kernel)
     prefixes, prefix_blocks = summary_of(kernel.kv)
     return NodeRecord(name=kernel.config.node, epoch=epoch, seen_us=seen_us, gpus=len(kernel.gpus),
@@ -92,7 +94,7 @@ def record_of(kernel, epoch: int, seen_us: int, advertise: str | None,
                       queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING),
                       live=len(kernel.tasks) - kernel.tasks.count(State.EXITED), tasks=tasks,
                       models=sorted(kernel.models), advertise=advertise, pid_next=kernel.tasks.next_pid,
-                      tenants=tenants, prefixes=prefixes, prefix_blocks=prefix_blocks, usage=published(kernel))
+                      tenants=tenants, prefixes=prefixes, prefix_blocks=prefix_blocks)
 
 
 def scan(kernel) -> tuple[str, dict[str, str]]:
@@ -203,6 +205,11 @@ class Keys:
         watches it."""
         return (self.prefix.rstrip("/") + ".out/" + str(pid)).encode()
 
+    def usage(self, name: str, tenant: str = "") -> bytes:
+        """Tenant `tenant`'s use on node `name` (usage.py's row), on the node's lease; with no tenant, the prefix
+        of the node's usage keys."""
+        return self._key("usage", name, tenant)
+
     def setting(self, name: str) -> bytes:
         """An entry of the settings log (cluster/shared.py): put once, ordered by its create revision."""
         return self._key("settings", name)
@@ -215,6 +222,11 @@ class Keys:
     @property
     def all(self) -> bytes:
         return self.prefix.encode()
+
+    def usage_of(self, key: bytes) -> str | None:
+        """NODE/TENANT of a usage key; None for another key."""
+        kind, name = self.kind_of(key)
+        return name if kind == "usage" else None
 
     def kind_of(self, key: bytes) -> tuple[str, str]:
         """(kind, name) of one of these keys: ("nodes", NAME), ("up", NAME), ("leader", LEASE) ..."""
