@@ -9,8 +9,9 @@ import attrs
 from hypothesis import example, given, settings, strategies as st
 
 from apeinxfs.cluster.etcd_records import Event, KeyValue
-from apeinxfs.cluster.records import NodeRecord, NodeView
-from apeinxfs.cluster.usage import Elsewheres
+from apeinxfs.cluster.records import Keys, NodeRecord, NodeView
+from apeinxfs.cluster.usage import MAX_TENANTS, Elsewheres
+from apeinxfs.cluster.usagekeys import UsageKeys, encode
 from apeinxfs.kernel.tenancy import Elsewhere
 from test_shared_settings import node
 
@@ -187,3 +188,16 @@ def test_an_unreadable_usage_key_is_not_counted_and_logged(caplog):
     assert sums == {}
     assert len(caplog.messages) == 6 and all("not counted" in line for line in caplog.messages)
     assert "b/w" in caplog.messages[2] and "bytes" in caplog.messages[2]
+
+
+def test_a_tenant_taking_anothers_place_at_the_most_tenants_is_counted():
+    """A node at MAX_TENANTS whose use swaps one tenant for another (published keeps the first by name) has the
+    new tenant counted by a follower applying the writer's changes in their order."""
+    held = {f"t{n:04d}": [1, 0, 3, 0, 3, 0] for n in range(1, MAX_TENANTS + 1)}
+    rows = {f"t{n:04d}": [1, 0, 3, 0, 3, 0] for n in range(MAX_TENANTS)}  # t0000 in, t1000 out
+    kept = Elsewheres("a")
+    sums = kept.load({"b": view("b", True, {})}, [(f"b/{tenant}", encode(row)) for tenant, row in held.items()])
+    for tenant, _ in UsageKeys(None, Keys("p/"), "b", dict, None, None).changes(held, rows, lease_id=7):
+        kept.key_changed(f"b/{tenant}", encode(rows[tenant]) if tenant in rows else None, {"b": view("b", True, {})}.get)
+        kept.check_invariants()
+    assert set(sums) == set(rows)

@@ -74,11 +74,12 @@ class UsageKeys:
             await self.etcd.txn(joined(txn for _, txn in batch))
 
     def changes(self, held: Held, rows: dict[str, Row], lease_id: int) -> list[tuple[str, Txn]]:
-        """(tenant, its put or delete) for each tenant whose key must change."""
-        puts = [(tenant, Txn().put(self.keys.usage(self.name, tenant), encode(row), lease_id))
-                for tenant, row in rows.items() if held.get(tenant) != row]
-        return puts + [(tenant, Txn().delete(self.keys.usage(self.name, tenant))) for tenant in held
-                       if tenant not in rows]
+        """(tenant, its put or delete) for each tenant whose key must change, the deletes first: the followers
+        apply them in this order, and at MAX_TENANTS (usage.py) a tenant that takes another's place would be
+        refused if its put came while the other's key was still there."""
+        deletes = [(tenant, Txn().delete(self.keys.usage(self.name, tenant))) for tenant in held if tenant not in rows]
+        return deletes + [(tenant, Txn().put(self.keys.usage(self.name, tenant), encode(row), lease_id))
+                          for tenant, row in rows.items() if held.get(tenant) != row]
 
 
 def encode(row: Row) -> bytes:
