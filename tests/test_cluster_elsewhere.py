@@ -198,6 +198,7 @@ def test_a_tenant_taking_anothers_place_at_the_most_tenants_is_counted():
     kept = Elsewheres("a")
     sums = kept.load({"b": view("b", True, {})}, [(f"b/{tenant}", encode(row)) for tenant, row in held.items()])
     for tenant, _ in UsageKeys(None, Keys("p/"), "b", dict, None, None).changes(held, rows, lease_id=7):
-        kept.key_changed(f"b/{tenant}", encode(rows[tenant]) if tenant in rows else None, {"b": view("b", True, {})}.get)
+        value = encode(rows[tenant]) if tenant in rows else None
+        kept.key_changed(f"b/{tenant}", value, {"b": view("b", True, {})}.get)
         kept.check_invariants()
     assert set(sums) == set(rows)

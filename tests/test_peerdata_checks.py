@@ -86,7 +86,7 @@ EDGES = ["", ",,4-9,,12,", "0-0", "007-9", "1-2-3", f"1-{MAX_PIDS},{MAX_PIDS + 1
          f"0-{MAX_PIDS},x", f"5-{MAX_COUNT}", f"1,{MAX_COUNT}", f"1,{MAX_COUNT - 1}"]
 LONG_EDGES = [f"{LONG},{tail}" for tail in (
     "", "50,,60", "50-50", "50-49", "050", "50-60-70", "50-x", f"{MAX_COUNT}", f"{MAX_COUNT - 1}", f"50-{MAX_PIDS}",
-    f"50-{MAX_PIDS + 100}", "39", "²", " 50", "5e1", "50.0", "[50]")]
+    f"50-{MAX_PIDS + 100}", "39", "²", "\ud800", " 50", "5e1", "50.0", "[50]")]  # \ud800: JSON's lone surrogate
 
 
 @pytest.mark.parametrize("text", EDGES + LONG_EDGES)

@@ -121,7 +121,7 @@ def _counted_as_lists(text: str) -> int | None:
     """pid_count of ranges as pid_ranges writes them, read in C as JSON lists ("4-9,12" as [[4,9],[12]]); None
     for any text it does not find readable and in bounds so (a leading zero, an empty part, a refusal), which
     _counted_by_parts reads and names the fault of."""
-    if text.encode().translate(None, RANGE_BYTES):
+    if not text.isascii() or text.encode().translate(None, RANGE_BYTES):
         return None
     try:
         ranges = json.loads("[[" + text.replace(",", "],[").replace("-", ",") + "]]")
