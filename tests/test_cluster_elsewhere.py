@@ -1,14 +1,18 @@
 """Tier 1-2: the other nodes' use by tenant kept one node at a time (cluster/usage.Elsewheres) is the sum
 over every up node but this one of the rows a record can count, whatever order records (read from their JSON,
 with all-zero, negative, misshapen or missing rows), deletions, ups and downs come in; the follower
-(daemon.Cluster.followed) keeps Runtime.elsewhere current from the watch's events."""
+(daemon.Cluster.followed) keeps Runtime.elsewhere current from the watch's events; a node's usage writer
+(usagekeys.UsageKeys) deletes before it puts and notes its failures and its recovery, not each write."""
 import json
 import logging
 
 import attrs
+import pytest
+import trio
 from hypothesis import example, given, settings, strategies as st
 
-from apeinxfs.cluster.etcd_records import Event, KeyValue
+from apeinxfs.cluster.etcd import RangeResult
+from apeinxfs.cluster.etcd_records import Event, KeyValue, Lease, Unavailable
 from apeinxfs.cluster.records import Keys, NodeRecord, NodeView
 from apeinxfs.cluster.usage import MAX_TENANTS, Elsewheres
 from apeinxfs.cluster.usagekeys import UsageKeys, encode
@@ -202,3 +206,37 @@ def test_a_tenant_taking_anothers_place_at_the_most_tenants_is_counted():
         kept.key_changed(f"b/{tenant}", value, {"b": view("b", True, {})}.get)
         kept.check_invariants()
     assert set(sums) == set(rows)
+
+
+class FlakyEtcd:
+    """An etcd whose first `failing` txns fail without a quorum; it holds no usage keys."""
+
+    def __init__(self, failing: int):
+        self.failing = failing
+
+    async def range(self, key: bytes, prefix: bool = False) -> RangeResult:
+        return RangeResult([], 1)
+
+    async def txn(self, txn, repeatable: bool = False) -> None:
+        if self.failing:
+            self.failing -= 1
+            raise Unavailable("etcd: /kv/txn: no quorum within 8s (http://m1: cannot connect)")
+
+
+@pytest.mark.parametrize("failing", [0, 2])
+async def test_the_usage_writer_notes_its_failures_and_its_recovery_not_each_write(failing, autojump_clock):
+    """A writer whose first txns fail notes each failure and then its recovery once; one that never failed notes
+    nothing (so another loop's failure noted meanwhile is not cleared by each write)."""
+    notes, writes = [], []
+
+    async def changed(rows) -> None:
+        writes.append(rows)
+        if len(writes) == 3:
+            await trio.sleep_forever()
+        await trio.sleep(0.1)
+    usage = {"t": [1, 0, 3, 0, 3, 0]}
+    writer = UsageKeys(FlakyEtcd(failing), Keys("p/"), "b", lambda: dict(usage), changed, notes.append)
+    with trio.move_on_after(60):
+        await writer.keep(Lease(7, 5))
+    assert len(writes) == 3 and len(notes) == failing + (failing > 0)
+    assert all(isinstance(note, Unavailable) for note in notes[:failing]) and notes[failing:] == [None] * (failing > 0)

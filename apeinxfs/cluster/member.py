@@ -14,6 +14,7 @@ tries again; the daemon's local work goes on meanwhile.
 """
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -23,6 +24,7 @@ from .etcd_records import EtcdError, Lease, LeaseGone, Unavailable
 from .records import Keys, NodeRecord, unchanged
 
 log = logging.getLogger(__name__)
+CALL = re.compile(r"etcd: /[\w/]+: ")  # the call an etcd failure's reason starts with (etcd.py)
 PUBLISH_S = 1.0  # how often a node publishes its record
 RETRY_S = 1.0  # the pause before a failed join or revoke is tried again
 REVOKE_S = 2.0  # the most a revoke of a lost lease may take before joining anyway
@@ -44,9 +46,10 @@ class Member:
         self.unrevoked: list[Lease] = []  # leases lost and not revoked yet (etcd was unreachable)
 
     def note(self, error: EtcdError | None) -> None:
-        """Remember why etcd cannot be reached (logged when the reason changes); None once it can."""
+        """Remember why etcd cannot be reached (logged when the reason changes, whichever call met it: the
+        node's loops fail in turn while etcd refuses it); None once it can."""
         reason = None if error is None else error.reason
-        if reason != self.problem:
+        if without_call(reason) != without_call(self.problem):
             (log.warning if reason else log.info)("cluster: %s", reason or "etcd answers again")
         self.problem = reason
 
@@ -149,6 +152,11 @@ class Member:
                 else:
                     self.note(None)
             await trio.sleep(PUBLISH_S)
+
+
+def without_call(reason: str | None) -> str | None:
+    """An etcd failure's reason less the call it names ("etcd: /kv/range: why" -> "why")."""
+    return reason if reason is None else CALL.sub("", reason, count=1)
 
 
 async def _idle(lease: Lease) -> None:

@@ -39,6 +39,7 @@ class UsageKeys:
     async def keep(self, lease: Lease) -> None:
         """Keep the keys equal to this node's rows, on `lease`, until cancelled."""
         held: Held | None = None  # unknown: read it from etcd
+        failed = False  # whether this writer's last try failed (its recovery is noted, not each write)
         while True:
             try:
                 if held is None:
@@ -47,11 +48,12 @@ class UsageKeys:
                 await self.write(held, rows, lease.id)
             except EtcdError as error:  # Unavailable (a txn's outcome unknown), or LeaseGone (hold() ends soon)
                 self.note(error)
-                held = None
+                held, failed = None, True
                 await trio.sleep(RETRY_S)
                 continue
-            self.note(None)
-            held = dict(rows)
+            if failed:
+                self.note(None)
+            held, failed = dict(rows), False
             await self.changed(rows)
 
     async def read(self, lease_id: int) -> Held:
