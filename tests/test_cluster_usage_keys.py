@@ -4,7 +4,8 @@ process: cluster nodes' runtimes (no FUSE, no engines) running their member, rec
 A task quota holds across two nodes through the usage keys, the record carrying none; a change of one
 tenant's use puts that tenant's key alone and a vanished use deletes it; a dead node's keys go with its
 lease and its use stops counting; a new lease takes the keys over and drops stale ones; an older version's
-record's use counts until the node has usage keys; a usage key that cannot be read is logged and not counted.
+record's use counts until the node has usage keys; a usage key that cannot be read is logged and not counted;
+a joining node's usage keys are on its lease before its up key.
 """
 import contextlib
 import json
@@ -208,3 +209,18 @@ async def test_an_older_versions_record_use_counts_until_its_node_has_usage_keys
         await etcd.delete(keys.usage("old"), prefix=True)
         await wait_for(lambda: counts(n2, "t", 2), "the old record's use again")
         await etcd.revoke(lease.id)
+
+
+async def test_a_joining_nodes_use_is_in_etcd_before_its_up_key(etcd_member, tmp_path):
+    """n1 joins with a live task of t: its usage key is put on its lease before its up key, so no node sees it
+    up without its use."""
+    n1 = cluster_node(tmp_path, etcd_member, "n1", "join/")
+    etcd, keys = n1.cluster.etcd, n1.cluster.keys
+    submit(n1, "t")
+    async with running(n1):
+        async def up() -> bool:
+            return await etcd.get(keys.up("n1")) is not None
+        await wait_for(up, "n1 up")
+        up_kv, use = await etcd.get(keys.up("n1")), await etcd.get(keys.usage("n1", "t"))
+    assert use is not None and json.loads(use.value)[0] == 1
+    assert use.create_revision < up_kv.create_revision and use.lease == up_kv.lease

@@ -55,7 +55,8 @@ class Cluster:
         self.etcd = Etcd(list(settings.etcd), tls=settings.tls, credentials=settings.credentials)
         self.usage = UsageKeys(self.etcd, self.keys, self.name, lambda: published(runtime.kernel), self.usage_changed,
                                lambda error: self.member.note(error))  # this node's use, on its lease
-        self.member = Member(self.etcd, self.keys, self.name, settings.lease_s, self.record, self.usage.keep)
+        self.member = Member(self.etcd, self.keys, self.name, settings.lease_s, self.record, self.usage.keep,
+                             self.usage.put_on)
         self._read: NodeRecord | None = None  # the last record published (or being published)
         # (kernel version, clock µs, records.scan's live pids) at the last scan of the task table
         self._scanned: tuple[int, int, tuple[str, dict[str, str]]] = (0, 0, ("", {}))

@@ -7,7 +7,8 @@ through for a whole TTL) revokes what is left of it and joins again with the nex
 A lease it could not revoke (no quorum) is revoked after the next join: etcd extends
 leases when it elects a leader, so the old candidacy would otherwise hold the election.
 While it holds a lease it also runs `leased(lease)` (the daemon's: its usage keys, usagekeys.py),
-cancelled when the lease is lost. `publish` puts the node's record every PUBLISH_S. Without an etcd
+cancelled when the lease is lost, and before a join's txn `before_up(lease)` (the daemon's: those keys
+put on the new lease, so the other nodes count the node's use from the moment it is up). `publish` puts the node's record every PUBLISH_S. Without an etcd
 quorum every call
 fails with Unavailable (EAGAIN) within the client's timeout: the member notes why and
 tries again; the daemon's local work goes on meanwhile.
@@ -34,10 +35,12 @@ class Member:
     """One node's membership in the cluster; `epoch` 0 until it first joined."""
 
     def __init__(self, etcd: Etcd, keys: Keys, name: str, lease_s: int, record: Callable[[int], NodeRecord],
-                 leased: Callable[[Lease], Awaitable[None]] | None = None):
+                 leased: Callable[[Lease], Awaitable[None]] | None = None,
+                 before_up: Callable[[Lease], Awaitable[None]] | None = None):
         self.etcd, self.keys, self.name, self.lease_s = etcd, keys, name, lease_s
         self.record = record  # epoch -> this node's record now
         self.leased = leased or _idle  # what runs while a lease is held, on it
+        self.before_up = before_up or _nothing  # what a new lease holds before the up key is put on it
         self.epoch = 0
         self.expires = math.inf  # trio time before which etcd cannot have expired the lease (fencing.py)
         self.leading = False
@@ -74,6 +77,7 @@ class Member:
         """A new lease and the next epoch, raised in a txn guarded on the epoch key's revision."""
         asked = trio.current_time()
         lease = await self.etcd.grant(self.lease_s)
+        await self.before_up(lease)
         key = self.keys.epoch(self.name)
         while True:
             kv = await self.etcd.get(key)
@@ -157,6 +161,10 @@ class Member:
 def without_call(reason: str | None) -> str | None:
     """An etcd failure's reason less the call it names ("etcd: /kv/range: why" -> "why")."""
     return reason if reason is None else CALL.sub("", reason, count=1)
+
+
+async def _nothing(lease: Lease) -> None:
+    """Nothing to put on a new lease before its up key."""
 
 
 async def _idle(lease: Lease) -> None:

@@ -1,6 +1,7 @@
 """This node's tenants' use in etcd: a key per tenant, `usage/NODE/TENANT`, on the node's lease.
 
-`UsageKeys.keep(lease)` runs while the member holds `lease` (member.py `hold`, cancelled when the
+`UsageKeys.put_on(lease)` puts them on a new lease before the join's txn puts the node's `up` key
+on it; `UsageKeys.keep(lease)` runs while the member holds `lease` (member.py `hold`, cancelled when the
 lease is lost). It first reads the node's usage keys as etcd holds them, then makes them say
 `published(kernel)` (usage.py): it puts the rows etcd does not hold on this lease (a rejoin's new
 lease re-puts every row, which moves each key onto it) and deletes the keys of tenants no longer
@@ -55,6 +56,11 @@ class UsageKeys:
                 self.note(None)
             held, failed = dict(rows), False
             await self.changed(rows)
+
+    async def put_on(self, lease: Lease) -> None:
+        """Make the keys say this node's rows on `lease` once: before a join puts the up key on it (member.py
+        `before_up`), so that a node counts as up with its use, not without it until `keep` writes."""
+        await self.write(await self.read(lease.id), self.rows(), lease.id)
 
     async def read(self, lease_id: int) -> Held:
         """This node's usage keys in etcd: their rows if on `lease_id` and readable, else None (to put again or
