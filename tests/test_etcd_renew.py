@@ -26,6 +26,7 @@ import trio
 from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_auth import Auth, Credentials
 from apeinxfs.cluster.etcd_records import EtcdError, Unavailable
+from apeinxfs.cluster import etcd_tls
 from apeinxfs.cluster.etcd_renew import CHECK_S, Renewing, TlsFiles
 from daemon import Daemon, poll_until
 from etcd_pki import enable_auth, gateway, pki, sign, tls_etcd  # noqa: F401 - pki: a fixture
@@ -113,6 +114,26 @@ def test_a_damaged_renewed_key_is_not_taken(renewals, tmp_path, damage, words):
     assert files.context is good and words in files.failure
 
 
+def test_a_ca_gone_between_its_check_and_its_load_is_not_taken(renewals, tmp_path, monkeypatch):
+    """The CA file removed just after it was found readable (a renewal replacing it, the race modelled by
+    removing it in the check): the set is not taken, with the file's words, instead of an OSError escaping."""
+    ca = tmp_path / "ca.pem"
+    shutil.copyfile(renewals("ca.pem"), ca)
+    install(renewals, tmp_path, "anonymous")
+    files = TlsFiles.load(str(ca), (str(tmp_path / "client.pem"), str(tmp_path / "client.key")))
+    good, checked = files.context, etcd_tls.readable
+
+    def readable_then_gone(name: str, path: str) -> str:
+        found = checked(name, path)
+        if name == "etcd_ca":
+            os.unlink(path)
+        return found
+    monkeypatch.setattr(etcd_tls, "readable", readable_then_gone)
+    install(renewals, tmp_path, "renewed")
+    files.check(1.0)
+    assert files.context is good and "etcd_ca" in files.failure and "No such file" in files.failure
+
+
 def test_without_files_nothing_is_looked_at():
     """Without TLS files (the system's CAs) the context stays; /ai/cluster's row says -."""
     files = TlsFiles.load()
@@ -180,7 +201,8 @@ async def test_new_connections_take_renewed_files_while_an_open_watch_goes_on(re
 
 async def test_a_client_certificate_of_a_new_ca_is_taken_once_the_member_trusts_both(renewals, tmp_path):
     """A member trusting the test CA and the other CA: a client renewed to a certificate of the same CA, then of
-    the other CA, keeps working through each renewal, each taken (the client's context changed)."""
+    the other CA, keeps working through each renewal, each taken (the client's context changed, and the
+    transport its requests go through is the new context's)."""
     bundle = tmp_path / "both.pem"
     bundle.write_bytes(Path(renewals("ca.pem")).read_bytes() + Path(renewals("other.pem")).read_bytes())
     with tls_etcd(tmp_path / "etcd", renewals, ("--trusted-ca-file", str(bundle))) as both:
@@ -192,6 +214,7 @@ async def test_a_client_certificate_of_a_new_ca_is_taken_once_the_member_trusts_
                 await trio.sleep(CHECK_S)
                 await etcd.put(b"renew/" + name.encode(), b"2")
                 assert etcd.tls.context is not before and etcd.tls.state == "ok"
+                assert etcd.transport.context is etcd.tls.context
 
 
 async def test_a_half_written_key_is_not_taken_and_the_old_context_keeps_working(renewals, member, tmp_path):

@@ -94,8 +94,9 @@ class Etcd:
         self.current = 0
         self.tls = tls if isinstance(tls, TlsFiles) else TlsFiles.fixed(client_context() if tls is None else tls)
         # Deadlines are trio's (the caller's or `timeout`); httpx only bounds a connect (transport_of).
+        self.transport = Renewing(self.tls, transport_of)  # new connections with the current TLS files
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=connect_timeout), trust_env=False,
-                                      transport=Renewing(self.tls, transport_of))
+                                      transport=self.transport)
         self.auth = Auth(credentials, lambda url, body: self.send(url, "/auth/authenticate", body, HEADERS),
                          attempt_timeout)
 

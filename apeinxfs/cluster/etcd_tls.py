@@ -45,6 +45,8 @@ def client_context(ca: str | None = None, certificate: tuple[str, str] | None = 
         context = ssl.create_default_context(cafile=readable("etcd_ca", ca) if ca is not None else None)
     except ssl.SSLError as exc:
         raise Invalid(f"config: cluster.etcd_ca: {ca} holds no PEM certificate ({exc.reason or exc})") from None
+    except OSError as exc:  # gone since `readable` (a renewal replacing it)
+        raise Invalid(f"config: cluster.etcd_ca: {ca}: {exc.strerror}") from None
     if certificate is not None:
         _load_client_certificate(context, *certificate)
     return context
@@ -58,6 +60,8 @@ def _load_client_certificate(context: ssl.SSLContext, cert: str, key: str) -> No
     except ssl.SSLError as exc:
         raise Invalid(f"config: cluster.etcd_cert and etcd_key: {cert} and {key} are not a PEM certificate "
                       f"and its private key ({exc.reason or exc})") from None
+    except OSError as exc:  # gone since it was checked (a renewal replacing it)
+        raise Invalid(f"config: cluster.etcd_cert and etcd_key: {exc.filename or cert}: {exc.strerror}") from None
 
 
 def readable(name: str, path: str) -> str:
