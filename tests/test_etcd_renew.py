@@ -5,7 +5,8 @@ than once per CHECK_S, takes a renewed set that loads, and keeps the last good c
 saying and logging why once, while a set does not load (a certificate without its key yet,
 a half-written key, a key readable by every user); after a refused login, Auth reads its
 password file again (a fake login that refuses all but one password); the transport of a
-replaced context is closed once its last stream ends (a fake transport that answers). Against real etcd members serving https
+replaced context is closed once its last stream ends (a fake transport that answers); a CA
+gone between its check and its load is not taken. Against real etcd members serving https
 with `--client-cert-auth` (tests/etcd_pki.py): a client whose certificate is renewed under
 it goes on without a restart, its open watch included; new connections take the files on
 disk (a certificate of a CA the member does not trust is refused, then a renewed good one

@@ -81,7 +81,8 @@ class RangeResult:
 class Etcd:
     """A client of one etcd cluster, given every member's client URL; an async context manager. Every
     https connection uses `tls`: an SSL context (etcd_tls.client_context; by default the system's CAs, no
-    client certificate), or TlsFiles, whose renewed files new connections take (etcd_renew.py); with `credentials` every request carries a token of etcd's authentication (etcd_auth)."""
+    client certificate), or TlsFiles, whose renewed files new connections take (etcd_renew.py); with
+    `credentials` every request carries a token of etcd's authentication (etcd_auth)."""
 
     def __init__(self, endpoints: list[str], timeout: float = 8.0, attempt_timeout: float = 2.0,
                  connect_timeout: float = 1.0, tls: ssl.SSLContext | TlsFiles | None = None,
