@@ -5,7 +5,8 @@ A task quota holds across two nodes through the usage keys, the record carrying 
 tenant's use puts that tenant's key alone and a vanished use deletes it; a dead node's keys go with its
 lease and its use stops counting; a new lease takes the keys over and drops stale ones; an older version's
 record's use counts until the node has usage keys; a usage key that cannot be read is logged and not counted;
-a joining node's usage keys are on its lease before its up key.
+a joining node's usage keys are on its lease before its up key; a follower started after the keys were put
+counts them from its first read.
 """
 import contextlib
 import json
@@ -224,3 +225,16 @@ async def test_a_joining_nodes_use_is_in_etcd_before_its_up_key(etcd_member, tmp
         up_kv, use = await etcd.get(keys.up("n1")), await etcd.get(keys.usage("n1", "t"))
     assert use is not None and json.loads(use.value)[0] == 1
     assert use.create_revision < up_kv.create_revision and use.lease == up_kv.lease
+
+
+async def test_a_follower_started_after_the_keys_were_put_counts_them_from_its_first_read(etcd_member, tmp_path):
+    """n1's usage key put before n2's follower starts (so no watch event brings it): n2 counts n1's use from
+    its first read of the prefix."""
+    n1, n2 = (cluster_node(tmp_path, etcd_member, name, "late/") for name in ("n1", "n2"))
+    submit(n1, "t")
+    async with running(n1):
+        async def put() -> bool:
+            return await n1.cluster.etcd.get(n1.cluster.keys.usage("n1", "t")) is not None
+        await wait_for(put, "n1's usage key of t")
+        async with running(n2, member=False):
+            await wait_for(lambda: counts(n2, "t", 1), "n2 counts n1's task of t")
