@@ -7,7 +7,7 @@ lease is lost). It first reads the node's usage keys as etcd holds them, then ma
 lease re-puts every row, which moves each key onto it) and deletes the keys of tenants no longer
 listed; then, each time the use changes (`changed`: USAGE_S after the last write at the soonest),
 it puts only the changed rows and deletes the vanished ones, in one txn (several, of TXN_OPS
-operations each, when more change at once). A put's bytes are one row's (about 70 with its key),
+operations each, when more change at once). A put's bytes are one row's (about 60 with its key),
 whatever the number of tenants. On the lease: a node that dies takes its use with it when etcd
 expires the lease (with its `up` key, in the same revision), and a node that leaves revokes it.
 An etcd error leaves what etcd holds unknown (a txn's outcome may be): the keys are read again.
