@@ -9,9 +9,9 @@ pid ranges' form, order and count). For R = 10 / 1,000 / 10,000 pid ranges (10,0
 record carries: records.MAX_RANGES) in `tasks` and as many spread over its tenants, and T = 10 /
 1,000 tenants' use rows (1,000 is usage.MAX_TENANTS), a round times 20-200 events alternating
 between two records and takes their median, in two tables: `pids changed` (each record's ranges
-other than the last's: a publish after the node's tasks changed) and `pids as before` (only the use
-rows differ: a record published early because its tenants' use changed lists its live pids as last
-scanned, daemon.py, as does a publish while its kernel did not change):
+other than the last's: a publish after the node's tasks changed) and `pids as before` (only other
+fields differ: a publish while the node's live pids did not change, most of a busy node's; the use
+rows stand for those fields here, as an older version's records carry them, usagekeys.py):
 - apply_ms: one `nodes/NAME` event through `ClusterView.apply`;
 - json_ms: `json.loads` of the same bytes, the baseline in the same round (the floor of any check);
 - ratio: apply / json. Each figure is the best of BENCH_ROUNDS rounds.
