@@ -10,7 +10,7 @@ record carries: records.MAX_RANGES) in `tasks` and as many spread over its tenan
 1,000 tenants' use rows (1,000 is usage.MAX_TENANTS), a round times 20-200 events alternating
 between two records and takes their median, in two tables: `pids changed` (each record's ranges
 other than the last's: a publish after the node's tasks changed) and `pids as before` (only other
-fields differ: a publish while the node's live pids did not change, most of a busy node's; the use
+fields differ: a publish while the node's live pids did not change, as while its tasks run on; the use
 rows stand for those fields here, as an older version's records carry them, usagekeys.py):
 - apply_ms: one `nodes/NAME` event through `ClusterView.apply`;
 - json_ms: `json.loads` of the same bytes, the baseline in the same round (the floor of any check);

@@ -93,7 +93,7 @@ def record_fields(fields: dict, known_pids: tuple[str, dict] | None = None) -> d
     if not isinstance(fields.get("models", []), list) or not all(type(m) is str for m in fields.get("models", [])):
         raise Unreadable("models is not a list of names")
     live_pids = fields.get("tasks", ""), fields.get("tenants", {})
-    if live_pids != known_pids:  # most records list their pids as the last one did (a busy node's each second)
+    if live_pids != known_pids:  # a record of a node whose live tasks did not change lists them as the last one did
         _live_pids(*live_pids)
     if not readable(fields.get("prefixes", "")):
         raise Unreadable("prefixes is not a filter of cached blocks")
