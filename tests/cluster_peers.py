@@ -23,9 +23,9 @@ def peered_nodes(root, endpoints: list[str], more_config: str = ""):
     token = b"placed-" + os.urandom(8).hex().encode()
     for name in NAMES:
         (root / name).mkdir(parents=True, exist_ok=True)
-    daemons = {name: Daemon(root / name / "ai", root / name / "state", cluster_config(name, endpoints)
-                            + f'advertise = "127.0.0.1:{free_port()}"\ntoken_file = "{token_file(root / name, token)}"\n'
-                            + more_config)
+    daemons = {name: Daemon(root / name / "ai", root / name / "state",
+                            cluster_config(name, endpoints) + f'advertise = "127.0.0.1:{free_port()}"\n'
+                            f'token_file = "{token_file(root / name, token)}"\n' + more_config)
                for name in NAMES}
     try:
         for daemon in daemons.values():

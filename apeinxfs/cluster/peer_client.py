@@ -17,9 +17,10 @@ sent); for a command (submit, kill, ctl) whose answer was lost the
 reason says that its outcome is unknown: it is never sent twice. Each request carries the
 first token of `tokens` (a peer_wire.token_file, looked at again at most once a second, or
 fixed bytes). A wrong token gives PeerRefused (EACCES), and the token file is looked at at
-once, so that an edited file is taken by the next request. A `stream` or `wait` may idle as long as its task is silent: the
-peer sends a heartbeat every HEARTBEAT_S, so a read idle for `idle_timeout` means a peer
-that is stopped or cut off (PeerDown); a killed one closes the connection (PeerDown at once).
+once, so that an edited file is taken by the next request. A `stream` or `wait` may idle
+as long as its task is silent: the peer sends a heartbeat every HEARTBEAT_S, so a read idle
+for `idle_timeout` means a peer that is stopped or cut off (PeerDown); a killed one closes
+the connection (PeerDown at once).
 """
 import contextlib
 import time

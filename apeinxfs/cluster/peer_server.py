@@ -8,9 +8,10 @@ file as `cat` would read it, in frames (peer_wire) until it ends; `POST` of `ctl
 `ctl/kill` or `tasks/PID/ctl` runs the body's lines as a write(2) of them would, and answers
 the reply lines. Every request needs `Authorization: Bearer TOKEN`, TOKEN one of those the
 token file holds now (compared in constant time; else 401; the file looked at again at most
-once a second, at a request: peer_wire.token_file). Refusals go back as peer_wire error records. A blocked `stream` or `wait`
-sleeps on the runtime's Notifier like a local reader, waking at each change of its key or
-after HEARTBEAT_S to send a heartbeat (so a reader whose peer went away ends within that).
+once a second, at a request: peer_wire.token_file). Refusals go back as peer_wire error
+records. A blocked `stream` or `wait` sleeps on the runtime's Notifier like a local reader,
+waking at each change of its key or after HEARTBEAT_S to send a heartbeat (so a reader whose
+peer went away ends within that).
 Not here: the FUSE mount, the client (peer_client.py), membership.
 """
 import logging
