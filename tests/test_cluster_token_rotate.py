@@ -6,15 +6,18 @@ The three steps, `old` -> `old NEW` -> `NEW old` -> `NEW` (one a line), are each
 the file written aside and renamed in; after each node's edit its /ai/cluster PeerToken row says ok,
 and a child is submitted from every node to every other: each forwarded submit succeeds. After each
 step every node's peer server accepts exactly the tokens its file holds (asked directly over HTTP).
-An edit that does not load is not taken: PeerToken says why, and forwarding goes on with the tokens
-before. The daemons keep their pids throughout.
+The same steps with every file edited at once and no PeerToken read: within two CHECK_S each node
+has looked at its file at a request of its own. An edit that does not load is not taken: PeerToken
+says why, and forwarding goes on with the tokens before. The daemons keep their pids throughout.
 """
 import os
 import subprocess
+import time
 
 import httpx
 import pytest
 
+from apeinxfs.cluster.renewal import CHECK_S
 from cluster_peers import peered_nodes
 from daemon import Daemon, poll_until
 from etcdcluster import EtcdCluster
@@ -87,6 +90,20 @@ def test_a_token_rotated_in_three_steps_node_by_node_never_refuses_a_forwarded_s
             forward_everywhere(nodes, parents)
         assert {name: accepted(nodes, name, [old, new]) for name in NAMES} == dict.fromkeys(NAMES, tokens), lines
     assert {name: daemon.proc.pid for name, daemon in nodes.items() if daemon.proc.poll() is None} == pids
+
+
+def test_edits_are_taken_by_each_sides_own_look_within_two_checks(cluster, parents):
+    """The same three steps with every node's file edited at once and no `/ai/cluster` read (which looks at
+    the file at once): 2 CHECK_S later the servers accept their files' tokens and the clients send the first,
+    each node having looked at its file at a request (its server and its clients share one reading)."""
+    root, nodes = cluster
+    old, new = (root / "a" / "token").read_bytes().strip().splitlines()[0], b"again-" + os.urandom(8).hex().encode()
+    for lines, tokens in (([old, new], {old, new}), ([new, old], {old, new}), ([new], {new})):
+        for name in nodes:
+            edit(root / name / "token", b"".join(line + b"\n" for line in lines))
+        time.sleep(2 * CHECK_S)
+        forward_everywhere(nodes, parents)
+        assert {name: accepted(nodes, name, [old, new]) for name in NAMES} == dict.fromkeys(NAMES, tokens), lines
 
 
 @pytest.mark.parametrize("text, mode, words", [(b"{token}\nnext\n", 0o644, "is readable by every user (mode 0644)"),

@@ -91,7 +91,7 @@ def test_a_certificate_without_its_new_key_is_not_taken_until_the_key_comes(rene
     files = files_of(renewals, tmp_path)
     good = files.context
     install(renewals, tmp_path, "renewed", files=("pem",))
-    with caplog.at_level(logging.WARNING, logger="apeinxfs.cluster.etcd_renew"):
+    with caplog.at_level(logging.WARNING, logger="apeinxfs.cluster.renewal"):
         for second in range(3):
             assert files.current(float(second)) is good
     assert NOT_A_PAIR in files.failure and files.state.startswith(f"not taken: config: cluster.etcd_cert")

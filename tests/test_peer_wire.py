@@ -104,7 +104,7 @@ def test_the_token_is_read_stripped_from_a_private_file(tmp_path):
 
 def test_several_tokens_one_a_line_the_first_sent_every_one_accepted(tmp_path):
     """A token file of several lines (blank ones and surrounding whitespace dropped) gives its tokens in order:
-    the first is the one sent, each is accepted in an Authorization header, nothing else is."""
+    the first is the one sent, each is accepted in an Authorization header, nothing else is; no repr shows them."""
     path = tmp_path / "token"
     path.write_bytes(b"\n  new-one \n\n\told-one\r\n\n")
     os.chmod(path, 0o600)
@@ -113,6 +113,7 @@ def test_several_tokens_one_a_line_the_first_sent_every_one_accepted(tmp_path):
     assert tokens.accepts(b"Bearer new-one") and tokens.accepts(b"Bearer old-one")
     assert not any(tokens.accepts(header) for header in (b"Bearer other", b"new-one", b"Bearer new-one old-one",
                                                          b"Bearer new-one\nold-one", b"Bearer ", b""))
+    assert "new-one" not in repr(tokens) and "old-one" not in repr(tokens)
 
 
 ROTATION = (b"old", b"old\nnew", b"new\nold", b"new")  # a token file's content at each step of a rotation

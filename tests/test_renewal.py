@@ -94,11 +94,19 @@ def test_a_second_distinct_failure_is_logged_again(path, caplog):
     with caplog.at_level(logging.WARNING):
         edit(path, b"\n")
         tokens.current(1.0)
-        edit(path, b"new\n", 0o644)
+        edit(path, b"newer\n", 0o644)  # not the loaded file's size: its inode may be reused, its mtime coarse
         tokens.current(2.0)
     assert [("empty" in message, "readable by every user" in message) for message in caplog.messages] == [
         (True, False), (False, True)]
     assert "readable by every user" in tokens.state
+
+
+def test_a_file_turned_readable_by_every_user_without_an_edit_is_refused(path):
+    """A chmod alone (the contents, inode and mtime as they were) is seen at the next look: the tokens stay,
+    the state says why, as a daemon's start would refuse that file."""
+    tokens = token_file(str(path))
+    os.chmod(path, 0o644)
+    assert tokens.current(1.0).accepted == (b"old",) and "readable by every user" in tokens.state
 
 
 def test_a_missing_file_at_start_is_refused_and_a_fixed_value_looks_at_nothing(tmp_path):

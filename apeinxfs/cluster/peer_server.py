@@ -112,14 +112,16 @@ class PeerServer:
         """One request and its response; whether the connection may carry another. A request
         without the token is refused before its body is read."""
         request = body = None
+        authorized = False  # decided once: the token file may change meanwhile
         with trio.move_on_after(REQUEST_S) as slow:
             request = await receive(conn, stream)
-            if isinstance(request, h11.Request) and self.authorized(request):
+            authorized = isinstance(request, h11.Request) and self.authorized(request)
+            if authorized:
                 body = await read_body(conn, stream)
         if not isinstance(request, h11.Request):  # closed, or kept alive idle past REQUEST_S
             return False
         if body is None:  # unauthorized, too slow or too large: answered, then closed
-            await self.refuse(conn, stream, request, slow.cancelled_caught)
+            await self.refuse(conn, stream, authorized, slow.cancelled_caught)
             return False
         await self.answer(conn, stream, request, body)
         return conn.our_state is h11.DONE
@@ -128,9 +130,9 @@ class PeerServer:
         """Whether the request carries one of the tokens (compared in constant time)."""
         return self.tokens.current(time.monotonic()).accepts(dict(request.headers).get(b"authorization", b""))
 
-    async def refuse(self, conn, stream, request: h11.Request, slow: bool) -> None:
+    async def refuse(self, conn, stream, authorized: bool, slow: bool) -> None:
         close = [("connection", "close")]
-        if not self.authorized(request):
+        if not authorized:
             _, record = encode_error(PeerRefused("missing or wrong token: the nodes' token files differ"))
             await send_simple(conn, stream, 401, record, [("www-authenticate", "Bearer"), *close])
         else:

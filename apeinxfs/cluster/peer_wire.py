@@ -161,7 +161,7 @@ def decode_caller(text: str | None) -> Caller:
 class Tokens:
     """A token file's tokens, in its order: the first is the one this node sends, every one is accepted."""
 
-    accepted: tuple[bytes, ...]  # at least one
+    accepted: tuple[bytes, ...] = attrs.field(repr=False)  # at least one; never in a repr (logs, tracebacks)
 
     @property
     def authorization(self) -> str:

@@ -1,7 +1,7 @@
 """A value read from files and read again once they change on disk, without a restart.
 
 `Renewable.read_now(paths, read, wording)` calls `read()` (which raises Invalid where the files
-do not load) and notes each file's stamp (inode, size, mtime_ns). `current(now)` is the value in
+do not load) and notes each file's stamp (inode, size, mtime_ns, ctime_ns). `current(now)` is the value in
 use: once CHECK_S has passed since the last look it stats the files again (never more often: no
 disk per request), and `check(now)` does so at once (a caller refused for what the value holds
 looks again, so an edit is taken at its next try). Files whose stamps changed are read whole; a
@@ -22,12 +22,13 @@ from ..kernel.errors import Invalid
 
 log = logging.getLogger(__name__)
 CHECK_S = 1.0  # the most often the files are looked at (stat), but after a refusal
-Stamp = tuple[int, int, int] | None  # a file's (inode, size, mtime_ns); None where it cannot be stat'ed
+Stamp = tuple[int, int, int, int] | None  # (inode, size, mtime_ns, ctime_ns); None where it cannot be stat'ed
 T = TypeVar("T")
 
 
 def stamps_of(paths: tuple[str, ...]) -> tuple[Stamp, ...]:
-    """Each file's stamp: a renewal (a new file renamed in, or one rewritten) changes it."""
+    """Each file's stamp: a renewal (a new file renamed in, or one rewritten) changes it, and so does a change of
+    its mode or owner (a file turned readable by every user is refused, as at start)."""
     return tuple(stamp_of(path) for path in paths)
 
 
@@ -36,7 +37,7 @@ def stamp_of(path: str) -> Stamp:
         found = os.stat(path)
     except OSError:
         return None
-    return found.st_ino, found.st_size, found.st_mtime_ns
+    return found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns  # ctime: a chmod too
 
 
 @attrs.frozen

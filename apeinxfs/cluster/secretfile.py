@@ -3,7 +3,7 @@
 `read_private(path, named, grants)` reads the file at `path`, its mode taken from the file it
 read (not a stat before the open), and refuses one every user may read: Invalid naming the
 file as `named` says (with its `[cluster]` key, say) and what its reader could do (`grants`). What a secret must
-look like inside is its caller's (etcd_auth.read_password, peer_wire.read_token).
+look like inside is its caller's (etcd_auth.read_password, peer_wire.read_tokens).
 """
 import os
 import stat
