@@ -29,7 +29,7 @@ class Recorder:
             return None
         return Route(remote=self.remote, done=self.done.append)
 
-    async def remote(self):
+    async def remote(self, here):
         if self.refusal is not None:
             raise self.refusal
         return self.remote_replies
@@ -50,7 +50,7 @@ async def test_complete_lines_go_to_the_route_and_a_partial_line_waits_for_the_n
 
 
 async def test_a_route_to_here_runs_the_write_here_and_reports_its_replies():
-    """remote() answering None runs the lines here; done() gets this node's replies."""
+    """remote(here) answering None runs the lines here; done() gets this node's replies."""
     node = Recorder(answer="here", remote_replies=None)
     handle = node.open()
     await handle.write_async(b"x\ny\n")

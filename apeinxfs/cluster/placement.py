@@ -12,9 +12,13 @@ not show yet) took their slots. Prefix affinity: the leading blocks of the write
 one a block, at most AFFINITY_SLOTS, and only while its pressure is below 0 (a slot free
 beyond its queue): so affinity never sends work to a node where it would wait, nor to one
 more than AFFINITY_SLOTS slots busier than the least busy.
+`spread(nodes, here, pending, wants, passed)` places a write's lines one by one: each line
+(its `Want`: models and prompt chain) on the best node for it as `rank` would order them,
+counting the lines placed before it as pending there; so lines spread by pressure and
+affinity as a burst of one-line writes does.
 Pure: no etcd, no peers, no trio; routing.py does the I/O.
 """
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import attrs
 
@@ -60,16 +64,62 @@ def rank(nodes: Mapping[str, NodeView], models: frozenset[str], here: str,
          pending: Mapping[str, int], chains: Sequence[Chain] = ()) -> list[Choice]:
     """The nodes that may take a write needing `models`, whose prompts' block `chains` are these,
     best first; empty if none may."""
-    fit = [view for view in nodes.values() if eligible(view, models, here)]
-    blocks = {view.record.name: cached(view, chains) for view in fit}
+    fit = _fit(nodes, models, here, chains)
+    fit.sort(key=lambda entry: _order(entry, pending, here))
+    return [Choice(view.record.name, _reason(view, pending.get(view.record.name, 0), blocks, len(fit)))
+            for view, blocks in fit]
 
-    def key(view: NodeView) -> tuple:
+
+@attrs.frozen
+class Want:
+    """What one line of a write needs of its node: the models it names, its prompt's block chain."""
+
+    models: frozenset[str]
+    chain: Chain = ()
+
+
+@attrs.frozen
+class Spread:
+    """Where each line of a write goes, in line order (None: no node may take it), and why each node
+    chosen ranked first for the first line placed there."""
+
+    nodes: list[str | None]
+    reasons: dict[str, str]
+
+
+def spread(nodes: Mapping[str, NodeView], here: str, pending: Mapping[str, int], wants: Sequence[Want],
+           passed: Collection[str] = ()) -> Spread:
+    """Each line placed in turn on the best node for its `Want` (as `rank` orders them), the lines placed
+    before it counted as pending there; the nodes in `passed` are left out."""
+    load, chosen, reasons = dict(pending), [], {}
+    fits: dict[Want, list[tuple[NodeView, int]]] = {}
+    for want in wants:
+        if (fit := fits.get(want)) is None:
+            fit = fits[want] = [entry for entry in _fit(nodes, want.models, here, [want.chain] if want.chain else [])
+                                if entry[0].record.name not in passed]
+        if not fit:
+            chosen.append(None)
+            continue
+        view, blocks = min(fit, key=lambda entry: _order(entry, load, here))
         name = view.record.name
-        return (weighed(view, pending.get(name, 0), blocks[name]), -blocks[name], -view.record.kv_pages_free,
-                name != here, name)
-    fit.sort(key=key)
-    return [Choice(view.record.name, _reason(view, pending.get(view.record.name, 0), blocks[view.record.name],
-                                             len(fit))) for view in fit]
+        if name not in reasons:
+            reasons[name] = _reason(view, load.get(name, 0), blocks, len(fit))
+        load[name] = load.get(name, 0) + 1
+        chosen.append(name)
+    return Spread(chosen, reasons)
+
+
+def _fit(nodes: Mapping[str, NodeView], models: frozenset[str], here: str,
+         chains: Sequence[Chain]) -> list[tuple[NodeView, int]]:
+    """The nodes that may take tasks needing `models`, each with the blocks of `chains` it holds cached."""
+    return [(view, cached(view, chains)) for view in nodes.values() if eligible(view, models, here)]
+
+
+def _order(entry: tuple[NodeView, int], pending: Mapping[str, int], here: str) -> tuple:
+    """The sort key of a node for placement (lower first), with `pending` tasks placed there since its record."""
+    view, blocks = entry
+    name = view.record.name
+    return (weighed(view, pending.get(name, 0), blocks), -blocks, -view.record.kv_pages_free, name != here, name)
 
 
 def _reason(view: NodeView, pending: int, blocks: int, count: int) -> str:
