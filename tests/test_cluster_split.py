@@ -19,6 +19,7 @@ from test_cluster_nodes import FUSE_READY, NAMES, SETTLE_S, keyed, status
 pytestmark = pytest.mark.skipif(not FUSE_READY,
                                 reason="*** needs /dev/fuse and fusermount3: CLUSTER MOUNT TESTS SKIPPED ***")
 LONG = "model=sim max_tokens=20000 prompt=stay"  # runs for about 40 s at 2 ms a token
+MEDIUM = "model=sim max_tokens=1500 prompt=medium"  # about 3 s: b may run its lines once continued
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,8 @@ def write_lines(daemon: Daemon, lines: list[str]) -> tuple[int, list[str]]:
         os.close(fd)
 
 
-def jobs(tag: str, count: int) -> list[str]:
-    return [f"name={tag}{number} {LONG}" for number in range(count)]
+def jobs(tag: str, count: int, task: str = LONG) -> list[str]:
+    return [f"name={tag}{number} {task}" for number in range(count)]
 
 
 def idle(daemons: dict) -> None:
@@ -118,7 +119,7 @@ def test_a_lost_answer_is_reported_unknown_and_not_run_elsewhere(nodes):
     idle(nodes)
     os.kill(nodes["b"].proc.pid, signal.SIGSTOP)
     try:
-        failed, replies = write_lines(nodes["a"], jobs("lost", 12))
+        failed, replies = write_lines(nodes["a"], jobs("lost", 12, MEDIUM))
     finally:
         os.kill(nodes["b"].proc.pid, signal.SIGCONT)
     assert failed == errno.EHOSTDOWN and len(replies) == 12, (failed, replies)

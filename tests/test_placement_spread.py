@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from apeinxfs.cluster.peer_wire import PeerDown
-from apeinxfs.cluster.placement import Want, spread
+from apeinxfs.cluster.placement import Want, rank, spread
 from apeinxfs.cluster.spreading import Group, in_line_order
 from apeinxfs.kernel.errors import NotAllRun, OverQuota
 
@@ -77,3 +77,22 @@ def test_a_lost_answer_and_a_refusal_leave_the_other_pids_and_fail_with_the_firs
     assert raised.value.reply() == ["7", "error: line 2: not run: node b refused the lines placed there (line 2: over)",
                                     "error: line 3: node c: peer c: no answer; its outcome is unknown", "8",
                                     "error: line 5: over"]
+
+
+records = st.builds(lambda slots, queued, kv, models: (slots, queued, kv, models), st.integers(0, 6),
+                    st.integers(0, 3), st.integers(0, 2), st.sampled_from([("sim",), ("other",), ("sim", "other")]))
+
+
+@given(st.lists(records, min_size=1, max_size=5), st.lists(st.sampled_from(["sim", "other"]), max_size=40),
+       st.dictionaries(st.sampled_from(NAMES[:5]), st.integers(0, 4)))
+def test_each_line_goes_where_rank_puts_it_with_the_lines_before_it_pending(shapes, models, pending):
+    """spread is rank line by line: each line's node is rank's first with the earlier lines counted as pending."""
+    cluster = nodes(*(view(NAMES[i], slots_free=slots, queued=queued, kv=kv, models=held)
+                      for i, (slots, queued, kv, held) in enumerate(shapes)))
+    placed = spread(cluster, "b", pending, [Want(frozenset({model})) for model in models])
+    load = dict(pending)
+    for model, node in zip(models, placed.nodes):
+        ranked = rank(cluster, frozenset({model}), "b", load)
+        assert node == (ranked[0].node if ranked else None)
+        if node is not None:
+            load[node] = load.get(node, 0) + 1

@@ -18,6 +18,7 @@ counting the lines placed before it as pending there; so lines spread by pressur
 affinity as a burst of one-line writes does.
 Pure: no etcd, no peers, no trio; routing.py does the I/O.
 """
+import heapq
 from collections.abc import Collection, Mapping, Sequence
 
 import attrs
@@ -92,21 +93,33 @@ def spread(nodes: Mapping[str, NodeView], here: str, pending: Mapping[str, int],
     """Each line placed in turn on the best node for its `Want` (as `rank` orders them), the lines placed
     before it counted as pending there; the nodes in `passed` are left out."""
     load, chosen, reasons = dict(pending), [], {}
-    fits: dict[Want, list[tuple[NodeView, int]]] = {}
+    heaps: dict[Want, list] = {}
     for want in wants:
-        if (fit := fits.get(want)) is None:
-            fit = fits[want] = [entry for entry in _fit(nodes, want.models, here, [want.chain] if want.chain else [])
-                                if entry[0].record.name not in passed]
-        if not fit:
+        if (heap := heaps.get(want)) is None:
+            fit = _fit(nodes, want.models, here, [want.chain] if want.chain else [])
+            heap = heaps[want] = [(_order(entry, load, here), entry) for entry in fit if entry[0].record.name not in passed]
+            heapq.heapify(heap)
+        if not heap:
             chosen.append(None)
             continue
-        view, blocks = min(fit, key=lambda entry: _order(entry, load, here))
+        view, blocks = _least(heap, load, here)
         name = view.record.name
         if name not in reasons:
-            reasons[name] = _reason(view, load.get(name, 0), blocks, len(fit))
+            reasons[name] = _reason(view, load.get(name, 0), blocks, len(heap))
         load[name] = load.get(name, 0) + 1
         chosen.append(name)
     return Spread(chosen, reasons)
+
+
+def _least(heap: list, load: Mapping[str, int], here: str) -> tuple[NodeView, int]:
+    """The node of least `_order` in `heap`, whose keys may be stale: a node's key only grows with its load, so
+    a top whose key is still its own is the least (one stale is put back with its key now)."""
+    while True:
+        key, entry = heap[0]
+        now = _order(entry, load, here)
+        if now == key:
+            return entry
+        heapq.heapreplace(heap, (now, entry))
 
 
 def _fit(nodes: Mapping[str, NodeView], models: frozenset[str], here: str,
