@@ -4,7 +4,7 @@ import errno
 
 import pytest
 
-from apeinxfs.kernel.errors import Invalid, TryAgain
+from apeinxfs.kernel.errors import Invalid, NotAllRun, TryAgain
 from apeinxfs.nodes.base import BUG, LINE_MAX, Caller
 from apeinxfs.nodes.forwarding import Forwarding, Route
 
@@ -128,3 +128,31 @@ async def test_a_settle_that_hits_a_bug_fails_the_write_with_the_internal_error_
     with pytest.raises(RuntimeError):
         await handle.write_async(b"a\npart")
     assert await handle.read(0, 100, None) == f"error: {BUG}\n".encode() and not handle.pending
+
+
+async def test_lines_a_route_runs_here_run_as_a_write_of_their_own_and_settle():
+    """A route that runs some lines through `here` (a write placed on several nodes, this one among them):
+    they run here on a handle of their own, are settled, and their replies come back to the route; the
+    writer's reply is the route's."""
+    node = Settler()
+
+    async def route(lines, caller):
+        async def remote(here):
+            return ["7"] + await here(lines[1:])
+        return Route(remote=remote)
+    node.node.route = route
+    handle = node.node.open(CALLER, writing=True, reading=True)
+    assert await handle.write_async(b"a\nbb\nccc\n") == 9
+    assert node.settled == [["3", "4"]] and await handle.read(0, 100, None) == b"7\n3\n4\n"
+
+
+async def test_a_write_that_did_not_all_run_fails_with_its_errno_and_keeps_every_lines_reply():
+    """NotAllRun from the route: the write fails with its errno and the reply is its own, a line per line (the
+    pids that ran are not turned into errors)."""
+    outcome = ["7", "error: line 2: node b: no answer; its outcome is unknown"]
+    node = Recorder(answer="remote", refusal=NotAllRun(errno.EHOSTDOWN, outcome[1], outcome))
+    handle = node.open()
+    with pytest.raises(NotAllRun) as refused:
+        await handle.write_async(b"a\nb\n")
+    assert refused.value.errno == errno.EHOSTDOWN
+    assert await handle.read(0, 100, None) == "".join(f"{line}\n" for line in outcome).encode()
