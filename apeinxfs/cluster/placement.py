@@ -18,11 +18,11 @@ counting the lines placed before it as pending there; so lines spread by pressur
 affinity as a burst of one-line writes does.
 Pure: no etcd, no peers, no trio; routing.py does the I/O.
 """
-import heapq
 from collections.abc import Collection, Mapping, Sequence
 
 import attrs
 
+from ..kernel.lazyheap import LazyHeap
 from ..kernel.memory import Chain
 from .prefixes import cached_blocks
 from .records import NodeView
@@ -93,33 +93,35 @@ def spread(nodes: Mapping[str, NodeView], here: str, pending: Mapping[str, int],
     """Each line placed in turn on the best node for its `Want` (as `rank` orders them), the lines placed
     before it counted as pending there; the nodes in `passed` are left out."""
     load, chosen, reasons = dict(pending), [], {}
-    heaps: dict[Want, list] = {}
+    queues: dict[Want, tuple[LazyHeap, dict[str, tuple[NodeView, int]]]] = {}  # each kind of line's nodes
     for want in wants:
-        if (heap := heaps.get(want)) is None:
-            fit = _fit(nodes, want.models, here, [want.chain] if want.chain else [])
-            heap = heaps[want] = [(_order(entry, load, here), entry) for entry in fit if entry[0].record.name not in passed]
-            heapq.heapify(heap)
-        if not heap:
-            chosen.append(None)
-            continue
-        view, blocks = _least(heap, load, here)
-        name = view.record.name
-        if name not in reasons:
-            reasons[name] = _reason(view, load.get(name, 0), blocks, len(heap))
-        load[name] = load.get(name, 0) + 1
+        if (queue := queues.get(want)) is None:
+            queue = queues[want] = _queue(nodes, want, here, passed, load)
+        name = queue[0].peek()
         chosen.append(name)
+        if name is None:
+            continue
+        if name not in reasons:
+            view, blocks = queue[1][name]
+            reasons[name] = _reason(view, load.get(name, 0), blocks, len(queue[1]))
+        load[name] = load.get(name, 0) + 1
+        for heap, fit in queues.values():
+            if name in fit:
+                heap.set(name, _order(fit[name], load, here))
     return Spread(chosen, reasons)
 
 
-def _least(heap: list, load: Mapping[str, int], here: str) -> tuple[NodeView, int]:
-    """The node of least `_order` in `heap`, whose keys may be stale: a node's key only grows with its load, so
-    a top whose key is still its own is the least (one stale is put back with its key now)."""
-    while True:
-        key, entry = heap[0]
-        now = _order(entry, load, here)
-        if now == key:
-            return entry
-        heapq.heapreplace(heap, (now, entry))
+def _queue(nodes: Mapping[str, NodeView], want: Want, here: str, passed: Collection[str],
+           load: Mapping[str, int]) -> tuple[LazyHeap, dict[str, tuple[NodeView, int]]]:
+    """The nodes that may take a line of `want` (but `passed`), by name with their cached blocks, and a heap of
+    them by `_order` (whose priorities end with the node's name, as LazyHeap's must)."""
+    chains = [want.chain] if want.chain else []
+    fit = {view.record.name: (view, blocks) for view, blocks in _fit(nodes, want.models, here, chains)
+           if view.record.name not in passed}
+    heap = LazyHeap()
+    for name, entry in fit.items():
+        heap.set(name, _order(entry, load, here))
+    return heap, fit
 
 
 def _fit(nodes: Mapping[str, NodeView], models: frozenset[str], here: str,
