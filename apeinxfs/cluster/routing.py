@@ -29,7 +29,7 @@ from ..kernel.grammar import parse_pid, parse_submit
 from ..nodes.forwarding import Route
 from ..nodes.remote import RemoteTaskDir
 from .peer_client import Peer
-from .peer_wire import PeerDown, read_token
+from .peer_wire import PeerUnreachable, read_token
 from .records import bounds_of, pids_of
 from .spreading import Spreading
 
@@ -111,10 +111,11 @@ class Router:
         return RemoteTaskDir(pid=pid, node=node, router=self, tenant=tenant)
 
     def peer(self, name: str) -> Peer:
-        """The client of node `name`'s peer server; PeerDown if it has none or this node has no token."""
+        """The client of node `name`'s peer server; PeerUnreachable (nothing sent) if it has none or this node
+        has no token."""
         record = self.cluster.view.records.get(name)
         if record is None or not record.advertise or self.token is None:
-            raise PeerDown(f"node {name} cannot be reached: " + ("this node has no [cluster] token_file"
+            raise PeerUnreachable(f"node {name} cannot be reached: " + ("this node has no [cluster] token_file"
                            if self.token is None else "it has no [cluster] advertise address"))
         url = "http://" + record.advertise
         if (peer := self.peers.get(url)) is None:

@@ -38,6 +38,10 @@ class Group:
     replies: list[str] | None = None  # the node's replies, once it answered
     failure: ApeinxError | None = None  # its refusal, or PeerDown: outcome unknown
 
+    def pids(self) -> list[int]:
+        """The pids of the tasks its lines made (none before it answered)."""
+        return [int(reply) for reply in self.replies or () if reply.isdigit()]
+
 
 class Spreading:
     """One submit write on its way (see the module's docstring)."""
@@ -102,21 +106,22 @@ class Spreading:
             self.passed[group.node] = exc.reason
         except ApeinxError as exc:
             group.failure = exc
+        else:
+            self.router.count(group.node, group.pids())  # so lines placed again count them
 
     def done(self, replies: list[str]) -> None:
         """The write ran, here whole (run answered None: its `place` line) or as `run` traced it."""
         if self.whole is not None:
             self.whole.replies, self.groups = replies, [self.whole]
+            self.router.count(self.whole.node, self.whole.pids())
             self.trace()
 
     def trace(self) -> None:
-        """A `place` line for each node's tasks, with the nodes passed over; counted as pending there."""
+        """A `place` line for each node's tasks, with the nodes passed over."""
         passed = "".join(f"; {node} unreachable ({why})" for node, why in self.passed.items())
         for group in self.groups:
-            pids = [int(reply) for reply in group.replies or () if reply.isdigit()]
-            if not pids:
+            if not (pids := group.pids()):
                 continue
-            self.router.count(group.node, pids)
             with contextlib.suppress(ApeinxError):  # degraded: the tasks stand, the line is lost
                 self.router.rt.commit([Placed(node=group.node, pids=pid_ranges(pids), reason=group.reason + passed,
                                               uid=self.caller.uid, caller_pid=self.caller.pid,
