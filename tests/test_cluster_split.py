@@ -126,14 +126,10 @@ def test_a_lost_answer_is_reported_unknown_and_not_run_elsewhere(nodes):
     unknown = [number for number, reply in enumerate(replies) if not reply.isdigit()]
     assert unknown and all("outcome is unknown" in replies[number] and f"line {number + 1}: node b:"
                            in replies[number] for number in unknown), replies
-    pids = [int(reply) for reply in replies if reply.isdigit()]
-    try:
-        assert len(pids) == 12 - len(unknown) and {node_and_name(nodes["a"], pid)[0] for pid in pids} <= {"a", "c"}
-        elsewhere = names_on(nodes["a"]) | names_on(nodes["c"])
-        assert not {f"lost{number}" for number in unknown} & elsewhere
-    finally:
-        kill_all(nodes["a"], pids)
-    all_running(nodes)
+    pids = [int(reply) for reply in replies if reply.isdigit()]  # medium tasks: they end by themselves
+    assert len(pids) == 12 - len(unknown) and {node_and_name(nodes["a"], pid)[0] for pid in pids} <= {"a", "c"}
+    elsewhere = names_on(nodes["a"]) | names_on(nodes["c"])
+    assert not {f"lost{number}" for number in unknown} & elsewhere
 
 
 def test_a_node_unreachable_before_the_write_gets_none_of_it(nodes):
