@@ -87,12 +87,13 @@ class Settler:
     """A Forwarding node with no route whose `settle` records the replies it gets, refusing with `refusal`."""
 
     def __init__(self, refusal=None):
-        self.settled, self.refusal = [], refusal
+        self.settled, self.write_lines, self.refusal = [], [], refusal
         self.node = Forwarding(mode=0o100666, run=lambda raw_lines, caller: [f"{len(raw) + 1}" for raw in raw_lines],
                                settle=self.settle)
 
-    async def settle(self, replies):
+    async def settle(self, replies, write_lines):
         self.settled.append(replies)
+        self.write_lines.append(write_lines)
         if self.refusal is not None:
             raise self.refusal
 
@@ -132,18 +133,19 @@ async def test_a_settle_that_hits_a_bug_fails_the_write_with_the_internal_error_
 
 async def test_lines_a_route_runs_here_run_as_a_write_of_their_own_and_settle():
     """A route that runs some lines through `here` (a write placed on several nodes, this one among them):
-    they run here on a handle of their own, are settled, and their replies come back to the route; the
-    writer's reply is the route's."""
+    they run here on a handle of their own, are settled allowing for the whole write's lines, and their
+    replies come back to the route; the writer's reply is the route's."""
     node = Settler()
 
     async def route(lines, caller):
         async def remote(here):
-            return ["7"] + await here(lines[1:])
+            return ["7"] + await here(lines[1:], 3)
         return Route(remote=remote)
     node.node.route = route
     handle = node.node.open(CALLER, writing=True, reading=True)
     assert await handle.write_async(b"a\nbb\nccc\n") == 9
-    assert node.settled == [["3", "4"]] and await handle.read(0, 100, None) == b"7\n3\n4\n"
+    assert node.settled == [["3", "4"]] and node.write_lines == [3]
+    assert await handle.read(0, 100, None) == b"7\n3\n4\n"
 
 
 async def test_a_write_that_did_not_all_run_fails_with_its_errno_and_keeps_every_lines_reply():

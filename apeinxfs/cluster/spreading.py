@@ -99,9 +99,9 @@ class Spreading:
         lines = [self.lines[index] for index in group.indexes]
         try:
             if group.node == self.router.here:
-                group.replies = await here(lines)
+                group.replies = await here(lines, len(self.lines))
             else:
-                group.replies = await self.router.peer(group.node).submit(lines, self.caller)
+                group.replies = await self.router.peer(group.node).submit(lines, self.caller, len(self.lines))
         except PeerUnreachable as exc:
             self.passed[group.node] = exc.reason
         except ApeinxError as exc:

@@ -25,7 +25,7 @@ from ..kernel.errors import ApeinxError
 from .base import LINE_MAX, Command, CommandHandle, after_write, decode_line, reply_text
 
 
-Here: TypeAlias = Callable[[list[str]], Awaitable[list[str]]]  # lines run here as a write: their replies
+Here: TypeAlias = Callable[[list[str], int], Awaitable[list[str]]]  # (lines, of a write of N) run here: replies
 
 
 @attrs.frozen
@@ -42,7 +42,7 @@ class Forwarding(Command):
     """A Command whose writes through the mount are routed by `route` first."""
 
     route: object = None  # async (lines, caller) -> Route | None; or None: every write runs here
-    settle: object = None  # async (replies of lines run here) -> None, raising the write's refusal; or None
+    settle: object = None  # async (replies of lines run here, write_lines) -> None, raising the write's refusal; or None
 
     def open(self, caller, writing, reading, truncating=False):
         super().open(caller, writing, reading, truncating)  # its refusals
@@ -51,7 +51,11 @@ class Forwarding(Command):
 
 @attrs.define(eq=False)
 class ForwardingHandle(CommandHandle):
-    """A CommandHandle of a Forwarding node, whose writes through the mount are routed first."""
+    """A CommandHandle of a Forwarding node, whose writes through the mount are routed first. `write_lines`:
+    the lines of the whole write its lines are part of, when it was placed on several nodes (their `settle`
+    allows for them all: the nodes' tasks go into etcd at once); 0: its own."""
+
+    write_lines: int = 0
 
     async def write_async(self, data: bytes) -> int:
         if self.node.route is None:
@@ -69,10 +73,10 @@ class ForwardingHandle(CommandHandle):
             route.done(self.reply.decode().splitlines())
         return count
 
-    async def run_here(self, lines: list[str]) -> list[str]:
-        """`lines` run here as a write of their own on a handle of their own (as a peer's request is): their
-        replies, once settled; their refusal raised."""
-        handle = ForwardingHandle(self.node, self.caller)
+    async def run_here(self, lines: list[str], write_lines: int) -> list[str]:
+        """`lines` (of a write of `write_lines`) run here as a write of their own on a handle of their own (as a
+        peer's request is): their replies, once settled; their refusal raised."""
+        handle = ForwardingHandle(self.node, self.caller, write_lines=write_lines)
         await handle.write_here("".join(f"{line}\n" for line in lines).encode())
         return handle.reply.decode().splitlines()
 
@@ -80,7 +84,7 @@ class ForwardingHandle(CommandHandle):
         """The lines' replies, which the write running now settles before it returns (the node's `settle`)."""
         replies = super()._command(raw_lines)
         if self.node.settle is not None and replies:
-            after_write(partial(self.node.settle, replies))
+            after_write(partial(self.node.settle, replies, self.write_lines))
         return replies
 
     def routable(self, data: bytes) -> tuple[list[str], bytes]:
@@ -103,10 +107,10 @@ def recording(rt):
     if rt.cluster is None:
         return None
 
-    async def recorded(replies: list[str]) -> None:
+    async def recorded(replies: list[str], write_lines: int) -> None:
         pids = [int(reply) for reply in replies if reply.isdigit()]
         if pids:
-            await rt.cluster.failover.settle(pids)
+            await rt.cluster.failover.settle(pids, write_lines)
     return recorded
 
 
