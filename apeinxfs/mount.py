@@ -205,7 +205,7 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
             if peer is not None:  # other nodes read and drive this node's tasks (cluster/peer_server.py)
-                await nursery.start(peer_server.PeerServer(tree, peer.token, config.max_waiters).serve, peer)
+                await nursery.start(peer_server.PeerServer(tree, peer.tokens, config.max_waiters).serve, peer)
             serving = trio.CancelScope()
             async def on_signal(task_status=trio.TASK_STATUS_IGNORED):
                 nonlocal signalled

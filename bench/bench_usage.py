@@ -1,7 +1,9 @@
-"""What one node record's change costs the follower of every node, in process (no etcd, no FUSE).
+"""What one node record's change costs the follower of every node, in process (no etcd, no FUSE), where the
+record carries its tenants' use, as an older version's does (this version's use is in usage keys:
+bench_usage_keys.py compares the two).
 
-Every node puts its record once a second (and up to every 50 ms while its limited tenants' use
-changes: daemon.py's USAGE_S), and every node's watch brings each put: N nodes make N events a
+An older version's node puts its record once a second (and up to every 50 ms while its limited
+tenants' use changes: USAGE_S), and every node's watch brings each put: N nodes make N events a
 second on each node. For N = 3, 8, 32, 100 nodes whose records each carry T = 10, 100, 1,000
 tenants' use (usage.py's rows; 1,000 is MAX_TENANTS), the time a `nodes/NAME` event costs:
 - parse: `ClusterView.apply` (the record's JSON read; the same before and after);

@@ -4,7 +4,8 @@
 certificate of "ca" for 127.0.0.1 and localhost (for client use too: etcd's gateway
 presents it to etcd itself), and client certificates of "ca": "client" with a common
 name, "anonymous" without (etcd 3.4's gateway refuses a certificate with a common name
-once authentication is enabled); keys are mode 0600.
+once authentication is enabled); keys are mode 0600. `sign(root, name, subject, ...)`
+makes one more key and certificate of either CA.
 `tls_etcd(root, pki)` runs Debian's etcd on free 127.0.0.1 ports serving https with
 `--client-cert-auth`, waits until it answers /health (with the client certificate),
 yields the member and kills it by pid on leaving; `tls_keys(pki)` is the `[cluster]`
@@ -59,15 +60,21 @@ def make_pki(root: Path) -> Pki:
     for name, subject, extensions in (("server", "/CN=apeinxfs test server", SERVER_EXTENSIONS),
                                       ("client", "/CN=apeinxfs test client", CLIENT_EXTENSIONS),
                                       ("anonymous", "/O=apeinxfs test", CLIENT_EXTENSIONS)):
-        (root / f"{name}.ext").write_text(extensions)
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
-                "-keyout", str(root / f"{name}.key"), "-out", str(root / f"{name}.csr"))
-        openssl("x509", "-req", "-days", "2", "-in", str(root / f"{name}.csr"), "-CA", str(root / "ca.pem"),
-                "-CAkey", str(root / "ca.key"), "-CAcreateserial", "-extfile", str(root / f"{name}.ext"),
-                "-out", str(root / f"{name}.pem"))
+        sign(root, name, subject, extensions)
     for key in root.glob("*.key"):
         key.chmod(0o600)
     return Pki(root)
+
+
+def sign(root: Path, name: str, subject: str, extensions: str = CLIENT_EXTENSIONS, ca: str = "ca") -> None:
+    """A new key `name`.key and its certificate `name`.pem for `subject`, signed by CA `ca`, under `root`."""
+    (root / f"{name}.ext").write_text(extensions)
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
+            "-keyout", str(root / f"{name}.key"), "-out", str(root / f"{name}.csr"))
+    openssl("x509", "-req", "-days", "2", "-in", str(root / f"{name}.csr"), "-CA", str(root / f"{ca}.pem"),
+            "-CAkey", str(root / f"{ca}.key"), "-CAcreateserial", "-extfile", str(root / f"{name}.ext"),
+            "-out", str(root / f"{name}.pem"))
+    (root / f"{name}.key").chmod(0o600)
 
 
 class TlsMember(EtcdMember):

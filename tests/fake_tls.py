@@ -4,7 +4,9 @@
 certificate (tests/etcd_pki.py) and returns its URL and the list it appends each
 request's first line to ("POST /v3/kv/txn HTTP/1.1"). `how` is what each connection
 does once a request is in: "garbage" sends a damaged TLS record in place of the answer
-and closes, "drop" closes at once, "hang" never answers. The test's nursery stops it.
+and closes, "drop" closes at once, "hang" never answers; or, before any request,
+"internal-error" ends every handshake with that alert (as a server whose own certificate
+cannot be loaded for a moment does). The test's nursery stops it.
 """
 import functools
 import ssl
@@ -14,6 +16,19 @@ import trio
 from etcd_pki import Pki
 
 DAMAGED_RECORD = b"\x17\x03\x03\x00\x20" + bytes(range(32))  # application data no key decrypts
+INTERNAL_ERROR = b"\x15\x03\x03\x00\x02\x02\x50"  # an alert record: fatal (2), internal_error (80)
+
+
+async def alert(tcp: trio.SocketStream) -> None:
+    """Answer a client's hello with a fatal internal-error alert and close (trio's SSLStream would not send
+    the alert its failed handshake makes)."""
+    try:
+        await tcp.receive_some()
+        await tcp.send_all(INTERNAL_ERROR)
+    except trio.BrokenResourceError:
+        pass
+    finally:
+        await tcp.aclose()
 
 
 async def serve(nursery: trio.Nursery, pki: Pki, how: str) -> tuple[str, list[bytes]]:
@@ -23,6 +38,8 @@ async def serve(nursery: trio.Nursery, pki: Pki, how: str) -> tuple[str, list[by
     requests: list[bytes] = []
 
     async def handler(tcp: trio.SocketStream) -> None:
+        if how == "internal-error":
+            return await alert(tcp)
         stream = trio.SSLStream(tcp, context, server_side=True)
         try:
             await stream.do_handshake()

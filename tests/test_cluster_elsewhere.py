@@ -1,15 +1,21 @@
 """Tier 1-2: the other nodes' use by tenant kept one node at a time (cluster/usage.Elsewheres) is the sum
 over every up node but this one of the rows a record can count, whatever order records (read from their JSON,
 with all-zero, negative, misshapen or missing rows), deletions, ups and downs come in; the follower
-(daemon.Cluster.followed) keeps Runtime.elsewhere current from the watch's events."""
+(daemon.Cluster.followed) keeps Runtime.elsewhere current from the watch's events; a node's usage writer
+(usagekeys.UsageKeys) deletes before it puts and notes its failures and its recovery, not each write."""
 import json
 import logging
 
+import attrs
+import pytest
+import trio
 from hypothesis import example, given, settings, strategies as st
 
-from apeinxfs.cluster.etcd_records import Event, KeyValue
-from apeinxfs.cluster.records import NodeRecord, NodeView
-from apeinxfs.cluster.usage import Elsewheres
+from apeinxfs.cluster.etcd import RangeResult
+from apeinxfs.cluster.etcd_records import Event, KeyValue, Lease, Unavailable
+from apeinxfs.cluster.records import Keys, NodeRecord, NodeView
+from apeinxfs.cluster.usage import MAX_TENANTS, Elsewheres
+from apeinxfs.cluster.usagekeys import UsageKeys, encode
 from apeinxfs.kernel.tenancy import Elsewhere
 from test_shared_settings import node
 
@@ -132,3 +138,105 @@ def test_the_follower_counts_a_records_use_while_its_node_is_up(tmp_path):
     assert seen("PUT", "up/n1", b"1") == {"t": (2, 20)}
     assert seen("PUT", "nodes/n2", record("n2", 3)) == {"t": (3, 30)}
     assert seen("DELETE", "up/n2") == {}
+
+
+value = st.one_of(good.map(lambda row: json.dumps(row).encode()), bad.map(lambda row: json.dumps(row).encode()),
+                  st.just(b"{not json"), st.just(b"[" + b"1," * 200 + b"1]"), st.none())  # None: deleted
+key_change = st.tuples(st.sampled_from(NAMES), st.sampled_from(["t", "u", "v"]), value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(change, key_change), max_size=40))
+@example([("b", "up", {"t": [1, 0, 3, 0, 3, 0]}), ("b", "t", b"[2,0,3,0,3,0]"), ("b", "t", None)])  # keys, then none
+@example([("b", "u", b"[2,0,3,0,3,0]"), ("b", "up", {"t": [1, 0, 3, 0, 3, 0]}), ("b", "down", {}),
+          ("b", "u", b"[5,0,3,0,3,0]"), ("b", "up", {})])  # a key before the record; changed while down
+def test_sums_from_usage_keys_or_else_records_equal_the_sum_over_every_node(changes):
+    """With usage keys put, replaced by unreadable values and deleted among records and ups/downs, the sums
+    are those of every up node's readable key rows, or its record's rows while it has no readable key (and
+    the kept parts agree after every change)."""
+    nodes: dict[str, NodeView] = {}
+    keyed: dict[str, dict[str, list]] = {}
+    kept = Elsewheres("a")
+    sums = kept.load(nodes)
+    for one in changes:
+        if isinstance(one[1], str) and one[1] in ("t", "u", "v"):
+            name, tenant, data = one
+            row = json.loads(data) if data is not None and data.startswith(b"[") else None
+            rows = keyed.setdefault(name, {})
+            rows.pop(tenant, None)
+            if countable(row) and len(data) <= 256:
+                rows[tenant] = row
+            kept.key_changed(f"{name}/{tenant}", data, nodes.get)
+        else:
+            name, up, rows = one
+            nodes.pop(name, None) if up == "deleted" else nodes.__setitem__(name, read(name, up == "up", rows))
+            kept.update(name, nodes.get(name))
+        kept.check_invariants()
+    as_keyed = {name: attrs.evolve(view, record=attrs.evolve(view.record, usage=keyed.get(name) or view.record.usage))
+                for name, view in nodes.items()}
+    assert sums == summed(as_keyed, "a")
+
+
+def test_an_unreadable_usage_key_is_not_counted_and_logged(caplog):
+    """Bad JSON, a row of the wrong form, a huge value and a key naming no tenant are each one warning; the
+    node's good key still counts, and a bad value over a good one takes that one away."""
+    kept = Elsewheres("a")
+    sums = kept.load({"b": view("b", True, {})})
+    with caplog.at_level(logging.WARNING, logger="apeinxfs.cluster.usage"):
+        kept.key_changed("b/t", b"[1,0,3,0,3,0]", {"b": view("b", True, {})}.get)
+        for name, data in [("b/u", b"{"), ("b/v", b"[1,2]"), ("b/w", b"[" + b"1," * 100_000 + b"1]"),
+                           ("b", b"[1,0,3,0,3,0]"), ("b/x", b"[1,0,3,0,3,%d]" % 2 ** 63)]:
+            kept.key_changed(name, data, {"b": view("b", True, {})}.get)
+        assert sums == {"t": Elsewhere(live=1)}
+        kept.key_changed("b/t", b"[true,0,3,0,3,0]", {"b": view("b", True, {})}.get)
+    assert sums == {}
+    assert len(caplog.messages) == 6 and all("not counted" in line for line in caplog.messages)
+    assert "b/w" in caplog.messages[2] and "bytes" in caplog.messages[2]
+
+
+def test_a_tenant_taking_anothers_place_at_the_most_tenants_is_counted():
+    """A node at MAX_TENANTS whose use swaps one tenant for another (published keeps the first by name) has the
+    new tenant counted by a follower applying the writer's changes in their order."""
+    held = {f"t{n:04d}": [1, 0, 3, 0, 3, 0] for n in range(1, MAX_TENANTS + 1)}
+    rows = {f"t{n:04d}": [1, 0, 3, 0, 3, 0] for n in range(MAX_TENANTS)}  # t0000 in, t1000 out
+    kept = Elsewheres("a")
+    sums = kept.load({"b": view("b", True, {})}, [(f"b/{tenant}", encode(row)) for tenant, row in held.items()])
+    for tenant, _ in UsageKeys(None, Keys("p/"), "b", dict, None, None).changes(held, rows, lease_id=7):
+        value = encode(rows[tenant]) if tenant in rows else None
+        kept.key_changed(f"b/{tenant}", value, {"b": view("b", True, {})}.get)
+        kept.check_invariants()
+    assert set(sums) == set(rows)
+
+
+class FlakyEtcd:
+    """An etcd whose first `failing` txns fail without a quorum; it holds no usage keys."""
+
+    def __init__(self, failing: int):
+        self.failing = failing
+
+    async def range(self, key: bytes, prefix: bool = False) -> RangeResult:
+        return RangeResult([], 1)
+
+    async def txn(self, txn, repeatable: bool = False) -> None:
+        if self.failing:
+            self.failing -= 1
+            raise Unavailable("etcd: /kv/txn: no quorum within 8s (http://m1: cannot connect)")
+
+
+@pytest.mark.parametrize("failing", [0, 2])
+async def test_the_usage_writer_notes_its_failures_and_its_recovery_not_each_write(failing, autojump_clock):
+    """A writer whose first txns fail notes each failure and then its recovery once; one that never failed notes
+    nothing (so another loop's failure noted meanwhile is not cleared by each write)."""
+    notes, writes = [], []
+
+    async def changed(rows) -> None:
+        writes.append(rows)
+        if len(writes) == 3:
+            await trio.sleep_forever()
+        await trio.sleep(0.1)
+    usage = {"t": [1, 0, 3, 0, 3, 0]}
+    writer = UsageKeys(FlakyEtcd(failing), Keys("p/"), "b", lambda: dict(usage), changed, notes.append)
+    with trio.move_on_after(60):
+        await writer.keep(Lease(7, 5))
+    assert len(writes) == 3 and len(notes) == failing + (failing > 0)
+    assert all(isinstance(note, Unavailable) for note in notes[:failing]) and notes[failing:] == [None] * (failing > 0)

@@ -1,7 +1,7 @@
 """Tier 2: what a cluster node's record reads off its kernel (cluster/daemon.py `Cluster.record`): the task
-table scanned for live pids at most once a PUBLISH_S; a record published sooner, because its tenants' use
-changed, lists the live pids as last scanned and carries every other field (use, free slots, queue, pid_next:
-what other nodes' placement and routing read) as it stands."""
+table scanned for live pids at most once a PUBLISH_S; a record made sooner (a join's) lists the live pids as
+last scanned and carries every other field (live count, free slots, queue, pid_next: what other nodes'
+placement and routing read) as it stands."""
 import attrs
 
 from apeinxfs.cluster.member import PUBLISH_S
@@ -25,7 +25,7 @@ class StillClock:
 
 
 def test_the_live_pids_are_scanned_at_most_once_a_publish_period_and_the_rest_is_current(tmp_path):
-    """A second submit half a PUBLISH_S after a scan: the record counts 2 live tasks of tenant t, gives
+    """A second submit half a PUBLISH_S after a scan: the record counts 2 live tasks, gives
     pid_next 3 and the queue as they stand (a whole read now, but for its pids) but lists the pids scanned
     before (1); once PUBLISH_S has passed since that scan, it lists both."""
     clock = StillClock()
@@ -33,14 +33,14 @@ def test_the_live_pids_are_scanned_at_most_once_a_publish_period_and_the_rest_is
     rt.commit([PidBlock(first=1, count=100)])
     rt.commit([Submit(spec=TaskSpec(name="j", tenant="t"))])
     first = rt.cluster.record(1)
-    assert (first.usage["t"][0], first.tasks, first.tenants) == (1, "1", {"t": "1"})
+    assert (first.live, first.tasks, first.tenants) == (1, "1", {"t": "1"})
     rt.commit([Submit(spec=TaskSpec(name="j", tenant="t"))])
     clock.us += PUBLISH_US // 2
     early = rt.cluster.record(1)
-    assert (early.usage["t"][0], early.tasks, early.tenants) == (2, "1", {"t": "1"})
+    assert (early.live, early.tasks, early.tenants) == (2, "1", {"t": "1"})
     assert early.seen_us == clock.us
     assert (early.pid_next, early.live, early.queued) == (3, 2, len(rt.kernel.runq))
     assert early == attrs.evolve(record_of(rt.kernel, 1, clock.us, None), tasks="1", tenants={"t": "1"})
     clock.us += PUBLISH_US // 2
     read = rt.cluster.record(2)
-    assert (read.usage["t"][0], read.tasks, read.tenants, read.epoch) == (2, "1-2", {"t": "1-2"}, 2)
+    assert (read.live, read.tasks, read.tenants, read.epoch) == (2, "1-2", {"t": "1-2"}, 2)

@@ -181,12 +181,16 @@ def test_a_single_node_lists_itself_up_and_leading(tmp_path):
         assert refusal(lambda: resolve(tree, "/nodes/other")).errno == errno.ENOENT
 
 
-def test_the_compaction_row_is_the_leaders_and_last(tmp_path):
-    """/cluster's last row (members.link) is the leader's Compaction state; a node that no longer leads
-    shows - (its state from when it led is not the cluster's any more)."""
+def test_the_compaction_row_is_the_leaders_and_the_tls_renewal_and_peer_token_rows_last(tmp_path):
+    """/cluster's Compaction row (members.link) is the leader's Compaction state; a node that no longer leads
+    shows - (its state from when it led is not the cluster's any more); the last rows are TlsRenewal and
+    PeerToken (- without a token file)."""
     with open_runtime(tmp_path) as rt:
         member = SimpleNamespace(problem=None, epoch=2, leading=True)
-        rt.cluster = SimpleNamespace(member=member, compaction=SimpleNamespace(state="revision 881"))
-        assert members.link(rt).splitlines()[-2:] == ["PidsLeft:\t-", "Compaction:\trevision 881"]
+        rt.cluster = SimpleNamespace(member=member, compaction=SimpleNamespace(state="revision 881"),
+                                     etcd=SimpleNamespace(tls=SimpleNamespace(state="ok")),
+                                     settings=SimpleNamespace(tokens=None))
+        assert members.link(rt).splitlines()[-4:] == ["PidsLeft:\t-", "Compaction:\trevision 881", "TlsRenewal:\tok",
+                                                      "PeerToken:\t-"]
         member.leading = False
-        assert members.link(rt).splitlines()[-1] == "Compaction:\t-"
+        assert members.link(rt).splitlines()[-3] == "Compaction:\t-"

@@ -103,7 +103,7 @@ def test_tls_keys_are_read_and_make_the_clients_context(tmp_path, pki):
     cluster = load(tmp_path, tls_section(pki)).cluster
     assert (cluster.etcd_ca, cluster.etcd_cert, cluster.etcd_key) == (pki("ca.pem"), pki("client.pem"),
                                                                       pki("client.key"))
-    assert cluster.tls.get_ca_certs()[0]["subject"] == ((("commonName", "apeinxfs test ca"),),)
+    assert cluster.tls.context.get_ca_certs()[0]["subject"] == ((("commonName", "apeinxfs test ca"),),)
     assert load(tmp_path, 'etcd = ["https://127.0.0.1:2379"]').cluster.etcd_ca is None  # the system's CAs
 
 

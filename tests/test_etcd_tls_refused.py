@@ -10,6 +10,7 @@ failure goes on until the deadline; a member's campaign refused so stands again 
 pause. Trio's MockClock jumps to the deadlines; nothing is sent anywhere.
 """
 import collections
+import logging
 
 import pytest
 import trio
@@ -130,3 +131,17 @@ def test_a_campaign_every_member_refused_by_tls_is_noted_and_stood_again_after_a
     assert member.leading and etcd.campaigns == 3
     assert REFUSED in member.problem
     assert took == 2 * RETRY_S  # virtual time: a pause before each try again, no busy loop
+
+
+def test_failures_that_differ_only_in_their_call_are_logged_once(caplog):
+    """The node's loops failing in turn for one reason (a join's grant, the follower's read) log one warning, and
+    the recovery one line; another reason is logged again."""
+    member = Member(None, Keys("t/"), "n1", 5, record=None)  # type: ignore[arg-type]
+    refused = "every member refused this client by TLS (https://m1: TLS: ...)"
+    with caplog.at_level(logging.INFO, logger="apeinxfs.cluster.member"):
+        for call in ["/lease/grant", "/kv/range"] * 3:
+            member.note(Unavailable(f"etcd: {call}: {refused}"))
+        member.note(Unavailable("etcd: /kv/range: no quorum within 8s (https://m1: cannot connect)"))
+        member.note(None)
+    assert [record.levelname for record in caplog.records] == ["WARNING", "WARNING", "INFO"]
+    assert member.problem is None

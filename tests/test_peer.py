@@ -4,6 +4,7 @@ same errors, B's bytes as `cat` reads them on B, and PeerDown, never a hang, onc
 Both are cluster nodes (`[cluster]` advertise and token_file) on one 3-member etcd.
 """
 import errno
+import math
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import pyfuse3
 import pytest
 import trio
 
+from apeinxfs.cluster import peer_wire
 from apeinxfs.cluster.peer_client import Peer
 from apeinxfs.cluster.peer_wire import HEARTBEAT_S, PeerDown, PeerRefused, encode_caller
 from apeinxfs.kernel.errors import Denied, Hidden, Invalid, NotFound
@@ -26,6 +28,7 @@ from daemon import Daemon, poll_until, sim_config
 from engines import free_port
 from etcdcluster import EtcdCluster
 from test_journal_runtime import open_runtime
+from test_renewal import edit
 
 pytestmark = pytest.mark.mount
 SLOW_CONFIG = sim_config(20)  # 50 tokens a second: a long task streams for minutes
@@ -191,6 +194,23 @@ async def test_a_wrong_or_missing_token_is_refused_with_401(nodes):
         bare = await http.get(f"{b_url}/v1/tasks/{pid}/status", headers={"apeinx-caller": CALLER_JSON})
     assert refused.value.errno == errno.EACCES and "token" in refused.value.reason
     assert bare.status_code == 401 and b"Name" not in bare.content
+
+
+async def test_a_refused_client_looks_at_its_token_file_at_once(nodes, tmp_path):
+    """A client whose token file was edited when no look is due is refused (401) once, looks at the file at
+    that refusal, and its next request carries the edited file's token: it does not wait for a look by time."""
+    a, a_url, b, b_url, token = nodes
+    mine = tmp_path / "client" / "token"
+    mine.parent.mkdir()
+    edit(mine, b"stale\n")
+    tokens = peer_wire.token_file(str(mine))
+    tokens.checked = math.inf  # the last look as if at the end of time: no look falls due by the clock
+    edit(mine, token + b"\nstale\n")
+    async with Peer(b_url, tokens) as peer:
+        with pytest.raises(PeerRefused):
+            await peer.submit(["name=refused model=sim max_tokens=2"], CALLER)
+        [pid] = await peer.submit(["name=taken model=sim max_tokens=2"], CALLER)
+        assert "Name:\ttaken\n" in await peer.status(int(pid), CALLER)
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 
 from apeinxfs.cluster.peer_server import byte_range
 from apeinxfs.cluster.peer_wire import (ERRORS, HEARTBEAT, FrameReader, RemoteError, data_frame, decode_caller,
-                                        decode_error, encode_caller, encode_error, parse_address, read_token)
+                                        decode_error, encode_caller, encode_error, parse_address, read_tokens)
 from apeinxfs.kernel.errors import ApeinxError, Degraded, Invalid
 from apeinxfs.nodes.base import Caller
 
@@ -99,12 +99,48 @@ def test_the_token_is_read_stripped_from_a_private_file(tmp_path):
     path = tmp_path / "token"
     path.write_bytes(b"  s3cret\n")
     os.chmod(path, 0o640)
-    assert read_token(str(path)) == b"s3cret"
+    assert read_tokens(str(path)).accepted == (b"s3cret",)
+
+
+def test_several_tokens_one_a_line_the_first_sent_every_one_accepted(tmp_path):
+    """A token file of several lines (blank ones and surrounding whitespace dropped) gives its tokens in order:
+    the first is the one sent, each is accepted in an Authorization header, nothing else is."""
+    path = tmp_path / "token"
+    path.write_bytes(b"\n  new-one \n\n\told-one\r\n\n")
+    os.chmod(path, 0o600)
+    tokens = read_tokens(str(path))
+    assert tokens.accepted == (b"new-one", b"old-one") and tokens.authorization == "Bearer new-one"
+    assert tokens.accepts(b"Bearer new-one") and tokens.accepts(b"Bearer old-one")
+    assert not any(tokens.accepts(header) for header in (b"Bearer other", b"new-one", b"Bearer new-one old-one",
+                                                         b"Bearer new-one\nold-one", b"Bearer ", b""))
+
+
+ROTATION = (b"old", b"old\nnew", b"new\nold", b"new")  # a token file's content at each step of a rotation
+
+
+@pytest.mark.parametrize("step", range(1, len(ROTATION)))
+def test_during_each_step_of_a_rotation_every_node_accepts_what_every_other_sends(tmp_path, step):
+    """While a rotation's step is taken node by node (each node's file before or after the edit), the token
+    each node sends is accepted by every node; skipping a step is what refuses."""
+    def tokens(content: bytes):
+        path = tmp_path / "token"
+        path.write_bytes(content)
+        os.chmod(path, 0o600)
+        return read_tokens(str(path))
+
+    def all_accepted(nodes) -> bool:
+        return all(receiver.accepts(sender.authorization.encode()) for sender in nodes for receiver in nodes)
+
+    assert all_accepted([tokens(ROTATION[step - 1]), tokens(ROTATION[step])])
+    assert step < 2 or not all_accepted([tokens(ROTATION[step - 2]), tokens(ROTATION[step])])
 
 
 @pytest.mark.parametrize("mode, content, reason", [(0o644, b"s3cret", "readable by every user (mode 0644)"),
+                                                   (0o604, b"new\nold\n", "readable by every user (mode 0604)"),
                                                    (0o600, b" \n", "empty"),
+                                                   (0o600, b"\n \n\t\n", "empty"),
                                                    (0o600, b"two words", "printable ASCII without spaces"),
+                                                   (0o600, b"good\ntwo words\n", "printable ASCII without spaces"),
                                                    (0o600, "s\u00e9cret".encode(), "printable ASCII without spaces")])
 def test_a_token_file_every_user_reads_or_a_bad_token_is_refused(tmp_path, mode, content, reason):
     """A world-readable token file, or an empty token or one that cannot go in a header, is refused with the reason."""
@@ -112,13 +148,13 @@ def test_a_token_file_every_user_reads_or_a_bad_token_is_refused(tmp_path, mode,
     path.write_bytes(content)
     os.chmod(path, mode)
     with pytest.raises(Invalid, match=reason.replace("(", r"\(").replace(")", r"\)")):
-        read_token(str(path))
+        read_tokens(str(path))
 
 
 def test_a_missing_token_file_is_refused(tmp_path):
     """A token file that does not exist is refused, naming it."""
     with pytest.raises(Invalid, match="token file .*No such file"):
-        read_token(str(tmp_path / "absent"))
+        read_tokens(str(tmp_path / "absent"))
 
 
 @pytest.mark.parametrize("text, address", [("127.0.0.1:7070", ("127.0.0.1", 7070)), ("[::1]:80", ("::1", 80)),

@@ -69,7 +69,7 @@ def router_over(records: dict, blocks: dict, local_pids=()) -> Router:
     view = ClusterView(Keys("t/"))
     view.records, view.blocks, view.up = records, blocks, dict.fromkeys(records, 1)
     rt = types.SimpleNamespace(kernel=types.SimpleNamespace(tasks=set(local_pids)))
-    settings = types.SimpleNamespace(token_file=None)
+    settings = types.SimpleNamespace(tokens=None)
     return Router(types.SimpleNamespace(rt=rt, name="a", settings=settings, view=view))
 
 

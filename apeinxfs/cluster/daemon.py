@@ -3,11 +3,11 @@
 `Cluster(settings, runtime)` is built by mount.py when `[cluster] etcd` is set and run
 by `Runtime.run` beside the drivers: one etcd client, the `router` (routing.py: where
 tasks live, where writes go, the peers' clients), `shared` (shared.py: the settings log),
-and nine tasks: the member (lease, epoch, leader campaign; member.py), the publisher of
-this node's record (every second, or soon after its limited tenants' use changed), the
-follower that keeps `view` (view.py) current through a watch, applies the settings log's
-entries and sums the other nodes' tenant use for admission (usage.py), the keeper of pid
-blocks (pids.py), failover's two loops (failover.py: task keys and fencing; the leader's
+and nine tasks: the member (lease, epoch, leader campaign; member.py; on its lease, this
+node's usage keys, put soon after its limited tenants' use changed: usagekeys.py), the
+publisher of this node's record (every second), the follower that keeps `view` (view.py)
+current through a watch, applies the settings log's entries and sums the other nodes'
+tenant use for admission (usage.py), the keeper of pid blocks (pids.py), failover's two loops (failover.py: task keys and fencing; the leader's
 moves and adoption; fencing.py holds the engines once the lease may have expired), the
 replication of running tasks' output (replicas.py; unless
 `replicate_s` is 0), the writer of settings changes made at a close (shared.py) and, on
@@ -33,12 +33,13 @@ from .replicas import Replicas
 from .routing import Router
 from .settings import ClusterSettings
 from .shared import SharedSettings
-from .usage import Elsewheres, published
+from .usage import Elsewheres, Row, published
+from .usagekeys import UsageKeys
 from .view import ClusterView
 
 log = logging.getLogger(__name__)
 PID_CHECK_S = 1.0  # how often the pids left are checked when no trace line wakes the keeper first
-USAGE_S = 0.05  # the soonest a change of this node's tenants' use is published after the last publish
+USAGE_S = 0.05  # the soonest a change of this node's tenants' use is put after the last put of it
 PUBLISH_US = int(PUBLISH_S * 1_000_000)  # a record scans the task table for live pids at most this often (µs)
 COMPACT_S = 300.0  # the leader compacts etcd's history to the revision it saw this long ago
 
@@ -52,7 +53,10 @@ class Cluster:
         self.keys = Keys(settings.prefix)
         self.view = ClusterView(self.keys)
         self.etcd = Etcd(list(settings.etcd), tls=settings.tls, credentials=settings.credentials)
-        self.member = Member(self.etcd, self.keys, self.name, settings.lease_s, self.record)
+        self.usage = UsageKeys(self.etcd, self.keys, self.name, lambda: published(runtime.kernel), self.usage_changed,
+                               lambda error: self.member.note(error))  # this node's use, on its lease
+        self.member = Member(self.etcd, self.keys, self.name, settings.lease_s, self.record, self.usage.keep,
+                             self.usage.put_on)
         self._read: NodeRecord | None = None  # the last record published (or being published)
         # (kernel version, clock µs, records.scan's live pids) at the last scan of the task table
         self._scanned: tuple[int, int, tuple[str, dict[str, str]]] = (0, 0, ("", {}))
@@ -67,8 +71,8 @@ class Cluster:
     def record(self, epoch: int) -> NodeRecord:
         """This node's record now, in `epoch`, every field read off the kernel as it stands but its live pids
         (`tasks`, `tenants`): they are scanned again once the kernel changed, at most every PUBLISH_S (the
-        scan reads the whole task table: 8-36 ms with 10,000 live tasks here), so a record published early
-        because its tenants' use changed (`usage_changed`, up to every USAGE_S) lists them as last scanned."""
+        scan reads the whole task table: 8-36 ms with 10,000 live tasks here), so a record made sooner (at a
+        join) lists them as last scanned."""
         kernel, now_us = self.rt.kernel, self.rt.clock.now_us()
         version, scanned_us, _ = self._scanned
         if self._read is None or (version != kernel.version and now_us >= scanned_us + PUBLISH_US):
@@ -76,19 +80,19 @@ class Cluster:
         self._read = record_of(kernel, epoch, now_us, self.settings.advertise, self._scanned[2])
         return self._read
 
-    async def usage_changed(self) -> None:
-        """Return once this node's tenants' use differs from its last record's (looked at as trace lines
-        come: a submit, an exit), USAGE_S after the last publish at the soonest: the other nodes' admission
-        counts it (usage.py), so the sooner they see it, the less a quota is overdrawn."""
+    async def usage_changed(self, put: dict[str, Row]) -> None:
+        """Return once this node's tenants' use differs from `put` (its usage keys'; looked at as trace lines
+        come: a submit, an exit), USAGE_S after that put at the soonest: the other nodes' admission counts it
+        (usage.py), so the sooner they see it, the less a quota is overdrawn."""
         await trio.sleep(USAGE_S)
-        while self._read is None or published(self.rt.kernel) == self._read.usage:  # none before the join
+        while published(self.rt.kernel) == put:
             await self.rt.wait_for("trace", PUBLISH_S)
 
     async def run(self) -> None:
         """Join and follow the cluster until cancelled."""
         async with self.etcd, self.router, trio.open_nursery() as nursery:
             nursery.start_soon(self.member.run)
-            nursery.start_soon(self.member.publish, self.usage_changed)
+            nursery.start_soon(self.member.publish)
             nursery.start_soon(self.follow, nursery)
             nursery.start_soon(self.keep_pids)
             nursery.start_soon(self.failover.keep)
@@ -107,7 +111,8 @@ class Cluster:
                 found = await self.etcd.range(self.keys.all, prefix=True)
                 self.view.load(found.kvs, found.revision)
                 self.shared.load(found.kvs)
-                self.rt.elsewhere = self.elsewheres.load(self.view.nodes())  # then kept current by `followed`
+                usage = [(name, kv.value) for kv in found.kvs if (name := self.keys.usage_of(kv.key)) is not None]
+                self.rt.elsewhere = self.elsewheres.load(self.view.nodes(), usage)  # then kept current by `followed`
                 self.member.note(None)
                 async with self.etcd.watch(self.keys.all, prefix=True, start_revision=found.revision + 1,
                                            nursery=nursery) as events:
@@ -128,6 +133,8 @@ class Cluster:
             self.shared.apply(event.kv)
         elif kind in ("nodes", "up"):
             self.elsewheres.update(name, self.view.node(name))
+        elif kind == "usage":
+            self.elsewheres.key_changed(name, event.kv.value if event.kind == "PUT" else None, self.view.node)
 
     async def keep_pids(self) -> None:
         """Ask for the next pid block once fewer than half a block is left (checked as submits come)."""

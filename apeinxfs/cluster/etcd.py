@@ -24,7 +24,7 @@ after an attempt went unanswered says so too: it may have taken effect; a read, 
 a lease's keepalive or revoke says only that there was no quorum. Other refusals raise
 `EtcdError` (or its subclasses LeaseGone, NotLeader) with etcd's words.
 Records, errors and the wire encoding: etcd_records.py; watches: etcd_watch.py; TLS:
-etcd_tls.py; etcd's authentication (user, password, token): etcd_auth.py.
+etcd_tls.py, renewed TLS files: etcd_renew.py; etcd's authentication (user, password, token): etcd_auth.py.
 """
 import math
 import ssl
@@ -37,6 +37,7 @@ import trio
 from .etcd_auth import Auth, Credentials
 from .etcd_records import (API, HEADERS, EtcdError, KeyValue, LeaderKey, Lease, LeaseGone, MemberFailed, NotLeader,
                            Txn, TxnResult, Unavailable, answer_of, b64, header_revision, put_op, range_body)
+from .etcd_renew import Renewing, TlsFiles
 from .etcd_tls import client_context, tls_failure
 from .etcd_watch import Watch
 
@@ -62,6 +63,13 @@ def tried(failures: dict[str, str]) -> str:
     return "; ".join(f"{member}: {why}" for member, why in failures.items())
 
 
+def transport_of(context: ssl.SSLContext) -> httpx.AsyncHTTPTransport:
+    """httpx's transport of the client's connections with `context`: no proxies, and no cap on connections
+    (every open watch and waiting campaign holds one)."""
+    return httpx.AsyncHTTPTransport(verify=context, trust_env=False,
+                                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
+
+
 @attrs.frozen
 class RangeResult:
     """The keys a range found, and the store's revision when it was read (to watch from + 1)."""
@@ -72,11 +80,12 @@ class RangeResult:
 
 class Etcd:
     """A client of one etcd cluster, given every member's client URL; an async context manager. Every
-    https connection uses `tls` (etcd_tls.client_context; by default the system's CAs, no client
-    certificate); with `credentials` every request carries a token of etcd's authentication (etcd_auth)."""
+    https connection uses `tls`: an SSL context (etcd_tls.client_context; by default the system's CAs, no
+    client certificate), or TlsFiles, whose renewed files new connections take (etcd_renew.py); with
+    `credentials` every request carries a token of etcd's authentication (etcd_auth)."""
 
     def __init__(self, endpoints: list[str], timeout: float = 8.0, attempt_timeout: float = 2.0,
-                 connect_timeout: float = 1.0, tls: ssl.SSLContext | None = None,
+                 connect_timeout: float = 1.0, tls: ssl.SSLContext | TlsFiles | None = None,
                  credentials: Credentials | None = None):
         if not endpoints:
             raise EtcdError("etcd: no endpoints given")
@@ -84,12 +93,11 @@ class Etcd:
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.current = 0
-        self.tls = client_context() if tls is None else tls
-        # Deadlines are trio's (the caller's or `timeout`); httpx only bounds a connect. No proxies, and
-        # no cap on connections: every open watch and waiting campaign holds one.
+        self.tls = tls if isinstance(tls, TlsFiles) else TlsFiles.fixed(client_context() if tls is None else tls)
+        # Deadlines are trio's (the caller's or `timeout`); httpx only bounds a connect (transport_of).
+        self.transport = Renewing(self.tls, transport_of)  # new connections with the current TLS files
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=connect_timeout), trust_env=False,
-                                      verify=self.tls,
-                                      limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
+                                      transport=self.transport)
         self.auth = Auth(credentials, lambda url, body: self.send(url, "/auth/authenticate", body, HEADERS),
                          attempt_timeout)
 
@@ -168,8 +176,10 @@ class Etcd:
     async def failure(self, url: str, exc: httpx.TransportError) -> MemberFailed:
         """What a transport failure at `url` means: TLS refused (with why) or no connection, so nothing
         was sent; or a connection lost (by TLS, say), whose request may have taken effect."""
-        tls = await tls_failure(url, exc, self.tls)
+        tls = await tls_failure(url, exc, self.tls.context)
         if tls is not None:
+            if tls.tls_refused:  # renewed files may mend it: the next connection takes them
+                self.tls.check(trio.current_time())
             return tls
         if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
             return MemberFailed(f"cannot connect: {exc}", sent=False)

@@ -15,9 +15,12 @@ another); when it fails, they fail with it (a wrong password costs etcd one chec
 one per waiting request). A login that fails at a member is a MemberFailed that sent
 nothing (only the login was sent, not the request it precedes); refused by TLS, it stays a
 TLS refusal, so a call whose logins every member refused by TLS fails at once (etcd.py). A
-refused password is an EtcdError naming the user and the keys to check. Not TLS
-(etcd_tls.py), which carries it.
+refused password is an EtcdError naming the user and the keys to check; the next login reads
+the password file again (`Credentials.password_file`, with read_password's checks) and,
+where it changed, logs so once and logs in with the new password (a password changed in
+etcd, then in the file, needs no restart). Not TLS (etcd_tls.py), which carries it.
 """
+import logging
 from typing import Awaitable, Callable, TypeVar
 
 import attrs
@@ -28,16 +31,19 @@ from .etcd_records import HEADERS, EtcdError, MemberFailed
 from .etcd_tls import ETCD_GRANT
 from .secretfile import read_private
 
+log = logging.getLogger(__name__)
 STALE_TOKEN = ("invalid auth token", "revision of auth store is old")  # etcd's words: authenticate again
+WRONG_PASSWORD = "authentication failed"  # etcd's words for a login with a wrong user or password
 Answer = TypeVar("Answer")
 
 
 @attrs.frozen
 class Credentials:
-    """A user of etcd and its password (repr leaves the password out)."""
+    """A user of etcd and its password (repr leaves the password out), read from `password_file` if given."""
 
     user: str
     password: str = attrs.field(repr=False)
+    password_file: str | None = None  # read again after etcd refused the password
 
 
 def read_password(path: str) -> str:
@@ -69,6 +75,8 @@ class Auth:
         self.credentials, self.login, self.patience = credentials, login, patience
         self.token: str | None = None
         self.logins: dict[str, Login] = {}  # the authentication in flight at each member
+        self.doubted = False  # etcd refused the password: read its file again before the next login
+        self.unread: str | None = None  # why the password file could not be read again, once logged
 
     async def authorized(self, url: str, send: Callable[[dict], Awaitable[Answer]]) -> Answer:
         """`send(headers)` with the token; once more with a new token if etcd calls this one stale."""
@@ -109,15 +117,35 @@ class Auth:
             self.logins.pop(url).over.set()
 
     async def authenticate(self, url: str) -> str:
-        assert self.credentials is not None
-        body = {"name": self.credentials.user, "password": self.credentials.password}
+        credentials = self.current()
+        body = {"name": credentials.user, "password": credentials.password}
         try:
             return str((await self.login(url, body))["token"])
         except MemberFailed as failed:  # only the login was sent: the request it precedes was not
             raise failed.unsent("authentication: ") from None
         except EtcdError as refused:
-            raise EtcdError(f"etcd: authentication as {self.credentials.user!r} failed: {refused.reason} "
+            self.doubted = WRONG_PASSWORD in refused.reason
+            raise EtcdError(f"etcd: authentication as {credentials.user!r} failed: {refused.reason} "
                             f"(check cluster.etcd_user and etcd_password_file)") from None
+
+    def current(self) -> Credentials:
+        """The credentials to log in with: after etcd refused the password, with its file's password now."""
+        assert self.credentials is not None
+        path = self.credentials.password_file
+        if self.doubted and path is not None:
+            self.doubted = False
+            try:
+                password = read_password(path)
+            except Invalid as unread:
+                if unread.reason != self.unread:
+                    log.warning("cluster: cannot read the etcd password again: %s", unread.reason)
+                self.unread = unread.reason
+                return self.credentials
+            self.unread = None
+            if password != self.credentials.password:
+                log.info("cluster: %s holds a new etcd password: logging in with it", path)
+                self.credentials = attrs.evolve(self.credentials, password=password)
+        return self.credentials
 
 
 def again(failure: EtcdError | MemberFailed) -> EtcdError | MemberFailed:

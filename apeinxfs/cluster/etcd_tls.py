@@ -9,7 +9,8 @@ start). `tls_failure(url, exc, context)` says what TLS did under an httpx transp
 as a MemberFailed (None where it was not TLS): nothing was sent where the handshake failed
 (the member's certificate did not verify: unknown CA, wrong host name) or where the member
 refused this client's certificate (none, or not of its CA): a refusal (`tls_refused`) that
-trying again does not mend, so a call fails once every member refused it (etcd.py). Any
+trying again does not mend, so a call fails once every member refused it (etcd.py); another
+alert ending a handshake (the member's internal error) sent nothing either, but may pass. Any
 other TLS error breaking a written request (a damaged record) leaves its outcome unknown.
 Under TLS 1.3 the member refuses a client certificate after the client's handshake has
 ended, as an alert that httpx may lose (httpcore drops a failed write's error and then
@@ -44,6 +45,8 @@ def client_context(ca: str | None = None, certificate: tuple[str, str] | None = 
         context = ssl.create_default_context(cafile=readable("etcd_ca", ca) if ca is not None else None)
     except ssl.SSLError as exc:
         raise Invalid(f"config: cluster.etcd_ca: {ca} holds no PEM certificate ({exc.reason or exc})") from None
+    except OSError as exc:  # gone since `readable` (a renewal replacing it)
+        raise Invalid(f"config: cluster.etcd_ca: {ca}: {exc.strerror}") from None
     if certificate is not None:
         _load_client_certificate(context, *certificate)
     return context
@@ -57,6 +60,8 @@ def _load_client_certificate(context: ssl.SSLContext, cert: str, key: str) -> No
     except ssl.SSLError as exc:
         raise Invalid(f"config: cluster.etcd_cert and etcd_key: {cert} and {key} are not a PEM certificate "
                       f"and its private key ({exc.reason or exc})") from None
+    except OSError as exc:  # gone since it was checked (a renewal replacing it)
+        raise Invalid(f"config: cluster.etcd_cert and etcd_key: {exc.filename or cert}: {exc.strerror}") from None
 
 
 def readable(name: str, path: str) -> str:
@@ -74,8 +79,10 @@ async def tls_failure(url: str, exc: httpx.TransportError, context: ssl.SSLConte
     certificate (on `exc`, or on a fresh connection when an https stream broke without a TLS error); any
     other TLS error breaking a written request (a damaged record, say) may have left it taken effect."""
     found = ssl_error_in(exc)
-    if isinstance(exc, httpx.ConnectError) and found is not None:
-        return MemberFailed(words(found), sent=False, tls_refused=True)
+    if isinstance(exc, httpx.ConnectError) and found is not None:  # refused only for a certificate: another
+        # alert (the member's internal error, as while its own certificate files are renewed) may pass
+        refused = isinstance(found, ssl.SSLCertVerificationError) or refuses_certificate(found)
+        return MemberFailed(words(found), sent=False, tls_refused=refused)
     if not isinstance(exc, (httpx.ReadError, httpx.WriteError)):
         return None
     if found is None and url.startswith("https://"):
@@ -129,10 +136,10 @@ def words(error: ssl.SSLError) -> str:
         return (f"TLS: the member's certificate failed verification: {error.verify_message} "
                 f"(is cluster.etcd_ca the CA that signed it, for this host name?)")
     reason = reason_of(error)
-    if "alert" in reason:
+    if refuses_certificate(error):
         return (f"TLS: the member refused the connection: {reason} (does cluster.etcd_cert hold a client "
                 f"certificate signed by a CA the member trusts?)")
-    return f"TLS: {reason}"
+    return f"TLS: the member ended the connection: {reason}" if "alert" in reason else f"TLS: {reason}"
 
 
 def reason_of(error: ssl.SSLError) -> str:

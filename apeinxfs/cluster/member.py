@@ -6,13 +6,16 @@ when the lease is lost (etcd expired it while the process was stopped, or no ref
 through for a whole TTL) revokes what is left of it and joins again with the next epoch.
 A lease it could not revoke (no quorum) is revoked after the next join: etcd extends
 leases when it elects a leader, so the old candidacy would otherwise hold the election.
-`publish` puts the node's record every PUBLISH_S, or sooner when asked. Without an etcd
+While it holds a lease it also runs `leased(lease)` (the daemon's: its usage keys, usagekeys.py),
+cancelled when the lease is lost, and before a join's txn `before_up(lease)` (the daemon's: those keys
+put on the new lease, so the other nodes count the node's use from the moment it is up). `publish` puts the node's record every PUBLISH_S. Without an etcd
 quorum every call
 fails with Unavailable (EAGAIN) within the client's timeout: the member notes why and
 tries again; the daemon's local work goes on meanwhile.
 """
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -22,6 +25,7 @@ from .etcd_records import EtcdError, Lease, LeaseGone, Unavailable
 from .records import Keys, NodeRecord, unchanged
 
 log = logging.getLogger(__name__)
+CALL = re.compile(r"etcd: /[\w/]+: ")  # the call an etcd failure's reason starts with (etcd.py)
 PUBLISH_S = 1.0  # how often a node publishes its record
 RETRY_S = 1.0  # the pause before a failed join or revoke is tried again
 REVOKE_S = 2.0  # the most a revoke of a lost lease may take before joining anyway
@@ -30,9 +34,13 @@ REVOKE_S = 2.0  # the most a revoke of a lost lease may take before joining anyw
 class Member:
     """One node's membership in the cluster; `epoch` 0 until it first joined."""
 
-    def __init__(self, etcd: Etcd, keys: Keys, name: str, lease_s: int, record: Callable[[int], NodeRecord]):
+    def __init__(self, etcd: Etcd, keys: Keys, name: str, lease_s: int, record: Callable[[int], NodeRecord],
+                 leased: Callable[[Lease], Awaitable[None]] | None = None,
+                 before_up: Callable[[Lease], Awaitable[None]] | None = None):
         self.etcd, self.keys, self.name, self.lease_s = etcd, keys, name, lease_s
         self.record = record  # epoch -> this node's record now
+        self.leased = leased or _idle  # what runs while a lease is held, on it
+        self.before_up = before_up or _nothing  # what a new lease holds before the up key is put on it
         self.epoch = 0
         self.expires = math.inf  # trio time before which etcd cannot have expired the lease (fencing.py)
         self.leading = False
@@ -41,9 +49,10 @@ class Member:
         self.unrevoked: list[Lease] = []  # leases lost and not revoked yet (etcd was unreachable)
 
     def note(self, error: EtcdError | None) -> None:
-        """Remember why etcd cannot be reached (logged when the reason changes); None once it can."""
+        """Remember why etcd cannot be reached (logged when the reason changes, whichever call met it: the
+        node's loops fail in turn while etcd refuses it); None once it can."""
         reason = None if error is None else error.reason
-        if reason != self.problem:
+        if without_call(reason) != without_call(self.problem):
             (log.warning if reason else log.info)("cluster: %s", reason or "etcd answers again")
         self.problem = reason
 
@@ -68,6 +77,7 @@ class Member:
         """A new lease and the next epoch, raised in a txn guarded on the epoch key's revision."""
         asked = trio.current_time()
         lease = await self.etcd.grant(self.lease_s)
+        await self.before_up(lease)
         key = self.keys.epoch(self.name)
         while True:
             kv = await self.etcd.get(key)
@@ -83,9 +93,10 @@ class Member:
                     return lease
 
     async def hold(self, lease: Lease) -> None:
-        """Keep `lease` alive and campaign for leader on it; return once it is lost."""
+        """Keep `lease` alive, campaign for leader and run `leased` on it; return once it is lost."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.campaign, lease)
+            nursery.start_soon(self.leased, lease)
             try:
                 await self.etcd.keep_alive(lease, refreshed=lambda sent: self.refreshed(sent + lease.ttl))
             except LeaseGone as gone:
@@ -133,9 +144,8 @@ class Member:
                 self.note(error)
         return False
 
-    async def publish(self, sooner: Callable[[], Awaitable[None]] = trio.sleep_forever) -> None:
-        """Put this node's record every PUBLISH_S once joined (without a lease: it outlives the node), or as
-        soon as `sooner()` returns (its tenants' use changed: daemon.py)."""
+    async def publish(self) -> None:
+        """Put this node's record every PUBLISH_S once joined (without a lease: it outlives the node)."""
         while True:
             if self.epoch:
                 try:
@@ -145,5 +155,18 @@ class Member:
                     self.note(error)
                 else:
                     self.note(None)
-            with trio.move_on_after(PUBLISH_S):
-                await sooner()
+            await trio.sleep(PUBLISH_S)
+
+
+def without_call(reason: str | None) -> str | None:
+    """An etcd failure's reason less the call it names ("etcd: /kv/range: why" -> "why")."""
+    return reason if reason is None else CALL.sub("", reason, count=1)
+
+
+async def _nothing(lease: Lease) -> None:
+    """Nothing to put on a new lease before its up key."""
+
+
+async def _idle(lease: Lease) -> None:
+    """Nothing to run on a lease."""
+    await trio.sleep_forever()

@@ -1,6 +1,6 @@
 """The client of a peer's server (peer_server.py): httpx on trio, bounded by timeouts.
 
-    async with Peer("http://10.0.0.2:7070", token) as peer:
+    async with Peer("http://10.0.0.2:7070", tokens) as peer:
         text = await peer.status(pid, caller)            # what /tasks/PID/status shows there
         data = await peer.output(pid, caller, offset, size)
         async with peer.stream(pid, caller) as chunks:   # as `cat /tasks/PID/stream` reads it there
@@ -14,20 +14,24 @@ ApeinxError class (peer_wire). A peer that cannot be reached, does not answer wi
 `timeout` (connect: `connect_timeout`), or closes the connection mid-answer gives PeerDown
 (EHOSTDOWN) with the reason (PeerUnreachable if it could not be connected to: nothing was
 sent); for a command (submit, kill, ctl) whose answer was lost the
-reason says that its outcome is unknown: it is never sent twice. A wrong token gives
-PeerRefused (EACCES). A `stream` or `wait` may idle as long as its task is silent: the
-peer sends a heartbeat every HEARTBEAT_S, so a read idle for `idle_timeout` means a peer
-that is stopped or cut off (PeerDown); a killed one closes the connection (PeerDown at once).
+reason says that its outcome is unknown: it is never sent twice. Each request carries the
+first token of `tokens` (a peer_wire.token_file, looked at again at most once a second, or
+fixed bytes). A wrong token gives PeerRefused (EACCES), and the token file is looked at at
+once, so that an edited file is taken by the next request. A `stream` or `wait` may idle
+as long as its task is silent: the peer sends a heartbeat every HEARTBEAT_S, so a read idle
+for `idle_timeout` means a peer that is stopped or cut off (PeerDown); a killed one closes
+the connection (PeerDown at once).
 """
 import contextlib
+import time
 from typing import AsyncIterator
 
 import httpx
 import trio
 
 from ..nodes.base import Caller
-from .peer_wire import (CALLER_HEADER, HEARTBEAT_S, FrameReader, PeerDown, PeerRefused, PeerUnreachable, decode_error,
-                        encode_caller)
+from .peer_wire import (CALLER_HEADER, HEARTBEAT_S, FrameReader, PeerDown, PeerRefused, PeerUnreachable, TokenFile,
+                        Tokens, decode_error, encode_caller)
 
 IDLE_TIMEOUT_S = 4 * HEARTBEAT_S  # a stream or wait with no byte for this long: the peer is stopped or cut off
 UNKNOWN = "; its outcome is unknown (it may have run there)"
@@ -37,15 +41,15 @@ LINE_S = 0.001  # a command may take this much longer per line (a 20,000-line su
 class Peer:
     """A client of one peer node, at `url` (http://HOST:PORT); an async context manager."""
 
-    def __init__(self, url: str, token: bytes, timeout: float = 5.0, connect_timeout: float = 1.0,
+    def __init__(self, url: str, tokens: TokenFile | bytes, timeout: float = 5.0, connect_timeout: float = 1.0,
                  idle_timeout: float = IDLE_TIMEOUT_S):
         self.url = url.rstrip("/")
+        self.tokens = TokenFile.fixed(Tokens((tokens,))) if isinstance(tokens, bytes) else tokens
         self.timeout, self.idle_timeout = timeout, idle_timeout
         self.follow_timeout = httpx.Timeout(idle_timeout, connect=connect_timeout)
         # No cap on connections (each open stream or wait holds one; the peer caps its blocked readers).
         self.http = httpx.AsyncClient(base_url=self.url + "/v1/", trust_env=False,
                                       limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
-                                      headers={"authorization": "Bearer " + token.decode()},
                                       timeout=httpx.Timeout(timeout, connect=connect_timeout))
 
     async def __aenter__(self) -> "Peer":
@@ -133,13 +137,15 @@ class Peer:
         if not reader.at_boundary():
             raise PeerDown(f"peer {self.url}: the answer to GET {path} ended within a frame")
 
-    @staticmethod
-    def headers(caller: Caller, headers: dict) -> dict:
-        return {**headers, CALLER_HEADER: encode_caller(caller)}
+    def headers(self, caller: Caller, headers: dict) -> dict:
+        """`headers` and those every request carries: the token this node sends now, the caller."""
+        authorization = self.tokens.current(time.monotonic()).authorization
+        return {**headers, "authorization": authorization, CALLER_HEADER: encode_caller(caller)}
 
     def check(self, response: httpx.Response) -> None:
         """Raise the refusal an answer carries: the peer's error, or PeerRefused on 401."""
         if response.status_code == 401:
+            self.tokens.check(time.monotonic())  # an edited token file is taken by the next request
             raise PeerRefused(f"peer {self.url} refused this node's token (HTTP 401): the nodes' token files differ")
         if response.status_code >= 400 and response.status_code != 416:
             raise decode_error(response.content, f"peer {self.url} (HTTP {response.status_code})")

@@ -6,17 +6,19 @@ names (peer_wire.decode_caller): `GET` of a `status` gives its text, of `output`
 (a `Range: bytes=A-B` or `bytes=A-` gives 206 and Content-Range), of `stream` or `wait` the
 file as `cat` would read it, in frames (peer_wire) until it ends; `POST` of `ctl/submit`,
 `ctl/kill` or `tasks/PID/ctl` runs the body's lines as a write(2) of them would, and answers
-the reply lines. Every request needs `Authorization: Bearer TOKEN` (compared in constant
-time; else 401). Refusals go back as peer_wire error records. A blocked `stream` or `wait`
-sleeps on the runtime's Notifier like a local reader, waking at each change of its key or
-after HEARTBEAT_S to send a heartbeat (so a reader whose peer went away ends within that).
+the reply lines. Every request needs `Authorization: Bearer TOKEN`, TOKEN one of those the
+token file holds now (compared in constant time; else 401; the file looked at again at most
+once a second, at a request: peer_wire.token_file). Refusals go back as peer_wire error
+records. A blocked `stream` or `wait` sleeps on the runtime's Notifier like a local reader,
+waking at each change of its key or after HEARTBEAT_S to send a heartbeat (so a reader whose
+peer went away ends within that).
 Not here: the FUSE mount, the client (peer_client.py), membership.
 """
-import hmac
 import logging
 import os
 import re
 import socket
+import time
 import urllib.parse
 
 import attrs
@@ -29,8 +31,8 @@ from ..nodes.base import Blocking, Command, Dir, Log, Show
 from ..nodes.forwarding import ForwardingHandle
 from ..nodes.remote import RemoteTaskDir
 from ..ratelog import RateLog
-from .peer_wire import (CALLER_HEADER, FRAME_MAX, HEARTBEAT, HEARTBEAT_S, PeerRefused, data_frame, decode_caller,
-                        encode_error, parse_address, read_token)
+from .peer_wire import (CALLER_HEADER, FRAME_MAX, HEARTBEAT, HEARTBEAT_S, PeerRefused, TokenFile, data_frame,
+                        decode_caller, encode_error, parse_address)
 
 log = logging.getLogger(__name__)
 PATHS = re.compile(r"tasks/[1-9][0-9]{0,14}/(status|output|stream|wait|ctl)|ctl/(submit|kill)")
@@ -45,43 +47,42 @@ TEXT = [("content-type", "text/plain; charset=utf-8")]
 
 @attrs.frozen
 class Listening:
-    """A bound, listening socket and the token peers must send, prepared before the mount so a
-    bad address or token file fails the daemon's start with its reason."""
+    """A bound, listening socket and the token file whose tokens peers must send, prepared before the
+    mount so a bad address or token file fails the daemon's start with its reason."""
 
     sock: socket.socket
-    token: bytes
+    tokens: TokenFile
 
     @property
     def port(self) -> int:
         return self.sock.getsockname()[1]
 
 
-def prepare(advertise: str, token_file: str) -> Listening:
-    """Listen on `advertise` (HOST:PORT) for peers who send the token in `token_file`."""
+def prepare(advertise: str, tokens: TokenFile) -> Listening:
+    """Listen on `advertise` (HOST:PORT) for peers who send one of `tokens`."""
     host, port = parse_address(advertise)
-    token = read_token(token_file)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         sock = socket.create_server((host, port), family=family, backlog=128)
     except OSError as exc:
         raise Invalid(f"peer server cannot listen on {advertise}: {exc.strerror}") from None
-    return Listening(sock, token)
+    return Listening(sock, tokens)
 
 
 def listening_for(cluster) -> Listening | None:
-    """The peer server's socket for `[cluster]` advertise and token_file (settings.ClusterSettings);
-    None on a single node or a cluster node without them."""
-    if cluster is None or cluster.advertise is None:
+    """The peer server's socket for `[cluster]` advertise and token_file (settings.ClusterSettings, which
+    read the file); None on a single node or a cluster node without them."""
+    if cluster is None or cluster.advertise is None or cluster.tokens is None:
         return None
-    return prepare(cluster.advertise, cluster.token_file)
+    return prepare(cluster.advertise, cluster.tokens)
 
 
 class PeerServer:
     """Serves this node's tree (a nodes.tree.Tree) to peers; `serve` runs it until cancelled."""
 
-    def __init__(self, tree, token: bytes, max_blocked: int):
+    def __init__(self, tree, tokens: TokenFile, max_blocked: int):
         self.tree, self.rt = tree, tree.rt
-        self.expected = b"Bearer " + token
+        self.tokens = tokens
         self.max_blocked = max_blocked  # stream and wait readers of peers blocked at once
         self.blocked = 0
         self.bug_log = RateLog(log)
@@ -125,8 +126,8 @@ class PeerServer:
         return conn.our_state is h11.DONE
 
     def authorized(self, request: h11.Request) -> bool:
-        """Whether the request carries the token (compared in constant time)."""
-        return hmac.compare_digest(dict(request.headers).get(b"authorization", b""), self.expected)
+        """Whether the request carries one of the tokens (compared in constant time)."""
+        return self.tokens.current(time.monotonic()).accepts(dict(request.headers).get(b"authorization", b""))
 
     async def refuse(self, conn, stream, request: h11.Request, slow: bool) -> None:
         close = [("connection", "close")]

@@ -8,17 +8,24 @@
   sent after HEARTBEAT_S without news. The body's end is the file's end.
 - The caller: whom a peer acts for (uid, gid, pid, role, tenant), as the asking node found
   it, in the `Apeinx-Caller` header; the token vouches for the asking node.
-- The token: read from a file nobody but its owner and group may read.
+- The token: read from a file nobody but its owner and group may read, one a line: the first
+  is sent, every one accepted (so the token can be changed in steps: docs/cluster.md), read
+  again once the file is edited (renewal.Renewable: at most once a second, at a request).
 Not the server (peer_server.py) nor the client (peer_client.py).
 """
 import errno
+import functools
+import hmac
 import json
 import re
+
+import attrs
 
 from ..kernel.access import RANKS
 from ..kernel.errors import (ApeinxError, Busy, Degraded, Denied, Exists, Hidden, Invalid, NoSpace, NotFound,
                              NotPermitted, OverQuota, TooMany)
 from ..nodes.base import Caller
+from .renewal import Renewable, Wording
 from .secretfile import read_private
 
 HEARTBEAT_S = 2.0  # a blocked stream or wait sends a heartbeat frame after this long without news
@@ -26,6 +33,8 @@ FRAME_MAX = 1 << 16  # the most bytes of a file one data frame carries
 HEARTBEAT = b".\n"
 CALLER_HEADER = "apeinx-caller"
 TOKEN_BYTES = re.compile(rb"[\x21-\x7e]+")
+TOKEN_WORDING = Wording("edited peer token file", "the tokens loaded before stay in use",
+                        "its first token is sent, each is accepted")
 STATUS_OF_ERRNO = {errno.EINVAL: 400, errno.EACCES: 403, errno.EPERM: 403, errno.EDQUOT: 403, errno.ENOENT: 404,
                    errno.EBUSY: 409, errno.EEXIST: 409, errno.EAGAIN: 503}
 
@@ -148,15 +157,43 @@ def decode_caller(text: str | None) -> Caller:
     return Caller(*ids, role=role, tenant=tenant)
 
 
-def read_token(path: str) -> bytes:
-    """The shared token in `path` (surrounding whitespace stripped); Invalid if the file is missing,
-    readable by every user, or empty."""
-    token = read_private(path, f"token file {path}", "act for any user on every node").strip()
-    if not token:
+@attrs.frozen
+class Tokens:
+    """A token file's tokens, in its order: the first is the one this node sends, every one is accepted."""
+
+    accepted: tuple[bytes, ...]  # at least one
+
+    @property
+    def authorization(self) -> str:
+        """The `Authorization` header this node sends."""
+        return "Bearer " + self.accepted[0].decode()
+
+    def accepts(self, authorization: bytes) -> bool:
+        """Whether an `Authorization` header carries one of the tokens (each compared in constant time)."""
+        matches = [hmac.compare_digest(authorization, b"Bearer " + token) for token in self.accepted]
+        return any(matches)
+
+
+def read_tokens(path: str) -> Tokens:
+    """The shared tokens in `path`, one a line (surrounding whitespace and blank lines dropped); Invalid if
+    the file is missing, readable by every user, or holds no token or one that cannot go in a header."""
+    secret = read_private(path, f"token file {path}", "act for any user on every node")
+    tokens = tuple(line.strip() for line in secret.splitlines() if line.strip())
+    if not tokens:
         raise Invalid(f"token file {path} is empty")
-    if not TOKEN_BYTES.fullmatch(token):
-        raise Invalid(f"token file {path}: the token must be printable ASCII without spaces (it goes in a header)")
-    return token
+    if not all(TOKEN_BYTES.fullmatch(token) for token in tokens):
+        raise Invalid(f"token file {path}: the token must be printable ASCII without spaces (it goes in a header), "
+                      f"one a line")
+    return Tokens(tokens)
+
+
+TokenFile = Renewable[Tokens]
+
+
+def token_file(path: str) -> TokenFile:
+    """The tokens of `path`, read now (Invalid as read_tokens) and read again once the file is edited. One
+    is shared by the peer server, the peers' clients and /ai/cluster, each looking at time.monotonic()."""
+    return Renewable.read_now((path,), functools.partial(read_tokens, path), TOKEN_WORDING)
 
 
 def parse_address(address: str) -> tuple[str, int]:

@@ -14,7 +14,7 @@ from ..kernel.task import State
 from .etcd_records import KeyValue, Txn
 from .peerdata import Unreadable, loads, record_fields
 from .prefixes import summary_of
-from .usage import published, valid_usage
+from .usage import valid_usage
 
 MAX_RANGES = 10_000  # pid ranges a record holds at most
 
@@ -39,19 +39,22 @@ class NodeRecord:
     tenants: dict[str, str] = attrs.field(factory=dict, hash=False)  # tenant -> its live pids, as ranges
     prefixes: str = ""  # a Bloom filter of its cached prompt blocks' keys, base64 (prefixes.py)
     prefix_blocks: int = 0  # how many keys that filter holds
-    usage: dict[str, list[int]] = attrs.field(factory=dict, hash=False)  # tenant -> its use here (usage.py)
+    # tenant -> its use here, as a node of an older version publishes it; this one's is in usage keys (usage.py)
+    usage: dict[str, list[int]] = attrs.field(factory=dict, hash=False)
 
     def to_json(self) -> bytes:
         return json.dumps(attrs.asdict(self), separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> "NodeRecord":
+    def from_json(cls, data: bytes, before: "NodeRecord | None" = None) -> "NodeRecord":
         """A peer's record, if its fields have the types and bounds its readers need (peerdata.py; else
-        Unreadable); of its use, the rows admission can count (usage.valid_usage)."""
+        Unreadable); of its use, the rows admission can count (usage.valid_usage). `before`: the node's last
+        record read, whose live pids are not checked again."""
         fields, loaded = {field.name for field in attrs.fields(cls)}, loads(data)
         if not isinstance(loaded, dict):
             raise Unreadable(f"a record is a JSON object, not {type(loaded).__name__}")
-        found = record_fields({key: value for key, value in loaded.items() if key in fields})
+        known_pids = None if before is None else (before.tasks, before.tenants)
+        found = record_fields({key: value for key, value in loaded.items() if key in fields}, known_pids)
         if "usage" in found:
             found["usage"] = valid_usage(str(found.get("name")), found["usage"])
         return cls(**found)
@@ -80,8 +83,9 @@ class NodeView:
 def record_of(kernel, epoch: int, seen_us: int, advertise: str | None,
               live_pids: tuple[str, dict[str, str]] | None = None) -> NodeRecord:
     """The record a node publishes: its kernel's GPUs, free slots and KV pages, queue, live tasks and
-    cached prompt prefixes; its live pids (`tasks`, `tenants`) are `live_pids` if given (a `scan` made
-    before: the one part that reads the whole task table), else scanned now."""
+    cached prompt prefixes (its tenants' use goes in usage keys: usagekeys.py); its live pids (`tasks`,
+    `tenants`) are `live_pids` if given (a `scan` made before: the one part that reads the whole task table),
+    else scanned now."""
     tasks, tenants = live_pids if live_pids is not None else scan(kernel)
     prefixes, prefix_blocks = summary_of(kernel.kv)
     return NodeRecord(name=kernel.config.node, epoch=epoch, seen_us=seen_us, gpus=len(kernel.gpus),
@@ -90,7 +94,7 @@ def record_of(kernel, epoch: int, seen_us: int, advertise: str | None,
                       queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING),
                       live=len(kernel.tasks) - kernel.tasks.count(State.EXITED), tasks=tasks,
                       models=sorted(kernel.models), advertise=advertise, pid_next=kernel.tasks.next_pid,
-                      tenants=tenants, prefixes=prefixes, prefix_blocks=prefix_blocks, usage=published(kernel))
+                      tenants=tenants, prefixes=prefixes, prefix_blocks=prefix_blocks)
 
 
 def scan(kernel) -> tuple[str, dict[str, str]]:
@@ -201,6 +205,11 @@ class Keys:
         watches it."""
         return (self.prefix.rstrip("/") + ".out/" + str(pid)).encode()
 
+    def usage(self, name: str, tenant: str = "") -> bytes:
+        """Tenant `tenant`'s use on node `name` (usage.py's row), on the node's lease; with no tenant, the prefix
+        of the node's usage keys."""
+        return self._key("usage", name, tenant)
+
     def setting(self, name: str) -> bytes:
         """An entry of the settings log (cluster/shared.py): put once, ordered by its create revision."""
         return self._key("settings", name)
@@ -213,6 +222,11 @@ class Keys:
     @property
     def all(self) -> bytes:
         return self.prefix.encode()
+
+    def usage_of(self, key: bytes) -> str | None:
+        """NODE/TENANT of a usage key; None for another key."""
+        kind, name = self.kind_of(key)
+        return name if kind == "usage" else None
 
     def kind_of(self, key: bytes) -> tuple[str, str]:
         """(kind, name) of one of these keys: ("nodes", NAME), ("up", NAME), ("leader", LEASE) ..."""

@@ -29,7 +29,7 @@ from ..kernel.grammar import parse_pid, parse_submit
 from ..nodes.forwarding import Route
 from ..nodes.remote import RemoteTaskDir
 from .peer_client import Peer
-from .peer_wire import PeerUnreachable, read_token
+from .peer_wire import PeerUnreachable
 from .records import bounds_of, pids_of
 from .spreading import Spreading
 
@@ -57,8 +57,7 @@ class Router:
     def __init__(self, cluster):
         self.cluster, self.rt = cluster, cluster.rt
         self.here = cluster.name
-        token_file = cluster.settings.token_file
-        self.token = read_token(token_file) if token_file else None
+        self.token = cluster.settings.tokens  # the token file (settings.py), read again once edited; or None
         self.peers: dict[str, Peer] = {}
         self.placed: OrderedDict[int, str] = OrderedDict()
         self.tally: dict[str, tuple[int, int]] = {}  # node -> (its record's seen_us, tasks placed there since)

@@ -6,15 +6,14 @@ cluster: config.py then builds no `ClusterSettings` and the daemon runs as a sin
 Nothing here talks to etcd; docs/cluster.md says what each key does.
 """
 import re
-import ssl
 import urllib.parse
 
 import attrs
 
 from ..kernel.errors import Invalid
 from .etcd_auth import Credentials, read_password
-from .etcd_tls import client_context
-from .peer_wire import parse_address, read_token
+from .etcd_renew import TlsFiles
+from .peer_wire import TokenFile, parse_address, token_file
 
 KEYS = {"etcd", "lease_s", "advertise", "token_file", "pid_block", "prefix", "replicate_s",
         "etcd_ca", "etcd_cert", "etcd_key", "etcd_user", "etcd_password_file"}
@@ -54,16 +53,6 @@ def _integer_at_least(least: int):
     return check
 
 
-def _token_file(_settings, _attribute, path) -> None:
-    """A file holding the shared token, as peer_wire.read_token takes it (read again by the peer server)."""
-    if path is None:
-        return
-    try:
-        read_token(path if isinstance(path, str) else "")
-    except Invalid as exc:
-        raise Invalid(f"config: cluster.token_file: {exc.reason}") from None
-
-
 def _path(_settings, attribute, value) -> None:
     if value is not None and (not isinstance(value, str) or not value):
         raise Invalid(f"config: cluster.{attribute.name} must be a file's path, not {value!r}")
@@ -87,7 +76,7 @@ class ClusterSettings:
     etcd: tuple[str, ...] = attrs.field(converter=_endpoints)
     lease_s: int = attrs.field(default=15, validator=_integer_at_least(MIN_LEASE_S))
     advertise: str | None = attrs.field(default=None, converter=_advertise)  # HOST:PORT
-    token_file: str | None = attrs.field(default=None, validator=_token_file)
+    token_file: str | None = attrs.field(default=None, validator=_path)
     pid_block: int = attrs.field(default=100_000, validator=_integer_at_least(1))
     prefix: str = attrs.field(default="apeinxfs/", converter=_prefix)
     replicate_s: int = attrs.field(default=2, validator=_integer_at_least(0))  # s between output puts; 0: none
@@ -96,9 +85,13 @@ class ClusterSettings:
     etcd_key: str | None = attrs.field(default=None, validator=_path)  # ... and its private key
     etcd_user: str | None = attrs.field(default=None, validator=_user)  # etcd's authentication: the user ...
     etcd_password_file: str | None = attrs.field(default=None, validator=_path)  # ... and its password's file
-    # Built from the keys above once, at start: the etcd client's SSL context and etcd's credentials (or None).
-    tls: ssl.SSLContext = attrs.field(init=False, eq=False, repr=False)
+    # Built from the keys above at start: the etcd client's TLS files (loaded again once renewed: etcd_renew.py),
+    # etcd's credentials (or None; the password file read again once etcd refuses it: etcd_auth.py) and the
+    # peers' tokens (or None; read again once the file is edited: peer_wire.token_file), one for the peer
+    # server and the peers' clients.
+    tls: TlsFiles = attrs.field(init=False, eq=False, repr=False)
     credentials: Credentials | None = attrs.field(init=False, eq=False, repr=False)
+    tokens: TokenFile | None = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if (self.advertise is None) != (self.token_file is None):
@@ -108,6 +101,7 @@ class ClusterSettings:
                           "and its key)")
         self._check_tls()
         self._check_auth()
+        object.__setattr__(self, "tokens", self._tokens())  # a frozen record's own field, set once
 
     def _check_tls(self) -> None:
         """TLS keys only with https:// members; their files readable and well-formed now, at start."""
@@ -129,16 +123,25 @@ class ClusterSettings:
                           f"needs https:// URLs")
         object.__setattr__(self, "credentials", self._credentials())  # a frozen record's own field, set once
 
-    def _context(self) -> ssl.SSLContext:
-        """The SSL context of the node's etcd client (etcd_tls.client_context)."""
+    def _context(self) -> TlsFiles:
+        """The TLS files of the node's etcd client, read now (etcd_renew.TlsFiles)."""
         certificate = None if self.etcd_cert is None or self.etcd_key is None else (self.etcd_cert, self.etcd_key)
-        return client_context(self.etcd_ca, certificate)
+        return TlsFiles.load(self.etcd_ca, certificate)
+
+    def _tokens(self) -> TokenFile | None:
+        """The peers' shared tokens, read from token_file now (peer_wire.read_tokens); None without it."""
+        if self.token_file is None:
+            return None
+        try:
+            return token_file(self.token_file)
+        except Invalid as exc:
+            raise Invalid(f"config: cluster.token_file: {exc.reason}") from None
 
     def _credentials(self) -> Credentials | None:
         """The user of etcd and its password, read from its file now; None without etcd_user."""
         if self.etcd_user is None or self.etcd_password_file is None:
             return None
-        return Credentials(self.etcd_user, read_password(self.etcd_password_file))
+        return Credentials(self.etcd_user, read_password(self.etcd_password_file), self.etcd_password_file)
 
 
 def settings_of(section: dict, node: str) -> ClusterSettings | None:

@@ -83,7 +83,7 @@ class ClusterView:
         """Node `name`'s record from `kv` (its mark, in `marks` before this change, dropped); if unreadable,
         see _mark_unreadable."""
         try:
-            self.records[name] = NodeRecord.from_json(kv.value)
+            self.records[name] = NodeRecord.from_json(kv.value, records.get(name))
         except (ValueError, TypeError) as exc:  # Unreadable; TypeError: a field it must have is missing
             return self._mark_unreadable(name, kv, exc, records, marks)
         if name in marks:

@@ -11,10 +11,12 @@ listed, `State: down`, with its last record. On a single node /nodes holds just 
 (NamedDirs): NODE_BASE + number * SLOTS + slot.
 """
 import datetime
+import time
 
 import attrs
 
 from ..cluster.daemon import names_seen, node_seen
+from ..cluster.peer_wire import TokenFile
 from ..cluster.records import NodeView, pids_of
 from ..kernel.errors import NotFound
 from .base import BuiltDir, NamedDirs, Show
@@ -53,7 +55,9 @@ def link(rt) -> str:
     Epoch, Settings and SettingsRefused (the etcd revision of the last entry of the settings log applied
     here, and how many this node refused: cluster/shared.py); PidsLeft (pids it may give before its next
     block, - on a single node); in a cluster Compaction (the leader's compaction of etcd's history:
-    cluster/history.py; - on a node that does not lead)."""
+    cluster/history.py; - on a node that does not lead), TlsRenewal (whether the etcd client's TLS files
+    on disk are in use, or why a renewed set is not taken: cluster/etcd_renew.py; - without TLS files) and
+    PeerToken (whether the peers' token file on disk is in use, or why an edited one is not taken)."""
     cluster, left = rt.cluster, rt.kernel.tasks.pids_left()
     rows = [("Node", rt.kernel.config.node), ("Mode", "single" if cluster is None else "cluster")]
     if cluster is not None:
@@ -64,7 +68,18 @@ def link(rt) -> str:
     rows.append(("PidsLeft", "-" if left is None else left))
     if cluster is not None:  # last: the rows before it kept their lines when it came
         rows.append(("Compaction", cluster.compaction.state if cluster.member.leading else "-"))
+        rows.append(("TlsRenewal", cluster.etcd.tls.state))
+        rows.append(("PeerToken", peer_token(cluster.settings.tokens)))
     return "".join(f"{key}:\t{value}\n" for key, value in rows)
+
+
+def peer_token(tokens: TokenFile | None) -> str:
+    """The PeerToken row: `-` without a token file; else whether the file on disk now is in use, looked at
+    first (so an operator who edited it reads the truth before the next step of a rotation)."""
+    if tokens is None:
+        return "-"
+    tokens.check(time.monotonic())
+    return tokens.state
 
 
 def tasks(node: NodeView) -> str:

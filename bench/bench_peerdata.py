@@ -1,0 +1,155 @@
+"""What reading a peer's record costs the follower, by its pid ranges and tenants (in process: no etcd, no FUSE).
+
+    .venv/bin/python bench/bench_peerdata.py [REF]
+
+Every node's watch brings every other node's record (once a second per node, up to every 50 ms
+while its limited tenants' use changes), and `ClusterView.apply` reads it: `NodeRecord.from_json`,
+i.e. peerdata.loads (the nesting bound, then the JSON) and record_fields (types, bounds, and the
+pid ranges' form, order and count). For R = 10 / 1,000 / 10,000 pid ranges (10,000 is the most a
+record carries: records.MAX_RANGES) in `tasks` and as many spread over its tenants, and T = 10 /
+1,000 tenants' use rows (1,000 is usage.MAX_TENANTS), a round times 20-200 events alternating
+between two records and takes their median, in two tables: `pids changed` (each record's ranges
+other than the last's: a publish after the node's tasks changed) and `pids as before` (only other
+fields differ: a publish while the node's live pids did not change, as while its tasks run on; the use
+rows stand for those fields here, as an older version's records carry them, usagekeys.py):
+- apply_ms: one `nodes/NAME` event through `ClusterView.apply`;
+- json_ms: `json.loads` of the same bytes, the baseline in the same round (the floor of any check);
+- ratio: apply / json. Each figure is the best of BENCH_ROUNDS rounds.
+With REF (another checkout, e.g. `git worktree add /tmp/ref main`), each round runs REF's and this
+checkout's apeinxfs in two worker processes, alternating, and prints this / REF: the figure that
+tells whether a cut buys 5%. BENCH_PROFILE=1 prints cProfile's hottest functions of apply on the
+largest record. Figures only: nothing is judged.
+"""
+import cProfile
+import json
+import os
+import pstats
+import statistics
+import subprocess
+import sys
+import time
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+SIZES = [(ranges, tenants) for ranges in (10, 1_000, 10_000) for tenants in (10, 1_000)]
+HERE = os.path.abspath(__file__)
+
+
+def record(ranges: int, tenants: int, live: int, used: int) -> bytes:
+    """A record whose `tasks` are `ranges` ranges of `live` pids each, spread in order over up to `tenants`
+    tenants (the same ranges), with `tenants` use rows of `used` tasks."""
+    from apeinxfs.cluster.records import NodeRecord
+    names = [f"team{t:04d}" for t in range(tenants)]
+    bounds = [(1_000 + 10 * i, 1_000 + 10 * i + live - 1) for i in range(ranges)]
+    text = [f"{first}-{last}" if last > first else str(first) for first, last in bounds]
+    share = max(1, ranges // tenants)
+    by_tenant = {names[i // share]: ",".join(text[i:i + share]) for i in range(0, min(ranges, share * tenants), share)}
+    return NodeRecord(name="n001", epoch=3, seen_us=1_765_000_000_000_000, gpus=8, slots_free=4,
+                      kv_pages_free=12_000, queued=2, running=60, live=live * ranges, tasks=",".join(text),
+                      models=("llama-70b", "sim"), advertise="10.0.0.1:7070", pid_next=1_000 + 10 * ranges,
+                      tenants=by_tenant, usage={name: [used, 100 * used, 29_000_000, 1_234, 480_000, 5_678]
+                                                for name in names}).to_json()
+
+
+def events_of(ranges: int, tenants: int, same_pids: bool) -> list:
+    """Two events of node n001's record: their pids as each other's (`same_pids`) or not, their use not."""
+    from apeinxfs.cluster.etcd_records import Event, KeyValue
+    from apeinxfs.cluster.records import Keys
+    key = Keys("apeinxfs/").node("n001")
+    return [Event("PUT", KeyValue(key, record(ranges, tenants, 3 if same_pids else used, used), 1, 11, 2), None)
+            for used in (3, 4)]
+
+
+def median_ms(step, count: int) -> float:
+    """The median ms a call of `step(i)` takes over `count` calls."""
+    times = []
+    for i in range(count):
+        start = time.perf_counter()
+        step(i)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def one_round(ranges: int, tenants: int, same_pids: bool) -> tuple[float, float]:
+    """(apply_ms, json_ms) of one round at this size, in this process's checkout."""
+    from apeinxfs.cluster.records import Keys
+    from apeinxfs.cluster.view import ClusterView
+    view, events = ClusterView(Keys("apeinxfs/")), events_of(ranges, tenants, same_pids)
+    view.apply(events[0])
+    assert view.unreadable == {} and view.records, "the bench's record must be readable"
+    count = 200 if ranges * tenants < 1_000_000 else 20
+    return (median_ms(lambda i: view.apply(events[i % 2]), count),
+            median_ms(lambda i: json.loads(events[i % 2].kv.value), count))
+
+
+def worker(root: str) -> None:
+    """Serve rounds ("RANGES TENANTS SAME_PIDS" a line on stdin, "APPLY_MS JSON_MS" back) with `root`'s apeinxfs."""
+    sys.path.insert(0, root)
+    for line in sys.stdin:
+        ranges, tenants, same_pids = map(int, line.split())
+        print(*one_round(ranges, tenants, bool(same_pids)), flush=True)
+
+
+class Worker:
+    """A worker process on checkout `root`."""
+
+    def __init__(self, root: str):
+        env = {**os.environ, "PYTHONSAFEPATH": "1", "PYTHONPATH": root}
+        self.proc = subprocess.Popen([sys.executable, HERE, "--worker", root], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+
+    def round(self, ranges: int, tenants: int, same_pids: bool) -> tuple[float, float]:
+        self.proc.stdin.write(f"{ranges} {tenants} {int(same_pids)}\n")
+        self.proc.stdin.flush()
+        apply_ms, json_ms = map(float, self.proc.stdout.readline().split())
+        return apply_ms, json_ms
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def compare(workers: dict, same_pids: bool) -> None:
+    """Each size's best apply and json ms per checkout over ROUNDS rounds, the workers alternating."""
+    names = list(workers)
+    print("pids as before" if same_pids else "pids changed")
+    print("ranges tenants record_B " + " ".join(f"{name}_apply_ms {name}_json_ms {name}_ratio" for name in names)
+          + ("  this/ref" if len(names) == 2 else ""))
+    for ranges, tenants in SIZES:
+        best = {name: (float("inf"), float("inf")) for name in names}
+        for index in range(ROUNDS):
+            for name in (names if index % 2 == 0 else names[::-1]):
+                apply_ms, json_ms = workers[name].round(ranges, tenants, same_pids)
+                best[name] = (min(best[name][0], apply_ms), min(best[name][1], json_ms))
+        size = len(record(ranges, tenants, 3, 3))
+        cells = " ".join(f"{a:14.3f} {j:11.3f} {a / j:9.1f}x" for a, j in best.values())
+        tail = f"  {best['this'][0] / best['ref'][0]:8.3f}" if len(names) == 2 else ""
+        print(f"{ranges:6d} {tenants:7d} {size:8d} {cells}{tail}", flush=True)
+
+
+def profile() -> None:
+    """cProfile's hottest functions of apply on the largest record."""
+    from apeinxfs.cluster.records import Keys
+    from apeinxfs.cluster.view import ClusterView
+    view, events = ClusterView(Keys("apeinxfs/")), events_of(10_000, 1_000, False)
+    profiler = cProfile.Profile()
+    profiler.runcall(lambda: [view.apply(events[i % 2]) for i in range(20)])
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
+
+
+def main() -> None:
+    this = os.path.dirname(os.path.dirname(HERE))
+    roots = {"ref": os.path.abspath(sys.argv[1]), "this": this} if len(sys.argv) > 1 else {"this": this}
+    sys.path.insert(0, this)
+    workers = {name: Worker(root) for name, root in roots.items()}
+    try:
+        for same_pids in (False, True):
+            compare(workers, same_pids)
+    finally:
+        for process in workers.values():
+            process.close()
+    if os.environ.get("BENCH_PROFILE"):
+        profile()
+
+
+if __name__ == "__main__":
+    worker(sys.argv[2]) if sys.argv[1:2] == ["--worker"] else main()
