@@ -6,7 +6,8 @@ names (peer_wire.decode_caller): `GET` of a `status` gives its text, of `output`
 (a `Range: bytes=A-B` or `bytes=A-` gives 206 and Content-Range), of `stream` or `wait` the
 file as `cat` would read it, in frames (peer_wire) until it ends; `POST` of `ctl/submit`,
 `ctl/kill` or `tasks/PID/ctl` runs the body's lines as a write(2) of them would, and answers
-the reply lines. Every request needs `Authorization: Bearer TOKEN`, TOKEN one of those the
+the reply lines (`POST ctl/submit?lines=N`: they are part of a write of N lines placed on
+several nodes, whose allowance their wait for their keys takes). Every request needs `Authorization: Bearer TOKEN`, TOKEN one of those the
 token file holds now (compared in constant time; else 401; the file looked at again at most
 once a second, at a request: peer_wire.token_file). Refusals go back as peer_wire error
 records. A blocked `stream` or `wait` sleeps on the runtime's Notifier like a local reader,

@@ -4,8 +4,8 @@
 lines first and returns a `Route`, or None to run them here as any Command does; a node without
 a route (a single node's) runs every write here, its lines decoded once (by the Command). A Route's
 `remote(here)` runs the lines elsewhere and returns the replies (pids, `ok`), or None to
-run the write here after all; `here(lines)` runs some of them here as a write of their own
-(a submit placed on several nodes, this one among them); `done(replies)` is called once
+run the write here after all; `here(lines, write_lines)` runs some of them here as a write of
+their own (a submit placed on several nodes, this one among them, of `write_lines` in all); `done(replies)` is called once
 the write ran whole, here or there (the trace's `place` line). Only the
 FUSE adapter's `write_async` routes: a peer's request (peer_server.py) and a last line run at
 close (`release` is synchronous) run here. The replies of lines that ran here through
