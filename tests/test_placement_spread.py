@@ -65,15 +65,16 @@ def test_replies_come_back_in_line_order_whatever_the_grouping(where):
     assert in_line_order(list(groups.values()), len(where)) == [str(1000 + index) for index in range(len(where))]
 
 
-def test_a_lost_answer_and_a_refusal_leave_the_other_pids_and_fail_with_the_first_lines_errno():
+def test_a_lost_answer_and_a_refusal_leave_the_other_pids_and_fail_as_partly_run():
     """One node answered, one refused its lines naming one of them, one's answer was lost: every line has a
-    reply in order, the refused and unknown ones numbered as in the write, and the errno is line 2's."""
+    reply in order, the refused and unknown ones numbered as in the write, and the errno is EREMOTEIO (partly
+    run), not line 2's EDQUOT: the write is not to be repeated whole."""
     ran = Group("a", "why", [0, 3], replies=["7", "8"])
     refused = Group("b", "why", [1, 4], failure=OverQuota("line 2: over", ["line 2: over"]))
     lost = Group("c", "why", [2], failure=PeerDown("peer c: no answer; its outcome is unknown"))
     with pytest.raises(NotAllRun) as raised:
         in_line_order([ran, refused, lost], 5)
-    assert raised.value.errno == errno.EDQUOT
+    assert raised.value.errno == errno.EREMOTEIO and "the others did" in raised.value.reason
     assert raised.value.reply() == ["7", "error: line 2: not run: node b refused the lines placed there (line 2: over)",
                                     "error: line 3: node c: peer c: no answer; its outcome is unknown", "8",
                                     "error: line 5: over"]
@@ -96,3 +97,12 @@ def test_each_line_goes_where_rank_puts_it_with_the_lines_before_it_pending(shap
         assert node == (ranked[0].node if ranked else None)
         if node is not None:
             load[node] = load.get(node, 0) + 1
+
+
+def test_a_write_none_of_whose_lines_ran_fails_with_its_first_failed_lines_errno():
+    """Every node refused its lines or lost its answer: nothing ran, so the errno is the first failed line's."""
+    refused = Group("b", "why", [1], failure=OverQuota("line 1: over", ["line 1: over"]))
+    lost = Group("c", "why", [0], failure=PeerDown("peer c: no answer; its outcome is unknown"))
+    with pytest.raises(NotAllRun) as raised:
+        in_line_order([refused, lost], 2)
+    assert raised.value.errno == errno.EHOSTDOWN and "the others did" not in raised.value.reason

@@ -9,10 +9,11 @@ for its lines (each node's lines are all or nothing there); a lost answer (PeerD
 outcome is unknown) is never sent elsewhere, so no line runs twice. If every line went to
 this node the write runs here as any write (the route answers None). The reply keeps the
 lines' order; when some line did not run it is NotAllRun, with the errno of the first
-such line. Each node's tasks get a `place` line (events.Placed).
+such line if none ran, else EREMOTEIO (partly run: not to be repeated whole). Each node's tasks get a `place` line (events.Placed).
 Not here: the policy (placement.py), the wire (peer_client.py), the handle (nodes/forwarding.py).
 """
 import contextlib
+import errno
 
 import attrs
 import trio
@@ -130,7 +131,9 @@ class Spreading:
 
 def in_line_order(groups: list[Group], count: int) -> list[str]:
     """The replies to a write's `count` lines, in line order, from its groups; NotAllRun if a node refused its
-    lines or its answer was lost, with the errno of the first line that did not run."""
+    lines or its answer was lost: with the errno of the first line that did not run if no line ran, else
+    EREMOTEIO, an errno no write that ran nothing fails with (repeating this one whole, as EAGAIN invites,
+    would run its lines that ran a second time)."""
     replies: list[str] = [""] * count
     failed: list[tuple[int, ApeinxError]] = []
     for group in groups:
@@ -144,8 +147,9 @@ def in_line_order(groups: list[Group], count: int) -> list[str]:
     if not failed:
         return replies
     first, exc = min(failed, key=lambda entry: entry[0])
-    raise NotAllRun(exc.errno, f"{replies[first].removeprefix('error: ')} ({len(failed)} of {count} lines did"
-                    " not run)", replies)
+    some_ran = any(group.pids() for group in groups)
+    raise NotAllRun(errno.EREMOTEIO if some_ran else exc.errno, f"{replies[first].removeprefix('error: ')} "
+                    f"({len(failed)} of {count} lines did not run{'; the others did' if some_ran else ''})", replies)
 
 
 def failed_lines(group: Group) -> list[str]:

@@ -108,8 +108,8 @@ class NotAllRun(ApeinxError):
     """A write whose lines were placed on several nodes and did not all run there: some were refused by
     their node, or their node's answer was lost (outcome unknown), while others may have run.
 
-    Its errno is that of the first line that did not run; its reply has a line for each line written, in
-    order: the pid of one that ran, or `error: line N: REASON`."""
+    Its errno is that of the first line that did not run where none ran, else EREMOTEIO (partly run); its
+    reply has a line for each line written, in order: the pid of one that ran, or `error: line N: REASON`."""
 
     def __init__(self, line_errno: int, reason: str, outcome: list[str]):
         super().__init__(reason)
