@@ -3,16 +3,20 @@
 Daemons side by side, alike but for `[cluster]`: one single node, one cluster node
 (tests/etcdcluster.py's etcd on this machine; pids from blocks of 100,000 granted
 through etcd, its record published every second, a watch on every node's) that places
-nothing (no peers), and a placing node: one of two cluster nodes that are peers of each
-other, whose submits are placed over both (about half forwarded to the other through
-its peer server). For BENCH_ROUNDS rounds, alternating between them so that load from
+nothing (no peers), and a placing node: one of three cluster nodes that are peers of each
+other, whose submits are placed over all three (about two in three forwarded to another
+through its peer server; a write's lines placed one by one, each node's sent at once). For
+BENCH_ROUNDS rounds, alternating between them so that load from
 elsewhere falls on all: single-line submits per second for BENCH_SECONDS (one write(2)
 each, journaled before it returns; on the placing node, placements per second), the same
 from WRITERS threads at once, and a 20,000-line write. Prints medians, the ratios to the
-single node, and how many of the placing node's writes went to its peer. A cluster node
+single node, how many of the placing node's single-line writes went to its peers, and where
+the lines of its 20,000-line writes landed. A cluster node
 answers a submit once its tasks' keys are in etcd (one txn, shared by the submits waiting
 at that moment), so a write pays a txn; the placing node's also pays an HTTP request per
-forwarded write. A figure to watch, with no target (not in bench/run).
+forwarded group of lines. A figure to watch, with no target (not in bench/run). Run from
+another checkout's directory (cd OTHER && python THIS/bench/bench_cluster.py), the daemons
+run that checkout's apeinxfs: so two versions compare on the same bench.
 """
 import os
 import sys
@@ -28,6 +32,7 @@ from etcdcluster import EtcdCluster
 BULK_LINES = 20_000
 WRITERS = 8
 MODES = ("single", "cluster", "placing")
+NODES = ("placing", "peer", "peer2")  # the placing node and its peers
 
 
 def cluster_config(endpoints: list[str], name: str = "bench", peers: str = "") -> str:
@@ -46,11 +51,17 @@ def token_file(tmp: str) -> str:
     return path
 
 
-def placed_elsewhere(daemon) -> tuple[int, int]:
-    """(writes placed on another node, writes placed) as `daemon`'s trace tells."""
+def places(daemon) -> list[tuple[str, int]]:
+    """(node, tasks) of each `place` line in `daemon`'s trace."""
     with open(daemon.path("trace", "events")) as trace:
-        places = [line for line in trace if line.split(",")[2:3] == ["place"]]
-    return sum(" on node placing:" not in line for line in places), len(places)
+        found = [line.split('"pids ', 1)[1] for line in trace if line.split(",")[2:3] == ["place"]]
+    return [(rest.split(" on node ", 1)[1].split(":", 1)[0], tasks(rest.split(" on node ", 1)[0])) for rest in found]
+
+
+def tasks(ranges: str) -> int:
+    """How many pids "A-B,C" ranges hold."""
+    bounds = [part.split("-") for part in ranges.split(",")]
+    return sum(int(bound[-1]) - int(bound[0]) + 1 for bound in bounds)
 
 
 def one_round(daemon) -> tuple[float, float, float]:
@@ -82,26 +93,32 @@ def main() -> int:
                    "placing": make_daemon(os.path.join(tmp, "placing"),
                                           cluster_config(etcd.endpoints, "placing", token), "placing")}
         peer = make_daemon(os.path.join(tmp, "peer"), cluster_config(etcd.endpoints, "peer", token), "peer")
-        with daemons["single"], daemons["cluster"], daemons["placing"], peer:
+        peer2 = make_daemon(os.path.join(tmp, "peer2"), cluster_config(etcd.endpoints, "peer2", token), "peer2")
+        with daemons["single"], daemons["cluster"], daemons["placing"], peer, peer2:
             wait_for_peer(daemons["placing"])
             for _ in range(ROUNDS):
                 for name, daemon in daemons.items():
                     rates[name].append(one_round(daemon))
             with open(daemons["cluster"].path("cluster")) as link:
                 print(link.read().replace("\n", "; "))
-            elsewhere, placed = placed_elsewhere(daemons["placing"])
+            placed = places(daemons["placing"])
     for index, what in enumerate(("single-line submits/s", f"single-line submits/s from {WRITERS} writers at once",
                                   f"tasks/s of one {BULK_LINES:,}-line write")):
         single, cluster, placing = (median([r[index] for r in rates[name]]) for name in MODES)
         print(f"{what}: single node {single:,.0f}, cluster node {cluster:,.0f} (ratio {cluster / single:.2f}), "
               f"placing node {placing:,.0f} (ratio {placing / single:.2f})")
-    print(f"the placing node placed {elsewhere:,} of its {placed:,} writes on its peer")
+    singles = [node for node, count in placed if count == 1]
+    print(f"the placing node placed {sum(node != 'placing' for node in singles):,} of its {len(singles):,}"
+          " single-line writes on its peers")
+    bulk = {node: sum(count for name, count in placed if name == node and count > 1) for node in NODES}
+    print(f"the lines of its {ROUNDS} {BULK_LINES:,}-line writes landed: "
+          + ", ".join(f"{node} {count:,}" for node, count in bulk.items()))
     return 0
 
 
 def wait_for_peer(daemon) -> None:
-    """Until `daemon` sees both placing nodes (else it would place everything on itself)."""
-    poll_until(lambda: sorted(os.listdir(daemon.path("nodes"))) == ["peer", "placing"], 60, "both placing nodes")
+    """Until `daemon` sees the three placing nodes (else it would place everything on itself)."""
+    poll_until(lambda: sorted(os.listdir(daemon.path("nodes"))) == sorted(NODES), 60, "the three placing nodes")
 
 
 if __name__ == "__main__":

@@ -17,14 +17,15 @@ from test_peer import token_file
 
 
 @contextlib.contextmanager
-def peered_nodes(root, endpoints: list[str], more_config: str = ""):
+def peered_nodes(root, endpoints: list[str], more_config: str = "", pid_block: int = 4):
     """Daemons a, b, c on `endpoints`, each serving peers, by name (with `more_config` after their
-    [cluster] section); stopped by pid at the end."""
+    [cluster] section, and blocks of `pid_block` pids); stopped by pid at the end."""
     token = b"placed-" + os.urandom(8).hex().encode()
     for name in NAMES:
         (root / name).mkdir(parents=True, exist_ok=True)
     daemons = {name: Daemon(root / name / "ai", root / name / "state",
-                            cluster_config(name, endpoints) + f'advertise = "127.0.0.1:{free_port()}"\n'
+                            cluster_config(name, endpoints, pid_block)
+                            + f'advertise = "127.0.0.1:{free_port()}"\n'
                             f'token_file = "{token_file(root / name, token)}"\n' + more_config)
                for name in NAMES}
     try:

@@ -22,9 +22,10 @@ def run_mocked(async_fn, *args):
     return trio.run(async_fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
-def settled(tmp_path, recorded: bool):
-    """A cluster node's submit and its `settle`, whose wakes never come before the deadline; `recorded`:
-    the recorder has put its key (as the deadline lands) meanwhile. Settle's outcome and the task."""
+def settled(tmp_path, recorded: bool, write_lines: int = 0):
+    """A cluster node's submit and its `settle` (for a write of `write_lines` placed on several nodes), whose
+    wakes never come before the deadline; `recorded`: the recorder has put its key (as the deadline lands)
+    meanwhile. Settle's outcome and the task."""
     rt = node(tmp_path)
     rt.commit([PidBlock(first=1, count=10)])
     failover, upto = rt.cluster.failover, rt.kernel.trace.seq
@@ -38,7 +39,7 @@ def settled(tmp_path, recorded: bool):
     rt.wait_for = wake_lost
     failover.seq = upto
     try:
-        run_mocked(failover.settle, [pid])
+        run_mocked(failover.settle, [pid], write_lines)
         outcome = "answered"
     except TryAgain as refused:
         outcome = refused.reason
@@ -57,6 +58,13 @@ def test_a_submit_whose_keys_were_not_recorded_by_the_deadline_is_refused_and_en
     outcome, task = settled(tmp_path, recorded=False)
     assert f"within {SETTLE_S:.0f}s" in outcome and "they were not run" in outcome
     assert task.done
+
+
+def test_a_submit_placed_with_many_lines_elsewhere_waits_for_the_whole_writes_allowance(tmp_path):
+    """One line of a 20,000-line write placed on several nodes waits SETTLE_S and 1 ms a line of the whole write
+    (its nodes' keys go into etcd at once), not only its own line's."""
+    outcome, task = settled(tmp_path, recorded=False, write_lines=20_000)
+    assert f"within {SETTLE_S + 20:.0f}s" in outcome and task.done
 
 
 async def given_up(what: str, first_fails: MemberFailed | None) -> str:

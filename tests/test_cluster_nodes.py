@@ -26,10 +26,10 @@ SHORT_TASK = "model=sim max_tokens=2 prompt=hi"
 LONG_TASK = "model=sim max_tokens=20000 prompt=stay"  # runs for about 40 s at 2 ms a token
 
 
-def cluster_config(name: str, endpoints: list[str]) -> str:
+def cluster_config(name: str, endpoints: list[str], pid_block: int = 4) -> str:
     urls = ", ".join(f'"{url}"' for url in endpoints)
     return (FAST_CONFIG + f'\n[daemon]\nnode = "{name}"\n[cluster]\netcd = [{urls}]\nlease_s = {LEASE_S}\n'
-            f'pid_block = 4\nprefix = "test-cluster/"\n')
+            f'pid_block = {pid_block}\nprefix = "test-cluster/"\n')
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import errno
 
 import pytest
 
-from apeinxfs.kernel.errors import Invalid, TryAgain
+from apeinxfs.kernel.errors import Invalid, NotAllRun, TryAgain
 from apeinxfs.nodes.base import BUG, LINE_MAX, Caller
 from apeinxfs.nodes.forwarding import Forwarding, Route
 
@@ -29,7 +29,7 @@ class Recorder:
             return None
         return Route(remote=self.remote, done=self.done.append)
 
-    async def remote(self):
+    async def remote(self, here):
         if self.refusal is not None:
             raise self.refusal
         return self.remote_replies
@@ -50,7 +50,7 @@ async def test_complete_lines_go_to_the_route_and_a_partial_line_waits_for_the_n
 
 
 async def test_a_route_to_here_runs_the_write_here_and_reports_its_replies():
-    """remote() answering None runs the lines here; done() gets this node's replies."""
+    """remote(here) answering None runs the lines here; done() gets this node's replies."""
     node = Recorder(answer="here", remote_replies=None)
     handle = node.open()
     await handle.write_async(b"x\ny\n")
@@ -87,12 +87,13 @@ class Settler:
     """A Forwarding node with no route whose `settle` records the replies it gets, refusing with `refusal`."""
 
     def __init__(self, refusal=None):
-        self.settled, self.refusal = [], refusal
+        self.settled, self.write_lines, self.refusal = [], [], refusal
         self.node = Forwarding(mode=0o100666, run=lambda raw_lines, caller: [f"{len(raw) + 1}" for raw in raw_lines],
                                settle=self.settle)
 
-    async def settle(self, replies):
+    async def settle(self, replies, write_lines):
         self.settled.append(replies)
+        self.write_lines.append(write_lines)
         if self.refusal is not None:
             raise self.refusal
 
@@ -128,3 +129,32 @@ async def test_a_settle_that_hits_a_bug_fails_the_write_with_the_internal_error_
     with pytest.raises(RuntimeError):
         await handle.write_async(b"a\npart")
     assert await handle.read(0, 100, None) == f"error: {BUG}\n".encode() and not handle.pending
+
+
+async def test_lines_a_route_runs_here_run_as_a_write_of_their_own_and_settle():
+    """A route that runs some lines through `here` (a write placed on several nodes, this one among them):
+    they run here on a handle of their own, are settled allowing for the whole write's lines, and their
+    replies come back to the route; the writer's reply is the route's."""
+    node = Settler()
+
+    async def route(lines, caller):
+        async def remote(here):
+            return ["7"] + await here(lines[1:], 3)
+        return Route(remote=remote)
+    node.node.route = route
+    handle = node.node.open(CALLER, writing=True, reading=True)
+    assert await handle.write_async(b"a\nbb\nccc\n") == 9
+    assert node.settled == [["3", "4"]] and node.write_lines == [3]
+    assert await handle.read(0, 100, None) == b"7\n3\n4\n"
+
+
+async def test_a_write_that_did_not_all_run_fails_with_its_errno_and_keeps_every_lines_reply():
+    """NotAllRun from the route: the write fails with its errno and the reply is its own, a line per line (the
+    pids that ran are not turned into errors)."""
+    outcome = ["7", "error: line 2: node b: no answer; its outcome is unknown"]
+    node = Recorder(answer="remote", refusal=NotAllRun(errno.EHOSTDOWN, outcome[1], outcome))
+    handle = node.open()
+    with pytest.raises(NotAllRun) as refused:
+        await handle.write_async(b"a\nb\n")
+    assert refused.value.errno == errno.EHOSTDOWN
+    assert await handle.read(0, 100, None) == "".join(f"{line}\n" for line in outcome).encode()

@@ -4,7 +4,7 @@ import attrs
 from hypothesis import given, strategies as st
 
 from apeinxfs.cluster.placement import AFFINITY_SLOTS, pressure, rank
-from apeinxfs.cluster.prefixes import MOST_KEYS, WRITE_LINES, cached_blocks, summary_of, write_chains
+from apeinxfs.cluster.prefixes import MOST_KEYS, WRITE_LINES, cached_blocks, line_chains, summary_of
 from apeinxfs.cluster.records import NodeRecord, NodeView, record_of
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.spec import TaskSpec
@@ -30,7 +30,7 @@ def holding(name: str, summary: tuple[str, int], **fields) -> NodeView:
 
 
 def spec_chains(kernel: Kernel, *prompts: str) -> list:
-    return write_chains(kernel, [TaskSpec(name="t", max_tokens=2, model="sim", prompt=p) for p in prompts])
+    return line_chains(kernel, [TaskSpec(name="t", max_tokens=2, model="sim", prompt=p) for p in prompts])
 
 
 def test_a_finished_tasks_prompt_blocks_are_in_its_nodes_record_and_match_a_later_prompt():
@@ -56,11 +56,13 @@ def test_running_tasks_chains_go_in_heads_first_within_the_cap():
 
 
 def test_a_writes_chains_are_its_first_lines_prompts_of_models_held_here():
-    """write_chains looks up at most WRITE_LINES prompts, and none of a model this node does not hold."""
+    """line_chains gives each line its chain, in line order, for at most WRITE_LINES lines, and none for a
+    model this node does not hold."""
     kernel = Kernel(config())
     specs = [TaskSpec(name="t", max_tokens=2, prompt=SHARED)] * (WRITE_LINES + 5)
-    assert len(write_chains(kernel, specs)) == WRITE_LINES
-    assert write_chains(kernel, [TaskSpec(name="t", max_tokens=2, model="elsewhere", prompt=SHARED)]) == []
+    chains = line_chains(kernel, specs)
+    assert len(chains) == len(specs) and all(chains[:WRITE_LINES]) and not any(chains[WRITE_LINES:])
+    assert line_chains(kernel, [TaskSpec(name="t", max_tokens=2, model="elsewhere", prompt=SHARED)]) == [()]
 
 
 @given(st.lists(keys, max_size=MOST_KEYS, unique=True))

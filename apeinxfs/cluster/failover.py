@@ -155,15 +155,17 @@ class Failover:
             log.warning("cluster: the exit of task %d is not reported: it was moved away", pid)
         self.written.pop(pid, None)
 
-    async def settle(self, pids: list[int]) -> None:
+    async def settle(self, pids: list[int], lines: int = 0) -> None:
         """Return once the keys of tasks `pids`, just submitted here, are in etcd (or they have ended), so
-        that failover can move them; else, after SETTLE_S, end them (events.Failed) and raise TryAgain: a
-        submit is acknowledged only once its tasks would survive this node."""
+        that failover can move them; else, after SETTLE_S (and SETTLE_LINE_S a task, or a line of the whole
+        write of `lines` they are part of, placed on several nodes whose keys go into etcd at once), end them
+        (events.Failed) and raise TryAgain: a submit is acknowledged only once its tasks would survive this node."""
+        seconds = SETTLE_S + SETTLE_LINE_S * max(len(pids), lines)
         upto = self.rt.kernel.trace.seq
         self.waiting += 1
         self.rt.notifier.wake({"settling"})
         try:
-            with trio.move_on_after(SETTLE_S + SETTLE_LINE_S * len(pids)):
+            with trio.move_on_after(seconds):
                 while self.seq < upto:
                     await self.rt.wait_for("recorded", TRACE_S)
         finally:
@@ -174,7 +176,7 @@ class Failover:
         self.commit([Failed(pid=pid, reason=f"refused at its submit: the cluster did not record it ({why})")
                      for pid in pids if pid in tasks and not tasks[pid].done])
         raise TryAgain(f"node {self.here} could not record tasks {pid_ranges(pids)} in etcd within "
-                       f"{SETTLE_S + SETTLE_LINE_S * len(pids):.0f}s ({why}; no quorum?): they were not run; "
+                       f"{seconds:.0f}s ({why}; no quorum?): they were not run; "
                        f"try again")
 
     def write(self, pid_key: tuple[int, TaskKey | None]) -> Txn:

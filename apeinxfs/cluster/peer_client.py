@@ -79,9 +79,11 @@ class Peer:
         they come, which ends when the task has ended."""
         return self.follow(f"tasks/{pid}/stream", caller, offset)
 
-    async def submit(self, lines: list[str], caller: Caller) -> list[str]:
-        """Submit lines placed on the peer, run as one write there; the replies (pids)."""
-        return await self.command("ctl/submit", lines, caller)
+    async def submit(self, lines: list[str], caller: Caller, count: int = 0) -> list[str]:
+        """Submit lines placed on the peer, run as one write there; the replies (pids). `count`: the lines of
+        the whole write they are part of, if more (its other nodes' tasks go into the same etcd at once), for
+        the allowance of LINE_S a line here and of the peer's wait for its tasks' keys (`?lines=`)."""
+        return await self.command("ctl/submit", lines, caller, count)
 
     async def kill(self, pids: list[int], caller: Caller) -> list[str]:
         return await self.command("ctl/kill", [str(pid) for pid in pids], caller)
@@ -89,11 +91,13 @@ class Peer:
     async def ctl(self, pid: int, lines: list[str], caller: Caller) -> list[str]:
         return await self.command(f"tasks/{pid}/ctl", lines, caller)
 
-    async def command(self, path: str, lines: list[str], caller: Caller) -> list[str]:
-        """The replies to `lines` run as one write there, within `timeout` and LINE_S a line."""
+    async def command(self, path: str, lines: list[str], caller: Caller, count: int = 0) -> list[str]:
+        """The replies to `lines` run as one write there, within `timeout` and LINE_S a line (of `count`, if
+        more)."""
         body = "".join(f"{line}\n" for line in lines).encode()
-        seconds = self.timeout + LINE_S * len(lines)
-        return (await self.request("POST", path, caller, seconds, content=body)).text.splitlines()
+        seconds = self.timeout + LINE_S * max(count, len(lines))
+        params = {"lines": str(count)} if count > len(lines) else None
+        return (await self.request("POST", path, caller, seconds, content=body, params=params)).text.splitlines()
 
     async def request(self, method: str, path: str, caller: Caller, seconds: float | None = None,
                       **kwargs) -> httpx.Response:

@@ -6,7 +6,8 @@ names (peer_wire.decode_caller): `GET` of a `status` gives its text, of `output`
 (a `Range: bytes=A-B` or `bytes=A-` gives 206 and Content-Range), of `stream` or `wait` the
 file as `cat` would read it, in frames (peer_wire) until it ends; `POST` of `ctl/submit`,
 `ctl/kill` or `tasks/PID/ctl` runs the body's lines as a write(2) of them would, and answers
-the reply lines. Every request needs `Authorization: Bearer TOKEN`, TOKEN one of those the
+the reply lines (`POST ctl/submit?lines=N`: they are part of a write of N lines placed on
+several nodes, whose allowance their wait for their keys takes). Every request needs `Authorization: Bearer TOKEN`, TOKEN one of those the
 token file holds now (compared in constant time; else 401; the file looked at again at most
 once a second, at a request: peer_wire.token_file). Refusals go back as peer_wire error
 records. A blocked `stream` or `wait` sleeps on the runtime's Notifier like a local reader,
@@ -28,6 +29,7 @@ import trio
 from ..kernel.errors import ApeinxError, Denied, Invalid, NotFound, TooMany
 from ..kernel.grammar import parse_int
 from ..nodes.base import Blocking, Command, Dir, Log, Show
+from ..nodes.forwarding import ForwardingHandle
 from ..nodes.remote import RemoteTaskDir
 from ..ratelog import RateLog
 from .peer_wire import (CALLER_HEADER, FRAME_MAX, HEARTBEAT, HEARTBEAT_S, PeerRefused, TokenFile, data_frame,
@@ -194,6 +196,8 @@ class PeerServer:
             await self.follow(conn, stream, node, parse_int(query.get("offset", ["0"])[0], "offset"))
         else:
             handle = node.open(caller, writing=True, reading=False)
+            if "lines" in query and isinstance(handle, ForwardingHandle):  # a write placed on several nodes
+                handle.write_lines = parse_int(query["lines"][0], "lines")
             await handle.write_here(body if body.endswith(b"\n") else body + b"\n")  # a submit waits for etcd
             await send_simple(conn, stream, 200, handle.reply, TEXT)
 

@@ -10,14 +10,14 @@ finished task's chain goes idle tail first, so its head is the most recent). It 
 them in a Bloom filter of BITS_PER_KEY bits a key (at most 512 bytes; base64 in the
 record) and reports how many keys it holds. `cached_blocks(summary, chain)` is how many
 of a chain's leading blocks a summary holds (a false positive, at most about one in 1,400 a key,
-may add one); `write_chains(kernel, specs)` are the chains of a write's first
-WRITE_LINES prompts, worked out on the node written to.
+may add one); `line_chains(kernel, specs)` are the chains of a write's lines' prompts (of its
+first WRITE_LINES lines), worked out on the node written to.
 Not here: how placement weighs them (placement.py). Pure: no etcd, no I/O.
 """
 import base64
 import functools
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from ..kernel.memory import Chain, KVManager, prompt_chain
 
@@ -97,13 +97,13 @@ def _decoded(summary: str) -> tuple[int, int]:
     return int.from_bytes(raw, "little"), len(raw) * 8
 
 
-def write_chains(kernel, specs: Iterable) -> list[Chain]:
-    """The block chains of a write's first WRITE_LINES prompts, in this node's page size for their
-    models (a model this node does not hold has none here)."""
-    chains = []
-    for spec in itertools.islice(specs, WRITE_LINES):
-        model = kernel.models.name_of(spec)
-        per_page = kernel.kv.per_page.get(model)
-        if per_page and spec.prompt:
-            chains.append(prompt_chain(model, per_page, spec.prompt))
-    return chains
+def line_chains(kernel, specs: Sequence) -> list[Chain]:
+    """The block chain of each line's prompt, in line order, in this node's page size for its model: empty
+    past the first WRITE_LINES lines, without a prompt, or for a model this node does not hold."""
+    return [_chain(kernel, spec) if number < WRITE_LINES else () for number, spec in enumerate(specs)]
+
+
+def _chain(kernel, spec) -> Chain:
+    model = kernel.models.name_of(spec)
+    per_page = kernel.kv.per_page.get(model)
+    return prompt_chain(model, per_page, spec.prompt) if per_page and spec.prompt else ()

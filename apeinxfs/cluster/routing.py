@@ -12,28 +12,26 @@
   tenant where its node publishes it live.
 - `route_submit`, `route_kill`, `route_ctl`: a nodes.forwarding.Route for a write to
   ctl/submit, ctl/kill or /tasks/PID/ctl of a remote task.
-A submit write goes, whole, to the best node placement.rank names; a node that cannot be
-connected to (nothing was sent) is passed over for the next, down to this node. Each
-placement is traced (events.Placed: the `place` line). Peers are this module's httpx
-clients, one per address, closed with the router.
+A submit write's lines are placed one by one and each node's sent at once (spreading.py):
+to its parent's node, else where placement.spread puts it; a node that cannot be connected
+to (nothing was sent) is passed over, down to this node. Each node's share is traced
+(events.Placed: the `place` line). Peers are this module's httpx clients, one per address,
+closed with the router.
 Not here: the policy (placement.py), the wire (peer_client.py), the tree (nodes/).
 """
 import bisect
-import contextlib
 import functools
 import logging
 from collections import OrderedDict
 
 from ..kernel.errors import ApeinxError, Invalid
-from ..kernel.events import Placed
 from ..kernel.grammar import parse_pid, parse_submit
 from ..nodes.forwarding import Route
 from ..nodes.remote import RemoteTaskDir
 from .peer_client import Peer
-from .peer_wire import PeerDown, PeerUnreachable
-from .placement import Choice, rank
-from .prefixes import write_chains
-from .records import bounds_of, pid_ranges, pids_of
+from .peer_wire import PeerUnreachable
+from .records import bounds_of, pids_of
+from .spreading import Spreading
 
 log = logging.getLogger(__name__)
 PLACED_MAX = 100_000  # pids this node placed elsewhere that it remembers (so their files resolve at once)
@@ -112,10 +110,11 @@ class Router:
         return RemoteTaskDir(pid=pid, node=node, router=self, tenant=tenant)
 
     def peer(self, name: str) -> Peer:
-        """The client of node `name`'s peer server; PeerDown if it has none or this node has no token."""
+        """The client of node `name`'s peer server; PeerUnreachable (nothing sent) if it has none or this node
+        has no token."""
         record = self.cluster.view.records.get(name)
         if record is None or not record.advertise or self.token is None:
-            raise PeerDown(f"node {name} cannot be reached: " + ("this node has no [cluster] token_file"
+            raise PeerUnreachable(f"node {name} cannot be reached: " + ("this node has no [cluster] token_file"
                            if self.token is None else "it has no [cluster] advertise address"))
         url = "http://" + record.advertise
         if (peer := self.peers.get(url)) is None:
@@ -125,26 +124,15 @@ class Router:
     # -- where writes go ----------------------------------------------------------------------
 
     async def route_submit(self, lines: list[str], caller) -> Route | None:
-        """A submit write's route: to its parents' node, else to the best node (None: here, as any
-        write on a node that cannot forward, or with a line this node will refuse)."""
+        """A submit write's route: its lines placed one by one, each node's sent at once (spreading.py); None
+        (run here, as any write) on a node that cannot forward, or with a line this node will refuse."""
         if self.token is None:
             return None
         try:
             specs = [parse_submit(line) for line in lines]
         except ApeinxError:
             return None
-        parents = {self.owner(spec.parent) for spec in specs if spec.parent is not None}
-        if len(parents) == 1:  # None: the parent is here (or nowhere: refused here)
-            return Placing(self, [Choice(parents.pop() or self.here, "the node of the parent task")], lines,
-                           caller).route()
-        if parents:
-            return Placing(self, [Choice(self.here, "parent tasks on several nodes: placed here")], lines,
-                           caller).route()
-        models = frozenset(self.rt.kernel.models.name_of(spec) for spec in specs)
-        chains = write_chains(self.rt.kernel, specs)
-        choices = rank(self.cluster.view.nodes(), models, self.here, self.pending(), chains)
-        return Placing(self, choices or [Choice(self.here, "no node up with the model is known: placed here")],
-                       lines, caller).route()
+        return Spreading(self, lines, specs, caller).route()
 
     async def route_kill(self, lines: list[str], caller) -> Route | None:
         """ctl/kill of pids on one other node goes there; of pids on several nodes, EINVAL."""
@@ -158,13 +146,13 @@ class Router:
             raise Invalid(f"these pids live on several nodes ({', '.join(sorted(o or self.here for o in owners))}):"
                           f" write each node's to ctl/kill separately")
         peer = self.peer(owners.pop())
-        return Route(remote=lambda: peer.kill([parse_pid(line) for line in lines], caller))
+        return Route(remote=lambda here: peer.kill([parse_pid(line) for line in lines], caller))
 
     def route_ctl(self, pid: int, node: str):
         """The route of /tasks/PID/ctl of task `pid` on `node`."""
         async def route(lines: list[str], caller) -> Route:
             peer = self.peer(node)
-            return Route(remote=lambda: peer.ctl(pid, lines, caller))
+            return Route(remote=lambda here: peer.ctl(pid, lines, caller))
         return route
 
     # -- the tasks placed on each node since its record -------------------------------------------
@@ -184,39 +172,3 @@ class Router:
                 self.placed[pid] = node
             while len(self.placed) > PLACED_MAX:
                 self.placed.popitem(last=False)
-
-
-class Placing:
-    """One submit write on its way: tried on each choice in turn, then traced where it ran."""
-
-    def __init__(self, router: Router, choices: list[Choice], lines: list[str], caller):
-        self.router, self.choices, self.lines, self.caller = router, choices, lines, caller
-        self.passed: list[str] = []  # the choices that could not be reached, and why
-        self.chosen = choices[0]
-
-    def route(self) -> Route:
-        return Route(remote=self.run, done=self.done)
-
-    async def run(self) -> list[str] | None:
-        """The replies of the first choice that could be reached; None once this node's turn comes."""
-        for choice in self.choices:
-            self.chosen = choice
-            if choice.node == self.router.here:
-                return None
-            try:
-                return await self.router.peer(choice.node).submit(self.lines, self.caller)
-            except PeerUnreachable as exc:
-                self.passed.append(f"{choice.node} unreachable ({exc.reason})")
-        self.chosen = Choice(self.router.here, "no other node could be reached")
-        return None
-
-    def done(self, replies: list[str]) -> None:
-        pids = [int(reply) for reply in replies if reply.isdigit()]
-        if not pids:
-            return
-        router, node = self.router, self.chosen.node
-        router.count(node, pids)
-        reason = self.chosen.reason + "".join(f"; {passed}" for passed in self.passed)
-        with contextlib.suppress(ApeinxError):  # degraded: the tasks stand, the line is lost
-            router.rt.commit([Placed(node=node, pids=pid_ranges(pids), reason=reason, uid=self.caller.uid,
-                                     caller_pid=self.caller.pid, caller_tenant=self.caller.tenant)])

@@ -21,6 +21,10 @@ class ApeinxError(Exception):
     def __str__(self) -> str:
         return self.reason
 
+    def reply(self) -> list[str]:
+        """What the writer reads back after this refusal (apeinxfs(5), Replies): `error: ` and each reason."""
+        return [f"error: {reply}" for reply in self.replies]
+
 
 class Invalid(ApeinxError):
     """Malformed line, unknown key, value out of range."""
@@ -98,3 +102,19 @@ class Degraded(ApeinxError):
     def __init__(self, os_errno: int, reason: str):
         super().__init__(reason)
         self.errno = os_errno
+
+
+class NotAllRun(ApeinxError):
+    """A write whose lines were placed on several nodes and did not all run there: some were refused by
+    their node, or their node's answer was lost (outcome unknown), while others may have run.
+
+    Its errno is that of the first line that did not run where none ran, else EREMOTEIO (partly run); its
+    reply has a line for each line written, in order: the pid of one that ran, or `error: line N: REASON`."""
+
+    def __init__(self, line_errno: int, reason: str, outcome: list[str]):
+        super().__init__(reason)
+        self.errno = line_errno
+        self.outcome = outcome
+
+    def reply(self) -> list[str]:
+        return self.outcome

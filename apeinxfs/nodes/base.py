@@ -328,7 +328,7 @@ class CommandHandle(Handle):
         try:
             yield
         except Exception as exc:
-            self.reply = reply_text(exc.replies if isinstance(exc, ApeinxError) else [BUG], refused=True)
+            self.reply = reply_text(exc.reply() if isinstance(exc, ApeinxError) else [f"error: {BUG}"])
             self.pending.clear()
             raise
 
@@ -379,11 +379,10 @@ class CommandHandle(Handle):
         return self.node.run(raw_lines, self.caller)
 
 
-def reply_text(replies: list[str], refused: bool = False) -> bytes:
+def reply_text(replies: list[str]) -> bytes:
     """What a writer reads back after a write (docs/apeinxfs.5.md, Replies): a line per reply (a pid,
-    `ok`), or per reason of a refused write (`error: REASON`)."""
-    prefix = "error: " if refused else ""
-    return "".join(f"{prefix}{reply}\n" for reply in replies).encode()
+    `ok`; `error: REASON` of a refused write, ApeinxError.reply)."""
+    return "".join(f"{reply}\n" for reply in replies).encode()
 
 
 def after_write(wait) -> bool:

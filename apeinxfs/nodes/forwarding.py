@@ -3,9 +3,10 @@
 `Forwarding` is a Command whose `route(lines, caller)` (async) looks at a write's complete
 lines first and returns a `Route`, or None to run them here as any Command does; a node without
 a route (a single node's) runs every write here, its lines decoded once (by the Command). A Route's
-`remote()` runs the lines on another node and returns the replies (pids, `ok`), or None to
-run them here after all; `done(replies)` is called once they ran, here or there (the
-trace's `place` line). Only the
+`remote(here)` runs the lines elsewhere and returns the replies (pids, `ok`), or None to
+run the write here after all; `here(lines, write_lines)` runs some of them here as a write of
+their own (a submit placed on several nodes, this one among them, of `write_lines` in all); `done(replies)` is called once
+the write ran whole, here or there (the trace's `place` line). Only the
 FUSE adapter's `write_async` routes: a peer's request (peer_server.py) and a last line run at
 close (`release` is synchronous) run here. The replies of lines that ran here through
 `write_async` or a peer's request (`write_here`) are then `settle`d, an `after_write` wait: a
@@ -16,6 +17,7 @@ Not here: where tasks live or where they should run (cluster/routing.py, placeme
 """
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import TypeAlias
 
 import attrs
 
@@ -23,12 +25,15 @@ from ..kernel.errors import ApeinxError
 from .base import LINE_MAX, Command, CommandHandle, after_write, decode_line, reply_text
 
 
+Here: TypeAlias = Callable[[list[str], int], Awaitable[list[str]]]  # (lines, of a write of N) run here: replies
+
+
 @attrs.frozen
 class Route:
-    """Where a write runs: `remote()` runs it elsewhere and returns the replies, or returns None to
-    run it here; then `done(replies)`."""
+    """Where a write runs: `remote(here)` runs it elsewhere (some lines perhaps through `here`) and returns
+    the replies, or returns None to run it here; then `done(replies)`."""
 
-    remote: Callable[[], Awaitable[list[str] | None]]
+    remote: Callable[[Here], Awaitable[list[str] | None]]
     done: Callable[[list[str]], None] = lambda replies: None
 
 
@@ -37,7 +42,7 @@ class Forwarding(Command):
     """A Command whose writes through the mount are routed by `route` first."""
 
     route: object = None  # async (lines, caller) -> Route | None; or None: every write runs here
-    settle: object = None  # async (replies of lines run here) -> None, raising the write's refusal; or None
+    settle: object = None  # async (replies of lines run here, write_lines) -> None, raising the write's refusal; or None
 
     def open(self, caller, writing, reading, truncating=False):
         super().open(caller, writing, reading, truncating)  # its refusals
@@ -46,7 +51,11 @@ class Forwarding(Command):
 
 @attrs.define(eq=False)
 class ForwardingHandle(CommandHandle):
-    """A CommandHandle of a Forwarding node, whose writes through the mount are routed first."""
+    """A CommandHandle of a Forwarding node, whose writes through the mount are routed first. `write_lines`:
+    the lines of the whole write its lines are part of, when it was placed on several nodes (their `settle`
+    allows for them all: the nodes' tasks go into etcd at once); 0: its own."""
+
+    write_lines: int = 0
 
     async def write_async(self, data: bytes) -> int:
         if self.node.route is None:
@@ -54,7 +63,7 @@ class ForwardingHandle(CommandHandle):
         lines, rest = self.routable(data)
         with self.refusals():
             route = await self.node.route(lines, self.caller) if lines else None
-            replies = None if route is None else await route.remote()
+            replies = None if route is None else await route.remote(self.run_here)
         if replies is None:
             count = await self.write_here(data)
         else:
@@ -64,11 +73,18 @@ class ForwardingHandle(CommandHandle):
             route.done(self.reply.decode().splitlines())
         return count
 
+    async def run_here(self, lines: list[str], write_lines: int) -> list[str]:
+        """`lines` (of a write of `write_lines`) run here as a write of their own on a handle of their own (as a
+        peer's request is): their replies, once settled; their refusal raised."""
+        handle = ForwardingHandle(self.node, self.caller, write_lines=write_lines)
+        await handle.write_here("".join(f"{line}\n" for line in lines).encode())
+        return handle.reply.decode().splitlines()
+
     def _command(self, raw_lines: list[bytes]) -> list[str]:
         """The lines' replies, which the write running now settles before it returns (the node's `settle`)."""
         replies = super()._command(raw_lines)
         if self.node.settle is not None and replies:
-            after_write(partial(self.node.settle, replies))
+            after_write(partial(self.node.settle, replies, self.write_lines))
         return replies
 
     def routable(self, data: bytes) -> tuple[list[str], bytes]:
@@ -91,10 +107,10 @@ def recording(rt):
     if rt.cluster is None:
         return None
 
-    async def recorded(replies: list[str]) -> None:
+    async def recorded(replies: list[str], write_lines: int) -> None:
         pids = [int(reply) for reply in replies if reply.isdigit()]
         if pids:
-            await rt.cluster.failover.settle(pids)
+            await rt.cluster.failover.settle(pids, write_lines)
     return recorded
 
 

@@ -1,0 +1,172 @@
+"""One write to ctl/submit on a cluster node on its way: its lines placed one by one, sent a node at once.
+
+`Spreading(router, lines, specs, caller).route()` is the write's nodes.forwarding.Route. Each
+line goes to its parent's node (`parent=`), else where placement.spread puts it; the lines
+of each node go as one peer request (or run here, as a write of their own), the nodes' at
+once. A node that cannot be connected to (PeerUnreachable: nothing was sent) is passed
+over: its lines are placed again on the others, down to this node. A node's refusal stands
+for its lines (each node's lines are all or nothing there); a lost answer (PeerDown: the
+outcome is unknown) is never sent elsewhere, so no line runs twice. If every line went to
+this node the write runs here as any write (the route answers None). The reply keeps the
+lines' order; when some line did not run it is NotAllRun, with the errno of the first
+such line if none ran, else EREMOTEIO (partly run: not to be repeated whole). Each node's tasks get a `place` line (events.Placed).
+Not here: the policy (placement.py), the wire (peer_client.py), the handle (nodes/forwarding.py).
+"""
+import contextlib
+import errno
+
+import attrs
+import trio
+
+from ..kernel.errors import ApeinxError, NotAllRun
+from ..kernel.events import Placed
+from ..nodes.forwarding import Here, Route
+from .peer_wire import PeerDown, PeerUnreachable
+from .placement import Want, spread
+from .prefixes import line_chains
+from .records import pid_ranges
+
+NOWHERE = "no node up with the model is known: placed here"
+
+
+@attrs.define
+class Group:
+    """The lines of a write placed on one node (indexes in line order), why, and how it went there."""
+
+    node: str
+    reason: str
+    indexes: list[int] = attrs.Factory(list)
+    replies: list[str] | None = None  # the node's replies, once it answered
+    failure: ApeinxError | None = None  # its refusal, or PeerDown: outcome unknown
+
+    def pids(self) -> list[int]:
+        """The pids of the tasks its lines made (none before it answered)."""
+        return [int(reply) for reply in self.replies or () if reply.isdigit()]
+
+
+class Spreading:
+    """One submit write on its way (see the module's docstring)."""
+
+    def __init__(self, router, lines: list[str], specs: list, caller):
+        self.router, self.lines, self.caller = router, lines, caller
+        kernel = router.rt.kernel
+        self.wants = [Want(frozenset({kernel.models.name_of(spec)}), chain)
+                      for spec, chain in zip(specs, line_chains(kernel, specs))]
+        self.parents = {index: router.owner(spec.parent) or router.here
+                        for index, spec in enumerate(specs) if spec.parent is not None}
+        self.passed: dict[str, str] = {}  # the nodes that could not be connected to, and why
+        self.groups: list[Group] = []  # every group sent, in the order sent
+        self.whole: Group | None = None  # every line's, when the whole write runs here
+
+    def route(self) -> Route:
+        return Route(remote=self.run, done=self.done)
+
+    async def run(self, here: Here) -> list[str] | None:
+        """Every line's reply, in order; None if every line goes to this node (the write runs here whole)."""
+        groups = self.place(range(len(self.lines)))
+        if [group.node for group in groups] == [self.router.here]:
+            self.whole = groups[0]
+            return None
+        while groups:
+            async with trio.open_nursery() as nursery:
+                for group in groups:
+                    nursery.start_soon(self.send, group, here)
+            self.groups += groups
+            groups = self.place(sorted(index for group in groups if group.node in self.passed
+                                       for index in group.indexes))
+        self.trace()
+        return in_line_order(self.groups, len(self.lines))
+
+    def place(self, indexes) -> list[Group]:
+        """The lines at `indexes` grouped by the node each goes to, in the order first chosen."""
+        router, groups = self.router, {}
+        free = [index for index in indexes if index not in self.parents]
+        placed = spread(router.cluster.view.nodes(), router.here, router.pending(),
+                        [self.wants[index] for index in free], self.passed)
+        where = dict(zip(free, placed.nodes))
+        for index in indexes:
+            if index in self.parents:
+                node, reason = self.parents[index], "the node of the parent task"
+                if node in self.passed:
+                    node, reason = router.here, f"the parent task's node {node} could not be reached: placed here"
+            else:
+                node = where[index] or router.here
+                reason = placed.reasons.get(node, NOWHERE)
+            groups.setdefault(node, Group(node, reason)).indexes.append(index)
+        return list(groups.values())
+
+    async def send(self, group: Group, here: Here) -> None:
+        """The group's lines run on its node (here through `here`); its replies or its failure kept."""
+        lines = [self.lines[index] for index in group.indexes]
+        try:
+            if group.node == self.router.here:
+                group.replies = await here(lines, len(self.lines))
+            else:
+                group.replies = await self.router.peer(group.node).submit(lines, self.caller, len(self.lines))
+        except PeerUnreachable as exc:
+            self.passed[group.node] = exc.reason
+        except ApeinxError as exc:
+            group.failure = exc
+        else:
+            self.router.count(group.node, group.pids())  # so lines placed again count them
+
+    def done(self, replies: list[str]) -> None:
+        """The write ran, here whole (run answered None: its `place` line) or as `run` traced it."""
+        if self.whole is not None:
+            self.whole.replies, self.groups = replies, [self.whole]
+            self.router.count(self.whole.node, self.whole.pids())
+            self.trace()
+
+    def trace(self) -> None:
+        """A `place` line for each node's tasks, with the nodes passed over."""
+        passed = "".join(f"; {node} unreachable ({why})" for node, why in self.passed.items())
+        for group in self.groups:
+            if not (pids := group.pids()):
+                continue
+            with contextlib.suppress(ApeinxError):  # degraded: the tasks stand, the line is lost
+                self.router.rt.commit([Placed(node=group.node, pids=pid_ranges(pids), reason=group.reason + passed,
+                                              uid=self.caller.uid, caller_pid=self.caller.pid,
+                                              caller_tenant=self.caller.tenant)])
+
+
+def in_line_order(groups: list[Group], count: int) -> list[str]:
+    """The replies to a write's `count` lines, in line order, from its groups; NotAllRun if a node refused its
+    lines or its answer was lost: with the errno of the first line that did not run if no line ran, else
+    EREMOTEIO, an errno no write that ran nothing fails with (repeating this one whole, as EAGAIN invites,
+    would run its lines that ran a second time)."""
+    replies: list[str] = [""] * count
+    failed: list[tuple[int, ApeinxError]] = []
+    for group in groups:
+        if group.replies is not None:
+            for index, reply in zip(group.indexes, group.replies):
+                replies[index] = reply
+        elif group.failure is not None:
+            for index, reason in zip(group.indexes, failed_lines(group)):
+                replies[index] = f"error: line {index + 1}: {reason}"
+                failed.append((index, group.failure))
+    if not failed:
+        return replies
+    first, exc = min(failed, key=lambda entry: entry[0])
+    some_ran = any(group.pids() for group in groups)
+    raise NotAllRun(errno.EREMOTEIO if some_ran else exc.errno, f"{replies[first].removeprefix('error: ')} "
+                    f"({len(failed)} of {count} lines did not run{'; the others did' if some_ran else ''})", replies)
+
+
+def failed_lines(group: Group) -> list[str]:
+    """The reason of each of a failed group's lines: its own where its node's refusal names it (`line K: `),
+    else why the node did not run it, or that its outcome is unknown."""
+    exc, node = group.failure, group.node
+    assert exc is not None
+    if isinstance(exc, PeerDown):
+        return [f"node {node}: {exc.reason}"] * len(group.indexes)
+    named = {1: exc.replies[0]} if len(group.indexes) == 1 else dict(_numbered(exc.replies))
+    return [named.get(number, f"not run: node {node} refused the lines placed there ({exc.reason})")
+            for number in range(1, len(group.indexes) + 1)]
+
+
+def _numbered(replies: list[str]):
+    """(K, REASON) of each `line K: REASON` of a refusal's replies."""
+    for reply in replies:
+        head, _, reason = reply.partition(": ")
+        if head.startswith("line ") and head[5:].isdigit():
+            yield int(head[5:]), reason

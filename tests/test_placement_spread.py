@@ -1,0 +1,108 @@
+"""Tier 1: a write's lines placed one by one (cluster/placement.py `spread`) and its replies put back in line
+order from the nodes' groups (cluster/spreading.py `in_line_order`); pure, no etcd, no peers."""
+import errno
+
+import pytest
+from hypothesis import given, strategies as st
+
+from apeinxfs.cluster.peer_wire import PeerDown
+from apeinxfs.cluster.placement import Want, rank, spread
+from apeinxfs.cluster.spreading import Group, in_line_order
+from apeinxfs.kernel.errors import NotAllRun, OverQuota
+
+from test_placement import SIM, nodes, view
+
+NAMES = "abcdef"
+
+
+@given(st.integers(1, 6), st.integers(0, 200), st.integers(0, 40), st.integers(0, 5))
+def test_equal_nodes_each_get_their_share_of_a_writes_lines(count, lines, slots_free, queued):
+    """With equal records, every line is placed once, in order, on a node that may take it, and no node gets
+    more than its share (the counts differ by at most one)."""
+    cluster = nodes(*(view(name, slots_free=slots_free, queued=queued) for name in NAMES[:count]))
+    placed = spread(cluster, "a", {}, [Want(SIM)] * lines)
+    assert len(placed.nodes) == lines and set(placed.nodes) <= set(cluster)
+    shares = [placed.nodes.count(name) for name in cluster]
+    assert max(shares) - min(shares) <= 1 and set(placed.reasons) == set(placed.nodes)
+
+
+@given(st.lists(st.sampled_from(["sim", "other", "both"]), max_size=60), st.sets(st.sampled_from(NAMES[:4])))
+def test_each_line_goes_to_a_node_with_its_model_never_to_one_passed_over(models, passed):
+    """Lines of several models: each lands on an up node holding its own model and not passed over, or on
+    none (None) when no such node is left."""
+    holds = {"a": ("sim",), "b": ("other",), "c": ("sim", "other"), "d": ("sim",)}
+    cluster = nodes(*(view(name, models=held) for name, held in holds.items()))
+    wants = [Want(frozenset({"sim", "other"}) if model == "both" else frozenset({model})) for model in models]
+    placed = spread(cluster, "a", {}, wants, passed)
+    assert len(placed.nodes) == len(wants)
+    for want, node in zip(wants, placed.nodes):
+        able = {name for name, held in holds.items() if want.models <= set(held) and name not in passed}
+        assert node in able if able else node is None
+
+
+def test_a_loaded_node_gets_lines_only_once_the_others_are_as_loaded():
+    """Pressure decides: a node with 4 queued tasks gets no line until the others have taken 4 more each."""
+    cluster = nodes(view("a", slots_free=0, queued=4), view("b", slots_free=0), view("c", slots_free=0))
+    placed = spread(cluster, "a", {}, [Want(SIM)] * 11)
+    assert placed.nodes[:8].count("a") == 0 and placed.nodes[8:].count("a") == 1
+    assert "placed since its record 0" in placed.reasons["b"]
+
+
+def test_tasks_placed_since_a_record_count_as_pending():
+    """A node already given lines since its record (pending) takes fewer of a new write's lines."""
+    placed = spread(nodes(view("a"), view("b")), "a", {"a": 3}, [Want(SIM)] * 5)
+    assert placed.nodes == ["b", "b", "b", "a", "b"]
+
+
+@given(st.lists(st.integers(0, 3), max_size=80))
+def test_replies_come_back_in_line_order_whatever_the_grouping(where):
+    """Lines grouped by node in any way: the merged replies are each line's own, in line order."""
+    groups = {}
+    for index, node in enumerate(where):
+        groups.setdefault(node, Group(str(node), "why")).indexes.append(index)
+    for group in groups.values():
+        group.replies = [str(1000 + index) for index in group.indexes]
+    assert in_line_order(list(groups.values()), len(where)) == [str(1000 + index) for index in range(len(where))]
+
+
+def test_a_lost_answer_and_a_refusal_leave_the_other_pids_and_fail_as_partly_run():
+    """One node answered, one refused its lines naming one of them, one's answer was lost: every line has a
+    reply in order, the refused and unknown ones numbered as in the write, and the errno is EREMOTEIO (partly
+    run), not line 2's EDQUOT: the write is not to be repeated whole."""
+    ran = Group("a", "why", [0, 3], replies=["7", "8"])
+    refused = Group("b", "why", [1, 4], failure=OverQuota("line 2: over", ["line 2: over"]))
+    lost = Group("c", "why", [2], failure=PeerDown("peer c: no answer; its outcome is unknown"))
+    with pytest.raises(NotAllRun) as raised:
+        in_line_order([ran, refused, lost], 5)
+    assert raised.value.errno == errno.EREMOTEIO and "the others did" in raised.value.reason
+    assert raised.value.reply() == ["7", "error: line 2: not run: node b refused the lines placed there (line 2: over)",
+                                    "error: line 3: node c: peer c: no answer; its outcome is unknown", "8",
+                                    "error: line 5: over"]
+
+
+records = st.builds(lambda slots, queued, kv, models: (slots, queued, kv, models), st.integers(0, 6),
+                    st.integers(0, 3), st.integers(0, 2), st.sampled_from([("sim",), ("other",), ("sim", "other")]))
+
+
+@given(st.lists(records, min_size=1, max_size=5), st.lists(st.sampled_from(["sim", "other"]), max_size=40),
+       st.dictionaries(st.sampled_from(NAMES[:5]), st.integers(0, 4)))
+def test_each_line_goes_where_rank_puts_it_with_the_lines_before_it_pending(shapes, models, pending):
+    """spread is rank line by line: each line's node is rank's first with the earlier lines counted as pending."""
+    cluster = nodes(*(view(NAMES[i], slots_free=slots, queued=queued, kv=kv, models=held)
+                      for i, (slots, queued, kv, held) in enumerate(shapes)))
+    placed = spread(cluster, "b", pending, [Want(frozenset({model})) for model in models])
+    load = dict(pending)
+    for model, node in zip(models, placed.nodes):
+        ranked = rank(cluster, frozenset({model}), "b", load)
+        assert node == (ranked[0].node if ranked else None)
+        if node is not None:
+            load[node] = load.get(node, 0) + 1
+
+
+def test_a_write_none_of_whose_lines_ran_fails_with_its_first_failed_lines_errno():
+    """Every node refused its lines or lost its answer: nothing ran, so the errno is the first failed line's."""
+    refused = Group("b", "why", [1], failure=OverQuota("line 1: over", ["line 1: over"]))
+    lost = Group("c", "why", [0], failure=PeerDown("peer c: no answer; its outcome is unknown"))
+    with pytest.raises(NotAllRun) as raised:
+        in_line_order([refused, lost], 2)
+    assert raised.value.errno == errno.EHOSTDOWN and "the others did" not in raised.value.reason
