@@ -14,15 +14,14 @@ live pids by tenant, a full prefix summary; before, every tenant's row in it):
 Ratios are before / after. Figures only: nothing is judged.
 """
 import os
-import statistics
 import sys
-import time
 
 import attrs
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench_usage import KEYS, record  # noqa: E402 - the checkout and bench/ are on the path
+from bench_peerdata import median_ms  # noqa: E402
 from apeinxfs.cluster.daemon import USAGE_S  # noqa: E402
 from apeinxfs.cluster.etcd_records import Event, KeyValue, unb64  # noqa: E402
 from apeinxfs.cluster.member import PUBLISH_S  # noqa: E402
@@ -51,16 +50,6 @@ def put_bytes(held: dict, now: dict) -> int:
     return sum(len(unb64(op["key"])) + len(unb64(op["value"])) for op in ops)
 
 
-def per_event(step, events: int) -> float:
-    """The median ms of `events` calls of `step(i)`."""
-    times = []
-    for i in range(events):
-        start = time.perf_counter()
-        step(i)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def follower(nodes: int, tenants: int) -> tuple[float, float, float]:
     """(before, after, a bare record's) ms per event on a node following `nodes` nodes of `tenants` tenants."""
     view, kept = ClusterView(KEYS), Elsewheres("n000")
@@ -85,9 +74,9 @@ def follower(nodes: int, tenants: int) -> tuple[float, float, float]:
         kept.key_changed("n001/team0000", keys[i % 2].kv.value, view.node)
     best = [float("inf")] * 3
     for _ in range(ROUNDS):  # alternating
-        best[0] = min(best[0], per_event(before, count))
-        best[1] = min(best[1], per_event(after, count))
-        best[2] = min(best[2], per_event(lambda i: view.apply(bare_event), count))
+        best[0] = min(best[0], median_ms(before, count))
+        best[1] = min(best[1], median_ms(after, count))
+        best[2] = min(best[2], median_ms(lambda i: view.apply(bare_event), count))
     return best[0], best[1], best[2]
 
 
