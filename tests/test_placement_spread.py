@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 from apeinxfs.cluster.peer_wire import PeerDown
 from apeinxfs.cluster.placement import Want, rank, spread
 from apeinxfs.cluster.spreading import Group, in_line_order
-from apeinxfs.kernel.errors import NotAllRun, OverQuota
+from apeinxfs.kernel.errors import Invalid, NotAllRun, OverQuota, TryAgain
 
 from test_placement import SIM, nodes, view
 
@@ -74,8 +74,9 @@ def test_a_lost_answer_and_a_refusal_leave_the_other_pids_and_fail_as_partly_run
     lost = Group("c", "why", [2], failure=PeerDown("peer c: no answer; its outcome is unknown"))
     with pytest.raises(NotAllRun) as raised:
         in_line_order([ran, refused, lost], 5)
-    assert raised.value.errno == errno.EREMOTEIO and "the others did" in raised.value.reason
-    assert raised.value.reply() == ["7", "error: line 2: not run: node b refused the lines placed there (line 2: over)",
+    assert raised.value.errno == errno.EREMOTEIO and "2 of 5 lines refused, 1 of unknown outcome, 2 ran" in (
+        raised.value.reason)
+    assert raised.value.reply() == ["7", "error: line 2: not run: node b refused the lines placed there (line 5: over)",
                                     "error: line 3: node c: peer c: no answer; its outcome is unknown", "8",
                                     "error: line 5: over"]
 
@@ -99,10 +100,47 @@ def test_each_line_goes_where_rank_puts_it_with_the_lines_before_it_pending(shap
             load[node] = load.get(node, 0) + 1
 
 
-def test_a_write_none_of_whose_lines_ran_fails_with_its_first_failed_lines_errno():
-    """Every node refused its lines or lost its answer: nothing ran, so the errno is the first failed line's."""
-    refused = Group("b", "why", [1], failure=OverQuota("line 1: over", ["line 1: over"]))
-    lost = Group("c", "why", [0], failure=PeerDown("peer c: no answer; its outcome is unknown"))
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_a_write_none_of_whose_lines_ran_but_one_was_lost_fails_ehostdown_whatever_the_order(order):
+    """One node refused its lines (EAGAIN: its pids used up), another's answer was lost, nothing ran: EHOSTDOWN
+    (an outcome unknown), never the refusal's EAGAIN, which would invite repeating the lost lines, whichever
+    line comes first."""
+    refused_at, lost_at = order
+    refused = Group("b", "why", [refused_at], failure=TryAgain("pids used up", ["pids used up"]))
+    lost = Group("c", "why", [lost_at], failure=PeerDown("peer c: no answer; its outcome is unknown"))
     with pytest.raises(NotAllRun) as raised:
         in_line_order([refused, lost], 2)
-    assert raised.value.errno == errno.EHOSTDOWN and "the others did" not in raised.value.reason
+    assert raised.value.errno == errno.EHOSTDOWN and "1 of 2 lines refused, 1 of unknown outcome, 0 ran" in (
+        raised.value.reason)
+
+
+def test_a_write_that_went_to_one_node_fails_as_that_nodes_refusal():
+    """All of a write's lines on one node that refused them (or another passed over before it): the refusal
+    itself, its reply and errno as that node gave them, as a write forwarded whole."""
+    refusal = OverQuota("tenant t over its quota", ["tenant t over its quota"])
+    passed = Group("c", "why", [0, 1])  # could not be connected to: placed again
+    with pytest.raises(OverQuota) as raised:
+        in_line_order([passed, Group("b", "why", [0, 1], failure=refusal)], 2)
+    assert raised.value is refusal
+
+
+def test_a_refusal_naming_a_line_names_it_as_the_writes():
+    """A node sent lines 1, 3 and 5 of a write refuses its second: that line's reply and the others' reason
+    both name it line 3."""
+    refused = Group("b", "why", [0, 2, 4], failure=Invalid("line 2: bad", ["line 2: bad"]))
+    ran = Group("a", "why", [1, 3], replies=["7", "8"])
+    with pytest.raises(NotAllRun) as raised:
+        in_line_order([ran, refused], 5)
+    assert raised.value.reply() == [
+        "error: line 1: not run: node b refused the lines placed there (line 3: bad)", "7", "error: line 3: bad", "8",
+        "error: line 5: not run: node b refused the lines placed there (line 3: bad)"]
+
+
+def test_a_write_every_node_of_which_refused_its_lines_fails_with_its_first_lines_errno():
+    """Two nodes refused their lines (quota, pids used up), nothing ran, nothing is unknown: the errno of the
+    first line, in the write's order, as a single node's refusal (harmless to repeat)."""
+    over = Group("b", "why", [1], failure=OverQuota("tenant t over its quota", ["tenant t over its quota"]))
+    used_up = Group("c", "why", [0], failure=TryAgain("pids used up", ["pids used up"]))
+    with pytest.raises(NotAllRun) as raised:
+        in_line_order([over, used_up], 2)
+    assert raised.value.errno == errno.EAGAIN and "2 of 2 lines refused, 0 of unknown outcome" in raised.value.reason

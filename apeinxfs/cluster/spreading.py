@@ -8,12 +8,17 @@ over: its lines are placed again on the others, down to this node. A node's refu
 for its lines (each node's lines are all or nothing there); a lost answer (PeerDown: the
 outcome is unknown) is never sent elsewhere, so no line runs twice. If every line went to
 this node the write runs here as any write (the route answers None). The reply keeps the
-lines' order; when some line did not run it is NotAllRun, with the errno of the first
-such line if none ran, else EREMOTEIO (partly run: not to be repeated whole). Each node's tasks get a `place` line (events.Placed).
+lines' order; a write sent to one node that failed there fails as that node's refusal or
+lost answer (as a forwarded write); else when some line did not run it is NotAllRun:
+EREMOTEIO if some line ran (partly run: not to be repeated whole), EHOSTDOWN if none ran
+and an answer was lost, else the errno of the first line that did not run. A refusal's
+`line K` (of the lines its node was sent) is named as the write's line. Each node's tasks
+get a `place` line (events.Placed).
 Not here: the policy (placement.py), the wire (peer_client.py), the handle (nodes/forwarding.py).
 """
 import contextlib
 import errno
+import re
 
 import attrs
 import trio
@@ -27,6 +32,7 @@ from .prefixes import line_chains
 from .records import pid_ranges
 
 NOWHERE = "no node up with the model is known: placed here"
+LINE = re.compile(r"\bline (\d+): ")  # how a refusal names one of the lines it was sent
 
 
 @attrs.define
@@ -130,10 +136,15 @@ class Spreading:
 
 
 def in_line_order(groups: list[Group], count: int) -> list[str]:
-    """The replies to a write's `count` lines, in line order, from its groups; NotAllRun if a node refused its
-    lines or its answer was lost: with the errno of the first line that did not run if no line ran, else
-    EREMOTEIO, an errno no write that ran nothing fails with (repeating this one whole, as EAGAIN invites,
-    would run its lines that ran a second time)."""
+    """The replies to a write's `count` lines, in line order, from its groups. A write that went to one node
+    and failed there fails as that node's refusal or lost answer, as a forwarded write did. Else NotAllRun if a
+    node refused its lines or its answer was lost: EREMOTEIO if some line ran (an errno no write that ran
+    nothing fails with: repeating this one whole, as EAGAIN invites, would run those lines a second time),
+    EHOSTDOWN if none ran but some answer was lost (their outcome is unknown), else the errno of the first
+    line, in the write's order."""
+    decided = [group for group in groups if group.replies is not None or group.failure is not None]
+    if len(decided) == 1 and decided[0].failure is not None:
+        raise decided[0].failure
     replies: list[str] = [""] * count
     failed: list[tuple[int, ApeinxError]] = []
     for group in groups:
@@ -147,9 +158,10 @@ def in_line_order(groups: list[Group], count: int) -> list[str]:
     if not failed:
         return replies
     first, exc = min(failed, key=lambda entry: entry[0])
-    some_ran = any(group.pids() for group in groups)
-    raise NotAllRun(errno.EREMOTEIO if some_ran else exc.errno, f"{replies[first].removeprefix('error: ')} "
-                    f"({len(failed)} of {count} lines did not run{'; the others did' if some_ran else ''})", replies)
+    unknown = sum(isinstance(failure, PeerDown) for _, failure in failed)
+    code = errno.EREMOTEIO if any(group.pids() for group in groups) else errno.EHOSTDOWN if unknown else exc.errno
+    raise NotAllRun(code, f"{replies[first].removeprefix('error: ')} ({len(failed) - unknown} of {count} lines "
+                    f"refused, {unknown} of unknown outcome, {count - len(failed)} ran)", replies)
 
 
 def failed_lines(group: Group) -> list[str]:
@@ -160,8 +172,18 @@ def failed_lines(group: Group) -> list[str]:
     if isinstance(exc, PeerDown):
         return [f"node {node}: {exc.reason}"] * len(group.indexes)
     named = {1: exc.replies[0]} if len(group.indexes) == 1 else dict(_numbered(exc.replies))
-    return [named.get(number, f"not run: node {node} refused the lines placed there ({exc.reason})")
+    why = in_write(exc.reason, group.indexes)
+    return [named.get(number, f"not run: node {node} refused the lines placed there ({why})")
             for number in range(1, len(group.indexes) + 1)]
+
+
+def in_write(reason: str, indexes: list[int]) -> str:
+    """A node's reason naming lines as it was sent them (`line K: `, K of the group's `indexes`) named as the
+    write's lines."""
+    def renamed(found: re.Match) -> str:
+        number = int(found[1])
+        return f"line {indexes[number - 1] + 1}: " if 1 <= number <= len(indexes) else found[0]
+    return LINE.sub(renamed, reason)
 
 
 def _numbered(replies: list[str]):
