@@ -5,8 +5,8 @@ left by kill -9, statfs, and shutdown with a reader blocked in `wait`. Not the t
 contents (test_shell.py) nor concurrency (test_concurrency.py).
 
 util-linux `mount` strips PATH from the helper's environment (sanitize_env), so mount(8)
-finds `apeinxfs` only in the system PATH, where scripts/setup links it unless another
-checkout's link is there. The `mount -t fuse` test looks which program mount(8) would run:
+finds `apeinxfs` only in the system PATH, where scripts/link-apeinxfs links it when asked
+(scripts/setup does not). The `mount -t fuse` test looks which program mount(8) would run:
 this checkout's is named `apeinxfs`; otherwise the test names this checkout's by its path.
 The mount.fuse3 form is tested with PATH set.
 """

@@ -1,6 +1,7 @@
-"""Tier 4: scripts/link-apeinxfs (run by scripts/setup) touches the mount(8) link only where nobody else's is.
+"""Tier 4: scripts/link-apeinxfs (run by hand, when asked) touches the mount(8) link only where nobody else's
+is; scripts/setup makes no link.
 
-Each test points APEINXFS_LINK into its own temporary directory, so the machine-wide
+Each test of link-apeinxfs points APEINXFS_LINK into its own temporary directory, so the machine-wide
 /usr/local/bin/apeinxfs is never touched here.
 """
 import os
@@ -47,3 +48,16 @@ def test_a_file_of_its_own_is_never_replaced(tmp_path):
     done = link_script(tmp_path / "apeinxfs")
     assert done.returncode == 0 and (tmp_path / "apeinxfs").read_text() == "#!/bin/sh\necho packaged\n"
     assert "to point it here" in done.stderr
+
+
+def link_state(path: str) -> tuple[bool, str | None]:
+    return os.path.lexists(path), os.readlink(path) if os.path.islink(path) else None
+
+
+def test_setup_leaves_the_system_path_as_it_found_it():
+    """scripts/setup (run by the README's two commands and CI) neither makes nor changes /usr/local/bin/apeinxfs:
+    a machine-wide link is made only when asked, by link-apeinxfs."""
+    before = link_state("/usr/local/bin/apeinxfs")
+    done = subprocess.run([os.path.join(ROOT, "scripts", "setup")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert link_state("/usr/local/bin/apeinxfs") == before
