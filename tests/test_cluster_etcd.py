@@ -87,9 +87,9 @@ async def test_the_leader_compacts_the_history_it_saw_one_period_before(etcd_clu
 
         async def passed_with_a_revision_to_compact() -> bool:
             return len(looks) >= 2  # the second pass had `seen` from the first, and compacted only if leading
-        compaction = Compaction()
+        compaction = Compaction(member)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(compaction.run, etcd, member, seen_now, 0.2)
+            nursery.start_soon(compaction.run, etcd, seen_now, 0.2)
             await wait_for(passed_with_a_revision_to_compact, "a pass of the loop with a revision to compact")
             async with etcd.watch(b"compact/x", start_revision=first, nursery=nursery) as events:
                 assert (await events.__anext__()).kv.value == b"1"  # not leading: nothing compacted

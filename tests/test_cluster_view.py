@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from apeinxfs import config as config_mod
 from apeinxfs.cluster.etcd_records import Event, KeyValue
+from apeinxfs.cluster.history import Compaction
 from apeinxfs.cluster.records import MAX_RANGES, Keys, NodeRecord, NodeView, pid_ranges, pids_of
 from apeinxfs.cluster.settings import ClusterSettings
 from apeinxfs.cluster.view import ClusterView
@@ -187,7 +188,9 @@ def test_the_compaction_row_is_the_leaders_and_the_tls_renewal_and_peer_token_ro
     PeerToken (- without a token file)."""
     with open_runtime(tmp_path) as rt:
         member = SimpleNamespace(problem=None, epoch=2, leading=True)
-        rt.cluster = SimpleNamespace(member=member, compaction=SimpleNamespace(state="revision 881"),
+        compaction = Compaction(member)
+        compaction.compacted = 881
+        rt.cluster = SimpleNamespace(member=member, compaction=compaction,
                                      etcd=SimpleNamespace(tls=SimpleNamespace(state="ok")),
                                      settings=SimpleNamespace(tokens=None))
         assert members.link(rt).splitlines()[-4:] == ["PidsLeft:\t-", "Compaction:\trevision 881", "TlsRenewal:\tok",

@@ -133,7 +133,7 @@ async def test_a_refused_compaction_is_shown_and_logged_once_until_it_works_agai
     on an etcd that wants root goes the same way, with the remedy): its state says refused, with etcd's words,
     one warning for many refusals; once etcd compacts again the state says the revision, and it is logged."""
     caplog.set_level(logging.INFO, logger="apeinxfs.cluster.history")
-    compaction, passes = Compaction(), []
+    compaction, passes = Compaction(SimpleNamespace(leading=True)), []
     async with client(pki, member) as etcd, trio.open_nursery() as nursery:
         revision = await etcd.put(KEYS.node("r"), b"1")
         target = [revision + 10**6]
@@ -144,7 +144,7 @@ async def test_a_refused_compaction_is_shown_and_logged_once_until_it_works_agai
 
         async def passed(count: int) -> bool:
             return len(passes) >= count
-        nursery.start_soon(compaction.run, etcd, SimpleNamespace(leading=True), seen, 0.05)
+        nursery.start_soon(compaction.run, etcd, seen, 0.05)
         await wait_for(lambda: passed(6), "six passes")
         assert compaction.state.startswith("refused: ") and "future revision" in compaction.state
         assert REMEDY not in compaction.state  # not a permission: giving the user root would not help
@@ -159,7 +159,7 @@ async def test_a_refused_compaction_is_shown_and_logged_once_until_it_works_agai
 
 def test_a_compaction_refused_for_a_permission_says_what_to_do():
     """A refusal in etcd's words for a permission gets the remedy in the state; another refusal does not."""
-    compaction = Compaction()
+    compaction = Compaction(SimpleNamespace(leading=True))
     compaction.refused(7, "etcd: etcdserver: permission denied (HTTP 403, gRPC code 7)")
     assert compaction.state == f"refused: etcd: etcdserver: permission denied (HTTP 403, gRPC code 7); {REMEDY}"
     compaction.refused(7, "etcd: etcdserver: too many requests (HTTP 429, gRPC code 8)")

@@ -111,10 +111,12 @@ def test_ranges_as_a_node_writes_them_are_counted(text):
 
 
 def test_a_record_read_through_the_quick_checks_keeps_every_field():
-    """A record with 10,000 ranges and 1,000 use rows reads back whole through loads and record_fields."""
+    """A record with 10,000 ranges and 1,000 use rows reads back whole through loads and record_fields, its
+    ranges counted through the quick path (30,000 pids)."""
     tasks = ",".join(f"{1000 + 10 * i}-{1002 + 10 * i}" for i in range(10_000))
     value = {"tasks": tasks, "tenants": {"t": tasks}, "usage": {f"u{i}": [1, 2, 3, 4, 5, 6] for i in range(1000)}}
     assert peerdata.record_fields(peerdata.loads(json.dumps(value).encode())) == value
+    assert peerdata.pid_count(tasks, "tasks") == 30_000
 
 
 @pytest.mark.parametrize("tasks, tenants", [

@@ -66,7 +66,7 @@ class Cluster:
         self.replicas = Replicas(self)  # running tasks' output, for a resume after failover (replicas.py)
         self.shared = SharedSettings(runtime, self.etcd, self.keys, self.name, self.view)  # the settings log
         self.elsewheres = Elsewheres(self.name)  # the other nodes' use by tenant, for admission (usage.py)
-        self.compaction = Compaction()  # the leader's compaction of etcd's history (history.py)
+        self.compaction = Compaction(self.member)  # the leader's compaction of etcd's history (history.py)
 
     def record(self, epoch: int) -> NodeRecord:
         """This node's record now, in `epoch`, every field read off the kernel as it stands but its live pids
@@ -100,7 +100,7 @@ class Cluster:
             if self.settings.replicate_s:
                 nursery.start_soon(self.replicas.keep)
             nursery.start_soon(self.shared.drain)
-            nursery.start_soon(self.compaction.run, self.etcd, self.member, lambda: self.view.revision, COMPACT_S)
+            nursery.start_soon(self.compaction.run, self.etcd, lambda: self.view.revision, COMPACT_S)
 
     async def follow(self, nursery: trio.Nursery) -> None:
         """Read every key under the prefix, then watch it from the next revision; again after a failure.

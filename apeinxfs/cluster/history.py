@@ -2,7 +2,7 @@
 
 etcd keeps every revision until it is compacted, and every node puts its record each
 second: uncompacted, etcd's database grows until its quota (2 GiB by default) refuses
-every write and the cluster stops. `Compaction.run(etcd, member, seen, every_s)`: while
+every write and the cluster stops. `Compaction(member).run(etcd, seen, every_s)`: while
 `member` leads, every `every_s` compact the history up to the revision `seen()` gave
 `every_s` before. `state` is /ai/cluster's `Compaction` row: `-` (not leading, or nothing
 compacted yet), `revision R` (compacted up to R last time), or `refused: REASON` while etcd
@@ -32,23 +32,26 @@ REMEDY = ("etcd's history is not compacted and its database grows until its quot
 class Compaction:
     """The leader's compaction of etcd's history; `state` for /ai/cluster."""
 
-    def __init__(self):
+    def __init__(self, member: Member):
+        self.member = member
         self.compacted: int | None = None  # the revision compacted to last, while leading
         self.refusal: str | None = None  # etcd's words while it refuses this node's compaction
 
     @property
     def state(self) -> str:
-        """/ai/cluster's Compaction row (while this node leads)."""
+        """/ai/cluster's Compaction row: `-` while this node does not lead (its last pass may be minutes old)."""
+        if not self.member.leading:
+            return "-"
         if self.refusal is not None:
             return f"refused: {advised(self.refusal)}"
         return "-" if self.compacted is None else f"revision {self.compacted}"
 
-    async def run(self, etcd: Etcd, member: Member, seen: Callable[[], int], every_s: float) -> None:
-        """While `member` leads, every `every_s` compact to the revision `seen()` gave `every_s` before."""
+    async def run(self, etcd: Etcd, seen: Callable[[], int], every_s: float) -> None:
+        """While the member leads, every `every_s` compact to the revision `seen()` gave `every_s` before."""
         behind = 0
         while True:
             await trio.sleep(every_s)
-            if not member.leading:
+            if not self.member.leading:
                 self.compacted = self.refusal = None
             elif behind:
                 await self.compact(etcd, behind)

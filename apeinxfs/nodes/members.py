@@ -67,7 +67,7 @@ def link(rt) -> str:
                  ("SettingsRefused", rt.kernel.shared.refused)]
     rows.append(("PidsLeft", "-" if left is None else left))
     if cluster is not None:  # last: the rows before it kept their lines when it came
-        rows.append(("Compaction", cluster.compaction.state if cluster.member.leading else "-"))
+        rows.append(("Compaction", cluster.compaction.state))
         rows.append(("TlsRenewal", cluster.etcd.tls.state))
         rows.append(("PeerToken", peer_token(cluster.settings.tokens)))
     return "".join(f"{key}:\t{value}\n" for key, value in rows)
