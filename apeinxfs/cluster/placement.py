@@ -99,6 +99,8 @@ def spread(nodes: Mapping[str, NodeView], here: str, pending: Mapping[str, int],
             queue = queues[want] = _queue(nodes, want, here, passed, load)
         name = queue[0].peek()
         chosen.append(name)
+        if want.chain:  # a line's own prompt chain: seldom again (built anew from `load` if it is)
+            del queues[want]
         if name is None:
             continue
         if name not in reasons:

@@ -189,6 +189,5 @@ def in_write(reason: str, indexes: list[int]) -> str:
 def _numbered(replies: list[str]):
     """(K, REASON) of each `line K: REASON` of a refusal's replies."""
     for reply in replies:
-        head, _, reason = reply.partition(": ")
-        if head.startswith("line ") and head[5:].isdigit():
-            yield int(head[5:]), reason
+        if found := LINE.match(reply):
+            yield int(found[1]), reply[found.end():]
