@@ -139,7 +139,7 @@ def test_failures_that_differ_only_in_their_call_are_logged_once(caplog):
     member = Member(None, Keys("t/"), "n1", 5, record=None)  # type: ignore[arg-type]
     refused = "every member refused this client by TLS (https://m1: TLS: ...)"
     with caplog.at_level(logging.INFO, logger="apeinxfs.cluster.member"):
-        for call in ["/lease/grant", "/kv/range"] * 3:
+        for call in ["/lease/grant", "/kv/range", "watch"] * 3:
             member.note(Unavailable(f"etcd: {call}: {refused}"))
         member.note(Unavailable("etcd: /kv/range: no quorum within 8s (https://m1: cannot connect)"))
         member.note(None)

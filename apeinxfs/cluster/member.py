@@ -25,7 +25,7 @@ from .etcd_records import EtcdError, Lease, LeaseGone, Unavailable
 from .records import Keys, NodeRecord, unchanged
 
 log = logging.getLogger(__name__)
-CALL = re.compile(r"etcd: /[\w/]+: ")  # the call an etcd failure's reason starts with (etcd.py)
+CALL = re.compile(r"etcd: /?[\w/]+: ")  # the call an etcd failure's reason starts with (etcd.py)
 PUBLISH_S = 1.0  # how often a node publishes its record
 RETRY_S = 1.0  # the pause before a failed join or revoke is tried again
 REVOKE_S = 2.0  # the most a revoke of a lost lease may take before joining anyway
