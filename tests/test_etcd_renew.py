@@ -27,7 +27,7 @@ import trio
 from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_auth import Auth, Credentials
 from apeinxfs.cluster.etcd_records import EtcdError, Unavailable
-from apeinxfs.cluster import etcd_tls
+from apeinxfs.cluster import etcd_auth, etcd_tls
 from apeinxfs.cluster.etcd_renew import CHECK_S, Renewing, TlsFiles
 from daemon import Daemon, poll_until
 from etcd_pki import enable_auth, gateway, pki, sign, tls_etcd  # noqa: F401 - pki: a fixture
@@ -257,19 +257,19 @@ def password_file(tmp_path, text: str, mode: int = 0o600) -> str:
 async def test_after_a_refusal_the_next_login_reads_the_password_file_again(tmp_path, caplog):
     """Refused with the old password, a login after the file changed uses the new one and logs so once; one
     before it changed, or a file readable by every user (logged once), keeps the old one."""
-    in_etcd = ["new"]
-    auth = Auth(Credentials("u", "old", password_file(tmp_path, "old")), fake_etcd(in_etcd), 2.0)
-    with caplog.at_level(logging.INFO, logger="apeinxfs.cluster.etcd_auth"):
+    in_etcd = ["new pass"]  # not the old one's length: a file rewritten within one clock tick is seen
+    auth = Auth(Credentials("u", etcd_auth.password_file(password_file(tmp_path, "old"))), fake_etcd(in_etcd), 2.0)
+    with caplog.at_level(logging.INFO, logger="apeinxfs.cluster.renewal"):
         for _ in range(2):
             assert "authentication failed" in await reason_of(auth.log_in("https://m"), EtcdError)
-        password_file(tmp_path, "new", 0o644)
+        password_file(tmp_path, "new pass", 0o644)
         for _ in range(2):
             assert "authentication failed" in await reason_of(auth.log_in("https://m"), EtcdError)
-        password_file(tmp_path, "new")
-        assert await auth.log_in("https://m") == "token of new"
+        password_file(tmp_path, "new pass")
+        assert await auth.log_in("https://m") == "token of new pass"
     said = [record.getMessage() for record in caplog.records]
     assert len([line for line in said if "is readable by every user" in line]) == 1
-    assert len([line for line in said if "holds a new etcd password" in line]) == 1
+    assert len([line for line in said if "changed etcd password file taken" in line]) == 1
 
 
 # -- a daemon's password, changed in etcd and then in its file -----------------------------------------------
@@ -302,4 +302,4 @@ def test_a_daemon_whose_password_changed_in_etcd_and_then_in_its_file_logs_in_ag
             password = tmp_path / "password"
             password.write_text("new pass\n")
             poll_until(lambda: link(node)["Etcd"] == "ok", SETTLE_S, "the node logged in with the new password")
-            assert node.log_tail().count("holds a new etcd password") == 1
+            assert node.log_tail().count("changed etcd password file taken") == 1
