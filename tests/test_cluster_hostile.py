@@ -76,24 +76,31 @@ def test_fence_skips_a_task_key_it_cannot_read(tmp_path, caplog, value):
     assert not failover.doubtful and not failover.written
 
 
-def test_a_settings_entry_with_a_field_of_the_wrong_type_is_refused_not_raised(tmp_path):
-    """An entry whose event has a list where a name goes is refused (journaled as a refused Shared entry), so
-    the watch loop and every later start go on."""
+def refused_once(rt, value: bytes, caplog) -> Shared:
+    """The Shared event journaled for settings entry `value` applied at revision 101, asserting one log line."""
+    with caplog.at_level(logging.WARNING, logger="apeinxfs.cluster.shared"):
+        rt.cluster.shared.apply(KeyValue(b"t/settings/x-1", value, 101, 101, 1))
+    assert [record.getMessage().startswith("cluster: unreadable settings entry") for record in caplog.records] == [True]
+    return [row[-1] for row in rt.journal.replay() if isinstance(row[-1], Shared)][-1]
+
+
+def test_a_settings_entry_with_a_field_of_the_wrong_type_is_refused_not_raised(tmp_path, caplog):
+    """An entry whose event has a list where a name goes is refused (journaled as a refused Shared entry) and
+    logged once, so the watch loop and every later start go on."""
     rt = node(tmp_path)
     value = json.dumps({"node": "x", "events": [["removetenant", json.dumps({"name": [1]})]]}).encode()
-    rt.cluster.shared.apply(KeyValue(b"t/settings/x-1", value, 101, 101, 1))
-    shared = [row[-1] for row in rt.journal.replay() if isinstance(row[-1], Shared)]
-    assert shared[-1].revision == 101 and "unreadable settings entry" in shared[-1].refused
+    shared = refused_once(rt, value, caplog)
+    assert shared.revision == 101 and "unreadable settings entry (RemoveTenant: TypeError" in shared.refused
     assert rt.kernel.shared.revision == 101
 
 
 @pytest.mark.parametrize("value", [DEEP, b'{"node": "x", "events": [["removetenant", "' + b"[" * 5000 + b'"]]}'])
-def test_a_settings_entry_nested_too_deep_is_refused(tmp_path, value):
-    """An entry nested past Python's recursion limit, whole or in an event's body, is refused like any unreadable one."""
+def test_a_settings_entry_nested_too_deep_is_refused(tmp_path, value, caplog):
+    """An entry nested past Python's recursion limit, whole or in an event's body, is refused and logged once
+    like any unreadable one."""
     rt = node(tmp_path)
-    rt.cluster.shared.apply(KeyValue(b"t/settings/x-1", value, 101, 101, 1))
-    shared = [row[-1] for row in rt.journal.replay() if isinstance(row[-1], Shared)]
-    assert shared[-1].revision == 101 and shared[-1].refused
+    shared = refused_once(rt, value, caplog)
+    assert shared.revision == 101 and "unreadable settings entry" in shared.refused
 
 
 def test_a_task_key_of_the_right_shape_reads_back():
@@ -103,14 +110,12 @@ def test_a_task_key_of_the_right_shape_reads_back():
 
 
 @pytest.mark.parametrize("kind, body", [("failed", {"pid": 99, "reason": "x"}), ("fence", {"held": True, "reason": "x"})])
-def test_a_settings_entry_of_an_event_that_is_no_settings_change_is_refused(tmp_path, kind, body):
+def test_a_settings_entry_of_an_event_that_is_no_settings_change_is_refused(tmp_path, kind, body, caplog):
     """Only settings changes go through the log: an entry holding an engine's or the cluster's own event is
-    refused, and the kernel is not fenced nor a task failed on every node."""
+    refused and logged once, and the kernel is not fenced nor a task failed on every node."""
     rt = node(tmp_path)
     value = json.dumps({"node": "x", "events": [[kind, json.dumps(body)]]}).encode()
-    rt.cluster.shared.apply(KeyValue(b"t/settings/x-1", value, 101, 101, 1))
-    shared = [row[-1] for row in rt.journal.replay() if isinstance(row[-1], Shared)]
-    assert "not settings changes" in shared[-1].refused and not rt.kernel.moves.fenced
+    assert "not settings changes" in refused_once(rt, value, caplog).refused and not rt.kernel.moves.fenced
 
 
 def test_nesting_is_bounded_alike_at_any_depth_of_the_caller():

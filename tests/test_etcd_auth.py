@@ -151,15 +151,17 @@ def with_password_file(tmp_path, text: bytes, mode: int = 0o600) -> str:
 def test_the_user_and_the_password_file_make_the_credentials(tmp_path):
     """etcd_user and etcd_password_file are read; the password is the file's text without its newline."""
     cluster = load(tmp_path, with_password_file(tmp_path, b"a b\n")).cluster
-    assert cluster.credentials == Credentials("apx", "a b", str(tmp_path / "etcd-password"))
-    assert "a b" not in repr(Credentials("apx", "a b"))
+    credentials = cluster.credentials
+    assert (credentials.user, credentials.password.value) == ("apx", "a b")
+    assert credentials.password.paths == (str(tmp_path / "etcd-password"),)
+    assert "a b" not in repr(credentials) and "a b" not in repr(Credentials("apx", "a b"))
 
 
 def test_the_password_is_read_at_start(tmp_path):
     """The settings hold the password read when the config was: its file gone afterwards changes them not."""
     cluster = load(tmp_path, with_password_file(tmp_path, b"pw\n")).cluster
     (tmp_path / "etcd-password").unlink()
-    assert cluster.credentials == Credentials("apx", "pw", str(tmp_path / "etcd-password"))
+    assert cluster.credentials.password.value == "pw"
 
 
 @pytest.mark.parametrize("text, mode, words", [

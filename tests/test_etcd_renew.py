@@ -12,9 +12,10 @@ it goes on without a restart, its open watch included; new connections take the 
 disk (a certificate of a CA the member does not trust is refused, then a renewed good one
 is taken at the next try); a client certificate of a new CA, once the member trusts both;
 a half-written key not taken while the old context keeps working; and a daemon whose
-password is changed in etcd, then in its file, logs in again by itself.
+password is changed in etcd, then in its file, logs in again by itself. Those clients look at
+their files at every call (CHECK_S set to 0) or at a refusal only (CHECK_S past any test), so
+no test waits for a look.
 """
-import contextlib
 import logging
 import os
 import shutil
@@ -27,8 +28,9 @@ import trio
 from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_auth import Auth, Credentials
 from apeinxfs.cluster.etcd_records import EtcdError, Unavailable
-from apeinxfs.cluster import etcd_tls
-from apeinxfs.cluster.etcd_renew import CHECK_S, Renewing, TlsFiles
+from apeinxfs.cluster import etcd_auth, etcd_tls, renewal
+from apeinxfs.cluster.etcd_renew import Renewing, TlsFiles
+from apeinxfs.cluster.renewal import CHECK_S
 from daemon import Daemon, poll_until
 from etcd_pki import enable_auth, gateway, pki, sign, tls_etcd  # noqa: F401 - pki: a fixture
 from test_cluster_nodes import SETTLE_S, cluster_config, joins_and_leads, link
@@ -36,6 +38,7 @@ from test_etcd_auth import auth_keys
 from test_etcd_client import reason_of
 
 ROOT_PASSWORD = "root pass"
+REFUSALS_ONLY_S = 3600.0  # a CHECK_S no test outlasts: the files are looked at by a refusal's check only
 NOT_A_PAIR = "are not a PEM certificate and its private key"  # etcd_tls's words for a key that does not match
 
 
@@ -179,31 +182,35 @@ def good_client(pki, member) -> Etcd:
     return Etcd([member.client_url], tls=TlsFiles.load(pki("ca.pem"), (pki("anonymous.pem"), pki("anonymous.key"))))
 
 
-async def test_new_connections_take_renewed_files_while_an_open_watch_goes_on(renewals, member, tmp_path, nursery):
-    """Renewed to a certificate of a CA the member does not trust, the next call is refused while the watch
-    opened before goes on; renewed again to a good certificate, the next try takes it, without a restart."""
+async def test_new_connections_take_renewed_files_while_an_open_watch_goes_on(renewals, member, tmp_path, nursery,
+                                                                              monkeypatch):
+    """Renewed to a certificate of a CA the member does not trust, the next call (the files looked at by each)
+    is refused while the watch opened before goes on; renewed again to a good certificate while the files are
+    looked at by a refusal only, the next call is refused, its refusal takes the files, and the try after it
+    works, without a restart."""
+    monkeypatch.setattr(renewal, "CHECK_S", 0.0)
     async with Etcd([member.client_url], timeout=60.0, tls=files_of(renewals, tmp_path)) as etcd, \
             good_client(renewals, member) as other:
         revision = await etcd.put(b"renew/a", b"1")
         async with etcd.watch(b"renew/", prefix=True, start_revision=revision + 1, nursery=nursery) as events:
             install(renewals, tmp_path, "stranger")
-            await trio.sleep(CHECK_S)  # the next call looks at the files
             reason = await reason_of(etcd.get(b"renew/a"), Unavailable)
             assert "every member refused this client by TLS" in reason and "bad certificate" in reason, reason
             await other.put(b"renew/b", b"2")
             with trio.fail_after(10):  # a hang guard
                 event = await events.__anext__()
             assert (event.kv.key, event.kv.value) == (b"renew/b", b"2")  # its connection predates the renewal
+        monkeypatch.setattr(renewal, "CHECK_S", REFUSALS_ONLY_S)
         install(renewals, tmp_path, "renewed")
-        with contextlib.suppress(Unavailable):  # refused if the files' last look is under CHECK_S old ...
-            await etcd.get(b"renew/a")  # ... but the refusal looks at them: the next try takes them
+        assert "every member refused this client by TLS" in await reason_of(etcd.get(b"renew/a"), Unavailable)
         assert (await etcd.get(b"renew/a")).value == b"1" and etcd.tls.state == "ok"
 
 
-async def test_a_client_certificate_of_a_new_ca_is_taken_once_the_member_trusts_both(renewals, tmp_path):
+async def test_a_client_certificate_of_a_new_ca_is_taken_once_the_member_trusts_both(renewals, tmp_path, monkeypatch):
     """A member trusting the test CA and the other CA: a client renewed to a certificate of the same CA, then of
-    the other CA, keeps working through each renewal, each taken (the client's context changed, and the
-    transport its requests go through is the new context's)."""
+    the other CA, keeps working through each renewal, each taken at the next call (the files looked at by
+    each: the client's context changed, and the transport its requests go through is the new context's)."""
+    monkeypatch.setattr(renewal, "CHECK_S", 0.0)
     bundle = tmp_path / "both.pem"
     bundle.write_bytes(Path(renewals("ca.pem")).read_bytes() + Path(renewals("other.pem")).read_bytes())
     with tls_etcd(tmp_path / "etcd", renewals, ("--trusted-ca-file", str(bundle))) as both:
@@ -212,25 +219,24 @@ async def test_a_client_certificate_of_a_new_ca_is_taken_once_the_member_trusts_
                 before = etcd.tls.context
                 await etcd.put(b"renew/" + name.encode(), b"1")
                 install(renewals, tmp_path / "client", name)
-                await trio.sleep(CHECK_S)
                 await etcd.put(b"renew/" + name.encode(), b"2")
                 assert etcd.tls.context is not before and etcd.tls.state == "ok"
                 assert etcd.transport.context is etcd.tls.context
 
 
-async def test_a_half_written_key_is_not_taken_and_the_old_context_keeps_working(renewals, member, tmp_path):
+async def test_a_half_written_key_is_not_taken_and_the_old_context_keeps_working(renewals, member, tmp_path,
+                                                                                  monkeypatch):
     """Certificate renewed, key half written: calls go on with the context before, the client says why; the
-    key written whole, the set is taken."""
+    key written whole, the set is taken at the next call (the files looked at by each)."""
+    monkeypatch.setattr(renewal, "CHECK_S", 0.0)
     async with Etcd([member.client_url], timeout=60.0, tls=files_of(renewals, tmp_path)) as etcd:
         good = etcd.tls.context
         install(renewals, tmp_path, "renewed", files=("pem",))
         whole = Path(renewals("renewed.key")).read_bytes()
         (tmp_path / "client.key").write_bytes(whole[:len(whole) // 2])
-        await trio.sleep(CHECK_S)
         await etcd.put(b"renew/half", b"1")
         assert etcd.tls.context is good and etcd.tls.state.startswith("not taken: ") and NOT_A_PAIR in etcd.tls.state
         install(renewals, tmp_path, "renewed", files=("key",))
-        await trio.sleep(CHECK_S)
         await etcd.put(b"renew/half", b"2")
         assert etcd.tls.context is not good and etcd.tls.state == "ok"
 
@@ -257,19 +263,19 @@ def password_file(tmp_path, text: str, mode: int = 0o600) -> str:
 async def test_after_a_refusal_the_next_login_reads_the_password_file_again(tmp_path, caplog):
     """Refused with the old password, a login after the file changed uses the new one and logs so once; one
     before it changed, or a file readable by every user (logged once), keeps the old one."""
-    in_etcd = ["new"]
-    auth = Auth(Credentials("u", "old", password_file(tmp_path, "old")), fake_etcd(in_etcd), 2.0)
-    with caplog.at_level(logging.INFO, logger="apeinxfs.cluster.etcd_auth"):
+    in_etcd = ["new pass"]  # not the old one's length: a file rewritten within one clock tick is seen
+    auth = Auth(Credentials("u", etcd_auth.password_file(password_file(tmp_path, "old"))), fake_etcd(in_etcd), 2.0)
+    with caplog.at_level(logging.INFO, logger="apeinxfs.cluster.renewal"):
         for _ in range(2):
             assert "authentication failed" in await reason_of(auth.log_in("https://m"), EtcdError)
-        password_file(tmp_path, "new", 0o644)
+        password_file(tmp_path, "new pass", 0o644)
         for _ in range(2):
             assert "authentication failed" in await reason_of(auth.log_in("https://m"), EtcdError)
-        password_file(tmp_path, "new")
-        assert await auth.log_in("https://m") == "token of new"
+        password_file(tmp_path, "new pass")
+        assert await auth.log_in("https://m") == "token of new pass"
     said = [record.getMessage() for record in caplog.records]
     assert len([line for line in said if "is readable by every user" in line]) == 1
-    assert len([line for line in said if "holds a new etcd password" in line]) == 1
+    assert len([line for line in said if "changed etcd password file taken" in line]) == 1
 
 
 # -- a daemon's password, changed in etcd and then in its file -----------------------------------------------
@@ -302,4 +308,4 @@ def test_a_daemon_whose_password_changed_in_etcd_and_then_in_its_file_logs_in_ag
             password = tmp_path / "password"
             password.write_text("new pass\n")
             poll_until(lambda: link(node)["Etcd"] == "ok", SETTLE_S, "the node logged in with the new password")
-            assert node.log_tail().count("holds a new etcd password") == 1
+            assert node.log_tail().count("changed etcd password file taken") == 1

@@ -15,12 +15,13 @@ another); when it fails, they fail with it (a wrong password costs etcd one chec
 one per waiting request). A login that fails at a member is a MemberFailed that sent
 nothing (only the login was sent, not the request it precedes); refused by TLS, it stays a
 TLS refusal, so a call whose logins every member refused by TLS fails at once (etcd.py). A
-refused password is an EtcdError naming the user and the keys to check; the next login reads
-the password file again (`Credentials.password_file`, with read_password's checks) and,
-where it changed, logs so once and logs in with the new password (a password changed in
-etcd, then in the file, needs no restart). Not TLS (etcd_tls.py), which carries it.
+refused password is an EtcdError naming the user and the keys to check; the next login looks
+at the password file again (`password_file`: a renewal.Renewable, read with read_password's
+checks where the file changed since it was read; a file that does not load is logged once and
+the password in use stays) and logs in with what it holds (a password changed in etcd, then
+in the file, needs no restart). Not TLS (etcd_tls.py), which carries it.
 """
-import logging
+import functools
 from typing import Awaitable, Callable, TypeVar
 
 import attrs
@@ -29,21 +30,31 @@ import trio
 from ..kernel.errors import Invalid
 from .etcd_records import HEADERS, EtcdError, MemberFailed
 from .etcd_tls import ETCD_GRANT
+from .renewal import Renewable, Wording
 from .secretfile import read_private
 
-log = logging.getLogger(__name__)
 STALE_TOKEN = ("invalid auth token", "revision of auth store is old")  # etcd's words: authenticate again
 WRONG_PASSWORD = "authentication failed"  # etcd's words for a login with a wrong user or password
 Answer = TypeVar("Answer")
+PASSWORD_WORDING = Wording("changed etcd password file", "the password in use stays", "the next login uses it")
+
+
+def _renewable(password: str | Renewable[str]) -> Renewable[str]:
+    return Renewable.fixed(password) if isinstance(password, str) else password
 
 
 @attrs.frozen
 class Credentials:
-    """A user of etcd and its password (repr leaves the password out), read from `password_file` if given."""
+    """A user of etcd and its password (repr leaves the password out): fixed (a str), or its file's
+    (`password_file`), looked at again after etcd refused it."""
 
     user: str
-    password: str = attrs.field(repr=False)
-    password_file: str | None = None  # read again after etcd refused the password
+    password: Renewable[str] = attrs.field(converter=_renewable, repr=False)
+
+
+def password_file(path: str) -> Renewable[str]:
+    """The password in the file at `path`, read now; Invalid naming cluster.etcd_password_file if it cannot be."""
+    return Renewable.read_now((path,), functools.partial(read_password, path), PASSWORD_WORDING)
 
 
 def read_password(path: str) -> str:
@@ -75,8 +86,7 @@ class Auth:
         self.credentials, self.login, self.patience = credentials, login, patience
         self.token: str | None = None
         self.logins: dict[str, Login] = {}  # the authentication in flight at each member
-        self.doubted = False  # etcd refused the password: read its file again before the next login
-        self.unread: str | None = None  # why the password file could not be read again, once logged
+        self.doubted = False  # etcd refused the password: look at its file again before the next login
 
     async def authorized(self, url: str, send: Callable[[dict], Awaitable[Answer]]) -> Answer:
         """`send(headers)` with the token; once more with a new token if etcd calls this one stale."""
@@ -117,8 +127,9 @@ class Auth:
             self.logins.pop(url).over.set()
 
     async def authenticate(self, url: str) -> str:
-        credentials = self.current()
-        body = {"name": credentials.user, "password": credentials.password}
+        assert self.credentials is not None
+        credentials = self.credentials
+        body = {"name": credentials.user, "password": self.password()}
         try:
             return str((await self.login(url, body))["token"])
         except MemberFailed as failed:  # only the login was sent: the request it precedes was not
@@ -128,24 +139,14 @@ class Auth:
             raise EtcdError(f"etcd: authentication as {credentials.user!r} failed: {refused.reason} "
                             f"(check cluster.etcd_user and etcd_password_file)") from None
 
-    def current(self) -> Credentials:
-        """The credentials to log in with: after etcd refused the password, with its file's password now."""
+    def password(self) -> str:
+        """The password to log in with: after etcd refused it, its file's now if the file changed and loads."""
         assert self.credentials is not None
-        path = self.credentials.password_file
-        if self.doubted and path is not None:
+        password = self.credentials.password
+        if self.doubted:
             self.doubted = False
-            try:
-                password = read_password(path)
-            except Invalid as unread:
-                if unread.reason != self.unread:
-                    log.warning("cluster: cannot read the etcd password again: %s", unread.reason)
-                self.unread = unread.reason
-                return self.credentials
-            self.unread = None
-            if password != self.credentials.password:
-                log.info("cluster: %s holds a new etcd password: logging in with it", path)
-                self.credentials = attrs.evolve(self.credentials, password=password)
-        return self.credentials
+            password.check(trio.current_time())
+        return password.value
 
 
 def again(failure: EtcdError | MemberFailed) -> EtcdError | MemberFailed:

@@ -21,7 +21,7 @@ import httpx
 import trio
 
 from .etcd_tls import client_context
-from .renewal import CHECK_S, Renewable, Wording  # noqa: F401 - CHECK_S: how often TlsFiles looks, for its callers
+from .renewal import Renewable, Wording
 
 CLOSE_S = 1.0  # the longest the close of a replaced transport's idle connections may take
 TLS_WORDING = Wording("renewed etcd TLS files", "the files loaded before stay in use", "new connections use them")

@@ -29,7 +29,6 @@ import trio
 from ..kernel.errors import ApeinxError, Denied, Invalid, NotFound, TooMany
 from ..kernel.grammar import parse_int
 from ..nodes.base import Blocking, Command, Dir, Log, Show
-from ..nodes.forwarding import ForwardingHandle
 from ..nodes.remote import RemoteTaskDir
 from ..ratelog import RateLog
 from .peer_wire import (CALLER_HEADER, FRAME_MAX, HEARTBEAT, HEARTBEAT_S, PeerRefused, TokenFile, data_frame,
@@ -196,7 +195,7 @@ class PeerServer:
             await self.follow(conn, stream, node, parse_int(query.get("offset", ["0"])[0], "offset"))
         else:
             handle = node.open(caller, writing=True, reading=False)
-            if "lines" in query and isinstance(handle, ForwardingHandle):  # a write placed on several nodes
+            if "lines" in query:  # a write placed on several nodes
                 handle.write_lines = parse_int(query["lines"][0], "lines")
             await handle.write_here(body if body.endswith(b"\n") else body + b"\n")  # a submit waits for etcd
             await send_simple(conn, stream, 200, handle.reply, TEXT)

@@ -7,8 +7,10 @@ disk per request), and `check(now)` does so at once (a caller refused for what t
 looks again, so an edit is taken at its next try). Files whose stamps changed are read whole; a
 read that fails is not taken: the last good value stays, `failure` says why (a row of
 /ai/cluster: `state`), logged once per distinct reason, and the files are read again at each
-later look until they load. Used by the etcd client's TLS files (etcd_renew.TlsFiles) and the
-peers' token file (peer_wire.token_file). Not what the files hold: `read` knows that.
+later look until they load. Used by the etcd client's TLS files (etcd_renew.TlsFiles), the
+peers' token file (peer_wire.token_file) and etcd's password file (etcd_auth.password_file,
+looked at by `check` only, after etcd refused the password). Not what the files hold: `read`
+knows that.
 """
 import logging
 import math

@@ -11,7 +11,7 @@ import urllib.parse
 import attrs
 
 from ..kernel.errors import Invalid
-from .etcd_auth import Credentials, read_password
+from .etcd_auth import Credentials, password_file
 from .etcd_renew import TlsFiles
 from .peer_wire import TokenFile, parse_address, token_file
 
@@ -86,7 +86,7 @@ class ClusterSettings:
     etcd_user: str | None = attrs.field(default=None, validator=_user)  # etcd's authentication: the user ...
     etcd_password_file: str | None = attrs.field(default=None, validator=_path)  # ... and its password's file
     # Built from the keys above at start: the etcd client's TLS files (loaded again once renewed: etcd_renew.py),
-    # etcd's credentials (or None; the password file read again once etcd refuses it: etcd_auth.py) and the
+    # etcd's credentials (or None; the password file looked at again once etcd refuses it: etcd_auth.py) and the
     # peers' tokens (or None; read again once the file is edited: peer_wire.token_file), one for the peer
     # server and the peers' clients.
     tls: TlsFiles = attrs.field(init=False, eq=False, repr=False)
@@ -141,7 +141,7 @@ class ClusterSettings:
         """The user of etcd and its password, read from its file now; None without etcd_user."""
         if self.etcd_user is None or self.etcd_password_file is None:
             return None
-        return Credentials(self.etcd_user, read_password(self.etcd_password_file), self.etcd_password_file)
+        return Credentials(self.etcd_user, password_file(self.etcd_password_file))
 
 
 def settings_of(section: dict, node: str) -> ClusterSettings | None:

@@ -59,9 +59,9 @@ def decode(value: bytes) -> tuple[str, list]:
         entry = loads(value)
         events = [from_row(kind, shallow(body)) for kind, body in entry["events"]]
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise Invalid(f"unreadable settings entry ({type(exc).__name__}: {exc})") from None
+        raise unreadable(f"{type(exc).__name__}: {exc}") from None
     if others := sorted({type(event).__name__ for event in events if not isinstance(event, SETTINGS)}):
-        raise Invalid(f"a settings entry holds {', '.join(others)}: not settings changes")
+        raise unreadable(f"it holds {', '.join(others)}: not settings changes")
     return str(entry["node"]), events
 
 
@@ -71,9 +71,14 @@ def checked(kernel, event) -> None:
     try:
         kernel.check(event)
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
-        log.warning("cluster: a settings entry's %s cannot be checked: %s: %s", type(event).__name__,
-                    type(exc).__name__, exc)
-        raise Invalid(f"unreadable settings entry ({type(event).__name__}: {type(exc).__name__}: {exc})") from None
+        raise unreadable(f"{type(event).__name__}: {type(exc).__name__}: {exc}") from None
+
+
+def unreadable(why: str) -> Invalid:
+    """The refusal of an entry this version cannot read or check (`why`), logged: each node refuses it alike."""
+    reason = f"unreadable settings entry ({why})"
+    log.warning("cluster: %s: refused", reason)
+    return Invalid(reason)
 
 
 @attrs.define

@@ -83,21 +83,21 @@ class Elsewheres:
     """Each tenant's use on the up nodes other than `here`, kept up to date one change at a time: a usage key
     costs its one tenant, a node's record or `up` key that node's tenants (their sums and Elsewhere records),
     never a sum over every node's (every node sees N records a second, and every node's changes of use).
-    A node's rows counted are those of its usage keys while it has any, else its record's (a node of an
-    older version publishes them there)."""
+    A node's rows counted are those of its usage keys while it has any (`keyed`, the one copy of them), else
+    its record's (a node of an older version publishes them there)."""
 
     def __init__(self, here: str):
         self.here = here
         self.keyed: dict[str, dict[str, Row]] = {}  # node -> the rows of its usage keys, whether counted or not
-        self.counted: dict[str, dict[str, Row]] = {}  # node -> its rows counted in the sums
-        self.from_keys: set[str] = set()  # the nodes counted from their usage keys (kept a row at a time)
+        self.from_keys: set[str] = set()  # the nodes counted from their usage keys: their rows are `keyed`'s
+        self.from_record: dict[str, dict[str, Row]] = {}  # node -> its record's rows counted (it has no keys)
         self.totals: dict[str, Sums] = {}  # tenant -> its sums over the nodes counted
         self.by_tenant: dict[str, Elsewhere] = {}  # the sums as admission reads them (Runtime.elsewhere)
 
     def load(self, nodes: Mapping, usage_keys: Iterable[tuple[str, bytes]] = ()) -> dict[str, Elsewhere]:
         """Start again from every node (name -> records.NodeView) and every usage key ((NODE/TENANT, value));
         the sums by tenant (kept current by `update` and `key_changed`)."""
-        self.keyed, self.counted, self.from_keys, self.totals = {}, {}, set(), {}
+        self.keyed, self.from_keys, self.from_record, self.totals = {}, set(), {}, {}
         self.by_tenant.clear()
         for name, value in usage_keys:
             self._keep_key(name, value)
@@ -105,42 +105,60 @@ class Elsewheres:
             self.update(name, node)
         return self.by_tenant
 
+    def counted(self, name: str) -> dict[str, Row]:
+        """Node `name`'s rows counted in the sums (none while it is down, or if it is this node)."""
+        return self.keyed[name] if name in self.from_keys else self.from_record.get(name, {})
+
     def update(self, name: str, node) -> None:
         """Node `name` is now `node` (a records.NodeView; None: it has no record): count its keys' rows or its
         record's instead of those counted before (none while it is down, or if it is this node)."""
         counts = node is not None and node.up and name != self.here
-        if counts and name in self.from_keys and name in self.keyed:
+        if counts and name in self.from_keys:
             return  # counted from its keys, kept a row at a time: its record changes nothing
-        rows = (self.keyed.get(name) or node.record.usage) if counts else {}
-        if rows != self.counted.get(name, {}):  # most records: published again, their use unchanged
-            self._recount(name, dict(rows))
-        self.from_keys.discard(name)
-        if counts and name in self.keyed:
+        keys = counts and name in self.keyed
+        rows = self.keyed[name] if keys else node.record.usage if counts else {}
+        before = self.counted(name)
+        if rows != before:  # most records: published again, their use unchanged
+            for tenant in before.keys() | rows.keys():
+                self._swap(tenant, before.get(tenant), rows.get(tenant))
+            self.from_record.pop(name, None)
+            if rows and not keys:
+                self.from_record[name] = dict(rows)
+        if keys:
             self.from_keys.add(name)
+            self.from_record.pop(name, None)  # its record's rows, equal to its keys'
+        else:
+            self.from_keys.discard(name)
 
     def key_changed(self, name: str, value: bytes | None, node_of: Callable[[str], object]) -> None:
         """The usage key `usage/NAME` (NODE/TENANT) now holds `value` (None: deleted); `node_of(NODE)` is the
         node as the view has it. An unreadable key is logged and not counted."""
-        node, tenant = self._keep_key(name, value)
-        if node in self.from_keys and node in self.keyed:
-            self._swap(node, tenant, self.counted.get(node, {}).get(tenant), self.keyed[node].get(tenant))
-        elif node and node != self.here:
+        node, _, tenant = name.partition("/")
+        before = self.keyed.get(node, {}).get(tenant)
+        if not self._keep_key(name, value):
+            return
+        if node in self.from_keys:
+            self._swap(tenant, before, self.keyed.get(node, {}).get(tenant))
+            if node in self.keyed:
+                return
+            self.from_keys.discard(node)  # its last key gone: its record's rows count instead
+        if node != self.here:
             self.update(node, node_of(node))  # its first key, or its last one gone: it changes where its rows are
 
     def check_invariants(self) -> None:
-        """The nodes counted from their keys count exactly their keys' rows, and each tenant's sums are those of
-        the rows counted (the kept parts checked against what they are kept from)."""
-        for name in self.from_keys:
-            assert self.counted.get(name, {}) == self.keyed.get(name), f"node {name}'s key rows not as counted"
+        """The nodes counted from their keys have keys and no record's rows counted, and each tenant's sums
+        are those of the rows counted (the kept sums checked against what they are kept from)."""
+        assert self.from_keys <= self.keyed.keys(), f"nodes {self.from_keys - self.keyed.keys()} counted from no keys"
+        assert not self.from_keys & self.from_record.keys(), "a node counted from its keys and its record"
         sums: dict[str, Sums] = {}
-        for rows in self.counted.values():
-            for tenant, row in rows.items():
+        for name in self.from_keys | self.from_record.keys():
+            for tenant, row in self.counted(name).items():
                 sums.setdefault(tenant, Sums()).add(row, 1)
         assert sums == self.totals, "the sums are not those of the rows counted"
 
-    def _keep_key(self, name: str, value: bytes | None) -> tuple[str, str]:
-        """Keep the row of usage key `name` holding `value` (None: none) in `keyed`; (node, tenant), ("", "")
-        for a key that names none."""
+    def _keep_key(self, name: str, value: bytes | None) -> bool:
+        """Keep the row of usage key `name` holding `value` (None: none) in `keyed`; False for a key that
+        names no node's tenant."""
         node, _, tenant = name.partition("/")
         try:
             row = key_row(name, value)[2] if value is not None else None
@@ -148,7 +166,7 @@ class Elsewheres:
             log.warning("cluster: usage key %.80r not counted: %s", name, exc)
             row = None
         if not node or not tenant:
-            return "", ""
+            return False
         rows = self.keyed.setdefault(node, {})
         if row is not None and tenant not in rows and len(rows) >= MAX_TENANTS:
             log.warning("cluster: node %s has usage keys of over %d tenants: %.80r not counted", node, MAX_TENANTS,
@@ -160,29 +178,18 @@ class Elsewheres:
             rows[tenant] = row
         if not rows:
             del self.keyed[node]
-        return node, tenant
+        return True
 
-    def _recount(self, name: str, rows: dict[str, Row]) -> None:
-        """Count `rows` for node `name` instead of those counted before."""
-        before = self.counted.get(name, {})
-        for tenant in before.keys() | rows.keys():
-            self._swap(name, tenant, before.get(tenant), rows.get(tenant))
-
-    def _swap(self, name: str, tenant: str, before: Row | None, after: Row | None) -> None:
-        """Count node `name`'s row `after` of `tenant` (None: none) instead of `before`, and refresh its sums."""
+    def _swap(self, tenant: str, before: Row | None, after: Row | None) -> None:
+        """Count a node's row `after` of `tenant` (None: none) instead of `before`, and refresh its sums."""
         if before == after:
             return
-        counted = self.counted.setdefault(name, {})
         if before is not None:
             self.totals[tenant].add(before, -1)
-            del counted[tenant]
         if after is not None:
             if tenant not in self.totals:  # not setdefault: it would build a Sums at every row
                 self.totals[tenant] = Sums()
             self.totals[tenant].add(after, 1)
-            counted[tenant] = after
-        if not counted:
-            del self.counted[name]
         self._refresh(tenant)
 
     def _refresh(self, tenant: str) -> None:

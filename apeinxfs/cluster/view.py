@@ -134,12 +134,12 @@ class ClusterView:
     def node(self, name: str) -> NodeView | None:
         """Node `name` as the cluster sees it: its last record, up or down, leading or not; None if it
         never published."""
-        record = self.records.get(name)
-        return None if record is None else NodeView(record, name in self.up, name == self.leader,
-                                                    self.unreadable.get(name))
+        return self._view(name, self.leader) if name in self.records else None
 
     def nodes(self) -> dict[str, NodeView]:
         """Every node that ever published, by name (sorted); the leader worked out once for all."""
         leader = self.leader
-        return {name: NodeView(self.records[name], name in self.up, name == leader, self.unreadable.get(name))
-                for name in sorted(self.records)}
+        return {name: self._view(name, leader) for name in sorted(self.records)}
+
+    def _view(self, name: str, leader: str | None) -> NodeView:
+        return NodeView(self.records[name], name in self.up, name == leader, self.unreadable.get(name))

@@ -291,13 +291,16 @@ class BlockingHandle(Handle):
 
 @attrs.define(eq=False)
 class CommandHandle(Handle):
-    """Buffers partial lines; each write runs its complete lines and resets the reply."""
+    """Buffers partial lines; each write runs its complete lines and resets the reply. `write_lines`: the
+    lines of the whole write its lines are part of, when it was placed on several nodes (a peer's request
+    says so, peer_server.py); 0: its own. Only a Forwarding node's `settle` counts it (forwarding.py)."""
 
     node: Command
     caller: Caller
     pending: bytearray = attrs.Factory(bytearray)
     reply: bytes = b""
     refused_rest: bytes | None = None  # the piece of an unterminated over-long line that was refused
+    write_lines: int = 0
 
     async def read(self, offset, size, waiter):
         data, self.reply = self.reply[:size], self.reply[size:]

@@ -51,11 +51,8 @@ class Forwarding(Command):
 
 @attrs.define(eq=False)
 class ForwardingHandle(CommandHandle):
-    """A CommandHandle of a Forwarding node, whose writes through the mount are routed first. `write_lines`:
-    the lines of the whole write its lines are part of, when it was placed on several nodes (their `settle`
-    allows for them all: the nodes' tasks go into etcd at once); 0: its own."""
-
-    write_lines: int = 0
+    """A CommandHandle of a Forwarding node, whose writes through the mount are routed first; its `settle`
+    allows for the `write_lines` of a write placed on several nodes (their tasks go into etcd at once)."""
 
     async def write_async(self, data: bytes) -> int:
         if self.node.route is None:
