@@ -11,6 +11,7 @@ import os
 
 import pytest
 
+from apeinxfs.cluster.etcd_auth import password_file
 from apeinxfs.cluster.peer_wire import TOKEN_WORDING, read_tokens, token_file
 from apeinxfs.cluster.renewal import CHECK_S, Renewable, stamp_of
 from apeinxfs.kernel.errors import Invalid
@@ -117,3 +118,12 @@ def test_a_missing_file_at_start_is_refused_and_a_fixed_value_looks_at_nothing(t
         token_file(str(tmp_path / "absent"))
     fixed = Renewable.fixed("value")
     assert fixed.current(1e9) == "value" and fixed.state == "-" and fixed.paths == ()
+
+
+def test_a_renewable_repr_never_shows_the_secret_it_holds(tmp_path):
+    """A password file's Renewable, logged or in a traceback, shows its paths but not the password."""
+    path = tmp_path / "password"
+    path.write_text("hunter2-secret\n")
+    path.chmod(0o600)
+    shown = repr(password_file(str(path)))
+    assert str(path) in shown and "hunter2-secret" not in shown

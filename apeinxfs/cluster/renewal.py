@@ -56,8 +56,8 @@ class Renewable(Generic[T]):
     """`value`, read by `read` from `paths`, read again once their stamps change."""
 
     paths: tuple[str, ...]
-    read: Callable[[], T]  # the value the files hold now; Invalid if they do not load
-    value: T
+    read: Callable[[], T] = attrs.field(repr=False)  # the value the files hold now; Invalid if they do not load
+    value: T = attrs.field(repr=False)  # may be a secret (a password, tokens): never in a repr
     stamps: tuple[Stamp, ...]  # the files' stamps when `value` was read
     wording: Wording
     checked: float = -math.inf  # when the files were last looked at
