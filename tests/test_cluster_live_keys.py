@@ -18,7 +18,7 @@ from apeinxfs.cluster.peerdata import MAX_PIDS
 from apeinxfs.cluster.records import Keys, NodeRecord
 from apeinxfs.cluster.view import ClusterView
 from apeinxfs.kernel.events import Kill
-from test_cluster_usage_keys import cluster_node, etcd_member, running, submit  # noqa: F401 - a fixture
+from test_cluster_usage_keys import cluster_node, etcd_member, running, submit, up_on_a_short_lease  # noqa: F401
 from test_etcd_client import wait_for
 
 SETTLED_S = 3 * PUBLISH_S  # long enough for a once-a-second publisher to put its record twice
@@ -82,9 +82,7 @@ async def test_a_tenants_key_goes_at_its_last_exit_and_every_key_with_the_lease(
     submit(n1, "t")
     u_pid = submit(n1, "u")
     async with running(n2), etcd:
-        lease = await etcd.grant(2)
-        await etcd.put(keys.up("n1"), b"1", lease.id)
-        await etcd.put(keys.node("n1"), n1.cluster.record(1).to_json())
+        lease = await up_on_a_short_lease(n1)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(n1.cluster.live.keep, lease)
             await wait_for(lambda: tenants_seen(n2, {"t", "u"}), "n2 sees t's and u's tasks on n1")
