@@ -4,8 +4,9 @@
 by `Runtime.run` beside the drivers: one etcd client, the `router` (routing.py: where
 tasks live, where writes go, the peers' clients), `shared` (shared.py: the settings log),
 and nine tasks: the member (lease, epoch, leader campaign; member.py; on its lease, this
-node's usage keys, put soon after its limited tenants' use changed: usagekeys.py), the
-publisher of this node's record (every second), the follower that keeps `view` (view.py)
+node's usage keys, put soon after its limited tenants' use changed: usagekeys.py; and its live keys,
+each tenant's live pids, put when they changed: livekeys.py), the publisher of this node's record (when
+it changed, looked at every second; every 30 s unchanged: member.py), the follower that keeps `view` (view.py)
 current through a watch, applies the settings log's entries and sums the other nodes'
 tenant use for admission (usage.py), the keeper of pid blocks (pids.py), failover's two loops (failover.py: task keys and fencing; the leader's
 moves and adoption; fencing.py holds the engines once the lease may have expired), the

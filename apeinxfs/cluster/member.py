@@ -6,7 +6,7 @@ when the lease is lost (etcd expired it while the process was stopped, or no ref
 through for a whole TTL) revokes what is left of it and joins again with the next epoch.
 A lease it could not revoke (no quorum) is revoked after the next join: etcd extends
 leases when it elects a leader, so the old candidacy would otherwise hold the election.
-While it holds a lease it also runs `leased(lease)` (the daemon's: its usage keys, usagekeys.py),
+While it holds a lease it also runs `leased(lease)` (the daemon's: its usage and live keys, usagekeys.py),
 cancelled when the lease is lost, and before a join's txn `before_up(lease)` (the daemon's: those keys
 put on the new lease, so the other nodes count the node's use from the moment it is up). `publish` looks at
 the node's record every PUBLISH_S and puts it when it changed (but for its `seen_us`), and every HEARTBEAT_S
@@ -50,7 +50,7 @@ class Member:
         self.problem: str | None = None  # why the last etcd call failed, until one works
         self.writing = trio.Lock()  # a publish and a join's txn never overlap: no record of an old epoch lands last
         self.unrevoked: list[Lease] = []  # leases lost and not revoked yet (etcd was unreachable)
-        self.put: tuple[NodeRecord, float] | None = None  # the last record put (less seen_us), and when (trio)
+        self.last_put: tuple[NodeRecord, float] | None = None  # the last record put (less seen_us), and when (trio)
 
     def note(self, error: EtcdError | None) -> None:
         """Remember why etcd cannot be reached (logged when the reason changes, whichever call met it: the
@@ -92,7 +92,7 @@ class Member:
             async with self.writing:
                 if (await self.etcd.txn(txn, repeatable=True)).succeeded:  # a lost answer retried: epoch + 2
                     self.epoch, self.expires = epoch, asked + lease.ttl
-                    self.put = attrs.evolve(record, seen_us=0), trio.current_time()
+                    self.last_put = attrs.evolve(record, seen_us=0), trio.current_time()
                     log.info("cluster: node %s joined with epoch %d (lease %x, %ds)", self.name, epoch, lease.id,
                              lease.ttl)
                     return lease
@@ -166,9 +166,9 @@ class Member:
     async def put_if_due(self, record: NodeRecord, now: float) -> None:
         """Put `record` unless the last put was the same but for its seen_us, less than HEARTBEAT_S ago."""
         bare = attrs.evolve(record, seen_us=0)  # a few hundred bytes: the live pids are in live keys
-        if self.put is None or self.put[0] != bare or now >= self.put[1] + HEARTBEAT_S:
+        if self.last_put is None or self.last_put[0] != bare or now >= self.last_put[1] + HEARTBEAT_S:
             await self.etcd.put(self.keys.node(self.name), record.to_json())
-            self.put = bare, now
+            self.last_put = bare, now
 
 
 def without_call(reason: str | None) -> str | None:

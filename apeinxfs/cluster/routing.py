@@ -4,7 +4,7 @@
 - `owner(pid)`: the other node that holds task `pid`, live or exited: the one its task key
   names once it was moved (failover.py), else one this node placed
   there (the last PLACED_MAX), else the node granted its pid block (view.holder) if its
-  record says it gave the pid already, else one whose record lists it live; None if it is
+  record says it gave the pid already, else one that lists it live (its live keys, or an older version's record); None if it is
   here or nowhere known.
 - `remote_tasks()`: the live tasks the up nodes other than this one publish, with their
   tenants (for `ls /tasks`, which shows a caller its tenant's).

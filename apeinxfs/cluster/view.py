@@ -12,6 +12,9 @@ this view first found it so (the node may be mid-upgrade: its last record is the
 knowledge there is), with one log line when it turns unreadable and one when it is readable
 again. A reload (`load`) does as the watch does, keeping the record read before; a node
 whose record this view never read is not listed.
+A node's live pids are in its live keys (`live/NAME/TENANT`, livekeys.py: `live`, checked as read;
+one unreadable is logged and dropped); `tenants_of` and `tasks_of` give them, or an older version's
+record's while the node has none.
 `holder(pid)` names the node granted the pid block of `pid` (`blocks/FIRST` keys); `tasks`
 holds the task keys (taskkeys.py) with their revisions, for failover.
 Pure: no etcd calls, no trio. Every node applies the same events in the same order, so
