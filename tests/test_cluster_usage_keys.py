@@ -18,6 +18,7 @@ import trio
 from apeinxfs import config as config_mod
 from apeinxfs.cluster.daemon import Cluster
 from apeinxfs.cluster.etcd import Etcd
+from apeinxfs.cluster.etcd_records import Lease
 from apeinxfs.cluster.records import Keys, NodeRecord
 from apeinxfs.journal import Journal
 from apeinxfs.kernel.errors import OverQuota
@@ -141,15 +142,23 @@ async def test_a_dead_nodes_keys_go_with_its_lease_and_its_use_stops_counting(et
     etcd, keys = n1.cluster.etcd, n1.cluster.keys
     submit(n1, "t")
     async with running(n2), etcd:
-        lease = await etcd.grant(2)
-        await etcd.put(keys.up("n1"), b"1", lease.id)
-        await etcd.put(keys.node("n1"), n1.cluster.record(1).to_json())
+        lease = await up_on_a_short_lease(n1)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(n1.cluster.usage.keep, lease)
             await wait_for(lambda: counts(n2, "t", 1), "n2 counts n1's task")
             nursery.cancel_scope.cancel()  # n1 stops: its lease is neither refreshed nor revoked
         await wait_for(lambda: counts(n2, "t", 0), "n1's use no longer counted once its lease expired")
         assert (await etcd.range(keys.usage("n1"), prefix=True)).kvs == []
+
+
+async def up_on_a_short_lease(rt: Runtime) -> Lease:
+    """A 2 s lease that nobody refreshes (the node's member does not run), with the node's up key on it and its
+    record put."""
+    etcd, keys, name = rt.cluster.etcd, rt.cluster.keys, rt.cluster.name
+    lease = await etcd.grant(2)
+    await etcd.put(keys.up(name), b"1", lease.id)
+    await etcd.put(keys.node(name), rt.cluster.record(1).to_json())
+    return lease
 
 
 async def test_a_new_lease_takes_the_keys_over_and_drops_a_stale_one(etcd_member, tmp_path):

@@ -4,8 +4,9 @@
 by `Runtime.run` beside the drivers: one etcd client, the `router` (routing.py: where
 tasks live, where writes go, the peers' clients), `shared` (shared.py: the settings log),
 and nine tasks: the member (lease, epoch, leader campaign; member.py; on its lease, this
-node's usage keys, put soon after its limited tenants' use changed: usagekeys.py), the
-publisher of this node's record (every second), the follower that keeps `view` (view.py)
+node's usage keys, put soon after its limited tenants' use changed: usagekeys.py; and its live keys,
+each tenant's live pids, put when they changed: livekeys.py), the publisher of this node's record (when
+it changed, looked at every second; every 30 s unchanged: member.py), the follower that keeps `view` (view.py)
 current through a watch, applies the settings log's entries and sums the other nodes'
 tenant use for admission (usage.py), the keeper of pid blocks (pids.py), failover's two loops (failover.py: task keys and fencing; the leader's
 moves and adoption; fencing.py holds the engines once the lease may have expired), the
@@ -26,8 +27,10 @@ from .etcd_records import EtcdError
 from .failover import Failover
 from .fencing import Fencing
 from .history import Compaction
+from .livekeys import LiveKeys
 from .member import PUBLISH_S, RETRY_S, Member
 from .pids import take_block, wants_block
+from .etcd_records import Lease
 from .records import Keys, NodeRecord, NodeView, record_of, scan
 from .replicas import Replicas
 from .routing import Router
@@ -55,11 +58,12 @@ class Cluster:
         self.etcd = Etcd(list(settings.etcd), tls=settings.tls, credentials=settings.credentials)
         self.usage = UsageKeys(self.etcd, self.keys, self.name, lambda: published(runtime.kernel), self.usage_changed,
                                lambda error: self.member.note(error))  # this node's use, on its lease
-        self.member = Member(self.etcd, self.keys, self.name, settings.lease_s, self.record, self.usage.keep,
-                             self.usage.put_on)
-        self._read: NodeRecord | None = None  # the last record published (or being published)
-        # (kernel version, clock µs, records.scan's live pids) at the last scan of the task table
-        self._scanned: tuple[int, int, tuple[str, dict[str, str]]] = (0, 0, ("", {}))
+        self.live = LiveKeys(self.etcd, self.keys, self.name, self.live_pids, self.live_changed,
+                             lambda error: self.member.note(error))  # this node's live pids, on its lease
+        self.member = Member(self.etcd, self.keys, self.name, settings.lease_s, self.record, self.leased,
+                             self.before_up)
+        # (kernel version, clock µs, records.scan's live pids) at the last scan of the task table; None: none yet
+        self._scanned: tuple[int, int, tuple[str, dict[str, str]]] | None = None
         self.router = Router(self)  # where tasks live and writes go (routing.py)
         self.fencing = Fencing(runtime, self.member)  # holds the engines once the lease may have expired
         self.failover = Failover(self)  # task keys, the leader's moves, adoption and fencing (failover.py)
@@ -69,16 +73,36 @@ class Cluster:
         self.compaction = Compaction(self.member)  # the leader's compaction of etcd's history (history.py)
 
     def record(self, epoch: int) -> NodeRecord:
-        """This node's record now, in `epoch`, every field read off the kernel as it stands but its live pids
-        (`tasks`, `tenants`): they are scanned again once the kernel changed, at most every PUBLISH_S (the
-        scan reads the whole task table: 8-36 ms with 10,000 live tasks here), so a record made sooner (at a
-        join) lists them as last scanned."""
+        """This node's record now, in `epoch`, every field read off the kernel as it stands; its live pids are
+        not in it (`tasks` "", `tenants` {}): they are in its live keys (`live_pids`)."""
+        return record_of(self.rt.kernel, epoch, self.rt.clock.now_us(), self.settings.advertise, ("", {}))
+
+    def live_pids(self) -> dict[str, str]:
+        """This node's live pids by tenant, as ranges (its live keys' rows): scanned again once the kernel
+        changed, at most every PUBLISH_S (the scan reads the whole task table: 8-36 ms with 10,000 live tasks
+        here), so a look sooner finds them as last scanned."""
         kernel, now_us = self.rt.kernel, self.rt.clock.now_us()
-        version, scanned_us, _ = self._scanned
-        if self._read is None or (version != kernel.version and now_us >= scanned_us + PUBLISH_US):
+        if self._scanned is None or (self._scanned[0] != kernel.version and now_us >= self._scanned[1] + PUBLISH_US):
             self._scanned = kernel.version, now_us, scan(kernel)
-        self._read = record_of(kernel, epoch, now_us, self.settings.advertise, self._scanned[2])
-        return self._read
+        return self._scanned[2][1]
+
+    async def live_changed(self, put: dict[str, str]) -> None:
+        """Return once this node's live pids differ from `put` (its live keys'), PUBLISH_S after that put at
+        the soonest (looked at as trace lines come)."""
+        await trio.sleep(PUBLISH_S)
+        while self.live_pids() == put:
+            await self.rt.wait_for("trace", PUBLISH_S)
+
+    async def leased(self, lease: Lease) -> None:
+        """What runs while the member holds `lease`: this node's usage and live keys kept on it."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.usage.keep, lease)
+            nursery.start_soon(self.live.keep, lease)
+
+    async def before_up(self, lease: Lease) -> None:
+        """What a new lease holds before the up key: this node's usage and live keys."""
+        await self.usage.put_on(lease)
+        await self.live.put_on(lease)
 
     async def usage_changed(self, put: dict[str, Row]) -> None:
         """Return once this node's tenants' use differs from `put` (its usage keys'; looked at as trace lines

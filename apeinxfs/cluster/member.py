@@ -6,18 +6,20 @@ when the lease is lost (etcd expired it while the process was stopped, or no ref
 through for a whole TTL) revokes what is left of it and joins again with the next epoch.
 A lease it could not revoke (no quorum) is revoked after the next join: etcd extends
 leases when it elects a leader, so the old candidacy would otherwise hold the election.
-While it holds a lease it also runs `leased(lease)` (the daemon's: its usage keys, usagekeys.py),
+While it holds a lease it also runs `leased(lease)` (the daemon's: its usage and live keys, usagekeys.py),
 cancelled when the lease is lost, and before a join's txn `before_up(lease)` (the daemon's: those keys
-put on the new lease, so the other nodes count the node's use from the moment it is up). `publish` puts the node's record every PUBLISH_S. Without an etcd
-quorum every call
-fails with Unavailable (EAGAIN) within the client's timeout: the member notes why and
-tries again; the daemon's local work goes on meanwhile.
+put on the new lease, so the other nodes count the node's use from the moment it is up). `publish` looks at
+the node's record every PUBLISH_S and puts it when it changed (but for its `seen_us`), and every HEARTBEAT_S
+all the same: an idle node puts nothing between (its liveness is its `up` key's). Without an etcd quorum every
+call fails with Unavailable (EAGAIN) within the client's timeout: the member notes why and tries again; the
+daemon's local work goes on meanwhile.
 """
 import logging
 import math
 import re
 from collections.abc import Awaitable, Callable
 
+import attrs
 import trio
 
 from .etcd import Etcd
@@ -26,7 +28,8 @@ from .records import Keys, NodeRecord, unchanged
 
 log = logging.getLogger(__name__)
 CALL = re.compile(r"etcd: /?[\w/]+: ")  # the call an etcd failure's reason starts with (etcd.py)
-PUBLISH_S = 1.0  # how often a node publishes its record
+PUBLISH_S = 1.0  # how often a node looks whether its record changed, to put it
+HEARTBEAT_S = 30.0  # how often a node puts its record unchanged
 RETRY_S = 1.0  # the pause before a failed join or revoke is tried again
 REVOKE_S = 2.0  # the most a revoke of a lost lease may take before joining anyway
 
@@ -47,6 +50,7 @@ class Member:
         self.problem: str | None = None  # why the last etcd call failed, until one works
         self.writing = trio.Lock()  # a publish and a join's txn never overlap: no record of an old epoch lands last
         self.unrevoked: list[Lease] = []  # leases lost and not revoked yet (etcd was unreachable)
+        self.last_put: tuple[NodeRecord, float] | None = None  # the last record put (less seen_us), and when (trio)
 
     def note(self, error: EtcdError | None) -> None:
         """Remember why etcd cannot be reached (logged when the reason changes, whichever call met it: the
@@ -82,12 +86,13 @@ class Member:
         while True:
             kv = await self.etcd.get(key)
             epoch = (int(kv.value) if kv else 0) + 1
-            text = str(epoch).encode()
+            text, record = str(epoch).encode(), self.record(epoch)
             txn = (unchanged(key, kv).put(key, text).put(self.keys.up(self.name), text, lease.id)
-                   .put(self.keys.node(self.name), self.record(epoch).to_json()))
+                   .put(self.keys.node(self.name), record.to_json()))
             async with self.writing:
                 if (await self.etcd.txn(txn, repeatable=True)).succeeded:  # a lost answer retried: epoch + 2
                     self.epoch, self.expires = epoch, asked + lease.ttl
+                    self.last_put = attrs.evolve(record, seen_us=0), trio.current_time()
                     log.info("cluster: node %s joined with epoch %d (lease %x, %ds)", self.name, epoch, lease.id,
                              lease.ttl)
                     return lease
@@ -145,17 +150,25 @@ class Member:
         return False
 
     async def publish(self) -> None:
-        """Put this node's record every PUBLISH_S once joined (without a lease: it outlives the node)."""
+        """Once joined, put this node's record (without a lease: it outlives the node) each PUBLISH_S in which
+        it changed but for its seen_us, and after HEARTBEAT_S unchanged; a failed put is tried at the next."""
         while True:
             if self.epoch:
                 try:
                     async with self.writing:
-                        await self.etcd.put(self.keys.node(self.name), self.record(self.epoch).to_json())
+                        await self.put_if_due(self.record(self.epoch), trio.current_time())
                 except EtcdError as error:
                     self.note(error)
                 else:
                     self.note(None)
             await trio.sleep(PUBLISH_S)
+
+    async def put_if_due(self, record: NodeRecord, now: float) -> None:
+        """Put `record` unless the last put was the same but for its seen_us, less than HEARTBEAT_S ago."""
+        bare = attrs.evolve(record, seen_us=0)  # a few hundred bytes: the live pids are in live keys
+        if self.last_put is None or self.last_put[0] != bare or now >= self.last_put[1] + HEARTBEAT_S:
+            await self.etcd.put(self.keys.node(self.name), record.to_json())
+            self.last_put = bare, now
 
 
 def without_call(reason: str | None) -> str | None:

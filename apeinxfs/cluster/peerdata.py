@@ -6,7 +6,7 @@ deep a nesting is unreadable, not a RecursionError); `record_fields` checks a no
 fields, the types and bounds the readers of a record rely on (routing, placement, /nodes);
 `task_key_fields` a task key's. Whatever fails raises `Unreadable` (a ValueError) naming
 what, which the readers log and skip. Not the records themselves (records.py, taskkeys.py).
-The checks run on the watch path (every peer's record, up to 20 times a second each), so they are
+The checks run on the watch path (every peer's record and live key, each put up to once a second), so they are
 written for speed: bench/bench_peerdata.py measures them, tests/test_peerdata_checks.py holds them
 to plain references of the same rules.
 """

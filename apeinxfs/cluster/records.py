@@ -72,12 +72,20 @@ class UnreadableSince:
 @attrs.frozen
 class NodeView:
     """A node's last record and what the cluster says of it now; `unreadable` unless its record in etcd is
-    the one read (view.py keeps the last one read)."""
+    the one read (view.py keeps the last one read); `tenants` its live pids by tenant (its live keys', else
+    its record's)."""
 
     record: NodeRecord
     up: bool
     leader: bool
     unreadable: UnreadableSince | None = None
+    tenants: dict[str, str] = attrs.field(default=attrs.Factory(lambda self: self.record.tenants, takes_self=True),
+                                          hash=False)
+
+    @property
+    def tasks(self) -> str:
+        """Its live pids as ranges."""
+        return merged(self.tenants.values()) if self.tenants is not self.record.tenants else self.record.tasks
 
 
 def record_of(kernel, epoch: int, seen_us: int, advertise: str | None,
@@ -134,7 +142,24 @@ def pid_ranges(pids: list[int], most: int = MAX_RANGES) -> str:
             ranges.append([pid, pid])
         else:
             break
+    return _text(ranges)
+
+
+def _text(ranges: list[list[int]]) -> str:
     return ",".join(f"{first}-{last}" if last > first else str(first) for first, last in ranges)
+
+
+def merged(texts) -> str:
+    """Several tenants' pid ranges (pid_ranges' texts) as one, the first MAX_RANGES ranges of their union."""
+    ranges: list[list[int]] = []
+    for first, last in sorted(bounds for text in texts for bounds in bounds_of(text)):
+        if ranges and first <= ranges[-1][1] + 1:
+            ranges[-1][1] = max(ranges[-1][1], last)
+        elif len(ranges) < MAX_RANGES:
+            ranges.append([first, last])
+        else:
+            break
+    return _text(ranges)
 
 
 def bounds_of(ranges: str) -> Iterator[tuple[int, int]]:
@@ -209,6 +234,11 @@ class Keys:
         """Tenant `tenant`'s use on node `name` (usage.py's row), on the node's lease; with no tenant, the prefix
         of the node's usage keys."""
         return self._key("usage", name, tenant)
+
+    def live(self, name: str, tenant: str = "") -> bytes:
+        """Tenant `tenant`'s live pids on node `name` (livekeys.py), on the node's lease; with no tenant, the
+        prefix of the node's live keys."""
+        return self._key("live", name, tenant)
 
     def setting(self, name: str) -> bytes:
         """An entry of the settings log (cluster/shared.py): put once, ordered by its create revision."""

@@ -4,7 +4,7 @@
 - `owner(pid)`: the other node that holds task `pid`, live or exited: the one its task key
   names once it was moved (failover.py), else one this node placed
   there (the last PLACED_MAX), else the node granted its pid block (view.holder) if its
-  record says it gave the pid already, else one whose record lists it live; None if it is
+  record says it gave the pid already, else one that lists it live (its live keys, or an older version's record); None if it is
   here or nowhere known.
 - `remote_tasks()`: the live tasks the up nodes other than this one publish, with their
   tenants (for `ls /tasks`, which shows a caller its tenant's).
@@ -85,16 +85,16 @@ class Router:
         if name is not None and pid >= getattr(view.records.get(name), "pid_next", 0):
             name = None  # not given yet, as far as its last record says
         if name is None:  # a pid given before its node joined the cluster: listed while live
-            name = next((name for name, record in view.records.items() if holds(record.tasks, pid)), None)
+            name = next((name for name in view.records if holds(view.tasks_of(name), pid)), None)
         return None if name == self.here else name
 
     def remote_tasks(self) -> list[tuple[int, str, str]]:
         """(pid, node, tenant) of the live tasks of the up nodes but this one, in pid order."""
         view = self.cluster.view
         found = []
-        for name, record in view.records.items():
+        for name in view.records:
             if name != self.here and name in view.up:
-                for tenant, ranges in record.tenants.items():
+                for tenant, ranges in view.tenants_of(name).items():
                     found += [(pid, name, tenant) for pid in pids_of(ranges)]
         return sorted(found)
 
@@ -105,7 +105,7 @@ class Router:
         if node is None:
             return None
         if tenant is None:
-            tenants = self.cluster.view.records[node].tenants if node in self.cluster.view.records else {}
+            tenants = self.cluster.view.tenants_of(node)
             tenant = next((name for name, ranges in tenants.items() if holds(ranges, pid)), None)
         return RemoteTaskDir(pid=pid, node=node, router=self, tenant=tenant)
 

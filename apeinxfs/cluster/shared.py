@@ -115,12 +115,12 @@ class SharedSettings:
         return [None] * len(events)
 
     def check_elsewhere(self, events: list) -> None:
-        """Busy for the removal of a tenant that another up node runs live tasks of, as its record says: that
+        """Busy for the removal of a tenant that another up node runs live tasks of, as its live keys say: that
         node would refuse it, and keep the tenant (this node's kernel checked only its own tasks)."""
         for event in events:
             if isinstance(event, RemoveTenant):
                 busy = [name for name, node in self.view.nodes().items()
-                        if node.up and name != self.name and node.record.tenants.get(event.name)]
+                        if node.up and name != self.name and node.tenants.get(event.name)]
                 if busy:
                     raise Busy(f"tenant {event.name} has live tasks on node {', '.join(busy)}; kill them first")
 

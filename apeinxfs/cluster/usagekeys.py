@@ -1,4 +1,5 @@
-"""This node's tenants' use in etcd: a key per tenant, `usage/NODE/TENANT`, on the node's lease.
+"""This node's keys of a row per tenant on its lease: its tenants' use (`UsageKeys`, `usage/NODE/TENANT`),
+and the writer it shares with its tenants' live pids (`LeasedKeys`; livekeys.py's `live/NODE/TENANT`).
 
 `UsageKeys.put_on(lease)` puts them on a new lease before the join's txn puts the node's `up` key
 on it; `UsageKeys.keep(lease)` runs while the member holds `lease` (member.py `hold`, cancelled when the
@@ -15,6 +16,7 @@ Not here: what a row is and how the other nodes count them (usage.py).
 """
 import json
 from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 import trio
 
@@ -26,20 +28,32 @@ from .peerdata import Unreadable
 from .records import Keys
 from .usage import Row, key_row
 
-Held = dict[str, Row | None]  # tenant -> its row as etcd holds it on this lease (None: held otherwise, to redo)
+R = TypeVar("R")  # a key's row
 
 
-class UsageKeys:
-    """Node `name`'s usage keys, kept equal to `rows()`; `changed(rows)` returns once they may differ."""
+class LeasedKeys(Generic[R]):
+    """Node `name`'s keys of a row per tenant, kept equal to `rows()`; `changed(rows)` returns once they may
+    differ. What the keys are named and hold: `key`, `encode`, `decode` (UsageKeys', LiveKeys')."""
 
-    def __init__(self, etcd: Etcd, keys: Keys, name: str, rows: Callable[[], dict[str, Row]],
-                 changed: Callable[[dict[str, Row]], Awaitable[None]], note: Callable[[EtcdError | None], None]):
+    def __init__(self, etcd: Etcd, keys: Keys, name: str, rows: Callable[[], dict[str, R]],
+                 changed: Callable[[dict[str, R]], Awaitable[None]], note: Callable[[EtcdError | None], None]):
         self.etcd, self.keys, self.name = etcd, keys, name
         self.rows, self.changed, self.note = rows, changed, note
 
+    def key(self, tenant: str = "") -> bytes:
+        """Tenant `tenant`'s key; with no tenant, the prefix of this node's keys."""
+        raise NotImplementedError
+
+    def encode(self, row: R) -> bytes:
+        raise NotImplementedError
+
+    def decode(self, tenant: str, value: bytes) -> R:
+        """A key's row, as this node put it; Unreadable if it is none."""
+        raise NotImplementedError
+
     async def keep(self, lease: Lease) -> None:
         """Keep the keys equal to this node's rows, on `lease`, until cancelled."""
-        held: Held | None = None  # unknown: read it from etcd
+        held: dict[str, R | None] | None = None  # tenant -> its row on this lease (None: to redo); None: unknown
         failed = False  # whether this writer's last try failed (its recovery is noted, not each write)
         while True:
             try:
@@ -62,32 +76,45 @@ class UsageKeys:
         `before_up`), so that a node counts as up with its use, not without it until `keep` writes."""
         await self.write(await self.read(lease.id), self.rows(), lease.id)
 
-    async def read(self, lease_id: int) -> Held:
-        """This node's usage keys in etcd: their rows if on `lease_id` and readable, else None (to put again or
+    async def read(self, lease_id: int) -> dict[str, R | None]:
+        """This node's keys in etcd: their rows if on `lease_id` and readable, else None (to put again or
         delete)."""
-        found = await self.etcd.range(self.keys.usage(self.name), prefix=True)
-        held: Held = {}
+        found = await self.etcd.range(self.key(), prefix=True)
+        held: dict[str, R | None] = {}
         for kv in found.kvs:
-            tenant = kv.key[len(self.keys.usage(self.name)):].decode(errors="replace")
+            tenant = kv.key[len(self.key()):].decode(errors="replace")
             try:
-                held[tenant] = key_row(f"{self.name}/{tenant}", kv.value)[2] if kv.lease == lease_id else None
+                held[tenant] = self.decode(tenant, kv.value) if kv.lease == lease_id else None
             except Unreadable:
                 held[tenant] = None
         return held
 
-    async def write(self, held: Held, rows: dict[str, Row], lease_id: int) -> None:
+    async def write(self, held: dict[str, R | None], rows: dict[str, R], lease_id: int) -> None:
         """Put the rows that differ from `held`'s and delete the keys of tenants not in `rows`, in as few txns
         as etcd takes (none when nothing changed)."""
         for batch in packed(self.changes(held, rows, lease_id)):
             await self.etcd.txn(joined(txn for _, txn in batch))
 
-    def changes(self, held: Held, rows: dict[str, Row], lease_id: int) -> list[tuple[str, Txn]]:
+    def changes(self, held: dict[str, R | None], rows: dict[str, R], lease_id: int) -> list[tuple[str, Txn]]:
         """(tenant, its put or delete) for each tenant whose key must change, the deletes first: the followers
         apply them in this order, and at MAX_TENANTS (usage.py) a tenant that takes another's place would be
         refused if its put came while the other's key was still there."""
-        deletes = [(tenant, Txn().delete(self.keys.usage(self.name, tenant))) for tenant in held if tenant not in rows]
-        return deletes + [(tenant, Txn().put(self.keys.usage(self.name, tenant), encode(row), lease_id))
+        deletes = [(tenant, Txn().delete(self.key(tenant))) for tenant in held if tenant not in rows]
+        return deletes + [(tenant, Txn().put(self.key(tenant), self.encode(row), lease_id))
                           for tenant, row in rows.items() if held.get(tenant) != row]
+
+
+class UsageKeys(LeasedKeys[Row]):
+    """Node `name`'s usage keys (`usage/NODE/TENANT`), kept equal to `rows()`."""
+
+    def key(self, tenant: str = "") -> bytes:
+        return self.keys.usage(self.name, tenant)
+
+    def encode(self, row: Row) -> bytes:
+        return encode(row)
+
+    def decode(self, tenant: str, value: bytes) -> Row:
+        return key_row(f"{self.name}/{tenant}", value)[2]
 
 
 def encode(row: Row) -> bytes:

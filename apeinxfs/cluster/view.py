@@ -12,6 +12,9 @@ this view first found it so (the node may be mid-upgrade: its last record is the
 knowledge there is), with one log line when it turns unreadable and one when it is readable
 again. A reload (`load`) does as the watch does, keeping the record read before; a node
 whose record this view never read is not listed.
+A node's live pids are in its live keys (`live/NAME/TENANT`, livekeys.py: `live`, checked as read;
+one unreadable is logged and dropped); `tenants_of` and `tasks_of` give them, or an older version's
+record's while the node has none.
 `holder(pid)` names the node granted the pid block of `pid` (`blocks/FIRST` keys); `tasks`
 holds the task keys (taskkeys.py) with their revisions, for failover.
 Pure: no etcd calls, no trio. Every node applies the same events in the same order, so
@@ -23,7 +26,9 @@ import json
 import logging
 
 from .etcd_records import Event, KeyValue
-from .records import Keys, NodeRecord, NodeView, UnreadableSince
+from .livekeys import live_of
+from .peerdata import MAX_PIDS, Unreadable, pid_count
+from .records import Keys, NodeRecord, NodeView, UnreadableSince, merged
 from .taskkeys import TaskKey
 
 log = logging.getLogger(__name__)
@@ -41,6 +46,9 @@ class ClusterView:
         self.blocks: dict[int, tuple[int, str]] = {}  # first pid of a granted block -> (its size, its node)
         self._firsts: list[int] | None = None  # the blocks' first pids in order, once asked for
         self.tasks: dict[int, tuple[TaskKey, int]] = {}  # pid -> (its task key, the key's mod revision)
+        self.live: dict[str, dict[str, str]] = {}  # node -> tenant -> its live pids as ranges (its live keys)
+        self.live_counts: dict[str, int] = {}  # node -> how many pids its live keys name in all
+        self._merged: dict[str, str] = {}  # node -> its live keys' pids as one ranges text, once asked for
         self.revision = 0  # etcd's revision this view has seen up to
 
     def load(self, kvs: list[KeyValue], revision: int) -> None:
@@ -49,6 +57,7 @@ class ClusterView:
         records, marks = self.records, self.unreadable
         self.records, self.unreadable, self.up, self.candidates, self.blocks, self._firsts, self.tasks = \
             {}, {}, {}, {}, {}, None, {}
+        self.live, self.live_counts, self._merged = {}, {}, {}
         for kv in kvs:
             self._put(kv, records, marks)
         self.revision = revision
@@ -65,6 +74,8 @@ class ClusterView:
         kind, name = self.keys.kind_of(kv.key)
         if kind == "nodes":
             return self._record(name, kv, records, marks)
+        if kind == "live":
+            return self._live(name, kv.value)
         try:
             if kind == "up":
                 self.up[name] = int(kv.value)
@@ -103,9 +114,36 @@ class ClusterView:
         if name in records:
             self.records[name] = records[name]
 
+    def _live(self, name: str, value: bytes) -> None:
+        """Live key NODE/TENANT `name`'s new value; one this version cannot read, or that brings its node's
+        live pids past MAX_PIDS, is logged and dropped (the key counts as deleted)."""
+        node, _, tenant = name.partition("/")
+        self._drop_live(node, tenant)
+        try:
+            text, count = live_of(name, value)
+            if self.live_counts.get(node, 0) + count > MAX_PIDS:
+                raise Unreadable(f"live pids of {name}: with them node {node}'s live keys name over {MAX_PIDS}")
+        except Unreadable as exc:
+            log.warning("cluster: %s; not read", exc)
+            return
+        self.live.setdefault(node, {})[tenant] = text
+        self.live_counts[node] = self.live_counts.get(node, 0) + count
+
+    def _drop_live(self, node: str, tenant: str) -> None:
+        """Forget live key NODE/TENANT's pids, if held."""
+        self._merged.pop(node, None)
+        text = self.live.get(node, {}).pop(tenant, None)
+        if text is not None:
+            self.live_counts[node] -= pid_count(text, "")
+        if not self.live.get(node, True):
+            del self.live[node], self.live_counts[node]
+
     def _delete(self, key: bytes) -> None:
         kind, name = self.keys.kind_of(key)
-        if kind == "nodes":
+        if kind == "live":
+            node, _, tenant = name.partition("/")
+            self._drop_live(node, tenant)
+        elif kind == "nodes":
             self.records.pop(name, None)
             self.unreadable.pop(name, None)
         elif kind == "up":
@@ -125,6 +163,20 @@ class ClusterView:
         size, node = self.blocks[self._firsts[index]]
         return node if pid < self._firsts[index] + size else None
 
+    def tenants_of(self, name: str) -> dict[str, str]:
+        """Node `name`'s live pids by tenant, as ranges: its live keys', else its record's (an older version's)."""
+        record = self.records.get(name)
+        return self.live.get(name) or (record.tenants if record is not None else {})
+
+    def tasks_of(self, name: str) -> str:
+        """Node `name`'s live pids as ranges: its live keys' as one, else its record's (an older version's)."""
+        if name not in self.live:
+            record = self.records.get(name)
+            return record.tasks if record is not None else ""
+        if name not in self._merged:
+            self._merged[name] = merged(self.live[name].values())
+        return self._merged[name]
+
     @property
     def leader(self) -> str | None:
         """The node that leads: the up candidate with the oldest key; None while no up node campaigns."""
@@ -142,4 +194,5 @@ class ClusterView:
         return {name: self._view(name, leader) for name in sorted(self.records)}
 
     def _view(self, name: str, leader: str | None) -> NodeView:
-        return NodeView(self.records[name], name in self.up, name == leader, self.unreadable.get(name))
+        return NodeView(self.records[name], name in self.up, name == leader, self.unreadable.get(name),
+                        self.tenants_of(name))

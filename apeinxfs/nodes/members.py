@@ -84,7 +84,7 @@ def peer_token(tokens: TokenFile | None) -> str:
 
 def tasks(node: NodeView) -> str:
     """The node's live pids (queued, running, stopped), one a line, as it last published them."""
-    return "".join(f"{pid}\n" for pid in pids_of(node.record.tasks))
+    return "".join(f"{pid}\n" for pid in pids_of(node.tasks))
 
 
 @attrs.define(eq=False)

@@ -1,0 +1,138 @@
+"""Tier 3: a node's live pids in keys of their own (cluster/livekeys.py) and its record put only when it changed
+(member.py `publish`), on a real etcd member, in process: cluster nodes' runtimes (no FUSE, no engines).
+
+An idle node puts nothing between heartbeats, and puts its record unchanged once a heartbeat; a submit is
+seen by another node, its pids through the tenant's live key and the record's count, within about a second;
+a tenant's key goes when its last task exits, and every live key with the node's lease; a live key's pids
+count for an up node instead of its record's (an older version's); a live key that cannot be read, or past
+MAX_PIDS of its node, is logged and dropped.
+"""
+import logging
+
+import trio
+
+from apeinxfs.cluster import member as member_mod
+from apeinxfs.cluster.etcd_records import Event, KeyValue
+from apeinxfs.cluster.member import PUBLISH_S
+from apeinxfs.cluster.peerdata import MAX_PIDS
+from apeinxfs.cluster.records import Keys, NodeRecord
+from apeinxfs.cluster.view import ClusterView
+from apeinxfs.kernel.events import Kill
+from test_cluster_usage_keys import cluster_node, etcd_member, running, submit, up_on_a_short_lease  # noqa: F401
+from test_etcd_client import wait_for
+
+SETTLED_S = 3 * PUBLISH_S  # long enough for a once-a-second publisher to put its record twice
+
+
+async def revision(rt) -> int:
+    return (await rt.cluster.etcd.range(rt.cluster.keys.all, prefix=True)).revision
+
+
+async def test_an_idle_node_puts_nothing_between_heartbeats_and_its_record_at_each(etcd_member, tmp_path,
+                                                                                     monkeypatch):
+    """n1 up with a live task and nothing changing: etcd's revision stays for three publish periods; with
+    HEARTBEAT_S at 4 s, the next heartbeat puts the record alone, once."""
+    monkeypatch.setattr(member_mod, "HEARTBEAT_S", 4.0)
+    n1 = cluster_node(tmp_path, etcd_member, "n1", "idle/")
+    submit(n1, "default")
+    async with running(n1):
+        async def published() -> bool:
+            return await n1.cluster.etcd.get(n1.cluster.keys.live("n1", "default")) is not None
+        await wait_for(published, "n1's live key")
+        await trio.sleep(PUBLISH_S)  # the first look after the join finds the record as the join put it
+        before = await revision(n1)
+        await trio.sleep(SETTLED_S)
+        assert await revision(n1) == before
+        record = await n1.cluster.etcd.get(n1.cluster.keys.node("n1"))
+        await wait_for(lambda: later(n1, record.mod_revision), "the heartbeat's put", timeout=10)
+        assert await revision(n1) == before + 1
+
+
+async def later(rt, mod_revision: int) -> bool:
+    return (await rt.cluster.etcd.get(rt.cluster.keys.node("n1"))).mod_revision > mod_revision
+
+
+async def test_a_submit_is_seen_by_another_node_through_the_live_key_and_the_record(etcd_member, tmp_path):
+    """A submit of t on n1: n2 finds pid 1 under t in n1's live key and n1's record counting it live within
+    about a second (a 3 s bound); the record carries no pids."""
+    n1, n2 = (cluster_node(tmp_path, etcd_member, name, "seen/") for name in ("n1", "n2"))
+    async with running(n1, n2):
+        await wait_for(lambda: listed(n2, "n1"), "n2 lists n1")
+        pid = submit(n1, "t")
+
+        async def seen() -> bool:
+            node = n2.cluster.view.node("n1")
+            return node is not None and node.tenants == {"t": str(pid)} and node.record.live == 1
+        await wait_for(seen, "n2 sees n1's task", timeout=3 * PUBLISH_S)
+        kv = await n1.cluster.etcd.get(n1.cluster.keys.live("n1", "t"))
+        assert kv.value == str(pid).encode()
+        record = NodeRecord.from_json((await n1.cluster.etcd.get(n1.cluster.keys.node("n1"))).value)
+        assert (record.tasks, record.tenants) == ("", {})
+
+
+async def listed(rt, name: str) -> bool:
+    return rt.cluster.view.node(name) is not None
+
+
+async def test_a_tenants_key_goes_at_its_last_exit_and_every_key_with_the_lease(etcd_member, tmp_path):
+    """n1 with live tasks of t and u: killing u's deletes live/n1/u alone (t's keeps its revision); n1's live
+    keys on a 2 s lease nobody refreshes (n1 died) go when etcd expires it, and n2 lists none of n1's tasks."""
+    n1, n2 = (cluster_node(tmp_path, etcd_member, name, "gone/") for name in ("n1", "n2"))
+    etcd, keys = n1.cluster.etcd, n1.cluster.keys
+    submit(n1, "t")
+    u_pid = submit(n1, "u")
+    async with running(n2), etcd:
+        lease = await up_on_a_short_lease(n1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(n1.cluster.live.keep, lease)
+            await wait_for(lambda: tenants_seen(n2, {"t", "u"}), "n2 sees t's and u's tasks on n1")
+            t_before = await etcd.get(keys.live("n1", "t"))
+            n1.commit([Kill(pid=u_pid)])
+            await wait_for(lambda: tenants_seen(n2, {"t"}), "u's key deleted")
+            assert (await etcd.get(keys.live("n1", "t"))).mod_revision == t_before.mod_revision
+            nursery.cancel_scope.cancel()  # n1 stops: its lease is neither refreshed nor revoked
+        await wait_for(lambda: tenants_seen(n2, set()), "n1's live keys gone with its lease")
+        assert (await etcd.range(keys.live("n1"), prefix=True)).kvs == []
+        assert n2.cluster.router.remote_tasks() == []
+
+
+async def tenants_seen(rt, tenants: set[str]) -> bool:
+    return set(rt.cluster.view.tenants_of("n1")) == tenants
+
+
+KEYS = Keys("p/")
+
+
+def event(key: bytes, value: bytes | None) -> Event:
+    return Event("PUT" if value is not None else "DELETE", KeyValue(key, value or b"", 1, 2, 1), None)
+
+
+def test_an_older_versions_record_lists_its_pids_until_its_node_has_live_keys():
+    """Node old's record lists t's pids 4-6 (as an older version puts them): the view gives them; once a live
+    key of old comes, its keys' pids instead (its tasks merged), and the record's again when it goes."""
+    view = ClusterView(KEYS)
+    view.apply(event(KEYS.node("old"), NodeRecord("old", 1, 1, tasks="4-6", tenants={"t": "4-6"}).to_json()))
+    assert (view.tenants_of("old"), view.tasks_of("old"), view.node("old").tasks) == ({"t": "4-6"}, "4-6", "4-6")
+    view.apply(event(KEYS.live("old", "u"), b"8-9"))
+    view.apply(event(KEYS.live("old", "v"), b"7,10"))
+    assert (view.tenants_of("old"), view.tasks_of("old"), view.node("old").tasks) == \
+        ({"u": "8-9", "v": "7,10"}, "7-10", "7-10")
+    view.apply(event(KEYS.live("old", "u"), None))
+    view.apply(event(KEYS.live("old", "v"), None))
+    assert (view.tenants_of("old"), view.tasks_of("old"), view.live_counts) == ({"t": "4-6"}, "4-6", {})
+
+
+def test_a_live_key_unreadable_or_past_max_pids_of_its_node_is_logged_and_dropped(caplog):
+    """Live keys of n: one not ranges, one out of order and one not ASCII are each logged and not held; one
+    that brings n past MAX_PIDS is refused, while n's other keys stay; a good value of a refused key is held."""
+    view = ClusterView(KEYS)
+    view.apply(event(KEYS.node("n"), NodeRecord("n", 1, 1).to_json()))
+    view.apply(event(KEYS.live("n", "big"), f"1-{MAX_PIDS - 10}".encode()))
+    with caplog.at_level(logging.WARNING, logger="apeinxfs.cluster.view"):
+        for tenant, value in [("a", b"{]"), ("b", b"9,3"), ("c", "4\u00e9".encode()), ("d", b"2000000-2000010")]:
+            view.apply(event(KEYS.live("n", tenant), value))
+    assert sorted(line.split(" ")[4].rstrip(":") for line in caplog.messages if "not read" in line) == \
+        ["n/a", "n/b", "n/c", "n/d"]
+    assert view.tenants_of("n") == {"big": f"1-{MAX_PIDS - 10}"} and view.live_counts == {"n": MAX_PIDS - 10}
+    view.apply(event(KEYS.live("n", "d"), b"2000000-2000009"))
+    assert view.tenants_of("n")["d"] == "2000000-2000009" and view.live_counts == {"n": MAX_PIDS}
