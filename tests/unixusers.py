@@ -1,7 +1,7 @@
 """Real Unix users for tests that act as someone else against a live mount.
 
 `UnixUsers` creates users (useradd: no home, nologin shell, a user group) with the uids it
-is given, and `close` deletes them (userdel) whatever happened. `run_as` runs a command as
+is given or the first free ones above (names carry the run's pid, so runs at once never meet), and `close` deletes them (userdel) whatever happened. `run_as` runs a command as
 one of them through setpriv with no supplementary groups; `probe` runs PROBE (a few lines
 of the system Python, which every user may run) to open, write, read or list a path and
 report the errno name and any reply as JSON; `as_user` is the argv that runs a command as
@@ -21,6 +21,7 @@ import pytest
 
 from daemon import FUSE_READY, Daemon
 
+UID_TRIES = 200  # uids tried from the one a test asks for
 SYSTEM_PYTHON = "/usr/bin/python3"  # the venv's interpreter lives under /root, out of other users' reach
 
 PROBE = r"""
@@ -87,20 +88,16 @@ class UnixUsers:
         self.created: list[User] = []
 
     def add(self, name: str, uid: int) -> User:
-        """Create `name` with `uid`; refuse a uid that belongs to someone else."""
-        try:
-            holder = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            holder = None
-        if holder not in (None, name):
-            raise RuntimeError(f"uid {uid} already belongs to {holder}")
-        if holder == name:  # left by a run that died before its teardown
+        """Create `name` with the first uid from `uid` up that no user has (another run, CI or a second
+        checkout's, may hold some at the same time: useradd refuses a taken uid, and the next is tried)."""
+        if name in {entry.pw_name for entry in pwd.getpwall()}:  # this run's own name: left by a dead run
             subprocess.run(["userdel", name], check=True, capture_output=True)
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group",
-                        "--uid", str(uid), name], check=True, capture_output=True)
-        user = User(name, uid, pwd.getpwnam(name).pw_gid)
-        self.created.append(user)
-        return user
+        for candidate in range(uid, uid + UID_TRIES):
+            if _uid_free(candidate) and _useradd(name, candidate):
+                user = User(name, candidate, pwd.getpwnam(name).pw_gid)
+                self.created.append(user)
+                return user
+        raise RuntimeError(f"no free uid in {uid}-{uid + UID_TRIES - 1} for {name}")
 
     def close(self) -> None:
         """Delete every user created (and its user group), even if some deletions fail."""
@@ -114,6 +111,32 @@ class UnixUsers:
             raise RuntimeError("userdel failed: " + "; ".join(failures))
 
 
+def _uid_free(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return True
+    return False
+
+
+def _useradd(name: str, uid: int) -> bool:
+    """Create user `name` with `uid` (no home, nologin, a user group); False if the uid or its group's gid
+    was taken meanwhile (useradd's 4: not unique, 9: group name in use)."""
+    done = subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group",
+                           "--uid", str(uid), name], capture_output=True, text=True)
+    if done.returncode in (4, 9) and not any(entry.pw_name == name for entry in pwd.getpwall()):
+        return False
+    if done.returncode != 0:
+        raise RuntimeError(f"useradd {name}: {done.stderr.strip()}")
+    return True
+
+
+def run_tag() -> str:
+    """This test run's mark on the users it creates, so that two runs at once (CI and a second checkout's)
+    never create, or delete, each other's: its pid in hex."""
+    return f"{os.getpid():x}"
+
+
 def shared_dir(prefix: str) -> str:
     """A fresh directory under /tmp that every user may traverse (pytest's tmp_path is 0700)."""
     path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
@@ -123,7 +146,8 @@ def shared_dir(prefix: str) -> str:
 
 def users_of_test(prefix: str, uids: dict[str, int], what: str):
     """A fixture's body: skip (saying so loudly, as `what`) unless root with FUSE; else the users
-    PREFIX+name with these uids, by name, deleted afterwards whatever happened."""
+    PREFIX+name+_+run_tag() with these uids or the first free ones above, by name, deleted afterwards
+    whatever happened."""
     if os.geteuid() != 0:
         print(f"\n*** not root: cannot create users or mount allow_other: {what} SKIPPED ***\n")
         pytest.skip("creating Unix users and mounting with allow_other need root")
@@ -131,7 +155,8 @@ def users_of_test(prefix: str, uids: dict[str, int], what: str):
         pytest.skip("no /dev/fuse or fusermount3 on this machine")
     created = UnixUsers()
     try:
-        yield {name: created.add(prefix + name, uid) for name, uid in uids.items()}
+        tag = run_tag()
+        yield {name: created.add(f"{prefix}{name}_{tag}", uid) for name, uid in uids.items()}
     finally:
         created.close()
 
