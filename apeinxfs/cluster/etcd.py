@@ -13,7 +13,8 @@ answered last; when that member cannot be reached, or says it has no leader, the
 is tried, round after round, until `timeout` seconds have passed: then `Unavailable`
 (EAGAIN, with the reason); at once after a round in which every member refused this client
 by TLS before anything was sent (etcd_tls.py: a wrong CA or client certificate stays wrong,
-so later rounds would only hide the reason until the deadline). A request that reached a
+so later rounds would only hide the reason until the deadline), unless a refusal took renewed
+TLS files (etcd_renew.py): then a round with them follows. A request that reached a
 member whose answer was lost (the member died, or etcd timed the proposal out, as it does
 for 7 s after the leader dies) may have taken effect. Where repeating it is harmless
 (reads, put, delete, lease calls, campaign, a txn the caller marks `repeatable`) each
@@ -132,7 +133,7 @@ class Etcd:
         with trio.move_on_after(deadline):
             while True:
                 first, count = self.current, len(self.endpoints)  # from the member that answered last
-                refused = 0  # members that refused this client by TLS in this round
+                refused, context = 0, self.tls.value  # members that refused this client by TLS in this round
                 for index in ((first + offset) % count for offset in range(count)):
                     url = self.endpoints[index]
                     failures[url] = in_flight(failures.get(url))  # the reason if the deadline cuts the attempt
@@ -143,7 +144,8 @@ class Etcd:
                         refused += failed.tls_refused
                         if failed.sent and not retry_sent:
                             raise Unavailable(f"etcd: {what}: outcome unknown, {url}: {failed}") from None
-                if refused == count:  # a wrong CA or certificate: no later round would fare better
+                if refused == count and self.tls.value is context:  # a wrong CA or certificate, not renewed since
+                    # the round began (a refusal looks at the files): no later round would fare better
                     raise Unavailable(f"etcd: {what}: every member refused this client by TLS ({tried(failures)})")
                 await trio.sleep(RETRY_PAUSE_S)
         if not retry_sent and failures[url].startswith(NO_ANSWER):
