@@ -137,6 +137,22 @@ def run_tag() -> str:
     return f"{os.getpid():x}"
 
 
+def remove_stale(prefix: str) -> None:
+    """Delete the users PREFIX*_TAG left by runs that died before their teardown (no process has TAG's pid)."""
+    for entry in pwd.getpwall():
+        name, _, tag = entry.pw_name.rpartition("_")
+        if name.startswith(prefix) and tag and all(c in "0123456789abcdef" for c in tag) and not _alive(int(tag, 16)):
+            subprocess.run(["userdel", entry.pw_name], capture_output=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def shared_dir(prefix: str) -> str:
     """A fresh directory under /tmp that every user may traverse (pytest's tmp_path is 0700)."""
     path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
@@ -154,6 +170,7 @@ def users_of_test(prefix: str, uids: dict[str, int], what: str):
     if not FUSE_READY:
         pytest.skip("no /dev/fuse or fusermount3 on this machine")
     created = UnixUsers()
+    remove_stale(prefix)
     try:
         tag = run_tag()
         yield {name: created.add(f"{prefix}{name}_{tag}", uid) for name, uid in uids.items()}
