@@ -136,3 +136,49 @@ def test_a_live_key_unreadable_or_past_max_pids_of_its_node_is_logged_and_droppe
     assert view.tenants_of("n") == {"big": f"1-{MAX_PIDS - 10}"} and view.live_counts == {"n": MAX_PIDS - 10}
     view.apply(event(KEYS.live("n", "d"), b"2000000-2000009"))
     assert view.tenants_of("n")["d"] == "2000000-2000009" and view.live_counts == {"n": MAX_PIDS}
+
+
+HUGE = [b"1" * 5000, b"1-" + b"2" * 4400, b"0" * 5000]  # pids past int()'s 4,300 digits
+
+
+async def test_a_live_key_of_thousands_of_digits_is_logged_and_dropped_and_the_follower_goes_on(etcd_member,
+                                                                                                 tmp_path, caplog):
+    """Live keys of n3 holding pids of 4,400 digits and more, put before n2 starts and while it follows: n2
+    logs and drops each, and goes on reading n1's live key through two submits."""
+    n1, n2, n3 = (cluster_node(tmp_path, etcd_member, name, "huge/") for name in ("n1", "n2", "n3"))
+    etcd, keys = n3.cluster.etcd, n3.cluster.keys
+    async with etcd:
+        for tenant, value in zip("abc", HUGE):
+            await etcd.put(keys.live("n3", tenant), value)
+        with caplog.at_level(logging.WARNING, logger="apeinxfs.cluster.view"):
+            async with running(n1, n2):
+                first = submit(n1, "t")
+                await wait_for(lambda: tenants_are(n2, {"t": str(first)}), "n2 reads n1's live key")
+                await etcd.put(keys.live("n3", "d"), HUGE[0])
+                second = submit(n1, "t")
+                await wait_for(lambda: tenants_are(n2, {"t": f"{first}-{second}"}), "n2 reads it again after n3/d")
+                assert "n3" not in n2.cluster.view.live
+    dropped = {tenant for tenant in "abcd" for line in caplog.messages if f"live pids of n3/{tenant}:" in line}
+    assert dropped == set("abcd")
+
+
+async def tenants_are(rt, tenants: dict[str, str]) -> bool:
+    return rt.cluster.view.tenants_of("n1") == tenants
+
+
+async def test_a_nodes_own_live_key_of_thousands_of_digits_on_its_lease_reads_as_one_to_put_again(etcd_member,
+                                                                                                   tmp_path):
+    """Live keys of n1 on its lease holding pids of 4,400 digits and more: reading its keys (as keep and a
+    join's put_on do) finds each one to put again, and put_on replaces them with n1's live pids."""
+    n1 = cluster_node(tmp_path, etcd_member, "n1", "own/")
+    etcd, keys = n1.cluster.etcd, n1.cluster.keys
+    pid = submit(n1, "t")
+    async with etcd:
+        lease = await etcd.grant(5)
+        for tenant, value in zip(["a", "b", "t"], HUGE):
+            await etcd.put(keys.live("n1", tenant), value, lease.id)
+        assert await n1.cluster.live.read(lease.id) == {"a": None, "b": None, "t": None}
+        await n1.cluster.live.put_on(lease)
+        assert [(kv.key, kv.value) for kv in (await etcd.range(keys.live("n1"), prefix=True)).kvs] == \
+            [(keys.live("n1", "t"), str(pid).encode())]
+        await etcd.revoke(lease.id)
