@@ -22,6 +22,7 @@ every node renders the same view once it has caught up (but for unreadable recor
 that started after one turned unreadable never read the record the others kept).
 """
 import bisect
+import contextlib
 import json
 import logging
 
@@ -150,8 +151,9 @@ class ClusterView:
             self.up.pop(name, None)
         elif kind == "leader":
             self.candidates.pop(key, None)
-        elif kind == "tasks" and name.isdigit():
-            self.tasks.pop(int(name), None)
+        elif kind == "tasks":
+            with contextlib.suppress(ValueError):  # not a pid: a key this version never held (its put was logged)
+                self.tasks.pop(int(name), None)
 
     def holder(self, pid: int) -> str | None:
         """The node granted the pid block that holds `pid`; None if no block does."""
