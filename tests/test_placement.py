@@ -73,6 +73,18 @@ def router_over(records: dict, blocks: dict, local_pids=()) -> Router:
     return Router(types.SimpleNamespace(rt=rt, name="a", settings=settings, view=view))
 
 
+def test_a_reply_counts_only_the_tasks_its_nodes_record_does_not():
+    """Node b's reply of pids 10-11 counts both against its record of pid_next 10; once its next record
+    (pid_next 12, counting them) came before a reply of 12-13 and the late one of 10-11, b has 2 pending."""
+    router = router_over({"b": NodeRecord("b", 1, 1, pid_next=10)}, {})
+    router.count("b", [10, 11])
+    assert router.pending() == {"b": 2}
+    router.cluster.view.records["b"] = NodeRecord("b", 1, 2, queued=2, pid_next=12)
+    router.count("b", [12, 13])
+    router.count("b", [10, 11])
+    assert router.pending() == {"b": 2}
+
+
 def test_a_pid_is_found_on_its_blocks_holder_once_given_or_where_it_is_published_live():
     """Block holders answer for pids their record says they gave (exited too); a pid not given yet, or a
     local one, has no remote owner; a pid from before the cluster is found by the records' live ranges;
