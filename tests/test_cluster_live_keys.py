@@ -8,6 +8,7 @@ count for an up node instead of its record's (an older version's); a live key th
 MAX_PIDS of its node, is logged and dropped.
 """
 import logging
+import math
 
 import trio
 
@@ -30,9 +31,10 @@ async def revision(rt) -> int:
 
 async def test_an_idle_node_puts_nothing_between_heartbeats_and_its_record_at_each(etcd_member, tmp_path,
                                                                                      monkeypatch):
-    """n1 up with a live task and nothing changing: etcd's revision stays for three publish periods; with
-    HEARTBEAT_S at 4 s, the next heartbeat puts the record alone, once."""
-    monkeypatch.setattr(member_mod, "HEARTBEAT_S", 4.0)
+    """n1 up with a live task and nothing changing, no heartbeat due: etcd's revision stays for three publish
+    periods; with a heartbeat due now (HEARTBEAT_S the time since its last put), the next look puts the record
+    alone, once."""
+    monkeypatch.setattr(member_mod, "HEARTBEAT_S", math.inf)
     n1 = cluster_node(tmp_path, etcd_member, "n1", "idle/")
     submit(n1, "default")
     async with running(n1):
@@ -44,7 +46,11 @@ async def test_an_idle_node_puts_nothing_between_heartbeats_and_its_record_at_ea
         await trio.sleep(SETTLED_S)
         assert await revision(n1) == before
         record = await n1.cluster.etcd.get(n1.cluster.keys.node("n1"))
-        await wait_for(lambda: later(n1, record.mod_revision), "the heartbeat's put", timeout=10)
+        member = n1.cluster.member
+        assert member.last_put is not None
+        monkeypatch.setattr(member_mod, "HEARTBEAT_S", trio.current_time() - member.last_put[1])
+        await wait_for(lambda: later(n1, record.mod_revision), "the heartbeat's put")
+        monkeypatch.setattr(member_mod, "HEARTBEAT_S", math.inf)
         assert await revision(n1) == before + 1
 
 
