@@ -59,8 +59,8 @@ async def later(rt, mod_revision: int) -> bool:
 
 
 async def test_a_submit_is_seen_by_another_node_through_the_live_key_and_the_record(etcd_member, tmp_path):
-    """A submit of t on n1: n2 finds pid 1 under t in n1's live key and n1's record counting it live within
-    about a second (a 3 s bound); the record carries no pids."""
+    """A submit of t on n1: n2 finds pid 1 under t in n1's live key and n1's record counting it live (within
+    about a second; the wait is a hang guard); the record carries no pids."""
     n1, n2 = (cluster_node(tmp_path, etcd_member, name, "seen/") for name in ("n1", "n2"))
     async with running(n1, n2):
         await wait_for(lambda: listed(n2, "n1"), "n2 lists n1")
@@ -69,7 +69,7 @@ async def test_a_submit_is_seen_by_another_node_through_the_live_key_and_the_rec
         async def seen() -> bool:
             node = n2.cluster.view.node("n1")
             return node is not None and node.tenants == {"t": str(pid)} and node.record.live == 1
-        await wait_for(seen, "n2 sees n1's task", timeout=3 * PUBLISH_S)
+        await wait_for(seen, "n2 sees n1's task")
         kv = await n1.cluster.etcd.get(n1.cluster.keys.live("n1", "t"))
         assert kv.value == str(pid).encode()
         record = NodeRecord.from_json((await n1.cluster.etcd.get(n1.cluster.keys.node("n1"))).value)
