@@ -5,11 +5,12 @@ An idle node puts nothing between heartbeats, and puts its record unchanged once
 seen by another node, its pids through the tenant's live key and the record's count, within about a second;
 a tenant's key goes when its last task exits, and every live key with the node's lease; a live key's pids
 count for an up node instead of its record's (an older version's); a live key that cannot be read, or past
-MAX_PIDS of its node, is logged and dropped.
+MAX_PIDS of its node, is logged and dropped; a tenant live on another up node is not removed.
 """
 import logging
 import math
 
+import pytest
 import trio
 
 from apeinxfs.cluster import member as member_mod
@@ -17,8 +18,10 @@ from apeinxfs.cluster.etcd_records import Event, KeyValue
 from apeinxfs.cluster.member import PUBLISH_S
 from apeinxfs.cluster.peerdata import MAX_PIDS
 from apeinxfs.cluster.records import Keys, NodeRecord
+from apeinxfs.cluster.shared import SharedSettings
 from apeinxfs.cluster.view import ClusterView
-from apeinxfs.kernel.events import Kill
+from apeinxfs.kernel.errors import Busy
+from apeinxfs.kernel.events import Kill, RemoveTenant
 from test_cluster_usage_keys import cluster_node, etcd_member, running, submit, up_on_a_short_lease  # noqa: F401
 from test_etcd_client import wait_for
 
@@ -188,3 +191,19 @@ async def test_a_nodes_own_live_key_of_thousands_of_digits_on_its_lease_reads_as
         assert [(kv.key, kv.value) for kv in (await etcd.range(keys.live("n1"), prefix=True)).kvs] == \
             [(keys.live("n1", "t"), str(pid).encode())]
         await etcd.revoke(lease.id)
+
+
+def test_a_tenant_live_on_another_up_node_by_its_live_keys_or_older_record_is_not_removed():
+    """Up node b lists t's task in its live key alone, up node c (an older version) u's in its record, down
+    node d w's in its record: removing t or u on a is busy naming b or c; removing w or v is let through."""
+    view = ClusterView(KEYS)
+    for name, tenants in [("a", {}), ("b", {}), ("c", {"u": "7"}), ("d", {"w": "9"})]:
+        view.apply(event(KEYS.node(name), NodeRecord(name, 1, 1, tenants=tenants).to_json()))
+    for name in "abc":
+        view.apply(event(KEYS.up(name), b"1"))
+    view.apply(event(KEYS.live("b", "t"), b"5"))
+    shared = SharedSettings(None, None, KEYS, "a", view)
+    for tenant, node in [("t", "b"), ("u", "c")]:
+        with pytest.raises(Busy, match=f"tenant {tenant} has live tasks on node {node};"):
+            shared.check_elsewhere([RemoveTenant(name=tenant)])
+    shared.check_elsewhere([RemoveTenant(name="w"), RemoveTenant(name="v")])
