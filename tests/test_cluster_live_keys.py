@@ -207,3 +207,23 @@ def test_a_tenant_live_on_another_up_node_by_its_live_keys_or_older_record_is_no
         with pytest.raises(Busy, match=f"tenant {tenant} has live tasks on node {node};"):
             shared.check_elsewhere([RemoveTenant(name=tenant)])
     shared.check_elsewhere([RemoveTenant(name="w"), RemoveTenant(name="v")])
+
+
+def test_an_unreadable_live_key_is_logged_once_for_a_reason_until_deleted_or_read(caplog):
+    """Live key n/a put 9,3 three times and read again by two reloads: logged once; put 8,2 (another
+    reason): once more; read as 5, then 9,3 again: once more; deleted, then 9,3: once more."""
+    view, key = ClusterView(KEYS), KEYS.live("n", "a")
+    bad, other = KeyValue(key, b"9,3", 1, 2, 1), KeyValue(key, b"8,2", 1, 3, 1)
+    with caplog.at_level(logging.WARNING, logger="apeinxfs.cluster.view"):
+        for _ in range(3):
+            view.apply(event(key, b"9,3"))
+        view.load([bad], 2)
+        view.load([bad], 2)
+        assert len(caplog.messages) == 1
+        view.load([other], 3)
+        view.apply(event(key, b"5"))
+        view.apply(event(key, b"9,3"))
+        view.apply(event(key, None))
+        view.apply(event(key, b"9,3"))
+    assert [message.split("'")[1] for message in caplog.messages] == ["3", "2", "3", "3"]  # the part out of order
+    assert view.tenants_of("n") == {} and list(view.unread_live) == ["n/a"]
