@@ -221,9 +221,9 @@ async def test_an_older_versions_record_use_counts_until_its_node_has_usage_keys
         await etcd.revoke(lease.id)
 
 
-async def test_a_joining_nodes_use_is_in_etcd_before_its_up_key(etcd_member, tmp_path):
-    """n1 joins with a live task of t: its usage key is put on its lease before its up key, so no node sees it
-    up without its use."""
+async def test_a_joining_nodes_use_and_live_pids_are_in_etcd_before_its_up_key(etcd_member, tmp_path):
+    """n1 joins with a live task of t: its usage and live keys are put on its lease before its up key, so no
+    node sees it up without its use or its tasks."""
     n1 = cluster_node(tmp_path, etcd_member, "n1", "join/")
     etcd, keys = n1.cluster.etcd, n1.cluster.keys
     submit(n1, "t")
@@ -232,8 +232,10 @@ async def test_a_joining_nodes_use_is_in_etcd_before_its_up_key(etcd_member, tmp
             return await etcd.get(keys.up("n1")) is not None
         await wait_for(up, "n1 up")
         up_kv, use = await etcd.get(keys.up("n1")), await etcd.get(keys.usage("n1", "t"))
-    assert use is not None and json.loads(use.value)[0] == 1
+        live = await etcd.get(keys.live("n1", "t"))
+    assert use is not None and json.loads(use.value)[0] == 1 and live is not None and live.value == b"1"
     assert use.create_revision < up_kv.create_revision and use.lease == up_kv.lease
+    assert live.create_revision < up_kv.create_revision and live.lease == up_kv.lease
 
 
 async def test_a_follower_started_after_the_keys_were_put_counts_them_from_its_first_read(etcd_member, tmp_path):

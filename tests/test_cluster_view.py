@@ -197,3 +197,14 @@ def test_the_compaction_row_is_the_leaders_and_the_tls_renewal_and_peer_token_ro
                                                       "PeerToken:\t-"]
         member.leading = False
         assert members.link(rt).splitlines()[-3] == "Compaction:\t-"
+
+
+def test_a_task_key_named_by_unicode_digits_or_thousands_of_them_is_dropped_at_its_put_and_its_delete():
+    """Task keys tasks/² and tasks/ of 5,000 digits put and deleted (written by hand): the view goes on and
+    holds task 3's key throughout."""
+    view, value = ClusterView(KEYS), b'{"owner": "a", "epoch": 1, "uid": 0, "spec": {"name": "j"}}'
+    view.apply(Event("PUT", kv(KEYS.all + b"tasks/3", value, 1), None))
+    for name in ["\u00b2".encode(), b"1" * 5000]:
+        view.apply(Event("PUT", kv(KEYS.all + b"tasks/" + name, value, 2), None))
+        view.apply(Event("DELETE", kv(KEYS.all + b"tasks/" + name, b"", 3), None))
+    assert list(view.tasks) == [3]

@@ -4,6 +4,7 @@ import types
 
 from hypothesis import given, strategies as st
 
+from apeinxfs.cluster.etcd_records import Event, KeyValue
 from apeinxfs.cluster.placement import pressure, rank
 from apeinxfs.cluster.records import MAX_RANGES, Keys, NodeRecord, NodeView, live_by_tenant, pid_ranges, tenant_ranges
 from apeinxfs.kernel.task import State
@@ -73,6 +74,18 @@ def router_over(records: dict, blocks: dict, local_pids=()) -> Router:
     return Router(types.SimpleNamespace(rt=rt, name="a", settings=settings, view=view))
 
 
+def test_a_reply_counts_only_the_tasks_its_nodes_record_does_not():
+    """Node b's reply of pids 10-11 counts both against its record of pid_next 10; once its next record
+    (pid_next 12, counting them) came before a reply of 12-13 and the late one of 10-11, b has 2 pending."""
+    router = router_over({"b": NodeRecord("b", 1, 1, pid_next=10)}, {})
+    router.count("b", [10, 11])
+    assert router.pending() == {"b": 2}
+    router.cluster.view.records["b"] = NodeRecord("b", 1, 2, queued=2, pid_next=12)
+    router.count("b", [12, 13])
+    router.count("b", [10, 11])
+    assert router.pending() == {"b": 2}
+
+
 def test_a_pid_is_found_on_its_blocks_holder_once_given_or_where_it_is_published_live():
     """Block holders answer for pids their record says they gave (exited too); a pid not given yet, or a
     local one, has no remote owner; a pid from before the cluster is found by the records' live ranges;
@@ -86,6 +99,20 @@ def test_a_pid_is_found_on_its_blocks_holder_once_given_or_where_it_is_published
     assert router.task_dir(105).tenant == "t2" and router.task_dir(102).tenant is None
     router.count("c", [201])
     assert router.owner(201) == "c" and router.pending() == {"c": 1}
+
+
+def test_remote_tasks_are_the_up_nodes_live_keys_or_an_older_versions_record():
+    """Up node b's live keys (t 4-5, u 7; its record lists none), up node c's older record (v 9), not down
+    node d's record (w 11) nor this node a's live key: the remote tasks, each of its key's tenant."""
+    records = {name: NodeRecord(name, 1, 0, tenants=tenants)
+               for name, tenants in [("a", {}), ("b", {}), ("c", {"v": "9"}), ("d", {"w": "11"})]}
+    router = router_over(records, {})
+    view = router.cluster.view
+    del view.up["d"]
+    for node, tenant, pids in [("b", "t", b"4-5"), ("b", "u", b"7"), ("a", "x", b"1")]:
+        view.apply(Event("PUT", KeyValue(view.keys.live(node, tenant), pids, 1, 1, 1), None))
+    assert router.remote_tasks() == [(4, "b", "t"), (5, "b", "t"), (7, "b", "u"), (9, "c", "v")]
+    assert router.task_dir(7, "b").tenant == "u"
 
 
 def test_each_tenants_live_pids_are_published_within_one_cap_for_all():

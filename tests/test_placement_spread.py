@@ -144,3 +144,16 @@ def test_a_write_every_node_of_which_refused_its_lines_fails_with_its_first_line
     with pytest.raises(NotAllRun) as raised:
         in_line_order([over, used_up], 2)
     assert raised.value.errno == errno.EAGAIN and "2 of 2 lines refused, 0 of unknown outcome" in raised.value.reason
+
+
+def test_a_peers_replies_of_unicode_or_thousands_of_digits_are_no_pids_and_its_line_numbers_stay_words():
+    """A node's replies "7", "²", 5,000 digits and a reason: only 7 is a pid; a refusal naming line 2 and a
+    line of 5,000 digits renames line 2 and leaves the other as the node wrote it."""
+    huge = "1" * 5000
+    assert Group("a", "why", [0, 1, 2, 3], replies=["7", "\u00b2", huge, "error: no"]).pids() == [7]
+    reason = f"line 2: bad; line {huge}: worse"
+    refused = Group("b", "why", [0, 2], failure=Invalid(reason, [reason]))
+    with pytest.raises(NotAllRun) as raised:
+        in_line_order([refused, Group("a", "why", [1], replies=["7"])], 3)
+    assert raised.value.reply()[0] == f"error: line 1: not run: node b refused the lines placed there " \
+        f"(line 3: bad; line {huge}: worse)"

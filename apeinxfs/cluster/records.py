@@ -73,7 +73,7 @@ class UnreadableSince:
 class NodeView:
     """A node's last record and what the cluster says of it now; `unreadable` unless its record in etcd is
     the one read (view.py keeps the last one read); `tenants` its live pids by tenant (its live keys', else
-    its record's)."""
+    its record's): the view's own dict, not a copy, so read it and leave it be."""
 
     record: NodeRecord
     up: bool

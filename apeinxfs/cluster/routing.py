@@ -164,9 +164,13 @@ class Router:
                 if name in records and records[name].seen_us == seen_us}
 
     def count(self, node: str, pids: list[int]) -> None:
+        """Count the tasks `pids` of a submit's reply from `node` as placed there, but those its record the view
+        holds already counts: a node gives its pids in ascending order (its blocks are granted past every pid
+        given, kernel/tasktable.py), so those below the record's pid_next were given before its record."""
         record = self.cluster.view.records.get(node)
         if record is not None:
-            self.tally[node] = (record.seen_us, self.pending().get(node, 0) + len(pids))
+            since = sum(pid >= record.pid_next for pid in pids)
+            self.tally[node] = (record.seen_us, self.pending().get(node, 0) + since)
         if node != self.here:
             for pid in pids:
                 self.placed[pid] = node

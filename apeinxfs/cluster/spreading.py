@@ -25,14 +25,14 @@ import trio
 
 from ..kernel.errors import ApeinxError, NotAllRun
 from ..kernel.events import Placed
-from ..nodes.forwarding import Here, Route
+from ..nodes.forwarding import Here, Route, pids_in
 from .peer_wire import PeerDown, PeerUnreachable
 from .placement import Want, spread
 from .prefixes import line_chains
 from .records import pid_ranges
 
 NOWHERE = "no node up with the model is known: placed here"
-LINE = re.compile(r"\bline (\d+): ")  # how a refusal names one of the lines it was sent
+LINE = re.compile(r"\bline (\d{1,9}): ", re.ASCII)  # how a refusal names one of the lines it was sent
 
 
 @attrs.define
@@ -47,7 +47,7 @@ class Group:
 
     def pids(self) -> list[int]:
         """The pids of the tasks its lines made (none before it answered)."""
-        return [int(reply) for reply in self.replies or () if reply.isdigit()]
+        return pids_in(self.replies or [])
 
 
 class Spreading:

@@ -13,7 +13,7 @@ knowledge there is), with one log line when it turns unreadable and one when it 
 again. A reload (`load`) does as the watch does, keeping the record read before; a node
 whose record this view never read is not listed.
 A node's live pids are in its live keys (`live/NAME/TENANT`, livekeys.py: `live`, checked as read;
-one unreadable is logged and dropped); `tenants_of` and `tasks_of` give them, or an older version's
+one unreadable is dropped, and logged once for a reason, until the key is deleted or read); `tenants_of` and `tasks_of` give them, or an older version's
 record's while the node has none.
 `holder(pid)` names the node granted the pid block of `pid` (`blocks/FIRST` keys); `tasks`
 holds the task keys (taskkeys.py) with their revisions, for failover.
@@ -22,6 +22,7 @@ every node renders the same view once it has caught up (but for unreadable recor
 that started after one turned unreadable never read the record the others kept).
 """
 import bisect
+import contextlib
 import json
 import logging
 
@@ -49,17 +50,18 @@ class ClusterView:
         self.live: dict[str, dict[str, str]] = {}  # node -> tenant -> its live pids as ranges (its live keys)
         self.live_counts: dict[str, int] = {}  # node -> how many pids its live keys name in all
         self._merged: dict[str, str] = {}  # node -> its live keys' pids as one ranges text, once asked for
+        self.unread_live: dict[str, str] = {}  # live key NODE/TENANT held unread -> why (logged once for it)
         self.revision = 0  # etcd's revision this view has seen up to
 
     def load(self, kvs: list[KeyValue], revision: int) -> None:
         """Start again from a read of every key under the prefix at `revision` (an unreadable record leaves
         the one read before, as on the watch)."""
-        records, marks = self.records, self.unreadable
+        records, marks, unread = self.records, self.unreadable, self.unread_live
         self.records, self.unreadable, self.up, self.candidates, self.blocks, self._firsts, self.tasks = \
             {}, {}, {}, {}, {}, None, {}
-        self.live, self.live_counts, self._merged = {}, {}, {}
+        self.live, self.live_counts, self._merged, self.unread_live = {}, {}, {}, {}
         for kv in kvs:
-            self._put(kv, records, marks)
+            self._put(kv, records, marks, unread)
         self.revision = revision
 
     def apply(self, event: Event) -> None:
@@ -67,15 +69,17 @@ class ClusterView:
         if event.kind == "DELETE":
             self._delete(event.kv.key)
         else:
-            self._put(event.kv, self.records, self.unreadable)
+            self._put(event.kv, self.records, self.unreadable, self.unread_live)
         self.revision = max(self.revision, event.kv.mod_revision)
 
-    def _put(self, kv: KeyValue, records: dict[str, NodeRecord], marks: dict[str, UnreadableSince]) -> None:
+    def _put(self, kv: KeyValue, records: dict[str, NodeRecord], marks: dict[str, UnreadableSince],
+             unread: dict[str, str]) -> None:
+        """Follow the put of `kv`; `records`, `marks` and `unread` are the view's before this change."""
         kind, name = self.keys.kind_of(kv.key)
         if kind == "nodes":
             return self._record(name, kv, records, marks)
         if kind == "live":
-            return self._live(name, kv.value)
+            return self._live(name, kv.value, unread)
         try:
             if kind == "up":
                 self.up[name] = int(kv.value)
@@ -114,24 +118,29 @@ class ClusterView:
         if name in records:
             self.records[name] = records[name]
 
-    def _live(self, name: str, value: bytes) -> None:
+    def _live(self, name: str, value: bytes, unread: dict[str, str]) -> None:
         """Live key NODE/TENANT `name`'s new value; one this version cannot read, or that brings its node's
-        live pids past MAX_PIDS, is logged and dropped (the key counts as deleted)."""
+        live pids past MAX_PIDS, is dropped (the key counts as deleted), and logged unless `unread` (the view's
+        before this change) holds it unread for the same reason."""
         node, _, tenant = name.partition("/")
+        logged = unread.get(name)
         self._drop_live(node, tenant)
         try:
             text, count = live_of(name, value)
             if self.live_counts.get(node, 0) + count > MAX_PIDS:
                 raise Unreadable(f"live pids of {name}: with them node {node}'s live keys name over {MAX_PIDS}")
         except Unreadable as exc:
-            log.warning("cluster: %s; not read", exc)
+            if logged != str(exc):
+                log.warning("cluster: %s; not read", exc)
+            self.unread_live[name] = str(exc)
             return
         self.live.setdefault(node, {})[tenant] = text
         self.live_counts[node] = self.live_counts.get(node, 0) + count
 
     def _drop_live(self, node: str, tenant: str) -> None:
-        """Forget live key NODE/TENANT's pids, if held."""
+        """Forget live key NODE/TENANT's pids, if held, or that it was unread."""
         self._merged.pop(node, None)
+        self.unread_live.pop(f"{node}/{tenant}", None)
         text = self.live.get(node, {}).pop(tenant, None)
         if text is not None:
             self.live_counts[node] -= pid_count(text, "")
@@ -150,8 +159,9 @@ class ClusterView:
             self.up.pop(name, None)
         elif kind == "leader":
             self.candidates.pop(key, None)
-        elif kind == "tasks" and name.isdigit():
-            self.tasks.pop(int(name), None)
+        elif kind == "tasks":
+            with contextlib.suppress(ValueError):  # not a pid: a key this version never held (its put was logged)
+                self.tasks.pop(int(name), None)
 
     def holder(self, pid: int) -> str | None:
         """The node granted the pid block that holds `pid`; None if no block does."""

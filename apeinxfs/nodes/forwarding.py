@@ -25,6 +25,7 @@ from ..kernel.errors import ApeinxError
 from .base import LINE_MAX, Command, CommandHandle, after_write, decode_line, reply_text
 
 
+PID_DIGITS = 19  # a pid is etcd's int64: 19 digits at most
 Here: TypeAlias = Callable[[list[str], int], Awaitable[list[str]]]  # (lines, of a write of N) run here: replies
 
 
@@ -105,10 +106,15 @@ def recording(rt):
         return None
 
     async def recorded(replies: list[str], write_lines: int) -> None:
-        pids = [int(reply) for reply in replies if reply.isdigit()]
-        if pids:
+        if pids := pids_in(replies):
             await rt.cluster.failover.settle(pids, write_lines)
     return recorded
+
+
+def pids_in(replies: list[str]) -> list[int]:
+    """The pids a submit's `replies` name (a reply of a pid's ASCII digits, PID_DIGITS at most; the others are
+    reasons): replies may be another node's, and int() of unicode digits or of thousands raises ValueError."""
+    return [int(reply) for reply in replies if reply.isascii() and reply.isdigit() and len(reply) <= PID_DIGITS]
 
 
 def routing(rt, what: str):
