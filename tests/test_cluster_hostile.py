@@ -12,7 +12,8 @@ import pytest
 import trio
 
 from apeinxfs.cluster import peerdata
-from apeinxfs.cluster.etcd_records import Event, KeyValue
+from apeinxfs.cluster.etcd_records import EtcdError, Event, KeyValue
+from apeinxfs.cluster.pids import grant_block
 from apeinxfs.cluster.peerdata import MAX_DEPTH, MAX_PIDS, Unreadable
 from apeinxfs.cluster.prefixes import _filter
 from apeinxfs.cluster.records import Keys, NodeRecord
@@ -152,3 +153,26 @@ def test_a_record_whose_prefix_filter_is_no_filter_is_unreadable(prefixes):
     with pytest.raises(Unreadable):
         NodeRecord.from_json(json.dumps({**GOOD, "prefixes": prefixes}).encode())
     assert NodeRecord.from_json(json.dumps({**GOOD, "prefixes": _filter([b"k" * 16])}).encode()).prefixes
+
+
+class CounterEtcd:
+    """An etcd holding only the pid counter, as `value`; a txn is never reached by these tests."""
+
+    def __init__(self, value: bytes):
+        self.value = value
+
+    async def get(self, key: bytes) -> KeyValue:
+        return KeyValue(key, self.value, 3, 3, 1)
+
+    async def txn(self, txn, repeatable: bool = False):
+        raise AssertionError("a counter that is no pid must not be moved on")
+
+
+@pytest.mark.parametrize("value", [b"1" * 5000, b"abc", b"-5", "\u00b2".encode(), b"1" * 20])
+def test_a_pid_counter_that_is_no_pid_is_an_etcd_error_in_words_not_a_crash(value):
+    """The cluster's pid counter written by hand as no pid (thousands of digits, words, negative, a unicode
+    digit): a block's grant fails as an EtcdError naming the key, which keep_pids notes and retries, where a
+    ValueError ended the cluster's tasks and with them the daemon."""
+    with pytest.raises(EtcdError) as refused:
+        trio.run(grant_block, CounterEtcd(value), KEYS.pids, 1, 100)
+    assert "pid counter" in refused.value.reason and "not a pid" in refused.value.reason, refused.value.reason

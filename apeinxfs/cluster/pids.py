@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from ..kernel.events import PidBlock
 from .etcd import Etcd
+from .etcd_records import EtcdError, KeyValue
+from .peerdata import MAX_COUNT
 from .records import Keys, unchanged
 
 log = logging.getLogger(__name__)
@@ -25,13 +27,24 @@ async def grant_block(etcd: Etcd, key: bytes, floor: int, size: int,
     if given, is a key and value put in the same txn (who holds the block)."""
     while True:
         kv = await etcd.get(key)
-        first = max(int(kv.value) if kv else 1, floor)
+        first = max(counter_of(key, kv), floor)
         txn = unchanged(key, kv).put(key, str(first + size).encode())
         if holder is not None:
             txn = txn.put(*holder(first))
         # repeatable: a lost answer retried fails its guard and a block is skipped, never given twice
         if (await etcd.txn(txn, repeatable=True)).succeeded:
             return first
+
+
+def counter_of(key: bytes, kv: KeyValue | None) -> int:
+    """The first pid nobody was granted, as the counter holds it (1 without one); EtcdError naming the key if
+    it holds no pid (written by hand, say): blocks are not granted until it is mended."""
+    if kv is None:
+        return 1
+    if kv.value.isascii() and kv.value.isdigit() and len(kv.value) <= 19 and 0 < int(kv.value) < MAX_COUNT:
+        return int(kv.value)
+    raise EtcdError(f"etcd: pid counter {key.decode(errors='replace')} holds {kv.value[:40]!r}, not a pid: "
+                    f"no pid block is granted until it is mended")
 
 
 def wants_block(runtime, size: int) -> bool:
