@@ -27,6 +27,8 @@ def state_difference(left, right) -> str:
             continue
         seen.add((id(a), id(b)))
         children = _children(path, a, b)
+        if children == "":  # alike, with nothing under them to compare
+            continue
         if isinstance(children, str):
             return children
         stack.extend(reversed(children))
