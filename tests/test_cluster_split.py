@@ -15,6 +15,8 @@ from cluster_peers import all_running, peered_nodes
 from daemon import Daemon, poll_until
 from etcdcluster import EtcdCluster
 from test_cluster_nodes import FUSE_READY, NAMES, SETTLE_S, keyed, status
+from test_cluster_settings import echo, on_every_node
+from test_cluster_tasks import cat
 
 pytestmark = pytest.mark.skipif(not FUSE_READY,
                                 reason="*** needs /dev/fuse and fusermount3: CLUSTER MOUNT TESTS SKIPPED ***")
@@ -110,6 +112,24 @@ def test_an_invalid_line_among_valid_ones_is_refused_alone_and_nothing_runs(node
     failed, replies = write_lines(nodes["a"], lines)
     assert failed == errno.EINVAL and len(replies) == 1 and replies[0].startswith("error: line 3: "), replies
     assert not any(name.startswith("bad") for daemon in nodes.values() for name in names_on(daemon))
+
+
+def test_a_write_over_its_tenants_task_quota_is_refused_whole_before_any_line_leaves(nodes):
+    """Tenant tq (`quota tasks 2`) and a write on a of 4 of its lines, a blank line after the first, that would
+    spread over a, b and c: a refuses it whole with EDQUOT and a single node's replies (its third task is line
+    4, its fourth line 5), and none of its lines runs on any node."""
+    idle(nodes)
+    assert echo(nodes["a"], "add tq", "ctl", "tenants").returncode == 0
+    assert echo(nodes["a"], "tasks 2", "tenants", "tq", "quota").returncode == 0
+    on_every_node(nodes, ("tenants", "tq", "quota"), cat(nodes["a"], "tenants", "tq", "quota"))
+    lines = jobs("quota", 4, "tenant=tq " + LONG)
+    failed, replies = write_lines(nodes["a"], lines[:1] + [""] + lines[1:])
+    try:
+        assert failed == errno.EDQUOT and replies == [
+            f"error: line {number}: tenant tq has 2 live tasks; its quota allows 2" for number in (4, 5)], replies
+        assert not any(name.startswith("quota") for daemon in nodes.values() for name in names_on(daemon))
+    finally:
+        kill_all(nodes["a"], [int(reply) for reply in replies if reply.isdigit()])
 
 
 def test_a_lost_answer_is_reported_unknown_and_not_run_elsewhere(nodes):

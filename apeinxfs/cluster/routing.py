@@ -129,13 +129,14 @@ class Router:
         if self.token is None:
             return None
         try:
-            specs = [parse_submit(line) for line in lines]
+            specs = {index: parse_submit(line) for index, line in enumerate(lines) if line}
         except ApeinxError:
             return None
         return Spreading(self, lines, specs, caller).route()
 
     async def route_kill(self, lines: list[str], caller) -> Route | None:
         """ctl/kill of pids on one other node goes there; of pids on several nodes, EINVAL."""
+        lines = [line for line in lines if line]
         try:
             owners = {self.owner(parse_pid(line)) for line in lines}
         except ApeinxError:
@@ -152,7 +153,7 @@ class Router:
         """The route of /tasks/PID/ctl of task `pid` on `node`."""
         async def route(lines: list[str], caller) -> Route:
             peer = self.peer(node)
-            return Route(remote=lambda here: peer.ctl(pid, lines, caller))
+            return Route(remote=lambda here: peer.ctl(pid, [line for line in lines if line], caller))
         return route
 
     # -- the tasks placed on each node since its record -------------------------------------------

@@ -3,7 +3,9 @@
 Each turns complete lines into kernel events. A write is all or nothing: every line is
 parsed and checked first; if any is refused, nothing is applied, the refusal is journaled
 (so the trace keeps its reason) and the write fails with the first line's errno, with an
-`error: ...` reply for each refused line (the first REFUSED_MAX of them).
+`error: ...` reply for each refused line (the first REFUSED_MAX of them). `check_anywhere` runs
+the same checks on a cluster write's lines as a dry run (nothing applied) before they are
+placed over the nodes, so such a write is refused whole as here.
 """
 from ..kernel.errors import ApeinxError, Denied, Hidden
 from ..kernel.events import Control, Kill, Submit
@@ -14,9 +16,16 @@ REFUSED_MAX = 20  # refused lines checked and reported per write
 
 
 def run_lines(rt, path: str, raw_lines: list[bytes], caller, to_event) -> list[str]:
-    """Parse and admit every line (each counting those before it), then commit them together.
-    Checking stops at the REFUSED_MAX-th refused line: the write fails anyway, and a megabyte
-    of junk lines must not cost seconds and a reply of tens of megabytes."""
+    """Parse and admit every line (each counting those before it), then commit them together."""
+    events = checked(rt, path, raw_lines, caller, to_event,
+                     lambda event, now, batch: rt.kernel.admit(event, now, batch, rt.elsewhere))
+    return [str(r) if r is not None else "ok" for r in rt.commit_checked(events)] if events else []
+
+
+def checked(rt, path: str, raw_lines: list[bytes], caller, to_event, admit) -> list:
+    """The lines' events, each admitted by `admit(event, now, batch)` counting those before it; the write's
+    refusal (journaled) if a line is refused. Checking stops at the REFUSED_MAX-th refused line: the write
+    fails anyway, and a megabyte of junk lines must not cost seconds and a reply of tens of megabytes."""
     events, errors, batch, now = [], [], {}, rt.clock.now_us()
     for number, raw in enumerate(raw_lines, 1):
         if not raw:  # an empty line, skipped without decoding: a flood of newlines stays cheap
@@ -24,14 +33,22 @@ def run_lines(rt, path: str, raw_lines: list[bytes], caller, to_event) -> list[s
         try:
             line = decode_line(raw)
             if line.strip():
-                events.append(rt.kernel.admit(to_event(line, caller), now, batch, rt.elsewhere))
+                events.append(admit(to_event(line, caller), now, batch))
         except ApeinxError as exc:
             errors.append((number, exc))
             if len(errors) == REFUSED_MAX:
                 break
     if errors:
         _refuse(rt, path, errors, caller, len(raw_lines))
-    return [str(r) if r is not None else "ok" for r in rt.commit_checked(events)] if events else []
+    return events
+
+
+def check_anywhere(rt, lines: list[str], caller, anywhere) -> None:
+    """A submit write's `lines` (one a line of the write: a blank one, or one left to its node, is "") checked
+    whole as this node would admit them, but for what only the node running a line can know
+    (Kernel.admit_anywhere: a dry run); its refusal raised (and journaled) as this node's would be."""
+    checked(rt, "/ctl/submit", [line.encode() for line in lines], caller, submit_event(rt),
+            lambda event, now, batch: rt.kernel.submits.admit_anywhere(event, now, batch, rt.elsewhere, anywhere))
 
 
 def _refuse(rt, path, errors, caller, count) -> None:
@@ -46,11 +63,17 @@ def _refuse(rt, path, errors, caller, count) -> None:
 
 def submit(rt):
     """/ctl/submit: one task per line, replies are pids; a task goes into its caller's tenant."""
+    to_event = submit_event(rt)
+    return lambda lines, caller: run_lines(rt, "/ctl/submit", lines, caller, to_event)
+
+
+def submit_event(rt):
+    """(line, caller) -> the line's Submit, if the caller may submit it."""
     def to_event(line, caller):
         caller.identity.require("user", "submitting")
         return Submit(spec=in_tenant(rt, parse_submit(line, caller.tenant), caller), uid=caller.uid,
                       caller_pid=caller.pid)
-    return lambda lines, caller: run_lines(rt, "/ctl/submit", lines, caller, to_event)
+    return to_event
 
 
 def in_tenant(rt, spec, caller):
