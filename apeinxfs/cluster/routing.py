@@ -129,7 +129,7 @@ class Router:
         if self.token is None:
             return None
         try:
-            specs = {index: parse_submit(line) for index, line in enumerate(lines) if line}
+            specs = {index: parse_submit(line, caller.tenant) for index, line in enumerate(lines) if line}
         except ApeinxError:
             return None
         return Spreading(self, lines, specs, caller).route()

@@ -61,7 +61,7 @@ class Spreading:
     """One submit write on its way (see the module's docstring)."""
 
     def __init__(self, router, lines: list[str], specs: dict[int, TaskSpec], caller):
-        self.router, self.lines, self.caller = router, lines, caller
+        self.router, self.lines, self.specs, self.caller = router, lines, specs, caller
         kernel = router.rt.kernel
         self.wants = {index: Want(frozenset({kernel.models.name_of(spec)}), chain)
                       for (index, spec), chain in zip(specs.items(), line_chains(kernel, list(specs.values())))}
@@ -100,9 +100,8 @@ class Spreading:
         here, view = self.router.here, self.router.cluster.view
         models = frozenset(model for name, node in view.nodes().items() if name != here and node.up
                            for model in node.record.models)
-        lines = [line if index in self.wants and self.parents.get(index, here) == here else ""
-                 for index, line in enumerate(self.lines)]
-        check_anywhere(self.router.rt, lines, self.caller, Anywhere(models_elsewhere=models))
+        specs = {index: spec for index, spec in self.specs.items() if self.parents.get(index, here) == here}
+        check_anywhere(self.router.rt, specs, len(self.lines), self.caller, Anywhere(models_elsewhere=models))
         self.checked = True
 
     def place(self, indexes) -> list[Group]:

@@ -17,37 +17,44 @@ REFUSED_MAX = 20  # refused lines checked and reported per write
 
 def run_lines(rt, path: str, raw_lines: list[bytes], caller, to_event) -> list[str]:
     """Parse and admit every line (each counting those before it), then commit them together."""
-    events = checked(rt, path, raw_lines, caller, to_event,
+    def event(raw: bytes):
+        line = decode_line(raw)
+        return to_event(line, caller) if line.strip() else None
+    events = checked(rt, path, enumerate(raw_lines, 1), len(raw_lines), caller, event,
                      lambda event, now, batch: rt.kernel.admit(event, now, batch, rt.elsewhere))
     return [str(r) if r is not None else "ok" for r in rt.commit_checked(events)] if events else []
 
 
-def checked(rt, path: str, raw_lines: list[bytes], caller, to_event, admit) -> list:
-    """The lines' events, each admitted by `admit(event, now, batch)` counting those before it; the write's
-    refusal (journaled) if a line is refused. Checking stops at the REFUSED_MAX-th refused line: the write
-    fails anyway, and a megabyte of junk lines must not cost seconds and a reply of tens of megabytes."""
+def checked(rt, path: str, numbered, count: int, caller, to_event, admit) -> list:
+    """The events of a write's `count` lines, `numbered` (number, line) and made by `to_event(line)` (None for a
+    blank one), each admitted by `admit(event, now, batch)` counting those before it; the write's refusal
+    (journaled) if a line is refused. Checking stops at the REFUSED_MAX-th refused line: the write fails
+    anyway, and a megabyte of junk lines must not cost seconds and a reply of tens of megabytes."""
     events, errors, batch, now = [], [], {}, rt.clock.now_us()
-    for number, raw in enumerate(raw_lines, 1):
-        if not raw:  # an empty line, skipped without decoding: a flood of newlines stays cheap
+    for number, line in numbered:
+        if not line:  # an empty line, skipped without decoding: a flood of newlines stays cheap
             continue
         try:
-            line = decode_line(raw)
-            if line.strip():
-                events.append(admit(to_event(line, caller), now, batch))
+            if (event := to_event(line)) is not None:
+                events.append(admit(event, now, batch))
         except ApeinxError as exc:
             errors.append((number, exc))
             if len(errors) == REFUSED_MAX:
                 break
     if errors:
-        _refuse(rt, path, errors, caller, len(raw_lines))
+        _refuse(rt, path, errors, caller, count)
     return events
 
 
-def check_anywhere(rt, lines: list[str], caller, anywhere) -> None:
-    """A submit write's `lines` (one a line of the write: a blank one, or one left to its node, is "") checked
-    whole as this node would admit them, but for what only the node running a line can know
-    (Kernel.admit_anywhere: a dry run); its refusal raised (and journaled) as this node's would be."""
-    checked(rt, "/ctl/submit", [line.encode() for line in lines], caller, submit_event(rt),
+def check_anywhere(rt, specs: dict, count: int, caller, anywhere) -> None:
+    """A submit write of `count` lines checked whole as this node would admit it, but for what only the node
+    running a line can know (SubmitChecks.admit_anywhere: a dry run): `specs`, its lines' parsed with the
+    caller's tenant by their index in the write (those left to their node left out); its refusal raised (and
+    journaled) as this node's would be."""
+    def to_event(spec):
+        caller.identity.require("user", "submitting")
+        return as_submit(rt, spec, caller)
+    checked(rt, "/ctl/submit", ((index + 1, spec) for index, spec in specs.items()), count, caller, to_event,
             lambda event, now, batch: rt.kernel.submits.admit_anywhere(event, now, batch, rt.elsewhere, anywhere))
 
 
@@ -63,17 +70,15 @@ def _refuse(rt, path, errors, caller, count) -> None:
 
 def submit(rt):
     """/ctl/submit: one task per line, replies are pids; a task goes into its caller's tenant."""
-    to_event = submit_event(rt)
+    def to_event(line, caller):
+        caller.identity.require("user", "submitting")
+        return as_submit(rt, parse_submit(line, caller.tenant), caller)
     return lambda lines, caller: run_lines(rt, "/ctl/submit", lines, caller, to_event)
 
 
-def submit_event(rt):
-    """(line, caller) -> the line's Submit, if the caller may submit it."""
-    def to_event(line, caller):
-        caller.identity.require("user", "submitting")
-        return Submit(spec=in_tenant(rt, parse_submit(line, caller.tenant), caller), uid=caller.uid,
-                      caller_pid=caller.pid)
-    return to_event
+def as_submit(rt, spec, caller) -> Submit:
+    """The Submit of `spec` by the caller, if it may run in its tenant (in_tenant)."""
+    return Submit(spec=in_tenant(rt, spec, caller), uid=caller.uid, caller_pid=caller.pid)
 
 
 def in_tenant(rt, spec, caller):
