@@ -166,3 +166,27 @@ def test_a_node_unreachable_before_the_write_gets_none_of_it(nodes):
         assert placed and all("c unreachable" in line for line in placed), placed
     finally:
         kill_all(nodes["a"], pids)
+
+
+def test_lines_placed_again_count_the_tasks_that_answered_before_them(nodes):
+    """kill -9 of c, then a write on a of 12 lines and 6 children of a task on b: placed first a 5, b 9 (3 and
+    the children), c 4. c's 4 lines, placed again once a and b answered, count a's 5 and b's 9 as pending there
+    and all go to a (a 9, b 9); with a and b as their records say (a one slot freer), b would get one of them."""
+    idle(nodes)
+    failed, replies = write_lines(nodes["b"], [LONG.replace("prompt=stay", "prompt=parent")])
+    parent = int(replies[0])
+    assert failed == 0 and node_and_name(nodes["b"], parent)[0] == "b", replies
+    poll_until(lambda: os.path.exists(nodes["a"].path("tasks", str(parent), "status")), SETTLE_S,
+               f"a sees task {parent} of b")
+    nodes["c"].kill9()
+    lines = jobs("free", 12) + [f"name=child{number} parent={parent} {LONG}" for number in range(6)]
+    failed, replies = write_lines(nodes["a"], lines)
+    pids = [int(reply) for reply in replies if reply.isdigit()]
+    try:
+        assert failed == 0 and len(pids) == 18, replies
+        where = [node_and_name(nodes["a"], pid)[0] for pid in pids]
+        placed = place_lines(nodes["a"], pids)
+        assert (where.count("a"), where.count("b")) == (9, 9) and len(placed) == 3, (where, placed)
+        assert "on node a: " in placed[-1] and "placed since its record 5)" in placed[-1], placed
+    finally:
+        kill_all(nodes["a"], pids + [parent])
