@@ -7,8 +7,9 @@ once. Before any line leaves while they go to several nodes, this node checks th
 as it would admit it, but for what only the node running a line can know
 (nodes/ctl.check_anywhere: a dry run); its refusal refuses the write whole, with this node's
 errno and reasons, and nothing runs anywhere. A node that cannot be connected to
-(PeerUnreachable: nothing was sent) is passed over: its lines are placed again on the others, down to this node. A node's refusal stands
-for its lines (each node's lines are all or nothing there); a lost answer (PeerDown: the
+(PeerUnreachable: nothing was sent) is passed over: its lines are placed again on the
+others, down to this node. A node's refusal stands for its lines (each node's lines are all
+or nothing there: what only it checks, or what changed since the dry run); a lost answer (PeerDown: the
 outcome is unknown) is never sent elsewhere, so no line runs twice. If every line went to
 this node the write runs here as any write (the route answers None). The reply keeps the
 lines' order; a write sent to one node that failed there fails as that node's refusal or
@@ -16,8 +17,7 @@ lost answer (as a forwarded write); else when some line did not run it is NotAll
 EREMOTEIO if some line ran (partly run: not to be repeated whole), EHOSTDOWN if none ran
 and an answer was lost, else the errno of the first line that did not run. A refusal's
 `line K` (of the lines its node was sent) is named as the write's line, blank lines counted as
-a single node counts them. Each node's tasks
-get a `place` line (events.Placed).
+a single node counts them. Each node's tasks get a `place` line (events.Placed).
 Not here: the policy (placement.py), the wire (peer_client.py), the handle (nodes/forwarding.py).
 """
 import contextlib

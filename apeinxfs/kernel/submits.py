@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 @attrs.frozen
 class Anywhere:
-    """A dry run of a submit's admission on the node placing a cluster write (Kernel.admit_anywhere): the
+    """A dry run of a submit's admission on the node placing a cluster write (`admit_anywhere`): the
     checks that hold on whichever node runs it. `models_elsewhere`: the models other up nodes hold, of which
     one this node lacks is not refused here (its node checks it)."""
 
