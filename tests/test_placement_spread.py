@@ -144,3 +144,14 @@ def test_a_write_every_node_of_which_refused_its_lines_fails_with_its_first_line
     with pytest.raises(NotAllRun) as raised:
         in_line_order([over, used_up], 2)
     assert raised.value.errno == errno.EAGAIN and "2 of 2 lines refused, 0 of unknown outcome" in raised.value.reason
+
+
+def test_a_write_with_a_blank_line_has_one_reply_a_line_numbered_as_a_single_node_numbers_them():
+    """Lines 1 and 3 of a write whose line 2 is blank (indexes 0 and 2), the second refused on its node: two
+    replies, the refused one named line 3, and the reason counts the write's 2 lines."""
+    ran = Group("a", "why", [0], replies=["7"])
+    refused = Group("b", "why", [2], failure=Invalid("bad", ["bad"]))
+    with pytest.raises(NotAllRun) as raised:
+        in_line_order([ran, refused], 2)
+    assert raised.value.reply() == ["7", "error: line 3: bad"]
+    assert "1 of 2 lines refused, 0 of unknown outcome, 1 ran" in raised.value.reason
