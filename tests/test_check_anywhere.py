@@ -1,6 +1,7 @@
 """Tier 1: the dry run of a split submit write's admission (kernel/submits.py `admit_anywhere`, `Anywhere`):
-it never changes the kernel, refuses a line exactly as admit does where the line's model is here, and leaves
-out what only the node running a line can know (a model only other nodes hold, this node's KV pages)."""
+it never changes the kernel, refuses a line exactly as admit does where the line's model and parent are here,
+counts a child of a task on another node in that task's tenant, and leaves out what only the node running a
+line can know (a model only other nodes hold, this node's KV pages)."""
 import copy
 import errno
 
@@ -19,7 +20,8 @@ from apeinxfs.kernel.tenant_config import Budget, Quota, Sandbox, TenantConfig
 from kernel_state import state_difference
 
 NOW_US = 1_000 * 60_000_000
-ELSEWHERE = Anywhere(models_elsewhere=frozenset({"other"}))
+REMOTE = 500  # a live task of tenant t on another node
+ELSEWHERE = Anywhere(models_elsewhere=frozenset({"other"}), parents={REMOTE: "t"})
 AWAY = {"t": Elsewhere(live=1, reserved=300, quota={1000: 200})}
 
 
@@ -40,7 +42,7 @@ def kernel() -> Kernel:
 lines = st.builds(lambda tenant, model, tokens, prio, parent: TaskSpec(
     name="j", tenant=None if parent else tenant, model=model, max_tokens=tokens, prio=prio, parent=parent),
     st.sampled_from(["t", "u", "default", "k", "nope"]), st.sampled_from([None, "sim", "short", "other", "ghost"]),
-    st.integers(1, 2500), st.integers(0, 9), st.sampled_from([None, None, 1, 2, 99]))
+    st.integers(1, 2500), st.integers(0, 9), st.sampled_from([None, None, 1, 2, 99, REMOTE]))
 
 
 def outcomes(admit, specs: list[TaskSpec]) -> list[tuple[int, str] | None]:
@@ -73,10 +75,10 @@ def test_the_dry_run_of_any_write_leaves_the_kernel_as_it_was(specs):
 @settings(max_examples=80, deadline=None)
 @given(st.lists(lines, max_size=12))
 def test_the_dry_run_refuses_what_admit_refuses_for_a_model_here(specs):
-    """Over writes whose lines name models this node holds (none needing more KV pages than it has), the dry
+    """Over writes whose lines name models and parents this node holds (none needing more KV pages than it has), the dry
     run refuses each line as admit does, with the same errno and reason; but for tenant k's KV-page quota,
     counted in the running node's pages, which it leaves out."""
-    specs = [spec for spec in specs if spec.model not in ("other", "ghost")]
+    specs = [spec for spec in specs if spec.model not in ("other", "ghost") and spec.parent != REMOTE]
     made = kernel()
     expected = outcomes(made.admit, specs)
     got = outcomes(dry_run(made), specs)
@@ -103,3 +105,13 @@ def test_a_write_over_the_task_quota_is_refused_at_the_line_that_passes_it():
     refused = (errno.EDQUOT, "tenant t has 4 live tasks (1 on other nodes); its quota allows 4")
     specs = [TaskSpec(name="j", tenant="t", max_tokens=10)] * 3
     assert outcomes(dry_run(kernel()), specs) == [None, refused, refused]
+
+
+def test_a_child_of_a_task_on_another_node_counts_in_its_parents_tenant():
+    """Tenant t (quota tasks 4: 2 live here, 1 elsewhere): a child of t's task on another node counts as t's
+    fourth task, so a line of t after it is EDQUOT; a child naming tenant u is EINVAL as a local child's is."""
+    refused = (errno.EDQUOT, "tenant t has 4 live tasks (1 on other nodes); its quota allows 4")
+    child, own = TaskSpec(name="c", max_tokens=10, parent=REMOTE), TaskSpec(name="j", tenant="t", max_tokens=10)
+    assert outcomes(dry_run(kernel()), [child, own]) == [None, refused]
+    named = TaskSpec(name="c", max_tokens=10, parent=REMOTE, tenant="u")
+    assert outcomes(dry_run(kernel()), [named]) == [(errno.EINVAL, "a child runs in its parent's tenant 't', not 'u'")]

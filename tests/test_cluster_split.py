@@ -132,6 +132,28 @@ def test_a_write_over_its_tenants_task_quota_is_refused_whole_before_any_line_le
         kill_all(nodes["a"], [int(reply) for reply in replies if reply.isdigit()])
 
 
+def test_a_child_of_a_task_on_another_node_counts_in_its_parents_tenant_before_any_line_leaves(nodes):
+    """Tenant tp (`quota tasks 2`) with one task on b: a write on a of a line of tp and a child of that task
+    (placed on b) is refused whole with EDQUOT at line 2, as a single node refuses it, and neither runs."""
+    idle(nodes)
+    assert echo(nodes["a"], "add tp", "ctl", "tenants").returncode == 0
+    assert echo(nodes["a"], "tasks 2", "tenants", "tp", "quota").returncode == 0
+    on_every_node(nodes, ("tenants", "tp", "quota"), cat(nodes["a"], "tenants", "tp", "quota"))
+    failed, replies = write_lines(nodes["b"], [f"name=tparent tenant=tp {LONG}"])
+    parent = int(replies[0])
+    try:
+        assert failed == 0 and node_and_name(nodes["b"], parent)[0] == "b", replies
+        poll_until(lambda: os.path.exists(nodes["a"].path("tasks", str(parent), "status")), SETTLE_S,
+                   f"a sees task {parent} of b")
+        lines = [f"name=tfree tenant=tp {LONG}", f"name=tchild parent={parent} {LONG}"]
+        failed, replies = write_lines(nodes["a"], lines)
+        assert failed == errno.EDQUOT and replies == [
+            "error: line 2: tenant tp has 2 live tasks (1 on other nodes); its quota allows 2"], replies
+        assert not {"tfree", "tchild"} & {name for daemon in nodes.values() for name in names_on(daemon)}
+    finally:
+        kill_all(nodes["a"], [parent] + [int(reply) for reply in replies if reply.isdigit()])
+
+
 def test_a_lost_answer_is_reported_unknown_and_not_run_elsewhere(nodes):
     """b stopped (SIGSTOP) just before a 12-line write on a: its lines' answer is lost, so the write fails
     EREMOTEIO (partly run), those lines' replies say their outcome is unknown, the other lines' pids stand and

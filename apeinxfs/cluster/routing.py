@@ -104,10 +104,12 @@ class Router:
         node = node or self.owner(pid)
         if node is None:
             return None
-        if tenant is None:
-            tenants = self.cluster.view.records[node].tenants if node in self.cluster.view.records else {}
-            tenant = next((name for name, ranges in tenants.items() if holds(ranges, pid)), None)
-        return RemoteTaskDir(pid=pid, node=node, router=self, tenant=tenant)
+        return RemoteTaskDir(pid=pid, node=node, router=self, tenant=tenant or self.live_tenant(pid, node))
+
+    def live_tenant(self, pid: int, node: str) -> str | None:
+        """The tenant node `node`'s record publishes for its live task `pid`; None if it lists no such task."""
+        tenants = self.cluster.view.records[node].tenants if node in self.cluster.view.records else {}
+        return next((name for name, ranges in tenants.items() if holds(ranges, pid)), None)
 
     def peer(self, name: str) -> Peer:
         """The client of node `name`'s peer server; PeerUnreachable (nothing sent) if it has none or this node

@@ -96,12 +96,16 @@ class Spreading:
     def check_whole(self) -> None:
         """The write refused whole, before any line leaves, if this node's dry run of it (ctl.check_anywhere)
         refuses a line: all but what only the node running a line can know (its pids, GPUs, KV pages, a model
-        only other nodes hold, a parent that lives there: such a line is left to its node)."""
-        here, view = self.router.here, self.router.cluster.view
+        only other nodes hold; a child of a task there that its record does not list live is left to it)."""
+        here, router, view = self.router.here, self.router, self.router.cluster.view
         models = frozenset(model for name, node in view.nodes().items() if name != here and node.up
                            for model in node.record.models)
-        specs = {index: spec for index, spec in self.specs.items() if self.parents.get(index, here) == here}
-        check_anywhere(self.router.rt, specs, len(self.lines), self.caller, Anywhere(models_elsewhere=models))
+        parents = {spec.parent: router.live_tenant(spec.parent, self.parents[index])
+                   for index, spec in self.specs.items() if self.parents.get(index, here) != here}
+        known = {pid: tenant for pid, tenant in parents.items() if tenant is not None}
+        left = parents.keys() - known.keys()
+        specs = {index: spec for index, spec in self.specs.items() if spec.parent not in left}
+        check_anywhere(router.rt, specs, len(self.lines), self.caller, Anywhere(models, known))
         self.checked = True
 
     def place(self, indexes) -> list[Group]:

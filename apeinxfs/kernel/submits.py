@@ -31,9 +31,27 @@ if TYPE_CHECKING:
 class Anywhere:
     """A dry run of a submit's admission on the node placing a cluster write (`admit_anywhere`): the
     checks that hold on whichever node runs it. `models_elsewhere`: the models other up nodes hold, of which
-    one this node lacks is not refused here (its node checks it)."""
+    one this node lacks is not refused here (its node checks it). `parents`: the tenant of each live task on
+    another node that a line names as its `parent=`, as that node publishes it."""
 
     models_elsewhere: frozenset[str] = frozenset()
+    parents: Mapping[int, str] = attrs.field(factory=dict)
+
+    def child_here(self, event: ev.Submit) -> ev.Submit:
+        """The submit of a child of a task in `parents` as a task of its parent's tenant without a parent (so
+        this node's checks count it there); Invalid if it names another tenant. Any other submit as it is."""
+        spec = event.spec
+        tenant = None if spec.parent is None else self.parents.get(spec.parent)
+        if tenant is None:
+            return event
+        check_child_tenant(spec.tenant, tenant)
+        return attrs.evolve(event, spec=attrs.evolve(spec, parent=None, tenant=tenant))
+
+
+def check_child_tenant(named: str | None, parents: str) -> None:
+    """Invalid if a child's line names a tenant other than its parent's."""
+    if named is not None and named != parents:
+        raise Invalid(f"a child runs in its parent's tenant {parents!r}, not {named!r}")
 
 
 class SubmitChecks:
@@ -53,8 +71,8 @@ class SubmitChecks:
         if model is None and (anywhere is None or name not in anywhere.models_elsewhere):
             raise NotFound(f"unknown model {spec.model!r}: see /models")
         parent = None if spec.parent is None else self._tasks.live(spec.parent)
-        if parent is not None and spec.tenant is not None and spec.tenant != parent.tenant:
-            raise Invalid(f"a child runs in its parent's tenant {parent.tenant!r}, not {spec.tenant!r}")
+        if parent is not None:
+            check_child_tenant(spec.tenant, parent.tenant)
         tenant = self._tenancy.tenant_of(spec, parent)
         if tenant not in self._tenancy.tenants:
             raise NotFound(f"unknown tenant {tenant!r}")
@@ -78,6 +96,7 @@ class SubmitChecks:
         """Kernel.admit(event) as a dry run on the node placing a cluster write's lines: the checks that hold
         on whichever node runs it (`Anywhere`: not this node's pids left, GPUs or KV pages). Changes nothing
         but `batch`, which counts the write's lines as admit's does."""
+        event = anywhere.child_here(event)
         self.check_submit(event, anywhere)
         self._tenancy.admit(event, now_us, batch, elsewhere, on_this_node=False)
 

@@ -49,10 +49,13 @@ def checked(rt, path: str, numbered, count: int, caller, to_event, admit) -> lis
 def check_anywhere(rt, specs: dict, count: int, caller, anywhere) -> None:
     """A submit write of `count` lines checked whole as this node would admit it, but for what only the node
     running a line can know (SubmitChecks.admit_anywhere: a dry run): `specs`, its lines' parsed with the
-    caller's tenant by their index in the write (those left to their node left out); its refusal raised (and
+    caller's tenant by their index in the write (those left to their node left out), a child of a task on
+    another node seen as the caller would see that task there (`anywhere.parents`); its refusal raised (and
     journaled) as this node's would be."""
     def to_event(spec):
         caller.identity.require("user", "submitting")
+        if spec.parent in anywhere.parents:  # a child of a task on another node: its tenant as published
+            check_visible(spec.parent, anywhere.parents[spec.parent], caller)
         return as_submit(rt, spec, caller)
     checked(rt, "/ctl/submit", ((index + 1, spec) for index, spec in specs.items()), count, caller, to_event,
             lambda event, now, batch: rt.kernel.submits.admit_anywhere(event, now, batch, rt.elsewhere, anywhere))
@@ -98,9 +101,14 @@ def in_tenant(rt, spec, caller):
 def visible_task(rt, pid: int, caller):
     """Task `pid` if it exists for the caller; another tenant's is as if it did not exist."""
     task = rt.kernel.tasks.get(pid)
-    if task is not None and not caller.identity.sees(task.tenant):
-        raise Hidden(f"no task {pid}")
+    check_visible(pid, None if task is None else task.tenant, caller)
     return task
+
+
+def check_visible(pid: int, tenant: str | None, caller) -> None:
+    """Hidden (no such task) if task `pid`, of `tenant` (None: unknown here), is another tenant's for the caller."""
+    if not caller.identity.sees(tenant):
+        raise Hidden(f"no task {pid}")
 
 
 def by(caller) -> dict:
