@@ -57,6 +57,14 @@ def idle(daemons: dict) -> None:
                "no live task on any node, as a sees them")
 
 
+def fresh_records(daemon: Daemon) -> None:
+    """Wait until the node holds a newer record of every node than now, so that the tasks it placed before
+    (an earlier test's, killed since) count as pending there no more and the nodes rank as their records say."""
+    seen = {name: status(daemon, name)["LastSeen"] for name in NAMES}
+    poll_until(lambda: all(status(daemon, name)["LastSeen"] != seen[name] for name in NAMES), SETTLE_S,
+               "a newer record of every node")
+
+
 def kill_all(daemon: Daemon, pids: list[int]) -> None:
     with open(daemon.path("ctl", "kill"), "w") as ctl:
         for pid in pids:
@@ -123,6 +131,7 @@ def test_a_write_over_its_tenants_task_quota_is_refused_whole_before_any_line_le
     assert echo(nodes["a"], "tasks 2", "tenants", "tq", "quota").returncode == 0
     on_every_node(nodes, ("tenants", "tq", "quota"), cat(nodes["a"], "tenants", "tq", "quota"))
     lines = jobs("quota", 4, "tenant=tq " + LONG)
+    fresh_records(nodes["a"])
     failed, replies = write_lines(nodes["a"], lines[:1] + [""] + lines[1:])
     try:
         assert failed == errno.EDQUOT and replies == [
@@ -133,8 +142,9 @@ def test_a_write_over_its_tenants_task_quota_is_refused_whole_before_any_line_le
 
 
 def test_a_child_of_a_task_on_another_node_counts_in_its_parents_tenant_before_any_line_leaves(nodes):
-    """Tenant tp (`quota tasks 2`) with one task on b: a write on a of a line of tp and a child of that task
-    (placed on b) is refused whole with EDQUOT at line 2, as a single node refuses it, and neither runs."""
+    """Tenant tp (`quota tasks 2`) with one task on b: a write on a of a line of tp (placed on a, b being busier)
+    and a child of that task (placed on b) is refused whole on a with EDQUOT at line 2, as a single node refuses
+    it, and neither runs."""
     idle(nodes)
     assert echo(nodes["a"], "add tp", "ctl", "tenants").returncode == 0
     assert echo(nodes["a"], "tasks 2", "tenants", "tp", "quota").returncode == 0
@@ -143,8 +153,9 @@ def test_a_child_of_a_task_on_another_node_counts_in_its_parents_tenant_before_a
     parent = int(replies[0])
     try:
         assert failed == 0 and node_and_name(nodes["b"], parent)[0] == "b", replies
-        poll_until(lambda: os.path.exists(nodes["a"].path("tasks", str(parent), "status")), SETTLE_S,
-                   f"a sees task {parent} of b")
+        poll_until(lambda: status(nodes["a"], "b")["TasksLive"] == "1", SETTLE_S,
+                   f"a sees task {parent} live on b (so the first line goes to a, not with the child to b)")
+        fresh_records(nodes["a"])
         lines = [f"name=tfree tenant=tp {LONG}", f"name=tchild parent={parent} {LONG}"]
         failed, replies = write_lines(nodes["a"], lines)
         assert failed == errno.EDQUOT and replies == [

@@ -169,7 +169,7 @@ def in_line_order(groups: list[Group], count: int) -> list[str]:
     line, in the write's order."""
     decided = [group for group in groups if group.replies is not None or group.failure is not None]
     if len(decided) == 1 and decided[0].failure is not None:
-        raise decided[0].failure
+        raise as_written(decided[0])
     replies: dict[int, str] = {}  # by the index of its line in the write (blank ones have none)
     failed: list[tuple[int, ApeinxError]] = []
     for group in groups:
@@ -188,6 +188,15 @@ def in_line_order(groups: list[Group], count: int) -> list[str]:
     raise NotAllRun(code, f"{replies[first].removeprefix('error: ')} ({len(failed) - unknown} of {count} lines "
                     f"refused, {unknown} of unknown outcome, {count - len(failed)} ran)",
                     [replies[index] for index in sorted(replies)])
+
+
+def as_written(group: Group) -> ApeinxError:
+    """A failed group's refusal, its `line K`s named as the write's lines (they differ where the write has blank
+    lines): its own exception, decoded from its node's answer for this write alone."""
+    exc = group.failure
+    assert exc is not None
+    exc.reason, exc.replies = in_write(exc.reason, group.indexes), [in_write(r, group.indexes) for r in exc.replies]
+    return exc
 
 
 def failed_lines(group: Group) -> list[str]:
