@@ -25,9 +25,10 @@ import json
 import os
 import pstats
 import statistics
-import subprocess
 import sys
 import time
+
+from workers import Worker, serve
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SIZES = [(ranges, tenants) for ranges in (10, 1_000, 10_000) for tenants in (10, 1_000)]
@@ -81,33 +82,6 @@ def one_round(ranges: int, tenants: int, same_pids: bool) -> tuple[float, float]
             median_ms(lambda i: json.loads(events[i % 2].kv.value), count))
 
 
-def worker(root: str) -> None:
-    """Serve rounds ("RANGES TENANTS SAME_PIDS" a line on stdin, "APPLY_MS JSON_MS" back) with `root`'s apeinxfs."""
-    sys.path.insert(0, root)
-    for line in sys.stdin:
-        ranges, tenants, same_pids = map(int, line.split())
-        print(*one_round(ranges, tenants, bool(same_pids)), flush=True)
-
-
-class Worker:
-    """A worker process on checkout `root`."""
-
-    def __init__(self, root: str):
-        env = {**os.environ, "PYTHONSAFEPATH": "1", "PYTHONPATH": root}
-        self.proc = subprocess.Popen([sys.executable, HERE, "--worker", root], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env)
-
-    def round(self, ranges: int, tenants: int, same_pids: bool) -> tuple[float, float]:
-        self.proc.stdin.write(f"{ranges} {tenants} {int(same_pids)}\n")
-        self.proc.stdin.flush()
-        apply_ms, json_ms = map(float, self.proc.stdout.readline().split())
-        return apply_ms, json_ms
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait()
-
-
 def compare(workers: dict, same_pids: bool) -> None:
     """Each size's best apply and json ms per checkout over ROUNDS rounds, the workers alternating."""
     names = list(workers)
@@ -118,7 +92,7 @@ def compare(workers: dict, same_pids: bool) -> None:
         best = {name: (float("inf"), float("inf")) for name in names}
         for index in range(ROUNDS):
             for name in (names if index % 2 == 0 else names[::-1]):
-                apply_ms, json_ms = workers[name].round(ranges, tenants, same_pids)
+                apply_ms, json_ms = workers[name].round(ranges, tenants, int(same_pids))
                 best[name] = (min(best[name][0], apply_ms), min(best[name][1], json_ms))
         size = len(record(ranges, tenants, 3, 3))
         cells = " ".join(f"{a:14.3f} {j:11.3f} {a / j:9.1f}x" for a, j in best.values())
@@ -140,7 +114,7 @@ def main() -> None:
     this = os.path.dirname(os.path.dirname(HERE))
     roots = {"ref": os.path.abspath(sys.argv[1]), "this": this} if len(sys.argv) > 1 else {"this": this}
     sys.path.insert(0, this)
-    workers = {name: Worker(root) for name, root in roots.items()}
+    workers = {name: Worker(HERE, root) for name, root in roots.items()}
     try:
         for same_pids in (False, True):
             compare(workers, same_pids)
@@ -152,4 +126,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    worker(sys.argv[2]) if sys.argv[1:2] == ["--worker"] else main()
+    if sys.argv[1:2] == ["--worker"]:
+        serve(sys.argv[2], lambda ranges, tenants, same_pids: one_round(int(ranges), int(tenants), bool(int(same_pids))))
+    else:
+        main()

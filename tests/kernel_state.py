@@ -3,10 +3,12 @@
 Generic, like the snapshot codec (apeinxfs/kernel/state.py): it walks every object reachable
 from the kernels (their __dict__ and slots, containers, bound methods' owners, closures),
 so a field no snapshot carried shows up as a difference here. Dicts compare in order
-(their order is iteration order, which the kernel's decisions may follow); sets as sets.
+(their order is iteration order, which the kernel's decisions may follow); sets as sets. A
+functools.cached_property's value is left out: a memo of the fields, filled at first use.
 """
 import array
 import collections
+import functools
 import types
 
 ATOMS = (int, float, str, bytes, bool, type(None), complex, array.array, bytearray)
@@ -27,6 +29,8 @@ def state_difference(left, right) -> str:
             continue
         seen.add((id(a), id(b)))
         children = _children(path, a, b)
+        if children == "":  # alike, with nothing under them to compare
+            continue
         if isinstance(children, str):
             return children
         stack.extend(reversed(children))
@@ -66,4 +70,10 @@ def _fields(item) -> dict | None:
     if not slots and not hasattr(item, "__dict__") or isinstance(item, type):
         return None
     fields = {name: getattr(item, name) for name in slots if name != "__weakref__" and hasattr(item, name)}
-    return dict(sorted({**fields, **getattr(item, "__dict__", {})}.items()))
+    own = {name: value for name, value in getattr(item, "__dict__", {}).items() if not _memo(type(item), name)}
+    return dict(sorted({**fields, **own}.items()))
+
+
+def _memo(cls: type, name: str) -> bool:
+    """Whether `name` is a functools.cached_property of `cls`: derived from the fields, filled at first use."""
+    return isinstance(getattr(cls, name, None), functools.cached_property)

@@ -15,6 +15,8 @@ from cluster_peers import all_running, peered_nodes
 from daemon import Daemon, poll_until
 from etcdcluster import EtcdCluster
 from test_cluster_nodes import FUSE_READY, NAMES, SETTLE_S, keyed, status
+from test_cluster_settings import echo, on_every_node
+from test_cluster_tasks import cat
 
 pytestmark = pytest.mark.skipif(not FUSE_READY,
                                 reason="*** needs /dev/fuse and fusermount3: CLUSTER MOUNT TESTS SKIPPED ***")
@@ -53,6 +55,14 @@ def idle(daemons: dict) -> None:
     all_running(daemons)
     poll_until(lambda: all(status(daemons["a"], name)["TasksLive"] == "0" for name in NAMES), SETTLE_S,
                "no live task on any node, as a sees them")
+
+
+def fresh_records(daemon: Daemon) -> None:
+    """Wait until the node holds a newer record of every node than now, so that the tasks it placed before
+    (an earlier test's, killed since) count as pending there no more and the nodes rank as their records say."""
+    seen = {name: status(daemon, name)["LastSeen"] for name in NAMES}
+    poll_until(lambda: all(status(daemon, name)["LastSeen"] != seen[name] for name in NAMES), SETTLE_S,
+               "a newer record of every node")
 
 
 def kill_all(daemon: Daemon, pids: list[int]) -> None:
@@ -112,6 +122,49 @@ def test_an_invalid_line_among_valid_ones_is_refused_alone_and_nothing_runs(node
     assert not any(name.startswith("bad") for daemon in nodes.values() for name in names_on(daemon))
 
 
+def test_a_write_over_its_tenants_task_quota_is_refused_whole_before_any_line_leaves(nodes):
+    """Tenant tq (`quota tasks 2`) and a write on a of 4 of its lines, a blank line after the first, that would
+    spread over a, b and c: a refuses it whole with EDQUOT and a single node's replies (its third task is line
+    4, its fourth line 5), and none of its lines runs on any node."""
+    idle(nodes)
+    assert echo(nodes["a"], "add tq", "ctl", "tenants").returncode == 0
+    assert echo(nodes["a"], "tasks 2", "tenants", "tq", "quota").returncode == 0
+    on_every_node(nodes, ("tenants", "tq", "quota"), cat(nodes["a"], "tenants", "tq", "quota"))
+    lines = jobs("quota", 4, "tenant=tq " + LONG)
+    fresh_records(nodes["a"])
+    failed, replies = write_lines(nodes["a"], lines[:1] + [""] + lines[1:])
+    try:
+        assert failed == errno.EDQUOT and replies == [
+            f"error: line {number}: tenant tq has 2 live tasks; its quota allows 2" for number in (4, 5)], replies
+        assert not any(name.startswith("quota") for daemon in nodes.values() for name in names_on(daemon))
+    finally:
+        kill_all(nodes["a"], [int(reply) for reply in replies if reply.isdigit()])
+
+
+def test_a_child_of_a_task_on_another_node_counts_in_its_parents_tenant_before_any_line_leaves(nodes):
+    """Tenant tp (`quota tasks 2`) with one task on b: a write on a of a line of tp (placed on a, b being busier)
+    and a child of that task (placed on b) is refused whole on a with EDQUOT at line 2, as a single node refuses
+    it, and neither runs."""
+    idle(nodes)
+    assert echo(nodes["a"], "add tp", "ctl", "tenants").returncode == 0
+    assert echo(nodes["a"], "tasks 2", "tenants", "tp", "quota").returncode == 0
+    on_every_node(nodes, ("tenants", "tp", "quota"), cat(nodes["a"], "tenants", "tp", "quota"))
+    failed, replies = write_lines(nodes["b"], [f"name=tparent tenant=tp {LONG}"])
+    parent = int(replies[0])
+    try:
+        assert failed == 0 and node_and_name(nodes["b"], parent)[0] == "b", replies
+        poll_until(lambda: status(nodes["a"], "b")["TasksLive"] == "1", SETTLE_S,
+                   f"a sees task {parent} live on b (so the first line goes to a, not with the child to b)")
+        fresh_records(nodes["a"])
+        lines = [f"name=tfree tenant=tp {LONG}", f"name=tchild parent={parent} {LONG}"]
+        failed, replies = write_lines(nodes["a"], lines)
+        assert failed == errno.EDQUOT and replies == [
+            "error: line 2: tenant tp has 2 live tasks (1 on other nodes); its quota allows 2"], replies
+        assert not {"tfree", "tchild"} & {name for daemon in nodes.values() for name in names_on(daemon)}
+    finally:
+        kill_all(nodes["a"], [parent] + [int(reply) for reply in replies if reply.isdigit()])
+
+
 def test_a_lost_answer_is_reported_unknown_and_not_run_elsewhere(nodes):
     """b stopped (SIGSTOP) just before a 12-line write on a: its lines' answer is lost, so the write fails
     EREMOTEIO (partly run), those lines' replies say their outcome is unknown, the other lines' pids stand and
@@ -146,3 +199,27 @@ def test_a_node_unreachable_before_the_write_gets_none_of_it(nodes):
         assert placed and all("c unreachable" in line for line in placed), placed
     finally:
         kill_all(nodes["a"], pids)
+
+
+def test_lines_placed_again_count_the_tasks_that_answered_before_them(nodes):
+    """kill -9 of c, then a write on a of 12 lines and 6 children of a task on b: placed first a 5, b 9 (3 and
+    the children), c 4. c's 4 lines, placed again once a and b answered, count a's 5 and b's 9 as pending there
+    and all go to a (a 9, b 9); with a and b as their records say (a one slot freer), b would get one of them."""
+    idle(nodes)
+    failed, replies = write_lines(nodes["b"], [LONG.replace("prompt=stay", "prompt=parent")])
+    parent = int(replies[0])
+    assert failed == 0 and node_and_name(nodes["b"], parent)[0] == "b", replies
+    poll_until(lambda: os.path.exists(nodes["a"].path("tasks", str(parent), "status")), SETTLE_S,
+               f"a sees task {parent} of b")
+    nodes["c"].kill9()
+    lines = jobs("free", 12) + [f"name=child{number} parent={parent} {LONG}" for number in range(6)]
+    failed, replies = write_lines(nodes["a"], lines)
+    pids = [int(reply) for reply in replies if reply.isdigit()]
+    try:
+        assert failed == 0 and len(pids) == 18, replies
+        where = [node_and_name(nodes["a"], pid)[0] for pid in pids]
+        placed = place_lines(nodes["a"], pids)
+        assert (where.count("a"), where.count("b")) == (9, 9) and len(placed) == 3, (where, placed)
+        assert "on node a: " in placed[-1] and "placed since its record 5)" in placed[-1], placed
+    finally:
+        kill_all(nodes["a"], pids + [parent])

@@ -39,11 +39,12 @@ class Recorder:
 
 
 async def test_complete_lines_go_to_the_route_and_a_partial_line_waits_for_the_next_write():
-    """Lines elsewhere: the reply is the remote one, nothing runs here, the unterminated piece waits."""
+    """Lines elsewhere (a blank one as "", so that each keeps its number): the reply is the remote one, nothing
+    runs here, the unterminated piece waits."""
     node = Recorder(answer="remote", remote_replies=["7", "8"])
     handle = node.open()
     assert await handle.write_async(b"a\n\nb\nc") == 6
-    assert node.routed == [["a", "b"]] and node.here == [] and await handle.read(0, 100, None) == b"7\n8\n"
+    assert node.routed == [["a", "", "b"]] and node.here == [] and await handle.read(0, 100, None) == b"7\n8\n"
     assert node.done == [["7", "8"]] and bytes(handle.pending) == b"c"
     await handle.write_async(b"d\n")
     assert node.routed[-1] == ["cd"]

@@ -157,3 +157,23 @@ def test_a_peers_replies_of_unicode_or_thousands_of_digits_are_no_pids_and_its_l
         in_line_order([refused, Group("a", "why", [1], replies=["7"])], 3)
     assert raised.value.reply()[0] == f"error: line 1: not run: node b refused the lines placed there " \
         f"(line 3: bad; line {huge}: worse)"
+
+
+def test_a_write_with_a_blank_line_has_one_reply_a_line_numbered_as_a_single_node_numbers_them():
+    """Lines 1 and 3 of a write whose line 2 is blank (indexes 0 and 2), the second refused on its node: two
+    replies, the refused one named line 3, and the reason counts the write's 2 lines."""
+    ran = Group("a", "why", [0], replies=["7"])
+    refused = Group("b", "why", [2], failure=Invalid("bad", ["bad"]))
+    with pytest.raises(NotAllRun) as raised:
+        in_line_order([ran, refused], 2)
+    assert raised.value.reply() == ["7", "error: line 3: bad"]
+    assert "1 of 2 lines refused, 0 of unknown outcome, 1 ran" in raised.value.reason
+
+
+def test_a_write_that_went_whole_to_one_node_names_its_refused_line_as_the_writes():
+    """Lines 1 and 3 of a write whose line 2 is blank, both sent to b, which refuses its second line: the
+    write's refusal is b's, its line named line 3 as a single node names it."""
+    refusal = OverQuota("line 2: over", ["line 2: over"])
+    with pytest.raises(OverQuota) as raised:
+        in_line_order([Group("b", "why", [0, 2], failure=refusal)], 2)
+    assert raised.value.reply() == ["error: line 3: over"] and raised.value.reason == "line 3: over"

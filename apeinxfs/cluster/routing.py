@@ -104,10 +104,13 @@ class Router:
         node = node or self.owner(pid)
         if node is None:
             return None
-        if tenant is None:
-            tenants = self.cluster.view.tenants_of(node)
-            tenant = next((name for name, ranges in tenants.items() if holds(ranges, pid)), None)
-        return RemoteTaskDir(pid=pid, node=node, router=self, tenant=tenant)
+        return RemoteTaskDir(pid=pid, node=node, router=self, tenant=tenant or self.live_tenant(pid, node))
+
+    def live_tenant(self, pid: int, node: str) -> str | None:
+        """The tenant node `node`'s live keys (or an older version's record) name for its live task `pid`; None
+        if it lists no such task."""
+        return next((name for name, ranges in self.cluster.view.tenants_of(node).items() if holds(ranges, pid)),
+                    None)
 
     def peer(self, name: str) -> Peer:
         """The client of node `name`'s peer server; PeerUnreachable (nothing sent) if it has none or this node
@@ -129,13 +132,14 @@ class Router:
         if self.token is None:
             return None
         try:
-            specs = [parse_submit(line) for line in lines]
+            specs = {index: parse_submit(line, caller.tenant) for index, line in enumerate(lines) if line}
         except ApeinxError:
             return None
         return Spreading(self, lines, specs, caller).route()
 
     async def route_kill(self, lines: list[str], caller) -> Route | None:
         """ctl/kill of pids on one other node goes there; of pids on several nodes, EINVAL."""
+        lines = [line for line in lines if line]
         try:
             owners = {self.owner(parse_pid(line)) for line in lines}
         except ApeinxError:
@@ -152,7 +156,7 @@ class Router:
         """The route of /tasks/PID/ctl of task `pid` on `node`."""
         async def route(lines: list[str], caller) -> Route:
             peer = self.peer(node)
-            return Route(remote=lambda here: peer.ctl(pid, lines, caller))
+            return Route(remote=lambda here: peer.ctl(pid, [line for line in lines if line], caller))
         return route
 
     # -- the tasks placed on each node since its record -------------------------------------------

@@ -3,17 +3,21 @@
 `Spreading(router, lines, specs, caller).route()` is the write's nodes.forwarding.Route. Each
 line goes to its parent's node (`parent=`), else where placement.spread puts it; the lines
 of each node go as one peer request (or run here, as a write of their own), the nodes' at
-once. A node that cannot be connected to (PeerUnreachable: nothing was sent) is passed
-over: its lines are placed again on the others, down to this node. A node's refusal stands
-for its lines (each node's lines are all or nothing there); a lost answer (PeerDown: the
+once. Before any line leaves while they go to several nodes, this node checks the whole write
+as it would admit it, but for what only the node running a line can know
+(nodes/ctl.check_anywhere: a dry run); its refusal refuses the write whole, with this node's
+errno and reasons, and nothing runs anywhere. A node that cannot be connected to
+(PeerUnreachable: nothing was sent) is passed over: its lines are placed again on the
+others, down to this node. A node's refusal stands for its lines (each node's lines are all
+or nothing there: what only it checks, or what changed since the dry run); a lost answer (PeerDown: the
 outcome is unknown) is never sent elsewhere, so no line runs twice. If every line went to
 this node the write runs here as any write (the route answers None). The reply keeps the
 lines' order; a write sent to one node that failed there fails as that node's refusal or
 lost answer (as a forwarded write); else when some line did not run it is NotAllRun:
 EREMOTEIO if some line ran (partly run: not to be repeated whole), EHOSTDOWN if none ran
 and an answer was lost, else the errno of the first line that did not run. A refusal's
-`line K` (of the lines its node was sent) is named as the write's line. Each node's tasks
-get a `place` line (events.Placed).
+`line K` (of the lines its node was sent) is named as the write's line, blank lines counted as
+a single node counts them. Each node's tasks get a `place` line (events.Placed).
 Not here: the policy (placement.py), the wire (peer_client.py), the handle (nodes/forwarding.py).
 """
 import contextlib
@@ -25,6 +29,9 @@ import trio
 
 from ..kernel.errors import ApeinxError, NotAllRun
 from ..kernel.events import Placed
+from ..kernel.spec import TaskSpec
+from ..kernel.submits import Anywhere
+from ..nodes.ctl import check_anywhere
 from ..nodes.forwarding import Here, Route, pids_in
 from .peer_wire import PeerDown, PeerUnreachable
 from .placement import Want, spread
@@ -53,27 +60,30 @@ class Group:
 class Spreading:
     """One submit write on its way (see the module's docstring)."""
 
-    def __init__(self, router, lines: list[str], specs: list, caller):
-        self.router, self.lines, self.caller = router, lines, caller
+    def __init__(self, router, lines: list[str], specs: dict[int, TaskSpec], caller):
+        self.router, self.lines, self.specs, self.caller = router, lines, specs, caller
         kernel = router.rt.kernel
-        self.wants = [Want(frozenset({kernel.models.name_of(spec)}), chain)
-                      for spec, chain in zip(specs, line_chains(kernel, specs))]
+        self.wants = {index: Want(frozenset({kernel.models.name_of(spec)}), chain)
+                      for (index, spec), chain in zip(specs.items(), line_chains(kernel, list(specs.values())))}
         self.parents = {index: router.owner(spec.parent) or router.here
-                        for index, spec in enumerate(specs) if spec.parent is not None}
+                        for index, spec in specs.items() if spec.parent is not None}
         self.passed: dict[str, str] = {}  # the nodes that could not be connected to, and why
         self.groups: list[Group] = []  # every group sent, in the order sent
         self.whole: Group | None = None  # every line's, when the whole write runs here
+        self.checked = False  # whether the whole write passed check_anywhere
 
     def route(self) -> Route:
         return Route(remote=self.run, done=self.done)
 
     async def run(self, here: Here) -> list[str] | None:
         """Every line's reply, in order; None if every line goes to this node (the write runs here whole)."""
-        groups = self.place(range(len(self.lines)))
+        groups = self.place(list(self.wants))
         if [group.node for group in groups] == [self.router.here]:
             self.whole = groups[0]
             return None
         while groups:
+            if len(groups) > 1 and not self.checked:
+                self.check_whole()
             async with trio.open_nursery() as nursery:
                 for group in groups:
                     nursery.start_soon(self.send, group, here)
@@ -81,7 +91,22 @@ class Spreading:
             groups = self.place(sorted(index for group in groups if group.node in self.passed
                                        for index in group.indexes))
         self.trace()
-        return in_line_order(self.groups, len(self.lines))
+        return in_line_order(self.groups, len(self.wants))
+
+    def check_whole(self) -> None:
+        """The write refused whole, before any line leaves, if this node's dry run of it (ctl.check_anywhere)
+        refuses a line: all but what only the node running a line can know (its pids, GPUs, KV pages, a model
+        only other nodes hold; a child of a task there that its record does not list live is left to it)."""
+        here, router, view = self.router.here, self.router, self.router.cluster.view
+        models = frozenset(model for name, node in view.nodes().items() if name != here and node.up
+                           for model in node.record.models)
+        parents = {spec.parent: router.live_tenant(spec.parent, self.parents[index])
+                   for index, spec in self.specs.items() if self.parents.get(index, here) != here}
+        known = {pid: tenant for pid, tenant in parents.items() if tenant is not None}
+        left = parents.keys() - known.keys()
+        specs = {index: spec for index, spec in self.specs.items() if spec.parent not in left}
+        check_anywhere(router.rt, specs, len(self.lines), self.caller, Anywhere(models, known))
+        self.checked = True
 
     def place(self, indexes) -> list[Group]:
         """The lines at `indexes` grouped by the node each goes to, in the order first chosen."""
@@ -106,9 +131,9 @@ class Spreading:
         lines = [self.lines[index] for index in group.indexes]
         try:
             if group.node == self.router.here:
-                group.replies = await here(lines, len(self.lines))
+                group.replies = await here(lines, len(self.wants))
             else:
-                group.replies = await self.router.peer(group.node).submit(lines, self.caller, len(self.lines))
+                group.replies = await self.router.peer(group.node).submit(lines, self.caller, len(self.wants))
         except PeerUnreachable as exc:
             self.passed[group.node] = exc.reason
         except ApeinxError as exc:
@@ -144,8 +169,8 @@ def in_line_order(groups: list[Group], count: int) -> list[str]:
     line, in the write's order."""
     decided = [group for group in groups if group.replies is not None or group.failure is not None]
     if len(decided) == 1 and decided[0].failure is not None:
-        raise decided[0].failure
-    replies: list[str] = [""] * count
+        raise as_written(decided[0])
+    replies: dict[int, str] = {}  # by the index of its line in the write (blank ones have none)
     failed: list[tuple[int, ApeinxError]] = []
     for group in groups:
         if group.replies is not None:
@@ -156,12 +181,22 @@ def in_line_order(groups: list[Group], count: int) -> list[str]:
                 replies[index] = f"error: line {index + 1}: {reason}"
                 failed.append((index, group.failure))
     if not failed:
-        return replies
+        return [replies[index] for index in sorted(replies)]
     first, exc = min(failed, key=lambda entry: entry[0])
     unknown = sum(isinstance(failure, PeerDown) for _, failure in failed)
     code = errno.EREMOTEIO if any(group.pids() for group in groups) else errno.EHOSTDOWN if unknown else exc.errno
     raise NotAllRun(code, f"{replies[first].removeprefix('error: ')} ({len(failed) - unknown} of {count} lines "
-                    f"refused, {unknown} of unknown outcome, {count - len(failed)} ran)", replies)
+                    f"refused, {unknown} of unknown outcome, {count - len(failed)} ran)",
+                    [replies[index] for index in sorted(replies)])
+
+
+def as_written(group: Group) -> ApeinxError:
+    """A failed group's refusal, its `line K`s named as the write's lines (they differ where the write has blank
+    lines): its own exception, decoded from its node's answer for this write alone."""
+    exc = group.failure
+    assert exc is not None
+    exc.reason, exc.replies = in_write(exc.reason, group.indexes), [in_write(r, group.indexes) for r in exc.replies]
+    return exc
 
 
 def failed_lines(group: Group) -> list[str]:

@@ -1,23 +1,57 @@
 """The checks a Submit or an Adopt passes before it is journaled: its model, parent, tenant, context
 and KV pages, and for an Adopt a pid of another node's block (docs/apeinxfs.5.md, ctl/submit and
-CLUSTER). They read the kernel's components and change nothing. Not here: a tenant's quotas and
+CLUSTER). They read the kernel's components and change nothing. `Anywhere` makes them a dry run
+on the node placing a cluster write's lines, which any node may run: the checks of this node's
+own pids and GPUs (KV pages) are left out, and those of a model that only other nodes hold
+(`admit_anywhere`, with the tenant's quotas and budgets). Not here: a tenant's quotas and
 budgets (tenancy.py, through Kernel.admit) or adding the task (Kernel._add_task).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
+
+import attrs
 
 from . import events as ev
 from .errors import Invalid, NoSpace, NotFound
 from .kvmem import estimate_prompt_tokens
 
 if TYPE_CHECKING:
-    from .config import KernelConfig
+    from .config import KernelConfig, ModelConfig
     from .gpus import Gpu
     from .memory import KVManager
     from .models import Models
+    from .spec import TaskSpec
     from .tasktable import TaskTable
-    from .tenancy import Tenancy
+    from .tenancy import Elsewhere, Tenancy
+
+
+@attrs.frozen
+class Anywhere:
+    """A dry run of a submit's admission on the node placing a cluster write (`admit_anywhere`): the
+    checks that hold on whichever node runs it. `models_elsewhere`: the models other up nodes hold, of which
+    one this node lacks is not refused here (its node checks it). `parents`: the tenant of each live task on
+    another node that a line names as its `parent=`, as that node publishes it."""
+
+    models_elsewhere: frozenset[str] = frozenset()
+    parents: Mapping[int, str] = attrs.field(factory=dict)
+
+    def child_here(self, event: ev.Submit) -> ev.Submit:
+        """The submit of a child of a task in `parents` as a task of its parent's tenant without a parent (so
+        this node's checks count it there); Invalid if it names another tenant. Any other submit as it is."""
+        spec = event.spec
+        tenant = None if spec.parent is None else self.parents.get(spec.parent)
+        if tenant is None:
+            return event
+        check_child_tenant(spec.tenant, tenant)
+        return attrs.evolve(event, spec=attrs.evolve(spec, parent=None, tenant=tenant))
+
+
+def check_child_tenant(named: str | None, parents: str) -> None:
+    """Invalid if a child's line names a tenant other than its parent's."""
+    if named is not None and named != parents:
+        raise Invalid(f"a child runs in its parent's tenant {parents!r}, not {named!r}")
 
 
 class SubmitChecks:
@@ -28,24 +62,43 @@ class SubmitChecks:
         self._config, self._models, self._tasks = config, models, tasks
         self._tenancy, self._kv, self._gpus = tenancy, kv, gpus
 
-    def check_submit(self, event: ev.Submit) -> None:
-        """NotFound, Invalid or NoSpace, saying why, unless a task of `event.spec` can be added here."""
+    def check_submit(self, event: ev.Submit, anywhere: Anywhere | None = None) -> None:
+        """NotFound, Invalid or NoSpace, saying why, unless a task of `event.spec` can be added here (with
+        `anywhere`: may be added on some node, as far as this one knows)."""
         spec = event.spec
-        model = self._models.get(self._models.name_of(spec))
-        if model is None:
+        name = self._models.name_of(spec)
+        model = self._models.get(name)
+        if model is None and (anywhere is None or name not in anywhere.models_elsewhere):
             raise NotFound(f"unknown model {spec.model!r}: see /models")
         parent = None if spec.parent is None else self._tasks.live(spec.parent)
-        if parent is not None and spec.tenant is not None and spec.tenant != parent.tenant:
-            raise Invalid(f"a child runs in its parent's tenant {parent.tenant!r}, not {spec.tenant!r}")
+        if parent is not None:
+            check_child_tenant(spec.tenant, parent.tenant)
         tenant = self._tenancy.tenant_of(spec, parent)
         if tenant not in self._tenancy.tenants:
             raise NotFound(f"unknown tenant {tenant!r}")
+        if model is not None:
+            self._check_fits(spec, model, on_this_node=anywhere is None)
+
+    def _check_fits(self, spec: TaskSpec, model: ModelConfig, on_this_node: bool) -> None:
+        """Invalid if the prompt plus max_tokens pass the model's context; NoSpace if they can never fit in this
+        node's largest GPU pool (checked `on_this_node` only)."""
         context = estimate_prompt_tokens(spec.prompt) + spec.max_tokens
         if context > model.context:
             raise Invalid(f"prompt plus max_tokens ({context}) exceeds the context of {model.name} ({model.context})")
+        if not on_this_node:
+            return
         need, largest = self._kv.admit_pages(spec, model), max(g.pool.pages_total for g in self._gpus)
         if need > largest:
             raise NoSpace(f"needs {need} KV pages of {self._config.page_mib} MiB; the largest GPU pool has {largest}")
+
+    def admit_anywhere(self, event: ev.Submit, now_us: int, batch: dict[str, tuple[int, int]],
+                       elsewhere: Mapping[str, Elsewhere], anywhere: Anywhere) -> None:
+        """Kernel.admit(event) as a dry run on the node placing a cluster write's lines: the checks that hold
+        on whichever node runs it (`Anywhere`: not this node's pids left, GPUs or KV pages). Changes nothing
+        but `batch`, which counts the write's lines as admit's does."""
+        event = anywhere.child_here(event)
+        self.check_submit(event, anywhere)
+        self._tenancy.admit(event, now_us, batch, elsewhere, on_this_node=False)
 
     def check_adopt(self, event: ev.Adopt) -> None:
         """Invalid unless pids are in blocks (a cluster node) and `pid` is neither a task here nor one of this

@@ -120,9 +120,10 @@ class Tenancy:
     # -- admission ----------------------------------------------------------------------
 
     def admit(self, event: ev.Event, now_us: int, batch: dict[str, tuple[int, int]] | None,
-              elsewhere: Mapping[str, Elsewhere]) -> ev.Event:
+              elsewhere: Mapping[str, Elsewhere], on_this_node: bool = True) -> ev.Event:
         """For a submit, the policy, sandbox, quota and budget (counting the tenant's use `elsewhere` in the
-        cluster); for a prio change, the policy; the event to journal."""
+        cluster; its KV-page quota, in this node's pages, only `on_this_node`); for a prio change, the policy;
+        the event to journal."""
         if isinstance(event, ev.Control) and event.command.verb == "prio":
             self._check_prio_policy(event, now_us)
         if not isinstance(event, ev.Submit):
@@ -131,6 +132,8 @@ class Tenancy:
         tenant = self.tenants[self.tenant_of(event.spec, self._tasks.get(event.spec.parent or 0))]
         held = self._check_sandbox_and_quota(event.spec, tenant, now_us, batch or {},
                                              elsewhere.get(tenant.name) or Elsewhere())
+        if on_this_node:
+            self._check_kv_quota(event.spec, tenant)
         if batch is not None:
             batch[tenant.name] = held
         return event
@@ -172,8 +175,8 @@ class Tenancy:
 
     def _check_sandbox_and_quota(self, spec: TaskSpec, tenant: TenantConfig, now_us: int,
                                  batch: dict[str, tuple[int, int]], other: Elsewhere) -> tuple[int, int]:
-        """Refuse what the tenant's sandbox or quotas forbid, here and on `other` nodes; (tasks, tokens)
-        this batch then holds."""
+        """Refuse what the tenant's sandbox or its quotas of tasks and tokens and its budget forbid, here and on
+        `other` nodes; (tasks, tokens) this batch then holds."""
         box, model = tenant.sandbox, self._models.name_of(spec)
         if box.models and model not in box.models:
             raise Denied(f"tenant {tenant.name}'s sandbox allows models {', '.join(box.models)}, not {model}")
@@ -191,7 +194,6 @@ class Tenancy:
             if why:
                 there = f" (of the reserved, {away} are used or reserved on other nodes)" if away else ""
                 raise OverQuota(f"tenant {tenant.name} token {name}: {why}{there}")
-        self._check_kv_quota(spec, tenant)
         return tasks + 1, tokens + want
 
     def _check_kv_quota(self, spec: TaskSpec, tenant: TenantConfig) -> None:

@@ -3,7 +3,9 @@
 Each turns complete lines into kernel events. A write is all or nothing: every line is
 parsed and checked first; if any is refused, nothing is applied, the refusal is journaled
 (so the trace keeps its reason) and the write fails with the first line's errno, with an
-`error: ...` reply for each refused line (the first REFUSED_MAX of them).
+`error: ...` reply for each refused line (the first REFUSED_MAX of them). `check_anywhere` runs
+the same checks on a cluster write's lines as a dry run (nothing applied) before they are
+placed over the nodes, so such a write is refused whole as here.
 """
 from ..kernel.errors import ApeinxError, Denied, Hidden
 from ..kernel.events import Control, Kill, Submit
@@ -14,24 +16,49 @@ REFUSED_MAX = 20  # refused lines checked and reported per write
 
 
 def run_lines(rt, path: str, raw_lines: list[bytes], caller, to_event) -> list[str]:
-    """Parse and admit every line (each counting those before it), then commit them together.
-    Checking stops at the REFUSED_MAX-th refused line: the write fails anyway, and a megabyte
-    of junk lines must not cost seconds and a reply of tens of megabytes."""
+    """Parse and admit every line (each counting those before it), then commit them together."""
+    def event(raw: bytes):
+        line = decode_line(raw)
+        return to_event(line, caller) if line.strip() else None
+    events = checked(rt, path, enumerate(raw_lines, 1), len(raw_lines), caller, event,
+                     lambda event, now, batch: rt.kernel.admit(event, now, batch, rt.elsewhere))
+    return [str(r) if r is not None else "ok" for r in rt.commit_checked(events)] if events else []
+
+
+def checked(rt, path: str, numbered, count: int, caller, to_event, admit) -> list:
+    """The events of a write's `count` lines, `numbered` (number, line) and made by `to_event(line)` (None for a
+    blank one), each admitted by `admit(event, now, batch)` counting those before it; the write's refusal
+    (journaled) if a line is refused. Checking stops at the REFUSED_MAX-th refused line: the write fails
+    anyway, and a megabyte of junk lines must not cost seconds and a reply of tens of megabytes."""
     events, errors, batch, now = [], [], {}, rt.clock.now_us()
-    for number, raw in enumerate(raw_lines, 1):
-        if not raw:  # an empty line, skipped without decoding: a flood of newlines stays cheap
+    for number, line in numbered:
+        if not line:  # an empty line, skipped without decoding: a flood of newlines stays cheap
             continue
         try:
-            line = decode_line(raw)
-            if line.strip():
-                events.append(rt.kernel.admit(to_event(line, caller), now, batch, rt.elsewhere))
+            if (event := to_event(line)) is not None:
+                events.append(admit(event, now, batch))
         except ApeinxError as exc:
             errors.append((number, exc))
             if len(errors) == REFUSED_MAX:
                 break
     if errors:
-        _refuse(rt, path, errors, caller, len(raw_lines))
-    return [str(r) if r is not None else "ok" for r in rt.commit_checked(events)] if events else []
+        _refuse(rt, path, errors, caller, count)
+    return events
+
+
+def check_anywhere(rt, specs: dict, count: int, caller, anywhere) -> None:
+    """A submit write of `count` lines checked whole as this node would admit it, but for what only the node
+    running a line can know (SubmitChecks.admit_anywhere: a dry run): `specs`, its lines' parsed with the
+    caller's tenant by their index in the write (those left to their node left out), a child of a task on
+    another node seen as the caller would see that task there (`anywhere.parents`); its refusal raised (and
+    journaled) as this node's would be."""
+    def to_event(spec):
+        caller.identity.require("user", "submitting")
+        if spec.parent in anywhere.parents:  # a child of a task on another node: its tenant as published
+            check_visible(spec.parent, anywhere.parents[spec.parent], caller)
+        return as_submit(rt, spec, caller)
+    checked(rt, "/ctl/submit", ((index + 1, spec) for index, spec in specs.items()), count, caller, to_event,
+            lambda event, now, batch: rt.kernel.submits.admit_anywhere(event, now, batch, rt.elsewhere, anywhere))
 
 
 def _refuse(rt, path, errors, caller, count) -> None:
@@ -48,9 +75,13 @@ def submit(rt):
     """/ctl/submit: one task per line, replies are pids; a task goes into its caller's tenant."""
     def to_event(line, caller):
         caller.identity.require("user", "submitting")
-        return Submit(spec=in_tenant(rt, parse_submit(line, caller.tenant), caller), uid=caller.uid,
-                      caller_pid=caller.pid)
+        return as_submit(rt, parse_submit(line, caller.tenant), caller)
     return lambda lines, caller: run_lines(rt, "/ctl/submit", lines, caller, to_event)
+
+
+def as_submit(rt, spec, caller) -> Submit:
+    """The Submit of `spec` by the caller, if it may run in its tenant (in_tenant)."""
+    return Submit(spec=in_tenant(rt, spec, caller), uid=caller.uid, caller_pid=caller.pid)
 
 
 def in_tenant(rt, spec, caller):
@@ -70,9 +101,14 @@ def in_tenant(rt, spec, caller):
 def visible_task(rt, pid: int, caller):
     """Task `pid` if it exists for the caller; another tenant's is as if it did not exist."""
     task = rt.kernel.tasks.get(pid)
-    if task is not None and not caller.identity.sees(task.tenant):
-        raise Hidden(f"no task {pid}")
+    check_visible(pid, None if task is None else task.tenant, caller)
     return task
+
+
+def check_visible(pid: int, tenant: str | None, caller) -> None:
+    """Hidden (no such task) if task `pid`, of `tenant` (None: unknown here), is another tenant's for the caller."""
+    if not caller.identity.sees(tenant):
+        raise Hidden(f"no task {pid}")
 
 
 def by(caller) -> dict:

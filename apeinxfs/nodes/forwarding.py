@@ -1,7 +1,7 @@
 """ctl files whose writes may run on another node of the cluster (a placed submit, a remote kill).
 
 `Forwarding` is a Command whose `route(lines, caller)` (async) looks at a write's complete
-lines first and returns a `Route`, or None to run them here as any Command does; a node without
+lines first (a blank one as "": each keeps its number) and returns a `Route`, or None to run them here as any Command does; a node without
 a route (a single node's) runs every write here, its lines decoded once (by the Command). A Route's
 `remote(here)` runs the lines elsewhere and returns the replies (pids, `ok`), or None to
 run the write here after all; `here(lines, write_lines)` runs some of them here as a write of
@@ -60,7 +60,7 @@ class ForwardingHandle(CommandHandle):
             return await self.write_here(data)
         lines, rest = self.routable(data)
         with self.refusals():
-            route = await self.node.route(lines, self.caller) if lines else None
+            route = await self.node.route(lines, self.caller) if any(lines) else None
             replies = None if route is None else await route.remote(self.run_here)
         if replies is None:
             count = await self.write_here(data)
@@ -86,17 +86,18 @@ class ForwardingHandle(CommandHandle):
         return replies
 
     def routable(self, data: bytes) -> tuple[list[str], bytes]:
-        """The complete lines the pending bytes and `data` make, as text (blank ones dropped), and the
-        bytes after them; no lines when there is none or one this node refuses unread (it runs here then)."""
+        """The complete lines the pending bytes and `data` make, as text (a blank one as "", so that the K-th
+        is line K as this node numbers a write's lines), and the bytes after them; no lines when there is
+        none or one this node refuses unread (it runs here then)."""
         joined = bytes(self.pending) + data
         cut = joined.rfind(b"\n") + 1
         if self.refused_rest is not None or len(joined) - cut > LINE_MAX:
             return [], b""
         try:
-            lines = [decode_line(raw) for raw in joined[:cut].split(b"\n")[:-1] if raw]
+            lines = [decode_line(raw) for raw in joined[:cut].split(b"\n")[:-1]]
         except ApeinxError:
             return [], b""
-        return [line for line in lines if line.strip()], joined[cut:]
+        return [line if line.strip() else "" for line in lines], joined[cut:]
 
 
 def recording(rt):
