@@ -10,7 +10,10 @@ import pytest
 import trio
 
 from apeinxfs import health
+from apeinxfs.kernel.events import PidBlock, Submit
+from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.supervise import RESTART_MAX_S, STEADY_S, Supervisor
+from test_shared_settings import node
 
 
 def flaky(starts: list, fails: int, run_s: float = 0.0):
@@ -116,3 +119,18 @@ async def test_health_shows_a_row_for_each_loop_that_failed(autojump_clock):
     assert lines[0] == "State:\tok"
     assert [line.split(":", 2)[1].strip() for line in lines[1:]] == ["a.loop", "b.loop"]
     assert all(line.endswith("(once, last at 7; restarted)") for line in lines[1:])
+
+
+async def test_a_restarted_failover_recorder_records_from_where_it_was_not_from_the_trace_end(tmp_path, autojump_clock):
+    """Tier 2 (a cluster node's runtime, no etcd): a second start of `Failover.keep`, as the supervisor makes
+    after a bug, keeps the trace line recorded up to, so the submits since are still recorded."""
+    rt = node(tmp_path)
+    failover = rt.cluster.failover
+    with trio.move_on_after(1):
+        await failover.keep()
+    recorded = failover.seq
+    rt.commit([PidBlock(first=1, count=10)])
+    rt.commit([Submit(spec=TaskSpec(name="j"))])
+    with trio.move_on_after(1):
+        await failover.keep()
+    assert failover.seq == recorded < rt.kernel.trace.seq
