@@ -13,7 +13,7 @@ between, so a replay emits the same lines with the same seqs. A daemon that stop
 degraded never journals the episode (there was nothing else to keep from it).
 
 This module holds the state and does those two steps; it does not wake readers or retry
-(runtime.py does); `show` renders it as /health (nodes/tree.py).
+(runtime.py does); `show` renders it as /health (nodes/tree.py), with the loops' bugs (supervise.py).
 """
 import errno
 
@@ -70,11 +70,13 @@ class Health:
         return True
 
 
-def show(health: Health) -> str:
-    """/health: `Key:<TAB>value` lines: State ok, or degraded with Errno, Reason and Since (µs)."""
+def show(health: Health, supervisor=None) -> str:
+    """/health: `Key:<TAB>value` lines: State ok, or degraded with Errno, Reason and Since (µs); then a `Bug`
+    line for each background loop that failed and was restarted (supervise.py), if `supervisor` is given."""
+    bugs = "" if supervisor is None else supervisor.show()
     fault = health.fault
     if fault is None:
-        return "State:\tok\n"
+        return "State:\tok\n" + bugs
     rows = [("State", "degraded"), ("Errno", errno.errorcode.get(fault.error.errno, fault.error.errno)),
             ("Reason", fault.error.reason), ("Since", fault.since_us)]
-    return "".join(f"{key}:\t{value}\n" for key, value in rows)
+    return "".join(f"{key}:\t{value}\n" for key, value in rows) + bugs

@@ -37,6 +37,7 @@ from .kernel.errors import ApeinxError, Degraded
 from .kernel.config import MIB
 from .kernel.events import EngineHealth, EngineKV, GpuMemory, Rejected, Restart, Step, Tick
 from .recovery import rebuild
+from .supervise import Supervisor
 
 log = logging.getLogger(__name__)
 GPU_SAMPLE_S = 2.0  # how often real GPUs' free memory is read for placement
@@ -101,6 +102,7 @@ class Runtime:
         self.clock = clock or WallClock()
         self.notifier = Notifier()
         self.health = Health()
+        self.supervisor = Supervisor(lambda: self.clock.now_us())  # the background loops' bugs (supervise.py)
         self.readers = Readers(self.notifier, config.max_waiters, config.max_waiters_per_uid)
         self.quarantined: dict = {}  # journal seq -> recovery.Quarantined: rows recover() went on without
         self.readings = None  # drivers/nvml.Readings of the real GPUs, set by the daemon (mount.py)
@@ -352,22 +354,24 @@ class Runtime:
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Run the models' drivers on every GPU (enginehost.py), the deadline timer, the blocked
-        readers' signal watcher and the cluster's tasks (if any) until cancelled."""
+        readers' signal watcher and the cluster's tasks (if any) until cancelled. Each loop is supervised
+        (supervise.py): a bug in one is logged, shown in /ai/health, and the loop started again; each keeps
+        what it needs across a restart on its object, so a restart repeats no effect but the failed step."""
         async with trio.open_nursery() as nursery:
             groups = DriverGroups(self, nursery)
             groups.sync()  # builds the drivers now: a bad configuration fails here, before the mount
-            nursery.start_soon(groups.follow)
-            nursery.start_soon(self._deadline_timer)
-            nursery.start_soon(self._probe_journal)
-            nursery.start_soon(self._progress_timer)
+            loops = [("drivers.follow", groups.follow), ("deadlines", self._deadline_timer),
+                     ("journal.probe", self._probe_journal), ("progress", self._progress_timer),
+                     ("readers.watch", self.readers.watch)]
             if self._archived(self.kernel):
-                nursery.start_soon(self._compress_archive)
-            nursery.start_soon(self.readers.watch)
+                loops.append(("archive.compress", self._compress_archive))
             if self.readings is not None:
-                nursery.start_soon(self._sample_gpu_memory)
+                loops.append(("gpu.sample", self._sample_gpu_memory))
             if self.snapshotter is not None:
-                nursery.start_soon(self.snapshotter.run)
-            if self.cluster is not None:
+                loops.append(("snapshots", self.snapshotter.run))
+            for name, loop in loops:
+                nursery.start_soon(self.supervisor.supervised, name, loop)
+            if self.cluster is not None:  # not restarted: leaving it closes its etcd client; its loops are supervised
                 nursery.start_soon(self.cluster.run)
             task_status.started()
 

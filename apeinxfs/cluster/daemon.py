@@ -113,18 +113,19 @@ class Cluster:
             await self.rt.wait_for("trace", PUBLISH_S)
 
     async def run(self) -> None:
-        """Join and follow the cluster until cancelled."""
+        """Join and follow the cluster until cancelled; each of the nine loops supervised (supervise.py: a bug
+        in one is logged, shown in /ai/health and the loop started again), so only a cancel ends this."""
+        supervised = self.rt.supervisor.supervised
         async with self.etcd, self.router, trio.open_nursery() as nursery:
-            nursery.start_soon(self.member.run)
-            nursery.start_soon(self.member.publish)
-            nursery.start_soon(self.follow, nursery)
-            nursery.start_soon(self.keep_pids)
-            nursery.start_soon(self.failover.keep)
-            nursery.start_soon(self.failover.watch)
+            loops = [("cluster.member", self.member.run), ("cluster.publish", self.member.publish),
+                     ("cluster.follow", self.follow, nursery), ("cluster.pids", self.keep_pids),
+                     ("cluster.failover.keep", self.failover.keep), ("cluster.failover.watch", self.failover.watch),
+                     ("cluster.shared.drain", self.shared.drain),
+                     ("cluster.compaction", self.compaction.run, self.etcd, lambda: self.view.revision, COMPACT_S)]
             if self.settings.replicate_s:
-                nursery.start_soon(self.replicas.keep)
-            nursery.start_soon(self.shared.drain)
-            nursery.start_soon(self.compaction.run, self.etcd, lambda: self.view.revision, COMPACT_S)
+                loops.append(("cluster.replicas", self.replicas.keep))
+            for name, *loop in loops:
+                nursery.start_soon(supervised, name, *loop)
 
     async def follow(self, nursery: trio.Nursery) -> None:
         """Read every key under the prefix, then watch it from the next revision; again after a failure.

@@ -57,12 +57,15 @@ class Failover:
         self.etcd, self.keys, self.member = cluster.etcd, cluster.keys, cluster.member
         self.written: dict[int, tuple[TaskKey, int]] = {}  # pid -> (its key, its revision) as this node wrote it
         self.seq = 0  # the trace line recorded up to
+        self.recording = False  # `keep` has started: `seq` counts from its first start, not a restart's
         self.waiting = 0  # submits waiting for their keys (settle): the recorder does not gather then
         self.doubtful = False  # a txn failed, its outcome maybe unknown: `fence` reads the keys again
 
     async def keep(self) -> None:
         """Fence after each join, and record the trace's submits and exits, until cancelled."""
-        fenced, self.seq = 0, self.rt.kernel.trace.seq  # the lines a replay rebuilt were recorded before
+        fenced = 0  # a restart (supervise.py) fences again, as after a join, and records from where it was
+        if not self.recording:
+            self.seq, self.recording = self.rt.kernel.trace.seq, True  # the lines a replay rebuilt were recorded before
         fencing = self.cluster.fencing
         while True:
             fencing.check()

@@ -1,0 +1,136 @@
+"""Tier 1: the background loops' bug boundary (supervise.py), under trio's autojump clock.
+
+A loop that raises is started again after 1 s, 2 s, 4 s ... up to 30 s, back to 1 s after a run of a
+minute; its Bug row counts the failures and names the last one's place; cancellation and
+KeyboardInterrupt pass through; a loop that returns is not started again.
+"""
+import logging
+
+import pytest
+import trio
+
+from apeinxfs import health
+from apeinxfs.kernel.events import PidBlock, Submit
+from apeinxfs.kernel.spec import TaskSpec
+from apeinxfs.supervise import RESTART_MAX_S, STEADY_S, Supervisor
+from test_shared_settings import node
+
+
+def flaky(starts: list, fails: int, run_s: float = 0.0):
+    """A loop that records when each run starts, runs `run_s`, and raises ValueError in its first `fails` runs."""
+    async def loop():
+        starts.append(trio.current_time())
+        await trio.sleep(run_s)
+        if len(starts) <= fails:
+            raise ValueError(f"run {len(starts)}")
+    return loop
+
+
+def gaps(starts: list, run_s: float = 0.0) -> list:
+    """The pauses between one run's end and the next one's start."""
+    return [round(b - a - run_s, 6) for a, b in zip(starts, starts[1:])]
+
+
+async def test_a_loop_that_fails_twice_is_restarted_after_1_then_2_seconds_and_counted(autojump_clock):
+    """Two failures, then a run that returns: pauses of 1 s and 2 s, and a Bug row of 2 times."""
+    supervisor, starts = Supervisor(lambda: 1234), []
+    await supervisor.supervised("test.loop", flaky(starts, fails=2))
+    assert gaps(starts) == [1.0, 2.0]
+    assert supervisor.bugs["test.loop"].times == 2
+    row = supervisor.show()
+    assert row.startswith("Bug:\ttest.loop: ValueError at test_supervise.py:")
+    assert row.endswith("(2 times, last at 1234; restarted)\n")
+
+
+async def test_the_backoff_doubles_up_to_30_seconds(autojump_clock):
+    """Eight quick failures in a row: pauses 1, 2, 4, 8, 16, 30, 30, 30 s."""
+    supervisor, starts = Supervisor(lambda: 0), []
+    await supervisor.supervised("test.loop", flaky(starts, fails=8))
+    assert gaps(starts) == [1.0, 2.0, 4.0, 8.0, 16.0, RESTART_MAX_S, RESTART_MAX_S, RESTART_MAX_S]
+
+
+async def test_the_backoff_starts_over_after_a_run_of_a_minute(autojump_clock):
+    """Runs that last STEADY_S before failing are each followed by a 1 s pause, not a growing one."""
+    supervisor, starts = Supervisor(lambda: 0), []
+    await supervisor.supervised("test.loop", flaky(starts, fails=3, run_s=STEADY_S))
+    assert gaps(starts, run_s=STEADY_S) == [1.0, 1.0, 1.0]
+    assert supervisor.bugs["test.loop"].times == 3
+
+
+async def test_cancellation_passes_through_and_is_no_bug(autojump_clock):
+    """A loop cancelled from outside ends the supervisor at once, with no Bug row and no restart."""
+    supervisor, starts = Supervisor(lambda: 0), []
+
+    async def forever():
+        starts.append(trio.current_time())
+        await trio.sleep_forever()
+
+    with trio.move_on_after(5):
+        await supervisor.supervised("test.loop", forever)
+    assert len(starts) == 1 and supervisor.bugs == {} and supervisor.show() == ""
+
+
+async def test_keyboard_interrupt_passes_through(autojump_clock):
+    """A BaseException that is not an Exception is not contained: it leaves the supervisor as it came."""
+    supervisor = Supervisor(lambda: 0)
+
+    async def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        await supervisor.supervised("test.loop", interrupted)
+    assert supervisor.bugs == {}
+
+
+async def test_an_exception_group_of_exceptions_is_a_bug_placed_where_its_first_was_raised(autojump_clock):
+    """A loop whose own nursery's child raises is restarted; its row names the child's error, not the group."""
+    supervisor, starts = Supervisor(lambda: 0), []
+
+    async def child():
+        raise KeyError("gone")
+
+    async def with_children():
+        starts.append(trio.current_time())
+        if len(starts) == 1:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(child)
+
+    await supervisor.supervised("test.loop", with_children)
+    assert len(starts) == 2
+    assert "test.loop: KeyError at test_supervise.py:" in supervisor.show()
+
+
+async def test_the_traceback_is_logged_once_a_place_then_one_line_a_failure(autojump_clock, caplog):
+    """Three failures at one place: one log record with the traceback, two one-liners that count them."""
+    supervisor, starts = Supervisor(lambda: 0), []
+    with caplog.at_level(logging.ERROR, logger="apeinxfs.supervise"):
+        await supervisor.supervised("test.loop", flaky(starts, fails=3))
+    records = [r for r in caplog.records if r.name == "apeinxfs.supervise"]
+    assert [r.exc_info is not None for r in records] == [True, False, False]
+    assert "(3 times)" in records[-1].getMessage()
+
+
+async def test_health_shows_a_row_for_each_loop_that_failed(autojump_clock):
+    """/ai/health is `State: ok` followed by one Bug row a failed loop, sorted by name."""
+    supervisor = Supervisor(lambda: 7)
+    for name in ("b.loop", "a.loop"):
+        await supervisor.supervised(name, flaky([], fails=1))
+    lines = health.show(health.Health(), supervisor).splitlines()
+    assert lines[0] == "State:\tok"
+    assert [line.split(":", 2)[1].strip() for line in lines[1:]] == ["a.loop", "b.loop"]
+    assert all(line.endswith("(once, last at 7; restarted)") for line in lines[1:])
+
+
+async def test_a_restarted_failover_recorder_records_from_where_it_was_not_from_the_trace_end(tmp_path, autojump_clock):
+    """Tier 2 (a cluster node's runtime, no etcd): a second start of `Failover.keep`, as the supervisor makes
+    after a bug, keeps the trace line recorded up to, so the submits since are still recorded."""
+    rt = node(tmp_path)
+    failover = rt.cluster.failover
+    with trio.move_on_after(1):
+        await failover.keep()
+    recorded = failover.seq
+    rt.commit([PidBlock(first=1, count=10)])
+    rt.commit([Submit(spec=TaskSpec(name="j"))])
+    with trio.move_on_after(1):
+        await failover.keep()
+    assert failover.seq == recorded < rt.kernel.trace.seq
