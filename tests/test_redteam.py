@@ -4,11 +4,17 @@ Each test names the defect in its xfail reason; whoever mends it removes the mar
 where the defect lives in the kernel; the mount-level steps that led there are in the
 reason.
 """
+import errno
+
 import pytest
 
 from apeinxfs.kernel import Kernel
+from apeinxfs.nodes.tree import Tree
 from apeinxfs.kernel.state import decode, encode
+from test_journal_runtime import open_runtime
+from test_nodes import refusal
 from test_snapshots import daemon_like, layout_config, snapshot, work
+from test_tenant_nodes import write
 
 
 @pytest.mark.xfail(strict=True, reason="state.encode sets pickler.dispatch_table to {Kernel: ...} alone, so "
@@ -38,3 +44,15 @@ def test_a_snapshot_is_written_after_a_task_events_read(tmp_path):
         assert rt.snapshotter.seq == rt.journal.last_seq
     finally:
         rt.close()
+
+
+@pytest.mark.xfail(strict=True, reason="TenantConfig's name check (kernel/tenant_config.py:215) lacks the "
+                   "'cannot be a directory name' rule ModelsRegistry.check_add has (kernel/models.py:46): "
+                   "`add .` and `add ..` on /ai/ctl/tenants succeed, tasks run under tenant '..', and "
+                   "/ai/tenants/../weight resolves to /ai/weight: its quota, weight and budget files are out of reach")
+@pytest.mark.parametrize("name", [".", ".."])
+def test_a_tenant_cannot_be_named_as_a_directory_entry(tmp_path, name):
+    """`add .` and `add ..` are EINVAL on /ctl/tenants, as they are on /ctl/models."""
+    with open_runtime(tmp_path) as runtime:
+        refused = refusal(lambda: write(Tree(runtime), "/ctl/tenants", f"add {name}\n".encode()))
+    assert refused.errno == errno.EINVAL
