@@ -5,13 +5,16 @@ where the defect lives in the kernel; the mount-level steps that led there are i
 reason.
 """
 import errno
+import os
 
 import pytest
 
+from apeinxfs.fs import Operations
 from apeinxfs.kernel import Kernel
 from apeinxfs.nodes.tree import Tree
 from apeinxfs.kernel.state import decode, encode
 from test_journal_runtime import open_runtime
+from test_fs_ops import ROOT, ctx, fuse_errno, inode_of
 from test_nodes import refusal
 from test_snapshots import daemon_like, layout_config, snapshot, work
 from test_tenant_nodes import write
@@ -56,3 +59,24 @@ def test_a_tenant_cannot_be_named_as_a_directory_entry(tmp_path, name):
     with open_runtime(tmp_path) as runtime:
         refused = refusal(lambda: write(Tree(runtime), "/ctl/tenants", f"add {name}\n".encode()))
     assert refused.errno == errno.EINVAL
+
+
+@pytest.mark.xfail(strict=True, reason="fs.Operations implements none of create, mknod, mkdir, unlink, rmdir, "
+                   "rename, symlink: pyfuse3's defaults answer ENOSYS, so `echo x > /ai/ctl/submt` (a typo), "
+                   "`rm /ai/tasks/5/ctl`, `mkdir /ai/tasks/x` say 'Function not implemented', an errno "
+                   "apeinxfs(5) ERRORS never names (it gives EPERM for chmod, chown and utime)")
+@pytest.mark.parametrize("call", ["create", "mkdir", "unlink", "rmdir", "rename", "symlink"])
+async def test_changing_the_tree_s_names_is_refused_with_a_documented_errno(tmp_path, call):
+    """Creating, removing or renaming a name anywhere in the tree is EPERM, not ENOSYS."""
+    with open_runtime(tmp_path) as runtime:
+        ops = Operations(Tree(runtime))
+        ctl = await inode_of(ops, "/ctl")
+        calls = {
+            "create": lambda: ops.create(ctl, b"new", 0o644, os.O_WRONLY, ctx()),
+            "mkdir": lambda: ops.mkdir(ctl, b"new", 0o755, ctx()),
+            "unlink": lambda: ops.unlink(ctl, b"submit", ctx()),
+            "rmdir": lambda: ops.rmdir(ROOT, b"ctl", ctx()),
+            "rename": lambda: ops.rename(ctl, b"submit", ctl, b"x", 0, ctx()),
+            "symlink": lambda: ops.symlink(ctl, b"l", b"submit", ctx()),
+        }
+        assert await fuse_errno(calls[call]) == errno.EPERM
