@@ -1,8 +1,9 @@
 """Defects found by attacking a live mount (the redteam task), each reproduced and marked xfail.
 
-Each test names the defect in its xfail reason; whoever mends it removes the mark. Tier 1
-where the defect lives in the kernel; the mount-level steps that led there are in the
-reason.
+Each test names the defect in its xfail reason (strict: it fails while the defect is there,
+checked); whoever mends it removes the mark. Tiers 1-2 (the kernel, the runtime, the tree,
+fs.Operations called directly); the shell steps on a live mount that led there are in the
+reasons.
 """
 import errno
 import os
@@ -11,10 +12,10 @@ import pytest
 
 from apeinxfs.fs import Operations
 from apeinxfs.kernel import Kernel
-from apeinxfs.nodes.tree import Tree
 from apeinxfs.kernel.state import decode, encode
-from test_journal_runtime import open_runtime
+from apeinxfs.nodes.tree import Tree
 from test_fs_ops import ROOT, ctx, fuse_errno, inode_of
+from test_journal_runtime import open_runtime
 from test_nodes import refusal, resolve, text
 from test_snapshots import daemon_like, layout_config, snapshot, work
 from test_tenant_nodes import ADMIN, write
@@ -22,10 +23,11 @@ from test_tenant_nodes import ADMIN, write
 
 @pytest.mark.xfail(strict=True, reason="state.encode sets pickler.dispatch_table to {Kernel: ...} alone, so "
                    "copyreg's reducer for re.Pattern is lost, and the redaction pattern Trace._pattern caches "
-                   "once a task's or tenant's trace lines are rendered (`cat /ai/tasks/PID/events`, `cat /ai/replay/PID`, "
-                   "even a stat of /ai/tenants/NAME/events) cannot be pickled: "
-                   "every snapshot, the one at unmount included, fails until restart and the journal is never "
-                   "compacted")
+                   "once a task's or tenant's trace lines are rendered (`cat /ai/tasks/PID/events`, "
+                   "`cat /ai/replay/PID`, even a stat of /ai/tenants/NAME/events) cannot be pickled: every "
+                   "snapshot, the one at unmount included, fails until restart, the journal is never compacted, "
+                   "and an idle daemon forks a failing writer about twice a second (18% of a core, 7-line "
+                   "traceback each in the log)")
 def test_a_kernel_whose_tenant_events_were_read_can_be_snapshotted():
     """A kernel that has rendered a tenant's events view still encodes, and decodes to the same view."""
     kernel = Kernel(layout_config())
