@@ -11,44 +11,11 @@ import os
 import pytest
 
 from apeinxfs.fs import Operations
-from apeinxfs.kernel import Kernel
-from apeinxfs.kernel.state import decode, encode
 from apeinxfs.nodes.tree import Tree
 from test_fs_ops import ROOT, ctx, fuse_errno, inode_of
 from test_journal_runtime import open_runtime
 from test_nodes import refusal, resolve, text
-from test_snapshots import daemon_like, layout_config, snapshot, work
 from test_tenant_nodes import ADMIN, write
-
-
-@pytest.mark.xfail(strict=True, reason="state.encode sets pickler.dispatch_table to {Kernel: ...} alone, so "
-                   "copyreg's reducer for re.Pattern is lost, and the redaction pattern Trace._pattern caches "
-                   "once a task's or tenant's trace lines are rendered (`cat /ai/tasks/PID/events`, "
-                   "`cat /ai/replay/PID`, even a stat of /ai/tenants/NAME/events) cannot be pickled: every "
-                   "snapshot, the one at unmount included, fails until restart, the journal is never compacted, "
-                   "and an idle daemon forks a failing writer about twice a second (18% of a core, 7-line "
-                   "traceback each in the log)")
-def test_a_kernel_whose_tenant_events_were_read_can_be_snapshotted():
-    """A kernel that has rendered a tenant's events view still encodes, and decodes to the same view."""
-    kernel = Kernel(layout_config())
-    view_before, _ = kernel.trace.tenant_view("default")
-    restored = decode(encode(kernel))
-    assert restored.trace.tenant_view("default")[0] == view_before
-
-
-
-@pytest.mark.xfail(strict=True, reason="same defect, by the commonest path: Trace.of_task (tasks/PID/events, "
-                   "replay/PID) caches the redaction pattern of the task's tenant")
-def test_a_snapshot_is_written_after_a_task_events_read(tmp_path):
-    """After a task's events are read (as `cat /ai/tasks/PID/events` does) the next snapshot is still written."""
-    rt = daemon_like(tmp_path)
-    work(rt, 1)
-    rt.kernel.trace.of_task(rt.kernel.tasks[1])
-    try:
-        snapshot(rt)
-        assert rt.snapshotter.seq == rt.journal.last_seq
-    finally:
-        rt.close()
 
 
 @pytest.mark.xfail(strict=True, reason="TenantConfig's name check (kernel/tenant_config.py:215) lacks the "

@@ -431,3 +431,25 @@ def test_a_bad_snapshot_setting_is_refused_naming_it(tmp_path, line):
     path.write_text(f"[retention]\n{line}\n")
     with pytest.raises(ApeinxError, match=line.split()[0]):
         config_mod.load(str(path), str(tmp_path / "state"), use_nvml=False)
+
+
+def test_a_kernel_whose_tenant_events_were_read_can_be_snapshotted():
+    """A kernel that has rendered a tenant's events view (it caches a redaction pattern, an re.Pattern) still
+    encodes, and decodes to the same view: state.encode's dispatch table keeps copyreg's reducers."""
+    kernel = Kernel(layout_config())
+    view_before, _ = kernel.trace.tenant_view("default")
+    restored = decode(encode(kernel))
+    assert restored.trace.tenant_view("default")[0] == view_before
+
+
+
+def test_a_snapshot_is_written_after_a_task_events_read(tmp_path):
+    """After a task's events are read (as `cat /ai/tasks/PID/events` does) the next snapshot is still written."""
+    rt = daemon_like(tmp_path)
+    work(rt, 1)
+    rt.kernel.trace.of_task(rt.kernel.tasks[1])
+    try:
+        snapshot(rt)
+        assert rt.snapshotter.seq == rt.journal.last_seq
+    finally:
+        rt.close()

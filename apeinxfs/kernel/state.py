@@ -16,6 +16,7 @@ loaded objects); else its objects would miss attributes, or carry stale ones, an
 """
 from __future__ import annotations
 
+import copyreg
 import enum
 import importlib
 import io
@@ -45,7 +46,7 @@ def encode(kernel: Kernel) -> bytes:
     """The kernel's state as bytes."""
     buffer = io.BytesIO()
     pickler = pickle.Pickler(buffer, protocol=PROTOCOL)
-    pickler.dispatch_table = {Kernel: _reduce_kernel}
+    pickler.dispatch_table = copyreg.dispatch_table | {Kernel: _reduce_kernel}  # copyreg's: re.Pattern's reducer
     pickler.dump(kernel)
     return buffer.getvalue()
 
