@@ -18,18 +18,6 @@ from test_nodes import refusal, resolve, text
 from test_tenant_nodes import ADMIN, write
 
 
-@pytest.mark.xfail(strict=True, reason="TenantConfig's name check (kernel/tenant_config.py:215) lacks the "
-                   "'cannot be a directory name' rule ModelsRegistry.check_add has (kernel/models.py:46): "
-                   "`add .` and `add ..` on /ai/ctl/tenants succeed, tasks run under tenant '..', and "
-                   "/ai/tenants/../weight resolves to /ai/weight: its quota, weight and budget files are out of reach")
-@pytest.mark.parametrize("name", [".", ".."])
-def test_a_tenant_cannot_be_named_as_a_directory_entry(tmp_path, name):
-    """`add .` and `add ..` are EINVAL on /ctl/tenants, as they are on /ctl/models."""
-    with open_runtime(tmp_path) as runtime:
-        refused = refusal(lambda: write(Tree(runtime), "/ctl/tenants", f"add {name}\n".encode()))
-    assert refused.errno == errno.EINVAL
-
-
 @pytest.mark.xfail(strict=True, reason="fs.Operations implements none of create, mknod, mkdir, unlink, rmdir, "
                    "rename, symlink: pyfuse3's defaults answer ENOSYS, so `echo x > /ai/ctl/submt` (a typo), "
                    "`rm /ai/tasks/5/ctl`, `mkdir /ai/tasks/x` say 'Function not implemented', an errno "

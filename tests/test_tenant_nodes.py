@@ -163,3 +163,11 @@ def test_a_deny_rule_refuses_a_submit_naming_the_rule(tree):
     error = refusal(lambda: submit(tree, ALICE))
     assert error.errno == errno.EACCES and error.reason == "denied by policy rule 1: deny tenant=a model=sim"
     assert audit(tree)[-1]["detail"] == error.reason
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_a_tenant_cannot_be_named_as_a_directory_entry(tmp_path, name):
+    """`add .` and `add ..` are EINVAL on /ctl/tenants, as they are on /ctl/models."""
+    with open_runtime(tmp_path) as runtime:
+        refused = refusal(lambda: write(Tree(runtime), "/ctl/tenants", f"add {name}\n".encode()))
+    assert refused.errno == errno.EINVAL

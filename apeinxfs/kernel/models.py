@@ -14,8 +14,8 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from .config import ModelConfig
 from .endpoints import check_gpus_exist
-from .errors import Busy, Exists, Invalid, NotFound
-from .spec import TaskSpec, check_name
+from .errors import Busy, Exists, NotFound
+from .spec import TaskSpec, check_entry_name
 from .task import Task
 
 
@@ -42,9 +42,7 @@ class Models(Mapping[str, ModelConfig]):
 
     def check_add(self, model: ModelConfig) -> None:
         name = model.name
-        check_name("model")(None, None, name)
-        if name in (".", ".."):
-            raise Invalid(f"model {name!r} cannot be a directory name")
+        check_entry_name("model")(None, None, name)
         if name in self._models:
             raise Exists(f"model {name} exists: remove it first to change it")
         check_gpus_exist(name, model.endpoints, self.gpus)

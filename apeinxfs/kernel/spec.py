@@ -36,6 +36,17 @@ def check_name(what: str) -> Validator:
     return check
 
 
+def check_entry_name(what: str) -> Validator:
+    """check_name, and not `.` or `..`: the name is also a directory's in the tree (/models/NAME, /tenants/NAME)."""
+    named = check_name(what)
+
+    def check(inst: object, attr: object, value: Any) -> None:
+        named(inst, attr, value)
+        if value in (".", ".."):
+            raise Invalid(f"{what} {value!r} cannot be a directory name")
+    return check
+
+
 def _check_int(what: str, low: int, high: int) -> Validator:
     def check(_inst: object, _attr: object, value: Any) -> None:
         if type(value) is not int or not low <= value <= high:

@@ -15,7 +15,7 @@ import attrs
 from .errors import Invalid
 from .grammar import parse_duration_us, parse_int
 from .ledger import Limit
-from .spec import Validator, check_name
+from .spec import Validator, check_entry_name, check_name
 
 US = 1_000_000
 
@@ -212,7 +212,7 @@ def _sandbox(value: Sandbox | Mapping[str, Any]) -> Sandbox:
 class TenantConfig:
     """A tenant: its name, cgroup-style weight (1..10000, default 100) and the groups above."""
 
-    name: str = attrs.field(validator=check_name("tenant"))
+    name: str = attrs.field(validator=check_entry_name("tenant"))
     weight: int = attrs.field(default=100, validator=_weight)
     members: Members = attrs.field(factory=Members, converter=_members)
     quota: Quota = attrs.field(factory=Quota, converter=_quota)
