@@ -1,15 +1,15 @@
 """Tier 2: a bug in a driver fails (a task's job) or restarts (its serve) what it is in, not the daemon.
 
-A real Runtime (journal, kernel, the openai driver) against test_openai_driver's FakeEngine. A job's bug
-comes the way one would: an engine's answer the parser did not foresee (completion_tokens as a string).
+A real Runtime (journal, kernel, the openai driver) against test_openai_driver's FakeEngine, or the
+llamacpp driver with test_llamacpp_driver's FakeLlama. An openai job's bug comes the way one would: an
+engine's answer the parser did not foresee (completion_tokens as a string).
 No input is known that makes run_jobs itself raise outside a job, so that bug is injected at the one
 place run_jobs calls between batches: `Outbox.take_interrupted` raises in its second call, as a bug in
 it would, and works after.
 """
-import trio
-
-from apeinxfs.drivers import flow, sse
+from apeinxfs.drivers import flow, llamacpp, sse
 from runtasks import run_tasks
+from test_llamacpp_driver import CONFIG as LLAMA_CONFIG, FakeLlama
 from test_openai_driver import FakeEngine, engine_config
 
 PARSE_LINE = next(number for number, line in enumerate(open(sse.__file__), 1)
@@ -64,3 +64,25 @@ async def test_a_bug_in_serve_outside_a_job_restarts_it_and_its_task_resumes_aft
         so_far = body["prompt"].removeprefix("long")
         assert output.startswith(so_far) and body["max_tokens"] == 30 - len(so_far.split())
     assert kept[0].supervisor.bugs["driver.openai.serve"].times == 1
+
+
+async def test_a_bug_in_a_llamacpp_job_fails_that_task_and_the_next_one_runs(tmp_path, monkeypatch):
+    """Building the first generation fails (`Job.of` raises in its first call, injected as a bug in it
+    would be; the engine's own failures are caught in its thread): its task fails naming the bug, the other
+    task on the model runs to done, and the supervisor counts driver.llamacpp.job once."""
+    real, calls = llamacpp.Job.of.__func__, []
+
+    def failing(cls, task):
+        calls.append(task.pid)
+        if len(calls) == 1:
+            raise ValueError("a bug in Job.of")
+        return real(cls, task)
+    monkeypatch.setattr(llamacpp.Job, "of", classmethod(failing))
+    monkeypatch.setattr(llamacpp, "open_llama", lambda options: FakeLlama())
+    kept: list = []
+    tasks = await run_tasks(tmp_path, LLAMA_CONFIG, [{"name": "a", "max_tokens": 5}, {"name": "b", "max_tokens": 5}],
+                            keeping_runtime(kept))
+    [broken], [fine] = [t for t in tasks if t.pid == calls[0]], [t for t in tasks if t.pid != calls[0]]
+    assert broken.exit.startswith("failed: driver bug: ValueError at test_driver_bugs.py:")
+    assert (fine.exit, fine.tokens_out) == ("done", 5)
+    assert kept[0].supervisor.bugs["driver.llamacpp.job"].times == 1
