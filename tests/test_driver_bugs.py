@@ -7,13 +7,15 @@ No input is known that makes run_jobs itself raise outside a job, so that bug is
 place run_jobs calls between batches: `Outbox.take_interrupted` raises in its second call, as a bug in
 it would, and works after.
 """
+from pathlib import Path
+
 from apeinxfs.drivers import flow, llamacpp, sse
 from runtasks import run_tasks
 from test_llamacpp_driver import CONFIG as LLAMA_CONFIG, FakeLlama
 from test_openai_driver import FakeEngine, engine_config
 
-PARSE_LINE = next(number for number, line in enumerate(open(sse.__file__), 1)
-                  if 'usage["completion_tokens"] - self.tokens' in line)
+PARSE_LINE = next(number for number, line in enumerate(Path(sse.__file__).read_text().splitlines(), 1)
+                  if 'usage["completion_tokens"] - self.tokens' in line)  # where the garbled answer raises
 
 
 def keeping_runtime(kept: list):
