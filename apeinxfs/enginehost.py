@@ -10,7 +10,10 @@ starts new ones; a restarted driver picks up its models' running tasks again (th
 driver resumes each after the text it has). Drivers are built at once, so a bad option in
 the configuration fails the daemon's start, and /ctl/models builds one before it commits.
 While the daemon is degraded (health.py) every batch looks empty: the drivers stop their
-jobs, and start them again, after the text each task has, when it recovers.
+jobs, and start them again, after the text each task has, when it recovers. A driver's serve and
+observe are supervised (supervise.py): a bug in one is shown in /ai/health and that one started
+again, its tasks picked up where the kernel has them; a bug in one task's job fails that task
+alone (drivers/flow.py `Outbox.guarded`).
 """
 import trio
 
@@ -55,6 +58,9 @@ class ModelHost:
     def engine_down(self, model: str, gpus: tuple = ()) -> bool:
         return self.rt.kernel.engines.is_down(model, gpus)
 
+    def note_bug(self, name: str, exc: Exception, outcome: str) -> None:
+        self.rt.supervisor.note(name, exc, outcome)
+
 
 def groups_of(models: dict, configured: set) -> dict:
     """{key: {name: ModelConfig}}: the configured models by driver name, each model added live alone."""
@@ -92,12 +98,15 @@ class DriverGroups:
         return scope
 
     async def _serve(self, driver, host: ModelHost, scope: trio.CancelScope) -> None:
+        """Run `driver`'s serve on each GPU and its observe, each supervised (supervise.py): started again
+        after a bug, as `sync` starts a changed group (its GPUs' running tasks picked up again)."""
+        supervised = self.rt.supervisor.supervised
         with scope:
             async with trio.open_nursery() as nursery:
                 for gpu in range(len(self.rt.kernel.gpus)):
-                    nursery.start_soon(driver.serve, gpu, host)
+                    nursery.start_soon(supervised, f"driver.{driver.name}.serve", driver.serve, gpu, host)
                 if hasattr(driver, "observe"):
-                    nursery.start_soon(driver.observe, host)
+                    nursery.start_soon(supervised, f"driver.{driver.name}.observe", driver.observe, host)
 
     async def follow(self) -> None:
         """Sync whenever the models change (/ctl/models), until cancelled."""

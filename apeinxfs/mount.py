@@ -222,7 +222,7 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
                 fuselock.install()
                 await pyfuse3.main(min_tasks=4, max_tasks=config.max_waiters + 64)
             nursery.cancel_scope.cancel()
-    except Exception:  # a task not supervised (supervise.py): a driver's, or the cluster's etcd client
+    except Exception:  # a task not supervised (supervise.py): Cluster.run around its loops, with its etcd client
         log.critical("a bug ended the daemon; the mount is left dead until the next start", exc_info=True)
         raise
     finally:

@@ -10,6 +10,9 @@ RESTART_MAX_S, and back to RESTART_MIN_S once a run lasted STEADY_S. A loop that
 done and not started again. A BaseException that is not an Exception (trio.Cancelled,
 KeyboardInterrupt, a group holding one) passes through untouched.
 
+`note` alone serves a boundary that does not restart: a driver's job (drivers/flow.py) whose bug
+fails its task, kept here as a Bug with that outcome.
+
 Not here: whether a loop is safe to start again (its caller decides, and supervises only those
 that are: runtime.py, cluster/daemon.py), the errors a loop expects and handles itself (etcd's
 refusals, a full disk), and bugs of requests (fs.py).
@@ -32,17 +35,19 @@ STEADY_S = 60.0  # a run that lasted this long before failing starts the backoff
 
 @attrs.define
 class Bug:
-    """A loop's failures: how many, and the last one's type, place (file:line) and wall time (µs)."""
+    """A loop's failures: how many, and the last one's type, place (file:line), wall time (µs) and
+    what was done about it (`restarted`; `its task failed` for a driver's job, drivers/flow.py)."""
 
     error: str
     where: str
     times: int
     last_us: int
+    outcome: str = "restarted"
 
     def row(self, name: str) -> str:
-        """Its /ai/health value: `NAME: TYPE at FILE:LINE (N times, last at US; restarted)`."""
+        """Its /ai/health value: `NAME: TYPE at FILE:LINE (N times, last at US; OUTCOME)`."""
         times = "once" if self.times == 1 else f"{self.times} times"
-        return f"{name}: {self.error} at {self.where} ({times}, last at {self.last_us}; restarted)"
+        return f"{name}: {self.error} at {self.where} ({times}, last at {self.last_us}; {self.outcome})"
 
 
 class Supervisor:
@@ -69,17 +74,18 @@ class Supervisor:
             await trio.sleep(pause)
             pause = min(pause * 2, RESTART_MAX_S)
 
-    def note(self, name: str, exc: Exception) -> None:
-        """Keep `exc` as loop `name`'s last bug and log it (its traceback once a place)."""
+    def note(self, name: str, exc: Exception, outcome: str = "restarted") -> None:
+        """Keep `exc` as loop `name`'s last bug, with what was done about it, and log it (its traceback
+        once a place)."""
         error, where = place_of(exc)
         bug = self.bugs.get(name)
-        self.bugs[name] = Bug(error, where, (bug.times if bug else 0) + 1, self.now_us())
+        self.bugs[name] = Bug(error, where, (bug.times if bug else 0) + 1, self.now_us(), outcome)
         if (name, error, where) not in self.places:
             self.places.add((name, error, where))
-            log.error("bug in %s: %s at %s; restarted", name, error, where, exc_info=exc)
+            log.error("bug in %s: %s at %s; %s", name, error, where, outcome, exc_info=exc)
             return
-        self.repeats.log(name, logging.ERROR, "bug in %s again: %s: %r at %s (%d times); restarted", name, error,
-                         str(exc)[:200], where, self.bugs[name].times)
+        self.repeats.log(name, logging.ERROR, "bug in %s again: %s: %r at %s (%d times); %s", name, error,
+                         str(exc)[:200], where, self.bugs[name].times, outcome)
 
     def show(self) -> str:
         """/ai/health's `Bug:` rows, one a loop that failed, by name."""

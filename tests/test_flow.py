@@ -103,7 +103,7 @@ async def test_a_task_placed_again_gets_its_next_token_at_once(autojump_clock):
         return trio.CancelScope()
     task = FakeTask(1)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(flow.run_jobs, host, 0, start)
+        nursery.start_soon(flow.run_jobs, host, 0, start, "test")
         for batch in ([task], [], [task]):
             await host.send_batch.send(batch)
         await trio.testing.wait_all_tasks_blocked()
@@ -137,7 +137,7 @@ async def test_an_interrupted_job_starts_again_when_its_task_is_placed_again_at_
             outbox.end(placed, Interrupted(pid=placed.pid, reason="stream broke"))
         return trio.CancelScope()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(flow.run_jobs, host, 0, start)
+        nursery.start_soon(flow.run_jobs, host, 0, start, "test")
         await host.send_batch.send([task])
         await trio.sleep(1)  # the interruption is delivered; the kernel places the task again at once
         await host.send_batch.send([task])

@@ -123,13 +123,14 @@ class FakeEngine:
 
     `stop_after` N: it ends the text early (finish_reason stop); `cut_after` N: it hangs up (on the
     first `cuts` requests; all if None); `drop_first` N: it hangs up on the first N requests without
-    answering (`reset`: with a TCP reset).
+    answering (`reset`: with a TCP reset); `garbled` PROMPT: to that prompt, its first event's usage gives
+    completion_tokens as a string, then it hangs up.
     """
 
     def __init__(self, delay: float = 0.0, stop_after: int | None = None, cut_after: int | None = None,
-                 drop_first: int = 0, reset: bool = False, cuts: int | None = None):
+                 drop_first: int = 0, reset: bool = False, cuts: int | None = None, garbled: str | None = None):
         self.delay, self.stop_after, self.cut_after, self.drop_first = delay, stop_after, cut_after, drop_first
-        self.reset, self.cuts = reset, cuts
+        self.reset, self.cuts, self.garbled = reset, cuts, garbled
         self.bodies, self.closed_early = [], 0
         self.port = None
 
@@ -153,6 +154,9 @@ class FakeEngine:
             return
         try:
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+            if self.garbled is not None and body.get("prompt") == self.garbled:
+                await send_event(stream, {"choices": [{"text": " w0"}], "usage": {"completion_tokens": "1"}})
+                return
             cut = self.cut_after is not None and (self.cuts is None or len(self.bodies) <= self.cuts)
             produced = await self.words(stream, body["max_tokens"], cut)
             if cut:

@@ -44,6 +44,9 @@ class Host(Protocol):
     def engine_down(self, model: str, gpus: tuple = ()) -> bool:
         """Whether the kernel holds `model`'s engine (its endpoint on `gpus`) down (kernel/engines.py)."""
 
+    def note_bug(self, name: str, exc: Exception, outcome: str) -> None:
+        """Keep a bug the driver contained (a job's: flow.py) as the daemon's Bug `name` (supervise.py)."""
+
 
 class Driver(Protocol):
     """One engine's driver, built from the models it serves (`{name: ModelConfig}`)."""

@@ -5,7 +5,12 @@ places there and cancels the jobs of tasks it takes off (kill, stop, preemption)
 `Outbox` gathers what the jobs of the GPU produce and delivers it as one kernel `Step`
 per round of at least ROUND_S, one merged chunk per task, with failures and interruptions
 (engines that went away midway: the kernel resumes those tasks) after; a task's
-first token and its final chunk go at once. Used by openai.py (a stream per task),
+first token and its final chunk go at once. `Outbox.guarded` is a job's bug boundary: an
+Exception a job lets out (not one of the errors its driver turns into Failed or Interrupted,
+which it catches itself) fails that task alone, `driver bug: TYPE at FILE:LINE`, and is kept
+as the Bug `driver.NAME.job` of the runtime's supervisor (supervise.py, /ai/health); the
+GPU's other jobs and the daemon go on. Failed at once rather than resumed: a bug is not an
+outage; resumed, the same code meets the same text again. Used by openai.py (a stream per task),
 triton.py (through openai.py) and llamacpp.py (a generation per task). No engine I/O here.
 """
 import functools
@@ -15,14 +20,16 @@ import trio
 
 from ..kernel.events import Chunk, Failed, Interrupted, Step
 from ..kernel.task import State
+from ..supervise import place_of
 
 ROUND_S = 0.01  # the shortest time between two steps of one GPU's outbox (a fast engine's tokens come 5-20 at a time)
 
 
-async def run_jobs(host, gpu: int, start) -> None:
+async def run_jobs(host, gpu: int, start, driver: str) -> None:
     """Follow `gpu`'s batch until cancelled: `start(nursery, outbox, task)` begins a task's job
-    and returns something whose `cancel()` ends it, called when the task leaves the batch."""
-    outbox, jobs = Outbox(host, gpu), {}
+    (through `outbox.guarded`) and returns something whose `cancel()` ends it, called when the task
+    leaves the batch. `driver`: the driver's name, in the name of its jobs' Bug."""
+    outbox, jobs = Outbox(host, gpu, f"driver.{driver}.job"), {}
     async with trio.open_nursery() as nursery:
         nursery.start_soon(outbox.deliver_forever)
         begin = functools.partial(start, nursery, outbox)
@@ -33,13 +40,14 @@ async def run_jobs(host, gpu: int, start) -> None:
             batch = await host.batch_changed(gpu)
 
 
-def spawn(nursery, job, *args) -> trio.CancelScope:
-    """Run `job(*args)` in the background under a cancel scope of its own, which it returns."""
+def spawn(nursery, outbox: "Outbox", task, job, *args) -> trio.CancelScope:
+    """Run `task`'s job `job(*args)` in the background, guarded (Outbox.guarded), under a cancel scope
+    of its own, which it returns."""
     scope = trio.CancelScope()
 
     async def scoped():
         with scope:
-            await job(*args)
+            await outbox.guarded(task, job, *args)
     nursery.start_soon(scoped)
     return scope
 
@@ -70,8 +78,8 @@ class Outbox:
     of `wait` or of the stream to its end should not wait a round more. A failure or interruption
     is delivered only if its task still runs by then."""
 
-    def __init__(self, host, gpu: int):
-        self.host, self.gpu = host, gpu
+    def __init__(self, host, gpu: int, bug_name: str = "driver.job"):
+        self.host, self.gpu, self.bug_name = host, gpu, bug_name
         self.chunks, self.failures = [], []
         self.interrupted: set[int] = set()  # tasks whose Interrupted went out since run_jobs last looked
         self.flowing: set[int] = set()  # tasks whose first token since they were placed went out
@@ -98,6 +106,16 @@ class Outbox:
         """Deliver how `task`'s job ended short of its end (Failed, or Interrupted: it resumes later)."""
         self.failures.append((task, event))
         self.ready.set()
+
+    async def guarded(self, task, job, *args) -> None:
+        """Run `task`'s job `job(*args)`; an Exception it lets out is a bug: `task` fails naming its
+        type and place, and the host keeps it (`note_bug`). Cancelled and other BaseExceptions pass."""
+        try:
+            await job(*args)
+        except Exception as exc:
+            error, where = place_of(exc)
+            self.host.note_bug(self.bug_name, exc, "its task failed")
+            self.fail(task, f"driver bug: {error} at {where}")
 
     def take_interrupted(self) -> set[int]:
         interrupted, self.interrupted = self.interrupted, set()

@@ -306,11 +306,11 @@ class LlamaCppDriver:
                 host.report_state(name, "ready")
             else:
                 host.report_state(name, "failed", f"model_path {engine.options.model_path}: no such file")
-        await flow.run_jobs(host, gpu, self._start)
+        await flow.run_jobs(host, gpu, self._start, self.name)
 
     def _start(self, nursery, outbox: flow.Outbox, task) -> Turn:
         turn = Turn()
-        nursery.start_soon(self._run, outbox, task, turn)
+        nursery.start_soon(outbox.guarded, task, self._run, outbox, task, turn)
         return turn
 
     async def _run(self, outbox: flow.Outbox, task, turn: Turn) -> None:

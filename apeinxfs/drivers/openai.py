@@ -153,11 +153,11 @@ class OpenAIDriver:
 
     async def serve(self, gpu: int, host) -> None:
         async with spares.client(self.spares, limits=LIMITS) as client:
-            await flow.run_jobs(host, gpu, functools.partial(self._start, client))
+            await flow.run_jobs(host, gpu, functools.partial(self._start, client), self.name)
 
     def _start(self, client, nursery, outbox: flow.Outbox, task) -> trio.CancelScope:
         """Stream `task` in the background; cancelling the scope closes its stream."""
-        return flow.spawn(nursery, self._run, client, outbox, task)
+        return flow.spawn(nursery, outbox, task, self._run, client, outbox, task)
 
     async def observe(self, host) -> None:
         """Scrape each model's engine metrics every `metrics_s` seconds into the host (or, without
