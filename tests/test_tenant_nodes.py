@@ -171,3 +171,27 @@ def test_a_tenant_cannot_be_named_as_a_directory_entry(tmp_path, name):
     with open_runtime(tmp_path) as runtime:
         refused = refusal(lambda: write(Tree(runtime), "/ctl/tenants", f"add {name}\n".encode()))
     assert refused.errno == errno.EINVAL
+
+
+def test_a_refused_policy_rewrite_keeps_the_rules(tmp_path):
+    """A `>` write of ctl/policy whose line is refused leaves the rules as they were."""
+    with open_runtime(tmp_path) as runtime:
+        tree = Tree(runtime)
+        write(tree, "/ctl/policy", b"deny uid=65534\n", truncating=True)
+        handle = resolve(tree, "/ctl/policy").open(ADMIN, writing=True, reading=False, truncating=True)
+        assert refusal(lambda: handle.write(b"deny uidd=5\n")).errno == errno.EINVAL
+        handle.release()
+        assert text(tree, "/ctl/policy") == "deny uid=65534\n"
+
+
+def test_after_a_refused_first_write_the_first_taken_write_of_a_truncating_open_replaces(tmp_path):
+    """On one `>` descriptor, a refused line then a good one: the good one replaces the list (the refused
+    write changed nothing, so it was not the first write)."""
+    with open_runtime(tmp_path) as runtime:
+        tree = Tree(runtime)
+        write(tree, "/ctl/policy", b"deny uid=65534\n", truncating=True)
+        handle = resolve(tree, "/ctl/policy").open(ADMIN, writing=True, reading=False, truncating=True)
+        assert refusal(lambda: handle.write(b"deny uidd=5\n")).errno == errno.EINVAL
+        handle.write(b"allow tenant=a\n")
+        handle.release()
+        assert text(tree, "/ctl/policy") == "allow tenant=a\n"

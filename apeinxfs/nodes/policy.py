@@ -2,8 +2,8 @@
 
 Reading prints each rule's canonical text, one per line, in order; writing that text
 back restores them (writes mirror reads). Opening with O_TRUNC (`>` in a shell) replaces
-the list: the first write on that descriptor replaces, later ones append, and one that
-writes nothing before its last close empties it. `>>` appends. Blank lines and `#` comments are
+the list: the first write on that descriptor that is taken replaces, later ones append, and
+one that writes nothing before its last close empties it (a refused write changes nothing). `>>` appends. Blank lines and `#` comments are
 skipped. Admins only; every change is journaled and audited.
 """
 import stat
@@ -55,17 +55,19 @@ class RulesHandle(CommandHandle):
     """Runs the rules written; the first write after an O_TRUNC open replaces the list."""
 
     replacing: bool = False
+    written: bool = False  # whether any line came, taken or refused
 
     def _command(self, raw_lines: list[bytes]) -> list[str]:
+        self.written = True
         replies = rules_command(self.node.rt, raw_lines, self.caller, self.replacing)
         self.replacing = False
         return replies
 
     def release(self) -> None:
-        """Run an unterminated last line; then, if opened with O_TRUNC and no rule was written
-        (`: > ctl/policy`, or the line was refused), empty the list."""
+        """Run an unterminated last line; then, if opened with O_TRUNC and nothing was written
+        (`: > ctl/policy`), empty the list. A refused write leaves it as it was: all or nothing."""
         try:
             super().release()
         finally:
-            if self.replacing:
+            if self.replacing and not self.written:
                 self._run([])
