@@ -50,6 +50,15 @@ def guarded(method):
     return wrapper
 
 
+def names_fixed(operation: str):
+    """The handler of a FUSE call that would change the tree's names (mkdir, unlink, rename...): EPERM, as
+    Linux's VFS answers for a directory without that operation (pyfuse3's default is ENOSYS)."""
+    async def refuse(self, *args):
+        raise NotPermitted(f"{operation}: the names of this file system are the daemon's")
+    refuse.__name__ = operation
+    return guarded(refuse)
+
+
 def supplementary_groups(pid: int) -> set:
     try:
         return pyfuse3.get_sup_groups(pid)
@@ -266,6 +275,20 @@ class Operations(pyfuse3.Operations):
             handle.release()
         if isinstance(handle, SnapshotHandle):
             self.tree.close_snapshot(handle.node.inode)
+
+    @guarded
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        """A name that does not exist, opened with O_CREAT (`echo x > /ai/ctl/submt`, a typo): EACCES, as
+        Linux's VFS answers for a directory without create."""
+        raise Denied(f"cannot create {os.fsdecode(name)!r}: the names of this file system are the daemon's")
+
+    mknod = names_fixed("mknod")
+    mkdir = names_fixed("mkdir")
+    unlink = names_fixed("unlink")
+    rmdir = names_fixed("rmdir")
+    rename = names_fixed("rename")
+    symlink = names_fixed("symlink")
+    link = names_fixed("link")
 
     @guarded
     async def statfs(self, ctx):

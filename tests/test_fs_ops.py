@@ -307,3 +307,23 @@ async def test_blocked_reader_with_signal_gets_eintr(ops, autojump_clock):
     fh = await open_path(ops, f"/tasks/{pid}/wait", caller=ctx(pid=NO_SUCH_PID))
     with trio.fail_after(60):
         assert await fuse_errno(lambda: ops.read(fh, 0, 100)) == errno.EINTR
+
+
+@pytest.mark.parametrize("call", ["create", "mkdir", "unlink", "rmdir", "rename", "symlink", "link", "mknod"])
+async def test_changing_the_tree_s_names_is_refused_with_a_documented_errno(tmp_path, call):
+    """Creating a file is EACCES, making a directory, removing or renaming a name EPERM (as Linux's VFS says of
+    a directory without those operations), never ENOSYS."""
+    with open_runtime(tmp_path) as runtime:
+        ops = Operations(Tree(runtime))
+        ctl = await inode_of(ops, "/ctl")
+        calls = {
+            "create": lambda: ops.create(ctl, b"new", 0o644, os.O_WRONLY, ctx()),
+            "mkdir": lambda: ops.mkdir(ctl, b"new", 0o755, ctx()),
+            "unlink": lambda: ops.unlink(ctl, b"submit", ctx()),
+            "rmdir": lambda: ops.rmdir(ROOT, b"ctl", ctx()),
+            "rename": lambda: ops.rename(ctl, b"submit", ctl, b"x", 0, ctx()),
+            "symlink": lambda: ops.symlink(ctl, b"l", b"submit", ctx()),
+            "link": lambda: ops.link(ctl, ROOT, b"l", ctx()),
+            "mknod": lambda: ops.mknod(ctl, b"n", 0o644, 0, ctx()),
+        }
+        assert await fuse_errno(calls[call]) == (errno.EACCES if call == "create" else errno.EPERM)

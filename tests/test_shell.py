@@ -302,6 +302,22 @@ def check_other_user(daemon: Daemon) -> None:
         assert write.returncode != 0 and "Permission denied" in write.stderr
 
 
+@pytest.mark.parametrize("command, words", [
+    ("echo x > {ai}/ctl/submt", "Permission denied"),  # a typo: O_CREAT of a name that is not there
+    ("rm -f {ai}/ctl/submit", "Operation not permitted"),
+    ("mv {ai}/ctl/submit {ai}/ctl/x", "Operation not permitted"),
+    ("mkdir {ai}/tasks/x", "Operation not permitted"),
+    ("ln -s submit {ai}/ctl/l", "Operation not permitted"),
+])
+def test_changing_a_name_in_the_tree_is_refused_in_words_and_changes_nothing(daemon, command, words):
+    """echo to a name not there, rm, mv, mkdir and ln -s fail with EACCES or EPERM (never 'Function not
+    implemented'), and the tree's names stay as they were."""
+    before = sorted(os.listdir(daemon.path("ctl")))
+    done = sh(command.format(ai=daemon.path()))
+    assert done.returncode != 0 and words in done.stderr, done.stderr
+    assert sorted(os.listdir(daemon.path("ctl"))) == before and not os.path.exists(daemon.path("tasks", "x"))
+
+
 # -- scheduler knobs and agents ----------------------------------------------------------------------
 
 
