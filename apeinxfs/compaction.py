@@ -23,6 +23,7 @@ each, rather than start from nothing.
 Decoding a snapshot and replaying rows is recovery (recovery.py); the file format is
 snapshots.py's; `apeinxfs replay --verify` starts from snapshots through `starts` too.
 """
+import ctypes
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from .kernel.config import KernelConfig
 from .kernel.errors import Degraded
 
 log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 POLL_S = 0.25  # how often the daemon looks whether a snapshot is due
 BUSY_SHARE = 0.25  # snapshots take at most this share of the time (their child's, mostly): one after a
 # snapshot that took T seconds waits 3 T at least
@@ -265,11 +267,13 @@ class Snapshotter:
 def fork_writer(directory: str, header: tuple, kernel: Kernel) -> int:
     """Fork a child that encodes `kernel` as it is now into the temp file of a snapshot with `header`
     (snapshots.write_temp), then exits 0 (1 on failure, logged); the child's pid."""
+    parent = os.getpid()
     child = os.fork()
     if child:
         return child
     code = 1
     try:
+        die_with(parent)
         signal.set_wakeup_fd(-1)  # the daemon's signals are its own: this child ends with them
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
@@ -279,3 +283,14 @@ def fork_writer(directory: str, header: tuple, kernel: Kernel) -> int:
         log.exception("snapshot writer failed")
     finally:
         os._exit(code)
+
+
+def die_with(parent: int) -> None:
+    """Have the kernel kill this process when its parent `parent` dies (prctl PR_SET_PDEATHSIG); exit at once
+    if it is already gone. A writer left behind by a daemon killed with -9 held the daemon's lock and
+    /dev/fuse open, so an immediate restart was refused ('another apeinxfs daemon uses ...')."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:  # it died before the prctl: no signal will come
+        os._exit(1)

@@ -6,10 +6,14 @@ starts from the newest usable snapshot, falls back to the one before a damaged o
 a temp file a crash left, and refuses to start, saying why, when rows were compacted and
 no snapshot can be used. No FUSE here (test_snapshots_mount.py mounts).
 """
+import contextlib
 import itertools
 import os
 import pickle
+import signal
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 import trio
@@ -27,6 +31,7 @@ from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.kernel.state import LayoutError, decode, encode, layout, layout_difference
 from apeinxfs.nodes import billing
 from apeinxfs.recovery import apply_row
+from daemon import poll_until
 from kernel_state import state_difference
 from test_journal_runtime import open_runtime
 
@@ -453,3 +458,27 @@ def test_a_snapshot_is_written_after_a_task_events_read(tmp_path):
         assert rt.snapshotter.seq == rt.journal.last_seq
     finally:
         rt.close()
+
+
+def test_a_snapshot_writer_dies_with_its_daemon(tmp_path):
+    """A parent that forks a child calling compaction.die_with (as fork_writer's child does) and is then
+    killed with -9: the child is gone at once, where it went on holding the daemon's lock and /dev/fuse."""
+    script = ("import os, sys, time\nfrom apeinxfs.compaction import die_with\nparent = os.getpid()\n"
+              "child = os.fork()\nif child == 0:\n    die_with(parent)\n    time.sleep(60)\n    os._exit(0)\n"
+              "print(child, flush=True)\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        parent.kill()
+        parent.wait()
+        poll_until(lambda: not os.path.exists(f"/proc/{child}") or _zombie(child), 10, "the writer to die")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def _zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    return True
