@@ -138,6 +138,16 @@ def test_json_refusals(line):
     refused(line)
 
 
+@pytest.mark.parametrize("line, words", [('{"name": "j", "max_tokens": ' + "9" * 5000 + "}", "a number of over 4300 digits"),
+                                         ('{"a": ' * 100_000, "nested too deep")])
+def test_json_too_big_to_read_is_refused_in_words_of_its_own(line, words):
+    """A number of thousands of digits or JSON nested past Python's limit is EINVAL in words that name the
+    line's fault, not Python's internals (sys.set_int_max_str_digits, recursion depth)."""
+    with pytest.raises(Invalid) as refusal:
+        parse_submit(line)
+    assert refusal.value.reason == f"bad JSON: {words}"
+
+
 def test_json_array_is_refused():
     """A JSON array is not a submit form."""
     refused('[{"name": "j"}]')
@@ -189,7 +199,7 @@ def test_task_command_refusals(line):
 def test_pid_lines():
     """A kill line is one positive integer."""
     assert parse_pid(" 42 ") == 42
-    for line in ("", "0", "-3", "4 5", "x", "1" * 13):
+    for line in ("", "0", "-3", "+5", "4 5", "x", "1" * 13, "\u0665"):
         refused(line, parse_pid)
 
 

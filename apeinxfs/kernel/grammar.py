@@ -112,8 +112,11 @@ def _with_sampling(kwargs: SpecArgs) -> SpecArgs:
 def _from_json(line: str, tenant: str | None = None) -> TaskSpec:
     try:
         obj = json.loads(line, object_pairs_hook=_unique_keys)
-    except (ValueError, RecursionError) as exc:
-        raise Invalid(f"bad JSON: {exc}") from None
+    except RecursionError:
+        raise Invalid("bad JSON: nested too deep") from None
+    except ValueError as exc:  # Python's own words for a number of too many digits name its internals
+        raise Invalid("bad JSON: a number of over 4300 digits" if "Exceeds the limit" in str(exc)
+                      else f"bad JSON: {exc}") from None
     _require_unicode(obj)
     if not isinstance(obj, dict):
         raise Invalid("a JSON submit must be one object")
@@ -221,10 +224,9 @@ def parse_pid(line: str) -> int:
     fields = line.split()
     if len(fields) != 1:
         raise Invalid("expected one PID")
-    pid = parse_int(fields[0], "PID")
-    if pid <= 0:
-        raise Invalid("PID must be positive")
-    return pid
+    if not (fields[0].isascii() and fields[0].isdigit() and len(fields[0]) <= 12) or int(fields[0]) == 0:
+        raise Invalid(f"PID must be a positive integer of digits only, not {fields[0][:40]!r}")
+    return int(fields[0])
 
 
 def parse_task_command(line: str) -> TaskCommand:
