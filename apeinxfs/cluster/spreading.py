@@ -34,7 +34,7 @@ from ..kernel.submits import Anywhere
 from ..nodes.ctl import check_anywhere
 from ..nodes.forwarding import Here, Route, pids_in
 from .peer_wire import PeerDown, PeerUnreachable
-from .placement import Want, spread
+from .placement import Want, eligible, spread
 from .prefixes import line_chains
 from .records import pid_ranges
 
@@ -96,17 +96,24 @@ class Spreading:
     def check_whole(self) -> None:
         """The write refused whole, before any line leaves, if this node's dry run of it (ctl.check_anywhere)
         refuses a line: all but what only the node running a line can know (its pids, GPUs, KV pages, a model
-        only other nodes hold; a child of a task there that its record does not list live is left to it)."""
-        here, router, view = self.router.here, self.router, self.router.cluster.view
-        models = frozenset(model for name, node in view.nodes().items() if name != here and node.up
-                           for model in node.record.models)
+        only other nodes hold where placement may send it; a child of a task there that its record does not
+        list live is left to it; one of a task on a node passed over is placed here, so checked as here)."""
+        here, router = self.router.here, self.router
         parents = {spec.parent: router.live_tenant(spec.parent, self.parents[index])
-                   for index, spec in self.specs.items() if self.parents.get(index, here) != here}
+                   for index, spec in self.specs.items() if self.parents.get(index, here) not in (here, *self.passed)}
         known = {pid: tenant for pid, tenant in parents.items() if tenant is not None}
         left = parents.keys() - known.keys()
         specs = {index: spec for index, spec in self.specs.items() if spec.parent not in left}
-        check_anywhere(router.rt, specs, len(self.lines), self.caller, Anywhere(models, known))
+        check_anywhere(router.rt, specs, len(self.lines), self.caller, Anywhere(self.models_elsewhere(), known))
         self.checked = True
+
+    def models_elsewhere(self) -> frozenset[str]:
+        """The models of the other nodes placement may send a line to (placement.eligible: up, with an address
+        for peers), but those passed over: a model only another node holds is left to it only where it can go."""
+        here = self.router.here
+        return frozenset(model for name, view in self.router.cluster.view.nodes().items()
+                         if name != here and name not in self.passed and eligible(view, frozenset(), here)
+                         for model in view.record.models)
 
     def place(self, indexes) -> list[Group]:
         """The lines at `indexes` grouped by the node each goes to, in the order first chosen."""
