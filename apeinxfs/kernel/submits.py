@@ -2,8 +2,8 @@
 and KV pages, and for an Adopt a pid of another node's block (docs/apeinxfs.5.md, ctl/submit and
 CLUSTER). They read the kernel's components and change nothing. `Anywhere` makes them a dry run
 on the node placing a cluster write's lines, which any node may run: the checks of this node's
-own pids and GPUs (KV pages) are left out, and those of a model that only other nodes hold
-(`admit_anywhere`, with the tenant's quotas and budgets). Not here: a tenant's quotas and
+own pids and GPUs (KV pages) are left out, and those of a model that only other nodes hold or of a
+tenant only a remote parent's node knows (`admit_anywhere`, with the tenant's quotas and budgets). Not here: a tenant's quotas and
 budgets (tenancy.py, through Kernel.admit) or adding the task (Kernel._add_task).
 """
 from __future__ import annotations
