@@ -1,31 +1,20 @@
 """Tier 2: a write to ctl/kill or /tasks/PID/ctl of a task on another node (cluster/routing.py `route_kill`,
 `route_ctl`) is sent there without its blank lines; its refusal names lines as a single node names them.
-Node a is a stand-in cluster around a Runtime's router; node b's peer is a fake that runs the lines through
-a second Runtime's ctl commands, as b's peer server does. In process: no FUSE, no etcd."""
+Node a is a Router over a stand-in cluster (tests/standin_cluster.py); node b's peer is a fake that runs the
+lines through a second Runtime's ctl commands, as b's peer server does. In process: no FUSE, no etcd."""
 import errno
 
-import attrs
 import pytest
 import trio
 
-from apeinxfs import config as config_mod
+import standin_cluster
 from apeinxfs.cluster.records import NodeRecord
-from apeinxfs.cluster.routing import Router
-from apeinxfs.journal import Journal
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.nodes import ctl
 from apeinxfs.nodes.base import Caller
-from apeinxfs.runtime import Runtime
+from standin_cluster import runtime
 
-CONFIG = '[gpus]\nsimulated = 1\nslots = 8\n[[models]]\nname = "sim"\n'
 PID = 5000  # tasks a placed on b (PID and PID + 1), which b does not hold (killed and forgotten)
-
-
-def runtime(root) -> Runtime:
-    root.mkdir()
-    (root / "config.toml").write_text(CONFIG)
-    return Runtime(config_mod.load(str(root / "config.toml"), str(root), use_nvml=False),
-                   Journal(str(root / "journal.db")))
 
 
 class PeerB:
@@ -41,33 +30,11 @@ class PeerB:
         return ctl.task_ctl(self.rt, pid)([line.encode() for line in lines], caller)
 
 
-class View:
-    """Node a's view of the cluster: b's record only, no task keys."""
-
-    tasks: dict = {}
-    records = {"b": NodeRecord(name="b", epoch=1, seen_us=0, advertise="127.0.0.1:1")}
-
-    def holder(self, pid):
-        return None
-
-    def tasks_of(self, name):
-        return ""
-
-
-@attrs.define
-class StandInCluster:
-    """What Router reads of daemon.Cluster."""
-
-    rt: Runtime
-    name: str = "a"
-    settings: object = attrs.field(factory=lambda: type("Settings", (), {"tokens": "token"})())
-    view: View = attrs.field(factory=View)
-
-
 @pytest.fixture
 def router(tmp_path):
     """a's router, which placed tasks PID and PID + 1 on b and reaches b through PeerB."""
-    made = Router(StandInCluster(runtime(tmp_path / "a")))
+    made = standin_cluster.router(runtime(tmp_path / "a"), [NodeRecord(name="b", epoch=1, seen_us=0,
+                                                                       advertise="127.0.0.1:1")])
     made.placed[PID] = made.placed[PID + 1] = "b"
     made.peers["http://127.0.0.1:1"] = PeerB(runtime(tmp_path / "b"))
     return made

@@ -1,25 +1,23 @@
 """Tier 2: a split submit write's dry run on the placing node (cluster/spreading.py `Spreading.check_whole`),
-in process: node a's Runtime (no FUSE, no etcd) and a stand-in router holding the records of a, b, c, whose
-peers are fakes that answer pids (or cannot be connected to). What it asserts is the write's outcome: refused
-whole before any line leaves, or partly run."""
+in process: node a's Router over a stand-in cluster (tests/standin_cluster.py: its Runtime without FUSE, the
+records of a, b, c), whose peers are fakes that answer pids (or cannot be connected to). What it asserts is
+the write's outcome: refused whole before any line leaves, or partly run."""
 import errno
 import itertools
 
 import pytest
 import trio
 
-from apeinxfs import config as config_mod
+import standin_cluster
 from apeinxfs.cluster.peer_wire import PeerUnreachable
-from apeinxfs.cluster.records import NodeRecord, NodeView
+from apeinxfs.cluster.records import NodeRecord
 from apeinxfs.cluster.spreading import Spreading
-from apeinxfs.journal import Journal
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.grammar import parse_submit
 from apeinxfs.nodes import ctl
 from apeinxfs.nodes.base import Caller
-from apeinxfs.runtime import Runtime
+from standin_cluster import runtime
 
-CONFIG = '[gpus]\nsimulated = 1\nslots = 8\n[[models]]\nname = "sim"\n'
 LINE = "model=sim max_tokens=100 prompt=x"
 
 
@@ -37,50 +35,31 @@ class FakePeer:
         return [str(next(self.pids)) for _ in lines]
 
 
-class StandInRouter:
-    """What Spreading reads of a router (routing.Router): a's Runtime, the records of a, b, c, their peers."""
-
-    def __init__(self, rt, records: list[NodeRecord], unreachable=(), tenants=None):
-        self.rt, self.here, self.cluster, self.view = rt, "a", self, self
-        self.views = {record.name: NodeView(record, up=True, leader=False) for record in records}
-        self.tenants = tenants or {}  # node -> {tenant: its live pids as ranges}
-        pids = itertools.count(10_000)
-        self.peers = {record.name: FakePeer(record.name, pids, record.name in unreachable) for record in records}
-
-    def nodes(self):
-        return self.views
-
-    def pending(self):
-        return {}
-
-    def count(self, node, pids):
-        pass
-
-    def owner(self, pid):
-        return next((node for node, tenants in self.tenants.items() if any(str(pid) == r for r in tenants.values())),
-                    None)
-
-    def live_tenant(self, pid, node):
-        return next((tenant for tenant, ranges in self.tenants.get(node, {}).items() if ranges == str(pid)), None)
-
-    def peer(self, name):
-        return self.peers[name]
+def a_router(rt, records: list[NodeRecord], unreachable=()):
+    """a's Router over `records`, each other node's peer a FakePeer at its address (its name)."""
+    router, pids = standin_cluster.router(rt, records), itertools.count(10_000)
+    for record in records:
+        router.peers[f"http://{record.advertise}"] = FakePeer(record.name, pids, record.name in unreachable)
+    return router
 
 
-def record(name: str, slots_free: int = 8, models=("sim",), advertise: str = "127.0.0.1:1", **fields) -> NodeRecord:
+def sent(router, name: str) -> list[str]:
+    return router.peers[f"http://{name}"].sent
+
+
+def record(name: str, slots_free: int = 8, models=("sim",), advertise: str | None = None) -> NodeRecord:
+    """Node `name`'s record, its peer address its name unless given."""
     return NodeRecord(name=name, epoch=1, seen_us=0, slots_free=slots_free, kv_pages_free=100, models=models,
-                      advertise=advertise, **fields)
+                      advertise=name if advertise is None else advertise)
 
 
 @pytest.fixture
 def rt(tmp_path):
     """Node a's Runtime: one simulated GPU, model sim, its journal in tmp_path."""
-    path = tmp_path / "config.toml"
-    path.write_text(CONFIG)
-    return Runtime(config_mod.load(str(path), str(tmp_path), use_nvml=False), Journal(str(tmp_path / "journal.db")))
+    return runtime(tmp_path / "a")
 
 
-def write(rt, router: StandInRouter, lines: list[str]) -> list[str]:
+def write(rt, router, lines: list[str]) -> list[str]:
     """The write's replies as Spreading routes it, the lines placed here run through ctl/submit's command."""
     caller, command = Caller(), ctl.submit(rt)
 
@@ -103,24 +82,24 @@ def refusal(rt, router, lines) -> ApeinxError:
 def test_a_model_only_a_node_without_an_address_holds_is_refused_whole(rt):
     """c is up and holds m2 but has no peer address (placement never sends it a line): a write of three sim
     lines (spread over a and b) and one of m2 is refused whole ENOENT at the m2 line, and b is sent nothing."""
-    router = StandInRouter(rt, [record("a"), record("b"), record("c", models=("sim", "m2"), advertise="")])
+    router = a_router(rt, [record("a"), record("b"), record("c", models=("sim", "m2"), advertise="")])
     exc = refusal(rt, router, [LINE] * 3 + [LINE.replace("sim", "m2")])
     assert (exc.errno, exc.reason) == (errno.ENOENT, "line 4: unknown model 'm2': see /models")
-    assert router.peers["b"].sent == [] and list(rt.kernel.tasks) == []
+    assert sent(router, "b") == [] and list(rt.kernel.tasks) == []
 
 
 def test_a_model_only_a_node_passed_over_holds_is_refused_whole(rt):
     """c (freest, so first given every line) holds m2 but cannot be connected to: its lines, placed again over a
     and b, are checked without c's models, so the write is refused whole ENOENT and nothing runs."""
-    router = StandInRouter(rt, [record("a"), record("b"), record("c", slots_free=100, models=("sim", "m2"))],
-                           unreachable={"c"})
+    router = a_router(rt, [record("a"), record("b"), record("c", slots_free=100, models=("sim", "m2"))],
+                      unreachable={"c"})
     exc = refusal(rt, router, [LINE] * 3 + [LINE.replace("sim", "m2")])
     assert (exc.errno, exc.reason) == (errno.ENOENT, "line 4: unknown model 'm2': see /models")
-    assert router.peers["b"].sent == [] and list(rt.kernel.tasks) == []
+    assert sent(router, "b") == [] and list(rt.kernel.tasks) == []
 
 
 def test_a_model_another_reachable_node_holds_is_left_to_it(rt):
     """c holds m2 and has an address: the dry run leaves the m2 line to c, which runs it, as b and a run theirs."""
-    router = StandInRouter(rt, [record("a"), record("b"), record("c", models=("sim", "m2"))])
+    router = a_router(rt, [record("a"), record("b"), record("c", models=("sim", "m2"))])
     replies = write(rt, router, [LINE] * 3 + [LINE.replace("sim", "m2")])
-    assert all(reply.isdigit() for reply in replies) and LINE.replace("sim", "m2") in router.peers["c"].sent
+    assert all(reply.isdigit() for reply in replies) and LINE.replace("sim", "m2") in sent(router, "c")
