@@ -22,9 +22,11 @@ def runtime(root, config: str = CONFIG) -> Runtime:
 
 @attrs.define
 class View:
-    """The cluster's view: the nodes' records, every one up; no task keys, no pid blocks, no live keys."""
+    """The cluster's view: the nodes' records, every one up, and `live`: each node's live pids by tenant, as
+    ranges (its live keys); no task keys, no pid blocks."""
 
     records: dict[str, NodeRecord]
+    live: dict[str, dict[str, str]] = attrs.Factory(dict)
     tasks: dict = attrs.Factory(dict)
 
     def nodes(self) -> dict[str, NodeView]:
@@ -37,7 +39,7 @@ class View:
         return ""
 
     def tenants_of(self, name):
-        return {}
+        return self.live.get(name, {})
 
 
 @attrs.define
@@ -50,6 +52,6 @@ class StandInCluster:
     settings: object = attrs.field(factory=lambda: type("Settings", (), {"tokens": "token"})())
 
 
-def router(rt: Runtime, records: list[NodeRecord]) -> Router:
-    """Node a's Router over a view of `records`."""
-    return Router(StandInCluster(rt, View({record.name: record for record in records})))
+def router(rt: Runtime, records: list[NodeRecord], live: dict[str, dict[str, str]] | None = None) -> Router:
+    """Node a's Router over a view of `records` and the nodes' `live` pids by tenant."""
+    return Router(StandInCluster(rt, View({record.name: record for record in records}, live or {})))

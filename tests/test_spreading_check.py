@@ -35,9 +35,10 @@ class FakePeer:
         return [str(next(self.pids)) for _ in lines]
 
 
-def a_router(rt, records: list[NodeRecord], unreachable=()):
-    """a's Router over `records`, each other node's peer a FakePeer at its address (its name)."""
-    router, pids = standin_cluster.router(rt, records), itertools.count(10_000)
+def a_router(rt, records: list[NodeRecord], unreachable=(), live=None):
+    """a's Router over `records` (and `live`: each node's live pids by tenant), each other node's peer a FakePeer
+    at its address (its name)."""
+    router, pids = standin_cluster.router(rt, records, live), itertools.count(10_000)
     for record in records:
         router.peers[f"http://{record.advertise}"] = FakePeer(record.name, pids, record.name in unreachable)
     return router
@@ -103,3 +104,14 @@ def test_a_model_another_reachable_node_holds_is_left_to_it(rt):
     router = a_router(rt, [record("a"), record("b"), record("c", models=("sim", "m2"))])
     replies = write(rt, router, [LINE] * 3 + [LINE.replace("sim", "m2")])
     assert all(reply.isdigit() for reply in replies) and LINE.replace("sim", "m2") in sent(router, "c")
+
+
+def test_a_child_of_a_task_on_a_node_passed_over_is_checked_as_here(rt):
+    """Task 3000 of tenant default lives on c, which cannot be connected to: its child, placed here once c is
+    passed over, is checked as here (no such task: ENOENT), so the write is refused whole and b runs nothing."""
+    router = a_router(rt, [record("a"), record("b"), record("c", slots_free=100)], unreachable={"c"},
+                      live={"c": {"default": "3000"}})
+    router.placed[3000] = "c"
+    exc = refusal(rt, router, [LINE] * 3 + ["parent=3000 max_tokens=10"])
+    assert (exc.errno, exc.reason) == (errno.ENOENT, "line 4: no task 3000")
+    assert sent(router, "b") == [] and list(rt.kernel.tasks) == []
