@@ -25,16 +25,16 @@ ELSEWHERE = Anywhere(models_elsewhere=frozenset({"other"}), parents={REMOTE: "t"
 AWAY = {"t": Elsewhere(live=1, reserved=300, quota={1000: 200})}
 
 
-def kernel() -> Kernel:
+def kernel(live: tuple[str, ...] = ("t", "u", "t")) -> Kernel:
     """A node holding `sim` and `short` (context 600), tenants with quotas, a budget, a sandbox and policy
-    rules, and three live tasks."""
+    rules, and a live task of each tenant in `live` (pids from 1)."""
     tenants = (TenantConfig("default"), TenantConfig("t", quota=Quota(tasks=4, tokens=6000, window=60)),
                TenantConfig("u", budget=Budget(tokens=3000), sandbox=Sandbox(max_tokens=900, models=("sim",))),
                TenantConfig("k", quota=Quota(kv_pages=1)))
     made = Kernel(KernelConfig(models=[ModelConfig(name="sim"), ModelConfig(name="short", context=600)],
                                gpus=[GpuConfig(index=0)], node="a", tenants=tenants))
     made.apply(SetRules(rules=("deny tenant=u model=short", "limit tenant=t max_tokens=1500")), NOW_US)
-    for tenant in ("t", "u", "t"):
+    for tenant in live:
         made.apply(Submit(spec=TaskSpec(name="old", max_tokens=100, tenant=tenant)), NOW_US)
     return made
 
@@ -115,3 +115,29 @@ def test_a_child_of_a_task_on_another_node_counts_in_its_parents_tenant():
     assert outcomes(dry_run(kernel()), [child, own]) == [None, refused]
     named = TaskSpec(name="c", max_tokens=10, parent=REMOTE, tenant="u")
     assert outcomes(dry_run(kernel()), [named]) == [(errno.EINVAL, "a child runs in its parent's tenant 't', not 'u'")]
+
+
+@pytest.mark.parametrize("model", ["sim", "ghost"])
+@pytest.mark.parametrize("tenant", [None, "t", "u", "nope"])
+@pytest.mark.parametrize("max_tokens", [10, 2000, 5000])
+def test_a_child_of_a_remote_task_is_refused_as_its_parents_node_refuses_it(model, tenant, max_tokens):
+    """A child of task 1 (tenant t) checked by the dry run on a node without it (told its tenant) gets the
+    errno and reason that admit gives it on task 1's node: the model first, then the parent's tenant, then
+    the policy and sizes."""
+    spec = TaskSpec(name="c", model=model, tenant=tenant, max_tokens=max_tokens, parent=1)
+    there = outcomes(kernel(live=("t",)).admit, [spec])
+    anywhere = Anywhere(parents={1: "t"})
+    here = outcomes(lambda *args: kernel(live=()).submits.admit_anywhere(*args, anywhere), [spec])
+    assert here == there
+
+
+def test_a_tenant_only_the_parents_node_knows_is_left_to_it():
+    """A child of a remote task of tenant z, which this node does not know, passes the dry run (its node judges
+    it, as a one-line write sent there would be); a line of z not placed by a parent is ENOENT as admit says."""
+    anywhere = Anywhere(parents={REMOTE: "z"})
+    made = kernel()
+    child = TaskSpec(name="c", max_tokens=10, parent=REMOTE)
+    assert outcomes(lambda *args: made.submits.admit_anywhere(*args, anywhere), [child]) == [None]
+    own = TaskSpec(name="j", tenant="z", max_tokens=10)
+    assert outcomes(lambda *args: made.submits.admit_anywhere(*args, anywhere), [own]) == [
+        (errno.ENOENT, "unknown tenant 'z'")]

@@ -6,6 +6,7 @@ read-write fd of a's ctl/submit, as a script's would, and the reply is read back
 poll with generous bounds; nothing asserts a duration.
 """
 import errno
+import logging
 import os
 import signal
 
@@ -20,6 +21,7 @@ from test_cluster_tasks import cat
 
 pytestmark = pytest.mark.skipif(not FUSE_READY,
                                 reason="*** needs /dev/fuse and fusermount3: CLUSTER MOUNT TESTS SKIPPED ***")
+log = logging.getLogger(__name__)
 LONG = "model=sim max_tokens=20000 prompt=stay"  # runs for about 40 s at 2 ms a token
 MEDIUM = "model=sim max_tokens=1500 prompt=medium"  # about 3 s: b may run its lines once continued
 
@@ -57,19 +59,38 @@ def idle(daemons: dict) -> None:
                "no live task on any node, as a sees them")
 
 
-def fresh_records(daemon: Daemon) -> None:
-    """Wait until the node holds a newer record of every node than now, so that the tasks it placed before
-    (an earlier test's, killed since) count as pending there no more and the nodes rank as their records say."""
-    seen = {name: status(daemon, name)["LastSeen"] for name in NAMES}
-    poll_until(lambda: all(status(daemon, name)["LastSeen"] != seen[name] for name in NAMES), SETTLE_S,
-               "a newer record of every node")
+def listed(daemon: Daemon) -> set[int]:
+    """The live pids every node's record lists, as the node's view holds them (/nodes/NAME/tasks)."""
+    found = set()
+    for name in NAMES:
+        with open(daemon.path("nodes", name, "tasks")) as tasks:
+            found |= {int(line) for line in tasks if line.strip()}
+    return found
+
+
+def seen_alone_on_b(daemon: Daemon, pid: int) -> None:
+    """Wait until the node's view has task `pid` as b's one live task: in b's live keys (which the dry run
+    reads for a parent's tenant) and in b's record (one slot fewer free, which placement reads); they are
+    published apart."""
+    poll_until(lambda: pid in listed(daemon) and status(daemon, "b")["TasksLive"] == "1", SETTLE_S,
+               f"task {pid} live on b, in b's live keys and record")
 
 
 def kill_all(daemon: Daemon, pids: list[int]) -> None:
-    with open(daemon.path("ctl", "kill"), "w") as ctl:
-        for pid in pids:
-            ctl.write(f"{pid}\n")
-            ctl.flush()
+    """A test's cleanup: kill `pids` through the node's ctl/kill once its view lists each live on its node (a
+    record of that node newer than their placement, so the node counts them as pending there no more and the
+    next test's placement sees the nodes as their records say). A refusal (an exited task: EBUSY) or a wait
+    that runs out is logged, never raised over the test's own failure."""
+    try:
+        poll_until(lambda: set(pids) <= listed(daemon), SETTLE_S, f"records listing tasks {pids}")
+    except AssertionError as exc:
+        log.warning("cleanup: %s", exc)
+    for pid in pids:
+        try:
+            with open(daemon.path("ctl", "kill"), "w") as ctl:
+                ctl.write(f"{pid}\n")
+        except OSError as exc:
+            log.warning("cleanup: kill %d: %s", pid, exc)
 
 
 def node_and_name(daemon: Daemon, pid: int) -> tuple[str, str]:
@@ -78,11 +99,15 @@ def node_and_name(daemon: Daemon, pid: int) -> tuple[str, str]:
 
 
 def names_on(daemon: Daemon) -> set[str]:
-    """The names of the tasks the node itself holds (its own /tasks, local ones only, live or exited)."""
+    """The names of the tasks the node itself holds (its own /tasks, local ones only, live or exited); another
+    node's task listed there may be gone by the time its status is read (its node forgot it): not this node's."""
     own = os.path.basename(os.path.dirname(daemon.mountpoint))
     found = set()
     for entry in os.listdir(daemon.path("tasks")):
-        task = keyed(daemon.path("tasks", entry, "status"))
+        try:
+            task = keyed(daemon.path("tasks", entry, "status"))
+        except FileNotFoundError:
+            continue
         if task["Node"] == own:
             found.add(task["Name"])
     return found
@@ -125,13 +150,13 @@ def test_an_invalid_line_among_valid_ones_is_refused_alone_and_nothing_runs(node
 def test_a_write_over_its_tenants_task_quota_is_refused_whole_before_any_line_leaves(nodes):
     """Tenant tq (`quota tasks 2`) and a write on a of 4 of its lines, a blank line after the first, that would
     spread over a, b and c: a refuses it whole with EDQUOT and a single node's replies (its third task is line
-    4, its fourth line 5), and none of its lines runs on any node."""
+    4, its fourth line 5), and none of its lines runs on any node; the same lines out of tq (placed alike: the
+    refused write placed nothing) run on more than one node, so the write was spread."""
     idle(nodes)
     assert echo(nodes["a"], "add tq", "ctl", "tenants").returncode == 0
     assert echo(nodes["a"], "tasks 2", "tenants", "tq", "quota").returncode == 0
     on_every_node(nodes, ("tenants", "tq", "quota"), cat(nodes["a"], "tenants", "tq", "quota"))
     lines = jobs("quota", 4, "tenant=tq " + LONG)
-    fresh_records(nodes["a"])
     failed, replies = write_lines(nodes["a"], lines[:1] + [""] + lines[1:])
     try:
         assert failed == errno.EDQUOT and replies == [
@@ -139,6 +164,14 @@ def test_a_write_over_its_tenants_task_quota_is_refused_whole_before_any_line_le
         assert not any(name.startswith("quota") for daemon in nodes.values() for name in names_on(daemon))
     finally:
         kill_all(nodes["a"], [int(reply) for reply in replies if reply.isdigit()])
+    spread = [line.replace("tenant=tq ", "") for line in lines]  # placed as tq's were: that write placed nothing
+    failed, replies = write_lines(nodes["a"], spread[:1] + [""] + spread[1:])
+    pids = [int(reply) for reply in replies if reply.isdigit()]
+    try:
+        assert failed == 0 and len(pids) == 4, replies
+        assert len({node_and_name(nodes["a"], pid)[0] for pid in pids}) > 1, "the write was not spread"
+    finally:
+        kill_all(nodes["a"], pids)
 
 
 def test_a_child_of_a_task_on_another_node_counts_in_its_parents_tenant_before_any_line_leaves(nodes):
@@ -153,9 +186,7 @@ def test_a_child_of_a_task_on_another_node_counts_in_its_parents_tenant_before_a
     parent = int(replies[0])
     try:
         assert failed == 0 and node_and_name(nodes["b"], parent)[0] == "b", replies
-        poll_until(lambda: status(nodes["a"], "b")["TasksLive"] == "1", SETTLE_S,
-                   f"a sees task {parent} live on b (so the first line goes to a, not with the child to b)")
-        fresh_records(nodes["a"])
+        seen_alone_on_b(nodes["a"], parent)  # so the first line goes to a, and the dry run counts the child in tp
         lines = [f"name=tfree tenant=tp {LONG}", f"name=tchild parent={parent} {LONG}"]
         failed, replies = write_lines(nodes["a"], lines)
         assert failed == errno.EDQUOT and replies == [
@@ -209,8 +240,7 @@ def test_lines_placed_again_count_the_tasks_that_answered_before_them(nodes):
     failed, replies = write_lines(nodes["b"], [LONG.replace("prompt=stay", "prompt=parent")])
     parent = int(replies[0])
     assert failed == 0 and node_and_name(nodes["b"], parent)[0] == "b", replies
-    poll_until(lambda: os.path.exists(nodes["a"].path("tasks", str(parent), "status")), SETTLE_S,
-               f"a sees task {parent} of b")
+    seen_alone_on_b(nodes["a"], parent)
     nodes["c"].kill9()
     lines = jobs("free", 12) + [f"name=child{number} parent={parent} {LONG}" for number in range(6)]
     failed, replies = write_lines(nodes["a"], lines)
@@ -220,6 +250,7 @@ def test_lines_placed_again_count_the_tasks_that_answered_before_them(nodes):
         where = [node_and_name(nodes["a"], pid)[0] for pid in pids]
         placed = place_lines(nodes["a"], pids)
         assert (where.count("a"), where.count("b")) == (9, 9) and len(placed) == 3, (where, placed)
-        assert "on node a: " in placed[-1] and "placed since its record 5)" in placed[-1], placed
+        # a's 5 counted: as placed since its record, or in a record a published since (1 s after a change)
+        assert "on node a: pressure -11 (" in placed[-1], placed
     finally:
         kill_all(nodes["a"], pids + [parent])

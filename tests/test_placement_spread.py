@@ -62,7 +62,8 @@ def test_replies_come_back_in_line_order_whatever_the_grouping(where):
         groups.setdefault(node, Group(str(node), "why")).indexes.append(index)
     for group in groups.values():
         group.replies = [str(1000 + index) for index in group.indexes]
-    assert in_line_order(list(groups.values()), len(where)) == [str(1000 + index) for index in range(len(where))]
+    replies = in_line_order(list(groups.values()), len(where), len(where))
+    assert replies == [str(1000 + index) for index in range(len(where))]
 
 
 def test_a_lost_answer_and_a_refusal_leave_the_other_pids_and_fail_as_partly_run():
@@ -73,7 +74,7 @@ def test_a_lost_answer_and_a_refusal_leave_the_other_pids_and_fail_as_partly_run
     refused = Group("b", "why", [1, 4], failure=OverQuota("line 2: over", ["line 2: over"]))
     lost = Group("c", "why", [2], failure=PeerDown("peer c: no answer; its outcome is unknown"))
     with pytest.raises(NotAllRun) as raised:
-        in_line_order([ran, refused, lost], 5)
+        in_line_order([ran, refused, lost], 5, 5)
     assert raised.value.errno == errno.EREMOTEIO and "2 of 5 lines refused, 1 of unknown outcome, 2 ran" in (
         raised.value.reason)
     assert raised.value.reply() == ["7", "error: line 2: not run: node b refused the lines placed there (line 5: over)",
@@ -109,7 +110,7 @@ def test_a_write_none_of_whose_lines_ran_but_one_was_lost_fails_ehostdown_whatev
     refused = Group("b", "why", [refused_at], failure=TryAgain("pids used up", ["pids used up"]))
     lost = Group("c", "why", [lost_at], failure=PeerDown("peer c: no answer; its outcome is unknown"))
     with pytest.raises(NotAllRun) as raised:
-        in_line_order([refused, lost], 2)
+        in_line_order([refused, lost], 2, 2)
     assert raised.value.errno == errno.EHOSTDOWN and "1 of 2 lines refused, 1 of unknown outcome, 0 ran" in (
         raised.value.reason)
 
@@ -120,7 +121,7 @@ def test_a_write_that_went_to_one_node_fails_as_that_nodes_refusal():
     refusal = OverQuota("tenant t over its quota", ["tenant t over its quota"])
     passed = Group("c", "why", [0, 1])  # could not be connected to: placed again
     with pytest.raises(OverQuota) as raised:
-        in_line_order([passed, Group("b", "why", [0, 1], failure=refusal)], 2)
+        in_line_order([passed, Group("b", "why", [0, 1], failure=refusal)], 2, 2)
     assert raised.value is refusal
 
 
@@ -130,7 +131,7 @@ def test_a_refusal_naming_a_line_names_it_as_the_writes():
     refused = Group("b", "why", [0, 2, 4], failure=Invalid("line 2: bad", ["line 2: bad"]))
     ran = Group("a", "why", [1, 3], replies=["7", "8"])
     with pytest.raises(NotAllRun) as raised:
-        in_line_order([ran, refused], 5)
+        in_line_order([ran, refused], 5, 5)
     assert raised.value.reply() == [
         "error: line 1: not run: node b refused the lines placed there (line 3: bad)", "7", "error: line 3: bad", "8",
         "error: line 5: not run: node b refused the lines placed there (line 3: bad)"]
@@ -142,7 +143,7 @@ def test_a_write_every_node_of_which_refused_its_lines_fails_with_its_first_line
     over = Group("b", "why", [1], failure=OverQuota("tenant t over its quota", ["tenant t over its quota"]))
     used_up = Group("c", "why", [0], failure=TryAgain("pids used up", ["pids used up"]))
     with pytest.raises(NotAllRun) as raised:
-        in_line_order([over, used_up], 2)
+        in_line_order([over, used_up], 2, 2)
     assert raised.value.errno == errno.EAGAIN and "2 of 2 lines refused, 0 of unknown outcome" in raised.value.reason
 
 
@@ -154,7 +155,7 @@ def test_a_peers_replies_of_unicode_or_thousands_of_digits_are_no_pids_and_its_l
     reason = f"line 2: bad; line {huge}: worse"
     refused = Group("b", "why", [0, 2], failure=Invalid(reason, [reason]))
     with pytest.raises(NotAllRun) as raised:
-        in_line_order([refused, Group("a", "why", [1], replies=["7"])], 3)
+        in_line_order([refused, Group("a", "why", [1], replies=["7"])], 3, 3)
     assert raised.value.reply()[0] == f"error: line 1: not run: node b refused the lines placed there " \
         f"(line 3: bad; line {huge}: worse)"
 
@@ -165,7 +166,7 @@ def test_a_write_with_a_blank_line_has_one_reply_a_line_numbered_as_a_single_nod
     ran = Group("a", "why", [0], replies=["7"])
     refused = Group("b", "why", [2], failure=Invalid("bad", ["bad"]))
     with pytest.raises(NotAllRun) as raised:
-        in_line_order([ran, refused], 2)
+        in_line_order([ran, refused], 2, 3)
     assert raised.value.reply() == ["7", "error: line 3: bad"]
     assert "1 of 2 lines refused, 0 of unknown outcome, 1 ran" in raised.value.reason
 
@@ -175,5 +176,17 @@ def test_a_write_that_went_whole_to_one_node_names_its_refused_line_as_the_write
     write's refusal is b's, its line named line 3 as a single node names it."""
     refusal = OverQuota("line 2: over", ["line 2: over"])
     with pytest.raises(OverQuota) as raised:
-        in_line_order([Group("b", "why", [0, 2], failure=refusal)], 2)
+        in_line_order([Group("b", "why", [0, 2], failure=refusal)], 2, 3)
     assert raised.value.reply() == ["error: line 3: over"] and raised.value.reason == "line 3: over"
+
+
+def test_a_lone_line_sent_whole_to_one_node_is_named_as_the_writes_line():
+    """A write of a blank line then one line, sent to b, which refuses it as a one-line write (no `line K`):
+    the write's refusal names it line 2, as a single node names it; a lost answer keeps its reason."""
+    refusal = Invalid("bad", ["bad"])
+    with pytest.raises(Invalid) as raised:
+        in_line_order([Group("b", "why", [1], failure=refusal)], 1, 2)
+    assert raised.value.reply() == ["error: line 2: bad"] and raised.value.reason == "line 2: bad"
+    with pytest.raises(PeerDown) as lost:
+        in_line_order([Group("b", "why", [1], failure=PeerDown("no answer"))], 1, 2)
+    assert lost.value.reason == "no answer"

@@ -11,7 +11,8 @@
 - `task_dir(pid)`: /tasks/PID of a task on another node, served through its peer, of its
   tenant where its node publishes it live.
 - `route_submit`, `route_kill`, `route_ctl`: a nodes.forwarding.Route for a write to
-  ctl/submit, ctl/kill or /tasks/PID/ctl of a remote task.
+  ctl/submit, ctl/kill or /tasks/PID/ctl of a remote task; a refusal names lines as a single node
+  names them, though blank lines are not sent (spreading.as_written).
 A submit write's lines are placed one by one and each node's sent at once (spreading.py):
 to its parent's node, else where placement.spread puts it; a node that cannot be connected
 to (nothing was sent) is passed over, down to this node. Each node's share is traced
@@ -23,6 +24,7 @@ import bisect
 import functools
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable
 
 from ..kernel.errors import ApeinxError, Invalid
 from ..kernel.grammar import parse_pid, parse_submit
@@ -31,10 +33,19 @@ from ..nodes.remote import RemoteTaskDir
 from .peer_client import Peer
 from .peer_wire import PeerUnreachable
 from .records import bounds_of, pids_of
-from .spreading import Spreading
+from .spreading import Spreading, as_written
 
 log = logging.getLogger(__name__)
 PLACED_MAX = 100_000  # pids this node placed elsewhere that it remembers (so their files resolve at once)
+
+
+async def as_written_by(replies: Awaitable[list[str]], indexes: list[int], count: int) -> list[str]:
+    """The replies of a peer to the non-blank lines at `indexes` of a write of `count` lines, sent there without
+    its blank lines; its refusal naming lines as a single node would (spreading.as_written)."""
+    try:
+        return await replies
+    except ApeinxError as exc:
+        raise as_written(exc, indexes, count)
 
 
 @functools.lru_cache(maxsize=256)
@@ -139,9 +150,9 @@ class Router:
 
     async def route_kill(self, lines: list[str], caller) -> Route | None:
         """ctl/kill of pids on one other node goes there; of pids on several nodes, EINVAL."""
-        lines = [line for line in lines if line]
+        indexes = [index for index, line in enumerate(lines) if line]
         try:
-            owners = {self.owner(parse_pid(line)) for line in lines}
+            owners = {self.owner(parse_pid(lines[index])) for index in indexes}
         except ApeinxError:
             return None
         if owners == {None}:
@@ -150,13 +161,15 @@ class Router:
             raise Invalid(f"these pids live on several nodes ({', '.join(sorted(o or self.here for o in owners))}):"
                           f" write each node's to ctl/kill separately")
         peer = self.peer(owners.pop())
-        return Route(remote=lambda here: peer.kill([parse_pid(line) for line in lines], caller))
+        pids = [parse_pid(lines[index]) for index in indexes]
+        return Route(remote=lambda here: as_written_by(peer.kill(pids, caller), indexes, len(lines)))
 
     def route_ctl(self, pid: int, node: str):
         """The route of /tasks/PID/ctl of task `pid` on `node`."""
         async def route(lines: list[str], caller) -> Route:
-            peer = self.peer(node)
-            return Route(remote=lambda here: peer.ctl(pid, [line for line in lines if line], caller))
+            peer, indexes = self.peer(node), [index for index, line in enumerate(lines) if line]
+            sent = [lines[index] for index in indexes]
+            return Route(remote=lambda here: as_written_by(peer.ctl(pid, sent, caller), indexes, len(lines)))
         return route
 
     # -- the tasks placed on each node since its record -------------------------------------------

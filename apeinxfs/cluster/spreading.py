@@ -17,7 +17,8 @@ lost answer (as a forwarded write); else when some line did not run it is NotAll
 EREMOTEIO if some line ran (partly run: not to be repeated whole), EHOSTDOWN if none ran
 and an answer was lost, else the errno of the first line that did not run. A refusal's
 `line K` (of the lines its node was sent) is named as the write's line, blank lines counted as
-a single node counts them. Each node's tasks get a `place` line (events.Placed).
+a single node counts them (a lone line sent from a write of more is given its `line K`: as_written,
+which routing.py uses for ctl/kill and /tasks/PID/ctl too). Each node's tasks get a `place` line.
 Not here: the policy (placement.py), the wire (peer_client.py), the handle (nodes/forwarding.py).
 """
 import contextlib
@@ -34,7 +35,7 @@ from ..kernel.submits import Anywhere
 from ..nodes.ctl import check_anywhere
 from ..nodes.forwarding import Here, Route, pids_in
 from .peer_wire import PeerDown, PeerUnreachable
-from .placement import Want, spread
+from .placement import Want, eligible, spread
 from .prefixes import line_chains
 from .records import pid_ranges
 
@@ -91,22 +92,29 @@ class Spreading:
             groups = self.place(sorted(index for group in groups if group.node in self.passed
                                        for index in group.indexes))
         self.trace()
-        return in_line_order(self.groups, len(self.wants))
+        return in_line_order(self.groups, len(self.wants), len(self.lines))
 
     def check_whole(self) -> None:
         """The write refused whole, before any line leaves, if this node's dry run of it (ctl.check_anywhere)
         refuses a line: all but what only the node running a line can know (its pids, GPUs, KV pages, a model
-        only other nodes hold; a child of a task there that its record does not list live is left to it)."""
-        here, router, view = self.router.here, self.router, self.router.cluster.view
-        models = frozenset(model for name, node in view.nodes().items() if name != here and node.up
-                           for model in node.record.models)
+        only other nodes hold where placement may send it; a child of a task there that its record does not
+        list live is left to it; one of a task on a node passed over is placed here, so checked as here)."""
+        here, router = self.router.here, self.router
         parents = {spec.parent: router.live_tenant(spec.parent, self.parents[index])
-                   for index, spec in self.specs.items() if self.parents.get(index, here) != here}
+                   for index, spec in self.specs.items() if self.parents.get(index, here) not in (here, *self.passed)}
         known = {pid: tenant for pid, tenant in parents.items() if tenant is not None}
         left = parents.keys() - known.keys()
         specs = {index: spec for index, spec in self.specs.items() if spec.parent not in left}
-        check_anywhere(router.rt, specs, len(self.lines), self.caller, Anywhere(models, known))
+        check_anywhere(router.rt, specs, len(self.lines), self.caller, Anywhere(self.models_elsewhere(), known))
         self.checked = True
+
+    def models_elsewhere(self) -> frozenset[str]:
+        """The models of the other nodes placement may send a line to (placement.eligible: up, with an address
+        for peers), but those passed over: a model only another node holds is left to it only where it can go."""
+        here = self.router.here
+        return frozenset(model for name, view in self.router.cluster.view.nodes().items()
+                         if name != here and name not in self.passed and eligible(view, frozenset(), here)
+                         for model in view.record.models)
 
     def place(self, indexes) -> list[Group]:
         """The lines at `indexes` grouped by the node each goes to, in the order first chosen."""
@@ -160,16 +168,16 @@ class Spreading:
                                               caller_tenant=self.caller.tenant)])
 
 
-def in_line_order(groups: list[Group], count: int) -> list[str]:
-    """The replies to a write's `count` lines, in line order, from its groups. A write that went to one node
-    and failed there fails as that node's refusal or lost answer, as a forwarded write did. Else NotAllRun if a
-    node refused its lines or its answer was lost: EREMOTEIO if some line ran (an errno no write that ran
+def in_line_order(groups: list[Group], count: int, written: int) -> list[str]:
+    """The replies to a write's `count` lines (of `written`, blank ones counted), in line order, from its groups.
+    A write that went to one node and failed there fails as that node's refusal or lost answer (as_written).
+    Else NotAllRun if a node refused its lines or its answer was lost: EREMOTEIO if some line ran (an errno no write that ran
     nothing fails with: repeating this one whole, as EAGAIN invites, would run those lines a second time),
     EHOSTDOWN if none ran but some answer was lost (their outcome is unknown), else the errno of the first
     line, in the write's order."""
     decided = [group for group in groups if group.replies is not None or group.failure is not None]
-    if len(decided) == 1 and decided[0].failure is not None:
-        raise as_written(decided[0])
+    if len(decided) == 1 and (failure := decided[0].failure) is not None:
+        raise as_written(failure, decided[0].indexes, written)
     replies: dict[int, str] = {}  # by the index of its line in the write (blank ones have none)
     failed: list[tuple[int, ApeinxError]] = []
     for group in groups:
@@ -190,12 +198,18 @@ def in_line_order(groups: list[Group], count: int) -> list[str]:
                     [replies[index] for index in sorted(replies)])
 
 
-def as_written(group: Group) -> ApeinxError:
-    """A failed group's refusal, its `line K`s named as the write's lines (they differ where the write has blank
-    lines): its own exception, decoded from its node's answer for this write alone."""
-    exc = group.failure
-    assert exc is not None
-    exc.reason, exc.replies = in_write(exc.reason, group.indexes), [in_write(r, group.indexes) for r in exc.replies]
+def as_written(exc: ApeinxError, indexes: list[int], count: int) -> ApeinxError:
+    """A node's refusal of the lines at `indexes` of a write of `count` lines (blank ones counted), sent there as
+    a write of their own, naming lines as a single node would name them: its `line K`s named as the write's
+    lines, and a lone line's reason given its `line K` if the write has more lines. Its own exception; a lost
+    answer (PeerDown) as it is."""
+    if isinstance(exc, PeerDown):
+        return exc
+    if len(indexes) == 1 and count > 1:
+        where = f"line {indexes[0] + 1}: "
+        exc.reason, exc.replies = where + exc.reason, [where + reply for reply in exc.replies]
+    else:
+        exc.reason, exc.replies = in_write(exc.reason, indexes), [in_write(reply, indexes) for reply in exc.replies]
     return exc
 
 

@@ -2,8 +2,8 @@
 and KV pages, and for an Adopt a pid of another node's block (docs/apeinxfs.5.md, ctl/submit and
 CLUSTER). They read the kernel's components and change nothing. `Anywhere` makes them a dry run
 on the node placing a cluster write's lines, which any node may run: the checks of this node's
-own pids and GPUs (KV pages) are left out, and those of a model that only other nodes hold
-(`admit_anywhere`, with the tenant's quotas and budgets). Not here: a tenant's quotas and
+own pids and GPUs (KV pages) are left out, and those of a model that only other nodes hold or of a
+tenant only a remote parent's node knows (`admit_anywhere`, with the tenant's quotas and budgets). Not here: a tenant's quotas and
 budgets (tenancy.py, through Kernel.admit) or adding the task (Kernel._add_task).
 """
 from __future__ import annotations
@@ -37,15 +37,17 @@ class Anywhere:
     models_elsewhere: frozenset[str] = frozenset()
     parents: Mapping[int, str] = attrs.field(factory=dict)
 
+    def parent_tenant(self, spec: TaskSpec) -> str | None:
+        """The tenant of the task on another node that `spec` names as its parent; None if it names none such."""
+        return None if spec.parent is None else self.parents.get(spec.parent)
+
     def child_here(self, event: ev.Submit) -> ev.Submit:
         """The submit of a child of a task in `parents` as a task of its parent's tenant without a parent (so
-        this node's checks count it there); Invalid if it names another tenant. Any other submit as it is."""
-        spec = event.spec
-        tenant = None if spec.parent is None else self.parents.get(spec.parent)
+        this node's quotas and budgets count it there). Any other submit as it is."""
+        tenant = self.parent_tenant(event.spec)
         if tenant is None:
             return event
-        check_child_tenant(spec.tenant, tenant)
-        return attrs.evolve(event, spec=attrs.evolve(spec, parent=None, tenant=tenant))
+        return attrs.evolve(event, spec=attrs.evolve(event.spec, parent=None, tenant=tenant))
 
 
 def check_child_tenant(named: str | None, parents: str) -> None:
@@ -64,17 +66,20 @@ class SubmitChecks:
 
     def check_submit(self, event: ev.Submit, anywhere: Anywhere | None = None) -> None:
         """NotFound, Invalid or NoSpace, saying why, unless a task of `event.spec` can be added here (with
-        `anywhere`: may be added on some node, as far as this one knows)."""
+        `anywhere`: may be added on some node, as far as this one knows; a child of a task on another node is
+        checked in that task's tenant, in the order its node checks it: model, parent, tenant)."""
         spec = event.spec
         name = self._models.name_of(spec)
         model = self._models.get(name)
         if model is None and (anywhere is None or name not in anywhere.models_elsewhere):
             raise NotFound(f"unknown model {spec.model!r}: see /models")
-        parent = None if spec.parent is None else self._tasks.live(spec.parent)
-        if parent is not None:
-            check_child_tenant(spec.tenant, parent.tenant)
-        tenant = self._tenancy.tenant_of(spec, parent)
-        if tenant not in self._tenancy.tenants:
+        remote = None if anywhere is None else anywhere.parent_tenant(spec)  # a parent's on another node
+        parent = None if spec.parent is None or remote is not None else self._tasks.live(spec.parent)
+        parents = parent.tenant if parent is not None else remote
+        if parents is not None:
+            check_child_tenant(spec.tenant, parents)
+        tenant = self._tenancy.tenant_of(spec, parent) if remote is None else remote
+        if tenant not in self._tenancy.tenants and remote is None:  # a remote parent's: its node knows it
             raise NotFound(f"unknown tenant {tenant!r}")
         if model is not None:
             self._check_fits(spec, model, on_this_node=anywhere is None)
@@ -96,9 +101,11 @@ class SubmitChecks:
         """Kernel.admit(event) as a dry run on the node placing a cluster write's lines: the checks that hold
         on whichever node runs it (`Anywhere`: not this node's pids left, GPUs or KV pages). Changes nothing
         but `batch`, which counts the write's lines as admit's does."""
-        event = anywhere.child_here(event)
         self.check_submit(event, anywhere)
-        self._tenancy.admit(event, now_us, batch, elsewhere, on_this_node=False)
+        remote = anywhere.parent_tenant(event.spec)
+        if remote is not None and remote not in self._tenancy.tenants:
+            return  # a tenant only the parent's node knows: its quotas and budgets are judged there
+        self._tenancy.admit(anywhere.child_here(event), now_us, batch, elsewhere, on_this_node=False)
 
     def check_adopt(self, event: ev.Adopt) -> None:
         """Invalid unless pids are in blocks (a cluster node) and `pid` is neither a task here nor one of this

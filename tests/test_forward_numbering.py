@@ -1,0 +1,64 @@
+"""Tier 2: a write to ctl/kill or /tasks/PID/ctl of a task on another node (cluster/routing.py `route_kill`,
+`route_ctl`) is sent there without its blank lines; its refusal names lines as a single node names them.
+Node a is a Router over a stand-in cluster (tests/standin_cluster.py); node b's peer is a fake that runs the
+lines through a second Runtime's ctl commands, as b's peer server does. In process: no FUSE, no etcd."""
+import errno
+
+import pytest
+import trio
+
+import standin_cluster
+from apeinxfs.cluster.records import NodeRecord
+from apeinxfs.kernel.errors import ApeinxError
+from apeinxfs.nodes import ctl
+from apeinxfs.nodes.base import Caller
+from standin_cluster import runtime
+
+PID = 5000  # tasks a placed on b (PID and PID + 1), which b does not hold (killed and forgotten)
+
+
+class PeerB:
+    """b's peer: a write's lines run through b's ctl/kill or /tasks/PID/ctl command, as its peer server runs them."""
+
+    def __init__(self, rt):
+        self.rt = rt
+
+    async def kill(self, pids, caller):
+        return ctl.kill(self.rt)([str(pid).encode() for pid in pids], caller)
+
+    async def ctl(self, pid, lines, caller):
+        return ctl.task_ctl(self.rt, pid)([line.encode() for line in lines], caller)
+
+
+@pytest.fixture
+def router(tmp_path):
+    """a's router, which placed tasks PID and PID + 1 on b and reaches b through PeerB."""
+    made = standin_cluster.router(runtime(tmp_path / "a"), [NodeRecord(name="b", epoch=1, seen_us=0,
+                                                                       advertise="127.0.0.1:1")])
+    made.placed[PID] = made.placed[PID + 1] = "b"
+    made.peers["http://127.0.0.1:1"] = PeerB(runtime(tmp_path / "b"))
+    return made
+
+
+def refusal(route, lines: list[str]) -> ApeinxError:
+    async def run():
+        forwarded = await route(lines, Caller())
+        await forwarded.remote(None)
+    with pytest.raises(ApeinxError) as caught:
+        trio.run(run)
+    return caught.value
+
+
+def test_a_forwarded_kill_names_its_refused_line_as_the_writes(router):
+    """`\\n\\n5000\\n` to a's ctl/kill, 5000 placed on b which holds no such task: refused ENOENT naming line 3,
+    as a single node names it; two pids with a blank line between name the second line 3 too."""
+    exc = refusal(router.route_kill, ["", "", str(PID)])
+    assert (exc.errno, exc.reply()) == (errno.ENOENT, [f"error: line 3: no task {PID}"])
+    exc = refusal(router.route_kill, [str(PID + 1), "", str(PID)])
+    assert exc.reply() == [f"error: line 1: no task {PID + 1}", f"error: line 3: no task {PID}"]
+
+
+def test_a_forwarded_task_ctl_names_its_refused_line_as_the_writes(router):
+    """`\\nprio 5\\n` to /tasks/5000/ctl on a, sent to b which holds no such task: its refusal names line 2."""
+    exc = refusal(router.route_ctl(PID, "b"), ["", "prio 5"])
+    assert exc.errno == errno.ENOENT and exc.reply()[0].startswith("error: line 2: "), exc.reply()
