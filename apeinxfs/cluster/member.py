@@ -73,7 +73,8 @@ class Member:
             await self.revoke_leftovers()
             try:
                 await self.hold(lease)
-            finally:  # also when the daemon stops: then it is down at once, not a lease later
+            finally:  # however hold ends (lease lost, a bug, the daemon stopping): fenced first, then down at once
+                self.step_down()
                 with trio.CancelScope(shield=True):
                     await self.withdraw(lease)
 
@@ -107,7 +108,12 @@ class Member:
             except LeaseGone as gone:
                 log.warning("cluster: node %s lost its lease (epoch %d): %s", self.name, self.epoch, gone.reason)
             nursery.cancel_scope.cancel()
+
+    def step_down(self) -> None:
+        """Stop leading and count the lease as expired (Fencing holds the engines at its next check): the
+        other nodes may take the lead and move this node's tasks from the moment it stops refreshing."""
         self.leading = False
+        self.expires = min(self.expires, trio.current_time())
 
     def refreshed(self, expires: float) -> None:
         self.expires = max(self.expires, expires)
