@@ -2,7 +2,7 @@
 
 Pid blocks granted concurrently never overlap and respect a node's floor; a member joins
 with epoch 1, puts its `up` key on its lease and its record, and when the lease is gone
-joins again with epoch 2, and a leader whose member loop fails steps down and is fenced as it ends; the leader compacts etcd's history; a hundred exits, and outputs
+joins again with epoch 2, and a leader whose member loop fails steps down and is fenced as it ends (a failed join's lease is revoked after the next); the leader compacts etcd's history; a hundred exits, and outputs
 larger as JSON than as text, go in txns etcd takes (cluster/guarded.py). The whole daemon, three of them, is test_cluster_nodes.py.
 """
 from types import SimpleNamespace
@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from apeinxfs.cluster.etcd import Etcd
-from apeinxfs.cluster.etcd_records import Compacted
+from apeinxfs.cluster.etcd_records import Compacted, LeaseGone
 from apeinxfs.cluster.failover import Failover
 from apeinxfs.cluster.fencing import Fencing
 from apeinxfs.cluster.history import Compaction
@@ -98,6 +98,37 @@ async def test_a_leader_whose_member_loop_fails_stops_leading_and_is_fenced_as_t
             assert await etcd.get(keys.up("m")) is None
             await wait_for(lambda: leading(o), "o leads")
             nursery.cancel_scope.cancel()
+
+
+async def test_a_lease_granted_to_a_join_that_fails_is_revoked_after_the_next_join(etcd_cluster):
+    """A bug in what a join puts on its new lease (before_up) ends the join: that lease and the key put on it
+    do not wait for their TTL, they are revoked once the member has joined again."""
+    keys, leases = Keys("leaking/"), []
+
+    async def before_up(lease) -> None:
+        leases.append(lease)
+        await etcd.put(b"leaking/usage", b"1", lease.id)
+        if len(leases) == 1:
+            raise ValueError("a bug in before_up")
+    async with Etcd(etcd_cluster.endpoints) as etcd:
+        member = Member(etcd, keys, "m", 30, lambda epoch: NodeRecord(name="m", epoch=epoch, seen_us=1),
+                        before_up=before_up)
+        with pytest.raises(ValueError):
+            await member.join()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(member.run)
+            await wait_for(lambda: joined(member), "m joined")
+            await wait_for(lambda: member_revoked(etcd, leases[0]), "the failed join's lease revoked")
+            assert (await etcd.get(b"leaking/usage")).lease == leases[1].id
+            nursery.cancel_scope.cancel()
+
+
+async def member_revoked(etcd: Etcd, lease) -> bool:
+    try:
+        await etcd.time_to_live(lease.id)
+    except LeaseGone:
+        return True
+    return False
 
 
 async def joined(member: Member) -> bool:

@@ -82,6 +82,14 @@ class Member:
         """A new lease and the next epoch, raised in a txn guarded on the epoch key's revision."""
         asked = trio.current_time()
         lease = await self.etcd.grant(self.lease_s)
+        try:
+            return await self.put_up(lease, asked)
+        except BaseException:  # no quorum, a bug, the daemon stopping: revoked after the next join, not left to its TTL
+            self.unrevoked.append(lease)
+            raise
+
+    async def put_up(self, lease: Lease, asked: float) -> Lease:
+        """What goes on the new `lease` (before_up), then the next epoch and the up key on it, in a guarded txn."""
         await self.before_up(lease)
         key = self.keys.epoch(self.name)
         while True:
