@@ -17,6 +17,7 @@ from apeinxfs.kernel.errors import Invalid
 from apeinxfs.kernel.events import PidBlock, Submit
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.supervise import RESTART_MAX_S, STEADY_S, Supervisor
+from test_guarded_retry import AdoptingMeanwhileEtcd
 from test_journal_runtime import open_runtime
 from test_shared_settings import node
 
@@ -127,18 +128,26 @@ async def test_health_shows_a_row_for_each_loop_that_failed(autojump_clock):
 
 
 async def test_a_restarted_failover_recorder_records_from_where_it_was_not_from_the_trace_end(tmp_path, autojump_clock):
-    """Tier 2 (a cluster node's runtime, no etcd): a second start of `Failover.keep`, as the supervisor makes
-    after a bug, keeps the trace line recorded up to, so the submits since are still recorded."""
+    """Tier 2 (a cluster node's runtime, joined, on a fake etcd): a second start of `Failover.keep`, as the
+    supervisor makes after a bug, fences again without counting the submits since as recorded (a submit waiting
+    for its key, `settle`, is not answered yet), then records them: their keys are in etcd."""
     rt = node(tmp_path)
-    failover = rt.cluster.failover
+    failover, seqs_while_fencing = rt.cluster.failover, []
+
+    async def fencing() -> None:
+        seqs_while_fencing.append(failover.seq)
+    failover.etcd = AdoptingMeanwhileEtcd(fencing)
+    rt.cluster.member.epoch = 1
     with trio.move_on_after(1):
         await failover.keep()
     recorded = failover.seq
     rt.commit([PidBlock(first=1, count=10)])
-    rt.commit([Submit(spec=TaskSpec(name="j"))])
+    [pid] = rt.commit([Submit(spec=TaskSpec(name="j"))])
     with trio.move_on_after(1):
         await failover.keep()
-    assert failover.seq == recorded < rt.kernel.trace.seq
+    assert seqs_while_fencing == [recorded, recorded] and recorded < rt.kernel.trace.seq
+    assert failover.seq == rt.kernel.trace.seq and failover.written[pid][0].owner == failover.here
+    assert failover.etcd.txns == 1
 
 
 async def test_a_driver_that_cannot_be_built_fails_its_models_only_and_the_others_start(tmp_path):
