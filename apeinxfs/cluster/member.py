@@ -3,7 +3,9 @@
 `Member.run` joins (a new lease; epoch + 1 by a guarded txn; the `up` key on the lease
 and the record, in that one txn), keeps the lease alive and campaigns for leader, and
 when the lease is lost (etcd expired it while the process was stopped, or no refresh got
-through for a whole TTL) revokes what is left of it and joins again with the next epoch.
+through for a whole TTL) revokes what is left of it and joins again with the next epoch. However a held lease ends (lost, a bug,
+the daemon stopping), the member first stops leading and counts the lease as expired (so fencing.py holds the
+engines before the other nodes can move this node's tasks), then revokes it.
 A lease it could not revoke (no quorum) is revoked after the next join: etcd extends
 leases when it elects a leader, so the old candidacy would otherwise hold the election.
 While it holds a lease it also runs `leased(lease)` (the daemon's: its usage and live keys, usagekeys.py),
