@@ -80,14 +80,28 @@ class DriverGroups:
         self.running: dict = {}  # key -> ({name: ModelConfig}, CancelScope)
 
     def sync(self) -> None:
-        """Stop the groups whose models changed or went, start the missing ones."""
+        """Stop the groups whose models changed or went, start the missing ones. A group whose driver cannot
+        be built does not stop the others: its models' state says failed, why, and once every group is
+        started the first such error is raised (at the daemon's start, its refusal; in `follow`, a bug that
+        its restart tries again)."""
         wanted = groups_of(self.rt.kernel.models, self.configured)
         for key in [key for key, (models, _) in self.running.items() if wanted.get(key) != models]:
             self.running.pop(key)[1].cancel()
-        for key, models in wanted.items():
-            if key not in self.running:
-                self.running[key] = (models, self._start(models))
+        failures = [error for key, models in wanted.items() if key not in self.running
+                    and (error := self._start_or_fail(key, models)) is not None]
         self.rt.forget_engines()
+        if failures:
+            raise failures[0]
+
+    def _start_or_fail(self, key: tuple, models: dict) -> Exception | None:
+        """Start group `key`; if its driver cannot be built, mark its models failed and return why."""
+        try:
+            self.running[key] = (models, self._start(models))
+        except Exception as exc:
+            for name in models:
+                self.rt.report_state(name, "failed", f"the driver cannot be built: {exc}")
+            return exc
+        return None
 
     def _start(self, models: dict) -> trio.CancelScope:
         driver = drivers.load(next(iter(models.values())).driver)(models)

@@ -16,7 +16,7 @@ transaction of the next append (and all at close): a one-row commit then writes 
 not two, and a crash loses the trace rows of at most the last FLUSH_ROWS rows and the last
 transaction, never a journal row.
 
-A write the storage refuses (a full disk, an I/O error, a read-only file system) raises
+A write the storage refuses (a full disk, an I/O error, a read-only file system, a damaged file) raises
 `Degraded` with the storage's errno and changes nothing: the transaction is rolled back,
 and the connection stays usable for the next try (runtime.py decides what the daemon does).
 
@@ -62,7 +62,7 @@ FLUSH_ROWS = 32
 WAL_BYTES = 4 << 20
 SQLITE_ERRNO = {sqlite3.SQLITE_FULL: errno.ENOSPC, sqlite3.SQLITE_READONLY: errno.EROFS,  # by primary result code
                 sqlite3.SQLITE_IOERR: errno.EIO}
-STORAGE_FAULTS = (sqlite3.OperationalError, OSError)  # what a write the storage refused raises
+STORAGE_FAULTS = (sqlite3.DatabaseError, OSError)  # what a write the storage refused raises (a corrupt file too)
 
 
 @attrs.frozen

@@ -193,6 +193,14 @@ def _fuse_options(args: MountArgs) -> set:
     return {"fsname=apeinxfs", "subtype=apeinxfs"} | shared | set(args.fuse_options - {"rw"})
 
 
+def refusal_of(exc: BaseException) -> ApeinxError | None:
+    """The refusal (an ApeinxError, with its errno and reason) that ended the daemon, alone or as the one
+    exception of a nursery's group; None for a bug."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, ApeinxError) else None
+
+
 def _report(fd: int | None, message: str) -> None:
     if fd is not None:
         os.write(fd, message.encode() + b"\n")
@@ -200,7 +208,7 @@ def _report(fd: int | None, message: str) -> None:
 
 
 async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
-    signalled = False
+    unmount = False  # on a signal or a refusal; a bug leaves the mount dead (ENOTCONN) for the next start
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
@@ -208,25 +216,32 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
                 await nursery.start(peer_server.PeerServer(tree, peer.tokens, config.max_waiters).serve, peer)
             serving = trio.CancelScope()
             async def on_signal(task_status=trio.TASK_STATUS_IGNORED):
-                nonlocal signalled
+                nonlocal unmount
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                     task_status.started()
                     async for signum in signals:
                         log.info("signal %d: unmounting", signum)
-                        signalled = True
+                        unmount = True
                         pyfuse3.terminate()
                         serving.deadline = min(serving.deadline, trio.current_time() + SHUTDOWN_GRACE_S)
             await nursery.start(on_signal)
             _report(ready_fd, "ok")
+            ready_fd = None  # reported: nobody waits for a later end
             with serving:
                 fuselock.install()
                 await pyfuse3.main(min_tasks=4, max_tasks=config.max_waiters + 64)
             nursery.cancel_scope.cancel()
-    except Exception:  # a task not supervised (supervise.py): Cluster.run around its loops, with its etcd client
-        log.critical("a bug ended the daemon; the mount is left dead until the next start", exc_info=True)
-        raise
+    except Exception as exc:  # a task not supervised (supervise.py): Cluster.run around its loops, with its etcd client
+        refusal = refusal_of(exc)
+        if refusal is None:
+            log.critical("a bug ended the daemon; the mount is left dead until the next start", exc_info=True)
+            raise
+        log.error("refused: %s; unmounting", refusal)  # a bad configuration (Runtime.run's driver build, say)
+        _report(ready_fd, f"refused to start: {refusal}")
+        unmount = True
+        return 1
     finally:
-        pyfuse3.close(unmount=signalled)
+        pyfuse3.close(unmount=unmount)
         runtime.snapshotter.close()
         try:
             runtime.journal.close()

@@ -356,7 +356,8 @@ class Runtime:
         """Run the models' drivers on every GPU (enginehost.py), the deadline timer, the blocked
         readers' signal watcher and the cluster's tasks (if any) until cancelled. Each loop is supervised
         (supervise.py): a bug in one is logged, shown in /ai/health, and the loop started again; each keeps
-        what it needs across a restart on its object, so a restart repeats no effect but the failed step."""
+        what it needs across a restart on its object, and goes on from there. Not supervised: the drivers'
+        own tasks (enginehost.py) and `Cluster.run` itself (its loops are)."""
         async with trio.open_nursery() as nursery:
             groups = DriverGroups(self, nursery)
             groups.sync()  # builds the drivers now: a bad configuration fails here, before the mount

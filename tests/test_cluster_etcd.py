@@ -2,7 +2,7 @@
 
 Pid blocks granted concurrently never overlap and respect a node's floor; a member joins
 with epoch 1, puts its `up` key on its lease and its record, and when the lease is gone
-joins again with epoch 2; the leader compacts etcd's history; a hundred exits, and outputs
+joins again with epoch 2, and a leader whose member loop fails steps down and is fenced as it ends (a failed join's lease is revoked after the next); the leader compacts etcd's history; a hundred exits, and outputs
 larger as JSON than as text, go in txns etcd takes (cluster/guarded.py). The whole daemon, three of them, is test_cluster_nodes.py.
 """
 from types import SimpleNamespace
@@ -11,8 +11,9 @@ import pytest
 import trio
 
 from apeinxfs.cluster.etcd import Etcd
-from apeinxfs.cluster.etcd_records import Compacted
+from apeinxfs.cluster.etcd_records import Compacted, LeaseGone
 from apeinxfs.cluster.failover import Failover
+from apeinxfs.cluster.fencing import Fencing
 from apeinxfs.cluster.history import Compaction
 from apeinxfs.cluster.member import Member
 from apeinxfs.cluster.pids import grant_block
@@ -67,6 +68,73 @@ async def test_a_member_joins_with_epoch_one_and_again_with_two_once_its_lease_i
         assert await etcd.get(KEYS.up("m")) is None  # left: its lease revoked on the way out
 
 
+async def test_a_leader_whose_member_loop_fails_stops_leading_and_is_fenced_as_the_loop_ends(etcd_cluster):
+    """A bug in what runs on leader m's lease ends m's member loop: as it ends m no longer leads and counts its
+    lease as expired (Fencing holds its engines), its up key is gone, and the other member o leads."""
+    keys = Keys("failing/")
+    bug, ended = trio.Event(), trio.Event()
+
+    async def leased(lease) -> None:
+        await bug.wait()
+        raise ValueError("a bug in what runs on the lease")
+
+    def member(name: str, **parts) -> Member:
+        return Member(etcd, keys, name, 5, lambda epoch: NodeRecord(name=name, epoch=epoch, seen_us=1), **parts)
+
+    async def m_fails() -> None:
+        with pytest.RaisesGroup(ValueError, flatten_subgroups=True):
+            await m.run()
+        ended.set()
+    async with Etcd(etcd_cluster.endpoints) as etcd:
+        m, o = member("m", leased=leased), member("o")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(m_fails)
+            await wait_for(lambda: leading(m), "m leads")
+            nursery.start_soon(o.run)
+            await wait_for(lambda: joined(o), "o joined")
+            bug.set()
+            await ended.wait()
+            assert not m.leading and Fencing(None, m).expired()
+            assert await etcd.get(keys.up("m")) is None
+            await wait_for(lambda: leading(o), "o leads")
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_lease_granted_to_a_join_that_fails_is_revoked_after_the_next_join(etcd_cluster):
+    """A bug in what a join puts on its new lease (before_up) ends the join: that lease and the key put on it
+    do not wait for their TTL, they are revoked once the member has joined again."""
+    keys, leases = Keys("leaking/"), []
+
+    async def before_up(lease) -> None:
+        leases.append(lease)
+        await etcd.put(b"leaking/usage", b"1", lease.id)
+        if len(leases) == 1:
+            raise ValueError("a bug in before_up")
+    async with Etcd(etcd_cluster.endpoints) as etcd:
+        member = Member(etcd, keys, "m", 30, lambda epoch: NodeRecord(name="m", epoch=epoch, seen_us=1),
+                        before_up=before_up)
+        with pytest.raises(ValueError):
+            await member.join()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(member.run)
+            await wait_for(lambda: joined(member), "m joined")
+            await wait_for(lambda: member_revoked(etcd, leases[0]), "the failed join's lease revoked")
+            assert (await etcd.get(b"leaking/usage")).lease == leases[1].id
+            nursery.cancel_scope.cancel()
+
+
+async def member_revoked(etcd: Etcd, lease) -> bool:
+    try:
+        await etcd.time_to_live(lease.id)
+    except LeaseGone:
+        return True
+    return False
+
+
+async def joined(member: Member) -> bool:
+    return member.epoch > 0
+
+
 async def test_the_leader_compacts_the_history_it_saw_one_period_before(etcd_cluster):
     """A leading member's Compaction.run compacts etcd to the revision seen a period earlier: a watch
     from before it gets Compacted, and its state says the revision, also once etcd has it compacted
@@ -106,8 +174,9 @@ async def test_the_leader_compacts_the_history_it_saw_one_period_before(etcd_clu
             await wait_for(compacted, "history compacted up to the revision seen")
             again = len(looks) + 2
             await wait_for(lambda: passed(again), "two passes more, compacting what etcd compacted already")
+            assert compaction.state == f"revision {seen}"
             nursery.cancel_scope.cancel()
-        assert compaction.state == f"revision {seen}"
+        assert compaction.state == "-"  # the member left: it no longer leads
 
 
 async def leading(member: Member) -> bool:

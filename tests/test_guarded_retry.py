@@ -1,7 +1,7 @@
 """Tier 2: failover's state read before an await, used after it (cluster/failover.py): the guards the
 recorder sends again after a lost answer are built afresh from `fence`'s read of the task keys, so an end
 that landed unanswered is not sent again, nor reported as a task moved away; and a task adopted while that
-read was on its way is not stopped by it. A fake etcd holds the keys; no etcd runs."""
+read was on its way is not stopped by it; an adoption whose commit met a bug is adopted at the loop's restart. A fake etcd holds the keys; no etcd runs."""
 import logging
 
 import attrs
@@ -93,4 +93,26 @@ def test_a_task_adopted_while_fence_reads_the_keys_is_not_stopped_as_moved_away(
     etcd.keys[name] = KeyValue(name, before.to_json(), 499, 499, 1)
     trio.run(failover.fence)
     assert not rt.kernel.tasks[pid].done
+    assert failover.written[pid][1] == 500
+
+
+def test_an_adoption_whose_commit_met_a_bug_is_adopted_when_the_loop_runs_again(tmp_path, monkeypatch):
+    """The runtime's commit raises a bug (not a refusal) at task 5001's adoption: the next `adopt`, as the
+    supervisor's restart of the loop makes it, adopts the task."""
+    rt = node(tmp_path)
+    rt.commit([PidBlock(first=1, count=10)])
+    failover, pid = rt.cluster.failover, 5001
+    failover.etcd = AdoptingMeanwhileEtcd(lambda: None)
+    moved = TaskKey(owner="x", epoch=1, uid=0, spec=attrs.asdict(TaskSpec(name="j", tenant="default")))
+    mine = [(pid, moved.moved_to(failover.here), 500)]
+    commit = rt.commit
+
+    def buggy(events):
+        monkeypatch.setattr(rt, "commit", commit)
+        raise ValueError("a bug in the commit")
+    monkeypatch.setattr(rt, "commit", buggy)
+    with pytest.raises(ValueError):
+        trio.run(failover.adopt, mine)
+    trio.run(failover.adopt, mine)
+    assert pid in rt.kernel.tasks and not rt.kernel.tasks[pid].done
     assert failover.written[pid][1] == 500

@@ -1,6 +1,6 @@
 """Tier 3: the mount's life cycle on a real FUSE mount, driven as an admin would.
 
-Covers `mount -t fuse`, the daemonised command, umount, SIGTERM/SIGINT, a stale mount
+Covers `mount -t fuse`, the daemonised command (and its refusal of a bad configuration), umount, SIGTERM/SIGINT, a stale mount
 left by kill -9, statfs, and shutdown with a reader blocked in `wait`. Not the tree's
 contents (test_shell.py) nor concurrency (test_concurrency.py).
 
@@ -99,6 +99,21 @@ def test_daemonised_command_returns_zero_once_mounted(unstarted):
     assert_ready_now(unstarted)
     assert os.listdir(unstarted.path("tasks")) == []
     assert_unmounts_and_exits(unstarted, ["umount"])
+
+
+def test_a_configuration_refused_at_start_is_printed_and_leaves_no_mount(unstarted):
+    """An openai model without url (refused as the drivers are built, after the mount is made): the daemonised
+    command exits 1 and prints the reason, the mountpoint is left unmounted, and the log says it was refused,
+    not a bug."""
+    unstarted.config_text = '[gpus]\nsimulated = 1\n[[models]]\nname = "llm"\ndriver = "openai"\n'
+    argv = [os.path.join(VENV_BIN, "apeinxfs"), unstarted.mountpoint, "--state-dir", unstarted.state_dir,
+            "--config", unstarted.config_path()]
+    done = subprocess.run(argv, env=path_env(), capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr == "apeinxfs: refused to start: model llm: the openai driver needs options.url or endpoints\n"
+    assert not is_mounted(unstarted.mountpoint)
+    log = open(os.path.join(unstarted.state_dir, "apeinxfs.log")).read()
+    assert "ERROR refused: model llm: the openai driver needs" in log and "CRITICAL" not in log
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

@@ -1,8 +1,8 @@
 """Tier 1-2: a journal that cannot be written (journal.py, health.py, runtime.py), without FUSE.
 
-Faults are injected two ways: SQLite's own `max_page_count`, which makes a real write fail
-with SQLITE_FULL, and a connection stand-in whose writes raise what a failing disk makes
-SQLite or the OS raise (EROFS, EIO). The runtime goes degraded, refuses state changes with
+Faults are injected three ways: SQLite's own `max_page_count`, which makes a real write fail
+with SQLITE_FULL, a connection stand-in whose writes raise what a failing disk makes
+SQLite or the OS raise (EROFS, EIO), and a journal file damaged on disk (SQLITE_CORRUPT). The runtime goes degraded, refuses state changes with
 the errno, pauses the sim driver's tasks under trio's autojump clock (and the openai
 driver's streams, against test_openai_driver's fake engine on the real clock), and
 resumes by itself once writes work; `replay --verify` (verify.py) then passes.
@@ -10,6 +10,7 @@ resumes by itself once writes work; `replay --verify` (verify.py) then passes.
 import csv
 import errno
 import io
+import os
 import sqlite3
 
 import pytest
@@ -18,7 +19,7 @@ import trio
 from apeinxfs import config as config_mod
 from apeinxfs import health
 from apeinxfs.drivers.sim import word
-from apeinxfs.journal import Journal
+from apeinxfs.journal import Emitted, Journal, NullJournal
 from apeinxfs.kernel.errors import Degraded
 from apeinxfs.kernel.events import JournalFailed, JournalRecovered, Tick
 from apeinxfs.kernel.trace import TraceLog
@@ -141,6 +142,19 @@ def test_close_on_a_failing_disk_raises_after_closing_and_keeps_every_row(tmp_pa
     assert len(Journal(str(tmp_path / "j.db"), readonly=True)) == 1
 
 
+def damage(path) -> None:
+    """Overwrite every page of the SQLite file at `path` but the first (the schema) with garbage, then make
+    another connection write, as another process would: the journal's connection then reads its pages again."""
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page = db.execute("PRAGMA page_size").fetchone()[0]
+    with open(path, "r+b") as file:
+        file.seek(page)
+        file.write(b"\xa5" * (os.path.getsize(path) - page))
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+
+
 # -- the runtime ---------------------------------------------------------------------------------------
 
 
@@ -256,3 +270,25 @@ async def test_a_deadline_that_falls_while_degraded_waits_for_recovery(tmp_path,
             nursery.cancel_scope.cancel()
         assert rt.kernel.tasks[pid].exit == "expired" and rt.health.fault is None
     assert verified(tmp_path).divergence is None
+
+
+def test_a_damaged_journal_file_degrades_with_eio_as_a_failing_disk_does(tmp_path):
+    """A journal file damaged on disk (SQLITE_CORRUPT, a DatabaseError): the submit and the flush of the steps
+    waiting get EIO, the daemon is degraded with SQLite's words, and later changes are refused."""
+    with open_runtime(tmp_path) as rt:
+        for name in ("a", "b", "c"):
+            submit(rt, name=name)
+        damage(rt.journal.path)
+        with pytest.raises(Degraded) as caught:
+            submit(rt, name="lost")
+        assert caught.value.errno == errno.EIO and "malformed" in caught.value.reason
+        status = dict(line.split(":\t") for line in health.show(rt.health).splitlines())
+        assert status["State"] == "degraded" and status["Errno"] == "EIO" and "malformed" in status["Reason"]
+        rt.journal.defer(1, Tick(), Emitted(rt.kernel.trace))
+        with pytest.raises(Degraded, match="malformed"):
+            rt.journal.flush()
+        with pytest.raises(Degraded, match="refused"):
+            submit(rt, name="refused")
+        with pytest.raises(Degraded, match="malformed"):  # the trace rows pending cannot go either
+            rt.journal.close()
+        rt.journal = NullJournal()  # closed: nothing left for open_runtime to close

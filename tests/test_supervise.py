@@ -2,7 +2,8 @@
 
 A loop that raises is started again after 1 s, 2 s, 4 s ... up to 30 s, back to 1 s after a run of a
 minute; its Bug row counts the failures and names the last one's place; cancellation and
-KeyboardInterrupt pass through; a loop that returns is not started again.
+KeyboardInterrupt pass through; a loop that returns is not started again. A driver that cannot be built
+fails its own models only (enginehost.py, whose `follow` the supervisor restarts).
 """
 import logging
 
@@ -10,9 +11,14 @@ import pytest
 import trio
 
 from apeinxfs import health
+from apeinxfs.drivers.enginestate import EngineState
+from apeinxfs.enginehost import DriverGroups
+from apeinxfs.kernel.errors import Invalid
 from apeinxfs.kernel.events import PidBlock, Submit
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.supervise import RESTART_MAX_S, STEADY_S, Supervisor
+from test_guarded_retry import AdoptingMeanwhileEtcd
+from test_journal_runtime import open_runtime
 from test_shared_settings import node
 
 
@@ -122,15 +128,39 @@ async def test_health_shows_a_row_for_each_loop_that_failed(autojump_clock):
 
 
 async def test_a_restarted_failover_recorder_records_from_where_it_was_not_from_the_trace_end(tmp_path, autojump_clock):
-    """Tier 2 (a cluster node's runtime, no etcd): a second start of `Failover.keep`, as the supervisor makes
-    after a bug, keeps the trace line recorded up to, so the submits since are still recorded."""
+    """Tier 2 (a cluster node's runtime, joined, on a fake etcd): a second start of `Failover.keep`, as the
+    supervisor makes after a bug, fences again without counting the submits since as recorded (a submit waiting
+    for its key, `settle`, is not answered yet), then records them: their keys are in etcd."""
     rt = node(tmp_path)
-    failover = rt.cluster.failover
+    failover, seqs_while_fencing = rt.cluster.failover, []
+
+    async def fencing() -> None:
+        seqs_while_fencing.append(failover.seq)
+    failover.etcd = AdoptingMeanwhileEtcd(fencing)
+    rt.cluster.member.epoch = 1
     with trio.move_on_after(1):
         await failover.keep()
     recorded = failover.seq
     rt.commit([PidBlock(first=1, count=10)])
-    rt.commit([Submit(spec=TaskSpec(name="j"))])
+    [pid] = rt.commit([Submit(spec=TaskSpec(name="j"))])
     with trio.move_on_after(1):
         await failover.keep()
-    assert failover.seq == recorded < rt.kernel.trace.seq
+    assert seqs_while_fencing == [recorded, recorded] and recorded < rt.kernel.trace.seq
+    assert failover.seq == rt.kernel.trace.seq and failover.written[pid][0].owner == failover.here
+    assert failover.etcd.txns == 1
+
+
+async def test_a_driver_that_cannot_be_built_fails_its_models_only_and_the_others_start(tmp_path):
+    """Model a's openai driver has no url: sync raises its refusal, but model b's sim driver starts, a's state
+    says failed and why, and the state of a model that went is forgotten all the same."""
+    toml = '[gpus]\nsimulated = 1\n[[models]]\nname = "a"\ndriver = "openai"\n[[models]]\nname = "b"\n'
+    with open_runtime(tmp_path, toml) as rt:
+        rt.engine_states["gone"] = EngineState("ready", 0)
+        async with trio.open_nursery() as nursery:
+            groups = DriverGroups(rt, nursery)
+            with pytest.raises(Invalid, match="needs options.url"):
+                groups.sync()
+            assert list(groups.running) == [("config", "sim")]
+            assert rt.engine_states["a"].state == "failed" and "needs options.url" in rt.engine_states["a"].error
+            assert "gone" not in rt.engine_states
+            nursery.cancel_scope.cancel()

@@ -114,7 +114,9 @@ class Cluster:
 
     async def run(self) -> None:
         """Join and follow the cluster until cancelled; each of the nine loops supervised (supervise.py: a bug
-        in one is logged, shown in /ai/health and the loop started again), so only a cancel ends this."""
+        in one is logged, shown in /ai/health and the loop started again). Not supervised, so a bug there
+        still ends this and the daemon: the etcd client's and router's contexts, and the etcd watch's
+        checker, which `follow` starts in this nursery (etcd_watch.py start_checking)."""
         supervised = self.rt.supervisor.supervised
         async with self.etcd, self.router, trio.open_nursery() as nursery:
             loops = [("cluster.member", self.member.run), ("cluster.publish", self.member.publish),

@@ -244,9 +244,9 @@ class Failover:
                 continue
             spec = key.spec_of()
             replica = await replica_of(self.etcd, self.keys, pid, spec) or Replica(0, "")
-            self.written[pid] = key, revision
             self.commit([Adopt(pid=pid, spec=spec, origin=key.origin, epoch=key.epoch, uid=key.uid,
                                output=replica.output, tokens=replica.tokens)])
+            self.written[pid] = key, revision  # after: a bug in the commit leaves it to adopt at the restart
 
     def commit(self, events: list[Adopt | MovedAway] | list[Failed]) -> None:
         """Commit `events`; a refusal (degraded, an unknown model or tenant here) is logged."""

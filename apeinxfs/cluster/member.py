@@ -3,7 +3,9 @@
 `Member.run` joins (a new lease; epoch + 1 by a guarded txn; the `up` key on the lease
 and the record, in that one txn), keeps the lease alive and campaigns for leader, and
 when the lease is lost (etcd expired it while the process was stopped, or no refresh got
-through for a whole TTL) revokes what is left of it and joins again with the next epoch.
+through for a whole TTL) revokes what is left of it and joins again with the next epoch. However a held lease ends (lost, a bug,
+the daemon stopping), the member first stops leading and counts the lease as expired (so fencing.py holds the
+engines before the other nodes can move this node's tasks), then revokes it.
 A lease it could not revoke (no quorum) is revoked after the next join: etcd extends
 leases when it elects a leader, so the old candidacy would otherwise hold the election.
 While it holds a lease it also runs `leased(lease)` (the daemon's: its usage and live keys, usagekeys.py),
@@ -73,7 +75,8 @@ class Member:
             await self.revoke_leftovers()
             try:
                 await self.hold(lease)
-            finally:  # also when the daemon stops: then it is down at once, not a lease later
+            finally:  # however hold ends (lease lost, a bug, the daemon stopping): fenced first, then down at once
+                self.step_down()
                 with trio.CancelScope(shield=True):
                     await self.withdraw(lease)
 
@@ -81,6 +84,14 @@ class Member:
         """A new lease and the next epoch, raised in a txn guarded on the epoch key's revision."""
         asked = trio.current_time()
         lease = await self.etcd.grant(self.lease_s)
+        try:
+            return await self.put_up(lease, asked)
+        except BaseException:  # no quorum, a bug, the daemon stopping: revoked after the next join, not left to its TTL
+            self.unrevoked.append(lease)
+            raise
+
+    async def put_up(self, lease: Lease, asked: float) -> Lease:
+        """What goes on the new `lease` (before_up), then the next epoch and the up key on it, in a guarded txn."""
         await self.before_up(lease)
         key = self.keys.epoch(self.name)
         while True:
@@ -107,7 +118,12 @@ class Member:
             except LeaseGone as gone:
                 log.warning("cluster: node %s lost its lease (epoch %d): %s", self.name, self.epoch, gone.reason)
             nursery.cancel_scope.cancel()
+
+    def step_down(self) -> None:
+        """Stop leading and count the lease as expired (Fencing holds the engines at its next check): the
+        other nodes may take the lead and move this node's tasks from the moment it stops refreshing."""
         self.leading = False
+        self.expires = min(self.expires, trio.current_time())
 
     def refreshed(self, expires: float) -> None:
         self.expires = max(self.expires, expires)
