@@ -63,6 +63,7 @@ WAL_BYTES = 4 << 20
 SQLITE_ERRNO = {sqlite3.SQLITE_FULL: errno.ENOSPC, sqlite3.SQLITE_READONLY: errno.EROFS,  # by primary result code
                 sqlite3.SQLITE_IOERR: errno.EIO}
 STORAGE_FAULTS = (sqlite3.DatabaseError, OSError)  # what a write the storage refused raises (a corrupt file too)
+SQL_BUGS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.NotSupportedError)
 
 
 @attrs.frozen
@@ -195,6 +196,8 @@ class Journal:
                     self._write_trace(traced)
         except STORAGE_FAULTS as exc:
             self._roll_back()
+            if isinstance(exc, SQL_BUGS):  # our misuse of SQLite (a seq twice, a value it cannot bind), not the
+                raise  # storage's: a bug, for the boundary that counts bugs, never a degraded daemon for good
             raise storage_fault(exc) from exc
         del self._pending[:len(traced)]
 

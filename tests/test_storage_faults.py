@@ -292,3 +292,19 @@ def test_a_damaged_journal_file_degrades_with_eio_as_a_failing_disk_does(tmp_pat
         with pytest.raises(Degraded, match="malformed"):  # the trace rows pending cannot go either
             rt.journal.close()
         rt.journal = NullJournal()  # closed: nothing left for open_runtime to close
+
+
+def test_a_misuse_of_sqlite_is_a_bug_and_leaves_the_daemon_healthy(tmp_path):
+    """A row whose seq the journal already holds (IntegrityError: the daemon's own bug, not the disk's) is
+    raised as it is, nothing of it journaled or applied, and the daemon is not degraded: a storage fault
+    would refuse every change for good under words blaming the disk."""
+    with open_runtime(tmp_path) as rt:
+        submit(rt, name="a")
+        rt.journal.flush()
+        with sqlite3.connect(rt.journal.path) as other:
+            other.execute("INSERT INTO journal (seq, time_us, kind, body) VALUES (?, 0, 'tick', '{}')",
+                          (rt.journal.last_seq + 1,))
+        tasks, seq = len(rt.kernel.tasks), rt.journal.last_seq
+        with pytest.raises(sqlite3.IntegrityError):
+            submit(rt, name="b")  # open_runtime commits every row
+        assert rt.health.fault is None and len(rt.kernel.tasks) == tasks and rt.journal.last_seq == seq
