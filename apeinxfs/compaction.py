@@ -46,7 +46,7 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 POLL_S = 0.25  # how often the daemon looks whether a snapshot is due
 BUSY_SHARE = 0.25  # snapshots take at most this share of the time (their child's, mostly): one after a
 # snapshot that took T seconds waits 3 T at least
-LIVE_KEYS = frozenset({"access", "utc_offset_s", "retention"})  # kernel config read where used, not built into state
+LIVE_KEYS = frozenset({"access", "utc_offset_s", "retention", "limits"})  # kernel config read where used, not built into state
 
 
 class CannotStart(Exception):

@@ -13,8 +13,9 @@ import attrs
 
 from .cluster import settings as cluster_settings
 from .drivers import nvml
-from .kernel.config import AccessConfig, GpuConfig, KernelConfig, MemoryRetention, ModelConfig, SchedConfig
+from .kernel.config import AccessConfig, GpuConfig, KernelConfig, KernelLimits, MemoryRetention, ModelConfig, SchedConfig
 from .kernel.errors import Invalid
+from .nodes import buffers
 from .kernel.tenant_config import parse_seconds, tenant_from_dict
 
 SECTIONS = {
@@ -27,10 +28,12 @@ SECTIONS = {
     "billing": {"period"},
     "retention": {"trace_bytes", "trace_file_bytes", "tasks", "task_age_s", "trace_lines", "snapshot_rows",
                   "snapshot_s", "audit_lines", "audit_bytes"},
+    "limits": {"live_tasks", "write_lines", "pending_bytes"},
     "cluster": cluster_settings.KEYS,
 }
 LISTS = ("models", "tenants")
 KERNEL_RETENTION = {"tasks", "task_age_s", "trace_lines", "audit_lines"}  # the [retention] keys the kernel applies
+KERNEL_LIMITS = {"live_tasks"}  # the [limits] keys the kernel applies
 
 
 def _positive(_config, attribute, value) -> None:
@@ -54,6 +57,21 @@ class Retention:
                                                               attrs.validators.gt(0)])
 
 
+def _at_least_one(_config, attribute, value) -> None:
+    if type(value) is not int or value < 1:
+        raise Invalid(f"config: limits.{attribute.name} must be an integer >= 1, not {value!r}")
+
+
+@attrs.frozen
+class Limits:
+    """What one write may hold, `[limits]`: its lines (a write is parsed and admitted in one go on the daemon's
+    only thread), and the unfinished lines one uid's open ctl descriptors buffer, in bytes. (The section's
+    live_tasks is the kernel's KernelLimits.)"""
+
+    write_lines: int = attrs.field(default=buffers.WRITE_LINES, validator=_at_least_one)
+    pending_bytes: int = attrs.field(default=buffers.PENDING_BYTES, validator=_at_least_one)
+
+
 @attrs.frozen
 class Config:
     """The daemon's settings and the kernel's boot config."""
@@ -65,6 +83,7 @@ class Config:
     gpu_source: str
     check_invariants: bool = False  # check the kernel's invariants after every commit (slower: for tests)
     retention: Retention = Retention()
+    limits: Limits = Limits()
     cluster: cluster_settings.ClusterSettings | None = None  # None: a single node (no [cluster] etcd)
 
 
@@ -116,21 +135,22 @@ def build(raw: dict, state_dir: str | None, use_nvml: bool) -> Config:
         models = [ModelConfig(**m) for m in raw["models"]]
         tenants = [tenant_from_dict(t) for t in raw.get("tenants") or [{"name": "default"}]]
         period = raw["billing"]["period"]
-        kept = raw.get("retention", {})
+        kept, limits = raw.get("retention", {}), raw.get("limits", {})
         kernel = KernelConfig(models=models, gpus=gpus, page_mib=raw["kv"]["page_mib"],
                               sched=SchedConfig(**raw["scheduler"]), tenants=tenants, node=daemon["node"],
                               access=AccessConfig(**raw["access"], owner_uid=os.getuid()),
                               billing_period_s=parse_seconds(period, "billing.period") if isinstance(period, str)
                               else period, utc_offset_s=time.localtime().tm_gmtoff,
                               pid_blocks=cluster is not None,
-                              retention=MemoryRetention(**{k: v for k, v in kept.items() if k in KERNEL_RETENTION}))
+                              retention=MemoryRetention(**{k: v for k, v in kept.items() if k in KERNEL_RETENTION}),
+                              limits=KernelLimits(**{k: v for k, v in limits.items() if k in KERNEL_LIMITS}))
         retention = Retention(**{key: value for key, value in kept.items() if key not in KERNEL_RETENTION})
     except (TypeError, ValueError) as exc:
         raise Invalid(f"config: {exc}") from None
     return Config(kernel=kernel, state_dir=state_dir or daemon.get("state_dir") or default_state_dir(),
                   max_waiters=daemon["max_waiters"],
                   max_waiters_per_uid=daemon["max_waiters_per_uid"], gpu_source=source, retention=retention,
-                  cluster=cluster,
+                  limits=Limits(**{key: value for key, value in limits.items() if key not in KERNEL_LIMITS}), cluster=cluster,
                   check_invariants=_boolean(daemon["check_invariants"], "daemon.check_invariants"))
 
 

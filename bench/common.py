@@ -24,8 +24,9 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 from daemon import Daemon, checking_invariants, is_mounted, sim_config  # noqa: E402 - tests/ is put on the path just above
 
-# Tasks that do not finish during a run, so the queue keeps what was submitted.
-QUEUE_CONFIG = sim_config(1000)
+# Tasks that do not finish during a run, so the queue keeps what was submitted; writes of 20,000 lines (the
+# bulk figures of bench_submit, bench_ls, bench_isolation, bench_cluster), twice limits.write_lines' default.
+QUEUE_CONFIG = sim_config(1000) + "\n[limits]\nwrite_lines = 20000\n"
 SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 

@@ -33,7 +33,7 @@ from test_bad_input import (HUGE, JSON_LINE, JUNK, LIVE_TASK, NUMBER, PID, QUOTE
                             VALID, WORD, lines_of)
 from test_journal_runtime import open_runtime
 
-ALLOWED = {errno.EINVAL, errno.ENOENT, errno.EACCES, errno.EDQUOT, errno.EEXIST, errno.ENOSPC, errno.EBUSY}
+ALLOWED = {errno.EINVAL, errno.ENOENT, errno.EACCES, errno.EDQUOT, errno.EEXIST, errno.ENOSPC, errno.EBUSY, errno.E2BIG}
 CONFIG = SLOW_CONFIG + '[[tenants]]\nname = "default"\n[[tenants]]\nname = "fz"\n'  # fz: whose files are fuzzed
 CHECKS = dict(deadline=None, suppress_health_check=list(HealthCheck))
 

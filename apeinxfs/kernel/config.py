@@ -165,6 +165,19 @@ class MemoryRetention:
         return int(self.task_age_s * 1_000_000)
 
 
+def _limit(_inst: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    if type(value) is not int or value < 1:
+        raise Invalid(f"limits.{attribute.name} must be an integer >= 1, not {value!r}")
+
+
+@attrs.frozen
+class KernelLimits:
+    """What the kernel holds at most (`[limits]`): live tasks on this node, as cgroup pids.max (a submit past
+    it is EAGAIN). The section's other keys bound what a write may hold (the daemon's Limits)."""
+
+    live_tasks: int = attrs.field(default=100000, validator=_limit)
+
+
 ROLES = ("user", "viewer", "none")
 
 
@@ -196,6 +209,7 @@ class KernelConfig:
     billing_period_s: int = attrs.field(default=86400, validator=_positive)
     utc_offset_s: int = 0  # the daemon's time zone at boot: policy `time=` windows are local time
     retention: MemoryRetention = attrs.Factory(MemoryRetention)
+    limits: KernelLimits = attrs.Factory(KernelLimits)
     pid_blocks: bool = False  # pids come in blocks the cluster grants (PidBlock events); else 1, 2, 3...
 
     @property
@@ -220,7 +234,7 @@ class KernelConfig:
 
 
 NESTED_LISTS = {"models": ModelConfig, "gpus": GpuConfig, "tenants": TenantConfig}
-NESTED = {"sched": SchedConfig, "access": AccessConfig, "retention": MemoryRetention}
+NESTED = {"sched": SchedConfig, "access": AccessConfig, "retention": MemoryRetention, "limits": KernelLimits}
 
 
 def kernel_config_from_dict(data: Mapping[str, Any]) -> KernelConfig:

@@ -89,9 +89,22 @@ class TooMany(ApeinxError):
 
 
 class TryAgain(ApeinxError):
-    """Not possible now for want of something the cluster grants (a pid block): try again later."""
+    """Not possible now for want of something the cluster grants (a pid block) or that exiting tasks free
+    (limits.live_tasks): try again later."""
 
     errno = errno.EAGAIN
+
+
+class TooBig(ApeinxError):
+    """A write holds more lines than one may (limits.write_lines): split it."""
+
+    errno = errno.E2BIG
+
+
+class NoBuffers(ApeinxError):
+    """A uid's open descriptors would buffer more unfinished lines than they may (limits.pending_bytes)."""
+
+    errno = errno.ENOBUFS
 
 
 class Degraded(ApeinxError):

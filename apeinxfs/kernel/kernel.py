@@ -131,7 +131,7 @@ class Kernel:
         cluster's other nodes, `elsewhere`); returns the event to journal."""
         self.check(event)
         if isinstance(event, ev.Submit):
-            self.tasks.check_pid_left(batch, self.config.node)
+            self.tasks.check_room(batch, self.config)
         return self.tenancy.admit(event, now_us, batch, elsewhere or {})
 
     def _check_setpolicy(self, event: ev.SetPolicy) -> None:

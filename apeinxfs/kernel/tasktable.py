@@ -11,10 +11,14 @@ from __future__ import annotations
 import collections
 import heapq
 from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from .errors import Busy, Invalid, NotFound, TryAgain
 from .events import PidBlock
 from .task import State, Task
+
+if TYPE_CHECKING:
+    from .config import KernelConfig
 
 
 class TaskTable(Mapping[int, Task]):
@@ -72,6 +76,12 @@ class TaskTable(Mapping[int, Task]):
         """Whether `pid` is in this node's blocks and not given yet (pids in blocks only)."""
         return any(first <= pid < end for first, end in [(self.next_pid, self.pid_end or 0), *self._blocks])
 
+    def check_room(self, batch: dict[str, tuple[int, int]] | None, config: KernelConfig) -> None:
+        """TryAgain unless a new task, after those the submits admitted before it in `batch` add, finds a pid
+        left (check_pid_left) and stays within limits.live_tasks (check_live_limit)."""
+        self.check_pid_left(batch, config.node)
+        self.check_live_limit(batch, config.limits.live_tasks)
+
     def check_pid_left(self, batch: dict[str, tuple[int, int]] | None, node: str) -> None:
         """TryAgain if a new task would find no pid left in the node's blocks, after those the submits
         admitted before it in `batch` take (admit's: tenant -> the tasks and tokens its submits hold)."""
@@ -81,6 +91,14 @@ class TaskTable(Mapping[int, Task]):
             short = f"only {left} pids left for this write's lines" if taken else "used up its pids"
             raise TryAgain(f"node {node} has {short} and the cluster has not granted it the next block yet "
                            f"(etcd unreachable or without a quorum?): try again{', with fewer lines' if taken else ''}")
+
+    def check_live_limit(self, batch: dict[str, tuple[int, int]] | None, limit: int) -> None:
+        """TryAgain, as fork(2) past cgroup pids.max, if a new task would make more than `limit` live (not
+        exited) tasks on this node, counting those the submits admitted before it in `batch` add."""
+        live = len(self._tasks) - self.state_counts[State.EXITED] + sum(tasks for tasks, _ in (batch or {}).values())
+        if live >= limit:
+            raise TryAgain(f"{live} tasks are live on this node, the most limits.live_tasks allows: try again "
+                           f"when some have exited")
 
     def check_grant(self, event: PidBlock) -> None:
         """Invalid unless pids are in blocks and the block lies past every pid given or granted."""

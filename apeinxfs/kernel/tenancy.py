@@ -98,7 +98,7 @@ class Tenancy:
                  gpus: Sequence[Gpu], tasks: Mapping[int, Task], records: tuple[AuditLog, BillBook], host: Host):
         self.tenants: dict[str, TenantConfig] = {}
         self.usage: dict[str, TenantUsage] = {}
-        self.rules: tuple[Rule, ...] = ()
+        self.rules: list[Rule] = []
         self._config, self._models, self._kv, self._accounts = config, models, kv, accounts
         self._gpus, self._tasks, self._host = gpus, tasks, host
         self._audit, self._bills = records
@@ -356,8 +356,10 @@ class Tenancy:
         self._host.emit("tenant", None, f"remove {event.name} by uid {event.uid}")
 
     def set_rules(self, event: ev.SetRules) -> None:
-        rules = tuple(parse_rule(text) for text in event.rules)
-        self.rules = rules if event.replace else self.rules + rules
+        rules = [parse_rule(text) for text in event.rules]
+        if event.replace or not isinstance(self.rules, list):  # a snapshot of an older layout holds a tuple
+            self.rules = list(() if event.replace else self.rules)
+        self.rules.extend(rules)  # in place: a write of N rules, one SetRules per line, costs O(N), not O(N^2)
         verb = "replace with" if event.replace else "append"
         detail = f"{verb} {len(rules)} rule(s): " + "; ".join(r.text for r in rules)
         self._audit.record(self._host.now_us, event, "policy", "ok", detail)

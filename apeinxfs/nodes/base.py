@@ -20,6 +20,7 @@ import attrs
 
 from ..kernel.access import Identity
 from ..kernel.errors import ApeinxError, Denied, Hidden, Invalid, NotFound
+from .buffers import Buffers
 
 LINE_MAX = (1 << 20) + 4096
 OVER_LONG = bytes(LINE_MAX + 1)  # stands for the rest of a line already refused as too long
@@ -301,6 +302,8 @@ class CommandHandle(Handle):
     reply: bytes = b""
     refused_rest: bytes | None = None  # the piece of an unterminated over-long line that was refused
     write_lines: int = 0
+    buffers: Buffers = attrs.Factory(Buffers)  # the daemon's (fs.py sets it at open)
+    held: int = 0  # the bytes `buffers` counts for this descriptor: len(pending) after each write
 
     async def read(self, offset, size, waiter):
         data, self.reply = self.reply[:size], self.reply[size:]
@@ -333,13 +336,22 @@ class CommandHandle(Handle):
         except Exception as exc:
             self.reply = reply_text(exc.reply() if isinstance(exc, ApeinxError) else [f"error: {BUG}"])
             self.pending.clear()
+            self.held = self.buffers.hold(self.caller.uid, self.held, 0)
             raise
 
     def write(self, data: bytes) -> int:
-        """Run the complete lines, all or none; a line over LINE_MAX refuses the whole write. Any
-        refusal or bug empties the buffer, so the descriptor starts afresh at the next write. The
-        reply is this write's, empty if it ran no line."""
+        """Run the complete lines, all or none; a line over LINE_MAX, or a write over the `buffers` limits,
+        refuses the whole write. Any refusal or bug empties the buffer, so the descriptor starts afresh at the
+        next write. The reply is this write's, empty if it ran no line."""
         self.reply = b""
+        try:
+            with self.refusals():
+                self.buffers.check_write(self.caller.uid, data, len(self.pending), self.held)
+            return self._take(data)
+        finally:
+            self.held = self.buffers.hold(self.caller.uid, self.held, len(self.pending))
+
+    def _take(self, data: bytes) -> int:
         self._refuse_rest(data)
         self.pending += data
         cut = self.pending.rfind(b"\n") + 1
@@ -368,6 +380,7 @@ class CommandHandle(Handle):
     def release(self) -> None:
         """An unterminated last line runs at the last close. FUSE sends no flush (fs.py), so its
         refusal reaches no caller: like any refusal it is journaled, traced and audited."""
+        self.held = self.buffers.hold(self.caller.uid, self.held, 0)
         if self.pending:
             lines, self.pending = [bytes(self.pending)], bytearray()
             self._run(lines)
