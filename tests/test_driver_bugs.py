@@ -88,3 +88,26 @@ async def test_a_bug_in_a_llamacpp_job_fails_that_task_and_the_next_one_runs(tmp
     assert broken.exit.startswith("failed: driver bug: ValueError at test_driver_bugs.py:")
     assert (fine.exit, fine.tokens_out) == ("done", 5)
     assert kept[0].supervisor.bugs["driver.llamacpp.job"].times == 1
+
+
+async def test_a_bug_handing_a_llamacpp_token_over_fails_that_task_and_the_next_one_runs(tmp_path, monkeypatch):
+    """The hand-over of the first generation's first token to the outbox fails (Outbox.put raises once,
+    injected as a bug there would be): it runs in a run_sync_soon callback, outside any job, where a bug
+    ended trio itself (TrioInternalError); now that task fails naming the bug and stops generating, the other
+    task runs to done, and the supervisor counts driver.llamacpp.job once."""
+    real, failed = flow.Outbox.put, []
+
+    def failing(self, chunk):
+        if not failed:
+            failed.append(chunk.pid)
+            raise ValueError("a bug in the hand-over")
+        return real(self, chunk)
+    monkeypatch.setattr(flow.Outbox, "put", failing)
+    monkeypatch.setattr(llamacpp, "open_llama", lambda options: FakeLlama())
+    kept: list = []
+    tasks = await run_tasks(tmp_path, LLAMA_CONFIG, [{"name": "a", "max_tokens": 5}, {"name": "b", "max_tokens": 5}],
+                            keeping_runtime(kept))
+    [broken], [fine] = [t for t in tasks if t.pid == failed[0]], [t for t in tasks if t.pid != failed[0]]
+    assert broken.exit.startswith("failed: driver bug: ValueError at test_driver_bugs.py:")
+    assert (fine.exit, fine.tokens_out) == ("done", 5)
+    assert kept[0].supervisor.bugs["driver.llamacpp.job"].times == 1

@@ -113,9 +113,24 @@ class Outbox:
         try:
             await job(*args)
         except Exception as exc:
-            error, where = place_of(exc)
-            self.host.note_bug(self.bug_name, exc, "its task failed")
-            self.fail(task, f"driver bug: {error} at {where}")
+            self._bug(task, exc)
+
+    def put_guarded(self, task, chunk) -> bool:
+        """`put(chunk)` for `task`'s job from outside the job's trio task (llama.cpp's thread hands its tokens
+        over through run_sync_soon, where a bug would end trio itself): a bug fails `task` as in `guarded`,
+        and then False."""
+        try:
+            self.put(chunk)
+        except Exception as exc:
+            self._bug(task, exc)
+            return False
+        return True
+
+    def _bug(self, task, exc: Exception) -> None:
+        """`task` fails naming the bug's type and place, and the host keeps it (`note_bug`)."""
+        error, where = place_of(exc)
+        self.host.note_bug(self.bug_name, exc, "its task failed")
+        self.fail(task, f"driver bug: {error} at {where}")
 
     def take_interrupted(self) -> set[int]:
         interrupted, self.interrupted = self.interrupted, set()

@@ -284,11 +284,12 @@ class Turn:
         self.stop.set()
         self.scope.cancel()
 
-    def emitter(self, outbox: flow.Outbox):
-        """A thread-safe `emit(chunk)`: the chunk reaches `outbox` in trio's thread, unless cancelled by then."""
+    def emitter(self, outbox: flow.Outbox, task):
+        """A thread-safe `emit(chunk)` of `task`: the chunk reaches `outbox` in trio's thread, unless cancelled
+        by then; a bug there fails the task and stops its generation (outbox.put_guarded)."""
         def put(chunk: Chunk) -> None:
-            if not self.stop.is_set():
-                outbox.put(chunk)
+            if not self.stop.is_set() and not outbox.put_guarded(task, chunk):
+                self.stop.set()
         return functools.partial(trio.lowlevel.current_trio_token().run_sync_soon, put)
 
 
@@ -316,7 +317,7 @@ class LlamaCppDriver:
     async def _run(self, outbox: flow.Outbox, task, turn: Turn) -> None:
         with turn.scope:
             engine = self.engines[task.model]
-            reason = await engine.run(Job.of(task), turn.stop, turn.emitter(outbox))
+            reason = await engine.run(Job.of(task), turn.stop, turn.emitter(outbox, task))
             if reason is not None:
                 outbox.fail(task, reason)
             if engine.llama is not None:
