@@ -28,6 +28,7 @@ from .kernel import Kernel
 from .memory import KVManager
 from .moves import Moves
 from .runqueue import RunQueue, count_by_model
+from .trace import TraceLog
 
 Layout = dict[str, list[str]]
 
@@ -49,6 +50,8 @@ MIGRATIONS: dict[type, Migration] = {
     Moves: Migration(added={"backfill_after_us": lambda _moves: 0}),  # backfill not resting
     # GPUs held from placement for their engines' KV reports became pages counted used; none until a report changes
     KVManager: Migration(added={"unbooked": lambda _kv: {}}, gone=frozenset({"held"})),
+    # one pattern of every tenant's name for all views, a cache built at the first read, replaced each tenant's own
+    TraceLog: Migration(added={"_pattern": lambda _trace: None, "_removed": lambda _trace: {}}, gone=frozenset({"_others"})),
 }
 DECLARED = {state.class_name(cls): migration for cls, migration in MIGRATIONS.items()}
 

@@ -80,6 +80,10 @@ class Moves:
         """A trace line at the current time."""
         self.trace.emit(self.now_us, kind, task, detail, gpu)
 
+    def forget_tenant(self, name: str) -> None:
+        """Tenant `name` was removed: the trace forgets it once its lines are gone (TraceLog.forget)."""
+        self.trace.forget(name)
+
     def enqueue(self, task: Task) -> None:
         """A new or continued task becomes runnable (a preempted one stays so) and joins the queue."""
         self.tasks.set_state(task, State.PREEMPTED if task.state is State.PREEMPTED else State.QUEUED)

@@ -21,6 +21,9 @@ class Host(Protocol):
     def emit(self, kind: str, task: Task | None, detail: str, gpu: int | None = None) -> None:
         """Append a trace line at the current time."""
 
+    def forget_tenant(self, name: str) -> None:
+        """Tenant `name` was removed: what the trace keeps of it may go."""
+
     def exit(self, task: Task, how: str, detail: str) -> None:
         """End a live task (and, if killed, its live descendants)."""
 

@@ -354,6 +354,7 @@ class Tenancy:
         self._accounts.remove_tenant(event.name)
         self._audit.record(self._host.now_us, event, "tenant", "ok", f"remove {event.name}")
         self._host.emit("tenant", None, f"remove {event.name} by uid {event.uid}")
+        self._host.forget_tenant(event.name)
 
     def set_rules(self, event: ev.SetRules) -> None:
         rules = [parse_rule(text) for text in event.rules]

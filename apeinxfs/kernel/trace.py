@@ -14,7 +14,11 @@ oldest; those not yet in the trace archive (archive.py), where every line stays,
 The task and tenant views are what a tenant's users read, so a line there names no other
 tenant: in its detail, another tenant's name becomes "another tenant" and `pid N` of
 another tenant's task "another tenant's task" (a fair preemption names whom it made room
-for). The whole trace (/trace/events, admins only) keeps every name.
+for). The whole trace (/trace/events, admins only) keeps every name. The names redacted are
+those of the tenants with lines (a removed tenant's until the lines before its removal are
+gone: `forget`); one pattern of them all serves every view, the viewer's own name kept by
+`_redact`, so it costs O(tenants) to build, not one pattern per viewer. That pattern is a
+cache, not state: a snapshot holds none.
 """
 from __future__ import annotations
 
@@ -60,7 +64,12 @@ class TraceLog(Ring):
         self._tenant_prev = array("q")  # by seq - first: the same for its tenant
         self._tenant_last: dict[str, int] = {}  # tenant -> the seq of its last line
         self._tenant_views: dict[str, TenantView] = {}  # tenant -> its lines read so far
-        self._others: dict[str, tuple[int, re.Pattern[bytes]]] = {}  # tenant -> (tenants known, what to redact for it)
+        self._removed: dict[str, int] = {}  # removed tenant -> the last seq before its removal: forgotten once dropped
+        self._pattern: re.Pattern[bytes] | None = None  # `pid N` and the names in _tenant_last; None: build it again
+
+    def __getstate__(self) -> dict[str, object]:
+        """The state without the pattern: a cache, built again at the first read."""
+        return vars(self) | {"_pattern": None}
 
     def emit(self, time_us: int, kind: str, task: Task | None = None, detail: str = "", gpu: int | None = None) -> None:
         """Append one line; it is also the task's last line and its tenant's. Past `limit` lines the oldest go."""
@@ -74,12 +83,34 @@ class TraceLog(Ring):
         else:
             self._task_prev.append(task.trace_last)
             task.trace_last = seq
-            self._tenant_prev.append(self._tenant_last.get(task.tenant, 0))
+            prev = self._tenant_last.get(task.tenant, 0)
+            if not prev:
+                self._pattern = None  # a tenant new to the trace: its name is redacted from now on
+            self._tenant_prev.append(prev)
             self._tenant_last[task.tenant] = seq
             self._add(f'{seq},{time_us},{kind},{task.pid},{task.tenant},{task.model},{gpu_text},{self.node},"{detail}"\n'.encode())
 
     def _indexes(self) -> tuple[array[int], ...]:
         return self._starts, self._task_prev, self._tenant_prev
+
+    def forget(self, tenant: str) -> None:
+        """`tenant` was removed: its view goes now, its name and chain once the lines up to now are dropped
+        (they may name it); a tenant of that name that has lines again by then is kept."""
+        self._tenant_views.pop(tenant, None)
+        self._removed[tenant] = self.seq
+        self._forget_dropped()
+
+    def trim(self) -> None:
+        super().trim()
+        self._forget_dropped()
+
+    def _forget_dropped(self) -> None:
+        """Forget the removed tenants whose lines up to their removal are all dropped."""
+        gone = [name for name, seq in self._removed.items() if seq < self.first]
+        for name in gone:
+            if self._tenant_last.get(name, 0) <= self._removed.pop(name):
+                self._tenant_last.pop(name, None)
+                self._pattern = None
 
     def of_task(self, task: Task) -> bytes:
         """The task's lines kept (a header alone if none): a few, copied at every read."""
@@ -115,7 +146,7 @@ class TraceLog(Ring):
 
     def _redactor(self, tenant: str) -> Callable[[int], bytearray]:
         """seq -> its line as `tenant`'s users may read it: other tenants and their pids unnamed."""
-        pattern = self._pattern(tenant)
+        pattern, own, inside = self._names(), tenant.encode(), self._name_inside(tenant)
 
         def redacted(match: re.Match[bytes]) -> bytes:
             if match[1] is None:
@@ -125,18 +156,46 @@ class TraceLog(Ring):
 
         def line(seq: int) -> bytearray:
             head, _, detail = self._line(seq).partition(b',"')  # no column before the detail holds `,"`
-            return head + b',"' + pattern.sub(redacted, detail)
+            return head + b',"' + _redact(pattern, detail, own, inside, redacted)
         return line
 
-    def _pattern(self, tenant: str) -> re.Pattern[bytes]:
-        """`pid N`, and the names of the other tenants that have tasks, as whole words."""
-        known, pattern = self._others.get(tenant, (-1, None))
-        if pattern is None or known != len(self._tenant_last):
-            others = sorted((name.encode() for name in self._tenant_last if name != tenant), key=len, reverse=True)
-            names = b"|".join(map(re.escape, others)) or b"(?!)"
-            pattern = re.compile(rb"(?<![^\s(])(?:pid[ =]([0-9]+)|(?:" + names + rb"))(?=$|[\s),;:'\"])")
-            self._others[tenant] = (len(self._tenant_last), pattern)
-        return pattern
+    def _names(self) -> re.Pattern[bytes]:
+        """`pid N`, and the names of the tenants that have lines, as whole words: the longest name first."""
+        if self._pattern is None:
+            names = sorted((name.encode() for name in self._tenant_last), key=len, reverse=True)
+            alternatives = b"|".join(map(re.escape, names)) or b"(?!)"
+            self._pattern = re.compile(rb"(?<![^\s(])(?:pid[ =]([0-9]+)|(?:" + alternatives + rb"))" + _WORD_END)
+        return self._pattern
+
+    def _name_inside(self, tenant: str) -> bytes | None:
+        """The longest other tenant's name that `tenant` starts with as a whole word (`a` in `a:b`): what a
+        pattern without `tenant` matches where this one matches `tenant`."""
+        own = tenant.encode()
+        ends = [end for end in range(len(own) - 1, 0, -1) if _WORD_END_BYTES.find(own[end:end + 1]) >= 0]
+        return next((own[:end] for end in ends if own[:end].decode() in self._tenant_last), None)
+
+
+_WORD_END = rb"(?=$|[\s),;:'\"])"
+_WORD_END_BYTES = b" \t\n\r\f\v),;:'\""  # what ends a word: whitespace (bytes' \s) and these
+
+
+def _redact(pattern: re.Pattern[bytes], detail: bytearray, own: bytes, inside: bytes | None,
+            redacted: Callable[[re.Match[bytes]], bytes]) -> bytes:
+    """`pattern.sub(redacted, detail)` as if `pattern` did not hold `own`: where it matches `own`, the
+    shorter name `inside` is redacted instead if there is one, else the search goes on one byte later."""
+    parts: list[bytes | bytearray] = []
+    done = at = 0
+    while (match := pattern.search(detail, at)) is not None:
+        start = match.start()
+        if match[1] is not None or match[0] != own:
+            parts += [detail[done:start], redacted(match)]
+            done = at = match.end()
+        elif inside is not None:
+            parts += [detail[done:start], b"another tenant"]
+            done = at = start + len(inside)
+        else:
+            at = start + 1
+    return b"".join(parts) + detail[done:]
 
 
 @attrs.define
