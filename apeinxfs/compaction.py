@@ -43,6 +43,7 @@ from .kernel.errors import Degraded
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: a dlopen in a forked child of threads may hang
 POLL_S = 0.25  # how often the daemon looks whether a snapshot is due
 BUSY_SHARE = 0.25  # snapshots take at most this share of the time (their child's, mostly): one after a
 # snapshot that took T seconds waits 3 T at least
@@ -289,8 +290,7 @@ def die_with(parent: int) -> None:
     """Have the kernel kill this process when its parent `parent` dies (prctl PR_SET_PDEATHSIG); exit at once
     if it is already gone. A writer left behind by a daemon killed with -9 held the daemon's lock and
     /dev/fuse open, so an immediate restart was refused ('another apeinxfs daemon uses ...')."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
     if os.getppid() != parent:  # it died before the prctl: no signal will come
         os._exit(1)

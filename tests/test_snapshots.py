@@ -461,11 +461,12 @@ def test_a_snapshot_is_written_after_a_task_events_read(tmp_path):
 
 
 def test_a_snapshot_writer_dies_with_its_daemon(tmp_path):
-    """A parent that forks a child calling compaction.die_with (as fork_writer's child does) and is then
-    killed with -9: the child is gone at once, where it went on holding the daemon's lock and /dev/fuse."""
-    script = ("import os, sys, time\nfrom apeinxfs.compaction import die_with\nparent = os.getpid()\n"
-              "child = os.fork()\nif child == 0:\n    die_with(parent)\n    time.sleep(60)\n    os._exit(0)\n"
-              "print(child, flush=True)\ntime.sleep(60)\n")
+    """A parent whose fork_writer child is busy encoding (state.encode made to sleep, as a large state takes
+    its time) is killed with -9: the child is gone at once, where it went on holding the daemon's lock and
+    /dev/fuse."""
+    script = ("import time\nfrom apeinxfs import compaction\n"
+              "compaction.state.encode = lambda kernel: time.sleep(60)\n"
+              f"print(compaction.fork_writer({str(tmp_path)!r}, (), None), flush=True)\ntime.sleep(60)\n")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
     try:
