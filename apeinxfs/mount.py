@@ -209,6 +209,7 @@ def _report(fd: int | None, message: str) -> None:
 
 async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
     unmount = False  # on a signal or a refusal; a bug leaves the mount dead (ENOTCONN) for the next start
+    started = False  # reported ok: what ends the daemon after that is no start refusal
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
@@ -226,13 +227,13 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
                         serving.deadline = min(serving.deadline, trio.current_time() + SHUTDOWN_GRACE_S)
             await nursery.start(on_signal)
             _report(ready_fd, "ok")
-            ready_fd = None  # reported: nobody waits for a later end
+            ready_fd, started = None, True  # reported: nobody waits for a later end
             with serving:
                 fuselock.install()
                 await pyfuse3.main(min_tasks=4, max_tasks=config.max_waiters + 64)
             nursery.cancel_scope.cancel()
     except Exception as exc:  # a task not supervised (supervise.py): Cluster.run around its loops, with its etcd client
-        refusal = refusal_of(exc)
+        refusal = None if started else refusal_of(exc)  # after the start, an ApeinxError out of a task is a bug too
         if refusal is None:
             log.critical("a bug ended the daemon; the mount is left dead until the next start", exc_info=True)
             raise
