@@ -11,6 +11,7 @@ import errno
 import attrs
 
 from apeinxfs.cluster.fencing import Fencing
+from apeinxfs.cluster.member import Member
 from apeinxfs.kernel import events as ev
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.events import Chunk, Fence, PidBlock, Step, Submit
@@ -110,3 +111,17 @@ def test_fencing_holds_once_the_lease_may_have_expired_and_releases_only_with_a_
     member.expires, member.epoch = 125.0, 3  # joined again
     fencing.release()
     assert not fencing.held and "released: checked with etcd in epoch 3" in rt.kernel.trace.buffer.decode()
+
+
+def test_a_node_started_again_holds_its_engines_until_its_first_join():
+    """A member that has not joined since its start (epoch 0, as Member begins: its lease as if expired) holds
+    at the first check, saying so: stopped or killed, its tasks may have been moved meanwhile; its first join
+    releases them."""
+    clock, rt = FakeClock(), FakeRuntime()
+    member = Member(None, None, "n1", 15, lambda epoch: None)
+    fencing = Fencing(rt, member, clock)
+    fencing.check()
+    assert fencing.held and "node n1 has not joined the cluster since it started" in rt.kernel.trace.buffer.decode()
+    member.expires, member.epoch = clock.now + 15, 1  # its first join
+    fencing.release()
+    assert not fencing.held

@@ -6,6 +6,7 @@ KeyboardInterrupt pass through; a loop that returns is not started again. A driv
 fails its own models only (enginehost.py, whose `follow` the supervisor restarts).
 """
 import logging
+import math
 
 import pytest
 import trio
@@ -137,7 +138,7 @@ async def test_a_restarted_failover_recorder_records_from_where_it_was_not_from_
     async def fencing() -> None:
         seqs_while_fencing.append(failover.seq)
     failover.etcd = AdoptingMeanwhileEtcd(fencing)
-    rt.cluster.member.epoch = 1
+    rt.cluster.member.epoch, rt.cluster.member.expires = 1, math.inf  # joined, its lease alive
     with trio.move_on_after(1):
         await failover.keep()
     recorded = failover.seq

@@ -12,7 +12,8 @@ here makes a token or ends by its engine. `release`, called by failover.Failover
 read `tasks/` with the lease refreshed or after a new join (and stopped the tasks moved away,
 events.MovedAway), commits Fence(held=False). A node without an etcd quorum for longer than
 its lease is held the same way (it cannot tell that from being cut off while the others
-move its tasks) until etcd answers again.
+move its tasks) until etcd answers again; so is a node from its start until its first join
+(stopped, or killed, its tasks may have been moved meanwhile).
 Pure decisions over a clock; the commits go through the runtime. Not here: the lease (member.py).
 """
 import logging
@@ -43,9 +44,14 @@ class Fencing:
     def check(self) -> None:
         """Hold the engines once the lease may have expired (at once: before any other work)."""
         if not self.held and self.expired():
-            late = self.clock() - self.member.expires
-            self.commit(True, f"the lease of node {self.member.name} (epoch {self.member.epoch}) may have expired "
-                              f"{late:.1f}s ago, so its tasks may have been moved: held until it has checked with etcd")
+            self.commit(True, f"{self.why()}, so its tasks may have been moved: held until it has checked with etcd")
+
+    def why(self) -> str:
+        """Why the lease may have expired: a join not made since the start, or the time since it may have."""
+        if self.member.epoch == 0:
+            return f"node {self.member.name} has not joined the cluster since it started"
+        late = self.clock() - self.member.expires
+        return f"the lease of node {self.member.name} (epoch {self.member.epoch}) may have expired {late:.1f}s ago"
 
     def release(self) -> None:
         """Release the engines once the tasks still here were checked with etcd under a live lease."""

@@ -47,7 +47,9 @@ class Member:
         self.leased = leased or _idle  # what runs while a lease is held, on it
         self.before_up = before_up or _nothing  # what a new lease holds before the up key is put on it
         self.epoch = 0
-        self.expires = math.inf  # trio time before which etcd cannot have expired the lease (fencing.py)
+        # trio time before which etcd cannot have expired the lease (fencing.py); until the first join, passed:
+        # a node started again holds its engines until that join has checked which tasks are still its own
+        self.expires = -math.inf
         self.leading = False
         self.problem: str | None = None  # why the last etcd call failed, until one works
         self.writing = trio.Lock()  # a publish and a join's txn never overlap: no record of an old epoch lands last
