@@ -80,14 +80,7 @@ async def test_a_bug_in_a_llamacpp_job_fails_that_task_and_the_next_one_runs(tmp
             raise ValueError("a bug in Job.of")
         return real(cls, task)
     monkeypatch.setattr(llamacpp.Job, "of", classmethod(failing))
-    monkeypatch.setattr(llamacpp, "open_llama", lambda options: FakeLlama())
-    kept: list = []
-    tasks = await run_tasks(tmp_path, LLAMA_CONFIG, [{"name": "a", "max_tokens": 5}, {"name": "b", "max_tokens": 5}],
-                            keeping_runtime(kept))
-    [broken], [fine] = [t for t in tasks if t.pid == calls[0]], [t for t in tasks if t.pid != calls[0]]
-    assert broken.exit.startswith("failed: driver bug: ValueError at test_driver_bugs.py:")
-    assert (fine.exit, fine.tokens_out) == ("done", 5)
-    assert kept[0].supervisor.bugs["driver.llamacpp.job"].times == 1
+    await one_of_two_llamacpp_tasks_fails(tmp_path, monkeypatch, calls)
 
 
 async def test_a_bug_handing_a_llamacpp_token_over_fails_that_task_and_the_next_one_runs(tmp_path, monkeypatch):
@@ -103,6 +96,12 @@ async def test_a_bug_handing_a_llamacpp_token_over_fails_that_task_and_the_next_
             raise ValueError("a bug in the hand-over")
         return real(self, chunk)
     monkeypatch.setattr(flow.Outbox, "put", failing)
+    await one_of_two_llamacpp_tasks_fails(tmp_path, monkeypatch, failed)
+
+
+async def one_of_two_llamacpp_tasks_fails(tmp_path, monkeypatch, failed: list) -> None:
+    """Run two 5-token tasks on FakeLlama with a bug injected (`failed` gets the pid it hit first): that task
+    fails naming the bug, the other runs to done, and the supervisor counts driver.llamacpp.job once."""
     monkeypatch.setattr(llamacpp, "open_llama", lambda options: FakeLlama())
     kept: list = []
     tasks = await run_tasks(tmp_path, LLAMA_CONFIG, [{"name": "a", "max_tokens": 5}, {"name": "b", "max_tokens": 5}],
