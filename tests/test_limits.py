@@ -15,7 +15,8 @@ from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.tree import Tree
 from test_journal_runtime import ONE_GPU, open_runtime
 from test_kernel import kernel_config
-from test_nodes import refusal, resolve
+from test_nodes import refusal, resolve, text
+from test_tenant_nodes import ADMIN
 
 ALICE = Caller(uid=1001, gid=1001, pid=11, role="user", tenant="default")
 BOB = Caller(uid=1002, gid=1002, pid=12, role="user", tenant="default")
@@ -132,3 +133,17 @@ def test_a_finished_line_frees_its_bytes(tree):
     assert tree.rt.buffers.held == {ALICE.uid: 5}
     handle.write(b" 1\n")
     assert tree.rt.buffers.held == {} and len(tree.rt.kernel.tasks) == 1
+
+
+def test_a_policy_rewrite_refused_whole_by_a_limit_keeps_the_rules(tree):
+    """A `>` write of ctl/policy over write_lines (E2BIG, refused before any line is read) leaves the rules as
+    they were at close, as any refused write does, where the close emptied the list."""
+    rules = opened(tree, ADMIN, "/ctl/policy")
+    rules.write(b"deny model=big\n")
+    rules.release()
+    truncating = resolve(tree, "/ctl/policy").open(ADMIN, writing=True, reading=False, truncating=True)
+    truncating.buffers = tree.rt.buffers
+    with pytest.raises(ApeinxError) as refused:
+        truncating.write(b"allow tenant=a\n" * 4)
+    truncating.release()
+    assert refused.value.errno == errno.E2BIG and text(tree, "/ctl/policy") == "deny model=big\n"
