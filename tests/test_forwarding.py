@@ -4,8 +4,9 @@ import errno
 
 import pytest
 
-from apeinxfs.kernel.errors import Invalid, NotAllRun, TryAgain
+from apeinxfs.kernel.errors import Invalid, NotAllRun, TooBig, TryAgain
 from apeinxfs.nodes.base import BUG, LINE_MAX, Caller
+from apeinxfs.nodes.buffers import Buffers
 from apeinxfs.nodes.forwarding import Forwarding, Route
 
 CALLER = Caller()
@@ -159,3 +160,16 @@ async def test_a_write_that_did_not_all_run_fails_with_its_errno_and_keeps_every
         await handle.write_async(b"a\nb\n")
     assert refused.value.errno == errno.EHOSTDOWN
     assert await handle.read(0, 100, None) == "".join(f"{line}\n" for line in outcome).encode()
+
+
+async def test_a_write_over_the_daemons_line_limit_is_e2big_before_any_line_is_routed():
+    """A write of 4 lines on a daemon of write_lines = 3: E2BIG before the route sees a line (on a cluster
+    node, as on a single one), and a write under it is routed."""
+    node = Recorder(answer="remote", remote_replies=["7"])
+    handle = node.open()
+    handle.buffers = Buffers(write_lines=3)
+    with pytest.raises(TooBig):
+        await handle.write_async(b"a\nb\nc\nd\n")
+    assert node.routed == [] and node.here == []
+    await handle.write_async(b"a\n")
+    assert node.routed == [["a"]]

@@ -195,6 +195,7 @@ class PeerServer:
             await self.follow(conn, stream, node, parse_int(query.get("offset", ["0"])[0], "offset"))
         else:
             handle = node.open(caller, writing=True, reading=False)
+            handle.buffers = self.rt.buffers  # the daemon's limits, as fs.py gives a descriptor
             if "lines" in query:  # a write placed on several nodes
                 handle.write_lines = parse_int(query["lines"][0], "lines")
             await handle.write_here(body if body.endswith(b"\n") else body + b"\n")  # a submit waits for etcd

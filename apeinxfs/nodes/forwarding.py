@@ -58,6 +58,14 @@ class ForwardingHandle(CommandHandle):
     async def write_async(self, data: bytes) -> int:
         if self.node.route is None:
             return await self.write_here(data)
+        with self.refusals():  # the daemon's limits (E2BIG, ENOBUFS) before any line is read, as write() does
+            self.buffers.check_write(self.caller.uid, data, len(self.pending), self.held)
+        try:
+            return await self._routed(data)
+        finally:
+            self.held = self.buffers.hold(self.caller.uid, self.held, len(self.pending))
+
+    async def _routed(self, data: bytes) -> int:
         lines, rest = self.routable(data)
         with self.refusals():
             route = await self.node.route(lines, self.caller) if any(lines) else None
@@ -74,7 +82,7 @@ class ForwardingHandle(CommandHandle):
     async def run_here(self, lines: list[str], write_lines: int) -> list[str]:
         """`lines` (of a write of `write_lines`) run here as a write of their own on a handle of their own (as a
         peer's request is): their replies, once settled; their refusal raised."""
-        handle = ForwardingHandle(self.node, self.caller, write_lines=write_lines)
+        handle = ForwardingHandle(self.node, self.caller, write_lines=write_lines, buffers=self.buffers)
         await handle.write_here("".join(f"{line}\n" for line in lines).encode())
         return handle.reply.decode().splitlines()
 
