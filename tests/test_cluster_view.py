@@ -19,6 +19,7 @@ from apeinxfs.cluster.records import MAX_RANGES, Keys, NodeRecord, NodeView, pid
 from apeinxfs.cluster.settings import ClusterSettings
 from apeinxfs.cluster.view import ClusterView
 from apeinxfs.kernel.errors import ApeinxError
+from apeinxfs.kernel.events import Fence
 from apeinxfs.nodes import members
 from apeinxfs.nodes.tree import Tree
 from test_journal_runtime import open_runtime, submit
@@ -184,8 +185,8 @@ def test_a_single_node_lists_itself_up_and_leading(tmp_path):
 
 def test_the_compaction_row_is_the_leaders_and_the_tls_renewal_and_peer_token_rows_last(tmp_path):
     """/cluster's Compaction row (members.link) is the leader's Compaction state; a node that no longer leads
-    shows - (its state from when it led is not the cluster's any more); the last rows are TlsRenewal and
-    PeerToken (- without a token file)."""
+    shows - (its state from when it led is not the cluster's any more); the last rows are TlsRenewal,
+    PeerToken (- without a token file) and Engines (held while the node is fenced)."""
     with open_runtime(tmp_path) as rt:
         member = SimpleNamespace(problem=None, epoch=2, leading=True)
         compaction = Compaction(member)
@@ -193,10 +194,12 @@ def test_the_compaction_row_is_the_leaders_and_the_tls_renewal_and_peer_token_ro
         rt.cluster = SimpleNamespace(member=member, compaction=compaction,
                                      etcd=SimpleNamespace(tls=SimpleNamespace(state="ok")),
                                      settings=SimpleNamespace(tokens=None))
-        assert members.link(rt).splitlines()[-4:] == ["PidsLeft:\t-", "Compaction:\trevision 881", "TlsRenewal:\tok",
-                                                      "PeerToken:\t-"]
+        assert members.link(rt).splitlines()[-5:] == ["PidsLeft:\t-", "Compaction:\trevision 881", "TlsRenewal:\tok",
+                                                      "PeerToken:\t-", "Engines:\trunning"]
         member.leading = False
-        assert members.link(rt).splitlines()[-3] == "Compaction:\t-"
+        assert members.link(rt).splitlines()[-4] == "Compaction:\t-"
+        rt.kernel.apply(rt.kernel.admit(Fence(held=True, reason="the lease may have expired"), 0, {}), 0)
+        assert members.link(rt).splitlines()[-1] == "Engines:\theld"
 
 
 def test_a_task_key_named_by_unicode_digits_or_thousands_of_them_is_dropped_at_its_put_and_its_delete():

@@ -56,8 +56,9 @@ def link(rt) -> str:
     here, and how many this node refused: cluster/shared.py); PidsLeft (pids it may give before its next
     block, - on a single node); in a cluster Compaction (the leader's compaction of etcd's history:
     cluster/history.py; - on a node that does not lead), TlsRenewal (whether the etcd client's TLS files
-    on disk are in use, or why a renewed set is not taken: cluster/etcd_renew.py; - without TLS files) and
-    PeerToken (whether the peers' token file on disk is in use, or why an edited one is not taken)."""
+    on disk are in use, or why a renewed set is not taken: cluster/etcd_renew.py; - without TLS files),
+    PeerToken (whether the peers' token file on disk is in use, or why an edited one is not taken) and
+    Engines (held while the node is fenced: cluster/fencing.py; else running)."""
     cluster, left = rt.cluster, rt.kernel.tasks.pids_left()
     rows = [("Node", rt.kernel.config.node), ("Mode", "single" if cluster is None else "cluster")]
     if cluster is not None:
@@ -70,6 +71,7 @@ def link(rt) -> str:
         rows.append(("Compaction", cluster.compaction.state))
         rows.append(("TlsRenewal", cluster.etcd.tls.state))
         rows.append(("PeerToken", peer_token(cluster.settings.tokens)))
+        rows.append(("Engines", "held" if rt.kernel.moves.fenced else "running"))
     return "".join(f"{key}:\t{value}\n" for key, value in rows)
 
 
