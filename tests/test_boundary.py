@@ -18,6 +18,7 @@ from apeinxfs.kernel import grammar
 from apeinxfs.kernel.errors import Invalid
 from apeinxfs.kernel.tenant_config import Quota, set_in_group
 from apeinxfs.nodes.base import LINE_MAX
+from apeinxfs.nodes.buffers import WRITE_LINES
 from apeinxfs.nodes.ctl import REFUSED_MAX
 from test_fs_ops import ctx, fuse_errno, inode_of, open_path, ops  # noqa: F401  (ops: a fixture)
 
@@ -105,12 +106,14 @@ async def test_one_refused_line_applies_none(ops):
 
 
 async def test_a_flood_of_junk_lines_stops_at_refused_max(ops):
-    """A megabyte of junk lines is checked only up to REFUSED_MAX refusals: a short reply, no task."""
+    """Junk lines up to the write's line limit (limits.write_lines; a longer write is E2BIG unread) are checked
+    only up to REFUSED_MAX refusals: a short reply, no task."""
     fh = await open_path(ops, "/ctl/submit", os.O_RDWR)
-    assert await fuse_errno(lambda: ops.write(fh, 0, b"ok 5 5\n\n" + b"x\n" * (1 << 19))) == errno.EINVAL
+    junk = WRITE_LINES - 2
+    assert await fuse_errno(lambda: ops.write(fh, 0, b"ok 5 5\n\n" + b"x\n" * junk)) == errno.EINVAL
     reply = (await ops.read(fh, 0, 1 << 16)).decode().splitlines()
     assert len(reply) == REFUSED_MAX + 1 and reply[0].startswith("error: line 3: ")
-    assert reply[-1] == f"error: lines {REFUSED_MAX + 3}..{(1 << 19) + 2}: not checked ({REFUSED_MAX} lines refused already)"
+    assert reply[-1] == f"error: lines {REFUSED_MAX + 3}..{junk + 2}: not checked ({REFUSED_MAX} lines refused already)"
     assert names(ops) == []
 
 
