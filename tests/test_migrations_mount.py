@@ -79,7 +79,8 @@ def test_a_daemon_starts_from_a_previous_release_snapshot(tmp_path):
         for pid, model in zip(pids, "abba"):
             status = shell(f"cat {daemon.path('tasks', str(pid), 'status')}")
             assert f"Model:\t{model}\n" in status and "State:\tZ" not in status
-        start, classes = f"snapshot-{row:012d}.snap (row {row})", "memory.KVManager, moves.Moves, runqueue.RunQueue"
+        start = f"snapshot-{row:012d}.snap (row {row})"
+        classes = "config.KernelConfig, memory.KVManager, moves.Moves, runqueue.RunQueue, trace.TraceLog"
         assert f"{start} was written by an older apeinxfs; migrated: {classes}" in \
             shell(f"grep -h ',migrate,' {daemon.path('trace', 'events')}")
         assert f"{start} was written by an older apeinxfs: migrated {classes}" in \
