@@ -13,7 +13,8 @@ import attrs
 
 from .cluster import settings as cluster_settings
 from .drivers import nvml
-from .kernel.config import AccessConfig, GpuConfig, KernelConfig, KernelLimits, MemoryRetention, ModelConfig, SchedConfig
+from .kernel.config import (AccessConfig, GpuConfig, KernelConfig, KernelLimits, MemoryRetention, ModelConfig, SchedConfig,
+                            at_least)
 from .kernel.errors import Invalid
 from .nodes import buffers
 from .kernel.tenant_config import parse_seconds, tenant_from_dict
@@ -57,19 +58,14 @@ class Retention:
                                                               attrs.validators.gt(0)])
 
 
-def _at_least_one(_config, attribute, value) -> None:
-    if type(value) is not int or value < 1:
-        raise Invalid(f"config: limits.{attribute.name} must be an integer >= 1, not {value!r}")
-
-
 @attrs.frozen
 class Limits:
     """What one write may hold, `[limits]`: its lines (a write is parsed and admitted in one go on the daemon's
     only thread), and the unfinished lines one uid's open ctl descriptors buffer, in bytes. (The section's
     live_tasks is the kernel's KernelLimits.)"""
 
-    write_lines: int = attrs.field(default=buffers.WRITE_LINES, validator=_at_least_one)
-    pending_bytes: int = attrs.field(default=buffers.PENDING_BYTES, validator=_at_least_one)
+    write_lines: int = attrs.field(default=buffers.WRITE_LINES, validator=at_least("limits", 1))
+    pending_bytes: int = attrs.field(default=buffers.PENDING_BYTES, validator=at_least("limits", 1))
 
 
 @attrs.frozen

@@ -138,10 +138,11 @@ class SchedConfig:
     kv_watermark: float = attrs.field(default=0.05, validator=_fraction)
 
 
-def _kept(least: int) -> Validator:
+def at_least(section: str, least: int) -> Validator:
+    """A validator of a `[section]` key: an integer (not a bool) >= `least`."""
     def check(_inst: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
         if type(value) is not int or value < least:
-            raise Invalid(f"retention.{attribute.name} must be an integer >= {least}, not {value!r}")
+            raise Invalid(f"{section}.{attribute.name} must be an integer >= {least}, not {value!r}")
     return check
 
 
@@ -155,19 +156,14 @@ class MemoryRetention:
     """What the kernel keeps in memory (`[retention]`): exited tasks, by count and by age, trace and audit
     lines. What it forgets stays in the trace and audit archives and the bills (retention.py)."""
 
-    tasks: int = attrs.field(default=10000, validator=_kept(0))  # exited tasks kept in /tasks
+    tasks: int = attrs.field(default=10000, validator=at_least("retention", 0))  # exited tasks kept in /tasks
     task_age_s: float = attrs.field(default=3600, validator=_age)  # exited tasks older than this go
-    trace_lines: int = attrs.field(default=100000, validator=_kept(1))  # lines of /trace/events and its views
-    audit_lines: int = attrs.field(default=10000, validator=_kept(1))  # lines of /trace/audit
+    trace_lines: int = attrs.field(default=100000, validator=at_least("retention", 1))  # lines of /trace/events and its views
+    audit_lines: int = attrs.field(default=10000, validator=at_least("retention", 1))  # lines of /trace/audit
 
     @property
     def task_age_us(self) -> int:
         return int(self.task_age_s * 1_000_000)
-
-
-def _limit(_inst: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
-    if type(value) is not int or value < 1:
-        raise Invalid(f"limits.{attribute.name} must be an integer >= 1, not {value!r}")
 
 
 @attrs.frozen
@@ -175,7 +171,7 @@ class KernelLimits:
     """What the kernel holds at most (`[limits]`): live tasks on this node, as cgroup pids.max (a submit past
     it is EAGAIN). The section's other keys bound what a write may hold (the daemon's Limits)."""
 
-    live_tasks: int = attrs.field(default=100000, validator=_limit)
+    live_tasks: int = attrs.field(default=100000, validator=at_least("limits", 1))
 
 
 ROLES = ("user", "viewer", "none")
