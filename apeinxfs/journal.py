@@ -63,7 +63,7 @@ WAL_BYTES = 4 << 20
 SQLITE_ERRNO = {sqlite3.SQLITE_FULL: errno.ENOSPC, sqlite3.SQLITE_READONLY: errno.EROFS,  # by primary result code
                 sqlite3.SQLITE_IOERR: errno.EIO}
 STORAGE_FAULTS = (sqlite3.DatabaseError, OSError)  # what a write the storage refused raises (a corrupt file too)
-SQL_BUGS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.NotSupportedError)
+SQL_BUGS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.NotSupportedError)  # DatabaseErrors of misuse
 
 
 @attrs.frozen
@@ -194,10 +194,11 @@ class Journal:
                 self.db.executemany("INSERT INTO journal (seq, time_us, kind, body) VALUES (?, ?, ?, ?)", rows)
                 if traced:  # most commits write none: trace rows go FLUSH_ROWS at a time
                     self._write_trace(traced)
+        except SQL_BUGS:  # our misuse of SQLite (a seq twice, a value it cannot bind), not the storage's: a bug,
+            self._roll_back()  # for the boundary that counts bugs, never a degraded daemon for good
+            raise
         except STORAGE_FAULTS as exc:
             self._roll_back()
-            if isinstance(exc, SQL_BUGS):  # our misuse of SQLite (a seq twice, a value it cannot bind), not the
-                raise  # storage's: a bug, for the boundary that counts bugs, never a degraded daemon for good
             raise storage_fault(exc) from exc
         del self._pending[:len(traced)]
 
