@@ -101,8 +101,10 @@ class TraceLog(Ring):
         self._forget_dropped()
 
     def trim(self) -> None:
+        first = self.first
         super().trim()
-        self._forget_dropped()
+        if self.first != first and self._removed:  # trim runs at every line past the limit, mostly dropping none
+            self._forget_dropped()
 
     def _forget_dropped(self) -> None:
         """Forget the removed tenants whose lines up to their removal are all dropped."""
