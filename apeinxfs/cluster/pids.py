@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 
 from ..kernel.events import PidBlock
+from ..nodes.forwarding import PID_DIGITS
 from .etcd import Etcd
 from .etcd_records import EtcdError, KeyValue
 from .peerdata import MAX_COUNT
@@ -41,7 +42,7 @@ def counter_of(key: bytes, kv: KeyValue | None) -> int:
     it holds no pid (written by hand, say): blocks are not granted until it is mended."""
     if kv is None:
         return 1
-    if kv.value.isascii() and kv.value.isdigit() and len(kv.value) <= 19 and 0 < int(kv.value) < MAX_COUNT:
+    if kv.value.isascii() and kv.value.isdigit() and len(kv.value) <= PID_DIGITS and 0 < int(kv.value) < MAX_COUNT:
         return int(kv.value)
     raise EtcdError(f"etcd: pid counter {key.decode(errors='replace')} holds {kv.value[:40]!r}, not a pid: "
                     f"no pid block is granted until it is mended")

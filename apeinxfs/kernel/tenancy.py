@@ -359,7 +359,7 @@ class Tenancy:
     def set_rules(self, event: ev.SetRules) -> None:
         rules = [parse_rule(text) for text in event.rules]
         if event.replace or not isinstance(self.rules, list):  # a snapshot of an older layout holds a tuple
-            self.rules = list(() if event.replace else self.rules)
+            self.rules = [] if event.replace else list(self.rules)
         self.rules.extend(rules)  # in place: a write of N rules, one SetRules per line, costs O(N), not O(N^2)
         verb = "replace with" if event.replace else "append"
         detail = f"{verb} {len(rules)} rule(s): " + "; ".join(r.text for r in rules)
