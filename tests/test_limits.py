@@ -3,6 +3,7 @@ admission), lines per write and unfinished-line bytes per uid (nodes/buffers.py)
 in place. The same through a real mount with shell tools is test_limits_mount.py."""
 import errno
 
+import attrs
 import pytest
 
 from apeinxfs import config as config_mod
@@ -23,9 +24,7 @@ BOB = Caller(uid=1002, gid=1002, pid=12, role="user", tenant="default")
 
 
 def limited_kernel(live_tasks: int) -> Kernel:
-    config = kernel_config()
-    return Kernel(type(config)(**{**{f: getattr(config, f) for f in ("models", "gpus", "page_mib")},
-                                  "limits": KernelLimits(live_tasks=live_tasks)}))
+    return Kernel(attrs.evolve(kernel_config(), limits=KernelLimits(live_tasks=live_tasks)))
 
 
 def admit_and_apply(kernel: Kernel, batch=None, now_us: int = 0) -> int:

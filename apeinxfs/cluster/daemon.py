@@ -89,9 +89,7 @@ class Cluster:
     async def live_changed(self, put: dict[str, str]) -> None:
         """Return once this node's live pids differ from `put` (its live keys'), PUBLISH_S after that put at
         the soonest (looked at as trace lines come)."""
-        await trio.sleep(PUBLISH_S)
-        while self.live_pids() == put:
-            await self.rt.wait_for("trace", PUBLISH_S)
+        await self._until_changed(self.live_pids, put, PUBLISH_S)
 
     async def leased(self, lease: Lease) -> None:
         """What runs while the member holds `lease`: this node's usage and live keys kept on it."""
@@ -108,8 +106,13 @@ class Cluster:
         """Return once this node's tenants' use differs from `put` (its usage keys'; looked at as trace lines
         come: a submit, an exit), USAGE_S after that put at the soonest: the other nodes' admission counts it
         (usage.py), so the sooner they see it, the less a quota is overdrawn."""
-        await trio.sleep(USAGE_S)
-        while published(self.rt.kernel) == put:
+        await self._until_changed(lambda: published(self.rt.kernel), put, USAGE_S)
+
+    async def _until_changed(self, rows, put, soonest_s: float) -> None:
+        """Return once `rows()` differs from `put`, `soonest_s` from now at the soonest, looked at as trace lines
+        come (or every PUBLISH_S)."""
+        await trio.sleep(soonest_s)
+        while rows() == put:
             await self.rt.wait_for("trace", PUBLISH_S)
 
     async def run(self) -> None:

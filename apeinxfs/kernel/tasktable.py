@@ -95,10 +95,14 @@ class TaskTable(Mapping[int, Task]):
     def check_live_limit(self, batch: dict[str, tuple[int, int]] | None, limit: int) -> None:
         """TryAgain, as fork(2) past cgroup pids.max, if a new task would make more than `limit` live (not
         exited) tasks on this node, counting those the submits admitted before it in `batch` add."""
-        live = len(self._tasks) - self.state_counts[State.EXITED] + sum(tasks for tasks, _ in (batch or {}).values())
+        live = self.live_count() + sum(tasks for tasks, _ in (batch or {}).values())
         if live >= limit:
             raise TryAgain(f"{live} tasks are live on this node, the most limits.live_tasks allows: try again "
                            f"when some have exited")
+
+    def live_count(self) -> int:
+        """The tasks not exited."""
+        return len(self._tasks) - self.state_counts[State.EXITED]
 
     def check_grant(self, event: PidBlock) -> None:
         """Invalid unless pids are in blocks and the block lies past every pid given or granted."""
@@ -175,7 +179,7 @@ class TaskTable(Mapping[int, Task]):
         otherwise stay until their time (a tenant's max_wall) when their tasks end early."""
         heapq.heappush(self._deadlines, (at_us, pid))
         self._changed.add("deadline")
-        if len(self._deadlines) > 2 * (len(self._tasks) - self.state_counts[State.EXITED]) + 64:
+        if len(self._deadlines) > 2 * self.live_count() + 64:
             self._deadlines = [entry for entry in self._deadlines if not self._ended(entry[1])]
             heapq.heapify(self._deadlines)
 
