@@ -15,10 +15,11 @@ CALLER = Caller()
 class Recorder:
     """A Forwarding node whose local run and route record what they get; the route answers `answer`."""
 
-    def __init__(self, answer=None, remote_replies=None, refusal=None):
+    def __init__(self, answer=None, remote_replies=None, refusal=None, buffers=None):
         self.here, self.routed, self.done = [], [], []
         self.answer, self.remote_replies, self.refusal = answer, remote_replies, refusal
-        self.node = Forwarding(mode=0o100666, run=self.run, route=self.route)
+        self.node = Forwarding(mode=0o100666, run=self.run, route=self.route,
+                               limits=(buffers or Buffers()).at("/ctl/submit"))
 
     def run(self, raw_lines, caller):
         self.here.append(raw_lines)
@@ -91,7 +92,7 @@ class Settler:
     def __init__(self, refusal=None):
         self.settled, self.write_lines, self.refusal = [], [], refusal
         self.node = Forwarding(mode=0o100666, run=lambda raw_lines, caller: [f"{len(raw) + 1}" for raw in raw_lines],
-                               settle=self.settle)
+                               settle=self.settle, limits=Buffers().at("/ctl/submit"))
 
     async def settle(self, replies, write_lines):
         self.settled.append(replies)
@@ -165,9 +166,8 @@ async def test_a_write_that_did_not_all_run_fails_with_its_errno_and_keeps_every
 async def test_a_write_over_the_daemons_line_limit_is_e2big_before_any_line_is_routed():
     """A write of 4 lines on a daemon of write_lines = 3: E2BIG before the route sees a line (on a cluster
     node, as on a single one), and a write under it is routed."""
-    node = Recorder(answer="remote", remote_replies=["7"])
+    node = Recorder(answer="remote", remote_replies=["7"], buffers=Buffers(write_lines=3))
     handle = node.open()
-    handle.buffers = Buffers(write_lines=3)
     with pytest.raises(TooBig):
         await handle.write_async(b"a\nb\nc\nd\n")
     assert node.routed == [] and node.here == []

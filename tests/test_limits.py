@@ -94,10 +94,8 @@ def tree(tmp_path):
 
 
 def opened(tree, caller, path="/ctl/submit"):
-    """A descriptor of `path` opened by `caller` as fs.py opens it: with the daemon's buffers."""
-    handle = resolve(tree, path).open(caller, writing=True, reading=True)
-    handle.buffers = tree.rt.buffers
-    return handle
+    """A descriptor of `path` opened by `caller` as fs.py opens it."""
+    return resolve(tree, path).open(caller, writing=True, reading=True)
 
 
 def test_a_write_over_write_lines_is_e2big_and_runs_none_of_its_lines(tree):
@@ -141,7 +139,6 @@ def test_a_policy_rewrite_refused_whole_by_a_limit_keeps_the_rules(tree):
     rules.write(b"deny model=big\n")
     rules.release()
     truncating = resolve(tree, "/ctl/policy").open(ADMIN, writing=True, reading=False, truncating=True)
-    truncating.buffers = tree.rt.buffers
     with pytest.raises(ApeinxError) as refused:
         truncating.write(b"allow tenant=a\n" * 4)
     truncating.release()
