@@ -337,7 +337,8 @@ class CommandHandle(Handle):
     @contextlib.contextmanager
     def holding(self):
         """Whatever happens inside, the daemon's buffers count len(pending) for this descriptor after it: the
-        one place `held` changes, around every write and the last close."""
+        one place `held` changes, around whatever changes `pending` (a check's refusal, a write, its waits, the
+        last close)."""
         try:
             yield
         finally:
@@ -357,15 +358,14 @@ class CommandHandle(Handle):
     def check(self, data: bytes) -> None:
         """The limits on `data` as this descriptor's next write, before any line is read (E2BIG, ENOBUFS):
         a refusal is journaled and is the write's."""
-        with self.refusals():
+        with self.holding(), self.refusals():
             self.limits.check_write(self.caller, data, len(self.pending), self.held)
 
     def write(self, data: bytes) -> int:
         """Run the complete lines, all or none; a line over LINE_MAX, or a write over the limits, refuses the
         whole write. Any refusal or bug empties the buffer, so the descriptor starts afresh at the next write."""
-        with self.holding():
-            self.check(data)
-            return self.take(data)
+        self.check(data)
+        return self.take(data)
 
     def take(self, data: bytes) -> int:
         """`write` of `data` whose limits were checked. The reply is this write's, empty if it ran no line."""

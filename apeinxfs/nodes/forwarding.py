@@ -58,8 +58,8 @@ class ForwardingHandle(CommandHandle):
     async def write_async(self, data: bytes) -> int:
         if self.node.route is None:
             return await self.write_here(data)
+        self.check(data)  # the daemon's limits (E2BIG, ENOBUFS) before any line is read, once
         with self.holding():
-            self.check(data)  # the daemon's limits (E2BIG, ENOBUFS) before any line is read, once
             return await self._routed(data)
 
     async def _routed(self, data: bytes) -> int:

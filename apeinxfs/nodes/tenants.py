@@ -76,7 +76,8 @@ def _weight_change(tenant, line):
 
 def _group_file(rt, name: str, group: str):
     """The builder of /tenants/NAME/GROUP: the group's KEY VALUE lines, written by admins."""
-    return lambda: _setting(rt, name, group, lambda: show_group(getattr(_tenant(rt, name), group)), _group_change(group))
+    return lambda: _setting(rt, name, group, lambda: show_group(getattr(_tenant(rt, name), group)),
+                            _group_change(group))
 
 
 def _setting(rt, name: str, file: str, show, change) -> Setting:
