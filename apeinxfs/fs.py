@@ -21,8 +21,8 @@ import pyfuse3
 import trio
 
 from .kernel.access import identify, uses_gids
-from .kernel.errors import ApeinxError, Denied, NoBuffers, NotPermitted, TooBig
-from .nodes.base import BlockingHandle, Caller, Command, CommandHandle, Dir, Setting, SnapshotHandle
+from .kernel.errors import ApeinxError, Denied, NotPermitted
+from .nodes.base import BlockingHandle, Caller, Command, Dir, Setting, SnapshotHandle
 from .ratelog import RateLog
 
 log = logging.getLogger(__name__)
@@ -246,8 +246,6 @@ class Operations(pyfuse3.Operations):
                            truncating=bool(flags & os.O_TRUNC))
         if isinstance(handle, SnapshotHandle):
             handle.data = self.tree.open_snapshot(node)
-        if isinstance(handle, CommandHandle):
-            handle.buffers = self.rt.buffers
         fh = next(self._fh)
         self.handles[fh] = handle
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
@@ -263,13 +261,7 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def write(self, fh, off, buf):
-        handle = self.handles[fh]
-        try:
-            return await handle.write_async(buf)
-        except (TooBig, NoBuffers) as exc:  # refused by the daemon's buffers before any line: journaled here
-            caller = handle.caller
-            self.rt.reject(self.tree.path_of(handle.node), exc, caller.uid, caller.pid, caller.tenant)
-            raise
+        return await self.handles[fh].write_async(buf)
 
     async def flush(self, fh):
         """ENOSYS, so the kernel sends no more FLUSH on this mount: each close(2) saves a round trip

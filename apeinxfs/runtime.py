@@ -105,7 +105,7 @@ class Runtime:
         self.health = Health()
         self.supervisor = Supervisor(lambda: self.clock.now_us())  # the background loops' bugs (supervise.py)
         self.readers = Readers(self.notifier, config.max_waiters, config.max_waiters_per_uid)
-        self.buffers = Buffers(config.limits.write_lines, config.limits.pending_bytes)
+        self.buffers = Buffers(config.limits.write_lines, config.limits.pending_bytes, journal=self.reject)
         self.quarantined: dict = {}  # journal seq -> recovery.Quarantined: rows recover() went on without
         self.readings = None  # drivers/nvml.Readings of the real GPUs, set by the daemon (mount.py)
         self.engine_metrics: dict = {}  # model -> drivers/metrics.Observation, the last scrape of its engine

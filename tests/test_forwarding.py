@@ -15,10 +15,11 @@ CALLER = Caller()
 class Recorder:
     """A Forwarding node whose local run and route record what they get; the route answers `answer`."""
 
-    def __init__(self, answer=None, remote_replies=None, refusal=None):
+    def __init__(self, answer=None, remote_replies=None, refusal=None, buffers=None):
         self.here, self.routed, self.done = [], [], []
         self.answer, self.remote_replies, self.refusal = answer, remote_replies, refusal
-        self.node = Forwarding(mode=0o100666, run=self.run, route=self.route)
+        self.node = Forwarding(mode=0o100666, run=self.run, route=self.route,
+                               limits=(buffers or Buffers()).at("/ctl/submit"))
 
     def run(self, raw_lines, caller):
         self.here.append(raw_lines)
@@ -91,7 +92,7 @@ class Settler:
     def __init__(self, refusal=None):
         self.settled, self.write_lines, self.refusal = [], [], refusal
         self.node = Forwarding(mode=0o100666, run=lambda raw_lines, caller: [f"{len(raw) + 1}" for raw in raw_lines],
-                               settle=self.settle)
+                               settle=self.settle, limits=Buffers().at("/ctl/submit"))
 
     async def settle(self, replies, write_lines):
         self.settled.append(replies)
@@ -165,11 +166,61 @@ async def test_a_write_that_did_not_all_run_fails_with_its_errno_and_keeps_every
 async def test_a_write_over_the_daemons_line_limit_is_e2big_before_any_line_is_routed():
     """A write of 4 lines on a daemon of write_lines = 3: E2BIG before the route sees a line (on a cluster
     node, as on a single one), and a write under it is routed."""
-    node = Recorder(answer="remote", remote_replies=["7"])
+    node = Recorder(answer="remote", remote_replies=["7"], buffers=Buffers(write_lines=3))
     handle = node.open()
-    handle.buffers = Buffers(write_lines=3)
     with pytest.raises(TooBig):
         await handle.write_async(b"a\nb\nc\nd\n")
     assert node.routed == [] and node.here == []
     await handle.write_async(b"a\n")
     assert node.routed == [["a"]]
+
+
+class CountingBuffers(Buffers):
+    """The daemon's Buffers, counting the writes they check."""
+
+    checked: int = 0
+
+    def check_write(self, uid, data, pending, holding):
+        self.checked += 1
+        super().check_write(uid, data, pending, holding)
+
+
+@pytest.mark.parametrize("placed", [False, True], ids=["route-runs-it-here", "some-lines-placed-here"])
+async def test_a_routed_write_that_runs_here_is_checked_against_the_limits_once(placed):
+    """A write whose route runs it here after all, or runs some of its lines here, passes the limits' check
+    once (the route's handle checked it), and leaves no bytes held."""
+    buffers, node = CountingBuffers(), Settler()
+    node.node.limits = buffers.at("/ctl/submit")
+
+    async def route(lines, caller):
+        async def remote(here):
+            return await here(lines, 2) if placed else None
+        return Route(remote=remote)
+    node.node.route = route
+    handle = node.node.open(CALLER, writing=True, reading=True)
+    await handle.write_async(b"a\nbb\n")
+    assert buffers.checked == 1 and node.settled == [["2", "3"]] and buffers.held == {}
+
+
+async def test_a_routed_writes_unfinished_line_is_held_until_a_refusal_or_the_close_drops_it():
+    """The unfinished piece after a routed write's lines counts for its uid; a refused route drops it, as any
+    refused write's; a settle refused drops it; and so does the close of a descriptor mid-line."""
+    buffers = Buffers()
+    remote = Recorder(answer="remote", remote_replies=["7"], buffers=buffers)
+    handle = remote.open()
+    await handle.write_async(b"a\nhalf")
+    assert buffers.held == {CALLER.uid: 4}
+    remote.refusal = TryAgain("no node answered")
+    with pytest.raises(TryAgain):
+        await handle.write_async(b"\nb\n")
+    assert buffers.held == {} and not handle.pending
+    settler = Settler(refusal=TryAgain("not recorded"))
+    settler.node.limits = buffers.at("/ctl/submit")
+    refused = settler.node.open(CALLER, writing=True, reading=True)
+    with pytest.raises(TryAgain):
+        await refused.write_async(b"a\npart")
+    closing = remote.open()
+    await closing.write_async(b"rest")
+    assert buffers.held == {CALLER.uid: 4}
+    closing.release()
+    assert buffers.held == {} and remote.here[-1] == [b"rest"]

@@ -94,10 +94,8 @@ def tree(tmp_path):
 
 
 def opened(tree, caller, path="/ctl/submit"):
-    """A descriptor of `path` opened by `caller` as fs.py opens it: with the daemon's buffers."""
-    handle = resolve(tree, path).open(caller, writing=True, reading=True)
-    handle.buffers = tree.rt.buffers
-    return handle
+    """A descriptor of `path` opened by `caller` as fs.py opens it."""
+    return resolve(tree, path).open(caller, writing=True, reading=True)
 
 
 def test_a_write_over_write_lines_is_e2big_and_runs_none_of_its_lines(tree):
@@ -141,8 +139,41 @@ def test_a_policy_rewrite_refused_whole_by_a_limit_keeps_the_rules(tree):
     rules.write(b"deny model=big\n")
     rules.release()
     truncating = resolve(tree, "/ctl/policy").open(ADMIN, writing=True, reading=False, truncating=True)
-    truncating.buffers = tree.rt.buffers
     with pytest.raises(ApeinxError) as refused:
         truncating.write(b"allow tenant=a\n" * 4)
     truncating.release()
     assert refused.value.errno == errno.E2BIG and text(tree, "/ctl/policy") == "deny model=big\n"
+
+
+def trace(tree) -> str:
+    return bytes(tree.rt.kernel.trace.buffer).decode()
+
+
+@pytest.mark.parametrize("path", ["/ctl/submit", "/ctl/kill", "/ctl/tenants", "/ctl/models", "/ctl/policy",
+                                  "/sched/policy", "/tenants/default/weight", "/tasks/1/ctl"])
+def test_every_ctl_file_opens_descriptors_with_the_daemons_limits_and_journals_their_refusal(tree, path):
+    """A descriptor of any ctl file, as its node opens it (no opener adds anything), refuses a write over
+    write_lines with E2BIG, and the trace keeps a reject line naming the file and the limit."""
+    opened(tree, ALICE).write(b"job 5 1\n")  # task 1, for /tasks/1/ctl
+    handle = resolve(tree, path).open(ADMIN, writing=True, reading=False)
+    assert refusal(lambda: handle.write(b"x\n" * 4)).errno == errno.E2BIG
+    assert f',reject,,,,,local,"{path}: a write holds at most 3 lines (limits.write_lines), not 4' in trace(tree)
+
+
+def test_held_bytes_are_the_open_descriptors_unfinished_lines_on_every_path(tree):
+    """After a partial write, a write refused by a line, one refused by each limit, and a close mid-line whose
+    line runs or is refused, the daemon counts for the uid exactly what its open descriptors hold unfinished."""
+    first, second, third = opened(tree, ALICE), opened(tree, ALICE), opened(tree, ALICE)
+    first.write(b"job 5")
+    refusal(lambda: second.write(b"name=x max_tokens=-1\npart"))
+    refusal(lambda: second.write(b"y" * 96))
+    assert tree.rt.buffers.held == {ALICE.uid: 5} and not second.pending
+    third.write(b"job 5 1")
+    assert tree.rt.buffers.held == {ALICE.uid: 12}
+    third.release()
+    assert tree.rt.buffers.held == {ALICE.uid: 5} and len(tree.rt.kernel.tasks) == 1
+    refusal(lambda: first.write(b"\n" * 4))
+    second.write(b"nonsense")
+    with pytest.raises(ApeinxError):
+        second.release()
+    assert tree.rt.buffers.held == {} and not first.pending

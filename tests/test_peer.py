@@ -19,9 +19,10 @@ import trio
 from apeinxfs.cluster import peer_wire
 from apeinxfs.cluster.peer_client import Peer
 from apeinxfs.cluster.peer_wire import HEARTBEAT_S, PeerDown, PeerRefused, encode_caller
-from apeinxfs.kernel.errors import Denied, Hidden, Invalid, NotFound
+from apeinxfs.kernel.errors import ApeinxError, Denied, Hidden, Invalid, NotFound
 from apeinxfs.fs import Operations
 from apeinxfs.nodes.base import Caller
+from apeinxfs.nodes.buffers import WRITE_LINES
 from apeinxfs.nodes.remote import remote_file
 from apeinxfs.nodes.tree import Tree
 from daemon import Daemon, poll_until, sim_config
@@ -146,6 +147,18 @@ async def test_refusals_come_back_as_the_same_errors(nodes):
             await peer.ctl(submit_on(b_url, token, "short 5 5"), ["warp 9"], CALLER)
     assert unknown.value.errno == errno.ENOENT and "99999" in unknown.value.reason
     assert bad.value.errno == errno.EINVAL and "max_tokens" in bad.value.reason
+
+
+async def test_a_peer_write_refused_by_the_limits_leaves_its_reject_line(nodes):
+    """A peer's submit of more lines than limits.write_lines is E2BIG from B, and B's trace keeps a reject line
+    for it, as a write through B's mount gets."""
+    a, a_url, b, b_url, token = nodes
+    async with Peer(b_url, token) as peer:
+        with pytest.raises(ApeinxError) as refused:
+            await peer.submit(["name=x model=sim max_tokens=1"] * (WRITE_LINES + 1), CALLER)
+    assert refused.value.errno == errno.E2BIG and "limits.write_lines" in refused.value.reason
+    with open(b.path("trace", "events")) as events:
+        assert f"/ctl/submit: a write holds at most {WRITE_LINES} lines (limits.write_lines)" in events.read()
 
 
 async def test_the_peer_checks_the_caller_as_its_mount_does(nodes):

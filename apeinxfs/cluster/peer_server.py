@@ -195,10 +195,12 @@ class PeerServer:
             await self.follow(conn, stream, node, parse_int(query.get("offset", ["0"])[0], "offset"))
         else:
             handle = node.open(caller, writing=True, reading=False)
-            handle.buffers = self.rt.buffers  # the daemon's limits, as fs.py gives a descriptor
             if "lines" in query:  # a write placed on several nodes
                 handle.write_lines = parse_int(query["lines"][0], "lines")
-            await handle.write_here(body if body.endswith(b"\n") else body + b"\n")  # a submit waits for etcd
+            try:
+                await handle.write_here(body if body.endswith(b"\n") else body + b"\n")  # a submit waits for etcd
+            finally:
+                handle.release()  # a descriptor's last close: nothing is left to run, and it holds no bytes
             await send_simple(conn, stream, 200, handle.reply, TEXT)
 
     async def follow(self, conn, stream, node: Blocking, offset: int) -> None:

@@ -20,7 +20,7 @@ import attrs
 
 from ..kernel.access import Identity
 from ..kernel.errors import ApeinxError, Denied, Hidden, Invalid, NotFound
-from .buffers import Buffers
+from .buffers import Limits
 
 LINE_MAX = (1 << 20) + 4096
 OVER_LONG = bytes(LINE_MAX + 1)  # stands for the rest of a line already refused as too long
@@ -193,9 +193,10 @@ class Setting(Show):
 
     mode: int = stat.S_IFREG | 0o644
     run: object = None
+    limits: Limits = attrs.field(kw_only=True)  # what its descriptors may hold (the daemon's buffers)
 
     def open(self, caller, writing, reading, truncating=False):
-        return CommandHandle(self, caller) if writing else SnapshotHandle(self)
+        return CommandHandle(self, caller, self.limits) if writing else SnapshotHandle(self)
 
 
 @attrs.define(eq=False)
@@ -236,11 +237,12 @@ class Command(Node):
 
     mode: int = stat.S_IFREG | 0o222
     run: object = None
+    limits: Limits = attrs.field(kw_only=True)  # what its descriptors may hold (the daemon's buffers)
 
     def open(self, caller, writing, reading, truncating=False):
         if reading and not self.mode & 0o444:
             raise Denied("write-only file: write commands to it")
-        return CommandHandle(self, caller)
+        return CommandHandle(self, caller, self.limits)
 
 
 class Handle:
@@ -292,18 +294,19 @@ class BlockingHandle(Handle):
 
 @attrs.define(eq=False)
 class CommandHandle(Handle):
-    """Buffers partial lines; each write runs its complete lines and resets the reply. `write_lines`: the
-    lines of the whole write its lines are part of, when it was placed on several nodes (a peer's request
-    says so, peer_server.py); 0: its own. Only a Forwarding node's `settle` counts it (forwarding.py)."""
+    """Buffers partial lines; each write runs its complete lines and resets the reply. `limits`: its node's,
+    given at open. `write_lines`: the lines of the whole write its lines are part of, when it was placed on
+    several nodes (a peer's request says so, peer_server.py); 0: its own. Only a Forwarding node's `settle`
+    counts it (forwarding.py)."""
 
     node: Command
     caller: Caller
+    limits: Limits
     pending: bytearray = attrs.Factory(bytearray)
     reply: bytes = b""
     refused_rest: bytes | None = None  # the piece of an unterminated over-long line that was refused
     write_lines: int = 0
-    buffers: Buffers = attrs.Factory(Buffers)  # the daemon's (fs.py sets it at open)
-    held: int = 0  # the bytes `buffers` counts for this descriptor: len(pending) after each write
+    held: int = 0  # the bytes the limits' buffers count for this descriptor: len(pending), kept by `holding`
 
     async def read(self, offset, size, waiter):
         data, self.reply = self.reply[:size], self.reply[size:]
@@ -313,19 +316,33 @@ class CommandHandle(Handle):
         return await self.write_here(data)
 
     async def write_here(self, data: bytes) -> int:
-        """`write`, then what its lines left to finish before the write returns (`after_write`: a cluster's
+        """`write`, then what its lines left to finish before the write returns (`after_write`)."""
+        return await self.settled(self.write, data)
+
+    async def settled(self, write, data: bytes) -> int:
+        """`write(data)`, then what its lines left to finish before the write returns (`after_write`: a cluster's
         settings change waits until etcd has it and this node applied it, a submit until etcd has its tasks);
         a refusal then is the write's."""
         waits: list = []
         token = _AFTER_WRITE.set(waits)
         try:
-            count = self.write(data)
+            count = write(data)
         finally:
             _AFTER_WRITE.reset(token)
-        with self.refusals():
+        with self.holding(), self.refusals():
             for wait in waits:
                 await wait()
         return count
+
+    @contextlib.contextmanager
+    def holding(self):
+        """Whatever happens inside, the daemon's buffers count len(pending) for this descriptor after it: the
+        one place `held` changes, around whatever changes `pending` (a check's refusal, a write, its waits, the
+        last close)."""
+        try:
+            yield
+        finally:
+            self.held = self.limits.buffers.hold(self.caller.uid, self.held, len(self.pending))
 
     @contextlib.contextmanager
     def refusals(self):
@@ -336,20 +353,25 @@ class CommandHandle(Handle):
         except Exception as exc:
             self.reply = reply_text(exc.reply() if isinstance(exc, ApeinxError) else [f"error: {BUG}"])
             self.pending.clear()
-            self.held = self.buffers.hold(self.caller.uid, self.held, 0)
             raise
 
+    def check(self, data: bytes) -> None:
+        """The limits on `data` as this descriptor's next write, before any line is read (E2BIG, ENOBUFS):
+        a refusal is journaled and is the write's."""
+        with self.holding(), self.refusals():
+            self.limits.check_write(self.caller, data, len(self.pending), self.held)
+
     def write(self, data: bytes) -> int:
-        """Run the complete lines, all or none; a line over LINE_MAX, or a write over the `buffers` limits,
-        refuses the whole write. Any refusal or bug empties the buffer, so the descriptor starts afresh at the
-        next write. The reply is this write's, empty if it ran no line."""
-        self.reply = b""
-        try:
-            with self.refusals():
-                self.buffers.check_write(self.caller.uid, data, len(self.pending), self.held)
+        """Run the complete lines, all or none; a line over LINE_MAX, or a write over the limits, refuses the
+        whole write. Any refusal or bug empties the buffer, so the descriptor starts afresh at the next write."""
+        self.check(data)
+        return self.take(data)
+
+    def take(self, data: bytes) -> int:
+        """`write` of `data` whose limits were checked. The reply is this write's, empty if it ran no line."""
+        with self.holding():
+            self.reply = b""
             return self._take(data)
-        finally:
-            self.held = self.buffers.hold(self.caller.uid, self.held, len(self.pending))
 
     def _take(self, data: bytes) -> int:
         self._refuse_rest(data)
@@ -380,10 +402,10 @@ class CommandHandle(Handle):
     def release(self) -> None:
         """An unterminated last line runs at the last close. FUSE sends no flush (fs.py), so its
         refusal reaches no caller: like any refusal it is journaled, traced and audited."""
-        self.held = self.buffers.hold(self.caller.uid, self.held, 0)
-        if self.pending:
-            lines, self.pending = [bytes(self.pending)], bytearray()
-            self._run(lines)
+        with self.holding():
+            if self.pending:
+                lines, self.pending = [bytes(self.pending)], bytearray()
+                self._run(lines)
 
     def _run(self, raw_lines: list[bytes]) -> None:
         self.reply = b""

@@ -4,11 +4,17 @@ A write's complete lines are parsed, admitted and committed in one go on the dae
 `write_lines` of them, counted before any is parsed (E2BIG). A descriptor keeps the unfinished last line of
 its writes (up to LINE_MAX each): one uid's descriptors together at most `pending_bytes` (ENOBUFS), root's
 and admins' too, each uid apart, so that no uid's lines crowd out another's. Not here: what a line may say
-(nodes/ctl.py) or how long it may be (base.LINE_MAX).
+(nodes/ctl.py) or how long it may be (base.LINE_MAX). A ctl file gets its `Limits` (the daemon's Buffers and
+its own path) when it is built, and hands them to each descriptor it opens; a write they refuse is journaled
+(`Buffers.journal`, the runtime's `reject`) wherever it came from, the mount or a peer.
 """
+from collections.abc import Callable
+
 import attrs
 
-from ..kernel.errors import NoBuffers, TooBig
+from ..kernel.errors import ApeinxError, NoBuffers, TooBig
+
+Journal = Callable[[str, ApeinxError, int, int, "str | None"], None]  # (path, refusal, uid, pid, tenant)
 
 WRITE_LINES = 10000
 PENDING_BYTES = 16 << 20
@@ -21,6 +27,11 @@ class Buffers:
     write_lines: int = WRITE_LINES
     pending_bytes: int = PENDING_BYTES
     held: dict[int, int] = attrs.Factory(dict)  # uid -> bytes; a uid holding none is absent
+    journal: Journal | None = None  # where a refused write is recorded (Runtime.reject); None: nowhere
+
+    def at(self, path: str) -> "Limits":
+        """The limits of the ctl file at `path`."""
+        return Limits(self, path)
 
     def check_write(self, uid: int, data: bytes, pending: int, holding: int) -> None:
         """TooBig if `data` holds more than write_lines lines; NoBuffers if, a descriptor of `uid` holding
@@ -45,3 +56,20 @@ class Buffers:
         else:
             self.held.pop(uid, None)
         return after
+
+
+@attrs.frozen
+class Limits:
+    """The daemon's `buffers` as one ctl file (at `path`) applies them: a write they refuse is journaled."""
+
+    buffers: Buffers
+    path: str
+
+    def check_write(self, caller, data: bytes, pending: int, holding: int) -> None:
+        """Buffers.check_write for a descriptor of `caller` (nodes.base.Caller); its refusal journaled, then raised."""
+        try:
+            self.buffers.check_write(caller.uid, data, pending, holding)
+        except (TooBig, NoBuffers) as exc:
+            if self.buffers.journal is not None:
+                self.buffers.journal(self.path, exc, caller.uid, caller.pid, caller.tenant)
+            raise

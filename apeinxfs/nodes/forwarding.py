@@ -47,7 +47,7 @@ class Forwarding(Command):
 
     def open(self, caller, writing, reading, truncating=False):
         super().open(caller, writing, reading, truncating)  # its refusals
-        return ForwardingHandle(self, caller)
+        return ForwardingHandle(self, caller, self.limits)
 
 
 @attrs.define(eq=False)
@@ -58,12 +58,9 @@ class ForwardingHandle(CommandHandle):
     async def write_async(self, data: bytes) -> int:
         if self.node.route is None:
             return await self.write_here(data)
-        with self.refusals():  # the daemon's limits (E2BIG, ENOBUFS) before any line is read, as write() does
-            self.buffers.check_write(self.caller.uid, data, len(self.pending), self.held)
-        try:
+        self.check(data)  # the daemon's limits (E2BIG, ENOBUFS) before any line is read, once
+        with self.holding():
             return await self._routed(data)
-        finally:
-            self.held = self.buffers.hold(self.caller.uid, self.held, len(self.pending))
 
     async def _routed(self, data: bytes) -> int:
         lines, rest = self.routable(data)
@@ -71,7 +68,7 @@ class ForwardingHandle(CommandHandle):
             route = await self.node.route(lines, self.caller) if any(lines) else None
             replies = None if route is None else await route.remote(self.run_here)
         if replies is None:
-            count = await self.write_here(data)
+            count = await self.settled(self.take, data)
         else:
             self.pending, count = bytearray(rest), len(data)
             self.reply = reply_text(replies)
@@ -80,10 +77,10 @@ class ForwardingHandle(CommandHandle):
         return count
 
     async def run_here(self, lines: list[str], write_lines: int) -> list[str]:
-        """`lines` (of a write of `write_lines`) run here as a write of their own on a handle of their own (as a
-        peer's request is): their replies, once settled; their refusal raised."""
-        handle = ForwardingHandle(self.node, self.caller, write_lines=write_lines, buffers=self.buffers)
-        await handle.write_here("".join(f"{line}\n" for line in lines).encode())
+        """`lines` (of a write of `write_lines`, whose limits this handle checked) run here as a write of their
+        own on a handle of their own (as a peer's request is): their replies, once settled; their refusal raised."""
+        handle = ForwardingHandle(self.node, self.caller, self.limits, write_lines=write_lines)
+        await handle.settled(handle.take, "".join(f"{line}\n" for line in lines).encode())
         return handle.reply.decode().splitlines()
 
     def _command(self, raw_lines: list[bytes]) -> list[str]:

@@ -76,16 +76,21 @@ def _weight_change(tenant, line):
 
 def _group_file(rt, name: str, group: str):
     """The builder of /tenants/NAME/GROUP: the group's KEY VALUE lines, written by admins."""
-    return lambda: Setting(mode=ADMIN_WRITES, show=lambda: show_group(getattr(_tenant(rt, name), group)),
-                           run=settings_writer(rt, name, group, _group_change(group)), write_role="admin")
+    return lambda: _setting(rt, name, group, lambda: show_group(getattr(_tenant(rt, name), group)),
+                            _group_change(group))
+
+
+def _setting(rt, name: str, file: str, show, change) -> Setting:
+    """/tenants/NAME/FILE, showing `show()` and set by admins through `change(tenant, line)`."""
+    return Setting(mode=ADMIN_WRITES, show=show, run=settings_writer(rt, name, file, change), write_role="admin",
+                   limits=rt.buffers.at(f"/tenants/{name}/{file}"))
 
 
 def _files(rt, name: str) -> dict:
     """Builders of a tenant's files, by name."""
     kernel = rt.kernel
     return {
-        "weight": lambda: Setting(mode=ADMIN_WRITES, show=lambda: f"{_tenant(rt, name).weight}\n",
-                                  run=settings_writer(rt, name, "weight", _weight_change), write_role="admin"),
+        "weight": lambda: _setting(rt, name, "weight", lambda: f"{_tenant(rt, name).weight}\n", _weight_change),
         **{group: _group_file(rt, name, group) for group in GROUPS},
         "usage": lambda: Show(show=lambda: usage(kernel, name, rt.clock.now_us()), volatile=True),
         "events": lambda: RingLog.of(kernel.trace, source=lambda: kernel.trace.tenant_view(name)),
