@@ -307,8 +307,8 @@ async def test_a_bug_in_the_check_leaves_the_stream_and_is_kept_as_a_bug(nursery
     supervisor = Supervisor(lambda: 1)
     async with Etcd(["http://buggy"]) as etcd:
         etcd.post = BuggyMember().post
-        watch = etcd.watch(b"quiet/", prefix=True, start_revision=7, nursery=nursery,
-                           on_bug=functools.partial(supervisor.note, "cluster.watch.check", outcome="its stream opened again"))
+        on_bug = functools.partial(supervisor.note, "cluster.watch.check", outcome="its stream opened again")
+        watch = etcd.watch(b"quiet/", prefix=True, start_revision=7, nursery=nursery, on_bug=on_bug)
         watch.url, watch.lines = "http://buggy", never_a_line()
         watch.start_checking()
         with trio.fail_after(HANG_GUARD_S), pytest.raises(MemberFailed, match="met a bug: TypeError"):

@@ -148,7 +148,8 @@ async def test_an_interrupted_job_starts_again_when_its_task_is_placed_again_at_
 
 class StepBugKernel(Recorder):
     """A host whose kernel step has a bug for one pid past its first token: a Step holding such a chunk of `buggy`
-    raises and changes nothing; otherwise the chunks append their text to `output`. Failures are kept in `events`, bugs in `bugs`."""
+    raises and changes nothing; otherwise the chunks append their text to `output`. Failures are kept in `events`,
+    bugs in `bugs`."""
 
     def __init__(self, tasks: list, buggy: int):
         super().__init__()

@@ -34,8 +34,8 @@ clock reading and a scope (about 5 µs), no task. A check that fails between rea
 the next one. A bug in the check (not a failure of the member: an Exception the check does not
 expect) goes to the watch's `on_bug` (the cluster's supervisor keeps it; by default it is
 logged) and leaves the stream as a failed check does: the watch opens the next one, with a
-checker of its own, rather than let the bug end the caller's nursery. Not for election observation (the Observe stream): watch the election's
-prefix.
+checker of its own, rather than let the bug end the caller's nursery. Not for election
+observation (the Observe stream): watch the election's prefix.
 """
 import collections
 import json
