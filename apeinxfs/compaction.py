@@ -34,7 +34,7 @@ import attrs
 import trio
 
 from . import snapshots
-from .journal import STORAGE_FAULTS, compact, make_durable
+from .journal import compact, make_durable, storage_faults_as
 from .kernel import Kernel
 from .kernel import events as ev
 from .kernel import migrations, state
@@ -48,6 +48,11 @@ POLL_S = 0.25  # how often the daemon looks whether a snapshot is due
 BUSY_SHARE = 0.25  # snapshots take at most this share of the time (their child's, mostly): one after a
 # snapshot that took T seconds waits 3 T at least
 LIVE_KEYS = frozenset({"access", "utc_offset_s", "retention", "limits"})  # kernel config read where used, not built into state
+
+
+class NotStored(Exception):
+    """What the storage refused a snapshot or its compaction (a full disk, no memory to fork): the next try may
+    work. Our misuse of SQLite in compaction is not one: a bug (journal.storage_faults_as)."""
 
 
 class CannotStart(Exception):
@@ -212,23 +217,26 @@ class Snapshotter:
             return  # the next commit or the progress timer makes the daemon degraded
         began = trio.current_time()
         try:
-            child = fork_writer(self.directory, header, self.runtime.kernel)
-            await trio.to_thread.run_sync(self.publish_when_written, child, header[0])
-        except (*STORAGE_FAULTS, snapshots.Damaged) as exc:  # a full disk, no memory to fork: the next try may work
+            with storage_faults_as(NotStored):
+                child = fork_writer(self.directory, header, self.runtime.kernel)
+                await trio.to_thread.run_sync(self.publish_when_written, child, header[0])
+        except (NotStored, snapshots.Damaged) as exc:
             log.error("snapshot of journal row %d not written: %s", header[0], exc)
         self.taken_at = trio.current_time()
         self.took_s = self.taken_at - began
 
     def close(self) -> None:
         """At unmount, a last snapshot (encoded here: nothing else runs now), so the next start replays
-        no rows; skipped while degraded, and on failure only logged (the rows are all in the journal)."""
+        no rows; skipped while degraded; the storage's refusal only logged (the rows are all in the journal),
+        a bug raised."""
         if self.runtime.health.fault is not None or self.runtime.journal.last_seq == self.seq:
             return
         try:
-            header = self.header()
-            snapshots.write_temp(self.directory, *header, state.encode(self.runtime.kernel))
-            self.publish(header[0])
-        except (Degraded, snapshots.Damaged, *STORAGE_FAULTS) as exc:
+            with storage_faults_as(NotStored):
+                header = self.header()
+                snapshots.write_temp(self.directory, *header, state.encode(self.runtime.kernel))
+                self.publish(header[0])
+        except (Degraded, snapshots.Damaged, NotStored) as exc:
             log.error("no snapshot at unmount: %s", exc)
 
     def header(self) -> tuple:

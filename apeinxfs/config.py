@@ -17,7 +17,7 @@ from .kernel.config import (AccessConfig, GpuConfig, KernelConfig, KernelLimits,
                             at_least)
 from .kernel.errors import Invalid
 from .nodes import buffers
-from .kernel.tenant_config import parse_seconds, tenant_from_dict
+from .kernel.tenant_config import check_new_name, parse_seconds, tenant_from_dict
 
 SECTIONS = {
     "daemon": {"node", "max_waiters", "max_waiters_per_uid", "state_dir", "check_invariants"},
@@ -130,6 +130,8 @@ def build(raw: dict, state_dir: str | None, use_nvml: bool) -> Config:
     try:
         models = [ModelConfig(**m) for m in raw["models"]]
         tenants = [tenant_from_dict(t) for t in raw.get("tenants") or [{"name": "default"}]]
+        for tenant in tenants:
+            check_new_name(tenant.name)
         period = raw["billing"]["period"]
         kept, limits = raw.get("retention", {}), raw.get("limits", {})
         kernel = KernelConfig(models=models, gpus=gpus, page_mib=raw["kv"]["page_mib"],

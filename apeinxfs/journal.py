@@ -33,6 +33,7 @@ import json
 import os
 import sqlite3
 import zlib
+from collections.abc import Callable, Iterator
 
 import attrs
 
@@ -83,6 +84,19 @@ def storage_fault(exc: Exception) -> Degraded:
     else:
         code, said = SQLITE_ERRNO.get(getattr(exc, "sqlite_errorcode", 0) & 0xFF, errno.EIO), str(exc)
     return Degraded(code, f"the journal cannot be written: {said} ({errno.errorcode.get(code, code)})")
+
+
+@contextlib.contextmanager
+def storage_faults_as(fault: Callable[[Exception], Exception]) -> Iterator[None]:
+    """Raise what the storage refused (STORAGE_FAULTS: a full disk, a damaged file) as `fault(exc)`, and our
+    misuse of SQLite (SQL_BUGS: a seq twice, a value it cannot bind) as it is: a bug, for the boundary that
+    counts bugs, never a storage fault that degrades the daemon for good or is retried."""
+    try:
+        yield
+    except SQL_BUGS:
+        raise
+    except STORAGE_FAULTS as exc:
+        raise fault(exc) from exc
 
 
 def row_crc(kind: str, body: str) -> int:
@@ -189,17 +203,14 @@ class Journal:
         """One transaction: journal `rows`, and the trace rows pending if there are enough."""
         traced = list(self._pending) if len(self._pending) >= trace_rows_at_least else []
         try:
-            with self.db:
+            with storage_faults_as(storage_fault), self.db:
                 self.db.execute("BEGIN")
                 self.db.executemany("INSERT INTO journal (seq, time_us, kind, body) VALUES (?, ?, ?, ?)", rows)
                 if traced:  # most commits write none: trace rows go FLUSH_ROWS at a time
                     self._write_trace(traced)
-        except SQL_BUGS:  # our misuse of SQLite (a seq twice, a value it cannot bind), not the storage's: a bug,
-            self._roll_back()  # for the boundary that counts bugs, never a degraded daemon for good
-            raise
-        except STORAGE_FAULTS as exc:
+        except Exception:  # a storage fault (Degraded) or a bug: either way no transaction is left open
             self._roll_back()
-            raise storage_fault(exc) from exc
+            raise
         del self._pending[:len(traced)]
 
     def _roll_back(self) -> None:

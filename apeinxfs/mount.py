@@ -207,6 +207,18 @@ def _report(fd: int | None, message: str) -> None:
         os.close(fd)
 
 
+def close_files(runtime: Runtime) -> None:
+    """Close the journal, the archives and the readings log at unmount."""
+    try:
+        runtime.journal.close()
+    except Degraded as exc:  # every row is in; only the trace rows of the last few are lost
+        log.error("closing the journal: %s", exc.reason)
+    runtime.archive.close()
+    runtime.audit_archive.close()
+    if runtime.readings is not None:
+        runtime.readings.close()
+
+
 async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
     unmount = False  # on a signal or a refusal; a bug leaves the mount dead (ENOTCONN) for the next start
     started = False  # reported ok: what ends the daemon after that is no start refusal
@@ -243,14 +255,9 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
         return 1
     finally:
         pyfuse3.close(unmount=unmount)
-        runtime.snapshotter.close()
         try:
-            runtime.journal.close()
-        except Degraded as exc:  # every row is in; only the trace rows of the last few are lost
-            log.error("closing the journal: %s", exc.reason)
-        runtime.archive.close()
-        runtime.audit_archive.close()
-        if runtime.readings is not None:
-            runtime.readings.close()
+            runtime.snapshotter.close()
+        finally:  # a bug in the last snapshot still closes the files
+            close_files(runtime)
         log.info("unmounted")
     return 0

@@ -11,7 +11,8 @@ done and not started again. A BaseException that is not an Exception (trio.Cance
 KeyboardInterrupt, a group holding one) passes through untouched.
 
 `note` alone serves a boundary that does not restart: a driver's job (drivers/flow.py) whose bug
-fails its task, kept here as a Bug with that outcome.
+fails its task, and the cluster's etcd watch check (cluster/etcd_watch.py) whose bug leaves its
+stream, each kept here as a Bug with that outcome.
 
 Not here: whether a loop is safe to start again (its caller decides, and supervises only those
 that are: runtime.py, cluster/daemon.py), the errors a loop expects and handles itself (etcd's

@@ -17,6 +17,7 @@ import trio.testing
 from apeinxfs.cluster import etcd_watch
 from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_records import EtcdError, MemberFailed
+from apeinxfs.supervise import Supervisor
 from etcdcluster import EtcdCluster
 
 HANG_GUARD_S = 60  # only so that a broken watch fails the test instead of hanging it (virtual s on a MockClock)
@@ -290,3 +291,26 @@ async def test_after_a_check_timed_out_checks_wait_twice_as_long_until_one_is_pr
             with pytest.raises(MemberFailed, match="no answer to a check within 4s"):
                 await watch.check_member()
         assert member.checks == 6
+
+
+class BuggyMember:
+    """The stream's member as the check sees it (in place of `Etcd.post`), where the check meets a bug of ours:
+    a TypeError, as a wrong argument in the client would raise."""
+
+    async def post(self, url: str, path: str, body: dict) -> dict:
+        raise TypeError("post() got an unexpected keyword argument")
+
+
+async def test_a_bug_in_the_check_leaves_the_stream_and_is_kept_as_a_bug(nursery, autojump_clock):
+    """A bug in a silent stream's check goes to `on_bug` (the supervisor's `cluster.watch.check` row) and ends
+    the read as a failed check would; it does not end the nursery the check runs in."""
+    supervisor = Supervisor(lambda: 1)
+    async with Etcd(["http://buggy"]) as etcd:
+        etcd.post = BuggyMember().post
+        on_bug = functools.partial(supervisor.note, "cluster.watch.check", outcome="its stream opened again")
+        watch = etcd.watch(b"quiet/", prefix=True, start_revision=7, nursery=nursery, on_bug=on_bug)
+        watch.url, watch.lines = "http://buggy", never_a_line()
+        watch.start_checking()
+        with trio.fail_after(HANG_GUARD_S), pytest.raises(MemberFailed, match="met a bug: TypeError"):
+            await watch.next_answer()
+    assert supervisor.show().startswith("Bug:\tcluster.watch.check: TypeError at test_etcd_watch_check.py:")

@@ -144,3 +144,50 @@ async def test_an_interrupted_job_starts_again_when_its_task_is_placed_again_at_
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     assert host.events == [Interrupted(pid=1, reason="stream broke")] and started == [1, 1]
+
+
+class StepBugKernel(Recorder):
+    """A host whose kernel step has a bug for one pid past its first token: a Step holding such a chunk of `buggy`
+    raises and changes nothing; otherwise the chunks append their text to `output`. Failures are kept in `events`,
+    bugs in `bugs`."""
+
+    def __init__(self, tasks: list, buggy: int):
+        super().__init__()
+        self.tasks, self.buggy, self.output, self.bugs = {task.pid: task for task in tasks}, buggy, {}, []
+
+    def deliver(self, event) -> None:
+        if isinstance(event, Failed):  # the task ends: its job is cancelled (run_jobs)
+            self.tasks[event.pid].state = State.EXITED
+            return super().deliver(event)
+        if any(chunk.pid == self.buggy and chunk.pid in self.output for chunk in event.chunks):
+            raise KeyError(self.buggy)
+        for chunk in event.chunks:
+            self.output[chunk.pid] = self.output.get(chunk.pid, "") + chunk.text
+
+    def note_bug(self, name: str, exc: Exception, outcome: str) -> None:
+        self.bugs.append((name, type(exc).__name__, outcome))
+
+
+async def test_a_bug_in_one_tasks_step_fails_that_task_and_delivers_the_others_whole(autojump_clock):
+    """The kernel's step raising for one task's chunk fails that task (`driver bug: KeyError ...`, kept as the
+    job's bug); the round's other chunks reach their tasks whole, then and in the rounds after."""
+    tasks = [FakeTask(pid) for pid in (1, 2, 3)]
+    host = StepBugKernel(tasks, buggy=2)
+    outbox = flow.Outbox(host, gpu=0)
+
+    async def job(task):
+        for text in ("a", "b", "c"):
+            if task.state is not State.RUNNING:
+                return
+            outbox.put(Chunk(task.pid, text, 1))
+            await trio.sleep(0.005)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(outbox.deliver_forever)
+        for task in tasks:
+            nursery.start_soon(outbox.guarded, task, job, task)
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert host.output == {1: "abc", 2: "a", 3: "abc"}
+    [failed] = host.events
+    assert failed.pid == 2 and failed.reason.startswith("driver bug: KeyError at ")
+    assert host.bugs and set(host.bugs) == {("driver.job", "KeyError", "its task failed")}

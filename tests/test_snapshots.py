@@ -20,11 +20,11 @@ import pytest
 import trio
 
 from apeinxfs import config as config_mod
-from apeinxfs import snapshots, verify
+from apeinxfs import compaction, snapshots, verify
 from apeinxfs.archive import Archive
 from apeinxfs.archive import files as archive_files
 from apeinxfs.compaction import CannotStart, Snapshotter
-from apeinxfs.journal import SCHEMA, Journal
+from apeinxfs.journal import SCHEMA, Journal, compact
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.events import Chunk, Restart, Step, Submit, Tick
@@ -222,6 +222,44 @@ def test_compaction_keeps_the_rows_after_the_older_snapshot(tmp_path):
     assert next(journal.traces())[0] == first + 1
     assert len(journal.boots()) == 1
     journal.db.close()
+
+
+def misused_compact(path: str, upto: int) -> None:
+    """journal.compact handed a value SQLite cannot bind: our own misuse of SQLite (ProgrammingError)."""
+    compact(path, object())
+
+
+def full_disk_compact(path: str, upto: int) -> None:
+    """journal.compact on a full disk, as SQLite says it."""
+    raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_a_misuse_of_sqlite_in_compaction_is_a_bug(tmp_path, monkeypatch):
+    """Compaction that misuses SQLite raises its ProgrammingError out of `take` (for the supervisor to count
+    as a bug) and out of the snapshot at unmount, instead of logging it as the storage's refusal."""
+    rt = daemon_like(tmp_path)
+    monkeypatch.setattr(compaction, "compact", misused_compact)
+    for _ in range(snapshots.KEEP - 1):
+        work(rt, 1)
+        snapshot(rt)
+    work(rt, 1)
+    with pytest.raises(sqlite3.ProgrammingError):
+        snapshot(rt)
+    work(rt, 1)
+    with pytest.raises(sqlite3.ProgrammingError):
+        rt.snapshotter.close()
+    rt.close()
+
+
+def test_a_full_disk_in_compaction_is_logged_and_retried(tmp_path, monkeypatch, caplog):
+    """Compaction refused by the storage is logged and the next snapshot tries again: no exception."""
+    rt = daemon_like(tmp_path)
+    monkeypatch.setattr(compaction, "compact", full_disk_compact)
+    for _ in range(snapshots.KEEP + 1):
+        work(rt, 1)
+        snapshot(rt)
+    assert caplog.text.count("database or disk is full") == 2 and rt.journal.first_seq() == 1
+    rt.close()
 
 
 def journal_bytes(tmp_path) -> int:

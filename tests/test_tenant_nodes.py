@@ -8,8 +8,14 @@ import errno
 import io
 import os
 
+import attrs
 import pytest
 
+from apeinxfs import config as config_mod
+from apeinxfs.kernel.errors import Invalid
+from apeinxfs.kernel.events import SetTenant, Submit
+from apeinxfs.kernel.spec import TaskSpec
+from apeinxfs.kernel.tenant_config import TenantConfig
 from apeinxfs.nodes.base import Caller
 from test_journal_runtime import open_runtime
 from test_nodes import refusal, resolve, text
@@ -195,3 +201,37 @@ def test_after_a_refused_first_write_the_first_taken_write_of_a_truncating_open_
         handle.write(b"allow tenant=a\n")
         handle.release()
         assert text(tree, "/ctl/policy") == "allow tenant=a\n"
+
+
+def old_rows(name: str) -> list:
+    """A tenant `name` and two tasks of it, as the journal's rows were written before `.` and `..` were refused."""
+    with attrs.validators.disabled():
+        tenant = SetTenant(tenant=TenantConfig(name=name), what=f"add {name}", uid=0)
+        return [(1, tenant), *((2 + n, Submit(spec=TaskSpec(name="job", tenant=name), uid=0)) for n in range(2))]
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_a_tenant_named_so_before_the_rule_is_kept_on_replay(tmp_path, name):
+    """A journal written before `.` and `..` were refused replays with the tenant and every task of it: billed in
+    /billing, left out of /tenants' listing, removable once its tasks end; a new `add` of it is still EINVAL."""
+    with open_runtime(tmp_path) as runtime:
+        runtime.journal.append(old_rows(name))
+    with open_runtime(tmp_path) as runtime:
+        runtime.recover()
+        tree = Tree(runtime)
+        pids = [task.pid for task in runtime.kernel.tasks.values() if task.tenant == name]
+        assert runtime.quarantined == {} and len(pids) == 2
+        assert f",{name},sim," in text(tree, "/billing")
+        assert name not in [entry for entry, _ in resolve(tree, "/tenants").entries()]
+        write(tree, "/ctl/kill", "".join(f"{pid}\n" for pid in pids).encode())
+        write(tree, "/ctl/tenants", f"remove {name}\n".encode())
+        assert name not in runtime.kernel.tenancy.tenants
+        assert refusal(lambda: write(tree, "/ctl/tenants", f"add {name}\n".encode())).errno == errno.EINVAL
+
+
+def test_a_config_naming_a_tenant_dotdot_is_refused(tmp_path):
+    """A [[tenants]] table named `..` in the config file is new, so held to the rule: EINVAL, saying why."""
+    path = tmp_path / "config.toml"
+    path.write_text('[[tenants]]\nname = ".."\n')
+    with pytest.raises(Invalid, match="cannot be a directory name"):
+        config_mod.load(str(path), str(tmp_path / "state"), use_nvml=False)

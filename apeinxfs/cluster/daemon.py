@@ -117,9 +117,11 @@ class Cluster:
 
     async def run(self) -> None:
         """Join and follow the cluster until cancelled; each of the nine loops supervised (supervise.py: a bug
-        in one is logged, shown in /ai/health and the loop started again). Not supervised, so a bug there
-        still ends this and the daemon: the etcd client's and router's contexts, and the etcd watch's
-        checker, which `follow` starts in this nursery (etcd_watch.py start_checking)."""
+        in one is logged, shown in /ai/health and the loop started again). The etcd watch's checker, which
+        `follow` starts in this nursery (etcd_watch.py start_checking), is not restarted by the supervisor
+        (its cancel scope and stream are one stream's): a bug there is noted as `cluster.watch.check` and
+        leaves the stream, as a failed check does, and the watch's next stream starts a checker of its own.
+        Not supervised, so a bug there still ends this and the daemon: the etcd client's and router's contexts."""
         supervised = self.rt.supervisor.supervised
         async with self.etcd, self.router, trio.open_nursery() as nursery:
             loops = [("cluster.member", self.member.run), ("cluster.publish", self.member.publish),
@@ -145,7 +147,7 @@ class Cluster:
                 self.rt.elsewhere = self.elsewheres.load(self.view.nodes(), usage)  # then kept current by `followed`
                 self.member.note(None)
                 async with self.etcd.watch(self.keys.all, prefix=True, start_revision=found.revision + 1,
-                                           nursery=nursery) as events:
+                                           nursery=nursery, on_bug=self.watch_check_bug) as events:
                     async for event in events:
                         self.view.apply(event)
                         self.followed(event)
@@ -155,6 +157,11 @@ class Cluster:
             except Degraded as error:  # a settings entry could not be journaled: read again later
                 log.warning("cluster: settings not applied: %s", error.reason)
                 await trio.sleep(RETRY_S)
+
+    def watch_check_bug(self, bug: Exception) -> None:
+        """A bug in the watch's check: kept as the Bug `cluster.watch.check` (/ai/health); the watch leaves its
+        stream and opens another, whose checker starts afresh (etcd_watch.py)."""
+        self.rt.supervisor.note("cluster.watch.check", bug, "its stream opened again")
 
     def followed(self, event) -> None:
         """What a watch event changes beside the view: a settings entry to apply, the others' tenant use."""

@@ -40,7 +40,7 @@ from .etcd_records import (API, HEADERS, EtcdError, KeyValue, LeaderKey, Lease, 
                            Txn, TxnResult, Unavailable, answer_of, b64, header_revision, put_op, range_body)
 from .etcd_renew import Renewing, TlsFiles
 from .etcd_tls import client_context, tls_failure
-from .etcd_watch import Watch
+from .etcd_watch import Watch, log_bug
 
 RETRY_PAUSE_S = 0.2  # between rounds over every member (an election takes about one election timeout)
 # The changes that may have taken effect, and matter, when an attempt went unanswered (a key or lease may
@@ -302,8 +302,8 @@ class Etcd:
         await self.call("/election/resign", {"leader": leader.to_json()}, retry_sent=True)
 
     def watch(self, key: bytes, prefix: bool = False, start_revision: int | None = None, prev_kv: bool = False, *,
-              nursery: trio.Nursery):
+              nursery: trio.Nursery, on_bug=log_bug):
         """The changes to `key` (or under it) from `start_revision` (default: from now), as an async
         context manager yielding an async iterator of Event; the check of its member while it is silent runs
-        in `nursery`, one that outlives the watch; see etcd_watch.Watch."""
-        return Watch(self, key, prefix, start_revision, prev_kv, nursery)
+        in `nursery`, one that outlives the watch, and a bug there goes to `on_bug(exc)`; see etcd_watch.Watch."""
+        return Watch(self, key, prefix, start_revision, prev_kv, nursery, on_bug)

@@ -31,13 +31,17 @@ reach the caller unwrapped, not in an exception group. The reader notes the time
 answer and reads inside a cancel scope; a failed check cancels that scope (cancelling a
 read of httpx's lines ends the stream, which is left anyway), so a read costs the check a
 clock reading and a scope (about 5 µs), no task. A check that fails between reads fails
-the next one. Not for election observation (the Observe stream): watch the election's
-prefix.
+the next one. A bug in the check (not a failure of the member: an Exception the check does not
+expect) goes to the watch's `on_bug` (the cluster's supervisor keeps it; by default it is
+logged) and leaves the stream as a failed check does: the watch opens the next one, with a
+checker of its own, rather than let the bug end the caller's nursery. Not for election
+observation (the Observe stream): watch the election's prefix.
 """
 import collections
 import json
 import logging
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httpx
@@ -61,12 +65,17 @@ WATCH_CHECK_S = 3.0
 PATIENCE_AFTER_TIMEOUT = 2
 
 
+def log_bug(bug: Exception) -> None:
+    """A bug in a watch's check, where no supervisor hears it (Cluster.follow gives its own): logged."""
+    log.error("etcd: a bug in the check of a silent watch", exc_info=bug)
+
+
 class Watch:
     """The events on a key or prefix from a revision on, across member failures; see the module."""
 
     def __init__(self, etcd: "Etcd", key: bytes, prefix: bool, start_revision: int | None, prev_kv: bool,
-                 nursery: trio.Nursery):
-        self.etcd, self.nursery = etcd, nursery
+                 nursery: trio.Nursery, on_bug: Callable[[Exception], None] = log_bug):
+        self.etcd, self.nursery, self.on_bug = etcd, nursery, on_bug
         self.key, self.prefix, self.prev_kv = key, prefix, prev_kv
         self.next_revision = start_revision  # None: from the revision the first stream starts at
         self.pending: collections.deque[Event] = collections.deque()
@@ -156,16 +165,25 @@ class Watch:
 
     async def check_while_silent(self, checking: trio.CancelScope) -> None:
         """Within `checking`, check the member after each WATCH_CHECK_S without an answer read (nor a check
-        answered), until it fails one."""
+        answered), until it fails one. A bug in the check (an Exception it does not expect) goes to `on_bug`
+        and fails the check: the stream is left, and the next one's checker starts afresh."""
         with checking:
-            checked = -math.inf
-            while True:
-                silent_since = max(self.last_answer, checked)
-                await trio.sleep_until(silent_since + WATCH_CHECK_S)
-                if self.last_answer <= silent_since:  # no answer came meanwhile
-                    if not await self.passes_check(silent_since):
-                        return
-                    checked = trio.current_time()
+            try:
+                await self.check_until_failed()
+            except Exception as bug:
+                self.on_bug(bug)
+                self.fail_stream(MemberFailed(f"the check of a silent watch met a bug: {bug!r}", sent=False))
+
+    async def check_until_failed(self) -> None:
+        """Check the member after each WATCH_CHECK_S of silence until it fails a check."""
+        checked = -math.inf
+        while True:
+            silent_since = max(self.last_answer, checked)
+            await trio.sleep_until(silent_since + WATCH_CHECK_S)
+            if self.last_answer <= silent_since:  # no answer came meanwhile
+                if not await self.passes_check(silent_since):
+                    return
+                checked = trio.current_time()
 
     async def passes_check(self, silent_since: float) -> bool:
         """Whether the member passes a check, or the stream answers during it; if not, note the failure and
@@ -175,11 +193,15 @@ class Watch:
         except MemberFailed as failure:
             if self.last_answer > silent_since:
                 return True
-            self.failure = failure
-            self.reading.cancel()
+            self.fail_stream(failure)
             return False
         self.checks += 1
         return True
+
+    def fail_stream(self, failure: MemberFailed) -> None:
+        """End the stream's read with `failure` (the next read raises it)."""
+        self.failure = failure
+        self.reading.cancel()
 
     async def check_member(self) -> None:
         """A linearizable count of the watched key on the stream's own member (not another: `on_members`

@@ -40,7 +40,7 @@ from .sched import Accounts
 from .seams import Host
 from .spec import TaskSpec
 from .task import Task
-from .tenant_config import Quota, TenantConfig
+from .tenant_config import Quota, TenantConfig, check_new_name
 
 if TYPE_CHECKING:
     from .gpus import Gpu
@@ -321,9 +321,11 @@ class Tenancy:
 
     def check_set(self, event: ev.SetTenant) -> None:
         name, adding = event.tenant.name, event.what.startswith("add ")
-        if adding and name in self.tenants:
-            raise Exists(f"tenant {name} exists: change it through /tenants/{name}/")
-        if not adding and name not in self.tenants:
+        if adding:
+            check_new_name(name)
+            if name in self.tenants:
+                raise Exists(f"tenant {name} exists: change it through /tenants/{name}/")
+        elif name not in self.tenants:
             raise NotFound(f"unknown tenant {name!r}")
 
     def check_remove(self, event: ev.RemoveTenant) -> None:

@@ -2,7 +2,8 @@
 
 Each group is also a cgroup-style file under /tenants/NAME/ (`KEY VALUE` lines, `max`
 for unlimited, writes mirror reads): `KEYS` of each record says how a key reads and
-parses. Config TOML and the journal build the same records with `tenant_from_dict`.
+parses. Config TOML and the journal build the same records with `tenant_from_dict`; a name
+new in the config or /ctl/tenants is also held to `check_new_name`, history is not.
 What the settings do (admission, holds, ledgers) is tenancy.py's; who a caller is,
 access.py's.
 """
@@ -212,7 +213,7 @@ def _sandbox(value: Sandbox | Mapping[str, Any]) -> Sandbox:
 class TenantConfig:
     """A tenant: its name, cgroup-style weight (1..10000, default 100) and the groups above."""
 
-    name: str = attrs.field(validator=check_entry_name("tenant"))
+    name: str = attrs.field(validator=check_name("tenant"))  # and check_new_name where one is made now
     weight: int = attrs.field(default=100, validator=_weight)
     members: Members = attrs.field(factory=Members, converter=_members)
     quota: Quota = attrs.field(factory=Quota, converter=_quota)
@@ -221,6 +222,12 @@ class TenantConfig:
 
 
 GROUPS: dict[str, type[Group]] = {"members": Members, "quota": Quota, "budget": Budget, "sandbox": Sandbox}
+
+
+def check_new_name(name: str) -> None:
+    """The rule for a tenant made now (the config, /ctl/tenants): not `.` or `..`, which name directories of
+    the tree (Invalid). Not for one the journal or a snapshot holds from before the rule: it is kept."""
+    check_entry_name("tenant")(None, None, name)
 
 
 def tenant_from_dict(data: Mapping[str, Any]) -> TenantConfig:

@@ -144,7 +144,9 @@ class NamedDirs(Dir):
         return self.named(name) if name in self.current() else None
 
     def entries(self):
-        return [(name, self.named(name)) for name in self.current()]
+        """Every name's directory but `.` and `..` (a tenant from before they were refused): the kernel lists
+        its own."""
+        return [(name, self.named(name)) for name in self.current() if name not in (".", "..")]
 
     def owns(self, inode: int) -> bool:
         return self.base <= inode < self.limit
