@@ -121,11 +121,11 @@ def test_an_older_versions_record_lists_its_pids_until_its_node_has_live_keys():
     key of old comes, its keys' pids instead (its tasks merged), and the record's again when it goes."""
     view = ClusterView(KEYS)
     view.apply(event(KEYS.node("old"), NodeRecord("old", 1, 1, tasks="4-6", tenants={"t": "4-6"}).to_json()))
-    assert (view.tenants_of("old"), view.tasks_of("old"), view.node("old").tasks) == ({"t": "4-6"}, "4-6", "4-6")
+    assert (view.tenants_of("old"), view.tasks_of("old"), view.node("old").tenants) == ({"t": "4-6"}, "4-6", {"t": "4-6"})
     view.apply(event(KEYS.live("old", "u"), b"8-9"))
     view.apply(event(KEYS.live("old", "v"), b"7,10"))
-    assert (view.tenants_of("old"), view.tasks_of("old"), view.node("old").tasks) == \
-        ({"u": "8-9", "v": "7,10"}, "7-10", "7-10")
+    assert (view.tenants_of("old"), view.tasks_of("old"), view.node("old").tenants) == \
+        ({"u": "8-9", "v": "7,10"}, "7-10", {"u": "8-9", "v": "7,10"})
     view.apply(event(KEYS.live("old", "u"), None))
     view.apply(event(KEYS.live("old", "v"), None))
     assert (view.tenants_of("old"), view.tasks_of("old"), view.live_counts) == ({"t": "4-6"}, "4-6", {})

@@ -14,7 +14,7 @@ replication of running tasks' output (replicas.py; unless
 `replicate_s` is 0), the writer of settings changes made at a close (shared.py) and, on
 the leader, the compaction of etcd's history (history.py). None of them blocks the file system:
 without etcd they note why and retry, and local reads and running tasks go on.
-`names_seen(rt)` and `node_seen(rt, name)` are what /nodes shows: the cluster's view, or
+`names_seen(rt)`, `node_seen(rt, name)` and `tasks_seen(rt, name)` are what /nodes shows: the cluster's view, or
 on a single node just this node.
 """
 import logging
@@ -31,7 +31,7 @@ from .livekeys import LiveKeys
 from .member import PUBLISH_S, RETRY_S, Member
 from .pids import take_block, wants_block
 from .etcd_records import Lease
-from .records import Keys, LiveRanges, NodeRecord, NodeView, record_of
+from .records import Keys, LiveRanges, NodeRecord, NodeView, record_of, scan
 from .replicas import Replicas
 from .routing import Router
 from .settings import ClusterSettings
@@ -198,3 +198,9 @@ def node_seen(rt, name: str) -> NodeView | None:
     if name != rt.kernel.config.node:
         return None
     return NodeView(record_of(rt.kernel, 0, rt.clock.now_us(), None), up=True, leader=True)
+
+
+def tasks_seen(rt, name: str) -> str:
+    """Node `name`'s live pids as ranges, as /nodes shows them: the cluster's view's (`tasks_of`); on a single
+    node its own, read off its kernel."""
+    return rt.cluster.view.tasks_of(name) if rt.cluster is not None else scan(rt.kernel)[0]

@@ -73,7 +73,8 @@ class UnreadableSince:
 class NodeView:
     """A node's last record and what the cluster says of it now; `unreadable` unless its record in etcd is
     the one read (view.py keeps the last one read); `tenants` its live pids by tenant (its live keys', else
-    its record's): the view's own dict, not a copy, so read it and leave it be."""
+    its record's): the view's own dict, not a copy, so read it and leave it be. Its live pids as one ranges
+    text are the view's to give (view.py `tasks_of`; daemon.py `tasks_seen`)."""
 
     record: NodeRecord
     up: bool
@@ -81,11 +82,6 @@ class NodeView:
     unreadable: UnreadableSince | None = None
     tenants: dict[str, str] = attrs.field(default=attrs.Factory(lambda self: self.record.tenants, takes_self=True),
                                           hash=False)
-
-    @property
-    def tasks(self) -> str:
-        """Its live pids as ranges."""
-        return merged(self.tenants.values()) if self.tenants is not self.record.tenants else self.record.tasks
 
 
 def record_of(kernel, epoch: int, seen_us: int, advertise: str | None,
