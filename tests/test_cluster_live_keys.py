@@ -28,15 +28,20 @@ from test_etcd_client import wait_for
 SETTLED_S = 3 * PUBLISH_S  # long enough for a once-a-second publisher to put its record twice
 
 
-async def revision(rt) -> int:
-    return (await rt.cluster.etcd.range(rt.cluster.keys.all, prefix=True)).revision
+async def own_revisions(rt) -> dict[bytes, int]:
+    """The mod_revision of each key under the prefix that node `rt` writes: those named for it (its record, up,
+    epoch, live and usage keys) and its election key; another node's writes, under any prefix, leave it be."""
+    name, keys = rt.cluster.name, rt.cluster.keys
+    found = await rt.cluster.etcd.range(keys.all, prefix=True)
+    return {kv.key: kv.mod_revision for kv in found.kvs if keys.kind_of(kv.key)[1].split("/")[0] == name
+            or (keys.kind_of(kv.key)[0] == "leader" and kv.value == name.encode())}
 
 
 async def test_an_idle_node_puts_nothing_between_heartbeats_and_its_record_at_each(etcd_member, tmp_path,
                                                                                      monkeypatch):
-    """n1 up with a live task and nothing changing, no heartbeat due: etcd's revision stays for three publish
-    periods; with a heartbeat due now (HEARTBEAT_S the time since its last put), the next look puts the record
-    alone, once."""
+    """n1 up with a live task and nothing changing, no heartbeat due: none of its keys is written for three
+    publish periods; with a heartbeat due now (HEARTBEAT_S the time since its last put), the next look puts the
+    record alone, once."""
     monkeypatch.setattr(member_mod, "HEARTBEAT_S", math.inf)
     n1 = cluster_node(tmp_path, etcd_member, "n1", "idle/")
     submit(n1, "default")
@@ -45,16 +50,19 @@ async def test_an_idle_node_puts_nothing_between_heartbeats_and_its_record_at_ea
             return await n1.cluster.etcd.get(n1.cluster.keys.live("n1", "default")) is not None
         await wait_for(published, "n1's live key")
         await trio.sleep(PUBLISH_S)  # the first look after the join finds the record as the join put it
-        before = await revision(n1)
+        before = await own_revisions(n1)
+        assert {n1.cluster.keys.node("n1"), n1.cluster.keys.live("n1", "default")} <= before.keys()
         await trio.sleep(SETTLED_S)
-        assert await revision(n1) == before
+        assert await own_revisions(n1) == before
         record = await n1.cluster.etcd.get(n1.cluster.keys.node("n1"))
         member = n1.cluster.member
         assert member.last_put is not None
         monkeypatch.setattr(member_mod, "HEARTBEAT_S", trio.current_time() - member.last_put[1])
         await wait_for(lambda: later(n1, record.mod_revision), "the heartbeat's put")
         monkeypatch.setattr(member_mod, "HEARTBEAT_S", math.inf)
-        assert await revision(n1) == before + 1
+        after = await own_revisions(n1)
+        assert after == {**before, record.key: after[record.key]}
+        assert (await n1.cluster.etcd.get(record.key)).version == record.version + 1
 
 
 async def later(rt, mod_revision: int) -> bool:
