@@ -12,11 +12,13 @@ import math
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from apeinxfs.cluster import member as member_mod
 from apeinxfs.cluster.etcd_records import Event, KeyValue
 from apeinxfs.cluster.member import PUBLISH_S
-from apeinxfs.cluster.peerdata import MAX_PIDS
+from apeinxfs.cluster.peerdata import MAX_PIDS, pid_count
 from apeinxfs.cluster.records import Keys, NodeRecord
 from apeinxfs.cluster.shared import SharedSettings
 from apeinxfs.cluster.view import ClusterView
@@ -153,6 +155,20 @@ def test_a_live_key_unreadable_or_past_max_pids_of_its_node_is_logged_and_droppe
     assert view.tenants_of("n") == {"big": f"1-{MAX_PIDS - 10}"} and view.live_counts == {"n": MAX_PIDS - 10}
     view.apply(event(KEYS.live("n", "d"), b"2000000-2000009"))
     assert view.tenants_of("n")["d"] == "2000000-2000009" and view.live_counts == {"n": MAX_PIDS}
+
+
+VALUES = [b"1-9", b"4", b"2,5-7", b"9,3", f"1-{MAX_PIDS}".encode(), None]  # None: the key deleted
+
+
+@given(st.lists(st.tuples(st.sampled_from("mn"), st.sampled_from("tu"), st.sampled_from(VALUES)), max_size=30))
+def test_a_nodes_live_count_is_the_pids_its_held_keys_name_through_any_puts_and_deletes(changes):
+    """Puts (good, out of order, past MAX_PIDS with another key held) and deletes of live keys of nodes m and
+    n, in any order: each node's live count is the pids its held keys name, counted afresh."""
+    view = ClusterView(KEYS)
+    for node, tenant, value in changes:
+        view.apply(event(KEYS.live(node, tenant), value))
+    assert view.live_counts == {node: sum(pid_count(text, "") for text in tenants.values())
+                                for node, tenants in view.live.items()}
 
 
 HUGE = [b"1" * 5000, b"1-" + b"2" * 4400, b"0" * 5000]  # pids past int()'s 4,300 digits
