@@ -15,6 +15,10 @@ rows stand for those fields here, as an older version's records carry them, usag
 - apply_ms: one `nodes/NAME` event through `ClusterView.apply`;
 - json_ms: `json.loads` of the same bytes, the baseline in the same round (the floor of any check);
 - ratio: apply / json. Each figure is the best of BENCH_ROUNDS rounds.
+A third table, `live key changed`, does the same for one of the node's live keys (`live/n001/team0000`,
+livekeys.py) of R ranges, alternating between two values (T plays no part): the follower reads the new value
+and takes the old one's pids off the node's count; json_ms there is of `json.loads` of the value as lists
+(peerdata's own fast path).
 With REF (another checkout, e.g. `git worktree add /tmp/ref main`), each round runs REF's and this
 checkout's apeinxfs in two worker processes, alternating, and prints this / REF: the figure that
 tells whether a cut buys 5%. BENCH_PROFILE=1 prints cProfile's hottest functions of apply on the
@@ -70,31 +74,46 @@ def median_ms(step, count: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def one_round(ranges: int, tenants: int, same_pids: bool) -> tuple[float, float]:
-    """(apply_ms, json_ms) of one round at this size, in this process's checkout."""
+def live_events(ranges: int) -> list:
+    """Two events of node n001's live key of tenant team0000: `ranges` ranges each, the second's one pid longer."""
+    from apeinxfs.cluster.etcd_records import Event, KeyValue
+    from apeinxfs.cluster.records import Keys
+    key = Keys("apeinxfs/").live("n001", "team0000")
+    texts = [",".join(f"{1_000 + 10 * i}-{1_000 + 10 * i + live - 1}" for i in range(ranges)) for live in (3, 4)]
+    return [Event("PUT", KeyValue(key, text.encode(), 1, 11, 2), None) for text in texts]
+
+
+def one_round(ranges: int, tenants: int, mode: str) -> tuple[float, float]:
+    """(apply_ms, json_ms) of one round at this size, in this process's checkout; `mode` "changed" or "same"
+    (the record's pids), or "live" (a live key)."""
     from apeinxfs.cluster.records import Keys
     from apeinxfs.cluster.view import ClusterView
-    view, events = ClusterView(Keys("apeinxfs/")), events_of(ranges, tenants, same_pids)
+    view = ClusterView(Keys("apeinxfs/"))
+    events = live_events(ranges) if mode == "live" else events_of(ranges, tenants, mode == "same")
     view.apply(events[0])
-    assert view.unreadable == {} and view.records, "the bench's record must be readable"
+    assert view.unread_live == {} and view.unreadable == {} and (view.records or view.live), "must be readable"
     count = 200 if ranges * tenants < 1_000_000 else 20
-    return (median_ms(lambda i: view.apply(events[i % 2]), count),
-            median_ms(lambda i: json.loads(events[i % 2].kv.value), count))
+    value = (lambda i: "[[" + events[i % 2].kv.value.decode().replace(",", "],[").replace("-", ",") + "]]") \
+        if mode == "live" else (lambda i: events[i % 2].kv.value)
+    return (median_ms(lambda i: view.apply(events[i % 2]), count), median_ms(lambda i: json.loads(value(i)), count))
 
 
-def compare(workers: dict, same_pids: bool) -> None:
+TITLES = {"changed": "pids changed", "same": "pids as before", "live": "live key changed"}
+
+
+def compare(workers: dict, mode: str) -> None:
     """Each size's best apply and json ms per checkout over ROUNDS rounds, the workers alternating."""
     names = list(workers)
-    print("pids as before" if same_pids else "pids changed")
-    print("ranges tenants record_B " + " ".join(f"{name}_apply_ms {name}_json_ms {name}_ratio" for name in names)
+    print(TITLES[mode])
+    print("ranges tenants value_B " + " ".join(f"{name}_apply_ms {name}_json_ms {name}_ratio" for name in names)
           + ("  this/ref" if len(names) == 2 else ""))
-    for ranges, tenants in SIZES:
+    for ranges, tenants in SIZES if mode != "live" else [(ranges, 1) for ranges in (10, 1_000, 10_000)]:
         best = {name: (float("inf"), float("inf")) for name in names}
         for index in range(ROUNDS):
             for name in (names if index % 2 == 0 else names[::-1]):
-                apply_ms, json_ms = workers[name].round(ranges, tenants, int(same_pids))
+                apply_ms, json_ms = workers[name].round(ranges, tenants, mode)
                 best[name] = (min(best[name][0], apply_ms), min(best[name][1], json_ms))
-        size = len(record(ranges, tenants, 3, 3))
+        size = len(live_events(ranges)[0].kv.value if mode == "live" else record(ranges, tenants, 3, 3))
         cells = " ".join(f"{a:14.3f} {j:11.3f} {a / j:9.1f}x" for a, j in best.values())
         tail = f"  {best['this'][0] / best['ref'][0]:8.3f}" if len(names) == 2 else ""
         print(f"{ranges:6d} {tenants:7d} {size:8d} {cells}{tail}", flush=True)
@@ -116,8 +135,8 @@ def main() -> None:
     sys.path.insert(0, this)
     workers = {name: Worker(HERE, root) for name, root in roots.items()}
     try:
-        for same_pids in (False, True):
-            compare(workers, same_pids)
+        for mode in TITLES:
+            compare(workers, mode)
     finally:
         for process in workers.values():
             process.close()
@@ -127,6 +146,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
-        serve(sys.argv[2], lambda ranges, tenants, same_pids: one_round(int(ranges), int(tenants), bool(int(same_pids))))
+        serve(sys.argv[2], lambda ranges, tenants, mode: one_round(int(ranges), int(tenants), mode))
     else:
         main()

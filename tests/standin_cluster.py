@@ -1,11 +1,14 @@
 """A stand-in for what cluster/routing.Router reads of daemon.Cluster, in process (no etcd, no peers): node a's
-Runtime (no FUSE) and a view of the nodes' records, for tier-2 tests of the routing of writes. Peers are set
-in the router's `peers` by the test (fakes that behave as a node's peer server does)."""
+Runtime (no FUSE) and the cluster's view (view.py's own) of the nodes' records and live keys, for tier-2 tests
+of the routing of writes. Peers are set in the router's `peers` by the test (fakes that behave as a node's peer
+server does)."""
 import attrs
 
 from apeinxfs import config as config_mod
-from apeinxfs.cluster.records import NodeRecord, NodeView
+from apeinxfs.cluster.etcd_records import KeyValue
+from apeinxfs.cluster.records import Keys, NodeRecord
 from apeinxfs.cluster.routing import Router
+from apeinxfs.cluster.view import ClusterView
 from apeinxfs.journal import Journal
 from apeinxfs.runtime import Runtime
 
@@ -20,26 +23,21 @@ def runtime(root, config: str = CONFIG) -> Runtime:
                    Journal(str(root / "journal.db")))
 
 
-@attrs.define
-class View:
-    """The cluster's view: the nodes' records, every one up, and `live`: each node's live pids by tenant, as
-    ranges (its live keys); no task keys, no pid blocks."""
+def view(records: list[NodeRecord], live: dict[str, dict[str, str]]) -> ClusterView:
+    """The cluster's view (view.py's own) as a read of etcd finds the nodes' `records`, every node up, and
+    `live`: each node's live pids by tenant, as ranges (its live keys); no task keys, no pid blocks."""
+    keys, kvs = Keys("standin/"), []
+    for record in records:
+        kvs += [kv(keys.node(record.name), record.to_json()), kv(keys.up(record.name), str(record.epoch).encode())]
+    kvs += [kv(keys.live(node, tenant), ranges.encode()) for node, tenants in live.items()
+            for tenant, ranges in tenants.items()]
+    made = ClusterView(keys)
+    made.load(kvs, revision=1)
+    return made
 
-    records: dict[str, NodeRecord]
-    live: dict[str, dict[str, str]] = attrs.Factory(dict)
-    tasks: dict = attrs.Factory(dict)
 
-    def nodes(self) -> dict[str, NodeView]:
-        return {name: NodeView(record, up=True, leader=False) for name, record in sorted(self.records.items())}
-
-    def holder(self, pid):
-        return None
-
-    def tasks_of(self, name):
-        return ""
-
-    def tenants_of(self, name):
-        return self.live.get(name, {})
+def kv(key: bytes, value: bytes) -> KeyValue:
+    return KeyValue(key, value, create_revision=1, mod_revision=1, version=1)
 
 
 @attrs.define
@@ -47,11 +45,11 @@ class StandInCluster:
     """What Router reads of daemon.Cluster: the Runtime, the node's name, its peer token, the view."""
 
     rt: Runtime
-    view: View
+    view: ClusterView
     name: str = "a"
     settings: object = attrs.field(factory=lambda: type("Settings", (), {"tokens": "token"})())
 
 
 def router(rt: Runtime, records: list[NodeRecord], live: dict[str, dict[str, str]] | None = None) -> Router:
     """Node a's Router over a view of `records` and the nodes' `live` pids by tenant."""
-    return Router(StandInCluster(rt, View({record.name: record for record in records}, live or {})))
+    return Router(StandInCluster(rt, view(records, live or {})))

@@ -12,11 +12,13 @@ import math
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from apeinxfs.cluster import member as member_mod
 from apeinxfs.cluster.etcd_records import Event, KeyValue
 from apeinxfs.cluster.member import PUBLISH_S
-from apeinxfs.cluster.peerdata import MAX_PIDS
+from apeinxfs.cluster.peerdata import MAX_PIDS, pid_count
 from apeinxfs.cluster.records import Keys, NodeRecord
 from apeinxfs.cluster.shared import SharedSettings
 from apeinxfs.cluster.view import ClusterView
@@ -28,15 +30,20 @@ from test_etcd_client import wait_for
 SETTLED_S = 3 * PUBLISH_S  # long enough for a once-a-second publisher to put its record twice
 
 
-async def revision(rt) -> int:
-    return (await rt.cluster.etcd.range(rt.cluster.keys.all, prefix=True)).revision
+async def own_revisions(rt) -> dict[bytes, int]:
+    """The mod_revision of each key under the prefix that node `rt` writes: those named for it (its record, up,
+    epoch, live and usage keys) and its election key; another node's writes, under any prefix, leave it be."""
+    name, keys = rt.cluster.name, rt.cluster.keys
+    found = await rt.cluster.etcd.range(keys.all, prefix=True)
+    return {kv.key: kv.mod_revision for kv in found.kvs if keys.kind_of(kv.key)[1].split("/")[0] == name
+            or (keys.kind_of(kv.key)[0] == "leader" and kv.value == name.encode())}
 
 
 async def test_an_idle_node_puts_nothing_between_heartbeats_and_its_record_at_each(etcd_member, tmp_path,
                                                                                      monkeypatch):
-    """n1 up with a live task and nothing changing, no heartbeat due: etcd's revision stays for three publish
-    periods; with a heartbeat due now (HEARTBEAT_S the time since its last put), the next look puts the record
-    alone, once."""
+    """n1 up with a live task and nothing changing, no heartbeat due: none of its keys is written for three
+    publish periods; with a heartbeat due now (HEARTBEAT_S the time since its last put), the next look puts the
+    record alone, once."""
     monkeypatch.setattr(member_mod, "HEARTBEAT_S", math.inf)
     n1 = cluster_node(tmp_path, etcd_member, "n1", "idle/")
     submit(n1, "default")
@@ -45,16 +52,19 @@ async def test_an_idle_node_puts_nothing_between_heartbeats_and_its_record_at_ea
             return await n1.cluster.etcd.get(n1.cluster.keys.live("n1", "default")) is not None
         await wait_for(published, "n1's live key")
         await trio.sleep(PUBLISH_S)  # the first look after the join finds the record as the join put it
-        before = await revision(n1)
+        before = await own_revisions(n1)
+        assert {n1.cluster.keys.node("n1"), n1.cluster.keys.live("n1", "default")} <= before.keys()
         await trio.sleep(SETTLED_S)
-        assert await revision(n1) == before
+        assert await own_revisions(n1) == before
         record = await n1.cluster.etcd.get(n1.cluster.keys.node("n1"))
         member = n1.cluster.member
         assert member.last_put is not None
         monkeypatch.setattr(member_mod, "HEARTBEAT_S", trio.current_time() - member.last_put[1])
         await wait_for(lambda: later(n1, record.mod_revision), "the heartbeat's put")
         monkeypatch.setattr(member_mod, "HEARTBEAT_S", math.inf)
-        assert await revision(n1) == before + 1
+        after = await own_revisions(n1)
+        assert after == {**before, record.key: after[record.key]}
+        assert (await n1.cluster.etcd.get(record.key)).version == record.version + 1
 
 
 async def later(rt, mod_revision: int) -> bool:
@@ -121,11 +131,11 @@ def test_an_older_versions_record_lists_its_pids_until_its_node_has_live_keys():
     key of old comes, its keys' pids instead (its tasks merged), and the record's again when it goes."""
     view = ClusterView(KEYS)
     view.apply(event(KEYS.node("old"), NodeRecord("old", 1, 1, tasks="4-6", tenants={"t": "4-6"}).to_json()))
-    assert (view.tenants_of("old"), view.tasks_of("old"), view.node("old").tasks) == ({"t": "4-6"}, "4-6", "4-6")
+    assert (view.tenants_of("old"), view.tasks_of("old"), view.node("old").tenants) == ({"t": "4-6"}, "4-6", {"t": "4-6"})
     view.apply(event(KEYS.live("old", "u"), b"8-9"))
     view.apply(event(KEYS.live("old", "v"), b"7,10"))
-    assert (view.tenants_of("old"), view.tasks_of("old"), view.node("old").tasks) == \
-        ({"u": "8-9", "v": "7,10"}, "7-10", "7-10")
+    assert (view.tenants_of("old"), view.tasks_of("old"), view.node("old").tenants) == \
+        ({"u": "8-9", "v": "7,10"}, "7-10", {"u": "8-9", "v": "7,10"})
     view.apply(event(KEYS.live("old", "u"), None))
     view.apply(event(KEYS.live("old", "v"), None))
     assert (view.tenants_of("old"), view.tasks_of("old"), view.live_counts) == ({"t": "4-6"}, "4-6", {})
@@ -145,6 +155,20 @@ def test_a_live_key_unreadable_or_past_max_pids_of_its_node_is_logged_and_droppe
     assert view.tenants_of("n") == {"big": f"1-{MAX_PIDS - 10}"} and view.live_counts == {"n": MAX_PIDS - 10}
     view.apply(event(KEYS.live("n", "d"), b"2000000-2000009"))
     assert view.tenants_of("n")["d"] == "2000000-2000009" and view.live_counts == {"n": MAX_PIDS}
+
+
+VALUES = [b"1-9", b"4", b"2,5-7", b"9,3", f"1-{MAX_PIDS}".encode(), None]  # None: the key deleted
+
+
+@given(st.lists(st.tuples(st.sampled_from("mn"), st.sampled_from("tu"), st.sampled_from(VALUES)), max_size=30))
+def test_a_nodes_live_count_is_the_pids_its_held_keys_name_through_any_puts_and_deletes(changes):
+    """Puts (good, out of order, past MAX_PIDS with another key held) and deletes of live keys of nodes m and
+    n, in any order: each node's live count is the pids its held keys name, counted afresh."""
+    view = ClusterView(KEYS)
+    for node, tenant, value in changes:
+        view.apply(event(KEYS.live(node, tenant), value))
+    assert view.live_counts == {node: sum(pid_count(text, "") for text in tenants.values())
+                                for node, tenants in view.live.items()}
 
 
 HUGE = [b"1" * 5000, b"1-" + b"2" * 4400, b"0" * 5000]  # pids past int()'s 4,300 digits

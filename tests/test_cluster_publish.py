@@ -1,6 +1,6 @@
-"""Tier 2: what a cluster node's record reads off its kernel (cluster/daemon.py `Cluster.record`): the task
-table scanned for live pids at most once a PUBLISH_S; a record made sooner (a join's) lists the live pids as
-last scanned and carries every other field (live count, free slots, queue, pid_next: what other nodes'
+"""Tier 2: what a cluster node's record reads off its kernel (cluster/daemon.py `Cluster.record`): the live
+pids looked at at most once a PUBLISH_S; a record made sooner (a join's) finds the live pids as last looked at
+and carries every other field (live count, free slots, queue, pid_next: what other nodes'
 placement and routing read) as it stands."""
 import attrs
 
@@ -24,10 +24,10 @@ class StillClock:
         return self.us
 
 
-def test_the_live_pids_are_scanned_at_most_once_a_publish_period_and_the_record_is_current(tmp_path):
-    """A second submit half a PUBLISH_S after a scan: the record (which lists no pids: they are in live keys)
-    counts 2 live tasks, gives pid_next 3 and the queue as they stand, while live_pids gives the pids scanned
-    before (1); once PUBLISH_S has passed since that scan, it gives both."""
+def test_the_live_pids_are_looked_at_at_most_once_a_publish_period_and_the_record_is_current(tmp_path):
+    """A second submit half a PUBLISH_S after a look: the record (which lists no pids: they are in live keys)
+    counts 2 live tasks, gives pid_next 3 and the queue as they stand, while live_pids gives the pids looked
+    at before (1); once PUBLISH_S has passed since that look, it gives both."""
     clock = StillClock()
     rt = node(tmp_path, LIMITED, clock)
     rt.commit([PidBlock(first=1, count=100)])

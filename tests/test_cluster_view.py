@@ -24,6 +24,7 @@ from apeinxfs.nodes import members
 from apeinxfs.nodes.tree import Tree
 from test_journal_runtime import open_runtime, submit
 from test_nodes import resolve, text
+from test_shared_settings import node
 
 KEYS = Keys("apx/")
 ENDPOINTS = ["http://127.0.0.1:2379"]
@@ -152,7 +153,7 @@ def test_status_and_tasks_render_a_node_as_the_man_page_says():
                                     "KVPagesFree:\t300\nQueued:\t1\nTasksRunning:\t1\nTasksLive:\t5\n"
                                     "Models:\tsim,tiny\nPrefixBlocks:\t9\nAdvertise:\t-\nLastSeen:\t2025-11-24T16:00:00Z\n"
                                     "Record:\tok\n")
-    assert members.tasks(node) == "7\n12\n13\n14\n20\n"
+    assert members.tasks(node.record.tasks) == "7\n12\n13\n14\n20\n"
 
 
 @given(st.sets(st.integers(1, 300)))
@@ -181,6 +182,21 @@ def test_a_single_node_lists_itself_up_and_leading(tmp_path):
         assert text(tree, "/nodes/local/tasks") == f"{pid}\n"
         assert text(tree, "/cluster") == "Node:\tlocal\nMode:\tsingle\nPidsLeft:\t-\n"
         assert refusal(lambda: resolve(tree, "/nodes/other")).errno == errno.ENOENT
+
+
+def test_a_cluster_nodes_tasks_file_lists_its_live_keys_pids_else_its_older_record_s(tmp_path):
+    """On a cluster node, /nodes/b/tasks lists b's live keys' pids, its tenants' merged in order, while it has
+    some; its record's (an older version's) once they are gone; ENOENT for a node never seen."""
+    rt = node(tmp_path)
+    view, tree = rt.cluster.view, Tree(rt)
+    view.apply(Event("PUT", kv(view.keys.node("b"), record("b", tasks="3", tenants={"t": "3"}).to_json(), 2), None))
+    for tenant, pids in [("u", b"8-9"), ("v", b"7,10")]:
+        view.apply(Event("PUT", kv(view.keys.live("b", tenant), pids, 3), None))
+    assert text(tree, "/nodes/b/tasks") == "7\n8\n9\n10\n"
+    for tenant in "uv":
+        view.apply(Event("DELETE", kv(view.keys.live("b", tenant), b"", 4), None))
+    assert text(tree, "/nodes/b/tasks") == "3\n"
+    assert refusal(lambda: text(tree, "/nodes/c/tasks")).errno == errno.ENOENT
 
 
 def test_the_compaction_row_is_the_leaders_and_the_tls_renewal_and_peer_token_rows_last(tmp_path):

@@ -62,3 +62,11 @@ def test_a_forwarded_task_ctl_names_its_refused_line_as_the_writes(router):
     """`\\nprio 5\\n` to /tasks/5000/ctl on a, sent to b which holds no such task: its refusal names line 2."""
     exc = refusal(router.route_ctl(PID, "b"), ["", "prio 5"])
     assert exc.errno == errno.ENOENT and exc.reply()[0].startswith("error: line 2: "), exc.reply()
+
+
+def test_a_pid_another_nodes_live_key_lists_is_that_nodes(tmp_path):
+    """Pid 3000, placed by no one and in no pid block a knows, listed by b's live key of tenant t: its owner is
+    b (of tenant t), a pid no node lists is none's."""
+    made = standin_cluster.router(runtime(tmp_path / "a"), [NodeRecord(name="b", epoch=1, seen_us=0)],
+                                  {"b": {"t": "2999-3000"}})
+    assert (made.owner(3000), made.live_tenant(3000, "b"), made.owner(3001)) == ("b", "t", None)

@@ -38,21 +38,22 @@ def queued_kernel() -> Kernel:
 
 def as_previous_release(kernel: Kernel) -> bytes:
     """The kernel's state as the previous release encoded it: its run queue without `_models`, its moves
-    without `backfill_after_us`."""
-    models, rest = kernel.runq._models, kernel.moves.backfill_after_us
-    del kernel.runq._models, kernel.moves.backfill_after_us
+    without `backfill_after_us`, its task table without `live_pids`."""
+    models, rest, live = kernel.runq._models, kernel.moves.backfill_after_us, kernel.tasks.live_pids
+    del kernel.runq._models, kernel.moves.backfill_after_us, kernel.tasks.live_pids
     try:
         return encode(kernel)
     finally:
-        kernel.runq._models, kernel.moves.backfill_after_us = models, rest
+        kernel.runq._models, kernel.moves.backfill_after_us, kernel.tasks.live_pids = models, rest, live
 
 
 def test_previous_release_snapshot_loads_with_models_recounted():
-    """The old-layout state loads migrated: `_models` is the live kernel's, the whole state is the same,
+    """The old-layout state loads migrated: `_models` and the live pids are the live kernel's, the whole state is the same,
     and the invariants hold then and after more events applied to both."""
     live = queued_kernel()
     assert dict(live.runq._models) == {"a": 1, "b": 3}
     loaded = migrations.load(as_previous_release(live), PREVIOUS, layout(TWO_MODELS))
+    assert loaded.tasks.live_pids.by_tenant == {"default": {1, 2, 3, 4, 5}}
     assert loaded.runq._models == live.runq._models and state_difference(live, loaded) == ""
     loaded.check_invariants()
     for now_us, event in [(10, Step(gpu=0, chunks=[Chunk(pid=1, text=" w", tokens=3, prefill=4)])), (20, Tick()),

@@ -6,7 +6,8 @@ from hypothesis import given, strategies as st
 
 from apeinxfs.cluster.etcd_records import Event, KeyValue
 from apeinxfs.cluster.placement import pressure, rank
-from apeinxfs.cluster.records import MAX_RANGES, Keys, NodeRecord, NodeView, live_by_tenant, pid_ranges, tenant_ranges
+from apeinxfs.cluster.records import MAX_RANGES, Keys, NodeRecord, NodeView, pid_ranges, scan
+from apeinxfs.kernel.livepids import LivePids
 from apeinxfs.kernel.task import State
 from apeinxfs.cluster.routing import Router, holds
 from apeinxfs.cluster.view import ClusterView
@@ -119,9 +120,9 @@ def test_each_tenants_live_pids_are_published_within_one_cap_for_all():
     """Live pids by tenant, exited ones left out; scattered pids of many tenants stop at MAX_RANGES runs in all."""
     def task(pid, tenant, state=State.RUNNING):
         return types.SimpleNamespace(pid=pid, tenant=tenant, state=state)
+    def kernel(tasks):
+        return types.SimpleNamespace(tasks=types.SimpleNamespace(live_pids=LivePids.of(tasks)))
     small = [task(1, "a"), task(2, "a"), task(3, "b"), task(4, "a", State.EXITED), task(5, "a")]
-    table = types.SimpleNamespace(tasks={t.pid: t for t in small})
-    assert tenant_ranges(live_by_tenant(table)) == {"a": "1-2,5", "b": "3"}
-    scattered = [task(pid, f"t{pid % 3}") for pid in range(1, 4 * MAX_RANGES, 2)]
-    ranges = tenant_ranges(live_by_tenant(types.SimpleNamespace(tasks={t.pid: t for t in scattered})))
+    assert scan(kernel(small)) == ("1-3,5", {"a": "1-2,5", "b": "3"})
+    ranges = scan(kernel([task(pid, f"t{pid % 3}") for pid in range(1, 4 * MAX_RANGES, 2)]))[1]
     assert sum(text.count(",") + 1 for text in ranges.values()) == MAX_RANGES and sorted(ranges) == ["t0", "t1"]

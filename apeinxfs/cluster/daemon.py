@@ -14,7 +14,7 @@ replication of running tasks' output (replicas.py; unless
 `replicate_s` is 0), the writer of settings changes made at a close (shared.py) and, on
 the leader, the compaction of etcd's history (history.py). None of them blocks the file system:
 without etcd they note why and retry, and local reads and running tasks go on.
-`names_seen(rt)` and `node_seen(rt, name)` are what /nodes shows: the cluster's view, or
+`names_seen(rt)`, `node_seen(rt, name)` and `tasks_seen(rt, name)` are what /nodes shows: the cluster's view, or
 on a single node just this node.
 """
 import logging
@@ -31,7 +31,7 @@ from .livekeys import LiveKeys
 from .member import PUBLISH_S, RETRY_S, Member
 from .pids import take_block, wants_block
 from .etcd_records import Lease
-from .records import Keys, NodeRecord, NodeView, record_of, scan
+from .records import Keys, LiveRanges, NodeRecord, NodeView, record_of, scan
 from .replicas import Replicas
 from .routing import Router
 from .settings import ClusterSettings
@@ -43,7 +43,7 @@ from .view import ClusterView
 log = logging.getLogger(__name__)
 PID_CHECK_S = 1.0  # how often the pids left are checked when no trace line wakes the keeper first
 USAGE_S = 0.05  # the soonest a change of this node's tenants' use is put after the last put of it
-PUBLISH_US = int(PUBLISH_S * 1_000_000)  # a record scans the task table for live pids at most this often (µs)
+PUBLISH_US = int(PUBLISH_S * 1_000_000)  # the live keys' rows are looked at again at most this often (µs)
 COMPACT_S = 300.0  # the leader compacts etcd's history to the revision it saw this long ago
 
 
@@ -62,8 +62,8 @@ class Cluster:
                              lambda error: self.member.note(error))  # this node's live pids, on its lease
         self.member = Member(self.etcd, self.keys, self.name, settings.lease_s, self.record, self.leased,
                              self.before_up)
-        # (kernel version, clock µs, records.scan's live pids) at the last scan of the task table; None: none yet
-        self._scanned: tuple[int, int, tuple[str, dict[str, str]]] | None = None
+        self._live_ranges = LiveRanges()  # the live keys' rows, read off the task table's index of live pids
+        self._live_looked_us: int | None = None  # the clock (µs) at the last look at them; None: none yet
         self.router = Router(self)  # where tasks live and writes go (routing.py)
         self.fencing = Fencing(runtime, self.member)  # holds the engines once the lease may have expired
         self.failover = Failover(self)  # task keys, the leader's moves, adoption and fencing (failover.py)
@@ -78,13 +78,14 @@ class Cluster:
         return record_of(self.rt.kernel, epoch, self.rt.clock.now_us(), self.settings.advertise, ("", {}))
 
     def live_pids(self) -> dict[str, str]:
-        """This node's live pids by tenant, as ranges (its live keys' rows): scanned again once the kernel
-        changed, at most every PUBLISH_S (the scan reads the whole task table: 8-36 ms with 10,000 live tasks
-        here), so a look sooner finds them as last scanned."""
-        kernel, now_us = self.rt.kernel, self.rt.clock.now_us()
-        if self._scanned is None or (self._scanned[0] != kernel.version and now_us >= self._scanned[1] + PUBLISH_US):
-            self._scanned = kernel.version, now_us, scan(kernel)
-        return self._scanned[2][1]
+        """This node's live pids by tenant, as ranges (its live keys' rows): looked at again at most every
+        PUBLISH_S (a look sorts the live pids of each tenant whose tasks came or exited since the last),
+        so a look sooner finds them as last looked at."""
+        now_us = self.rt.clock.now_us()
+        if self._live_looked_us is None or now_us >= self._live_looked_us + PUBLISH_US:
+            self._live_looked_us = now_us
+            return self._live_ranges.of(self.rt.kernel.tasks)
+        return self._live_ranges.rows
 
     async def live_changed(self, put: dict[str, str]) -> None:
         """Return once this node's live pids differ from `put` (its live keys'), PUBLISH_S after that put at
@@ -204,3 +205,9 @@ def node_seen(rt, name: str) -> NodeView | None:
     if name != rt.kernel.config.node:
         return None
     return NodeView(record_of(rt.kernel, 0, rt.clock.now_us(), None), up=True, leader=True)
+
+
+def tasks_seen(rt, name: str) -> str:
+    """Node `name`'s live pids as ranges, as /nodes shows them: the cluster's view's (`tasks_of`); on a single
+    node its own, read off its kernel."""
+    return rt.cluster.view.tasks_of(name) if rt.cluster is not None else scan(rt.kernel)[0]

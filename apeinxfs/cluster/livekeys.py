@@ -1,7 +1,7 @@
 """This node's tenants' live pids in etcd: a key per tenant with live tasks, `live/NODE/TENANT`, on the node's lease.
 
 The value is the tenant's live pids as ranges, `4-9,12` (records.pid_ranges; at most MAX_RANGES ranges over all
-the node's tenants). `LiveKeys` keeps them equal to the node's last scan of its task table (daemon.py
+the node's tenants). `LiveKeys` keeps them equal to the node's last look at its live pids (daemon.py
 `live_pids`, at most once a PUBLISH_S) with usagekeys.LeasedKeys: only the tenants whose pids changed are put,
 a tenant with no live task left is deleted, every key is put on each new lease before the up key, and the
 keys go with the lease. `live_of` reads one as the other nodes do: a peer's key is untrusted input (peerdata).

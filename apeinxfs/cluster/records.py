@@ -73,7 +73,8 @@ class UnreadableSince:
 class NodeView:
     """A node's last record and what the cluster says of it now; `unreadable` unless its record in etcd is
     the one read (view.py keeps the last one read); `tenants` its live pids by tenant (its live keys', else
-    its record's): the view's own dict, not a copy, so read it and leave it be."""
+    its record's): the view's own dict, not a copy, so read it and leave it be. Its live pids as one ranges
+    text are the view's to give (view.py `tasks_of`; daemon.py `tasks_seen`)."""
 
     record: NodeRecord
     up: bool
@@ -81,11 +82,6 @@ class NodeView:
     unreadable: UnreadableSince | None = None
     tenants: dict[str, str] = attrs.field(default=attrs.Factory(lambda self: self.record.tenants, takes_self=True),
                                           hash=False)
-
-    @property
-    def tasks(self) -> str:
-        """Its live pids as ranges."""
-        return merged(self.tenants.values()) if self.tenants is not self.record.tenants else self.record.tasks
 
 
 def record_of(kernel, epoch: int, seen_us: int, advertise: str | None,
@@ -106,29 +102,49 @@ def record_of(kernel, epoch: int, seen_us: int, advertise: str | None,
 
 
 def scan(kernel) -> tuple[str, dict[str, str]]:
-    """The live pids of a record, read off the task table: (all as ranges, each tenant's as ranges)."""
-    live = len(kernel.tasks) - kernel.tasks.count(State.EXITED)
-    by_tenant = live_by_tenant(kernel) if live else {}  # one pass over the task table, only while tasks live
-    return pid_ranges(sorted(pid for pids in by_tenant.values() for pid in pids)), tenant_ranges(by_tenant)
+    """The live pids of a record, read off the task table's index of them: (all as ranges, each tenant's as
+    ranges)."""
+    by_tenant = kernel.tasks.live_pids.by_tenant
+    every = sorted(pid for pids in by_tenant.values() for pid in pids)
+    return pid_ranges(every), tenant_ranges({tenant: pid_ranges(sorted(pids)) for tenant, pids in by_tenant.items()})
 
 
-def live_by_tenant(kernel) -> dict[str, list[int]]:
-    """Each tenant's live pids, in order."""
-    found: dict[str, list[int]] = {}
-    for task in kernel.tasks.values():
-        if task.state is not State.EXITED:
-            found.setdefault(task.tenant, []).append(task.pid)
-    return {tenant: sorted(pids) for tenant, pids in found.items()}
+@attrs.define
+class LiveRanges:
+    """Each tenant's live pids as ranges (`scan`'s second part), kept from a task table's index of them
+    (kernel/livepids.py): a look sorts again only the pids of the tenants whose live tasks changed since the
+    last look, and assembles the rows only when one did."""
+
+    table: object = None  # the task table looked at last (a recovered kernel's is another: all read again)
+    seen: int = 0  # its index's `changes` then
+    ranges: dict[str, str] = attrs.Factory(dict)  # tenant -> its live pids as ranges, MAX_RANGES at most
+    rows: dict[str, str] = attrs.Factory(dict)  # tenant_ranges of `ranges`
+
+    def of(self, table) -> dict[str, str]:
+        """Each tenant's live pids in `table` as ranges, MAX_RANGES of them in all (tenant_ranges)."""
+        index = table.live_pids
+        if table is not self.table:
+            self.table, self.seen, self.ranges, self.rows = table, -1, {}, {}
+        if index.changes == self.seen:
+            return self.rows
+        for tenant in [tenant for tenant in self.ranges if tenant not in index.by_tenant]:
+            del self.ranges[tenant]
+        for tenant in index.changed_since(self.seen):
+            self.ranges[tenant] = pid_ranges(sorted(index.by_tenant[tenant]))
+        self.seen, self.rows = index.changes, tenant_ranges(self.ranges)
+        return self.rows
 
 
-def tenant_ranges(by_tenant: dict[str, list[int]]) -> dict[str, str]:
-    """Each tenant's live pids as ranges, MAX_RANGES of them in all (those past it are not listed)."""
-    ranges, left = {}, MAX_RANGES
-    for tenant, pids in sorted(by_tenant.items()):
+def tenant_ranges(ranges: dict[str, str]) -> dict[str, str]:
+    """Each tenant's pid ranges (pid_ranges' texts), MAX_RANGES of them in all: the first in tenant order, those
+    past it not listed."""
+    listed, left = {}, MAX_RANGES
+    for tenant, text in sorted(ranges.items()):
+        count = text.count(",") + 1
         if left > 0:
-            ranges[tenant] = pid_ranges(pids, left)
-            left -= ranges[tenant].count(",") + 1
-    return ranges
+            listed[tenant] = text if count <= left else ",".join(text.split(",", left)[:left])
+        left -= count
+    return listed
 
 
 def pid_ranges(pids: list[int], most: int = MAX_RANGES) -> str:

@@ -28,7 +28,7 @@ import logging
 
 from .etcd_records import Event, KeyValue
 from .livekeys import live_of
-from .peerdata import MAX_PIDS, Unreadable, pid_count
+from .peerdata import MAX_PIDS, Unreadable
 from .records import Keys, NodeRecord, NodeView, UnreadableSince, merged
 from .taskkeys import TaskKey
 
@@ -49,6 +49,7 @@ class ClusterView:
         self.tasks: dict[int, tuple[TaskKey, int]] = {}  # pid -> (its task key, the key's mod revision)
         self.live: dict[str, dict[str, str]] = {}  # node -> tenant -> its live pids as ranges (its live keys)
         self.live_counts: dict[str, int] = {}  # node -> how many pids its live keys name in all
+        self._live_count: dict[str, int] = {}  # live key NODE/TENANT held -> how many pids it names
         self._merged: dict[str, str] = {}  # node -> its live keys' pids as one ranges text, once asked for
         self.unread_live: dict[str, str] = {}  # live key NODE/TENANT held unread -> why (logged once for it)
         self.revision = 0  # etcd's revision this view has seen up to
@@ -59,7 +60,7 @@ class ClusterView:
         records, marks, unread = self.records, self.unreadable, self.unread_live
         self.records, self.unreadable, self.up, self.candidates, self.blocks, self._firsts, self.tasks = \
             {}, {}, {}, {}, {}, None, {}
-        self.live, self.live_counts, self._merged, self.unread_live = {}, {}, {}, {}
+        self.live, self.live_counts, self._live_count, self._merged, self.unread_live = {}, {}, {}, {}, {}
         for kv in kvs:
             self._put(kv, records, marks, unread)
         self.revision = revision
@@ -136,15 +137,20 @@ class ClusterView:
             return
         self.live.setdefault(node, {})[tenant] = text
         self.live_counts[node] = self.live_counts.get(node, 0) + count
+        self._live_count[name] = count
 
     def _drop_live(self, node: str, tenant: str) -> None:
-        """Forget live key NODE/TENANT's pids, if held, or that it was unread."""
+        """Forget live key NODE/TENANT's pids, if held (its count, kept from its read, off its node's), or that it
+        was unread."""
+        name = f"{node}/{tenant}"
         self._merged.pop(node, None)
-        self.unread_live.pop(f"{node}/{tenant}", None)
-        text = self.live.get(node, {}).pop(tenant, None)
-        if text is not None:
-            self.live_counts[node] -= pid_count(text, "")
-        if not self.live.get(node, True):
+        self.unread_live.pop(name, None)
+        count = self._live_count.pop(name, None)
+        if count is None:
+            return
+        del self.live[node][tenant]
+        self.live_counts[node] -= count
+        if not self.live[node]:
             del self.live[node], self.live_counts[node]
 
     def _delete(self, key: bytes) -> None:

@@ -25,9 +25,11 @@ import attrs
 
 from . import state
 from .kernel import Kernel
+from .livepids import LivePids
 from .memory import KVManager
 from .moves import Moves
 from .runqueue import RunQueue, count_by_model
+from .tasktable import TaskTable
 from .trace import TraceLog
 
 Layout = dict[str, list[str]]
@@ -51,6 +53,7 @@ MIGRATIONS: dict[type, Migration] = {
     # GPUs held from placement for their engines' KV reports became pages counted used; none until a report changes
     KVManager: Migration(added={"unbooked": lambda _kv: {}}, gone=frozenset({"held"})),
     # one pattern of every tenant's name for all views, a cache built at the first read, replaced each tenant's own
+    TaskTable: Migration(added={"live_pids": lambda table: LivePids.of(table.values())}),  # indexed from its tasks
     TraceLog: Migration(added={"_pattern": lambda _trace: None, "_removed": lambda _trace: {}}, gone=frozenset({"_others"})),
 }
 DECLARED = {state.class_name(cls): migration for cls, migration in MIGRATIONS.items()}

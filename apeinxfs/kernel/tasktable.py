@@ -2,7 +2,7 @@
 
 `TaskTable` is a read-only mapping pid -> Task (exited tasks stay, for `wait` and /tasks);
 it owns the next pid (in a cluster, from the pid blocks the cluster granted), the count
-of tasks in each state (changed only by `set_state`), the heap of deadlines and the walk
+of tasks in each state (changed only by `set_state`) and each tenant's live pids (livepids.py), the heap of deadlines and the walk
 of a task tree (a kill's descendants, whether a tree is done, the ancestors a `wait` wakes). Trees can be as deep as a user makes them, so every
 walk keeps its own stack. What a task does on a GPU or in the queue is not here.
 """
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from .errors import Busy, Invalid, NotFound, TryAgain
 from .events import PidBlock
+from .livepids import LivePids
 from .task import State, Task
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ class TaskTable(Mapping[int, Task]):
         self.pid_end: int | None = 1 if pid_blocks else None  # the end of the current pid block; None: no blocks
         self._blocks: list[tuple[int, int]] = []  # granted blocks (first, end) after the current one
         self.state_counts: dict[State, int] = dict.fromkeys(State, 0)
+        self.live_pids = LivePids()  # each tenant's live pids (kept by `add` and `set_state`), for the cluster
 
     def __getitem__(self, pid: int) -> Task:
         return self._tasks[pid]
@@ -51,6 +53,7 @@ class TaskTable(Mapping[int, Task]):
         """A new task, in state NEW, with the next pid (or, `adopted`, a pid of another node's block)."""
         self._tasks[task.pid] = task
         self.state_counts[task.state] += 1
+        self.live_pids.add(task.tenant, task.pid)
         if adopted:
             return
         self.next_pid = task.pid + 1
@@ -170,6 +173,7 @@ class TaskTable(Mapping[int, Task]):
         task.state = state
         self._changed.add(task.pid)
         if state is State.EXITED:
+            self.live_pids.discard(task.tenant, task.pid)
             self._may_reap(task)
 
     # -- deadlines ------------------------------------------------------------------------
@@ -270,6 +274,7 @@ class TaskTable(Mapping[int, Task]):
                 yield f"task {task.pid}: state {task.state} but exit {task.exit!r} and gpu {task.gpu}"
         yield from self._tree_problems(live)
         yield from self._deadline_problems(live)
+        yield from self.live_pids.problems(live)
         yield from self._reap_problems()
 
     def _reap_problems(self) -> Iterator[str]:

@@ -15,7 +15,7 @@ import time
 
 import attrs
 
-from ..cluster.daemon import names_seen, node_seen
+from ..cluster.daemon import names_seen, node_seen, tasks_seen
 from ..cluster.peer_wire import TokenFile
 from ..cluster.records import NodeView, pids_of
 from ..kernel.errors import NotFound
@@ -84,9 +84,9 @@ def peer_token(tokens: TokenFile | None) -> str:
     return tokens.state
 
 
-def tasks(node: NodeView) -> str:
-    """The node's live pids (queued, running, stopped), one a line, as it last published them."""
-    return "".join(f"{pid}\n" for pid in pids_of(node.tasks))
+def tasks(ranges: str) -> str:
+    """A node's live pids (queued, running, stopped) as it last published them (`ranges`), one a line."""
+    return "".join(f"{pid}\n" for pid in pids_of(ranges))
 
 
 @attrs.define(eq=False)
@@ -98,14 +98,20 @@ class NodeDir(BuiltDir):
     name: str = ""
 
     def build(self, file):
-        render = status if file == "status" else tasks
-        return Show(show=lambda: render(self.seen()), volatile=True)
+        if file == "status":
+            return Show(show=lambda: status(self.seen()), volatile=True)
+        return Show(show=lambda: tasks(self.seen_tasks()), volatile=True)
 
     def seen(self) -> NodeView:
         node = node_seen(self.rt, self.name)
         if node is None:  # its record was deleted from etcd by hand
             raise NotFound(f"node {self.name} is no longer in the cluster")
         return node
+
+    def seen_tasks(self) -> str:
+        """The node's live pids as ranges (NotFound as `seen`)."""
+        self.seen()
+        return tasks_seen(self.rt, self.name)
 
 
 @attrs.define(eq=False)
