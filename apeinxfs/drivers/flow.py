@@ -10,12 +10,7 @@ Exception a job lets out (not one of the errors its driver turns into Failed or 
 which it catches itself) fails that task alone, `driver bug: TYPE at FILE:LINE`, and is kept
 as the Bug `driver.NAME.job` of the runtime's supervisor (supervise.py, /ai/health); the
 GPU's other jobs and the daemon go on. Failed at once rather than resumed: a bug is not an
-outage; resumed, the same code meets the same text again. A Step that raises (a bug in the
-kernel's step for one task) is delivered again a task at a time: the task whose own Step raises
-fails so, the others' text goes whole (each delivered Step is journaled as any other; the one
-that raised is not). The kernel's step is not atomic: chunks it served before the bug stay
-served in memory and are served again alone, so a reader sees that text twice until the next
-start, which replays the journal (once). Used by openai.py (a stream per task),
+outage; resumed, the same code meets the same text again. Used by openai.py (a stream per task),
 triton.py (through openai.py) and llamacpp.py (a generation per task). No engine I/O here.
 """
 import functools
@@ -88,7 +83,6 @@ class Outbox:
         self.chunks, self.failures = [], []
         self.interrupted: set[int] = set()  # tasks whose Interrupted went out since run_jobs last looked
         self.flowing: set[int] = set()  # tasks whose first token since they were placed went out
-        self.jobs: dict[int, object] = {}  # pid -> task, of the jobs running under `guarded`
         self.ready = trio.Event()
 
     def put(self, chunk: Chunk) -> bool:
@@ -116,13 +110,10 @@ class Outbox:
     async def guarded(self, task, job, *args) -> None:
         """Run `task`'s job `job(*args)`; an Exception it lets out is a bug: `task` fails naming its
         type and place, and the host keeps it (`note_bug`). Cancelled and other BaseExceptions pass."""
-        self.jobs[task.pid] = task
         try:
             await job(*args)
         except Exception as exc:
             self._bug(task, exc)
-        finally:
-            self.jobs.pop(task.pid, None)
 
     def put_guarded(self, task, chunk) -> bool:
         """`put(chunk)` for `task`'s job from outside the job's trio task (llama.cpp's thread hands its tokens
@@ -163,27 +154,9 @@ class Outbox:
                         self.interrupted.add(task.pid)
 
     def _deliver_chunks(self) -> None:
-        """Deliver what waits as one Step; if that raises (a bug in the kernel's step for one task), each
-        task's chunk in a Step of its own, so that the bug fails its task alone and the others' text goes."""
-        chunks, self.chunks = merged(self.chunks), []
-        if not chunks:
-            return
-        try:
-            self.host.deliver(Step(gpu=self.gpu, chunks=chunks))
-        except Exception as exc:
-            if not any([self._deliver_alone(chunk) for chunk in chunks]):  # every task's step went: not one task's bug
-                self.host.note_bug(self.bug_name, exc, "its step delivered one task at a time")
-
-    def _deliver_alone(self, chunk: Chunk) -> bool:
-        """Deliver `chunk` in a Step of its own; if that raises, fail its task as `guarded` does; whether it raised."""
-        try:
-            self.host.deliver(Step(gpu=self.gpu, chunks=[chunk]))
-        except Exception as exc:
-            if chunk.pid not in self.jobs:  # no job of ours: nothing to fail
-                raise
-            self._bug(self.jobs[chunk.pid], exc)
-            return True
-        return False
+        chunks, self.chunks = self.chunks, []
+        if chunks:
+            self.host.deliver(Step(gpu=self.gpu, chunks=merged(chunks)))
 
 
 def merged(chunks: list[Chunk]) -> list[Chunk]:
