@@ -18,7 +18,7 @@ from apeinxfs.nodes.tree import Tree
 from test_forwarding import Recorder
 from test_journal_runtime import open_runtime
 from test_nodes import refusal, resolve
-from test_shared_settings import EchoEtcd, add, entry, node, settings_lines
+from test_shared_settings import EchoEtcd, add, node, settings_lines
 
 ADMIN = Caller(uid=0, pid=10)
 USER = Caller(uid=1000, gid=1000, pid=11, role="user")
@@ -75,13 +75,7 @@ async def test_a_cluster_settings_write_refused_by_etcd_or_when_applied_leaves_o
     handle = Tree(rt).root.children["ctl"].children["tenants"].open(ADMIN, writing=True, reading=False)
     with pytest.raises(Unavailable):
         await handle.write_async(b"add t2\n")
-    echo.refuse, real_put = None, echo.put
-
-    async def another_node_first(key, value):
-        echo.revision += 1
-        rt.cluster.shared.apply(entry(echo.revision, "b", add("t1", 222)))
-        return await real_put(key, value)
-    echo.put = another_node_first
+    echo.refuse, echo.first = None, ("b", [add("t1", 222)])
     with pytest.raises(ApeinxError) as exists:
         await handle.write_async(b"add t1 weight=300\n")
     assert exists.value.errno == errno.EEXIST and len(settings_lines(rt)) == 2
