@@ -28,14 +28,20 @@ CONFIG = '[daemon]\nnode = "n1"\n[cluster]\netcd = ["http://127.0.0.1:1"]\nprefi
 
 class EchoEtcd:
     """An etcd whose puts come straight back through `shared.apply`, at rising revisions, as the watch
-    brings them; `refuse` makes a put fail instead (no quorum)."""
+    brings them; `refuse` makes a put fail instead (no quorum); `first` (node, events) is another node's entry
+    that lands in etcd's order just before the next put."""
 
     def __init__(self, shared, refuse: ApeinxError | None = None):
         self.shared, self.refuse, self.revision = shared, refuse, 100
+        self.first: tuple | None = None
 
     async def put(self, key: bytes, value: bytes) -> int:
         if self.refuse is not None:
             raise self.refuse
+        if self.first is not None:
+            self.revision += 1
+            self.shared.apply(entry(self.revision, self.first[0], *self.first[1]))
+            self.first = None
         self.revision += 1
         self.shared.apply(KeyValue(key, value, self.revision, self.revision, 1))
         return self.revision
@@ -130,13 +136,7 @@ async def test_an_entry_this_node_refuses_when_it_comes_fails_the_write_with_tha
     echo = rt.cluster.shared.etcd = EchoEtcd(rt.cluster.shared)
     handle = Command(mode=0o100600, run=tenants_ctl(rt), limits=rt.buffers.at("/ctl/tenants")).open(
         Caller(), writing=True, reading=True)
-    real_put = echo.put
-
-    async def another_node_first(key, value):
-        echo.revision += 1
-        rt.cluster.shared.apply(entry(echo.revision, "b", add("t1", 222)))
-        return await real_put(key, value)
-    echo.put = another_node_first
+    echo.first = ("b", [add("t1", 222)])
     with pytest.raises(Exists) as refused:
         await handle.write_async(b"add t1 weight=300\n")
     assert refused.value.errno == errno.EEXIST and rt.kernel.tenancy.tenants["t1"].weight == 222

@@ -75,7 +75,14 @@ def encode_error(exc: ApeinxError) -> tuple[int, bytes]:
 
 def decode_error(body: bytes, where: str) -> ApeinxError:
     """The error a peer's JSON body carries, as its own class where this node knows it (same
-    name and errno), else RemoteError; a body that is not such JSON is an EIO naming `where`."""
+    name and errno), else RemoteError, journaled already (the peer journaled its refusal of a write);
+    a body that is not such JSON is an EIO naming `where`."""
+    error = _decoded(body, where)
+    error.journaled = True
+    return error
+
+
+def _decoded(body: bytes, where: str) -> ApeinxError:
     try:
         fields = json.loads(body)
         name, number, reason = fields["error"], fields["errno"], fields["reason"]

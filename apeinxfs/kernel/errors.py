@@ -12,6 +12,7 @@ class ApeinxError(Exception):
 
     errno = errno.EIO
     denial = False  # refused because of who asked (role, namespace, policy, quota): audited
+    journaled = False  # recorded already (Runtime.reject, or by the peer that refused it): a refusal is journaled once
 
     def __init__(self, reason: str, replies: list[str] | None = None):
         super().__init__(reason)
@@ -122,7 +123,10 @@ class NotAllRun(ApeinxError):
     their node, or their node's answer was lost (outcome unknown), while others may have run.
 
     Its errno is that of the first line that did not run where none ran, else EREMOTEIO (partly run); its
-    reply has a line for each line written, in order: the pid of one that ran, or `error: line N: REASON`."""
+    reply has a line for each line written, in order: the pid of one that ran, or `error: line N: REASON`.
+    Each node journaled the refusal of its own lines, so the write's is not journaled again."""
+
+    journaled = True
 
     def __init__(self, line_errno: int, reason: str, outcome: list[str]):
         super().__init__(reason)

@@ -349,17 +349,21 @@ class CommandHandle(Handle):
     @contextlib.contextmanager
     def refusals(self):
         """A refusal or a bug raised inside is this write's: its reasons (a bug's: BUG) become the reply, its
-        partial line is dropped (as any failed write's), and it goes on up (fs.py makes a bug EIO)."""
+        partial line is dropped (as any failed write's), and it goes on up (fs.py makes a bug EIO). A refusal is
+        journaled here, the one place every refused write of every ctl and settings file passes (a `reject` line,
+        once: Runtime.reject skips one journaled already; none while degraded)."""
         try:
             yield
         except Exception as exc:
             self.reply = reply_text(exc.reply() if isinstance(exc, ApeinxError) else [f"error: {BUG}"])
             self.pending.clear()
+            if isinstance(exc, ApeinxError):
+                self.limits.journal(exc, self.caller)
             raise
 
     def check(self, data: bytes) -> None:
         """The limits on `data` as this descriptor's next write, before any line is read (E2BIG, ENOBUFS):
-        a refusal is journaled and is the write's."""
+        a refusal is the write's."""
         with self.holding(), self.refusals():
             self.limits.check_write(self.caller, data, len(self.pending), self.held)
 

@@ -5,8 +5,9 @@ A write's complete lines are parsed, admitted and committed in one go on the dae
 its writes (up to LINE_MAX each): one uid's descriptors together at most `pending_bytes` (ENOBUFS), root's
 and admins' too, each uid apart, so that no uid's lines crowd out another's. Not here: what a line may say
 (nodes/ctl.py) or how long it may be (base.LINE_MAX). A ctl file gets its `Limits` (the daemon's Buffers and
-its own path) when it is built, and hands them to each descriptor it opens; a write they refuse is journaled
-(`Buffers.journal`, the runtime's `reject`) wherever it came from, the mount or a peer.
+its own path) when it is built, and hands them to each descriptor it opens; every write a descriptor refuses, by
+these limits or by a line, is journaled through them (`Limits.journal`: `Buffers.journal`, the runtime's `reject`)
+wherever it came from, the mount or a peer.
 """
 from collections.abc import Callable
 
@@ -60,16 +61,16 @@ class Buffers:
 
 @attrs.frozen
 class Limits:
-    """The daemon's `buffers` as one ctl file (at `path`) applies them: a write they refuse is journaled."""
+    """The daemon's `buffers` as one ctl file (at `path`) applies them, and where its refused writes are journaled."""
 
     buffers: Buffers
     path: str
 
     def check_write(self, caller, data: bytes, pending: int, holding: int) -> None:
-        """Buffers.check_write for a descriptor of `caller` (nodes.base.Caller); its refusal journaled, then raised."""
-        try:
-            self.buffers.check_write(caller.uid, data, pending, holding)
-        except (TooBig, NoBuffers) as exc:
-            if self.buffers.journal is not None:
-                self.buffers.journal(self.path, exc, caller.uid, caller.pid, caller.tenant)
-            raise
+        """Buffers.check_write for a descriptor of `caller` (nodes.base.Caller)."""
+        self.buffers.check_write(caller.uid, data, pending, holding)
+
+    def journal(self, refusal: ApeinxError, caller) -> None:
+        """Record `refusal` of a write of `caller` to this file (a `reject` line), unless it was already."""
+        if self.buffers.journal is not None:
+            self.buffers.journal(self.path, refusal, caller.uid, caller.pid, caller.tenant)

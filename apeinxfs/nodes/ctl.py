@@ -68,7 +68,9 @@ def _refuse(rt, path, errors, caller, count) -> None:
         replies.append(f"lines {errors[-1][0] + 1}..{count}: not checked ({REFUSED_MAX} lines refused already)")
     first = errors[0][1]
     rt.reject(path, first, caller.uid, caller.pid, caller.tenant)
-    raise type(first)(replies[0], replies)
+    refusal = type(first)(replies[0], replies)
+    refusal.journaled = True  # as `first`, the line it names
+    raise refusal
 
 
 def submit(rt):
