@@ -160,15 +160,23 @@ def test_a_live_key_unreadable_or_past_max_pids_of_its_node_is_logged_and_droppe
 VALUES = [b"1-9", b"4", b"2,5-7", b"9,3", f"1-{MAX_PIDS}".encode(), None]  # None: the key deleted
 
 
-@given(st.lists(st.tuples(st.sampled_from("mn"), st.sampled_from("tu"), st.sampled_from(VALUES)), max_size=30))
+LIVE_NAMES = ["m/t", "m/u", "n/t", "n/u", "n", "n/", "/t", "n/t/x"]  # NODE/TENANT under live/; malformed too
+
+
+@given(st.lists(st.tuples(st.sampled_from(LIVE_NAMES), st.sampled_from(VALUES)), max_size=30))
 def test_a_nodes_live_count_is_the_pids_its_held_keys_name_through_any_puts_and_deletes(changes):
     """Puts (good, out of order, past MAX_PIDS with another key held) and deletes of live keys of nodes m and
-    n, in any order: each node's live count is the pids its held keys name, counted afresh."""
-    view = ClusterView(KEYS)
-    for node, tenant, value in changes:
-        view.apply(event(KEYS.live(node, tenant), value))
+    n, well formed or not (no tenant, no node), in any order: each node's live count is the pids its held keys
+    name, counted afresh, and each pid set held is a key's still in etcd, with a node and a tenant."""
+    view, present = ClusterView(KEYS), set()
+    for name, value in changes:
+        key = KEYS.all + b"live/" + name.encode()
+        view.apply(event(key, value))
+        (present.add if value is not None else present.discard)(key)
     assert view.live_counts == {node: sum(pid_count(text, "") for text in tenants.values())
                                 for node, tenants in view.live.items()}
+    assert all(node and tenant and KEYS.live(node, tenant) in present
+               for node, tenants in view.live.items() for tenant in tenants)
 
 
 HUGE = [b"1" * 5000, b"1-" + b"2" * 4400, b"0" * 5000]  # pids past int()'s 4,300 digits

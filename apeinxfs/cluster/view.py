@@ -13,8 +13,9 @@ knowledge there is), with one log line when it turns unreadable and one when it 
 again. A reload (`load`) does as the watch does, keeping the record read before; a node
 whose record this view never read is not listed.
 A node's live pids are in its live keys (`live/NAME/TENANT`, livekeys.py: `live`, checked as read;
-one unreadable is dropped, and logged once for a reason, until the key is deleted or read); `tenants_of` and `tasks_of` give them, or an older version's
-record's while the node has none.
+one unreadable, or named without a node or a tenant, is dropped, and logged once for a reason, until the key
+is deleted or read); `tenants_of` and `tasks_of` give them, or an older version's record's while the node
+has none.
 `holder(pid)` names the node granted the pid block of `pid` (`blocks/FIRST` keys); `tasks`
 holds the task keys (taskkeys.py) with their revisions, for failover.
 Pure: no etcd calls, no trio. Every node applies the same events in the same order, so
@@ -121,12 +122,14 @@ class ClusterView:
 
     def _live(self, name: str, value: bytes, unread: dict[str, str]) -> None:
         """Live key NODE/TENANT `name`'s new value; one this version cannot read, or that brings its node's
-        live pids past MAX_PIDS, is dropped (the key counts as deleted), and logged unless `unread` (the view's
-        before this change) holds it unread for the same reason."""
+        live pids past MAX_PIDS, or whose name lacks a node or a tenant, is dropped (the key counts as deleted), and
+        logged unless `unread` (the view's before this change) holds it unread for the same reason."""
         node, _, tenant = name.partition("/")
         logged = unread.get(name)
-        self._drop_live(node, tenant)
+        self._drop_live(name)
         try:
+            if not node or not tenant:
+                raise Unreadable(f"live key {name} names no node or no tenant")
             text, count = live_of(name, value)
             if self.live_counts.get(node, 0) + count > MAX_PIDS:
                 raise Unreadable(f"live pids of {name}: with them node {node}'s live keys name over {MAX_PIDS}")
@@ -139,10 +142,10 @@ class ClusterView:
         self.live_counts[node] = self.live_counts.get(node, 0) + count
         self._live_count[name] = count
 
-    def _drop_live(self, node: str, tenant: str) -> None:
-        """Forget live key NODE/TENANT's pids, if held (its count, kept from its read, off its node's), or that it
-        was unread."""
-        name = f"{node}/{tenant}"
+    def _drop_live(self, name: str) -> None:
+        """Forget live key NODE/TENANT `name`'s pids, if held (its count, kept from its read, off its node's), or
+        that it was unread."""
+        node, _, tenant = name.partition("/")
         self._merged.pop(node, None)
         self.unread_live.pop(name, None)
         count = self._live_count.pop(name, None)
@@ -156,8 +159,7 @@ class ClusterView:
     def _delete(self, key: bytes) -> None:
         kind, name = self.keys.kind_of(key)
         if kind == "live":
-            node, _, tenant = name.partition("/")
-            self._drop_live(node, tenant)
+            self._drop_live(name)
         elif kind == "nodes":
             self.records.pop(name, None)
             self.unreadable.pop(name, None)
