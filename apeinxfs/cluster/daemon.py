@@ -63,7 +63,7 @@ class Cluster:
         self.member = Member(self.etcd, self.keys, self.name, settings.lease_s, self.record, self.leased,
                              self.before_up)
         self._live_ranges = LiveRanges()  # the live keys' rows, read off the task table's index of live pids
-        self._live_looked_us: int | None = None  # the clock (µs) at the last look at them; None: none yet
+        self._live_looked_us: int | None = None  # the clock (µs) at the last look that found a change; None: none yet
         self.router = Router(self)  # where tasks live and writes go (routing.py)
         self.fencing = Fencing(runtime, self.member)  # holds the engines once the lease may have expired
         self.failover = Failover(self)  # task keys, the leader's moves, adoption and fencing (failover.py)
@@ -78,13 +78,15 @@ class Cluster:
         return record_of(self.rt.kernel, epoch, self.rt.clock.now_us(), self.settings.advertise, ("", {}))
 
     def live_pids(self) -> dict[str, str]:
-        """This node's live pids by tenant, as ranges (its live keys' rows): looked at again at most every
-        PUBLISH_S (a look sorts the live pids of each tenant whose tasks came or exited since the last),
-        so a look sooner finds them as last looked at."""
-        now_us = self.rt.clock.now_us()
-        if self._live_looked_us is None or now_us >= self._live_looked_us + PUBLISH_US:
+        """This node's live pids by tenant, as ranges (its live keys' rows): a look that finds them changed (it
+        sorts the live pids of each tenant whose tasks came or exited since the last) comes at most every
+        PUBLISH_S, so a look sooner finds them as last looked at; a look that finds no change (a count compared)
+        leaves the next free, so the first change after an idle spell is looked at at once."""
+        now_us, table = self.rt.clock.now_us(), self.rt.kernel.tasks
+        due = self._live_looked_us is None or now_us >= self._live_looked_us + PUBLISH_US
+        if due and self._live_ranges.stale(table):
             self._live_looked_us = now_us
-            return self._live_ranges.of(self.rt.kernel.tasks)
+            return self._live_ranges.of(table)
         return self._live_ranges.rows
 
     async def live_changed(self, put: dict[str, str]) -> None:

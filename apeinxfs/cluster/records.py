@@ -120,13 +120,17 @@ class LiveRanges:
     ranges: dict[str, str] = attrs.Factory(dict)  # tenant -> its live pids as ranges, MAX_RANGES at most
     rows: dict[str, str] = attrs.Factory(dict)  # tenant_ranges of `ranges`
 
+    def stale(self, table) -> bool:
+        """Whether `table`'s live pids may differ from `rows` (it changed since the last look, or is another)."""
+        return table is not self.table or table.live_pids.changes != self.seen
+
     def of(self, table) -> dict[str, str]:
         """Each tenant's live pids in `table` as ranges, MAX_RANGES of them in all (tenant_ranges)."""
+        if not self.stale(table):
+            return self.rows
         index = table.live_pids
         if table is not self.table:
             self.table, self.seen, self.ranges, self.rows = table, -1, {}, {}
-        if index.changes == self.seen:
-            return self.rows
         for tenant in [tenant for tenant in self.ranges if tenant not in index.by_tenant]:
             del self.ranges[tenant]
         for tenant in index.changed_since(self.seen):
