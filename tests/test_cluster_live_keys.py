@@ -31,12 +31,12 @@ SETTLED_S = 3 * PUBLISH_S  # long enough for a once-a-second publisher to put it
 
 
 async def own_revisions(rt) -> dict[bytes, int]:
-    """The mod_revision of each key under the prefix that node `rt` writes: those named for it (its record, up,
-    epoch, live and usage keys) and its election key; another node's writes, under any prefix, leave it be."""
-    name, keys = rt.cluster.name, rt.cluster.keys
-    found = await rt.cluster.etcd.range(keys.all, prefix=True)
-    return {kv.key: kv.mod_revision for kv in found.kvs if keys.kind_of(kv.key)[1].split("/")[0] == name
-            or (keys.kind_of(kv.key)[0] == "leader" and kv.value == name.encode())}
+    """The mod_revision of every key node `rt` writes, alone on its prefix: every key under it (its record, up,
+    epoch, live, usage, election, task and pid-block keys, the next pid, settings) and its tasks' replicated
+    output beside it; another node's writes, under another prefix, leave it be."""
+    keys, etcd = rt.cluster.keys, rt.cluster.etcd
+    found = [kv for start in (keys.all, keys.output(0)[:-1]) for kv in (await etcd.range(start, prefix=True)).kvs]
+    return {kv.key: kv.mod_revision for kv in found}
 
 
 async def test_an_idle_node_puts_nothing_between_heartbeats_and_its_record_at_each(etcd_member, tmp_path,
