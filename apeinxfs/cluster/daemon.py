@@ -209,7 +209,9 @@ def node_seen(rt, name: str) -> NodeView | None:
     return NodeView(record_of(rt.kernel, 0, rt.clock.now_us(), None), up=True, leader=True)
 
 
-def tasks_seen(rt, name: str) -> str:
+def tasks_seen(rt, name: str) -> str | None:
     """Node `name`'s live pids as ranges, as /nodes shows them: the cluster's view's (`tasks_of`); on a single
-    node its own, read off its kernel."""
-    return rt.cluster.view.tasks_of(name) if rt.cluster is not None else scan(rt.kernel)[0]
+    node its own, read off its kernel; None where `node_seen` is (no record, another name)."""
+    if rt.cluster is not None:
+        return rt.cluster.view.tasks_of(name) if name in rt.cluster.view.records else None
+    return scan(rt.kernel)[0] if name == rt.kernel.config.node else None

@@ -88,8 +88,8 @@ def record_of(kernel, epoch: int, seen_us: int, advertise: str | None,
               live_pids: tuple[str, dict[str, str]] | None = None) -> NodeRecord:
     """The record a node publishes: its kernel's GPUs, free slots and KV pages, queue, live tasks and
     cached prompt prefixes (its tenants' use goes in usage keys: usagekeys.py); its live pids (`tasks`,
-    `tenants`) are `live_pids` if given (a `scan` made before: the one part that reads the whole task table),
-    else scanned now."""
+    `tenants`) are `live_pids` if given (a cluster node's record gives ("", {}): they are in its live keys),
+    else `scan`ned now off the task table's index of them (each tenant's sorted)."""
     tasks, tenants = live_pids if live_pids is not None else scan(kernel)
     prefixes, prefix_blocks = summary_of(kernel.kv)
     return NodeRecord(name=kernel.config.node, epoch=epoch, seen_us=seen_us, gpus=len(kernel.gpus),
