@@ -131,14 +131,15 @@ def test_an_older_versions_record_lists_its_pids_until_its_node_has_live_keys():
     key of old comes, its keys' pids instead (its tasks merged), and the record's again when it goes."""
     view = ClusterView(KEYS)
     view.apply(event(KEYS.node("old"), NodeRecord("old", 1, 1, tasks="4-6", tenants={"t": "4-6"}).to_json()))
-    assert (view.tenants_of("old"), view.tasks_of("old"), view.node("old").tenants) == ({"t": "4-6"}, "4-6", {"t": "4-6"})
+    assert (view.tenants_of("old"), view.tasks_of("old"), view.node("old").tenants) == \
+        ({"t": "4-6"}, "4-6", {"t": "4-6"})
     view.apply(event(KEYS.live("old", "u"), b"8-9"))
     view.apply(event(KEYS.live("old", "v"), b"7,10"))
     assert (view.tenants_of("old"), view.tasks_of("old"), view.node("old").tenants) == \
         ({"u": "8-9", "v": "7,10"}, "7-10", {"u": "8-9", "v": "7,10"})
     view.apply(event(KEYS.live("old", "u"), None))
     view.apply(event(KEYS.live("old", "v"), None))
-    assert (view.tenants_of("old"), view.tasks_of("old"), view.live_counts) == ({"t": "4-6"}, "4-6", {})
+    assert (view.tenants_of("old"), view.tasks_of("old"), view.pids_by_node) == ({"t": "4-6"}, "4-6", {})
 
 
 def test_a_live_key_unreadable_or_past_max_pids_of_its_node_is_logged_and_dropped(caplog):
@@ -152,9 +153,9 @@ def test_a_live_key_unreadable_or_past_max_pids_of_its_node_is_logged_and_droppe
             view.apply(event(KEYS.live("n", tenant), value))
     assert sorted(line.split(" ")[4].rstrip(":") for line in caplog.messages if "not read" in line) == \
         ["n/a", "n/b", "n/c", "n/d"]
-    assert view.tenants_of("n") == {"big": f"1-{MAX_PIDS - 10}"} and view.live_counts == {"n": MAX_PIDS - 10}
+    assert view.tenants_of("n") == {"big": f"1-{MAX_PIDS - 10}"} and view.pids_by_node == {"n": MAX_PIDS - 10}
     view.apply(event(KEYS.live("n", "d"), b"2000000-2000009"))
-    assert view.tenants_of("n")["d"] == "2000000-2000009" and view.live_counts == {"n": MAX_PIDS}
+    assert view.tenants_of("n")["d"] == "2000000-2000009" and view.pids_by_node == {"n": MAX_PIDS}
 
 
 VALUES = [b"1-9", b"4", b"2,5-7", b"9,3", f"1-{MAX_PIDS}".encode(), None]  # None: the key deleted
@@ -173,7 +174,7 @@ def test_a_nodes_live_count_is_the_pids_its_held_keys_name_through_any_puts_and_
         key = KEYS.all + b"live/" + name.encode()
         view.apply(event(key, value))
         (present.add if value is not None else present.discard)(key)
-    assert view.live_counts == {node: sum(pid_count(text, "") for text in tenants.values())
+    assert view.pids_by_node == {node: sum(pid_count(text, "") for text in tenants.values())
                                 for node, tenants in view.live.items()}
     assert all(node and tenant and KEYS.live(node, tenant) in present
                for node, tenants in view.live.items() for tenant in tenants)

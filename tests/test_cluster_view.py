@@ -151,8 +151,8 @@ def test_status_and_tasks_render_a_node_as_the_man_page_says():
                            tasks="7,12-14,20", models=("sim", "tiny"), prefix_blocks=9), up=False, leader=False)
     assert members.status(node) == ("Name:\tb\nState:\tdown\nEpoch:\t4\nLeader:\tno\nGpus:\t2\nSlotsFree:\t15\n"
                                     "KVPagesFree:\t300\nQueued:\t1\nTasksRunning:\t1\nTasksLive:\t5\n"
-                                    "Models:\tsim,tiny\nPrefixBlocks:\t9\nAdvertise:\t-\nLastSeen:\t2025-11-24T16:00:00Z\n"
-                                    "Record:\tok\n")
+                                    "Models:\tsim,tiny\nPrefixBlocks:\t9\nAdvertise:\t-\n"
+                                    "LastSeen:\t2025-11-24T16:00:00Z\nRecord:\tok\n")
     assert members.tasks(node.record.tasks) == "7\n12\n13\n14\n20\n"
 
 

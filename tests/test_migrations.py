@@ -57,7 +57,8 @@ def lived_kernel() -> Kernel:
     kernel = Kernel(attrs.evolve(TWO_MODELS, tenants=[{"name": "default"}, {"name": "t"}],
                                  retention=MemoryRetention(tasks=1)))
     for number, (model, tenant) in enumerate(zip("abbabab", ["t", "t", "default", "t", "default", "t", "default"])):
-        kernel.apply(Submit(spec=TaskSpec(name=f"job{number}", max_tokens=3, model=model, tenant=tenant), uid=0), number)
+        spec = TaskSpec(name=f"job{number}", max_tokens=3, model=model, tenant=tenant)
+        kernel.apply(Submit(spec=spec, uid=0), number)
     kernel.apply(Step(gpu=0, chunks=[Chunk(pid=1, text=" w", tokens=3, prefill=4)]), 10)
     for now_us, event in [(20, Kill(pid=4, uid=0)), (25, Kill(pid=3, uid=0)),
                           (30, Control(pid=6, command=TaskCommand("stop"), uid=0)), (40, Tick())]:

@@ -4,13 +4,14 @@
 by `Runtime.run` beside the drivers: one etcd client, the `router` (routing.py: where
 tasks live, where writes go, the peers' clients), `shared` (shared.py: the settings log),
 and nine tasks: the member (lease, epoch, leader campaign; member.py; on its lease, this
-node's usage keys, put soon after its limited tenants' use changed: usagekeys.py; and its live keys,
-each tenant's live pids, put when they changed: livekeys.py), the publisher of this node's record (when
-it changed, looked at every second; every 30 s unchanged: member.py), the follower that keeps `view` (view.py)
-current through a watch, applies the settings log's entries and sums the other nodes'
-tenant use for admission (usage.py), the keeper of pid blocks (pids.py), failover's two loops (failover.py: task keys and fencing; the leader's
-moves and adoption; fencing.py holds the engines once the lease may have expired), the
-replication of running tasks' output (replicas.py; unless
+node's usage keys, put soon after its limited tenants' use changed: usagekeys.py; and its
+live keys, each tenant's live pids, put when they changed: livekeys.py), the publisher of
+this node's record (when it changed, looked at every second; every 30 s unchanged:
+member.py), the follower that keeps `view` (view.py) current through a watch, applies the
+settings log's entries and sums the other nodes' tenant use for admission (usage.py), the
+keeper of pid blocks (pids.py), failover's two loops (failover.py: task keys and fencing;
+the leader's moves and adoption; fencing.py holds the engines once the lease may have
+expired), the replication of running tasks' output (replicas.py; unless
 `replicate_s` is 0), the writer of settings changes made at a close (shared.py) and, on
 the leader, the compaction of etcd's history (history.py). None of them blocks the file system:
 without etcd they note why and retry, and local reads and running tasks go on.

@@ -68,4 +68,5 @@ class LivePids:
                            if self.by_tenant.get(tenant) != found.get(tenant)):
             yield f"live pids of tenants {wrong[:5]} are not their live tasks'"
         if self.marks.keys() != self.by_tenant.keys() or any(mark > self.changes for mark in self.marks.values()):
-            yield f"live pids' marks {sorted(self.marks.items())[:5]} are not one per tenant listed, up to {self.changes}"
+            yield (f"live pids' marks {sorted(self.marks.items())[:5]} are not one per tenant listed, "
+                   f"up to {self.changes}")
