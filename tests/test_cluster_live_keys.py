@@ -31,12 +31,12 @@ SETTLED_S = 3 * PUBLISH_S  # long enough for a once-a-second publisher to put it
 
 
 async def own_revisions(rt) -> dict[bytes, int]:
-    """The mod_revision of each key under the prefix that node `rt` writes: those named for it (its record, up,
-    epoch, live and usage keys) and its election key; another node's writes, under any prefix, leave it be."""
-    name, keys = rt.cluster.name, rt.cluster.keys
-    found = await rt.cluster.etcd.range(keys.all, prefix=True)
-    return {kv.key: kv.mod_revision for kv in found.kvs if keys.kind_of(kv.key)[1].split("/")[0] == name
-            or (keys.kind_of(kv.key)[0] == "leader" and kv.value == name.encode())}
+    """The mod_revision of every key node `rt` writes, alone on its prefix: every key under it (its record, up,
+    epoch, live, usage, election, task and pid-block keys, the next pid, settings) and its tasks' replicated
+    output beside it; another node's writes, under another prefix, leave it be."""
+    keys, etcd = rt.cluster.keys, rt.cluster.etcd
+    found = [kv for start in (keys.all, keys.output(0)[:-1]) for kv in (await etcd.range(start, prefix=True)).kvs]
+    return {kv.key: kv.mod_revision for kv in found}
 
 
 async def test_an_idle_node_puts_nothing_between_heartbeats_and_its_record_at_each(etcd_member, tmp_path,
@@ -131,14 +131,15 @@ def test_an_older_versions_record_lists_its_pids_until_its_node_has_live_keys():
     key of old comes, its keys' pids instead (its tasks merged), and the record's again when it goes."""
     view = ClusterView(KEYS)
     view.apply(event(KEYS.node("old"), NodeRecord("old", 1, 1, tasks="4-6", tenants={"t": "4-6"}).to_json()))
-    assert (view.tenants_of("old"), view.tasks_of("old"), view.node("old").tenants) == ({"t": "4-6"}, "4-6", {"t": "4-6"})
+    assert (view.tenants_of("old"), view.tasks_of("old"), view.node("old").tenants) == \
+        ({"t": "4-6"}, "4-6", {"t": "4-6"})
     view.apply(event(KEYS.live("old", "u"), b"8-9"))
     view.apply(event(KEYS.live("old", "v"), b"7,10"))
     assert (view.tenants_of("old"), view.tasks_of("old"), view.node("old").tenants) == \
         ({"u": "8-9", "v": "7,10"}, "7-10", {"u": "8-9", "v": "7,10"})
     view.apply(event(KEYS.live("old", "u"), None))
     view.apply(event(KEYS.live("old", "v"), None))
-    assert (view.tenants_of("old"), view.tasks_of("old"), view.live_counts) == ({"t": "4-6"}, "4-6", {})
+    assert (view.tenants_of("old"), view.tasks_of("old"), view.pids_by_node) == ({"t": "4-6"}, "4-6", {})
 
 
 def test_a_live_key_unreadable_or_past_max_pids_of_its_node_is_logged_and_dropped(caplog):
@@ -152,23 +153,31 @@ def test_a_live_key_unreadable_or_past_max_pids_of_its_node_is_logged_and_droppe
             view.apply(event(KEYS.live("n", tenant), value))
     assert sorted(line.split(" ")[4].rstrip(":") for line in caplog.messages if "not read" in line) == \
         ["n/a", "n/b", "n/c", "n/d"]
-    assert view.tenants_of("n") == {"big": f"1-{MAX_PIDS - 10}"} and view.live_counts == {"n": MAX_PIDS - 10}
+    assert view.tenants_of("n") == {"big": f"1-{MAX_PIDS - 10}"} and view.pids_by_node == {"n": MAX_PIDS - 10}
     view.apply(event(KEYS.live("n", "d"), b"2000000-2000009"))
-    assert view.tenants_of("n")["d"] == "2000000-2000009" and view.live_counts == {"n": MAX_PIDS}
+    assert view.tenants_of("n")["d"] == "2000000-2000009" and view.pids_by_node == {"n": MAX_PIDS}
 
 
 VALUES = [b"1-9", b"4", b"2,5-7", b"9,3", f"1-{MAX_PIDS}".encode(), None]  # None: the key deleted
 
 
-@given(st.lists(st.tuples(st.sampled_from("mn"), st.sampled_from("tu"), st.sampled_from(VALUES)), max_size=30))
+LIVE_NAMES = ["m/t", "m/u", "n/t", "n/u", "n", "n/", "/t", "n/t/x"]  # NODE/TENANT under live/; malformed too
+
+
+@given(st.lists(st.tuples(st.sampled_from(LIVE_NAMES), st.sampled_from(VALUES)), max_size=30))
 def test_a_nodes_live_count_is_the_pids_its_held_keys_name_through_any_puts_and_deletes(changes):
     """Puts (good, out of order, past MAX_PIDS with another key held) and deletes of live keys of nodes m and
-    n, in any order: each node's live count is the pids its held keys name, counted afresh."""
-    view = ClusterView(KEYS)
-    for node, tenant, value in changes:
-        view.apply(event(KEYS.live(node, tenant), value))
-    assert view.live_counts == {node: sum(pid_count(text, "") for text in tenants.values())
+    n, well formed or not (no tenant, no node), in any order: each node's live count is the pids its held keys
+    name, counted afresh, and each pid set held is a key's still in etcd, with a node and a tenant."""
+    view, present = ClusterView(KEYS), set()
+    for name, value in changes:
+        key = KEYS.all + b"live/" + name.encode()
+        view.apply(event(key, value))
+        (present.add if value is not None else present.discard)(key)
+    assert view.pids_by_node == {node: sum(pid_count(text, "") for text in tenants.values())
                                 for node, tenants in view.live.items()}
+    assert all(node and tenant and KEYS.live(node, tenant) in present
+               for node, tenants in view.live.items() for tenant in tenants)
 
 
 HUGE = [b"1" * 5000, b"1-" + b"2" * 4400, b"0" * 5000]  # pids past int()'s 4,300 digits

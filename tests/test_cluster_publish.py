@@ -44,3 +44,18 @@ def test_the_live_pids_are_looked_at_at_most_once_a_publish_period_and_the_recor
     clock.us += PUBLISH_US // 2
     read = rt.cluster.record(2)
     assert (read.live, rt.cluster.live_pids(), read.epoch) == (2, {"t": "1-2"}, 2)
+
+
+def test_the_first_change_after_an_idle_spell_is_looked_at_at_once(tmp_path):
+    """A submit at 0 s looked at, an idle look at 1.5 PUBLISH_S (no change), a second submit at 1.6: the look
+    then gives both pids, since only a look that found a change waits PUBLISH_S for the next."""
+    clock = StillClock()
+    rt = node(tmp_path, LIMITED, clock)
+    rt.commit([PidBlock(first=1, count=100)])
+    rt.commit([Submit(spec=TaskSpec(name="j", tenant="t"))])
+    assert rt.cluster.live_pids() == {"t": "1"}
+    clock.us += PUBLISH_US * 15 // 10
+    assert rt.cluster.live_pids() == {"t": "1"}
+    clock.us += PUBLISH_US // 10
+    rt.commit([Submit(spec=TaskSpec(name="j", tenant="t"))])
+    assert rt.cluster.live_pids() == {"t": "1-2"}

@@ -151,8 +151,8 @@ def test_status_and_tasks_render_a_node_as_the_man_page_says():
                            tasks="7,12-14,20", models=("sim", "tiny"), prefix_blocks=9), up=False, leader=False)
     assert members.status(node) == ("Name:\tb\nState:\tdown\nEpoch:\t4\nLeader:\tno\nGpus:\t2\nSlotsFree:\t15\n"
                                     "KVPagesFree:\t300\nQueued:\t1\nTasksRunning:\t1\nTasksLive:\t5\n"
-                                    "Models:\tsim,tiny\nPrefixBlocks:\t9\nAdvertise:\t-\nLastSeen:\t2025-11-24T16:00:00Z\n"
-                                    "Record:\tok\n")
+                                    "Models:\tsim,tiny\nPrefixBlocks:\t9\nAdvertise:\t-\n"
+                                    "LastSeen:\t2025-11-24T16:00:00Z\nRecord:\tok\n")
     assert members.tasks(node.record.tasks) == "7\n12\n13\n14\n20\n"
 
 
@@ -172,7 +172,8 @@ def test_ranges_stop_at_max_ranges():
 
 
 def test_a_single_node_lists_itself_up_and_leading(tmp_path):
-    """/nodes of a single node holds just it (epoch 0, leader) with its live tasks; /cluster says single."""
+    """/nodes of a single node holds just it (epoch 0, leader) with its live tasks, no other name's; /cluster says
+    single."""
     with open_runtime(tmp_path) as rt:
         tree = Tree(rt)
         pid = submit(rt, tokens=50)
@@ -182,11 +183,12 @@ def test_a_single_node_lists_itself_up_and_leading(tmp_path):
         assert text(tree, "/nodes/local/tasks") == f"{pid}\n"
         assert text(tree, "/cluster") == "Node:\tlocal\nMode:\tsingle\nPidsLeft:\t-\n"
         assert refusal(lambda: resolve(tree, "/nodes/other")).errno == errno.ENOENT
+        assert refusal(members.NodeDir(inode=0, rt=rt, name="other").seen_tasks).errno == errno.ENOENT
 
 
 def test_a_cluster_nodes_tasks_file_lists_its_live_keys_pids_else_its_older_record_s(tmp_path):
     """On a cluster node, /nodes/b/tasks lists b's live keys' pids, its tenants' merged in order, while it has
-    some; its record's (an older version's) once they are gone; ENOENT for a node never seen."""
+    some; its record's (an older version's) once they are gone; ENOENT for a node never seen or its record gone."""
     rt = node(tmp_path)
     view, tree = rt.cluster.view, Tree(rt)
     view.apply(Event("PUT", kv(view.keys.node("b"), record("b", tasks="3", tenants={"t": "3"}).to_json(), 2), None))
@@ -197,6 +199,9 @@ def test_a_cluster_nodes_tasks_file_lists_its_live_keys_pids_else_its_older_reco
         view.apply(Event("DELETE", kv(view.keys.live("b", tenant), b"", 4), None))
     assert text(tree, "/nodes/b/tasks") == "3\n"
     assert refusal(lambda: text(tree, "/nodes/c/tasks")).errno == errno.ENOENT
+    directory = members.NodeDir(inode=0, rt=rt, name="b")
+    view.apply(Event("DELETE", kv(view.keys.node("b"), b"", 5), None))
+    assert refusal(directory.seen_tasks).errno == errno.ENOENT
 
 
 def test_the_compaction_row_is_the_leaders_and_the_tls_renewal_and_peer_token_rows_last(tmp_path):

@@ -2,8 +2,9 @@
 off them by what changed since the last look (cluster/records.py LiveRanges), on a real kernel (no FUSE).
 
 Submits and exits move a tenant's pids in the index and its mark; a tenant whose last task exits is no longer
-listed; the invariant check names an index that disagrees with the tasks; each look's rows are `scan`'s (the
-pids of the whole index, sorted again), through submits, exits, a tenant gone and a kernel rebuilt.
+listed; the invariant check names an index that disagrees with the tasks, or marks past the changes, missing
+or of a tenant not listed; each look's rows are `scan`'s (the pids of the whole index, sorted again), through
+submits, exits, a tenant gone and a kernel rebuilt.
 """
 import pytest
 
@@ -49,6 +50,23 @@ def test_an_index_that_disagrees_with_the_tasks_is_named_by_the_invariant_check(
     submit(kernel, "a")
     kernel.tasks.live_pids.by_tenant["a"].clear()
     with pytest.raises(InvariantError, match=r"live pids of tenants \['a'\]"):
+        kernel.check_invariants()
+
+
+@pytest.mark.parametrize("broken", ["past changes", "missing", "unlisted"])
+def test_a_mark_past_the_changes_missing_or_of_an_unlisted_tenant_is_named_by_the_invariant_check(broken):
+    """a's mark set past `changes`, a's mark dropped, or a mark of b (which has no live task): the check names
+    the marks."""
+    kernel = Kernel(CONFIG)
+    submit(kernel, "a")
+    index = kernel.tasks.live_pids
+    if broken == "past changes":
+        index.marks["a"] = index.changes + 1
+    elif broken == "missing":
+        del index.marks["a"]
+    else:
+        index.marks["b"] = index.changes
+    with pytest.raises(InvariantError, match=r"live pids' marks .* are not one per tenant listed"):
         kernel.check_invariants()
 
 

@@ -4,13 +4,14 @@
 by `Runtime.run` beside the drivers: one etcd client, the `router` (routing.py: where
 tasks live, where writes go, the peers' clients), `shared` (shared.py: the settings log),
 and nine tasks: the member (lease, epoch, leader campaign; member.py; on its lease, this
-node's usage keys, put soon after its limited tenants' use changed: usagekeys.py; and its live keys,
-each tenant's live pids, put when they changed: livekeys.py), the publisher of this node's record (when
-it changed, looked at every second; every 30 s unchanged: member.py), the follower that keeps `view` (view.py)
-current through a watch, applies the settings log's entries and sums the other nodes'
-tenant use for admission (usage.py), the keeper of pid blocks (pids.py), failover's two loops (failover.py: task keys and fencing; the leader's
-moves and adoption; fencing.py holds the engines once the lease may have expired), the
-replication of running tasks' output (replicas.py; unless
+node's usage keys, put soon after its limited tenants' use changed: usagekeys.py; and its
+live keys, each tenant's live pids, put when they changed: livekeys.py), the publisher of
+this node's record (when it changed, looked at every second; every 30 s unchanged:
+member.py), the follower that keeps `view` (view.py) current through a watch, applies the
+settings log's entries and sums the other nodes' tenant use for admission (usage.py), the
+keeper of pid blocks (pids.py), failover's two loops (failover.py: task keys and fencing;
+the leader's moves and adoption; fencing.py holds the engines once the lease may have
+expired), the replication of running tasks' output (replicas.py; unless
 `replicate_s` is 0), the writer of settings changes made at a close (shared.py) and, on
 the leader, the compaction of etcd's history (history.py). None of them blocks the file system:
 without etcd they note why and retry, and local reads and running tasks go on.
@@ -63,7 +64,7 @@ class Cluster:
         self.member = Member(self.etcd, self.keys, self.name, settings.lease_s, self.record, self.leased,
                              self.before_up)
         self._live_ranges = LiveRanges()  # the live keys' rows, read off the task table's index of live pids
-        self._live_looked_us: int | None = None  # the clock (µs) at the last look at them; None: none yet
+        self._live_looked_us: int | None = None  # the clock (µs) at the last look that found a change; None: none yet
         self.router = Router(self)  # where tasks live and writes go (routing.py)
         self.fencing = Fencing(runtime, self.member)  # holds the engines once the lease may have expired
         self.failover = Failover(self)  # task keys, the leader's moves, adoption and fencing (failover.py)
@@ -78,13 +79,15 @@ class Cluster:
         return record_of(self.rt.kernel, epoch, self.rt.clock.now_us(), self.settings.advertise, ("", {}))
 
     def live_pids(self) -> dict[str, str]:
-        """This node's live pids by tenant, as ranges (its live keys' rows): looked at again at most every
-        PUBLISH_S (a look sorts the live pids of each tenant whose tasks came or exited since the last),
-        so a look sooner finds them as last looked at."""
-        now_us = self.rt.clock.now_us()
-        if self._live_looked_us is None or now_us >= self._live_looked_us + PUBLISH_US:
+        """This node's live pids by tenant, as ranges (its live keys' rows): a look that finds them changed (it
+        sorts the live pids of each tenant whose tasks came or exited since the last) comes at most every
+        PUBLISH_S, so a look sooner finds them as last looked at; a look that finds no change (a count compared)
+        leaves the next free, so the first change after an idle spell is looked at at once."""
+        now_us, table = self.rt.clock.now_us(), self.rt.kernel.tasks
+        due = self._live_looked_us is None or now_us >= self._live_looked_us + PUBLISH_US
+        if due and self._live_ranges.stale(table):
             self._live_looked_us = now_us
-            return self._live_ranges.of(self.rt.kernel.tasks)
+            return self._live_ranges.of(table)
         return self._live_ranges.rows
 
     async def live_changed(self, put: dict[str, str]) -> None:
@@ -207,7 +210,9 @@ def node_seen(rt, name: str) -> NodeView | None:
     return NodeView(record_of(rt.kernel, 0, rt.clock.now_us(), None), up=True, leader=True)
 
 
-def tasks_seen(rt, name: str) -> str:
+def tasks_seen(rt, name: str) -> str | None:
     """Node `name`'s live pids as ranges, as /nodes shows them: the cluster's view's (`tasks_of`); on a single
-    node its own, read off its kernel."""
-    return rt.cluster.view.tasks_of(name) if rt.cluster is not None else scan(rt.kernel)[0]
+    node its own, read off its kernel; None where `node_seen` is (no record, another name)."""
+    if rt.cluster is not None:
+        return rt.cluster.view.tasks_of(name) if name in rt.cluster.view.records else None
+    return scan(rt.kernel)[0] if name == rt.kernel.config.node else None

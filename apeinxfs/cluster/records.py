@@ -88,8 +88,8 @@ def record_of(kernel, epoch: int, seen_us: int, advertise: str | None,
               live_pids: tuple[str, dict[str, str]] | None = None) -> NodeRecord:
     """The record a node publishes: its kernel's GPUs, free slots and KV pages, queue, live tasks and
     cached prompt prefixes (its tenants' use goes in usage keys: usagekeys.py); its live pids (`tasks`,
-    `tenants`) are `live_pids` if given (a `scan` made before: the one part that reads the whole task table),
-    else scanned now."""
+    `tenants`) are `live_pids` if given (a cluster node's record gives ("", {}): they are in its live keys),
+    else `scan`ned now off the task table's index of them (each tenant's sorted)."""
     tasks, tenants = live_pids if live_pids is not None else scan(kernel)
     prefixes, prefix_blocks = summary_of(kernel.kv)
     return NodeRecord(name=kernel.config.node, epoch=epoch, seen_us=seen_us, gpus=len(kernel.gpus),
@@ -120,13 +120,17 @@ class LiveRanges:
     ranges: dict[str, str] = attrs.Factory(dict)  # tenant -> its live pids as ranges, MAX_RANGES at most
     rows: dict[str, str] = attrs.Factory(dict)  # tenant_ranges of `ranges`
 
+    def stale(self, table) -> bool:
+        """Whether `table`'s live pids may differ from `rows` (it changed since the last look, or is another)."""
+        return table is not self.table or table.live_pids.changes != self.seen
+
     def of(self, table) -> dict[str, str]:
         """Each tenant's live pids in `table` as ranges, MAX_RANGES of them in all (tenant_ranges)."""
+        if not self.stale(table):
+            return self.rows
         index = table.live_pids
         if table is not self.table:
             self.table, self.seen, self.ranges, self.rows = table, -1, {}, {}
-        if index.changes == self.seen:
-            return self.rows
         for tenant in [tenant for tenant in self.ranges if tenant not in index.by_tenant]:
             del self.ranges[tenant]
         for tenant in index.changed_since(self.seen):

@@ -13,8 +13,9 @@ knowledge there is), with one log line when it turns unreadable and one when it 
 again. A reload (`load`) does as the watch does, keeping the record read before; a node
 whose record this view never read is not listed.
 A node's live pids are in its live keys (`live/NAME/TENANT`, livekeys.py: `live`, checked as read;
-one unreadable is dropped, and logged once for a reason, until the key is deleted or read); `tenants_of` and `tasks_of` give them, or an older version's
-record's while the node has none.
+one unreadable, or named without a node or a tenant, is dropped, and logged once for a reason, until the key
+is deleted or read); `tenants_of` and `tasks_of` give them, or an older version's record's while the node
+has none.
 `holder(pid)` names the node granted the pid block of `pid` (`blocks/FIRST` keys); `tasks`
 holds the task keys (taskkeys.py) with their revisions, for failover.
 Pure: no etcd calls, no trio. Every node applies the same events in the same order, so
@@ -48,8 +49,8 @@ class ClusterView:
         self._firsts: list[int] | None = None  # the blocks' first pids in order, once asked for
         self.tasks: dict[int, tuple[TaskKey, int]] = {}  # pid -> (its task key, the key's mod revision)
         self.live: dict[str, dict[str, str]] = {}  # node -> tenant -> its live pids as ranges (its live keys)
-        self.live_counts: dict[str, int] = {}  # node -> how many pids its live keys name in all
-        self._live_count: dict[str, int] = {}  # live key NODE/TENANT held -> how many pids it names
+        self.pids_by_node: dict[str, int] = {}  # node -> how many pids its live keys name in all
+        self._pids_by_key: dict[str, int] = {}  # live key NODE/TENANT held -> how many pids it names
         self._merged: dict[str, str] = {}  # node -> its live keys' pids as one ranges text, once asked for
         self.unread_live: dict[str, str] = {}  # live key NODE/TENANT held unread -> why (logged once for it)
         self.revision = 0  # etcd's revision this view has seen up to
@@ -60,7 +61,7 @@ class ClusterView:
         records, marks, unread = self.records, self.unreadable, self.unread_live
         self.records, self.unreadable, self.up, self.candidates, self.blocks, self._firsts, self.tasks = \
             {}, {}, {}, {}, {}, None, {}
-        self.live, self.live_counts, self._live_count, self._merged, self.unread_live = {}, {}, {}, {}, {}
+        self.live, self.pids_by_node, self._pids_by_key, self._merged, self.unread_live = {}, {}, {}, {}, {}
         for kv in kvs:
             self._put(kv, records, marks, unread)
         self.revision = revision
@@ -121,14 +122,16 @@ class ClusterView:
 
     def _live(self, name: str, value: bytes, unread: dict[str, str]) -> None:
         """Live key NODE/TENANT `name`'s new value; one this version cannot read, or that brings its node's
-        live pids past MAX_PIDS, is dropped (the key counts as deleted), and logged unless `unread` (the view's
-        before this change) holds it unread for the same reason."""
+        live pids past MAX_PIDS, or whose name lacks a node or a tenant, is dropped (the key counts as deleted), and
+        logged unless `unread` (the view's before this change) holds it unread for the same reason."""
         node, _, tenant = name.partition("/")
         logged = unread.get(name)
-        self._drop_live(node, tenant)
+        self._drop_live(name)
         try:
+            if not node or not tenant:
+                raise Unreadable(f"live key {name} names no node or no tenant")
             text, count = live_of(name, value)
-            if self.live_counts.get(node, 0) + count > MAX_PIDS:
+            if self.pids_by_node.get(node, 0) + count > MAX_PIDS:
                 raise Unreadable(f"live pids of {name}: with them node {node}'s live keys name over {MAX_PIDS}")
         except Unreadable as exc:
             if logged != str(exc):
@@ -136,28 +139,27 @@ class ClusterView:
             self.unread_live[name] = str(exc)
             return
         self.live.setdefault(node, {})[tenant] = text
-        self.live_counts[node] = self.live_counts.get(node, 0) + count
-        self._live_count[name] = count
+        self.pids_by_node[node] = self.pids_by_node.get(node, 0) + count
+        self._pids_by_key[name] = count
 
-    def _drop_live(self, node: str, tenant: str) -> None:
-        """Forget live key NODE/TENANT's pids, if held (its count, kept from its read, off its node's), or that it
-        was unread."""
-        name = f"{node}/{tenant}"
+    def _drop_live(self, name: str) -> None:
+        """Forget live key NODE/TENANT `name`'s pids, if held (its count, kept from its read, off its node's), or
+        that it was unread."""
+        node, _, tenant = name.partition("/")
         self._merged.pop(node, None)
         self.unread_live.pop(name, None)
-        count = self._live_count.pop(name, None)
+        count = self._pids_by_key.pop(name, None)
         if count is None:
             return
         del self.live[node][tenant]
-        self.live_counts[node] -= count
+        self.pids_by_node[node] -= count
         if not self.live[node]:
-            del self.live[node], self.live_counts[node]
+            del self.live[node], self.pids_by_node[node]
 
     def _delete(self, key: bytes) -> None:
         kind, name = self.keys.kind_of(key)
         if kind == "live":
-            node, _, tenant = name.partition("/")
-            self._drop_live(node, tenant)
+            self._drop_live(name)
         elif kind == "nodes":
             self.records.pop(name, None)
             self.unreadable.pop(name, None)

@@ -5,6 +5,10 @@ whole task table: `changes` counts every change of a tenant's live pids, and `ma
 listed, the count at its last change, so a reader that kept `changes` at its last look reads again only the
 tenants `changed_since` then (a tenant no longer listed has no live task left). Not here: which tasks are
 live; the task table (tasktable.py) calls `add` when a task comes and `discard` when it exits.
+The counters (`changes`, the marks and their order) count the changes this index saw: an index built from a
+snapshot's tasks (`of`, a migration) starts them afresh, so two kernels of the same tasks may differ there.
+No decision of the kernel reads them, only a reader's own look (LiveRanges, which reads a table it did not
+look at last from the start), so they are not part of the state two kernels are compared by: the pids are.
 """
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ class LivePids:
 
     @classmethod
     def of(cls, tasks: Iterable[Task]) -> LivePids:
-        """The index of `tasks`' live ones (a snapshot's task table, migrated: migrations.py)."""
+        """The index of `tasks`' live ones (a snapshot's task table, migrated: migrations.py), its counters
+        afresh."""
         index = cls()
         for task in tasks:
             if task.state is not State.EXITED:
@@ -63,4 +68,5 @@ class LivePids:
                            if self.by_tenant.get(tenant) != found.get(tenant)):
             yield f"live pids of tenants {wrong[:5]} are not their live tasks'"
         if self.marks.keys() != self.by_tenant.keys() or any(mark > self.changes for mark in self.marks.values()):
-            yield f"live pids' marks {sorted(self.marks.items())[:5]} are not one per tenant listed, up to {self.changes}"
+            yield (f"live pids' marks {sorted(self.marks.items())[:5]} are not one per tenant listed, "
+                   f"up to {self.changes}")

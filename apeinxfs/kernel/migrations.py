@@ -52,9 +52,11 @@ MIGRATIONS: dict[type, Migration] = {
     Moves: Migration(added={"backfill_after_us": lambda _moves: 0}),  # backfill not resting
     # GPUs held from placement for their engines' KV reports became pages counted used; none until a report changes
     KVManager: Migration(added={"unbooked": lambda _kv: {}}, gone=frozenset({"held"})),
+    # each tenant's live pids indexed from its tasks (their counters afresh: livepids.py)
+    TaskTable: Migration(added={"live_pids": lambda table: LivePids.of(table.values())}),
     # one pattern of every tenant's name for all views, a cache built at the first read, replaced each tenant's own
-    TaskTable: Migration(added={"live_pids": lambda table: LivePids.of(table.values())}),  # indexed from its tasks
-    TraceLog: Migration(added={"_pattern": lambda _trace: None, "_removed": lambda _trace: {}}, gone=frozenset({"_others"})),
+    TraceLog: Migration(added={"_pattern": lambda _trace: None, "_removed": lambda _trace: {}},
+                        gone=frozenset({"_others"})),
 }
 DECLARED = {state.class_name(cls): migration for cls, migration in MIGRATIONS.items()}
 

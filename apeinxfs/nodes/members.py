@@ -12,6 +12,7 @@ listed, `State: down`, with its last record. On a single node /nodes holds just 
 """
 import datetime
 import time
+from typing import TypeVar
 
 import attrs
 
@@ -25,6 +26,7 @@ from .models import MODEL_BASE
 NODE_BASE = 1 << 17
 SLOTS = 4
 FILES = ("status", "tasks")
+Seen = TypeVar("Seen")
 
 
 def _utc(us: int) -> str:
@@ -103,15 +105,17 @@ class NodeDir(BuiltDir):
         return Show(show=lambda: tasks(self.seen_tasks()), volatile=True)
 
     def seen(self) -> NodeView:
-        node = node_seen(self.rt, self.name)
-        if node is None:  # its record was deleted from etcd by hand
-            raise NotFound(f"node {self.name} is no longer in the cluster")
-        return node
+        return self._found(node_seen(self.rt, self.name))
 
     def seen_tasks(self) -> str:
         """The node's live pids as ranges (NotFound as `seen`)."""
-        self.seen()
-        return tasks_seen(self.rt, self.name)
+        return self._found(tasks_seen(self.rt, self.name))
+
+    def _found(self, seen: Seen | None) -> Seen:
+        """`seen` of this node; NotFound if None: the node is not seen."""
+        if seen is None:  # its record was deleted from etcd by hand
+            raise NotFound(f"node {self.name} is no longer in the cluster")
+        return seen
 
 
 @attrs.define(eq=False)
