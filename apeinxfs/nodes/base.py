@@ -337,10 +337,13 @@ class CommandHandle(Handle):
         return count
 
     @contextlib.contextmanager
-    def holding(self):
+    def holding(self, reserving: int = 0):
         """Whatever happens inside, the daemon's buffers count len(pending) for this descriptor after it: the
         one place `held` changes, around whatever changes `pending` (a check's refusal, a write, its waits, the
-        last close)."""
+        last close). `reserving`: bytes they count meanwhile if more (a routed write's checked unfinished line,
+        while its route awaits: no other descriptor of the uid can take them then)."""
+        if reserving > self.held:
+            self.held = self.limits.buffers.hold(self.caller.uid, self.held, reserving)
         try:
             yield
         finally:
