@@ -317,18 +317,14 @@ class CommandHandle(Handle):
     async def write_async(self, data: bytes) -> int:
         return await self.write_here(data)
 
-    async def write_here(self, data: bytes) -> int:
-        """`write`, then what its lines left to finish before the write returns (`after_write`)."""
-        return await self.settled(self.write, data)
-
-    async def settled(self, write, data: bytes) -> int:
-        """`write(data)`, then what its lines left to finish before the write returns (`after_write`: a cluster's
-        settings change waits until etcd has it and this node applied it, a submit until etcd has its tasks);
-        a refusal then is the write's."""
+    async def write_here(self, data: bytes, checked: bool = False) -> int:
+        """`write(data)` (`take` if this handle `checked` its limits already: a routed write), then what its lines
+        left to finish before the write returns (`after_write`: a cluster's settings change waits until etcd has
+        it and this node applied it, a submit until etcd has its tasks); a refusal then is the write's."""
         waits: list = []
         token = _AFTER_WRITE.set(waits)
         try:
-            count = write(data)
+            count = self.take(data) if checked else self.write(data)
         finally:
             _AFTER_WRITE.reset(token)
         with self.holding(), self.refusals():
@@ -433,8 +429,9 @@ def reply_text(replies: list[str]) -> bytes:
 
 
 def after_write(wait) -> bool:
-    """Have the write running now (`write_here`: through the mount, or a peer's request) await `wait()`
-    before it returns; False outside one (a last line run at close: nothing waits for it)."""
+    """Have the write running now (`CommandHandle.write_here`: a write through the mount, lines a route runs
+    here, a peer's request) await `wait()` before it returns; False outside one (a last line run at close:
+    nothing waits for it)."""
     waits = _AFTER_WRITE.get()
     if waits is not None:
         waits.append(wait)
