@@ -23,7 +23,6 @@ import attrs
 
 from ..kernel.errors import ApeinxError
 from .base import LINE_MAX, Command, CommandHandle, after_write, decode_line, reply_text
-from .buffers import unfinished
 
 
 PID_DIGITS = 19  # a pid is etcd's int64: 19 digits at most
@@ -59,8 +58,7 @@ class ForwardingHandle(CommandHandle):
     async def write_async(self, data: bytes) -> int:
         if self.node.route is None:
             return await self.write_here(data)
-        self.check(data)  # the daemon's limits (E2BIG, ENOBUFS) before any line is read, once
-        with self.holding(reserving=unfinished(data, len(self.pending))):
+        with self.holding(data):  # checked once: its unfinished line counts while the route awaits
             return await self._routed(data)
 
     async def _routed(self, data: bytes) -> int:
