@@ -13,6 +13,7 @@ from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.nodes import ctl
 from apeinxfs.nodes.base import Caller
 from standin_cluster import runtime
+from test_rejects import rejects
 
 PID = 5000  # tasks a placed on b (PID and PID + 1), which b does not hold (killed and forgotten)
 
@@ -70,3 +71,16 @@ def test_a_pid_another_nodes_live_key_lists_is_that_nodes(tmp_path):
     made = standin_cluster.router(runtime(tmp_path / "a"), [NodeRecord(name="b", epoch=1, seen_us=0)],
                                   {"b": {"t": "2999-3000"}})
     assert (made.owner(3000), made.live_tenant(3000, "b"), made.owner(3001)) == ("b", "t", None)
+
+
+async def test_a_remote_tasks_ctl_applies_the_daemons_limits_before_routing_and_journals_their_refusal(router):
+    """/tasks/PID/ctl of a task on b opens descriptors with a's limits: a write over write_lines is E2BIG before
+    b sees a line, leaving one reject line naming the file on a, and an unfinished line counts for the uid."""
+    router.rt.buffers.write_lines = 2
+    handle = router.task_dir(PID, "b").child("ctl").open(Caller(), writing=True, reading=False)
+    with pytest.raises(ApeinxError) as refused:
+        await handle.write_async(b"prio 5\n" * 3)
+    assert refused.value.errno == errno.E2BIG and rejects(router.rt) == [
+        f"/tasks/{PID}/ctl: a write holds at most 2 lines (limits.write_lines), not 3: split it (uid 0)"]
+    await handle.write_async(b"prio")
+    assert router.rt.buffers.held == {0: 4}

@@ -3,8 +3,10 @@ what reaches the route, what runs here, and what a write leaves behind."""
 import errno
 
 import pytest
+import trio
+import trio.testing
 
-from apeinxfs.kernel.errors import Invalid, NotAllRun, TooBig, TryAgain
+from apeinxfs.kernel.errors import Invalid, NoBuffers, NotAllRun, TooBig, TryAgain
 from apeinxfs.nodes.base import BUG, LINE_MAX, Caller
 from apeinxfs.nodes.buffers import Buffers
 from apeinxfs.nodes.forwarding import Forwarding, Route
@@ -175,31 +177,26 @@ async def test_a_write_over_the_daemons_line_limit_is_e2big_before_any_line_is_r
     assert node.routed == [["a"]]
 
 
-class CountingBuffers(Buffers):
-    """The daemon's Buffers, counting the writes they check."""
+@pytest.mark.parametrize("remote_replies", [None, ["7"]], ids=["route-runs-it-here", "lines-run-elsewhere"])
+async def test_a_routed_writes_unfinished_line_counts_while_its_route_awaits(remote_replies):
+    """While a route awaits, another descriptor of the uid cannot take the bytes the routed write's unfinished
+    line will hold (ENOBUFS), whether the route then runs it here or its lines elsewhere: the uid's held bytes
+    never pass pending_bytes."""
+    buffers, gate = Buffers(pending_bytes=100), trio.Event()
+    node = Recorder(answer="remote", remote_replies=remote_replies, buffers=buffers)
 
-    checked: int = 0
-
-    def check_write(self, uid, data, pending, holding):
-        self.checked += 1
-        super().check_write(uid, data, pending, holding)
-
-
-@pytest.mark.parametrize("placed", [False, True], ids=["route-runs-it-here", "some-lines-placed-here"])
-async def test_a_routed_write_that_runs_here_is_checked_against_the_limits_once(placed):
-    """A write whose route runs it here after all, or runs some of its lines here, passes the limits' check
-    once (the route's handle checked it), and leaves no bytes held."""
-    buffers, node = CountingBuffers(), Settler()
-    node.node.limits = buffers.at("/ctl/submit")
-
-    async def route(lines, caller):
-        async def remote(here):
-            return await here(lines, 2) if placed else None
-        return Route(remote=remote)
-    node.node.route = route
-    handle = node.node.open(CALLER, writing=True, reading=True)
-    await handle.write_async(b"a\nbb\n")
-    assert buffers.checked == 1 and node.settled == [["2", "3"]] and buffers.held == {}
+    async def remote(here):
+        await gate.wait()
+        return remote_replies
+    node.remote = remote
+    routed, other = node.open(), node.open()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(routed.write_async, b"a\n" + b"x" * 60)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(NoBuffers):
+            await other.write_async(b"y" * 50)
+        gate.set()
+    assert bytes(routed.pending) == b"x" * 60 and buffers.held == {CALLER.uid: 60}
 
 
 async def test_a_routed_writes_unfinished_line_is_held_until_a_refusal_or_the_close_drops_it():

@@ -17,6 +17,7 @@ from apeinxfs.nodes.tree import Tree
 from test_journal_runtime import ONE_GPU, open_runtime
 from test_kernel import kernel_config
 from test_nodes import refusal, resolve, text
+from test_rejects import rejects
 from test_tenant_nodes import ADMIN
 
 ALICE = Caller(uid=1001, gid=1001, pid=11, role="user", tenant="default")
@@ -145,19 +146,15 @@ def test_a_policy_rewrite_refused_whole_by_a_limit_keeps_the_rules(tree):
     assert refused.value.errno == errno.E2BIG and text(tree, "/ctl/policy") == "deny model=big\n"
 
 
-def trace(tree) -> str:
-    return bytes(tree.rt.kernel.trace.buffer).decode()
-
-
 @pytest.mark.parametrize("path", ["/ctl/submit", "/ctl/kill", "/ctl/tenants", "/ctl/models", "/ctl/policy",
                                   "/sched/policy", "/tenants/default/weight", "/tasks/1/ctl"])
 def test_every_ctl_file_opens_descriptors_with_the_daemons_limits_and_journals_their_refusal(tree, path):
     """A descriptor of any ctl file, as its node opens it (no opener adds anything), refuses a write over
-    write_lines with E2BIG, and the trace keeps a reject line naming the file and the limit."""
+    write_lines with E2BIG, and the trace keeps one reject line naming the file and the limit."""
     opened(tree, ALICE).write(b"job 5 1\n")  # task 1, for /tasks/1/ctl
     handle = resolve(tree, path).open(ADMIN, writing=True, reading=False)
     assert refusal(lambda: handle.write(b"x\n" * 4)).errno == errno.E2BIG
-    assert f',reject,,,,,local,"{path}: a write holds at most 3 lines (limits.write_lines), not 4' in trace(tree)
+    assert rejects(tree.rt) == [f"{path}: a write holds at most 3 lines (limits.write_lines), not 4: split it (uid 0)"]
 
 
 def test_held_bytes_are_the_open_descriptors_unfinished_lines_on_every_path(tree):
@@ -166,7 +163,7 @@ def test_held_bytes_are_the_open_descriptors_unfinished_lines_on_every_path(tree
     first, second, third = opened(tree, ALICE), opened(tree, ALICE), opened(tree, ALICE)
     first.write(b"job 5")
     refusal(lambda: second.write(b"name=x max_tokens=-1\npart"))
-    refusal(lambda: second.write(b"y" * 96))
+    assert refusal(lambda: second.write(b"y" * 96)).errno == errno.ENOBUFS
     assert tree.rt.buffers.held == {ALICE.uid: 5} and not second.pending
     third.write(b"job 5 1")
     assert tree.rt.buffers.held == {ALICE.uid: 12}

@@ -197,10 +197,8 @@ class PeerServer:
             handle = node.open(caller, writing=True, reading=False)
             if "lines" in query:  # a write placed on several nodes
                 handle.write_lines = parse_int(query["lines"][0], "lines")
-            try:
-                await handle.write_here(body if body.endswith(b"\n") else body + b"\n")  # a submit waits for etcd
-            finally:
-                handle.release()  # a descriptor's last close: nothing is left to run, and it holds no bytes
+            # whole lines (a submit waits for etcd): the handle is left holding nothing, so it needs no close
+            await handle.write_here(body if body.endswith(b"\n") else body + b"\n")
             await send_simple(conn, stream, 200, handle.reply, TEXT)
 
     async def follow(self, conn, stream, node: Blocking, offset: int) -> None:

@@ -20,7 +20,7 @@ import attrs
 
 from ..kernel.access import Identity
 from ..kernel.errors import ApeinxError, Denied, Hidden, Invalid, NotFound
-from .buffers import Limits
+from .buffers import Limits, unfinished
 
 LINE_MAX = (1 << 20) + 4096
 OVER_LONG = bytes(LINE_MAX + 1)  # stands for the rest of a line already refused as too long
@@ -317,34 +317,42 @@ class CommandHandle(Handle):
     async def write_async(self, data: bytes) -> int:
         return await self.write_here(data)
 
-    async def write_here(self, data: bytes) -> int:
-        """`write`, then what its lines left to finish before the write returns (`after_write`)."""
-        return await self.settled(self.write, data)
-
-    async def settled(self, write, data: bytes) -> int:
-        """`write(data)`, then what its lines left to finish before the write returns (`after_write`: a cluster's
-        settings change waits until etcd has it and this node applied it, a submit until etcd has its tasks);
-        a refusal then is the write's."""
-        waits: list = []
-        token = _AFTER_WRITE.set(waits)
-        try:
-            count = write(data)
-        finally:
-            _AFTER_WRITE.reset(token)
-        with self.holding(), self.refusals():
-            for wait in waits:
-                await wait()
+    async def write_here(self, data: bytes, checked: bool = False) -> int:
+        """`write(data)` (with no check of its limits if this handle `checked` them already: a routed write), then
+        what its lines left to finish before the write returns (`after_write`: a cluster's settings change waits
+        until etcd has it and this node applied it, a submit until etcd has its tasks); a refusal then is the
+        write's."""
+        with self.holding(None if checked else data):
+            waits: list = []
+            token = _AFTER_WRITE.set(waits)
+            try:
+                count = self._take(data)
+            finally:
+                _AFTER_WRITE.reset(token)
+            with self.refusals():
+                for wait in waits:
+                    await wait()
         return count
 
     @contextlib.contextmanager
-    def holding(self):
+    def holding(self, writing: bytes | None = None):
         """Whatever happens inside, the daemon's buffers count len(pending) for this descriptor after it: the
-        one place `held` changes, around whatever changes `pending` (a check's refusal, a write, its waits, the
-        last close)."""
+        one place `held` changes, around whatever changes `pending` (a write, its route and waits, the last
+        close). `writing`: a write about to be taken, whose limits are checked first (E2BIG, ENOBUFS, before any
+        line is read: a refusal is the write's); the unfinished line it will leave counts from then on if more
+        (while its route or waits await, no other descriptor of the uid can take those bytes)."""
         try:
+            if writing is not None:
+                self._reserve(writing)
             yield
         finally:
             self.held = self.limits.buffers.hold(self.caller.uid, self.held, len(self.pending))
+
+    def _reserve(self, data: bytes) -> None:
+        with self.refusals():
+            self.limits.check_write(self.caller, data, len(self.pending), self.held)
+        if (tail := unfinished(data, len(self.pending))) > self.held:
+            self.held = self.limits.buffers.hold(self.caller.uid, self.held, tail)
 
     @contextlib.contextmanager
     def refusals(self):
@@ -361,25 +369,15 @@ class CommandHandle(Handle):
                 self.limits.journal(exc, self.caller)
             raise
 
-    def check(self, data: bytes) -> None:
-        """The limits on `data` as this descriptor's next write, before any line is read (E2BIG, ENOBUFS):
-        a refusal is the write's."""
-        with self.holding(), self.refusals():
-            self.limits.check_write(self.caller, data, len(self.pending), self.held)
-
     def write(self, data: bytes) -> int:
         """Run the complete lines, all or none; a line over LINE_MAX, or a write over the limits, refuses the
-        whole write. Any refusal or bug empties the buffer, so the descriptor starts afresh at the next write."""
-        self.check(data)
-        return self.take(data)
-
-    def take(self, data: bytes) -> int:
-        """`write` of `data` whose limits were checked. The reply is this write's, empty if it ran no line."""
-        with self.holding():
-            self.reply = b""
+        whole write. Any refusal or bug empties the buffer, so the descriptor starts afresh at the next write.
+        The reply is this write's, empty if it ran no line."""
+        with self.holding(data):
             return self._take(data)
 
     def _take(self, data: bytes) -> int:
+        self.reply = b""
         self._refuse_rest(data)
         self.pending += data
         cut = self.pending.rfind(b"\n") + 1
@@ -430,8 +428,9 @@ def reply_text(replies: list[str]) -> bytes:
 
 
 def after_write(wait) -> bool:
-    """Have the write running now (`write_here`: through the mount, or a peer's request) await `wait()`
-    before it returns; False outside one (a last line run at close: nothing waits for it)."""
+    """Have the write running now (`CommandHandle.write_here`: a write through the mount, lines a route runs
+    here, a peer's request) await `wait()` before it returns; False outside one (a last line run at close:
+    nothing waits for it)."""
     waits = _AFTER_WRITE.get()
     if waits is not None:
         waits.append(wait)

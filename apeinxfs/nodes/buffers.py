@@ -42,9 +42,7 @@ class Buffers:
         if lines > self.write_lines:
             raise TooBig(f"a write holds at most {self.write_lines} lines (limits.write_lines), not {lines}: "
                          f"split it")
-        last = data.rfind(b"\n")
-        tail = pending + len(data) if last < 0 else len(data) - last - 1
-        total = self.held.get(uid, 0) - holding + tail
+        total = self.held.get(uid, 0) - holding + unfinished(data, pending)
         if total > self.pending_bytes:
             raise NoBuffers(f"uid {uid}'s open ctl files would hold {total} bytes of unfinished lines, more than "
                             f"limits.pending_bytes ({self.pending_bytes}): end lines with a newline, or close some")
@@ -57,6 +55,12 @@ class Buffers:
         else:
             self.held.pop(uid, None)
         return after
+
+
+def unfinished(data: bytes, pending: int) -> int:
+    """The bytes of unfinished line a descriptor holding `pending` of them holds once `data` is written to it."""
+    last = data.rfind(b"\n")
+    return pending + len(data) if last < 0 else len(data) - last - 1
 
 
 @attrs.frozen

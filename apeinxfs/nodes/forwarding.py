@@ -8,10 +8,10 @@ run the write here after all; `here(lines, write_lines)` runs some of them here 
 their own (a submit placed on several nodes, this one among them, of `write_lines` in all); `done(replies)` is called once
 the write ran whole, here or there (the trace's `place` line). Only the
 FUSE adapter's `write_async` routes: a peer's request (peer_server.py) and a last line run at
-close (`release` is synchronous) run here. The replies of lines that ran here through
-`write_async` or a peer's request (`write_here`) are then `settle`d, an `after_write` wait: a
-submit's replies wait until the cluster has recorded its tasks (cluster/failover.py), or
-become its refusal. A write with a line this node would refuse unread
+close (`release` is synchronous) run here. The replies of lines run here by `write_here` (a write
+through the mount that runs here, lines a route runs here, a peer's request) are then `settle`d,
+an `after_write` wait: a submit's replies wait until the cluster has recorded its tasks
+(cluster/failover.py), or become its refusal. A write with a line this node would refuse unread
 (over-long, not UTF-8, control characters) runs here, so the refusal is this node's.
 Not here: where tasks live or where they should run (cluster/routing.py, placement.py).
 """
@@ -58,8 +58,7 @@ class ForwardingHandle(CommandHandle):
     async def write_async(self, data: bytes) -> int:
         if self.node.route is None:
             return await self.write_here(data)
-        self.check(data)  # the daemon's limits (E2BIG, ENOBUFS) before any line is read, once
-        with self.holding():
+        with self.holding(data):  # checked once: its unfinished line counts while the route awaits
             return await self._routed(data)
 
     async def _routed(self, data: bytes) -> int:
@@ -68,7 +67,7 @@ class ForwardingHandle(CommandHandle):
             route = await self.node.route(lines, self.caller) if any(lines) else None
             replies = None if route is None else await route.remote(self.run_here)
         if replies is None:
-            count = await self.settled(self.take, data)
+            count = await self.write_here(data, checked=True)
         else:
             self.pending, count = bytearray(rest), len(data)
             self.reply = reply_text(replies)
@@ -80,7 +79,7 @@ class ForwardingHandle(CommandHandle):
         """`lines` (of a write of `write_lines`, whose limits this handle checked) run here as a write of their
         own on a handle of their own (as a peer's request is): their replies, once settled; their refusal raised."""
         handle = ForwardingHandle(self.node, self.caller, self.limits, write_lines=write_lines)
-        await handle.settled(handle.take, "".join(f"{line}\n" for line in lines).encode())
+        await handle.write_here("".join(f"{line}\n" for line in lines).encode(), checked=True)
         return handle.reply.decode().splitlines()
 
     def _command(self, raw_lines: list[bytes]) -> list[str]:
