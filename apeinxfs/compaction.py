@@ -222,8 +222,9 @@ class Snapshotter:
                 await trio.to_thread.run_sync(self.publish_when_written, child, header[0])
         except (NotStored, snapshots.Damaged) as exc:
             log.error("snapshot of journal row %d not written: %s", header[0], exc)
-        self.taken_at = trio.current_time()
-        self.took_s = self.taken_at - began
+        finally:  # a bug raised too: the supervisor's restart must not make the next snapshot due at once
+            self.taken_at = trio.current_time()
+            self.took_s = self.taken_at - began
 
     def close(self) -> None:
         """At unmount, a last snapshot (encoded here: nothing else runs now), so the next start replays

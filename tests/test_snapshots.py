@@ -18,6 +18,7 @@ import sys
 
 import pytest
 import trio
+import trio.testing
 
 from apeinxfs import config as config_mod
 from apeinxfs import compaction, snapshots, verify
@@ -531,3 +532,22 @@ def _zombie(pid: int) -> bool:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
     return True
+
+
+def test_a_snapshot_that_raises_is_retried_at_the_normal_pace(tmp_path, monkeypatch):
+    """A `take` that raises a bug still records when it ran, so the restarted writer waits snapshot_s again."""
+    rt = daemon_like(tmp_path)
+    monkeypatch.setattr(compaction, "compact", misused_compact)
+    for _ in range(snapshots.KEEP - 1):
+        work(rt, 1)
+        snapshot(rt)
+    work(rt, 1)
+    clock = trio.testing.MockClock()
+    clock.jump(10**7)
+    try:
+        with pytest.raises(sqlite3.ProgrammingError):
+            trio.run(rt.snapshotter.take, clock=clock)
+        work(rt, 1)
+        assert not rt.snapshotter.due(10**7 + 60) and rt.snapshotter.due(10**7 + 3600)
+    finally:
+        rt.close()
