@@ -183,7 +183,10 @@ def test_a_snapshot_file_reads_back_whole(tmp_path):
     (lambda data: data[:-3], "bytes of state where the header says"),
     (lambda data: data[:-3] + b"xyz", "does not match its checksum"),
     (lambda data: data.replace(b'"seq":7', b'"seq":8', 1), "header does not match its checksum"),
-    (lambda data: data[:30], "not a snapshot of this version"),
+    (lambda data: data[:30], "header is cut short: the file is damaged"),
+    (lambda data: data[:10], "header is cut short: the file is damaged"),
+    (lambda data: data.replace(b"apeinxfs-snapshot 1", b"apeinxfs-snapshot 0", 1), "not a snapshot of this version"),
+    (lambda data: b"no snapshot at all\n" + data, "not a snapshot of this version"),
 ])
 def test_a_damaged_snapshot_file_is_told_apart(tmp_path, damage, reason):
     """A truncated file, altered state or an altered header raises Damaged saying which."""
