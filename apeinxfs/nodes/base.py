@@ -144,8 +144,9 @@ class NamedDirs(Dir):
         return self.named(name) if name in self.current() else None
 
     def entries(self):
-        """Every name's directory but `.` and `..` (a tenant from before they were refused): the kernel lists
-        its own."""
+        """Every name's directory but `.` and `..` (a tenant from before they were refused): an entry so named
+        would stand for the directory itself or its parent (Linux FUSE adds no `.` or `..` of its own, and
+        fs.py's readdir lists none)."""
         return [(name, self.named(name)) for name in self.current() if name not in (".", "..")]
 
     def owns(self, inode: int) -> bool:
