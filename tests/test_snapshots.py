@@ -8,6 +8,7 @@ no snapshot can be used. No FUSE here (test_snapshots_mount.py mounts).
 """
 import contextlib
 import itertools
+import logging
 import os
 import pickle
 import re
@@ -21,7 +22,7 @@ import trio
 import trio.testing
 
 from apeinxfs import config as config_mod
-from apeinxfs import compaction, snapshots, verify
+from apeinxfs import compaction, mount, snapshots, verify
 from apeinxfs.archive import Archive
 from apeinxfs.archive import files as archive_files
 from apeinxfs.compaction import CannotStart, Snapshotter
@@ -554,3 +555,32 @@ def test_a_snapshot_that_raises_is_retried_at_the_normal_pace(tmp_path, monkeypa
         assert not rt.snapshotter.due(10**7 + 60) and rt.snapshotter.due(10**7 + 3600)
     finally:
         rt.close()
+
+
+def test_a_bug_in_the_last_snapshot_at_unmount_is_logged_and_the_rest_still_closes(tmp_path, monkeypatch, caplog):
+    """At unmount a last snapshot that raises a bug is logged CRITICAL with its traceback, the journal and the
+    archives still close, and close_all says a bug happened (the daemon's exit status)."""
+    rt = archived_runtime(tmp_path)
+    rt.audit_archive = Archive(str(tmp_path / "state" / "audit"), 1 << 20, stem="audit")
+    monkeypatch.setattr(compaction, "compact", misused_compact)
+    for _ in range(snapshots.KEEP - 1):
+        work(rt, 1)
+        snapshot(rt)
+    work(rt, 1)
+    assert rt.archive._file is not None
+    assert not mount.close_all(rt)
+    [critical] = [record for record in caplog.records if record.levelno == logging.CRITICAL]
+    assert "the last snapshot" in critical.getMessage() and critical.exc_info[0] is sqlite3.ProgrammingError
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        rt.journal.db.execute("SELECT 1")
+    assert rt.archive._file is None
+
+
+def test_a_clean_unmount_closes_everything_and_says_so(tmp_path):
+    """close_all after an ordinary run writes the last snapshot, closes the journal and says no bug happened."""
+    rt = archived_runtime(tmp_path)
+    rt.audit_archive = Archive(str(tmp_path / "state" / "audit"), 1 << 20, stem="audit")
+    work(rt, 1)
+    assert mount.close_all(rt) and rt.snapshotter.seq == rt.journal.last_seq
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        rt.journal.db.execute("SELECT 1")
