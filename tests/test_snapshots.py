@@ -7,6 +7,7 @@ a temp file a crash left, and refuses to start, saying why, when rows were compa
 no snapshot can be used. No FUSE here (test_snapshots_mount.py mounts).
 """
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -22,10 +23,10 @@ import trio
 import trio.testing
 
 from apeinxfs import config as config_mod
-from apeinxfs import compaction, mount, snapshots, verify
+from apeinxfs import compaction, health, mount, snapshots, verify
 from apeinxfs.archive import Archive
 from apeinxfs.archive import files as archive_files
-from apeinxfs.compaction import CannotStart, Snapshotter
+from apeinxfs.compaction import CannotStart, Snapshotter, fork_writer
 from apeinxfs.journal import SCHEMA, Journal, compact
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.errors import ApeinxError
@@ -584,3 +585,39 @@ def test_a_clean_unmount_closes_everything_and_says_so(tmp_path):
     assert mount.close_all(rt) and rt.snapshotter.seq == rt.journal.last_seq
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         rt.journal.db.execute("SELECT 1")
+
+
+def no_room_writer(directory, header, kernel):
+    """fork_writer on a full disk, as the system says it."""
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_health_warns_once_snapshots_fail_in_a_row(tmp_path, monkeypatch):
+    """Snapshots refused by a full disk FAILURES_WARNED times in a row give /health a Warning row with the reason
+    (State stays ok: the journal is written); the next snapshot written clears it."""
+    rt = daemon_like(tmp_path)
+    monkeypatch.setattr(compaction, "fork_writer", no_room_writer)
+    for _ in range(compaction.FAILURES_WARNED - 1):
+        work(rt, 1)
+        snapshot(rt)
+    assert health.show(rt.health, None, rt.snapshotter) == "State:\tok\n"
+    work(rt, 1)
+    snapshot(rt)
+    shown = health.show(rt.health, None, rt.snapshotter)
+    assert shown.startswith(f"State:\tok\nWarning:\tsnapshots: {compaction.FAILURES_WARNED} failed in a row")
+    assert "No space left on device" in shown
+    monkeypatch.setattr(compaction, "fork_writer", fork_writer)
+    snapshot(rt)
+    assert health.show(rt.health, None, rt.snapshotter) == "State:\tok\n"
+    rt.close()
+
+
+def test_health_warns_when_no_snapshot_comes_while_rows_wait(tmp_path):
+    """With rows waiting and no snapshot for STALE_PERIODS x snapshot_s (nothing failed: a writer that never
+    ends), /health warns; without waiting rows it does not."""
+    rt = daemon_like(tmp_path)
+    rt.clock_us += compaction.STALE_PERIODS * 3600 * 1_000_000
+    assert health.show(rt.health, None, rt.snapshotter) == "State:\tok\n"
+    work(rt, 1)
+    assert "Warning:\tsnapshots: 0 failed in a row" in health.show(rt.health, None, rt.snapshotter)
+    rt.close()
