@@ -48,7 +48,7 @@ POLL_S = 0.25  # how often the daemon looks whether a snapshot is due
 BUSY_SHARE = 0.25  # snapshots take at most this share of the time (their child's, mostly): one after a
 # snapshot that took T seconds waits 3 T at least
 FAILURES_WARNED = 3  # snapshots failed in a row after which /health warns
-STALE_PERIODS = 3  # snapshot_s periods without a snapshot, journal rows waiting, after which /health warns
+STALE_PERIODS = 3  # snapshot_s periods without a snapshot while rows wait, after which /health warns
 LIVE_KEYS = frozenset({"access", "utc_offset_s", "retention", "limits"})  # kernel config read where used, not built into state
 
 
@@ -198,7 +198,8 @@ class Snapshotter:
         if misses.failed < FAILURES_WARNED and not stale:
             return None
         last = f"; the last: {misses.reason}" if misses.reason else ""
-        return f"snapshots: {misses.failed} failed in a row, none written since {misses.written_us}, {rows} rows wait{last}"
+        return (f"snapshots: {misses.failed} failed in a row, none written since {misses.written_us}, "
+                f"{rows} rows wait{last}")
 
     def start(self) -> Start:
         """Where recovery starts: the newest usable snapshot, else row 0 if the journal holds all rows.

@@ -76,11 +76,6 @@ class Accounts:
         """Tenant `name`'s counter and counts, or None if the scheduler has no such tenant."""
         return self.tenants.get(name)
 
-    def tenant_of_agent(self, agent: int) -> str | None:
-        """The tenant of agent `agent`'s tasks; None for one never counted (so never active)."""
-        levels = self._levels_of.get(agent)
-        return None if levels is None else levels[0][1]
-
     def tenant(self, task: Task) -> Entity:
         return self.tenants[task.tenant]
 
