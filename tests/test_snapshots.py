@@ -240,15 +240,20 @@ def full_disk_compact(path: str, upto: int) -> None:
     raise sqlite3.OperationalError("database or disk is full")
 
 
-def test_a_misuse_of_sqlite_in_compaction_is_a_bug(tmp_path, monkeypatch):
-    """Compaction that misuses SQLite raises its ProgrammingError out of `take` (for the supervisor to count
-    as a bug) and out of the snapshot at unmount, instead of logging it as the storage's refusal."""
-    rt = daemon_like(tmp_path)
+def next_compaction_misuses_sqlite(rt, monkeypatch) -> None:
+    """Make journal.compact misuse SQLite and take snapshots up to where the next one compacts, rows after."""
     monkeypatch.setattr(compaction, "compact", misused_compact)
     for _ in range(snapshots.KEEP - 1):
         work(rt, 1)
         snapshot(rt)
     work(rt, 1)
+
+
+def test_a_misuse_of_sqlite_in_compaction_is_a_bug(tmp_path, monkeypatch):
+    """Compaction that misuses SQLite raises its ProgrammingError out of `take` (for the supervisor to count
+    as a bug) and out of the snapshot at unmount, instead of logging it as the storage's refusal."""
+    rt = daemon_like(tmp_path)
+    next_compaction_misuses_sqlite(rt, monkeypatch)
     with pytest.raises(sqlite3.ProgrammingError):
         snapshot(rt)
     work(rt, 1)
@@ -542,11 +547,7 @@ def _zombie(pid: int) -> bool:
 def test_a_snapshot_that_raises_is_retried_at_the_normal_pace(tmp_path, monkeypatch):
     """A `take` that raises a bug still records when it ran, so the restarted writer waits snapshot_s again."""
     rt = daemon_like(tmp_path)
-    monkeypatch.setattr(compaction, "compact", misused_compact)
-    for _ in range(snapshots.KEEP - 1):
-        work(rt, 1)
-        snapshot(rt)
-    work(rt, 1)
+    next_compaction_misuses_sqlite(rt, monkeypatch)
     clock = trio.testing.MockClock()
     clock.jump(10**7)
     try:
@@ -563,11 +564,7 @@ def test_a_bug_in_the_last_snapshot_at_unmount_is_logged_and_the_rest_still_clos
     archives still close, and close_all says a bug happened (the daemon's exit status)."""
     rt = archived_runtime(tmp_path)
     rt.audit_archive = Archive(str(tmp_path / "state" / "audit"), 1 << 20, stem="audit")
-    monkeypatch.setattr(compaction, "compact", misused_compact)
-    for _ in range(snapshots.KEEP - 1):
-        work(rt, 1)
-        snapshot(rt)
-    work(rt, 1)
+    next_compaction_misuses_sqlite(rt, monkeypatch)
     assert rt.archive._file is not None
     assert not mount.close_all(rt)
     [critical] = [record for record in caplog.records if record.levelno == logging.CRITICAL]
