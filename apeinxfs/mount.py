@@ -13,6 +13,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
+from functools import partial
 
 import attrs
 import pyfuse3
@@ -207,16 +209,31 @@ def _report(fd: int | None, message: str) -> None:
         os.close(fd)
 
 
-def close_files(runtime: Runtime) -> None:
-    """Close the journal, the archives and the readings log at unmount."""
+def close_journal(journal) -> None:
     try:
-        runtime.journal.close()
+        journal.close()
     except Degraded as exc:  # every row is in; only the trace rows of the last few are lost
         log.error("closing the journal: %s", exc.reason)
-    runtime.archive.close()
-    runtime.audit_archive.close()
-    if runtime.readings is not None:
-        runtime.readings.close()
+
+
+def closes(runtime: Runtime) -> list[tuple[str, Callable[[], None]]]:
+    """What unmount closes, in order: the last snapshot, the journal, the archives, the readings log."""
+    done = [("the last snapshot", runtime.snapshotter.close), ("the journal", partial(close_journal, runtime.journal)),
+            ("the trace archive", runtime.archive.close), ("the audit archive", runtime.audit_archive.close)]
+    return done + ([("the readings log", runtime.readings.close)] if runtime.readings is not None else [])
+
+
+def close_all(runtime: Runtime) -> bool:
+    """Run every close of the unmount; a bug in one is logged CRITICAL with its traceback and the others still
+    run. Whether none had a bug."""
+    clean = True
+    for what, close in closes(runtime):
+        try:
+            close()
+        except Exception:
+            log.critical("a bug in closing %s at unmount", what, exc_info=True)
+            clean = False
+    return clean
 
 
 async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
@@ -255,9 +272,6 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
         return 1
     finally:
         pyfuse3.close(unmount=unmount)
-        try:
-            runtime.snapshotter.close()
-        finally:  # a bug in the last snapshot still closes the files
-            close_files(runtime)
+        closed = close_all(runtime)
         log.info("unmounted")
-    return 0
+    return 0 if closed else 1

@@ -188,7 +188,7 @@ class PeerServer:
 
     async def serve_node(self, conn, stream, node, caller, request, body: bytes, query: dict) -> None:
         if isinstance(node, Show):
-            await send_simple(conn, stream, 200, self.tree.render(node), TEXT)
+            await send_simple(conn, stream, 200, self.tree.render(node, node.view_of(caller.identity)), TEXT)
         elif isinstance(node, Log):
             await send_range(conn, stream, node.source(), dict(request.headers).get(b"range"))
         elif isinstance(node, Blocking):

@@ -144,8 +144,9 @@ class NamedDirs(Dir):
         return self.named(name) if name in self.current() else None
 
     def entries(self):
-        """Every name's directory but `.` and `..` (a tenant from before they were refused): the kernel lists
-        its own."""
+        """Every name's directory but `.` and `..` (a tenant from before they were refused): an entry so named
+        would stand for the directory itself or its parent (Linux FUSE adds no `.` or `..` of its own, and
+        fs.py's readdir lists none)."""
         return [(name, self.named(name)) for name in self.current() if name not in (".", "..")]
 
     def owns(self, inode: int) -> bool:
@@ -174,13 +175,23 @@ class NamedDirs(Dir):
 class Show(Node):
     """Text rendered by `show()` when the file is opened (a snapshot, like seq_file).
 
-    `volatile` text depends on the clock too, not only on kernel state, so it is never reused."""
+    `volatile` text depends on the clock too, not only on kernel state, so it is never reused. `tenanted`
+    text has rows of many tenants, of which a caller reads those it sees: `show(view)` renders the rows of
+    the view's tenant (None: every tenant's, for admins)."""
 
     show: object = None
     volatile: bool = False
+    tenanted: bool = False
 
-    def render(self) -> bytes:
-        text = self.show()
+    def view_of(self, identity: Identity) -> str | None:
+        """The view `identity` reads: None (every row) for an admin or a text the same for all, else its own
+        tenant's ("" for a caller of no role: no tenant's rows)."""
+        if not self.tenanted or identity.admin:
+            return None
+        return "" if identity.role == "none" else identity.tenant or ""
+
+    def render(self, view: str | None = None) -> bytes:
+        text = self.show(view) if self.tenanted else self.show()
         return text.encode() if isinstance(text, str) else bytes(text)
 
     def open(self, caller, writing, reading, truncating=False):
@@ -270,6 +281,7 @@ class Handle:
 class SnapshotHandle(Handle):
     node: Show
     data: bytes = b""
+    view: str | None = None  # the node's view its opener reads (Show.view_of)
 
     async def read(self, offset, size, waiter):
         return self.data[offset:offset + size]
