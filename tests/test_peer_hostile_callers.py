@@ -67,8 +67,6 @@ def ask(node, method: str, path: str, caller, body: bytes = b"") -> httpx.Respon
     return httpx.request(method, url + path, headers=headers, content=body, trust_env=False, timeout=30)
 
 
-@pytest.mark.xfail(strict=True, reason="peer_wire.decode_caller takes any uid >= 0; a task owned by uid 2**64 "
-                   "makes every readdir and lookup of tasks/ fail with EIO (OverflowError in pyfuse3's st_uid)")
 def test_a_caller_uid_past_uid_t_is_refused_and_tasks_stay_listable(node):
     """A submit for a caller whose uid does not fit 32 bits is refused with EINVAL, and `ls tasks` still works."""
     daemon = node[0]

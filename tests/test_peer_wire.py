@@ -87,11 +87,21 @@ def test_the_caller_round_trips():
                                   '{"uid": 1, "gid": 0, "pid": 0, "role": "god", "tenant": "a"}',
                                   '{"uid": true, "gid": 0, "pid": 0, "role": "user", "tenant": "a"}',
                                   '{"uid": 1, "gid": 0, "pid": 0, "role": "user", "tenant": 7}',
-                                  '{"uid": 1, "gid": 0, "role": "user", "tenant": "a"}'])
+                                  '{"uid": 1, "gid": 0, "role": "user", "tenant": "a"}',
+                                  '{"uid": 4294967295, "gid": 0, "pid": 0, "role": "user", "tenant": "a"}',
+                                  '{"uid": 18446744073709551616, "gid": 0, "pid": 0, "role": "user", "tenant": "a"}',
+                                  '{"uid": 1, "gid": 4294967295, "pid": 0, "role": "user", "tenant": "a"}',
+                                  '{"uid": 1, "gid": 0, "pid": 2147483648, "role": "user", "tenant": "a"}'])
 def test_a_missing_or_malformed_caller_is_invalid(text):
     """A request without a well-formed caller is refused with EINVAL."""
     with pytest.raises(Invalid, match="header"):
         decode_caller(text)
+
+
+def test_the_largest_ids_the_system_types_hold_are_a_caller():
+    """uid and gid 2**32-2 (one below (uid_t)-1) and pid 2**31-1 pass, at the edge of what is refused."""
+    caller = Caller(2 ** 32 - 2, 2 ** 32 - 2, 2 ** 31 - 1, role="user", tenant="a")
+    assert decode_caller(encode_caller(caller)) == caller
 
 
 def test_the_token_is_read_stripped_from_a_private_file(tmp_path):

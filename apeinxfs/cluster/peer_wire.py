@@ -142,19 +142,18 @@ def encode_caller(caller: Caller) -> str:
 
 
 def decode_caller(text: str | None) -> Caller:
-    """The Caller of an `Apeinx-Caller` header; Invalid if it is missing or malformed."""
+    """The Caller of an `Apeinx-Caller` header; Invalid if it is missing or malformed (ids beyond
+    what uid_t, gid_t and pid_t hold among them: Caller's validators)."""
     if text is None:
         raise Invalid(f"no {CALLER_HEADER} header: a peer must say whom it asks for")
     try:
         fields = json.loads(text)
-        ids = [fields[key] for key in ("uid", "gid", "pid")]
-        role, tenant = fields["role"], fields["tenant"]
-    except (ValueError, KeyError, TypeError):
+        caller = Caller(fields["uid"], fields["gid"], fields["pid"], role=fields["role"], tenant=fields["tenant"])
+    except (ValueError, KeyError, TypeError, Invalid):
         raise Invalid(f"malformed {CALLER_HEADER} header {text[:100]!r}") from None
-    if not all(type(value) is int and value >= 0 for value in ids) or role not in RANKS or not (
-            tenant is None or isinstance(tenant, str)):
+    if caller.role not in RANKS or not (caller.tenant is None or isinstance(caller.tenant, str)):
         raise Invalid(f"malformed {CALLER_HEADER} header {text[:100]!r}")
-    return Caller(*ids, role=role, tenant=tenant)
+    return caller
 
 
 @attrs.frozen
