@@ -91,7 +91,8 @@ def test_the_caller_round_trips():
                                   '{"uid": 4294967295, "gid": 0, "pid": 0, "role": "user", "tenant": "a"}',
                                   '{"uid": 18446744073709551616, "gid": 0, "pid": 0, "role": "user", "tenant": "a"}',
                                   '{"uid": 1, "gid": 4294967295, "pid": 0, "role": "user", "tenant": "a"}',
-                                  '{"uid": 1, "gid": 0, "pid": 2147483648, "role": "user", "tenant": "a"}'])
+                                  '{"uid": 1, "gid": 0, "pid": 2147483648, "role": "user", "tenant": "a"}',
+                                  "[" * 5000 + "]" * 5000])
 def test_a_missing_or_malformed_caller_is_invalid(text):
     """A request without a well-formed caller is refused with EINVAL."""
     with pytest.raises(Invalid, match="header"):

@@ -149,7 +149,7 @@ def decode_caller(text: str | None) -> Caller:
     try:
         fields = json.loads(text)
         caller = Caller(fields["uid"], fields["gid"], fields["pid"], role=fields["role"], tenant=fields["tenant"])
-    except (ValueError, KeyError, TypeError, Invalid):
+    except (ValueError, KeyError, TypeError, RecursionError, Invalid):  # RecursionError: JSON nested too deep
         raise Invalid(f"malformed {CALLER_HEADER} header {text[:100]!r}") from None
     if caller.role not in RANKS or not (caller.tenant is None or isinstance(caller.tenant, str)):
         raise Invalid(f"malformed {CALLER_HEADER} header {text[:100]!r}")
