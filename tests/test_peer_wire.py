@@ -8,7 +8,7 @@ import os
 import pytest
 from hypothesis import given, strategies as st
 
-from apeinxfs.cluster.peer_server import byte_range
+from apeinxfs.cluster.peer_server import byte_range, query_count
 from apeinxfs.cluster.peer_wire import (ERRORS, HEARTBEAT, FrameReader, RemoteError, data_frame, decode_caller,
                                         decode_error, encode_caller, encode_error, parse_address, read_tokens)
 from apeinxfs.kernel.errors import ApeinxError, Degraded, Invalid
@@ -195,3 +195,18 @@ def test_unsupported_ranges_are_invalid(text):
     """Suffix, reversed, multiple and non-byte ranges are refused (EINVAL)."""
     with pytest.raises(Invalid, match="range"):
         byte_range(text, 10)
+
+
+@pytest.mark.parametrize("text, words", [("-5", "whole number"), ("+5", "whole number"), ("", "whole number"),
+                                         ("٣", "whole number"), ("0", "in 1..1000"), ("1001", "in 1..1000"),
+                                         ("999999999999", "in 1..1000"), ("9" * 5000, "in 1..1000")])
+def test_a_query_count_outside_its_bounds_is_invalid_and_says_why(text, words):
+    """`?lines=` (and `?offset=`) takes a whole number within its bounds; else EINVAL saying which it is not."""
+    with pytest.raises(Invalid, match=words):
+        query_count({"lines": [text]}, "lines", 1, 1000)
+
+
+def test_a_query_count_within_its_bounds_or_absent_is_taken():
+    """The edges of the bounds are taken, and an absent count is its default."""
+    assert [query_count({"lines": ["1"]}, "lines", 1, 1000), query_count({"lines": ["1000"]}, "lines", 1, 1000),
+            query_count({}, "offset", 0, 10, default=0)] == [1, 1000, 0]

@@ -27,7 +27,6 @@ import h11
 import trio
 
 from ..kernel.errors import ApeinxError, Denied, Invalid, NotFound, TooMany
-from ..kernel.grammar import parse_int
 from ..nodes.base import Blocking, Command, Dir, Log, Show
 from ..nodes.remote import RemoteTaskDir
 from ..ratelog import RateLog
@@ -40,6 +39,7 @@ PREFIX = "/v1/"
 REQUEST_S = 30.0  # the most a request's head and body may take to arrive (and a kept-alive connection may idle)
 BODY_MAX = 16 << 20  # the largest body taken (a bulk submit); larger: 413
 HEADER_MAX = 16 << 10
+OFFSET_MAX = 2 ** 63 - 1  # an off_t
 RECEIVE_BYTES = 1 << 16
 FRAMES = [("content-type", "application/x-apeinx-frames")]
 TEXT = [("content-type", "text/plain; charset=utf-8")]
@@ -192,11 +192,11 @@ class PeerServer:
         elif isinstance(node, Log):
             await send_range(conn, stream, node.source(), dict(request.headers).get(b"range"))
         elif isinstance(node, Blocking):
-            await self.follow(conn, stream, node, parse_int(query.get("offset", ["0"])[0], "offset"))
+            await self.follow(conn, stream, node, query_count(query, "offset", 0, OFFSET_MAX, default=0))
         else:
             handle = node.open(caller, writing=True, reading=False)
-            if "lines" in query:  # a write placed on several nodes
-                handle.write_lines = parse_int(query["lines"][0], "lines")
+            if "lines" in query:  # a write placed on several nodes: at most one write's lines, which bound its wait
+                handle.write_lines = query_count(query, "lines", 1, self.rt.buffers.write_lines)
             try:
                 await handle.write_here(body if body.endswith(b"\n") else body + b"\n")  # a submit waits for etcd
             finally:
@@ -266,6 +266,16 @@ async def send_range(conn, stream, source, wanted: bytes | None) -> None:
     if start >= total:
         return await send_simple(conn, stream, 416, b"", [("content-range", f"bytes */{total}")])
     await send_simple(conn, stream, 206, bytes(source[start:end + 1]), [("content-range", f"bytes {start}-{end}/{total}")])
+
+
+def query_count(query: dict, name: str, lowest: int, highest: int, default: int | None = None) -> int:
+    """The whole number `?name=` in lowest..highest (absent: `default`); Invalid saying which it is not."""
+    text = query.get(name, [str(default)])[0]
+    if not (text.isascii() and text.isdigit()):
+        raise Invalid(f"?{name}= must be a whole number, not {text[:40]!r}")
+    if not lowest <= int(text[:30]) <= highest:
+        raise Invalid(f"?{name}= must be in {lowest}..{highest}, not {text[:40]}")
+    return int(text)
 
 
 def byte_range(text: str, total: int) -> tuple[int, int]:
