@@ -226,7 +226,8 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
             if peer is not None:  # other nodes read and drive this node's tasks (cluster/peer_server.py)
-                await nursery.start(peer_server.PeerServer(tree, peer.tokens, config.max_waiters).serve, peer)
+                server = peer_server.PeerServer(tree, peer.tokens, config.max_waiters, config.cluster.peer_stall_s)
+                await nursery.start(server.serve, peer)
             serving = trio.CancelScope()
             async def on_signal(task_status=trio.TASK_STATUS_IGNORED):
                 nonlocal unmount

@@ -6,9 +6,11 @@ import errno
 import os
 
 import pytest
+import trio
+import trio.testing
 from hypothesis import given, strategies as st
 
-from apeinxfs.cluster.peer_server import byte_range, query_count
+from apeinxfs.cluster.peer_server import FRAME_MAX, StalledSends, byte_range, query_count
 from apeinxfs.cluster.peer_wire import (ERRORS, HEARTBEAT, FrameReader, RemoteError, data_frame, decode_caller,
                                         decode_error, encode_caller, encode_error, parse_address, read_tokens)
 from apeinxfs.kernel.errors import ApeinxError, Degraded, Invalid
@@ -210,3 +212,16 @@ def test_a_query_count_within_its_bounds_or_absent_is_taken():
     """The edges of the bounds are taken, and an absent count is its default."""
     assert [query_count({"lines": ["1"]}, "lines", 1, 1000), query_count({"lines": ["1000"]}, "lines", 1, 1000),
             query_count({}, "offset", 0, 10, default=0)] == [1, 1000, 0]
+
+
+async def test_a_send_the_peer_does_not_take_ends_the_connection(autojump_clock):
+    """A send nobody reads is given up after stall_s (a broken connection); one read in time is whole."""
+    client, server = trio.testing.lockstep_stream_pair()
+    stalled = StalledSends(server, 10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stalled.send_all, b"x" * 100)
+        assert await client.receive_some(1000) == b"x" * 100
+    started = trio.current_time()
+    with pytest.raises(trio.BrokenResourceError, match=f"took not {FRAME_MAX} bytes in 10s"):
+        await stalled.send_all(b"y")
+    assert trio.current_time() - started == pytest.approx(10)

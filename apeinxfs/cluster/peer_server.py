@@ -12,7 +12,9 @@ token file holds now (compared in constant time; else 401; the file looked at ag
 once a second, at a request: peer_wire.token_file). Refusals go back as peer_wire error
 records. A blocked `stream` or `wait` sleeps on the runtime's Notifier like a local reader,
 waking at each change of its key or after HEARTBEAT_S to send a heartbeat (so a reader whose
-peer went away ends within that).
+peer went away ends within that). A peer that does not take FRAME_MAX bytes of a response
+(or the rest of it) within `stall_s` ([cluster] peer_stall_s) loses its connection, and so
+its blocked reader's slot: StalledSends.
 Not here: the FUSE mount, the client (peer_client.py), membership.
 """
 import logging
@@ -80,10 +82,11 @@ def listening_for(cluster) -> Listening | None:
 class PeerServer:
     """Serves this node's tree (a nodes.tree.Tree) to peers; `serve` runs it until cancelled."""
 
-    def __init__(self, tree, tokens: TokenFile, max_blocked: int):
+    def __init__(self, tree, tokens: TokenFile, max_blocked: int, stall_s: float):
         self.tree, self.rt = tree, tree.rt
         self.tokens = tokens
         self.max_blocked = max_blocked  # stream and wait readers of peers blocked at once
+        self.stall_s = stall_s  # the longest a send may wait for the peer to take bytes
         self.blocked = 0
         self.bug_log = RateLog(log)
 
@@ -92,10 +95,11 @@ class PeerServer:
         log.info("peer server on %s", listening.sock.getsockname()[:2])
         await trio.serve_listeners(self.connection, [listener], task_status=task_status)
 
-    async def connection(self, stream: trio.SocketStream) -> None:
-        """Requests on one connection, kept alive between them; a broken one just ends, and
-        no bug escapes (it would end the daemon's nursery)."""
+    async def connection(self, socket_stream: trio.SocketStream) -> None:
+        """Requests on one connection, kept alive between them; a broken or stalled one just
+        ends, and no bug escapes (it would end the daemon's nursery)."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEADER_MAX)
+        stream = StalledSends(socket_stream, self.stall_s)
         try:
             while await self.exchange(conn, stream):
                 conn.start_next_cycle()
@@ -227,6 +231,29 @@ class PeerServer:
             await self.rt.notifier.wait(key)
         if silence.cancelled_caught:
             await send(conn, stream, h11.Data(data=HEARTBEAT))
+
+
+@attrs.frozen
+class StalledSends:
+    """A connection's stream whose send ends it (BrokenResourceError) unless the peer takes each
+    FRAME_MAX bytes of it (or the rest) within `stall_s`."""
+
+    stream: trio.SocketStream
+    stall_s: float
+
+    async def send_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), FRAME_MAX):
+            with trio.move_on_after(self.stall_s) as stalled:
+                await self.stream.send_all(view[start:start + FRAME_MAX])
+            if stalled.cancelled_caught:  # the stream is left half sent: only closing it is safe
+                raise trio.BrokenResourceError(f"the peer took not {FRAME_MAX} bytes in {self.stall_s:g}s")
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 async def receive(conn: h11.Connection, stream):
