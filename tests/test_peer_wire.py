@@ -10,7 +10,8 @@ import trio
 import trio.testing
 from hypothesis import given, strategies as st
 
-from apeinxfs.cluster.peer_server import FRAME_MAX, StalledSends, byte_range, query_count
+from apeinxfs.cluster.peer_server import (FRAME_MAX, UNPROVEN_MAX, StalledSends, Unproven, byte_range,
+                                          query_count)
 from apeinxfs.cluster.peer_wire import (ERRORS, HEARTBEAT, FrameReader, RemoteError, data_frame, decode_caller,
                                         decode_error, encode_caller, encode_error, parse_address, read_tokens)
 from apeinxfs.kernel.errors import ApeinxError, Degraded, Invalid
@@ -225,3 +226,14 @@ async def test_a_send_the_peer_does_not_take_ends_the_connection(autojump_clock)
     with pytest.raises(trio.BrokenResourceError, match=f"took not {FRAME_MAX} bytes in 10s"):
         await stalled.send_all(b"y")
     assert trio.current_time() - started == pytest.approx(10)
+
+
+def test_unproven_connections_are_capped_and_each_gives_its_place_back_once():
+    """UNPROVEN_MAX connections are admitted (the test's descriptor limit is higher), the next is not, and a
+    ticket given back twice makes room for one."""
+    unproven = Unproven()
+    tickets = [unproven.admit() for _ in range(UNPROVEN_MAX)]
+    refused = unproven.admit()
+    tickets[0].give_back()
+    tickets[0].give_back()
+    assert refused is None and unproven.admit() is not None and unproven.admit() is None

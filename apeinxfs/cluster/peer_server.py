@@ -14,12 +14,16 @@ records. A blocked `stream` or `wait` sleeps on the runtime's Notifier like a lo
 waking at each change of its key or after HEARTBEAT_S to send a heartbeat (so a reader whose
 peer went away ends within that). A peer that does not take FRAME_MAX bytes of a response
 (or the rest of it) within `stall_s` ([cluster] peer_stall_s) loses its connection, and so
-its blocked reader's slot: StalledSends.
+its blocked reader's slot: StalledSends. Connections that have not yet sent a request with the
+token are at most UNPROVEN_MAX, and a quarter of the descriptors the daemon may open
+(RLIMIT_NOFILE, read at each connection): one beyond is closed at once, so that idle
+connections from anyone cannot take the descriptors the mount, journal and snapshots need.
 Not here: the FUSE mount, the client (peer_client.py), membership.
 """
 import logging
 import os
 import re
+import resource
 import socket
 import time
 import urllib.parse
@@ -42,6 +46,7 @@ REQUEST_S = 30.0  # the most a request's head and body may take to arrive (and a
 BODY_MAX = 16 << 20  # the largest body taken (a bulk submit); larger: 413
 HEADER_MAX = 16 << 10
 OFFSET_MAX = 2 ** 63 - 1  # an off_t
+UNPROVEN_MAX = 256  # connections without an authorized request yet (and a quarter of RLIMIT_NOFILE at most)
 RECEIVE_BYTES = 1 << 16
 FRAMES = [("content-type", "application/x-apeinx-frames")]
 TEXT = [("content-type", "text/plain; charset=utf-8")]
@@ -88,6 +93,7 @@ class PeerServer:
         self.max_blocked = max_blocked  # stream and wait readers of peers blocked at once
         self.stall_s = stall_s  # the longest a send may wait for the peer to take bytes
         self.blocked = 0
+        self.unproven = Unproven()
         self.bug_log = RateLog(log)
 
     async def serve(self, listening: Listening, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -100,20 +106,26 @@ class PeerServer:
         ends, and no bug escapes (it would end the daemon's nursery)."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEADER_MAX)
         stream = StalledSends(socket_stream, self.stall_s)
+        ticket = self.unproven.admit()
+        if ticket is None:
+            self.bug_log.log("unproven", logging.WARNING, "peer server: %d connections have sent no request with "
+                             "the token; closing new ones", self.unproven.count)
+            return await stream.aclose()
         try:
-            while await self.exchange(conn, stream):
+            while await self.exchange(conn, stream, ticket):
                 conn.start_next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             pass
         except Exception as exc:
             self.log_bug(exc)
         finally:
+            ticket.give_back()
             await stream.aclose()
 
     def log_bug(self, exc: Exception) -> None:
         self.bug_log.log("peer", logging.ERROR, "bug serving a peer: %s: %r", type(exc).__name__, str(exc)[:200])
 
-    async def exchange(self, conn: h11.Connection, stream) -> bool:
+    async def exchange(self, conn: h11.Connection, stream, ticket: "Ticket") -> bool:
         """One request and its response; whether the connection may carry another. A request
         without the token is refused before its body is read."""
         request = body = None
@@ -122,6 +134,7 @@ class PeerServer:
             request = await receive(conn, stream)
             authorized = isinstance(request, h11.Request) and self.authorized(request)
             if authorized:
+                ticket.give_back()
                 body = await read_body(conn, stream)
         if not isinstance(request, h11.Request):  # closed, or kept alive idle past REQUEST_S
             return False
@@ -231,6 +244,35 @@ class PeerServer:
             await self.rt.notifier.wait(key)
         if silence.cancelled_caught:
             await send(conn, stream, h11.Data(data=HEARTBEAT))
+
+
+@attrs.define
+class Unproven:
+    """The connections that have not yet sent a request with the token: at most UNPROVEN_MAX and a
+    quarter of the descriptor limit now (so that one lowered at run time lowers the cap)."""
+
+    count: int = 0
+
+    def admit(self) -> "Ticket | None":
+        """A new connection's ticket; None if there are as many as the cap."""
+        if self.count >= min(UNPROVEN_MAX, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4):
+            return None
+        self.count += 1
+        return Ticket(self)
+
+
+@attrs.define
+class Ticket:
+    """One connection's place among the unproven, given back once: at its first request with the
+    token, or at its end."""
+
+    unproven: Unproven
+    held: bool = True
+
+    def give_back(self) -> None:
+        if self.held:
+            self.held = False
+            self.unproven.count -= 1
 
 
 @attrs.frozen
