@@ -98,6 +98,30 @@ def test_a_submit_longer_than_a_write_is_refused(node):
     assert answer.status_code == 400 and "?lines= must be in 1.." in answer.json()["reason"]
 
 
+def raw_answer(node, request: bytes) -> bytes:
+    """The bytes the node's peer port sends back for `request`, until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", int(node[1].rsplit(":", 1)[1])), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("request_bytes, status", [(b"NOT HTTP AT ALL\r\n\r\n", b"400"),
+                                                   (b"GET /v1/ctl/kill HTTP/1.1\r\nx: " + b"y" * 17000, b"431")])
+def test_a_request_that_is_not_http_or_too_long_is_answered_before_the_close(node, request_bytes, status):
+    """Bytes that are not HTTP get a 400, a head past 16 KiB a 431, each with an EINVAL record, then the close."""
+    head, _, body = raw_answer(node, request_bytes).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 " + status) and json.loads(body)["errno"] == errno.EINVAL
+
+
+def test_a_submit_of_more_lines_than_a_write_takes_is_413_e2big(node):
+    """A submit body of more lines than limits.write_lines is refused 413 with E2BIG, not as a server error."""
+    answer = ask(node, "POST", "/v1/ctl/submit", DEFAULT_CALLER, b"many 5 5\n" * 10001)
+    assert (answer.status_code, answer.json()["errno"]) == (413, errno.E2BIG)
+
+
 def stalled_stream(node, pid: int) -> socket.socket:
     """A connection that asks for the task's stream and then never reads (a receive buffer of 4 KiB)."""
     _, url, token = node

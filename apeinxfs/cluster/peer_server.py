@@ -20,6 +20,7 @@ token are at most UNPROVEN_MAX, and a quarter of the descriptors the daemon may 
 connections from anyone cannot take the descriptors the mount, journal and snapshots need.
 Not here: the FUSE mount, the client (peer_client.py), membership.
 """
+import contextlib
 import logging
 import os
 import re
@@ -114,6 +115,8 @@ class PeerServer:
         try:
             while await self.exchange(conn, stream, ticket):
                 conn.start_next_cycle()
+        except h11.RemoteProtocolError as exc:
+            await refuse_malformed(conn, stream, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             pass
         except Exception as exc:
@@ -296,6 +299,16 @@ class StalledSends:
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+async def refuse_malformed(conn: h11.Connection, stream, exc: h11.RemoteProtocolError) -> None:
+    """Answer a request that is not HTTP, or whose head passes HEADER_MAX, with h11's status for it (400,
+    431) and an EINVAL record, if no response has started; the connection then closes."""
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    _, record = encode_error(Invalid(f"malformed HTTP request: {exc}"))
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+        await send_simple(conn, stream, exc.error_status_hint, record, [("connection", "close")])
 
 
 async def receive(conn: h11.Connection, stream):

@@ -36,7 +36,7 @@ TOKEN_BYTES = re.compile(rb"[\x21-\x7e]+")
 TOKEN_WORDING = Wording("edited peer token file", "the tokens loaded before stay in use",
                         "its first token is sent, each is accepted")
 STATUS_OF_ERRNO = {errno.EINVAL: 400, errno.EACCES: 403, errno.EPERM: 403, errno.EDQUOT: 403, errno.ENOENT: 404,
-                   errno.EBUSY: 409, errno.EEXIST: 409, errno.EAGAIN: 503}
+                   errno.EBUSY: 409, errno.EEXIST: 409, errno.E2BIG: 413, errno.EAGAIN: 503}
 
 
 class PeerDown(ApeinxError):
