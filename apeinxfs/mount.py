@@ -10,6 +10,7 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -156,9 +157,19 @@ def _log_to(path: str | None, debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True)
 
 
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (blocked readers, peers, engines and
+    snapshots each hold descriptors; the default soft 1,024 is soon reached); the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
 def serve(args: MountArgs, config, ready_fd: int | None) -> int:
     """Boot the kernel from the journal, mount, serve until unmounted or signalled."""
     try:
+        log.info("descriptors: at most %d", raise_descriptor_limit())
         lock_state_dir(config.state_dir)
         archive = Archive(os.path.join(config.state_dir, "trace"), config.retention.trace_file_bytes,
                           config.retention.trace_bytes)
@@ -243,7 +254,8 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
             if peer is not None:  # other nodes read and drive this node's tasks (cluster/peer_server.py)
-                await nursery.start(peer_server.PeerServer(tree, peer.tokens, config.max_waiters).serve, peer)
+                server = peer_server.PeerServer(tree, peer.tokens, config.max_waiters, config.cluster.peer_stall_s)
+                await nursery.start(server.serve, peer)
             serving = trio.CancelScope()
             async def on_signal(task_status=trio.TASK_STATUS_IGNORED):
                 nonlocal unmount

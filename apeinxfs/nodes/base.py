@@ -18,7 +18,7 @@ import time
 
 import attrs
 
-from ..kernel.access import Identity
+from ..kernel.access import PID_MAX, UID_MAX, Identity, id_bound
 from ..kernel.errors import ApeinxError, Denied, Hidden, Invalid, NotFound
 from .buffers import Limits, unfinished
 
@@ -35,9 +35,9 @@ class Caller:
     """Who opened a file, with the role and tenant access.py gave it: kept from the open
     request, since reads and writes have no ctx. Built without a role, it is root."""
 
-    uid: int = 0
-    gid: int = 0
-    pid: int = 0
+    uid: int = attrs.field(default=0, validator=id_bound(UID_MAX))
+    gid: int = attrs.field(default=0, validator=id_bound(UID_MAX))
+    pid: int = attrs.field(default=0, validator=id_bound(PID_MAX))
     role: str = "admin"
     tenant: str | None = "default"
     identity: Identity = attrs.field(init=False, eq=False, repr=False)
