@@ -5,12 +5,16 @@ pattern of test_openai_driver.py), in a real Runtime (journal, kernel, drivers; 
 xfail(strict) until the defect is mended: whoever mends one turns its test on.
 """
 import json
+import math
 
+import httpx
 import pytest
 import trio
 
 import daemon
 import runtasks
+from apeinxfs.drivers import openai, scrape
+from apeinxfs.kernel.errors import Invalid
 from apeinxfs.kernel.events import Submit
 from apeinxfs.kernel.spec import TaskSpec
 from engines import free_port
@@ -178,3 +182,25 @@ def two_models_config(liar: int, honest: int) -> str:
               for shape in ["\n".join(f"{k} = {json.dumps(v)}" for k, v in daemon.TINY_SHAPE.items())]]
     return "[gpus]\nsimulated = 1\nslots = 4\n" + "".join(models)
 
+
+
+@pytest.mark.xfail(strict=True, reason="scrape.py reads the whole /metrics body (httpx, no size bound) and metrics.parse "
+                   "parses it on the daemon's one thread without a checkpoint: 1e6 lines (~40 MB) held `cat memory/meminfo` "
+                   "12 s on a real mount, RSS 45 -> 242 MB")
+async def test_a_metrics_body_of_a_million_lines_is_refused(nursery):
+    """A /metrics of a million samples is an observation error (too large), not a reading parsed whole."""
+    body = "".join(f'vllm:num_requests_running{{engine="{i}"}} 1\n' for i in range(1_000_000))
+    port = await serve(nursery, None, body)
+    async with httpx.AsyncClient() as client:
+        observation, _ = await scrape.scrape(client, f"http://127.0.0.1:{port}", timeout_s=10.0)
+    assert observation.reading is None and observation.error
+
+
+@pytest.mark.xfail(strict=True, reason="Connection's validators (openai.py: gt(0), ge(0)) take inf: an engine silent "
+                   "for ever never times out, a failed request never retried, an engine never scraped")
+@pytest.mark.parametrize("option", ["timeout_s", "backoff_s", "metrics_s"])
+def test_an_infinite_engine_option_is_refused(option):
+    """A model whose options give `option = inf` is refused at start with the option's name."""
+    model = type("Model", (), {"name": "m", "options": {"url": "http://e:8000", option: math.inf}})
+    with pytest.raises(Invalid, match=option):
+        openai.Endpoint.of(model)
