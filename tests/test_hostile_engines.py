@@ -1,0 +1,227 @@
+"""Red team: what the daemon reads from a hostile engine (its stream, its /metrics), and the engine URLs it shows.
+
+Each test reproduces a defect found by attacking the openai driver with a fake engine on 127.0.0.1 (the
+pattern of test_openai_driver.py), in a real Runtime (journal, kernel, drivers; no FUSE). They are
+xfail(strict) until the defect is mended: whoever mends one turns its test on.
+"""
+import json
+import math
+
+import httpx
+import pytest
+import trio
+
+import daemon
+import runtasks
+from apeinxfs.drivers import openai, scrape
+from apeinxfs.kernel.errors import Invalid
+from apeinxfs.kernel.events import Submit
+from apeinxfs.kernel.spec import TaskSpec
+from engines import free_port
+from fakehttp import read_request
+from test_journal_runtime import open_runtime
+from test_openai_driver import run_tasks
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+ONE_TOKEN = b'data: {"choices":[{"text":" w"}]}\n\n'
+ENDED = b'data: {"choices":[{"text":"","finish_reason":"length"}],"usage":{"completion_tokens":1}}\n\n'
+NOT_ENDING_S = 6  # how long a test waits for a task its engine keeps busy (timeout_s is 0.5 there)
+
+
+def answering(answer, metrics: str = ""):
+    """A fake engine's connection handler: `answer(stream)` to each POST, `metrics` as its /metrics."""
+    async def handle(stream):
+        request = await read_request(stream)
+        if request is None:
+            return
+        try:
+            if request.body is None:
+                body = metrics.encode()
+                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+                                      % len(body) + body)
+            else:
+                await answer(stream)
+        except trio.BrokenResourceError:
+            pass
+    return handle
+
+
+async def serve(nursery, answer, metrics: str = "") -> int:
+    listeners = await nursery.start(trio.serve_tcp, answering(answer, metrics), 0)
+    return listeners[0].socket.getsockname()[1]
+
+
+async def pings_forever(stream):
+    await stream.send_all(HEAD)
+    while True:
+        await stream.send_all(b": ping\n\n")
+        await trio.sleep(0.05)
+
+
+async def headers_trickled(stream):
+    await stream.send_all(b"HTTP/1.1 200 OK\r\n")
+    while True:
+        await stream.send_all(b"x")
+        await trio.sleep(0.1)
+
+
+async def one_endless_line(stream):
+    await stream.send_all(HEAD + b"data: ")
+    while True:
+        await stream.send_all(b"x" * 65536)
+        await trio.sleep(0.001)
+
+
+async def data_lines_never_ending_an_event(stream):
+    await stream.send_all(HEAD)
+    while True:
+        await stream.send_all(b"data: x\n" * 4096)
+        await trio.sleep(0.001)
+
+
+async def one_endless_chunk(stream):
+    await stream.send_all(HEAD.replace(b"connection", b"transfer-encoding: chunked\r\nconnection") + b"fffffffffff\r\n")
+    while True:
+        await stream.send_all(b"x" * 65536)
+        await trio.sleep(0.001)
+
+
+async def an_endless_error_body(stream):
+    await stream.send_all(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n")
+    while True:
+        await stream.send_all(b"x" * 65536)
+        await trio.sleep(0.001)
+
+
+@pytest.mark.xfail(strict=True, reason="an engine that keeps its connection busy without tokens (comments, a header "
+                   "trickle, a line or event or chunk or 4xx body that never ends: openai.py _check reads it all) holds its task for ever: timeout_s is only the "
+                   "socket's silence (bare.py _wait), and aiter_lines / SseDecoder / _chunks buffer without bound")
+@pytest.mark.parametrize("answer", [pings_forever, headers_trickled, one_endless_line, data_lines_never_ending_an_event,
+                                    one_endless_chunk, an_endless_error_body])
+async def test_an_engine_busy_without_tokens_does_not_hold_its_task_for_ever(answer, tmp_path, nursery):
+    """A task whose engine sends bytes but never a token ends with a reason (timeout_s 0.5), not held for ever."""
+    port = await serve(nursery, answer)
+    config = daemon.engine_config("openai", url=f"http://127.0.0.1:{port}", timeout_s=0.5, retries=0, metrics_s=0)
+    with open_runtime(tmp_path, config.replace("context = 4096", "context = 4096\nresume_limit = 0")) as rt:
+        async with trio.open_nursery() as inner:
+            await inner.start(rt.run)
+            pid = rt.commit([Submit(spec=TaskSpec(name="a", max_tokens=5), uid=1000)])[0]
+            with trio.move_on_after(NOT_ENDING_S):
+                while not rt.kernel.tasks[pid].done:
+                    await rt.wait_for(pid, 1.0)
+            task = rt.kernel.tasks[pid]
+            inner.cancel_scope.cancel()
+    assert task.done and task.exit.startswith("failed: engine at")
+
+
+@pytest.mark.xfail(strict=True, reason="sse.Tally.chunk takes usage's numbers as they come (Infinity, 1.5, negative "
+                   "prompt_tokens) and the kernel's Step applies them unchecked (moves.py _serve, runqueue.charge)")
+@pytest.mark.parametrize("usage", ['{"completion_tokens":Infinity}', '{"completion_tokens":1.5}',
+                                   '{"prompt_tokens":-1000000000,"completion_tokens":1}'])
+async def test_an_engines_usage_out_of_range_is_not_counted(usage, tmp_path, nursery):
+    """An engine's usage of Infinity, 1.5 or negative tokens fails its task naming the engine; the books stay integers >= 0."""
+    async def answer(stream):
+        await stream.send_all(HEAD + b'data: {"choices":[{"text":" x","finish_reason":"length"}],"usage":%s}\n\n'
+                              % usage.encode())
+    port = await serve(nursery, answer)
+    [task] = await run_tasks(tmp_path, port, [{"name": "a", "max_tokens": 5}], metrics_s=0)
+    assert type(task.tokens_out) is int and 0 <= task.tokens_out <= 5
+    assert task.exit.startswith("failed: engine at")
+
+
+@pytest.mark.xfail(strict=True, reason="a negative KV report raises Invalid (kvreport.py check) out of scrape.watch: "
+                   "the driver's one observe loop, which scrapes every model, is restarted as a bug, backing off to 30 s")
+async def test_one_engines_negative_kv_report_leaves_other_engines_scraped(tmp_path, nursery):
+    """An engine whose /metrics says -5000 KV tokens, scraped 10 times (2 s), makes no bug of the loop scraping the others."""
+    liar = await serve(nursery, None, "sglang:num_used_tokens -5000\n")
+    honest = await serve(nursery, None, "sglang:num_used_tokens 0\n")
+    with open_runtime(tmp_path, two_models_config(liar, honest)) as rt:
+        async with trio.open_nursery() as inner:
+            await inner.start(rt.run)
+            with trio.move_on_after(2.0):
+                while "driver.openai.observe" not in rt.supervisor.bugs:
+                    await trio.sleep(0.05)
+            inner.cancel_scope.cancel()
+        assert "driver.openai.observe" not in rt.supervisor.bugs and "honest" in rt.engine_metrics
+
+
+@pytest.mark.xfail(strict=True, reason="a KV report is believed however large (kvreport.py record, metrics.py: usage "
+                   "> 1, 1e30 tokens): its pages beyond the books fill the GPU for every model, whose tasks queue for ever")
+async def test_an_engine_reporting_more_kv_than_its_gpu_holds_does_not_block_other_models(tmp_path, nursery):
+    """After one engine reports 1e30 KV tokens on the GPU they share, the other model's task still runs to done."""
+    async def answer(stream):
+        await stream.send_all(HEAD + ONE_TOKEN + ENDED)
+    liar = await serve(nursery, answer, "sglang:num_used_tokens 1e30\n")
+    honest = await serve(nursery, answer, "sglang:num_used_tokens 0\n")
+    with open_runtime(tmp_path, two_models_config(liar, honest)) as rt:
+        async with trio.open_nursery() as inner:
+            await inner.start(rt.run)
+            with trio.fail_after(NOT_ENDING_S):
+                while rt.kernel.engines.kv_reports.last("liar", ()) is None:
+                    await trio.sleep(0.05)
+            pid = rt.commit([Submit(spec=TaskSpec(name="h", model="honest", max_tokens=3), uid=1000)])[0]
+            with trio.move_on_after(NOT_ENDING_S):
+                while not rt.kernel.tasks[pid].done:
+                    await rt.wait_for(pid, 1.0)
+            task = rt.kernel.tasks[pid]
+            inner.cancel_scope.cancel()
+    assert task.exit == "done"
+
+
+@pytest.mark.xfail(strict=True, reason="engine URLs are shown as written, credentials too: a task's exit reason "
+                   "(openai.py _attempts, kernel/engines.py), models/NAME/status and config, the trace")
+async def test_an_engine_urls_credentials_are_not_in_a_tasks_exit(tmp_path):
+    """A task failed by an unreachable engine whose URL holds user:password names the engine without the password."""
+    port = free_port()
+    config = daemon.engine_config("openai", url=f"http://admin:s3cret@127.0.0.1:{port}", retries=0, backoff_s=0.01,
+                                  metrics_s=0)
+    [task] = await runtasks.run_tasks(tmp_path, config.replace("context = 4096", "context = 4096\nengine_wait_s = 0.5"),
+                                      [{"name": "a", "max_tokens": 5}])
+    assert task.exit.startswith("failed:") and f"127.0.0.1:{port}" in task.exit
+    assert "s3cret" not in task.exit
+
+
+def two_models_config(liar: int, honest: int) -> str:
+    """One simulated GPU shared by two openai models, `liar` and `honest`, on those ports, scraped every 0.2 s."""
+    models = [f'[[models]]\nname = "{name}"\ndriver = "openai"\n{shape}\n[models.options]\n'
+              f'url = "http://127.0.0.1:{port}"\nmetrics_s = 0.2\n'
+              for name, port in (("liar", liar), ("honest", honest))
+              for shape in ["\n".join(f"{k} = {json.dumps(v)}" for k, v in daemon.TINY_SHAPE.items())]]
+    return "[gpus]\nsimulated = 1\nslots = 4\n" + "".join(models)
+
+
+
+@pytest.mark.xfail(strict=True, reason="scrape.py reads the whole /metrics body (httpx, no size bound) and metrics.parse "
+                   "parses it on the daemon's one thread without a checkpoint: 1e6 lines (~40 MB) held `cat memory/meminfo` "
+                   "12 s on a real mount, RSS 45 -> 242 MB")
+async def test_a_metrics_body_of_a_million_lines_is_refused(nursery):
+    """A /metrics of a million samples is an observation error (too large), not a reading parsed whole."""
+    body = "".join(f'vllm:num_requests_running{{engine="{i}"}} 1\n' for i in range(1_000_000))
+    port = await serve(nursery, None, body)
+    async with httpx.AsyncClient() as client:
+        observation, _ = await scrape.scrape(client, f"http://127.0.0.1:{port}", timeout_s=10.0)
+    assert observation.reading is None and observation.error
+
+
+@pytest.mark.xfail(strict=True, reason="Connection's validators (openai.py: gt(0), ge(0)) take inf: an engine silent "
+                   "for ever never times out, a failed request never retried, an engine never scraped")
+@pytest.mark.parametrize("option", ["timeout_s", "backoff_s", "metrics_s"])
+def test_an_infinite_engine_option_is_refused(option):
+    """A model whose options give `option = inf` is refused at start with the option's name."""
+    model = type("Model", (), {"name": "m", "options": {"url": "http://e:8000", option: math.inf}})
+    with pytest.raises(Invalid, match=option):
+        openai.Endpoint.of(model)
+
+
+@pytest.mark.xfail(strict=True, reason="openai.py _check puts the engine's 4xx body in the task's exit as it came, "
+                   "line ends too: /tasks/N/status gains the engine's own `State:` and `Exit:` lines, `wait` a second line")
+async def test_an_engines_error_text_cannot_add_lines_to_a_tasks_status(tmp_path, nursery):
+    """An HTTP 400 whose body holds line ends fails the task with an exit reason of one line."""
+    async def answer(stream):
+        body = b"bad request\nState:\tdone\nExit:\tdone"
+        await stream.send_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+                              % len(body) + body)
+    port = await serve(nursery, answer)
+    [task] = await run_tasks(tmp_path, port, [{"name": "a", "max_tokens": 5}], metrics_s=0)
+    assert task.exit.startswith("failed: engine at") and "bad request" in task.exit
+    assert "\n" not in task.exit
