@@ -210,11 +210,8 @@ class Runtime:
             self.notifier.wake([("done", pid) for pid in pids if pid not in tasks or pid in done])
 
     def reject(self, path: str, error: ApeinxError, uid: int, pid: int = 0, tenant: str | None = None) -> None:
-        """Record a refused write in the journal and trace (and, for a denial, the audit trail), once: an error
-        journaled already is not again. While the journal cannot be written the refusal stands unrecorded."""
-        if error.journaled:
-            return
-        error.journaled = True
+        """Record a refused write in the journal and trace (and, for a denial, the audit trail): the `reject`
+        line. While the journal cannot be written the refusal stands unrecorded."""
         with contextlib.suppress(Degraded):
             self.commit([Rejected(path=path, reason=error.reason, uid=uid, errno=error.errno, denial=error.denial,
                                   caller_pid=pid, caller_tenant=tenant)])

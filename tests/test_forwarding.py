@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from apeinxfs.kernel.errors import Invalid, NoBuffers, NotAllRun, TooBig, TryAgain
+from apeinxfs.kernel.errors import Invalid, NoBuffers, NotAllRun, RejectLine, TooBig, TryAgain
 from apeinxfs.nodes.base import BUG, LINE_MAX, Caller
 from apeinxfs.nodes.buffers import Buffers
 from apeinxfs.nodes.forwarding import Forwarding, Route
@@ -157,7 +157,7 @@ async def test_a_write_that_did_not_all_run_fails_with_its_errno_and_keeps_every
     """NotAllRun from the route: the write fails with its errno and the reply is its own, a line per line (the
     pids that ran are not turned into errors)."""
     outcome = ["7", "error: line 2: node b: no answer; its outcome is unknown"]
-    node = Recorder(answer="remote", refusal=NotAllRun(errno.EHOSTDOWN, outcome[1], outcome))
+    node = Recorder(answer="remote", refusal=NotAllRun(errno.EHOSTDOWN, outcome[1], outcome, RejectLine.HERE))
     handle = node.open()
     with pytest.raises(NotAllRun) as refused:
         await handle.write_async(b"a\nb\n")

@@ -151,7 +151,7 @@ def test_only_settings_changes_are_shared(tmp_path):
     assert not shared.takes([Submit(spec=TaskSpec(name="j"))])
     assert shared.takes([SetPolicy(policy="vtc")]) and not shared.takes([SetPolicy(policy="vtc"), Shared(1, "a")])
     assert rt.commit([SetPolicy(policy="vtc")]) == [None] and rt.kernel.runq.name != "vtc"
-    assert shared.receive.receive_nowait() == encode("n1", [SetPolicy(policy="vtc")])
+    assert shared.receive.receive_nowait()[0] == encode("n1", [SetPolicy(policy="vtc")])
     rt.journal.close()
 
 

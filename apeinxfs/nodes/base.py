@@ -19,7 +19,7 @@ import time
 import attrs
 
 from ..kernel.access import Identity
-from ..kernel.errors import ApeinxError, Denied, Hidden, Invalid, NotFound
+from ..kernel.errors import ApeinxError, Denied, Hidden, Invalid, NotFound, RejectLine
 from .buffers import Limits, unfinished
 
 LINE_MAX = (1 << 20) + 4096
@@ -27,6 +27,7 @@ OVER_LONG = bytes(LINE_MAX + 1)  # stands for the rest of a line already refused
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 DIR_MODE = stat.S_IFDIR | 0o555
 _AFTER_WRITE: contextvars.ContextVar[list | None] = contextvars.ContextVar("after_write", default=None)
+_AT_CLOSE: contextvars.ContextVar = contextvars.ContextVar("at_close", default=lambda refusal: None)
 BUG = "internal error in the daemon (logged)"  # the reason read back after a write that hit a bug
 
 
@@ -299,7 +300,8 @@ class CommandHandle(Handle):
     """Buffers partial lines; each write runs its complete lines and resets the reply. `limits`: its node's,
     given at open. `write_lines`: the lines of the whole write its lines are part of, when it was placed on
     several nodes (a peer's request says so, peer_server.py); 0: its own. Only a Forwarding node's `settle`
-    counts it (forwarding.py)."""
+    counts it (forwarding.py). `part`: its writes are the lines a route runs here as part of a write through
+    another handle (forwarding.py run_here), whose refusal that handle journals."""
 
     node: Command
     caller: Caller
@@ -308,6 +310,7 @@ class CommandHandle(Handle):
     reply: bytes = b""
     refused_rest: bytes | None = None  # the piece of an unterminated over-long line that was refused
     write_lines: int = 0
+    part: bool = False
     held: int = 0  # the bytes the limits' buffers count for this descriptor: len(pending), kept by `holding`
 
     async def read(self, offset, size, waiter):
@@ -358,16 +361,21 @@ class CommandHandle(Handle):
     def refusals(self):
         """A refusal or a bug raised inside is this write's: its reasons (a bug's: BUG) become the reply, its
         partial line is dropped (as any failed write's), and it goes on up (fs.py makes a bug EIO). A refusal is
-        journaled here, the one place every refused write of every ctl and settings file passes (a `reject` line,
-        once: Runtime.reject skips one journaled already; none while degraded)."""
+        journaled here (`journal`), the one place every refused write of every ctl and settings file passes."""
         try:
             yield
         except Exception as exc:
             self.reply = reply_text(exc.reply() if isinstance(exc, ApeinxError) else [f"error: {BUG}"])
             self.pending.clear()
             if isinstance(exc, ApeinxError):
-                self.limits.journal(exc, self.caller)
+                self.journal(exc)
             raise
+
+    def journal(self, refusal: ApeinxError) -> None:
+        """The `reject` line of a refused write, if it is this node's to write (RejectLine.HERE) and the write this
+        handle's (not `part` of another's); none while degraded (Runtime.reject)."""
+        if refusal.reject_line is RejectLine.HERE and not self.part:
+            self.limits.journal(refusal, self.caller)
 
     def write(self, data: bytes) -> int:
         """Run the complete lines, all or none; a line over LINE_MAX, or a write over the limits, refuses the
@@ -405,11 +413,16 @@ class CommandHandle(Handle):
 
     def release(self) -> None:
         """An unterminated last line runs at the last close. FUSE sends no flush (fs.py), so its
-        refusal reaches no caller: like any refusal it is journaled, traced and audited."""
+        refusal reaches no caller: like any refusal it is journaled, traced and audited, also when it comes
+        after the close (`refused_at_close`)."""
         with self.holding():
             if self.pending:
                 lines, self.pending = [bytes(self.pending)], bytearray()
-                self._run(lines)
+                token = _AT_CLOSE.set(self.journal)
+                try:
+                    self._run(lines)
+                finally:
+                    _AT_CLOSE.reset(token)
 
     def _run(self, raw_lines: list[bytes]) -> None:
         self.reply = b""
@@ -435,6 +448,12 @@ def after_write(wait) -> bool:
     if waits is not None:
         waits.append(wait)
     return waits is not None
+
+
+def refused_at_close():
+    """How a refusal of the line run at close now (CommandHandle.release) is journaled once it comes, after the
+    close (a cluster settings change put in the background): its handle's `journal`; outside a close, nowhere."""
+    return _AT_CLOSE.get()
 
 
 def decode_line(raw: bytes) -> str:

@@ -75,6 +75,6 @@ class Limits:
         self.buffers.check_write(caller.uid, data, pending, holding)
 
     def journal(self, refusal: ApeinxError, caller) -> None:
-        """Record `refusal` of a write of `caller` to this file (a `reject` line), unless it was already."""
+        """Record `refusal` of a write of `caller` to this file (a `reject` line)."""
         if self.buffers.journal is not None:
             self.buffers.journal(self.path, refusal, caller.uid, caller.pid, caller.tenant)
