@@ -155,7 +155,7 @@ async def test_a_split_submit_partly_run_leaves_the_refusals_and_the_lost_answer
                 models=b_models)
             rt = router.rt
             submit = Forwarding(mode=0o100666, run=ctl.submit(rt), route=router.route_submit,
-                                limits=rt.buffers.at("/ctl/submit"))
+                                limits=rt.buffers, rejects=rt.rejects_at("/ctl/submit"))
             handle = submit.open(ADMIN, writing=True, reading=True)
             with pytest.raises(ApeinxError) as refused:
                 await handle.write_async("".join(f"{line}\n" for line in lines).encode())
@@ -167,7 +167,7 @@ async def test_a_split_submit_partly_run_leaves_the_refusals_and_the_lost_answer
 
 
 def tenants(rt):
-    return Command(mode=0o100600, run=tenants_ctl(rt), limits=rt.buffers.at("/ctl/tenants")).open(
+    return Command(mode=0o100600, run=tenants_ctl(rt), limits=rt.buffers, rejects=rt.rejects_at("/ctl/tenants")).open(
         ADMIN, writing=True, reading=True)
 
 

@@ -15,12 +15,13 @@ import os
 import re
 import stat
 import time
+from collections.abc import Callable
 
 import attrs
 
 from ..kernel.access import Identity
 from ..kernel.errors import ApeinxError, Denied, Hidden, Invalid, NotFound, RejectLine
-from .buffers import Limits, unfinished
+from .buffers import Buffers, unfinished
 
 LINE_MAX = (1 << 20) + 4096
 OVER_LONG = bytes(LINE_MAX + 1)  # stands for the rest of a line already refused as too long
@@ -190,13 +191,26 @@ class Show(Node):
         return SnapshotHandle(self)
 
 
+@attrs.frozen
+class Rejects:
+    """Where the refused writes of the ctl file at `path` are recorded: `record(path, refusal, uid, pid, tenant)`
+    (Runtime.reject: a `reject` line)."""
+
+    record: Callable[..., None]
+    path: str
+
+    def __call__(self, refusal: ApeinxError, caller: Caller) -> None:
+        self.record(self.path, refusal, caller.uid, caller.pid, caller.tenant)
+
+
 @attrs.define(eq=False)
 class Setting(Show):
     """A cgroup-style knob: reads show the value, writes (`run`, as a Command) set it."""
 
     mode: int = stat.S_IFREG | 0o644
     run: object = None
-    limits: Limits = attrs.field(kw_only=True)  # what its descriptors may hold (the daemon's buffers)
+    limits: Buffers = attrs.field(kw_only=True)  # what its descriptors may hold (the daemon's)
+    rejects: Rejects | None = attrs.field(default=None, kw_only=True)  # where its refused writes go; None: nowhere
 
     def open(self, caller, writing, reading, truncating=False):
         return CommandHandle(self, caller, self.limits) if writing else SnapshotHandle(self)
@@ -240,7 +254,8 @@ class Command(Node):
 
     mode: int = stat.S_IFREG | 0o222
     run: object = None
-    limits: Limits = attrs.field(kw_only=True)  # what its descriptors may hold (the daemon's buffers)
+    limits: Buffers = attrs.field(kw_only=True)  # what its descriptors may hold (the daemon's)
+    rejects: Rejects | None = attrs.field(default=None, kw_only=True)  # where its refused writes go; None: nowhere
 
     def open(self, caller, writing, reading, truncating=False):
         if reading and not self.mode & 0o444:
@@ -305,7 +320,7 @@ class CommandHandle(Handle):
 
     node: Command
     caller: Caller
-    limits: Limits
+    limits: Buffers
     pending: bytearray = attrs.Factory(bytearray)
     reply: bytes = b""
     refused_rest: bytes | None = None  # the piece of an unterminated over-long line that was refused
@@ -349,13 +364,13 @@ class CommandHandle(Handle):
                 self._reserve(writing)
             yield
         finally:
-            self.held = self.limits.buffers.hold(self.caller.uid, self.held, len(self.pending))
+            self.held = self.limits.hold(self.caller.uid, self.held, len(self.pending))
 
     def _reserve(self, data: bytes) -> None:
         with self.refusals():
-            self.limits.check_write(self.caller, data, len(self.pending), self.held)
+            self.limits.check_write(self.caller.uid, data, len(self.pending), self.held)
         if (tail := unfinished(data, len(self.pending))) > self.held:
-            self.held = self.limits.buffers.hold(self.caller.uid, self.held, tail)
+            self.held = self.limits.hold(self.caller.uid, self.held, tail)
 
     @contextlib.contextmanager
     def refusals(self):
@@ -372,10 +387,11 @@ class CommandHandle(Handle):
             raise
 
     def journal(self, refusal: ApeinxError) -> None:
-        """The `reject` line of a refused write, if it is this node's to write (RejectLine.HERE) and the write this
-        handle's (not `part` of another's); none while degraded (Runtime.reject)."""
-        if refusal.reject_line is RejectLine.HERE and not self.part:
-            self.limits.journal(refusal, self.caller)
+        """The `reject` line of a refused write (its node's `rejects`), if it is this node's to write
+        (RejectLine.HERE) and the write this handle's (not `part` of another's); none while degraded
+        (Runtime.reject)."""
+        if refusal.reject_line is RejectLine.HERE and not self.part and self.node.rejects is not None:
+            self.node.rejects(refusal, self.caller)
 
     def write(self, data: bytes) -> int:
         """Run the complete lines, all or none; a line over LINE_MAX, or a write over the limits, refuses the
