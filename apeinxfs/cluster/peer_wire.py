@@ -89,7 +89,7 @@ def decode_error(body: bytes, where: str) -> ApeinxError:
         fields = json.loads(body)
         name, number, reason = fields["error"], fields["errno"], fields["reason"]
         replies = [str(reply) for reply in fields.get("replies") or [reason]]
-        line = RejectLine(fields.get("reject_line", RejectLine.HERE.value))
+        line = next((kind for kind in RejectLine if kind.value == fields.get("reject_line")), RejectLine.HERE)
         if not (isinstance(name, str) and isinstance(number, int) and isinstance(reason, str)):
             raise TypeError(name, number, reason)
     except (ValueError, KeyError, TypeError):

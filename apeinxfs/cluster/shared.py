@@ -16,8 +16,9 @@ The writer waits (nodes/base.after_write) until etcd has the entry and this node
 it, and gets this node's outcome: a refusal there is the write's. Without a quorum the put
 fails with Unavailable (EAGAIN) within the etcd client's 8 s; if the watch has not brought
 the entry back WRITE_S after the write began, TryAgain (it is in etcd and applies once it
-does). A
-write not through the mount (a last line run at close) goes to etcd in the background.
+does: no `reject` line, as for a put whose outcome etcd lost). A write not through the mount
+(a last line run at close) goes to etcd in the background; a refusal there is journaled as
+that write's (its handle's `reject` line, nodes/base.refused_at_close) and logged.
 Not here: the watch (daemon.py), the kernel's checks.
 """
 import json
