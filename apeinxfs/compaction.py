@@ -47,6 +47,8 @@ PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: a dlopen in a
 POLL_S = 0.25  # how often the daemon looks whether a snapshot is due
 BUSY_SHARE = 0.25  # snapshots take at most this share of the time (their child's, mostly): one after a
 # snapshot that took T seconds waits 3 T at least
+FAILURES_WARNED = 3  # snapshots failed in a row after which /health warns
+STALE_PERIODS = 3  # snapshot_s periods without a snapshot while rows wait, after which /health warns
 LIVE_KEYS = frozenset({"access", "utc_offset_s", "retention", "limits"})  # kernel config read where used, not built into state
 
 
@@ -161,6 +163,21 @@ def starts(directory: str, config_after: Callable[[int], KernelConfig | None], f
                     snapshot.seq, snapshot.config, snapshot, tuple(migrations.changed(snapshot.layout, layout)))
 
 
+@attrs.define
+class Misses:
+    """The snapshots that failed since the last one written (wall µs, or the start's), and the last reason."""
+
+    written_us: int
+    failed: int = 0
+    reason: str = ""
+
+    def written(self, now_us: int) -> None:
+        self.written_us, self.failed, self.reason = now_us, 0, ""
+
+    def missed(self, reason: str) -> None:
+        self.failed, self.reason = self.failed + 1, reason
+
+
 class Snapshotter:
     """The daemon's snapshots: where they are, how often, and the last one written."""
 
@@ -171,6 +188,18 @@ class Snapshotter:
         self.taken_at = None  # trio time of the last snapshot written, or of the start
         self.took_s = 0.0  # how long writing it took
         self.layout = state.layout(runtime.config.kernel)
+        self.misses = Misses(runtime.clock.now_us())
+
+    def warning(self) -> str | None:
+        """/health's warning while snapshots are not written: FAILURES_WARNED failed in a row, or none for
+        STALE_PERIODS x snapshot_s while journal rows wait for one (a writer that hangs, a loop that restarts)."""
+        misses, rows = self.misses, self.runtime.journal.last_seq - self.seq
+        stale = rows > 0 and self.runtime.clock.now_us() - misses.written_us >= STALE_PERIODS * self.every_s * 1e6
+        if misses.failed < FAILURES_WARNED and not stale:
+            return None
+        last = f"; the last: {misses.reason}" if misses.reason else ""
+        return (f"snapshots: {misses.failed} failed in a row, none written since {misses.written_us}, "
+                f"{rows} rows wait{last}")
 
     def start(self) -> Start:
         """Where recovery starts: the newest usable snapshot, else row 0 if the journal holds all rows.
@@ -222,8 +251,13 @@ class Snapshotter:
                 await trio.to_thread.run_sync(self.publish_when_written, child, header[0])
         except (NotStored, snapshots.Damaged) as exc:
             log.error("snapshot of journal row %d not written: %s", header[0], exc)
-        self.taken_at = trio.current_time()
-        self.took_s = self.taken_at - began
+            self.misses.missed(str(exc))
+        except Exception as exc:
+            self.misses.missed(f"a bug: {type(exc).__name__} (see its Bug row)")
+            raise
+        finally:  # a bug raised too: the supervisor's restart must not make the next snapshot due at once
+            self.taken_at = trio.current_time()
+            self.took_s = self.taken_at - began
 
     def close(self) -> None:
         """At unmount, a last snapshot (encoded here: nothing else runs now), so the next start replays
@@ -260,6 +294,7 @@ class Snapshotter:
         make_durable(journal_path)
         path = snapshots.publish(snapshots.path_of(self.directory, seq) + ".tmp")
         self.seq = seq
+        self.misses.written(self.runtime.clock.now_us())
         kept = snapshots.prune(self.directory)
         log.info("snapshot %s: %d bytes", path, os.path.getsize(path))
         if len(kept) >= snapshots.KEEP and self.archived_to(kept[-1]):

@@ -22,7 +22,7 @@ import trio
 
 from .kernel.access import identify, uses_gids
 from .kernel.errors import ApeinxError, Denied, NotPermitted
-from .nodes.base import BlockingHandle, Caller, Command, Dir, Setting, SnapshotHandle
+from .nodes.base import BlockingHandle, Caller, Command, Dir, Setting, Show, SnapshotHandle
 from .ratelog import RateLog
 
 log = logging.getLogger(__name__)
@@ -114,12 +114,13 @@ class Operations(pyfuse3.Operations):
         handle = self.handles.get(args[0]) if args and isinstance(args[0], int) else None
         return getattr(getattr(handle, "caller", None), "uid", None)
 
-    def attributes(self, node) -> pyfuse3.EntryAttributes:
+    def attributes(self, node, view: str | None = None) -> pyfuse3.EntryAttributes:
+        """The node's attributes; a show file's size that of the text in `view` (Show.view_of)."""
         entry = pyfuse3.EntryAttributes()
         is_dir = isinstance(node, Dir)
         entry.st_ino, entry.st_mode = node.inode, node.mode
         entry.st_nlink = 2 if is_dir else 1
-        entry.st_size = 0 if is_dir else self.tree.size(node)
+        entry.st_size = 0 if is_dir else self.tree.size(node, view)
         entry.st_uid, entry.st_gid = node.owner or self.owner
         entry.st_blksize, entry.st_blocks = 4096, (entry.st_size + 511) // 512
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
@@ -156,6 +157,12 @@ class Operations(pyfuse3.Operations):
                 self._callers[key] = caller
         return caller
 
+    def view(self, node, ctx) -> str | None:
+        """The view of `node` that the request's caller reads (Show.view_of): asked only of a tenanted file."""
+        if not (isinstance(node, Show) and node.tenanted):
+            return None
+        return node.view_of((self.caller(ctx) if ctx is not None else Caller()).identity)
+
     def node_for(self, inode: int, ctx):
         """The node of `inode` if the caller may see it (another tenant's is ENOENT)."""
         node = self.tree.node(inode)
@@ -179,11 +186,12 @@ class Operations(pyfuse3.Operations):
         child = self.tree.lookup(parent_inode, os.fsdecode(name))
         if ctx is not None and child.tenant is not None:
             self.caller(ctx).may(child, 0)
-        return self.attributes(child)
+        return self.attributes(child, self.view(child, ctx))
 
     @guarded
     async def getattr(self, inode, ctx=None):
-        return self.attributes(self.node_for(inode, ctx))
+        node = self.node_for(inode, ctx)
+        return self.attributes(node, self.view(node, ctx))
 
     @guarded
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -196,7 +204,7 @@ class Operations(pyfuse3.Operations):
             self.truncate(node, attr.st_size, self.caller(ctx))
         elif fields.update_atime or fields.update_mtime or fields.update_ctime:
             raise NotPermitted("times are fixed on this file system")
-        return self.attributes(node)
+        return self.attributes(node, self.view(node, ctx))
 
     def truncate(self, node, size: int, caller: Caller) -> None:
         """Allow truncation to 0 of a file the caller may write; it does nothing."""
@@ -215,16 +223,17 @@ class Operations(pyfuse3.Operations):
         self.check(node, caller, os.R_OK)
         fh = next(self._fh)
         entries = node.entries()
-        self.listings[fh] = entries if caller.role == "admin" else [
+        seen = entries if caller.role == "admin" else [
             (name, child) for name, child in entries if caller.identity.sees(child.tenant)]
+        self.listings[fh] = [(name, child, self.view(child, ctx)) for name, child in seen]
         return fh
 
     @guarded
     async def readdir(self, fh, start_id, token):
         listing = self.listings[fh]
         for index in range(start_id, len(listing)):
-            name, node = listing[index]
-            if not pyfuse3.readdir_reply(token, name.encode(), self.attributes(node), index + 1):
+            name, node, view = listing[index]
+            if not pyfuse3.readdir_reply(token, name.encode(), self.attributes(node, view), index + 1):
                 break
 
     @guarded
@@ -245,7 +254,8 @@ class Operations(pyfuse3.Operations):
         handle = node.open(caller, writing=mode != os.O_RDONLY, reading=mode != os.O_WRONLY,
                            truncating=bool(flags & os.O_TRUNC))
         if isinstance(handle, SnapshotHandle):
-            handle.data = self.tree.open_snapshot(node)
+            handle.view = self.view(node, ctx)
+            handle.data = self.tree.open_snapshot(node, handle.view)
         fh = next(self._fh)
         self.handles[fh] = handle
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
@@ -274,7 +284,7 @@ class Operations(pyfuse3.Operations):
         if handle is not None:
             handle.release()
         if isinstance(handle, SnapshotHandle):
-            self.tree.close_snapshot(handle.node.inode)
+            self.tree.close_snapshot(handle.node.inode, handle.view)
 
     @guarded
     async def create(self, parent_inode, name, mode, flags, ctx):

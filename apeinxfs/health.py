@@ -70,13 +70,16 @@ class Health:
         return True
 
 
-def show(health: Health, supervisor=None) -> str:
-    """/health: `Key:<TAB>value` lines: State ok, or degraded with Errno, Reason and Since (µs); then a `Bug`
-    line for each background loop that failed and was restarted (supervise.py), if `supervisor` is given."""
+def show(health: Health, supervisor=None, snapshotter=None) -> str:
+    """/health: `Key:<TAB>value` lines: State ok, or degraded with Errno, Reason and Since (µs); a `Warning`
+    while snapshots are not written (compaction.py), if `snapshotter` is given; then a `Bug` line for each
+    background loop that failed and was restarted (supervise.py), if `supervisor` is given."""
     bugs = "" if supervisor is None else supervisor.show()
+    warning = None if snapshotter is None else snapshotter.warning()
+    warnings = "" if warning is None else f"Warning:\t{warning}\n"
     fault = health.fault
     if fault is None:
-        return "State:\tok\n" + bugs
+        return "State:\tok\n" + warnings + bugs
     rows = [("State", "degraded"), ("Errno", errno.errorcode.get(fault.error.errno, fault.error.errno)),
             ("Reason", fault.error.reason), ("Since", fault.since_us)]
-    return "".join(f"{key}:\t{value}\n" for key, value in rows) + bugs
+    return "".join(f"{key}:\t{value}\n" for key, value in rows) + warnings + bugs

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 
 import attrs
 
-from .kernel.errors import Degraded
+from .kernel.errors import ApeinxError, Degraded
 from .kernel.events import Step, stamped_of_row, steps_to_row, to_row
 
 SCHEMA = """
@@ -131,22 +131,34 @@ class Emitted:
         return emitted
 
 
+class Unreadable(ApeinxError):
+    """A journal file that cannot be opened or read as one (not a database, damaged, not permitted),
+    named with SQLite's or the system's words."""
+
+
+def connected(path: str, readonly: bool) -> sqlite3.Connection:
+    """A connection to the journal at `path`, read-only or set up for the daemon's writes."""
+    if readonly:
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new file: compaction gives pages back (compact)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(f"PRAGMA journal_size_limit={WAL_BYTES}")  # the WAL is cut back to this once reset
+    db.executescript(SCHEMA)
+    return db
+
+
 class Journal:
-    """An open journal file; one writer (the daemon) at a time, or read-only readers."""
+    """An open journal file; one writer (the daemon) at a time, or read-only readers. Unreadable, naming
+    the file, if it is not a journal SQLite can read."""
 
     def __init__(self, path: str, readonly: bool = False, rows_per_commit: int = 1):
         self.path, self.rows_per_commit = path, rows_per_commit
-        if readonly:
-            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-        else:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new file: compaction gives pages back (compact)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute(f"PRAGMA journal_size_limit={WAL_BYTES}")  # the WAL is cut back to this once reset
-            self.db.executescript(SCHEMA)
-        self.last_seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
+        with storage_faults_as(lambda exc: Unreadable(f"cannot read the journal {path}: {exc}")):
+            self.db = connected(path, readonly)
+            self.last_seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
         self._booted = False
         self._uncommitted: list[tuple] = []
         self._appended: list[tuple] = []

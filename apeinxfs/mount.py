@@ -10,9 +10,12 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
+from functools import partial
 
 import attrs
 import pyfuse3
@@ -154,9 +157,19 @@ def _log_to(path: str | None, debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True)
 
 
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (blocked readers, peers, engines and
+    snapshots each hold descriptors; the default soft 1,024 is soon reached); the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
 def serve(args: MountArgs, config, ready_fd: int | None) -> int:
     """Boot the kernel from the journal, mount, serve until unmounted or signalled."""
     try:
+        log.info("descriptors: at most %d", raise_descriptor_limit())
         lock_state_dir(config.state_dir)
         archive = Archive(os.path.join(config.state_dir, "trace"), config.retention.trace_file_bytes,
                           config.retention.trace_bytes)
@@ -207,16 +220,31 @@ def _report(fd: int | None, message: str) -> None:
         os.close(fd)
 
 
-def close_files(runtime: Runtime) -> None:
-    """Close the journal, the archives and the readings log at unmount."""
+def close_journal(journal) -> None:
     try:
-        runtime.journal.close()
+        journal.close()
     except Degraded as exc:  # every row is in; only the trace rows of the last few are lost
         log.error("closing the journal: %s", exc.reason)
-    runtime.archive.close()
-    runtime.audit_archive.close()
-    if runtime.readings is not None:
-        runtime.readings.close()
+
+
+def closes(runtime: Runtime) -> list[tuple[str, Callable[[], None]]]:
+    """What unmount closes, in order: the last snapshot, the journal, the archives, the readings log."""
+    done = [("the last snapshot", runtime.snapshotter.close), ("the journal", partial(close_journal, runtime.journal)),
+            ("the trace archive", runtime.archive.close), ("the audit archive", runtime.audit_archive.close)]
+    return done + ([("the readings log", runtime.readings.close)] if runtime.readings is not None else [])
+
+
+def close_all(runtime: Runtime) -> bool:
+    """Run every close of the unmount; a bug in one is logged CRITICAL with its traceback and the others still
+    run. Whether none had a bug."""
+    clean = True
+    for what, close in closes(runtime):
+        try:
+            close()
+        except Exception:
+            log.critical("a bug in closing %s at unmount", what, exc_info=True)
+            clean = False
+    return clean
 
 
 async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
@@ -226,7 +254,8 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
             if peer is not None:  # other nodes read and drive this node's tasks (cluster/peer_server.py)
-                await nursery.start(peer_server.PeerServer(tree, peer.tokens, config.max_waiters).serve, peer)
+                server = peer_server.PeerServer(tree, peer.tokens, config.max_waiters, config.cluster.peer_stall_s)
+                await nursery.start(server.serve, peer)
             serving = trio.CancelScope()
             async def on_signal(task_status=trio.TASK_STATUS_IGNORED):
                 nonlocal unmount
@@ -255,9 +284,6 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
         return 1
     finally:
         pyfuse3.close(unmount=unmount)
-        try:
-            runtime.snapshotter.close()
-        finally:  # a bug in the last snapshot still closes the files
-            close_files(runtime)
+        closed = close_all(runtime)
         log.info("unmounted")
-    return 0
+    return 0 if closed else 1

@@ -78,6 +78,8 @@ def parse_header(path: str, line: bytes) -> dict:
     magic, _, rest = line.decode(errors="replace").rstrip("\n").partition(" ")
     version, _, rest = rest.partition(" ")
     crc, _, text = rest.partition(" ")
+    if not line.endswith(b"\n") and (line.startswith(MAGIC.encode()) or MAGIC.encode().startswith(line)):
+        raise Damaged(f"{path}: its header is cut short: the file is damaged")
     if f"{magic} {version}" != MAGIC or not line.endswith(b"\n"):
         raise Damaged(f"{path}: not a snapshot of this version ({MAGIC})")
     if crc != f"{zlib.crc32(text.encode()):08x}":

@@ -30,7 +30,7 @@ import attrs
 
 from . import archive
 from .compaction import Start, compacted_away, rebound, starts, structural
-from .journal import LAST, Emitted, Journal, row_crc
+from .journal import LAST, Emitted, Journal, Unreadable, row_crc
 from .kernel import Kernel
 from .kernel.config import KernelConfig, kernel_config_from_dict
 from .kernel.invariants import InvariantError
@@ -307,7 +307,10 @@ def open_journal(state_dir: str) -> Journal:
     path = os.path.join(state_dir, "journal.db")
     if not os.path.isfile(path):
         raise CannotReplay(f"no journal at {path}")
-    journal = Journal(path, readonly=True)
+    try:
+        journal = Journal(path, readonly=True)
+    except Unreadable as exc:
+        raise CannotReplay(str(exc)) from None
     journal.db.execute("BEGIN")
     return journal
 

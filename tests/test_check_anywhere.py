@@ -141,3 +141,12 @@ def test_a_tenant_only_the_parents_node_knows_is_left_to_it():
     own = TaskSpec(name="j", tenant="z", max_tokens=10)
     assert outcomes(lambda *args: made.submits.admit_anywhere(*args, anywhere), [own]) == [
         (errno.ENOENT, "unknown tenant 'z'")]
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_a_child_of_a_remote_task_cannot_make_a_tenant_named_as_a_directory_entry(name):
+    """A child of a remote task whose tenant is `.` or `..`, a tenant this node lacks and would make, is EINVAL."""
+    anywhere = Anywhere(parents={REMOTE: name})
+    child = TaskSpec(name="c", max_tokens=10, parent=REMOTE)
+    [refused] = outcomes(lambda *args: kernel().submits.admit_anywhere(*args, anywhere), [child])
+    assert refused is not None and refused[0] == errno.EINVAL

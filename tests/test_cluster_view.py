@@ -60,13 +60,13 @@ def token(tmp_path, mode: int = 0o600) -> str:
 
 def test_cluster_settings_and_their_defaults(tmp_path):
     """etcd, advertise and token_file are read (URLs without a trailing slash); lease_s 15, blocks of
-    100,000 and output replicated every 2 s by default."""
+    100,000, output replicated every 2 s and a stalled peer dropped after 10 s by default."""
     config = load(tmp_path, f'etcd = ["http://10.0.0.1:2379/", "http://e2:2379"]\nadvertise = "10.0.0.1:7070"\n'
                             f'token_file = "{token(tmp_path)}"')
     assert config.cluster == ClusterSettings(etcd=("http://10.0.0.1:2379", "http://e2:2379"),
                                              advertise="10.0.0.1:7070", token_file=token(tmp_path))
     assert (config.cluster.lease_s, config.cluster.pid_block, config.cluster.prefix) == (15, 100_000, "apeinxfs/")
-    assert config.cluster.replicate_s == 2 and config.kernel.pid_blocks
+    assert config.cluster.replicate_s == 2 and config.kernel.pid_blocks and config.cluster.peer_stall_s == 10
 
 
 @pytest.mark.parametrize("cluster, words", [
@@ -80,6 +80,7 @@ def test_cluster_settings_and_their_defaults(tmp_path):
     ('etcd = ["http://e1:1"]\nprefix = "x"', "cluster.prefix must be a key prefix"),
     ('etcd = ["http://e1:1"]\nport = 1', "unknown key cluster.port"),
     ('etcd = ["http://e1:1"]\nreplicate_s = -1', "cluster.replicate_s must be an integer >= 0"),
+    ('etcd = ["http://e1:1"]\npeer_stall_s = 0', "cluster.peer_stall_s must be an integer >= 1"),
 ])
 def test_bad_cluster_settings_are_refused_naming_the_key(tmp_path, cluster, words):
     """Each bad [cluster] value is refused with EINVAL and a reason naming the key."""

@@ -6,8 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from apeinxfs import verify
 
 NOT_SQLITE = b"this is no SQLite file, whatever its name says\n" * 100
@@ -21,16 +19,12 @@ def damaged_state(tmp_path) -> str:
     return str(state)
 
 
-@pytest.mark.xfail(strict=True, reason="verify.open_journal lets sqlite3.DatabaseError out: `replay --verify` "
-                   "dies with a traceback and exit 1, the status of a divergence, instead of CannotReplay's exit 2")
 def test_replay_of_a_damaged_journal_says_so_and_exits_2(tmp_path, capsys):
     """`apeinxfs replay --verify` of a journal that is not a database exits 2 naming journal.db."""
     status = verify.main(["--verify", damaged_state(tmp_path)])
     assert status == 2 and "journal.db" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="mount.serve reports the start failure as 'cannot mount MNT: file is not a "
-                   "database': SQLite's words, naming neither the journal nor the state directory")
 def test_a_mount_on_a_damaged_journal_names_the_journal(tmp_path):
     """The mount command refuses a state directory whose journal is not a database, naming journal.db."""
     mountpoint = tmp_path / "mnt"

@@ -7,6 +7,7 @@ keeps its watch. Without etcd: the check of a member that accepts a connection a
 answers, or refuses, ends a silent read.
 """
 import functools
+import json
 import math
 import socket
 
@@ -15,10 +16,11 @@ import trio
 import trio.testing
 
 from apeinxfs.cluster import etcd_watch
+from apeinxfs.cluster.daemon import Cluster
 from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.etcd_records import EtcdError, MemberFailed
-from apeinxfs.supervise import Supervisor
 from etcdcluster import EtcdCluster
+from test_journal_runtime import ONE_GPU, open_runtime
 
 HANG_GUARD_S = 60  # only so that a broken watch fails the test instead of hanging it (virtual s on a MockClock)
 
@@ -301,16 +303,54 @@ class BuggyMember:
         raise TypeError("post() got an unexpected keyword argument")
 
 
-async def test_a_bug_in_the_check_leaves_the_stream_and_is_kept_as_a_bug(nursery, autojump_clock):
-    """A bug in a silent stream's check goes to `on_bug` (the supervisor's `cluster.watch.check` row) and ends
-    the read as a failed check would; it does not end the nursery the check runs in."""
-    supervisor = Supervisor(lambda: 1)
+async def test_a_bug_in_the_check_leaves_the_stream_and_goes_to_on_bug(nursery, autojump_clock):
+    """A bug in a silent stream's check goes to `on_bug` and ends the read as a failed check would; it does not
+    end the nursery the check runs in."""
+    bugs: list[Exception] = []
     async with Etcd(["http://buggy"]) as etcd:
         etcd.post = BuggyMember().post
-        on_bug = functools.partial(supervisor.note, "cluster.watch.check", outcome="its stream opened again")
-        watch = etcd.watch(b"quiet/", prefix=True, start_revision=7, nursery=nursery, on_bug=on_bug)
+        watch = etcd.watch(b"quiet/", prefix=True, start_revision=7, nursery=nursery, on_bug=bugs.append)
         watch.url, watch.lines = "http://buggy", never_a_line()
         watch.start_checking()
         with trio.fail_after(HANG_GUARD_S), pytest.raises(MemberFailed, match="met a bug: TypeError"):
             await watch.next_answer()
-    assert supervisor.show().startswith("Bug:\tcluster.watch.check: TypeError at test_etcd_watch_check.py:")
+    assert [type(bug) for bug in bugs] == [TypeError]
+
+
+async def test_a_bug_in_the_clusters_watch_check_is_kept_and_its_watch_goes_on(cluster, tmp_path):
+    """The watch that Cluster.follow opens meets a bug in its first check: the bug is kept as /ai/health's
+    `cluster.watch.check` row (Cluster.watch_check_bug, the on_bug follow passes), and the watch opens another
+    stream, which is checked again and brings a later put to the view."""
+    toml = ONE_GPU + f'[daemon]\nnode = "w"\n[cluster]\netcd = {json.dumps(cluster.endpoints)}\nprefix = "wcheck/"\n'
+    with open_runtime(tmp_path, toml) as rt:
+        node = Cluster(rt.config.cluster, rt)
+        checks = FirstCheckBuggy(node.etcd.post)
+        node.etcd.post = checks.post
+        async with node.etcd, trio.open_nursery() as nursery:
+            nursery.start_soon(node.follow, nursery)
+            with trio.fail_after(HANG_GUARD_S):
+                await checks.reached(2)  # the stream after the bug has a checker of its own
+                revision = await node.etcd.put(b"wcheck/up/x", b"5")
+                while node.view.revision < revision:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        assert rt.supervisor.show().startswith("Bug:\tcluster.watch.check: TypeError at test_etcd_watch_check.py:")
+        assert "its stream opened again" in rt.supervisor.show()
+
+
+class FirstCheckBuggy:
+    """`Etcd.post` whose first watch check meets a bug of ours (a TypeError); every other request goes to etcd."""
+
+    def __init__(self, post):
+        self.real_post, self.checks = post, 0
+
+    async def post(self, url: str, path: str, body: dict) -> dict:
+        if body.get("count_only"):
+            self.checks += 1
+            if self.checks == 1:
+                raise TypeError("a bug in the check")
+        return await self.real_post(url, path, body)
+
+    async def reached(self, checks: int) -> None:
+        while self.checks < checks:
+            await trio.sleep(0.05)

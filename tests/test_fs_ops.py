@@ -204,6 +204,23 @@ async def test_open_read_release(ops):
     assert fh not in ops.handles
 
 
+async def test_the_runqueue_size_is_that_of_the_callers_own_view(ops):
+    """While an admin holds sched/runqueue open, a user of tenant a reads only a's rows and getattr gives it
+    the size of what it reads, the admin the size of every tenant's rows."""
+    root = types.SimpleNamespace(uid=0, gid=0, pid=1)
+    await add_tenant(ops, b"add a weight=100 uids=1000")
+    submit(ops.tree.rt, "job")
+    inode = await inode_of(ops, "/sched/runqueue")
+    admin_fh, user_fh = await open_path(ops, "/sched/runqueue", caller=root), await open_path(ops, "/sched/runqueue")
+    every, own = await read_all(ops, admin_fh), await read_all(ops, user_fh)
+    assert b"tenant/default" in every and b"agent/1 " in every
+    assert [row.split()[0] for row in own.splitlines()[1:]] == [b"tenant/a"]
+    assert (await ops.getattr(inode, ctx())).st_size == len(own)
+    assert (await ops.getattr(inode, root)).st_size == len(every)
+    await ops.release(admin_fh)
+    await ops.release(user_fh)
+
+
 async def test_open_a_directory_is_eisdir(ops):
     """open on a directory is EISDIR."""
     assert await fuse_errno(lambda: ops.open(ROOT, os.O_RDONLY, ctx())) == errno.EISDIR

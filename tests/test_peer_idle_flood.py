@@ -5,12 +5,13 @@ then leaves the journal uncompacted while /ai/health says ok. A cluster node on 
 descriptor limit is lowered to FD_LIMIT with prlimit(1), so that a few hundred connections show it.
 """
 import os
+import resource
 import socket
 import subprocess
 
 import pytest
 
-from daemon import Daemon, poll_until
+from daemon import Daemon, poll_until, sim_config
 from engines import free_port
 from etcdcluster import EtcdCluster
 from test_peer import HANG_GUARD_S, node_config, token_file
@@ -20,9 +21,6 @@ FD_LIMIT = 300
 IDLE_CONNECTIONS = 400  # more than FD_LIMIT
 
 
-@pytest.mark.xfail(strict=True, reason="peer_server.PeerServer.connection takes every connection and keeps one "
-                   "without a request for REQUEST_S: idle ones without the token take all descriptors, and "
-                   "compaction's snapshot writer fails with EMFILE (nothing raises RLIMIT_NOFILE either)")
 def test_idle_connections_without_the_token_leave_snapshots_working(tmp_path):
     """While more idle connections without the token are open than the daemon has descriptors, snapshots are written."""
     port = free_port()
@@ -45,3 +43,23 @@ def test_idle_connections_without_the_token_leave_snapshots_working(tmp_path):
             for sock in idle:
                 sock.close()
             daemon.stop()
+
+
+def descriptor_limits(pid: int) -> list[str]:
+    """The soft and hard `Max open files` of process `pid`, as /proc shows them."""
+    line = next(line for line in open(f"/proc/{pid}/limits") if line.startswith("Max open files"))
+    return line.split()[3:5]
+
+
+def test_the_daemon_raises_its_descriptor_soft_limit_to_the_hard_one(tmp_path):
+    """A daemon started under a soft RLIMIT_NOFILE of 256 runs with its soft limit at the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # the daemon inherits it
+    try:
+        daemon = Daemon(tmp_path / "ai", tmp_path / "state", sim_config(0.01)).start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert descriptor_limits(daemon.proc.pid) == [str(hard), str(hard)] and hard > 256
+    finally:
+        daemon.stop()

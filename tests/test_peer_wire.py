@@ -6,9 +6,12 @@ import errno
 import os
 
 import pytest
+import trio
+import trio.testing
 from hypothesis import given, strategies as st
 
-from apeinxfs.cluster.peer_server import byte_range
+from apeinxfs.cluster.peer_server import (FRAME_MAX, UNPROVEN_MAX, StalledSends, Unproven, byte_range,
+                                          query_count)
 from apeinxfs.cluster.peer_wire import (ERRORS, HEARTBEAT, FrameReader, PeerDown, RemoteError, data_frame,
                                         decode_caller, decode_error, encode_caller, encode_error, parse_address,
                                         read_tokens)
@@ -106,11 +109,22 @@ def test_the_caller_round_trips():
                                   '{"uid": 1, "gid": 0, "pid": 0, "role": "god", "tenant": "a"}',
                                   '{"uid": true, "gid": 0, "pid": 0, "role": "user", "tenant": "a"}',
                                   '{"uid": 1, "gid": 0, "pid": 0, "role": "user", "tenant": 7}',
-                                  '{"uid": 1, "gid": 0, "role": "user", "tenant": "a"}'])
+                                  '{"uid": 1, "gid": 0, "role": "user", "tenant": "a"}',
+                                  '{"uid": 4294967295, "gid": 0, "pid": 0, "role": "user", "tenant": "a"}',
+                                  '{"uid": 18446744073709551616, "gid": 0, "pid": 0, "role": "user", "tenant": "a"}',
+                                  '{"uid": 1, "gid": 4294967295, "pid": 0, "role": "user", "tenant": "a"}',
+                                  '{"uid": 1, "gid": 0, "pid": 2147483648, "role": "user", "tenant": "a"}',
+                                  "[" * 5000 + "]" * 5000])
 def test_a_missing_or_malformed_caller_is_invalid(text):
     """A request without a well-formed caller is refused with EINVAL."""
     with pytest.raises(Invalid, match="header"):
         decode_caller(text)
+
+
+def test_the_largest_ids_the_system_types_hold_are_a_caller():
+    """uid and gid 2**32-2 (one below (uid_t)-1) and pid 2**31-1 pass, at the edge of what is refused."""
+    caller = Caller(2 ** 32 - 2, 2 ** 32 - 2, 2 ** 31 - 1, role="user", tenant="a")
+    assert decode_caller(encode_caller(caller)) == caller
 
 
 def test_the_token_is_read_stripped_from_a_private_file(tmp_path):
@@ -203,3 +217,42 @@ def test_unsupported_ranges_are_invalid(text):
     """Suffix, reversed, multiple and non-byte ranges are refused (EINVAL)."""
     with pytest.raises(Invalid, match="range"):
         byte_range(text, 10)
+
+
+@pytest.mark.parametrize("text, words", [("-5", "whole number"), ("+5", "whole number"), ("", "whole number"),
+                                         ("٣", "whole number"), ("0", "in 1..1000"), ("1001", "in 1..1000"),
+                                         ("999999999999", "in 1..1000"), ("9" * 5000, "in 1..1000")])
+def test_a_query_count_outside_its_bounds_is_invalid_and_says_why(text, words):
+    """`?lines=` (and `?offset=`) takes a whole number within its bounds; else EINVAL saying which it is not."""
+    with pytest.raises(Invalid, match=words):
+        query_count({"lines": [text]}, "lines", 1, 1000)
+
+
+def test_a_query_count_within_its_bounds_or_absent_is_taken():
+    """The edges of the bounds are taken, and an absent count is its default."""
+    assert [query_count({"lines": ["1"]}, "lines", 1, 1000), query_count({"lines": ["1000"]}, "lines", 1, 1000),
+            query_count({}, "offset", 0, 10, default=0)] == [1, 1000, 0]
+
+
+async def test_a_send_the_peer_does_not_take_ends_the_connection(autojump_clock):
+    """A send nobody reads is given up after stall_s (a broken connection); one read in time is whole."""
+    client, server = trio.testing.lockstep_stream_pair()
+    stalled = StalledSends(server, 10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stalled.send_all, b"x" * 100)
+        assert await client.receive_some(1000) == b"x" * 100
+    started = trio.current_time()
+    with pytest.raises(trio.BrokenResourceError, match=f"took not {FRAME_MAX} bytes in 10s"):
+        await stalled.send_all(b"y")
+    assert trio.current_time() - started == pytest.approx(10)
+
+
+def test_unproven_connections_are_capped_and_each_gives_its_place_back_once():
+    """UNPROVEN_MAX connections are admitted (the test's descriptor limit is higher), the next is not, and a
+    ticket given back twice makes room for one."""
+    unproven = Unproven()
+    tickets = [unproven.admit() for _ in range(UNPROVEN_MAX)]
+    refused = unproven.admit()
+    tickets[0].give_back()
+    tickets[0].give_back()
+    assert refused is None and unproven.admit() is not None and unproven.admit() is None

@@ -8,8 +8,12 @@ the reason, starts the same way again, and `apeinxfs replay --verify` reports th
 import json
 import sqlite3
 
+import pytest
+
 from apeinxfs import verify
-from apeinxfs.kernel.events import Kill, Step, Tick
+from apeinxfs.kernel.errors import Invalid
+from apeinxfs.kernel.events import Kill, Step, Submit, Tick
+from apeinxfs.kernel.spec import TaskSpec
 from test_journal_runtime import open_runtime, submit
 
 
@@ -68,3 +72,28 @@ def test_a_traced_row_that_no_longer_applies_diverges(tmp_path):
     journal.close()
     assert report.divergence.seq == seq and report.divergence.got.startswith("TypeError")
     assert report.quarantined == []
+
+
+def test_a_caller_id_past_its_system_type_is_refused_by_the_event():
+    """No path can make an event for a uid past uid_t or a pid past pid_t: the record refuses it."""
+    spec = TaskSpec(name="a", max_tokens=1)
+    for fields in ({"uid": 2 ** 64}, {"uid": 2 ** 32 - 1}, {"uid": -1}, {"caller_pid": 2 ** 31}):
+        with pytest.raises(Invalid, match="is not an id"):
+            Submit(spec=spec, **fields)
+
+
+def test_a_journaled_uid_past_uid_t_is_quarantined_and_the_tasks_stay(tmp_path):
+    """A submit row holding uid 2**64 (journaled before ids were bounded) is quarantined at recovery, its task
+    left out, so every task left has an owner the mount can show and the other tasks stay."""
+    with open_runtime(tmp_path) as first:
+        kept = submit(first, "kept")
+        huge = submit(first, "huge")
+        seq = first.journal.last_seq
+    with sqlite3.connect(tmp_path / "state" / "journal.db") as db:
+        (body,) = db.execute("SELECT body FROM journal WHERE seq = ?", (seq,)).fetchone()
+        db.execute("UPDATE journal SET body = ? WHERE seq = ?", (json.dumps({**json.loads(body), "uid": 2 ** 64}), seq))
+    with open_runtime(tmp_path) as second:
+        second.recover()
+        assert list(second.quarantined) == [seq] and "Invalid: uid 18446744073709551616" in second.quarantined[seq].reason
+        assert kept in second.kernel.tasks and huge not in second.kernel.tasks
+        assert all(0 <= task.uid < 2 ** 32 - 1 for task in second.kernel.tasks.values())

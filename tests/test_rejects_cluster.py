@@ -45,7 +45,7 @@ async def serving(tree):
     """b's PeerServer over `tree` on a free port of 127.0.0.1, its URL yielded while it serves."""
     listening = prepare(f"127.0.0.1:{free_port()}", TokenFile.fixed(Tokens((TOKEN,))))
     async with trio.open_nursery() as nursery:
-        await nursery.start(PeerServer(tree, listening.tokens, 8).serve, listening)
+        await nursery.start(PeerServer(tree, listening.tokens, 8, stall_s=10.0).serve, listening)
         yield f"http://127.0.0.1:{listening.port}"
         nursery.cancel_scope.cancel()
 

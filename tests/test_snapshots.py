@@ -7,7 +7,9 @@ a temp file a crash left, and refuses to start, saying why, when rows were compa
 no snapshot can be used. No FUSE here (test_snapshots_mount.py mounts).
 """
 import contextlib
+import errno
 import itertools
+import logging
 import os
 import pickle
 import re
@@ -18,12 +20,13 @@ import sys
 
 import pytest
 import trio
+import trio.testing
 
 from apeinxfs import config as config_mod
-from apeinxfs import compaction, snapshots, verify
+from apeinxfs import compaction, health, mount, snapshots, verify
 from apeinxfs.archive import Archive
 from apeinxfs.archive import files as archive_files
-from apeinxfs.compaction import CannotStart, Snapshotter
+from apeinxfs.compaction import CannotStart, Snapshotter, fork_writer
 from apeinxfs.journal import SCHEMA, Journal, compact
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.errors import ApeinxError
@@ -182,7 +185,10 @@ def test_a_snapshot_file_reads_back_whole(tmp_path):
     (lambda data: data[:-3], "bytes of state where the header says"),
     (lambda data: data[:-3] + b"xyz", "does not match its checksum"),
     (lambda data: data.replace(b'"seq":7', b'"seq":8', 1), "header does not match its checksum"),
-    (lambda data: data[:30], "not a snapshot of this version"),
+    (lambda data: data[:30], "header is cut short: the file is damaged"),
+    (lambda data: data[:10], "header is cut short: the file is damaged"),
+    (lambda data: data.replace(b"apeinxfs-snapshot 1", b"apeinxfs-snapshot 0", 1), "not a snapshot of this version"),
+    (lambda data: b"no snapshot at all\n" + data, "not a snapshot of this version"),
 ])
 def test_a_damaged_snapshot_file_is_told_apart(tmp_path, damage, reason):
     """A truncated file, altered state or an altered header raises Damaged saying which."""
@@ -234,15 +240,20 @@ def full_disk_compact(path: str, upto: int) -> None:
     raise sqlite3.OperationalError("database or disk is full")
 
 
-def test_a_misuse_of_sqlite_in_compaction_is_a_bug(tmp_path, monkeypatch):
-    """Compaction that misuses SQLite raises its ProgrammingError out of `take` (for the supervisor to count
-    as a bug) and out of the snapshot at unmount, instead of logging it as the storage's refusal."""
-    rt = daemon_like(tmp_path)
+def next_compaction_misuses_sqlite(rt, monkeypatch) -> None:
+    """Make journal.compact misuse SQLite and take snapshots up to where the next one compacts, rows after."""
     monkeypatch.setattr(compaction, "compact", misused_compact)
     for _ in range(snapshots.KEEP - 1):
         work(rt, 1)
         snapshot(rt)
     work(rt, 1)
+
+
+def test_a_misuse_of_sqlite_in_compaction_is_a_bug(tmp_path, monkeypatch):
+    """Compaction that misuses SQLite raises its ProgrammingError out of `take` (for the supervisor to count
+    as a bug) and out of the snapshot at unmount, instead of logging it as the storage's refusal."""
+    rt = daemon_like(tmp_path)
+    next_compaction_misuses_sqlite(rt, monkeypatch)
     with pytest.raises(sqlite3.ProgrammingError):
         snapshot(rt)
     work(rt, 1)
@@ -531,3 +542,79 @@ def _zombie(pid: int) -> bool:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
     return True
+
+
+def test_a_snapshot_that_raises_is_retried_at_the_normal_pace(tmp_path, monkeypatch):
+    """A `take` that raises a bug still records when it ran, so the restarted writer waits snapshot_s again."""
+    rt = daemon_like(tmp_path)
+    next_compaction_misuses_sqlite(rt, monkeypatch)
+    clock = trio.testing.MockClock()
+    clock.jump(10**7)
+    try:
+        with pytest.raises(sqlite3.ProgrammingError):
+            trio.run(rt.snapshotter.take, clock=clock)
+        work(rt, 1)
+        assert not rt.snapshotter.due(10**7 + 60) and rt.snapshotter.due(10**7 + 3600)
+    finally:
+        rt.close()
+
+
+def test_a_bug_in_the_last_snapshot_at_unmount_is_logged_and_the_rest_still_closes(tmp_path, monkeypatch, caplog):
+    """At unmount a last snapshot that raises a bug is logged CRITICAL with its traceback, the journal and the
+    archives still close, and close_all says a bug happened (the daemon's exit status)."""
+    rt = archived_runtime(tmp_path)
+    rt.audit_archive = Archive(str(tmp_path / "state" / "audit"), 1 << 20, stem="audit")
+    next_compaction_misuses_sqlite(rt, monkeypatch)
+    assert rt.archive._file is not None
+    assert not mount.close_all(rt)
+    [critical] = [record for record in caplog.records if record.levelno == logging.CRITICAL]
+    assert "the last snapshot" in critical.getMessage() and critical.exc_info[0] is sqlite3.ProgrammingError
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        rt.journal.db.execute("SELECT 1")
+    assert rt.archive._file is None
+
+
+def test_a_clean_unmount_closes_everything_and_says_so(tmp_path):
+    """close_all after an ordinary run writes the last snapshot, closes the journal and says no bug happened."""
+    rt = archived_runtime(tmp_path)
+    rt.audit_archive = Archive(str(tmp_path / "state" / "audit"), 1 << 20, stem="audit")
+    work(rt, 1)
+    assert mount.close_all(rt) and rt.snapshotter.seq == rt.journal.last_seq
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        rt.journal.db.execute("SELECT 1")
+
+
+def no_room_writer(directory, header, kernel):
+    """fork_writer on a full disk, as the system says it."""
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_health_warns_once_snapshots_fail_in_a_row(tmp_path, monkeypatch):
+    """Snapshots refused by a full disk FAILURES_WARNED times in a row give /health a Warning row with the reason
+    (State stays ok: the journal is written); the next snapshot written clears it."""
+    rt = daemon_like(tmp_path)
+    monkeypatch.setattr(compaction, "fork_writer", no_room_writer)
+    for _ in range(compaction.FAILURES_WARNED - 1):
+        work(rt, 1)
+        snapshot(rt)
+    assert health.show(rt.health, None, rt.snapshotter) == "State:\tok\n"
+    work(rt, 1)
+    snapshot(rt)
+    shown = health.show(rt.health, None, rt.snapshotter)
+    assert shown.startswith(f"State:\tok\nWarning:\tsnapshots: {compaction.FAILURES_WARNED} failed in a row")
+    assert "No space left on device" in shown
+    monkeypatch.setattr(compaction, "fork_writer", fork_writer)
+    snapshot(rt)
+    assert health.show(rt.health, None, rt.snapshotter) == "State:\tok\n"
+    rt.close()
+
+
+def test_health_warns_when_no_snapshot_comes_while_rows_wait(tmp_path):
+    """With rows waiting and no snapshot for STALE_PERIODS x snapshot_s (nothing failed: a writer that never
+    ends), /health warns; without waiting rows it does not."""
+    rt = daemon_like(tmp_path)
+    rt.clock_us += compaction.STALE_PERIODS * 3600 * 1_000_000
+    assert health.show(rt.health, None, rt.snapshotter) == "State:\tok\n"
+    work(rt, 1)
+    assert "Warning:\tsnapshots: 0 failed in a row" in health.show(rt.health, None, rt.snapshotter)
+    rt.close()

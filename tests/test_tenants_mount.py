@@ -337,10 +337,6 @@ def test_the_journal_is_private_to_the_daemons_owner(mounted):
         assert os.stat(os.path.join(mounted.state_dir, name)).st_mode & 0o077 == 0, name
 
 
-@pytest.mark.xfail(strict=True, reason="sched/runqueue (nodes/sched.py) gives every caller one row per configured "
-                   "tenant and per active agent: alice reads tenant b's name, weight and state and bob's agent pid, "
-                   "which the namespace rule of apeinxfs(5) TENANTS hides everywhere else (red-team 2026-12-06; "
-                   "its SCHEDULING entry must then say a non-admin sees its own tenant's rows)")
 def test_the_runqueue_shows_a_user_only_its_own_tenants_rows(mounted, users):
     """Alice's read of sched/runqueue names no other tenant and no agent of another tenant's task."""
     alice, bob = users["alice"], users["bob"]

@@ -12,12 +12,19 @@ token file holds now (compared in constant time; else 401; the file looked at ag
 once a second, at a request: peer_wire.token_file). Refusals go back as peer_wire error
 records. A blocked `stream` or `wait` sleeps on the runtime's Notifier like a local reader,
 waking at each change of its key or after HEARTBEAT_S to send a heartbeat (so a reader whose
-peer went away ends within that).
+peer went away ends within that). A peer that does not take FRAME_MAX bytes of a response
+(or the rest of it) within `stall_s` ([cluster] peer_stall_s) loses its connection, and so
+its blocked reader's slot: StalledSends. Connections that have not yet sent a request with the
+token are at most UNPROVEN_MAX, and a quarter of the descriptors the daemon may open
+(RLIMIT_NOFILE, read at each connection): one beyond is closed at once, so that idle
+connections from anyone cannot take the descriptors the mount, journal and snapshots need.
 Not here: the FUSE mount, the client (peer_client.py), membership.
 """
+import contextlib
 import logging
 import os
 import re
+import resource
 import socket
 import time
 import urllib.parse
@@ -27,7 +34,6 @@ import h11
 import trio
 
 from ..kernel.errors import ApeinxError, Invalid, NotFound, TooMany
-from ..kernel.grammar import parse_int
 from ..nodes.base import Blocking, Command, Dir, Log, Show
 from ..nodes.remote import RemoteTaskDir
 from ..ratelog import RateLog
@@ -40,6 +46,8 @@ PREFIX = "/v1/"
 REQUEST_S = 30.0  # the most a request's head and body may take to arrive (and a kept-alive connection may idle)
 BODY_MAX = 16 << 20  # the largest body taken (a bulk submit); larger: 413
 HEADER_MAX = 16 << 10
+OFFSET_MAX = 2 ** 63 - 1  # an off_t
+UNPROVEN_MAX = 256  # connections without an authorized request yet (and a quarter of RLIMIT_NOFILE at most)
 RECEIVE_BYTES = 1 << 16
 FRAMES = [("content-type", "application/x-apeinx-frames")]
 TEXT = [("content-type", "text/plain; charset=utf-8")]
@@ -80,11 +88,13 @@ def listening_for(cluster) -> Listening | None:
 class PeerServer:
     """Serves this node's tree (a nodes.tree.Tree) to peers; `serve` runs it until cancelled."""
 
-    def __init__(self, tree, tokens: TokenFile, max_blocked: int):
+    def __init__(self, tree, tokens: TokenFile, max_blocked: int, stall_s: float):
         self.tree, self.rt = tree, tree.rt
         self.tokens = tokens
         self.max_blocked = max_blocked  # stream and wait readers of peers blocked at once
+        self.stall_s = stall_s  # the longest a send may wait for the peer to take bytes
         self.blocked = 0
+        self.unproven = Unproven()
         self.bug_log = RateLog(log)
 
     async def serve(self, listening: Listening, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -92,24 +102,33 @@ class PeerServer:
         log.info("peer server on %s", listening.sock.getsockname()[:2])
         await trio.serve_listeners(self.connection, [listener], task_status=task_status)
 
-    async def connection(self, stream: trio.SocketStream) -> None:
-        """Requests on one connection, kept alive between them; a broken one just ends, and
-        no bug escapes (it would end the daemon's nursery)."""
+    async def connection(self, socket_stream: trio.SocketStream) -> None:
+        """Requests on one connection, kept alive between them; a broken or stalled one just
+        ends, and no bug escapes (it would end the daemon's nursery)."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEADER_MAX)
+        stream = StalledSends(socket_stream, self.stall_s)
+        ticket = self.unproven.admit()
+        if ticket is None:
+            self.bug_log.log("unproven", logging.WARNING, "peer server: %d connections have sent no request with "
+                             "the token; closing new ones", self.unproven.count)
+            return await stream.aclose()
         try:
-            while await self.exchange(conn, stream):
+            while await self.exchange(conn, stream, ticket):
                 conn.start_next_cycle()
+        except h11.RemoteProtocolError as exc:
+            await refuse_malformed(conn, stream, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             pass
         except Exception as exc:
             self.log_bug(exc)
         finally:
+            ticket.give_back()
             await stream.aclose()
 
     def log_bug(self, exc: Exception) -> None:
         self.bug_log.log("peer", logging.ERROR, "bug serving a peer: %s: %r", type(exc).__name__, str(exc)[:200])
 
-    async def exchange(self, conn: h11.Connection, stream) -> bool:
+    async def exchange(self, conn: h11.Connection, stream, ticket: "Ticket") -> bool:
         """One request and its response; whether the connection may carry another. A request
         without the token is refused before its body is read."""
         request = body = None
@@ -118,6 +137,7 @@ class PeerServer:
             request = await receive(conn, stream)
             authorized = isinstance(request, h11.Request) and self.authorized(request)
             if authorized:
+                ticket.give_back()
                 body = await read_body(conn, stream)
         if not isinstance(request, h11.Request):  # closed, or kept alive idle past REQUEST_S
             return False
@@ -184,15 +204,15 @@ class PeerServer:
 
     async def serve_node(self, conn, stream, node, caller, request, body: bytes, query: dict) -> None:
         if isinstance(node, Show):
-            await send_simple(conn, stream, 200, self.tree.render(node), TEXT)
+            await send_simple(conn, stream, 200, self.tree.render(node, node.view_of(caller.identity)), TEXT)
         elif isinstance(node, Log):
             await send_range(conn, stream, node.source(), dict(request.headers).get(b"range"))
         elif isinstance(node, Blocking):
-            await self.follow(conn, stream, node, parse_int(query.get("offset", ["0"])[0], "offset"))
+            await self.follow(conn, stream, node, query_count(query, "offset", 0, OFFSET_MAX, default=0))
         else:
             handle = node.open(caller, writing=True, reading=False)
-            if "lines" in query:  # a write placed on several nodes
-                handle.write_lines = parse_int(query["lines"][0], "lines")
+            if "lines" in query:  # a write placed on several nodes: at most one write's lines, which bound its wait
+                handle.write_lines = query_count(query, "lines", 1, self.rt.buffers.write_lines)
             # whole lines (a submit waits for etcd): the handle is left holding nothing, so it needs no close
             try:
                 await handle.write_here(body if body.endswith(b"\n") else body + b"\n")
@@ -224,6 +244,68 @@ class PeerServer:
             await self.rt.notifier.wait(key)
         if silence.cancelled_caught:
             await send(conn, stream, h11.Data(data=HEARTBEAT))
+
+
+@attrs.define
+class Unproven:
+    """The connections that have not yet sent a request with the token: at most UNPROVEN_MAX and a
+    quarter of the descriptor limit now (so that one lowered at run time lowers the cap)."""
+
+    count: int = 0
+
+    def admit(self) -> "Ticket | None":
+        """A new connection's ticket; None if there are as many as the cap."""
+        if self.count >= min(UNPROVEN_MAX, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4):
+            return None
+        self.count += 1
+        return Ticket(self)
+
+
+@attrs.define
+class Ticket:
+    """One connection's place among the unproven, given back once: at its first request with the
+    token, or at its end."""
+
+    unproven: Unproven
+    held: bool = True
+
+    def give_back(self) -> None:
+        if self.held:
+            self.held = False
+            self.unproven.count -= 1
+
+
+@attrs.frozen
+class StalledSends:
+    """A connection's stream whose send ends it (BrokenResourceError) unless the peer takes each
+    FRAME_MAX bytes of it (or the rest) within `stall_s`."""
+
+    stream: trio.SocketStream
+    stall_s: float
+
+    async def send_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), FRAME_MAX):
+            with trio.move_on_after(self.stall_s) as stalled:
+                await self.stream.send_all(view[start:start + FRAME_MAX])
+            if stalled.cancelled_caught:  # the stream is left half sent: only closing it is safe
+                raise trio.BrokenResourceError(f"the peer took not {FRAME_MAX} bytes in {self.stall_s:g}s")
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def refuse_malformed(conn: h11.Connection, stream, exc: h11.RemoteProtocolError) -> None:
+    """Answer a request that is not HTTP, or whose head passes HEADER_MAX, with h11's status for it (400,
+    431) and an EINVAL record, if no response has started; the connection then closes."""
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    _, record = encode_error(Invalid(f"malformed HTTP request: {exc}"))
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+        await send_simple(conn, stream, exc.error_status_hint, record, [("connection", "close")])
 
 
 async def receive(conn: h11.Connection, stream):
@@ -263,6 +345,16 @@ async def send_range(conn, stream, source, wanted: bytes | None) -> None:
     if start >= total:
         return await send_simple(conn, stream, 416, b"", [("content-range", f"bytes */{total}")])
     await send_simple(conn, stream, 206, bytes(source[start:end + 1]), [("content-range", f"bytes {start}-{end}/{total}")])
+
+
+def query_count(query: dict, name: str, lowest: int, highest: int, default: int | None = None) -> int:
+    """The whole number `?name=` in lowest..highest (absent: `default`); Invalid saying which it is not."""
+    text = query.get(name, [str(default)])[0]
+    if not (text.isascii() and text.isdigit()):
+        raise Invalid(f"?{name}= must be a whole number, not {text[:40]!r}")
+    if not lowest <= int(text[:30]) <= highest:
+        raise Invalid(f"?{name}= must be in {lowest}..{highest}, not {text[:40]}")
+    return int(text)
 
 
 def byte_range(text: str, total: int) -> tuple[int, int]:

@@ -36,7 +36,7 @@ TOKEN_BYTES = re.compile(rb"[\x21-\x7e]+")
 TOKEN_WORDING = Wording("edited peer token file", "the tokens loaded before stay in use",
                         "its first token is sent, each is accepted")
 STATUS_OF_ERRNO = {errno.EINVAL: 400, errno.EACCES: 403, errno.EPERM: 403, errno.EDQUOT: 403, errno.ENOENT: 404,
-                   errno.EBUSY: 409, errno.EEXIST: 409, errno.EAGAIN: 503}
+                   errno.EBUSY: 409, errno.EEXIST: 409, errno.E2BIG: 413, errno.EAGAIN: 503}
 
 
 class PeerDown(ApeinxError):
@@ -152,19 +152,18 @@ def encode_caller(caller: Caller) -> str:
 
 
 def decode_caller(text: str | None) -> Caller:
-    """The Caller of an `Apeinx-Caller` header; Invalid if it is missing or malformed."""
+    """The Caller of an `Apeinx-Caller` header; Invalid if it is missing or malformed (ids beyond
+    what uid_t, gid_t and pid_t hold among them: Caller's validators)."""
     if text is None:
         raise Invalid(f"no {CALLER_HEADER} header: a peer must say whom it asks for")
     try:
         fields = json.loads(text)
-        ids = [fields[key] for key in ("uid", "gid", "pid")]
-        role, tenant = fields["role"], fields["tenant"]
-    except (ValueError, KeyError, TypeError):
+        caller = Caller(fields["uid"], fields["gid"], fields["pid"], role=fields["role"], tenant=fields["tenant"])
+    except (ValueError, KeyError, TypeError, RecursionError, Invalid):  # RecursionError: JSON nested too deep
         raise Invalid(f"malformed {CALLER_HEADER} header {text[:100]!r}") from None
-    if not all(type(value) is int and value >= 0 for value in ids) or role not in RANKS or not (
-            tenant is None or isinstance(tenant, str)):
+    if caller.role not in RANKS or not (caller.tenant is None or isinstance(caller.tenant, str)):
         raise Invalid(f"malformed {CALLER_HEADER} header {text[:100]!r}")
-    return Caller(*ids, role=role, tenant=tenant)
+    return caller
 
 
 @attrs.frozen

@@ -15,7 +15,7 @@ from .etcd_auth import Credentials, password_file
 from .etcd_renew import TlsFiles
 from .peer_wire import TokenFile, parse_address, token_file
 
-KEYS = {"etcd", "lease_s", "advertise", "token_file", "pid_block", "prefix", "replicate_s",
+KEYS = {"etcd", "lease_s", "advertise", "token_file", "peer_stall_s", "pid_block", "prefix", "replicate_s",
         "etcd_ca", "etcd_cert", "etcd_key", "etcd_user", "etcd_password_file"}
 NODE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,62}")
 MIN_LEASE_S = 2  # etcd refuses shorter TTLs (its minimum is 1.5 election timeouts)
@@ -77,6 +77,7 @@ class ClusterSettings:
     lease_s: int = attrs.field(default=15, validator=_integer_at_least(MIN_LEASE_S))
     advertise: str | None = attrs.field(default=None, converter=_advertise)  # HOST:PORT
     token_file: str | None = attrs.field(default=None, validator=_path)
+    peer_stall_s: int = attrs.field(default=10, validator=_integer_at_least(1))  # a peer taking no bytes so long: dropped
     pid_block: int = attrs.field(default=100_000, validator=_integer_at_least(1))
     prefix: str = attrs.field(default="apeinxfs/", converter=_prefix)
     replicate_s: int = attrs.field(default=2, validator=_integer_at_least(0))  # s between output puts; 0: none

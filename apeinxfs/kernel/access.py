@@ -7,6 +7,8 @@
 - viewer: a uid or gid in a tenant's viewer_uids/viewer_gids; reads that tenant only.
 - anyone else: [access] unmapped (user, viewer or none) in the tenant "default".
 A non-admin sees only its own tenant, like a PID namespace: others' tasks are ENOENT.
+The ids a caller may carry are bounded as the system's types bound them (UID_MAX, PID_MAX):
+records that carry one check it (`id_bound`), so no path admits an id the mount cannot show.
 Pure functions of the kernel's tenants and the access config; fs.py asks once per request
 (and keeps the answer while the kernel is unchanged, unless supplementary groups count).
 """
@@ -15,10 +17,25 @@ from collections.abc import Callable, Iterable, Mapping
 import attrs
 
 from .config import AccessConfig
-from .errors import Denied
+from .errors import Denied, Invalid
 from .tenant_config import TenantConfig
 
 RANKS = {"none": 0, "viewer": 1, "user": 2, "admin": 3}
+UID_MAX = 2 ** 32 - 2  # uid_t and gid_t hold 0..2**32-1, and 2**32-1 is (uid_t)-1: "no id"
+PID_MAX = 2 ** 31 - 1  # pid_t
+
+
+def id_fits(value: object, highest: int) -> bool:
+    """Whether `value` is an int (not a bool) in 0..highest."""
+    return type(value) is int and 0 <= value <= highest
+
+
+def id_bound(highest: int) -> Callable[[object, "attrs.Attribute[int]", object], None]:
+    """An attrs validator: Invalid unless the field is an int in 0..highest."""
+    def check(instance: object, attribute: "attrs.Attribute[int]", value: object) -> None:
+        if not id_fits(value, highest):
+            raise Invalid(f"{attribute.name} {str(value)[:40]} is not an id in 0..{highest}")
+    return check
 
 
 @attrs.frozen

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import attrs
 
+from .access import PID_MAX, UID_MAX, id_bound
 from .config import ModelConfig
 from .spec import TaskCommand, TaskSpec
 from .tenant_config import TenantConfig, tenant_from_dict
@@ -21,8 +22,8 @@ from .tenant_config import TenantConfig, tenant_from_dict
 class ByCaller:
     """Who caused an event: the caller's uid, its process id and tenant (for the trace and audit)."""
 
-    uid: int = attrs.field(default=0, kw_only=True)
-    caller_pid: int = attrs.field(default=0, kw_only=True)
+    uid: int = attrs.field(default=0, kw_only=True, validator=id_bound(UID_MAX))
+    caller_pid: int = attrs.field(default=0, kw_only=True, validator=id_bound(PID_MAX))
     caller_tenant: str | None = attrs.field(default=None, kw_only=True)
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import attrs
 
-from ..kernel.access import Identity
+from ..kernel.access import PID_MAX, UID_MAX, Identity, id_bound
 from ..kernel.errors import ApeinxError, Denied, Hidden, Invalid, NotFound, RejectLine
 from .buffers import Buffers, unfinished
 
@@ -37,9 +37,9 @@ class Caller:
     """Who opened a file, with the role and tenant access.py gave it: kept from the open
     request, since reads and writes have no ctx. Built without a role, it is root."""
 
-    uid: int = 0
-    gid: int = 0
-    pid: int = 0
+    uid: int = attrs.field(default=0, validator=id_bound(UID_MAX))
+    gid: int = attrs.field(default=0, validator=id_bound(UID_MAX))
+    pid: int = attrs.field(default=0, validator=id_bound(PID_MAX))
     role: str = "admin"
     tenant: str | None = "default"
     identity: Identity = attrs.field(init=False, eq=False, repr=False)
@@ -146,8 +146,9 @@ class NamedDirs(Dir):
         return self.named(name) if name in self.current() else None
 
     def entries(self):
-        """Every name's directory but `.` and `..` (a tenant from before they were refused): the kernel lists
-        its own."""
+        """Every name's directory but `.` and `..` (a tenant from before they were refused): an entry so named
+        would stand for the directory itself or its parent (Linux FUSE adds no `.` or `..` of its own, and
+        fs.py's readdir lists none)."""
         return [(name, self.named(name)) for name in self.current() if name not in (".", "..")]
 
     def owns(self, inode: int) -> bool:
@@ -176,13 +177,23 @@ class NamedDirs(Dir):
 class Show(Node):
     """Text rendered by `show()` when the file is opened (a snapshot, like seq_file).
 
-    `volatile` text depends on the clock too, not only on kernel state, so it is never reused."""
+    `volatile` text depends on the clock too, not only on kernel state, so it is never reused. `tenanted`
+    text has rows of many tenants, of which a caller reads those it sees: `show(view)` renders the rows of
+    the view's tenant (None: every tenant's, for admins)."""
 
     show: object = None
     volatile: bool = False
+    tenanted: bool = False
 
-    def render(self) -> bytes:
-        text = self.show()
+    def view_of(self, identity: Identity) -> str | None:
+        """The view `identity` reads: None (every row) for an admin or a text the same for all, else its own
+        tenant's ("" for a caller of no role: no tenant's rows)."""
+        if not self.tenanted or identity.admin:
+            return None
+        return "" if identity.role == "none" else identity.tenant or ""
+
+    def render(self, view: str | None = None) -> bytes:
+        text = self.show(view) if self.tenanted else self.show()
         return text.encode() if isinstance(text, str) else bytes(text)
 
     def open(self, caller, writing, reading, truncating=False):
@@ -286,6 +297,7 @@ class Handle:
 class SnapshotHandle(Handle):
     node: Show
     data: bytes = b""
+    view: str | None = None  # the node's view its opener reads (Show.view_of)
 
     async def read(self, offset, size, waiter):
         return self.data[offset:offset + size]

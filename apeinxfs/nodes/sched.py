@@ -14,11 +14,14 @@ def set_policy(rt):
         lambda line, c: SetPolicy(policy=line.strip(), uid=c.uid, caller_pid=c.pid, caller_tenant=c.tenant))
 
 
-def runqueue(kernel) -> str:
-    """Tenants, then active agents: entity, counter, weight, state (running | queued | idle)."""
+def runqueue(kernel, view: str | None = None) -> str:
+    """Tenants, then active agents: entity, counter, weight, state (running | queued | idle); of tenant `view`
+    only, unless None (an admin's: every tenant's)."""
     accounts = kernel.accounts
-    rows = [(f"tenant/{t.name}", t) for t in accounts.tenants.values()]
-    rows += [(f"agent/{a.name}", a) for a in accounts.agents.values() if a.active]
+    agents = None if view is None else {task.agent for task in kernel.tasks.values() if task.tenant == view}
+    rows = [(f"tenant/{t.name}", t) for t in accounts.tenants.values() if view in (None, t.name)]
+    rows += [(f"agent/{a.name}", a) for pid, a in accounts.agents.items()
+             if a.active and (agents is None or pid in agents)]
     return "entity counter weight state\n" + "".join(
         f"{name} {e.counter:.1f} {e.weight} {e.state}\n" for name, e in rows)
 

@@ -99,13 +99,13 @@ def build_root(rt) -> Dir:
         "sched": Dir(children={
             "policy": Setting(show=partial(sched.policy, kernel), run=sched.set_policy(rt), write_role="admin",
                               limits=rt.buffers, rejects=rt.rejects_at("/sched/policy")),
-            "runqueue": Show(show=partial(sched.runqueue, kernel)),
+            "runqueue": Show(show=partial(sched.runqueue, kernel), tenanted=True),
             "stat": Show(show=partial(sched.stat, kernel)),
         }),
         "tenants": TenantsDir(rt=rt),
         "billing": Show(mode=ADMIN_READS, show=partial(billing.show, kernel), read_role="admin"),
         "metrics": Show(show=partial(metrics.show, rt), volatile=True),
-        "health": Show(show=partial(health.show, rt.health, rt.supervisor), volatile=True),
+        "health": Show(show=lambda: health.show(rt.health, rt.supervisor, rt.snapshotter), volatile=True),
         "nodes": NodesDir(rt=rt),
         "cluster": Show(show=partial(link, rt), volatile=True),
     })
@@ -121,8 +121,8 @@ class Tree:
         self.root = build_root(rt)
         self.named = [self.root.children[name] for name in ("models", "tenants", "nodes")]
         self._number(self.root)
-        self._pinned: dict[int, tuple[bytes, int]] = {}
-        self._rendered: dict[int, tuple[int, bytes]] = {}
+        self._pinned: dict[tuple[int, str | None], tuple[bytes, int]] = {}  # (inode, view) -> (text, opens)
+        self._rendered: dict[tuple[int, str | None], tuple[int, bytes]] = {}  # (inode, view) -> (version, text)
         self._task_nodes: dict[int, tuple] = {}  # inode -> (task, node) of task files built so far
 
     def _number(self, node, path: str = "/") -> None:
@@ -195,34 +195,35 @@ class Tree:
             raise NotFound(f"no such entry {name!r}")
         return child
 
-    def open_snapshot(self, node: Show) -> bytes:
-        """Render for a new open file; its size is what getattr reports until it closes."""
-        data = self._current(node)
-        count = self._pinned.get(node.inode, (b"", 0))[1]
-        self._pinned[node.inode] = (data, count + 1)
+    def open_snapshot(self, node: Show, view: str | None = None) -> bytes:
+        """Render `view` (Show.view_of) for a new open file; its size is what getattr reports in that view
+        until it closes."""
+        data = self._current(node, view)
+        count = self._pinned.get((node.inode, view), (b"", 0))[1]
+        self._pinned[node.inode, view] = (data, count + 1)
         return data
 
-    def close_snapshot(self, inode: int) -> None:
-        data, count = self._pinned.pop(inode, (b"", 1))
+    def close_snapshot(self, inode: int, view: str | None = None) -> None:
+        data, count = self._pinned.pop((inode, view), (b"", 1))
         if count > 1:
-            self._pinned[inode] = (data, count - 1)
+            self._pinned[inode, view] = (data, count - 1)
 
-    def render(self, node: Show) -> bytes:
-        """What an open file of `node` would read now, or is reading if one is open."""
-        pinned = self._pinned.get(node.inode)
-        return pinned[0] if pinned else self._current(node)
+    def render(self, node: Show, view: str | None = None) -> bytes:
+        """What an open file of `node` in `view` would read now, or is reading if one is open."""
+        pinned = self._pinned.get((node.inode, view))
+        return pinned[0] if pinned else self._current(node, view)
 
-    def _current(self, node: Show) -> bytes:
+    def _current(self, node: Show, view: str | None) -> bytes:
         """The node's text now: rendered again only once an event (or an engine scrape) changed something."""
         if node.volatile:
-            return node.render()
-        version, cached = self._rendered.get(node.inode, (None, None))
+            return node.render(view)
+        version, cached = self._rendered.get((node.inode, view), (None, None))
         if version != self.rt.version:
             if len(self._rendered) >= RENDERED_MAX:
                 self._rendered.clear()
-            cached = node.render()
-            self._rendered[node.inode] = (self.rt.version, cached)
+            cached = node.render(view)
+            self._rendered[node.inode, view] = (self.rt.version, cached)
         return cached
 
-    def size(self, node) -> int:
-        return len(self.render(node)) if isinstance(node, Show) else node.size()
+    def size(self, node, view: str | None = None) -> int:
+        return len(self.render(node, view)) if isinstance(node, Show) else node.size()
