@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from apeinxfs.kernel.errors import Invalid, NoBuffers, NotAllRun, TooBig, TryAgain
+from apeinxfs.kernel.errors import Invalid, NoBuffers, NotAllRun, RejectLine, TooBig, TryAgain
 from apeinxfs.nodes.base import BUG, LINE_MAX, Caller
 from apeinxfs.nodes.buffers import Buffers
 from apeinxfs.nodes.forwarding import Forwarding, Route
@@ -21,7 +21,7 @@ class Recorder:
         self.here, self.routed, self.done = [], [], []
         self.answer, self.remote_replies, self.refusal = answer, remote_replies, refusal
         self.node = Forwarding(mode=0o100666, run=self.run, route=self.route,
-                               limits=(buffers or Buffers()).at("/ctl/submit"))
+                               limits=buffers or Buffers())
 
     def run(self, raw_lines, caller):
         self.here.append(raw_lines)
@@ -94,7 +94,7 @@ class Settler:
     def __init__(self, refusal=None):
         self.settled, self.write_lines, self.refusal = [], [], refusal
         self.node = Forwarding(mode=0o100666, run=lambda raw_lines, caller: [f"{len(raw) + 1}" for raw in raw_lines],
-                               settle=self.settle, limits=Buffers().at("/ctl/submit"))
+                               settle=self.settle, limits=Buffers())
 
     async def settle(self, replies, write_lines):
         self.settled.append(replies)
@@ -157,7 +157,7 @@ async def test_a_write_that_did_not_all_run_fails_with_its_errno_and_keeps_every
     """NotAllRun from the route: the write fails with its errno and the reply is its own, a line per line (the
     pids that ran are not turned into errors)."""
     outcome = ["7", "error: line 2: node b: no answer; its outcome is unknown"]
-    node = Recorder(answer="remote", refusal=NotAllRun(errno.EHOSTDOWN, outcome[1], outcome))
+    node = Recorder(answer="remote", refusal=NotAllRun(errno.EHOSTDOWN, outcome[1], outcome, RejectLine.HERE))
     handle = node.open()
     with pytest.raises(NotAllRun) as refused:
         await handle.write_async(b"a\nb\n")
@@ -212,7 +212,7 @@ async def test_a_routed_writes_unfinished_line_is_held_until_a_refusal_or_the_cl
         await handle.write_async(b"\nb\n")
     assert buffers.held == {} and not handle.pending
     settler = Settler(refusal=TryAgain("not recorded"))
-    settler.node.limits = buffers.at("/ctl/submit")
+    settler.node.limits = buffers
     refused = settler.node.open(CALLER, writing=True, reading=True)
     with pytest.raises(TryAgain):
         await refused.write_async(b"a\npart")

@@ -19,7 +19,7 @@ import trio
 from apeinxfs.cluster import peer_wire
 from apeinxfs.cluster.peer_client import Peer
 from apeinxfs.cluster.peer_wire import HEARTBEAT_S, PeerDown, PeerRefused, encode_caller
-from apeinxfs.kernel.errors import ApeinxError, Denied, Hidden, Invalid, NotFound
+from apeinxfs.kernel.errors import ApeinxError, Denied, Hidden, Invalid, NotFound, RejectLine
 from apeinxfs.fs import Operations
 from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.buffers import WRITE_LINES
@@ -162,7 +162,8 @@ async def test_a_peer_write_refused_by_the_limits_leaves_its_reject_line(nodes):
 
 
 async def test_the_peer_checks_the_caller_as_its_mount_does(nodes):
-    """Another tenant's caller does not see B's task (Hidden, ENOENT); a viewer may not submit there (EACCES)."""
+    """Another tenant's caller does not see B's task (Hidden, ENOENT); a viewer may not submit there (EACCES),
+    refused before any write ran on B: its reject line (and audit) is the asking node's, not B's."""
     a, a_url, b, b_url, token = nodes
     pid = submit_on(b_url, token, "short 5 5")
     outsider = Caller(uid=4242, gid=4242, pid=1, role="user", tenant="other")
@@ -170,9 +171,10 @@ async def test_the_peer_checks_the_caller_as_its_mount_does(nodes):
     async with Peer(b_url, token) as peer:
         with pytest.raises(Hidden):
             await peer.status(pid, outsider)
-        with pytest.raises(Denied):
+        with pytest.raises(Denied) as denied:
             await peer.submit(["short 5 5"], viewer)
-    assert "4243" in (await cat(b.path("trace", "audit"))).decode()
+    assert denied.value.reject_line is RejectLine.HERE
+    assert "4243" not in (await cat(b.path("trace", "audit"))).decode()
 
 
 NOT_SERVED = [  # (method, path, headers besides the token, the status expected); PID: a task of B's

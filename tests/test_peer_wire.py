@@ -12,9 +12,10 @@ from hypothesis import given, strategies as st
 
 from apeinxfs.cluster.peer_server import (FRAME_MAX, UNPROVEN_MAX, StalledSends, Unproven, byte_range,
                                           query_count)
-from apeinxfs.cluster.peer_wire import (ERRORS, HEARTBEAT, FrameReader, RemoteError, data_frame, decode_caller,
-                                        decode_error, encode_caller, encode_error, parse_address, read_tokens)
-from apeinxfs.kernel.errors import ApeinxError, Degraded, Invalid
+from apeinxfs.cluster.peer_wire import (ERRORS, HEARTBEAT, FrameReader, PeerDown, RemoteError, data_frame,
+                                        decode_caller, decode_error, encode_caller, encode_error, parse_address,
+                                        read_tokens)
+from apeinxfs.kernel.errors import ApeinxError, Degraded, Invalid, RejectLine
 from apeinxfs.nodes.base import Caller
 
 
@@ -45,6 +46,24 @@ def test_a_known_name_with_another_errno_is_not_trusted_as_that_class():
     """A record naming a known class with a different errno keeps the errno it carries."""
     back = decode_error(b'{"error": "Invalid", "errno": 5, "reason": "odd"}', "peer x")
     assert type(back) is RemoteError and back.errno == errno.EIO
+
+
+@pytest.mark.parametrize("make, written, line", [
+    (lambda: Invalid("bad line"), True, RejectLine.PEER),  # the peer's write refused it: the peer's line
+    (lambda: Invalid("bad line"), False, RejectLine.HERE),  # refused before a write ran there: the asker's
+    (lambda: PeerDown("no answer from c"), True, RejectLine.NONE),  # its outcome unknown there: nobody's
+    (lambda: Degraded(errno.ENOSPC, "disk full"), True, RejectLine.PEER),
+])
+def test_whose_reject_line_a_refusal_is_crosses_the_wire(make, written, line):
+    """A refusal of the peer's own write comes back as journaled by the peer (PEER), one of an unknown outcome
+    there as nobody's (NONE), one made before any write ran there as the asking node's (HERE)."""
+    assert decode_error(encode_error(make(), written=written)[1], "peer x").reject_line is line
+
+
+def test_an_unknown_reject_line_word_leaves_the_line_to_the_asking_node():
+    """A record whose reject_line this version does not know (another version's) keeps its class, the line HERE."""
+    back = decode_error(b'{"error": "Invalid", "errno": 22, "reason": "odd", "reject_line": "later"}', "peer x")
+    assert type(back) is Invalid and back.reject_line is RejectLine.HERE
 
 
 @pytest.mark.parametrize("body", [b"<html>502</html>", b"{}", b'{"error": 1, "errno": "x", "reason": 2}', b"[]"])

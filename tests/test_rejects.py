@@ -1,9 +1,9 @@
 """Tier 2: every refused write of every writable file leaves exactly one `reject` trace line, `PATH: REASON
 (uid U)` (apeinxfs(5), ERRORS), through one path (CommandHandle.refusals, Runtime.reject): a refused line,
 a refusal of the command around the lines (a tenant removed while its settings file is open), and on a
-cluster node a settings change refused by etcd or when its entry applies, journaled on that node once; a
-write routed to other nodes is journaled by the node that refused it, here only if that node was not reached.
-The same through a real mount with shell tools is test_rejects_mount.py."""
+cluster node a settings change refused by etcd or when its entry applies, journaled on that node once. Which
+node of a cluster journals a write is test_rejects_cluster.py; the same through a real mount with shell tools
+is test_rejects_mount.py."""
 import csv
 import errno
 import io
@@ -11,11 +11,9 @@ import io
 import pytest
 
 from apeinxfs.cluster.etcd_records import Unavailable
-from apeinxfs.cluster.peer_wire import PeerDown, decode_error, encode_error
-from apeinxfs.kernel.errors import ApeinxError, Invalid, NotAllRun
+from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.tree import Tree
-from test_forwarding import Recorder
 from test_journal_runtime import open_runtime
 from test_nodes import refusal, resolve
 from test_shared_settings import EchoEtcd, add, node, settings_lines
@@ -82,17 +80,3 @@ async def test_a_cluster_settings_write_refused_by_etcd_or_when_applied_leaves_o
     assert rejects(rt) == ["/ctl/tenants: etcd: no quorum within 8s (uid 0)",
                            f"/ctl/tenants: {exists.value.reason} (uid 0)"]
     rt.journal.close()
-
-
-@pytest.mark.parametrize("refusal, here", [
-    (decode_error(encode_error(Invalid("bad line"))[1], "peer b"), 0),  # a peer's refusal: the peer's line
-    (NotAllRun(errno.EREMOTEIO, "line 2: bad line (1 of 2 lines refused)", ["7", "error: line 2: bad line"]), 0),
-    (PeerDown("peer b: no answer to POST ctl/kill within 8s"), 1),  # no node journaled it: this one does
-])
-async def test_a_routed_write_is_journaled_by_the_node_that_refused_it_once(tree, refusal, here):
-    """A write routed elsewhere and refused there (a peer's decoded refusal, or lines refused on several
-    nodes) leaves no reject line here, the peer's being the one; a peer that was not reached leaves it here."""
-    handle = Recorder(answer="remote", refusal=refusal, buffers=tree.rt.buffers).open()
-    with pytest.raises(ApeinxError):
-        await handle.write_async(b"7\n8\n")
-    assert len(rejects(tree.rt)) == here

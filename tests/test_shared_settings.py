@@ -117,7 +117,7 @@ async def test_a_write_to_ctl_tenants_returns_once_its_entry_is_applied_here(tmp
     a Shared line; without etcd the put's EAGAIN is the write's, and nothing changed."""
     rt = node(tmp_path)
     rt.cluster.shared.etcd = EchoEtcd(rt.cluster.shared)
-    handle = Command(mode=0o100600, run=tenants_ctl(rt), limits=rt.buffers.at("/ctl/tenants")).open(
+    handle = Command(mode=0o100600, run=tenants_ctl(rt), limits=rt.buffers, rejects=rt.rejects_at("/ctl/tenants")).open(
         Caller(), writing=True, reading=True)
     assert await handle.write_async(b"add t1 weight=300\n") == 18
     assert rt.kernel.tenancy.tenants["t1"].weight == 300 and rt.kernel.shared.revision == 101
@@ -134,7 +134,7 @@ async def test_an_entry_this_node_refuses_when_it_comes_fails_the_write_with_tha
     came, is refused when applied, and the write fails with EEXIST."""
     rt = node(tmp_path)
     echo = rt.cluster.shared.etcd = EchoEtcd(rt.cluster.shared)
-    handle = Command(mode=0o100600, run=tenants_ctl(rt), limits=rt.buffers.at("/ctl/tenants")).open(
+    handle = Command(mode=0o100600, run=tenants_ctl(rt), limits=rt.buffers, rejects=rt.rejects_at("/ctl/tenants")).open(
         Caller(), writing=True, reading=True)
     echo.first = ("b", [add("t1", 222)])
     with pytest.raises(Exists) as refused:
@@ -151,7 +151,7 @@ def test_only_settings_changes_are_shared(tmp_path):
     assert not shared.takes([Submit(spec=TaskSpec(name="j"))])
     assert shared.takes([SetPolicy(policy="vtc")]) and not shared.takes([SetPolicy(policy="vtc"), Shared(1, "a")])
     assert rt.commit([SetPolicy(policy="vtc")]) == [None] and rt.kernel.runq.name != "vtc"
-    assert shared.receive.receive_nowait() == encode("n1", [SetPolicy(policy="vtc")])
+    assert shared.receive.receive_nowait()[0] == encode("n1", [SetPolicy(policy="vtc")])
     rt.journal.close()
 
 

@@ -35,6 +35,7 @@ import attrs
 import httpx
 import trio
 
+from ..kernel.errors import RejectLine
 from .etcd_auth import Auth, Credentials
 from .etcd_records import (API, HEADERS, EtcdError, KeyValue, LeaderKey, Lease, LeaseGone, MemberFailed, NotLeader,
                            Txn, TxnResult, Unavailable, answer_of, b64, header_revision, put_op, range_body)
@@ -143,17 +144,19 @@ class Etcd:
                         failures[url], sent = str(failed), sent or failed.sent
                         refused += failed.tls_refused
                         if failed.sent and not retry_sent:
-                            raise Unavailable(f"etcd: {what}: outcome unknown, {url}: {failed}") from None
+                            raise Unavailable(f"etcd: {what}: outcome unknown, {url}: {failed}",
+                                              reject_line=RejectLine.NONE) from None
                 if refused == count and self.tls.value is context:  # a wrong CA or certificate, not renewed since
                     # the round began (a refusal looks at the files): no later round would fare better
                     raise Unavailable(f"etcd: {what}: every member refused this client by TLS ({tried(failures)})")
                 await trio.sleep(RETRY_PAUSE_S)
         if not retry_sent and failures[url].startswith(NO_ANSWER):
             before = failures[url][len(NO_ANSWER):]  # " (before: WHY)" or ""
-            raise Unavailable(f"etcd: {what}: outcome unknown, no answer from {url} within {deadline:g}s{before}")
+            raise Unavailable(f"etcd: {what}: outcome unknown, no answer from {url} within {deadline:g}s{before}",
+                              reject_line=RejectLine.NONE)
         unknown = (sent or failures[url].startswith(NO_ANSWER)) and what in UNKNOWABLE
         raise Unavailable(f"etcd: {what}: {UNKNOWN if unknown else ''}no quorum within {deadline:g}s "
-                          f"({tried(failures)})")
+                          f"({tried(failures)})", reject_line=RejectLine.NONE if unknown else None)
 
     async def try_member(self, attempt: Callable[[str], Awaitable[Answer]], index: int, patience: float) -> Answer:
         """`attempt` on member `index`, which becomes the current member if it answers."""

@@ -33,7 +33,7 @@ import attrs
 import h11
 import trio
 
-from ..kernel.errors import ApeinxError, Denied, Invalid, NotFound, TooMany
+from ..kernel.errors import ApeinxError, Invalid, NotFound, TooMany
 from ..nodes.base import Blocking, Command, Dir, Log, Show
 from ..nodes.remote import RemoteTaskDir
 from ..ratelog import RateLog
@@ -190,8 +190,8 @@ class PeerServer:
         await self.serve_node(conn, stream, node, caller, request, body, urllib.parse.parse_qs(target.query))
 
     def resolve(self, path: str, caller, want: int):
-        """The node at `path`, checked as the FUSE adapter checks a lookup and an open (a role
-        refused at open is audited, as there)."""
+        """The node at `path`, checked as the FUSE adapter checks a lookup and an open; a refusal here is not
+        journaled (no write ran here): the asking node writes its `reject` line (peer_wire.encode_error)."""
         node = self.tree.root
         for name in path.split("/"):
             node = node.child(name) if isinstance(node, Dir) else None
@@ -199,11 +199,7 @@ class PeerServer:
                 raise NotFound(f"no /{path} on this node")
             if node.tenant is not None:
                 caller.may(node, 0)
-        try:
-            caller.may(node, want)
-        except Denied as exc:
-            self.rt.reject(f"/{path}", exc, caller.uid, caller.pid, caller.tenant)
-            raise
+        caller.may(node, want)
         return node
 
     async def serve_node(self, conn, stream, node, caller, request, body: bytes, query: dict) -> None:
@@ -218,7 +214,10 @@ class PeerServer:
             if "lines" in query:  # a write placed on several nodes: at most one write's lines, which bound its wait
                 handle.write_lines = query_count(query, "lines", 1, self.rt.buffers.write_lines)
             # whole lines (a submit waits for etcd): the handle is left holding nothing, so it needs no close
-            await handle.write_here(body if body.endswith(b"\n") else body + b"\n")
+            try:
+                await handle.write_here(body if body.endswith(b"\n") else body + b"\n")
+            except ApeinxError as exc:  # the write's refusal, journaled here as a write of this node's
+                return await send_simple(conn, stream, *encode_error(exc, written=True))
             await send_simple(conn, stream, 200, handle.reply, TEXT)
 
     async def follow(self, conn, stream, node: Blocking, offset: int) -> None:

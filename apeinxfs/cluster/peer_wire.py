@@ -23,7 +23,7 @@ import attrs
 
 from ..kernel.access import RANKS
 from ..kernel.errors import (ApeinxError, Busy, Degraded, Denied, Exists, Hidden, Invalid, NoSpace, NotFound,
-                             NotPermitted, OverQuota, TooMany)
+                             NotPermitted, OverQuota, RejectLine, TooMany)
 from ..nodes.base import Caller
 from .renewal import Renewable, Wording
 from .secretfile import read_private
@@ -40,13 +40,16 @@ STATUS_OF_ERRNO = {errno.EINVAL: 400, errno.EACCES: 403, errno.EPERM: 403, errno
 
 
 class PeerDown(ApeinxError):
-    """A peer could not be reached, or went silent or away during a request."""
+    """A peer could not be reached, or went silent or away during a request: a command's outcome is unknown."""
 
     errno = errno.EHOSTDOWN
+    reject_line = RejectLine.NONE
 
 
 class PeerUnreachable(PeerDown):
-    """A peer could not be connected to: nothing was sent, so a command may go elsewhere."""
+    """A peer could not be connected to: nothing was sent, so a command may go elsewhere (or is refused here)."""
+
+    reject_line = RejectLine.HERE
 
 
 class PeerRefused(ApeinxError):
@@ -58,8 +61,9 @@ class PeerRefused(ApeinxError):
 class RemoteError(ApeinxError):
     """A peer's refusal of a class this node does not know: its errno and reason, as sent."""
 
-    def __init__(self, remote_errno: int, reason: str, replies: list[str] | None = None):
-        super().__init__(reason, replies)
+    def __init__(self, remote_errno: int, reason: str, replies: list[str] | None = None,
+                 reject_line: RejectLine | None = None):
+        super().__init__(reason, replies, reject_line)
         self.errno = remote_errno
 
 
@@ -67,36 +71,35 @@ ERRORS = {cls.__name__: cls for cls in (Invalid, NotFound, Hidden, Denied, NotPe
                                         Exists, Busy, TooMany, PeerDown, PeerRefused)}
 
 
-def encode_error(exc: ApeinxError) -> tuple[int, bytes]:
-    """The HTTP status and JSON body that carry `exc` to a peer."""
+def encode_error(exc: ApeinxError, written: bool = False) -> tuple[int, bytes]:
+    """The HTTP status and JSON body that carry `exc` to a peer; `written`: a refusal of a write that this node
+    handled as a write of its own (its `reject` line, if any, is this node's: `"reject_line": "peer"` then, or
+    "none" for an outcome it does not know), else the asking node writes it."""
     body = {"error": type(exc).__name__, "errno": exc.errno, "reason": exc.reason, "replies": exc.replies}
+    if written:
+        body["reject_line"] = (RejectLine.PEER if exc.reject_line is RejectLine.HERE else exc.reject_line).value
     return STATUS_OF_ERRNO.get(exc.errno, 500), json.dumps(body).encode()
 
 
 def decode_error(body: bytes, where: str) -> ApeinxError:
     """The error a peer's JSON body carries, as its own class where this node knows it (same
-    name and errno), else RemoteError, journaled already (the peer journaled its refusal of a write);
-    a body that is not such JSON is an EIO naming `where`."""
-    error = _decoded(body, where)
-    error.journaled = True
-    return error
-
-
-def _decoded(body: bytes, where: str) -> ApeinxError:
+    name and errno), else RemoteError; its `reject_line` the peer's word, else HERE (a refusal before any write
+    ran there, an answer of another version); a body that is not such JSON is an EIO naming `where`."""
     try:
         fields = json.loads(body)
         name, number, reason = fields["error"], fields["errno"], fields["reason"]
         replies = [str(reply) for reply in fields.get("replies") or [reason]]
+        line = next((kind for kind in RejectLine if kind.value == fields.get("reject_line")), RejectLine.HERE)
         if not (isinstance(name, str) and isinstance(number, int) and isinstance(reason, str)):
             raise TypeError(name, number, reason)
     except (ValueError, KeyError, TypeError):
         return RemoteError(errno.EIO, f"{where}: an answer that is no error record: {body[:200]!r}")
     known = ERRORS.get(name)
     if known is not None and known.errno == number:
-        return known(reason, replies)
+        return known(reason, replies, reject_line=line)
     if name == Degraded.__name__:
-        return Degraded(number, reason)
-    return RemoteError(number, reason, replies)
+        return Degraded(number, reason, reject_line=line)
+    return RemoteError(number, reason, replies, reject_line=line)
 
 
 def data_frame(data: bytes) -> bytes:

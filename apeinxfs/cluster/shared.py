@@ -16,22 +16,24 @@ The writer waits (nodes/base.after_write) until etcd has the entry and this node
 it, and gets this node's outcome: a refusal there is the write's. Without a quorum the put
 fails with Unavailable (EAGAIN) within the etcd client's 8 s; if the watch has not brought
 the entry back WRITE_S after the write began, TryAgain (it is in etcd and applies once it
-does). A
-write not through the mount (a last line run at close) goes to etcd in the background.
+does: no `reject` line, as for a put whose outcome etcd lost). A write not through the mount
+(a last line run at close) goes to etcd in the background; a refusal there is journaled as
+that write's (its handle's `reject` line, nodes/base.refused_at_close) and logged.
 Not here: the watch (daemon.py), the kernel's checks.
 """
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from functools import partial
 
 import attrs
 import trio
 
-from ..kernel.errors import ApeinxError, Busy, Invalid, TryAgain
+from ..kernel.errors import ApeinxError, Busy, Invalid, RejectLine, TryAgain
 from ..kernel.events import (RemoveModel, RemoveTenant, SetModel, SetPolicy, SetRules, SetTenant, Shared, from_row,
                              to_row)
-from ..nodes.base import after_write
+from ..nodes.base import after_write, refused_at_close
 from .etcd_records import KeyValue
 from .peerdata import loads, shallow
 from .records import Keys
@@ -95,7 +97,8 @@ class SharedSettings:
     def __init__(self, runtime, etcd, keys: Keys, name: str, view: ClusterView):
         self.rt, self.etcd, self.keys, self.name, self.view = runtime, etcd, keys, name, view
         self.pending: dict[bytes, Pending] = {}
-        self.send, self.receive = trio.open_memory_channel[bytes](BACKGROUND)
+        # an entry put in the background, and how its refusal is journaled (the closed handle's)
+        self.send, self.receive = trio.open_memory_channel[tuple[bytes, Callable]](BACKGROUND)
 
     @staticmethod
     def takes(events: list) -> bool:
@@ -109,7 +112,7 @@ class SharedSettings:
         entry = encode(self.name, events)
         if not after_write(partial(self.write, entry)):
             try:
-                self.send.send_nowait(entry)
+                self.send.send_nowait((entry, refused_at_close()))
             except trio.WouldBlock:
                 raise TryAgain(f"{BACKGROUND} settings changes wait for etcd already: try again") from None
         return [None] * len(events)
@@ -136,17 +139,19 @@ class SharedSettings:
             del self.pending[key]
         if not pending.done.is_set():
             raise TryAgain(f"etcd has the change (revision {revision}) but this node has not seen it back within "
-                           f"{WRITE_S:g}s of the write: it applies once its watch catches up")
+                           f"{WRITE_S:g}s of the write: it applies once its watch catches up",
+                           reject_line=RejectLine.NONE)
         if pending.refused is not None:
             raise pending.refused
 
     async def drain(self) -> None:
-        """Put the entries of writes that nobody waits for, in order."""
-        async for entry in self.receive:
+        """Put the entries of writes that nobody waits for, in order; a refusal journaled as its write's."""
+        async for entry, journal in self.receive:
             try:
                 await self.write(entry)
             except ApeinxError as error:
                 log.warning("cluster: a settings change written at close was not applied: %s", error.reason)
+                journal(error)
 
     def load(self, kvs: list[KeyValue]) -> None:
         """Apply the entries of a read of the prefix that this node has not applied, in revision order."""

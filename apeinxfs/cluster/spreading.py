@@ -28,7 +28,7 @@ import re
 import attrs
 import trio
 
-from ..kernel.errors import ApeinxError, NotAllRun
+from ..kernel.errors import ApeinxError, NotAllRun, RejectLine
 from ..kernel.events import Placed
 from ..kernel.spec import TaskSpec
 from ..kernel.submits import Anywhere
@@ -174,7 +174,8 @@ def in_line_order(groups: list[Group], count: int, written: int) -> list[str]:
     Else NotAllRun if a node refused its lines or its answer was lost: EREMOTEIO if some line ran (an errno no write that ran
     nothing fails with: repeating this one whole, as EAGAIN invites, would run those lines a second time),
     EHOSTDOWN if none ran but some answer was lost (their outcome is unknown), else the errno of the first
-    line, in the write's order."""
+    line, in the write's order; its `reject` line is this node's unless each line not run was refused by a peer
+    that journaled it (lines refused here, answers lost, a peer's refusal it did not journal)."""
     decided = [group for group in groups if group.replies is not None or group.failure is not None]
     if len(decided) == 1 and (failure := decided[0].failure) is not None:
         raise as_written(failure, decided[0].indexes, written)
@@ -193,9 +194,10 @@ def in_line_order(groups: list[Group], count: int, written: int) -> list[str]:
     first, exc = min(failed, key=lambda entry: entry[0])
     unknown = sum(isinstance(failure, PeerDown) for _, failure in failed)
     code = errno.EREMOTEIO if any(group.pids() for group in groups) else errno.EHOSTDOWN if unknown else exc.errno
+    journaled = all(failure.reject_line is RejectLine.PEER for _, failure in failed)
     raise NotAllRun(code, f"{replies[first].removeprefix('error: ')} ({len(failed) - unknown} of {count} lines "
                     f"refused, {unknown} of unknown outcome, {count - len(failed)} ran)",
-                    [replies[index] for index in sorted(replies)])
+                    [replies[index] for index in sorted(replies)], RejectLine.PEER if journaled else RejectLine.HERE)
 
 
 def as_written(exc: ApeinxError, indexes: list[int], count: int) -> ApeinxError:

@@ -4,20 +4,33 @@ Every refusal in the kernel, the parsers and the tree raises one of these; a sin
 boundary in the FUSE adapter (fs.py) turns them into FUSEError. Not for bugs: those are
 ordinary exceptions, logged and reported as EIO.
 """
+import enum
 import errno
 
 
+class RejectLine(enum.Enum):
+    """Which node's trace gets the `reject` line of a write that failed with an error (apeinxfs(5), ERRORS):
+    decided where the error is made, looked at by the write's handle (nodes/base.CommandHandle.refusals)."""
+
+    HERE = "here"  # this node refused it, or no node could judge it (a peer not reached, its early refusal)
+    PEER = "peer"  # a peer refused it and wrote the line
+    NONE = "none"  # not known to be refused: its outcome is unknown, or it applies later
+
+
 class ApeinxError(Exception):
-    """A refused request: `errno` says the class, `reason` says why in words."""
+    """A refused request: `errno` says the class, `reason` says why in words; `reject_line` whose trace records
+    it as a refused write (a class's default, or the maker's)."""
 
     errno = errno.EIO
     denial = False  # refused because of who asked (role, namespace, policy, quota): audited
-    journaled = False  # recorded already (Runtime.reject, or by the peer that refused it): a refusal is journaled once
+    reject_line = RejectLine.HERE
 
-    def __init__(self, reason: str, replies: list[str] | None = None):
+    def __init__(self, reason: str, replies: list[str] | None = None, reject_line: RejectLine | None = None):
         super().__init__(reason)
         self.reason = reason
         self.replies = replies or [reason]
+        if reject_line is not None:
+            self.reject_line = reject_line
 
     def __str__(self) -> str:
         return self.reason
@@ -113,8 +126,8 @@ class Degraded(ApeinxError):
 
     Its errno is the storage's own (ENOSPC, EIO, EROFS), not the class's."""
 
-    def __init__(self, os_errno: int, reason: str):
-        super().__init__(reason)
+    def __init__(self, os_errno: int, reason: str, reject_line: RejectLine | None = None):
+        super().__init__(reason, reject_line=reject_line)
         self.errno = os_errno
 
 
@@ -124,12 +137,11 @@ class NotAllRun(ApeinxError):
 
     Its errno is that of the first line that did not run where none ran, else EREMOTEIO (partly run); its
     reply has a line for each line written, in order: the pid of one that ran, or `error: line N: REASON`.
-    Each node journaled the refusal of its own lines, so the write's is not journaled again."""
+    `reject_line`: PEER when every line that did not run was refused by a peer that journaled it, else HERE
+    (this node's lines refused, answers lost, a peer's refusal it did not journal: the node written to)."""
 
-    journaled = True
-
-    def __init__(self, line_errno: int, reason: str, outcome: list[str]):
-        super().__init__(reason)
+    def __init__(self, line_errno: int, reason: str, outcome: list[str], reject_line: RejectLine):
+        super().__init__(reason, reject_line=reject_line)
         self.errno = line_errno
         self.outcome = outcome
 

@@ -16,9 +16,8 @@ from .ctl import by, run_lines
 
 @attrs.frozen
 class AddRemove:
-    """A ctl file of `add NAME ...` and `remove NAME` lines (`path`), written by admins only."""
+    """A ctl file of `add NAME ...` and `remove NAME` lines, written by admins only."""
 
-    path: str
     doing: str  # what the admin role is required for, as the refusal says it
     usage: str  # the reply to a line that is neither
     add: Callable  # add(rest, what=, uid=, caller_pid=, caller_tenant=) -> the event of `add REST`
@@ -37,4 +36,4 @@ class AddRemove:
 
     def command(self, rt):
         """The file's write function: its lines, all or nothing (ctl.py run_lines)."""
-        return lambda lines, caller: run_lines(rt, self.path, lines, caller, self.to_event)
+        return lambda lines, caller: run_lines(rt, lines, caller, self.to_event)

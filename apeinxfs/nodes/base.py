@@ -15,18 +15,20 @@ import os
 import re
 import stat
 import time
+from collections.abc import Callable
 
 import attrs
 
 from ..kernel.access import PID_MAX, UID_MAX, Identity, id_bound
-from ..kernel.errors import ApeinxError, Denied, Hidden, Invalid, NotFound
-from .buffers import Limits, unfinished
+from ..kernel.errors import ApeinxError, Denied, Hidden, Invalid, NotFound, RejectLine
+from .buffers import Buffers, unfinished
 
 LINE_MAX = (1 << 20) + 4096
 OVER_LONG = bytes(LINE_MAX + 1)  # stands for the rest of a line already refused as too long
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 DIR_MODE = stat.S_IFDIR | 0o555
 _AFTER_WRITE: contextvars.ContextVar[list | None] = contextvars.ContextVar("after_write", default=None)
+_AT_CLOSE: contextvars.ContextVar = contextvars.ContextVar("at_close", default=lambda refusal: None)
 BUG = "internal error in the daemon (logged)"  # the reason read back after a write that hit a bug
 
 
@@ -200,13 +202,26 @@ class Show(Node):
         return SnapshotHandle(self)
 
 
+@attrs.frozen
+class Rejects:
+    """Where the refused writes of the ctl file at `path` are recorded: `record(path, refusal, uid, pid, tenant)`
+    (Runtime.reject: a `reject` line)."""
+
+    record: Callable[..., None]
+    path: str
+
+    def __call__(self, refusal: ApeinxError, caller: Caller) -> None:
+        self.record(self.path, refusal, caller.uid, caller.pid, caller.tenant)
+
+
 @attrs.define(eq=False)
 class Setting(Show):
     """A cgroup-style knob: reads show the value, writes (`run`, as a Command) set it."""
 
     mode: int = stat.S_IFREG | 0o644
     run: object = None
-    limits: Limits = attrs.field(kw_only=True)  # what its descriptors may hold (the daemon's buffers)
+    limits: Buffers = attrs.field(kw_only=True)  # what its descriptors may hold (the daemon's)
+    rejects: Rejects | None = attrs.field(default=None, kw_only=True)  # where its refused writes go; None: nowhere
 
     def open(self, caller, writing, reading, truncating=False):
         return CommandHandle(self, caller, self.limits) if writing else SnapshotHandle(self)
@@ -250,7 +265,8 @@ class Command(Node):
 
     mode: int = stat.S_IFREG | 0o222
     run: object = None
-    limits: Limits = attrs.field(kw_only=True)  # what its descriptors may hold (the daemon's buffers)
+    limits: Buffers = attrs.field(kw_only=True)  # what its descriptors may hold (the daemon's)
+    rejects: Rejects | None = attrs.field(default=None, kw_only=True)  # where its refused writes go; None: nowhere
 
     def open(self, caller, writing, reading, truncating=False):
         if reading and not self.mode & 0o444:
@@ -311,15 +327,17 @@ class CommandHandle(Handle):
     """Buffers partial lines; each write runs its complete lines and resets the reply. `limits`: its node's,
     given at open. `write_lines`: the lines of the whole write its lines are part of, when it was placed on
     several nodes (a peer's request says so, peer_server.py); 0: its own. Only a Forwarding node's `settle`
-    counts it (forwarding.py)."""
+    counts it (forwarding.py). `part`: its writes are the lines a route runs here as part of a write through
+    another handle (forwarding.py run_here), whose refusal that handle journals."""
 
     node: Command
     caller: Caller
-    limits: Limits
+    limits: Buffers
     pending: bytearray = attrs.Factory(bytearray)
     reply: bytes = b""
     refused_rest: bytes | None = None  # the piece of an unterminated over-long line that was refused
     write_lines: int = 0
+    part: bool = False
     held: int = 0  # the bytes the limits' buffers count for this descriptor: len(pending), kept by `holding`
 
     async def read(self, offset, size, waiter):
@@ -358,28 +376,34 @@ class CommandHandle(Handle):
                 self._reserve(writing)
             yield
         finally:
-            self.held = self.limits.buffers.hold(self.caller.uid, self.held, len(self.pending))
+            self.held = self.limits.hold(self.caller.uid, self.held, len(self.pending))
 
     def _reserve(self, data: bytes) -> None:
         with self.refusals():
-            self.limits.check_write(self.caller, data, len(self.pending), self.held)
+            self.limits.check_write(self.caller.uid, data, len(self.pending), self.held)
         if (tail := unfinished(data, len(self.pending))) > self.held:
-            self.held = self.limits.buffers.hold(self.caller.uid, self.held, tail)
+            self.held = self.limits.hold(self.caller.uid, self.held, tail)
 
     @contextlib.contextmanager
     def refusals(self):
         """A refusal or a bug raised inside is this write's: its reasons (a bug's: BUG) become the reply, its
         partial line is dropped (as any failed write's), and it goes on up (fs.py makes a bug EIO). A refusal is
-        journaled here, the one place every refused write of every ctl and settings file passes (a `reject` line,
-        once: Runtime.reject skips one journaled already; none while degraded)."""
+        journaled here (`journal`), the one place every refused write of every ctl and settings file passes."""
         try:
             yield
         except Exception as exc:
             self.reply = reply_text(exc.reply() if isinstance(exc, ApeinxError) else [f"error: {BUG}"])
             self.pending.clear()
             if isinstance(exc, ApeinxError):
-                self.limits.journal(exc, self.caller)
+                self.journal(exc)
             raise
+
+    def journal(self, refusal: ApeinxError) -> None:
+        """The `reject` line of a refused write (its node's `rejects`), if it is this node's to write
+        (RejectLine.HERE) and the write this handle's (not `part` of another's); none while degraded
+        (Runtime.reject)."""
+        if refusal.reject_line is RejectLine.HERE and not self.part and self.node.rejects is not None:
+            self.node.rejects(refusal, self.caller)
 
     def write(self, data: bytes) -> int:
         """Run the complete lines, all or none; a line over LINE_MAX, or a write over the limits, refuses the
@@ -417,11 +441,16 @@ class CommandHandle(Handle):
 
     def release(self) -> None:
         """An unterminated last line runs at the last close. FUSE sends no flush (fs.py), so its
-        refusal reaches no caller: like any refusal it is journaled, traced and audited."""
+        refusal reaches no caller: like any refusal it is journaled, traced and audited, also when it comes
+        after the close (`refused_at_close`)."""
         with self.holding():
             if self.pending:
                 lines, self.pending = [bytes(self.pending)], bytearray()
-                self._run(lines)
+                token = _AT_CLOSE.set(self.journal)
+                try:
+                    self._run(lines)
+                finally:
+                    _AT_CLOSE.reset(token)
 
     def _run(self, raw_lines: list[bytes]) -> None:
         self.reply = b""
@@ -447,6 +476,12 @@ def after_write(wait) -> bool:
     if waits is not None:
         waits.append(wait)
     return waits is not None
+
+
+def refused_at_close():
+    """How a refusal of the line run at close now (CommandHandle.release) is journaled once it comes, after the
+    close (a cluster settings change put in the background): its handle's `journal`; outside a close, nowhere."""
+    return _AT_CLOSE.get()
 
 
 def decode_line(raw: bytes) -> str:

@@ -4,18 +4,12 @@ A write's complete lines are parsed, admitted and committed in one go on the dae
 `write_lines` of them, counted before any is parsed (E2BIG). A descriptor keeps the unfinished last line of
 its writes (up to LINE_MAX each): one uid's descriptors together at most `pending_bytes` (ENOBUFS), root's
 and admins' too, each uid apart, so that no uid's lines crowd out another's. Not here: what a line may say
-(nodes/ctl.py) or how long it may be (base.LINE_MAX). A ctl file gets its `Limits` (the daemon's Buffers and
-its own path) when it is built, and hands them to each descriptor it opens; every write a descriptor refuses, by
-these limits or by a line, is journaled through them (`Limits.journal`: `Buffers.journal`, the runtime's `reject`)
-wherever it came from, the mount or a peer.
+(nodes/ctl.py), how long it may be (base.LINE_MAX), or where a refused write is recorded (base.Rejects). A ctl
+file gets the daemon's Buffers when it is built, and hands them to each descriptor it opens.
 """
-from collections.abc import Callable
-
 import attrs
 
-from ..kernel.errors import ApeinxError, NoBuffers, TooBig
-
-Journal = Callable[[str, ApeinxError, int, int, "str | None"], None]  # (path, refusal, uid, pid, tenant)
+from ..kernel.errors import NoBuffers, TooBig
 
 WRITE_LINES = 10000
 PENDING_BYTES = 16 << 20
@@ -28,11 +22,6 @@ class Buffers:
     write_lines: int = WRITE_LINES
     pending_bytes: int = PENDING_BYTES
     held: dict[int, int] = attrs.Factory(dict)  # uid -> bytes; a uid holding none is absent
-    journal: Journal | None = None  # where a refused write is recorded (Runtime.reject); None: nowhere
-
-    def at(self, path: str) -> "Limits":
-        """The limits of the ctl file at `path`."""
-        return Limits(self, path)
 
     def check_write(self, uid: int, data: bytes, pending: int, holding: int) -> None:
         """TooBig if `data` holds more than write_lines lines; NoBuffers if, a descriptor of `uid` holding
@@ -61,20 +50,3 @@ def unfinished(data: bytes, pending: int) -> int:
     """The bytes of unfinished line a descriptor holding `pending` of them holds once `data` is written to it."""
     last = data.rfind(b"\n")
     return pending + len(data) if last < 0 else len(data) - last - 1
-
-
-@attrs.frozen
-class Limits:
-    """The daemon's `buffers` as one ctl file (at `path`) applies them, and where its refused writes are journaled."""
-
-    buffers: Buffers
-    path: str
-
-    def check_write(self, caller, data: bytes, pending: int, holding: int) -> None:
-        """Buffers.check_write for a descriptor of `caller` (nodes.base.Caller)."""
-        self.buffers.check_write(caller.uid, data, pending, holding)
-
-    def journal(self, refusal: ApeinxError, caller) -> None:
-        """Record `refusal` of a write of `caller` to this file (a `reject` line), unless it was already."""
-        if self.buffers.journal is not None:
-            self.buffers.journal(self.path, refusal, caller.uid, caller.pid, caller.tenant)

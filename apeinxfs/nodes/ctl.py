@@ -15,21 +15,22 @@ from .base import decode_line
 REFUSED_MAX = 20  # refused lines checked and reported per write
 
 
-def run_lines(rt, path: str, raw_lines: list[bytes], caller, to_event) -> list[str]:
+def run_lines(rt, raw_lines: list[bytes], caller, to_event) -> list[str]:
     """Parse and admit every line (each counting those before it), then commit them together."""
     def event(raw: bytes):
         line = decode_line(raw)
         return to_event(line, caller) if line.strip() else None
-    events = checked(rt, path, enumerate(raw_lines, 1), len(raw_lines), caller, event,
+    events = checked(rt, enumerate(raw_lines, 1), len(raw_lines), event,
                      lambda event, now, batch: rt.kernel.admit(event, now, batch, rt.elsewhere))
     return [str(r) if r is not None else "ok" for r in rt.commit_checked(events)] if events else []
 
 
-def checked(rt, path: str, numbered, count: int, caller, to_event, admit) -> list:
+def checked(rt, numbered, count: int, to_event, admit) -> list:
     """The events of a write's `count` lines, `numbered` (number, line) and made by `to_event(line)` (None for a
     blank one), each admitted by `admit(event, now, batch)` counting those before it; the write's refusal
-    (journaled) if a line is refused. Checking stops at the REFUSED_MAX-th refused line: the write fails
-    anyway, and a megabyte of junk lines must not cost seconds and a reply of tens of megabytes."""
+    (journaled by the write's handle, nodes/base.py) if a line is refused. Checking stops at the REFUSED_MAX-th
+    refused line: the write fails anyway, and a megabyte of junk lines must not cost seconds and a reply of tens
+    of megabytes."""
     events, errors, batch, now = [], [], {}, rt.clock.now_us()
     for number, line in numbered:
         if not line:  # an empty line, skipped without decoding: a flood of newlines stays cheap
@@ -42,7 +43,7 @@ def checked(rt, path: str, numbered, count: int, caller, to_event, admit) -> lis
             if len(errors) == REFUSED_MAX:
                 break
     if errors:
-        _refuse(rt, path, errors, caller, count)
+        _refuse(errors, count)
     return events
 
 
@@ -50,27 +51,23 @@ def check_anywhere(rt, specs: dict, count: int, caller, anywhere) -> None:
     """A submit write of `count` lines checked whole as this node would admit it, but for what only the node
     running a line can know (SubmitChecks.admit_anywhere: a dry run): `specs`, its lines' parsed with the
     caller's tenant by their index in the write (those left to their node left out), a child of a task on
-    another node seen as the caller would see that task there (`anywhere.parents`); its refusal raised (and
-    journaled) as this node's would be."""
+    another node seen as the caller would see that task there (`anywhere.parents`); its refusal raised as this
+    node's would be."""
     def to_event(spec):
         caller.identity.require("user", "submitting")
         if spec.parent in anywhere.parents:  # a child of a task on another node: its tenant as published
             check_visible(spec.parent, anywhere.parents[spec.parent], caller)
         return as_submit(rt, spec, caller)
-    checked(rt, "/ctl/submit", ((index + 1, spec) for index, spec in specs.items()), count, caller, to_event,
+    checked(rt, ((index + 1, spec) for index, spec in specs.items()), count, to_event,
             lambda event, now, batch: rt.kernel.submits.admit_anywhere(event, now, batch, rt.elsewhere, anywhere))
 
 
-def _refuse(rt, path, errors, caller, count) -> None:
+def _refuse(errors, count) -> None:
     where = (lambda n: f"line {n}: ") if count > 1 else (lambda n: "")
     replies = [f"{where(n)}{exc.reason}" for n, exc in errors]
     if len(errors) == REFUSED_MAX and errors[-1][0] < count:
         replies.append(f"lines {errors[-1][0] + 1}..{count}: not checked ({REFUSED_MAX} lines refused already)")
-    first = errors[0][1]
-    rt.reject(path, first, caller.uid, caller.pid, caller.tenant)
-    refusal = type(first)(replies[0], replies)
-    refusal.journaled = True  # as `first`, the line it names
-    raise refusal
+    raise type(errors[0][1])(replies[0], replies)
 
 
 def submit(rt):
@@ -78,7 +75,7 @@ def submit(rt):
     def to_event(line, caller):
         caller.identity.require("user", "submitting")
         return as_submit(rt, parse_submit(line, caller.tenant), caller)
-    return lambda lines, caller: run_lines(rt, "/ctl/submit", lines, caller, to_event)
+    return lambda lines, caller: run_lines(rt, lines, caller, to_event)
 
 
 def as_submit(rt, spec, caller) -> Submit:
@@ -124,7 +121,7 @@ def kill(rt):
         pid = parse_pid(line)
         visible_task(rt, pid, caller)
         return Kill(pid=pid, **by(caller))
-    return lambda lines, caller: run_lines(rt, "/ctl/kill", lines, caller, to_event)
+    return lambda lines, caller: run_lines(rt, lines, caller, to_event)
 
 
 def task_ctl(rt, pid: int):
@@ -135,4 +132,4 @@ def task_ctl(rt, pid: int):
         if command.verb == "kill":
             return Kill(pid=pid, **by(caller))
         return Control(pid=pid, command=command, **by(caller))
-    return lambda lines, caller: run_lines(rt, f"/tasks/{pid}/ctl", lines, caller, to_event)
+    return lambda lines, caller: run_lines(rt, lines, caller, to_event)

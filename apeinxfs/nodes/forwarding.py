@@ -77,8 +77,9 @@ class ForwardingHandle(CommandHandle):
 
     async def run_here(self, lines: list[str], write_lines: int) -> list[str]:
         """`lines` (of a write of `write_lines`, whose limits this handle checked) run here as a write of their
-        own on a handle of their own (as a peer's request is): their replies, once settled; their refusal raised."""
-        handle = ForwardingHandle(self.node, self.caller, self.limits, write_lines=write_lines)
+        own on a handle of their own (as a peer's request is): their replies, once settled; their refusal raised,
+        for this handle to journal (the write's, whole or NotAllRun)."""
+        handle = ForwardingHandle(self.node, self.caller, self.limits, write_lines=write_lines, part=True)
         await handle.write_here("".join(f"{line}\n" for line in lines).encode(), checked=True)
         return handle.reply.decode().splitlines()
 

@@ -113,7 +113,7 @@ def models_ctl(rt):
     [engine_wait_s=S] [resume_limit=N] [endpoints=URL@GPU,..] [OPTION=V..]`,
     `remove NAME`. Other keys are the driver's options (url=, engine_model=, ...), checked by building it."""
     return AddRemove(
-        path="/ctl/models", doing="model administration",
+        doing="model administration",
         usage="expected `add NAME driver=D [url=U | endpoints=URL@GPU,...] [context=N] [layers=N] [kv_heads=N] "
               "[head_dim=N] [dtype=T] [OPTION=VALUE...]` or `remove NAME`",
         add=lambda rest, **who: SetModel(model=new_model(rest), **who),

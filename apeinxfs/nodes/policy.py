@@ -36,7 +36,7 @@ def rules_command(rt, raw_lines: list[bytes], caller, replace: bool) -> list[str
         caller.identity.require("admin", "changing the policy")
         rt.commit([SetRules(rules=(), replace=True, **by(caller))])
         return []
-    return run_lines(rt, "/ctl/policy", lines, caller, to_event)
+    return run_lines(rt, lines, caller, to_event)
 
 
 @attrs.define(eq=False)

@@ -10,7 +10,7 @@ def policy(kernel) -> str:
 def set_policy(rt):
     """Writes mirror reads: `echo vtc > /sched/policy`."""
     return lambda lines, caller: run_lines(
-        rt, "/sched/policy", lines, caller,
+        rt, lines, caller,
         lambda line, c: SetPolicy(policy=line.strip(), uid=c.uid, caller_pid=c.pid, caller_tenant=c.tenant))
 
 

@@ -55,7 +55,7 @@ def settings_writer(rt, name: str, file: str, change):
             c.identity.require("admin", f"changing tenant {name}")
             current[0] = change(current[0], line.strip())
             return SetTenant(tenant=current[0], what=f"set {file}: {line.strip()}", **by(c))
-        return run_lines(rt, f"/tenants/{name}/{file}", lines, caller, to_event)
+        return run_lines(rt, lines, caller, to_event)
     return run
 
 
@@ -83,7 +83,7 @@ def _group_file(rt, name: str, group: str):
 def _setting(rt, name: str, file: str, show, change) -> Setting:
     """/tenants/NAME/FILE, showing `show()` and set by admins through `change(tenant, line)`."""
     return Setting(mode=ADMIN_WRITES, show=show, run=settings_writer(rt, name, file, change), write_role="admin",
-                   limits=rt.buffers.at(f"/tenants/{name}/{file}"))
+                   limits=rt.buffers, rejects=rt.rejects_at(f"/tenants/{name}/{file}"))
 
 
 def _files(rt, name: str) -> dict:
@@ -130,7 +130,7 @@ def tenants_ctl(rt):
     """/ctl/tenants: `add NAME [weight=N] [uids=..] [gids=..] [viewer_uids=..] [viewer_gids=..]`, `remove NAME`.
     A bare `add` is refused by the tenant's name check."""
     return AddRemove(
-        path="/ctl/tenants", doing="tenant administration",
+        doing="tenant administration",
         usage="expected `add NAME [weight=N] [uids=1,2] [gids=..] [viewer_uids=..] [viewer_gids=..]` "
               "or `remove NAME`",
         add=lambda rest, **who: SetTenant(tenant=_new_tenant(rest), **who),
