@@ -202,7 +202,8 @@ def test_unsupported_ranges_are_invalid(text):
 
 @pytest.mark.parametrize("text, words", [("-5", "whole number"), ("+5", "whole number"), ("", "whole number"),
                                          ("٣", "whole number"), ("0", "in 1..1000"), ("1001", "in 1..1000"),
-                                         ("999999999999", "in 1..1000"), ("9" * 5000, "in 1..1000")])
+                                         ("999999999999", "in 1..1000"), ("9" * 5000, "in 1..1000"),
+                                         ("0" * 29 + "9" * 20, "in 1..1000"), ("0" * 5000, "in 1..1000")])
 def test_a_query_count_outside_its_bounds_is_invalid_and_says_why(text, words):
     """`?lines=` (and `?offset=`) takes a whole number within its bounds; else EINVAL saying which it is not."""
     with pytest.raises(Invalid, match=words):
@@ -210,9 +211,10 @@ def test_a_query_count_outside_its_bounds_is_invalid_and_says_why(text, words):
 
 
 def test_a_query_count_within_its_bounds_or_absent_is_taken():
-    """The edges of the bounds are taken, and an absent count is its default."""
+    """The edges of the bounds are taken, an absent count is its default, and leading zeros add nothing."""
     assert [query_count({"lines": ["1"]}, "lines", 1, 1000), query_count({"lines": ["1000"]}, "lines", 1, 1000),
-            query_count({}, "offset", 0, 10, default=0)] == [1, 1000, 0]
+            query_count({}, "offset", 0, 10, default=0), query_count({"lines": ["0" * 5000 + "7"]}, "lines", 1, 1000)
+            ] == [1, 1000, 0, 7]
 
 
 async def test_a_send_the_peer_does_not_take_ends_the_connection(autojump_clock):

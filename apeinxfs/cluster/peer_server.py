@@ -353,9 +353,10 @@ def query_count(query: dict, name: str, lowest: int, highest: int, default: int 
     text = query.get(name, [str(default)])[0]
     if not (text.isascii() and text.isdigit()):
         raise Invalid(f"?{name}= must be a whole number, not {text[:40]!r}")
-    if not lowest <= int(text[:30]) <= highest:
+    digits = text.lstrip("0") or "0"  # leading zeros add no value: only the rest is bounded and parsed
+    if len(digits) > len(str(highest)) or not lowest <= (value := int(digits)) <= highest:
         raise Invalid(f"?{name}= must be in {lowest}..{highest}, not {text[:40]}")
-    return int(text)
+    return value
 
 
 def byte_range(text: str, total: int) -> tuple[int, int]:
