@@ -46,7 +46,7 @@ PREFIX = "/v1/"
 REQUEST_S = 30.0  # the most a request's head and body may take to arrive (and a kept-alive connection may idle)
 BODY_MAX = 16 << 20  # the largest body taken (a bulk submit); larger: 413
 HEADER_MAX = 16 << 10
-OFFSET_MAX = 2 ** 63 - 1  # an off_t
+OFFSET_MAX = 2 ** 63 - 1  # an off_t; also the most `?lines=` taken (then clamped to this node's write_lines)
 UNPROVEN_MAX = 256  # connections without an authorized request yet (and a quarter of RLIMIT_NOFILE at most)
 RECEIVE_BYTES = 1 << 16
 FRAMES = [("content-type", "application/x-apeinx-frames")]
@@ -215,8 +215,8 @@ class PeerServer:
             await self.follow(conn, stream, node, query_count(query, "offset", 0, OFFSET_MAX, default=0))
         else:
             handle = node.open(caller, writing=True, reading=False)
-            if "lines" in query:  # a write placed on several nodes: at most one write's lines, which bound its wait
-                handle.write_lines = query_count(query, "lines", 1, self.rt.buffers.write_lines)
+            if "lines" in query:  # a write placed on several nodes: its lines, up to this node's bound on its wait
+                handle.write_lines = min(query_count(query, "lines", 1, OFFSET_MAX), self.rt.buffers.write_lines)
             # whole lines (a submit waits for etcd): the handle is left holding nothing, so it needs no close
             await handle.write_here(body if body.endswith(b"\n") else body + b"\n")
             await send_simple(conn, stream, 200, handle.reply, TEXT)
