@@ -4,6 +4,7 @@ connection makes room for a new one, so an honest peer's request is served howev
 and an unproven connection that sends no whole head is closed after UNPROVEN_S.
 """
 import contextlib
+import math
 import socket
 
 import pytest
@@ -20,13 +21,16 @@ from test_journal_runtime import open_runtime
 TOKEN = b"unproven-test-token"
 PLACES = 4  # the server's unproven cap: a small one, so the test needs few descriptors
 IDLE = 3 * PLACES  # idle connections opened before the honest request: more than the places
+HANG_GUARD_S = 60  # only so that a connection never closed fails the test instead of hanging it
 
 
 @contextlib.asynccontextmanager
-async def serving(tmp_path):
-    """A PeerServer with PLACES unproven places on 127.0.0.1; yields its URL."""
+async def serving(tmp_path, unproven_s: float = UNPROVEN_S):
+    """A PeerServer with PLACES unproven places on 127.0.0.1, which waits `unproven_s` for a first head; yields
+    its URL."""
     with open_runtime(tmp_path) as runtime:
-        server = PeerServer(Tree(runtime), TokenFile.fixed(Tokens((TOKEN,))), 4, 5.0, unproven_max=PLACES)
+        server = PeerServer(Tree(runtime), TokenFile.fixed(Tokens((TOKEN,))), 4, 5.0, unproven_max=PLACES,
+                            unproven_s=unproven_s)
         listening = Listening(socket.create_server(("127.0.0.1", 0)), server.tokens)
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve, listening)
@@ -47,7 +51,7 @@ async def idle_connections(port: int, count: int) -> list[trio.SocketStream]:
 async def test_an_honest_request_is_served_while_idle_connections_fill_the_unproven_places(tmp_path):
     """After more idle connections than places, a request with the token is answered (here NotFound for pid 1),
     not cut off as a lost answer (PeerDown)."""
-    async with serving(tmp_path) as url:
+    async with serving(tmp_path, math.inf) as url:
         idle = await idle_connections(int(url.rsplit(":", 1)[1]), IDLE)
         async with Peer(url, TOKEN) as peer:
             with pytest.raises(NotFound):
@@ -57,10 +61,11 @@ async def test_an_honest_request_is_served_while_idle_connections_fill_the_unpro
 
 
 async def test_the_oldest_idle_connections_are_closed_first(tmp_path):
-    """Of more idle connections than places, the first ones are closed by the server (they read EOF)."""
-    async with serving(tmp_path) as url:
+    """Of more idle connections than places, the first ones are closed by the server (they read EOF), on a
+    server that waits for a first head for as long as it takes."""
+    async with serving(tmp_path, math.inf) as url:
         idle = await idle_connections(int(url.rsplit(":", 1)[1]), PLACES + 2)
-        with trio.fail_after(UNPROVEN_S / 2):
+        with trio.fail_after(HANG_GUARD_S):
             closed = [await stream.receive_some(10) for stream in idle[:2]]
         assert closed == [b"", b""]
         for stream in idle:

@@ -93,13 +93,15 @@ def listening_for(cluster) -> Listening | None:
 class PeerServer:
     """Serves this node's tree (a nodes.tree.Tree) to peers; `serve` runs it until cancelled."""
 
-    def __init__(self, tree, tokens: TokenFile, max_blocked: int, stall_s: float, unproven_max: int = UNPROVEN_MAX):
+    def __init__(self, tree, tokens: TokenFile, max_blocked: int, stall_s: float, unproven_max: int = UNPROVEN_MAX,
+                 unproven_s: float = UNPROVEN_S):
         self.tree, self.rt = tree, tree.rt
         self.tokens = tokens
         self.max_blocked = max_blocked  # stream and wait readers of peers blocked at once
         self.stall_s = stall_s  # the longest a send may wait for the peer to take bytes
         self.blocked = 0
         self.unproven = Unproven(unproven_max)
+        self.unproven_s = unproven_s  # the most an unproven connection's first head may take
         self.bug_log = RateLog(log)
         self.flood_log = RateLog(log)
 
@@ -145,7 +147,7 @@ class PeerServer:
         request = body = None
         authorized = False  # decided once: the token file may change meanwhile
         with trio.move_on_after(REQUEST_S) as slow:
-            with trio.move_on_after(UNPROVEN_S if ticket.held else math.inf):
+            with trio.move_on_after(self.unproven_s if ticket.held else math.inf):
                 request = await receive(conn, stream)
             authorized = isinstance(request, h11.Request) and self.authorized(request)
             if authorized:
