@@ -38,6 +38,7 @@ from .journal import compact, make_durable, storage_faults_as
 from .kernel import Kernel
 from .kernel import events as ev
 from .kernel import migrations, state
+from .kernel.access import OVERFLOW_ID
 from .kernel.config import KernelConfig
 from .kernel.errors import Degraded
 
@@ -69,6 +70,14 @@ def boot_config(config: KernelConfig) -> dict:
 def structural(config: dict) -> dict:
     """A boot config without LIVE_KEYS: what a snapshot's state was built from."""
     return {key: value for key, value in config.items() if key not in LIVE_KEYS}
+
+
+def with_ids_in_bounds(kernel: Kernel) -> Kernel:
+    """`kernel`, each task of it whose uid is no id shown as OVERFLOW_ID (state.ids_in_bounds), with a warning."""
+    if changed := state.ids_in_bounds(kernel):
+        log.warning("snapshot: tasks %s had a uid no uid_t holds (written before ids were bounded); "
+                    "they are owned by uid %d now", ",".join(map(str, changed[:20])), OVERFLOW_ID)
+    return kernel
 
 
 def rebound(kernel: Kernel, config: KernelConfig) -> Kernel:
@@ -159,7 +168,8 @@ def starts(directory: str, config_after: Callable[[int], KernelConfig | None], f
             problems.append(f"{snapshot.path}: {exc}")
             continue
         yield Start(lambda data=data, kernels=kernels, config=config, layout=layout, written=snapshot.layout:
-                    rebound(kernels.pop() if kernels else migrations.load(data, written, layout), config),
+                    with_ids_in_bounds(rebound(kernels.pop() if kernels else migrations.load(data, written, layout),
+                                               config)),
                     snapshot.seq, snapshot.config, snapshot, tuple(migrations.changed(snapshot.layout, layout)))
 
 

@@ -20,7 +20,7 @@ import traceback
 import pyfuse3
 import trio
 
-from .kernel.access import identify, uses_gids
+from .kernel.access import OVERFLOW_ID, UID_MAX, id_fits, identify, uses_gids
 from .kernel.errors import ApeinxError, Denied, NotPermitted
 from .nodes.base import BlockingHandle, Caller, Command, Dir, Setting, Show, SnapshotHandle
 from .ratelog import RateLog
@@ -121,7 +121,7 @@ class Operations(pyfuse3.Operations):
         entry.st_ino, entry.st_mode = node.inode, node.mode
         entry.st_nlink = 2 if is_dir else 1
         entry.st_size = 0 if is_dir else self.tree.size(node, view)
-        entry.st_uid, entry.st_gid = node.owner or self.owner
+        entry.st_uid, entry.st_gid = self.shown_owner(node.owner or self.owner)
         entry.st_blksize, entry.st_blocks = 4096, (entry.st_size + 511) // 512
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
         static = node.inode in self.tree.static  # a name made at boot, which never goes
@@ -130,6 +130,16 @@ class Operations(pyfuse3.Operations):
         entry.attr_timeout = STATIC_S if static and isinstance(node, (Dir, Command)) else (  # never change
             ATTR_TIMEOUT_S if is_dir else 0)  # sizes change: the kernel must ask
         return entry
+
+    def shown_owner(self, owner: tuple[int, int]) -> tuple[int, int]:
+        """(uid, gid) as getattr can show them: an id out of bounds (a bug: pyfuse3 would raise, and every
+        `ls` of its directory fail EIO) shown as OVERFLOW_ID, as Linux shows an id it cannot map, and logged."""
+        if all(id_fits(value, UID_MAX) for value in owner):
+            return owner
+        self.bug_log.log("owner", logging.ERROR, "bug: a file's owner %r is no uid and gid; shown as %d",
+                         owner, OVERFLOW_ID)
+        uid, gid = (value if id_fits(value, UID_MAX) else OVERFLOW_ID for value in owner)
+        return uid, gid
 
     def all_see_all(self) -> bool:
         """Whether every caller sees every task: one tenant, `default`, where unmapped callers are

@@ -158,11 +158,18 @@ def _log_to(path: str | None, debug: bool) -> None:
 
 
 def raise_descriptor_limit() -> int:
-    """Raise this process's soft RLIMIT_NOFILE to its hard limit (blocked readers, peers, engines and
-    snapshots each hold descriptors; the default soft 1,024 is soon reached); the limit now."""
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (blocked readers, peers and snapshots
+    each hold descriptors; the default soft 1,024 is soon reached); the limit now. Where that is refused
+    (a hard limit above a lowered fs.nr_open, a sandbox) the daemon runs under the soft one, with a warning."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
+    if soft == hard:
+        return hard
+    try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:
+        log.warning("descriptors: cannot raise the soft limit %d to the hard %d (%s); running under %d",
+                    soft, hard, exc, soft)
+        return soft
     return hard
 
 

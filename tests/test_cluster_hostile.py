@@ -8,6 +8,7 @@ alike), where before it raised in the watch loop, the failover task or at every 
 import json
 import logging
 
+import attrs
 import pytest
 import trio
 
@@ -21,7 +22,8 @@ from apeinxfs.cluster.replicas import Replica
 from apeinxfs.cluster.taskkeys import TaskKey
 from apeinxfs.cluster.view import ClusterView
 from apeinxfs.kernel.events import Shared
-from test_guarded_retry import LostAnswerEtcd
+from apeinxfs.kernel.spec import TaskSpec
+from test_guarded_retry import AdoptingMeanwhileEtcd, LostAnswerEtcd
 from test_shared_settings import node
 
 KEYS = Keys("apx/")
@@ -137,6 +139,33 @@ def test_a_task_key_whose_spec_is_no_tasks_is_unreadable(spec):
     """A key whose spec could not be built into a task when it is moved or adopted is unreadable when read."""
     with pytest.raises(Unreadable):
         TaskKey.from_json(json.dumps({"owner": "b", "epoch": 1, "uid": 0, "spec": spec}).encode())
+
+
+@pytest.mark.parametrize("uid", [2 ** 64, 2 ** 32 - 1, -1])
+def test_a_task_key_whose_uid_is_no_id_is_unreadable_and_the_view_skips_it(uid, caplog):
+    """A key whose uid does not fit a uid_t (less "no id") is unreadable: the view logs it and does not list it."""
+    value = json.dumps({"owner": "b", "epoch": 1, "uid": uid, "spec": {"name": "j"}}).encode()
+    with pytest.raises(Unreadable, match="uid"):
+        TaskKey.from_json(value)
+    view = ClusterView(KEYS)
+    with caplog.at_level(logging.WARNING, logger="apeinxfs.cluster.view"):
+        view.apply(put(KEYS.task(7), value))
+    assert 7 not in view.tasks and "cannot read" in caplog.text
+
+
+def test_a_key_that_cannot_be_adopted_is_logged_once_and_the_next_is_adopted(tmp_path, caplog):
+    """Of two keys moved here, the first with a uid no event carries (a key from before the bound): it is
+    logged once over two passes and left alone, and the second is adopted."""
+    rt = node(tmp_path)
+    failover = rt.cluster.failover
+    failover.etcd = AdoptingMeanwhileEtcd(trio.lowlevel.checkpoint)
+    spec = attrs.asdict(TaskSpec(name="j", tenant="default"))
+    bad, good = (TaskKey(owner=failover.here, epoch=2, uid=uid, spec=spec, origin="x") for uid in (2 ** 64, 0))
+    with caplog.at_level(logging.WARNING, logger="apeinxfs.cluster.failover"):
+        for _ in range(2):
+            trio.run(failover.adopt, [(5001, bad, 500), (5002, good, 501)])
+    assert 5001 not in rt.kernel.tasks and not rt.kernel.tasks[5002].done
+    assert caplog.text.count("cannot be adopted") == 1
 
 
 @pytest.mark.parametrize("value", [b'{"tokens": Infinity, "output": ""}', b'{"tokens": 1e400, "output": ""}',

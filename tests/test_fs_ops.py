@@ -88,6 +88,15 @@ async def test_boot_time_names_stay_cached_and_task_files_do_not(ops):
     assert task.entry_timeout == task.attr_timeout == fs.ATTR_TIMEOUT_S
 
 
+async def test_a_task_whose_uid_is_no_id_is_shown_owned_by_the_overflow_uid(ops, caplog):
+    """A task holding a uid no uid_t holds (a bug, or a state from before ids were bounded) is looked up owned
+    by 65534, logged, rather than failing every `ls` of /tasks with EIO."""
+    pid = submit(ops.rt)
+    ops.rt.kernel.tasks[pid].uid = 2 ** 64
+    task = await ops.lookup(await inode_of(ops, "/tasks"), str(pid).encode(), ctx())
+    assert (task.st_uid, task.st_gid) == (65534, os.getgid()) and "is no uid and gid" in caplog.text
+
+
 async def test_directory_attributes(ops):
     """Directories are S_IFDIR 0555 with two links."""
     entry = await ops.getattr(await inode_of(ops, "/tasks"), ctx())

@@ -221,7 +221,8 @@ def test_unsupported_ranges_are_invalid(text):
 
 @pytest.mark.parametrize("text, words", [("-5", "whole number"), ("+5", "whole number"), ("", "whole number"),
                                          ("٣", "whole number"), ("0", "in 1..1000"), ("1001", "in 1..1000"),
-                                         ("999999999999", "in 1..1000"), ("9" * 5000, "in 1..1000")])
+                                         ("999999999999", "in 1..1000"), ("9" * 5000, "in 1..1000"),
+                                         ("0" * 29 + "9" * 20, "in 1..1000"), ("0" * 5000, "in 1..1000")])
 def test_a_query_count_outside_its_bounds_is_invalid_and_says_why(text, words):
     """`?lines=` (and `?offset=`) takes a whole number within its bounds; else EINVAL saying which it is not."""
     with pytest.raises(Invalid, match=words):
@@ -229,9 +230,10 @@ def test_a_query_count_outside_its_bounds_is_invalid_and_says_why(text, words):
 
 
 def test_a_query_count_within_its_bounds_or_absent_is_taken():
-    """The edges of the bounds are taken, and an absent count is its default."""
+    """The edges of the bounds are taken, an absent count is its default, and leading zeros add nothing."""
     assert [query_count({"lines": ["1"]}, "lines", 1, 1000), query_count({"lines": ["1000"]}, "lines", 1, 1000),
-            query_count({}, "offset", 0, 10, default=0)] == [1, 1000, 0]
+            query_count({}, "offset", 0, 10, default=0), query_count({"lines": ["0" * 5000 + "7"]}, "lines", 1, 1000)
+            ] == [1, 1000, 0, 7]
 
 
 async def test_a_send_the_peer_does_not_take_ends_the_connection(autojump_clock):
@@ -247,12 +249,34 @@ async def test_a_send_the_peer_does_not_take_ends_the_connection(autojump_clock)
     assert trio.current_time() - started == pytest.approx(10)
 
 
-def test_unproven_connections_are_capped_and_each_gives_its_place_back_once():
-    """UNPROVEN_MAX connections are admitted (the test's descriptor limit is higher), the next is not, and a
-    ticket given back twice makes room for one."""
-    unproven = Unproven()
-    tickets = [unproven.admit() for _ in range(UNPROVEN_MAX)]
-    refused = unproven.admit()
-    tickets[0].give_back()
-    tickets[0].give_back()
-    assert refused is None and unproven.admit() is not None and unproven.admit() is None
+def unproven_with(most: int, soft_limit: int) -> Unproven:
+    """The unproven connections of a server capped at `most`, in a process whose soft descriptor limit is `soft_limit`."""
+    return Unproven(most, lambda: soft_limit)
+
+
+async def test_at_the_cap_the_oldest_unproven_connection_is_evicted_for_a_new_one():
+    """At the cap a new connection is admitted and the oldest one's scope is cancelled and its place taken back."""
+    unproven = unproven_with(3, 1 << 20)
+    tickets = [unproven.admit(trio.CancelScope()) for _ in range(4)]
+    assert [ticket.scope.cancel_called for ticket in tickets] == [True, False, False, False]
+    assert [ticket.held for ticket in tickets] == [False, True, True, True] and unproven.count == 3
+
+
+async def test_each_ticket_gives_its_place_back_once():
+    """A ticket given back twice makes room for one new connection only: the next one evicts the oldest."""
+    unproven = unproven_with(2, 1 << 20)
+    first, second = unproven.admit(trio.CancelScope()), unproven.admit(trio.CancelScope())
+    second.give_back()
+    second.give_back()
+    unproven.admit(trio.CancelScope())
+    assert not first.scope.cancel_called and unproven.full()
+    unproven.admit(trio.CancelScope())
+    assert first.scope.cancel_called and unproven.count == 2
+
+
+def test_the_cap_is_a_quarter_of_the_soft_descriptor_limit_when_that_is_lower():
+    """With a soft limit of 12 descriptors, 3 unproven connections fill the places, whatever `most` says."""
+    unproven = unproven_with(UNPROVEN_MAX, 12)
+    for _ in range(3):
+        unproven.admit(trio.CancelScope())
+    assert unproven.full() and unproven.count == 3

@@ -317,6 +317,21 @@ def test_restart_from_a_snapshot_is_a_full_replay(tmp_path):
     again.close()
 
 
+def test_a_task_with_a_uid_past_uid_t_in_a_snapshot_is_owned_by_the_overflow_uid_after_a_restart(tmp_path, caplog):
+    """A snapshot written before ids were bounded holds a task of uid 2**64: the restart from it gives the task
+    uid 65534, as Linux shows an id it cannot map, and says so; the other tasks keep theirs."""
+    rt = daemon_like(tmp_path)
+    work(rt, 1)
+    first, second = sorted(rt.kernel.tasks)[:2]
+    rt.kernel.tasks[first].uid = 2 ** 64  # as a submit admitted it before the bound
+    snapshot(rt)
+    with caplog.at_level(logging.WARNING, logger="apeinxfs.compaction"):
+        again = restarted(tmp_path, rt)
+    assert (again.kernel.tasks[first].uid, again.kernel.tasks[second].uid) == (65534, 0)
+    assert f"tasks {first} had a uid no uid_t holds" in caplog.text
+    again.close()
+
+
 def test_a_damaged_newest_snapshot_falls_back_to_the_one_before(tmp_path):
     """Newest snapshot truncated: the restart starts from the older one, replays the rows after it,
     and holds the state the daemon had."""

@@ -27,12 +27,14 @@ Not here: the kernel's events (kernel.py), the keys' format (taskkeys.py), the h
 """
 import collections
 import logging
+import math
 
 import attrs
 import trio
 
 from ..kernel.errors import ApeinxError, TryAgain
 from ..kernel.events import Adopt, Failed, MovedAway
+from ..ratelog import RateLog
 from .etcd_records import EtcdError, Txn
 from .guarded import write_each
 from .member import RETRY_S
@@ -60,6 +62,7 @@ class Failover:
         self.recording = False  # `keep` has started: `seq` counts from its first start, not a restart's
         self.waiting = 0  # submits waiting for their keys (settle): the recorder does not gather then
         self.doubtful = False  # a txn failed, its outcome maybe unknown: `fence` reads the keys again
+        self.unadoptable = RateLog(log, burst=1, window_s=math.inf)  # each key no Adopt can carry: logged once
 
     async def keep(self) -> None:
         """Fence after each join, and record the trace's submits and exits, until cancelled."""
@@ -242,11 +245,22 @@ class Failover:
         for pid, key, revision in mine:
             if key.exited or pid in self.written or (pid in tasks and not tasks[pid].done):
                 continue
-            spec = key.spec_of()
-            replica = await replica_of(self.etcd, self.keys, pid, spec) or Replica(0, "")
-            self.commit([Adopt(pid=pid, spec=spec, origin=key.origin, epoch=key.epoch, uid=key.uid,
-                               output=replica.output, tokens=replica.tokens)])
+            try:
+                adoption = await self.adoption(pid, key)
+            except ApeinxError as error:  # a key no event can carry (written by hand, or by another version)
+                self.unadoptable.log(pid, logging.WARNING, "cluster: task %d's key cannot be adopted: %s", pid,
+                                     error.reason)
+                continue
+            self.commit([adoption])
             self.written[pid] = key, revision  # after: a bug in the commit leaves it to adopt at the restart
+
+    async def adoption(self, pid: int, key: TaskKey) -> Adopt:
+        """The event adopting task `pid` of `key`, from its replicated output if there is one; Invalid if the
+        key holds what no task may (an id out of bounds)."""
+        spec = key.spec_of()
+        replica = await replica_of(self.etcd, self.keys, pid, spec) or Replica(0, "")
+        return Adopt(pid=pid, spec=spec, origin=key.origin, epoch=key.epoch, uid=key.uid,
+                     output=replica.output, tokens=replica.tokens)
 
     def commit(self, events: list[Adopt | MovedAway] | list[Failed]) -> None:
         """Commit `events`; a refusal (degraded, an unknown model or tenant here) is logged."""

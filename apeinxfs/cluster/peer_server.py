@@ -16,18 +16,22 @@ peer went away ends within that). A peer that does not take FRAME_MAX bytes of a
 (or the rest of it) within `stall_s` ([cluster] peer_stall_s) loses its connection, and so
 its blocked reader's slot: StalledSends. Connections that have not yet sent a request with the
 token are at most UNPROVEN_MAX, and a quarter of the descriptors the daemon may open
-(RLIMIT_NOFILE, read at each connection): one beyond is closed at once, so that idle
-connections from anyone cannot take the descriptors the mount, journal and snapshots need.
+(RLIMIT_NOFILE, read at each connection), so that idle connections from anyone cannot take the
+descriptors the mount, journal and snapshots need: a new one beyond makes room by closing the
+oldest unproven one (a flood cannot hold the places; a fresh request gets in), and each must send
+its first whole head within UNPROVEN_S.
 Not here: the FUSE mount, the client (peer_client.py), membership.
 """
 import contextlib
 import logging
+import math
 import os
 import re
 import resource
 import socket
 import time
 import urllib.parse
+from collections.abc import Callable
 
 import attrs
 import h11
@@ -44,9 +48,10 @@ log = logging.getLogger(__name__)
 PATHS = re.compile(r"tasks/[1-9][0-9]{0,14}/(status|output|stream|wait|ctl)|ctl/(submit|kill)")
 PREFIX = "/v1/"
 REQUEST_S = 30.0  # the most a request's head and body may take to arrive (and a kept-alive connection may idle)
+UNPROVEN_S = 5.0  # the most a new connection's first head may take to arrive whole (an honest peer sends it at once)
 BODY_MAX = 16 << 20  # the largest body taken (a bulk submit); larger: 413
 HEADER_MAX = 16 << 10
-OFFSET_MAX = 2 ** 63 - 1  # an off_t
+OFFSET_MAX = 2 ** 63 - 1  # an off_t; also the most `?lines=` taken (then clamped to this node's write_lines)
 UNPROVEN_MAX = 256  # connections without an authorized request yet (and a quarter of RLIMIT_NOFILE at most)
 RECEIVE_BYTES = 1 << 16
 FRAMES = [("content-type", "application/x-apeinx-frames")]
@@ -88,14 +93,17 @@ def listening_for(cluster) -> Listening | None:
 class PeerServer:
     """Serves this node's tree (a nodes.tree.Tree) to peers; `serve` runs it until cancelled."""
 
-    def __init__(self, tree, tokens: TokenFile, max_blocked: int, stall_s: float):
+    def __init__(self, tree, tokens: TokenFile, max_blocked: int, stall_s: float, unproven_max: int = UNPROVEN_MAX,
+                 unproven_s: float = UNPROVEN_S):
         self.tree, self.rt = tree, tree.rt
         self.tokens = tokens
         self.max_blocked = max_blocked  # stream and wait readers of peers blocked at once
         self.stall_s = stall_s  # the longest a send may wait for the peer to take bytes
         self.blocked = 0
-        self.unproven = Unproven()
+        self.unproven = Unproven(unproven_max)
+        self.unproven_s = unproven_s  # the most an unproven connection's first head may take
         self.bug_log = RateLog(log)
+        self.flood_log = RateLog(log)
 
     async def serve(self, listening: Listening, task_status=trio.TASK_STATUS_IGNORED) -> None:
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(listening.sock))
@@ -107,23 +115,28 @@ class PeerServer:
         ends, and no bug escapes (it would end the daemon's nursery)."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEADER_MAX)
         stream = StalledSends(socket_stream, self.stall_s)
-        ticket = self.unproven.admit()
-        if ticket is None:
-            self.bug_log.log("unproven", logging.WARNING, "peer server: %d connections have sent no request with "
-                             "the token; closing new ones", self.unproven.count)
-            return await stream.aclose()
-        try:
-            while await self.exchange(conn, stream, ticket):
-                conn.start_next_cycle()
-        except h11.RemoteProtocolError as exc:
-            await refuse_malformed(conn, stream, exc)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
-            pass
-        except Exception as exc:
-            self.log_bug(exc)
-        finally:
-            ticket.give_back()
-            await stream.aclose()
+        with trio.CancelScope() as evicted:  # cancelled when a newer unproven connection needs the place
+            ticket = self.admit(evicted)
+            try:
+                while await self.exchange(conn, stream, ticket):
+                    conn.start_next_cycle()
+            except h11.RemoteProtocolError as exc:
+                await refuse_malformed(conn, stream, exc)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+                pass
+            except Exception as exc:
+                self.log_bug(exc)
+            finally:
+                ticket.give_back()
+                await stream.aclose()
+
+    def admit(self, scope: trio.CancelScope) -> "Ticket":
+        """A place among the unproven for the connection running in `scope`; at the cap the oldest is closed
+        to make room, and that logged (rate-limited: a flood is not a bug)."""
+        if self.unproven.full():
+            self.flood_log.log("unproven", logging.WARNING, "peer server: %d connections have sent no request "
+                               "with the token; closing the oldest for each new one", self.unproven.count)
+        return self.unproven.admit(scope)
 
     def log_bug(self, exc: Exception) -> None:
         self.bug_log.log("peer", logging.ERROR, "bug serving a peer: %s: %r", type(exc).__name__, str(exc)[:200])
@@ -134,7 +147,8 @@ class PeerServer:
         request = body = None
         authorized = False  # decided once: the token file may change meanwhile
         with trio.move_on_after(REQUEST_S) as slow:
-            request = await receive(conn, stream)
+            with trio.move_on_after(self.unproven_s if ticket.held else math.inf):
+                request = await receive(conn, stream)
             authorized = isinstance(request, h11.Request) and self.authorized(request)
             if authorized:
                 ticket.give_back()
@@ -211,8 +225,8 @@ class PeerServer:
             await self.follow(conn, stream, node, query_count(query, "offset", 0, OFFSET_MAX, default=0))
         else:
             handle = node.open(caller, writing=True, reading=False)
-            if "lines" in query:  # a write placed on several nodes: at most one write's lines, which bound its wait
-                handle.write_lines = query_count(query, "lines", 1, self.rt.buffers.write_lines)
+            if "lines" in query:  # a write placed on several nodes: its lines, up to this node's bound on its wait
+                handle.write_lines = min(query_count(query, "lines", 1, OFFSET_MAX), self.rt.buffers.write_lines)
             # whole lines (a submit waits for etcd): the handle is left holding nothing, so it needs no close
             try:
                 await handle.write_here(body if body.endswith(b"\n") else body + b"\n")
@@ -246,33 +260,54 @@ class PeerServer:
             await send(conn, stream, h11.Data(data=HEARTBEAT))
 
 
+def descriptor_soft_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 @attrs.define
 class Unproven:
-    """The connections that have not yet sent a request with the token: at most UNPROVEN_MAX and a
-    quarter of the descriptor limit now (so that one lowered at run time lowers the cap)."""
+    """The connections that have not yet sent a request with the token, oldest first: at most `most` and
+    a quarter of the descriptor limit now (so that one lowered at run time lowers the cap)."""
 
-    count: int = 0
+    most: int = UNPROVEN_MAX
+    soft_limit: Callable[[], int] = descriptor_soft_limit
+    tickets: dict["Ticket", None] = attrs.Factory(dict)  # ordered by admission
 
-    def admit(self) -> "Ticket | None":
-        """A new connection's ticket; None if there are as many as the cap."""
-        if self.count >= min(UNPROVEN_MAX, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4):
-            return None
-        self.count += 1
-        return Ticket(self)
+    @property
+    def count(self) -> int:
+        return len(self.tickets)
+
+    def full(self) -> bool:
+        return self.count >= min(self.most, self.soft_limit() // 4)
+
+    def admit(self, scope: trio.CancelScope) -> "Ticket":
+        """A new connection's ticket, `scope` the one its connection runs in; while the cap is reached, the
+        oldest unproven connection is evicted (its scope cancelled) to make room."""
+        while self.tickets and self.full():
+            next(iter(self.tickets)).evict()
+        ticket = Ticket(self, scope)
+        self.tickets[ticket] = None
+        return ticket
 
 
-@attrs.define
+@attrs.define(eq=False)
 class Ticket:
     """One connection's place among the unproven, given back once: at its first request with the
-    token, or at its end."""
+    token, at its end, or when evicted for a newer one."""
 
     unproven: Unproven
-    held: bool = True
+    scope: trio.CancelScope
+
+    @property
+    def held(self) -> bool:
+        return self in self.unproven.tickets
 
     def give_back(self) -> None:
-        if self.held:
-            self.held = False
-            self.unproven.count -= 1
+        self.unproven.tickets.pop(self, None)
+
+    def evict(self) -> None:
+        self.give_back()
+        self.scope.cancel()
 
 
 @attrs.frozen
@@ -352,9 +387,10 @@ def query_count(query: dict, name: str, lowest: int, highest: int, default: int 
     text = query.get(name, [str(default)])[0]
     if not (text.isascii() and text.isdigit()):
         raise Invalid(f"?{name}= must be a whole number, not {text[:40]!r}")
-    if not lowest <= int(text[:30]) <= highest:
+    digits = text.lstrip("0") or "0"  # leading zeros add no value: only the rest is bounded and parsed
+    if len(digits) > len(str(highest)) or not lowest <= (value := int(digits)) <= highest:
         raise Invalid(f"?{name}= must be in {lowest}..{highest}, not {text[:40]}")
-    return int(text)
+    return value
 
 
 def byte_range(text: str, total: int) -> tuple[int, int]:

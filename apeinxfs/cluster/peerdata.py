@@ -15,6 +15,7 @@ import json
 import operator
 import re
 
+from ..kernel.access import UID_MAX, id_fits
 from ..kernel.errors import ApeinxError
 from ..kernel.spec import TaskSpec
 from .prefixes import readable
@@ -160,6 +161,8 @@ def task_key_fields(fields) -> dict:
     for key, value in fields.items():
         if key in kinds and type(value) is not kinds[key]:
             raise Unreadable(f"a task key's {key} {str(value)[:40]!r} is not a {kinds[key].__name__}")
+    if "uid" in fields and not id_fits(fields["uid"], UID_MAX):  # as every event's caller uid is bounded
+        raise Unreadable(f"a task key's uid {str(fields['uid'])[:40]} is not an id in 0..{UID_MAX}")
     try:
         TaskSpec(**fields.get("spec", {}))  # as spec_of builds it when the task is moved or adopted
     except (ApeinxError, TypeError, ValueError, AttributeError) as exc:

@@ -23,6 +23,7 @@ from .tenant_config import TenantConfig
 RANKS = {"none": 0, "viewer": 1, "user": 2, "admin": 3}
 UID_MAX = 2 ** 32 - 2  # uid_t and gid_t hold 0..2**32-1, and 2**32-1 is (uid_t)-1: "no id"
 PID_MAX = 2 ** 31 - 1  # pid_t
+OVERFLOW_ID = 65534  # what Linux shows for an id it cannot map (overflowuid, "nobody"): here, for one out of bounds
 
 
 def id_fits(value: object, highest: int) -> bool:

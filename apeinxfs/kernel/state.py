@@ -27,6 +27,7 @@ from typing import Any
 
 import attrs
 
+from .access import OVERFLOW_ID, UID_MAX, id_fits
 from .config import KernelConfig
 from .kernel import Kernel
 
@@ -49,6 +50,15 @@ def encode(kernel: Kernel) -> bytes:
     pickler.dispatch_table = copyreg.dispatch_table | {Kernel: _reduce_kernel}  # copyreg's: re.Pattern's reducer
     pickler.dump(kernel)
     return buffer.getvalue()
+
+
+def ids_in_bounds(kernel: Kernel) -> list[int]:
+    """Give each task whose uid is no id (one of a snapshot written before ids were bounded, that the mount
+    cannot show) OVERFLOW_ID, as Linux shows an id it cannot map; the pids of those changed."""
+    changed = [pid for pid, task in kernel.tasks.items() if not id_fits(task.uid, UID_MAX)]
+    for pid in changed:
+        kernel.tasks[pid].uid = OVERFLOW_ID
+    return changed
 
 
 def _reduce_kernel(kernel: Kernel) -> tuple[Any, ...]:
