@@ -299,16 +299,17 @@ class Snapshotter:
         self.publish(seq)
 
     def publish(self, seq: int) -> None:
-        """Make the journal durable, publish the written snapshot of row `seq`, keep KEEP, compact."""
+        """Make the journal durable, publish the written snapshot of row `seq`, keep KEEP, compact; the
+        snapshot counts as written (Misses) only if all of that succeeded."""
         journal_path = self.runtime.journal.path
         make_durable(journal_path)
         path = snapshots.publish(snapshots.path_of(self.directory, seq) + ".tmp")
         self.seq = seq
-        self.misses.written(self.runtime.clock.now_us())
         kept = snapshots.prune(self.directory)
         log.info("snapshot %s: %d bytes", path, os.path.getsize(path))
         if len(kept) >= snapshots.KEEP and self.archived_to(kept[-1]):
             compact(journal_path, kept[-1])
+        self.misses.written(self.runtime.clock.now_us())  # only once compacted: a journal that never is grows
 
     def archived_to(self, seq: int) -> bool:
         """Whether the trace archive has every line of the snapshot of row `seq` (no archive: nothing to

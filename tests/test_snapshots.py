@@ -273,6 +273,20 @@ def test_a_full_disk_in_compaction_is_logged_and_retried(tmp_path, monkeypatch, 
     rt.close()
 
 
+def test_compaction_failing_every_time_is_warned(tmp_path, monkeypatch):
+    """Snapshots whose compaction the full disk refuses FAILURES_WARNED times in a row make /health warn,
+    though each snapshot file was published."""
+    rt = daemon_like(tmp_path)
+    monkeypatch.setattr(compaction, "compact", full_disk_compact)
+    for _ in range(snapshots.KEEP - 1 + compaction.FAILURES_WARNED):
+        work(rt, 1)
+        snapshot(rt)
+    warning = rt.snapshotter.warning()
+    assert warning is not None and f"{compaction.FAILURES_WARNED} failed in a row" in warning
+    assert "database or disk is full" in warning
+    rt.close()
+
+
 def journal_bytes(tmp_path) -> int:
     """The bytes of journal.db once its WAL is copied in (its WAL apart, which a checkpoint empties)."""
     db = sqlite3.connect(str(tmp_path / "state" / "journal.db"))
