@@ -293,9 +293,10 @@ class Snapshotter:
 
     def publish_when_written(self, child: int, seq: int) -> None:
         """Wait for the child writing the snapshot of row `seq`, then publish it."""
-        status = os.waitpid(child, 0)[1]
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise OSError(f"the snapshot writer (pid {child}) failed with status {status}: see the log")
+        code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+        if code != 0:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited {code}"
+            raise OSError(f"the snapshot writer (pid {child}) {how}: see the log")
         self.publish(seq)
 
     def publish(self, seq: int) -> None:
