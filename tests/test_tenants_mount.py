@@ -8,6 +8,7 @@ tools' messages or from a probe (unixusers.PROBE) that prints the errno name and
 """
 import csv
 import os
+import tempfile
 import time
 
 import pytest
@@ -371,14 +372,15 @@ def test_sendfile_copies_the_whole_runqueue_while_a_user_stats_it(mounted, users
     """Root's sendfile of an open sched/runqueue copies every byte of its view after alice stats hers (the
     kernel keeps one size per inode, and splice stops at it)."""
     path = mounted.path("sched", "runqueue")
-    with open(path, "rb") as source, open(os.devnull, "wb") as sink:
+    with open(path, "rb") as source, tempfile.TemporaryFile() as sink:
         size = os.fstat(source.fileno()).st_size
         assert run_as(users["alice"], ["stat", path]).returncode == 0
         copied, sent = 0, 1
         while sent:
             sent = os.sendfile(sink.fileno(), source.fileno(), copied, 1 << 16)
             copied += sent
-    assert copied == size == len(open(path, "rb").read())
+        whole = os.pread(source.fileno(), 1 << 16, 0)  # the snapshot this descriptor reads
+        assert copied == size == len(whole) and os.pread(sink.fileno(), 1 << 16, 0) == whole
 
 
 def test_a_users_cached_stat_of_the_runqueue_is_its_own_size(mounted, users):
