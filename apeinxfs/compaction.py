@@ -293,22 +293,24 @@ class Snapshotter:
 
     def publish_when_written(self, child: int, seq: int) -> None:
         """Wait for the child writing the snapshot of row `seq`, then publish it."""
-        status = os.waitpid(child, 0)[1]
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise OSError(f"the snapshot writer (pid {child}) failed with status {status}: see the log")
+        code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+        if code != 0:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited {code}"
+            raise OSError(f"the snapshot writer (pid {child}) {how}: see the log")
         self.publish(seq)
 
     def publish(self, seq: int) -> None:
-        """Make the journal durable, publish the written snapshot of row `seq`, keep KEEP, compact."""
+        """Make the journal durable, publish the written snapshot of row `seq`, keep KEEP, compact; the
+        snapshot counts as written (Misses) only if all of that succeeded."""
         journal_path = self.runtime.journal.path
         make_durable(journal_path)
         path = snapshots.publish(snapshots.path_of(self.directory, seq) + ".tmp")
         self.seq = seq
-        self.misses.written(self.runtime.clock.now_us())
         kept = snapshots.prune(self.directory)
         log.info("snapshot %s: %d bytes", path, os.path.getsize(path))
         if len(kept) >= snapshots.KEEP and self.archived_to(kept[-1]):
             compact(journal_path, kept[-1])
+        self.misses.written(self.runtime.clock.now_us())  # only once compacted: a journal that never is grows
 
     def archived_to(self, seq: int) -> bool:
         """Whether the trace archive has every line of the snapshot of row `seq` (no archive: nothing to

@@ -59,6 +59,11 @@ def names_fixed(operation: str):
     return guarded(refuse)
 
 
+def personal(node) -> bool:
+    """Whether what `node` is depends on who asks: a tenant's (hidden from others), or a tenanted file's view."""
+    return node.tenant is not None or isinstance(node, Show) and node.tenanted
+
+
 def supplementary_groups(pid: int) -> set:
     try:
         return pyfuse3.get_sup_groups(pid)
@@ -114,18 +119,20 @@ class Operations(pyfuse3.Operations):
         handle = self.handles.get(args[0]) if args and isinstance(args[0], int) else None
         return getattr(getattr(handle, "caller", None), "uid", None)
 
-    def attributes(self, node, view: str | None = None) -> pyfuse3.EntryAttributes:
-        """The node's attributes; a show file's size that of the text in `view` (Show.view_of)."""
+    def attributes(self, node) -> pyfuse3.EntryAttributes:
+        """The node's attributes. A tenanted file's name is never cached (entry timeout 0): the kernel's
+        dentry cache is shared by all callers, and each caller's lookup answers its own view's inode."""
         entry = pyfuse3.EntryAttributes()
         is_dir = isinstance(node, Dir)
         entry.st_ino, entry.st_mode = node.inode, node.mode
         entry.st_nlink = 2 if is_dir else 1
-        entry.st_size = 0 if is_dir else self.tree.size(node, view)
+        entry.st_size = 0 if is_dir else self.tree.size(node)
         entry.st_uid, entry.st_gid = self.shown_owner(node.owner or self.owner)
         entry.st_blksize, entry.st_blocks = 4096, (entry.st_size + 511) // 512
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
-        static = node.inode in self.tree.static  # a name made at boot, which never goes
-        private = node.tenant is not None and not self.all_see_all()
+        viewed = isinstance(node, Show) and node.tenanted
+        static = node.inode in self.tree.static and not viewed  # a name made at boot, which never goes
+        private = viewed or node.tenant is not None and not self.all_see_all()
         entry.entry_timeout = STATIC_S if static else 0 if private else ATTR_TIMEOUT_S
         entry.attr_timeout = STATIC_S if static and isinstance(node, (Dir, Command)) else (  # never change
             ATTR_TIMEOUT_S if is_dir else 0)  # sizes change: the kernel must ask
@@ -167,16 +174,10 @@ class Operations(pyfuse3.Operations):
                 self._callers[key] = caller
         return caller
 
-    def view(self, node, ctx) -> str | None:
-        """The view of `node` that the request's caller reads (Show.view_of): asked only of a tenanted file."""
-        if not (isinstance(node, Show) and node.tenanted):
-            return None
-        return node.view_of((self.caller(ctx) if ctx is not None else Caller()).identity)
-
     def node_for(self, inode: int, ctx):
-        """The node of `inode` if the caller may see it (another tenant's is ENOENT)."""
+        """The node of `inode` if the caller may see it (another tenant's, or another's view, is ENOENT)."""
         node = self.tree.node(inode)
-        if ctx is not None and node.tenant is not None:
+        if ctx is not None and personal(node):
             self.caller(ctx).may(node, 0)
         return node
 
@@ -194,14 +195,14 @@ class Operations(pyfuse3.Operations):
     @guarded
     async def lookup(self, parent_inode, name, ctx=None):
         child = self.tree.lookup(parent_inode, os.fsdecode(name))
-        if ctx is not None and child.tenant is not None:
+        if ctx is not None and personal(child):
+            child = self.tree.reached(child, self.caller(ctx).identity)
             self.caller(ctx).may(child, 0)
-        return self.attributes(child, self.view(child, ctx))
+        return self.attributes(child)
 
     @guarded
     async def getattr(self, inode, ctx=None):
-        node = self.node_for(inode, ctx)
-        return self.attributes(node, self.view(node, ctx))
+        return self.attributes(self.node_for(inode, ctx))
 
     @guarded
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -214,7 +215,7 @@ class Operations(pyfuse3.Operations):
             self.truncate(node, attr.st_size, self.caller(ctx))
         elif fields.update_atime or fields.update_mtime or fields.update_ctime:
             raise NotPermitted("times are fixed on this file system")
-        return self.attributes(node, self.view(node, ctx))
+        return self.attributes(node)
 
     def truncate(self, node, size: int, caller: Caller) -> None:
         """Allow truncation to 0 of a file the caller may write; it does nothing."""
@@ -232,18 +233,17 @@ class Operations(pyfuse3.Operations):
         caller = self.caller(ctx)
         self.check(node, caller, os.R_OK)
         fh = next(self._fh)
-        entries = node.entries()
-        seen = entries if caller.role == "admin" else [
-            (name, child) for name, child in entries if caller.identity.sees(child.tenant)]
-        self.listings[fh] = [(name, child, self.view(child, ctx)) for name, child in seen]
+        entries = [(name, self.tree.reached(child, caller.identity)) for name, child in node.entries()]
+        self.listings[fh] = entries if caller.role == "admin" else [
+            (name, child) for name, child in entries if not child.hidden_from(caller.identity)]
         return fh
 
     @guarded
     async def readdir(self, fh, start_id, token):
         listing = self.listings[fh]
         for index in range(start_id, len(listing)):
-            name, node, view = listing[index]
-            if not pyfuse3.readdir_reply(token, name.encode(), self.attributes(node, view), index + 1):
+            name, node = listing[index]
+            if not pyfuse3.readdir_reply(token, name.encode(), self.attributes(node), index + 1):
                 break
 
     @guarded
@@ -264,8 +264,7 @@ class Operations(pyfuse3.Operations):
         handle = node.open(caller, writing=mode != os.O_RDONLY, reading=mode != os.O_WRONLY,
                            truncating=bool(flags & os.O_TRUNC))
         if isinstance(handle, SnapshotHandle):
-            handle.view = self.view(node, ctx)
-            handle.data = self.tree.open_snapshot(node, handle.view)
+            handle.data = self.tree.open_snapshot(node)
         fh = next(self._fh)
         self.handles[fh] = handle
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
@@ -294,7 +293,7 @@ class Operations(pyfuse3.Operations):
         if handle is not None:
             handle.release()
         if isinstance(handle, SnapshotHandle):
-            self.tree.close_snapshot(handle.node.inode, handle.view)
+            self.tree.close_snapshot(handle.node.inode)
 
     @guarded
     async def create(self, parent_inode, name, mode, flags, ctx):

@@ -228,6 +228,8 @@ def _report(fd: int | None, message: str) -> None:
 
 
 def close_journal(journal) -> None:
+    """Commit what waits and close the journal at unmount. The storage's refusal (Degraded) is logged, not
+    raised: it is no bug, and every row is in already; only the trace rows of the last few steps are lost."""
     try:
         journal.close()
     except Degraded as exc:  # every row is in; only the trace rows of the last few are lost
@@ -236,9 +238,9 @@ def close_journal(journal) -> None:
 
 def closes(runtime: Runtime) -> list[tuple[str, Callable[[], None]]]:
     """What unmount closes, in order: the last snapshot, the journal, the archives, the readings log."""
-    done = [("the last snapshot", runtime.snapshotter.close), ("the journal", partial(close_journal, runtime.journal)),
-            ("the trace archive", runtime.archive.close), ("the audit archive", runtime.audit_archive.close)]
-    return done + ([("the readings log", runtime.readings.close)] if runtime.readings is not None else [])
+    always = [("the last snapshot", runtime.snapshotter.close), ("the journal", partial(close_journal, runtime.journal)),
+              ("the trace archive", runtime.archive.close), ("the audit archive", runtime.audit_archive.close)]
+    return always + ([("the readings log", runtime.readings.close)] if runtime.readings is not None else [])
 
 
 def close_all(runtime: Runtime) -> bool:

@@ -20,6 +20,7 @@ from apeinxfs.nodes.tree import Tree
 from test_journal_runtime import open_runtime, submit
 
 ROOT = 1
+ROOT_CTX = types.SimpleNamespace(uid=0, gid=0, pid=1, umask=0o022)
 NO_SUCH_PID = (1 << 22) + 1  # above the largest pid_max: /proc has no such process
 
 
@@ -34,15 +35,15 @@ def ops(tmp_path):
         yield Operations(Tree(runtime))
 
 
-async def inode_of(ops, path: str) -> int:
+async def inode_of(ops, path: str, caller=None) -> int:
     inode = ROOT
     for name in filter(None, path.split("/")):
-        inode = (await ops.lookup(inode, name.encode(), ctx())).st_ino
+        inode = (await ops.lookup(inode, name.encode(), caller or ctx())).st_ino
     return inode
 
 
 async def open_path(ops, path: str, flags=os.O_RDONLY, caller=None) -> int:
-    info = await ops.open(await inode_of(ops, path), flags, caller or ctx())
+    info = await ops.open(await inode_of(ops, path, caller), flags, caller or ctx())
     assert info.direct_io and not info.keep_cache
     return info.fh
 
@@ -180,7 +181,7 @@ async def test_opendir_of_a_file_is_enotdir(ops):
 
 async def add_tenant(ops, line: bytes) -> None:
     """Write one `add ...` line to /ctl/tenants as root."""
-    fh = await open_path(ops, "/ctl/tenants", os.O_WRONLY, caller=types.SimpleNamespace(uid=0, gid=0, pid=1))
+    fh = await open_path(ops, "/ctl/tenants", os.O_WRONLY, caller=ROOT_CTX)
     await ops.write(fh, 0, line + b"\n")
     await ops.release(fh)
 
@@ -213,21 +214,46 @@ async def test_open_read_release(ops):
     assert fh not in ops.handles
 
 
-async def test_the_runqueue_size_is_that_of_the_callers_own_view(ops):
-    """While an admin holds sched/runqueue open, a user of tenant a reads only a's rows and getattr gives it
-    the size of what it reads, the admin the size of every tenant's rows."""
-    root = types.SimpleNamespace(uid=0, gid=0, pid=1)
+async def test_each_view_of_the_runqueue_has_its_own_inode_and_size(ops):
+    """An admin and a user of tenant a reach sched/runqueue at different inodes: the user's reads a's rows, its
+    own agent's included, and getattr of each inode gives that view's size, open or not."""
     await add_tenant(ops, b"add a weight=100 uids=1000")
-    submit(ops.tree.rt, "job")
-    inode = await inode_of(ops, "/sched/runqueue")
-    admin_fh, user_fh = await open_path(ops, "/sched/runqueue", caller=root), await open_path(ops, "/sched/runqueue")
+    fh = await open_path(ops, "/ctl/submit", os.O_RDWR)
+    await ops.write(fh, 0, b"job 10 5\n")
+    await ops.release(fh)
+    admin_inode, user_inode = await inode_of(ops, "/sched/runqueue", ROOT_CTX), await inode_of(ops, "/sched/runqueue")
+    assert admin_inode != user_inode
+    admin_fh, user_fh = await open_path(ops, "/sched/runqueue", caller=ROOT_CTX), await open_path(ops, "/sched/runqueue")
     every, own = await read_all(ops, admin_fh), await read_all(ops, user_fh)
     assert b"tenant/default" in every and b"agent/1 " in every
-    assert [row.split()[0] for row in own.splitlines()[1:]] == [b"tenant/a"]
-    assert (await ops.getattr(inode, ctx())).st_size == len(own)
-    assert (await ops.getattr(inode, root)).st_size == len(every)
+    assert [row.split()[0] for row in own.splitlines()[1:]] == [b"tenant/a", b"agent/1"]
+    for inode, text in ((user_inode, own), (admin_inode, every)):
+        assert (await ops.getattr(inode, ROOT_CTX)).st_size == (await ops.getattr(inode, None)).st_size == len(text)
     await ops.release(admin_fh)
     await ops.release(user_fh)
+    assert (await ops.getattr(user_inode, ctx())).st_size == len(own)
+
+
+async def test_a_user_may_not_hold_another_view_of_the_runqueue(ops):
+    """The admin's view of sched/runqueue, and tenant a's, are ENOENT to a user of tenant b, at getattr and open."""
+    await add_tenant(ops, b"add a weight=100 uids=1000")
+    await add_tenant(ops, b"add b weight=100 uids=1001")
+    bob = types.SimpleNamespace(uid=1001, gid=1001, pid=os.getpid(), umask=0o022)
+    for inode in (await inode_of(ops, "/sched/runqueue", ROOT_CTX), await inode_of(ops, "/sched/runqueue")):
+        assert await fuse_errno(lambda: ops.getattr(inode, bob)) == errno.ENOENT
+        assert await fuse_errno(lambda: ops.open(inode, os.O_RDONLY, bob)) == errno.ENOENT
+    assert await inode_of(ops, "/sched/runqueue", bob) not in (await inode_of(ops, "/sched/runqueue"), ROOT)
+
+
+async def test_a_gone_tenants_view_is_enoent(ops):
+    """Once tenant a is removed, the inode of its view of sched/runqueue is gone, even to an admin."""
+    await add_tenant(ops, b"add a weight=100 uids=1000")
+    inode = await inode_of(ops, "/sched/runqueue")
+    await ops.getattr(inode, ROOT_CTX)
+    fh = await open_path(ops, "/ctl/tenants", os.O_WRONLY, caller=ROOT_CTX)
+    await ops.write(fh, 0, b"remove a\n")
+    await ops.release(fh)
+    assert await fuse_errno(lambda: ops.getattr(inode, ROOT_CTX)) == errno.ENOENT
 
 
 async def test_open_a_directory_is_eisdir(ops):

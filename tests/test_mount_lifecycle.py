@@ -184,3 +184,27 @@ def test_sigterm_with_blocked_reader_exits_and_ends_the_read(blocked_wait):
     assert slow.proc.wait(timeout=15) == 0
     assert not is_mounted(slow.mountpoint)
     assert cat.wait(timeout=10) != 0
+
+
+COMPACTION_MISUSES_SQLITE = """import sqlite3, sys
+from apeinxfs import cli, compaction
+def misused_compact(path, upto):
+    raise sqlite3.ProgrammingError("a misuse of SQLite")
+compaction.compact = misused_compact
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_bug_in_a_close_at_unmount_makes_the_daemon_exit_1(unstarted):
+    """A daemon whose last snapshot at unmount meets a bug (its compaction misuses SQLite: the second snapshot
+    kept compacts) unmounts and exits 1, saying so; the same unmount without the bug exits 0."""
+    unstarted.start()
+    unstarted.submit("name=one max_tokens=2")
+    unstarted.stop()
+    assert unstarted.proc.returncode == 0
+    unstarted.command = lambda: [sys.executable, "-c", COMPACTION_MISUSES_SQLITE, *Daemon.command(unstarted)[3:]]
+    unstarted.start()
+    unstarted.submit("name=two max_tokens=2")
+    unstarted.stop()
+    assert unstarted.proc.returncode == 1 and not is_mounted(unstarted.mountpoint)
+    assert "a bug in closing the last snapshot at unmount" in unstarted.log_tail()

@@ -12,6 +12,7 @@ import pytest
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.events import Chunk, Kill, Step
 from apeinxfs.kernel.task import State
+from apeinxfs.nodes import members, views
 from apeinxfs.nodes.base import Blocking, Caller, Command, Dir, Log, Show
 from apeinxfs.nodes.tree import Tree
 from test_journal_runtime import open_runtime, submit
@@ -321,3 +322,21 @@ async def test_output_log_reads_live_bytes(tree):
     handle = resolve(tree, "/tasks/1/output").open(USER, writing=False, reading=True)
     step_all(tree.rt, 2)
     assert await handle.read(0, 100, None) == b" w w"
+
+
+def test_the_views_range_lies_between_the_boot_inodes_and_the_nodes(tree):
+    """Every boot-time inode is below the views' range, which ends where /nodes/NAME's inodes begin."""
+    assert max(tree.static) < views.VIEW_BASE and views.VIEW_LIMIT == members.NODE_BASE
+
+
+def test_views_past_their_range_are_refused_and_the_others_keep_their_inodes():
+    """Once every inode of the views' range is given, a new view is ENOSPC and the views given keep theirs."""
+    runqueue = Show(show=lambda view: f"{view}\n", tenanted=True, inode=7)
+    given = views.Views([runqueue], lambda tenant: True)
+    first = given.node(runqueue, "t0").inode
+    for number in range(1, views.VIEW_LIMIT - views.VIEW_BASE):
+        given.node(runqueue, f"t{number}")
+    with pytest.raises(ApeinxError) as refused:
+        given.node(runqueue, "one more")
+    assert refused.value.errno == errno.ENOSPC and given.node(runqueue, "t0").inode == first
+    assert given.node(runqueue, None) is runqueue and given.by_inode(first).render() == b"t0\n"

@@ -26,7 +26,7 @@ from apeinxfs import config as config_mod
 from apeinxfs import compaction, health, mount, snapshots, verify
 from apeinxfs.archive import Archive
 from apeinxfs.archive import files as archive_files
-from apeinxfs.compaction import CannotStart, Snapshotter, fork_writer
+from apeinxfs.compaction import CannotStart, Snapshotter
 from apeinxfs.journal import SCHEMA, Journal, compact
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.errors import ApeinxError
@@ -106,8 +106,8 @@ def restarted(tmp_path, old):
     return rt
 
 
-def snapshot(rt) -> None:
-    trio.run(rt.snapshotter.take)
+def snapshot(rt, clock=None) -> None:
+    trio.run(rt.snapshotter.take, clock=clock)
 
 
 def copy_journal(journal: Journal, path) -> Journal:
@@ -240,12 +240,13 @@ def full_disk_compact(path: str, upto: int) -> None:
     raise sqlite3.OperationalError("database or disk is full")
 
 
-def next_compaction_misuses_sqlite(rt, monkeypatch) -> None:
-    """Make journal.compact misuse SQLite and take snapshots up to where the next one compacts, rows after."""
+def next_compaction_misuses_sqlite(rt, monkeypatch, clock=None) -> None:
+    """Make journal.compact misuse SQLite and take snapshots (in trio time `clock`'s, if given) up to where the
+    next one compacts, rows after."""
     monkeypatch.setattr(compaction, "compact", misused_compact)
     for _ in range(snapshots.KEEP - 1):
         work(rt, 1)
-        snapshot(rt)
+        snapshot(rt, clock)
     work(rt, 1)
 
 
@@ -270,6 +271,20 @@ def test_a_full_disk_in_compaction_is_logged_and_retried(tmp_path, monkeypatch, 
         work(rt, 1)
         snapshot(rt)
     assert caplog.text.count("database or disk is full") == 2 and rt.journal.first_seq() == 1
+    rt.close()
+
+
+def test_compaction_failing_every_time_is_warned(tmp_path, monkeypatch):
+    """Snapshots whose compaction the full disk refuses FAILURES_WARNED times in a row make /health warn,
+    though each snapshot file was published."""
+    rt = daemon_like(tmp_path)
+    monkeypatch.setattr(compaction, "compact", full_disk_compact)
+    for _ in range(snapshots.KEEP - 1 + compaction.FAILURES_WARNED):
+        work(rt, 1)
+        snapshot(rt)
+    warning = rt.snapshotter.warning()
+    assert warning is not None and f"{compaction.FAILURES_WARNED} failed in a row" in warning
+    assert "database or disk is full" in warning
     rt.close()
 
 
@@ -560,16 +575,17 @@ def _zombie(pid: int) -> bool:
 
 
 def test_a_snapshot_that_raises_is_retried_at_the_normal_pace(tmp_path, monkeypatch):
-    """A `take` that raises a bug still records when it ran, so the restarted writer waits snapshot_s again."""
+    """A `take` that raises a bug still records when it ran, so the restarted writer waits snapshot_s again
+    (every snapshot in one trio time, a MockClock's)."""
     rt = daemon_like(tmp_path)
-    next_compaction_misuses_sqlite(rt, monkeypatch)
     clock = trio.testing.MockClock()
-    clock.jump(10**7)
+    next_compaction_misuses_sqlite(rt, monkeypatch, clock)
+    clock.jump(10**4)
     try:
         with pytest.raises(sqlite3.ProgrammingError):
-            trio.run(rt.snapshotter.take, clock=clock)
+            snapshot(rt, clock)
         work(rt, 1)
-        assert not rt.snapshotter.due(10**7 + 60) and rt.snapshotter.due(10**7 + 3600)
+        assert not rt.snapshotter.due(10**4 + 60) and rt.snapshotter.due(10**4 + 3600)
     finally:
         rt.close()
 
@@ -599,8 +615,8 @@ def test_a_clean_unmount_closes_everything_and_says_so(tmp_path):
         rt.journal.db.execute("SELECT 1")
 
 
-def no_room_writer(directory, header, kernel):
-    """fork_writer on a full disk, as the system says it."""
+def no_room_to_write(directory, *header_and_data):
+    """snapshots.write_temp on a full disk, as the system says it (it runs in the forked writer)."""
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
@@ -608,7 +624,7 @@ def test_health_warns_once_snapshots_fail_in_a_row(tmp_path, monkeypatch):
     """Snapshots refused by a full disk FAILURES_WARNED times in a row give /health a Warning row with the reason
     (State stays ok: the journal is written); the next snapshot written clears it."""
     rt = daemon_like(tmp_path)
-    monkeypatch.setattr(compaction, "fork_writer", no_room_writer)
+    monkeypatch.setattr(snapshots, "write_temp", no_room_to_write)
     for _ in range(compaction.FAILURES_WARNED - 1):
         work(rt, 1)
         snapshot(rt)
@@ -617,8 +633,8 @@ def test_health_warns_once_snapshots_fail_in_a_row(tmp_path, monkeypatch):
     snapshot(rt)
     shown = health.show(rt.health, None, rt.snapshotter)
     assert shown.startswith(f"State:\tok\nWarning:\tsnapshots: {compaction.FAILURES_WARNED} failed in a row")
-    assert "No space left on device" in shown
-    monkeypatch.setattr(compaction, "fork_writer", fork_writer)
+    assert re.search(r"the last: the snapshot writer \(pid \d+\) exited 1: see the log\n", shown)
+    monkeypatch.undo()
     snapshot(rt)
     assert health.show(rt.health, None, rt.snapshotter) == "State:\tok\n"
     rt.close()

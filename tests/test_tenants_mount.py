@@ -8,6 +8,7 @@ tools' messages or from a probe (unixusers.PROBE) that prints the errno name and
 """
 import csv
 import os
+import tempfile
 import time
 
 import pytest
@@ -343,6 +344,51 @@ def test_the_runqueue_shows_a_user_only_its_own_tenants_rows(mounted, users):
     pid = parked_task(mounted, bob)
     try:
         rows = probe(alice, "read", mounted.path("sched", "runqueue"))["data"].splitlines()[1:]
-        assert {row.split()[0] for row in rows} <= {"tenant/a"}
+        assert {row.split()[0] for row in rows} == {"tenant/a"}
     finally:
         kill_as(mounted, bob, pid)
+
+
+def test_the_runqueue_shows_a_user_its_own_agents(mounted, users):
+    """Alice's read of sched/runqueue lists the agent of her own running task."""
+    alice = users["alice"]
+    pid = submitted(mounted, alice, LONG_TASK)
+    try:
+        rows = probe(alice, "read", mounted.path("sched", "runqueue"))["data"].splitlines()[1:]
+        assert f"agent/{pid}" in {row.split()[0] for row in rows}
+    finally:
+        kill_as(mounted, alice, pid)
+
+
+def test_the_runqueue_of_a_viewer_is_its_tenants_and_of_no_role_empty(mounted, users):
+    """Vera, a's viewer, reads tenant a's row of sched/runqueue; uma, of no tenant, reads the header alone."""
+    vera, uma = users["vera"], users["uma"]
+    rows = probe(vera, "read", mounted.path("sched", "runqueue"))["data"].splitlines()
+    assert [row.split()[0] for row in rows[1:]] == ["tenant/a"]
+    assert probe(uma, "read", mounted.path("sched", "runqueue"))["data"] == rows[0] + "\n"
+
+
+def test_sendfile_copies_the_whole_runqueue_while_a_user_stats_it(mounted, users):
+    """Root's sendfile of an open sched/runqueue copies every byte of its view after alice stats hers (the
+    kernel keeps one size per inode, and splice stops at it)."""
+    path = mounted.path("sched", "runqueue")
+    with open(path, "rb") as source, tempfile.TemporaryFile() as sink:
+        size = os.fstat(source.fileno()).st_size
+        assert run_as(users["alice"], ["stat", path]).returncode == 0
+        copied, sent = 0, 1
+        while sent:
+            sent = os.sendfile(sink.fileno(), source.fileno(), copied, 1 << 16)
+            copied += sent
+        whole = os.pread(source.fileno(), 1 << 16, 0)  # the snapshot this descriptor reads
+        assert copied == size == len(whole) and os.pread(sink.fileno(), 1 << 16, 0) == whole
+
+
+def test_a_users_cached_stat_of_the_runqueue_is_its_own_size(mounted, users):
+    """After root reads sched/runqueue, alice's `stat --cached=always` gives the size of her own view, not
+    root's (which would tell her the other tenants' row count)."""
+    alice, path = users["alice"], mounted.path("sched", "runqueue")
+    with open(path, "rb") as file:
+        assert file.read() and os.stat(path).st_size > 0
+        cached = run_as(alice, ["stat", "--cached=always", "-c", "%s", path])
+    assert cached.returncode == 0, cached.stderr
+    assert int(cached.stdout) == len(probe(alice, "read", path)["data"])

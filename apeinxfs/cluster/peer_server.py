@@ -211,6 +211,7 @@ class PeerServer:
             node = node.child(name) if isinstance(node, Dir) else None
             if node is None or isinstance(node, RemoteTaskDir):  # a peer asks for this node's own tasks only
                 raise NotFound(f"no /{path} on this node")
+            node = self.tree.reached(node, caller.identity)
             if node.tenant is not None:
                 caller.may(node, 0)
         caller.may(node, want)
@@ -218,7 +219,7 @@ class PeerServer:
 
     async def serve_node(self, conn, stream, node, caller, request, body: bytes, query: dict) -> None:
         if isinstance(node, Show):
-            await send_simple(conn, stream, 200, self.tree.render(node, node.view_of(caller.identity)), TEXT)
+            await send_simple(conn, stream, 200, self.tree.render(node), TEXT)
         elif isinstance(node, Log):
             await send_range(conn, stream, node.source(), dict(request.headers).get(b"range"))
         elif isinstance(node, Blocking):

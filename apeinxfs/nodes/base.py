@@ -51,7 +51,7 @@ class Caller:
     def may(self, node: "Node", want: int) -> None:
         """Raise ENOENT if `node` is another tenant's, EACCES if the role falls short of `want`."""
         identity = self.identity
-        if not identity.sees(node.tenant):
+        if node.hidden_from(identity):
             raise Hidden(f"no such entry for uid {self.uid}")
         if want & os.W_OK:
             identity.require(node.write_role, "writing this file")
@@ -69,6 +69,10 @@ class Node:
     owner: tuple | None = None  # (uid, gid) shown by getattr; None: the daemon's
     read_role: str = "none"  # the least role that may read it (access.RANKS)
     write_role: str = "user"
+
+    def hidden_from(self, identity: Identity) -> bool:
+        """Whether the node does not exist for `identity`: another tenant's."""
+        return not identity.sees(self.tenant)
 
     def size(self) -> int:
         return 0
@@ -179,11 +183,13 @@ class Show(Node):
 
     `volatile` text depends on the clock too, not only on kernel state, so it is never reused. `tenanted`
     text has rows of many tenants, of which a caller reads those it sees: `show(view)` renders the rows of
-    the view's tenant (None: every tenant's, for admins)."""
+    the view's tenant (None: every tenant's, for admins). Each view is a node of its own, at an inode of its own
+    (views.py), which only its readers and admins may hold."""
 
     show: object = None
     volatile: bool = False
     tenanted: bool = False
+    view: str | None = None  # the view this node renders, if tenanted
 
     def view_of(self, identity: Identity) -> str | None:
         """The view `identity` reads: None (every row) for an admin or a text the same for all, else its own
@@ -192,8 +198,13 @@ class Show(Node):
             return None
         return "" if identity.role == "none" else identity.tenant or ""
 
-    def render(self, view: str | None = None) -> bytes:
-        text = self.show(view) if self.tenanted else self.show()
+    def hidden_from(self, identity: Identity) -> bool:
+        """Another tenant's, or a view other than the caller's own (an admin holds any)."""
+        own_view = not self.tenanted or identity.admin or self.view_of(identity) == self.view
+        return not own_view or super().hidden_from(identity)
+
+    def render(self) -> bytes:
+        text = self.show(self.view) if self.tenanted else self.show()
         return text.encode() if isinstance(text, str) else bytes(text)
 
     def open(self, caller, writing, reading, truncating=False):
@@ -297,7 +308,6 @@ class Handle:
 class SnapshotHandle(Handle):
     node: Show
     data: bytes = b""
-    view: str | None = None  # the node's view its opener reads (Show.view_of)
 
     async def read(self, offset, size, waiter):
         return self.data[offset:offset + size]

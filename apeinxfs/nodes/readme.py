@@ -27,13 +27,15 @@ apeinxfs - an AI kernel whose API is this tree (see apeinxfs(5) for the full pag
   replay/PID          one task's timeline rebuilt from the trace
   sched/policy        rw: fair | vtc | fcfs | greedy (writes mirror reads; switches live)
   sched/runqueue      entity counter weight state: tenant/NAME rows, agent/PID rows
+                      (every tenant's for admins, else the caller's own tenant's)
   sched/stat          policy queued running decisions preemptions ... ("key value")
   tenants/NAME/       weight members quota budget sandbox (KEY VALUE, max = unlimited,
                       writes mirror reads, admins write); usage events bill
   billing             CSV per period, tenant, model: tokens, gpu/kv-page seconds, cost (admins)
   metrics             Prometheus text format
   health              State: ok | degraded (then Errno, Reason, Since): whether the journal
-                      can be written; degraded, state changes fail with Errno and tasks pause
+                      can be written; degraded, state changes fail with Errno and tasks pause;
+                      then Warning while snapshots fail, and a Bug row per loop that met a bug
 
 Submit lines (several per write; lines split across writes are joined):
   NAME TOKENS PRIORITY [DEADLINE]                      job1 1000 5 30s

@@ -2,10 +2,11 @@
 
 `build_root` lists every path of the mount and the function that renders or runs it:
 to find where a file comes from, look here. `Tree` maps inodes to nodes (static ones are
-numbered at boot; a task's are computed from its pid) and keeps getattr consistent with
-reads: while a file is open, its size is that of the snapshot it reads, so `cp` and
-sendfile copy every byte; otherwise every getattr renders afresh (files have no attr
-cache, see fs.py), so nothing read is ever stale.
+numbered at boot; a task's are computed from its pid; each view of a tenanted file has its
+own, views.py) and keeps getattr consistent with reads: while a file is open, its size is
+that of the snapshot it reads, so `cp` and sendfile copy every byte (each caller's view has
+its own inode, so its own size in the kernel); otherwise every getattr renders afresh (files
+have no attr cache, see fs.py), so nothing read is ever stale.
 """
 import stat
 from functools import lru_cache, partial
@@ -21,6 +22,7 @@ from .models import ModelsDir, models_ctl
 from .ringlog import RingLog
 from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, TasksDir, inode_of, owner_of
 from .tenants import TenantsDir, tenants_ctl
+from .views import Views
 
 RENDERED_MAX = 4096
 ADMIN_READS = stat.S_IFREG | 0o400  # the whole trace, the audit trail, every tenant's bill: admins only
@@ -121,8 +123,10 @@ class Tree:
         self.root = build_root(rt)
         self.named = [self.root.children[name] for name in ("models", "tenants", "nodes")]
         self._number(self.root)
-        self._pinned: dict[tuple[int, str | None], tuple[bytes, int]] = {}  # (inode, view) -> (text, opens)
-        self._rendered: dict[tuple[int, str | None], tuple[int, bytes]] = {}  # (inode, view) -> (version, text)
+        tenanted = [node for node in self.static.values() if isinstance(node, Show) and node.tenanted]
+        self.views = Views(tenanted, lambda tenant: tenant in rt.kernel.tenancy.tenants)
+        self._pinned: dict[int, tuple[bytes, int]] = {}  # inode -> (text, opens)
+        self._rendered: dict[int, tuple[int, bytes]] = {}  # inode -> (version, text)
         self._task_nodes: dict[int, tuple] = {}  # inode -> (task, node) of task files built so far
 
     def _number(self, node, path: str = "/") -> None:
@@ -136,6 +140,8 @@ class Tree:
         """Where a file is, for the audit trail: static ones by name, a task's, tenant's or model's from its inode."""
         if node.inode in self.paths:
             return self.paths[node.inode]
+        if self.views.owns(node.inode):
+            return self.paths[self.views.file_of(node.inode).inode]
         if (named := self._named(node.inode)) is not None:
             return f"{self.paths[named.inode]}/{named.name_of(node.inode)}"
         pid, slot = divmod(node.inode - PID_BASE, SLOTS)
@@ -147,6 +153,8 @@ class Tree:
             return node
         if inode >= PID_BASE:
             return self._task_node(inode)
+        if self.views.owns(inode):
+            return self.views.by_inode(inode)
         if (named := self._named(inode)) is not None:
             return named.by_inode(inode)
         raise NotFound(f"no inode {inode}")
@@ -195,35 +203,40 @@ class Tree:
             raise NotFound(f"no such entry {name!r}")
         return child
 
-    def open_snapshot(self, node: Show, view: str | None = None) -> bytes:
-        """Render `view` (Show.view_of) for a new open file; its size is what getattr reports in that view
-        until it closes."""
-        data = self._current(node, view)
-        count = self._pinned.get((node.inode, view), (b"", 0))[1]
-        self._pinned[node.inode, view] = (data, count + 1)
+    def reached(self, node, identity):
+        """The node `identity` reaches by `node`'s name: of a tenanted file, its own view's."""
+        if isinstance(node, Show) and node.tenanted:
+            return self.views.node(node, node.view_of(identity))
+        return node
+
+    def open_snapshot(self, node: Show) -> bytes:
+        """Render `node` for a new open file; its size is what getattr reports until it closes."""
+        data = self._current(node)
+        count = self._pinned.get(node.inode, (b"", 0))[1]
+        self._pinned[node.inode] = (data, count + 1)
         return data
 
-    def close_snapshot(self, inode: int, view: str | None = None) -> None:
-        data, count = self._pinned.pop((inode, view), (b"", 1))
+    def close_snapshot(self, inode: int) -> None:
+        data, count = self._pinned.pop(inode, (b"", 1))
         if count > 1:
-            self._pinned[inode, view] = (data, count - 1)
+            self._pinned[inode] = (data, count - 1)
 
-    def render(self, node: Show, view: str | None = None) -> bytes:
-        """What an open file of `node` in `view` would read now, or is reading if one is open."""
-        pinned = self._pinned.get((node.inode, view))
-        return pinned[0] if pinned else self._current(node, view)
+    def render(self, node: Show) -> bytes:
+        """What an open file of `node` would read now, or is reading if one is open."""
+        pinned = self._pinned.get(node.inode)
+        return pinned[0] if pinned else self._current(node)
 
-    def _current(self, node: Show, view: str | None) -> bytes:
+    def _current(self, node: Show) -> bytes:
         """The node's text now: rendered again only once an event (or an engine scrape) changed something."""
         if node.volatile:
-            return node.render(view)
-        version, cached = self._rendered.get((node.inode, view), (None, None))
+            return node.render()
+        version, cached = self._rendered.get(node.inode, (None, None))
         if version != self.rt.version:
             if len(self._rendered) >= RENDERED_MAX:
                 self._rendered.clear()
-            cached = node.render(view)
-            self._rendered[node.inode, view] = (self.rt.version, cached)
+            cached = node.render()
+            self._rendered[node.inode] = (self.rt.version, cached)
         return cached
 
-    def size(self, node, view: str | None = None) -> int:
-        return len(self.render(node, view)) if isinstance(node, Show) else node.size()
+    def size(self, node) -> int:
+        return len(self.render(node)) if isinstance(node, Show) else node.size()
