@@ -93,9 +93,6 @@ async def an_endless_error_body(stream):
         await trio.sleep(0.001)
 
 
-@pytest.mark.xfail(strict=True, reason="an engine that keeps its connection busy without tokens (comments, a header "
-                   "trickle, a line or event or chunk or 4xx body that never ends: openai.py _check reads it all) holds its task for ever: timeout_s is only the "
-                   "socket's silence (bare.py _wait), and aiter_lines / SseDecoder / _chunks buffer without bound")
 @pytest.mark.parametrize("answer", [pings_forever, headers_trickled, one_endless_line, data_lines_never_ending_an_event,
                                     one_endless_chunk, an_endless_error_body])
 async def test_an_engine_busy_without_tokens_does_not_hold_its_task_for_ever(answer, tmp_path, nursery):

@@ -15,6 +15,8 @@ import attrs
 from ..kernel.events import Chunk
 
 DONE = "[DONE]"
+LINE_MAX = 1 << 20  # bytes of one line of a stream at most: an engine's event for a few tokens is well under
+EVENT_MAX = 1 << 20  # characters of one event's data at most
 
 
 class ProtocolError(Exception):
@@ -22,19 +24,46 @@ class ProtocolError(Exception):
 
 
 class SseDecoder:
-    """Lines in, event data out: `feed` returns an event's data when the blank line ending it comes."""
+    """Lines in, event data out: `feed` returns an event's data when the blank line ending it comes; an
+    event's data over EVENT_MAX is a ProtocolError."""
 
     def __init__(self):
         self.data: list[str] = []
+        self.size = 0
 
     def feed(self, line: str) -> str | None:
         if not line:
-            data, self.data = self.data, []
+            data, self.data, self.size = self.data, [], 0
             return "\n".join(data) if data else None
         field, _, value = line.partition(":")
         if field == "data":
             self.data.append(value.removeprefix(" "))
+            self.size += len(value) + 1  # its line end in the joined data
+            if self.size > EVENT_MAX:
+                raise ProtocolError(f"an event of over {EVENT_MAX} characters of data")
         return None  # comments (": ping"), event:, id:, retry: carry nothing we use
+
+
+async def lines(pieces):
+    """The lines of a body's bytes (`pieces`, an async generator, closed here) as text (UTF-8), without their
+    line ends (\\n or \\r\\n); a line over LINE_MAX bytes is a ProtocolError. Linear in the bytes read."""
+    pending = bytearray()
+    async with contextlib.aclosing(pieces):
+        async for piece in pieces:
+            at, start = len(pending), 0
+            pending += piece
+            while (end := pending.find(b"\n", at)) >= 0:
+                yield _text(pending[start:end])
+                at = start = end + 1
+            del pending[:start]
+            if len(pending) > LINE_MAX:
+                raise ProtocolError(f"a line of over {LINE_MAX} bytes")
+    if pending:
+        yield _text(pending)
+
+
+def _text(line: bytearray) -> str:
+    return line.removesuffix(b"\r").decode("utf-8", "replace")
 
 
 async def events(lines):
