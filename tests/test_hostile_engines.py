@@ -207,8 +207,6 @@ def test_an_infinite_engine_option_is_refused(option):
         openai.Endpoint.of(model)
 
 
-@pytest.mark.xfail(strict=True, reason="openai.py _check puts the engine's 4xx body in the task's exit as it came, "
-                   "line ends too: /tasks/N/status gains the engine's own `State:` and `Exit:` lines, `wait` a second line")
 async def test_an_engines_error_text_cannot_add_lines_to_a_tasks_status(tmp_path, nursery):
     """An HTTP 400 whose body holds line ends fails the task with an exit reason of one line."""
     async def answer(stream):
@@ -218,4 +216,4 @@ async def test_an_engines_error_text_cannot_add_lines_to_a_tasks_status(tmp_path
     port = await serve(nursery, answer)
     [task] = await run_tasks(tmp_path, port, [{"name": "a", "max_tokens": 5}], metrics_s=0)
     assert task.exit.startswith("failed: engine at") and "bad request" in task.exit
-    assert "\n" not in task.exit
+    assert "\n" not in task.exit and "bad request\\nState:\\tdone" in task.exit

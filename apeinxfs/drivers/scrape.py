@@ -107,5 +107,11 @@ async def _with_slots(client, url: str, reading: metrics.Reading, timeout_s: flo
 
 
 def describe(exc: Exception) -> str:
-    """An exception in words: its message, or its type when it has none."""
-    return str(exc) or type(exc).__name__
+    """An exception in words, on one line: its message, or its type when it has none."""
+    return one_line(str(exc)) or type(exc).__name__
+
+
+def one_line(text: str) -> str:
+    """An engine's text fit for a reason or a status line: one line, each character that is not printable
+    (line ends, tabs, terminal escapes) written as Python writes it in a string (\\n, \\t, \\x1b)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
