@@ -217,3 +217,31 @@ async def test_an_engines_error_text_cannot_add_lines_to_a_tasks_status(tmp_path
     [task] = await run_tasks(tmp_path, port, [{"name": "a", "max_tokens": 5}], metrics_s=0)
     assert task.exit.startswith("failed: engine at") and "bad request" in task.exit
     assert "\n" not in task.exit and "bad request\\nState:\\tdone" in task.exit
+
+
+def stream_of(*events: bytes, head: bytes = HEAD):
+    """A fake engine's answer: `head`, then `events`."""
+    async def answer(stream):
+        await stream.send_all(head + b"".join(events))
+    return answer
+
+
+COUNTED = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %s\r\nconnection: close\r\n\r\n"
+BREAKING_THE_PROTOCOL = {
+    "deep JSON": (stream_of(b'data: {"choices":' + b"[" * 100_000 + b"]" * 100_000 + b"}\n\n"), "not JSON"),
+    "choices an object": (stream_of(b'data: {"choices":{"text":" w"}}\n\n', ENDED), "choices is not a list"),
+    "text a number": (stream_of(b'data: {"choices":[{"text":5}]}\n\n', ENDED), "text is not a string: 5"),
+    "usage a string": (stream_of(ONE_TOKEN, ENDED.replace(b'"completion_tokens":1', b'"completion_tokens":"1"')),
+                       'usage.completion_tokens is not a number: "1"'),
+    "Content-Length abc": (stream_of(ONE_TOKEN, ENDED, head=COUNTED % b"abc"), "bad Content-Length: 'abc'"),
+    "Content-Length -1": (stream_of(ONE_TOKEN, ENDED, head=COUNTED % b"-1"), "bad Content-Length: '-1'"),
+}
+
+
+@pytest.mark.parametrize("case", BREAKING_THE_PROTOCOL)
+async def test_an_engine_breaking_the_protocol_fails_its_task_naming_what_it_sent(case, tmp_path, nursery):
+    """An answer the protocol does not allow fails its task as the engine's fault, in words naming it: not a driver bug."""
+    answer, words = BREAKING_THE_PROTOCOL[case]
+    port = await serve(nursery, answer)
+    [task] = await run_tasks(tmp_path, port, [{"name": "a", "max_tokens": 5}], metrics_s=0)
+    assert task.exit.startswith("failed: engine at") and words in task.exit

@@ -84,7 +84,7 @@ async def events(lines):
 def decode(data: str) -> dict:
     try:
         event = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise ProtocolError(f"not JSON: {data[:200]!r}") from None
     if not isinstance(event, dict):
         raise ProtocolError(f"not a JSON object: {data[:200]!r}")
@@ -97,6 +97,35 @@ def text_of(choice: dict) -> str:
     """The text a choice adds: `text` for completions, `delta.content` for chat."""
     delta = choice.get("delta") or {}
     return choice.get("text") or delta.get("content") or ""
+
+
+def check_shape(event: dict) -> None:
+    """Raise ProtocolError, naming what the engine sent, unless `event` has the shape a Tally reads: `choices`
+    a list of objects whose text, delta.content and finish_reason are strings, `usage` an object whose token
+    counts are numbers (each may be absent or null; whether a number is a count is Tally's to say)."""
+    choices, usage = event.get("choices") or [], event.get("usage") or {}
+    if not (isinstance(choices, list) and all(isinstance(choice, dict) for choice in choices)):
+        raise ProtocolError(f"choices is not a list of objects: {_excerpt(choices)}")
+    for choice in choices:
+        delta = choice.get("delta") or {}
+        if not isinstance(delta, dict):
+            raise ProtocolError(f"delta is not an object: {_excerpt(delta)}")
+        _check_types({"text": choice.get("text"), "delta.content": delta.get("content"),
+                      "finish_reason": choice.get("finish_reason")}, (str,), "a string")
+    if not isinstance(usage, dict):
+        raise ProtocolError(f"usage is not an object: {_excerpt(usage)}")
+    _check_types({f"usage.{name}": usage.get(name) for name in ("completion_tokens", "prompt_tokens")},
+                 (int, float), "a number")
+
+
+def _check_types(values: dict, kinds: tuple[type, ...], words: str) -> None:
+    for name, value in values.items():
+        if value is not None and (type(value) not in kinds):  # a bool is an int to isinstance
+            raise ProtocolError(f"{name} is not {words}: {_excerpt(value)}")
+
+
+def _excerpt(value) -> str:
+    return json.dumps(value)[:100]
 
 
 @attrs.define
@@ -115,6 +144,7 @@ class Tally:
 
     def chunk(self, event: dict) -> Chunk | None:
         """The chunk for one event, or None when it adds nothing."""
+        check_shape(event)
         choices = event.get("choices") or []
         text = "".join(text_of(c) for c in choices)
         self.finish_reason = next((c["finish_reason"] for c in choices if c.get("finish_reason")), self.finish_reason)
