@@ -57,6 +57,13 @@ async def test_sse_lines_come_whole_across_pieces_and_one_over_line_max_is_refus
         [line async for line in sse.lines(endless)]
 
 
+async def test_sse_an_answer_read_whole_over_event_max_is_refused():
+    """A body read as one event (Triton's /generate) is its text, or a ProtocolError once past EVENT_MAX bytes."""
+    assert await sse.whole(pieces_of(b'{"a":', "\"é\"}".encode())) == '{"a":"é"}'
+    with pytest.raises(sse.ProtocolError, match="an answer of over"):
+        await sse.whole(pieces_of(*[b"x" * 65536] * (sse.EVENT_MAX // 65536 + 1)))
+
+
 def test_sse_an_event_of_data_lines_over_event_max_is_refused():
     """Data lines that never end their event are a ProtocolError once their data pass EVENT_MAX, not piled up."""
     decoder = sse.SseDecoder()

@@ -16,7 +16,7 @@ from ..kernel.events import Chunk
 
 DONE = "[DONE]"
 LINE_MAX = 1 << 20  # bytes of one line of a stream at most: an engine's event for a few tokens is well under
-EVENT_MAX = 1 << 20  # characters of one event's data at most
+EVENT_MAX = 1 << 20  # characters of one event's data at most (bytes of an answer that is one event)
 
 
 class ProtocolError(Exception):
@@ -60,6 +60,18 @@ async def lines(pieces):
                 raise ProtocolError(f"a line of over {LINE_MAX} bytes")
     if pending:
         yield _text(pending)
+
+
+async def whole(pieces) -> str:
+    """A body's bytes (`pieces`, an async generator, closed here) as text: an answer that is one event, whose
+    data over EVENT_MAX bytes is a ProtocolError, not read on."""
+    body = bytearray()
+    async with contextlib.aclosing(pieces):
+        async for piece in pieces:
+            body += piece
+            if len(body) > EVENT_MAX:
+                raise ProtocolError(f"an answer of over {EVENT_MAX} bytes")
+    return body.decode("utf-8", "replace")
 
 
 def _text(line: bytearray) -> str:

@@ -99,7 +99,7 @@ class TritonEndpoint(openai.Connection):
 
 
 async def _one_answer(response):
-    yield sse.decode((await response.aread()).decode(errors="replace"))
+    yield sse.decode(await sse.whole(response.aiter_bytes()))
 
 
 class TritonDriver(openai.OpenAIDriver):
