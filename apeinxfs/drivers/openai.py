@@ -29,6 +29,7 @@ presence_penalty, frequency_penalty) go in its request under their own names.
 import contextlib
 import functools
 import logging
+import math
 import typing
 
 import attrs
@@ -225,16 +226,20 @@ class OpenAIDriver:
 class Progress:
     """A stream's deadline for its next token: `timeout_s` from the request, then from each chunk the engine's
     events make (`made`); bytes that make none (comments, a trickled head, a line or event that never ends)
-    do not move it. `scope` is cancelled at that deadline."""
+    do not move it. `scope` is cancelled at that deadline: between timeout_s and 9/8 of it after the last
+    chunk, as the deadline is moved only once an eighth of timeout_s has passed since it last was (moving a
+    scope's deadline costs more than a token's parse)."""
 
     timeout_s: float
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    moved_at: float = -math.inf
 
     def __attrs_post_init__(self):
         self.made()
 
     def made(self) -> None:
-        self.scope.deadline = trio.current_time() + self.timeout_s
+        if (now := trio.current_time()) - self.moved_at >= self.timeout_s / 8:
+            self.moved_at, self.scope.deadline = now, now + self.timeout_s * 9 / 8
 
 
 async def _follow(events, response, tally: sse.Tally, outbox: flow.Outbox, task, progress: Progress) -> bool:

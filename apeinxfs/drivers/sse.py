@@ -15,6 +15,8 @@ import attrs
 from ..kernel.events import Chunk
 
 DONE = "[DONE]"
+USAGE_COUNTS = ("completion_tokens", "prompt_tokens")
+NUMBER, STRING = {int, float, type(None)}, {str, type(None)}  # the types of a count, a text (each may be null)
 LINE_MAX = 1 << 20  # bytes of one line of a stream at most: an engine's event for a few tokens is well under
 EVENT_MAX = 1 << 20  # characters of one event's data at most (bytes of an answer that is one event)
 
@@ -46,20 +48,24 @@ class SseDecoder:
 
 async def lines(pieces):
     """The lines of a body's bytes (`pieces`, an async generator, closed here) as text (UTF-8), without their
-    line ends (\\n or \\r\\n); a line over LINE_MAX bytes is a ProtocolError. Linear in the bytes read."""
-    pending = bytearray()
+    line ends (\\n or \\r\\n); a line over LINE_MAX bytes is a ProtocolError. Linear in the bytes read: the
+    pieces of an unfinished line are joined once, when its end comes."""
+    parts: list[bytes] = []  # of the line not yet ended
+    size = 0
     async with contextlib.aclosing(pieces):
         async for piece in pieces:
-            at, start = len(pending), 0
-            pending += piece
-            while (end := pending.find(b"\n", at)) >= 0:
-                yield _text(pending[start:end])
-                at = start = end + 1
-            del pending[:start]
-            if len(pending) > LINE_MAX:
+            if b"\n" in piece:
+                *ended, last = b"".join([*parts, piece]).split(b"\n")
+                parts, size = [last], len(last)
+                for line in ended:
+                    yield line.removesuffix(b"\r").decode("utf-8", "replace")
+            else:
+                parts.append(piece)
+                size += len(piece)
+            if size > LINE_MAX:
                 raise ProtocolError(f"a line of over {LINE_MAX} bytes")
-    if pending:
-        yield _text(pending)
+    if size:
+        yield b"".join(parts).removesuffix(b"\r").decode("utf-8", "replace")
 
 
 async def whole(pieces) -> str:
@@ -114,26 +120,29 @@ def text_of(choice: dict) -> str:
 def check_shape(event: dict) -> None:
     """Raise ProtocolError, naming what the engine sent, unless `event` has the shape a Tally reads: `choices`
     a list of objects whose text, delta.content and finish_reason are strings, `usage` an object whose token
-    counts are numbers (each may be absent or null; whether a number is a count is Tally's to say)."""
+    counts are numbers (each may be absent or null; whether a number is a count is Tally's to say). Types are
+    compared exactly (`type(x) in`): a bool is no count, and it costs an event less than isinstance."""
     choices, usage = event.get("choices") or [], event.get("usage") or {}
-    if not (isinstance(choices, list) and all(isinstance(choice, dict) for choice in choices)):
+    if type(choices) is not list:
         raise ProtocolError(f"choices is not a list of objects: {_excerpt(choices)}")
     for choice in choices:
-        delta = choice.get("delta") or {}
-        if not isinstance(delta, dict):
-            raise ProtocolError(f"delta is not an object: {_excerpt(delta)}")
-        _check_types({"text": choice.get("text"), "delta.content": delta.get("content"),
-                      "finish_reason": choice.get("finish_reason")}, (str,), "a string")
-    if not isinstance(usage, dict):
+        _check_choice(choice)
+    if type(usage) is not dict:
         raise ProtocolError(f"usage is not an object: {_excerpt(usage)}")
-    _check_types({f"usage.{name}": usage.get(name) for name in ("completion_tokens", "prompt_tokens")},
-                 (int, float), "a number")
+    for name in USAGE_COUNTS:
+        if type(value := usage.get(name)) not in NUMBER:
+            raise ProtocolError(f"usage.{name} is not a number: {_excerpt(value)}")
 
 
-def _check_types(values: dict, kinds: tuple[type, ...], words: str) -> None:
-    for name, value in values.items():
-        if value is not None and (type(value) not in kinds):  # a bool is an int to isinstance
-            raise ProtocolError(f"{name} is not {words}: {_excerpt(value)}")
+def _check_choice(choice) -> None:
+    if type(choice) is not dict:
+        raise ProtocolError(f"choices is not a list of objects: {_excerpt(choice)}")
+    if type(delta := choice.get("delta") or {}) is not dict:
+        raise ProtocolError(f"delta is not an object: {_excerpt(delta)}")
+    for name, value in (("text", choice.get("text")), ("delta.content", delta.get("content")),
+                        ("finish_reason", choice.get("finish_reason"))):
+        if type(value) not in STRING:
+            raise ProtocolError(f"{name} is not a string: {_excerpt(value)}")
 
 
 def _excerpt(value) -> str:
