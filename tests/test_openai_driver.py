@@ -224,6 +224,13 @@ async def test_tasks_stream_from_the_engine_to_done(tmp_path, nursery):
     assert sorted(b["prompt"] for b in engine.bodies) == ["b", "hi"]
 
 
+async def test_tokens_spaced_under_timeout_s_keep_a_stream_going_longer_than_it(tmp_path, nursery):
+    """timeout_s bounds the wait for each token, not the stream: 8 tokens 0.2 s apart with timeout_s 0.5 end done in one request."""
+    engine = await FakeEngine(delay=0.2).start(nursery)
+    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 8}], timeout_s=0.5, metrics_s=0)
+    assert (task.exit, task.tokens_out, len(engine.bodies)) == ("done", 8, 1)  # one request: never resumed
+
+
 async def test_engine_stopping_early_ends_the_task_done(tmp_path, nursery):
     """An engine that stops (end of text) before max_tokens leaves the task done with its tokens."""
     engine = await FakeEngine(stop_after=2).start(nursery)
