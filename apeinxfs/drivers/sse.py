@@ -5,7 +5,10 @@ turns the JSON events of one streaming completion (/v1/completions or
 /v1/chat/completions) into `Chunk`s for one task: one token per chunk with text, made
 exact by the engine's `usage` wherever it sends one (vLLM with continuous usage stats on
 every chunk; llama.cpp, SGLang and OpenAI in the last), and the prompt's token count as
-`prefill` once the engine has told it. No HTTP here: see openai.py.
+`prefill` once the engine has told it. `lines` splits a body's bytes into lines. What breaks the
+protocol is a ProtocolError, the engine's fault (its task fails naming it): a line over LINE_MAX,
+an event over EVENT_MAX, JSON that is not an object, an event not in the shape a Tally reads
+(check_shape). No HTTP here: see openai.py.
 """
 import contextlib
 import json
@@ -58,14 +61,14 @@ async def lines(pieces):
                 *ended, last = b"".join([*parts, piece]).split(b"\n")
                 parts, size = [last], len(last)
                 for line in ended:
-                    yield line.removesuffix(b"\r").decode("utf-8", "replace")
+                    yield _text(line)
             else:
                 parts.append(piece)
                 size += len(piece)
             if size > LINE_MAX:
                 raise ProtocolError(f"a line of over {LINE_MAX} bytes")
     if size:
-        yield b"".join(parts).removesuffix(b"\r").decode("utf-8", "replace")
+        yield _text(b"".join(parts))
 
 
 async def whole(pieces) -> str:
@@ -80,7 +83,7 @@ async def whole(pieces) -> str:
     return body.decode("utf-8", "replace")
 
 
-def _text(line: bytearray) -> str:
+def _text(line: bytes) -> str:
     return line.removesuffix(b"\r").decode("utf-8", "replace")
 
 
