@@ -10,7 +10,7 @@ import httpx
 import pytest
 import trio
 
-from apeinxfs.drivers import bare
+from apeinxfs.drivers import bare, sse
 
 URL = httpx.URL("http://127.0.0.1:8080/v1/completions?x=1")
 
@@ -78,7 +78,7 @@ async def test_chunked_lines_come_whole_however_the_reads_cut_them(cuts):
     """Headers, chunk sizes, data and a two-byte character cut across reads anywhere give the same lines."""
     async with bare.exchange(Backend(Scripted(cut(CHUNKED, *cuts))), URL, {}, 5) as response:
         assert response.status_code == 200 and response.headers["content-type"] == "text/event-stream"
-        assert [line async for line in response.aiter_lines()] == ['data: {"a":1}', "", 'data: {"b":"é"}', ""]
+        assert [line async for line in sse.lines(response.aiter_bytes())] == ['data: {"a":1}', "", 'data: {"b":"é"}', ""]
 
 
 async def test_a_counted_body_and_one_to_the_end_of_the_connection():
@@ -88,7 +88,17 @@ async def test_a_counted_body_and_one_to_the_end_of_the_connection():
         assert (response.status_code, await response.aread()) == (404, b"none!")
     to_end = Scripted([b"HTTP/1.1 200 OK\r\n\r\nline one\r\nline", b" two"])
     async with bare.exchange(Backend(to_end), URL, {}, 5) as response:
-        assert [line async for line in response.aiter_lines()] == ["line one", "line two"]
+        assert [line async for line in sse.lines(response.aiter_bytes())] == ["line one", "line two"]
+
+
+@pytest.mark.parametrize("framing", [b"Transfer-Encoding: chunked\r\n\r\nfffffffffff\r\n", b"Content-Length: 999999999\r\n\r\n"])
+async def test_a_body_comes_as_read_whatever_size_the_engine_announces(framing):
+    """A chunk or Content-Length larger than what came gives what came at once, not held until it is whole."""
+    stream = Scripted([b"HTTP/1.1 200 OK\r\n" + framing + b"data: a\n", b"data: b\n"])
+    async with bare.exchange(Backend(stream), URL, {}, 5) as response:
+        pieces = response.aiter_bytes()
+        assert [await anext(pieces), await anext(pieces)] == [b"data: a\n", b"data: b\n"]
+        await pieces.aclose()
 
 
 async def test_failures_are_httpx_errors_and_close_the_connection():
@@ -163,6 +173,6 @@ async def test_an_answer_that_never_runs_dry_lets_other_tasks_run_and_a_cancel_i
                 scope.cancel()
             nursery.start_soon(cancel_soon)
             async with bare.exchange(Backend(flood), URL, {}, 5) as response:
-                async for _ in response.aiter_lines():
+                async for _ in sse.lines(response.aiter_bytes()):
                     pass
     assert scope.cancelled_caught and flood.reads < 100 and flood.closed

@@ -1,21 +1,26 @@
 """Tier 2: a bug in a driver fails (a task's job) or restarts (its serve) what it is in, not the daemon.
 
 A real Runtime (journal, kernel, the openai driver) against test_openai_driver's FakeEngine, or the
-llamacpp driver with test_llamacpp_driver's FakeLlama. An openai job's bug comes the way one would: an
-engine's answer the parser did not foresee (completion_tokens as a string).
+llamacpp driver with test_llamacpp_driver's FakeLlama. An openai job's bug is injected where one would be: an
+engine's answer the parser does not foresee (completion_tokens as a string, which sse.check_shape refuses as the
+engine's fault) meets a check_shape that did not foresee it either and raises TypeError.
 No input is known that makes run_jobs itself raise outside a job, so that bug is injected at the one
 place run_jobs calls between batches: `Outbox.take_interrupted` raises in its second call, as a bug in
 it would, and works after.
 """
-from pathlib import Path
-
 from apeinxfs.drivers import flow, llamacpp, sse
 from runtasks import run_tasks
 from test_llamacpp_driver import CONFIG as LLAMA_CONFIG, FakeLlama
 from test_openai_driver import FakeEngine, engine_config
 
-PARSE_LINE = next(number for number, line in enumerate(Path(sse.__file__).read_text().splitlines(), 1)
-                  if 'usage["completion_tokens"] - self.tokens' in line)  # where the garbled answer raises
+
+
+def unforeseeing(event: dict) -> None:
+    """sse.check_shape as it would be had it not foreseen a token count that is a string: it raises TypeError."""
+    (event.get("usage") or {}).get("completion_tokens", 0) + 1
+
+
+PARSE_LINE = unforeseeing.__code__.co_firstlineno + 2  # where the garbled answer raises
 
 
 def keeping_runtime(kept: list):
@@ -25,19 +30,20 @@ def keeping_runtime(kept: list):
     return during
 
 
-async def test_a_bug_in_one_tasks_job_fails_that_task_and_the_others_go_on(tmp_path, nursery):
+async def test_a_bug_in_one_tasks_job_fails_that_task_and_the_others_go_on(tmp_path, nursery, monkeypatch):
     """The engine garbles task a's answer: a fails naming the bug's type and place, b (same GPU, streaming
     meanwhile) is done, and the supervisor counts the bug once as driver.openai.job."""
+    monkeypatch.setattr(sse, "check_shape", unforeseeing)
     engine = await FakeEngine(delay=0.01, garbled="bad").start(nursery)
     kept: list = []
     bad, good = await run_tasks(tmp_path, engine_config(engine.port), [
         {"name": "a", "prompt": "bad", "max_tokens": 5}, {"name": "b", "prompt": "good", "max_tokens": 20}],
         keeping_runtime(kept))
-    assert bad.exit == f"failed: driver bug: TypeError at sse.py:{PARSE_LINE}"
+    assert bad.exit == f"failed: driver bug: TypeError at test_driver_bugs.py:{PARSE_LINE}"
     assert (good.exit, good.tokens_out, good.gpu) == ("done", 20, bad.gpu)
     bug = kept[0].supervisor.bugs["driver.openai.job"]
     assert (bug.error, bug.times, bug.outcome) == ("TypeError", 1, "its task failed")
-    assert kept[0].supervisor.show().startswith("Bug:\tdriver.openai.job: TypeError at sse.py:")
+    assert kept[0].supervisor.show().startswith("Bug:\tdriver.openai.job: TypeError at test_driver_bugs.py:")
 
 
 async def test_a_bug_in_serve_outside_a_job_restarts_it_and_its_task_resumes_after_its_text(

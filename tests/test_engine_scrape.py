@@ -6,8 +6,10 @@ against a real llama-server through a mount is in test_engine_daemon.py.
 """
 from pathlib import Path
 
+import pytest
 import trio
 
+from apeinxfs.drivers import metrics, scrape
 from apeinxfs.drivers.openai import OpenAIDriver
 from apeinxfs.nodes.tree import Tree
 from test_journal_runtime import open_runtime
@@ -104,3 +106,12 @@ def test_a_sim_model_has_no_engine_metrics(tmp_path):
         tree = Tree(rt)
         assert text(tree, "/models/sim/engine") == "source none\n"
         assert meminfo(text(tree, "/memory/meminfo"))["EngineKVUsage"] == "0"
+
+
+async def test_metrics_parsed_in_slices_are_the_whole_texts_samples_and_line_numbers():
+    """scrape.parsed, a slice of PARSE_LINES at a time, gives metrics.parse's samples, and names a bad line by its number."""
+    good = "".join(f'vllm:num_requests_running{{engine="{i}"}} {i}\n' for i in range(2 * scrape.PARSE_LINES + 5))
+    assert await scrape.parsed(good) == metrics.parse(good)
+    bad = good + "not a sample\n"
+    with pytest.raises(metrics.Unreadable, match=f"line {2 * scrape.PARSE_LINES + 6} "):
+        await scrape.parsed(bad)

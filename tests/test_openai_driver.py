@@ -44,6 +44,34 @@ async def test_sse_error_event_raises_protocol_error():
         await collect('data: {"error": {"message": "context too long"}}\n\n')
 
 
+async def pieces_of(*pieces: bytes):
+    for piece in pieces:
+        yield piece
+
+
+async def test_sse_lines_come_whole_across_pieces_and_one_over_line_max_is_refused():
+    """Lines cut across pieces come whole; a line that grows past LINE_MAX without its end is a ProtocolError."""
+    assert [line async for line in sse.lines(pieces_of(b"data: a", b"b\r\n\nda", b"ta: c"))] == ["data: ab", "", "data: c"]
+    endless = pieces_of(b"data: ", *[b"x" * 65536] * (sse.LINE_MAX // 65536 + 1))
+    with pytest.raises(sse.ProtocolError, match="a line of over"):
+        [line async for line in sse.lines(endless)]
+
+
+async def test_sse_an_answer_read_whole_over_event_max_is_refused():
+    """A body read as one event (Triton's /generate) is its text, or a ProtocolError once past EVENT_MAX bytes."""
+    assert await sse.whole(pieces_of(b'{"a":', "\"é\"}".encode())) == '{"a":"é"}'
+    with pytest.raises(sse.ProtocolError, match="an answer of over"):
+        await sse.whole(pieces_of(*[b"x" * 65536] * (sse.EVENT_MAX // 65536 + 1)))
+
+
+def test_sse_an_event_of_data_lines_over_event_max_is_refused():
+    """Data lines that never end their event are a ProtocolError once their data pass EVENT_MAX, not piled up."""
+    decoder = sse.SseDecoder()
+    with pytest.raises(sse.ProtocolError, match="an event of over"):
+        for _ in range(sse.EVENT_MAX // 1024 + 1):
+            decoder.feed("data: " + "x" * 1023)
+
+
 def test_tally_counts_chunks_then_trusts_final_usage():
     """One token per text chunk, corrected by the final usage; the prompt count comes as prefill once."""
     tally = sse.Tally(pid=7)
@@ -100,7 +128,7 @@ async def test_a_stream_ends_at_the_chunk_its_task_ended_on():
         raise AssertionError("read past the task's end")
     task = types.SimpleNamespace(state=State.RUNNING)
     outbox = EndingOutbox(task, State.EXITED)
-    assert await openai._follow(events(), None, sse.Tally(pid=1), outbox, task) is True
+    assert await openai._follow(events(), None, sse.Tally(pid=1), outbox, task, openai.Progress(5.0)) is True
     assert outbox.chunks == [Chunk(1, " w0", 1)]
 
 
@@ -114,7 +142,7 @@ async def test_a_stream_whose_task_may_run_on_is_read_to_its_end(state, autojump
     task = types.SimpleNamespace(state=State.RUNNING)
     tally = sse.Tally(pid=1)
     response = types.SimpleNamespace(extensions={})  # not one of ours: not paced
-    assert await openai._follow(events(), response, tally, EndingOutbox(task, state), task) is False
+    assert await openai._follow(events(), response, tally, EndingOutbox(task, state), task, openai.Progress(5.0)) is False
     assert tally.finished
 
 
@@ -194,6 +222,13 @@ async def test_tasks_stream_from_the_engine_to_done(tmp_path, nursery):
     assert [t.output.decode() for t in tasks] == [" w0 w1 w2 w3 w4", " w0 w1 w2"]
     assert [(t.exit, t.tokens_out) for t in tasks] == [("done", 5), ("done", 3)]
     assert sorted(b["prompt"] for b in engine.bodies) == ["b", "hi"]
+
+
+async def test_tokens_spaced_under_timeout_s_keep_a_stream_going_longer_than_it(tmp_path, nursery):
+    """timeout_s bounds the wait for each token, not the stream: 8 tokens 0.2 s apart with timeout_s 0.5 end done in one request."""
+    engine = await FakeEngine(delay=0.2).start(nursery)
+    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 8}], timeout_s=0.5, metrics_s=0)
+    assert (task.exit, task.tokens_out, len(engine.bodies)) == ("done", 8, 1)  # one request: never resumed
 
 
 async def test_engine_stopping_early_ends_the_task_done(tmp_path, nursery):

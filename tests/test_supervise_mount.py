@@ -6,8 +6,10 @@ so the fault is injected at the one place it would come from: the daemon is star
 (`python -c`, then apeinxfs.cli's main, as `python -m apeinxfs.cli` does) that makes one method raise
 ValueError in its first two calls, as a bug in it would: `Archive.compress_full`, which the compressor
 runs at start (so the loop fails at once, is restarted after 1 s and 2 s, then works), or the sim
-driver's `plan`, which its serve loop calls for each step. A job's bug comes the way one would: an
-engine (test_openai_driver's FakeEngine, in a thread) answers in a shape the parser did not foresee.
+driver's `plan`, which its serve loop calls for each step. A job's bug is injected where one would be: an
+engine (test_openai_driver's FakeEngine, in a thread) answers in a shape the parser does not foresee
+(completion_tokens as a string), and the launcher (UNFORESEEING) makes sse.check_shape, which refuses it as
+the engine's fault, raise TypeError on it instead, as a check that had not foreseen it would.
 """
 import contextlib
 import queue
@@ -36,17 +38,31 @@ def failing(*args):
 setattr(owner, "{method}", failing)
 sys.exit(main())
 """
+UNFORESEEING = """
+import sys
+from apeinxfs.cli import main
+from apeinxfs.drivers import sse
+def unforeseeing(event):
+    (event.get("usage") or {}).get("completion_tokens", 0) + 1
+sse.check_shape = unforeseeing
+sys.exit(main())
+"""
 
 
 class FaultyDaemon(Daemon):
-    """A real daemon started through LAUNCH: `module.cls.method` fails in its first two calls, then works."""
+    """A real daemon started through `launch` (python -c), e.g. failing(...)'s."""
 
-    def __init__(self, tmp_path, module: str, cls: str, method: str):
-        super().__init__(tmp_path / "ai", tmp_path / "state")
-        self.launch = LAUNCH.format(module=module, cls=cls, method=method)
+    def __init__(self, tmp_path, launch: str, **options):
+        super().__init__(tmp_path / "ai", tmp_path / "state", **options)
+        self.launch = launch
 
     def command(self) -> list[str]:
         return [sys.executable, "-c", self.launch, *super().command()[3:]]
+
+
+def failing(module: str, cls: str, method: str) -> str:
+    """LAUNCH for `module.cls.method`: it fails in its first two calls, then works."""
+    return LAUNCH.format(module=module, cls=cls, method=method)
 
 
 def health_rows(daemon: Daemon) -> list[str]:
@@ -57,7 +73,7 @@ def health_rows(daemon: Daemon) -> list[str]:
 def test_a_loop_that_fails_is_restarted_and_the_daemon_and_its_files_go_on(tmp_path):
     """The compressor fails twice: the daemon keeps its mount, /ai/health has its Bug row (2 times),
     the log has the traceback, and a task submitted afterwards runs to its end and reads whole."""
-    with FaultyDaemon(tmp_path, "apeinxfs.archive", "Archive", "compress_full") as daemon:
+    with FaultyDaemon(tmp_path, failing("apeinxfs.archive", "Archive", "compress_full")) as daemon:
         poll_until(lambda: "(2 times" in "".join(health_rows(daemon)), 20, "the Bug row counting 2 failures")
         rows = health_rows(daemon)
         assert rows[0] == "State:\tok"
@@ -75,7 +91,7 @@ def test_a_loop_that_fails_is_restarted_and_the_daemon_and_its_files_go_on(tmp_p
 def test_a_bug_in_a_drivers_serve_restarts_it_and_its_task_goes_on(tmp_path):
     """The sim driver's step planning fails twice: its serve is restarted (a Bug row counting 2 failures in
     /ai/health), the daemon stays up, and the task it was stepping runs to its end and reads whole."""
-    with FaultyDaemon(tmp_path, "apeinxfs.drivers.sim", "SimDriver", "plan") as daemon:
+    with FaultyDaemon(tmp_path, failing("apeinxfs.drivers.sim", "SimDriver", "plan")) as daemon:
         pid = daemon.submit("max_tokens=5 prompt=bug")
         stream = subprocess.run(["cat", daemon.path("tasks", str(pid), "stream")], capture_output=True,
                                 timeout=20, check=True)
@@ -107,18 +123,18 @@ def serving(engine: FakeEngine):
 
 
 def test_a_bug_in_one_tasks_job_fails_that_task_and_the_daemon_and_the_others_go_on(tmp_path):
-    """The engine garbles one task's answer (completion_tokens as a string, which the parser does not
-    foresee): that task fails naming the bug, a task beside it on the GPU streams to its end, the daemon
+    """The engine garbles one task's answer (completion_tokens as a string) and the check of its shape raises
+    on it (UNFORESEEING): that task fails naming the bug, a task beside it on the GPU streams to its end, the daemon
     stays up, and /ai/health has the job's Bug row."""
     with serving(FakeEngine(delay=0.01, garbled="bad")) as engine, \
-            Daemon(tmp_path / "ai", tmp_path / "state", config_text=engine_config(engine.port)) as daemon:
+            FaultyDaemon(tmp_path, UNFORESEEING, config_text=engine_config(engine.port)) as daemon:
         good = daemon.submit("max_tokens=40 prompt=good")
         bad = daemon.submit("max_tokens=5 prompt=bad")
         stream = subprocess.run(["cat", daemon.path("tasks", str(good), "stream")], capture_output=True,
                                 timeout=20, check=True)
         assert len(stream.stdout.split()) == 40 and daemon.status(good)["Exit"] == "done"
-        assert daemon.status(bad)["Exit"].startswith("failed: driver bug: TypeError at sse.py:")
+        assert daemon.status(bad)["Exit"].startswith("failed: driver bug: TypeError at <string>:")
         row = health_rows(daemon)[1]
-        assert row.startswith("Bug:\tdriver.openai.job: TypeError at sse.py:")
+        assert row.startswith("Bug:\tdriver.openai.job: TypeError at <string>:")
         assert "(once, last at " in row and row.endswith("; its task failed)")
         assert daemon.proc.poll() is None

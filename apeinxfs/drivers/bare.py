@@ -9,7 +9,7 @@ requests (http://, no proxy): a POST of JSON on a socket from the client's netwo
 (no stream layers, not even trio's socket: a call that need not wait returns at once, without
 the scheduler round trio's takes; one deadline scope for the whole exchange, set only while
 a call waits on the engine), and an answer framed by chunked encoding, Content-Length or the
-connection's end, whose lines come from one async generator. The connection is never kept
+connection's end, whose bytes come from one async generator as they come. The connection is never kept
 alive (llama-server closes it after a stream anyway). A failure is raised as httpx raises it
 (ConnectError, ReadError, WriteError, RemoteProtocolError, ReadTimeout ...), so the openai
 driver tells them apart as before.
@@ -18,6 +18,7 @@ Not an HTTP client: no redirects, cookies, TLS, compression or keep-alive.
 import contextlib
 import json
 import math
+import re
 
 import httpcore
 import httpx
@@ -28,6 +29,7 @@ from . import pacing
 READ_BYTES = 65536
 YIELD_READS = 4  # reads in a row that found data at once, after which a read yields to the other tasks
 HEAD_MAX = 65536  # an answer's status line and headers longer than this are not an engine's
+SIZE_LINE_MAX = 1024  # a chunk size line (hex digits, extensions) longer than this is not an engine's
 ERRORS = {httpcore.ConnectError: httpx.ConnectError, httpcore.ConnectTimeout: httpx.ConnectTimeout}
 
 
@@ -55,16 +57,35 @@ async def exchange(backend, url: httpx.URL, body: dict, timeout: float):
         raise (httpx.WriteTimeout if response.sending else httpx.ReadTimeout)(f"the engine was silent {timeout} s")
 
 
+class Malformed(httpx.RemoteProtocolError):
+    """The engine's answer breaks HTTP/1.1 (a Content-Length or chunk size that is no number): the engine's
+    fault, whether or not it had answered."""
+
+
+def _content_length(value: str) -> int:
+    if not (value.isascii() and value.isdigit()):
+        raise Malformed(f"bad Content-Length: {value[:40]!r}")
+    return int(value)
+
+
+def _chunk_size(line: bytes) -> int:
+    size = line.split(b";", 1)[0].strip()
+    if not re.fullmatch(rb"[0-9a-fA-F]{1,16}", size):
+        raise Malformed(f"bad chunk size: {line[:40]!r}")
+    return int(size, 16)
+
+
 class Response:
     """The answer on `socket` (a connected non-blocking stdlib socket): status_code and headers once
-    `read_head` returned, then the body as httpx's Response gives it (`aiter_lines`, `aread`). `silence`
+    `read_head` returned, then the body as httpx's Response gives it (`aiter_bytes`, `aread`). `silence`
     is the exchange's deadline scope, set `timeout` ahead while a send or read waits on the engine; `reads`
     paces the reads (spares.pace)."""
 
     def __init__(self, socket, timeout: float):
         self.socket, self.timeout, self.buffer = socket, timeout, b""
         self.silence, self.sending, self.reads = trio.CancelScope(), False, pacing.Reads()
-        self.status_code, self.headers, self.length, self.ended = 0, {}, 0, False
+        self.status_code, self.headers, self.length, self.ended = 0, {}, 0, False  # length: body bytes still owed
+        self.chunk_left = 0  # data bytes of the current chunk still to come
         self.next_piece, self.unyielded = self._to_end, 0  # unyielded: reads in a row that waited for nothing
 
     async def send(self, data: bytes) -> None:
@@ -130,7 +151,7 @@ class Response:
         if "chunked" in self.headers.get("transfer-encoding", "").lower():
             self.next_piece = self._chunks
         elif "content-length" in self.headers:
-            self.length, self.next_piece = int(self.headers["content-length"]), self._counted
+            self.length, self.next_piece = _content_length(self.headers["content-length"]), self._counted
 
     async def _chunks(self) -> bytes:
         """The data of the next complete chunks; b"" after the last."""
@@ -143,28 +164,35 @@ class Response:
         return b""
 
     def _take_chunks(self) -> tuple[list[bytes], bool]:
-        """The data of the complete chunks at the buffer's head, taken off it; whether the last chunk came."""
+        """The chunk data at the buffer's head, taken off it: a chunk's data as it comes, not held until the
+        chunk is whole (its size is the engine's word); whether the last chunk came."""
         pieces, at = [], 0
-        while (eol := self.buffer.find(b"\r\n", at)) >= 0:
-            try:
-                size = int(self.buffer[at:eol].split(b";", 1)[0], 16)
-            except ValueError:
-                raise httpx.RemoteProtocolError("bad chunk size") from None
-            if size == 0:
-                self.buffer = b""
-                return pieces, True
-            if len(self.buffer) < eol + 2 + size + 2:
+        while True:
+            if self.chunk_left:
+                if not (piece := self.buffer[at:at + self.chunk_left]):
+                    break
+                pieces.append(piece)
+                self.chunk_left, at = self.chunk_left - len(piece), at + len(piece)
+            elif (eol := self.buffer.find(b"\r\n", at)) < 0:
+                if len(self.buffer) - at > SIZE_LINE_MAX:
+                    raise Malformed(f"a chunk size line of over {SIZE_LINE_MAX} bytes")
                 break
-            pieces.append(self.buffer[eol + 2:eol + 2 + size])
-            at = eol + 2 + size + 2
+            else:
+                line, at = self.buffer[at:eol], eol + 2
+                if line and (size := _chunk_size(line)) == 0:  # an empty line ends a chunk's data
+                    self.buffer = b""
+                    return pieces, True
+                self.chunk_left = size if line else 0
         self.buffer = self.buffer[at:]
         return pieces, False
 
     async def _counted(self) -> bytes:
-        """The whole body of Content-Length bytes; b"" after it."""
-        while not self.ended and len(self.buffer) < self.length:
+        """The body's next bytes as they come, up to the Content-Length still owed (bytes past it are dropped);
+        b"" after it."""
+        if self.length and not self.buffer:
             await self._fill_or_fail()
-        piece, self.buffer, self.ended = (b"" if self.ended else self.buffer[:self.length]), b"", True
+        piece, self.buffer = self.buffer[:self.length], b""
+        self.length -= len(piece)
         return piece
 
     async def _to_end(self) -> bytes:
@@ -178,15 +206,10 @@ class Response:
         if not await self._fill():
             raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
 
-    async def aiter_lines(self):
-        """The body's lines as text (UTF-8), without their line ends (\\n or \\r\\n)."""
-        pending = b""
+    async def aiter_bytes(self):
+        """The body's bytes as they come."""
         while piece := await self.next_piece():
-            *lines, pending = (pending + piece).split(b"\n")
-            for line in lines:
-                yield line.removesuffix(b"\r").decode("utf-8", "replace")
-        if pending:
-            yield pending.removesuffix(b"\r").decode("utf-8", "replace")
+            yield piece
 
     async def aread(self) -> bytes:
         pieces = []

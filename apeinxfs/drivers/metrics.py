@@ -66,8 +66,13 @@ class Observation:
 
 def parse(text: str) -> list[Sample]:
     """The samples of a Prometheus text exposition; comments and HELP/TYPE lines are skipped."""
+    return parse_lines(text.splitlines(), 1)
+
+
+def parse_lines(lines: list[str], first: int) -> list[Sample]:
+    """The samples of `lines` of an exposition, the first of them its line number `first`."""
     samples = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(lines, first):
         if line.strip() and not line.lstrip().startswith("#"):
             samples.append(_sample(line, number))
     return samples

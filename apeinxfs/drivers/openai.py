@@ -22,13 +22,14 @@ the endpoint of the GPU the kernel placed it on, and each endpoint is scraped, c
 (`gpus=`) on its own; the KV tokens a scrape reads go to the kernel (`host.report_kv`, kernel/kvreport.py).
 Options of a model (`[models.options]`): url (required unless the model has endpoints), engine_model (the name sent;
 default the model's), api ("completions" or "chat"), timeout_s (60: the longest silence
-of an engine), retries (3), backoff_s (0.2), metrics_s (1.0: seconds between scrapes of the
+of an engine, and the longest a stream may go without a token, from the request on: Progress), retries (3), backoff_s (0.2), metrics_s (1.0: seconds between scrapes of the
 engine's /metrics; 0: none). A task's sampling keys (temperature, top_p, top_k, seed, stop,
 presence_penalty, frequency_penalty) go in its request under their own names.
 """
 import contextlib
 import functools
 import logging
+import math
 import typing
 
 import attrs
@@ -38,7 +39,7 @@ import trio
 from ..kernel.errors import Invalid
 from ..kernel.events import Chunk, Failed, Interrupted
 from ..kernel.task import State
-from . import flow, pacing, scrape, spares, sse
+from . import bare, flow, pacing, scrape, spares, sse
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per task in the daemon's log
 
@@ -49,6 +50,7 @@ LIMITS = httpx.Limits(max_connections=None, keepalive_expiry=2.0)
 # Once a task's first token went out, its stream pauses this long: its reader (opening the stream, reading) gets the
 # daemon's one thread before the tokens behind it. Later reads are spaced by pacing.py: several tokens per read.
 PACE_S = pacing.MIN_S
+ERROR_BYTES = 300  # of the body of an engine's HTTP error, in its task's reason
 PROBE_S = 1.0  # how often an engine without metrics_s is checked while the kernel holds it down
 
 
@@ -137,7 +139,7 @@ class Endpoint(Connection):
 
     def events(self, response):
         """The JSON events of the engine's answer."""
-        return sse.events(response.aiter_lines())
+        return sse.events(sse.lines(response.aiter_bytes()))
 
 
 class OpenAIDriver:
@@ -202,23 +204,46 @@ class OpenAIDriver:
     async def _stream(self, client, route: tuple[tuple, Connection], task, outbox: flow.Outbox) -> None:
         gpus, endpoint = route
         url, body = endpoint.request(task)
-        tally, answered = endpoint.tally(task.pid), False
+        tally, answered, progress = endpoint.tally(task.pid), False, Progress(endpoint.timeout_s)
         try:
-            async with spares.stream(client, url, body, endpoint.timeout_s) as response:
-                answered = True
-                await _check(response)
-                outbox.host.report_state(task.model, "ready", None, gpus)
-                if await _follow(endpoint.events(response), response, tally, outbox, task):
-                    return
+            with progress.scope:
+                async with spares.stream(client, url, body, endpoint.timeout_s) as response:
+                    answered = True
+                    await _check(response)
+                    outbox.host.report_state(task.model, "ready", None, gpus)
+                    if await _follow(endpoint.events(response), response, tally, outbox, task, progress):
+                        return
         except (httpx.HTTPError, sse.ProtocolError) as exc:
             raise _failure(exc, answered, tally.tokens) from None
+        if progress.scope.cancelled_caught:
+            raise StreamBroke(f"no token for {endpoint.timeout_s} s after {tally.tokens} tokens")
         if not tally.finished:
             raise StreamBroke(f"stream ended after {tally.tokens} tokens without a finish_reason")
         outbox.put(Chunk(pid=task.pid, text="", tokens=0, final=True))
 
 
-async def _follow(events, response, tally: sse.Tally, outbox: flow.Outbox, task) -> bool:
-    """Hand each event's chunk to the outbox; once the first token went out, pause PACE_S (its reader
+@attrs.define
+class Progress:
+    """A stream's deadline for its next token: `timeout_s` from the request, then from each chunk the engine's
+    events make (`made`); bytes that make none (comments, a trickled head, a line or event that never ends)
+    do not move it. `scope` is cancelled at that deadline: between timeout_s and 9/8 of it after the last
+    chunk, as the deadline is moved only once an eighth of timeout_s has passed since it last was (moving a
+    scope's deadline costs more than a token's parse)."""
+
+    timeout_s: float
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    moved_at: float = -math.inf
+
+    def __attrs_post_init__(self):
+        self.made()
+
+    def made(self) -> None:
+        if (now := trio.current_time()) - self.moved_at >= self.timeout_s / 8:
+            self.moved_at, self.scope.deadline = now, now + self.timeout_s * 9 / 8
+
+
+async def _follow(events, response, tally: sse.Tally, outbox: flow.Outbox, task, progress: Progress) -> bool:
+    """Hand each event's chunk to the outbox (each one moves the stream's `progress` deadline); once the first token went out, pause PACE_S (its reader
     goes first), then read the stream a few tokens at a time (pacing.py). True if the kernel ended `task`
     on a chunk that went out at once (its last token: the rest of the stream is not wanted, and the job
     ends here rather than cancelled at the batch's next change). Closes `events` (an async generator)
@@ -226,7 +251,10 @@ async def _follow(events, response, tally: sse.Tally, outbox: flow.Outbox, task)
     pace = None
     async with contextlib.aclosing(events):
         async for event in events:
-            if (chunk := tally.chunk(event)) is None or not outbox.put(chunk):
+            if (chunk := tally.chunk(event)) is None:
+                continue
+            progress.made()
+            if not outbox.put(chunk):
                 continue
             if task.state is State.EXITED:  # not PREEMPTED or STOPPED: placed again, the job must still be there
                 return True
@@ -240,19 +268,35 @@ async def _follow(events, response, tally: sse.Tally, outbox: flow.Outbox, task)
 def _failure(exc: Exception, answered: bool, tokens: int) -> Exception:
     """Unreachable (retried) if the request never reached the engine: no connection, or Stale, a
     kept-alive or spare one the engine had closed (it hangs up or resets before answering); StreamBroke
-    (resumed) if the connection failed midway; Broken (the task fails) for an error the engine sent."""
+    (resumed) if the connection failed midway; Broken (the task fails) for an error the engine sent, or an
+    answer that breaks HTTP or the protocol (whether or not it had answered)."""
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return Unreachable(scrape.describe(exc))
-    if not answered and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+    malformed = isinstance(exc, (sse.ProtocolError, bare.Malformed))
+    if not answered and not malformed and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError,
+                                                           httpx.WriteError)):
         return Stale(scrape.describe(exc))
-    broke = Broken if isinstance(exc, sse.ProtocolError) else StreamBroke  # the engine's own error is its word
+    broke = Broken if malformed else StreamBroke
     return broke(f"stream broke after {tokens} tokens: {scrape.describe(exc)}")
 
 
 async def _check(response) -> None:
-    """Raise unless the engine accepted the request: 5xx (loading, overloaded) may pass, 4xx will not."""
+    """Raise unless the engine accepted the request: 5xx (loading, overloaded) may pass, 4xx will not. The
+    reason holds the start of the answer's body on one line: ERROR_BYTES at most are read."""
     if response.status_code == 200:
         return
-    detail = f"HTTP {response.status_code}: {(await response.aread())[:300].decode(errors='replace')}"
+    text = (await _start_of(response.aiter_bytes())).decode(errors="replace")
+    detail = f"HTTP {response.status_code}: {scrape.one_line(text)}"
     failures = {503: Loading, 404: NotServed}
     raise failures.get(response.status_code, Unreachable if response.status_code >= 500 else Broken)(detail)
+
+
+async def _start_of(pieces) -> bytes:
+    """The first ERROR_BYTES bytes of a body's `pieces` (an async generator, closed here)."""
+    start = bytearray()
+    async with contextlib.aclosing(pieces):
+        async for piece in pieces:
+            start += piece[:ERROR_BYTES - len(start)]
+            if len(start) == ERROR_BYTES:
+                break
+    return bytes(start)

@@ -5,15 +5,21 @@ GET /slots) and hands each `Observation` to the host (`host.observe(model, obser
 which keeps it beside the kernel: observations are not kernel state and are never
 journaled; but the tokens its KV cache holds go to `host.report_kv`, which journals them for the
 kernel's books when they change (kernel/kvreport.py). A failed scrape is an observation too (its error, no reading), so
-/models/NAME/engine says why there are no numbers. Each scrape is also a health check
+/models/NAME/engine says why there are no numbers; a body over BODY_MAX is such an error, not read on, and a
+body is parsed a slice at a time (PARSE_LINES), the daemon's other work running between the slices. Each scrape is also a health check
 (enginestate.py): an engine that answers is ready, even without metrics; HTTP 503 means it is
 still loading (starting); no answer, unreachable. An engine not scraped is `probe`d instead while
 the kernel holds it down (kernel/engines.py). Parsing is metrics.py's.
 """
+import json
+
 import httpx
 import trio
 
 from . import metrics
+
+BODY_MAX = 1 << 20  # bytes of a /metrics read at most: vLLM's and SGLang's are well under 200 KB
+PARSE_LINES = 2000  # lines of /metrics parsed between two checkpoints (about 10 ms of the daemon's thread)
 
 
 async def watch(client: httpx.AsyncClient, model: str, url: str, interval_s: float, host, gpus: tuple = ()) -> None:
@@ -34,14 +40,34 @@ async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple
     """One scrape of the engine at `url`: its reading, or the reason there is none; and the engine's state."""
     source = f"{url}/metrics"
     try:
-        response = await client.get(source, timeout=timeout_s)
-        response.raise_for_status()
-        reading = metrics.read(metrics.parse(response.text))
+        reading = metrics.read(await parsed(await body_of(client, source, timeout_s)))
         if metrics.wants_slots(reading):
             reading = await _with_slots(client, url, reading, timeout_s)
     except (httpx.HTTPError, metrics.Unreadable) as exc:
         return metrics.Observation(source=source, error=describe(exc)), state_of(exc)
     return metrics.Observation(source=source, reading=reading), "ready"
+
+
+async def body_of(client: httpx.AsyncClient, source: str, timeout_s: float) -> str:
+    """The text at `source` (GET), read up to BODY_MAX bytes: more is Unreadable, not held."""
+    async with client.stream("GET", source, timeout=timeout_s) as response:
+        response.raise_for_status()
+        body = bytearray()
+        async for piece in response.aiter_bytes():
+            body += piece
+            if len(body) > BODY_MAX:
+                raise metrics.Unreadable(f"the body is over {BODY_MAX} bytes")
+    return body.decode("utf-8", "replace")
+
+
+async def parsed(text: str) -> list[metrics.Sample]:
+    """The samples of `text`, parsed PARSE_LINES lines at a time, with a checkpoint after each: the
+    daemon's other tasks run between them."""
+    lines, samples = text.splitlines(), []
+    for at in range(0, len(lines), PARSE_LINES):
+        samples += metrics.parse_lines(lines[at:at + PARSE_LINES], at + 1)
+        await trio.lowlevel.checkpoint()
+    return samples
 
 
 async def probe(client: httpx.AsyncClient, model: str, url: str, interval_s: float, host, gpus: tuple = ()) -> None:
@@ -69,16 +95,23 @@ def state_of(exc: Exception) -> str:
 
 async def _with_slots(client, url: str, reading: metrics.Reading, timeout_s: float) -> metrics.Reading:
     """KV figures from llama-server's /slots; none if it was started without --slots."""
-    response = await client.get(f"{url}/slots", timeout=timeout_s)
-    if response.status_code != 200:
+    try:
+        text = await body_of(client, f"{url}/slots", timeout_s)
+    except httpx.HTTPStatusError:
         return reading
     try:
-        slots = response.json()
-    except ValueError:
+        slots = json.loads(text)
+    except (ValueError, RecursionError):
         raise metrics.Unreadable("/slots is not JSON") from None
     return metrics.with_slots(reading, slots)
 
 
 def describe(exc: Exception) -> str:
-    """An exception in words: its message, or its type when it has none."""
-    return str(exc) or type(exc).__name__
+    """An exception in words, on one line: its message, or its type when it has none."""
+    return one_line(str(exc)) or type(exc).__name__
+
+
+def one_line(text: str) -> str:
+    """An engine's text fit for a reason or a status line: one line, each character that is not printable
+    (line ends, tabs, terminal escapes) written as Python writes it in a string (\\n, \\t, \\x1b)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

@@ -5,7 +5,10 @@ turns the JSON events of one streaming completion (/v1/completions or
 /v1/chat/completions) into `Chunk`s for one task: one token per chunk with text, made
 exact by the engine's `usage` wherever it sends one (vLLM with continuous usage stats on
 every chunk; llama.cpp, SGLang and OpenAI in the last), and the prompt's token count as
-`prefill` once the engine has told it. No HTTP here: see openai.py.
+`prefill` once the engine has told it. `lines` splits a body's bytes into lines. What breaks the
+protocol is a ProtocolError, the engine's fault (its task fails naming it): a line over LINE_MAX,
+an event over EVENT_MAX, JSON that is not an object, an event not in the shape a Tally reads
+(check_shape). No HTTP here: see openai.py.
 """
 import contextlib
 import json
@@ -15,6 +18,10 @@ import attrs
 from ..kernel.events import Chunk
 
 DONE = "[DONE]"
+USAGE_COUNTS = ("completion_tokens", "prompt_tokens")
+NUMBER, STRING = {int, float, type(None)}, {str, type(None)}  # the types of a count, a text (each may be null)
+LINE_MAX = 1 << 20  # bytes of one line of a stream at most: an engine's event for a few tokens is well under
+EVENT_MAX = 1 << 20  # characters of one event's data at most (bytes of an answer that is one event)
 
 
 class ProtocolError(Exception):
@@ -22,19 +29,62 @@ class ProtocolError(Exception):
 
 
 class SseDecoder:
-    """Lines in, event data out: `feed` returns an event's data when the blank line ending it comes."""
+    """Lines in, event data out: `feed` returns an event's data when the blank line ending it comes; an
+    event's data over EVENT_MAX is a ProtocolError."""
 
     def __init__(self):
         self.data: list[str] = []
+        self.size = 0
 
     def feed(self, line: str) -> str | None:
         if not line:
-            data, self.data = self.data, []
+            data, self.data, self.size = self.data, [], 0
             return "\n".join(data) if data else None
         field, _, value = line.partition(":")
         if field == "data":
             self.data.append(value.removeprefix(" "))
+            self.size += len(value) + 1  # its line end in the joined data
+            if self.size > EVENT_MAX:
+                raise ProtocolError(f"an event of over {EVENT_MAX} characters of data")
         return None  # comments (": ping"), event:, id:, retry: carry nothing we use
+
+
+async def lines(pieces):
+    """The lines of a body's bytes (`pieces`, an async generator, closed here) as text (UTF-8), without their
+    line ends (\\n or \\r\\n); a line over LINE_MAX bytes is a ProtocolError. Linear in the bytes read: the
+    pieces of an unfinished line are joined once, when its end comes."""
+    parts: list[bytes] = []  # of the line not yet ended
+    size = 0
+    async with contextlib.aclosing(pieces):
+        async for piece in pieces:
+            if b"\n" in piece:
+                *ended, last = b"".join([*parts, piece]).split(b"\n")
+                parts, size = [last], len(last)
+                for line in ended:
+                    yield _text(line)
+            else:
+                parts.append(piece)
+                size += len(piece)
+            if size > LINE_MAX:
+                raise ProtocolError(f"a line of over {LINE_MAX} bytes")
+    if size:
+        yield _text(b"".join(parts))
+
+
+async def whole(pieces) -> str:
+    """A body's bytes (`pieces`, an async generator, closed here) as text: an answer that is one event, whose
+    data over EVENT_MAX bytes is a ProtocolError, not read on."""
+    body = bytearray()
+    async with contextlib.aclosing(pieces):
+        async for piece in pieces:
+            body += piece
+            if len(body) > EVENT_MAX:
+                raise ProtocolError(f"an answer of over {EVENT_MAX} bytes")
+    return body.decode("utf-8", "replace")
+
+
+def _text(line: bytes) -> str:
+    return line.removesuffix(b"\r").decode("utf-8", "replace")
 
 
 async def events(lines):
@@ -55,7 +105,7 @@ async def events(lines):
 def decode(data: str) -> dict:
     try:
         event = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise ProtocolError(f"not JSON: {data[:200]!r}") from None
     if not isinstance(event, dict):
         raise ProtocolError(f"not a JSON object: {data[:200]!r}")
@@ -68,6 +118,38 @@ def text_of(choice: dict) -> str:
     """The text a choice adds: `text` for completions, `delta.content` for chat."""
     delta = choice.get("delta") or {}
     return choice.get("text") or delta.get("content") or ""
+
+
+def check_shape(event: dict) -> None:
+    """Raise ProtocolError, naming what the engine sent, unless `event` has the shape a Tally reads: `choices`
+    a list of objects whose text, delta.content and finish_reason are strings, `usage` an object whose token
+    counts are numbers (each may be absent or null; whether a number is a count is Tally's to say). Types are
+    compared exactly (`type(x) in`): a bool is no count, and it costs an event less than isinstance."""
+    choices, usage = event.get("choices") or [], event.get("usage") or {}
+    if type(choices) is not list:
+        raise ProtocolError(f"choices is not a list of objects: {_excerpt(choices)}")
+    for choice in choices:
+        _check_choice(choice)
+    if type(usage) is not dict:
+        raise ProtocolError(f"usage is not an object: {_excerpt(usage)}")
+    for name in USAGE_COUNTS:
+        if type(value := usage.get(name)) not in NUMBER:
+            raise ProtocolError(f"usage.{name} is not a number: {_excerpt(value)}")
+
+
+def _check_choice(choice) -> None:
+    if type(choice) is not dict:
+        raise ProtocolError(f"choices is not a list of objects: {_excerpt(choice)}")
+    if type(delta := choice.get("delta") or {}) is not dict:
+        raise ProtocolError(f"delta is not an object: {_excerpt(delta)}")
+    for name, value in (("text", choice.get("text")), ("delta.content", delta.get("content")),
+                        ("finish_reason", choice.get("finish_reason"))):
+        if type(value) not in STRING:
+            raise ProtocolError(f"{name} is not a string: {_excerpt(value)}")
+
+
+def _excerpt(value) -> str:
+    return json.dumps(value)[:100]
 
 
 @attrs.define
@@ -86,6 +168,7 @@ class Tally:
 
     def chunk(self, event: dict) -> Chunk | None:
         """The chunk for one event, or None when it adds nothing."""
+        check_shape(event)
         choices = event.get("choices") or []
         text = "".join(text_of(c) for c in choices)
         self.finish_reason = next((c["finish_reason"] for c in choices if c.get("finish_reason")), self.finish_reason)

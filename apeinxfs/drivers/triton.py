@@ -95,11 +95,11 @@ class TritonEndpoint(openai.Connection):
 
     def events(self, response):
         """The JSON responses of Triton's answer: server-sent events, or /generate's one object."""
-        return sse.events(response.aiter_lines()) if self.stream else _one_answer(response)
+        return sse.events(sse.lines(response.aiter_bytes())) if self.stream else _one_answer(response)
 
 
 async def _one_answer(response):
-    yield sse.decode((await response.aread()).decode(errors="replace"))
+    yield sse.decode(await sse.whole(response.aiter_bytes()))
 
 
 class TritonDriver(openai.OpenAIDriver):
