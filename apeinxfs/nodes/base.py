@@ -339,6 +339,7 @@ class CommandHandle(Handle):
     write_lines: int = 0
     part: bool = False
     held: int = 0  # the bytes the limits' buffers count for this descriptor: len(pending), kept by `holding`
+    written: bool = False  # whether any bytes came to it, taken or refused (by a line, or whole: E2BIG, ENOBUFS)
 
     async def read(self, offset, size, waiter):
         data, self.reply = self.reply[:size], self.reply[size:]
@@ -352,7 +353,7 @@ class CommandHandle(Handle):
         what its lines left to finish before the write returns (`after_write`: a cluster's settings change waits
         until etcd has it and this node applied it, a submit until etcd has its tasks); a refusal then is the
         write's."""
-        with self.holding(None if checked else data):
+        with self.holding(data, check=not checked):
             waits: list = []
             token = _AFTER_WRITE.set(waits)
             try:
@@ -365,14 +366,17 @@ class CommandHandle(Handle):
         return count
 
     @contextlib.contextmanager
-    def holding(self, writing: bytes | None = None):
+    def holding(self, writing: bytes | None = None, check: bool = True):
         """Whatever happens inside, the daemon's buffers count len(pending) for this descriptor after it: the
         one place `held` changes, around whatever changes `pending` (a write, its route and waits, the last
-        close). `writing`: a write about to be taken, whose limits are checked first (E2BIG, ENOBUFS, before any
-        line is read: a refusal is the write's); the unfinished line it will leave counts from then on if more
-        (while its route or waits await, no other descriptor of the uid can take those bytes)."""
+        close). `writing`: a write about to be taken (through any path: `write`, `write_here` from the mount, a
+        route or a peer), the one place `written` is set; its limits are checked first unless `check` is False
+        (E2BIG, ENOBUFS, before any line is read: a refusal is the write's); the unfinished line it will leave
+        counts from then on if more (while its route or waits await, no other descriptor of the uid can take
+        those bytes)."""
+        self.written = self.written or bool(writing)
         try:
-            if writing is not None:
+            if writing is not None and check:
                 self._reserve(writing)
             yield
         finally:

@@ -55,11 +55,6 @@ class RulesHandle(CommandHandle):
     """Runs the rules written; the first write after an O_TRUNC open replaces the list."""
 
     replacing: bool = False
-    written: bool = False  # whether any write came, taken or refused (by a line, or whole: E2BIG, ENOBUFS)
-
-    def write(self, data: bytes) -> int:
-        self.written = self.written or bool(data)
-        return super().write(data)
 
     def _command(self, raw_lines: list[bytes]) -> list[str]:
         replies = rules_command(self.node.rt, raw_lines, self.caller, self.replacing)
