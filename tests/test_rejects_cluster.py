@@ -233,3 +233,19 @@ async def test_a_settings_change_written_at_close_and_refused_later_leaves_its_r
         nursery.cancel_scope.cancel()
     assert len(rejects(rt)) == 1 and rejects(rt)[0].startswith("/ctl/tenants: "), rejects(rt)
     rt.journal.close()
+
+
+async def test_an_emptying_close_of_the_policy_refused_later_leaves_its_reject_line(tmp_path):
+    """`: > ctl/policy` (an O_TRUNC open closed with nothing written) empties the list at close, put in the
+    background: refused by etcd, it leaves one reject line naming the file."""
+    rt = node(tmp_path)
+    shared = rt.cluster.shared
+    shared.etcd = refusing(shared)
+    handle = resolve(Tree(rt), "/ctl/policy").open(ADMIN, writing=True, reading=False, truncating=True)
+    handle.release()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(shared.drain)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert len(rejects(rt)) == 1 and rejects(rt)[0].startswith("/ctl/policy: "), rejects(rt)
+    rt.journal.close()

@@ -447,14 +447,20 @@ class CommandHandle(Handle):
         """An unterminated last line runs at the last close. FUSE sends no flush (fs.py), so its
         refusal reaches no caller: like any refusal it is journaled, traced and audited, also when it comes
         after the close (`refused_at_close`)."""
-        with self.holding():
+        with self.holding(), self.closing():
             if self.pending:
                 lines, self.pending = [bytes(self.pending)], bytearray()
-                token = _AT_CLOSE.set(self.journal)
-                try:
-                    self._run(lines)
-                finally:
-                    _AT_CLOSE.reset(token)
+                self._run(lines)
+
+    @contextlib.contextmanager
+    def closing(self):
+        """Inside, what runs is this handle's last close: a refusal that comes after it is journaled by its
+        `journal` (`refused_at_close`)."""
+        token = _AT_CLOSE.set(self.journal)
+        try:
+            yield
+        finally:
+            _AT_CLOSE.reset(token)
 
     def _run(self, raw_lines: list[bytes]) -> None:
         self.reply = b""

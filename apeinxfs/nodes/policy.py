@@ -64,8 +64,9 @@ class RulesHandle(CommandHandle):
     def release(self) -> None:
         """Run an unterminated last line; then, if opened with O_TRUNC and nothing was written
         (`: > ctl/policy`), empty the list. A refused write leaves it as it was: all or nothing."""
-        try:
-            super().release()
-        finally:
-            if self.replacing and not self.written:
-                self._run([])
+        with self.closing():
+            try:
+                super().release()
+            finally:
+                if self.replacing and not self.written:
+                    self._run([])
