@@ -138,12 +138,15 @@ class NotAllRun(ApeinxError):
     Its errno is that of the first line that did not run where none ran, else EREMOTEIO (partly run); its
     reply has a line for each line written, in order: the pid of one that ran, or `error: line N: REASON`.
     `reject_line`: PEER when every line that did not run was refused by a peer that journaled it, else HERE
-    (this node's lines refused, answers lost, a peer's refusal it did not journal: the node written to)."""
+    (this node's lines refused, answers lost, a peer's refusal it did not journal: the node written to).
+    `denial`: whether a refusal whose line is this node's is a denial (its reject line is then audited here)."""
 
-    def __init__(self, line_errno: int, reason: str, outcome: list[str], reject_line: RejectLine):
+    def __init__(self, line_errno: int, reason: str, outcome: list[str], reject_line: RejectLine,
+                 denial: bool = False):
         super().__init__(reason, reject_line=reject_line)
         self.errno = line_errno
         self.outcome = outcome
+        self.denial = denial
 
     def reply(self) -> list[str]:
         return self.outcome
