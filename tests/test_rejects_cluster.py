@@ -20,7 +20,7 @@ from apeinxfs.cluster import peer_server
 from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.peer_client import Peer
 from apeinxfs.cluster.peer_server import PeerServer, prepare
-from apeinxfs.cluster.peer_wire import TokenFile, Tokens
+from apeinxfs.cluster.peer_wire import REJECTS_HEADER, TokenFile, Tokens
 from apeinxfs.cluster.records import NodeRecord
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.nodes import ctl
@@ -121,6 +121,22 @@ async def test_a_forwarded_task_ctl_write_leaves_one_reject_line_on_the_node_tha
     lines = {"a": rejects(router.rt), "b": rejects(tree_b.rt)}
     assert [len(lines["a"]), len(lines["b"])] == ([1, 0] if lines_on == "a" else [0, 1]), lines
     assert lines[lines_on] == [f"/tasks/{pid}/ctl: {refused.value.reason} (uid {USER.uid})"]
+
+
+
+@pytest.mark.parametrize("says, on_b, word", [(True, 0, "here"), (False, 1, "peer")])
+async def test_a_refusal_at_bs_resolve_is_journaled_on_b_only_for_an_asking_node_that_does_not_journal_it(
+        tmp_path, says, on_b, word):
+    """A write to a task b does not have, refused at b's resolve: b journals it (and says so) only when the
+    request lacks Apeinx-Rejects, as an older asking node's does (it takes every peer's refusal as journaled)."""
+    tree_b = Tree(standin_cluster.runtime(tmp_path / "b"))
+    async with serving(tree_b) as url, Peer(url, TOKEN) as peer:
+        headers = peer.headers(USER, {})
+        if not says:
+            del headers[REJECTS_HEADER]
+        response = await peer.http.request("POST", "tasks/4242/ctl", headers=headers, content=b"stop\n")
+    assert response.status_code == 404 and response.json()["reject_line"] == word
+    assert rejects(tree_b.rt) == [f"/tasks/4242/ctl: no /tasks/4242/ctl on this node (uid {USER.uid})"][:on_b]
 
 
 @pytest.mark.parametrize("peer, code, here", [
