@@ -139,6 +139,23 @@ async def test_a_refusal_at_bs_resolve_is_journaled_on_b_only_for_an_asking_node
     assert rejects(tree_b.rt) == [f"/tasks/4242/ctl: no /tasks/4242/ctl on this node (uid {USER.uid})"][:on_b]
 
 
+async def test_a_bug_in_bs_write_leaves_no_reject_line_on_either_node(tmp_path, monkeypatch):
+    """A write of a task's ctl that hits a bug in b's daemon fails EIO on a and leaves no reject line on a or b
+    (its lines may have run there), as a bug on one node writes none."""
+    tree_b = Tree(standin_cluster.runtime(tmp_path / "b"))
+    pid = submitted(tree_b, USER, LINE)
+
+    def bug(events):
+        raise ZeroDivisionError("a bug in b's commit")
+    monkeypatch.setattr(tree_b.rt, "commit_checked", bug)
+    async with serving(tree_b) as url:
+        router = a_router(tmp_path, url)
+        handle = router.task_dir(pid, "b").child("ctl").open(USER, writing=True, reading=False)
+        with pytest.raises(ApeinxError) as refused:
+            await handle.write_async(b"prio 3\n")
+    assert refused.value.errno == errno.EIO and "internal error" in refused.value.reason
+    assert [rejects(router.rt), rejects(tree_b.rt)] == [[], []]
+
 @pytest.mark.parametrize("peer, code, here", [
     (closed, errno.EHOSTDOWN, 1),  # nothing was sent: no node judged it, a did
     (silent, errno.EHOSTDOWN, 0),  # sent, no answer: its outcome is unknown

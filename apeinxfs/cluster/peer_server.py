@@ -185,8 +185,9 @@ class PeerServer:
         except Exception as exc:
             if conn.our_state is not h11.SEND_RESPONSE:
                 raise
-            self.log_bug(exc)
-            await send_simple(conn, stream, *encode_error(ApeinxError("internal error in the peer daemon (logged)")))
+            self.log_bug(exc)  # no reject line anywhere, as a bug on one node writes none: the lines may have run
+            bug = ApeinxError("internal error in the peer daemon (logged)", reject_line=RejectLine.NONE)
+            await send_simple(conn, stream, *encode_error(bug))
 
     async def dispatch(self, conn, stream, request: h11.Request, body: bytes) -> None:
         headers = dict(request.headers)
