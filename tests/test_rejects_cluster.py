@@ -8,7 +8,9 @@ A write refused by b's write leaves b's line; refused by b before any write ran 
 one whose outcome is unknown (an answer lost, etcd silent) or that applies later (TryAgain) none; a split
 write partly run leaves the refusing nodes' lines and a's for the lines whose answers were lost."""
 import contextlib
+import csv
 import errno
+import io
 import socket
 
 import pytest
@@ -22,7 +24,7 @@ from apeinxfs.cluster.peer_client import Peer
 from apeinxfs.cluster.peer_server import PeerServer, prepare
 from apeinxfs.cluster.peer_wire import REJECTS_HEADER, TokenFile, Tokens
 from apeinxfs.cluster.records import NodeRecord
-from apeinxfs.kernel.errors import ApeinxError
+from apeinxfs.kernel.errors import ApeinxError, Denied
 from apeinxfs.nodes import ctl
 from apeinxfs.nodes.base import Caller, Command
 from apeinxfs.nodes.forwarding import Forwarding
@@ -138,6 +140,28 @@ async def test_a_refusal_at_bs_resolve_is_journaled_on_b_only_for_an_asking_node
     assert response.status_code == 404 and response.json()["reject_line"] == word
     assert rejects(tree_b.rt) == [f"/tasks/4242/ctl: no /tasks/4242/ctl on this node (uid {USER.uid})"][:on_b]
 
+
+
+def denials(rt) -> list[tuple[str, str, str]]:
+    """The (uid, action, detail) of the audit trail's denied lines, in order."""
+    rows = csv.DictReader(io.StringIO(rt.kernel.audit.view()[0].decode()))
+    return [(row["uid"], row["action"], row["detail"]) for row in rows if row["result"] == "denied"]
+
+
+async def test_a_role_refused_at_bs_resolve_is_journaled_and_audited_on_a_only(tmp_path):
+    """A viewer's write on a to the ctl of a task on b, refused by b's resolve for the role (EACCES, before any
+    write ran there): a writes its reject line and audits the denial, once; b writes neither."""
+    tree_b = Tree(standin_cluster.runtime(tmp_path / "b"))
+    pid = submitted(tree_b, USER, LINE)
+    viewer = Caller(uid=4243, gid=4243, pid=12, role="viewer")
+    async with serving(tree_b) as url:
+        router = a_router(tmp_path, url)
+        handle = router.task_dir(pid, "b").child("ctl").open(viewer, writing=True, reading=False)
+        with pytest.raises(Denied) as refused:
+            await handle.write_async(b"prio 3\n")
+    path = f"/tasks/{pid}/ctl"
+    assert rejects(router.rt) == [f"{path}: {refused.value.reason} (uid 4243)"] and rejects(tree_b.rt) == []
+    assert denials(router.rt) == [("4243", path, refused.value.reason)] and denials(tree_b.rt) == []
 
 async def test_a_bug_in_bs_write_leaves_no_reject_line_on_either_node(tmp_path, monkeypatch):
     """A write of a task's ctl that hits a bug in b's daemon fails EIO on a and leaves no reject line on a or b
