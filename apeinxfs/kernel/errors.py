@@ -10,7 +10,9 @@ import errno
 
 class RejectLine(enum.Enum):
     """Which node's trace gets the `reject` line of a write that failed with an error (apeinxfs(5), ERRORS):
-    decided where the error is made, looked at by the write's handle (nodes/base.CommandHandle.refusals)."""
+    decided where the error is made; acted on by the write's handle (nodes/base.CommandHandle.journal), and read
+    where an error is made of others: a split write's (cluster/spreading.in_line_order) and one sent to a peer
+    (cluster/peer_wire.encode_error)."""
 
     HERE = "here"  # this node refused it, or no node could judge it (a peer not reached, its early refusal)
     PEER = "peer"  # a peer refused it and wrote the line
