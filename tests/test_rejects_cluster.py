@@ -274,6 +274,15 @@ def refusing(shared):
     return EchoEtcd(shared, refuse=ApeinxError("etcd: the request is too large"))
 
 
+
+async def closed_and_drained(handle, shared) -> None:
+    """Close `handle` (its last close), then let `shared` put what the close left in the background."""
+    handle.release()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(shared.drain)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+
 @pytest.mark.parametrize("etcd", [conflicting, refusing])
 async def test_a_settings_change_written_at_close_and_refused_later_leaves_its_reject_line(tmp_path, etcd):
     """`add t1` without a newline, run at close and put in the background: refused when its entry applies
@@ -283,11 +292,7 @@ async def test_a_settings_change_written_at_close_and_refused_later_leaves_its_r
     shared.etcd = etcd(shared)
     handle = tenants(rt)
     handle.write(b"add t1 weight=300")
-    handle.release()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(shared.drain)
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.cancel_scope.cancel()
+    await closed_and_drained(handle, shared)
     assert len(rejects(rt)) == 1 and rejects(rt)[0].startswith("/ctl/tenants: "), rejects(rt)
     rt.journal.close()
 
@@ -299,10 +304,6 @@ async def test_an_emptying_close_of_the_policy_refused_later_leaves_its_reject_l
     shared = rt.cluster.shared
     shared.etcd = refusing(shared)
     handle = resolve(Tree(rt), "/ctl/policy").open(ADMIN, writing=True, reading=False, truncating=True)
-    handle.release()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(shared.drain)
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.cancel_scope.cancel()
+    await closed_and_drained(handle, shared)
     assert len(rejects(rt)) == 1 and rejects(rt)[0].startswith("/ctl/policy: "), rejects(rt)
     rt.journal.close()
