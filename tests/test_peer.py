@@ -163,7 +163,8 @@ async def test_a_peer_write_refused_by_the_limits_leaves_its_reject_line(nodes):
 
 async def test_the_peer_checks_the_caller_as_its_mount_does(nodes):
     """Another tenant's caller does not see B's task (Hidden, ENOENT); a viewer may not submit there (EACCES),
-    refused before any write ran on B: its reject line (and audit) is the asking node's, not B's."""
+    refused before any write ran on B: its reject line (and audit) is the asking node's, not B's (that the asking
+    node writes both: test_rejects_cluster.py, test_a_role_refused_at_bs_resolve_is_journaled_and_audited_on_a_only)."""
     a, a_url, b, b_url, token = nodes
     pid = submit_on(b_url, token, "short 5 5")
     outsider = Caller(uid=4242, gid=4242, pid=1, role="user", tenant="other")

@@ -15,7 +15,7 @@ from apeinxfs.cluster.peer_server import (FRAME_MAX, UNPROVEN_MAX, StalledSends,
 from apeinxfs.cluster.peer_wire import (ERRORS, HEARTBEAT, FrameReader, PeerDown, RemoteError, data_frame,
                                         decode_caller, decode_error, encode_caller, encode_error, parse_address,
                                         read_tokens)
-from apeinxfs.kernel.errors import ApeinxError, Degraded, Invalid, RejectLine
+from apeinxfs.kernel.errors import ApeinxError, Degraded, Denied, Invalid, RejectLine
 from apeinxfs.nodes.base import Caller
 
 
@@ -58,6 +58,13 @@ def test_whose_reject_line_a_refusal_is_crosses_the_wire(make, written, line):
     """A refusal of the peer's own write comes back as journaled by the peer (PEER), one of an unknown outcome
     there as nobody's (NONE), one made before any write ran there as the asking node's (HERE)."""
     assert decode_error(encode_error(make(), written=written)[1], "peer x").reject_line is line
+
+
+def test_a_record_without_a_reject_line_is_the_peers_line():
+    """A record with no reject_line (a peer of a version that journaled every refusal there) is PEER: the asking
+    node writes no second line, nor audits a denial twice."""
+    back = decode_error(b'{"error": "Denied", "errno": 13, "reason": "admins only"}', "peer x")
+    assert type(back) is Denied and back.reject_line is RejectLine.PEER
 
 
 def test_an_unknown_reject_line_word_leaves_the_line_to_the_asking_node():

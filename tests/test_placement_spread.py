@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 from apeinxfs.cluster.peer_wire import PeerDown
 from apeinxfs.cluster.placement import Want, rank, spread
 from apeinxfs.cluster.spreading import Group, in_line_order
-from apeinxfs.kernel.errors import Invalid, NotAllRun, OverQuota, TryAgain
+from apeinxfs.kernel.errors import Denied, Invalid, NotAllRun, OverQuota, RejectLine, TryAgain
 
 from test_placement import SIM, nodes, view
 
@@ -81,6 +81,20 @@ def test_a_lost_answer_and_a_refusal_leave_the_other_pids_and_fail_as_partly_run
                                     "error: line 3: node c: peer c: no answer; its outcome is unknown", "8",
                                     "error: line 5: over"]
 
+
+
+@pytest.mark.parametrize("local, peers, denial", [
+    (OverQuota("line 1: over", ["line 1: over"]), Invalid("line 1: bad", ["line 1: bad"]), True),
+    (Invalid("line 1: bad", ["line 1: bad"]), Denied("line 1: no", ["line 1: no"], RejectLine.PEER), False),
+    (Invalid("line 1: bad", ["line 1: bad"]), Denied("line 1: no", ["line 1: no"]), True)])
+def test_a_write_partly_run_is_audited_here_for_a_denial_whose_line_is_this_nodes(local, peers, denial):
+    """Lines refused here and by a peer while others ran: the write's reject line is this node's, audited
+    (a denial) where a refusal it journals is one (here, or a peer's not journaled there), not for a peer's
+    denial that peer journaled."""
+    ran = Group("c", "why", [2], replies=["7"])
+    with pytest.raises(NotAllRun) as raised:
+        in_line_order([Group("a", "why", [0], failure=local), Group("b", "why", [1], failure=peers), ran], 3, 3)
+    assert raised.value.reject_line is RejectLine.HERE and raised.value.denial is denial
 
 records = st.builds(lambda slots, queued, kv, models: (slots, queued, kv, models), st.integers(0, 6),
                     st.integers(0, 3), st.integers(0, 2), st.sampled_from([("sim",), ("other",), ("sim", "other")]))

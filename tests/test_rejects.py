@@ -53,6 +53,16 @@ def test_a_refused_line_of_every_writable_file_leaves_one_reject_line(tree, path
     assert refused.errno == code and rejects(tree.rt) == [f"{path}: {refused.reason} (uid {caller.uid})"]
 
 
+
+@pytest.mark.parametrize("written, prefix", [(b"x\n", ""), (b"\nx\n", "line 2: "), (b"x\n\n", "line 1: ")])
+def test_a_reject_line_names_the_refused_line_of_a_write_of_several(tree, written, prefix):
+    """The reject line of a write of several lines (blank ones counted) names the refused one, `line N: `, as its
+    reply does; a one-line write's does not."""
+    handle = resolve(tree, "/ctl/kill").open(ADMIN, writing=True, reading=False)
+    refused = refusal(lambda: handle.write(written))
+    assert rejects(tree.rt) == [f"/ctl/kill: {prefix}PID must be a positive integer of digits only, not 'x' (uid 0)"]
+    assert refused.reason.startswith(prefix)
+
 def test_a_settings_write_after_its_tenant_is_removed_is_enoent_and_leaves_a_reject_line(tree):
     """A tenant's weight file opened for writing, then the tenant removed: the write is ENOENT and the trace
     keeps one reject line for the weight file."""

@@ -8,7 +8,9 @@ A write refused by b's write leaves b's line; refused by b before any write ran 
 one whose outcome is unknown (an answer lost, etcd silent) or that applies later (TryAgain) none; a split
 write partly run leaves the refusing nodes' lines and a's for the lines whose answers were lost."""
 import contextlib
+import csv
 import errno
+import io
 import socket
 
 import pytest
@@ -20,9 +22,9 @@ from apeinxfs.cluster import peer_server
 from apeinxfs.cluster.etcd import Etcd
 from apeinxfs.cluster.peer_client import Peer
 from apeinxfs.cluster.peer_server import PeerServer, prepare
-from apeinxfs.cluster.peer_wire import TokenFile, Tokens
+from apeinxfs.cluster.peer_wire import REJECTS_HEADER, TokenFile, Tokens
 from apeinxfs.cluster.records import NodeRecord
-from apeinxfs.kernel.errors import ApeinxError
+from apeinxfs.kernel.errors import ApeinxError, Denied
 from apeinxfs.nodes import ctl
 from apeinxfs.nodes.base import Caller, Command
 from apeinxfs.nodes.forwarding import Forwarding
@@ -123,6 +125,61 @@ async def test_a_forwarded_task_ctl_write_leaves_one_reject_line_on_the_node_tha
     assert lines[lines_on] == [f"/tasks/{pid}/ctl: {refused.value.reason} (uid {USER.uid})"]
 
 
+
+@pytest.mark.parametrize("says, on_b, word", [(True, 0, "here"), (False, 1, "peer")])
+async def test_a_refusal_at_bs_resolve_is_journaled_on_b_only_for_an_asking_node_that_does_not_journal_it(
+        tmp_path, says, on_b, word):
+    """A write to a task b does not have, refused at b's resolve: b journals it (and says so) only when the
+    request lacks Apeinx-Rejects, as an older asking node's does (it takes every peer's refusal as journaled)."""
+    tree_b = Tree(standin_cluster.runtime(tmp_path / "b"))
+    async with serving(tree_b) as url, Peer(url, TOKEN) as peer:
+        headers = peer.headers(USER, {})
+        if not says:
+            del headers[REJECTS_HEADER]
+        response = await peer.http.request("POST", "tasks/4242/ctl", headers=headers, content=b"stop\n")
+    assert response.status_code == 404 and response.json()["reject_line"] == word
+    assert rejects(tree_b.rt) == [f"/tasks/4242/ctl: no /tasks/4242/ctl on this node (uid {USER.uid})"][:on_b]
+
+
+
+def denials(rt) -> list[tuple[str, str, str]]:
+    """The (uid, action, detail) of the audit trail's denied lines, in order."""
+    rows = csv.DictReader(io.StringIO(rt.kernel.audit.view()[0].decode()))
+    return [(row["uid"], row["action"], row["detail"]) for row in rows if row["result"] == "denied"]
+
+
+async def test_a_role_refused_at_bs_resolve_is_journaled_and_audited_on_a_only(tmp_path):
+    """A viewer's write on a to the ctl of a task on b, refused by b's resolve for the role (EACCES, before any
+    write ran there): a writes its reject line and audits the denial, once; b writes neither."""
+    tree_b = Tree(standin_cluster.runtime(tmp_path / "b"))
+    pid = submitted(tree_b, USER, LINE)
+    viewer = Caller(uid=4243, gid=4243, pid=12, role="viewer")
+    async with serving(tree_b) as url:
+        router = a_router(tmp_path, url)
+        handle = router.task_dir(pid, "b").child("ctl").open(viewer, writing=True, reading=False)
+        with pytest.raises(Denied) as refused:
+            await handle.write_async(b"prio 3\n")
+    path = f"/tasks/{pid}/ctl"
+    assert rejects(router.rt) == [f"{path}: {refused.value.reason} (uid 4243)"] and rejects(tree_b.rt) == []
+    assert denials(router.rt) == [("4243", path, refused.value.reason)] and denials(tree_b.rt) == []
+
+async def test_a_bug_in_bs_write_leaves_no_reject_line_on_either_node(tmp_path, monkeypatch):
+    """A write of a task's ctl that hits a bug in b's daemon fails EIO on a and leaves no reject line on a or b
+    (its lines may have run there), as a bug on one node writes none."""
+    tree_b = Tree(standin_cluster.runtime(tmp_path / "b"))
+    pid = submitted(tree_b, USER, LINE)
+
+    def bug(events):
+        raise ZeroDivisionError("a bug in b's commit")
+    monkeypatch.setattr(tree_b.rt, "commit_checked", bug)
+    async with serving(tree_b) as url:
+        router = a_router(tmp_path, url)
+        handle = router.task_dir(pid, "b").child("ctl").open(USER, writing=True, reading=False)
+        with pytest.raises(ApeinxError) as refused:
+            await handle.write_async(b"prio 3\n")
+    assert refused.value.errno == errno.EIO and "internal error" in refused.value.reason
+    assert [rejects(router.rt), rejects(tree_b.rt)] == [[], []]
+
 @pytest.mark.parametrize("peer, code, here", [
     (closed, errno.EHOSTDOWN, 1),  # nothing was sent: no node judged it, a did
     (silent, errno.EHOSTDOWN, 0),  # sent, no answer: its outcome is unknown
@@ -217,6 +274,15 @@ def refusing(shared):
     return EchoEtcd(shared, refuse=ApeinxError("etcd: the request is too large"))
 
 
+
+async def closed_and_drained(handle, shared) -> None:
+    """Close `handle` (its last close), then let `shared` put what the close left in the background."""
+    handle.release()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(shared.drain)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+
 @pytest.mark.parametrize("etcd", [conflicting, refusing])
 async def test_a_settings_change_written_at_close_and_refused_later_leaves_its_reject_line(tmp_path, etcd):
     """`add t1` without a newline, run at close and put in the background: refused when its entry applies
@@ -226,10 +292,18 @@ async def test_a_settings_change_written_at_close_and_refused_later_leaves_its_r
     shared.etcd = etcd(shared)
     handle = tenants(rt)
     handle.write(b"add t1 weight=300")
-    handle.release()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(shared.drain)
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.cancel_scope.cancel()
+    await closed_and_drained(handle, shared)
     assert len(rejects(rt)) == 1 and rejects(rt)[0].startswith("/ctl/tenants: "), rejects(rt)
+    rt.journal.close()
+
+
+async def test_an_emptying_close_of_the_policy_refused_later_leaves_its_reject_line(tmp_path):
+    """`: > ctl/policy` (an O_TRUNC open closed with nothing written) empties the list at close, put in the
+    background: refused by etcd, it leaves one reject line naming the file."""
+    rt = node(tmp_path)
+    shared = rt.cluster.shared
+    shared.etcd = refusing(shared)
+    handle = resolve(Tree(rt), "/ctl/policy").open(ADMIN, writing=True, reading=False, truncating=True)
+    await closed_and_drained(handle, shared)
+    assert len(rejects(rt)) == 1 and rejects(rt)[0].startswith("/ctl/policy: "), rejects(rt)
     rt.journal.close()

@@ -42,3 +42,12 @@ def test_a_settings_file_written_after_its_tenant_is_removed_leaves_a_reject_lin
     done = sh(f"echo 'add t1' > {ctl} && exec 3> {weight} && echo 'remove t1' > {ctl} && echo 300 >&3")
     assert done.returncode != 0
     assert rejects(daemon) == ["/tenants/t1/weight: no tenant 't1' (uid 0)"]
+
+
+def test_a_refused_truncating_write_to_the_policy_keeps_its_rules(daemon):
+    """`echo 'deny uidd=5' > ctl/policy` fails and leaves the rule a first `>` wrote: the refused write changes
+    nothing, also at its close."""
+    policy = daemon.path("ctl", "policy")
+    assert sh(f"echo 'deny uid=65534' > {policy}").returncode == 0
+    assert sh(f"echo 'deny uidd=5' > {policy}").returncode != 0
+    assert sh(f"cat {policy}").stdout == "deny uid=65534\n"

@@ -30,8 +30,8 @@ import httpx
 import trio
 
 from ..nodes.base import Caller
-from .peer_wire import (CALLER_HEADER, HEARTBEAT_S, FrameReader, PeerDown, PeerRefused, PeerUnreachable, TokenFile,
-                        Tokens, decode_error, encode_caller)
+from .peer_wire import (CALLER_HEADER, HEARTBEAT_S, REJECTS_HEADER, FrameReader, PeerDown, PeerRefused,
+                        PeerUnreachable, TokenFile, Tokens, decode_error, encode_caller)
 
 IDLE_TIMEOUT_S = 4 * HEARTBEAT_S  # a stream or wait with no byte for this long: the peer is stopped or cut off
 UNKNOWN = "; its outcome is unknown (it may have run there)"
@@ -138,9 +138,11 @@ class Peer:
             raise PeerDown(f"peer {self.url}: the answer to GET {path} ended within a frame")
 
     def headers(self, caller: Caller, headers: dict) -> dict:
-        """`headers` and those every request carries: the token this node sends now, the caller."""
+        """`headers` and those every request carries: the token this node sends now, the caller, and that this node
+        journals a refusal at the peer's resolve (peer_wire.REJECTS_HEADER)."""
         authorization = self.tokens.current(time.monotonic()).authorization
-        return {**headers, "authorization": authorization, CALLER_HEADER: encode_caller(caller)}
+        return {**headers, "authorization": authorization, CALLER_HEADER: encode_caller(caller),
+                REJECTS_HEADER: "resolve"}
 
     def check(self, response: httpx.Response) -> None:
         """Raise the refusal an answer carries: the peer's error, or PeerRefused on 401."""

@@ -37,12 +37,12 @@ import attrs
 import h11
 import trio
 
-from ..kernel.errors import ApeinxError, Invalid, NotFound, TooMany
+from ..kernel.errors import ApeinxError, Invalid, NotFound, RejectLine, TooMany
 from ..nodes.base import Blocking, Command, Dir, Log, Show
 from ..nodes.remote import RemoteTaskDir
 from ..ratelog import RateLog
-from .peer_wire import (CALLER_HEADER, FRAME_MAX, HEARTBEAT, HEARTBEAT_S, PeerRefused, TokenFile, data_frame,
-                        decode_caller, encode_error, parse_address)
+from .peer_wire import (CALLER_HEADER, FRAME_MAX, HEARTBEAT, HEARTBEAT_S, REJECTS_HEADER, PeerRefused, TokenFile,
+                        data_frame, decode_caller, encode_error, parse_address)
 
 log = logging.getLogger(__name__)
 PATHS = re.compile(r"tasks/[1-9][0-9]{0,14}/(status|output|stream|wait|ctl)|ctl/(submit|kill)")
@@ -185,8 +185,9 @@ class PeerServer:
         except Exception as exc:
             if conn.our_state is not h11.SEND_RESPONSE:
                 raise
-            self.log_bug(exc)
-            await send_simple(conn, stream, *encode_error(ApeinxError("internal error in the peer daemon (logged)")))
+            self.log_bug(exc)  # no reject line anywhere, as a bug on one node writes none: the lines may have run
+            bug = ApeinxError("internal error in the peer daemon (logged)", reject_line=RejectLine.NONE)
+            await send_simple(conn, stream, *encode_error(bug))
 
     async def dispatch(self, conn, stream, request: h11.Request, body: bytes) -> None:
         headers = dict(request.headers)
@@ -198,14 +199,26 @@ class PeerServer:
             raise NotFound(f"no peer endpoint {target.path!r}")
         if request.method not in (b"GET", b"POST"):
             raise Invalid(f"method {request.method.decode('latin-1')!r}: peers use GET and POST")
-        node = self.resolve(path, caller, os.W_OK if request.method == b"POST" else os.R_OK)
+        node = self.resolved(path, caller, request.method == b"POST", REJECTS_HEADER.encode() in headers)
         if (request.method == b"POST") != isinstance(node, Command):
             raise Invalid(f"{request.method.decode()} of {path}: use {'POST' if isinstance(node, Command) else 'GET'}")
         await self.serve_node(conn, stream, node, caller, request, body, urllib.parse.parse_qs(target.query))
 
+    def resolved(self, path: str, caller, writing: bool, asker_journals: bool):
+        """`resolve` for a write or a read; a write's refusal, when the asking node does not say it journals those
+        (REJECTS_HEADER: a version that took every peer's refusal as journaled there), journaled here and sent so."""
+        try:
+            return self.resolve(path, caller, os.W_OK if writing else os.R_OK)
+        except ApeinxError as exc:
+            if writing and not asker_journals:
+                self.rt.reject(f"/{path}", exc, caller.uid, caller.pid, caller.tenant)
+                exc.reject_line = RejectLine.PEER
+            raise
+
     def resolve(self, path: str, caller, want: int):
         """The node at `path`, checked as the FUSE adapter checks a lookup and an open; a refusal here is not
-        journaled (no write ran here): the asking node writes its `reject` line (peer_wire.encode_error)."""
+        journaled (no write ran here): the asking node writes its `reject` line (peer_wire.encode_error), unless
+        it is of an older version (`resolved`)."""
         node = self.tree.root
         for name in path.split("/"):
             node = node.child(name) if isinstance(node, Dir) else None

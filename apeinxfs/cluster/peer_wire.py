@@ -8,6 +8,10 @@
   sent after HEARTBEAT_S without news. The body's end is the file's end.
 - The caller: whom a peer acts for (uid, gid, pid, role, tenant), as the asking node found
   it, in the `Apeinx-Caller` header; the token vouches for the asking node.
+- Reject lines: an error record says whose trace has the `reject` line of a refused write
+  (`reject_line`); the asking node says in the `Apeinx-Rejects: resolve` header that it writes
+  those of refusals before any write ran on the peer. Either missing: the other end is of a
+  version that journaled every refusal on the peer (docs/cluster.md, Mixed versions).
 - The token: read from a file nobody but its owner and group may read, one a line: the first
   is sent, every one accepted (so the token can be changed in steps: docs/cluster.md), read
   again once the file is edited (renewal.Renewable: at most once a second, at a request).
@@ -32,6 +36,7 @@ HEARTBEAT_S = 2.0  # a blocked stream or wait sends a heartbeat frame after this
 FRAME_MAX = 1 << 16  # the most bytes of a file one data frame carries
 HEARTBEAT = b".\n"
 CALLER_HEADER = "apeinx-caller"
+REJECTS_HEADER = "apeinx-rejects"  # "resolve": the asking node journals a refusal at the peer's resolve
 TOKEN_BYTES = re.compile(rb"[\x21-\x7e]+")
 TOKEN_WORDING = Wording("edited peer token file", "the tokens loaded before stay in use",
                         "its first token is sent, each is accepted")
@@ -72,24 +77,26 @@ ERRORS = {cls.__name__: cls for cls in (Invalid, NotFound, Hidden, Denied, NotPe
 
 
 def encode_error(exc: ApeinxError, written: bool = False) -> tuple[int, bytes]:
-    """The HTTP status and JSON body that carry `exc` to a peer; `written`: a refusal of a write that this node
-    handled as a write of its own (its `reject` line, if any, is this node's: `"reject_line": "peer"` then, or
-    "none" for an outcome it does not know), else the asking node writes it."""
-    body = {"error": type(exc).__name__, "errno": exc.errno, "reason": exc.reason, "replies": exc.replies}
-    if written:
-        body["reject_line"] = (RejectLine.PEER if exc.reject_line is RejectLine.HERE else exc.reject_line).value
+    """The HTTP status and JSON body that carry `exc` to a peer, with whose `reject` line it is, as the asking
+    node will read it: `written`: a refusal this node journaled (a write of its own: `"reject_line": "peer"`,
+    or "none" for an outcome it does not know), else its own word ("here": the asking node writes it)."""
+    line = RejectLine.PEER if written and exc.reject_line is RejectLine.HERE else exc.reject_line
+    body = {"error": type(exc).__name__, "errno": exc.errno, "reason": exc.reason, "replies": exc.replies,
+            "reject_line": line.value}
     return STATUS_OF_ERRNO.get(exc.errno, 500), json.dumps(body).encode()
 
 
 def decode_error(body: bytes, where: str) -> ApeinxError:
     """The error a peer's JSON body carries, as its own class where this node knows it (same
-    name and errno), else RemoteError; its `reject_line` the peer's word, else HERE (a refusal before any write
-    ran there, an answer of another version); a body that is not such JSON is an EIO naming `where`."""
+    name and errno), else RemoteError; its `reject_line` the peer's word: PEER where it has none (a version that
+    journaled every refusal there), HERE for a word this version does not know (a later one's); a body that is not
+    such JSON is an EIO naming `where`."""
     try:
         fields = json.loads(body)
         name, number, reason = fields["error"], fields["errno"], fields["reason"]
         replies = [str(reply) for reply in fields.get("replies") or [reason]]
-        line = next((kind for kind in RejectLine if kind.value == fields.get("reject_line")), RejectLine.HERE)
+        word = fields.get("reject_line", RejectLine.PEER.value)
+        line = next((kind for kind in RejectLine if kind.value == word), RejectLine.HERE)
         if not (isinstance(name, str) and isinstance(number, int) and isinstance(reason, str)):
             raise TypeError(name, number, reason)
     except (ValueError, KeyError, TypeError):

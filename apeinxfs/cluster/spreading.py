@@ -175,7 +175,8 @@ def in_line_order(groups: list[Group], count: int, written: int) -> list[str]:
     nothing fails with: repeating this one whole, as EAGAIN invites, would run those lines a second time),
     EHOSTDOWN if none ran but some answer was lost (their outcome is unknown), else the errno of the first
     line, in the write's order; its `reject` line is this node's unless each line not run was refused by a peer
-    that journaled it (lines refused here, answers lost, a peer's refusal it did not journal)."""
+    that journaled it (lines refused here, answers lost, a peer's refusal it did not journal), and audited here
+    if one of those refusals is a denial."""
     decided = [group for group in groups if group.replies is not None or group.failure is not None]
     if len(decided) == 1 and (failure := decided[0].failure) is not None:
         raise as_written(failure, decided[0].indexes, written)
@@ -194,10 +195,11 @@ def in_line_order(groups: list[Group], count: int, written: int) -> list[str]:
     first, exc = min(failed, key=lambda entry: entry[0])
     unknown = sum(isinstance(failure, PeerDown) for _, failure in failed)
     code = errno.EREMOTEIO if any(group.pids() for group in groups) else errno.EHOSTDOWN if unknown else exc.errno
-    journaled = all(failure.reject_line is RejectLine.PEER for _, failure in failed)
+    here = [failure for _, failure in failed if failure.reject_line is not RejectLine.PEER]
     raise NotAllRun(code, f"{replies[first].removeprefix('error: ')} ({len(failed) - unknown} of {count} lines "
                     f"refused, {unknown} of unknown outcome, {count - len(failed)} ran)",
-                    [replies[index] for index in sorted(replies)], RejectLine.PEER if journaled else RejectLine.HERE)
+                    [replies[index] for index in sorted(replies)], RejectLine.HERE if here else RejectLine.PEER,
+                    denial=any(failure.denial for failure in here))
 
 
 def as_written(exc: ApeinxError, indexes: list[int], count: int) -> ApeinxError:

@@ -10,7 +10,9 @@ import errno
 
 class RejectLine(enum.Enum):
     """Which node's trace gets the `reject` line of a write that failed with an error (apeinxfs(5), ERRORS):
-    decided where the error is made, looked at by the write's handle (nodes/base.CommandHandle.refusals)."""
+    decided where the error is made; acted on by the write's handle (nodes/base.CommandHandle.journal), and read
+    where an error is made of others: a split write's (cluster/spreading.in_line_order) and one sent to a peer
+    (cluster/peer_wire.encode_error)."""
 
     HERE = "here"  # this node refused it, or no node could judge it (a peer not reached, its early refusal)
     PEER = "peer"  # a peer refused it and wrote the line
@@ -138,12 +140,15 @@ class NotAllRun(ApeinxError):
     Its errno is that of the first line that did not run where none ran, else EREMOTEIO (partly run); its
     reply has a line for each line written, in order: the pid of one that ran, or `error: line N: REASON`.
     `reject_line`: PEER when every line that did not run was refused by a peer that journaled it, else HERE
-    (this node's lines refused, answers lost, a peer's refusal it did not journal: the node written to)."""
+    (this node's lines refused, answers lost, a peer's refusal it did not journal: the node written to).
+    `denial`: whether a refusal whose line is this node's is a denial (its reject line is then audited here)."""
 
-    def __init__(self, line_errno: int, reason: str, outcome: list[str], reject_line: RejectLine):
+    def __init__(self, line_errno: int, reason: str, outcome: list[str], reject_line: RejectLine,
+                 denial: bool = False):
         super().__init__(reason, reject_line=reject_line)
         self.errno = line_errno
         self.outcome = outcome
+        self.denial = denial
 
     def reply(self) -> list[str]:
         return self.outcome

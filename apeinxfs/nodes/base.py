@@ -349,6 +349,7 @@ class CommandHandle(Handle):
     write_lines: int = 0
     part: bool = False
     held: int = 0  # the bytes the limits' buffers count for this descriptor: len(pending), kept by `holding`
+    written: bool = False  # whether any bytes came to it, taken or refused (by a line, or whole: E2BIG, ENOBUFS)
 
     async def read(self, offset, size, waiter):
         data, self.reply = self.reply[:size], self.reply[size:]
@@ -362,7 +363,7 @@ class CommandHandle(Handle):
         what its lines left to finish before the write returns (`after_write`: a cluster's settings change waits
         until etcd has it and this node applied it, a submit until etcd has its tasks); a refusal then is the
         write's."""
-        with self.holding(None if checked else data):
+        with self.holding(data, check=not checked):
             waits: list = []
             token = _AFTER_WRITE.set(waits)
             try:
@@ -375,14 +376,17 @@ class CommandHandle(Handle):
         return count
 
     @contextlib.contextmanager
-    def holding(self, writing: bytes | None = None):
+    def holding(self, writing: bytes | None = None, check: bool = True):
         """Whatever happens inside, the daemon's buffers count len(pending) for this descriptor after it: the
         one place `held` changes, around whatever changes `pending` (a write, its route and waits, the last
-        close). `writing`: a write about to be taken, whose limits are checked first (E2BIG, ENOBUFS, before any
-        line is read: a refusal is the write's); the unfinished line it will leave counts from then on if more
-        (while its route or waits await, no other descriptor of the uid can take those bytes)."""
+        close). `writing`: a write about to be taken (through any path: `write`, `write_here` from the mount, a
+        route or a peer), the one place `written` is set; its limits are checked first unless `check` is False
+        (E2BIG, ENOBUFS, before any line is read: a refusal is the write's); the unfinished line it will leave
+        counts from then on if more (while its route or waits await, no other descriptor of the uid can take
+        those bytes)."""
+        self.written = self.written or bool(writing)
         try:
-            if writing is not None:
+            if writing is not None and check:
                 self._reserve(writing)
             yield
         finally:
@@ -453,14 +457,20 @@ class CommandHandle(Handle):
         """An unterminated last line runs at the last close. FUSE sends no flush (fs.py), so its
         refusal reaches no caller: like any refusal it is journaled, traced and audited, also when it comes
         after the close (`refused_at_close`)."""
-        with self.holding():
+        with self.holding(), self.closing():
             if self.pending:
                 lines, self.pending = [bytes(self.pending)], bytearray()
-                token = _AT_CLOSE.set(self.journal)
-                try:
-                    self._run(lines)
-                finally:
-                    _AT_CLOSE.reset(token)
+                self._run(lines)
+
+    @contextlib.contextmanager
+    def closing(self):
+        """Inside, what runs is this handle's last close: a refusal that comes after it is journaled by its
+        `journal` (`refused_at_close`)."""
+        token = _AT_CLOSE.set(self.journal)
+        try:
+            yield
+        finally:
+            _AT_CLOSE.reset(token)
 
     def _run(self, raw_lines: list[bytes]) -> None:
         self.reply = b""

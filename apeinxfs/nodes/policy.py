@@ -55,11 +55,6 @@ class RulesHandle(CommandHandle):
     """Runs the rules written; the first write after an O_TRUNC open replaces the list."""
 
     replacing: bool = False
-    written: bool = False  # whether any write came, taken or refused (by a line, or whole: E2BIG, ENOBUFS)
-
-    def write(self, data: bytes) -> int:
-        self.written = self.written or bool(data)
-        return super().write(data)
 
     def _command(self, raw_lines: list[bytes]) -> list[str]:
         replies = rules_command(self.node.rt, raw_lines, self.caller, self.replacing)
@@ -69,8 +64,9 @@ class RulesHandle(CommandHandle):
     def release(self) -> None:
         """Run an unterminated last line; then, if opened with O_TRUNC and nothing was written
         (`: > ctl/policy`), empty the list. A refused write leaves it as it was: all or nothing."""
-        try:
-            super().release()
-        finally:
-            if self.replacing and not self.written:
-                self._run([])
+        with self.closing():
+            try:
+                super().release()
+            finally:
+                if self.replacing and not self.written:
+                    self._run([])
