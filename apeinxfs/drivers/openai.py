@@ -225,7 +225,8 @@ class OpenAIDriver:
 @attrs.define
 class Progress:
     """A stream's deadline for its next token: `timeout_s` from the request, then from each chunk the engine's
-    events make (`made`); bytes that make none (comments, a trickled head, a line or event that never ends)
+    events make, or event that shows it at work without one (reasoning, tool calls: Tally.working) (`made`);
+    bytes that make none (comments, a trickled head, a line or event that never ends)
     do not move it. `scope` is cancelled at that deadline: between timeout_s and 9/8 of it after the last
     chunk, as the deadline is moved only once an eighth of timeout_s has passed since it last was (moving a
     scope's deadline costs more than a token's parse)."""
@@ -252,6 +253,8 @@ async def _follow(events, response, tally: sse.Tally, outbox: flow.Outbox, task,
     async with contextlib.aclosing(events):
         async for event in events:
             if (chunk := tally.chunk(event)) is None:
+                if tally.working(event):
+                    progress.made()
                 continue
             progress.made()
             if not outbox.put(chunk):

@@ -53,6 +53,10 @@ class Tally:
     prompt_tokens: int | None = None
     finished: typing.ClassVar[bool] = True
 
+    def working(self, response: dict) -> bool:
+        """Never: a Triton response that makes no chunk shows no work."""
+        return False
+
     def chunk(self, response: dict) -> Chunk | None:
         """The chunk for one response, or None when it adds nothing."""
         text = response.get("text_output") or ""
