@@ -38,6 +38,18 @@ from ..kernel.events import Chunk
 from . import openai, sse
 
 SAMPLING_NAMES = {"seed": "random_seed", "stop": "stop_words"}  # the ensemble's inputs; the rest keep their names
+COUNTS = ("num_output_tokens", "num_input_tokens")
+
+
+def check_shape(response: dict) -> None:
+    """Raise ProtocolError, naming what Triton sent, unless `response` has the shape a Tally reads: text_output a
+    string (absent or null: no text) and each count a number (absent: not told). Types are compared exactly, as
+    sse.check_shape does (a bool is no count)."""
+    if type(text := response.get("text_output")) not in sse.STRING:
+        raise sse.ProtocolError(f"text_output is not a string: {sse._excerpt(text)}")
+    for name in COUNTS:
+        if name in response and type(value := response[name]) not in {int, float}:
+            raise sse.ProtocolError(f"{name} is not a number: {sse._excerpt(value)}")
 
 
 @attrs.define
@@ -59,6 +71,7 @@ class Tally:
 
     def chunk(self, response: dict) -> Chunk | None:
         """The chunk for one response, or None when it adds nothing."""
+        check_shape(response)
         text = response.get("text_output") or ""
         tokens = response.get("num_output_tokens", int(bool(text)))
         prefill = 0
