@@ -115,3 +115,8 @@ async def test_metrics_parsed_in_slices_are_the_whole_texts_samples_and_line_num
     bad = good + "not a sample\n"
     with pytest.raises(metrics.Unreadable, match=f"line {2 * scrape.PARSE_LINES + 6} "):
         await scrape.parsed(bad)
+
+
+def test_one_line_escapes_what_is_not_printable_and_the_backslash():
+    """An engine's literal backslash-n and its real line end stay apart on one line: the backslash is escaped too."""
+    assert scrape.one_line("a\\nb\nc\td\x1b") == "a\\\\nb\\nc\\td\\x1b"

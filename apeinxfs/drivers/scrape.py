@@ -113,5 +113,6 @@ def describe(exc: Exception) -> str:
 
 def one_line(text: str) -> str:
     """An engine's text fit for a reason or a status line: one line, each character that is not printable
-    (line ends, tabs, terminal escapes) written as Python writes it in a string (\\n, \\t, \\x1b)."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    (line ends, tabs, terminal escapes) and the backslash written as Python writes it in a string (\\n, \\t,
+    \\x1b, \\\\), so an engine's own `\\n` (two characters) is not read as a line end."""
+    return "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii") for c in text)
