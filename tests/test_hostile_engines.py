@@ -4,6 +4,7 @@ Each test reproduces a defect found by attacking the openai driver with a fake e
 pattern of test_openai_driver.py), in a real Runtime (journal, kernel, drivers; no FUSE). They are
 xfail(strict) until the defect is mended: whoever mends one turns its test on.
 """
+import gzip
 import json
 import math
 
@@ -197,6 +198,23 @@ async def test_a_metrics_body_of_a_million_lines_is_refused(nursery):
     assert observation.reading is None and "body is over" in observation.error
 
 
+async def test_a_compressed_metrics_body_is_refused_and_identity_was_asked(nursery):
+    """A scrape asks for identity, and a gzip /metrics (8 MB in 8 KB) is an observation error, not decompressed."""
+    requests = []
+
+    async def gzip_answer(stream):
+        requests.append(await read_request(stream))
+        body = gzip.compress(b"# padding\n" * 800_000)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n"
+                              b"connection: close\r\n\r\n" % len(body) + body)
+    listeners = await nursery.start(trio.serve_tcp, gzip_answer, 0)
+    async with httpx.AsyncClient() as client:
+        url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        observation, _ = await scrape.scrape(client, url, timeout_s=10.0)
+    assert observation.error == "a compressed body (Content-Encoding: gzip), though identity was asked"
+    assert [r.headers["accept-encoding"] for r in requests] == ["identity"]
+
+
 @pytest.mark.xfail(strict=True, reason="Connection's validators (openai.py: gt(0), ge(0)) take inf: an engine silent "
                    "for ever never times out, a failed request never retried, an engine never scraped")
 @pytest.mark.parametrize("option", ["timeout_s", "backoff_s", "metrics_s"])
@@ -235,6 +253,9 @@ BREAKING_THE_PROTOCOL = {
                        'usage.completion_tokens is not a number: "1"'),
     "Content-Length abc": (stream_of(ONE_TOKEN, ENDED, head=COUNTED % b"abc"), "bad Content-Length: 'abc'"),
     "Content-Length -1": (stream_of(ONE_TOKEN, ENDED, head=COUNTED % b"-1"), "bad Content-Length: '-1'"),
+    "gzip": (stream_of(gzip.compress(ONE_TOKEN + ENDED), head=HEAD.replace(b"connection", b"content-encoding: gzip\r\n"
+                                                                            b"connection")),
+             "a compressed answer (Content-Encoding: gzip), though identity was asked"),
 }
 
 

@@ -285,10 +285,15 @@ def _failure(exc: Exception, answered: bool, tokens: int) -> Exception:
 
 async def _check(response) -> None:
     """Raise unless the engine accepted the request: 5xx (loading, overloaded) may pass, 4xx will not. The
-    reason holds the start of the answer's body on one line: ERROR_BYTES at most are read."""
+    reason holds the start of the answer's body on one line: ERROR_BYTES at most are read. A compressed answer
+    is not read (identity was asked: the bounds on what is read count the bytes as sent); with 200 it breaks
+    the protocol."""
+    coding = scrape.one_line(scrape.compressed(response))
+    if response.status_code == 200 and coding:
+        raise Broken(f"a compressed answer (Content-Encoding: {coding}), though identity was asked")
     if response.status_code == 200:
         return
-    text = (await _start_of(response.aiter_bytes())).decode(errors="replace")
+    text = f"(a body in {coding})" if coding else (await _start_of(response.aiter_bytes())).decode(errors="replace")
     detail = f"HTTP {response.status_code}: {scrape.one_line(text)}"
     failures = {503: Loading, 404: NotServed}
     raise failures.get(response.status_code, Unreachable if response.status_code >= 500 else Broken)(detail)

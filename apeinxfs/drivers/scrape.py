@@ -19,6 +19,7 @@ import trio
 from . import metrics
 
 BODY_MAX = 1 << 20  # bytes of a /metrics read at most: vLLM's and SGLang's are well under 200 KB
+IDENTITY = {"Accept-Encoding": "identity"}  # asked on every request to an engine: a body's bound counts the bytes sent
 PARSE_LINES = 2000  # lines of /metrics parsed between two checkpoints (about 10 ms of the daemon's thread)
 
 
@@ -49,11 +50,14 @@ async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple
 
 
 async def body_of(client: httpx.AsyncClient, source: str, timeout_s: float) -> str:
-    """The text at `source` (GET), read up to BODY_MAX bytes: more is Unreadable, not held."""
-    async with client.stream("GET", source, timeout=timeout_s) as response:
+    """The text at `source` (GET), read up to BODY_MAX bytes: more is Unreadable, not held; so is a compressed
+    body (identity is asked: a bound on decompressed pieces would hold only after each was decompressed whole)."""
+    async with client.stream("GET", source, timeout=timeout_s, headers=IDENTITY) as response:
         response.raise_for_status()
+        if coding := compressed(response):
+            raise metrics.Unreadable(f"a compressed body (Content-Encoding: {one_line(coding)}), though identity was asked")
         body = bytearray()
-        async for piece in response.aiter_bytes():
+        async for piece in response.aiter_raw():
             body += piece
             if len(body) > BODY_MAX:
                 raise metrics.Unreadable(f"the body is over {BODY_MAX} bytes")
@@ -84,6 +88,12 @@ async def probe(client: httpx.AsyncClient, model: str, url: str, interval_s: flo
                 host.report_state(model, state, None if state == "ready" else f"{url}/health: {describe(exc)}", gpus)
             else:
                 host.report_state(model, "ready", None, gpus)
+
+
+def compressed(response) -> str:
+    """The content coding of an engine's answer if it is not identity (it compressed though asked not to), else ""."""
+    coding = response.headers.get("content-encoding", "").strip()
+    return "" if coding.lower() in ("", "identity") else coding
 
 
 def state_of(exc: Exception) -> str:
