@@ -4,6 +4,7 @@
 (the samples of tests/data); the driver's `observe` runs on trio's real clock. The same
 against a real llama-server through a mount is in test_engine_daemon.py.
 """
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,9 @@ class MetricsServer:
         self.hits[path] = self.hits.get(path, 0) + 1
         body = self.pages.get(path, "").encode()
         status = "200 OK" if path in self.pages else "404 Not Found"
-        await stream.send_all(f"HTTP/1.1 {status}\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
-                              + body)
+        with contextlib.suppress(trio.BrokenResourceError):  # a scrape that stops reading a body over BODY_MAX
+            await stream.send_all(f"HTTP/1.1 {status}\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+                                  .encode() + body)
 
 
 async def observed(tmp_path, server: MetricsServer, want_scrapes: int = 2) -> dict:
@@ -89,6 +91,15 @@ async def test_llamacpp_without_kv_gauge_is_completed_from_slots(tmp_path, nurse
     engine = flat((await observed(tmp_path, server))["/models/tiny/engine"])
     assert (engine["engine"], engine["kv_tokens"], engine["kv_capacity_tokens"]) == ("llamacpp", "1682", "16384")
     assert server.hits["/slots"] >= 1
+
+
+async def test_an_oversized_slots_leaves_no_slot_figures_but_the_metrics_ones(tmp_path, nursery):
+    """A /slots over BODY_MAX (slots debug: every slot's text) leaves no KV figures, noted, and the queues of /metrics."""
+    pages = {"/metrics": (DATA / "llamacpp-metrics.txt").read_text(), "/slots": "[" + " " * scrape.BODY_MAX + "]"}
+    server = await MetricsServer(pages).start(nursery)
+    engine = flat((await observed(tmp_path, server))["/models/tiny/engine"])
+    assert (engine["engine"], engine["kv_tokens"], engine["requests_running"]) == ("llamacpp", "-", "3")
+    assert engine["error"] == f"no slot figures: the body is over {scrape.BODY_MAX} bytes"
 
 
 async def test_an_engine_without_metrics_says_why(tmp_path, nursery):

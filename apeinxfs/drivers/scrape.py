@@ -43,7 +43,7 @@ async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple
     try:
         reading = metrics.read(await parsed(await body_of(client, source, timeout_s)))
         if metrics.wants_slots(reading):
-            reading = await _with_slots(client, url, reading, timeout_s)
+            return await _with_slots(client, url, reading, timeout_s), "ready"
     except (httpx.HTTPError, metrics.Unreadable) as exc:
         return metrics.Observation(source=source, error=describe(exc)), state_of(exc)
     return metrics.Observation(source=source, reading=reading), "ready"
@@ -103,17 +103,25 @@ def state_of(exc: Exception) -> str:
     return "unreachable" if isinstance(exc, httpx.TransportError) else "ready"
 
 
-async def _with_slots(client, url: str, reading: metrics.Reading, timeout_s: float) -> metrics.Reading:
-    """KV figures from llama-server's /slots; none if it was started without --slots."""
+async def _with_slots(client, url: str, reading: metrics.Reading, timeout_s: float) -> metrics.Observation:
+    """The observation of `reading` with KV figures from llama-server's /slots; none if it was started without
+    --slots. An unreadable /slots (over BODY_MAX: a build with slots debug puts every slot's prompt and text
+    there) means no slot figures, said as the observation's error: /metrics's figures still count."""
+    source = f"{url}/metrics"
     try:
-        text = await body_of(client, f"{url}/slots", timeout_s)
+        slots = _json(await body_of(client, f"{url}/slots", timeout_s))
+        return metrics.Observation(source=source, reading=metrics.with_slots(reading, slots))
     except httpx.HTTPStatusError:
-        return reading
+        return metrics.Observation(source=source, reading=reading)
+    except metrics.Unreadable as exc:
+        return metrics.Observation(source=source, reading=reading, error=f"no slot figures: {exc}")
+
+
+def _json(text: str):
     try:
-        slots = json.loads(text)
+        return json.loads(text)
     except (ValueError, RecursionError):
         raise metrics.Unreadable("/slots is not JSON") from None
-    return metrics.with_slots(reading, slots)
 
 
 def describe(exc: Exception) -> str:
