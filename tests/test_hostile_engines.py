@@ -94,10 +94,21 @@ async def an_endless_error_body(stream):
         await trio.sleep(0.001)
 
 
-@pytest.mark.parametrize("answer", [pings_forever, headers_trickled, one_endless_line, data_lines_never_ending_an_event,
-                                    one_endless_chunk, an_endless_error_body])
-async def test_an_engine_busy_without_tokens_does_not_hold_its_task_for_ever(answer, tmp_path, nursery):
-    """A task whose engine sends bytes but never a token ends with a reason (timeout_s 0.5), not held for ever."""
+BUSY_WITHOUT_TOKENS = {  # an engine's answer, and the bound that ends it
+    "pings": (pings_forever, "no token for 0.5 s after 0 tokens"),
+    "trickled head": (headers_trickled, "no token for 0.5 s after 0 tokens"),
+    "endless line": (one_endless_line, "stream broke after 0 tokens: a line of over 1048576 bytes"),
+    "endless event": (data_lines_never_ending_an_event,
+                      "stream broke after 0 tokens: an event of over 1048576 characters of data"),
+    "endless chunk": (one_endless_chunk, "stream broke after 0 tokens: a line of over 1048576 bytes"),
+    "endless error body": (an_endless_error_body, "HTTP 400: " + "x" * openai.ERROR_BYTES),
+}
+
+
+@pytest.mark.parametrize("case", BUSY_WITHOUT_TOKENS)
+async def test_an_engine_busy_without_tokens_does_not_hold_its_task_for_ever(case, tmp_path, nursery):
+    """A task whose engine sends bytes but never a token ends with the reason of the bound it hit (timeout_s 0.5), not held for ever."""
+    answer, words = BUSY_WITHOUT_TOKENS[case]
     port = await serve(nursery, answer)
     config = daemon.engine_config("openai", url=f"http://127.0.0.1:{port}", timeout_s=0.5, retries=0, metrics_s=0)
     with open_runtime(tmp_path, config.replace("context = 4096", "context = 4096\nresume_limit = 0")) as rt:
@@ -109,7 +120,7 @@ async def test_an_engine_busy_without_tokens_does_not_hold_its_task_for_ever(ans
                     await rt.wait_for(pid, 1.0)
             task = rt.kernel.tasks[pid]
             inner.cancel_scope.cancel()
-    assert task.done and task.exit.startswith("failed: engine at")
+    assert task.exit == f"failed: engine at http://127.0.0.1:{port}: {words}"
 
 
 @pytest.mark.xfail(strict=True, reason="sse.Tally.chunk takes usage's numbers as they come (Infinity, 1.5, negative "

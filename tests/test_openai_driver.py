@@ -234,10 +234,10 @@ async def test_tasks_stream_from_the_engine_to_done(tmp_path, nursery):
 
 
 async def test_tokens_spaced_under_timeout_s_keep_a_stream_going_longer_than_it(tmp_path, nursery):
-    """timeout_s bounds the wait for each token, not the stream: 8 tokens 0.2 s apart with timeout_s 0.5 end done in one request."""
-    engine = await FakeEngine(delay=0.2).start(nursery)
-    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 8}], timeout_s=0.5, metrics_s=0)
-    assert (task.exit, task.tokens_out, len(engine.bodies)) == ("done", 8, 1)  # one request: never resumed
+    """timeout_s bounds the wait for each token, not the stream: 15 tokens 0.1 s apart with timeout_s 1.0 end done in one request."""
+    engine = await FakeEngine(delay=0.1).start(nursery)
+    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 15}], timeout_s=1.0, metrics_s=0)
+    assert (task.exit, task.tokens_out, len(engine.bodies)) == ("done", 15, 1)  # one request: never resumed
 
 
 @pytest.mark.parametrize("delta", [{"reasoning_content": "hmm"}, {"reasoning": "hmm"},
