@@ -10,24 +10,44 @@ kernel's books when they change (kernel/kvreport.py). A failed scrape is an obse
 still loading (starting); no answer, unreachable. An engine not scraped is `probe`d instead while
 the kernel holds it down (kernel/engines.py). Parsing is metrics.py's.
 """
+import logging
+
+import attrs
 import httpx
 import trio
 
+from ..kernel.errors import Invalid
 from . import metrics
+
+log = logging.getLogger(__name__)
 
 
 async def watch(client: httpx.AsyncClient, model: str, url: str, interval_s: float, host, gpus: tuple = ()) -> None:
     """Scrape the engine at `url` for `model` (its endpoint on `gpus`; empty: its one engine) every
     `interval_s` seconds, until cancelled; the KV tokens it reports go to the kernel too."""
     host.observe(model, metrics.Observation(source=f"{url}/metrics"), gpus)  # not scraped yet
+    refused = None
     while True:
         observation, state = await scrape(client, url, timeout_s=max(2.0, 2 * interval_s))
+        observation = _report_kv(host, model, gpus, observation)
+        if observation.error != refused and observation.reading is not None:
+            refused = observation.error
+            if refused:
+                log.warning("model %s: %s", model, refused)
         host.observe(model, observation, gpus)
         host.report_state(model, state, None if state == "ready" else f"{observation.source}: {observation.error}",
                           gpus)
-        if observation.reading is not None and observation.reading.kv_tokens is not None:
-            host.report_kv(model, gpus, observation.reading.kv_tokens)
         await trio.sleep(interval_s)
+
+
+def _report_kv(host, model: str, gpus: tuple, observation: metrics.Observation) -> metrics.Observation:
+    """Hand the KV tokens of `observation` to the kernel; the observation, with the reason as its error if refused."""
+    if observation.reading is not None and observation.reading.kv_tokens is not None:
+        try:
+            host.report_kv(model, gpus, observation.reading.kv_tokens)
+        except Invalid as exc:
+            return attrs.evolve(observation, error=f"its KV report is refused: {exc.reason}")
+    return observation
 
 
 async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple[metrics.Observation, str]:
