@@ -35,8 +35,7 @@ async def watch(client: httpx.AsyncClient, model: str, url: str, interval_s: flo
             if refused:
                 log.warning("model %s: %s", model, refused)
         host.observe(model, observation, gpus)
-        host.report_state(model, state, None if state == "ready" else f"{observation.source}: {observation.error}",
-                          gpus)
+        host.report_state(model, state, observation.error and f"{observation.source}: {observation.error}", gpus)
         await trio.sleep(interval_s)
 
 
