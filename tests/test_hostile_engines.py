@@ -115,8 +115,6 @@ async def test_an_engine_busy_without_tokens_does_not_hold_its_task_for_ever(ans
     assert task.done and task.exit.startswith("failed: engine at")
 
 
-@pytest.mark.xfail(strict=True, reason="sse.Tally.chunk takes usage's numbers as they come (Infinity, 1.5, negative "
-                   "prompt_tokens) and the kernel's Step applies them unchecked (moves.py _serve, runqueue.charge)")
 @pytest.mark.parametrize("usage", ['{"completion_tokens":Infinity}', '{"completion_tokens":1.5}',
                                    '{"prompt_tokens":-1000000000,"completion_tokens":1}'])
 async def test_an_engines_usage_out_of_range_is_not_counted(usage, tmp_path, nursery):

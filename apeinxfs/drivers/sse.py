@@ -5,14 +5,16 @@ turns the JSON events of one streaming completion (/v1/completions or
 /v1/chat/completions) into `Chunk`s for one task: one token per chunk with text, made
 exact by the engine's `usage` wherever it sends one (vLLM with continuous usage stats on
 every chunk; llama.cpp, SGLang and OpenAI in the last), and the prompt's token count as
-`prefill` once the engine has told it. No HTTP here: see openai.py.
+`prefill` once the engine has told it; a usage count that is not an int in 0..TOKENS_MAX is a
+ProtocolError (the task fails naming the engine). No HTTP here: see openai.py.
 """
 import contextlib
 import json
 
 import attrs
 
-from ..kernel.events import Chunk
+from ..kernel.access import id_fits
+from ..kernel.events import TOKENS_MAX, Chunk
 
 DONE = "[DONE]"
 
@@ -91,8 +93,8 @@ class Tally:
         self.finish_reason = next((c["finish_reason"] for c in choices if c.get("finish_reason")), self.finish_reason)
         usage = event.get("usage") or {}
         tokens = int(bool(text))
-        if usage.get("completion_tokens") is not None:
-            tokens = max(0, usage["completion_tokens"] - self.tokens)
+        if (completion := count(usage, "completion_tokens")) is not None:
+            tokens = max(0, completion - self.tokens)
         prefill = self._prefill(usage)
         if not (text or tokens or prefill):
             return None
@@ -103,5 +105,14 @@ class Tally:
         """The prompt's token count, the first time the engine gives it."""
         if self.prompt_tokens is not None or usage.get("prompt_tokens") is None:
             return 0
-        self.prompt_tokens = usage["prompt_tokens"]
+        self.prompt_tokens = count(usage, "prompt_tokens")
         return self.prompt_tokens
+
+
+def count(usage: dict, key: str) -> int | None:
+    """The token count `key` of an engine's usage, None if it says none; ProtocolError unless an int in
+    0..TOKENS_MAX (Infinity, 1.5 or a negative count would corrupt the books: kernel/events.py Chunk)."""
+    value = usage.get(key)
+    if value is not None and not id_fits(value, TOKENS_MAX):
+        raise ProtocolError(f"usage {key} {str(value)[:40]} is not a token count in 0..{TOKENS_MAX}")
+    return value
