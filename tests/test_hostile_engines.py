@@ -14,6 +14,7 @@ import trio
 import daemon
 import runtasks
 from apeinxfs.drivers import openai, scrape
+from apeinxfs.kernel import endpoints
 from apeinxfs.kernel.errors import Invalid
 from apeinxfs.kernel.events import Submit
 from apeinxfs.kernel.spec import TaskSpec
@@ -165,8 +166,6 @@ async def test_an_engine_reporting_more_kv_than_its_gpu_holds_does_not_block_oth
     assert "LastError:\thttp://127.0.0.1:%d/metrics: its KV report is refused: " % liar in status
 
 
-@pytest.mark.xfail(strict=True, reason="engine URLs are shown as written, credentials too: a task's exit reason "
-                   "(openai.py _attempts, kernel/engines.py), models/NAME/status and config, the trace")
 async def test_an_engine_urls_credentials_are_not_in_a_tasks_exit(tmp_path):
     """A task failed by an unreachable engine whose URL holds user:password names the engine without the password."""
     port = free_port()
@@ -176,6 +175,32 @@ async def test_an_engine_urls_credentials_are_not_in_a_tasks_exit(tmp_path):
                                       [{"name": "a", "max_tokens": 5}])
     assert task.exit.startswith("failed:") and f"127.0.0.1:{port}" in task.exit
     assert "s3cret" not in task.exit
+
+
+async def test_an_engine_urls_credentials_are_not_in_its_models_files(tmp_path, nursery):
+    """models/NAME/config and engine (its scrape's source and error) name the engine as http://***@host."""
+    port = await serve(nursery, None, "vllm:kv_cache_usage_perc 50\n")
+    config = daemon.engine_config("openai", url=f"http://admin:s3cret@127.0.0.1:{port}", metrics_s=0.05)
+    with open_runtime(tmp_path, config) as rt:
+        async with trio.open_nursery() as inner:
+            await inner.start(rt.run)
+            with trio.fail_after(NOT_ENDING_S):
+                while getattr(rt.engine_metrics.get("tiny"), "error", None) is None:
+                    await trio.sleep(0.05)
+            inner.cancel_scope.cancel()
+        files = [models.config(rt.kernel, "tiny"), models.engine(rt.engine_metrics["tiny"], 0),
+                 models.status(rt.kernel, "tiny", rt.engine_states.get("tiny"))]
+    assert f"url http://***@127.0.0.1:{port}\n" in files[0]
+    assert f"source http://***@127.0.0.1:{port}/metrics\n" in files[1] and "LastError:\thttp://***@" in files[2]
+    assert not any("s3cret" in text or "admin" in text for text in files)
+
+
+@pytest.mark.parametrize("text, shown", [("http://u:p@h:1/x", "http://***@h:1/x"), ("https://tok@h", "https://***@h"),
+                                         ("at http://h/a@b and ftp://u@h", "at http://h/a@b and ftp://***@h"),
+                                         ("http://h:8000", "http://h:8000")])
+def test_redacted_hides_only_a_urls_userinfo(text, shown):
+    """`redacted` replaces what is before a URL's host's `@`, not an `@` in its path, in any text."""
+    assert endpoints.redacted(text) == shown
 
 
 def two_models_config(liar: int, honest: int) -> str:

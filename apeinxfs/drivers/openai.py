@@ -35,6 +35,7 @@ import attrs
 import httpx
 import trio
 
+from ..kernel.endpoints import redacted
 from ..kernel.errors import Invalid
 from ..kernel.events import Chunk, Failed, Interrupted
 from ..kernel.task import State
@@ -192,12 +193,12 @@ class OpenAIDriver:
                 last, delay = exc, 0.0 if isinstance(exc, Stale) else endpoint.backoff_s * 2 ** attempt
             except Broken as exc:
                 if isinstance(exc, NotServed):
-                    outbox.host.report_state(task.model, "failed", f"{endpoint.url}: {exc}", gpus)
+                    outbox.host.report_state(task.model, "failed", redacted(f"{endpoint.url}: {exc}"), gpus)
                 ending = Interrupted if isinstance(exc, StreamBroke) else Failed
-                return ending(pid=task.pid, reason=f"engine at {endpoint.url}: {exc}")
+                return ending(pid=task.pid, reason=redacted(f"engine at {endpoint.url}: {exc}"))
         outbox.host.report_state(task.model, "starting" if isinstance(last, Loading) else "unreachable",
-                                 f"{endpoint.url}: {last}", gpus)
-        return Interrupted(pid=task.pid, reason=f"engine at {endpoint.url} unreachable: {last}")
+                                 redacted(f"{endpoint.url}: {last}"), gpus)
+        return Interrupted(pid=task.pid, reason=redacted(f"engine at {endpoint.url} unreachable: {last}"))
 
     async def _stream(self, client, route: tuple[tuple, Connection], task, outbox: flow.Outbox) -> None:
         gpus, endpoint = route

@@ -16,6 +16,7 @@ import attrs
 import httpx
 import trio
 
+from ..kernel.endpoints import redacted
 from ..kernel.errors import Invalid
 from . import metrics
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 async def watch(client: httpx.AsyncClient, model: str, url: str, interval_s: float, host, gpus: tuple = ()) -> None:
     """Scrape the engine at `url` for `model` (its endpoint on `gpus`; empty: its one engine) every
     `interval_s` seconds, until cancelled; the KV tokens it reports go to the kernel too."""
-    host.observe(model, metrics.Observation(source=f"{url}/metrics"), gpus)  # not scraped yet
+    host.observe(model, metrics.Observation(source=redacted(f"{url}/metrics")), gpus)  # not scraped yet
     refused = None
     while True:
         observation, state = await scrape(client, url, timeout_s=max(2.0, 2 * interval_s))
@@ -51,7 +52,7 @@ def _report_kv(host, model: str, gpus: tuple, observation: metrics.Observation) 
 
 async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple[metrics.Observation, str]:
     """One scrape of the engine at `url`: its reading, or the reason there is none; and the engine's state."""
-    source = f"{url}/metrics"
+    source = redacted(f"{url}/metrics")
     try:
         response = await client.get(source, timeout=timeout_s)
         response.raise_for_status()
@@ -74,7 +75,8 @@ async def probe(client: httpx.AsyncClient, model: str, url: str, interval_s: flo
                 (await client.get(f"{url}/health", timeout=max(2.0, 2 * interval_s))).raise_for_status()
             except httpx.HTTPError as exc:
                 state = state_of(exc)
-                host.report_state(model, state, None if state == "ready" else f"{url}/health: {describe(exc)}", gpus)
+                host.report_state(model, state, None if state == "ready" else redacted(f"{url}/health: {describe(exc)}"),
+                                  gpus)
             else:
                 host.report_state(model, "ready", None, gpus)
 
@@ -99,5 +101,5 @@ async def _with_slots(client, url: str, reading: metrics.Reading, timeout_s: flo
 
 
 def describe(exc: Exception) -> str:
-    """An exception in words: its message, or its type when it has none."""
-    return str(exc) or type(exc).__name__
+    """An exception in words: its message (any URL in it without credentials), or its type when it has none."""
+    return redacted(str(exc)) or type(exc).__name__
