@@ -117,6 +117,21 @@ def test_real_free_memory_caps_placement_and_counts_as_kv_pressure():
     assert b"gpu-memory" in kernel.trace.buffer and b"16 MiB free: new tasks may take 16 pages" in kernel.trace.buffer
 
 
+@pytest.mark.parametrize("lines, reason", [
+    ("simulated = 100000000", "gpus.simulated must be an integer from 0 to 1024, not 100000000"),
+    ("simulated = true", "gpus.simulated must be an integer from 0 to 1024, not True"),
+    ("slots = 100000000000", "slots must be at most 4096, not 100000000000"),
+    ("slots = 1e20", "slots must be a positive integer, not 1e+20"),
+])
+def test_too_many_simulated_gpus_or_slots_are_refused_at_load(tmp_path, lines, reason):
+    """A [gpus] count beyond its bound (a typo that would build a hundred million GPUs) is refused with the bound."""
+    path = tmp_path / "config.toml"
+    path.write_text(f"[gpus]\n{lines}\n")
+    with pytest.raises(ApeinxError) as refused:
+        config_mod.load(str(path), str(tmp_path), use_nvml=False)
+    assert reason in refused.value.reason
+
+
 def test_gpu_memory_of_a_simulated_gpu_is_refused():
     """Only a real GPU's memory can be read: a GpuMemory event for a simulated one is EINVAL."""
     kernel = Kernel(KernelConfig(models=[ModelConfig(name="sim")], gpus=[GpuConfig(index=0)]))

@@ -225,14 +225,35 @@ async def test_a_metrics_body_of_a_million_lines_is_refused(nursery):
     assert observation.reading is None and observation.error
 
 
-@pytest.mark.xfail(strict=True, reason="Connection's validators (openai.py: gt(0), ge(0)) take inf: an engine silent "
-                   "for ever never times out, a failed request never retried, an engine never scraped")
 @pytest.mark.parametrize("option", ["timeout_s", "backoff_s", "metrics_s"])
 def test_an_infinite_engine_option_is_refused(option):
     """A model whose options give `option = inf` is refused at start with the option's name."""
     model = type("Model", (), {"name": "m", "options": {"url": "http://e:8000", option: math.inf}})
     with pytest.raises(Invalid, match=option):
         openai.Endpoint.of(model)
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"retries": 1e20}, "retries must be an integer from 0 to 100, not 1e+20"),
+    ({"retries": True}, "retries must be an integer from 0 to 100, not True"),
+    ({"retries": "3"}, "retries must be an integer from 0 to 100, not '3'"),
+    ({"backoff_s": 1e308}, "backoff_s must be a number of seconds from 0 to 3600, not 1e+308"),
+    ({"metrics_s": 1e-9}, "metrics_s must be 0 (none) or a number of seconds from 0.01 to 3600, not 1e-09"),
+    ({"timeout_s": 0}, "timeout_s must be a number of seconds from 0.001 to 86400, not 0"),
+    ({"url": "http://e:99999"}, "url must be an http:// or https:// URL with a host (and a port 1 to 65535), not "
+                                "'http://e:99999'"),
+    ({"url": "not a url"}, "url must be an http:// or https:// URL"),
+    ({"url": "ftp://x"}, "url must be an http:// or https:// URL"),
+    ({"url": "http://u:s3cret@e:0"}, "not 'http://***@e:0'"),
+    ({"timeout": 5}, "no option 'timeout' (its options: url, engine_model, timeout_s, retries, backoff_s, api, "
+                     "metrics_s)"),
+])
+def test_an_engine_option_out_of_its_bounds_is_refused_in_words(options, words):
+    """Options that would mean for ever, never or nothing, a bad URL or an unknown option: refused, saying why."""
+    model = type("Model", (), {"name": "m", "options": {"url": "http://e:8000", **options}})
+    with pytest.raises(Invalid) as refused:
+        openai.Endpoint.of(model)
+    assert refused.value.reason.startswith("model m: openai options: ") and words in refused.value.reason
 
 
 @pytest.mark.xfail(strict=True, reason="openai.py _check puts the engine's 4xx body in the task's exit as it came, "

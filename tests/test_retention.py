@@ -263,6 +263,8 @@ def test_a_reaped_tasks_pid_is_unnamed_in_another_tasks_view():
     ("audit_lines = 0", "retention.audit_lines must be an integer >= 1, not 0"),
     ("audit_lines = \"many\"", "retention.audit_lines must be an integer >= 1, not 'many'"),
     ("lines = 5", "unknown key retention.lines"),
+    ("snapshot_s = true", "retention.snapshot_s must be a number of seconds > 0, not True"),
+    ("snapshot_s = inf", "retention.snapshot_s must be a number of seconds > 0, not inf"),
 ])
 def test_bad_retention_values_are_refused_at_load(tmp_path, line, reason):
     """A bad [retention] value stops the config from loading, with the key and the reason."""
