@@ -4,8 +4,10 @@
 GET /slots) and hands each `Observation` to the host (`host.observe(model, observation)`),
 which keeps it beside the kernel: observations are not kernel state and are never
 journaled; but the tokens its KV cache holds go to `host.report_kv`, which journals them for the
-kernel's books when they change (kernel/kvreport.py). A failed scrape is an observation too (its error, no reading), so
-/models/NAME/engine says why there are no numbers. Each scrape is also a health check
+kernel's books when they change (kernel/kvreport.py); a report the kernel refuses (negative, more than its GPUs
+hold) is that engine's scrape error, logged once, never the end of the loop scraping every model. A failed scrape
+is an observation too (its error, no reading), so /models/NAME/engine says why there are no numbers, and the
+model's LastError too. Each scrape is also a health check
 (enginestate.py): an engine that answers is ready, even without metrics; HTTP 503 means it is
 still loading (starting); no answer, unreachable. An engine not scraped is `probe`d instead while
 the kernel holds it down (kernel/engines.py). Parsing is metrics.py's.
@@ -31,7 +33,7 @@ async def watch(client: httpx.AsyncClient, model: str, url: str, interval_s: flo
     while True:
         observation, state = await scrape(client, url, timeout_s=max(2.0, 2 * interval_s))
         observation = _report_kv(host, model, gpus, observation)
-        if observation.error != refused and observation.reading is not None:
+        if observation.error != refused and observation.reading is not None:  # a KV report refused, or taken again
             refused = observation.error
             if refused:
                 log.warning("model %s: %s", model, refused)
