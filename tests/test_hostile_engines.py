@@ -129,8 +129,9 @@ async def test_an_engines_usage_out_of_range_is_not_counted(usage, tmp_path, nur
     assert task.exit.startswith("failed: engine at")
 
 
-async def test_one_engines_negative_kv_report_leaves_other_engines_scraped(tmp_path, nursery):
-    """An engine whose /metrics says -5000 KV tokens, scraped 10 times (2 s), makes no bug of the loop scraping the others."""
+async def test_one_engines_negative_kv_report_leaves_other_engines_scraped(tmp_path, nursery, caplog):
+    """An engine whose /metrics says -5000 KV tokens, scraped 10 times (2 s), makes no bug of the loop scraping the
+    others: its refusal is its scrape error, logged once."""
     liar = await serve(nursery, None, "sglang:num_used_tokens -5000\n")
     honest = await serve(nursery, None, "sglang:num_used_tokens 0\n")
     with open_runtime(tmp_path, two_models_config(liar, honest)) as rt:
@@ -141,6 +142,9 @@ async def test_one_engines_negative_kv_report_leaves_other_engines_scraped(tmp_p
                     await trio.sleep(0.05)
             inner.cancel_scope.cancel()
         assert "driver.openai.observe" not in rt.supervisor.bugs and "honest" in rt.engine_metrics
+        assert rt.engine_metrics["liar"].error.startswith("its KV report is refused: an engine's KV report of -5000")
+    logged = [r.getMessage() for r in caplog.records if "liar" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].startswith("model liar: its KV report is refused: ")
 
 
 async def test_an_engine_reporting_more_kv_than_its_gpu_holds_does_not_block_other_models(tmp_path, nursery):
