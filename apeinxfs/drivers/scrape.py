@@ -4,41 +4,62 @@
 GET /slots) and hands each `Observation` to the host (`host.observe(model, observation)`),
 which keeps it beside the kernel: observations are not kernel state and are never
 journaled; but the tokens its KV cache holds go to `host.report_kv`, which journals them for the
-kernel's books when they change (kernel/kvreport.py). A failed scrape is an observation too (its error, no reading), so
-/models/NAME/engine says why there are no numbers; a body over BODY_MAX is such an error, not read on, and a
-body is parsed a slice at a time (PARSE_LINES), the daemon's other work running between the slices. Each scrape is also a health check
+kernel's books when they change (kernel/kvreport.py); a report the kernel refuses (negative, more than its GPUs
+hold) is that engine's scrape error, logged once, never the end of the loop scraping every model. A failed scrape
+is an observation too (its error, no reading), so /models/NAME/engine says why there are no numbers, and the
+model's LastError too; a body over BODY_MAX is such an error, not read on, and a body is parsed a slice at a
+time (PARSE_LINES), the daemon's other work running between the slices. Each scrape is also a health check
 (enginestate.py): an engine that answers is ready, even without metrics; HTTP 503 means it is
 still loading (starting); no answer, unreachable. An engine not scraped is `probe`d instead while
 the kernel holds it down (kernel/engines.py). Parsing is metrics.py's.
 """
 import json
+import logging
 
+import attrs
 import httpx
 import trio
 
+from ..kernel.endpoints import redacted
+from ..kernel.errors import Invalid
 from . import metrics
 
 BODY_MAX = 1 << 20  # bytes of a /metrics read at most: vLLM's and SGLang's are well under 200 KB
 PARSE_LINES = 2000  # lines of /metrics parsed between two checkpoints (about 10 ms of the daemon's thread)
 
+log = logging.getLogger(__name__)
+
 
 async def watch(client: httpx.AsyncClient, model: str, url: str, interval_s: float, host, gpus: tuple = ()) -> None:
     """Scrape the engine at `url` for `model` (its endpoint on `gpus`; empty: its one engine) every
     `interval_s` seconds, until cancelled; the KV tokens it reports go to the kernel too."""
-    host.observe(model, metrics.Observation(source=f"{url}/metrics"), gpus)  # not scraped yet
+    host.observe(model, metrics.Observation(source=redacted(f"{url}/metrics")), gpus)  # not scraped yet
+    refused = None
     while True:
         observation, state = await scrape(client, url, timeout_s=max(2.0, 2 * interval_s))
+        observation = _report_kv(host, model, gpus, observation)
+        if observation.error != refused and observation.reading is not None:  # a KV report refused, or taken again
+            refused = observation.error
+            if refused:
+                log.warning("model %s: %s", model, refused)
         host.observe(model, observation, gpus)
-        host.report_state(model, state, None if state == "ready" else f"{observation.source}: {observation.error}",
-                          gpus)
-        if observation.reading is not None and observation.reading.kv_tokens is not None:
-            host.report_kv(model, gpus, observation.reading.kv_tokens)
+        host.report_state(model, state, observation.error and f"{observation.source}: {observation.error}", gpus)
         await trio.sleep(interval_s)
+
+
+def _report_kv(host, model: str, gpus: tuple, observation: metrics.Observation) -> metrics.Observation:
+    """Hand the KV tokens of `observation` to the kernel; the observation, with the reason as its error if refused."""
+    if observation.reading is not None and observation.reading.kv_tokens is not None:
+        try:
+            host.report_kv(model, gpus, observation.reading.kv_tokens)
+        except Invalid as exc:
+            return attrs.evolve(observation, error=f"its KV report is refused: {exc.reason}")
+    return observation
 
 
 async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple[metrics.Observation, str]:
     """One scrape of the engine at `url`: its reading, or the reason there is none; and the engine's state."""
-    source = f"{url}/metrics"
+    source = redacted(f"{url}/metrics")
     try:
         reading = metrics.read(await parsed(await body_of(client, source, timeout_s)))
         if metrics.wants_slots(reading):
@@ -81,7 +102,8 @@ async def probe(client: httpx.AsyncClient, model: str, url: str, interval_s: flo
                 (await client.get(f"{url}/health", timeout=max(2.0, 2 * interval_s))).raise_for_status()
             except httpx.HTTPError as exc:
                 state = state_of(exc)
-                host.report_state(model, state, None if state == "ready" else f"{url}/health: {describe(exc)}", gpus)
+                host.report_state(model, state, None if state == "ready" else redacted(f"{url}/health: {describe(exc)}"),
+                                  gpus)
             else:
                 host.report_state(model, "ready", None, gpus)
 
@@ -107,8 +129,9 @@ async def _with_slots(client, url: str, reading: metrics.Reading, timeout_s: flo
 
 
 def describe(exc: Exception) -> str:
-    """An exception in words, on one line: its message, or its type when it has none."""
-    return one_line(str(exc)) or type(exc).__name__
+    """An exception in words, on one line: its message (any URL in it without credentials), or its type when it
+    has none."""
+    return redacted(one_line(str(exc))) or type(exc).__name__
 
 
 def one_line(text: str) -> str:

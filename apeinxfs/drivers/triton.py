@@ -56,10 +56,11 @@ class Tally:
     def chunk(self, response: dict) -> Chunk | None:
         """The chunk for one response, or None when it adds nothing."""
         text = response.get("text_output") or ""
-        tokens = response.get("num_output_tokens", int(bool(text)))
+        tokens = sse.count(response, "num_output_tokens")
+        tokens = int(bool(text)) if tokens is None else tokens
         prefill = 0
         if self.prompt_tokens is None and response.get("num_input_tokens") is not None:
-            prefill = self.prompt_tokens = response["num_input_tokens"]
+            prefill = self.prompt_tokens = sse.count(response, "num_input_tokens")
         if not (text or tokens or prefill):
             return None
         self.tokens += tokens
