@@ -293,7 +293,7 @@ class Operations(pyfuse3.Operations):
         if handle is not None:
             handle.release()
         if isinstance(handle, SnapshotHandle):
-            self.tree.close_snapshot(handle.node.inode)
+            self.tree.close_snapshot(handle.node.inode, len(handle.data))
 
     @guarded
     async def create(self, parent_inode, name, mode, flags, ctx):

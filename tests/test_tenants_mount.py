@@ -368,6 +368,15 @@ def test_the_runqueue_of_a_viewer_is_its_tenants_and_of_no_role_empty(mounted, u
     assert probe(uma, "read", mounted.path("sched", "runqueue"))["data"] == rows[0] + "\n"
 
 
+def sendfile_all(source, sink) -> int:
+    """Copy `source` to `sink` by sendfile(2) from offset 0 until it returns 0; the bytes copied."""
+    copied, sent = 0, 1
+    while sent:
+        sent = os.sendfile(sink.fileno(), source.fileno(), copied, 1 << 16)
+        copied += sent
+    return copied
+
+
 def test_sendfile_copies_the_whole_runqueue_while_a_user_stats_it(mounted, users):
     """Root's sendfile of an open sched/runqueue copies every byte of its view after alice stats hers (the
     kernel keeps one size per inode, and splice stops at it)."""
@@ -375,10 +384,7 @@ def test_sendfile_copies_the_whole_runqueue_while_a_user_stats_it(mounted, users
     with open(path, "rb") as source, tempfile.TemporaryFile() as sink:
         size = os.fstat(source.fileno()).st_size
         assert run_as(users["alice"], ["stat", path]).returncode == 0
-        copied, sent = 0, 1
-        while sent:
-            sent = os.sendfile(sink.fileno(), source.fileno(), copied, 1 << 16)
-            copied += sent
+        copied = sendfile_all(source, sink)
         whole = os.pread(source.fileno(), 1 << 16, 0)  # the snapshot this descriptor reads
         assert copied == size == len(whole) and os.pread(sink.fileno(), 1 << 16, 0) == whole
 
@@ -392,3 +398,17 @@ def test_a_users_cached_stat_of_the_runqueue_is_its_own_size(mounted, users):
         cached = run_as(alice, ["stat", "--cached=always", "-c", "%s", path])
     assert cached.returncode == 0, cached.stderr
     assert int(cached.stdout) == len(probe(alice, "read", path)["data"])
+
+
+def test_sendfile_of_an_open_runqueue_copies_it_whole_after_a_shorter_open(mounted, users):
+    """Root opens sched/runqueue, a tenant is removed, root opens it again (a row shorter): sendfile from the
+    first descriptor copies all of its snapshot, and fstat of it gives at least that size."""
+    tenants, path = mounted.path("ctl", "tenants"), mounted.path("sched", "runqueue")
+    assert probe(users["adam"], "write", tenants, "add brief weight=100\n")["errno"] is None
+    with open(path, "rb") as first, tempfile.TemporaryFile() as sink:
+        assert probe(users["adam"], "write", tenants, "remove brief\n")["errno"] is None
+        with open(path, "rb") as second:
+            whole = os.pread(first.fileno(), 1 << 16, 0)
+            assert len(os.pread(second.fileno(), 1 << 16, 0)) < len(whole)
+            assert os.fstat(first.fileno()).st_size == len(whole)
+            assert sendfile_all(first, sink) == len(whole) and os.pread(sink.fileno(), 1 << 16, 0) == whole

@@ -4,8 +4,8 @@
 to find where a file comes from, look here. `Tree` maps inodes to nodes (static ones are
 numbered at boot; a task's are computed from its pid; each view of a tenanted file has its
 own, views.py) and keeps getattr consistent with reads: while a file is open, its size is
-that of the snapshot it reads, so `cp` and sendfile copy every byte (each caller's view has
-its own inode, so its own size in the kernel); otherwise every getattr renders afresh (files
+that of the largest snapshot its open descriptors read, so `cp` and sendfile copy every byte
+(each caller's view has its own inode, so its own size in the kernel); otherwise every getattr renders afresh (files
 have no attr cache, see fs.py), so nothing read is ever stale.
 """
 import stat
@@ -125,7 +125,7 @@ class Tree:
         self._number(self.root)
         tenanted = [node for node in self.static.values() if isinstance(node, Show) and node.tenanted]
         self.views = Views(tenanted, lambda tenant: tenant in rt.kernel.tenancy.tenants)
-        self._pinned: dict[int, tuple[bytes, int]] = {}  # inode -> (text, opens)
+        self._pinned: dict[int, list[int]] = {}  # inode -> the sizes of its open snapshots
         self._rendered: dict[int, tuple[int, bytes]] = {}  # inode -> (version, text)
         self._task_nodes: dict[int, tuple] = {}  # inode -> (task, node) of task files built so far
 
@@ -210,24 +210,21 @@ class Tree:
         return node
 
     def open_snapshot(self, node: Show) -> bytes:
-        """Render `node` for a new open file; its size is what getattr reports until it closes."""
-        data = self._current(node)
-        count = self._pinned.get(node.inode, (b"", 0))[1]
-        self._pinned[node.inode] = (data, count + 1)
+        """Render `node` for a new open file, which reads that snapshot until it closes (close_snapshot)."""
+        data = self.render(node)
+        self._pinned.setdefault(node.inode, []).append(len(data))
         return data
 
-    def close_snapshot(self, inode: int) -> None:
-        data, count = self._pinned.pop(inode, (b"", 1))
-        if count > 1:
-            self._pinned[inode] = (data, count - 1)
+    def close_snapshot(self, inode: int, size: int) -> None:
+        """Forget the open snapshot of `size` bytes of `inode`."""
+        sizes = self._pinned[inode]
+        sizes.remove(size)
+        if not sizes:
+            del self._pinned[inode]
 
     def render(self, node: Show) -> bytes:
-        """What an open file of `node` would read now, or is reading if one is open."""
-        pinned = self._pinned.get(node.inode)
-        return pinned[0] if pinned else self._current(node)
-
-    def _current(self, node: Show) -> bytes:
-        """The node's text now: rendered again only once an event (or an engine scrape) changed something."""
+        """The node's text now, as a new open reads it: rendered again only once an event (or an engine scrape)
+        changed something."""
         if node.volatile:
             return node.render()
         version, cached = self._rendered.get(node.inode, (None, None))
@@ -239,4 +236,9 @@ class Tree:
         return cached
 
     def size(self, node) -> int:
-        return len(self.render(node)) if isinstance(node, Show) else node.size()
+        """A file's size; of a rendered one while open, the largest of its open snapshots (a sendfile or `cp`
+        of each then stops at its own end, never before)."""
+        if not isinstance(node, Show):
+            return node.size()
+        sizes = self._pinned.get(node.inode)
+        return max(sizes) if sizes else len(self.render(node))
