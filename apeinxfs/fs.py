@@ -202,7 +202,10 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def getattr(self, inode, ctx=None):
-        return self.attributes(self.node_for(inode, ctx))
+        """The attributes of `inode`; of a file open now, with no check of who asks: Linux checks access at open,
+        and fstat(2) of an open descriptor works even once its caller could open it no more (its tenant
+        removed, or the caller moved to another: then a new lookup reaches the caller's view now)."""
+        return self.attributes(self.tree.opened(inode) or self.node_for(inode, ctx))
 
     @guarded
     async def setattr(self, inode, attr, fields, fh, ctx):

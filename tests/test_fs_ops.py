@@ -180,7 +180,7 @@ async def test_opendir_of_a_file_is_enotdir(ops):
 
 
 async def add_tenant(ops, line: bytes) -> None:
-    """Write one `add ...` line to /ctl/tenants as root."""
+    """Write one line (`add ...`, `remove ...`) to /ctl/tenants as root."""
     fh = await open_path(ops, "/ctl/tenants", os.O_WRONLY, caller=ROOT_CTX)
     await ops.write(fh, 0, line + b"\n")
     await ops.release(fh)
@@ -254,6 +254,19 @@ async def test_a_gone_tenants_view_is_enoent(ops):
     await ops.write(fh, 0, b"remove a\n")
     await ops.release(fh)
     assert await fuse_errno(lambda: ops.getattr(inode, ROOT_CTX)) == errno.ENOENT
+
+
+async def test_an_open_view_of_a_removed_tenant_still_stats(ops):
+    """A user's open sched/runqueue answers getattr (fstat) with its snapshot's size after its tenant a is
+    removed; once closed, its inode is ENOENT."""
+    await add_tenant(ops, b"add a weight=100 uids=1000")
+    inode = await inode_of(ops, "/sched/runqueue")
+    fh = await ops.open(inode, os.O_RDONLY, ctx())
+    snapshot = await read_all(ops, fh.fh)
+    await add_tenant(ops, b"remove a")
+    assert (await ops.getattr(inode, ctx())).st_size == len(snapshot)
+    await ops.release(fh.fh)
+    assert await fuse_errno(lambda: ops.getattr(inode, ctx())) == errno.ENOENT
 
 
 async def test_open_a_directory_is_eisdir(ops):

@@ -8,13 +8,14 @@ tools' messages or from a probe (unixusers.PROBE) that prints the errno name and
 """
 import csv
 import os
+import subprocess
 import tempfile
 import time
 
 import pytest
 
 from daemon import poll_until, sim_config
-from unixusers import probe, run_as, shared_mount, users_of_test
+from unixusers import SYSTEM_PYTHON, as_user, probe, run_as, shared_mount, users_of_test
 
 pytestmark = pytest.mark.mount
 
@@ -22,6 +23,18 @@ USERS = {"alice": 23001, "bob": 23002, "vera": 23003, "quinn": 23004, "adam": 23
 BUDGET_WINDOW_S = 3
 US = 1_000_000
 LONG_TASK = 'name=long max_tokens=20000 prompt="the secret plan"'
+
+
+HOLD_OPEN = r"""
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+print(os.fstat(fd).st_size, flush=True)
+sys.stdin.readline()
+try:
+    print(os.fstat(fd).st_size, len(os.pread(fd, 1 << 16, 0)), flush=True)
+except OSError as exc:
+    print(exc, flush=True)
+"""  # opens a file, prints its fstat size; at a line on stdin, its fstat size again and its length
 
 
 def tenants_config(users) -> str:
@@ -412,3 +425,20 @@ def test_sendfile_of_an_open_runqueue_copies_it_whole_after_a_shorter_open(mount
             assert len(os.pread(second.fileno(), 1 << 16, 0)) < len(whole)
             assert os.fstat(first.fileno()).st_size == len(whole)
             assert sendfile_all(first, sink) == len(whole) and os.pread(sink.fileno(), 1 << 16, 0) == whole
+
+
+def test_an_open_runqueue_stats_after_its_tenant_is_removed(mounted, users):
+    """Uma, in a tenant added for her, holds sched/runqueue open while adam removes the tenant: fstat of her
+    descriptor still works and gives its snapshot's size."""
+    adam, uma, tenants = users["adam"], users["uma"], mounted.path("ctl", "tenants")
+    assert probe(adam, "write", tenants, f"add leaving weight=100 uids={uma.uid}\n")["errno"] is None
+    holder = subprocess.Popen(as_user(uma, [SYSTEM_PYTHON, "-c", HOLD_OPEN, mounted.path("sched", "runqueue")]),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        size = int(holder.stdout.readline())
+        assert probe(adam, "write", tenants, "remove leaving\n")["errno"] is None
+        out, _ = holder.communicate("\n", timeout=20)
+        assert out.split() == [str(size), str(size)]
+    finally:
+        holder.kill()
+        holder.wait()

@@ -125,7 +125,7 @@ class Tree:
         self._number(self.root)
         tenanted = [node for node in self.static.values() if isinstance(node, Show) and node.tenanted]
         self.views = Views(tenanted, lambda tenant: tenant in rt.kernel.tenancy.tenants)
-        self._pinned: dict[int, list[int]] = {}  # inode -> the sizes of its open snapshots
+        self._pinned: dict[int, tuple[Show, list[int]]] = {}  # inode -> its node, the sizes of its open snapshots
         self._rendered: dict[int, tuple[int, bytes]] = {}  # inode -> (version, text)
         self._task_nodes: dict[int, tuple] = {}  # inode -> (task, node) of task files built so far
 
@@ -212,12 +212,17 @@ class Tree:
     def open_snapshot(self, node: Show) -> bytes:
         """Render `node` for a new open file, which reads that snapshot until it closes (close_snapshot)."""
         data = self.render(node)
-        self._pinned.setdefault(node.inode, []).append(len(data))
+        self._pinned.setdefault(node.inode, (node, []))[1].append(len(data))
         return data
+
+    def opened(self, inode: int) -> Show | None:
+        """The node of `inode` while a descriptor has it open (its snapshot read), else None."""
+        pinned = self._pinned.get(inode)
+        return pinned[0] if pinned else None
 
     def close_snapshot(self, inode: int, size: int) -> None:
         """Forget the open snapshot of `size` bytes of `inode`."""
-        sizes = self._pinned[inode]
+        sizes = self._pinned[inode][1]
         sizes.remove(size)
         if not sizes:
             del self._pinned[inode]
@@ -240,5 +245,5 @@ class Tree:
         of each then stops at its own end, never before)."""
         if not isinstance(node, Show):
             return node.size()
-        sizes = self._pinned.get(node.inode)
+        _, sizes = self._pinned.get(node.inode, (node, None))
         return max(sizes) if sizes else len(self.render(node))
