@@ -236,7 +236,7 @@ class Operations(pyfuse3.Operations):
         caller = self.caller(ctx)
         self.check(node, caller, os.R_OK)
         fh = next(self._fh)
-        entries = [(name, self.tree.reached(child, caller.identity)) for name, child in node.entries()]
+        entries = self.tree.listing(node, caller.identity)
         self.listings[fh] = entries if caller.role == "admin" else [
             (name, child) for name, child in entries if not child.hidden_from(caller.identity)]
         return fh

@@ -15,6 +15,7 @@ import trio
 
 from apeinxfs import fs
 from apeinxfs.fs import Operations
+from apeinxfs.nodes import views
 from apeinxfs.nodes.readme import TEXT as README
 from apeinxfs.nodes.tree import Tree
 from test_journal_runtime import open_runtime, submit
@@ -254,6 +255,23 @@ async def test_a_gone_tenants_view_is_enoent(ops):
     await ops.write(fh, 0, b"remove a\n")
     await ops.release(fh)
     assert await fuse_errno(lambda: ops.getattr(inode, ROOT_CTX)) == errno.ENOENT
+
+
+async def test_a_view_past_the_inode_range_is_left_out_of_a_listing(ops, listed, monkeypatch):
+    """With room for one view, alice's takes it: bob (tenant b) lists sched/ without runqueue, and only his
+    lookup of it is ENOSPC."""
+    monkeypatch.setattr(views, "VIEW_LIMIT", views.VIEW_BASE + len(ops.tree.views.files))
+    await add_tenant(ops, b"add a weight=100 uids=1000")
+    await add_tenant(ops, b"add b weight=100 uids=1001")
+    await inode_of(ops, "/sched/runqueue")
+    bob = types.SimpleNamespace(uid=1001, gid=1001, pid=os.getpid(), umask=0o022)
+    sched = await inode_of(ops, "/sched", bob)
+    fh = await ops.opendir(sched, bob)
+    await ops.readdir(fh, 0, None)
+    await ops.releasedir(fh)
+    names = [name for name, _, _ in listed.entries]
+    assert b"stat" in names and b"runqueue" not in names
+    assert await fuse_errno(lambda: ops.lookup(sched, b"runqueue", bob)) == errno.ENOSPC
 
 
 async def test_an_open_view_of_a_removed_tenant_still_stats(ops):

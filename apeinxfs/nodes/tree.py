@@ -12,7 +12,7 @@ import stat
 from functools import lru_cache, partial
 
 from .. import health
-from ..kernel.errors import NotFound
+from ..kernel.errors import NoSpace, NotFound
 from . import billing, ctl, gpus, memory, metrics, policy, readme, replay, sched
 from .base import Command, Dir, NamedDirs, Setting, Show
 from .forwarding import Forwarding, recording, routing
@@ -208,6 +208,17 @@ class Tree:
         if isinstance(node, Show) and node.tenanted:
             return self.views.node(node, node.view_of(identity))
         return node
+
+    def listing(self, directory: Dir, identity) -> list[tuple[str, object]]:
+        """`directory`'s entries as `identity` reaches them; a tenanted file whose view has no inode left
+        (NoSpace, views.py) is left out, so that only a lookup of its name fails, never the listing."""
+        entries = []
+        for name, child in directory.entries():
+            try:
+                entries.append((name, self.reached(child, identity)))
+            except NoSpace:
+                continue
+        return entries
 
     def open_snapshot(self, node: Show) -> bytes:
         """Render `node` for a new open file, which reads that snapshot until it closes (close_snapshot)."""
