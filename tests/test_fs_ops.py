@@ -78,7 +78,7 @@ async def test_lookup_and_getattr(ops):
 
 async def test_boot_time_names_stay_cached_and_task_files_do_not(ops):
     """Boot-time names are cached long, with their attributes where those never change (/ctl, /ctl/submit), a
-    rendered file's size never; a task's names only briefly."""
+    rendered file's size never; a task's names only briefly; sched/runqueue's, each caller's view, never."""
     ctl = await ops.lookup(ROOT, b"ctl", ctx())
     ctl_submit = await ops.lookup(ctl.st_ino, b"submit", ctx())
     assert ctl.entry_timeout == ctl.attr_timeout == fs.STATIC_S > 1
@@ -88,6 +88,9 @@ async def test_boot_time_names_stay_cached_and_task_files_do_not(ops):
     pid = submit(ops.rt)
     task = await ops.lookup(await inode_of(ops, "/tasks"), str(pid).encode(), ctx())
     assert task.entry_timeout == task.attr_timeout == fs.ATTR_TIMEOUT_S
+    sched = await inode_of(ops, "/sched")
+    own_view, every = await ops.lookup(sched, b"runqueue", ctx()), await ops.lookup(sched, b"runqueue", ROOT_CTX)
+    assert own_view.st_ino >= views.VIEW_BASE and own_view.entry_timeout == every.entry_timeout == 0
 
 
 async def test_a_task_whose_uid_is_no_id_is_shown_owned_by_the_overflow_uid(ops, caplog):
@@ -243,7 +246,8 @@ async def test_a_user_may_not_hold_another_view_of_the_runqueue(ops):
     for inode in (await inode_of(ops, "/sched/runqueue", ROOT_CTX), await inode_of(ops, "/sched/runqueue")):
         assert await fuse_errno(lambda: ops.getattr(inode, bob)) == errno.ENOENT
         assert await fuse_errno(lambda: ops.open(inode, os.O_RDONLY, bob)) == errno.ENOENT
-    assert await inode_of(ops, "/sched/runqueue", bob) not in (await inode_of(ops, "/sched/runqueue"), ROOT)
+    admin_and_alice = (await inode_of(ops, "/sched/runqueue", ROOT_CTX), await inode_of(ops, "/sched/runqueue"))
+    assert await inode_of(ops, "/sched/runqueue", bob) not in admin_and_alice
 
 
 async def test_a_gone_tenants_view_is_enoent(ops):
