@@ -22,7 +22,7 @@ import trio
 
 from .kernel.access import OVERFLOW_ID, UID_MAX, id_fits, identify, uses_gids
 from .kernel.errors import ApeinxError, Denied, NotPermitted
-from .nodes.base import BlockingHandle, Caller, Command, Dir, Setting, Show, SnapshotHandle
+from .nodes.base import BlockingHandle, Caller, Command, Dir, Setting, SnapshotHandle, viewed
 from .ratelog import RateLog
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def names_fixed(operation: str):
 
 def personal(node) -> bool:
     """Whether what `node` is depends on who asks: a tenant's (hidden from others), or a tenanted file's view."""
-    return node.tenant is not None or isinstance(node, Show) and node.tenanted
+    return node.tenant is not None or viewed(node)
 
 
 def supplementary_groups(pid: int) -> set:
@@ -130,9 +130,8 @@ class Operations(pyfuse3.Operations):
         entry.st_uid, entry.st_gid = self.shown_owner(node.owner or self.owner)
         entry.st_blksize, entry.st_blocks = 4096, (entry.st_size + 511) // 512
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
-        viewed = isinstance(node, Show) and node.tenanted
-        static = node.inode in self.tree.static and not viewed  # a name made at boot, which never goes
-        private = viewed or node.tenant is not None and not self.all_see_all()
+        static = node.inode in self.tree.static and not viewed(node)  # a name made at boot, which never goes
+        private = viewed(node) or node.tenant is not None and not self.all_see_all()
         entry.entry_timeout = STATIC_S if static else 0 if private else ATTR_TIMEOUT_S
         entry.attr_timeout = STATIC_S if static and isinstance(node, (Dir, Command)) else (  # never change
             ATTR_TIMEOUT_S if is_dir else 0)  # sizes change: the kernel must ask

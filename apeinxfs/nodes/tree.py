@@ -14,7 +14,7 @@ from functools import lru_cache, partial
 from .. import health
 from ..kernel.errors import NoSpace, NotFound
 from . import billing, ctl, gpus, memory, metrics, policy, readme, replay, sched
-from .base import Command, Dir, NamedDirs, Setting, Show
+from .base import Command, Dir, NamedDirs, Setting, Show, viewed
 from .forwarding import Forwarding, recording, routing
 from . import tasks
 from .members import NodesDir, link
@@ -123,7 +123,7 @@ class Tree:
         self.root = build_root(rt)
         self.named = [self.root.children[name] for name in ("models", "tenants", "nodes")]
         self._number(self.root)
-        tenanted = [node for node in self.static.values() if isinstance(node, Show) and node.tenanted]
+        tenanted = [node for node in self.static.values() if viewed(node)]
         self.views = Views(tenanted, lambda tenant: tenant in rt.kernel.tenancy.tenants)
         self._pinned: dict[int, tuple[Show, list[int]]] = {}  # inode -> its node, the sizes of its open snapshots
         self._rendered: dict[int, tuple[int, bytes]] = {}  # inode -> (version, text)
@@ -205,7 +205,7 @@ class Tree:
 
     def reached(self, node, identity):
         """The node `identity` reaches by `node`'s name: of a tenanted file, its own view's."""
-        if isinstance(node, Show) and node.tenanted:
+        if viewed(node):
             return self.views.node(node, node.view_of(identity))
         return node
 
