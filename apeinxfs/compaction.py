@@ -301,7 +301,9 @@ class Snapshotter:
 
     def publish(self, seq: int) -> None:
         """Make the journal durable, publish the written snapshot of row `seq`, keep KEEP, compact; the
-        snapshot counts as written (Misses) only if all of that succeeded."""
+        snapshot counts as written (Misses) once all of that succeeded; a compaction not due yet (fewer than KEEP
+        snapshots, or the trace archive behind the older one) is no failure:
+        a later snapshot compacts."""
         journal_path = self.runtime.journal.path
         make_durable(journal_path)
         path = snapshots.publish(snapshots.path_of(self.directory, seq) + ".tmp")
@@ -310,7 +312,7 @@ class Snapshotter:
         log.info("snapshot %s: %d bytes", path, os.path.getsize(path))
         if len(kept) >= snapshots.KEEP and self.archived_to(kept[-1]):
             compact(journal_path, kept[-1])
-        self.misses.written(self.runtime.clock.now_us())  # only once compacted: a journal that never is grows
+        self.misses.written(self.runtime.clock.now_us())  # only once published and, where due, compacted
 
     def archived_to(self, seq: int) -> bool:
         """Whether the trace archive has every line of the snapshot of row `seq` (no archive: nothing to

@@ -35,11 +35,17 @@ SECTIONS = {
 LISTS = ("models", "tenants")
 KERNEL_RETENTION = {"tasks", "task_age_s", "trace_lines", "audit_lines"}  # the [retention] keys the kernel applies
 KERNEL_LIMITS = {"live_tasks"}  # the [limits] keys the kernel applies
+SIMULATED_MAX = 1024  # simulated GPUs: more is a typo (each is a KV pool, a run queue, a driver loop)
 
 
 def _positive(_config, attribute, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise Invalid(f"config: daemon.{attribute.name} must be a positive integer, not {value!r}")
+
+
+def _seconds(_config, attribute, value) -> None:
+    if type(value) not in (int, float) or not 0 < value < float("inf"):
+        raise Invalid(f"config: retention.{attribute.name} must be a number of seconds > 0, not {value!r}")
 
 
 @attrs.frozen
@@ -54,8 +60,7 @@ class Retention:
     # a snapshot every snapshot_rows journal rows, or snapshot_s seconds if a row came since
     snapshot_rows: int = attrs.field(default=1000, validator=[attrs.validators.instance_of(int),
                                                                attrs.validators.gt(0)])
-    snapshot_s: float = attrs.field(default=300.0, validator=[attrs.validators.instance_of((int, float)),
-                                                              attrs.validators.gt(0)])
+    snapshot_s: float = attrs.field(default=300.0, validator=_seconds)
 
 
 @attrs.frozen
@@ -166,6 +171,9 @@ def _gpus(section: dict, use_nvml: bool) -> tuple[list[GpuConfig], str]:
                 for g in found]
         which = ", ".join(f"{g.index} {g.name} ({g.memory_mib} MiB)" for g in found)
         return gpus, f"{len(gpus)} NVIDIA GPU(s) found through NVML: {which}"
+    simulated = section["simulated"]
+    if type(simulated) is not int or not 0 <= simulated <= SIMULATED_MAX:
+        raise Invalid(f"config: gpus.simulated must be an integer from 0 to {SIMULATED_MAX}, not {simulated!r}")
     gpus = [GpuConfig(index=i, memory_mib=section["memory_mib"], kv_mib=section["kv_mib"], slots=section["slots"])
-            for i in range(section["simulated"])]
+            for i in range(simulated)]
     return gpus, f"no NVIDIA GPU ({why}): {len(gpus)} simulated GPU(s) from config"

@@ -7,8 +7,8 @@ every GPU, and its `observe` if it has one, through a `ModelHost`: the runtime a
 driver sees it, showing only its own models' tasks (a GPU's batch may mix drivers). When
 the models change, `DriverGroups.sync` stops the groups whose models changed or went and
 starts new ones; a restarted driver picks up its models' running tasks again (the openai
-driver resumes each after the text it has). Drivers are built at once, so a bad option in
-the configuration fails the daemon's start, and /ctl/models builds one before it commits.
+driver resumes each after the text it has). Drivers are built before the mount (`check_drivers`), so a bad
+option in the configuration fails the daemon's start, and /ctl/models builds one before it commits.
 While the daemon is degraded (health.py) every batch looks empty: the drivers stop their
 jobs, and start them again, after the text each task has, when it recovers. A driver's serve and
 observe are supervised (supervise.py): a bug in one is shown in /ai/health and that one started
@@ -60,6 +60,13 @@ class ModelHost:
 
     def note_bug(self, name: str, exc: Exception, outcome: str) -> None:
         self.rt.supervisor.note(name, exc, outcome)
+
+
+def check_drivers(models: dict) -> None:
+    """Build each configured group's driver and drop it (no I/O): a bad option is refused (Invalid, with the
+    driver's words) before the daemon mounts, rather than as a failed model after."""
+    for key, group in groups_of(models, set(models)).items():
+        drivers.load(key[1])(group)
 
 
 def groups_of(models: dict, configured: set) -> dict:

@@ -22,7 +22,7 @@ import trio
 
 from .kernel.access import OVERFLOW_ID, UID_MAX, id_fits, identify, uses_gids
 from .kernel.errors import ApeinxError, Denied, NotPermitted
-from .nodes.base import BlockingHandle, Caller, Command, Dir, Setting, Show, SnapshotHandle
+from .nodes.base import BlockingHandle, Caller, Command, Dir, Setting, SnapshotHandle, viewed
 from .ratelog import RateLog
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def names_fixed(operation: str):
 
 def personal(node) -> bool:
     """Whether what `node` is depends on who asks: a tenant's (hidden from others), or a tenanted file's view."""
-    return node.tenant is not None or isinstance(node, Show) and node.tenanted
+    return node.tenant is not None or viewed(node)
 
 
 def supplementary_groups(pid: int) -> set:
@@ -130,9 +130,8 @@ class Operations(pyfuse3.Operations):
         entry.st_uid, entry.st_gid = self.shown_owner(node.owner or self.owner)
         entry.st_blksize, entry.st_blocks = 4096, (entry.st_size + 511) // 512
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
-        viewed = isinstance(node, Show) and node.tenanted
-        static = node.inode in self.tree.static and not viewed  # a name made at boot, which never goes
-        private = viewed or node.tenant is not None and not self.all_see_all()
+        static = node.inode in self.tree.static and not viewed(node)  # a name made at boot, which never goes
+        private = viewed(node) or node.tenant is not None and not self.all_see_all()
         entry.entry_timeout = STATIC_S if static else 0 if private else ATTR_TIMEOUT_S
         entry.attr_timeout = STATIC_S if static and isinstance(node, (Dir, Command)) else (  # never change
             ATTR_TIMEOUT_S if is_dir else 0)  # sizes change: the kernel must ask
@@ -202,7 +201,10 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def getattr(self, inode, ctx=None):
-        return self.attributes(self.node_for(inode, ctx))
+        """The attributes of `inode`; of a file open now, with no check of who asks: Linux checks access at open,
+        and fstat(2) of an open descriptor works even once its caller could open it no more (its tenant
+        removed, or the caller moved to another: then a new lookup reaches the caller's view now)."""
+        return self.attributes(self.tree.opened(inode) or self.node_for(inode, ctx))
 
     @guarded
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -233,7 +235,7 @@ class Operations(pyfuse3.Operations):
         caller = self.caller(ctx)
         self.check(node, caller, os.R_OK)
         fh = next(self._fh)
-        entries = [(name, self.tree.reached(child, caller.identity)) for name, child in node.entries()]
+        entries = self.tree.listing(node, caller.identity)
         self.listings[fh] = entries if caller.role == "admin" else [
             (name, child) for name, child in entries if not child.hidden_from(caller.identity)]
         return fh
@@ -293,7 +295,7 @@ class Operations(pyfuse3.Operations):
         if handle is not None:
             handle.release()
         if isinstance(handle, SnapshotHandle):
-            self.tree.close_snapshot(handle.node.inode)
+            self.tree.close_snapshot(handle.node.inode, len(handle.data))
 
     @guarded
     async def create(self, parent_inode, name, mode, flags, ctx):

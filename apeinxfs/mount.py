@@ -24,6 +24,7 @@ import trio
 from . import config as config_mod
 from . import fuselock
 from .drivers import nvml
+from .enginehost import check_drivers
 from .fs import Operations
 from .archive import Archive
 from .cluster import peer_server
@@ -121,6 +122,7 @@ def main(argv: list[str]) -> int:
     try:
         args = parse_args(argv)
         config = config_mod.load(args.config, args.state_dir)
+        check_drivers({model.name: model for model in config.kernel.models})
         recover_stale(args.mountpoint)
     except ApeinxError as exc:
         print(f"apeinxfs: {exc}", file=sys.stderr)

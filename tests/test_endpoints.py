@@ -7,7 +7,7 @@ import pytest
 
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig, kernel_config_from_dict
-from apeinxfs.kernel.errors import ApeinxError
+from apeinxfs.kernel.errors import ApeinxError, Invalid
 from apeinxfs.kernel.events import Chunk, EngineHealth, EngineKV, RemoveModel, SetModel, Step, Submit, from_row, to_row
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.kernel.task import State
@@ -265,3 +265,12 @@ def test_fairness_preempts_only_where_the_waiting_task_may_run():
     victim_gpu, = preempted_for_b(())
     assert preempted_for_b([{"url": "http://e", "gpus": [victim_gpu]}]) == [victim_gpu]
     assert preempted_for_b([{"url": "http://e", "gpus": [1 - victim_gpu]}]) == []
+
+
+def test_a_report_of_more_kv_than_its_gpus_hold_is_refused():
+    """A report of one token more than GPU 0's 64 pages hold is Invalid, with both numbers; the whole pool is taken."""
+    d = Driven(config(endpoints=ONE_GPU, slots=4))
+    with pytest.raises(Invalid, match="take 65 pages, more than the 64 those GPUs hold"):
+        d.kernel.check(EngineKV(model="llm", gpus=(0,), tokens=WHOLE_POOL + 1))
+    d.apply(EngineKV(model="llm", gpus=(0,), tokens=WHOLE_POOL), SECOND)
+    assert d.kernel.kv.unbooked == {0: 64}

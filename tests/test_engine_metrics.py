@@ -70,6 +70,14 @@ def test_parse_refuses_what_is_not_the_exposition_format(text):
         metrics.parse(text)
 
 
+@pytest.mark.parametrize("text", ["vllm:kv_cache_usage_perc 50\n", "sglang:token_usage -0.5\n",
+                                  "llamacpp:kv_cache_usage_ratio 2\nllamacpp:kv_cache_tokens 10\n"])
+def test_a_kv_usage_outside_0_to_1_is_unreadable(text):
+    """A KV usage that is not a fraction 0 to 1 (vLLM's 50 would be 50 caches' tokens) is Unreadable, with the usage."""
+    with pytest.raises(metrics.Unreadable, match="usage of .* is not a fraction 0 to 1"):
+        metrics.read(metrics.parse(text))
+
+
 def test_unknown_engine_and_bad_slots():
     """Metrics of no known engine give an empty reading; /slots that is not llama.cpp's is Unreadable."""
     assert metrics.read(metrics.parse("process_cpu_seconds_total 3.5\n")) == metrics.Reading("unknown")

@@ -45,8 +45,11 @@ class MetricsServer:
 
 
 async def observed(tmp_path, server: MetricsServer, want_scrapes: int = 2) -> dict:
-    """Run the openai driver's scraper on `server` until it has scraped `want_scrapes` times; the tree's files."""
-    with open_runtime(tmp_path, engine_config(server.port, metrics_s=0.02)) as rt:
+    """Run the openai driver's scraper on `server` until it has scraped `want_scrapes` times; the tree's files.
+    Its GPU's KV cache holds the samples' 240000 tokens (a report beyond it is refused, kernel/kvreport.py)."""
+    config = engine_config(server.port, metrics_s=0.02).replace("slots = 4\n", "slots = 4\nmemory_mib = 40960\n"
+                                                                "kv_mib = 32768\n")
+    with open_runtime(tmp_path, config) as rt:
         driver = OpenAIDriver(rt.kernel.models)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(driver.observe, rt)

@@ -15,6 +15,7 @@ import trio
 
 from apeinxfs import fs
 from apeinxfs.fs import Operations
+from apeinxfs.nodes import views
 from apeinxfs.nodes.readme import TEXT as README
 from apeinxfs.nodes.tree import Tree
 from test_journal_runtime import open_runtime, submit
@@ -77,7 +78,7 @@ async def test_lookup_and_getattr(ops):
 
 async def test_boot_time_names_stay_cached_and_task_files_do_not(ops):
     """Boot-time names are cached long, with their attributes where those never change (/ctl, /ctl/submit), a
-    rendered file's size never; a task's names only briefly."""
+    rendered file's size never; a task's names only briefly; sched/runqueue's, each caller's view, never."""
     ctl = await ops.lookup(ROOT, b"ctl", ctx())
     ctl_submit = await ops.lookup(ctl.st_ino, b"submit", ctx())
     assert ctl.entry_timeout == ctl.attr_timeout == fs.STATIC_S > 1
@@ -87,6 +88,9 @@ async def test_boot_time_names_stay_cached_and_task_files_do_not(ops):
     pid = submit(ops.rt)
     task = await ops.lookup(await inode_of(ops, "/tasks"), str(pid).encode(), ctx())
     assert task.entry_timeout == task.attr_timeout == fs.ATTR_TIMEOUT_S
+    sched = await inode_of(ops, "/sched")
+    own_view, every = await ops.lookup(sched, b"runqueue", ctx()), await ops.lookup(sched, b"runqueue", ROOT_CTX)
+    assert own_view.st_ino >= views.VIEW_BASE and own_view.entry_timeout == every.entry_timeout == 0
 
 
 async def test_a_task_whose_uid_is_no_id_is_shown_owned_by_the_overflow_uid(ops, caplog):
@@ -180,7 +184,7 @@ async def test_opendir_of_a_file_is_enotdir(ops):
 
 
 async def add_tenant(ops, line: bytes) -> None:
-    """Write one `add ...` line to /ctl/tenants as root."""
+    """Write one line (`add ...`, `remove ...`) to /ctl/tenants as root."""
     fh = await open_path(ops, "/ctl/tenants", os.O_WRONLY, caller=ROOT_CTX)
     await ops.write(fh, 0, line + b"\n")
     await ops.release(fh)
@@ -242,7 +246,8 @@ async def test_a_user_may_not_hold_another_view_of_the_runqueue(ops):
     for inode in (await inode_of(ops, "/sched/runqueue", ROOT_CTX), await inode_of(ops, "/sched/runqueue")):
         assert await fuse_errno(lambda: ops.getattr(inode, bob)) == errno.ENOENT
         assert await fuse_errno(lambda: ops.open(inode, os.O_RDONLY, bob)) == errno.ENOENT
-    assert await inode_of(ops, "/sched/runqueue", bob) not in (await inode_of(ops, "/sched/runqueue"), ROOT)
+    admin_and_alice = (await inode_of(ops, "/sched/runqueue", ROOT_CTX), await inode_of(ops, "/sched/runqueue"))
+    assert await inode_of(ops, "/sched/runqueue", bob) not in admin_and_alice
 
 
 async def test_a_gone_tenants_view_is_enoent(ops):
@@ -254,6 +259,36 @@ async def test_a_gone_tenants_view_is_enoent(ops):
     await ops.write(fh, 0, b"remove a\n")
     await ops.release(fh)
     assert await fuse_errno(lambda: ops.getattr(inode, ROOT_CTX)) == errno.ENOENT
+
+
+async def test_a_view_past_the_inode_range_is_left_out_of_a_listing(ops, listed, monkeypatch):
+    """With room for one view, alice's takes it: bob (tenant b) lists sched/ without runqueue, and only his
+    lookup of it is ENOSPC."""
+    monkeypatch.setattr(views, "VIEW_LIMIT", views.VIEW_BASE + len(ops.tree.views.files))
+    await add_tenant(ops, b"add a weight=100 uids=1000")
+    await add_tenant(ops, b"add b weight=100 uids=1001")
+    await inode_of(ops, "/sched/runqueue")
+    bob = types.SimpleNamespace(uid=1001, gid=1001, pid=os.getpid(), umask=0o022)
+    sched = await inode_of(ops, "/sched", bob)
+    fh = await ops.opendir(sched, bob)
+    await ops.readdir(fh, 0, None)
+    await ops.releasedir(fh)
+    names = [name for name, _, _ in listed.entries]
+    assert b"stat" in names and b"runqueue" not in names
+    assert await fuse_errno(lambda: ops.lookup(sched, b"runqueue", bob)) == errno.ENOSPC
+
+
+async def test_an_open_view_of_a_removed_tenant_still_stats(ops):
+    """A user's open sched/runqueue answers getattr (fstat) with its snapshot's size after its tenant a is
+    removed; once closed, its inode is ENOENT."""
+    await add_tenant(ops, b"add a weight=100 uids=1000")
+    inode = await inode_of(ops, "/sched/runqueue")
+    fh = await ops.open(inode, os.O_RDONLY, ctx())
+    snapshot = await read_all(ops, fh.fh)
+    await add_tenant(ops, b"remove a")
+    assert (await ops.getattr(inode, ctx())).st_size == len(snapshot)
+    await ops.release(fh.fh)
+    assert await fuse_errno(lambda: ops.getattr(inode, ctx())) == errno.ENOENT
 
 
 async def test_open_a_directory_is_eisdir(ops):

@@ -21,6 +21,7 @@ from apeinxfs.kernel.task import State
 from apeinxfs.nodes.tree import Tree
 from test_journal_runtime import open_runtime, submit
 from test_nodes import text
+from test_retention import load_refusal
 
 
 class NotSupported(Exception):
@@ -115,6 +116,17 @@ def test_real_free_memory_caps_placement_and_counts_as_kv_pressure():
     kernel.apply(GpuMemory(gpu=0, free_mib=16), 2)
     assert kernel.tasks[pid].state == State.RUNNING and not kernel.moves.kv_some.stalled
     assert b"gpu-memory" in kernel.trace.buffer and b"16 MiB free: new tasks may take 16 pages" in kernel.trace.buffer
+
+
+@pytest.mark.parametrize("lines, reason", [
+    ("simulated = 100000000", "gpus.simulated must be an integer from 0 to 1024, not 100000000"),
+    ("simulated = true", "gpus.simulated must be an integer from 0 to 1024, not True"),
+    ("slots = 100000000000", "slots must be at most 4096, not 100000000000"),
+    ("slots = 1e20", "slots must be a positive integer, not 1e+20"),
+])
+def test_too_many_simulated_gpus_or_slots_are_refused_at_load(tmp_path, lines, reason):
+    """A [gpus] count beyond its bound (a typo that would build a hundred million GPUs) is refused with the bound."""
+    assert reason in load_refusal(tmp_path, f"[gpus]\n{lines}\n")
 
 
 def test_gpu_memory_of_a_simulated_gpu_is_refused():

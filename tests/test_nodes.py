@@ -197,14 +197,33 @@ def test_trace_log_grows(tree):
 
 
 def test_open_snapshot_fixes_the_size_until_closed(tree):
-    """While a status file is open its size is its snapshot's; after close it is fresh again."""
+    """While a status file is open its size is its snapshot's, though a new open would read the text now; after
+    close it is the text now again."""
     submit(tree.rt)
     node = resolve(tree, "/tasks/1/status")
     first = tree.open_snapshot(node)
     tree.rt.commit([Kill(pid=1)])
-    assert tree.size(node) == len(first) and b"Z (exited)" not in tree.render(node)
-    tree.close_snapshot(node.inode)
-    assert b"Z (exited)" in tree.render(node)
+    now = tree.render(node)
+    assert b"Z (exited)" in now and b"Z (exited)" not in first and tree.size(node) == len(first)
+    tree.close_snapshot(node.inode, len(first))
+    assert tree.size(node) == len(now)
+
+
+def test_overlapping_snapshots_report_the_largest_size_until_the_last_closes(tree):
+    """Two opens of one file with snapshots of different sizes: the size is the larger while it is open,
+    the other once it closes, and the text now once both did."""
+    submit(tree.rt)
+    node = resolve(tree, "/tasks/1/status")
+    longer = tree.open_snapshot(node)
+    tree.rt.commit([Kill(pid=1)])
+    shorter = tree.open_snapshot(node)
+    assert len(shorter) != len(longer)
+    longer, shorter = max(longer, shorter, key=len), min(longer, shorter, key=len)
+    assert tree.size(node) == len(longer)
+    tree.close_snapshot(node.inode, len(longer))
+    assert tree.size(node) == len(shorter)
+    tree.close_snapshot(node.inode, len(shorter))
+    assert tree.size(node) == len(tree.render(node))
 
 
 # -- command handles --------------------------------------------------------------------------------------

@@ -263,14 +263,21 @@ def test_a_reaped_tasks_pid_is_unnamed_in_another_tasks_view():
     ("audit_lines = 0", "retention.audit_lines must be an integer >= 1, not 0"),
     ("audit_lines = \"many\"", "retention.audit_lines must be an integer >= 1, not 'many'"),
     ("lines = 5", "unknown key retention.lines"),
+    ("snapshot_s = true", "retention.snapshot_s must be a number of seconds > 0, not True"),
+    ("snapshot_s = inf", "retention.snapshot_s must be a number of seconds > 0, not inf"),
 ])
 def test_bad_retention_values_are_refused_at_load(tmp_path, line, reason):
     """A bad [retention] value stops the config from loading, with the key and the reason."""
+    assert reason in load_refusal(tmp_path, f"[retention]\n{line}\n")
+
+
+def load_refusal(tmp_path, text: str) -> str:
+    """The reason a configuration file of `text` is refused as it loads."""
     path = tmp_path / "config.toml"
-    path.write_text(f"[retention]\n{line}\n")
+    path.write_text(text)
     with pytest.raises(Invalid) as refused:
         config_mod.load(str(path), str(tmp_path), use_nvml=False)
-    assert reason in refused.value.reason
+    return refused.value.reason
 
 
 def test_retention_is_in_the_kernel_config_the_boot_row_records(tmp_path):

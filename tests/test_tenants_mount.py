@@ -8,13 +8,14 @@ tools' messages or from a probe (unixusers.PROBE) that prints the errno name and
 """
 import csv
 import os
+import subprocess
 import tempfile
 import time
 
 import pytest
 
 from daemon import poll_until, sim_config
-from unixusers import probe, run_as, shared_mount, users_of_test
+from unixusers import SYSTEM_PYTHON, as_user, probe, run_as, shared_mount, users_of_test
 
 pytestmark = pytest.mark.mount
 
@@ -22,6 +23,18 @@ USERS = {"alice": 23001, "bob": 23002, "vera": 23003, "quinn": 23004, "adam": 23
 BUDGET_WINDOW_S = 3
 US = 1_000_000
 LONG_TASK = 'name=long max_tokens=20000 prompt="the secret plan"'
+
+
+HOLD_OPEN = r"""
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+print(os.fstat(fd).st_size, flush=True)
+sys.stdin.readline()
+try:
+    print(os.fstat(fd).st_size, len(os.pread(fd, 1 << 16, 0)), flush=True)
+except OSError as exc:
+    print(exc, flush=True)
+"""  # opens a file, prints its fstat size; at a line on stdin, its fstat size again and its length
 
 
 def tenants_config(users) -> str:
@@ -368,6 +381,15 @@ def test_the_runqueue_of_a_viewer_is_its_tenants_and_of_no_role_empty(mounted, u
     assert probe(uma, "read", mounted.path("sched", "runqueue"))["data"] == rows[0] + "\n"
 
 
+def sendfile_all(source, sink) -> int:
+    """Copy `source` to `sink` by sendfile(2) from offset 0 until it returns 0; the bytes copied."""
+    copied, sent = 0, 1
+    while sent:
+        sent = os.sendfile(sink.fileno(), source.fileno(), copied, 1 << 16)
+        copied += sent
+    return copied
+
+
 def test_sendfile_copies_the_whole_runqueue_while_a_user_stats_it(mounted, users):
     """Root's sendfile of an open sched/runqueue copies every byte of its view after alice stats hers (the
     kernel keeps one size per inode, and splice stops at it)."""
@@ -375,10 +397,7 @@ def test_sendfile_copies_the_whole_runqueue_while_a_user_stats_it(mounted, users
     with open(path, "rb") as source, tempfile.TemporaryFile() as sink:
         size = os.fstat(source.fileno()).st_size
         assert run_as(users["alice"], ["stat", path]).returncode == 0
-        copied, sent = 0, 1
-        while sent:
-            sent = os.sendfile(sink.fileno(), source.fileno(), copied, 1 << 16)
-            copied += sent
+        copied = sendfile_all(source, sink)
         whole = os.pread(source.fileno(), 1 << 16, 0)  # the snapshot this descriptor reads
         assert copied == size == len(whole) and os.pread(sink.fileno(), 1 << 16, 0) == whole
 
@@ -392,3 +411,34 @@ def test_a_users_cached_stat_of_the_runqueue_is_its_own_size(mounted, users):
         cached = run_as(alice, ["stat", "--cached=always", "-c", "%s", path])
     assert cached.returncode == 0, cached.stderr
     assert int(cached.stdout) == len(probe(alice, "read", path)["data"])
+
+
+def test_sendfile_of_an_open_runqueue_copies_it_whole_after_a_shorter_open(mounted, users):
+    """Root opens sched/runqueue, a tenant is removed, root opens it again (a row shorter): sendfile from the
+    first descriptor copies all of its snapshot, and fstat of it gives at least that size."""
+    tenants, path = mounted.path("ctl", "tenants"), mounted.path("sched", "runqueue")
+    assert probe(users["adam"], "write", tenants, "add brief weight=100\n")["errno"] is None
+    with open(path, "rb") as first, tempfile.TemporaryFile() as sink:
+        assert probe(users["adam"], "write", tenants, "remove brief\n")["errno"] is None
+        with open(path, "rb") as second:
+            whole = os.pread(first.fileno(), 1 << 16, 0)
+            assert len(os.pread(second.fileno(), 1 << 16, 0)) < len(whole)
+            assert os.fstat(first.fileno()).st_size == len(whole)
+            assert sendfile_all(first, sink) == len(whole) and os.pread(sink.fileno(), 1 << 16, 0) == whole
+
+
+def test_an_open_runqueue_stats_after_its_tenant_is_removed(mounted, users):
+    """Uma, in a tenant added for her, holds sched/runqueue open while adam removes the tenant: fstat of her
+    descriptor still works and gives its snapshot's size."""
+    adam, uma, tenants = users["adam"], users["uma"], mounted.path("ctl", "tenants")
+    assert probe(adam, "write", tenants, f"add leaving weight=100 uids={uma.uid}\n")["errno"] is None
+    holder = subprocess.Popen(as_user(uma, [SYSTEM_PYTHON, "-c", HOLD_OPEN, mounted.path("sched", "runqueue")]),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        size = int(holder.stdout.readline())
+        assert probe(adam, "write", tenants, "remove leaving\n")["errno"] is None
+        out, _ = holder.communicate("\n", timeout=20)
+        assert out.split() == [str(size), str(size)]
+    finally:
+        holder.kill()
+        holder.wait()

@@ -8,13 +8,14 @@ from a live server. `TritonFake`, a tiny server on 127.0.0.1, replays it; the ru
 tests run the real kernel and driver on trio's real clock.
 """
 import json
+import math
 
 import pytest
 import trio
 
-from apeinxfs.drivers import triton
+from apeinxfs.drivers import sse, triton
 from apeinxfs.kernel.errors import Invalid
-from apeinxfs.kernel.events import Chunk
+from apeinxfs.kernel.events import TOKENS_MAX, Chunk
 from apeinxfs.kernel.spec import TaskSpec
 from fakehttp import read_request, send_event
 import runtasks
@@ -122,6 +123,22 @@ def test_tally_takes_the_engines_counts_or_one_token_per_response():
     assert tally.chunk({"model_name": "ensemble", "text_output": ""}) is None
 
 
+@pytest.mark.parametrize("counts", [{"num_output_tokens": float("inf")}, {"num_output_tokens": 1.5},
+                                    {"num_input_tokens": -1}, {"num_output_tokens": True}])
+def test_tally_refuses_counts_that_are_not_token_counts(counts):
+    """A num_output_tokens or num_input_tokens that is not an int in 0..TOKENS_MAX is a ProtocolError naming it."""
+    with pytest.raises(sse.ProtocolError, match=f"usage {next(iter(counts))} .* is not a token count"):
+        triton.Tally(pid=4).chunk({"text_output": " a", **counts})
+
+
+@pytest.mark.parametrize("field", ["tokens", "prefill"])
+@pytest.mark.parametrize("value", [math.inf, 1.5, -1, TOKENS_MAX + 1])
+def test_a_chunk_counts_only_tokens_in_range(field, value):
+    """The kernel's Chunk refuses a count that is not an int in 0..TOKENS_MAX, whichever driver made it."""
+    with pytest.raises(Invalid, match=f"{field} .* is not a token count in 0..{TOKENS_MAX}"):
+        Chunk(**{"pid": 4, "text": " a", "tokens": 1, field: value})
+
+
 def config(url: str, **options) -> str:
     return engine_config("triton", name="ensemble", url=url, **{"retries": 0, **options})
 
@@ -166,14 +183,14 @@ async def test_error_response_mid_stream_fails_the_task(tmp_path, nursery):
     assert task.exit == f'failed: engine at {fake.url}: stream broke after 2 tokens: engine error: "in-flight batching failed"'
 
 
-@pytest.mark.parametrize("sent, words", [({"num_output_tokens": "1"}, 'num_output_tokens is not a number: "1"'),
+@pytest.mark.parametrize("sent, words", [({"num_output_tokens": "1"}, "usage num_output_tokens 1 is not a token count"),
                                          ({"text_output": 5}, "text_output is not a string: 5"),
-                                         (response(" a", input_tokens=None), "num_input_tokens is not a number: null")])
+                                         ({"text_output": [" a"]}, 'text_output is not a string: [" a"]')])
 async def test_a_response_out_of_shape_fails_the_task_as_the_engines_fault(sent, words, tmp_path, nursery):
-    """A response whose text is no string or whose count is no number fails the task naming it, not as a driver bug."""
+    """A response whose text is no string or whose count is no count fails the task naming it, not as a driver bug."""
     fake = await TritonFake(stream=[RECORDED_STREAM[0], sent]).start(nursery)
     [task] = await run_tasks(tmp_path, fake.url, [ASK])
-    assert task.exit == f"failed: engine at {fake.url}: stream broke after 1 tokens: {words}"
+    assert task.exit.startswith(f"failed: engine at {fake.url}: stream broke after 1 tokens: {words}")
 
 
 async def test_http_error_before_inference_fails_the_task(tmp_path, nursery):

@@ -134,14 +134,18 @@ def engine_of(names) -> str:
 
 
 def read(samples: list[Sample]) -> Reading:
-    """What the engine of these samples says of its KV cache and requests."""
+    """What the engine of these samples says of its KV cache and requests (see reading_of)."""
     return reading_of(Gauges(samples))
 
 
 def reading_of(gauges: Gauges) -> Reading:
-    """What the engine of these gauges says of its KV cache and requests."""
+    """What the engine of these gauges says of its KV cache and requests; Unreadable if its KV usage is not a
+    fraction 0 to 1 (a usage of 50 would be 50 caches' tokens)."""
     engine = engine_of(gauges.by_name)
-    return READERS[engine](gauges) if engine in READERS else Reading(engine)
+    reading = READERS[engine](gauges) if engine in READERS else Reading(engine)
+    if reading.kv_usage is not None and not 0 <= reading.kv_usage <= 1:
+        raise Unreadable(f"its KV cache usage of {reading.kv_usage:g} is not a fraction 0 to 1")
+    return reading
 
 
 def _vllm(gauges: Gauges) -> Reading:

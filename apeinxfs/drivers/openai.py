@@ -23,7 +23,7 @@ the endpoint of the GPU the kernel placed it on, and each endpoint is scraped, c
 Options of a model (`[models.options]`): url (required unless the model has endpoints), engine_model (the name sent;
 default the model's), api ("completions" or "chat"), timeout_s (60: the longest silence
 of an engine, and the longest a stream may go without a token, from the request on: Progress), retries (3), backoff_s (0.2), metrics_s (1.0: seconds between scrapes of the
-engine's /metrics; 0: none). A task's sampling keys (temperature, top_p, top_k, seed, stop,
+engine's /metrics; 0: none), each within the bounds below (options.py); any other option is refused. A task's sampling keys (temperature, top_p, top_k, seed, stop,
 presence_penalty, frequency_penalty) go in its request under their own names.
 """
 import contextlib
@@ -36,10 +36,11 @@ import attrs
 import httpx
 import trio
 
+from ..kernel.endpoints import redacted
 from ..kernel.errors import Invalid
 from ..kernel.events import Chunk, Failed, Interrupted
 from ..kernel.task import State
-from . import bare, flow, pacing, scrape, spares, sse
+from . import bare, flow, options, pacing, scrape, spares, sse
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per task in the daemon's log
 
@@ -52,6 +53,9 @@ LIMITS = httpx.Limits(max_connections=None, keepalive_expiry=2.0)
 PACE_S = pacing.MIN_S
 ERROR_BYTES = 300  # of the body of an engine's HTTP error, in its task's reason
 PROBE_S = 1.0  # how often an engine without metrics_s is checked while the kernel holds it down
+# The options' bounds (options.py): a day's silence, 100 retries, an hour's first backoff (doubling at each retry);
+# a scrape at most every 10 ms and at least every hour.
+TIMEOUT_MAX_S, RETRIES_MAX, BACKOFF_MAX_S, METRICS_MIN_S, METRICS_MAX_S = 86400.0, 100, 3600.0, 0.01, 3600.0
 
 
 class Unreachable(Exception):
@@ -90,20 +94,22 @@ class Connection:
 
     driver: typing.ClassVar[str] = "openai"
     metrics_s: typing.ClassVar[float] = 0.0
-    url: str = attrs.field(converter=lambda url: str(url).rstrip("/"))
+    url: str = attrs.field(converter=lambda url: str(url).rstrip("/"), validator=options.engine_url)
     engine_model: str
-    timeout_s: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
-    retries: int = attrs.field(default=3, validator=attrs.validators.ge(0))
-    backoff_s: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
+    timeout_s: float = attrs.field(default=60.0, validator=options.seconds(0.001, TIMEOUT_MAX_S))
+    retries: int = attrs.field(default=3, validator=options.count(RETRIES_MAX))
+    backoff_s: float = attrs.field(default=0.2, validator=options.seconds(0, BACKOFF_MAX_S))
 
     @classmethod
     def of(cls, model, url: str | None = None) -> "Connection":
         """The endpoint a model's options describe (at `url`, one of its endpoints', if given)."""
-        options = {"engine_model": model.name, **model.options, **({"url": url} if url else {})}
-        if "url" not in options:
+        given = {"engine_model": model.name, **model.options, **({"url": url} if url else {})}
+        if "url" not in given:
             raise Invalid(f"model {model.name}: the {cls.driver} driver needs options.url or endpoints")
+        if (why := options.unknown(cls, given)) is not None:
+            raise Invalid(f"model {model.name}: {cls.driver} options: {why}")
         try:
-            return cls(**options)
+            return cls(**given)
         except (TypeError, ValueError) as exc:
             raise Invalid(f"model {model.name}: {cls.driver} options: {exc}") from None
 
@@ -119,7 +125,7 @@ class Endpoint(Connection):
     """An OpenAI-compatible engine for one model: what to ask it and how to read its answer."""
 
     api: str = attrs.field(default="completions", validator=attrs.validators.in_(APIS))
-    metrics_s: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
+    metrics_s: float = attrs.field(default=1.0, validator=options.seconds(METRICS_MIN_S, METRICS_MAX_S, off=True))
 
     def request(self, task) -> tuple[str, dict]:
         """URL and body of the streaming request for what `task` still owes."""
@@ -194,12 +200,12 @@ class OpenAIDriver:
                 last, delay = exc, 0.0 if isinstance(exc, Stale) else endpoint.backoff_s * 2 ** attempt
             except Broken as exc:
                 if isinstance(exc, NotServed):
-                    outbox.host.report_state(task.model, "failed", f"{endpoint.url}: {exc}", gpus)
+                    outbox.host.report_state(task.model, "failed", redacted(f"{endpoint.url}: {exc}"), gpus)
                 ending = Interrupted if isinstance(exc, StreamBroke) else Failed
-                return ending(pid=task.pid, reason=f"engine at {endpoint.url}: {exc}")
+                return ending(pid=task.pid, reason=redacted(f"engine at {endpoint.url}: {exc}"))
         outbox.host.report_state(task.model, "starting" if isinstance(last, Loading) else "unreachable",
-                                 f"{endpoint.url}: {last}", gpus)
-        return Interrupted(pid=task.pid, reason=f"engine at {endpoint.url} unreachable: {last}")
+                                 redacted(f"{endpoint.url}: {last}"), gpus)
+        return Interrupted(pid=task.pid, reason=redacted(f"engine at {endpoint.url} unreachable: {last}"))
 
     async def _stream(self, client, route: tuple[tuple, Connection], task, outbox: flow.Outbox) -> None:
         gpus, endpoint = route

@@ -4,19 +4,25 @@
 GET /slots) and hands each `Observation` to the host (`host.observe(model, observation)`),
 which keeps it beside the kernel: observations are not kernel state and are never
 journaled; but the tokens its KV cache holds go to `host.report_kv`, which journals them for the
-kernel's books when they change (kernel/kvreport.py). A failed scrape is an observation too (its error, no reading), so
-/models/NAME/engine says why there are no numbers; a body over BODY_MAX is such an error, not read on, and a
-body is parsed and its samples gathered a slice at a time (PARSE_CHARS, GATHER_WORK), the daemon's other work
-running between the slices. Each scrape is also a health check
+kernel's books when they change (kernel/kvreport.py); a report the kernel refuses (negative, more than its GPUs
+hold) is that engine's scrape error, logged once, never the end of the loop scraping every model. A failed scrape
+is an observation too (its error, no reading), so /models/NAME/engine says why there are no numbers, and the
+model's LastError too; a body over BODY_MAX is such an error, not read on, and a body is parsed and its samples
+gathered a slice at a time (PARSE_CHARS, GATHER_WORK), the daemon's other work running between the slices. Each
+scrape is also a health check
 (enginestate.py): an engine that answers is ready, even without metrics; HTTP 503 means it is
 still loading (starting); no answer, unreachable. An engine not scraped is `probe`d instead while
 the kernel holds it down (kernel/engines.py). Parsing is metrics.py's.
 """
 import json
+import logging
 
+import attrs
 import httpx
 import trio
 
+from ..kernel.endpoints import redacted
+from ..kernel.errors import Invalid
 from . import metrics
 
 BODY_MAX = 1 << 20  # bytes of a /metrics read at most: vLLM's and SGLang's are well under 200 KB
@@ -26,28 +32,43 @@ PARSE_CHARS = 32_000  # characters of /metrics parsed between two checkpoints: a
 # is one slice)
 GATHER_WORK = 10_000  # samples and labels gathered into Gauges between two checkpoints: about 7 ms
 
+log = logging.getLogger(__name__)
+
 
 async def watch(client: httpx.AsyncClient, model: str, url: str, interval_s: float, host, gpus: tuple = ()) -> None:
     """Scrape the engine at `url` for `model` (its endpoint on `gpus`; empty: its one engine) every
     `interval_s` seconds, until cancelled; the KV tokens it reports go to the kernel too."""
-    host.observe(model, metrics.Observation(source=f"{url}/metrics"), gpus)  # not scraped yet
+    host.observe(model, metrics.Observation(source=redacted(f"{url}/metrics")), gpus)  # not scraped yet
+    refused = None
     while True:
         observation, state = await scrape(client, url, timeout_s=max(2.0, 2 * interval_s))
+        observation = _report_kv(host, model, gpus, observation)
+        if observation.error != refused and observation.reading is not None:  # a KV report refused, or taken again
+            refused = observation.error
+            if refused:
+                log.warning("model %s: %s", model, refused)
         host.observe(model, observation, gpus)
-        host.report_state(model, state, None if state == "ready" else f"{observation.source}: {observation.error}",
-                          gpus)
-        if observation.reading is not None and observation.reading.kv_tokens is not None:
-            host.report_kv(model, gpus, observation.reading.kv_tokens)
+        host.report_state(model, state, observation.error and f"{observation.source}: {observation.error}", gpus)
         await trio.sleep(interval_s)
+
+
+def _report_kv(host, model: str, gpus: tuple, observation: metrics.Observation) -> metrics.Observation:
+    """Hand the KV tokens of `observation` to the kernel; the observation, with the reason as its error if refused."""
+    if observation.reading is not None and observation.reading.kv_tokens is not None:
+        try:
+            host.report_kv(model, gpus, observation.reading.kv_tokens)
+        except Invalid as exc:
+            return attrs.evolve(observation, error=f"its KV report is refused: {exc.reason}")
+    return observation
 
 
 async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple[metrics.Observation, str]:
     """One scrape of the engine at `url`: its reading, or the reason there is none; and the engine's state."""
-    source = f"{url}/metrics"
+    source = redacted(f"{url}/metrics")
     try:
         reading = metrics.reading_of(await gathered(await parsed(await body_of(client, source, timeout_s))))
         if metrics.wants_slots(reading):
-            return await _with_slots(client, url, reading, timeout_s), "ready"
+            return await _with_slots(client, url, metrics.Observation(source=source, reading=reading), timeout_s), "ready"
     except (httpx.HTTPError, metrics.Unreadable) as exc:
         return metrics.Observation(source=source, error=describe(exc)), state_of(exc)
     return metrics.Observation(source=source, reading=reading), "ready"
@@ -106,7 +127,8 @@ async def probe(client: httpx.AsyncClient, model: str, url: str, interval_s: flo
                 (await client.get(f"{url}/health", timeout=max(2.0, 2 * interval_s))).raise_for_status()
             except httpx.HTTPError as exc:
                 state = state_of(exc)
-                host.report_state(model, state, None if state == "ready" else f"{url}/health: {describe(exc)}", gpus)
+                host.report_state(model, state, None if state == "ready" else redacted(f"{url}/health: {describe(exc)}"),
+                                  gpus)
             else:
                 host.report_state(model, "ready", None, gpus)
 
@@ -124,18 +146,17 @@ def state_of(exc: Exception) -> str:
     return "unreachable" if isinstance(exc, httpx.TransportError) else "ready"
 
 
-async def _with_slots(client, url: str, reading: metrics.Reading, timeout_s: float) -> metrics.Observation:
-    """The observation of `reading` with KV figures from llama-server's /slots; none if it was started without
+async def _with_slots(client, url: str, observation: metrics.Observation, timeout_s: float) -> metrics.Observation:
+    """`observation` of /metrics with KV figures from llama-server's /slots; none if it was started without
     --slots. An unreadable /slots (over BODY_MAX: a build with slots debug puts every slot's prompt and text
     there) means no slot figures, said as the observation's error: /metrics's figures still count."""
-    source = f"{url}/metrics"
     try:
         slots = _json(await body_of(client, f"{url}/slots", timeout_s))
-        return metrics.Observation(source=source, reading=metrics.with_slots(reading, slots))
+        return attrs.evolve(observation, reading=metrics.with_slots(observation.reading, slots))
     except httpx.HTTPStatusError:
-        return metrics.Observation(source=source, reading=reading)
+        return observation
     except metrics.Unreadable as exc:
-        return metrics.Observation(source=source, reading=reading, error=f"no slot figures: {exc}")
+        return attrs.evolve(observation, error=f"no slot figures: {exc}")
 
 
 def _json(text: str):
@@ -146,8 +167,9 @@ def _json(text: str):
 
 
 def describe(exc: Exception) -> str:
-    """An exception in words, on one line: its message, or its type when it has none."""
-    return one_line(str(exc)) or type(exc).__name__
+    """An exception in words, on one line: its message (any URL in it without credentials), or its type when it
+    has none."""
+    return redacted(one_line(str(exc))) or type(exc).__name__
 
 
 def one_line(text: str) -> str:

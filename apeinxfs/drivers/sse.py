@@ -8,14 +8,15 @@ every chunk; llama.cpp, SGLang and OpenAI in the last), and the prompt's token c
 `prefill` once the engine has told it. `lines` splits a body's bytes into lines. What breaks the
 protocol is a ProtocolError, the engine's fault (its task fails naming it): a line over LINE_MAX,
 an event over EVENT_MAX, JSON that is not an object, an event not in the shape a Tally reads
-(check_shape). No HTTP here: see openai.py.
+(check_shape), a usage count that is not an int in 0..TOKENS_MAX. No HTTP here: see openai.py.
 """
 import contextlib
 import json
 
 import attrs
 
-from ..kernel.events import Chunk
+from ..kernel.access import id_fits
+from ..kernel.events import TOKENS_MAX, Chunk
 
 DONE = "[DONE]"
 USAGE_COUNTS = ("completion_tokens", "prompt_tokens")
@@ -186,8 +187,8 @@ class Tally:
         self.finish_reason = next((c["finish_reason"] for c in choices if c.get("finish_reason")), self.finish_reason)
         usage = event.get("usage") or {}
         tokens = int(bool(text))
-        if usage.get("completion_tokens") is not None:
-            tokens = max(0, usage["completion_tokens"] - self.tokens)
+        if (completion := count(usage, "completion_tokens")) is not None:
+            tokens = max(0, completion - self.tokens)
         prefill = self._prefill(usage)
         if not (text or tokens or prefill):
             return None
@@ -198,5 +199,14 @@ class Tally:
         """The prompt's token count, the first time the engine gives it."""
         if self.prompt_tokens is not None or usage.get("prompt_tokens") is None:
             return 0
-        self.prompt_tokens = usage["prompt_tokens"]
+        self.prompt_tokens = count(usage, "prompt_tokens")
         return self.prompt_tokens
+
+
+def count(usage: dict, key: str) -> int | None:
+    """The token count `key` of an engine's usage, None if it says none; ProtocolError unless an int in
+    0..TOKENS_MAX (Infinity, 1.5 or a negative count would corrupt the books: kernel/events.py Chunk)."""
+    value = usage.get(key)
+    if value is not None and not id_fits(value, TOKENS_MAX):
+        raise ProtocolError(f"usage {key} {str(value)[:40]} is not a token count in 0..{TOKENS_MAX}")
+    return value

@@ -38,18 +38,13 @@ from ..kernel.events import Chunk
 from . import openai, sse
 
 SAMPLING_NAMES = {"seed": "random_seed", "stop": "stop_words"}  # the ensemble's inputs; the rest keep their names
-COUNTS = ("num_output_tokens", "num_input_tokens")
 
 
 def check_shape(response: dict) -> None:
-    """Raise ProtocolError, naming what Triton sent, unless `response` has the shape a Tally reads: text_output a
-    string (absent or null: no text) and each count a number (absent: not told). Types are compared exactly, as
-    sse.check_shape does (a bool is no count)."""
+    """Raise ProtocolError, naming what Triton sent, unless `response`'s text_output is a string (absent or null:
+    no text); its counts are sse.count's to check."""
     if type(text := response.get("text_output")) not in sse.STRING:
         raise sse.ProtocolError(f"text_output is not a string: {sse._excerpt(text)}")
-    for name in COUNTS:
-        if name in response and type(value := response[name]) not in {int, float}:
-            raise sse.ProtocolError(f"{name} is not a number: {sse._excerpt(value)}")
 
 
 @attrs.define
@@ -73,10 +68,11 @@ class Tally:
         """The chunk for one response, or None when it adds nothing."""
         check_shape(response)
         text = response.get("text_output") or ""
-        tokens = response.get("num_output_tokens", int(bool(text)))
+        tokens = sse.count(response, "num_output_tokens")
+        tokens = int(bool(text)) if tokens is None else tokens
         prefill = 0
         if self.prompt_tokens is None and response.get("num_input_tokens") is not None:
-            prefill = self.prompt_tokens = response["num_input_tokens"]
+            prefill = self.prompt_tokens = sse.count(response, "num_input_tokens")
         if not (text or tokens or prefill):
             return None
         self.tokens += tokens

@@ -31,11 +31,11 @@ def id_fits(value: object, highest: int) -> bool:
     return type(value) is int and 0 <= value <= highest
 
 
-def id_bound(highest: int) -> Callable[[object, "attrs.Attribute[int]", object], None]:
-    """An attrs validator: Invalid unless the field is an int in 0..highest."""
+def id_bound(highest: int, what: str = "an id") -> Callable[[object, "attrs.Attribute[int]", object], None]:
+    """An attrs validator: Invalid unless the field is an int in 0..highest (`what` it must be, in words)."""
     def check(instance: object, attribute: "attrs.Attribute[int]", value: object) -> None:
         if not id_fits(value, highest):
-            raise Invalid(f"{attribute.name} {str(value)[:40]} is not an id in 0..{highest}")
+            raise Invalid(f"{attribute.name} {str(value)[:40]} is not {what} in 0..{highest}")
     return check
 
 

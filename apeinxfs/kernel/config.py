@@ -19,6 +19,7 @@ from .tenant_config import TenantConfig, tenant_from_dict
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
 MIB = 1 << 20
+SLOTS_MAX = 4096  # batch slots of one GPU: more is a typo (the scheduler walks them at each event)
 
 
 def _positive(_inst: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
@@ -115,6 +116,11 @@ class GpuConfig:
     kv_mib: int = attrs.field(default=16384, validator=_positive)
     slots: int = attrs.field(default=8, validator=_positive)
     simulated: bool = True
+
+    @slots.validator
+    def _few_slots(self, attribute: "attrs.Attribute[int]", value: int) -> None:
+        if value > SLOTS_MAX:
+            raise Invalid(f"slots must be at most {SLOTS_MAX}, not {value!r}")
 
 
 def _fraction(_inst: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:

@@ -4,18 +4,21 @@
 the model runs only on those GPUs, and its driver sends it to the endpoint of the GPU the kernel
 placed it on. A model without endpoints (one `url` option, or a driver without URLs: sim,
 llamacpp) runs on every GPU. Here: the record, its validation (a table of url and gpus, no GPU
-twice, not beside `options.url`, GPUs that exist), and which GPUs a model may run on. Not here:
+twice, not beside `options.url`, GPUs that exist), which GPUs a model may run on, and a URL's credentials hidden (`redacted`). Not here:
 which endpoint is down (engines.py), what its engine reports of its KV (kvreport.py), how the
 driver reaches it (drivers/openai.py).
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
 from .errors import Invalid
+
+_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#@\s]*@")
 
 
 def _url(_inst: object, _attribute: "attrs.Attribute[Any]", value: Any) -> None:
@@ -43,7 +46,13 @@ class EndpointConfig:
     @property
     def label(self) -> str:
         """`URL gpus=0,1`: the endpoint in words (trace lines, status)."""
-        return f"{self.url} gpus={gpus_text(self.gpus)}"
+        return f"{redacted(self.url)} gpus={gpus_text(self.gpus)}"
+
+
+def redacted(text: str) -> str:
+    """`text` with each URL's userinfo (`user:password@`) shown as `***@`: what renders or journals an engine's
+    URL, or a reason that may hold one, passes it here."""
+    return _USERINFO.sub(r"\1***@", text)
 
 
 def gpus_text(gpus: Iterable[int]) -> str:
@@ -72,8 +81,9 @@ def check_endpoints(model: str, endpoints: tuple[EndpointConfig, ...], options: 
     for endpoint in endpoints:
         for gpu in endpoint.gpus:
             if gpu in bound:
-                raise Invalid(f"model {model}: GPU {gpu} is bound to two endpoints, {bound[gpu]} and {endpoint.url}")
-            bound[gpu] = endpoint.url
+                raise Invalid(f"model {model}: GPU {gpu} is bound to two endpoints, {bound[gpu]} and "
+                              f"{redacted(endpoint.url)}")
+            bound[gpu] = redacted(endpoint.url)
 
 
 def check_gpus_exist(model: str, endpoints: tuple[EndpointConfig, ...], count: int) -> None:
@@ -81,7 +91,7 @@ def check_gpus_exist(model: str, endpoints: tuple[EndpointConfig, ...], count: i
     for endpoint in endpoints:
         missing = [gpu for gpu in endpoint.gpus if gpu >= count]
         if missing:
-            raise Invalid(f"model {model}: endpoint {endpoint.url} is bound to GPU {missing[0]}, but there are "
+            raise Invalid(f"model {model}: endpoint {redacted(endpoint.url)} is bound to GPU {missing[0]}, but there are "
                           f"{count} GPUs (0 to {count - 1})")
 
 

@@ -17,6 +17,8 @@ from .config import ModelConfig
 from .spec import TaskCommand, TaskSpec
 from .tenant_config import TenantConfig, tenant_from_dict
 
+TOKENS_MAX = 1 << 30  # the most tokens one chunk may count: beyond any context, short of what would overflow a sum
+
 
 @attrs.frozen
 class ByCaller:
@@ -60,8 +62,8 @@ class Chunk:
 
     pid: int
     text: str
-    tokens: int
-    prefill: int = 0
+    tokens: int = attrs.field(validator=id_bound(TOKENS_MAX, "a token count"))
+    prefill: int = attrs.field(default=0, validator=id_bound(TOKENS_MAX, "a token count"))
     final: bool = False
 
 

@@ -11,7 +11,7 @@ one GPU of it), every GPU for the one engine of a model without endpoints (gpus 
 engine reports beyond them (another client of the engine, or an engine running ahead of the
 books) counts as used on its GPUs, each its share rounded up (`KVManager.unbooked`, which
 placement takes off a GPU's room), with an `engine-kv` trace line when a GPU's excess appears
-and when it goes. It is decided again at each report (so the excess stands until a report
+and when it goes. A report of more pages than its GPUs hold is refused (Invalid), as one of negative tokens. It is decided again at each report (so the excess stands until a report
 changes it) and when a model is removed; the pool file shows each GPU's share of the reports
 (`engine_view`, rounded up) and its unbooked pages.
 Pure: no I/O, times and values come from the events.
@@ -60,6 +60,15 @@ class KVReports:
         if type(event.tokens) is not int or event.tokens < 0 or any(not 0 <= gpu < count for gpu in event.gpus):
             raise Invalid(f"an engine's KV report of {event.tokens!r} tokens on gpus {list(event.gpus)}: tokens "
                           f"must be an integer >= 0 and GPUs 0 to {count - 1}")
+        if event.model in self._models:
+            self._check_room(event.model, event.gpus or self._every_gpu(), event.tokens)
+
+    def _check_room(self, model: str, gpus: tuple[int, ...], tokens: int) -> None:
+        """Refuse a report of more pages than the GPUs hold: believed, it would fill them for every model."""
+        pages, room = self.pages_of(model, tokens), sum(self.kv.pools[gpu].pages_total for gpu in gpus)
+        if pages > room:
+            raise Invalid(f"{tokens} KV tokens of {model} on gpus {gpus_text(gpus)} take {pages} pages, "
+                          f"more than the {room} those GPUs hold")
 
     def pages_of(self, model: str, tokens: int) -> int:
         """The pages `tokens` tokens of `model` take (the daemon journals a report when they change)."""

@@ -304,6 +304,11 @@ class Handle:
         """The last close; nothing to do by default (errors here reach no one)."""
 
 
+def viewed(node) -> bool:
+    """Whether each caller reaches a view of its own of `node`: a tenanted Show (views.py)."""
+    return isinstance(node, Show) and node.tenanted
+
+
 @attrs.define(eq=False)
 class SnapshotHandle(Handle):
     node: Show

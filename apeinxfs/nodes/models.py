@@ -14,7 +14,7 @@ import attrs
 from .. import drivers
 from ..drivers import enginestate
 from ..kernel.config import ModelConfig
-from ..kernel.endpoints import gpus_text
+from ..kernel.endpoints import gpus_text, redacted
 from ..kernel.errors import Invalid
 from ..kernel.events import RemoveModel, SetModel
 from ..kernel.grammar import parse_int, split_pairs
@@ -53,7 +53,7 @@ def config(kernel, name: str) -> str:
             ("kv_bytes_per_token", model.token_bytes), ("tokens_per_page", page // model.token_bytes),
             ("engine_wait_s", f"{model.engine_wait_s:g}"), ("resume_limit", model.resume_limit)]
     rows += sorted(model.options.items())
-    return "".join(f"{k} {v}\n" for k, v in rows)
+    return "".join(f"{k} {redacted(str(v))}\n" for k, v in rows)
 
 
 def _value(value) -> str:

@@ -4,17 +4,17 @@
 to find where a file comes from, look here. `Tree` maps inodes to nodes (static ones are
 numbered at boot; a task's are computed from its pid; each view of a tenanted file has its
 own, views.py) and keeps getattr consistent with reads: while a file is open, its size is
-that of the snapshot it reads, so `cp` and sendfile copy every byte (each caller's view has
-its own inode, so its own size in the kernel); otherwise every getattr renders afresh (files
+that of the largest snapshot its open descriptors read, so `cp` and sendfile copy every byte
+(each caller's view has its own inode, so its own size in the kernel); otherwise every getattr renders afresh (files
 have no attr cache, see fs.py), so nothing read is ever stale.
 """
 import stat
 from functools import lru_cache, partial
 
 from .. import health
-from ..kernel.errors import NotFound
+from ..kernel.errors import NoSpace, NotFound
 from . import billing, ctl, gpus, memory, metrics, policy, readme, replay, sched
-from .base import Command, Dir, NamedDirs, Setting, Show
+from .base import Command, Dir, NamedDirs, Setting, Show, viewed
 from .forwarding import Forwarding, recording, routing
 from . import tasks
 from .members import NodesDir, link
@@ -123,9 +123,9 @@ class Tree:
         self.root = build_root(rt)
         self.named = [self.root.children[name] for name in ("models", "tenants", "nodes")]
         self._number(self.root)
-        tenanted = [node for node in self.static.values() if isinstance(node, Show) and node.tenanted]
+        tenanted = [node for node in self.static.values() if viewed(node)]
         self.views = Views(tenanted, lambda tenant: tenant in rt.kernel.tenancy.tenants)
-        self._pinned: dict[int, tuple[bytes, int]] = {}  # inode -> (text, opens)
+        self._pinned: dict[int, tuple[Show, list[int]]] = {}  # inode -> its node, the sizes of its open snapshots
         self._rendered: dict[int, tuple[int, bytes]] = {}  # inode -> (version, text)
         self._task_nodes: dict[int, tuple] = {}  # inode -> (task, node) of task files built so far
 
@@ -205,29 +205,42 @@ class Tree:
 
     def reached(self, node, identity):
         """The node `identity` reaches by `node`'s name: of a tenanted file, its own view's."""
-        if isinstance(node, Show) and node.tenanted:
+        if viewed(node):
             return self.views.node(node, node.view_of(identity))
         return node
 
+    def listing(self, directory: Dir, identity) -> list[tuple[str, object]]:
+        """`directory`'s entries as `identity` reaches them; a tenanted file whose view has no inode left
+        (NoSpace, views.py) is left out, so that only a lookup of its name fails, never the listing."""
+        entries = []
+        for name, child in directory.entries():
+            try:
+                entries.append((name, self.reached(child, identity)))
+            except NoSpace:
+                continue
+        return entries
+
     def open_snapshot(self, node: Show) -> bytes:
-        """Render `node` for a new open file; its size is what getattr reports until it closes."""
-        data = self._current(node)
-        count = self._pinned.get(node.inode, (b"", 0))[1]
-        self._pinned[node.inode] = (data, count + 1)
+        """Render `node` for a new open file, which reads that snapshot until it closes (close_snapshot)."""
+        data = self.render(node)
+        self._pinned.setdefault(node.inode, (node, []))[1].append(len(data))
         return data
 
-    def close_snapshot(self, inode: int) -> None:
-        data, count = self._pinned.pop(inode, (b"", 1))
-        if count > 1:
-            self._pinned[inode] = (data, count - 1)
+    def opened(self, inode: int) -> Show | None:
+        """The node of `inode` while a descriptor has it open (its snapshot read), else None."""
+        pinned = self._pinned.get(inode)
+        return pinned[0] if pinned else None
+
+    def close_snapshot(self, inode: int, size: int) -> None:
+        """Forget the open snapshot of `size` bytes of `inode`."""
+        sizes = self._pinned[inode][1]
+        sizes.remove(size)
+        if not sizes:
+            del self._pinned[inode]
 
     def render(self, node: Show) -> bytes:
-        """What an open file of `node` would read now, or is reading if one is open."""
-        pinned = self._pinned.get(node.inode)
-        return pinned[0] if pinned else self._current(node)
-
-    def _current(self, node: Show) -> bytes:
-        """The node's text now: rendered again only once an event (or an engine scrape) changed something."""
+        """The node's text now, as a new open reads it: rendered again only once an event (or an engine scrape)
+        changed something."""
         if node.volatile:
             return node.render()
         version, cached = self._rendered.get(node.inode, (None, None))
@@ -239,4 +252,9 @@ class Tree:
         return cached
 
     def size(self, node) -> int:
-        return len(self.render(node)) if isinstance(node, Show) else node.size()
+        """A file's size; of a rendered one while open, the largest of its open snapshots (a sendfile or `cp`
+        of each then stops at its own end, never before)."""
+        if not isinstance(node, Show):
+            return node.size()
+        _, sizes = self._pinned.get(node.inode, (node, None))
+        return max(sizes) if sizes else len(self.render(node))

@@ -5,7 +5,8 @@ size per inode for every caller, and splice and sendfile stop at it, so each vie
 admin's view (every row) is the file's boot-time inode; the view of tenant T, or of a caller of no role
 (""), is at VIEW_BASE + number x files + index, where a view's number is given the first time it is asked
 for and kept, as NamedDirs keeps a name's, and `index` is the file's among the tenanted ones. A view of a
-tenant that no longer exists is ENOENT. Which caller may hold which view is Show.hidden_from's to say.
+tenant that no longer exists is ENOENT (to getattr only once no descriptor has it open: fs.getattr).
+Which caller may hold which view is Show.hidden_from's to say.
 """
 from collections.abc import Callable
 
