@@ -17,6 +17,7 @@ class Request:
     method: str
     path: str
     body: dict | None  # None for a request without one (a GET)
+    headers: dict[str, str] = attrs.field(factory=dict)  # names and values lowercased
 
 
 async def read_request(stream) -> Request | None:
@@ -31,7 +32,7 @@ async def read_request(stream) -> Request | None:
     headers = dict(line.lower().split(b":", 1) for line in header_lines)
     method, path, _ = request_line.decode().split(" ", 2)
     if b"content-length" not in headers:
-        return Request(method, path, None)
+        return Request(method, path, None, {k.decode(): v.decode().strip() for k, v in headers.items()})
     length = int(headers[b"content-length"])
     while len(body) < length:
         body += await stream.receive_some()

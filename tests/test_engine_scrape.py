@@ -4,6 +4,7 @@
 (the samples of tests/data); the driver's `observe` runs on trio's real clock. The same
 against a real llama-server through a mount is in test_engine_daemon.py.
 """
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,9 @@ class MetricsServer:
         self.hits[path] = self.hits.get(path, 0) + 1
         body = self.pages.get(path, "").encode()
         status = "200 OK" if path in self.pages else "404 Not Found"
-        await stream.send_all(f"HTTP/1.1 {status}\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
-                              + body)
+        with contextlib.suppress(trio.BrokenResourceError):  # a scrape that stops reading a body over BODY_MAX
+            await stream.send_all(f"HTTP/1.1 {status}\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+                                  .encode() + body)
 
 
 async def observed(tmp_path, server: MetricsServer, want_scrapes: int = 2) -> dict:
@@ -94,6 +96,15 @@ async def test_llamacpp_without_kv_gauge_is_completed_from_slots(tmp_path, nurse
     assert server.hits["/slots"] >= 1
 
 
+async def test_an_oversized_slots_leaves_no_slot_figures_but_the_metrics_ones(tmp_path, nursery):
+    """A /slots over BODY_MAX (slots debug: every slot's text) leaves no KV figures, noted, and the queues of /metrics."""
+    pages = {"/metrics": (DATA / "llamacpp-metrics.txt").read_text(), "/slots": "[" + " " * scrape.BODY_MAX + "]"}
+    server = await MetricsServer(pages).start(nursery)
+    engine = flat((await observed(tmp_path, server))["/models/tiny/engine"])
+    assert (engine["engine"], engine["kv_tokens"], engine["requests_running"]) == ("llamacpp", "-", "3")
+    assert engine["error"] == f"no slot figures: the body is over {scrape.BODY_MAX} bytes"
+
+
 async def test_an_engine_without_metrics_says_why(tmp_path, nursery):
     """A 404 on /metrics shows as the engine file's error, with no numbers, and adds nothing to meminfo."""
     server = await MetricsServer({}).start(nursery)
@@ -112,9 +123,47 @@ def test_a_sim_model_has_no_engine_metrics(tmp_path):
 
 
 async def test_metrics_parsed_in_slices_are_the_whole_texts_samples_and_line_numbers():
-    """scrape.parsed, a slice of PARSE_LINES at a time, gives metrics.parse's samples, and names a bad line by its number."""
-    good = "".join(f'vllm:num_requests_running{{engine="{i}"}} {i}\n' for i in range(2 * scrape.PARSE_LINES + 5))
+    """scrape.parsed, a slice of about PARSE_CHARS at a time, gives metrics.parse's samples, and names a bad line by its number."""
+    good = "".join(f'vllm:num_requests_running{{engine="{i}"}} {i}\r\n' for i in range(2 * scrape.PARSE_CHARS // 30))
     assert await scrape.parsed(good) == metrics.parse(good)
     bad = good + "not a sample\n"
-    with pytest.raises(metrics.Unreadable, match=f"line {2 * scrape.PARSE_LINES + 6} "):
+    with pytest.raises(metrics.Unreadable, match=f"line {2 * scrape.PARSE_CHARS // 30 + 1} "):
         await scrape.parsed(bad)
+    samples = metrics.parse(good)
+    assert metrics.reading_of(await scrape.gathered(samples)) == metrics.read(samples)
+
+
+async def ticks_while(work) -> int:
+    """How many times another task ran while `work` (an awaitable) ran: once for each checkpoint it passed."""
+    ticks = 0
+
+    async def tick():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tick)
+        await trio.lowlevel.checkpoint()  # tick runs once before the work starts
+        ticks = 0
+        await work
+        nursery.cancel_scope.cancel()
+    return ticks
+
+
+async def test_a_megabyte_of_label_heavy_metrics_is_parsed_with_other_tasks_running_between_slices():
+    """1 MiB of lines of many labels (under 2000 lines) is parsed in slices of characters, not lines: other tasks run 10 times or more."""
+    line = "vllm:x{" + ",".join(f'l{i}="v"' for i in range(100)) + "} 1\n"
+    text = line * (scrape.BODY_MAX // len(line))
+    assert len(text.splitlines()) < 2000 and await ticks_while(scrape.parsed(text)) >= 10
+
+
+async def test_a_hundred_thousand_samples_are_gathered_with_other_tasks_running_between_slices():
+    """116k samples (a 1 MiB body of short lines) are gathered into gauges in slices: other tasks run 10 times or more."""
+    samples = metrics.parse("".join(f"a{{e=\"{i}\"}} 1\n" for i in range(116_000)))
+    assert await ticks_while(scrape.gathered(samples)) >= 10
+
+
+def test_one_line_escapes_what_is_not_printable_and_the_backslash():
+    """An engine's literal backslash-n and its real line end stay apart on one line: the backslash is escaped too."""
+    assert scrape.one_line("a\\nb\nc\td\x1b") == "a\\\\nb\\nc\\td\\x1b"

@@ -4,6 +4,7 @@ Each test reproduces a defect found by attacking the openai driver with a fake e
 pattern of test_openai_driver.py), in a real Runtime (journal, kernel, drivers; no FUSE). They are
 xfail(strict) until the defect is mended: whoever mends one turns its test on.
 """
+import gzip
 import json
 import math
 
@@ -95,10 +96,21 @@ async def an_endless_error_body(stream):
         await trio.sleep(0.001)
 
 
-@pytest.mark.parametrize("answer", [pings_forever, headers_trickled, one_endless_line, data_lines_never_ending_an_event,
-                                    one_endless_chunk, an_endless_error_body])
-async def test_an_engine_busy_without_tokens_does_not_hold_its_task_for_ever(answer, tmp_path, nursery):
-    """A task whose engine sends bytes but never a token ends with a reason (timeout_s 0.5), not held for ever."""
+BUSY_WITHOUT_TOKENS = {  # an engine's answer, and the bound that ends it
+    "pings": (pings_forever, "no token for 0.5 s after 0 tokens"),
+    "trickled head": (headers_trickled, "no token for 0.5 s after 0 tokens"),
+    "endless line": (one_endless_line, "stream broke after 0 tokens: a line of over 1048576 bytes"),
+    "endless event": (data_lines_never_ending_an_event,
+                      "stream broke after 0 tokens: an event of over 1048576 characters of data"),
+    "endless chunk": (one_endless_chunk, "stream broke after 0 tokens: a line of over 1048576 bytes"),
+    "endless error body": (an_endless_error_body, "HTTP 400: " + "x" * openai.ERROR_BYTES),
+}
+
+
+@pytest.mark.parametrize("case", BUSY_WITHOUT_TOKENS)
+async def test_an_engine_busy_without_tokens_does_not_hold_its_task_for_ever(case, tmp_path, nursery):
+    """A task whose engine sends bytes but never a token ends with the reason of the bound it hit (timeout_s 0.5), not held for ever."""
+    answer, words = BUSY_WITHOUT_TOKENS[case]
     port = await serve(nursery, answer)
     config = daemon.engine_config("openai", url=f"http://127.0.0.1:{port}", timeout_s=0.5, retries=0, metrics_s=0)
     with open_runtime(tmp_path, config.replace("context = 4096", "context = 4096\nresume_limit = 0")) as rt:
@@ -110,7 +122,7 @@ async def test_an_engine_busy_without_tokens_does_not_hold_its_task_for_ever(ans
                     await rt.wait_for(pid, 1.0)
             task = rt.kernel.tasks[pid]
             inner.cancel_scope.cancel()
-    assert task.done and task.exit.startswith("failed: engine at")
+    assert task.exit == f"failed: engine at http://127.0.0.1:{port}: {words}"
 
 
 @pytest.mark.parametrize("usage", ['{"completion_tokens":Infinity}', '{"completion_tokens":1.5}',
@@ -223,6 +235,23 @@ async def test_a_metrics_body_of_a_million_lines_is_refused(nursery):
     assert observation.reading is None and "body is over" in observation.error
 
 
+async def test_a_compressed_metrics_body_is_refused_and_identity_was_asked(nursery):
+    """A scrape asks for identity, and a gzip /metrics (8 MB in 8 KB) is an observation error, not decompressed."""
+    requests = []
+
+    async def gzip_answer(stream):
+        requests.append(await read_request(stream))
+        body = gzip.compress(b"# padding\n" * 800_000)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n"
+                              b"connection: close\r\n\r\n" % len(body) + body)
+    listeners = await nursery.start(trio.serve_tcp, gzip_answer, 0)
+    async with httpx.AsyncClient() as client:
+        url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        observation, _ = await scrape.scrape(client, url, timeout_s=10.0)
+    assert observation.error == "a compressed body (Content-Encoding: gzip), though identity was asked"
+    assert [r.headers["accept-encoding"] for r in requests] == ["identity"]
+
+
 @pytest.mark.parametrize("option", ["timeout_s", "backoff_s", "metrics_s"])
 def test_an_infinite_engine_option_is_refused(option):
     """A model whose options give `option = inf` is refused at start with the option's name."""
@@ -282,6 +311,9 @@ BREAKING_THE_PROTOCOL = {
                        'usage.completion_tokens is not a number: "1"'),
     "Content-Length abc": (stream_of(ONE_TOKEN, ENDED, head=COUNTED % b"abc"), "bad Content-Length: 'abc'"),
     "Content-Length -1": (stream_of(ONE_TOKEN, ENDED, head=COUNTED % b"-1"), "bad Content-Length: '-1'"),
+    "gzip": (stream_of(gzip.compress(ONE_TOKEN + ENDED), head=HEAD.replace(b"connection", b"content-encoding: gzip\r\n"
+                                                                            b"connection")),
+             "a compressed answer (Content-Encoding: gzip), though identity was asked"),
 }
 
 

@@ -152,13 +152,15 @@ class FakeEngine:
     `stop_after` N: it ends the text early (finish_reason stop); `cut_after` N: it hangs up (on the
     first `cuts` requests; all if None); `drop_first` N: it hangs up on the first N requests without
     answering (`reset`: with a TCP reset); `garbled` PROMPT: to that prompt, its first event's usage gives
-    completion_tokens as a string, then it hangs up.
+    completion_tokens as a string, then it hangs up; `thinking` (seconds, a delta): before its words, it
+    streams that delta (content null: reasoning or a tool call) every 0.05 s for that long.
     """
 
     def __init__(self, delay: float = 0.0, stop_after: int | None = None, cut_after: int | None = None,
-                 drop_first: int = 0, reset: bool = False, cuts: int | None = None, garbled: str | None = None):
+                 drop_first: int = 0, reset: bool = False, cuts: int | None = None, garbled: str | None = None,
+                 thinking: tuple[float, dict] = (0.0, {})):
         self.delay, self.stop_after, self.cut_after, self.drop_first = delay, stop_after, cut_after, drop_first
-        self.reset, self.cuts, self.garbled = reset, cuts, garbled
+        self.reset, self.cuts, self.garbled, self.thinking = reset, cuts, garbled, thinking
         self.bodies, self.closed_early = [], 0
         self.port = None
 
@@ -185,6 +187,7 @@ class FakeEngine:
             if self.garbled is not None and body.get("prompt") == self.garbled:
                 await send_event(stream, {"choices": [{"text": " w0"}], "usage": {"completion_tokens": "1"}})
                 return
+            await self.think(stream)
             cut = self.cut_after is not None and (self.cuts is None or len(self.bodies) <= self.cuts)
             produced = await self.words(stream, body["max_tokens"], cut)
             if cut:
@@ -195,6 +198,12 @@ class FakeEngine:
             await stream.send_all(b"data: [DONE]\n\n")
         except trio.BrokenResourceError:
             self.closed_early += 1
+
+    async def think(self, stream) -> None:
+        seconds, delta = self.thinking
+        for _ in range(round(seconds / 0.05)):
+            await send_event(stream, {"choices": [{"delta": {"content": None, **delta}, "finish_reason": None}]})
+            await trio.sleep(0.05)
 
     async def words(self, stream, count: int, cut: bool) -> int:
         count = min(count, self.stop_after or count, self.cut_after if cut else count)
@@ -225,10 +234,19 @@ async def test_tasks_stream_from_the_engine_to_done(tmp_path, nursery):
 
 
 async def test_tokens_spaced_under_timeout_s_keep_a_stream_going_longer_than_it(tmp_path, nursery):
-    """timeout_s bounds the wait for each token, not the stream: 8 tokens 0.2 s apart with timeout_s 0.5 end done in one request."""
-    engine = await FakeEngine(delay=0.2).start(nursery)
-    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 8}], timeout_s=0.5, metrics_s=0)
-    assert (task.exit, task.tokens_out, len(engine.bodies)) == ("done", 8, 1)  # one request: never resumed
+    """timeout_s bounds the wait for each token, not the stream: 15 tokens 0.1 s apart with timeout_s 1.0 end done in one request."""
+    engine = await FakeEngine(delay=0.1).start(nursery)
+    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 15}], timeout_s=1.0, metrics_s=0)
+    assert (task.exit, task.tokens_out, len(engine.bodies)) == ("done", 15, 1)  # one request: never resumed
+
+
+@pytest.mark.parametrize("delta", [{"reasoning_content": "hmm"}, {"reasoning": "hmm"},
+                                   {"tool_calls": [{"index": 0, "function": {"arguments": "{"}}]}])
+async def test_an_engine_thinking_without_content_for_longer_than_timeout_s_is_at_work(delta, tmp_path, nursery):
+    """Reasoning or tool-call deltas (content null) 0.05 s apart for 1.5 s with timeout_s 0.5 keep the stream going; they are not output."""
+    engine = await FakeEngine(thinking=(1.5, delta)).start(nursery)
+    [task] = await run_tasks(tmp_path, engine.port, [{"name": "a", "max_tokens": 3}], timeout_s=0.5, metrics_s=0)
+    assert (task.exit, task.output.decode(), len(engine.bodies)) == ("done", " w0 w1 w2", 1)
 
 
 async def test_engine_stopping_early_ends_the_task_done(tmp_path, nursery):

@@ -41,12 +41,14 @@ class TritonFake:
     """Replays the recorded exchange on /v2/models/ensemble/generate_stream (SSE) and .../generate (JSON).
 
     `delay` s between responses; `error_after` N: an error response after N; `status`: an
-    HTTP error before inference. `requests` are what it was sent; `closed_early` counts
+    HTTP error before inference; `stream`: the responses streamed in place of the recorded ones. `requests` are what it was sent; `closed_early` counts
     clients that went away mid-stream.
     """
 
-    def __init__(self, delay: float = 0.0, error_after: int | None = None, status: int = 200, repeat: int = 1):
+    def __init__(self, delay: float = 0.0, error_after: int | None = None, status: int = 200, repeat: int = 1,
+                 stream: list[dict] = RECORDED_STREAM):
         self.delay, self.error_after, self.status, self.repeat = delay, error_after, status, repeat
+        self.stream = stream
         self.requests, self.closed_early = [], 0
         self.url = None
 
@@ -72,7 +74,7 @@ class TritonFake:
             self.closed_early += 1
 
     async def replay(self, stream) -> None:
-        for index, event in enumerate(RECORDED_STREAM * self.repeat):
+        for index, event in enumerate(self.stream * self.repeat):
             if index == self.error_after:
                 await send_event(stream, {"error": "in-flight batching failed"})
                 return
@@ -179,6 +181,16 @@ async def test_error_response_mid_stream_fails_the_task(tmp_path, nursery):
     fake = await TritonFake(error_after=2).start(nursery)
     [task] = await run_tasks(tmp_path, fake.url, [ASK])
     assert task.exit == f'failed: engine at {fake.url}: stream broke after 2 tokens: engine error: "in-flight batching failed"'
+
+
+@pytest.mark.parametrize("sent, words", [({"num_output_tokens": "1"}, "usage num_output_tokens 1 is not a token count"),
+                                         ({"text_output": 5}, "text_output is not a string: 5"),
+                                         ({"text_output": [" a"]}, 'text_output is not a string: [" a"]')])
+async def test_a_response_out_of_shape_fails_the_task_as_the_engines_fault(sent, words, tmp_path, nursery):
+    """A response whose text is no string or whose count is no count fails the task naming it, not as a driver bug."""
+    fake = await TritonFake(stream=[RECORDED_STREAM[0], sent]).start(nursery)
+    [task] = await run_tasks(tmp_path, fake.url, [ASK])
+    assert task.exit.startswith(f"failed: engine at {fake.url}: stream broke after 1 tokens: {words}")
 
 
 async def test_http_error_before_inference_fails_the_task(tmp_path, nursery):

@@ -39,7 +39,7 @@ async def exchange(backend, url: httpx.URL, body: dict, timeout: float):
     and closes the connection after. The engine may be silent `timeout` seconds at most on each send or read."""
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
     head = (f"POST {url.raw_path.decode('ascii')} HTTP/1.1\r\nHost: {url.netloc.decode('ascii')}\r\n"
-            f"Accept: */*\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            f"Accept: */*\r\nAccept-Encoding: identity\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
             "Connection: close\r\n\r\n").encode()
     try:
         sock = await backend.socket(url.host, url.port or 80, timeout)

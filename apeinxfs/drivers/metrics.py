@@ -20,6 +20,7 @@ expert rank of one engine, which count once. No HTTP here: see scrape.py.
 """
 import math
 import re
+import typing
 
 import attrs
 
@@ -98,10 +99,14 @@ def _labels(text: str) -> dict:
 
 
 class Gauges:
-    """The samples of one scrape by name, with the sums and means the readers need."""
+    """The samples of one scrape by name, with the sums and means the readers need; `add` takes more of them
+    (a scrape adds its samples a slice at a time)."""
 
-    def __init__(self, samples: list[Sample]):
+    def __init__(self, samples: typing.Iterable[Sample] = ()):
         self.by_name: dict[str, dict] = {}
+        self.add(samples)
+
+    def add(self, samples: typing.Iterable[Sample]) -> None:
         for sample in samples:
             engine = tuple(sorted((k, v) for k, v in sample.labels.items() if k not in REPLICA_LABELS))
             series = self.by_name.setdefault(sample.name, {})
@@ -122,17 +127,22 @@ class Gauges:
         return [dict(labels) for labels in self.by_name.get(name, {})]
 
 
-def engine_of(samples: list[Sample]) -> str:
-    """vllm, sglang or llamacpp: the first of their prefixes found; else `unknown`."""
-    prefixes = {sample.name.partition(":")[0] for sample in samples if ":" in sample.name}
+def engine_of(names) -> str:
+    """vllm, sglang or llamacpp: the first of their prefixes found in the metric `names`; else `unknown`."""
+    prefixes = {name.partition(":")[0] for name in names if ":" in name}
     return next((engine for engine in READERS if engine in prefixes), "unknown")
 
 
 def read(samples: list[Sample]) -> Reading:
-    """What the engine of these samples says of its KV cache and requests; Unreadable if its KV usage is
-    not a fraction 0 to 1 (a usage of 50 would be 50 caches' tokens)."""
-    engine = engine_of(samples)
-    reading = READERS[engine](Gauges(samples)) if engine in READERS else Reading(engine)
+    """What the engine of these samples says of its KV cache and requests (see reading_of)."""
+    return reading_of(Gauges(samples))
+
+
+def reading_of(gauges: Gauges) -> Reading:
+    """What the engine of these gauges says of its KV cache and requests; Unreadable if its KV usage is not a
+    fraction 0 to 1 (a usage of 50 would be 50 caches' tokens)."""
+    engine = engine_of(gauges.by_name)
+    reading = READERS[engine](gauges) if engine in READERS else Reading(engine)
     if reading.kv_usage is not None and not 0 <= reading.kv_usage <= 1:
         raise Unreadable(f"its KV cache usage of {reading.kv_usage:g} is not a fraction 0 to 1")
     return reading

@@ -231,7 +231,8 @@ class OpenAIDriver:
 @attrs.define
 class Progress:
     """A stream's deadline for its next token: `timeout_s` from the request, then from each chunk the engine's
-    events make (`made`); bytes that make none (comments, a trickled head, a line or event that never ends)
+    events make, or event that shows it at work without one (reasoning, tool calls: Tally.working) (`made`);
+    bytes that make none (comments, a trickled head, a line or event that never ends)
     do not move it. `scope` is cancelled at that deadline: between timeout_s and 9/8 of it after the last
     chunk, as the deadline is moved only once an eighth of timeout_s has passed since it last was (moving a
     scope's deadline costs more than a token's parse)."""
@@ -258,6 +259,8 @@ async def _follow(events, response, tally: sse.Tally, outbox: flow.Outbox, task,
     async with contextlib.aclosing(events):
         async for event in events:
             if (chunk := tally.chunk(event)) is None:
+                if tally.working(event):
+                    progress.made()
                 continue
             progress.made()
             if not outbox.put(chunk):
@@ -288,10 +291,15 @@ def _failure(exc: Exception, answered: bool, tokens: int) -> Exception:
 
 async def _check(response) -> None:
     """Raise unless the engine accepted the request: 5xx (loading, overloaded) may pass, 4xx will not. The
-    reason holds the start of the answer's body on one line: ERROR_BYTES at most are read."""
+    reason holds the start of the answer's body on one line: ERROR_BYTES at most are read. A compressed answer
+    is not read (identity was asked: the bounds on what is read count the bytes as sent); with 200 it breaks
+    the protocol."""
+    coding = scrape.one_line(scrape.compressed(response))
+    if response.status_code == 200 and coding:
+        raise Broken(f"a compressed answer (Content-Encoding: {coding}), though identity was asked")
     if response.status_code == 200:
         return
-    text = (await _start_of(response.aiter_bytes())).decode(errors="replace")
+    text = f"(a body in {coding})" if coding else (await _start_of(response.aiter_bytes())).decode(errors="replace")
     detail = f"HTTP {response.status_code}: {scrape.one_line(text)}"
     failures = {503: Loading, 404: NotServed}
     raise failures.get(response.status_code, Unreachable if response.status_code >= 500 else Broken)(detail)

@@ -7,8 +7,9 @@ journaled; but the tokens its KV cache holds go to `host.report_kv`, which journ
 kernel's books when they change (kernel/kvreport.py); a report the kernel refuses (negative, more than its GPUs
 hold) is that engine's scrape error, logged once, never the end of the loop scraping every model. A failed scrape
 is an observation too (its error, no reading), so /models/NAME/engine says why there are no numbers, and the
-model's LastError too; a body over BODY_MAX is such an error, not read on, and a body is parsed a slice at a
-time (PARSE_LINES), the daemon's other work running between the slices. Each scrape is also a health check
+model's LastError too; a body over BODY_MAX is such an error, not read on, and a body is parsed and its samples
+gathered a slice at a time (PARSE_CHARS, GATHER_WORK), the daemon's other work running between the slices. Each
+scrape is also a health check
 (enginestate.py): an engine that answers is ready, even without metrics; HTTP 503 means it is
 still loading (starting); no answer, unreachable. An engine not scraped is `probe`d instead while
 the kernel holds it down (kernel/engines.py). Parsing is metrics.py's.
@@ -25,7 +26,11 @@ from ..kernel.errors import Invalid
 from . import metrics
 
 BODY_MAX = 1 << 20  # bytes of a /metrics read at most: vLLM's and SGLang's are well under 200 KB
-PARSE_LINES = 2000  # lines of /metrics parsed between two checkpoints (about 10 ms of the daemon's thread)
+IDENTITY = {"Accept-Encoding": "identity"}  # asked on every request to an engine: a body's bound counts the bytes sent
+PARSE_CHARS = 32_000  # characters of /metrics parsed between two checkpoints: about 6 ms of the daemon's thread for
+# label-heavy lines, 9 ms for short ones (sample lines of 15 characters); a slice ends at a line's end (one longer line
+# is one slice)
+GATHER_WORK = 10_000  # samples and labels gathered into Gauges between two checkpoints: about 7 ms
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +66,23 @@ async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple
     """One scrape of the engine at `url`: its reading, or the reason there is none; and the engine's state."""
     source = redacted(f"{url}/metrics")
     try:
-        reading = metrics.read(await parsed(await body_of(client, source, timeout_s)))
+        reading = metrics.reading_of(await gathered(await parsed(await body_of(client, source, timeout_s))))
         if metrics.wants_slots(reading):
-            reading = await _with_slots(client, url, reading, timeout_s)
+            return await _with_slots(client, url, metrics.Observation(source=source, reading=reading), timeout_s), "ready"
     except (httpx.HTTPError, metrics.Unreadable) as exc:
         return metrics.Observation(source=source, error=describe(exc)), state_of(exc)
     return metrics.Observation(source=source, reading=reading), "ready"
 
 
 async def body_of(client: httpx.AsyncClient, source: str, timeout_s: float) -> str:
-    """The text at `source` (GET), read up to BODY_MAX bytes: more is Unreadable, not held."""
-    async with client.stream("GET", source, timeout=timeout_s) as response:
+    """The text at `source` (GET), read up to BODY_MAX bytes: more is Unreadable, not held; so is a compressed
+    body (identity is asked: a bound on decompressed pieces would hold only after each was decompressed whole)."""
+    async with client.stream("GET", source, timeout=timeout_s, headers=IDENTITY) as response:
         response.raise_for_status()
+        if coding := compressed(response):
+            raise metrics.Unreadable(f"a compressed body (Content-Encoding: {one_line(coding)}), though identity was asked")
         body = bytearray()
-        async for piece in response.aiter_bytes():
+        async for piece in response.aiter_raw():
             body += piece
             if len(body) > BODY_MAX:
                 raise metrics.Unreadable(f"the body is over {BODY_MAX} bytes")
@@ -82,13 +90,30 @@ async def body_of(client: httpx.AsyncClient, source: str, timeout_s: float) -> s
 
 
 async def parsed(text: str) -> list[metrics.Sample]:
-    """The samples of `text`, parsed PARSE_LINES lines at a time, with a checkpoint after each: the
-    daemon's other tasks run between them."""
-    lines, samples = text.splitlines(), []
-    for at in range(0, len(lines), PARSE_LINES):
-        samples += metrics.parse_lines(lines[at:at + PARSE_LINES], at + 1)
+    """The samples of `text`, parsed a slice of whole lines of about PARSE_CHARS characters at a time, with a
+    checkpoint after each: the daemon's other tasks run between them."""
+    samples, at, first = [], 0, 1  # first: the line number of the slice's first line
+    while at < len(text):
+        end = text.find("\n", at + PARSE_CHARS) + 1 or len(text)
+        lines = text[at:end].splitlines()
+        samples += metrics.parse_lines(lines, first)
+        at, first = end, first + len(lines)
         await trio.lowlevel.checkpoint()
     return samples
+
+
+async def gathered(samples: list[metrics.Sample]) -> metrics.Gauges:
+    """`samples` by name (metrics.Gauges), gathered a slice of about GATHER_WORK samples and labels at a time,
+    with a checkpoint after each."""
+    gauges, at = metrics.Gauges(), 0
+    while at < len(samples):
+        end, work = at, 0
+        while end < len(samples) and work < GATHER_WORK:
+            work, end = work + 1 + len(samples[end].labels), end + 1
+        gauges.add(samples[at:end])
+        at = end
+        await trio.lowlevel.checkpoint()
+    return gauges
 
 
 async def probe(client: httpx.AsyncClient, model: str, url: str, interval_s: float, host, gpus: tuple = ()) -> None:
@@ -108,6 +133,12 @@ async def probe(client: httpx.AsyncClient, model: str, url: str, interval_s: flo
                 host.report_state(model, "ready", None, gpus)
 
 
+def compressed(response) -> str:
+    """The content coding of an engine's answer if it is not identity (it compressed though asked not to), else ""."""
+    coding = response.headers.get("content-encoding", "").strip()
+    return "" if coding.lower() in ("", "identity") else coding
+
+
 def state_of(exc: Exception) -> str:
     """What a failed scrape says of the engine: loading (HTTP 503), not there (no answer), else it answered."""
     if isinstance(exc, httpx.HTTPStatusError):
@@ -115,17 +146,24 @@ def state_of(exc: Exception) -> str:
     return "unreachable" if isinstance(exc, httpx.TransportError) else "ready"
 
 
-async def _with_slots(client, url: str, reading: metrics.Reading, timeout_s: float) -> metrics.Reading:
-    """KV figures from llama-server's /slots; none if it was started without --slots."""
+async def _with_slots(client, url: str, observation: metrics.Observation, timeout_s: float) -> metrics.Observation:
+    """`observation` of /metrics with KV figures from llama-server's /slots; none if it was started without
+    --slots. An unreadable /slots (over BODY_MAX: a build with slots debug puts every slot's prompt and text
+    there) means no slot figures, said as the observation's error: /metrics's figures still count."""
     try:
-        text = await body_of(client, f"{url}/slots", timeout_s)
+        slots = _json(await body_of(client, f"{url}/slots", timeout_s))
+        return attrs.evolve(observation, reading=metrics.with_slots(observation.reading, slots))
     except httpx.HTTPStatusError:
-        return reading
+        return observation
+    except metrics.Unreadable as exc:
+        return attrs.evolve(observation, error=f"no slot figures: {exc}")
+
+
+def _json(text: str):
     try:
-        slots = json.loads(text)
+        return json.loads(text)
     except (ValueError, RecursionError):
         raise metrics.Unreadable("/slots is not JSON") from None
-    return metrics.with_slots(reading, slots)
 
 
 def describe(exc: Exception) -> str:
@@ -136,5 +174,6 @@ def describe(exc: Exception) -> str:
 
 def one_line(text: str) -> str:
     """An engine's text fit for a reason or a status line: one line, each character that is not printable
-    (line ends, tabs, terminal escapes) written as Python writes it in a string (\\n, \\t, \\x1b)."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    (line ends, tabs, terminal escapes) and the backslash written as Python writes it in a string (\\n, \\t,
+    \\x1b, \\\\), so an engine's own `\\n` (two characters) is not read as a line end."""
+    return "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii") for c in text)

@@ -42,7 +42,7 @@ import trio
 from httpcore._backends.trio import TrioStream  # the stream httpcore's trio backend wraps a connection in
 
 from ..polling import ready
-from . import bare, pacing
+from . import bare, pacing, scrape
 
 SPARE_S = 2.0  # the longest a spare waits for a request before it is renewed (engines drop idle ones after 5 s)
 REFILL_S = 0.05  # after a spare is taken, the wait before the next is opened: its connect is off the first token's path
@@ -77,7 +77,7 @@ def stream(http: httpx.AsyncClient, url: str, body: dict, timeout: float):
 @contextlib.asynccontextmanager
 async def transported(transport, url: httpx.URL, body: dict, timeout: float):
     """POST `body` as JSON to `url` through httpx's `transport`; yields the streaming response."""
-    request = httpx.Request("POST", url, json=body, extensions={"timeout": httpx.Timeout(timeout).as_dict()})
+    request = httpx.Request("POST", url, json=body, headers=scrape.IDENTITY, extensions={"timeout": httpx.Timeout(timeout).as_dict()})
     response = await transport.handle_async_request(request)
     response.request = request
     try:

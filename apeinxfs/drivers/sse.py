@@ -121,6 +121,14 @@ def text_of(choice: dict) -> str:
     return choice.get("text") or delta.get("content") or ""
 
 
+def working(choice: dict) -> bool:
+    """Whether a choice shows the engine at work without text for the task's output: a delta with anything
+    but its role, e.g. reasoning (`reasoning_content`, llama-server and older vLLM; `reasoning`, newer vLLM)
+    or `tool_calls` while content is null. A role-only delta (a chat stream's first) is no work."""
+    delta = choice.get("delta") or {}
+    return any(value for name, value in delta.items() if name != "role")
+
+
 def check_shape(event: dict) -> None:
     """Raise ProtocolError, naming what the engine sent, unless `event` has the shape a Tally reads: `choices`
     a list of objects whose text, delta.content and finish_reason are strings, `usage` an object whose token
@@ -166,6 +174,10 @@ class Tally:
     def finished(self) -> bool:
         """Whether the engine said why the stream ended (else it was cut short)."""
         return self.finish_reason is not None
+
+    def working(self, event: dict) -> bool:
+        """Whether an event that made no chunk still shows the engine at work (see `working`); its shape checked."""
+        return any(working(choice) for choice in event.get("choices") or [])
 
     def chunk(self, event: dict) -> Chunk | None:
         """The chunk for one event, or None when it adds nothing."""

@@ -40,6 +40,13 @@ from . import openai, sse
 SAMPLING_NAMES = {"seed": "random_seed", "stop": "stop_words"}  # the ensemble's inputs; the rest keep their names
 
 
+def check_shape(response: dict) -> None:
+    """Raise ProtocolError, naming what Triton sent, unless `response`'s text_output is a string (absent or null:
+    no text); its counts are sse.count's to check."""
+    if type(text := response.get("text_output")) not in sse.STRING:
+        raise sse.ProtocolError(f"text_output is not a string: {sse._excerpt(text)}")
+
+
 @attrs.define
 class Tally:
     """What one Triton answer has produced so far for task `pid`, and the chunk each response adds.
@@ -53,8 +60,13 @@ class Tally:
     prompt_tokens: int | None = None
     finished: typing.ClassVar[bool] = True
 
+    def working(self, response: dict) -> bool:
+        """Never: a Triton response that makes no chunk shows no work."""
+        return False
+
     def chunk(self, response: dict) -> Chunk | None:
         """The chunk for one response, or None when it adds nothing."""
+        check_shape(response)
         text = response.get("text_output") or ""
         tokens = sse.count(response, "num_output_tokens")
         tokens = int(bool(text)) if tokens is None else tokens
