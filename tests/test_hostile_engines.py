@@ -4,6 +4,7 @@ Each test reproduces a defect found by attacking the openai driver with a fake e
 pattern of test_openai_driver.py), in a real Runtime (journal, kernel, drivers; no FUSE). They are
 xfail(strict) until the defect is mended: whoever mends one turns its test on.
 """
+import base64
 import gzip
 import json
 import math
@@ -324,3 +325,25 @@ async def test_an_engine_breaking_the_protocol_fails_its_task_naming_what_it_sen
     port = await serve(nursery, answer)
     [task] = await run_tasks(tmp_path, port, [{"name": "a", "max_tokens": 5}], metrics_s=0)
     assert task.exit.startswith("failed: engine at") and words in task.exit
+
+
+CREDENTIALS = b"Basic " + base64.b64encode(b"admin:s3cret")
+
+
+async def test_an_engine_behind_basic_auth_is_scraped_with_its_urls_credentials(nursery):
+    """The scraper sends the URL's user:password (the engine answers 401 without them) and shows them as ***."""
+    async def handle(stream):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some()
+        authorized = any(line.lower().startswith(b"authorization:") and line.split(b":", 1)[1].strip() == CREDENTIALS
+                         for line in head.split(b"\r\n"))
+        body = b"vllm:kv_cache_usage_perc 0.5\n" if authorized else b""
+        status = b"200 OK" if authorized else b"401 Unauthorized"
+        await stream.send_all(b"HTTP/1.1 %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (status, len(body))
+                              + body)
+    port = (await nursery.start(trio.serve_tcp, handle, 0))[0].socket.getsockname()[1]
+    async with httpx.AsyncClient() as client:
+        observation, state = await scrape.scrape(client, f"http://admin:s3cret@127.0.0.1:{port}", timeout_s=5.0)
+    assert (observation.error, state) == (None, "ready") and observation.reading.kv_usage == 0.5
+    assert observation.source == f"http://***@127.0.0.1:{port}/metrics"

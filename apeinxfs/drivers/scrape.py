@@ -66,7 +66,7 @@ async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple
     """One scrape of the engine at `url`: its reading, or the reason there is none; and the engine's state."""
     source = redacted(f"{url}/metrics")
     try:
-        reading = metrics.reading_of(await gathered(await parsed(await body_of(client, source, timeout_s))))
+        reading = metrics.reading_of(await gathered(await parsed(await body_of(client, f"{url}/metrics", timeout_s))))
         if metrics.wants_slots(reading):
             return await _with_slots(client, url, metrics.Observation(source=source, reading=reading), timeout_s), "ready"
     except (httpx.HTTPError, metrics.Unreadable) as exc:
