@@ -367,7 +367,7 @@ class Runtime:
         own tasks (enginehost.py) and `Cluster.run` itself (its loops are)."""
         async with trio.open_nursery() as nursery:
             groups = DriverGroups(self, nursery)
-            groups.sync()  # builds the drivers (mount.main checked the configured ones before the mount)
+            groups.sync()  # builds the drivers (mount.main checked the configured ones; a journal model's may fail alone)
             loops = [("drivers.follow", groups.follow), ("deadlines", self._deadline_timer),
                      ("journal.probe", self._probe_journal), ("progress", self._progress_timer),
                      ("readers.watch", self.readers.watch)]
