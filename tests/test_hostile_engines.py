@@ -33,14 +33,15 @@ NOT_ENDING_S = 6  # how long a test waits for a task its engine keeps busy (time
 
 
 def answering(answer, metrics: str = ""):
-    """A fake engine's connection handler: `answer(stream)` to each POST, `metrics` as its /metrics."""
+    """A fake engine's connection handler: `answer(stream)` to each POST, `metrics` (or what it returns, if
+    callable) as its /metrics."""
     async def handle(stream):
         request = await read_request(stream)
         if request is None:
             return
         try:
             if request.body is None:
-                body = metrics.encode()
+                body = (metrics() if callable(metrics) else metrics).encode()
                 await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
                                       % len(body) + body)
             else:
@@ -139,10 +140,18 @@ async def test_an_engines_usage_out_of_range_is_not_counted(usage, tmp_path, nur
     assert task.exit.startswith("failed: engine at")
 
 
-async def test_one_engines_negative_kv_report_leaves_other_engines_scraped(tmp_path, nursery, caplog):
-    """An engine whose /metrics says -5000 KV tokens, scraped 10 times (2 s), makes no bug of the loop scraping the
-    others: its refusal is its scrape error, logged once."""
-    liar = await serve(nursery, None, "sglang:num_used_tokens -5000\n")
+def lies_more_each_time() -> callable:
+    """/metrics whose negative KV figure changes at each scrape: -5000, -5001, ..."""
+    scrapes = iter(range(5000, 10 ** 6))
+    return lambda: f"sglang:num_used_tokens -{next(scrapes)}\n"
+
+
+@pytest.mark.parametrize("lie", [lambda: "sglang:num_used_tokens -5000\n", lies_more_each_time()],
+                         ids=["same", "changing"])
+async def test_one_engines_negative_kv_report_leaves_other_engines_scraped(lie, tmp_path, nursery, caplog):
+    """An engine whose /metrics says -5000 KV tokens (or a figure changing at each scrape), scraped 10 times (2 s),
+    makes no bug of the loop scraping the others: its refusal is its scrape error, logged once."""
+    liar = await serve(nursery, None, lie)
     honest = await serve(nursery, None, "sglang:num_used_tokens 0\n")
     with open_runtime(tmp_path, two_models_config(liar, honest)) as rt:
         async with trio.open_nursery() as inner:
@@ -152,7 +161,7 @@ async def test_one_engines_negative_kv_report_leaves_other_engines_scraped(tmp_p
                     await trio.sleep(0.05)
             inner.cancel_scope.cancel()
         assert "driver.openai.observe" not in rt.supervisor.bugs and "honest" in rt.engine_metrics
-        assert rt.engine_metrics["liar"].error.startswith("its KV report is refused: an engine's KV report of -5000")
+        assert rt.engine_metrics["liar"].error.startswith("its KV report is refused: an engine's KV report of -50")
     logged = [r.getMessage() for r in caplog.records if "liar" in r.getMessage()]
     assert len(logged) == 1 and logged[0].startswith("model liar: its KV report is refused: ")
 

@@ -39,14 +39,14 @@ async def watch(client: httpx.AsyncClient, model: str, url: str, interval_s: flo
     """Scrape the engine at `url` for `model` (its endpoint on `gpus`; empty: its one engine) every
     `interval_s` seconds, until cancelled; the KV tokens it reports go to the kernel too."""
     host.observe(model, metrics.Observation(source=redacted(f"{url}/metrics")), gpus)  # not scraped yet
-    refused = None
+    refused = False  # its KV reports are refused: logged as they start to be, again once one was taken
     while True:
         observation, state = await scrape(client, url, timeout_s=max(2.0, 2 * interval_s))
         observation = _report_kv(host, model, gpus, observation)
-        if observation.error != refused and observation.reading is not None:  # a KV report refused, or taken again
-            refused = observation.error
-            if refused:
-                log.warning("model %s: %s", model, refused)
+        if observation.reading is not None:  # read: its KV report taken, or refused (the error)
+            if observation.error and not refused:
+                log.warning("model %s: %s", model, observation.error)
+            refused = bool(observation.error)
         host.observe(model, observation, gpus)
         host.report_state(model, state, observation.error and f"{observation.source}: {observation.error}", gpus)
         await trio.sleep(interval_s)
