@@ -53,8 +53,8 @@ class ModelHost:
     def report_state(self, model: str, state: str, error: str | None = None, gpus: tuple = ()) -> None:
         self.rt.report_state(model, state, error, gpus)
 
-    def report_kv(self, model: str, gpus: tuple, tokens: int) -> None:
-        self.rt.report_kv(model, gpus, tokens)
+    def report_kv(self, model: str, gpus: tuple, tokens: int) -> str | None:
+        return self.rt.report_kv(model, gpus, tokens)
 
     def engine_down(self, model: str, gpus: tuple = ()) -> bool:
         return self.rt.kernel.engines.is_down(model, gpus)

@@ -53,12 +53,14 @@ async def watch(client: httpx.AsyncClient, model: str, url: str, interval_s: flo
 
 
 def _report_kv(host, model: str, gpus: tuple, observation: metrics.Observation) -> metrics.Observation:
-    """Hand the KV tokens of `observation` to the kernel; the observation, with the reason as its error if refused."""
+    """Hand the KV tokens of `observation` to the kernel; the observation, with the reason as its error if refused
+    or counted as full (more than its GPUs hold)."""
     if observation.reading is not None and observation.reading.kv_tokens is not None:
         try:
-            host.report_kv(model, gpus, observation.reading.kv_tokens)
+            beyond_room = host.report_kv(model, gpus, observation.reading.kv_tokens)
         except Invalid as exc:
             return attrs.evolve(observation, error=f"its KV report is refused: {exc.reason}")
+        return attrs.evolve(observation, error=beyond_room)
     return observation
 
 
