@@ -18,7 +18,8 @@ import runtasks
 from apeinxfs.drivers import openai, scrape
 from apeinxfs.kernel import endpoints
 from apeinxfs.kernel.errors import Invalid
-from apeinxfs.kernel.events import Submit
+from apeinxfs.kernel.config import ModelConfig
+from apeinxfs.kernel.events import SetModel, Submit
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.nodes import models
 from engines import free_port
@@ -356,3 +357,16 @@ async def test_an_engine_behind_basic_auth_is_scraped_with_its_urls_credentials(
         observation, state = await scrape.scrape(client, f"http://admin:s3cret@127.0.0.1:{port}", timeout_s=5.0)
     assert (observation.error, state) == (None, "ready") and observation.reading.kv_usage == 0.5
     assert observation.source == f"http://***@127.0.0.1:{port}/metrics"
+
+
+def test_a_model_added_with_credentials_in_its_urls_is_traced_and_audited_without_them(tmp_path):
+    """`add ext ... url=http://admin:s3cret@h endpoints=URL@GPU` shows in the trace and audit as http://***@h."""
+    written = ("add ext driver=openai url=http://admin:s3cret@127.0.0.1:9 "
+               "endpoints=http://admin:s3cret@127.0.0.1:8@0")
+    ext = ModelConfig(name="ext", driver="openai", options={"url": "http://admin:s3cret@127.0.0.1:9"})
+    with open_runtime(tmp_path) as rt:
+        rt.commit([SetModel(model=ext, what=written, uid=0)])
+        trace, audit = rt.kernel.trace.buffer.decode(), rt.kernel.audit.buffer.decode()
+    [line] = [line for line in trace.splitlines() if line.split(",")[2] == "model"]
+    assert "url=http://***@127.0.0.1:9 endpoints=http://***@127.0.0.1:8@0 by uid 0" in line
+    assert "s3cret" not in trace and "s3cret" not in audit and "http://***@127.0.0.1:9" in audit

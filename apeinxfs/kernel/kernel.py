@@ -23,6 +23,7 @@ from .audit import AuditLog
 from .billing import BillBook
 from .config import MIB, KernelConfig
 from .counters import Counters
+from .endpoints import redacted
 from .engines import EngineWatch
 from .errors import ApeinxError, Busy, Invalid
 from .gpus import Gpu
@@ -267,7 +268,9 @@ class Kernel:
         self.engines.forget_model(event.name)
         self._model_changed(event, f"remove {event.name}")
 
-    def _model_changed(self, event: ev.SetModel | ev.RemoveModel, what: str) -> None:
+    def _model_changed(self, event: ev.SetModel | ev.RemoveModel, written: str) -> None:
+        """Audit and trace a model added or removed as `written`, a URL's credentials hidden."""
+        what = redacted(written)
         self.audit.record(self.now_us, event, "models", "ok", what)
         self.emit("model", None, f"{what} by uid {event.uid}")
         self.changed.add("models")
