@@ -221,9 +221,12 @@ async def test_an_engine_urls_credentials_are_not_in_its_models_files(tmp_path, 
 
 @pytest.mark.parametrize("text, shown", [("http://u:p@h:1/x", "http://***@h:1/x"), ("https://tok@h", "https://***@h"),
                                          ("at http://h/a@b and ftp://u@h", "at http://h/a@b and ftp://***@h"),
-                                         ("http://h:8000", "http://h:8000")])
+                                         ("http://h:8000", "http://h:8000"), ("http://u:p@ss@h", "http://***@h"),
+                                         ("endpoints=http://u:p@h:1@0,http://v@h:2@1+2",
+                                          "endpoints=http://***@h:1@0,http://***@h:2@1+2")])
 def test_redacted_hides_only_a_urls_userinfo(text, shown):
-    """`redacted` replaces what is before a URL's host's `@`, not an `@` in its path, in any text."""
+    """`redacted` replaces what is before a URL's host's `@` (its last, not an `@GPU` ending it), not an `@` in its
+    path, in any text."""
     assert endpoints.redacted(text) == shown
 
 
@@ -282,7 +285,8 @@ def test_an_infinite_engine_option_is_refused(option):
                                 "'http://e:99999'"),
     ({"url": "not a url"}, "url must be an http:// or https:// URL"),
     ({"url": "ftp://x"}, "url must be an http:// or https:// URL"),
-    ({"url": "http://u:s3cret@e:0"}, "not 'http://***@e:0'"),
+    ({"url": "http://u:s3cret@e:0"}, "not '***@e:0'"),
+    ({"url": "admin:s3cret@e:1"}, "not '***@e:1'"),
     ({"timeout": 5}, "no option 'timeout' (its options: url, engine_model, timeout_s, retries, backoff_s, api, "
                      "metrics_s)"),
 ])
