@@ -260,7 +260,7 @@ class Kernel:
     def _apply_setmodel(self, event: ev.SetModel) -> None:
         self.models.add(event.model)
         self.kv.add_model(event.model)
-        self._model_changed(event, event.what)
+        self._model_changed(event, redacted(event.what))  # as written, a URL's credentials hidden
 
     def _apply_removemodel(self, event: ev.RemoveModel) -> None:
         self.models.remove(event.name)
@@ -268,9 +268,7 @@ class Kernel:
         self.engines.forget_model(event.name)
         self._model_changed(event, f"remove {event.name}")
 
-    def _model_changed(self, event: ev.SetModel | ev.RemoveModel, written: str) -> None:
-        """Audit and trace a model added or removed as `written`, a URL's credentials hidden."""
-        what = redacted(written)
+    def _model_changed(self, event: ev.SetModel | ev.RemoveModel, what: str) -> None:
         self.audit.record(self.now_us, event, "models", "ok", what)
         self.emit("model", None, f"{what} by uid {event.uid}")
         self.changed.add("models")
