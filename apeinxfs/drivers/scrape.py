@@ -4,8 +4,10 @@
 GET /slots) and hands each `Observation` to the host (`host.observe(model, observation)`),
 which keeps it beside the kernel: observations are not kernel state and are never
 journaled; but the tokens its KV cache holds go to `host.report_kv`, which journals them for the
-kernel's books when they change (kernel/kvreport.py); a report the kernel refuses (negative, more than its GPUs
-hold) is that engine's scrape error, logged once, never the end of the loop scraping every model. A failed scrape
+kernel's books when they change (kernel/kvreport.py); a report the kernel refuses (negative, over 1000 times what
+its GPUs hold) or counts as full (more than they hold) is that engine's scrape error, logged once for a run of such
+reports, never the end of the loop scraping every model. The GET sends the URL's credentials; the source shown
+hides them. A failed scrape
 is an observation too (its error, no reading), so /models/NAME/engine says why there are no numbers, and the
 model's LastError too; a body over BODY_MAX is such an error, not read on, and a body is parsed and its samples
 gathered a slice at a time (PARSE_CHARS, GATHER_WORK), the daemon's other work running between the slices. Each
