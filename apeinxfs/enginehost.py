@@ -7,8 +7,9 @@ every GPU, and its `observe` if it has one, through a `ModelHost`: the runtime a
 driver sees it, showing only its own models' tasks (a GPU's batch may mix drivers). When
 the models change, `DriverGroups.sync` stops the groups whose models changed or went and
 starts new ones; a restarted driver picks up its models' running tasks again (the openai
-driver resumes each after the text it has). Drivers are built before the mount (`check_drivers`), so a bad
-option in the configuration fails the daemon's start, and /ctl/models builds one before it commits.
+driver resumes each after the text it has). The configured drivers are built before the mount (`check_drivers`),
+so a bad option in the configuration fails the daemon's start, and /ctl/models builds one before it commits; a
+model from the journal whose driver cannot be built (options refused since) is failed alone, the daemon starts.
 While the daemon is degraded (health.py) every batch looks empty: the drivers stop their
 jobs, and start them again, after the text each task has, when it recovers. A driver's serve and
 observe are supervised (supervise.py): a bug in one is shown in /ai/health and that one started
@@ -52,8 +53,8 @@ class ModelHost:
     def report_state(self, model: str, state: str, error: str | None = None, gpus: tuple = ()) -> None:
         self.rt.report_state(model, state, error, gpus)
 
-    def report_kv(self, model: str, gpus: tuple, tokens: int) -> None:
-        self.rt.report_kv(model, gpus, tokens)
+    def report_kv(self, model: str, gpus: tuple, tokens: int) -> str | None:
+        return self.rt.report_kv(model, gpus, tokens)
 
     def engine_down(self, model: str, gpus: tuple = ()) -> bool:
         return self.rt.kernel.engines.is_down(model, gpus)
@@ -88,27 +89,23 @@ class DriverGroups:
 
     def sync(self) -> None:
         """Stop the groups whose models changed or went, start the missing ones. A group whose driver cannot
-        be built does not stop the others: its models' state says failed, why, and once every group is
-        started the first such error is raised (at the daemon's start, its refusal; in `follow`, a bug that
-        its restart tries again)."""
+        be built (a model kept in the journal whose options are now refused, say) does not stop the others
+        nor the daemon: its models' state says failed and why, and /ctl/models can remove or replace them."""
         wanted = groups_of(self.rt.kernel.models, self.configured)
         for key in [key for key, (models, _) in self.running.items() if wanted.get(key) != models]:
             self.running.pop(key)[1].cancel()
-        failures = [error for key, models in wanted.items() if key not in self.running
-                    and (error := self._start_or_fail(key, models)) is not None]
+        for key, models in wanted.items():
+            if key not in self.running:
+                self._start_or_fail(key, models)
         self.rt.forget_engines()
-        if failures:
-            raise failures[0]
 
-    def _start_or_fail(self, key: tuple, models: dict) -> Exception | None:
-        """Start group `key`; if its driver cannot be built, mark its models failed and return why."""
+    def _start_or_fail(self, key: tuple, models: dict) -> None:
+        """Start group `key`; if its driver cannot be built, mark its models failed, saying why."""
         try:
             self.running[key] = (models, self._start(models))
         except Exception as exc:
             for name in models:
                 self.rt.report_state(name, "failed", f"the driver cannot be built: {exc}")
-            return exc
-        return None
 
     def _start(self, models: dict) -> trio.CancelScope:
         driver = drivers.load(next(iter(models.values())).driver)(models)

@@ -289,7 +289,7 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
         if refusal is None:
             log.critical("a bug ended the daemon; the mount is left dead until the next start", exc_info=True)
             raise
-        log.error("refused: %s; unmounting", refusal)  # a bad configuration (Runtime.run's driver build, say)
+        log.error("refused: %s; unmounting", refusal)  # an ApeinxError out of a task before the start
         _report(ready_fd, f"refused to start: {refusal}")
         unmount = True
         return 1

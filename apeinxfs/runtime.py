@@ -338,14 +338,17 @@ class Runtime:
         if (reason is not None) != self.kernel.engines.is_down(model, gpus):
             self.deliver(EngineHealth(model=model, up=reason is None, reason=reason or "", gpus=gpus))
 
-    def report_kv(self, model: str, gpus: tuple, tokens: int) -> None:
+    def report_kv(self, model: str, gpus: tuple, tokens: int) -> str | None:
         """Journal the tokens an engine (of `model`, on `gpus`) reports in its KV cache when the pages they
-        take changed, or when the pages counted beyond the books would change (kernel/kvreport.py `stale`)."""
+        take changed, or when the pages counted beyond the books would change (kernel/kvreport.py `stale`).
+        In words, if they are more than its GPUs hold (counted as full); else None."""
         reports = self.kernel.engines.kv_reports
-        if model in self.kernel.models:
-            last = reports.last(model, gpus)
-            if last is None or last.pages != reports.pages_of(model, tokens) or reports.stale():
-                self.deliver(EngineKV(model=model, gpus=gpus, tokens=tokens))
+        if model not in self.kernel.models:
+            return None
+        last = reports.last(model, gpus)
+        if last is None or last.pages != reports.pages_of(model, gpus, tokens) or reports.stale():
+            self.deliver(EngineKV(model=model, gpus=gpus, tokens=tokens))
+        return reports.beyond_room(model, gpus, tokens)
 
     def forget_engines(self) -> None:
         """Drop the observations and states of models that no longer exist."""
@@ -367,7 +370,7 @@ class Runtime:
         own tasks (enginehost.py) and `Cluster.run` itself (its loops are)."""
         async with trio.open_nursery() as nursery:
             groups = DriverGroups(self, nursery)
-            groups.sync()  # builds the drivers (mount.main checked the configured ones before the mount)
+            groups.sync()  # builds the drivers (mount.main checked the configured ones; a journal model's may fail alone)
             loops = [("drivers.follow", groups.follow), ("deadlines", self._deadline_timer),
                      ("journal.probe", self._probe_journal), ("progress", self._progress_timer),
                      ("readers.watch", self.readers.watch)]

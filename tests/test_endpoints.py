@@ -267,10 +267,15 @@ def test_fairness_preempts_only_where_the_waiting_task_may_run():
     assert preempted_for_b([{"url": "http://e", "gpus": [1 - victim_gpu]}]) == []
 
 
-def test_a_report_of_more_kv_than_its_gpus_hold_is_refused():
-    """A report of one token more than GPU 0's 64 pages hold is Invalid, with both numbers; the whole pool is taken."""
+def test_a_report_of_more_kv_than_its_gpus_hold_counts_them_full_and_an_absurd_one_is_refused():
+    """A report of one token more than GPU 0's 64 pages hold counts as the whole pool (said in words); one of over
+    1000 times the pool is Invalid, with both numbers."""
     d = Driven(config(endpoints=ONE_GPU, slots=4))
-    with pytest.raises(Invalid, match="take 65 pages, more than the 64 those GPUs hold"):
-        d.kernel.check(EngineKV(model="llm", gpus=(0,), tokens=WHOLE_POOL + 1))
-    d.apply(EngineKV(model="llm", gpus=(0,), tokens=WHOLE_POOL), SECOND)
-    assert d.kernel.kv.unbooked == {0: 64}
+    reports = d.kernel.engines.kv_reports
+    d.apply(EngineKV(model="llm", gpus=(0,), tokens=WHOLE_POOL + 1), SECOND)
+    assert d.kernel.kv.unbooked == {0: 64} and reports.last("llm", (0,)).pages == 64
+    assert reports.beyond_room("llm", (0,), WHOLE_POOL + 1) == (
+        f"its KV report of {WHOLE_POOL + 1} tokens takes 65 pages, more than the 64 its GPUs hold here: counted as full")
+    assert reports.beyond_room("llm", (0,), WHOLE_POOL) is None
+    with pytest.raises(Invalid, match="take 64001 pages, more than 1000 times the 64 those GPUs hold"):
+        d.kernel.check(EngineKV(model="llm", gpus=(0,), tokens=WHOLE_POOL * 1000 + 1))

@@ -44,11 +44,13 @@ class MetricsServer:
                                   .encode() + body)
 
 
-async def observed(tmp_path, server: MetricsServer, want_scrapes: int = 2) -> dict:
+BIG_GPU = "slots = 4\nmemory_mib = 40960\nkv_mib = 32768\n"  # its KV cache holds the samples' 240000 tokens
+
+
+async def observed(tmp_path, server: MetricsServer, want_scrapes: int = 2, gpu: str = BIG_GPU) -> dict:
     """Run the openai driver's scraper on `server` until it has scraped `want_scrapes` times; the tree's files.
-    Its GPU's KV cache holds the samples' 240000 tokens (a report beyond it is refused, kernel/kvreport.py)."""
-    config = engine_config(server.port, metrics_s=0.02).replace("slots = 4\n", "slots = 4\nmemory_mib = 40960\n"
-                                                                "kv_mib = 32768\n")
+    `gpu`: the [gpus] keys (a report beyond its KV cache counts it full and says so, kernel/kvreport.py)."""
+    config = engine_config(server.port, metrics_s=0.02).replace("slots = 4\n", gpu)
     with open_runtime(tmp_path, config) as rt:
         driver = OpenAIDriver(rt.kernel.models)
         async with trio.open_nursery() as nursery:
@@ -58,7 +60,8 @@ async def observed(tmp_path, server: MetricsServer, want_scrapes: int = 2) -> di
                     await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
         tree = Tree(rt)
-        return {path: text(tree, path) for path in ("/models/tiny/engine", "/memory/meminfo", "/metrics")}
+        return {path: text(tree, path) for path in ("/models/tiny/engine", "/memory/meminfo", "/metrics",
+                                                   "/memory/gpu0/pool")}
 
 
 def flat(content: str) -> dict:
@@ -84,6 +87,18 @@ async def test_vllm_metrics_reach_the_models_engine_file_and_meminfo(tmp_path, n
     exposition = files["/metrics"].splitlines()
     assert 'apeinx_engine_kv_usage_ratio{model="tiny"} 0.375' in exposition
     assert 'apeinx_engine_requests{model="tiny",state="waiting"} 3' in exposition
+
+
+async def test_an_engine_reporting_more_kv_than_its_gpu_holds_counts_it_full_and_says_so(tmp_path, nursery):
+    """vLLM's 240000 tokens on a GPU whose KV cache holds fewer: its pool is counted full, the engine file's error
+    says so, and the engine's own figures are shown as it gave them."""
+    server = await MetricsServer({"/metrics": (DATA / "vllm-metrics.txt").read_text()}).start(nursery)
+    files = await observed(tmp_path, server, gpu="slots = 4\n")
+    engine = flat(files["/models/tiny/engine"])
+    assert engine["error"].startswith("its KV report of 240000 tokens takes ") and engine["error"].endswith(
+        " its GPUs hold here: counted as full") and engine["kv_tokens"] == "240000"
+    pool = flat(files["/memory/gpu0/pool"])
+    assert pool["engine_pages"] == pool["unbooked_pages"] == pool["pages_total"] and int(pool["pages_total"]) > 0
 
 
 async def test_llamacpp_without_kv_gauge_is_completed_from_slots(tmp_path, nursery):

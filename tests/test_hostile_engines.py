@@ -4,6 +4,7 @@ Each test reproduces a defect found by attacking the openai driver with a fake e
 pattern of test_openai_driver.py), in a real Runtime (journal, kernel, drivers; no FUSE). They are
 xfail(strict) until the defect is mended: whoever mends one turns its test on.
 """
+import base64
 import gzip
 import json
 import math
@@ -17,7 +18,8 @@ import runtasks
 from apeinxfs.drivers import openai, scrape
 from apeinxfs.kernel import endpoints
 from apeinxfs.kernel.errors import Invalid
-from apeinxfs.kernel.events import Submit
+from apeinxfs.kernel.config import ModelConfig
+from apeinxfs.kernel.events import SetModel, Submit
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.nodes import models
 from engines import free_port
@@ -32,14 +34,15 @@ NOT_ENDING_S = 6  # how long a test waits for a task its engine keeps busy (time
 
 
 def answering(answer, metrics: str = ""):
-    """A fake engine's connection handler: `answer(stream)` to each POST, `metrics` as its /metrics."""
+    """A fake engine's connection handler: `answer(stream)` to each POST, `metrics` (or what it returns, if
+    callable) as its /metrics."""
     async def handle(stream):
         request = await read_request(stream)
         if request is None:
             return
         try:
             if request.body is None:
-                body = metrics.encode()
+                body = (metrics() if callable(metrics) else metrics).encode()
                 await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
                                       % len(body) + body)
             else:
@@ -138,10 +141,18 @@ async def test_an_engines_usage_out_of_range_is_not_counted(usage, tmp_path, nur
     assert task.exit.startswith("failed: engine at")
 
 
-async def test_one_engines_negative_kv_report_leaves_other_engines_scraped(tmp_path, nursery, caplog):
-    """An engine whose /metrics says -5000 KV tokens, scraped 10 times (2 s), makes no bug of the loop scraping the
-    others: its refusal is its scrape error, logged once."""
-    liar = await serve(nursery, None, "sglang:num_used_tokens -5000\n")
+def lies_more_each_time() -> callable:
+    """/metrics whose negative KV figure changes at each scrape: -5000, -5001, ..."""
+    scrapes = iter(range(5000, 10 ** 6))
+    return lambda: f"sglang:num_used_tokens -{next(scrapes)}\n"
+
+
+@pytest.mark.parametrize("lie", [lambda: "sglang:num_used_tokens -5000\n", lies_more_each_time()],
+                         ids=["same", "changing"])
+async def test_one_engines_negative_kv_report_leaves_other_engines_scraped(lie, tmp_path, nursery, caplog):
+    """An engine whose /metrics says -5000 KV tokens (or a figure changing at each scrape), scraped 10 times (2 s),
+    makes no bug of the loop scraping the others: its refusal is its scrape error, logged once."""
+    liar = await serve(nursery, None, lie)
     honest = await serve(nursery, None, "sglang:num_used_tokens 0\n")
     with open_runtime(tmp_path, two_models_config(liar, honest)) as rt:
         async with trio.open_nursery() as inner:
@@ -151,7 +162,7 @@ async def test_one_engines_negative_kv_report_leaves_other_engines_scraped(tmp_p
                     await trio.sleep(0.05)
             inner.cancel_scope.cancel()
         assert "driver.openai.observe" not in rt.supervisor.bugs and "honest" in rt.engine_metrics
-        assert rt.engine_metrics["liar"].error.startswith("its KV report is refused: an engine's KV report of -5000")
+        assert rt.engine_metrics["liar"].error.startswith("its KV report is refused: an engine's KV report of -50")
     logged = [r.getMessage() for r in caplog.records if "liar" in r.getMessage()]
     assert len(logged) == 1 and logged[0].startswith("model liar: its KV report is refused: ")
 
@@ -210,9 +221,12 @@ async def test_an_engine_urls_credentials_are_not_in_its_models_files(tmp_path, 
 
 @pytest.mark.parametrize("text, shown", [("http://u:p@h:1/x", "http://***@h:1/x"), ("https://tok@h", "https://***@h"),
                                          ("at http://h/a@b and ftp://u@h", "at http://h/a@b and ftp://***@h"),
-                                         ("http://h:8000", "http://h:8000")])
+                                         ("http://h:8000", "http://h:8000"), ("http://u:p@ss@h", "http://***@h"),
+                                         ("endpoints=http://u:p@h:1@0,http://v@h:2@1+2",
+                                          "endpoints=http://***@h:1@0,http://***@h:2@1+2")])
 def test_redacted_hides_only_a_urls_userinfo(text, shown):
-    """`redacted` replaces what is before a URL's host's `@`, not an `@` in its path, in any text."""
+    """`redacted` replaces what is before a URL's host's `@` (its last, not an `@GPU` ending it), not an `@` in its
+    path, in any text."""
     assert endpoints.redacted(text) == shown
 
 
@@ -271,7 +285,8 @@ def test_an_infinite_engine_option_is_refused(option):
                                 "'http://e:99999'"),
     ({"url": "not a url"}, "url must be an http:// or https:// URL"),
     ({"url": "ftp://x"}, "url must be an http:// or https:// URL"),
-    ({"url": "http://u:s3cret@e:0"}, "not 'http://***@e:0'"),
+    ({"url": "http://u:s3cret@e:0"}, "not '***@e:0'"),
+    ({"url": "admin:s3cret@e:1"}, "not '***@e:1'"),
     ({"timeout": 5}, "no option 'timeout' (its options: url, engine_model, timeout_s, retries, backoff_s, api, "
                      "metrics_s)"),
 ])
@@ -324,3 +339,38 @@ async def test_an_engine_breaking_the_protocol_fails_its_task_naming_what_it_sen
     port = await serve(nursery, answer)
     [task] = await run_tasks(tmp_path, port, [{"name": "a", "max_tokens": 5}], metrics_s=0)
     assert task.exit.startswith("failed: engine at") and words in task.exit
+
+
+CREDENTIALS = b"Basic " + base64.b64encode(b"admin:s3cret")
+
+
+async def test_an_engine_behind_basic_auth_is_scraped_with_its_urls_credentials(nursery):
+    """The scraper sends the URL's user:password (the engine answers 401 without them) and shows them as ***."""
+    async def handle(stream):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some()
+        authorized = any(line.lower().startswith(b"authorization:") and line.split(b":", 1)[1].strip() == CREDENTIALS
+                         for line in head.split(b"\r\n"))
+        body = b"vllm:kv_cache_usage_perc 0.5\n" if authorized else b""
+        status = b"200 OK" if authorized else b"401 Unauthorized"
+        await stream.send_all(b"HTTP/1.1 %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (status, len(body))
+                              + body)
+    port = (await nursery.start(trio.serve_tcp, handle, 0))[0].socket.getsockname()[1]
+    async with httpx.AsyncClient() as client:
+        observation, state = await scrape.scrape(client, f"http://admin:s3cret@127.0.0.1:{port}", timeout_s=5.0)
+    assert (observation.error, state) == (None, "ready") and observation.reading.kv_usage == 0.5
+    assert observation.source == f"http://***@127.0.0.1:{port}/metrics"
+
+
+def test_a_model_added_with_credentials_in_its_urls_is_traced_and_audited_without_them(tmp_path):
+    """`add ext ... url=http://admin:s3cret@h endpoints=URL@GPU` shows in the trace and audit as http://***@h."""
+    written = ("add ext driver=openai url=http://admin:s3cret@127.0.0.1:9 "
+               "endpoints=http://admin:s3cret@127.0.0.1:8@0")
+    ext = ModelConfig(name="ext", driver="openai", options={"url": "http://admin:s3cret@127.0.0.1:9"})
+    with open_runtime(tmp_path) as rt:
+        rt.commit([SetModel(model=ext, what=written, uid=0)])
+        trace, audit = rt.kernel.trace.buffer.decode(), rt.kernel.audit.buffer.decode()
+    [line] = [line for line in trace.splitlines() if line.split(",")[2] == "model"]
+    assert "url=http://***@127.0.0.1:9 endpoints=http://***@127.0.0.1:8@0 by uid 0" in line
+    assert "s3cret" not in trace and "s3cret" not in audit and "http://***@127.0.0.1:9" in audit

@@ -16,9 +16,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
+from apeinxfs.journal import Journal
+from apeinxfs.kernel.config import ModelConfig
+from apeinxfs.kernel.events import SetModel
 from daemon import Daemon, is_mounted, poll_until, sim_config, wait_pid_gone
 
 pytestmark = pytest.mark.mount
@@ -126,6 +130,22 @@ def test_a_configuration_refused_at_start_is_printed_and_leaves_no_mount(unstart
     done = subprocess.run(argv, env=path_env(), capture_output=True, text=True, timeout=30)
     assert (done.returncode, done.stderr) == (1, f"apeinxfs: {reason}\n")
     assert not is_mounted(unstarted.mountpoint)
+
+
+def test_a_journal_model_whose_options_are_now_refused_starts_failed_and_can_be_removed(unstarted):
+    """A model in the journal with retries = 200 (accepted once, out of bounds now): the daemon mounts, the model's
+    status says failed and why, and `remove` through ctl/models takes it away."""
+    journal = Journal(os.path.join(unstarted.state_dir, "journal.db"))
+    ext = ModelConfig(name="ext", driver="openai", options={"url": "http://127.0.0.1:9", "retries": 200})
+    journal.append([(time.time_ns() // 1000, SetModel(model=ext, what="add ext", uid=0))])
+    journal.close()
+    unstarted.start()
+    with open(unstarted.path("models", "ext", "status")) as status:
+        text = status.read()
+    assert "State:\tfailed\n" in text and "retries must be an integer from 0 to 100, not 200" in text
+    with open(unstarted.path("ctl", "models"), "w") as models:
+        models.write("remove ext\n")
+    assert "ext" not in os.listdir(unstarted.path("models"))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

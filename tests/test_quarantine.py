@@ -12,7 +12,7 @@ import pytest
 
 from apeinxfs import verify
 from apeinxfs.kernel.errors import Invalid
-from apeinxfs.kernel.events import Kill, Step, Submit, Tick
+from apeinxfs.kernel.events import Chunk, Kill, Step, Submit, Tick
 from apeinxfs.kernel.spec import TaskSpec
 from test_journal_runtime import open_runtime, submit
 
@@ -97,3 +97,22 @@ def test_a_journaled_uid_past_uid_t_is_quarantined_and_the_tasks_stay(tmp_path):
         assert list(second.quarantined) == [seq] and "Invalid: uid 18446744073709551616" in second.quarantined[seq].reason
         assert kept in second.kernel.tasks and huge not in second.kernel.tasks
         assert all(0 <= task.uid < 2 ** 32 - 1 for task in second.kernel.tasks.values())
+
+
+def test_a_steps_row_journaled_with_a_whole_float_count_replays_with_both_tasks_text(tmp_path):
+    """A steps row whose count reads 2.0 (as journaled before counts were checked to be ints) replays, not
+    quarantined: both tasks of the step keep their text, the count an int."""
+    with open_runtime(tmp_path) as first:
+        pids = [submit(first, "a"), submit(first, "b")]
+        first.commit([Step(gpu=0, chunks=[Chunk(pid=pids[0], text=" x", tokens=2), Chunk(pid=pids[1], text=" y", tokens=1)])])
+        seq = first.journal.last_seq
+    with sqlite3.connect(tmp_path / "state" / "journal.db") as db:
+        [[body]] = db.execute("SELECT body FROM journal WHERE seq = ?", (seq,)).fetchall()
+        steps = json.loads(body)
+        steps[0][2][0][2] = 2.0
+        db.execute("UPDATE journal SET body = ? WHERE seq = ?", (json.dumps(steps), seq))
+    with open_runtime(tmp_path) as second:
+        second.recover()
+        tasks = [second.kernel.tasks[pid] for pid in pids]
+        assert second.quarantined == {} and [t.output for t in tasks] == [b" x", b" y"]
+        assert type(tasks[0].tokens_out) is int and tasks[0].tokens_out == 2

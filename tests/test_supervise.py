@@ -14,9 +14,10 @@ import trio
 from apeinxfs import health
 from apeinxfs.drivers.enginestate import EngineState
 from apeinxfs.enginehost import DriverGroups
-from apeinxfs.kernel.errors import Invalid
-from apeinxfs.kernel.events import PidBlock, Submit
+from apeinxfs.kernel.config import ModelConfig
+from apeinxfs.kernel.events import PidBlock, RemoveModel, SetModel, Submit
 from apeinxfs.kernel.spec import TaskSpec
+from apeinxfs.nodes import models
 from apeinxfs.supervise import RESTART_MAX_S, STEADY_S, Supervisor
 from test_guarded_retry import AdoptingMeanwhileEtcd
 from test_journal_runtime import open_runtime
@@ -152,16 +153,33 @@ async def test_a_restarted_failover_recorder_records_from_where_it_was_not_from_
 
 
 async def test_a_driver_that_cannot_be_built_fails_its_models_only_and_the_others_start(tmp_path):
-    """Model a's openai driver has no url: sync raises its refusal, but model b's sim driver starts, a's state
-    says failed and why, and the state of a model that went is forgotten all the same."""
+    """Model a's openai driver has no url: sync raises nothing, model b's sim driver starts, a's state says
+    failed and why, and the state of a model that went is forgotten all the same."""
     toml = '[gpus]\nsimulated = 1\n[[models]]\nname = "a"\ndriver = "openai"\n[[models]]\nname = "b"\n'
     with open_runtime(tmp_path, toml) as rt:
         rt.engine_states["gone"] = EngineState("ready", 0)
         async with trio.open_nursery() as nursery:
             groups = DriverGroups(rt, nursery)
-            with pytest.raises(Invalid, match="needs options.url"):
-                groups.sync()
+            groups.sync()
             assert list(groups.running) == [("config", "sim")]
             assert rt.engine_states["a"].state == "failed" and "needs options.url" in rt.engine_states["a"].error
             assert "gone" not in rt.engine_states
             nursery.cancel_scope.cancel()
+
+
+async def test_a_journal_model_whose_options_are_now_refused_fails_alone_and_can_be_removed(tmp_path):
+    """A model kept in the journal with retries = 200 (out of bounds since): after a restart the runtime runs,
+    the model's status says failed and why, and removing it is accepted."""
+    toml = '[gpus]\nsimulated = 1\n[[models]]\nname = "b"\n'
+    ext = ModelConfig(name="ext", driver="openai", options={"url": "http://127.0.0.1:9", "retries": 200})
+    with open_runtime(tmp_path, toml) as rt:
+        rt.commit([SetModel(model=ext, what="add ext", uid=0)])
+    with open_runtime(tmp_path, toml) as rt:
+        rt.recover()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rt.run)
+            status = models.status(rt.kernel, "ext", rt.engine_states.get("ext"))
+            rt.commit([RemoveModel(name="ext", uid=0)])
+            nursery.cancel_scope.cancel()
+        assert "ext" not in rt.kernel.models and "driver.openai" not in " ".join(rt.supervisor.bugs)
+    assert "State:\tfailed\n" in status and "retries must be an integer from 0 to 100, not 200" in status

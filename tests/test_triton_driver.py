@@ -131,6 +131,15 @@ def test_tally_refuses_counts_that_are_not_token_counts(counts):
         triton.Tally(pid=4).chunk({"text_output": " a", **counts})
 
 
+def test_tally_refuses_a_total_past_the_bound_so_a_rounds_merged_chunks_stay_a_count():
+    """Two responses of TOKENS_MAX tokens each: the second is a ProtocolError (the engine's fault), not a chunk
+    that flow.merged would sum past what the kernel's Chunk takes."""
+    tally = triton.Tally(pid=4)
+    assert tally.chunk({"text_output": " a", "num_output_tokens": TOKENS_MAX}) == Chunk(4, " a", TOKENS_MAX)
+    with pytest.raises(sse.ProtocolError, match=f"tokens add up past {TOKENS_MAX}"):
+        tally.chunk({"text_output": " b", "num_output_tokens": TOKENS_MAX})
+
+
 @pytest.mark.parametrize("field", ["tokens", "prefill"])
 @pytest.mark.parametrize("value", [math.inf, 1.5, -1, TOKENS_MAX + 1])
 def test_a_chunk_counts_only_tokens_in_range(field, value):

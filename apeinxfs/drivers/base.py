@@ -37,9 +37,10 @@ class Host(Protocol):
         """Say what a check of `model`'s engine (its endpoint on `gpus`) found: ready, starting, unreachable
         or failed (enginestate.py)."""
 
-    def report_kv(self, model: str, gpus: tuple, tokens: int) -> None:
+    def report_kv(self, model: str, gpus: tuple, tokens: int) -> str | None:
         """Say how many tokens the engine of `model` on `gpus` (empty: its one engine) holds in its KV cache;
-        the daemon journals it when it changes, for the kernel to reconcile its books (kernel/kvreport.py)."""
+        the daemon journals it when it changes, for the kernel to reconcile its books (kernel/kvreport.py).
+        In words, if they are more than its GPUs hold (counted as full); else None."""
 
     def engine_down(self, model: str, gpus: tuple = ()) -> bool:
         """Whether the kernel holds `model`'s engine (its endpoint on `gpus`) down (kernel/engines.py)."""

@@ -6,17 +6,18 @@ every nanosecond. `unknown` names an option the driver has no field for. No I/O 
 """
 import math
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
-from ..kernel.endpoints import redacted
 
 SCHEMES = ("http", "https")
 
 
 def engine_url(_inst: object, attribute: "attrs.Attribute[Any]", value: str) -> None:
-    """An http:// or https:// URL with a host, and a port 1 to 65535 if it gives one (shown without credentials)."""
+    """An http:// or https:// URL with a host, and a port 1 to 65535 if it gives one; a refused one is shown
+    without what is before its last `@` (credentials, even where it has no scheme to find them by)."""
     parts = urllib.parse.urlsplit(value)
     try:
         port = parts.port
@@ -24,10 +25,14 @@ def engine_url(_inst: object, attribute: "attrs.Attribute[Any]", value: str) -> 
         port = -1
     if parts.scheme not in SCHEMES or not parts.hostname or port is not None and not 1 <= port <= 65535:
         raise ValueError(f"{attribute.name} must be an http:// or https:// URL with a host (and a port 1 to "
-                         f"65535), not {redacted(value)!r}")
+                         f"65535), not {_without_userinfo(value)!r}")
 
 
-def seconds(least: float, most: float, off: bool = False):
+def _without_userinfo(url: str) -> str:
+    return "***@" + url.rpartition("@")[2] if "@" in url else url
+
+
+def seconds(least: float, most: float, off: bool = False) -> Callable[[object, "attrs.Attribute[Any]", Any], None]:
     """A validator: a number of seconds (not a bool) from `least` to `most`; or 0 too where `off` (0: not at all)."""
     def check(_inst: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
         number = type(value) in (int, float) and math.isfinite(value)
@@ -38,7 +43,7 @@ def seconds(least: float, most: float, off: bool = False):
     return check
 
 
-def count(most: int):
+def count(most: int) -> Callable[[object, "attrs.Attribute[Any]", Any], None]:
     """A validator: an integer (not a bool) from 0 to `most`."""
     def check(_inst: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
         if type(value) is not int or not 0 <= value <= most:

@@ -4,8 +4,10 @@
 GET /slots) and hands each `Observation` to the host (`host.observe(model, observation)`),
 which keeps it beside the kernel: observations are not kernel state and are never
 journaled; but the tokens its KV cache holds go to `host.report_kv`, which journals them for the
-kernel's books when they change (kernel/kvreport.py); a report the kernel refuses (negative, more than its GPUs
-hold) is that engine's scrape error, logged once, never the end of the loop scraping every model. A failed scrape
+kernel's books when they change (kernel/kvreport.py); a report the kernel refuses (negative, over 1000 times what
+its GPUs hold) or counts as full (more than they hold) is that engine's scrape error, logged once for a run of such
+reports, never the end of the loop scraping every model. The GET sends the URL's credentials; the source shown
+hides them. A failed scrape
 is an observation too (its error, no reading), so /models/NAME/engine says why there are no numbers, and the
 model's LastError too; a body over BODY_MAX is such an error, not read on, and a body is parsed and its samples
 gathered a slice at a time (PARSE_CHARS, GATHER_WORK), the daemon's other work running between the slices. Each
@@ -39,26 +41,28 @@ async def watch(client: httpx.AsyncClient, model: str, url: str, interval_s: flo
     """Scrape the engine at `url` for `model` (its endpoint on `gpus`; empty: its one engine) every
     `interval_s` seconds, until cancelled; the KV tokens it reports go to the kernel too."""
     host.observe(model, metrics.Observation(source=redacted(f"{url}/metrics")), gpus)  # not scraped yet
-    refused = None
+    refused = False  # its KV reports are refused: logged as they start to be, again once one was taken
     while True:
         observation, state = await scrape(client, url, timeout_s=max(2.0, 2 * interval_s))
         observation = _report_kv(host, model, gpus, observation)
-        if observation.error != refused and observation.reading is not None:  # a KV report refused, or taken again
-            refused = observation.error
-            if refused:
-                log.warning("model %s: %s", model, refused)
+        if observation.reading is not None:  # read: its KV report taken, or refused (the error)
+            if observation.error and not refused:
+                log.warning("model %s: %s", model, observation.error)
+            refused = bool(observation.error)
         host.observe(model, observation, gpus)
         host.report_state(model, state, observation.error and f"{observation.source}: {observation.error}", gpus)
         await trio.sleep(interval_s)
 
 
 def _report_kv(host, model: str, gpus: tuple, observation: metrics.Observation) -> metrics.Observation:
-    """Hand the KV tokens of `observation` to the kernel; the observation, with the reason as its error if refused."""
+    """Hand the KV tokens of `observation` to the kernel; the observation, with the reason as its error if refused
+    or counted as full (more than its GPUs hold)."""
     if observation.reading is not None and observation.reading.kv_tokens is not None:
         try:
-            host.report_kv(model, gpus, observation.reading.kv_tokens)
+            beyond_room = host.report_kv(model, gpus, observation.reading.kv_tokens)
         except Invalid as exc:
             return attrs.evolve(observation, error=f"its KV report is refused: {exc.reason}")
+        return attrs.evolve(observation, error=beyond_room)
     return observation
 
 
@@ -66,7 +70,7 @@ async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple
     """One scrape of the engine at `url`: its reading, or the reason there is none; and the engine's state."""
     source = redacted(f"{url}/metrics")
     try:
-        reading = metrics.reading_of(await gathered(await parsed(await body_of(client, source, timeout_s))))
+        reading = metrics.reading_of(await gathered(await parsed(await body_of(client, f"{url}/metrics", timeout_s))))
         if metrics.wants_slots(reading):
             return await _with_slots(client, url, metrics.Observation(source=source, reading=reading), timeout_s), "ready"
     except (httpx.HTTPError, metrics.Unreadable) as exc:

@@ -192,7 +192,7 @@ class Tally:
         prefill = self._prefill(usage)
         if not (text or tokens or prefill):
             return None
-        self.tokens += tokens
+        self.tokens = counted(self.tokens, tokens)
         return Chunk(pid=self.pid, text=text, tokens=tokens, prefill=prefill)
 
     def _prefill(self, usage: dict) -> int:
@@ -210,3 +210,11 @@ def count(usage: dict, key: str) -> int | None:
     if value is not None and not id_fits(value, TOKENS_MAX):
         raise ProtocolError(f"usage {key} {str(value)[:40]} is not a token count in 0..{TOKENS_MAX}")
     return value
+
+
+def counted(total: int, tokens: int) -> int:
+    """A stream's `total` tokens and `tokens` more; ProtocolError past TOKENS_MAX, so that the chunks of one task
+    that flow.merged sums in a round stay a count the kernel's Chunk takes."""
+    if total + tokens > TOKENS_MAX:
+        raise ProtocolError(f"its stream's tokens add up past {TOKENS_MAX}")
+    return total + tokens

@@ -75,7 +75,7 @@ class Tally:
             prefill = self.prompt_tokens = sse.count(response, "num_input_tokens")
         if not (text or tokens or prefill):
             return None
-        self.tokens += tokens
+        self.tokens = sse.counted(self.tokens, tokens)
         return Chunk(pid=self.pid, text=text, tokens=tokens, prefill=prefill)
 
 

@@ -18,7 +18,9 @@ import attrs
 
 from .errors import Invalid
 
-_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#@\s]*@")
+# A URL's userinfo runs to the last `@` of its authority, as urlsplit and httpx read it; but not to an `@GPU`
+# ending the URL (`endpoints=URL@0+1,URL@2` of ctl/models)
+_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s]*@(?![0-9+]+(?:[,\s]|$))")
 
 
 def _url(_inst: object, _attribute: "attrs.Attribute[Any]", value: Any) -> None:

@@ -324,7 +324,14 @@ def stamped_of_row(time_us: int, kind: str, body: str) -> list[tuple[int, Event]
 
 
 def _chunk(pid: int, text: str, tokens: int = 1, prefill: int = 0, final: int = 0) -> Chunk:
-    return Chunk(pid=pid, text=text, tokens=tokens, prefill=prefill, final=bool(final))
+    return Chunk(pid=pid, text=text, tokens=_journaled_count(tokens), prefill=_journaled_count(prefill),
+                 final=bool(final))
+
+
+def _journaled_count(value: typing.Any) -> typing.Any:
+    """A count as a journal row holds it: a whole-number float (journaled before drivers checked counts to be
+    ints) as that int; anything else as it is, for Chunk's validator to judge."""
+    return int(value) if type(value) is float and value.is_integer() else value
 
 
 def from_row(kind: str, body: str) -> Event:
@@ -339,5 +346,5 @@ def from_row(kind: str, body: str) -> Event:
     if kind == "setmodel":
         return SetModel(**{**data, "model": ModelConfig(**data["model"])})
     if kind == "step":
-        return Step(gpu=data["gpu"], chunks=[Chunk(**c) for c in data["chunks"]])
+        return Step(gpu=data["gpu"], chunks=[_chunk(**c) for c in data["chunks"]])
     return KINDS[kind](**data)

@@ -11,7 +11,10 @@ one GPU of it), every GPU for the one engine of a model without endpoints (gpus 
 engine reports beyond them (another client of the engine, or an engine running ahead of the
 books) counts as used on its GPUs, each its share rounded up (`KVManager.unbooked`, which
 placement takes off a GPU's room), with an `engine-kv` trace line when a GPU's excess appears
-and when it goes. A report of more pages than its GPUs hold is refused (Invalid), as one of negative tokens. It is decided again at each report (so the excess stands until a report
+and when it goes. A report of more pages than its GPUs hold counts as their whole room (`counted`: the books
+are an estimate, kv_fraction below what vLLM preallocates, so an honest engine under load may report more; a
+full GPU stops admission there, the safe side); one of over ABSURD times that room is refused (Invalid), as one
+of negative tokens. It is decided again at each report (so the excess stands until a report
 changes it) and when a model is removed; the pool file shows each GPU's share of the reports
 (`engine_view`, rounded up) and its unbooked pages.
 Pure: no I/O, times and values come from the events.
@@ -26,6 +29,8 @@ from . import events as ev
 from .endpoints import gpus_text
 from .errors import Invalid
 from .kvmem import pages_for
+
+ABSURD = 1000  # a report of over this many times its GPUs' room is refused, not counted as full
 from .memory import KVManager
 from .models import Models
 from .seams import Host
@@ -64,15 +69,29 @@ class KVReports:
             self._check_room(event.model, event.gpus or self._every_gpu(), event.tokens)
 
     def _check_room(self, model: str, gpus: tuple[int, ...], tokens: int) -> None:
-        """Refuse a report of more pages than the GPUs hold: believed, it would fill them for every model."""
-        pages, room = self.pages_of(model, tokens), sum(self.kv.pools[gpu].pages_total for gpu in gpus)
-        if pages > room:
+        """Refuse a report of over ABSURD times the pages the GPUs hold: no engine's, a liar's or a bug's."""
+        pages, room = self._taken(model, tokens), self._room(gpus)
+        if pages > ABSURD * room:
             raise Invalid(f"{tokens} KV tokens of {model} on gpus {gpus_text(gpus)} take {pages} pages, "
-                          f"more than the {room} those GPUs hold")
+                          f"more than {ABSURD} times the {room} those GPUs hold")
 
-    def pages_of(self, model: str, tokens: int) -> int:
-        """The pages `tokens` tokens of `model` take (the daemon journals a report when they change)."""
+    def _room(self, gpus: tuple[int, ...]) -> int:
+        """The pages GPUs `gpus` hold (none named: every GPU)."""
+        return sum(self.kv.pools[gpu].pages_total for gpu in gpus or self._every_gpu())
+
+    def _taken(self, model: str, tokens: int) -> int:
         return pages_for(tokens, self._models[model].token_bytes, self.kv.page_bytes)
+
+    def pages_of(self, model: str, gpus: tuple[int, ...], tokens: int) -> int:
+        """The pages `tokens` tokens of `model`'s engine on `gpus` count for (the daemon journals a report when
+        they change): what they take, at most the GPUs' room."""
+        return min(self._taken(model, tokens), self._room(gpus))
+
+    def beyond_room(self, model: str, gpus: tuple[int, ...], tokens: int) -> str | None:
+        """In words, if a report of `tokens` takes more pages than its GPUs hold (counted as full); else None."""
+        pages, room = self._taken(model, tokens), self._room(gpus)
+        return (f"its KV report of {tokens} tokens takes {pages} pages, more than the {room} its GPUs hold here: "
+                f"counted as full") if pages > room else None
 
     def last(self, model: str, gpus: tuple[int, ...]) -> Report | None:
         """The last report of `model`'s engine on `gpus` (as the event named them)."""
@@ -82,7 +101,7 @@ class KVReports:
         if event.model not in self._models:  # removed since the scrape
             return
         gpus = event.gpus or self._every_gpu()
-        self.reports[event.model, gpus] = Report(event.tokens, self.pages_of(event.model, event.tokens))
+        self.reports[event.model, gpus] = Report(event.tokens, self.pages_of(event.model, gpus, event.tokens))
         self._decide()
 
     def forget(self, model: str) -> None:
