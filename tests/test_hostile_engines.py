@@ -18,13 +18,13 @@ import runtasks
 from apeinxfs.drivers import openai, scrape
 from apeinxfs.kernel import endpoints
 from apeinxfs.kernel.errors import Invalid
-from apeinxfs.kernel.config import ModelConfig
-from apeinxfs.kernel.events import SetModel, Submit
+from apeinxfs.kernel.events import Submit
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.nodes import models
 from engines import free_port
 from fakehttp import read_request
 from test_journal_runtime import open_runtime
+from test_tenant_nodes import ADMIN
 from test_openai_driver import run_tasks
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
@@ -364,13 +364,11 @@ async def test_an_engine_behind_basic_auth_is_scraped_with_its_urls_credentials(
 
 
 def test_a_model_added_with_credentials_in_its_urls_is_traced_and_audited_without_them(tmp_path):
-    """`add ext ... url=http://admin:s3cret@h endpoints=URL@GPU` shows in the trace and audit as http://***@h."""
-    written = ("add ext driver=openai url=http://admin:s3cret@127.0.0.1:9 "
-               "endpoints=http://admin:s3cret@127.0.0.1:8@0")
-    ext = ModelConfig(name="ext", driver="openai", options={"url": "http://admin:s3cret@127.0.0.1:9"})
+    """`add ext ... endpoints=http://admin:s3cret@h@GPU,...` shows in the trace and audit as http://***@h."""
+    written = "add ext driver=openai endpoints=http://admin:s3cret@127.0.0.1:9@0"
     with open_runtime(tmp_path) as rt:
-        rt.commit([SetModel(model=ext, what=written, uid=0)])
+        models.models_ctl(rt)([written.encode()], ADMIN)
         trace, audit = rt.kernel.trace.buffer.decode(), rt.kernel.audit.buffer.decode()
     [line] = [line for line in trace.splitlines() if line.split(",")[2] == "model"]
-    assert "url=http://***@127.0.0.1:9 endpoints=http://***@127.0.0.1:8@0 by uid 0" in line
+    assert "endpoints=http://***@127.0.0.1:9@0 by uid 0" in line
     assert "s3cret" not in trace and "s3cret" not in audit and "http://***@127.0.0.1:9" in audit
