@@ -66,6 +66,11 @@ def _report_kv(host, model: str, gpus: tuple, observation: metrics.Observation) 
     return observation
 
 
+# A figure that still fails to read is this engine's scrape error (its observation says it), not the end of
+# the observe loop of every model of its driver.
+FIGURE_FAULTS = (ArithmeticError, ValueError, TypeError)
+
+
 async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple[metrics.Observation, str]:
     """One scrape of the engine at `url`: its reading, or the reason there is none; and the engine's state."""
     source = redacted(f"{url}/metrics")
@@ -73,7 +78,7 @@ async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple
         reading = metrics.reading_of(await gathered(await parsed(await body_of(client, f"{url}/metrics", timeout_s))))
         if metrics.wants_slots(reading):
             return await _with_slots(client, url, metrics.Observation(source=source, reading=reading), timeout_s), "ready"
-    except (httpx.HTTPError, metrics.Unreadable) as exc:
+    except (httpx.HTTPError, metrics.Unreadable, *FIGURE_FAULTS) as exc:
         return metrics.Observation(source=source, error=describe(exc)), state_of(exc)
     return metrics.Observation(source=source, reading=reading), "ready"
 
