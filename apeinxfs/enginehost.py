@@ -88,15 +88,16 @@ class CannotRun:
 def check_drivers(models: dict) -> None:
     """Build each configured group's driver and drop it (no I/O): a bad option is refused (Invalid, with the
     driver's words) before the daemon mounts, rather than as a failed model after."""
-    for key, group in groups_of(models, set(models)).items():
+    for key, group in groups_of(models, models).items():
         drivers.load(key[1])(group)
 
 
-def groups_of(models: dict, configured: set) -> dict:
-    """{key: {name: ModelConfig}}: the configured models by driver name, each model added live alone."""
+def groups_of(models: dict, configured: dict) -> dict:
+    """{key: {name: ModelConfig}}: the configured models by driver name, each model added live alone (one re-added
+    under a configured name with other options too: a driver that cannot take them fails that model only)."""
     groups = {}
     for name, model in models.items():
-        key = ("config", model.driver) if name in configured else ("added", name)
+        key = ("config", model.driver) if configured.get(name) == model else ("added", name)
         groups.setdefault(key, {})[name] = model
     return groups
 
@@ -106,7 +107,7 @@ class DriverGroups:
 
     def __init__(self, rt, nursery):
         self.rt, self.nursery = rt, nursery
-        self.configured = {model.name for model in rt.config.kernel.models}
+        self.configured = {model.name: model for model in rt.config.kernel.models}
         self.running: dict = {}  # key -> ({name: ModelConfig}, CancelScope)
 
     def sync(self) -> None:

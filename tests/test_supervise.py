@@ -205,3 +205,19 @@ async def test_a_journal_model_whose_options_are_now_refused_fails_alone_and_can
             nursery.cancel_scope.cancel()
         assert "ext" not in rt.kernel.models and "driver.openai" not in " ".join(rt.supervisor.bugs)
     assert "State:\tfailed\n" in status and "retries must be an integer from 0 to 100, not 200" in status
+
+
+async def test_a_configured_model_re_added_with_refused_options_fails_alone(tmp_path):
+    """Configured openai models a and b; b re-added (journaled) with retries = 200: b fails, a's driver starts."""
+    toml = ('[gpus]\nsimulated = 1\n[[models]]\nname = "a"\ndriver = "openai"\noptions = {url = "http://127.0.0.1:9"}\n'
+            '[[models]]\nname = "b"\ndriver = "openai"\noptions = {url = "http://127.0.0.1:9"}\n')
+    refused = ModelConfig(name="b", driver="openai", options={"url": "http://127.0.0.1:9", "retries": 200})
+    with open_runtime(tmp_path, toml) as rt:
+        rt.commit([RemoveModel(name="b", uid=0)])
+        rt.commit([SetModel(model=refused, what="add b", uid=0)])
+        async with trio.open_nursery() as nursery:
+            groups = DriverGroups(rt, nursery)
+            groups.sync()
+            assert rt.engine_states["b"].state == "failed" and "retries must be an integer" in rt.engine_states["b"].error
+            assert rt.engine_states["a"].state == "starting"
+            nursery.cancel_scope.cancel()
