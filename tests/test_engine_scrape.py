@@ -231,3 +231,41 @@ async def test_slot_figures_of_the_wrong_kind_count_zero_and_the_next_scrape_rea
     good, state = await scraped(VLLM_BLOCKS + "vllm:kv_cache_usage_perc 0.25\n")
     assert (bad.error, bad.reading.kv_tokens, bad.reading.kv_capacity, bad.reading.kv_usage) == (None, 0, 0, None)
     assert (good.error, state, good.reading.kv_tokens) == (None, "ready", 400)
+
+
+class LongBody(httpx.AsyncByteStream):
+    """A body of 16 pieces of a megabyte, counting the pieces read."""
+
+    def __init__(self):
+        self.sent = 0
+
+    async def __aiter__(self):
+        for self.sent in range(1, 17):
+            yield b"x" * (1 << 20)
+
+
+class DownHost:
+    """A driver host holding one model's engine down, keeping what probe reports of it."""
+
+    def __init__(self):
+        self.reports: list = []
+
+    def engine_down(self, model, gpus) -> bool:
+        return True
+
+    def report_state(self, model, state, error, gpus) -> None:
+        self.reports.append((state, error))
+
+
+async def test_probe_asks_identity_and_leaves_a_long_health_body_unread(autojump_clock):
+    """probe's GET /health asks Accept-Encoding identity and reports ready without reading the body."""
+    asked, body = [], LongBody()
+
+    def answer(request):
+        asked.append(request.headers["accept-encoding"])
+        return httpx.Response(200, stream=body)
+    host = DownHost()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        with trio.move_on_after(1.5):
+            await scrape.probe(client, "m", "http://engine:8000", 1.0, host)
+    assert (asked, host.reports, body.sent) == (["identity"], [("ready", None)], 0)

@@ -125,6 +125,13 @@ async def gathered(samples: list[metrics.Sample]) -> metrics.Gauges:
     return gauges
 
 
+async def answers(client: httpx.AsyncClient, source: str, timeout_s: float) -> None:
+    """GET `source` (identity asked, as every request to an engine) and close it unread: its status is all that
+    counts (HTTPError for none or an error status), so an endless or compressed body costs nothing."""
+    async with client.stream("GET", source, timeout=timeout_s, headers=IDENTITY) as response:
+        response.raise_for_status()
+
+
 async def probe(client: httpx.AsyncClient, model: str, url: str, interval_s: float, host, gpus: tuple = ()) -> None:
     """For an engine not scraped: every `interval_s` seconds while the kernel holds `model` (its endpoint on
     `gpus`) down (`host.engine_down`), check whether the engine at `url` answers again (GET /health; any
@@ -133,7 +140,7 @@ async def probe(client: httpx.AsyncClient, model: str, url: str, interval_s: flo
         await trio.sleep(interval_s)
         if host.engine_down(model, gpus):
             try:
-                (await client.get(f"{url}/health", timeout=max(2.0, 2 * interval_s))).raise_for_status()
+                await answers(client, f"{url}/health", max(2.0, 2 * interval_s))
             except httpx.HTTPError as exc:
                 state = state_of(exc)
                 host.report_state(model, state, None if state == "ready" else redacted(f"{url}/health: {describe(exc)}"),
