@@ -167,31 +167,10 @@ async def test_a_driver_that_cannot_be_built_fails_its_models_only_and_the_other
             nursery.cancel_scope.cancel()
 
 
-async def test_a_model_whose_driver_cannot_be_built_fails_its_tasks_at_once_and_can_be_removed(tmp_path, autojump_clock):
-    """ext journaled with retries = 200 (refused since): a task submitted to it fails at once saying why, not
-    queued for ever, and `remove ext` is then accepted (not EBUSY)."""
-    toml = '[gpus]\nsimulated = 1\n[[models]]\nname = "b"\n'
-    ext = ModelConfig(name="ext", driver="openai", options={"url": "http://127.0.0.1:9", "retries": 200})
-    with open_runtime(tmp_path, toml) as rt:
-        rt.commit([SetModel(model=ext, what="add ext", uid=0)])
-    with open_runtime(tmp_path, toml) as rt:
-        rt.recover()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(rt.run)
-            pid = rt.commit([Submit(spec=TaskSpec(name="j", max_tokens=5, model="ext"), uid=1000)])[0]
-            with trio.fail_after(60):
-                while not rt.kernel.tasks[pid].done:
-                    await rt.wait_for(pid, 1.0)
-            rt.commit([RemoveModel(name="ext", uid=0)])
-            nursery.cancel_scope.cancel()
-        task = rt.kernel.tasks[pid]
-        assert task.exit.startswith("failed: model ext cannot run: the driver cannot be built: ")
-        assert "retries must be an integer from 0 to 100, not 200" in task.exit and "ext" not in rt.kernel.models
-
-
-async def test_a_journal_model_whose_options_are_now_refused_fails_alone_and_can_be_removed(tmp_path):
+async def test_a_journal_model_whose_options_are_now_refused_fails_alone_and_can_be_removed(tmp_path, autojump_clock):
     """A model kept in the journal with retries = 200 (out of bounds since): after a restart the runtime runs,
-    the model's status says failed and why, and removing it is accepted."""
+    the model's status says failed and why, a task submitted to it fails at once saying why (not queued for
+    ever), and removing it is then accepted (not EBUSY)."""
     toml = '[gpus]\nsimulated = 1\n[[models]]\nname = "b"\n'
     ext = ModelConfig(name="ext", driver="openai", options={"url": "http://127.0.0.1:9", "retries": 200})
     with open_runtime(tmp_path, toml) as rt:
@@ -201,10 +180,16 @@ async def test_a_journal_model_whose_options_are_now_refused_fails_alone_and_can
         async with trio.open_nursery() as nursery:
             await nursery.start(rt.run)
             status = models.status(rt.kernel, "ext", rt.engine_states.get("ext"))
+            pid = rt.commit([Submit(spec=TaskSpec(name="j", max_tokens=5, model="ext"), uid=1000)])[0]
+            with trio.fail_after(60):
+                while not rt.kernel.tasks[pid].done:
+                    await rt.wait_for(pid, 1.0)
             rt.commit([RemoveModel(name="ext", uid=0)])
             nursery.cancel_scope.cancel()
         assert "ext" not in rt.kernel.models and "driver.openai" not in " ".join(rt.supervisor.bugs)
+        exit_line = rt.kernel.tasks[pid].exit
     assert "State:\tfailed\n" in status and "retries must be an integer from 0 to 100, not 200" in status
+    assert exit_line.startswith("failed: model ext cannot run: the driver cannot be built: ") and "not 200" in exit_line
 
 
 async def test_a_configured_model_re_added_with_refused_options_fails_alone(tmp_path):
