@@ -9,7 +9,8 @@ the models change, `DriverGroups.sync` stops the groups whose models changed or 
 starts new ones; a restarted driver picks up its models' running tasks again (the openai
 driver resumes each after the text it has). The configured drivers are built before the mount (`check_drivers`),
 so a bad option in the configuration fails the daemon's start, and /ctl/models builds one before it commits; a
-model from the journal whose driver cannot be built (options refused since) is failed alone, the daemon starts.
+model from the journal whose driver cannot be built (options refused since) is failed alone, the daemon starts,
+and its tasks fail at once saying why (`CannotRun`): a permanent fault, not an outage to wait out.
 While the daemon is degraded (health.py) every batch looks empty: the drivers stop their
 jobs, and start them again, after the text each task has, when it recovers. A driver's serve and
 observe are supervised (supervise.py): a bug in one is shown in /ai/health and that one started
@@ -19,6 +20,7 @@ alone (drivers/flow.py `Outbox.guarded`).
 import trio
 
 from . import drivers
+from .kernel.events import Failed
 
 
 class ModelHost:
@@ -63,18 +65,39 @@ class ModelHost:
         self.rt.supervisor.note(name, exc, outcome)
 
 
+class CannotRun:
+    """What serves the models of a driver that cannot be built: each of their tasks that reaches a GPU fails at
+    once with `reason`, so none waits for ever for an engine and `remove` is not kept busy by them."""
+
+    name = "cannot-run"
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    async def serve(self, gpu: int, host: ModelHost) -> None:
+        failed: set = set()  # pids told to fail, until the kernel has them out of the batch
+        batch = await host.next_batch(gpu)
+        while True:
+            for task in batch:
+                if task.pid not in failed:
+                    failed.add(task.pid)
+                    host.deliver(Failed(pid=task.pid, reason=f"model {task.model} cannot run: {self.reason}"))
+            batch = await host.batch_changed(gpu)
+
+
 def check_drivers(models: dict) -> None:
     """Build each configured group's driver and drop it (no I/O): a bad option is refused (Invalid, with the
     driver's words) before the daemon mounts, rather than as a failed model after."""
-    for key, group in groups_of(models, set(models)).items():
+    for key, group in groups_of(models, models).items():
         drivers.load(key[1])(group)
 
 
-def groups_of(models: dict, configured: set) -> dict:
-    """{key: {name: ModelConfig}}: the configured models by driver name, each model added live alone."""
+def groups_of(models: dict, configured: dict) -> dict:
+    """{key: {name: ModelConfig}}: the configured models by driver name, each model added live alone (one re-added
+    under a configured name with other options too: a driver that cannot take them fails that model only)."""
     groups = {}
     for name, model in models.items():
-        key = ("config", model.driver) if name in configured else ("added", name)
+        key = ("config", model.driver) if configured.get(name) == model else ("added", name)
         groups.setdefault(key, {})[name] = model
     return groups
 
@@ -84,7 +107,7 @@ class DriverGroups:
 
     def __init__(self, rt, nursery):
         self.rt, self.nursery = rt, nursery
-        self.configured = {model.name for model in rt.config.kernel.models}
+        self.configured = {model.name: model for model in rt.config.kernel.models}
         self.running: dict = {}  # key -> ({name: ModelConfig}, CancelScope)
 
     def sync(self) -> None:
@@ -100,17 +123,19 @@ class DriverGroups:
         self.rt.forget_engines()
 
     def _start_or_fail(self, key: tuple, models: dict) -> None:
-        """Start group `key`; if its driver cannot be built, mark its models failed, saying why."""
+        """Start group `key`; if its driver cannot be built, its models are failed, saying why, and a `CannotRun`
+        serves them: a permanent fault, not an outage to wait out."""
         try:
-            self.running[key] = (models, self._start(models))
+            driver = drivers.load(next(iter(models.values())).driver)(models)
+            state, error = "starting", None  # until the driver's first check says otherwise
         except Exception as exc:
-            for name in models:
-                self.rt.report_state(name, "failed", f"the driver cannot be built: {exc}")
+            driver = CannotRun(f"the driver cannot be built: {exc}")
+            state, error = "failed", driver.reason
+        for name in models:
+            self.rt.report_state(name, state, error)
+        self.running[key] = (models, self._start(driver, models))
 
-    def _start(self, models: dict) -> trio.CancelScope:
-        driver = drivers.load(next(iter(models.values())).driver)(models)
-        for name in models:  # until the driver's first check says otherwise
-            self.rt.report_state(name, "starting")
+    def _start(self, driver, models: dict) -> trio.CancelScope:
         scope = trio.CancelScope()
         self.nursery.start_soon(self._serve, driver, ModelHost(self.rt, models), scope)
         return scope

@@ -7,6 +7,7 @@ against a real llama-server through a mount is in test_engine_daemon.py.
 import contextlib
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -182,3 +183,89 @@ async def test_a_hundred_thousand_samples_are_gathered_with_other_tasks_running_
 def test_one_line_escapes_what_is_not_printable_and_the_backslash():
     """An engine's literal backslash-n and its real line end stay apart on one line: the backslash is escaped too."""
     assert scrape.one_line("a\\nb\nc\td\x1b") == "a\\\\nb\\nc\\td\\x1b"
+
+
+class Body(httpx.AsyncByteStream):
+    """A response body sent as it comes off the wire (one piece), not already read."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    async def __aiter__(self):
+        yield self.data
+
+
+VLLM_BLOCKS = 'vllm:cache_config_info{num_gpu_blocks="100",block_size="16"} 1\n'
+
+
+async def scraped(metrics_text: str, slots: str = "[]") -> tuple[metrics.Observation, str]:
+    """One scrape.scrape of an engine (an httpx transport fake) whose /metrics is `metrics_text`, /slots `slots`."""
+    def answer(request):
+        return httpx.Response(200, stream=Body((metrics_text if request.url.path == "/metrics" else slots).encode()))
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        return await scrape.scrape(client, "http://engine:8000", timeout_s=5.0)
+
+
+@pytest.mark.parametrize("metrics_text, slots, error, figures", [
+    (VLLM_BLOCKS + "vllm:kv_cache_usage_perc 1e308\n", "[]", "its KV cache usage of 1e+308 is not a fraction 0 to 1",
+     None),
+    (VLLM_BLOCKS + 'vllm:kv_cache_usage_perc 0.5\nvllm:num_requests_running{engine="0"} 1e308\n'
+     'vllm:num_requests_running{engine="1"} 1e308\n', "[]", None, (800, 1600, metrics.FIGURE_MAX)),
+    ("llamacpp:kv_cache_usage_ratio 1e-320\nllamacpp:kv_cache_tokens 1e300\n", "[]", None,
+     (metrics.FIGURE_MAX, metrics.FIGURE_MAX, None)),
+    ("llamacpp:requests_processing 1\n", '[{"n_ctx": 1e999, "n_prompt_tokens": 5, "is_processing": true}]', None,
+     (5, metrics.FIGURE_MAX, 1)),
+], ids=["vllm-usage-1e308", "vllm-requests-1e308", "llamacpp-usage-1e-320", "slots-n_ctx-1e999"])
+async def test_figures_an_engine_sends_too_large_are_bounded_or_its_scrape_error(metrics_text, slots, error, figures):
+    """Figures of 1e308, 1e999 or a quotient by 1e-320 never raise out of a scrape: bounded, or its error."""
+    observation, state = await scraped(metrics_text, slots)
+    assert (observation.error, state) == (error, "ready")
+    reading = observation.reading
+    assert figures is None or (reading.kv_tokens, reading.kv_capacity, reading.running) == figures
+
+
+async def test_slot_figures_of_the_wrong_kind_count_zero_and_the_next_scrape_reads():
+    """A list or a table where /slots has a count reads as 0 (the scrape goes on); a good engine scraped after it
+    is read as usual."""
+    bad, _ = await scraped("llamacpp:requests_processing 1\n", '[{"n_ctx": [8], "is_processing": true, "n_prompt_tokens": {}}]')
+    good, state = await scraped(VLLM_BLOCKS + "vllm:kv_cache_usage_perc 0.25\n")
+    assert (bad.error, bad.reading.kv_tokens, bad.reading.kv_capacity, bad.reading.kv_usage) == (None, 0, 0, None)
+    assert (good.error, state, good.reading.kv_tokens) == (None, "ready", 400)
+
+
+class LongBody(httpx.AsyncByteStream):
+    """A body of 16 pieces of a megabyte, counting the pieces read."""
+
+    def __init__(self):
+        self.sent = 0
+
+    async def __aiter__(self):
+        for self.sent in range(1, 17):
+            yield b"x" * (1 << 20)
+
+
+class DownHost:
+    """A driver host holding one model's engine down, keeping what probe reports of it."""
+
+    def __init__(self):
+        self.reports: list = []
+
+    def engine_down(self, model, gpus) -> bool:
+        return True
+
+    def report_state(self, model, state, error, gpus) -> None:
+        self.reports.append((state, error))
+
+
+async def test_probe_asks_identity_and_leaves_a_long_health_body_unread(autojump_clock):
+    """probe's GET /health asks Accept-Encoding identity and reports ready without reading the body."""
+    asked, body = [], LongBody()
+
+    def answer(request):
+        asked.append(request.headers["accept-encoding"])
+        return httpx.Response(200, stream=body)
+    host = DownHost()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        with trio.move_on_after(1.5):
+            await scrape.probe(client, "m", "http://engine:8000", 1.0, host)
+    assert (asked, host.reports, body.sent) == (["identity"], [("ready", None)], 0)

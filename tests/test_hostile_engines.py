@@ -18,13 +18,13 @@ import runtasks
 from apeinxfs.drivers import openai, scrape
 from apeinxfs.kernel import endpoints
 from apeinxfs.kernel.errors import Invalid
-from apeinxfs.kernel.config import ModelConfig
-from apeinxfs.kernel.events import SetModel, Submit
+from apeinxfs.kernel.events import Submit
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.nodes import models
 from engines import free_port
 from fakehttp import read_request
 from test_journal_runtime import open_runtime
+from test_tenant_nodes import ADMIN
 from test_openai_driver import run_tasks
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
@@ -147,13 +147,8 @@ def lies_more_each_time() -> callable:
     return lambda: f"sglang:num_used_tokens -{next(scrapes)}\n"
 
 
-@pytest.mark.parametrize("lie", [lambda: "sglang:num_used_tokens -5000\n", lies_more_each_time()],
-                         ids=["same", "changing"])
-async def test_one_engines_negative_kv_report_leaves_other_engines_scraped(lie, tmp_path, nursery, caplog):
-    """An engine whose /metrics says -5000 KV tokens (or a figure changing at each scrape), scraped 10 times (2 s),
-    makes no bug of the loop scraping the others: its refusal is its scrape error, logged once."""
-    liar = await serve(nursery, None, lie)
-    honest = await serve(nursery, None, "sglang:num_used_tokens 0\n")
+async def scraped_two_seconds(tmp_path, liar: str, honest: str):
+    """The runtime of models liar and honest on these engines, closed after 2 s of scrapes or an observe bug."""
     with open_runtime(tmp_path, two_models_config(liar, honest)) as rt:
         async with trio.open_nursery() as inner:
             await inner.start(rt.run)
@@ -161,10 +156,31 @@ async def test_one_engines_negative_kv_report_leaves_other_engines_scraped(lie, 
                 while "driver.openai.observe" not in rt.supervisor.bugs:
                     await trio.sleep(0.05)
             inner.cancel_scope.cancel()
-        assert "driver.openai.observe" not in rt.supervisor.bugs and "honest" in rt.engine_metrics
-        assert rt.engine_metrics["liar"].error.startswith("its KV report is refused: an engine's KV report of -50")
+    return rt
+
+
+@pytest.mark.parametrize("lie", [lambda: "sglang:num_used_tokens -5000\n", lies_more_each_time()],
+                         ids=["same", "changing"])
+async def test_one_engines_negative_kv_report_leaves_other_engines_scraped(lie, tmp_path, nursery, caplog):
+    """An engine whose /metrics says -5000 KV tokens (or a figure changing at each scrape), scraped 10 times (2 s),
+    makes no bug of the loop scraping the others: its refusal is its scrape error, logged once."""
+    liar = await serve(nursery, None, lie)
+    honest = await serve(nursery, None, "sglang:num_used_tokens 0\n")
+    rt = await scraped_two_seconds(tmp_path, liar, honest)
+    assert "driver.openai.observe" not in rt.supervisor.bugs and "honest" in rt.engine_metrics
+    assert rt.engine_metrics["liar"].error.startswith("its KV report is refused: an engine's KV report of -50")
     logged = [r.getMessage() for r in caplog.records if "liar" in r.getMessage()]
     assert len(logged) == 1 and logged[0].startswith("model liar: its KV report is refused: ")
+
+
+async def test_an_engines_overflowing_figures_end_no_observe_loop_and_others_are_scraped(tmp_path, nursery):
+    """An engine whose /metrics says 1e300 KV tokens at a usage of 1e-320, scraped for 2 s, makes no bug of the
+    observe loop: it and the other engine are both scraped."""
+    liar = await serve(nursery, None, "llamacpp:kv_cache_usage_ratio 1e-320\nllamacpp:kv_cache_tokens 1e300\n")
+    honest = await serve(nursery, None, "sglang:num_used_tokens 0\n")
+    rt = await scraped_two_seconds(tmp_path, liar, honest)
+    assert "driver.openai.observe" not in rt.supervisor.bugs
+    assert rt.engine_metrics["honest"].error is None and rt.engine_metrics["liar"].reading is not None
 
 
 async def test_an_engine_reporting_more_kv_than_its_gpu_holds_does_not_block_other_models(tmp_path, nursery):
@@ -364,13 +380,11 @@ async def test_an_engine_behind_basic_auth_is_scraped_with_its_urls_credentials(
 
 
 def test_a_model_added_with_credentials_in_its_urls_is_traced_and_audited_without_them(tmp_path):
-    """`add ext ... url=http://admin:s3cret@h endpoints=URL@GPU` shows in the trace and audit as http://***@h."""
-    written = ("add ext driver=openai url=http://admin:s3cret@127.0.0.1:9 "
-               "endpoints=http://admin:s3cret@127.0.0.1:8@0")
-    ext = ModelConfig(name="ext", driver="openai", options={"url": "http://admin:s3cret@127.0.0.1:9"})
+    """`add ext ... endpoints=http://admin:s3cret@h@GPU,...` shows in the trace and audit as http://***@h."""
+    written = "add ext driver=openai endpoints=http://admin:s3cret@127.0.0.1:9@0"
     with open_runtime(tmp_path) as rt:
-        rt.commit([SetModel(model=ext, what=written, uid=0)])
+        models.models_ctl(rt)([written.encode()], ADMIN)
         trace, audit = rt.kernel.trace.buffer.decode(), rt.kernel.audit.buffer.decode()
     [line] = [line for line in trace.splitlines() if line.split(",")[2] == "model"]
-    assert "url=http://***@127.0.0.1:9 endpoints=http://***@127.0.0.1:8@0 by uid 0" in line
+    assert "endpoints=http://***@127.0.0.1:9@0 by uid 0" in line
     assert "s3cret" not in trace and "s3cret" not in audit and "http://***@127.0.0.1:9" in audit

@@ -134,7 +134,8 @@ def test_a_configuration_refused_at_start_is_printed_and_leaves_no_mount(unstart
 
 def test_a_journal_model_whose_options_are_now_refused_starts_failed_and_can_be_removed(unstarted):
     """A model in the journal with retries = 200 (accepted once, out of bounds now): the daemon mounts, the model's
-    status says failed and why, and `remove` through ctl/models takes it away."""
+    status says failed and why, a task submitted to it fails at once saying why (`cat wait` ends), and `remove`
+    through ctl/models takes it away (not EBUSY)."""
     journal = Journal(os.path.join(unstarted.state_dir, "journal.db"))
     ext = ModelConfig(name="ext", driver="openai", options={"url": "http://127.0.0.1:9", "retries": 200})
     journal.append([(time.time_ns() // 1000, SetModel(model=ext, what="add ext", uid=0))])
@@ -143,6 +144,10 @@ def test_a_journal_model_whose_options_are_now_refused_starts_failed_and_can_be_
     with open(unstarted.path("models", "ext", "status")) as status:
         text = status.read()
     assert "State:\tfailed\n" in text and "retries must be an integer from 0 to 100, not 200" in text
+    pid = unstarted.submit("name=hang max_tokens=5 model=ext")
+    waited = subprocess.run(["cat", unstarted.path("tasks", str(pid), "wait")], capture_output=True, text=True,
+                            timeout=30)
+    assert waited.stdout.startswith("failed: model ext cannot run: the driver cannot be built: ")
     with open(unstarted.path("ctl", "models"), "w") as models:
         models.write("remove ext\n")
     assert "ext" not in os.listdir(unstarted.path("models"))

@@ -161,15 +161,16 @@ async def test_a_driver_that_cannot_be_built_fails_its_models_only_and_the_other
         async with trio.open_nursery() as nursery:
             groups = DriverGroups(rt, nursery)
             groups.sync()
-            assert list(groups.running) == [("config", "sim")]
+            assert list(groups.running) == [("config", "openai"), ("config", "sim")]  # a's a CannotRun
             assert rt.engine_states["a"].state == "failed" and "needs options.url" in rt.engine_states["a"].error
             assert "gone" not in rt.engine_states
             nursery.cancel_scope.cancel()
 
 
-async def test_a_journal_model_whose_options_are_now_refused_fails_alone_and_can_be_removed(tmp_path):
+async def test_a_journal_model_whose_options_are_now_refused_fails_alone_and_can_be_removed(tmp_path, autojump_clock):
     """A model kept in the journal with retries = 200 (out of bounds since): after a restart the runtime runs,
-    the model's status says failed and why, and removing it is accepted."""
+    the model's status says failed and why, a task submitted to it fails at once saying why (not queued for
+    ever), and removing it is then accepted (not EBUSY)."""
     toml = '[gpus]\nsimulated = 1\n[[models]]\nname = "b"\n'
     ext = ModelConfig(name="ext", driver="openai", options={"url": "http://127.0.0.1:9", "retries": 200})
     with open_runtime(tmp_path, toml) as rt:
@@ -179,7 +180,29 @@ async def test_a_journal_model_whose_options_are_now_refused_fails_alone_and_can
         async with trio.open_nursery() as nursery:
             await nursery.start(rt.run)
             status = models.status(rt.kernel, "ext", rt.engine_states.get("ext"))
+            pid = rt.commit([Submit(spec=TaskSpec(name="j", max_tokens=5, model="ext"), uid=1000)])[0]
+            with trio.fail_after(60):
+                while not rt.kernel.tasks[pid].done:
+                    await rt.wait_for(pid, 1.0)
             rt.commit([RemoveModel(name="ext", uid=0)])
             nursery.cancel_scope.cancel()
         assert "ext" not in rt.kernel.models and "driver.openai" not in " ".join(rt.supervisor.bugs)
+        exit_line = rt.kernel.tasks[pid].exit
     assert "State:\tfailed\n" in status and "retries must be an integer from 0 to 100, not 200" in status
+    assert exit_line.startswith("failed: model ext cannot run: the driver cannot be built: ") and "not 200" in exit_line
+
+
+async def test_a_configured_model_re_added_with_refused_options_fails_alone(tmp_path):
+    """Configured openai models a and b; b re-added (journaled) with retries = 200: b fails, a's driver starts."""
+    toml = ('[gpus]\nsimulated = 1\n[[models]]\nname = "a"\ndriver = "openai"\noptions = {url = "http://127.0.0.1:9"}\n'
+            '[[models]]\nname = "b"\ndriver = "openai"\noptions = {url = "http://127.0.0.1:9"}\n')
+    refused = ModelConfig(name="b", driver="openai", options={"url": "http://127.0.0.1:9", "retries": 200})
+    with open_runtime(tmp_path, toml) as rt:
+        rt.commit([RemoveModel(name="b", uid=0)])
+        rt.commit([SetModel(model=refused, what="add b", uid=0)])
+        async with trio.open_nursery() as nursery:
+            groups = DriverGroups(rt, nursery)
+            groups.sync()
+            assert rt.engine_states["b"].state == "failed" and "retries must be an integer" in rt.engine_states["b"].error
+            assert rt.engine_states["a"].state == "starting"
+            nursery.cancel_scope.cancel()

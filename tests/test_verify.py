@@ -16,11 +16,12 @@ import trio.testing
 
 from apeinxfs import config as config_mod
 from apeinxfs import simulate, verify
-from apeinxfs.journal import FLUSH_ROWS, Journal
+from apeinxfs.journal import FLUSH_ROWS, Journal, row_crc
 from apeinxfs.kernel.config import kernel_config_from_dict
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.events import Tick
 from apeinxfs.nodes import ctl, sched
+from apeinxfs.nodes.models import models_ctl
 from apeinxfs.nodes.base import Caller
 from apeinxfs.runtime import Runtime
 from test_journal_runtime import ONE_GPU, open_runtime, run_until_done
@@ -237,3 +238,32 @@ def test_journal_without_boot_record_cannot_be_verified(tmp_path, capsys):
     journal.close()
     assert verify.main(["--verify", state_dir(tmp_path)]) == 2
     assert "no boot record" in capsys.readouterr().err
+
+
+def journal_row(tmp_path, seq: int) -> tuple[str, str]:
+    with sqlite3.connect(tmp_path / "state" / "journal.db") as db:
+        return db.execute("SELECT kind, body FROM journal WHERE seq = ?", (seq,)).fetchone()
+
+
+SECRET_ADD = b"add ext driver=openai url=http://bob:s3cret@127.0.0.1:9 retries=0"
+
+
+def test_a_model_add_journals_the_url_without_its_credentials(tmp_path):
+    """A new `add` journals its line with the URL's credentials hidden, and that journal verifies."""
+    with open_runtime(tmp_path) as rt:
+        write(models_ctl(rt), SECRET_ADD)
+        assert rt.kernel.models["ext"].options["url"] == "http://bob:s3cret@127.0.0.1:9"
+    assert row_of(tmp_path, "setmodel", "add ext driver=openai url=http://***@127.0.0.1:9") is not None
+    assert row_of(tmp_path, "setmodel", "bob:s3cret@127.0.0.1:9 retries") is None
+    assert run_verify(tmp_path).divergence is None
+
+
+def test_an_add_journaled_with_its_credentials_replays_as_recorded(tmp_path):
+    """A journal written before adds were redacted (credentials in the row and its trace) verifies."""
+    with open_runtime(tmp_path) as rt:
+        write(models_ctl(rt), SECRET_ADD)
+    seq = row_of(tmp_path, "setmodel", "add ext")
+    alter(tmp_path, "UPDATE journal SET body = replace(body, '***@', 'bob:s3cret@') WHERE seq = ?", seq)
+    alter(tmp_path, "UPDATE trace SET lines = replace(lines, '***@', 'bob:s3cret@'), crc = ? WHERE row = ?",
+          row_crc(*journal_row(tmp_path, seq)), seq)
+    assert run_verify(tmp_path).divergence is None

@@ -16,7 +16,8 @@ tokens held by the slots that are processing a request, over all slots' n_ctx; a
 slot's tokens are a cache the next request may overwrite, like vLLM's free cached blocks).
 Several series of one gauge are summed (vLLM's data-parallel `engine`s, SGLang's
 `dp_rank`s; a usage is averaged), except the copies SGLang prints per tensor, pipeline and
-expert rank of one engine, which count once. No HTTP here: see scrape.py.
+expert rank of one engine, which count once. Every count is read through `figure`: a whole number
+bounded by FIGURE_MAX, whatever the engine sent. No HTTP here: see scrape.py.
 """
 import math
 import re
@@ -27,6 +28,7 @@ import attrs
 REPLICA_LABELS = frozenset({"tp_rank", "pp_rank", "moe_ep_rank"})
 _SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?[ \t]+(\S+)(?:[ \t]+-?\d+)?[ \t]*")
 _LABEL = re.compile(r'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\]|\\.)*)"[ \t]*(?:,|$)')
+FIGURE_MAX = 2**53  # the largest count kept: a float holds every integer up to it; no KV cache is near
 _UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
 
 
@@ -117,7 +119,7 @@ class Gauges:
 
     def total(self, name: str) -> int | None:
         values = self.values(name)
-        return round(sum(values)) if values else None
+        return figure(sum(values)) if values else None
 
     def mean(self, name: str) -> float | None:
         values = self.values(name)
@@ -151,16 +153,16 @@ def reading_of(gauges: Gauges) -> Reading:
 def _vllm(gauges: Gauges) -> Reading:
     usage = _first(gauges.mean("vllm:kv_cache_usage_perc"), gauges.mean("vllm:gpu_cache_usage_perc"))
     capacity = _vllm_capacity(gauges)
-    tokens = round(usage * capacity) if usage is not None and capacity else None
+    tokens = figure(usage * capacity) if usage is not None and capacity else None
     return Reading("vllm", usage, tokens, capacity, gauges.total("vllm:num_requests_running"),
                    gauges.total("vllm:num_requests_waiting"))
 
 
 def _vllm_capacity(gauges: Gauges) -> int | None:
     """Tokens in all engines' KV caches: num_gpu_blocks x block_size of each `cache_config_info`."""
-    sizes = [_int(row.get("num_gpu_blocks")) * _int(row.get("block_size"))
+    sizes = [figure(row.get("num_gpu_blocks"), 0) * figure(row.get("block_size"), 0)
              for row in gauges.label_rows("vllm:cache_config_info")]
-    return sum(sizes) if sizes and all(sizes) else None
+    return figure(sum(sizes)) if sizes and all(sizes) else None
 
 
 def _sglang(gauges: Gauges) -> Reading:
@@ -171,7 +173,7 @@ def _sglang(gauges: Gauges) -> Reading:
 
 def _llamacpp(gauges: Gauges) -> Reading:
     usage, tokens = gauges.mean("llamacpp:kv_cache_usage_ratio"), gauges.total("llamacpp:kv_cache_tokens")
-    capacity = round(tokens / usage) if usage and tokens is not None else None
+    capacity = figure(tokens / usage) if usage and tokens is not None else None
     return Reading("llamacpp", usage, tokens, capacity, gauges.total("llamacpp:requests_processing"),
                    gauges.total("llamacpp:requests_deferred"))
 
@@ -188,8 +190,8 @@ def with_slots(reading: Reading, slots) -> Reading:
     """The reading with llama-server's /slots (its JSON) as the KV figures."""
     if not isinstance(slots, list) or not all(isinstance(s, dict) and "n_ctx" in s for s in slots):
         raise Unreadable("/slots is not a list of llama.cpp slots")
-    capacity = sum(_int(s["n_ctx"]) for s in slots)
-    tokens = sum(_int(s.get("n_prompt_tokens")) for s in slots if s.get("is_processing"))
+    capacity = figure(sum(figure(s["n_ctx"], 0) for s in slots))
+    tokens = figure(sum(figure(s.get("n_prompt_tokens"), 0) for s in slots if s.get("is_processing")))
     return attrs.evolve(reading, kv_tokens=tokens, kv_capacity=capacity,
                         kv_usage=tokens / capacity if capacity else None)
 
@@ -220,8 +222,12 @@ def _first(*values):
     return next((v for v in values if v is not None), None)
 
 
-def _int(value) -> int:
+def figure(value, low: int = -FIGURE_MAX) -> int:
+    """`value` (a number, a label's text, a JSON value) as a whole number `low` to FIGURE_MAX, 0 if it is none:
+    whatever an engine sends (1e308, inf, "1e999", a product or quotient of those) is read without raising. A
+    gauge keeps its sign (the kernel refuses a negative KV report, saying so); a label's or a slot's count is 0 up."""
     try:
-        return max(0, int(value))
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return 0
+    return 0 if math.isnan(number) else round(min(max(number, low), FIGURE_MAX))

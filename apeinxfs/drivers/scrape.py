@@ -66,6 +66,11 @@ def _report_kv(host, model: str, gpus: tuple, observation: metrics.Observation) 
     return observation
 
 
+# A figure that still fails to read is this engine's scrape error (its observation says it), not the end of
+# the observe loop of every model of its driver.
+FIGURE_FAULTS = (ArithmeticError, ValueError, TypeError)
+
+
 async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple[metrics.Observation, str]:
     """One scrape of the engine at `url`: its reading, or the reason there is none; and the engine's state."""
     source = redacted(f"{url}/metrics")
@@ -73,7 +78,7 @@ async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple
         reading = metrics.reading_of(await gathered(await parsed(await body_of(client, f"{url}/metrics", timeout_s))))
         if metrics.wants_slots(reading):
             return await _with_slots(client, url, metrics.Observation(source=source, reading=reading), timeout_s), "ready"
-    except (httpx.HTTPError, metrics.Unreadable) as exc:
+    except (httpx.HTTPError, metrics.Unreadable, *FIGURE_FAULTS) as exc:
         return metrics.Observation(source=source, error=describe(exc)), state_of(exc)
     return metrics.Observation(source=source, reading=reading), "ready"
 
@@ -120,6 +125,13 @@ async def gathered(samples: list[metrics.Sample]) -> metrics.Gauges:
     return gauges
 
 
+async def answers(client: httpx.AsyncClient, source: str, timeout_s: float) -> None:
+    """GET `source` (identity asked, as every request to an engine) and close it unread: its status is all that
+    counts (HTTPError for none or an error status), so an endless or compressed body costs nothing."""
+    async with client.stream("GET", source, timeout=timeout_s, headers=IDENTITY) as response:
+        response.raise_for_status()
+
+
 async def probe(client: httpx.AsyncClient, model: str, url: str, interval_s: float, host, gpus: tuple = ()) -> None:
     """For an engine not scraped: every `interval_s` seconds while the kernel holds `model` (its endpoint on
     `gpus`) down (`host.engine_down`), check whether the engine at `url` answers again (GET /health; any
@@ -128,7 +140,7 @@ async def probe(client: httpx.AsyncClient, model: str, url: str, interval_s: flo
         await trio.sleep(interval_s)
         if host.engine_down(model, gpus):
             try:
-                (await client.get(f"{url}/health", timeout=max(2.0, 2 * interval_s))).raise_for_status()
+                await answers(client, f"{url}/health", max(2.0, 2 * interval_s))
             except httpx.HTTPError as exc:
                 state = state_of(exc)
                 host.report_state(model, state, None if state == "ready" else redacted(f"{url}/health: {describe(exc)}"),

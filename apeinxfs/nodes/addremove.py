@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import attrs
 
+from ..kernel.endpoints import redacted
 from ..kernel.errors import Invalid
 from .ctl import by, run_lines
 
@@ -29,7 +30,7 @@ class AddRemove:
         caller.identity.require("admin", self.doing)
         verb, _, rest = line.strip().partition(" ")
         if verb == "add" and (rest.strip() or self.bare_add):
-            return self.add(rest, what=f"add {rest.strip()}", **by(caller))
+            return self.add(rest, what=redacted(f"add {rest.strip()}"), **by(caller))  # journaled as shown: no credentials
         if verb == "remove" and rest.strip():
             return self.remove(rest.strip(), **by(caller))
         raise Invalid(self.usage)
