@@ -195,8 +195,9 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         child = self.tree.lookup(parent_inode, os.fsdecode(name))
         if ctx is not None and personal(child):
-            child = self.tree.reached(child, self.caller(ctx).identity)
-            self.caller(ctx).may(child, 0)
+            caller = self.caller(ctx)
+            child = self.tree.reached(child, caller.identity)
+            caller.may(child, 0)
         return self.attributes(child)
 
     @guarded
