@@ -9,6 +9,7 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 
 from apeinxfs.cluster.peer_client import Peer
 from apeinxfs.cluster.peer_server import REQUEST_S, UNPROVEN_S, Listening, PeerServer
@@ -44,7 +45,7 @@ async def idle_connections(port: int, count: int) -> list[trio.SocketStream]:
     for _ in range(count):
         streams.append(await trio.open_tcp_stream("127.0.0.1", port))
         await streams[-1].send_all(b"G")
-    await trio.sleep(0.2)  # the server has accepted them: the honest request comes after them all
+    await trio.testing.wait_all_tasks_blocked()  # the server has accepted them: the honest request comes after them all
     return streams
 
 
