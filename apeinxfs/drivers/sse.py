@@ -158,6 +158,7 @@ def _check_choice(choice) -> None:
 
 
 def excerpt(value) -> str:
+    """The start of `value` as JSON, for a ProtocolError's reason."""
     return json.dumps(value)[:100]
 
 
