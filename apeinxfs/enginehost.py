@@ -83,6 +83,7 @@ class CannotRun:
                     failed.add(task.pid)
                     host.deliver(Failed(pid=task.pid, reason=f"model {task.model} cannot run: {self.reason}"))
             batch = await host.batch_changed(gpu)
+            failed &= {task.pid for task in batch}  # those out of the batch are forgotten
 
 
 def check_drivers(models: dict) -> None:

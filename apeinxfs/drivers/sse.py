@@ -136,28 +136,29 @@ def check_shape(event: dict) -> None:
     compared exactly (`type(x) in`): a bool is no count, and it costs an event less than isinstance."""
     choices, usage = event.get("choices") or [], event.get("usage") or {}
     if type(choices) is not list:
-        raise ProtocolError(f"choices is not a list of objects: {_excerpt(choices)}")
+        raise ProtocolError(f"choices is not a list of objects: {excerpt(choices)}")
     for choice in choices:
         _check_choice(choice)
     if type(usage) is not dict:
-        raise ProtocolError(f"usage is not an object: {_excerpt(usage)}")
+        raise ProtocolError(f"usage is not an object: {excerpt(usage)}")
     for name in USAGE_COUNTS:
         if type(value := usage.get(name)) not in NUMBER:
-            raise ProtocolError(f"usage.{name} is not a number: {_excerpt(value)}")
+            raise ProtocolError(f"usage.{name} is not a number: {excerpt(value)}")
 
 
 def _check_choice(choice) -> None:
     if type(choice) is not dict:
-        raise ProtocolError(f"choices is not a list of objects: {_excerpt(choice)}")
+        raise ProtocolError(f"choices is not a list of objects: {excerpt(choice)}")
     if type(delta := choice.get("delta") or {}) is not dict:
-        raise ProtocolError(f"delta is not an object: {_excerpt(delta)}")
+        raise ProtocolError(f"delta is not an object: {excerpt(delta)}")
     for name, value in (("text", choice.get("text")), ("delta.content", delta.get("content")),
                         ("finish_reason", choice.get("finish_reason"))):
         if type(value) not in STRING:
-            raise ProtocolError(f"{name} is not a string: {_excerpt(value)}")
+            raise ProtocolError(f"{name} is not a string: {excerpt(value)}")
 
 
-def _excerpt(value) -> str:
+def excerpt(value) -> str:
+    """The start of `value` as JSON, for a ProtocolError's reason."""
     return json.dumps(value)[:100]
 
 

@@ -44,7 +44,7 @@ def check_shape(response: dict) -> None:
     """Raise ProtocolError, naming what Triton sent, unless `response`'s text_output is a string (absent or null:
     no text); its counts are sse.count's to check."""
     if type(text := response.get("text_output")) not in sse.STRING:
-        raise sse.ProtocolError(f"text_output is not a string: {sse._excerpt(text)}")
+        raise sse.ProtocolError(f"text_output is not a string: {sse.excerpt(text)}")
 
 
 @attrs.define
