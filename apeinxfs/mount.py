@@ -234,7 +234,7 @@ def close_journal(journal) -> None:
     raised: it is no bug, and every row is in already; only the trace rows of the last few steps are lost."""
     try:
         journal.close()
-    except Degraded as exc:  # every row is in; only the trace rows of the last few are lost
+    except Degraded as exc:
         log.error("closing the journal: %s", exc.reason)
 
 

@@ -29,11 +29,11 @@ from . import events as ev
 from .endpoints import gpus_text
 from .errors import Invalid
 from .kvmem import pages_for
-
-ABSURD = 1000  # a report of over this many times its GPUs' room is refused, not counted as full
 from .memory import KVManager
 from .models import Models
 from .seams import Host
+
+ABSURD = 1000  # a report of over this many times its GPUs' room is refused, not counted as full
 
 
 @attrs.frozen

@@ -80,10 +80,11 @@ class SubmitChecks:
         if parents is not None:
             check_child_tenant(spec.tenant, parents)
         tenant = self._tenancy.tenant_of(spec, parent) if remote is None else remote
-        if tenant not in self._tenancy.tenants and remote is None:
-            raise NotFound(f"unknown tenant {tenant!r}")
-        if tenant not in self._tenancy.tenants:  # a remote parent's: its node knows it, but here it is made new
-            check_new_name(tenant)  # (Tenancy.admitted), so held to the rule that history is not
+        if tenant not in self._tenancy.tenants:
+            if remote is None:
+                raise NotFound(f"unknown tenant {tenant!r}")
+            check_new_name(tenant)  # a remote parent's: its node knows it, but here it is made new
+            # (Tenancy.admitted), so held to the rule that history is not
         if model is not None:
             self._check_fits(spec, model, on_this_node=anywhere is None)
 
