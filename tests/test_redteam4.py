@@ -7,6 +7,7 @@ rest of the output whatever its size, and a wall clock set back across a restart
 budgets not enforced). Real mounts (tests/daemon.py), real users (tests/unixusers.py), a Runtime on a
 fake clock.
 """
+import errno
 import glob
 import json
 import os
@@ -16,15 +17,21 @@ import tracemalloc
 
 import pytest
 
+from apeinxfs import config as config_mod
+from apeinxfs.journal import Journal
+from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.events import Chunk, Step, Submit, Tick
 from apeinxfs.kernel.spec import TaskSpec
+from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.tree import Tree
+from apeinxfs.runtime import Runtime
 from daemon import Daemon, sim_config
 from test_journal_runtime import open_runtime
 from unixusers import SYSTEM_PYTHON, as_user, shared_mount, users_of_test
 
 SLOW_SIM = sim_config(100)  # a task of 1000 tokens runs for 100 s: it is still there when looked at
 MIB = 1 << 20
+ROOT_CALLER = Caller(uid=0, gid=0, pid=1)
 
 
 # -- D1: the journal deleted under a running daemon ------------------------------------------------------------
@@ -100,3 +107,127 @@ def test_one_user_holding_open_show_files_cannot_grow_the_daemon_without_bound(u
             holder.stdin.close()
             holder.wait(30)
         assert grown < 64, f"{held.strip()} descriptors held; the daemon grew by {grown} MiB"
+
+
+# -- D3: a stream read copies the whole rest of the output ------------------------------------------------------
+
+OUTPUT_MIB = 32
+
+
+@pytest.mark.xfail(strict=True, reason="redteam4 D3: stream_poll (nodes/tasks.py:59) copies the output from the offset "
+                                       "to its end twice at every read, whatever the read's size: 49 ms of the "
+                                       "daemon's one thread per read of a 32 MiB output, however small")
+async def test_a_small_stream_read_of_a_long_output_copies_no_more_than_it_returns(tmp_path):
+    """A 4 KiB read at the start of a task's `stream`, whose output is 32 MiB, allocates under 1 MiB."""
+    with open_runtime(tmp_path) as rt:
+        tree = Tree(rt)
+        pid = rt.commit([Submit(spec=TaskSpec(name="long", max_tokens=1000), uid=0)])[0]
+        for _ in range(OUTPUT_MIB):
+            rt.deliver(Step(gpu=0, chunks=[Chunk(pid=pid, text="w" * MIB, tokens=1)]))
+        stream = tree.lookup(tree.lookup(tree.lookup(1, "tasks").inode, str(pid)).inode, "stream")
+        handle = stream.open(ROOT_CALLER, writing=False, reading=True)
+        tracemalloc.start()
+        try:
+            data = await handle.read(0, 4096, None)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert len(data) == 4096
+        assert peak < MIB, f"a 4 KiB read of a {OUTPUT_MIB} MiB output allocated {peak / MIB:.1f} MiB"
+
+
+# -- D4: the wall clock set back across a restart ---------------------------------------------------------------
+
+BUDGET = """
+[gpus]
+simulated = 1
+slots = 8
+[[models]]
+name = "sim"
+[[tenants]]
+name = "t"
+[tenants.members]
+uids = [1000]
+[tenants.budget]
+tokens = 100
+window = "1h"
+overdraw = 0
+"""
+BEFORE_US = 1_800_000_000 * 1_000_000  # the clock of the first run (January 2027)
+SET_BACK_US = 86_400 * 1_000_000  # the host's clock is a day behind at the next start (an RTC, an NTP step)
+
+
+class FakeWallClock:
+    """The daemon's clock at a time the test sets."""
+
+    def __init__(self, now_us: int):
+        self.now = now_us
+
+    def now_us(self) -> int:
+        return self.now
+
+
+def started(tmp_path, clock: FakeWallClock) -> Runtime:
+    """A Runtime on tmp_path's journal and BUDGET, on `clock`, recovered from what an earlier one journaled."""
+    path = tmp_path / "config.toml"
+    path.write_text(BUDGET)
+    config = config_mod.load(str(path), str(tmp_path / "state"), use_nvml=False)
+    rt = Runtime(config, Journal(str(tmp_path / "state" / "journal.db")), clock=clock)
+    rt.recover()
+    return rt
+
+
+def run_to_end(rt: Runtime, clock: FakeWallClock, tokens: int) -> int:
+    """Submit a task of `tokens` for uid 1000 and deliver them all a second later; its pid."""
+    pid = rt.commit([Submit(spec=TaskSpec(name="job", max_tokens=tokens, tenant="t"), uid=1000)])[0]
+    clock.now += 1_000_000
+    rt.deliver(Step(gpu=0, chunks=[Chunk(pid=pid, text=" w" * tokens, tokens=tokens)]))
+    assert rt.kernel.tasks[pid].done
+    return pid
+
+
+def a_day_behind(tmp_path) -> tuple[Runtime, FakeWallClock]:
+    """A first run that used the whole budget, then a restart with the clock a day behind."""
+    clock = FakeWallClock(BEFORE_US)
+    first = started(tmp_path, clock)
+    run_to_end(first, clock, 90)
+    first.journal.close()
+    clock.now -= SET_BACK_US
+    return started(tmp_path, clock), clock
+
+
+@pytest.mark.xfail(strict=True, reason="redteam4 D4: after a restart with the clock set back, admission reads the "
+                                       "budget at the wall clock (runtime.py commit) but tokens are charged at the "
+                                       "kernel's time, held at the old maximum (kernel.py apply): every window "
+                                       "looks unused, so the budget admits without end")
+def test_a_budget_holds_after_a_restart_with_the_clock_set_back(tmp_path):
+    """A tenant of 100 tokens an hour that used them, restarted with the clock a day behind, runs three tasks of
+    90 tokens within two hours of real time: at least one is refused EDQUOT."""
+    rt, clock = a_day_behind(tmp_path)
+    refused = 0
+    try:
+        for _ in range(3):
+            clock.now += 1_800_000_000  # half an hour passes between tasks
+            try:
+                run_to_end(rt, clock, 90)
+            except ApeinxError as error:
+                assert error.errno == errno.EDQUOT, error
+                refused += 1
+    finally:
+        rt.journal.close()
+    assert refused, "three tasks of 90 tokens in 90 minutes of a 100-tokens-an-hour budget"
+
+
+@pytest.mark.xfail(strict=True, reason="redteam4 D4: after a restart with the clock set back, the kernel's time "
+                                       "stays at the old maximum (kernel.py apply: max(now_us, ...)) until the wall "
+                                       "clock catches up, so no deadline falls due for that long")
+def test_a_deadline_expires_after_a_restart_with_the_clock_set_back(tmp_path):
+    """A task with a 1 s deadline, submitted after a restart with the clock a day behind, has expired 60 s later."""
+    rt, clock = a_day_behind(tmp_path)
+    try:
+        pid = rt.commit([Submit(spec=TaskSpec(name="soon", max_tokens=5, deadline_us=1_000_000, tenant="t"), uid=1000)])[0]
+        clock.now += 60_000_000
+        rt.deliver(Tick())
+        assert rt.kernel.tasks[pid].done, rt.kernel.tasks[pid].state
+    finally:
+        rt.journal.close()
