@@ -25,7 +25,7 @@ from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.tree import Tree
 from apeinxfs.runtime import Runtime
-from daemon import Daemon, sim_config
+from daemon import Daemon, poll_until, sim_config
 from test_journal_runtime import open_runtime
 from unixusers import SYSTEM_PYTHON, as_user, shared_mount, users_of_test
 
@@ -251,3 +251,39 @@ def test_a_deadline_expires_after_a_restart_with_the_clock_set_back(tmp_path):
         assert rt.kernel.tasks[pid].done, rt.kernel.tasks[pid].state
     finally:
         rt.journal.close()
+
+
+# -- D5: a lazy unmount leaves the daemon running while any descriptor is open -----------------------------------
+
+def waits_on_fuse(pid: int) -> bool:
+    """Whether process `pid` sleeps waiting for a FUSE request's answer."""
+    with open(f"/proc/{pid}/wchan") as wchan:
+        return wchan.read() == "request_wait_answer"
+
+
+@pytest.mark.mount
+@pytest.mark.xfail(strict=True, reason="redteam4 D5: after `fusermount3 -u -z` the daemon serves the detached tree "
+                                       "for as long as anyone holds a descriptor on it (a blocked `cat wait` of a "
+                                       "long task), keeping the state dir's lock: the next start is refused "
+                                       "(mount.py lock_state_dir) until someone finds and kills the old pid")
+def test_a_new_daemon_starts_after_a_lazy_unmount_with_a_reader_blocked(tmp_path):
+    """With a `cat tasks/PID/wait` blocked on a 100 s task, `fusermount3 -u -z` and then a new daemon on the
+    same state directory: the new one mounts."""
+    old = Daemon(tmp_path / "ai", tmp_path / "state", SLOW_SIM).start()
+    reader = None
+    try:
+        pid = old.submit("name=long max_tokens=1000")
+        reader = subprocess.Popen(["cat", old.path("tasks", str(pid), "wait")], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        poll_until(lambda: waits_on_fuse(reader.pid), 10, "cat blocks in its read")
+        subprocess.run(["fusermount3", "-u", "-z", old.mountpoint], check=True)
+        new = Daemon(tmp_path / "ai", tmp_path / "state", SLOW_SIM)
+        try:
+            new.start(timeout=15)
+        finally:
+            new.stop()
+    finally:
+        if reader is not None:
+            reader.kill()
+            reader.wait()
+        old.stop()
