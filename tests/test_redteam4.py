@@ -20,8 +20,8 @@ import pytest
 from apeinxfs import config as config_mod
 from apeinxfs.journal import Journal
 from apeinxfs.kernel.errors import ApeinxError
-from apeinxfs.kernel.events import Chunk, Step, Submit, Tick
-from apeinxfs.kernel.spec import TaskSpec
+from apeinxfs.kernel.events import Chunk, Control, Step, Submit, Tick
+from apeinxfs.kernel.spec import TaskCommand, TaskSpec
 from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.tree import Tree
 from apeinxfs.runtime import Runtime
@@ -287,3 +287,29 @@ def test_a_new_daemon_starts_after_a_lazy_unmount_with_a_reader_blocked(tmp_path
             reader.kill()
             reader.wait()
         old.stop()
+
+
+# -- D6: a read of a task's events rebuilds all its lines --------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="redteam4 D6: a read of tasks/PID/events joins every line the task has kept "
+                                       "(trace.py of_task, through nodes/base.py LogHandle.read), whatever the read's "
+                                       "size: 310 ms of the daemon's one thread per read at 50,000 lines, which one "
+                                       "user makes with five writes of 10,000 `prio N` lines to its task's ctl")
+@pytest.mark.invariants_every(1000)
+async def test_a_small_read_of_a_long_task_events_file_copies_no_more_than_it_returns(tmp_path):
+    """A 4 KiB read at the start of the events of a task given 30,000 prio changes allocates under 1 MiB."""
+    with open_runtime(tmp_path) as rt:
+        tree = Tree(rt)
+        pid = rt.commit([Submit(spec=TaskSpec(name="long", max_tokens=1000), uid=0)])[0]
+        for _ in range(3):
+            rt.commit([Control(pid=pid, command=TaskCommand("prio", 1 + n % 9)) for n in range(10_000)])
+        events = tree.lookup(tree.lookup(tree.lookup(1, "tasks").inode, str(pid)).inode, "events")
+        handle = events.open(ROOT_CALLER, writing=False, reading=True)
+        tracemalloc.start()
+        try:
+            data = await handle.read(0, 4096, None)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert len(data) == 4096
+        assert peak < MIB, f"a 4 KiB read of a task's events allocated {peak / MIB:.1f} MiB"
