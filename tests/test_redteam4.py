@@ -13,9 +13,11 @@ import json
 import os
 import signal
 import subprocess
+import time
 import tracemalloc
 
 import pytest
+import trio
 
 from apeinxfs import config as config_mod
 from apeinxfs.journal import Journal
@@ -24,7 +26,7 @@ from apeinxfs.kernel.events import Chunk, Control, Step, Submit, Tick
 from apeinxfs.kernel.spec import TaskCommand, TaskSpec
 from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.tree import Tree
-from apeinxfs.runtime import Runtime
+from apeinxfs.runtime import Runtime, WallClock
 from daemon import Daemon, poll_until, sim_config
 from test_journal_runtime import open_runtime
 from unixusers import SYSTEM_PYTHON, as_user, shared_mount, users_of_test
@@ -313,3 +315,35 @@ async def test_a_small_read_of_a_long_task_events_file_copies_no_more_than_it_re
             tracemalloc.stop()
         assert len(data) == 4096
         assert peak < MIB, f"a 4 KiB read of a task's events allocated {peak / MIB:.1f} MiB"
+
+
+# -- D7: the daemon's wall clock never follows a step of the host's --------------------------------------------
+
+class SteppedHostClock:
+    """time.time_ns of a host whose clock NTP steps forward by `step_ns` once `stepped` is set."""
+
+    def __init__(self, real, step_ns: int):
+        self.real, self.step_ns, self.stepped = real, step_ns, False
+
+    def __call__(self) -> int:
+        return self.real() + (self.step_ns if self.stepped else 0)
+
+
+@pytest.mark.xfail(strict=True, reason="redteam4 D7: WallClock (runtime.py:50) reads the host's clock once, at its "
+                                       "first use, and then adds trio's monotonic time: a daemon started before NTP "
+                                       "set the clock (or across a suspend, which the monotonic clock does not count) "
+                                       "stamps trace lines, bills and budget windows off by the step for its whole run")
+def test_the_daemon_clock_follows_the_host_clock_after_it_is_stepped(monkeypatch):
+    """After the host's clock is stepped an hour forward, the daemon's clock reads within a minute of it."""
+    host = SteppedHostClock(time.time_ns, 3600 * 10**9)
+    monkeypatch.setattr(time, "time_ns", host)
+
+    async def main() -> int:
+        clock = WallClock()
+        clock.now_us()
+        host.stepped = True
+        await trio.sleep(0.01)
+        return clock.now_us()
+
+    daemon_us = trio.run(main)
+    assert abs(daemon_us - host() // 1000) < 60 * 10**6, f"{(host() // 1000 - daemon_us) / 1e6:.0f} s behind"
