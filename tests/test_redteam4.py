@@ -1,11 +1,12 @@
 """Red team 4: the daemon attacked through its environment and an unprivileged user's resources.
 
 Each defect found is a strict xfail test here, reason "redteam4 Dn: ...", for its mend to turn into a
-passing test: a journal deleted under a running daemon (acknowledged writes lost), open show files that
-pin a rendered copy each with no bound per uid (daemon memory), a `stream` read that copies the whole
-rest of the output whatever its size, and a wall clock set back across a restart (kernel time frozen,
-budgets not enforced). Real mounts (tests/daemon.py), real users (tests/unixusers.py), a Runtime on a
-fake clock.
+passing test: D1 a journal deleted under a running daemon (acknowledged writes lost), D2 open show files
+and directories that pin a copy each with no bound per uid (daemon memory), D3 a `stream` read and D6 a
+task `events` read that copy the whole file whatever the read's size (the daemon's one thread), D4 a wall
+clock set back across a restart (kernel time frozen, budgets not enforced), D5 a lazy unmount that leaves
+the daemon and its lock behind while any reader is blocked, D7 a daemon clock that never follows the host's.
+Real mounts (tests/daemon.py), a real user (tests/unixusers.py), a Runtime on a fake clock.
 """
 import errno
 import glob
@@ -136,6 +137,17 @@ def test_one_user_holding_open_directories_cannot_grow_the_daemon_without_bound(
 OUTPUT_MIB = 32
 
 
+async def first_read_allocating(tree: Tree, pid: int, name: str) -> tuple[bytes, int]:
+    """(What a 4 KiB read at the start of tasks/PID/NAME returns, the most bytes allocated at once meanwhile)."""
+    node = tree.lookup(tree.lookup(tree.lookup(1, "tasks").inode, str(pid)).inode, name)
+    handle = node.open(ROOT_CALLER, writing=False, reading=True)
+    tracemalloc.start()
+    try:
+        return await handle.read(0, 4096, None), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.xfail(strict=True, reason="redteam4 D3: stream_poll (nodes/tasks.py:59) copies the output from the offset "
                                        "to its end twice at every read, whatever the read's size: 49 ms of the "
                                        "daemon's one thread per read of a 32 MiB output, however small")
@@ -146,14 +158,7 @@ async def test_a_small_stream_read_of_a_long_output_copies_no_more_than_it_retur
         pid = rt.commit([Submit(spec=TaskSpec(name="long", max_tokens=1000), uid=0)])[0]
         for _ in range(OUTPUT_MIB):
             rt.deliver(Step(gpu=0, chunks=[Chunk(pid=pid, text="w" * MIB, tokens=1)]))
-        stream = tree.lookup(tree.lookup(tree.lookup(1, "tasks").inode, str(pid)).inode, "stream")
-        handle = stream.open(ROOT_CALLER, writing=False, reading=True)
-        tracemalloc.start()
-        try:
-            data = await handle.read(0, 4096, None)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        data, peak = await first_read_allocating(tree, pid, "stream")
         assert len(data) == 4096
         assert peak < MIB, f"a 4 KiB read of a {OUTPUT_MIB} MiB output allocated {peak / MIB:.1f} MiB"
 
@@ -247,7 +252,8 @@ def test_a_deadline_expires_after_a_restart_with_the_clock_set_back(tmp_path):
     """A task with a 1 s deadline, submitted after a restart with the clock a day behind, has expired 60 s later."""
     rt, clock = a_day_behind(tmp_path)
     try:
-        pid = rt.commit([Submit(spec=TaskSpec(name="soon", max_tokens=5, deadline_us=1_000_000, tenant="t"), uid=1000)])[0]
+        spec = TaskSpec(name="soon", max_tokens=5, deadline_us=1_000_000, tenant="t")
+        pid = rt.commit([Submit(spec=spec, uid=1000)])[0]
         clock.now += 60_000_000
         rt.deliver(Tick())
         assert rt.kernel.tasks[pid].done, rt.kernel.tasks[pid].state
@@ -305,14 +311,7 @@ async def test_a_small_read_of_a_long_task_events_file_copies_no_more_than_it_re
         pid = rt.commit([Submit(spec=TaskSpec(name="long", max_tokens=1000), uid=0)])[0]
         for _ in range(3):
             rt.commit([Control(pid=pid, command=TaskCommand("prio", 1 + n % 9)) for n in range(10_000)])
-        events = tree.lookup(tree.lookup(tree.lookup(1, "tasks").inode, str(pid)).inode, "events")
-        handle = events.open(ROOT_CALLER, writing=False, reading=True)
-        tracemalloc.start()
-        try:
-            data = await handle.read(0, 4096, None)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        data, peak = await first_read_allocating(tree, pid, "events")
         assert len(data) == 4096
         assert peak < MIB, f"a 4 KiB read of a task's events allocated {peak / MIB:.1f} MiB"
 
