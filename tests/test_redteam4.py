@@ -10,7 +10,6 @@ Real mounts (tests/daemon.py), a real user (tests/unixusers.py), a Runtime on a 
 """
 import errno
 import glob
-import json
 import os
 import signal
 import subprocess
