@@ -463,9 +463,13 @@ class CommandHandle(Handle):
         refusal reaches no caller: like any refusal it is journaled, traced and audited, also when it comes
         after the close (`refused_at_close`)."""
         with self.holding(), self.closing():
-            if self.pending:
-                lines, self.pending = [bytes(self.pending)], bytearray()
-                self._run(lines)
+            self._last_close()
+
+    def _last_close(self) -> None:
+        """What the last close runs (inside `closing`): an unterminated last line."""
+        if self.pending:
+            lines, self.pending = [bytes(self.pending)], bytearray()
+            self._run(lines)
 
     @contextlib.contextmanager
     def closing(self):

@@ -61,12 +61,11 @@ class RulesHandle(CommandHandle):
         self.replacing = False
         return replies
 
-    def release(self) -> None:
+    def _last_close(self) -> None:
         """Run an unterminated last line; then, if opened with O_TRUNC and nothing was written
         (`: > ctl/policy`), empty the list. A refused write leaves it as it was: all or nothing."""
-        with self.closing():
-            try:
-                super().release()
-            finally:
-                if self.replacing and not self.written:
-                    self._run([])
+        try:
+            super()._last_close()
+        finally:
+            if self.replacing and not self.written:
+                self._run([])
