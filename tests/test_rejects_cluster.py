@@ -13,6 +13,7 @@ import errno
 import io
 import socket
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -25,15 +26,12 @@ from apeinxfs.cluster.peer_server import PeerServer, prepare
 from apeinxfs.cluster.peer_wire import REJECTS_HEADER, TokenFile, Tokens
 from apeinxfs.cluster.records import NodeRecord
 from apeinxfs.kernel.errors import ApeinxError, Denied
-from apeinxfs.nodes import ctl
-from apeinxfs.nodes.base import Caller, Command
-from apeinxfs.nodes.forwarding import Forwarding
-from apeinxfs.nodes.tenants import tenants_ctl
+from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.tree import Tree
 from engines import free_port
 from test_nodes import resolve
 from test_rejects import rejects
-from test_shared_settings import EchoEtcd, add, node
+from test_shared_settings import EchoEtcd, add, ctl_tenants, node
 
 TOKEN = b"rejects-" + b"0" * 16
 ADMIN = Caller(uid=0, pid=10)
@@ -73,6 +71,7 @@ def a_router(tmp_path, url: str, records=(), models=("sim",)):
                                     [*records, NodeRecord(name="b", epoch=1, seen_us=0, slots_free=8,
                                                           kv_pages_free=100, models=models, advertise="b")])
     router.peers["http://b"] = Peer(url, TOKEN, timeout=TIMEOUT_S, connect_timeout=TIMEOUT_S)
+    Tree(router.rt)  # a's tree: its ctl files' refused writes are recorded at their paths in it
     return router
 
 
@@ -211,8 +210,7 @@ async def test_a_split_submit_partly_run_leaves_the_refusals_and_the_lost_answer
                 name="a", epoch=1, seen_us=0, slots_free=8, kv_pages_free=100, models=("sim",), advertise="a")],
                 models=b_models)
             rt = router.rt
-            submit = Forwarding(mode=0o100666, run=ctl.submit(rt), route=router.route_submit,
-                                limits=rt.buffers, rejects=rt.rejects_at("/ctl/submit"))
+            submit = attrs.evolve(resolve(Tree(rt), "/ctl/submit"), route=router.route_submit)
             handle = submit.open(ADMIN, writing=True, reading=True)
             with pytest.raises(ApeinxError) as refused:
                 await handle.write_async("".join(f"{line}\n" for line in lines).encode())
@@ -224,8 +222,7 @@ async def test_a_split_submit_partly_run_leaves_the_refusals_and_the_lost_answer
 
 
 def tenants(rt):
-    return Command(mode=0o100600, run=tenants_ctl(rt), limits=rt.buffers, rejects=rt.rejects_at("/ctl/tenants")).open(
-        ADMIN, writing=True, reading=True)
+    return ctl_tenants(rt, ADMIN)
 
 
 @pytest.mark.parametrize("member, here", [(closed, 1), (silent, 0)])

@@ -47,7 +47,7 @@ class RulesFile(Setting):
     rt: object = None
 
     def open(self, caller, writing, reading, truncating=False):
-        return RulesHandle(self, caller, self.limits, replacing=truncating) if writing else SnapshotHandle(self)
+        return RulesHandle(self, caller, self.writes.limits, replacing=truncating) if writing else SnapshotHandle(self)
 
 
 @attrs.define(eq=False)
