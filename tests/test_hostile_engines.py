@@ -96,6 +96,11 @@ async def one_endless_chunk(stream):
         await trio.sleep(0.001)
 
 
+async def an_error_body_then_silence(stream):
+    await stream.send_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 100000\r\n\r\n" + b"x" * openai.ERROR_BYTES)
+    await trio.sleep_forever()
+
+
 async def an_endless_error_body(stream):
     await stream.send_all(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n")
     while True:
@@ -111,6 +116,7 @@ BUSY_WITHOUT_TOKENS = {  # an engine's answer, and the bound that ends it
                       "stream broke after 0 tokens: an event of over 1048576 characters of data"),
     "endless chunk": (one_endless_chunk, "stream broke after 0 tokens: a line of over 1048576 bytes"),
     "endless error body": (an_endless_error_body, "HTTP 400: " + "x" * openai.ERROR_BYTES),
+    "error body, then silence": (an_error_body_then_silence, "HTTP 400: " + "x" * openai.ERROR_BYTES),
 }
 
 

@@ -117,6 +117,8 @@ class Tree:
         self.rt = rt
         self.static: dict[int, object] = {}
         self.paths: dict[int, str] = {}
+        if hasattr(rt, "writes"):  # files built later by either tree would take the last tree's paths
+            raise RuntimeError("one Tree per Runtime: this one already has a tree")
         rt.writes = Writes(rt.buffers, self.reject_at)  # every ctl and settings file's, built from here on
         self.root = build_root(rt)
         self.named = [self.root.children[name] for name in ("models", "tenants", "nodes")]
