@@ -31,7 +31,7 @@ from .drivers import enginestate, metrics
 from .enginehost import DriverGroups
 from .health import Health
 from .journal import LAST, Emitted, Journal
-from .nodes.base import Rejects
+from .nodes.base import Writes
 from .nodes.buffers import Buffers
 from .readers import Readers
 from .kernel import Kernel
@@ -107,6 +107,7 @@ class Runtime:
         self.supervisor = Supervisor(lambda: self.clock.now_us())  # the background loops' bugs (supervise.py)
         self.readers = Readers(self.notifier, config.max_waiters, config.max_waiters_per_uid)
         self.buffers = Buffers(config.limits.write_lines, config.limits.pending_bytes)
+        self.writes: Writes  # the ctl and settings files' limits and reject lines: set by the Tree built over it
         self.quarantined: dict = {}  # journal seq -> recovery.Quarantined: rows recover() went on without
         self.readings = None  # drivers/nvml.Readings of the real GPUs, set by the daemon (mount.py)
         self.engine_metrics: dict = {}  # model -> drivers/metrics.Observation, the last scrape of its engine
@@ -209,10 +210,6 @@ class Runtime:
             tasks = self.kernel.tasks
             done = tasks.trees_done([pid for pid in pids if pid in tasks])
             self.notifier.wake([("done", pid) for pid in pids if pid not in tasks or pid in done])
-
-    def rejects_at(self, path: str) -> Rejects:
-        """Where the refused writes of the ctl file at `path` are recorded: `reject`."""
-        return Rejects(self.reject, path)
 
     def reject(self, path: str, error: ApeinxError, uid: int, pid: int = 0, tenant: str | None = None) -> None:
         """Record a refused write in the journal and trace (and, for a denial, the audit trail): the `reject`

@@ -32,7 +32,7 @@ from .livekeys import LiveKeys
 from .member import PUBLISH_S, RETRY_S, Member
 from .pids import take_block, wants_block
 from .etcd_records import Lease
-from .records import Keys, LiveRanges, NodeRecord, NodeView, record_of, scan
+from .records import Keys, LiveRanges, NodeRecord, NodeView, live_ranges, record_of
 from .replicas import Replicas
 from .routing import Router
 from .settings import ClusterSettings
@@ -212,7 +212,7 @@ def node_seen(rt, name: str) -> NodeView | None:
 
 def tasks_seen(rt, name: str) -> str | None:
     """Node `name`'s live pids as ranges, as /nodes shows them: the cluster's view's (`tasks_of`); on a single
-    node its own, read off its kernel; None where `node_seen` is (no record, another name)."""
+    node its own, read off its kernel's index of live pids; None where `node_seen` is (no record, another name)."""
     if rt.cluster is not None:
         return rt.cluster.view.tasks_of(name) if name in rt.cluster.view.records else None
-    return scan(rt.kernel)[0] if name == rt.kernel.config.node else None
+    return live_ranges(rt.kernel) if name == rt.kernel.config.node else None

@@ -105,8 +105,12 @@ def scan(kernel) -> tuple[str, dict[str, str]]:
     """The live pids of a record, read off the task table's index of them: (all as ranges, each tenant's as
     ranges)."""
     by_tenant = kernel.tasks.live_pids.by_tenant
-    every = sorted(pid for pids in by_tenant.values() for pid in pids)
-    return pid_ranges(every), tenant_ranges({tenant: pid_ranges(sorted(pids)) for tenant, pids in by_tenant.items()})
+    return live_ranges(kernel), tenant_ranges({tenant: pid_ranges(sorted(pids)) for tenant, pids in by_tenant.items()})
+
+
+def live_ranges(kernel) -> str:
+    """Every live pid as ranges (`scan`'s first part), read off the task table's index of them."""
+    return pid_ranges(sorted(pid for pids in kernel.tasks.live_pids.by_tenant.values() for pid in pids))
 
 
 @attrs.define
