@@ -74,16 +74,19 @@ class CannotRun:
     def __init__(self, reason: str):
         self.reason = reason
 
+    def why(self, model: str) -> str:
+        """Why a task of `model` cannot run, in words: its failure's reason, a submit's refusal (nodes/ctl.py)."""
+        return f"model {model} cannot run: {self.reason}"
+
     async def serve(self, gpu: int, host: ModelHost) -> None:
-        failed: set = set()  # pids told to fail, until the kernel has them out of the batch
+        """Fail each task of the batch, again at each change of it: a failed task leaves the batch, so none is
+        failed twice, and a failure the journal could not take (degraded: runtime.deliver drops it) is made again
+        when the batch comes back, at the recovery's wake of every GPU."""
         batch = await host.next_batch(gpu)
         while True:
             for task in batch:
-                if task.pid not in failed:
-                    failed.add(task.pid)
-                    host.deliver(Failed(pid=task.pid, reason=f"model {task.model} cannot run: {self.reason}"))
+                host.deliver(Failed(pid=task.pid, reason=self.why(task.model)))
             batch = await host.batch_changed(gpu)
-            failed &= {task.pid for task in batch}  # those out of the batch are forgotten
 
 
 def check_drivers(models: dict) -> None:
