@@ -135,9 +135,17 @@ class DriverGroups:
         except Exception as exc:
             driver = CannotRun(f"the driver cannot be built: {exc}")
             state, error = "failed", driver.reason
+            self._no_engine(models)
         for name in models:
             self.rt.report_state(name, state, error)
         self.running[key] = (models, self._start(driver, models))
+
+    def _no_engine(self, models: dict) -> None:
+        """Models that cannot run have no engine: what their engines last said they hold in KV (journaled, from
+        before) is reported empty, so it takes no GPU's pages from the tasks of any model (kernel/kvreport.py)."""
+        for model, gpus in [key for key, report in self.rt.kernel.engines.kv_reports.reports.items()
+                            if key[0] in models and report.tokens]:
+            self.rt.report_kv(model, gpus, 0)
 
     def _start(self, driver, models: dict) -> trio.CancelScope:
         scope = trio.CancelScope()

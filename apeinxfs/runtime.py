@@ -322,16 +322,25 @@ class Runtime:
             self.observed += 1
 
     def report_state(self, model: str, state: str, error: str | None = None, gpus: tuple = ()) -> None:
-        """Keep what a check of `model`'s engine (of its endpoint on `gpus`) found (for models of the kernel only)."""
-        if model in self.kernel.models:
-            states, key = (self.endpoint_states, (model, gpus)) if gpus else (self.engine_states, model)
-            before = states.get(key)
-            states[key] = enginestate.advance(before, state, error, self.clock.now_us())
-            self.observed += states[key] != before
-            if gpus:
-                self.engine_states[model] = enginestate.best(
-                    [seen for (m, _), seen in self.endpoint_states.items() if m == model])
-            self._follow_outage(model, enginestate.outage(states[key]), gpus)
+        """Keep what a check of `model`'s engine (of its endpoint on `gpus`) found (for models of the kernel only).
+        A report naming no GPUs of a model with endpoints (its driver's start: enginehost.py) is of each endpoint:
+        the kernel holds such a model down only as its endpoints are (kernel/engines.py), so an endpoint left down
+        from before a restart is not kept closed, its tasks neither placed nor stalled, by a report of the whole."""
+        if model not in self.kernel.models:
+            return
+        endpoints = self.kernel.models[model].endpoints
+        for where in [endpoint.gpus for endpoint in endpoints] if endpoints and not gpus else [gpus]:
+            self._report_state(model, state, error, where)
+
+    def _report_state(self, model: str, state: str, error: str | None, gpus: tuple) -> None:
+        states, key = (self.endpoint_states, (model, gpus)) if gpus else (self.engine_states, model)
+        before = states.get(key)
+        states[key] = enginestate.advance(before, state, error, self.clock.now_us())
+        self.observed += states[key] != before
+        if gpus:
+            self.engine_states[model] = enginestate.best(
+                [seen for (m, _), seen in self.endpoint_states.items() if m == model])
+        self._follow_outage(model, enginestate.outage(states[key]), gpus)
 
     def _follow_outage(self, model: str, reason: str | None, gpus: tuple = ()) -> None:
         """Journal an EngineHealth event when the engine's (endpoint's) outage begins or ends as the kernel knows it."""
