@@ -10,7 +10,9 @@ starts new ones; a restarted driver picks up its models' running tasks again (th
 driver resumes each after the text it has). The configured drivers are built before the mount (`check_drivers`),
 so a bad option in the configuration fails the daemon's start, and /ctl/models builds one before it commits; a
 model from the journal whose driver cannot be built (options refused since) is failed alone, the daemon starts,
-and its tasks fail at once saying why (`CannotRun`): a permanent fault, not an outage to wait out.
+and its tasks fail at once saying why (`CannotRun`): a permanent fault, not an outage to wait out. Such a model has
+no engine: its engines' KV reports from before count as empty, and a submit to it is refused (ENXIO, nodes/ctl.py,
+by `rt.cannot_run`).
 While the daemon is degraded (health.py) every batch looks empty: the drivers stop their
 jobs, and start them again, after the text each task has, when it recovers. A driver's serve and
 observe are supervised (supervise.py): a bug in one is shown in /ai/health and that one started
@@ -120,7 +122,10 @@ class DriverGroups:
         nor the daemon: its models' state says failed and why, and /ctl/models can remove or replace them."""
         wanted = groups_of(self.rt.kernel.models, self.configured)
         for key in [key for key, (models, _) in self.running.items() if wanted.get(key) != models]:
-            self.running.pop(key)[1].cancel()
+            models, scope = self.running.pop(key)
+            scope.cancel()
+            for name in models:
+                self.rt.cannot_run.pop(name, None)
         for key, models in wanted.items():
             if key not in self.running:
                 self._start_or_fail(key, models)
@@ -135,6 +140,7 @@ class DriverGroups:
         except Exception as exc:
             driver = CannotRun(f"the driver cannot be built: {exc}")
             state, error = "failed", driver.reason
+            self.rt.cannot_run.update(dict.fromkeys(models, driver))
             self._no_engine(models)
         for name in models:
             self.rt.report_state(name, state, error)

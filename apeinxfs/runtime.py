@@ -113,6 +113,7 @@ class Runtime:
         self.engine_states: dict = {}  # model -> drivers/enginestate.EngineState, what its driver's checks found (observed)
         self.endpoint_metrics: dict = {}  # (model, gpus) -> the last scrape of one endpoint of a model with endpoints
         self.endpoint_states: dict = {}  # (model, gpus) -> one endpoint's EngineState (engine_states: the best of them)
+        self.cannot_run: dict = {}  # model -> the enginehost.CannotRun serving it: its driver cannot be built
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
         self.journal_due = False  # the steps waiting are to be journaled next round (a trace line, or PROGRESS_S)
         self.snapshotter = None  # compaction.Snapshotter, set by the daemon (mount.py): snapshots and compaction

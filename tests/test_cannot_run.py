@@ -4,11 +4,12 @@ Model ext is kept in the journal with options its driver now refuses (retries = 
 started again from that journal under trio's autojump clock, and a task of ext must end, failed with
 the reason, whatever the journal held of ext's engine before: a full KV report, every endpoint down.
 The journal is made to fail at the one delivery of the task's failure (test_storage_faults' FailingDb)."""
+import attrs
 import pytest
 import trio
 
 from apeinxfs.kernel.config import ModelConfig
-from apeinxfs.kernel.events import EngineHealth, EngineKV, Failed, SetModel
+from apeinxfs.kernel.events import EngineHealth, EngineKV, Failed, RemoveModel, SetModel
 from apeinxfs.runtime import PROBE_S
 from test_journal_runtime import open_runtime, submit
 from test_storage_faults import FailingDb, full_error
@@ -95,3 +96,20 @@ async def test_a_model_that_cannot_run_with_endpoints_down_before_the_restart_fa
             nursery.cancel_scope.cancel()
         assert not rt.kernel.engines.book.parts.get("ext") and rt.engine_states["ext"].state == "failed"
     assert all(cannot_run(line) for line in exit_lines)
+
+
+async def test_a_model_that_cannot_run_is_forgotten_as_such_once_removed_or_replaced(tmp_path, autojump_clock):
+    """The models whose submits are refused (runtime.cannot_run) are those a CannotRun serves now: ext while its
+    options are refused, not once removed, nor once added again with options its driver takes."""
+    with journal_then_restart(tmp_path, EXT, []) as rt:
+        rt.recover()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rt.run)
+            refused = set(rt.cannot_run)
+            rt.commit([RemoveModel(name="ext", uid=0)])
+            await trio.sleep(1)
+            removed = set(rt.cannot_run)
+            rt.commit([SetModel(model=attrs.evolve(EXT, options={"url": "http://127.0.0.1:9"}), what="add", uid=0)])
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+    assert (refused, removed, set(rt.cannot_run)) == ({"ext"}, set(), set())
