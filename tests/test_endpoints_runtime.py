@@ -151,3 +151,19 @@ async def test_each_endpoint_is_scraped_and_its_kv_report_reaches_its_gpu(tmp_pa
         engine = dict(line.split(" ", 1) for line in text(tree, "/models/llm/engine").splitlines())
         assert engine["source"] == f"{urls[0]}/metrics,{urls[1]}/metrics" and engine["kv_tokens"] == "363456"
         assert "State:\tready" in text(tree, "/models/llm/status")
+
+
+def test_a_report_of_the_whole_model_is_each_endpoints_so_none_stays_closed_under_a_model_up(tmp_path):
+    """Both endpoints journaled down (the model down), then a report naming no GPUs, as a driver's start makes:
+    it is each endpoint's, so the model is up only with its endpoints open (its tasks placed, not left closed
+    out of every GPU and never stalled), and down again with them."""
+    with open_runtime(tmp_path, TWO_GPUS) as rt:
+        for gpus in [(0,), (1,)]:
+            rt.report_state("llm", "unreachable", "refused", gpus)
+        assert rt.kernel.engines.is_down("llm")
+        rt.report_state("llm", "starting")
+        opened = (rt.kernel.engines.is_down("llm"), rt.kernel.engines.where("llm", [0, 1]))
+        rt.report_state("llm", "unreachable", "refused")
+        assert opened == (False, [0, 1]) and rt.kernel.engines.is_down("llm")
+        assert [(e.up, e.gpus) for e in journaled(rt, EngineHealth)][2:] == [(True, (0,)), (True, (1,)),
+                                                                            (False, (0,)), (False, (1,))]
