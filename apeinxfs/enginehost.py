@@ -81,14 +81,14 @@ class CannotRun:
         return f"model {model} cannot run: {self.reason}"
 
     async def serve(self, gpu: int, host: ModelHost) -> None:
-        """Fail each task of the batch, again at each change of it: a failed task leaves the batch, so none is
-        failed twice, and a failure the journal could not take (degraded: runtime.deliver drops it) is made again
-        when the batch comes back, at the recovery's wake of every GPU."""
-        batch = await host.next_batch(gpu)
+        """Fail each task of the batch, and read the batch again before sleeping: a failure frees a slot that the
+        kernel fills at once with the next queued task, waking this GPU while no one waits (Notifier keeps no
+        wake), so that task is failed in the same loop. No busy loop: a failed task leaves the batch, and while
+        degraded the batch is empty; a failure the journal could not take (runtime.deliver drops it) is made
+        again when the batch comes back, at the recovery's wake of every GPU."""
         while True:
-            for task in batch:
+            for task in await host.next_batch(gpu):
                 host.deliver(Failed(pid=task.pid, reason=self.why(task.model)))
-            batch = await host.batch_changed(gpu)
 
 
 def check_drivers(models: dict) -> None:

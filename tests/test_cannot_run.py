@@ -9,23 +9,26 @@ import pytest
 import trio
 
 from apeinxfs.kernel.config import ModelConfig
-from apeinxfs.kernel.events import EngineHealth, EngineKV, Failed, RemoveModel, SetModel
+from apeinxfs.kernel.events import EngineHealth, EngineKV, Failed, RemoveModel, SetModel, Submit
+from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.runtime import PROBE_S
 from test_journal_runtime import open_runtime, submit
 from test_storage_faults import FailingDb, full_error
 
 REFUSED = {"retries": 200}  # out of bounds for the openai driver: it cannot be built
 TWO_GPUS = '[gpus]\nsimulated = 2\n[kv]\npage_mib = 1\n[[models]]\nname = "b"\n'
+ONE_SLOT_EACH = TWO_GPUS.replace("simulated = 2\n", "simulated = 2\nslots = 1\n")
 EXT = ModelConfig(name="ext", driver="openai", options={"url": "http://127.0.0.1:9", **REFUSED})
 EXT_AT_ENDPOINTS = ModelConfig(name="ext", driver="openai", options=REFUSED, endpoints=[
     {"url": "http://127.0.0.1:9", "gpus": [0]}, {"url": "http://127.0.0.1:10", "gpus": [1]}])
 
 
-def journal_then_restart(tmp_path, model: ModelConfig, events: list):
-    """A runtime recovered from a journal holding `model` and then `events`."""
-    with open_runtime(tmp_path, TWO_GPUS) as rt:
-        rt.commit([SetModel(model=model, what="add ext", uid=0), *events])
-    return open_runtime(tmp_path, TWO_GPUS)
+def journal_then_restart(tmp_path, model: ModelConfig, events: list, conf: str = TWO_GPUS):
+    """A runtime (configured by `conf`) recovered from a journal holding `model` and then `events`."""
+    with open_runtime(tmp_path, conf) as rt:
+        rt.commit([SetModel(model=model, what="add ext", uid=0)])
+        rt.commit(events)
+    return open_runtime(tmp_path, conf)
 
 
 async def ended(rt, pids: list[int]) -> list[str]:
@@ -64,6 +67,32 @@ async def test_a_failure_whose_delivery_the_journal_refused_is_delivered_again_a
             [exit_line] = await ended(rt, [pid])
             nursery.cancel_scope.cancel()
     assert cannot_run(exit_line) and len(delivered) == 2
+
+
+async def test_tasks_queued_beyond_the_free_slots_each_fail(tmp_path, autojump_clock):
+    """Five tasks of ext on two GPUs of one slot each: each failure seats the next queued task (its GPU woken while
+    CannotRun was still failing), and that one fails too, none left running for ever."""
+    with journal_then_restart(tmp_path, EXT, [], ONE_SLOT_EACH) as rt:
+        rt.recover()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rt.run)
+            exit_lines = await ended(rt, [submit(rt, model="ext") for _ in range(5)])
+            nursery.cancel_scope.cancel()
+    assert all(cannot_run(line) for line in exit_lines)
+
+
+async def test_a_backlog_journaled_before_the_restart_each_fails_and_the_model_is_removed(tmp_path, autojump_clock):
+    """20 tasks of ext queued in the journal, then a restart on 2 GPUs of 8 slots: each ends failed saying why,
+    and `remove ext` is not refused busy."""
+    backlog = [Submit(spec=TaskSpec(name="q", max_tokens=5, model="ext"), uid=1000) for _ in range(20)]
+    with journal_then_restart(tmp_path, EXT, backlog) as rt:
+        rt.recover()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rt.run)
+            exit_lines = await ended(rt, sorted(rt.kernel.tasks))
+            rt.commit([RemoveModel(name="ext", uid=0)])
+            nursery.cancel_scope.cancel()
+    assert len(exit_lines) == 20 and all(cannot_run(line) for line in exit_lines) and "ext" not in rt.kernel.models
 
 
 async def test_a_stale_full_kv_report_of_a_model_that_cannot_run_is_cleared(tmp_path, autojump_clock):
