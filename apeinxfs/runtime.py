@@ -324,16 +324,24 @@ class Runtime:
 
     def report_state(self, model: str, state: str, error: str | None = None, gpus: tuple = ()) -> None:
         """Keep what a check of `model`'s engine (of its endpoint on `gpus`) found (for models of the kernel only).
-        A report naming no GPUs of a model with endpoints (its driver's start: enginehost.py) is of each endpoint:
-        the kernel holds such a model down only as its endpoints are (kernel/engines.py), so an endpoint left down
-        from before a restart is not kept closed, its tasks neither placed nor stalled, by a report of the whole."""
+        A report naming no GPUs of a model with endpoints (its driver's start: enginehost.py) is the model's own: it
+        opens or closes no endpoint, the kernel holding the model down only as its endpoints are (kernel/engines.py),
+        so an endpoint down from before a restart stays closed until its own check finds it back. Unless it says
+        failed (its driver cannot be built: enginehost.CannotRun): then it is each endpoint's, none an outage to wait
+        out, so the model's tasks reach a GPU and fail at once."""
         if model not in self.kernel.models:
             return
         endpoints = self.kernel.models[model].endpoints
-        for where in [endpoint.gpus for endpoint in endpoints] if endpoints and not gpus else [gpus]:
-            self._report_state(model, state, error, where)
+        if gpus or not endpoints:
+            self._follow_outage(model, self._keep_state(model, state, error, gpus), gpus)
+        elif state == "failed":
+            for endpoint in endpoints:
+                self._follow_outage(model, self._keep_state(model, state, error, endpoint.gpus), endpoint.gpus)
+        else:
+            self._keep_state(model, state, error, ())
 
-    def _report_state(self, model: str, state: str, error: str | None, gpus: tuple) -> None:
+    def _keep_state(self, model: str, state: str, error: str | None, gpus: tuple) -> str | None:
+        """Keep the state a check found of `model`'s engine (its endpoint on `gpus`); the outage it means, if any."""
         states, key = (self.endpoint_states, (model, gpus)) if gpus else (self.engine_states, model)
         before = states.get(key)
         states[key] = enginestate.advance(before, state, error, self.clock.now_us())
@@ -341,7 +349,7 @@ class Runtime:
         if gpus:
             self.engine_states[model] = enginestate.best(
                 [seen for (m, _), seen in self.endpoint_states.items() if m == model])
-        self._follow_outage(model, enginestate.outage(states[key]), gpus)
+        return enginestate.outage(states[key])
 
     def _follow_outage(self, model: str, reason: str | None, gpus: tuple = ()) -> None:
         """Journal an EngineHealth event when the engine's (endpoint's) outage begins or ends as the kernel knows it."""
