@@ -10,9 +10,11 @@ starts new ones; a restarted driver picks up its models' running tasks again (th
 driver resumes each after the text it has). The configured drivers are built before the mount (`check_drivers`),
 so a bad option in the configuration fails the daemon's start, and /ctl/models builds one before it commits; a
 model from the journal whose driver cannot be built (options refused since) is failed alone, the daemon starts,
-and its tasks fail at once saying why (`CannotRun`): a permanent fault, not an outage to wait out. Such a model has
-no engine: its engines' KV reports from before count as empty, and a submit to it is refused (ENXIO, nodes/ctl.py,
-by `rt.cannot_run`).
+and its tasks fail at once saying why (`CannotRun`: each task of its batch, a backlog as each failure frees a slot):
+a permanent fault, not an outage to wait out. Such a model has no engine: its engines' KV reports from before are
+reported empty (`CannotRun.observe`), its endpoints are no outage (runtime.report_state), a submit to it is
+refused (ENXIO, nodes/ctl.py, by `rt.cannot_run`) and a cluster node's record leaves it out (cluster/records.py). A
+failure or a KV report that the degraded journal dropped is made again at the recovery.
 While the daemon is degraded (health.py) every batch looks empty: the drivers stop their
 jobs, and start them again, after the text each task has, when it recovers. A driver's serve and
 observe are supervised (supervise.py): a bug in one is shown in /ai/health and that one started
@@ -60,6 +62,15 @@ class ModelHost:
     def report_kv(self, model: str, gpus: tuple, tokens: int) -> str | None:
         return self.rt.report_kv(model, gpus, tokens)
 
+    def kv_reported(self) -> list[tuple[str, tuple]]:
+        """The (model, gpus) of its models' engines whose last KV report (kernel/kvreport.py) holds tokens."""
+        reports = self.rt.kernel.engines.kv_reports.reports
+        return [key for key, report in reports.items() if key[0] in self.models and report.tokens]
+
+    async def health_changed(self) -> None:
+        """Sleep until the daemon goes degraded or recovers (health.py)."""
+        await self.rt.notifier.wait("health")
+
     def engine_down(self, model: str, gpus: tuple = ()) -> bool:
         return self.rt.kernel.engines.is_down(model, gpus)
 
@@ -75,6 +86,15 @@ class CannotRun:
 
     def __init__(self, reason: str):
         self.reason = reason
+
+    async def observe(self, host: ModelHost) -> None:
+        """Report its models' engines' KV empty: they have none, and a full report from before (journaled) would
+        keep every task off their GPUs (kernel/kvreport.py). Again at each change of the daemon's health: a
+        report the degraded journal dropped (runtime.deliver) is made at the recovery."""
+        while True:
+            for model, gpus in host.kv_reported():
+                host.report_kv(model, gpus, 0)
+            await host.health_changed()
 
     def why(self, model: str) -> str:
         """Why a task of `model` cannot run, in words: its failure's reason, a submit's refusal (nodes/ctl.py)."""
@@ -141,17 +161,9 @@ class DriverGroups:
             driver = CannotRun(f"the driver cannot be built: {exc}")
             state, error = "failed", driver.reason
             self.rt.cannot_run.update(dict.fromkeys(models, driver))
-            self._no_engine(models)
         for name in models:
             self.rt.report_state(name, state, error)
         self.running[key] = (models, self._start(driver, models))
-
-    def _no_engine(self, models: dict) -> None:
-        """Models that cannot run have no engine: what their engines last said they hold in KV (journaled, from
-        before) is reported empty, so it takes no GPU's pages from the tasks of any model (kernel/kvreport.py)."""
-        for model, gpus in [key for key, report in self.rt.kernel.engines.kv_reports.reports.items()
-                            if key[0] in models and report.tokens]:
-            self.rt.report_kv(model, gpus, 0)
 
     def _start(self, driver, models: dict) -> trio.CancelScope:
         scope = trio.CancelScope()

@@ -44,20 +44,27 @@ def cannot_run(exit_line: str) -> bool:
     return exit_line.startswith("failed: model ext cannot run: the driver cannot be built: ")
 
 
+def fault_at_the_first(rt, kind: type) -> list:
+    """Make the journal fail (disk full) at the first delivery of a `kind` event, and from then on until told;
+    the events delivered of that kind, from then on."""
+    rt.journal.db = FailingDb(rt.journal.db)
+    delivered, deliver = [], rt.deliver
+
+    def faulting(*events):
+        if any(isinstance(event, kind) for event in events) and not delivered:
+            rt.journal.db.fault = full_error
+        delivered.extend(event for event in events if isinstance(event, kind))
+        deliver(*events)
+    rt.deliver = faulting
+    return delivered
+
+
 async def test_a_failure_whose_delivery_the_journal_refused_is_delivered_again_after_recovery(tmp_path, autojump_clock):
     """The journal fails at the one delivery of the task's failure (degraded); once it can be written again the
     failure reaches the kernel: the task ends failed saying why, and nothing is delivered while degraded."""
     with journal_then_restart(tmp_path, EXT, []) as rt:
         rt.recover()
-        rt.journal.db = FailingDb(rt.journal.db)
-        delivered, deliver = [], rt.deliver
-
-        def fault_at_the_first_failure(*events):
-            if any(isinstance(event, Failed) for event in events) and not delivered:
-                rt.journal.db.fault = full_error
-            delivered.extend(events)
-            deliver(*events)
-        rt.deliver = fault_at_the_first_failure
+        delivered = fault_at_the_first(rt, Failed)
         async with trio.open_nursery() as nursery:
             await nursery.start(rt.run)
             pid = submit(rt, model="ext")
@@ -108,6 +115,24 @@ async def test_a_stale_full_kv_report_of_a_model_that_cannot_run_is_cleared(tmp_
             nursery.cancel_scope.cancel()
         assert not rt.kernel.kv.unbooked
     assert cannot_run(exit_lines[0]) and exit_lines[1] == "done"
+
+
+async def test_a_stale_kv_report_whose_clearing_the_journal_refused_is_cleared_after_recovery(tmp_path,
+                                                                                                autojump_clock):
+    """The journal fails at the clearing of ext's stale full KV report (degraded); once it can be written again
+    the report is cleared: a task of b, on the same GPUs, runs to its end."""
+    with journal_then_restart(tmp_path, EXT, [EngineKV(model="ext", gpus=(), tokens=10**7)]) as rt:
+        rt.recover()
+        delivered = fault_at_the_first(rt, EngineKV)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rt.run)
+            await trio.sleep(10 * PROBE_S)
+            assert rt.health.fault is not None and len(delivered) == 1 and rt.kernel.kv.unbooked
+            rt.journal.db.fault = None
+            await trio.sleep(2 * PROBE_S)  # recovered at the next probe
+            [exit_line] = await ended(rt, [submit(rt, model="b")])
+            nursery.cancel_scope.cancel()
+    assert exit_line == "done" and [event.tokens for event in delivered] == [0, 0]
 
 
 @pytest.mark.parametrize("down", [[(0,), (1,)], [(1,)]], ids=["every endpoint", "one endpoint"])
