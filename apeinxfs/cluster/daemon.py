@@ -76,7 +76,8 @@ class Cluster:
     def record(self, epoch: int) -> NodeRecord:
         """This node's record now, in `epoch`, every field read off the kernel as it stands; its live pids are
         not in it (`tasks` "", `tenants` {}): they are in its live keys (`live_pids`)."""
-        return record_of(self.rt.kernel, epoch, self.rt.clock.now_us(), self.settings.advertise, ("", {}))
+        return record_of(self.rt.kernel, epoch, self.rt.clock.now_us(), self.settings.advertise, ("", {}),
+                         self.rt.cannot_run)
 
     def live_pids(self) -> dict[str, str]:
         """This node's live pids by tenant, as ranges (its live keys' rows): a look that finds them changed (it
@@ -207,7 +208,7 @@ def node_seen(rt, name: str) -> NodeView | None:
         return rt.cluster.view.node(name)
     if name != rt.kernel.config.node:
         return None
-    return NodeView(record_of(rt.kernel, 0, rt.clock.now_us(), None), up=True, leader=True)
+    return NodeView(record_of(rt.kernel, 0, rt.clock.now_us(), None, cannot_run=rt.cannot_run), up=True, leader=True)
 
 
 def tasks_seen(rt, name: str) -> str | None:
