@@ -21,7 +21,7 @@ import pyfuse3
 import trio
 
 from .kernel.access import OVERFLOW_ID, UID_MAX, id_fits, identify, uses_gids
-from .kernel.errors import ApeinxError, Denied, NotPermitted
+from .kernel.errors import ApeinxError, Denied, NoMemory, NotPermitted
 from .nodes.base import BlockingHandle, Caller, Command, Dir, Setting, SnapshotHandle, viewed
 from .ratelog import RateLog
 
@@ -96,7 +96,7 @@ class Operations(pyfuse3.Operations):
         self.rt = tree.rt
         self.owner = (os.getuid(), os.getgid())
         self.handles: dict[int, object] = {}
-        self.listings: dict[int, list] = {}
+        self.listings: dict[int, tuple[Dir, Caller]] = {}  # directory handle -> (its directory, who opened it)
         self._fh = itertools.count(1)
         self._callers: dict[tuple, Caller] = {}
         self._callers_rules = None
@@ -230,23 +230,23 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def opendir(self, inode, ctx):
+        """A directory handle holds its directory and caller, no listing: each readdir lists from its offset."""
         node = self.tree.node(inode)
         if not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         caller = self.caller(ctx)
         self.check(node, caller, os.R_OK)
         fh = next(self._fh)
-        entries = self.tree.listing(node, caller.identity)
-        self.listings[fh] = entries if caller.role == "admin" else [
-            (name, child) for name, child in entries if not child.hidden_from(caller.identity)]
+        self.listings[fh] = (node, caller)
         return fh
 
     @guarded
     async def readdir(self, fh, start_id, token):
-        listing = self.listings[fh]
-        for index in range(start_id, len(listing)):
-            name, node = listing[index]
-            if not pyfuse3.readdir_reply(token, name.encode(), self.attributes(node), index + 1):
+        directory, caller = self.listings[fh]
+        for after, name, node in self.tree.entries_from(directory, caller.identity, start_id):
+            if caller.role != "admin" and node.hidden_from(caller.identity):
+                continue
+            if not pyfuse3.readdir_reply(token, name.encode(), self.attributes(node), after):
                 break
 
     @guarded
@@ -267,10 +267,19 @@ class Operations(pyfuse3.Operations):
         handle = node.open(caller, writing=mode != os.O_RDONLY, reading=mode != os.O_WRONLY,
                            truncating=bool(flags & os.O_TRUNC))
         if isinstance(handle, SnapshotHandle):
-            handle.data = self.tree.open_snapshot(node)
+            handle.data, handle.uid = self.snapshot(node, caller), caller.uid
         fh = next(self._fh)
         self.handles[fh] = handle
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+
+    def snapshot(self, node, caller: Caller) -> bytes:
+        """The text a new descriptor of `caller` on show file `node` reads; one past limits.open_bytes is refused
+        (ENOMEM) and recorded as a rejected write is."""
+        try:
+            return self.tree.open_snapshot(node, caller.uid)
+        except NoMemory as exc:
+            self.tree.reject_at(node, exc, caller)
+            raise
 
     @guarded
     async def read(self, fh, off, size):
@@ -296,7 +305,7 @@ class Operations(pyfuse3.Operations):
         if handle is not None:
             handle.release()
         if isinstance(handle, SnapshotHandle):
-            self.tree.close_snapshot(handle.node.inode, len(handle.data))
+            self.tree.close_snapshot(handle.node.inode, handle.uid, handle.data)
 
     @guarded
     async def create(self, parent_inode, name, mode, flags, ctx):

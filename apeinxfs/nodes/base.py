@@ -15,7 +15,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
 
@@ -93,6 +93,12 @@ class Dir(Node):
 
     def entries(self) -> list[tuple[str, Node]]:
         return list(self.children.items())
+
+    def entries_from(self, cookie: int) -> Iterator[tuple[int, str, Node]]:
+        """readdir's entries from offset `cookie` on, each with the offset after it: here positions in
+        entries(), listed anew at each readdir (a directory of many children names them by a key instead)."""
+        for after, (name, node) in enumerate(self.entries()[cookie:], cookie + 1):
+            yield after, name, node
 
 
 @attrs.define(eq=False)
@@ -309,7 +315,8 @@ def viewed(node) -> bool:
 @attrs.define(eq=False)
 class SnapshotHandle(Handle):
     node: Show
-    data: bytes = b""
+    data: bytes = b""  # the text it reads, set at open (fs.py, Tree.open_snapshot)
+    uid: int = 0  # whose descriptor it is: the uid charged for `data` (snapshots.py)
 
     async def read(self, offset, size, waiter):
         return self.data[offset:offset + size]

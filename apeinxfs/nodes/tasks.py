@@ -5,8 +5,11 @@ PID_BASE + pid * SLOTS + slot. `status` follows /proc/PID/status; `output`, `eve
 grow like logs; `stream` and `wait` block like pipes until the kernel changes: `stream`
 wakes at each change of its task, `wait` only once the task's tree has ended.
 """
+import bisect
+import itertools
 import os
 import stat
+from collections.abc import Callable, Iterable, Iterator
 
 import attrs
 
@@ -107,10 +110,33 @@ class TaskDir(BuiltDir):
 
 
 @attrs.define(eq=False)
+class PidOrder:
+    """The pids of `pids()` in order, sorted again only once the runtime's version changed. readdir's offsets in
+    /tasks and /replay are pids (an entry's offset is its pid + 1), as procfs lists /proc: a descriptor holds no
+    listing, and an `ls` meets each task that exists throughout once, whatever comes and goes meanwhile."""
+
+    rt: object
+    pids: Callable[[], Iterable[int]]
+    _version: object = None
+    _sorted: list[int] = attrs.Factory(list)
+
+    def from_pid(self, first: int) -> Iterator[int]:
+        """The pids from `first` on, in order."""
+        if self._version != self.rt.version:
+            self._version, self._sorted = self.rt.version, sorted(self.pids())
+        pids = self._sorted
+        return itertools.islice(pids, bisect.bisect_left(pids, first), None)
+
+
+@attrs.define(eq=False)
 class TasksDir(Dir):
     """/tasks: one directory per task, in pid order."""
 
     rt: object = None
+    order: PidOrder = attrs.field(init=False)
+
+    def __attrs_post_init__(self):
+        self.order = PidOrder(self.rt, self.pids)
 
     def task_dir(self, task) -> TaskDir:
         return TaskDir(inode=inode_of(task.pid, 0), rt=self.rt, task=task, tenant=task.tenant,
@@ -135,3 +161,14 @@ class TasksDir(Dir):
             found = sorted(found + [(pid, router.task_dir(pid, node, tenant)) for pid, node, tenant in
                                     router.remote_tasks()], key=lambda entry: entry[0])
         return [(str(pid), node) for pid, node in found]
+
+    def pids(self) -> set[int]:
+        """The pids of the local tasks and of the other nodes' live ones."""
+        local = set(self.rt.kernel.tasks)
+        return local if self.rt.cluster is None else local | {pid for pid, _, _ in self.rt.cluster.router.remote_tasks()}
+
+    def entries_from(self, cookie):
+        """Offsets are pids (PidOrder)."""
+        for pid in self.order.from_pid(cookie):
+            if (node := self.child(str(pid))) is not None:
+                yield pid + 1, str(pid), node

@@ -9,6 +9,7 @@ that of the largest snapshot its open descriptors read, so `cp` and sendfile cop
 have no attr cache, see fs.py), so nothing read is ever stale.
 """
 import stat
+from collections.abc import Iterator
 from functools import lru_cache, partial
 
 from .. import health
@@ -20,7 +21,8 @@ from . import tasks
 from .members import NodesDir, link
 from .models import ModelsDir, models_ctl
 from .ringlog import RingLog
-from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, TasksDir, inode_of, owner_of
+from .snapshots import Snapshots
+from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, PidOrder, TasksDir, inode_of, owner_of
 from .tenants import TenantsDir, tenants_ctl
 from .views import Views
 
@@ -35,6 +37,7 @@ class ReplayDir(Dir):
         super().__init__()
         self.rt = rt
         self._read_archived = lru_cache(maxsize=256)(self._archived_task)  # a gone task's lines are final
+        self.order = PidOrder(rt, lambda: rt.kernel.tasks)
 
     def timeline(self, task) -> Show:
         return Show(show=lambda: replay.show(self.rt.kernel, task), inode=inode_of(task.pid, REPLAY_SLOT), tenant=task.tenant,
@@ -60,6 +63,12 @@ class ReplayDir(Dir):
 
     def entries(self):
         return [(str(pid), self.timeline(task)) for pid, task in self.rt.kernel.tasks.items()]
+
+    def entries_from(self, cookie):
+        """Offsets are pids (PidOrder)."""
+        for pid in self.order.from_pid(cookie):
+            if (task := self.rt.kernel.tasks.get(pid)) is not None:
+                yield pid + 1, str(pid), self.timeline(task)
 
 
 def build_root(rt) -> Dir:
@@ -125,7 +134,7 @@ class Tree:
         self._number(self.root)
         tenanted = [node for node in self.static.values() if viewed(node)]
         self.views = Views(tenanted, lambda tenant: tenant in rt.kernel.tenancy.tenants)
-        self._pinned: dict[int, tuple[Show, list[int]]] = {}  # inode -> its node, the sizes of its open snapshots
+        self.snapshots = Snapshots(rt.config.limits.open_bytes)
         self._rendered: dict[int, tuple[int, bytes]] = {}  # inode -> (version, text)
         self._task_nodes: dict[int, tuple] = {}  # inode -> (task, node) of task files built so far
 
@@ -213,34 +222,28 @@ class Tree:
             return self.views.node(node, node.view_of(identity))
         return node
 
-    def listing(self, directory: Dir, identity) -> list[tuple[str, object]]:
-        """`directory`'s entries as `identity` reaches them; a tenanted file whose view has no inode left
-        (NoSpace, views.py) is left out, so that only a lookup of its name fails, never the listing."""
-        entries = []
-        for name, child in directory.entries():
+    def entries_from(self, directory: Dir, identity, cookie: int) -> Iterator[tuple[int, str, object]]:
+        """`directory`'s entries from readdir offset `cookie` on (Dir.entries_from) as `identity` reaches them; a
+        tenanted file whose view has no inode left (NoSpace, views.py) is left out, so that only a lookup of its
+        name fails, never the listing."""
+        for after, name, child in directory.entries_from(cookie):
             try:
-                entries.append((name, self.reached(child, identity)))
+                yield after, name, self.reached(child, identity)
             except NoSpace:
                 continue
-        return entries
 
-    def open_snapshot(self, node: Show) -> bytes:
-        """Render `node` for a new open file, which reads that snapshot until it closes (close_snapshot)."""
-        data = self.render(node)
-        self._pinned.setdefault(node.inode, (node, []))[1].append(len(data))
-        return data
+    def open_snapshot(self, node: Show, uid: int) -> bytes:
+        """Render `node` for a new open file of `uid`, which reads that snapshot until it closes (close_snapshot);
+        NoMemory past the uid's limits.open_bytes (snapshots.py)."""
+        return self.snapshots.open(node, uid, self.render(node))
 
     def opened(self, inode: int) -> Show | None:
         """The node of `inode` while a descriptor has it open (its snapshot read), else None."""
-        pinned = self._pinned.get(inode)
-        return pinned[0] if pinned else None
+        return self.snapshots.opened(inode)
 
-    def close_snapshot(self, inode: int, size: int) -> None:
-        """Forget the open snapshot of `size` bytes of `inode`."""
-        sizes = self._pinned[inode][1]
-        sizes.remove(size)
-        if not sizes:
-            del self._pinned[inode]
+    def close_snapshot(self, inode: int, uid: int, snapshot: bytes) -> None:
+        """Forget the open `snapshot` of `inode`, held by a descriptor of `uid`."""
+        self.snapshots.close(inode, uid, snapshot)
 
     def render(self, node: Show) -> bytes:
         """The node's text now, as a new open reads it: rendered again only once an event (or an engine scrape)
@@ -260,5 +263,5 @@ class Tree:
         of each then stops at its own end, never before)."""
         if not isinstance(node, Show):
             return node.size()
-        _, sizes = self._pinned.get(node.inode, (node, None))
-        return max(sizes) if sizes else len(self.render(node))
+        largest = self.snapshots.largest(node.inode)
+        return len(self.render(node)) if largest is None else largest
