@@ -16,7 +16,7 @@ from .drivers import nvml
 from .kernel.config import (AccessConfig, GpuConfig, KernelConfig, KernelLimits, MemoryRetention, ModelConfig, SchedConfig,
                             at_least)
 from .kernel.errors import Invalid
-from .nodes import buffers, snapshots
+from .nodes import buffers, openfiles
 from .kernel.tenant_config import check_new_name, parse_seconds, tenant_from_dict
 
 SECTIONS = {
@@ -71,7 +71,7 @@ class Limits:
 
     write_lines: int = attrs.field(default=buffers.WRITE_LINES, validator=at_least("limits", 1))
     pending_bytes: int = attrs.field(default=buffers.PENDING_BYTES, validator=at_least("limits", 1))
-    open_bytes: int = attrs.field(default=snapshots.OPEN_BYTES, validator=at_least("limits", 1))
+    open_bytes: int = attrs.field(default=openfiles.OPEN_BYTES, validator=at_least("limits", 1))
 
 
 @attrs.frozen

@@ -1,5 +1,5 @@
 """What open descriptors make the daemon hold: shared snapshots, the per-uid `limits.open_bytes`, and directory
-listings by offset (nodes/snapshots.py, Dir.entries_from, fs.py opendir/readdir).
+listings by offset (nodes/openfiles.py, Dir.entries_from, fs.py opendir/readdir).
 
 Tier 1-2 on a Runtime's node tree (no FUSE), tier 4 on a real mount with shell tools for the refusal.
 """

@@ -316,7 +316,7 @@ def viewed(node) -> bool:
 class SnapshotHandle(Handle):
     node: Show
     data: bytes = b""  # the text it reads, set at open (fs.py, Tree.open_snapshot)
-    uid: int = 0  # whose descriptor it is: the uid charged for `data` (snapshots.py)
+    uid: int = 0  # whose descriptor it is: the uid charged for `data` (openfiles.py)
 
     async def read(self, offset, size, waiter):
         return self.data[offset:offset + size]

@@ -111,21 +111,30 @@ class TaskDir(BuiltDir):
 
 @attrs.define(eq=False)
 class PidOrder:
-    """The pids of `pids()` in order, sorted again only once the runtime's version changed. readdir's offsets in
+    """The pids of `pids()` in order, sorted again only once the kernel's tasks changed. readdir's offsets in
     /tasks and /replay are pids (an entry's offset is its pid + 1), as procfs lists /proc: a descriptor holds no
     listing, and an `ls` meets each task that exists throughout once, whatever comes and goes meanwhile."""
 
     rt: object
     pids: Callable[[], Iterable[int]]
-    _version: object = None
+    _kernel: object = None
+    _key: tuple = ()
     _sorted: list[int] = attrs.Factory(list)
 
     def from_pid(self, first: int) -> Iterator[int]:
         """The pids from `first` on, in order."""
-        if self._version != self.rt.version:
-            self._version, self._sorted = self.rt.version, sorted(self.pids())
+        kernel = self.rt.kernel
+        if kernel is not self._kernel or self.key() != self._key:
+            self._kernel, self._key, self._sorted = kernel, self.key(), sorted(self.pids())
         pids = self._sorted
         return itertools.islice(pids, bisect.bisect_left(pids, first), None)
+
+    def key(self) -> tuple:
+        """What changes with the kernel's set of pids: a task comes (the count, or next_pid, grows) or goes
+        (reaped, retention.py: the only way out of the table); not a task's state, as the runtime's version does.
+        On a cluster node, where the other nodes' tasks come and go unseen by the kernel, the runtime's version."""
+        kernel, rt = self.rt.kernel, self.rt
+        return len(kernel.tasks), kernel.tasks.next_pid, kernel.counters.reaped, rt.cluster is not None and rt.version
 
 
 @attrs.define(eq=False)

@@ -21,7 +21,7 @@ from . import tasks
 from .members import NodesDir, link
 from .models import ModelsDir, models_ctl
 from .ringlog import RingLog
-from .snapshots import Snapshots
+from .openfiles import OpenSnapshots
 from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, PidOrder, TasksDir, inode_of, owner_of
 from .tenants import TenantsDir, tenants_ctl
 from .views import Views
@@ -134,7 +134,7 @@ class Tree:
         self._number(self.root)
         tenanted = [node for node in self.static.values() if viewed(node)]
         self.views = Views(tenanted, lambda tenant: tenant in rt.kernel.tenancy.tenants)
-        self.snapshots = Snapshots(rt.config.limits.open_bytes)
+        self.snapshots = OpenSnapshots(rt.config.limits.open_bytes)
         self._rendered: dict[int, tuple[int, bytes]] = {}  # inode -> (version, text)
         self._task_nodes: dict[int, tuple] = {}  # inode -> (task, node) of task files built so far
 
@@ -234,7 +234,7 @@ class Tree:
 
     def open_snapshot(self, node: Show, uid: int) -> bytes:
         """Render `node` for a new open file of `uid`, which reads that snapshot until it closes (close_snapshot);
-        NoMemory past the uid's limits.open_bytes (snapshots.py)."""
+        NoMemory past the uid's limits.open_bytes (openfiles.py)."""
         return self.snapshots.open(node, uid, self.render(node))
 
     def opened(self, inode: int) -> Show | None:

@@ -16,7 +16,7 @@ OPEN_BYTES = 256 << 20
 
 
 @attrs.define(eq=False)
-class Snapshots:
+class OpenSnapshots:
     """The open snapshots: each distinct text once, each inode's open sizes, each uid's share."""
 
     open_bytes: int = OPEN_BYTES
