@@ -5,6 +5,7 @@ Tier 1-2 on a Runtime's node tree (no FUSE), tier 4 on a real mount with shell t
 """
 import csv
 import errno
+import os
 import subprocess
 
 import pytest
@@ -118,3 +119,23 @@ def test_cat_past_open_bytes_fails_enomem_while_a_shell_holds_another_prompt_ope
         with open(daemon.path("trace", "events")) as trace:
             refusals = [row for row in csv.DictReader(trace) if row["type"] == "reject" and "open_bytes" in row["detail"]]
         assert len(refusals) == 1, daemon.log_tail()
+
+
+@pytest.mark.mount
+def test_a_directory_read_through_the_mount_while_tasks_come_and_go_names_each_that_stayed_once(tmp_path):
+    """os.scandir of tasks/ (several getdents calls) paused after 100 entries while tasks are submitted and reaped:
+    every pid once, every task that stayed listed, in pid order; `ls` then lists exactly the tasks left."""
+    with Daemon(tmp_path / "ai", tmp_path / "state", sim_config(100) + LIMITS) as daemon:
+        with open(daemon.path("ctl", "submit"), "wb") as ctl:
+            ctl.write(b"name=d max_tokens=1000\n" * 600)
+        listing = os.scandir(daemon.path("tasks"))
+        names = [entry.name for _, entry in zip(range(100), listing)]
+        with open(daemon.path("ctl", "kill"), "w") as kill:
+            kill.write("50\n450\n")  # retention.tasks = 0: reaped at once
+        daemon.submit("name=late max_tokens=1000")
+        names += [entry.name for entry in listing]
+        listing.close()
+        pids = [int(name) for name in names]
+        assert pids == sorted(set(pids)) and set(range(1, 601)) - {50, 450} <= set(pids) and 450 not in pids
+        shell = subprocess.run(["ls", daemon.path("tasks")], capture_output=True, text=True, check=True)
+        assert sorted(map(int, shell.stdout.split())) == sorted(set(range(1, 602)) - {50, 450})
