@@ -279,3 +279,13 @@ def test_a_report_of_more_kv_than_its_gpus_hold_counts_them_full_and_an_absurd_o
     assert reports.beyond_room("llm", (0,), WHOLE_POOL) is None
     with pytest.raises(Invalid, match="take 64001 pages, more than 1000 times the 64 those GPUs hold"):
         d.kernel.check(EngineKV(model="llm", gpus=(0,), tokens=WHOLE_POOL * 1000 + 1))
+
+
+def test_a_model_line_journaled_with_credentials_is_traced_and_audited_without_them():
+    """An old journal's SetModel whose line holds `user:password@` shows it as `***@` in the trace and audit."""
+    d = Driven(config())
+    extra = ModelConfig(name="extra", driver="openai", options={"url": "http://bob:s3cret@127.0.0.1:9"})
+    d.apply(SetModel(model=extra, what="add extra driver=openai url=http://bob:s3cret@127.0.0.1:9", uid=0))
+    trace, audit = d.kernel.trace.buffer.decode(), d.kernel.audit.buffer.decode()
+    assert "add extra driver=openai url=http://***@127.0.0.1:9 by uid 0" in trace
+    assert "url=http://***@127.0.0.1:9" in audit and "s3cret" not in trace + audit

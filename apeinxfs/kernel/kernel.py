@@ -23,6 +23,7 @@ from .audit import AuditLog
 from .billing import BillBook
 from .config import MIB, KernelConfig
 from .counters import Counters
+from .endpoints import redacted
 from .engines import EngineWatch
 from .errors import ApeinxError, Busy, Invalid
 from .gpus import Gpu
@@ -259,7 +260,7 @@ class Kernel:
     def _apply_setmodel(self, event: ev.SetModel) -> None:
         self.models.add(event.model)
         self.kv.add_model(event.model)
-        self._model_changed(event, event.what)  # as journaled (nodes/addremove.py hides a URL's credentials)
+        self._model_changed(event, redacted(event.what))  # nodes/addremove.py journals it hidden; an old journal may not
 
     def _apply_removemodel(self, event: ev.RemoveModel) -> None:
         self.models.remove(event.name)
