@@ -15,7 +15,7 @@ import trio
 
 import daemon
 import runtasks
-from apeinxfs.drivers import openai, scrape
+from apeinxfs.drivers import metrics, openai, scrape
 from apeinxfs.kernel import endpoints
 from apeinxfs.kernel.errors import Invalid
 from apeinxfs.kernel.events import Submit
@@ -181,6 +181,19 @@ async def test_an_engines_overflowing_figures_end_no_observe_loop_and_others_are
     rt = await scraped_two_seconds(tmp_path, liar, honest)
     assert "driver.openai.observe" not in rt.supervisor.bugs
     assert rt.engine_metrics["honest"].error is None and rt.engine_metrics["liar"].reading is not None
+
+
+async def test_a_daemon_bug_in_the_parse_is_a_bug_row_not_an_engines_error(tmp_path, nursery, monkeypatch):
+    """A TypeError raised by our own parse (a daemon bug, not the engine's fault) is the observe loop's Bug row
+    (/ai/health), not the engine's scrape error (LastError)."""
+    def broken(lines, first):
+        raise TypeError("a daemon bug")
+    monkeypatch.setattr(metrics, "parse_lines", broken)
+    port = await serve(nursery, None, "sglang:num_used_tokens 0\n")
+    rt = await scraped_two_seconds(tmp_path, port, port)
+    assert rt.supervisor.bugs["driver.openai.observe"].error == "TypeError"
+    assert "Bug:\tdriver.openai.observe: TypeError at test_hostile_engines.py:" in rt.supervisor.show()
+    assert not any("daemon bug" in (seen.error or "") for seen in rt.engine_metrics.values())
 
 
 async def test_an_engine_reporting_more_kv_than_its_gpu_holds_does_not_block_other_models(tmp_path, nursery):
