@@ -10,7 +10,10 @@ starts new ones; a restarted driver picks up its models' running tasks again (th
 driver resumes each after the text it has). The configured drivers are built before the mount (`check_drivers`),
 so a bad option in the configuration fails the daemon's start, and /ctl/models builds one before it commits; a
 model from the journal whose driver cannot be built (options refused since) is failed alone, the daemon starts,
-and its tasks fail at once saying why (`CannotRun`): a permanent fault, not an outage to wait out.
+and its tasks fail at once saying why (`CannotRun`): a permanent fault, not an outage to wait out. Its numbers out
+of their bounds since are no such fault: its driver is built with each set to the nearest bound (drivers.kept),
+its status says which and one trace line at each start (OptionsClamped); a new add and the configuration, built
+strictly before, never have one.
 While the daemon is degraded (health.py) every batch looks empty: the drivers stop their
 jobs, and start them again, after the text each task has, when it recovers. A driver's serve and
 observe are supervised (supervise.py): a bug in one is shown in /ai/health and that one started
@@ -20,7 +23,7 @@ alone (drivers/flow.py `Outbox.guarded`).
 import trio
 
 from . import drivers
-from .kernel.events import Failed
+from .kernel.events import Failed, OptionsClamped
 
 
 class ModelHost:
@@ -124,17 +127,30 @@ class DriverGroups:
         self.rt.forget_engines()
 
     def _start_or_fail(self, key: tuple, models: dict) -> None:
-        """Start group `key`; if its driver cannot be built, its models are failed, saying why, and a `CannotRun`
-        serves them: a permanent fault, not an outage to wait out."""
+        """Start group `key`, its models' numbers out of their bounds clamped (drivers.kept); if its driver cannot be
+        built, its models are failed, saying why, and a `CannotRun` serves them: a permanent fault, not an outage to
+        wait out."""
+        clamps: dict = {}
         try:
-            driver = drivers.load(next(iter(models.values())).driver)(models)
+            driver_class = drivers.load(next(iter(models.values())).driver)
+            built, clamps = drivers.kept(driver_class, models)
+            driver = driver_class(built)
             state, error = "starting", None  # until the driver's first check says otherwise
         except Exception as exc:
-            driver = CannotRun(f"the driver cannot be built: {exc}")
+            driver, clamps = CannotRun(f"the driver cannot be built: {exc}"), {}  # failed: nothing clamped runs
             state, error = "failed", driver.reason
         for name in models:
             self.rt.report_state(name, state, error)
+            self._clamped(name, clamps.get(name))
         self.running[key] = (models, self._start(driver, models))
+
+    def _clamped(self, name: str, words: str | None) -> None:
+        """Keep what of model `name`'s options was clamped (its status shows it), and trace it (OptionsClamped)."""
+        if words is None:
+            self.rt.clamped.pop(name, None)
+        elif self.rt.clamped.get(name) != words:
+            self.rt.clamped[name] = words
+            self.rt.deliver(OptionsClamped(model=name, what=f"{name} options kept in the journal: {words}"))
 
     def _start(self, driver, models: dict) -> trio.CancelScope:
         scope = trio.CancelScope()

@@ -15,8 +15,10 @@ import trio
 
 import daemon
 import runtasks
-from apeinxfs.drivers import metrics, openai, scrape
+from apeinxfs import drivers
+from apeinxfs.drivers import metrics, openai, scrape, sim
 from apeinxfs.kernel import endpoints
+from apeinxfs.kernel.config import ModelConfig
 from apeinxfs.kernel.errors import Invalid
 from apeinxfs.kernel.events import Submit
 from apeinxfs.kernel.spec import TaskSpec
@@ -325,6 +327,27 @@ def test_an_engine_option_out_of_its_bounds_is_refused_in_words(options, words):
     with pytest.raises(Invalid) as refused:
         openai.Endpoint.of(model)
     assert refused.value.reason.startswith("model m: openai options: ") and words in refused.value.reason
+
+
+@pytest.mark.parametrize("given, kept, words", [
+    ({"retries": 200}, {"retries": 100}, "retries 200 clamped to 100 (the bound)"),
+    ({"retries": -1}, {"retries": 0}, "retries -1 clamped to 0 (the bound)"),
+    ({"timeout_s": math.inf, "backoff_s": 0.5}, {"timeout_s": 86400.0, "backoff_s": 0.5},
+     "timeout_s inf clamped to 86400 (the bound)"),
+    ({"timeout_s": 0}, {"timeout_s": 0.001}, "timeout_s 0 clamped to 0.001 (the bound)"),
+    ({"metrics_s": 1e-9}, {"metrics_s": 0.01}, "metrics_s 1e-09 clamped to 0.01 (the bound)"),
+    ({"metrics_s": 0, "retries": 3}, None, None),
+    ({"retries": 1e20}, None, None), ({"retries": True}, None, None), ({"retries": "300"}, None, None),
+    ({"timeout_s": math.nan}, None, None), ({"timeout": 1e9}, None, None), ({"url": "ftp://x"}, None, None),
+], ids=["over", "under", "inf", "zero", "below-least", "in-bounds", "float-count", "bool", "text", "nan", "unknown",
+        "bad-url"])
+def test_a_journal_models_numbers_out_of_bounds_are_clamped_and_the_rest_left_to_refuse(given, kept, words):
+    """A number of its kind out of its option's bounds is set to the nearest bound, said in words; a number in them,
+    one of the wrong kind (1e20 retries, true), a text, NaN, an unknown option or a bad URL is left as given."""
+    model = ModelConfig(name="m", driver="openai", options={"url": "http://e:8000", **given})
+    built, said = drivers.kept(openai.OpenAIDriver, {"m": model})
+    assert built["m"].options == {"url": "http://e:8000", **(kept or given)} and said.get("m") == words
+    assert drivers.kept(sim.SimDriver, {"m": model}) == ({"m": model}, {})
 
 
 async def test_an_engines_error_text_cannot_add_lines_to_a_tasks_status(tmp_path, nursery):

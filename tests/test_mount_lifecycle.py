@@ -133,17 +133,17 @@ def test_a_configuration_refused_at_start_is_printed_and_leaves_no_mount(unstart
 
 
 def test_a_journal_model_whose_options_are_now_refused_starts_failed_and_can_be_removed(unstarted):
-    """A model in the journal with retries = 200 (accepted once, out of bounds now): the daemon mounts, the model's
+    """A model in the journal with retries = "200" (a text: accepted once, refused now): the daemon mounts, the model's
     status says failed and why, a task submitted to it fails at once saying why (`cat wait` ends), and `remove`
     through ctl/models takes it away (not EBUSY)."""
     journal = Journal(os.path.join(unstarted.state_dir, "journal.db"))
-    ext = ModelConfig(name="ext", driver="openai", options={"url": "http://127.0.0.1:9", "retries": 200})
+    ext = ModelConfig(name="ext", driver="openai", options={"url": "http://127.0.0.1:9", "retries": "200"})
     journal.append([(time.time_ns() // 1000, SetModel(model=ext, what="add ext", uid=0))])
     journal.close()
     unstarted.start()
     with open(unstarted.path("models", "ext", "status")) as status:
         text = status.read()
-    assert "State:\tfailed\n" in text and "retries must be an integer from 0 to 100, not 200" in text
+    assert "State:\tfailed\n" in text and "retries must be an integer from 0 to 100, not '200'" in text
     pid = unstarted.submit("name=hang max_tokens=5 model=ext")
     waited = subprocess.run(["cat", unstarted.path("tasks", str(pid), "wait")], capture_output=True, text=True,
                             timeout=30)

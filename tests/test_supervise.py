@@ -20,8 +20,10 @@ from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.nodes import models
 from apeinxfs.supervise import RESTART_MAX_S, STEADY_S, Supervisor
 from test_guarded_retry import AdoptingMeanwhileEtcd
+from test_hostile_engines import ENDED, HEAD, NOT_ENDING_S, ONE_TOKEN, serve
 from test_journal_runtime import open_runtime
 from test_shared_settings import node
+from test_verify import run_verify
 
 
 def flaky(starts: list, fails: int, run_s: float = 0.0):
@@ -168,11 +170,11 @@ async def test_a_driver_that_cannot_be_built_fails_its_models_only_and_the_other
 
 
 async def test_a_journal_model_whose_options_are_now_refused_fails_alone_and_can_be_removed(tmp_path, autojump_clock):
-    """A model kept in the journal with retries = 200 (out of bounds since): after a restart the runtime runs,
+    """A model kept in the journal with retries = "200" (a text, refused since): after a restart the runtime runs,
     the model's status says failed and why, a task submitted to it fails at once saying why (not queued for
     ever), and removing it is then accepted (not EBUSY)."""
     toml = '[gpus]\nsimulated = 1\n[[models]]\nname = "b"\n'
-    ext = ModelConfig(name="ext", driver="openai", options={"url": "http://127.0.0.1:9", "retries": 200})
+    ext = ModelConfig(name="ext", driver="openai", options={"url": "http://127.0.0.1:9", "retries": "200"})
     with open_runtime(tmp_path, toml) as rt:
         rt.commit([SetModel(model=ext, what="add ext", uid=0)])
     with open_runtime(tmp_path, toml) as rt:
@@ -188,15 +190,46 @@ async def test_a_journal_model_whose_options_are_now_refused_fails_alone_and_can
             nursery.cancel_scope.cancel()
         assert "ext" not in rt.kernel.models and "driver.openai" not in " ".join(rt.supervisor.bugs)
         exit_line = rt.kernel.tasks[pid].exit
-    assert "State:\tfailed\n" in status and "retries must be an integer from 0 to 100, not 200" in status
-    assert exit_line.startswith("failed: model ext cannot run: the driver cannot be built: ") and "not 200" in exit_line
+    assert "State:\tfailed\n" in status and "retries must be an integer from 0 to 100, not '200'" in status
+    assert exit_line.startswith("failed: model ext cannot run: the driver cannot be built: ") and "not '200'" in exit_line
+
+
+async def test_a_journal_model_with_numbers_out_of_bounds_runs_them_clamped(tmp_path, nursery):
+    """A model kept in the journal with retries = 200 and timeout_s = 1e9 (accepted once, out of bounds now): after
+    a restart its driver is built with them clamped (100, 86400), its task runs to done, its status says which,
+    and one trace line says it at the start (a journal that verifies)."""
+    async def answer(stream):
+        await stream.send_all(HEAD + ONE_TOKEN + ENDED)
+    port = await serve(nursery, answer)
+    toml = '[gpus]\nsimulated = 1\n[[models]]\nname = "b"\n'
+    ext = ModelConfig(name="ext", driver="openai", options={"url": f"http://127.0.0.1:{port}", "retries": 200,
+                                                            "timeout_s": 1e9, "metrics_s": 0})
+    with open_runtime(tmp_path, toml) as rt:
+        rt.commit([SetModel(model=ext, what="add ext", uid=0)])
+    with open_runtime(tmp_path, toml) as rt:
+        rt.recover()
+        async with trio.open_nursery() as inner:
+            await inner.start(rt.run)
+            pid = rt.commit([Submit(spec=TaskSpec(name="j", max_tokens=1, model="ext"), uid=1000)])[0]
+            with trio.fail_after(NOT_ENDING_S):
+                while not rt.kernel.tasks[pid].done:
+                    await rt.wait_for(pid, 1.0)
+            status = models.ModelDir(rt=rt, name="ext").build("status").show()
+            inner.cancel_scope.cancel()
+        exit_line, trace = rt.kernel.tasks[pid].exit, rt.kernel.trace.buffer.decode()
+    assert exit_line == "done"
+    clamped = "timeout_s 1e+09 clamped to 86400 (the bound); retries 200 clamped to 100 (the bound)"
+    assert f"Options:\t{clamped}\n" in status
+    [line] = [line for line in trace.splitlines() if "clamped" in line]
+    assert line.split(",")[2] == "model" and line.endswith(f'"ext options kept in the journal: {clamped}"')
+    assert run_verify(tmp_path).divergence is None
 
 
 async def test_a_configured_model_re_added_with_refused_options_fails_alone(tmp_path):
-    """Configured openai models a and b; b re-added (journaled) with retries = 200: b fails, a's driver starts."""
+    """Configured openai models a and b; b re-added (journaled) with retries = "200" (a text): b fails, a's driver starts."""
     toml = ('[gpus]\nsimulated = 1\n[[models]]\nname = "a"\ndriver = "openai"\noptions = {url = "http://127.0.0.1:9"}\n'
             '[[models]]\nname = "b"\ndriver = "openai"\noptions = {url = "http://127.0.0.1:9"}\n')
-    refused = ModelConfig(name="b", driver="openai", options={"url": "http://127.0.0.1:9", "retries": 200})
+    refused = ModelConfig(name="b", driver="openai", options={"url": "http://127.0.0.1:9", "retries": "200"})
     with open_runtime(tmp_path, toml) as rt:
         rt.commit([RemoveModel(name="b", uid=0)])
         rt.commit([SetModel(model=refused, what="add b", uid=0)])
