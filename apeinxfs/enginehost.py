@@ -12,18 +12,23 @@ so a bad option in the configuration fails the daemon's start, and /ctl/models b
 model from the journal whose driver cannot be built (options refused since) is failed alone, the daemon starts,
 and its tasks fail at once saying why (`CannotRun`): a permanent fault, not an outage to wait out. Its numbers out
 of their bounds since are no such fault: its driver is built with each set to the nearest bound (drivers.kept),
-its status says which and one trace line at each start (OptionsClamped); a new add and the configuration, built
-strictly before, never have one.
+its status says which and the daemon's log says it at each start (a driver's fact, not the kernel's: no journal row,
+so a journal stays one that older code replays); a new add and the configuration, built strictly before, never have
+one.
 While the daemon is degraded (health.py) every batch looks empty: the drivers stop their
 jobs, and start them again, after the text each task has, when it recovers. A driver's serve and
 observe are supervised (supervise.py): a bug in one is shown in /ai/health and that one started
 again, its tasks picked up where the kernel has them; a bug in one task's job fails that task
 alone (drivers/flow.py `Outbox.guarded`).
 """
+import logging
+
 import trio
 
 from . import drivers
-from .kernel.events import Failed, OptionsClamped
+from .kernel.events import Failed
+
+log = logging.getLogger(__name__)
 
 
 class ModelHost:
@@ -145,12 +150,12 @@ class DriverGroups:
         self.running[key] = (models, self._start(driver, models))
 
     def _clamped(self, name: str, words: str | None) -> None:
-        """Keep what of model `name`'s options was clamped (its status shows it), and trace it (OptionsClamped)."""
+        """Keep what of model `name`'s options was clamped (its status shows it), and log it."""
         if words is None:
             self.rt.clamped.pop(name, None)
         elif self.rt.clamped.get(name) != words:
             self.rt.clamped[name] = words
-            self.rt.deliver(OptionsClamped(model=name, what=f"{name} options kept in the journal: {words}"))
+            log.warning("model %s: options kept in the journal: %s", name, words)
 
     def _start(self, driver, models: dict) -> trio.CancelScope:
         scope = trio.CancelScope()

@@ -159,15 +159,6 @@ class SetModel(ByCaller):
 
 
 @attrs.frozen
-class OptionsClamped:
-    """Model `model`, kept in the journal, had numbers among its options out of its driver's bounds: its driver was
-    built with each set to the nearest bound, `what` says which, as traced (enginehost.py). Only traced, once a start."""
-
-    model: str
-    what: str
-
-
-@attrs.frozen
 class RemoveModel(ByCaller):
     """Remove a model that has no live tasks; its driver stops."""
 
@@ -290,7 +281,7 @@ class JournalRecovered:
 
 
 Event = (Submit | Kill | Control | Step | Failed | Rejected | SetPolicy | Tick | Restart | Migrated | SetTenant
-         | RemoveTenant | SetRules | SetModel | OptionsClamped | RemoveModel | GpuMemory | JournalFailed | JournalRecovered
+         | RemoveTenant | SetRules | SetModel | RemoveModel | GpuMemory | JournalFailed | JournalRecovered
          | Interrupted | EngineHealth | EngineKV | PidBlock | Placed | Adopt | MovedAway | Shared
          | Fence)
 KINDS: dict[str, type[Event]] = {cls.__name__.lower(): cls for cls in typing.get_args(Event)}

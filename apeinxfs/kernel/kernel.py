@@ -92,7 +92,7 @@ class Kernel:
             ev.Step: (lambda e: _check_gpu(len(self.gpus), e.gpu, "to step"), self.moves.step),
             ev.Failed: (accept, self._apply_failed), ev.Fence: (accept, self.moves.fence),
             ev.Interrupted: (accept, self.engines.interrupted),
-            ev.EngineHealth: (accept, self.engines.health), ev.OptionsClamped: (accept, lambda e: self.emit("model", None, e.what)),
+            ev.EngineHealth: (accept, self.engines.health),
             ev.EngineKV: (self.engines.kv_reports.check, self.engines.kv_reports.record),
             ev.Rejected: (accept, self._apply_rejected),
             ev.SetPolicy: (self._check_setpolicy, self._apply_setpolicy),
