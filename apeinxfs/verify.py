@@ -13,8 +13,9 @@ compared; one of them that raises is quarantined as the daemon's recovery does
 (recovery.py), and reported. The lines replayed are also compared with the trace archive
 (archive.py, STATE_DIR/trace/) from its first line on: a line changed, missing or written
 twice there diverges too; lines it has beyond the journal (a live daemon's) are not
-compared. Lines are compared with each URL's credentials hidden on both sides (`alike`): a journal
-written before the kernel hid them in a model's line holds them in its row, its trace, or both. A task the journal does not hold is shown from the archive. Where the journal
+compared. A recorded line is also taken as the replayed one with each URL's credentials hidden (`alike`):
+a journal written before the kernel hid them holds them in its trace; a replayed line that shows them again
+diverges. A task the journal does not hold is shown from the archive. Where the journal
 was compacted behind snapshots (compaction.py), the replays start from the oldest and
 newest usable snapshot instead of row 1 (and from row 1 too while the journal holds it). It opens the
 journal read-only, in one snapshot, so it runs beside a live daemon. It changes nothing,
@@ -302,9 +303,9 @@ def compare(trace, seq: int, crc: int, lines: list[str]) -> tuple[str, str] | No
 
 
 def alike(recorded: str, replayed: str) -> bool:
-    """Whether a recorded trace line is the replayed one, each URL's credentials hidden in both: the kernel hides
-    them in a model's line as it applies it, and a journal written before it did holds them there."""
-    return recorded == replayed or redacted(recorded) == redacted(replayed)
+    """Whether a recorded trace line is the replayed one, as recorded or with each URL's credentials hidden: the
+    kernel hides them as it applies a row, and a journal written before it did holds them in its trace."""
+    return recorded == replayed or redacted(recorded) == replayed
 
 
 # -- the command -------------------------------------------------------------------------------
