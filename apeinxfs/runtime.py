@@ -353,7 +353,8 @@ class Runtime:
 
     def forget_engines(self) -> None:
         """Drop the observations and states of models that no longer exist."""
-        for seen in (self.engine_metrics, self.engine_states, self.endpoint_metrics, self.endpoint_states, self.clamped):
+        observed = (self.engine_metrics, self.engine_states, self.endpoint_metrics, self.endpoint_states, self.clamped)
+        for seen in observed:
             for key in [key for key in seen if (key if isinstance(key, str) else key[0]) not in self.kernel.models]:
                 del seen[key]
                 self.observed += 1

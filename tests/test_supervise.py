@@ -205,7 +205,8 @@ async def test_a_journal_model_whose_options_are_now_refused_fails_alone_and_can
     assert "ext" not in rt.kernel.models and "driver.openai" not in " ".join(rt.supervisor.bugs)
     exit_line = rt.kernel.tasks[pid].exit
     assert "State:\tfailed\n" in status and "retries must be an integer from 0 to 100, not '200'" in status
-    assert exit_line.startswith("failed: model ext cannot run: the driver cannot be built: ") and "not '200'" in exit_line
+    assert exit_line.startswith("failed: model ext cannot run: the driver cannot be built: ")
+    assert "not '200'" in exit_line
 
 
 async def test_a_journal_model_with_numbers_out_of_bounds_runs_them_clamped(tmp_path, nursery, caplog):
@@ -231,7 +232,8 @@ async def test_a_journal_model_with_numbers_out_of_bounds_runs_them_clamped(tmp_
 
 
 async def test_a_configured_model_re_added_with_refused_options_fails_alone(tmp_path):
-    """Configured openai models a and b; b re-added (journaled) with retries = "200" (a text): b fails, a's driver starts."""
+    """Configured openai models a and b; b re-added (journaled) with retries = "200" (a text): b fails, a's driver
+    starts."""
     toml = ('[gpus]\nsimulated = 1\n[[models]]\nname = "a"\ndriver = "openai"\noptions = {url = "http://127.0.0.1:9"}\n'
             '[[models]]\nname = "b"\ndriver = "openai"\noptions = {url = "http://127.0.0.1:9"}\n')
     refused = ModelConfig(name="b", driver="openai", options={"url": "http://127.0.0.1:9", "retries": "200"})
