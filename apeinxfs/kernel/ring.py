@@ -61,15 +61,17 @@ class Ring:
         self.trim()
 
     def rewrite(self, change: Callable[[str], str]) -> bool:
-        """Each line kept, as `change` makes it (one line of it); whether any changed. The offsets of the lines
-        after a changed one move: for a ring just loaded, before any reader has one."""
-        kept = self.buffer[len(self.HEADER):].decode().split("\n")[:-1]  # each line ends with one
-        assert len(kept) == len(self._starts), f"{len(kept)} lines kept, {len(self._starts)} indexed"
-        changed = [change(line) for line in kept]
+        """The lines kept, as `change` makes their text (each line on its own: it never joins nor splits one);
+        whether any changed. The offsets of the lines after a changed one move: for a ring just loaded, before
+        any reader has one."""
+        kept = self.buffer[len(self.HEADER):].decode()
+        changed = change(kept)
         if changed == kept:
             return False
+        lines = changed.split("\n")[:-1]  # each line ends with one
+        assert len(lines) == len(self._starts), f"{len(lines)} lines changed, {len(self._starts)} kept"
         del self.buffer[len(self.HEADER):], self._starts[:]
-        for line in changed:
+        for line in lines:
             self._starts.append(len(self.buffer) + self.dropped)
             self.buffer += f"{line}\n".encode()
         return True
