@@ -309,6 +309,8 @@ def test_an_infinite_engine_option_is_refused(option):
     ({"retries": 1e20}, "retries must be an integer from 0 to 100, not 1e+20"),
     ({"retries": True}, "retries must be an integer from 0 to 100, not True"),
     ({"retries": "3"}, "retries must be an integer from 0 to 100, not '3'"),
+    ({"retries": 10 ** 400}, f"retries must be an integer from 0 to 100, not {10 ** 400}"),
+    ({"timeout_s": 10 ** 400}, f"timeout_s must be a number of seconds from 0.001 to 86400, not {10 ** 400}"),
     ({"backoff_s": 1e308}, "backoff_s must be a number of seconds from 0 to 3600, not 1e+308"),
     ({"metrics_s": 1e-9}, "metrics_s must be 0 (none) or a number of seconds from 0.01 to 3600, not 1e-09"),
     ({"timeout_s": 0}, "timeout_s must be a number of seconds from 0.001 to 86400, not 0"),
@@ -336,10 +338,12 @@ def test_an_engine_option_out_of_its_bounds_is_refused_in_words(options, words):
      "timeout_s inf clamped to 86400 (the bound)"),
     ({"timeout_s": 0}, {"timeout_s": 0.001}, "timeout_s 0 clamped to 0.001 (the bound)"),
     ({"metrics_s": 1e-9}, {"metrics_s": 0.01}, "metrics_s 1e-09 clamped to 0.01 (the bound)"),
+    ({"retries": 10 ** 400}, {"retries": 100}, f"retries {10 ** 400} clamped to 100 (the bound)"),
+    ({"timeout_s": -10 ** 400}, {"timeout_s": 0.001}, f"timeout_s {-10 ** 400} clamped to 0.001 (the bound)"),
     ({"metrics_s": 0, "retries": 3}, None, None),
     ({"retries": 1e20}, None, None), ({"retries": True}, None, None), ({"retries": "300"}, None, None),
     ({"timeout_s": math.nan}, None, None), ({"timeout": 1e9}, None, None), ({"url": "ftp://x"}, None, None),
-], ids=["over", "under", "inf", "zero", "below-least", "in-bounds", "float-count", "bool", "text", "nan", "unknown",
+], ids=["over", "under", "inf", "zero", "below-least", "huge-int", "huge-negative-int", "in-bounds", "float-count", "bool", "text", "nan", "unknown",
         "bad-url"])
 def test_a_journal_models_numbers_out_of_bounds_are_clamped_and_the_rest_left_to_refuse(given, kept, words):
     """A number of its kind out of its option's bounds is set to the nearest bound, said in words; a number in them,

@@ -65,6 +65,8 @@ def test_bad_add_lines_are_refused_with_the_reason(tmp_path):
                  (b"add x driver=openai url=http://h colour=red\n", errno.EINVAL, "colour"),
                  (b"add x driver=openai url=http://h retries=200\n", errno.EINVAL,
                   "retries must be an integer from 0 to 100, not 200"),
+                 (b"add x driver=openai url=http://h retries=1" + b"0" * 400 + b"\n", errno.EINVAL,
+                  "retries must be an integer from 0 to 100, not 1" + "0" * 400),
                  (b"add x driver=sim layers=zero\n", errno.EINVAL, "layers must be an integer"),
                  (b"add x driver=sim dtype=fp4\n", errno.EINVAL, "dtype must be one of"),
                  (b"add a/b driver=sim\n", errno.EINVAL, "slashes"),

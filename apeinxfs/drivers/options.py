@@ -43,12 +43,12 @@ class Bounds:
     off: bool = False
 
     def __call__(self, _inst: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
-        if not (self._number(value) and math.isfinite(value) and self._within(value)):
+        if not (self._number(value) and _finite(value) and self._within(value)):
             raise ValueError(self._words(attribute.name, value))
 
     def nearest(self, value: Any) -> float | None:
         """The bound nearest `value` if it is a number of its kind out of them (infinities too); else None."""
-        if not self._number(value) or math.isnan(value) or math.isfinite(value) and self._within(value):
+        if not self._number(value) or _nan(value) or _finite(value) and self._within(value):
             return None
         return min(max(value, self.least), self.most)
 
@@ -63,6 +63,20 @@ class Bounds:
             return f"{name} must be an integer from {self.least} to {self.most}, not {value!r}"
         zero = "0 (none) or " if self.off else ""
         return f"{name} must be {zero}a number of seconds from {self.least:g} to {self.most:g}, not {value!r}"
+
+
+def _finite(value: float) -> bool:
+    """Whether a number is finite: an int always is (math.isfinite converts it to a float: past 1e308 it overflows)."""
+    return type(value) is int or math.isfinite(value)
+
+
+def _nan(value: float) -> bool:
+    return type(value) is float and math.isnan(value)
+
+
+def _shown(value: float) -> str:
+    """A number in words: an int whole (`{:g}` converts it to a float: past 1e308 it overflows), a float as `{:g}`."""
+    return str(value) if type(value) is int else f"{value:g}"
 
 
 def seconds(least: float, most: float, off: bool = False) -> Bounds:
@@ -85,7 +99,7 @@ def clamped(cls: type, given: dict) -> tuple[dict, list[str]]:
         bound = field.validator.nearest(value) if isinstance(field.validator, Bounds) else None
         if bound is not None:
             kept[field.name] = bound
-            words.append(f"{field.name} {value:g} clamped to {bound:g} (the bound)")
+            words.append(f"{field.name} {_shown(value)} clamped to {_shown(bound)} (the bound)")
     return kept, words
 
 
