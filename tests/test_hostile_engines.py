@@ -343,8 +343,8 @@ def test_an_engine_option_out_of_its_bounds_is_refused_in_words(options, words):
     ({"metrics_s": 0, "retries": 3}, None, None),
     ({"retries": 1e20}, None, None), ({"retries": True}, None, None), ({"retries": "300"}, None, None),
     ({"timeout_s": math.nan}, None, None), ({"timeout": 1e9}, None, None), ({"url": "ftp://x"}, None, None),
-], ids=["over", "under", "inf", "zero", "below-least", "huge-int", "huge-negative-int", "in-bounds", "float-count", "bool", "text", "nan", "unknown",
-        "bad-url"])
+], ids=["over", "under", "inf", "zero", "below-least", "huge-int", "huge-negative-int", "in-bounds", "float-count",
+        "bool", "text", "nan", "unknown", "bad-url"])
 def test_a_journal_models_numbers_out_of_bounds_are_clamped_and_the_rest_left_to_refuse(given, kept, words):
     """A number of its kind out of its option's bounds is set to the nearest bound, said in words; a number in them,
     one of the wrong kind (1e20 retries, true), a text, NaN, an unknown option or a bad URL is left as given."""
