@@ -8,8 +8,8 @@ import pytest
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig, kernel_config_from_dict
 from apeinxfs.kernel.errors import ApeinxError, Invalid
-from apeinxfs.kernel.events import (Chunk, EngineHealth, EngineKV, Failed, Interrupted, RemoveModel, SetModel, Step, Submit,
-                                    from_row, to_row)
+from apeinxfs.kernel.events import (Chunk, EngineHealth, EngineKV, Failed, Interrupted, RemoveModel, SetModel, Step,
+                                    Submit, from_row, to_row)
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.kernel.task import State
 from apeinxfs.nodes.memory import pool
