@@ -115,6 +115,7 @@ class Runtime:
         self.endpoint_metrics: dict = {}  # (model, gpus) -> the last scrape of one endpoint of a model with endpoints
         self.endpoint_states: dict = {}  # (model, gpus) -> one endpoint's EngineState (engine_states: the best of them)
         self.cannot_run: dict = {}  # model -> the enginehost.CannotRun serving it: its driver cannot be built
+        self.clamped: dict = {}  # model kept in the journal -> its options out of bounds, clamped (enginehost.py)
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
         self.journal_due = False  # the steps waiting are to be journaled next round (a trace line, or PROGRESS_S)
         self.snapshotter = None  # compaction.Snapshotter, set by the daemon (mount.py): snapshots and compaction
@@ -367,7 +368,8 @@ class Runtime:
 
     def forget_engines(self) -> None:
         """Drop the observations and states of models that no longer exist."""
-        for seen in (self.engine_metrics, self.engine_states, self.endpoint_metrics, self.endpoint_states):
+        observed = (self.engine_metrics, self.engine_states, self.endpoint_metrics, self.endpoint_states, self.clamped)
+        for seen in observed:
             for key in [key for key in seen if (key if isinstance(key, str) else key[0]) not in self.kernel.models]:
                 del seen[key]
                 self.observed += 1
