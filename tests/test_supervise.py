@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from apeinxfs import health
+from apeinxfs.cluster.peer_client import Peer
 from apeinxfs.drivers.enginestate import EngineState
 from apeinxfs.enginehost import DriverGroups
 from apeinxfs.kernel.config import ModelConfig
@@ -150,6 +151,16 @@ async def test_a_restarted_failover_recorder_records_from_where_it_was_not_from_
     assert seqs_while_fencing == [recorded, recorded] and recorded < rt.kernel.trace.seq
     assert failover.seq == rt.kernel.trace.seq and failover.written[pid][0].owner == failover.here
     assert failover.etcd.txns == 1
+
+
+async def test_the_cluster_clients_closed_and_entered_again_are_open(tmp_path):
+    """Tier 2: the etcd client and the router, closed as Cluster.run ends and entered again at its restart (the
+    supervisor's `cluster.run`), hold open clients: etcd a new httpx client, the router none of the peers' it closed."""
+    cluster = node(tmp_path).cluster
+    async with cluster.etcd, cluster.router:
+        closed = cluster.router.peers["http://127.0.0.1:9"] = Peer("http://127.0.0.1:9", b"token")
+    async with cluster.etcd, cluster.router:
+        assert not cluster.etcd.http.is_closed and cluster.router.peers == {} and closed.http.is_closed
 
 
 async def test_a_driver_that_cannot_be_built_fails_its_models_only_and_the_others_start(tmp_path):

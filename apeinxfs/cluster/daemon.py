@@ -125,7 +125,9 @@ class Cluster:
         `follow` starts in this nursery (etcd_watch.py start_checking), is not restarted by the supervisor
         (its cancel scope and stream are one stream's): a bug there is noted as `cluster.watch.check` and
         leaves the stream, as a failed check does, and the watch's next stream starts a checker of its own.
-        Not supervised, so a bug there still ends this and the daemon: the etcd client's and router's contexts."""
+        This itself, around its loops with the etcd client's and router's contexts, is supervised as
+        `cluster.run` (Runtime.run): both close as it ends and open again at its restart, which starts the
+        loops again."""
         supervised = self.rt.supervisor.supervised
         async with self.etcd, self.router, trio.open_nursery() as nursery:
             loops = [("cluster.member", self.member.run), ("cluster.publish", self.member.publish),

@@ -77,7 +77,9 @@ class Router:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        for peer in self.peers.values():
+        """Close the peers' clients; the next use, after Cluster.run's restart, makes new ones."""
+        peers, self.peers = self.peers, {}
+        for peer in peers.values():
             await peer.http.aclose()
 
     # -- where tasks live ---------------------------------------------------------------------
