@@ -19,7 +19,9 @@ token are at most UNPROVEN_MAX, and a quarter of the descriptors the daemon may 
 (RLIMIT_NOFILE, read at each connection), so that idle connections from anyone cannot take the
 descriptors the mount, journal and snapshots need: a new one beyond makes room by closing the
 oldest unproven one (a flood cannot hold the places; a fresh request gets in), and each must send
-its first whole head within UNPROVEN_S.
+its first whole head within UNPROVEN_S. The accept loop is supervised (supervise.py: `peer.accept`,
+restarted on the same socket after a bug); a bug in a connection outside a request's answer closes
+that connection alone (`peer.connection`); a request's bug before its answer began is answered EIO.
 Not here: the FUSE mount, the client (peer_client.py), membership.
 """
 import contextlib
@@ -106,13 +108,33 @@ class PeerServer:
         self.flood_log = RateLog(log)
 
     async def serve(self, listening: Listening, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(listening.sock))
+        """Serve peers until cancelled: the accept loop supervised as `peer.accept` (supervise.py: a bug there
+        is logged, shown in /ai/health and the loop started again on the same socket, whose backlog keeps the
+        connections that come meanwhile), each connection in a task of a nursery that outlives the loop's
+        restarts, so a bug in the loop closes none of them."""
         log.info("peer server on %s", listening.sock.getsockname()[:2])
-        await trio.serve_listeners(self.connection, [listener], task_status=task_status)
+        with listening.sock:
+            async with trio.open_nursery() as connections:
+                task_status.started()
+                await self.rt.supervisor.supervised("peer.accept", self.accept, listening.sock, connections)
+
+    async def accept(self, sock: socket.socket, connections: trio.Nursery) -> None:
+        """trio's accept loop (it waits out a lack of descriptors) on a duplicate of `sock`, which it closes as
+        it ends while `sock` listens on; each connection served in `connections`."""
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock.dup()))
+        await trio.serve_listeners(self.connection, [listener], handler_nursery=connections)
 
     async def connection(self, socket_stream: trio.SocketStream) -> None:
-        """Requests on one connection, kept alive between them; a broken or stalled one just
-        ends, and no bug escapes (it would end the daemon's nursery)."""
+        """One peer's connection, whose bug ends it alone: an Exception that escapes its requests and their
+        answers (its admission, a bug in a response under way) is kept as the Bug `peer.connection`
+        (supervise.py, /ai/health) and the connection closed (trio's serve_listeners closes its stream)."""
+        try:
+            await self.converse(socket_stream)
+        except Exception as bug:
+            self.rt.supervisor.note("peer.connection", bug, "its connection closed")
+
+    async def converse(self, socket_stream: trio.SocketStream) -> None:
+        """Requests on one connection, kept alive between them; a broken or stalled one just ends."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEADER_MAX)
         stream = StalledSends(socket_stream, self.stall_s)
         with trio.CancelScope() as evicted:  # cancelled when a newer unproven connection needs the place
@@ -124,8 +146,6 @@ class PeerServer:
                 await refuse_malformed(conn, stream, exc)
             except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
                 pass
-            except Exception as exc:
-                self.log_bug(exc)
             finally:
                 ticket.give_back()
                 await stream.aclose()
