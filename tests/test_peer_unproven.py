@@ -17,7 +17,8 @@ from apeinxfs.cluster.peer_wire import PeerRefused, TokenFile, Tokens
 from apeinxfs.kernel.errors import NotFound
 from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.tree import Tree
-from test_journal_runtime import open_runtime
+from engines import free_port
+from test_journal_runtime import ONE_GPU, open_runtime
 
 TOKEN = b"unproven-test-token"
 PLACES = 4  # the server's unproven cap: a small one, so the test needs few descriptors
@@ -26,16 +27,17 @@ HANG_GUARD_S = 60  # only so that a connection never closed fails the test inste
 
 
 @contextlib.asynccontextmanager
-async def serving(tmp_path, unproven_s: float = UNPROVEN_S):
-    """A PeerServer with PLACES unproven places on 127.0.0.1, which waits `unproven_s` for a first head; yields
-    its URL and its runtime's supervisor (supervise.py)."""
-    with open_runtime(tmp_path) as runtime:
+async def serving(tmp_path, unproven_s: float = UNPROVEN_S, toml: str = ONE_GPU):
+    """A PeerServer with PLACES unproven places on 127.0.0.1, which waits `unproven_s` for a first head, of a
+    runtime booted from `toml`; yields its URL and the runtime. Bound to a port of its own, as `prepare` binds
+    the advertised one (a restart of the accept loop listens again on it)."""
+    with open_runtime(tmp_path, toml) as runtime:
         server = PeerServer(Tree(runtime), TokenFile.fixed(Tokens((TOKEN,))), 4, 5.0, unproven_max=PLACES,
                             unproven_s=unproven_s)
-        listening = Listening(socket.create_server(("127.0.0.1", 0)), server.tokens)
+        listening = Listening(socket.create_server(("127.0.0.1", free_port())), server.tokens)
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve, listening)
-            yield f"http://127.0.0.1:{listening.port}", runtime.supervisor
+            yield f"http://127.0.0.1:{listening.port}", runtime
             nursery.cancel_scope.cancel()
 
 
@@ -87,7 +89,7 @@ async def test_an_unproven_connection_without_a_whole_head_is_closed_after_unpro
 async def test_bad_requests_and_evicted_connections_are_refused_and_no_bug(tmp_path):
     """Idle connections past the cap, a request that is not HTTP and one without the token are closed or
     refused (400, PeerRefused) as the server's own handling, not kept as a Bug (peer.connection)."""
-    async with serving(tmp_path, math.inf) as (url, supervisor):
+    async with serving(tmp_path, math.inf) as (url, runtime):
         port = int(url.rsplit(":", 1)[1])
         idle = await idle_connections(port, PLACES + 2)
         with trio.fail_after(HANG_GUARD_S):
@@ -99,4 +101,4 @@ async def test_bad_requests_and_evicted_connections_are_refused_and_no_bug(tmp_p
                     await peer.status(1, Caller())
         for stream in [*idle, garbage]:
             await stream.aclose()
-        assert supervisor.bugs == {}
+        assert runtime.supervisor.bugs == {}
