@@ -367,8 +367,10 @@ class Runtime:
         readers' signal watcher and the cluster's tasks (if any) until cancelled. Each loop is supervised
         (supervise.py): a bug in one is logged, shown in /ai/health, and the loop started again; each keeps
         what it needs across a restart on its object, and goes on from there; `Cluster.run` too, around its
-        own loops, each supervised in it. Not supervised: the drivers' own tasks (enginehost.py)."""
-        async with trio.open_nursery() as nursery:
+        own loops, each supervised in it, its clients open outside it, until this ends (Cluster.clients). Not
+        supervised: the drivers' own tasks (enginehost.py)."""
+        clients = contextlib.nullcontext() if self.cluster is None else self.cluster.clients()
+        async with clients, trio.open_nursery() as nursery:
             groups = DriverGroups(self, nursery)
             groups.sync()  # builds the drivers (mount.main checked the configured ones; a journal model's may fail alone)
             loops = [("drivers.follow", groups.follow), ("deadlines", self._deadline_timer),
@@ -380,7 +382,7 @@ class Runtime:
                 loops.append(("gpu.sample", self._sample_gpu_memory))
             if self.snapshotter is not None:
                 loops.append(("snapshots", self.snapshotter.run))
-            if self.cluster is not None:  # its contexts around its own loops, each supervised in it
+            if self.cluster is not None:  # its own loops, each supervised in it
                 loops.append(("cluster.run", self.cluster.run))
             for name, loop in loops:
                 nursery.start_soon(self.supervisor.supervised, name, loop)

@@ -96,21 +96,14 @@ class Etcd:
         self.attempt_timeout = attempt_timeout
         self.current = 0
         self.tls = tls if isinstance(tls, TlsFiles) else TlsFiles.fixed(client_context() if tls is None else tls)
-        self.connect_timeout = connect_timeout
-        self.transport, self.http = self.connections()
+        # Deadlines are trio's (the caller's or `timeout`); httpx only bounds a connect (transport_of).
+        self.transport = Renewing(self.tls, transport_of)  # new connections with the current TLS files
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=connect_timeout), trust_env=False,
+                                      transport=self.transport)
         self.auth = Auth(credentials, lambda url, body: self.send(url, "/auth/authenticate", body, HEADERS),
                          attempt_timeout)
 
-    def connections(self) -> tuple[Renewing, httpx.AsyncClient]:
-        """The transport of new connections with the current TLS files, and the httpx client over it. Deadlines
-        are trio's (the caller's or `timeout`); httpx only bounds a connect (transport_of)."""
-        transport = Renewing(self.tls, transport_of)
-        return transport, httpx.AsyncClient(timeout=httpx.Timeout(None, connect=self.connect_timeout),
-                                            trust_env=False, transport=transport)
-
     async def __aenter__(self) -> "Etcd":
-        if self.http.is_closed:  # entered again once closed (Cluster.run restarted): a client of its own
-            self.transport, self.http = self.connections()
         return self
 
     async def __aexit__(self, *exc) -> None:
