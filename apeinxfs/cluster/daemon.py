@@ -2,10 +2,11 @@
 
 `Cluster(settings, runtime)` is built by mount.py when `[cluster] etcd` is set and run
 by `Runtime.run` beside the drivers: one etcd client, the `router` (routing.py: where
-tasks live, where writes go, the peers' clients; both open for the daemon's run: `clients`), `shared` (shared.py: the settings log),
-and nine tasks: the member (lease, epoch, leader campaign; member.py; on its lease, this
-node's usage keys, put soon after its limited tenants' use changed: usagekeys.py; and its
-live keys, each tenant's live pids, put when they changed: livekeys.py), the publisher of
+tasks live, where writes go, the peers' clients; both open for the daemon's run: `clients`),
+`shared` (shared.py: the settings log), and nine tasks: the member (lease, epoch, leader
+campaign; member.py; on its lease, this node's usage keys, put soon after its limited
+tenants' use changed: usagekeys.py; and its live keys, each tenant's live pids, put when
+they changed: livekeys.py), the publisher of
 this node's record (when it changed, looked at every second; every 30 s unchanged:
 member.py), the follower that keeps `view` (view.py) current through a watch, applies the
 settings log's entries and sums the other nodes' tenant use for admission (usage.py), the
