@@ -9,10 +9,14 @@ import contextlib
 import logging
 import math
 
+import httpx
 import pytest
 import trio
+import trio.testing
 
 from apeinxfs import health
+from apeinxfs.cluster.daemon import Cluster
+from apeinxfs.cluster.peer_client import Peer
 from apeinxfs.drivers.enginestate import EngineState
 from apeinxfs.enginehost import DriverGroups
 from apeinxfs.kernel.config import ModelConfig
@@ -153,6 +157,48 @@ async def test_a_restarted_failover_recorder_records_from_where_it_was_not_from_
     assert seqs_while_fencing == [recorded, recorded] and recorded < rt.kernel.trace.seq
     assert failover.seq == rt.kernel.trace.seq and failover.written[pid][0].owner == failover.here
     assert failover.etcd.txns == 1
+
+
+async def test_the_cluster_clients_stay_open_while_cluster_run_waits_for_its_restart(tmp_path, monkeypatch,
+                                                                                     mock_clock):
+    """Tier 2 (a cluster node's runtime running, its etcd unreachable, the clock held still): a bug that ends
+    Cluster.run's nursery leaves its etcd client and a peer's client of the router open while `cluster.run` waits
+    for its restart (the mount's settings writes and a remote task's open files use them), where both were
+    closed; they close as the runtime's run ends."""
+    rt = node(tmp_path)
+    real_follow = Cluster.follow
+
+    async def follow_beside_a_bug(cluster, nursery):
+        async def bug():
+            raise ValueError("a bug in a task of the cluster's nursery")
+        nursery.start_soon(bug)
+        await real_follow(cluster, nursery)
+    monkeypatch.setattr(Cluster, "follow", follow_beside_a_bug)
+    peer = rt.cluster.router.peers["http://127.0.0.1:9"] = Peer("http://127.0.0.1:9", b"token")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rt.run)
+        await trio.testing.wait_all_tasks_blocked()
+        assert rt.supervisor.bugs["cluster.run"].times == 1
+        assert not rt.cluster.etcd.http.is_closed and not peer.http.is_closed
+        nursery.cancel_scope.cancel()
+    assert rt.cluster.etcd.http.is_closed and peer.http.is_closed
+
+
+async def test_the_router_closes_every_peer_client_when_closing_one_fails(tmp_path):
+    """As the router closes, one of three peers' clients fails to close (a bug): the other two are closed all the
+    same, then that bug is raised."""
+    router = node(tmp_path).cluster.router
+    peers = [Peer(f"http://127.0.0.1:{port}", b"token") for port in (7, 8, 9)]
+    router.peers = {peer.url: peer for peer in peers}
+
+    async def fails() -> None:
+        raise ValueError("a bug in closing a client")
+    peers[1].http.aclose = fails
+    with pytest.raises(ValueError):
+        async with router:
+            pass
+    assert peers[0].http.is_closed and peers[2].http.is_closed
+    await httpx.AsyncClient.aclose(peers[1].http)
 
 
 async def test_a_driver_that_cannot_be_built_fails_its_models_only_and_the_others_start(tmp_path):
