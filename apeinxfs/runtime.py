@@ -115,6 +115,7 @@ class Runtime:
         self.endpoint_metrics: dict = {}  # (model, gpus) -> the last scrape of one endpoint of a model with endpoints
         self.endpoint_states: dict = {}  # (model, gpus) -> one endpoint's EngineState (engine_states: the best of them)
         self.cannot_run: dict = {}  # model -> the enginehost.CannotRun serving it: its driver cannot be built
+        self.clamped: dict = {}  # model kept in the journal -> its options out of bounds, clamped (enginehost.py)
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
         self.journal_due = False  # the steps waiting are to be journaled next round (a trace line, or PROGRESS_S)
         self.snapshotter = None  # compaction.Snapshotter, set by the daemon (mount.py): snapshots and compaction
@@ -367,7 +368,8 @@ class Runtime:
 
     def forget_engines(self) -> None:
         """Drop the observations and states of models that no longer exist."""
-        for seen in (self.engine_metrics, self.engine_states, self.endpoint_metrics, self.endpoint_states):
+        observed = (self.engine_metrics, self.engine_states, self.endpoint_metrics, self.endpoint_states, self.clamped)
+        for seen in observed:
             for key in [key for key in seen if (key if isinstance(key, str) else key[0]) not in self.kernel.models]:
                 del seen[key]
                 self.observed += 1
@@ -381,9 +383,11 @@ class Runtime:
         """Run the models' drivers on every GPU (enginehost.py), the deadline timer, the blocked
         readers' signal watcher and the cluster's tasks (if any) until cancelled. Each loop is supervised
         (supervise.py): a bug in one is logged, shown in /ai/health, and the loop started again; each keeps
-        what it needs across a restart on its object, and goes on from there. Not supervised: the drivers'
-        own tasks (enginehost.py) and `Cluster.run` itself (its loops are)."""
-        async with trio.open_nursery() as nursery:
+        what it needs across a restart on its object, and goes on from there; `Cluster.run` too, around its
+        own loops, each supervised in it, its clients open outside it, until this ends (Cluster.clients). Not
+        supervised: the drivers' own tasks (enginehost.py)."""
+        clients = contextlib.nullcontext() if self.cluster is None else self.cluster.clients()
+        async with clients, trio.open_nursery() as nursery:
             groups = DriverGroups(self, nursery)
             groups.sync()  # builds the drivers (mount.main checked the configured ones; a journal model's may fail alone)
             loops = [("drivers.follow", groups.follow), ("deadlines", self._deadline_timer),
@@ -395,10 +399,10 @@ class Runtime:
                 loops.append(("gpu.sample", self._sample_gpu_memory))
             if self.snapshotter is not None:
                 loops.append(("snapshots", self.snapshotter.run))
+            if self.cluster is not None:  # its own loops, each supervised in it
+                loops.append(("cluster.run", self.cluster.run))
             for name, loop in loops:
                 nursery.start_soon(self.supervisor.supervised, name, loop)
-            if self.cluster is not None:  # not restarted: leaving it closes its etcd client; its loops are supervised
-                nursery.start_soon(self.cluster.run)
             task_status.started()
 
     async def _compress_archive(self) -> None:
