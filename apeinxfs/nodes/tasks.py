@@ -132,9 +132,10 @@ class PidOrder:
     def key(self) -> tuple:
         """What changes with the kernel's set of pids: a task comes (the count, or next_pid, grows) or goes
         (reaped, retention.py: the only way out of the table); not a task's state, as the runtime's version does.
-        On a cluster node, where the other nodes' tasks come and go unseen by the kernel, the runtime's version."""
-        kernel, rt = self.rt.kernel, self.rt
-        return len(kernel.tasks), kernel.tasks.next_pid, kernel.counters.reaped, rt.cluster is not None and rt.version
+        On a cluster node also the etcd revision its cluster view has seen: the other nodes' live pids come and go
+        there (their live keys, their `up` leases), unseen by the kernel and the runtime's version."""
+        kernel, cluster = self.rt.kernel, self.rt.cluster
+        return len(kernel.tasks), kernel.tasks.next_pid, kernel.counters.reaped, cluster and cluster.view.revision
 
 
 @attrs.define(eq=False)
