@@ -97,6 +97,7 @@ class Operations(pyfuse3.Operations):
         self.owner = (os.getuid(), os.getgid())
         self.handles: dict[int, object] = {}
         self.listings: dict[int, tuple[Dir, Caller]] = {}  # directory handle -> (its directory, who opened it)
+        self.charged: dict[int, int] = {}  # file or directory handle -> the uid its bytes are charged to (openfiles.py)
         self._fh = itertools.count(1)
         self._callers: dict[tuple, Caller] = {}
         self._callers_rules = None
@@ -236,7 +237,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         caller = self.caller(ctx)
         self.check(node, caller, os.R_OK)
-        fh = next(self._fh)
+        fh = self.admit(node, caller, None)
         self.listings[fh] = (node, caller)
         return fh
 
@@ -251,7 +252,8 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def releasedir(self, fh):
-        self.listings.pop(fh, None)
+        if self.listings.pop(fh, None) is not None:
+            self.tree.snapshots.drop(self.charged.pop(fh))
 
     @guarded
     async def open(self, inode, flags, ctx):
@@ -266,20 +268,29 @@ class Operations(pyfuse3.Operations):
             raise
         handle = node.open(caller, writing=mode != os.O_RDONLY, reading=mode != os.O_WRONLY,
                            truncating=bool(flags & os.O_TRUNC))
-        if isinstance(handle, SnapshotHandle):
-            handle.data, handle.uid = self.snapshot(node, caller), caller.uid
-        fh = next(self._fh)
+        try:
+            fh = self.admit(node, caller, handle)
+        except NoMemory:
+            handle.release()
+            raise
         self.handles[fh] = handle
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
-    def snapshot(self, node, caller: Caller) -> bytes:
-        """The text a new descriptor of `caller` on show file `node` reads; one past limits.open_bytes is refused
-        (ENOMEM) and recorded as a rejected write is."""
+    def admit(self, node, caller: Caller, handle) -> int:
+        """A new descriptor's number, its bytes charged to `caller`'s uid: its own, and the snapshot it reads if
+        `handle` is a show file's (set here). One past limits.open_bytes is refused (ENOMEM) and recorded as a
+        rejected write is."""
         try:
-            return self.tree.open_snapshot(node, caller.uid)
+            if isinstance(handle, SnapshotHandle):
+                handle.data = self.tree.open_snapshot(node, caller.uid)
+            else:
+                self.tree.snapshots.hold(caller.uid)
         except NoMemory as exc:
             self.tree.reject_at(node, exc, caller)
             raise
+        fh = next(self._fh)
+        self.charged[fh] = caller.uid
+        return fh
 
     @guarded
     async def read(self, fh, off, size):
@@ -302,10 +313,14 @@ class Operations(pyfuse3.Operations):
     @guarded
     async def release(self, fh):
         handle = self.handles.pop(fh, None)
-        if handle is not None:
-            handle.release()
+        if handle is None:
+            return
+        handle.release()
+        uid = self.charged.pop(fh)
         if isinstance(handle, SnapshotHandle):
-            self.tree.close_snapshot(handle.node.inode, handle.uid, handle.data)
+            self.tree.close_snapshot(handle.node.inode, uid, handle.data)
+        else:
+            self.tree.snapshots.drop(uid)
 
     @guarded
     async def create(self, parent_inode, name, mode, flags, ctx):

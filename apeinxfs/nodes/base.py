@@ -146,11 +146,15 @@ class NamedDirs(Dir):
     def make(self, name: str, inode: int) -> BuiltDir:
         raise NotImplementedError
 
-    def named(self, name: str) -> BuiltDir:
+    def number(self, name: str) -> int:
+        """`name`'s number, given it the first time it is seen."""
         if name not in self.numbers:
             self.numbers[name] = len(self.names)
             self.names.append(name)
-        return self.make(name, self.base + self.numbers[name] * self.slots)
+        return self.numbers[name]
+
+    def named(self, name: str) -> BuiltDir:
+        return self.make(name, self.base + self.number(name) * self.slots)
 
     def child(self, name):
         return self.named(name) if name in self.current() else None
@@ -159,7 +163,18 @@ class NamedDirs(Dir):
         """Every name's directory but `.` and `..` (a tenant from before they were refused): an entry so named
         would stand for the directory itself or its parent (Linux FUSE adds no `.` or `..` of its own, and
         fs.py's readdir lists none)."""
-        return [(name, self.named(name)) for name in self.current() if name not in (".", "..")]
+        return [(name, self.named(name)) for name in self.listed()]
+
+    def listed(self) -> list[str]:
+        """The names that exist now but `.` and `..`, in the order they were first seen (by their numbers)."""
+        return sorted((name for name in self.current() if name not in (".", "..")), key=self.number)
+
+    def entries_from(self, cookie):
+        """Offsets are the names' numbers (an entry's is its number + 1), as pids are in /tasks: a name removed
+        mid-listing moves none after it, so an `ls` meets each name that exists throughout once."""
+        for name in self.listed():
+            if (number := self.number(name)) >= cookie:
+                yield number + 1, name, self.named(name)
 
     def owns(self, inode: int) -> bool:
         return self.base <= inode < self.limit
@@ -177,10 +192,10 @@ class NamedDirs(Dir):
         return node
 
     def name_of(self, inode: int) -> str:
-        """`NAME/FILE` of a file's inode (for the audit trail)."""
+        """`NAME/FILE` of a file's inode, `NAME` of its directory's (for the audit trail)."""
         number, slot = divmod(inode - self.base, self.slots)
         name = self.names[number]
-        return f"{name}/{self.named(name).names[slot - 1]}"
+        return f"{name}/{self.named(name).names[slot - 1]}" if slot else name
 
 
 @attrs.define(eq=False)
@@ -316,7 +331,6 @@ def viewed(node) -> bool:
 class SnapshotHandle(Handle):
     node: Show
     data: bytes = b""  # the text it reads, set at open (fs.py, Tree.open_snapshot)
-    uid: int = 0  # whose descriptor it is: the uid charged for `data` (openfiles.py)
 
     async def read(self, offset, size, waiter):
         return self.data[offset:offset + size]

@@ -21,12 +21,12 @@ from . import tasks
 from .members import NodesDir, link
 from .models import ModelsDir, models_ctl
 from .ringlog import RingLog
-from .openfiles import OpenSnapshots
+from .openfiles import OpenSnapshots, RenderCache
 from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, PidOrder, TasksDir, inode_of, owner_of
 from .tenants import TenantsDir, tenants_ctl
 from .views import Views
 
-RENDERED_MAX = 4096
+BUILT_MAX = 4096  # task directories and files kept built at most
 ADMIN_READS = stat.S_IFREG | 0o400  # the whole trace, the audit trail, every tenant's bill: admins only
 
 
@@ -135,7 +135,7 @@ class Tree:
         tenanted = [node for node in self.static.values() if viewed(node)]
         self.views = Views(tenanted, lambda tenant: tenant in rt.kernel.tenancy.tenants)
         self.snapshots = OpenSnapshots(rt.config.limits.open_bytes)
-        self._rendered: dict[int, tuple[int, bytes]] = {}  # inode -> (version, text)
+        self._rendered = RenderCache()
         self._task_nodes: dict[int, tuple] = {}  # inode -> (task, node) of task files built so far
 
     def _number(self, node, path: str = "/") -> None:
@@ -146,7 +146,8 @@ class Tree:
                 self._number(child, f"{path.rstrip('/')}/{name}")
 
     def path_of(self, node) -> str:
-        """Where a file is, for the audit trail: static ones by name, a task's, tenant's or model's from its inode."""
+        """Where a file or directory is, for the audit trail: static ones by name, a task's, tenant's or model's from
+        its inode."""
         if node.inode in self.paths:
             return self.paths[node.inode]
         if self.views.owns(node.inode):
@@ -154,10 +155,12 @@ class Tree:
         if (named := self._named(node.inode)) is not None:
             return f"{self.paths[named.inode]}/{named.name_of(node.inode)}"
         pid, slot = divmod(node.inode - PID_BASE, SLOTS)
-        return f"/replay/{pid}" if slot == REPLAY_SLOT else f"/tasks/{pid}/{tasks.FILES[slot - 1]}"
+        if slot == REPLAY_SLOT:
+            return f"/replay/{pid}"
+        return f"/tasks/{pid}/{tasks.FILES[slot - 1]}" if slot else f"/tasks/{pid}"
 
     def reject_at(self, node, refusal: ApeinxError, caller: Caller) -> None:
-        """The `reject` line of a write to `node` refused (Runtime.reject), at its path."""
+        """The `reject` line of a write to (or an open of) `node` refused (Runtime.reject), at its path."""
         self.rt.reject(self.path_of(node), refusal, caller.uid, caller.pid, caller.tenant)
 
     def node(self, inode: int):
@@ -182,7 +185,7 @@ class Tree:
             return self._remote_node(pid, slot)
         built, node = self._task_nodes.get(inode, (None, None))
         if built is not task or node.owner != owner_of(self.rt, task):  # a new task, or its tenant's gids changed
-            if len(self._task_nodes) >= RENDERED_MAX:
+            if len(self._task_nodes) >= BUILT_MAX:
                 self._task_nodes.clear()
             node = self._build_task_node(inode, task, pid, slot)
             self._task_nodes[inode] = (task, node)
@@ -250,12 +253,10 @@ class Tree:
         changed something."""
         if node.volatile:
             return node.render()
-        version, cached = self._rendered.get(node.inode, (None, None))
-        if version != self.rt.version:
-            if len(self._rendered) >= RENDERED_MAX:
-                self._rendered.clear()
+        cached = self._rendered.get(node.inode, self.rt.version)
+        if cached is None:
             cached = node.render()
-            self._rendered[node.inode] = (self.rt.version, cached)
+            self._rendered.put(node.inode, self.rt.version, cached)
         return cached
 
     def size(self, node) -> int:
