@@ -107,9 +107,6 @@ def growth_while_held(user, daemon: Daemon, what: str, count: int) -> tuple[str,
 
 
 @pytest.mark.mount
-@pytest.mark.xfail(strict=True, reason="redteam4 D2: every open of a show file keeps a rendered copy "
-                                       "(fs.py open -> tree.open_snapshot) with no bound per uid: one user "
-                                       "holding 300 descriptors on its 1 MiB prompt grows the daemon by 300 MiB")
 def test_one_user_holding_open_show_files_cannot_grow_the_daemon_without_bound(users, tmp_path):
     """Mallory submits a task with a 1 MiB prompt and opens its prompt file 300 times (opens past a limit
     may be refused): the daemon grows by less than 64 MiB."""
@@ -120,9 +117,6 @@ def test_one_user_holding_open_show_files_cannot_grow_the_daemon_without_bound(u
 
 @pytest.mark.mount
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="redteam4 D2: every opendir keeps a listing of its own (fs.py opendir -> "
-                                       "tree.listing) with no bound per uid: one user's 100 descriptors on /tasks "
-                                       "of its 10,000 tasks grow the daemon by about 400 MiB")
 def test_one_user_holding_open_directories_cannot_grow_the_daemon_without_bound(users, tmp_path):
     """Mallory submits 10,000 small tasks in one write and opens /tasks 100 times (opens past a limit may be
     refused): the daemon grows by less than 64 MiB."""
