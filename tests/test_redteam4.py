@@ -147,9 +147,6 @@ async def first_read_allocating(tree: Tree, pid: int, name: str) -> tuple[bytes,
         tracemalloc.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="redteam4 D3: stream_poll (nodes/tasks.py:59) copies the output from the offset "
-                                       "to its end twice at every read, whatever the read's size: 49 ms of the "
-                                       "daemon's one thread per read of a 32 MiB output, however small")
 async def test_a_small_stream_read_of_a_long_output_copies_no_more_than_it_returns(tmp_path):
     """A 4 KiB read at the start of a task's `stream`, whose output is 32 MiB, allocates under 1 MiB."""
     with open_runtime(tmp_path) as rt:
@@ -298,10 +295,6 @@ def test_a_new_daemon_starts_after_a_lazy_unmount_with_a_reader_blocked(tmp_path
 
 # -- D6: a read of a task's events rebuilds all its lines --------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="redteam4 D6: a read of tasks/PID/events joins every line the task has kept "
-                                       "(trace.py of_task, through nodes/base.py LogHandle.read), whatever the read's "
-                                       "size: 310 ms of the daemon's one thread per read at 50,000 lines, which one "
-                                       "user makes with five writes of 10,000 `prio N` lines to its task's ctl")
 @pytest.mark.invariants_every(1000)
 async def test_a_small_read_of_a_long_task_events_file_copies_no_more_than_it_returns(tmp_path):
     """A 4 KiB read at the start of the events of a task given 30,000 prio changes allocates under 1 MiB."""

@@ -242,6 +242,53 @@ def test_task_and_tenant_views_keep_only_the_kept_lines():
     assert text.endswith(task_lines[-1].encode() + b"\n") and dropped >= len(early) - len(HEADER)
 
 
+def read_in_pieces(trace: TraceLog, task, size: int) -> bytes:
+    """A task's events read from 0 to the end `size` bytes at a time, as the file's handle reads them."""
+    text, offset = b"", 0
+    while piece := bytes(trace.of_task(task, offset + size)[offset:offset + size]):
+        text, offset = text + piece, offset + len(piece)
+    return text
+
+
+def test_a_tasks_events_read_in_small_pieces_are_its_kept_lines_as_they_grow_and_drop():
+    """While its lines and another task's go past the ring's 64, a task's events read 100 bytes at a time
+    are the header and its lines in the ring, in order, at every eighth pass; at the others, only the first
+    100 bytes are read (the lines after them wait, and many are dropped before any read reaches them)."""
+    kernel = retaining(trace_lines=64)
+    pid, other = submit(kernel, tokens=1), submit(kernel, tokens=1)
+    for round_ in range(25):
+        grow(kernel.trace, 9, kernel.tasks[pid])
+        grow(kernel.trace, 4, kernel.tasks[other])
+        if round_ % 8:
+            kernel.trace.of_task(kernel.tasks[pid], 100)
+            continue
+        kept = [line for line in bytes(kernel.trace.buffer).splitlines(keepends=True)[1:]
+                if line.split(b",")[3] == str(pid).encode()]
+        assert read_in_pieces(kernel.trace, kernel.tasks[pid], 100) == HEADER + b"".join(kept)
+    assert kernel.trace.first > 3 * 64
+
+
+def test_a_small_read_of_a_tasks_events_renders_only_the_lines_it_reaches():
+    """After 1,000 lines, the events rendered for a 4 KiB read hold 4 KiB and a line, not the whole file."""
+    kernel = retaining()
+    task = kernel.tasks[submit(kernel, tokens=1)]
+    grow(kernel.trace, 1000, task)
+    head = bytes(kernel.trace.of_task(task, 4096))
+    assert 4096 <= len(head) < 4096 + 100 and len(kernel.trace.of_task(task)) > 5 * len(head)
+    assert head == bytes(kernel.trace.of_task(task)[:len(head)])
+
+
+def test_a_reaped_tasks_view_goes_at_the_next_drop_of_lines():
+    """The view kept of a task read before it was reaped is forgotten once the ring next drops lines."""
+    kernel = retaining(tasks=0, trace_lines=16)
+    pid = submit(kernel, tokens=1)
+    kernel.trace.of_task(kernel.tasks[pid])
+    run_until_idle(kernel, STEP_US)
+    assert pid not in kernel.tasks and pid in kernel.trace._task_views
+    grow(kernel.trace, 16)
+    assert pid not in kernel.trace._task_views
+
+
 def test_a_reaped_tasks_pid_is_unnamed_in_another_tasks_view():
     """`pid N` of a task the kernel no longer holds is redacted in a tenant's view: its tenant is unknown."""
     kernel = retaining()

@@ -254,12 +254,11 @@ class PeerServer:
         self.blocked += 1
         try:
             await send(conn, stream, h11.Response(status_code=200, headers=FRAMES))
-            while (data := node.poll(offset)) != b"":
+            while (data := node.poll(offset, FRAME_MAX)) != b"":
                 if data is None:
                     await self.quiet(conn, stream, node.key)
                     continue
-                for start in range(0, len(data), FRAME_MAX):
-                    await send(conn, stream, h11.Data(data=data_frame(data[start:start + FRAME_MAX])))
+                await send(conn, stream, h11.Data(data=data_frame(data)))
                 offset += len(data)
             await send(conn, stream, h11.EndOfMessage())
         finally:

@@ -4,7 +4,10 @@
 (`/tenants/NAME/events`) are chains through it: for each line, by seq, the seq of the same
 task's and the same tenant's line before it (arrays of 8-byte ints, appended to at the end
 of the trace; a task holds only its last line's seq). They are copied out when read: most
-are never read, and a copy of each line per view made every line cost three copies.
+are never read, and a copy of each line per view made every line cost three copies. A view
+(`TenantView`) keeps what it copied from one read to the next; a task's renders its lines only as
+far as a read reaches (a 4 KiB read of a task with 50,000 lines renders a few dozen), and those of
+a reaped task go at the next trim. A task's views are a cache, not state: a snapshot holds none.
 The trace is an output of the kernel, rebuilt by replaying the journal, so its seqs are
 the same after a restart.
 
@@ -64,12 +67,13 @@ class TraceLog(Ring):
         self._tenant_prev = array("q")  # by seq - first: the same for its tenant
         self._tenant_last: dict[str, int] = {}  # tenant -> the seq of its last line
         self._tenant_views: dict[str, TenantView] = {}  # tenant -> its lines read so far
+        self._task_views: dict[int, TenantView] = {}  # pid -> its lines read so far (a cache)
         self._removed: dict[str, int] = {}  # removed tenant -> the last seq before its removal: forgotten once dropped
         self._pattern: re.Pattern[bytes] | None = None  # `pid N` and the names in _tenant_last; None: build it again
 
     def __getstate__(self) -> dict[str, object]:
-        """The state without the pattern: a cache, built again at the first read."""
-        return vars(self) | {"_pattern": None}
+        """The state without the pattern and the tasks' views: caches, built again at the first read."""
+        return vars(self) | {"_pattern": None, "_task_views": {}}
 
     def emit(self, time_us: int, kind: str, task: Task | None = None, detail: str = "", gpu: int | None = None) -> None:
         """Append one line; it is also the task's last line and its tenant's. Past `limit` lines the oldest go."""
@@ -103,8 +107,15 @@ class TraceLog(Ring):
     def trim(self) -> None:
         first = self.first
         super().trim()
-        if self.first != first and self._removed:  # trim runs at every line past the limit, mostly dropping none
+        if self.first != first:  # trim runs at every line past the limit, mostly dropping none
             self._forget_dropped()
+            self._trim_task_views()
+
+    def _trim_task_views(self) -> None:
+        """Forget the views of reaped tasks; drop the dropped lines from the others (read or not again)."""
+        self._task_views = {pid: view for pid, view in self._task_views.items() if pid in self.tasks}
+        for view in self._task_views.values():
+            view.drop_before(self.first)
 
     def _forget_dropped(self) -> None:
         """Forget the removed tenants whose lines up to their removal are all dropped."""
@@ -114,9 +125,14 @@ class TraceLog(Ring):
                 self._tenant_last.pop(name, None)
                 self._pattern = None
 
-    def of_task(self, task: Task) -> bytes:
-        """The task's lines kept (a header alone if none): a few, copied at every read."""
-        return HEADER + b"".join(map(self._redactor(task.tenant), self._chain(task.trace_last, self._task_prev)))
+    def of_task(self, task: Task, end: int | None = None) -> bytearray:
+        """The header and the task's lines kept, as its users read them, rendered at least up to byte `end`
+        if there (None: all of them); a line is rendered once, at the first read that reaches it."""
+        view = self._task_views.setdefault(task.pid, TenantView())
+        view.add(self._chain(task.trace_last, self._task_prev, after=view.last))
+        view.drop_before(self.first)
+        view.render(self._redactor(task.tenant), end)
+        return view.text
 
     def of_tenant(self, tenant: str) -> bytearray:
         """The lines kept of `tenant`'s tasks (a header alone if none yet)."""
@@ -126,14 +142,14 @@ class TraceLog(Ring):
         """(The header and the lines kept of `tenant`'s tasks, bytes of its lines dropped before them): the
         lines read before are not copied again."""
         view = self._tenant_views.setdefault(tenant, TenantView())
-        last = self._tenant_last.get(tenant, 0)
-        view.add(self._chain(last, self._tenant_prev, after=view.last), self._redactor(tenant))
+        view.add(self._chain(self._tenant_last.get(tenant, 0), self._tenant_prev, after=view.last))
+        view.render(self._redactor(tenant))
         view.drop_before(self.first)
         return view.text, view.dropped
 
-    def _chain(self, last: int, prev: array[int], after: int = 0) -> list[int]:
+    def _chain(self, last: int, prev: array[int], after: int = 0) -> array[int]:
         """The seqs kept of a chain that ends at `last`, oldest first, from the first one after seq `after`."""
-        seqs: list[int] = []
+        seqs = array("q")
         after, first = max(after, self.first - 1), self.first
         while last > after:
             seqs.append(last)
@@ -202,28 +218,35 @@ def _redact(pattern: re.Pattern[bytes], detail: bytearray, own: bytes, inside: b
 
 @attrs.define
 class TenantView:
-    """A tenant's lines as its users read them (redacted), kept from one read to the next: the header,
-    then its lines, whose seqs and starts (plus `dropped`) are indexed beside them; the lines the
+    """Lines of the trace as the users of a tenant, or of a task, read them (redacted), kept from one read to the
+    next: the header, then its lines rendered so far, whose starts (plus `dropped`) are indexed beside the
+    seqs of all its lines; the lines after those wait for a read that reaches them (`render`). The lines the
     trace drops go from here at the next read."""
 
     text: bytearray = attrs.Factory(lambda: bytearray(HEADER))
     last: int = 0  # the seq of the last line added
-    dropped: int = 0  # bytes of its lines dropped (lines the ring dropped before a read added them never count)
-    _seqs: array[int] = attrs.Factory(lambda: array("q"))
-    _starts: array[int] = attrs.Factory(lambda: array("q"))
+    dropped: int = 0  # bytes of its lines dropped (lines dropped before they were rendered never count)
+    _seqs: array[int] = attrs.Factory(lambda: array("q"))  # of its lines, rendered or not
+    _starts: array[int] = attrs.Factory(lambda: array("q"))  # of its lines rendered: the first len(_starts)
 
-    def add(self, seqs: list[int], render: Callable[[int], bytearray]) -> None:
-        for seq in seqs:
-            self._seqs.append(seq)
-            self._starts.append(len(self.text) + self.dropped)
-            self.text += render(seq)
+    def add(self, seqs: array[int]) -> None:
+        """Lines after `last`, oldest first, to render when a read reaches them."""
+        self._seqs += seqs
         if seqs:
             self.last = seqs[-1]
+
+    def render(self, render: Callable[[int], bytearray], end: int | None = None) -> None:
+        """Render lines waiting until the text holds `end` bytes (None: all of them)."""
+        seqs, starts, text = self._seqs, self._starts, self.text
+        while len(starts) < len(seqs) and (end is None or len(text) < end):
+            starts.append(len(text) + self.dropped)
+            text += render(seqs[len(starts) - 1])
 
     def drop_before(self, first: int) -> None:
         """Drop the lines before seq `first`."""
         count = bisect.bisect_left(self._seqs, first)
-        if not count:
-            return
-        self.dropped += drop_lines(self.text, len(HEADER), self._starts, self.dropped, count)
-        del self._seqs[:count], self._starts[:count]
+        rendered = min(count, len(self._starts))
+        if rendered:
+            self.dropped += drop_lines(self.text, len(HEADER), self._starts, self.dropped, rendered)
+            del self._starts[:rendered]
+        del self._seqs[:count]

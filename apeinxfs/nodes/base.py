@@ -240,9 +240,11 @@ class Setting(Show):
 
 @attrs.define(eq=False)
 class Log(Node):
-    """A growing buffer: `source()` returns it; reads see bytes appended after open."""
+    """A growing buffer: `source()` returns it; reads see bytes appended after open. A buffer rendered as far as
+    it is read gives `head(end)` too: the buffer holding its first `end` bytes at least, if it has them."""
 
     source: object = None
+    head: Callable[[int], bytes | bytearray] | None = None  # None: a read takes `source()`
 
     def size(self) -> int:
         return len(self.source())
@@ -255,7 +257,7 @@ class Log(Node):
 
 @attrs.define(eq=False)
 class Blocking(Node):
-    """A pipe-like file: `poll(offset)` returns bytes, b'' at end, or None to wait on `key`."""
+    """A pipe-like file: `poll(offset, size)` returns up to `size` bytes, b'' at end, or None to wait on `key`."""
 
     poll: object = None
     key: object = None
@@ -323,7 +325,8 @@ class LogHandle(Handle):
     node: Log
 
     async def read(self, offset, size, waiter):
-        return bytes(self.node.source()[offset:offset + size])
+        node = self.node
+        return bytes((node.source() if node.head is None else node.head(offset + size))[offset:offset + size])
 
 
 @attrs.define(eq=False)
@@ -332,9 +335,9 @@ class BlockingHandle(Handle):
     caller: Caller
 
     async def read(self, offset, size, waiter):
-        while (data := self.node.poll(offset)) is None:
+        while (data := self.node.poll(offset, size)) is None:
             await waiter(self.node.key, self.caller)
-        return data[:size]
+        return data
 
 
 @attrs.define(eq=False)
