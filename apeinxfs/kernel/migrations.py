@@ -55,9 +55,8 @@ MIGRATIONS: dict[type, Migration] = {
     # each tenant's live pids indexed from its tasks (their counters afresh: livepids.py)
     TaskTable: Migration(added={"live_pids": lambda table: LivePids.of(table.values())}),
     # one pattern of every tenant's name for all views, a cache built at the first read, replaced each tenant's own
-    # ... and the tasks' views, a cache too, rendered as far as they are read
-    TraceLog: Migration(added={"_pattern": lambda _trace: None, "_removed": lambda _trace: {},
-                               "_task_views": lambda _trace: {}}, gone=frozenset({"_others"})),
+    TraceLog: Migration(added={"_pattern": lambda _trace: None, "_removed": lambda _trace: {}},
+                        gone=frozenset({"_others"})),
 }
 DECLARED = {state.class_name(cls): migration for cls, migration in MIGRATIONS.items()}
 
