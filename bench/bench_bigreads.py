@@ -46,7 +46,8 @@ def events_reader(trace_module, lines: int):
     for n in range(lines):
         trace.emit(n, "prio", task, f"prio {1 + n % 9} by uid 1000")
     if trace_module is this_trace:
-        return lambda offset, size: bytes(trace.of_task(task, offset + size)[offset:offset + size])
+        views = trace_module.TaskViews()
+        return lambda offset, size: bytes(views.of_task(trace, task, offset + size)[offset:offset + size])
     return lambda offset, size: bytes(trace.of_task(task)[offset:offset + size])
 
 

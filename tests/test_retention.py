@@ -22,7 +22,7 @@ from apeinxfs.kernel.errors import Busy, Invalid, NotFound
 from apeinxfs.kernel.events import Chunk, Interrupted, Kill, Step, Submit, Tick
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.kernel.task import State
-from apeinxfs.kernel.trace import HEADER, TraceLog
+from apeinxfs.kernel.trace import HEADER, TaskViews, TraceLog
 from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.ringlog import RingLog
 from apeinxfs.nodes.tree import Tree
@@ -242,10 +242,10 @@ def test_task_and_tenant_views_keep_only_the_kept_lines():
     assert text.endswith(task_lines[-1].encode() + b"\n") and dropped >= len(early) - len(HEADER)
 
 
-def read_in_pieces(trace: TraceLog, task, size: int) -> bytes:
+def read_in_pieces(views: TaskViews, trace: TraceLog, task, size: int) -> bytes:
     """A task's events read from 0 to the end `size` bytes at a time, as the file's handle reads them."""
     text, offset = b"", 0
-    while piece := bytes(trace.of_task(task, offset + size)[offset:offset + size]):
+    while piece := bytes(views.of_task(trace, task, offset + size)[offset:offset + size]):
         text, offset = text + piece, offset + len(piece)
     return text
 
@@ -254,39 +254,41 @@ def test_a_tasks_events_read_in_small_pieces_are_its_kept_lines_as_they_grow_and
     """While its lines and another task's go past the ring's 64, a task's events read 100 bytes at a time
     are the header and its lines in the ring, in order, at every eighth pass; at the others, only the first
     100 bytes are read (the lines after them wait, and many are dropped before any read reaches them)."""
-    kernel = retaining(trace_lines=64)
+    kernel, views = retaining(trace_lines=64), TaskViews()
     pid, other = submit(kernel, tokens=1), submit(kernel, tokens=1)
     for round_ in range(25):
         grow(kernel.trace, 9, kernel.tasks[pid])
         grow(kernel.trace, 4, kernel.tasks[other])
         if round_ % 8:
-            kernel.trace.of_task(kernel.tasks[pid], 100)
+            views.of_task(kernel.trace, kernel.tasks[pid], 100)
             continue
         kept = [line for line in bytes(kernel.trace.buffer).splitlines(keepends=True)[1:]
                 if line.split(b",")[3] == str(pid).encode()]
-        assert read_in_pieces(kernel.trace, kernel.tasks[pid], 100) == HEADER + b"".join(kept)
+        assert read_in_pieces(views, kernel.trace, kernel.tasks[pid], 100) == HEADER + b"".join(kept)
     assert kernel.trace.first > 3 * 64
 
 
 def test_a_small_read_of_a_tasks_events_renders_only_the_lines_it_reaches():
     """After 1,000 lines, the events rendered for a 4 KiB read hold 4 KiB and a line, not the whole file."""
-    kernel = retaining()
+    kernel, views = retaining(), TaskViews()
     task = kernel.tasks[submit(kernel, tokens=1)]
     grow(kernel.trace, 1000, task)
-    head = bytes(kernel.trace.of_task(task, 4096))
+    head = bytes(views.of_task(kernel.trace, task, 4096))
     assert 4096 <= len(head) < 4096 + 100 and len(kernel.trace.of_task(task)) > 5 * len(head)
-    assert head == bytes(kernel.trace.of_task(task)[:len(head)])
+    assert head == bytes(views.of_task(kernel.trace, task)[:len(head)])
 
 
 def test_a_reaped_tasks_view_goes_at_the_next_drop_of_lines():
     """The view kept of a task read before it was reaped is forgotten once the ring next drops lines."""
-    kernel = retaining(tasks=0, trace_lines=16)
+    kernel, views = retaining(tasks=0, trace_lines=16), TaskViews()
     pid = submit(kernel, tokens=1)
-    kernel.trace.of_task(kernel.tasks[pid])
+    views.of_task(kernel.trace, kernel.tasks[pid])
     run_until_idle(kernel, STEP_US)
-    assert pid not in kernel.tasks and pid in kernel.trace._task_views
+    views.prune(kernel.trace)
+    assert pid not in kernel.tasks and pid in views._views
     grow(kernel.trace, 16)
-    assert pid not in kernel.trace._task_views
+    views.prune(kernel.trace)
+    assert pid not in views._views
 
 
 def test_a_reaped_tasks_pid_is_unnamed_in_another_tasks_view():

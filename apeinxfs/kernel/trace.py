@@ -5,9 +5,11 @@
 task's and the same tenant's line before it (arrays of 8-byte ints, appended to at the end
 of the trace; a task holds only its last line's seq). They are copied out when read: most
 are never read, and a copy of each line per view made every line cost three copies. A view
-(`TenantView`) keeps what it copied from one read to the next; a task's renders its lines only as
-far as a read reaches (a 4 KiB read of a task with 50,000 lines renders a few dozen), and those of
-a reaped task go at the next trim. A task's views are a cache, not state: a snapshot holds none.
+(`TenantView`) keeps what it copied from one read to the next, so each line is rendered once a run.
+A task's view renders its lines only as far as a read reaches, but a stat of the file (its size)
+renders them all: the first stat or lookup of a task's events renders its lines, later ones only
+the lines new since, and a read what it reaches beyond them. The tasks' views are a cache beside
+the kernel, not in it (`TaskViews`, held by the Runtime): a snapshot's layout is the kernel's alone.
 The trace is an output of the kernel, rebuilt by replaying the journal, so its seqs are
 the same after a restart.
 
@@ -67,13 +69,12 @@ class TraceLog(Ring):
         self._tenant_prev = array("q")  # by seq - first: the same for its tenant
         self._tenant_last: dict[str, int] = {}  # tenant -> the seq of its last line
         self._tenant_views: dict[str, TenantView] = {}  # tenant -> its lines read so far
-        self._task_views: dict[int, TenantView] = {}  # pid -> its lines read so far (a cache)
         self._removed: dict[str, int] = {}  # removed tenant -> the last seq before its removal: forgotten once dropped
         self._pattern: re.Pattern[bytes] | None = None  # `pid N` and the names in _tenant_last; None: build it again
 
     def __getstate__(self) -> dict[str, object]:
-        """The state without the pattern and the tasks' views: caches, built again at the first read."""
-        return vars(self) | {"_pattern": None, "_task_views": {}}
+        """The state without the pattern: a cache, built again at the first read."""
+        return vars(self) | {"_pattern": None}
 
     def emit(self, time_us: int, kind: str, task: Task | None = None, detail: str = "", gpu: int | None = None) -> None:
         """Append one line; it is also the task's last line and its tenant's. Past `limit` lines the oldest go."""
@@ -114,15 +115,8 @@ class TraceLog(Ring):
     def trim(self) -> None:
         first = self.first
         super().trim()
-        if self.first != first:  # trim runs at every line past the limit, mostly dropping none
+        if self.first != first and self._removed:  # trim runs at every line past the limit, mostly dropping none
             self._forget_dropped()
-            self._trim_task_views()
-
-    def _trim_task_views(self) -> None:
-        """Forget the views of reaped tasks; drop the dropped lines from the others (read or not again)."""
-        self._task_views = {pid: view for pid, view in self._task_views.items() if pid in self.tasks}
-        for view in self._task_views.values():
-            view.drop_before(self.first)
 
     def _forget_dropped(self) -> None:
         """Forget the removed tenants whose lines up to their removal are all dropped."""
@@ -132,10 +126,11 @@ class TraceLog(Ring):
                 self._tenant_last.pop(name, None)
                 self._pattern = None
 
-    def of_task(self, task: Task, end: int | None = None) -> bytearray:
+    def of_task(self, task: Task, view: TenantView | None = None, end: int | None = None) -> bytearray:
         """The header and the task's lines kept, as its users read them, rendered at least up to byte `end`
-        if there (None: all of them); a line is rendered once, at the first read that reaches it."""
-        view = self._task_views.setdefault(task.pid, TenantView())
+        if there (None: all of them). In `view`, the task's kept from an earlier read (TaskViews), a line is
+        rendered once, at the first read that reaches it; without one, all are rendered afresh."""
+        view = TenantView() if view is None else view
         view.add(self._chain(task.trace_last, self._task_prev, after=view.last))
         view.drop_before(self.first)
         view.render(self._redactor(task.tenant), end)
@@ -257,3 +252,31 @@ class TenantView:
             self.dropped += drop_lines(self.text, len(HEADER), self._starts, self.dropped, rendered)
             del self._starts[:rendered]
         del self._seqs[:count]
+
+
+class TaskViews:
+    """The tasks' events as their users read them, a `TenantView` kept for each task read: a cache beside the
+    kernel, never in it (held by the Runtime), so that a snapshot's layout is the kernel's alone. Once the trace
+    has dropped lines (`prune`, after each change and at each read), the views of the tasks reaped go and the
+    others drop those lines; a trace not seen before (a kernel recovered) starts them afresh."""
+
+    def __init__(self) -> None:
+        self._views: dict[int, TenantView] = {}  # pid -> its lines read so far
+        self._trace: TraceLog | None = None  # the trace of the views
+        self._first = 0  # the trace's first seq at the last prune
+
+    def of_task(self, trace: TraceLog, task: Task, end: int | None = None) -> bytearray:
+        """TraceLog.of_task in the task's view kept: a line rendered at the first read that reaches it."""
+        self.prune(trace)
+        return trace.of_task(task, self._views.setdefault(task.pid, TenantView()), end)
+
+    def prune(self, trace: TraceLog) -> None:
+        """Forget the views of tasks reaped and the lines dropped, if `trace` dropped any since the last prune."""
+        if trace is self._trace and trace.first == self._first:
+            return
+        if trace is not self._trace:
+            self._views, self._trace = {}, trace
+        self._first = trace.first
+        self._views = {pid: view for pid, view in self._views.items() if pid in trace.tasks}
+        for view in self._views.values():
+            view.drop_before(trace.first)

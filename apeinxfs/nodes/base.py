@@ -239,7 +239,8 @@ class Setting(Show):
 @attrs.define(eq=False)
 class Log(Node):
     """A growing buffer: `source()` returns it; reads see bytes appended after open. A buffer rendered as far as
-    it is read gives `head(end)` too: the buffer holding its first `end` bytes at least, if it has them."""
+    it is read gives `head(end)` too: the buffer holding its first `end` bytes at least, if it has them. The size
+    (a stat, a lookup) takes `source()`, all of it."""
 
     source: object = None
     head: Callable[[int], bytes | bytearray] | None = None  # None: a read takes `source()`

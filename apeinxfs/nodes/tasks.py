@@ -90,8 +90,8 @@ def _files(rt, task) -> dict:
                                    length=lambda: len(task.output)),
         "wait": lambda: Blocking(poll=lambda off, size: wait_poll(rt.kernel, task, off, size), key=("done", pid),
                                  length=lambda: len(wait_line(rt.kernel, task) or b"")),
-        "events": lambda: Log(mode=PRIVATE, source=lambda: rt.kernel.trace.of_task(task),
-                              head=lambda end: rt.kernel.trace.of_task(task, end)),
+        "events": lambda: Log(mode=PRIVATE, source=lambda: rt.task_views.of_task(rt.kernel.trace, task),
+                              head=lambda end: rt.task_views.of_task(rt.kernel.trace, task, end)),
         "children": lambda: Show(show=lambda: "".join(f"{child}\n" for child in task.children)),
     }
 
