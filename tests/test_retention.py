@@ -21,6 +21,7 @@ from apeinxfs.kernel.config import MemoryRetention, kernel_config_from_dict
 from apeinxfs.kernel.errors import Busy, Invalid, NotFound
 from apeinxfs.kernel.events import Chunk, Interrupted, Kill, Step, Submit, Tick
 from apeinxfs.kernel.spec import TaskSpec
+from apeinxfs.kernel.state import fields_of
 from apeinxfs.kernel.task import State
 from apeinxfs.kernel.trace import HEADER, TaskViews, TraceLog
 from apeinxfs.nodes.base import Caller
@@ -420,6 +421,19 @@ async def test_a_follower_at_the_growing_size_gets_each_new_line_once(small):
         assert offset == node.size()
     seqs = [int(row["seq"]) for row in csv.DictReader(io.StringIO(HEADER.decode() + followed.decode()))]
     assert seqs == list(range(first_seq, small.kernel.trace.seq + 1)) and small.kernel.trace.first > first_seq
+
+
+def test_a_tasks_events_read_through_the_tree_are_kept_beside_the_kernel_and_go_once_reaped(small):
+    """/tasks/PID/events keeps its rendered lines on the Runtime, the kernel's trace holding the fields of a fresh
+    one (a snapshot's layout unchanged by reads); once the task is reaped and lines dropped, its view goes."""
+    tree, (pid,) = Tree(small), submit_all(small, 1)
+    run_all(small)
+    node = resolve(tree, f"/tasks/{pid}/events")
+    assert node.size() == len(small.kernel.trace.of_task(small.kernel.tasks[pid])) and pid in small.task_views._views
+    assert fields_of(small.kernel.trace).keys() == fields_of(TraceLog("n")).keys()
+    submit_all(small, 5)
+    run_all(small)
+    assert pid not in small.kernel.tasks and pid not in small.task_views._views
 
 
 def test_a_tenant_view_grows_in_size_as_its_oldest_lines_go(small):
