@@ -38,6 +38,7 @@ from .kernel import Kernel
 from .kernel.errors import ApeinxError, Degraded
 from .kernel.config import MIB
 from .kernel.events import EngineHealth, EngineKV, GpuMemory, Rejected, Restart, Step, Tick
+from .kernel.trace import TaskViews
 from .recovery import rebuild
 from .supervise import Supervisor
 
@@ -121,6 +122,7 @@ class Runtime:
         self.snapshotter = None  # compaction.Snapshotter, set by the daemon (mount.py): snapshots and compaction
         self.cluster = None  # cluster/daemon.Cluster when [cluster] names etcd (set by mount.py); None: one node
         self.elsewhere: dict = {}  # tenant -> kernel/tenancy.Elsewhere, its use on the other nodes (cluster/usage.py)
+        self.task_views = TaskViews()  # the tasks' events read so far, a cache beside the kernel (kernel/trace.py)
 
     def recover(self) -> int:
         """Replay the journal into the kernel, from the newest usable snapshot if the daemon keeps them
@@ -184,6 +186,7 @@ class Runtime:
         if self.config.check_invariants:
             self.kernel.check_invariants()
         self._archive()
+        self.task_views.prune(self.kernel.trace)
         self._wake(self.kernel.take_changed())
         return results
 
@@ -280,6 +283,7 @@ class Runtime:
         self.journal_due |= due
         if self.health.fault is None:
             self._archive()
+        self.task_views.prune(self.kernel.trace)
         self._wake(self.kernel.take_changed() | ({"progress"} if first or due else set()))
 
     def _flush_progress(self, now_us: int) -> None:

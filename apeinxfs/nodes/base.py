@@ -259,9 +259,12 @@ class Setting(Show):
 
 @attrs.define(eq=False)
 class Log(Node):
-    """A growing buffer: `source()` returns it; reads see bytes appended after open."""
+    """A growing buffer: `source()` returns it; reads see bytes appended after open. A buffer rendered as far as
+    it is read gives `head(end)` too: the buffer holding its first `end` bytes at least, if it has them. The size
+    (a stat, a lookup) takes `source()`, all of it."""
 
     source: object = None
+    head: Callable[[int], bytes | bytearray] | None = None  # None: a read takes `source()`
 
     def size(self) -> int:
         return len(self.source())
@@ -274,7 +277,7 @@ class Log(Node):
 
 @attrs.define(eq=False)
 class Blocking(Node):
-    """A pipe-like file: `poll(offset)` returns bytes, b'' at end, or None to wait on `key`."""
+    """A pipe-like file: `poll(offset, size)` returns up to `size` bytes, b'' at end, or None to wait on `key`."""
 
     poll: object = None
     key: object = None
@@ -341,7 +344,8 @@ class LogHandle(Handle):
     node: Log
 
     async def read(self, offset, size, waiter):
-        return bytes(self.node.source()[offset:offset + size])
+        node = self.node
+        return bytes((node.source() if node.head is None else node.head(offset + size))[offset:offset + size])
 
 
 @attrs.define(eq=False)
@@ -350,9 +354,9 @@ class BlockingHandle(Handle):
     caller: Caller
 
     async def read(self, offset, size, waiter):
-        while (data := self.node.poll(offset)) is None:
+        while (data := self.node.poll(offset, size)) is None:
             await waiter(self.node.key, self.caller)
-        return data[:size]
+        return data
 
 
 @attrs.define(eq=False)

@@ -56,16 +56,17 @@ def wait_line(kernel, task) -> bytes | None:
     return (task.exit + "\n").encode() if kernel.tasks.tree_done(task) else None
 
 
-def stream_poll(task, offset: int) -> bytes | None:
-    """Bytes from `offset`; b'' once the task has exited and all is read; None to wait."""
+def stream_poll(task, offset: int, size: int) -> bytes | None:
+    """Up to `size` bytes from `offset` (a copy of those alone); b'' once the task has exited and all is read;
+    None to wait."""
     if offset < len(task.output):
-        return bytes(task.output[offset:])
+        return bytes(task.output[offset:offset + size])
     return b"" if task.done else None
 
 
-def wait_poll(kernel, task, offset: int) -> bytes | None:
+def wait_poll(kernel, task, offset: int, size: int) -> bytes | None:
     line = wait_line(kernel, task)
-    return None if line is None else line[offset:]
+    return None if line is None else line[offset:offset + size]
 
 
 def _sandbox(rt, task):
@@ -88,11 +89,12 @@ def _files(rt, task) -> dict:
         "ctl": lambda: Command(mode=stat.S_IFREG | 0o220, run=ctl.task_ctl(rt, pid), writes=rt.writes),
         "prompt": lambda: Show(mode=PRIVATE, show=lambda: task.spec.prompt),
         "output": lambda: Log(mode=PRIVATE, source=lambda: task.output),
-        "stream": lambda: Blocking(mode=PRIVATE, poll=lambda off: stream_poll(task, off), key=pid,
+        "stream": lambda: Blocking(mode=PRIVATE, poll=lambda off, size: stream_poll(task, off, size), key=pid,
                                    length=lambda: len(task.output)),
-        "wait": lambda: Blocking(poll=lambda off: wait_poll(rt.kernel, task, off), key=("done", pid),
+        "wait": lambda: Blocking(poll=lambda off, size: wait_poll(rt.kernel, task, off, size), key=("done", pid),
                                  length=lambda: len(wait_line(rt.kernel, task) or b"")),
-        "events": lambda: Log(mode=PRIVATE, source=lambda: rt.kernel.trace.of_task(task)),
+        "events": lambda: Log(mode=PRIVATE, source=lambda: rt.task_views.of_task(rt.kernel.trace, task),
+                              head=lambda end: rt.task_views.of_task(rt.kernel.trace, task, end)),
         "children": lambda: Show(show=lambda: "".join(f"{child}\n" for child in task.children)),
     }
 
