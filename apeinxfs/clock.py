@@ -14,6 +14,7 @@ import time
 from typing import Protocol
 
 import trio
+import trio.testing
 
 log = logging.getLogger(__name__)
 STEP_US = 1_000_000  # the host clock moved this much more (or less) than the steady clock: it was stepped
@@ -27,14 +28,19 @@ class Host(Protocol):
 
 class HostClock:
     """The machine's clocks: the wall clock, and a steady one (trio's inside trio.run, else CLOCK_MONOTONIC)
-    whose readings go on without a jump when trio's clock is another (recovery before trio.run, a test's run)."""
+    whose readings go on without a jump when trio's clock is another (recovery before trio.run, a test's run).
+    In a run on trio's MockClock (tests) the wall clock counts on with the mock's virtual time instead, from the
+    wall time at the run's first reading. Read `steady_us` first: `now_us` goes with the steady reading before."""
 
     def __init__(self):
         self._source: object = None  # the clock of the last steady reading: a trio clock, or None outside trio
         self._base_us = 0  # added to the source's reading so the steady time goes on from the last one
         self._steady_us = 0
+        self._virtual_wall_us: int | None = None  # on a MockClock: the wall time less the steady time
 
     def now_us(self) -> int:
+        if self._virtual_wall_us is not None:
+            return self._virtual_wall_us + self._steady_us
         return time.time_ns() // 1000
 
     def steady_us(self) -> int:
@@ -44,9 +50,15 @@ class HostClock:
         except RuntimeError:  # outside trio.run
             source, reading = None, time.monotonic_ns() // 1000
         if source is not self._source:
-            self._source, self._base_us = source, self._steady_us - reading
+            self._switch(source, reading)
         self._steady_us = self._base_us + reading
         return self._steady_us
+
+    def _switch(self, source: object, reading: int) -> None:
+        """Go on from the last steady time with `source`, now at `reading`."""
+        self._source, self._base_us = source, self._steady_us - reading
+        virtual = isinstance(source, trio.testing.MockClock)
+        self._virtual_wall_us = time.time_ns() // 1000 - self._steady_us if virtual else None
 
 
 class WallClock:
@@ -61,7 +73,8 @@ class WallClock:
         self._behind = False  # the host's clock is behind and was said to be
 
     def now_us(self) -> int:
-        wall, steady = self.host.now_us(), self._steady()
+        steady = self._steady()
+        wall = self.host.now_us()
         if self._last_us is None:
             self._last_us = wall
         else:
