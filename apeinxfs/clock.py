@@ -1,11 +1,10 @@
 """The daemon's time: wall-clock microseconds that never go backwards and always advance.
 
 `WallClock` is the one clock the Runtime, admission, the kernel (through the times of the events it is
-given), deadlines, ledgers, retention and bills read. It counts on with a steady clock (trio's, so
-intervals and virtual time in tests agree with it), follows the host's wall clock when that is stepped
-forward (NTP setting a clock that was behind at boot, a resume from suspend: the steady clock does not
-count suspend) and does not follow a step back: it keeps counting from where it was, and says once how
-far behind the host is. At start it is held at the journal's last time at least (`not_before`), so a host
+given), deadlines, ledgers, retention and bills read. It counts on with a steady clock (CLOCK_BOOTTIME,
+which counts suspend; a test's virtual time under trio's MockClock), follows the host's wall clock when
+that is stepped forward (NTP setting a clock that was behind at boot) and does not follow a step back: it
+keeps counting from where it was, and says once how far behind the host is. At start it is held at the journal's last time at least (`not_before`), so a host
 clock set back across a restart cannot freeze the kernel's time. It is not the kernel's clock: the kernel
 only sees the times carried by the events (replay applies each at its journaled time).
 """
@@ -27,13 +26,14 @@ class Host(Protocol):
 
 
 class HostClock:
-    """The machine's clocks: the wall clock, and a steady one (trio's inside trio.run, else CLOCK_MONOTONIC)
-    whose readings go on without a jump when trio's clock is another (recovery before trio.run, a test's run).
-    In a run on trio's MockClock (tests) the wall clock counts on with the mock's virtual time instead, from the
-    wall time at the run's first reading. Read `steady_us` first: `now_us` goes with the steady reading before."""
+    """The machine's clocks: the wall clock, and a steady one, CLOCK_BOOTTIME: CLOCK_MONOTONIC (trio's clock)
+    and the time suspended, so the daemon's time counts a suspend even while the host's wall clock is behind.
+    In a trio run on a MockClock (tests) both count the mock's virtual time instead, from the readings at the
+    run's first use, so a test's time is its virtual time. Read `steady_us` first: `now_us` goes with it."""
 
     def __init__(self):
-        self._source: object = None  # the clock of the last steady reading: a trio clock, or None outside trio
+        self._trio_clock: object = None  # trio's clock at the last reading (None: outside trio.run)
+        self._mock: trio.testing.MockClock | None = None  # the MockClock the steady time is read from
         self._base_us = 0  # added to the source's reading so the steady time goes on from the last one
         self._steady_us = 0
         self._virtual_wall_us: int | None = None  # on a MockClock: the wall time less the steady time
@@ -45,20 +45,27 @@ class HostClock:
 
     def steady_us(self) -> int:
         try:
-            source = trio.lowlevel.current_clock()
-            reading = int(source.current_time() * 1e6)
+            trio_clock = trio.lowlevel.current_clock()
         except RuntimeError:  # outside trio.run
-            source, reading = None, time.monotonic_ns() // 1000
-        if source is not self._source:
-            self._switch(source, reading)
-        self._steady_us = self._base_us + reading
+            trio_clock = None
+        if trio_clock is not self._trio_clock:
+            self._trio_clock = trio_clock
+            self._read_from(trio_clock if isinstance(trio_clock, trio.testing.MockClock) else None)
+        self._steady_us = self._base_us + self._reading()
         return self._steady_us
 
-    def _switch(self, source: object, reading: int) -> None:
-        """Go on from the last steady time with `source`, now at `reading`."""
-        self._source, self._base_us = source, self._steady_us - reading
-        virtual = isinstance(source, trio.testing.MockClock)
-        self._virtual_wall_us = time.time_ns() // 1000 - self._steady_us if virtual else None
+    def _reading(self) -> int:
+        if self._mock is None:
+            return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1000
+        return int(self._mock.current_time() * 1e6)
+
+    def _read_from(self, mock: trio.testing.MockClock | None) -> None:
+        """Read the steady time from `mock` (None: CLOCK_BOOTTIME), going on from the last reading."""
+        if mock is self._mock:
+            return
+        self._mock = mock
+        self._base_us = self._steady_us - self._reading()
+        self._virtual_wall_us = None if mock is None else time.time_ns() // 1000 - self._steady_us
 
 
 class WallClock:
@@ -92,8 +99,8 @@ class WallClock:
         """The time now, `counted` on with the steady clock since the last reading: the host's `wall`
         instead when that is ahead (by more than STEP_US: it was stepped, said in the log)."""
         if wall > counted + STEP_US:
-            log.warning("clock: the host clock stepped %.3f s ahead of the daemon's (set, or resumed from "
-                        "suspend): followed", (wall - counted) / 1e6)
+            log.warning("clock: the host clock stepped %.3f s ahead of the daemon's (set, by NTP or by "
+                        "hand): followed", (wall - counted) / 1e6)
         if wall >= counted:
             self._behind = False
             return wall

@@ -114,8 +114,8 @@ def test_a_host_clock_of_one_reading_is_its_own_steady_clock():
 
 
 def test_the_steady_clock_goes_on_across_trio_runs_and_never_back():
-    """The machine's steady clock read outside trio, then in a run on a mock clock at 0, then in a run on the
-    system clock (a large offset): each reading is at least the one before, and no run's start is a jump."""
+    """The machine's steady clock read outside trio, then in a run on a mock clock (at 0), then in a run on
+    trio's own clock: each reading is at least the one before, and no run's start is a jump."""
     host = HostClock()
     readings = [host.steady_us()]
 
