@@ -172,3 +172,20 @@ def test_in_a_run_on_a_mock_clock_the_time_is_the_virtual_time():
         return [working - start, clock.now_us() - start]
 
     assert trio.run(elapsed, clock=trio.testing.MockClock(autojump_threshold=0)) == [0, 7200 * 10**6]
+
+
+def test_the_runtime_stamps_follow_a_step_forward_and_not_a_step_back(tmp_path):
+    """A Runtime on a host whose clock is set an hour back, then two hours forward: each task's submit is
+    stamped at the steady count after the step back, and at the host's new time after the step forward."""
+    host = FakeHost(BEFORE_US)
+    rt = started(tmp_path, host)
+    try:
+        stamps = []
+        for step_us in (-HOUR_US, 2 * HOUR_US):
+            host.wall += step_us
+            host.tick(1_000_000)
+            pid = rt.commit([Submit(spec=TaskSpec(name="job", max_tokens=5, tenant="t"), uid=1000)])[0]
+            stamps.append(rt.kernel.tasks[pid].submitted_us)
+    finally:
+        rt.journal.close()
+    assert stamps == [BEFORE_US + 1_000_000, BEFORE_US + HOUR_US + 2_000_000]
