@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 GPU_SAMPLE_S = 2.0  # how often real GPUs' free memory is read for placement
 PROBE_S = 1.0  # how often a degraded daemon tries to write its journal again
 PROGRESS_S = 0.1  # the longest an applied engine step waits to be journaled
+DEADLINE_CHECK_S = 60.0  # the longest the deadline timer waits: a step or suspend nothing read is seen then
 
 
 class Notifier:
@@ -85,8 +86,9 @@ class Runtime:
         self.kernel = self._fresh_kernel()
         self.archive_failing: set = set()  # the archives whose last write failed (logged once until one works)
         journal.boot(config.kernel)
-        self.clock = WallClock(clock)  # the one clock of the daemon's time; `clock`: the host's (a test's)
         self.notifier = Notifier()
+        self.clock = WallClock(clock, on_step=lambda: self.notifier.wake(["deadline"]))  # the daemon's time;
+        # `clock`: the host's (a test's). A step followed wakes the deadline timer: its wait was in the old time
         self.health = Health()
         self.supervisor = Supervisor(lambda: self.clock.now_us())  # the background loops' bugs (supervise.py)
         self.readers = Readers(self.notifier, config.max_waiters, config.max_waiters_per_uid)
@@ -409,7 +411,7 @@ class Runtime:
             if delay is not None and delay <= 0:
                 self.deliver(Tick())
                 continue
-            await self.notifier.wait("deadline", delay)
+            await self.notifier.wait("deadline", None if delay is None else min(delay, DEADLINE_CHECK_S))
 
     async def _sample_gpu_memory(self) -> None:
         """Read the real GPUs' free memory every GPU_SAMPLE_S; journal a change the kernel should see."""
