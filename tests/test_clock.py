@@ -4,17 +4,25 @@ on from it, the journal still replaying identically. No FUSE here.
 """
 import logging
 import time
+import types
 
 import trio
 import trio.testing
 
-from apeinxfs import verify
+from apeinxfs import health, verify
+from apeinxfs.compaction import Snapshotter
+from apeinxfs.fs import Operations
 from apeinxfs.clock import STEP_US, HostClock, WallClock
 from apeinxfs.kernel.events import Submit, Tick
+from apeinxfs.journal import Journal
 from apeinxfs.kernel.spec import TaskSpec
-from test_redteam4 import BEFORE_US, FakeWallClock, run_to_end, started
+from apeinxfs.nodes.tree import Tree
+from apeinxfs.runtime import Runtime
+from test_redteam4 import BEFORE_US, SET_BACK_US, FakeWallClock, run_to_end, started
 
 HOUR_US = 3600 * 10**6
+YEAR_US = 365 * 24 * HOUR_US
+ROOT_INODE = 1
 
 
 class FakeHost:
@@ -189,3 +197,190 @@ def test_the_runtime_stamps_follow_a_step_forward_and_not_a_step_back(tmp_path):
     finally:
         rt.journal.close()
     assert stamps == [BEFORE_US + 1_000_000, BEFORE_US + HOUR_US + 2_000_000]
+
+
+class TrioHost:
+    """A host whose steady clock is trio's (virtual) time and whose wall clock is that plus an offset the test
+    steps."""
+
+    def __init__(self, wall_us: int):
+        self.offset = wall_us
+
+    def steady_us(self) -> int:
+        return int(trio.current_time() * 1e6)
+
+    def now_us(self) -> int:
+        return self.offset + self.steady_us()
+
+
+def deadline_after_step(tmp_path, read_after_step: bool) -> tuple[bool, bool]:
+    """Run the deadline timer of an idle Runtime over a TrioHost; submit a task with a 2 h deadline, step the
+    host 7300 s forward (past the deadline) and, if `read_after_step`, read the time as any request
+    would; whether the task is done 1 s, then 61 s, after the step."""
+    host = TrioHost(BEFORE_US)
+    done = []
+
+    async def main() -> None:
+        rt = started(tmp_path, host)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(rt._deadline_timer)
+                spec = TaskSpec(name="d", max_tokens=5, deadline_us=2 * HOUR_US, tenant="t")
+                pid = rt.commit([Submit(spec=spec, uid=1000)])[0]
+                await trio.sleep(1)
+                host.offset += 7300 * 10**6
+                if read_after_step:
+                    rt.clock.now_us()
+                for wait_s in (1, 60):
+                    await trio.sleep(wait_s)
+                    done.append(rt.kernel.tasks[pid].done)
+                nursery.cancel_scope.cancel()
+        finally:
+            rt.journal.close()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return done[0], done[1]
+
+
+def test_a_followed_step_wakes_the_deadline_timer(tmp_path):
+    """A step forward, once read, wakes the idle deadline timer: a deadline the step passed fires at once."""
+    assert deadline_after_step(tmp_path, read_after_step=True) == (True, True)
+
+
+def test_the_deadline_timer_sees_a_step_nothing_read_within_a_minute(tmp_path):
+    """A step forward no request reads (an idle daemon; a suspend likewise) is seen by the deadline timer within
+    its 60 s cap, not at the end of the wait it began in the old time."""
+    assert deadline_after_step(tmp_path, read_after_step=False) == (False, True)
+
+
+def test_a_step_back_after_a_followed_step_forward_is_warned_in_health(tmp_path):
+    """A year's step forward followed, then the host set back: /health has a Warning row saying by how much
+    the daemon's time is ahead and that a step was followed; within 60 s of the host's clock there is none."""
+    host = FakeHost(BEFORE_US)
+    rt = started(tmp_path, host)
+    try:
+        host.wall += YEAR_US
+        host.tick(1_000)
+        assert health.show(rt.health, None, None, rt.clock) == "State:\tok\n"
+        host.wall -= 59_000_000
+        host.tick(1_000)
+        assert health.show(rt.health, None, None, rt.clock) == "State:\tok\n"
+        host.wall -= 2_000_000
+        host.tick(1_000)
+        shown = health.show(rt.health, None, None, rt.clock)
+    finally:
+        rt.journal.close()
+    assert shown == ("State:\tok\nWarning:\tclock: the daemon's time is 61 s ahead of the host's (a host step "
+                     f"{YEAR_US // 10**6} s forward was followed, then the host set back); deadlines, retention and "
+                     "bills count from the daemon's time, which does not go back\n")
+
+
+def snapshotted(tmp_path, host: FakeHost) -> Runtime:
+    """A Runtime as `started` makes, with a snapshotter (every 300 s) built before it recovers, as mount.py
+    does."""
+    first = started(tmp_path, host)
+    first.journal.close()
+    rt = Runtime(first.config, Journal(str(tmp_path / "state" / "journal.db")), clock=host)
+    rt.snapshotter = Snapshotter(rt, str(tmp_path / "state" / "snapshots"), 1000, 300)
+    rt.recover()
+    return rt
+
+
+def submitted(rt: Runtime) -> int:
+    """Submit a task of uid 1000 (a journal row for a snapshot to take); its pid."""
+    return rt.commit([Submit(spec=TaskSpec(name="job", max_tokens=5, tenant="t"), uid=1000)])[0]
+
+
+def test_a_start_behind_the_journal_is_warned_in_health_and_no_snapshot_is_stale(tmp_path):
+    """A restart with the host's clock a day behind the journal's last time: /health warns of the daemon's
+    time being ahead because of the journal, and not of snapshots (none is due yet)."""
+    host = FakeHost(BEFORE_US)
+    first = started(tmp_path, host)
+    submitted(first)
+    host.tick(1_000_000)
+    first.journal.close()
+    host.wall -= SET_BACK_US
+    rt = snapshotted(tmp_path, host)
+    try:
+        warnings = [line for line in health.show(rt.health, None, rt.snapshotter, rt.clock).splitlines()
+                    if line.startswith("Warning:")]
+    finally:
+        rt.journal.close()
+    assert len(warnings) == 1 and "the journal's last time was ahead of the host's clock at start" in warnings[0]
+
+
+def test_a_followed_step_forward_makes_no_snapshot_stale(tmp_path):
+    """A host step two hours forward (past 3 x snapshot_s) right after a snapshot: no snapshot warning, as no
+    time passed for the snapshots to be late."""
+    host = FakeHost(BEFORE_US)
+    rt = snapshotted(tmp_path, host)
+    try:
+        submitted(rt)
+        host.wall += 2 * HOUR_US
+        host.tick(1_000)
+        assert rt.clock.now_us() == host.wall
+        warning = rt.snapshotter.warning()
+    finally:
+        rt.journal.close()
+    assert warning is None
+
+
+def test_a_jittering_host_clock_logs_a_bounded_number_of_lines(caplog):
+    """A host clock 1.5 s ahead, then behind, every second for 100 s: at most 5 lines of each kind (in 10 min),
+    and the time stays within the jitter of the true time."""
+    caplog.set_level(logging.WARNING, "apeinxfs.clock")
+    clock, host = clock_on()
+    true_us = BEFORE_US
+    for second in range(100):
+        host.tick(1_000_000)
+        true_us += 1_000_000
+        host.wall = true_us + (1_500_000 if second % 2 else -1_500_000)
+        clock.now_us()
+    lines = clock_lines(caplog)
+    assert 0 < sum("s ahead" in line for line in lines) <= 5
+    assert 0 < sum("s behind" in line for line in lines) <= 5
+    assert clock.now_us() - true_us <= 1_500_000
+
+
+def test_a_host_going_further_behind_is_said_again(caplog):
+    """A host set back 10 s is said once; set back 10 s more it is said again; a half second more, not."""
+    caplog.set_level(logging.WARNING, "apeinxfs.clock")
+    clock, host = clock_on()
+    for step_us in (10_000_000, 10_000_000, 500_000):
+        host.wall -= step_us
+        clock.now_us()
+    assert [line.split(" behind")[0] for line in clock_lines(caplog)] == [
+        "clock: the host clock is 10.000 s", "clock: the host clock is 20.000 s"]
+
+
+def test_the_machine_steady_clock_is_clock_boottime(monkeypatch):
+    """Outside trio the host's steady clock is CLOCK_BOOTTIME: a suspend (boot time moving, the monotonic
+    clock not) moves the daemon's time, even with the host's wall clock held."""
+    boottime = [5_000_000_000]
+    real = time.clock_gettime_ns
+    monkeypatch.setattr(time, "clock_gettime_ns",
+                        lambda which: boottime[0] if which == time.CLOCK_BOOTTIME else real(which))
+    monkeypatch.setattr(time, "time_ns", lambda: BEFORE_US * 1000)
+    clock = WallClock()
+    assert clock.now_us() == BEFORE_US and clock.host.steady_us() == 5_000_000
+    boottime[0] += 3600 * 10**9
+    assert clock.now_us() == BEFORE_US + HOUR_US
+
+
+def test_file_times_are_the_daemons_and_never_go_back(tmp_path):
+    """A file's mtime is the daemon's time: with the host's clock set an hour back, it does not go back."""
+    host = FakeHost(BEFORE_US)
+    rt = started(tmp_path, host)
+    ops = Operations(Tree(rt))
+    caller = types.SimpleNamespace(uid=0, gid=0, pid=1, umask=0o022)
+
+    async def mtimes() -> list[int]:
+        before = (await ops.getattr(ROOT_INODE, caller)).st_mtime_ns
+        host.wall -= HOUR_US
+        host.tick(1_000_000)
+        return [before, (await ops.getattr(ROOT_INODE, caller)).st_mtime_ns]
+
+    try:
+        assert trio.run(mtimes) == [BEFORE_US * 1000, (BEFORE_US + 1_000_000) * 1000]
+    finally:
+        rt.journal.close()
