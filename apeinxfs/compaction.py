@@ -274,6 +274,7 @@ class Snapshotter:
             with storage_faults_as(NotStored):
                 child = fork_writer(self.directory, header, self.runtime.kernel)
                 await trio.to_thread.run_sync(self.publish_when_written, child, header[0])
+            self.written()
         except (NotStored, snapshots.Damaged) as exc:
             log.error("snapshot of journal row %d not written: %s", header[0], exc)
             self.misses.missed(str(exc))
@@ -295,6 +296,7 @@ class Snapshotter:
                 header = self.header()
                 snapshots.write_temp(self.directory, *header, state.encode(self.runtime.kernel))
                 self.publish(header[0])
+            self.written()
         except (Degraded, snapshots.Damaged, NotStored) as exc:
             log.error("no snapshot at unmount: %s", exc)
 
@@ -316,9 +318,9 @@ class Snapshotter:
 
     def publish(self, seq: int) -> None:
         """Make the journal durable, publish the written snapshot of row `seq`, keep KEEP, compact; the
-        snapshot counts as written (Misses) once all of that succeeded; a compaction not due yet (fewer than KEEP
-        snapshots, or the trace archive behind the older one) is no failure:
-        a later snapshot compacts."""
+        snapshot counts as written (`written`) once all of that succeeded; a compaction not due yet (fewer than
+        KEEP snapshots, or the trace archive behind the older one) is no failure: a later snapshot compacts.
+        Runs in a worker thread: it does not read the daemon's clock, whose step wakes trio's tasks."""
         journal_path = self.runtime.journal.path
         make_durable(journal_path)
         path = snapshots.publish(snapshots.path_of(self.directory, seq) + ".tmp")
@@ -327,8 +329,11 @@ class Snapshotter:
         log.info("snapshot %s: %d bytes", path, os.path.getsize(path))
         if len(kept) >= snapshots.KEEP and self.archived_to(kept[-1]):
             compact(journal_path, kept[-1])
+
+    def written(self) -> None:
+        """The snapshot counts as written (Misses): once published and, where due, compacted."""
         clock = self.runtime.clock
-        self.misses.written(clock.steady_us(), clock.now_us())  # only once published and, where due, compacted
+        self.misses.written(clock.steady_us(), clock.now_us())
 
     def archived_to(self, seq: int) -> bool:
         """Whether the trace archive has every line of the snapshot of row `seq` (no archive: nothing to
