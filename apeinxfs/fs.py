@@ -14,7 +14,6 @@ import itertools
 import logging
 import math
 import os
-import time
 import traceback
 
 import pyfuse3
@@ -130,7 +129,7 @@ class Operations(pyfuse3.Operations):
         entry.st_size = 0 if is_dir else self.tree.size(node)
         entry.st_uid, entry.st_gid = self.shown_owner(node.owner or self.owner)
         entry.st_blksize, entry.st_blocks = 4096, (entry.st_size + 511) // 512
-        entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
+        entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = self.rt.clock.now_us() * 1000  # never back
         static = node.inode in self.tree.static and not viewed(node)  # a name made at boot, which never goes
         private = viewed(node) or node.tenant is not None and not self.all_see_all()
         entry.entry_timeout = STATIC_S if static else 0 if private else ATTR_TIMEOUT_S

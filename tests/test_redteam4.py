@@ -213,10 +213,6 @@ def a_day_behind(tmp_path) -> tuple[Runtime, FakeWallClock]:
     return started(tmp_path, clock), clock
 
 
-@pytest.mark.xfail(strict=True, reason="redteam4 D4: after a restart with the clock set back, admission reads the "
-                                       "budget at the wall clock (runtime.py commit) but tokens are charged at the "
-                                       "kernel's time, held at the old maximum (kernel.py apply): every window "
-                                       "looks unused, so the budget admits without end")
 def test_a_budget_holds_after_a_restart_with_the_clock_set_back(tmp_path):
     """A tenant of 100 tokens an hour that used them, restarted with the clock a day behind, runs three tasks of
     90 tokens within two hours of real time: at least one is refused EDQUOT."""
@@ -235,9 +231,6 @@ def test_a_budget_holds_after_a_restart_with_the_clock_set_back(tmp_path):
     assert refused, "three tasks of 90 tokens in 90 minutes of a 100-tokens-an-hour budget"
 
 
-@pytest.mark.xfail(strict=True, reason="redteam4 D4: after a restart with the clock set back, the kernel's time "
-                                       "stays at the old maximum (kernel.py apply: max(now_us, ...)) until the wall "
-                                       "clock catches up, so no deadline falls due for that long")
 def test_a_deadline_expires_after_a_restart_with_the_clock_set_back(tmp_path):
     """A task with a 1 s deadline, submitted after a restart with the clock a day behind, has expired 60 s later."""
     rt, clock = a_day_behind(tmp_path)
@@ -337,10 +330,6 @@ class SteppedHostClock:
         return self.real() + (self.step_ns if self.stepped else 0)
 
 
-@pytest.mark.xfail(strict=True, reason="redteam4 D7: WallClock (runtime.py:50) reads the host's clock once, at its "
-                                       "first use, and then adds trio's monotonic time: a daemon started before NTP "
-                                       "set the clock (or across a suspend, which the monotonic clock does not count) "
-                                       "stamps trace lines, bills and budget windows off by the step for its whole run")
 def test_the_daemon_clock_follows_the_host_clock_after_it_is_stepped(monkeypatch):
     """After the host's clock is stepped an hour forward, the daemon's clock reads within a minute of it."""
     host = SteppedHostClock(time.time_ns, 3600 * 10**9)

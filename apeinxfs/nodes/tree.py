@@ -113,7 +113,7 @@ def build_root(rt) -> Dir:
         "tenants": TenantsDir(rt=rt),
         "billing": Show(mode=ADMIN_READS, show=partial(billing.show, kernel), read_role="admin"),
         "metrics": Show(show=partial(metrics.show, rt), volatile=True),
-        "health": Show(show=lambda: health.show(rt.health, rt.supervisor, rt.snapshotter), volatile=True),
+        "health": Show(show=lambda: health.show(rt.health, rt.supervisor, rt.snapshotter, rt.clock), volatile=True),
         "nodes": NodesDir(rt=rt),
         "cluster": Show(show=partial(link, rt), volatile=True),
     })
