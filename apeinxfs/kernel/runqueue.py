@@ -90,6 +90,7 @@ class RunQueue:
         """Add `delta` to the runnable or running count of the task's tenant and agent."""
         for entity, before in self.accounts.count(task, field, delta):
             self._counters.lifts += 1
+            self._counters.of(task.tenant).lifts += 1
             self._host.emit("lift", task, f"{entity.name} counter {before:.1f} -> {entity.counter:.1f}: "
                                           "active again, raised to the least active counter")
 

@@ -1,4 +1,5 @@
 """/sched/{policy,runqueue,stat}: the scheduler's policy knob, its entities and counters."""
+from ..kernel.counters import Counters, TenantCounts
 from ..kernel.events import SetPolicy
 from .ctl import run_lines
 
@@ -26,11 +27,20 @@ def runqueue(kernel, view: str | None = None) -> str:
         f"{name} {e.counter:.1f} {e.weight} {e.state}\n" for name, e in rows)
 
 
-def stat(kernel) -> str:
-    """Flat keyed, cgroup style."""
-    c = kernel.counters
-    rows = [("policy", kernel.runq.name), ("queued", len(kernel.runq)),
-            ("running", sum(len(g.running) for g in kernel.gpus)), ("decisions", c.decisions),
-            ("preemptions", c.preempted), ("fair_preemptions", c.fair_preemptions),
-            ("lifts", c.lifts), ("deadline_boosts", c.boosts)]
+def stat(kernel, view: str | None = None) -> str:
+    """Flat keyed, cgroup style: the policy, then the counts of tenant `view`'s tasks and scheduling acts only,
+    unless None (an admin's: every tenant's); "" (a caller of no role) counts none."""
+    queued, running, acts = _counts(kernel, view)
+    rows = [("policy", kernel.runq.name), ("queued", queued), ("running", running), ("decisions", acts.dispatched),
+            ("preemptions", acts.preempted), ("fair_preemptions", acts.fair_preemptions),
+            ("lifts", acts.lifts), ("deadline_boosts", acts.boosts)]
     return "".join(f"{k} {v}\n" for k, v in rows)
+
+
+def _counts(kernel, view: str | None) -> tuple[int, int, Counters | TenantCounts]:
+    """(tasks in the run queue, tasks running, scheduling acts) of tenant `view`, or of all if None."""
+    if view is None:
+        return len(kernel.runq), sum(len(g.running) for g in kernel.gpus), kernel.counters
+    tenant = kernel.accounts.tenants.get(view)
+    running = tenant.running if tenant is not None else 0
+    return sum(task.tenant == view for task in kernel.runq.tasks()), running, kernel.counters.share(view)

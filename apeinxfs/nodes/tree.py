@@ -86,7 +86,7 @@ def build_root(rt) -> Dir:
             "pressure": Show(show=lambda: memory.pressure(kernel, rt.clock.now_us()), volatile=True),
             "prefix": Show(show=partial(memory.prefix, kernel.kv.caches)),
             **{f"gpu{g}": Dir(children={
-                "pool": Show(show=partial(memory.pool, kernel, g)),
+                "pool": Show(show=partial(memory.pool, kernel, g), tenanted=True),
                 "prefix": Show(show=partial(memory.prefix, kernel.kv.caches[g:g + 1])),
             }) for g in range(len(kernel.gpus))},
         }),
@@ -102,7 +102,7 @@ def build_root(rt) -> Dir:
             "policy": Setting(show=partial(sched.policy, kernel), run=sched.set_policy(rt), write_role="admin",
                               limits=rt.buffers, rejects=rt.rejects_at("/sched/policy")),
             "runqueue": Show(show=partial(sched.runqueue, kernel), tenanted=True),
-            "stat": Show(show=partial(sched.stat, kernel)),
+            "stat": Show(show=partial(sched.stat, kernel), tenanted=True),
         }),
         "tenants": TenantsDir(rt=rt),
         "billing": Show(mode=ADMIN_READS, show=partial(billing.show, kernel), read_role="admin"),

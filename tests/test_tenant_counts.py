@@ -1,0 +1,80 @@
+"""Tiers 1-2: the counts of sched/stat and memory/gpuN/pool a non-admin reads are its own tenant's.
+
+Tenant a holds both slots of one GPU until b's task arrives and one of a's is fair-preempted
+(test_isolation.preempted_for_another_tenant): each tenant's view counts its own tasks and
+scheduling acts, an admin's all of them, a caller of no role none. Through FUSE each view is
+a file at an inode of its own (views.py), as sched/runqueue's are. The same on a live mount,
+as Unix users, is in test_tenants_mount.py.
+"""
+import os
+
+import pytest
+
+from apeinxfs.kernel.events import Kill, RemoveTenant, SetTenant
+from apeinxfs.kernel.tenant_config import TenantConfig
+from apeinxfs.nodes import memory, sched
+from test_fs_ops import ROOT_CTX, add_tenant, ctx, inode_of, open_path, ops, read_all  # noqa: F401 (ops is a fixture)
+from test_isolation import preempted_for_another_tenant
+
+
+def keyed(text: str) -> dict[str, str]:
+    return dict(line.split() for line in text.splitlines())
+
+
+def test_each_tenant_reads_its_own_scheduling_counts_and_an_admin_all():
+    """a (two dispatches, one fair preemption, one task queued again) and b (one dispatch) each read their own
+    counts in sched/stat; an admin reads their sums."""
+    k, _victim, _late = preempted_for_another_tenant()
+    a, b, every = keyed(sched.stat(k, "a")), keyed(sched.stat(k, "b")), keyed(sched.stat(k))
+    assert (a["running"], a["queued"], a["decisions"], a["preemptions"], a["fair_preemptions"]) == ("1", "1", "2", "1", "1")
+    assert (b["running"], b["queued"], b["decisions"], b["preemptions"], b["fair_preemptions"]) == ("1", "0", "1", "0", "0")
+    for key in ("running", "queued", "decisions", "preemptions", "fair_preemptions", "lifts", "deadline_boosts"):
+        assert int(every[key]) == int(a[key]) + int(b[key]), key
+    assert a["policy"] == b["policy"] == every["policy"] == "fair"
+
+
+def test_a_caller_of_no_role_reads_the_policy_and_zeros():
+    """The view of no tenant ("") keeps the policy and counts nothing, whatever runs."""
+    k, _victim, _late = preempted_for_another_tenant()
+    none = keyed(sched.stat(k, ""))
+    assert none.pop("policy") == "fair" and set(none.values()) == {"0"} and len(none) == 7
+
+
+def test_a_removed_tenants_counts_are_forgotten():
+    """Once tenant b is removed (its tasks gone) and added again, its view counts from zero."""
+    k, _victim, late = preempted_for_another_tenant()
+    k.apply(Kill(pid=late, uid=0), 1)
+    k.apply(RemoveTenant(name="b"), 2)
+    assert "b" not in k.counters.tenants
+    k.apply(SetTenant(tenant=TenantConfig("b"), what="add b"), 3)
+    assert keyed(sched.stat(k, "b"))["decisions"] == "0"
+
+
+def test_each_tenant_reads_its_own_tasks_on_a_gpu_pool_and_its_kv_totals_as_all():
+    """gpu0/pool's `tasks` counts the reader's tenant's running tasks (none for no role), every other field
+    (pages, capacity, engine figures) is the same for every caller."""
+    k, _victim, _late = preempted_for_another_tenant()
+    views = {view: keyed(memory.pool(k, 0, view)) for view in (None, "a", "b", "")}
+    assert [views[view]["tasks"] for view in (None, "a", "b", "")] == ["2", "1", "1", "0"]
+    for view in views.values():
+        del view["tasks"]
+    assert views["a"] == views["b"] == views[""] == views[None]
+
+
+@pytest.mark.parametrize("path", ["/sched/stat", "/memory/gpu0/pool"])
+async def test_a_users_view_of_the_counts_is_its_own_file(ops, path):
+    """A user of tenant a and an admin reach `path` at different inodes; with a task of tenant default running,
+    the admin's counts it, a's view counts nothing, and getattr of each gives its own view's size."""
+    await add_tenant(ops, b"add a weight=100 uids=1000")
+    fh = await open_path(ops, "/ctl/submit", os.O_RDWR, caller=ROOT_CTX)
+    await ops.write(fh, 0, b"job 10 5\n")
+    await ops.release(fh)
+    admin_inode, user_inode = await inode_of(ops, path, ROOT_CTX), await inode_of(ops, path)
+    assert admin_inode != user_inode
+    admin_fh, user_fh = await open_path(ops, path, caller=ROOT_CTX), await open_path(ops, path)
+    every, own = keyed((await read_all(ops, admin_fh)).decode()), keyed((await read_all(ops, user_fh)).decode())
+    busy = "tasks" if "tasks" in every else "running"
+    assert every[busy] == "1" and own[busy] == "0"
+    for inode, fh in ((admin_inode, admin_fh), (user_inode, user_fh)):
+        assert (await ops.getattr(inode, ROOT_CTX)).st_size == len(await read_all(ops, fh))
+        await ops.release(fh)
