@@ -123,8 +123,7 @@ class Tree:
         self.root = build_root(rt)
         self.named = [self.root.children[name] for name in ("models", "tenants", "nodes")]
         self._number(self.root)
-        tenanted = [node for node in self.static.values() if viewed(node)]
-        self.views = Views(tenanted, lambda tenant: tenant in rt.kernel.tenancy.tenants)
+        self.views = Views(self.node, lambda tenant: tenant in rt.kernel.tenancy.tenants)
         self._pinned: dict[int, tuple[Show, list[int]]] = {}  # inode -> its node, the sizes of its open snapshots
         self._rendered: dict[int, tuple[int, bytes]] = {}  # inode -> (version, text)
         self._task_nodes: dict[int, tuple] = {}  # inode -> (task, node) of task files built so far
@@ -137,14 +136,18 @@ class Tree:
                 self._number(child, f"{path.rstrip('/')}/{name}")
 
     def path_of(self, node) -> str:
-        """Where a file is, for the audit trail: static ones by name, a task's, tenant's or model's from its inode."""
-        if node.inode in self.paths:
-            return self.paths[node.inode]
-        if self.views.owns(node.inode):
-            return self.paths[self.views.file_of(node.inode).inode]
-        if (named := self._named(node.inode)) is not None:
-            return f"{self.paths[named.inode]}/{named.name_of(node.inode)}"
-        pid, slot = divmod(node.inode - PID_BASE, SLOTS)
+        """Where a file is, for the audit trail: static ones by name, a task's, tenant's or model's from its inode,
+        a view by its file's."""
+        return self._path(node.inode)
+
+    def _path(self, inode: int) -> str:
+        if inode in self.paths:
+            return self.paths[inode]
+        if self.views.owns(inode):
+            return self._path(self.views.file_of(inode))
+        if (named := self._named(inode)) is not None:
+            return f"{self.paths[named.inode]}/{named.name_of(inode)}"
+        pid, slot = divmod(inode - PID_BASE, SLOTS)
         return f"/replay/{pid}" if slot == REPLAY_SLOT else f"/tasks/{pid}/{tasks.FILES[slot - 1]}"
 
     def node(self, inode: int):
