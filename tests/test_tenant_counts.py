@@ -1,20 +1,28 @@
-"""Tiers 1-2: the counts of sched/stat and memory/gpuN/pool a non-admin reads are its own tenant's.
+"""Tiers 1-2: the counts of sched/stat and memory/gpuN/pool, and the pids of nodes/NAME/tasks, a non-admin reads
+are its own tenant's.
 
 Tenant a holds both slots of one GPU until b's task arrives and one of a's is fair-preempted
 (test_isolation.preempted_for_another_tenant): each tenant's view counts its own tasks and
 scheduling acts, an admin's all of them, a caller of no role none. Through FUSE each view is
-a file at an inode of its own (views.py), as sched/runqueue's are. The same on a live mount,
-as Unix users, is in test_tenants_mount.py.
+a file at an inode of its own (views.py), as sched/runqueue's are; a cluster node's tasks file reads the
+tenant's live key of that node. The same on a live mount, as Unix users, is in test_tenants_mount.py.
 """
 import os
 
+import attrs
 import pytest
 
+from apeinxfs.cluster.etcd_records import Event
 from apeinxfs.kernel.events import Kill, RemoveTenant, SetTenant
 from apeinxfs.kernel.tenant_config import TenantConfig
 from apeinxfs.nodes import memory, sched
+from apeinxfs.nodes.tree import Tree
+from test_cluster_view import kv, record
+from test_journal_runtime import open_runtime, submit
 from test_fs_ops import ROOT_CTX, add_tenant, ctx, inode_of, open_path, ops, read_all  # noqa: F401 (ops is a fixture)
 from test_isolation import preempted_for_another_tenant
+from test_nodes import resolve
+from test_shared_settings import node
 
 
 def keyed(text: str) -> dict[str, str]:
@@ -61,10 +69,10 @@ def test_each_tenant_reads_its_own_tasks_on_a_gpu_pool_and_its_kv_totals_as_all(
     assert views["a"] == views["b"] == views[""] == views[None]
 
 
-@pytest.mark.parametrize("path", ["/sched/stat", "/memory/gpu0/pool"])
+@pytest.mark.parametrize("path", ["/sched/stat", "/memory/gpu0/pool", "/nodes/local/tasks"])
 async def test_a_users_view_of_the_counts_is_its_own_file(ops, path):
     """A user of tenant a and an admin reach `path` at different inodes; with a task of tenant default running,
-    the admin's counts it, a's view counts nothing, and getattr of each gives its own view's size."""
+    the admin's counts (or lists) it, a's view does not, and getattr of each gives its own view's size."""
     await add_tenant(ops, b"add a weight=100 uids=1000")
     fh = await open_path(ops, "/ctl/submit", os.O_RDWR, caller=ROOT_CTX)
     await ops.write(fh, 0, b"job 10 5\n")
@@ -72,9 +80,43 @@ async def test_a_users_view_of_the_counts_is_its_own_file(ops, path):
     admin_inode, user_inode = await inode_of(ops, path, ROOT_CTX), await inode_of(ops, path)
     assert admin_inode != user_inode
     admin_fh, user_fh = await open_path(ops, path, caller=ROOT_CTX), await open_path(ops, path)
-    every, own = keyed((await read_all(ops, admin_fh)).decode()), keyed((await read_all(ops, user_fh)).decode())
-    busy = "tasks" if "tasks" in every else "running"
-    assert every[busy] == "1" and own[busy] == "0"
+    every, own = (await read_all(ops, admin_fh)).decode(), (await read_all(ops, user_fh)).decode()
+    if path.endswith("/tasks"):
+        assert (every, own) == ("1\n", "")
+    else:
+        busy = "tasks" if path.endswith("pool") else "running"
+        assert keyed(every)[busy] == "1" and keyed(own)[busy] == "0"
     for inode, fh in ((admin_inode, admin_fh), (user_inode, user_fh)):
         assert (await ops.getattr(inode, ROOT_CTX)).st_size == len(await read_all(ops, fh))
         await ops.release(fh)
+
+
+def test_a_single_nodes_tasks_file_shows_a_tenant_its_own_live_pids(tmp_path):
+    """/nodes/local/tasks of a single node lists to tenant a its own live pids, to b (none live) and to a
+    caller of no role nothing, to an admin every tenant's."""
+    with open_runtime(tmp_path) as rt:
+        rt.commit([SetTenant(tenant=TenantConfig("a"), what="add a"), SetTenant(tenant=TenantConfig("b"), what="add b")])
+        mine, others = submit(rt, tenant="a"), submit(rt)
+        tasks = resolve(Tree(rt), "/nodes/local/tasks")
+        assert [render(tasks, view) for view in (None, "a", "b", "")] == [f"{mine}\n{others}\n", f"{mine}\n", "", ""]
+
+
+def test_a_cluster_nodes_tasks_file_shows_a_tenant_its_own_live_key(tmp_path):
+    """/nodes/b/tasks of tenant u lists the pids of b's live key of u, of a caller of no role none, an admin's
+    every tenant's; tenant t, with no live key on b, reads none, and once b has no live key, nor b's older
+    record's tenant t's pids, as that record splits them by tenant."""
+    rt = node(tmp_path)
+    view = rt.cluster.view
+    view.apply(Event("PUT", kv(view.keys.node("b"), record("b", tasks="3,5", tenants={"t": "3"}).to_json(), 2), None))
+    for tenant, pids in [("u", b"8-9"), ("v", b"7,10")]:
+        view.apply(Event("PUT", kv(view.keys.live("b", tenant), pids, 3), None))
+    tasks = resolve(Tree(rt), "/nodes/b/tasks")
+    assert [render(tasks, view) for view in (None, "u", "t", "")] == ["7\n8\n9\n10\n", "8\n9\n", "", ""]
+    for tenant in "uv":
+        view.apply(Event("DELETE", kv(view.keys.live("b", tenant), b"", 4), None))
+    assert [render(tasks, view) for view in (None, "u", "t", "")] == ["3\n5\n", "", "3\n", ""]
+
+
+def render(file, view: str | None) -> str:
+    """`file` as the view of tenant `view` renders it (None: an admin's)."""
+    return attrs.evolve(file, view=view).render().decode()

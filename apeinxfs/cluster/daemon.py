@@ -216,3 +216,11 @@ def tasks_seen(rt, name: str) -> str | None:
     if rt.cluster is not None:
         return rt.cluster.view.tasks_of(name) if name in rt.cluster.view.records else None
     return scan(rt.kernel)[0] if name == rt.kernel.config.node else None
+
+
+def tenants_seen(rt, name: str) -> dict[str, str] | None:
+    """Node `name`'s live pids by tenant, as ranges, as /nodes shows them to a tenant: the cluster's view's
+    (`tenants_of`); on a single node its own; None where `node_seen` is."""
+    if rt.cluster is not None:
+        return rt.cluster.view.tenants_of(name) if name in rt.cluster.view.records else None
+    return scan(rt.kernel)[1] if name == rt.kernel.config.node else None
