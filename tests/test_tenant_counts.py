@@ -34,8 +34,9 @@ def test_each_tenant_reads_its_own_scheduling_counts_and_an_admin_all():
     counts in sched/stat; an admin reads their sums."""
     k, _victim, _late = preempted_for_another_tenant()
     a, b, every = keyed(sched.stat(k, "a")), keyed(sched.stat(k, "b")), keyed(sched.stat(k))
-    assert (a["running"], a["queued"], a["decisions"], a["preemptions"], a["fair_preemptions"]) == ("1", "1", "2", "1", "1")
-    assert (b["running"], b["queued"], b["decisions"], b["preemptions"], b["fair_preemptions"]) == ("1", "0", "1", "0", "0")
+    acts = ("running", "queued", "decisions", "preemptions", "fair_preemptions")
+    assert [a[key] for key in acts] == ["1", "1", "2", "1", "1"]
+    assert [b[key] for key in acts] == ["1", "0", "1", "0", "0"]
     for key in ("running", "queued", "decisions", "preemptions", "fair_preemptions", "lifts", "deadline_boosts"):
         assert int(every[key]) == int(a[key]) + int(b[key]), key
     assert a["policy"] == b["policy"] == every["policy"] == "fair"
@@ -95,7 +96,7 @@ def test_a_single_nodes_tasks_file_shows_a_tenant_its_own_live_pids(tmp_path):
     """/nodes/local/tasks of a single node lists to tenant a its own live pids, to b (none live) and to a
     caller of no role nothing, to an admin every tenant's."""
     with open_runtime(tmp_path) as rt:
-        rt.commit([SetTenant(tenant=TenantConfig("a"), what="add a"), SetTenant(tenant=TenantConfig("b"), what="add b")])
+        rt.commit([SetTenant(tenant=TenantConfig(name), what=f"add {name}") for name in "ab"])
         mine, others = submit(rt, tenant="a"), submit(rt)
         tasks = resolve(Tree(rt), "/nodes/local/tasks")
         assert [render(tasks, view) for view in (None, "a", "b", "")] == [f"{mine}\n{others}\n", f"{mine}\n", "", ""]

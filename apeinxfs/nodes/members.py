@@ -4,11 +4,11 @@
 and KV pages, queue, running and live tasks, models, the cached prompt blocks it publishes
 for prefix affinity, address, LastSeen: when it last published, in UTC; Record: ok, or since when
 its record in etcd is one this version cannot read, and why); `tasks` its live
-pids, one a line: an admin's every tenant's, a tenant's its own (a view, views.py). Both are rendered from the cluster's view (etcd),
-the same on every node once the watch has caught up; a node whose lease is gone stays
-listed, `State: down`, with its last record. On a single node /nodes holds just this node
-(up, leading, epoch 0) from its own kernel (cluster/daemon.node_seen). Inodes are computed
-(NamedDirs): NODE_BASE + number * SLOTS + slot.
+pids, one a line: to an admin every tenant's, to anyone else its own tenant's (a view, views.py).
+Both are rendered from the cluster's view (etcd), the same on every node once the watch has
+caught up; a node whose lease is gone stays listed, `State: down`, with its last record. On a
+single node /nodes holds just this node (up, leading, epoch 0) from its own kernel
+(cluster/daemon.node_seen). Inodes are computed (NamedDirs): NODE_BASE + number * SLOTS + slot.
 """
 import datetime
 import time
