@@ -31,17 +31,21 @@ HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close
 ONE_TOKEN = b'data: {"choices":[{"text":" w"}]}\n\n'
 ENDED = b'data: {"choices":[{"text":"","finish_reason":"length"}],"usage":{"completion_tokens":1}}\n\n'
 NOT_ENDING_S = 6  # how long a test waits for a task its engine keeps busy (timeout_s is 0.5 there)
+SCRAPES = 10  # /metrics reads of each engine a scraping test waits for (one every 0.2 s: two_models_config)
+SCRAPED_WITHIN_S = 30  # the most those may take, far above 2 s: past it the test fails
 
 
-def answering(answer, metrics: str = ""):
+def answering(answer, metrics: str = "", gets: list[str] | None = None):
     """A fake engine's connection handler: `answer(stream)` to each POST, `metrics` (or what it returns, if
-    callable) as its /metrics."""
+    callable) as its /metrics; the path of each GET appended to `gets`, if given."""
     async def handle(stream):
         request = await read_request(stream)
         if request is None:
             return
         try:
             if request.body is None:
+                if gets is not None:
+                    gets.append(request.path)
                 body = (metrics() if callable(metrics) else metrics).encode()
                 await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
                                       % len(body) + body)
@@ -52,8 +56,8 @@ def answering(answer, metrics: str = ""):
     return handle
 
 
-async def serve(nursery, answer, metrics: str = "") -> int:
-    listeners = await nursery.start(trio.serve_tcp, answering(answer, metrics), 0)
+async def serve(nursery, answer, metrics: str = "", gets: list[str] | None = None) -> int:
+    listeners = await nursery.start(trio.serve_tcp, answering(answer, metrics, gets), 0)
     return listeners[0].socket.getsockname()[1]
 
 
@@ -80,8 +84,8 @@ async def one_endless_line(stream):
 
 async def data_lines_never_ending_an_event(stream):
     await stream.send_all(HEAD)
-    while True:
-        await stream.send_all(b"data: x\n" * 4096)
+    while True:  # lines of 64 KiB: the event passes 1 MiB in 17 sends, well within timeout_s under load
+        await stream.send_all(b"data: " + b"x" * 65536 + b"\n")
         await trio.sleep(0.001)
 
 
@@ -90,6 +94,11 @@ async def one_endless_chunk(stream):
     while True:
         await stream.send_all(b"x" * 65536)
         await trio.sleep(0.001)
+
+
+async def an_error_body_then_silence(stream):
+    await stream.send_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 100000\r\n\r\n" + b"x" * openai.ERROR_BYTES)
+    await trio.sleep_forever()
 
 
 async def an_endless_error_body(stream):
@@ -107,6 +116,7 @@ BUSY_WITHOUT_TOKENS = {  # an engine's answer, and the bound that ends it
                       "stream broke after 0 tokens: an event of over 1048576 characters of data"),
     "endless chunk": (one_endless_chunk, "stream broke after 0 tokens: a line of over 1048576 bytes"),
     "endless error body": (an_endless_error_body, "HTTP 400: " + "x" * openai.ERROR_BYTES),
+    "error body, then silence": (an_error_body_then_silence, "HTTP 400: " + "x" * openai.ERROR_BYTES),
 }
 
 
@@ -147,13 +157,15 @@ def lies_more_each_time() -> callable:
     return lambda: f"sglang:num_used_tokens -{next(scrapes)}\n"
 
 
-async def scraped_two_seconds(tmp_path, liar: str, honest: str):
-    """The runtime of models liar and honest on these engines, closed after 2 s of scrapes or an observe bug."""
+async def scraped_ten_times(tmp_path, liar: int, honest: int, gets: tuple[list[str], list[str]]):
+    """The runtime of models liar and honest on these engines (their GETs' paths in `gets`), closed once each
+    engine's /metrics was read SCRAPES times, or at an observe bug; TooSlowError after SCRAPED_WITHIN_S."""
     with open_runtime(tmp_path, two_models_config(liar, honest)) as rt:
         async with trio.open_nursery() as inner:
             await inner.start(rt.run)
-            with trio.move_on_after(2.0):
-                while "driver.openai.observe" not in rt.supervisor.bugs:
+            with trio.fail_after(SCRAPED_WITHIN_S):
+                while "driver.openai.observe" not in rt.supervisor.bugs and \
+                        min(paths.count("/metrics") for paths in gets) < SCRAPES:
                     await trio.sleep(0.05)
             inner.cancel_scope.cancel()
     return rt
@@ -162,11 +174,12 @@ async def scraped_two_seconds(tmp_path, liar: str, honest: str):
 @pytest.mark.parametrize("lie", [lambda: "sglang:num_used_tokens -5000\n", lies_more_each_time()],
                          ids=["same", "changing"])
 async def test_one_engines_negative_kv_report_leaves_other_engines_scraped(lie, tmp_path, nursery, caplog):
-    """An engine whose /metrics says -5000 KV tokens (or a figure changing at each scrape), scraped 10 times (2 s),
+    """An engine whose /metrics says -5000 KV tokens (or a figure changing at each scrape), scraped 10 times,
     makes no bug of the loop scraping the others: its refusal is its scrape error, logged once."""
-    liar = await serve(nursery, None, lie)
-    honest = await serve(nursery, None, "sglang:num_used_tokens 0\n")
-    rt = await scraped_two_seconds(tmp_path, liar, honest)
+    gets: tuple[list[str], list[str]] = ([], [])
+    liar = await serve(nursery, None, lie, gets[0])
+    honest = await serve(nursery, None, "sglang:num_used_tokens 0\n", gets[1])
+    rt = await scraped_ten_times(tmp_path, liar, honest, gets)
     assert "driver.openai.observe" not in rt.supervisor.bugs and "honest" in rt.engine_metrics
     assert rt.engine_metrics["liar"].error.startswith("its KV report is refused: an engine's KV report of -50")
     logged = [r.getMessage() for r in caplog.records if "liar" in r.getMessage()]
@@ -174,11 +187,12 @@ async def test_one_engines_negative_kv_report_leaves_other_engines_scraped(lie, 
 
 
 async def test_an_engines_overflowing_figures_end_no_observe_loop_and_others_are_scraped(tmp_path, nursery):
-    """An engine whose /metrics says 1e300 KV tokens at a usage of 1e-320, scraped for 2 s, makes no bug of the
+    """An engine whose /metrics says 1e300 KV tokens at a usage of 1e-320, scraped 10 times, makes no bug of the
     observe loop: it and the other engine are both scraped."""
-    liar = await serve(nursery, None, "llamacpp:kv_cache_usage_ratio 1e-320\nllamacpp:kv_cache_tokens 1e300\n")
-    honest = await serve(nursery, None, "sglang:num_used_tokens 0\n")
-    rt = await scraped_two_seconds(tmp_path, liar, honest)
+    gets: tuple[list[str], list[str]] = ([], [])
+    liar = await serve(nursery, None, "llamacpp:kv_cache_usage_ratio 1e-320\nllamacpp:kv_cache_tokens 1e300\n", gets[0])
+    honest = await serve(nursery, None, "sglang:num_used_tokens 0\n", gets[1])
+    rt = await scraped_ten_times(tmp_path, liar, honest, gets)
     assert "driver.openai.observe" not in rt.supervisor.bugs
     assert rt.engine_metrics["honest"].error is None and rt.engine_metrics["liar"].reading is not None
 

@@ -32,7 +32,7 @@ from .livekeys import LiveKeys
 from .member import PUBLISH_S, RETRY_S, Member
 from .pids import take_block, wants_block
 from .etcd_records import Lease
-from .records import Keys, LiveRanges, NodeRecord, NodeView, record_of, scan
+from .records import Keys, LiveRanges, NodeRecord, NodeView, live_ranges, record_of, tenant_live_ranges
 from .replicas import Replicas
 from .routing import Router
 from .settings import ClusterSettings
@@ -76,7 +76,8 @@ class Cluster:
     def record(self, epoch: int) -> NodeRecord:
         """This node's record now, in `epoch`, every field read off the kernel as it stands; its live pids are
         not in it (`tasks` "", `tenants` {}): they are in its live keys (`live_pids`)."""
-        return record_of(self.rt.kernel, epoch, self.rt.clock.now_us(), self.settings.advertise, ("", {}))
+        return record_of(self.rt.kernel, epoch, self.rt.clock.now_us(), self.settings.advertise, ("", {}),
+                         self.rt.cannot_run)
 
     def live_pids(self) -> dict[str, str]:
         """This node's live pids by tenant, as ranges (its live keys' rows): a look that finds them changed (it
@@ -207,20 +208,21 @@ def node_seen(rt, name: str) -> NodeView | None:
         return rt.cluster.view.node(name)
     if name != rt.kernel.config.node:
         return None
-    return NodeView(record_of(rt.kernel, 0, rt.clock.now_us(), None), up=True, leader=True)
+    return NodeView(record_of(rt.kernel, 0, rt.clock.now_us(), None, cannot_run=rt.cannot_run), up=True, leader=True)
 
 
 def tasks_seen(rt, name: str) -> str | None:
     """Node `name`'s live pids as ranges, as /nodes shows them: the cluster's view's (`tasks_of`); on a single
-    node its own, read off its kernel; None where `node_seen` is (no record, another name)."""
+    node its own, read off its kernel's index of live pids; None where `node_seen` is (no record, another name)."""
     if rt.cluster is not None:
         return rt.cluster.view.tasks_of(name) if name in rt.cluster.view.records else None
-    return scan(rt.kernel)[0] if name == rt.kernel.config.node else None
+    return live_ranges(rt.kernel) if name == rt.kernel.config.node else None
 
 
-def tenants_seen(rt, name: str) -> dict[str, str] | None:
-    """Node `name`'s live pids by tenant, as ranges, as /nodes shows them to a tenant: the cluster's view's
-    (`tenants_of`); on a single node its own; None where `node_seen` is."""
+def tenant_seen(rt, name: str, tenant: str) -> str | None:
+    """Node `name`'s live pids of `tenant`, as ranges, as /nodes shows them to that tenant: the cluster's view's
+    (`tenants_of`: the live keys share one cap, docs/cluster.md); on a single node its own, to a cap of its
+    own; None where `node_seen` is."""
     if rt.cluster is not None:
-        return rt.cluster.view.tenants_of(name) if name in rt.cluster.view.records else None
-    return scan(rt.kernel)[1] if name == rt.kernel.config.node else None
+        return rt.cluster.view.tenants_of(name).get(tenant, "") if name in rt.cluster.view.records else None
+    return tenant_live_ranges(rt.kernel, tenant) if name == rt.kernel.config.node else None

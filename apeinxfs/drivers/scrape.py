@@ -26,6 +26,7 @@ import trio
 from ..kernel.endpoints import redacted
 from ..kernel.errors import Invalid
 from . import metrics
+from .bounded import up_to
 
 BODY_MAX = 1 << 20  # bytes of a /metrics read at most: vLLM's and SGLang's are well under 200 KB
 IDENTITY = {"Accept-Encoding": "identity"}  # asked on every request to an engine: a body's bound counts the bytes sent
@@ -90,11 +91,7 @@ async def body_of(client: httpx.AsyncClient, source: str, timeout_s: float) -> s
         response.raise_for_status()
         if coding := compressed(response):
             raise metrics.Unreadable(f"a compressed body (Content-Encoding: {one_line(coding)}), though identity was asked")
-        body = bytearray()
-        async for piece in response.aiter_raw():
-            body += piece
-            if len(body) > BODY_MAX:
-                raise metrics.Unreadable(f"the body is over {BODY_MAX} bytes")
+        body = await up_to(response.aiter_raw(), BODY_MAX, metrics.Unreadable(f"the body is over {BODY_MAX} bytes"))
     return body.decode("utf-8", "replace")
 
 
