@@ -13,7 +13,9 @@ import attrs
 import pytest
 
 from apeinxfs.cluster.etcd_records import Event
+from apeinxfs.kernel.counters import TenantCounts
 from apeinxfs.kernel.events import Kill, RemoveTenant, SetTenant
+from apeinxfs.kernel.invariants import InvariantError
 from apeinxfs.kernel.tenant_config import TenantConfig
 from apeinxfs.nodes import memory, sched
 from apeinxfs.nodes.tree import Tree
@@ -50,13 +52,27 @@ def test_a_caller_of_no_role_reads_the_policy_and_zeros():
 
 
 def test_a_removed_tenants_counts_are_forgotten():
-    """Once tenant b is removed (its tasks gone) and added again, its view counts from zero."""
+    """Once tenant b is removed (its tasks gone) its share moves to the unshared counts, the shares and those
+    still adding up to the totals; added again, its view counts from zero."""
     k, _victim, late = preempted_for_another_tenant()
     k.apply(Kill(pid=late, uid=0), 1)
     k.apply(RemoveTenant(name="b"), 2)
-    assert "b" not in k.counters.tenants
+    assert "b" not in k.counters.tenants and k.counters.unshared == TenantCounts(dispatched=1)
+    k.check_invariants()
     k.apply(SetTenant(tenant=TenantConfig("b"), what="add b"), 3)
     assert keyed(sched.stat(k, "b"))["decisions"] == "0"
+
+
+def test_counts_that_do_not_add_up_are_an_invariant_broken():
+    """A dispatch counted in a tenant's share but not in the total, or in the total but in no share, is named."""
+    k, _victim, _late = preempted_for_another_tenant()
+    assert k.counters.index_problems() == []
+    k.counters.of("a").dispatched += 1
+    assert k.counters.index_problems() == ["counters: the tenants' dispatched and the unshared add up to 4, "
+                                           "the total is 3"]
+    k.counters.of("a").dispatched -= 2
+    with pytest.raises(InvariantError, match="add up to 2, the total is 3"):
+        k.check_invariants()
 
 
 def test_each_tenant_reads_its_own_tasks_on_a_gpu_pool_and_its_kv_totals_as_all():

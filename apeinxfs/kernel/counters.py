@@ -32,6 +32,8 @@ class Counters:
     reaped: int = 0  # exited tasks forgotten (retention.py)
     exits: dict[str, int] = attrs.Factory(dict)  # exit kind (done, killed, ...) -> tasks
     tenants: dict[str, TenantCounts] = attrs.Factory(dict)  # tenant -> its share, counted since its first
+    # the shares of removed tenants, and what was counted before shares were (a migrated snapshot's totals)
+    unshared: TenantCounts = attrs.Factory(TenantCounts)
 
     @property
     def decisions(self) -> int:
@@ -46,8 +48,15 @@ class Counters:
         """Tenant `tenant`'s share, to read: zeros if it has none."""
         return self.tenants.get(tenant) or TenantCounts()
 
+    def forget(self, tenant: str) -> None:
+        """Tenant `tenant` was removed: its share goes, into `unshared`."""
+        gone = self.tenants.pop(tenant, TenantCounts())
+        for name in attrs.fields_dict(TenantCounts):
+            setattr(self.unshared, name, getattr(self.unshared, name) + getattr(gone, name))
+
     def index_problems(self) -> list[str]:
-        """Where the tenants' shares add up to more than the totals (less is fine: a removed tenant's go)."""
-        return [f"counters: the tenants' {name} add up to {shared}, the total is {total}"
+        """Where the tenants' shares and `unshared` do not add up to the totals."""
+        return [f"counters: the tenants' {name} and the unshared add up to {shared}, the total is {total}"
                 for name in attrs.fields_dict(TenantCounts)
-                if (shared := sum(getattr(t, name) for t in self.tenants.values())) > (total := getattr(self, name))]
+                if (shared := sum(getattr(t, name) for t in (*self.tenants.values(), self.unshared)))
+                != (total := getattr(self, name))]

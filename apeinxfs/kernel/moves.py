@@ -84,7 +84,7 @@ class Moves:
         """Tenant `name` was removed: the trace forgets it once its lines are gone (TraceLog.forget), the counters
         its share."""
         self.trace.forget(name)
-        self.counters.tenants.pop(name, None)
+        self.counters.forget(name)
 
     def enqueue(self, task: Task) -> None:
         """A new or continued task becomes runnable (a preempted one stays so) and joins the queue."""
