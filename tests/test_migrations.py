@@ -41,18 +41,20 @@ def queued_kernel() -> Kernel:
 
 
 def as_previous_release(kernel: Kernel) -> bytes:
-    """The kernel's state as the previous release encoded it: its run queue without `_models`, its moves
+    """The kernel's state as the previous release encoded it: its run queue without `_models` and `_tenants`, its moves
     without `backfill_after_us`, its task table without `live_pids`, its counters without tenants' shares
     (a slotted attrs class: its pickled state is its __getstate__'s, left without those two fields)."""
-    models, rest, live = kernel.runq._models, kernel.moves.backfill_after_us, kernel.tasks.live_pids
-    del kernel.runq._models, kernel.moves.backfill_after_us, kernel.tasks.live_pids
+    models, tenants, rest, live = kernel.runq._models, kernel.runq._tenants, kernel.moves.backfill_after_us, \
+        kernel.tasks.live_pids
+    del kernel.runq._models, kernel.runq._tenants, kernel.moves.backfill_after_us, kernel.tasks.live_pids
     getstate = Counters.__getstate__
     Counters.__getstate__ = lambda counters: {name: value for name, value in getstate(counters).items()  # type: ignore
                                               if name not in ("tenants", "unshared")}
     try:
         return encode(kernel)
     finally:
-        kernel.runq._models, kernel.moves.backfill_after_us, kernel.tasks.live_pids = models, rest, live
+        kernel.runq._models, kernel.runq._tenants, kernel.moves.backfill_after_us = models, tenants, rest
+        kernel.tasks.live_pids = live
         Counters.__getstate__ = getstate  # type: ignore[method-assign]
 
 
@@ -80,16 +82,21 @@ def lived_kernel() -> Kernel:
 
 
 def difference_but_live_marks(live: Kernel, loaded: Kernel) -> str:
-    """state_difference of the kernels, their task tables' live pids compared as sets by tenant: the index's
-    counters (`changes`, the marks and their order) count the changes it saw, which an index migrated from the
-    tasks (LivePids.of) never saw, and no decision reads them but a reader's own (records.py LiveRanges)."""
+    """state_difference of the kernels, their task tables' live pids compared as sets by tenant and their run
+    queues' counts by tenant as dicts: the index's counters (`changes`, the marks and their order) count the
+    changes it saw, which an index migrated from the tasks (LivePids.of) never saw, and no decision reads them
+    but a reader's own (records.py LiveRanges); the counts' order is the tenants' first queued, recounted in
+    queue order, and nothing reads it."""
     if live.tasks.live_pids.by_tenant != loaded.tasks.live_pids.by_tenant:
         return f"live pids {live.tasks.live_pids.by_tenant} != {loaded.tasks.live_pids.by_tenant}"
+    if live.runq._tenants != loaded.runq._tenants:
+        return f"queued by tenant {live.runq._tenants} != {loaded.runq._tenants}"
     index, live.tasks.live_pids = live.tasks.live_pids, loaded.tasks.live_pids
+    tenants, live.runq._tenants = live.runq._tenants, loaded.runq._tenants
     try:
         return state_difference(live, loaded)
     finally:
-        live.tasks.live_pids = index
+        live.tasks.live_pids, live.runq._tenants = index, tenants
 
 
 def test_previous_release_snapshot_loads_with_models_recounted():
@@ -104,7 +111,8 @@ def test_previous_release_snapshot_loads_with_models_recounted():
     assert loaded.tasks.live_pids.by_tenant == {"t": {2, 6}, "default": {5, 7}}
     assert loaded.counters.tenants == {} and loaded.counters.unshared.dispatched == live.counters.dispatched > 0
     counted_as_previous_release(live)
-    assert loaded.runq._models == live.runq._models and difference_but_live_marks(live, loaded) == ""
+    assert (loaded.runq._models, loaded.runq._tenants) == (live.runq._models, {"t": 1, "default": 1})
+    assert difference_but_live_marks(live, loaded) == ""
     loaded.check_invariants()
     for now_us, event in [(50, Step(gpu=0, chunks=[Chunk(pid=5, text=" w", tokens=3, prefill=4)])), (60, Tick()),
                           (70, Kill(pid=2, uid=0)), (80, Submit(spec=TaskSpec(name="late", model="a"), uid=0))]:

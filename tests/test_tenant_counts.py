@@ -75,6 +75,16 @@ def test_counts_that_do_not_add_up_are_an_invariant_broken():
         k.check_invariants()
 
 
+def test_the_queued_tasks_counted_by_tenant_are_checked():
+    """sched/stat's queued count of a tenant is the run queue's count by tenant, kept as tasks come and go and
+    checked against the queue: a wrong count is an invariant broken."""
+    k, _victim, _late = preempted_for_another_tenant()
+    assert k.runq._tenants == {"a": 1} and keyed(sched.stat(k, "a"))["queued"] == "1"
+    k.runq._tenants["b"] = 1
+    with pytest.raises(InvariantError, match=r"by tenant \{'a': 1, 'b': 1\} are not the queue's \{'a': 1\}"):
+        k.check_invariants()
+
+
 def test_each_tenant_reads_its_own_tasks_on_a_gpu_pool_and_its_kv_totals_as_all():
     """gpu0/pool's `tasks` counts the reader's tenant's running tasks (none for no role), every other field
     (pages, capacity, engine figures) is the same for every caller."""

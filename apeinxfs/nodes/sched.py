@@ -17,9 +17,10 @@ def set_policy(rt):
 
 def runqueue(kernel, view: str | None = None) -> str:
     """Tenants, then active agents: entity, counter, weight, state (running | queued | idle); of tenant `view`
-    only, unless None (an admin's: every tenant's)."""
+    only, unless None (an admin's: every tenant's). An active agent has live tasks: a tenant's are read off the
+    index of its live pids."""
     accounts = kernel.accounts
-    agents = None if view is None else {task.agent for task in kernel.tasks.values() if task.tenant == view}
+    agents = None if view is None else {kernel.tasks[pid].agent for pid in kernel.tasks.live_pids.by_tenant.get(view, ())}
     rows = [(f"tenant/{t.name}", t) for t in accounts.tenants.values() if view in (None, t.name)]
     rows += [(f"agent/{a.name}", a) for pid, a in accounts.agents.items()
              if a.active and (agents is None or pid in agents)]
@@ -43,4 +44,4 @@ def _counts(kernel, view: str | None) -> tuple[int, int, Counters | TenantCounts
         return len(kernel.runq), sum(len(g.running) for g in kernel.gpus), kernel.counters
     tenant = kernel.accounts.tenants.get(view)
     running = tenant.running if tenant is not None else 0
-    return sum(task.tenant == view for task in kernel.runq.tasks()), running, kernel.counters.share(view)
+    return kernel.runq.queued_of(view), running, kernel.counters.share(view)
