@@ -1,10 +1,11 @@
-"""What a tenant's read of sched/stat and sched/runqueue costs (nodes/sched.py), in process (no FUSE): a `Kernel`
-with QUEUED tasks waiting (BENCH_QUEUED, 100,000 unless set), of tenants a and b by halves, on one GPU of 2 slots.
+"""What a tenant's read of sched/stat and sched/runqueue costs (nodes/sched.py), in process (no FUSE): a
+`Kernel` with QUEUED tasks waiting (BENCH_QUEUED, 100,000 unless set), of tenants a and b by halves, on one GPU
+of 2 slots.
 
 Before: tenant a's queued tasks counted by a walk of the run queue in the policy's order (`runq.tasks()`, a sort
-of the whole queue) and its agents found by a walk of the whole task table (copied here as they were); each task is an agent of its own here, so tenant a's
-runqueue has QUEUED / 2 agent rows, written whatever the look. After:
-the run queue's count by tenant (`RunQueue.queued_of`) and the index of the tenant's live pids. The admin's read
+of the whole queue) and its agents found by a walk of the whole task table (copied here as they were); each
+task is an agent of its own here, so tenant a's runqueue has QUEUED / 2 agent rows, written whatever the look.
+After: the run queue's count by tenant (`RunQueue.queued_of`) and the index of the tenant's live pids. The admin's read
 (no walk, before or after) is printed beside them. Rounds alternate; the figure is the best of BENCH_ROUNDS
 medians over 20 reads, and the ratio before / after. Both give the same text (checked). Figures only.
 """
@@ -47,7 +48,8 @@ def runqueue_before(kernel, view: str) -> str:
     accounts, agents = kernel.accounts, agents_before(kernel, view)
     rows = [(f"tenant/{t.name}", t) for t in accounts.tenants.values() if t.name == view]
     rows += [(f"agent/{a.name}", a) for pid, a in accounts.agents.items() if a.active and pid in agents]
-    return "entity counter weight state\n" + "".join(f"{name} {e.counter:.1f} {e.weight} {e.state}\n" for name, e in rows)
+    return "entity counter weight state\n" + "".join(
+        f"{name} {e.counter:.1f} {e.weight} {e.state}\n" for name, e in rows)
 
 
 def kernel_of() -> Kernel:
@@ -73,7 +75,8 @@ def main() -> None:
     assert runqueue_before(kernel, "a") == sched.runqueue(kernel, "a"), "the index must give the walk's agents"
     reads = {"stat before": lambda: stat_before(kernel, "a"), "stat after": lambda: sched.stat(kernel, "a"),
              "stat admin": lambda: sched.stat(kernel), "no role": lambda: sched.stat(kernel, ""),
-             "runqueue before": lambda: runqueue_before(kernel, "a"), "runqueue after": lambda: sched.runqueue(kernel, "a")}
+             "runqueue before": lambda: runqueue_before(kernel, "a"),
+             "runqueue after": lambda: sched.runqueue(kernel, "a")}
     best = dict.fromkeys(reads, float("inf"))
     for _ in range(ROUNDS):  # alternating
         for name, read in reads.items():

@@ -13,15 +13,18 @@ import attrs
 import pytest
 
 from apeinxfs.cluster.etcd_records import Event
+from apeinxfs.cluster.records import MAX_RANGES, live_ranges, scan, tenant_live_ranges
 from apeinxfs.kernel.counters import TenantCounts
 from apeinxfs.kernel.events import Kill, RemoveTenant, SetTenant
 from apeinxfs.kernel.invariants import InvariantError
 from apeinxfs.kernel.tenant_config import TenantConfig
 from apeinxfs.nodes import memory, sched
+from apeinxfs.nodes.members import tasks as tasks_text
 from apeinxfs.nodes.tree import Tree
 from test_cluster_view import kv, record
 from test_journal_runtime import open_runtime, submit
 from test_fs_ops import ROOT_CTX, add_tenant, ctx, inode_of, open_path, ops, read_all  # noqa: F401 (ops is a fixture)
+from test_fairness_kernel import kernel, submit as submit_to
 from test_isolation import preempted_for_another_tenant
 from test_nodes import resolve
 from test_shared_settings import node
@@ -126,6 +129,21 @@ def test_a_single_nodes_tasks_file_shows_a_tenant_its_own_live_pids(tmp_path):
         mine, others = submit(rt, tenant="a"), submit(rt)
         tasks = resolve(Tree(rt), "/nodes/local/tasks")
         assert [render(tasks, view) for view in (None, "a", "b", "")] == [f"{mine}\n{others}\n", f"{mine}\n", "", ""]
+
+
+@pytest.mark.invariants_every(0)  # 20,001 submits: checked once, at the end
+def test_a_tenants_live_pids_on_a_single_node_are_not_cut_by_another_tenants():
+    """Tenant a's MAX_RANGES scattered pids (every other pid, b's MAX_RANGES between) fill the ranges the tenants
+    share (a cluster's live keys, `scan`), b's and c's listed not at all, though an admin's lists every pid (all of
+    them one range); on a single node (tenant_seen) b reads all its own, and c its one task."""
+    k = kernel(slots=2)
+    k.apply(SetTenant(tenant=TenantConfig("c"), what="add c"), 0)
+    theirs = [submit_to(k, "ab"[i % 2], tokens=5) for i in range(2 * MAX_RANGES)]
+    mine = submit_to(k, "c", tokens=5)
+    assert set(scan(k)[1]) == {"a"} and tasks_text(live_ranges(k)).split()[-1] == str(mine)
+    assert tenant_live_ranges(k, "c") == str(mine)
+    assert tasks_text(tenant_live_ranges(k, "b")).split() == [str(pid) for pid in theirs[1::2]]
+    k.check_invariants()
 
 
 def test_a_cluster_nodes_tasks_file_shows_a_tenant_its_own_live_key(tmp_path):

@@ -134,7 +134,8 @@ class RunQueue:
         """What disagrees between the queued tasks and the queue's heaps and counts by model and by tenant (for
         invariants.py)."""
         queued = self._queue.tasks()
-        counts = {"model": (self._models, count_by(queued, "model")), "tenant": (self._tenants, count_by(queued, "tenant"))}
+        counts = {"model": (self._models, count_by(queued, "model")),
+                  "tenant": (self._tenants, count_by(queued, "tenant"))}
         return list(self._queue.index_problems()) + [f"queued tasks by {key} {kept} are not the queue's {counted}"
                                                      for key, (kept, counted) in counts.items() if kept != counted]
 

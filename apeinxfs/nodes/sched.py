@@ -20,7 +20,8 @@ def runqueue(kernel, view: str | None = None) -> str:
     only, unless None (an admin's: every tenant's). An active agent has live tasks: a tenant's are read off the
     index of its live pids."""
     accounts = kernel.accounts
-    agents = None if view is None else {kernel.tasks[pid].agent for pid in kernel.tasks.live_pids.by_tenant.get(view, ())}
+    live = kernel.tasks.live_pids.by_tenant
+    agents = None if view is None else {kernel.tasks[pid].agent for pid in live.get(view, ())}
     rows = [(f"tenant/{t.name}", t) for t in accounts.tenants.values() if view in (None, t.name)]
     rows += [(f"agent/{a.name}", a) for pid, a in accounts.agents.items()
              if a.active and (agents is None or pid in agents)]
