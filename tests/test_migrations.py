@@ -19,6 +19,7 @@ from apeinxfs import config as config_mod
 from apeinxfs import snapshots
 from apeinxfs.compaction import Start, unusable
 from apeinxfs.kernel import Kernel, migrations
+from apeinxfs.kernel.counters import Counters, TenantCounts
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, MemoryRetention, ModelConfig
 from apeinxfs.kernel.events import Chunk, Control, Kill, Step, Submit, Tick
 from apeinxfs.kernel.spec import TaskCommand, TaskSpec
@@ -40,14 +41,28 @@ def queued_kernel() -> Kernel:
 
 
 def as_previous_release(kernel: Kernel) -> bytes:
-    """The kernel's state as the previous release encoded it: its run queue without `_models`, its moves
-    without `backfill_after_us`, its task table without `live_pids`."""
-    models, rest, live = kernel.runq._models, kernel.moves.backfill_after_us, kernel.tasks.live_pids
-    del kernel.runq._models, kernel.moves.backfill_after_us, kernel.tasks.live_pids
+    """The kernel's state as the previous release encoded it: its run queue without `_models` and `_tenants`, its moves
+    without `backfill_after_us`, its task table without `live_pids`, its counters without tenants' shares
+    (a slotted attrs class: its pickled state is its __getstate__'s, left without those two fields)."""
+    models, tenants, rest, live = kernel.runq._models, kernel.runq._tenants, kernel.moves.backfill_after_us, \
+        kernel.tasks.live_pids
+    del kernel.runq._models, kernel.runq._tenants, kernel.moves.backfill_after_us, kernel.tasks.live_pids
+    getstate = Counters.__getstate__
+    Counters.__getstate__ = lambda counters: {name: value for name, value in getstate(counters).items()  # type: ignore
+                                              if name not in ("tenants", "unshared")}
     try:
         return encode(kernel)
     finally:
-        kernel.runq._models, kernel.moves.backfill_after_us, kernel.tasks.live_pids = models, rest, live
+        kernel.runq._models, kernel.runq._tenants, kernel.moves.backfill_after_us = models, tenants, rest
+        kernel.tasks.live_pids = live
+        Counters.__getstate__ = getstate  # type: ignore[method-assign]
+
+
+def counted_as_previous_release(kernel: Kernel) -> None:
+    """Make `kernel`'s counters those the previous release kept, migrated: no tenant's share, the totals unshared."""
+    kernel.counters.unshared = TenantCounts(**{name: getattr(kernel.counters, name)
+                                               for name in attrs.fields_dict(TenantCounts)})
+    kernel.counters.tenants = {}
 
 
 def lived_kernel() -> Kernel:
@@ -67,28 +82,37 @@ def lived_kernel() -> Kernel:
 
 
 def difference_but_live_marks(live: Kernel, loaded: Kernel) -> str:
-    """state_difference of the kernels, their task tables' live pids compared as sets by tenant: the index's
-    counters (`changes`, the marks and their order) count the changes it saw, which an index migrated from the
-    tasks (LivePids.of) never saw, and no decision reads them but a reader's own (records.py LiveRanges)."""
+    """state_difference of the kernels, their task tables' live pids compared as sets by tenant and their run
+    queues' counts by tenant as dicts: the index's counters (`changes`, the marks and their order) count the
+    changes it saw, which an index migrated from the tasks (LivePids.of) never saw, and no decision reads them
+    but a reader's own (records.py LiveRanges); the counts' order is the tenants' first queued, recounted in
+    queue order, and nothing reads it."""
     if live.tasks.live_pids.by_tenant != loaded.tasks.live_pids.by_tenant:
         return f"live pids {live.tasks.live_pids.by_tenant} != {loaded.tasks.live_pids.by_tenant}"
+    if live.runq._tenants != loaded.runq._tenants:
+        return f"queued by tenant {live.runq._tenants} != {loaded.runq._tenants}"
     index, live.tasks.live_pids = live.tasks.live_pids, loaded.tasks.live_pids
+    tenants, live.runq._tenants = live.runq._tenants, loaded.runq._tenants
     try:
         return state_difference(live, loaded)
     finally:
-        live.tasks.live_pids = index
+        live.tasks.live_pids, live.runq._tenants = index, tenants
 
 
 def test_previous_release_snapshot_loads_with_models_recounted():
     """The old-layout state of a kernel with exited, reaped, stopped and killed tasks of two tenants loads
-    migrated: `_models` and the live pids are the live kernel's, the whole state is the same (the live pids'
-    counters aside), and the invariants hold then and after more events applied to both."""
+    migrated: `_models` and the live pids are the live kernel's, the counts so far no tenant's share (as that
+    release kept them), the whole state is the same (the live pids' counters aside), and the invariants hold then
+    and after more events applied to both."""
     live = lived_kernel()
     assert (live.counters.reaped, {pid: task.state.name for pid, task in live.tasks.items()}) == \
         (2, {2: "QUEUED", 3: "EXITED", 5: "RUNNING", 6: "STOPPED", 7: "QUEUED"})
     loaded = migrations.load(as_previous_release(live), PREVIOUS, layout(live.config))
     assert loaded.tasks.live_pids.by_tenant == {"t": {2, 6}, "default": {5, 7}}
-    assert loaded.runq._models == live.runq._models and difference_but_live_marks(live, loaded) == ""
+    assert loaded.counters.tenants == {} and loaded.counters.unshared.dispatched == live.counters.dispatched > 0
+    counted_as_previous_release(live)
+    assert (loaded.runq._models, loaded.runq._tenants) == (live.runq._models, {"t": 1, "default": 1})
+    assert difference_but_live_marks(live, loaded) == ""
     loaded.check_invariants()
     for now_us, event in [(50, Step(gpu=0, chunks=[Chunk(pid=5, text=" w", tokens=3, prefill=4)])), (60, Tick()),
                           (70, Kill(pid=2, uid=0)), (80, Submit(spec=TaskSpec(name="late", model="a"), uid=0))]:

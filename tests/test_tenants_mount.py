@@ -442,3 +442,35 @@ def test_an_open_runqueue_stats_after_its_tenant_is_removed(mounted, users):
     finally:
         holder.kill()
         holder.wait()
+
+
+def counts(user, path: str) -> dict:
+    """`path`'s `key value` lines as `user` reads them."""
+    return dict(line.split() for line in probe(user, "read", path)["data"].splitlines())
+
+
+def pools(user, daemon) -> list[int]:
+    """The `tasks` of each GPU's memory/gpuN/pool as `user` reads them."""
+    return [int(counts(user, daemon.path("memory", f"gpu{g}", "pool"))["tasks"]) for g in (0, 1)]
+
+
+def test_the_scheduler_pool_and_node_counts_of_a_user_are_its_own_tenants(mounted, users):
+    """While bob's task runs, adam's (an admin's) sched/stat and pools count it, alice's count none of it (her
+    decisions stay as they were) and uma's (no role) are zeros, bob's his own; of the node's tasks file, adam's and
+    bob's list his pid, alice's and uma's do not."""
+    adam, alice, bob, uma = (users[name] for name in ("adam", "alice", "bob", "uma"))
+    stat = mounted.path("sched", "stat")
+    before = counts(alice, stat)
+    pid = submitted(mounted, bob, LONG_TASK)
+    try:
+        poll_until(lambda: mounted.status(pid)["State"].startswith("R"), 10, f"task {pid} runs")
+        every, own, none = counts(adam, stat), counts(alice, stat), counts(uma, stat)
+        assert int(every["running"]) >= 1 and sum(pools(adam, mounted)) >= 1
+        assert own == before and (own["running"], own["queued"]) == ("0", "0") and pools(alice, mounted) == [0, 0]
+        assert {value for key, value in none.items() if key != "policy"} == {"0"} and pools(uma, mounted) == [0, 0]
+        assert counts(bob, stat)["running"] == "1" and sum(pools(bob, mounted)) == 1
+        tasks = mounted.path("nodes", os.listdir(mounted.path("nodes"))[0], "tasks")
+        assert [str(pid) in run_as(user, ["cat", tasks]).stdout.split() for user in (adam, bob, alice, uma)] == \
+            [True, True, False, False]
+    finally:
+        kill_as(mounted, bob, pid)

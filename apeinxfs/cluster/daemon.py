@@ -35,7 +35,7 @@ from .livekeys import LiveKeys
 from .member import PUBLISH_S, RETRY_S, Member
 from .pids import take_block, wants_block
 from .etcd_records import Lease
-from .records import Keys, LiveRanges, NodeRecord, NodeView, live_ranges, record_of
+from .records import Keys, LiveRanges, NodeRecord, NodeView, live_ranges, record_of, tenant_live_ranges
 from .replicas import Replicas
 from .routing import Router
 from .settings import ClusterSettings
@@ -229,3 +229,12 @@ def tasks_seen(rt, name: str) -> str | None:
     if rt.cluster is not None:
         return rt.cluster.view.tasks_of(name) if name in rt.cluster.view.records else None
     return live_ranges(rt.kernel) if name == rt.kernel.config.node else None
+
+
+def tenant_seen(rt, name: str, tenant: str) -> str | None:
+    """Node `name`'s live pids of `tenant`, as ranges, as /nodes shows them to that tenant: the cluster's view's
+    (`tenants_of`: the live keys share one cap, docs/cluster.md); on a single node its own, to a cap of its
+    own; None where `node_seen` is."""
+    if rt.cluster is not None:
+        return rt.cluster.view.tenants_of(name).get(tenant, "") if name in rt.cluster.view.records else None
+    return tenant_live_ranges(rt.kernel, tenant) if name == rt.kernel.config.node else None

@@ -114,6 +114,11 @@ def live_ranges(kernel) -> str:
     return pid_ranges(sorted(pid for pids in kernel.tasks.live_pids.by_tenant.values() for pid in pids))
 
 
+def tenant_live_ranges(kernel, tenant: str) -> str:
+    """Tenant `tenant`'s live pids as ranges, MAX_RANGES of its own (not cut by the other tenants')."""
+    return pid_ranges(sorted(kernel.tasks.live_pids.by_tenant.get(tenant, ())))
+
+
 @attrs.define
 class LiveRanges:
     """Each tenant's live pids as ranges (`scan`'s second part), kept from a task table's index of them

@@ -38,7 +38,8 @@ def check_invariants(kernel: Kernel) -> None:
     running = [task for task in live if task.state is State.RUNNING]
     problems = [*kernel.tasks.index_problems(live), *check_gpus(kernel, running), *kernel.kv.index_problems(running),
                 *check_queue(kernel, runnable), *check_accounts(kernel, runnable, running),
-                *kernel.tenancy.index_problems(live), *kernel.engines.kv_reports.index_problems()]
+                *kernel.tenancy.index_problems(live), *kernel.engines.kv_reports.index_problems(),
+                *kernel.counters.index_problems()]
     if problems:
         raise InvariantError(f"{len(problems)} kernel invariant(s) broken at version {kernel.version}:\n  "
                              + "\n  ".join(problems))

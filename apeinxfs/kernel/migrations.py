@@ -24,11 +24,12 @@ from typing import Any
 import attrs
 
 from . import state
+from .counters import Counters, TenantCounts
 from .kernel import Kernel
 from .livepids import LivePids
 from .memory import KVManager
 from .moves import Moves
-from .runqueue import RunQueue, count_by_model
+from .runqueue import RunQueue, count_by
 from .tasktable import TaskTable
 from .trace import TraceLog
 
@@ -43,12 +44,23 @@ class Migration:
     gone: frozenset[str] = frozenset()  # fields the class no longer keeps: dropped on loading
 
 
+def _totals_unshared(counters: Counters) -> TenantCounts:
+    return TenantCounts(**{name: getattr(counters, name) for name in attrs.fields_dict(TenantCounts)})
+
+
 def _queued_by_model(run_queue: RunQueue) -> dict[str, int]:
-    return count_by_model(run_queue.tasks())
+    return count_by(run_queue.tasks(), "model")
+
+
+def _queued_by_tenant(run_queue: RunQueue) -> dict[str, int]:
+    return count_by(run_queue.tasks(), "tenant")
 
 
 MIGRATIONS: dict[type, Migration] = {
-    RunQueue: Migration(added={"_models": _queued_by_model}),  # counts by model of the queued tasks, recounted
+    # counts by model and by tenant of the queued tasks, recounted
+    RunQueue: Migration(added={"_models": _queued_by_model, "_tenants": _queued_by_tenant}),
+    # each tenant's share counted from now (`tenants` defaulted empty): the totals so far are no tenant's
+    Counters: Migration(added={"unshared": _totals_unshared}),
     Moves: Migration(added={"backfill_after_us": lambda _moves: 0}),  # backfill not resting
     # GPUs held from placement for their engines' KV reports became pages counted used; none until a report changes
     KVManager: Migration(added={"unbooked": lambda _kv: {}}, gone=frozenset({"held"})),

@@ -81,8 +81,10 @@ class Moves:
         self.trace.emit(self.now_us, kind, task, detail, gpu)
 
     def forget_tenant(self, name: str) -> None:
-        """Tenant `name` was removed: the trace forgets it once its lines are gone (TraceLog.forget)."""
+        """Tenant `name` was removed: the trace forgets it once its lines are gone (TraceLog.forget), the counters
+        its share."""
         self.trace.forget(name)
+        self.counters.forget(name)
 
     def enqueue(self, task: Task) -> None:
         """A new or continued task becomes runnable (a preempted one stays so) and joins the queue."""
@@ -141,6 +143,7 @@ class Moves:
     def preempt(self, task: Task, reason: str) -> None:
         """A running task back to the queue, preempted, with a `preempt` trace line."""
         self.counters.preempted += 1
+        self.counters.of(task.tenant).preempted += 1
         self.emit("preempt", task, reason, task.gpu)
         self.requeue(task, State.PREEMPTED)
 
@@ -227,8 +230,10 @@ class Moves:
         reason = self.runq.why(passed)
         self.runq.start(task)
         self.counters.dispatched += 1
+        self.counters.of(task.tenant).dispatched += 1
         if reason == "deadline boost":
             self.counters.boosts += 1
+            self.counters.of(task.tenant).boosts += 1
         if passed:
             reason = f"backfill past {passed[0].pid} ({past}), then {reason}"
         task.gpu, task.run_tokens = gpu.config.index, 0

@@ -28,6 +28,7 @@ class RunQueue:
         self.accounts, self._sched, self._counters, self._host = accounts, sched, counters, host
         self._queue = self._make(sched.policy)
         self._models: dict[str, int] = {}  # model -> its tasks in the queue (none: not a key)
+        self._tenants: dict[str, int] = {}  # tenant -> its tasks in the queue (none: not a key)
 
     def _make(self, policy: str) -> FairQueue | FlatQueue:
         return make_queue(policy, self.accounts, int(self._sched.deadline_boost_s * 1e6))
@@ -61,6 +62,10 @@ class RunQueue:
         """The models that have tasks in the queue."""
         return self._models.keys()
 
+    def queued_of(self, tenant: str) -> int:
+        """How many tasks of tenant `tenant` are in the queue."""
+        return self._tenants.get(tenant, 0)
+
     def push(self, task: Task) -> None:
         """Queue a runnable task (again), its counts unchanged: held, stalled or re-prioritised."""
         self._change(self._queue.push, task)
@@ -70,16 +75,13 @@ class RunQueue:
         self._change(self._queue.remove, task)
 
     def _change(self, change: Callable[[Task], None], task: Task) -> None:
-        """Push or remove the task, and count it in or out of its model's queued tasks if that changed the
-        queue (a task pushed again, or removed when it is not there, changes nothing)."""
+        """Push or remove the task, and count it in or out of its model's and its tenant's queued tasks if that
+        changed the queue (a task pushed again, or removed when it is not there, changes nothing)."""
         before = len(self._queue)
         change(task)
         if delta := len(self._queue) - before:
-            left = self._models.get(task.model, 0) + delta
-            if left:
-                self._models[task.model] = left
-            else:
-                del self._models[task.model]
+            _add(self._models, task.model, delta)
+            _add(self._tenants, task.tenant, delta)
 
     def enqueue(self, task: Task) -> None:
         """A task becomes runnable: counted with its tenant and agent, then queued."""
@@ -90,6 +92,7 @@ class RunQueue:
         """Add `delta` to the runnable or running count of the task's tenant and agent."""
         for entity, before in self.accounts.count(task, field, delta):
             self._counters.lifts += 1
+            self._counters.of(task.tenant).lifts += 1
             self._host.emit("lift", task, f"{entity.name} counter {before:.1f} -> {entity.counter:.1f}: "
                                           "active again, raised to the least active counter")
 
@@ -128,13 +131,24 @@ class RunQueue:
         return old.name
 
     def index_problems(self) -> list[str]:
-        """What disagrees between the queued tasks and the queue's heaps and counts by model (for invariants.py)."""
-        by_model = count_by_model(self._queue.tasks())
-        counted = by_model == self._models
-        return list(self._queue.index_problems()) + ([] if counted else [
-            f"queued tasks by model {self._models} are not the queue's {by_model}"])
+        """What disagrees between the queued tasks and the queue's heaps and counts by model and by tenant (for
+        invariants.py)."""
+        queued = self._queue.tasks()
+        counts = {"model": (self._models, count_by(queued, "model")),
+                  "tenant": (self._tenants, count_by(queued, "tenant"))}
+        return list(self._queue.index_problems()) + [f"queued tasks by {key} {kept} are not the queue's {counted}"
+                                                     for key, (kept, counted) in counts.items() if kept != counted]
 
 
-def count_by_model(tasks: Iterable[Task]) -> dict[str, int]:
-    """model -> how many of `tasks` are of it (none: not a key): `RunQueue._models` of queued `tasks`."""
-    return dict(collections.Counter(task.model for task in tasks))
+def _add(counts: dict[str, int], key: str, delta: int) -> None:
+    """Add `delta` to `counts[key]`, a key counted down to none no longer kept."""
+    if left := counts.get(key, 0) + delta:
+        counts[key] = left
+    else:
+        del counts[key]
+
+
+def count_by(tasks: Iterable[Task], attribute: str) -> dict[str, int]:
+    """value -> how many of `tasks` have it as `attribute` (none: not a key): `RunQueue._models` (by "model")
+    and `_tenants` (by "tenant") of queued `tasks`."""
+    return dict(collections.Counter(getattr(task, attribute) for task in tasks))

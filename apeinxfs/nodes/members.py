@@ -4,11 +4,11 @@
 and KV pages, queue, running and live tasks, models, the cached prompt blocks it publishes
 for prefix affinity, address, LastSeen: when it last published, in UTC; Record: ok, or since when
 its record in etcd is one this version cannot read, and why); `tasks` its live
-pids, one a line. Both are rendered from the cluster's view (etcd),
-the same on every node once the watch has caught up; a node whose lease is gone stays
-listed, `State: down`, with its last record. On a single node /nodes holds just this node
-(up, leading, epoch 0) from its own kernel (cluster/daemon.node_seen). Inodes are computed
-(NamedDirs): NODE_BASE + number * SLOTS + slot.
+pids, one a line: to an admin every tenant's, to anyone else its own tenant's (a view, views.py).
+Both are rendered from the cluster's view (etcd), the same on every node once the watch has
+caught up; a node whose lease is gone stays listed, `State: down`, with its last record. On a
+single node /nodes holds just this node (up, leading, epoch 0) from its own kernel
+(cluster/daemon.node_seen). Inodes are computed (NamedDirs): NODE_BASE + number * SLOTS + slot.
 """
 import datetime
 import time
@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import attrs
 
-from ..cluster.daemon import names_seen, node_seen, tasks_seen
+from ..cluster.daemon import names_seen, node_seen, tasks_seen, tenant_seen
 from ..cluster.peer_wire import TokenFile
 from ..cluster.records import NodeView, pids_of
 from ..kernel.errors import NotFound
@@ -102,14 +102,16 @@ class NodeDir(BuiltDir):
     def build(self, file):
         if file == "status":
             return Show(show=lambda: status(self.seen()), volatile=True)
-        return Show(show=lambda: tasks(self.seen_tasks()), volatile=True)
+        return Show(show=lambda view: tasks(self.seen_tasks(view)), volatile=True, tenanted=True)
 
     def seen(self) -> NodeView:
         return self._found(node_seen(self.rt, self.name))
 
-    def seen_tasks(self) -> str:
-        """The node's live pids as ranges (NotFound as `seen`)."""
-        return self._found(tasks_seen(self.rt, self.name))
+    def seen_tasks(self, view: str | None = None) -> str:
+        """The node's live pids as ranges: of tenant `view` only, unless None (NotFound as `seen`)."""
+        if view is None:
+            return self._found(tasks_seen(self.rt, self.name))
+        return self._found(tenant_seen(self.rt, self.name, view))
 
     def _found(self, seen: Seen | None) -> Seen:
         """`seen` of this node; NotFound if None: the node is not seen."""

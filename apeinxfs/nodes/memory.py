@@ -53,9 +53,10 @@ def _flat(pairs) -> str:
     return "".join(f"{key} {value}\n" for key, value in pairs)
 
 
-def pool(kernel, gpu: int) -> str:
+def pool(kernel, gpu: int, view: str | None = None) -> str:
     """One GPU's pool: pages in all, used (private to tasks + cached blocks), free, the pages that
-    the GPU's real free memory (NVML) has room for (`-` on a simulated GPU); its tasks; the KV pages
+    the GPU's real free memory (NVML) has room for (`-` on a simulated GPU); its tasks (of tenant `view`
+    only, unless None: an admin's, every tenant's; the pages are the GPU's whoever reads); the KV pages
     and tokens its engines last reported (`-` if none did), and the pages they hold beyond the books,
     which count as used there (kernel/kvreport.py)."""
     kv, books = kernel.kv, kernel.kv.pools[gpu]
@@ -64,8 +65,13 @@ def pool(kernel, gpu: int) -> str:
     return _flat([("page_bytes", books.page_bytes), ("pages_total", books.pages_total),
                   ("pages_used", books.pages_used), ("pages_free", books.pages_free), ("pages_real_free", real_free),
                   ("pages_private", kv.private_pages(gpu)), ("pages_cached", len(kv.caches[gpu])),
-                  ("tasks", len(kernel.gpus[gpu].running)), ("engine_pages", engine_pages),
+                  ("tasks", _running(kernel.gpus[gpu], view)), ("engine_pages", engine_pages),
                   ("engine_tokens", engine_tokens), ("unbooked_pages", kv.unbooked.get(gpu, 0))])
+
+
+def _running(gpu, view: str | None) -> int:
+    """The tasks running on `gpu`, of tenant `view` only unless None."""
+    return sum(view in (None, task.tenant) for task in gpu.running.values())
 
 
 def prefix(caches) -> str:

@@ -92,7 +92,7 @@ def build_root(rt) -> Dir:
             "pressure": Show(show=lambda: memory.pressure(kernel, rt.clock.now_us()), volatile=True),
             "prefix": Show(show=partial(memory.prefix, kernel.kv.caches)),
             **{f"gpu{g}": Dir(children={
-                "pool": Show(show=partial(memory.pool, kernel, g)),
+                "pool": Show(show=partial(memory.pool, kernel, g), tenanted=True),
                 "prefix": Show(show=partial(memory.prefix, kernel.kv.caches[g:g + 1])),
             }) for g in range(len(kernel.gpus))},
         }),
@@ -108,7 +108,7 @@ def build_root(rt) -> Dir:
             "policy": Setting(show=partial(sched.policy, kernel), run=sched.set_policy(rt), write_role="admin",
                               writes=rt.writes),
             "runqueue": Show(show=partial(sched.runqueue, kernel), tenanted=True),
-            "stat": Show(show=partial(sched.stat, kernel)),
+            "stat": Show(show=partial(sched.stat, kernel), tenanted=True),
         }),
         "tenants": TenantsDir(rt=rt),
         "billing": Show(mode=ADMIN_READS, show=partial(billing.show, kernel), read_role="admin"),
@@ -132,8 +132,7 @@ class Tree:
         self.root = build_root(rt)
         self.named = [self.root.children[name] for name in ("models", "tenants", "nodes")]
         self._number(self.root)
-        tenanted = [node for node in self.static.values() if viewed(node)]
-        self.views = Views(tenanted, lambda tenant: tenant in rt.kernel.tenancy.tenants)
+        self.views = Views(self.node, lambda tenant: tenant in rt.kernel.tenancy.tenants)
         self.snapshots = OpenSnapshots(rt.config.limits.open_bytes)
         self._rendered = RenderCache()
         self._task_nodes: dict[int, tuple] = {}  # inode -> (task, node) of task files built so far
@@ -147,14 +146,17 @@ class Tree:
 
     def path_of(self, node) -> str:
         """Where a file or directory is, for the audit trail: static ones by name, a task's, tenant's or model's from
-        its inode."""
-        if node.inode in self.paths:
-            return self.paths[node.inode]
-        if self.views.owns(node.inode):
-            return self.paths[self.views.file_of(node.inode).inode]
-        if (named := self._named(node.inode)) is not None:
-            return f"{self.paths[named.inode]}/{named.name_of(node.inode)}"
-        pid, slot = divmod(node.inode - PID_BASE, SLOTS)
+        its inode, a view by its file's."""
+        return self._path(node.inode)
+
+    def _path(self, inode: int) -> str:
+        if inode in self.paths:
+            return self.paths[inode]
+        if self.views.owns(inode):
+            return self._path(self.views.file_of(inode))
+        if (named := self._named(inode)) is not None:
+            return f"{self.paths[named.inode]}/{named.name_of(inode)}"
+        pid, slot = divmod(inode - PID_BASE, SLOTS)
         if slot == REPLAY_SLOT:
             return f"/replay/{pid}"
         return f"/tasks/{pid}/{tasks.FILES[slot - 1]}" if slot else f"/tasks/{pid}"
