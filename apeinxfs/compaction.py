@@ -15,7 +15,8 @@ At start (`start`) the newest snapshot that reads whole, was written with the sa
 config (but for LIVE_KEYS, which the restored kernel takes from the config now: admins,
 the local time zone, retention's limits) and layout, or a layout that the migrations
 declared for its changes (kernel/migrations.py) bring to the code's, and whose rows after
-it the journal still holds, is the kernel the journal's tail is replayed into; a migrated
+it the journal still holds, is the kernel the journal's tail is replayed into (a snapshot of a row past the
+journal's last is used too: the journal lost rows the snapshot holds, and new rows are numbered after it); a migrated
 one is said in the log and, once the daemon runs, in a `migrate` trace line (`run`). When
 rows were compacted and no snapshot is usable, the daemon refuses to start, saying why for
 each, rather than start from nothing.
@@ -34,7 +35,7 @@ import attrs
 import trio
 
 from . import snapshots
-from .journal import compact, make_durable, storage_faults_as
+from .journal import LAST, compact, make_durable, storage_faults_as
 from .kernel import Kernel
 from .kernel import events as ev
 from .kernel import migrations, state
@@ -216,12 +217,17 @@ class Snapshotter:
         Raises CannotStart when rows were compacted and no snapshot can be used."""
         config, journal, problems = self.runtime.config.kernel, self.runtime.journal, []
         first = journal.first_seq()
-        start = next(starts(self.directory, lambda _seq: config, first, journal.last_seq, problems), None)
+        start = next(starts(self.directory, lambda _seq: config, first, LAST, problems), None)
         for problem in problems:
             log.error("snapshot not used: %s", problem)
         if start is None and first > 1:
             raise CannotStart(compacted_away(first, self.directory, problems))
         start = start or Start(lambda: Kernel(config), 0, boot_config(config))
+        if start.seq > journal.last_seq:
+            log.error("the journal %s ends at row %d, before %s: rows %d..%d were lost from it (the file was deleted "
+                      "or replaced by an older copy); they are in the snapshot, and new rows go on from row %d",
+                      journal.path, journal.last_seq, start.name, journal.last_seq + 1, start.seq, start.seq + 1)
+            journal.go_on_after(start.seq)
         self.seq = start.seq
         if start.snapshot is not None:
             log.info("starting from %s (journal row %d)", start.snapshot.path, start.seq)

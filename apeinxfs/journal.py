@@ -20,6 +20,13 @@ A write the storage refuses (a full disk, an I/O error, a read-only file system,
 `Degraded` with the storage's errno and changes nothing: the transaction is rolled back,
 and the connection stays usable for the next try (runtime.py decides what the daemon does).
 
+Before each commit it looks (a stat of the file and of its -wal) whether the files at its path are still
+the ones it opened: rows committed to a file deleted under the daemon would be lost at its next start.
+When they were deleted (all of them, or the -wal alone), it writes the journal back at its path from its
+open connection (SQLite's backup: every row, the WAL's too) and commits there; when another file took the
+journal's place (a copy an operator put back, say), it refuses with EIO (`Degraded`), naming the file,
+until that file is moved away (the next try writes the journal back) or the daemon restarts.
+
 Behind a snapshot of the state (compaction.py) `compact` deletes the rows, their trace rows
 and the boot rows no later row needs, from a connection of its own; `first_seq` then says
 where the rows start.
@@ -30,6 +37,7 @@ does not run the kernel. `NullJournal` keeps nothing, for runs no one will repla
 import contextlib
 import errno
 import json
+import logging
 import os
 import sqlite3
 import zlib
@@ -58,6 +66,7 @@ CREATE TABLE IF NOT EXISTS trace (
     lines TEXT NOT NULL          -- the trace lines it emitted, each ending in a newline ('' for none)
 );
 """
+log = logging.getLogger(__name__)
 LAST = (1 << 63) - 1  # the largest seq SQLite holds: "to the end"
 FLUSH_ROWS = 32
 WAL_BYTES = 4 << 20
@@ -150,6 +159,28 @@ def connected(path: str, readonly: bool) -> sqlite3.Connection:
     return db
 
 
+def identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`; None when there is none."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def backed_up(db: sqlite3.Connection, path: str) -> None:
+    """Write a copy of the database `db` has open (the rows in its WAL too) at `path`, synced; a temp file
+    beside it is renamed over it, so that `path` never holds half a copy."""
+    temp = path + ".restore"
+    copy = sqlite3.connect(temp)
+    try:
+        db.backup(copy)
+    finally:
+        copy.close()
+    make_durable(temp)
+    os.replace(temp, path)
+
+
 class Journal:
     """An open journal file; one writer (the daemon) at a time, or read-only readers. Unreadable, naming
     the file, if it is not a journal SQLite can read."""
@@ -159,6 +190,7 @@ class Journal:
         with storage_faults_as(lambda exc: Unreadable(f"cannot read the journal {path}: {exc}")):
             self.db = connected(path, readonly)
             self.last_seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
+        self._files = None if readonly else self._identities()  # what it opened: a commit checks it is still there
         self._booted = False
         self._uncommitted: list[tuple] = []
         self._appended: list[tuple] = []
@@ -171,6 +203,14 @@ class Journal:
         config = json.dumps(attrs.asdict(kernel_config), separators=(",", ":"), default=str)
         self.db.execute("INSERT INTO boot (after_row, config) VALUES (?, ?)", (self.last_seq, config))
         self._booted = True
+
+    def go_on_after(self, seq: int) -> None:
+        """Number the next rows after `seq`, past the last row here: the row of the snapshot a start used
+        when the journal had lost rows (compaction.py); this boot's rows start there."""
+        self.last_seq = seq
+        if self._booted:
+            with storage_faults_as(storage_fault):
+                self.db.execute("UPDATE boot SET after_row = ? WHERE boot = (SELECT max(boot) FROM boot)", (seq,))
 
     def append(self, stamped: list[tuple[int, object]]) -> range:
         """Journal (time_us, event) pairs after the deferred steps, committed in one transaction (or
@@ -211,9 +251,35 @@ class Journal:
             self._commit(self._uncommitted, 1)
             self._uncommitted = []
 
+    def _identities(self) -> tuple:
+        return identity(self.path), identity(self.path + "-wal")
+
+    def _keep_files(self) -> None:
+        """Make sure a commit goes to the journal's files at its path: write them back if they were deleted;
+        Degraded (EIO) if another file took the journal's place."""
+        if self._files is None:
+            raise Degraded(errno.EIO, f"the journal {self.path} was written back but could not be opened again: "
+                                      "restart the daemon")
+        found = self._identities()
+        if found == self._files:
+            return
+        if found[0] not in (None, self._files[0]):
+            raise Degraded(errno.EIO, f"the journal {self.path} was replaced under the daemon by another file "
+                                      f"(inode {found[0][1]}, not {self._files[0][1]}): move it away and the daemon "
+                                      "writes its journal back, or restart the daemon to use that file")
+        with storage_faults_as(storage_fault):
+            backed_up(self.db, self.path)
+            self.db.close()  # before a new connection: closing deletes the -wal and -shm at the path by name
+            self._files = None  # no connection until the next line succeeds
+            self.db = connected(self.path, readonly=False)
+        self._files = self._identities()
+        log.warning("the journal %s was deleted or moved away under the daemon: written back from its open copy (rows to %d)",
+                    self.path, self.last_seq)
+
     def _commit(self, rows: list[tuple], trace_rows_at_least: int) -> None:
         """One transaction: journal `rows`, and the trace rows pending if there are enough."""
         traced = list(self._pending) if len(self._pending) >= trace_rows_at_least else []
+        self._keep_files()  # raises Degraded: nothing was journaled
         try:
             with storage_faults_as(storage_fault), self.db:
                 self.db.execute("BEGIN")
@@ -307,8 +373,8 @@ def compact(path: str, upto: int) -> None:
     later row needs, then give the free pages back (the file shrinks) and empty the WAL. On a
     connection of its own: it runs in a thread beside the daemon's writes, which wait for each of
     its transactions (SQLite's busy timeout)."""
-    db = sqlite3.connect(path, isolation_level=None, timeout=60)
-    try:
+    db = sqlite3.connect(f"file:{path}?mode=rw", uri=True, isolation_level=None, timeout=60)  # never a new file:
+    try:  # one at the path of a journal deleted under the daemon would stop it writing its journal back
         while db.execute("DELETE FROM journal WHERE seq IN (SELECT seq FROM journal WHERE seq <= ? AND seq < "
                          "(SELECT max(seq) FROM journal) ORDER BY seq LIMIT ?)", (upto, COMPACT_ROWS)).rowcount:
             db.execute("DELETE FROM trace WHERE row IN (SELECT row FROM trace WHERE row <= ? ORDER BY row LIMIT ?)",
@@ -355,6 +421,14 @@ class NullJournal:
 
     def boot(self, kernel_config) -> None:
         """Nothing to record."""
+
+    def go_on_after(self, seq: int) -> None:
+        """Number the next rows after `seq`, past the last row here: the row of the snapshot a start used
+        when the journal had lost rows (compaction.py); this boot's rows start there."""
+        self.last_seq = seq
+        if self._booted:
+            with storage_faults_as(storage_fault):
+                self.db.execute("UPDATE boot SET after_row = ? WHERE boot = (SELECT max(boot) FROM boot)", (seq,))
 
     def append(self, stamped: list) -> range:
         self.last_seq += len(stamped)

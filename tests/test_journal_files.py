@@ -1,0 +1,135 @@
+"""Tiers 1-2: the journal's files deleted or replaced under the runtime, and a start whose journal lost rows.
+
+A commit looks whether journal.db and its -wal are still the files the journal opened
+(journal.py): deleted ones are written back from the open connection, so every row is in
+a file at the path again (read here through a connection of its own, as a start after
+kill -9 would); another file in the journal's place makes the runtime degraded (EIO) until
+it is moved away. At start, a snapshot of a row past the journal's last is used and rows
+go on after it (compaction.py), the trace archive kept whole. No FUSE here
+(test_redteam4.py's D1 test mounts a daemon).
+"""
+import errno
+import glob
+import logging
+import os
+import sqlite3
+
+import pytest
+
+from apeinxfs import health, snapshots
+from apeinxfs.archive import Archive
+from apeinxfs.journal import Journal
+from apeinxfs.kernel.errors import Degraded
+from apeinxfs.kernel.events import Restart, Submit
+from apeinxfs.kernel.state import decode, encode
+from kernel_state import state_difference
+from test_journal_runtime import open_runtime, submit
+from test_snapshots import archived_runtime, daemon_like, restarted, work
+
+
+def on_disk(path) -> list:
+    """The events of the journal at `path`, read through a connection of its own."""
+    journal = Journal(str(path), readonly=True)
+    try:
+        return [event for _, _, event in journal.replay()]
+    finally:
+        journal.db.close()
+
+
+def names(events: list) -> list:
+    return [event.spec.name if type(event) is Submit else type(event).__name__ for event in events]
+
+
+def remove(pattern: str) -> None:
+    for path in glob.glob(pattern):
+        os.unlink(path)
+
+
+def health_of(rt) -> dict:
+    return dict(line.split(":\t") for line in health.show(rt.health).splitlines())
+
+
+@pytest.mark.parametrize("deleted", ["journal.db*", "journal.db-wal"])
+def test_a_journal_deleted_under_the_runtime_is_written_back_with_every_row(tmp_path, caplog, deleted):
+    """Its files (all, or the -wal alone) unlinked: the next commit writes the journal back at its path, with
+    the rows committed before, and goes there; health stays ok."""
+    with open_runtime(tmp_path) as rt:
+        path = rt.journal.path
+        submit(rt, name="before")
+        remove(os.path.join(os.path.dirname(path), deleted))
+        with caplog.at_level(logging.WARNING, logger="apeinxfs.journal"):
+            submit(rt, name="after")
+        assert names(on_disk(path)) == ["before", "after"]
+        assert health_of(rt)["State"] == "ok" and "was deleted or moved away under the daemon" in caplog.text
+        submit(rt, name="later")
+        assert names(on_disk(path)) == ["before", "after", "later"]
+        assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_journal_replaced_under_the_runtime_refuses_writes_until_it_is_moved_away(tmp_path):
+    """Another file at the journal's path: commits are refused with EIO naming the journal, /health says why;
+    once it is moved away the probe's retry writes the journal back and journals the episode."""
+    with open_runtime(tmp_path) as rt:
+        path = rt.journal.path
+        submit(rt, name="before")
+        sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE other (x)")
+        os.replace(tmp_path / "other.db", path)
+        for _ in range(2):  # the commit that found it, then one refused while degraded
+            with pytest.raises(Degraded) as caught:
+                submit(rt, name="refused")
+            assert caught.value.errno == errno.EIO
+        status = health_of(rt)
+        assert status["State"] == "degraded" and status["Errno"] == "EIO"
+        assert f"the journal {path} was replaced under the daemon by another file" in status["Reason"]
+        assert not rt.health.recover(rt.kernel, rt.journal, rt.clock.now_us())  # still there: still refused
+        os.rename(path, tmp_path / "moved.db")
+        assert rt.health.recover(rt.kernel, rt.journal, rt.clock.now_us())
+        submit(rt, name="after")
+        assert names(on_disk(path)) == ["before", "JournalFailed", "JournalRecovered", "after"]
+        moved = sqlite3.connect(tmp_path / "moved.db")
+        assert moved.execute("SELECT name FROM sqlite_master").fetchall() == [("other",)]  # not written to
+
+
+def test_a_start_uses_a_snapshot_past_an_emptied_journal_and_numbers_rows_after_it(tmp_path, caplog):
+    """Journal files deleted while the daemon was stopped: the start uses the snapshot of row S written at
+    unmount (it holds every acknowledged write), says which rows were lost, keeps the trace archive whole,
+    and journals the next rows from S + 1."""
+    rt = archived_runtime(tmp_path)
+    work(rt, 2)
+    tasks, trace_seq = sorted(rt.kernel.tasks), rt.kernel.trace.seq
+    rt.snapshotter.close()
+    seq = rt.snapshotter.seq
+    rt.close()
+    remove(str(tmp_path / "state" / "journal.db*"))
+    again = daemon_like(tmp_path)
+    again.archive = Archive(str(tmp_path / "state" / "trace"), 1 << 20)
+    with caplog.at_level(logging.WARNING):
+        again.recover()
+    assert sorted(again.kernel.tasks) == tasks and again.journal.last_seq == seq
+    assert f"ends at row 0, before snapshot-" in caplog.text and f"rows 1..{seq} were lost" in caplog.text
+    assert "ahead of the journal" not in caplog.text and again.archive.seq == trace_seq
+    pid = submit(again, name="next")
+    assert again.journal.first_seq() == seq + 1 and again.journal.boots()[-1].after_row == seq
+    assert sorted(restarted(tmp_path, again).kernel.tasks) == tasks + [pid]
+
+
+def test_a_start_uses_a_snapshot_past_an_older_copy_of_the_journal(tmp_path):
+    """journal.db put back from an older copy while the daemon was stopped: the start uses the newer snapshot
+    rather than the older copy's rows, and holds the state the daemon had."""
+    rt = daemon_like(tmp_path)
+    work(rt, 1)
+    older = sqlite3.connect(tmp_path / "older.db")
+    rt.journal.db.backup(older)
+    older.close()
+    work(rt, 1)
+    expected = decode(encode(rt.kernel))
+    rt.snapshotter.close()
+    rt.close()
+    remove(str(tmp_path / "state" / "journal.db*"))
+    os.replace(tmp_path / "older.db", tmp_path / "state" / "journal.db")
+    again = restarted(tmp_path, rt)
+    expected.apply(Restart(), again.clock_us)
+    expected.take_changed()
+    assert state_difference(expected, again.kernel) == ""
+    assert again.journal.last_seq == snapshots.Snapshot.read(snapshots.paths(again.snapshotter.directory)[0]).seq + 1
+    again.close()
