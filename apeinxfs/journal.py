@@ -25,7 +25,9 @@ the ones it opened: rows committed to a file deleted under the daemon would be l
 When they were deleted (all of them, or the -wal alone), it writes the journal back at its path from its
 open connection (SQLite's backup: every row, the WAL's too) and commits there; when another file took the
 journal's place (a copy an operator put back, say), it refuses with EIO (`Degraded`), naming the file,
-until that file is moved away (the next try writes the journal back) or the daemon restarts.
+until that file is moved away (the next try writes the journal back) or the daemon stops: its close then
+writes the rows to journal.db.displaced (DISPLACED) and takes its -wal from beside the other file, which the
+next start uses.
 
 Behind a snapshot of the state (compaction.py) `compact` deletes the rows, their trace rows
 and the boot rows no later row needs, from a connection of its own; `first_seq` then says
@@ -69,6 +71,7 @@ CREATE TABLE IF NOT EXISTS trace (
 log = logging.getLogger(__name__)
 LAST = (1 << 63) - 1  # the largest seq SQLite holds: "to the end"
 FLUSH_ROWS = 32
+DISPLACED = ".displaced"  # beside the journal's path: its rows, at a close while another file held the path
 WAL_BYTES = 4 << 20
 SQLITE_ERRNO = {sqlite3.SQLITE_FULL: errno.ENOSPC, sqlite3.SQLITE_READONLY: errno.EROFS,  # by primary result code
                 sqlite3.SQLITE_IOERR: errno.EIO}
@@ -357,11 +360,30 @@ class Journal:
         return self.db.execute("SELECT count(*) FROM journal").fetchone()[0] + len(self._uncommitted)
 
     def close(self) -> None:
-        """Commit the deferred steps, the rows and the trace rows still pending, then close."""
+        """Commit the deferred steps, the rows and the trace rows still pending, then close. While another
+        file holds the journal's path, its rows are written to DISPLACED beside it first (`set_aside`)."""
         try:
             self.flush_all()
+        except Degraded:
+            self._set_aside()
+            raise
         finally:
             self.db.close()
+
+    def _set_aside(self) -> None:
+        """Keep the committed rows of a journal whose path another file took (which the next start uses), and
+        remove its -wal and -shm from beside that file."""
+        if self._files is None or identity(self.path) in (None, self._files[0]):
+            return
+        with storage_faults_as(storage_fault):
+            backed_up(self.db, self.path + DISPLACED)
+            self.db.close()
+            if identity(self.path + "-wal") == self._files[1]:  # SQLite would read the other file with it on top
+                for name in (self.path + "-wal", self.path + "-shm"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name)
+        log.error("the journal %s is another file than the daemon's: the daemon's rows (to %d) are in %s%s; "
+                  "to start from them, move that file to %s", self.path, self.last_seq, self.path, DISPLACED, self.path)
 
 
 COMPACT_ROWS = 5000  # rows deleted per transaction: the daemon's own writes wait at most that long

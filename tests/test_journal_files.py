@@ -133,3 +133,17 @@ def test_a_start_uses_a_snapshot_past_an_older_copy_of_the_journal(tmp_path):
     assert state_difference(expected, again.kernel) == ""
     assert again.journal.last_seq == snapshots.Snapshot.read(snapshots.paths(again.snapshotter.directory)[0]).seq + 1
     again.close()
+
+
+def test_a_runtime_closed_while_its_journal_was_replaced_sets_its_rows_aside(tmp_path, caplog):
+    """Stopped while another file holds the journal's path: the close fails as the commits did, and the
+    journal's committed rows are in journal.db.displaced, said in the log; the other file is left as it is."""
+    with pytest.raises(Degraded, match="replaced under the daemon"):
+        with open_runtime(tmp_path) as rt:
+            path = rt.journal.path
+            submit(rt, name="kept")
+            sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE other (x)")
+            os.replace(tmp_path / "other.db", path)
+    assert names(on_disk(path + ".displaced")) == ["kept"] and f"are in {path}.displaced" in caplog.text
+    assert sqlite3.connect(path).execute("SELECT name FROM sqlite_master").fetchall() == [("other",)]
+
