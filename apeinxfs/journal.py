@@ -444,14 +444,6 @@ class NullJournal:
     def boot(self, kernel_config) -> None:
         """Nothing to record."""
 
-    def go_on_after(self, seq: int) -> None:
-        """Number the next rows after `seq`, past the last row here: the row of the snapshot a start used
-        when the journal had lost rows (compaction.py); this boot's rows start there."""
-        self.last_seq = seq
-        if self._booted:
-            with storage_faults_as(storage_fault):
-                self.db.execute("UPDATE boot SET after_row = ? WHERE boot = (SELECT max(boot) FROM boot)", (seq,))
-
     def append(self, stamped: list) -> range:
         self.last_seq += len(stamped)
         return range(self.last_seq - len(stamped) + 1, self.last_seq + 1)
