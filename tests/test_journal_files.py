@@ -24,7 +24,7 @@ from apeinxfs.kernel.events import Restart, Submit
 from apeinxfs.kernel.state import decode, encode
 from kernel_state import state_difference
 from test_journal_runtime import open_runtime, submit
-from test_snapshots import archived_runtime, daemon_like, restarted, work
+from test_snapshots import archived_runtime, daemon_like, restarted, verified, work
 
 
 def on_disk(path) -> list:
@@ -93,7 +93,7 @@ def test_a_journal_replaced_under_the_runtime_refuses_writes_until_it_is_moved_a
 def test_a_start_uses_a_snapshot_past_an_emptied_journal_and_numbers_rows_after_it(tmp_path, caplog):
     """Journal files deleted while the daemon was stopped: the start uses the snapshot of row S written at
     unmount (it holds every acknowledged write), says which rows were lost, keeps the trace archive whole,
-    and journals the next rows from S + 1."""
+    and journals the next rows from S + 1, which `replay --verify` then checks from that snapshot."""
     rt = archived_runtime(tmp_path)
     work(rt, 2)
     tasks, trace_seq = sorted(rt.kernel.tasks), rt.kernel.trace.seq
@@ -110,7 +110,12 @@ def test_a_start_uses_a_snapshot_past_an_emptied_journal_and_numbers_rows_after_
     assert "ahead of the journal" not in caplog.text and again.archive.seq == trace_seq
     pid = submit(again, name="next")
     assert again.journal.first_seq() == seq + 1 and again.journal.boots()[-1].after_row == seq
-    assert sorted(restarted(tmp_path, again).kernel.tasks) == tasks + [pid]
+    last = restarted(tmp_path, again)
+    assert sorted(last.kernel.tasks) == tasks + [pid]
+    last.close()
+    again.archive.close()
+    report = verified(tmp_path)
+    assert report.divergence is None and report.checked == report.events > 0, str(report)
 
 
 def test_a_start_uses_a_snapshot_past_an_older_copy_of_the_journal(tmp_path):
