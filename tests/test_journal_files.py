@@ -6,13 +6,15 @@ a file at the path again (read here through a connection of its own, as a start 
 kill -9 would); another file in the journal's place makes the runtime degraded (EIO) until
 it is moved away. At start, a snapshot of a row past the journal's last is used and rows
 go on after it (compaction.py), the trace archive kept whole. No FUSE here
-(test_redteam4.py's D1 test mounts a daemon).
+but the last test, which deletes a mounted daemon's journal with rm (tier 3-4; test_redteam4.py's D1
+test too).
 """
 import errno
 import glob
 import logging
 import os
 import sqlite3
+import subprocess
 
 import pytest
 
@@ -22,6 +24,7 @@ from apeinxfs.journal import Journal
 from apeinxfs.kernel.errors import Degraded
 from apeinxfs.kernel.events import Restart, Submit
 from apeinxfs.kernel.state import decode, encode
+from daemon import Daemon, sim_config
 from kernel_state import state_difference
 from test_journal_runtime import open_runtime, submit
 from test_snapshots import archived_runtime, daemon_like, restarted, verified, work
@@ -151,4 +154,20 @@ def test_a_runtime_closed_while_its_journal_was_replaced_sets_its_rows_aside(tmp
             os.replace(tmp_path / "other.db", path)
     assert names(on_disk(path + ".displaced")) == ["kept"] and f"are in {path}.displaced" in caplog.text
     assert sqlite3.connect(path).execute("SELECT name FROM sqlite_master").fetchall() == [("other",)]
+
+
+@pytest.mark.mount
+def test_writes_after_rm_of_a_mounted_daemons_journal_survive_kill_9(tmp_path):
+    """`rm journal.db*` under a mounted daemon, a submit, kill -9, a restart: both tasks are there, and /health
+    said ok meanwhile (the journal was written back, as the log says)."""
+    with Daemon(tmp_path / "ai", tmp_path / "state", sim_config(100)) as daemon:
+        first = daemon.submit("name=before max_tokens=1000")
+        subprocess.run(["sh", "-c", 'rm "$1"/journal.db*', "sh", daemon.state_dir], check=True)
+        second = daemon.submit("name=after max_tokens=1000")
+        with open(daemon.path("health")) as file:
+            health_then, log_then = file.read(), daemon.log_tail()
+        daemon.kill9()
+        daemon.start()
+        assert {str(first), str(second)} <= set(os.listdir(daemon.path("tasks"))), daemon.log_tail()
+        assert health_then == "State:\tok\n" and "was deleted or moved away under the daemon: written back" in log_then
 
