@@ -270,14 +270,18 @@ class Journal:
             raise Degraded(errno.EIO, f"the journal {self.path} was replaced under the daemon by another file "
                                       f"(inode {found[0][1]}, not {self._files[0][1]}): move it away and the daemon "
                                       "writes its journal back, or restart the daemon to use that file")
+        self._write_back()
+
+    def _write_back(self) -> None:
+        """Write the journal back at its path from the open connection, and go on there."""
         with storage_faults_as(storage_fault):
             backed_up(self.db, self.path)
             self.db.close()  # before a new connection: closing deletes the -wal and -shm at the path by name
             self._files = None  # no connection until the next line succeeds
             self.db = connected(self.path, readonly=False)
         self._files = self._identities()
-        log.warning("the journal %s was deleted or moved away under the daemon: written back from its open copy (rows to %d)",
-                    self.path, self.last_seq)
+        log.warning("the journal %s was deleted or moved away under the daemon: written back from its open copy "
+                    "(rows to %d)", self.path, self.last_seq)
 
     def _commit(self, rows: list[tuple], trace_rows_at_least: int) -> None:
         """One transaction: journal `rows`, and the trace rows pending if there are enough."""
@@ -361,7 +365,7 @@ class Journal:
 
     def close(self) -> None:
         """Commit the deferred steps, the rows and the trace rows still pending, then close. While another
-        file holds the journal's path, its rows are written to DISPLACED beside it first (`set_aside`)."""
+        file holds the journal's path, its rows are written to DISPLACED beside it first (`_set_aside`)."""
         try:
             self.flush_all()
         except Degraded:
@@ -383,7 +387,8 @@ class Journal:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(name)
         log.error("the journal %s is another file than the daemon's: the daemon's rows (to %d) are in %s%s; "
-                  "to start from them, move that file to %s", self.path, self.last_seq, self.path, DISPLACED, self.path)
+                  "to start from them, move that file to %s", self.path, self.last_seq, self.path, DISPLACED,
+                  self.path)
 
 
 COMPACT_ROWS = 5000  # rows deleted per transaction: the daemon's own writes wait at most that long
