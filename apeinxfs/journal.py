@@ -209,11 +209,15 @@ class Journal:
 
     def go_on_after(self, seq: int) -> None:
         """Number the next rows after `seq`, past the last row here: the row of the snapshot a start used
-        when the journal had lost rows (compaction.py); this boot's rows start there."""
+        when the journal had lost rows (compaction.py). The rows here, behind the snapshot, go (as compaction
+        drops them), so that no gap is left for a replay from row 1; this boot's rows start after `seq`."""
         self.last_seq = seq
-        if self._booted:
-            with storage_faults_as(storage_fault):
-                self.db.execute("UPDATE boot SET after_row = ? WHERE boot = (SELECT max(boot) FROM boot)", (seq,))
+        with storage_faults_as(storage_fault), self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM journal WHERE seq <= ?", (seq,))
+            self.db.execute("DELETE FROM trace WHERE row <= ?", (seq,))
+            self.db.execute("DELETE FROM boot WHERE boot < (SELECT max(boot) FROM boot)")
+            self.db.execute("UPDATE boot SET after_row = ?", (seq,))
 
     def append(self, stamped: list[tuple[int, object]]) -> range:
         """Journal (time_us, event) pairs after the deferred steps, committed in one transaction (or

@@ -22,7 +22,8 @@ from apeinxfs import health, snapshots
 from apeinxfs.archive import Archive
 from apeinxfs.journal import Journal
 from apeinxfs.kernel.errors import Degraded
-from apeinxfs.kernel.events import Restart, Submit
+from apeinxfs.kernel.events import Chunk, Restart, Step, Submit
+from apeinxfs.kernel.task import State
 from apeinxfs.kernel.state import decode, encode
 from daemon import Daemon, sim_config
 from kernel_state import state_difference
@@ -93,12 +94,22 @@ def test_a_journal_replaced_under_the_runtime_refuses_writes_until_it_is_moved_a
         assert moved.execute("SELECT name FROM sqlite_master").fetchall() == [("other",)]  # not written to
 
 
+def running_task(rt) -> int:
+    """The pid of a task just submitted and given its first step: running on gpu 0 (work()'s have ended)."""
+    pid = submit(rt, name="long", tokens=100)
+    task = rt.kernel.tasks[pid]
+    rt.commit([Step(gpu=0, chunks=[Chunk(pid=pid, text=" w", tokens=1, prefill=5)])])
+    assert task.state is State.RUNNING
+    return pid
+
+
 def test_a_start_uses_a_snapshot_past_an_emptied_journal_and_numbers_rows_after_it(tmp_path, caplog):
     """Journal files deleted while the daemon was stopped: the start uses the snapshot of row S written at
     unmount (it holds every acknowledged write), says which rows were lost, keeps the trace archive whole,
-    and journals the next rows from S + 1, which `replay --verify` then checks from that snapshot."""
+    requeues what ran (the restart), and journals the next rows from S + 1, which `replay --verify` then checks from that snapshot."""
     rt = archived_runtime(tmp_path)
     work(rt, 2)
+    running = running_task(rt)
     tasks, trace_seq = sorted(rt.kernel.tasks), rt.kernel.trace.seq
     rt.snapshotter.close()
     seq = rt.snapshotter.seq
@@ -108,11 +119,12 @@ def test_a_start_uses_a_snapshot_past_an_emptied_journal_and_numbers_rows_after_
     again.archive = Archive(str(tmp_path / "state" / "trace"), 1 << 20)
     with caplog.at_level(logging.WARNING):
         again.recover()
-    assert sorted(again.kernel.tasks) == tasks and again.journal.last_seq == seq
+    assert sorted(again.kernel.tasks) == tasks and again.journal.first_seq() == seq + 1
     assert f"ends at row 0, before snapshot-" in caplog.text and f"rows 1..{seq} were lost" in caplog.text
-    assert "ahead of the journal" not in caplog.text and again.archive.seq == trace_seq
+    assert "ahead of the journal" not in caplog.text and again.archive.seq > trace_seq
+    assert f",requeue,{running}," in again.kernel.trace.lines_after(trace_seq).decode()  # the restart requeued it
     pid = submit(again, name="next")
-    assert again.journal.first_seq() == seq + 1 and again.journal.boots()[-1].after_row == seq
+    assert [boot.after_row for boot in again.journal.boots()] == [seq]
     last = restarted(tmp_path, again)
     assert sorted(last.kernel.tasks) == tasks + [pid]
     last.close()
@@ -123,7 +135,8 @@ def test_a_start_uses_a_snapshot_past_an_emptied_journal_and_numbers_rows_after_
 
 def test_a_start_uses_a_snapshot_past_an_older_copy_of_the_journal(tmp_path):
     """journal.db put back from an older copy while the daemon was stopped: the start uses the newer snapshot
-    rather than the older copy's rows, and holds the state the daemon had."""
+    rather than the older copy's rows, which go (no gap is left), holds the state the daemon had, and
+    `replay --verify` passes."""
     rt = daemon_like(tmp_path)
     work(rt, 1)
     older = sqlite3.connect(tmp_path / "older.db")
@@ -139,8 +152,11 @@ def test_a_start_uses_a_snapshot_past_an_older_copy_of_the_journal(tmp_path):
     expected.apply(Restart(), again.clock_us)
     expected.take_changed()
     assert state_difference(expected, again.kernel) == ""
-    assert again.journal.last_seq == snapshots.Snapshot.read(snapshots.paths(again.snapshotter.directory)[0]).seq + 1
+    seq = snapshots.Snapshot.read(snapshots.paths(again.snapshotter.directory)[0]).seq
+    assert (again.journal.first_seq(), again.journal.last_seq) == (seq + 1, seq + 1)  # the older rows went
     again.close()
+    report = verified(tmp_path)
+    assert report.divergence is None and report.checked == report.events > 0, str(report)
 
 
 def test_a_runtime_closed_while_its_journal_was_replaced_sets_its_rows_aside(tmp_path, caplog):
