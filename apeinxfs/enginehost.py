@@ -10,17 +10,28 @@ starts new ones; a restarted driver picks up its models' running tasks again (th
 driver resumes each after the text it has). The configured drivers are built before the mount (`check_drivers`),
 so a bad option in the configuration fails the daemon's start, and /ctl/models builds one before it commits; a
 model from the journal whose driver cannot be built (options refused since) is failed alone, the daemon starts,
-and its tasks fail at once saying why (`CannotRun`): a permanent fault, not an outage to wait out.
+and its tasks fail at once saying why (`CannotRun`: each task of its batch, a backlog as each failure frees a slot):
+a permanent fault, not an outage to wait out. Such a model has no engine: its engines' KV reports from before are
+reported empty (`CannotRun.observe`), its endpoints are no outage (runtime.report_state), a submit to it is
+refused (ENXIO, nodes/ctl.py, by `rt.cannot_run`) and a cluster node's record leaves it out (cluster/records.py). A
+failure or a KV report that the degraded journal dropped is made again at the recovery. Its numbers out of their
+bounds since are no such fault: its driver is built with each set to the nearest bound (drivers.kept), its status
+says which and the daemon's log says it at each start (a driver's fact, not the kernel's: no journal row, so a
+journal stays one that older code replays); a new add and the configuration, built strictly before, never have one.
 While the daemon is degraded (health.py) every batch looks empty: the drivers stop their
 jobs, and start them again, after the text each task has, when it recovers. A driver's serve and
 observe are supervised (supervise.py): a bug in one is shown in /ai/health and that one started
 again, its tasks picked up where the kernel has them; a bug in one task's job fails that task
 alone (drivers/flow.py `Outbox.guarded`).
 """
+import logging
+
 import trio
 
 from . import drivers
 from .kernel.events import Failed
+
+log = logging.getLogger(__name__)
 
 
 class ModelHost:
@@ -58,6 +69,15 @@ class ModelHost:
     def report_kv(self, model: str, gpus: tuple, tokens: int) -> str | None:
         return self.rt.report_kv(model, gpus, tokens)
 
+    def kv_reported(self) -> list[tuple[str, tuple]]:
+        """The (model, gpus) of its models' engines whose last KV report (kernel/kvreport.py) holds tokens."""
+        reports = self.rt.kernel.engines.kv_reports.reports
+        return [key for key, report in reports.items() if key[0] in self.models and report.tokens]
+
+    async def health_changed(self) -> None:
+        """Sleep until the daemon goes degraded or recovers (health.py)."""
+        await self.rt.notifier.wait("health")
+
     def engine_down(self, model: str, gpus: tuple = ()) -> bool:
         return self.rt.kernel.engines.is_down(model, gpus)
 
@@ -74,16 +94,28 @@ class CannotRun:
     def __init__(self, reason: str):
         self.reason = reason
 
-    async def serve(self, gpu: int, host: ModelHost) -> None:
-        failed: set = set()  # pids told to fail, until the kernel has them out of the batch
-        batch = await host.next_batch(gpu)
+    async def observe(self, host: ModelHost) -> None:
+        """Report its models' engines' KV empty: they have none, and a full report from before (journaled) would
+        keep every task off their GPUs (kernel/kvreport.py). Again at each change of the daemon's health: a
+        report the degraded journal dropped (runtime.deliver) is made at the recovery."""
         while True:
-            for task in batch:
-                if task.pid not in failed:
-                    failed.add(task.pid)
-                    host.deliver(Failed(pid=task.pid, reason=f"model {task.model} cannot run: {self.reason}"))
-            batch = await host.batch_changed(gpu)
-            failed &= {task.pid for task in batch}  # those out of the batch are forgotten
+            for model, gpus in host.kv_reported():
+                host.report_kv(model, gpus, 0)
+            await host.health_changed()
+
+    def why(self, model: str) -> str:
+        """Why a task of `model` cannot run, in words: its failure's reason, a submit's refusal (nodes/ctl.py)."""
+        return f"model {model} cannot run: {self.reason}"
+
+    async def serve(self, gpu: int, host: ModelHost) -> None:
+        """Fail each task of the batch, and read the batch again before sleeping: a failure frees a slot that the
+        kernel fills at once with the next queued task, waking this GPU while no one waits (Notifier keeps no
+        wake), so that task is failed in the same loop. No busy loop: a failed task leaves the batch, and while
+        degraded the batch is empty; a failure the journal could not take (runtime.deliver drops it) is made
+        again when the batch comes back, at the recovery's wake of every GPU."""
+        while True:
+            for task in await host.next_batch(gpu):
+                host.deliver(Failed(pid=task.pid, reason=self.why(task.model)))
 
 
 def check_drivers(models: dict) -> None:
@@ -117,24 +149,41 @@ class DriverGroups:
         nor the daemon: its models' state says failed and why, and /ctl/models can remove or replace them."""
         wanted = groups_of(self.rt.kernel.models, self.configured)
         for key in [key for key, (models, _) in self.running.items() if wanted.get(key) != models]:
-            self.running.pop(key)[1].cancel()
+            models, scope = self.running.pop(key)
+            scope.cancel()
+            for name in models:
+                self.rt.cannot_run.pop(name, None)
         for key, models in wanted.items():
             if key not in self.running:
                 self._start_or_fail(key, models)
         self.rt.forget_engines()
 
     def _start_or_fail(self, key: tuple, models: dict) -> None:
-        """Start group `key`; if its driver cannot be built, its models are failed, saying why, and a `CannotRun`
-        serves them: a permanent fault, not an outage to wait out."""
+        """Start group `key`, its models' numbers out of their bounds clamped (drivers.kept); if its driver cannot be
+        built, its models are failed, saying why, and a `CannotRun` serves them: a permanent fault, not an outage to
+        wait out."""
+        clamps: dict = {}
         try:
-            driver = drivers.load(next(iter(models.values())).driver)(models)
+            driver_class = drivers.load(next(iter(models.values())).driver)
+            built, clamps = drivers.kept(driver_class, models)
+            driver = driver_class(built)
             state, error = "starting", None  # until the driver's first check says otherwise
         except Exception as exc:
-            driver = CannotRun(f"the driver cannot be built: {exc}")
+            driver, clamps = CannotRun(f"the driver cannot be built: {exc}"), {}  # failed: nothing clamped runs
             state, error = "failed", driver.reason
+            self.rt.cannot_run.update(dict.fromkeys(models, driver))
         for name in models:
             self.rt.report_state(name, state, error)
+            self._clamped(name, clamps.get(name))
         self.running[key] = (models, self._start(driver, models))
+
+    def _clamped(self, name: str, words: str | None) -> None:
+        """Keep what of model `name`'s options was clamped (its status shows it), and log it."""
+        if words is None:
+            self.rt.clamped.pop(name, None)
+        elif self.rt.clamped.get(name) != words:
+            self.rt.clamped[name] = words
+            log.warning("model %s: options kept in the journal: %s", name, words)
 
     def _start(self, driver, models: dict) -> trio.CancelScope:
         scope = trio.CancelScope()

@@ -262,7 +262,7 @@ class Operations(pyfuse3.Operations):
         try:
             self.check(node, caller, NEEDS.get(mode, os.R_OK | os.W_OK))
         except Denied as exc:  # a role refused at open (a viewer's submit): a denial, so audited
-            self.rt.reject(self.tree.path_of(node), exc, caller.uid, caller.pid, caller.tenant)
+            self.tree.reject_at(node, exc, caller)
             raise
         handle = node.open(caller, writing=mode != os.O_RDONLY, reading=mode != os.O_WRONLY,
                            truncating=bool(flags & os.O_TRUNC))

@@ -31,7 +31,7 @@ from .drivers import enginestate, metrics
 from .enginehost import DriverGroups
 from .health import Health
 from .journal import LAST, Emitted, Journal
-from .nodes.base import Rejects
+from .nodes.base import Writes
 from .nodes.buffers import Buffers
 from .readers import Readers
 from .kernel import Kernel
@@ -107,12 +107,15 @@ class Runtime:
         self.supervisor = Supervisor(lambda: self.clock.now_us())  # the background loops' bugs (supervise.py)
         self.readers = Readers(self.notifier, config.max_waiters, config.max_waiters_per_uid)
         self.buffers = Buffers(config.limits.write_lines, config.limits.pending_bytes)
+        self.writes: Writes  # the ctl and settings files' limits and reject lines: set by the Tree built over it
         self.quarantined: dict = {}  # journal seq -> recovery.Quarantined: rows recover() went on without
         self.readings = None  # drivers/nvml.Readings of the real GPUs, set by the daemon (mount.py)
         self.engine_metrics: dict = {}  # model -> drivers/metrics.Observation, the last scrape of its engine
         self.engine_states: dict = {}  # model -> drivers/enginestate.EngineState, what its driver's checks found (observed)
         self.endpoint_metrics: dict = {}  # (model, gpus) -> the last scrape of one endpoint of a model with endpoints
         self.endpoint_states: dict = {}  # (model, gpus) -> one endpoint's EngineState (engine_states: the best of them)
+        self.cannot_run: dict = {}  # model -> the enginehost.CannotRun serving it: its driver cannot be built
+        self.clamped: dict = {}  # model kept in the journal -> its options out of bounds, clamped (enginehost.py)
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
         self.journal_due = False  # the steps waiting are to be journaled next round (a trace line, or PROGRESS_S)
         self.snapshotter = None  # compaction.Snapshotter, set by the daemon (mount.py): snapshots and compaction
@@ -209,10 +212,6 @@ class Runtime:
             tasks = self.kernel.tasks
             done = tasks.trees_done([pid for pid in pids if pid in tasks])
             self.notifier.wake([("done", pid) for pid in pids if pid not in tasks or pid in done])
-
-    def rejects_at(self, path: str) -> Rejects:
-        """Where the refused writes of the ctl file at `path` are recorded: `reject`."""
-        return Rejects(self.reject, path)
 
     def reject(self, path: str, error: ApeinxError, uid: int, pid: int = 0, tenant: str | None = None) -> None:
         """Record a refused write in the journal and trace (and, for a denial, the audit trail): the `reject`
@@ -322,16 +321,33 @@ class Runtime:
             self.observed += 1
 
     def report_state(self, model: str, state: str, error: str | None = None, gpus: tuple = ()) -> None:
-        """Keep what a check of `model`'s engine (of its endpoint on `gpus`) found (for models of the kernel only)."""
-        if model in self.kernel.models:
-            states, key = (self.endpoint_states, (model, gpus)) if gpus else (self.engine_states, model)
-            before = states.get(key)
-            states[key] = enginestate.advance(before, state, error, self.clock.now_us())
-            self.observed += states[key] != before
-            if gpus:
-                self.engine_states[model] = enginestate.best(
-                    [seen for (m, _), seen in self.endpoint_states.items() if m == model])
-            self._follow_outage(model, enginestate.outage(states[key]), gpus)
+        """Keep what a check of `model`'s engine (of its endpoint on `gpus`) found (for models of the kernel only).
+        A report naming no GPUs of a model with endpoints (its driver's start: enginehost.py) is the model's own: it
+        opens or closes no endpoint, the kernel holding the model down only as its endpoints are (kernel/engines.py),
+        so an endpoint down from before a restart stays closed until its own check finds it back. Unless it says
+        failed (its driver cannot be built: enginehost.CannotRun): then it is each endpoint's, none an outage to wait
+        out, so the model's tasks reach a GPU and fail at once."""
+        if model not in self.kernel.models:
+            return
+        endpoints = self.kernel.models[model].endpoints
+        if gpus or not endpoints:
+            self._follow_outage(model, self._keep_state(model, state, error, gpus), gpus)
+        elif state == "failed":
+            for endpoint in endpoints:
+                self._follow_outage(model, self._keep_state(model, state, error, endpoint.gpus), endpoint.gpus)
+        else:
+            self._keep_state(model, state, error, ())
+
+    def _keep_state(self, model: str, state: str, error: str | None, gpus: tuple) -> str | None:
+        """Keep the state a check found of `model`'s engine (its endpoint on `gpus`); the outage it means, if any."""
+        states, key = (self.endpoint_states, (model, gpus)) if gpus else (self.engine_states, model)
+        before = states.get(key)
+        states[key] = enginestate.advance(before, state, error, self.clock.now_us())
+        self.observed += states[key] != before
+        if gpus:
+            self.engine_states[model] = enginestate.best(
+                [seen for (m, _), seen in self.endpoint_states.items() if m == model])
+        return enginestate.outage(states[key])
 
     def _follow_outage(self, model: str, reason: str | None, gpus: tuple = ()) -> None:
         """Journal an EngineHealth event when the engine's (endpoint's) outage begins or ends as the kernel knows it."""
@@ -352,7 +368,8 @@ class Runtime:
 
     def forget_engines(self) -> None:
         """Drop the observations and states of models that no longer exist."""
-        for seen in (self.engine_metrics, self.engine_states, self.endpoint_metrics, self.endpoint_states):
+        observed = (self.engine_metrics, self.engine_states, self.endpoint_metrics, self.endpoint_states, self.clamped)
+        for seen in observed:
             for key in [key for key in seen if (key if isinstance(key, str) else key[0]) not in self.kernel.models]:
                 del seen[key]
                 self.observed += 1
@@ -366,9 +383,11 @@ class Runtime:
         """Run the models' drivers on every GPU (enginehost.py), the deadline timer, the blocked
         readers' signal watcher and the cluster's tasks (if any) until cancelled. Each loop is supervised
         (supervise.py): a bug in one is logged, shown in /ai/health, and the loop started again; each keeps
-        what it needs across a restart on its object, and goes on from there. Not supervised: the drivers'
-        own tasks (enginehost.py) and `Cluster.run` itself (its loops are)."""
-        async with trio.open_nursery() as nursery:
+        what it needs across a restart on its object, and goes on from there; `Cluster.run` too, around its
+        own loops, each supervised in it, its clients open outside it, until this ends (Cluster.clients). Not
+        supervised: the drivers' own tasks (enginehost.py)."""
+        clients = contextlib.nullcontext() if self.cluster is None else self.cluster.clients()
+        async with clients, trio.open_nursery() as nursery:
             groups = DriverGroups(self, nursery)
             groups.sync()  # builds the drivers (mount.main checked the configured ones; a journal model's may fail alone)
             loops = [("drivers.follow", groups.follow), ("deadlines", self._deadline_timer),
@@ -380,10 +399,10 @@ class Runtime:
                 loops.append(("gpu.sample", self._sample_gpu_memory))
             if self.snapshotter is not None:
                 loops.append(("snapshots", self.snapshotter.run))
+            if self.cluster is not None:  # its own loops, each supervised in it
+                loops.append(("cluster.run", self.cluster.run))
             for name, loop in loops:
                 nursery.start_soon(self.supervisor.supervised, name, loop)
-            if self.cluster is not None:  # not restarted: leaving it closes its etcd client; its loops are supervised
-                nursery.start_soon(self.cluster.run)
             task_status.started()
 
     async def _compress_archive(self) -> None:

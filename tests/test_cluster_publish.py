@@ -5,9 +5,12 @@ placement and routing read) as it stands."""
 import attrs
 
 from apeinxfs.cluster.member import PUBLISH_S
-from apeinxfs.cluster.records import record_of
+from apeinxfs.cluster.placement import rank
+from apeinxfs.cluster.records import NodeView, record_of
+from apeinxfs.enginehost import CannotRun
 from apeinxfs.kernel.events import PidBlock, Submit
 from apeinxfs.kernel.spec import TaskSpec
+from test_placement import SIM, nodes, view
 from test_shared_settings import node
 
 PUBLISH_US = int(PUBLISH_S * 1_000_000)
@@ -59,3 +62,17 @@ def test_the_first_change_after_an_idle_spell_is_looked_at_at_once(tmp_path):
     clock.us += PUBLISH_US // 10
     rt.commit([Submit(spec=TaskSpec(name="j", tenant="t"))])
     assert rt.cluster.live_pids() == {"t": "1-2"}
+
+
+def test_a_model_whose_driver_cannot_be_built_here_is_left_out_of_the_record_and_placement_passes_the_node_over(
+        tmp_path):
+    """n1 runs sim until its driver cannot be built (runtime.cannot_run): its record then lists no sim, so a write
+    of sim goes to node b (which holds it), not to the node that would refuse it (ENXIO), though n1's slots are free."""
+    rt = node(tmp_path, clock=StillClock())
+    ranked = []
+    for cannot_run in [{}, {"sim": CannotRun("the driver cannot be built: refused")}]:
+        rt.cannot_run = cannot_run
+        record = rt.cluster.record(1)
+        ranked.append((record.models, [choice.node for choice in rank(
+            nodes(NodeView(record, up=True, leader=True), view("b", slots_free=0, queued=5)), SIM, "n1", {})]))
+    assert ranked == [(("sim",), ["n1", "b"]), ((), ["b"])]

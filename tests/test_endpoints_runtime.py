@@ -13,7 +13,7 @@ from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.events import EngineHealth, EngineKV
 from apeinxfs.nodes.tree import Tree
 from test_engine_scrape import DATA, MetricsServer
-from test_journal_runtime import open_runtime
+from test_journal_runtime import open_runtime, submit
 from test_nodes import refusal, text
 from test_tenant_nodes import write
 
@@ -151,3 +151,40 @@ async def test_each_endpoint_is_scraped_and_its_kv_report_reaches_its_gpu(tmp_pa
         engine = dict(line.split(" ", 1) for line in text(tree, "/models/llm/engine").splitlines())
         assert engine["source"] == f"{urls[0]}/metrics,{urls[1]}/metrics" and engine["kv_tokens"] == "363456"
         assert "State:\tready" in text(tree, "/models/llm/status")
+
+
+@pytest.mark.parametrize("down", [[(1,)], [(0,), (1,)]], ids=["one endpoint", "every endpoint"])
+def test_a_report_of_the_whole_model_opens_no_endpoint_unless_it_says_failed(tmp_path, down):
+    """Endpoints journaled down, then a report naming no GPUs: `starting` (a working driver's start) leaves them
+    closed (no task sent to an endpoint known down; the model down while all are), `failed` (a driver that cannot
+    be built) opens each, none an outage to wait out."""
+    with open_runtime(tmp_path, TWO_GPUS) as rt:
+        for gpus in down:
+            rt.report_state("llm", "unreachable", "refused", gpus)
+        closed = (rt.kernel.engines.is_down("llm"), rt.kernel.engines.where("llm", [0, 1]))
+        rt.report_state("llm", "starting")
+        started = (rt.kernel.engines.is_down("llm"), rt.kernel.engines.where("llm", [0, 1]))
+        rt.report_state("llm", "failed", "the driver cannot be built")
+        assert started == closed == (len(down) == 2, [0, 1][:2 - len(down)])
+        assert (rt.kernel.engines.is_down("llm"), rt.kernel.engines.where("llm", [0, 1])) == (False, [0, 1])
+        assert [(e.up, e.gpus) for e in journaled(rt, EngineHealth)][len(down):] == [(True, gpus) for gpus in down]
+
+
+async def test_a_working_driver_restarted_with_every_endpoint_down_fails_its_task_after_engine_wait_s(
+        tmp_path, autojump_clock):
+    """Both endpoints of llm were down when the daemon stopped and still are: after the restart its task stalls
+    and fails once engine_wait_s has passed (not left out of every GPU, never stalled, for ever)."""
+    conf = TWO_GPUS.replace("metrics_s = 0.02", "metrics_s = 0")
+    with open_runtime(tmp_path, conf) as rt:
+        for gpus in [(0,), (1,)]:
+            rt.report_state("llm", "unreachable", "refused", gpus)
+    with open_runtime(tmp_path, conf) as rt:
+        rt.recover()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rt.run)
+            pid = submit(rt, model="llm")
+            with trio.fail_after(rt.kernel.models["llm"].engine_wait_s + 60):
+                while not rt.kernel.tasks[pid].done:
+                    await rt.wait_for(pid, 1.0)
+            nursery.cancel_scope.cancel()
+    assert rt.kernel.tasks[pid].exit.startswith("failed: llm's engine down for ")

@@ -12,6 +12,7 @@ from apeinxfs.cluster.records import NodeRecord
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.nodes import ctl
 from apeinxfs.nodes.base import Caller
+from apeinxfs.nodes.tree import Tree
 from standin_cluster import runtime
 from test_rejects import rejects
 
@@ -38,6 +39,7 @@ def router(tmp_path):
                                                                        advertise="127.0.0.1:1")])
     made.placed[PID] = made.placed[PID + 1] = "b"
     made.peers["http://127.0.0.1:1"] = PeerB(runtime(tmp_path / "b"))
+    Tree(made.rt)  # a's tree: its ctl files' refused writes are recorded at their paths in it
     return made
 
 

@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from apeinxfs.kernel.errors import Invalid, NoBuffers, NotAllRun, RejectLine, TooBig, TryAgain
-from apeinxfs.nodes.base import BUG, LINE_MAX, Caller
+from apeinxfs.nodes.base import BUG, LINE_MAX, Caller, Writes
 from apeinxfs.nodes.buffers import Buffers
 from apeinxfs.nodes.forwarding import Forwarding, Route
 
@@ -21,7 +21,7 @@ class Recorder:
         self.here, self.routed, self.done = [], [], []
         self.answer, self.remote_replies, self.refusal = answer, remote_replies, refusal
         self.node = Forwarding(mode=0o100666, run=self.run, route=self.route,
-                               limits=buffers or Buffers())
+                               writes=Writes(buffers or Buffers()))
 
     def run(self, raw_lines, caller):
         self.here.append(raw_lines)
@@ -94,7 +94,7 @@ class Settler:
     def __init__(self, refusal=None):
         self.settled, self.write_lines, self.refusal = [], [], refusal
         self.node = Forwarding(mode=0o100666, run=lambda raw_lines, caller: [f"{len(raw) + 1}" for raw in raw_lines],
-                               settle=self.settle, limits=Buffers())
+                               settle=self.settle, writes=Writes())
 
     async def settle(self, replies, write_lines):
         self.settled.append(replies)
@@ -212,7 +212,7 @@ async def test_a_routed_writes_unfinished_line_is_held_until_a_refusal_or_the_cl
         await handle.write_async(b"\nb\n")
     assert buffers.held == {} and not handle.pending
     settler = Settler(refusal=TryAgain("not recorded"))
-    settler.node.limits = buffers
+    settler.node.writes = Writes(buffers)
     refused = settler.node.open(CALLER, writing=True, reading=True)
     with pytest.raises(TryAgain):
         await refused.write_async(b"a\npart")

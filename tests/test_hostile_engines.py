@@ -15,8 +15,10 @@ import trio
 
 import daemon
 import runtasks
-from apeinxfs.drivers import openai, scrape
+from apeinxfs import drivers
+from apeinxfs.drivers import metrics, openai, scrape, sim
 from apeinxfs.kernel import endpoints
+from apeinxfs.kernel.config import ModelConfig
 from apeinxfs.kernel.errors import Invalid
 from apeinxfs.kernel.events import Submit
 from apeinxfs.kernel.spec import TaskSpec
@@ -31,17 +33,21 @@ HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close
 ONE_TOKEN = b'data: {"choices":[{"text":" w"}]}\n\n'
 ENDED = b'data: {"choices":[{"text":"","finish_reason":"length"}],"usage":{"completion_tokens":1}}\n\n'
 NOT_ENDING_S = 6  # how long a test waits for a task its engine keeps busy (timeout_s is 0.5 there)
+SCRAPES = 10  # /metrics reads of each engine a scraping test waits for (one every 0.2 s: two_models_config)
+SCRAPED_WITHIN_S = 30  # the most those may take, far above 2 s: past it the test fails
 
 
-def answering(answer, metrics: str = ""):
+def answering(answer, metrics: str = "", gets: list[str] | None = None):
     """A fake engine's connection handler: `answer(stream)` to each POST, `metrics` (or what it returns, if
-    callable) as its /metrics."""
+    callable) as its /metrics; the path of each GET appended to `gets`, if given."""
     async def handle(stream):
         request = await read_request(stream)
         if request is None:
             return
         try:
             if request.body is None:
+                if gets is not None:
+                    gets.append(request.path)
                 body = (metrics() if callable(metrics) else metrics).encode()
                 await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
                                       % len(body) + body)
@@ -52,8 +58,8 @@ def answering(answer, metrics: str = ""):
     return handle
 
 
-async def serve(nursery, answer, metrics: str = "") -> int:
-    listeners = await nursery.start(trio.serve_tcp, answering(answer, metrics), 0)
+async def serve(nursery, answer, metrics: str = "", gets: list[str] | None = None) -> int:
+    listeners = await nursery.start(trio.serve_tcp, answering(answer, metrics, gets), 0)
     return listeners[0].socket.getsockname()[1]
 
 
@@ -92,6 +98,11 @@ async def one_endless_chunk(stream):
         await trio.sleep(0.001)
 
 
+async def an_error_body_then_silence(stream):
+    await stream.send_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 100000\r\n\r\n" + b"x" * openai.ERROR_BYTES)
+    await trio.sleep_forever()
+
+
 async def an_endless_error_body(stream):
     await stream.send_all(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n")
     while True:
@@ -107,6 +118,7 @@ BUSY_WITHOUT_TOKENS = {  # an engine's answer, and the bound that ends it
                       "stream broke after 0 tokens: an event of over 1048576 characters of data"),
     "endless chunk": (one_endless_chunk, "stream broke after 0 tokens: a line of over 1048576 bytes"),
     "endless error body": (an_endless_error_body, "HTTP 400: " + "x" * openai.ERROR_BYTES),
+    "error body, then silence": (an_error_body_then_silence, "HTTP 400: " + "x" * openai.ERROR_BYTES),
 }
 
 
@@ -147,13 +159,15 @@ def lies_more_each_time() -> callable:
     return lambda: f"sglang:num_used_tokens -{next(scrapes)}\n"
 
 
-async def scraped_two_seconds(tmp_path, liar: str, honest: str):
-    """The runtime of models liar and honest on these engines, closed after 2 s of scrapes or an observe bug."""
+async def scraped_ten_times(tmp_path, liar: int, honest: int, gets: tuple[list[str], list[str]]):
+    """The runtime of models liar and honest on these engines (their GETs' paths in `gets`), closed once each
+    engine's /metrics was read SCRAPES times, or at an observe bug; TooSlowError after SCRAPED_WITHIN_S."""
     with open_runtime(tmp_path, two_models_config(liar, honest)) as rt:
         async with trio.open_nursery() as inner:
             await inner.start(rt.run)
-            with trio.move_on_after(2.0):
-                while "driver.openai.observe" not in rt.supervisor.bugs:
+            with trio.fail_after(SCRAPED_WITHIN_S):
+                while "driver.openai.observe" not in rt.supervisor.bugs and \
+                        min(paths.count("/metrics") for paths in gets) < SCRAPES:
                     await trio.sleep(0.05)
             inner.cancel_scope.cancel()
     return rt
@@ -162,11 +176,12 @@ async def scraped_two_seconds(tmp_path, liar: str, honest: str):
 @pytest.mark.parametrize("lie", [lambda: "sglang:num_used_tokens -5000\n", lies_more_each_time()],
                          ids=["same", "changing"])
 async def test_one_engines_negative_kv_report_leaves_other_engines_scraped(lie, tmp_path, nursery, caplog):
-    """An engine whose /metrics says -5000 KV tokens (or a figure changing at each scrape), scraped 10 times (2 s),
+    """An engine whose /metrics says -5000 KV tokens (or a figure changing at each scrape), scraped 10 times,
     makes no bug of the loop scraping the others: its refusal is its scrape error, logged once."""
-    liar = await serve(nursery, None, lie)
-    honest = await serve(nursery, None, "sglang:num_used_tokens 0\n")
-    rt = await scraped_two_seconds(tmp_path, liar, honest)
+    gets: tuple[list[str], list[str]] = ([], [])
+    liar = await serve(nursery, None, lie, gets[0])
+    honest = await serve(nursery, None, "sglang:num_used_tokens 0\n", gets[1])
+    rt = await scraped_ten_times(tmp_path, liar, honest, gets)
     assert "driver.openai.observe" not in rt.supervisor.bugs and "honest" in rt.engine_metrics
     assert rt.engine_metrics["liar"].error.startswith("its KV report is refused: an engine's KV report of -50")
     logged = [r.getMessage() for r in caplog.records if "liar" in r.getMessage()]
@@ -174,13 +189,28 @@ async def test_one_engines_negative_kv_report_leaves_other_engines_scraped(lie, 
 
 
 async def test_an_engines_overflowing_figures_end_no_observe_loop_and_others_are_scraped(tmp_path, nursery):
-    """An engine whose /metrics says 1e300 KV tokens at a usage of 1e-320, scraped for 2 s, makes no bug of the
+    """An engine whose /metrics says 1e300 KV tokens at a usage of 1e-320, scraped 10 times, makes no bug of the
     observe loop: it and the other engine are both scraped."""
-    liar = await serve(nursery, None, "llamacpp:kv_cache_usage_ratio 1e-320\nllamacpp:kv_cache_tokens 1e300\n")
-    honest = await serve(nursery, None, "sglang:num_used_tokens 0\n")
-    rt = await scraped_two_seconds(tmp_path, liar, honest)
+    gets: tuple[list[str], list[str]] = ([], [])
+    liar = await serve(nursery, None, "llamacpp:kv_cache_usage_ratio 1e-320\nllamacpp:kv_cache_tokens 1e300\n", gets[0])
+    honest = await serve(nursery, None, "sglang:num_used_tokens 0\n", gets[1])
+    rt = await scraped_ten_times(tmp_path, liar, honest, gets)
     assert "driver.openai.observe" not in rt.supervisor.bugs
     assert rt.engine_metrics["honest"].error is None and rt.engine_metrics["liar"].reading is not None
+
+
+async def test_a_daemon_bug_in_the_parse_is_a_bug_row_not_an_engines_error(tmp_path, nursery, monkeypatch):
+    """A TypeError raised by our own parse (a daemon bug, not the engine's fault) is the observe loop's Bug row
+    (/ai/health), not the engine's scrape error (LastError)."""
+    def broken(lines, first):
+        raise TypeError("a daemon bug")
+    monkeypatch.setattr(metrics, "parse_lines", broken)
+    gets: tuple[list[str], list[str]] = ([], [])
+    port = await serve(nursery, None, "sglang:num_used_tokens 0\n", gets[0])
+    rt = await scraped_ten_times(tmp_path, port, port, (gets[0], gets[0]))
+    assert rt.supervisor.bugs["driver.openai.observe"].error == "TypeError"
+    assert "Bug:\tdriver.openai.observe: TypeError at test_hostile_engines.py:" in rt.supervisor.show()
+    assert not any("daemon bug" in (seen.error or "") for seen in rt.engine_metrics.values())
 
 
 async def test_an_engine_reporting_more_kv_than_its_gpu_holds_does_not_block_other_models(tmp_path, nursery):
@@ -294,6 +324,8 @@ def test_an_infinite_engine_option_is_refused(option):
     ({"retries": 1e20}, "retries must be an integer from 0 to 100, not 1e+20"),
     ({"retries": True}, "retries must be an integer from 0 to 100, not True"),
     ({"retries": "3"}, "retries must be an integer from 0 to 100, not '3'"),
+    ({"retries": 10 ** 400}, f"retries must be an integer from 0 to 100, not {10 ** 400}"),
+    ({"timeout_s": 10 ** 400}, f"timeout_s must be a number of seconds from 0.001 to 86400, not {10 ** 400}"),
     ({"backoff_s": 1e308}, "backoff_s must be a number of seconds from 0 to 3600, not 1e+308"),
     ({"metrics_s": 1e-9}, "metrics_s must be 0 (none) or a number of seconds from 0.01 to 3600, not 1e-09"),
     ({"timeout_s": 0}, "timeout_s must be a number of seconds from 0.001 to 86400, not 0"),
@@ -312,6 +344,29 @@ def test_an_engine_option_out_of_its_bounds_is_refused_in_words(options, words):
     with pytest.raises(Invalid) as refused:
         openai.Endpoint.of(model)
     assert refused.value.reason.startswith("model m: openai options: ") and words in refused.value.reason
+
+
+@pytest.mark.parametrize("given, kept, words", [
+    ({"retries": 200}, {"retries": 100}, "retries 200 clamped to 100 (the bound)"),
+    ({"retries": -1}, {"retries": 0}, "retries -1 clamped to 0 (the bound)"),
+    ({"timeout_s": math.inf, "backoff_s": 0.5}, {"timeout_s": 86400.0, "backoff_s": 0.5},
+     "timeout_s inf clamped to 86400 (the bound)"),
+    ({"timeout_s": 0}, {"timeout_s": 0.001}, "timeout_s 0 clamped to 0.001 (the bound)"),
+    ({"metrics_s": 1e-9}, {"metrics_s": 0.01}, "metrics_s 1e-09 clamped to 0.01 (the bound)"),
+    ({"retries": 10 ** 400}, {"retries": 100}, f"retries {10 ** 400} clamped to 100 (the bound)"),
+    ({"timeout_s": -10 ** 400}, {"timeout_s": 0.001}, f"timeout_s {-10 ** 400} clamped to 0.001 (the bound)"),
+    ({"metrics_s": 0, "retries": 3}, None, None),
+    ({"retries": 1e20}, None, None), ({"retries": True}, None, None), ({"retries": "300"}, None, None),
+    ({"timeout_s": math.nan}, None, None), ({"timeout": 1e9}, None, None), ({"url": "ftp://x"}, None, None),
+], ids=["over", "under", "inf", "zero", "below-least", "huge-int", "huge-negative-int", "in-bounds", "float-count",
+        "bool", "text", "nan", "unknown", "bad-url"])
+def test_a_journal_models_numbers_out_of_bounds_are_clamped_and_the_rest_left_to_refuse(given, kept, words):
+    """A number of its kind out of its option's bounds is set to the nearest bound, said in words; a number in them,
+    one of the wrong kind (1e20 retries, true), a text, NaN, an unknown option or a bad URL is left as given."""
+    model = ModelConfig(name="m", driver="openai", options={"url": "http://e:8000", **given})
+    built, said = drivers.kept(openai.OpenAIDriver, {"m": model})
+    assert built["m"].options == {"url": "http://e:8000", **(kept or given)} and said.get("m") == words
+    assert drivers.kept(sim.SimDriver, {"m": model}) == ({"m": model}, {})
 
 
 async def test_an_engines_error_text_cannot_add_lines_to_a_tasks_status(tmp_path, nursery):

@@ -15,7 +15,7 @@ from apeinxfs.cluster.peer_server import (FRAME_MAX, UNPROVEN_MAX, StalledSends,
 from apeinxfs.cluster.peer_wire import (ERRORS, HEARTBEAT, FrameReader, PeerDown, RemoteError, data_frame,
                                         decode_caller, decode_error, encode_caller, encode_error, parse_address,
                                         read_tokens)
-from apeinxfs.kernel.errors import ApeinxError, Degraded, Denied, Invalid, RejectLine
+from apeinxfs.kernel.errors import ApeinxError, Degraded, Denied, Invalid, NoDriver, RejectLine
 from apeinxfs.nodes.base import Caller
 
 
@@ -26,6 +26,12 @@ def test_every_known_error_comes_back_as_its_own_class(cls):
     back = decode_error(body, "peer x")
     assert type(back) is cls and back.errno == cls.errno and status >= 400
     assert back.reason == "line 2: bad thing" and back.replies == ["line 2: bad thing", "line 3: worse"]
+
+
+def test_a_model_a_peer_cannot_run_is_service_unavailable_and_enxio():
+    """A peer's refusal of a line whose model its driver cannot serve answers HTTP 503 and comes back ENXIO."""
+    status, body = encode_error(NoDriver("model ext cannot run: the driver cannot be built: refused"))
+    assert (status, decode_error(body, "peer x").errno) == (503, errno.ENXIO)
 
 
 def test_degraded_keeps_the_storage_errno():

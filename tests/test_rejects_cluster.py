@@ -13,6 +13,7 @@ import errno
 import io
 import socket
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -25,15 +26,12 @@ from apeinxfs.cluster.peer_server import PeerServer, prepare
 from apeinxfs.cluster.peer_wire import REJECTS_HEADER, TokenFile, Tokens
 from apeinxfs.cluster.records import NodeRecord
 from apeinxfs.kernel.errors import ApeinxError, Denied
-from apeinxfs.nodes import ctl
-from apeinxfs.nodes.base import Caller, Command
-from apeinxfs.nodes.forwarding import Forwarding
-from apeinxfs.nodes.tenants import tenants_ctl
+from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.tree import Tree
 from engines import free_port
 from test_nodes import resolve
 from test_rejects import rejects
-from test_shared_settings import EchoEtcd, add, node
+from test_shared_settings import EchoEtcd, add, ctl_tenants, node
 
 TOKEN = b"rejects-" + b"0" * 16
 ADMIN = Caller(uid=0, pid=10)
@@ -68,12 +66,12 @@ def closed():
 
 
 def a_router(tmp_path, url: str, records=(), models=("sim",)):
-    """Node a's Router, which reaches node b (holding `models`) at `url` through a real Peer client."""
+    """Node a's Router, which reaches node b (holding `models`) at `url` through a real Peer client, and a's tree."""
     router = standin_cluster.router(standin_cluster.runtime(tmp_path / "a"),
                                     [*records, NodeRecord(name="b", epoch=1, seen_us=0, slots_free=8,
                                                           kv_pages_free=100, models=models, advertise="b")])
     router.peers["http://b"] = Peer(url, TOKEN, timeout=TIMEOUT_S, connect_timeout=TIMEOUT_S)
-    return router
+    return router, Tree(router.rt)  # a's tree: its ctl files' refused writes are recorded at their paths in it
 
 
 def submitted(tree, caller, line: str) -> int:
@@ -115,7 +113,7 @@ async def test_a_forwarded_task_ctl_write_leaves_one_reject_line_on_the_node_tha
     tree_b = Tree(standin_cluster.runtime(tmp_path / "b"))
     pid, line = case(tree_b, monkeypatch)
     async with serving(tree_b) as url:
-        router = a_router(tmp_path, url)
+        router, _ = a_router(tmp_path, url)
         handle = router.task_dir(pid, "b").child("ctl").open(USER, writing=True, reading=False)
         with pytest.raises(ApeinxError) as refused:
             await handle.write_async(f"{line}\n".encode())
@@ -155,7 +153,7 @@ async def test_a_role_refused_at_bs_resolve_is_journaled_and_audited_on_a_only(t
     pid = submitted(tree_b, USER, LINE)
     viewer = Caller(uid=4243, gid=4243, pid=12, role="viewer")
     async with serving(tree_b) as url:
-        router = a_router(tmp_path, url)
+        router, _ = a_router(tmp_path, url)
         handle = router.task_dir(pid, "b").child("ctl").open(viewer, writing=True, reading=False)
         with pytest.raises(Denied) as refused:
             await handle.write_async(b"prio 3\n")
@@ -173,7 +171,7 @@ async def test_a_bug_in_bs_write_leaves_no_reject_line_on_either_node(tmp_path, 
         raise ZeroDivisionError("a bug in b's commit")
     monkeypatch.setattr(tree_b.rt, "commit_checked", bug)
     async with serving(tree_b) as url:
-        router = a_router(tmp_path, url)
+        router, _ = a_router(tmp_path, url)
         handle = router.task_dir(pid, "b").child("ctl").open(USER, writing=True, reading=False)
         with pytest.raises(ApeinxError) as refused:
             await handle.write_async(b"prio 3\n")
@@ -189,7 +187,7 @@ async def test_a_forwarded_write_never_answered_leaves_no_reject_line_and_one_ne
     """A write to the ctl of a task on b when b cannot be connected to is refused here, with a reject line here;
     when b takes the request and never answers, its outcome is unknown and no node writes a reject line."""
     with peer() as url:
-        router = a_router(tmp_path, url)
+        router, _ = a_router(tmp_path, url)
         handle = router.task_dir(4242, "b").child("ctl").open(USER, writing=True, reading=False)
         with pytest.raises(ApeinxError) as refused:
             await handle.write_async(b"prio 3\n")
@@ -207,12 +205,11 @@ async def test_a_split_submit_partly_run_leaves_the_refusals_and_the_lost_answer
     tree_b = Tree(standin_cluster.runtime(tmp_path / "b"))
     with silent() as quiet:
         async with serving(tree_b) as url:
-            router = a_router(tmp_path, url if on_b else quiet, [NodeRecord(
+            router, tree_a = a_router(tmp_path, url if on_b else quiet, [NodeRecord(
                 name="a", epoch=1, seen_us=0, slots_free=8, kv_pages_free=100, models=("sim",), advertise="a")],
                 models=b_models)
             rt = router.rt
-            submit = Forwarding(mode=0o100666, run=ctl.submit(rt), route=router.route_submit,
-                                limits=rt.buffers, rejects=rt.rejects_at("/ctl/submit"))
+            submit = attrs.evolve(resolve(tree_a, "/ctl/submit"), route=router.route_submit)
             handle = submit.open(ADMIN, writing=True, reading=True)
             with pytest.raises(ApeinxError) as refused:
                 await handle.write_async("".join(f"{line}\n" for line in lines).encode())
@@ -224,8 +221,7 @@ async def test_a_split_submit_partly_run_leaves_the_refusals_and_the_lost_answer
 
 
 def tenants(rt):
-    return Command(mode=0o100600, run=tenants_ctl(rt), limits=rt.buffers, rejects=rt.rejects_at("/ctl/tenants")).open(
-        ADMIN, writing=True, reading=True)
+    return ctl_tenants(rt, ADMIN)
 
 
 @pytest.mark.parametrize("member, here", [(closed, 1), (silent, 0)])

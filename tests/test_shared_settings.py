@@ -7,6 +7,8 @@ is applied here, with this node's refusal; a replay of the journal gives the sam
 """
 import errno
 
+import attrs
+
 import pytest
 
 from apeinxfs import config as config_mod
@@ -19,9 +21,10 @@ from apeinxfs.kernel.errors import ApeinxError, Busy, Exists, Invalid
 from apeinxfs.kernel.events import RemoveTenant, SetPolicy, SetRules, SetTenant, Shared, Submit
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.kernel.tenant_config import TenantConfig
-from apeinxfs.nodes.base import Caller, Command
-from apeinxfs.nodes.tenants import tenants_ctl
+from apeinxfs.nodes.base import Caller
+from apeinxfs.nodes.tree import Tree
 from apeinxfs.runtime import Runtime
+from test_nodes import resolve
 
 CONFIG = '[daemon]\nnode = "n1"\n[cluster]\netcd = ["http://127.0.0.1:1"]\nprefix = "t/"\n[gpus]\nsimulated = 1\n'
 
@@ -56,6 +59,11 @@ def node(tmp_path, more_config: str = "", clock=None) -> Runtime:
     runtime = Runtime(config, Journal(str(tmp_path / "state" / "journal.db")), clock=clock)
     runtime.cluster = Cluster(config.cluster, runtime)
     return runtime
+
+
+def ctl_tenants(rt, caller: Caller = Caller()):
+    """A descriptor of /ctl/tenants in a Tree over `rt`, open for writing and for reading its replies."""
+    return attrs.evolve(resolve(Tree(rt), "/ctl/tenants"), mode=0o100600).open(caller, writing=True, reading=True)
 
 
 def entry(revision: int, node_name: str, *events) -> KeyValue:
@@ -117,8 +125,7 @@ async def test_a_write_to_ctl_tenants_returns_once_its_entry_is_applied_here(tmp
     a Shared line; without etcd the put's EAGAIN is the write's, and nothing changed."""
     rt = node(tmp_path)
     rt.cluster.shared.etcd = EchoEtcd(rt.cluster.shared)
-    handle = Command(mode=0o100600, run=tenants_ctl(rt), limits=rt.buffers, rejects=rt.rejects_at("/ctl/tenants")).open(
-        Caller(), writing=True, reading=True)
+    handle = ctl_tenants(rt)
     assert await handle.write_async(b"add t1 weight=300\n") == 18
     assert rt.kernel.tenancy.tenants["t1"].weight == 300 and rt.kernel.shared.revision == 101
     rt.cluster.shared.etcd = EchoEtcd(rt.cluster.shared, refuse=Unavailable("etcd: no quorum within 8s"))
@@ -134,8 +141,7 @@ async def test_an_entry_this_node_refuses_when_it_comes_fails_the_write_with_tha
     came, is refused when applied, and the write fails with EEXIST."""
     rt = node(tmp_path)
     echo = rt.cluster.shared.etcd = EchoEtcd(rt.cluster.shared)
-    handle = Command(mode=0o100600, run=tenants_ctl(rt), limits=rt.buffers, rejects=rt.rejects_at("/ctl/tenants")).open(
-        Caller(), writing=True, reading=True)
+    handle = ctl_tenants(rt)
     echo.first = ("b", [add("t1", 222)])
     with pytest.raises(Exists) as refused:
         await handle.write_async(b"add t1 weight=300\n")

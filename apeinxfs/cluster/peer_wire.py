@@ -26,8 +26,8 @@ import re
 import attrs
 
 from ..kernel.access import RANKS
-from ..kernel.errors import (ApeinxError, Busy, Degraded, Denied, Exists, Hidden, Invalid, NoSpace, NotFound,
-                             NotPermitted, OverQuota, RejectLine, TooMany)
+from ..kernel.errors import (ApeinxError, Busy, Degraded, Denied, Exists, Hidden, Invalid, NoDriver, NoSpace,
+                             NotFound, NotPermitted, OverQuota, RejectLine, TooMany)
 from ..nodes.base import Caller
 from .renewal import Renewable, Wording
 from .secretfile import read_private
@@ -41,7 +41,8 @@ TOKEN_BYTES = re.compile(rb"[\x21-\x7e]+")
 TOKEN_WORDING = Wording("edited peer token file", "the tokens loaded before stay in use",
                         "its first token is sent, each is accepted")
 STATUS_OF_ERRNO = {errno.EINVAL: 400, errno.EACCES: 403, errno.EPERM: 403, errno.EDQUOT: 403, errno.ENOENT: 404,
-                   errno.EBUSY: 409, errno.EEXIST: 409, errno.E2BIG: 413, errno.EAGAIN: 503}
+                   errno.EBUSY: 409, errno.EEXIST: 409, errno.E2BIG: 413, errno.EAGAIN: 503,
+                   errno.ENXIO: 503}  # ENXIO: a model whose driver cannot be built there (NoDriver): it cannot serve it
 
 
 class PeerDown(ApeinxError):
@@ -73,7 +74,7 @@ class RemoteError(ApeinxError):
 
 
 ERRORS = {cls.__name__: cls for cls in (Invalid, NotFound, Hidden, Denied, NotPermitted, OverQuota, NoSpace,
-                                        Exists, Busy, TooMany, PeerDown, PeerRefused)}
+                                        Exists, Busy, TooMany, NoDriver, PeerDown, PeerRefused)}
 
 
 def encode_error(exc: ApeinxError, written: bool = False) -> tuple[int, bytes]:

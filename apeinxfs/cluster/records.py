@@ -6,7 +6,7 @@ kernel; `NodeView` is a record as the cluster sees it (up or down, leading or no
 tells which a key is; `unchanged` guards a read-modify-write txn. Pure: no etcd calls, no trio.
 """
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import attrs
 
@@ -85,9 +85,10 @@ class NodeView:
 
 
 def record_of(kernel, epoch: int, seen_us: int, advertise: str | None,
-              live_pids: tuple[str, dict[str, str]] | None = None) -> NodeRecord:
-    """The record a node publishes: its kernel's GPUs, free slots and KV pages, queue, live tasks and
-    cached prompt prefixes (its tenants' use goes in usage keys: usagekeys.py); its live pids (`tasks`,
+              live_pids: tuple[str, dict[str, str]] | None = None, cannot_run: Collection[str] = ()) -> NodeRecord:
+    """The record a node publishes: its kernel's GPUs, free slots and KV pages, queue, live tasks, the models it
+    can run (not those in `cannot_run`, whose driver cannot be built here: placement sends it no task of theirs)
+    and cached prompt prefixes (its tenants' use goes in usage keys: usagekeys.py); its live pids (`tasks`,
     `tenants`) are `live_pids` if given (a cluster node's record gives ("", {}): they are in its live keys),
     else `scan`ned now off the task table's index of them (each tenant's sorted)."""
     tasks, tenants = live_pids if live_pids is not None else scan(kernel)
@@ -97,7 +98,7 @@ def record_of(kernel, epoch: int, seen_us: int, advertise: str | None,
                       kv_pages_free=sum(pool.pages_free for pool in kernel.kv.pools),
                       queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING),
                       live=len(kernel.tasks) - kernel.tasks.count(State.EXITED), tasks=tasks,
-                      models=sorted(kernel.models), advertise=advertise, pid_next=kernel.tasks.next_pid,
+                      models=sorted(set(kernel.models) - set(cannot_run)), advertise=advertise, pid_next=kernel.tasks.next_pid,
                       tenants=tenants, prefixes=prefixes, prefix_blocks=prefix_blocks)
 
 
@@ -105,8 +106,12 @@ def scan(kernel) -> tuple[str, dict[str, str]]:
     """The live pids of a record, read off the task table's index of them: (all as ranges, each tenant's as
     ranges)."""
     by_tenant = kernel.tasks.live_pids.by_tenant
-    every = sorted(pid for pids in by_tenant.values() for pid in pids)
-    return pid_ranges(every), tenant_ranges({tenant: pid_ranges(sorted(pids)) for tenant, pids in by_tenant.items()})
+    return live_ranges(kernel), tenant_ranges({tenant: pid_ranges(sorted(pids)) for tenant, pids in by_tenant.items()})
+
+
+def live_ranges(kernel) -> str:
+    """Every live pid as ranges (`scan`'s first part), read off the task table's index of them."""
+    return pid_ranges(sorted(pid for pids in kernel.tasks.live_pids.by_tenant.values() for pid in pids))
 
 
 @attrs.define

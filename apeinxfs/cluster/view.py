@@ -49,7 +49,10 @@ class ClusterView:
         self._firsts: list[int] | None = None  # the blocks' first pids in order, once asked for
         self.tasks: dict[int, tuple[TaskKey, int]] = {}  # pid -> (its task key, the key's mod revision)
         self.live: dict[str, dict[str, str]] = {}  # node -> tenant -> its live pids as ranges (its live keys)
-        self.pids_by_node: dict[str, int] = {}  # node -> how many pids its live keys name in all
+        # node -> how many pids its live keys name in all: a running total, not summed from _pids_by_key at each
+        # live key event (a node of 1,000 tenants' keys: 3.4x the event's CPU summed from a dict of its counts, 41x
+        # from _pids_by_key as it is keyed)
+        self.pids_by_node: dict[str, int] = {}
         self._pids_by_key: dict[str, int] = {}  # live key NODE/TENANT held -> how many pids it names
         self._merged: dict[str, str] = {}  # node -> its live keys' pids as one ranges text, once asked for
         self.unread_live: dict[str, str] = {}  # live key NODE/TENANT held unread -> why (logged once for it)

@@ -41,6 +41,7 @@ from ..kernel.errors import Invalid
 from ..kernel.events import Chunk, Failed, Interrupted
 from ..kernel.task import State
 from . import bare, flow, options, pacing, scrape, spares, sse
+from .bounded import up_to
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per task in the daemon's log
 
@@ -299,18 +300,7 @@ async def _check(response) -> None:
         raise Broken(f"a compressed answer (Content-Encoding: {coding}), though identity was asked")
     if response.status_code == 200:
         return
-    text = f"(a body in {coding})" if coding else (await _start_of(response.aiter_bytes())).decode(errors="replace")
+    text = f"(a body in {coding})" if coding else (await up_to(response.aiter_bytes(), ERROR_BYTES)).decode(errors="replace")
     detail = f"HTTP {response.status_code}: {scrape.one_line(text)}"
     failures = {503: Loading, 404: NotServed}
     raise failures.get(response.status_code, Unreachable if response.status_code >= 500 else Broken)(detail)
-
-
-async def _start_of(pieces) -> bytes:
-    """The first ERROR_BYTES bytes of a body's `pieces` (an async generator, closed here)."""
-    start = bytearray()
-    async with contextlib.aclosing(pieces):
-        async for piece in pieces:
-            start += piece[:ERROR_BYTES - len(start)]
-            if len(start) == ERROR_BYTES:
-                break
-    return bytes(start)

@@ -17,6 +17,7 @@ import attrs
 
 from ..kernel.access import id_fits
 from ..kernel.events import TOKENS_MAX, Chunk
+from .bounded import up_to
 
 DONE = "[DONE]"
 USAGE_COUNTS = ("completion_tokens", "prompt_tokens")
@@ -75,12 +76,7 @@ async def lines(pieces):
 async def whole(pieces) -> str:
     """A body's bytes (`pieces`, an async generator, closed here) as text: an answer that is one event, whose
     data over EVENT_MAX bytes is a ProtocolError, not read on."""
-    body = bytearray()
-    async with contextlib.aclosing(pieces):
-        async for piece in pieces:
-            body += piece
-            if len(body) > EVENT_MAX:
-                raise ProtocolError(f"an answer of over {EVENT_MAX} bytes")
+    body = await up_to(pieces, EVENT_MAX, ProtocolError(f"an answer of over {EVENT_MAX} bytes"))
     return body.decode("utf-8", "replace")
 
 

@@ -123,6 +123,13 @@ class NoBuffers(ApeinxError):
     errno = errno.ENOBUFS
 
 
+class NoDriver(ApeinxError):
+    """A task of a model this node has no driver for (its driver cannot be built: enginehost.CannotRun), as
+    Linux answers the open of a device that no driver serves."""
+
+    errno = errno.ENXIO
+
+
 class Degraded(ApeinxError):
     """The journal cannot be written (disk full, I/O error, read-only): state changes wait until it can.
 

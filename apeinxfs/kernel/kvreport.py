@@ -66,7 +66,7 @@ class KVReports:
             raise Invalid(f"an engine's KV report of {event.tokens!r} tokens on gpus {list(event.gpus)}: tokens "
                           f"must be an integer >= 0 and GPUs 0 to {count - 1}")
         if event.model in self._models:
-            self._check_room(event.model, event.gpus or self._every_gpu(), event.tokens)
+            self._check_room(event.model, self._named(event.gpus), event.tokens)
 
     def _check_room(self, model: str, gpus: tuple[int, ...], tokens: int) -> None:
         """Refuse a report of over ABSURD times the pages the GPUs hold: no engine's, a liar's or a bug's."""
@@ -76,32 +76,32 @@ class KVReports:
                           f"more than {ABSURD} times the {room} those GPUs hold")
 
     def _room(self, gpus: tuple[int, ...]) -> int:
-        """The pages GPUs `gpus` hold (none named: every GPU)."""
-        return sum(self.kv.pools[gpu].pages_total for gpu in gpus or self._every_gpu())
+        """The pages GPUs `gpus` hold (as `_named` gives them)."""
+        return sum(self.kv.pools[gpu].pages_total for gpu in gpus)
 
     def _taken(self, model: str, tokens: int) -> int:
         return pages_for(tokens, self._models[model].token_bytes, self.kv.page_bytes)
 
     def pages_of(self, model: str, gpus: tuple[int, ...], tokens: int) -> int:
-        """The pages `tokens` tokens of `model`'s engine on `gpus` count for (the daemon journals a report when
-        they change): what they take, at most the GPUs' room."""
-        return min(self._taken(model, tokens), self._room(gpus))
+        """The pages `tokens` tokens of `model`'s engine on `gpus` (none: every GPU) count for (the daemon journals
+        a report when they change): what they take, at most the GPUs' room."""
+        return min(self._taken(model, tokens), self._room(self._named(gpus)))
 
     def beyond_room(self, model: str, gpus: tuple[int, ...], tokens: int) -> str | None:
         """In words, if a report of `tokens` takes more pages than its GPUs hold (counted as full); else None."""
-        pages, room = self._taken(model, tokens), self._room(gpus)
+        pages, room = self._taken(model, tokens), self._room(self._named(gpus))
         return (f"its KV report of {tokens} tokens takes {pages} pages, more than the {room} its GPUs hold here: "
                 f"counted as full") if pages > room else None
 
     def last(self, model: str, gpus: tuple[int, ...]) -> Report | None:
         """The last report of `model`'s engine on `gpus` (as the event named them)."""
-        return self.reports.get((model, gpus or self._every_gpu()))
+        return self.reports.get((model, self._named(gpus)))
 
     def record(self, event: ev.EngineKV) -> None:
         if event.model not in self._models:  # removed since the scrape
             return
-        gpus = event.gpus or self._every_gpu()
-        self.reports[event.model, gpus] = Report(event.tokens, self.pages_of(event.model, gpus, event.tokens))
+        report = Report(event.tokens, self.pages_of(event.model, event.gpus, event.tokens))
+        self.reports[event.model, self._named(event.gpus)] = report
         self._decide()
 
     def forget(self, model: str) -> None:
@@ -110,8 +110,9 @@ class KVReports:
             del self.reports[key]
         self._decide()
 
-    def _every_gpu(self) -> tuple[int, ...]:
-        return tuple(range(len(self.kv.pools)))
+    def _named(self, gpus: tuple[int, ...]) -> tuple[int, ...]:
+        """The GPUs an engine's report names: `gpus`, or every GPU where it names none."""
+        return gpus or tuple(range(len(self.kv.pools)))
 
     def engine_view(self, gpu: int) -> tuple[int, int] | None:
         """(pages, tokens) the engines report on `gpu`, their shares summed; None if none reported."""

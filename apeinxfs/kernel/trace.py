@@ -93,6 +93,13 @@ class TraceLog(Ring):
     def _indexes(self) -> tuple[array[int], ...]:
         return self._starts, self._task_prev, self._tenant_prev
 
+    def rewrite(self, change: Callable[[str], str]) -> bool:
+        """Ring.rewrite; the tenants' views, copies of the lines, are read afresh from the lines changed."""
+        changed = super().rewrite(change)
+        if changed:
+            self._tenant_views.clear()
+        return changed
+
     def forget(self, tenant: str) -> None:
         """`tenant` was removed: its view goes now, its name and chain once the lines up to now are dropped
         (they may name it); a tenant of that name that has lines again by then is kept."""

@@ -214,15 +214,14 @@ class Show(Node):
 
 
 @attrs.frozen
-class Rejects:
-    """Where the refused writes of the ctl file at `path` are recorded: `record(path, refusal, uid, pid, tenant)`
-    (Runtime.reject: a `reject` line)."""
+class Writes:
+    """What the writes of a ctl or settings file are held to and where their refusals go, one for every such
+    file of a daemon (Runtime.writes): `limits`, what its descriptors may hold (the daemon's buffers);
+    `rejects(node, refusal, caller)`, the `reject` line of a refused write, at the node's path in the tree
+    (nodes/tree.py `Tree.reject_at`); None: nowhere."""
 
-    record: Callable[..., None]
-    path: str
-
-    def __call__(self, refusal: ApeinxError, caller: Caller) -> None:
-        self.record(self.path, refusal, caller.uid, caller.pid, caller.tenant)
+    limits: Buffers = attrs.Factory(Buffers)
+    rejects: Callable[[Node, ApeinxError, Caller], None] | None = None
 
 
 @attrs.define(eq=False)
@@ -231,11 +230,10 @@ class Setting(Show):
 
     mode: int = stat.S_IFREG | 0o644
     run: object = None
-    limits: Buffers = attrs.field(kw_only=True)  # what its descriptors may hold (the daemon's)
-    rejects: Rejects | None = attrs.field(default=None, kw_only=True)  # where its refused writes go; None: nowhere
+    writes: Writes = attrs.field(kw_only=True)  # its limits and where its refused writes go (Runtime.writes)
 
     def open(self, caller, writing, reading, truncating=False):
-        return CommandHandle(self, caller, self.limits) if writing else SnapshotHandle(self)
+        return CommandHandle(self, caller, self.writes.limits) if writing else SnapshotHandle(self)
 
 
 @attrs.define(eq=False)
@@ -276,13 +274,12 @@ class Command(Node):
 
     mode: int = stat.S_IFREG | 0o222
     run: object = None
-    limits: Buffers = attrs.field(kw_only=True)  # what its descriptors may hold (the daemon's)
-    rejects: Rejects | None = attrs.field(default=None, kw_only=True)  # where its refused writes go; None: nowhere
+    writes: Writes = attrs.field(kw_only=True)  # its limits and where its refused writes go (Runtime.writes)
 
     def open(self, caller, writing, reading, truncating=False):
         if reading and not self.mode & 0o444:
             raise Denied("write-only file: write commands to it")
-        return CommandHandle(self, caller, self.limits)
+        return CommandHandle(self, caller, self.writes.limits)
 
 
 class Handle:
@@ -418,11 +415,12 @@ class CommandHandle(Handle):
             raise
 
     def journal(self, refusal: ApeinxError) -> None:
-        """The `reject` line of a refused write (its node's `rejects`), if it is this node's to write
+        """The `reject` line of a refused write (its node's `writes.rejects`), if it is this node's to write
         (RejectLine.HERE) and the write this handle's (not `part` of another's); none while degraded
         (Runtime.reject)."""
-        if refusal.reject_line is RejectLine.HERE and not self.part and self.node.rejects is not None:
-            self.node.rejects(refusal, self.caller)
+        rejects = self.node.writes.rejects
+        if refusal.reject_line is RejectLine.HERE and not self.part and rejects is not None:
+            rejects(self.node, refusal, self.caller)
 
     def write(self, data: bytes) -> int:
         """Run the complete lines, all or none; a line over LINE_MAX, or a write over the limits, refuses the
@@ -463,9 +461,13 @@ class CommandHandle(Handle):
         refusal reaches no caller: like any refusal it is journaled, traced and audited, also when it comes
         after the close (`refused_at_close`)."""
         with self.holding(), self.closing():
-            if self.pending:
-                lines, self.pending = [bytes(self.pending)], bytearray()
-                self._run(lines)
+            self._last_close()
+
+    def _last_close(self) -> None:
+        """What the last close runs (inside `closing`): an unterminated last line."""
+        if self.pending:
+            lines, self.pending = [bytes(self.pending)], bytearray()
+            self._run(lines)
 
     @contextlib.contextmanager
     def closing(self):

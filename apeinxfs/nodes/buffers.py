@@ -4,8 +4,8 @@ A write's complete lines are parsed, admitted and committed in one go on the dae
 `write_lines` of them, counted before any is parsed (E2BIG). A descriptor keeps the unfinished last line of
 its writes (up to LINE_MAX each): one uid's descriptors together at most `pending_bytes` (ENOBUFS), root's
 and admins' too, each uid apart, so that no uid's lines crowd out another's. Not here: what a line may say
-(nodes/ctl.py), how long it may be (base.LINE_MAX), or where a refused write is recorded (base.Rejects). A ctl
-file gets the daemon's Buffers when it is built, and hands them to each descriptor it opens.
+(nodes/ctl.py), how long it may be (base.LINE_MAX), or where a refused write is recorded (tree.Tree.reject_at). A
+ctl file gets the daemon's Buffers when it is built (base.Writes), and hands them to each descriptor it opens.
 """
 import attrs
 

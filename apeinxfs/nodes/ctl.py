@@ -7,7 +7,7 @@ parsed and checked first; if any is refused, nothing is applied, the refusal is 
 the same checks on a cluster write's lines as a dry run (nothing applied) before they are
 placed over the nodes, so such a write is refused whole as here.
 """
-from ..kernel.errors import ApeinxError, Denied, Hidden
+from ..kernel.errors import ApeinxError, Denied, Hidden, NoDriver
 from ..kernel.events import Control, Kill, Submit
 from ..kernel.grammar import parse_pid, parse_submit, parse_task_command
 from .base import decode_line
@@ -71,11 +71,22 @@ def _refuse(errors, count) -> None:
 
 
 def submit(rt):
-    """/ctl/submit: one task per line, replies are pids; a task goes into its caller's tenant."""
+    """/ctl/submit: one task per line, replies are pids; a task goes into its caller's tenant, and runs here."""
     def to_event(line, caller):
         caller.identity.require("user", "submitting")
-        return as_submit(rt, parse_submit(line, caller.tenant), caller)
+        event = as_submit(rt, parse_submit(line, caller.tenant), caller)
+        check_runnable(rt, event.spec)
+        return event
     return lambda lines, caller: run_lines(rt, lines, caller, to_event)
+
+
+def check_runnable(rt, spec) -> None:
+    """Refuse (ENXIO) a task of a model whose driver cannot be built here (enginehost.CannotRun): it would
+    only fail at once. Judged by the node that runs the line; not in check_anywhere's dry run, since another
+    node may run that model."""
+    model = rt.kernel.models.name_of(spec)
+    if (cannot_run := rt.cannot_run.get(model)) is not None:
+        raise NoDriver(cannot_run.why(model))
 
 
 def as_submit(rt, spec, caller) -> Submit:

@@ -47,7 +47,7 @@ class Forwarding(Command):
 
     def open(self, caller, writing, reading, truncating=False):
         super().open(caller, writing, reading, truncating)  # its refusals
-        return ForwardingHandle(self, caller, self.limits)
+        return ForwardingHandle(self, caller, self.writes.limits)
 
 
 @attrs.define(eq=False)

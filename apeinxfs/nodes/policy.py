@@ -47,7 +47,7 @@ class RulesFile(Setting):
     rt: object = None
 
     def open(self, caller, writing, reading, truncating=False):
-        return RulesHandle(self, caller, self.limits, replacing=truncating) if writing else SnapshotHandle(self)
+        return RulesHandle(self, caller, self.writes.limits, replacing=truncating) if writing else SnapshotHandle(self)
 
 
 @attrs.define(eq=False)
@@ -61,12 +61,11 @@ class RulesHandle(CommandHandle):
         self.replacing = False
         return replies
 
-    def release(self) -> None:
+    def _last_close(self) -> None:
         """Run an unterminated last line; then, if opened with O_TRUNC and nothing was written
         (`: > ctl/policy`), empty the list. A refused write leaves it as it was: all or nothing."""
-        with self.closing():
-            try:
-                super().release()
-            finally:
-                if self.replacing and not self.written:
-                    self._run([])
+        try:
+            super()._last_close()
+        finally:
+            if self.replacing and not self.written:
+                self._run([])

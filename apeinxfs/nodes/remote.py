@@ -63,10 +63,8 @@ class RemoteTaskDir(BuiltDir):
 
     def build(self, name):
         if name == "ctl":
-            rt = self.router.rt
             return Forwarding(mode=stat.S_IFREG | 0o220, run=self.unforwarded,
-                              route=self.router.route_ctl(self.pid, self.node),
-                              limits=rt.buffers, rejects=rt.rejects_at(f"/tasks/{self.pid}/ctl"))
+                              route=self.router.route_ctl(self.pid, self.node), writes=self.router.rt.writes)
         return remote_file(self.router.peer(self.node), self.pid, name)
 
     def unforwarded(self, lines, caller):

@@ -82,8 +82,7 @@ def _files(rt, task) -> dict:
     pid = task.pid
     return {
         "status": lambda: Show(show=lambda: status(task, _sandbox(rt, task), rt.cluster and rt.kernel.config.node)),
-        "ctl": lambda: Command(mode=stat.S_IFREG | 0o220, run=ctl.task_ctl(rt, pid),
-                               limits=rt.buffers, rejects=rt.rejects_at(f"/tasks/{pid}/ctl")),
+        "ctl": lambda: Command(mode=stat.S_IFREG | 0o220, run=ctl.task_ctl(rt, pid), writes=rt.writes),
         "prompt": lambda: Show(mode=PRIVATE, show=lambda: task.spec.prompt),
         "output": lambda: Log(mode=PRIVATE, source=lambda: task.output),
         "stream": lambda: Blocking(mode=PRIVATE, poll=lambda off: stream_poll(task, off), key=pid,

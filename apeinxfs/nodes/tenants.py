@@ -83,7 +83,7 @@ def _group_file(rt, name: str, group: str):
 def _setting(rt, name: str, file: str, show, change) -> Setting:
     """/tenants/NAME/FILE, showing `show()` and set by admins through `change(tenant, line)`."""
     return Setting(mode=ADMIN_WRITES, show=show, run=settings_writer(rt, name, file, change), write_role="admin",
-                   limits=rt.buffers, rejects=rt.rejects_at(f"/tenants/{name}/{file}"))
+                   writes=rt.writes)
 
 
 def _files(rt, name: str) -> dict:

@@ -12,9 +12,9 @@ import stat
 from functools import lru_cache, partial
 
 from .. import health
-from ..kernel.errors import NoSpace, NotFound
+from ..kernel.errors import ApeinxError, NoSpace, NotFound
 from . import billing, ctl, gpus, memory, metrics, policy, readme, replay, sched
-from .base import Command, Dir, NamedDirs, Setting, Show, viewed
+from .base import Caller, Command, Dir, NamedDirs, Setting, Show, Writes, viewed
 from .forwarding import Forwarding, recording, routing
 from . import tasks
 from .members import NodesDir, link
@@ -69,15 +69,12 @@ def build_root(rt) -> Dir:
         "README": Show(show=readme.show),
         "ctl": Dir(children={
             "submit": Forwarding(mode=stat.S_IFREG | 0o666, run=ctl.submit(rt), route=routing(rt, "submit"),
-                                 settle=recording(rt), limits=rt.buffers, rejects=rt.rejects_at("/ctl/submit")),
-            "kill": Forwarding(run=ctl.kill(rt), route=routing(rt, "kill"), limits=rt.buffers,
-                               rejects=rt.rejects_at("/ctl/kill")),
-            "tenants": Command(mode=stat.S_IFREG | 0o200, run=tenants_ctl(rt), write_role="admin",
-                               limits=rt.buffers, rejects=rt.rejects_at("/ctl/tenants")),
-            "models": Command(mode=stat.S_IFREG | 0o200, run=models_ctl(rt), write_role="admin",
-                              limits=rt.buffers, rejects=rt.rejects_at("/ctl/models")),
+                                 settle=recording(rt), writes=rt.writes),
+            "kill": Forwarding(run=ctl.kill(rt), route=routing(rt, "kill"), writes=rt.writes),
+            "tenants": Command(mode=stat.S_IFREG | 0o200, run=tenants_ctl(rt), write_role="admin", writes=rt.writes),
+            "models": Command(mode=stat.S_IFREG | 0o200, run=models_ctl(rt), write_role="admin", writes=rt.writes),
             "policy": policy.RulesFile(rt=rt, show=partial(policy.show, kernel), write_role="admin",
-                                      limits=rt.buffers, rejects=rt.rejects_at("/ctl/policy")),
+                                      writes=rt.writes),
         }),
         "tasks": TasksDir(rt=rt),
         "models": ModelsDir(rt=rt),
@@ -100,7 +97,7 @@ def build_root(rt) -> Dir:
         "replay": ReplayDir(rt),
         "sched": Dir(children={
             "policy": Setting(show=partial(sched.policy, kernel), run=sched.set_policy(rt), write_role="admin",
-                              limits=rt.buffers, rejects=rt.rejects_at("/sched/policy")),
+                              writes=rt.writes),
             "runqueue": Show(show=partial(sched.runqueue, kernel), tenanted=True),
             "stat": Show(show=partial(sched.stat, kernel)),
         }),
@@ -120,6 +117,9 @@ class Tree:
         self.rt = rt
         self.static: dict[int, object] = {}
         self.paths: dict[int, str] = {}
+        if hasattr(rt, "writes"):  # files built later by either tree would take the last tree's paths
+            raise RuntimeError("one Tree per Runtime: this one already has a tree")
+        rt.writes = Writes(rt.buffers, self.reject_at)  # every ctl and settings file's, built from here on
         self.root = build_root(rt)
         self.named = [self.root.children[name] for name in ("models", "tenants", "nodes")]
         self._number(self.root)
@@ -146,6 +146,10 @@ class Tree:
             return f"{self.paths[named.inode]}/{named.name_of(node.inode)}"
         pid, slot = divmod(node.inode - PID_BASE, SLOTS)
         return f"/replay/{pid}" if slot == REPLAY_SLOT else f"/tasks/{pid}/{tasks.FILES[slot - 1]}"
+
+    def reject_at(self, node, refusal: ApeinxError, caller: Caller) -> None:
+        """The `reject` line of a write to `node` refused (Runtime.reject), at its path."""
+        self.rt.reject(self.path_of(node), refusal, caller.uid, caller.pid, caller.tenant)
 
     def node(self, inode: int):
         """The node of `inode`, or NotFound (a task that no longer exists)."""
