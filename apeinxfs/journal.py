@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import sqlite3
+import urllib.parse
 import zlib
 from collections.abc import Callable, Iterator
 
@@ -151,7 +152,7 @@ class Unreadable(ApeinxError):
 def connected(path: str, readonly: bool) -> sqlite3.Connection:
     """A connection to the journal at `path`, read-only or set up for the daemon's writes."""
     if readonly:
-        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        return sqlite3.connect(uri(path, "ro"), uri=True, isolation_level=None)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new file: compaction gives pages back (compact)
@@ -160,6 +161,12 @@ def connected(path: str, readonly: bool) -> sqlite3.Connection:
     db.execute(f"PRAGMA journal_size_limit={WAL_BYTES}")  # the WAL is cut back to this once reset
     db.executescript(SCHEMA)
     return db
+
+
+def uri(path: str, mode: str) -> str:
+    """SQLite's URI of the file at `path` opened in `mode` ("ro", "rw": never a new file); the path quoted, as a
+    `#`, `?` or `%` in it would end it or be decoded."""
+    return f"file:{urllib.parse.quote(path)}?mode={mode}"
 
 
 def identity(path: str) -> tuple[int, int] | None:
@@ -404,7 +411,7 @@ def compact(path: str, upto: int) -> None:
     later row needs, then give the free pages back (the file shrinks) and empty the WAL. On a
     connection of its own: it runs in a thread beside the daemon's writes, which wait for each of
     its transactions (SQLite's busy timeout)."""
-    db = sqlite3.connect(f"file:{path}?mode=rw", uri=True, isolation_level=None, timeout=60)  # never a new file:
+    db = sqlite3.connect(uri(path, "rw"), uri=True, isolation_level=None, timeout=60)  # never a new file:
     try:  # one at the path of a journal deleted under the daemon would stop it writing its journal back
         while db.execute("DELETE FROM journal WHERE seq IN (SELECT seq FROM journal WHERE seq <= ? AND seq < "
                          "(SELECT max(seq) FROM journal) ORDER BY seq LIMIT ?)", (upto, COMPACT_ROWS)).rowcount:

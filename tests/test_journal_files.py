@@ -20,7 +20,7 @@ import pytest
 
 from apeinxfs import health, snapshots
 from apeinxfs.archive import Archive
-from apeinxfs.journal import Journal
+from apeinxfs.journal import Journal, compact
 from apeinxfs.kernel.errors import Degraded
 from apeinxfs.kernel.events import Chunk, Restart, Step, Submit
 from apeinxfs.kernel.task import State
@@ -187,3 +187,29 @@ def test_writes_after_rm_of_a_mounted_daemons_journal_survive_kill_9(tmp_path):
         assert {str(first), str(second)} <= set(os.listdir(daemon.path("tasks"))), daemon.log_tail()
         assert health_then == "State:\tok\n" and "was deleted or moved away under the daemon: written back" in log_then
 
+
+
+def test_compaction_and_readers_work_in_a_state_directory_whose_path_has_uri_characters(tmp_path):
+    """A state directory named with `#`, `?` and `%`: compaction deletes the rows behind `upto` in its journal
+    (its URI quotes the path) and a read-only reader reads it, leaving no stray file beside the directory."""
+    base = tmp_path / "st#a?t%41e"
+    base.mkdir()
+    with open_runtime(base) as rt:
+        path = rt.journal.path
+        for number in range(3):
+            submit(rt, name=f"job{number}")
+    compact(path, 2)
+    assert names(on_disk(path)) == ["job2"]
+    assert sorted(os.listdir(tmp_path)) == ["st#a?t%41e"]
+
+
+def test_compaction_of_a_deleted_journal_creates_no_file(tmp_path):
+    """Compaction running after journal.db was deleted fails, and leaves no empty journal at the path (where
+    the daemon's write-back would then find another file in its journal's place)."""
+    with open_runtime(tmp_path) as rt:
+        path = rt.journal.path
+        submit(rt, name="job")
+        remove(path + "*")
+        with pytest.raises(sqlite3.OperationalError):
+            compact(path, 1)
+        assert not os.path.exists(path)
