@@ -37,7 +37,8 @@ import attrs
 import trio
 
 from . import snapshots
-from .journal import LAST, compact, make_durable, storage_faults_as
+from .journal import LAST, compact, storage_faults_as
+from .journalfiles import make_durable
 from .kernel import Kernel
 from .kernel import events as ev
 from .kernel import migrations, state

@@ -9,6 +9,7 @@ go on after it (compaction.py), the trace archive kept whole. No FUSE here
 but the last test, which deletes a mounted daemon's journal with rm (tier 3-4; test_redteam4.py's D1
 test too).
 """
+import contextlib
 import errno
 import glob
 import logging
@@ -20,7 +21,8 @@ import pytest
 
 from apeinxfs import health, snapshots
 from apeinxfs.archive import Archive
-from apeinxfs.journal import Journal, compact
+from apeinxfs.journal import Journal, Unreadable, compact
+from apeinxfs.journalfiles import SetAside
 from apeinxfs.kernel.errors import Degraded
 from apeinxfs.kernel.events import Chunk, Restart, Step, Submit
 from apeinxfs.kernel.task import State
@@ -53,7 +55,7 @@ def health_of(rt) -> dict:
     return dict(line.split(":\t") for line in health.show(rt.health).splitlines())
 
 
-@pytest.mark.parametrize("deleted", ["journal.db*", "journal.db-wal"])
+@pytest.mark.parametrize("deleted", ["journal.db*", "journal.db", "journal.db-wal"])
 def test_a_journal_deleted_under_the_runtime_is_written_back_with_every_row(tmp_path, caplog, deleted):
     """Its files (all, or the -wal alone) unlinked: the next commit writes the journal back at its path, with
     the rows committed before, and goes there; health stays ok."""
@@ -213,3 +215,126 @@ def test_compaction_of_a_deleted_journal_creates_no_file(tmp_path):
         with pytest.raises(sqlite3.OperationalError):
             compact(path, 1)
         assert not os.path.exists(path)
+
+
+def test_a_journal_deleted_between_the_look_and_the_commit_is_written_back_with_that_row(tmp_path):
+    """`rm journal.db*` while a commit's INSERT is being prepared (after a look made before it would have seen
+    the files in place): the row acknowledged is in the journal at the path, written back after the commit."""
+    with open_runtime(tmp_path) as rt:
+        path = rt.journal.path
+        submit(rt, name="before")
+
+        def rm_while_inserting(action, table, *_):
+            if action == sqlite3.SQLITE_INSERT and table == "journal":
+                remove(path + "*")
+            return sqlite3.SQLITE_OK
+        rt.journal.db.set_authorizer(rm_while_inserting)
+        submit(rt, name="during")
+        assert names(on_disk(path)) == ["before", "during"]
+
+
+def replaced_then_killed(tmp_path) -> list[int]:
+    """In a child: a runtime works, journal.db is replaced (mv) by an older copy, a submit is refused, and the
+    child dies as kill -9 would (no close); the pids acknowledged before."""
+    child = os.fork()
+    if child == 0:
+        try:
+            rt = daemon_like(tmp_path)
+            work(rt, 1)
+            older = sqlite3.connect(tmp_path / "older.db")
+            rt.journal.db.backup(older)
+            older.close()
+            acked = [submit(rt, name=f"acked{number}") for number in range(3)]
+            (tmp_path / "acked").write_text(" ".join(map(str, acked)))
+            os.replace(tmp_path / "older.db", rt.journal.path)
+            with contextlib.suppress(Degraded):
+                submit(rt, name="refused")
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    return [int(pid) for pid in (tmp_path / "acked").read_text().split()]
+
+
+def test_a_journal_replaced_then_killed_is_set_aside_and_the_start_says_so(tmp_path):
+    """journal.db replaced (mv) under the runtime, which then dies: its rows were set aside when the other file
+    was first seen and its -wal taken from beside it (which reads whole); the start refuses naming
+    journal.db.displaced and what to do, and done so, holds every acknowledged task."""
+    acked = replaced_then_killed(tmp_path)
+    path = str(tmp_path / "state" / "journal.db")
+    assert names(on_disk(path)) == ["job", "job", "Step", "Step", "Step", "Tick"]  # the older copy, no -wal on top
+    with pytest.raises(SetAside, match=f"{path}.displaced: the rows of a daemon .* move {path}.displaced to {path}"):
+        daemon_like(tmp_path)
+    remove(path)
+    remove(path + "-*")
+    os.rename(path + ".displaced", path)
+    again = daemon_like(tmp_path)
+    again.recover()
+    assert set(acked) <= set(again.kernel.tasks)
+    again.close()
+
+
+def test_a_second_set_aside_never_overwrites_the_first(tmp_path):
+    """A journal.db.displaced already beside the journal: a replacement sets the rows aside in
+    journal.db.displaced.2, leaving the first as it was."""
+    with open_runtime(tmp_path) as rt:
+        path = rt.journal.path
+        submit(rt, name="kept")
+        with open(path + ".displaced", "wb") as first:
+            first.write(b"an earlier episode's rows")
+        sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE other (x)")
+        os.replace(tmp_path / "other.db", path)
+        with pytest.raises(Degraded, match=f"the daemon's rows are in {path}.displaced.2"):
+            submit(rt, name="refused")
+        assert names(on_disk(path + ".displaced.2")) == ["kept"]
+        assert open(path + ".displaced", "rb").read() == b"an earlier episode's rows"
+        os.replace(path, tmp_path / "moved.db")
+
+
+def test_a_damaged_journal_at_start_is_unreadable_naming_it(tmp_path):
+    """A journal whose pages were overwritten (malformed, found reading the rows): the start raises Unreadable
+    naming the file and SQLite's words, not a bare DatabaseError."""
+    with open_runtime(tmp_path) as rt:
+        path = rt.journal.path
+        for number in range(200):
+            submit(rt, name=f"job{number}", prompt="x" * 200)
+    with open(path, "r+b") as file:
+        file.seek(4096 * 3)
+        file.write(b"\xff" * 4096 * 4)
+    with pytest.raises(Unreadable, match=f"cannot read the journal {path}: .*malformed"):
+        daemon_like(tmp_path).recover()  # found at its first write (boot) or reading the rows
+
+
+def write_back_killed(tmp_path, whole: bool) -> str:
+    """A state directory as a kill -9 during a write-back leaves it: journal.db gone, its copy in
+    journal.db.restore (whole, or half written); the journal's path."""
+    with open_runtime(tmp_path) as rt:
+        path = rt.journal.path
+        submit(rt, name="kept")
+        copy = sqlite3.connect(path + ".restore")
+        rt.journal.db.backup(copy)
+        copy.close()
+    if not whole:
+        os.truncate(path + ".restore", 1024)
+    remove(path)
+    remove(path + "-*")
+    return path
+
+
+def test_a_whole_copy_a_killed_write_back_left_is_used_at_start(tmp_path, caplog):
+    """journal.db.restore whole and no journal.db: the start uses it, saying so in the log."""
+    path = write_back_killed(tmp_path, whole=True)
+    with caplog.at_level(logging.WARNING, logger="apeinxfs.journal"):
+        journal = Journal(path)
+    assert names([event for _, _, event in journal.replay()]) == ["kept"] and not os.path.exists(path + ".restore")
+    assert "did not finish" in caplog.text
+    journal.close()
+
+
+@pytest.mark.parametrize("beside", [False, True])
+def test_a_start_refuses_a_copy_a_killed_write_back_left_half_or_beside_a_journal(tmp_path, beside):
+    """journal.db.restore half written, or beside a journal.db: the start refuses, naming it and what to do."""
+    path = write_back_killed(tmp_path, whole=beside)
+    if beside:
+        sqlite3.connect(path).close()
+    with pytest.raises(SetAside, match=f"{path}.restore: .*move it to {path} to start from it, or delete it"):
+        Journal(path)
