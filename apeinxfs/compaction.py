@@ -153,6 +153,18 @@ class Start:
         return [] if self.traced is None else [self.traced]
 
 
+def other_history(snapshot: snapshots.Snapshot, journal) -> str:
+    """Why `snapshot` and `journal` are of different histories (the journal holds the snapshot's row, another
+    one than the snapshot was written after); '' when they are not, or it cannot be told."""
+    crc = journal.crc_of(snapshot.seq)
+    if snapshot.row_crc is None or crc is None or crc == snapshot.row_crc:
+        return ""
+    return (f"{snapshot.path} was written after another journal row {snapshot.seq} than {journal.path} holds "
+            f"(crc32 {snapshot.row_crc:08x}, not {crc:08x}): they are of different histories (a journal started "
+            "afresh, or a backup of one put back); move away the one not to start from (the snapshots, or the "
+            "journal with its -wal and -shm)")
+
+
 def compacted_away(first_row: int, directory: str | None, problems: list[str]) -> str:
     """Why no kernel can be rebuilt when the journal starts at `first_row` and none of the snapshots in
     `directory` can be used (`problems` say why each cannot)."""
@@ -212,10 +224,15 @@ class Snapshotter:
         self.took_s = 0.0  # how long writing it took
         self.layout = state.layout(runtime.config.kernel)
         self.misses = Misses(runtime.clock.now_us())
+        self.lost = ""  # what the start said of journal rows lost behind the snapshot it used, if it did
 
     def warning(self) -> str | None:
-        """/health's warning while snapshots are not written: FAILURES_WARNED failed in a row, or none for
-        STALE_PERIODS x snapshot_s while journal rows wait for one (a writer that hangs, a loop that restarts)."""
+        """/health's warning: journal rows this start found lost (`lost`), and snapshots not written."""
+        return "; ".join(filter(None, (self.lost, self._missed()))) or None
+
+    def _missed(self) -> str | None:
+        """While snapshots are not written: FAILURES_WARNED failed in a row, or none for STALE_PERIODS x
+        snapshot_s while journal rows wait for one (a writer that hangs, a loop that restarts)."""
         misses, rows = self.misses, self.runtime.journal.last_seq - self.seq
         stale = rows > 0 and self.runtime.clock.now_us() - misses.written_us >= STALE_PERIODS * self.every_s * 1e6
         if misses.failed < FAILURES_WARNED and not stale:
@@ -235,10 +252,13 @@ class Snapshotter:
         if start is None and first > 1:
             raise CannotStart(compacted_away(first, self.directory, problems))
         start = start or Start(lambda: Kernel(config), 0, boot_config(config))
+        if start.snapshot is not None and (why := other_history(start.snapshot, journal)):
+            raise CannotStart(why)
         if start.seq > journal.last_seq:
-            log.error("the journal %s ends at row %d, before %s: rows %d..%d were lost from it (the file was deleted "
-                      "or replaced by an older copy); they are in the snapshot, and new rows go on from row %d",
-                      journal.path, journal.last_seq, start.name, journal.last_seq + 1, start.seq, start.seq + 1)
+            self.lost = (f"the journal {journal.path} ended at row {journal.last_seq}, before {start.name}: rows "
+                         f"{journal.last_seq + 1}..{start.seq} were lost from it (the file was deleted or replaced by "
+                         f"an older copy); the start used the snapshot, and new rows go on from row {start.seq + 1}")
+            log.error("%s", self.lost)
             journal.go_on_after(start.seq)
         self.seq = start.seq
         if start.snapshot is not None:
@@ -307,7 +327,8 @@ class Snapshotter:
         runtime = self.runtime
         runtime.journal.flush_all()
         kernel, seq = runtime.kernel, runtime.journal.last_seq
-        return seq, kernel.now_us, kernel.trace.seq, boot_config(runtime.config.kernel), self.layout
+        return (seq, kernel.now_us, kernel.trace.seq, boot_config(runtime.config.kernel), self.layout,
+                runtime.journal.crc_of(seq))
 
     def publish_when_written(self, child: int, seq: int) -> None:
         """Wait for the child writing the snapshot of row `seq`, then publish it."""

@@ -377,6 +377,11 @@ class Journal:
         query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
         return self.db.execute(query, (name,)).fetchone() is not None
 
+    def crc_of(self, seq: int) -> int | None:
+        """row_crc of row `seq`; None when the journal does not hold it."""
+        found = self.db.execute("SELECT kind, body FROM journal WHERE seq = ?", (seq,)).fetchone()
+        return None if found is None else row_crc(*found)
+
     def first_seq(self) -> int:
         """The seq of the first row the journal holds: 1 unless rows were compacted (`compact`)."""
         return self.db.execute("SELECT coalesce(min(seq), ?) FROM journal", (self.last_seq + 1,)).fetchone()[0]

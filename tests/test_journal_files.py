@@ -21,6 +21,7 @@ import pytest
 
 from apeinxfs import health, snapshots
 from apeinxfs.archive import Archive
+from apeinxfs.compaction import CannotStart
 from apeinxfs.journal import Journal, Unreadable, compact
 from apeinxfs.journalfiles import SetAside
 from apeinxfs.kernel.errors import Degraded
@@ -122,7 +123,9 @@ def test_a_start_uses_a_snapshot_past_an_emptied_journal_and_numbers_rows_after_
     with caplog.at_level(logging.WARNING):
         again.recover()
     assert sorted(again.kernel.tasks) == tasks and again.journal.first_seq() == seq + 1
-    assert f"ends at row 0, before snapshot-" in caplog.text and f"rows 1..{seq} were lost" in caplog.text
+    assert f"ended at row 0, before snapshot-" in caplog.text and f"rows 1..{seq} were lost" in caplog.text
+    warning = f"Warning:\tthe journal {again.journal.path} ended at row 0, before snapshot-"
+    assert warning in health.show(again.health, snapshotter=again.snapshotter)  # not only in the log
     assert "ahead of the journal" not in caplog.text and again.archive.seq > trace_seq
     assert f",requeue,{running}," in again.kernel.trace.lines_after(trace_seq).decode()  # the restart requeued it
     pid = submit(again, name="next")
@@ -338,3 +341,22 @@ def test_a_start_refuses_a_copy_a_killed_write_back_left_half_or_beside_a_journa
         sqlite3.connect(path).close()
     with pytest.raises(SetAside, match=f"{path}.restore: .*move it to {path} to start from it, or delete it"):
         Journal(path)
+
+
+def test_a_start_refuses_a_snapshot_of_another_history_than_the_journal(tmp_path):
+    """A journal started afresh beside the snapshots (as a start that ignored them once did), grown past the
+    snapshot's row: the start refuses, naming both files, rather than replay that journal's rows onto it."""
+    rt = daemon_like(tmp_path)
+    work(rt, 2)
+    rt.snapshotter.close()
+    seq = rt.snapshotter.seq
+    rt.close()
+    remove(str(tmp_path / "state" / "journal.db*"))
+    with open_runtime(tmp_path) as fresh:
+        for number in range(seq + 1):
+            submit(fresh, name=f"new{number}")
+    again = daemon_like(tmp_path)
+    with pytest.raises(CannotStart, match=f"snapshot-{seq:012d}.snap was written after another journal row {seq} "
+                                          f"than {again.journal.path} holds .* different histories"):
+        again.recover()
+    again.close()
