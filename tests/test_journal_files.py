@@ -16,6 +16,7 @@ import logging
 import os
 import sqlite3
 import subprocess
+import sys
 
 import pytest
 
@@ -360,3 +361,17 @@ def test_a_start_refuses_a_snapshot_of_another_history_than_the_journal(tmp_path
                                           f"than {again.journal.path} holds .* different histories"):
         again.recover()
     again.close()
+
+
+@pytest.mark.mount
+def test_a_mount_beside_rows_set_aside_refuses_naming_them(tmp_path):
+    """The mount command refuses a state directory holding journal.db.displaced, naming it and what to do."""
+    acked = replaced_then_killed(tmp_path)
+    assert acked
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    done = subprocess.run([sys.executable, "-m", "apeinxfs.cli", str(mountpoint), "--state-dir",
+                           str(tmp_path / "state")], capture_output=True, text=True, timeout=60)
+    displaced = os.path.join("state", "journal.db.displaced")
+    assert done.returncode == 1 and f"{displaced}: the rows of a daemon" in done.stderr, done.stderr
+    assert "to start from them, move" in done.stderr
