@@ -266,7 +266,11 @@ class Journal:
         if found == self._files:
             return
         if found[0] in (None, self._files[0]):
-            return self._write_back()
+            try:
+                return self._write_back()
+            except Degraded:
+                self._take_back(rows, traced)
+                raise
         self._take_back(rows, traced)
         self._set_aside(found[0])
         raise Degraded(errno.EIO, f"the journal {self.path} was replaced under the daemon by another file "
@@ -276,7 +280,9 @@ class Journal:
 
     def _take_back(self, rows: list[tuple], traced: list) -> None:
         """Delete `rows` and the trace rows of `traced`, just committed, from the journal's file: they were never
-        acknowledged. If that fails, the connection is given up (`_connected`)."""
+        acknowledged. If that fails, or a write-back closed the connection, it is given up (`_connected`)."""
+        if self._files is None:
+            return
         files, self._files = self._files, None
         with storage_faults_as(storage_fault), self.db:
             self.db.execute("BEGIN")
@@ -287,9 +293,10 @@ class Journal:
     def _write_back(self) -> None:
         """Write the journal back at its path from the open connection, and go on there; the copy of its rows
         set aside while another file held the path goes, as they are at the path again."""
-        files, self._files = self._files, None  # no connection until connected() succeeds
+        files = self._files
         with storage_faults_as(storage_fault):
-            temp = copied(self.db, self.path)
+            temp = copied(self.db, self.path)  # a failure here leaves all as it was: the next commit tries again
+            self._files = None  # no connection until connected() succeeds
             self.db.close()  # its file is gone from the path: SQLite neither checkpoints nor deletes the -wal
             drop_wal(self.path, files[1])  # which the copy would be read with on top
             os.replace(temp, self.path)

@@ -375,3 +375,19 @@ def test_a_mount_beside_rows_set_aside_refuses_naming_them(tmp_path):
     displaced = os.path.join("state", "journal.db.displaced")
     assert done.returncode == 1 and f"{displaced}: the rows of a daemon" in done.stderr, done.stderr
     assert "to start from them, move" in done.stderr
+
+
+def test_a_write_back_that_fails_is_tried_again_at_the_next_commit(tmp_path):
+    """journal.db* deleted and the write-back's copy refused (a directory where it goes): the submit is refused
+    (Degraded) and not journaled; once the way is clear the next submit writes the journal back, every row in it."""
+    with open_runtime(tmp_path) as rt:
+        path = rt.journal.path
+        submit(rt, name="before")
+        remove(path + "*")
+        os.mkdir(path + ".restore")
+        with pytest.raises(Degraded, match="the journal cannot be written"):
+            submit(rt, name="refused")
+        os.rmdir(path + ".restore")
+        assert rt.health.recover(rt.kernel, rt.journal, rt.clock.now_us())
+        submit(rt, name="after")
+        assert names(on_disk(path)) == ["before", "JournalFailed", "JournalRecovered", "after"]
