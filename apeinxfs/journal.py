@@ -386,12 +386,14 @@ class Journal:
 
     def crc_of(self, seq: int) -> int | None:
         """row_crc of row `seq`; None when the journal does not hold it."""
-        found = self.db.execute("SELECT kind, body FROM journal WHERE seq = ?", (seq,)).fetchone()
+        with unreadable(self.path):  # read at start
+            found = self.db.execute("SELECT kind, body FROM journal WHERE seq = ?", (seq,)).fetchone()
         return None if found is None else row_crc(*found)
 
     def first_seq(self) -> int:
         """The seq of the first row the journal holds: 1 unless rows were compacted (`compact`)."""
-        return self.db.execute("SELECT coalesce(min(seq), ?) FROM journal", (self.last_seq + 1,)).fetchone()[0]
+        with unreadable(self.path):  # read at start, where a damaged file is Unreadable
+            return self.db.execute("SELECT coalesce(min(seq), ?) FROM journal", (self.last_seq + 1,)).fetchone()[0]
 
     def __len__(self) -> int:
         return self.db.execute("SELECT count(*) FROM journal").fetchone()[0] + len(self._uncommitted)

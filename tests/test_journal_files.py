@@ -27,7 +27,7 @@ from apeinxfs.journal import Journal, Unreadable, compact
 from apeinxfs.journalfiles import SetAside
 from apeinxfs.kernel.errors import Degraded
 from apeinxfs.kernel.events import Chunk, Restart, Step, Submit
-from apeinxfs.kernel.task import State
+from apeinxfs.kernel.task import State, TaskSpec
 from apeinxfs.kernel.state import decode, encode
 from daemon import Daemon, sim_config
 from kernel_state import state_difference
@@ -391,3 +391,14 @@ def test_a_write_back_that_fails_is_tried_again_at_the_next_commit(tmp_path):
         assert rt.health.recover(rt.kernel, rt.journal, rt.clock.now_us())
         submit(rt, name="after")
         assert names(on_disk(path)) == ["before", "JournalFailed", "JournalRecovered", "after"]
+
+
+def test_a_journal_deleted_after_its_last_commit_is_written_back_at_close(tmp_path):
+    """journal.db* deleted when no commit follows (nothing pending, as with no trace rows kept): the close writes
+    the journal back, every row in it."""
+    path = str(tmp_path / "journal.db")
+    journal = Journal(path)
+    journal.append([(1, Submit(spec=TaskSpec(name="last", max_tokens=5), uid=1))])
+    remove(path + "*")
+    journal.close()
+    assert names(on_disk(path)) == ["last"]
