@@ -15,7 +15,8 @@ At start (`start`) the newest snapshot that reads whole, was written with the sa
 config (but for LIVE_KEYS, which the restored kernel takes from the config now: admins,
 the local time zone, retention's limits) and layout, or a layout that the migrations
 declared for its changes (kernel/migrations.py) bring to the code's, and whose rows after
-it the journal still holds, is the kernel the journal's tail is replayed into; a migrated
+it the journal still holds, is the kernel the journal's tail is replayed into (a snapshot of a row past the
+journal's last is used too: the journal lost rows the snapshot holds, and new rows are numbered after it); a migrated
 one is said in the log and, once the daemon runs, in a `migrate` trace line (`run`). A URL's credentials that
 its trace, audit trail or task exits show (rows of an old journal that older code applied as recorded) are hidden
 as it loads (`with_credentials_hidden`), as the kernel hides them applying a row now. When
@@ -36,7 +37,8 @@ import attrs
 import trio
 
 from . import snapshots
-from .journal import compact, make_durable, storage_faults_as
+from .journal import LAST, compact, storage_faults_as
+from .journalfiles import make_durable
 from .kernel import Kernel
 from .kernel import events as ev
 from .kernel import migrations, state
@@ -151,6 +153,18 @@ class Start:
         return [] if self.traced is None else [self.traced]
 
 
+def other_history(snapshot: snapshots.Snapshot, journal) -> str:
+    """Why `snapshot` and `journal` are of different histories (the journal holds the snapshot's row, another
+    one than the snapshot was written after); '' when they are not, or it cannot be told."""
+    crc = journal.crc_of(snapshot.seq)
+    if snapshot.row_crc is None or crc is None or crc == snapshot.row_crc:
+        return ""
+    return (f"{snapshot.path} was written after another journal row {snapshot.seq} than {journal.path} holds "
+            f"(crc32 {snapshot.row_crc:08x}, not {crc:08x}): they are of different histories (a journal started "
+            "afresh, or a backup of one put back); move away the one not to start from (the snapshots, or the "
+            "journal with its -wal and -shm)")
+
+
 def compacted_away(first_row: int, directory: str | None, problems: list[str]) -> str:
     """Why no kernel can be rebuilt when the journal starts at `first_row` and none of the snapshots in
     `directory` can be used (`problems` say why each cannot)."""
@@ -212,6 +226,7 @@ class Snapshotter:
         self.took_s = 0.0  # how long writing it took
         self.layout = state.layout(runtime.config.kernel)
         self.misses = Misses(runtime.clock.steady_us())  # steady: a clock step, a journal floor is no stale time
+        self.lost = ""  # what the start said of journal rows lost behind the snapshot it used, if it did
 
     def warning(self) -> str | None:
         """/health's warning while snapshots are not written: FAILURES_WARNED failed in a row, or none for
@@ -231,12 +246,20 @@ class Snapshotter:
         Raises CannotStart when rows were compacted and no snapshot can be used."""
         config, journal, problems = self.runtime.config.kernel, self.runtime.journal, []
         first = journal.first_seq()
-        start = next(starts(self.directory, lambda _seq: config, first, journal.last_seq, problems), None)
+        start = next(starts(self.directory, lambda _seq: config, first, LAST, problems), None)
         for problem in problems:
             log.error("snapshot not used: %s", problem)
         if start is None and first > 1:
             raise CannotStart(compacted_away(first, self.directory, problems))
         start = start or Start(lambda: Kernel(config), 0, boot_config(config))
+        if start.snapshot is not None and (why := other_history(start.snapshot, journal)):
+            raise CannotStart(why)
+        if start.seq > journal.last_seq:
+            self.lost = (f"the journal {journal.path} ended at row {journal.last_seq}, before {start.name}: rows "
+                         f"{journal.last_seq + 1}..{start.seq} were lost from it (the file was deleted or replaced by "
+                         f"an older copy); the start used the snapshot, and new rows go on from row {start.seq + 1}")
+            log.error("%s", self.lost)
+            journal.go_on_after(start.seq)
         self.seq = start.seq
         if start.snapshot is not None:
             log.info("starting from %s (journal row %d)", start.snapshot.path, start.seq)
@@ -306,7 +329,8 @@ class Snapshotter:
         runtime = self.runtime
         runtime.journal.flush_all()
         kernel, seq = runtime.kernel, runtime.journal.last_seq
-        return seq, kernel.now_us, kernel.trace.seq, boot_config(runtime.config.kernel), self.layout
+        return (seq, kernel.now_us, kernel.trace.seq, boot_config(runtime.config.kernel), self.layout,
+                runtime.journal.crc_of(seq))
 
     def publish_when_written(self, child: int, seq: int) -> None:
         """Wait for the child writing the snapshot of row `seq`, then publish it."""

@@ -20,6 +20,17 @@ A write the storage refuses (a full disk, an I/O error, a read-only file system,
 `Degraded` with the storage's errno and changes nothing: the transaction is rolled back,
 and the connection stays usable for the next try (runtime.py decides what the daemon does).
 
+After each commit, before the write is acknowledged, it looks (a stat of the file and of its -wal) whether the
+files at its path are still the ones it opened: rows committed to a file deleted under the daemon would be lost
+at its next start. When they were deleted (all of them, or either alone), it writes the journal back at its path
+from its open connection (SQLite's backup: every row, the WAL's too); when another file took the journal's place
+(a copy an operator put back, say), it takes the rows just committed back out, copies its rows once to a new
+journal.db.displaced[.N] (DISPLACED), takes its -wal and -shm from beside the other file (SQLite would read that
+file with them on top at its next open) and refuses with EIO (`Degraded`), naming both, until the other file is
+moved away (the next try writes the journal back and deletes the copy). A start (a writer's open) refuses while
+a DISPLACED file is there, and takes a write-back's whole copy (.restore) that a kill left in place of a journal
+(`SetAside` otherwise); a damaged file is `Unreadable` at start, in words.
+
 Behind a snapshot of the state (compaction.py) `compact` deletes the rows, their trace rows
 and the boot rows no later row needs, from a connection of its own; `first_seq` then says
 where the rows start.
@@ -30,6 +41,7 @@ does not run the kernel. `NullJournal` keeps nothing, for runs no one will repla
 import contextlib
 import errno
 import json
+import logging
 import os
 import sqlite3
 import zlib
@@ -37,6 +49,8 @@ from collections.abc import Callable, Iterator
 
 import attrs
 
+from .journalfiles import (DISPLACED, backed_up, copied, drop_wal, identity, refuse_set_aside, take_restore, unused_name,
+                           uri)
 from .kernel.errors import ApeinxError, Degraded
 from .kernel.events import Step, stamped_of_row, steps_to_row, to_row
 
@@ -58,6 +72,7 @@ CREATE TABLE IF NOT EXISTS trace (
     lines TEXT NOT NULL          -- the trace lines it emitted, each ending in a newline ('' for none)
 );
 """
+log = logging.getLogger(__name__)
 LAST = (1 << 63) - 1  # the largest seq SQLite holds: "to the end"
 FLUSH_ROWS = 32
 WAL_BYTES = 4 << 20
@@ -139,7 +154,7 @@ class Unreadable(ApeinxError):
 def connected(path: str, readonly: bool) -> sqlite3.Connection:
     """A connection to the journal at `path`, read-only or set up for the daemon's writes."""
     if readonly:
-        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        return sqlite3.connect(uri(path, "ro"), uri=True, isolation_level=None)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new file: compaction gives pages back (compact)
@@ -150,15 +165,25 @@ def connected(path: str, readonly: bool) -> sqlite3.Connection:
     return db
 
 
+def unreadable(path: str) -> contextlib.AbstractContextManager:
+    """What the storage refused reading the journal at `path` (a damaged file) raised as Unreadable, naming it."""
+    return storage_faults_as(lambda exc: Unreadable(f"cannot read the journal {path}: {exc}"))
+
+
 class Journal:
     """An open journal file; one writer (the daemon) at a time, or read-only readers. Unreadable, naming
     the file, if it is not a journal SQLite can read."""
 
     def __init__(self, path: str, readonly: bool = False, rows_per_commit: int = 1):
         self.path, self.rows_per_commit = path, rows_per_commit
-        with storage_faults_as(lambda exc: Unreadable(f"cannot read the journal {path}: {exc}")):
+        if not readonly:
+            refuse_set_aside(path)
+            take_restore(path)
+        with unreadable(path):
             self.db = connected(path, readonly)
             self.last_seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
+        self._files = None if readonly else self._identities()  # what it opened: a commit checks it is still there
+        self._aside: tuple[tuple | None, str] = (None, "")  # (the other file's identity, where its rows went)
         self._booted = False
         self._uncommitted: list[tuple] = []
         self._appended: list[tuple] = []
@@ -169,8 +194,21 @@ class Journal:
     def boot(self, kernel_config) -> None:
         """Record a daemon start with `kernel_config`; trace rows are kept from now on."""
         config = json.dumps(attrs.asdict(kernel_config), separators=(",", ":"), default=str)
-        self.db.execute("INSERT INTO boot (after_row, config) VALUES (?, ?)", (self.last_seq, config))
+        with unreadable(self.path):  # the first write at a start: a damaged file is found here too
+            self.db.execute("INSERT INTO boot (after_row, config) VALUES (?, ?)", (self.last_seq, config))
         self._booted = True
+
+    def go_on_after(self, seq: int) -> None:
+        """Number the next rows after `seq`, past the last row here: the row of the snapshot a start used
+        when the journal had lost rows (compaction.py). The rows here, behind the snapshot, go (as compaction
+        drops them), so that no gap is left for a replay from row 1; this boot's rows start after `seq`."""
+        self.last_seq = seq
+        with storage_faults_as(storage_fault), self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM journal WHERE seq <= ?", (seq,))
+            self.db.execute("DELETE FROM trace WHERE row <= ?", (seq,))
+            self.db.execute("DELETE FROM boot WHERE boot < (SELECT max(boot) FROM boot)")
+            self.db.execute("UPDATE boot SET after_row = ?", (seq,))
 
     def append(self, stamped: list[tuple[int, object]]) -> range:
         """Journal (time_us, event) pairs after the deferred steps, committed in one transaction (or
@@ -211,9 +249,70 @@ class Journal:
             self._commit(self._uncommitted, 1)
             self._uncommitted = []
 
+    def _identities(self) -> tuple:
+        return identity(self.path), identity(self.path + "-wal")
+
+    def _connected(self) -> None:
+        """Degraded (EIO) when an earlier write-back or take-back failed half way: no connection to go on with."""
+        if self._files is None:
+            raise Degraded(errno.EIO, f"the journal {self.path} could not be written back or set aside: "
+                                      "restart the daemon")
+
+    def _keep_files(self, rows: list[tuple], traced: list) -> None:
+        """Make sure the rows just committed are in the journal's files at its path: write them back if they
+        were deleted; if another file took the journal's place, take the rows back out, set the journal's rows
+        aside (`_set_aside`) and raise Degraded (EIO)."""
+        found = self._identities()
+        if found == self._files:
+            return
+        if found[0] in (None, self._files[0]):
+            try:
+                return self._write_back()
+            except Degraded:
+                self._take_back(rows, traced)
+                raise
+        self._take_back(rows, traced)
+        self._set_aside(found[0])
+        raise Degraded(errno.EIO, f"the journal {self.path} was replaced under the daemon by another file "
+                                  f"(inode {found[0][1]}, not {self._files[0][1]}); the daemon's rows are in "
+                                  f"{self._aside[1]}: move that other file away and the daemon writes its "
+                                  "journal back (a start refuses while the rows set aside are there)")
+
+    def _take_back(self, rows: list[tuple], traced: list) -> None:
+        """Delete `rows` and the trace rows of `traced`, just committed, from the journal's file: they were never
+        acknowledged. If that fails, or a write-back closed the connection, it is given up (`_connected`)."""
+        if self._files is None:
+            return
+        files, self._files = self._files, None
+        with storage_faults_as(storage_fault), self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("DELETE FROM journal WHERE seq = ?", [(row[0],) for row in rows])
+            self.db.executemany("DELETE FROM trace WHERE row = ?", [(e.row[0],) for e in traced])
+        self._files = files
+
+    def _write_back(self) -> None:
+        """Write the journal back at its path from the open connection, and go on there; the copy of its rows
+        set aside while another file held the path goes, as they are at the path again."""
+        files = self._files
+        with storage_faults_as(storage_fault):
+            temp = copied(self.db, self.path)  # a failure here leaves all as it was: the next commit tries again
+            self._files = None  # no connection until connected() succeeds
+            self.db.close()  # its file is gone from the path: SQLite neither checkpoints nor deletes the -wal
+            drop_wal(self.path, files[1])  # which the copy would be read with on top
+            os.replace(temp, self.path)
+            self.db = connected(self.path, readonly=False)
+        self._files = self._identities()
+        log.warning("the journal %s was deleted or moved away under the daemon: written back from its open copy "
+                    "(rows to %d)", self.path, self.last_seq)
+        if self._aside[1]:
+            os.unlink(self._aside[1])
+            log.warning("%s removed: its rows are in the journal written back", self._aside[1])
+            self._aside = (None, "")
+
     def _commit(self, rows: list[tuple], trace_rows_at_least: int) -> None:
         """One transaction: journal `rows`, and the trace rows pending if there are enough."""
         traced = list(self._pending) if len(self._pending) >= trace_rows_at_least else []
+        self._connected()
         try:
             with storage_faults_as(storage_fault), self.db:
                 self.db.execute("BEGIN")
@@ -223,6 +322,7 @@ class Journal:
         except Exception:  # a storage fault (Degraded) or a bug: either way no transaction is left open
             self._roll_back()
             raise
+        self._keep_files(rows, traced)  # after the commit, so no rm between look and commit goes unseen
         del self._pending[:len(traced)]
 
     def _roll_back(self) -> None:
@@ -253,7 +353,8 @@ class Journal:
     def rows(self, after: int = 0, upto: int = LAST):
         """Yield raw (seq, time_us, kind, body) rows with after < seq <= upto, in order."""
         query = "SELECT seq, time_us, kind, body FROM journal WHERE seq > ? AND seq <= ? ORDER BY seq"
-        yield from self.db.execute(query, (after, upto))
+        with unreadable(self.path):  # a damaged file is found reading its pages
+            yield from self.db.execute(query, (after, upto))
 
     def replay(self):
         """Yield (seq, time_us, event) in order: each step of a steps row with that row's seq."""
@@ -283,19 +384,46 @@ class Journal:
         query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
         return self.db.execute(query, (name,)).fetchone() is not None
 
+    def crc_of(self, seq: int) -> int | None:
+        """row_crc of row `seq`; None when the journal does not hold it."""
+        with unreadable(self.path):  # read at start
+            found = self.db.execute("SELECT kind, body FROM journal WHERE seq = ?", (seq,)).fetchone()
+        return None if found is None else row_crc(*found)
+
     def first_seq(self) -> int:
         """The seq of the first row the journal holds: 1 unless rows were compacted (`compact`)."""
-        return self.db.execute("SELECT coalesce(min(seq), ?) FROM journal", (self.last_seq + 1,)).fetchone()[0]
+        with unreadable(self.path):  # read at start, where a damaged file is Unreadable
+            return self.db.execute("SELECT coalesce(min(seq), ?) FROM journal", (self.last_seq + 1,)).fetchone()[0]
 
     def __len__(self) -> int:
         return self.db.execute("SELECT count(*) FROM journal").fetchone()[0] + len(self._uncommitted)
 
     def close(self) -> None:
-        """Commit the deferred steps, the rows and the trace rows still pending, then close."""
+        """Commit the deferred steps, the rows and the trace rows still pending, and check the files once more
+        (a commit does: `_keep_files`) even when none was pending, then close."""
         try:
             self.flush_all()
+            if self._files is not None:
+                self._keep_files([], [])
         finally:
             self.db.close()
+            self._files = None  # a second close checks nothing
+
+    def _set_aside(self, other: tuple) -> None:
+        """Once per other file at the journal's path (`other`, its identity): copy the journal's rows to a new
+        DISPLACED file beside it, and take the daemon's -wal and -shm from beside that other file, which SQLite
+        would otherwise read with them on top at its next open (a kill -9 now, say). The connection goes on on
+        the files it holds open."""
+        if self._aside[0] == other:
+            return
+        with storage_faults_as(storage_fault):
+            name = unused_name(self.path + DISPLACED)
+            backed_up(self.db, name)
+            drop_wal(self.path, self._files[1])
+        self._aside = (other, name)
+        log.error("the journal %s was replaced under the daemon by another file: the daemon's rows (to %d) are in "
+                  "%s; move that other file away and the daemon writes its journal back", self.path, self.last_seq,
+                  name)
 
 
 COMPACT_ROWS = 5000  # rows deleted per transaction: the daemon's own writes wait at most that long
@@ -307,8 +435,8 @@ def compact(path: str, upto: int) -> None:
     later row needs, then give the free pages back (the file shrinks) and empty the WAL. On a
     connection of its own: it runs in a thread beside the daemon's writes, which wait for each of
     its transactions (SQLite's busy timeout)."""
-    db = sqlite3.connect(path, isolation_level=None, timeout=60)
-    try:
+    db = sqlite3.connect(uri(path, "rw"), uri=True, isolation_level=None, timeout=60)  # never a new file:
+    try:  # one at the path of a journal deleted under the daemon would stop it writing its journal back
         while db.execute("DELETE FROM journal WHERE seq IN (SELECT seq FROM journal WHERE seq <= ? AND seq < "
                          "(SELECT max(seq) FROM journal) ORDER BY seq LIMIT ?)", (upto, COMPACT_ROWS)).rowcount:
             db.execute("DELETE FROM trace WHERE row IN (SELECT row FROM trace WHERE row <= ? ORDER BY row LIMIT ?)",
@@ -323,19 +451,6 @@ def compact(path: str, upto: int) -> None:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # for while this waits, the daemon's writes wait too
     finally:
         db.close()
-
-
-def make_durable(path: str) -> None:
-    """Sync the journal's files: rows are committed without a sync (synchronous=NORMAL), and a snapshot
-    written next must never be ahead of the journal after a power cut. No lock is taken: the daemon's
-    writes and a `replay --verify` beside it go on."""
-    for name in (path, path + "-wal"):
-        with contextlib.suppress(FileNotFoundError):
-            fd = os.open(name, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
 
 def encoded(group: list[tuple[int, object]]) -> tuple[int, str, str]:

@@ -4,7 +4,8 @@ A file `snapshot-<SEQ>.snap` (SEQ, 12 digits, the last journal row applied to th
 is one header line, `apeinxfs-snapshot 1 <crc32 of the header> <header JSON>`, then the
 state (kernel/state.py) compressed with zlib. The header holds SEQ, the kernel config it
 was booted with (as the journal's boot rows hold it), the kernel's layout, the trace's
-last seq and the compressed state's length and crc32. A file is written as `.tmp`, fsynced,
+last seq, the compressed state's length and crc32, and the CRC of journal row SEQ
+(`row_crc`: a start tells a journal of another history by it; absent in older files). A file is written as `.tmp`, fsynced,
 renamed, and the directory fsynced (`write`; or `write_temp` in one process, `publish` in
 another): a crash leaves the old files whole and at most a `.tmp`, which nothing reads and
 the next `prune` removes.
@@ -42,6 +43,7 @@ class Snapshot:
     length: int
     crc: int
     offset: int  # where the state starts in the file
+    row_crc: int | None = None  # journal.row_crc of row `seq` as the journal held it; None: no such row, or older
 
     @classmethod
     def read(cls, path: str) -> "Snapshot":
@@ -87,18 +89,20 @@ def parse_header(path: str, line: bytes) -> dict:
     return json.loads(text)
 
 
-def write(directory: str, seq: int, time_us: int, trace_seq: int, config: dict, layout: dict, state: bytes) -> str:
+def write(directory: str, seq: int, time_us: int, trace_seq: int, config: dict, layout: dict, state: bytes,
+          row_crc: int | None = None) -> str:
     """Write the snapshot of `state` at journal row `seq` durably and atomically; its path."""
-    return publish(write_temp(directory, seq, time_us, trace_seq, config, layout, state))
+    return publish(write_temp(directory, seq, time_us, trace_seq, config, layout, row_crc, state))
 
 
 def write_temp(directory: str, seq: int, time_us: int, trace_seq: int, config: dict, layout: dict,
-               state: bytes) -> str:
-    """Write the snapshot of `state` at journal row `seq` to its temp file, synced; the temp file's path."""
+               row_crc: int | None, state: bytes) -> str:
+    """Write the snapshot of `state` at journal row `seq` (whose row_crc is `row_crc`) to its temp file, synced;
+    the temp file's path."""
     os.makedirs(directory, exist_ok=True)
     packed = zlib.compress(state, 1)
     header = json.dumps({"seq": seq, "time_us": time_us, "trace_seq": trace_seq, "config": config,
-                         "layout": layout, "length": len(packed), "crc": zlib.crc32(packed)},
+                         "layout": layout, "length": len(packed), "crc": zlib.crc32(packed), "row_crc": row_crc},
                         separators=(",", ":"), default=str)
     temp = path_of(directory, seq) + ".tmp"
     with open(temp, "wb") as file:

@@ -39,9 +39,6 @@ ROOT_CALLER = Caller(uid=0, gid=0, pid=1)
 # -- D1: the journal deleted under a running daemon ------------------------------------------------------------
 
 @pytest.mark.mount
-@pytest.mark.xfail(strict=True, reason="redteam4 D1: a journal deleted under the running daemon is not noticed: "
-                                       "writes are acknowledged into the unlinked file, /health says ok, and the "
-                                       "next start has none of them (journal.py keeps the open connection)")
 def test_writes_acknowledged_after_the_journal_was_deleted_survive_a_clean_restart(tmp_path):
     """After journal.db (and its -wal, -shm) is removed, a submit is either refused or still there after a
     clean SIGTERM and restart."""
