@@ -4,7 +4,8 @@ One user who makes the daemon fail on every write must not fill the disk with it
 each key may log `burst` lines per `window_s`; further lines are counted, and the next
 line that key logs after its window ends is preceded by one line saying how many were
 suppressed. The clock is passed in (tests use a fake one). Not a general logging filter:
-callers say which key a line belongs to.
+callers say which key a line belongs to. `Windows` is the count alone, also what limits each
+uid's `reject` trace lines (Runtime.reject, `[limits] reject_lines`).
 """
 import logging
 import time
@@ -24,6 +25,41 @@ class Window:
 
 
 @attrs.define
+class Windows:
+    """Per key, at most `burst` admitted in each window of `window_s` on the caller's clock; the rest counted."""
+
+    burst: int = 10
+    window_s: float = 60.0
+    windows: dict = attrs.Factory(dict)
+
+    def admit(self, key, now: float) -> tuple[bool, Window | None]:
+        """Whether `key` may go now; and the key's window that has just ended, if it suppressed any (its
+        count is to be told first)."""
+        window, ended = self._window(key, now)
+        if window.logged >= self.burst:
+            window.suppressed += 1
+            return False, ended
+        window.logged += 1
+        return True, ended
+
+    def _window(self, key, now: float) -> tuple[Window, Window | None]:
+        """The key's window, a new one once it ended; and the ended one if it suppressed any."""
+        window = self.windows.get(key)
+        if window is not None and now - window.start < self.window_s:
+            return window, None
+        if window is None and len(self.windows) >= KEYS_MAX:
+            self._forget_ended(now)
+        self.windows[key] = Window(now)
+        return self.windows[key], window if window is not None and window.suppressed else None
+
+    def _forget_ended(self, now: float) -> None:
+        """Drop keys whose window ended, or all if none has (their counts are lost: memory stays bounded)."""
+        self.windows = {key: w for key, w in self.windows.items() if now - w.start < self.window_s}
+        if len(self.windows) >= KEYS_MAX:
+            self.windows = {}
+
+
+@attrs.define
 class RateLog:
     """`log(key, level, msg, *args)` on `logger`, at most `burst` lines per key per `window_s`."""
 
@@ -31,34 +67,18 @@ class RateLog:
     burst: int = 10
     window_s: float = 60.0
     clock: object = time.monotonic
-    windows: dict = attrs.Factory(dict)
+    limit: Windows = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.limit = Windows(self.burst, self.window_s)
 
     def log(self, key, level: int, msg: str, *args) -> bool:
         """Log the line unless `key` has used its burst in this window; whether it was logged."""
-        window = self._window(key)
-        if window.logged >= self.burst:
-            window.suppressed += 1
-            return False
-        window.logged += 1
-        self.logger.log(level, msg, *args)
-        return True
-
-    def _window(self, key) -> Window:
-        """The key's window, a new one (after reporting what the old one suppressed) once it ended."""
         now = self.clock()
-        window = self.windows.get(key)
-        if window is not None and now - window.start < self.window_s:
-            return window
-        if window is not None and window.suppressed:
-            self.logger.warning("%s: %d similar log lines suppressed in %.0f s", key, window.suppressed,
-                                now - window.start)
-        if window is None and len(self.windows) >= KEYS_MAX:
-            self._forget_ended(now)
-        self.windows[key] = Window(now)
-        return self.windows[key]
-
-    def _forget_ended(self, now: float) -> None:
-        """Drop keys whose window ended, or all if none has (their counts are lost: memory stays bounded)."""
-        self.windows = {key: w for key, w in self.windows.items() if now - w.start < self.window_s}
-        if len(self.windows) >= KEYS_MAX:
-            self.windows = {}
+        admitted, ended = self.limit.admit(key, now)
+        if ended is not None:
+            self.logger.warning("%s: %d similar log lines suppressed in %.0f s", key, ended.suppressed,
+                                now - ended.start)
+        if admitted:
+            self.logger.log(level, msg, *args)
+        return admitted

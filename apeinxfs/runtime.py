@@ -33,6 +33,7 @@ from .health import Health
 from .journal import LAST, Emitted, Journal
 from .nodes.base import Writes
 from .nodes.buffers import Buffers
+from .ratelog import Windows
 from .readers import Readers
 from .kernel import Kernel
 from .kernel.errors import ApeinxError, Degraded
@@ -107,6 +108,7 @@ class Runtime:
         self.supervisor = Supervisor(lambda: self.clock.now_us())  # the background loops' bugs (supervise.py)
         self.readers = Readers(self.notifier, config.max_waiters, config.max_waiters_per_uid)
         self.buffers = Buffers(config.limits.write_lines, config.limits.pending_bytes)
+        self.reject_lines = Windows(config.limits.reject_lines, config.limits.reject_window_s)  # per uid
         self.writes: Writes  # the ctl and settings files' limits and reject lines: set by the Tree built over it
         self.quarantined: dict = {}  # journal seq -> recovery.Quarantined: rows recover() went on without
         self.readings = None  # drivers/nvml.Readings of the real GPUs, set by the daemon (mount.py)
@@ -214,10 +216,14 @@ class Runtime:
 
     def reject(self, path: str, error: ApeinxError, uid: int, pid: int = 0, tenant: str | None = None) -> None:
         """Record a refused write in the journal and trace (and, for a denial, the audit trail): the `reject`
-        line. While the journal cannot be written the refusal stands unrecorded."""
+        line. Past `[limits] reject_lines` in the uid's window it is only counted, and the count goes with the
+        uid's first line of its next window. While the journal cannot be written the refusal stands unrecorded."""
+        admitted, ended = self.reject_lines.admit(uid, self.clock.now_us() / 1e6)
+        if not admitted:
+            return
         with contextlib.suppress(Degraded):
             self.commit([Rejected(path=path, reason=error.reason, uid=uid, errno=error.errno, denial=error.denial,
-                                  caller_pid=pid, caller_tenant=tenant)])
+                                  caller_pid=pid, caller_tenant=tenant, suppressed=ended.suppressed if ended else 0)])
 
     # -- a journal that cannot be written (health.py) ------------------------------------
 

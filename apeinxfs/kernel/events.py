@@ -126,6 +126,7 @@ class Rejected(ByCaller):
     reason: str
     errno: int = 0
     denial: bool = False  # refused for who the caller is (role, namespace, policy, quota): audited
+    suppressed: int = 0  # the uid's refused writes before it left unrecorded by `[limits] reject_lines`
 
 
 @attrs.frozen

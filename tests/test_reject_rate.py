@@ -1,0 +1,124 @@
+"""Tier 1-2: each uid's `reject` trace lines are rate-limited (`[limits] reject_lines` per `reject_window_s`,
+Runtime.reject): a burst, then only counted, the count summed up in one line when the uid's next window
+opens; the writes are refused all the same; one uid's flood leaves another's lines alone; the lines are
+journaled, so a replay (and `replay --verify`) writes the same ones. Fake clock, no FUSE: the same through a
+real mount with a shell loop is test_rejects_mount.py."""
+import errno
+
+import pytest
+
+from apeinxfs import config as config_mod
+from apeinxfs import verify
+from apeinxfs.kernel import Kernel
+from apeinxfs.kernel.errors import Invalid
+from apeinxfs.kernel.events import Rejected
+from apeinxfs.nodes.base import Caller
+from apeinxfs.nodes.tree import Tree
+from test_journal_runtime import ONE_GPU, open_runtime
+from test_kernel import kernel_config, trace_rows
+from test_nodes import refusal, resolve
+from test_rejects import rejects
+
+LIMITED = ONE_GPU + "[limits]\nreject_lines = 3\nreject_window_s = 10\n"
+NOISY, QUIET = Caller(uid=1000, pid=11, role="user"), Caller(uid=1001, pid=12, role="user")
+
+
+class StillClock:
+    """The runtime's clock, moved only by the test."""
+
+    def __init__(self):
+        self.us = 1_000_000_000
+
+    def now_us(self) -> int:
+        return self.us
+
+
+@pytest.fixture
+def limited(tmp_path):
+    """A Tree over a runtime of 3 reject lines per uid per 10 s, on a clock that moves only when told."""
+    with open_runtime(tmp_path, LIMITED) as runtime:
+        runtime.clock = StillClock()
+        yield Tree(runtime)
+
+
+def refuse(tree, caller: Caller, times: int) -> list[int]:
+    """Write a line /ctl/kill refuses `times` times as `caller`, one write each; the errnos."""
+    handle = resolve(tree, "/ctl/kill").open(caller, writing=True, reading=False)
+    return [refusal(lambda: handle.write(b"99\n")).errno for _ in range(times)]
+
+
+def kill_line(caller: Caller) -> str:
+    return f"/ctl/kill: no task 99 (uid {caller.uid})"
+
+
+def test_a_burst_of_lines_then_every_write_still_refused(limited):
+    """Ten refused writes in one window leave the first 3 reject lines, and all ten fail with their errno."""
+    assert refuse(limited, NOISY, 10) == [errno.ENOENT] * 10
+    assert rejects(limited.rt) == [kill_line(NOISY)] * 3
+
+
+def test_the_next_window_opens_with_one_summary_line(limited):
+    """The uid's first refusal once its window has ended writes how many were suppressed, then its own line;
+    the counter counts every refusal then."""
+    refuse(limited, NOISY, 10)
+    limited.rt.clock.us += 9_999_999
+    refuse(limited, NOISY, 1)
+    assert rejects(limited.rt) == [kill_line(NOISY)] * 3
+    limited.rt.clock.us += 1
+    refuse(limited, NOISY, 2)
+    assert rejects(limited.rt) == [kill_line(NOISY)] * 3 + [
+        "8 more refused writes by uid 1000 suppressed", kill_line(NOISY), kill_line(NOISY)]
+    assert limited.rt.kernel.counters.rejected == 13
+
+
+def test_a_quiet_next_window_has_no_summary(limited):
+    """A uid that stayed within its burst starts its next window without a summary line."""
+    refuse(limited, NOISY, 3)
+    limited.rt.clock.us += 10_000_000
+    refuse(limited, NOISY, 1)
+    assert rejects(limited.rt) == [kill_line(NOISY)] * 4
+
+
+def test_one_noisy_uid_does_not_suppress_another(limited):
+    """A uid past its burst leaves another uid's reject lines in the same window to it."""
+    refuse(limited, NOISY, 10)
+    refuse(limited, QUIET, 2)
+    assert rejects(limited.rt) == [kill_line(NOISY)] * 3 + [kill_line(QUIET)] * 2
+
+
+def test_a_replay_writes_the_same_lines_and_verifies(tmp_path):
+    """The journal holds the lines written and their summary: `replay --verify` finds the trace reproduced."""
+    with open_runtime(tmp_path, LIMITED) as runtime:
+        runtime.clock = StillClock()
+        tree = Tree(runtime)
+        refuse(tree, NOISY, 6)
+        runtime.clock.us += 10_000_000
+        refuse(tree, NOISY, 1)
+        written = rejects(runtime)
+    journal = verify.open_journal(str(tmp_path / "state"))
+    try:
+        report = verify.verify(journal)
+        replayed = verify.rebuilt(journal)
+    finally:
+        journal.close()
+    assert report.divergence is None and report.lines >= len(written) == 5, report
+    assert [row["detail"] for row in trace_rows(replayed) if row["type"] == "reject"] == written
+    assert written[3] == "3 more refused writes by uid 1000 suppressed"
+
+
+def test_the_kernel_writes_a_summary_before_the_line_that_carries_it():
+    """A Rejected event that sums up 4 suppressed refusals writes the summary line, then its own, and counts 5."""
+    kernel = Kernel(kernel_config())
+    kernel.apply(Rejected(path="/ctl/submit", reason="bad line", uid=3, suppressed=4), 1)
+    assert [row["detail"] for row in trace_rows(kernel)][-2:] == [
+        "4 more refused writes by uid 3 suppressed", "/ctl/submit: bad line (uid 3)"]
+    assert kernel.counters.rejected == 5
+
+
+@pytest.mark.parametrize("key, value", [("reject_lines", 0), ("reject_window_s", 0), ("reject_window_s", "60")])
+def test_a_bad_limit_is_refused_at_start(tmp_path, key, value):
+    """reject_lines below 1, or a window that is not a number of seconds > 0, stops the daemon naming the key."""
+    path = tmp_path / "config.toml"
+    path.write_text(f"[limits]\n{key} = {value!r}\n".replace("'", '"'))
+    with pytest.raises(Invalid, match=f"limits.{key}"):
+        config_mod.load(str(path), str(tmp_path / "state"), use_nvml=False)
