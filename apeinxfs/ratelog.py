@@ -42,6 +42,10 @@ class Windows:
         window.logged += 1
         return True, ended
 
+    def suppressed(self) -> int:
+        """How many the windows still open (or ended and not yet told) have suppressed."""
+        return sum(window.suppressed for window in self.windows.values())
+
     def _window(self, key, now: float) -> tuple[Window, Window | None]:
         """The key's window, a new one once it ended; and the ended one if it suppressed any."""
         window = self.windows.get(key)

@@ -36,6 +36,8 @@ name = "sim"
 context = 32768
 [models.options]
 decode_step_ms = 200
+[limits]
+reject_lines = 1000000  # every refusal's reject line is counted here (the default limits each uid's rate)
 """
 LIVE_TASK = b"live 3000 5\n"  # 8 KV pages per GPU: a context over 4096 tokens is ENOSPC
 CHECKS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
