@@ -14,6 +14,7 @@ from apeinxfs.kernel.errors import Invalid
 from apeinxfs.kernel.events import Rejected
 from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.tree import Tree
+from test_cluster_publish import StillClock
 from test_journal_runtime import ONE_GPU, open_runtime
 from test_kernel import kernel_config, trace_rows
 from test_nodes import refusal, resolve
@@ -21,16 +22,6 @@ from test_rejects import rejects
 
 LIMITED = ONE_GPU + "[limits]\nreject_lines = 3\nreject_window_s = 10\n"
 NOISY, QUIET = Caller(uid=1000, pid=11, role="user"), Caller(uid=1001, pid=12, role="user")
-
-
-class StillClock:
-    """The runtime's clock, moved only by the test."""
-
-    def __init__(self):
-        self.us = 1_000_000_000
-
-    def now_us(self) -> int:
-        return self.us
 
 
 @pytest.fixture
