@@ -47,9 +47,10 @@ class Windows:
         return sum(window.suppressed for window in self.windows.values())
 
     def _window(self, key, now: float) -> tuple[Window, Window | None]:
-        """The key's window, a new one once it ended; and the ended one if it suppressed any."""
+        """The key's window, a new one once it ended (or the clock went back before it began: the daemon's
+        follows the host's); and the ended one if it suppressed any."""
         window = self.windows.get(key)
-        if window is not None and now - window.start < self.window_s:
+        if window is not None and 0 <= now - window.start < self.window_s:
             return window, None
         if window is None and len(self.windows) >= KEYS_MAX:
             self._forget_ended(now)

@@ -70,6 +70,15 @@ def test_a_quiet_next_window_has_no_summary(limited):
     assert rejects(limited.rt) == [kill_line(NOISY)] * 4
 
 
+def test_a_clock_set_back_opens_the_next_window(limited):
+    """A window is not stretched by a clock set back an hour (the host's was stepped): the next refusal
+    opens a new one, with its summary."""
+    refuse(limited, NOISY, 5)
+    limited.rt.clock.us -= 3600_000_000
+    refuse(limited, NOISY, 1)
+    assert rejects(limited.rt)[3:] == ["2 more refused writes by uid 1000 suppressed", kill_line(NOISY)]
+
+
 def test_one_noisy_uid_does_not_suppress_another(limited):
     """A uid past its burst leaves another uid's reject lines in the same window to it."""
     refuse(limited, NOISY, 10)
