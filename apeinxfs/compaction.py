@@ -16,7 +16,9 @@ config (but for LIVE_KEYS, which the restored kernel takes from the config now: 
 the local time zone, retention's limits) and layout, or a layout that the migrations
 declared for its changes (kernel/migrations.py) bring to the code's, and whose rows after
 it the journal still holds, is the kernel the journal's tail is replayed into; a migrated
-one is said in the log and, once the daemon runs, in a `migrate` trace line (`run`). When
+one is said in the log and, once the daemon runs, in a `migrate` trace line (`run`). A URL's credentials that
+its trace, audit trail or task exits show (rows of an old journal that older code applied as recorded) are hidden
+as it loads (`with_credentials_hidden`), as the kernel hides them applying a row now. When
 rows were compacted and no snapshot is usable, the daemon refuses to start, saying why for
 each, rather than start from nothing.
 
@@ -77,6 +79,15 @@ def with_ids_in_bounds(kernel: Kernel) -> Kernel:
     if changed := state.ids_in_bounds(kernel):
         log.warning("snapshot: tasks %s had a uid no uid_t holds (written before ids were bounded); "
                     "they are owned by uid %d now", ",".join(map(str, changed[:20])), OVERFLOW_ID)
+    return kernel
+
+
+def with_credentials_hidden(kernel: Kernel) -> Kernel:
+    """`kernel`, each URL's credentials hidden in its trace, audit trail and task exits (state.credentials_hidden),
+    with a warning if it showed some."""
+    if state.credentials_hidden(kernel):
+        log.warning("snapshot: its trace, audit trail or task exits showed a URL's credentials (an old journal's "
+                    "rows, applied as recorded); they show as ***@ now")
     return kernel
 
 
@@ -168,8 +179,8 @@ def starts(directory: str, config_after: Callable[[int], KernelConfig | None], f
             problems.append(f"{snapshot.path}: {exc}")
             continue
         yield Start(lambda data=data, kernels=kernels, config=config, layout=layout, written=snapshot.layout:
-                    with_ids_in_bounds(rebound(kernels.pop() if kernels else migrations.load(data, written, layout),
-                                               config)),
+                    with_credentials_hidden(with_ids_in_bounds(rebound(
+                        kernels.pop() if kernels else migrations.load(data, written, layout), config))),
                     snapshot.seq, snapshot.config, snapshot, tuple(migrations.changed(snapshot.layout, layout)))
 
 

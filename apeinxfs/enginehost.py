@@ -14,17 +14,24 @@ and its tasks fail at once saying why (`CannotRun`: each task of its batch, a ba
 a permanent fault, not an outage to wait out. Such a model has no engine: its engines' KV reports from before are
 reported empty (`CannotRun.observe`), its endpoints are no outage (runtime.report_state), a submit to it is
 refused (ENXIO, nodes/ctl.py, by `rt.cannot_run`) and a cluster node's record leaves it out (cluster/records.py). A
-failure or a KV report that the degraded journal dropped is made again at the recovery.
+failure or a KV report that the degraded journal dropped is made again at the recovery. Its numbers out of their
+bounds since are no such fault: its driver is built with each set to the nearest bound (drivers.kept), its status
+says which and the daemon's log says it at each start (a driver's fact, not the kernel's: no journal row, so a
+journal stays one that older code replays); a new add and the configuration, built strictly before, never have one.
 While the daemon is degraded (health.py) every batch looks empty: the drivers stop their
 jobs, and start them again, after the text each task has, when it recovers. A driver's serve and
 observe are supervised (supervise.py): a bug in one is shown in /ai/health and that one started
 again, its tasks picked up where the kernel has them; a bug in one task's job fails that task
 alone (drivers/flow.py `Outbox.guarded`).
 """
+import logging
+
 import trio
 
 from . import drivers
 from .kernel.events import Failed
+
+log = logging.getLogger(__name__)
 
 
 class ModelHost:
@@ -152,18 +159,31 @@ class DriverGroups:
         self.rt.forget_engines()
 
     def _start_or_fail(self, key: tuple, models: dict) -> None:
-        """Start group `key`; if its driver cannot be built, its models are failed, saying why, and a `CannotRun`
-        serves them: a permanent fault, not an outage to wait out."""
+        """Start group `key`, its models' numbers out of their bounds clamped (drivers.kept); if its driver cannot be
+        built, its models are failed, saying why, and a `CannotRun` serves them: a permanent fault, not an outage to
+        wait out."""
+        clamps: dict = {}
         try:
-            driver = drivers.load(next(iter(models.values())).driver)(models)
+            driver_class = drivers.load(next(iter(models.values())).driver)
+            built, clamps = drivers.kept(driver_class, models)
+            driver = driver_class(built)
             state, error = "starting", None  # until the driver's first check says otherwise
         except Exception as exc:
-            driver = CannotRun(f"the driver cannot be built: {exc}")
+            driver, clamps = CannotRun(f"the driver cannot be built: {exc}"), {}  # failed: nothing clamped runs
             state, error = "failed", driver.reason
             self.rt.cannot_run.update(dict.fromkeys(models, driver))
         for name in models:
             self.rt.report_state(name, state, error)
+            self._clamped(name, clamps.get(name))
         self.running[key] = (models, self._start(driver, models))
+
+    def _clamped(self, name: str, words: str | None) -> None:
+        """Keep what of model `name`'s options was clamped (its status shows it), and log it."""
+        if words is None:
+            self.rt.clamped.pop(name, None)
+        elif self.rt.clamped.get(name) != words:
+            self.rt.clamped[name] = words
+            log.warning("model %s: options kept in the journal: %s", name, words)
 
     def _start(self, driver, models: dict) -> trio.CancelScope:
         scope = trio.CancelScope()

@@ -284,7 +284,7 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
                 fuselock.install()
                 await pyfuse3.main(min_tasks=4, max_tasks=config.max_waiters + 64)
             nursery.cancel_scope.cancel()
-    except Exception as exc:  # a task not supervised (supervise.py): Cluster.run around its loops, with its etcd client
+    except Exception as exc:  # a task not supervised (supervise.py): a driver group's (enginehost.py), the signals'
         refusal = None if started else refusal_of(exc)  # after the start, an ApeinxError out of a task is a bug too
         if refusal is None:
             log.critical("a bug ended the daemon; the mount is left dead until the next start", exc_info=True)

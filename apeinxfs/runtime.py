@@ -39,6 +39,7 @@ from .kernel import Kernel
 from .kernel.errors import ApeinxError, Degraded
 from .kernel.config import MIB
 from .kernel.events import EngineHealth, EngineKV, GpuMemory, Rejected, Restart, Step, Tick
+from .kernel.trace import TaskViews
 from .recovery import rebuild
 from .supervise import Supervisor
 
@@ -117,11 +118,13 @@ class Runtime:
         self.endpoint_metrics: dict = {}  # (model, gpus) -> the last scrape of one endpoint of a model with endpoints
         self.endpoint_states: dict = {}  # (model, gpus) -> one endpoint's EngineState (engine_states: the best of them)
         self.cannot_run: dict = {}  # model -> the enginehost.CannotRun serving it: its driver cannot be built
+        self.clamped: dict = {}  # model kept in the journal -> its options out of bounds, clamped (enginehost.py)
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
         self.journal_due = False  # the steps waiting are to be journaled next round (a trace line, or PROGRESS_S)
         self.snapshotter = None  # compaction.Snapshotter, set by the daemon (mount.py): snapshots and compaction
         self.cluster = None  # cluster/daemon.Cluster when [cluster] names etcd (set by mount.py); None: one node
         self.elsewhere: dict = {}  # tenant -> kernel/tenancy.Elsewhere, its use on the other nodes (cluster/usage.py)
+        self.task_views = TaskViews()  # the tasks' events read so far, a cache beside the kernel (kernel/trace.py)
 
     def recover(self) -> int:
         """Replay the journal into the kernel, from the newest usable snapshot if the daemon keeps them
@@ -185,6 +188,7 @@ class Runtime:
         if self.config.check_invariants:
             self.kernel.check_invariants()
         self._archive()
+        self.task_views.prune(self.kernel.trace)
         self._wake(self.kernel.take_changed())
         return results
 
@@ -285,6 +289,7 @@ class Runtime:
         self.journal_due |= due
         if self.health.fault is None:
             self._archive()
+        self.task_views.prune(self.kernel.trace)
         self._wake(self.kernel.take_changed() | ({"progress"} if first or due else set()))
 
     def _flush_progress(self, now_us: int) -> None:
@@ -373,7 +378,8 @@ class Runtime:
 
     def forget_engines(self) -> None:
         """Drop the observations and states of models that no longer exist."""
-        for seen in (self.engine_metrics, self.engine_states, self.endpoint_metrics, self.endpoint_states):
+        observed = (self.engine_metrics, self.engine_states, self.endpoint_metrics, self.endpoint_states, self.clamped)
+        for seen in observed:
             for key in [key for key in seen if (key if isinstance(key, str) else key[0]) not in self.kernel.models]:
                 del seen[key]
                 self.observed += 1
@@ -387,9 +393,11 @@ class Runtime:
         """Run the models' drivers on every GPU (enginehost.py), the deadline timer, the blocked
         readers' signal watcher and the cluster's tasks (if any) until cancelled. Each loop is supervised
         (supervise.py): a bug in one is logged, shown in /ai/health, and the loop started again; each keeps
-        what it needs across a restart on its object, and goes on from there. Not supervised: the drivers'
-        own tasks (enginehost.py) and `Cluster.run` itself (its loops are)."""
-        async with trio.open_nursery() as nursery:
+        what it needs across a restart on its object, and goes on from there; `Cluster.run` too, around its
+        own loops, each supervised in it, its clients open outside it, until this ends (Cluster.clients). Not
+        supervised: the drivers' own tasks (enginehost.py)."""
+        clients = contextlib.nullcontext() if self.cluster is None else self.cluster.clients()
+        async with clients, trio.open_nursery() as nursery:
             groups = DriverGroups(self, nursery)
             groups.sync()  # builds the drivers (mount.main checked the configured ones; a journal model's may fail alone)
             loops = [("drivers.follow", groups.follow), ("deadlines", self._deadline_timer),
@@ -401,10 +409,10 @@ class Runtime:
                 loops.append(("gpu.sample", self._sample_gpu_memory))
             if self.snapshotter is not None:
                 loops.append(("snapshots", self.snapshotter.run))
+            if self.cluster is not None:  # its own loops, each supervised in it
+                loops.append(("cluster.run", self.cluster.run))
             for name, loop in loops:
                 nursery.start_soon(self.supervisor.supervised, name, loop)
-            if self.cluster is not None:  # not restarted: leaving it closes its etcd client; its loops are supervised
-                nursery.start_soon(self.cluster.run)
             task_status.started()
 
     async def _compress_archive(self) -> None:

@@ -13,7 +13,9 @@ compared; one of them that raises is quarantined as the daemon's recovery does
 (recovery.py), and reported. The lines replayed are also compared with the trace archive
 (archive.py, STATE_DIR/trace/) from its first line on: a line changed, missing or written
 twice there diverges too; lines it has beyond the journal (a live daemon's) are not
-compared. A task the journal does not hold is shown from the archive. Where the journal
+compared. A recorded line is also taken as the replayed one with each URL's credentials hidden (`alike`):
+a journal written before the kernel hid them holds them in its trace; a replayed line that shows them again
+diverges. A task the journal does not hold is shown from the archive. Where the journal
 was compacted behind snapshots (compaction.py), the replays start from the oldest and
 newest usable snapshot instead of row 1 (and from row 1 too while the journal holds it). It opens the
 journal read-only, in one snapshot, so it runs beside a live daemon. It changes nothing,
@@ -33,6 +35,7 @@ from .compaction import Start, compacted_away, rebound, starts, structural
 from .journal import LAST, Emitted, Journal, Unreadable, row_crc
 from .kernel import Kernel
 from .kernel.config import KernelConfig, kernel_config_from_dict
+from .kernel.endpoints import redacted
 from .kernel.invariants import InvariantError
 from .kernel.trace import HEADER
 from .nodes.replay import archived, show, show_archived
@@ -236,7 +239,7 @@ class ArchiveCheck:
                 self._next = self._take()  # lines before the first replayed (a snapshot's, not all of which it holds)
             if self._next is None:
                 return
-            if (line_seq, line) != self._next:
+            if line_seq != self._next[0] or not alike(self._next[1], line):
                 raise Diverged(Divergence(seq, kind, time_us, f"{self._next[1]} (in the trace archive)", line))
             self.compared += 1
             self._next = self._take()
@@ -292,11 +295,17 @@ def compare(trace, seq: int, crc: int, lines: list[str]) -> tuple[str, str] | No
     for index in range(max(len(recorded), len(lines))):
         want = recorded[index] if index < len(recorded) else NO_LINE
         have = lines[index] if index < len(lines) else NO_LINE
-        if want != have:
+        if not alike(want, have):
             return want, have
     if trace[1] != crc:
         return f"the row as applied (crc32 {trace[1]:08x})", f"an altered row (crc32 {crc:08x})"
     return None
+
+
+def alike(recorded: str, replayed: str) -> bool:
+    """Whether a recorded trace line is the replayed one, as recorded or with each URL's credentials hidden: the
+    kernel hides them as it applies a row, and a journal written before it did holds them in its trace."""
+    return recorded == replayed or redacted(recorded) == replayed
 
 
 # -- the command -------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Tier 2: a model whose driver cannot be built (enginehost.CannotRun) never hangs a task, without FUSE.
 
-Model ext is kept in the journal with options its driver now refuses (retries = 200); the runtime is
+Model ext is kept in the journal with options its driver now refuses (retries = "200", a text); the runtime is
 started again from that journal under trio's autojump clock, and a task of ext must end, failed with
 the reason, whatever the journal held of ext's engine before: a full KV report, every endpoint down.
 The journal is made to fail at the one delivery of the task's failure (test_storage_faults' FailingDb)."""
@@ -15,7 +15,7 @@ from apeinxfs.runtime import PROBE_S
 from test_journal_runtime import open_runtime, submit
 from test_storage_faults import FailingDb, full_error
 
-REFUSED = {"retries": 200}  # out of bounds for the openai driver: it cannot be built
+REFUSED = {"retries": "200"}  # a text where a count belongs: the openai driver cannot be built (a number out of bounds is clamped)
 TWO_GPUS = '[gpus]\nsimulated = 2\n[kv]\npage_mib = 1\n[[models]]\nname = "b"\n'
 ONE_SLOT_EACH = TWO_GPUS.replace("simulated = 2\n", "simulated = 2\nslots = 1\n")
 EXT = ModelConfig(name="ext", driver="openai", options={"url": "http://127.0.0.1:9", **REFUSED})

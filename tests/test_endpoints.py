@@ -8,7 +8,8 @@ import pytest
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig, kernel_config_from_dict
 from apeinxfs.kernel.errors import ApeinxError, Invalid
-from apeinxfs.kernel.events import Chunk, EngineHealth, EngineKV, RemoveModel, SetModel, Step, Submit, from_row, to_row
+from apeinxfs.kernel.events import (Chunk, EngineHealth, EngineKV, Failed, Interrupted, RemoveModel, SetModel, Step,
+                                    Submit, from_row, to_row)
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.kernel.task import State
 from apeinxfs.nodes.memory import pool
@@ -279,3 +280,31 @@ def test_a_report_of_more_kv_than_its_gpus_hold_counts_them_full_and_an_absurd_o
     assert reports.beyond_room("llm", (0,), WHOLE_POOL) is None
     with pytest.raises(Invalid, match="take 64001 pages, more than 1000 times the 64 those GPUs hold"):
         d.kernel.check(EngineKV(model="llm", gpus=(0,), tokens=WHOLE_POOL * 1000 + 1))
+
+
+def test_a_model_line_journaled_with_credentials_is_traced_and_audited_without_them():
+    """An old journal's SetModel whose line holds `user:password@` shows it as `***@` in the trace and audit."""
+    d = Driven(config())
+    extra = ModelConfig(name="extra", driver="openai", options={"url": "http://bob:s3cret@127.0.0.1:9"})
+    d.apply(SetModel(model=extra, what="add extra driver=openai url=http://bob:s3cret@127.0.0.1:9", uid=0))
+    trace, audit = d.kernel.trace.buffer.decode(), d.kernel.audit.buffer.decode()
+    assert "add extra driver=openai url=http://***@127.0.0.1:9 by uid 0" in trace
+    assert "url=http://***@127.0.0.1:9" in audit and "s3cret" not in trace + audit
+
+
+def test_an_old_journals_failed_and_interrupted_reasons_show_no_credentials():
+    """Failed and Interrupted reasons journaled with `user:password@` (before drivers hid them) show `***@` in the
+    resume and exit lines and the task's exit, and hiding them again changes nothing."""
+    d, secret, hidden = Driven(config()), "engine at http://bob:s3cret@127.0.0.1:9", "engine at http://***@127.0.0.1:9"
+    failed, interrupted = d.submit("sim"), d.submit("sim")
+    d.apply(Failed(pid=failed, reason=f"{secret}: HTTP 500"))
+    for _ in range(4):  # resume_limit 3: three resumes, then it fails
+        d.apply(Interrupted(pid=interrupted, reason=f"{secret}: stream broke"))
+    trace = d.kernel.trace.buffer.decode()
+    assert d.kernel.tasks[failed].exit == f"failed: {hidden}: HTTP 500"
+    assert d.kernel.tasks[interrupted].exit == f"failed: {hidden}: stream broke"
+    assert len([line for line in d.lines("resume") if f"{hidden}: stream broke; resumes" in line]) == 3
+    assert "s3cret" not in trace
+    again = d.submit("sim")
+    d.apply(Failed(pid=again, reason=f"{hidden}: HTTP 500"))
+    assert d.kernel.tasks[again].exit == f"failed: {hidden}: HTTP 500"

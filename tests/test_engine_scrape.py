@@ -215,9 +215,13 @@ async def scraped(metrics_text: str, slots: str = "[]") -> tuple[metrics.Observa
      (metrics.FIGURE_MAX, metrics.FIGURE_MAX, None)),
     ("llamacpp:requests_processing 1\n", '[{"n_ctx": 1e999, "n_prompt_tokens": 5, "is_processing": true}]', None,
      (5, metrics.FIGURE_MAX, 1)),
-], ids=["vllm-usage-1e308", "vllm-requests-1e308", "llamacpp-usage-1e-320", "slots-n_ctx-1e999"])
+    ("sglang:token_usage 0.5\nsglang:max_total_num_tokens -5\n", "[]", "its KV cache capacity of -5 tokens is negative",
+     None),
+], ids=["vllm-usage-1e308", "vllm-requests-1e308", "llamacpp-usage-1e-320", "slots-n_ctx-1e999",
+        "sglang-capacity-negative"])
 async def test_figures_an_engine_sends_too_large_are_bounded_or_its_scrape_error(metrics_text, slots, error, figures):
-    """Figures of 1e308, 1e999 or a quotient by 1e-320 never raise out of a scrape: bounded, or its error."""
+    """Figures of 1e308, 1e999, a quotient by 1e-320 or a negative capacity never raise out of a scrape: bounded, or
+    its error (a negative capacity would divide by 0 where endpoints' readings are combined)."""
     observation, state = await scraped(metrics_text, slots)
     assert (observation.error, state) == (error, "ready")
     reading = observation.reading

@@ -15,8 +15,10 @@ import trio
 
 import daemon
 import runtasks
-from apeinxfs.drivers import openai, scrape
+from apeinxfs import drivers
+from apeinxfs.drivers import metrics, openai, scrape, sim
 from apeinxfs.kernel import endpoints
+from apeinxfs.kernel.config import ModelConfig
 from apeinxfs.kernel.errors import Invalid
 from apeinxfs.kernel.events import Submit
 from apeinxfs.kernel.spec import TaskSpec
@@ -197,6 +199,20 @@ async def test_an_engines_overflowing_figures_end_no_observe_loop_and_others_are
     assert rt.engine_metrics["honest"].error is None and rt.engine_metrics["liar"].reading is not None
 
 
+async def test_a_daemon_bug_in_the_parse_is_a_bug_row_not_an_engines_error(tmp_path, nursery, monkeypatch):
+    """A TypeError raised by our own parse (a daemon bug, not the engine's fault) is the observe loop's Bug row
+    (/ai/health), not the engine's scrape error (LastError)."""
+    def broken(lines, first):
+        raise TypeError("a daemon bug")
+    monkeypatch.setattr(metrics, "parse_lines", broken)
+    gets: tuple[list[str], list[str]] = ([], [])
+    port = await serve(nursery, None, "sglang:num_used_tokens 0\n", gets[0])
+    rt = await scraped_ten_times(tmp_path, port, port, (gets[0], gets[0]))
+    assert rt.supervisor.bugs["driver.openai.observe"].error == "TypeError"
+    assert "Bug:\tdriver.openai.observe: TypeError at test_hostile_engines.py:" in rt.supervisor.show()
+    assert not any("daemon bug" in (seen.error or "") for seen in rt.engine_metrics.values())
+
+
 async def test_an_engine_reporting_more_kv_than_its_gpu_holds_does_not_block_other_models(tmp_path, nursery):
     """After one engine reports 1e30 KV tokens on the GPU they share, the other model's task still runs to done."""
     async def answer(stream):
@@ -308,6 +324,8 @@ def test_an_infinite_engine_option_is_refused(option):
     ({"retries": 1e20}, "retries must be an integer from 0 to 100, not 1e+20"),
     ({"retries": True}, "retries must be an integer from 0 to 100, not True"),
     ({"retries": "3"}, "retries must be an integer from 0 to 100, not '3'"),
+    ({"retries": 10 ** 400}, f"retries must be an integer from 0 to 100, not {10 ** 400}"),
+    ({"timeout_s": 10 ** 400}, f"timeout_s must be a number of seconds from 0.001 to 86400, not {10 ** 400}"),
     ({"backoff_s": 1e308}, "backoff_s must be a number of seconds from 0 to 3600, not 1e+308"),
     ({"metrics_s": 1e-9}, "metrics_s must be 0 (none) or a number of seconds from 0.01 to 3600, not 1e-09"),
     ({"timeout_s": 0}, "timeout_s must be a number of seconds from 0.001 to 86400, not 0"),
@@ -326,6 +344,29 @@ def test_an_engine_option_out_of_its_bounds_is_refused_in_words(options, words):
     with pytest.raises(Invalid) as refused:
         openai.Endpoint.of(model)
     assert refused.value.reason.startswith("model m: openai options: ") and words in refused.value.reason
+
+
+@pytest.mark.parametrize("given, kept, words", [
+    ({"retries": 200}, {"retries": 100}, "retries 200 clamped to 100 (the bound)"),
+    ({"retries": -1}, {"retries": 0}, "retries -1 clamped to 0 (the bound)"),
+    ({"timeout_s": math.inf, "backoff_s": 0.5}, {"timeout_s": 86400.0, "backoff_s": 0.5},
+     "timeout_s inf clamped to 86400 (the bound)"),
+    ({"timeout_s": 0}, {"timeout_s": 0.001}, "timeout_s 0 clamped to 0.001 (the bound)"),
+    ({"metrics_s": 1e-9}, {"metrics_s": 0.01}, "metrics_s 1e-09 clamped to 0.01 (the bound)"),
+    ({"retries": 10 ** 400}, {"retries": 100}, f"retries {10 ** 400} clamped to 100 (the bound)"),
+    ({"timeout_s": -10 ** 400}, {"timeout_s": 0.001}, f"timeout_s {-10 ** 400} clamped to 0.001 (the bound)"),
+    ({"metrics_s": 0, "retries": 3}, None, None),
+    ({"retries": 1e20}, None, None), ({"retries": True}, None, None), ({"retries": "300"}, None, None),
+    ({"timeout_s": math.nan}, None, None), ({"timeout": 1e9}, None, None), ({"url": "ftp://x"}, None, None),
+], ids=["over", "under", "inf", "zero", "below-least", "huge-int", "huge-negative-int", "in-bounds", "float-count",
+        "bool", "text", "nan", "unknown", "bad-url"])
+def test_a_journal_models_numbers_out_of_bounds_are_clamped_and_the_rest_left_to_refuse(given, kept, words):
+    """A number of its kind out of its option's bounds is set to the nearest bound, said in words; a number in them,
+    one of the wrong kind (1e20 retries, true), a text, NaN, an unknown option or a bad URL is left as given."""
+    model = ModelConfig(name="m", driver="openai", options={"url": "http://e:8000", **given})
+    built, said = drivers.kept(openai.OpenAIDriver, {"m": model})
+    assert built["m"].options == {"url": "http://e:8000", **(kept or given)} and said.get("m") == words
+    assert drivers.kept(sim.SimDriver, {"m": model}) == ({"m": model}, {})
 
 
 async def test_an_engines_error_text_cannot_add_lines_to_a_tasks_status(tmp_path, nursery):

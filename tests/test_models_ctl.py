@@ -55,13 +55,18 @@ def test_model_files_keep_their_inodes_and_vanish_with_the_model(tmp_path):
 
 
 def test_bad_add_lines_are_refused_with_the_reason(tmp_path):
-    """Missing driver=, an unknown driver or option, a bad shape, a slash or an existing name: EINVAL/EEXIST."""
+    """Missing driver=, an unknown driver or option, one out of its bounds (not clamped, unlike a journal's model), a
+    bad shape, a slash or an existing name: EINVAL/EEXIST."""
     with open_runtime(tmp_path) as rt:
         tree = Tree(rt)
         cases = [(b"add x url=http://h\n", errno.EINVAL, "driver= is required"),
                  (b"add x driver=tgi url=http://h\n", errno.EINVAL, "unknown driver 'tgi'"),
                  (b"add x driver=openai\n", errno.EINVAL, "needs options.url"),
                  (b"add x driver=openai url=http://h colour=red\n", errno.EINVAL, "colour"),
+                 (b"add x driver=openai url=http://h retries=200\n", errno.EINVAL,
+                  "retries must be an integer from 0 to 100, not 200"),
+                 (b"add x driver=openai url=http://h retries=1" + b"0" * 400 + b"\n", errno.EINVAL,
+                  "retries must be an integer from 0 to 100, not 1" + "0" * 400),
                  (b"add x driver=sim layers=zero\n", errno.EINVAL, "layers must be an integer"),
                  (b"add x driver=sim dtype=fp4\n", errno.EINVAL, "dtype must be one of"),
                  (b"add a/b driver=sim\n", errno.EINVAL, "slashes"),

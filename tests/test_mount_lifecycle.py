@@ -134,12 +134,12 @@ def test_a_configuration_refused_at_start_is_printed_and_leaves_no_mount(unstart
 
 
 def test_a_journal_model_whose_options_are_now_refused_starts_failed_and_can_be_removed(unstarted):
-    """A model in the journal with retries = 200 (accepted once, out of bounds now), and 20 tasks of it queued
+    """A model in the journal with retries = "200" (a text: accepted once, refused now), and 20 tasks of it queued
     (more than the free slots): the daemon mounts, the model's status says failed and why, each queued task fails
     at once saying why (`cat wait` of the last ends), a new submit to the model is refused with ENXIO and the reason in the reply and the trace, and
     `remove` through ctl/models takes the model away (not EBUSY)."""
     journal = Journal(os.path.join(unstarted.state_dir, "journal.db"))
-    ext = ModelConfig(name="ext", driver="openai", options={"url": "http://127.0.0.1:9", "retries": 200})
+    ext = ModelConfig(name="ext", driver="openai", options={"url": "http://127.0.0.1:9", "retries": "200"})
     now_us = time.time_ns() // 1000
     journal.append([(now_us, SetModel(model=ext, what="add ext", uid=0))] +
                    [(now_us, Submit(spec=TaskSpec(name="hang", max_tokens=5, model="ext"), uid=os.getuid()))] * 20)
@@ -147,7 +147,7 @@ def test_a_journal_model_whose_options_are_now_refused_starts_failed_and_can_be_
     unstarted.start()
     with open(unstarted.path("models", "ext", "status")) as status:
         text = status.read()
-    assert "State:\tfailed\n" in text and "retries must be an integer from 0 to 100, not 200" in text
+    assert "State:\tfailed\n" in text and "retries must be an integer from 0 to 100, not '200'" in text
     waited = subprocess.run(["cat", unstarted.path("tasks", "20", "wait")], capture_output=True, text=True, timeout=30)
     assert waited.stdout.startswith("failed: model ext cannot run: the driver cannot be built: ")
     with open(unstarted.path("ctl", "submit"), "r+b", buffering=0) as submit:
@@ -155,7 +155,7 @@ def test_a_journal_model_whose_options_are_now_refused_starts_failed_and_can_be_
             submit.write(b"name=late max_tokens=5 model=ext\n")
         reply = submit.read(4096).decode()
     assert refused.value.errno == errno.ENXIO and "/ctl/submit: model ext cannot run: " in trace_text(unstarted)
-    assert reply.startswith("error: model ext cannot run: the driver cannot be built: ") and "not 200" in reply
+    assert reply.startswith("error: model ext cannot run: the driver cannot be built: ") and "not '200'" in reply
     assert sorted(map(int, os.listdir(unstarted.path("tasks")))) == list(range(1, 21))
     with open(unstarted.path("ctl", "models"), "w") as models:
         models.write("remove ext\n")

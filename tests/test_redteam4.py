@@ -107,9 +107,6 @@ def growth_while_held(user, daemon: Daemon, what: str, count: int) -> tuple[str,
 
 
 @pytest.mark.mount
-@pytest.mark.xfail(strict=True, reason="redteam4 D2: every open of a show file keeps a rendered copy "
-                                       "(fs.py open -> tree.open_snapshot) with no bound per uid: one user "
-                                       "holding 300 descriptors on its 1 MiB prompt grows the daemon by 300 MiB")
 def test_one_user_holding_open_show_files_cannot_grow_the_daemon_without_bound(users, tmp_path):
     """Mallory submits a task with a 1 MiB prompt and opens its prompt file 300 times (opens past a limit
     may be refused): the daemon grows by less than 64 MiB."""
@@ -120,9 +117,6 @@ def test_one_user_holding_open_show_files_cannot_grow_the_daemon_without_bound(u
 
 @pytest.mark.mount
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="redteam4 D2: every opendir keeps a listing of its own (fs.py opendir -> "
-                                       "tree.listing) with no bound per uid: one user's 100 descriptors on /tasks "
-                                       "of its 10,000 tasks grow the daemon by about 400 MiB")
 def test_one_user_holding_open_directories_cannot_grow_the_daemon_without_bound(users, tmp_path):
     """Mallory submits 10,000 small tasks in one write and opens /tasks 100 times (opens past a limit may be
     refused): the daemon grows by less than 64 MiB."""
@@ -147,9 +141,6 @@ async def first_read_allocating(tree: Tree, pid: int, name: str) -> tuple[bytes,
         tracemalloc.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="redteam4 D3: stream_poll (nodes/tasks.py:59) copies the output from the offset "
-                                       "to its end twice at every read, whatever the read's size: 49 ms of the "
-                                       "daemon's one thread per read of a 32 MiB output, however small")
 async def test_a_small_stream_read_of_a_long_output_copies_no_more_than_it_returns(tmp_path):
     """A 4 KiB read at the start of a task's `stream`, whose output is 32 MiB, allocates under 1 MiB."""
     with open_runtime(tmp_path) as rt:
@@ -298,10 +289,6 @@ def test_a_new_daemon_starts_after_a_lazy_unmount_with_a_reader_blocked(tmp_path
 
 # -- D6: a read of a task's events rebuilds all its lines --------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="redteam4 D6: a read of tasks/PID/events joins every line the task has kept "
-                                       "(trace.py of_task, through nodes/base.py LogHandle.read), whatever the read's "
-                                       "size: 310 ms of the daemon's one thread per read at 50,000 lines, which one "
-                                       "user makes with five writes of 10,000 `prio N` lines to its task's ctl")
 @pytest.mark.invariants_every(1000)
 async def test_a_small_read_of_a_long_task_events_file_copies_no_more_than_it_returns(tmp_path):
     """A 4 KiB read at the start of the events of a task given 30,000 prio changes allocates under 1 MiB."""
@@ -314,6 +301,29 @@ async def test_a_small_read_of_a_long_task_events_file_copies_no_more_than_it_re
         assert len(data) == 4096
         assert peak < MIB, f"a 4 KiB read of a task's events allocated {peak / MIB:.1f} MiB"
 
+
+
+def shell_output(*command: str) -> bytes:
+    return subprocess.run(command, capture_output=True, check=True, timeout=60).stdout
+
+
+@pytest.mark.mount
+def test_shell_tools_agree_on_a_long_task_events_file(tmp_path):
+    """Of a stopped task given 20,000 prio changes through its ctl, `cat` of its events shows them all, and
+    `dd skip=`, `tail -c` and `head -c` (each reading only part of it, at offsets of their own) read the same
+    bytes as the matching slices of what `cat` read."""
+    with Daemon(tmp_path / "ai", tmp_path / "state", SLOW_SIM) as daemon:
+        pid = daemon.submit("name=long max_tokens=1000")
+        with open(daemon.path("tasks", str(pid), "ctl"), "wb", buffering=0) as ctl:
+            for _ in range(2):
+                ctl.write(b"".join(b"prio %d\n" % (1 + n % 9) for n in range(10_000)))
+            ctl.write(b"stop\n")
+        events = daemon.path("tasks", str(pid), "events")
+        dd = shell_output("dd", f"if={events}", "bs=4096", "skip=37", "count=2", "status=none")
+        tail, head = shell_output("tail", "-c", "5000", events), shell_output("head", "-c", "10000", events)
+        whole = shell_output("cat", events)
+    assert whole.count(b",prio,") == 20_000 and whole.endswith(b"\n")
+    assert dd == whole[37 * 4096:39 * 4096] and tail == whole[-5000:] and head == whole[:10000]
 
 # -- D7: the daemon's wall clock never follows a step of the host's --------------------------------------------
 

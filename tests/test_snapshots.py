@@ -30,7 +30,9 @@ from apeinxfs.compaction import CannotStart, Snapshotter
 from apeinxfs.journal import SCHEMA, Journal, compact
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.errors import ApeinxError
-from apeinxfs.kernel.events import Chunk, Restart, Step, Submit, Tick
+from apeinxfs.kernel import kernel as kernel_module
+from apeinxfs.kernel.config import ModelConfig
+from apeinxfs.kernel.events import Chunk, Failed, Restart, SetModel, Step, Submit, Tick
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.kernel.state import LayoutError, decode, encode, layout, layout_difference
 from apeinxfs.nodes import billing
@@ -345,6 +347,39 @@ def test_a_task_with_a_uid_past_uid_t_in_a_snapshot_is_owned_by_the_overflow_uid
     assert (again.kernel.tasks[first].uid, again.kernel.tasks[second].uid) == (65534, 0)
     assert f"tasks {first} had a uid no uid_t holds" in caplog.text
     again.close()
+
+
+SECRET_URL = "http://bob:s3cret@127.0.0.1:9"
+
+
+def test_credentials_a_snapshot_shows_are_hidden_after_a_restart_from_it(tmp_path, monkeypatch, caplog):
+    """A snapshot of code that applied an old journal's rows as recorded (a model's line and a failed task's reason
+    with `bob:s3cret@`, compacted behind it) starts a kernel whose trace, tenant and task views, audit trail and task
+    exit show `***@`, says so, and the journal verifies."""
+    rt = daemon_like(tmp_path)
+    with monkeypatch.context() as older_code:
+        older_code.setattr(kernel_module, "redacted", lambda text: text)
+        ext = ModelConfig(name="ext", driver="openai", options={"url": SECRET_URL})
+        rt.commit([SetModel(model=ext, what=f"add ext driver=openai url={SECRET_URL}", uid=0)])
+        work(rt, 1)
+        pid = rt.commit([Submit(spec=TaskSpec(name="job", max_tokens=3, prompt="hi", tenant="metered"), uid=0)])[0]
+        rt.commit([Failed(pid=pid, reason=f"engine at {SECRET_URL}: HTTP 500")])
+        rt.kernel.trace.of_tenant("metered")  # a tenant's view read: its copy of the lines is in the snapshot too
+        snapshot(rt)
+        work(rt, 1)
+        snapshot(rt)  # the rows before the first compacted
+    assert rt.journal.first_seq() > 1 and "s3cret" in rt.kernel.trace.buffer.decode() + rt.kernel.audit.buffer.decode()
+    with caplog.at_level(logging.WARNING, logger="apeinxfs.compaction"):
+        again = restarted(tmp_path, rt)
+    kernel, reason = again.kernel, "engine at http://***@127.0.0.1:9: HTTP 500"
+    assert "s3cret" not in kernel.trace.buffer.decode() + kernel.audit.buffer.decode() + caplog.text
+    assert "add ext driver=openai url=http://***@127.0.0.1:9" in kernel.audit.buffer.decode()
+    assert kernel.tasks[pid].exit == f"failed: {reason}"
+    assert kernel.trace.of_task(kernel.tasks[pid]).decode().splitlines()[-1].endswith(f'"failed: {reason}; {reason}"')
+    assert "s3cret" not in kernel.trace.of_tenant("metered").decode() and "credentials" in caplog.text
+    again.commit([Tick()])  # the kernel goes on from it, its invariants checked
+    again.close()
+    assert verified(tmp_path).divergence is None  # from the snapshots: the rows before them are compacted
 
 
 def test_a_damaged_newest_snapshot_falls_back_to_the_one_before(tmp_path):

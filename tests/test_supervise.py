@@ -5,13 +5,18 @@ minute; its Bug row counts the failures and names the last one's place; cancella
 KeyboardInterrupt pass through; a loop that returns is not started again. A driver that cannot be built
 fails its own models only (enginehost.py, whose `follow` the supervisor restarts).
 """
+import contextlib
 import logging
 import math
 
+import httpx
 import pytest
 import trio
+import trio.testing
 
 from apeinxfs import health
+from apeinxfs.cluster.daemon import Cluster
+from apeinxfs.cluster.peer_client import Peer
 from apeinxfs.drivers.enginestate import EngineState
 from apeinxfs.enginehost import DriverGroups
 from apeinxfs.kernel.config import ModelConfig
@@ -20,8 +25,10 @@ from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.nodes import models
 from apeinxfs.supervise import RESTART_MAX_S, STEADY_S, Supervisor
 from test_guarded_retry import AdoptingMeanwhileEtcd
+from test_hostile_engines import ENDED, HEAD, NOT_ENDING_S, ONE_TOKEN, serve
 from test_journal_runtime import open_runtime
 from test_shared_settings import node
+from test_verify import run_verify
 
 
 def flaky(starts: list, fails: int, run_s: float = 0.0):
@@ -152,6 +159,48 @@ async def test_a_restarted_failover_recorder_records_from_where_it_was_not_from_
     assert failover.etcd.txns == 1
 
 
+async def test_the_cluster_clients_stay_open_while_cluster_run_waits_for_its_restart(tmp_path, monkeypatch,
+                                                                                     mock_clock):
+    """Tier 2 (a cluster node's runtime running, its etcd unreachable, the clock held still): a bug that ends
+    Cluster.run's nursery leaves its etcd client and a peer's client of the router open while `cluster.run` waits
+    for its restart (the mount's settings writes and a remote task's open files use them), where both were
+    closed; they close as the runtime's run ends."""
+    rt = node(tmp_path)
+    real_follow = Cluster.follow
+
+    async def follow_beside_a_bug(cluster, nursery):
+        async def bug():
+            raise ValueError("a bug in a task of the cluster's nursery")
+        nursery.start_soon(bug)
+        await real_follow(cluster, nursery)
+    monkeypatch.setattr(Cluster, "follow", follow_beside_a_bug)
+    peer = rt.cluster.router.peers["http://127.0.0.1:9"] = Peer("http://127.0.0.1:9", b"token")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rt.run)
+        await trio.testing.wait_all_tasks_blocked()
+        assert rt.supervisor.bugs["cluster.run"].times == 1
+        assert not rt.cluster.etcd.http.is_closed and not peer.http.is_closed
+        nursery.cancel_scope.cancel()
+    assert rt.cluster.etcd.http.is_closed and peer.http.is_closed
+
+
+async def test_the_router_closes_every_peer_client_when_closing_one_fails(tmp_path):
+    """As the router closes, one of three peers' clients fails to close (a bug): the other two are closed all the
+    same, then that bug is raised."""
+    router = node(tmp_path).cluster.router
+    peers = [Peer(f"http://127.0.0.1:{port}", b"token") for port in (7, 8, 9)]
+    router.peers = {peer.url: peer for peer in peers}
+
+    async def fails() -> None:
+        raise ValueError("a bug in closing a client")
+    peers[1].http.aclose = fails
+    with pytest.raises(ValueError):
+        async with router:
+            pass
+    assert peers[0].http.is_closed and peers[2].http.is_closed
+    await httpx.AsyncClient.aclose(peers[1].http)
+
+
 async def test_a_driver_that_cannot_be_built_fails_its_models_only_and_the_others_start(tmp_path):
     """Model a's openai driver has no url: sync raises nothing, model b's sim driver starts, a's state says
     failed and why, and the state of a model that went is forgotten all the same."""
@@ -167,36 +216,73 @@ async def test_a_driver_that_cannot_be_built_fails_its_models_only_and_the_other
             nursery.cancel_scope.cancel()
 
 
-async def test_a_journal_model_whose_options_are_now_refused_fails_alone_and_can_be_removed(tmp_path, autojump_clock):
-    """A model kept in the journal with retries = 200 (out of bounds since): after a restart the runtime runs,
-    the model's status says failed and why, a task submitted to it fails at once saying why (not queued for
-    ever), and removing it is then accepted (not EBUSY)."""
+@contextlib.asynccontextmanager
+async def restarted_with(tmp_path, model: ModelConfig):
+    """A runtime running after a restart from a journal that holds `model` (added before it), beside sim model b."""
     toml = '[gpus]\nsimulated = 1\n[[models]]\nname = "b"\n'
-    ext = ModelConfig(name="ext", driver="openai", options={"url": "http://127.0.0.1:9", "retries": 200})
     with open_runtime(tmp_path, toml) as rt:
-        rt.commit([SetModel(model=ext, what="add ext", uid=0)])
+        rt.commit([SetModel(model=model, what=f"add {model.name}", uid=0)])
     with open_runtime(tmp_path, toml) as rt:
         rt.recover()
         async with trio.open_nursery() as nursery:
             await nursery.start(rt.run)
-            status = models.status(rt.kernel, "ext", rt.engine_states.get("ext"))
-            pid = rt.commit([Submit(spec=TaskSpec(name="j", max_tokens=5, model="ext"), uid=1000)])[0]
-            with trio.fail_after(60):
-                while not rt.kernel.tasks[pid].done:
-                    await rt.wait_for(pid, 1.0)
-            rt.commit([RemoveModel(name="ext", uid=0)])
+            yield rt
             nursery.cancel_scope.cancel()
-        assert "ext" not in rt.kernel.models and "driver.openai" not in " ".join(rt.supervisor.bugs)
-        exit_line = rt.kernel.tasks[pid].exit
-    assert "State:\tfailed\n" in status and "retries must be an integer from 0 to 100, not 200" in status
-    assert exit_line.startswith("failed: model ext cannot run: the driver cannot be built: ") and "not 200" in exit_line
+
+
+async def ran(rt, model: str, timeout_s: float) -> int:
+    """The pid of a task of `model` submitted and waited for until done, for at most `timeout_s`."""
+    pid = rt.commit([Submit(spec=TaskSpec(name="j", max_tokens=1, model=model), uid=1000)])[0]
+    with trio.fail_after(timeout_s):
+        while not rt.kernel.tasks[pid].done:
+            await rt.wait_for(pid, 1.0)
+    return pid
+
+
+async def test_a_journal_model_whose_options_are_now_refused_fails_alone_and_can_be_removed(tmp_path, autojump_clock):
+    """A model kept in the journal with retries = "200" (a text, refused since): after a restart the runtime runs,
+    the model's status says failed and why, a task submitted to it fails at once saying why (not queued for
+    ever), and removing it is then accepted (not EBUSY)."""
+    ext = ModelConfig(name="ext", driver="openai", options={"url": "http://127.0.0.1:9", "retries": "200"})
+    async with restarted_with(tmp_path, ext) as rt:
+        status = models.status(rt.kernel, "ext", rt.engine_states.get("ext"))
+        pid = await ran(rt, "ext", 60)
+        rt.commit([RemoveModel(name="ext", uid=0)])
+    assert "ext" not in rt.kernel.models and "driver.openai" not in " ".join(rt.supervisor.bugs)
+    exit_line = rt.kernel.tasks[pid].exit
+    assert "State:\tfailed\n" in status and "retries must be an integer from 0 to 100, not '200'" in status
+    assert exit_line.startswith("failed: model ext cannot run: the driver cannot be built: ")
+    assert "not '200'" in exit_line
+
+
+async def test_a_journal_model_with_numbers_out_of_bounds_runs_them_clamped(tmp_path, nursery, caplog):
+    """A model kept in the journal with retries = 200 and timeout_s = 1e9 (accepted once, out of bounds now): after
+    a restart its driver is built with them clamped (100, 86400), its task runs to done, its status says which,
+    the log says it once, and the trace does not (no journal row that older code cannot replay)."""
+    async def answer(stream):
+        await stream.send_all(HEAD + ONE_TOKEN + ENDED)
+    port = await serve(nursery, answer)
+    ext = ModelConfig(name="ext", driver="openai", options={"url": f"http://127.0.0.1:{port}", "retries": 200,
+                                                            "timeout_s": 1e9, "metrics_s": 0})
+    with caplog.at_level(logging.WARNING, logger="apeinxfs.enginehost"):
+        async with restarted_with(tmp_path, ext) as rt:
+            pid = await ran(rt, "ext", NOT_ENDING_S)
+            status = models.ModelDir(rt=rt, name="ext").build("status").show()
+    exit_line, trace = rt.kernel.tasks[pid].exit, rt.kernel.trace.buffer.decode()
+    assert exit_line == "done"
+    clamped = "timeout_s 1e+09 clamped to 86400 (the bound); retries 200 clamped to 100 (the bound)"
+    assert f"Options:\t{clamped}\n" in status
+    assert [r.getMessage() for r in caplog.records] == [f"model ext: options kept in the journal: {clamped}"]
+    assert "clamped" not in trace
+    assert run_verify(tmp_path).divergence is None
 
 
 async def test_a_configured_model_re_added_with_refused_options_fails_alone(tmp_path):
-    """Configured openai models a and b; b re-added (journaled) with retries = 200: b fails, a's driver starts."""
+    """Configured openai models a and b; b re-added (journaled) with retries = "200" (a text): b fails, a's driver
+    starts."""
     toml = ('[gpus]\nsimulated = 1\n[[models]]\nname = "a"\ndriver = "openai"\noptions = {url = "http://127.0.0.1:9"}\n'
             '[[models]]\nname = "b"\ndriver = "openai"\noptions = {url = "http://127.0.0.1:9"}\n')
-    refused = ModelConfig(name="b", driver="openai", options={"url": "http://127.0.0.1:9", "retries": 200})
+    refused = ModelConfig(name="b", driver="openai", options={"url": "http://127.0.0.1:9", "retries": "200"})
     with open_runtime(tmp_path, toml) as rt:
         rt.commit([RemoveModel(name="b", uid=0)])
         rt.commit([SetModel(model=refused, what="add b", uid=0)])

@@ -17,6 +17,7 @@ import trio.testing
 from apeinxfs import config as config_mod
 from apeinxfs import simulate, verify
 from apeinxfs.journal import FLUSH_ROWS, Journal, row_crc
+from apeinxfs.kernel import kernel as kernel_module
 from apeinxfs.kernel.config import kernel_config_from_dict
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.events import Tick
@@ -258,12 +259,39 @@ def test_a_model_add_journals_the_url_without_its_credentials(tmp_path):
     assert run_verify(tmp_path).divergence is None
 
 
-def test_an_add_journaled_with_its_credentials_replays_as_recorded(tmp_path):
-    """A journal written before adds were redacted (credentials in the row and its trace) verifies."""
+@pytest.mark.parametrize("traced", ["bob:s3cret@", "***@"])
+def test_an_add_journaled_with_its_credentials_verifies(tmp_path, traced):
+    """An old journal's add row holding the URL's credentials verifies, whether its trace held them too (before the
+    kernel hid them) or not (the kernel hid them at apply, the row not yet)."""
     with open_runtime(tmp_path) as rt:
         write(models_ctl(rt), SECRET_ADD)
     seq = row_of(tmp_path, "setmodel", "add ext")
     alter(tmp_path, "UPDATE journal SET body = replace(body, '***@', 'bob:s3cret@') WHERE seq = ?", seq)
-    alter(tmp_path, "UPDATE trace SET lines = replace(lines, '***@', 'bob:s3cret@'), crc = ? WHERE row = ?",
-          row_crc(*journal_row(tmp_path, seq)), seq)
+    alter(tmp_path, "UPDATE trace SET lines = replace(lines, '***@', ?), crc = ? WHERE row = ?",
+          traced, row_crc(*journal_row(tmp_path, seq)), seq)
     assert run_verify(tmp_path).divergence is None
+
+
+def test_a_replayed_line_that_shows_credentials_again_diverges(tmp_path, monkeypatch):
+    """An old add row holding the URL's credentials, its trace hiding them: a kernel that shows them again (its
+    hiding undone here) diverges at that row."""
+    with open_runtime(tmp_path) as rt:
+        write(models_ctl(rt), SECRET_ADD)
+    seq = row_of(tmp_path, "setmodel", "add ext")
+    alter(tmp_path, "UPDATE journal SET body = replace(body, '***@', 'bob:s3cret@') WHERE seq = ?", seq)
+    alter(tmp_path, "UPDATE trace SET crc = ? WHERE row = ?", row_crc(*journal_row(tmp_path, seq)), seq)
+    assert run_verify(tmp_path).divergence is None
+    monkeypatch.setattr(kernel_module, "redacted", lambda text: text)
+    divergence = run_verify(tmp_path).divergence
+    assert divergence is not None and divergence.seq == seq and "bob:s3cret@" in divergence.got
+
+
+@pytest.mark.parametrize("recorded, replayed, same", [
+    ("add x url=http://bob:pw@h", "add x url=http://***@h", True),
+    ("add x url=http://***@h", "add x url=http://***@h", True),
+    ("add x url=http://***@h", "add x url=http://bob:pw@h", False),
+    ("add x url=ssh://alice@srv", "add x url=ssh://bob@srv", False),
+])
+def test_alike_takes_a_recorded_line_as_recorded_or_with_its_credentials_hidden(recorded, replayed, same):
+    """A recorded line matches the replayed one as recorded or hidden, never the other way round."""
+    assert verify.alike(recorded, replayed) is same

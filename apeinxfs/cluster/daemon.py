@@ -2,10 +2,11 @@
 
 `Cluster(settings, runtime)` is built by mount.py when `[cluster] etcd` is set and run
 by `Runtime.run` beside the drivers: one etcd client, the `router` (routing.py: where
-tasks live, where writes go, the peers' clients), `shared` (shared.py: the settings log),
-and nine tasks: the member (lease, epoch, leader campaign; member.py; on its lease, this
-node's usage keys, put soon after its limited tenants' use changed: usagekeys.py; and its
-live keys, each tenant's live pids, put when they changed: livekeys.py), the publisher of
+tasks live, where writes go, the peers' clients; both open for the daemon's run: `clients`),
+`shared` (shared.py: the settings log), and nine tasks: the member (lease, epoch, leader
+campaign; member.py; on its lease, this node's usage keys, put soon after its limited
+tenants' use changed: usagekeys.py; and its live keys, each tenant's live pids, put when
+they changed: livekeys.py), the publisher of
 this node's record (when it changed, looked at every second; every 30 s unchanged:
 member.py), the follower that keeps `view` (view.py) current through a watch, applies the
 settings log's entries and sums the other nodes' tenant use for admission (usage.py), the
@@ -18,7 +19,9 @@ without etcd they note why and retry, and local reads and running tasks go on.
 `names_seen(rt)`, `node_seen(rt, name)` and `tasks_seen(rt, name)` are what /nodes shows: the cluster's view, or
 on a single node just this node.
 """
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import trio
 
@@ -120,15 +123,24 @@ class Cluster:
         while rows() == put:
             await self.rt.wait_for("trace", PUBLISH_S)
 
+    @contextlib.asynccontextmanager
+    async def clients(self) -> AsyncIterator[None]:
+        """The etcd client and the router's peer clients, open for the daemon's whole run (Runtime.run), outside
+        the supervised `run`: the mount's settings writes and the open files of other nodes' tasks
+        (nodes/remote.py) use them while `run` waits for its restart."""
+        async with self.etcd, self.router:
+            yield
+
     async def run(self) -> None:
         """Join and follow the cluster until cancelled; each of the nine loops supervised (supervise.py: a bug
         in one is logged, shown in /ai/health and the loop started again). The etcd watch's checker, which
         `follow` starts in this nursery (etcd_watch.py start_checking), is not restarted by the supervisor
         (its cancel scope and stream are one stream's): a bug there is noted as `cluster.watch.check` and
         leaves the stream, as a failed check does, and the watch's next stream starts a checker of its own.
-        Not supervised, so a bug there still ends this and the daemon: the etcd client's and router's contexts."""
+        This itself is supervised as `cluster.run` (Runtime.run): a bug that ends its nursery (one no loop's
+        supervisor heard) starts the loops again; the clients (`clients`) stay open meanwhile."""
         supervised = self.rt.supervisor.supervised
-        async with self.etcd, self.router, trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
             loops = [("cluster.member", self.member.run), ("cluster.publish", self.member.publish),
                      ("cluster.follow", self.follow, nursery), ("cluster.pids", self.keep_pids),
                      ("cluster.failover.keep", self.failover.keep), ("cluster.failover.watch", self.failover.watch),

@@ -19,7 +19,10 @@ token are at most UNPROVEN_MAX, and a quarter of the descriptors the daemon may 
 (RLIMIT_NOFILE, read at each connection), so that idle connections from anyone cannot take the
 descriptors the mount, journal and snapshots need: a new one beyond makes room by closing the
 oldest unproven one (a flood cannot hold the places; a fresh request gets in), and each must send
-its first whole head within UNPROVEN_S.
+its first whole head within UNPROVEN_S. The accept loop is supervised (supervise.py: `peer.accept`,
+restarted on the same socket after a bug, which refuses connections until then); a bug in a connection
+that escapes its requests (its admission, a response under way) closes that connection alone
+(`peer.connection`); a request's bug before its answer began is answered EIO.
 Not here: the FUSE mount, the client (peer_client.py), membership.
 """
 import contextlib
@@ -40,11 +43,13 @@ import trio
 from ..kernel.errors import ApeinxError, Invalid, NotFound, RejectLine, TooMany
 from ..nodes.base import Blocking, Command, Dir, Log, Show
 from ..nodes.remote import RemoteTaskDir
+from ..nodes.ringlog import RingLog
 from ..ratelog import RateLog
 from .peer_wire import (CALLER_HEADER, FRAME_MAX, HEARTBEAT, HEARTBEAT_S, REJECTS_HEADER, PeerRefused, TokenFile,
                         data_frame, decode_caller, encode_error, parse_address)
 
 log = logging.getLogger(__name__)
+# the files served to peers: their Logs are buffers (a RingLog, whose source is a pair, is refused: serve_node)
 PATHS = re.compile(r"tasks/[1-9][0-9]{0,14}/(status|output|stream|wait|ctl)|ctl/(submit|kill)")
 PREFIX = "/v1/"
 REQUEST_S = 30.0  # the most a request's head and body may take to arrive (and a kept-alive connection may idle)
@@ -54,6 +59,7 @@ HEADER_MAX = 16 << 10
 OFFSET_MAX = 2 ** 63 - 1  # an off_t; also the most `?lines=` taken (then clamped to this node's write_lines)
 UNPROVEN_MAX = 256  # connections without an authorized request yet (and a quarter of RLIMIT_NOFILE at most)
 RECEIVE_BYTES = 1 << 16
+BACKLOG = 128  # connections the kernel queues for the accept loop
 FRAMES = [("content-type", "application/x-apeinx-frames")]
 TEXT = [("content-type", "text/plain; charset=utf-8")]
 
@@ -76,7 +82,7 @@ def prepare(advertise: str, tokens: TokenFile) -> Listening:
     host, port = parse_address(advertise)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        sock = socket.create_server((host, port), family=family, backlog=128)
+        sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
     except OSError as exc:
         raise Invalid(f"peer server cannot listen on {advertise}: {exc.strerror}") from None
     return Listening(sock, tokens)
@@ -106,13 +112,41 @@ class PeerServer:
         self.flood_log = RateLog(log)
 
     async def serve(self, listening: Listening, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(listening.sock))
+        """Serve peers until cancelled: the accept loop supervised as `peer.accept` (supervise.py: a bug there
+        is logged, shown in /ai/health and the loop started again on the same socket; `accept` says what a
+        peer meets meanwhile), each connection in a task of a nursery that outlives the loop's restarts, so a
+        bug in the loop closes none of them."""
         log.info("peer server on %s", listening.sock.getsockname()[:2])
-        await trio.serve_listeners(self.connection, [listener], task_status=task_status)
+        with listening.sock:
+            async with trio.open_nursery() as connections:
+                task_status.started()
+                await self.rt.supervisor.supervised("peer.accept", self.accept, listening.sock, connections)
+
+    async def accept(self, sock: socket.socket, connections: trio.Nursery) -> None:
+        """trio's accept loop (it waits out a lack of descriptors) on a duplicate of `sock`, closed as it ends;
+        each connection served in `connections`. After a bug `sock` stops listening (bound still) until the
+        restart listens again: the connections queued unread are reset, never run, and new ones refused, nothing
+        sent (the asker places a submit elsewhere), where they would wait unread past the asker's timeout."""
+        sock.listen(BACKLOG)  # again after a bug's shutdown
+        with trio.socket.from_stdlib_socket(sock.dup()) as duplicate:
+            try:
+                await trio.serve_listeners(self.connection, [trio.SocketListener(duplicate)],
+                                           handler_nursery=connections)
+            except Exception:
+                sock.shutdown(socket.SHUT_RDWR)
+                raise
 
     async def connection(self, socket_stream: trio.SocketStream) -> None:
-        """Requests on one connection, kept alive between them; a broken or stalled one just
-        ends, and no bug escapes (it would end the daemon's nursery)."""
+        """One peer's connection, whose bug ends it alone: an Exception that escapes its requests and their
+        answers (its admission, a bug in a response under way) is kept as the Bug `peer.connection`
+        (supervise.py, /ai/health) and the connection closed (trio's serve_listeners closes its stream)."""
+        try:
+            await self.converse(socket_stream)
+        except Exception as bug:
+            self.rt.supervisor.note("peer.connection", bug, "its connection closed")
+
+    async def converse(self, socket_stream: trio.SocketStream) -> None:
+        """Requests on one connection, kept alive between them; a broken or stalled one just ends."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEADER_MAX)
         stream = StalledSends(socket_stream, self.stall_s)
         with trio.CancelScope() as evicted:  # cancelled when a newer unproven connection needs the place
@@ -124,8 +158,6 @@ class PeerServer:
                 await refuse_malformed(conn, stream, exc)
             except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
                 pass
-            except Exception as exc:
-                self.log_bug(exc)
             finally:
                 ticket.give_back()
                 await stream.aclose()
@@ -175,13 +207,15 @@ class PeerServer:
 
     async def answer(self, conn, stream, request: h11.Request, body: bytes) -> None:
         """Serve `request`, or send its refusal while no response has started (a bug: EIO, as
-        the FUSE boundary answers one)."""
+        the FUSE boundary answers one). A refusal once it started (a `wait` on a task reaped meanwhile)
+        leaves the response unfinished: the connection is closed, and that is no bug."""
         try:
             await self.dispatch(conn, stream, request, body)
         except ApeinxError as exc:
-            if conn.our_state is not h11.SEND_RESPONSE:
-                raise
-            await send_simple(conn, stream, *encode_error(exc))
+            if conn.our_state is h11.SEND_RESPONSE:
+                await send_simple(conn, stream, *encode_error(exc))
+            else:
+                log.info("peer server: %s, after its answer began: connection closed", exc.reason)
         except Exception as exc:
             if conn.our_state is not h11.SEND_RESPONSE:
                 raise
@@ -232,6 +266,8 @@ class PeerServer:
     async def serve_node(self, conn, stream, node, caller, request, body: bytes, query: dict) -> None:
         if isinstance(node, Show):
             await send_simple(conn, stream, 200, self.tree.render(node), TEXT)
+        elif isinstance(node, RingLog):  # its source is (text, dropped): no path of PATHS names one
+            raise NotFound("a ring's log (trace, audit) is not served to peers")
         elif isinstance(node, Log):
             await send_range(conn, stream, node.source(), dict(request.headers).get(b"range"))
         elif isinstance(node, Blocking):
@@ -254,12 +290,11 @@ class PeerServer:
         self.blocked += 1
         try:
             await send(conn, stream, h11.Response(status_code=200, headers=FRAMES))
-            while (data := node.poll(offset)) != b"":
+            while (data := node.poll(offset, FRAME_MAX)) != b"":
                 if data is None:
                     await self.quiet(conn, stream, node.key)
                     continue
-                for start in range(0, len(data), FRAME_MAX):
-                    await send(conn, stream, h11.Data(data=data_frame(data[start:start + FRAME_MAX])))
+                await send(conn, stream, h11.Data(data=data_frame(data)))
                 offset += len(data)
             await send(conn, stream, h11.EndOfMessage())
         finally:

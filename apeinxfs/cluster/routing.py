@@ -21,6 +21,7 @@ closed with the router.
 Not here: the policy (placement.py), the wire (peer_client.py), the tree (nodes/).
 """
 import bisect
+import contextlib
 import functools
 import logging
 from collections import OrderedDict
@@ -77,8 +78,10 @@ class Router:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        for peer in self.peers.values():
-            await peer.http.aclose()
+        """Close every peer's client, the others too when closing one raises (that raised after)."""
+        async with contextlib.AsyncExitStack() as closing:
+            for peer in self.peers.values():
+                closing.push_async_callback(peer.http.aclose)
 
     # -- where tasks live ---------------------------------------------------------------------
 

@@ -142,11 +142,13 @@ def read(samples: list[Sample]) -> Reading:
 
 def reading_of(gauges: Gauges) -> Reading:
     """What the engine of these gauges says of its KV cache and requests; Unreadable if its KV usage is not a
-    fraction 0 to 1 (a usage of 50 would be 50 caches' tokens)."""
+    fraction 0 to 1 (a usage of 50 would be 50 caches' tokens) or its capacity is negative."""
     engine = engine_of(gauges.by_name)
     reading = READERS[engine](gauges) if engine in READERS else Reading(engine)
     if reading.kv_usage is not None and not 0 <= reading.kv_usage <= 1:
         raise Unreadable(f"its KV cache usage of {reading.kv_usage:g} is not a fraction 0 to 1")
+    if reading.kv_capacity is not None and reading.kv_capacity < 0:  # combine's weights: they must not sum to 0
+        raise Unreadable(f"its KV cache capacity of {reading.kv_capacity} tokens is negative")
     return reading
 
 

@@ -14,7 +14,10 @@ gathered a slice at a time (PARSE_CHARS, GATHER_WORK), the daemon's other work r
 scrape is also a health check
 (enginestate.py): an engine that answers is ready, even without metrics; HTTP 503 means it is
 still loading (starting); no answer, unreachable. An engine not scraped is `probe`d instead while
-the kernel holds it down (kernel/engines.py). Parsing is metrics.py's.
+the kernel holds it down (kernel/engines.py). Parsing is metrics.py's: what an engine sent is its fault only as
+metrics.Unreadable (said where metrics.py finds it) or an HTTP error; anything else raised there is a daemon
+bug, not caught here: it ends the driver's observe loop, whose supervisor keeps it as a Bug row (/ai/health)
+and starts the loop again.
 """
 import json
 import logging
@@ -67,11 +70,6 @@ def _report_kv(host, model: str, gpus: tuple, observation: metrics.Observation) 
     return observation
 
 
-# A figure that still fails to read is this engine's scrape error (its observation says it), not the end of
-# the observe loop of every model of its driver.
-FIGURE_FAULTS = (ArithmeticError, ValueError, TypeError)
-
-
 async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple[metrics.Observation, str]:
     """One scrape of the engine at `url`: its reading, or the reason there is none; and the engine's state."""
     source = redacted(f"{url}/metrics")
@@ -79,7 +77,7 @@ async def scrape(client: httpx.AsyncClient, url: str, timeout_s: float) -> tuple
         reading = metrics.reading_of(await gathered(await parsed(await body_of(client, f"{url}/metrics", timeout_s))))
         if metrics.wants_slots(reading):
             return await _with_slots(client, url, metrics.Observation(source=source, reading=reading), timeout_s), "ready"
-    except (httpx.HTTPError, metrics.Unreadable, *FIGURE_FAULTS) as exc:
+    except (httpx.HTTPError, metrics.Unreadable) as exc:  # the engine's faults; any other is a daemon bug
         return metrics.Observation(source=source, error=describe(exc)), state_of(exc)
     return metrics.Observation(source=source, reading=reading), "ready"
 

@@ -26,7 +26,7 @@ import attrs
 
 from . import events as ev
 from .config import ModelConfig
-from .endpoints import gpus_text
+from .endpoints import gpus_text, redacted
 from .kvreport import KVReports
 from .memory import KVManager
 from .models import Models
@@ -213,11 +213,11 @@ class EngineWatch:
         if task is None or task.state is not State.RUNNING:  # killed, stopped or preempted meanwhile
             return
         book, limit = self.book, self._models[task.model].resume_limit
-        count = book.resumes.get(task.pid, 0) + 1
+        count, reason = book.resumes.get(task.pid, 0) + 1, redacted(event.reason)  # an old row may hold a password
         if count > limit:
-            host.exit(task, f"failed: {event.reason}", f"interrupted {count} times; resume_limit={limit}")
+            host.exit(task, f"failed: {reason}", f"interrupted {count} times; resume_limit={limit}")
             return
         book.resumes[task.pid] = count
-        host.emit("resume", task, f"{event.reason}; resumes after token {task.tokens_out} "
+        host.emit("resume", task, f"{reason}; resumes after token {task.tokens_out} "
                                   f"(resume {count} of {limit})", task.gpu)
         host.requeue(task, State.PREEMPTED)

@@ -23,6 +23,7 @@ from .audit import AuditLog
 from .billing import BillBook
 from .config import MIB, KernelConfig
 from .counters import Counters
+from .endpoints import redacted
 from .engines import EngineWatch
 from .errors import ApeinxError, Busy, Invalid
 from .gpus import Gpu
@@ -233,9 +234,9 @@ class Kernel:
             self.emit("prio", task, f"prio={task.spec.prio} weight={task.weight}")
 
     def _apply_failed(self, event: ev.Failed) -> None:
-        task = self.tasks.get(event.pid)
+        task, reason = self.tasks.get(event.pid), redacted(event.reason)  # an old row's reason may hold a password
         if task is not None and not task.done:
-            self.moves.exit(task, f"failed: {event.reason}", event.reason)
+            self.moves.exit(task, f"failed: {reason}", reason)
 
     def _apply_gpumemory(self, event: ev.GpuMemory) -> None:
         pages = self.kv.set_real_free(event.gpu, event.free_mib * MIB)
@@ -254,7 +255,7 @@ class Kernel:
     def _apply_setmodel(self, event: ev.SetModel) -> None:
         self.models.add(event.model)
         self.kv.add_model(event.model)
-        self._model_changed(event, event.what)  # as journaled (nodes/addremove.py hides a URL's credentials)
+        self._model_changed(event, redacted(event.what))  # journaled hidden (nodes/addremove.py); old rows are not
 
     def _apply_removemodel(self, event: ev.RemoveModel) -> None:
         self.models.remove(event.name)

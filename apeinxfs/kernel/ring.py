@@ -6,13 +6,15 @@ offsets into the file serving it keep counting every line ever written and `tail
 follows across the drops (nodes/ringlog.py). Lines after `hold` are not dropped: the daemon
 holds those not yet in the ring's archive (archive.py), where every line stays.
 `drop_lines` deletes the oldest lines of such a buffer: the ring's trim and a tenant's view of
-the trace (trace.TenantView) both drop through it.
+the trace (trace.TenantView) both drop through it. `rewrite` passes the lines kept through a
+function, for a ring loaded from a snapshot of older code (state.credentials_hidden).
 
 Not here: what a line says (the subclasses), nor writing the archive (archive.py, runtime.py).
 """
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 
 
 class Ring:
@@ -57,6 +59,22 @@ class Ring:
         """Lines after `seq` are kept whatever the limit (None: none are); then trim."""
         self.hold = seq
         self.trim()
+
+    def rewrite(self, change: Callable[[str], str]) -> bool:
+        """The lines kept, as `change` makes their text (each line on its own: it never joins nor splits one);
+        whether any changed. The offsets of the lines after a changed one move: for a ring just loaded, before
+        any reader has one."""
+        kept = self.buffer[len(self.HEADER):].decode()
+        changed = change(kept)
+        if changed == kept:
+            return False
+        lines = changed.split("\n")[:-1]  # each line ends with one
+        assert len(lines) == len(self._starts), f"{len(lines)} lines changed, {len(self._starts)} kept"
+        del self.buffer[len(self.HEADER):], self._starts[:]
+        for line in lines:
+            self._starts.append(len(self.buffer) + self.dropped)
+            self.buffer += f"{line}\n".encode()
+        return True
 
     def view(self) -> tuple[bytearray, int]:
         """(The header and the lines kept, bytes of lines dropped before them): what the file serves."""

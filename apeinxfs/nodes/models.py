@@ -29,9 +29,10 @@ SHAPE = ("context", "layers", "kv_heads", "head_dim")
 OUTAGE = ("engine_wait_s", "resume_limit")  # the kernel's, not the driver's (kernel/engines.py)
 
 
-def status(kernel, name: str, engine=None, endpoint_states=None) -> str:
+def status(kernel, name: str, engine=None, endpoint_states=None, clamped: str | None = None) -> str:
     """Key:<TAB>value lines: the model's driver, its engine's state (drivers/enginestate.py), its tasks,
-    its GPUs and, for a model with endpoints, each one's GPUs and state (`endpoint_states`, by (model, gpus))."""
+    its GPUs and, for a model with endpoints, each one's GPUs and state (`endpoint_states`, by (model, gpus));
+    then, for a model kept in the journal whose options were clamped to their bounds, which (`clamped`)."""
     running = sum(1 for g in kernel.gpus for t in g.running.values() if t.model == name)
     queued = sum(1 for t in kernel.runq.tasks() if t.model == name)
     model = kernel.models[name]
@@ -42,6 +43,8 @@ def status(kernel, name: str, engine=None, endpoint_states=None) -> str:
         states = [(endpoint_states or {}).get((name, e.gpus)) for e in model.endpoints]
         rows.append(("Endpoints", "; ".join(f"{e.label} {seen.state if seen else 'starting'}"
                                             for e, seen in zip(model.endpoints, states))))
+    if clamped:
+        rows.append(("Options", clamped))
     return "".join(f"{k}:\t{v}\n" for k, v in rows)
 
 
@@ -88,7 +91,8 @@ class ModelDir(BuiltDir):
         if file == "engine":
             return Show(show=lambda: engine(rt.engine_metrics.get(name), rt.clock.now_us()), volatile=True)
         if file == "status":
-            return Show(show=lambda: status(rt.kernel, name, rt.engine_states.get(name), rt.endpoint_states))
+            return Show(show=lambda: status(rt.kernel, name, rt.engine_states.get(name), rt.endpoint_states,
+                                            rt.clamped.get(name)))
         return Show(show=lambda: config(rt.kernel, name))
 
 
