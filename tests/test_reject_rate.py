@@ -3,18 +3,27 @@ Runtime.reject): a burst, then only counted, the count summed up in one line whe
 opens; the writes are refused all the same; one uid's flood leaves another's lines alone; the lines are
 journaled, so a replay (and `replay --verify`) writes the same ones. Fake clock, no FUSE: the same through a
 real mount with a shell loop is test_rejects_mount.py."""
+import csv
 import errno
+import io
+import json
+import re
 
+import attrs
 import pytest
 
 from apeinxfs import config as config_mod
 from apeinxfs import verify
 from apeinxfs.kernel import Kernel
-from apeinxfs.kernel.errors import Invalid
-from apeinxfs.kernel.events import Rejected
+from apeinxfs.kernel.errors import Denied, Invalid
+from apeinxfs.kernel.events import Rejected, to_row
+from apeinxfs.nodes import metrics
 from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.tree import Tree
+from apeinxfs.ratelog import KEYS_MAX, Windows
+from apeinxfs.runtime import REJECT_OVERALL
 from test_cluster_publish import StillClock
+from test_storage_faults import FailingDb, full_error
 from test_journal_runtime import ONE_GPU, open_runtime
 from test_kernel import kernel_config, trace_rows
 from test_nodes import refusal, resolve
@@ -122,3 +131,96 @@ def test_a_bad_limit_is_refused_at_start(tmp_path, key, value):
     path.write_text(f"[limits]\n{key} = {value!r}\n".replace("'", '"'))
     with pytest.raises(Invalid, match=f"limits.{key}"):
         config_mod.load(str(path), str(tmp_path / "state"), use_nvml=False)
+
+
+def audit_details(rt) -> list[tuple[str, str]]:
+    """The audit trail's (result, detail) pairs, in order."""
+    rows = csv.DictReader(io.StringIO(rt.kernel.audit.view()[0].decode()))
+    return [(row["result"], row["detail"]) for row in rows]
+
+
+def rejected_metric(rt) -> int:
+    """apeinx_rejected_writes_total as /metrics serves it."""
+    return int(re.search(r"^apeinx_rejected_writes_total (\d+)$", metrics.show(rt), re.M).group(1))
+
+
+def test_cheap_refusals_leave_denials_their_own_window(limited):
+    """A uid that spent its burst on refused kills still has each of its next 3 denials audited."""
+    refuse(limited, NOISY, 10)
+    for index in range(3):
+        limited.rt.reject("/ctl/tenants", Denied(f"refused {index}"), uid=NOISY.uid)
+    assert audit_details(limited.rt) == [("denied", f"refused {index}") for index in range(3)]
+
+
+def test_suppressed_denials_are_counted_in_the_audit(limited):
+    """Denials past the burst are summed up in the audit trail (and the trace) when the next window opens."""
+    for index in range(5):
+        limited.rt.reject("/ctl/tenants", Denied(f"refused {index}"), uid=NOISY.uid)
+    limited.rt.clock.us += 10_000_000
+    limited.rt.reject("/ctl/tenants", Denied("refused 5"), uid=NOISY.uid)
+    assert audit_details(limited.rt)[3:] == [("suppressed", "2 more denials by uid 1000 suppressed"),
+                                             ("denied", "refused 5")]
+    assert rejects(limited.rt)[3] == "2 more denials by uid 1000 suppressed"
+
+
+def test_all_uids_together_leave_at_most_ten_bursts(limited):
+    """Eleven uids of 3 refusals each in one window leave 30 reject lines (REJECT_OVERALL bursts); all 33 count."""
+    for uid in range(2000, 2011):
+        refuse(limited, Caller(uid=uid, pid=11, role="user"), 3)
+    assert len(rejects(limited.rt)) == 3 * REJECT_OVERALL == 30
+    assert rejected_metric(limited.rt) == 33
+
+
+def test_the_metric_never_goes_down_when_windows_are_forgotten(limited):
+    """A noisy uid's 7 suppressed refusals stay in apeinx_rejected_writes_total after KEYS_MAX other uids push its
+    ended window out of the table."""
+    refuse(limited, NOISY, 10)
+    limited.rt.clock.us += 10_000_000
+    for uid in range(5000, 5000 + KEYS_MAX):
+        limited.rt.reject("/ctl/kill", Invalid("no task 99"), uid=uid)
+    assert (NOISY.uid, False) not in limited.rt.reject_lines.windows
+    assert rejected_metric(limited.rt) == 10 + KEYS_MAX
+
+
+def test_a_full_table_keeps_every_live_window_and_its_count():
+    """Past KEYS_MAX keys in one window the noisy key keeps its window (no fresh burst) and its count."""
+    windows = Windows(burst=1, window_s=10)
+    windows.admit("noisy", 0)
+    assert windows.admit("noisy", 0) == (False, None)
+    for key in range(KEYS_MAX):
+        windows.admit(key, 1)
+    assert windows.admit("noisy", 2) == (False, None)
+    assert windows.windows["noisy"].suppressed == 2 == windows.untold and len(windows.windows) == KEYS_MAX
+
+
+def test_a_row_with_nothing_suppressed_is_read_by_older_code():
+    """A plain Rejected row holds no `suppressed` (yesterday's Rejected, without it, reads it); a summary does."""
+    older = attrs.make_class("Rejected", {name: attrs.field(default=None) for name in (
+        "path", "reason", "errno", "denial", "uid", "caller_pid", "caller_tenant")})
+    plain = json.loads(to_row(Rejected(path="/ctl/kill", reason="no task 99", uid=3))[1])
+    assert older(**plain).reason == "no task 99"
+    assert json.loads(to_row(Rejected(path="/ctl/kill", reason="r", suppressed=2))[1])["suppressed"] == 2
+
+
+def test_a_negative_suppressed_count_is_refused():
+    """A Rejected row cannot lower the refusal counter with a negative suppressed count."""
+    with pytest.raises(ValueError):
+        Rejected(path="/ctl/kill", reason="r", suppressed=-5)
+
+
+def test_a_summary_the_journal_could_not_take_goes_with_the_next_line(tmp_path):
+    """A summary whose row failed (the journal full) is kept in the metric and told when the uid's next window opens."""
+    with open_runtime(tmp_path, LIMITED) as runtime:
+        runtime.clock, runtime.journal.db = StillClock(), FailingDb(runtime.journal.db)
+        tree = Tree(runtime)
+        refuse(tree, NOISY, 5)
+        runtime.clock.us += 10_000_000
+        runtime.journal.db.fault = full_error
+        refuse(tree, NOISY, 1)
+        assert rejected_metric(runtime) == 5  # 3 lines and 2 suppressed; the one refused while degraded is not
+        runtime.journal.db.fault = None
+        assert runtime.health.recover(runtime.kernel, runtime.journal, runtime.clock.now_us())
+        runtime.clock.us += 10_000_000
+        refuse(tree, NOISY, 1)
+        assert rejects(runtime)[-2:] == ["2 more refused writes by uid 1000 suppressed", kill_line(NOISY)]
+        assert rejected_metric(runtime) == 6
