@@ -29,7 +29,7 @@ SECTIONS = {
     "billing": {"period"},
     "retention": {"trace_bytes", "trace_file_bytes", "tasks", "task_age_s", "trace_lines", "snapshot_rows",
                   "snapshot_s", "audit_lines", "audit_bytes"},
-    "limits": {"live_tasks", "write_lines", "pending_bytes", "open_bytes"},
+    "limits": {"live_tasks", "write_lines", "pending_bytes", "open_bytes", "reject_lines", "reject_window_s"},
     "cluster": cluster_settings.KEYS,
 }
 LISTS = ("models", "tenants")
@@ -43,9 +43,12 @@ def _positive(_config, attribute, value) -> None:
         raise Invalid(f"config: daemon.{attribute.name} must be a positive integer, not {value!r}")
 
 
-def _seconds(_config, attribute, value) -> None:
-    if type(value) not in (int, float) or not 0 < value < float("inf"):
-        raise Invalid(f"config: retention.{attribute.name} must be a number of seconds > 0, not {value!r}")
+def seconds(section: str):
+    """A validator of a `[section]` key: a finite number of seconds > 0."""
+    def check(_config, attribute, value) -> None:
+        if type(value) not in (int, float) or not 0 < value < float("inf"):
+            raise Invalid(f"config: {section}.{attribute.name} must be a number of seconds > 0, not {value!r}")
+    return check
 
 
 @attrs.frozen
@@ -60,18 +63,21 @@ class Retention:
     # a snapshot every snapshot_rows journal rows, or snapshot_s seconds if a row came since
     snapshot_rows: int = attrs.field(default=1000, validator=[attrs.validators.instance_of(int),
                                                                attrs.validators.gt(0)])
-    snapshot_s: float = attrs.field(default=300.0, validator=_seconds)
+    snapshot_s: float = attrs.field(default=300.0, validator=seconds("retention"))
 
 
 @attrs.frozen
 class Limits:
     """What one write may hold, `[limits]`: its lines (a write is parsed and admitted in one go on the daemon's
     only thread), the unfinished lines one uid's open ctl descriptors buffer, and the distinct snapshots its open
-    show files hold, in bytes. (The section's live_tasks is the kernel's KernelLimits.)"""
+    show files hold, in bytes; how many `reject` trace lines one uid's refused writes leave per window
+    (Runtime.reject). (The section's live_tasks is the kernel's KernelLimits.)"""
 
     write_lines: int = attrs.field(default=buffers.WRITE_LINES, validator=at_least("limits", 1))
     pending_bytes: int = attrs.field(default=buffers.PENDING_BYTES, validator=at_least("limits", 1))
     open_bytes: int = attrs.field(default=openfiles.OPEN_BYTES, validator=at_least("limits", 1))
+    reject_lines: int = attrs.field(default=20, validator=at_least("limits", 1))
+    reject_window_s: float = attrs.field(default=60.0, validator=seconds("limits"))
 
 
 @attrs.frozen

@@ -34,6 +34,7 @@ from .health import Health
 from .journal import LAST, Emitted, Journal
 from .nodes.base import Writes
 from .nodes.buffers import Buffers
+from .ratelog import Windows
 from .readers import Readers
 from .kernel import Kernel
 from .kernel.errors import ApeinxError, Degraded
@@ -45,6 +46,7 @@ from .supervise import Supervisor
 
 log = logging.getLogger(__name__)
 GPU_SAMPLE_S = 2.0  # how often real GPUs' free memory is read for placement
+REJECT_OVERALL = 10  # reject lines of all uids per window: this many times `[limits] reject_lines`
 PROBE_S = 1.0  # how often a degraded daemon tries to write its journal again
 PROGRESS_S = 0.1  # the longest an applied engine step waits to be journaled
 DEADLINE_CHECK_S = 60.0  # the longest the deadline timer waits: a step or suspend nothing read is seen then
@@ -94,6 +96,8 @@ class Runtime:
         self.supervisor = Supervisor(lambda: self.clock.now_us())  # the background loops' bugs (supervise.py)
         self.readers = Readers(self.notifier, config.max_waiters, config.max_waiters_per_uid)
         self.buffers = Buffers(config.limits.write_lines, config.limits.pending_bytes)
+        self.reject_lines = Windows(config.limits.reject_lines, config.limits.reject_window_s,  # per uid, denial
+                                    config.limits.reject_lines * REJECT_OVERALL)
         self.writes: Writes  # the ctl and settings files' limits and reject lines: set by the Tree built over it
         self.quarantined: dict = {}  # journal seq -> recovery.Quarantined: rows recover() went on without
         self.readings = None  # drivers/nvml.Readings of the real GPUs, set by the daemon (mount.py)
@@ -206,10 +210,28 @@ class Runtime:
 
     def reject(self, path: str, error: ApeinxError, uid: int, pid: int = 0, tenant: str | None = None) -> None:
         """Record a refused write in the journal and trace (and, for a denial, the audit trail): the `reject`
-        line. While the journal cannot be written the refusal stands unrecorded."""
-        with contextlib.suppress(Degraded):
+        line. Past `[limits] reject_lines` in the uid's window (its denials have a window of their own), or past
+        REJECT_OVERALL times that across uids, it is only counted, and the count goes with the uid's first line
+        of its next window. While the journal cannot be written the refusal stands unrecorded."""
+        key = (uid, error.denial)
+        admitted, ended = self.reject_lines.admit(key, self.clock.now_us() / 1e6)
+        if not admitted:
+            return
+        suppressed = ended.suppressed if ended else 0
+        if self.record_reject(path, error, uid, pid, tenant, suppressed):
+            self.reject_lines.told(suppressed)
+        else:
+            self.reject_lines.retell(key, suppressed)
+
+    def record_reject(self, path: str, error: ApeinxError, uid: int, pid: int = 0, tenant: str | None = None,
+                      suppressed: int = 0) -> bool:
+        """Journal one refusal, with no limit (the simulator's are all counted); whether it was."""
+        try:
             self.commit([Rejected(path=path, reason=error.reason, uid=uid, errno=error.errno, denial=error.denial,
-                                  caller_pid=pid, caller_tenant=tenant)])
+                                  caller_pid=pid, caller_tenant=tenant, suppressed=suppressed)])
+        except Degraded:
+            return False
+        return True
 
     # -- a journal that cannot be written (health.py) ------------------------------------
 

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROUNDS, apeinxfs_mount, cpu_seconds
+from common import ROUNDS, checkouts_mounted, cpu_seconds
 
 import bench_tokens
 import tinymodel
@@ -37,17 +37,6 @@ IDLE_S = 2.0
 def turn(daemon) -> list[float]:
     """The seconds to the first byte of each of 4 tasks started at once on `daemon`."""
     return bench_tokens.together(lambda: bench_tokens.through(daemon, TOKENS)[0], 4)
-
-
-def mounted(stack, url: str, checkouts: dict, order: tuple) -> dict:
-    """{name: daemon} of each checkout's apeinxfs, started in `order` (PYTHONSAFEPATH: the cwd is not
-    put before PYTHONPATH)."""
-    os.environ["PYTHONSAFEPATH"] = "1"
-    daemons = {}
-    for name in order:
-        os.environ["PYTHONPATH"] = checkouts[name]
-        daemons[name] = stack.enter_context(apeinxfs_mount(bench_tokens.config(url, 4), name=f"ab-{name}"))
-    return daemons
 
 
 def cpu_per_task(daemons: dict) -> tuple[dict, dict]:
@@ -79,7 +68,7 @@ def main() -> int:
                          cpus=engine_cpus) as server:
             for round_ in range(ROUNDS):
                 with contextlib.ExitStack() as stack:
-                    daemons = mounted(stack, server.url, checkouts, ("ref", "this")[::1 if round_ % 2 else -1])
+                    daemons = checkouts_mounted(stack, bench_tokens.config(server.url, 4), checkouts, ("ref", "this")[::1 if round_ % 2 else -1])
                     for daemon in daemons.values():
                         turn(daemon)  # warm: the first turn opens spare connections and caches
                     ms, first = cpu_per_task(daemons)

@@ -3,6 +3,7 @@
 - `apeinxfs_mount(config)`: a real daemon (tests/daemon.py's Daemon) in a temporary
   directory; with BENCH_PROFILE=DIR set it runs under cProfile and prints its hottest
   functions when it stops (the profile is kept as DIR/NAME.prof).
+- `checkouts_mounted(stack, config, checkouts, order)`: one daemon of each of several checkouts at once.
 - `minimal_mount()`: bench/minimal_fs.py, the pyfuse3 floor that read rates are compared to.
 - `count_runs`, `rate`, `median`, `verdict`: measure, summarise, print a `PASS`/`MISS` line.
 - `module_at(ref, path)`: a module of the package as of another commit, to measure beside this one's.
@@ -56,6 +57,17 @@ def apeinxfs_mount(config_text: str | None = None, name: str = "apeinxfs", timel
             yield daemon
         if isinstance(daemon, ProfiledDaemon):
             print_profile(daemon.profile_path)
+
+
+def checkouts_mounted(stack: contextlib.ExitStack, config_text: str, checkouts: dict, order: tuple) -> dict:
+    """{name: daemon} of each checkout's apeinxfs ({name: its root}) with `config_text`, started in `order`
+    (PYTHONSAFEPATH: the cwd is not put before PYTHONPATH), each stopped when `stack` closes."""
+    os.environ["PYTHONSAFEPATH"] = "1"
+    daemons = {}
+    for name in order:
+        os.environ["PYTHONPATH"] = checkouts[name]
+        daemons[name] = stack.enter_context(apeinxfs_mount(config_text, name=f"ab-{name}"))
+    return daemons
 
 
 def make_daemon(tmp: str, config_text: str | None, name: str, timeline: str | None = None) -> Daemon:

@@ -32,7 +32,7 @@ from test_kernel import kernel_config
 from test_nodes import resolve
 
 ADMIN = Caller()
-FEW = ONE_GPU + "[retention]\naudit_lines = 16\n"
+FEW = ONE_GPU + "[retention]\naudit_lines = 16\n[limits]\nreject_lines = 1000\n"  # every denial audited here
 
 
 def seqs_of(text) -> list[int]:

@@ -6,7 +6,7 @@ that do not exist) to /ctl/submit, /ctl/kill and /tasks/PID/ctl of a live and an
 task, each with os.open/os.write/os.close. Every write either succeeds (and then each
 non-blank submit line is exactly one new task) or fails with an errno docs/apeinxfs.5.md names;
 close never fails: an unterminated last line runs at the last close, and the trace alone
-says whether it was refused. Every refusal leaves one `reject` line in the trace; the
+says whether it was refused. Every refusal leaves one `reject` line in the trace (its per-uid rate lifted); the
 daemon never dies. Not covered:
 permissions (EACCES/EPERM) and quotas (EDQUOT), which need other users and tenants.
 """
@@ -36,6 +36,8 @@ name = "sim"
 context = 32768
 [models.options]
 decode_step_ms = 200
+[limits]
+reject_lines = 1000000  # every refusal's reject line is counted here (the default limits each uid's rate)
 """
 LIVE_TASK = b"live 3000 5\n"  # 8 KV pages per GPU: a context over 4096 tokens is ENOSPC
 CHECKS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -150,7 +150,7 @@ async def test_a_bug_is_eio_logged_once_per_burst_and_leaves_the_fd_usable(ops, 
     assert await ops.read(fh, 0, 4096) == b"error: internal error in the daemon (logged)\n"
     bugs = [r for r in caplog.records if "ZeroDivisionError" in r.getMessage()]
     assert len(bugs) == ops.bug_log.burst and all(r.exc_info is None for r in bugs)
-    assert "uid 1000" in ops.bug_log.windows and ops.bug_log.windows["uid 1000"].suppressed == 50 - len(bugs)
+    assert "uid 1000" in ops.bug_log.limit.windows and ops.bug_log.limit.windows["uid 1000"].suppressed == 50 - len(bugs)
     monkeypatch.setattr(node, "run", real)
     assert await ops.write(fh, 0, GOOD) == len(GOOD) and names(ops) == ["good"]
 

@@ -72,4 +72,4 @@ def test_memory_stays_bounded(monkeypatch):
     clock.now = 20.0
     for uid in range(3, 12):
         rate.log(uid, logging.ERROR, "x")
-        assert len(rate.windows) <= 4
+        assert len(rate.limit.windows) <= 4

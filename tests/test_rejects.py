@@ -1,4 +1,5 @@
-"""Tier 2: every refused write of every writable file leaves exactly one `reject` trace line, `PATH: REASON
+"""Tier 2: every refused write of every writable file leaves exactly one `reject` trace line (within its uid's rate,
+test_reject_rate.py), `PATH: REASON
 (uid U)` (apeinxfs(5), ERRORS), through one path (CommandHandle.refusals, Runtime.reject): a refused line,
 a refusal of the command around the lines (a tenant removed while its settings file is open), and on a
 cluster node a settings change refused by etcd or when its entry applies, journaled on that node once. Which

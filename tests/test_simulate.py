@@ -351,3 +351,13 @@ def test_shares_and_percentile():
     assert shares({"tenants": {"a": {"service": 0.0}}}) == {"a": 0.0}
     assert percentile(list(range(1, 101)), 99) == 99 and percentile([5.0], 99) == 5.0
     assert percentile([], 99) is None
+
+
+def test_every_refused_request_leaves_its_reject_line(tmp_path):
+    """The simulator's refusals (uid 0) are not rate-limited: 25 refused requests, past a daemon's burst of 20,
+    leave 25 reject lines."""
+    rows = "".join(f"{index},a,huge{index},5000,5000,,,,\n" for index in range(25))
+    path = write(tmp_path, HEADER + rows)
+    report = simulate_report(path, "--gpus", 1, "--kv-tokens", 1024, "--trace", tmp_path / "trace.csv")
+    rejects = [row for row in csv.DictReader(open(tmp_path / "trace.csv")) if row["type"] == "reject"]
+    assert report["tenants"]["a"]["rejected"] == len(rejects) == 25

@@ -17,6 +17,7 @@ from .config import ModelConfig
 from .spec import TaskCommand, TaskSpec
 from .tenant_config import TenantConfig, tenant_from_dict
 
+OMITTED_AT_DEFAULT = "omitted_at_default"  # a field a journal row holds only when not its default (to_row)
 TOKENS_MAX = 1 << 30  # the most tokens one chunk may count: beyond any context, short of what would overflow a sum
 
 
@@ -126,6 +127,9 @@ class Rejected(ByCaller):
     reason: str
     errno: int = 0
     denial: bool = False  # refused for who the caller is (role, namespace, policy, quota): audited
+    # the uid's refusals (denials if `denial`) before it left unrecorded by `[limits] reject_lines`; a row
+    # leaves it out when 0 (to_row), so older code reads every row but a summary
+    suppressed: int = attrs.field(default=0, validator=attrs.validators.ge(0), metadata={OMITTED_AT_DEFAULT: True})
 
 
 @attrs.frozen
@@ -292,7 +296,12 @@ JOURNAL_JSON = json.JSONEncoder(separators=(",", ":"), default=str)  # the journ
 
 def to_row(event: Event) -> tuple[str, str]:
     """(kind, JSON body) for the journal; decimals (a model's prices) as their exact text."""
-    return type(event).__name__.lower(), JOURNAL_JSON.encode(attrs.asdict(event))
+    return type(event).__name__.lower(), JOURNAL_JSON.encode(attrs.asdict(event, filter=_journaled))
+
+
+def _journaled(field: "attrs.Attribute[typing.Any]", value: typing.Any) -> bool:
+    """Whether a row holds the field: not one that older code lacks while it has its default."""
+    return not (field.metadata.get(OMITTED_AT_DEFAULT) and value == field.default)
 
 
 _STEPS_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)

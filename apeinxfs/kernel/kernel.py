@@ -33,6 +33,7 @@ from .memory import KVManager
 from .models import Models
 from .moves import Moves
 from .reclaim import Reclaim
+from .rejects import apply_rejected
 from .retention import Reaper
 from .runqueue import RunQueue
 from .sched import POLICIES, Accounts, prio_weight
@@ -94,7 +95,7 @@ class Kernel:
             ev.Interrupted: (accept, self.engines.interrupted),
             ev.EngineHealth: (accept, self.engines.health),
             ev.EngineKV: (self.engines.kv_reports.check, self.engines.kv_reports.record),
-            ev.Rejected: (accept, self._apply_rejected),
+            ev.Rejected: (accept, lambda e: apply_rejected(self, e)),
             ev.SetPolicy: (self._check_setpolicy, self._apply_setpolicy),
             ev.SetTenant: (tenancy.check_set, tenancy.set),
             ev.RemoveTenant: (tenancy.check_remove, tenancy.remove),
@@ -236,12 +237,6 @@ class Kernel:
         task, reason = self.tasks.get(event.pid), redacted(event.reason)  # an old row's reason may hold a password
         if task is not None and not task.done:
             self.moves.exit(task, f"failed: {reason}", reason)
-
-    def _apply_rejected(self, event: ev.Rejected) -> None:
-        self.counters.rejected += 1
-        if event.denial:
-            self.audit.record(self.now_us, event, event.path, "denied", event.reason)
-        self.emit("reject", None, f"{event.path}: {event.reason} (uid {event.uid})")
 
     def _apply_gpumemory(self, event: ev.GpuMemory) -> None:
         pages = self.kv.set_real_free(event.gpu, event.free_mib * MIB)

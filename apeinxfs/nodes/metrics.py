@@ -17,7 +17,8 @@ def show(rt) -> str:
         ("apeinx_tasks", "gauge", "Tasks by state.",
          [({"state": s.value[1]}, kernel.tasks.count(s)) for s in State]),
         ("apeinx_submits_total", "counter", "Tasks accepted.", [({}, counters.submitted)]),
-        ("apeinx_rejected_writes_total", "counter", "Writes refused with an errno.", [({}, counters.rejected)]),
+        ("apeinx_rejected_writes_total", "counter", "Writes refused with an errno.",
+         [({}, counters.rejected + rt.reject_lines.untold)]),  # also those whose reject line is not (yet) written
         ("apeinx_task_exits_total", "counter", "Tasks that ended, by how.",
          [({"how": how}, n) for how, n in sorted(counters.exits.items())]),
         ("apeinx_tasks_reaped_total", "counter", "Exited tasks forgotten by retention.", [({}, counters.reaped)]),

@@ -123,5 +123,5 @@ class Feeder:
                                 parent=self.pids.get(request.parent))
             self.pids[request.spec.name] = self.runtime.commit([Submit(spec=spec, uid=0)])[0]
         except ApeinxError as exc:
-            self.runtime.reject(SUBMIT_PATH, exc, uid=0)
+            self.runtime.record_reject(SUBMIT_PATH, exc, uid=0)  # no limit: the report counts each
             self.rejected.append((request, exc.reason))
