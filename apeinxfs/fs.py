@@ -310,12 +310,14 @@ class Operations(pyfuse3.Operations):
         handle = self.handles.pop(fh, None)
         if handle is None:
             return
-        handle.release()
         uid = self.charged.pop(fh)
-        if isinstance(handle, SnapshotHandle):
-            self.tree.close_snapshot(handle.node.inode, uid, handle.data)
-        else:
-            self.tree.snapshots.drop(uid)
+        try:
+            handle.release()  # a last line refused here raises: its bytes are freed all the same
+        finally:
+            if isinstance(handle, SnapshotHandle):
+                self.tree.close_snapshot(handle.node.inode, uid, handle.data)
+            else:
+                self.tree.snapshots.drop(uid)
 
     @guarded
     async def create(self, parent_inode, name, mode, flags, ctx):

@@ -19,7 +19,7 @@ from apeinxfs.kernel.events import Kill
 from apeinxfs.nodes.openfiles import DESCRIPTOR_BYTES, RenderCache
 from apeinxfs.nodes.tree import Tree
 from daemon import Daemon, sim_config
-from test_fs_ops import ROOT_CTX, fuse_errno, inode_of
+from test_fs_ops import ROOT_CTX, fuse_errno, inode_of, open_path
 from test_journal_runtime import ONE_GPU, open_runtime, submit
 from test_nodes import resolve
 from test_tenant_nodes import write
@@ -223,3 +223,19 @@ def test_an_open_of_ctl_policy_refused_enomem_leaves_the_rules(tmp_path):
             return errno_seen
         assert trio.run(refused_open) == errno.ENOMEM
         assert [rule.text for rule in runtime.kernel.tenancy.rules] == ["limit tenant=default max_prio=3"]
+
+
+def test_a_last_line_refused_at_close_still_frees_its_descriptors_bytes(tmp_path):
+    """A descriptor of ctl/submit closed on an unterminated line that is refused (the refusal journaled at its last
+    close) charges its uid nothing more once closed: 20 such closes leave uid 1000 room to open."""
+    with open_runtime(tmp_path, ONE_GPU + LIMITS) as runtime:
+        ops = Operations(Tree(runtime))
+
+        async def refused_closes() -> None:
+            for _ in range(20):
+                fh = await open_path(ops, "/ctl/submit", os.O_WRONLY)
+                await ops.write(fh, 0, b"no such line")
+                await fuse_errno(lambda: ops.release(fh))
+            await ops.release(await open_path(ops, "/ctl/submit", os.O_WRONLY))
+        trio.run(refused_closes)
+        assert ops.tree.snapshots.charged == {} and ops.charged == {}
