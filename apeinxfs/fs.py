@@ -267,11 +267,7 @@ class Operations(pyfuse3.Operations):
             raise
         handle = node.open(caller, writing=mode != os.O_RDONLY, reading=mode != os.O_WRONLY,
                            truncating=bool(flags & os.O_TRUNC))
-        try:
-            fh = self.admit(node, caller, handle)
-        except NoMemory:
-            handle.release()
-            raise
+        fh = self.admit(node, caller, handle)  # refused: no last close runs (`: > ctl/policy` would empty the rules)
         self.handles[fh] = handle
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
@@ -314,12 +310,14 @@ class Operations(pyfuse3.Operations):
         handle = self.handles.pop(fh, None)
         if handle is None:
             return
-        handle.release()
         uid = self.charged.pop(fh)
-        if isinstance(handle, SnapshotHandle):
-            self.tree.close_snapshot(handle.node.inode, uid, handle.data)
-        else:
-            self.tree.snapshots.drop(uid)
+        try:
+            handle.release()  # a last line refused here raises: its bytes are freed all the same
+        finally:
+            if isinstance(handle, SnapshotHandle):
+                self.tree.close_snapshot(handle.node.inode, uid, handle.data)
+            else:
+                self.tree.snapshots.drop(uid)
 
     @guarded
     async def create(self, parent_inode, name, mode, flags, ctx):

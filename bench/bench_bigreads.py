@@ -1,6 +1,6 @@
 """What a read of a long `tasks/PID/events` or `stream` costs, in process (no FUSE): this checkout's renders
-against BENCH_BIGREADS_REF's (default main: every read rendered a task's whole events, and copied a stream's
-output from the offset to its end), loaded from git beside them.
+against BENCH_BIGREADS_REF's (default 149fcd2, main before bigreads merged: every read rendered a task's whole
+events, and copied a stream's output from the offset to its end), loaded from git beside them.
 
 Events, a task of N = 1,000 / 30,000 / 50,000 lines (`prio N` controls, as five writes of 10,000 by one user
 make), read as the file's handle reads (base.LogHandle: `source()`, or `head(end)` where the log has it):
@@ -26,7 +26,7 @@ from apeinxfs.kernel import trace as this_trace
 from apeinxfs.nodes import tasks as this_tasks
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
-REF = os.environ.get("BENCH_BIGREADS_REF", "main")
+REF = os.environ.get("BENCH_BIGREADS_REF", "149fcd20dcb90684646dd9680d9fad47d66fd1df")  # main has the change
 LINES = (1_000, 30_000, 50_000)
 OUTPUT_MIB = (1, 32)
 READ, CAT_READ, READS = 4096, 128 * 1024, 20

@@ -8,14 +8,18 @@ import errno
 import os
 import subprocess
 
+import pyfuse3
 import pytest
+import trio
 
+from apeinxfs.fs import Operations
 from apeinxfs.kernel.access import Identity
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.kernel.events import Kill
 from apeinxfs.nodes.openfiles import DESCRIPTOR_BYTES, RenderCache
 from apeinxfs.nodes.tree import Tree
 from daemon import Daemon, sim_config
+from test_fs_ops import ROOT_CTX, fuse_errno, inode_of, open_path
 from test_journal_runtime import ONE_GPU, open_runtime, submit
 from test_nodes import resolve
 from test_tenant_nodes import write
@@ -200,3 +204,38 @@ def test_a_directory_read_through_the_mount_while_tasks_come_and_go_names_each_t
         assert pids == sorted(set(pids)) and set(range(1, 601)) - {50, 450} <= set(pids) and 450 not in pids
         shell = subprocess.run(["ls", daemon.path("tasks")], capture_output=True, text=True, check=True)
         assert sorted(map(int, shell.stdout.split())) == sorted(set(range(1, 602)) - {50, 450})
+
+
+def test_an_open_of_ctl_policy_refused_enomem_leaves_the_rules(tmp_path):
+    """An admin past open_bytes (11 directory descriptors) opening ctl/policy with O_TRUNC (`: > ctl/policy`) is
+    refused ENOMEM and the rules stay: a refused open is no last close that empties them."""
+    with open_runtime(tmp_path, ONE_GPU + LIMITS) as runtime:
+        tree = Tree(runtime)
+        write(tree, "/ctl/policy", b"limit tenant=default max_prio=3\n")
+        ops = Operations(tree)
+
+        async def refused_open() -> int:
+            held = [await ops.opendir(pyfuse3.ROOT_INODE, ROOT_CTX) for _ in range(11)]
+            policy = await inode_of(ops, "/ctl/policy", ROOT_CTX)
+            errno_seen = await fuse_errno(lambda: ops.open(policy, os.O_WRONLY | os.O_TRUNC, ROOT_CTX))
+            for fh in held:
+                await ops.releasedir(fh)
+            return errno_seen
+        assert trio.run(refused_open) == errno.ENOMEM
+        assert [rule.text for rule in runtime.kernel.tenancy.rules] == ["limit tenant=default max_prio=3"]
+
+
+def test_a_last_line_refused_at_close_still_frees_its_descriptors_bytes(tmp_path):
+    """A descriptor of ctl/submit closed on an unterminated line that is refused (the refusal journaled at its last
+    close) charges its uid nothing more once closed: 20 such closes leave uid 1000 room to open."""
+    with open_runtime(tmp_path, ONE_GPU + LIMITS) as runtime:
+        ops = Operations(Tree(runtime))
+
+        async def refused_closes() -> None:
+            for _ in range(20):
+                fh = await open_path(ops, "/ctl/submit", os.O_WRONLY)
+                await ops.write(fh, 0, b"no such line")
+                await fuse_errno(lambda: ops.release(fh))
+            await ops.release(await open_path(ops, "/ctl/submit", os.O_WRONLY))
+        trio.run(refused_closes)
+        assert ops.tree.snapshots.charged == {} and ops.charged == {}

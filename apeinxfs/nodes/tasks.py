@@ -167,12 +167,8 @@ class TasksDir(Dir):
         return None if self.rt.cluster is None else self.rt.cluster.router.task_dir(pid)
 
     def entries(self):
-        found = [(pid, self.task_dir(task)) for pid, task in self.rt.kernel.tasks.items()]
-        if self.rt.cluster is not None:  # and the live tasks of the other nodes, in pid order
-            router = self.rt.cluster.router
-            found = sorted(found + [(pid, router.task_dir(pid, node, tenant)) for pid, node, tenant in
-                                    router.remote_tasks()], key=lambda entry: entry[0])
-        return [(str(pid), node) for pid, node in found]
+        """The local tasks and the other nodes' live ones, in pid order (as readdir lists them)."""
+        return [(name, node) for _, name, node in self.entries_from(0)]
 
     def pids(self) -> set[int]:
         """The pids of the local tasks and of the other nodes' live ones."""

@@ -62,7 +62,7 @@ class ReplayDir(Dir):
         return None if archive is None else replay.archived(pid, archive.of_task(pid))
 
     def entries(self):
-        return [(str(pid), self.timeline(task)) for pid, task in self.rt.kernel.tasks.items()]
+        return [(name, node) for _, name, node in self.entries_from(0)]
 
     def entries_from(self, cookie):
         """Offsets are pids (PidOrder)."""
