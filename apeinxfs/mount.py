@@ -14,6 +14,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -22,7 +23,7 @@ import pyfuse3
 import trio
 
 from . import config as config_mod
-from . import fuselock
+from . import fuselock, mountwatch
 from .drivers import nvml
 from .enginehost import check_drivers
 from .fs import Operations
@@ -42,6 +43,8 @@ FUSE_PASSTHROUGH = {"allow_other", "allow_root", "default_permissions", "rw", "r
                     "suid", "nosuid", "exec", "noexec", "atime", "noatime", "async", "sync", "dirsync"}
 OWN_OPTIONS = {"config", "state_dir", "debug"}
 SHUTDOWN_GRACE_S = 1.0  # on a signal, requests in flight get this long; blocked readers are then cancelled
+DETACH_GRACE_S = 5.0  # once the mount is found detached, descriptors still open are served this long
+HOLDER_EXIT_S = mountwatch.CHECK_S + DETACH_GRACE_S + SHUTDOWN_GRACE_S + 5.0  # a start awaits a detached daemon's end
 FSTAB_ONLY = {"defaults", "auto", "noauto", "user", "users", "nofail", "_netdev"}
 
 
@@ -107,14 +110,49 @@ def _is_apeinxfs(mountpoint: str) -> bool:
 
 
 def lock_state_dir(state_dir: str) -> int:
-    """One daemon per state directory."""
+    """One daemon per state directory. A holder whose mount was detached is exiting (on_detach): its end is
+    awaited, up to HOLDER_EXIT_S; a holder still mounted (or starting) refuses the start at once."""
     os.makedirs(state_dir, exist_ok=True)
     fd = os.open(os.path.join(state_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    if not _locked(fd) and not _detached_holder_ends(fd, state_dir):
+        os.close(fd)
+        raise Invalid(f"another apeinxfs daemon uses {state_dir}")
+    os.ftruncate(fd, 0)  # no device yet: mark_lock writes this daemon's once mounted
+    return fd
+
+
+def _detached_holder_ends(fd: int, state_dir: str) -> bool:
+    """Whether the lock's holder, if its mount was detached (it is exiting), lets it go within HOLDER_EXIT_S;
+    then this process holds it."""
+    if not _holder_detached(fd):
+        return False
+    log.info("waiting up to %.0f s for the daemon whose mount was detached to release %s", HOLDER_EXIT_S, state_dir)
+    deadline = time.monotonic() + HOLDER_EXIT_S
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if _locked(fd):
+            return True
+    return False
+
+
+def _locked(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise Invalid(f"another apeinxfs daemon uses {state_dir}") from None
-    return fd
+        return False
+    return True
+
+
+def _holder_detached(fd: int) -> bool:
+    """Whether the lock's holder wrote its mount's device (mark_lock) and no mount of it is left here."""
+    device = os.pread(fd, 64, 0).decode(errors="replace").strip()
+    return bool(device) and not mountwatch.attached(device)
+
+
+def mark_lock(fd: int, device: str | None) -> None:
+    """Write the device of this daemon's mount into its lock file, for a later start to see it detached."""
+    if device is not None:
+        os.pwrite(fd, f"{device}\n".encode(), 0)
 
 
 def main(argv: list[str]) -> int:
@@ -179,7 +217,7 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
     """Boot the kernel from the journal, mount, serve until unmounted or signalled."""
     try:
         log.info("descriptors: at most %d", raise_descriptor_limit())
-        lock_state_dir(config.state_dir)
+        lock = lock_state_dir(config.state_dir)
         archive = Archive(os.path.join(config.state_dir, "trace"), config.retention.trace_file_bytes,
                           config.retention.trace_bytes)
         runtime = Runtime(config, Journal(os.path.join(config.state_dir, "journal.db")), archive=archive,
@@ -192,13 +230,15 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
         ops = Operations(Tree(runtime))
         peer = peer_server.listening_for(config.cluster)
         pyfuse3.init(ops, args.mountpoint, _fuse_options(args))
+        device = mountwatch.device_of(args.mountpoint)  # now, before a lazy unmount can hide it
+        mark_lock(lock, device)
     except Exception as exc:  # report any start failure to the waiting parent
         _report(ready_fd, f"cannot mount {args.mountpoint}: {exc}")
         log.exception("start failed")
         return 1
     log.info("mounted %s; %s; replayed %d journal rows; state in %s",
              args.mountpoint, config.gpu_source, rows, config.state_dir)
-    return trio.run(_run_mounted, runtime, config, ready_fd, ops.tree, peer)
+    return trio.run(_run_mounted, runtime, config, ready_fd, ops.tree, peer, (args.mountpoint, device))
 
 
 def audit_archive(config) -> Archive:
@@ -258,8 +298,63 @@ def close_all(runtime: Runtime) -> bool:
     return clean
 
 
-async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
-    unmount = False  # on a signal or a refusal; a bug leaves the mount dead (ENOTCONN) for the next start
+@attrs.define
+class Ending:
+    """How serving ends. A signal or a refusal unmounts at close; a detached mount is never unmounted by its
+    path, which may hold another mount by then (a new daemon's)."""
+
+    serving: trio.CancelScope
+    unmount: bool = False  # on a signal or a refusal; a bug leaves the mount dead (ENOTCONN) for the next start
+    detached: bool = False
+
+    def stop(self) -> None:
+        """Read no more requests; those in flight get SHUTDOWN_GRACE_S, then blocked readers are cancelled."""
+        pyfuse3.terminate()
+        self.serving.deadline = min(self.serving.deadline, trio.current_time() + SHUTDOWN_GRACE_S)
+
+    def unmounts(self) -> bool:
+        return self.unmount and not self.detached
+
+
+class Detached(ApeinxError):
+    """The daemon's mount was detached (a lazy unmount): its blocked reads end so, and later ones."""
+
+    errno = errno.ENOTCONN
+
+
+def ended_by_detach() -> Detached:
+    return Detached("the mount was detached (lazy unmount): the daemon is exiting")
+
+
+async def on_signal(ending: Ending, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """SIGTERM, SIGINT, SIGHUP: unmount and exit."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            ending.unmount = True
+            ending.stop()
+
+
+async def on_detach(ending: Ending, runtime: Runtime, mountpoint: str, device: str | None) -> None:
+    """Once no mount of `device` is left (mountwatch.py), end every blocked read (ENOTCONN), serve the descriptors
+    still open for DETACH_GRACE_S (their last close ends the connection, and serving, sooner), then stop."""
+    if device is None:
+        log.warning("the mount at %s is not in /proc/self/mountinfo: a lazy unmount will not end the daemon",
+                    mountpoint)
+        return
+    await mountwatch.until_detached(device)
+    log.warning("the mount at %s (device %s) was detached: ending %d blocked reads with ENOTCONN; exiting within "
+                "%.0f s", mountpoint, device, len(runtime.readers), DETACH_GRACE_S + SHUTDOWN_GRACE_S)
+    ending.detached = True
+    runtime.readers.end_all(ended_by_detach)
+    await trio.sleep(DETACH_GRACE_S)
+    log.warning("descriptors on the detached tree still open after %.0f s: they will read ENOTCONN", DETACH_GRACE_S)
+    ending.stop()
+
+
+async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer, mount: tuple[str, str | None]) -> int:
+    ending = Ending(trio.CancelScope())
     started = False  # reported ok: what ends the daemon after that is no start refusal
     try:
         async with trio.open_nursery() as nursery:
@@ -267,20 +362,11 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
             if peer is not None:  # other nodes read and drive this node's tasks (cluster/peer_server.py)
                 server = peer_server.PeerServer(tree, peer.tokens, config.max_waiters, config.cluster.peer_stall_s)
                 await nursery.start(server.serve, peer)
-            serving = trio.CancelScope()
-            async def on_signal(task_status=trio.TASK_STATUS_IGNORED):
-                nonlocal unmount
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-                    task_status.started()
-                    async for signum in signals:
-                        log.info("signal %d: unmounting", signum)
-                        unmount = True
-                        pyfuse3.terminate()
-                        serving.deadline = min(serving.deadline, trio.current_time() + SHUTDOWN_GRACE_S)
-            await nursery.start(on_signal)
+            await nursery.start(on_signal, ending)
+            nursery.start_soon(on_detach, ending, runtime, *mount)
             _report(ready_fd, "ok")
             ready_fd, started = None, True  # reported: nobody waits for a later end
-            with serving:
+            with ending.serving:
                 fuselock.install()
                 await pyfuse3.main(min_tasks=4, max_tasks=config.max_waiters + 64)
             nursery.cancel_scope.cancel()
@@ -291,10 +377,10 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
             raise
         log.error("refused: %s; unmounting", refusal)  # an ApeinxError out of a task before the start
         _report(ready_fd, f"refused to start: {refusal}")
-        unmount = True
+        ending.unmount = True
         return 1
     finally:
-        pyfuse3.close(unmount=unmount)
+        pyfuse3.close(unmount=ending.unmounts())
         closed = close_all(runtime)
         log.info("unmounted")
     return 0 if closed else 1

@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from apeinxfs import mountwatch
 from apeinxfs.journal import Journal
 from apeinxfs.kernel.config import ModelConfig
 from apeinxfs.kernel.events import SetModel, Submit
@@ -235,6 +236,44 @@ def test_sigterm_with_blocked_reader_exits_and_ends_the_read(blocked_wait):
     assert slow.proc.wait(timeout=15) == 0
     assert not is_mounted(slow.mountpoint)
     assert cat.wait(timeout=10) != 0
+
+
+def test_lazy_unmount_ends_the_blocked_read_with_enotconn_and_the_daemon_exits(blocked_wait):
+    """After `fusermount3 -u -z` the blocked `cat wait` fails with ENOTCONN and the daemon exits 0, saying why."""
+    slow, cat = blocked_wait
+    subprocess.run(["fusermount3", "-u", "-z", slow.mountpoint], check=True, timeout=10)
+    assert cat.wait(timeout=10) == 1
+    assert os.strerror(errno.ENOTCONN) in cat.stderr.read().decode()
+    assert slow.proc.wait(timeout=15) == 0
+    assert "was detached: ending 1 blocked reads with ENOTCONN" in slow.log_tail()
+
+
+def test_a_reader_blocked_on_a_mounted_tree_is_untouched_by_the_detach_checks(blocked_wait):
+    """Over three of the daemon's checks for a lazy unmount, a `cat wait` on the mounted tree stays blocked."""
+    slow, cat = blocked_wait
+    time.sleep(3 * mountwatch.CHECK_S)
+    assert cat.poll() is None and slow.proc.poll() is None and slow.blocked_readers() == 1
+    assert "detached" not in slow.log_tail()
+
+
+def test_an_open_file_is_served_for_a_grace_after_a_lazy_unmount_and_a_new_start_waits_for_the_end(unstarted):
+    """With a file held open, `fusermount3 -u -z`: the file still reads at once; a new start on the same state
+    directory waits for the old daemon to exit (then the old file reads ENOTCONN) instead of being refused."""
+    unstarted.start()
+    held = os.open(unstarted.path("README"), os.O_RDONLY)
+    try:
+        subprocess.run(["fusermount3", "-u", "-z", unstarted.mountpoint], check=True, timeout=10)
+        assert os.pread(held, 8, 0) == b"apeinxfs"
+        old = unstarted.proc
+        unstarted.start(timeout=30)
+        assert old.wait(timeout=10) == 0
+        with pytest.raises(OSError) as refused:
+            os.pread(held, 8, 0)
+        assert refused.value.errno == errno.ENOTCONN
+    finally:
+        os.close(held)
+    with open(unstarted.path("README")) as readme:
+        assert readme.read().startswith("apeinxfs")
 
 
 COMPACTION_MISUSES_SQLITE = """import sqlite3, sys
