@@ -186,14 +186,16 @@ def starts(directory: str, config_after: Callable[[int], KernelConfig | None], f
 
 @attrs.define
 class Misses:
-    """The snapshots that failed since the last one written (wall µs, or the start's), and the last reason."""
+    """The snapshots that failed since the last one written, or the start (when, on the steady clock, and
+    in the daemon's time: None for the start), and the last reason."""
 
-    written_us: int
+    written_steady_us: int
+    written_us: int | None = None
     failed: int = 0
     reason: str = ""
 
-    def written(self, now_us: int) -> None:
-        self.written_us, self.failed, self.reason = now_us, 0, ""
+    def written(self, steady_us: int, now_us: int) -> None:
+        self.written_steady_us, self.written_us, self.failed, self.reason = steady_us, now_us, 0, ""
 
     def missed(self, reason: str) -> None:
         self.failed, self.reason = self.failed + 1, reason
@@ -209,17 +211,19 @@ class Snapshotter:
         self.taken_at = None  # trio time of the last snapshot written, or of the start
         self.took_s = 0.0  # how long writing it took
         self.layout = state.layout(runtime.config.kernel)
-        self.misses = Misses(runtime.clock.now_us())
+        self.misses = Misses(runtime.clock.steady_us())  # steady: a clock step, a journal floor is no stale time
 
     def warning(self) -> str | None:
         """/health's warning while snapshots are not written: FAILURES_WARNED failed in a row, or none for
         STALE_PERIODS x snapshot_s while journal rows wait for one (a writer that hangs, a loop that restarts)."""
         misses, rows = self.misses, self.runtime.journal.last_seq - self.seq
-        stale = rows > 0 and self.runtime.clock.now_us() - misses.written_us >= STALE_PERIODS * self.every_s * 1e6
+        waited_us = self.runtime.clock.steady_us() - misses.written_steady_us
+        stale = rows > 0 and waited_us >= STALE_PERIODS * self.every_s * 1e6
         if misses.failed < FAILURES_WARNED and not stale:
             return None
         last = f"; the last: {misses.reason}" if misses.reason else ""
-        return (f"snapshots: {misses.failed} failed in a row, none written since {misses.written_us}, "
+        since = "the start" if misses.written_us is None else misses.written_us
+        return (f"snapshots: {misses.failed} failed in a row, none written since {since}, "
                 f"{rows} rows wait{last}")
 
     def start(self) -> Start:
@@ -270,6 +274,7 @@ class Snapshotter:
             with storage_faults_as(NotStored):
                 child = fork_writer(self.directory, header, self.runtime.kernel)
                 await trio.to_thread.run_sync(self.publish_when_written, child, header[0])
+            self.written()
         except (NotStored, snapshots.Damaged) as exc:
             log.error("snapshot of journal row %d not written: %s", header[0], exc)
             self.misses.missed(str(exc))
@@ -291,6 +296,7 @@ class Snapshotter:
                 header = self.header()
                 snapshots.write_temp(self.directory, *header, state.encode(self.runtime.kernel))
                 self.publish(header[0])
+            self.written()
         except (Degraded, snapshots.Damaged, NotStored) as exc:
             log.error("no snapshot at unmount: %s", exc)
 
@@ -312,9 +318,9 @@ class Snapshotter:
 
     def publish(self, seq: int) -> None:
         """Make the journal durable, publish the written snapshot of row `seq`, keep KEEP, compact; the
-        snapshot counts as written (Misses) once all of that succeeded; a compaction not due yet (fewer than KEEP
-        snapshots, or the trace archive behind the older one) is no failure:
-        a later snapshot compacts."""
+        snapshot counts as written (`written`) once all of that succeeded; a compaction not due yet (fewer than
+        KEEP snapshots, or the trace archive behind the older one) is no failure: a later snapshot compacts.
+        Runs in a worker thread: it does not read the daemon's clock, whose step wakes trio's tasks."""
         journal_path = self.runtime.journal.path
         make_durable(journal_path)
         path = snapshots.publish(snapshots.path_of(self.directory, seq) + ".tmp")
@@ -323,7 +329,11 @@ class Snapshotter:
         log.info("snapshot %s: %d bytes", path, os.path.getsize(path))
         if len(kept) >= snapshots.KEEP and self.archived_to(kept[-1]):
             compact(journal_path, kept[-1])
-        self.misses.written(self.runtime.clock.now_us())  # only once published and, where due, compacted
+
+    def written(self) -> None:
+        """The snapshot counts as written (Misses): once published and, where due, compacted."""
+        clock = self.runtime.clock
+        self.misses.written(clock.steady_us(), clock.now_us())
 
     def archived_to(self, seq: int) -> bool:
         """Whether the trace archive has every line of the snapshot of row `seq` (no archive: nothing to

@@ -16,7 +16,7 @@ from .drivers import nvml
 from .kernel.config import (AccessConfig, GpuConfig, KernelConfig, KernelLimits, MemoryRetention, ModelConfig, SchedConfig,
                             at_least)
 from .kernel.errors import Invalid
-from .nodes import buffers
+from .nodes import buffers, openfiles
 from .kernel.tenant_config import check_new_name, parse_seconds, tenant_from_dict
 
 SECTIONS = {
@@ -29,7 +29,7 @@ SECTIONS = {
     "billing": {"period"},
     "retention": {"trace_bytes", "trace_file_bytes", "tasks", "task_age_s", "trace_lines", "snapshot_rows",
                   "snapshot_s", "audit_lines", "audit_bytes"},
-    "limits": {"live_tasks", "write_lines", "pending_bytes"},
+    "limits": {"live_tasks", "write_lines", "pending_bytes", "open_bytes"},
     "cluster": cluster_settings.KEYS,
 }
 LISTS = ("models", "tenants")
@@ -66,11 +66,12 @@ class Retention:
 @attrs.frozen
 class Limits:
     """What one write may hold, `[limits]`: its lines (a write is parsed and admitted in one go on the daemon's
-    only thread), and the unfinished lines one uid's open ctl descriptors buffer, in bytes. (The section's
-    live_tasks is the kernel's KernelLimits.)"""
+    only thread), the unfinished lines one uid's open ctl descriptors buffer, and the distinct snapshots its open
+    show files hold, in bytes. (The section's live_tasks is the kernel's KernelLimits.)"""
 
     write_lines: int = attrs.field(default=buffers.WRITE_LINES, validator=at_least("limits", 1))
     pending_bytes: int = attrs.field(default=buffers.PENDING_BYTES, validator=at_least("limits", 1))
+    open_bytes: int = attrs.field(default=openfiles.OPEN_BYTES, validator=at_least("limits", 1))
 
 
 @attrs.frozen

@@ -14,14 +14,13 @@ import itertools
 import logging
 import math
 import os
-import time
 import traceback
 
 import pyfuse3
 import trio
 
 from .kernel.access import OVERFLOW_ID, UID_MAX, id_fits, identify, uses_gids
-from .kernel.errors import ApeinxError, Denied, NotPermitted
+from .kernel.errors import ApeinxError, Denied, NoMemory, NotPermitted
 from .nodes.base import BlockingHandle, Caller, Command, Dir, Setting, SnapshotHandle, viewed
 from .ratelog import RateLog
 
@@ -96,7 +95,8 @@ class Operations(pyfuse3.Operations):
         self.rt = tree.rt
         self.owner = (os.getuid(), os.getgid())
         self.handles: dict[int, object] = {}
-        self.listings: dict[int, list] = {}
+        self.listings: dict[int, tuple[Dir, Caller]] = {}  # directory handle -> (its directory, who opened it)
+        self.charged: dict[int, int] = {}  # file or directory handle -> the uid its bytes are charged to (openfiles.py)
         self._fh = itertools.count(1)
         self._callers: dict[tuple, Caller] = {}
         self._callers_rules = None
@@ -129,7 +129,7 @@ class Operations(pyfuse3.Operations):
         entry.st_size = 0 if is_dir else self.tree.size(node)
         entry.st_uid, entry.st_gid = self.shown_owner(node.owner or self.owner)
         entry.st_blksize, entry.st_blocks = 4096, (entry.st_size + 511) // 512
-        entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
+        entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = self.rt.clock.now_us() * 1000  # never back
         static = node.inode in self.tree.static and not viewed(node)  # a name made at boot, which never goes
         private = viewed(node) or node.tenant is not None and not self.all_see_all()
         entry.entry_timeout = STATIC_S if static else 0 if private else ATTR_TIMEOUT_S
@@ -230,28 +230,29 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def opendir(self, inode, ctx):
+        """A directory handle holds its directory and caller, no listing: each readdir lists from its offset."""
         node = self.tree.node(inode)
         if not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         caller = self.caller(ctx)
         self.check(node, caller, os.R_OK)
-        fh = next(self._fh)
-        entries = self.tree.listing(node, caller.identity)
-        self.listings[fh] = entries if caller.role == "admin" else [
-            (name, child) for name, child in entries if not child.hidden_from(caller.identity)]
+        fh = self.admit(node, caller, None)
+        self.listings[fh] = (node, caller)
         return fh
 
     @guarded
     async def readdir(self, fh, start_id, token):
-        listing = self.listings[fh]
-        for index in range(start_id, len(listing)):
-            name, node = listing[index]
-            if not pyfuse3.readdir_reply(token, name.encode(), self.attributes(node), index + 1):
+        directory, caller = self.listings[fh]
+        for after, name, node in self.tree.entries_from(directory, caller.identity, start_id):
+            if caller.role != "admin" and node.hidden_from(caller.identity):
+                continue
+            if not pyfuse3.readdir_reply(token, name.encode(), self.attributes(node), after):
                 break
 
     @guarded
     async def releasedir(self, fh):
-        self.listings.pop(fh, None)
+        if self.listings.pop(fh, None) is not None:
+            self.tree.snapshots.drop(self.charged.pop(fh))
 
     @guarded
     async def open(self, inode, flags, ctx):
@@ -266,11 +267,29 @@ class Operations(pyfuse3.Operations):
             raise
         handle = node.open(caller, writing=mode != os.O_RDONLY, reading=mode != os.O_WRONLY,
                            truncating=bool(flags & os.O_TRUNC))
-        if isinstance(handle, SnapshotHandle):
-            handle.data = self.tree.open_snapshot(node)
-        fh = next(self._fh)
+        try:
+            fh = self.admit(node, caller, handle)
+        except NoMemory:
+            handle.release()
+            raise
         self.handles[fh] = handle
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+
+    def admit(self, node, caller: Caller, handle) -> int:
+        """A new descriptor's number, its bytes charged to `caller`'s uid: its own, and the snapshot it reads if
+        `handle` is a show file's (set here). One past limits.open_bytes is refused (ENOMEM) and recorded as a
+        rejected write is."""
+        try:
+            if isinstance(handle, SnapshotHandle):
+                handle.data = self.tree.open_snapshot(node, caller.uid)
+            else:
+                self.tree.snapshots.hold(caller.uid)
+        except NoMemory as exc:
+            self.tree.reject_at(node, exc, caller)
+            raise
+        fh = next(self._fh)
+        self.charged[fh] = caller.uid
+        return fh
 
     @guarded
     async def read(self, fh, off, size):
@@ -293,10 +312,14 @@ class Operations(pyfuse3.Operations):
     @guarded
     async def release(self, fh):
         handle = self.handles.pop(fh, None)
-        if handle is not None:
-            handle.release()
+        if handle is None:
+            return
+        handle.release()
+        uid = self.charged.pop(fh)
         if isinstance(handle, SnapshotHandle):
-            self.tree.close_snapshot(handle.node.inode, len(handle.data))
+            self.tree.close_snapshot(handle.node.inode, uid, handle.data)
+        else:
+            self.tree.snapshots.drop(uid)
 
     @guarded
     async def create(self, parent_inode, name, mode, flags, ctx):

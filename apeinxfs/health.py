@@ -70,13 +70,14 @@ class Health:
         return True
 
 
-def show(health: Health, supervisor=None, snapshotter=None) -> str:
+def show(health: Health, supervisor=None, snapshotter=None, clock=None) -> str:
     """/health: `Key:<TAB>value` lines: State ok, or degraded with Errno, Reason and Since (µs); a `Warning`
-    while snapshots are not written (compaction.py), if `snapshotter` is given; then a `Bug` line for each
-    background loop that failed and was restarted (supervise.py), if `supervisor` is given."""
+    while snapshots are not written (compaction.py), if `snapshotter` is given, and one while the daemon's
+    time is ahead of the host's (clock.py), if `clock` is given; then a `Bug` line for each background loop
+    that failed and was restarted (supervise.py), if `supervisor` is given."""
     bugs = "" if supervisor is None else supervisor.show()
-    warning = None if snapshotter is None else snapshotter.warning()
-    warnings = "" if warning is None else f"Warning:\t{warning}\n"
+    said = [snapshotter and snapshotter.warning(), clock and clock.ahead()]
+    warnings = "".join(f"Warning:\t{warning}\n" for warning in said if warning)
     fault = health.fault
     if fault is None:
         return "State:\tok\n" + warnings + bugs

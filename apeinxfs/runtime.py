@@ -27,6 +27,7 @@ import time
 import attrs
 import trio
 
+from .clock import WallClock
 from .drivers import enginestate, metrics
 from .enginehost import DriverGroups
 from .health import Health
@@ -38,6 +39,7 @@ from .kernel import Kernel
 from .kernel.errors import ApeinxError, Degraded
 from .kernel.config import MIB
 from .kernel.events import EngineHealth, EngineKV, GpuMemory, Rejected, Restart, Step, Tick
+from .kernel.trace import TaskViews
 from .recovery import rebuild
 from .supervise import Supervisor
 
@@ -45,23 +47,7 @@ log = logging.getLogger(__name__)
 GPU_SAMPLE_S = 2.0  # how often real GPUs' free memory is read for placement
 PROBE_S = 1.0  # how often a degraded daemon tries to write its journal again
 PROGRESS_S = 0.1  # the longest an applied engine step waits to be journaled
-
-
-class WallClock:
-    """Microseconds of wall time that advance with trio's clock (autojump in tests)."""
-
-    def __init__(self):
-        self._anchor_us = None
-        self._anchor_trio = None
-
-    def now_us(self) -> int:
-        try:
-            trio_now = trio.current_time()
-        except RuntimeError:  # outside trio.run: recovery at start
-            return time.time_ns() // 1000
-        if self._anchor_trio is None:
-            self._anchor_us, self._anchor_trio = time.time_ns() // 1000, trio_now
-        return self._anchor_us + int((trio_now - self._anchor_trio) * 1e6)
+DEADLINE_CHECK_S = 60.0  # the longest the deadline timer waits: a step or suspend nothing read is seen then
 
 
 class Notifier:
@@ -101,8 +87,9 @@ class Runtime:
         self.kernel = self._fresh_kernel()
         self.archive_failing: set = set()  # the archives whose last write failed (logged once until one works)
         journal.boot(config.kernel)
-        self.clock = clock or WallClock()
         self.notifier = Notifier()
+        self.clock = WallClock(clock, on_step=lambda: self.notifier.wake(["deadline"]))  # the daemon's time;
+        # `clock`: the host's (a test's). A step followed wakes the deadline timer: its wait was in the old time
         self.health = Health()
         self.supervisor = Supervisor(lambda: self.clock.now_us())  # the background loops' bugs (supervise.py)
         self.readers = Readers(self.notifier, config.max_waiters, config.max_waiters_per_uid)
@@ -121,10 +108,12 @@ class Runtime:
         self.snapshotter = None  # compaction.Snapshotter, set by the daemon (mount.py): snapshots and compaction
         self.cluster = None  # cluster/daemon.Cluster when [cluster] names etcd (set by mount.py); None: one node
         self.elsewhere: dict = {}  # tenant -> kernel/tenancy.Elsewhere, its use on the other nodes (cluster/usage.py)
+        self.task_views = TaskViews()  # the tasks' events read so far, a cache beside the kernel (kernel/trace.py)
 
     def recover(self) -> int:
         """Replay the journal into the kernel, from the newest usable snapshot if the daemon keeps them
         (compaction.py), quarantining any row that cannot be applied (recovery.py); mark the restart.
+        The daemon's time goes on from the journal's last at least, whatever the host's clock says (clock.py).
         Returns the journal's rows."""
         fresh, after, migration = self._fresh_kernel, 0, []
         if self.snapshotter is not None:
@@ -132,6 +121,7 @@ class Runtime:
             fresh, after, migration = (lambda: self._holding(start.fresh())), start.seq, start.migration()
         self.kernel = rebuild(fresh, self.journal.rows, after, LAST, self.quarantined)
         self.kernel.take_changed()
+        self.clock.not_before(self.kernel.now_us)
         if self.config.check_invariants:
             self.kernel.check_invariants()
         for archive, ring in self._archived(self.kernel):
@@ -184,6 +174,7 @@ class Runtime:
         if self.config.check_invariants:
             self.kernel.check_invariants()
         self._archive()
+        self.task_views.prune(self.kernel.trace)
         self._wake(self.kernel.take_changed())
         return results
 
@@ -280,6 +271,7 @@ class Runtime:
         self.journal_due |= due
         if self.health.fault is None:
             self._archive()
+        self.task_views.prune(self.kernel.trace)
         self._wake(self.kernel.take_changed() | ({"progress"} if first or due else set()))
 
     def _flush_progress(self, now_us: int) -> None:
@@ -423,7 +415,7 @@ class Runtime:
             if delay is not None and delay <= 0:
                 self.deliver(Tick())
                 continue
-            await self.notifier.wait("deadline", delay)
+            await self.notifier.wait("deadline", None if delay is None else min(delay, DEADLINE_CHECK_S))
 
     async def _sample_gpu_memory(self) -> None:
         """Read the real GPUs' free memory every GPU_SAMPLE_S; journal a change the kernel should see."""

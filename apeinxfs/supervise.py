@@ -55,7 +55,7 @@ class Supervisor:
     """The loops' bugs by loop name, and the runner that contains them."""
 
     def __init__(self, now_us: Callable[[], int]):
-        self.now_us = now_us  # wall time in µs, the trace's (runtime.WallClock)
+        self.now_us = now_us  # wall time in µs, the trace's (clock.WallClock)
         self.bugs: dict[str, Bug] = {}
         self.places: set[tuple[str, str, str]] = set()  # (loop, type, file:line) logged with a traceback
         self.repeats = RateLog(log)

@@ -13,11 +13,9 @@ pattern cache purged before each (else a round reuses the last one's patterns); 
 Also the bytes the trace holds once the views are read (tracemalloc), and their ratio. Figures only:
 nothing is judged.
 """
-import importlib.util
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -25,8 +23,8 @@ import tracemalloc
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from apeinxfs.kernel import trace as this_trace  # noqa: E402 - the checkout is put on the path above
+from common import module_at  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 REF = os.environ.get("BENCH_TRACE_REF", "c2d156c")
 SIZES = (100, 1_000, 5_000)
@@ -43,14 +41,7 @@ class Task:
 
 def reference_module():
     """trace.py as of REF, a module of the kernel package (its relative imports resolve there)."""
-    source = subprocess.run(["git", "-C", ROOT, "show", f"{REF}:apeinxfs/kernel/trace.py"], check=True,
-                            capture_output=True, text=True).stdout
-    spec = importlib.util.spec_from_loader("apeinxfs.kernel.trace_reference", loader=None)
-    module = importlib.util.module_from_spec(spec)
-    module.__package__ = "apeinxfs.kernel"
-    sys.modules[spec.name] = module
-    exec(compile(source, f"{REF}:trace.py", "exec"), module.__dict__)
-    return module
+    return module_at(REF, "apeinxfs/kernel/trace.py")
 
 
 def filled(module, tenants: int):

@@ -5,9 +5,11 @@
   functions when it stops (the profile is kept as DIR/NAME.prof).
 - `minimal_mount()`: bench/minimal_fs.py, the pyfuse3 floor that read rates are compared to.
 - `count_runs`, `rate`, `median`, `verdict`: measure, summarise, print a `PASS`/`MISS` line.
+- `module_at(ref, path)`: a module of the package as of another commit, to measure beside this one's.
 Benchmarks only: nothing here asserts on time, and tests do not import it.
 """
 import contextlib
+import importlib.util
 import os
 import pstats
 import statistics
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 import trio
 
@@ -206,3 +209,17 @@ async def concurrent_rate(action, workers: int) -> float:
             for worker in range(workers):
                 nursery.start_soon(loop, worker)
     return done / (trio.current_time() - start)
+
+
+def module_at(ref: str, path: str) -> types.ModuleType:
+    """The module at `path` (apeinxfs/....py) as of git `ref`, loaded beside this checkout's as a module of the
+    same package (`NAME_at_REF`), so that its relative imports resolve to this checkout's."""
+    source = subprocess.run(["git", "-C", ROOT, "show", f"{ref}:{path}"], check=True, capture_output=True,
+                            text=True).stdout
+    package = os.path.dirname(path).replace("/", ".")
+    name = f"{package}.{os.path.basename(path)[:-3]}_at_{ref.replace('-', '_')}"
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None))
+    module.__package__ = package
+    sys.modules[name] = module
+    exec(compile(source, f"{ref}:{path}", "exec"), module.__dict__)
+    return module

@@ -112,6 +112,21 @@ def test_a_child_goes_to_its_parents_node(nodes):
             kill(nodes["a"], parent)
 
 
+def test_an_idle_node_lists_other_nodes_tasks_as_they_come_and_go(nodes):
+    """An idle node that listed tasks before lists another node's new task once that node publishes it, and no
+    longer once it was killed: its listing is sorted again as the cluster view changes, not only its kernel."""
+    for daemon in nodes.values():
+        listed_tasks(daemon)
+    pid = submit_soon(nodes["a"], LONG_TASK)
+    try:
+        owner = keyed(nodes["a"].path("tasks", str(pid), "status"))["Node"]
+        observer = nodes[next(name for name in ("c", "b") if name != owner)]
+        poll_until(lambda: pid in listed_tasks(observer), SETTLE_S, f"task {pid} in ls tasks of {observer.mountpoint}")
+    finally:
+        kill(nodes["a"], pid)
+    poll_until(lambda: pid not in listed_tasks(observer), SETTLE_S, f"killed {pid} out of ls tasks of {observer.mountpoint}")
+
+
 def test_a_killed_node_is_passed_over_and_the_trace_says_so(nodes):
     """kill -9 of c: before its lease expires it still looks up, so a's placements try it (once it ranks
     first: tasks placed on a and b weigh them down), find it cannot be connected to, place on a or b instead

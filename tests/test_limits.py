@@ -70,7 +70,8 @@ def test_appended_rules_extend_the_list_in_place():
     ("[limits]\nwrite_lines = 'many'\n", "limits.write_lines"),
     ("[limits]\npending_bytes = -1\n", "limits.pending_bytes"),
     ("[limits]\nopen_files = 3\n", "limits.open_files"),
-], ids=["zero", "not-a-number", "negative", "unknown"])
+    ("[limits]\nopen_bytes = 0\n", "limits.open_bytes"),
+], ids=["zero", "not-a-number", "negative", "unknown", "no-open-bytes"])
 def test_a_bad_limits_key_is_refused_at_start_naming_it(tmp_path, toml, words):
     """A [limits] value out of range, or an unknown key, is refused naming the key."""
     (tmp_path / "c.toml").write_text(toml)
@@ -80,10 +81,12 @@ def test_a_bad_limits_key_is_refused_at_start_naming_it(tmp_path, toml, words):
 
 
 def test_limits_keys_reach_the_kernel_and_the_daemon(tmp_path):
-    """[limits] live_tasks goes to the kernel's config (journaled), write_lines and pending_bytes to the daemon's."""
-    (tmp_path / "c.toml").write_text("[limits]\nlive_tasks = 7\nwrite_lines = 8\npending_bytes = 9\n")
+    """[limits] live_tasks goes to the kernel's config (journaled), write_lines, pending_bytes and open_bytes to
+    the daemon's."""
+    (tmp_path / "c.toml").write_text("[limits]\nlive_tasks = 7\nwrite_lines = 8\npending_bytes = 9\nopen_bytes = 10\n")
     config = config_mod.load(str(tmp_path / "c.toml"), str(tmp_path), use_nvml=False)
-    assert (config.kernel.limits.live_tasks, config.limits.write_lines, config.limits.pending_bytes) == (7, 8, 9)
+    assert (config.kernel.limits.live_tasks, config.limits.write_lines, config.limits.pending_bytes,
+            config.limits.open_bytes) == (7, 8, 9, 10)
 
 
 # -- tier 2: the ctl files, without FUSE ----------------------------------------------------------------

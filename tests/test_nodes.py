@@ -201,11 +201,11 @@ def test_open_snapshot_fixes_the_size_until_closed(tree):
     close it is the text now again."""
     submit(tree.rt)
     node = resolve(tree, "/tasks/1/status")
-    first = tree.open_snapshot(node)
+    first = tree.open_snapshot(node, 0)
     tree.rt.commit([Kill(pid=1)])
     now = tree.render(node)
     assert b"Z (exited)" in now and b"Z (exited)" not in first and tree.size(node) == len(first)
-    tree.close_snapshot(node.inode, len(first))
+    tree.close_snapshot(node.inode, 0, first)
     assert tree.size(node) == len(now)
 
 
@@ -214,15 +214,15 @@ def test_overlapping_snapshots_report_the_largest_size_until_the_last_closes(tre
     the other once it closes, and the text now once both did."""
     submit(tree.rt)
     node = resolve(tree, "/tasks/1/status")
-    longer = tree.open_snapshot(node)
+    longer = tree.open_snapshot(node, 0)
     tree.rt.commit([Kill(pid=1)])
-    shorter = tree.open_snapshot(node)
+    shorter = tree.open_snapshot(node, 0)
     assert len(shorter) != len(longer)
     longer, shorter = max(longer, shorter, key=len), min(longer, shorter, key=len)
     assert tree.size(node) == len(longer)
-    tree.close_snapshot(node.inode, len(longer))
+    tree.close_snapshot(node.inode, 0, longer)
     assert tree.size(node) == len(shorter)
-    tree.close_snapshot(node.inode, len(shorter))
+    tree.close_snapshot(node.inode, 0, shorter)
     assert tree.size(node) == len(tree.render(node))
 
 

@@ -10,12 +10,15 @@ import trio
 import trio.testing
 
 from apeinxfs.cluster.peer_client import Peer
+from apeinxfs.cluster.peer_server import PeerServer
 from apeinxfs.cluster.peer_wire import PeerDown, PeerUnreachable
 from apeinxfs.kernel.errors import NotFound
 from apeinxfs.kernel.events import Kill
 from apeinxfs.nodes.base import Caller
+from apeinxfs.nodes.ringlog import RingLog
+from apeinxfs.nodes.tree import Tree
 from apeinxfs.supervise import RESTART_MIN_S
-from test_journal_runtime import ONE_GPU, submit
+from test_journal_runtime import ONE_GPU, open_runtime, submit
 from test_peer_unproven import HANG_GUARD_S, TOKEN, serving
 
 REAPED_AT_EXIT = ONE_GPU + "\n[retention]\ntasks = 0\n"  # an exited task is forgotten at once
@@ -61,3 +64,12 @@ async def test_while_the_accept_loop_waits_for_its_restart_connections_are_refus
             with pytest.raises(NotFound):
                 await peer.status(1, Caller())
         assert len(calls) >= 2 and runtime.supervisor.bugs["peer.accept"].times == 1
+
+
+async def test_a_rings_log_is_refused_as_not_served_before_anything_is_sent(tmp_path):
+    """serve_node refuses a RingLog (the trace), whose source is a pair, as not served (NotFound), before it sends
+    anything: no peer path names one today, and a path added for one would otherwise fail slicing a tuple."""
+    with open_runtime(tmp_path, ONE_GPU) as runtime:
+        server = PeerServer(Tree(runtime), None, 4, 5.0)
+        with pytest.raises(NotFound, match="not served to peers"):
+            await server.serve_node(None, None, RingLog.of(runtime.kernel.trace), Caller(uid=0), None, b"", {})

@@ -401,7 +401,7 @@ async def test_wait_reader_sleeps_through_every_token(ops, autojump_clock):
     looks = collections.Counter()
     node = ops.handles[fh].node
     poll = node.poll
-    node.poll = lambda offset: looks.update([offset]) or poll(offset)
+    node.poll = lambda offset, size: looks.update([offset]) or poll(offset, size)
     async with trio.open_nursery() as nursery:
         await nursery.start(ops.rt.run)
         with trio.fail_after(60):

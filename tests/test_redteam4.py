@@ -107,9 +107,6 @@ def growth_while_held(user, daemon: Daemon, what: str, count: int) -> tuple[str,
 
 
 @pytest.mark.mount
-@pytest.mark.xfail(strict=True, reason="redteam4 D2: every open of a show file keeps a rendered copy "
-                                       "(fs.py open -> tree.open_snapshot) with no bound per uid: one user "
-                                       "holding 300 descriptors on its 1 MiB prompt grows the daemon by 300 MiB")
 def test_one_user_holding_open_show_files_cannot_grow_the_daemon_without_bound(users, tmp_path):
     """Mallory submits a task with a 1 MiB prompt and opens its prompt file 300 times (opens past a limit
     may be refused): the daemon grows by less than 64 MiB."""
@@ -120,9 +117,6 @@ def test_one_user_holding_open_show_files_cannot_grow_the_daemon_without_bound(u
 
 @pytest.mark.mount
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="redteam4 D2: every opendir keeps a listing of its own (fs.py opendir -> "
-                                       "tree.listing) with no bound per uid: one user's 100 descriptors on /tasks "
-                                       "of its 10,000 tasks grow the daemon by about 400 MiB")
 def test_one_user_holding_open_directories_cannot_grow_the_daemon_without_bound(users, tmp_path):
     """Mallory submits 10,000 small tasks in one write and opens /tasks 100 times (opens past a limit may be
     refused): the daemon grows by less than 64 MiB."""
@@ -147,9 +141,6 @@ async def first_read_allocating(tree: Tree, pid: int, name: str) -> tuple[bytes,
         tracemalloc.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="redteam4 D3: stream_poll (nodes/tasks.py:59) copies the output from the offset "
-                                       "to its end twice at every read, whatever the read's size: 49 ms of the "
-                                       "daemon's one thread per read of a 32 MiB output, however small")
 async def test_a_small_stream_read_of_a_long_output_copies_no_more_than_it_returns(tmp_path):
     """A 4 KiB read at the start of a task's `stream`, whose output is 32 MiB, allocates under 1 MiB."""
     with open_runtime(tmp_path) as rt:
@@ -222,10 +213,6 @@ def a_day_behind(tmp_path) -> tuple[Runtime, FakeWallClock]:
     return started(tmp_path, clock), clock
 
 
-@pytest.mark.xfail(strict=True, reason="redteam4 D4: after a restart with the clock set back, admission reads the "
-                                       "budget at the wall clock (runtime.py commit) but tokens are charged at the "
-                                       "kernel's time, held at the old maximum (kernel.py apply): every window "
-                                       "looks unused, so the budget admits without end")
 def test_a_budget_holds_after_a_restart_with_the_clock_set_back(tmp_path):
     """A tenant of 100 tokens an hour that used them, restarted with the clock a day behind, runs three tasks of
     90 tokens within two hours of real time: at least one is refused EDQUOT."""
@@ -244,9 +231,6 @@ def test_a_budget_holds_after_a_restart_with_the_clock_set_back(tmp_path):
     assert refused, "three tasks of 90 tokens in 90 minutes of a 100-tokens-an-hour budget"
 
 
-@pytest.mark.xfail(strict=True, reason="redteam4 D4: after a restart with the clock set back, the kernel's time "
-                                       "stays at the old maximum (kernel.py apply: max(now_us, ...)) until the wall "
-                                       "clock catches up, so no deadline falls due for that long")
 def test_a_deadline_expires_after_a_restart_with_the_clock_set_back(tmp_path):
     """A task with a 1 s deadline, submitted after a restart with the clock a day behind, has expired 60 s later."""
     rt, clock = a_day_behind(tmp_path)
@@ -294,10 +278,6 @@ def test_a_new_daemon_starts_after_a_lazy_unmount_with_a_reader_blocked(tmp_path
 
 # -- D6: a read of a task's events rebuilds all its lines --------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="redteam4 D6: a read of tasks/PID/events joins every line the task has kept "
-                                       "(trace.py of_task, through nodes/base.py LogHandle.read), whatever the read's "
-                                       "size: 310 ms of the daemon's one thread per read at 50,000 lines, which one "
-                                       "user makes with five writes of 10,000 `prio N` lines to its task's ctl")
 @pytest.mark.invariants_every(1000)
 async def test_a_small_read_of_a_long_task_events_file_copies_no_more_than_it_returns(tmp_path):
     """A 4 KiB read at the start of the events of a task given 30,000 prio changes allocates under 1 MiB."""
@@ -311,6 +291,29 @@ async def test_a_small_read_of_a_long_task_events_file_copies_no_more_than_it_re
         assert peak < MIB, f"a 4 KiB read of a task's events allocated {peak / MIB:.1f} MiB"
 
 
+
+def shell_output(*command: str) -> bytes:
+    return subprocess.run(command, capture_output=True, check=True, timeout=60).stdout
+
+
+@pytest.mark.mount
+def test_shell_tools_agree_on_a_long_task_events_file(tmp_path):
+    """Of a stopped task given 20,000 prio changes through its ctl, `cat` of its events shows them all, and
+    `dd skip=`, `tail -c` and `head -c` (each reading only part of it, at offsets of their own) read the same
+    bytes as the matching slices of what `cat` read."""
+    with Daemon(tmp_path / "ai", tmp_path / "state", SLOW_SIM) as daemon:
+        pid = daemon.submit("name=long max_tokens=1000")
+        with open(daemon.path("tasks", str(pid), "ctl"), "wb", buffering=0) as ctl:
+            for _ in range(2):
+                ctl.write(b"".join(b"prio %d\n" % (1 + n % 9) for n in range(10_000)))
+            ctl.write(b"stop\n")
+        events = daemon.path("tasks", str(pid), "events")
+        dd = shell_output("dd", f"if={events}", "bs=4096", "skip=37", "count=2", "status=none")
+        tail, head = shell_output("tail", "-c", "5000", events), shell_output("head", "-c", "10000", events)
+        whole = shell_output("cat", events)
+    assert whole.count(b",prio,") == 20_000 and whole.endswith(b"\n")
+    assert dd == whole[37 * 4096:39 * 4096] and tail == whole[-5000:] and head == whole[:10000]
+
 # -- D7: the daemon's wall clock never follows a step of the host's --------------------------------------------
 
 class SteppedHostClock:
@@ -323,10 +326,6 @@ class SteppedHostClock:
         return self.real() + (self.step_ns if self.stepped else 0)
 
 
-@pytest.mark.xfail(strict=True, reason="redteam4 D7: WallClock (runtime.py:50) reads the host's clock once, at its "
-                                       "first use, and then adds trio's monotonic time: a daemon started before NTP "
-                                       "set the clock (or across a suspend, which the monotonic clock does not count) "
-                                       "stamps trace lines, bills and budget windows off by the step for its whole run")
 def test_the_daemon_clock_follows_the_host_clock_after_it_is_stepped(monkeypatch):
     """After the host's clock is stepped an hour forward, the daemon's clock reads within a minute of it."""
     host = SteppedHostClock(time.time_ns, 3600 * 10**9)

@@ -21,8 +21,9 @@ from apeinxfs.kernel.config import MemoryRetention, kernel_config_from_dict
 from apeinxfs.kernel.errors import Busy, Invalid, NotFound
 from apeinxfs.kernel.events import Chunk, Interrupted, Kill, Step, Submit, Tick
 from apeinxfs.kernel.spec import TaskSpec
+from apeinxfs.kernel.state import fields_of
 from apeinxfs.kernel.task import State
-from apeinxfs.kernel.trace import HEADER, TraceLog
+from apeinxfs.kernel.trace import HEADER, TaskViews, TraceLog
 from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.ringlog import RingLog
 from apeinxfs.nodes.tree import Tree
@@ -242,6 +243,55 @@ def test_task_and_tenant_views_keep_only_the_kept_lines():
     assert text.endswith(task_lines[-1].encode() + b"\n") and dropped >= len(early) - len(HEADER)
 
 
+def read_in_pieces(views: TaskViews, trace: TraceLog, task, size: int) -> bytes:
+    """A task's events read from 0 to the end `size` bytes at a time, as the file's handle reads them."""
+    text, offset = b"", 0
+    while piece := bytes(views.of_task(trace, task, offset + size)[offset:offset + size]):
+        text, offset = text + piece, offset + len(piece)
+    return text
+
+
+def test_a_tasks_events_read_in_small_pieces_are_its_kept_lines_as_they_grow_and_drop():
+    """While its lines and another task's go past the ring's 64, a task's events read 100 bytes at a time
+    are the header and its lines in the ring, in order, at every eighth pass; at the others, only the first
+    100 bytes are read (the lines after them wait, and many are dropped before any read reaches them)."""
+    kernel, views = retaining(trace_lines=64), TaskViews()
+    pid, other = submit(kernel, tokens=1), submit(kernel, tokens=1)
+    for round_ in range(25):
+        grow(kernel.trace, 9, kernel.tasks[pid])
+        grow(kernel.trace, 4, kernel.tasks[other])
+        if round_ % 8:
+            views.of_task(kernel.trace, kernel.tasks[pid], 100)
+            continue
+        kept = [line for line in bytes(kernel.trace.buffer).splitlines(keepends=True)[1:]
+                if line.split(b",")[3] == str(pid).encode()]
+        assert read_in_pieces(views, kernel.trace, kernel.tasks[pid], 100) == HEADER + b"".join(kept)
+    assert kernel.trace.first > 3 * 64
+
+
+def test_a_small_read_of_a_tasks_events_renders_only_the_lines_it_reaches():
+    """After 1,000 lines, the events rendered for a 4 KiB read hold 4 KiB and a line, not the whole file."""
+    kernel, views = retaining(), TaskViews()
+    task = kernel.tasks[submit(kernel, tokens=1)]
+    grow(kernel.trace, 1000, task)
+    head = bytes(views.of_task(kernel.trace, task, 4096))
+    assert 4096 <= len(head) < 4096 + 100 and len(kernel.trace.of_task(task)) > 5 * len(head)
+    assert head == bytes(views.of_task(kernel.trace, task)[:len(head)])
+
+
+def test_a_reaped_tasks_view_goes_at_the_next_drop_of_lines():
+    """The view kept of a task read before it was reaped is forgotten once the ring next drops lines."""
+    kernel, views = retaining(tasks=0, trace_lines=16), TaskViews()
+    pid = submit(kernel, tokens=1)
+    views.of_task(kernel.trace, kernel.tasks[pid])
+    run_until_idle(kernel, STEP_US)
+    views.prune(kernel.trace)
+    assert pid not in kernel.tasks and pid in views._views
+    grow(kernel.trace, 16)
+    views.prune(kernel.trace)
+    assert pid not in views._views
+
+
 def test_a_reaped_tasks_pid_is_unnamed_in_another_tasks_view():
     """`pid N` of a task the kernel no longer holds is redacted in a tenant's view: its tenant is unknown."""
     kernel = retaining()
@@ -371,6 +421,19 @@ async def test_a_follower_at_the_growing_size_gets_each_new_line_once(small):
         assert offset == node.size()
     seqs = [int(row["seq"]) for row in csv.DictReader(io.StringIO(HEADER.decode() + followed.decode()))]
     assert seqs == list(range(first_seq, small.kernel.trace.seq + 1)) and small.kernel.trace.first > first_seq
+
+
+def test_a_tasks_events_read_through_the_tree_are_kept_beside_the_kernel_and_go_once_reaped(small):
+    """/tasks/PID/events keeps its rendered lines on the Runtime, the kernel's trace holding the fields of a fresh
+    one (a snapshot's layout unchanged by reads); once the task is reaped and lines dropped, its view goes."""
+    tree, (pid,) = Tree(small), submit_all(small, 1)
+    run_all(small)
+    node = resolve(tree, f"/tasks/{pid}/events")
+    assert node.size() == len(small.kernel.trace.of_task(small.kernel.tasks[pid])) and pid in small.task_views._views
+    assert fields_of(small.kernel.trace).keys() == fields_of(TraceLog("n")).keys()
+    submit_all(small, 5)
+    run_all(small)
+    assert pid not in small.kernel.tasks and pid not in small.task_views._views
 
 
 def test_a_tenant_view_grows_in_size_as_its_oldest_lines_go(small):

@@ -26,6 +26,7 @@ from apeinxfs import config as config_mod
 from apeinxfs import compaction, health, mount, snapshots, verify
 from apeinxfs.archive import Archive
 from apeinxfs.archive import files as archive_files
+from apeinxfs.clock import WallClock
 from apeinxfs.compaction import CannotStart, Snapshotter
 from apeinxfs.journal import SCHEMA, Journal, compact
 from apeinxfs.kernel import Kernel
@@ -93,7 +94,7 @@ def daemon_like(tmp_path, every_rows: int = 10**9, toml: str = ONE_GPU_TENANTS):
     context = open_runtime(tmp_path, toml)
     rt = context.__enter__()
     rt.clock_us, rt.clock = 1_000_000, None
-    rt.clock = Clock(rt)
+    rt.clock = WallClock(Clock(rt))
     rt.snapshotter = Snapshotter(rt, str(tmp_path / "state" / "snapshots"), every_rows, 3600)
     rt.close = lambda: context.__exit__(None, None, None)
     return rt

@@ -43,11 +43,13 @@ import trio
 from ..kernel.errors import ApeinxError, Invalid, NotFound, RejectLine, TooMany
 from ..nodes.base import Blocking, Command, Dir, Log, Show
 from ..nodes.remote import RemoteTaskDir
+from ..nodes.ringlog import RingLog
 from ..ratelog import RateLog
 from .peer_wire import (CALLER_HEADER, FRAME_MAX, HEARTBEAT, HEARTBEAT_S, REJECTS_HEADER, PeerRefused, TokenFile,
                         data_frame, decode_caller, encode_error, parse_address)
 
 log = logging.getLogger(__name__)
+# the files served to peers: their Logs are buffers (a RingLog, whose source is a pair, is refused: serve_node)
 PATHS = re.compile(r"tasks/[1-9][0-9]{0,14}/(status|output|stream|wait|ctl)|ctl/(submit|kill)")
 PREFIX = "/v1/"
 REQUEST_S = 30.0  # the most a request's head and body may take to arrive (and a kept-alive connection may idle)
@@ -264,6 +266,8 @@ class PeerServer:
     async def serve_node(self, conn, stream, node, caller, request, body: bytes, query: dict) -> None:
         if isinstance(node, Show):
             await send_simple(conn, stream, 200, self.tree.render(node), TEXT)
+        elif isinstance(node, RingLog):  # its source is (text, dropped): no path of PATHS names one
+            raise NotFound("a ring's log (trace, audit) is not served to peers")
         elif isinstance(node, Log):
             await send_range(conn, stream, node.source(), dict(request.headers).get(b"range"))
         elif isinstance(node, Blocking):
@@ -286,12 +290,11 @@ class PeerServer:
         self.blocked += 1
         try:
             await send(conn, stream, h11.Response(status_code=200, headers=FRAMES))
-            while (data := node.poll(offset)) != b"":
+            while (data := node.poll(offset, FRAME_MAX)) != b"":
                 if data is None:
                     await self.quiet(conn, stream, node.key)
                     continue
-                for start in range(0, len(data), FRAME_MAX):
-                    await send(conn, stream, h11.Data(data=data_frame(data[start:start + FRAME_MAX])))
+                await send(conn, stream, h11.Data(data=data_frame(data)))
                 offset += len(data)
             await send(conn, stream, h11.EndOfMessage())
         finally:

@@ -130,6 +130,12 @@ class NoDriver(ApeinxError):
     errno = errno.ENXIO
 
 
+class NoMemory(ApeinxError):
+    """A uid's open descriptors would hold more bytes of rendered snapshots than they may (limits.open_bytes)."""
+
+    errno = errno.ENOMEM
+
+
 class Degraded(ApeinxError):
     """The journal cannot be written (disk full, I/O error, read-only): state changes wait until it can.
 

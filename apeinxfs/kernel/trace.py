@@ -4,7 +4,12 @@
 (`/tenants/NAME/events`) are chains through it: for each line, by seq, the seq of the same
 task's and the same tenant's line before it (arrays of 8-byte ints, appended to at the end
 of the trace; a task holds only its last line's seq). They are copied out when read: most
-are never read, and a copy of each line per view made every line cost three copies.
+are never read, and a copy of each line per view made every line cost three copies. A view
+(`TenantView`) keeps what it copied from one read to the next, so each line is rendered once a run.
+A task's view renders its lines only as far as a read reaches, but a stat of the file (its size)
+renders them all: the first stat or lookup of a task's events renders its lines, later ones only
+the lines new since, and a read what it reaches beyond them. The tasks' views are a cache beside
+the kernel, not in it (`TaskViews`, held by the Runtime): a snapshot's layout is the kernel's alone.
 The trace is an output of the kernel, rebuilt by replaying the journal, so its seqs are
 the same after a restart.
 
@@ -121,9 +126,15 @@ class TraceLog(Ring):
                 self._tenant_last.pop(name, None)
                 self._pattern = None
 
-    def of_task(self, task: Task) -> bytes:
-        """The task's lines kept (a header alone if none): a few, copied at every read."""
-        return HEADER + b"".join(map(self._redactor(task.tenant), self._chain(task.trace_last, self._task_prev)))
+    def of_task(self, task: Task, view: TenantView | None = None, end: int | None = None) -> bytearray:
+        """The header and the task's lines kept, as its users read them, rendered at least up to byte `end`
+        if there (None: all of them). In `view`, the task's kept from an earlier read (TaskViews), a line is
+        rendered once, at the first read that reaches it; without one, all are rendered afresh."""
+        view = TenantView() if view is None else view
+        view.add(self._chain(task.trace_last, self._task_prev, after=view.last))
+        view.drop_before(self.first)
+        view.render(self._redactor(task.tenant), end)
+        return view.text
 
     def of_tenant(self, tenant: str) -> bytearray:
         """The lines kept of `tenant`'s tasks (a header alone if none yet)."""
@@ -133,14 +144,14 @@ class TraceLog(Ring):
         """(The header and the lines kept of `tenant`'s tasks, bytes of its lines dropped before them): the
         lines read before are not copied again."""
         view = self._tenant_views.setdefault(tenant, TenantView())
-        last = self._tenant_last.get(tenant, 0)
-        view.add(self._chain(last, self._tenant_prev, after=view.last), self._redactor(tenant))
+        view.add(self._chain(self._tenant_last.get(tenant, 0), self._tenant_prev, after=view.last))
+        view.render(self._redactor(tenant))
         view.drop_before(self.first)
         return view.text, view.dropped
 
-    def _chain(self, last: int, prev: array[int], after: int = 0) -> list[int]:
+    def _chain(self, last: int, prev: array[int], after: int = 0) -> array[int]:
         """The seqs kept of a chain that ends at `last`, oldest first, from the first one after seq `after`."""
-        seqs: list[int] = []
+        seqs = array("q")
         after, first = max(after, self.first - 1), self.first
         while last > after:
             seqs.append(last)
@@ -209,28 +220,63 @@ def _redact(pattern: re.Pattern[bytes], detail: bytearray, own: bytes, inside: b
 
 @attrs.define
 class TenantView:
-    """A tenant's lines as its users read them (redacted), kept from one read to the next: the header,
-    then its lines, whose seqs and starts (plus `dropped`) are indexed beside them; the lines the
+    """Lines of the trace as the users of a tenant, or of a task, read them (redacted), kept from one read to the
+    next: the header, then its lines rendered so far, whose starts (plus `dropped`) are indexed beside the
+    seqs of all its lines; the lines after those wait for a read that reaches them (`render`). The lines the
     trace drops go from here at the next read."""
 
     text: bytearray = attrs.Factory(lambda: bytearray(HEADER))
     last: int = 0  # the seq of the last line added
-    dropped: int = 0  # bytes of its lines dropped (lines the ring dropped before a read added them never count)
-    _seqs: array[int] = attrs.Factory(lambda: array("q"))
-    _starts: array[int] = attrs.Factory(lambda: array("q"))
+    dropped: int = 0  # bytes of its lines dropped (lines dropped before they were rendered never count)
+    _seqs: array[int] = attrs.Factory(lambda: array("q"))  # of its lines, rendered or not
+    _starts: array[int] = attrs.Factory(lambda: array("q"))  # of its lines rendered: the first len(_starts)
 
-    def add(self, seqs: list[int], render: Callable[[int], bytearray]) -> None:
-        for seq in seqs:
-            self._seqs.append(seq)
-            self._starts.append(len(self.text) + self.dropped)
-            self.text += render(seq)
+    def add(self, seqs: array[int]) -> None:
+        """Lines after `last`, oldest first, to render when a read reaches them."""
+        self._seqs += seqs
         if seqs:
             self.last = seqs[-1]
+
+    def render(self, render: Callable[[int], bytearray], end: int | None = None) -> None:
+        """Render lines waiting until the text holds `end` bytes (None: all of them)."""
+        seqs, starts, text = self._seqs, self._starts, self.text
+        while len(starts) < len(seqs) and (end is None or len(text) < end):
+            starts.append(len(text) + self.dropped)
+            text += render(seqs[len(starts) - 1])
 
     def drop_before(self, first: int) -> None:
         """Drop the lines before seq `first`."""
         count = bisect.bisect_left(self._seqs, first)
-        if not count:
+        rendered = min(count, len(self._starts))
+        if rendered:
+            self.dropped += drop_lines(self.text, len(HEADER), self._starts, self.dropped, rendered)
+            del self._starts[:rendered]
+        del self._seqs[:count]
+
+
+class TaskViews:
+    """The tasks' events as their users read them, a `TenantView` kept for each task read: a cache beside the
+    kernel, never in it (held by the Runtime), so that a snapshot's layout is the kernel's alone. Once the trace
+    has dropped lines (`prune`, after each change and at each read), the views of the tasks reaped go and the
+    others drop those lines; a trace not seen before (a kernel recovered) starts them afresh."""
+
+    def __init__(self) -> None:
+        self._views: dict[int, TenantView] = {}  # pid -> its lines read so far
+        self._trace: TraceLog | None = None  # the trace of the views
+        self._first = 0  # the trace's first seq at the last prune
+
+    def of_task(self, trace: TraceLog, task: Task, end: int | None = None) -> bytearray:
+        """TraceLog.of_task in the task's view kept: a line rendered at the first read that reaches it."""
+        self.prune(trace)
+        return trace.of_task(task, self._views.setdefault(task.pid, TenantView()), end)
+
+    def prune(self, trace: TraceLog) -> None:
+        """Forget the views of tasks reaped and the lines dropped, if `trace` dropped any since the last prune."""
+        if trace is self._trace and trace.first == self._first:
             return
-        self.dropped += drop_lines(self.text, len(HEADER), self._starts, self.dropped, count)
-        del self._seqs[:count], self._starts[:count]
+        if trace is not self._trace:
+            self._views, self._trace = {}, trace
+        self._first = trace.first
+        self._views = {pid: view for pid, view in self._views.items() if pid in trace.tasks}
+        for view in self._views.values():
+            view.drop_before(trace.first)

@@ -15,7 +15,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
 
@@ -94,6 +94,12 @@ class Dir(Node):
     def entries(self) -> list[tuple[str, Node]]:
         return list(self.children.items())
 
+    def entries_from(self, cookie: int) -> Iterator[tuple[int, str, Node]]:
+        """readdir's entries from offset `cookie` on, each with the offset after it: here positions in
+        entries(), listed anew at each readdir (a directory of many children names them by a key instead)."""
+        for after, (name, node) in enumerate(self.entries()[cookie:], cookie + 1):
+            yield after, name, node
+
 
 @attrs.define(eq=False)
 class BuiltDir(Dir):
@@ -140,11 +146,15 @@ class NamedDirs(Dir):
     def make(self, name: str, inode: int) -> BuiltDir:
         raise NotImplementedError
 
-    def named(self, name: str) -> BuiltDir:
+    def number(self, name: str) -> int:
+        """`name`'s number, given it the first time it is seen."""
         if name not in self.numbers:
             self.numbers[name] = len(self.names)
             self.names.append(name)
-        return self.make(name, self.base + self.numbers[name] * self.slots)
+        return self.numbers[name]
+
+    def named(self, name: str) -> BuiltDir:
+        return self.make(name, self.base + self.number(name) * self.slots)
 
     def child(self, name):
         return self.named(name) if name in self.current() else None
@@ -153,7 +163,18 @@ class NamedDirs(Dir):
         """Every name's directory but `.` and `..` (a tenant from before they were refused): an entry so named
         would stand for the directory itself or its parent (Linux FUSE adds no `.` or `..` of its own, and
         fs.py's readdir lists none)."""
-        return [(name, self.named(name)) for name in self.current() if name not in (".", "..")]
+        return [(name, self.named(name)) for name in self.listed()]
+
+    def listed(self) -> list[str]:
+        """The names that exist now but `.` and `..`, in the order they were first seen (by their numbers)."""
+        return sorted((name for name in self.current() if name not in (".", "..")), key=self.number)
+
+    def entries_from(self, cookie):
+        """Offsets are the names' numbers (an entry's is its number + 1), as pids are in /tasks: a name removed
+        mid-listing moves none after it, so an `ls` meets each name that exists throughout once."""
+        for name in self.listed():
+            if (number := self.number(name)) >= cookie:
+                yield number + 1, name, self.named(name)
 
     def owns(self, inode: int) -> bool:
         return self.base <= inode < self.limit
@@ -171,10 +192,10 @@ class NamedDirs(Dir):
         return node
 
     def name_of(self, inode: int) -> str:
-        """`NAME/FILE` of a file's inode (for the audit trail)."""
+        """`NAME/FILE` of a file's inode, `NAME` of its directory's (for the audit trail)."""
         number, slot = divmod(inode - self.base, self.slots)
         name = self.names[number]
-        return f"{name}/{self.named(name).names[slot - 1]}"
+        return f"{name}/{self.named(name).names[slot - 1]}" if slot else name
 
 
 @attrs.define(eq=False)
@@ -238,9 +259,12 @@ class Setting(Show):
 
 @attrs.define(eq=False)
 class Log(Node):
-    """A growing buffer: `source()` returns it; reads see bytes appended after open."""
+    """A growing buffer: `source()` returns it; reads see bytes appended after open. A buffer rendered as far as
+    it is read gives `head(end)` too: the buffer holding its first `end` bytes at least, if it has them. The size
+    (a stat, a lookup) takes `source()`, all of it."""
 
     source: object = None
+    head: Callable[[int], bytes | bytearray] | None = None  # None: a read takes `source()`
 
     def size(self) -> int:
         return len(self.source())
@@ -253,7 +277,7 @@ class Log(Node):
 
 @attrs.define(eq=False)
 class Blocking(Node):
-    """A pipe-like file: `poll(offset)` returns bytes, b'' at end, or None to wait on `key`."""
+    """A pipe-like file: `poll(offset, size)` returns up to `size` bytes, b'' at end, or None to wait on `key`."""
 
     poll: object = None
     key: object = None
@@ -309,7 +333,7 @@ def viewed(node) -> bool:
 @attrs.define(eq=False)
 class SnapshotHandle(Handle):
     node: Show
-    data: bytes = b""
+    data: bytes = b""  # the text it reads, set at open (fs.py, Tree.open_snapshot)
 
     async def read(self, offset, size, waiter):
         return self.data[offset:offset + size]
@@ -320,7 +344,8 @@ class LogHandle(Handle):
     node: Log
 
     async def read(self, offset, size, waiter):
-        return bytes(self.node.source()[offset:offset + size])
+        node = self.node
+        return bytes((node.source() if node.head is None else node.head(offset + size))[offset:offset + size])
 
 
 @attrs.define(eq=False)
@@ -329,9 +354,9 @@ class BlockingHandle(Handle):
     caller: Caller
 
     async def read(self, offset, size, waiter):
-        while (data := self.node.poll(offset)) is None:
+        while (data := self.node.poll(offset, size)) is None:
             await waiter(self.node.key, self.caller)
-        return data[:size]
+        return data
 
 
 @attrs.define(eq=False)

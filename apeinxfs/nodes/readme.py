@@ -35,7 +35,8 @@ apeinxfs - an AI kernel whose API is this tree (see apeinxfs(5) for the full pag
   metrics             Prometheus text format
   health              State: ok | degraded (then Errno, Reason, Since): whether the journal
                       can be written; degraded, state changes fail with Errno and tasks pause;
-                      then Warning while snapshots fail, and a Bug row per loop that met a bug
+                      then Warning while snapshots fail or the daemon's time is ahead of
+                      the host's, and a Bug row per loop that met a bug
 
 Submit lines (several per write; lines split across writes are joined):
   NAME TOKENS PRIORITY [DEADLINE]                      job1 1000 5 30s

@@ -5,8 +5,11 @@ PID_BASE + pid * SLOTS + slot. `status` follows /proc/PID/status; `output`, `eve
 grow like logs; `stream` and `wait` block like pipes until the kernel changes: `stream`
 wakes at each change of its task, `wait` only once the task's tree has ended.
 """
+import bisect
+import itertools
 import os
 import stat
+from collections.abc import Callable, Iterable, Iterator
 
 import attrs
 
@@ -53,16 +56,17 @@ def wait_line(kernel, task) -> bytes | None:
     return (task.exit + "\n").encode() if kernel.tasks.tree_done(task) else None
 
 
-def stream_poll(task, offset: int) -> bytes | None:
-    """Bytes from `offset`; b'' once the task has exited and all is read; None to wait."""
+def stream_poll(task, offset: int, size: int) -> bytes | None:
+    """Up to `size` bytes from `offset` (a copy of those alone); b'' once the task has exited and all is read;
+    None to wait."""
     if offset < len(task.output):
-        return bytes(task.output[offset:])
+        return bytes(task.output[offset:offset + size])
     return b"" if task.done else None
 
 
-def wait_poll(kernel, task, offset: int) -> bytes | None:
+def wait_poll(kernel, task, offset: int, size: int) -> bytes | None:
     line = wait_line(kernel, task)
-    return None if line is None else line[offset:]
+    return None if line is None else line[offset:offset + size]
 
 
 def _sandbox(rt, task):
@@ -85,11 +89,12 @@ def _files(rt, task) -> dict:
         "ctl": lambda: Command(mode=stat.S_IFREG | 0o220, run=ctl.task_ctl(rt, pid), writes=rt.writes),
         "prompt": lambda: Show(mode=PRIVATE, show=lambda: task.spec.prompt),
         "output": lambda: Log(mode=PRIVATE, source=lambda: task.output),
-        "stream": lambda: Blocking(mode=PRIVATE, poll=lambda off: stream_poll(task, off), key=pid,
+        "stream": lambda: Blocking(mode=PRIVATE, poll=lambda off, size: stream_poll(task, off, size), key=pid,
                                    length=lambda: len(task.output)),
-        "wait": lambda: Blocking(poll=lambda off: wait_poll(rt.kernel, task, off), key=("done", pid),
+        "wait": lambda: Blocking(poll=lambda off, size: wait_poll(rt.kernel, task, off, size), key=("done", pid),
                                  length=lambda: len(wait_line(rt.kernel, task) or b"")),
-        "events": lambda: Log(mode=PRIVATE, source=lambda: rt.kernel.trace.of_task(task)),
+        "events": lambda: Log(mode=PRIVATE, source=lambda: rt.task_views.of_task(rt.kernel.trace, task),
+                              head=lambda end: rt.task_views.of_task(rt.kernel.trace, task, end)),
         "children": lambda: Show(show=lambda: "".join(f"{child}\n" for child in task.children)),
     }
 
@@ -107,10 +112,43 @@ class TaskDir(BuiltDir):
 
 
 @attrs.define(eq=False)
+class PidOrder:
+    """The pids of `pids()` in order, sorted again only once the kernel's tasks changed. readdir's offsets in
+    /tasks and /replay are pids (an entry's offset is its pid + 1), as procfs lists /proc: a descriptor holds no
+    listing, and an `ls` meets each task that exists throughout once, whatever comes and goes meanwhile."""
+
+    rt: object
+    pids: Callable[[], Iterable[int]]
+    _kernel: object = None
+    _key: tuple = ()
+    _sorted: list[int] = attrs.Factory(list)
+
+    def from_pid(self, first: int) -> Iterator[int]:
+        """The pids from `first` on, in order."""
+        kernel = self.rt.kernel
+        if kernel is not self._kernel or self.key() != self._key:
+            self._kernel, self._key, self._sorted = kernel, self.key(), sorted(self.pids())
+        pids = self._sorted
+        return itertools.islice(pids, bisect.bisect_left(pids, first), None)
+
+    def key(self) -> tuple:
+        """What changes with the kernel's set of pids: a task comes (the count, or next_pid, grows) or goes
+        (reaped, retention.py: the only way out of the table); not a task's state, as the runtime's version does.
+        On a cluster node also the etcd revision its cluster view has seen: the other nodes' live pids come and go
+        there (their live keys, their `up` leases), unseen by the kernel and the runtime's version."""
+        kernel, cluster = self.rt.kernel, self.rt.cluster
+        return len(kernel.tasks), kernel.tasks.next_pid, kernel.counters.reaped, cluster and cluster.view.revision
+
+
+@attrs.define(eq=False)
 class TasksDir(Dir):
     """/tasks: one directory per task, in pid order."""
 
     rt: object = None
+    order: PidOrder = attrs.field(init=False)
+
+    def __attrs_post_init__(self):
+        self.order = PidOrder(self.rt, self.pids)
 
     def task_dir(self, task) -> TaskDir:
         return TaskDir(inode=inode_of(task.pid, 0), rt=self.rt, task=task, tenant=task.tenant,
@@ -135,3 +173,14 @@ class TasksDir(Dir):
             found = sorted(found + [(pid, router.task_dir(pid, node, tenant)) for pid, node, tenant in
                                     router.remote_tasks()], key=lambda entry: entry[0])
         return [(str(pid), node) for pid, node in found]
+
+    def pids(self) -> set[int]:
+        """The pids of the local tasks and of the other nodes' live ones."""
+        local = set(self.rt.kernel.tasks)
+        return local if self.rt.cluster is None else local | {pid for pid, _, _ in self.rt.cluster.router.remote_tasks()}
+
+    def entries_from(self, cookie):
+        """Offsets are pids (PidOrder)."""
+        for pid in self.order.from_pid(cookie):
+            if (node := self.child(str(pid))) is not None:
+                yield pid + 1, str(pid), node

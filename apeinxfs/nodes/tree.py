@@ -9,6 +9,7 @@ that of the largest snapshot its open descriptors read, so `cp` and sendfile cop
 have no attr cache, see fs.py), so nothing read is ever stale.
 """
 import stat
+from collections.abc import Iterator
 from functools import lru_cache, partial
 
 from .. import health
@@ -20,11 +21,12 @@ from . import tasks
 from .members import NodesDir, link
 from .models import ModelsDir, models_ctl
 from .ringlog import RingLog
-from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, TasksDir, inode_of, owner_of
+from .openfiles import OpenSnapshots, RenderCache
+from .tasks import PID_BASE, REPLAY_SLOT, SLOTS, PidOrder, TasksDir, inode_of, owner_of
 from .tenants import TenantsDir, tenants_ctl
 from .views import Views
 
-RENDERED_MAX = 4096
+BUILT_MAX = 4096  # task directories and files kept built at most
 ADMIN_READS = stat.S_IFREG | 0o400  # the whole trace, the audit trail, every tenant's bill: admins only
 
 
@@ -35,6 +37,7 @@ class ReplayDir(Dir):
         super().__init__()
         self.rt = rt
         self._read_archived = lru_cache(maxsize=256)(self._archived_task)  # a gone task's lines are final
+        self.order = PidOrder(rt, lambda: rt.kernel.tasks)
 
     def timeline(self, task) -> Show:
         return Show(show=lambda: replay.show(self.rt.kernel, task), inode=inode_of(task.pid, REPLAY_SLOT), tenant=task.tenant,
@@ -60,6 +63,12 @@ class ReplayDir(Dir):
 
     def entries(self):
         return [(str(pid), self.timeline(task)) for pid, task in self.rt.kernel.tasks.items()]
+
+    def entries_from(self, cookie):
+        """Offsets are pids (PidOrder)."""
+        for pid in self.order.from_pid(cookie):
+            if (task := self.rt.kernel.tasks.get(pid)) is not None:
+                yield pid + 1, str(pid), self.timeline(task)
 
 
 def build_root(rt) -> Dir:
@@ -104,7 +113,7 @@ def build_root(rt) -> Dir:
         "tenants": TenantsDir(rt=rt),
         "billing": Show(mode=ADMIN_READS, show=partial(billing.show, kernel), read_role="admin"),
         "metrics": Show(show=partial(metrics.show, rt), volatile=True),
-        "health": Show(show=lambda: health.show(rt.health, rt.supervisor, rt.snapshotter), volatile=True),
+        "health": Show(show=lambda: health.show(rt.health, rt.supervisor, rt.snapshotter, rt.clock), volatile=True),
         "nodes": NodesDir(rt=rt),
         "cluster": Show(show=partial(link, rt), volatile=True),
     })
@@ -125,8 +134,8 @@ class Tree:
         self._number(self.root)
         tenanted = [node for node in self.static.values() if viewed(node)]
         self.views = Views(tenanted, lambda tenant: tenant in rt.kernel.tenancy.tenants)
-        self._pinned: dict[int, tuple[Show, list[int]]] = {}  # inode -> its node, the sizes of its open snapshots
-        self._rendered: dict[int, tuple[int, bytes]] = {}  # inode -> (version, text)
+        self.snapshots = OpenSnapshots(rt.config.limits.open_bytes)
+        self._rendered = RenderCache()
         self._task_nodes: dict[int, tuple] = {}  # inode -> (task, node) of task files built so far
 
     def _number(self, node, path: str = "/") -> None:
@@ -137,7 +146,8 @@ class Tree:
                 self._number(child, f"{path.rstrip('/')}/{name}")
 
     def path_of(self, node) -> str:
-        """Where a file is, for the audit trail: static ones by name, a task's, tenant's or model's from its inode."""
+        """Where a file or directory is, for the audit trail: static ones by name, a task's, tenant's or model's from
+        its inode."""
         if node.inode in self.paths:
             return self.paths[node.inode]
         if self.views.owns(node.inode):
@@ -145,10 +155,12 @@ class Tree:
         if (named := self._named(node.inode)) is not None:
             return f"{self.paths[named.inode]}/{named.name_of(node.inode)}"
         pid, slot = divmod(node.inode - PID_BASE, SLOTS)
-        return f"/replay/{pid}" if slot == REPLAY_SLOT else f"/tasks/{pid}/{tasks.FILES[slot - 1]}"
+        if slot == REPLAY_SLOT:
+            return f"/replay/{pid}"
+        return f"/tasks/{pid}/{tasks.FILES[slot - 1]}" if slot else f"/tasks/{pid}"
 
     def reject_at(self, node, refusal: ApeinxError, caller: Caller) -> None:
-        """The `reject` line of a write to `node` refused (Runtime.reject), at its path."""
+        """The `reject` line of a write to (or an open of) `node` refused (Runtime.reject), at its path."""
         self.rt.reject(self.path_of(node), refusal, caller.uid, caller.pid, caller.tenant)
 
     def node(self, inode: int):
@@ -173,7 +185,7 @@ class Tree:
             return self._remote_node(pid, slot)
         built, node = self._task_nodes.get(inode, (None, None))
         if built is not task or node.owner != owner_of(self.rt, task):  # a new task, or its tenant's gids changed
-            if len(self._task_nodes) >= RENDERED_MAX:
+            if len(self._task_nodes) >= BUILT_MAX:
                 self._task_nodes.clear()
             node = self._build_task_node(inode, task, pid, slot)
             self._task_nodes[inode] = (task, node)
@@ -213,46 +225,38 @@ class Tree:
             return self.views.node(node, node.view_of(identity))
         return node
 
-    def listing(self, directory: Dir, identity) -> list[tuple[str, object]]:
-        """`directory`'s entries as `identity` reaches them; a tenanted file whose view has no inode left
-        (NoSpace, views.py) is left out, so that only a lookup of its name fails, never the listing."""
-        entries = []
-        for name, child in directory.entries():
+    def entries_from(self, directory: Dir, identity, cookie: int) -> Iterator[tuple[int, str, object]]:
+        """`directory`'s entries from readdir offset `cookie` on (Dir.entries_from) as `identity` reaches them; a
+        tenanted file whose view has no inode left (NoSpace, views.py) is left out, so that only a lookup of its
+        name fails, never the listing."""
+        for after, name, child in directory.entries_from(cookie):
             try:
-                entries.append((name, self.reached(child, identity)))
+                yield after, name, self.reached(child, identity)
             except NoSpace:
                 continue
-        return entries
 
-    def open_snapshot(self, node: Show) -> bytes:
-        """Render `node` for a new open file, which reads that snapshot until it closes (close_snapshot)."""
-        data = self.render(node)
-        self._pinned.setdefault(node.inode, (node, []))[1].append(len(data))
-        return data
+    def open_snapshot(self, node: Show, uid: int) -> bytes:
+        """Render `node` for a new open file of `uid`, which reads that snapshot until it closes (close_snapshot);
+        NoMemory past the uid's limits.open_bytes (openfiles.py)."""
+        return self.snapshots.open(node, uid, self.render(node))
 
     def opened(self, inode: int) -> Show | None:
         """The node of `inode` while a descriptor has it open (its snapshot read), else None."""
-        pinned = self._pinned.get(inode)
-        return pinned[0] if pinned else None
+        return self.snapshots.opened(inode)
 
-    def close_snapshot(self, inode: int, size: int) -> None:
-        """Forget the open snapshot of `size` bytes of `inode`."""
-        sizes = self._pinned[inode][1]
-        sizes.remove(size)
-        if not sizes:
-            del self._pinned[inode]
+    def close_snapshot(self, inode: int, uid: int, snapshot: bytes) -> None:
+        """Forget the open `snapshot` of `inode`, held by a descriptor of `uid`."""
+        self.snapshots.close(inode, uid, snapshot)
 
     def render(self, node: Show) -> bytes:
         """The node's text now, as a new open reads it: rendered again only once an event (or an engine scrape)
         changed something."""
         if node.volatile:
             return node.render()
-        version, cached = self._rendered.get(node.inode, (None, None))
-        if version != self.rt.version:
-            if len(self._rendered) >= RENDERED_MAX:
-                self._rendered.clear()
+        cached = self._rendered.get(node.inode, self.rt.version)
+        if cached is None:
             cached = node.render()
-            self._rendered[node.inode] = (self.rt.version, cached)
+            self._rendered.put(node.inode, self.rt.version, cached)
         return cached
 
     def size(self, node) -> int:
@@ -260,5 +264,5 @@ class Tree:
         of each then stops at its own end, never before)."""
         if not isinstance(node, Show):
             return node.size()
-        _, sizes = self._pinned.get(node.inode, (node, None))
-        return max(sizes) if sizes else len(self.render(node))
+        largest = self.snapshots.largest(node.inode)
+        return len(self.render(node)) if largest is None else largest

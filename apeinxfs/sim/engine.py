@@ -60,7 +60,7 @@ def simulate(workload: Workload, options: Options) -> Outcome:
     sched = config.kernel.sched
     meter = ServiceMeter(workload.tenants, sched.input_cost, sched.output_cost, options.window)
     runtime = Runtime(config, open_journal(options), clock=VirtualClock())
-    runtime.notifier = MeteredNotifier(meter, runtime.kernel, runtime.clock)
+    runtime.notifier = MeteredNotifier(meter, runtime.kernel, runtime.clock.host)
     feeder = Feeder(runtime, workload)
     try:
         loop = StepLoop(runtime, feeder)

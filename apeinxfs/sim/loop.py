@@ -60,7 +60,7 @@ class StepLoop:
     """Runs the feeder's arrivals, the GPUs' steps and the kernel's deadlines in time order."""
 
     def __init__(self, runtime, feeder):
-        self.rt, self.kernel, self.clock, self.feeder = runtime, runtime.kernel, runtime.clock, feeder
+        self.rt, self.kernel, self.clock, self.feeder = runtime, runtime.kernel, runtime.clock.host, feeder
         self.driver = sim_driver(runtime.kernel.models)
         self.steps: list = []  # heap of (end_us, order started, Step) for the steps in flight
         self.started = itertools.count()
