@@ -43,8 +43,7 @@ FUSE_PASSTHROUGH = {"allow_other", "allow_root", "default_permissions", "rw", "r
                     "suid", "nosuid", "exec", "noexec", "atime", "noatime", "async", "sync", "dirsync"}
 OWN_OPTIONS = {"config", "state_dir", "debug"}
 SHUTDOWN_GRACE_S = 1.0  # on a signal, requests in flight get this long; blocked readers are then cancelled
-DETACH_GRACE_S = 5.0  # once the mount is found detached, descriptors still open are served this long
-HOLDER_EXIT_S = mountwatch.CHECK_S + DETACH_GRACE_S + SHUTDOWN_GRACE_S + 5.0  # a start awaits a detached daemon's end
+HOLDER_EXIT_S = 12.0  # a start awaits a detached daemon's end this long (its readers' last closes)
 FSTAB_ONLY = {"defaults", "auto", "noauto", "user", "users", "nofail", "_netdev"}
 
 
@@ -100,32 +99,47 @@ def recover_stale(mountpoint: str) -> None:
         log.warning("recovering a stale mount at %s", mountpoint)
         subprocess.run(["fusermount3", "-u", "-z", mountpoint], check=False)
         return
-    if os.path.ismount(mountpoint) and _is_apeinxfs(mountpoint):
+    if os.path.ismount(mountpoint) and mountwatch.device_of(mountpoint) is not None:
         raise Invalid(f"apeinxfs is already mounted at {mountpoint}")
 
 
-def _is_apeinxfs(mountpoint: str) -> bool:
-    with open("/proc/mounts") as mounts:
-        return any(line.split()[1:3] == [mountpoint, "fuse.apeinxfs"] for line in mounts)
-
-
 def lock_state_dir(state_dir: str) -> int:
-    """One daemon per state directory. A holder whose mount was detached is exiting (on_detach): its end is
-    awaited, up to HOLDER_EXIT_S; a holder still mounted (or starting) refuses the start at once."""
+    """One daemon per state directory. A holder whose mount was detached ends once the last user of its tree
+    does (on_detach): that is awaited, up to HOLDER_EXIT_S; a holder still mounted (or starting) refuses the
+    start at once."""
     os.makedirs(state_dir, exist_ok=True)
     fd = os.open(os.path.join(state_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    if not _locked(fd) and not _detached_holder_ends(fd, state_dir):
-        os.close(fd)
-        raise Invalid(f"another apeinxfs daemon uses {state_dir}")
+    if not _locked(fd):
+        refusal = _holder_refusal(fd, state_dir)
+        if refusal is not None:
+            os.close(fd)
+            raise Invalid(refusal)
     os.ftruncate(fd, 0)  # no device yet: mark_lock writes this daemon's once mounted
     return fd
 
 
+def _holder_refusal(fd: int, state_dir: str) -> str | None:
+    """Why the lock's holder refuses this start; None if it let the lock go (its mount detached, its last user
+    gone within HOLDER_EXIT_S): then this process holds it."""
+    device, pid = _holder(fd)
+    named = f"another apeinxfs daemon{f' (pid {pid})' if pid else ''} uses {state_dir}"
+    if device is None or mountwatch.still_attached(device)[0]:
+        return named
+    if _detached_holder_ends(fd, state_dir):
+        return None
+    return (f"{named}: its mount was detached, but it is still in use by files open on its tree or by other "
+            f"mount namespaces (a container's bind mount); it ends when the last of them does")
+
+
+def _holder(fd: int) -> tuple[str | None, str | None]:
+    """The device of the lock holder's mount and its pid, as mark_lock wrote them (None where not written)."""
+    words = os.pread(fd, 64, 0).decode(errors="replace").split()
+    device = words[0] if words and words[0] != "-" else None
+    return device, (words[1] if len(words) > 1 else None)
+
+
 def _detached_holder_ends(fd: int, state_dir: str) -> bool:
-    """Whether the lock's holder, if its mount was detached (it is exiting), lets it go within HOLDER_EXIT_S;
-    then this process holds it."""
-    if not _holder_detached(fd):
-        return False
+    """Whether the lock's holder, its mount detached, lets it go within HOLDER_EXIT_S; then this process holds it."""
     log.info("waiting up to %.0f s for the daemon whose mount was detached to release %s", HOLDER_EXIT_S, state_dir)
     deadline = time.monotonic() + HOLDER_EXIT_S
     while time.monotonic() < deadline:
@@ -143,16 +157,10 @@ def _locked(fd: int) -> bool:
     return True
 
 
-def _holder_detached(fd: int) -> bool:
-    """Whether the lock's holder wrote its mount's device (mark_lock) and no mount of it is left here."""
-    device = os.pread(fd, 64, 0).decode(errors="replace").strip()
-    return bool(device) and not mountwatch.attached(device)
-
-
 def mark_lock(fd: int, device: str | None) -> None:
-    """Write the device of this daemon's mount into its lock file, for a later start to see it detached."""
-    if device is not None:
-        os.pwrite(fd, f"{device}\n".encode(), 0)
+    """Write the device of this daemon's mount (`-` if not known) and its pid into its lock file, for a later start
+    to see it detached and to name it."""
+    os.pwrite(fd, f"{device or '-'} {os.getpid()}\n".encode(), 0)
 
 
 def main(argv: list[str]) -> int:
@@ -304,6 +312,7 @@ class Ending:
     path, which may hold another mount by then (a new daemon's)."""
 
     serving: trio.CancelScope
+    device: str | None = None  # of this daemon's mount (mountwatch.py); None if not found
     unmount: bool = False  # on a signal or a refusal; a bug leaves the mount dead (ENOTCONN) for the next start
     detached: bool = False
 
@@ -313,7 +322,11 @@ class Ending:
         self.serving.deadline = min(self.serving.deadline, trio.current_time() + SHUTDOWN_GRACE_S)
 
     def unmounts(self) -> bool:
-        return self.unmount and not self.detached
+        """Whether close unmounts the path: on a signal or a refusal, unless the mount was detached, looked at once
+        more now (a lazy unmount since the last check; a mountinfo that cannot be read counts as attached)."""
+        if not self.unmount or self.detached:
+            return False
+        return self.device is None or mountwatch.still_attached(self.device)[0]
 
 
 class Detached(ApeinxError):
@@ -323,7 +336,7 @@ class Detached(ApeinxError):
 
 
 def ended_by_detach() -> Detached:
-    return Detached("the mount was detached (lazy unmount): the daemon is exiting")
+    return Detached("the mount was detached (lazy unmount) in the daemon's mount namespace")
 
 
 async def on_signal(ending: Ending, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -336,25 +349,26 @@ async def on_signal(ending: Ending, task_status=trio.TASK_STATUS_IGNORED) -> Non
             ending.stop()
 
 
-async def on_detach(ending: Ending, runtime: Runtime, mountpoint: str, device: str | None) -> None:
-    """Once no mount of `device` is left (mountwatch.py), end every blocked read (ENOTCONN), serve the descriptors
-    still open for DETACH_GRACE_S (their last close ends the connection, and serving, sooner), then stop."""
-    if device is None:
-        log.warning("the mount at %s is not in /proc/self/mountinfo: a lazy unmount will not end the daemon",
+async def on_detach(ending: Ending, runtime: Runtime, mountpoint: str) -> None:
+    """Once no mount of the daemon's device is left in its namespace (mountwatch.py), end the blocked reads of
+    callers in that namespace with ENOTCONN, and refuse their later ones: their view of the tree is gone. Callers
+    in other namespaces (a container's bind mount) are served on; the daemon ends when the kernel ends the
+    connection, with the last descriptor and the last mount of the tree (pyfuse3.main returns)."""
+    if ending.device is None:
+        log.warning("the mount at %s is not in /proc/self/mountinfo: a lazy unmount will not end its blocked reads",
                     mountpoint)
         return
-    await mountwatch.until_detached(device)
-    log.warning("the mount at %s (device %s) was detached: ending %d blocked reads with ENOTCONN; exiting within "
-                "%.0f s", mountpoint, device, len(runtime.readers), DETACH_GRACE_S + SHUTDOWN_GRACE_S)
+    runtime.mount_watch = mountwatch.Watch(ending.device)
+    await runtime.mount_watch.until_detached()
     ending.detached = True
-    runtime.readers.end_all(ended_by_detach)
-    await trio.sleep(DETACH_GRACE_S)
-    log.warning("descriptors on the detached tree still open after %.0f s: they will read ENOTCONN", DETACH_GRACE_S)
-    ending.stop()
+    ended = runtime.readers.end_where(ended_by_detach, mountwatch.in_own_namespace)
+    log.warning("the mount at %s (device %s) was detached: ended %d blocked reads in this mount namespace with "
+                "ENOTCONN; the daemon ends when the last descriptor and mount of its tree elsewhere go",
+                mountpoint, ending.device, ended)
 
 
 async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer, mount: tuple[str, str | None]) -> int:
-    ending = Ending(trio.CancelScope())
+    ending = Ending(trio.CancelScope(), device=mount[1])
     started = False  # reported ok: what ends the daemon after that is no start refusal
     try:
         async with trio.open_nursery() as nursery:
@@ -363,7 +377,7 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer, mount: tu
                 server = peer_server.PeerServer(tree, peer.tokens, config.max_waiters, config.cluster.peer_stall_s)
                 await nursery.start(server.serve, peer)
             await nursery.start(on_signal, ending)
-            nursery.start_soon(on_detach, ending, runtime, *mount)
+            nursery.start_soon(on_detach, ending, runtime, mount[0])
             _report(ready_fd, "ok")
             ready_fd, started = None, True  # reported: nobody waits for a later end
             with ending.serving:

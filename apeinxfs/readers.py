@@ -9,8 +9,8 @@ timeout of its own: it wakes only when its key changes or the watcher interrupts
 reader's status file is kept open and re-read with pread (7 us of CPU a check here, against
 10 us for open, read and close). Not here: what a reader waits for (nodes/), the FUSE
 reply (fs.py).
-`end_all` ends every blocked read at once with one error, and refuses those that come after
-(the daemon's mount was detached: mount.py).
+`end_where` ends at once, with one error, the blocked reads of the callers a predicate picks, and refuses
+theirs that come after (the daemon's mount was detached: those in its own mount namespace, mount.py).
 """
 import collections
 import contextlib
@@ -93,10 +93,12 @@ class StatusFile:
 
 @attrs.define(eq=False)
 class Reader:
-    """One blocked read(2): whose it is, how its signals are seen, the scope it sleeps in, and what
-    makes the error that ends it (None while it may sleep; a fresh error at each raise)."""
+    """One blocked read(2): whose it is (uid, and pid of the calling thread), how its signals are seen, the
+    scope it sleeps in, and what makes the error that ends it (None while it may sleep; a fresh error at each
+    raise)."""
 
     uid: int
+    pid: int
     probe: object
     ending: Callable[[], ApeinxError] | None = None
     scope: trio.CancelScope | None = None
@@ -117,22 +119,23 @@ class Readers:
         self.blocked: dict[Reader, None] = {}  # in order of arrival: each pass checks them in the same order
         self.by_uid: collections.Counter = collections.Counter()
         self._arrived = trio.Event()
-        self.ended: Callable[[], ApeinxError] | None = None  # set by end_all: every read from now on fails so
+        self.ended: Callable[[], ApeinxError] | None = None  # set by end_where: the later reads it picks fail so
+        self.ends: Callable[[int], bool] = lambda pid: False  # which callers' reads end_where ended
 
     def __len__(self) -> int:
         return len(self.blocked)
 
     def admit(self, uid: int, pid: int) -> Reader:
         """Register a reader about to block; TooMany past the total or the uid's cap, and the error of
-        end_all after it."""
-        if self.ended is not None:
+        error of end_where after it for a caller it picks."""
+        if self.ended is not None and self.ends(pid):
             raise self.ended()
         if len(self.blocked) >= self.total:
             raise TooMany(f"too many blocked readers ({len(self.blocked)}, daemon.max_waiters); try again")
         if self.by_uid[uid] >= self.per_uid:
             raise TooMany(f"uid {uid} has {self.by_uid[uid]} blocked readers, the most one user may have "
                           f"(daemon.max_waiters_per_uid); try again")
-        reader = Reader(uid, self.probe(pid))
+        reader = Reader(uid, pid, self.probe(pid))
         if reader.probe.signalled():  # already signalled or gone: no need to wait a slice
             reader.ending = SIGNALLED
         self.blocked[reader] = None
@@ -153,11 +156,14 @@ class Readers:
             if reader in self.blocked and reader.ending is None and reader.probe.signalled():
                 reader.interrupt()
 
-    def end_all(self, error: Callable[[], ApeinxError]) -> None:
-        """End every blocked read with an `error()` now, and every later one at its first wait."""
-        self.ended = error
-        for reader in self.blocked:
+    def end_where(self, error: Callable[[], ApeinxError], ends: Callable[[int], bool]) -> int:
+        """End with an `error()` now the blocked reads whose caller's pid `ends` picks, and each later one it picks
+        at its first wait; how many it ended now."""
+        self.ended, self.ends = error, ends
+        ended = [reader for reader in self.blocked if ends(reader.pid)]
+        for reader in ended:
             reader.interrupt(error)
+        return len(ended)
 
     async def watch(self, slice_s: float = SLICE_S) -> None:
         """Check every blocked reader once per `slice_s`, SCAN_CHUNK at a time with the chunks

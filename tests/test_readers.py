@@ -1,5 +1,5 @@
 """Blocked readers (readers.py): the signal masks, the caps per uid and in total, the one watcher
-(trio, virtual clock, a stand-in for /proc), end_all (a detached mount), a real thread's status file, and on a live mount
+(trio, virtual clock, a stand-in for /proc), end_where (a detached mount), a real thread's status file, and on a live mount
 real `cat` processes: Ctrl-C ends one of many, and a second user gets a slot past the first's cap.
 """
 import collections
@@ -253,17 +253,18 @@ async def test_read_past_its_deadline_is_eagain(autojump_clock):
     assert isinstance(error, TooMany) and "request timeout" in error.reason and at == 5.0
 
 
-async def test_end_all_ends_every_blocked_read_and_refuses_later_ones(autojump_clock):
-    """end_all (a detached mount) ends each blocked read at once with ENOTCONN and its reason, a read that
-    comes after too, and leaves no reader registered."""
+async def test_end_where_ends_the_picked_blocked_reads_and_refuses_their_later_ones(autojump_clock):
+    """end_where (a detached mount) ends at once with ENOTCONN the blocked read of the caller it picks (pid 1, as
+    if in the daemon's namespace) and its later reads, while pid 2's read (another namespace) stays blocked."""
     readers, _ = registry()
     results: list = []
     async with two_blocked_readers(readers, results):
         await trio.sleep(10)
-        readers.end_all(ended_by_detach)
+        assert readers.end_where(ended_by_detach, lambda pid: pid in (1, 3)) == 1
         await trio.sleep(1)
         late = await blocked_read(readers, 3, pid=3)
-    assert [at for _, at in results + [late]] == [10, 10, 11] and len(readers) == 0
+        assert len(readers) == 1 and len(results) == 1
+    assert [at for _, at in results + [late]] == [10, 11] and late[0] is not None
     assert all(isinstance(error, Detached) and error.errno == errno.ENOTCONN and "detached" in error.reason
                for error, _ in results + [late])
 
