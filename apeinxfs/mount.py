@@ -3,7 +3,8 @@
 `apeinxfs MOUNTPOINT [-o OPTS] [-f] [--config FILE] [--state-dir DIR]`; mount.fuse3
 runs `apeinxfs /ai -o rw,dev,suid`. Without -f the command returns only once the
 mount is up (the child reports through a pipe). SIGTERM, SIGINT and SIGHUP unmount
-cleanly. What is mounted is fs.py's adapter over the tree of nodes/.
+cleanly; a lazy unmount ends the blocked reads of the daemon's own mount namespace, and
+the daemon with the kernel's connection. What is mounted is fs.py's adapter over the tree of nodes/.
 """
 import argparse
 import errno

@@ -7,7 +7,9 @@ ever. The daemon knows its connection by the device (major:minor) that its mount
 /proc/self/mountinfo, read right after mounting (a stat of its own root would wait on itself), and
 checks once a second, in a worker thread, that some mount of that device is still there: a bind mount
 of the tree keeps it attached. mountinfo is read as bytes (a mount point need not be UTF-8); one that
-cannot be read or parsed counts as still attached. Not here: what the daemon does once it is detached (mount.py).
+cannot be read or parsed counts as still attached. `in_own_namespace` tells whether a caller shares the
+daemon's mount namespace (where the detach took its view of the tree). Not here: what the daemon does
+once it is detached (mount.py).
 """
 import logging
 import math

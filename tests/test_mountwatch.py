@@ -1,5 +1,6 @@
 """mountwatch.py: the device of the daemon's mount and whether a mount of it is left, read from a mountinfo
-text as Linux writes it (proc(5)) or broken, the caller's namespace, and a signal's unmount only while attached. The real mountinfo of a live and a detached mount: test_mount_lifecycle.py."""
+text as Linux writes it (proc(5)) or broken; a caller's namespace; a signal's unmount only while attached. The
+real mountinfo of a live and a detached mount: test_mount_lifecycle.py."""
 import os
 
 import pytest
