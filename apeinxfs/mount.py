@@ -3,7 +3,8 @@
 `apeinxfs MOUNTPOINT [-o OPTS] [-f] [--config FILE] [--state-dir DIR]`; mount.fuse3
 runs `apeinxfs /ai -o rw,dev,suid`. Without -f the command returns only once the
 mount is up (the child reports through a pipe). SIGTERM, SIGINT and SIGHUP unmount
-cleanly. What is mounted is fs.py's adapter over the tree of nodes/.
+cleanly; a lazy unmount ends the blocked reads of the daemon's own mount namespace, and
+the daemon with the kernel's connection. What is mounted is fs.py's adapter over the tree of nodes/.
 """
 import argparse
 import errno
@@ -14,6 +15,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -22,7 +24,7 @@ import pyfuse3
 import trio
 
 from . import config as config_mod
-from . import fuselock
+from . import fuselock, mountwatch
 from .drivers import nvml
 from .enginehost import check_drivers
 from .fs import Operations
@@ -42,6 +44,7 @@ FUSE_PASSTHROUGH = {"allow_other", "allow_root", "default_permissions", "rw", "r
                     "suid", "nosuid", "exec", "noexec", "atime", "noatime", "async", "sync", "dirsync"}
 OWN_OPTIONS = {"config", "state_dir", "debug"}
 SHUTDOWN_GRACE_S = 1.0  # on a signal, requests in flight get this long; blocked readers are then cancelled
+HOLDER_EXIT_S = 12.0  # a start awaits a detached daemon's end this long (its readers' last closes)
 FSTAB_ONLY = {"defaults", "auto", "noauto", "user", "users", "nofail", "_netdev"}
 
 
@@ -97,24 +100,68 @@ def recover_stale(mountpoint: str) -> None:
         log.warning("recovering a stale mount at %s", mountpoint)
         subprocess.run(["fusermount3", "-u", "-z", mountpoint], check=False)
         return
-    if os.path.ismount(mountpoint) and _is_apeinxfs(mountpoint):
+    if os.path.ismount(mountpoint) and mountwatch.device_of(mountpoint) is not None:
         raise Invalid(f"apeinxfs is already mounted at {mountpoint}")
 
 
-def _is_apeinxfs(mountpoint: str) -> bool:
-    with open("/proc/mounts") as mounts:
-        return any(line.split()[1:3] == [mountpoint, "fuse.apeinxfs"] for line in mounts)
-
-
 def lock_state_dir(state_dir: str) -> int:
-    """One daemon per state directory."""
+    """One daemon per state directory. A holder whose mount was detached ends once the last user of its tree
+    does (on_detach): that is awaited, up to HOLDER_EXIT_S; a holder still mounted (or starting) refuses the
+    start at once."""
     os.makedirs(state_dir, exist_ok=True)
     fd = os.open(os.path.join(state_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    if not _locked(fd):
+        refusal = _holder_refusal(fd, state_dir)
+        if refusal is not None:
+            os.close(fd)
+            raise Invalid(refusal)
+    os.ftruncate(fd, 0)  # no device yet: mark_lock writes this daemon's once mounted
+    return fd
+
+
+def _holder_refusal(fd: int, state_dir: str) -> str | None:
+    """Why the lock's holder refuses this start; None if it let the lock go (its mount detached, its last user
+    gone within HOLDER_EXIT_S): then this process holds it."""
+    device, pid = _holder(fd)
+    named = f"another apeinxfs daemon{f' (pid {pid})' if pid else ''} uses {state_dir}"
+    if device is None or mountwatch.still_attached(device)[0]:
+        return named
+    if _detached_holder_ends(fd, state_dir):
+        return None
+    return (f"{named}: its mount was detached, but it is still in use by files open on its tree or by other "
+            f"mount namespaces (a container's bind mount); it ends when the last of them does")
+
+
+def _holder(fd: int) -> tuple[str | None, str | None]:
+    """The device of the lock holder's mount and its pid, as mark_lock wrote them (None where not written)."""
+    words = os.pread(fd, 64, 0).decode(errors="replace").split()
+    device = words[0] if words and words[0] != "-" else None
+    return device, (words[1] if len(words) > 1 else None)
+
+
+def _detached_holder_ends(fd: int, state_dir: str) -> bool:
+    """Whether the lock's holder, its mount detached, lets it go within HOLDER_EXIT_S; then this process holds it."""
+    log.info("waiting up to %.0f s for the daemon whose mount was detached to release %s", HOLDER_EXIT_S, state_dir)
+    deadline = time.monotonic() + HOLDER_EXIT_S
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if _locked(fd):
+            return True
+    return False
+
+
+def _locked(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise Invalid(f"another apeinxfs daemon uses {state_dir}") from None
-    return fd
+        return False
+    return True
+
+
+def mark_lock(fd: int, device: str | None) -> None:
+    """Write the device of this daemon's mount (`-` if not known) and its pid into its lock file, for a later start
+    to see it detached and to name it."""
+    os.pwrite(fd, f"{device or '-'} {os.getpid()}\n".encode(), 0)
 
 
 def main(argv: list[str]) -> int:
@@ -179,7 +226,7 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
     """Boot the kernel from the journal, mount, serve until unmounted or signalled."""
     try:
         log.info("descriptors: at most %d", raise_descriptor_limit())
-        lock_state_dir(config.state_dir)
+        lock = lock_state_dir(config.state_dir)
         archive = Archive(os.path.join(config.state_dir, "trace"), config.retention.trace_file_bytes,
                           config.retention.trace_bytes)
         runtime = Runtime(config, Journal(os.path.join(config.state_dir, "journal.db")), archive=archive,
@@ -192,13 +239,15 @@ def serve(args: MountArgs, config, ready_fd: int | None) -> int:
         ops = Operations(Tree(runtime))
         peer = peer_server.listening_for(config.cluster)
         pyfuse3.init(ops, args.mountpoint, _fuse_options(args))
+        device = mountwatch.device_of(args.mountpoint)  # now, before a lazy unmount can hide it
+        mark_lock(lock, device)
     except Exception as exc:  # report any start failure to the waiting parent
         _report(ready_fd, f"cannot mount {args.mountpoint}: {exc}")
         log.exception("start failed")
         return 1
     log.info("mounted %s; %s; replayed %d journal rows; state in %s",
              args.mountpoint, config.gpu_source, rows, config.state_dir)
-    return trio.run(_run_mounted, runtime, config, ready_fd, ops.tree, peer)
+    return trio.run(_run_mounted, runtime, config, ready_fd, ops.tree, peer, (args.mountpoint, device))
 
 
 def audit_archive(config) -> Archive:
@@ -258,8 +307,69 @@ def close_all(runtime: Runtime) -> bool:
     return clean
 
 
-async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
-    unmount = False  # on a signal or a refusal; a bug leaves the mount dead (ENOTCONN) for the next start
+@attrs.define
+class Ending:
+    """How serving ends. A signal or a refusal unmounts at close; a detached mount is never unmounted by its
+    path, which may hold another mount by then (a new daemon's)."""
+
+    serving: trio.CancelScope
+    device: str | None = None  # of this daemon's mount (mountwatch.py); None if not found
+    unmount: bool = False  # on a signal or a refusal; a bug leaves the mount dead (ENOTCONN) for the next start
+    detached: bool = False
+
+    def stop(self) -> None:
+        """Read no more requests; those in flight get SHUTDOWN_GRACE_S, then blocked readers are cancelled."""
+        pyfuse3.terminate()
+        self.serving.deadline = min(self.serving.deadline, trio.current_time() + SHUTDOWN_GRACE_S)
+
+    def unmounts(self) -> bool:
+        """Whether close unmounts the path: on a signal or a refusal, unless the mount was detached, looked at once
+        more now (a lazy unmount since the last check; a mountinfo that cannot be read counts as attached)."""
+        if not self.unmount or self.detached:
+            return False
+        return self.device is None or mountwatch.still_attached(self.device)[0]
+
+
+class Detached(ApeinxError):
+    """The daemon's mount was detached (a lazy unmount): its blocked reads end so, and later ones."""
+
+    errno = errno.ENOTCONN
+
+
+def ended_by_detach() -> Detached:
+    return Detached("the mount was detached (lazy unmount) in the daemon's mount namespace")
+
+
+async def on_signal(ending: Ending, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """SIGTERM, SIGINT, SIGHUP: unmount and exit."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            ending.unmount = True
+            ending.stop()
+
+
+async def on_detach(ending: Ending, runtime: Runtime, mountpoint: str) -> None:
+    """Once no mount of the daemon's device is left in its namespace (mountwatch.py), end the blocked reads of
+    callers in that namespace with ENOTCONN, and refuse their later ones: their view of the tree is gone. Callers
+    in other namespaces (a container's bind mount) are served on; the daemon ends when the kernel ends the
+    connection, with the last descriptor and the last mount of the tree (pyfuse3.main returns)."""
+    if ending.device is None:
+        log.warning("the mount at %s is not in /proc/self/mountinfo: a lazy unmount will not end its blocked reads",
+                    mountpoint)
+        return
+    runtime.mount_watch = mountwatch.Watch(ending.device)
+    await runtime.mount_watch.until_detached()
+    ending.detached = True
+    ended = runtime.readers.end_where(ended_by_detach, mountwatch.in_own_namespace)
+    log.warning("the mount at %s (device %s) was detached: ended %d blocked reads in this mount namespace with "
+                "ENOTCONN; the daemon ends when the last descriptor and mount of its tree elsewhere go",
+                mountpoint, ending.device, ended)
+
+
+async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer, mount: tuple[str, str | None]) -> int:
+    ending = Ending(trio.CancelScope(), device=mount[1])
     started = False  # reported ok: what ends the daemon after that is no start refusal
     try:
         async with trio.open_nursery() as nursery:
@@ -267,20 +377,11 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
             if peer is not None:  # other nodes read and drive this node's tasks (cluster/peer_server.py)
                 server = peer_server.PeerServer(tree, peer.tokens, config.max_waiters, config.cluster.peer_stall_s)
                 await nursery.start(server.serve, peer)
-            serving = trio.CancelScope()
-            async def on_signal(task_status=trio.TASK_STATUS_IGNORED):
-                nonlocal unmount
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-                    task_status.started()
-                    async for signum in signals:
-                        log.info("signal %d: unmounting", signum)
-                        unmount = True
-                        pyfuse3.terminate()
-                        serving.deadline = min(serving.deadline, trio.current_time() + SHUTDOWN_GRACE_S)
-            await nursery.start(on_signal)
+            await nursery.start(on_signal, ending)
+            nursery.start_soon(on_detach, ending, runtime, mount[0])
             _report(ready_fd, "ok")
             ready_fd, started = None, True  # reported: nobody waits for a later end
-            with serving:
+            with ending.serving:
                 fuselock.install()
                 await pyfuse3.main(min_tasks=4, max_tasks=config.max_waiters + 64)
             nursery.cancel_scope.cancel()
@@ -291,10 +392,10 @@ async def _run_mounted(runtime: Runtime, config, ready_fd, tree, peer) -> int:
             raise
         log.error("refused: %s; unmounting", refusal)  # an ApeinxError out of a task before the start
         _report(ready_fd, f"refused to start: {refusal}")
-        unmount = True
+        ending.unmount = True
         return 1
     finally:
-        pyfuse3.close(unmount=unmount)
+        pyfuse3.close(unmount=ending.unmounts())
         closed = close_all(runtime)
         log.info("unmounted")
     return 0 if closed else 1

@@ -9,12 +9,16 @@ timeout of its own: it wakes only when its key changes or the watcher interrupts
 reader's status file is kept open and re-read with pread (7 us of CPU a check here, against
 10 us for open, read and close). Not here: what a reader waits for (nodes/), the FUSE
 reply (fs.py).
+`end_where` ends at once, with one error, the blocked reads of the callers a predicate picks, and refuses
+theirs that come after (the daemon's mount was detached: those in its own mount namespace, mount.py).
 """
 import collections
 import contextlib
 import errno
 import math
 import os
+from collections.abc import Callable
+from functools import partial
 
 import attrs
 import trio
@@ -32,6 +36,9 @@ class Interrupted(ApeinxError):
     """The blocked reader has a signal pending, or is gone."""
 
     errno = errno.EINTR
+
+
+SIGNALLED = partial(Interrupted, "the reader has a signal pending")
 
 
 def signal_pending(status: bytes) -> bool:
@@ -86,15 +93,18 @@ class StatusFile:
 
 @attrs.define(eq=False)
 class Reader:
-    """One blocked read(2): whose it is, how its signals are seen, and the scope it sleeps in."""
+    """One blocked read(2): whose it is (uid, and pid of the calling thread), how its signals are seen, the
+    scope it sleeps in, and what makes the error that ends it (None while it may sleep; a fresh error at each
+    raise)."""
 
     uid: int
+    pid: int
     probe: object
-    interrupted: bool = False
+    ending: Callable[[], ApeinxError] | None = None
     scope: trio.CancelScope | None = None
 
-    def interrupt(self) -> None:
-        self.interrupted = True
+    def interrupt(self, error: Callable[[], ApeinxError] = SIGNALLED) -> None:
+        self.ending = error
         if self.scope is not None:
             self.scope.cancel()
 
@@ -109,19 +119,25 @@ class Readers:
         self.blocked: dict[Reader, None] = {}  # in order of arrival: each pass checks them in the same order
         self.by_uid: collections.Counter = collections.Counter()
         self._arrived = trio.Event()
+        self.ended: Callable[[], ApeinxError] | None = None  # set by end_where: the later reads it picks fail so
+        self.ends: Callable[[int], bool] = lambda pid: False  # which callers' reads end_where ended
 
     def __len__(self) -> int:
         return len(self.blocked)
 
     def admit(self, uid: int, pid: int) -> Reader:
-        """Register a reader about to block; TooMany past the total or the uid's cap."""
+        """Register a reader about to block; TooMany past the total or the uid's cap, and the error of
+        error of end_where after it for a caller it picks."""
+        if self.ended is not None and self.ends(pid):
+            raise self.ended()
         if len(self.blocked) >= self.total:
             raise TooMany(f"too many blocked readers ({len(self.blocked)}, daemon.max_waiters); try again")
         if self.by_uid[uid] >= self.per_uid:
             raise TooMany(f"uid {uid} has {self.by_uid[uid]} blocked readers, the most one user may have "
                           f"(daemon.max_waiters_per_uid); try again")
-        reader = Reader(uid, self.probe(pid))
-        reader.interrupted = reader.probe.signalled()  # already signalled or gone: no need to wait a slice
+        reader = Reader(uid, pid, self.probe(pid))
+        if reader.probe.signalled():  # already signalled or gone: no need to wait a slice
+            reader.ending = SIGNALLED
         self.blocked[reader] = None
         self.by_uid[uid] += 1
         self._arrived.set()
@@ -137,8 +153,17 @@ class Readers:
     def scan(self, readers) -> None:
         """Interrupt those of `readers` still blocked whose thread is signalled or gone."""
         for reader in readers:
-            if reader in self.blocked and not reader.interrupted and reader.probe.signalled():
+            if reader in self.blocked and reader.ending is None and reader.probe.signalled():
                 reader.interrupt()
+
+    def end_where(self, error: Callable[[], ApeinxError], ends: Callable[[int], bool]) -> int:
+        """End with an `error()` now the blocked reads whose caller's pid `ends` picks, and each later one it picks
+        at its first wait; how many it ended now."""
+        self.ended, self.ends = error, ends
+        ended = [reader for reader in self.blocked if ends(reader.pid)]
+        for reader in ended:
+            reader.interrupt(error)
+        return len(ended)
 
     async def watch(self, slice_s: float = SLICE_S) -> None:
         """Check every blocked reader once per `slice_s`, SCAN_CHUNK at a time with the chunks
@@ -189,12 +214,12 @@ class Waiter:
         if self.reader is None:
             self.reader = self.readers.admit(caller.uid, caller.pid)
         reader, result = self.reader, None
-        if not reader.interrupted:
+        if reader.ending is None:
             with trio.CancelScope(deadline=self.deadline) as reader.scope:
                 result = await wait()
             reader.scope = None
-        if reader.interrupted:
-            raise Interrupted("the reader has a signal pending")
+        if reader.ending is not None:
+            raise reader.ending()
         if trio.current_time() >= self.deadline:
             raise TooMany("blocked read would pass the kernel's FUSE request timeout")
         return result

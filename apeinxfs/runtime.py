@@ -110,6 +110,7 @@ class Runtime:
         self.observed = 0  # observations stored: what a rendered file depends on besides the kernel
         self.journal_due = False  # the steps waiting are to be journaled next round (a trace line, or PROGRESS_S)
         self.snapshotter = None  # compaction.Snapshotter, set by the daemon (mount.py): snapshots and compaction
+        self.mount_watch = None  # mountwatch.Watch for a lazy unmount of the daemon's mount (set by mount.py)
         self.cluster = None  # cluster/daemon.Cluster when [cluster] names etcd (set by mount.py); None: one node
         self.elsewhere: dict = {}  # tenant -> kernel/tenancy.Elsewhere, its use on the other nodes (cluster/usage.py)
         self.task_views = TaskViews()  # the tasks' events read so far, a cache beside the kernel (kernel/trace.py)

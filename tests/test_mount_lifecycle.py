@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from apeinxfs import mountwatch
 from apeinxfs.journal import Journal
 from apeinxfs.kernel.config import ModelConfig
 from apeinxfs.kernel.events import SetModel, Submit
@@ -235,6 +236,79 @@ def test_sigterm_with_blocked_reader_exits_and_ends_the_read(blocked_wait):
     assert slow.proc.wait(timeout=15) == 0
     assert not is_mounted(slow.mountpoint)
     assert cat.wait(timeout=10) != 0
+
+
+def test_lazy_unmount_ends_the_blocked_read_with_enotconn_and_the_daemon_exits(blocked_wait):
+    """After `fusermount3 -u -z` the blocked `cat wait` (in the daemon's namespace) fails with ENOTCONN; its exit
+    closes the last descriptor, and the daemon exits 0 without unmounting the path, saying why."""
+    slow, cat = blocked_wait
+    subprocess.run(["fusermount3", "-u", "-z", slow.mountpoint], check=True, timeout=10)
+    assert cat.wait(timeout=10) == 1
+    assert os.strerror(errno.ENOTCONN) in cat.stderr.read().decode()
+    assert slow.proc.wait(timeout=15) == 0
+    assert "was detached: ended 1 blocked reads in this mount namespace with ENOTCONN" in slow.log_tail()
+
+
+def mount_checks(daemon) -> int:
+    """The apeinx_mount_checks_total counter of /metrics (the daemon's looks for a lazy unmount)."""
+    with open(daemon.path("metrics")) as file:
+        return next(int(line.split()[1]) for line in file if line.startswith("apeinx_mount_checks_total "))
+
+
+def test_a_reader_blocked_on_a_mounted_tree_is_untouched_by_the_detach_checks(blocked_wait):
+    """While the daemon looks for a lazy unmount three more times, a `cat wait` on the mounted tree stays blocked."""
+    slow, cat = blocked_wait
+    first = mount_checks(slow)
+    poll_until(lambda: mount_checks(slow) >= first + 3, 10 * mountwatch.CHECK_S, "three more checks")
+    assert cat.poll() is None and slow.proc.poll() is None and slow.blocked_readers() == 1
+    assert "detached" not in slow.log_tail()
+
+
+def test_a_start_waits_for_a_detached_daemon_and_names_it_while_a_file_holds_it(unstarted):
+    """With a file held open, `fusermount3 -u -z`: the file still reads; a new start on the same state directory
+    waits HOLDER_EXIT_S, then is refused naming the old daemon's pid and why; once the file is closed the old
+    daemon exits 0 (the kernel ends its connection) and a new start mounts."""
+    unstarted.start()
+    held = os.open(unstarted.path("README"), os.O_RDONLY)
+    old = unstarted.proc
+    try:
+        subprocess.run(["fusermount3", "-u", "-z", unstarted.mountpoint], check=True, timeout=10)
+        assert os.pread(held, 8, 0) == b"apeinxfs"
+        with pytest.raises(RuntimeError, match=f"daemon \\(pid {old.pid}\\) uses .*: its mount was detached, but it "
+                                               "is still in use by files open on its tree or by other mount namespaces"):
+            unstarted.start(timeout=30)
+        assert old.poll() is None and os.pread(held, 8, 0) == b"apeinxfs"
+    finally:
+        os.close(held)
+    assert old.wait(timeout=10) == 0
+    unstarted.start()
+    with open(unstarted.path("README")) as readme:
+        assert readme.read().startswith("apeinxfs")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")),
+                    reason="a mount namespace of its own (unshare -m, nsenter -m) needs root and util-linux")
+def test_a_reader_in_another_mount_namespace_is_served_on_after_a_lazy_unmount(blocked_wait):
+    """A `cat wait` in another mount namespace (a container's view of the tree) is not ended by a lazy unmount in
+    the daemon's, while the one in the daemon's is; the daemon ends only once that namespace's reader is gone."""
+    slow, own = blocked_wait
+    pid = slow.submit("forever 5000 5")
+    other = subprocess.Popen(["unshare", "-m", "--propagation", "private", "cat", slow.path("tasks", str(pid), "wait")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        poll_until(lambda: slow.blocked_readers() == 2, 10, "both readers blocked")
+        subprocess.run(["fusermount3", "-u", "-z", slow.mountpoint], check=True, timeout=10)
+        assert own.wait(timeout=10) == 1
+        time.sleep(0.5)  # the other reader's ENOTCONN, were it sent with the own one's, would be back by now
+        assert other.poll() is None and slow.proc.poll() is None
+        assert "ended 1 blocked reads in this mount namespace" in slow.log_tail()
+        metrics = subprocess.run(["nsenter", "-t", str(other.pid), "-m", "cat", slow.path("metrics")],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout
+        assert "\napeinx_blocked_readers 1\n" in metrics  # the tree is served on in that namespace
+    finally:
+        other.kill()
+        other.wait()
+    assert slow.proc.wait(timeout=15) == 0
 
 
 COMPACTION_MISUSES_SQLITE = """import sqlite3, sys

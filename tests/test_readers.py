@@ -1,8 +1,9 @@
 """Blocked readers (readers.py): the signal masks, the caps per uid and in total, the one watcher
-(trio, virtual clock, a stand-in for /proc), a real thread's status file, and on a live mount
+(trio, virtual clock, a stand-in for /proc), end_where (a detached mount), a real thread's status file, and on a live mount
 real `cat` processes: Ctrl-C ends one of many, and a second user gets a slot past the first's cap.
 """
 import collections
+import contextlib
 import errno
 import os
 import shutil
@@ -16,7 +17,8 @@ import trio
 from hypothesis import given, strategies as st
 
 from apeinxfs import config
-from apeinxfs.kernel.errors import Invalid, TooMany
+from apeinxfs.kernel.errors import ApeinxError, Invalid, TooMany
+from apeinxfs.mount import Detached, ended_by_detach
 from apeinxfs.readers import SCAN_CHUNK, SLICE_S, STATUS_BYTES, Interrupted, Readers, StatusFile, signal_pending
 from apeinxfs.runtime import Notifier
 from daemon import Daemon, poll_until, sim_config
@@ -153,7 +155,7 @@ async def blocked_read(readers: Readers, key, pid: int, deadline=float("inf")):
     try:
         with readers.waiting(deadline) as waiter:
             await waiter(key, CALLER(uid=1000, pid=pid))
-    except (Interrupted, TooMany) as exc:
+    except ApeinxError as exc:
         return exc, trio.current_time()
     return None, trio.current_time()
 
@@ -178,19 +180,27 @@ async def run_into(results: list, read) -> None:
     results.append(await read)
 
 
-async def test_watcher_interrupts_only_the_signalled_reader(autojump_clock):
-    """Once a reader's thread has a signal pending, the next pass ends its read with EINTR; others stay blocked."""
-    readers, probes = registry()
-    results = []
+@contextlib.asynccontextmanager
+async def two_blocked_readers(readers: Readers, results: list):
+    """The watcher running and reads of pids 1 and 2 blocked (each on its pid as key), into `results`; all
+    cancelled at the end of the block."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(readers.watch)
         for pid in (1, 2):
             nursery.start_soon(lambda pid=pid: run_into(results, blocked_read(readers, pid, pid)))
+        yield
+        nursery.cancel_scope.cancel()
+
+
+async def test_watcher_interrupts_only_the_signalled_reader(autojump_clock):
+    """Once a reader's thread has a signal pending, the next pass ends its read with EINTR; others stay blocked."""
+    readers, probes = registry()
+    results: list = []
+    async with two_blocked_readers(readers, results):
         await trio.sleep(10)
         probes.signalled.add(1)
         await trio.sleep(SLICE_S * 2)
         assert len(results) == 1 and len(readers) == 1
-        nursery.cancel_scope.cancel()
     error, at = results[0]
     assert isinstance(error, Interrupted) and error.errno == errno.EINTR and 10 < at <= 10 + SLICE_S
 
@@ -241,6 +251,22 @@ async def test_read_past_its_deadline_is_eagain(autojump_clock):
     readers, _ = registry()
     error, at = await blocked_read(readers, 7, pid=1, deadline=5.0)
     assert isinstance(error, TooMany) and "request timeout" in error.reason and at == 5.0
+
+
+async def test_end_where_ends_the_picked_blocked_reads_and_refuses_their_later_ones(autojump_clock):
+    """end_where (a detached mount) ends at once with ENOTCONN the blocked read of the caller it picks (pid 1, as
+    if in the daemon's namespace) and its later reads, while pid 2's read (another namespace) stays blocked."""
+    readers, _ = registry()
+    results: list = []
+    async with two_blocked_readers(readers, results):
+        await trio.sleep(10)
+        assert readers.end_where(ended_by_detach, lambda pid: pid in (1, 3)) == 1
+        await trio.sleep(1)
+        late = await blocked_read(readers, 3, pid=3)
+        assert len(readers) == 1 and len(results) == 1
+    assert [at for _, at in results + [late]] == [10, 11] and late[0] is not None
+    assert all(isinstance(error, Detached) and error.errno == errno.ENOTCONN and "detached" in error.reason
+               for error, _ in results + [late])
 
 
 # -- a real thread's status file ---------------------------------------------------------------------

@@ -250,10 +250,6 @@ def waits_on_fuse(pid: int) -> bool:
 
 
 @pytest.mark.mount
-@pytest.mark.xfail(strict=True, reason="redteam4 D5: after `fusermount3 -u -z` the daemon serves the detached tree "
-                                       "for as long as anyone holds a descriptor on it (a blocked `cat wait` of a "
-                                       "long task), keeping the state dir's lock: the next start is refused "
-                                       "(mount.py lock_state_dir) until someone finds and kills the old pid")
 def test_a_new_daemon_starts_after_a_lazy_unmount_with_a_reader_blocked(tmp_path):
     """With a `cat tasks/PID/wait` blocked on a 100 s task, `fusermount3 -u -z` and then a new daemon on the
     same state directory: the new one mounts."""

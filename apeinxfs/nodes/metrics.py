@@ -35,6 +35,8 @@ def show(rt) -> str:
          [({}, f"{kernel.moves.kv_some.snapshot(rt.clock.now_us()).total_us / 1e6:.6f}")]),
         ("apeinx_trace_events_total", "counter", "Lines written to the trace.", [({}, kernel.trace.seq)]),
         ("apeinx_blocked_readers", "gauge", "Readers blocked in stream or wait.", [({}, len(rt.readers))]),
+        ("apeinx_mount_checks_total", "counter", "Looks in mountinfo for a lazy unmount of the daemon's mount.",
+         [({}, rt.mount_watch.looks if rt.mount_watch is not None else 0)]),
         *_engine_families(rt.engine_metrics),
     ]
     return "".join(_family(*f) for f in families)
