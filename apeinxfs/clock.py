@@ -86,7 +86,8 @@ class WallClock:
         self._last_us: int | None = None  # the last time read
         self._last_steady = 0
         self._behind_said_us = 0  # how far behind the host's clock was last said to be (0: it is not behind)
-        self._ahead_why = ""  # why the daemon's time may be ahead of the host's: the last step or floor taken
+        self._ahead_why = "the host's clock was set back"  # why the daemon's time may be ahead: then the last step
+        # followed or floor taken
         self._log = RateLog(log, burst=LOG_BURST, window_s=LOG_WINDOW_S, clock=lambda: self._last_steady / 1e6)
 
     def now_us(self) -> int:

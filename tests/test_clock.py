@@ -110,6 +110,14 @@ def test_the_time_starts_no_earlier_than_the_floor_and_counts_on_from_it():
     assert clock.now_us() == BEFORE_US + 24 * HOUR_US + 7_000_000
 
 
+def test_the_warning_of_a_host_clock_set_back_from_the_right_time_says_why():
+    """A host clock set back two minutes, with no step followed nor floor taken before, is the warning's reason."""
+    clock, host = clock_on()
+    host.wall -= 120_000_000
+    assert clock.ahead() == ("clock: the daemon's time is 120 s ahead of the host's (the host's clock was set back); "
+                             "deadlines, retention and bills count from the daemon's time, which does not go back")
+
+
 def test_a_host_clock_of_one_reading_is_its_own_steady_clock():
     """A test's or the simulator's clock (wall time only) moves the time as it moves, never back."""
     fake = FakeWallClock(BEFORE_US)
