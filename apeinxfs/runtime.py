@@ -22,7 +22,6 @@ model with several), which are never journaled; what they report of their KV cac
 import contextlib
 import ctypes
 import logging
-import time
 
 import attrs
 import trio
