@@ -16,7 +16,8 @@ expired), the replication of running tasks' output (replicas.py; unless
 `replicate_s` is 0), the writer of settings changes made at a close (shared.py) and, on
 the leader, the compaction of etcd's history (history.py). None of them blocks the file system:
 without etcd they note why and retry, and local reads and running tasks go on.
-`names_seen(rt)`, `node_seen(rt, name)` and `tasks_seen(rt, name)` are what /nodes shows: the cluster's view, or
+`names_seen(rt)`, `node_seen(rt, name)`, `tasks_seen(rt, name)` and `tenant_seen(rt, name, tenant)` (a
+non-admin's view of a node's tasks) are what /nodes shows: the cluster's view, or
 on a single node just this node.
 """
 import contextlib

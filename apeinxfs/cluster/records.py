@@ -98,8 +98,8 @@ def record_of(kernel, epoch: int, seen_us: int, advertise: str | None,
                       kv_pages_free=sum(pool.pages_free for pool in kernel.kv.pools),
                       queued=len(kernel.runq), running=kernel.tasks.count(State.RUNNING),
                       live=len(kernel.tasks) - kernel.tasks.count(State.EXITED), tasks=tasks,
-                      models=sorted(set(kernel.models) - set(cannot_run)), advertise=advertise, pid_next=kernel.tasks.next_pid,
-                      tenants=tenants, prefixes=prefixes, prefix_blocks=prefix_blocks)
+                      models=sorted(set(kernel.models) - set(cannot_run)), advertise=advertise,
+                      pid_next=kernel.tasks.next_pid, tenants=tenants, prefixes=prefixes, prefix_blocks=prefix_blocks)
 
 
 def scan(kernel) -> tuple[str, dict[str, str]]:
