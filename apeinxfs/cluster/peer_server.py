@@ -146,7 +146,7 @@ class PeerServer:
         """Accept peers' connections (trio's accept waits out a lack of descriptors), each served in
         `connections`. The socket never stops listening, so that no other process may bind and listen on its
         port (SO_REUSEADDR lets one beside a bound socket that does not listen) and take the peers' token:
-        after a bug, until the restart, `reset_until_restart` accepts each connection and resets it, its request unread."""
+        after a bug, until the restart, `reset_until_restart` accepts each connection and resets it unread."""
         await self.stop_refusing()
         try:
             while True:
