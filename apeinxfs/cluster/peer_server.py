@@ -20,7 +20,8 @@ token are at most UNPROVEN_MAX, and a quarter of the descriptors the daemon may 
 descriptors the mount, journal and snapshots need: a new one beyond makes room by closing the
 oldest unproven one (a flood cannot hold the places; a fresh request gets in), and each must send
 its first whole head within UNPROVEN_S. The accept loop is supervised (supervise.py: `peer.accept`,
-restarted on the same socket after a bug, which refuses connections until then); a bug in a connection
+restarted on the same socket after a bug; until then the socket still listens, so no other process can take
+its port, and each connection is reset at once, its request unread); a bug in a connection
 that escapes its requests (its admission, a response under way) closes that connection alone
 (`peer.connection`); a request's bug before its answer began is answered EIO.
 Not here: the FUSE mount, the client (peer_client.py), membership.
@@ -32,6 +33,7 @@ import os
 import re
 import resource
 import socket
+import struct
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -62,6 +64,22 @@ RECEIVE_BYTES = 1 << 16
 BACKLOG = 128  # connections the kernel queues for the accept loop
 FRAMES = [("content-type", "application/x-apeinx-frames")]
 TEXT = [("content-type", "text/plain; charset=utf-8")]
+
+
+@attrs.frozen
+class Refusing:
+    """The task that resets peers' connections while the accept loop waits for its restart: its scope, and
+    the event set once it ended."""
+
+    scope: trio.CancelScope
+    ended: trio.Event
+
+
+def reset(stream: trio.SocketStream) -> None:
+    """Close `stream` with an RST (SO_LINGER 0), its request unread; one already reset by its peer just closes."""
+    with contextlib.suppress(OSError):
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    stream.socket.close()
 
 
 @attrs.frozen
@@ -110,6 +128,7 @@ class PeerServer:
         self.unproven_s = unproven_s  # the most an unproven connection's first head may take
         self.bug_log = RateLog(log)
         self.flood_log = RateLog(log)
+        self.refusing: Refusing | None = None  # while `accept` waits for its restart after a bug
 
     async def serve(self, listening: Listening, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve peers until cancelled: the accept loop supervised as `peer.accept` (supervise.py: a bug there
@@ -117,33 +136,57 @@ class PeerServer:
         peer meets meanwhile), each connection in a task of a nursery that outlives the loop's restarts, so a
         bug in the loop closes none of them."""
         log.info("peer server on %s", listening.sock.getsockname()[:2])
-        with listening.sock:
+        with trio.socket.from_stdlib_socket(listening.sock) as sock:
+            listener = trio.SocketListener(sock)
             async with trio.open_nursery() as connections:
                 task_status.started()
-                await self.rt.supervisor.supervised("peer.accept", self.accept, listening.sock, connections)
+                await self.rt.supervisor.supervised("peer.accept", self.accept, listener, connections)
 
-    async def accept(self, sock: socket.socket, connections: trio.Nursery) -> None:
-        """trio's accept loop (it waits out a lack of descriptors) on a duplicate of `sock`, closed as it ends;
-        each connection served in `connections`. After a bug `sock` stops listening (bound still) until the
-        restart listens again: the connections queued unread are reset, never run, and new ones refused, nothing
-        sent (the asker places a submit elsewhere), where they would wait unread past the asker's timeout."""
-        sock.listen(BACKLOG)  # again after a bug's shutdown
-        with trio.socket.from_stdlib_socket(sock.dup()) as duplicate:
-            try:
-                await trio.serve_listeners(self.connection, [trio.SocketListener(duplicate)],
-                                           handler_nursery=connections)
-            except Exception:
-                sock.shutdown(socket.SHUT_RDWR)
-                raise
+    async def accept(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
+        """Accept peers' connections (trio's accept waits out a lack of descriptors), each served in
+        `connections`. The socket never stops listening, so that no other process may bind and listen on its
+        port (SO_REUSEADDR lets one beside a bound socket that does not listen) and take the peers' token:
+        after a bug, until the restart, `reset_until_restart` accepts each connection and resets it unread."""
+        await self.stop_refusing()
+        try:
+            while True:
+                connections.start_soon(self.connection, await listener.accept())
+        except Exception:
+            self.refusing = await connections.start(self.reset_until_restart, listener)
+            raise
+
+    async def reset_until_restart(self, listener: trio.SocketListener, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Reset each connection at once (SO_LINGER 0: an RST, its request never read, so never run), where it
+        would wait unread past the asker's timeout, until `stop_refusing`; a bug here is kept as `peer.accept`'s
+        and leaves connections queued until the restart."""
+        ended = trio.Event()
+        try:
+            with trio.CancelScope() as scope:
+                task_status.started(Refusing(scope, ended))
+                while True:
+                    reset(await listener.accept())
+        except Exception as bug:
+            self.rt.supervisor.note("peer.accept", bug, "connections queued until the restart")
+        finally:
+            ended.set()
+
+    async def stop_refusing(self) -> None:
+        """End `reset_until_restart` (if a bug started it) before accepting again: no connection is reset after."""
+        if self.refusing is not None:
+            self.refusing.scope.cancel()
+            await self.refusing.ended.wait()
+            self.refusing = None
 
     async def connection(self, socket_stream: trio.SocketStream) -> None:
         """One peer's connection, whose bug ends it alone: an Exception that escapes its requests and their
         answers (its admission, a bug in a response under way) is kept as the Bug `peer.connection`
-        (supervise.py, /ai/health) and the connection closed (trio's serve_listeners closes its stream)."""
+        (supervise.py, /ai/health) and the connection closed."""
         try:
             await self.converse(socket_stream)
         except Exception as bug:
             self.rt.supervisor.note("peer.connection", bug, "its connection closed")
+        finally:
+            await trio.aclose_forcefully(socket_stream)
 
     async def converse(self, socket_stream: trio.SocketStream) -> None:
         """Requests on one connection, kept alive between them; a broken or stalled one just ends."""
