@@ -48,17 +48,10 @@ def _totals_unshared(counters: Counters) -> TenantCounts:
     return TenantCounts(**{name: getattr(counters, name) for name in attrs.fields_dict(TenantCounts)})
 
 
-def _queued_by_model(run_queue: RunQueue) -> dict[str, int]:
-    return count_by(run_queue.tasks(), "model")
-
-
-def _queued_by_tenant(run_queue: RunQueue) -> dict[str, int]:
-    return count_by(run_queue.tasks(), "tenant")
-
-
 MIGRATIONS: dict[type, Migration] = {
     # counts by model and by tenant of the queued tasks, recounted
-    RunQueue: Migration(added={"_models": _queued_by_model, "_tenants": _queued_by_tenant}),
+    RunQueue: Migration(added={"_models": lambda run_queue: count_by(run_queue.tasks(), "model"),
+                               "_tenants": lambda run_queue: count_by(run_queue.tasks(), "tenant")}),
     # each tenant's share counted from now (`tenants` defaulted empty): the totals so far are no tenant's
     Counters: Migration(added={"unshared": _totals_unshared}),
     Moves: Migration(added={"backfill_after_us": lambda _moves: 0}),  # backfill not resting
