@@ -126,8 +126,8 @@ class Readers:
         return len(self.blocked)
 
     def admit(self, uid: int, pid: int) -> Reader:
-        """Register a reader about to block; TooMany past the total or the uid's cap, and the error of
-        error of end_where after it for a caller it picks."""
+        """Register a reader about to block; TooMany past the total or the uid's cap, and end_where's error,
+        once it ran, for a caller it picks."""
         if self.ended is not None and self.ends(pid):
             raise self.ended()
         if len(self.blocked) >= self.total:
