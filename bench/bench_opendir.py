@@ -18,7 +18,7 @@ import sys
 import time
 
 from bench_ls import rss_mb
-from common import ROUNDS, checkouts_mounted, sim_config, submit_lines
+from common import ROUNDS, checkouts_argued, checkouts_mounted, sim_config, submit_lines
 
 STEP_MS = float(os.environ.get("BENCH_STEP_MS", "1000"))
 CONFIG = sim_config(STEP_MS) + "\n[limits]\nwrite_lines = 20000\n"
@@ -63,7 +63,8 @@ def held_growth_mb(daemon) -> float:
 
 
 def main() -> int:
-    checkouts = {"ref": os.path.abspath(sys.argv[1]), "this": os.path.abspath(sys.argv[2] if len(sys.argv) == 3 else ".")}
+    if (checkouts := checkouts_argued(__doc__)) is None:
+        return 1
     ratios = []
     with contextlib.ExitStack() as stack:
         daemons = mounted(stack, checkouts)
