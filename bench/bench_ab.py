@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROUNDS, checkouts_mounted, cpu_seconds
+from common import ROUNDS, checkouts_argued, checkouts_mounted, cpu_seconds
 
 import bench_tokens
 import tinymodel
@@ -56,10 +56,8 @@ def cpu_per_task(daemons: dict) -> tuple[dict, dict]:
 
 
 def main() -> int:
-    if len(sys.argv) not in (2, 3):
-        print(__doc__.split("\n\n")[1], file=sys.stderr)
+    if (checkouts := checkouts_argued(__doc__)) is None:
         return 1
-    checkouts = {"ref": os.path.abspath(sys.argv[1]), "this": os.path.abspath(sys.argv[2] if len(sys.argv) == 3 else ".")}
     binary, engine_cpus = build_llama_server(), bench_tokens.engine_cpu()
     ratios, first_ratios = [], []
     with tempfile.TemporaryDirectory(prefix="apeinx-bench-ab-") as tmp:

@@ -18,7 +18,7 @@ import sys
 import time
 
 from bench_ls import rss_mb
-from common import ROUNDS, apeinxfs_mount, sim_config, submit_lines
+from common import ROUNDS, checkouts_argued, checkouts_mounted, sim_config, submit_lines
 
 STEP_MS = float(os.environ.get("BENCH_STEP_MS", "1000"))
 CONFIG = sim_config(STEP_MS) + "\n[limits]\nwrite_lines = 20000\n"
@@ -28,13 +28,9 @@ HELD = 20
 
 
 def mounted(stack, checkouts: dict) -> dict:
-    """{name: daemon with TASKS tasks} of each checkout's apeinxfs (PYTHONSAFEPATH: the cwd is not put before
-    PYTHONPATH)."""
-    os.environ["PYTHONSAFEPATH"] = "1"
-    daemons = {}
-    for name, checkout in checkouts.items():
-        os.environ["PYTHONPATH"] = checkout
-        daemons[name] = daemon = stack.enter_context(apeinxfs_mount(CONFIG, name=f"opendir-{name}"))
+    """{name: daemon with TASKS tasks} of each checkout's apeinxfs (common.checkouts_mounted)."""
+    daemons = checkouts_mounted(stack, CONFIG, checkouts, tuple(checkouts))
+    for daemon in daemons.values():
         submit_lines(daemon, [f"name=d{n} max_tokens=1000" for n in range(TASKS)])
     return daemons
 
@@ -67,7 +63,8 @@ def held_growth_mb(daemon) -> float:
 
 
 def main() -> int:
-    checkouts = {"ref": os.path.abspath(sys.argv[1]), "this": os.path.abspath(sys.argv[2] if len(sys.argv) == 3 else ".")}
+    if (checkouts := checkouts_argued(__doc__)) is None:
+        return 1
     ratios = []
     with contextlib.ExitStack() as stack:
         daemons = mounted(stack, checkouts)

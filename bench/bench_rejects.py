@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 
-from common import ROUNDS, SECONDS, checkouts_mounted, sim_config
+from common import ROUNDS, SECONDS, checkouts_argued, checkouts_mounted, sim_config
 
 SLICES = 4
 
@@ -51,10 +51,8 @@ def round_of(daemons: dict) -> dict:
 
 
 def main() -> int:
-    if len(sys.argv) not in (2, 3):
-        print(__doc__.split("\n\n")[1], file=sys.stderr)
+    if (checkouts := checkouts_argued(__doc__)) is None:
         return 1
-    checkouts = {"ref": os.path.abspath(sys.argv[1]), "this": os.path.abspath(sys.argv[2] if len(sys.argv) == 3 else ".")}
     ratios = []
     for round_ in range(ROUNDS):
         with contextlib.ExitStack() as stack:

@@ -3,7 +3,8 @@
 - `apeinxfs_mount(config)`: a real daemon (tests/daemon.py's Daemon) in a temporary
   directory; with BENCH_PROFILE=DIR set it runs under cProfile and prints its hottest
   functions when it stops (the profile is kept as DIR/NAME.prof).
-- `checkouts_mounted(stack, config, checkouts, order)`: one daemon of each of several checkouts at once.
+- `checkouts_argued(doc)`, `checkouts_mounted(stack, config, checkouts, order)`: an A/B's two checkouts, named
+  on its command line; one daemon of each of several checkouts at once.
 - `minimal_mount()`: bench/minimal_fs.py, the pyfuse3 floor that read rates are compared to.
 - `count_runs`, `rate`, `median`, `verdict`: measure, summarise, print a `PASS`/`MISS` line.
 - `module_at(ref, path)`: a module of the package as of another commit, to measure beside this one's.
@@ -57,6 +58,15 @@ def apeinxfs_mount(config_text: str | None = None, name: str = "apeinxfs", timel
             yield daemon
         if isinstance(daemon, ProfiledDaemon):
             print_profile(daemon.profile_path)
+
+
+def checkouts_argued(doc: str) -> dict | None:
+    """{"ref": REF, "this": THIS (default the cwd)}, absolute, of the command line `REF [THIS]`; None, the usage
+    (`doc`'s second paragraph) printed, if it is not one."""
+    if len(sys.argv) not in (2, 3):
+        print(doc.split("\n\n")[1], file=sys.stderr)
+        return None
+    return {"ref": os.path.abspath(sys.argv[1]), "this": os.path.abspath(sys.argv[2] if len(sys.argv) == 3 else ".")}
 
 
 def checkouts_mounted(stack: contextlib.ExitStack, config_text: str, checkouts: dict, order: tuple) -> dict:
