@@ -1,7 +1,9 @@
 """Paired A/B of two checkouts' daemons: a listing of /tasks holding 10,000 tasks, and what held directory
 descriptors cost.
 
-    git archive ac3fbff | tar -x -C /tmp/ref  # main before handlesbound merged && .venv/bin/python bench/bench_opendir.py /tmp/ref [THIS]
+    git archive ac3fbff | tar -x -C /tmp/ref && .venv/bin/python bench/bench_opendir.py /tmp/ref [THIS]
+
+(ac3fbff: main before this listing merged; main itself has it now.)
 
 Both daemons (REF's apeinxfs package and THIS one's, default this checkout) are mounted at once, each with
 TASKS tasks (queued: the sim's steps are slow unless BENCH_STEP_MS says otherwise). A round lists /tasks (opendir, readdir to the end, releasedir: os.listdir)
