@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 
+from . import durable
 from .kernel.trace import HEADER
 
 log = logging.getLogger(__name__)
@@ -204,12 +205,12 @@ def last_seq_in(text: bytes, first: int) -> int:
 
 
 def compress(path: str) -> None:
-    """`path` -> `path`.gz, atomically: a crash leaves the .csv whole (and maybe a .tmp, redone later)."""
+    """`path` -> `path`.gz, durably: a crash or power cut leaves the .csv whole (and maybe a .tmp, redone later)."""
     target = path + ".gz"
     if not os.path.exists(target):
         with open(path, "rb") as source, gzip.open(target + ".tmp", "wb") as sink:
             shutil.copyfileobj(source, sink, 1 << 20)
-        os.replace(target + ".tmp", target)
+        durable.replace(target + ".tmp", target)
     os.unlink(path)
 
 

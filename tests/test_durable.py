@@ -1,0 +1,117 @@
+"""Every rename of state is durable: the renamed file's data synced before, its directory synced after.
+
+A kill -9 needs neither (the page cache outlives the daemon); a power cut needs both. The
+fsyncs and renames are recorded as the real calls are made (`recorded`), at each rename site:
+snapshots, the trace archive's compression, the journal's copies (set aside as `.displaced`,
+written back, a killed write-back's `.restore` taken at start).
+"""
+import os
+import re
+import sqlite3
+
+import pytest
+
+from apeinxfs import archive, durable, snapshots
+from apeinxfs.journal import Journal
+from apeinxfs.journalfiles import backed_up, take_restore
+from test_journal_runtime import open_runtime, submit
+
+PACKAGE = os.path.dirname(durable.__file__)
+
+
+@pytest.fixture
+def recorded(monkeypatch) -> list[tuple]:
+    """The calls os.replace and os.fsync get from here on, in order, made for real: ("replace", source, target)
+    and ("fsync", the path of the descriptor synced)."""
+    calls, replace, fsync = [], os.replace, os.fsync
+
+    def recording_replace(source, target):
+        calls.append(("replace", str(source), str(target)))
+        replace(source, target)
+
+    def recording_fsync(fd):
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    return calls
+
+
+def assert_renamed_durably(calls: list[tuple], target) -> None:
+    """`target` was renamed into place from a file synced before it, and its directory was synced after it."""
+    target = os.path.realpath(target)
+    renames = [i for i, call in enumerate(calls) if call[0] == "replace" and os.path.realpath(call[2]) == target]
+    assert renames, f"no rename to {target} in {calls}"
+    source = os.path.realpath(calls[renames[-1]][1])
+    assert ("fsync", source) in calls[:renames[-1]], f"{source} renamed unsynced: {calls}"
+    assert ("fsync", os.path.dirname(target)) in calls[renames[-1]:], f"directory not synced after: {calls}"
+
+
+def test_replace_syncs_the_file_before_and_the_directory_after(tmp_path, recorded):
+    """durable.replace: fsync of the source, the rename, then fsync of the directory; the target holds the data."""
+    (tmp_path / "new").write_text("data")
+    durable.replace(str(tmp_path / "new"), str(tmp_path / "kept"))
+    assert recorded == [("fsync", str(tmp_path / "new")), ("replace", str(tmp_path / "new"), str(tmp_path / "kept")),
+                        ("fsync", str(tmp_path))]
+    assert (tmp_path / "kept").read_text() == "data" and not (tmp_path / "new").exists()
+
+
+def test_a_rename_between_directories_syncs_both(tmp_path, recorded):
+    """A file moved from one directory to another: both directories are synced after the rename."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "f").write_text("data")
+    durable.replace(str(tmp_path / "a" / "f"), str(tmp_path / "b" / "f"))
+    assert {("fsync", str(tmp_path / "a")), ("fsync", str(tmp_path / "b"))} <= set(recorded[2:])
+
+
+def test_a_snapshot_is_renamed_durably(tmp_path, recorded):
+    """snapshots.write: the snapshot's temp file renamed to its name, durably."""
+    path = snapshots.write(str(tmp_path), 7, 1, 1, {}, {}, b"state")
+    assert_renamed_durably(recorded, path)
+
+
+def test_a_full_trace_file_is_compressed_durably(tmp_path, recorded):
+    """archive.compress: the .gz renamed into place durably before the .csv goes."""
+    (tmp_path / "events-000000000001.csv").write_bytes(b"header\n1,line\n")
+    archive.compress(str(tmp_path / "events-000000000001.csv"))
+    assert_renamed_durably(recorded, tmp_path / "events-000000000001.csv.gz")
+    assert not (tmp_path / "events-000000000001.csv").exists()
+
+
+def test_a_copy_of_the_journal_set_aside_is_renamed_durably(tmp_path, recorded):
+    """journalfiles.backed_up (the `.displaced` copy): its temp copy renamed to its name, durably."""
+    db = sqlite3.connect(tmp_path / "journal.db")
+    db.execute("CREATE TABLE journal (seq INTEGER)")
+    backed_up(db, str(tmp_path / "journal.db.displaced"))
+    db.close()
+    assert_renamed_durably(recorded, tmp_path / "journal.db.displaced")
+
+
+def test_a_killed_write_backs_copy_taken_at_start_is_renamed_durably(tmp_path, recorded):
+    """take_restore: a whole `.restore` left by a killed write-back becomes the journal, durably."""
+    Journal(str(tmp_path / "journal.db")).close()
+    os.rename(tmp_path / "journal.db", tmp_path / "journal.db.restore")
+    take_restore(str(tmp_path / "journal.db"))
+    assert_renamed_durably(recorded, tmp_path / "journal.db")
+
+
+def test_a_journal_written_back_is_renamed_durably(tmp_path, recorded):
+    """A journal deleted under the daemon is written back at its path from its copy, durably."""
+    with open_runtime(tmp_path) as rt:
+        submit(rt, name="before")
+        os.unlink(rt.journal.path)
+        submit(rt, name="after")
+        assert_renamed_durably(recorded, rt.journal.path)
+
+
+def test_no_rename_of_state_bypasses_durable_replace():
+    """No module of the package but durable.py calls os.replace or os.rename itself."""
+    bypassing = []
+    for folder, _, files in os.walk(PACKAGE):
+        for name in (n for n in files if n.endswith(".py") and n != "durable.py"):
+            with open(os.path.join(folder, name)) as file:
+                if re.search(r"\bos\.(replace|rename)\(", file.read()):
+                    bypassing.append(os.path.relpath(os.path.join(folder, name), PACKAGE))
+    assert bypassing == []
