@@ -12,6 +12,7 @@ PASS/MISS. A MISS names the seed: `CHAOS_SEED=N` with the same CHAOS_ROUNDS repl
 of ends (the writers' timing differs from run to run). Not in bench/run: a soak, minutes long.
 """
 import os
+import signal
 import sys
 import tempfile
 
@@ -25,6 +26,7 @@ VERIFY_EVERY = int(os.environ.get("CHAOS_VERIFY_EVERY", "5"))
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a kill of the soak stops its writers and daemon too
     print(f"chaos: {ROUNDS} rounds, seed {SEED}, {WRITERS} writers; load {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="apeinx-chaos-") as tmp:
         tally = run(tmp, SEED, ROUNDS, WRITERS, VERIFY_EVERY)

@@ -31,7 +31,7 @@ import attrs
 from apeinxfs import archive
 from daemon import APEINXFS, Daemon, sim_config
 
-CONFIG = sim_config(2) + """
+CONFIG = sim_config(2).replace("slots = 8", "slots = 32") + """
 [retention]
 tasks = 200
 task_age_s = 5
@@ -41,7 +41,8 @@ audit_lines = 100
 snapshot_rows = 300
 snapshot_s = 2
 """
-TOKENS = (2, 2, 10, 40, 400, 3000)  # most end at once, some live long enough to be killed
+TOKENS = (2, 2, 2, 10, 40, 1000)  # most end at once, some live long enough to be killed
+BACKLOG = 64  # a writer waits while more tasks than this wait for a slot: the state stays small
 UNACKNOWLEDGED = "?"  # a submit's pid in a log when the write returned and its reply could not be read
 
 
@@ -64,6 +65,7 @@ def act(mountpoint: str, rng: random.Random, own: list, count: int, log) -> int:
     """One write: a submit of 1 line (most), of 2-6 lines, a kill or a prio of one of the writer's recent tasks."""
     choice = rng.random()
     if choice < 0.75 or not own:
+        wait_for_room(mountpoint)
         lines = 1 if choice < 0.5 else rng.randint(2, 6)
         names = [f"{os.path.basename(log.name)}-{count + i}" for i in range(lines)]
         own.extend(submit(mountpoint, rng, names, log))
@@ -75,6 +77,16 @@ def act(mountpoint: str, rng: random.Random, own: list, count: int, log) -> int:
         prio = rng.randint(0, 9)
         command(os.path.join(mountpoint, "tasks", str(pid), "ctl"), f"prio {prio}\n", f"prio {pid} {prio}", log)
     return count
+
+
+def wait_for_room(mountpoint: str) -> None:
+    """Sleep while more than BACKLOG tasks wait (memory/meminfo's TasksWaiting)."""
+    while True:
+        with open(os.path.join(mountpoint, "memory", "meminfo")) as meminfo:
+            waiting = next(int(line.split()[1]) for line in meminfo if line.startswith("TasksWaiting:"))
+        if waiting <= BACKLOG:
+            return
+        time.sleep(0.05)
 
 
 def submit(mountpoint: str, rng: random.Random, names: list[str], log) -> list[int]:
@@ -199,7 +211,7 @@ class Tally:
     """What a run did and found."""
 
     rounds: int = 0
-    ends: collections.Counter = attrs.Factory(collections.Counter)  # kill9, term, aimed (and aimed-hit)
+    ends: collections.Counter = attrs.Factory(collections.Counter)  # kill9, term, aimed (and where it hit)
     checked: int = 0  # acknowledged writes checked at the last check
     problems: list[str] = attrs.Factory(list)
     errors: collections.Counter = attrs.Factory(collections.Counter)
@@ -256,14 +268,20 @@ class Chaos:
         self.daemon.proc.wait(60)
 
     def aimed(self) -> None:
-        """kill -9 as soon as a snapshot's temp file shows (compaction follows each), or after 5 s."""
-        directory, deadline = os.path.join(self.daemon.state_dir, "snapshots"), time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if any(name.endswith(".tmp") for name in listing(directory)):
-                self.tally.ends["aimed-hit"] += 1
-                break
+        """kill -9 as soon as a temp file shows in snapshots/ (a snapshot being written: compaction follows) or
+        trace/ (a full file being compressed), or after 5 s."""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not (hit := self.writing()):
             time.sleep(0.001)
         self.daemon.kill9()
+        self.tally.ends[f"aimed-hit-{hit}" if hit else "aimed-missed"] += 1
+
+    def writing(self) -> str:
+        """The folder of STATE_DIR in which a temp file is being written, or ''."""
+        for folder in ("snapshots", "trace"):
+            if any(name.endswith(".tmp") for name in listing(os.path.join(self.daemon.state_dir, folder))):
+                return folder
+        return ""
 
     def check(self, logs: dict[str, int], verify: bool) -> None:
         """Every write acknowledged in `logs` (path -> bytes) against the archive; health, invariants; with
