@@ -22,6 +22,7 @@ cuts the lines the replay did not rebuild, as far as the file being written has 
 This module writes and reads the files; it does not decide what is in the trace
 (kernel/trace.py) or the audit trail (kernel/audit.py) nor when lines are journaled (runtime.py).
 """
+import contextlib
 import gzip
 import logging
 import os
@@ -142,6 +143,15 @@ class Archive:
                 break
             os.unlink(path)
             total -= size
+
+    def sync(self) -> None:
+        """fsync every file not compressed yet, the one being written among them: before a compaction drops the
+        journal rows their lines were made from. Safe in a thread beside `append`; a file compressed meanwhile
+        was synced as its .gz (durable.replace)."""
+        for _, path in self.files():
+            if not path.endswith(".gz"):
+                with contextlib.suppress(FileNotFoundError):
+                    durable.sync_file(path)
 
     def close(self) -> None:
         if self._file is not None:

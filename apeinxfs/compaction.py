@@ -352,7 +352,15 @@ class Snapshotter:
         kept = snapshots.prune(self.directory)
         log.info("snapshot %s: %d bytes", path, os.path.getsize(path))
         if len(kept) >= snapshots.KEEP and self.archived_to(kept[-1]):
+            self.sync_archives()
             compact(journal_path, kept[-1])
+
+    def sync_archives(self) -> None:
+        """Sync the trace and audit archives' files: the journal rows about to be compacted away are what
+        a start would rebuild their lines from after a power cut."""
+        for archive in (self.runtime.archive, self.runtime.audit_archive):
+            if archive is not None:
+                archive.sync()
 
     def written(self) -> None:
         """The snapshot counts as written (Misses): once published and, where due, compacted."""

@@ -3,7 +3,8 @@
 A kill -9 needs neither (the page cache outlives the daemon); a power cut needs both. The
 fsyncs and renames are recorded as the real calls are made (`recorded`), at each rename site:
 snapshots, the trace archive's compression, the journal's copies (set aside as `.displaced`,
-written back, a killed write-back's `.restore` taken at start).
+written back, a killed write-back's `.restore` taken at start); and the archive is synced
+before a compaction drops the journal rows its lines were made from.
 """
 import os
 import re
@@ -11,10 +12,11 @@ import sqlite3
 
 import pytest
 
-from apeinxfs import archive, durable, snapshots
+from apeinxfs import archive, compaction, durable, snapshots
 from apeinxfs.journal import Journal
 from apeinxfs.journalfiles import backed_up, take_restore
 from test_journal_runtime import open_runtime, submit
+from test_snapshots import archived_runtime, snapshot, work
 
 PACKAGE = os.path.dirname(durable.__file__)
 
@@ -115,3 +117,19 @@ def test_no_rename_of_state_bypasses_durable_replace():
                 if re.search(r"\bos\.(replace|rename)\(", file.read()):
                     bypassing.append(os.path.relpath(os.path.join(folder, name), PACKAGE))
     assert bypassing == []
+
+
+def test_the_trace_archive_is_synced_before_compaction_drops_the_rows_behind_it(tmp_path, recorded, monkeypatch):
+    """A compaction deletes journal rows the archive's lines were made from: the archive's files not compressed
+    yet are fsynced first, so a power cut cannot take both the rows and the lines."""
+    calls = recorded
+    monkeypatch.setattr(compaction, "compact", lambda path, seq, compact=compaction.compact: (
+        calls.append(("compact", seq)), compact(path, seq)))
+    rt = archived_runtime(tmp_path)
+    for _ in range(2):  # the second snapshot compacts behind the first
+        work(rt, 2)
+        snapshot(rt)
+    compacted = [i for i, call in enumerate(calls) if call[0] == "compact"]
+    archived = os.path.realpath(rt.archive.files()[-1][1])
+    assert compacted and ("fsync", archived) in calls[:compacted[0]], calls
+    rt.close()
