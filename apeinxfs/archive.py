@@ -185,12 +185,20 @@ def files(directory: str, stem: str = TRACE) -> list[tuple[int, str]]:
 def lines(directory: str, stem: str = TRACE):
     """Every archived line (bytes, with its newline), oldest first."""
     for _, path in files(directory, stem):
-        opener = gzip.open if path.endswith(".gz") else open
+        yield from file_lines(path)
+
+
+def file_lines(path: str):
+    """The lines of one archive file but its header; of a .csv compressed since it was listed, its .gz's;
+    none of a file trimmed meanwhile."""
+    for candidate in (path,) if path.endswith(".gz") else (path, path + ".gz"):
+        opener = gzip.open if candidate.endswith(".gz") else open
         try:
-            with opener(path, "rb") as file:
+            with opener(candidate, "rb") as file:
                 next(file, None)  # the header
                 yield from file
-        except FileNotFoundError:  # trimmed or compressed meanwhile: its lines are gone or in the .gz
+            return
+        except FileNotFoundError:
             continue
 
 
