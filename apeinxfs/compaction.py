@@ -7,7 +7,7 @@ daemon's memory (the daemon's trio thread stops only for the fork, however large
 state) and writes the snapshot's temp file (snapshots.py). A worker thread waits for the
 child, syncs the journal's files (so the snapshot is never ahead of the journal on disk),
 publishes the file, keeps the newest KEEP snapshots and, once the trace archive holds the
-older one's lines, deletes the journal rows, trace rows and boot rows behind it
+older one's lines (synced first: `sync_archives`), deletes the journal rows, trace rows and boot rows behind it
 (journal.compact): a damaged newest snapshot can still fall back to the one before it and
 replay the rows after that. At unmount `close` writes one in process.
 
