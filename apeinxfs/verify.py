@@ -337,10 +337,10 @@ def rebuilt(journal: Journal, snapshot_dir: str | None = None) -> Kernel:
 
 def whole_trace(kernel: Kernel, archive_dir: str) -> str:
     """The trace a rebuilt kernel holds, after the archived lines before its first (a kernel started from
-    a snapshot may not hold them all)."""
+    a snapshot may not hold them all), as they are shown (archive.shown)."""
     first = kernel.trace.first
     older = itertools.takewhile(lambda line: int(line.split(b",", 1)[0]) < first, archive.lines(archive_dir))
-    return (HEADER + b"".join(older) + kernel.trace.lines_after(0)).decode()
+    return (HEADER + b"".join(map(archive.shown, older)) + kernel.trace.lines_after(0)).decode()
 
 
 def timeline(journal: Journal, pid: int | None, archive_dir: str, snapshot_dir: str | None = None) -> str:
