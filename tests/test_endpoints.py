@@ -5,7 +5,9 @@ import errno
 
 import pytest
 
-from apeinxfs.kernel import Kernel
+from apeinxfs import compaction
+from apeinxfs.kernel import Kernel, state
+from apeinxfs.kernel import engines as engines_module
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig, kernel_config_from_dict
 from apeinxfs.kernel.errors import ApeinxError, Invalid
 from apeinxfs.kernel.events import (Chunk, EngineHealth, EngineKV, Failed, Interrupted, Rejected, RemoveModel,
@@ -328,3 +330,18 @@ def test_an_old_journals_engine_down_and_refusal_reasons_show_no_credentials():
     assert "s3cret" not in trace + audit
     replayed = d.replayed()
     assert replayed.trace.buffer == d.kernel.trace.buffer and replayed.audit.buffer == d.kernel.audit.buffer
+
+
+def test_a_snapshots_engines_down_for_a_reason_with_credentials_name_it_hidden_once_loaded(monkeypatch):
+    """A snapshot of code that applied old EngineHealth rows as recorded (a model and an endpoint down, their reasons
+    with `user:password@`), loaded: a task that stalls for the model and gives up names the reason with `***@`."""
+    d, secret = Driven(config()), "http://bob:s3cret@127.0.0.1:9/health: refused"
+    with monkeypatch.context() as older_code:
+        older_code.setattr(engines_module, "redacted", lambda text: text)
+        d.apply(EngineHealth(model="llm", up=False, reason=secret, gpus=(0,)))
+        d.apply(EngineHealth(model="sim", up=False, reason=secret))
+    d.kernel = compaction.with_credentials_hidden(state.decode(state.encode(d.kernel)))
+    waiting = d.submit("sim")
+    d.apply(Tick(), 301 * SECOND)  # past engine_wait_s = 300: the stalled task gives up
+    assert d.kernel.tasks[waiting].exit.endswith("http://***@127.0.0.1:9/health: refused")
+    assert "s3cret" not in d.kernel.trace.buffer.decode() and "s3cret" not in repr(d.kernel.engines.book)
