@@ -90,8 +90,8 @@ def test_replay_shows_an_old_archive_without_credentials_and_its_files_keep_them
 @pytest.mark.mount
 def test_a_mount_of_an_old_state_directory_shows_no_credential(tmp_path, monkeypatch):
     """Mounted over an old daemon's state: `grep -r` of the password over the tree finds nothing where it finds
-    `***@` (trace, audit, the model, tenant views, a task's files), `cat replay/1` (from the archive) shows `***@`, and `apeinxfs replay
-    --verify` passes."""
+    `***@` (trace, audit, the model, tenant views, a task's files), `cat replay/1` (from the archive) shows `***@`,
+    and `apeinxfs replay --verify` passes."""
     state = old_state(tmp_path, monkeypatch)
     with Daemon(tmp_path / "ai", state, OLD_CONFIG) as daemon:
         found = grep(SECRET, daemon.path())
