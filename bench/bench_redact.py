@@ -9,8 +9,9 @@ three). And `line`, one 60-byte reason with a URL, the common case. Both give th
 Then what showing archived lines costs (archive.py `shown`, each URL's credentials hidden): `task_lines` of one
 task (one in 7) in an archive of ARCHIVE_LINES trace-like lines (one in three with a password, one more with an
 `@`; in gzipped files as the daemon leaves them), and every line of it passed through `shown` (`apeinxfs replay
-STATE_DIR`'s older lines), against the same reads as they were, the lines as written. Rounds alternate; the figure is the best of
-BENCH_ROUNDS of each, and the ratio before / after (above 1: after is faster). Figures only: nothing is judged.
+STATE_DIR`'s older lines), against the same reads as they were, the lines as written. Rounds alternate; the
+figure is the best of BENCH_ROUNDS of each, and the ratio before / after (above 1: after is faster). Figures only:
+nothing is judged.
 """
 import os
 import re
