@@ -1,8 +1,9 @@
 """Tier 1: `redacted` (kernel/endpoints.py), a hand scan in linear time, hides what the pattern it replaced hid.
 
 `old_redacted` is that pattern (quadratic on a long run of scheme characters, `"a." * 40000`): the oracle. Texts
-are built of the pieces a URL is read by (schemes, `://`, `@`, `/?#`, GPU indices after an `@`, which the pattern's
-lookahead keeps, spaces of any script, letters and digits of other scripts beside a scheme), then compared.
+are built of URLs (a scheme after what may start a word or not, `://`, then pieces of an authority: `@`, `/?#`,
+GPU indices after an `@`, which the pattern's lookahead keeps, spaces of any script) and of those pieces, then
+compared.
 """
 import re
 
@@ -13,9 +14,14 @@ from hypothesis import strategies as st
 from apeinxfs.kernel.endpoints import redacted
 
 OLD_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s]*@(?![0-9+]+(?:[,\s]|$))")
-PIECES = ["http", "https", "s3+x.y-z", "a", "Z", "é", "_", "٣", "0", "12", "+", ".", "-", ":", "://", "//", "/", "?",
-          "#", "@", "@0", "@1+2", ",", " ", "\n", "\t", "\xa0", "\u2028", "u:p", "host", "h:8000", "endpoints="]
-URLISH = st.lists(st.sampled_from(PIECES), max_size=40).map("".join)
+BEFORE = ["", " ", "_", "é", "٣", "x", "9", ".", "-", "+", "\n", "("]  # what precedes a scheme: a word's start or not
+SCHEMES = ["http", "https", "s3+x.y-z", "a", "Z9", "a.b", "-a", "9a"]
+AUTHORITY = ["u", "u:p", "h:8000", "@", "@0", "@1+2", "@12", "@0a", ",", " ", "\t", "\n", "\xa0", "\u2028", "\x1c",
+             "/", "?", "#", ":", "://", "é", "+", "_"]
+PIECES = BEFORE + SCHEMES + AUTHORITY + ["endpoints=", "//"]
+URL = st.tuples(st.sampled_from(BEFORE), st.sampled_from(SCHEMES), st.just("://"),
+                st.lists(st.sampled_from(AUTHORITY), max_size=8).map("".join)).map("".join)
+URLISH = st.lists(st.one_of(URL, st.sampled_from(PIECES)), max_size=10).map("".join)
 LONG = 40_000  # pieces: 80 KB of "a.", which the pattern took seconds over
 
 
