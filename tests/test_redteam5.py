@@ -2,12 +2,15 @@
 
 Each defect found is a strict xfail test here, reason "redteam5 Dn: ...", for its mend to turn into a
 passing test: D1 deadlines that take every batch slot from another tenant (the `fair` deadline boost
-goes before counter order whoever it favours).
+goes before counter order whoever it favours), D2 a prompt billed and charged to the budget at the
+daemon's word-count estimate, not at the prompt tokens the engine reports (one 40 KB "word" bills as 2).
 Kernel tier (a Kernel fed events, no FUSE) where the defect lives in the kernel; nodes tier (a Tree on a
 Runtime, callers with the role and tenant fs.py gives them) where it lives in the files.
 """
 import pytest
 
+from apeinxfs.kernel.events import Chunk, Step
+from apeinxfs.kernel.kvmem import estimate_prompt_tokens
 from test_fairness_kernel import kernel, submit
 from test_kernel import STEP_US, step
 
@@ -42,3 +45,30 @@ def test_near_deadlines_do_not_starve_another_tenant_of_equal_weight():
     """Tenant a submitting every task with a 4 s deadline still leaves tenant b of equal weight a fair part."""
     served = served_by_tenant(kernel(slots=2), 600, {"a": BOOSTED_US})
     assert served["b"] >= (served["a"] + served["b"]) // 3
+
+
+ONE_WORD_PROMPT = "x" * 40_000  # one `\w+` run: the estimate counts it as 1 token (plus BOS)
+ENGINE_PROMPT_TOKENS = 5_000  # what a BPE tokenizer makes of it (8 characters a token), as the engine reports
+
+
+def engine_serves(k, pid: int, steps: int) -> None:
+    """`steps` one-token steps of task `pid` on GPU 0, the first reporting ENGINE_PROMPT_TOKENS prefilled, as the
+    openai, triton and llamacpp drivers report the engine's prompt_tokens."""
+    for number in range(steps):
+        k.apply(Step(gpu=0, chunks=[Chunk(pid=pid, text=" w", tokens=1,
+                                          prefill=ENGINE_PROMPT_TOKENS if number == 0 else 0)]),
+                (number + 1) * STEP_US)
+
+
+@pytest.mark.xfail(strict=True, reason="redteam5 D2: the bill and the tenant's budget and quota take a prompt's "
+                   "tokens from the word-count estimate the submitter shapes, never from the engine's prefill")
+def test_a_prompt_is_billed_at_the_tokens_the_engine_reports():
+    """A 40 KB prompt of one word, 5000 prompt tokens by the engine's count, is billed and charged as 5000 tokens in."""
+    k = kernel(slots=2)
+    pid = submit(k, "a", tokens=4, prompt=ONE_WORD_PROMPT)
+    assert estimate_prompt_tokens(ONE_WORD_PROMPT) == 2 and k.tasks[pid].gpu == 0
+    engine_serves(k, pid, 4)
+    assert k.tasks[pid].exit == "done"
+    [usage] = [usage for (_, tenant, _), usage in k.bills.rows.items() if tenant == "a"]
+    assert usage.tokens_in == ENGINE_PROMPT_TOKENS
+    assert k.tenancy.usage["a"].tokens_in == ENGINE_PROMPT_TOKENS
