@@ -3,7 +3,8 @@
 Each defect found is a strict xfail test here, reason "redteam5 Dn: ...", for its mend to turn into a
 passing test: D1 deadlines that take every batch slot from another tenant (the `fair` deadline boost
 goes before counter order whoever it favours), D2 a prompt billed and charged to the budget at the
-daemon's word-count estimate, not at the prompt tokens the engine reports (one 40 KB "word" bills as 2).
+daemon's word-count estimate, not at the prompt tokens the engine reports (one 40 KB "word" bills as 2), D3 a backfilled dispatch line that names the pid of another tenant's
+queued task in the backfilled task's own views.
 Kernel tier (a Kernel fed events, no FUSE) where the defect lives in the kernel; nodes tier (a Tree on a
 Runtime, callers with the role and tenant fs.py gives them) where it lives in the files.
 """
@@ -11,7 +12,10 @@ import pytest
 
 from apeinxfs.kernel.events import Chunk, Step
 from apeinxfs.kernel.kvmem import estimate_prompt_tokens
+from test_backfill import two_models
 from test_fairness_kernel import kernel, submit
+from test_isolation import details
+from test_kernel import submit as submit_to
 from test_kernel import STEP_US, step
 
 BOOSTED_US = 4_000_000  # a deadline within the default deadline_boost_s (5 s): always boosted
@@ -72,3 +76,19 @@ def test_a_prompt_is_billed_at_the_tokens_the_engine_reports():
     [usage] = [usage for (_, tenant, _), usage in k.bills.rows.items() if tenant == "a"]
     assert usage.tokens_in == ENGINE_PROMPT_TOKENS
     assert k.tenancy.usage["a"].tokens_in == ENGINE_PROMPT_TOKENS
+
+
+@pytest.mark.xfail(strict=True, reason="redteam5 D3: `backfill past PID` names another tenant's queued pid bare, "
+                   "which the views' redaction (pid N, pid=N) leaves as it is")
+def test_a_backfilled_dispatch_names_no_pid_of_another_tenant_in_its_views():
+    """Tenant y's task of model b, backfilled past tenant x's queued task of model a, reads `another tenant's task`
+    for x's pid in y's task and tenant views; the whole trace keeps the pid."""
+    k = two_models()
+    for _ in range(2):
+        submit_to(k, model="a", tenant="x")
+    head = submit_to(k, model="a", tenant="x")
+    mine = submit_to(k, model="b", tenant="y")
+    assert k.tasks[mine].gpu == 2 and f"backfill past {head} " in k.trace.buffer.decode()
+    for view in (k.trace.of_task(k.tasks[mine]), k.trace.of_tenant("y")):
+        [line] = [d for d in details(view) if "backfill past" in d]
+        assert f"past {head} " not in line and "backfill past another tenant's task (" in line
