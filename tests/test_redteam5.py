@@ -4,19 +4,29 @@ Each defect found is a strict xfail test here, reason "redteam5 Dn: ...", for it
 passing test: D1 deadlines that take every batch slot from another tenant (the `fair` deadline boost
 goes before counter order whoever it favours), D2 a prompt billed and charged to the budget at the
 daemon's word-count estimate, not at the prompt tokens the engine reports (one 40 KB "word" bills as 2), D3 a backfilled dispatch line that names the pid of another tenant's
-queued task in the backfilled task's own views.
+queued task in the backfilled task's own views, D4 `replay/PID` of a reaped task, read from the trace
+archive unredacted: the other tenant's name and pid that the live view hid.
 Kernel tier (a Kernel fed events, no FUSE) where the defect lives in the kernel; nodes tier (a Tree on a
 Runtime, callers with the role and tenant fs.py gives them) where it lives in the files.
 """
 import pytest
 
-from apeinxfs.kernel.events import Chunk, Step
+from apeinxfs import config as config_mod
+from apeinxfs.archive import Archive
+from apeinxfs.journal import Journal
+from apeinxfs.kernel.events import Chunk, Kill, Step
 from apeinxfs.kernel.kvmem import estimate_prompt_tokens
+from apeinxfs.kernel.task import State
+from apeinxfs.nodes.tree import Tree
+from apeinxfs.runtime import Runtime
 from test_backfill import two_models
 from test_fairness_kernel import kernel, submit
 from test_isolation import details
+from test_journal_runtime import ONE_GPU
+from test_journal_runtime import submit as commit_submit
 from test_kernel import submit as submit_to
 from test_kernel import STEP_US, step
+from test_nodes import step_all
 
 BOOSTED_US = 4_000_000  # a deadline within the default deadline_boost_s (5 s): always boosted
 
@@ -92,3 +102,46 @@ def test_a_backfilled_dispatch_names_no_pid_of_another_tenant_in_its_views():
     for view in (k.trace.of_task(k.tasks[mine]), k.trace.of_tenant("y")):
         [line] = [d for d in details(view) if "backfill past" in d]
         assert f"past {head} " not in line and "backfill past another tenant's task (" in line
+
+
+TWO_TENANTS_TWO_SLOTS = ONE_GPU.replace("slots = 8", "slots = 2") + """
+[[tenants]]
+name = "a"
+[[tenants]]
+name = "b"
+"""
+
+
+@pytest.fixture
+def archived_runtime(tmp_path):
+    """A Runtime on one GPU of 2 slots, tenants a and b, with a journal and a trace archive."""
+    (tmp_path / "config.toml").write_text(TWO_TENANTS_TWO_SLOTS)
+    config = config_mod.load(str(tmp_path / "config.toml"), str(tmp_path / "state"), use_nvml=False)
+    rt = Runtime(config, Journal(str(tmp_path / "state" / "journal.db")),
+                 archive=Archive(str(tmp_path / "state" / "trace"), 1 << 20))
+    yield rt
+    rt.journal.close()
+    rt.archive.close()
+
+
+@pytest.mark.xfail(strict=True, reason="redteam5 D4: replay/PID of a reaped task renders its archived lines as "
+                   "the whole trace has them, other tenants' names and pids unredacted")
+def test_the_replay_of_a_reaped_task_names_no_other_tenant(archived_runtime):
+    """Tenant a's task preempted for b's reads the same `another tenant` timeline in replay/PID once reaped."""
+    rt = archived_runtime
+    first, second = (commit_submit(rt, tokens=1000, tenant="a") for _ in range(2))
+    step_all(rt, 3)
+    late = commit_submit(rt, tokens=1000, tenant="b")
+    for _ in range(600):  # b's task runs once a's counter is a gap ahead (about 200 steps)
+        if rt.kernel.tasks[late].state is State.RUNNING:
+            break
+        step_all(rt)
+    victim = first if rt.kernel.tasks[first].state is State.PREEMPTED else second
+    rt.commit([Kill(pid=victim)])
+    replay = Tree(rt).root.children["replay"]
+    live = replay.child(str(victim)).render().decode()
+    assert "ahead of another tenant (" in live and f"pid {late}" not in live
+    rt.kernel.tasks.reap(victim)
+    reaped = replay.child(str(victim)).render().decode()
+    assert f"pid {late}" not in reaped and "ahead of b (" not in reaped
+    assert reaped == live
