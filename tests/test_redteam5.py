@@ -5,15 +5,19 @@ passing test: D1 deadlines that take every batch slot from another tenant (the `
 goes before counter order whoever it favours), D2 a prompt billed and charged to the budget at the
 daemon's word-count estimate, not at the prompt tokens the engine reports (one 40 KB "word" bills as 2), D3 a backfilled dispatch line that names the pid of another tenant's
 queued task in the backfilled task's own views, D4 `replay/PID` of a reaped task, read from the trace
-archive unredacted: the other tenant's name and pid that the live view hid.
+archive unredacted: the other tenant's name and pid that the live view hid, D5 retention.tasks counted over all tenants, so
+one tenant's churn of tiny tasks reaps another's results seconds after they end.
 Kernel tier (a Kernel fed events, no FUSE) where the defect lives in the kernel; nodes tier (a Tree on a
 Runtime, callers with the role and tenant fs.py gives them) where it lives in the files.
 """
+import attrs
 import pytest
 
 from apeinxfs import config as config_mod
 from apeinxfs.archive import Archive
 from apeinxfs.journal import Journal
+from apeinxfs.kernel import Kernel
+from apeinxfs.kernel.config import MemoryRetention
 from apeinxfs.kernel.events import Chunk, Kill, Step
 from apeinxfs.kernel.kvmem import estimate_prompt_tokens
 from apeinxfs.kernel.task import State
@@ -25,7 +29,7 @@ from test_isolation import details
 from test_journal_runtime import ONE_GPU
 from test_journal_runtime import submit as commit_submit
 from test_kernel import submit as submit_to
-from test_kernel import STEP_US, step
+from test_kernel import STEP_US, run_until_idle, step
 from test_nodes import step_all
 
 BOOSTED_US = 4_000_000  # a deadline within the default deadline_boost_s (5 s): always boosted
@@ -145,3 +149,17 @@ def test_the_replay_of_a_reaped_task_names_no_other_tenant(archived_runtime):
     reaped = replay.child(str(victim)).render().decode()
     assert f"pid {late}" not in reaped and "ahead of b (" not in reaped
     assert reaped == live
+
+
+@pytest.mark.xfail(strict=True, reason="redteam5 D5: retention.tasks is one count over every tenant: tenant a's "
+                   "churn of one-token tasks reaps tenant b's finished task (its output, wait and status gone)")
+def test_one_tenants_churn_does_not_reap_another_tenants_finished_task():
+    """With retention.tasks = 4, tenant b's one finished task outlives tenant a's next 5 one-token tasks."""
+    k = Kernel(attrs.evolve(kernel(slots=2).config, retention=MemoryRetention(4, 3600, 100000)))
+    theirs = submit(k, "b", tokens=1)
+    now = run_until_idle(k)
+    assert k.tasks[theirs].exit == "done"
+    for _ in range(5):
+        submit(k, "a", tokens=1, now=now)
+        now = run_until_idle(k, now + STEP_US)
+    assert theirs in k.tasks and k.counters.reaped >= 1  # a's own oldest go instead
