@@ -7,7 +7,8 @@ word-count estimate, not at the prompt tokens the engine reports (one 40 KB "wor
 backfilled dispatch line that names the pid of another tenant's queued task in the backfilled task's own
 views; D4 `replay/PID` of a reaped task, read from the trace archive unredacted (the other tenant's name and
 pid that the live view hid); D5 retention.tasks counted over all tenants, so one tenant's churn of tiny tasks
-reaps another's results seconds after they end.
+reaps another's results seconds after they end; D6 `stop` then `cont`, which drops a task's KV and has the
+engine prefill its whole context again, charged to the tenant's fair counter as its one generated token.
 Kernel tier (a Kernel fed events, no FUSE) where the defect lives in the kernel; a Runtime with a trace
 archive and the Tree's /replay (nodes tier) where it lives in the files.
 """
@@ -19,8 +20,9 @@ from apeinxfs.archive import Archive
 from apeinxfs.journal import Journal
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.config import MemoryRetention
-from apeinxfs.kernel.events import Chunk, Kill, Step
+from apeinxfs.kernel.events import Chunk, Control, Kill, Step
 from apeinxfs.kernel.kvmem import estimate_prompt_tokens
+from apeinxfs.kernel.spec import TaskCommand
 from apeinxfs.kernel.task import State
 from apeinxfs.nodes.tree import Tree
 from apeinxfs.runtime import Runtime
@@ -164,3 +166,23 @@ def test_one_tenants_churn_does_not_reap_another_tenants_finished_task():
         submit(k, "a", tokens=1, now=now)
         now = run_until_idle(k, now + STEP_US)
     assert theirs in k.tasks and k.counters.reaped >= 1  # a's own oldest go instead
+
+
+@pytest.mark.xfail(strict=True, reason="redteam5 D6: a prefill after the first token is never charged (runqueue.py), "
+                   "so a tenant's own stop/cont has the engine recompute its whole context for free in fair share")
+def test_a_context_recomputed_after_the_tenants_own_stop_and_cont_is_charged():
+    """A task of 400 prompt words stopped and continued by its tenant prefills its context again: the tenant's
+    counter is charged for that prefill, as for a prompt."""
+    k = kernel(slots=2)
+    pid = submit(k, "a", tokens=1000, prompt=" ".join(["word"] * 400))
+    step(k, STEP_US)
+    counter = k.runq.accounts.tenants["a"]
+    for verb in ("stop", "cont"):
+        event = Control(pid=pid, command=TaskCommand(verb), uid=1001)
+        k.check(event)
+        k.apply(event, STEP_US)
+    before = counter.counter
+    [event] = step(k, 2 * STEP_US)
+    [chunk] = event.chunks
+    assert chunk.prefill > 400
+    assert counter.counter - before >= k.config.sched.input_cost * chunk.prefill
