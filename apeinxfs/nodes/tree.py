@@ -250,6 +250,15 @@ class Tree:
         """Forget the open `snapshot` of `inode`, held by a descriptor of `uid`."""
         self.snapshots.close(inode, uid, snapshot)
 
+    def hold_descriptor(self, uid: int) -> None:
+        """Charge `uid` for a new descriptor that reads no snapshot (a directory's, a ctl file's); NoMemory past
+        the uid's limits.open_bytes (openfiles.py)."""
+        self.snapshots.hold(uid)
+
+    def drop_descriptor(self, uid: int) -> None:
+        """Forget a closed descriptor of `uid` that hold_descriptor charged."""
+        self.snapshots.drop(uid)
+
     def render(self, node: Show) -> bytes:
         """The node's text now, as a new open reads it: rendered again only once an event (or an engine scrape)
         changed something."""
