@@ -41,8 +41,11 @@ class Counters:
         return self.dispatched
 
     def of(self, tenant: str) -> TenantCounts:
-        """Tenant `tenant`'s share, to count in (made at its first)."""
-        return self.tenants.setdefault(tenant, TenantCounts())
+        """Tenant `tenant`'s share, to count in (made at its first, the only call that allocates)."""
+        share = self.tenants.get(tenant)
+        if share is None:
+            share = self.tenants[tenant] = TenantCounts()
+        return share
 
     def share(self, tenant: str) -> TenantCounts:
         """Tenant `tenant`'s share, to read: zeros if it has none."""
