@@ -14,7 +14,7 @@ import pytest
 
 from apeinxfs.cluster.etcd_records import Event
 from apeinxfs.cluster.records import MAX_RANGES, live_ranges, scan, tenant_live_ranges
-from apeinxfs.kernel.counters import TenantCounts
+from apeinxfs.kernel.counters import Counters, TenantCounts
 from apeinxfs.kernel.events import Kill, RemoveTenant, SetTenant
 from apeinxfs.kernel.invariants import InvariantError
 from apeinxfs.kernel.tenant_config import TenantConfig
@@ -66,14 +66,24 @@ def test_a_removed_tenants_counts_are_forgotten():
     assert keyed(sched.stat(k, "b"))["decisions"] == "0"
 
 
+def test_an_act_counted_is_in_the_total_and_the_tenants_share_at_once():
+    """Counters.count adds one to the total and to the tenant's share, made at its first act."""
+    counters = Counters()
+    counters.count("a", "lifts")
+    counters.count("a", "lifts")
+    counters.count("b", "boosts")
+    assert (counters.lifts, counters.boosts) == (2, 1) and counters.index_problems() == []
+    assert counters.tenants == {"a": TenantCounts(lifts=2), "b": TenantCounts(boosts=1)}
+
+
 def test_counts_that_do_not_add_up_are_an_invariant_broken():
     """A dispatch counted in a tenant's share but not in the total, or in the total but in no share, is named."""
     k, _victim, _late = preempted_for_another_tenant()
     assert k.counters.index_problems() == []
-    k.counters.of("a").dispatched += 1
+    k.counters.tenants["a"].dispatched += 1
     assert k.counters.index_problems() == ["counters: the tenants' dispatched and the unshared add up to 4, "
                                            "the total is 3"]
-    k.counters.of("a").dispatched -= 2
+    k.counters.tenants["a"].dispatched -= 2
     with pytest.raises(InvariantError, match="add up to 2, the total is 3"):
         k.check_invariants()
 
