@@ -145,7 +145,7 @@ def test_a_single_nodes_tasks_file_shows_a_tenant_its_own_live_pids(tmp_path):
 def test_a_tenants_live_pids_on_a_single_node_are_not_cut_by_another_tenants():
     """Tenant a's MAX_RANGES scattered pids (every other pid, b's MAX_RANGES between) fill the ranges the tenants
     share (a cluster's live keys, `scan`), b's and c's listed not at all, though an admin's lists every pid (all of
-    them one range); on a single node (tenant_seen) b reads all its own, and c its one task."""
+    them one range); on a single node (tasks_seen with a tenant) b reads all its own, and c its one task."""
     k = kernel(slots=2)
     k.apply(SetTenant(tenant=TenantConfig("c"), what="add c"), 0)
     theirs = [submit_to(k, "ab"[i % 2], tokens=5) for i in range(2 * MAX_RANGES)]
