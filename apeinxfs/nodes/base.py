@@ -163,24 +163,18 @@ class NamedDirs(Dir):
         """Every name's directory but `.` and `..` (a tenant from before they were refused): an entry so named
         would stand for the directory itself or its parent (Linux FUSE adds no `.` or `..` of its own, and
         fs.py's readdir lists none)."""
-        return [(name, self.named(name)) for _, name in self.listed()]
+        return [(name, self.named(name)) for name in self.listed()]
 
-    def listed(self, first: int = 0) -> Iterator[tuple[int, str]]:
-        """(number, name) of the names that exist now but `.` and `..`, numbered `first` on, in number order: the
-        order they were first seen (`names` is, as `number` gives them; a name seen now for the first time is
-        numbered here)."""
-        current = self.current()
-        for name in current:
-            self.number(name)
-        for number in range(first, len(self.names)):
-            if (name := self.names[number]) in current and name not in (".", ".."):
-                yield number, name
+    def listed(self) -> list[str]:
+        """The names that exist now but `.` and `..`, in the order they were first seen (by their numbers)."""
+        return sorted((name for name in self.current() if name not in (".", "..")), key=self.number)
 
     def entries_from(self, cookie):
         """Offsets are the names' numbers (an entry's is its number + 1), as pids are in /tasks: a name removed
         mid-listing moves none after it, so an `ls` meets each name that exists throughout once."""
-        for number, name in self.listed(cookie):
-            yield number + 1, name, self.named(name)
+        for name in self.listed():
+            if (number := self.number(name)) >= cookie:
+                yield number + 1, name, self.named(name)
 
     def owns(self, inode: int) -> bool:
         return self.base <= inode < self.limit
@@ -250,7 +244,7 @@ class Writes:
     limits: Buffers = attrs.Factory(Buffers)
     rejects: Callable[[Node, ApeinxError, Caller], None] | None = None
 
-    def reject_at(self, rejects: Callable[[Node, ApeinxError, Caller], None]) -> None:
+    def send_rejects_to(self, rejects: Callable[[Node, ApeinxError, Caller], None]) -> None:
         """Send the reject lines of the files built over these Writes to `rejects` (the one Tree built over the
         daemon's Runtime, whose paths they name); RuntimeError if they go to another already."""
         if self.rejects is not None:

@@ -126,7 +126,7 @@ class Tree:
         self.rt = rt
         self.static: dict[int, object] = {}
         self.paths: dict[int, str] = {}
-        rt.writes.reject_at(self.reject_at)  # every ctl and settings file's reject lines, at this tree's paths
+        rt.writes.send_rejects_to(self.reject_at)  # every ctl and settings file's reject lines, at this tree's paths
         self.root = build_root(rt)
         self.named = [self.root.children[name] for name in ("models", "tenants", "nodes")]
         self._number(self.root)
