@@ -8,13 +8,14 @@ a file at an inode of its own (views.py), as sched/runqueue's are; a cluster nod
 tenant's live key of that node. The same on a live mount, as Unix users, is in test_tenants_mount.py.
 """
 import os
+import typing
 
 import attrs
 import pytest
 
 from apeinxfs.cluster.etcd_records import Event
 from apeinxfs.cluster.records import MAX_RANGES, live_ranges, scan, tenant_live_ranges
-from apeinxfs.kernel.counters import Counters, TenantCounts
+from apeinxfs.kernel.counters import Act, Counters, TenantCounts
 from apeinxfs.kernel.events import Kill, RemoveTenant, SetTenant
 from apeinxfs.kernel.invariants import InvariantError
 from apeinxfs.kernel.tenant_config import TenantConfig
@@ -74,6 +75,12 @@ def test_an_act_counted_is_in_the_total_and_the_tenants_share_at_once():
     counters.count("b", "boosts")
     assert (counters.lifts, counters.boosts) == (2, 1) and counters.index_problems() == []
     assert counters.tenants == {"a": TenantCounts(lifts=2), "b": TenantCounts(boosts=1)}
+
+
+def test_every_act_is_a_field_of_the_totals_and_of_a_tenants_share():
+    """Each name Counters.count takes (Act) is a counter of both Counters and TenantCounts."""
+    acts = set(typing.get_args(Act))
+    assert acts <= {f.name for f in attrs.fields(Counters)} and acts == {f.name for f in attrs.fields(TenantCounts)}
 
 
 def test_counts_that_do_not_add_up_are_an_invariant_broken():
