@@ -252,7 +252,7 @@ class Operations(pyfuse3.Operations):
     @guarded
     async def releasedir(self, fh):
         if self.listings.pop(fh, None) is not None:
-            self.tree.snapshots.drop(self.charged.pop(fh))
+            self.tree.drop_descriptor(self.charged.pop(fh))
 
     @guarded
     async def open(self, inode, flags, ctx):
@@ -279,7 +279,7 @@ class Operations(pyfuse3.Operations):
             if isinstance(handle, SnapshotHandle):
                 handle.data = self.tree.open_snapshot(node, caller.uid)
             else:
-                self.tree.snapshots.hold(caller.uid)
+                self.tree.hold_descriptor(caller.uid)
         except NoMemory as exc:
             self.tree.reject_at(node, exc, caller)
             raise
@@ -317,7 +317,7 @@ class Operations(pyfuse3.Operations):
             if isinstance(handle, SnapshotHandle):
                 self.tree.close_snapshot(handle.node.inode, uid, handle.data)
             else:
-                self.tree.snapshots.drop(uid)
+                self.tree.drop_descriptor(uid)
 
     @guarded
     async def create(self, parent_inode, name, mode, flags, ctx):
