@@ -1,13 +1,26 @@
-"""The views of tenanted files (Show.tenanted), each at an inode of its own.
+"""The views of tenanted files (Show.tenanted), each at an inode of its own, given back once the kernel drops it.
 
 A tenanted file shows each caller the rows of the caller's own tenant (Show.view_of). The kernel keeps one
 size per inode for every caller, and splice and sendfile stop at it, so each view is a node of its own: the
 admin's view (every row) is the file's own inode (a boot-time one, or a computed one: /nodes/NAME/tasks); the
-view of tenant T, or of a caller of no role (""), of a file is at VIEW_BASE + its number, a number given to
-that (file, view) pair the first time it is asked for and kept, as NamedDirs keeps a name's. A view of a tenant
-that no longer exists, or of a file that does not (a node no longer listed), is ENOENT (to getattr only once
-no descriptor has it open: fs.getattr). Which caller may hold which view is Show.hidden_from's to say.
+view of tenant T, or of a caller of no role (""), of a file is at an inode of [base, limit) given to that
+(file, view) pair the first time it is asked for. A view of a tenant that no longer exists, or of a file that
+does not (a node no longer listed), is ENOENT (to getattr only once no descriptor has it open: fs.getattr).
+Which caller may hold which view is Show.hidden_from's to say.
+
+An inode is given back (`sweep`) once its view can no longer be reached (its tenant or its file gone) and the
+kernel holds no reference to it: its lookup count, which fs.py adds to at each lookup and readdirplus entry it
+answers and takes from at each FORGET (the kernel counts exactly those replies, and forgets each inode it
+evicts, with its count), is 0, and no descriptor has it open (a RELEASE may come after the FORGET). The kernel
+then has no inode of that number, so no dentry and no attributes of it: the number may go to a new pair. Numbers
+never given go first, so a number given back waits as long as it can; once none is left, each new view sweeps.
+The render cache (Tree.render, by inode and state version) cannot hand a new view its number's old text: the old
+view was last rendered before its tenant's removal, an event, so at an older version (a node's tasks file is
+volatile: never cached). With the range full, a walk that replaces a kernel's name of a view gone may be refused
+ENOSPC before the FORGET of that name's inode arrives (the kernel may send it only as the walk ends); the next
+walk gets it. Not here: who reaches which view (Tree), FUSE itself (fs.py).
 """
+from collections import deque
 from collections.abc import Callable
 
 import attrs
@@ -17,16 +30,24 @@ from .base import Show
 
 VIEW_BASE = 1 << 16
 VIEW_LIMIT = 1 << 17  # the first inode past the views' range (members.NODE_BASE)
+WARNED_PERCENT = 80  # /health warns once more of the range than this is in use
 
 
 @attrs.define(eq=False)
 class Views:
-    """(tenanted file, view) -> the view's node, built when asked for, dropped once its tenant or file goes."""
+    """(tenanted file, view) -> the view's node, built when asked for; its inode given back once unreachable and
+    unknown to the kernel."""
 
     file_at: Callable[[int], Show]  # the tenanted file at an inode, or NotFound (Tree.node)
     exists: Callable[[str], bool]  # whether tenant T exists now
-    numbers: dict[tuple[int, str], int] = attrs.Factory(dict)  # (file's inode, view) -> its number
-    pairs: list[tuple[int, str]] = attrs.Factory(list)  # by number
+    opened: Callable[[int], object] = lambda inode: None  # what a descriptor has open at an inode (Tree.opened)
+    base: int = VIEW_BASE
+    limit: int = VIEW_LIMIT  # the first inode past the range
+    numbers: dict[tuple[int, str], int] = attrs.Factory(dict)  # (file's inode, view) -> its inode
+    pairs: dict[int, tuple[int, str]] = attrs.Factory(dict)  # inode -> (file's inode, view)
+    lookups: dict[int, int] = attrs.Factory(dict)  # inode -> the kernel's lookup count of it, if not 0
+    freed: deque[int] = attrs.Factory(deque)  # inodes given back, the first given back given again first
+    unused: int = attrs.field(default=attrs.Factory(lambda self: self.base, takes_self=True))  # never given from here
     built: dict[int, Show] = attrs.Factory(dict)  # inode -> a view's node
 
     def node(self, file: Show, view: str | None) -> Show:
@@ -34,27 +55,95 @@ class Views:
         if view is None:
             return file
         pair = (file.inode, view)
-        if pair not in self.numbers:
-            if VIEW_BASE + len(self.pairs) >= VIEW_LIMIT:
-                raise NoSpace(f"no inode left for the view of tenant {view!r}: {len(self.pairs)} views since start")
-            self.numbers[pair] = len(self.pairs)
-            self.pairs.append(pair)
-        return self.by_inode(VIEW_BASE + self.numbers[pair])
+        if (inode := self.numbers.get(pair)) is None:
+            inode = self.numbers[pair] = self._give(view)
+            self.pairs[inode] = pair
+        return self.by_inode(inode)
+
+    def _give(self, view: str) -> int:
+        """An inode for a new view: one never given, else one given back; NoSpace if none is left."""
+        if self.unused < self.limit:
+            self.unused += 1
+            return self.unused - 1
+        if not self.freed:
+            self.sweep()
+        if not self.freed:
+            raise NoSpace(f"no inode left for the view of tenant {view!r}: all {self.limit - self.base} are "
+                          "in use (see /health)")
+        return self.freed.popleft()
 
     def owns(self, inode: int) -> bool:
-        return VIEW_BASE <= inode < VIEW_BASE + len(self.pairs)
+        return inode in self.pairs
 
     def file_of(self, inode: int) -> int:
         """The inode of the tenanted file whose view is at `inode`."""
-        return self.pairs[inode - VIEW_BASE][0]
+        return self.pairs[inode][0]
 
     def by_inode(self, inode: int) -> Show:
         """The view's node at `inode` (owned by these views), or NotFound if its tenant or its file is gone."""
-        file_inode, view = self.pairs[inode - VIEW_BASE]
-        if view and not self.exists(view):
+        try:
+            file = self._file(inode)
+        except NotFound:
             self.built.pop(inode, None)
-            raise NotFound(f"no tenant {view}: its view is gone")
-        file = self.file_at(file_inode)
+            raise
         if (node := self.built.get(inode)) is None:
-            node = self.built[inode] = attrs.evolve(file, inode=inode, view=view)
+            node = self.built[inode] = attrs.evolve(file, inode=inode, view=self.pairs[inode][1])
         return node
+
+    def _file(self, inode: int) -> Show:
+        """The tenanted file of the view at `inode`, or NotFound if its tenant or the file is gone."""
+        file_inode, view = self.pairs[inode]
+        if view and not self.exists(view):
+            raise NotFound(f"no tenant {view}: its view is gone")
+        return self.file_at(file_inode)
+
+    def looked_up(self, inode: int) -> None:
+        """The kernel was given `inode` once more (a lookup's or a readdirplus entry's reply)."""
+        if inode in self.pairs:
+            self.lookups[inode] = self.lookups.get(inode, 0) + 1
+
+    def forgotten(self, inode: int, count: int) -> None:
+        """The kernel dropped `count` of its lookups of `inode` (FORGET)."""
+        left = self.lookups.pop(inode, 0) - count
+        if left > 0:
+            self.lookups[inode] = left
+
+    def sweep(self) -> None:
+        """Give back the inode of each view that cannot be reached and that the kernel does not hold."""
+        for inode in [inode for inode in self.pairs if self._droppable(inode)]:
+            del self.numbers[self.pairs.pop(inode)]
+            self.built.pop(inode, None)
+            self.freed.append(inode)
+
+    def _droppable(self, inode: int) -> bool:
+        """Whether no lookup count and no descriptor holds `inode`, and no path walk can reach its view again."""
+        if inode in self.lookups or self.opened(inode) is not None:
+            return False
+        try:
+            self._file(inode)
+        except NotFound:
+            return True
+        return False
+
+    def check_invariants(self) -> None:
+        """numbers and pairs are one map both ways; only views in use have lookups; an inode given back is in
+        use no more; every inode in use or given back was given, from the range."""
+        assert {inode: pair for pair, inode in self.numbers.items()} == self.pairs
+        assert set(self.lookups) <= set(self.pairs) and all(count > 0 for count in self.lookups.values())
+        assert not set(self.freed) & set(self.pairs) and len(set(self.freed)) == len(self.freed)
+        assert all(self.base <= inode < self.unused <= self.limit for inode in [*self.pairs, *self.freed])
+
+    def in_use(self) -> int:
+        """Inodes held by views now (those that could be given back are, first)."""
+        self.sweep()
+        return len(self.pairs)
+
+    def warning(self) -> str | None:
+        """/health's warning once more than WARNED_PERCENT of the range is in use: how much, and what to do."""
+        used, room = self.in_use(), self.limit - self.base
+        if used * 100 <= room * WARNED_PERCENT:
+            return None
+        return (f"views: {used} of {room} inodes for tenants' views of split files in use; once all are, a path "
+                "walk to a view not given one yet fails ENOSPC: remove tenants no longer used, and close descriptors "
+                "open on removed tenants' views (an inode is given back once its tenant is gone and the kernel "
+                "forgot it)")
