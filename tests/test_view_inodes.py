@@ -1,0 +1,284 @@
+"""The inodes of tenants' views of split files (nodes/views.py) are given back once unreachable and forgotten.
+
+Tier 1: Views with a fake kernel (lookups counted and forgotten by hand) and fake open descriptors. Tier 2: the
+FUSE adapter (fs.py) counts lookups and readdirplus entries and takes FORGETs. Tier 3-4: a real mount with a
+small range, tenants added and removed in a loop by root while numeric uids walk to their views with `cat`,
+`ls -l` and `stat`, and a descriptor held on an old view keeps reading its snapshot.
+"""
+import contextlib
+import errno
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from apeinxfs import health
+from apeinxfs.kernel.errors import ApeinxError, NotFound
+from apeinxfs.nodes import metrics, views
+from apeinxfs.nodes.base import Show
+from apeinxfs.health import Health
+from daemon import APEINXFS, Daemon
+from unixusers import shared_dir
+from test_fs_ops import ROOT, add_tenant, ctx, fuse_errno, inode_of, listed, ops  # noqa: F401 (fixtures)
+
+BASE = views.VIEW_BASE
+
+
+class Kernel:
+    """What Views asks about the world: which tenants and files exist, and which inodes are open."""
+
+    def __init__(self, tenants=("a", "b", "c")):
+        self.tenants, self.open = set(tenants), set()
+        self.runqueue = Show(show=lambda view: f"{view} rows\n", tenanted=True, inode=7)
+        self.files = {7: self.runqueue}
+
+    def views(self, room: int) -> views.Views:
+        return views.Views(self.file_at, self.tenants.__contains__, lambda inode: inode in self.open or None,
+                           base=BASE, limit=BASE + room)
+
+    def file_at(self, inode: int) -> Show:
+        if inode not in self.files:
+            raise NotFound(f"no file {inode}")
+        return self.files[inode]
+
+
+def seen(given: views.Views, kernel: Kernel, tenant: str) -> int:
+    """The inode of `tenant`'s view of runqueue, as a lookup hands it to the kernel (counted)."""
+    inode = given.node(kernel.runqueue, tenant).inode
+    given.looked_up(inode)
+    given.check_invariants()
+    return inode
+
+
+def refused(call) -> int:
+    with pytest.raises(ApeinxError) as caught:
+        call()
+    return caught.value.errno
+
+
+def test_a_removed_tenants_view_is_given_again_once_the_kernel_forgot_it():
+    """With room for one view, a's holds it while the kernel does, even with a removed; once forgotten, b gets it."""
+    kernel = Kernel()
+    given = kernel.views(1)
+    inode = seen(given, kernel, "a")
+    kernel.tenants.discard("a")
+    assert refused(lambda: given.node(kernel.runqueue, "b")) == errno.ENOSPC
+    given.forgotten(inode, 1)
+    again = given.node(kernel.runqueue, "b")
+    given.check_invariants()
+    assert again.inode == inode and given.by_inode(inode).render() == b"b rows\n" and given.file_of(inode) == 7
+
+
+def test_a_view_is_kept_until_every_lookup_is_forgotten():
+    """Two lookups and one FORGET of one: the kernel still holds the view, so it is not given again."""
+    kernel = Kernel()
+    given = kernel.views(1)
+    inode = seen(given, kernel, "a")
+    given.looked_up(inode)
+    kernel.tenants.discard("a")
+    given.forgotten(inode, 1)
+    assert refused(lambda: given.node(kernel.runqueue, "b")) == errno.ENOSPC
+    given.forgotten(inode, 1)
+    assert given.node(kernel.runqueue, "b").inode == inode
+
+
+def test_an_open_view_is_not_given_again_though_forgotten():
+    """A descriptor open on a removed tenant's view (its RELEASE after the FORGET) keeps the inode until closed."""
+    kernel = Kernel()
+    given = kernel.views(1)
+    inode = seen(given, kernel, "a")
+    kernel.open.add(inode)
+    kernel.tenants.discard("a")
+    given.forgotten(inode, 1)
+    assert refused(lambda: given.node(kernel.runqueue, "b")) == errno.ENOSPC and given.owns(inode)
+    kernel.open.discard(inode)
+    assert given.node(kernel.runqueue, "b").inode == inode
+
+
+def test_a_reachable_view_keeps_its_inode_though_the_kernel_forgot_it():
+    """A view whose tenant still exists keeps its number after FORGET: the next walk gets the same inode."""
+    kernel = Kernel()
+    given = kernel.views(1)
+    inode = seen(given, kernel, "a")
+    given.forgotten(inode, 1)
+    assert refused(lambda: given.node(kernel.runqueue, "b")) == errno.ENOSPC
+    assert given.node(kernel.runqueue, "a").inode == inode
+
+
+def test_a_view_of_a_file_gone_is_given_back():
+    """A view of a file no longer there (a node no longer listed) is given back once forgotten, its tenant alive."""
+    kernel = Kernel()
+    given = kernel.views(1)
+    inode = seen(given, kernel, "a")
+    del kernel.files[7]
+    given.forgotten(inode, 1)
+    assert given.in_use() == 0 and not given.owns(inode)
+
+
+def test_numbers_never_given_go_first_then_those_given_back():
+    """Forgotten views of removed tenants wait while numbers never given last; then their inodes are given again."""
+    kernel = Kernel(tenants=[f"t{n}" for n in range(6)])
+    given = kernel.views(3)
+    first, second = seen(given, kernel, "t0"), seen(given, kernel, "t1")
+    for tenant, inode in (("t1", second), ("t0", first)):
+        kernel.tenants.discard(tenant)
+        given.forgotten(inode, 1)
+    assert seen(given, kernel, "t2") == BASE + 2
+    assert {seen(given, kernel, tenant) for tenant in ("t3", "t4")} == {first, second}
+    assert refused(lambda: given.node(kernel.runqueue, "t5")) == errno.ENOSPC
+
+
+def test_a_forget_of_an_inode_of_no_view_changes_nothing():
+    """FORGETs of boot-time or task inodes (never counted here) leave the views' counts alone."""
+    kernel = Kernel()
+    given = kernel.views(2)
+    inode = seen(given, kernel, "a")
+    given.looked_up(3)
+    given.forgotten(3, 5)
+    assert given.lookups == {inode: 1} and given.in_use() == 1
+
+
+def test_health_warns_past_80_percent_of_the_views():
+    """/health says Warning once more than 80% of the range is in use, and what to do; not once some are back."""
+    kernel = Kernel(tenants=[f"t{n}" for n in range(5)])
+    given = kernel.views(5)
+    for n in range(4):
+        seen(given, kernel, f"t{n}")
+    assert health.show(Health(), views=given) == "State:\tok\n"
+    last = seen(given, kernel, "t4")
+    warned = health.show(Health(), views=given)
+    assert warned.startswith("State:\tok\nWarning:\tviews: 5 of 5 inodes") and "remove tenants" in warned
+    kernel.tenants.discard("t4")
+    given.forgotten(last, 1)
+    assert health.show(Health(), views=given) == "State:\tok\n"
+
+
+async def test_the_adapter_counts_lookups_and_readdir_entries_and_takes_forgets(ops, listed):  # noqa: F811
+    """Alice's lookup and her `ls` of sched/ hand her views to the kernel; with tenant a removed they are given
+    again only after FORGET of every count, and then to bob's tenant."""
+    tree = ops.tree
+    tree.views.limit = tree.views.base + 2
+    await add_tenant(ops, b"add a weight=100 uids=1000")
+    sched = await inode_of(ops, "/sched")
+    runqueue = (await ops.lookup(sched, b"runqueue", ctx())).st_ino
+    fh = await ops.opendir(sched, ctx())
+    await ops.readdir(fh, 0, None)
+    await ops.releasedir(fh)
+    listed_views = {inode for name, inode, _ in listed.entries if inode >= views.VIEW_BASE}
+    assert runqueue in listed_views and len(listed_views) == 2 and tree.views.lookups[runqueue] == 2
+    await add_tenant(ops, b"remove a")
+    await add_tenant(ops, b"add b weight=100 uids=1000")
+    assert await fuse_errno(lambda: ops.lookup(sched, b"runqueue", ctx())) == errno.ENOSPC
+    await ops.forget([(inode, 1) for inode in listed_views] + [(runqueue, 1), (ROOT, 1)])
+    assert (await ops.lookup(sched, b"runqueue", ctx())).st_ino in listed_views
+    tree.views.check_invariants()
+
+
+def test_metrics_show_the_view_inodes_in_use(ops):  # noqa: F811
+    """apeinx_view_inodes says how many of the range's inodes are used, and how many there are."""
+    text = metrics.show(ops.rt, ops.tree.views)
+    assert 'apeinx_view_inodes{kind="used"} 0\n' in text
+    assert f'apeinx_view_inodes{{kind="total"}} {views.VIEW_LIMIT - views.VIEW_BASE}\n' in text
+
+
+# -- a real mount ---------------------------------------------------------------------------------------------
+
+LAUNCH = ("import functools, sys; from apeinxfs import cli; from apeinxfs.nodes import tree, views; "
+          "tree.Views = functools.partial(views.Views, limit=views.VIEW_BASE + int(sys.argv.pop(1))); "
+          "sys.exit(cli.main())")
+HELD_UID, WALKER_UID = 23201, 23202
+HOLD = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+before = os.pread(fd, 1 << 16, 0)
+print(os.fstat(fd).st_ino, flush=True)
+sys.stdin.readline()
+after = os.pread(fd, 1 << 16, 0)
+print(after == before and os.fstat(fd).st_size == len(before) and b"held" in before, flush=True)
+"""
+
+
+class SmallRangeDaemon(Daemon):
+    """A daemon whose Tree has room for `room` views (its Views built with that limit)."""
+
+    def __init__(self, mountpoint, state_dir, room: int):
+        super().__init__(mountpoint, state_dir)
+        self.room = room
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", LAUNCH, str(self.room)] + super().command()[len(APEINXFS):]
+
+
+@contextlib.contextmanager
+def small_range_mount(state_dir, room: int):
+    """A mount with room for `room` views, in a directory every uid may traverse."""
+    if os.geteuid() != 0:
+        pytest.skip("tenants of other uids, on an allow_other mount, need root")
+    top = shared_dir("apeinx-views-")
+    try:
+        with SmallRangeDaemon(os.path.join(top, "ai"), state_dir, room) as daemon:
+            yield daemon
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def as_uid(uid: int, argv: list[str]) -> list[str]:
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
+
+
+def walk(uid: int, shell: str) -> str:
+    """What `shell` prints, run as `uid`; it must succeed."""
+    done = subprocess.run(as_uid(uid, ["sh", "-c", shell]), capture_output=True, text=True, timeout=30, cwd="/")
+    assert done.returncode == 0, done
+    return done.stdout
+
+
+def tenants(daemon, line: str) -> None:
+    with open(daemon.path("ctl", "tenants"), "w") as file:
+        file.write(line + "\n")
+
+
+@pytest.mark.mount
+def test_tenants_added_and_removed_past_the_range_keep_their_views_and_a_held_one_its_snapshot(tmp_path):
+    """With room for 6 views, 12 tenants come and go, each uid walking to its runqueue and stat (`ls -l`, `cat`,
+    `stat`): each works, inodes are given again, never the one a descriptor of a removed tenant holds open, which
+    reads its snapshot to the end."""
+    with small_range_mount(tmp_path / "state", 6) as daemon:
+        runqueue = daemon.path("sched", "runqueue")
+        tenants(daemon, f"add held weight=100 uids={HELD_UID}")
+        holder = subprocess.Popen(as_uid(HELD_UID, [sys.executable, "-c", HOLD, runqueue]), stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, cwd="/")
+        try:
+            held = int(holder.stdout.readline())
+            tenants(daemon, "remove held")
+            seen = set()
+            for n in range(12):
+                tenants(daemon, f"add t{n} weight=100 uids={WALKER_UID}")
+                out = walk(WALKER_UID, f"ls -l {os.path.dirname(runqueue)} >/dev/null && cat {runqueue} && "
+                                       f"stat -c %i {runqueue}")
+                assert f"tenant/t{n} " in out
+                seen.add(int(out.split()[-1]))
+                tenants(daemon, f"remove t{n}")
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline() == "True\n" and holder.wait(10) == 0
+        finally:
+            holder.kill()
+            holder.wait()
+    assert held not in seen and seen <= set(range(views.VIEW_BASE, views.VIEW_BASE + 6)) and len(seen) > 1
+
+
+@pytest.mark.mount
+def test_a_view_the_kernel_still_has_a_name_for_is_not_given_again(tmp_path):
+    """With room for 3 views: a's runqueue stays in the kernel's dentry cache after a is removed, b's and c's stat
+    take the other two (c's walk makes the kernel forget b's); once the range is spent, d's stat gets b's inode
+    again, never a's."""
+    with small_range_mount(tmp_path / "state", 3) as daemon:
+        inodes = {}
+        for tenant, name in (("a", "runqueue"), ("b", "stat"), ("c", "stat"), ("d", "stat")):
+            tenants(daemon, f"add {tenant} weight=100 uids={WALKER_UID}")
+            inodes[tenant] = int(walk(WALKER_UID, f"stat -c %i {daemon.path('sched', name)}"))
+            tenants(daemon, f"remove {tenant}")
+    assert len({inodes["a"], inodes["b"], inodes["c"]}) == 3 and inodes["d"] == inodes["b"]
