@@ -156,8 +156,8 @@ def test_health_warns_past_80_percent_of_the_views():
 
 
 async def test_the_adapter_counts_lookups_and_readdir_entries_and_takes_forgets(ops, listed):  # noqa: F811
-    """Alice's lookup and her `ls` of sched/ hand her views to the kernel; with tenant a removed they are given
-    again only after FORGET of every count, and then to bob's tenant."""
+    """uid 1000's lookup and `ls` of sched/ in tenant a hand its views to the kernel; with a removed they are given
+    again only after FORGET of every count, then to the uid's view in tenant b."""
     tree = ops.tree
     tree.views.limit = tree.views.base + 2
     await add_tenant(ops, b"add a weight=100 uids=1000")
