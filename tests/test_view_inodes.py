@@ -30,13 +30,17 @@ class Kernel:
     """What Views asks about the world: which tenants and files exist, and which inodes are open."""
 
     def __init__(self, tenants=("a", "b", "c")):
-        self.tenants, self.open = set(tenants), set()
+        self.tenants, self.open, self.asked = set(tenants), set(), 0
         self.runqueue = Show(show=lambda view: f"{view} rows\n", tenanted=True, inode=7)
         self.files = {7: self.runqueue}
 
     def views(self, room: int) -> views.Views:
-        return views.Views(self.file_at, self.tenants.__contains__, lambda inode: inode in self.open or None,
-                           base=BASE, limit=BASE + room)
+        return views.Views(self.file_at, self.exists, lambda: (frozenset(self.tenants), frozenset(self.files)),
+                           lambda inode: inode in self.open or None, base=BASE, limit=BASE + room)
+
+    def exists(self, tenant: str) -> bool:
+        self.asked += 1
+        return tenant in self.tenants
 
     def file_at(self, inode: int) -> Show:
         if inode not in self.files:
@@ -128,6 +132,28 @@ def test_numbers_never_given_go_first_then_those_given_back():
     assert seen(given, kernel, "t2") == BASE + 2
     assert {seen(given, kernel, tenant) for tenant in ("t3", "t4")} == {first, second}
     assert refused(lambda: given.node(kernel.runqueue, "t5")) == errno.ENOSPC
+
+
+def test_a_refused_view_looks_at_every_view_again_only_once_one_may_have_gone():
+    """At a full range, a second refusal asks about no tenant; a tenant removed, or a FORGET, makes the next look at
+    every view the kernel does not hold, and a close only at the views held open then."""
+    kernel = Kernel(tenants=["a", "b", "c", "d"])
+    given = kernel.views(2)
+    inode, other = seen(given, kernel, "a"), given.node(kernel.runqueue, "b").inode  # b's: not in the kernel
+    assert refused(lambda: given.node(kernel.runqueue, "c")) == errno.ENOSPC
+    kernel.asked = 0
+    assert refused(lambda: given.node(kernel.runqueue, "c")) == errno.ENOSPC and kernel.asked == 0
+    kernel.tenants.discard("d")
+    assert refused(lambda: given.node(kernel.runqueue, "c")) == errno.ENOSPC and kernel.asked == 1  # b's only
+    kernel.open.add(inode)
+    kernel.tenants.discard("a")
+    given.forgotten(inode, 1)
+    assert refused(lambda: given.node(kernel.runqueue, "c")) == errno.ENOSPC and kernel.asked == 3
+    assert refused(lambda: given.node(kernel.runqueue, "c")) == errno.ENOSPC and kernel.asked == 3
+    kernel.open.discard(inode)
+    assert given.node(kernel.runqueue, "c").inode == inode and kernel.asked == 4  # c's own, as its node is built
+    given.check_invariants()
+    assert given.owns(other)
 
 
 def test_a_forget_of_an_inode_of_no_view_changes_nothing():

@@ -128,7 +128,8 @@ class Tree:
         self.static: dict[int, object] = {}
         self.paths: dict[int, str] = {}
         rt.writes.send_rejects_to(self.reject_at)  # every ctl and settings file's reject lines, at this tree's paths
-        self.views = Views(self.node, lambda tenant: tenant in rt.kernel.tenancy.tenants, self.opened)
+        self.views = Views(self.node, lambda tenant: tenant in rt.kernel.tenancy.tenants, lambda: rt.version,
+                           self.opened)
         self.root = build_root(rt, self.views)
         self.named = [self.root.children[name] for name in ("models", "tenants", "nodes")]
         self._number(self.root)

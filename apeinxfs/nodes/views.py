@@ -13,7 +13,10 @@ kernel holds no reference to it: its lookup count, which fs.py adds to at each l
 answers and takes from at each FORGET (the kernel counts exactly those replies, and forgets each inode it
 evicts, with its count), is 0, and no descriptor has it open (a RELEASE may come after the FORGET). The kernel
 then has no inode of that number, so no dentry and no attributes of it: the number may go to a new pair. Numbers
-never given go first, so a number given back waits as long as it can; once none is left, each new view sweeps.
+never given go first, so a number given back waits as long as it can; once none is left, a new view sweeps, which
+looks at every view only if something happened that could free one (`changes`, the state's version: a tenant
+removed; or a count gone to 0), else only at those a descriptor held (a view of a node no longer listed, if that
+changed no version, waits for the next change).
 The render cache (Tree.render, by inode and state version) cannot hand a new view its number's old text: the old
 view was last rendered before its tenant's removal, an event, so at an older version (a node's tasks file is
 volatile: never cached). With the range full, a walk that replaces a kernel's name of a view gone may be refused
@@ -40,6 +43,7 @@ class Views:
 
     file_at: Callable[[int], Show]  # the tenanted file at an inode, or NotFound (Tree.node)
     exists: Callable[[str], bool]  # whether tenant T exists now
+    changes: Callable[[], object]  # changes whenever a tenant or a file may have gone (Runtime.version)
     opened: Callable[[int], object] = lambda inode: None  # what a descriptor has open at an inode (Tree.opened)
     base: int = VIEW_BASE
     limit: int = VIEW_LIMIT  # the first inode past the range
@@ -49,6 +53,9 @@ class Views:
     freed: deque[int] = attrs.Factory(deque)  # inodes given back, the first given back given again first
     unused: int = attrs.field(default=attrs.Factory(lambda self: self.base, takes_self=True))  # never given from here
     built: dict[int, Show] = attrs.Factory(dict)  # inode -> a view's node
+    forgets: int = 0  # FORGETs that took a view's count to 0
+    swept: object = None  # (changes(), forgets) at the last sweep
+    closing: set[int] = attrs.Factory(set)  # views gone and forgotten at the last sweep, a descriptor open on each
 
     def node(self, file: Show, view: str | None) -> Show:
         """The node of `file` that renders `view` (None: the file itself, every tenant's rows)."""
@@ -107,18 +114,26 @@ class Views:
         left = self.lookups.pop(inode, 0) - count
         if left > 0:
             self.lookups[inode] = left
+        elif inode in self.pairs:
+            self.forgets += 1
 
     def sweep(self) -> None:
-        """Give back the inode of each view that cannot be reached and that the kernel does not hold."""
-        for inode in [inode for inode in self.pairs if self._droppable(inode)]:
+        """Give back the inode of each view that cannot be reached, that the kernel does not hold and that no
+        descriptor has open. Only if a tenant or a file may have gone, or a count went to 0, since the last sweep
+        are all views looked at; else only those a descriptor held then (a close is no event here): a walk refused
+        at a full range walks no list of every view."""
+        if (mark := (self.changes(), self.forgets)) != self.swept:
+            self.swept = mark
+            self.closing = {inode for inode in self.pairs if inode not in self.lookups and self._gone(inode)}
+        closed = {inode for inode in self.closing if self.opened(inode) is None}
+        self.closing -= closed
+        for inode in sorted(closed):
             del self.numbers[self.pairs.pop(inode)]
             self.built.pop(inode, None)
             self.freed.append(inode)
 
-    def _droppable(self, inode: int) -> bool:
-        """Whether no lookup count and no descriptor holds `inode`, and no path walk can reach its view again."""
-        if inode in self.lookups or self.opened(inode) is not None:
-            return False
+    def _gone(self, inode: int) -> bool:
+        """Whether no path walk can reach the view at `inode` again: its tenant or its file is gone."""
         try:
             self._file(inode)
         except NotFound:
@@ -131,6 +146,7 @@ class Views:
         assert {inode: pair for pair, inode in self.numbers.items()} == self.pairs
         assert set(self.lookups) <= set(self.pairs) and all(count > 0 for count in self.lookups.values())
         assert not set(self.freed) & set(self.pairs) and len(set(self.freed)) == len(self.freed)
+        assert self.closing <= set(self.pairs) - set(self.lookups)
         assert all(self.base <= inode < self.unused <= self.limit for inode in [*self.pairs, *self.freed])
 
     def in_use(self) -> int:
