@@ -202,6 +202,37 @@ async def test_the_adapter_counts_lookups_and_readdir_entries_and_takes_forgets(
     tree.views.check_invariants()
 
 
+async def test_a_listing_that_fails_midway_counts_none_of_its_entries(ops, listed, monkeypatch):  # noqa: F811
+    """A bug rendering sched/stat (for its size) fails uid 1000's `ls` of sched/ with EIO once runqueue's entry
+    was added: the reply is an error, the kernel counts no entry of it, and neither do the views."""
+    await add_tenant(ops, b"add a weight=100 uids=1000")
+    sched = await inode_of(ops, "/sched")
+
+    def broken(*args):
+        raise RuntimeError("a bug in sched/stat")
+    monkeypatch.setattr(ops.tree.root.children["sched"].children["stat"], "show", broken)
+    fh = await ops.opendir(sched, ctx())
+    assert await fuse_errno(lambda: ops.readdir(fh, 0, None)) == errno.EIO
+    assert any(inode >= views.VIEW_BASE for _, inode, _ in listed.entries) and ops.tree.views.lookups == {}
+
+
+async def test_a_forget_whose_first_inode_fails_takes_the_others_counts_off(ops, monkeypatch):  # noqa: F811
+    """A bug taking the root's count off, first in a FORGET's batch, still lets uid 1000's runqueue view's count
+    be taken off."""
+    await add_tenant(ops, b"add a weight=100 uids=1000")
+    runqueue = await inode_of(ops, "/sched/runqueue")
+    forgotten = views.Views.forgotten
+
+    def broken_for_root(given, inode, count):
+        if inode == ROOT:
+            raise RuntimeError("a bug in forgetting the root")
+        forgotten(given, inode, count)
+    monkeypatch.setattr(views.Views, "forgotten", broken_for_root)
+    assert ops.tree.views.lookups == {runqueue: 1}
+    await ops.forget([(ROOT, 1), (runqueue, 1)])
+    assert ops.tree.views.lookups == {}
+
+
 def test_metrics_show_the_view_inodes_in_use(ops):  # noqa: F811
     """apeinx_view_inodes says how many of the range's inodes are used, and how many there are."""
     text = metrics.show(ops.rt, ops.tree.views)
