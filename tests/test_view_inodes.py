@@ -233,11 +233,14 @@ async def test_a_forget_whose_first_inode_fails_takes_the_others_counts_off(ops,
     assert ops.tree.views.lookups == {}
 
 
-def test_metrics_show_the_view_inodes_in_use(ops):  # noqa: F811
-    """apeinx_view_inodes says how many of the range's inodes are used, and how many there are."""
+async def test_metrics_show_the_view_inodes_in_use_and_there_are(ops):  # noqa: F811
+    """apeinx_view_inodes_used says how many of the range's inodes are given (uid 1000's runqueue view), and
+    apeinx_view_inodes_max how many there are."""
+    await add_tenant(ops, b"add a weight=100 uids=1000")
+    await inode_of(ops, "/sched/runqueue")
     text = metrics.show(ops.rt, ops.tree.views)
-    assert 'apeinx_view_inodes{kind="used"} 0\n' in text
-    assert f'apeinx_view_inodes{{kind="total"}} {views.VIEW_LIMIT - views.VIEW_BASE}\n' in text
+    assert "\napeinx_view_inodes_used 1\n" in text
+    assert f"\napeinx_view_inodes_max {views.VIEW_LIMIT - views.VIEW_BASE}\n" in text
 
 
 # -- a real mount ---------------------------------------------------------------------------------------------

@@ -47,8 +47,10 @@ def show(rt, views=None) -> str:
 def _view_families(views) -> list:
     if views is None:
         return []
-    return [("apeinx_view_inodes", "gauge", "Inodes of tenants' views of split files, in use and in all.",
-             [({"kind": "used"}, views.in_use()), ({"kind": "total"}, views.limit - views.base)])]
+    return [("apeinx_view_inodes_used", "gauge", "Inodes of tenants' views of split files given and not given back.",
+             [({}, views.in_use())]),
+            ("apeinx_view_inodes_max", "gauge", "Inodes there are for tenants' views of split files.",
+             [({}, views.limit - views.base)])]
 
 
 def _engine_families(observations: dict) -> list:
