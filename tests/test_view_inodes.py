@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 
+import attrs
 import pytest
 
 from apeinxfs import health
@@ -30,12 +31,14 @@ class Kernel:
     """What Views asks about the world: which tenants and files exist, and which inodes are open."""
 
     def __init__(self, tenants=("a", "b", "c")):
-        self.tenants, self.open, self.asked = set(tenants), set(), 0
+        self.tenants, self.open, self.asked, self.files_asked = set(tenants), set(), 0, 0
         self.runqueue = Show(show=lambda view: f"{view} rows\n", tenanted=True, inode=7)
         self.files = {7: self.runqueue}
 
     def views(self, room: int) -> views.Views:
-        return views.Views(self.file_at, self.exists, lambda: (frozenset(self.tenants), frozenset(self.files)),
+        """Views of room `room`; the state's version changes with the tenants alone (a node may go unlisted, or
+        come back, with no event)."""
+        return views.Views(self.file_at, self.exists, lambda: frozenset(self.tenants),
                            lambda inode: inode in self.open or None, base=BASE, limit=BASE + room)
 
     def exists(self, tenant: str) -> bool:
@@ -43,14 +46,16 @@ class Kernel:
         return tenant in self.tenants
 
     def file_at(self, inode: int) -> Show:
+        self.files_asked += 1
         if inode not in self.files:
             raise NotFound(f"no file {inode}")
         return self.files[inode]
 
 
-def seen(given: views.Views, kernel: Kernel, tenant: str) -> int:
-    """The inode of `tenant`'s view of runqueue, as a lookup hands it to the kernel (counted)."""
-    inode = given.node(kernel.runqueue, tenant).inode
+def seen(given: views.Views, kernel: Kernel, tenant: str, file: int = 7) -> int:
+    """The inode of `tenant`'s view of the file at `file` (runqueue), as a lookup hands it to the kernel
+    (counted)."""
+    inode = given.node(kernel.files[file], tenant).inode
     given.looked_up(inode)
     given.check_invariants()
     return inode
@@ -118,6 +123,7 @@ def test_a_view_of_a_file_gone_is_given_back():
     inode = seen(given, kernel, "a")
     del kernel.files[7]
     given.forgotten(inode, 1)
+    given.sweep()
     assert given.in_use() == 0 and not given.owns(inode)
 
 
@@ -134,9 +140,9 @@ def test_numbers_never_given_go_first_then_those_given_back():
     assert refused(lambda: given.node(kernel.runqueue, "t5")) == errno.ENOSPC
 
 
-def test_a_refused_view_looks_at_every_view_again_only_once_one_may_have_gone():
-    """At a full range, a second refusal asks about no tenant; a tenant removed, or a FORGET, makes the next look at
-    every view the kernel does not hold, and a close only at the views held open then."""
+def test_a_refused_view_asks_about_each_tenant_again_only_once_one_may_have_gone():
+    """At a full range, a second refusal asks about no tenant; a tenant removed, or a FORGET, makes the next ask
+    once about each tenant with views, and a close only about the view closed."""
     kernel = Kernel(tenants=["a", "b", "c", "d"])
     given = kernel.views(2)
     inode, other = seen(given, kernel, "a"), given.node(kernel.runqueue, "b").inode  # b's: not in the kernel
@@ -144,16 +150,50 @@ def test_a_refused_view_looks_at_every_view_again_only_once_one_may_have_gone():
     kernel.asked = 0
     assert refused(lambda: given.node(kernel.runqueue, "c")) == errno.ENOSPC and kernel.asked == 0
     kernel.tenants.discard("d")
-    assert refused(lambda: given.node(kernel.runqueue, "c")) == errno.ENOSPC and kernel.asked == 1  # b's only
+    assert refused(lambda: given.node(kernel.runqueue, "c")) == errno.ENOSPC and kernel.asked == 2
     kernel.open.add(inode)
     kernel.tenants.discard("a")
     given.forgotten(inode, 1)
-    assert refused(lambda: given.node(kernel.runqueue, "c")) == errno.ENOSPC and kernel.asked == 3
-    assert refused(lambda: given.node(kernel.runqueue, "c")) == errno.ENOSPC and kernel.asked == 3
+    assert refused(lambda: given.node(kernel.runqueue, "c")) == errno.ENOSPC and kernel.asked == 4
+    assert refused(lambda: given.node(kernel.runqueue, "c")) == errno.ENOSPC and kernel.asked == 4
     kernel.open.discard(inode)
-    assert given.node(kernel.runqueue, "c").inode == inode and kernel.asked == 4  # c's own, as its node is built
+    assert given.node(kernel.runqueue, "c").inode == inode and kernel.asked == 6  # a's again, and c's own
     given.check_invariants()
     assert given.owns(other)
+
+
+def test_a_sweep_asks_once_per_tenant_and_per_file_and_reading_the_count_asks_nothing():
+    """Six views of two tenants over three files: a sweep asks twice about a tenant and thrice about a file, and
+    gives back the three of the tenant removed; the count of views in use, and /health, ask about none."""
+    kernel = Kernel(tenants=["a", "b"])
+    kernel.files = {inode: attrs.evolve(kernel.runqueue, inode=inode) for inode in (7, 8, 9)}
+    given = kernel.views(6)
+    held = {tenant: [seen(given, kernel, tenant, file) for file in (7, 8, 9)] for tenant in "ab"}
+    kernel.tenants.discard("a")
+    for inode in held["a"]:
+        given.forgotten(inode, 1)
+    kernel.asked = kernel.files_asked = 0
+    assert given.in_use() == 6 and health.show(Health(), views=given) == "State:\tok\n"
+    assert (kernel.asked, kernel.files_asked) == (0, 0)
+    given.sweep()
+    assert (kernel.asked, kernel.files_asked) == (2, 3) and given.in_use() == 3 and list(given.freed) == held["a"]
+    given.check_invariants()
+
+
+def test_a_view_looked_up_again_while_open_is_not_given_back_at_its_close():
+    """Its node unlisted with no event, a view forgotten while open waits for its close; listed again and looked
+    up before that close, it is kept at the close (the kernel counts that lookup)."""
+    kernel = Kernel()
+    given = kernel.views(1)
+    inode = seen(given, kernel, "a")
+    kernel.open.add(inode)
+    del kernel.files[7]
+    given.forgotten(inode, 1)
+    assert refused(lambda: given.node(kernel.runqueue, "b")) == errno.ENOSPC
+    kernel.files[7] = kernel.runqueue
+    assert seen(given, kernel, "a") == inode
+    kernel.open.discard(inode)
+    assert refused(lambda: given.node(kernel.runqueue, "b")) == errno.ENOSPC and given.lookups == {inode: 1}
 
 
 def test_a_forget_of_an_inode_of_no_view_changes_nothing():
@@ -166,18 +206,19 @@ def test_a_forget_of_an_inode_of_no_view_changes_nothing():
     assert given.lookups == {inode: 1} and given.in_use() == 1
 
 
-def test_health_warns_past_80_percent_of_the_views():
-    """/health says Warning once more than 80% of the range is in use, and what to do; not once some are back."""
-    kernel = Kernel(tenants=[f"t{n}" for n in range(5)])
+def test_health_warns_while_the_last_sweep_left_80_percent_of_the_views_in_use():
+    """/health says Warning once a sweep (a new view past the range) left more than 80% in use, and what to do;
+    not once a later sweep gave some back."""
+    kernel = Kernel(tenants=[f"t{n}" for n in range(6)])
     given = kernel.views(5)
-    for n in range(4):
-        seen(given, kernel, f"t{n}")
+    held = [seen(given, kernel, f"t{n}") for n in range(5)]
     assert health.show(Health(), views=given) == "State:\tok\n"
-    last = seen(given, kernel, "t4")
+    assert refused(lambda: given.node(kernel.runqueue, "t5")) == errno.ENOSPC
     warned = health.show(Health(), views=given)
     assert warned.startswith("State:\tok\nWarning:\tviews: 5 of 5 inodes") and "remove tenants" in warned
     kernel.tenants.discard("t4")
-    given.forgotten(last, 1)
+    given.forgotten(held[4], 1)
+    assert seen(given, kernel, "t5") == held[4]
     assert health.show(Health(), views=given) == "State:\tok\n"
 
 
