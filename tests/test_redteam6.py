@@ -64,3 +64,35 @@ def test_a_crafted_snapshot_runs_no_code_in_replay_verify(tmp_path):
     result = apeinxfs("replay", "--verify", str(state_dir))
     assert not ran.exists()
     assert result.returncode == 0 and "SNAPSHOT NOT USED" in result.stdout, result.stdout + result.stderr
+
+
+def _limited_memory() -> None:
+    """In the child: at most 2 GiB of address space, so a run that grows without bound fails fast here."""
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+@pytest.mark.xfail(strict=True, reason="redteam6 D2: sim builds a row's prompt of prompt_tokens words before any "
+                                        "bound (workload.py _integer has no upper limit): 10^12 exhausts memory")
+def test_sim_refuses_a_row_claiming_a_trillion_prompt_tokens_in_words(tmp_path):
+    """A workload row with prompt_tokens 10^12 is refused (or counted refused) in words, within bounded memory:
+    no MemoryError traceback."""
+    path = workload(tmp_path, "0,t,a,1000000000000,5,5,,,\n")
+    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "apeinxfs"), "sim", path],
+                            capture_output=True, text=True, timeout=300, preexec_fn=_limited_memory)
+    assert "Traceback" not in result.stderr, result.stderr[-400:]
+    assert result.returncode == 0 or result.stderr.startswith("apeinxfs sim: "), result.stderr[-400:]
+
+
+@pytest.mark.parametrize("cell", [pytest.param("x" * 200_000, id="a-cell-over-csv-field-limit"),
+                                  pytest.param("\udcff", id="bytes-not-utf8")])
+@pytest.mark.xfail(strict=True, reason="redteam6 D3: sim's load catches only OSError: csv.Error (a cell over "
+                                        "131072 characters) and UnicodeDecodeError end in a traceback")
+def test_sim_refuses_an_unreadable_workload_in_words(tmp_path, cell):
+    """A workload with a cell past csv's field limit, or bytes that are not UTF-8, is refused with
+    `apeinxfs sim: ...` naming the file and exit 1, not a traceback."""
+    path = tmp_path / "w.csv"
+    path.write_bytes((HEADER + f"0,t,a,5,5,5,,,\n0,t,{cell},5,5,5,,,\n").encode(errors="surrogateescape"))
+    result = apeinxfs("sim", str(path))
+    assert result.returncode == 1 and result.stderr.startswith("apeinxfs sim: "), result.stderr[-400:]
+    assert "Traceback" not in result.stderr
