@@ -2,6 +2,7 @@
 
 Each test reproduces one defect and asserts the behaviour it should have; the reason names it (Dn).
 """
+import contextlib
 import os
 import pickle
 import subprocess
@@ -9,7 +10,12 @@ import sys
 import threading
 
 import pytest
-from daemon import FAST_CONFIG, Daemon
+from daemon import FAST_CONFIG, Daemon, poll_until
+from etcdcluster import EtcdCluster
+from test_cluster_nodes import SETTLE_S
+from test_cluster_tenants import node_config, submitted
+from test_peer import token_file
+from unixusers import probe, shared_mount, users_of_test
 
 from apeinxfs import snapshots
 from apeinxfs.compaction import boot_config
@@ -130,3 +136,53 @@ def test_status_holds_while_another_tenant_churns_tasks(tmp_path):
             stop.set()
             churner.join()
     assert failed is None, (failed.returncode, failed.stderr)
+
+
+@pytest.fixture(scope="module")
+def tenant_users():
+    yield from users_of_test("apr6_", {"alice": 23561, "bob": 23562}, "REDTEAM6 CLUSTER TENANT TESTS ARE")
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tenant_users, tmp_path_factory):
+    """Nodes x and y on one etcd, tenants a (alice) and b (bob), mounted where both users reach them."""
+    root = tmp_path_factory.mktemp("redteam6")
+    token = token_file(root, os.urandom(8).hex().encode())
+    with EtcdCluster(root / "etcd") as etcd, contextlib.ExitStack() as stack:
+        daemons = {name: stack.enter_context(shared_mount(f"apeinx-r6-{name}-", root / name,
+                                                          node_config(name, etcd.endpoints, token, tenant_users)))
+                   for name in ("x", "y")}
+        poll_until(lambda: all(sorted(os.listdir(d.path("nodes"))) == ["x", "y"] for d in daemons.values()),
+                   SETTLE_S, "x and y seen from both")
+        yield daemons
+
+
+def _placed_on(daemons: dict, user, node: str) -> int:
+    """A long task of `user` submitted on x until one is placed on `node` (at most 8 tries); its pid."""
+    for _ in range(8):
+        pid = submitted(daemons["x"], user)
+        if daemons["x"].status(pid)["Node"] == node:
+            return pid
+    raise AssertionError(f"no task of {user} placed on {node} in 8 submits")
+
+
+@pytest.mark.mount
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="redteam6 D5: routing.Router.route_kill refuses pids on several nodes "
+                                        "(EINVAL naming them) before any node checks the caller: another tenant's "
+                                        "live pid, hidden on one node (ENOENT), is told apart and located")
+def test_kill_tells_another_tenants_pid_from_no_task_as_one_node_does(two_nodes, tenant_users):
+    """bob writing his own pid on x and alice's live pid on y to ctl/kill gets ENOENT, as for a pid that
+    does not exist: another tenant's task is neither told to exist nor located by the refusal."""
+    alice, bob = tenant_users["alice"], tenant_users["bob"]
+    hers, his = _placed_on(two_nodes, alice, "y"), _placed_on(two_nodes, bob, "x")
+    try:
+        poll_until(lambda: hers in {int(n) for n in os.listdir(two_nodes["x"].path("tasks"))}, SETTLE_S,
+                   "alice's task listed on x")
+        missing = probe(bob, "write", two_nodes["x"].path("ctl", "kill"), f"{his}\n99999999\n")
+        mixed = probe(bob, "write", two_nodes["x"].path("ctl", "kill"), f"{his}\n{hers}\n")
+        assert missing["errno"] == "ENOENT", missing
+        assert mixed["errno"] == missing["errno"], mixed
+    finally:
+        with open(two_nodes["x"].path("ctl", "kill"), "w") as kill:
+            kill.write(f"{hers}\n{his}\n")
