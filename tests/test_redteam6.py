@@ -1,8 +1,8 @@
-"""redteam6: what users hand the daemon's tools (apeinxctl, replay --verify, sim), as strict-xfail tests.
+"""redteam6: what users hand the daemon's tools (apeinxctl, replay --verify, sim) and tenants across a cluster,
+as strict-xfail tests.
 
 Each test reproduces one defect and asserts the behaviour it should have; the reason names it (Dn).
 """
-import contextlib
 import os
 import pickle
 import subprocess
@@ -10,17 +10,15 @@ import sys
 import threading
 
 import pytest
-from daemon import FAST_CONFIG, Daemon, poll_until
-from etcdcluster import EtcdCluster
-from test_cluster_nodes import SETTLE_S
-from test_cluster_tenants import node_config, submitted
-from test_peer import token_file
-from unixusers import probe, shared_mount, users_of_test
 
 from apeinxfs import snapshots
 from apeinxfs.compaction import boot_config
 from apeinxfs.kernel import state
 from apeinxfs.verify import config_after, open_journal, recorded_boots
+from daemon import FAST_CONFIG, Daemon, poll_until
+from test_cluster_nodes import SETTLE_S
+from test_cluster_tenants import nodes, submitted, users  # noqa: F401  (fixtures: nodes x, y; alice and bob)
+from unixusers import probe
 
 CTL = os.path.join(os.path.dirname(__file__), "..", "scripts", "apeinxctl")
 HEADER = "arrival_s,tenant,name,prompt_tokens,output_tokens,prio,deadline_s,parent,weight\n"
@@ -137,7 +135,7 @@ def _churn(daemon: Daemon, stop: threading.Event) -> None:
 @pytest.mark.mount
 @pytest.mark.xfail(strict=True, reason="redteam6 D4: apeinxctl task_table lists /tasks then opens each status "
                                         "with mawk, which aborts on a task reaped in between: status/top fail")
-def test_status_holds_while_another_tenant_churns_tasks(tmp_path):
+def test_status_holds_while_tasks_are_reaped_as_it_runs(tmp_path):
     """An admin's `apeinxctl status` exits 0 without errors while tasks are being reaped as it runs: a task
     gone between the listing and its status is left out, as ps leaves out a process that exits."""
     with Daemon(tmp_path / "ai", tmp_path / "state", FAST_CONFIG + "[retention]\ntasks = 0\n") as daemon:
@@ -151,25 +149,6 @@ def test_status_holds_while_another_tenant_churns_tasks(tmp_path):
             stop.set()
             churner.join()
     assert failed is None, (failed.returncode, failed.stderr)
-
-
-@pytest.fixture(scope="module")
-def tenant_users():
-    yield from users_of_test("apr6_", {"alice": 23561, "bob": 23562}, "REDTEAM6 CLUSTER TENANT TESTS ARE")
-
-
-@pytest.fixture(scope="module")
-def two_nodes(tenant_users, tmp_path_factory):
-    """Nodes x and y on one etcd, tenants a (alice) and b (bob), mounted where both users reach them."""
-    root = tmp_path_factory.mktemp("redteam6")
-    token = token_file(root, os.urandom(8).hex().encode())
-    with EtcdCluster(root / "etcd") as etcd, contextlib.ExitStack() as stack:
-        daemons = {name: stack.enter_context(shared_mount(f"apeinx-r6-{name}-", root / name,
-                                                          node_config(name, etcd.endpoints, token, tenant_users)))
-                   for name in ("x", "y")}
-        poll_until(lambda: all(sorted(os.listdir(d.path("nodes"))) == ["x", "y"] for d in daemons.values()),
-                   SETTLE_S, "x and y seen from both")
-        yield daemons
 
 
 def _placed_on(daemons: dict, user, node: str) -> int:
@@ -186,18 +165,18 @@ def _placed_on(daemons: dict, user, node: str) -> int:
 @pytest.mark.xfail(strict=True, reason="redteam6 D5: routing.Router.route_kill refuses pids on several nodes "
                                         "(EINVAL naming them) before any node checks the caller: another tenant's "
                                         "live pid, hidden on one node (ENOENT), is told apart and located")
-def test_kill_tells_another_tenants_pid_from_no_task_as_one_node_does(two_nodes, tenant_users):
+def test_kill_tells_another_tenants_pid_from_no_task_as_one_node_does(nodes, users):
     """bob writing his own pid on x and alice's live pid on y to ctl/kill gets ENOENT, as for a pid that
     does not exist: another tenant's task is neither told to exist nor located by the refusal."""
-    alice, bob = tenant_users["alice"], tenant_users["bob"]
-    hers, his = _placed_on(two_nodes, alice, "y"), _placed_on(two_nodes, bob, "x")
+    alice, bob = users["alice"], users["bob"]
+    hers, his = _placed_on(nodes, alice, "y"), _placed_on(nodes, bob, "x")
     try:
-        poll_until(lambda: hers in {int(n) for n in os.listdir(two_nodes["x"].path("tasks"))}, SETTLE_S,
+        poll_until(lambda: hers in {int(n) for n in os.listdir(nodes["x"].path("tasks"))}, SETTLE_S,
                    "alice's task listed on x")
-        missing = probe(bob, "write", two_nodes["x"].path("ctl", "kill"), f"{his}\n99999999\n")
-        mixed = probe(bob, "write", two_nodes["x"].path("ctl", "kill"), f"{his}\n{hers}\n")
+        missing = probe(bob, "write", nodes["x"].path("ctl", "kill"), f"{his}\n99999999\n")
+        mixed = probe(bob, "write", nodes["x"].path("ctl", "kill"), f"{his}\n{hers}\n")
         assert missing["errno"] == "ENOENT", missing
         assert mixed["errno"] == missing["errno"], mixed
     finally:
-        with open(two_nodes["x"].path("ctl", "kill"), "w") as kill:
+        with open(nodes["x"].path("ctl", "kill"), "w") as kill:
             kill.write(f"{hers}\n{his}\n")
