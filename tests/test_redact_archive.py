@@ -19,7 +19,7 @@ from apeinxfs.kernel import engines as engines_module
 from apeinxfs.kernel import kernel as kernel_module
 from apeinxfs.kernel import rejects as rejects_module
 from apeinxfs.kernel.config import ModelConfig
-from apeinxfs.kernel.events import EngineHealth, Failed, Kill, Rejected, SetModel, Submit
+from apeinxfs.kernel.events import EngineHealth, Failed, Interrupted, Kill, Rejected, SetModel, Submit
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.mount import audit_archive
 from apeinxfs.runtime import Runtime
@@ -31,8 +31,9 @@ HIDDEN = "http://***@127.0.0.1:9"
 OLD_CONFIG = FAST_CONFIG + "[retention]\ntasks = 2\ntrace_lines = 12\n"
 
 
-def old_state(tmp_path, monkeypatch) -> str:
-    """tmp_path/state as a daemon before the kernel hid credentials left it (the module's docstring); its path."""
+def old_state(tmp_path, monkeypatch, rows=None) -> str:
+    """tmp_path/state as a daemon before the kernel hid credentials left it, with `rows(rt)` (old_rows, the module's
+    docstring); its path."""
     (tmp_path / "config.toml").write_text(OLD_CONFIG)
     config = config_mod.load(str(tmp_path / "config.toml"), str(tmp_path / "state"), use_nvml=False)
     with monkeypatch.context() as older_code:
@@ -41,7 +42,7 @@ def old_state(tmp_path, monkeypatch) -> str:
         rt = Runtime(config, Journal(str(tmp_path / "state" / "journal.db")), audit_archive=audit_archive(config),
                      archive=archive.Archive(str(tmp_path / "state" / "trace"), 1 << 20))
         rt.recover()
-        old_rows(rt)
+        (rows or old_rows)(rt)
     for closing in (rt.archive, rt.audit_archive, rt.journal):
         closing.close()
     return str(tmp_path / "state")
@@ -109,3 +110,22 @@ def grep(pattern: str, tree: str) -> list[str]:
     """The files under `tree` that `grep -r` finds `pattern` in, relative to it (files it may not read left out)."""
     listed = subprocess.run(["grep", "-rl", pattern, tree], capture_output=True, text=True, timeout=120).stdout
     return [path[len(tree) + 1:] for path in listed.splitlines()]
+
+
+GPU_LIKE = "http://bob:pw@h@0"  # ending a reason, `@0` is a GPU; followed by `;` in a trace line, `0` is the host
+
+
+def gpu_like_reasons(rt: Runtime) -> None:
+    rt.commit([SetModel(model=ModelConfig(name="ext", driver="openai", options={"url": URL}), what="add ext", uid=0)])
+    rt.commit([EngineHealth(model="ext", up=False, reason=f"proxy said {GPU_LIKE}")])
+    rt.commit([EngineHealth(model="ext", up=True)])
+    for ending in (Failed, Interrupted):
+        pid = rt.commit([Submit(spec=TaskSpec(name="job", max_tokens=3, prompt="hi"), uid=0)])[0]
+        rt.commit([ending(pid=pid, reason=f"engine at {GPU_LIKE}")])
+
+
+def test_verify_takes_old_reasons_hidden_each_on_its_own(tmp_path, monkeypatch, capsys):
+    """`replay --verify` of an old journal whose engine-down, failed and interrupted reasons end in `@h@0` passes."""
+    state = old_state(tmp_path, monkeypatch, gpu_like_reasons)
+    assert "bob:pw@h@0" in archived_text(state, archive.TRACE)
+    assert verify.main(["--verify", state]) == 0, capsys.readouterr().out
