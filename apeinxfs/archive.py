@@ -222,10 +222,14 @@ def task_lines(directory: str, pid: int) -> bytes:
     return HEADER + b"".join(shown(line) for line in lines(directory) if prefix.match(line))
 
 
-def shown(line: bytes) -> bytes:
-    """An archived line as /replay and `apeinxfs replay` show it: each URL's credentials hidden (kernel/endpoints.py
-    `redacted`), as the kernel hides them in the lines it writes now. The files keep each line as it was written,
-    those of a daemon that wrote them shown too: they are the record that `replay --verify` compares."""
-    if b"@" not in line:  # most lines: a URL's credentials end with one
-        return line
-    return redacted(line.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+def shown(lines: bytes) -> bytes:
+    """Archived lines (one, or several joined: the same text) as /replay and `apeinxfs replay` show them: each URL's
+    credentials hidden (kernel/endpoints.py `redacted`), as the kernel hides them in the lines it writes now, but in
+    the whole line where the kernel hides them in each reason (an old line's reasons are not known here). So an
+    `@digits` ending of a URL followed in the line by `;` or `"` is not read as GPUs: `http://10.0.0.1:8000@1;`
+    shows as `http://***@1;` here, whole in the live ring. Accepted: it hides more there. The files keep
+    each line as it was written, those of a daemon that wrote them shown too: they are the record that `replay
+    --verify` compares."""
+    if b"@" not in lines:  # most lines: a URL's credentials end with one
+        return lines
+    return redacted(lines.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
