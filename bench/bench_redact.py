@@ -9,7 +9,8 @@ three). And `line`, one 60-byte reason with a URL, the common case. Both give th
 Then what showing archived lines costs (archive.py `shown`, each URL's credentials hidden): `task_lines` of one
 task (one in 7) in an archive of ARCHIVE_LINES trace-like lines (one in three with a password, one more with an
 `@`; in gzipped files as the daemon leaves them), and every line of it passed through `shown` (`apeinxfs replay
-STATE_DIR`'s older lines), against the same reads as they were, the lines as written. Rounds alternate; the
+STATE_DIR`'s older lines), against the same reads as they were, the lines as written; and every line shown one
+by one against all of them joined and shown at once (the same text), as `whole_trace` shows them. Rounds alternate; the
 figure is the best of BENCH_ROUNDS of each, and the ratio before / after (above 1: after is faster). Figures only:
 nothing is judged.
 """
@@ -116,6 +117,9 @@ def archive_reads() -> None:
                   lambda: archive.task_lines(directory, 0))
         alternate("every line", lambda: b"".join(archive.lines(directory)),
                   lambda: b"".join(map(archive.shown, archive.lines(directory))))
+        print("every line shown: one by one (before) and joined, at once (after: whole_trace's older lines)")
+        alternate("joined, at once", lambda: b"".join(map(archive.shown, archive.lines(directory))),
+                  lambda: archive.shown(b"".join(archive.lines(directory))))
 
 
 def main() -> None:

@@ -11,10 +11,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from apeinxfs import archive
 from apeinxfs.kernel.endpoints import redacted
 
 OLD_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s]*@(?![0-9+]+(?:[,\s]|$))")
-BEFORE = ["", " ", "_", "é", "٣", "x", "9", ".", "-", "+", "\n", "("]  # what precedes a scheme: a word's start or not
+# what precedes a scheme: a word's start or not (`½`, `²`: `\w`, neither `\d` nor a letter; `²` is str.isdigit)
+BEFORE = ["", " ", "_", "é", "٣", "½", "²", "x", "9", ".", "-", "+", "\n", "("]
 SCHEMES = ["http", "https", "s3+x.y-z", "a", "Z9", "a.b", "-a", "9a"]
 AUTHORITY = ["u", "u:p", "h:8000", "@", "@0", "@1+2", "@12", "@0a", ",", " ", "\t", "\n", "\xa0", "\u2028", "\x1c",
              "/", "?", "#", ":", "://", "é", "+", "_"]
@@ -54,3 +56,13 @@ def test_long_runs_that_made_the_pattern_quadratic_are_read_alike(size):
         assert redacted(text) == shown
         if size < LONG:
             assert old_redacted(text) == shown
+
+
+ARCHIVED_LINE = URLISH.map(lambda text: text.replace("\n", " ").encode("utf-8", "surrogateescape") + b"\n")
+
+
+@settings(max_examples=500)
+@given(st.lists(ARCHIVED_LINE, max_size=6))
+def test_archived_lines_are_shown_alike_one_by_one_or_joined(lines):
+    """`archive.shown` of archived lines joined is theirs one by one (whole_trace hides the older lines at once)."""
+    assert archive.shown(b"".join(lines)) == b"".join(map(archive.shown, lines))
