@@ -15,8 +15,9 @@ compared; one of them that raises is quarantined as the daemon's recovery does
 twice there diverges too; lines it has beyond the journal (a live daemon's) are not
 compared. A recorded line is also taken as the replayed one with each URL's credentials hidden (`alike`), in
 the whole line or in each reason of its row as the kernel hides them: a journal written before the kernel hid them
-holds them in its trace; a replayed line that shows them again diverges. A task the journal does not hold is shown from the archive, and the whole trace's older lines too,
-each URL's credentials hidden (archive.shown): the files keep them as written. Where the journal
+holds them in its trace; a replayed line that shows them again diverges. A task the journal does not hold is
+shown from the archive, and the whole trace's older lines too, each URL's credentials hidden (archive.shown): the
+files keep them as written. Where the journal
 was compacted behind snapshots (compaction.py), the replays start from the oldest and
 newest usable snapshot instead of row 1 (and from row 1 too while the journal holds it). It opens the
 journal read-only, in one snapshot, so it runs beside a live daemon. It changes nothing,
