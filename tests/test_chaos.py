@@ -6,13 +6,16 @@ among them) and started again; each round every acknowledged write is checked ag
 trace archive, with /health and the daemon's invariants, and at the end `replay --verify`. bench/chaos.py
 runs the same for many rounds. The checker itself is tested first on made-up records.
 """
+import logging
+import os
+
 import pytest
 
 from apeinxfs import archive
 from apeinxfs.kernel.events import Chunk, Step, Submit
 from apeinxfs.kernel.task import TaskSpec
-from chaosrun import UNACKNOWLEDGED, Acknowledged, Kept, losses, run
-from test_snapshots import archived_runtime
+from chaosrun import UNACKNOWLEDGED, Acknowledged, Kept, acknowledged, behind, kept, logged_problems, losses, run
+from test_snapshots import archived_runtime, daemon_like
 
 ROUNDS = 4
 
@@ -94,3 +97,45 @@ def test_a_file_compressed_while_the_archive_is_read_is_read_from_its_gz(tmp_pat
     assert next(reading) == b"1,a\n"
     archive.compress(str(tmp_path / archive.file_name(3)))
     assert list(reading) == [b"2,b\n", b"3,c\n", b"4,d\n"]
+
+
+def submitted(rt, name: str) -> int:
+    [pid] = rt.commit([Submit(spec=TaskSpec(name=name, max_tokens=3, prompt="hi"), uid=0)])
+    return pid
+
+
+def test_the_checker_names_a_restart_that_lost_rows_kept_in_compressed_files(tmp_path, caplog):
+    """A restart whose journal lacks acknowledged rows, their lines in .gz files (a start cannot cut them), shows
+    seqs 1..N and every acknowledged submit: the daemon's trace seq behind the archive's last, and the start's
+    "ahead of the journal" warning once new lines took those seqs, are each a problem (review of the soak)."""
+    trace, log = str(tmp_path / "state" / "trace"), tmp_path / "w0"
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    before = daemon_like(tmp_path / "a")
+    before.archive = archive.Archive(trace, 1)  # every commit fills a file: all but the newest get compressed
+    with open(log, "w") as file:
+        for i in range(6):
+            file.write(f"submit w0-{i} {submitted(before, f'w0-{i}')}\n")
+            before.archive.compress_full()
+    before.close()
+    after = daemon_like(tmp_path / "b")  # the restart: its journal holds the first 3 of the 6 acknowledged rows
+    after.archive = archive.Archive(trace, 1)
+    for i in range(3):
+        submitted(after, f"w0-{i}")
+    after.archive.seq = archive.Archive(trace, 1).seq
+    with caplog.at_level(logging.WARNING):
+        after.archive.catch_up(after.kernel.trace)
+    held = kept(str(tmp_path / "state"))
+    assert losses(acknowledged({str(log): os.path.getsize(log)}), held) == []  # the loss the checker missed
+    assert len(behind(held, after.kernel.trace.seq)) == 1
+    for i in range(3):
+        submitted(after, f"w1-{i}")  # pids 4..6 again, at seqs the archive already has: skipped
+    assert behind(kept(str(tmp_path / "state")), after.kernel.trace.seq) == []
+    assert len(logged_problems(caplog.text)) == 1
+    after.close()
+
+
+def test_the_checker_names_the_logs_bugs_and_nothing_else():
+    """A broken invariant, a traceback and the archive ahead of the journal are problems; other lines are not."""
+    text = ("INFO mounted\nERROR InvariantError: slots\nTraceback (most recent call last):\n"
+            "WARNING archive /s/trace ahead of the journal (seq 9 > 6): cutting the lines after it\nINFO done\n")
+    assert len(logged_problems(text)) == 3
