@@ -324,10 +324,10 @@ class Snapshotter:
             log.error("no snapshot at unmount: %s", exc)
 
     def header(self) -> tuple:
-        """Journal what waits (the state holds it; Degraded if that fails); the header of a snapshot of the
-        state now, at the last journal row (its first field)."""
+        """Journal what waits (the state holds it; Degraded if that fails) and archive its lines; the header of a
+        snapshot of the state now, at the last journal row (its first field)."""
         runtime = self.runtime
-        runtime.journal.flush_all()
+        runtime.flush_all()
         kernel, seq = runtime.kernel, runtime.journal.last_seq
         return (seq, kernel.now_us, kernel.trace.seq, boot_config(runtime.config.kernel), self.layout,
                 runtime.journal.crc_of(seq))

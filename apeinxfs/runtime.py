@@ -306,6 +306,14 @@ class Runtime:
             return
         self._archive()
 
+    def flush_all(self) -> None:
+        """Journal everything waiting (steps, trace rows), then archive the trace's lines: before a snapshot and
+        at unmount, where no commit or step flush follows to archive them. Raises Degraded, archiving nothing,
+        if the journal cannot be written."""
+        self.journal.flush_all()
+        self.journal_due = False
+        self._archive()
+
     async def _progress_timer(self) -> None:
         """Journal the steps waiting when one emitted a trace line or the oldest is PROGRESS_S old, and no
         commit has taken them along: one scheduling round after `progress` said so, once the readers that

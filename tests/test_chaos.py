@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from apeinxfs import archive
+from apeinxfs import archive, mount
 from apeinxfs.kernel.events import Chunk, Step, Submit
 from apeinxfs.kernel.task import TaskSpec
 from chaosrun import UNACKNOWLEDGED, Acknowledged, Kept, acknowledged, behind, kept, logged_problems, losses, run
@@ -84,6 +84,35 @@ def test_an_engine_steps_lines_reach_the_archive_only_once_journaled(tmp_path):
     assert rt.archive.seq == journaled
     rt._flush_progress(rt.clock.now_us())  # what _progress_timer does a round later
     assert rt.archive.seq == rt.kernel.trace.seq
+    rt.close()
+
+
+def runtime_with_a_line_waiting(tmp_path):
+    """An archived runtime whose engine step emitted a trace line (a first token) that is not journaled yet."""
+    rt = archived_runtime(tmp_path)
+    rt.commit([Submit(spec=TaskSpec(name="job", max_tokens=3, prompt="hi"), uid=0)])
+    [task] = rt.kernel.batch(0)
+    rt.progress(Step(gpu=0, chunks=[Chunk(pid=task.pid, text=" w", tokens=1, prefill=5)]))
+    assert rt.archive.seq < rt.kernel.trace.seq
+    return rt
+
+
+def test_a_snapshots_header_archives_the_lines_it_journals(tmp_path):
+    """The snapshot's header journals the steps waiting and archives their lines: the progress timer, finding
+    nothing waiting after it, would leave them out of the archive on an idle daemon (review of the soak)."""
+    rt = runtime_with_a_line_waiting(tmp_path)
+    rt.snapshotter.header()
+    assert rt.journal.deferred_since_us is None and rt.archive.seq == rt.kernel.trace.seq
+    rt.close()
+
+
+def test_the_journals_close_at_unmount_archives_the_lines_it_journals(tmp_path):
+    """At unmount the journal's close journals the steps waiting and their lines reach the archive before it
+    closes: "all of them are in the trace archive" after a clean unmount (review of the soak)."""
+    rt = runtime_with_a_line_waiting(tmp_path)
+    mount.close_journal(rt)
+    assert rt.archive.seq == rt.kernel.trace.seq
+    assert archive.last_seq_in(b"".join(rt.archive.lines()), 0) == rt.kernel.trace.seq
     rt.close()
 
 
