@@ -149,11 +149,13 @@ class Archive:
     def sync(self) -> None:
         """fsync every file not compressed yet, the one being written among them: before a compaction drops the
         journal rows their lines were made from. Safe in a thread beside `append`; a file compressed meanwhile
-        was synced as its .gz (durable.replace)."""
+        was synced as its .gz (durable.replace). Then the directory: the file being written was created at the last
+        rotation, and its name is on disk only once the directory is synced."""
         for _, path in self.files():
             if not path.endswith(".gz"):
                 with contextlib.suppress(FileNotFoundError):
                     durable.sync_file(path)
+        durable.sync_directory(self.directory)
 
     def close(self) -> None:
         if self._file is not None:
