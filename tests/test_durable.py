@@ -6,8 +6,8 @@ snapshots, the trace archive's compression, the journal's copies (set aside as `
 written back, a killed write-back's `.restore` taken at start); and the archive is synced
 before a compaction drops the journal rows its lines were made from.
 """
+import ast
 import os
-import re
 import sqlite3
 
 import pytest
@@ -108,15 +108,60 @@ def test_a_journal_written_back_is_renamed_durably(tmp_path, recorded):
         assert_renamed_durably(recorded, rt.journal.path)
 
 
+MOVES = {"os": {"replace", "rename", "renames"}, "shutil": {"move"}}  # the calls that rename or move a file
+
+
+def renames_in(source: str) -> list[str]:
+    """The renames and moves in Python `source` (line: what): os.replace/rename/renames and shutil.move, called or
+    passed on, those names imported from their module, and a Path's .rename or .replace (one argument, where
+    str.replace takes two)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and any(alias.name in MOVES.get(node.module, ()) for alias in node.names):
+            found.append(f"{node.lineno}: from {node.module} import")
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.attr in MOVES.get(
+                node.value.id, ()):
+            found.append(f"{node.lineno}: {node.value.id}.{node.attr}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                "rename", "replace") and len(node.args) + len(node.keywords) == 1:
+            found.append(f"{node.lineno}: .{node.func.attr}")
+    return found
+
+
+@pytest.mark.parametrize("source", ["os.replace(a, b)", "os.rename(a, b)", "partial(os.replace, a)",
+                                    "from os import replace", "from os import rename as mv", "shutil.move(a, b)",
+                                    "from shutil import move", "Path(a).rename(b)", "path.replace(target=b)"])
+def test_the_bypass_check_finds_each_way_to_rename(source):
+    """Each way to rename or move a file is found, whether called or imported."""
+    assert len(renames_in(source)) == 1
+
+
+def test_the_bypass_check_passes_a_string_replace():
+    """str.replace (two arguments) is no rename."""
+    assert renames_in('line.replace("a", "b")\ntext.replace(old, new, 1)') == []
+
+
 def test_no_rename_of_state_bypasses_durable_replace():
-    """No module of the package but durable.py calls os.replace or os.rename itself."""
+    """No module of the package but durable.py renames or moves a file itself (`renames_in`)."""
     bypassing = []
     for folder, _, files in os.walk(PACKAGE):
         for name in (n for n in files if n.endswith(".py") and n != "durable.py"):
             with open(os.path.join(folder, name)) as file:
-                if re.search(r"\bos\.(replace|rename)\(", file.read()):
-                    bypassing.append(os.path.relpath(os.path.join(folder, name), PACKAGE))
+                bypassing += [f"{os.path.relpath(os.path.join(folder, name), PACKAGE)}:{found}"
+                              for found in renames_in(file.read())]
     assert bypassing == []
+
+
+def test_the_archives_sync_syncs_its_directory_too(tmp_path, recorded):
+    """Archive.sync fsyncs the files not compressed and then the directory: the file being written was created
+    at the last rotation, its name on disk only once the directory is synced (review of the soak)."""
+    rt = archived_runtime(tmp_path)
+    work(rt, 1)
+    recorded.clear()
+    rt.archive.sync()
+    [(_, writing)] = rt.archive.files()
+    assert recorded == [("fsync", os.path.realpath(writing)), ("fsync", os.path.realpath(rt.archive.directory))]
+    rt.close()
 
 
 def test_the_trace_archive_is_synced_before_compaction_drops_the_rows_behind_it(tmp_path, recorded, monkeypatch):
