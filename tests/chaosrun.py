@@ -10,8 +10,9 @@ or kill -9 aimed at a snapshot being written (a `.tmp` in STATE_DIR/snapshots). 
 again and checks (`check`) what the logs held at the kill against the trace archive (every
 trace line exactly once, STATE_DIR/trace/): each acknowledged submit has its pid and name, each
 acknowledged kill ended its task `killed`, each acknowledged prio has its line, no pid was given
-twice; /health has no Bug row, the daemon logged no broken invariant (the daemon checks them
-after every commit: tests/daemon.py turns that on); and every `verify_every` rounds and at the
+twice; the archive's last seq is not past the restarted daemon's trace seq; /health has no Bug row,
+the daemon logged no broken invariant (the daemon checks them after every commit: tests/daemon.py
+turns that on) and did not find the archive ahead of the journal at the start; and every `verify_every` rounds and at the
 end, `replay --verify` passes.
 It is not a power-cut test: the machine's page cache survives every kill here.
 """
