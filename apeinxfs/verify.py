@@ -13,7 +13,8 @@ compared; one of them that raises is quarantined as the daemon's recovery does
 (recovery.py), and reported. The lines replayed are also compared with the trace archive
 (archive.py, STATE_DIR/trace/) from its first line on: a line changed, missing or written
 twice there diverges too; lines it has beyond the journal (a live daemon's) are not
-compared. A recorded line is also taken as the replayed one with each URL's credentials hidden (`alike`):
+compared. A recorded line is also taken as the replayed one in today's words (`reworded`: a dispatch's
+`backfill past N (` became `backfill past pid N (`) with each URL's credentials hidden (`alike`):
 a journal written before the kernel hid them holds them in its trace; a replayed line that shows them again
 diverges. A task the journal does not hold is shown from the archive. Where the journal
 was compacted behind snapshots (compaction.py), the replays start from the oldest and
@@ -25,6 +26,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -303,9 +305,19 @@ def compare(trace, seq: int, crc: int, lines: list[str]) -> tuple[str, str] | No
 
 
 def alike(recorded: str, replayed: str) -> bool:
-    """Whether a recorded trace line is the replayed one, as recorded or with each URL's credentials hidden: the
-    kernel hides them as it applies a row, and a journal written before it did holds them in its trace."""
-    return recorded == replayed or redacted(recorded) == replayed
+    """Whether a recorded trace line is the replayed one, as recorded or in today's words (`reworded`) with each
+    URL's credentials hidden: the kernel hides them as it applies a row, and a journal written before it did
+    holds them in its trace."""
+    return recorded == replayed or redacted(reworded(recorded)) == replayed
+
+
+_OLD_BACKFILL = re.compile(r"\bbackfill past ([0-9]+) \(")
+
+
+def reworded(recorded: str) -> str:
+    """A recorded line in the words the kernel writes now: a dispatch traced before its backfill named the pid
+    passed as `pid N` (so the views hide another tenant's) read `backfill past N (`."""
+    return _OLD_BACKFILL.sub(r"backfill past pid \1 (", recorded)
 
 
 # -- the command -------------------------------------------------------------------------------

@@ -95,8 +95,6 @@ def test_a_prompt_is_billed_at_the_tokens_the_engine_reports():
     assert k.tenancy.usage["a"].tokens_in == ENGINE_PROMPT_TOKENS
 
 
-@pytest.mark.xfail(strict=True, reason="redteam5 D3: `backfill past PID` names another tenant's queued pid bare, "
-                   "which the views' redaction (pid N, pid=N) leaves as it is")
 def test_a_backfilled_dispatch_names_no_pid_of_another_tenant_in_its_views():
     """Tenant y's task of model b, backfilled past tenant x's queued task of model a, reads `another tenant's task`
     for x's pid in y's task and tenant views; the whole trace keeps the pid."""
@@ -105,7 +103,7 @@ def test_a_backfilled_dispatch_names_no_pid_of_another_tenant_in_its_views():
         submit_to(k, model="a", tenant="x")
     head = submit_to(k, model="a", tenant="x")
     mine = submit_to(k, model="b", tenant="y")
-    assert k.tasks[mine].gpu == 2 and f"backfill past {head} " in k.trace.buffer.decode()
+    assert k.tasks[mine].gpu == 2 and f"backfill past pid {head} " in k.trace.buffer.decode()
     for view in (k.trace.of_task(k.tasks[mine]), k.trace.of_tenant("y")):
         [line] = [d for d in details(view) if "backfill past" in d]
         assert f"past {head} " not in line and "backfill past another tenant's task (" in line

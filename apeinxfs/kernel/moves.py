@@ -235,7 +235,7 @@ class Moves:
             self.counters.boosts += 1
             self.counters.of(task.tenant).boosts += 1
         if passed:
-            reason = f"backfill past {passed[0].pid} ({past}), then {reason}"
+            reason = f"backfill past pid {passed[0].pid} ({past}), then {reason}"
         task.gpu, task.run_tokens = gpu.config.index, 0
         self.reclaim.ran(task, 0)
         gpu.running[task.pid] = task
