@@ -129,8 +129,6 @@ def archived_runtime(tmp_path):
     rt.archive.close()
 
 
-@pytest.mark.xfail(strict=True, reason="redteam5 D4: replay/PID of a reaped task renders its archived lines as "
-                   "the whole trace has them, other tenants' names and pids unredacted")
 def test_the_replay_of_a_reaped_task_names_no_other_tenant(archived_runtime):
     """Tenant a's task preempted for b's reads the same `another tenant` timeline in replay/PID once reaped."""
     rt = archived_runtime

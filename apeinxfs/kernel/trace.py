@@ -166,6 +166,18 @@ class TraceLog(Ring):
 
     def _redactor(self, tenant: str) -> Callable[[int], bytearray]:
         """seq -> its line as `tenant`'s users may read it: other tenants and their pids unnamed."""
+        redact = self._line_redactor(tenant)
+        return lambda seq: redact(self._line(seq))
+
+    def redact_lines(self, tenant: str, lines: bytes) -> bytes:
+        """CSV `lines`, the header first (a reaped task's, from the trace archive), as `tenant`'s users may read
+        them: the views' hiding, with the tenants and tasks the kernel knows now."""
+        header, _, body = lines.partition(b"\n")
+        redact = self._line_redactor(tenant)
+        return header + b"\n" + b"".join(redact(bytearray(line)) for line in body.splitlines(keepends=True))
+
+    def _line_redactor(self, tenant: str) -> Callable[[bytearray], bytearray]:
+        """A line -> the line as `tenant`'s users may read it: other tenants and their pids unnamed in its detail."""
         pattern, own, inside = self._names(), tenant.encode(), self._name_inside(tenant)
 
         def redacted(match: re.Match[bytes]) -> bytes:
@@ -174,8 +186,8 @@ class TraceLog(Ring):
             task = self.tasks.get(int(match[1]))  # a reaped task's tenant is unknown: it is not named
             return bytes(match[0]) if task is not None and task.tenant == tenant else b"another tenant's task"
 
-        def line(seq: int) -> bytearray:
-            head, _, detail = self._line(seq).partition(b',"')  # no column before the detail holds `,"`
+        def line(text: bytearray) -> bytearray:
+            head, _, detail = text.partition(b',"')  # no column before the detail holds `,"`
             return head + b',"' + _redact(pattern, detail, own, inside, redacted)
         return line
 
