@@ -150,8 +150,6 @@ def test_the_replay_of_a_reaped_task_names_no_other_tenant(archived_runtime):
     assert reaped == live
 
 
-@pytest.mark.xfail(strict=True, reason="redteam5 D5: retention.tasks is one count over every tenant: tenant a's "
-                   "churn of one-token tasks reaps tenant b's finished task (its output, wait and status gone)")
 def test_one_tenants_churn_does_not_reap_another_tenants_finished_task():
     """With retention.tasks = 4, tenant b's one finished task outlives tenant a's next 5 one-token tasks."""
     k = Kernel(attrs.evolve(kernel(slots=2).config, retention=MemoryRetention(4, 3600, 100000)))
