@@ -40,24 +40,24 @@ class ReapOrder:
         order = cls()
         for task in tasks:
             if task.state is State.EXITED:
-                order.exited[task.tenant] = order.exited.get(task.tenant, 0) + 1
-                if not task.children:
-                    order.add(task)
-        for tenant in order.heaps:
-            order._rank(tenant)
+                order.exit(task)
         return order
 
-    def exit(self, task: Task) -> None:
-        """`task` exited: its tenant keeps one more exited task."""
+    def exit(self, task: Task) -> bool:
+        """`task` exited: its tenant keeps one more exited task, reapable without children; whether it is the
+        oldest reapable task of all now."""
         self.exited[task.tenant] = self.exited.get(task.tenant, 0) + 1
+        if not task.children:
+            return self.add(task)
         self._rank(task.tenant)
+        return False
 
     def add(self, task: Task) -> bool:
         """List the exited `task` (no children left) as reapable; whether it is now the oldest of all."""
         assert task.exited_us is not None, "a reapable task has exited"
         heapq.heappush(self.heaps.setdefault(task.tenant, []), (task.exited_us, task.pid))
         self._rank(task.tenant)
-        return self.oldest() == (task.exited_us, task.pid)
+        return self.by_age == (task.exited_us, task.pid)
 
     def take(self, task: Task) -> None:
         """`task`, its tenant's oldest reapable task, is reaped."""

@@ -179,8 +179,8 @@ class TaskTable(Mapping[int, Task]):
         self._changed.add(task.pid)
         if state is State.EXITED:
             self.live_pids.discard(task.tenant, task.pid)
-            self.reap_order.exit(task)
-            self._may_reap(task)
+            if self.reap_order.exit(task):
+                self._changed.add("deadline")
 
     # -- deadlines ------------------------------------------------------------------------
 
