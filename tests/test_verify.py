@@ -329,5 +329,6 @@ def test_a_backfill_traced_in_the_old_words_verifies(tmp_path):
      '7,1,dispatch,4,b,m,2,,"fair: backfill past pid 5 (its GPUs are full), then x"', False),
 ])
 def test_alike_takes_a_recorded_line_as_recorded_or_with_its_credentials_hidden(recorded, replayed, same):
-    """A recorded line matches the replayed one as recorded, or hidden and in today's words, never the other way round."""
+    """A recorded line matches the replayed one as recorded, or hidden and in today's words, never the other way
+    round."""
     assert verify.alike(recorded, replayed) is same
