@@ -19,7 +19,8 @@ oldest; those not yet in the trace archive (archive.py), where every line stays,
 The task and tenant views are what a tenant's users read, so a line there names no other
 tenant: in its detail, another tenant's name becomes "another tenant" and `pid N` of
 another tenant's task "another tenant's task" (a fair preemption names whom it made room
-for). The whole trace (/trace/events, admins only) keeps every name. The names redacted are
+for; a dispatch in the old words, `backfill past N (`, is read in today's first: `reworded`).
+The whole trace (/trace/events, admins only) keeps every name. The names redacted are
 those of the tenants with lines (a removed tenant's until the lines before its removal are
 gone: `forget`); one pattern of them all serves every view, the viewer's own name kept by
 `_redact`, so it costs O(tenants) to build, not one pattern per viewer. That pattern is a
@@ -46,6 +47,17 @@ HEADER = b"seq,time_us,type,pid,tenant,model,gpu,node,detail\n"
 def quote(text: str) -> str:
     """A CSV field that is always quoted, on one line."""
     return '"' + escape(text) + '"'
+
+
+_OLD_BACKFILL = re.compile(rb'[0-9]+,[0-9]+,dispatch,[^"]*,"[a-z]+: backfill past (?=[0-9]+ \()')
+
+
+def reworded(line: bytearray) -> bytearray:
+    """A trace line in the words the kernel writes now: a dispatch traced before its backfill named the pid it
+    passed as `pid N` (so that the views hide another tenant's) read `POLICY: backfill past N (`; other lines
+    are as they are."""
+    match = _OLD_BACKFILL.match(line)
+    return line if match is None else line[:match.end()] + b"pid " + line[match.end():]
 
 
 def escape(text: str) -> str:
@@ -187,7 +199,7 @@ class TraceLog(Ring):
             return bytes(match[0]) if task is not None and task.tenant == tenant else b"another tenant's task"
 
         def line(text: bytearray) -> bytearray:
-            head, _, detail = text.partition(b',"')  # no column before the detail holds `,"`
+            head, _, detail = reworded(text).partition(b',"')  # no column before the detail holds `,"`
             return head + b',"' + _redact(pattern, detail, own, inside, redacted)
         return line
 
