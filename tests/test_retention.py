@@ -62,9 +62,9 @@ def test_the_oldest_exited_tasks_go_beyond_the_count_and_pids_are_not_reused():
     assert submit(kernel, now_us=SECOND_US, tokens=1) == 7
 
 
-def tenants_retaining(tasks: int) -> Kernel:
+def tenants_retaining(tasks: int, task_age_s: int = 3600) -> Kernel:
     """test_fairness_kernel's kernel (tenants a and b, two slots) keeping `tasks` exited tasks."""
-    return Kernel(attrs.evolve(fair_kernel(slots=2).config, retention=MemoryRetention(tasks, 3600, 100000)))
+    return Kernel(attrs.evolve(fair_kernel(slots=2).config, retention=MemoryRetention(tasks, task_age_s, 100000)))
 
 
 def finish_as(kernel, tenants: str, now_us: int) -> tuple[list[int], int]:
@@ -92,6 +92,18 @@ def test_tenants_keeping_as_many_lose_the_task_that_exited_first():
     kernel = tenants_retaining(3)
     pids, _ = finish_as(kernel, "baba", 0)
     assert sorted(kernel.tasks) == pids[1:]
+
+
+def test_an_event_past_both_limits_reaps_the_aged_first_and_no_more_for_the_count():
+    """With tasks = 2 and task_age_s = 10, an exit that makes three exited tasks just as b's passes its age reaps
+    b's alone: that brings the node to two, so a's (the fullest tenant's) both stay."""
+    kernel = tenants_retaining(2, task_age_s=10)
+    [theirs], _ = finish_as(kernel, "b", 0)
+    [first], _ = finish_as(kernel, "a", 5 * SECOND_US)
+    second = submit_as(kernel, "a", tokens=1, now=6 * SECOND_US)
+    assert kernel.tasks.count(State.EXITED) == 2 and theirs in kernel.tasks
+    step(kernel, kernel.tasks[theirs].exited_us + 10 * SECOND_US + 1)  # the second exits: three exited, b's aged
+    assert sorted(kernel.tasks) == [first, second] and kernel.counters.reaped == 1
 
 
 def test_exited_tasks_older_than_task_age_go_at_the_tick_after():

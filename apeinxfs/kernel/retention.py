@@ -3,7 +3,8 @@
 Beyond `retention.tasks` exited tasks on the node (one bound, so the state stays bounded),
 the oldest reapable task of the tenant keeping the most exited tasks goes first
 (reaporder.py), so one tenant's churn reaps its own results, not another's; past
-`task_age_s`, the oldest reapable task of all.
+`task_age_s`, the oldest reapable task of all. At one event the aged go before any
+reaped for the count, which they may bring within `tasks`.
 
 Reaping is part of applying every event (the kernel calls `reap` after it): the limits are
 in the kernel's config, which the journal's boot row records, so a replay reaps the same
@@ -45,14 +46,14 @@ class Reaper:
             self._counters.reaped += 1
 
     def _next(self, now_us: int) -> Task | None:
-        """The task to reap now, if any: past `tasks` exited tasks, the oldest reapable of the tenant keeping the
-        most (reaporder.py); else the oldest reapable of all once older than `task_age_s`."""
+        """The task to reap now, if any: the oldest reapable of all once older than `task_age_s`; else, past `tasks`
+        exited tasks, the oldest reapable of the tenant keeping the most (reaporder.py). The aged go first: reaping
+        them may bring the count within `tasks`, and a task reaped for the count first would be one too many."""
         tasks = self._tasks
-        fullest = tasks.fullest_tenants_reapable() if tasks.count(State.EXITED) > self.limits.tasks else None
-        if fullest is not None:
-            return fullest
         oldest = tasks.oldest_reapable()
-        return oldest if oldest is not None and self._exited_us(oldest) + self.limits.task_age_us <= now_us else None
+        if oldest is not None and self._exited_us(oldest) + self.limits.task_age_us <= now_us:
+            return oldest
+        return tasks.fullest_tenants_reapable() if tasks.count(State.EXITED) > self.limits.tasks else None
 
     @staticmethod
     def _exited_us(task: Task) -> int:
