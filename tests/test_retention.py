@@ -1,11 +1,12 @@
 """Tier 1-2: retention (kernel/retention.py, the trace ring in kernel/trace.py, nodes/ringlog.py).
 
 The kernel with explicit times reaps exited tasks by count (the oldest of the tenant keeping
-the most first) and by age (the oldest first), a parent after its children, never reuses a
-pid, forgets the books kept of a reaped task, and a replay of the same events reaps the same tasks; the trace keeps its newest lines (and all
-those it is told to hold); `[retention]` is validated at load. Without FUSE, the tree answers
-ENOENT for a reaped task's files and `wait`, lists a bounded /tasks, and a ring log read
-from offset 0, or followed at its growing size, gives each kept line once.
+the most first) and by age (the oldest first, before any for the count), a parent after its
+children, never reuses a pid, forgets the books kept of a reaped task, and a replay of the
+same events reaps the same tasks; the trace keeps its newest lines (and all those it is
+told to hold); `[retention]` is validated at load. Without FUSE, the tree answers ENOENT for
+a reaped task's files and `wait`, lists a bounded /tasks, and a ring log read from offset 0,
+or followed at its growing size, gives each kept line once.
 """
 import csv
 import io

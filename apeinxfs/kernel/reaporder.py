@@ -93,6 +93,7 @@ class ReapOrder:
         self.by_age, self.by_count = self._first(self.oldest_first), self._first(self.fullest_first)
 
     def _first(self, order: LazyHeap) -> Entry | None:
+        """The oldest reapable task of the tenant first in `order`, if any."""
         tenant = order.peek()
         return None if tenant is None else self.heaps[tenant][0]
 
@@ -107,7 +108,7 @@ class ReapOrder:
             yield f"exited tasks kept by tenant {dict(self.exited)} are not the tasks' {dict(expected.exited)}"
         if any({key: mine.prio(key) for key in mine} != {key: theirs.prio(key) for key in theirs} for mine, theirs in
                [(self.oldest_first, expected.oldest_first), (self.fullest_first, expected.fullest_first)]):
-            yield f"the tenants' places in the reap orders are not their reapable tasks' and exited counts'"
+            yield "the tenants' places in the reap orders are not their reapable tasks' and exited counts'"
         if (self.oldest(), self.fullest()) != (expected.oldest(), expected.fullest()):
             yield f"the next to reap by age and by count {self.oldest(), self.fullest()} are not " \
                   f"{expected.oldest(), expected.fullest()}"

@@ -151,6 +151,7 @@ class TaskTable(Mapping[int, Task]):
         return self._task_of(self.reap_order.fullest())
 
     def _task_of(self, entry: tuple[int, int] | None) -> Task | None:
+        """The task of a reap order's entry (exit time µs, pid), if one."""
         return None if entry is None else self._tasks[entry[1]]
 
     def _may_reap(self, task: Task) -> None:
