@@ -79,8 +79,6 @@ def _limited_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 
 
-@pytest.mark.xfail(strict=True, reason="redteam6 D2: sim builds a row's prompt of prompt_tokens words before any "
-                                        "bound (workload.py _integer has no upper limit): 10^12 exhausts memory")
 def test_sim_refuses_a_row_claiming_a_trillion_prompt_tokens_in_words(tmp_path):
     """A workload row with prompt_tokens 10^12 is refused (or counted refused) in words, within bounded memory:
     no MemoryError traceback."""
@@ -93,8 +91,6 @@ def test_sim_refuses_a_row_claiming_a_trillion_prompt_tokens_in_words(tmp_path):
 
 @pytest.mark.parametrize("cell", [pytest.param("x" * 200_000, id="a-cell-over-csv-field-limit"),
                                   pytest.param("\udcff", id="bytes-not-utf8")])
-@pytest.mark.xfail(strict=True, reason="redteam6 D3: sim's load catches only OSError: csv.Error (a cell over "
-                                        "131072 characters) and UnicodeDecodeError end in a traceback")
 def test_sim_refuses_an_unreadable_workload_in_words(tmp_path, cell):
     """A workload with a cell past csv's field limit, or bytes that are not UTF-8, is refused with
     `apeinxfs sim: ...` naming the file and exit 1, not a traceback."""

@@ -87,6 +87,7 @@ def test_parent_names_an_earlier_row_and_gives_its_tenant():
     ("x,,a,5,5,,,,", "arrival_s must be a number"),
     ("-1,,a,5,5,,,,", "arrival_s must be a finite number >= 0"),
     ("0,,a,0,5,,,,", "prompt_tokens must be at least 1"),
+    ("0,,a,524290,5,,,,", "prompt_tokens must be at most 524289"),
     ("0,,a,5,many,,,,", "output_tokens must be an integer"),
     ("0,,a,5,5,12,,,", "prio must be an integer in 0..9"),
     ("0,,a b,5,5,,,,", "may not hold spaces"),
@@ -102,6 +103,24 @@ def test_a_bad_row_is_refused_naming_its_line(row, words):
     with pytest.raises(Invalid) as refused:
         parse(HEADER + "0,t,first,5,5,,,,100\n" + row + "\n")
     assert "w.csv line 3:" in str(refused.value) and words in str(refused.value)
+
+
+@pytest.mark.parametrize("cell, words", [(b"x" * 200_000, b"field larger than field limit"),
+                                         (b"caf\xe9", b"not UTF-8 text (byte 0xe9 at column 8)")])
+def test_an_unreadable_line_is_refused_naming_it(tmp_path, cell, words):
+    """A cell over csv's field limit, or a line that is not UTF-8, is refused naming line 3 of the file."""
+    path = tmp_path / "w.csv"
+    path.write_bytes(HEADER.encode() + b"0,t,first,5,5,,,,\n0,t," + cell + b",5,5,,,,\n")
+    with pytest.raises(Invalid) as refused:
+        workload.load(str(path))
+    assert f"workload {path} line 3: {words.decode()}" in str(refused.value)
+
+
+def test_the_largest_prompt_a_submit_holds_is_parsed_and_fits():
+    """A row of exactly PROMPT_TOKENS_MAX tokens is taken, and its prompt has that many tokens within 1 MiB."""
+    request = parse(HEADER + f"0,,big,{workload.PROMPT_TOKENS_MAX},5,,,,\n").requests[0]
+    text = workload.prompt(request, {})
+    assert estimate_prompt_tokens(text) == workload.PROMPT_TOKENS_MAX and len(text.encode()) <= PROMPT_MAX
 
 
 def test_a_child_may_not_arrive_before_or_leave_its_parent_tenant():

@@ -8,18 +8,22 @@ an `Invalid` naming its line. This module only reads files and makes prompts; ru
 them is engine.py's job.
 """
 import csv
+from collections.abc import Iterable, Iterator
 
 import attrs
 
 from ..kernel.config import TenantConfig
 from ..kernel.errors import ApeinxError, Invalid
-from ..kernel.spec import TaskSpec
+from ..kernel.spec import PROMPT_MAX, TaskSpec
 
 COLUMNS = ("arrival_s", "tenant", "name", "prompt_tokens", "output_tokens", "prio", "deadline_s", "parent",
            "weight")
 OPTIONAL = ("prefix_group", "prefix_tokens")
 DEFAULT_TENANT = "default"
 DEFAULT_WEIGHT = 100
+# The most tokens a prompt within the 1 MiB limit can hold: BOS and PROMPT_MAX // 2 one-letter words with a
+# space between each two. A row claiming more is refused at parse, before `prompt` spells it out.
+PROMPT_TOKENS_MAX = PROMPT_MAX // 2 + 1
 
 
 @attrs.frozen
@@ -48,17 +52,34 @@ class Workload:
 
 
 def load(path: str) -> Workload:
-    """Read and check a workload file."""
+    """Read and check a workload file (UTF-8 text)."""
     try:
-        with open(path, newline="") as file:
-            return parse(file, path)
+        with open(path, "rb") as file:
+            return parse(_decoded(file, f"workload {path}"), f"workload {path}")
     except OSError as exc:
         raise Invalid(f"workload {path}: {exc.strerror}") from None
+
+
+def _decoded(lines: Iterable[bytes], source: str) -> Iterator[str]:
+    """Each byte line as text; one that is not UTF-8 is refused with its line number."""
+    for number, line in enumerate(lines, 1):
+        try:
+            yield line.decode()
+        except UnicodeDecodeError as exc:
+            raise Invalid(f"{source} line {number}: not UTF-8 text (byte {line[exc.start]:#04x} at column "
+                          f"{exc.start + 1})") from None
 
 
 def parse(lines, source: str = "workload") -> Workload:
     """A workload from CSV text lines; `source` names it in errors."""
     reader = csv.DictReader(lines)
+    try:
+        return _rows(reader, source)
+    except csv.Error as exc:  # a cell over csv's field limit; DictReader's own line_num lags a failed row
+        raise Invalid(f"{source} line {reader.reader.line_num}: {exc}") from None
+
+
+def _rows(reader: csv.DictReader, source: str) -> Workload:
     _check_header(reader.fieldnames, source)
     by_name, weights = {}, {}
     for row in reader:
@@ -97,7 +118,7 @@ def _request(row: dict, line: int, earlier: dict) -> Request:
     if parent and earlier[parent].arrival_s > arrival:
         raise Invalid(f"arrives before its parent {parent!r}")
     deadline = _number(row["deadline_s"], "deadline_s", None)
-    prompt_tokens = _integer(row["prompt_tokens"], "prompt_tokens", 1, low=1)
+    prompt_tokens = _integer(row["prompt_tokens"], "prompt_tokens", 1, low=1, high=PROMPT_TOKENS_MAX)
     spec = TaskSpec(name=name, max_tokens=_integer(row["output_tokens"], "output_tokens", 256, low=1),
                     prio=_integer(row["prio"], "prio", 5), tenant=tenant,
                     deadline_us=None if deadline is None else round(deadline * 1e6))
@@ -148,7 +169,7 @@ def _number(cell: str, column: str, default):
     return value
 
 
-def _integer(cell: str, column: str, default, low: int = 0):
+def _integer(cell: str, column: str, default, low: int = 0, high: int | None = None):
     if not cell.strip():
         return default
     try:
@@ -157,6 +178,8 @@ def _integer(cell: str, column: str, default, low: int = 0):
         raise Invalid(f"{column} must be an integer, not {cell!r}") from None
     if value < low:
         raise Invalid(f"{column} must be at least {low}, not {value}")
+    if high is not None and value > high:
+        raise Invalid(f"{column} must be at most {high}, not {value}")
     return value
 
 
