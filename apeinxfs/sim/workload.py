@@ -54,20 +54,22 @@ class Workload:
 def load(path: str) -> Workload:
     """Read and check a workload file (UTF-8 text)."""
     try:
-        with open(path, "rb") as file:
-            return parse(_decoded(file, f"workload {path}"), f"workload {path}")
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as file:
+            return parse(_utf8(file, f"workload {path}"), f"workload {path}")
     except OSError as exc:
         raise Invalid(f"workload {path}: {exc.strerror}") from None
 
 
-def _decoded(lines: Iterable[bytes], source: str) -> Iterator[str]:
-    """Each byte line as text; one that is not UTF-8 is refused with its line number."""
+def _utf8(lines: Iterable[str], source: str) -> Iterator[str]:
+    """Each line of a file read with errors="surrogateescape"; one that holds bytes that are not UTF-8 (escaped
+    as surrogates) is refused with its number."""
     for number, line in enumerate(lines, 1):
         try:
-            yield line.decode()
-        except UnicodeDecodeError as exc:
-            raise Invalid(f"{source} line {number}: not UTF-8 text (byte {line[exc.start]:#04x} at column "
-                          f"{exc.start + 1})") from None
+            line.encode()
+        except UnicodeEncodeError as exc:
+            raise Invalid(f"{source} line {number}: not UTF-8 text (byte {ord(line[exc.start]) - 0xdc00:#04x} at "
+                          f"column {exc.start + 1})") from None
+        yield line
 
 
 def parse(lines, source: str = "workload") -> Workload:
