@@ -116,6 +116,14 @@ def test_an_unreadable_line_is_refused_naming_it(tmp_path, cell, words):
     assert f"workload {path} line 3: {words.decode()}" in str(refused.value)
 
 
+def test_a_workload_with_carriage_return_line_ends_loads(tmp_path):
+    """A file whose lines end in CR alone (or CR LF) reads as one with LF line ends."""
+    for end in ("\r", "\r\n"):
+        path = tmp_path / "w.csv"
+        path.write_bytes((HEADER + "0,t,a,5,5,,,,\n0,t,b,5,5,,,,\n").replace("\n", end).encode())
+        assert [request.spec.name for request in workload.load(str(path)).requests] == ["a", "b"]
+
+
 def test_the_largest_prompt_a_submit_holds_is_parsed_and_fits():
     """A row of exactly PROMPT_TOKENS_MAX tokens is taken, and its prompt has that many tokens within 1 MiB."""
     request = parse(HEADER + f"0,,big,{workload.PROMPT_TOKENS_MAX},5,,,,\n").requests[0]
