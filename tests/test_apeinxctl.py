@@ -71,15 +71,19 @@ def _status_file(pid: int, name: str, state: str) -> str:
     return "".join(f"{key}:\t{value}\n" for key, value in fields.items())
 
 
-def test_status_leaves_out_a_task_reaped_after_the_listing(tmp_path):
-    """A task listed in /tasks whose status can no longer be opened (reaped in between) is left out: the
-    others are shown, nothing on stderr, exit 0."""
+@pytest.mark.parametrize("reaped", ["absent", "fails at read"])
+def test_status_leaves_out_a_task_reaped_after_the_listing(tmp_path, reaped):
+    """A task listed in /tasks whose status can no longer be opened, or opens but fails at read (as a remote
+    task's reaped on its node: here a directory, EISDIR), is left out: the others are shown, nothing on stderr,
+    exit 0."""
     (tmp_path / "ctl").mkdir()
     (tmp_path / "ctl" / "submit").touch()
     for pid, name in ((1048577, "first"), (1048578, None), (1048579, "third")):
         (tmp_path / "tasks" / str(pid)).mkdir(parents=True)
         if name:
             (tmp_path / "tasks" / str(pid) / "status").write_text(_status_file(pid, name, "R (running)"))
+        elif reaped == "fails at read":
+            (tmp_path / "tasks" / str(pid) / "status").mkdir()
     result = ctl(tmp_path, "status")
     assert (result.returncode, result.stderr) == (0, "")
     assert [line.split()[:2] for line in result.stdout.splitlines()[1:]] == [["1048577", "first"],
