@@ -179,10 +179,20 @@ class Router:
         kill path's `check_visible` refuses it); a caller who may kill nothing is refused that first."""
         caller.identity.require("user", "killing a task")
         for pid, node in owners.items():
-            tenant = self.local_tenant(pid) if node is None else self.live_tenant(pid, node)
-            if tenant is None:
+            if node is None:
+                tenant = self.local_tenant(pid)
+                if tenant is None:
+                    raise Hidden(f"no task {pid}")
+                check_visible(pid, tenant, caller)
+            elif not holds(self.live_seen(node, caller.identity), pid):
                 raise Hidden(f"no task {pid}")
-            check_visible(pid, tenant, caller)
+
+    def live_seen(self, node: str, identity) -> str:
+        """Node `node`'s live pids as ranges that a caller of `identity` sees: all of them for an admin, else its
+        tenant's; one lookup in them per pid (a walk of its tenants per pid, 1,000 tenants x 10,000 pids, held
+        the trio thread 91 s)."""
+        view = self.cluster.view
+        return view.tasks_of(node) if identity.admin else view.tenants_of(node).get(identity.tenant or "", "")
 
     def local_tenant(self, pid: int) -> str | None:
         """The tenant of task `pid` here, live or exited; None if there is no such task here."""
