@@ -86,6 +86,8 @@ def test_parent_names_an_earlier_row_and_gives_its_tenant():
 @pytest.mark.parametrize("row, words", [
     ("x,,a,5,5,,,,", "arrival_s must be a number"),
     ("-1,,a,5,5,,,,", "arrival_s must be a finite number >= 0"),
+    ("1e300,,a,5,5,,,,", "arrival_s must be at most 2,592,000 s, not 1e300"),
+    ("2592000.5,,a,5,5,,,,", "arrival_s must be at most 2,592,000 s"),
     ("0,,a,0,5,,,,", "prompt_tokens must be at least 1"),
     ("0,,a,524290,5,,,,", "prompt_tokens must be at most 524289"),
     ("0,,a,5,many,,,,", "output_tokens must be an integer"),
@@ -106,14 +108,24 @@ def test_a_bad_row_is_refused_naming_its_line(row, words):
 
 
 @pytest.mark.parametrize("cell, words", [(b"x" * 200_000, b"field larger than field limit"),
-                                         (b"caf\xe9", b"not UTF-8 text (byte 0xe9 at column 8)")])
+                                         (b"caf\xe9", b"not UTF-8 text (byte 0xe9 at column 8)"),
+                                         (b"x" * workload.LINE_MAX,
+                                          f"longer than {workload.LINE_MAX:,} characters".encode())])
 def test_an_unreadable_line_is_refused_naming_it(tmp_path, cell, words):
-    """A cell over csv's field limit, or a line that is not UTF-8, is refused naming line 3 of the file."""
+    """A cell over csv's field limit, a line that is not UTF-8, or one over LINE_MAX characters (refused before
+    it is read whole), is refused naming line 3 of the file."""
     path = tmp_path / "w.csv"
     path.write_bytes(HEADER.encode() + b"0,t,first,5,5,,,,\n0,t," + cell + b",5,5,,,,\n")
     with pytest.raises(Invalid) as refused:
         workload.load(str(path))
     assert f"workload {path} line 3: {words.decode()}" in str(refused.value)
+
+
+def test_a_workload_starting_with_a_byte_order_mark_loads(tmp_path):
+    """A file that starts with a UTF-8 byte order mark (as some spreadsheets save CSV) reads as one without."""
+    path = tmp_path / "w.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + (HEADER + "0,t,a,5,5,,,,\n").encode())
+    assert [request.spec.name for request in workload.load(str(path)).requests] == ["a"]
 
 
 def test_a_workload_with_carriage_return_line_ends_loads(tmp_path):

@@ -8,13 +8,15 @@ an `Invalid` naming its line. This module only reads files and makes prompts; ru
 them is engine.py's job.
 """
 import csv
-from collections.abc import Iterable, Iterator
+import itertools
+from collections.abc import Iterator
+from typing import TextIO
 
 import attrs
 
 from ..kernel.config import TenantConfig
 from ..kernel.errors import ApeinxError, Invalid
-from ..kernel.spec import PROMPT_MAX, TaskSpec
+from ..kernel.spec import DEADLINE_MAX_US, PROMPT_MAX, TaskSpec
 
 COLUMNS = ("arrival_s", "tenant", "name", "prompt_tokens", "output_tokens", "prio", "deadline_s", "parent",
            "weight")
@@ -24,6 +26,10 @@ DEFAULT_WEIGHT = 100
 # The most tokens a prompt within the 1 MiB limit can hold: BOS and PROMPT_MAX // 2 one-letter words with a
 # space between each two. A row claiming more is refused at parse, before `prompt` spells it out.
 PROMPT_TOKENS_MAX = PROMPT_MAX // 2 + 1
+# The longest line read: every column's cell at csv's field limit, and room for quotes, commas and the line end.
+# A longer line is refused with its number before csv reads it whole.
+LINE_MAX = csv.field_size_limit() * len(COLUMNS + OPTIONAL) + 1024
+ARRIVAL_MAX_S = DEADLINE_MAX_US / 1e6  # 30 days, as a deadline: the fairness meter samples its grid up to it
 
 
 @attrs.frozen
@@ -52,24 +58,34 @@ class Workload:
 
 
 def load(path: str) -> Workload:
-    """Read and check a workload file (UTF-8 text)."""
+    """Read and check a workload file (UTF-8 text, with or without a byte order mark)."""
     try:
-        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as file:
-            return parse(_utf8(file, f"workload {path}"), f"workload {path}")
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as file:
+            return parse(_lines(file, f"workload {path}"), f"workload {path}")
     except OSError as exc:
         raise Invalid(f"workload {path}: {exc.strerror}") from None
 
 
-def _utf8(lines: Iterable[str], source: str) -> Iterator[str]:
-    """Each line of a file read with errors="surrogateescape"; one that holds bytes that are not UTF-8 (escaped
-    as surrogates) is refused with its number."""
-    for number, line in enumerate(lines, 1):
-        try:
-            line.encode()
-        except UnicodeEncodeError as exc:
-            raise Invalid(f"{source} line {number}: not UTF-8 text (byte {ord(line[exc.start]) - 0xdc00:#04x} at "
-                          f"column {exc.start + 1})") from None
+def _lines(file: TextIO, source: str) -> Iterator[str]:
+    """Each line of a file read with errors="surrogateescape", read to LINE_MAX characters: a longer one, or one
+    that holds bytes that are not UTF-8 (escaped as surrogates), is refused with its number."""
+    for number in itertools.count(1):
+        line = file.readline(LINE_MAX + 1)
+        if not line:
+            return
+        if len(line) > LINE_MAX:
+            raise Invalid(f"{source} line {number}: longer than {LINE_MAX:,} characters")
+        _check_utf8(line, f"{source} line {number}")
         yield line
+
+
+def _check_utf8(line: str, where: str) -> None:
+    """Invalid, naming the first byte, if `line` (read with errors="surrogateescape") holds bytes not UTF-8."""
+    try:
+        line.encode()
+    except UnicodeEncodeError as exc:
+        raise Invalid(f"{where}: not UTF-8 text (byte {ord(line[exc.start]) - 0xdc00:#04x} at column "
+                      f"{exc.start + 1})") from None
 
 
 def parse(lines, source: str = "workload") -> Workload:
@@ -116,7 +132,7 @@ def _request(row: dict, line: int, earlier: dict) -> Request:
     name = row["name"].strip() or f"task-{line}"
     if name in earlier:
         raise Invalid(f"name {name!r} is already used on line {earlier[name].line}; names must be unique")
-    arrival = _number(row["arrival_s"], "arrival_s", 0.0)
+    arrival = _number(row["arrival_s"], "arrival_s", 0.0, high=ARRIVAL_MAX_S)
     if parent and earlier[parent].arrival_s > arrival:
         raise Invalid(f"arrives before its parent {parent!r}")
     deadline = _number(row["deadline_s"], "deadline_s", None)
@@ -159,7 +175,7 @@ def _set_weight(weights: dict, tenant: str, cell: str) -> None:
         raise Invalid(f"weight {weight} for tenant {tenant!r} contradicts the earlier {weights[tenant]}")
 
 
-def _number(cell: str, column: str, default):
+def _number(cell: str, column: str, default, high: float = float("inf")):
     if not cell.strip():
         return default
     try:
@@ -168,6 +184,8 @@ def _number(cell: str, column: str, default):
         raise Invalid(f"{column} must be a number of seconds, not {cell!r}") from None
     if not value >= 0 or value == float("inf"):
         raise Invalid(f"{column} must be a finite number >= 0, not {cell!r}")
+    if value > high:
+        raise Invalid(f"{column} must be at most {high:,.0f} s, not {cell.strip()}")
     return value
 
 
