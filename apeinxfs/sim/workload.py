@@ -24,7 +24,8 @@ OPTIONAL = ("prefix_group", "prefix_tokens")
 DEFAULT_TENANT = "default"
 DEFAULT_WEIGHT = 100
 # The most tokens a prompt within the 1 MiB limit can hold: BOS and PROMPT_MAX // 2 one-letter words with a
-# space between each two. A row claiming more is refused at parse, before `prompt` spells it out.
+# space between each two. A row claiming more is refused at parse, before `prompt` spells it out; one at or near
+# it can still spell a prompt a few bytes over (its first words, `gN` and `rL`, are longer), refused by the kernel.
 PROMPT_TOKENS_MAX = PROMPT_MAX // 2 + 1
 # The longest line read: every column's cell at csv's field limit, and room for quotes, commas and the line end.
 # A longer line is refused with its number before csv reads it whole.
