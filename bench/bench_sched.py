@@ -149,7 +149,8 @@ class QueueBench:
 
     def __init__(self, policy: str, queued: int):
         self.accounts = Accounts({t.name: t.weight for t in tenant_configs()})
-        self.queue = make_queue(policy, self.accounts, int(SchedConfig().deadline_boost_s * 10**6))
+        sched = SchedConfig()
+        self.queue = make_queue(policy, self.accounts, int(sched.deadline_boost_s * 10**6), sched.slice_tokens)
         for i in range(1, queued + 1):
             s = spec(i)
             self.queue.push(Task(pid=i, spec=s, model="sim", tenant=s.tenant, uid=0, submitted_us=0, tokens_in=2,

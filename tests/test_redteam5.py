@@ -60,8 +60,6 @@ def test_two_busy_tenants_of_equal_weight_are_served_alike():
     assert served["a"] == served["b"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="redteam5 D1: a tenant whose every task has a near deadline takes every "
-                   "slot: the fair deadline boost goes before counter order, unbounded by the tenant's share")
 def test_near_deadlines_do_not_starve_another_tenant_of_equal_weight():
     """Tenant a submitting every task with a 4 s deadline still leaves tenant b of equal weight a fair part."""
     served = served_by_tenant(kernel(slots=2), 600, {"a": BOOSTED_US})

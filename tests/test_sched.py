@@ -21,7 +21,7 @@ def task(pid: int, tenant: str = "a", prio: int = 5, submitted: int = 0, agent: 
 
 def queue_with(policy: str, tasks, accounts=None):
     accounts = accounts or Accounts({"a": 100, "b": 100})
-    queue = make_queue(policy, accounts, boost_us=1_000_000)
+    queue = make_queue(policy, accounts, boost_us=1_000_000, slice_tokens=256)
     for t in tasks:
         accounts.count(t, "runnable", +1)
         queue.push(t)
@@ -147,6 +147,40 @@ def test_fair_deadline_boost_comes_on_time_whatever_was_queued_and_removed_befor
     assert queue.peek(3_999_999).pid == 1 and queue.peek(4_000_000) is later
     queue.push(task(4, "b", deadline=1_500_000))  # an earlier deadline arrives
     assert queue.peek(500_000).pid == 4
+
+
+def test_fair_deadline_boost_waits_while_its_tenant_is_more_than_a_slice_ahead():
+    """fair: a tenant more than a slice (256 at two tenants of weight 100) ahead of the least backlogged counter
+    gets no boost; its urgent task still goes before its own other tasks when counter order reaches it."""
+    urgent = task(3, "b", deadline=1_500_000)
+    queue, accounts = queue_with("fair", [task(1, "a"), task(2, "b"), urgent])
+    accounts.charge(task(9, "b"), 257)
+    queue.rekey(urgent)
+    assert queue.peek(600_000).pid == 1 and queue.why(()).startswith("least counter")
+    queue.remove(task(1, "a"))
+    assert queue.peek(600_000) is urgent and queue.why(()) == "deadline boost"
+
+
+def test_fair_deadline_boost_is_up_to_a_slice_ahead():
+    """fair: a tenant exactly a slice ahead of the least backlogged counter is still boosted."""
+    queue, accounts = queue_with("fair", [task(1, "a"), task(2, "b", deadline=1_500_000)])
+    accounts.charge(task(9, "b"), 256)
+    queue.rekey(task(2, "b"))
+    assert queue.peek(600_000).pid == 2
+
+
+def test_fair_deadline_boost_of_a_tenant_too_far_ahead_does_not_hide_another_tenants():
+    """fair: the earliest deadline's tenant being more than a slice ahead, the next deadline of a tenant within
+    a slice is boosted before the least counter's task."""
+    accounts = Accounts({"a": 100, "b": 100, "c": 100})
+    queue, _ = queue_with("fair", [task(1, "a"), task(2, "b", deadline=1_200_000), task(3, "c", deadline=1_500_000)],
+                          accounts)
+    accounts.charge(task(9, "b"), 1000)
+    accounts.charge(task(8, "c"), 100)
+    for pid, tenant in ((2, "b"), (3, "c")):
+        queue.rekey(task(pid, tenant))
+    assert queue.peek(600_000).pid == 3 and queue.why(()) == "deadline boost"
+    assert queue.peek(400_000).pid == 1  # c's deadline not yet within boost_us
 
 
 def test_agents_share_within_a_tenant():

@@ -31,7 +31,7 @@ class RunQueue:
         self._tenants: dict[str, int] = {}  # tenant -> its tasks in the queue (none: not a key)
 
     def _make(self, policy: str) -> FairQueue | FlatQueue:
-        return make_queue(policy, self.accounts, int(self._sched.deadline_boost_s * 1e6))
+        return make_queue(policy, self.accounts, int(self._sched.deadline_boost_s * 1e6), self._sched.slice_tokens)
 
     @property
     def name(self) -> str:
