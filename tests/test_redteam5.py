@@ -166,8 +166,6 @@ def test_one_tenants_churn_does_not_reap_another_tenants_finished_task():
     assert theirs in k.tasks and k.counters.reaped >= 1  # a's own oldest go instead
 
 
-@pytest.mark.xfail(strict=True, reason="redteam5 D6: a prefill after the first token is never charged (runqueue.py), "
-                   "so a tenant's own stop/cont has the engine recompute its whole context for free in fair share")
 def test_a_context_recomputed_after_the_tenants_own_stop_and_cont_is_charged():
     """A task of 400 prompt words stopped and continued by its tenant prefills its context again: the tenant's
     counter is charged for that prefill, as for a prompt."""

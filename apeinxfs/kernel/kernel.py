@@ -228,6 +228,7 @@ class Kernel:
             self.emit("stop", task, f"by uid {event.uid}")
         elif command.verb == "cont":
             self.emit("cont", task, f"by uid {event.uid}")
+            task.prefill_owed = True
             self.moves.enqueue(task)
         else:
             self.runq.reprioritise(task, int(command.arg or 0))

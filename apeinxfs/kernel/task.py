@@ -62,6 +62,7 @@ class Task:
     run_tokens: int = 0
     kv_preemptions: int = 0
     started_us: int | None = None  # first dispatch: the prompt is charged then
+    prefill_owed: bool = False  # continued after its own stop dropped its KV: its next prefill is charged (runqueue.py)
     meter: "Meter | None" = None  # the billing segment running now
     output: bytearray = attrs.Factory(bytearray)
     trace_last: int = 0  # the seq of its last trace line (trace.py chains its lines back from it)
