@@ -37,23 +37,23 @@ class Boosts:
         """The boosts of the queued `tasks` (kernel/migrations.py: a queue that kept its deadlines in one heap)."""
         boosts = cls(accounts, boost_us, slice_tokens)
         for task in tasks:
-            boosts.add(task)
+            if task.deadline_at_us is not None:
+                boosts.add(task, task.deadline_at_us)
         return boosts
 
-    def add(self, task: Task) -> None:
-        """Queue the task's deadline, if it has one, with its tenant's."""
-        if task.deadline_at_us is None:
-            return
+    def add(self, task: Task, deadline_us: int) -> None:
+        """Queue the task's deadline with its tenant's."""
         deadlines = self._of.get(task.tenant)
         if deadlines is None:
             deadlines = self._of[task.tenant] = LazyHeap()
-        deadlines.set(task.pid, (task.deadline_at_us, task.pid))
+        deadlines.set(task.pid, (deadline_us, task.pid))
         self._earliest.set(task.tenant, (deadlines.prio(deadlines.peek()), task.tenant))
         if self.boost_us is not None:
-            self.at = min(self.at, task.deadline_at_us - self.boost_us)
+            self.at = min(self.at, deadline_us - self.boost_us)
 
     def discard(self, task: Task) -> None:
-        """Take the task's deadline out of its tenant's, if it is there."""
+        """Take the task's deadline out of its tenant's, if it is there (the queue calls it only for a task with
+        a deadline: most have none)."""
         deadlines = self._of.get(task.tenant)
         if deadlines is None or task.pid not in deadlines:
             return

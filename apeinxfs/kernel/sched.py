@@ -261,7 +261,8 @@ class FairQueue:
 
     def push(self, task: Task) -> None:
         self._members[task.pid] = task
-        self._boosts.add(task)
+        if task.deadline_at_us is not None:
+            self._boosts.add(task, task.deadline_at_us)
         if task.state is State.PREEMPTED:
             self._resumes.setdefault(task.tenant, LazyHeap()).set(task.pid, (task.pid,))
         else:
@@ -287,7 +288,8 @@ class FairQueue:
     def remove(self, task: Task) -> None:
         if self._members.pop(task.pid, None) is None:
             return
-        self._boosts.discard(task)
+        if task.deadline_at_us is not None:
+            self._boosts.discard(task)
         resumes = self._resumes.get(task.tenant)
         if resumes and task.pid in resumes:
             resumes.discard(task.pid)
