@@ -111,12 +111,12 @@ class RunQueue:
         """VTC cost of what was served: input and output tokens apart, output dearer under KV pressure.
 
         A prefill is charged up to the first token after the task's submission, or after its own
-        `cont` (its `stop` dropped the KV: the tenant asked for the recompute). Any other prefill
-        after the first token recomputes a context dropped by a preemption the kernel chose, and
-        was paid for once."""
+        `stop` dropped its KV (`prefill_owed`: the task's uid asked for the recompute; an operator's
+        stop is like a preemption). Any other prefill after the first token recomputes a context
+        dropped by a preemption the kernel chose, and was paid for once."""
         sched = self._sched
         pressure = 1 + sched.pressure_cost * task.kv_pages / max(1, gpu.pool.pages_total)
-        owed = task.tokens_out == chunk.tokens or task.prefill_owed  # nothing generated before this chunk, or since cont
+        owed = task.tokens_out == chunk.tokens or task.prefill_owed  # nothing generated before this chunk, or since its own stop
         prefill = chunk.prefill if owed else 0
         if chunk.tokens:
             task.prefill_owed = False
