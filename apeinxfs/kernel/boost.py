@@ -5,7 +5,9 @@ before counter order: the earliest deadline within `boost_us`, among the tenants
 is at most a slice above the least counter of the backlogged tenants (as EEVDF serves the
 earliest deadline among the eligible). A tenant that gives every task a near deadline is
 boosted until it is a slice ahead, then waits in counter order like any other: deadlines order
-a tenant's service, and never add to it. Not the queue (sched.py `FairQueue`, which asks at each
+a tenant's service, and never add to it. A peek looks at the first WALKED urgent tenants by
+deadline, then the least backlogged one (not a sort of them all): where more urgent tenants
+than that are ahead, another tenant within waits in counter order. Not the queue (sched.py `FairQueue`, which asks at each
 peek) nor expiry (the kernel exits a task whose deadline passes).
 """
 from __future__ import annotations
@@ -21,21 +23,22 @@ if TYPE_CHECKING:
     from .sched import Accounts
 
 NEVER = float("inf")
+WALKED = 4  # the urgent tenants a peek looks at in deadline order, at most, before the least backlogged one
 
 
 class Boosts:
     """The queued deadlines by tenant, and which task a deadline boost serves first (none if `boost_us` is None)."""
 
-    def __init__(self, accounts: Accounts, boost_us: int | None, slice_tokens: int) -> None:
-        self.accounts, self.boost_us, self.slice_tokens = accounts, boost_us, slice_tokens
+    def __init__(self, accounts: Accounts, boost_us: int | None) -> None:
+        self.accounts, self.boost_us = accounts, boost_us
         self._of: dict[str, LazyHeap] = {}  # tenant -> its queued tasks with a deadline, by (deadline, pid)
         self._earliest = LazyHeap()  # the tenants in _of, by their earliest (deadline, pid)
         self.at = NEVER  # no boost before then (the earliest deadline seen, less boost_us)
 
     @classmethod
-    def of(cls, tasks: Iterable[Task], accounts: Accounts, boost_us: int | None, slice_tokens: int) -> Boosts:
+    def of(cls, tasks: Iterable[Task], accounts: Accounts, boost_us: int | None) -> Boosts:
         """The boosts of the queued `tasks` (kernel/migrations.py: a queue that kept its deadlines in one heap)."""
-        boosts = cls(accounts, boost_us, slice_tokens)
+        boosts = cls(accounts, boost_us)
         for task in tasks:
             if task.deadline_at_us is not None:
                 boosts.add(task, task.deadline_at_us)
@@ -64,21 +67,21 @@ class Boosts:
             del self._of[task.tenant]
             self._earliest.discard(task.tenant)
 
-    def boosted(self, now_us: int, least: str) -> int | None:
-        """The pid of the earliest deadline within boost_us of the tenants at most a slice above the counter of
-        `least` (the least backlogged tenant), else None; no boost is looked for again until the earliest
-        deadline is within boost_us. Its tenant is mostly within: the others are looked at, in deadline order,
-        only when it is not."""
+    def boosted(self, now_us: int, least: str, slice_tokens: int) -> int | None:
+        """The pid of the earliest deadline within boost_us of the tenants at most a slice (`slice_tokens`) above
+        the counter of `least` (the least backlogged tenant), else None; no boost is looked for again until the
+        earliest deadline is within boost_us. Its tenant is mostly within; when it is not, the next urgent
+        tenants by deadline are looked at, up to WALKED of them in all (not a sort per peek), then `least`."""
         earliest = self._earliest.peek()
         self.at = NEVER if earliest is None else self._urgent_from(earliest)
         if now_us < self.at:
             return None
         tenants = self.accounts.tenants
-        most = tenants[least].counter + self.accounts.slice(self.slice_tokens)
-        for tenant in [earliest] if tenants[earliest].counter <= most else self._earliest.ordered():
-            if now_us < self._urgent_from(tenant):
-                return None
-            if tenants[tenant].counter <= most:
+        most = tenants[least].counter + self.accounts.slice(slice_tokens)
+        if tenants[earliest].counter <= most:
+            return self._of[earliest].peek()  # type: ignore[no-any-return]  # a pid
+        for tenant in [*self._earliest.least(WALKED)[1:], least]:
+            if tenant in self._of and now_us >= self._urgent_from(tenant) and tenants[tenant].counter <= most:
                 return self._of[tenant].peek()  # type: ignore[no-any-return]  # a pid
         return None
 

@@ -25,7 +25,6 @@ import attrs
 
 from . import state
 from .boost import Boosts
-from .config import SchedConfig
 from .counters import Counters, TenantCounts
 from .kernel import Kernel
 from .livepids import LivePids
@@ -51,10 +50,6 @@ def _totals_unshared(counters: Counters) -> TenantCounts:
     return TenantCounts(**{name: getattr(counters, name) for name in attrs.fields_dict(TenantCounts)})
 
 
-def _boosts_indexed(queue: FairQueue) -> Boosts:
-    return Boosts.of(queue.tasks(), queue.accounts, queue.boost_us, SchedConfig().slice_tokens)
-
-
 MIGRATIONS: dict[type, Migration] = {
     # counts by model and by tenant of the queued tasks, recounted
     RunQueue: Migration(added={"_models": lambda run_queue: count_by(run_queue.tasks(), "model"),
@@ -62,9 +57,9 @@ MIGRATIONS: dict[type, Migration] = {
     # each tenant's share counted from now (`tenants` defaulted empty): the totals so far are no tenant's
     Counters: Migration(added={"unshared": _totals_unshared}),
     Moves: Migration(added={"backfill_after_us": lambda _moves: 0}),  # backfill not resting
-    # the queued deadlines by tenant, indexed afresh from the queued tasks, the boost bounded by the default slice (a
-    # policy switch builds the queue with the configured one)
-    FairQueue: Migration(added={"_boosts": _boosts_indexed}, gone=frozenset({"_deadlines", "_boost_at"})),
+    # the queued deadlines by tenant, indexed afresh from the queued tasks
+    FairQueue: Migration(added={"_boosts": lambda queue: Boosts.of(queue.tasks(), queue.accounts, queue.boost_us)},
+                         gone=frozenset({"_deadlines", "_boost_at"})),
     # GPUs held from placement for their engines' KV reports became pages counted used; none until a report changes
     KVManager: Migration(added={"unbooked": lambda _kv: {}}, gone=frozenset({"held"})),
     # each tenant's live pids indexed from its tasks (their counters afresh: livepids.py)

@@ -31,7 +31,7 @@ class RunQueue:
         self._tenants: dict[str, int] = {}  # tenant -> its tasks in the queue (none: not a key)
 
     def _make(self, policy: str) -> FairQueue | FlatQueue:
-        return make_queue(policy, self.accounts, int(self._sched.deadline_boost_s * 1e6), self._sched.slice_tokens)
+        return make_queue(policy, self.accounts, int(self._sched.deadline_boost_s * 1e6))
 
     @property
     def name(self) -> str:
@@ -52,7 +52,7 @@ class RunQueue:
 
     def peek(self, now_us: int) -> Task | None:
         """The task that runs next, at `now_us` (deadlines may boost one)."""
-        return self._queue.peek(now_us)
+        return self._queue.peek(now_us, self._sched.slice_tokens)
 
     def tasks(self) -> list[Task]:
         """The queued tasks, in the policy's order."""
@@ -116,7 +116,7 @@ class RunQueue:
         dropped by a preemption the kernel chose, and was paid for once."""
         sched = self._sched
         pressure = 1 + sched.pressure_cost * task.kv_pages / max(1, gpu.pool.pages_total)
-        owed = task.tokens_out == chunk.tokens or task.prefill_owed  # nothing generated before this chunk, or since its own stop
+        owed = task.tokens_out == chunk.tokens or task.prefill_owed  # nothing generated before this chunk or since own stop
         prefill = chunk.prefill if owed else 0
         if chunk.tokens:
             task.prefill_owed = False

@@ -221,7 +221,8 @@ class FlatQueue:
         """Why the last peek chose its task: the same reason for every task."""
         return self.reason
 
-    def peek(self, now_us: int) -> Task | None:
+    def peek(self, now_us: int, slice_tokens: int) -> Task | None:
+        """The next task in level order (a flat queue boosts no deadline: `now_us` and `slice_tokens` unused)."""
         level = self._levels.peek()
         return None if level is None else self._tasks[self._by_level[level].peek()][0]
 
@@ -247,12 +248,11 @@ class FairQueue:
     without children), else a LazyHeap of them by vruntime. A deadline boost (`boost_us` not
     None) goes before that order for a tenant within its share (boost.py)."""
 
-    def __init__(self, name: str, accounts: Accounts, boost_us: int | None, preempts: bool,
-                 slice_tokens: int) -> None:
+    def __init__(self, name: str, accounts: Accounts, boost_us: int | None, preempts: bool) -> None:
         self.name, self.accounts, self.boost_us, self.preempts = name, accounts, boost_us, preempts
         self._tenants, self._agents = LazyHeap(), dict[str, LazyHeap]()  # tenant -> its agents with queued tasks
         self._tasks: dict[int, Task | LazyHeap] = {}  # agent -> its one queued task, or a heap of them
-        self._members, self._boosts = dict[int, Task](), Boosts(accounts, boost_us, slice_tokens)
+        self._members, self._boosts = dict[int, Task](), Boosts(accounts, boost_us)
         self._resumes: dict[str, LazyHeap] = {}  # tenant -> its preempted tasks, by pid
         self._chosen: str | None = None  # the tenant whose task the last peek chose; None: a deadline boost
 
@@ -320,8 +320,11 @@ class FairQueue:
         if task.agent in self._tasks:
             self._agents[task.tenant].set(task.agent, (self.accounts.agent(task).counter, task.agent))
 
-    def peek(self, now_us: int) -> Task | None:
-        if now_us >= self._boosts.at and (urgent := self._boosts.boosted(now_us, self._tenants.peek())) is not None:
+    def peek(self, now_us: int, slice_tokens: int) -> Task | None:
+        """The next task: an urgent deadline of a tenant within `slice_tokens` of the least backlogged counter
+        (boost.py), else least counter first."""
+        if now_us >= self._boosts.at and \
+                (urgent := self._boosts.boosted(now_us, self._tenants.peek(), slice_tokens)) is not None:
             self._chosen = None
             return self._members[urgent]
         tenant = self._chosen = self._tenants.peek()
@@ -365,13 +368,13 @@ class FairQueue:
         yield from self._boosts.index_problems(self.name, members)
 
 
-def make_queue(policy: str, accounts: Accounts, boost_us: int, slice_tokens: int) -> FairQueue | FlatQueue:
+def make_queue(policy: str, accounts: Accounts, boost_us: int) -> FairQueue | FlatQueue:
     """The run queue of `policy`: fair | vtc | fcfs | greedy; `fair` boosts deadlines within `boost_us` for the
-    tenants within a slice (`slice_tokens`) of the least backlogged counter (boost.py)."""
+    tenants within a slice of the least backlogged counter (boost.py; the slice is the peek's)."""
     if policy == "fair":
-        return FairQueue("fair", accounts, boost_us, preempts=True, slice_tokens=slice_tokens)
+        return FairQueue("fair", accounts, boost_us, preempts=True)
     if policy == "vtc":
-        return FairQueue("vtc", accounts, None, preempts=False, slice_tokens=slice_tokens)
+        return FairQueue("vtc", accounts, None, preempts=False)
     if policy == "fcfs":
         return FlatQueue("fcfs", _arrival, "earliest arrival", level=_one_level)
     return FlatQueue("greedy", _pid, "highest priority", level=_higher_prio_first)
