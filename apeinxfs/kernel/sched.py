@@ -321,8 +321,7 @@ class FairQueue:
             self._agents[task.tenant].set(task.agent, (self.accounts.agent(task).counter, task.agent))
 
     def peek(self, now_us: int, slice_tokens: int) -> Task | None:
-        """The next task: an urgent deadline of a tenant within `slice_tokens` of the least backlogged counter
-        (boost.py), else least counter first."""
+        """An urgent deadline of a tenant within `slice_tokens` of the least counter (boost.py), else least first."""
         if now_us >= self._boosts.at and \
                 (urgent := self._boosts.boosted(now_us, self._tenants.peek(), slice_tokens)) is not None:
             self._chosen = None
