@@ -7,8 +7,8 @@ earliest deadline among the eligible). A tenant that gives every task a near dea
 boosted until it is a slice ahead, then waits in counter order like any other: deadlines order
 a tenant's service, and never add to it. A peek looks at the first WALKED urgent tenants by
 deadline, then the least backlogged one (not a sort of them all): where more urgent tenants
-than that are ahead, another tenant within waits in counter order. Not the queue (sched.py `FairQueue`, which asks at each
-peek) nor expiry (the kernel exits a task whose deadline passes).
+than that are ahead, another tenant within waits in counter order. Not the queue (sched.py
+`FairQueue`, which asks at each peek) nor expiry (the kernel exits a task whose deadline passes).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .sched import Accounts
 
 NEVER = float("inf")
-WALKED = 4  # the urgent tenants a peek looks at in deadline order, at most, before the least backlogged one
+WALKED = 4  # the tenants a peek looks at in deadline order, at most, before the least backlogged one
 
 
 class Boosts:
