@@ -38,10 +38,12 @@ from .readers import Readers
 from .kernel import Kernel
 from .kernel.errors import ApeinxError, Degraded
 from .kernel.config import MIB
-from .kernel.events import EngineHealth, EngineKV, GpuMemory, Rejected, Restart, Step, Tick
+from .kernel.events import EngineHealth, EngineKV, Failed, GpuMemory, Rejected, Restart, Step, Tick
+from .kernel.moves import ServeBug
 from .kernel.trace import TaskViews
 from .recovery import rebuild
-from .supervise import Supervisor
+from .rollback import transplant
+from .supervise import Supervisor, place_of
 
 log = logging.getLogger(__name__)
 GPU_SAMPLE_S = 2.0  # how often real GPUs' free memory is read for placement
@@ -119,11 +121,26 @@ class Runtime:
         (compaction.py), quarantining any row that cannot be applied (recovery.py); mark the restart.
         The daemon's time goes on from the journal's last at least, whatever the host's clock says (clock.py).
         Returns the journal's rows."""
+        self.kernel, migration = self._rebuilt()
+        self._caught_up()
+        rows = len(self.journal)
+        if rows or after:  # a snapshot is of a daemon that ran, even when the journal lost every row after it
+            self.commit([Restart(), *migration])
+        give_back_freed_memory()
+        return rows
+
+    def _rebuilt(self) -> tuple[Kernel, list]:
+        """A kernel rebuilt from the journal, from the newest usable snapshot if the daemon keeps them; the
+        events that say the snapshot was migrated (to journal at a restart)."""
         fresh, after, migration = self._fresh_kernel, 0, []
         if self.snapshotter is not None:
             start = self.snapshotter.start()
             fresh, after, migration = (lambda: self._holding(start.fresh())), start.seq, start.migration()
-        self.kernel = rebuild(fresh, self.journal.rows, after, LAST, self.quarantined)
+        return rebuild(fresh, self.journal.rows, after, LAST, self.quarantined), migration
+
+    def _caught_up(self) -> None:
+        """After a rebuild: what it changed is no news, time goes on from the kernel's, and the archives have
+        every line of its trace and audit trail."""
         self.kernel.take_changed()
         self.clock.not_before(self.kernel.now_us)
         if self.config.check_invariants:
@@ -131,11 +148,6 @@ class Runtime:
         for archive, ring in self._archived(self.kernel):
             archive.catch_up(ring)
             ring.release(archive.seq)
-        rows = len(self.journal)
-        if rows or after:  # a snapshot is of a daemon that ran, even when the journal lost every row after it
-            self.commit([Restart(), *migration])
-        give_back_freed_memory()
-        return rows
 
     def _fresh_kernel(self) -> Kernel:
         return self._holding(Kernel(self.config.kernel))
@@ -279,14 +291,19 @@ class Runtime:
             else:
                 self.commit(list(events))
 
-    def progress(self, step: Step) -> None:
+    def progress(self, step: Step, retried: bool = False) -> None:
         """Apply an engine step now and journal it later: the next scheduling round if it emitted a trace
         line or the oldest step waiting is PROGRESS_S old (`_progress_timer`), else with the next commit.
-        Raises Degraded, changing nothing, while the journal cannot be written."""
+        Raises Degraded, changing nothing, while the journal cannot be written. A bug in the step: see
+        `_step_failed` (`retried`: this is the step's second try)."""
         self.health.refuse()
         now = self.clock.now_us()
-        with Emitted(self.kernel.trace) as emitted:
-            self.kernel.apply(step, now)
+        try:
+            with Emitted(self.kernel.trace) as emitted:
+                self.kernel.apply(step, now)
+        except Exception as exc:  # a bug, not a refusal: a step is never refused
+            self._step_failed(step, exc, retried)
+            return
         first = self.journal.deferred_since_us is None
         self.journal.defer(now, step, emitted)
         due = bool(emitted.text) or now - self.journal.deferred_since_us >= PROGRESS_S * 1e6
@@ -295,6 +312,38 @@ class Runtime:
             self._archive()
         self.task_views.prune(self.kernel.trace)
         self._wake(self.kernel.take_changed() | ({"progress"} if first or due else set()))
+
+    def _step_failed(self, step: Step, exc: Exception, retried: bool) -> None:
+        """A bug raised in the middle of `step`: the kernel is rolled back to what the journal holds, as before
+        the step (`_roll_back`), and the bug kept as the Bug `kernel.step` (/ai/health). A bug serving one task's
+        chunk (ServeBug) fails that task, `kernel bug: TYPE at FILE:LINE`, and the step goes again without its
+        chunk; another is tried again once, then fails each task of the step so. Raises Degraded if the steps
+        before it cannot be journaled (the kernel is then left as the bug left it)."""
+        self._roll_back()
+        tied = exc.__cause__ if isinstance(exc, ServeBug) and isinstance(exc.__cause__, Exception) else None
+        error, where = place_of(tied or exc)
+        reason = f"kernel bug: {error} at {where}"
+        if isinstance(exc, ServeBug):
+            self.supervisor.note("kernel.step", tied or exc, "its task failed")
+            self.commit([Failed(pid=exc.pid, reason=reason)])
+            if rest := [chunk for chunk in step.chunks if chunk.pid != exc.pid]:
+                self.progress(attrs.evolve(step, chunks=rest), retried)
+        elif not retried:
+            self.supervisor.note("kernel.step", exc, "its step tried again")
+            self.progress(step, retried=True)
+        else:
+            self.supervisor.note("kernel.step", exc, "its step's tasks failed")
+            self.commit([Failed(pid=chunk.pid, reason=reason) for chunk in step.chunks])
+
+    def _roll_back(self) -> None:
+        """The kernel as the journal holds it, the steps applied so far journaled first (rollback.py)."""
+        try:
+            self.journal.flush()
+        except Degraded as error:
+            self._degrade(error, self.clock.now_us())
+            raise
+        transplant(self._rebuilt()[0], self.kernel)
+        self._caught_up()
 
     def _flush_progress(self, now_us: int) -> None:
         """Journal the steps waiting; if that fails, go degraded (they wait for the recovery)."""

@@ -1,0 +1,155 @@
+"""Tier 2: a bug raised in the middle of a kernel step loses nothing and applies nothing twice (runtime.py
+`_step_failed`, rollback.py), no FUSE.
+
+The fault seam is the kernel's own components: a test makes one method the step calls raise for one task,
+as a bug in it would (`faulty`), at several points of the step: before and after the task's text is
+appended, in its charge, its KV growth, and after every chunk was served (rekey, a bug no one task's). The
+runtime rolls the kernel back to its journal and goes on: the task the bug is tied to fails naming it, the
+others' chunks are served once; the journal holds exactly that (a Failed row, a step without the chunk),
+and the kernel replayed from it is the live one, field for field.
+"""
+import functools
+import json
+import tempfile
+from pathlib import Path
+
+import hypothesis
+import pytest
+from hypothesis import strategies as st
+
+from apeinxfs.kernel.events import Chunk, Step
+from apeinxfs.kernel.reclaim import Reclaim
+from apeinxfs.kernel.runqueue import RunQueue
+from apeinxfs.kernel.tenancy import Tenancy
+from apeinxfs.kernel.trace import TraceLog
+from kernel_state import state_difference
+from test_journal_runtime import open_runtime, submit
+
+# (owner, method, index of the task among its arguments after self, which calls): where a bug in a step may raise
+SEAMS = {
+    "first token line": (TraceLog, "emit", 2, lambda _, kind, *__: kind == "first_token"),  # before its text is added
+    "metering": (Tenancy, "meter_serve", 0, None),  # after its text and tokens are counted
+    "charge": (RunQueue, "charge", 0, None),
+    "kv growth": (Reclaim, "grow_kv", 0, None),
+}
+
+
+def faulty(monkeypatch, seam: str, pid: int, times: int = 1_000_000) -> None:
+    """Make the seam's method raise RuntimeError when called for task `pid`, its first `times` calls so. Each
+    test's first step is the first to serve `pid`: a replay of the rows before it meets no fault, as it would
+    meet no bug."""
+    owner, method, where, which = SEAMS.get(seam) or (RunQueue, seam, 0, None)
+    real, raised = getattr(owner, method), []
+
+    @functools.wraps(real)  # its name the method's: a bound method of it pickles so (rollback.py)
+    def failing(self, *args, **kwargs):
+        task = args[where]
+        if getattr(task, "pid", None) == pid and (which is None or which(*args)) and len(raised) < times:
+            raised.append(pid)
+            raise RuntimeError(f"a bug in {method}")
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(owner, method, failing)
+
+
+def started(rt, count: int) -> list[int]:
+    """Submit `count` tasks of 50 tokens (dispatched at once: 8 slots)."""
+    return [submit(rt, name=f"t{index}", tokens=50) for index in range(count)]
+
+
+def last_seq(rt) -> int:
+    """The seq of the journal's last row, the steps waiting journaled first."""
+    rt.journal.flush()
+    return max(row[0] for row in rt.journal.rows())
+
+
+def journaled_after(rt, seq: int) -> list:
+    """The journal's rows after `seq`, as (kind, body): the steps waiting journaled first."""
+    rt.journal.flush()
+    return [(kind, json.loads(body)) for row_seq, _, kind, body in rt.journal.rows() if row_seq > seq]
+
+
+def replayed_difference(rt) -> str:
+    """How the kernel replayed from the runtime's journal differs from its live one ('': not at all), each having
+    told what changed (as the daemon's kernel always has after an event)."""
+    rt.journal.flush()
+    replayed = rt._rebuilt()[0]
+    replayed.take_changed()
+    rt.kernel.take_changed()
+    return state_difference(rt.kernel, replayed)
+
+
+def step_chunks(body) -> list[int]:
+    """The pids of the chunks of a steps row's one step."""
+    [[_, _, chunks]] = body
+    return [chunk[0] for chunk in chunks]
+
+
+@pytest.mark.parametrize("seam", sorted(SEAMS))
+def test_a_bug_serving_one_chunk_fails_its_task_and_serves_the_others_once(tmp_path, monkeypatch, seam):
+    """A raise at each point of serving task 2's chunk: the kernel is as if the step had come without it and
+    task 2 failed naming the bug; tasks 1 and 3 have their text once; the journal says so and replays to it."""
+    with open_runtime(tmp_path) as rt:
+        pids = started(rt, 3)
+        seq = last_seq(rt)
+        faulty(monkeypatch, seam, pids[1])
+        rt.deliver(Step(gpu=0, chunks=[Chunk(pid, f"<{pid}>", 1) for pid in pids]))
+        tasks = rt.kernel.tasks
+        assert [tasks[pid].output.decode() for pid in pids[::2]] == [f"<{pid}>" for pid in pids[::2]]
+        assert [tasks[pid].tokens_out for pid in pids[::2]] == [1, 1]
+        assert tasks[pids[1]].exit.startswith("failed: kernel bug: RuntimeError at ")
+        rows = journaled_after(rt, seq)
+        assert [kind for kind, _ in rows] == ["failed", "steps"] and step_chunks(rows[1][1]) == pids[::2]
+        assert rt.supervisor.bugs["kernel.step"].outcome == "its task failed"
+        monkeypatch.undo()
+        assert replayed_difference(rt) == ""
+
+
+def test_a_bug_no_one_tasks_is_tried_again_once_then_fails_the_steps_tasks(tmp_path, monkeypatch):
+    """A raise after every chunk was served (re-ordering the served tenants) every time: the step is rolled back,
+    tried once more, rolled back again, and each of its tasks fails naming the bug; no chunk was kept."""
+    with open_runtime(tmp_path) as rt:
+        pids = started(rt, 3)
+        faulty(monkeypatch, "rekey", pids[0])
+        rt.deliver(Step(gpu=0, chunks=[Chunk(pid, "x", 1) for pid in pids]))
+        tasks = [rt.kernel.tasks[pid] for pid in pids]
+        assert [(task.output, task.tokens_out) for task in tasks] == [(b"", 0)] * 3
+        assert all(task.exit.startswith("failed: kernel bug: RuntimeError at ") for task in tasks)
+        bug = rt.supervisor.bugs["kernel.step"]
+        assert (bug.times, bug.outcome) == (2, "its step's tasks failed")
+        monkeypatch.undo()
+        assert replayed_difference(rt) == ""
+
+
+def test_a_bug_no_one_tasks_that_does_not_come_again_loses_nothing(tmp_path, monkeypatch):
+    """A raise after every chunk was served, once: the step's second try serves every chunk once."""
+    with open_runtime(tmp_path) as rt:
+        pids = started(rt, 3)
+        faulty(monkeypatch, "rekey", pids[0], times=1)
+        rt.deliver(Step(gpu=0, chunks=[Chunk(pid, "x", 1) for pid in pids]))
+        assert [rt.kernel.tasks[pid].output for pid in pids] == [b"x"] * 3
+        assert rt.supervisor.bugs["kernel.step"].outcome == "its step tried again"
+        monkeypatch.undo()
+        assert replayed_difference(rt) == ""
+
+
+@hypothesis.settings(max_examples=20, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(count=st.integers(1, 5), data=st.data())
+def test_a_raise_at_any_chunk_leaves_the_step_without_it(monkeypatch, count, data):
+    """Whatever the chunk and the point its serving raises at, the tasks end as the step without that chunk
+    and its task failed would leave them, and the journal replays to the live kernel."""
+    bad = data.draw(st.integers(0, count - 1))
+    seam = data.draw(st.sampled_from(sorted(SEAMS)))
+    tokens = data.draw(st.lists(st.integers(1, 49), min_size=count, max_size=count))  # none ends its task
+    with tempfile.TemporaryDirectory() as directory, open_runtime(Path(directory)) as rt:
+        pids = started(rt, count)
+        with monkeypatch.context() as patch:
+            faulty(patch, seam, pids[bad])
+            rt.deliver(Step(gpu=0, chunks=[Chunk(pid, "y" * n, n) for pid, n in zip(pids, tokens)]))
+        for index, pid in enumerate(pids):
+            task = rt.kernel.tasks[pid]
+            if index == bad:
+                assert (task.output, task.exit.split(":")[0]) == (b"", "failed")
+            else:
+                assert (task.output, task.tokens_out) == (b"y" * tokens[index], tokens[index])
+        assert replayed_difference(rt) == ""
