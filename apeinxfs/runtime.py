@@ -121,7 +121,7 @@ class Runtime:
         (compaction.py), quarantining any row that cannot be applied (recovery.py); mark the restart.
         The daemon's time goes on from the journal's last at least, whatever the host's clock says (clock.py).
         Returns the journal's rows."""
-        self.kernel, migration = self._rebuilt()
+        self.kernel, after, migration = self._rebuilt()
         self._caught_up()
         rows = len(self.journal)
         if rows or after:  # a snapshot is of a daemon that ran, even when the journal lost every row after it
@@ -129,14 +129,15 @@ class Runtime:
         give_back_freed_memory()
         return rows
 
-    def _rebuilt(self) -> tuple[Kernel, list]:
+    def _rebuilt(self) -> tuple[Kernel, int, list]:
         """A kernel rebuilt from the journal, from the newest usable snapshot if the daemon keeps them; the
-        events that say the snapshot was migrated (to journal at a restart)."""
+        seq of that snapshot's last row (0: none), and the events that say it was migrated (to journal at a
+        restart)."""
         fresh, after, migration = self._fresh_kernel, 0, []
         if self.snapshotter is not None:
             start = self.snapshotter.start()
             fresh, after, migration = (lambda: self._holding(start.fresh())), start.seq, start.migration()
-        return rebuild(fresh, self.journal.rows, after, LAST, self.quarantined), migration
+        return rebuild(fresh, self.journal.rows, after, LAST, self.quarantined), after, migration
 
     def _caught_up(self) -> None:
         """After a rebuild: what it changed is no news, time goes on from the kernel's, and the archives have
