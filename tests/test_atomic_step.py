@@ -1,4 +1,4 @@
-"""Tier 2: a bug raised in the middle of a kernel step loses nothing and applies nothing twice (runtime.py
+"""Tier 2 (and the kernel's part, tier 1): a bug raised in the middle of a kernel step loses nothing and applies nothing twice (runtime.py
 `_step_failed`, rollback.py), no FUSE.
 
 The fault seam is the kernel's own components: a test makes one method the step calls raise for one task,
@@ -18,6 +18,7 @@ import pytest
 from hypothesis import strategies as st
 
 from apeinxfs.kernel.events import Chunk, Step
+from apeinxfs.kernel.moves import ServeBug
 from apeinxfs.kernel.reclaim import Reclaim
 from apeinxfs.kernel.runqueue import RunQueue
 from apeinxfs.kernel.tenancy import Tenancy
@@ -82,6 +83,25 @@ def step_chunks(body) -> list[int]:
     """The pids of the chunks of a steps row's one step."""
     [[_, _, chunks]] = body
     return [chunk[0] for chunk in chunks]
+
+
+@pytest.mark.parametrize("seam", sorted(SEAMS))
+def test_the_kernel_names_the_task_whose_chunk_a_bug_was_raised_serving(tmp_path, monkeypatch, seam):
+    """Kernel tier: a raise at each point of serving task 2's chunk leaves the step as a ServeBug naming task 2,
+    the bug its cause; a raise after the chunks were served leaves it as itself (no one task's)."""
+    with open_runtime(tmp_path) as rt:
+        pids = started(rt, 3)
+        with monkeypatch.context() as patch:
+            faulty(patch, seam, pids[1])
+            with pytest.raises(ServeBug) as raised:
+                rt.kernel.apply(Step(gpu=0, chunks=[Chunk(pid, "z", 1) for pid in pids]), rt.kernel.now_us + 1)
+        assert raised.value.pid == pids[1] and isinstance(raised.value.__cause__, RuntimeError)
+    (tmp_path / "b").mkdir()
+    with open_runtime(tmp_path / "b") as rt:  # a kernel the raise above did not leave half changed
+        pids = started(rt, 3)
+        faulty(monkeypatch, "rekey", pids[0])
+        with pytest.raises(RuntimeError, match="a bug in rekey"):
+            rt.kernel.apply(Step(gpu=0, chunks=[Chunk(pid, "z", 1) for pid in pids]), rt.kernel.now_us + 1)
 
 
 @pytest.mark.parametrize("seam", sorted(SEAMS))
