@@ -318,7 +318,7 @@ class Runtime:
         """A bug raised in the middle of `step`: the kernel is rolled back to what the journal holds, as before
         the step (`_roll_back`), and the bug kept as the Bug `kernel.step` (/ai/health). A bug serving one task's
         chunk (ServeBug) fails that task, `kernel bug: TYPE at FILE:LINE`, and the step goes again without its
-        chunk; another is tried again once, then fails each task of the step so. Raises Degraded if the steps
+        chunk; another is tried again once, then fails each task of the step so (each it would serve). Raises Degraded if the steps
         before it cannot be journaled (the kernel is then left as the bug left it)."""
         self._roll_back()
         tied = exc.__cause__ if isinstance(exc, ServeBug) and isinstance(exc.__cause__, Exception) else None
@@ -334,7 +334,8 @@ class Runtime:
             self.progress(step, retried=True)
         else:
             self.supervisor.note("kernel.step", exc, "its step's tasks failed")
-            self.commit([Failed(pid=chunk.pid, reason=reason) for chunk in step.chunks])
+            running = self.kernel.gpus[step.gpu].running  # not a task the step skipped: it has left that GPU
+            self.commit([Failed(pid=chunk.pid, reason=reason) for chunk in step.chunks if chunk.pid in running])
 
     def _roll_back(self) -> None:
         """The kernel as the journal holds it, the steps applied so far journaled first (rollback.py)."""

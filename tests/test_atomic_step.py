@@ -126,14 +126,17 @@ def test_a_bug_serving_one_chunk_fails_its_task_and_serves_the_others_once(tmp_p
 
 def test_a_bug_no_one_tasks_is_tried_again_once_then_fails_the_steps_tasks(tmp_path, monkeypatch):
     """A raise after every chunk was served (re-ordering the served tenants) every time: the step is rolled back,
-    tried once more, rolled back again, and each of its tasks fails naming the bug; no chunk was kept."""
+    tried once more, rolled back again, and each of its tasks fails naming the bug; no chunk was kept. A chunk of
+    a task not on the GPU (the ninth, queued: 8 slots), which the step skips, fails nothing."""
     with open_runtime(tmp_path) as rt:
-        pids = started(rt, 3)
+        *pids, queued = started(rt, 9)
+        pids = pids[:3]
         faulty(monkeypatch, "rekey", pids[0])
-        rt.deliver(Step(gpu=0, chunks=[Chunk(pid, "x", 1) for pid in pids]))
+        rt.deliver(Step(gpu=0, chunks=[Chunk(pid, "x", 1) for pid in [*pids, queued]]))
         tasks = [rt.kernel.tasks[pid] for pid in pids]
         assert [(task.output, task.tokens_out) for task in tasks] == [(b"", 0)] * 3
         assert all(task.exit.startswith("failed: kernel bug: RuntimeError at ") for task in tasks)
+        assert rt.kernel.tasks[queued].exit is None
         bug = rt.supervisor.bugs["kernel.step"]
         assert (bug.times, bug.outcome) == (2, "its step's tasks failed")
         monkeypatch.undo()
