@@ -25,6 +25,7 @@ from apeinxfs.kernel.tenancy import Tenancy
 from apeinxfs.kernel.trace import TraceLog
 from kernel_state import state_difference
 from test_journal_runtime import open_runtime, submit
+from test_snapshots import daemon_like, snapshot
 
 # (owner, method, index of the task among its arguments after self, which calls): where a bug in a step may raise
 SEAMS = {
@@ -176,3 +177,23 @@ def test_a_raise_at_any_chunk_leaves_the_step_without_it(monkeypatch, count, dat
             else:
                 assert (task.output, task.tokens_out) == (b"y" * tokens[index], tokens[index])
         assert replayed_difference(rt) == ""
+
+
+def test_the_rollback_starts_from_the_newest_snapshot(tmp_path, monkeypatch):
+    """With snapshots kept and the rows before the newest compacted away, the rollback rebuilds the kernel from
+    it: task 2 fails, the others have their text once, and the journal replays to the live kernel."""
+    rt = daemon_like(tmp_path)
+    try:
+        pids = started(rt, 3)
+        snapshot(rt)
+        submit(rt, name="between")
+        snapshot(rt)  # the second: the rows before the first are compacted away
+        assert rt.journal.first_seq() > 1
+        faulty(monkeypatch, "charge", pids[1])
+        rt.deliver(Step(gpu=0, chunks=[Chunk(pid, "w", 1) for pid in pids]))
+        assert [rt.kernel.tasks[pid].output for pid in pids[::2]] == [b"w", b"w"]
+        assert rt.kernel.tasks[pids[1]].exit.startswith("failed: kernel bug: RuntimeError at ")
+        monkeypatch.undo()
+        assert replayed_difference(rt) == ""
+    finally:
+        rt.close()
