@@ -318,24 +318,28 @@ class Runtime:
         """A bug raised in the middle of `step`: the kernel is rolled back to what the journal holds, as before
         the step (`_roll_back`), and the bug kept as the Bug `kernel.step` (/ai/health). A bug serving one task's
         chunk (ServeBug) fails that task, `kernel bug: TYPE at FILE:LINE`, and the step goes again without its
-        chunk; another is tried again once, then fails each task of the step so (each it would serve). Raises Degraded if the steps
+        chunk; another is tried again once, then fails each task of the step so. Raises Degraded if the steps
         before it cannot be journaled (the kernel is then left as the bug left it)."""
         self._roll_back()
-        tied = exc.__cause__ if isinstance(exc, ServeBug) and isinstance(exc.__cause__, Exception) else None
-        error, where = place_of(tied or exc)
-        reason = f"kernel bug: {error} at {where}"
-        if isinstance(exc, ServeBug):
-            self.supervisor.note("kernel.step", tied or exc, "its task failed")
-            self.commit([Failed(pid=exc.pid, reason=reason)])
-            if rest := [chunk for chunk in step.chunks if chunk.pid != exc.pid]:
+        pid = exc.pid if isinstance(exc, ServeBug) else None
+        bug = exc.__cause__ if pid is not None and isinstance(exc.__cause__, Exception) else exc
+        reason = "kernel bug: {} at {}".format(*place_of(bug))
+        if pid is not None:
+            self.supervisor.note("kernel.step", bug, "its task failed")
+            self._fail(step, [pid], reason)
+            if rest := [chunk for chunk in step.chunks if chunk.pid != pid]:
                 self.progress(attrs.evolve(step, chunks=rest), retried)
         elif not retried:
-            self.supervisor.note("kernel.step", exc, "its step tried again")
+            self.supervisor.note("kernel.step", bug, "its step tried again")
             self.progress(step, retried=True)
         else:
-            self.supervisor.note("kernel.step", exc, "its step's tasks failed")
-            running = self.kernel.gpus[step.gpu].running  # not a task the step skipped: it has left that GPU
-            self.commit([Failed(pid=chunk.pid, reason=reason) for chunk in step.chunks if chunk.pid in running])
+            self.supervisor.note("kernel.step", bug, "its step's tasks failed")
+            self._fail(step, [chunk.pid for chunk in step.chunks], reason)
+
+    def _fail(self, step: Step, pids: list[int], reason: str) -> None:
+        """Fail each task of `pids` still on the step's GPU (not one whose stale chunk the step skips)."""
+        running = self.kernel.gpus[step.gpu].running
+        self.commit([Failed(pid=pid, reason=reason) for pid in pids if pid in running])
 
     def _roll_back(self) -> None:
         """The kernel as the journal holds it, the steps applied so far journaled first (rollback.py)."""

@@ -5,10 +5,11 @@
 A Runtime with its own journal (one simulated GPU of 8 slots, model sim) runs 8 tasks of 30,000
 tokens; a round delivers STEPS steps of one chunk each for the 8, as the Outbox does (drivers/flow.py),
 journaled as the daemon journals them (a steps row when the progress timer would write one: here
-every 10 steps), and says the CPU µs a step, least of 3 tries, each round on a Runtime of its own. With REF (another checkout, e.g.
-`git worktree add --detach /tmp/ab-ref main`) each round runs REF's and this checkout's apeinxfs in
-two worker processes (bench/workers.py), alternating, and prints each side's median over the rounds
-and the median of the rounds' this / REF (with their range). Figures only: nothing is judged.
+every 10 steps), and says the CPU µs a step, least of 3 tries, each round on a Runtime of its own.
+With REF (another checkout, e.g. `git worktree add --detach /tmp/ab-ref main`) each round runs REF's
+and this checkout's apeinxfs in two worker processes (bench/workers.py), alternating, and prints each
+side's median over the rounds and the median of the rounds' this / REF (with their range). Figures
+only: nothing is judged.
 """
 import atexit
 import os

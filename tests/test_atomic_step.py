@@ -1,5 +1,5 @@
-"""Tier 2 (and the kernel's part, tier 1): a bug raised in the middle of a kernel step loses nothing and applies nothing twice (runtime.py
-`_step_failed`, rollback.py), no FUSE.
+"""Tier 2 (and the kernel's part, tier 1): a bug raised in the middle of a kernel step loses nothing and
+applies nothing twice (runtime.py `_step_failed`, rollback.py), no FUSE.
 
 The fault seam is the kernel's own components: a test makes one method the step calls raise for one task,
 as a bug in it would (`faulty`), at several points of the step: before and after the task's text is
