@@ -125,6 +125,23 @@ def test_a_bug_serving_one_chunk_fails_its_task_and_serves_the_others_once(tmp_p
         assert replayed_difference(rt) == ""
 
 
+def test_the_rollback_keeps_the_objects_the_tree_and_the_drivers_hold(tmp_path, monkeypatch):
+    """After a rollback the kernel, its trace and audit rings, its KV prefix caches and its tasks are the objects
+    they were (the tree and the drivers' jobs hold them), holding the state after: the trace ring the tree reads
+    has the failed task's exit line, the task the driver holds has its text."""
+    with open_runtime(tmp_path) as rt:
+        pids = started(rt, 3)
+        kernel = rt.kernel
+        held = [kernel.trace, kernel.audit, *kernel.kv.caches, *(kernel.tasks[pid] for pid in pids)]
+        seq = kernel.trace.seq
+        faulty(monkeypatch, "charge", pids[1])
+        rt.deliver(Step(gpu=0, chunks=[Chunk(pid, "v", 1) for pid in pids]))
+        now = [kernel.trace, kernel.audit, *kernel.kv.caches, *(kernel.tasks[pid] for pid in pids)]
+        assert rt.kernel is kernel and all(before is after for before, after in zip(held, now, strict=True))
+        assert f",exit,{pids[1]},".encode() in held[0].lines_after(seq) and b"kernel bug" in held[0].lines_after(seq)
+        assert held[-1].output == b"v"
+
+
 def test_a_bug_no_one_tasks_is_tried_again_once_then_fails_the_steps_tasks(tmp_path, monkeypatch):
     """A raise after every chunk was served (re-ordering the served tenants) every time: the step is rolled back,
     tried once more, rolled back again, and each of its tasks fails naming the bug; no chunk was kept. A chunk of

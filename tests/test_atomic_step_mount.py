@@ -5,8 +5,9 @@ queue's charge of a chunk raise KeyError for the task of prompt `bad` at its thi
 would (depending on the kernel's state only: a replay of the rows before it meets it no more than the
 live kernel did). The sim engine steps the three tasks of one GPU together: `bad` fails naming the bug,
 the other two stream their whole text with no gap (the runtime rolled the kernel back to its journal and
-served the step again without `bad`'s chunk), /ai/health has the Bug row, and `apeinxfs replay --verify`
-passes on the state directory once the daemon stopped.
+served the step again without `bad`'s chunk), `trace/events` has their exits (the ring the tree holds kept
+through the rollback), /ai/health has the Bug row, and `apeinxfs replay --verify` passes on the state
+directory once the daemon stopped.
 """
 import subprocess
 
@@ -46,6 +47,9 @@ def test_a_bug_in_one_tasks_step_leaves_the_others_text_whole_and_the_journal_ve
             assert stream.stdout.decode() == "".join(word(0, prompt, index) for index in range(TOKENS))
             assert daemon.status(pids[prompt])["Exit"] == "done"
         assert daemon.status(pids["bad"])["Exit"].startswith("failed: kernel bug: KeyError at <string>:")
+        with open(daemon.path("trace", "events")) as events:  # the trace ring the tree holds, grown after the bug
+            exits = [line for line in events if f",exit,{pids['two']}," in line]
+        assert len(exits) == 1 and "done" in exits[0]
         row = health_rows(daemon)[1]
         assert row.startswith("Bug:\tkernel.step: KeyError at <string>:") and row.endswith("; its task failed)")
         assert daemon.proc.poll() is None
