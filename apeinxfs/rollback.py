@@ -7,10 +7,10 @@ The journal holds every event the kernel applied before that step, so a kernel r
 it was before the step. `transplant` moves that state into the live kernel's own objects rather
 than replacing them: the tree holds the kernel, its trace and audit rings and KV prefix caches
 (nodes/tree.py), the drivers' jobs and the readers hold Task objects. Each mutable object of the
-rebuilt kernel that has a live one of its type at the same place (field, key, index) gives that
-one its state, and the rebuilt graph points at the live objects; frozen records and the objects
-the live kernel lacks come as the rebuilt kernel has them. The kernel's handler table (closures
-over its components, which stay the same objects) is kept.
+rebuilt kernel that has a live one of its type at the same place (field, key, index; a task, the
+live task of its pid) gives that one its state, and the rebuilt graph points at the live objects;
+frozen records and the objects the live kernel lacks come as the rebuilt kernel has them. The
+kernel's handler table (closures over its components, which stay the same objects) is kept.
 
 Costs a rebuild, as a start does, and a walk and a pickle of the kernel: for a bug, never on the
 step's own path. Not here: which step to try again after it (runtime.py), nor anything of the journal.
@@ -27,6 +27,7 @@ import attrs
 
 from .kernel import Kernel
 from .kernel.state import PROTOCOL, fields_of
+from .kernel.task import Task
 
 CONTAINERS = (list, dict, set, bytearray, collections.deque, array.array)
 _FROZEN_SETATTR = attrs.frozen(type("_Probe", (), {})).__setattr__  # what a frozen attrs class sets with (it refuses)
@@ -38,7 +39,7 @@ def transplant(rebuilt: Kernel, live: Kernel) -> None:
     pairs = _paired(rebuilt, live)
     buffer = io.BytesIO()
     pickler = pickle.Pickler(buffer, protocol=PROTOCOL)
-    pickler.persistent_id = lambda obj: id(obj) if id(obj) in pairs and pairs[id(obj)][0] is obj else None  # type: ignore
+    pickler.persistent_id = lambda obj: _paired_id(obj, pairs)  # type: ignore[method-assign]
     states = {key: _state_of(new) for key, (new, old) in pairs.items() if new is not old}
     pickler.dump(states)  # one pickle: what the states share stays shared
     unpickler = pickle.Unpickler(io.BytesIO(buffer.getvalue()))
@@ -47,14 +48,22 @@ def transplant(rebuilt: Kernel, live: Kernel) -> None:
         _set_state(pairs[key][1], state)
 
 
+def _paired_id(obj: object, pairs: Pairs) -> int | None:
+    """What stands for `obj` in the pickle: its id if it is paired with a live object, else None (itself)."""
+    return id(obj) if id(obj) in pairs and pairs[id(obj)][0] is obj else None
+
+
 def _paired(rebuilt: Kernel, live: Kernel) -> Pairs:
     """Each mutable object of `rebuilt` with the live object of its type at the same place, one to one."""
     pairs: Pairs = {}
     taken: set[int] = set()
-    stack: list[tuple[Any, Any]] = [(rebuilt, live)]
+    tasks = [(task, live.tasks[pid]) for pid, task in rebuilt.tasks.items() if pid in live.tasks]
+    stack: list[tuple[Any, Any]] = [(rebuilt, live), *tasks]  # the tasks first, each with its own pid's
     while stack:
         new, old = stack.pop()
         if type(new) is not type(old) or id(new) in pairs or id(old) in taken or not _mutable(new):
+            continue
+        if isinstance(new, Task) and new.pid != old.pid:  # a list's place may hold another task live
             continue
         pairs[id(new)] = (new, old)
         if new is old:  # held by both kernels (a fresh one shares what the config gives it): kept as it is
