@@ -317,7 +317,7 @@ class Runtime:
     def _step_failed(self, step: Step, exc: Exception, retried: bool) -> None:
         """A bug raised in the middle of `step`: the kernel is rolled back to what the journal holds, as before
         the step (`_roll_back`), and the bug kept as the Bug `kernel.step` (/ai/health). A bug serving one task's
-        chunk (ServeBug) fails that task, `kernel bug: TYPE at FILE:LINE`, and the step goes again without its
+        chunk (ServeBug) fails that task, `kernel bug: TYPE at FILE:LINE`, once the step went again without its
         chunk; another is tried again once, then fails each task of the step so. Raises Degraded if the steps
         before it cannot be journaled (the kernel is then left as the bug left it)."""
         self._roll_back()
@@ -326,9 +326,9 @@ class Runtime:
         reason = "kernel bug: {} at {}".format(*place_of(bug))
         if pid is not None:
             self.supervisor.note("kernel.step", bug, "its task failed")
-            self._fail(step, [pid], reason)
             if rest := [chunk for chunk in step.chunks if chunk.pid != pid]:
                 self.progress(attrs.evolve(step, chunks=rest), retried)
+            self._fail(step, [pid], reason)
         elif not retried:
             self.supervisor.note("kernel.step", bug, "its step tried again")
             self.progress(step, retried=True)
@@ -337,9 +337,17 @@ class Runtime:
             self._fail(step, [chunk.pid for chunk in step.chunks], reason)
 
     def _fail(self, step: Step, pids: list[int], reason: str) -> None:
-        """Fail each task of `pids` still on the step's GPU (not one whose stale chunk the step skips)."""
+        """Fail each task of `pids` still on the step's GPU (not one whose stale chunk the step skips). A bug
+        that their Failed meets again (in ending a task) raises, the kernel rolled back first: the Failed row,
+        journaled, is quarantined by the rebuild (recovery.py), as a replay of the journal will."""
         running = self.kernel.gpus[step.gpu].running
-        self.commit([Failed(pid=pid, reason=reason) for pid in pids if pid in running])
+        try:
+            self.commit([Failed(pid=pid, reason=reason) for pid in pids if pid in running])
+        except ApeinxError:  # refused (degraded): nothing journaled, nothing applied
+            raise
+        except Exception:
+            self._roll_back()
+            raise
 
     def _roll_back(self) -> None:
         """The kernel as the journal holds it, the steps applied so far journaled first (rollback.py)."""

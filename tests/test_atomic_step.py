@@ -34,13 +34,16 @@ SEAMS = {
     "charge": (RunQueue, "charge", 0, None),
     "kv growth": (Reclaim, "grow_kv", 0, None),
 }
+PLACES = {**SEAMS,  # and where else a bug in a step may raise:
+          "rekey": (RunQueue, "rekey", 0, None),  # after every chunk was served: no one task's
+          "gone": (Tenancy, "gone", 0, None)}  # ending a task, which its Failed does too
 
 
 def faulty(monkeypatch, seam: str, pid: int, times: int = 1_000_000) -> None:
     """Make the seam's method raise RuntimeError when called for task `pid`, its first `times` calls so. Each
     test's first step is the first to serve `pid`: a replay of the rows before it meets no fault, as it would
     meet no bug."""
-    owner, method, where, which = SEAMS.get(seam) or (RunQueue, seam, 0, None)
+    owner, method, where, which = PLACES[seam]
     real, raised = getattr(owner, method), []
 
     @functools.wraps(real)  # its name the method's: a bound method of it pickles so (rollback.py)
@@ -119,7 +122,7 @@ def test_a_bug_serving_one_chunk_fails_its_task_and_serves_the_others_once(tmp_p
         assert [tasks[pid].tokens_out for pid in pids[::2]] == [1, 1]
         assert tasks[pids[1]].exit.startswith("failed: kernel bug: RuntimeError at ")
         rows = journaled_after(rt, seq)
-        assert [kind for kind, _ in rows] == ["failed", "steps"] and step_chunks(rows[1][1]) == pids[::2]
+        assert [kind for kind, _ in rows] == ["steps", "failed"] and step_chunks(rows[0][1]) == pids[::2]
         assert rt.supervisor.bugs["kernel.step"].outcome == "its task failed"
         monkeypatch.undo()
         assert replayed_difference(rt) == ""
@@ -140,6 +143,22 @@ def test_the_rollback_keeps_the_objects_the_tree_and_the_drivers_hold(tmp_path, 
         assert rt.kernel is kernel and all(before is after for before, after in zip(held, now, strict=True))
         assert f",exit,{pids[1]},".encode() in held[0].lines_after(seq) and b"kernel bug" in held[0].lines_after(seq)
         assert held[-1].output == b"v"
+
+
+def test_a_bug_that_the_tasks_failure_meets_again_leaves_memory_and_journal_agreeing(tmp_path, monkeypatch):
+    """A bug serving task 2's chunk that its Failed meets again (ending it): the others' chunks are served once,
+    the bug raises out of the step (the deliverer's loop is restarted, supervise.py), task 2 runs on, and the
+    Failed row, journaled, is quarantined in memory as in a replay: the two agree."""
+    with open_runtime(tmp_path) as rt:
+        pids = started(rt, 3)
+        faulty(monkeypatch, "charge", pids[1])
+        faulty(monkeypatch, "gone", pids[1])
+        with pytest.raises(RuntimeError, match="a bug in gone"):
+            rt.deliver(Step(gpu=0, chunks=[Chunk(pid, "u", 1) for pid in pids]))
+        assert [rt.kernel.tasks[pid].output for pid in pids] == [b"u", b"", b"u"]
+        assert rt.kernel.tasks[pids[1]].exit is None and len(rt.quarantined) == 1
+        monkeypatch.undo()
+        assert replayed_difference(rt) == ""
 
 
 def test_a_bug_no_one_tasks_is_tried_again_once_then_fails_the_steps_tasks(tmp_path, monkeypatch):
