@@ -196,16 +196,21 @@ def test_a_bug_no_one_tasks_that_does_not_come_again_loses_nothing(tmp_path, mon
                      suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
 @hypothesis.given(count=st.integers(1, 5), data=st.data())
 def test_a_raise_at_any_chunk_leaves_the_step_without_it(monkeypatch, count, data):
-    """Whatever the chunk and the point its serving raises at, the tasks end as the step without that chunk
-    and its task failed would leave them, and the journal replays to the live kernel."""
+    """Whatever the chunk and the point its serving raises at, the journal holds the step without that chunk and
+    its task's Failed, the tasks end as those leave them, and the journal replays to the live kernel."""
     bad = data.draw(st.integers(0, count - 1))
     seam = data.draw(st.sampled_from(sorted(SEAMS)))
     tokens = data.draw(st.lists(st.integers(1, 49), min_size=count, max_size=count))  # none ends its task
     with tempfile.TemporaryDirectory() as directory, open_runtime(Path(directory)) as rt:
         pids = started(rt, count)
+        seq = last_seq(rt)
         with monkeypatch.context() as patch:
             faulty(patch, seam, pids[bad])
             rt.deliver(Step(gpu=0, chunks=[Chunk(pid, "y" * n, n) for pid, n in zip(pids, tokens)]))
+        others = pids[:bad] + pids[bad + 1:]
+        rows = journaled_after(rt, seq)  # the step without the bad chunk, if it had others, then the Failed
+        assert [kind for kind, _ in rows] == ["steps"] * bool(others) + ["failed"]
+        assert not others or step_chunks(rows[0][1]) == others
         for index, pid in enumerate(pids):
             task = rt.kernel.tasks[pid]
             if index == bad:
