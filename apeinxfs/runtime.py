@@ -20,7 +20,6 @@ model with several), which are never journaled; what they report of their KV cac
 `EngineKV` event, when it changes (kernel/kvreport.py).
 """
 import contextlib
-import ctypes
 import logging
 
 import attrs
@@ -38,12 +37,12 @@ from .readers import Readers
 from .kernel import Kernel
 from .kernel.errors import ApeinxError, Degraded
 from .kernel.config import MIB
-from .kernel.events import EngineHealth, EngineKV, Failed, GpuMemory, Rejected, Restart, Step, Tick
-from .kernel.moves import ServeBug
+from .kernel.events import EngineHealth, EngineKV, GpuMemory, Rejected, Restart, Step, Tick
 from .kernel.trace import TaskViews
 from .recovery import rebuild
-from .rollback import transplant
-from .supervise import Supervisor, place_of
+from .rollback import give_back_freed_memory
+from .stepbugs import StepBugs
+from .supervise import Supervisor
 
 log = logging.getLogger(__name__)
 GPU_SAMPLE_S = 2.0  # how often real GPUs' free memory is read for placement
@@ -116,31 +115,33 @@ class Runtime:
         self.cluster = None  # cluster/daemon.Cluster when [cluster] names etcd (set by mount.py); None: one node
         self.elsewhere: dict = {}  # tenant -> kernel/tenancy.Elsewhere, its use on the other nodes (cluster/usage.py)
         self.task_views = TaskViews()  # the tasks' events read so far, a cache beside the kernel (kernel/trace.py)
+        self.step_bugs = StepBugs(self)  # a bug in the middle of a step: the rollback (stepbugs.py)
 
     def recover(self) -> int:
         """Replay the journal into the kernel, from the newest usable snapshot if the daemon keeps them
         (compaction.py), quarantining any row that cannot be applied (recovery.py); mark the restart.
         The daemon's time goes on from the journal's last at least, whatever the host's clock says (clock.py).
         Returns the journal's rows."""
-        self.kernel, after, migration = self._rebuilt()
-        self._caught_up()
+        self.kernel, after, migration = self.rebuilt(self.journal.rows, self.quarantined)
+        self.caught_up()
         rows = len(self.journal)
         if rows or after:  # a snapshot is of a daemon that ran, even when the journal lost every row after it
             self.commit([Restart(), *migration])
         give_back_freed_memory()
         return rows
 
-    def _rebuilt(self) -> tuple[Kernel, int, list]:
-        """A kernel rebuilt from the journal, from the newest usable snapshot if the daemon keeps them; the
-        seq of that snapshot's last row (0: none), and the events that say it was migrated (to journal at a
-        restart)."""
+    def rebuilt(self, rows, quarantined: dict, may_quarantine=None) -> tuple[Kernel, int, list]:
+        """A kernel rebuilt from the journal's `rows` (Journal.rows or rows_kept), from the newest usable snapshot
+        if the daemon keeps them; the seq of that snapshot's last row (0: none), and the events that say it was
+        migrated (to journal at a restart). A row that raises is quarantined in `quarantined` (recovery.py),
+        only if among `may_quarantine` when that is given (else RowFailed)."""
         fresh, after, migration = self._fresh_kernel, 0, []
         if self.snapshotter is not None:
             start = self.snapshotter.start()
             fresh, after, migration = (lambda: self._holding(start.fresh())), start.seq, start.migration()
-        return rebuild(fresh, self.journal.rows, after, LAST, self.quarantined), after, migration
+        return rebuild(fresh, rows, after, LAST, quarantined, may_quarantine=may_quarantine), after, migration
 
-    def _caught_up(self) -> None:
+    def caught_up(self) -> None:
         """After a rebuild: what it changed is no news, time goes on from the kernel's, and the archives have
         every line of its trace and audit trail."""
         self.kernel.take_changed()
@@ -296,15 +297,17 @@ class Runtime:
     def progress(self, step: Step, retried: bool = False) -> None:
         """Apply an engine step now and journal it later: the next scheduling round if it emitted a trace
         line or the oldest step waiting is PROGRESS_S old (`_progress_timer`), else with the next commit.
-        Raises Degraded, changing nothing, while the journal cannot be written. A bug in the step: see
-        `_step_failed` (`retried`: this is the step's second try)."""
+        Raises Degraded, changing nothing, while the journal cannot be written. A bug in the step is rolled back
+        (stepbugs.py; `retried`: this is the step's second try)."""
         self.health.refuse()
+        if self.step_bugs.stuck:
+            step = self.step_bugs.without_stuck(step)
         now = self.clock.now_us()
         try:
             with Emitted(self.kernel.trace) as emitted:
                 self.kernel.apply(step, now)
         except Exception as exc:  # a bug, not a refusal: a step is never refused
-            self._step_failed(step, exc, retried)
+            self.step_bugs.failed(step, exc, retried)
             return
         first = self.journal.deferred_since_us is None
         self.journal.defer(now, step, emitted)
@@ -314,51 +317,6 @@ class Runtime:
             self._archive()
         self.task_views.prune(self.kernel.trace)
         self._wake(self.kernel.take_changed() | ({"progress"} if first or due else set()))
-
-    def _step_failed(self, step: Step, exc: Exception, retried: bool) -> None:
-        """A bug raised in the middle of `step`: the kernel is rolled back to what the journal holds, as before
-        the step (`_roll_back`), and the bug kept as the Bug `kernel.step` (/ai/health). A bug serving one task's
-        chunk (ServeBug) fails that task, `kernel bug: TYPE at FILE:LINE`, once the step went again without its
-        chunk; another is tried again once, then fails each task of the step so. Raises Degraded if the steps
-        before it cannot be journaled (the kernel is then left as the bug left it)."""
-        self._roll_back()
-        pid = exc.pid if isinstance(exc, ServeBug) else None
-        bug = exc.__cause__ if pid is not None and isinstance(exc.__cause__, Exception) else exc
-        reason = "kernel bug: {} at {}".format(*place_of(bug))
-        if pid is not None:
-            self.supervisor.note("kernel.step", bug, "its task failed")
-            if rest := [chunk for chunk in step.chunks if chunk.pid != pid]:
-                self.progress(attrs.evolve(step, chunks=rest), retried)
-            self._fail(step, [pid], reason)
-        elif not retried:
-            self.supervisor.note("kernel.step", bug, "its step tried again")
-            self.progress(step, retried=True)
-        else:
-            self.supervisor.note("kernel.step", bug, "its step's tasks failed")
-            self._fail(step, [chunk.pid for chunk in step.chunks], reason)
-
-    def _fail(self, step: Step, pids: list[int], reason: str) -> None:
-        """Fail each task of `pids` still on the step's GPU (not one whose stale chunk the step skips). A bug
-        that their Failed meets again (in ending a task) raises, the kernel rolled back first: the Failed row,
-        journaled, is quarantined by the rebuild (recovery.py), as a replay of the journal will."""
-        running = self.kernel.gpus[step.gpu].running
-        try:
-            self.commit([Failed(pid=pid, reason=reason) for pid in pids if pid in running])
-        except ApeinxError:  # refused (degraded): nothing journaled, nothing applied
-            raise
-        except Exception:
-            self._roll_back()
-            raise
-
-    def _roll_back(self) -> None:
-        """The kernel as the journal holds it, the steps applied so far journaled first (rollback.py)."""
-        try:
-            self.journal.flush()
-        except Degraded as error:
-            self._degrade(error, self.clock.now_us())
-            raise
-        transplant(self._rebuilt()[0], self.kernel)
-        self._caught_up()
 
     def _flush_progress(self, now_us: int) -> None:
         """Journal the steps waiting; if that fails, go degraded (they wait for the recovery)."""
@@ -524,12 +482,3 @@ class Runtime:
         step = max(1, self.kernel.kv.pools[gpu].pages_total // 64)
         return GpuMemory(gpu=gpu, free_mib=free_mib) if last is None or abs(pages - last) >= step else None
 
-
-def give_back_freed_memory() -> None:
-    """Hand the heap's free pages back to the system (glibc's malloc_trim). Loading a snapshot frees
-    its bytes and the unpickler's memo at once, about 13 MB at 10,000 tasks, which glibc would
-    otherwise keep in the daemon's RSS for good (bench/soak.py: RSS after a restart)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to give back this way
-        pass
