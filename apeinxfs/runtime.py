@@ -481,4 +481,3 @@ class Runtime:
         pages, last = free_mib * MIB // self.kernel.kv.page_bytes, self.kernel.kv.real_free[gpu]
         step = max(1, self.kernel.kv.pools[gpu].pages_total // 64)
         return GpuMemory(gpu=gpu, free_mib=free_mib) if last is None or abs(pages - last) >= step else None
-

@@ -85,7 +85,8 @@ class StepBugs:
         except Exception:
             self.stuck.update(failing)
             runtime.supervisor.note("kernel.step", bug, "its tasks' Failed met it again: their chunks are dropped")
-            self._rolled_back(range(first, runtime.journal.last_seq + 1))
+            last = runtime.journal.last_seq  # the Failed rows, if journaled, end there (after the deferred steps')
+            self._rolled_back(range(max(first, last + 1 - len(failing)), last + 1))
             raise
         runtime.supervisor.note("kernel.step", bug, outcome)
 
