@@ -3,7 +3,7 @@
 The runtime applies a step at once (runtime.py `progress`); a bug raised in its middle leaves the kernel half
 changed. `StepBugs.failed` rolls it back to the kernel rebuilt from the journal's rows, the written ones and
 those still in memory (journal.py `rows_kept`), writing nothing: a journal outage cannot stop a rollback half
-way. The rebuild quarantines nothing (but the Failed rows a bug met again, as a replay will): a row that raises
+way. The rebuild quarantines nothing (but a Failed row a bug met again, as a replay will): a row that raises
 in it means the bug is in what every event runs, and the rollback is given up, the bug raised as it came (the
 kernel left as it left it), as it is with a journal that keeps no rows (`apeinxfs sim`).
 
@@ -70,25 +70,39 @@ class StepBugs:
             self._fail(step, [chunk.pid for chunk in step.chunks], reason, bug, "its step's tasks failed")
 
     def _fail(self, step: Step, pids: list[int], reason: str, bug: Exception, outcome: str) -> None:
-        """Fail each task of `pids` still on the step's GPU (not one whose stale chunk the step skips), then note
-        `outcome`. A bug that their Failed meets again (in ending a task) raises, the kernel rolled back first with
-        the Failed rows, journaled, quarantined (as a replay will); those tasks are stuck."""
-        runtime = self.runtime
-        running = runtime.kernel.gpus[step.gpu].running
-        failing = [pid for pid in pids if pid in running]
-        first = runtime.journal.last_seq + 1
+        """Fail each task of `pids` still on the step's GPU (not one whose stale chunk the step skips), each in a
+        commit of its own, then note `outcome`. A task whose Failed meets the bug again (in ending it) is stuck
+        (`_end`): the bug raises once the others are failed."""
+        running = self.runtime.kernel.gpus[step.gpu].running
+        met_again = None
+        for pid in [pid for pid in pids if pid in running]:
+            met_again = self._end(pid, reason, bug, step.gpu) or met_again
+        if met_again is not None:
+            raise met_again
+        self.runtime.supervisor.note("kernel.step", bug, outcome)
+
+    def _end(self, pid: int, reason: str, bug: Exception, gpu: int) -> Exception | None:
+        """Commit task `pid`'s Failed; if it meets a bug, roll the kernel back with its row, journaled, quarantined
+        (as a replay will) and no trace row kept of it, wake who waits on the task, and return that bug: the task
+        is stuck. Raises that bug at once if the rollback is given up, Degraded if the row cannot be journaled."""
+        runtime, before = self.runtime, self.runtime.journal.last_seq
         try:
-            runtime.commit([Failed(pid=pid, reason=reason) for pid in failing])
+            runtime.commit([Failed(pid=pid, reason=reason)])
         except ApeinxError:  # refused (degraded): nothing journaled, nothing applied; the tasks run on
             runtime.supervisor.note("kernel.step", bug, "its tasks run on: their Failed could not be journaled")
             raise
-        except Exception:
-            self.stuck.update(failing)
+        except Exception as again:
+            self.stuck.add(pid)
             runtime.supervisor.note("kernel.step", bug, "its tasks' Failed met it again: their chunks are dropped")
-            last = runtime.journal.last_seq  # the Failed rows, if journaled, end there (after the deferred steps')
-            self._rolled_back(range(max(first, last + 1 - len(failing)), last + 1))
-            raise
-        runtime.supervisor.note("kernel.step", bug, outcome)
+            last = runtime.journal.last_seq  # the Failed row, if journaled (after the deferred steps' row)
+            raised = range(last, last + 1) if last > before else range(0)
+            for seq in raised:
+                runtime.journal.drop_trace(seq)
+            if not self._rolled_back(raised):
+                raise
+            runtime.notifier.wake({pid, ("gpu", gpu), "health"})
+            return again
+        return None
 
     def _rolled_back(self, may_quarantine: range = range(0)) -> bool:
         """Whether the kernel could be rolled back to the journal's rows (written or not), its version past both
