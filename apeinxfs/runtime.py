@@ -300,8 +300,8 @@ class Runtime:
         Raises Degraded, changing nothing, while the journal cannot be written. A bug in the step is rolled back
         (stepbugs.py; `retried`: this is the step's second try)."""
         self.health.refuse()
-        if self.step_bugs.stuck:
-            step = self.step_bugs.without_stuck(step)
+        if self.step_bugs.stuck and step.chunks and not (step := self.step_bugs.without_stuck(step)).chunks:
+            return  # only chunks of tasks that cannot be ended (stepbugs.py): nothing to apply or journal
         now = self.clock.now_us()
         try:
             with Emitted(self.kernel.trace) as emitted:

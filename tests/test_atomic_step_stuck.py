@@ -59,3 +59,18 @@ def test_the_tasks_the_rollback_fails_are_woken(tmp_path, monkeypatch):
             rt.deliver(Step(gpu=0, chunks=[Chunk(pid, "u", 1) for pid in pids]))
         ended = {pid for pid in pids if rt.kernel.tasks[pid].exit}
         assert ended == set(pids[1:]) and ended | {("gpu", 0), "health"} <= woken
+
+
+def test_a_step_of_only_a_stuck_tasks_chunks_is_not_applied_or_journaled(tmp_path, monkeypatch):
+    """After task 1's Failed met its bug, a step with only its chunk is dropped whole: no step counted, none
+    waiting to be journaled."""
+    with open_runtime(tmp_path) as rt:
+        pids = started(rt, 2)
+        faulty(monkeypatch, "charge", pids[0])
+        faulty(monkeypatch, "gone", pids[0])
+        with pytest.raises(RuntimeError, match="a bug in gone"):
+            rt.deliver(Step(gpu=0, chunks=[Chunk(pid, "u", 1) for pid in pids]))
+        rt.journal.flush()
+        steps = rt.kernel.counters.steps
+        rt.deliver(Step(gpu=0, chunks=[Chunk(pids[0], "v", 1)]))
+        assert rt.kernel.counters.steps == steps and rt.journal.deferred_since_us is None
