@@ -5,7 +5,8 @@ changed. `StepBugs.failed` rolls it back to the kernel rebuilt from the journal'
 those still in memory (journal.py `rows_kept`), writing nothing: a journal outage cannot stop a rollback half
 way. The rebuild quarantines nothing (but a Failed row a bug met again, as a replay will): a row that raises
 in it means the bug is in what every event runs, and the rollback is given up, the bug raised as it came (the
-kernel left as it left it), as it is with a journal that keeps no rows (`apeinxfs sim`).
+kernel left as it left it), as it is with a journal that keeps no rows (`apeinxfs sim`), or a rebuild that cannot
+start (the journal unreadable, no snapshot usable).
 
 After the rollback: a bug serving one task's chunk (ServeBug) fails that task, `kernel bug: TYPE at FILE:LINE`,
 once the step went again without its chunk; another is tried again once, then fails each task of the step so.
@@ -20,6 +21,7 @@ import logging
 
 import attrs
 
+from .compaction import CannotStart
 from .kernel.errors import ApeinxError
 from .kernel.events import Failed, Step
 from .kernel.moves import ServeBug
@@ -115,6 +117,9 @@ class StepBugs:
             rebuilt = runtime.rebuilt(runtime.journal.rows_kept, quarantined, may_quarantine)[0]
         except RowFailed as failed:
             log.error("rollback given up: %s raised in its rebuild too", failed.args[0])
+            return False
+        except (ApeinxError, CannotStart) as error:  # the journal unreadable, no snapshot usable (compaction.py)
+            log.error("rollback given up: %s", error)
             return False
         runtime.quarantined.update(quarantined)
         version = max(live.version, rebuilt.version) + 1

@@ -1,6 +1,6 @@
 """Tier 2: the rollback after a bug in the middle of a step (stepbugs.py) in the cases where it cannot be made, or
-could do harm: a bug every event meets, a journal that batches rows or keeps none, a journal outage, engine text
-that cannot be UTF-8, many bugs in a row; no FUSE. A task that cannot be failed: test_atomic_step.py.
+could do harm: a bug every event meets, a journal that batches rows or keeps none, a journal outage, a rebuild
+that cannot start, engine text that cannot be UTF-8, many bugs in a row; no FUSE. A task that cannot be failed: test_atomic_step_stuck.py.
 """
 import contextlib
 import json
@@ -8,15 +8,17 @@ import json
 import pytest
 
 from apeinxfs import config as config_mod
+from apeinxfs.compaction import CannotStart
 from apeinxfs.drivers import sse
-from apeinxfs.journal import Journal, NullJournal
+from apeinxfs.journal import Journal, NullJournal, Unreadable
 from apeinxfs.kernel.events import Chunk, Step
 from apeinxfs.kernel.moves import Moves
 from apeinxfs.kernel.tenancy import Tenancy
 from apeinxfs.runtime import Runtime
 from apeinxfs.stepbugs import ROLLBACK_WINDOW_S, ROLLBACKS
 from test_atomic_step import faulty, replayed_difference, started
-from test_journal_runtime import ONE_GPU, open_runtime
+from test_journal_runtime import ONE_GPU, open_runtime, submit
+from test_snapshots import daemon_like, snapshot
 from test_storage_faults import FailingDb, full_error
 
 
@@ -135,3 +137,56 @@ def test_past_the_rollbacks_of_a_window_a_bugs_step_is_not_tried_again(tmp_path,
         bug = rt.supervisor.bugs["kernel.step"]
         assert bug.times == 2 * (steps - 1) + 1
         assert bug.outcome == f"its step's tasks failed (over {ROLLBACKS} rollbacks in {ROLLBACK_WINDOW_S:g} s)"
+
+
+def unreadable_rows(journal):
+    """Make `journal`'s rows unreadable, as a damaged file's are (journal.py `unreadable`)."""
+    def rows(*_):
+        raise Unreadable(f"cannot read the journal {journal.path}: database disk image is malformed")
+        yield
+    journal.rows = rows
+
+
+def no_usable_start(rt):
+    """Make the runtime's snapshots unable to start a kernel, as when rows were compacted behind a damaged one."""
+    def start():
+        raise CannotStart("no snapshot usable")
+    rt.snapshotter.start = start
+
+
+@pytest.mark.parametrize("fault", [lambda rt: unreadable_rows(rt.journal), no_usable_start],
+                         ids=["journal unreadable", "no snapshot usable"])
+def test_a_rollback_whose_rebuild_cannot_start_is_given_up(tmp_path, monkeypatch, caplog, fault):
+    """A rebuild that cannot read the journal or start from a snapshot gives the rollback up: the bug raises as
+    it came (the supervisor's to note), not the rebuild's error."""
+    rt = daemon_like(tmp_path)
+    try:
+        pids = started(rt, 3)
+        faulty(monkeypatch, "charge", pids[1])
+        fault(rt)
+        with pytest.raises(RuntimeError, match="a bug in charge"):
+            rt.deliver(Step(gpu=0, chunks=[Chunk(pid, "n", 1) for pid in pids]))
+        assert "rollback given up" in caplog.text
+    finally:
+        rt.close()
+
+
+def test_an_unusable_snapshot_is_logged_once_across_rollbacks(tmp_path, monkeypatch, caplog):
+    """The newest snapshot damaged, two rollbacks start from the one before it: why it is not used is logged
+    once."""
+    rt = daemon_like(tmp_path)
+    try:
+        pids = started(rt, 3)
+        snapshot(rt)
+        submit(rt, name="between")
+        snapshot(rt)
+        newest = max((tmp_path / "state" / "snapshots").iterdir())
+        newest.write_bytes(newest.read_bytes()[:10])
+        faulty(monkeypatch, "charge", pids[1])
+        faulty(monkeypatch, "charge", pids[2])
+        rt.deliver(Step(gpu=0, chunks=[Chunk(pid, "n", 1) for pid in pids]))
+        rt.deliver(Step(gpu=0, chunks=[Chunk(pid, "m", 1) for pid in pids]))
+        assert [rt.kernel.tasks[pid].exit is None for pid in pids] == [True, False, False]
+        assert caplog.text.count("snapshot not used") == 1
+    finally:
+        rt.close()
