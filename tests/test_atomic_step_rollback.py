@@ -1,11 +1,14 @@
 """Tier 2: the rollback after a bug in the middle of a step (stepbugs.py) in the cases where it cannot be made, or
 could do harm: a bug every event meets, a journal that batches rows or keeps none, a journal outage, a rebuild
-that cannot start, engine text that cannot be UTF-8, many bugs in a row; no FUSE. A task that cannot be failed: test_atomic_step_stuck.py.
+that cannot start, engine text that cannot be UTF-8, many bugs in a row; no FUSE. A task that cannot be failed:
+test_atomic_step_stuck.py.
 """
 import contextlib
 import json
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from apeinxfs import config as config_mod
 from apeinxfs.compaction import CannotStart
@@ -104,6 +107,13 @@ def test_a_lone_surrogate_from_an_engine_is_served_as_a_replacement_character(tm
         [pid] = started(rt, 1)
         rt.deliver(Step(gpu=0, chunks=[sse.Tally(pid).chunk(event)]))
         assert rt.kernel.tasks[pid].output == "a\ufffdb".encode() and "kernel.step" not in rt.supervisor.bugs
+
+
+@hypothesis.given(st.text(alphabet=st.characters(codec=None, exclude_categories=())))
+def test_a_chunks_text_is_utf8_with_each_surrogate_replaced_and_all_else_kept(text):
+    """Any text, surrogates among CJK, emoji and ASCII, becomes a chunk's text that encodes to UTF-8, each code
+    point kept but a surrogate, which is U+FFFD."""
+    assert Chunk(1, text, 1).text.encode().decode() == "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
 
 
 def test_no_version_the_half_applied_step_had_comes_back(tmp_path, monkeypatch):
