@@ -147,28 +147,6 @@ def test_the_rollback_keeps_the_objects_the_tree_and_the_drivers_hold(tmp_path, 
         assert held[-1].output == b"v"
 
 
-def test_a_bug_that_the_tasks_failure_meets_again_leaves_memory_and_journal_agreeing(tmp_path, monkeypatch):
-    """A bug serving task 2's chunk that its Failed meets again (ending it): the others' chunks are served once,
-    the bug raises out of the step (the deliverer's loop is restarted, supervise.py), task 2 runs on, and the
-    Failed row, journaled, is quarantined in memory as in a replay: the two agree. The Bug row says so once known,
-    and task 2's later chunks are dropped (stepbugs.py), so the next step serves the others with no bug."""
-    with open_runtime(tmp_path) as rt:
-        pids = started(rt, 3)
-        faulty(monkeypatch, "charge", pids[1])
-        faulty(monkeypatch, "gone", pids[1])
-        with pytest.raises(RuntimeError, match="a bug in gone"):
-            rt.deliver(Step(gpu=0, chunks=[Chunk(pid, "u", 1) for pid in pids]))
-        assert [rt.kernel.tasks[pid].output for pid in pids] == [b"u", b"", b"u"]
-        assert rt.kernel.tasks[pids[1]].exit is None and len(rt.quarantined) == 1
-        bug = rt.supervisor.bugs["kernel.step"]
-        assert bug.outcome == "its tasks' Failed met it again: their chunks are dropped"
-        rt.deliver(Step(gpu=0, chunks=[Chunk(pid, "v", 1) for pid in pids]))
-        assert [rt.kernel.tasks[pid].output for pid in pids] == [b"uv", b"", b"uv"]
-        assert rt.supervisor.bugs["kernel.step"] == bug
-        monkeypatch.undo()
-        assert replayed_difference(rt) == ""
-
-
 def test_a_bug_no_one_tasks_is_tried_again_once_then_fails_the_steps_tasks(tmp_path, monkeypatch):
     """A raise after every chunk was served (re-ordering the served tenants) every time: the step is rolled back,
     tried once more, rolled back again, and each of its tasks fails naming the bug; no chunk was kept. A chunk of
