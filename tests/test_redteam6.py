@@ -56,8 +56,6 @@ def _crafted_state(command_pickle: bytes) -> bytes:
     return b"\x80\x04" + text(state.PACKAGE + ".state") + text("pickle.loads") + b"\x93" + inner + b"\x85R."
 
 
-@pytest.mark.xfail(strict=True, reason="redteam6 D1: KernelUnpickler checks only the module, so a snapshot "
-                                        "in a handed-over state dir runs any code (pickle.loads via apeinxfs.kernel.state)")
 def test_a_crafted_snapshot_runs_no_code_in_replay_verify(tmp_path):
     """`replay --verify` on a state dir whose snapshot names `pickle.loads` through a kernel module's import runs
     nothing: the snapshot is refused in words (not used) and the journal is verified from row 1."""

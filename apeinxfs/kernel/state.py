@@ -4,8 +4,11 @@ Generic over the kernel: the object graph reachable from a `Kernel` is pickled w
 a field a component gains later is in every snapshot without a line here, and the Task
 objects that the task table, the run queue and the GPUs' batches share stay one object
 each. What the kernel derives from its code rather than its state (its handler table) is
-left out and built again on loading. Loading builds only classes of the kernel
-package and a fixed few of the standard library (`ALLOWED`), nothing else a file names.
+left out and built again on loading. Loading builds only what a snapshot of this code
+names (`names`): the attrs classes of the kernel package, the other kernel classes and
+functions of `PLAIN`, and a fixed few of the standard library (`STANDARD`), each by its
+exact module and name, and gets no attribute but the bound methods of `METHODS`: a file
+handed over or planted names nothing else (LayoutError, in words).
 
 `layout` is what a snapshot must agree on with the code that loads it: every kernel class
 a fresh kernel of that config reaches, and every attrs class of the package, with its
@@ -16,12 +19,17 @@ loaded objects); else its objects would miss attributes, or carry stale ones, an
 """
 from __future__ import annotations
 
+import array
 import copyreg
+import decimal
 import enum
+import functools
 import importlib
 import io
 import pickle
 import pkgutil
+import re
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,14 +38,29 @@ import attrs
 from .access import OVERFLOW_ID, UID_MAX, id_fits
 from .config import KernelConfig
 from .endpoints import redacted
+from .audit import AuditLog
+from .billing import BillBook
+from .engines import EngineWatch
 from .kernel import Kernel
+from .kvreport import KVReports
+from .lazyheap import LazyHeap
+from .memory import KVManager, PrefixCache
+from .models import Models
+from .moves import Moves
+from .reclaim import Reclaim
+from .retention import Reaper
+from .runqueue import RunQueue
+from .sched import Accounts, FairQueue, FlatQueue, _arrival, _higher_prio_first, _one_level, _pid
+from .sharedlog import SharedLog
+from .submits import SubmitChecks
+from .task import State
+from .tasktable import TaskTable
+from .tenancy import Tenancy
+from .trace import TraceLog
 
 PACKAGE = __name__.rpartition(".")[0]  # apeinxfs.kernel
-ALLOWED = {("builtins", "getattr"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"),
-           ("collections", "OrderedDict"), ("collections", "deque"), ("collections", "defaultdict"),
-           ("array", "_array_reconstructor"), ("array", "array"), ("decimal", "Decimal"), ("re", "_compile"),
-           ("enum", "Enum")}
 PROTOCOL = 5
+METHODS = {(Kernel, "_evicted"), (Moves, "emit")}  # bound methods the state holds: KVManager.on_evict, Kernel.emit
 
 
 class LayoutError(Exception):
@@ -116,22 +139,58 @@ def decode(data: bytes, migrate: Callable[[Kernel], object] | None = None) -> Ke
 
 
 class KernelUnpickler(pickle.Unpickler):
-    """Builds the kernel package's classes and those of ALLOWED, and refuses any other."""
+    """Builds only what `names` holds, found by its exact module and name; refuses any other name."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if module != PACKAGE and not module.startswith(PACKAGE + ".") and (module, name) not in ALLOWED:
-            raise LayoutError(f"the state names {module}.{name}, which is not the kernel's")
-        return super().find_class(module, name)
+        found = names().get((module, name))
+        if found is None:
+            raise LayoutError(f"the state names {module}.{name}, which is not the kernel's: a damaged or untrusted "
+                              "snapshot")
+        return found
+
+
+def _kernel_method(owner: object, name: str) -> Any:
+    """getattr as a snapshot calls it (pickle's form of a bound method): only the bound methods of METHODS."""
+    if (type(owner), name) not in METHODS:
+        raise LayoutError(f"the state takes {name} of a {type(owner).__name__}, which is not a bound method of the "
+                          "kernel's: a damaged or untrusted snapshot")
+    return getattr(owner, name)
+
+
+# What a snapshot names beside the attrs classes, each checked for what its call, __new__ and __setstate__ do with
+# the arguments a file gives (docs/security.md): plain kernel classes, the queues' key functions, the Kernel's reducer.
+PLAIN: tuple[Any, ...] = (
+    AuditLog, BillBook, EngineWatch, KVReports, LazyHeap, KVManager, PrefixCache, Models, Moves, Reclaim, Reaper,
+    RunQueue, Accounts, FairQueue, FlatQueue, SharedLog, SubmitChecks, State, TaskTable, Tenancy, TraceLog,
+    _arrival, _higher_prio_first, _one_level, _pid, _bare_kernel, _set_kernel_state)
+STANDARD = {("builtins", "getattr"): _kernel_method, ("collections", "OrderedDict"): OrderedDict,
+            ("collections", "deque"): deque, ("array", "array"): array.array,
+            ("array", "_array_reconstructor"): array._array_reconstructor,  # type: ignore[attr-defined]
+            ("decimal", "Decimal"): decimal.Decimal, ("re", "_compile"): re._compile}  # type: ignore[attr-defined]
+
+
+@functools.cache
+def names() -> dict[tuple[str, str], Any]:
+    """(module, name) -> what a snapshot may build by that name: STANDARD, PLAIN and the kernel's attrs classes."""
+    kernel_names = {(found.__module__, found.__qualname__): found for found in (*PLAIN, *attrs_classes())}
+    return STANDARD | kernel_names
+
+
+def attrs_classes() -> list[type]:
+    """Every attrs class defined in a module of the kernel package."""
+    found = []
+    for module in pkgutil.iter_modules(importlib.import_module(PACKAGE).__path__):
+        for cls in vars(importlib.import_module(f"{PACKAGE}.{module.name}")).values():
+            if attrs.has(cls) and cls.__module__.startswith(PACKAGE):
+                found.append(cls)
+    return found
 
 
 def layout(config: KernelConfig) -> dict[str, list[str]]:
     """{class: its field names} of every kernel class a fresh kernel of `config` reaches and every
     attrs class of the kernel package."""
     classes = {class_name(type(item)): sorted(fields_of(item)) for item in reached(Kernel(config))}
-    for found in pkgutil.iter_modules(importlib.import_module(PACKAGE).__path__):
-        for cls in vars(importlib.import_module(f"{PACKAGE}.{found.name}")).values():
-            if attrs.has(cls) and cls.__module__.startswith(PACKAGE):
-                classes[class_name(cls)] = sorted(a.name for a in attrs.fields(cls))
+    classes |= {class_name(cls): sorted(a.name for a in attrs.fields(cls)) for cls in attrs_classes()}
     return dict(sorted(classes.items()))
 
 
