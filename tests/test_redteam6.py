@@ -104,8 +104,6 @@ def test_sim_refuses_an_unreadable_workload_in_words(tmp_path, cell):
 
 
 
-@pytest.mark.xfail(strict=True, reason="redteam6 D6: snapshots.Snapshot.read readline()s whatever a snapshot name "
-                                        "opens, unbounded: a link to /dev/zero exhausts memory (a FIFO hangs)")
 def test_replay_verify_passes_over_a_snapshot_that_is_no_regular_file(tmp_path):
     """`replay --verify` on a state dir whose snapshot is a symlink to /dev/zero finishes within bounded memory,
     naming the snapshot as not used, and verifies the journal from row 1."""

@@ -7,10 +7,13 @@ name, no module attribute it imported), and take no attribute but the kernel's b
 line and inflated state bounded (snapshots.HEADER_MAX, INFLATE_RATIO). Each is refused in
 words as a damaged snapshot. The previous release's own bytes still load.
 """
+import os
 import pathlib
+import zlib
 
 import pytest
 
+from apeinxfs import snapshots
 from apeinxfs.kernel import Kernel, migrations, state
 from apeinxfs.kernel.invariants import check_invariants
 from apeinxfs.kernel.state import LayoutError, decode
@@ -67,3 +70,58 @@ def test_every_class_a_kernel_reaches_may_be_loaded():
     state.names: a plain class added to the kernel's state must be added to PLAIN too, and this names it."""
     allowed = {f"{module}.{name}" for module, name in state.names()} | {state.class_name(Kernel)}
     assert sorted(set(state.layout(kernel_config())) - allowed) == []
+
+
+def written(tmp_path, state_bytes: bytes) -> str:
+    """A snapshot of `state_bytes` at row 1 in tmp_path/snapshots; its path."""
+    return snapshots.write(str(tmp_path / "snapshots"), 1, 0, 0, {}, {}, state_bytes)
+
+
+def test_a_snapshot_name_that_is_a_symbolic_link_is_not_read(tmp_path):
+    """A snapshot name that links to a whole snapshot elsewhere is damaged, named as a link: a link is followed
+    to /dev/zero or a FIFO as readily."""
+    os.symlink(written(tmp_path, b"state"), tmp_path / "snapshot-000000000002.snap")
+    with pytest.raises(snapshots.Damaged, match="a symbolic link"):
+        snapshots.Snapshot.read(str(tmp_path / "snapshot-000000000002.snap"))
+
+
+def test_a_snapshot_name_that_is_a_fifo_is_not_waited_on(tmp_path):
+    """A FIFO under a snapshot's name is damaged, as no regular file, without waiting for a writer."""
+    os.mkfifo(tmp_path / "snapshot-000000000001.snap")
+    with pytest.raises(snapshots.Damaged, match=r"not a regular file \(mode p"):
+        snapshots.Snapshot.read(str(tmp_path / "snapshot-000000000001.snap"))
+
+
+def test_a_header_line_past_its_bound_is_not_read_whole(tmp_path):
+    """A file whose first line runs past HEADER_MAX bytes is damaged, its line read only to the bound."""
+    path = tmp_path / "snapshot-000000000001.snap"
+    path.write_bytes(snapshots.MAGIC.encode() + b" " + b"x" * snapshots.HEADER_MAX)
+    with pytest.raises(snapshots.Damaged, match=f"header line is longer than {snapshots.HEADER_MAX} bytes"):
+        snapshots.Snapshot.read(str(path))
+
+
+def test_a_state_that_inflates_past_its_bound_is_damaged(tmp_path):
+    """A state of INFLATE_FLOOR + 1 MiB zero bytes (a zlib bomb: it compresses some thousand times) is damaged,
+    in words, and not inflated past the bound."""
+    bomb = bytes(snapshots.INFLATE_FLOOR + (1 << 20))
+    snapshot = snapshots.Snapshot.read(written(tmp_path, bomb))
+    assert snapshot.length * snapshots.INFLATE_RATIO < len(bomb)
+    with pytest.raises(snapshots.Damaged, match=f"inflates past {snapshots.INFLATE_FLOOR} bytes"):
+        snapshot.state()
+
+
+def test_a_small_state_inflates_whatever_its_ratio(tmp_path):
+    """A state under INFLATE_FLOOR is read whole however well it compresses: the ratio bounds only large ones."""
+    small = bytes(1 << 20)
+    snapshot = snapshots.Snapshot.read(written(tmp_path, small))
+    assert len(small) > snapshot.length * snapshots.INFLATE_RATIO and snapshot.state() == small
+
+
+def test_a_state_cut_short_inside_its_stream_is_damaged(tmp_path):
+    """Compressed bytes whose stream does not end (checksummed as they are) are damaged, not half a state."""
+    path, packed = tmp_path / "snapshot-000000000001.snap", zlib.compress(os.urandom(4096))[:-10]
+    header = f'{{"seq":1,"time_us":0,"trace_seq":0,"config":{{}},"layout":{{}},"length":{len(packed)},' \
+             f'"crc":{zlib.crc32(packed)},"row_crc":null}}'
+    path.write_bytes(f"{snapshots.MAGIC} {zlib.crc32(header.encode()):08x} {header}\n".encode() + packed)
+    with pytest.raises(snapshots.Damaged, match="cut short"):
+        snapshots.Snapshot.read(str(path)).state()
