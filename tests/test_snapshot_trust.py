@@ -7,6 +7,7 @@ name, no module attribute it imported), and take no attribute but the kernel's b
 line and inflated state bounded (snapshots.HEADER_MAX, INFLATE_RATIO). Each is refused in
 words as a damaged snapshot. The previous release's own bytes still load.
 """
+import decimal
 import os
 import pathlib
 import zlib
@@ -114,6 +115,39 @@ def test_a_pattern_loads_with_the_flags_a_kernel_pattern_has_only(flags, loads):
     stdout) it is refused."""
     with pytest.raises(LayoutError, match="is a Pattern, not a kernel" if loads else "compiles a pattern with flags"):
         decode(b"\x80\x04" + named("re", "_compile") + text("a+") + b"J" + flags.to_bytes(4, "little") + b"\x86R.")
+
+
+def planted(change) -> bytes:
+    """lived_kernel's state with `change` made to it as a planted pickle makes it: past the attrs validators."""
+    kernel = lived_kernel()
+    change(kernel)
+    return state.encode(kernel)
+
+
+def renamed_tenant(kernel: Kernel) -> None:
+    tenant = kernel.tenancy.tenants.pop("default")
+    object.__setattr__(tenant, "name", "a/b")
+    kernel.tenancy.tenants["a/b"] = tenant
+
+
+def task_moved(kernel: Kernel) -> None:
+    kernel.tasks[2].pid = 3
+
+
+def priced_past_decimal(kernel: Kernel) -> None:
+    object.__setattr__(next(iter(kernel.models.values())).price, "gpu_second", decimal.Decimal("9E+999999999"))
+
+
+@pytest.mark.parametrize("change, refused", [
+    pytest.param(renamed_tenant, "tenant 'a/b' may not hold", id="a-tenant-name-with-a-slash"),
+    pytest.param(task_moved, "task 2 is not a pid", id="a-task-under-another-pid"),
+    pytest.param(priced_past_decimal, "a price must be a number from 0", id="a-price-past-decimal-precision"),
+])
+def test_a_state_holding_what_a_validator_refuses_is_refused(change, refused):
+    """A name that would be a directory of the tree, a pid not its task's, a price the bill cannot round: pickle
+    built them without their validators, and decode refuses them after loading."""
+    with pytest.raises(LayoutError, match=f"holds what the kernel refuses: {refused}"):
+        decode(planted(change))
 
 
 def written(tmp_path, state_bytes: bytes) -> str:

@@ -36,12 +36,14 @@ from typing import Any
 
 import attrs
 
+from . import loadcheck
 from .access import OVERFLOW_ID, UID_MAX, id_fits
 from .audit import AuditLog
 from .billing import BillBook
 from .config import KernelConfig
 from .endpoints import redacted
 from .engines import EngineBook, EngineWatch, Outage
+from .errors import Invalid
 from .kernel import Kernel
 from .kvreport import KVReports
 from .lazyheap import LazyHeap
@@ -139,7 +141,8 @@ def _set_kernel_state(kernel: Kernel, fields: dict[str, Any]) -> None:
 
 def decode(data: bytes, migrate: Callable[[Kernel], object] | None = None) -> Kernel:
     """The kernel that `encode` turned into `data`, brought to the code's layout by `migrate` (migrations.py)
-    if given, its handler table built; LayoutError if they are not such bytes, or do not migrate."""
+    if given, its handler table built; LayoutError if they are not such bytes, do not migrate, or hold a name or
+    number the kernel refuses (loadcheck.py)."""
     try:
         kernel = KernelUnpickler(io.BytesIO(data)).load()
     except LayoutError:
@@ -154,6 +157,10 @@ def decode(data: bytes, migrate: Callable[[Kernel], object] | None = None) -> Ke
         kernel.handlers = kernel._handlers()  # after migrating: a handler may be of a component it added
     except Exception as exc:  # a migration that does not fit the state it finds
         raise LayoutError(f"the state does not migrate: {type(exc).__name__}: {exc}") from None
+    try:
+        loadcheck.checked(kernel)
+    except Invalid as exc:
+        raise LayoutError(f"the state holds what the kernel refuses: {exc}") from None
     return kernel
 
 
