@@ -11,12 +11,16 @@ another): a crash leaves the old files whole and at most a `.tmp`, which nothing
 the next `prune` removes.
 
 `Snapshot.read` raises `Damaged` for a file that is truncated, altered, or of another
-version: a reader then falls back to the one before it (`usable`). This module reads and
+version, and for a name that is no regular file (a symbolic link, a FIFO, a device: `opened`
+neither follows nor waits on one) or whose header line or state would take memory without
+bound (HEADER_MAX, INFLATE_RATIO): a reader then falls back to the one before it (`usable`). This module reads and
 writes files; when to write one and what the journal drops after it is compaction.py's.
 """
+import errno
 import json
 import os
 import re
+import stat
 import zlib
 
 import attrs
@@ -26,6 +30,9 @@ from . import durable
 MAGIC = "apeinxfs-snapshot 1"
 NAME = re.compile(r"^snapshot-(\d{12})\.snap$")
 KEEP = 2  # snapshots kept: the newest, and one to fall back to
+HEADER_MAX = 16 << 20  # bytes of a header line read at most: its config and layout take some KiB
+INFLATE_RATIO, INFLATE_FLOOR = 64, 64 << 20  # a state inflates to at most 64 times its compressed length (a
+# kernel's pickled state compresses 2 to 8 times at zlib level 1), or 64 MiB: a zlib bomb inflates 1000 times
 
 
 class Damaged(Exception):
@@ -51,11 +58,13 @@ class Snapshot:
     def read(cls, path: str) -> "Snapshot":
         """The header of the file at `path`; Damaged if it is not a whole one."""
         try:
-            with open(path, "rb") as file:
-                line = file.readline()
+            with opened(path) as file:
+                line = file.readline(HEADER_MAX + 1)
                 size = os.fstat(file.fileno()).st_size
         except OSError as exc:
             raise Damaged(f"{path}: {exc.strerror}") from None
+        if len(line) > HEADER_MAX:
+            raise Damaged(f"{path}: its header line is longer than {HEADER_MAX} bytes: not a snapshot")
         header = parse_header(path, line)
         if size != len(line) + header["length"]:
             raise Damaged(f"{path}: {size - len(line)} bytes of state where the header says {header['length']}")
@@ -64,17 +73,46 @@ class Snapshot:
     def state(self) -> bytes:
         """The state's bytes, decompressed; Damaged if they do not match the header's checksum."""
         try:
-            with open(self.path, "rb") as file:
+            with opened(self.path) as file:
                 file.seek(self.offset)
-                packed = file.read()
+                packed = file.read(self.length + 1)
         except OSError as exc:
             raise Damaged(f"{self.path}: {exc.strerror}") from None
         if len(packed) != self.length or zlib.crc32(packed) != self.crc:
             raise Damaged(f"{self.path}: the state does not match its checksum (crc32 {self.crc:08x})")
-        try:
-            return zlib.decompress(packed)
-        except zlib.error as exc:
-            raise Damaged(f"{self.path}: {exc}") from None
+        return inflated(self.path, packed)
+
+
+def opened(path: str):
+    """The regular file at `path`, open to read; Damaged if the name is a symbolic link or no regular file (a
+    FIFO is opened without waiting for a writer, and not read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        why = "a symbolic link, which a snapshot never is" if exc.errno == errno.ELOOP else exc.strerror
+        raise Damaged(f"{path}: {why}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise Damaged(f"{path}: not a regular file (mode {stat.filemode(mode)}), which a snapshot always is")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def inflated(path: str, packed: bytes) -> bytes:
+    """The state `packed` decompressed, at most INFLATE_RATIO times its length (or INFLATE_FLOOR); Damaged if it
+    would be more, or is not whole."""
+    limit, inflater = max(INFLATE_FLOOR, INFLATE_RATIO * len(packed)), zlib.decompressobj()
+    try:
+        state = inflater.decompress(packed, limit)
+    except zlib.error as exc:
+        raise Damaged(f"{path}: {exc}") from None
+    if inflater.unconsumed_tail:
+        raise Damaged(f"{path}: its state inflates past {limit} bytes, {INFLATE_RATIO} times its compressed length "
+                      "or more, as no kernel's state does: a damaged or untrusted snapshot")
+    if not inflater.eof:
+        raise Damaged(f"{path}: its state is cut short (the compressed stream does not end)")
+    return state
 
 
 def parse_header(path: str, line: bytes) -> dict:

@@ -56,8 +56,6 @@ def _crafted_state(command_pickle: bytes) -> bytes:
     return b"\x80\x04" + text(state.PACKAGE + ".state") + text("pickle.loads") + b"\x93" + inner + b"\x85R."
 
 
-@pytest.mark.xfail(strict=True, reason="redteam6 D1: KernelUnpickler checks only the module, so a snapshot "
-                                        "in a handed-over state dir runs any code (pickle.loads via apeinxfs.kernel.state)")
 def test_a_crafted_snapshot_runs_no_code_in_replay_verify(tmp_path):
     """`replay --verify` on a state dir whose snapshot names `pickle.loads` through a kernel module's import runs
     nothing: the snapshot is refused in words (not used) and the journal is verified from row 1."""
@@ -102,8 +100,6 @@ def test_sim_refuses_an_unreadable_workload_in_words(tmp_path, cell):
 
 
 
-@pytest.mark.xfail(strict=True, reason="redteam6 D6: snapshots.Snapshot.read readline()s whatever a snapshot name "
-                                        "opens, unbounded: a link to /dev/zero exhausts memory (a FIFO hangs)")
 def test_replay_verify_passes_over_a_snapshot_that_is_no_regular_file(tmp_path):
     """`replay --verify` on a state dir whose snapshot is a symlink to /dev/zero finishes within bounded memory,
     naming the snapshot as not used, and verifies the journal from row 1."""
