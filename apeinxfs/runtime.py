@@ -143,11 +143,14 @@ class Runtime:
 
     def caught_up(self) -> None:
         """After a rebuild: what it changed is no news, time goes on from the kernel's, and the archives have
-        every line of its trace and audit trail."""
+        every line of its trace and audit trail, unless steps wait to be journaled (a rollback's rebuild holds
+        them: stepbugs.py): then their lines go with their row (`_flush_progress`), the ring holding them."""
         self.kernel.take_changed()
         self.clock.not_before(self.kernel.now_us)
         if self.config.check_invariants:
             self.kernel.check_invariants()
+        if self.journal.deferred_since_us is not None:
+            return
         for archive, ring in self._archived(self.kernel):
             archive.catch_up(ring)
             ring.release(archive.seq)

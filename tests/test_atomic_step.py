@@ -17,15 +17,16 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from apeinxfs.kernel.events import Chunk, Step
+from apeinxfs.kernel.events import Chunk, Step, Submit
 from apeinxfs.kernel.moves import ServeBug
 from apeinxfs.kernel.reclaim import Reclaim
 from apeinxfs.kernel.runqueue import RunQueue
+from apeinxfs.kernel.task import TaskSpec
 from apeinxfs.kernel.tenancy import Tenancy
 from apeinxfs.kernel.trace import TraceLog
 from kernel_state import state_difference
 from test_journal_runtime import open_runtime, submit
-from test_snapshots import daemon_like, snapshot
+from test_snapshots import archived_runtime, daemon_like, snapshot
 
 # (owner, method, index of the task among its arguments after self, which calls): where a bug in a step may raise
 SEAMS = {
@@ -222,5 +223,24 @@ def test_the_rollback_starts_from_the_newest_snapshot(tmp_path, monkeypatch):
         assert rt.kernel.tasks[pids[1]].exit.startswith("failed: kernel bug: RuntimeError at ")
         monkeypatch.undo()
         assert replayed_difference(rt) == ""
+    finally:
+        rt.close()
+
+
+def test_a_rollback_leaves_the_lines_of_the_steps_waiting_out_of_the_archive(tmp_path, monkeypatch):
+    """A rollback while an applied step (its first-token line) waits to be journaled archives none of its lines:
+    they go with its row, as without a bug, or a kill -9 between leaves the archive ahead of the journal."""
+    rt = archived_runtime(tmp_path)
+    try:
+        rt.commit([Submit(spec=TaskSpec(name="job", max_tokens=3, prompt="hi"), uid=0)])
+        journaled = rt.archive.seq
+        [task] = rt.kernel.batch(0)
+        rt.progress(Step(gpu=0, chunks=[Chunk(pid=task.pid, text=" w", tokens=1, prefill=5)]))
+        faulty(monkeypatch, "rekey", task.pid, times=1)
+        rt.progress(Step(gpu=0, chunks=[Chunk(pid=task.pid, text=" x", tokens=1)]))
+        assert rt.supervisor.bugs["kernel.step"].outcome == "its step tried again"
+        assert rt.journal.deferred_since_us is not None and rt.archive.seq == journaled
+        rt._flush_progress(rt.clock.now_us())
+        assert rt.archive.seq == rt.kernel.trace.seq
     finally:
         rt.close()
