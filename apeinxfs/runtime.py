@@ -8,9 +8,10 @@ commit, or one scheduling round later (once the readers it woke have their bytes
 emitted a trace line (a first token, an exit, a dispatch, a preemption) or the oldest
 step waiting is PROGRESS_S old, whichever comes first. So a crash loses at most PROGRESS_S of
 tokens and no trace line but of that round, and never an acknowledged write.
-After each commit the trace's new lines go to the trace archive (archive.py), when it has one,
-and the audit trail's to the audit archive; each (a ring of `retention.trace_lines`, `audit_lines`)
-keeps them in memory until they are there.
+Once their rows are journaled (after each commit, and a step's after its deferred row is written) the
+trace's new lines go to the trace archive (archive.py), when it has one, and the audit trail's to the
+audit archive; each (a ring of `retention.trace_lines`, `audit_lines`) keeps them in memory until they
+are there.
 `recover` rebuilds the kernel from the journal at start. A journal write that fails makes
 the daemon degraded rather than dead (health.py): state changes are refused with the
 storage's errno, drivers get no batches, and every PROBE_S it tries to write again. The
