@@ -54,11 +54,12 @@ class TokenLedger:
         return max(0, tokens - self.debt)
 
     def charge(self, limit: Limit, now_us: int, tokens: int) -> None:
+        """Count `tokens` used now; fewer than none give back (an estimate corrected), down to none used."""
         index = now_us // limit.window_us  # limit.index(now_us), on every token served
         if index != self.window_index:  # a new window: carry the debt over (view() says how)
             self.used, self.debt = self.view(limit, now_us)
             self.window_index = index
-        self.used += tokens
+        self.used = max(0, self.used + tokens)
 
     def refusal(self, limit: Limit, now_us: int, reserved: int, want: int) -> str | None:
         """Why `want` more tokens would pass the limit plus overdraw, or None if they fit."""

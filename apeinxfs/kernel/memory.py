@@ -153,7 +153,8 @@ class KVManager:
         only where pools differ in size: admission refused any task that fits in none, so when
         they are all alike every task fits in each (0 then stands for "fits")."""
         model, per_page = self.models[task.model], self.per_page[task.model]
-        chain = prompt_chain(task.model, per_page, task.spec.prompt) if cacheable_blocks(task.tokens_in, per_page) else ()
+        blocks = cacheable_blocks(task.tokens_in, per_page)  # fewer than the chain's if the engine counted fewer
+        chain = prompt_chain(task.model, per_page, task.spec.prompt)[:blocks] if blocks > 0 else ()
         worst = self._worst(model, task.tokens_in, task.spec.max_tokens) if self._mixed_pools else 0
         return chain, self._private_need(task, len(chain), model), worst, task.tokens_out == 0
 

@@ -271,7 +271,7 @@ class Moves:
         task.output += chunk.text.encode()
         task.tokens_out += chunk.tokens
         self.counters.tokens_out += chunk.tokens
-        self.tenancy.meter_serve(task, chunk.tokens)
+        self.tenancy.meter_serve(task, chunk)
         self.runq.charge(task, gpu, chunk)
         self.reclaim.ran(task, chunk.tokens)
         self.changed.add(task.pid)

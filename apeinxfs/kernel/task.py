@@ -62,6 +62,7 @@ class Task:
     run_tokens: int = 0
     kv_preemptions: int = 0
     started_us: int | None = None  # first dispatch: the prompt is charged then
+    prompt_estimated: bool = False  # tokens_in is the estimate, which the engine's count replaces (tenancy.meter_serve)
     meter: "Meter | None" = None  # the billing segment running now
     output: bytearray = attrs.Factory(bytearray)
     trace_last: int = 0  # the seq of its last trace line (trace.py chains its lines back from it)
