@@ -219,7 +219,7 @@ class Tenancy:
 
     def _borrowing(self, task: Task, usage: TenantUsage, want: int, why: str) -> None:
         """An `overdraw` line, counted, if the task's tenant borrows against its budget with `want` more."""
-        if usage.budget.overdrawn(budget_limit(self.tenants[task.tenant]), self._host.now_us, usage.reserved, want):
+        if want > 0 and usage.budget.overdrawn(budget_limit(self.tenants[task.tenant]), self._host.now_us, usage.reserved, want):
             usage.overdraws += 1
             self._host.emit("overdraw", task, f"tenant {task.tenant} borrows against its budget: "
                                               f"{usage.budget.used} used, {usage.reserved} reserved, {why}")
@@ -302,17 +302,17 @@ class Tenancy:
         meter.last_us = now
         meter.tokens_out += chunk.tokens
         self._charge_tokens(task, chunk.tokens).tokens_out += chunk.tokens
-        if chunk.prefill and task.prompt_estimated and meter.tokens_in:  # its first segment's, the first reported
+        if chunk.prefill and task.prompt_estimated:  # the engine's first count of the task's prompt
             self._count_prompt(task, meter, chunk.prefill - (task.tokens_out - meter.tokens_out))
 
     def _count_prompt(self, task: Task, meter: Meter, counted: int) -> None:
-        """The engine counted `counted` prompt tokens (its prefill less the output sent again): bill and charge
-        that, not the estimate charged at dispatch; say so if the tenant now borrows against its budget."""
+        """The engine counted `counted` prompt tokens (its prefill less the output sent again): bill and charge in
+        this segment their difference from the estimate charged at the first dispatch (negative: a refund)."""
         counted, task.prompt_estimated = max(1, counted), False  # a prompt has a token at least: BOS
-        more, task.tokens_in, meter.tokens_in = counted - task.tokens_in, counted, counted
+        more, task.tokens_in = counted - task.tokens_in, counted
+        self._borrowing(task, self.usage[task.tenant], more, f"the engine counted {more} prompt tokens more")
+        meter.tokens_in += more
         self._charge_tokens(task, more, reserved=0).tokens_in += more
-        if more > 0:
-            self._borrowing(task, self.usage[task.tenant], 0, f"the engine counted {more} prompt tokens more")
 
     def _charge_tokens(self, task: Task, tokens: int, reserved: int | None = None) -> TenantUsage:
         """Charge the quota and budget ledgers `tokens` (below 0: refund), `reserved` of them (default all) reserved."""

@@ -1,0 +1,130 @@
+"""Tier 1: a prompt's tokens as the engine counts them, in the bill, usage, quota and budget (redteam5 D2).
+
+Until the engine reports a count (a chunk's `prefill`), a task is counted at the daemon's estimate, which a
+prompt without spaces cannot shrink (a token per 4 bytes at least); the engine's count then replaces it. A
+journal row of older code keeps the word count it was billed at, so its replay is unchanged.
+"""
+import errno
+import json
+
+from apeinxfs import verify
+from apeinxfs.kernel import Kernel
+from apeinxfs.kernel.events import Chunk, Control, Step, Submit, Tick, from_row, to_row
+from apeinxfs.kernel.kvmem import COUNT_ENGINE, COUNT_WORDS, estimate_prompt_tokens
+from apeinxfs.kernel.spec import TaskCommand, TaskSpec
+from apeinxfs.kernel.tenant_config import Budget, Quota, TenantConfig
+from test_journal_runtime import open_runtime
+from test_journal_runtime import submit as commit_submit
+from test_tenancy import admit, config, refusal, trace_rows
+
+S = 1_000_000
+SPACELESS = "x" * 2000  # one word of 2000 bytes: estimated at 501 tokens (500 + BOS), 2 by the word count
+
+
+def step(kernel, pid, now_us, prefill=0, text=" w") -> None:
+    """One one-token step of task `pid` on GPU 0, reporting `prefill` prompt tokens."""
+    kernel.apply(Step(gpu=0, chunks=[Chunk(pid=pid, text=text, tokens=1, prefill=prefill)]), now_us)
+    kernel.check_invariants()
+
+
+def budgeted(tokens: int, overdraw: int = 0) -> Kernel:
+    """A kernel with tenant t, whose budget and token quota are `tokens` a day (`overdraw` percent more budget)."""
+    limits = TenantConfig("t", budget=Budget(tokens=tokens, overdraw=overdraw),
+                          quota=Quota(tokens=tokens * 2, window=86400))
+    return Kernel(config(limits))
+
+
+def bill_lines(kernel, pid) -> list[str]:
+    return [row["detail"] for row in trace_rows(kernel) if row["type"] == "bill" and row["pid"] == str(pid)]
+
+
+def test_a_prompt_without_spaces_is_estimated_at_a_token_per_four_bytes():
+    """40 KB of one word is 10,001 tokens, not 2; short words keep their count of words and marks, longer ones
+    count their bytes (37 bytes: 10, of 9 words and marks); bytes count, not characters."""
+    assert estimate_prompt_tokens("x" * 40_000) == 10_001 and estimate_prompt_tokens(SPACELESS, COUNT_WORDS) == 2
+    assert estimate_prompt_tokens("I am a cat, so I nap.") == 1 + 9
+    assert estimate_prompt_tokens("The quick brown fox jumps, then naps.") == 1 + 10
+    assert estimate_prompt_tokens("é" * 400) == 1 + 200
+
+
+def test_a_budget_at_submit_is_not_fooled_by_a_prompt_without_spaces():
+    """A 2000-byte one-word prompt asks 505 tokens of a 400-token budget: EDQUOT before any engine counts it."""
+    kernel = budgeted(400)
+    refused = refusal(lambda: admit(kernel, tenant="t", prompt=SPACELESS))
+    assert refused.errno == errno.EDQUOT and "505 more" in refused.reason
+
+
+def test_an_engine_count_below_the_estimate_is_billed_and_the_rest_given_back():
+    """The engine counts 250 of the estimated 501: the bill, usage, quota and budget count 250 prompt tokens."""
+    kernel = budgeted(10_000)
+    pid = admit(kernel, tenant="t", prompt=SPACELESS)
+    usage = kernel.tenancy.usage["t"]
+    assert kernel.tasks[pid].tokens_in == 501 and usage.budget.used == 501
+    step(kernel, pid, S, prefill=250)
+    for now in (2, 3, 4):
+        step(kernel, pid, now * S)
+    assert kernel.tasks[pid].exit == "done" and kernel.tasks[pid].tokens_in == 250
+    assert (usage.tokens_in, usage.budget.used, usage.quota.used, usage.reserved) == (250, 254, 254, 0)
+    [(_, row)] = kernel.bills.of("t")
+    assert (row.tokens_in, row.tokens_out) == (250, 4) and bill_lines(kernel, pid)[0].startswith("in=250 out=4 ")
+
+
+def test_an_engine_count_over_the_estimate_grows_the_kv_and_borrows_by_the_budgets_rule():
+    """The engine counts 120 tokens of a 3-word prompt estimated at 4: charged, KV grown to hold them, an
+    `overdraw` line for the budget of 100 (+10%) it now borrows against; the next submit is EDQUOT."""
+    kernel = budgeted(100, overdraw=10)
+    pid = admit(kernel, tenant="t", prompt="a b c")
+    step(kernel, pid, S, prefill=120)
+    task, usage = kernel.tasks[pid], kernel.tenancy.usage["t"]
+    assert task.tokens_in == 120 and usage.budget.used == 121 and task.kv_holds > task.context_tokens
+    [overdraw] = [row["detail"] for row in trace_rows(kernel) if row["type"] == "overdraw"]
+    assert "the engine counted 116 prompt tokens more" in overdraw and usage.overdraws == 1
+    assert refusal(lambda: admit(kernel, 2 * S, tenant="t", prompt="d")).errno == errno.EDQUOT
+
+
+def test_a_count_reported_after_a_stop_corrects_the_bill_in_the_later_segment():
+    """A first segment that reports no count bills the estimate; the count reported after `cont` (its prompt and
+    the token so far, as a resumed engine request has them) bills the difference there, and only once."""
+    kernel = budgeted(10_000)
+    pid = admit(kernel, tenant="t", prompt=SPACELESS)
+    step(kernel, pid, S)
+    kernel.apply(Control(pid=pid, command=TaskCommand("stop")), 2 * S)
+    kernel.apply(Control(pid=pid, command=TaskCommand("cont")), 3 * S)
+    step(kernel, pid, 4 * S, prefill=301)
+    step(kernel, pid, 5 * S, prefill=400)  # another count (a second request) changes nothing
+    kernel.apply(Control(pid=pid, command=TaskCommand("kill")), 6 * S)
+    bills = bill_lines(kernel, pid)
+    assert [line.split()[0] for line in bills] == ["in=501", "in=-201"] and kernel.tasks[pid].tokens_in == 300
+    assert kernel.tenancy.usage["t"].tokens_in == 300 and kernel.bills.of("t")[0][1].tokens_in == 300
+
+
+def test_a_submit_row_says_how_its_task_is_counted_and_an_older_row_keeps_the_word_count():
+    """A submit journals its counting; a row of older code (none) is read as the word count, billed as it
+    stands whatever the engine reports, as that code billed it."""
+    event = Submit(spec=TaskSpec(name="j", max_tokens=2, prompt=SPACELESS))
+    kind, body = to_row(event)
+    assert json.loads(body)["counting"] == COUNT_ENGINE and from_row(kind, body) == event
+    older = json.dumps({key: value for key, value in json.loads(body).items() if key != "counting"})
+    kernel = Kernel(config())
+    pid = kernel.apply(from_row(kind, older), 0)
+    assert kernel.tasks[pid].tokens_in == 2
+    step(kernel, pid, S, prefill=500)
+    step(kernel, pid, 2 * S)
+    assert kernel.tasks[pid].tokens_in == 2 and bill_lines(kernel, pid)[0].startswith("in=2 out=2 ")
+
+
+def test_a_journal_of_engine_counts_replays_to_the_same_trace(tmp_path):
+    """A Runtime's journal of a task the engine counted at 250 prompt tokens: `replay --verify` reproduces its
+    trace, `in=250` in its bill line."""
+    with open_runtime(tmp_path) as rt:
+        pid = commit_submit(rt, tokens=3, prompt=SPACELESS)
+        for prefill in (250, 0, 0):
+            rt.deliver(Step(gpu=0, chunks=[Chunk(pid=pid, text=" w", tokens=1, prefill=prefill)]))
+        rt.deliver(Tick())
+        assert bill_lines(rt.kernel, pid)[0].startswith("in=250 out=3 ")
+    journal = verify.open_journal(str(tmp_path / "state"))
+    try:
+        report = verify.verify(journal)
+    finally:
+        journal.close()
+    assert report.divergence is None and report.lines > 0, report
