@@ -6,6 +6,9 @@ journal row of older code keeps the word count it was billed at, so its replay i
 """
 import errno
 import json
+import subprocess
+
+import pytest
 
 from apeinxfs import verify
 from apeinxfs.kernel import Kernel
@@ -13,9 +16,11 @@ from apeinxfs.kernel.events import Chunk, Control, Step, Submit, Tick, from_row,
 from apeinxfs.kernel.kvmem import COUNT_ENGINE, COUNT_WORDS, estimate_prompt_tokens
 from apeinxfs.kernel.spec import TaskCommand, TaskSpec
 from apeinxfs.kernel.tenant_config import Budget, Quota, TenantConfig
+from daemon import FUSE_READY
 from test_journal_runtime import open_runtime
 from test_journal_runtime import submit as commit_submit
 from test_tenancy import admit, config, refusal, trace_rows
+from test_verify_mount import replay_verify
 
 S = 1_000_000
 SPACELESS = "x" * 2000  # one word of 2000 bytes: estimated at 501 tokens (500 + BOS), 2 by the word count
@@ -128,3 +133,16 @@ def test_a_journal_of_engine_counts_replays_to_the_same_trace(tmp_path):
     finally:
         journal.close()
     assert report.divergence is None and report.lines > 0, report
+
+
+@pytest.mark.skipif(not FUSE_READY, reason="needs /dev/fuse and fusermount3")
+def test_a_sim_mount_bills_a_prompt_without_spaces_at_the_estimate_the_sim_counts(daemon, tmp_path):
+    """Through a real mount on the sim driver (no tokenizer: it reports the estimate as its count), a 2000-byte
+    one-word prompt is billed 501 tokens in, not 2; `replay --verify` of the live state passes."""
+    pid = daemon.submit(f'name=big max_tokens=3 prompt="{SPACELESS}"')
+    tasks = daemon.path("tasks", str(pid))
+    done = subprocess.run(f"cat {tasks}/wait && grep ',bill,' {tasks}/events", shell=True, capture_output=True,
+                          text=True, timeout=30)
+    assert done.stdout.startswith("done\n") and '"in=501 out=3 ' in done.stdout, done
+    verified = replay_verify(tmp_path / "state")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
