@@ -1,8 +1,9 @@
-"""Tier 1: a prompt's tokens as the engine counts them, in the bill, usage, quota and budget (redteam5 D2).
+"""A prompt's tokens as the engine counts them, in the bill, usage, quota and budget (redteam5 D2).
 
 Until the engine reports a count (a chunk's `prefill`), a task is counted at the daemon's estimate, which a
 prompt without spaces cannot shrink (a token per 4 bytes at least); the engine's count then replaces it. A
-journal row of older code keeps the word count it was billed at, so its replay is unchanged.
+journal row of older code keeps the word count it was billed at, so its replay is unchanged. Kernel tier
+(a Kernel fed events), then a Runtime's journal replayed, then a real mount on the sim driver.
 """
 import errno
 import json
@@ -26,9 +27,9 @@ S = 1_000_000
 SPACELESS = "x" * 2000  # one word of 2000 bytes: estimated at 501 tokens (500 + BOS), 2 by the word count
 
 
-def step(kernel, pid, now_us, prefill=0, text=" w") -> None:
+def step(kernel, pid, now_us, prefill=0) -> None:
     """One one-token step of task `pid` on GPU 0, reporting `prefill` prompt tokens."""
-    kernel.apply(Step(gpu=0, chunks=[Chunk(pid=pid, text=text, tokens=1, prefill=prefill)]), now_us)
+    kernel.apply(Step(gpu=0, chunks=[Chunk(pid=pid, text=" w", tokens=1, prefill=prefill)]), now_us)
     kernel.check_invariants()
 
 

@@ -5,9 +5,9 @@ in the GPU's batch and takes `decode_step_ms` plus `batch_step_ms` for each extr
 sequence; a sequence new to the batch (or resumed after preemption) is first prefilled at
 `prefill_tokens_per_s`, all but the tokens whose KV the kernel found in place
 (`cached_tokens`: shared prefix blocks, or a context swapped back in); its chunk reports the
-whole context as prefilled, cached tokens included, as a real engine reports its prompt's
-count (the kernel's estimate: the sim has no tokenizer, so its bills stand at the estimate). KV grows by one
-token per step and the kernel accounts it. The text comes from a deterministic generator
+whole context as prefilled, cached tokens included, as a real engine counts its request's
+prompt (by the kernel's estimate: the sim has no tokenizer, so its bills stand at it). KV
+grows by one token per step and the kernel accounts it. The text comes from a deterministic generator
 seeded by the prompt (or, for a task with none, its name) and a seed: the task's `seed`
 if it gave one, else the model's `seed` option; so the same prompt and seed give the same
 words, and another seed other words. Other sampling keys change nothing here.

@@ -14,7 +14,7 @@ from .errors import Invalid
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 BYTES_PER_TOKEN = 4  # the most UTF-8 bytes the estimate lets a token cover (see estimate_prompt_tokens)
 # How a task's prompt tokens are counted, as its submit or adoption row says (events.Submit.counting):
-COUNT_ENGINE = 2  # estimate_prompt_tokens until the engine reports its count in the first segment, then that count
+COUNT_ENGINE = 2  # estimate_prompt_tokens until the engine first reports its count, then that count
 COUNT_WORDS = 1  # a row journaled before the daemon billed the engine's count: words and marks, throughout
 
 

@@ -219,7 +219,8 @@ class Tenancy:
 
     def _borrowing(self, task: Task, usage: TenantUsage, want: int, why: str) -> None:
         """An `overdraw` line, counted, if the task's tenant borrows against its budget with `want` more."""
-        if want > 0 and usage.budget.overdrawn(budget_limit(self.tenants[task.tenant]), self._host.now_us, usage.reserved, want):
+        limit = budget_limit(self.tenants[task.tenant])
+        if want > 0 and usage.budget.overdrawn(limit, self._host.now_us, usage.reserved, want):
             usage.overdraws += 1
             self._host.emit("overdraw", task, f"tenant {task.tenant} borrows against its budget: "
                                               f"{usage.budget.used} used, {usage.reserved} reserved, {why}")
@@ -306,8 +307,7 @@ class Tenancy:
             self._count_prompt(task, meter, chunk.prefill - (task.tokens_out - meter.tokens_out))
 
     def _count_prompt(self, task: Task, meter: Meter, counted: int) -> None:
-        """The engine counted `counted` prompt tokens (its prefill less the output sent again): bill and charge in
-        this segment their difference from the estimate charged at the first dispatch (negative: a refund)."""
+        """Bill and charge in this segment the engine's count of the prompt less the estimate charged (or refund)."""
         counted, task.prompt_estimated = max(1, counted), False  # a prompt has a token at least: BOS
         more, task.tokens_in = counted - task.tokens_in, counted
         self._borrowing(task, self.usage[task.tenant], more, f"the engine counted {more} prompt tokens more")
