@@ -59,7 +59,9 @@ class TokenLedger:
         if index != self.window_index:  # a new window: carry the debt over (view() says how)
             self.used, self.debt = self.view(limit, now_us)
             self.window_index = index
-        self.used = max(0, self.used + tokens)
+        self.used += tokens
+        if self.used < 0:  # a refund past what this window used (the window began after the estimate's charge)
+            self.used = 0
 
     def refusal(self, limit: Limit, now_us: int, reserved: int, want: int) -> str | None:
         """Why `want` more tokens would pass the limit plus overdraw, or None if they fit."""
