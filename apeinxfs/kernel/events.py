@@ -67,8 +67,10 @@ class Control(ByCaller):
 class Chunk:
     """What one engine step did for one task: prefilled `prefill` tokens, produced `text`.
 
-    `final`: the engine ended the sequence (end of text, a stop word, its own limit), so the
-    task is done with the tokens it has, even short of max_tokens.
+    `prefill`: the prompt tokens of the request the engine started, as it counts them (cached ones
+    included; a resumed task's request holds its text so far too), once; the first a task gets is
+    billed as its prompt (tenancy.py). `final`: the engine ended the sequence (end of text, a stop
+    word, its own limit), so the task is done with the tokens it has, even short of max_tokens.
     """
 
     pid: int
