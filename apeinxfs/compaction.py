@@ -85,11 +85,11 @@ def with_ids_in_bounds(kernel: Kernel) -> Kernel:
 
 
 def with_credentials_hidden(kernel: Kernel) -> Kernel:
-    """`kernel`, each URL's credentials hidden in its trace, audit trail and task exits (state.credentials_hidden),
-    with a warning if it showed some."""
+    """`kernel`, each URL's credentials hidden in its trace, audit trail, task exits and the reasons of its engines
+    down (state.credentials_hidden), with a warning if it showed some."""
     if state.credentials_hidden(kernel):
-        log.warning("snapshot: its trace, audit trail or task exits showed a URL's credentials (an old journal's "
-                    "rows, applied as recorded); they show as ***@ now")
+        log.warning("snapshot: its trace, audit trail, task exits or engine outages showed a URL's credentials (an "
+                    "old journal's rows, applied as recorded); they show as ***@ now")
     return kernel
 
 

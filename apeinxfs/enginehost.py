@@ -71,8 +71,7 @@ class ModelHost:
 
     def kv_reported(self) -> list[tuple[str, tuple]]:
         """The (model, gpus) of its models' engines whose last KV report (kernel/kvreport.py) holds tokens."""
-        reports = self.rt.kernel.engines.kv_reports.reports
-        return [key for key, report in reports.items() if key[0] in self.models and report.tokens]
+        return self.rt.kernel.engines.kv_reports.holding(self.models)
 
     async def health_changed(self) -> None:
         """Sleep until the daemon goes degraded or recovers (health.py)."""

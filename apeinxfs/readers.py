@@ -119,8 +119,8 @@ class Readers:
         self.blocked: dict[Reader, None] = {}  # in order of arrival: each pass checks them in the same order
         self.by_uid: collections.Counter = collections.Counter()
         self._arrived = trio.Event()
-        self.ended: Callable[[], ApeinxError] | None = None  # set by end_where: the later reads it picks fail so
-        self.ends: Callable[[int], bool] = lambda pid: False  # which callers' reads end_where ended
+        self.ended: Callable[[int], ApeinxError | None] = lambda pid: None  # pid -> the error its later reads end
+        # with: end_where's, for a caller it picks; None: none
 
     def __len__(self) -> int:
         return len(self.blocked)
@@ -128,8 +128,8 @@ class Readers:
     def admit(self, uid: int, pid: int) -> Reader:
         """Register a reader about to block; TooMany past the total or the uid's cap, and end_where's error,
         once it ran, for a caller it picks."""
-        if self.ended is not None and self.ends(pid):
-            raise self.ended()
+        if (error := self.ended(pid)) is not None:
+            raise error
         if len(self.blocked) >= self.total:
             raise TooMany(f"too many blocked readers ({len(self.blocked)}, daemon.max_waiters); try again")
         if self.by_uid[uid] >= self.per_uid:
@@ -159,7 +159,7 @@ class Readers:
     def end_where(self, error: Callable[[], ApeinxError], ends: Callable[[int], bool]) -> int:
         """End with an `error()` now the blocked reads whose caller's pid `ends` picks, and each later one it picks
         at its first wait; how many it ended now."""
-        self.ended, self.ends = error, ends
+        self.ended = lambda pid: error() if ends(pid) else None
         ended = [reader for reader in self.blocked if ends(reader.pid)]
         for reader in ended:
             reader.interrupt(error)

@@ -97,7 +97,8 @@ class Runtime:
         self.buffers = Buffers(config.limits.write_lines, config.limits.pending_bytes)
         self.reject_lines = Windows(config.limits.reject_lines, config.limits.reject_window_s,  # per uid, denial
                                     config.limits.reject_lines * REJECT_OVERALL)
-        self.writes: Writes  # the ctl and settings files' limits and reject lines: set by the Tree built over it
+        self.writes = Writes(self.buffers)  # the ctl and settings files' limits; their reject lines go to the Tree
+        # built over this Runtime (Tree sets them: Writes.send_rejects_to)
         self.quarantined: dict = {}  # journal seq -> recovery.Quarantined: rows recover() went on without
         self.readings = None  # drivers/nvml.Readings of the real GPUs, set by the daemon (mount.py)
         self.engine_metrics: dict = {}  # model -> drivers/metrics.Observation, the last scrape of its engine

@@ -146,7 +146,7 @@ async def test_metrics_parsed_in_slices_are_the_whole_texts_samples_and_line_num
     with pytest.raises(metrics.Unreadable, match=f"line {2 * scrape.PARSE_CHARS // 30 + 1} "):
         await scrape.parsed(bad)
     samples = metrics.parse(good)
-    assert metrics.reading_of(await scrape.gathered(samples)) == metrics.read(samples)
+    assert metrics.reading_of(await scrape.gathered(samples)) == metrics.reading_of(metrics.Gauges(samples))
 
 
 async def ticks_while(work) -> int:

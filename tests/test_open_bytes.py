@@ -145,6 +145,17 @@ def test_a_tenants_listing_while_an_earlier_tenant_goes_names_each_that_stayed_o
     assert (seen, rest) == (["default", "t0"], ["t1", "t2", "t3", "late"])
 
 
+def test_a_tenant_removed_and_added_again_is_listed_at_its_first_place(tree):
+    """t0, listed, then removed and added again after t2 and t3 is listed before them, at the number it was first
+    given; tenants first seen by one listing are numbered in the order the kernel holds them (t3 before t2)."""
+    write(tree, "/ctl/tenants", b"add t0\nadd t1\n")
+    assert listed(tree, "/tenants", 0, 100) == (["default", "t0", "t1"], 3)
+    write(tree, "/ctl/tenants", b"remove t0\n")
+    write(tree, "/ctl/tenants", b"add t3\nadd t2\nadd t0\n")
+    assert listed(tree, "/tenants", 0, 100) == (["default", "t0", "t1", "t3", "t2"], 5)
+    assert listed(tree, "/tenants", 2, 100) == (["t1", "t3", "t2"], 5)
+
+
 @pytest.mark.mount
 def test_cat_past_open_bytes_fails_enomem_while_a_shell_holds_another_prompt_open(tmp_path):
     """A shell holding two prompts open (`exec 3<`) cannot `cat` a third distinct one (Cannot allocate memory),

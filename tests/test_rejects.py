@@ -91,3 +91,13 @@ async def test_a_cluster_settings_write_refused_by_etcd_or_when_applied_leaves_o
     assert rejects(rt) == ["/ctl/tenants: etcd: no quorum within 8s (uid 0)",
                            f"/ctl/tenants: {exists.value.reason} (uid 0)"]
     rt.journal.close()
+
+
+def test_a_second_tree_over_one_runtime_is_refused(tree):
+    """A second Tree over the Runtime of the first is refused: the ctl files either builds would send their reject
+    lines to one tree's paths."""
+    with pytest.raises(RuntimeError, match="one Tree per Runtime"):
+        Tree(tree.rt)
+    handle = resolve(tree, "/ctl/kill").open(USER, writing=True, reading=False)
+    refused = refusal(lambda: handle.write(b"99\n"))
+    assert rejects(tree.rt) == [f"/ctl/kill: {refused.reason} (uid {USER.uid})"]

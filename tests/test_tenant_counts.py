@@ -8,13 +8,14 @@ a file at an inode of its own (views.py), as sched/runqueue's are; a cluster nod
 tenant's live key of that node. The same on a live mount, as Unix users, is in test_tenants_mount.py.
 """
 import os
+import typing
 
 import attrs
 import pytest
 
 from apeinxfs.cluster.etcd_records import Event
 from apeinxfs.cluster.records import MAX_RANGES, live_ranges, scan, tenant_live_ranges
-from apeinxfs.kernel.counters import TenantCounts
+from apeinxfs.kernel.counters import Act, Counters, TenantCounts
 from apeinxfs.kernel.events import Kill, RemoveTenant, SetTenant
 from apeinxfs.kernel.invariants import InvariantError
 from apeinxfs.kernel.tenant_config import TenantConfig
@@ -66,14 +67,30 @@ def test_a_removed_tenants_counts_are_forgotten():
     assert keyed(sched.stat(k, "b"))["decisions"] == "0"
 
 
+def test_an_act_counted_is_in_the_total_and_the_tenants_share_at_once():
+    """Counters.count adds one to the total and to the tenant's share, made at its first act."""
+    counters = Counters()
+    counters.count("a", "lifts")
+    counters.count("a", "lifts")
+    counters.count("b", "boosts")
+    assert (counters.lifts, counters.boosts) == (2, 1) and counters.index_problems() == []
+    assert counters.tenants == {"a": TenantCounts(lifts=2), "b": TenantCounts(boosts=1)}
+
+
+def test_every_act_is_a_field_of_the_totals_and_of_a_tenants_share():
+    """Each name Counters.count takes (Act) is a counter of both Counters and TenantCounts."""
+    acts = set(typing.get_args(Act))
+    assert acts <= {f.name for f in attrs.fields(Counters)} and acts == {f.name for f in attrs.fields(TenantCounts)}
+
+
 def test_counts_that_do_not_add_up_are_an_invariant_broken():
     """A dispatch counted in a tenant's share but not in the total, or in the total but in no share, is named."""
     k, _victim, _late = preempted_for_another_tenant()
     assert k.counters.index_problems() == []
-    k.counters.of("a").dispatched += 1
+    k.counters.tenants["a"].dispatched += 1
     assert k.counters.index_problems() == ["counters: the tenants' dispatched and the unshared add up to 4, "
                                            "the total is 3"]
-    k.counters.of("a").dispatched -= 2
+    k.counters.tenants["a"].dispatched -= 2
     with pytest.raises(InvariantError, match="add up to 2, the total is 3"):
         k.check_invariants()
 
@@ -135,7 +152,7 @@ def test_a_single_nodes_tasks_file_shows_a_tenant_its_own_live_pids(tmp_path):
 def test_a_tenants_live_pids_on_a_single_node_are_not_cut_by_another_tenants():
     """Tenant a's MAX_RANGES scattered pids (every other pid, b's MAX_RANGES between) fill the ranges the tenants
     share (a cluster's live keys, `scan`), b's and c's listed not at all, though an admin's lists every pid (all of
-    them one range); on a single node (tenant_seen) b reads all its own, and c its one task."""
+    them one range); on a single node (tasks_seen with a tenant) b reads all its own, and c its one task."""
     k = kernel(slots=2)
     k.apply(SetTenant(tenant=TenantConfig("c"), what="add c"), 0)
     theirs = [submit_to(k, "ab"[i % 2], tokens=5) for i in range(2 * MAX_RANGES)]

@@ -20,7 +20,7 @@ from apeinxfs.journal import FLUSH_ROWS, Journal, row_crc
 from apeinxfs.kernel import kernel as kernel_module
 from apeinxfs.kernel.config import kernel_config_from_dict
 from apeinxfs.kernel.errors import ApeinxError
-from apeinxfs.kernel.events import Tick
+from apeinxfs.kernel.events import EngineHealth, Tick, to_row
 from apeinxfs.nodes import ctl, sched
 from apeinxfs.nodes.models import models_ctl
 from apeinxfs.nodes.base import Caller
@@ -295,3 +295,15 @@ def test_a_replayed_line_that_shows_credentials_again_diverges(tmp_path, monkeyp
 def test_alike_takes_a_recorded_line_as_recorded_or_with_its_credentials_hidden(recorded, replayed, same):
     """A recorded line matches the replayed one as recorded or hidden, never the other way round."""
     assert verify.alike(recorded, replayed) is same
+
+
+@pytest.mark.parametrize("replayed, same", [
+    ('"x down: http://***@h@0; wait"', True),
+    ('"x down: http://bob:pw@h@0; wait"', True),
+    ('"x down: http://bob:pw@h@1; wait"', False),
+])
+def test_alike_hides_credentials_in_each_reason_of_the_row_as_the_kernel_does(replayed, same):
+    """With its journal row, a recorded line matches the replayed one with the credentials hidden in each reason
+    (`@h@0` ends in a GPU there, in a host followed by `;`), never one that shows what the reason hid."""
+    row = (5, 1, *to_row(EngineHealth(model="x", up=False, reason="http://bob:pw@h@0")))
+    assert verify.alike('"x down: http://bob:pw@h@0; wait"', replayed, row) is same

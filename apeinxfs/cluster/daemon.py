@@ -16,9 +16,8 @@ expired), the replication of running tasks' output (replicas.py; unless
 `replicate_s` is 0), the writer of settings changes made at a close (shared.py) and, on
 the leader, the compaction of etcd's history (history.py). None of them blocks the file system:
 without etcd they note why and retry, and local reads and running tasks go on.
-`names_seen(rt)`, `node_seen(rt, name)`, `tasks_seen(rt, name)` and `tenant_seen(rt, name, tenant)` (a
-non-admin's view of a node's tasks) are what /nodes shows: the cluster's view, or
-on a single node just this node.
+`names_seen(rt)`, `node_seen(rt, name)` and `tasks_seen(rt, name, tenant)` (with a tenant: a non-admin's
+view of a node's tasks) are what /nodes shows: the cluster's view, or on a single node just this node.
 """
 import contextlib
 import logging
@@ -224,18 +223,16 @@ def node_seen(rt, name: str) -> NodeView | None:
     return NodeView(record_of(rt.kernel, 0, rt.clock.now_us(), None, cannot_run=rt.cannot_run), up=True, leader=True)
 
 
-def tasks_seen(rt, name: str) -> str | None:
-    """Node `name`'s live pids as ranges, as /nodes shows them: the cluster's view's (`tasks_of`); on a single
-    node its own, read off its kernel's index of live pids; None where `node_seen` is (no record, another name)."""
+def tasks_seen(rt, name: str, tenant: str | None = None) -> str | None:
+    """Node `name`'s live pids as ranges, as /nodes shows them: all of them, or only `tenant`'s (as that tenant
+    sees them). From the cluster's view (`tasks_of`; `tenants_of`: the live keys share one cap, docs/cluster.md);
+    on a single node its own, read off its kernel's index of live pids (a tenant's to a cap of its own). None
+    where `node_seen` is (no record, another name)."""
     if rt.cluster is not None:
-        return rt.cluster.view.tasks_of(name) if name in rt.cluster.view.records else None
-    return live_ranges(rt.kernel) if name == rt.kernel.config.node else None
-
-
-def tenant_seen(rt, name: str, tenant: str) -> str | None:
-    """Node `name`'s live pids of `tenant`, as ranges, as /nodes shows them to that tenant: the cluster's view's
-    (`tenants_of`: the live keys share one cap, docs/cluster.md); on a single node its own, to a cap of its
-    own; None where `node_seen` is."""
-    if rt.cluster is not None:
-        return rt.cluster.view.tenants_of(name).get(tenant, "") if name in rt.cluster.view.records else None
-    return tenant_live_ranges(rt.kernel, tenant) if name == rt.kernel.config.node else None
+        view = rt.cluster.view
+        if name not in view.records:
+            return None
+        return view.tasks_of(name) if tenant is None else view.tenants_of(name).get(tenant, "")
+    if name != rt.kernel.config.node:
+        return None
+    return live_ranges(rt.kernel) if tenant is None else tenant_live_ranges(rt.kernel, tenant)

@@ -1,7 +1,7 @@
 """Engine metrics, without I/O: an engine's Prometheus text (and llama.cpp's /slots) as one `Reading`.
 
-`parse` reads the Prometheus text exposition format into samples; `read` recognises the
-engine by its names and takes what the kernel's views want from it:
+`parse` reads the Prometheus text exposition format into samples, `Gauges` gathers them by name;
+`reading_of` recognises the engine by its names and takes what the kernel's views want from it:
 
 - vLLM: usage `vllm:kv_cache_usage_perc` (older: `gpu_cache_usage_perc`); tokens = usage x
   capacity, capacity = `vllm:cache_config_info`'s num_gpu_blocks x block_size; requests
@@ -133,11 +133,6 @@ def engine_of(names) -> str:
     """vllm, sglang or llamacpp: the first of their prefixes found in the metric `names`; else `unknown`."""
     prefixes = {name.partition(":")[0] for name in names if ":" in name}
     return next((engine for engine in READERS if engine in prefixes), "unknown")
-
-
-def read(samples: list[Sample]) -> Reading:
-    """What the engine of these samples says of its KV cache and requests (see reading_of)."""
-    return reading_of(Gauges(samples))
 
 
 def reading_of(gauges: Gauges) -> Reading:

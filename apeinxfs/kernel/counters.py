@@ -1,5 +1,9 @@
 """Monotonic totals of one kernel, for /metrics and sched/stat, and each tenant's share of the scheduler's."""
+from typing import Literal
+
 import attrs
+
+Act = Literal["dispatched", "preempted", "fair_preemptions", "lifts", "boosts"]  # a TenantCounts field
 
 
 @attrs.define
@@ -40,9 +44,18 @@ class Counters:
         """Scheduling decisions made: each is a dispatch (sched/stat's name for it)."""
         return self.dispatched
 
-    def of(self, tenant: str) -> TenantCounts:
-        """Tenant `tenant`'s share, to count in (made at its first)."""
-        return self.tenants.setdefault(tenant, TenantCounts())
+    def count(self, tenant: str, act: Act) -> None:
+        """One more scheduling `act`, in the total and in tenant `tenant`'s share together: they cannot part."""
+        setattr(self, act, getattr(self, act) + 1)
+        share = self._of(tenant)
+        setattr(share, act, getattr(share, act) + 1)
+
+    def _of(self, tenant: str) -> TenantCounts:
+        """Tenant `tenant`'s share, to count in (made at its first, the only call that allocates)."""
+        share = self.tenants.get(tenant)
+        if share is None:
+            share = self.tenants[tenant] = TenantCounts()
+        return share
 
     def share(self, tenant: str) -> TenantCounts:
         """Tenant `tenant`'s share, to read: zeros if it has none."""

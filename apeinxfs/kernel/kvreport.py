@@ -21,7 +21,7 @@ Pure: no I/O, times and values come from the events.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 
 import attrs
 
@@ -96,6 +96,10 @@ class KVReports:
     def last(self, model: str, gpus: tuple[int, ...]) -> Report | None:
         """The last report of `model`'s engine on `gpus` (as the event named them)."""
         return self.reports.get((model, self._named(gpus)))
+
+    def holding(self, models: Container[str]) -> list[tuple[str, tuple[int, ...]]]:
+        """The (model, GPUs) of the engines of `models` whose last report holds tokens."""
+        return [key for key, report in self.reports.items() if key[0] in models and report.tokens]
 
     def record(self, event: ev.EngineKV) -> None:
         if event.model not in self._models:  # removed since the scrape

@@ -142,8 +142,7 @@ class Moves:
 
     def preempt(self, task: Task, reason: str) -> None:
         """A running task back to the queue, preempted, with a `preempt` trace line."""
-        self.counters.preempted += 1
-        self.counters.of(task.tenant).preempted += 1
+        self.counters.count(task.tenant, "preempted")
         self.emit("preempt", task, reason, task.gpu)
         self.requeue(task, State.PREEMPTED)
 
@@ -229,11 +228,9 @@ class Moves:
         first of them was."""
         reason = self.runq.why(passed)
         self.runq.start(task)
-        self.counters.dispatched += 1
-        self.counters.of(task.tenant).dispatched += 1
+        self.counters.count(task.tenant, "dispatched")
         if reason == "deadline boost":
-            self.counters.boosts += 1
-            self.counters.of(task.tenant).boosts += 1
+            self.counters.count(task.tenant, "boosts")
         if passed:
             reason = f"backfill past {passed[0].pid} ({past}), then {reason}"
         task.gpu, task.run_tokens = gpu.config.index, 0

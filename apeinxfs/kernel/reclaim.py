@@ -62,8 +62,7 @@ class Reclaim:
             return False
         if not where(waiting.model, [victim.gpu]) or not self._kv.fits_instead(waiting, victim):
             return False  # a slot the head cannot use is no help
-        self._counters.fair_preemptions += 1
-        self._counters.of(victim.tenant).fair_preemptions += 1
+        self._counters.count(victim.tenant, "fair_preemptions")
         self._fair_preempt_step = self._counters.steps
         mine, theirs = self._accounts.tenant(waiting), self._accounts.tenant(victim)
         self._preempt_costed(victim, f"fair: tenant {theirs.name} (counter {theirs.counter:.1f}, {theirs.running} running) "

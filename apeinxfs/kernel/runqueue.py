@@ -91,8 +91,7 @@ class RunQueue:
     def count(self, task: Task, field: str, delta: int) -> None:
         """Add `delta` to the runnable or running count of the task's tenant and agent."""
         for entity, before in self.accounts.count(task, field, delta):
-            self._counters.lifts += 1
-            self._counters.of(task.tenant).lifts += 1
+            self._counters.count(task.tenant, "lifts")
             self._host.emit("lift", task, f"{entity.name} counter {before:.1f} -> {entity.counter:.1f}: "
                                           "active again, raised to the least active counter")
 

@@ -234,15 +234,22 @@ class Show(Node):
         return SnapshotHandle(self)
 
 
-@attrs.frozen
+@attrs.define(eq=False)
 class Writes:
     """What the writes of a ctl or settings file are held to and where their refusals go, one for every such
     file of a daemon (Runtime.writes): `limits`, what its descriptors may hold (the daemon's buffers);
     `rejects(node, refusal, caller)`, the `reject` line of a refused write, at the node's path in the tree
-    (nodes/tree.py `Tree.reject_at`); None: nowhere."""
+    (nodes/tree.py `Tree.reject_at`, set by `reject_at`); None: nowhere."""
 
     limits: Buffers = attrs.Factory(Buffers)
     rejects: Callable[[Node, ApeinxError, Caller], None] | None = None
+
+    def send_rejects_to(self, rejects: Callable[[Node, ApeinxError, Caller], None]) -> None:
+        """Send the reject lines of the files built over these Writes to `rejects` (the one Tree built over the
+        daemon's Runtime, whose paths they name); RuntimeError if they go to another already."""
+        if self.rejects is not None:
+            raise RuntimeError("one Tree per Runtime: its reject lines go to a tree already")
+        self.rejects = rejects
 
 
 @attrs.define(eq=False)

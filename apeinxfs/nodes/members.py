@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import attrs
 
-from ..cluster.daemon import names_seen, node_seen, tasks_seen, tenant_seen
+from ..cluster.daemon import names_seen, node_seen, tasks_seen
 from ..cluster.peer_wire import TokenFile
 from ..cluster.records import NodeView, pids_of
 from ..kernel.errors import NotFound
@@ -109,9 +109,7 @@ class NodeDir(BuiltDir):
 
     def seen_tasks(self, view: str | None = None) -> str:
         """The node's live pids as ranges: of tenant `view` only, unless None (NotFound as `seen`)."""
-        if view is None:
-            return self._found(tasks_seen(self.rt, self.name))
-        return self._found(tenant_seen(self.rt, self.name, view))
+        return self._found(tasks_seen(self.rt, self.name, view))
 
     def _found(self, seen: Seen | None) -> Seen:
         """`seen` of this node; NotFound if None: the node is not seen."""

@@ -15,7 +15,7 @@ from functools import lru_cache, partial
 from .. import health
 from ..kernel.errors import ApeinxError, NoSpace, NotFound
 from . import billing, ctl, gpus, memory, metrics, policy, readme, replay, sched
-from .base import Caller, Command, Dir, NamedDirs, Setting, Show, Writes, viewed
+from .base import Caller, Command, Dir, NamedDirs, Setting, Show, viewed
 from .forwarding import Forwarding, recording, routing
 from . import tasks
 from .members import NodesDir, link
@@ -71,8 +71,8 @@ class ReplayDir(Dir):
                 yield pid + 1, str(pid), self.timeline(task)
 
 
-def build_root(rt) -> Dir:
-    """Every path of the mount, and where its content comes from."""
+def build_root(rt, views: Views) -> Dir:
+    """Every path of the mount, and where its content comes from (`views`: the tenanted files', views.py)."""
     kernel = rt.kernel
     return Dir(children={
         "README": Show(show=readme.show),
@@ -112,8 +112,9 @@ def build_root(rt) -> Dir:
         }),
         "tenants": TenantsDir(rt=rt),
         "billing": Show(mode=ADMIN_READS, show=partial(billing.show, kernel), read_role="admin"),
-        "metrics": Show(show=partial(metrics.show, rt), volatile=True),
-        "health": Show(show=lambda: health.show(rt.health, rt.supervisor, rt.snapshotter, rt.clock), volatile=True),
+        "metrics": Show(show=partial(metrics.show, rt, views), volatile=True),
+        "health": Show(show=lambda: health.show(rt.health, rt.supervisor, rt.snapshotter, rt.clock, views),
+                       volatile=True),
         "nodes": NodesDir(rt=rt),
         "cluster": Show(show=partial(link, rt), volatile=True),
     })
@@ -126,13 +127,12 @@ class Tree:
         self.rt = rt
         self.static: dict[int, object] = {}
         self.paths: dict[int, str] = {}
-        if hasattr(rt, "writes"):  # files built later by either tree would take the last tree's paths
-            raise RuntimeError("one Tree per Runtime: this one already has a tree")
-        rt.writes = Writes(rt.buffers, self.reject_at)  # every ctl and settings file's, built from here on
-        self.root = build_root(rt)
+        rt.writes.send_rejects_to(self.reject_at)  # every ctl and settings file's reject lines, at this tree's paths
+        self.views = Views(self.node, lambda tenant: tenant in rt.kernel.tenancy.tenants, lambda: rt.version,
+                           self.opened)
+        self.root = build_root(rt, self.views)
         self.named = [self.root.children[name] for name in ("models", "tenants", "nodes")]
         self._number(self.root)
-        self.views = Views(self.node, lambda tenant: tenant in rt.kernel.tenancy.tenants)
         self.snapshots = OpenSnapshots(rt.config.limits.open_bytes)
         self._rendered = RenderCache()
         self._task_nodes: dict[int, tuple] = {}  # inode -> (task, node) of task files built so far
@@ -249,6 +249,15 @@ class Tree:
     def close_snapshot(self, inode: int, uid: int, snapshot: bytes) -> None:
         """Forget the open `snapshot` of `inode`, held by a descriptor of `uid`."""
         self.snapshots.close(inode, uid, snapshot)
+
+    def hold_descriptor(self, uid: int) -> None:
+        """Charge `uid` for a new descriptor that reads no snapshot (a directory's, a ctl file's); NoMemory past
+        the uid's limits.open_bytes (openfiles.py)."""
+        self.snapshots.hold(uid)
+
+    def drop_descriptor(self, uid: int) -> None:
+        """Forget a closed descriptor of `uid` that hold_descriptor charged."""
+        self.snapshots.drop(uid)
 
     def render(self, node: Show) -> bytes:
         """The node's text now, as a new open reads it: rendered again only once an event (or an engine scrape)
