@@ -9,15 +9,20 @@ import errno
 import json
 import subprocess
 
+import attrs
 import pytest
 
 from apeinxfs import verify
 from apeinxfs.kernel import Kernel
+from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig
 from apeinxfs.kernel.events import Chunk, Control, Step, Submit, Tick, from_row, to_row
 from apeinxfs.kernel.kvmem import COUNT_ENGINE, COUNT_WORDS, estimate_prompt_tokens
 from apeinxfs.kernel.spec import TaskCommand, TaskSpec
+from apeinxfs.kernel.task import State
 from apeinxfs.kernel.tenant_config import Budget, Quota, TenantConfig
 from daemon import FUSE_READY
+from test_fairness_kernel import kernel as fair_kernel
+from test_fairness_kernel import submit as fair_submit
 from test_journal_runtime import open_runtime
 from test_journal_runtime import submit as commit_submit
 from test_tenancy import admit, config, refusal, trace_rows
@@ -147,3 +152,57 @@ def test_a_sim_mount_bills_a_prompt_without_spaces_at_the_estimate_the_sim_count
     assert done.stdout.startswith("done\n") and '"in=501 out=3 ' in done.stdout, done
     verified = replay_verify(tmp_path / "state")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_an_engine_count_no_gpu_pool_could_hold_ends_the_task_and_frees_the_gpu():
+    """The engine counts 20,000 tokens of a 3-word prompt, past what the 1 GiB pool could ever hold: the task ends
+    failed, saying so, not queued again to wait for room before all behind it; tenant b's task then runs."""
+    kernel = fair_kernel(slots=2)
+    pid = fair_submit(kernel, "a", tokens=50, prompt="a b c")
+    step(kernel, pid, S, prefill=20_000)
+    task = kernel.tasks[pid]
+    assert task.exit == ("failed: prompt (20000 tokens, the engine's count) plus max_tokens needs 2507 KV pages "
+                         "of 1 MiB; the largest GPU pool has 1024") and task.kv_pages == 0
+    other = fair_submit(kernel, "b", tokens=2, now=2 * S, prompt="hello")
+    for now in (3, 4):
+        step(kernel, other, now * S)
+    assert kernel.tasks[other].exit == "done"
+
+
+def test_a_count_that_could_never_fit_ends_a_task_about_to_be_preempted_not_requeued():
+    """The engine's count leaves a task room to run but not to finish in any pool (7000 + 2000 tokens in 1024
+    pages): when tenant b's task needs its pages, it ends failed instead of being preempted to the queue."""
+    kernel = fair_kernel(slots=2)
+    pid = fair_submit(kernel, "a", tokens=2000, prompt="a b c")
+    other = fair_submit(kernel, "b", tokens=10, prompt="d e f")
+    step(kernel, pid, S, prefill=7000)
+    assert kernel.tasks[pid].state is State.RUNNING
+    step(kernel, other, 2 * S, prefill=1300)
+    assert kernel.tasks[pid].exit.startswith("failed: prompt (7000 tokens, the engine's count) plus max_tokens needs ")
+    assert kernel.tasks[other].state is State.RUNNING and kernel.tasks[other].kv_holds > 1300
+
+
+def test_a_context_refusal_counts_words_not_the_bytes_estimate():
+    """13 KB of long English words (3251 by the bytes estimate, 686 words) with max_tokens 1024 fits a
+    4096-token context; 4000 words do not, refused EINVAL naming the least estimate."""
+    model = KernelConfig(models=[ModelConfig(name="m", context=4096)], page_mib=1,
+                         gpus=[GpuConfig(index=0, kv_mib=4096, slots=2)])
+    prompt = ("internationalization responsibilities characteristically " * 250)[:13_000]
+    kernel = Kernel(model)
+    kernel.check(Submit(spec=TaskSpec(name="t", max_tokens=1024, prompt=prompt)))
+    refused = refusal(lambda: kernel.check(Submit(spec=TaskSpec(name="t", max_tokens=1024, prompt="w " * 4000))))
+    assert refused.errno == errno.EINVAL and "prompt (estimated at least 4001 tokens)" in refused.reason
+
+
+def test_a_prompt_whose_estimate_fits_no_pool_is_admitted_and_placed_at_its_least_count():
+    """40 KB of one word on a 512 MiB pool: the bytes estimate (10,001) could never fit, its word count (2)
+    does, so it is admitted and placed at 2 until the engine counts it (3000 tokens: it runs on to done)."""
+    small = attrs.evolve(fair_kernel().config, gpus=[GpuConfig(index=0, kv_mib=512, slots=2)])
+    kernel = Kernel(small)
+    pid = fair_submit(kernel, "a", tokens=3, prompt="x" * 40_000)
+    assert kernel.tasks[pid].tokens_in == 2 and kernel.tasks[pid].gpu == 0
+    for now in (1, 2, 3):
+        step(kernel, pid, now * S, prefill=3000 if now == 1 else 0)
+    assert kernel.tasks[pid].exit == "done" and kernel.tasks[pid].tokens_in == 3000
+    refused = refusal(lambda: fair_submit(kernel, "a", tokens=8000, prompt="x"))
+    assert refused.errno == errno.ENOSPC and refused.reason.startswith("prompt (estimated at least 2 tokens) plus ")

@@ -28,7 +28,7 @@ from .engines import EngineWatch
 from .errors import ApeinxError, Busy, Invalid
 from .gpus import Gpu
 from .invariants import check_invariants
-from .kvmem import COUNT_ENGINE, estimate_prompt_tokens
+from .kvmem import COUNT_ENGINE
 from .memory import KVManager
 from .models import Models
 from .moves import Moves
@@ -69,7 +69,7 @@ class Kernel:
         self.reclaim = Reclaim(config.sched, self.accounts, self.gpus, self.kv, self.tasks, self.counters, moves)
         moves.attach(self.runq, self.tenancy, self.engines, self.reclaim)
         self.reaper = Reaper(config.retention, self.tasks, self.accounts, self.engines, self.counters)
-        self.submits = SubmitChecks(config, self.models, self.tasks, self.tenancy, self.kv, self.gpus)
+        self.submits = SubmitChecks(self.models, self.tasks, self.tenancy, self.kv)
         self.emit = moves.emit
         self.shared = SharedLog(self.emit)  # the cluster's settings log applied here (sharedlog.py)
         self.handlers = self._handlers()
@@ -188,11 +188,11 @@ class Kernel:
                   out: int = 0) -> Task:
         """A new task `pid` of the event's spec by its uid, with its `submit` line, queued; an adopted one
         with the `out` tokens of `output` it had made elsewhere. Its prompt is counted as the event says."""
-        now, spec, uid = self.now_us, event.spec, event.uid
+        now, spec, uid, name = self.now_us, event.spec, event.uid, self.models.name_of(event.spec)
         parent = self.tasks.get(spec.parent) if spec.parent is not None else None
-        task = Task(pid=pid, spec=spec, model=self.models.name_of(spec), uid=uid,
+        task = Task(pid=pid, spec=spec, model=name, uid=uid,
                     tenant=self.tenancy.tenant_of(spec, parent), submitted_us=now,
-                    tokens_in=estimate_prompt_tokens(spec.prompt, event.counting), weight=prio_weight(spec.prio),
+                    tokens_in=self.kv.prompt_estimate(spec, name, event.counting), weight=prio_weight(spec.prio),
                     deadline_at_us=now + spec.deadline_us if spec.deadline_us else None,
                     parent=spec.parent, agent=parent.agent if parent else pid,
                     output=bytearray(output.encode()), tokens_out=out,

@@ -43,10 +43,19 @@ def estimate_prompt_tokens(prompt: str, counting: int = COUNT_ENGINE) -> int:
     byte, so no prompt takes more than BYTES_PER_TOKEN times the estimate; English text averages about 4 bytes a
     token, so the bound seldom raises the estimate of ordinary prose above what the engine counts.
     Remembered for recent prompts: a submit asks at its check, its admission and its apply."""
-    words = len(prompt_pieces(prompt))
     if counting == COUNT_WORDS:
-        return 1 + words
-    return 1 + max(words, -(-len(prompt.encode()) // BYTES_PER_TOKEN))
+        return least_prompt_tokens(prompt)
+    return 1 + max(len(prompt_pieces(prompt)), -(-len(prompt.encode()) // BYTES_PER_TOKEN))
+
+
+def least_prompt_tokens(prompt: str) -> int:
+    """The prompt's tokens as a refusal that never lifts (context, KV pool) counts them: words and marks plus BOS.
+
+    Not the estimate, which may be 4 times the engine's count (a token of 8 bytes or more: long English words),
+    and would refuse prompts that fit. This is what apeinxfs counted before it had the byte bound, so it refuses
+    no prompt that count admitted; a prompt it lets by that the engine counts beyond the pool ends when the count
+    comes (reclaim.py), and the engine enforces its own context."""
+    return 1 + len(prompt_pieces(prompt))
 
 
 @attrs.define

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 
 from .config import MIB, KernelConfig, ModelConfig
-from .kvmem import KVPool, estimate_prompt_tokens, pages_for, prompt_pieces
+from .kvmem import KVPool, estimate_prompt_tokens, least_prompt_tokens, pages_for, prompt_pieces
 from .spec import TaskSpec
 from .task import Task
 
@@ -139,8 +139,24 @@ class KVManager:
         return blocks + pages_for(tokens - blocks * self.per_page[model.name], model.token_bytes, self.page_bytes)
 
     def admit_pages(self, spec: TaskSpec, model: ModelConfig) -> int:
-        """The most pages a task of `spec` can ever hold: its prompt plus all it may generate."""
-        return self._worst(model, estimate_prompt_tokens(spec.prompt), spec.max_tokens)
+        """The most pages a task of `spec` can ever hold: its prompt (least_prompt_tokens: this is for refusals
+        that never lift) plus all it may generate."""
+        return self._worst(model, least_prompt_tokens(spec.prompt), spec.max_tokens)
+
+    def prompt_estimate(self, spec: TaskSpec, model: str, counting: int) -> int:
+        """A new task's prompt tokens until the engine counts them: estimate_prompt_tokens, or least_prompt_tokens
+        (which the submit found to fit) where the estimate could never fit in a GPU pool, so the task can be placed."""
+        tokens, config = estimate_prompt_tokens(spec.prompt, counting), self.models.get(model)
+        if config is None or self.misfit(config, tokens, spec.max_tokens) is None:
+            return tokens
+        return least_prompt_tokens(spec.prompt)
+
+    def misfit(self, model: ModelConfig, prompt_tokens: int, max_tokens: int) -> str | None:
+        """Why a task of `prompt_tokens` and `max_tokens` could never fit in the largest GPU pool, or None."""
+        need, largest = self._worst(model, prompt_tokens, max_tokens), max(pool.pages_total for pool in self.pools)
+        if need <= largest:
+            return None
+        return f"needs {need} KV pages of {self.page_bytes / MIB:g} MiB; the largest GPU pool has {largest}"
 
     def _worst(self, model: ModelConfig, prompt_tokens: int, max_tokens: int) -> int:
         blocks = cacheable_blocks(prompt_tokens, self.per_page[model.name])

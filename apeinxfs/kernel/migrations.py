@@ -30,6 +30,7 @@ from .livepids import LivePids
 from .memory import KVManager
 from .moves import Moves
 from .runqueue import RunQueue, count_by
+from .submits import SubmitChecks
 from .tasktable import TaskTable
 from .trace import TraceLog
 
@@ -57,6 +58,8 @@ MIGRATIONS: dict[type, Migration] = {
     Moves: Migration(added={"backfill_after_us": lambda _moves: 0}),  # backfill not resting
     # GPUs held from placement for their engines' KV reports became pages counted used; none until a report changes
     KVManager: Migration(added={"unbooked": lambda _kv: {}}, gone=frozenset({"held"})),
+    # a submit's KV check asks the KV manager of its pools; the config and GPUs it kept are not read
+    SubmitChecks: Migration(gone=frozenset({"_config", "_gpus"})),
     # each tenant's live pids indexed from its tasks (their counters afresh: livepids.py)
     TaskTable: Migration(added={"live_pids": lambda table: LivePids.of(table.values())}),
     # one pattern of every tenant's name for all views, a cache built at the first read, replaced each tenant's own
