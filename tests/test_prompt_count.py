@@ -182,6 +182,19 @@ def test_a_count_that_could_never_fit_ends_a_task_about_to_be_preempted_not_requ
     assert kernel.tasks[other].state is State.RUNNING and kernel.tasks[other].kv_holds > 1300
 
 
+def test_a_refund_after_the_window_moved_on_leaves_the_new_window_alone():
+    """A prompt estimated at 752 tokens is charged in one quota window and counted at 3 in the next: that
+    window's 199 tokens served stay used (the refund is dropped), where it would have wiped them."""
+    kernel = Kernel(config(TenantConfig("t", quota=Quota(tokens=1000, window=60))))
+    big = admit(kernel, 59 * S, tenant="t", max_tokens=2, prompt=" " * 3000 + "x")
+    small = admit(kernel, 61 * S, tenant="t", max_tokens=200, prompt="hi")
+    for number in range(199):
+        step(kernel, small, 61 * S + number * 1000, prefill=2 if number == 0 else 0)
+    assert kernel.tenancy.usage["t"].quota.used == 201
+    step(kernel, big, 62 * S, prefill=3)
+    assert kernel.tenancy.usage["t"].quota.used == 202 and kernel.tenancy.usage["t"].tokens_in == 3 + 2
+
+
 def test_a_context_refusal_counts_words_not_the_bytes_estimate():
     """13 KB of long English words (3251 by the bytes estimate, 686 words) with max_tokens 1024 fits a
     4096-token context; 4000 words do not, refused EINVAL naming the least estimate."""

@@ -53,15 +53,16 @@ class TokenLedger:
         """What the current window may use before overdrawing: the limit's `tokens` less the debt."""
         return max(0, tokens - self.debt)
 
-    def charge(self, limit: Limit, now_us: int, tokens: int) -> None:
-        """Count `tokens` used now; fewer than none give back (an estimate corrected), down to none used."""
+    def charge(self, limit: Limit, now_us: int, tokens: int, charged_us: int | None = None) -> None:
+        """Count `tokens` used now. Fewer than none give back tokens charged at `charged_us` (an estimate the
+        engine's count corrected), if this is still the window they were charged in: once it has moved on they
+        stay used (taken back from a later window, they would cancel tokens used in it)."""
         index = now_us // limit.window_us  # limit.index(now_us), on every token served
         if index != self.window_index:  # a new window: carry the debt over (view() says how)
             self.used, self.debt = self.view(limit, now_us)
             self.window_index = index
-        self.used += tokens
-        if self.used < 0:  # a refund past what this window used (the window began after the estimate's charge)
-            self.used = 0
+        if tokens >= 0 or charged_us is not None and limit.index(charged_us) == index:
+            self.used += tokens
 
     def refusal(self, limit: Limit, now_us: int, reserved: int, want: int) -> str | None:
         """Why `want` more tokens would pass the limit plus overdraw, or None if they fit."""

@@ -292,8 +292,7 @@ class Tenancy:
         task.meter = meter = Meter(now, now, now)  # start, mark, last
         if task.started_us is None:
             task.started_us, meter.tokens_in = now, task.tokens_in
-            usage = self._charge_tokens(task, task.tokens_in)
-            usage.tokens_in += task.tokens_in
+            self._charge_tokens(task, task.tokens_in).tokens_in += task.tokens_in
 
     def meter_serve(self, task: Task, chunk: ev.Chunk) -> None:
         """Charge a chunk's tokens (task.tokens_out counts them already), and the prompt if the engine counts it."""
@@ -315,10 +314,11 @@ class Tenancy:
         self._charge_tokens(task, more, reserved=0).tokens_in += more
 
     def _charge_tokens(self, task: Task, tokens: int, reserved: int | None = None) -> TenantUsage:
-        """Charge the quota and budget ledgers `tokens` (below 0: refund), `reserved` of them (default all) reserved."""
+        """Charge the quota and budget ledgers `tokens` (below 0: give back a prompt's estimate, charged at the
+        task's first dispatch, in the windows of that charge only), `reserved` of them (default all) reserved."""
         usage, tenant, now = self.usage[task.tenant], self.tenants[task.tenant], self._host.now_us
-        usage.quota.charge(quota_limit(tenant), now, tokens)
-        usage.budget.charge(budget_limit(tenant), now, tokens)
+        usage.quota.charge(quota_limit(tenant), now, tokens, task.started_us)
+        usage.budget.charge(budget_limit(tenant), now, tokens, task.started_us)
         usage.reserved -= tokens if reserved is None else reserved
         return usage
 
