@@ -219,3 +219,17 @@ def test_a_prompt_whose_estimate_fits_no_pool_is_admitted_and_placed_at_its_leas
     assert kernel.tasks[pid].exit == "done" and kernel.tasks[pid].tokens_in == 3000
     refused = refusal(lambda: fair_submit(kernel, "a", tokens=8000, prompt="x"))
     assert refused.errno == errno.ENOSPC and refused.reason.startswith("prompt (estimated at least 2 tokens) plus ")
+
+
+def test_a_correction_in_a_later_billing_period_is_that_periods_credit():
+    """The estimate (501) billed in one minute-long period, the engine's lower count (300) reported after `cont`
+    in the next: the next period's row holds the credit (-201), the first is left as it was, and they sum to 300."""
+    kernel = Kernel(attrs.evolve(config(TenantConfig("t")), billing_period_s=60))
+    pid = admit(kernel, 58 * S, tenant="t", max_tokens=3, prompt=SPACELESS)
+    step(kernel, pid, 59 * S)
+    kernel.apply(Control(pid=pid, command=TaskCommand("stop")), 59 * S + 1)
+    kernel.apply(Control(pid=pid, command=TaskCommand("cont")), 61 * S)
+    step(kernel, pid, 62 * S, prefill=301)
+    step(kernel, pid, 63 * S)
+    rows = [(start, usage.tokens_in) for (start, _, _), usage in kernel.bills.of("t")]
+    assert rows == [(0, 501), (60, -201)] and kernel.tasks[pid].exit == "done"
