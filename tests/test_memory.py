@@ -233,7 +233,7 @@ def test_shared_prefix_hit_rate_matches_the_shared_block_ratio():
 
 
 def test_the_sim_times_a_prefill_by_the_tokens_it_computes():
-    """A step of a task whose 2 prompt blocks are cached takes the time of the rest of its prompt; its chunk
+    """A step of a task whose 3 prompt blocks are cached takes the time of the rest of its prompt; its chunk
     reports the whole prompt, as an engine counts it."""
     sim, prompt = Sim(Kernel(config(slots=4))), words("s", 24)
     sim.submit("warm", 1, prompt)
