@@ -7,7 +7,7 @@ daemon's memory (the daemon's trio thread stops only for the fork, however large
 state) and writes the snapshot's temp file (snapshots.py). A worker thread waits for the
 child, syncs the journal's files (so the snapshot is never ahead of the journal on disk),
 publishes the file, keeps the newest KEEP snapshots and, once the trace archive holds the
-older one's lines, deletes the journal rows, trace rows and boot rows behind it
+older one's lines (synced first: `sync_archives`), deletes the journal rows, trace rows and boot rows behind it
 (journal.compact): a damaged newest snapshot can still fall back to the one before it and
 replay the rows after that. At unmount `close` writes one in process.
 
@@ -227,6 +227,7 @@ class Snapshotter:
         self.layout = state.layout(runtime.config.kernel)
         self.misses = Misses(runtime.clock.steady_us())  # steady: a clock step, a journal floor is no stale time
         self.lost = ""  # what the start said of journal rows lost behind the snapshot it used, if it did
+        self.told: set[str] = set()  # why snapshots could not be used, logged already
 
     def warning(self) -> str | None:
         """/health's warning while snapshots are not written: FAILURES_WARNED failed in a row, or none for
@@ -247,8 +248,9 @@ class Snapshotter:
         config, journal, problems = self.runtime.config.kernel, self.runtime.journal, []
         first = journal.first_seq()
         start = next(starts(self.directory, lambda _seq: config, first, LAST, problems), None)
-        for problem in problems:
+        for problem in set(problems) - self.told:  # a rollback starts again (stepbugs.py): said once
             log.error("snapshot not used: %s", problem)
+        self.told.update(problems)
         if start is None and first > 1:
             raise CannotStart(compacted_away(first, self.directory, problems))
         start = start or Start(lambda: Kernel(config), 0, boot_config(config))
@@ -324,10 +326,10 @@ class Snapshotter:
             log.error("no snapshot at unmount: %s", exc)
 
     def header(self) -> tuple:
-        """Journal what waits (the state holds it; Degraded if that fails); the header of a snapshot of the
-        state now, at the last journal row (its first field)."""
+        """Journal what waits (the state holds it; Degraded if that fails) and archive its lines; the header of a
+        snapshot of the state now, at the last journal row (its first field)."""
         runtime = self.runtime
-        runtime.journal.flush_all()
+        runtime.flush_all()
         kernel, seq = runtime.kernel, runtime.journal.last_seq
         return (seq, kernel.now_us, kernel.trace.seq, boot_config(runtime.config.kernel), self.layout,
                 runtime.journal.crc_of(seq))
@@ -352,7 +354,15 @@ class Snapshotter:
         kept = snapshots.prune(self.directory)
         log.info("snapshot %s: %d bytes", path, os.path.getsize(path))
         if len(kept) >= snapshots.KEEP and self.archived_to(kept[-1]):
+            self.sync_archives()
             compact(journal_path, kept[-1])
+
+    def sync_archives(self) -> None:
+        """Sync the trace and audit archives' files: the journal rows about to be compacted away are what
+        a start would rebuild their lines from after a power cut."""
+        for archive in (self.runtime.archive, self.runtime.audit_archive):
+            if archive is not None:
+                archive.sync()
 
     def written(self) -> None:
         """The snapshot counts as written (Misses): once published and, where due, compacted."""

@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterator
 
 import attrs
 
+from . import durable
 from .journalfiles import (DISPLACED, backed_up, copied, drop_wal, identity, refuse_set_aside, take_restore, unused_name,
                            uri)
 from .kernel.errors import ApeinxError, Degraded
@@ -173,6 +174,8 @@ def unreadable(path: str) -> contextlib.AbstractContextManager:
 class Journal:
     """An open journal file; one writer (the daemon) at a time, or read-only readers. Unreadable, naming
     the file, if it is not a journal SQLite can read."""
+
+    keeps_rows = True  # a kernel can be rebuilt from its rows (`rows_kept`)
 
     def __init__(self, path: str, readonly: bool = False, rows_per_commit: int = 1):
         self.path, self.rows_per_commit = path, rows_per_commit
@@ -299,7 +302,7 @@ class Journal:
             self._files = None  # no connection until connected() succeeds
             self.db.close()  # its file is gone from the path: SQLite neither checkpoints nor deletes the -wal
             drop_wal(self.path, files[1])  # which the copy would be read with on top
-            os.replace(temp, self.path)
+            durable.replace(temp, self.path)
             self.db = connected(self.path, readonly=False)
         self._files = self._identities()
         log.warning("the journal %s was deleted or moved away under the daemon: written back from its open copy "
@@ -341,6 +344,11 @@ class Journal:
         emitted.row = self._appended[seq - self._appended[0][0]]
         return self._keep(emitted)
 
+    def drop_trace(self, seq: int) -> None:
+        """Keep no trace row for row `seq`, just appended, whose event raised while applied: what it emitted is
+        half of it, and a replay quarantines the row (no trace row to verify, verify.py)."""
+        self._pending = [emitted for emitted in self._pending if emitted.row[0] != seq]
+
     def _keep(self, emitted: Emitted) -> Emitted:
         if self._booted:
             self._pending.append(emitted)
@@ -355,6 +363,13 @@ class Journal:
         query = "SELECT seq, time_us, kind, body FROM journal WHERE seq > ? AND seq <= ? ORDER BY seq"
         with unreadable(self.path):  # a damaged file is found reading its pages
             yield from self.db.execute(query, (after, upto))
+
+    def rows_kept(self, after: int = 0, upto: int = LAST):
+        """`rows`, then the rows not written yet, writing nothing: those waiting for `rows_per_commit`, and the
+        deferred steps as the row they will be. What a kernel holds that applied every event so far."""
+        yield from self.rows(after, upto)
+        deferred = [(self.last_seq + 1,) + encoded(self._deferred)] if self._deferred else []
+        yield from (row for row in self._uncommitted + deferred if after < row[0] <= upto)
 
     def replay(self):
         """Yield (seq, time_us, event) in order: each step of a steps row with that row's seq."""
@@ -464,6 +479,8 @@ NOT_RECORDED = contextlib.nullcontext()  # reusable: entering it does nothing
 
 class NullJournal:
     """A journal that keeps nothing and counts its rows: for runs no one will replay (`apeinxfs sim`)."""
+
+    keeps_rows = False  # no kernel can be rebuilt from it
 
     def __init__(self):
         self.last_seq = 0

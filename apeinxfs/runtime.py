@@ -20,7 +20,6 @@ model with several), which are never journaled; what they report of their KV cac
 `EngineKV` event, when it changes (kernel/kvreport.py).
 """
 import contextlib
-import ctypes
 import logging
 
 import attrs
@@ -41,6 +40,8 @@ from .kernel.config import MIB
 from .kernel.events import EngineHealth, EngineKV, GpuMemory, Rejected, Restart, Step, Tick
 from .kernel.trace import TaskViews
 from .recovery import rebuild
+from .rollback import give_back_freed_memory
+from .stepbugs import StepBugs
 from .supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -114,17 +115,35 @@ class Runtime:
         self.cluster = None  # cluster/daemon.Cluster when [cluster] names etcd (set by mount.py); None: one node
         self.elsewhere: dict = {}  # tenant -> kernel/tenancy.Elsewhere, its use on the other nodes (cluster/usage.py)
         self.task_views = TaskViews()  # the tasks' events read so far, a cache beside the kernel (kernel/trace.py)
+        self.step_bugs = StepBugs(self)  # a bug in the middle of a step: the rollback (stepbugs.py)
 
     def recover(self) -> int:
         """Replay the journal into the kernel, from the newest usable snapshot if the daemon keeps them
         (compaction.py), quarantining any row that cannot be applied (recovery.py); mark the restart.
         The daemon's time goes on from the journal's last at least, whatever the host's clock says (clock.py).
         Returns the journal's rows."""
+        self.kernel, after, migration = self.rebuilt(self.journal.rows, self.quarantined)
+        self.caught_up()
+        rows = len(self.journal)
+        if rows or after:  # a snapshot is of a daemon that ran, even when the journal lost every row after it
+            self.commit([Restart(), *migration])
+        give_back_freed_memory()
+        return rows
+
+    def rebuilt(self, rows, quarantined: dict, may_quarantine=None) -> tuple[Kernel, int, list]:
+        """A kernel rebuilt from the journal's `rows` (Journal.rows or rows_kept), from the newest usable snapshot
+        if the daemon keeps them; the seq of that snapshot's last row (0: none), and the events that say it was
+        migrated (to journal at a restart). A row that raises is quarantined in `quarantined` (recovery.py),
+        only if among `may_quarantine` when that is given (else RowFailed)."""
         fresh, after, migration = self._fresh_kernel, 0, []
         if self.snapshotter is not None:
             start = self.snapshotter.start()
             fresh, after, migration = (lambda: self._holding(start.fresh())), start.seq, start.migration()
-        self.kernel = rebuild(fresh, self.journal.rows, after, LAST, self.quarantined)
+        return rebuild(fresh, rows, after, LAST, quarantined, may_quarantine=may_quarantine), after, migration
+
+    def caught_up(self) -> None:
+        """After a rebuild: what it changed is no news, time goes on from the kernel's, and the archives have
+        every line of its trace and audit trail."""
         self.kernel.take_changed()
         self.clock.not_before(self.kernel.now_us)
         if self.config.check_invariants:
@@ -132,11 +151,6 @@ class Runtime:
         for archive, ring in self._archived(self.kernel):
             archive.catch_up(ring)
             ring.release(archive.seq)
-        rows = len(self.journal)
-        if rows or after:  # a snapshot is of a daemon that ran, even when the journal lost every row after it
-            self.commit([Restart(), *migration])
-        give_back_freed_memory()
-        return rows
 
     def _fresh_kernel(self) -> Kernel:
         return self._holding(Kernel(self.config.kernel))
@@ -280,30 +294,46 @@ class Runtime:
             else:
                 self.commit(list(events))
 
-    def progress(self, step: Step) -> None:
+    def progress(self, step: Step, retried: bool = False) -> None:
         """Apply an engine step now and journal it later: the next scheduling round if it emitted a trace
         line or the oldest step waiting is PROGRESS_S old (`_progress_timer`), else with the next commit.
-        Raises Degraded, changing nothing, while the journal cannot be written."""
+        Raises Degraded, changing nothing, while the journal cannot be written. A bug in the step is rolled back
+        (stepbugs.py; `retried`: this is the step's second try)."""
         self.health.refuse()
+        if self.step_bugs.stuck and step.chunks and not (step := self.step_bugs.without_stuck(step)).chunks:
+            return  # only chunks of tasks that cannot be ended (stepbugs.py): nothing to apply or journal
         now = self.clock.now_us()
-        with Emitted(self.kernel.trace) as emitted:
-            self.kernel.apply(step, now)
+        try:
+            with Emitted(self.kernel.trace) as emitted:
+                self.kernel.apply(step, now)
+        except Exception as exc:  # a bug, not a refusal: a step is never refused
+            self.step_bugs.failed(step, exc, retried)
+            return
         first = self.journal.deferred_since_us is None
         self.journal.defer(now, step, emitted)
         due = bool(emitted.text) or now - self.journal.deferred_since_us >= PROGRESS_S * 1e6
         self.journal_due |= due
-        if self.health.fault is None:
-            self._archive()
         self.task_views.prune(self.kernel.trace)
         self._wake(self.kernel.take_changed() | ({"progress"} if first or due else set()))
 
     def _flush_progress(self, now_us: int) -> None:
-        """Journal the steps waiting; if that fails, go degraded (they wait for the recovery)."""
+        """Journal the steps waiting, then archive their trace lines; if that fails, go degraded (they wait for the
+        recovery). Their lines go to the archive only now: before, a kill -9 would leave it ahead of the journal."""
         self.journal_due = False
         try:
             self.journal.flush()
         except Degraded as error:
             self._degrade(error, now_us)
+            return
+        self._archive()
+
+    def flush_all(self) -> None:
+        """Journal everything waiting (steps, trace rows), then archive the trace's lines: before a snapshot and
+        at unmount, where no commit or step flush follows to archive them. Raises Degraded, archiving nothing,
+        if the journal cannot be written."""
+        self.journal.flush_all()
+        self.journal_due = False
+        self._archive()
 
     async def _progress_timer(self) -> None:
         """Journal the steps waiting when one emitted a trace line or the oldest is PROGRESS_S old, and no
@@ -460,13 +490,3 @@ class Runtime:
         pages, last = free_mib * MIB // self.kernel.kv.page_bytes, self.kernel.kv.real_free[gpu]
         step = max(1, self.kernel.kv.pools[gpu].pages_total // 64)
         return GpuMemory(gpu=gpu, free_mib=free_mib) if last is None or abs(pages - last) >= step else None
-
-
-def give_back_freed_memory() -> None:
-    """Hand the heap's free pages back to the system (glibc's malloc_trim). Loading a snapshot frees
-    its bytes and the unpickler's memo at once, about 13 MB at 10,000 tasks, which glibc would
-    otherwise keep in the daemon's RSS for good (bench/soak.py: RSS after a restart)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to give back this way
-        pass

@@ -13,11 +13,12 @@ compared; one of them that raises is quarantined as the daemon's recovery does
 (recovery.py), and reported. The lines replayed are also compared with the trace archive
 (archive.py, STATE_DIR/trace/) from its first line on: a line changed, missing or written
 twice there diverges too; lines it has beyond the journal (a live daemon's) are not
-compared. A recorded line is also taken as the replayed one with each URL's credentials hidden (`alike`), in
-the whole line or in each reason of its row as the kernel hides them: a journal written before the kernel hid them
-holds them in its trace; a replayed line that shows them again diverges. A task the journal does not hold is
-shown from the archive, and the whole trace's older lines too, each URL's credentials hidden (archive.shown): the
-files keep them as written. Where the journal
+compared. A recorded line is also taken as the replayed one in today's words (kernel/trace.py `reworded`: a
+dispatch's `POLICY: backfill past N (` became `POLICY: backfill past pid N (`) with each URL's credentials hidden
+(`alike`), in the whole line or in each reason of its row as the kernel hides them: a journal written before the
+kernel hid them holds them in its trace; a replayed line that shows them again diverges. A task the journal does
+not hold is shown from the archive, and the whole trace's older lines too, each URL's credentials hidden
+(archive.shown): the files keep them as written. Where the journal
 was compacted behind snapshots (compaction.py), the replays start from the oldest and
 newest usable snapshot instead of row 1 (and from row 1 too while the journal holds it). It opens the
 journal read-only, in one snapshot, so it runs beside a live daemon. It changes nothing,
@@ -40,7 +41,7 @@ from .kernel.config import KernelConfig, kernel_config_from_dict
 from .kernel.endpoints import redacted
 from .kernel.invariants import InvariantError
 from .kernel.events import stamped_of_row
-from .kernel.trace import HEADER, escape
+from .kernel.trace import HEADER, escape, reworded
 from .nodes.replay import archived, show, show_archived
 from .recovery import RowFailed, apply_row, rebuild
 
@@ -312,9 +313,13 @@ def compare(trace, seq: int, crc: int, lines: list[str], row: tuple | None) -> t
 
 
 def alike(recorded: str, replayed: str, row: tuple | None = None) -> bool:
-    """Whether a recorded trace line is the replayed one, as recorded or with each URL's credentials hidden: the
-    kernel hides them as it applies a row, and a journal written before it did holds them in its trace. They are
-    hidden in the whole line, or in each text of journal row `row` that the kernel hides them in (fields_hidden)."""
+    """Whether a recorded trace line is the replayed one, as recorded or in today's words (`reworded`) with each
+    URL's credentials hidden: the kernel hides them as it applies a row, and a journal written before it did holds
+    them in its trace. They are hidden in the whole line, or in each text of journal row `row` that the kernel
+    hides them in (fields_hidden)."""
+    if recorded == replayed:
+        return True
+    recorded = reworded(bytearray(recorded.encode())).decode()
     if recorded == replayed or redacted(recorded) == replayed:
         return True
     return row is not None and fields_hidden(recorded, row) == replayed
@@ -376,7 +381,7 @@ def timeline(journal: Journal, pid: int | None, archive_dir: str, snapshot_dir: 
     if pid in kernel.tasks:
         return show(kernel, kernel.tasks[pid])
     if (task := archived(pid, archive.task_lines(archive_dir, pid))) is not None:
-        return show_archived(task)
+        return show_archived(kernel, task)
     raise CannotReplay(f"no task {pid} in the journal or the trace archive")
 
 

@@ -105,7 +105,7 @@ def test_a_model_with_endpoints_runs_only_on_their_gpus():
     assert sorted(d.gpu(p) for p in pids[:4]) == [0, 0, 1, 1]
     assert [d.kernel.tasks[p].state for p in pids[4:]] == [State.QUEUED] * 2
     sim = d.submit("sim")
-    assert d.gpu(sim) == 2 and f"backfill past {pids[4]} (its GPUs are full)" in d.lines("dispatch")[-1]
+    assert d.gpu(sim) == 2 and f"backfill past pid {pids[4]} (its GPUs are full)" in d.lines("dispatch")[-1]
     d.apply(Step(gpu=0, chunks=[Chunk(pid=pids[0], text="x", tokens=8, final=True)]), SECOND)
     assert d.gpu(pids[4]) == 0
 

@@ -7,6 +7,7 @@ body; `steps_to_row`/`stamped_of_row` that of a `steps` row, several steps with 
 times in one compact row.
 """
 import json
+import re
 import typing
 from collections.abc import Iterable
 
@@ -20,6 +21,7 @@ from .tenant_config import TenantConfig, tenant_from_dict
 
 OMITTED_AT_DEFAULT = "omitted_at_default"  # a field a journal row holds only when not its default (to_row)
 TOKENS_MAX = 1 << 30  # the most tokens one chunk may count: beyond any context, short of what would overflow a sum
+SURROGATE = re.compile("[\ud800-\udfff]")  # a str holds one only alone (JSON's "\\ud800"): no UTF-8 for it
 
 
 @attrs.frozen
@@ -63,6 +65,19 @@ class Control(ByCaller):
     command: TaskCommand
 
 
+def well_formed(text: str) -> str:
+    """`text` with each lone surrogate (an engine's JSON may escape one) replaced by U+FFFD: a task's output
+    is UTF-8, and a surrogate has none (a chunk holding one would raise in the middle of its step). The regex
+    runs only on text that cannot be encoded: most non-ASCII text (CJK, accents) is encoded faster than searched."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return SURROGATE.sub("\ufffd", text)
+    return text
+
+
 @attrs.frozen
 class Chunk:
     """What one engine step did for one task: prefilled `prefill` tokens, produced `text`.
@@ -74,7 +89,7 @@ class Chunk:
     """
 
     pid: int
-    text: str
+    text: str = attrs.field(converter=well_formed)  # cleaned where every driver's chunk is built
     tokens: int = attrs.field(validator=id_bound(TOKENS_MAX, "a token count"))
     prefill: int = attrs.field(default=0, validator=id_bound(TOKENS_MAX, "a token count"))
     final: bool = False

@@ -223,6 +223,7 @@ class Kernel:
         if command.verb == "kill":
             self.moves.exit(task, "killed", f"by uid {event.uid}")
         elif command.verb == "stop":
+            task.prefill_owed = task.prefill_owed or (event.uid == task.uid and task.gpu is not None)
             self.moves.leave(task)
             self.tasks.set_state(task, State.STOPPED)
             self.emit("stop", task, f"by uid {event.uid}")

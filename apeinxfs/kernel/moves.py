@@ -39,6 +39,15 @@ BACKFILL_WINDOW = 64  # heads a pass may look past (as Slurm's bf_max_job_test):
 BACKFILL_REST_US = 100_000  # after a pass looked past the whole window, no pass looks past a head for this long
 
 
+class ServeBug(Exception):
+    """A bug raised while a step served task `pid`'s chunk (the bug is its __cause__): the step is that task's to
+    fail (runtime.py `progress`), where a bug raised elsewhere in the step is no one task's."""
+
+    def __init__(self, pid: int):
+        super().__init__(f"a bug serving task {pid}'s chunk")
+        self.pid = pid
+
+
 class Moves:
     """A task's moves, and filling free batch slots from the queue."""
 
@@ -232,7 +241,7 @@ class Moves:
         if reason == "deadline boost":
             self.counters.count(task.tenant, "boosts")
         if passed:
-            reason = f"backfill past {passed[0].pid} ({past}), then {reason}"
+            reason = f"backfill past pid {passed[0].pid} ({past}), then {reason}"
         task.gpu, task.run_tokens = gpu.config.index, 0
         self.reclaim.ran(task, 0)
         gpu.running[task.pid] = task
@@ -245,7 +254,9 @@ class Moves:
                                     f"vruntime={task.vruntime} queued={len(self.runq) + len(passed)}", gpu.config.index)
 
     def step(self, event: ev.Step) -> None:
-        """Serve each chunk whose task is still in that GPU's batch; then re-order the served tenants."""
+        """Serve each chunk whose task is still in that GPU's batch; then re-order the served tenants. A bug
+        raised serving a chunk comes out as a ServeBug naming its task, the changes made so far left as they are
+        (the runtime rolls the kernel back)."""
         if self.fenced:  # made before the hold, delivered after it: its tokens may be another node's now
             return
         gpu = self.gpus[event.gpu]
@@ -254,7 +265,10 @@ class Moves:
         for chunk in event.chunks:
             task = gpu.running.get(chunk.pid)
             if task is not None:
-                self._serve(task, gpu, chunk)
+                try:
+                    self._serve(task, gpu, chunk)
+                except Exception as exc:
+                    raise ServeBug(chunk.pid) from exc
                 served[task.tenant, task.agent] = task
         for task in served.values():  # once per tenant and agent, not per token
             self.runq.rekey(task)

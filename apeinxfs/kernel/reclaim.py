@@ -19,7 +19,7 @@ from .config import SchedConfig
 from .counters import Counters
 from .gpus import Gpu
 from .memory import KVManager
-from .sched import COUNTER_SCALE, Accounts
+from .sched import Accounts
 from .seams import Host
 from .task import Task
 
@@ -75,7 +75,7 @@ class Reclaim:
         slice past the head's while the head's tenant is under its share."""
         mine, tenants = self._accounts.tenant(head), self._accounts.tenants
         slots, total = sum(g.config.slots for g in self._gpus), self._accounts.active_weight
-        piece = self._slice(total)
+        piece = self._accounts.slice(self._sched.slice_tokens)
         gap = self._sched.preempt_gap * piece
         mine_under = mine.running + 1 <= slots * mine.weight / total
         best, best_key = None, None
@@ -88,13 +88,6 @@ class Reclaim:
             if unfair and (best_key is None or key > best_key):
                 best, best_key = task, key
         return best
-
-    def _slice(self, active_weight: int) -> float:
-        """A slice in counter units: slice_tokens of service to a tenant of the active tenants' mean
-        weight. Weights are ratios (cgroup v2): scaling them all scales every counter step and the
-        slice alike, so 1:2:3:4 preempts as 100:200:300:400 does."""
-        active = len(self._accounts.active_tenants)
-        return self._sched.slice_tokens * COUNTER_SCALE * active / active_weight
 
     # -- memory --------------------------------------------------------------------------------
 

@@ -63,6 +63,9 @@ class Task:
     kv_preemptions: int = 0
     started_us: int | None = None  # first dispatch: the prompt is charged then
     prompt_estimated: bool = False  # tokens_in is the estimate, which the engine's count replaces (tenancy.meter_serve)
+    # its own uid's stop dropped its KV: the prefills up to its next token are charged (runqueue.py); a task stopped
+    # by a release before this field continues with it False: one recompute free
+    prefill_owed: bool = False
     meter: "Meter | None" = None  # the billing segment running now
     output: bytearray = attrs.Factory(bytearray)
     trace_last: int = 0  # the seq of its last trace line (trace.py chains its lines back from it)

@@ -54,8 +54,8 @@ class ReplayDir(Dir):
         task = self._read_archived(pid) if 0 < pid < self.rt.kernel.tasks.next_pid else None
         if task is None:
             return None
-        return Show(show=lambda: replay.show_archived(task), inode=inode_of(pid, REPLAY_SLOT), tenant=task.tenant,
-                    owner=owner_of(self.rt, task))
+        return Show(show=lambda: replay.show_archived(self.rt.kernel, task), inode=inode_of(pid, REPLAY_SLOT),
+                    tenant=task.tenant, owner=owner_of(self.rt, task))
 
     def _archived_task(self, pid: int):
         archive = self.rt.archive
