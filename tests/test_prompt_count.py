@@ -14,7 +14,7 @@ import pytest
 
 from apeinxfs import verify
 from apeinxfs.kernel import Kernel
-from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig
+from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig
 from apeinxfs.kernel.events import Chunk, Control, Step, Submit, Tick, from_row, to_row
 from apeinxfs.kernel.kvmem import COUNT_ENGINE, COUNT_WORDS, estimate_prompt_tokens
 from apeinxfs.kernel.spec import TaskCommand, TaskSpec
@@ -163,23 +163,34 @@ def test_an_engine_count_no_gpu_pool_could_hold_ends_the_task_and_frees_the_gpu(
     task = kernel.tasks[pid]
     assert task.exit == ("failed: prompt (20000 tokens, the engine's count) plus max_tokens needs 2507 KV pages "
                          "of 1 MiB; the largest GPU pool has 1024") and task.kv_pages == 0
+    usage = kernel.tenancy.usage["a"]
+    assert usage.tokens_in == 20_000 and usage.reserved == 0 and bill_lines(kernel, pid)[0].startswith("in=20000 out=1 ")
     other = fair_submit(kernel, "b", tokens=2, now=2 * S, prompt="hello")
     for now in (3, 4):
         step(kernel, other, now * S)
     assert kernel.tasks[other].exit == "done"
 
 
-def test_a_count_that_could_never_fit_ends_a_task_about_to_be_preempted_not_requeued():
-    """The engine's count leaves a task room to run but not to finish in any pool (7000 + 2000 tokens in 1024
-    pages): when tenant b's task needs its pages, it ends failed instead of being preempted to the queue."""
-    kernel = fair_kernel(slots=2)
+def test_a_count_that_could_never_fit_ends_the_task_at_the_count_so_no_requeue_leaves_it_waiting():
+    """On 1024 and 512 MiB pools, the engine's count leaves a task room to run but not to finish in either (7000 +
+    2000 tokens in 1024 pages): it ends failed at that count, before its own stop and cont could queue it again to
+    wait for room that never comes in front of tenant b's tasks, which all run to done."""
+    kernel = Kernel(KernelConfig(
+        models=[ModelConfig(name="sim")], page_mib=1,
+        gpus=[GpuConfig(index=0, kv_mib=1024, slots=1), GpuConfig(index=1, kv_mib=512, slots=1)],
+        tenants=[TenantConfig("a"), TenantConfig("b")], sched=SchedConfig(policy="fair", min_run_tokens=2)))
     pid = fair_submit(kernel, "a", tokens=2000, prompt="a b c")
-    other = fair_submit(kernel, "b", tokens=10, prompt="d e f")
     step(kernel, pid, S, prefill=7000)
-    assert kernel.tasks[pid].state is State.RUNNING
-    step(kernel, other, 2 * S, prefill=1300)
     assert kernel.tasks[pid].exit.startswith("failed: prompt (7000 tokens, the engine's count) plus max_tokens needs ")
-    assert kernel.tasks[other].state is State.RUNNING and kernel.tasks[other].kv_holds > 1300
+    for now, command in ((2, "stop"), (3, "cont")):
+        kernel.apply(Control(pid=pid, command=TaskCommand(command)), now * S)
+    others = [fair_submit(kernel, "b", tokens=2, now=(4 + i) * S, prompt="hello") for i in range(3)]
+    for now in range(10, 20):
+        for gpu in kernel.gpus:
+            chunks = [Chunk(pid=task.pid, text=" w", tokens=1, prefill=0 if task.prefilled else task.tokens_in)
+                      for task in gpu.running.values()]
+            kernel.apply(Step(gpu=gpu.config.index, chunks=chunks), now * S)
+    assert [kernel.tasks[other].exit for other in others] == ["done"] * 3
 
 
 def test_a_refund_after_the_window_moved_on_leaves_the_new_window_alone():
@@ -213,12 +224,35 @@ def test_a_prompt_whose_estimate_fits_no_pool_is_admitted_and_placed_at_its_leas
     small = attrs.evolve(fair_kernel().config, gpus=[GpuConfig(index=0, kv_mib=512, slots=2)])
     kernel = Kernel(small)
     pid = fair_submit(kernel, "a", tokens=3, prompt="x" * 40_000)
-    assert kernel.tasks[pid].tokens_in == 2 and kernel.tasks[pid].gpu == 0
+    task = kernel.tasks[pid]
+    assert (task.tokens_in, task.placed_prompt, task.context_tokens, task.gpu) == (10_001, 2, 2, 0)
     for now in (1, 2, 3):
         step(kernel, pid, now * S, prefill=3000 if now == 1 else 0)
-    assert kernel.tasks[pid].exit == "done" and kernel.tasks[pid].tokens_in == 3000
+    assert task.exit == "done" and task.tokens_in == 3000 and task.placed_prompt is None
     refused = refusal(lambda: fair_submit(kernel, "a", tokens=8000, prompt="x"))
     assert refused.errno == errno.ENOSPC and refused.reason.startswith("prompt (estimated at least 2 tokens) plus ")
+
+
+def test_a_prompt_placed_at_its_least_count_reserves_and_charges_its_estimate():
+    """The 40 KB one-word prompt placed at its word count (2) reserves its bytes estimate (10,001 + 3) under a
+    12,000-token quota: a second such submit is refused, and the first is charged the estimate at dispatch."""
+    base = config(TenantConfig("t", quota=Quota(tokens=12_000, window=86400)))
+    kernel = Kernel(attrs.evolve(base, gpus=[GpuConfig(index=0, kv_mib=512, slots=64)]))
+    pid = admit(kernel, tenant="t", max_tokens=3, prompt="x" * 40_000)
+    assert kernel.tasks[pid].placed_prompt == 2 and kernel.tenancy.usage["t"].quota.used == 10_001
+    refused = refusal(lambda: admit(kernel, tenant="t", max_tokens=3, prompt="x" * 40_000))
+    assert "10004 more would pass 12000" in refused.reason
+
+
+def test_a_prompt_placed_at_its_least_count_that_the_engine_counts_past_every_pool_ends_billed_at_the_count():
+    """The 40 KB one-word prompt placed at 2 is counted 10,000 by the engine, more than the 512 MiB pool could
+    ever hold with it: it ends failed at once, billed and charged the count, nothing left reserved."""
+    kernel = Kernel(attrs.evolve(fair_kernel().config, gpus=[GpuConfig(index=0, kv_mib=512, slots=2)]))
+    pid = fair_submit(kernel, "a", tokens=3, prompt="x" * 40_000)
+    step(kernel, pid, S, prefill=10_000)
+    task, usage = kernel.tasks[pid], kernel.tenancy.usage["a"]
+    assert task.exit.startswith("failed: prompt (10000 tokens, the engine's count) plus max_tokens needs ")
+    assert usage.tokens_in == 10_000 and usage.reserved == 0 and task.kv_pages == 0
 
 
 def test_a_correction_in_a_later_billing_period_is_that_periods_credit():

@@ -28,7 +28,7 @@ from .engines import EngineWatch
 from .errors import ApeinxError, Busy, Invalid
 from .gpus import Gpu
 from .invariants import check_invariants
-from .kvmem import COUNT_ENGINE
+from .kvmem import COUNT_ENGINE, estimate_prompt_tokens
 from .memory import KVManager
 from .models import Models
 from .moves import Moves
@@ -189,14 +189,17 @@ class Kernel:
         """A new task `pid` of the event's spec by its uid, with its `submit` line, queued; an adopted one
         with the `out` tokens of `output` it had made elsewhere. Its prompt is counted as the event says."""
         now, spec, uid, name = self.now_us, event.spec, event.uid, self.models.name_of(event.spec)
+        counted_later = event.counting == COUNT_ENGINE  # the engine's count replaces the estimate
         parent = self.tasks.get(spec.parent) if spec.parent is not None else None
         task = Task(pid=pid, spec=spec, model=name, uid=uid,
                     tenant=self.tenancy.tenant_of(spec, parent), submitted_us=now,
-                    tokens_in=self.kv.prompt_estimate(spec, name, event.counting), weight=prio_weight(spec.prio),
+                    tokens_in=(estimate := estimate_prompt_tokens(spec.prompt, event.counting)),
+                    placed_prompt=self.kv.placed_prompt(spec, name, estimate) if counted_later else None,
+                    weight=prio_weight(spec.prio),
                     deadline_at_us=now + spec.deadline_us if spec.deadline_us else None,
                     parent=spec.parent, agent=parent.agent if parent else pid,
                     output=bytearray(output.encode()), tokens_out=out,
-                    prompt_estimated=event.counting == COUNT_ENGINE)
+                    prompt_estimated=counted_later)
         if parent:
             parent.children.append(pid)
         self.tasks.add(task, adopted)

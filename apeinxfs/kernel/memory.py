@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 
 from .config import MIB, KernelConfig, ModelConfig
-from .kvmem import KVPool, estimate_prompt_tokens, least_prompt_tokens, pages_for, prompt_pieces
+from .kvmem import KVPool, least_prompt_tokens, pages_for, prompt_pieces
 from .spec import TaskSpec
 from .task import Task
 
@@ -143,12 +143,12 @@ class KVManager:
         that never lift) plus all it may generate."""
         return self._worst(model, least_prompt_tokens(spec.prompt), spec.max_tokens)
 
-    def prompt_estimate(self, spec: TaskSpec, model: str, counting: int) -> int:
-        """A new task's prompt tokens until the engine counts them: estimate_prompt_tokens, or least_prompt_tokens
-        (which the submit found to fit) where the estimate could never fit in a GPU pool, so the task can be placed."""
-        tokens, config = estimate_prompt_tokens(spec.prompt, counting), self.models.get(model)
-        if config is None or self.misfit(config, tokens, spec.max_tokens) is None:
-            return tokens
+    def placed_prompt(self, spec: TaskSpec, model: str, estimate: int) -> int | None:
+        """Where a new task's prompt `estimate` could never fit in a GPU pool, the least_prompt_tokens its KV is
+        placed at until the engine counts it (the submit found that to fit); else None: placed at the estimate."""
+        config = self.models.get(model)
+        if config is None or self.misfit(config, estimate, spec.max_tokens) is None:
+            return None
         return least_prompt_tokens(spec.prompt)
 
     def misfit(self, model: ModelConfig, prompt_tokens: int, max_tokens: int) -> str | None:
@@ -169,16 +169,17 @@ class KVManager:
         only where pools differ in size: admission refused any task that fits in none, so when
         they are all alike every task fits in each (0 then stands for "fits")."""
         model, per_page = self.models[task.model], self.per_page[task.model]
-        blocks = cacheable_blocks(task.tokens_in, per_page)  # fewer than the chain's if the engine counted fewer
+        prompt = task.kv_prompt_tokens
+        blocks = cacheable_blocks(prompt, per_page)  # fewer than the chain's if the engine counted fewer
         chain = prompt_chain(task.model, per_page, task.spec.prompt)[:blocks] if blocks > 0 else ()
-        worst = self._worst(model, task.tokens_in, task.spec.max_tokens) if self._mixed_pools else 0
+        worst = self._worst(model, prompt, task.spec.max_tokens) if self._mixed_pools else 0
         return chain, self._private_need(task, len(chain), model), worst, task.tokens_out == 0
 
     def _private_need(self, task: Task, blocks: int, model: ModelConfig) -> int:
         """Private pages for the context and the next token, beside `blocks` shared blocks:
         _pages(model, context + 1, blocks) - blocks."""
         shared = blocks * self.per_page[model.name]
-        return pages_for(task.tokens_in + task.tokens_out + 1 - shared, model.token_bytes, self.page_bytes)
+        return pages_for(task.context_tokens + 1 - shared, model.token_bytes, self.page_bytes)
 
     def place(self, task: Task, gpu: int) -> Score | None:
         """Whether the task fits on `gpu` now (evicting idle blocks if need be): a score, most
@@ -244,7 +245,7 @@ class KVManager:
         self.holders[task.pid] = task
         if hits:
             task.cached_tokens = max(task.cached_tokens, hits * self.per_page[task.model])
-        return task.tokens_in + task.tokens_out - task.cached_tokens
+        return task.context_tokens - task.cached_tokens
 
     def _hold(self, gpu: int, chain: Chain) -> tuple[int, int]:
         """References to the chain's blocks on `gpu` (before any eviction, so none of them is
@@ -259,7 +260,7 @@ class KVManager:
 
     def grow(self, task: Task) -> bool:
         """Pages for the task's context and next token, evicting idle blocks if need be; whether it got them."""
-        if task.tokens_in + task.tokens_out < task.kv_holds:  # the next token fits in what it holds
+        if task.context_tokens < task.kv_holds:  # the next token fits in what it holds
             return True
         blocks = len(task.kv_blocks)
         need = self._private_need(task, blocks, self.models[task.model]) - task.kv_private

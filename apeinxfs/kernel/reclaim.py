@@ -92,20 +92,20 @@ class Reclaim:
     # -- memory --------------------------------------------------------------------------------
 
     def grow_kv(self, task: Task, gpu: Gpu) -> None:
-        """A page for the next token: evict idle prefix blocks, else preempt, else the OOM killer; a task that
-        could never fit in a GPU pool (the engine counted its prompt past the estimate) ends instead."""
+        """A page for the next token: evict idle prefix blocks, else preempt, else the OOM killer."""
         while not self._kv.grow(task):
-            if self._ended_misfit(task) or not self._reclaim(task, gpu):
+            if not self._reclaim(task, gpu):
                 return
 
-    def _ended_misfit(self, task: Task) -> bool:
+    def ended_misfit(self, task: Task) -> bool:
         """End the task, failed, if its prompt plus max_tokens could never fit in the largest GPU pool: queued
         again, it would wait for room that never comes, before all behind it. Whether it ended. A submit is
-        refused so (ENOSPC) on its prompt's least count; only the engine's count of it can pass the pools."""
-        why = self._kv.misfit(self._kv.models[task.model], task.tokens_in, task.spec.max_tokens)
+        refused so (ENOSPC) on its prompt's least count, and an uncounted prompt is placed at a count that fits
+        (Task.placed_prompt): only the engine's count of it can pass the pools."""
+        tokens = task.kv_prompt_tokens
+        why = self._kv.misfit(self._kv.models[task.model], tokens, task.spec.max_tokens)
         if why is not None:
-            counted = "estimated" if task.prompt_estimated else "the engine's count"
-            self._host.exit(task, f"failed: prompt ({task.tokens_in} tokens, {counted}) plus max_tokens {why}",
+            self._host.exit(task, f"failed: prompt ({tokens} tokens, the engine's count) plus max_tokens {why}",
                             "it could never fit in a GPU's KV pool: ended, not queued again")
         return why is not None
 
@@ -125,10 +125,7 @@ class Reclaim:
         self._preempt_costed(victim, f"kv-full: pid {task.pid} needs a page on gpu {gpu}")
 
     def _preempt_costed(self, victim: Task, why: str) -> None:
-        """Preempt by swap or recompute, whichever the model says is cheaper (or end a task that could never
-        be placed again)."""
-        if self._ended_misfit(victim):
-            return
+        """Preempt by swap or recompute, whichever the model says is cheaper."""
         mode, swap_s, recompute_s = self._kv.preempt_mode(victim)
         self._host.preempt(victim, f"{why}; mode={mode} (swap {swap_s * 1e3:.3f} ms, recompute {recompute_s * 1e3:.3f} ms)")
         if mode == "swap":

@@ -307,7 +307,7 @@ class Tenancy:
 
     def _count_prompt(self, task: Task, meter: Meter, counted: int) -> None:
         """Bill and charge in this segment the engine's count of the prompt less the estimate charged (or refund)."""
-        counted, task.prompt_estimated = max(1, counted), False  # a prompt has a token at least: BOS
+        counted, task.prompt_estimated, task.placed_prompt = max(1, counted), False, None  # at least 1: BOS
         more, task.tokens_in = counted - task.tokens_in, counted
         self._borrowing(task, self.usage[task.tenant], more, f"the engine counted {more} prompt tokens more")
         meter.tokens_in += more
