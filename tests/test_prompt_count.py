@@ -49,6 +49,16 @@ def bill_lines(kernel, pid) -> list[str]:
     return [row["detail"] for row in trace_rows(kernel) if row["type"] == "bill" and row["pid"] == str(pid)]
 
 
+def assert_replays(tmp_path) -> None:
+    """`replay --verify` of the journal under tmp_path/state reproduces its trace."""
+    journal = verify.open_journal(str(tmp_path / "state"))
+    try:
+        report = verify.verify(journal)
+    finally:
+        journal.close()
+    assert report.divergence is None and report.lines > 0, report
+
+
 def test_a_prompt_without_spaces_is_estimated_at_a_token_per_four_bytes():
     """40 KB of one word is 10,001 tokens, not 2; short words keep their count of words and marks, longer ones
     count their bytes (37 bytes: 10, of 9 words and marks); bytes count, not characters."""
@@ -133,12 +143,7 @@ def test_a_journal_of_engine_counts_replays_to_the_same_trace(tmp_path):
             rt.deliver(Step(gpu=0, chunks=[Chunk(pid=pid, text=" w", tokens=1, prefill=prefill)]))
         rt.deliver(Tick())
         assert bill_lines(rt.kernel, pid)[0].startswith("in=250 out=3 ")
-    journal = verify.open_journal(str(tmp_path / "state"))
-    try:
-        report = verify.verify(journal)
-    finally:
-        journal.close()
-    assert report.divergence is None and report.lines > 0, report
+    assert_replays(tmp_path)
 
 
 @pytest.mark.skipif(not FUSE_READY, reason="needs /dev/fuse and fusermount3")
@@ -169,6 +174,17 @@ def test_an_engine_count_no_gpu_pool_could_hold_ends_the_task_and_frees_the_gpu(
     for now in (3, 4):
         step(kernel, other, now * S)
     assert kernel.tasks[other].exit == "done"
+
+
+def test_a_count_that_could_never_fit_ends_the_task_the_same_way_on_replay(tmp_path):
+    """A journal in which the engine counts a prompt past every pool (ending the task on that chunk) replays to
+    the same trace under `replay --verify`."""
+    with open_runtime(tmp_path) as runtime:
+        pid = commit_submit(runtime, tokens=3, prompt="a b c")
+        runtime.deliver(Step(gpu=0, chunks=[Chunk(pid=pid, text=" w", tokens=1, prefill=10**6)]))
+        runtime.deliver(Tick())
+        assert runtime.kernel.tasks[pid].exit.startswith("failed: prompt (1000000 tokens, the engine's count)")
+    assert_replays(tmp_path)
 
 
 def test_a_count_that_could_never_fit_ends_the_task_at_the_count_so_no_requeue_leaves_it_waiting():
