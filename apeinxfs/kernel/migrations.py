@@ -33,6 +33,7 @@ from .moves import Moves
 from .reaporder import ReapOrder
 from .runqueue import RunQueue, count_by
 from .sched import FairQueue
+from .submits import SubmitChecks
 from .tasktable import TaskTable
 from .trace import TraceLog
 
@@ -63,6 +64,8 @@ MIGRATIONS: dict[type, Migration] = {
                          gone=frozenset({"_deadlines", "_boost_at"})),
     # GPUs held from placement for their engines' KV reports became pages counted used; none until a report changes
     KVManager: Migration(added={"unbooked": lambda _kv: {}}, gone=frozenset({"held"})),
+    # a submit's KV check asks the KV manager of its pools; the config and GPUs it kept are not read
+    SubmitChecks: Migration(gone=frozenset({"_config", "_gpus"})),
     # each tenant's live pids indexed from its tasks (their counters afresh: livepids.py)
     # and its exited tasks ordered for reaping by tenant (reaporder.py) instead of in one heap
     TaskTable: Migration(added={"live_pids": lambda table: LivePids.of(table.values()),

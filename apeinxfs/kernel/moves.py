@@ -156,7 +156,10 @@ class Moves:
         self.requeue(task, State.PREEMPTED)
 
     def requeue(self, task: Task, state: State) -> None:
-        """From a GPU back to the queue without its tenant or agent going idle (so no lift)."""
+        """From a GPU back to the queue without its tenant or agent going idle (so no lift); a task that could
+        never fit in a GPU pool ends instead (reclaim.ended_misfit): every requeue passes here."""
+        if self.reclaim.ended_misfit(task):
+            return
         self.runq.count(task, "runnable", +1)
         self.leave(task)
         self.tasks.set_state(task, state)
@@ -282,13 +285,14 @@ class Moves:
         task.output += chunk.text.encode()
         task.tokens_out += chunk.tokens
         self.counters.tokens_out += chunk.tokens
-        self.tenancy.meter_serve(task, chunk.tokens)
+        estimated = task.prompt_estimated
+        self.tenancy.meter_serve(task, chunk)
         self.runq.charge(task, gpu, chunk)
         self.reclaim.ran(task, chunk.tokens)
         self.changed.add(task.pid)
         if task.tokens_out >= task.spec.max_tokens or chunk.final:
             self.exit(task, "done", f"tokens_out={task.tokens_out}")
-        else:
+        elif not (estimated and not task.prompt_estimated and self.reclaim.ended_misfit(task)):  # counted past all
             self.reclaim.grow_kv(task, gpu)
 
     def grant_pids(self, event: ev.PidBlock) -> None:

@@ -97,6 +97,18 @@ class Reclaim:
             if not self._reclaim(task, gpu):
                 return
 
+    def ended_misfit(self, task: Task) -> bool:
+        """End the task, failed, if its prompt plus max_tokens could never fit in the largest GPU pool: queued
+        again, it would wait for room that never comes, before all behind it. Whether it ended. A submit is
+        refused so (ENOSPC) on its prompt's least count, and an uncounted prompt is placed at a count that fits
+        (Task.placed_prompt): only the engine's count of it can pass the pools."""
+        tokens = task.kv_prompt_tokens
+        why = self._kv.misfit(self._kv.models[task.model], tokens, task.spec.max_tokens)
+        if why is not None:
+            self._host.exit(task, f"failed: prompt ({tokens} tokens, the engine's count) plus max_tokens {why}",
+                            "it could never fit in a GPU's KV pool: ended, not queued again")
+        return why is not None
+
     def _reclaim(self, task: Task, gpu: Gpu) -> bool:
         """Free pages on `gpu` for `task`: preempt the scheduler's victim or, if it names none,
         OOM-kill the largest consumer. Whether `task` is still running."""
