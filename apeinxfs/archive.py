@@ -167,7 +167,7 @@ class Archive:
     def lines(self):
         return lines(self.directory, self.stem)
 
-    def of_task(self, pid: int) -> bytes:
+    def of_task(self, pid: int) -> tuple[bytes, frozenset[str]]:
         return task_lines(self.directory, pid)
 
 
@@ -236,11 +236,17 @@ def compress(path: str) -> None:
     os.unlink(path)
 
 
-def task_lines(directory: str, pid: int) -> bytes:
-    """Task `pid`'s archived lines as they are shown (`shown`), with the header (the header alone if none): a scan
-    of every file."""
-    prefix = re.compile(rb"^\d+,\d+,[^,]*,%d," % pid)
-    return HEADER + b"".join(shown(line) for line in lines(directory) if prefix.match(line))
+def task_lines(directory: str, pid: int) -> tuple[bytes, frozenset[str]]:
+    """(Task `pid`'s archived lines as they are shown (`shown`), with the header (the header alone if none); the
+    tenants of every archived task line): a scan of every file. Those are the tenants its lines may name, a removed
+    one's too, which the trace forgets once its lines leave the ring (kernel/trace.py `redact_lines` hides them)."""
+    own, found, tenants = b"%d" % pid, [], set()
+    for line in lines(directory):
+        if len(fields := line.split(b",", 5)) == 6:  # seq,time_us,type,pid,tenant,...: a split is cheaper than a match
+            tenants.add(fields[4])  # b"" on a line of no task
+            if fields[3] == own:
+                found.append(shown(line))
+    return HEADER + b"".join(found), frozenset(name.decode(errors="replace") for name in tenants if name)
 
 
 def shown(lines: bytes) -> bytes:

@@ -380,7 +380,7 @@ def timeline(journal: Journal, pid: int | None, archive_dir: str, snapshot_dir: 
         return whole_trace(kernel, archive_dir)
     if pid in kernel.tasks:
         return show(kernel, kernel.tasks[pid])
-    if (task := archived(pid, archive.task_lines(archive_dir, pid))) is not None:
+    if (task := archived(pid, *archive.task_lines(archive_dir, pid))) is not None:
         return show_archived(kernel, task)
     raise CannotReplay(f"no task {pid} in the journal or the trace archive")
 

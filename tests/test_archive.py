@@ -114,14 +114,15 @@ def test_an_archive_ahead_of_the_journal_is_cut_back(tmp_path):
 
 
 def test_a_task_s_lines_are_found_by_pid(tmp_path):
-    """of_task picks a pid's lines (pid column) out of compressed and plain files alike."""
+    """of_task picks a pid's lines (pid column) out of compressed and plain files alike, and the tasks' tenants."""
     with runtime(tmp_path, file_bytes=600) as rt:
         pids = [submit(rt, name=f"j{i}") for i in range(6)]
         rt.commit([Kill(pid=pids[2])])
         rt.archive.compress_full()
-        found, kept = rt.archive.of_task(pids[2]), rt.kernel.trace.of_task(rt.kernel.tasks[pids[2]])
+        (found, tenants), kept = rt.archive.of_task(pids[2]), rt.kernel.trace.of_task(rt.kernel.tasks[pids[2]])
     assert any(name.endswith(".gz") for name in names(tmp_path / "state" / "trace"))
     assert found == kept and b",exit," in found and found.count(b"\n") > 3
+    assert tenants == {rt.kernel.tasks[pids[2]].tenant}
 
 
 def test_a_restarted_runtime_archives_each_line_once(tmp_path):

@@ -20,7 +20,7 @@ from apeinxfs.archive import Archive
 from apeinxfs.journal import Journal
 from apeinxfs.kernel import Kernel
 from apeinxfs.kernel.config import MemoryRetention
-from apeinxfs.kernel.events import Chunk, Control, Kill, Step, Submit
+from apeinxfs.kernel.events import Chunk, Control, Kill, RemoveTenant, Step, Submit
 from apeinxfs.kernel.kvmem import estimate_prompt_tokens
 from apeinxfs.kernel.spec import TaskCommand, TaskSpec
 from apeinxfs.kernel.task import State
@@ -116,7 +116,17 @@ name = "b"
 @pytest.fixture
 def archived_runtime(tmp_path):
     """A Runtime on one GPU of 2 slots, tenants a and b, with a journal and a trace archive."""
-    (tmp_path / "config.toml").write_text(TWO_TENANTS_TWO_SLOTS)
+    yield from runtime_with_archive(tmp_path, TWO_TENANTS_TWO_SLOTS)
+
+
+@pytest.fixture
+def short_trace_runtime(tmp_path):
+    """As archived_runtime, its in-memory trace 64 lines long."""
+    yield from runtime_with_archive(tmp_path, TWO_TENANTS_TWO_SLOTS + "[retention]\ntrace_lines = 64\n")
+
+
+def runtime_with_archive(tmp_path, config_text: str):
+    (tmp_path / "config.toml").write_text(config_text)
     config = config_mod.load(str(tmp_path / "config.toml"), str(tmp_path / "state"), use_nvml=False)
     rt = Runtime(config, Journal(str(tmp_path / "state" / "journal.db")),
                  archive=Archive(str(tmp_path / "state" / "trace"), 1 << 20))
@@ -144,6 +154,26 @@ def test_the_replay_of_a_reaped_task_names_no_other_tenant(archived_runtime):
     reaped = replay.child(str(victim)).render().decode()
     assert f"pid {late}" not in reaped and "ahead of b (" not in reaped
     assert reaped == live
+
+
+def test_the_replay_of_a_reaped_task_names_no_removed_tenant(short_trace_runtime):
+    """Once removed tenant b's lines have left the in-memory ring, a's reaped task's replay/PID still names no b."""
+    rt = short_trace_runtime
+    first, second = (commit_submit(rt, tokens=1000, tenant="a") for _ in range(2))
+    step_all(rt, 3)
+    late = commit_submit(rt, tokens=1000, tenant="b")
+    while rt.kernel.tasks[late].state is not State.RUNNING:  # b's runs once a's counter is a gap ahead
+        step_all(rt)
+    victim = first if rt.kernel.tasks[first].state is State.PREEMPTED else second
+    rt.commit([Kill(pid=victim), Kill(pid=late)])
+    rt.kernel.tasks.reap(victim)
+    rt.kernel.tasks.reap(late)
+    rt.commit([RemoveTenant(name="b", uid=0)])
+    removed_at = rt.kernel.trace.seq
+    while rt.kernel.trace.first <= removed_at:  # the lines that name b leave the ring
+        rt.commit([Kill(pid=commit_submit(rt, tokens=1, tenant="a"))])
+    reaped = Tree(rt).root.children["replay"].child(str(victim)).render().decode()
+    assert "ahead of another tenant (" in reaped and "ahead of b (" not in reaped
 
 
 def test_one_tenants_churn_does_not_reap_another_tenants_finished_task():

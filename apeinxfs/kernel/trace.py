@@ -22,7 +22,8 @@ another tenant's task "another tenant's task" (a fair preemption names whom it m
 for; a dispatch in the old words, `backfill past N (`, is read in today's first: `reworded`).
 The whole trace (/trace/events, admins only) keeps every name. The names redacted are
 those of the tenants with lines (a removed tenant's until the lines before its removal are
-gone: `forget`); one pattern of them all serves every view, the viewer's own name kept by
+gone: `forget`; a reaped task's archived lines hide, as well, every tenant of the archive's
+task lines: `redact_lines`); one pattern of them all serves every view, the viewer's own name kept by
 `_redact`, so it costs O(tenants) to build, not one pattern per viewer. That pattern is a
 cache, not state: a snapshot holds none.
 """
@@ -31,7 +32,7 @@ from __future__ import annotations
 import bisect
 import re
 from array import array
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING
 
 import attrs
@@ -181,16 +182,21 @@ class TraceLog(Ring):
         redact = self._line_redactor(tenant)
         return lambda seq: redact(self._line(seq))
 
-    def redact_lines(self, tenant: str, lines: bytes) -> bytes:
+    def redact_lines(self, tenant: str, lines: bytes, named: frozenset[str] = frozenset()) -> bytes:
         """CSV `lines`, the header first (a reaped task's, from the trace archive), as `tenant`'s users may read
-        them: the views' hiding, with the tenants and tasks the kernel knows now."""
+        them: the views' hiding, with the tasks the kernel knows now and the tenants it knows now or in `named`
+        (the archive's: a removed tenant's lines may have left the ring, not the archive)."""
         header, _, body = lines.partition(b"\n")
-        redact = self._line_redactor(tenant)
+        redact = self._line_redactor(tenant, named)
         return header + b"\n" + b"".join(redact(bytearray(line)) for line in body.splitlines(keepends=True))
 
-    def _line_redactor(self, tenant: str) -> Callable[[bytearray], bytearray]:
-        """A line -> the line as `tenant`'s users may read it: other tenants and their pids unnamed in its detail."""
-        pattern, own, inside = self._names(), tenant.encode(), self._name_inside(tenant)
+    def _line_redactor(self, tenant: str, named: frozenset[str] = frozenset()) -> Callable[[bytearray], bytearray]:
+        """A line -> the line as `tenant`'s users may read it: other tenants (those with lines, and `named`) and their
+        pids unnamed in its detail."""
+        unknown = named - self._tenant_last.keys()  # mostly none: the known names have a kept pattern
+        names = self._tenant_last.keys() | unknown if unknown else self._tenant_last
+        pattern = _pattern_of(names) if unknown else self._names()
+        own, inside = tenant.encode(), _name_inside(tenant, names)
 
         def redacted(match: re.Match[bytes]) -> bytes:
             if match[1] is None:
@@ -204,19 +210,24 @@ class TraceLog(Ring):
         return line
 
     def _names(self) -> re.Pattern[bytes]:
-        """`pid N`, and the names of the tenants that have lines, as whole words: the longest name first."""
+        """`pid N`, and the names of the tenants that have lines, as whole words (kept till one comes or goes)."""
         if self._pattern is None:
-            names = sorted((name.encode() for name in self._tenant_last), key=len, reverse=True)
-            alternatives = b"|".join(map(re.escape, names)) or b"(?!)"
-            self._pattern = re.compile(rb"(?<![^\s(])(?:pid[ =]([0-9]+)|(?:" + alternatives + rb"))" + _WORD_END)
+            self._pattern = _pattern_of(self._tenant_last)
         return self._pattern
 
-    def _name_inside(self, tenant: str) -> bytes | None:
-        """The longest other tenant's name that `tenant` starts with as a whole word (`a` in `a:b`): what a
-        pattern without `tenant` matches where this one matches `tenant`."""
-        own = tenant.encode()
-        ends = [end for end in range(len(own) - 1, 0, -1) if _WORD_END_BYTES.find(own[end:end + 1]) >= 0]
-        return next((own[:end] for end in ends if own[:end].decode() in self._tenant_last), None)
+
+def _pattern_of(names: Collection[str]) -> re.Pattern[bytes]:
+    """`pid N`, and the tenant `names` as whole words: the longest name first."""
+    alternatives = b"|".join(map(re.escape, sorted((name.encode() for name in names), key=len, reverse=True)))
+    return re.compile(rb"(?<![^\s(])(?:pid[ =]([0-9]+)|(?:" + (alternatives or b"(?!)") + rb"))" + _WORD_END)
+
+
+def _name_inside(tenant: str, names: Collection[str]) -> bytes | None:
+    """The longest other tenant's name of `names` that `tenant` starts with as a whole word (`a` in `a:b`): what
+    a pattern without `tenant` matches where this one matches `tenant`."""
+    own = tenant.encode()
+    ends = [end for end in range(len(own) - 1, 0, -1) if _WORD_END_BYTES.find(own[end:end + 1]) >= 0]
+    return next((own[:end] for end in ends if own[:end].decode() in names), None)
 
 
 _WORD_END = rb"(?=$|[\s),;:'\"])"

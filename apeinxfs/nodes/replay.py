@@ -2,7 +2,8 @@
 
 A task the kernel no longer holds (reaped, or compacted out of the journal) is shown from
 its lines in the trace archive (archive.py), as an `Archived` task, with the same hiding of
-other tenants as a live task's lines.
+other tenants as a live task's lines, and of every tenant of the archive's task lines (a removed
+one the trace no longer knows).
 """
 import csv
 import io
@@ -21,6 +22,7 @@ class Archived:
     uid: int
     exit: str | None
     lines: bytes
+    tenants: frozenset[str] = frozenset()  # of every archived task line: those its lines may name
 
 
 def show(kernel, task) -> str:
@@ -31,11 +33,12 @@ def show(kernel, task) -> str:
 def show_archived(kernel, task: Archived) -> str:
     """As `show`: the archived lines as the task's tenant reads them (kernel/trace.py's hiding of other tenants)."""
     head = f"pid {task.pid} {task.name} model={task.model} tenant={task.tenant} exit={task.exit or '-'}\n"
-    return head + timeline(kernel.trace.redact_lines(task.tenant, task.lines))
+    return head + timeline(kernel.trace.redact_lines(task.tenant, task.lines, task.tenants))
 
 
-def archived(pid: int, lines: bytes) -> Archived | None:
-    """Task `pid` as its archived `lines` (CSV with the header) show it; None without any line."""
+def archived(pid: int, lines: bytes, tenants: frozenset[str] = frozenset()) -> Archived | None:
+    """Task `pid` as its archived `lines` (CSV with the header) show it, `tenants` those of the archive's task lines
+    (archive.task_lines); None without any line."""
     rows = rows_of(lines)
     if not rows:
         return None
@@ -43,7 +46,8 @@ def archived(pid: int, lines: bytes) -> Archived | None:
     uid = fields.get("uid", "")
     exit_detail = detail_of(rows, "exit")
     return Archived(pid=pid, name=fields.get("name", "-"), model=rows[0]["model"], tenant=rows[0]["tenant"],
-                    uid=int(uid) if uid.isdigit() else 0, exit=exit_detail.split(";")[0] or None, lines=lines)
+                    uid=int(uid) if uid.isdigit() else 0, exit=exit_detail.split(";")[0] or None, lines=lines,
+                    tenants=tenants)
 
 
 def rows_of(lines: bytes) -> list[dict]:

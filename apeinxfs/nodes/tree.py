@@ -59,7 +59,7 @@ class ReplayDir(Dir):
 
     def _archived_task(self, pid: int):
         archive = self.rt.archive
-        return None if archive is None else replay.archived(pid, archive.of_task(pid))
+        return None if archive is None else replay.archived(pid, *archive.of_task(pid))
 
     def entries(self):
         return [(name, node) for _, name, node in self.entries_from(0)]
