@@ -19,15 +19,19 @@ back from its files, so no line is written twice. It can be ahead only after a p
 cut took the journal's last commits but not the file's (neither is synced): then `catch_up`
 cuts the lines the replay did not rebuild, as far as the file being written has them.
 
+Lines read to be shown pass `shown` (each URL's credentials hidden); the files keep the lines as written.
 This module writes and reads the files; it does not decide what is in the trace
 (kernel/trace.py) or the audit trail (kernel/audit.py) nor when lines are journaled (runtime.py).
 """
+import contextlib
 import gzip
 import logging
 import os
 import re
 import shutil
 
+from . import durable
+from .kernel.endpoints import redacted
 from .kernel.trace import HEADER
 
 log = logging.getLogger(__name__)
@@ -142,6 +146,17 @@ class Archive:
             os.unlink(path)
             total -= size
 
+    def sync(self) -> None:
+        """fsync every file not compressed yet, the one being written among them: before a compaction drops the
+        journal rows their lines were made from. Safe in a thread beside `append`; a file compressed meanwhile
+        was synced as its .gz (durable.replace). Then the directory: the file being written was created at the last
+        rotation, and its name is on disk only once the directory is synced."""
+        for _, path in self.files():
+            if not path.endswith(".gz"):
+                with contextlib.suppress(FileNotFoundError):
+                    durable.sync_file(path)
+        durable.sync_directory(self.directory)
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
@@ -174,12 +189,20 @@ def files(directory: str, stem: str = TRACE) -> list[tuple[int, str]]:
 def lines(directory: str, stem: str = TRACE):
     """Every archived line (bytes, with its newline), oldest first."""
     for _, path in files(directory, stem):
-        opener = gzip.open if path.endswith(".gz") else open
+        yield from file_lines(path)
+
+
+def file_lines(path: str):
+    """The lines of one archive file but its header; of a .csv compressed since it was listed, its .gz's;
+    none of a file trimmed meanwhile."""
+    for candidate in (path,) if path.endswith(".gz") else (path, path + ".gz"):
+        opener = gzip.open if candidate.endswith(".gz") else open
         try:
-            with opener(path, "rb") as file:
+            with opener(candidate, "rb") as file:
                 next(file, None)  # the header
                 yield from file
-        except FileNotFoundError:  # trimmed or compressed meanwhile: its lines are gone or in the .gz
+            return
+        except FileNotFoundError:
             continue
 
 
@@ -204,16 +227,30 @@ def last_seq_in(text: bytes, first: int) -> int:
 
 
 def compress(path: str) -> None:
-    """`path` -> `path`.gz, atomically: a crash leaves the .csv whole (and maybe a .tmp, redone later)."""
+    """`path` -> `path`.gz, durably: a crash or power cut leaves the .csv whole (and maybe a .tmp, redone later)."""
     target = path + ".gz"
     if not os.path.exists(target):
         with open(path, "rb") as source, gzip.open(target + ".tmp", "wb") as sink:
             shutil.copyfileobj(source, sink, 1 << 20)
-        os.replace(target + ".tmp", target)
+        durable.replace(target + ".tmp", target)
     os.unlink(path)
 
 
 def task_lines(directory: str, pid: int) -> bytes:
-    """Task `pid`'s archived lines, with the header (the header alone if none): a scan of every file."""
+    """Task `pid`'s archived lines as they are shown (`shown`), with the header (the header alone if none): a scan
+    of every file."""
     prefix = re.compile(rb"^\d+,\d+,[^,]*,%d," % pid)
-    return HEADER + b"".join(line for line in lines(directory) if prefix.match(line))
+    return HEADER + b"".join(shown(line) for line in lines(directory) if prefix.match(line))
+
+
+def shown(lines: bytes) -> bytes:
+    """Archived lines (one, or several joined: the same text) as /replay and `apeinxfs replay` show them: each URL's
+    credentials hidden (kernel/endpoints.py `redacted`), as the kernel hides them in the lines it writes now, but in
+    the whole line where the kernel hides them in each reason (an old line's reasons are not known here). So an
+    `@digits` ending of a URL followed in the line by `;` or `"` is not read as GPUs: `http://10.0.0.1:8000@1;`
+    shows as `http://***@1;` here, whole in the live ring. Accepted: it hides more there. The files keep
+    each line as it was written, those of a daemon that wrote them shown too: they are the record that `replay
+    --verify` compares."""
+    if b"@" not in lines:  # most lines: a URL's credentials end with one
+        return lines
+    return redacted(lines.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")

@@ -7,7 +7,7 @@ daemon's memory (the daemon's trio thread stops only for the fork, however large
 state) and writes the snapshot's temp file (snapshots.py). A worker thread waits for the
 child, syncs the journal's files (so the snapshot is never ahead of the journal on disk),
 publishes the file, keeps the newest KEEP snapshots and, once the trace archive holds the
-older one's lines, deletes the journal rows, trace rows and boot rows behind it
+older one's lines (synced first: `sync_archives`), deletes the journal rows, trace rows and boot rows behind it
 (journal.compact): a damaged newest snapshot can still fall back to the one before it and
 replay the rows after that. At unmount `close` writes one in process.
 
@@ -85,11 +85,11 @@ def with_ids_in_bounds(kernel: Kernel) -> Kernel:
 
 
 def with_credentials_hidden(kernel: Kernel) -> Kernel:
-    """`kernel`, each URL's credentials hidden in its trace, audit trail and task exits (state.credentials_hidden),
-    with a warning if it showed some."""
+    """`kernel`, each URL's credentials hidden in its trace, audit trail, task exits and the reasons of its engines
+    down (state.credentials_hidden), with a warning if it showed some."""
     if state.credentials_hidden(kernel):
-        log.warning("snapshot: its trace, audit trail or task exits showed a URL's credentials (an old journal's "
-                    "rows, applied as recorded); they show as ***@ now")
+        log.warning("snapshot: its trace, audit trail, task exits or engine outages showed a URL's credentials (an "
+                    "old journal's rows, applied as recorded); they show as ***@ now")
     return kernel
 
 
@@ -324,10 +324,10 @@ class Snapshotter:
             log.error("no snapshot at unmount: %s", exc)
 
     def header(self) -> tuple:
-        """Journal what waits (the state holds it; Degraded if that fails); the header of a snapshot of the
-        state now, at the last journal row (its first field)."""
+        """Journal what waits (the state holds it; Degraded if that fails) and archive its lines; the header of a
+        snapshot of the state now, at the last journal row (its first field)."""
         runtime = self.runtime
-        runtime.journal.flush_all()
+        runtime.flush_all()
         kernel, seq = runtime.kernel, runtime.journal.last_seq
         return (seq, kernel.now_us, kernel.trace.seq, boot_config(runtime.config.kernel), self.layout,
                 runtime.journal.crc_of(seq))
@@ -352,7 +352,15 @@ class Snapshotter:
         kept = snapshots.prune(self.directory)
         log.info("snapshot %s: %d bytes", path, os.path.getsize(path))
         if len(kept) >= snapshots.KEEP and self.archived_to(kept[-1]):
+            self.sync_archives()
             compact(journal_path, kept[-1])
+
+    def sync_archives(self) -> None:
+        """Sync the trace and audit archives' files: the journal rows about to be compacted away are what
+        a start would rebuild their lines from after a power cut."""
+        for archive in (self.runtime.archive, self.runtime.audit_archive):
+            if archive is not None:
+                archive.sync()
 
     def written(self) -> None:
         """The snapshot counts as written (Misses): once published and, where due, compacted."""

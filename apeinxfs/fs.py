@@ -198,7 +198,9 @@ class Operations(pyfuse3.Operations):
             caller = self.caller(ctx)
             child = self.tree.reached(child, caller.identity)
             caller.may(child, 0)
-        return self.attributes(child)
+        entry = self.attributes(child)
+        self.tree.views.looked_up(child.inode)  # the kernel counts each inode it is given, until FORGET
+        return entry
 
     @guarded
     async def getattr(self, inode, ctx=None):
@@ -243,11 +245,15 @@ class Operations(pyfuse3.Operations):
     @guarded
     async def readdir(self, fh, start_id, token):
         directory, caller = self.listings[fh]
+        given = []
         for after, name, node in self.tree.entries_from(directory, caller.identity, start_id):
             if caller.role != "admin" and node.hidden_from(caller.identity):
                 continue
             if not pyfuse3.readdir_reply(token, name.encode(), self.attributes(node), after):
                 break
+            given.append(node.inode)
+        for inode in given:  # only once the reply holds them all: one that raises makes the reply an error
+            self.tree.views.looked_up(inode)  # readdirplus: the kernel counts each entry as a lookup
 
     @guarded
     async def releasedir(self, fh):
@@ -341,6 +347,11 @@ class Operations(pyfuse3.Operations):
         stats.f_files = len(self.rt.kernel.tasks)
         return stats
 
-    @guarded
     async def forget(self, inode_list):
-        """Inodes are computed, not stored: nothing to forget."""
+        """The kernel drops its lookups of inodes: a view's inode is given back once it holds none (views.py);
+        the others are computed, not stored. Raises nothing: it answers no request (pyfuse3)."""
+        for inode, count in inode_list:
+            try:
+                self.tree.views.forgotten(inode, count)
+            except Exception as exc:  # the others' counts are still taken off
+                self.log_bug("forget", (), exc)

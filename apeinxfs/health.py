@@ -70,14 +70,16 @@ class Health:
         return True
 
 
-def show(health: Health, supervisor=None, snapshotter=None, clock=None) -> str:
+def show(health: Health, supervisor=None, snapshotter=None, clock=None, views=None) -> str:
     """/health: `Key:<TAB>value` lines: State ok, or degraded with Errno, Reason and Since (µs); a `Warning`
     while snapshots are not written and one from a start that found journal rows lost (compaction.py), if
     `snapshotter` is given, and one while the daemon's time is ahead of the host's (clock.py), if `clock` is
-    given; then a `Bug` line for each background loop that failed and was restarted (supervise.py), if
+    given, and one while most inodes of the tenants' views are in use (nodes/views.py), if `views` is given;
+    then a `Bug` line for each background loop that failed and was restarted (supervise.py), if
     `supervisor` is given."""
     bugs = "" if supervisor is None else supervisor.show()
-    said = [snapshotter and snapshotter.lost, snapshotter and snapshotter.warning(), clock and clock.ahead()]
+    said = [snapshotter and snapshotter.lost, snapshotter and snapshotter.warning(), clock and clock.ahead(),
+            views and views.warning()]
     warnings = "".join(f"Warning:\t{warning}\n" for warning in said if warning)
     fault = health.fault
     if fault is None:

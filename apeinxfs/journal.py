@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterator
 
 import attrs
 
+from . import durable
 from .journalfiles import (DISPLACED, backed_up, copied, drop_wal, identity, refuse_set_aside, take_restore, unused_name,
                            uri)
 from .kernel.errors import ApeinxError, Degraded
@@ -299,7 +300,7 @@ class Journal:
             self._files = None  # no connection until connected() succeeds
             self.db.close()  # its file is gone from the path: SQLite neither checkpoints nor deletes the -wal
             drop_wal(self.path, files[1])  # which the copy would be read with on top
-            os.replace(temp, self.path)
+            durable.replace(temp, self.path)
             self.db = connected(self.path, readonly=False)
         self._files = self._identities()
         log.warning("the journal %s was deleted or moved away under the daemon: written back from its open copy "

@@ -11,6 +11,7 @@ import os
 import sqlite3
 import urllib.parse
 
+from . import durable
 from .kernel.errors import ApeinxError
 
 log = logging.getLogger("apeinxfs.journal")  # said with the journal's own lines
@@ -40,7 +41,7 @@ def identity(path: str) -> tuple[int, int] | None:
 def backed_up(db: sqlite3.Connection, path: str) -> None:
     """Write a copy of the database `db` has open (the rows in its WAL too) at `path`, synced; a temp file
     beside it is renamed over it, so that `path` never holds half a copy."""
-    os.replace(copied(db, path), path)
+    durable.replace(copied(db, path), path)
 
 
 def copied(db: sqlite3.Connection, path: str) -> str:
@@ -89,7 +90,7 @@ def take_restore(path: str) -> None:
     if not os.path.lexists(restore):
         return
     if not os.path.lexists(path) and whole_journal(restore):
-        os.replace(restore, path)
+        durable.replace(restore, path)
         log.warning("%s: a write-back of the journal the daemon did not finish (it was killed): a whole copy, "
                     "used as %s", restore, path)
         return

@@ -278,18 +278,22 @@ def _report(fd: int | None, message: str) -> None:
         os.close(fd)
 
 
-def close_journal(journal) -> None:
-    """Commit what waits and close the journal at unmount. The storage's refusal (Degraded) is logged, not
-    raised: it is no bug, and every row is in already; only the trace rows of the last few steps are lost."""
+def close_journal(runtime: Runtime) -> None:
+    """Commit what waits, archive its trace lines (runtime.flush_all), and close the journal at unmount. The
+    storage's refusal (Degraded) is logged, not raised: it is no bug, and every row is in already; only the trace
+    rows of the last few steps are lost."""
     try:
-        journal.close()
+        try:
+            runtime.flush_all()
+        finally:
+            runtime.journal.close()
     except Degraded as exc:
         log.error("closing the journal: %s", exc.reason)
 
 
 def closes(runtime: Runtime) -> list[tuple[str, Callable[[], None]]]:
     """What unmount closes, in order: the last snapshot, the journal, the archives, the readings log."""
-    always = [("the last snapshot", runtime.snapshotter.close), ("the journal", partial(close_journal, runtime.journal)),
+    always = [("the last snapshot", runtime.snapshotter.close), ("the journal", partial(close_journal, runtime)),
               ("the trace archive", runtime.archive.close), ("the audit archive", runtime.audit_archive.close)]
     return always + ([("the readings log", runtime.readings.close)] if runtime.readings is not None else [])
 

@@ -292,18 +292,27 @@ class Runtime:
         self.journal.defer(now, step, emitted)
         due = bool(emitted.text) or now - self.journal.deferred_since_us >= PROGRESS_S * 1e6
         self.journal_due |= due
-        if self.health.fault is None:
-            self._archive()
         self.task_views.prune(self.kernel.trace)
         self._wake(self.kernel.take_changed() | ({"progress"} if first or due else set()))
 
     def _flush_progress(self, now_us: int) -> None:
-        """Journal the steps waiting; if that fails, go degraded (they wait for the recovery)."""
+        """Journal the steps waiting, then archive their trace lines; if that fails, go degraded (they wait for the
+        recovery). Their lines go to the archive only now: before, a kill -9 would leave it ahead of the journal."""
         self.journal_due = False
         try:
             self.journal.flush()
         except Degraded as error:
             self._degrade(error, now_us)
+            return
+        self._archive()
+
+    def flush_all(self) -> None:
+        """Journal everything waiting (steps, trace rows), then archive the trace's lines: before a snapshot and
+        at unmount, where no commit or step flush follows to archive them. Raises Degraded, archiving nothing,
+        if the journal cannot be written."""
+        self.journal.flush_all()
+        self.journal_due = False
+        self._archive()
 
     async def _progress_timer(self) -> None:
         """Journal the steps waiting when one emitted a trace line or the oldest is PROGRESS_S old, and no

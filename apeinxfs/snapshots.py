@@ -25,6 +25,8 @@ import zlib
 
 import attrs
 
+from . import durable
+
 MAGIC = "apeinxfs-snapshot 1"
 NAME = re.compile(r"^snapshot-(\d{12})\.snap$")
 KEEP = 2  # snapshots kept: the newest, and one to fall back to
@@ -159,17 +161,8 @@ def path_of(directory: str, seq: int) -> str:
 def publish(temp: str) -> str:
     """Rename a written temp file to the snapshot it holds, durably; the snapshot's path."""
     path = temp.removesuffix(".tmp")
-    os.replace(temp, path)
-    sync_directory(os.path.dirname(path))
+    durable.replace(temp, path)
     return path
-
-
-def sync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def paths(directory: str) -> list[str]:

@@ -13,9 +13,12 @@ compared; one of them that raises is quarantined as the daemon's recovery does
 (recovery.py), and reported. The lines replayed are also compared with the trace archive
 (archive.py, STATE_DIR/trace/) from its first line on: a line changed, missing or written
 twice there diverges too; lines it has beyond the journal (a live daemon's) are not
-compared. A recorded line is also taken as the replayed one with each URL's credentials hidden (`alike`):
-a journal written before the kernel hid them holds them in its trace; a replayed line that shows them again
-diverges. A task the journal does not hold is shown from the archive. Where the journal
+compared. A recorded line is also taken as the replayed one in today's words (kernel/trace.py `reworded`: a
+dispatch's `POLICY: backfill past N (` became `POLICY: backfill past pid N (`) with each URL's credentials hidden
+(`alike`), in the whole line or in each reason of its row as the kernel hides them: a journal written before the
+kernel hid them holds them in its trace; a replayed line that shows them again diverges. A task the journal does
+not hold is shown from the archive, and the whole trace's older lines too, each URL's credentials hidden
+(archive.shown): the files keep them as written. Where the journal
 was compacted behind snapshots (compaction.py), the replays start from the oldest and
 newest usable snapshot instead of row 1 (and from row 1 too while the journal holds it). It opens the
 journal read-only, in one snapshot, so it runs beside a live daemon. It changes nothing,
@@ -37,7 +40,8 @@ from .kernel import Kernel
 from .kernel.config import KernelConfig, kernel_config_from_dict
 from .kernel.endpoints import redacted
 from .kernel.invariants import InvariantError
-from .kernel.trace import HEADER
+from .kernel.events import stamped_of_row
+from .kernel.trace import HEADER, escape, reworded
 from .nodes.replay import archived, show, show_archived
 from .recovery import RowFailed, apply_row, rebuild
 
@@ -98,6 +102,9 @@ class Report:
             text += (f"; {unchecked} events have no trace row (journaled before the journal kept them, "
                      "pending in a live daemon, or lost in a crash) and were replayed unchecked")
         return text
+
+
+HIDDEN_IN = ("reason", "what")  # the events' texts that the kernel hides a URL's credentials in as it applies them
 
 
 # -- replaying rows ----------------------------------------------------------------------------
@@ -227,8 +234,9 @@ class ArchiveCheck:
         line = next(self._lines, None)
         return None if line is None else (int(line.split(b",", 1)[0]), line.decode().rstrip("\n"))
 
-    def check(self, seq: int, kind: str, time_us: int, lines: list[str]) -> None:
-        """Compare journal row `seq`'s replayed `lines` with the archive's; lines before its first are not."""
+    def check(self, seq: int, kind: str, time_us: int | None, lines: list[str], row: tuple | None = None) -> None:
+        """Compare journal row `seq`'s replayed `lines` (of `row`, if one was applied) with the archive's; lines
+        before its first are not."""
         for line in lines:
             if self._next is None:
                 return
@@ -239,7 +247,7 @@ class ArchiveCheck:
                 self._next = self._take()  # lines before the first replayed (a snapshot's, not all of which it holds)
             if self._next is None:
                 return
-            if line_seq != self._next[0] or not alike(self._next[1], line):
+            if line_seq != self._next[0] or not alike(self._next[1], line, row):
                 raise Diverged(Divergence(seq, kind, time_us, f"{self._next[1]} (in the trace archive)", line))
             self.compared += 1
             self._next = self._take()
@@ -267,6 +275,7 @@ def check_boot(kernel: Kernel, journal: Journal, boot, report: Report, quarantin
         traced = trace is not None and trace[0] == seq
         try:
             lines = apply_checked(kernel, row, quarantined)
+            applied = None if seq in quarantined else row  # its events, unless only its quarantine was traced
         except RowFailed as failed:
             if traced:
                 reason = failed.args[0].reason
@@ -275,11 +284,11 @@ def check_boot(kernel: Kernel, journal: Journal, boot, report: Report, quarantin
             kernel = reboot(seq)
             continue
         if seq <= boot.traced_to:
-            if difference := compare(trace if traced else None, seq, row_crc(kind, body), lines):
+            if difference := compare(trace if traced else None, seq, row_crc(kind, body), lines, applied):
                 raise Diverged(Divergence(seq, kind, time_us, *difference))
             report.checked += 1
             report.lines += len(lines)
-        archived_lines.check(seq, kind, time_us, lines)
+        archived_lines.check(seq, kind, time_us, lines, applied)
         if traced:
             trace = next(traces, None)
     if trace is not None:  # traced rows that the journal no longer has
@@ -287,25 +296,45 @@ def check_boot(kernel: Kernel, journal: Journal, boot, report: Report, quarantin
     return kernel
 
 
-def compare(trace, seq: int, crc: int, lines: list[str]) -> tuple[str, str] | None:
-    """(expected, got) for the first difference between journal row `seq`'s trace row and its replay."""
+def compare(trace, seq: int, crc: int, lines: list[str], row: tuple | None) -> tuple[str, str] | None:
+    """(expected, got) for the first difference between journal row `seq`'s trace row and its replay (of `row`,
+    None for a quarantined row's)."""
     if trace is None or trace[0] != seq:
         return "the row's recorded trace", "none"
     recorded = trace[2].splitlines()
     for index in range(max(len(recorded), len(lines))):
         want = recorded[index] if index < len(recorded) else NO_LINE
         have = lines[index] if index < len(lines) else NO_LINE
-        if not alike(want, have):
+        if not alike(want, have, row):
             return want, have
     if trace[1] != crc:
         return f"the row as applied (crc32 {trace[1]:08x})", f"an altered row (crc32 {crc:08x})"
     return None
 
 
-def alike(recorded: str, replayed: str) -> bool:
-    """Whether a recorded trace line is the replayed one, as recorded or with each URL's credentials hidden: the
-    kernel hides them as it applies a row, and a journal written before it did holds them in its trace."""
-    return recorded == replayed or redacted(recorded) == replayed
+def alike(recorded: str, replayed: str, row: tuple | None = None) -> bool:
+    """Whether a recorded trace line is the replayed one, as recorded or in today's words (`reworded`) with each
+    URL's credentials hidden: the kernel hides them as it applies a row, and a journal written before it did holds
+    them in its trace. They are hidden in the whole line, or in each text of journal row `row` that the kernel
+    hides them in (fields_hidden)."""
+    if recorded == replayed:
+        return True
+    recorded = reworded(bytearray(recorded.encode())).decode()
+    if recorded == replayed or redacted(recorded) == replayed:
+        return True
+    return row is not None and fields_hidden(recorded, row) == replayed
+
+
+def fields_hidden(line: str, row: tuple) -> str:
+    """`line` with each URL's credentials hidden in the texts of `row`'s events that the kernel hides them in (a
+    reason, a model change's `what`), each on its own as the kernel does: in the whole line an `@` ending may read
+    otherwise (`http://u:p@h@0` ending a reason ends in a GPU; followed by `;` in the line, it ends in a host)."""
+    _seq, time_us, kind, body = row
+    texts = (getattr(event, name, None) for _at, event in stamped_of_row(time_us, kind, body) for name in HIDDEN_IN)
+    for text in texts:
+        if isinstance(text, str):
+            line = line.replace(escape(text), escape(redacted(text)))
+    return line
 
 
 # -- the command -------------------------------------------------------------------------------
@@ -337,10 +366,10 @@ def rebuilt(journal: Journal, snapshot_dir: str | None = None) -> Kernel:
 
 def whole_trace(kernel: Kernel, archive_dir: str) -> str:
     """The trace a rebuilt kernel holds, after the archived lines before its first (a kernel started from
-    a snapshot may not hold them all)."""
+    a snapshot may not hold them all), as they are shown (archive.shown)."""
     first = kernel.trace.first
     older = itertools.takewhile(lambda line: int(line.split(b",", 1)[0]) < first, archive.lines(archive_dir))
-    return (HEADER + b"".join(older) + kernel.trace.lines_after(0)).decode()
+    return (HEADER + archive.shown(b"".join(older)) + kernel.trace.lines_after(0)).decode()  # hidden at once: 1.4x
 
 
 def timeline(journal: Journal, pid: int | None, archive_dir: str, snapshot_dir: str | None = None) -> str:
@@ -352,7 +381,7 @@ def timeline(journal: Journal, pid: int | None, archive_dir: str, snapshot_dir: 
     if pid in kernel.tasks:
         return show(kernel, kernel.tasks[pid])
     if (task := archived(pid, archive.task_lines(archive_dir, pid))) is not None:
-        return show_archived(task)
+        return show_archived(kernel, task)
     raise CannotReplay(f"no task {pid} in the journal or the trace archive")
 
 

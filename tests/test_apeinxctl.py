@@ -64,6 +64,32 @@ def test_status_lists_every_task(daemon):
     assert re.search(rf"beta\s+\S \(\w+\)\s+3 .*/{LONG_TOKENS}\s+-$", rows[second])
 
 
+def _status_file(pid: int, name: str, state: str) -> str:
+    """A task's status file as the daemon writes it, with the lines status's table shows."""
+    fields = {"Name": name, "State": state, "Pid": pid, "Prio": 5, "Gpu": 0, "TokensOut": 1, "TokensMax": 5,
+              "Exit": "-"}
+    return "".join(f"{key}:\t{value}\n" for key, value in fields.items())
+
+
+@pytest.mark.parametrize("reaped", ["absent", "fails at read"])
+def test_status_leaves_out_a_task_reaped_after_the_listing(tmp_path, reaped):
+    """A task listed in /tasks whose status can no longer be opened, or opens but fails at read (as a remote
+    task's reaped on its node: here a directory, EISDIR), is left out: the others are shown, nothing on stderr,
+    exit 0."""
+    (tmp_path / "ctl").mkdir()
+    (tmp_path / "ctl" / "submit").touch()
+    for pid, name in ((1048577, "first"), (1048578, None), (1048579, "third")):
+        (tmp_path / "tasks" / str(pid)).mkdir(parents=True)
+        if name:
+            (tmp_path / "tasks" / str(pid) / "status").write_text(_status_file(pid, name, "R (running)"))
+        elif reaped == "fails at read":
+            (tmp_path / "tasks" / str(pid) / "status").mkdir()
+    result = ctl(tmp_path, "status")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert [line.split()[:2] for line in result.stdout.splitlines()[1:]] == [["1048577", "first"],
+                                                                            ["1048579", "third"]]
+
+
 def test_top_shows_memory_and_running_tasks(daemon):
     """top prints the task counts, KV pages, each GPU and the running tasks."""
     pid = submit(daemon, "busy", LONG_TOKENS, "5")

@@ -63,7 +63,7 @@ def test_a_task_of_another_model_runs_at_once_while_the_heads_gpus_are_full():
     other = checked_submit(k, model="b")
     assert sorted(k.tasks[p].gpu for p in running) == [0, 1] and k.tasks[head].state is State.QUEUED
     assert k.tasks[other].gpu == 2
-    assert f"backfill past {head} (its GPUs are full), then least counter: tenant default" in dispatch_lines(k)[-1]
+    assert f"backfill past pid {head} (its GPUs are full), then least counter: tenant default" in dispatch_lines(k)[-1]
     assert "queued=1" in dispatch_lines(k)[-1]
     assert k.runq.peek(k.now_us) is k.tasks[head] and k.counters.dispatched == 3
 
@@ -76,7 +76,7 @@ def test_a_tenant_whose_only_queued_task_was_looked_past_is_counted_backlogged()
         checked_submit(k, model="a")
     head = checked_submit(k, model="a", tenant="x")
     checked_submit(k, model="b", tenant="y")
-    assert f"backfill past {head} (its GPUs are full), then least counter: tenant y of 2 backlogged;" \
+    assert f"backfill past pid {head} (its GPUs are full), then least counter: tenant y of 2 backlogged;" \
         in dispatch_lines(k)[-1]
 
 
@@ -90,7 +90,7 @@ def test_a_head_whose_open_gpu_has_its_endpoint_down_is_said_to_be_so():
     running, head = checked_submit(k, model="a"), checked_submit(k, model="a")
     other = checked_submit(k, model="b")
     assert [k.tasks[p].gpu for p in (running, head, other)] == [0, None, 2] and k.gpus[1].open
-    assert f"backfill past {head} (its engine at gpus=1 is down), then least counter" in dispatch_lines(k)[-1]
+    assert f"backfill past pid {head} (its engine at gpus=1 is down), then least counter" in dispatch_lines(k)[-1]
 
 
 def test_a_head_stopped_by_kv_still_stops_the_dispatch():
@@ -155,7 +155,7 @@ def test_the_heads_looked_past_keep_their_order(policy):
     before = drain_order(kernels[0])
     other = checked_submit(kernels[1], model="b", tenant="y")
     assert kernels[1].tasks[other].state is State.RUNNING
-    assert f"backfill past {before[0]}" in dispatch_lines(kernels[1])[-1]
+    assert f"backfill past pid {before[0]}" in dispatch_lines(kernels[1])[-1]
     assert drain_order(kernels[1]) == drain_order(kernels[0]) == before and len(before) == 10
     assert [t.pid for t in kernels[1].runq.tasks()] == [t.pid for t in kernels[0].runq.tasks()]
 

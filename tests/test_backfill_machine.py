@@ -74,7 +74,7 @@ def test_the_machine_backfills(backlog_checked):
                     (None, None, 40, 5, "hello", None, "extra")])
     sim_head, extra_task = (machine.kernel.tasks[pid] for pid in (2, 3))
     assert sim_head.gpu is None and extra_task.gpu == 1
-    assert "backfill past 2 (its GPUs are full), then least counter: tenant default of 2 backlogged" in \
+    assert "backfill past pid 2 (its GPUs are full), then least counter: tenant default of 2 backlogged" in \
         machine.kernel.trace.buffer.decode().splitlines()[-1]
     assert backlog_checked[-1] == 2
     machine.teardown()

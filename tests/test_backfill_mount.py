@@ -50,6 +50,6 @@ def test_a_task_of_b_runs_while_a_s_gpus_are_full(tmp_path):
         poll_until(lambda: state(ai, 4) == "R (running)", 20, "b's task running")
         assert state(ai, 3) == "Q (queued)"
         line = sh(f"grep ',dispatch,4,' {ai.path('trace', 'events')}")
-        assert "backfill past 3 (its GPUs are full)" in line
+        assert "backfill past pid 3 (its GPUs are full)" in line
         gpu = sh(f"grep '^Gpu:' {ai.path('tasks', '4', 'status')}").split()[1]
         assert gpu in ("2", "3")

@@ -48,6 +48,15 @@ def submitted(daemon, user) -> int:
     return int(result["data"])
 
 
+def placed_on(daemons: dict, user, node: str) -> int:
+    """A long task of `user` submitted on x until one is placed on `node` (at most 8 tries); its pid."""
+    for _ in range(8):
+        pid = submitted(daemons["x"], user)
+        if daemons["x"].status(pid)["Node"] == node:
+            return pid
+    raise AssertionError(f"no task of {user} placed on {node} in 8 submits")
+
+
 def listed(daemon, user) -> set[int]:
     done = run_as(user, ["ls", daemon.path("tasks")])
     assert done.returncode == 0, done.stderr
@@ -76,3 +85,20 @@ def test_each_tenant_lists_and_reads_only_its_own_tasks_on_every_node(nodes, use
         for pid in mine + theirs:
             with open(nodes["x"].path("ctl", "kill"), "w") as kill:
                 kill.write(f"{pid}\n")
+
+
+def test_kill_of_pids_on_several_nodes_is_refused_as_one_node_refuses_each(nodes, users):
+    """bob's own pids on x and y in one ctl/kill write get EINVAL (write each node's apart); his pid on y with
+    one that is no task, or with alice's on x, gets ENOENT: the refusal tells neither apart, as one node does."""
+    alice, bob = users["alice"], users["bob"]
+    his_x, his_y, hers = placed_on(nodes, bob, "x"), placed_on(nodes, bob, "y"), placed_on(nodes, alice, "x")
+    try:
+        poll_until(lambda: his_y in listed(nodes["x"], bob), SETTLE_S, "bob's task on y listed on x")
+        kill = nodes["x"].path("ctl", "kill")
+        assert probe(bob, "write", kill, f"{his_x}\n{his_y}\n")["errno"] == "EINVAL"
+        assert probe(bob, "write", kill, f"{his_y}\n99999999\n")["errno"] == "ENOENT"
+        assert probe(bob, "write", kill, f"{his_y}\n{hers}\n")["errno"] == "ENOENT"
+    finally:
+        for pid in (his_x, his_y, hers):
+            with open(nodes["x"].path("ctl", "kill"), "w") as killing:
+                killing.write(f"{pid}\n")

@@ -5,11 +5,13 @@ import errno
 
 import pytest
 
-from apeinxfs.kernel import Kernel
+from apeinxfs import compaction
+from apeinxfs.kernel import Kernel, state
+from apeinxfs.kernel import engines as engines_module
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, ModelConfig, SchedConfig, kernel_config_from_dict
 from apeinxfs.kernel.errors import ApeinxError, Invalid
-from apeinxfs.kernel.events import (Chunk, EngineHealth, EngineKV, Failed, Interrupted, RemoveModel, SetModel, Step,
-                                    Submit, from_row, to_row)
+from apeinxfs.kernel.events import (Chunk, EngineHealth, EngineKV, Failed, Interrupted, Rejected, RemoveModel,
+                                    SetModel, Step, Submit, Tick, from_row, to_row)
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.kernel.task import State
 from apeinxfs.nodes.memory import pool
@@ -103,7 +105,7 @@ def test_a_model_with_endpoints_runs_only_on_their_gpus():
     assert sorted(d.gpu(p) for p in pids[:4]) == [0, 0, 1, 1]
     assert [d.kernel.tasks[p].state for p in pids[4:]] == [State.QUEUED] * 2
     sim = d.submit("sim")
-    assert d.gpu(sim) == 2 and f"backfill past {pids[4]} (its GPUs are full)" in d.lines("dispatch")[-1]
+    assert d.gpu(sim) == 2 and f"backfill past pid {pids[4]} (its GPUs are full)" in d.lines("dispatch")[-1]
     d.apply(Step(gpu=0, chunks=[Chunk(pid=pids[0], text="x", tokens=8, final=True)]), SECOND)
     assert d.gpu(pids[4]) == 0
 
@@ -308,3 +310,38 @@ def test_an_old_journals_failed_and_interrupted_reasons_show_no_credentials():
     again = d.submit("sim")
     d.apply(Failed(pid=again, reason=f"{hidden}: HTTP 500"))
     assert d.kernel.tasks[again].exit == f"failed: {hidden}: HTTP 500"
+
+
+def test_an_old_journals_engine_down_and_refusal_reasons_show_no_credentials():
+    """An engine's down reason (one endpoint's and the model's) and a denied write's reason journaled with
+    `user:password@` (before drivers hid them) show `***@` in the engine, stall, reject and audit lines and in the
+    exit of the task that waited for the engine, and the replayed kernel shows the same."""
+    d, secret = Driven(config()), "http://bob:s3cret@127.0.0.1:9"
+    d.apply(EngineHealth(model="llm", up=False, reason=f"{secret}/health: refused", gpus=(0,)))
+    d.apply(EngineHealth(model="sim", up=False, reason=f"{secret}/health: refused"))
+    waiting = d.submit("sim")
+    d.apply(Rejected(path="/ctl/models", reason=f"bad url {secret}:99999", uid=9, denial=True))
+    d.apply(Tick(), 301 * SECOND)  # past engine_wait_s = 300: the stalled task gives up
+    trace, audit = d.kernel.trace.buffer.decode(), d.kernel.audit.buffer.decode()
+    assert d.kernel.tasks[waiting].exit.endswith("http://***@127.0.0.1:9/health: refused")
+    assert len(d.lines("engine")) == 2 and all("http://***@127.0.0.1:9/health: refused" in line
+                                               for line in d.lines("engine") + d.lines("stall"))
+    assert "bad url http://***@127.0.0.1:9:99999 (uid 9)" in trace and "bad url http://***@" in audit
+    assert "s3cret" not in trace + audit
+    replayed = d.replayed()
+    assert replayed.trace.buffer == d.kernel.trace.buffer and replayed.audit.buffer == d.kernel.audit.buffer
+
+
+def test_a_snapshots_engines_down_for_a_reason_with_credentials_name_it_hidden_once_loaded(monkeypatch):
+    """A snapshot of code that applied old EngineHealth rows as recorded (a model and an endpoint down, their reasons
+    with `user:password@`), loaded: a task that stalls for the model and gives up names the reason with `***@`."""
+    d, secret = Driven(config()), "http://bob:s3cret@127.0.0.1:9/health: refused"
+    with monkeypatch.context() as older_code:
+        older_code.setattr(engines_module, "redacted", lambda text: text)
+        d.apply(EngineHealth(model="llm", up=False, reason=secret, gpus=(0,)))
+        d.apply(EngineHealth(model="sim", up=False, reason=secret))
+    d.kernel = compaction.with_credentials_hidden(state.decode(state.encode(d.kernel)))
+    waiting = d.submit("sim")
+    d.apply(Tick(), 301 * SECOND)  # past engine_wait_s = 300: the stalled task gives up
+    assert d.kernel.tasks[waiting].exit.endswith("http://***@127.0.0.1:9/health: refused")
+    assert "s3cret" not in d.kernel.trace.buffer.decode() and "s3cret" not in repr(d.kernel.engines.book)

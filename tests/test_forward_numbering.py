@@ -8,6 +8,7 @@ import pytest
 import trio
 
 import standin_cluster
+from apeinxfs.cluster import routing
 from apeinxfs.cluster.records import NodeRecord
 from apeinxfs.kernel.errors import ApeinxError
 from apeinxfs.nodes import ctl
@@ -73,6 +74,22 @@ def test_a_pid_another_nodes_live_key_lists_is_that_nodes(tmp_path):
     made = standin_cluster.router(runtime(tmp_path / "a"), [NodeRecord(name="b", epoch=1, seen_us=0)],
                                   {"b": {"t": "2999-3000"}})
     assert (made.owner(3000), made.live_tenant(3000, "b"), made.owner(3001)) == ("b", "t", None)
+
+
+def test_a_kill_of_pids_on_several_nodes_looks_each_pid_up_once(tmp_path, monkeypatch):
+    """The check of a kill of pids on several nodes (`check_seen`) looks each pid on b up once in pid ranges,
+    b's live keys naming 50 tenants: for an admin, and for a user, refused ENOENT for another tenant's pid."""
+    live = {"b": {f"t{index}": str(3000 + index) for index in range(50)}}
+    made = standin_cluster.router(runtime(tmp_path / "a"), [NodeRecord(name="b", epoch=1, seen_us=0)], live)
+    looked_up, holds = [], routing.holds
+    monkeypatch.setattr(routing, "holds", lambda ranges, pid: looked_up.append(pid) or holds(ranges, pid))
+    owners = {3000 + index: "b" for index in range(50)}
+    made.check_seen(owners, Caller(role="admin", tenant="t0"))
+    made.check_seen({3049: "b"}, Caller(uid=1000, role="user", tenant="t49"))
+    with pytest.raises(ApeinxError) as refused:
+        made.check_seen({3000: "b"}, Caller(uid=1000, role="user", tenant="t49"))
+    assert refused.value.errno == errno.ENOENT
+    assert looked_up == [*owners, 3049, 3000]
 
 
 async def test_a_remote_tasks_ctl_applies_the_daemons_limits_before_routing_and_journals_their_refusal(router):

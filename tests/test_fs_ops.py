@@ -264,7 +264,7 @@ async def test_a_gone_tenants_view_is_enoent(ops):
 async def test_a_view_past_the_inode_range_is_left_out_of_a_listing(ops, listed, monkeypatch):
     """With room for one view, alice's takes it: bob (tenant b) lists sched/ without its tenanted files (runqueue,
     stat), and only his lookup of one is ENOSPC."""
-    monkeypatch.setattr(views, "VIEW_LIMIT", views.VIEW_BASE + 1)
+    monkeypatch.setattr(ops.tree.views, "limit", views.VIEW_BASE + 1)
     await add_tenant(ops, b"add a weight=100 uids=1000")
     await add_tenant(ops, b"add b weight=100 uids=1001")
     await inode_of(ops, "/sched/runqueue")

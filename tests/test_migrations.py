@@ -3,7 +3,7 @@
 tests/data/layout-7958f78.json is the layout of the previous release (commit 7958f78), whose
 run queue had no `_models`. A kernel encoded as that code would have (its run queue without
 `_models`) loads with `_models` recounted from the queued tasks, the same as the live
-kernel's (its live pids indexed afresh from the tasks: the same pids, other counters, which
+kernel's (its reap order too, from the old heap of reapable tasks; its live pids indexed afresh from the tasks: the same pids, other counters, which
 kernel/livepids.py leaves out of the state compared), and its invariants hold then and after
 more events. Every difference between
 that layout and the code's is declared or defaulted (the next kernel field added without a
@@ -42,11 +42,14 @@ def queued_kernel() -> Kernel:
 
 def as_previous_release(kernel: Kernel) -> bytes:
     """The kernel's state as the previous release encoded it: its run queue without `_models` and `_tenants`, its moves
-    without `backfill_after_us`, its task table without `live_pids`, its counters without tenants' shares
-    (a slotted attrs class: its pickled state is its __getstate__'s, left without those two fields)."""
-    models, tenants, rest, live = kernel.runq._models, kernel.runq._tenants, kernel.moves.backfill_after_us, \
-        kernel.tasks.live_pids
+    without `backfill_after_us`, its task table without `live_pids` and with one heap of reapable tasks (`reapable`)
+    for `reap_order`, its counters without tenants' shares (a slotted attrs class: its pickled state is its
+    __getstate__'s, left without those two fields)."""
+    models, tenants, rest, live, order = kernel.runq._models, kernel.runq._tenants, kernel.moves.backfill_after_us, \
+        kernel.tasks.live_pids, kernel.tasks.reap_order
     del kernel.runq._models, kernel.runq._tenants, kernel.moves.backfill_after_us, kernel.tasks.live_pids
+    del kernel.tasks.reap_order
+    kernel.tasks.reapable = sorted(entry for heap in order.heaps.values() for entry in heap)  # a sorted list: a heap
     getstate = Counters.__getstate__
     Counters.__getstate__ = lambda counters: {name: value for name, value in getstate(counters).items()  # type: ignore
                                               if name not in ("tenants", "unshared")}
@@ -54,7 +57,8 @@ def as_previous_release(kernel: Kernel) -> bytes:
         return encode(kernel)
     finally:
         kernel.runq._models, kernel.runq._tenants, kernel.moves.backfill_after_us = models, tenants, rest
-        kernel.tasks.live_pids = live
+        kernel.tasks.live_pids, kernel.tasks.reap_order = live, order
+        del kernel.tasks.reapable
         Counters.__getstate__ = getstate  # type: ignore[method-assign]
 
 
@@ -101,14 +105,15 @@ def difference_but_live_marks(live: Kernel, loaded: Kernel) -> str:
 
 def test_previous_release_snapshot_loads_with_models_recounted():
     """The old-layout state of a kernel with exited, reaped, stopped and killed tasks of two tenants loads
-    migrated: `_models` and the live pids are the live kernel's, the counts so far no tenant's share (as that
-    release kept them), the whole state is the same (the live pids' counters aside), and the invariants hold then
+    migrated: `_models`, the live pids and the reap order (from the one heap `reapable`) are the live kernel's, the
+    counts so far no tenant's share (as that release kept them), the whole state is the same (the live pids' counters aside), and the invariants hold then
     and after more events applied to both."""
     live = lived_kernel()
     assert (live.counters.reaped, {pid: task.state.name for pid, task in live.tasks.items()}) == \
         (2, {2: "QUEUED", 3: "EXITED", 5: "RUNNING", 6: "STOPPED", 7: "QUEUED"})
     loaded = migrations.load(as_previous_release(live), PREVIOUS, layout(live.config))
     assert loaded.tasks.live_pids.by_tenant == {"t": {2, 6}, "default": {5, 7}}
+    assert not hasattr(loaded.tasks, "reapable") and loaded.tasks.reap_order.heaps == {"default": [(25, 3)]}
     assert loaded.counters.tenants == {} and loaded.counters.unshared.dispatched == live.counters.dispatched > 0
     counted_as_previous_release(live)
     assert (loaded.runq._models, loaded.runq._tenants) == (live.runq._models, {"t": 1, "default": 1})

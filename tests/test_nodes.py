@@ -351,7 +351,7 @@ def test_the_views_range_lies_between_the_boot_inodes_and_the_nodes(tree):
 def test_views_past_their_range_are_refused_and_the_others_keep_their_inodes():
     """Once every inode of the views' range is given, a new view is ENOSPC and the views given keep theirs."""
     runqueue = Show(show=lambda view: f"{view}\n", tenanted=True, inode=7)
-    given = views.Views({7: runqueue}.__getitem__, lambda tenant: True)
+    given = views.Views({7: runqueue}.__getitem__, lambda tenant: True, lambda: None)
     first = given.node(runqueue, "t0").inode
     for number in range(1, views.VIEW_LIMIT - views.VIEW_BASE):
         given.node(runqueue, f"t{number}")

@@ -95,8 +95,6 @@ def test_a_prompt_is_billed_at_the_tokens_the_engine_reports():
     assert k.tenancy.usage["a"].tokens_in == ENGINE_PROMPT_TOKENS
 
 
-@pytest.mark.xfail(strict=True, reason="redteam5 D3: `backfill past PID` names another tenant's queued pid bare, "
-                   "which the views' redaction (pid N, pid=N) leaves as it is")
 def test_a_backfilled_dispatch_names_no_pid_of_another_tenant_in_its_views():
     """Tenant y's task of model b, backfilled past tenant x's queued task of model a, reads `another tenant's task`
     for x's pid in y's task and tenant views; the whole trace keeps the pid."""
@@ -105,7 +103,7 @@ def test_a_backfilled_dispatch_names_no_pid_of_another_tenant_in_its_views():
         submit_to(k, model="a", tenant="x")
     head = submit_to(k, model="a", tenant="x")
     mine = submit_to(k, model="b", tenant="y")
-    assert k.tasks[mine].gpu == 2 and f"backfill past {head} " in k.trace.buffer.decode()
+    assert k.tasks[mine].gpu == 2 and f"backfill past pid {head} " in k.trace.buffer.decode()
     for view in (k.trace.of_task(k.tasks[mine]), k.trace.of_tenant("y")):
         [line] = [d for d in details(view) if "backfill past" in d]
         assert f"past {head} " not in line and "backfill past another tenant's task (" in line
@@ -131,8 +129,6 @@ def archived_runtime(tmp_path):
     rt.archive.close()
 
 
-@pytest.mark.xfail(strict=True, reason="redteam5 D4: replay/PID of a reaped task renders its archived lines as "
-                   "the whole trace has them, other tenants' names and pids unredacted")
 def test_the_replay_of_a_reaped_task_names_no_other_tenant(archived_runtime):
     """Tenant a's task preempted for b's reads the same `another tenant` timeline in replay/PID once reaped."""
     rt = archived_runtime
@@ -154,8 +150,6 @@ def test_the_replay_of_a_reaped_task_names_no_other_tenant(archived_runtime):
     assert reaped == live
 
 
-@pytest.mark.xfail(strict=True, reason="redteam5 D5: retention.tasks is one count over every tenant: tenant a's "
-                   "churn of one-token tasks reaps tenant b's finished task (its output, wait and status gone)")
 def test_one_tenants_churn_does_not_reap_another_tenants_finished_task():
     """With retention.tasks = 4, tenant b's one finished task outlives tenant a's next 5 one-token tasks."""
     k = Kernel(attrs.evolve(kernel(slots=2).config, retention=MemoryRetention(4, 3600, 100000)))

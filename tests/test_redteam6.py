@@ -17,7 +17,7 @@ from apeinxfs.kernel import state
 from apeinxfs.verify import config_after, open_journal, recorded_boots
 from daemon import FAST_CONFIG, Daemon, poll_until
 from test_cluster_nodes import SETTLE_S
-from test_cluster_tenants import nodes, submitted, users  # noqa: F401  (fixtures: nodes x, y; alice and bob)
+from test_cluster_tenants import nodes, placed_on, users  # noqa: F401  (fixtures: nodes x, y; alice and bob)
 from unixusers import probe
 
 CTL = os.path.join(os.path.dirname(__file__), "..", "scripts", "apeinxctl")
@@ -77,8 +77,6 @@ def _limited_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 
 
-@pytest.mark.xfail(strict=True, reason="redteam6 D2: sim builds a row's prompt of prompt_tokens words before any "
-                                        "bound (workload.py _integer has no upper limit): 10^12 exhausts memory")
 def test_sim_refuses_a_row_claiming_a_trillion_prompt_tokens_in_words(tmp_path):
     """A workload row with prompt_tokens 10^12 is refused (or counted refused) in words, within bounded memory:
     no MemoryError traceback."""
@@ -91,8 +89,6 @@ def test_sim_refuses_a_row_claiming_a_trillion_prompt_tokens_in_words(tmp_path):
 
 @pytest.mark.parametrize("cell", [pytest.param("x" * 200_000, id="a-cell-over-csv-field-limit"),
                                   pytest.param("\udcff", id="bytes-not-utf8")])
-@pytest.mark.xfail(strict=True, reason="redteam6 D3: sim's load catches only OSError: csv.Error (a cell over "
-                                        "131072 characters) and UnicodeDecodeError end in a traceback")
 def test_sim_refuses_an_unreadable_workload_in_words(tmp_path, cell):
     """A workload with a cell past csv's field limit, or bytes that are not UTF-8, is refused with
     `apeinxfs sim: ...` naming the file and exit 1, not a traceback."""
@@ -129,8 +125,6 @@ def _churn(daemon: Daemon, stop: threading.Event) -> None:
 
 
 @pytest.mark.mount
-@pytest.mark.xfail(strict=True, reason="redteam6 D4: apeinxctl task_table lists /tasks then opens each status "
-                                        "with mawk, which aborts on a task reaped in between: status/top fail")
 def test_status_holds_while_tasks_are_reaped_as_it_runs(tmp_path):
     """An admin's `apeinxctl status` exits 0 without errors while tasks are being reaped as it runs: a task
     gone between the listing and its status is left out, as ps leaves out a process that exits."""
@@ -147,25 +141,13 @@ def test_status_holds_while_tasks_are_reaped_as_it_runs(tmp_path):
     assert failed is None, (failed.returncode, failed.stderr)
 
 
-def _placed_on(daemons: dict, user, node: str) -> int:
-    """A long task of `user` submitted on x until one is placed on `node` (at most 8 tries); its pid."""
-    for _ in range(8):
-        pid = submitted(daemons["x"], user)
-        if daemons["x"].status(pid)["Node"] == node:
-            return pid
-    raise AssertionError(f"no task of {user} placed on {node} in 8 submits")
-
-
 @pytest.mark.mount
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="redteam6 D5: routing.Router.route_kill refuses pids on several nodes "
-                                        "(EINVAL naming them) before any node checks the caller: another tenant's "
-                                        "live pid, hidden on one node (ENOENT), is told apart and located")
 def test_kill_tells_another_tenants_pid_from_no_task_as_one_node_does(nodes, users):
     """bob writing his own pid on x and alice's live pid on y to ctl/kill gets ENOENT, as for a pid that
     does not exist: another tenant's task is neither told to exist nor located by the refusal."""
     alice, bob = users["alice"], users["bob"]
-    hers, his = _placed_on(nodes, alice, "y"), _placed_on(nodes, bob, "x")
+    hers, his = placed_on(nodes, alice, "y"), placed_on(nodes, bob, "x")
     try:
         poll_until(lambda: hers in {int(n) for n in os.listdir(nodes["x"].path("tasks"))}, SETTLE_S,
                    "alice's task listed on x")
@@ -174,5 +156,6 @@ def test_kill_tells_another_tenants_pid_from_no_task_as_one_node_does(nodes, use
         assert missing["errno"] == "ENOENT", missing
         assert mixed["errno"] == missing["errno"], mixed
     finally:
-        with open(nodes["x"].path("ctl", "kill"), "w") as kill:
-            kill.write(f"{hers}\n{his}\n")
+        for pid in (hers, his):  # one write each: pids on two nodes in one write are refused
+            with open(nodes["x"].path("ctl", "kill"), "w") as kill:
+                kill.write(f"{pid}\n")

@@ -1,11 +1,12 @@
 """Tier 1-2: retention (kernel/retention.py, the trace ring in kernel/trace.py, nodes/ringlog.py).
 
-The kernel with explicit times reaps exited tasks by count and by age, the oldest first and a
-parent after its children, never reuses a pid, forgets the books kept of a reaped task, and a
-replay of the same events reaps the same tasks; the trace keeps its newest lines (and all
-those it is told to hold); `[retention]` is validated at load. Without FUSE, the tree answers
-ENOENT for a reaped task's files and `wait`, lists a bounded /tasks, and a ring log read
-from offset 0, or followed at its growing size, gives each kept line once.
+The kernel with explicit times reaps exited tasks by count (the oldest of the tenant keeping
+the most first) and by age (the oldest first, before any for the count), a parent after its
+children, never reuses a pid, forgets the books kept of a reaped task, and a replay of the
+same events reaps the same tasks; the trace keeps its newest lines (and all those it is
+told to hold); `[retention]` is validated at load. Without FUSE, the tree answers ENOENT for
+a reaped task's files and `wait`, lists a bounded /tasks, and a ring log read from offset 0,
+or followed at its growing size, gives each kept line once.
 """
 import csv
 import io
@@ -28,6 +29,8 @@ from apeinxfs.nodes.base import Caller
 from apeinxfs.nodes.ringlog import RingLog
 from apeinxfs.nodes.tree import Tree
 from kernel_machine import KernelMachine
+from test_fairness_kernel import kernel as fair_kernel
+from test_fairness_kernel import submit as submit_as
 from test_journal_runtime import ONE_GPU, open_runtime
 from test_kernel import STEP_US, kernel_config, run_until_idle, step, submit
 from test_nodes import resolve
@@ -58,6 +61,50 @@ def test_the_oldest_exited_tasks_go_beyond_the_count_and_pids_are_not_reused():
     assert sorted(kernel.tasks) == pids[3:] and kernel.counters.reaped == 3
     assert kernel.tasks.count(State.EXITED) == 3
     assert submit(kernel, now_us=SECOND_US, tokens=1) == 7
+
+
+def tenants_retaining(tasks: int, task_age_s: int = 3600) -> Kernel:
+    """test_fairness_kernel's kernel (tenants a and b, two slots) keeping `tasks` exited tasks."""
+    return Kernel(attrs.evolve(fair_kernel(slots=2).config, retention=MemoryRetention(tasks, task_age_s, 100000)))
+
+
+def finish_as(kernel, tenants: str, now_us: int) -> tuple[list[int], int]:
+    """Run one one-token task of each tenant named in `tenants` (one letter each), one after the other from
+    `now_us`, to its exit; their pids, and the time after."""
+    pids = []
+    for tenant in tenants:
+        pids.append(submit_as(kernel, tenant, tokens=1, now=now_us))
+        now_us = run_until_idle(kernel, now_us + STEP_US)
+    return pids, now_us
+
+
+def test_beyond_the_count_the_tenant_keeping_the_most_loses_its_oldest_first():
+    """With tasks = 4, b's two finished tasks stay while a's churn reaps a's own oldest, though b's exited
+    first; the node keeps 4 exited tasks throughout."""
+    kernel = tenants_retaining(4)
+    theirs, now = finish_as(kernel, "bb", 0)
+    mine, _ = finish_as(kernel, "aaaaa", now)
+    assert sorted(kernel.tasks) == theirs + mine[3:] and kernel.counters.reaped == 3
+    assert kernel.tasks.count(State.EXITED) == 4
+
+
+def test_tenants_keeping_as_many_lose_the_task_that_exited_first():
+    """With tasks = 3 and a and b keeping two finished tasks each, b's that exited first is the one reaped."""
+    kernel = tenants_retaining(3)
+    pids, _ = finish_as(kernel, "baba", 0)
+    assert sorted(kernel.tasks) == pids[1:]
+
+
+def test_an_event_past_both_limits_reaps_the_aged_first_and_no_more_for_the_count():
+    """With tasks = 2 and task_age_s = 10, an exit that makes three exited tasks just as b's passes its age reaps
+    b's alone: that brings the node to two, so a's (the fullest tenant's) both stay."""
+    kernel = tenants_retaining(2, task_age_s=10)
+    [theirs], _ = finish_as(kernel, "b", 0)
+    [first], _ = finish_as(kernel, "a", 5 * SECOND_US)
+    second = submit_as(kernel, "a", tokens=1, now=6 * SECOND_US)
+    assert kernel.tasks.count(State.EXITED) == 2 and theirs in kernel.tasks
+    step(kernel, kernel.tasks[theirs].exited_us + 10 * SECOND_US + 1)  # the second exits: three exited, b's aged
+    assert sorted(kernel.tasks) == [first, second] and kernel.counters.reaped == 1
 
 
 def test_exited_tasks_older_than_task_age_go_at_the_tick_after():

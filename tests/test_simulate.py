@@ -86,7 +86,10 @@ def test_parent_names_an_earlier_row_and_gives_its_tenant():
 @pytest.mark.parametrize("row, words", [
     ("x,,a,5,5,,,,", "arrival_s must be a number"),
     ("-1,,a,5,5,,,,", "arrival_s must be a finite number >= 0"),
+    ("1e300,,a,5,5,,,,", "arrival_s must be at most 2,592,000 s, not 1e300"),
+    ("2592000.5,,a,5,5,,,,", "arrival_s must be at most 2,592,000 s"),
     ("0,,a,0,5,,,,", "prompt_tokens must be at least 1"),
+    ("0,,a,524290,5,,,,", "prompt_tokens must be at most 524289"),
     ("0,,a,5,many,,,,", "output_tokens must be an integer"),
     ("0,,a,5,5,12,,,", "prio must be an integer in 0..9"),
     ("0,,a b,5,5,,,,", "may not hold spaces"),
@@ -102,6 +105,42 @@ def test_a_bad_row_is_refused_naming_its_line(row, words):
     with pytest.raises(Invalid) as refused:
         parse(HEADER + "0,t,first,5,5,,,,100\n" + row + "\n")
     assert "w.csv line 3:" in str(refused.value) and words in str(refused.value)
+
+
+@pytest.mark.parametrize("cell, words", [(b"x" * 200_000, b"field larger than field limit"),
+                                         (b"caf\xe9", b"not UTF-8 text (byte 0xe9 at column 8)"),
+                                         (b"x" * workload.LINE_MAX,
+                                          f"longer than {workload.LINE_MAX:,} characters".encode())])
+def test_an_unreadable_line_is_refused_naming_it(tmp_path, cell, words):
+    """A cell over csv's field limit, a line that is not UTF-8, or one over LINE_MAX characters (refused before
+    it is read whole), is refused naming line 3 of the file."""
+    path = tmp_path / "w.csv"
+    path.write_bytes(HEADER.encode() + b"0,t,first,5,5,,,,\n0,t," + cell + b",5,5,,,,\n")
+    with pytest.raises(Invalid) as refused:
+        workload.load(str(path))
+    assert f"workload {path} line 3: {words.decode()}" in str(refused.value)
+
+
+def test_a_workload_starting_with_a_byte_order_mark_loads(tmp_path):
+    """A file that starts with a UTF-8 byte order mark (as some spreadsheets save CSV) reads as one without."""
+    path = tmp_path / "w.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + (HEADER + "0,t,a,5,5,,,,\n").encode())
+    assert [request.spec.name for request in workload.load(str(path)).requests] == ["a"]
+
+
+def test_a_workload_with_carriage_return_line_ends_loads(tmp_path):
+    """A file whose lines end in CR alone (or CR LF) reads as one with LF line ends."""
+    for end in ("\r", "\r\n"):
+        path = tmp_path / "w.csv"
+        path.write_bytes((HEADER + "0,t,a,5,5,,,,\n0,t,b,5,5,,,,\n").replace("\n", end).encode())
+        assert [request.spec.name for request in workload.load(str(path)).requests] == ["a", "b"]
+
+
+def test_the_largest_prompt_a_submit_holds_is_parsed_and_fits():
+    """A row of exactly PROMPT_TOKENS_MAX tokens is taken, and its prompt has that many tokens within 1 MiB."""
+    request = parse(HEADER + f"0,,big,{workload.PROMPT_TOKENS_MAX},5,,,,\n").requests[0]
+    text = workload.prompt(request, {})
+    assert estimate_prompt_tokens(text) == workload.PROMPT_TOKENS_MAX and len(text.encode()) <= PROMPT_MAX
 
 
 def test_a_child_may_not_arrive_before_or_leave_its_parent_tenant():

@@ -15,7 +15,7 @@ from apeinxfs.kernel.config import MemoryRetention
 from apeinxfs.kernel.events import Kill, RemoveTenant, SetTenant
 from apeinxfs.kernel.kernel import Kernel
 from apeinxfs.kernel.tenant_config import TenantConfig
-from apeinxfs.kernel.trace import TraceLog
+from apeinxfs.kernel.trace import HEADER, TraceLog
 from test_fairness_kernel import kernel as fair_kernel
 from test_fairness_kernel import submit
 from test_isolation import _Task
@@ -118,3 +118,26 @@ def test_a_snapshot_holds_no_pattern():
     assert b"another tenant" not in k.trace.of_task(next(iter(k.tasks.values())))
     assert state.encode(k) == before
 
+
+
+def old_words(theirs: int, mine: int) -> bytes:
+    """A dispatch line of b's task `mine` as traced before a backfill named the pid passed as `pid N`."""
+    return f'9,1,dispatch,{mine},b,sim,0,,"fair: backfill past {theirs} (its GPUs are full), then x"\n'.encode()
+
+
+def test_an_archived_dispatch_in_the_old_words_hides_another_tenants_pid():
+    """A reaped task's archived dispatch traced as `backfill past N (` reads `another tenant's task` in b's
+    view, as one in today's words does."""
+    k = fair_kernel(slots=1)
+    theirs, mine = submit(k, "a", tokens=50), submit(k, "b", tokens=50)
+    shown = k.trace.redact_lines("b", HEADER + old_words(theirs, mine))
+    assert b"backfill past another tenant's task (" in shown and f"past {theirs} (".encode() not in shown
+
+
+def test_a_ring_line_in_the_old_words_hides_another_tenants_pid():
+    """A dispatch in the ring in the old words (as an old snapshot's ring holds) hides a's pid from b's view."""
+    k = fair_kernel(slots=1)
+    theirs, mine = submit(k, "a", tokens=50), submit(k, "b", tokens=50)
+    k.trace.emit(1, "dispatch", k.tasks[mine], f"fair: backfill past {theirs} (its GPUs are full), then x")
+    view = bytes(k.trace.of_tenant("b"))
+    assert b"backfill past another tenant's task (" in view and f"past {theirs} (".encode() not in view

@@ -20,12 +20,13 @@ from apeinxfs.journal import FLUSH_ROWS, Journal, row_crc
 from apeinxfs.kernel import kernel as kernel_module
 from apeinxfs.kernel.config import kernel_config_from_dict
 from apeinxfs.kernel.errors import ApeinxError
-from apeinxfs.kernel.events import Tick
+from apeinxfs.kernel.events import EngineHealth, Tick, to_row
 from apeinxfs.nodes import ctl, sched
 from apeinxfs.nodes.models import models_ctl
 from apeinxfs.nodes.base import Caller
 from apeinxfs.runtime import Runtime
 from test_journal_runtime import ONE_GPU, open_runtime, run_until_done
+from test_journal_runtime import submit as commit_submit
 
 AGENTS_CSV = os.path.join(os.path.dirname(__file__), "..", "examples", "workloads", "agents.csv")
 USER = Caller(uid=1000)
@@ -286,12 +287,64 @@ def test_a_replayed_line_that_shows_credentials_again_diverges(tmp_path, monkeyp
     assert divergence is not None and divergence.seq == seq and "bob:s3cret@" in divergence.got
 
 
+TWO_BOUND_MODELS = """
+[gpus]
+simulated = 2
+slots = 1
+[[models]]
+name = "a"
+endpoints = [{url = "http://127.0.0.1:1", gpus = [0]}]
+[[models]]
+name = "b"
+endpoints = [{url = "http://127.0.0.1:2", gpus = [1]}]
+"""
+
+
+def test_a_backfill_traced_in_the_old_words_verifies(tmp_path):
+    """A journal whose trace has a dispatch as traced before `backfill past pid N` (`backfill past N (`)
+    verifies; the same line naming another pid diverges."""
+    with open_runtime(tmp_path, TWO_BOUND_MODELS) as rt:
+        head = [commit_submit(rt, model="a") for _ in range(2)][1]
+        commit_submit(rt, model="b")
+    assert f"backfill past pid {head} (" in rt.kernel.trace.buffer.decode()
+    alter(tmp_path, "UPDATE trace SET lines = replace(lines, 'backfill past pid ', 'backfill past ') "
+                    "WHERE instr(lines, 'backfill past pid ') > 0")
+    assert run_verify(tmp_path).divergence is None
+    alter(tmp_path, "UPDATE trace SET lines = replace(lines, ?, ?) WHERE instr(lines, ?) > 0",
+          f"backfill past {head} (", "backfill past 9 (", f"backfill past {head} (")
+    divergence = run_verify(tmp_path).divergence
+    assert divergence is not None and "backfill past 9 (" in divergence.expected
+
+
 @pytest.mark.parametrize("recorded, replayed, same", [
     ("add x url=http://bob:pw@h", "add x url=http://***@h", True),
     ("add x url=http://***@h", "add x url=http://***@h", True),
     ("add x url=http://***@h", "add x url=http://bob:pw@h", False),
     ("add x url=ssh://alice@srv", "add x url=ssh://bob@srv", False),
+    ('7,1,dispatch,4,b,m,2,,"fair: backfill past 3 (its GPUs are full), then x"',
+     '7,1,dispatch,4,b,m,2,,"fair: backfill past pid 3 (its GPUs are full), then x"', True),
+    ('7,1,dispatch,4,b,m,2,,"fair: backfill past pid 3 (its GPUs are full), then x"',
+     '7,1,dispatch,4,b,m,2,,"fair: backfill past 3 (its GPUs are full), then x"', False),
+    ('7,1,dispatch,4,b,m,2,,"fair: backfill past 3 (its GPUs are full), then x"',
+     '7,1,dispatch,4,b,m,2,,"fair: backfill past pid 5 (its GPUs are full), then x"', False),
+    ('7,1,note,4,b,m,2,,"fair: backfill past 3 (its GPUs are full), then x"',
+     '7,1,note,4,b,m,2,,"fair: backfill past pid 3 (its GPUs are full), then x"', False),
+    ('7,1,dispatch,4,b,m,2,,"x; fair: backfill past 3 (its GPUs are full)"',
+     '7,1,dispatch,4,b,m,2,,"x; fair: backfill past pid 3 (its GPUs are full)"', False),
 ])
 def test_alike_takes_a_recorded_line_as_recorded_or_with_its_credentials_hidden(recorded, replayed, same):
-    """A recorded line matches the replayed one as recorded or hidden, never the other way round."""
+    """A recorded line matches the replayed one as recorded, or hidden and in today's words (a dispatch's detail
+    that starts `POLICY: backfill past N (` alone), never the other way round."""
     assert verify.alike(recorded, replayed) is same
+
+
+@pytest.mark.parametrize("replayed, same", [
+    ('"x down: http://***@h@0; wait"', True),
+    ('"x down: http://bob:pw@h@0; wait"', True),
+    ('"x down: http://bob:pw@h@1; wait"', False),
+])
+def test_alike_hides_credentials_in_each_reason_of_the_row_as_the_kernel_does(replayed, same):
+    """With its journal row, a recorded line matches the replayed one with the credentials hidden in each reason
+    (`@h@0` ends in a GPU there, in a host followed by `;`), never one that shows what the reason hid."""
+    row = (5, 1, *to_row(EngineHealth(model="x", up=False, reason="http://bob:pw@h@0")))
+    assert verify.alike('"x down: http://bob:pw@h@0; wait"', replayed, row) is same

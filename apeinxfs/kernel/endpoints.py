@@ -11,6 +11,7 @@ driver reaches it (drivers/openai.py).
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -18,9 +19,13 @@ import attrs
 
 from .errors import Invalid
 
-# A URL's userinfo runs to the last `@` of its authority, as urlsplit and httpx read it; but not to an `@GPU`
-# ending the URL (`endpoints=URL@0+1,URL@2` of ctl/models)
-_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s]*@(?![0-9+]+(?:[,\s]|$))")
+# A URL is `SCHEME://` (a letter starting a word, then letters, digits, `+.-`), then its authority up to the first
+# of `/?#` or a space. Its userinfo runs to the last `@` of the authority, as urlsplit and httpx read it; but not to
+# an `@GPU` ending the URL (`endpoints=URL@0+1,URL@2` of ctl/models): `@`, GPU indices, then `,`, a space or the end.
+_SCHEME_CHARS = frozenset(string.ascii_letters + string.digits + "+.-")
+_SCHEME_FIRST = frozenset(string.ascii_letters)
+_AUTHORITY_END = re.compile(r"[/?#\s]")
+_GPU_ENDING = re.compile(r"[0-9+]+(?:[,\s]|$)")
 
 
 def _url(_inst: object, _attribute: "attrs.Attribute[Any]", value: Any) -> None:
@@ -53,8 +58,44 @@ class EndpointConfig:
 
 def redacted(text: str) -> str:
     """`text` with each URL's userinfo (`user:password@`) shown as `***@`: what renders or journals an engine's
-    URL, or a reason that may hold one, passes it here."""
-    return _USERINFO.sub(r"\1***@", text)
+    URL, or a reason that may hold one, passes it here. In time linear in `text`: each `://` is looked at once,
+    with the scheme before it and the authority after it (which end where the next `://` starts)."""
+    if "@" not in text or "://" not in text:
+        return text
+    parts, done, colon = [], 0, text.find("://")
+    while colon >= 0:
+        userinfo_end = _userinfo_end(text, colon) if _scheme_before(text, colon) else 0
+        if userinfo_end > 0:
+            parts += [text[done:colon + 3], "***@"]
+            done = userinfo_end
+        colon = text.find("://", colon + 3)
+    return "".join(parts) + text[done:]
+
+
+def _scheme_before(text: str, colon: int) -> bool:
+    """Whether a scheme ends at `colon` (its `://`): in the run of scheme characters before it, a letter that
+    starts a word (after none of `\\w`, as the pattern `\\b` reads it)."""
+    start = colon
+    while start > 0 and text[start - 1] in _SCHEME_CHARS:
+        start -= 1
+        if text[start] in _SCHEME_FIRST and (start == 0 or not _is_word(text[start - 1])):
+            return True
+    return False
+
+
+def _is_word(char: str) -> bool:
+    """`\\w` of a str pattern: a letter or digit of any script, or `_`."""
+    return char.isalnum() or char == "_"
+
+
+def _userinfo_end(text: str, colon: int) -> int:
+    """Where the userinfo of the URL whose `://` is at `colon` ends (after its `@`); 0 without one."""
+    start = colon + 3
+    found = _AUTHORITY_END.search(text, start)
+    at = text.rfind("@", start, found.start() if found else len(text))
+    while at >= 0 and _GPU_ENDING.match(text, at + 1):
+        at = text.rfind("@", start, at)
+    return at + 1
 
 
 def gpus_text(gpus: Iterable[int]) -> str:

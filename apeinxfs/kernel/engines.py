@@ -99,6 +99,7 @@ class EngineWatch:
         model = self._models.get(event.model)
         if model is None:
             return
+        event = attrs.evolve(event, reason=redacted(event.reason))  # an old row's reason may hold a password
         if not event.gpus or not model.endpoints:
             self._model_health(model, event.up, event.reason)
         elif any(endpoint.gpus == event.gpus for endpoint in model.endpoints):

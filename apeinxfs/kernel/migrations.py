@@ -29,6 +29,7 @@ from .kernel import Kernel
 from .livepids import LivePids
 from .memory import KVManager
 from .moves import Moves
+from .reaporder import ReapOrder
 from .runqueue import RunQueue, count_by
 from .tasktable import TaskTable
 from .trace import TraceLog
@@ -58,7 +59,10 @@ MIGRATIONS: dict[type, Migration] = {
     # GPUs held from placement for their engines' KV reports became pages counted used; none until a report changes
     KVManager: Migration(added={"unbooked": lambda _kv: {}}, gone=frozenset({"held"})),
     # each tenant's live pids indexed from its tasks (their counters afresh: livepids.py)
-    TaskTable: Migration(added={"live_pids": lambda table: LivePids.of(table.values())}),
+    # and its exited tasks ordered for reaping by tenant (reaporder.py) instead of in one heap
+    TaskTable: Migration(added={"live_pids": lambda table: LivePids.of(table.values()),
+                                "reap_order": lambda table: ReapOrder.of(table.values())},
+                         gone=frozenset({"reapable"})),
     # one pattern of every tenant's name for all views, a cache built at the first read, replaced each tenant's own
     TraceLog: Migration(added={"_pattern": lambda _trace: None, "_removed": lambda _trace: {}},
                         gone=frozenset({"_others"})),

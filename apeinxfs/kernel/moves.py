@@ -232,7 +232,7 @@ class Moves:
         if reason == "deadline boost":
             self.counters.count(task.tenant, "boosts")
         if passed:
-            reason = f"backfill past {passed[0].pid} ({past}), then {reason}"
+            reason = f"backfill past pid {passed[0].pid} ({past}), then {reason}"
         task.gpu, task.run_tokens = gpu.config.index, 0
         self.reclaim.ran(task, 0)
         gpu.running[task.pid] = task

@@ -9,6 +9,7 @@ daemon's choice, not this module's: it only applies what the journal says, so a 
 from typing import TYPE_CHECKING
 
 from . import events as ev
+from .endpoints import redacted
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 def apply_rejected(kernel: "Kernel", event: ev.Rejected) -> None:
     """Count the refusal (and those it sums up), and write its lines."""
     kernel.counters.rejected += 1 + event.suppressed
+    reason = redacted(event.reason)  # an old row's reason may hold a URL's password
     if event.suppressed:
         what = "denials" if event.denial else "refused writes"
         summary = f"{event.suppressed} more {what} by uid {event.uid} suppressed"
@@ -24,5 +26,5 @@ def apply_rejected(kernel: "Kernel", event: ev.Rejected) -> None:
         if event.denial:
             kernel.audit.record(kernel.now_us, event, "denials", "suppressed", summary)
     if event.denial:
-        kernel.audit.record(kernel.now_us, event, event.path, "denied", event.reason)
-    kernel.emit("reject", None, f"{event.path}: {event.reason} (uid {event.uid})")
+        kernel.audit.record(kernel.now_us, event, event.path, "denied", reason)
+    kernel.emit("reject", None, f"{event.path}: {reason} (uid {event.uid})")

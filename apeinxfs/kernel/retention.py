@@ -1,4 +1,10 @@
-"""Retention: exited tasks are reaped, the oldest first, beyond `retention.tasks` or `task_age_s`.
+"""Retention: exited tasks are reaped beyond `retention.tasks` (the tenant keeping the most first) or `task_age_s`.
+
+Beyond `retention.tasks` exited tasks on the node (one bound, so the state stays bounded),
+the oldest reapable task of the tenant keeping the most exited tasks goes first
+(reaporder.py), so one tenant's churn reaps its own results, not another's; past
+`task_age_s`, the oldest reapable task of all. At one event the aged go before any
+reaped for the count, which they may bring within `tasks`.
 
 Reaping is part of applying every event (the kernel calls `reap` after it): the limits are
 in the kernel's config, which the journal's boot row records, so a replay reaps the same
@@ -31,14 +37,23 @@ class Reaper:
 
     def reap(self, now_us: int) -> None:
         """Reap while more exited tasks than `tasks` are kept, or the oldest reapable one is older than `task_age_s`."""
-        tasks, keep, age_us = self._tasks, self.limits.tasks, self.limits.task_age_us
-        while (oldest := tasks.oldest_reapable()) is not None and (
-                tasks.count(State.EXITED) > keep or self._exited_us(oldest) + age_us <= now_us):
-            tasks.reap(oldest.pid)
-            if oldest.agent == oldest.pid:  # a root task goes last of its tree: no task of its agent is left
-                self._accounts.forget_agent(oldest.agent)
-            self._engines.forget_task(oldest)
+        tasks = self._tasks
+        while (task := self._next(now_us)) is not None:
+            tasks.reap(task.pid)
+            if task.agent == task.pid:  # a root task goes last of its tree: no task of its agent is left
+                self._accounts.forget_agent(task.agent)
+            self._engines.forget_task(task)
             self._counters.reaped += 1
+
+    def _next(self, now_us: int) -> Task | None:
+        """The task to reap now, if any: the oldest reapable of all once older than `task_age_s`; else, past `tasks`
+        exited tasks, the oldest reapable of the tenant keeping the most (reaporder.py). The aged go first: reaping
+        them may bring the count within `tasks`, and a task reaped for the count first would be one too many."""
+        tasks = self._tasks
+        oldest = tasks.oldest_reapable()
+        if oldest is not None and self._exited_us(oldest) + self.limits.task_age_us <= now_us:
+            return oldest
+        return tasks.fullest_tenants_reapable() if tasks.count(State.EXITED) > self.limits.tasks else None
 
     @staticmethod
     def _exited_us(task: Task) -> int:

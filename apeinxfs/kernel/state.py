@@ -40,7 +40,7 @@ from .config import KernelConfig
 from .endpoints import redacted
 from .audit import AuditLog
 from .billing import BillBook
-from .engines import EngineWatch
+from .engines import EngineBook, EngineWatch, Outage
 from .kernel import Kernel
 from .kvreport import KVReports
 from .lazyheap import LazyHeap
@@ -86,20 +86,34 @@ def ids_in_bounds(kernel: Kernel) -> list[int]:
 
 
 def credentials_hidden(kernel: Kernel) -> bool:
-    """Hide each URL's credentials (endpoints.redacted) in the lines of the trace and audit trail and in the tasks'
-    exits, as the kernel hides them applying a row: a snapshot of code that applied rows as recorded holds those of
-    an old journal's rows. Whether any were shown."""
+    """Hide each URL's credentials (endpoints.redacted) in the lines of the trace and audit trail, in the tasks'
+    exits and in the reasons of the engines down, as the kernel hides them applying a row: a snapshot of code that
+    applied rows as recorded holds those of an old journal's rows. Whether any were shown."""
     shown = [ring.rewrite(_lines_hidden) for ring in (kernel.trace, kernel.audit)]
     for task in kernel.tasks.values():
         if task.exit is not None and task.exit != redacted(task.exit):
             task.exit = redacted(task.exit)
             shown.append(True)
-    return any(shown)
+    return any(shown) | _outages_hidden(kernel.engines.book)
+
+
+def _outages_hidden(book: EngineBook) -> bool:
+    """Hide them in the reasons of the models and endpoints down, which the stall lines and the exits of the tasks
+    that wait for them name later. Whether any were shown."""
+    every: list[dict[Any, Outage]] = [book.down, *book.parts.values()]
+    shown = False
+    for outages in every:
+        for key, outage in list(outages.items()):
+            if outage.reason != redacted(outage.reason):
+                outages[key], shown = attrs.evolve(outage, reason=redacted(outage.reason)), True
+    return shown
 
 
 def _lines_hidden(text: str) -> str:
     """redacted(text), lines of it without an `@` (a URL's credentials end with one) left as they are: most lines
-    have none, and the pattern tried at every word took 9 times as long on 100,000 lines of a trace."""
+    have none, and the pattern tried at every word took 9 times as long on 100,000 lines of a trace. In each whole
+    line, as archive.shown does, not in each reason as the kernel: a URL's `@digits` ending followed by `;` or `"`
+    is hidden as a host (`http://10.0.0.1:8000@1;` as `http://***@1;`)."""
     return "\n".join(redacted(line) if "@" in line else line for line in text.split("\n"))
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from .errors import Busy, Invalid, NotFound, TryAgain
 from .events import PidBlock
 from .livepids import LivePids
+from .reaporder import ReapOrder
 from .task import State, Task
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ class TaskTable(Mapping[int, Task]):
         self._changed = changed  # the kernel's: what take_changed() reports
         self._woken: set[int] = set()  # pids wake_ancestors added to `changed`, with all their ancestors
         self._deadlines: list[tuple[int, int]] = []  # heap of (time µs, pid)
-        self.reapable: list[tuple[int, int]] = []  # heap of (exit time µs, pid): exited, no children left
+        self.reap_order = ReapOrder()  # the exited tasks without children left, by tenant (reaporder.py)
         self.next_pid = 1
         self.pid_end: int | None = 1 if pid_blocks else None  # the end of the current pid block; None: no blocks
         self._blocks: list[tuple[int, int]] = []  # granted blocks (first, end) after the current one
@@ -124,14 +125,13 @@ class TaskTable(Mapping[int, Task]):
             self._blocks.append((first, first + count))
 
     def reap(self, pid: int) -> Task:
-        """Forget the oldest reapable task (`oldest_reapable`: retention reaps in that order; its pid is not
+        """Forget its tenant's oldest reapable task (retention reaps in that order, `reap_order`; its pid is not
         used again, the trace archive still has its lines): it leaves its parent's children, and a parent
         left without any once it has exited may be reaped next. Its pid and its parent's are in `changed`
         (their readers wake)."""
         task = self._tasks[pid]
         assert task.done and not task.children, f"task {pid} is live or has children"
-        assert self.reapable and self.reapable[0] == (task.exited_us, pid), f"task {pid} is not the oldest reapable"
-        heapq.heappop(self.reapable)
+        self.reap_order.take(task)
         del self._tasks[pid]
         self.state_counts[State.EXITED] -= 1
         self._changed.add(pid)
@@ -144,16 +144,21 @@ class TaskTable(Mapping[int, Task]):
 
     def oldest_reapable(self) -> Task | None:
         """The exited task without children left that exited first (pid order among equals), if any."""
-        return self._tasks[self.reapable[0][1]] if self.reapable else None
+        return self._task_of(self.reap_order.oldest())
+
+    def fullest_tenants_reapable(self) -> Task | None:
+        """The oldest reapable task of the tenant keeping the most exited tasks (reaporder.py), if any."""
+        return self._task_of(self.reap_order.fullest())
+
+    def _task_of(self, entry: tuple[int, int] | None) -> Task | None:
+        """The task of a reap order's entry (exit time µs, pid), if one."""
+        return None if entry is None else self._tasks[entry[1]]
 
     def _may_reap(self, task: Task) -> None:
-        """List an exited task without children as reapable; as the first, it is the reaper's next
+        """List an exited task without children as reapable; as the oldest, it is the reaper's next
         deadline (the timer of an idle daemon must hear of it)."""
-        if task.done and not task.children:
-            assert task.exited_us is not None
-            heapq.heappush(self.reapable, (task.exited_us, task.pid))
-            if self.reapable[0] == (task.exited_us, task.pid):
-                self._changed.add("deadline")
+        if task.done and not task.children and self.reap_order.add(task):
+            self._changed.add("deadline")
 
     def live(self, pid: int) -> Task:
         """The task `pid` if it has not exited; NotFound or Busy saying why not."""
@@ -175,7 +180,8 @@ class TaskTable(Mapping[int, Task]):
         self._changed.add(task.pid)
         if state is State.EXITED:
             self.live_pids.discard(task.tenant, task.pid)
-            self._may_reap(task)
+            if self.reap_order.exit(task):
+                self._changed.add("deadline")
 
     # -- deadlines ------------------------------------------------------------------------
 
@@ -276,15 +282,7 @@ class TaskTable(Mapping[int, Task]):
         yield from self._tree_problems(live)
         yield from self._deadline_problems(live)
         yield from self.live_pids.problems(live)
-        yield from self._reap_problems()
-
-    def _reap_problems(self) -> Iterator[str]:
-        """The reapable heap holds no more entries than exited tasks, and its first is exited without children."""
-        if len(self.reapable) > self.state_counts[State.EXITED]:
-            yield f"{len(self.reapable)} reapable entries but {self.state_counts[State.EXITED]} exited tasks"
-        first = self._tasks.get(self.reapable[0][1]) if self.reapable else None
-        if self.reapable and (first is None or not first.done or first.children):
-            yield f"the first reapable entry {self.reapable[0]} is not an exited task without children"
+        yield from self.reap_order.problems(self._tasks.values())
 
     def _tree_problems(self, live: list[Task]) -> Iterator[str]:
         """Parent and children links agree; a child is in its parent's tenant and agent; a root is its

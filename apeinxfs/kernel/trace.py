@@ -19,7 +19,8 @@ oldest; those not yet in the trace archive (archive.py), where every line stays,
 The task and tenant views are what a tenant's users read, so a line there names no other
 tenant: in its detail, another tenant's name becomes "another tenant" and `pid N` of
 another tenant's task "another tenant's task" (a fair preemption names whom it made room
-for). The whole trace (/trace/events, admins only) keeps every name. The names redacted are
+for; a dispatch in the old words, `backfill past N (`, is read in today's first: `reworded`).
+The whole trace (/trace/events, admins only) keeps every name. The names redacted are
 those of the tenants with lines (a removed tenant's until the lines before its removal are
 gone: `forget`); one pattern of them all serves every view, the viewer's own name kept by
 `_redact`, so it costs O(tenants) to build, not one pattern per viewer. That pattern is a
@@ -46,6 +47,17 @@ HEADER = b"seq,time_us,type,pid,tenant,model,gpu,node,detail\n"
 def quote(text: str) -> str:
     """A CSV field that is always quoted, on one line."""
     return '"' + escape(text) + '"'
+
+
+_OLD_BACKFILL = re.compile(rb'[0-9]+,[0-9]+,dispatch,[^"]*,"[a-z]+: backfill past (?=[0-9]+ \()')
+
+
+def reworded(line: bytearray) -> bytearray:
+    """A trace line in the words the kernel writes now: a dispatch traced before its backfill named the pid it
+    passed as `pid N` (so that the views hide another tenant's) read `POLICY: backfill past N (`; other lines
+    are as they are."""
+    match = _OLD_BACKFILL.match(line)
+    return line if match is None else line[:match.end()] + b"pid " + line[match.end():]
 
 
 def escape(text: str) -> str:
@@ -166,6 +178,18 @@ class TraceLog(Ring):
 
     def _redactor(self, tenant: str) -> Callable[[int], bytearray]:
         """seq -> its line as `tenant`'s users may read it: other tenants and their pids unnamed."""
+        redact = self._line_redactor(tenant)
+        return lambda seq: redact(self._line(seq))
+
+    def redact_lines(self, tenant: str, lines: bytes) -> bytes:
+        """CSV `lines`, the header first (a reaped task's, from the trace archive), as `tenant`'s users may read
+        them: the views' hiding, with the tenants and tasks the kernel knows now."""
+        header, _, body = lines.partition(b"\n")
+        redact = self._line_redactor(tenant)
+        return header + b"\n" + b"".join(redact(bytearray(line)) for line in body.splitlines(keepends=True))
+
+    def _line_redactor(self, tenant: str) -> Callable[[bytearray], bytearray]:
+        """A line -> the line as `tenant`'s users may read it: other tenants and their pids unnamed in its detail."""
         pattern, own, inside = self._names(), tenant.encode(), self._name_inside(tenant)
 
         def redacted(match: re.Match[bytes]) -> bytes:
@@ -174,8 +198,8 @@ class TraceLog(Ring):
             task = self.tasks.get(int(match[1]))  # a reaped task's tenant is unknown: it is not named
             return bytes(match[0]) if task is not None and task.tenant == tenant else b"another tenant's task"
 
-        def line(seq: int) -> bytearray:
-            head, _, detail = self._line(seq).partition(b',"')  # no column before the detail holds `,"`
+        def line(text: bytearray) -> bytearray:
+            head, _, detail = reworded(text).partition(b',"')  # no column before the detail holds `,"`
             return head + b',"' + _redact(pattern, detail, own, inside, redacted)
         return line
 

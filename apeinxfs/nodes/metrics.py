@@ -10,7 +10,8 @@ def _family(name: str, kind: str, help_text: str, samples) -> str:
     return "\n".join(lines) + "\n"
 
 
-def show(rt) -> str:
+def show(rt, views=None) -> str:
+    """The families; the view inodes' only if `views` (the tree's, views.py) is given."""
     kernel, counters = rt.kernel, rt.kernel.counters
     gpus = kernel.gpus
     families = [
@@ -37,9 +38,19 @@ def show(rt) -> str:
         ("apeinx_blocked_readers", "gauge", "Readers blocked in stream or wait.", [({}, len(rt.readers))]),
         ("apeinx_mount_checks_total", "counter", "Looks in mountinfo for a lazy unmount of the daemon's mount.",
          [({}, rt.mount_watch.looks if rt.mount_watch is not None else 0)]),
+        *_view_families(views),
         *_engine_families(rt.engine_metrics),
     ]
     return "".join(_family(*f) for f in families)
+
+
+def _view_families(views) -> list:
+    if views is None:
+        return []
+    return [("apeinx_view_inodes_used", "gauge", "Inodes of tenants' views of split files given and not given back.",
+             [({}, views.in_use())]),
+            ("apeinx_view_inodes_max", "gauge", "Inodes there are for tenants' views of split files.",
+             [({}, views.limit - views.base)])]
 
 
 def _engine_families(observations: dict) -> list:

@@ -1,7 +1,8 @@
 """/replay/PID: one task's timeline, rebuilt from its trace lines (which the journal rebuilds).
 
 A task the kernel no longer holds (reaped, or compacted out of the journal) is shown from
-its lines in the trace archive (archive.py), as an `Archived` task.
+its lines in the trace archive (archive.py), as an `Archived` task, with the same hiding of
+other tenants as a live task's lines.
 """
 import csv
 import io
@@ -27,9 +28,10 @@ def show(kernel, task) -> str:
     return head + timeline(kernel.trace.of_task(task))
 
 
-def show_archived(task: Archived) -> str:
+def show_archived(kernel, task: Archived) -> str:
+    """As `show`: the archived lines as the task's tenant reads them (kernel/trace.py's hiding of other tenants)."""
     head = f"pid {task.pid} {task.name} model={task.model} tenant={task.tenant} exit={task.exit or '-'}\n"
-    return head + timeline(task.lines)
+    return head + timeline(kernel.trace.redact_lines(task.tenant, task.lines))
 
 
 def archived(pid: int, lines: bytes) -> Archived | None:

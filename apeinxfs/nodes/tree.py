@@ -54,8 +54,8 @@ class ReplayDir(Dir):
         task = self._read_archived(pid) if 0 < pid < self.rt.kernel.tasks.next_pid else None
         if task is None:
             return None
-        return Show(show=lambda: replay.show_archived(task), inode=inode_of(pid, REPLAY_SLOT), tenant=task.tenant,
-                    owner=owner_of(self.rt, task))
+        return Show(show=lambda: replay.show_archived(self.rt.kernel, task), inode=inode_of(pid, REPLAY_SLOT),
+                    tenant=task.tenant, owner=owner_of(self.rt, task))
 
     def _archived_task(self, pid: int):
         archive = self.rt.archive
@@ -71,8 +71,8 @@ class ReplayDir(Dir):
                 yield pid + 1, str(pid), self.timeline(task)
 
 
-def build_root(rt) -> Dir:
-    """Every path of the mount, and where its content comes from."""
+def build_root(rt, views: Views) -> Dir:
+    """Every path of the mount, and where its content comes from (`views`: the tenanted files', views.py)."""
     kernel = rt.kernel
     return Dir(children={
         "README": Show(show=readme.show),
@@ -112,8 +112,9 @@ def build_root(rt) -> Dir:
         }),
         "tenants": TenantsDir(rt=rt),
         "billing": Show(mode=ADMIN_READS, show=partial(billing.show, kernel), read_role="admin"),
-        "metrics": Show(show=partial(metrics.show, rt), volatile=True),
-        "health": Show(show=lambda: health.show(rt.health, rt.supervisor, rt.snapshotter, rt.clock), volatile=True),
+        "metrics": Show(show=partial(metrics.show, rt, views), volatile=True),
+        "health": Show(show=lambda: health.show(rt.health, rt.supervisor, rt.snapshotter, rt.clock, views),
+                       volatile=True),
         "nodes": NodesDir(rt=rt),
         "cluster": Show(show=partial(link, rt), volatile=True),
     })
@@ -127,10 +128,11 @@ class Tree:
         self.static: dict[int, object] = {}
         self.paths: dict[int, str] = {}
         rt.writes.send_rejects_to(self.reject_at)  # every ctl and settings file's reject lines, at this tree's paths
-        self.root = build_root(rt)
+        self.views = Views(self.node, lambda tenant: tenant in rt.kernel.tenancy.tenants, lambda: rt.version,
+                           self.opened)
+        self.root = build_root(rt, self.views)
         self.named = [self.root.children[name] for name in ("models", "tenants", "nodes")]
         self._number(self.root)
-        self.views = Views(self.node, lambda tenant: tenant in rt.kernel.tenancy.tenants)
         self.snapshots = OpenSnapshots(rt.config.limits.open_bytes)
         self._rendered = RenderCache()
         self._task_nodes: dict[int, tuple] = {}  # inode -> (task, node) of task files built so far

@@ -8,18 +8,29 @@ an `Invalid` naming its line. This module only reads files and makes prompts; ru
 them is engine.py's job.
 """
 import csv
+import itertools
+from collections.abc import Iterator
+from typing import TextIO
 
 import attrs
 
 from ..kernel.config import TenantConfig
 from ..kernel.errors import ApeinxError, Invalid
-from ..kernel.spec import TaskSpec
+from ..kernel.spec import DEADLINE_MAX_US, PROMPT_MAX, TaskSpec
 
 COLUMNS = ("arrival_s", "tenant", "name", "prompt_tokens", "output_tokens", "prio", "deadline_s", "parent",
            "weight")
 OPTIONAL = ("prefix_group", "prefix_tokens")
 DEFAULT_TENANT = "default"
 DEFAULT_WEIGHT = 100
+# The most tokens a prompt within the 1 MiB limit can hold: BOS and PROMPT_MAX // 2 one-letter words with a
+# space between each two. A row claiming more is refused at parse, before `prompt` spells it out; one at or near
+# it can still spell a prompt a few bytes over (its first words, `gN` and `rL`, are longer), refused by the kernel.
+PROMPT_TOKENS_MAX = PROMPT_MAX // 2 + 1
+# The longest line read: every column's cell at csv's field limit, and room for quotes, commas and the line end.
+# A longer line is refused with its number before csv reads it whole.
+LINE_MAX = csv.field_size_limit() * len(COLUMNS + OPTIONAL) + 1024
+ARRIVAL_MAX_S = DEADLINE_MAX_US / 1e6  # 30 days, as a deadline: the fairness meter samples its grid up to it
 
 
 @attrs.frozen
@@ -48,17 +59,46 @@ class Workload:
 
 
 def load(path: str) -> Workload:
-    """Read and check a workload file."""
+    """Read and check a workload file (UTF-8 text, with or without a byte order mark)."""
     try:
-        with open(path, newline="") as file:
-            return parse(file, path)
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as file:
+            return parse(_lines(file, f"workload {path}"), f"workload {path}")
     except OSError as exc:
         raise Invalid(f"workload {path}: {exc.strerror}") from None
+
+
+def _lines(file: TextIO, source: str) -> Iterator[str]:
+    """Each line of a file read with errors="surrogateescape", read to LINE_MAX characters: a longer one, or one
+    that holds bytes that are not UTF-8 (escaped as surrogates), is refused with its number."""
+    for number in itertools.count(1):
+        line = file.readline(LINE_MAX + 1)
+        if not line:
+            return
+        if len(line) > LINE_MAX:
+            raise Invalid(f"{source} line {number}: longer than {LINE_MAX:,} characters")
+        _check_utf8(line, f"{source} line {number}")
+        yield line
+
+
+def _check_utf8(line: str, where: str) -> None:
+    """Invalid, naming the first byte, if `line` (read with errors="surrogateescape") holds bytes not UTF-8."""
+    try:
+        line.encode()
+    except UnicodeEncodeError as exc:
+        raise Invalid(f"{where}: not UTF-8 text (byte {ord(line[exc.start]) - 0xdc00:#04x} at column "
+                      f"{exc.start + 1})") from None
 
 
 def parse(lines, source: str = "workload") -> Workload:
     """A workload from CSV text lines; `source` names it in errors."""
     reader = csv.DictReader(lines)
+    try:
+        return _rows(reader, source)
+    except csv.Error as exc:  # a cell over csv's field limit; DictReader's own line_num lags a failed row
+        raise Invalid(f"{source} line {reader.reader.line_num}: {exc}") from None
+
+
+def _rows(reader: csv.DictReader, source: str) -> Workload:
     _check_header(reader.fieldnames, source)
     by_name, weights = {}, {}
     for row in reader:
@@ -93,11 +133,11 @@ def _request(row: dict, line: int, earlier: dict) -> Request:
     name = row["name"].strip() or f"task-{line}"
     if name in earlier:
         raise Invalid(f"name {name!r} is already used on line {earlier[name].line}; names must be unique")
-    arrival = _number(row["arrival_s"], "arrival_s", 0.0)
+    arrival = _number(row["arrival_s"], "arrival_s", 0.0, high=ARRIVAL_MAX_S)
     if parent and earlier[parent].arrival_s > arrival:
         raise Invalid(f"arrives before its parent {parent!r}")
     deadline = _number(row["deadline_s"], "deadline_s", None)
-    prompt_tokens = _integer(row["prompt_tokens"], "prompt_tokens", 1, low=1)
+    prompt_tokens = _integer(row["prompt_tokens"], "prompt_tokens", 1, low=1, high=PROMPT_TOKENS_MAX)
     spec = TaskSpec(name=name, max_tokens=_integer(row["output_tokens"], "output_tokens", 256, low=1),
                     prio=_integer(row["prio"], "prio", 5), tenant=tenant,
                     deadline_us=None if deadline is None else round(deadline * 1e6))
@@ -136,7 +176,7 @@ def _set_weight(weights: dict, tenant: str, cell: str) -> None:
         raise Invalid(f"weight {weight} for tenant {tenant!r} contradicts the earlier {weights[tenant]}")
 
 
-def _number(cell: str, column: str, default):
+def _number(cell: str, column: str, default, high: float = float("inf")):
     if not cell.strip():
         return default
     try:
@@ -145,10 +185,12 @@ def _number(cell: str, column: str, default):
         raise Invalid(f"{column} must be a number of seconds, not {cell!r}") from None
     if not value >= 0 or value == float("inf"):
         raise Invalid(f"{column} must be a finite number >= 0, not {cell!r}")
+    if value > high:
+        raise Invalid(f"{column} must be at most {high:,.0f} s, not {cell.strip()}")
     return value
 
 
-def _integer(cell: str, column: str, default, low: int = 0):
+def _integer(cell: str, column: str, default, low: int = 0, high: int | None = None):
     if not cell.strip():
         return default
     try:
@@ -157,6 +199,8 @@ def _integer(cell: str, column: str, default, low: int = 0):
         raise Invalid(f"{column} must be an integer, not {cell!r}") from None
     if value < low:
         raise Invalid(f"{column} must be at least {low}, not {value}")
+    if high is not None and value > high:
+        raise Invalid(f"{column} must be at most {high}, not {value}")
     return value
 
 
