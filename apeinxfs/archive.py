@@ -30,7 +30,7 @@ import os
 import re
 import shutil
 
-from . import durable
+from . import durable, statefile
 from .kernel.endpoints import redacted
 from .kernel.trace import HEADER
 
@@ -62,18 +62,23 @@ class Archive:
         return files(self.directory, self.stem)
 
     def _last_seq(self, newest: tuple[int, str]) -> int:
-        """The seq of the newest file's last whole line (a line torn by a crash is cut off)."""
+        """The seq of the newest file's last whole line (a line torn by a crash is cut off); Untrusted
+        (statefile.py) if it is not a file the daemon wrote."""
         first, path = newest
         if path.endswith(".gz"):  # a crash between compressing and starting the next file
-            with gzip.open(path, "rb") as file:
-                return last_seq_in(file.read(), first)
-        with open(path, "r+b") as file:
+            last = b""
+            for last in statefile.archive_lines(path):
+                pass
+            return last_seq_in(last, first)
+        with statefile.opened(path, writing=True) as file:
             size = file.seek(0, os.SEEK_END)
             file.seek(max(0, size - TAIL_BYTES))
             tail = file.read()
-            if b"\n" not in tail:  # a last line longer than the tail: read it all
-                file.seek(0)
+            if b"\n" not in tail:  # a last line longer than the tail: read it, up to a line's bound
+                file.seek(max(0, size - statefile.LINE_MAX))
                 tail = file.read()
+            if b"\n" not in tail and size > statefile.LINE_MAX:
+                raise statefile.refusal(path, f"a line longer than {statefile.LINE_MAX} bytes, as no archive line is")
             whole = tail[:tail.rfind(b"\n") + 1]
             if len(whole) < len(tail):
                 file.truncate(size - len(tail) + len(whole))
@@ -117,7 +122,7 @@ class Archive:
         path = os.path.join(self.directory, file_name(self.first, stem=self.stem))
         if not os.path.exists(path):  # the lines are in compressed files: they stay
             return
-        with open(path, "r+b") as file:
+        with statefile.opened(path, writing=True) as file:
             header, *lines = file.read().splitlines(keepends=True)
             kept = header + b"".join(line for line in lines if int(line.split(b",", 1)[0]) <= seq)
             file.seek(0)
@@ -196,11 +201,10 @@ def file_lines(path: str):
     """The lines of one archive file but its header; of a .csv compressed since it was listed, its .gz's;
     none of a file trimmed meanwhile."""
     for candidate in (path,) if path.endswith(".gz") else (path, path + ".gz"):
-        opener = gzip.open if candidate.endswith(".gz") else open
         try:
-            with opener(candidate, "rb") as file:
-                next(file, None)  # the header
-                yield from file
+            lines = statefile.archive_lines(candidate)
+            next(lines, None)  # the header
+            yield from lines
             return
         except FileNotFoundError:
             continue
@@ -230,7 +234,7 @@ def compress(path: str) -> None:
     """`path` -> `path`.gz, durably: a crash or power cut leaves the .csv whole (and maybe a .tmp, redone later)."""
     target = path + ".gz"
     if not os.path.exists(target):
-        with open(path, "rb") as source, gzip.open(target + ".tmp", "wb") as sink:
+        with statefile.opened(path) as source, gzip.open(target + ".tmp", "wb") as sink:
             shutil.copyfileobj(source, sink, 1 << 20)
         durable.replace(target + ".tmp", target)
     os.unlink(path)

@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import attrs
 
-from . import archive
+from . import archive, statefile
 from .compaction import Start, compacted_away, rebound, starts, structural
 from .journal import LAST, Emitted, Journal, Unreadable, row_crc
 from .kernel import Kernel
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     try:
         return run(args)
-    except CannotReplay as exc:
+    except (CannotReplay, statefile.Untrusted) as exc:
         print(f"apeinxfs replay: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,146 @@
+"""A state directory's journal files and trace archive opened as untrusted input (statefile.py): a FIFO, a link to
+/dev/zero, a gzip bomb or a line without bound planted in a state directory is refused in words naming it, by a real
+daemon start within its timeout (a hang is the failure) and by `apeinxfs replay --verify`, never waited on, read
+without bound or answered with a traceback.
+"""
+import gzip
+import os
+import subprocess
+import sys
+import zlib
+
+import pytest
+
+from apeinxfs import archive, statefile, verify
+from test_archive import names, some_tasks
+
+UNTRUSTED = "damaged or untrusted state file"
+START_TIMEOUT_S = 60  # a start that waits on a FIFO or reads /dev/zero runs into it
+
+
+def fifo(path) -> str:
+    os.mkfifo(path)
+    return "mode p"
+
+
+def link_to_zero(path) -> str:
+    os.symlink("/dev/zero", path)
+    return "a symbolic link"
+
+
+def huge_line(path) -> str:
+    path.write_bytes(archive.HEADER + b"1," + b"x" * statefile.LINE_MAX)
+    return f"a line longer than {statefile.LINE_MAX} bytes"
+
+
+def zero_bomb(path) -> str:
+    """A gzip of a header and LINE_MAX + 1 zero bytes past it: one line without bound."""
+    path.write_bytes(gzip.compress(archive.HEADER + bytes(statefile.LINE_MAX + 1), 1))
+    return f"a line longer than {statefile.LINE_MAX} bytes"
+
+
+def lines_bomb(path) -> str:
+    """A gzip of short lines that inflates past INFLATE_FLOOR, over 64 times its length."""
+    packer, line = zlib.compressobj(1, wbits=31), b"1," + b"x" * 1021 + b"\n"  # 1 KiB
+    chunks = [packer.compress(archive.HEADER)]
+    chunks += [packer.compress(line * 1024) for _ in range((statefile.INFLATE_FLOOR >> 20) + 1)]
+    path.write_bytes(b"".join(chunks) + packer.flush())
+    return f"inflates past {statefile.INFLATE_FLOOR} bytes"
+
+
+ARCHIVE_PLANTS = [
+    pytest.param(fifo, ".csv", id="fifo"),
+    pytest.param(link_to_zero, ".csv", id="link-to-dev-zero"),
+    pytest.param(huge_line, ".csv", id="huge-line"),
+    pytest.param(zero_bomb, ".csv.gz", id="gzip-bomb-one-line"),
+]
+
+
+def started(tmp_path, state) -> subprocess.CompletedProcess:
+    """A real daemon start (foreground: a hang is killed with it) on `state`; its exit and words. A start that
+    mounted after all (the failure) is unmounted."""
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    try:
+        return subprocess.run([sys.executable, "-m", "apeinxfs.cli", str(mountpoint), "--state-dir", str(state),
+                               "-f"], capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    finally:
+        subprocess.run(["fusermount", "-u", "-z", "-q", str(mountpoint)], stderr=subprocess.DEVNULL, check=False)
+
+
+def assert_start_refuses(tmp_path, state, name: str, why: str) -> None:
+    done = started(tmp_path, state)
+    assert done.returncode == 1 and f"{UNTRUSTED}: {state / name}, " in done.stderr and why in done.stderr, \
+        done.stderr
+
+
+@pytest.mark.parametrize("plant, suffix", ARCHIVE_PLANTS + [pytest.param(lines_bomb, ".csv.gz", id="gzip-bomb")])
+@pytest.mark.parametrize("stem", ["events", "audit"])
+def test_a_start_refuses_a_planted_archive_file_in_words(tmp_path, plant, suffix, stem):
+    """A start whose newest trace or audit archive file is planted exits 1 naming it and why, within its timeout."""
+    directory = tmp_path / "state" / ("trace" if stem == "events" else "audit")
+    directory.mkdir(parents=True)
+    name = archive.file_name(1, stem=stem) + suffix.removeprefix(".csv")
+    why = plant(directory / name)
+    assert_start_refuses(tmp_path, tmp_path / "state", f"{directory.name}/{name}", why)
+
+
+@pytest.mark.parametrize("name", ["journal.db", "journal.db-wal", "journal.db-shm", "journal.db.restore"])
+@pytest.mark.parametrize("plant", [fifo, link_to_zero])
+def test_a_start_refuses_a_planted_journal_file_in_words(tmp_path, plant, name):
+    """A FIFO or a link to /dev/zero at the journal, its -wal or -shm, or a write-back's .restore left without a
+    journal, makes a start exit 1 naming it, instead of SQLite waiting on it or reading the device."""
+    state = tmp_path / "state"
+    state.mkdir()
+    why = plant(state / name)
+    assert_start_refuses(tmp_path, state, name, why)
+
+
+def test_a_start_refuses_a_journal_linked_to_a_whole_one(tmp_path):
+    """journal.db linked to a whole journal elsewhere is refused too: SQLite keeps its -wal beside the link, not
+    the file, and a write-back would replace the link; the state directory itself may be a link."""
+    some_tasks(tmp_path / "elsewhere")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.symlink(tmp_path / "elsewhere" / "state" / "journal.db", state / "journal.db")
+    assert_start_refuses(tmp_path, state, "journal.db", "a symbolic link")
+
+
+def oldest_replaced(tmp_path, plant, suffix: str) -> str:
+    """A state directory of some tasks whose oldest archive file is replaced by `plant`; why it is refused."""
+    some_tasks(tmp_path)
+    trace = tmp_path / "state" / "trace"
+    os.unlink(trace / names(trace)[0])
+    return plant(trace / (archive.file_name(1) + suffix.removeprefix(".csv")))
+
+
+@pytest.mark.parametrize("plant, suffix", ARCHIVE_PLANTS)
+def test_replay_verify_reports_a_planted_archive_file(tmp_path, capsys, plant, suffix):
+    """`apeinxfs replay --verify` of a state directory with a planted archive file exits 2 naming it and why."""
+    why = oldest_replaced(tmp_path, plant, suffix)
+    assert verify.main(["--verify", str(tmp_path / "state")]) == 2
+    error = capsys.readouterr().err
+    assert f"{UNTRUSTED}: {tmp_path / 'state' / 'trace'}/events-000000000001" in error and why in error, error
+
+
+@pytest.mark.parametrize("name", ["journal.db", "journal.db-wal"])
+def test_replay_verify_reports_a_planted_journal_file(tmp_path, capsys, name):
+    """`apeinxfs replay --verify` with a FIFO at the journal's -wal, or the journal linked to a whole one, exits 2
+    naming it."""
+    some_tasks(tmp_path / "elsewhere")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.symlink(tmp_path / "elsewhere" / "state" / "journal.db", state / "journal.db")
+    if name == "journal.db-wal":
+        os.unlink(state / "journal.db")
+        os.link(tmp_path / "elsewhere" / "state" / "journal.db", state / "journal.db")
+        fifo(state / name)
+    assert verify.main(["--verify", str(state)]) == 2
+    assert f"{UNTRUSTED}: {state / name}, " in capsys.readouterr().err
+
+
+def test_the_archive_lines_of_a_lines_bomb_stop_at_the_bound(tmp_path):
+    """A .gz of short lines inflating past 64 times its length is read line by line to the bound, then refused."""
+    why = lines_bomb(tmp_path / "events-000000000001.csv.gz")
+    with pytest.raises(statefile.Untrusted, match=why):
+        sum(1 for _ in archive.lines(str(tmp_path)))
