@@ -124,7 +124,7 @@ class Archive:
             return
         with statefile.opened(path, writing=True) as file:
             header, *lines = file.read().splitlines(keepends=True)
-            kept = header + b"".join(line for line in lines if int(line.split(b",", 1)[0]) <= seq)
+            kept = header + b"".join(line for line in lines if seq_of(line, path) <= seq)
             file.seek(0)
             file.write(kept)
             file.truncate()
@@ -227,7 +227,16 @@ def last_seq_in(text: bytes, first: int) -> int:
     """The seq of the last line of a file's `text` (first - 1 if it has only the header)."""
     lines = text.rstrip(b"\n").rsplit(b"\n", 1)
     last = lines[-1]
-    return int(last.split(b",", 1)[0]) if last and last[:1].isdigit() else first - 1
+    head = last.split(b",", 1)[0]
+    return int(head) if head.isdigit() else first - 1
+
+
+def seq_of(line: bytes, path: str) -> int:
+    """The seq an archived line of `path` (a file, or the archive's directory) starts with; Untrusted if none."""
+    head = line.split(b",", 1)[0]
+    if not head.isdigit():
+        raise statefile.refusal(path, f"a line that does not start with its seq: {line[:60]!r}")
+    return int(head)
 
 
 def compress(path: str) -> None:

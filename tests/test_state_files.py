@@ -33,6 +33,11 @@ def huge_line(path) -> str:
     return f"a line longer than {statefile.LINE_MAX} bytes"
 
 
+def unnumbered(path) -> str:
+    path.write_bytes(archive.HEADER + "no seq,\xff\n".encode("latin-1"))
+    return "a line that does not start with its seq"
+
+
 def zero_bomb(path) -> str:
     """A gzip of a header and LINE_MAX + 1 zero bytes past it: one line without bound."""
     path.write_bytes(gzip.compress(archive.HEADER + bytes(statefile.LINE_MAX + 1), 1))
@@ -114,13 +119,14 @@ def oldest_replaced(tmp_path, plant, suffix: str) -> str:
     return plant(trace / (archive.file_name(1) + suffix.removeprefix(".csv")))
 
 
-@pytest.mark.parametrize("plant, suffix", ARCHIVE_PLANTS)
+@pytest.mark.parametrize("plant, suffix", ARCHIVE_PLANTS + [pytest.param(unnumbered, ".csv", id="unnumbered")])
 def test_replay_verify_reports_a_planted_archive_file(tmp_path, capsys, plant, suffix):
-    """`apeinxfs replay --verify` of a state directory with a planted archive file exits 2 naming it and why."""
+    """`apeinxfs replay --verify` of a state directory with a planted archive file exits 2 naming it (or, for a line
+    without its seq, the archive) and why."""
     why = oldest_replaced(tmp_path, plant, suffix)
     assert verify.main(["--verify", str(tmp_path / "state")]) == 2
     error = capsys.readouterr().err
-    assert f"{UNTRUSTED}: {tmp_path / 'state' / 'trace'}/events-000000000001" in error and why in error, error
+    assert f"{UNTRUSTED}: {tmp_path / 'state' / 'trace'}" in error and why in error, error
 
 
 @pytest.mark.parametrize("name", ["journal.db", "journal.db-wal"])
