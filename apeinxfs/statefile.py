@@ -1,7 +1,7 @@
 """Opening a state directory's files as untrusted input: a state directory may be handed over (`apeinxfs replay
 [--verify] DIR`, a backup put back) or have a file planted in it (docs/security.md).
 
-`opened` opens a file neither following a symbolic link nor waiting on a FIFO's writer and requires a regular file;
+`opened` (`descriptor`) opens a file neither following a symbolic link nor waiting on a FIFO's writer and requires a regular file;
 `check_regular` is that check for a name another library opens (SQLite's journal); `bounded_lines` reads a file's
 lines, each at most a bound, never the whole file at once. Each refusal is `Untrusted`, naming the file and why.
 The state directory itself may be a link (an operator's choice): only its files are checked.
@@ -33,12 +33,19 @@ def opened(path: str, writing: bool = False) -> IO[bytes]:
     """The regular file at `path`, open to read (and write, if `writing`); Untrusted if the name is a symbolic
     link or no regular file (a FIFO is opened without waiting for a writer, and not read). FileNotFoundError
     and other OSErrors as open(2) raises them."""
-    flags = (os.O_RDWR if writing else os.O_RDONLY) | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    return os.fdopen(descriptor(path, os.O_RDWR if writing else os.O_RDONLY), "r+b" if writing else "rb")
+
+
+def descriptor(path: str, flags: int, mode: int = 0o600) -> int:
+    """A descriptor of the regular file at `path` opened with `flags` (O_CREAT: made with `mode` if none is
+    there), never through a symbolic link nor waiting on a FIFO; Untrusted if it is not a regular file."""
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise refusal(path, "a symbolic link, which the daemon never writes there") from None
+        if exc.errno == errno.ENXIO:  # a FIFO opened to write, no reader on it
+            raise refusal(path, "a FIFO, which the daemon never writes there") from None
         raise
     try:
         kind_checked(path, os.fstat(fd).st_mode)
@@ -46,7 +53,7 @@ def opened(path: str, writing: bool = False) -> IO[bytes]:
         os.close(fd)
         raise
     os.set_blocking(fd, True)
-    return os.fdopen(fd, "r+b" if writing else "rb")
+    return fd
 
 
 def check_regular(path: str) -> None:

@@ -150,3 +150,27 @@ def test_the_archive_lines_of_a_lines_bomb_stop_at_the_bound(tmp_path):
     why = lines_bomb(tmp_path / "events-000000000001.csv.gz")
     with pytest.raises(statefile.Untrusted, match=why):
         sum(1 for _ in archive.lines(str(tmp_path)))
+
+
+def test_a_start_never_truncates_through_a_planted_lock_link(tmp_path):
+    """A `lock` that links to another file is refused at start, that file left whole: the lock is truncated and
+    written with the daemon's pid."""
+    state, victim = tmp_path / "state", tmp_path / "victim"
+    state.mkdir()
+    victim.write_text("another file's text\n")
+    os.symlink(victim, state / "lock")
+    assert_start_refuses(tmp_path, state, "lock", "a symbolic link")
+    assert victim.read_text() == "another file's text\n"
+
+
+@pytest.mark.parametrize("plant", [fifo, link_to_zero])
+def test_a_daemonised_start_refuses_a_planted_log_in_words(tmp_path, plant):
+    """A FIFO at `apeinxfs.log` (opened to append, it waited for a reader) or a link there makes a daemonised start
+    exit 1 naming it, not hang or write through the link."""
+    state, mountpoint = tmp_path / "state", tmp_path / "mnt"
+    state.mkdir()
+    mountpoint.mkdir()
+    plant(state / "apeinxfs.log")
+    done = subprocess.run([sys.executable, "-m", "apeinxfs.cli", str(mountpoint), "--state-dir", str(state)],
+                          capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    assert done.returncode == 1 and f"{UNTRUSTED}: {state / 'apeinxfs.log'}, " in done.stderr, done.stderr
