@@ -7,6 +7,7 @@ name, no module attribute it imported), and take no attribute but the kernel's b
 line and inflated state bounded (snapshots.HEADER_MAX, statefile.INFLATE_RATIO). Each is refused in
 words as a damaged snapshot. The previous release's own bytes still load.
 """
+import decimal
 import os
 import pathlib
 import zlib
@@ -70,6 +71,83 @@ def test_every_class_a_kernel_reaches_may_be_loaded():
     state.names: a plain class added to the kernel's state must be added to PLAIN too, and this names it."""
     allowed = {f"{module}.{name}" for module, name in state.names()} | {state.class_name(Kernel)}
     assert sorted(set(state.layout(kernel_config())) - allowed) == []
+
+
+def writable(found: object) -> dict[str, object]:
+    """What a BUILD could set on `found`: its __dict__ and the attributes pickle or a call reads of it."""
+    kept = {name: getattr(found, name, None) for name in ("__module__", "__defaults__", "__kwdefaults__", "__code__")}
+    return kept | dict(getattr(found, "__dict__", {}))
+
+
+BUILDS = {
+    "slots": b"N}(" + text("__module__") + text("this") + text("planted") + b"K\x01u\x86b",  # setattr on the object
+    "dict": b"}" + text("planted") + b"K\x01sb",  # into its __dict__
+}
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("module, name", sorted(state.names()))
+def test_a_build_on_what_a_state_names_is_refused_and_changes_nothing(module, name, build):
+    """BUILD on a class or function that find_class gives (pickle's setattr on it, for the whole process: the
+    reviewer's Tenancy sandbox check replaced, a __module__ that made every later snapshot import a module) is
+    refused before the state is looked at, and leaves it as it was."""
+    found = state.names()[(module, name)]
+    before = writable(found)
+    with pytest.raises(LayoutError) as refused:
+        decode(b"\x80\x04" + named(module, name) + BUILDS[build] + b".")
+    assert "not a kernel" not in str(refused.value)
+    assert writable(found) == before
+
+
+def test_a_kernel_state_given_to_a_function_is_refused():
+    """The Kernel's reducer, called by a state on a function, is refused: it would fill the function's __dict__."""
+    key = state.names()[(state.PACKAGE + ".sched", "_pid")]
+    before = writable(key)
+    with pytest.raises(LayoutError, match="gives a kernel's fields to a function"):
+        decode(b"\x80\x04" + named(state.PACKAGE + ".state", "_set_kernel_state") + named(state.PACKAGE + ".sched",
+               "_pid") + b"}" + text("__setstate__") + b"Ns\x86R.")
+    assert writable(key) == before
+
+
+@pytest.mark.parametrize("flags, loads", [(0, True), (32, True), (128, False)])
+def test_a_pattern_loads_with_the_flags_a_kernel_pattern_has_only(flags, loads):
+    """re._compile as an old snapshot's trace pattern names it compiles one; with re.DEBUG (it prints the parse on
+    stdout) it is refused."""
+    with pytest.raises(LayoutError, match="is a Pattern, not a kernel" if loads else "compiles a pattern with flags"):
+        decode(b"\x80\x04" + named("re", "_compile") + text("a+") + b"J" + flags.to_bytes(4, "little") + b"\x86R.")
+
+
+def planted(change) -> bytes:
+    """lived_kernel's state with `change` made to it as a planted pickle makes it: past the attrs validators."""
+    kernel = lived_kernel()
+    change(kernel)
+    return state.encode(kernel)
+
+
+def renamed_tenant(kernel: Kernel) -> None:
+    tenant = kernel.tenancy.tenants.pop("default")
+    object.__setattr__(tenant, "name", "a/b")
+    kernel.tenancy.tenants["a/b"] = tenant
+
+
+def task_moved(kernel: Kernel) -> None:
+    kernel.tasks[2].pid = 3
+
+
+def priced_past_decimal(kernel: Kernel) -> None:
+    object.__setattr__(next(iter(kernel.models.values())).price, "gpu_second", decimal.Decimal("9E+999999999"))
+
+
+@pytest.mark.parametrize("change, refused", [
+    pytest.param(renamed_tenant, "tenant 'a/b' may not hold", id="a-tenant-name-with-a-slash"),
+    pytest.param(task_moved, "task 2 is not a pid", id="a-task-under-another-pid"),
+    pytest.param(priced_past_decimal, "a price must be a number from 0", id="a-price-past-decimal-precision"),
+])
+def test_a_state_holding_what_a_validator_refuses_is_refused(change, refused):
+    """A name that would be a directory of the tree, a pid not its task's, a price the bill cannot round: pickle
+    built them without their validators, and decode refuses them after loading."""
+    with pytest.raises(LayoutError, match=f"holds what the kernel refuses: {refused}"):
+        decode(planted(change))
 
 
 def written(tmp_path, state_bytes: bytes) -> str:

@@ -44,14 +44,17 @@ def _one_of(choices: Collection[str]) -> Validator:
     return check
 
 
+PRICE_MAX = decimal.Decimal(10) ** 12  # a bill of it stays within decimal's 28 digits: 9E+999999999 is a number
+
+
 def _price(value: decimal.Decimal | float | str) -> decimal.Decimal:
     """A price as an exact decimal (TOML floats go through their shortest text form)."""
     try:
         price = decimal.Decimal(str(value))
     except decimal.InvalidOperation:
         raise Invalid(f"a price must be a number, not {value!r}") from None
-    if not price.is_finite() or price < 0:
-        raise Invalid(f"a price must be a number >= 0, not {value!r}")
+    if not price.is_finite() or not 0 <= price < PRICE_MAX:
+        raise Invalid(f"a price must be a number from 0 up to (not including) {PRICE_MAX}, not {str(value)[:40]}")
     return price
 
 

@@ -29,18 +29,21 @@ import io
 import pickle
 import pkgutil
 import re
+import types
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
 
+from . import loadcheck
 from .access import OVERFLOW_ID, UID_MAX, id_fits
-from .config import KernelConfig
-from .endpoints import redacted
 from .audit import AuditLog
 from .billing import BillBook
+from .config import KernelConfig
+from .endpoints import redacted
 from .engines import EngineBook, EngineWatch, Outage
+from .errors import Invalid
 from .kernel import Kernel
 from .kvreport import KVReports
 from .lazyheap import LazyHeap
@@ -60,6 +63,7 @@ from .trace import TraceLog
 
 PACKAGE = __name__.rpartition(".")[0]  # apeinxfs.kernel
 PROTOCOL = 5
+PATTERN_FLAGS = re.UNICODE | re.ASCII  # what re.compile gives a str pattern, or a bytes one
 METHODS = {(Kernel, "_evicted"), (Moves, "emit")}  # bound methods the state holds: KVManager.on_evict, Kernel.emit
 
 
@@ -129,12 +133,16 @@ def _bare_kernel() -> Kernel:
 
 
 def _set_kernel_state(kernel: Kernel, fields: dict[str, Any]) -> None:
+    if type(kernel) is not Kernel:  # a function's __dict__ takes any name
+        raise LayoutError(f"the state gives a kernel's fields to a {type(kernel).__name__}: a damaged or untrusted "
+                          "snapshot")
     vars(kernel).update(fields)
 
 
 def decode(data: bytes, migrate: Callable[[Kernel], object] | None = None) -> Kernel:
     """The kernel that `encode` turned into `data`, brought to the code's layout by `migrate` (migrations.py)
-    if given, its handler table built; LayoutError if they are not such bytes, or do not migrate."""
+    if given, its handler table built; LayoutError if they are not such bytes, do not migrate, or hold a name or
+    number the kernel refuses (loadcheck.py)."""
     try:
         kernel = KernelUnpickler(io.BytesIO(data)).load()
     except LayoutError:
@@ -149,6 +157,10 @@ def decode(data: bytes, migrate: Callable[[Kernel], object] | None = None) -> Ke
         kernel.handlers = kernel._handlers()  # after migrating: a handler may be of a component it added
     except Exception as exc:  # a migration that does not fit the state it finds
         raise LayoutError(f"the state does not migrate: {type(exc).__name__}: {exc}") from None
+    try:
+        loadcheck.checked(kernel)
+    except Invalid as exc:
+        raise LayoutError(f"the state holds what the kernel refuses: {exc}") from None
     return kernel
 
 
@@ -171,6 +183,21 @@ def _kernel_method(owner: object, name: str) -> Any:
     return getattr(owner, name)
 
 
+def _pattern(pattern: str | bytes, flags: int = 0) -> re.Pattern[Any]:
+    """re._compile as a snapshot calls it (pickle's form of an re.Pattern: a snapshot of 1a026e0 to bb96f1a holds
+    the trace's), the flags a pattern of the kernel's has only: re.DEBUG prints the parse on stdout."""
+    if flags & ~PATTERN_FLAGS or not isinstance(pattern, (str, bytes)):
+        raise LayoutError(f"the state compiles a pattern with flags {flags}, which no pattern of the kernel's has: "
+                          "a damaged or untrusted snapshot")
+    return re.compile(pattern, flags)
+
+
+def _array_rebuilt(*arguments: Any) -> Any:
+    """array._array_reconstructor as a snapshot calls it (pickle's form of an array), by a function of the kernel's:
+    a BUILD on the builtin itself sets its __module__."""
+    return array._array_reconstructor(*arguments)  # type: ignore[attr-defined]
+
+
 # What a snapshot names beside the attrs classes, each checked for what its call, __new__ and __setstate__ do with
 # the arguments a file gives (docs/security.md): plain kernel classes, the queues' key functions, the Kernel's reducer.
 PLAIN: tuple[Any, ...] = (
@@ -179,15 +206,45 @@ PLAIN: tuple[Any, ...] = (
     _arrival, _higher_prio_first, _one_level, _pid, _bare_kernel, _set_kernel_state)
 STANDARD = {("builtins", "getattr"): _kernel_method, ("collections", "OrderedDict"): OrderedDict,
             ("collections", "deque"): deque, ("array", "array"): array.array,
-            ("array", "_array_reconstructor"): array._array_reconstructor,  # type: ignore[attr-defined]
-            ("decimal", "Decimal"): decimal.Decimal, ("re", "_compile"): re._compile}  # type: ignore[attr-defined]
+            ("array", "_array_reconstructor"): _array_rebuilt,
+            ("decimal", "Decimal"): decimal.Decimal, ("re", "_compile"): _pattern}
 
 
 @functools.cache
 def names() -> dict[tuple[str, str], Any]:
-    """(module, name) -> what a snapshot may build by that name: STANDARD, PLAIN and the kernel's attrs classes."""
+    """(module, name) -> what a snapshot may build by that name: STANDARD, PLAIN and the kernel's attrs classes,
+    each one a BUILD of a file cannot change (`_build_refused`)."""
     kernel_names = {(found.__module__, found.__qualname__): found for found in (*PLAIN, *attrs_classes())}
-    return STANDARD | kernel_names
+    allowed = STANDARD | kernel_names
+    for found in allowed.values():
+        _build_refused(found)
+    return allowed
+
+
+def _build_refused(found: Any) -> None:
+    """Make a BUILD on `found` itself fail. pickle's BUILD calls the object's __setstate__ if it has one, else
+    sets the state's names on it with setattr: on a kernel class or function, for the whole process, even when
+    the snapshot is then refused. A kernel class without one gets `_fields_restored` (pickle's own BUILD, for its
+    instances; on the class, a call without its instance: TypeError); a function gets one that refuses. The
+    standard library's types and builtins take no attribute."""
+    if isinstance(found, types.FunctionType):
+        found.__setstate__ = _no_state  # type: ignore[attr-defined]
+    elif isinstance(found, type) and found.__module__.startswith(PACKAGE) and not hasattr(found, "__setstate__"):
+        found.__setstate__ = _fields_restored  # type: ignore[attr-defined]
+
+
+def _fields_restored(self: object, state: Any) -> None:
+    """What pickle's BUILD does with an instance's state: a dict into its __dict__, or (dict, slots) and the slots
+    set too."""
+    fields, slots = state if isinstance(state, tuple) else (state, None)
+    if fields:
+        vars(self).update(fields)
+    for name, value in (slots or {}).items():
+        setattr(self, name, value)
+
+
+def _no_state(state: object) -> None:
+    raise LayoutError("the state gives state to a function of the kernel's: a damaged or untrusted snapshot")
 
 
 def attrs_classes() -> list[type]:
