@@ -227,6 +227,7 @@ class Snapshotter:
         self.layout = state.layout(runtime.config.kernel)
         self.misses = Misses(runtime.clock.steady_us())  # steady: a clock step, a journal floor is no stale time
         self.lost = ""  # what the start said of journal rows lost behind the snapshot it used, if it did
+        self.told: set[str] = set()  # why snapshots could not be used, logged already
 
     def warning(self) -> str | None:
         """/health's warning while snapshots are not written: FAILURES_WARNED failed in a row, or none for
@@ -247,8 +248,9 @@ class Snapshotter:
         config, journal, problems = self.runtime.config.kernel, self.runtime.journal, []
         first = journal.first_seq()
         start = next(starts(self.directory, lambda _seq: config, first, LAST, problems), None)
-        for problem in problems:
+        for problem in set(problems) - self.told:  # a rollback starts again (stepbugs.py): said once
             log.error("snapshot not used: %s", problem)
+        self.told.update(problems)
         if start is None and first > 1:
             raise CannotStart(compacted_away(first, self.directory, problems))
         start = start or Start(lambda: Kernel(config), 0, boot_config(config))

@@ -178,6 +178,8 @@ class Journal:
     """An open journal file; one writer (the daemon) at a time, or read-only readers. Unreadable, naming
     the file, if it is not a journal SQLite can read."""
 
+    keeps_rows = True  # a kernel can be rebuilt from its rows (`rows_kept`)
+
     def __init__(self, path: str, readonly: bool = False, rows_per_commit: int = 1):
         self.path, self.rows_per_commit = path, rows_per_commit
         if not readonly:
@@ -345,6 +347,11 @@ class Journal:
         emitted.row = self._appended[seq - self._appended[0][0]]
         return self._keep(emitted)
 
+    def drop_trace(self, seq: int) -> None:
+        """Keep no trace row for row `seq`, just appended, whose event raised while applied: what it emitted is
+        half of it, and a replay quarantines the row (no trace row to verify, verify.py)."""
+        self._pending = [emitted for emitted in self._pending if emitted.row[0] != seq]
+
     def _keep(self, emitted: Emitted) -> Emitted:
         if self._booted:
             self._pending.append(emitted)
@@ -359,6 +366,13 @@ class Journal:
         query = "SELECT seq, time_us, kind, body FROM journal WHERE seq > ? AND seq <= ? ORDER BY seq"
         with unreadable(self.path):  # a damaged file is found reading its pages
             yield from self.db.execute(query, (after, upto))
+
+    def rows_kept(self, after: int = 0, upto: int = LAST):
+        """`rows`, then the rows not written yet, writing nothing: those waiting for `rows_per_commit`, and the
+        deferred steps as the row they will be. What a kernel holds that applied every event so far."""
+        yield from self.rows(after, upto)
+        deferred = [(self.last_seq + 1,) + encoded(self._deferred)] if self._deferred else []
+        yield from (row for row in self._uncommitted + deferred if after < row[0] <= upto)
 
     def replay(self):
         """Yield (seq, time_us, event) in order: each step of a steps row with that row's seq."""
@@ -468,6 +482,8 @@ NOT_RECORDED = contextlib.nullcontext()  # reusable: entering it does nothing
 
 class NullJournal:
     """A journal that keeps nothing and counts its rows: for runs no one will replay (`apeinxfs sim`)."""
+
+    keeps_rows = False  # no kernel can be rebuilt from it
 
     def __init__(self):
         self.last_seq = 0

@@ -50,11 +50,12 @@ def apply_row(kernel, row: tuple, quarantined: dict) -> None:
         raise RowFailed(Quarantined(seq, kind, time_us, f"{type(exc).__name__}: {exc}")) from exc
 
 
-def rebuild(fresh_kernel, rows, after: int, upto: int, quarantined: dict, apply=apply_row):
+def rebuild(fresh_kernel, rows, after: int, upto: int, quarantined: dict, apply=apply_row, may_quarantine=None):
     """`fresh_kernel()` (a kernel that has applied rows 1..after) after applying rows after+1..upto
     with `apply` (`rows(after, upto)` yields them). A row that raises joins `quarantined` (seq ->
     Quarantined, kept by the caller) and the kernel is rebuilt from a fresh one; each bad row
-    costs one rebuild."""
+    costs one rebuild. With `may_quarantine` (seqs), a row not among them that raises raises RowFailed
+    (a rollback's rebuild: a bug that every row meets must not quarantine the journal, stepbugs.py)."""
     while True:
         kernel = fresh_kernel()
         try:
@@ -63,5 +64,7 @@ def rebuild(fresh_kernel, rows, after: int, upto: int, quarantined: dict, apply=
             return kernel
         except RowFailed as failed:
             record = failed.args[0]
+            if may_quarantine is not None and record.seq not in may_quarantine:
+                raise
             log.error("quarantined %s; rebuilding the kernel without it", record)
             quarantined[record.seq] = record

@@ -8,9 +8,10 @@ commit, or one scheduling round later (once the readers it woke have their bytes
 emitted a trace line (a first token, an exit, a dispatch, a preemption) or the oldest
 step waiting is PROGRESS_S old, whichever comes first. So a crash loses at most PROGRESS_S of
 tokens and no trace line but of that round, and never an acknowledged write.
-After each commit the trace's new lines go to the trace archive (archive.py), when it has one,
-and the audit trail's to the audit archive; each (a ring of `retention.trace_lines`, `audit_lines`)
-keeps them in memory until they are there.
+Once their rows are journaled (after each commit, and a step's after its deferred row is written) the
+trace's new lines go to the trace archive (archive.py), when it has one, and the audit trail's to the
+audit archive; each (a ring of `retention.trace_lines`, `audit_lines`) keeps them in memory until they
+are there.
 `recover` rebuilds the kernel from the journal at start. A journal write that fails makes
 the daemon degraded rather than dead (health.py): state changes are refused with the
 storage's errno, drivers get no batches, and every PROBE_S it tries to write again. The
@@ -20,7 +21,6 @@ model with several), which are never journaled; what they report of their KV cac
 `EngineKV` event, when it changes (kernel/kvreport.py).
 """
 import contextlib
-import ctypes
 import logging
 
 import attrs
@@ -41,6 +41,8 @@ from .kernel.config import MIB
 from .kernel.events import EngineHealth, EngineKV, GpuMemory, Rejected, Restart, Step, Tick
 from .kernel.trace import TaskViews
 from .recovery import rebuild
+from .rollback import give_back_freed_memory
+from .stepbugs import StepBugs
 from .supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -114,29 +116,45 @@ class Runtime:
         self.cluster = None  # cluster/daemon.Cluster when [cluster] names etcd (set by mount.py); None: one node
         self.elsewhere: dict = {}  # tenant -> kernel/tenancy.Elsewhere, its use on the other nodes (cluster/usage.py)
         self.task_views = TaskViews()  # the tasks' events read so far, a cache beside the kernel (kernel/trace.py)
+        self.step_bugs = StepBugs(self)  # a bug in the middle of a step: the rollback (stepbugs.py)
 
     def recover(self) -> int:
         """Replay the journal into the kernel, from the newest usable snapshot if the daemon keeps them
         (compaction.py), quarantining any row that cannot be applied (recovery.py); mark the restart.
         The daemon's time goes on from the journal's last at least, whatever the host's clock says (clock.py).
         Returns the journal's rows."""
-        fresh, after, migration = self._fresh_kernel, 0, []
-        if self.snapshotter is not None:
-            start = self.snapshotter.start()
-            fresh, after, migration = (lambda: self._holding(start.fresh())), start.seq, start.migration()
-        self.kernel = rebuild(fresh, self.journal.rows, after, LAST, self.quarantined)
-        self.kernel.take_changed()
-        self.clock.not_before(self.kernel.now_us)
-        if self.config.check_invariants:
-            self.kernel.check_invariants()
-        for archive, ring in self._archived(self.kernel):
-            archive.catch_up(ring)
-            ring.release(archive.seq)
+        self.kernel, after, migration = self.rebuilt(self.journal.rows, self.quarantined)
+        self.caught_up()
         rows = len(self.journal)
         if rows or after:  # a snapshot is of a daemon that ran, even when the journal lost every row after it
             self.commit([Restart(), *migration])
         give_back_freed_memory()
         return rows
+
+    def rebuilt(self, rows, quarantined: dict, may_quarantine=None) -> tuple[Kernel, int, list]:
+        """A kernel rebuilt from the journal's `rows` (Journal.rows or rows_kept), from the newest usable snapshot
+        if the daemon keeps them; the seq of that snapshot's last row (0: none), and the events that say it was
+        migrated (to journal at a restart). A row that raises is quarantined in `quarantined` (recovery.py),
+        only if among `may_quarantine` when that is given (else RowFailed)."""
+        fresh, after, migration = self._fresh_kernel, 0, []
+        if self.snapshotter is not None:
+            start = self.snapshotter.start()
+            fresh, after, migration = (lambda: self._holding(start.fresh())), start.seq, start.migration()
+        return rebuild(fresh, rows, after, LAST, quarantined, may_quarantine=may_quarantine), after, migration
+
+    def caught_up(self) -> None:
+        """After a rebuild: what it changed is no news, time goes on from the kernel's, and the archives have
+        every line of its trace and audit trail, unless steps wait to be journaled (a rollback's rebuild holds
+        them: stepbugs.py): then their lines go with their row (`_flush_progress`), the ring holding them."""
+        self.kernel.take_changed()
+        self.clock.not_before(self.kernel.now_us)
+        if self.config.check_invariants:
+            self.kernel.check_invariants()
+        if self.journal.deferred_since_us is not None:
+            return
+        for archive, ring in self._archived(self.kernel):
+            archive.catch_up(ring)
+            ring.release(archive.seq)
 
     def _fresh_kernel(self) -> Kernel:
         return self._holding(Kernel(self.config.kernel))
@@ -280,14 +298,21 @@ class Runtime:
             else:
                 self.commit(list(events))
 
-    def progress(self, step: Step) -> None:
+    def progress(self, step: Step, retried: bool = False) -> None:
         """Apply an engine step now and journal it later: the next scheduling round if it emitted a trace
         line or the oldest step waiting is PROGRESS_S old (`_progress_timer`), else with the next commit.
-        Raises Degraded, changing nothing, while the journal cannot be written."""
+        Raises Degraded, changing nothing, while the journal cannot be written. A bug in the step is rolled back
+        (stepbugs.py; `retried`: this is the step's second try)."""
         self.health.refuse()
+        if self.step_bugs.stuck and step.chunks and not (step := self.step_bugs.without_stuck(step)).chunks:
+            return  # only chunks of tasks that cannot be ended (stepbugs.py): nothing to apply or journal
         now = self.clock.now_us()
-        with Emitted(self.kernel.trace) as emitted:
-            self.kernel.apply(step, now)
+        try:
+            with Emitted(self.kernel.trace) as emitted:
+                self.kernel.apply(step, now)
+        except Exception as exc:  # a bug, not a refusal: a step is never refused
+            self.step_bugs.failed(step, exc, retried)
+            return
         first = self.journal.deferred_since_us is None
         self.journal.defer(now, step, emitted)
         due = bool(emitted.text) or now - self.journal.deferred_since_us >= PROGRESS_S * 1e6
@@ -469,13 +494,3 @@ class Runtime:
         pages, last = free_mib * MIB // self.kernel.kv.page_bytes, self.kernel.kv.real_free[gpu]
         step = max(1, self.kernel.kv.pools[gpu].pages_total // 64)
         return GpuMemory(gpu=gpu, free_mib=free_mib) if last is None or abs(pages - last) >= step else None
-
-
-def give_back_freed_memory() -> None:
-    """Hand the heap's free pages back to the system (glibc's malloc_trim). Loading a snapshot frees
-    its bytes and the unpickler's memo at once, about 13 MB at 10,000 tasks, which glibc would
-    otherwise keep in the daemon's RSS for good (bench/soak.py: RSS after a restart)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to give back this way
-        pass

@@ -149,7 +149,8 @@ class QueueBench:
 
     def __init__(self, policy: str, queued: int):
         self.accounts = Accounts({t.name: t.weight for t in tenant_configs()})
-        self.queue = make_queue(policy, self.accounts, int(SchedConfig().deadline_boost_s * 10**6))
+        sched = self.sched = SchedConfig()
+        self.queue = make_queue(policy, self.accounts, int(sched.deadline_boost_s * 10**6))
         for i in range(1, queued + 1):
             s = spec(i)
             self.queue.push(Task(pid=i, spec=s, model="sim", tenant=s.tenant, uid=0, submitted_us=0, tokens_in=2,
@@ -158,10 +159,10 @@ class QueueBench:
 
     def batch(self) -> tuple[float, float]:
         """QUEUE_BATCH cycles: (peek + remove per second, cycles per second)."""
-        queue, deciding, start = self.queue, 0.0, time.perf_counter()
+        queue, slice_tokens, deciding, start = self.queue, self.sched.slice_tokens, 0.0, time.perf_counter()
         for pid in range(self.next_pid, self.next_pid + QUEUE_BATCH):
             before = time.perf_counter()
-            task = queue.peek(pid)
+            task = queue.peek(pid, slice_tokens)
             queue.remove(task)
             deciding += time.perf_counter() - before
             self.accounts.charge(task, SLICE_COST)

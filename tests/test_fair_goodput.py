@@ -2,8 +2,9 @@
 
 The gap rule in weight-normalised units (only the weights' ratios matter), a tenant's
 preempted task resuming before its new work, and no input charge for recomputing a
-context a preemption dropped. The whole overloaded workload is measured through
-`apeinxfs sim` in test_fair_overload.py.
+context a preemption dropped (but one for a context the tenant's own stop and cont
+dropped). The whole overloaded workload is measured through `apeinxfs sim` in
+test_fair_overload.py.
 """
 import pytest
 
@@ -14,7 +15,7 @@ from apeinxfs.kernel.errors import Invalid
 from apeinxfs.kernel.events import Submit
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.kernel.task import State
-from test_kernel import STEP_US, run_until_idle, step
+from test_kernel import STEP_US, control, run_until_idle, step
 
 
 def kernel(weights=(100, 100), slots=1, model=None, **sched) -> Kernel:
@@ -69,19 +70,43 @@ def test_a_preempted_task_resumes_before_its_tenants_new_work():
     assert k.tasks[first].state is State.RUNNING and k.tasks[second].state is State.QUEUED
 
 
+def recompute_charge(k, pid: int, now: int) -> tuple[float, float]:
+    """Step from `now` until task `pid` of tenant a is preempted by recompute and runs again, then once more: what
+    a is charged on that step, which prefills the task's context again, and what its one generated token costs."""
+    now = run_until(k, now, lambda: k.tasks[pid].state is State.PREEMPTED)
+    assert "mode=recompute" in k.trace.of_task(k.tasks[pid]).decode()
+    now = run_until(k, now, lambda: k.tasks[pid].state is State.RUNNING)
+    task, tenant = k.tasks[pid], k.accounts.tenants["a"]
+    before, pages, pool = tenant.counter, task.kv_pages, k.gpus[0].pool.pages_total
+    assert not task.prefilled and task.context_tokens > 100
+    step(k, now)
+    return tenant.counter - before, 2 * (1 + pages / pool)
+
+
 def test_recomputing_a_preempted_context_is_not_charged_as_input():
     """A task preempted by recompute pays only its generated token on the step that prefills its context again."""
     k = kernel(model=ModelConfig(name="sim", options={"swap_gbps": 1e-6}))  # swap so slow that recompute wins
     first = submit(k, "a", words=100)
     submit(k, "b")
-    now = run_until(k, STEP_US, lambda: k.tasks[first].state is State.PREEMPTED)
-    assert "mode=recompute" in k.trace.of_task(k.tasks[first]).decode()
-    now = run_until(k, now, lambda: k.tasks[first].state is State.RUNNING)
-    task, tenant = k.tasks[first], k.accounts.tenants["a"]
-    before, pages, pool = tenant.counter, task.kv_pages, k.gpus[0].pool.pages_total
-    assert not task.prefilled and task.context_tokens > 100
-    step(k, now)
-    assert tenant.counter - before == 2 * (1 + pages / pool)
+    charged, token = recompute_charge(k, first, STEP_US)
+    assert charged == token
+
+
+def test_the_prefill_after_the_tenants_own_cont_is_charged_once():
+    """A task's context prefilled again after its tenant's stop and cont is charged as input; once it has
+    generated a token since, a recompute that the kernel's preemption causes pays only its generated token."""
+    k = kernel(model=ModelConfig(name="sim", options={"swap_gbps": 1e-6}))
+    first = submit(k, "a", words=100)
+    step(k, STEP_US)
+    for verb in ("stop", "cont"):
+        control(k, first, verb, now_us=STEP_US)
+    tenant = k.accounts.tenants["a"]
+    before = tenant.counter
+    step(k, 2 * STEP_US)
+    assert tenant.counter - before > 100 and not k.tasks[first].prefill_owed
+    submit(k, "b", now=2 * STEP_US)
+    charged, token = recompute_charge(k, first, 3 * STEP_US)
+    assert charged == token
 
 
 def small_pool(watermark=0.25, slots=2) -> Kernel:

@@ -188,7 +188,7 @@ class Sim:
 
     def __init__(self, kernel):
         self.kernel, self.driver, self.now = kernel, SimDriver(kernel.models), 0
-        self.prefills: dict[int, list[tuple[int, int]]] = {}  # pid: (prefill, context) of each step
+        self.prefills: dict[int, list[tuple[int, int, int]]] = {}  # pid: (prefill, context, cached) of each step
 
     def submit(self, name, max_tokens, prompt="") -> int:
         event = Submit(spec=TaskSpec(name=name, max_tokens=max_tokens, prompt=prompt))
@@ -208,8 +208,9 @@ class Sim:
                 if self.kernel.batch(index):
                     _, chunks = self.driver.plan(self.kernel.batch(index))
                     for chunk in chunks:
-                        context = self.kernel.tasks[chunk.pid].context_tokens
-                        self.prefills.setdefault(chunk.pid, []).append((chunk.prefill, context))
+                        task = self.kernel.tasks[chunk.pid]
+                        self.prefills.setdefault(chunk.pid, []).append((chunk.prefill, task.context_tokens,
+                                                                         task.cached_tokens))
                     self.apply(Step(gpu=index, chunks=chunks))
 
     def trace(self) -> list[dict]:
@@ -217,7 +218,8 @@ class Sim:
 
 
 def test_shared_prefix_hit_rate_matches_the_shared_block_ratio():
-    """Ten tasks sharing 4 of their 6 blocks: hits are the 9 repeats of 4 blocks; the driver prefills the rest."""
+    """Ten tasks sharing 4 of their 6 blocks: hits are the 9 repeats of 4 blocks; the driver prefills the rest
+    and reports the whole prompt, as an engine counts it."""
     sim, count, shared, unique = Sim(Kernel(config(slots=4))), 10, 4, 2
     prefix = words("s", shared * TPP)
     pids = [sim.submit(f"t{i}", 4, f"{prefix} {words(f'u{i}_', unique * TPP)}") for i in range(count)]
@@ -225,9 +227,22 @@ def test_shared_prefix_hit_rate_matches_the_shared_block_ratio():
     info = meminfo(sim.kernel)
     assert (info["PrefixHits"], info["PrefixMisses"]) == ((count - 1) * shared, shared + count * unique)
     assert info["PrefixHits"] / (info["PrefixHits"] + info["PrefixMisses"]) == (count - 1) * shared / (count * 6)
-    assert sim.prefills[pids[0]][0][0] == sim.kernel.tasks[pids[0]].tokens_in
-    assert all(sim.prefills[p][0][0] == sim.kernel.tasks[p].tokens_in - shared * TPP for p in pids[1:])
+    assert sim.prefills[pids[0]][0] == (sim.kernel.tasks[pids[0]].tokens_in,) * 2 + (0,)
+    assert all(sim.prefills[p][0] == (sim.kernel.tasks[p].tokens_in,) * 2 + (shared * TPP,) for p in pids[1:])
     assert all(sim.kernel.tasks[p].exit == "done" for p in pids)
+
+
+def test_the_sim_times_a_prefill_by_the_tokens_it_computes():
+    """A step of a task whose 3 prompt blocks are cached takes the time of the rest of its prompt; its chunk
+    reports the whole prompt, as an engine counts it."""
+    sim, prompt = Sim(Kernel(config(slots=4))), words("s", 24)
+    sim.submit("warm", 1, prompt)
+    sim.run()
+    pid = sim.submit("hit", 4, prompt)
+    [task] = sim.kernel.batch(0)
+    seconds, [chunk] = sim.driver.plan([task])
+    assert task.pid == pid and task.cached_tokens == 3 * TPP and chunk.prefill == task.tokens_in == 25
+    assert seconds == sim.driver.engines["sim"].step_seconds(1, 25 - 3 * TPP)
 
 
 def over_subscribed(kv_preempt_limit: int) -> Sim:
@@ -264,15 +279,16 @@ def test_over_subscribed_pool_finishes_by_preemption_with_the_kernels_victims():
 
 @pytest.mark.parametrize("options,mode", [({}, "swap"), ({"swap_gbps": 0.01}, "recompute")])
 def test_a_preempted_task_resumes_by_its_mode(options, mode):
-    """Swapped back, a task prefills nothing; recomputed, it prefills its context less its prefix hits."""
+    """Swapped back, a task prefills nothing; recomputed, it prefills its context less its prefix hits (and
+    reports its whole context)."""
     sim = Sim(Kernel(attrs.evolve(config(kv_mib=8, slots=4, **options), sched=SchedConfig(kv_preempt_limit=1))))
     prompt = words("p", 16)
     pids = [sim.submit(name, 40, prompt) for name in "ab"]
     sim.run()
     victim = next(row for row in sim.trace() if row["type"] == "preempt")
     assert f"mode={mode}" in victim["detail"]
-    resumed = [(fill, context) for fill, context in sim.prefills[int(victim["pid"])][1:] if fill]
-    assert all(fill == context - 2 * TPP for fill, context in resumed)  # its 2 prompt blocks stay shared
+    resumed = [step for step in sim.prefills[int(victim["pid"])][1:] if step[0]]
+    assert all(fill == context and cached == 2 * TPP for fill, context, cached in resumed)  # 2 prompt blocks shared
     assert len(resumed) == (mode == "recompute") and all(sim.kernel.tasks[p].exit == "done" for p in pids)
 
 

@@ -22,6 +22,7 @@ from apeinxfs.kernel import Kernel, migrations
 from apeinxfs.kernel.counters import Counters, TenantCounts
 from apeinxfs.kernel.config import GpuConfig, KernelConfig, MemoryRetention, ModelConfig
 from apeinxfs.kernel.events import Chunk, Control, Kill, Step, Submit, Tick
+from apeinxfs.kernel.lazyheap import LazyHeap
 from apeinxfs.kernel.spec import TaskCommand, TaskSpec
 from apeinxfs.kernel.state import LayoutError, encode, layout
 from kernel_state import state_difference
@@ -194,4 +195,25 @@ def test_a_gpu_held_for_engine_kv_reports_loads_with_no_pages_beyond_the_books()
     kernel.kv.held = {0: "engines report 4 KV pages in use on gpus 0, the books 1"}
     loaded = migrations.load(encode(kernel), PREVIOUS, layout(TWO_MODELS))
     assert loaded.kv.unbooked == {} and not hasattr(loaded.kv, "held")
+    loaded.check_invariants()
+
+
+def test_a_fair_queue_of_one_deadline_heap_loads_with_each_tenants_deadlines_indexed():
+    """A fair queue as the previous release kept it (every queued deadline in one heap) loads with its deadlines
+    indexed by tenant: the same boost first, its invariants holding."""
+    kernel = Kernel(attrs.evolve(TWO_MODELS, tenants=[{"name": "default"}, {"name": "t"}]))
+    for number, tenant in enumerate(["t", "t", "default", "t"]):
+        spec = TaskSpec(name=f"job{number}", max_tokens=3, model="a", tenant=tenant, deadline_us=(9 - number) * 10**6)
+        kernel.apply(Submit(spec=spec, uid=0), number)
+    queue = kernel.runq._queue
+    indexed, boosted = {tenant: set(heap) for tenant, heap in queue._boosts._of.items()}, kernel.runq.peek(5 * 10**6)
+    assert indexed == {"t": {2, 4}, "default": {3}} and boosted.pid == 4
+    queue._deadlines, queue._boost_at = LazyHeap(), queue._boosts.at
+    for task in queue._members.values():
+        queue._deadlines.set(task.pid, (task.deadline_at_us, task.pid))
+    del queue._boosts
+    loaded = migrations.load(encode(kernel), PREVIOUS, layout(kernel.config))
+    boosts = loaded.runq._queue._boosts
+    assert {tenant: set(heap) for tenant, heap in boosts._of.items()} == indexed
+    assert not hasattr(loaded.runq._queue, "_deadlines") and loaded.runq.peek(5 * 10**6).pid == 4
     loaded.check_invariants()

@@ -80,8 +80,9 @@ def test_a_daemon_starts_from_a_previous_release_snapshot(tmp_path):
             status = shell(f"cat {daemon.path('tasks', str(pid), 'status')}")
             assert f"Model:\t{model}\n" in status and "State:\tZ" not in status
         start = f"snapshot-{row:012d}.snap (row {row})"
-        classes = ("config.KernelConfig, counters.Counters, events.Rejected, memory.KVManager, "
-                   "moves.Moves, runqueue.RunQueue, tasktable.TaskTable, trace.TraceLog")
+        classes = ("config.KernelConfig, counters.Counters, events.Adopt, events.Rejected, events.Submit, "
+                   "ledger.TokenLedger, memory.KVManager, moves.Moves, runqueue.RunQueue, sched.FairQueue, "
+                   "submits.SubmitChecks, task.Task, tasktable.TaskTable, trace.TraceLog")
         assert f"{start} was written by an older apeinxfs; migrated: {classes}" in \
             shell(f"grep -h ',migrate,' {daemon.path('trace', 'events')}")
         assert f"{start} was written by an older apeinxfs: migrated {classes}" in \

@@ -7,11 +7,13 @@ name, no module attribute it imported), and take no attribute but the kernel's b
 line and inflated state bounded (snapshots.HEADER_MAX, statefile.INFLATE_RATIO). Each is refused in
 words as a damaged snapshot. The previous release's own bytes still load.
 """
+import copy
 import decimal
 import os
 import pathlib
 import zlib
 
+import attrs
 import pytest
 
 from apeinxfs import snapshots, statefile
@@ -135,7 +137,12 @@ def task_moved(kernel: Kernel) -> None:
 
 
 def priced_past_decimal(kernel: Kernel) -> None:
-    object.__setattr__(next(iter(kernel.models.values())).price, "gpu_second", decimal.Decimal("9E+999999999"))
+    """The first model's price set past decimal precision, on copies: the config's records are shared with other
+    kernels of this process, which must not see it."""
+    model = next(iter(kernel.models.values()))
+    price = copy.copy(model.price)
+    object.__setattr__(price, "gpu_second", decimal.Decimal("9E+999999999"))
+    kernel.models._models[model.name] = attrs.evolve(model, price=price)
 
 
 @pytest.mark.parametrize("change, refused", [

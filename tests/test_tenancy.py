@@ -90,6 +90,19 @@ def test_ledger_debt_shrinks_the_next_windows_allowance():
     assert "paying back" in ledger.refusal(limit, 60 * S, reserved=0, want=1001)
 
 
+def test_ledger_refund_after_a_window_length_change_is_not_taken_from_the_new_window():
+    """900 charged at 70 s in a 60 s window, 800 of it given back at 80 s once the window is 3600 s: the ledger
+    entered a new window at 80 s, which holds none of that charge, so its 50 tokens used stay 50, never below 0."""
+    ledger = TokenLedger()
+    ledger.charge(Limit(1000, 60), 70 * S, 900)
+    ledger.charge(Limit(1000, 3600), 80 * S, 50)
+    ledger.charge(Limit(1000, 3600), 81 * S, -800, charged_us=70 * S)
+    assert ledger.used == 50
+    ledger.charge(Limit(1000, 3600), 82 * S, 10)
+    ledger.charge(Limit(1000, 3600), 83 * S, -100, charged_us=82 * S)
+    assert ledger.used == 0
+
+
 # -- tenant records and their files ----------------------------------------------------------------
 
 def test_tenant_groups_read_and_write_back_the_same():

@@ -401,3 +401,16 @@ def test_a_view_the_kernel_still_holds_is_not_given_again(tmp_path):
             watcher.kill()
             watcher.wait()
     assert len({inodes["a"], inodes["b"], inodes["c"]}) == 3 and inodes["d"] in {inodes["b"], inodes["c"]}
+
+
+async def test_a_listing_opened_before_its_callers_tenant_went_lists_the_rest(ops, listed):  # noqa: F811
+    """uid 1000 opens sched/ in tenant a, a is removed, then it lists: the rest is listed without a's views (gone),
+    none of them handed to the kernel."""
+    await add_tenant(ops, b"add a weight=100 uids=1000")
+    sched = await inode_of(ops, "/sched")
+    fh = await ops.opendir(sched, ctx())
+    await add_tenant(ops, b"remove a")
+    await ops.readdir(fh, 0, None)
+    await ops.releasedir(fh)
+    assert [name for name, _, _ in listed.entries] == [b"policy"] and ops.tree.views.lookups == {}
+    ops.tree.views.check_invariants()

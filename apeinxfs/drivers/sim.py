@@ -4,8 +4,10 @@ It behaves like a continuous-batching engine: a step decodes one token for each 
 in the GPU's batch and takes `decode_step_ms` plus `batch_step_ms` for each extra
 sequence; a sequence new to the batch (or resumed after preemption) is first prefilled at
 `prefill_tokens_per_s`, all but the tokens whose KV the kernel found in place
-(`cached_tokens`: shared prefix blocks, or a context swapped back in). KV grows by one
-token per step and the kernel accounts it. The text comes from a deterministic generator
+(`cached_tokens`: shared prefix blocks, or a context swapped back in); its chunk reports the
+whole context as prefilled, cached tokens included, as a real engine counts its request's
+prompt (by the kernel's estimate: the sim has no tokenizer, so its bills stand at it). KV
+grows by one token per step and the kernel accounts it. The text comes from a deterministic generator
 seeded by the prompt (or, for a task with none, its name) and a seed: the task's `seed`
 if it gave one, else the model's `seed` option; so the same prompt and seed give the same
 words, and another seed other words. Other sampling keys change nothing here.
@@ -95,9 +97,9 @@ class SimDriver:
             engine = engines[task.model]
             if slowest is None or engine.decode_step_ms > slowest.decode_step_ms:
                 slowest = engine
-            fill = 0 if task.prefilled else task.context_tokens - task.cached_tokens
-            prefill += fill
-            chunks.append(Chunk(task.pid, _next_word(engine, task), 1, fill))
+            counted = 0 if task.prefilled else task.context_tokens  # reported: its whole request, cached or not
+            prefill += counted and counted - task.cached_tokens  # computed: what the kernel found no KV for
+            chunks.append(Chunk(task.pid, _next_word(engine, task), 1, counted))
         return slowest.step_seconds(len(batch), prefill), chunks
 
     async def serve(self, gpu: int, host) -> None:

@@ -7,6 +7,7 @@ body; `steps_to_row`/`stamped_of_row` that of a `steps` row, several steps with 
 times in one compact row.
 """
 import json
+import re
 import typing
 from collections.abc import Iterable
 
@@ -14,11 +15,13 @@ import attrs
 
 from .access import PID_MAX, UID_MAX, id_bound
 from .config import ModelConfig
+from .kvmem import COUNT_ENGINE, COUNT_WORDS
 from .spec import TaskCommand, TaskSpec
 from .tenant_config import TenantConfig, tenant_from_dict
 
 OMITTED_AT_DEFAULT = "omitted_at_default"  # a field a journal row holds only when not its default (to_row)
 TOKENS_MAX = 1 << 30  # the most tokens one chunk may count: beyond any context, short of what would overflow a sum
+SURROGATE = re.compile("[\ud800-\udfff]")  # a str holds one only alone (JSON's "\\ud800"): no UTF-8 for it
 
 
 @attrs.frozen
@@ -31,7 +34,16 @@ class ByCaller:
 
 
 @attrs.frozen
-class Submit(ByCaller):
+class NewTask(ByCaller):
+    """An event that adds a task; `counting`: how its prompt tokens are counted and billed (kvmem.py), in
+    every row it is journaled in: from_row gives a row without it, of older code, the rule of its time."""
+
+    counting: int = attrs.field(default=COUNT_ENGINE, kw_only=True,
+                                validator=attrs.validators.in_((COUNT_WORDS, COUNT_ENGINE)))
+
+
+@attrs.frozen
+class Submit(NewTask):
     """A new task from a submit line, by Unix user `uid`; `note` says what a policy rule changed."""
 
     spec: TaskSpec
@@ -53,16 +65,31 @@ class Control(ByCaller):
     command: TaskCommand
 
 
+def well_formed(text: str) -> str:
+    """`text` with each lone surrogate (an engine's JSON may escape one) replaced by U+FFFD: a task's output
+    is UTF-8, and a surrogate has none (a chunk holding one would raise in the middle of its step). The regex
+    runs only on text that cannot be encoded: most non-ASCII text (CJK, accents) is encoded faster than searched."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return SURROGATE.sub("\ufffd", text)
+    return text
+
+
 @attrs.frozen
 class Chunk:
     """What one engine step did for one task: prefilled `prefill` tokens, produced `text`.
 
-    `final`: the engine ended the sequence (end of text, a stop word, its own limit), so the
-    task is done with the tokens it has, even short of max_tokens.
+    `prefill`: the prompt tokens of the request the engine started, as it counts them (cached ones
+    included; a resumed task's request holds its text so far too), once; the first a task gets is
+    billed as its prompt (tenancy.py). `final`: the engine ended the sequence (end of text, a stop
+    word, its own limit), so the task is done with the tokens it has, even short of max_tokens.
     """
 
     pid: int
-    text: str
+    text: str = attrs.field(converter=well_formed)  # cleaned where every driver's chunk is built
     tokens: int = attrs.field(validator=id_bound(TOKENS_MAX, "a token count"))
     prefill: int = attrs.field(default=0, validator=id_bound(TOKENS_MAX, "a token count"))
     final: bool = False
@@ -205,7 +232,7 @@ class Placed(ByCaller):
 
 
 @attrs.frozen
-class Adopt(ByCaller):
+class Adopt(NewTask):
     """The cluster moved task `pid` here from node `origin`, whose lease expired, in its epoch `epoch`:
     it goes on under the same pid, with no parent here, from the `tokens` tokens of `output` that node
     last replicated (none: it starts afresh)."""
@@ -347,7 +374,7 @@ def from_row(kind: str, body: str) -> Event:
     """The record a journal row holds."""
     data = json.loads(body)
     if kind in ("submit", "adopt"):
-        return KINDS[kind](**{**data, "spec": TaskSpec(**data["spec"])})
+        return KINDS[kind](**{"counting": COUNT_WORDS, **data, "spec": TaskSpec(**data["spec"])})
     if kind == "control":
         return Control(**{**data, "command": TaskCommand(**data["command"])})
     if kind == "settenant":

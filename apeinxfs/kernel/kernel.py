@@ -28,7 +28,7 @@ from .engines import EngineWatch
 from .errors import ApeinxError, Busy, Invalid
 from .gpus import Gpu
 from .invariants import check_invariants
-from .kvmem import estimate_prompt_tokens
+from .kvmem import COUNT_ENGINE, estimate_prompt_tokens
 from .memory import KVManager
 from .models import Models
 from .moves import Moves
@@ -39,7 +39,6 @@ from .runqueue import RunQueue
 from .sched import POLICIES, Accounts, prio_weight
 from .sharedlog import SharedLog
 from .submits import SubmitChecks, adoption_words
-from .spec import TaskSpec
 from .task import State, Task
 from .tasktable import TaskTable
 from .tenancy import Elsewhere, Tenancy
@@ -70,7 +69,7 @@ class Kernel:
         self.reclaim = Reclaim(config.sched, self.accounts, self.gpus, self.kv, self.tasks, self.counters, moves)
         moves.attach(self.runq, self.tenancy, self.engines, self.reclaim)
         self.reaper = Reaper(config.retention, self.tasks, self.accounts, self.engines, self.counters)
-        self.submits = SubmitChecks(config, self.models, self.tasks, self.tenancy, self.kv, self.gpus)
+        self.submits = SubmitChecks(self.models, self.tasks, self.tenancy, self.kv)
         self.emit = moves.emit
         self.shared = SharedLog(self.emit)  # the cluster's settings log applied here (sharedlog.py)
         self.handlers = self._handlers()
@@ -178,25 +177,29 @@ class Kernel:
         return False
 
     def _apply_submit(self, event: ev.Submit) -> int:
-        task = self._add_task(event.spec, self.tasks.next_pid, event.uid, event.note, adopted=False)
+        task = self._add_task(event, self.tasks.next_pid, event.note, adopted=False)
         return task.pid
 
     def _apply_adopt(self, event: ev.Adopt) -> None:
-        task = self._add_task(event.spec, event.pid, event.uid, "", True, event.output, event.tokens)
+        task = self._add_task(event, event.pid, "", True, event.output, event.tokens)
         self.emit("failover", task, adoption_words(event))
 
-    def _add_task(self, spec: TaskSpec, pid: int, uid: int, note: str, adopted: bool, output: str = "",
+    def _add_task(self, event: ev.Submit | ev.Adopt, pid: int, note: str, adopted: bool, output: str = "",
                   out: int = 0) -> Task:
-        """A new task `pid` of `spec` by `uid`, with its `submit` line, queued; an adopted one with the
-        `out` tokens of `output` it had made elsewhere."""
-        now = self.now_us
+        """A new task `pid` of the event's spec by its uid, with its `submit` line, queued; an adopted one
+        with the `out` tokens of `output` it had made elsewhere. Its prompt is counted as the event says."""
+        now, spec, uid, name = self.now_us, event.spec, event.uid, self.models.name_of(event.spec)
+        counted_later = event.counting == COUNT_ENGINE  # the engine's count replaces the estimate
         parent = self.tasks.get(spec.parent) if spec.parent is not None else None
-        task = Task(pid=pid, spec=spec, model=self.models.name_of(spec), uid=uid,
+        task = Task(pid=pid, spec=spec, model=name, uid=uid,
                     tenant=self.tenancy.tenant_of(spec, parent), submitted_us=now,
-                    tokens_in=estimate_prompt_tokens(spec.prompt), weight=prio_weight(spec.prio),
+                    tokens_in=(estimate := estimate_prompt_tokens(spec.prompt, event.counting)),
+                    placed_prompt=self.kv.placed_prompt(spec, name, estimate) if counted_later else None,
+                    weight=prio_weight(spec.prio),
                     deadline_at_us=now + spec.deadline_us if spec.deadline_us else None,
                     parent=spec.parent, agent=parent.agent if parent else pid,
-                    output=bytearray(output.encode()), tokens_out=out)
+                    output=bytearray(output.encode()), tokens_out=out,
+                    prompt_estimated=counted_later)
         if parent:
             parent.children.append(pid)
         self.tasks.add(task, adopted)
@@ -223,6 +226,7 @@ class Kernel:
         if command.verb == "kill":
             self.moves.exit(task, "killed", f"by uid {event.uid}")
         elif command.verb == "stop":
+            task.prefill_owed = task.prefill_owed or (event.uid == task.uid and task.gpu is not None)
             self.moves.leave(task)
             self.tasks.set_state(task, State.STOPPED)
             self.emit("stop", task, f"by uid {event.uid}")

@@ -12,6 +12,10 @@ import attrs
 from .errors import Invalid
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+BYTES_PER_TOKEN = 4  # the most UTF-8 bytes the estimate lets a token cover (see estimate_prompt_tokens)
+# How a task's prompt tokens are counted, as its submit or adoption row says (events.Submit.counting):
+COUNT_ENGINE = 2  # estimate_prompt_tokens until the engine first reports its count, then that count
+COUNT_WORDS = 1  # a row journaled before the daemon billed the engine's count: words and marks, throughout
 
 
 def bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype_bytes: int) -> int:
@@ -30,10 +34,27 @@ def prompt_pieces(prompt: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1024)
-def estimate_prompt_tokens(prompt: str) -> int:
-    """Tokens a prompt will take before the engine says: words and marks, plus BOS.
+def estimate_prompt_tokens(prompt: str, counting: int = COUNT_ENGINE) -> int:
+    """Tokens a prompt will take before the engine says: its words and marks or a token per BYTES_PER_TOKEN of
+    its UTF-8 bytes, whichever is more, plus BOS (COUNT_WORDS: words and marks plus BOS, as older code counted).
 
+    The byte bound is there because words are the submitter's to shape: 40 KB without a space is one word, and
+    thousands of tokens to a tokenizer. A byte-level BPE or byte-fallback tokenizer makes at most one token of a
+    byte, so no prompt takes more than BYTES_PER_TOKEN times the estimate; English text averages about 4 bytes a
+    token, so the bound seldom raises the estimate of ordinary prose above what the engine counts.
     Remembered for recent prompts: a submit asks at its check, its admission and its apply."""
+    if counting == COUNT_WORDS:
+        return least_prompt_tokens(prompt)
+    return 1 + max(len(prompt_pieces(prompt)), -(-len(prompt.encode()) // BYTES_PER_TOKEN))
+
+
+def least_prompt_tokens(prompt: str) -> int:
+    """The prompt's tokens as a refusal that never lifts (context, KV pool) counts them: words and marks plus BOS.
+
+    Not the estimate, which may be 4 times the engine's count (a token of 8 bytes or more: long English words),
+    and would refuse prompts that fit. This is what apeinxfs counted before it had the byte bound, so it refuses
+    no prompt that count admitted; a prompt it lets by that the engine counts beyond the pool ends when the count
+    comes (reclaim.py), and the engine enforces its own context."""
     return 1 + len(prompt_pieces(prompt))
 
 

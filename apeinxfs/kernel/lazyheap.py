@@ -87,6 +87,24 @@ class LazyHeap:
             heapq.heappop(heap)
         return None if least is None else least[-1]
 
+    def least(self, count: int) -> list[Any]:
+        """The `count` keys of least priority (fewer if there are fewer), least first, in O(count log n): the
+        stale entries among them are dropped for good on the way (not a sort of all)."""
+        prio, heap, run = self._prio, self._heap, self._run
+        keys, from_heap, from_run = list[Any](), list[Prio](), list[Prio]()
+        while len(keys) < count and (heap or run):
+            if run and (not heap or run[0] < heap[0]):
+                entry, taken = run.popleft(), from_run
+            else:
+                entry, taken = heapq.heappop(heap), from_heap
+            if prio.get(entry[-1]) is entry:
+                taken.append(entry)
+                keys.append(entry[-1])
+        run.extendleft(reversed(from_run))  # the run's least current entries back at its front, in order
+        for entry in from_heap:
+            heapq.heappush(heap, entry)
+        return keys
+
     def ordered(self) -> list[Any]:
         """The keys, least priority first."""
         return sorted(self._prio, key=self._prio.__getitem__)

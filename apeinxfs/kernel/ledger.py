@@ -39,6 +39,9 @@ class TokenLedger:
     window_index: int = -1
     used: int = 0
     debt: int = 0
+    # when the current window was entered (its first charge): what was charged before is not in `used`, even where
+    # the window's length changed since and that charge's time falls in the current window's index
+    window_from_us: int = 0
 
     def view(self, limit: Limit, now_us: int) -> tuple[int, int]:
         """(used, debt) in the window of `now_us`, without changing the ledger."""
@@ -53,12 +56,18 @@ class TokenLedger:
         """What the current window may use before overdrawing: the limit's `tokens` less the debt."""
         return max(0, tokens - self.debt)
 
-    def charge(self, limit: Limit, now_us: int, tokens: int) -> None:
+    def charge(self, limit: Limit, now_us: int, tokens: int, charged_us: int | None = None) -> None:
+        """Count `tokens` used now. Fewer than none give back tokens charged at `charged_us` (an estimate the
+        engine's count corrected), if the ledger is still in the window they were charged in: once it has moved on
+        they stay used (taken back from a later window, they would cancel tokens used in it). Never below 0."""
         index = now_us // limit.window_us  # limit.index(now_us), on every token served
         if index != self.window_index:  # a new window: carry the debt over (view() says how)
             self.used, self.debt = self.view(limit, now_us)
-            self.window_index = index
-        self.used += tokens
+            self.window_index, self.window_from_us = index, now_us
+        if tokens >= 0:
+            self.used += tokens
+        elif charged_us is not None and charged_us >= self.window_from_us:  # charged in this window
+            self.used = max(0, self.used + tokens)
 
     def refusal(self, limit: Limit, now_us: int, reserved: int, want: int) -> str | None:
         """Why `want` more tokens would pass the limit plus overdraw, or None if they fit."""

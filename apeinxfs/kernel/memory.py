@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 
 from .config import MIB, KernelConfig, ModelConfig
-from .kvmem import KVPool, estimate_prompt_tokens, pages_for, prompt_pieces
+from .kvmem import KVPool, least_prompt_tokens, pages_for, prompt_pieces
 from .spec import TaskSpec
 from .task import Task
 
@@ -139,8 +139,24 @@ class KVManager:
         return blocks + pages_for(tokens - blocks * self.per_page[model.name], model.token_bytes, self.page_bytes)
 
     def admit_pages(self, spec: TaskSpec, model: ModelConfig) -> int:
-        """The most pages a task of `spec` can ever hold: its prompt plus all it may generate."""
-        return self._worst(model, estimate_prompt_tokens(spec.prompt), spec.max_tokens)
+        """The most pages a task of `spec` can ever hold: its prompt (least_prompt_tokens: this is for refusals
+        that never lift) plus all it may generate."""
+        return self._worst(model, least_prompt_tokens(spec.prompt), spec.max_tokens)
+
+    def placed_prompt(self, spec: TaskSpec, model: str, estimate: int) -> int | None:
+        """Where a new task's prompt `estimate` could never fit in a GPU pool, the least_prompt_tokens its KV is
+        placed at until the engine counts it (the submit found that to fit); else None: placed at the estimate."""
+        config = self.models.get(model)
+        if config is None or self.misfit(config, estimate, spec.max_tokens) is None:
+            return None
+        return least_prompt_tokens(spec.prompt)
+
+    def misfit(self, model: ModelConfig, prompt_tokens: int, max_tokens: int) -> str | None:
+        """Why a task of `prompt_tokens` and `max_tokens` could never fit in the largest GPU pool, or None."""
+        need, largest = self._worst(model, prompt_tokens, max_tokens), max(pool.pages_total for pool in self.pools)
+        if need <= largest:
+            return None
+        return f"needs {need} KV pages of {self.page_bytes / MIB:g} MiB; the largest GPU pool has {largest}"
 
     def _worst(self, model: ModelConfig, prompt_tokens: int, max_tokens: int) -> int:
         blocks = cacheable_blocks(prompt_tokens, self.per_page[model.name])
@@ -153,15 +169,17 @@ class KVManager:
         only where pools differ in size: admission refused any task that fits in none, so when
         they are all alike every task fits in each (0 then stands for "fits")."""
         model, per_page = self.models[task.model], self.per_page[task.model]
-        chain = prompt_chain(task.model, per_page, task.spec.prompt) if cacheable_blocks(task.tokens_in, per_page) else ()
-        worst = self._worst(model, task.tokens_in, task.spec.max_tokens) if self._mixed_pools else 0
+        prompt = task.kv_prompt_tokens
+        blocks = cacheable_blocks(prompt, per_page)  # fewer than the chain's if the engine counted fewer
+        chain = prompt_chain(task.model, per_page, task.spec.prompt)[:blocks] if blocks > 0 else ()
+        worst = self._worst(model, prompt, task.spec.max_tokens) if self._mixed_pools else 0
         return chain, self._private_need(task, len(chain), model), worst, task.tokens_out == 0
 
     def _private_need(self, task: Task, blocks: int, model: ModelConfig) -> int:
         """Private pages for the context and the next token, beside `blocks` shared blocks:
         _pages(model, context + 1, blocks) - blocks."""
         shared = blocks * self.per_page[model.name]
-        return pages_for(task.tokens_in + task.tokens_out + 1 - shared, model.token_bytes, self.page_bytes)
+        return pages_for(task.context_tokens + 1 - shared, model.token_bytes, self.page_bytes)
 
     def place(self, task: Task, gpu: int) -> Score | None:
         """Whether the task fits on `gpu` now (evicting idle blocks if need be): a score, most
@@ -227,7 +245,7 @@ class KVManager:
         self.holders[task.pid] = task
         if hits:
             task.cached_tokens = max(task.cached_tokens, hits * self.per_page[task.model])
-        return task.tokens_in + task.tokens_out - task.cached_tokens
+        return task.context_tokens - task.cached_tokens
 
     def _hold(self, gpu: int, chain: Chain) -> tuple[int, int]:
         """References to the chain's blocks on `gpu` (before any eviction, so none of them is
@@ -242,7 +260,7 @@ class KVManager:
 
     def grow(self, task: Task) -> bool:
         """Pages for the task's context and next token, evicting idle blocks if need be; whether it got them."""
-        if task.tokens_in + task.tokens_out < task.kv_holds:  # the next token fits in what it holds
+        if task.context_tokens < task.kv_holds:  # the next token fits in what it holds
             return True
         blocks = len(task.kv_blocks)
         need = self._private_need(task, blocks, self.models[task.model]) - task.kv_private

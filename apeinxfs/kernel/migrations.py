@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 
 from . import state
+from .boost import Boosts
 from .counters import Counters, TenantCounts
 from .kernel import Kernel
 from .livepids import LivePids
@@ -31,6 +32,8 @@ from .memory import KVManager
 from .moves import Moves
 from .reaporder import ReapOrder
 from .runqueue import RunQueue, count_by
+from .sched import FairQueue
+from .submits import SubmitChecks
 from .tasktable import TaskTable
 from .trace import TraceLog
 
@@ -56,8 +59,13 @@ MIGRATIONS: dict[type, Migration] = {
     # each tenant's share counted from now (`tenants` defaulted empty): the totals so far are no tenant's
     Counters: Migration(added={"unshared": _totals_unshared}),
     Moves: Migration(added={"backfill_after_us": lambda _moves: 0}),  # backfill not resting
+    # the queued deadlines by tenant, indexed afresh from the queued tasks
+    FairQueue: Migration(added={"_boosts": lambda queue: Boosts.of(queue.tasks(), queue.accounts, queue.boost_us)},
+                         gone=frozenset({"_deadlines", "_boost_at"})),
     # GPUs held from placement for their engines' KV reports became pages counted used; none until a report changes
     KVManager: Migration(added={"unbooked": lambda _kv: {}}, gone=frozenset({"held"})),
+    # a submit's KV check asks the KV manager of its pools; the config and GPUs it kept are not read
+    SubmitChecks: Migration(gone=frozenset({"_config", "_gpus"})),
     # each tenant's live pids indexed from its tasks (their counters afresh: livepids.py)
     # and its exited tasks ordered for reaping by tenant (reaporder.py) instead of in one heap
     TaskTable: Migration(added={"live_pids": lambda table: LivePids.of(table.values()),

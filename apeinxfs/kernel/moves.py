@@ -39,6 +39,15 @@ BACKFILL_WINDOW = 64  # heads a pass may look past (as Slurm's bf_max_job_test):
 BACKFILL_REST_US = 100_000  # after a pass looked past the whole window, no pass looks past a head for this long
 
 
+class ServeBug(Exception):
+    """A bug raised while a step served task `pid`'s chunk (the bug is its __cause__): the step is that task's to
+    fail (runtime.py `progress`), where a bug raised elsewhere in the step is no one task's."""
+
+    def __init__(self, pid: int):
+        super().__init__(f"a bug serving task {pid}'s chunk")
+        self.pid = pid
+
+
 class Moves:
     """A task's moves, and filling free batch slots from the queue."""
 
@@ -147,7 +156,10 @@ class Moves:
         self.requeue(task, State.PREEMPTED)
 
     def requeue(self, task: Task, state: State) -> None:
-        """From a GPU back to the queue without its tenant or agent going idle (so no lift)."""
+        """From a GPU back to the queue without its tenant or agent going idle (so no lift); a task that could
+        never fit in a GPU pool ends instead (reclaim.ended_misfit): every requeue passes here."""
+        if self.reclaim.ended_misfit(task):
+            return
         self.runq.count(task, "runnable", +1)
         self.leave(task)
         self.tasks.set_state(task, state)
@@ -245,7 +257,9 @@ class Moves:
                                     f"vruntime={task.vruntime} queued={len(self.runq) + len(passed)}", gpu.config.index)
 
     def step(self, event: ev.Step) -> None:
-        """Serve each chunk whose task is still in that GPU's batch; then re-order the served tenants."""
+        """Serve each chunk whose task is still in that GPU's batch; then re-order the served tenants. A bug
+        raised serving a chunk comes out as a ServeBug naming its task, the changes made so far left as they are
+        (the runtime rolls the kernel back)."""
         if self.fenced:  # made before the hold, delivered after it: its tokens may be another node's now
             return
         gpu = self.gpus[event.gpu]
@@ -254,7 +268,10 @@ class Moves:
         for chunk in event.chunks:
             task = gpu.running.get(chunk.pid)
             if task is not None:
-                self._serve(task, gpu, chunk)
+                try:
+                    self._serve(task, gpu, chunk)
+                except Exception as exc:
+                    raise ServeBug(chunk.pid) from exc
                 served[task.tenant, task.agent] = task
         for task in served.values():  # once per tenant and agent, not per token
             self.runq.rekey(task)
@@ -268,13 +285,14 @@ class Moves:
         task.output += chunk.text.encode()
         task.tokens_out += chunk.tokens
         self.counters.tokens_out += chunk.tokens
-        self.tenancy.meter_serve(task, chunk.tokens)
+        estimated = task.prompt_estimated
+        self.tenancy.meter_serve(task, chunk)
         self.runq.charge(task, gpu, chunk)
         self.reclaim.ran(task, chunk.tokens)
         self.changed.add(task.pid)
         if task.tokens_out >= task.spec.max_tokens or chunk.final:
             self.exit(task, "done", f"tokens_out={task.tokens_out}")
-        else:
+        elif not (estimated and not task.prompt_estimated and self.reclaim.ended_misfit(task)):  # counted past all
             self.reclaim.grow_kv(task, gpu)
 
     def grant_pids(self, event: ev.PidBlock) -> None:

@@ -19,7 +19,7 @@ from .config import SchedConfig
 from .counters import Counters
 from .gpus import Gpu
 from .memory import KVManager
-from .sched import COUNTER_SCALE, Accounts
+from .sched import Accounts
 from .seams import Host
 from .task import Task
 
@@ -75,7 +75,7 @@ class Reclaim:
         slice past the head's while the head's tenant is under its share."""
         mine, tenants = self._accounts.tenant(head), self._accounts.tenants
         slots, total = sum(g.config.slots for g in self._gpus), self._accounts.active_weight
-        piece = self._slice(total)
+        piece = self._accounts.slice(self._sched.slice_tokens)
         gap = self._sched.preempt_gap * piece
         mine_under = mine.running + 1 <= slots * mine.weight / total
         best, best_key = None, None
@@ -89,13 +89,6 @@ class Reclaim:
                 best, best_key = task, key
         return best
 
-    def _slice(self, active_weight: int) -> float:
-        """A slice in counter units: slice_tokens of service to a tenant of the active tenants' mean
-        weight. Weights are ratios (cgroup v2): scaling them all scales every counter step and the
-        slice alike, so 1:2:3:4 preempts as 100:200:300:400 does."""
-        active = len(self._accounts.active_tenants)
-        return self._sched.slice_tokens * COUNTER_SCALE * active / active_weight
-
     # -- memory --------------------------------------------------------------------------------
 
     def grow_kv(self, task: Task, gpu: Gpu) -> None:
@@ -103,6 +96,18 @@ class Reclaim:
         while not self._kv.grow(task):
             if not self._reclaim(task, gpu):
                 return
+
+    def ended_misfit(self, task: Task) -> bool:
+        """End the task, failed, if its prompt plus max_tokens could never fit in the largest GPU pool: queued
+        again, it would wait for room that never comes, before all behind it. Whether it ended. A submit is
+        refused so (ENOSPC) on its prompt's least count, and an uncounted prompt is placed at a count that fits
+        (Task.placed_prompt): only the engine's count of it can pass the pools."""
+        tokens = task.kv_prompt_tokens
+        why = self._kv.misfit(self._kv.models[task.model], tokens, task.spec.max_tokens)
+        if why is not None:
+            self._host.exit(task, f"failed: prompt ({tokens} tokens, the engine's count) plus max_tokens {why}",
+                            "it could never fit in a GPU's KV pool: ended, not queued again")
+        return why is not None
 
     def _reclaim(self, task: Task, gpu: Gpu) -> bool:
         """Free pages on `gpu` for `task`: preempt the scheduler's victim or, if it names none,

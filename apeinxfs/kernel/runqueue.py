@@ -52,7 +52,7 @@ class RunQueue:
 
     def peek(self, now_us: int) -> Task | None:
         """The task that runs next, at `now_us` (deadlines may boost one)."""
-        return self._queue.peek(now_us)
+        return self._queue.peek(now_us, self._sched.slice_tokens)
 
     def tasks(self) -> list[Task]:
         """The queued tasks, in the policy's order."""
@@ -110,11 +110,16 @@ class RunQueue:
     def charge(self, task: Task, gpu: Gpu, chunk: ev.Chunk) -> None:
         """VTC cost of what was served: input and output tokens apart, output dearer under KV pressure.
 
-        Only the prompt's prefill is charged: a prefill after the task's first token recomputes
-        a context dropped by a preemption the task did not ask for, and was paid for once."""
+        A prefill is charged up to the first token after the task's submission, or after its own
+        `stop` dropped its KV (`prefill_owed`: the task's uid asked for the recompute; an operator's
+        stop is like a preemption). Any other prefill after the first token recomputes a context
+        dropped by a preemption the kernel chose, and was paid for once."""
         sched = self._sched
         pressure = 1 + sched.pressure_cost * task.kv_pages / max(1, gpu.pool.pages_total)
-        prefill = chunk.prefill if task.tokens_out == chunk.tokens else 0  # nothing generated before this chunk
+        owed = task.tokens_out == chunk.tokens or task.prefill_owed  # nothing generated before this chunk or since own stop
+        prefill = chunk.prefill if owed else 0
+        if chunk.tokens:
+            task.prefill_owed = False
         self.accounts.charge(task, sched.input_cost * prefill + sched.output_cost * chunk.tokens * pressure)
         task.vruntime += vruntime_delta(chunk.tokens, task.weight)
 

@@ -7,6 +7,8 @@
 - `FlatQueue`: fcfs (arrival order) and greedy (highest prio, then arrival).
 - `FairQueue`: least counter first at each level: tenant, then agent, then task (its
   vruntime); `fair` adds a deadline boost (and the kernel's preemption), `vtc` does not.
+  The boost (boost.py) goes first only for a tenant within a slice of the least backlogged
+  counter: it orders a tenant's service within its fair share, and never takes it beyond.
 Every queue keeps lazy-deletion heaps, so push, remove, re-key and peek are O(log n).
 The kernel decides when and where tasks run; a queue only says which is next, and why.
 """
@@ -17,6 +19,7 @@ from typing import Any
 
 import attrs
 
+from .boost import Boosts
 from .invariants import grouped
 from .lazyheap import LazyHeap
 from .task import State, Task
@@ -28,7 +31,6 @@ Level = tuple["Entity", Any, LazyHeap, Mapping[Any, "Entity"]]
 NICE_0_WEIGHT = 1024
 VSCALE = 1024
 COUNTER_SCALE = 100
-NEVER = float("inf")
 
 
 def prio_weight(prio: int) -> int:
@@ -157,6 +159,12 @@ class Accounts:
             self.active_weight += tenant.weight if tenant.active else -tenant.weight
         return lifts
 
+    def slice(self, slice_tokens: int) -> float:
+        """A slice in counter units: `slice_tokens` of service to a tenant of the active tenants' mean
+        weight. Weights are ratios (cgroup v2): scaling them all scales every counter step and the
+        slice alike, so 1:2:3:4 behaves as 100:200:300:400 does."""
+        return slice_tokens * COUNTER_SCALE * len(self.active_tenants) / self.active_weight
+
     def start(self, task: Task) -> None:
         """The task goes from runnable to running: its tenant and agent stay active, so no lift
         and no heap changes."""
@@ -213,7 +221,8 @@ class FlatQueue:
         """Why the last peek chose its task: the same reason for every task."""
         return self.reason
 
-    def peek(self, now_us: int) -> Task | None:
+    def peek(self, now_us: int, slice_tokens: int) -> Task | None:
+        """The next task in level order (a flat queue boosts no deadline: `now_us` and `slice_tokens` unused)."""
         level = self._levels.peek()
         return None if level is None else self._tasks[self._by_level[level].peek()][0]
 
@@ -236,16 +245,16 @@ class FairQueue:
     service already paid for (swapped KV, tokens generated), and a tenant that always started
     new requests instead would spread its share over ever more unfinished ones. An agent's
     queued tasks are the task itself while it is the only one (most agents: a root task
-    without children), else a LazyHeap of them by vruntime."""
+    without children), else a LazyHeap of them by vruntime. A deadline boost (`boost_us` not
+    None) goes before that order for a tenant within its share (boost.py)."""
 
     def __init__(self, name: str, accounts: Accounts, boost_us: int | None, preempts: bool) -> None:
         self.name, self.accounts, self.boost_us, self.preempts = name, accounts, boost_us, preempts
         self._tenants, self._agents = LazyHeap(), dict[str, LazyHeap]()  # tenant -> its agents with queued tasks
         self._tasks: dict[int, Task | LazyHeap] = {}  # agent -> its one queued task, or a heap of them
-        self._deadlines, self._members = LazyHeap(), dict[int, Task]()
+        self._members, self._boosts = dict[int, Task](), Boosts(accounts, boost_us)
         self._resumes: dict[str, LazyHeap] = {}  # tenant -> its preempted tasks, by pid
         self._chosen: str | None = None  # the tenant whose task the last peek chose; None: a deadline boost
-        self._boost_at = NEVER  # no deadline boost before then (the earliest deadline seen, less boost_us)
 
     def __len__(self) -> int:
         return len(self._members)
@@ -253,9 +262,7 @@ class FairQueue:
     def push(self, task: Task) -> None:
         self._members[task.pid] = task
         if task.deadline_at_us is not None:
-            self._deadlines.set(task.pid, (task.deadline_at_us, task.pid))
-            if self.boost_us is not None:
-                self._boost_at = min(self._boost_at, task.deadline_at_us - self.boost_us)
+            self._boosts.add(task, task.deadline_at_us)
         if task.state is State.PREEMPTED:
             self._resumes.setdefault(task.tenant, LazyHeap()).set(task.pid, (task.pid,))
         else:
@@ -281,7 +288,8 @@ class FairQueue:
     def remove(self, task: Task) -> None:
         if self._members.pop(task.pid, None) is None:
             return
-        self._deadlines.discard(task.pid)
+        if task.deadline_at_us is not None:
+            self._boosts.discard(task)
         resumes = self._resumes.get(task.tenant)
         if resumes and task.pid in resumes:
             resumes.discard(task.pid)
@@ -312,10 +320,12 @@ class FairQueue:
         if task.agent in self._tasks:
             self._agents[task.tenant].set(task.agent, (self.accounts.agent(task).counter, task.agent))
 
-    def peek(self, now_us: int) -> Task | None:
-        if now_us >= self._boost_at and (urgent := self._boosted(now_us)) is not None:
+    def peek(self, now_us: int, slice_tokens: int) -> Task | None:
+        """An urgent deadline of a tenant within `slice_tokens` of the least counter (boost.py), else least first."""
+        if now_us >= self._boosts.at and \
+                (urgent := self._boosts.boosted(now_us, self._tenants.peek(), slice_tokens)) is not None:
             self._chosen = None
-            return urgent
+            return self._members[urgent]
         tenant = self._chosen = self._tenants.peek()
         if tenant is None:
             return None
@@ -324,13 +334,6 @@ class FairQueue:
             return self._members[resumes.peek()]
         tasks = self._tasks[self._agents[tenant].peek()]
         return tasks if not isinstance(tasks, LazyHeap) else self._members[tasks.peek()]
-
-    def _boosted(self, now_us: int) -> Task | None:
-        """The queued task with the earliest deadline if it is within boost_us, else None (and
-        no boost is looked for again until that deadline is)."""
-        urgent = self._deadlines.peek()
-        self._boost_at = NEVER if urgent is None else self._deadlines.prio(urgent)[0] - self.boost_us
-        return self._members[urgent] if now_us >= self._boost_at else None
 
     def why(self, set_aside: Iterable[Task]) -> str:
         """Why the last peek chose its task: worded only when asked (at a dispatch, before the queue
@@ -361,12 +364,12 @@ class FairQueue:
             yield f"{self.name} queue: its tenants' agent heaps are not the agents with queued tasks"
         if set(self._tenants) != set(by_tenant) | set(resumed):
             yield f"{self.name} queue: its tenant heap is not the tenants with queued tasks"
-        if set(self._deadlines) != {t.pid for t in members if t.deadline_at_us is not None}:
-            yield f"{self.name} queue: its deadline heap is not its members with a deadline"
+        yield from self._boosts.index_problems(self.name, members)
 
 
 def make_queue(policy: str, accounts: Accounts, boost_us: int) -> FairQueue | FlatQueue:
-    """The run queue of `policy`: fair | vtc | fcfs | greedy."""
+    """The run queue of `policy`: fair | vtc | fcfs | greedy; `fair` boosts deadlines within `boost_us` for the
+    tenants within a slice of the least backlogged counter (boost.py; the slice is the peek's)."""
     if policy == "fair":
         return FairQueue("fair", accounts, boost_us, preempts=True)
     if policy == "vtc":

@@ -40,6 +40,7 @@ from . import loadcheck
 from .access import OVERFLOW_ID, UID_MAX, id_fits
 from .audit import AuditLog
 from .billing import BillBook
+from .boost import Boosts
 from .config import KernelConfig
 from .endpoints import redacted
 from .engines import EngineBook, EngineWatch, Outage
@@ -201,7 +202,7 @@ def _array_rebuilt(*arguments: Any) -> Any:
 # What a snapshot names beside the attrs classes, each checked for what its call, __new__ and __setstate__ do with
 # the arguments a file gives (docs/security.md): plain kernel classes, the queues' key functions, the Kernel's reducer.
 PLAIN: tuple[Any, ...] = (
-    AuditLog, BillBook, EngineWatch, KVReports, LazyHeap, KVManager, PrefixCache, Models, Moves, Reclaim, Reaper,
+    AuditLog, BillBook, Boosts, EngineWatch, KVReports, LazyHeap, KVManager, PrefixCache, Models, Moves, Reclaim, Reaper,
     RunQueue, Accounts, FairQueue, FlatQueue, SharedLog, SubmitChecks, State, TaskTable, Tenancy, TraceLog,
     _arrival, _higher_prio_first, _one_level, _pid, _bare_kernel, _set_kernel_state)
 STANDARD = {("builtins", "getattr"): _kernel_method, ("collections", "OrderedDict"): OrderedDict,

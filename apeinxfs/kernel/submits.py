@@ -15,12 +15,11 @@ import attrs
 
 from . import events as ev
 from .errors import Invalid, NoSpace, NotFound
-from .kvmem import estimate_prompt_tokens
+from .kvmem import least_prompt_tokens
 from .tenant_config import check_new_name
 
 if TYPE_CHECKING:
-    from .config import KernelConfig, ModelConfig
-    from .gpus import Gpu
+    from .config import ModelConfig
     from .memory import KVManager
     from .models import Models
     from .spec import TaskSpec
@@ -60,10 +59,8 @@ def check_child_tenant(named: str | None, parents: str) -> None:
 class SubmitChecks:
     """Whether a task may be added here: the handler table's check of Submit and of Adopt."""
 
-    def __init__(self, config: KernelConfig, models: Models, tasks: TaskTable, tenancy: Tenancy,
-                 kv: KVManager, gpus: list[Gpu]):
-        self._config, self._models, self._tasks = config, models, tasks
-        self._tenancy, self._kv, self._gpus = tenancy, kv, gpus
+    def __init__(self, models: Models, tasks: TaskTable, tenancy: Tenancy, kv: KVManager):
+        self._models, self._tasks, self._tenancy, self._kv = models, tasks, tenancy, kv
 
     def check_submit(self, event: ev.Submit, anywhere: Anywhere | None = None) -> None:
         """NotFound, Invalid or NoSpace, saying why, unless a task of `event.spec` can be added here (with
@@ -90,15 +87,15 @@ class SubmitChecks:
 
     def _check_fits(self, spec: TaskSpec, model: ModelConfig, on_this_node: bool) -> None:
         """Invalid if the prompt plus max_tokens pass the model's context; NoSpace if they can never fit in this
-        node's largest GPU pool (checked `on_this_node` only)."""
-        context = estimate_prompt_tokens(spec.prompt) + spec.max_tokens
-        if context > model.context:
-            raise Invalid(f"prompt plus max_tokens ({context}) exceeds the context of {model.name} ({model.context})")
-        if not on_this_node:
-            return
-        need, largest = self._kv.admit_pages(spec, model), max(g.pool.pages_total for g in self._gpus)
-        if need > largest:
-            raise NoSpace(f"needs {need} KV pages of {self._config.page_mib} MiB; the largest GPU pool has {largest}")
+        node's largest GPU pool (checked `on_this_node` only). Refusals that never lift: the prompt is counted
+        at least_prompt_tokens, not the estimate, which may be 4 times the engine's count."""
+        prompt = least_prompt_tokens(spec.prompt)
+        if prompt + spec.max_tokens > model.context:
+            raise Invalid(f"prompt (estimated at least {prompt} tokens) plus max_tokens ({spec.max_tokens}) exceeds "
+                          f"the context of {model.name} ({model.context})")
+        why = self._kv.misfit(model, prompt, spec.max_tokens) if on_this_node else None
+        if why:
+            raise NoSpace(f"prompt (estimated at least {prompt} tokens) plus max_tokens {why}")
 
     def admit_anywhere(self, event: ev.Submit, now_us: int, batch: dict[str, tuple[int, int]],
                        elsewhere: Mapping[str, Elsewhere], anywhere: Anywhere) -> None:

@@ -62,14 +62,26 @@ class Task:
     run_tokens: int = 0
     kv_preemptions: int = 0
     started_us: int | None = None  # first dispatch: the prompt is charged then
+    prompt_estimated: bool = False  # tokens_in is the estimate, which the engine's count replaces (tenancy.meter_serve)
+    # the prompt's least count, which its KV is placed at while the estimate (still reserved, charged and billed in
+    # tokens_in) could fit in no GPU pool and the engine has not counted it; None: placed at tokens_in
+    placed_prompt: int | None = None
+    # its own uid's stop dropped its KV: the prefills up to its next token are charged (runqueue.py); a task stopped
+    # by a release before this field continues with it False: one recompute free
+    prefill_owed: bool = False
     meter: "Meter | None" = None  # the billing segment running now
     output: bytearray = attrs.Factory(bytearray)
     trace_last: int = 0  # the seq of its last trace line (trace.py chains its lines back from it)
 
     @property
     def context_tokens(self) -> int:
-        """Tokens the engine holds KV for: the prompt plus what was generated."""
-        return self.tokens_in + self.tokens_out
+        """Tokens the engine holds KV for: the prompt (as placed) plus what was generated."""
+        return self.kv_prompt_tokens + self.tokens_out
+
+    @property
+    def kv_prompt_tokens(self) -> int:
+        """The prompt's tokens its KV is placed at: placed_prompt if set, else tokens_in."""
+        return self.tokens_in if self.placed_prompt is None else self.placed_prompt
 
     @property
     def done(self) -> bool:

@@ -2,9 +2,10 @@
 
 `TaskTable` is a read-only mapping pid -> Task (exited tasks stay, for `wait` and /tasks);
 it owns the next pid (in a cluster, from the pid blocks the cluster granted), the count
-of tasks in each state (changed only by `set_state`) and each tenant's live pids
-(livepids.py), the heap of deadlines and the walk of a task tree (a kill's descendants,
-whether a tree is done, the ancestors a `wait` wakes). Trees can be as deep as a user
+of tasks in each state (changed only by `set_state`), each tenant's live pids
+(livepids.py), the order its exited tasks are reaped in (reaporder.py), the heap of
+deadlines and the walk of a task tree (a kill's descendants, whether a tree is done, the
+ancestors a `wait` wakes). Trees can be as deep as a user
 makes them, so every walk keeps its own stack. What a task does on a GPU or in the queue is not here.
 """
 from __future__ import annotations

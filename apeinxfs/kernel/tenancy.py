@@ -210,15 +210,20 @@ class Tenancy:
             self._restore_tenant(task.tenant)
         tenant, usage, host = self.tenants[task.tenant], self.usage[task.tenant], self._host
         want = task.tokens_in + task.spec.max_tokens - task.tokens_out  # an adopted task may have some already
-        if usage.budget.overdrawn(budget_limit(tenant), host.now_us, usage.reserved, want):
-            usage.overdraws += 1
-            host.emit("overdraw", task, f"tenant {task.tenant} borrows against its budget: "
-                                        f"{usage.budget.used} used, {usage.reserved} reserved, {want} asked")
+        self._borrowing(task, usage, want, f"{want} asked")
         usage.live += 1
         usage.reserved += want
         if note:
             host.emit("limit", task, note)
         return None if tenant.sandbox.max_wall is None else host.now_us + tenant.sandbox.max_wall * 1_000_000
+
+    def _borrowing(self, task: Task, usage: TenantUsage, want: int, why: str) -> None:
+        """An `overdraw` line, counted, if the task's tenant borrows against its budget with `want` more."""
+        limit = budget_limit(self.tenants[task.tenant])
+        if want > 0 and usage.budget.overdrawn(limit, self._host.now_us, usage.reserved, want):
+            usage.overdraws += 1
+            self._host.emit("overdraw", task, f"tenant {task.tenant} borrows against its budget: "
+                                              f"{usage.budget.used} used, {usage.reserved} reserved, {why}")
 
     def _restore_tenant(self, name: str) -> None:
         """A journaled task's tenant that the config no longer has (a restart after the config
@@ -287,24 +292,34 @@ class Tenancy:
         task.meter = meter = Meter(now, now, now)  # start, mark, last
         if task.started_us is None:
             task.started_us, meter.tokens_in = now, task.tokens_in
-            usage = self._charge_tokens(task, task.tokens_in)
-            usage.tokens_in += task.tokens_in
+            self._charge_tokens(task, task.tokens_in).tokens_in += task.tokens_in
 
-    def meter_serve(self, task: Task, tokens: int) -> None:
+    def meter_serve(self, task: Task, chunk: ev.Chunk) -> None:
+        """Charge a chunk's tokens (task.tokens_out counts them already), and the prompt if the engine counts it."""
         meter, now = task.meter, self._host.now_us
         assert meter is not None, "a served task is metered from its dispatch"
         meter.advance(now, task.kv_pages)
         meter.last_us = now
-        meter.tokens_out += tokens
-        usage = self._charge_tokens(task, tokens)
-        usage.tokens_out += tokens
+        meter.tokens_out += chunk.tokens
+        self._charge_tokens(task, chunk.tokens).tokens_out += chunk.tokens
+        if chunk.prefill and task.prompt_estimated:  # the engine's first count of the task's prompt
+            self._count_prompt(task, meter, chunk.prefill - (task.tokens_out - meter.tokens_out))
 
-    def _charge_tokens(self, task: Task, tokens: int) -> TenantUsage:
-        """Charge the tenant's quota and budget ledgers; its usage record."""
+    def _count_prompt(self, task: Task, meter: Meter, counted: int) -> None:
+        """Bill and charge in this segment the engine's count of the prompt less the estimate charged (or refund)."""
+        counted, task.prompt_estimated, task.placed_prompt = max(1, counted), False, None  # at least 1: BOS
+        more, task.tokens_in = counted - task.tokens_in, counted
+        self._borrowing(task, self.usage[task.tenant], more, f"the engine counted {more} prompt tokens more")
+        meter.tokens_in += more
+        self._charge_tokens(task, more, reserved=0).tokens_in += more
+
+    def _charge_tokens(self, task: Task, tokens: int, reserved: int | None = None) -> TenantUsage:
+        """Charge the quota and budget ledgers `tokens` (below 0: give back a prompt's estimate, charged at the
+        task's first dispatch, in the windows of that charge only), `reserved` of them (default all) reserved."""
         usage, tenant, now = self.usage[task.tenant], self.tenants[task.tenant], self._host.now_us
-        usage.quota.charge(quota_limit(tenant), now, tokens)
-        usage.budget.charge(budget_limit(tenant), now, tokens)
-        usage.reserved -= tokens
+        usage.quota.charge(quota_limit(tenant), now, tokens, task.started_us)
+        usage.budget.charge(budget_limit(tenant), now, tokens, task.started_us)
+        usage.reserved -= tokens if reserved is None else reserved
         return usage
 
     def meter_end(self, task: Task, end_us: int | None = None) -> None:

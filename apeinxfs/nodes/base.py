@@ -239,7 +239,7 @@ class Writes:
     """What the writes of a ctl or settings file are held to and where their refusals go, one for every such
     file of a daemon (Runtime.writes): `limits`, what its descriptors may hold (the daemon's buffers);
     `rejects(node, refusal, caller)`, the `reject` line of a refused write, at the node's path in the tree
-    (nodes/tree.py `Tree.reject_at`, set by `reject_at`); None: nowhere."""
+    (nodes/tree.py `Tree.reject_at`, set by `send_rejects_to` as the Tree is built); None: nowhere."""
 
     limits: Buffers = attrs.Factory(Buffers)
     rejects: Callable[[Node, ApeinxError, Caller], None] | None = None

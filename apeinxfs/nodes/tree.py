@@ -229,12 +229,13 @@ class Tree:
 
     def entries_from(self, directory: Dir, identity, cookie: int) -> Iterator[tuple[int, str, object]]:
         """`directory`'s entries from readdir offset `cookie` on (Dir.entries_from) as `identity` reaches them; a
-        tenanted file whose view has no inode left (NoSpace, views.py) is left out, so that only a lookup of its
-        name fails, never the listing."""
+        tenanted file whose view has no inode left (NoSpace, views.py), or is gone (NotFound: the tenant of an
+        identity taken at opendir was removed since), is left out, so that only a lookup of its name fails, never
+        the listing."""
         for after, name, child in directory.entries_from(cookie):
             try:
                 yield after, name, self.reached(child, identity)
-            except NoSpace:
+            except (NoSpace, NotFound):
                 continue
 
     def open_snapshot(self, node: Show, uid: int) -> bytes:
