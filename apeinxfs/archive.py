@@ -69,7 +69,7 @@ class Archive:
             last = b""
             for last in statefile.archive_lines(path):
                 pass
-            return last_seq_in(last, first)
+            return last_seq_in(last, first, path)
         with statefile.opened(path, writing=True) as file:
             size = file.seek(0, os.SEEK_END)
             file.seek(max(0, size - TAIL_BYTES))
@@ -82,7 +82,7 @@ class Archive:
             whole = tail[:tail.rfind(b"\n") + 1]
             if len(whole) < len(tail):
                 file.truncate(size - len(tail) + len(whole))
-        return last_seq_in(whole, first)
+        return last_seq_in(whole, first, path)
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -103,7 +103,8 @@ class Archive:
     def _writing(self):
         if self._file is None:
             path = os.path.join(self.directory, file_name(self.first, stem=self.stem))
-            self._file = open(path, "ab", buffering=0)
+            opened = statefile.descriptor(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            self._file = os.fdopen(opened, "ab", buffering=0)
             if self._file.tell() == 0:
                 self._file.write(self.header)
         return self._file
@@ -128,14 +129,18 @@ class Archive:
             file.seek(0)
             file.write(kept)
             file.truncate()
-        self.seq = last_seq_in(kept, self.first)
+        self.seq = last_seq_in(kept, self.first, path)
 
     def compress_full(self) -> None:
         """gzip every full file (all .csv but the one being written), then drop the oldest files over
-        `total_bytes`. Safe in a thread beside `append`, which touches only the file being written."""
+        `total_bytes`. Safe in a thread beside `append`, which touches only the file being written. A file the
+        daemon did not write (Untrusted: a link, a FIFO) is logged and left, for `_trim` to drop in its turn."""
         for first, path in self.files():
             if first != self.first and not path.endswith(".gz"):
-                compress(path)
+                try:
+                    compress(path)
+                except statefile.Untrusted as exc:
+                    skipped(path, exc)
             elif path.endswith(".gz") and os.path.exists(path[:-3]):  # a crash before the .csv went
                 os.unlink(path[:-3])
         self._trim()
@@ -143,7 +148,7 @@ class Archive:
     def _trim(self) -> None:
         if not self.total_bytes:
             return
-        files = [(path, os.path.getsize(path)) for _, path in self.files()]
+        files = [(path, os.lstat(path).st_size) for _, path in self.files()]  # a planted link's own, not its target's
         total = sum(size for _, size in files)
         for path, size in files[:-1]:
             if total <= self.total_bytes:
@@ -173,7 +178,8 @@ class Archive:
         return lines(self.directory, self.stem)
 
     def of_task(self, pid: int) -> bytes:
-        return task_lines(self.directory, pid)
+        """/replay/PID's lines: as `task_lines`, a file the daemon did not write logged and skipped."""
+        return task_lines(self.directory, pid, skipping=True)
 
 
 # -- reading, without an Archive (it changes nothing: `apeinxfs replay` reads beside a daemon) ---------
@@ -223,12 +229,13 @@ def write_all(file, data: bytes) -> None:
         raise
 
 
-def last_seq_in(text: bytes, first: int) -> int:
-    """The seq of the last line of a file's `text` (first - 1 if it has only the header)."""
-    lines = text.rstrip(b"\n").rsplit(b"\n", 1)
-    last = lines[-1]
-    head = last.split(b",", 1)[0]
-    return int(head) if head.isdigit() else first - 1
+def last_seq_in(text: bytes, first: int, path: str) -> int:
+    """The seq of the last line of `text`, from the file `path` starting at `first` (first - 1 if it has only the
+    header); Untrusted if that line does not start with its seq: the lines before it are not thrown away."""
+    last = text.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    if not last or last.startswith(b"seq,"):  # the header, the trace's or the audit trail's
+        return first - 1
+    return seq_of(last, path)
 
 
 def seq_of(line: bytes, path: str) -> int:
@@ -249,11 +256,30 @@ def compress(path: str) -> None:
     os.unlink(path)
 
 
-def task_lines(directory: str, pid: int) -> bytes:
+def task_lines(directory: str, pid: int, skipping: bool = False) -> bytes:
     """Task `pid`'s archived lines as they are shown (`shown`), with the header (the header alone if none): a scan
-    of every file."""
+    of every file. Untrusted at a file the daemon did not write, or if `skipping` (the daemon's /replay: one bad
+    file does not take out every task's) that file logged and its lines left out."""
     prefix = re.compile(rb"^\d+,\d+,[^,]*,%d," % pid)
-    return HEADER + b"".join(shown(line) for line in lines(directory) if prefix.match(line))
+    found = [HEADER]
+    for _, path in files(directory):
+        try:
+            found.extend([shown(line) for line in file_lines(path) if prefix.match(line)])
+        except statefile.Untrusted as exc:
+            if not skipping:
+                raise
+            skipped(path, exc)
+    return b"".join(found)
+
+
+_skipped: set[str] = set()  # the paths `skipped` logged: each once in a daemon's life
+
+
+def skipped(path: str, exc: statefile.Untrusted) -> None:
+    """Log, once per path, that an archive file the daemon did not write is left as it is."""
+    if path not in _skipped:
+        _skipped.add(path)
+        log.warning("archive: skipping %s", exc)
 
 
 def shown(lines: bytes) -> bytes:

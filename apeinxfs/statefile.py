@@ -9,6 +9,7 @@ This module decides nothing about what a refusal means: each reader says whether
 """
 import errno
 import gzip
+import io
 import os
 import stat
 from collections.abc import Iterator
@@ -17,6 +18,9 @@ from typing import IO
 from .kernel.errors import ApeinxError
 
 LINE_MAX = 1 << 20  # bytes of one line of an archive read at most: a trace line takes some hundred
+BLOCK = LINE_MAX  # bytes read at once: a line ending in a block is at most LINE_MAX with the part carried before it
+LINKED = ("a symbolic link, which the daemon never writes there (to keep the state on another disk, link the state "
+          "directory itself)")
 INFLATE_RATIO, INFLATE_FLOOR = 64, 64 << 20  # a compressed file inflates to at most 64 times its length, or 64 MiB:
 # a snapshot's state compresses 2 to 8 times at zlib level 1, an archive's CSV under 20 times; a bomb 1000 times
 
@@ -43,7 +47,7 @@ def descriptor(path: str, flags: int, mode: int = 0o600) -> int:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise refusal(path, "a symbolic link, which the daemon never writes there") from None
+            raise refusal(path, LINKED) from None
         if exc.errno == errno.ENXIO:  # a FIFO opened to write, no reader on it
             raise refusal(path, "a FIFO, which the daemon never writes there") from None
         raise
@@ -63,7 +67,7 @@ def check_regular(path: str) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISLNK(mode):
-        raise refusal(path, "a symbolic link, which the daemon never writes there")
+        raise refusal(path, LINKED)
     kind_checked(path, mode)
 
 
@@ -78,17 +82,22 @@ def inflate_limit(packed_bytes: int) -> int:
 
 
 def bounded_lines(file: IO[bytes], path: str, total: int | None = None) -> Iterator[bytes]:
-    """The lines of `file` one by one (the last maybe without its newline); Untrusted at a line longer than
-    LINE_MAX, or past `total` bytes in all."""
-    read = 0
-    while line := file.readline(LINE_MAX + 1):
-        if len(line) > LINE_MAX:
-            raise refusal(path, f"a line longer than {LINE_MAX} bytes, as no archive line is")
-        read += len(line)
+    """The lines of `file` one by one (the last maybe without its newline), read in blocks; Untrusted at a line
+    longer than LINE_MAX, or past `total` bytes in all."""
+    read, carried = 0, b""
+    while block := file.read(BLOCK):
+        read += len(block)
         if total is not None and read > total:
             raise refusal(path, f"it inflates past {total} bytes, {INFLATE_RATIO} times its length or more, "
                                 "as no file the daemon compressed does")
-        yield line
+        chunk = carried + block
+        whole = chunk.rfind(b"\n") + 1  # the lines ending in it; the rest is carried to the next block
+        carried = chunk[whole:]
+        if len(carried) > LINE_MAX or chunk.find(b"\n", 0, whole) >= LINE_MAX:
+            raise refusal(path, f"a line longer than {LINE_MAX} bytes, as no archive line is")
+        yield from io.BytesIO(chunk[:whole])  # split on b"\n" alone, in C
+    if carried:
+        yield carried
 
 
 def archive_lines(path: str) -> Iterator[bytes]:

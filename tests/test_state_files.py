@@ -4,7 +4,10 @@ daemon start within its timeout (a hang is the failure) and by `apeinxfs replay 
 without bound or answered with a traceback.
 """
 import gzip
+import io
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import zlib
@@ -12,7 +15,11 @@ import zlib
 import pytest
 
 from apeinxfs import archive, statefile, verify
-from test_archive import names, some_tasks
+from apeinxfs.archive import Archive
+from apeinxfs.kernel.events import Kill
+from apeinxfs.kernel.trace import HEADER, TraceLog
+from test_archive import grow, names, runtime, some_tasks
+from test_journal_runtime import submit
 
 UNTRUSTED = "damaged or untrusted state file"
 START_TIMEOUT_S = 60  # a start that waits on a FIFO or reads /dev/zero runs into it
@@ -102,13 +109,14 @@ def test_a_start_refuses_a_planted_journal_file_in_words(tmp_path, plant, name):
 
 
 def test_a_start_refuses_a_journal_linked_to_a_whole_one(tmp_path):
-    """journal.db linked to a whole journal elsewhere is refused too: SQLite keeps its -wal beside the link, not
-    the file, and a write-back would replace the link; the state directory itself may be a link."""
+    """journal.db linked to a whole journal elsewhere is refused too, in words that say to link the state directory
+    instead: SQLite keeps its -wal beside the link, not the file, and a write-back would replace the link."""
     some_tasks(tmp_path / "elsewhere")
     state = tmp_path / "state"
     state.mkdir()
     os.symlink(tmp_path / "elsewhere" / "state" / "journal.db", state / "journal.db")
-    assert_start_refuses(tmp_path, state, "journal.db", "a symbolic link")
+    assert_start_refuses(tmp_path, state, "journal.db", "a symbolic link, which the daemon never writes there (to "
+                         "keep the state on another disk, link the state directory itself)")  # what to do instead
 
 
 def oldest_replaced(tmp_path, plant, suffix: str) -> str:
@@ -174,3 +182,98 @@ def test_a_daemonised_start_refuses_a_planted_log_in_words(tmp_path, plant):
     done = subprocess.run([sys.executable, "-m", "apeinxfs.cli", str(mountpoint), "--state-dir", str(state)],
                           capture_output=True, text=True, timeout=START_TIMEOUT_S)
     assert done.returncode == 1 and f"{UNTRUSTED}: {state / 'apeinxfs.log'}, " in done.stderr, done.stderr
+
+
+def skips_logged(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.getMessage().startswith("archive: skipping")]
+
+
+def test_a_planted_full_file_is_skipped_and_the_oldest_files_still_go(tmp_path, caplog):
+    """A link planted at a full file's name is logged once and left by compress_full, which goes on compressing
+    the others and dropping the oldest over the cap: it raised each time, and the archive grew without bound."""
+    directory, victim = tmp_path / "trace", tmp_path / "victim"
+    victim.write_bytes(b"another file\n")
+    planted = Archive(str(directory), file_bytes=2000, total_bytes=3000)
+    os.symlink(victim, directory / archive.file_name(0))  # the oldest name of all
+    trace = TraceLog("n")
+    with caplog.at_level(logging.WARNING, logger="apeinxfs.archive"):
+        for batch in range(30):
+            grow(trace, 10, batch * 10)
+            if planted.append(trace):
+                planted.compress_full()
+    files = names(directory)
+    assert archive.file_name(0) not in files and all(name.endswith(".gz") for name in files[:-1])
+    assert sum(os.path.getsize(directory / name) for name in files[:-1]) <= 3000
+    assert victim.read_bytes() == b"another file\n" and len(skips_logged(caplog)) == 1, caplog.text
+
+
+def test_a_link_planted_at_the_next_file_s_name_is_refused_not_written_through(tmp_path):
+    """A link at the name the archive's next file will have is refused at the rotation, its target left whole."""
+    directory, victim, trace = tmp_path / "trace", tmp_path / "victim", TraceLog("n")
+    victim.write_bytes(b"another file\n")
+    rotating = Archive(str(directory), file_bytes=2000)
+    while not rotating.append(trace):
+        grow(trace, 10, trace.seq)
+    os.symlink(victim, directory / archive.file_name(rotating.first))
+    grow(trace, 10, trace.seq)
+    with pytest.raises(statefile.Untrusted, match="a symbolic link"):
+        rotating.append(trace)
+    assert victim.read_bytes() == b"another file\n"
+
+
+def test_a_daemon_keeps_its_lines_while_the_next_archive_file_is_a_link(tmp_path, caplog):
+    """Behind a runtime, the refusal is logged and the lines stay in the ring: a commit never raises from it."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"another file\n")
+    with runtime(tmp_path, file_bytes=600) as rt:
+        directory = tmp_path / "state" / "trace"
+        while (directory / archive.file_name(rt.archive.first)).exists():
+            submit(rt)
+        os.symlink(victim, directory / archive.file_name(rt.archive.first))
+        pid = submit(rt)
+        rt.commit([Kill(pid=pid)])
+        assert rt.archive.seq < rt.kernel.trace.seq and "a symbolic link" in caplog.text
+    assert victim.read_bytes() == b"another file\n"
+
+
+def test_a_damaged_last_line_refuses_the_archive_and_a_header_alone_is_no_line(tmp_path):
+    """A newest file whose last line does not start with its seq is refused, not read as holding no line (the
+    lines before it were written again); a file of its header alone starts after the seq before its first."""
+    damaged = tmp_path / "damaged" / archive.file_name(1)
+    damaged.parent.mkdir()
+    damaged.write_bytes(HEADER + b"1,x\n2,x\n3zz,x\n")
+    with pytest.raises(statefile.Untrusted, match="does not start with its seq: b'3zz,x'"):
+        Archive(str(damaged.parent), file_bytes=1 << 20)
+    (tmp_path / archive.file_name(5)).write_bytes(HEADER)
+    assert Archive(str(tmp_path), file_bytes=1 << 20).seq == 4
+
+
+@pytest.mark.parametrize("longest, whole", [(statefile.LINE_MAX, True), (statefile.LINE_MAX + 1, False)])
+def test_a_line_across_blocks_is_read_whole_up_to_the_bound(longest, whole):
+    """A line reaching over a block's end is read whole if at most LINE_MAX with its newline, refused if longer."""
+    lines = [b"a" * (statefile.BLOCK // 2) + b"\n", b"b" * (longest - 1) + b"\n", b"c"]
+    read = statefile.bounded_lines(io.BytesIO(b"".join(lines)), "lines")
+    if whole:
+        assert list(read) == lines
+    else:
+        with pytest.raises(statefile.Untrusted, match="a line longer than"):
+            list(read)
+
+
+def test_replay_skips_a_bad_archive_file_and_shows_the_others(tmp_path, caplog):
+    """/replay/PID's lines (Archive.of_task) leave out a planted archive file, logged once, and show the rest's;
+    `task_lines` (replay --verify's) still refuses it."""
+    pids = some_tasks(tmp_path)
+    trace = tmp_path / "state" / "trace"
+    kept = tmp_path / "kept"
+    shutil.copytree(trace, kept)
+    os.unlink(kept / names(kept)[0])
+    oldest = names(trace)[0]
+    os.unlink(trace / oldest)
+    fifo(trace / oldest)
+    with caplog.at_level(logging.WARNING, logger="apeinxfs.archive"):
+        shown = [Archive(str(trace), file_bytes=800).of_task(pid) for pid in pids]
+    assert shown == [archive.task_lines(str(kept), pid) for pid in pids] and shown[-1].count(b"\n") > 1
+    assert len(skips_logged(caplog)) == 1 and oldest in caplog.text, caplog.text
+    with pytest.raises(statefile.Untrusted, match="mode p"):
+        archive.task_lines(str(trace), pids[0])
