@@ -30,7 +30,7 @@ import os
 import re
 import shutil
 
-from . import durable
+from . import durable, statefile
 from .kernel.endpoints import redacted
 from .kernel.trace import HEADER
 
@@ -62,22 +62,27 @@ class Archive:
         return files(self.directory, self.stem)
 
     def _last_seq(self, newest: tuple[int, str]) -> int:
-        """The seq of the newest file's last whole line (a line torn by a crash is cut off)."""
+        """The seq of the newest file's last whole line (a line torn by a crash is cut off); Untrusted
+        (statefile.py) if it is not a file the daemon wrote."""
         first, path = newest
         if path.endswith(".gz"):  # a crash between compressing and starting the next file
-            with gzip.open(path, "rb") as file:
-                return last_seq_in(file.read(), first)
-        with open(path, "r+b") as file:
+            last = b""
+            for last in statefile.archive_lines(path):
+                pass
+            return last_seq_in(last, first, path)
+        with statefile.opened(path, writing=True) as file:
             size = file.seek(0, os.SEEK_END)
             file.seek(max(0, size - TAIL_BYTES))
             tail = file.read()
-            if b"\n" not in tail:  # a last line longer than the tail: read it all
-                file.seek(0)
+            if b"\n" not in tail:  # a last line longer than the tail: read it, up to a line's bound
+                file.seek(max(0, size - statefile.LINE_MAX))
                 tail = file.read()
+            if b"\n" not in tail and size > statefile.LINE_MAX:
+                raise statefile.refusal(path, f"a line longer than {statefile.LINE_MAX} bytes, as no archive line is")
             whole = tail[:tail.rfind(b"\n") + 1]
             if len(whole) < len(tail):
                 file.truncate(size - len(tail) + len(whole))
-        return last_seq_in(whole, first)
+        return last_seq_in(whole, first, path)
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -98,7 +103,8 @@ class Archive:
     def _writing(self):
         if self._file is None:
             path = os.path.join(self.directory, file_name(self.first, stem=self.stem))
-            self._file = open(path, "ab", buffering=0)
+            opened = statefile.descriptor(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            self._file = os.fdopen(opened, "ab", buffering=0)
             if self._file.tell() == 0:
                 self._file.write(self.header)
         return self._file
@@ -117,20 +123,24 @@ class Archive:
         path = os.path.join(self.directory, file_name(self.first, stem=self.stem))
         if not os.path.exists(path):  # the lines are in compressed files: they stay
             return
-        with open(path, "r+b") as file:
+        with statefile.opened(path, writing=True) as file:
             header, *lines = file.read().splitlines(keepends=True)
-            kept = header + b"".join(line for line in lines if int(line.split(b",", 1)[0]) <= seq)
+            kept = header + b"".join(line for line in lines if seq_of(line, path) <= seq)
             file.seek(0)
             file.write(kept)
             file.truncate()
-        self.seq = last_seq_in(kept, self.first)
+        self.seq = last_seq_in(kept, self.first, path)
 
     def compress_full(self) -> None:
         """gzip every full file (all .csv but the one being written), then drop the oldest files over
-        `total_bytes`. Safe in a thread beside `append`, which touches only the file being written."""
+        `total_bytes`. Safe in a thread beside `append`, which touches only the file being written. A file the
+        daemon did not write (Untrusted: a link, a FIFO) is logged and left, for `_trim` to drop in its turn."""
         for first, path in self.files():
             if first != self.first and not path.endswith(".gz"):
-                compress(path)
+                try:
+                    compress(path)
+                except statefile.Untrusted as exc:
+                    skipped(path, exc)
             elif path.endswith(".gz") and os.path.exists(path[:-3]):  # a crash before the .csv went
                 os.unlink(path[:-3])
         self._trim()
@@ -138,7 +148,7 @@ class Archive:
     def _trim(self) -> None:
         if not self.total_bytes:
             return
-        files = [(path, os.path.getsize(path)) for _, path in self.files()]
+        files = [(path, os.lstat(path).st_size) for _, path in self.files()]  # a planted link's own, not its target's
         total = sum(size for _, size in files)
         for path, size in files[:-1]:
             if total <= self.total_bytes:
@@ -168,7 +178,8 @@ class Archive:
         return lines(self.directory, self.stem)
 
     def of_task(self, pid: int) -> tuple[bytes, frozenset[str]]:
-        return task_lines(self.directory, pid)
+        """/replay/PID's lines and tenants: as `task_lines`, a file the daemon did not write logged and skipped."""
+        return task_lines(self.directory, pid, skipping=True)
 
 
 # -- reading, without an Archive (it changes nothing: `apeinxfs replay` reads beside a daemon) ---------
@@ -196,11 +207,10 @@ def file_lines(path: str):
     """The lines of one archive file but its header; of a .csv compressed since it was listed, its .gz's;
     none of a file trimmed meanwhile."""
     for candidate in (path,) if path.endswith(".gz") else (path, path + ".gz"):
-        opener = gzip.open if candidate.endswith(".gz") else open
         try:
-            with opener(candidate, "rb") as file:
-                next(file, None)  # the header
-                yield from file
+            lines = statefile.archive_lines(candidate)
+            next(lines, None)  # the header
+            yield from lines
             return
         except FileNotFoundError:
             continue
@@ -219,34 +229,70 @@ def write_all(file, data: bytes) -> None:
         raise
 
 
-def last_seq_in(text: bytes, first: int) -> int:
-    """The seq of the last line of a file's `text` (first - 1 if it has only the header)."""
-    lines = text.rstrip(b"\n").rsplit(b"\n", 1)
-    last = lines[-1]
-    return int(last.split(b",", 1)[0]) if last and last[:1].isdigit() else first - 1
+def last_seq_in(text: bytes, first: int, path: str) -> int:
+    """The seq of the last line of `text`, from the file `path` starting at `first` (first - 1 if it has only the
+    header); Untrusted if that line does not start with its seq: the lines before it are not thrown away."""
+    last = text.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    if not last or last.startswith(b"seq,"):  # the header, the trace's or the audit trail's
+        return first - 1
+    return seq_of(last, path)
+
+
+def seq_of(line: bytes, path: str) -> int:
+    """The seq an archived line of `path` (a file, or the archive's directory) starts with; Untrusted if none."""
+    head = line.split(b",", 1)[0]
+    if not head.isdigit():
+        raise statefile.refusal(path, f"a line that does not start with its seq: {line[:60]!r}")
+    return int(head)
 
 
 def compress(path: str) -> None:
     """`path` -> `path`.gz, durably: a crash or power cut leaves the .csv whole (and maybe a .tmp, redone later)."""
     target = path + ".gz"
     if not os.path.exists(target):
-        with open(path, "rb") as source, gzip.open(target + ".tmp", "wb") as sink:
+        with statefile.opened(path) as source, gzip.open(target + ".tmp", "wb") as sink:
             shutil.copyfileobj(source, sink, 1 << 20)
         durable.replace(target + ".tmp", target)
     os.unlink(path)
 
 
-def task_lines(directory: str, pid: int) -> tuple[bytes, frozenset[str]]:
+def task_lines(directory: str, pid: int, skipping: bool = False) -> tuple[bytes, frozenset[str]]:
     """(Task `pid`'s archived lines as they are shown (`shown`), with the header (the header alone if none); the
     tenants of every archived task line): a scan of every file. Those are the tenants its lines may name, a removed
-    one's too, which the trace forgets once its lines leave the ring (kernel/trace.py `redact_lines` hides them)."""
+    one's too, which the trace forgets once its lines leave the ring (kernel/trace.py `redact_lines` hides them).
+    Untrusted at a file the daemon did not write, or if `skipping` (the daemon's /replay: one bad file does not
+    take out every task's) that file logged and its lines left out."""
     own, found, tenants = b"%d" % pid, [], set()
-    for line in lines(directory):
+    for _, path in files(directory):
+        try:
+            found.extend(_task_lines_in(path, own, tenants))
+        except statefile.Untrusted as exc:
+            if not skipping:
+                raise
+            skipped(path, exc)
+    return HEADER + b"".join(found), frozenset(name.decode(errors="replace") for name in tenants if name)
+
+
+def _task_lines_in(path: str, own: bytes, tenants: set[bytes]) -> list[bytes]:
+    """The lines of task `own` in one archive file, shown; the tenant of each task line added to `tenants` (a
+    file that turns out bad adds tenants, never lines: they are hidden, not shown)."""
+    found = []
+    for line in file_lines(path):
         if len(fields := line.split(b",", 5)) == 6:  # seq,time_us,type,pid,tenant,...: a split is cheaper than a match
             tenants.add(fields[4])  # b"" on a line of no task
             if fields[3] == own:
                 found.append(shown(line))
-    return HEADER + b"".join(found), frozenset(name.decode(errors="replace") for name in tenants if name)
+    return found
+
+
+_skipped: set[str] = set()  # the paths `skipped` logged: each once in a daemon's life
+
+
+def skipped(path: str, exc: statefile.Untrusted) -> None:
+    """Log, once per path, that an archive file the daemon did not write is left as it is."""
+    if path not in _skipped:
+        _skipped.add(path)
+        log.warning("archive: skipping %s", exc)
 
 
 def shown(lines: bytes) -> bytes:

@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterator
 
 import attrs
 
-from . import durable
+from . import durable, statefile
 from .journalfiles import (DISPLACED, backed_up, copied, drop_wal, identity, refuse_set_aside, take_restore, unused_name,
                            uri)
 from .kernel.errors import ApeinxError, Degraded
@@ -153,7 +153,10 @@ class Unreadable(ApeinxError):
 
 
 def connected(path: str, readonly: bool) -> sqlite3.Connection:
-    """A connection to the journal at `path`, read-only or set up for the daemon's writes."""
+    """A connection to the journal at `path`, read-only or set up for the daemon's writes; Untrusted (statefile.py)
+    if it, its -wal or its -shm is a link or no regular file (SQLite would follow the one, wait on a FIFO)."""
+    for name in (path, path + "-wal", path + "-shm"):
+        statefile.check_regular(name)
     if readonly:
         return sqlite3.connect(uri(path, "ro"), uri=True, isolation_level=None)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

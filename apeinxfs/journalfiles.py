@@ -11,7 +11,7 @@ import os
 import sqlite3
 import urllib.parse
 
-from . import durable
+from . import durable, statefile
 from .kernel.errors import ApeinxError
 
 log = logging.getLogger("apeinxfs.journal")  # said with the journal's own lines
@@ -101,7 +101,9 @@ def take_restore(path: str) -> None:
 
 
 def whole_journal(path: str) -> bool:
-    """Whether `path` is a journal SQLite reads whole (quick_check) with its journal table."""
+    """Whether `path` is a journal SQLite reads whole (quick_check) with its journal table; Untrusted
+    (statefile.py) if it is a link or no regular file."""
+    statefile.check_regular(path)
     try:
         db = sqlite3.connect(uri(path, "ro"), uri=True)
         try:

@@ -24,7 +24,7 @@ import pyfuse3
 import trio
 
 from . import config as config_mod
-from . import fuselock, mountwatch
+from . import fuselock, mountwatch, statefile
 from .drivers import nvml
 from .enginehost import check_drivers
 from .fs import Operations
@@ -109,7 +109,7 @@ def lock_state_dir(state_dir: str) -> int:
     does (on_detach): that is awaited, up to HOLDER_EXIT_S; a holder still mounted (or starting) refuses the
     start at once."""
     os.makedirs(state_dir, exist_ok=True)
-    fd = os.open(os.path.join(state_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = statefile.descriptor(os.path.join(state_dir, "lock"), os.O_RDWR | os.O_CREAT)  # a planted link: not truncated
     if not _locked(fd):
         refusal = _holder_refusal(fd, state_dir)
         if refusal is not None:
@@ -191,7 +191,11 @@ def _daemonise(args: MountArgs, config) -> int:
         return 1
     os.close(read_end)
     os.setsid()
-    _log_to(os.path.join(config.state_dir, "apeinxfs.log"), args.debug)
+    try:
+        _log_to(os.path.join(config.state_dir, "apeinxfs.log"), args.debug)
+    except statefile.Untrusted as exc:
+        _report(write_end, f"cannot start: {exc}")
+        os._exit(1)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
@@ -201,7 +205,8 @@ def _daemonise(args: MountArgs, config) -> int:
 def _log_to(path: str | None, debug: bool) -> None:
     if path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    handler = logging.FileHandler(path) if path else logging.StreamHandler()
+    file = os.fdopen(statefile.descriptor(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a") if path else None
+    handler = logging.StreamHandler(file)  # a planted link or FIFO at the log: refused, not written through
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True)
 

@@ -26,6 +26,7 @@ import logging
 import attrs
 import trio
 
+from . import statefile
 from .clock import WallClock
 from .drivers import enginestate, metrics
 from .enginehost import DriverGroups
@@ -209,7 +210,8 @@ class Runtime:
                 if archive.append(ring):
                     self.notifier.wake({"archive"})
                 ring.release(archive.seq)
-            except OSError as exc:  # the lines stay in the ring and go with the next commit that can write them
+            except (OSError, statefile.Untrusted) as exc:  # the lines stay in the ring for the next commit that can write
+                # them: a link planted at the next file's name is refused, in words, until it goes
                 if archive.directory not in self.archive_failing:
                     log.error("archive: cannot write %s: %s", archive.directory, exc)
                 self.archive_failing.add(archive.directory)

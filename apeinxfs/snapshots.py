@@ -13,26 +13,22 @@ the next `prune` removes.
 `Snapshot.read` raises `Damaged` for a file that is truncated, altered, or of another
 version, and for a name that is no regular file (a symbolic link, a FIFO, a device: `opened`
 neither follows nor waits on one) or whose header line or state would take memory without
-bound (HEADER_MAX, INFLATE_RATIO): a reader then falls back to the one before it (`usable`). This module reads and
+bound (HEADER_MAX, statefile.INFLATE_RATIO): a reader then falls back to the one before it (`usable`). This module reads and
 writes files; when to write one and what the journal drops after it is compaction.py's.
 """
-import errno
 import json
 import os
 import re
-import stat
 import zlib
 
 import attrs
 
-from . import durable
+from . import durable, statefile
 
 MAGIC = "apeinxfs-snapshot 1"
 NAME = re.compile(r"^snapshot-(\d{12})\.snap$")
 KEEP = 2  # snapshots kept: the newest, and one to fall back to
 HEADER_MAX = 16 << 20  # bytes of a header line read at most: its config and layout take some KiB
-INFLATE_RATIO, INFLATE_FLOOR = 64, 64 << 20  # a state inflates to at most 64 times its compressed length (a
-# kernel's pickled state compresses 2 to 8 times at zlib level 1), or 64 MiB: a zlib bomb inflates 1000 times
 
 
 class Damaged(Exception):
@@ -84,32 +80,25 @@ class Snapshot:
 
 
 def opened(path: str):
-    """The regular file at `path`, open to read; Damaged if the name is a symbolic link or no regular file (a
-    FIFO is opened without waiting for a writer, and not read)."""
+    """The regular file at `path`, open to read (statefile.opened); Damaged if the name is a symbolic link or no
+    regular file."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        why = "a symbolic link, which a snapshot never is" if exc.errno == errno.ELOOP else exc.strerror
-        raise Damaged(f"{path}: {why}") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise Damaged(f"{path}: not a regular file (mode {stat.filemode(mode)}), which a snapshot always is")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
+        return statefile.opened(path)
+    except statefile.Untrusted as exc:
+        raise Damaged(exc.reason) from None
 
 
 def inflated(path: str, packed: bytes) -> bytes:
-    """The state `packed` decompressed, at most INFLATE_RATIO times its length (or INFLATE_FLOOR); Damaged if it
+    """The state `packed` decompressed, at most statefile.inflate_limit of its length; Damaged if it
     would be more, or is not whole."""
-    limit, inflater = max(INFLATE_FLOOR, INFLATE_RATIO * len(packed)), zlib.decompressobj()
+    limit, inflater = statefile.inflate_limit(len(packed)), zlib.decompressobj()
     try:
         state = inflater.decompress(packed, limit)
     except zlib.error as exc:
         raise Damaged(f"{path}: {exc}") from None
     if inflater.unconsumed_tail:
-        raise Damaged(f"{path}: its state inflates past {limit} bytes, {INFLATE_RATIO} times its compressed length "
-                      "or more, as no kernel's state does: a damaged or untrusted snapshot")
+        raise Damaged(f"{path}: its state inflates past {limit} bytes, {statefile.INFLATE_RATIO} times its compressed "
+                      "length or more, as no kernel's state does: a damaged or untrusted snapshot")
     if not inflater.eof:
         raise Damaged(f"{path}: its state is cut short (the compressed stream does not end)")
     return state

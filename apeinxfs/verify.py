@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import attrs
 
-from . import archive
+from . import archive, statefile
 from .compaction import Start, compacted_away, rebound, starts, structural
 from .journal import LAST, Emitted, Journal, Unreadable, row_crc
 from .kernel import Kernel
@@ -225,14 +225,16 @@ class ArchiveCheck:
     """The trace archive's lines, compared in order with the lines the replay emits."""
 
     def __init__(self, directory: str | None):
-        self._lines = archive.lines(directory) if directory else iter(())
+        self._lines, self._directory = archive.lines(directory) if directory else iter(()), directory or ""
         self.compared = 0
         self._next = self._take()
 
     def _take(self) -> tuple[int, str] | None:
         """(seq, line) of the next archived line; None past the last."""
         line = next(self._lines, None)
-        return None if line is None else (int(line.split(b",", 1)[0]), line.decode().rstrip("\n"))
+        if line is None:
+            return None
+        return archive.seq_of(line, self._directory), line.decode(errors="replace").rstrip("\n")
 
     def check(self, seq: int, kind: str, time_us: int | None, lines: list[str], row: tuple | None = None) -> None:
         """Compare journal row `seq`'s replayed `lines` (of `row`, if one was applied) with the archive's; lines
@@ -368,7 +370,7 @@ def whole_trace(kernel: Kernel, archive_dir: str) -> str:
     """The trace a rebuilt kernel holds, after the archived lines before its first (a kernel started from
     a snapshot may not hold them all), as they are shown (archive.shown)."""
     first = kernel.trace.first
-    older = itertools.takewhile(lambda line: int(line.split(b",", 1)[0]) < first, archive.lines(archive_dir))
+    older = itertools.takewhile(lambda line: archive.seq_of(line, archive_dir) < first, archive.lines(archive_dir))
     return (HEADER + archive.shown(b"".join(older)) + kernel.trace.lines_after(0)).decode()  # hidden at once: 1.4x
 
 
@@ -398,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     try:
         return run(args)
-    except CannotReplay as exc:
+    except (CannotReplay, statefile.Untrusted) as exc:
         print(f"apeinxfs replay: {exc}", file=sys.stderr)
         return 2
 

@@ -112,7 +112,7 @@ def test_the_journals_close_at_unmount_archives_the_lines_it_journals(tmp_path):
     rt = runtime_with_a_line_waiting(tmp_path)
     mount.close_journal(rt)
     assert rt.archive.seq == rt.kernel.trace.seq
-    assert archive.last_seq_in(b"".join(rt.archive.lines()), 0) == rt.kernel.trace.seq
+    assert archive.last_seq_in(b"".join(rt.archive.lines()), 0, rt.archive.directory) == rt.kernel.trace.seq
     rt.close()
 
 

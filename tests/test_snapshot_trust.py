@@ -4,7 +4,7 @@ within bounded memory.
 A state's pickle may name only what state.names holds, by exact module and name (no dotted
 name, no module attribute it imported), and take no attribute but the kernel's bound methods
 (state.METHODS); a snapshot's name must be a regular file, not a link or a FIFO, its header
-line and inflated state bounded (snapshots.HEADER_MAX, INFLATE_RATIO). Each is refused in
+line and inflated state bounded (snapshots.HEADER_MAX, statefile.INFLATE_RATIO). Each is refused in
 words as a damaged snapshot. The previous release's own bytes still load.
 """
 import copy
@@ -16,7 +16,7 @@ import zlib
 import attrs
 import pytest
 
-from apeinxfs import snapshots
+from apeinxfs import snapshots, statefile
 from apeinxfs.kernel import Kernel, migrations, state
 from apeinxfs.kernel.invariants import check_invariants
 from apeinxfs.kernel.state import LayoutError, decode
@@ -188,10 +188,10 @@ def test_a_header_line_past_its_bound_is_not_read_whole(tmp_path):
 def test_a_state_that_inflates_past_its_bound_is_damaged(tmp_path):
     """A state of INFLATE_FLOOR + 1 MiB zero bytes (a zlib bomb: it compresses some thousand times) is damaged,
     in words, and not inflated past the bound."""
-    bomb = bytes(snapshots.INFLATE_FLOOR + (1 << 20))
+    bomb = bytes(statefile.INFLATE_FLOOR + (1 << 20))
     snapshot = snapshots.Snapshot.read(written(tmp_path, bomb))
-    assert snapshot.length * snapshots.INFLATE_RATIO < len(bomb)
-    with pytest.raises(snapshots.Damaged, match=f"inflates past {snapshots.INFLATE_FLOOR} bytes"):
+    assert snapshot.length * statefile.INFLATE_RATIO < len(bomb)
+    with pytest.raises(snapshots.Damaged, match=f"inflates past {statefile.INFLATE_FLOOR} bytes"):
         snapshot.state()
 
 
@@ -199,7 +199,7 @@ def test_a_small_state_inflates_whatever_its_ratio(tmp_path):
     """A state under INFLATE_FLOOR is read whole however well it compresses: the ratio bounds only large ones."""
     small = bytes(1 << 20)
     snapshot = snapshots.Snapshot.read(written(tmp_path, small))
-    assert len(small) > snapshot.length * snapshots.INFLATE_RATIO and snapshot.state() == small
+    assert len(small) > snapshot.length * statefile.INFLATE_RATIO and snapshot.state() == small
 
 
 def test_a_state_cut_short_inside_its_stream_is_damaged(tmp_path):
