@@ -232,7 +232,7 @@ def tasks_seen(rt, name: str, tenant: str | None = None) -> str | None:
         view = rt.cluster.view
         if name not in view.records:
             return None
-        return view.tasks_of(name) if tenant is None else view.tenants_of(name).get(tenant, "")
+        return view.live_of(name, tenant)
     if name != rt.kernel.config.node:
         return None
     return live_ranges(rt.kernel) if tenant is None else tenant_live_ranges(rt.kernel, tenant)

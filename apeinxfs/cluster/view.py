@@ -189,6 +189,10 @@ class ClusterView:
         record = self.records.get(name)
         return self.live.get(name) or (record.tenants if record is not None else {})
 
+    def live_of(self, name: str, tenant: str | None = None) -> str:
+        """Node `name`'s live pids as ranges: all of them (`tasks_of`), or tenant `tenant`'s (`tenants_of`)."""
+        return self.tasks_of(name) if tenant is None else self.tenants_of(name).get(tenant, "")
+
     def tasks_of(self, name: str) -> str:
         """Node `name`'s live pids as ranges: its live keys' as one, else its record's (an older version's)."""
         if name not in self.live:
