@@ -121,8 +121,4 @@ def make_durable(path: str) -> None:
     writes and a `replay --verify` beside it go on."""
     for name in (path, path + "-wal"):
         with contextlib.suppress(FileNotFoundError):
-            fd = os.open(name, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            durable.sync_file(name)
