@@ -19,11 +19,11 @@ import os
 import re
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from apeinxfs import archive  # noqa: E402
+from common import count_runs  # noqa: E402
 from apeinxfs.kernel.endpoints import redacted  # noqa: E402
 from apeinxfs.kernel.trace import HEADER  # noqa: E402
 
@@ -53,10 +53,7 @@ def texts(size: int) -> dict[str, str]:
 
 def seconds_a_call(call) -> float:
     """The seconds one `call()` takes, as a mean over calls repeated for MIN_S at least."""
-    calls, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < MIN_S:
-        call()
-        calls += 1
+    calls, elapsed = count_runs(call, MIN_S)
     return elapsed / calls
 
 
