@@ -1,8 +1,7 @@
 """Red team 5: one tenant against another (and against the operator), as an unprivileged user of tenant a.
 
-Each defect found is a strict xfail test here, reason "redteam5 Dn: ...", for its mend to turn into a
-passing test: D1 deadlines that take every batch slot from another tenant (the `fair` deadline boost goes
-before counter order whoever it favours); D2 a prompt billed and charged to the budget at the daemon's
+Each defect found was a strict xfail test here until its mend made it pass: D1 deadlines that take every
+batch slot from another tenant (the `fair` deadline boost went before counter order whoever it favoured); D2 a prompt billed and charged to the budget at the daemon's
 word-count estimate, not at the prompt tokens the engine reports (one 40 KB "word" bills as 2); D3 a
 backfilled dispatch line that names the pid of another tenant's queued task in the backfilled task's own
 views; D4 `replay/PID` of a reaped task, read from the trace archive unredacted (the other tenant's name and

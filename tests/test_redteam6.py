@@ -1,7 +1,7 @@
-"""redteam6: what users hand the daemon's tools (apeinxctl, replay --verify, sim) and tenants across a cluster,
-as strict-xfail tests.
+"""redteam6: what users hand the daemon's tools (apeinxctl, replay --verify, sim) and tenants across a cluster.
 
-Each test reproduces one defect and asserts the behaviour it should have; the reason names it (Dn).
+Each test reproduces one defect the red team found (Dn in its docstring or name) and asserts the behaviour it
+should have; each was a strict xfail until its mend.
 """
 import os
 import pickle
@@ -17,17 +17,17 @@ from apeinxfs.kernel import state
 from apeinxfs.verify import config_after, open_journal, recorded_boots
 from daemon import FAST_CONFIG, Daemon, poll_until
 from test_cluster_nodes import SETTLE_S
+from test_apeinxctl import ctl
 from test_cluster_tenants import nodes, placed_on, users  # noqa: F401  (fixtures: nodes x, y; alice and bob)
+from test_simulate import HEADER
 from unixusers import probe
 
-CTL = os.path.join(os.path.dirname(__file__), "..", "scripts", "apeinxctl")
-HEADER = "arrival_s,tenant,name,prompt_tokens,output_tokens,prio,deadline_s,parent,weight\n"
 
 
-def apeinxfs(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    """Run the venv's apeinxfs command line to completion."""
-    return subprocess.run([os.path.join(os.path.dirname(sys.executable), "apeinxfs"), *args], capture_output=True, text=True, timeout=300,
-                          cwd=cwd)
+def apeinxfs(*args: str, preexec_fn=None) -> subprocess.CompletedProcess:
+    """Run the venv's apeinxfs command line to completion (`preexec_fn` run in the child first)."""
+    return subprocess.run([os.path.join(os.path.dirname(sys.executable), "apeinxfs"), *args], capture_output=True,
+                          text=True, timeout=300, preexec_fn=preexec_fn)
 
 
 def workload(tmp_path, rows: str, name: str = "w.csv") -> str:
@@ -81,8 +81,7 @@ def test_sim_refuses_a_row_claiming_a_trillion_prompt_tokens_in_words(tmp_path):
     """A workload row with prompt_tokens 10^12 is refused (or counted refused) in words, within bounded memory:
     no MemoryError traceback."""
     path = workload(tmp_path, "0,t,a,1000000000000,5,5,,,\n")
-    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "apeinxfs"), "sim", path],
-                            capture_output=True, text=True, timeout=300, preexec_fn=_limited_memory)
+    result = apeinxfs("sim", path, preexec_fn=_limited_memory)
     assert "Traceback" not in result.stderr, result.stderr[-400:]
     assert result.returncode == 0 or result.stderr.startswith("apeinxfs sim: "), result.stderr[-400:]
 
@@ -107,16 +106,9 @@ def test_replay_verify_passes_over_a_snapshot_that_is_no_regular_file(tmp_path):
     assert apeinxfs("sim", workload(tmp_path, "0,t,a,5,5,5,,,\n"), "--state-dir", str(state_dir)).returncode == 0
     (state_dir / "snapshots").mkdir()
     os.symlink("/dev/zero", state_dir / "snapshots" / "snapshot-000000000001.snap")
-    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "apeinxfs"), "replay", "--verify",
-                             str(state_dir)], capture_output=True, text=True, timeout=300, preexec_fn=_limited_memory)
+    result = apeinxfs("replay", "--verify", str(state_dir), preexec_fn=_limited_memory)
     assert "Traceback" not in result.stderr, result.stderr[-400:]
     assert result.returncode == 0 and "SNAPSHOT NOT USED" in result.stdout, result.stdout + result.stderr[-400:]
-
-def apeinxctl(mountpoint, *args: str) -> subprocess.CompletedProcess:
-    """Run scripts/apeinxctl under /bin/sh with the tree at `mountpoint`."""
-    env = {**os.environ, "APEINX_MNT": str(mountpoint)}
-    return subprocess.run(["/bin/sh", CTL, *args], env=env, capture_output=True, text=True, timeout=60)
-
 
 def _churn(daemon: Daemon, stop: threading.Event) -> None:
     """Submit one-token tasks until `stop`: with retention.tasks = 0 each is reaped as it exits."""
@@ -133,7 +125,7 @@ def test_status_holds_while_tasks_are_reaped_as_it_runs(tmp_path):
         churner = threading.Thread(target=_churn, args=(daemon, stop))
         churner.start()
         try:
-            failed = next((run for run in (apeinxctl(daemon.mountpoint, "status") for _ in range(100))
+            failed = next((run for run in (ctl(daemon.mountpoint, "status", timeout=60) for _ in range(100))
                            if run.returncode != 0 or run.stderr), None)
         finally:
             stop.set()
