@@ -1,15 +1,16 @@
 """Red team 5: one tenant against another (and against the operator), as an unprivileged user of tenant a.
 
-Each defect found was a strict xfail test here until its mend made it pass: D1 deadlines that take every
-batch slot from another tenant (the `fair` deadline boost went before counter order whoever it favoured); D2 a prompt billed and charged to the budget at the daemon's
-word-count estimate, not at the prompt tokens the engine reports (one 40 KB "word" bills as 2); D3 a
-backfilled dispatch line that names the pid of another tenant's queued task in the backfilled task's own
-views; D4 `replay/PID` of a reaped task, read from the trace archive unredacted (the other tenant's name and
-pid that the live view hid); D5 retention.tasks counted over all tenants, so one tenant's churn of tiny tasks
-reaps another's results seconds after they end; D6 `stop` then `cont`, which drops a task's KV and has the
-engine prefill its whole context again, charged to the tenant's fair counter as its one generated token.
-Kernel tier (a Kernel fed events, no FUSE) where the defect lives in the kernel; a Runtime with a trace
-archive and the Tree's /replay (nodes tier) where it lives in the files.
+Each defect found was a strict xfail test here until its mend made it pass: D1 deadlines that take every batch
+slot from another tenant (the `fair` deadline boost went before counter order whoever it favoured); D2 a
+prompt billed and charged to the budget at the daemon's word-count estimate, not at the prompt tokens the
+engine reports (one 40 KB "word" bills as 2); D3 a backfilled dispatch line that names the pid of another
+tenant's queued task in the backfilled task's own views; D4 `replay/PID` of a reaped task, read from the trace
+archive unredacted (the other tenant's name and pid that the live view hid); D5 retention.tasks counted over
+all tenants, so one tenant's churn of tiny tasks reaps another's results seconds after they end; D6 `stop`
+then `cont`, which drops a task's KV and has the engine prefill its whole context again, charged to the
+tenant's fair counter as its one generated token. Kernel tier (a Kernel fed events, no FUSE) where the defect
+lives in the kernel; a Runtime with a trace archive and the Tree's /replay (nodes tier) where it lives in the
+files.
 """
 import attrs
 import pytest
