@@ -98,7 +98,8 @@ class SimDriver:
             if slowest is None or engine.decode_step_ms > slowest.decode_step_ms:
                 slowest = engine
             counted = 0 if task.prefilled else task.context_tokens  # reported: its whole request, cached or not
-            prefill += counted and counted - task.cached_tokens  # computed: what the kernel found no KV for
+            if counted:
+                prefill += counted - task.cached_tokens  # computed: what the kernel found no KV for
             chunks.append(Chunk(task.pid, _next_word(engine, task), 1, counted))
         return slowest.step_seconds(len(batch), prefill), chunks
 
