@@ -262,13 +262,17 @@ class Chaos:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stop_writers()
+        self.daemon.stop()
+
+    def stop_writers(self) -> None:
+        """Tell the writers to stop and wait for each (killed if it has not ended in 30 s)."""
         self.stop.set()
         for proc in self.procs:
             proc.join(30)
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-        self.daemon.stop()
 
     def round(self) -> None:
         """Wait a random while, end the daemon, start it again, check what was acknowledged until it ended."""
@@ -290,7 +294,7 @@ class Chaos:
         trace/ (a full file being compressed), or after 5 s."""
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not (hit := self.writing()):
-            time.sleep(0.001)
+            time.sleep(0.01)
         self.daemon.kill9()
         self.tally.ends[f"aimed-hit-{hit}" if hit else "aimed-missed"] += 1
 
@@ -331,9 +335,7 @@ class Chaos:
 
     def finish(self) -> None:
         """Stop the writers, stop the daemon cleanly, start it again, and check every write acknowledged."""
-        self.stop.set()
-        for proc in self.procs:
-            proc.join(30)
+        self.stop_writers()
         self.daemon.stop()
         self.daemon.start(timeout=60)
         self.check({log: os.path.getsize(log) for log in self.logs}, verify=True)
