@@ -17,7 +17,6 @@ step's own path. Not here: which step to try again after it (stepbugs.py), nor a
 """
 import array
 import collections
-import ctypes
 import enum
 import io
 import pickle
@@ -125,13 +124,3 @@ def _set_state(obj: Any, state: Any) -> None:
         for name, value in state.items():
             object.__setattr__(obj, name, value)
 
-
-def give_back_freed_memory() -> None:
-    """Hand the heap's free pages back to the system (glibc's malloc_trim), after a rebuild (a start, a
-    rollback: stepbugs.py). Loading a snapshot frees its bytes and the unpickler's memo at once, about 13 MB
-    at 10,000 tasks, which glibc would otherwise keep in the daemon's RSS for good (bench/soak.py: RSS after
-    a restart); a rollback frees a whole kernel and its pickle."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to give back this way
-        pass

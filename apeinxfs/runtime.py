@@ -41,8 +41,7 @@ from .kernel.errors import ApeinxError, Degraded
 from .kernel.config import MIB
 from .kernel.events import EngineHealth, EngineKV, GpuMemory, Rejected, Restart, Step, Tick
 from .kernel.trace import TaskViews
-from .recovery import rebuild
-from .rollback import give_back_freed_memory
+from .recovery import give_back_freed_memory, rebuild
 from .stepbugs import StepBugs
 from .supervise import Supervisor
 

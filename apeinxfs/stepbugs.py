@@ -26,8 +26,8 @@ from .kernel.errors import ApeinxError
 from .kernel.events import Failed, Step
 from .kernel.moves import ServeBug
 from .ratelog import Windows
-from .recovery import RowFailed
-from .rollback import give_back_freed_memory, transplant
+from .recovery import RowFailed, give_back_freed_memory
+from .rollback import transplant
 from .supervise import place_of
 
 log = logging.getLogger(__name__)
