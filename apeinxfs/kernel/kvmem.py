@@ -45,16 +45,18 @@ def estimate_prompt_tokens(prompt: str, counting: int = COUNT_ENGINE) -> int:
     Remembered for recent prompts: a submit asks at its check, its admission and its apply."""
     if counting == COUNT_WORDS:
         return least_prompt_tokens(prompt)
-    return 1 + max(len(prompt_pieces(prompt)), -(-len(prompt.encode()) // BYTES_PER_TOKEN))
+    return max(least_prompt_tokens(prompt), 1 + -(-len(prompt.encode()) // BYTES_PER_TOKEN))
 
 
+@functools.lru_cache(maxsize=1024)
 def least_prompt_tokens(prompt: str) -> int:
     """The prompt's tokens as a refusal that never lifts (context, KV pool) counts them: words and marks plus BOS.
 
     Not the estimate, which may be 4 times the engine's count (a token of 8 bytes or more: long English words),
     and would refuse prompts that fit. This is what apeinxfs counted before it had the byte bound, so it refuses
     no prompt that count admitted; a prompt it lets by that the engine counts beyond the pool ends when the count
-    comes (reclaim.py), and the engine enforces its own context."""
+    comes (reclaim.py), and the engine enforces its own context. Remembered for recent prompts, as the estimate:
+    a submit's check, its admission and each dispatch of a tenant with a kv_pages quota ask."""
     return 1 + len(prompt_pieces(prompt))
 
 
