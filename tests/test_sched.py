@@ -9,10 +9,11 @@ import pytest
 from apeinxfs.kernel.sched import (NICE_0_WEIGHT, Accounts, LazyHeap, make_queue, prio_weight,
                                    vruntime_delta)
 from apeinxfs.kernel.boost import WALKED
+from apeinxfs.kernel.config import SchedConfig
 from apeinxfs.kernel.spec import TaskSpec
 from apeinxfs.kernel.task import Task
 
-SLICE_TOKENS = 256  # the default slice: how far ahead of the least backlogged counter a deadline is still boosted
+SLICE_TOKENS = SchedConfig().slice_tokens  # how far ahead of the least backlogged counter a deadline is boosted
 
 def task(pid: int, tenant: str = "a", prio: int = 5, submitted: int = 0, agent: int | None = None,
          deadline: int | None = None) -> Task:
