@@ -32,7 +32,7 @@ import statistics
 import sys
 import time
 
-from workers import Worker, serve
+from workers import serve, started
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SIZES = [(ranges, tenants) for ranges in (10, 1_000, 10_000) for tenants in (10, 1_000)]
@@ -130,16 +130,10 @@ def profile() -> None:
 
 
 def main() -> None:
-    this = os.path.dirname(os.path.dirname(HERE))
-    roots = {"ref": os.path.abspath(sys.argv[1]), "this": this} if len(sys.argv) > 1 else {"this": this}
-    sys.path.insert(0, this)
-    workers = {name: Worker(HERE, root) for name, root in roots.items()}
-    try:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+    with started(HERE) as workers:
         for mode in TITLES:
             compare(workers, mode)
-    finally:
-        for process in workers.values():
-            process.close()
     if os.environ.get("BENCH_PROFILE"):
         profile()
 

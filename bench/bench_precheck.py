@@ -24,7 +24,7 @@ import time
 
 import trio
 
-from workers import Worker, serve
+from workers import alternated, serve, started, this_over_ref
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "15"))
 HERE = os.path.abspath(__file__)
@@ -123,28 +123,14 @@ def one_round(kind: str) -> tuple[float]:
 
 
 def main() -> None:
-    this = os.path.dirname(os.path.dirname(HERE))
-    roots = {"ref": os.path.abspath(sys.argv[1]), "this": this} if len(sys.argv) > 1 else {"this": this}
-    workers = {name: Worker(HERE, root) for name, root in roots.items()}
-    try:
+    with started(HERE) as workers:
         print("write  " + " ".join(f"{name}_ms" for name in workers) + ("  this/ref" if len(workers) == 2 else ""))
         for kind in COUNTS:
-            rounds = [alternated(workers, kind, index) for index in range(ROUNDS)]
+            rounds = [alternated(workers, index, kind) for index in range(ROUNDS)]
             cells = " ".join(f"{statistics.median(r[name] for r in rounds):8.3f}" for name in workers)
-            tail = (f"  {statistics.median(r['this'] / r['ref'] for r in rounds):8.3f} (rounds "
-                    f"{min(r['this'] / r['ref'] for r in rounds):.3f}-{max(r['this'] / r['ref'] for r in rounds):.3f})"
-                    if len(workers) == 2 else "")
+            ratio = this_over_ref(rounds)
+            tail = f"  {ratio[0]:8.3f} (rounds {ratio[1]:.3f}-{ratio[2]:.3f})" if ratio else ""
             print(f"{kind:6s} {cells}{tail}", flush=True)
-    finally:
-        for process in workers.values():
-            process.close()
-
-
-def alternated(workers: dict, kind: str, index: int) -> dict:
-    """One round of each worker, the first one first in even rounds: {name: median ms}."""
-    names = list(workers) if index % 2 == 0 else list(workers)[::-1]
-    return {name: workers[name].round(kind)[0] for name in names}
-
 
 if __name__ == "__main__":
     serve(sys.argv[2], one_round) if sys.argv[1:2] == ["--worker"] else main()

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from workers import Worker, serve
+from workers import alternated, serve, started, this_over_ref
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "15"))
 STEPS = 3_000  # a try; a round's 3 tries: 9,000 tokens a task, under its 30,000
@@ -61,23 +61,12 @@ def one_round() -> tuple[float]:
 
 
 def main() -> None:
-    this = os.path.dirname(os.path.dirname(HERE))
-    roots = {"ref": os.path.abspath(sys.argv[1]), "this": this} if len(sys.argv) > 1 else {"this": this}
-    workers = {name: Worker(HERE, root) for name, root in roots.items()}
-    try:
-        rounds = []
-        for index in range(ROUNDS):
-            names = list(workers) if index % 2 == 0 else list(workers)[::-1]
-            rounds.append({name: workers[name].round()[0] for name in names})
-        cells = " ".join(f"{name} {statistics.median(r[name] for r in rounds):.1f}" for name in workers)
-        ratios = [r["this"] / r["ref"] for r in rounds] if len(workers) == 2 else []
-        tail = (f"  this/ref {statistics.median(ratios):.3f} (rounds {min(ratios):.3f}-{max(ratios):.3f})"
-                if ratios else "")
-        print(f"CPU µs a step: {cells}{tail}", flush=True)
-    finally:
-        for process in workers.values():
-            process.close()
-
+    with started(HERE) as workers:
+        rounds = [alternated(workers, index) for index in range(ROUNDS)]
+    cells = " ".join(f"{name} {statistics.median(r[name] for r in rounds):.1f}" for name in workers)
+    ratio = this_over_ref(rounds)
+    tail = f"  this/ref {ratio[0]:.3f} (rounds {ratio[1]:.3f}-{ratio[2]:.3f})" if ratio else ""
+    print(f"CPU µs a step: {cells}{tail}", flush=True)
 
 if __name__ == "__main__":
     serve(sys.argv[2], lambda *_: one_round()) if sys.argv[1:2] == ["--worker"] else main()
